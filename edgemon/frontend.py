@@ -1,0 +1,125 @@
+"""The one feature frontend, shared by training and the recorder.
+
+16 kHz mono float32 in [-1, 1] -> log-mel ``[frames, n_mels]``. Its parameters are a frozen
+dataclass that every model carries (``FrontendConfig.to_dict``); the recorder rebuilds it with
+``FrontendConfig.from_dict`` and refuses a model whose frontend it does not compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+
+import numpy as np
+
+from edgemon.errors import FrontendMismatchError
+
+KNOWN_KINDS = ("logmel",)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendConfig:
+    """Log-mel parameters. Defaults are the paper's: n_fft 1024, hop 512, 128 bands at 16 kHz."""
+
+    kind: str = "logmel"
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    # Periodic Hann window, centred frames with zero padding, power spectrum, Slaney mel scale
+    # and area-normalised filters: the same as librosa's defaults, so it can be checked against it.
+    log_floor: float = 1e-6  # natural log of (mel power + floor); keeps silence finite
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FrontendConfig":
+        """Rebuild from a model's metadata; raise ``FrontendMismatchError`` on anything unknown."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise FrontendMismatchError(f"unknown frontend parameters {unknown}")
+        kind = data.get("kind", "logmel")
+        if kind not in KNOWN_KINDS:
+            raise FrontendMismatchError(f"unknown frontend kind {kind!r} (this edgemon computes {KNOWN_KINDS})")
+        return cls(**data)
+
+    def frames_for(self, n_samples: int) -> int:
+        """Number of frames ``logmel`` returns for ``n_samples`` samples (centred frames)."""
+        return 1 + n_samples // self.hop_length
+
+    def samples_for(self, seconds: float) -> int:
+        return int(round(seconds * self.sample_rate))
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    mel = hz / f_sp
+    log_region = hz >= min_log_hz
+    mel[log_region] = min_log_mel + np.log(hz[log_region] / min_log_hz) / logstep
+    return mel
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    hz = f_sp * mel
+    log_region = mel >= min_log_mel
+    hz[log_region] = min_log_hz * np.exp(logstep * (mel[log_region] - min_log_mel))
+    return hz
+
+
+@lru_cache(maxsize=8)
+def mel_filterbank(config: FrontendConfig) -> np.ndarray:
+    """Triangular Slaney-normalised filters, float32 ``[n_fft // 2 + 1, n_mels]``."""
+    fft_hz = np.linspace(0.0, config.sample_rate / 2, config.n_fft // 2 + 1)
+    edges_hz = mel_to_hz(np.linspace(hz_to_mel(np.array([config.f_min]))[0],
+                                     hz_to_mel(np.array([config.f_max]))[0], config.n_mels + 2))
+    widths = np.diff(edges_hz)
+    ramps = edges_hz[:, None] - fft_hz[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]  # equal area per filter
+    return np.ascontiguousarray(weights.T, dtype=np.float32)
+
+
+@lru_cache(maxsize=8)
+def _window(n_fft: int) -> np.ndarray:
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+
+
+def power_spectrogram(samples: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """|STFT|^2 of centred, zero-padded frames: float32 ``[frames, n_fft // 2 + 1]``."""
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"expected mono samples of shape [n], got {x.shape}")
+    pad = config.n_fft // 2
+    x = np.pad(x, (pad, pad))
+    n_frames = 1 + (len(x) - config.n_fft) // config.hop_length
+    frames = np.lib.stride_tricks.as_strided(
+        x, shape=(n_frames, config.n_fft), strides=(x.strides[0] * config.hop_length, x.strides[0]),
+        writeable=False)
+    spectrum = np.fft.rfft(frames * _window(config.n_fft), axis=1)
+    return (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
+
+
+def mel_power(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
+    """Mel power spectrogram, float32 ``[frames, n_mels]``; ``samples`` at ``config.sample_rate``."""
+    return power_spectrogram(samples, config) @ mel_filterbank(config)
+
+
+def log_mel(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
+    """The model input: ``ln(mel power + log_floor)``, float32 ``[frames, n_mels]``.
+
+    ``samples`` is mono float32 in [-1, 1] at ``config.sample_rate``; frames are centred, so
+    ``n`` samples give ``1 + n // hop_length`` frames (one frame at 512-sample hop is 32 ms).
+    """
+    return np.log(mel_power(samples, config) + np.float32(config.log_floor))

@@ -1,0 +1,37 @@
+"""Bundles from run directories: members, manifest, optional int8 quantisation."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from edgemon.frontend import FrontendConfig
+from training.errors import DataError
+from training.export import quantize_int8
+
+
+def bundle_runs(runs: list[Path], out: Path, int8: bool = False) -> dict:
+    """Write a bundle whose members are the runs' ``model.onnx``, in the order given."""
+    from edgemon.bundle import write_bundle
+
+    configs, members, devel, test = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, run in enumerate(runs):
+            model = run / "model.onnx"
+            if not model.is_file() or not (run / "config.json").is_file():
+                raise DataError(f"{run}: not a finished run directory (no model.onnx or config.json)")
+            config = json.loads((run / "config.json").read_text())
+            metrics = json.loads((run / "metrics.json").read_text())
+            configs.append(config)
+            devel.append(metrics["devel"]["uar"])
+            test.append(metrics["test"]["uar"])
+            members.append(quantize_int8(model, Path(tmp) / f"{i}.onnx") if int8 else model)
+        first = configs[0]
+        if any(c["labels"] != first["labels"] or c["frontend"] != first["frontend"] for c in configs):
+            raise DataError("runs differ in labels or frontend; a bundle needs one of each")
+        bundle = write_bundle(out, members, first["labels"], frontend=FrontendConfig.from_dict(first["frontend"]),
+                              window_s=first["window_s"], hop_s=first["hop_s"], devel_uars=devel,
+                              test_uars=test, precision="int8" if int8 else "fp32",
+                              extra={"source_runs": [r.name for r in runs]})
+    return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members)}

@@ -1,0 +1,104 @@
+"""``edgemon-train``: an adapter from options to ``training.runs``; no logic lives here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgemon.errors import EdgemonError
+from edgemon.frontend import FrontendConfig
+from training.augment import AugmentConfig
+from training.data import DEFAULT_DATA_DIR
+from training.model import ModelConfig
+from training.train import OptimConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train, evaluate and export edgemon classifiers.")
+
+DataOpt = Annotated[Path, typer.Option("--data", help="ComParE-style data directory (audio/, lab/).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Run directory to write.")]
+
+# Field-augmentation preset (off in the paper's recipe): crops of the deployment window, time
+# shift, background mixing at 0-20 dB SNR on half the clips, +-6 dB gain.
+FIELD = {"time_shift": True, "p_mix": 0.5, "snr_db": (0.0, 20.0), "gain_db": 6.0}
+
+
+def _run(fn, *args, **kwargs):
+    """Call ``fn``; print its summary as JSON, or a one-line error and exit 1."""
+    try:
+        summary = fn(*args, **kwargs)
+    except EdgemonError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def fit(
+    data: DataOpt = DEFAULT_DATA_DIR,
+    out: OutOpt = Path("runs/fit"),
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3.373e-4,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    tau: Annotated[float, typer.Option(help="Normalised-softmax temperature.")] = 0.6203,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (lambda).")] = 0.0578,
+    lr_decay: Annotated[float, typer.Option(help="Per-epoch lr factor (beta).")] = 0.82,
+    gamma: Annotated[float, typer.Option(help="Focal-loss gamma.")] = 3.0,
+    p_fm: Annotated[float, typer.Option(help="Fraction of mel bins masked.")] = 0.0,
+    p_tm: Annotated[float, typer.Option(help="Fraction of frames masked.")] = 0.0,
+    p_r: Annotated[float, typer.Option(help="Probability of applying the masks.")] = 0.0,
+    layers: Annotated[int, typer.Option(help="LSTM layers (l).")] = 2,
+    hidden: Annotated[int, typer.Option(help="LSTM hidden size (h).")] = 256,
+    dropout: Annotated[float, typer.Option(help="Dropout (p_drop).")] = 0.05,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 300,
+    patience: Annotated[int, typer.Option(help="Stop after N epochs without a better devel UAR (0: off).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    field: Annotated[bool, typer.Option("--field", help="Turn on the field augmentations.")] = False,
+    crop_s: Annotated[Optional[float], typer.Option(help="Random crops of this many seconds (default: the window with --field, else off).")] = None,
+    window_s: Annotated[float, typer.Option(help="Deployment window length written into the bundle.")] = 4.0,
+    hop_s: Annotated[float, typer.Option(help="Deployment window hop written into the bundle.")] = 2.0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
+):
+    """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
+    from training.runs import fit_run
+
+    frontend = FrontendConfig()
+    crop = crop_s if crop_s is not None else (window_s if field else 0.0)
+    aug = AugmentConfig(p_fm=p_fm, p_tm=p_tm, p_r=p_r, log_floor=frontend.log_floor,
+                        crop_frames=int(round(crop * frontend.sample_rate / frontend.hop_length)),
+                        **(FIELD if field else {}))
+    _run(fit_run, data, out, ModelConfig(hidden=hidden, layers=layers, dropout=dropout, tau=tau),
+         OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
+                     gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=device),
+         aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet)
+
+
+@app.command()
+def baseline(data: DataOpt = DEFAULT_DATA_DIR, out: OutOpt = Path("runs/baseline")):
+    """ComParE-style reference: log-mel functionals, standardisation, linear SVM (C on devel)."""
+    from training.runs import baseline_run
+
+    _run(baseline_run, data, out)
+
+
+@app.command()
+def bundle(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories whose model.onnx become members.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
+    int8: Annotated[bool, typer.Option("--int8", help="Quantise members to int8 (dynamic).")] = False,
+):
+    """Assemble a model bundle (manifest + members) from trained runs."""
+    from training.bundling import bundle_runs
+
+    _run(bundle_runs, runs, out, int8=int8)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    app()

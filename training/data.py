@@ -1,0 +1,110 @@
+"""Labelled clips in the ComParE layout: ``audio/`` plus ``lab/{train,devel,test}.csv``.
+
+Features come from the one shared frontend (``edgemon.frontend``), exactly as on the recorder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from edgemon import audio
+from edgemon.errors import AudioError
+from edgemon.frontend import FrontendConfig, log_mel
+from training.errors import DataError
+
+DEFAULT_DATA_DIR = Path("../shared/data/borneo")
+BACKGROUND = "background"
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    path: Path
+    label: str
+    recorder: str = ""
+
+
+@dataclasses.dataclass
+class Split:
+    """One split's clips with their log-mel features ``[frames, n_mels]`` and label indices."""
+
+    name: str
+    clips: list[Clip]
+    features: list[np.ndarray]
+    targets: np.ndarray  # int64 [n]
+    labels: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.targets, minlength=len(self.labels))
+
+    def subset(self, indices) -> "Split":
+        indices = list(indices)
+        return Split(self.name, [self.clips[i] for i in indices], [self.features[i] for i in indices],
+                     self.targets[indices], self.labels)
+
+
+def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
+    """Parse a ``filename,label[,recorder,…]`` list; every listed file must exist."""
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: label list not found")
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"filename", "label"} <= set(reader.fieldnames):
+            raise DataError(f"{csv_path}: needs the columns 'filename' and 'label'")
+        rows = list(reader)
+    clips = [Clip(audio_dir / r["filename"], r["label"].strip(), (r.get("recorder") or "").strip())
+             for r in rows]
+    missing = [c.path.name for c in clips if not c.path.is_file()]
+    if missing:
+        raise DataError(f"{csv_path}: {len(missing)} listed file(s) missing from {audio_dir}, "
+                        f"first: {missing[0]}")
+    empty = [c.path.name for c in clips if not c.label]
+    if empty:
+        raise DataError(f"{csv_path}: empty label for {empty[0]}")
+    return clips
+
+
+def clip_features(clip: Clip, frontend: FrontendConfig) -> np.ndarray:
+    """Decode (any rate, any channel count) and compute the log-mel; errors name the clip."""
+    try:
+        samples = audio.load(clip.path, frontend.sample_rate)
+    except AudioError as exc:
+        raise DataError(str(exc)) from exc
+    return log_mel(samples, frontend)
+
+
+def load_split(data_dir: Path, name: str, labels: tuple[str, ...] | None = None,
+               frontend: FrontendConfig = FrontendConfig(), workers: int = 2) -> Split:
+    """Read ``lab/<name>.csv`` and compute every clip's features.
+
+    ``labels`` fixes the class order (the train split defines it when omitted: background first,
+    then the others sorted); a label outside it is an error naming the clip.
+    """
+    data_dir = Path(data_dir)
+    clips = read_label_list(data_dir / "lab" / f"{name}.csv", data_dir / "audio")
+    if labels is None:
+        found = sorted({c.label for c in clips})
+        labels = tuple(([BACKGROUND] if BACKGROUND in found else []) + [l for l in found if l != BACKGROUND])
+    index = {label: i for i, label in enumerate(labels)}
+    for clip in clips:
+        if clip.label not in index:
+            raise DataError(f"{clip.path.name}: label {clip.label!r} is not one of {list(labels)}")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        features = list(pool.map(lambda c: clip_features(c, frontend), clips))
+    targets = np.array([index[c.label] for c in clips], dtype=np.int64)
+    return Split(name, clips, features, targets, tuple(labels))
+
+
+def data_identity(data_dir: Path) -> dict:
+    """What a model was trained on: the sha256 of each label list (audio names are inside)."""
+    lab = Path(data_dir) / "lab"
+    return {"data_dir": Path(data_dir).name,
+            **{p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(lab.glob("*.csv"))}}

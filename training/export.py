@@ -1,0 +1,87 @@
+"""ONNX export of a trained model, per the model-file contract in DESIGN.md.
+
+Input ``logmel`` float32 ``[batch, frames, 128]`` (dynamic batch and frames, any length >= 1);
+outputs ``probs`` ``[batch, classes]`` and ``embedding`` ``[batch, h]``. Frame pairing happens
+inside the graph; the BiLSTM is one standard bidirectional LSTM, exported as native ONNX LSTM
+nodes; labels, frontend and provenance travel in ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+import edgemon
+from edgemon.frontend import FrontendConfig
+from training.model import PrimateBiLSTM, pair_frames
+
+
+class ExportableModel(nn.Module):
+    """The trained network for exact-length inputs: standard BiLSTM, softmax output."""
+
+    def __init__(self, model: PrimateBiLSTM):
+        super().__init__()
+        self.lstm = model.encoder.to_bidirectional()
+        self.mlp = model.mlp
+        self.head = model.head
+
+    def forward(self, logmel: torch.Tensor):
+        hidden, _ = self.lstm(pair_frames(logmel))
+        pooled = torch.cat([hidden.mean(1), hidden.amax(1), hidden.amin(1)], dim=1)
+        embedding = self.mlp(pooled)
+        return torch.softmax(self.head(embedding), dim=1), embedding
+
+
+def code_version() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"edgemon {edgemon.__version__}" + (f" ({commit})" if commit else "")
+
+
+def export_onnx(model: PrimateBiLSTM, path: Path, labels: tuple[str, ...], frontend: FrontendConfig,
+                metadata: dict | None = None) -> Path:
+    """Write ``model`` to ``path`` as ONNX with self-describing metadata; returns ``path``."""
+    wrapper = ExportableModel(model).eval()
+    example = torch.randn(2, 37, model.config.n_mels)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=17,
+                      input_names=["logmel"], output_names=["probs", "embedding"],
+                      dynamic_axes={"logmel": {0: "batch", 1: "frames"}, "probs": {0: "batch"},
+                                    "embedding": {0: "batch"}})
+    proto = onnx.load(str(path))
+    props = {
+        "labels": json.dumps(list(labels)),
+        "frontend": json.dumps(frontend.to_dict()),
+        "model_config": json.dumps(model.config.__dict__),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()},
+    }
+    onnx.helper.set_model_props(proto, props)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """Dynamic int8 quantisation of weights (LSTM and MatMul); about 4x smaller and faster on CPU."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    proto = onnx.load(str(dst))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props["precision"] = "int8"
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(dst))
+    return Path(dst)

@@ -1,0 +1,149 @@
+"""``train()``: one model, reusable by the CLI and by the hyper-parameter search.
+
+The loop knows nothing of Optuna or of files: it takes typed configs and two splits, calls
+``on_epoch(epoch, record)`` after each epoch (a search may raise from it to prune), and returns
+the model at its best epoch by devel UAR.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from training.augment import AugmentConfig, augment
+from training.data import BACKGROUND, Split
+from training.evaluate import uar
+from training.losses import focal_loss
+from training.model import ModelConfig, PrimateBiLSTM
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation settings; defaults are the best setting of the paper's Table 2."""
+
+    lr: float = 3.373e-4
+    batch_size: int = 32
+    weight_decay: float = 0.0578   # lambda
+    lr_decay: float = 0.82         # beta: lr is multiplied by it after every epoch
+    gamma: float = 3.0             # focal-loss focusing parameter
+    epochs: int = 300
+    patience: int = 0              # stop after this many epochs without a better devel UAR; 0: never
+    seed: int = 0
+    device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", …
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: PrimateBiLSTM           # on the CPU, in eval mode, with the best epoch's weights
+    best_epoch: int
+    best_uar: float
+    history: list[dict]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def balanced_indices(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``len(targets)`` draws with replacement, each class equally likely (one epoch's sample)."""
+    counts = np.bincount(targets)
+    weights = 1.0 / counts[targets]
+    return rng.choice(len(targets), size=len(targets), replace=True, p=weights / weights.sum())
+
+
+def pad_batch(features: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of ``[T_i, F]`` -> zero-padded ``[B, max T, F]`` and lengths ``[B]``."""
+    lengths = torch.tensor([len(f) for f in features])
+    batch = torch.zeros(len(features), int(lengths.max()), features[0].shape[1])
+    for i, f in enumerate(features):
+        batch[i, :len(f)] = torch.from_numpy(f)
+    return batch, lengths
+
+
+@torch.no_grad()
+def predict(model: PrimateBiLSTM, features: list[np.ndarray], device: torch.device | str = "cpu",
+            batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities ``[n, C]`` and embeddings ``[n, h]`` of whole clips, in input order."""
+    model.eval()
+    order = np.argsort([len(f) for f in features])  # similar lengths together: little padding
+    probs = np.zeros((len(features), model.config.n_classes), np.float32)
+    embeddings = np.zeros((len(features), model.config.hidden), np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        x, lengths = pad_batch([features[i] for i in idx])
+        logits, emb = model(x.to(device), lengths.to(device))
+        probs[idx] = torch.softmax(logits, dim=1).cpu().numpy()
+        embeddings[idx] = emb.cpu().numpy()
+    return probs, embeddings
+
+
+def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, train_split: Split,
+          devel_split: Split, on_epoch: Callable[[int, dict], None] | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train with class-balanced resampling, focal loss, AdamW and per-epoch lr decay."""
+    torch.manual_seed(optim.seed)
+    rng = np.random.default_rng(optim.seed)
+    device = resolve_device(optim.device)
+    model = PrimateBiLSTM(model_config).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=optim.lr_decay)
+    backgrounds = None
+    if aug.needs_background:
+        bg = train_split.labels.index(BACKGROUND)
+        backgrounds = [f for f, t in zip(train_split.features, train_split.targets) if t == bg]
+
+    best = (-1.0, 0, None)
+    history: list[dict] = []
+    epochs = range(1, optim.epochs + 1)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(epochs, desc="epochs", unit="epoch")
+        epochs = bar
+    for epoch in epochs:
+        started = time.perf_counter()
+        model.train()
+        order = balanced_indices(train_split.targets, rng)
+        losses = []
+        for start in range(0, len(order), optim.batch_size):
+            idx = order[start:start + optim.batch_size]
+            x, lengths = pad_batch([augment(train_split.features[i], aug, rng, backgrounds) for i in idx])
+            targets = torch.from_numpy(train_split.targets[idx]).to(device)
+            logits, _ = model(x.to(device), lengths.to(device))
+            loss = focal_loss(logits, targets, optim.gamma)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        schedule.step()
+        probs, _ = predict(model, devel_split.features, device)
+        devel_uar = uar(devel_split.targets, probs.argmax(1), len(devel_split.labels))
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "devel_uar": devel_uar,
+                  "lr": optimiser.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+        history.append(record)
+        if devel_uar > best[0]:
+            best = (devel_uar, epoch, copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", devel_uar=f"{devel_uar:.3f}",
+                            best=f"{best[0]:.3f}@{best[1]}")
+        else:
+            log.info("epoch %d loss %.4f devel UAR %.3f (best %.3f @ %d)", epoch, record["loss"],
+                     devel_uar, best[0], best[1])
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+        if optim.patience and epoch - best[1] >= optim.patience:
+            break
+    model = model.cpu()
+    model.load_state_dict(best[2])
+    model.eval()
+    return TrainResult(model=model, best_epoch=best[1], best_uar=best[0], history=history)

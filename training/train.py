@@ -126,10 +126,12 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             optimiser.step()
             losses.append(loss.item())
         schedule.step()
+        train_seconds = time.perf_counter() - started
         probs, _ = predict(model, devel_split.features, device)
         devel_uar = uar(devel_split.targets, probs.argmax(1), len(devel_split.labels))
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "devel_uar": devel_uar,
-                  "lr": optimiser.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+                  "lr": optimiser.param_groups[0]["lr"], "train_seconds": train_seconds,
+                  "seconds": time.perf_counter() - started}
         history.append(record)
         if devel_uar > best[0]:
             best = (devel_uar, epoch, copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))

@@ -1,0 +1,262 @@
+"""The detections database: a ledger of processed audio files and the detections found in them.
+
+One SQLite file in WAL mode, so ``edgemon export`` can read while the daemon writes. A file's
+detections and its ledger row are written in one transaction: after a crash or restart a file is
+either done with all its detections or still to do, never half-stored. A ``Store`` holds one
+connection and must stay on one thread; the daemon owns the single writer.
+
+Times are stored as fixed-width UTC text ('2024-05-01T06:00:00.000Z', see ``utc_iso``), so text
+order is time order and a time range can use the index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from edgemon.errors import EdgemonError
+
+BUSY_TIMEOUT_MS = 30_000
+TIME_SOURCES = ("filename", "metadata", "mtime", "host_clock")
+FILE_STATES = ("done", "failed", "quarantined")
+
+
+class StoreError(EdgemonError):
+    """The detections database cannot be opened or migrated."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """One detected event in a recording or live stream.
+
+    ``start_s``/``end_s`` are seconds from the start of ``source``. ``start_utc``/``end_utc`` are
+    ISO 8601 times with a UTC offset ('Z' or '+00:00'), or None when the start time is unknown.
+    ``time_source`` is one of TIME_SOURCES. ``votes`` is JSON text with the ensemble members'
+    labels and probabilities; the store keeps it as it is.
+    """
+
+    device_id: str
+    source: str
+    start_s: float
+    end_s: float
+    start_utc: str | None
+    end_utc: str | None
+    time_source: str
+    clock_suspect: bool
+    label: str
+    confidence: float
+    votes: str
+    bundle_id: str
+
+
+def utc_iso(value: str | dt.datetime, *, naive_is_utc: bool = False) -> str:
+    """``value`` as the store's UTC text, to the millisecond: '2024-05-01T06:00:00.000Z'.
+
+    Fixed width, so comparing the text compares the times. A time without an offset is rejected
+    with ValueError (its zone is unknown) unless ``naive_is_utc`` says to read it as UTC.
+    """
+    when = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    if when.tzinfo is None:
+        if not naive_is_utc:
+            raise ValueError(f"time without a UTC offset: {value!r}")
+        when = when.replace(tzinfo=dt.timezone.utc)
+    utc = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return utc.isoformat(timespec="milliseconds") + "Z"
+
+
+def _now() -> str:
+    return utc_iso(dt.datetime.now(dt.timezone.utc))
+
+
+def _optional_utc(value: str | dt.datetime | None) -> str | None:
+    return None if value is None else utc_iso(value)
+
+
+MIGRATIONS = Migrations("edgemon.store")
+
+
+@MIGRATIONS()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    """Ledger, detections and export cursors. Plain DDL, so the constraints are visible."""
+    time_sources = ", ".join(f"'{t}'" for t in TIME_SOURCES)
+    states = ", ".join(f"'{s}'" for s in FILE_STATES)
+    db.execute(f"""
+        CREATE TABLE files (
+            source TEXT PRIMARY KEY,
+            path TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ({states})),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            duration_s REAL,
+            start_utc TEXT,
+            time_source TEXT CHECK (time_source IN ({time_sources})),
+            clock_suspect INTEGER CHECK (clock_suspect IN (0, 1)),
+            bundle_id TEXT,
+            updated_at TEXT NOT NULL
+        )""")
+    # AUTOINCREMENT: ids are never reused after a delete, so an export cursor ("id > last_id")
+    # sees re-processed detections again instead of mistaking them for rows already exported.
+    db.execute(f"""
+        CREATE TABLE detections (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            device_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            start_s REAL NOT NULL,
+            end_s REAL NOT NULL,
+            start_utc TEXT,
+            end_utc TEXT,
+            time_source TEXT NOT NULL CHECK (time_source IN ({time_sources})),
+            clock_suspect INTEGER NOT NULL CHECK (clock_suspect IN (0, 1)),
+            label TEXT NOT NULL,
+            confidence REAL NOT NULL,
+            votes TEXT,
+            bundle_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            UNIQUE (source, start_s, label, bundle_id)
+        )""")
+    db.execute("CREATE INDEX detections_start_utc ON detections (start_utc)")
+    db.execute("CREATE INDEX detections_label ON detections (label)")
+    db.execute("""
+        CREATE TABLE export_cursors (
+            name TEXT PRIMARY KEY,
+            last_id INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        )""")
+
+
+class Store:
+    """The detections database at ``path``, created and migrated on open."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.db = sqlite_utils.Database(self.path)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open detections database {self.path}: {e}") from e
+        try:
+            # The timeout first, so that switching to WAL and migrating wait for a busy writer.
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.db.enable_wal()
+            # NORMAL under WAL: a power cut may lose the last commits but never corrupts; a lost
+            # commit drops a file's detections and ledger row together, so it is simply redone.
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            MIGRATIONS.apply(self.db)
+        except sqlite3.Error as e:
+            self.db.close()
+            raise StoreError(f"cannot open detections database {self.path}: {e}") from e
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite_utils.Database]:
+        """One write transaction, committed at the end of the block or rolled back on error.
+
+        IMMEDIATE takes the write lock up front and waits up to the busy timeout for it; a
+        deferred transaction that reads and then writes fails at once with SQLITE_BUSY when
+        another connection (an export advancing its cursor) committed in between.
+        """
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            self.db.conn.execute("COMMIT")
+        except BaseException:
+            if self.db.conn.in_transaction:
+                self.db.conn.execute("ROLLBACK")
+            raise
+
+    def file_entry(self, source: str) -> dict | None:
+        """The ledger row of ``source`` as a dict, or None if the file was never recorded."""
+        return next(self.db["files"].rows_where("source = ?", [source]), None)
+
+    def commit_file(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
+                    duration_s: float, start_utc: str | dt.datetime | None, time_source: str,
+                    clock_suspect: bool, bundle_id: str, detections: list[Detection]) -> None:
+        """Store a processed file: its detections replace earlier ones of the same bundle, and its
+        ledger row becomes 'done'. One transaction: all of it is stored or none of it.
+
+        ``size`` is in bytes, ``mtime_ns`` in nanoseconds since the epoch, ``duration_s`` in
+        seconds. Raises ValueError if a detection names another source or bundle.
+        """
+        for d in detections:
+            if d.source != source or d.bundle_id != bundle_id:
+                raise ValueError(f"detection of {d.source!r} / bundle {d.bundle_id!r} "
+                                 f"committed as {source!r} / bundle {bundle_id!r}")
+        now = _now()
+        rows = [_detection_row(d, now) for d in detections]
+        with self._write() as db:
+            db.execute("DELETE FROM detections WHERE source = ? AND bundle_id = ?",
+                       [source, bundle_id])
+            if rows:
+                db["detections"].insert_all(rows, replace=True)
+            attempts = _attempts_so_far(self.file_entry(source), size, mtime_ns) + 1
+            db["files"].upsert({
+                "source": source, "path": str(path), "size": size, "mtime_ns": mtime_ns,
+                "state": "done", "attempts": attempts, "error": None, "duration_s": duration_s,
+                "start_utc": _optional_utc(start_utc), "time_source": time_source,
+                "clock_suspect": int(clock_suspect), "bundle_id": bundle_id, "updated_at": now,
+            }, pk="source")
+
+    def record_failure(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
+                       error: str, max_attempts: int = 3) -> str:
+        """Count a failed attempt at ``source`` and return its new state: 'failed', or
+        'quarantined' once it has failed ``max_attempts`` times. Detections are left alone.
+
+        A file whose size or mtime changed since the last attempt is a new version (the recorder
+        rewrote it), so its count starts again.
+        """
+        with self._write() as db:
+            attempts = _attempts_so_far(self.file_entry(source), size, mtime_ns) + 1
+            state = "quarantined" if attempts >= max_attempts else "failed"
+            db["files"].upsert({
+                "source": source, "path": str(path), "size": size, "mtime_ns": mtime_ns,
+                "state": state, "attempts": attempts, "error": error, "updated_at": _now(),
+            }, pk="source")
+        return state
+
+    def insert_detections(self, detections: Iterable[Detection]) -> int:
+        """Store detections of a live stream (no ledger row) in one transaction.
+
+        A detection with the same source, start_s, label and bundle as a stored one replaces it.
+        Returns the number of detections given.
+        """
+        now = _now()
+        rows = [_detection_row(d, now) for d in detections]
+        if rows:
+            with self._write() as db:
+                db["detections"].insert_all(rows, replace=True)
+        return len(rows)
+
+    def integrity_check(self) -> str:
+        """'ok' when SQLite finds the file sound, else its findings, one per line."""
+        rows = self.db.execute("PRAGMA quick_check").fetchall()
+        return "\n".join(str(row[0]) for row in rows)
+
+
+def _detection_row(d: Detection, created_at: str) -> dict:
+    row = dataclasses.asdict(d)
+    row.update(start_utc=_optional_utc(d.start_utc), end_utc=_optional_utc(d.end_utc),
+               clock_suspect=int(d.clock_suspect), created_at=created_at)
+    return row
+
+
+def _attempts_so_far(entry: dict | None, size: int, mtime_ns: int) -> int:
+    """Attempts already made at this version (size and mtime) of the file."""
+    if entry is None or (entry["size"], entry["mtime_ns"]) != (size, mtime_ns):
+        return 0
+    return entry["attempts"]

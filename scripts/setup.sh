@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up edgemon for development on Debian/Ubuntu (or Raspberry Pi OS): system libraries, a
+# virtual environment in .venv, the CPU build of torch (pinned, so nothing downloads a multi-GB
+# CUDA build) and the package with its training and test extras. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SYSTEM_PACKAGES=(libportaudio2 libsndfile1 python3-venv)
+missing=()
+for p in "${SYSTEM_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo sudo)
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+# GPU users: install your CUDA torch into .venv first and set EDGEMON_TORCH="" to keep it.
+.venv/bin/pip install -q ${EDGEMON_TORCH-torch==2.13.0} -e '.[train,dev]'

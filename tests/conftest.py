@@ -1,0 +1,55 @@
+"""Shared fixtures: the real Borneo data (skipped outside this workplace) and small real audio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+ROOT = Path(__file__).resolve().parents[1]
+BORNEO = ROOT.parent / "shared" / "data" / "borneo"
+
+
+@pytest.fixture(scope="session")
+def borneo_dir() -> Path:
+    """The Borneo five-class set at ../shared/data/borneo (read-only)."""
+    if not (BORNEO / "lab" / "devel.csv").is_file():
+        pytest.skip(f"needs the Borneo data set at {BORNEO} (see README: Data)")
+    return BORNEO
+
+
+TINY_LABELS = ("background", "call_high", "call_low")
+
+
+def tone(freq: float, seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A tone in faint noise: float32 mono in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    signal = 0.3 * np.sin(2 * np.pi * freq * t) if freq else 0.0
+    return (signal + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def make_tiny_dataset(root: Path) -> Path:
+    """A ComParE-layout data set of real FLAC files: background noise, a 3 kHz and a 500 Hz tone."""
+    (root / "audio").mkdir()
+    (root / "lab").mkdir()
+    freqs = {"background": 0, "call_high": 3000, "call_low": 500}
+    seed = 0
+    for split, n in (("train", 6), ("devel", 3), ("test", 3)):
+        rows = ["filename,label,recorder,source_recording,duration_s,sample_rate"]
+        for label, freq in freqs.items():
+            for i in range(n):
+                seed += 1
+                name = f"{label}_{split}_{i}.flac"
+                seconds = 1.0 + 0.25 * i
+                soundfile.write(root / "audio" / name, tone(freq, seconds, seed=seed), 16000)
+                rows.append(f"{name},{label},S{i % 2},S{i % 2}_x,{seconds},16000")
+        (root / "lab" / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))

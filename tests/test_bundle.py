@@ -1,0 +1,108 @@
+"""Bundles are verified before use; the vote is deterministic."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgemon.bundle import load_bundle, write_bundle
+from edgemon.ensemble import Ensemble, majority_vote
+from edgemon.errors import BundleError
+from edgemon.frontend import FrontendConfig
+from training.export import export_onnx
+from training.model import ModelConfig, PrimateBiLSTM
+
+LABELS = ["background", "a", "b"]
+
+
+@pytest.fixture(scope="module")
+def member_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("members")
+    files = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        model = PrimateBiLSTM(ModelConfig(hidden=16, layers=1, n_classes=3)).eval()
+        files.append(export_onnx(model, root / f"m{seed}.onnx", tuple(LABELS), FrontendConfig()))
+    return files
+
+
+@pytest.fixture
+def bundle_dir(member_files, tmp_path):
+    write_bundle(tmp_path / "b", member_files, LABELS, frontend=FrontendConfig(), window_s=4.0, hop_s=2.0,
+                 devel_uars=[0.5, 0.6])
+    return tmp_path / "b"
+
+
+def test_written_bundle_loads_and_runs(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    assert bundle.labels == tuple(LABELS) and len(bundle.members) == 2
+    assert bundle.members[1].devel_uar == 0.6
+    votes = Ensemble(bundle).vote(np.random.default_rng(0).standard_normal((4, 125, 128)).astype(np.float32))
+    assert votes.winner.shape == (4,) and votes.member_labels.shape == (2, 4)
+    assert np.all((votes.confidence > 0) & (votes.confidence <= 1))
+
+
+def test_tampered_member_is_refused_naming_the_file(bundle_dir):
+    with open(bundle_dir / "member01.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(BundleError, match="member01.onnx.*sha256"):
+        load_bundle(bundle_dir)
+
+
+def test_missing_member_and_missing_manifest(bundle_dir, tmp_path):
+    (bundle_dir / "member00.onnx").unlink()
+    with pytest.raises(BundleError, match="member00.onnx.*missing"):
+        load_bundle(bundle_dir)
+    with pytest.raises(BundleError, match="manifest"):
+        load_bundle(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"frontend": {**FrontendConfig().to_dict(), "kind": "pcen"}}, "unknown frontend kind"),
+    ({"format_version": 99}, "not an edgemon-bundle v1"),
+    ({"voting": "borda"}, "unknown voting rule"),
+    ({"hop_s": 0}, "hop_s"),
+    ({"thresholds": {"zebra": 0.5}}, "unknown labels"),
+])
+def test_bad_manifests_are_refused(bundle_dir, change, message):
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    (bundle_dir / "manifest.json").write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_dir)
+
+
+def test_member_whose_labels_differ_from_the_manifest_is_refused(bundle_dir):
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["labels"] = ["background", "b", "a"]
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="member00.onnx: model labels"):
+        Ensemble(load_bundle(bundle_dir))
+
+
+def probs(*rows):
+    return np.array(rows, dtype=np.float64)
+
+
+def test_majority_wins_over_confidence():
+    # Members x windows x classes: two members say class 1 weakly, one says class 2 strongly.
+    p = np.array([[[0.3, 0.4, 0.3]], [[0.3, 0.4, 0.3]], [[0.0, 0.01, 0.99]]])
+    votes = majority_vote(p)
+    assert votes.winner.tolist() == [1]
+    assert votes.confidence[0] == pytest.approx(0.27)
+
+
+def test_tie_goes_to_the_higher_mean_probability():
+    p = np.array([[[0.1, 0.8, 0.1]], [[0.1, 0.3, 0.6]]])  # one vote each for 1 and 2
+    assert majority_vote(p).winner.tolist() == [1]
+    p = np.array([[[0.1, 0.5, 0.4]], [[0.1, 0.05, 0.85]]])  # mean: 1 -> 0.275, 2 -> 0.625
+    assert majority_vote(p).winner.tolist() == [2]
+
+
+def test_exact_tie_falls_to_the_lowest_index_and_untied_classes_never_win():
+    p = np.array([[[0.0, 0.6, 0.4]], [[0.0, 0.4, 0.6]]])
+    assert majority_vote(p).winner.tolist() == [1]
+    # Class 0 has the highest mean but no member voted for it.
+    p = np.array([[[0.45, 0.55, 0.0]], [[0.45, 0.0, 0.55]], [[0.45, 0.55, 0.0]]])
+    assert majority_vote(p).winner.tolist() == [1]

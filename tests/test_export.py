@@ -1,0 +1,210 @@
+"""Export: CSV, JSON Lines and Raven tables, filters, the --new cursor, reading beside a writer."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edgemon.export import RAVEN_COLUMNS, ExportError, export_detections
+from edgemon.store import Detection, Store
+
+REC1 = "site1/20240501_060000.wav"
+REC2 = "site2/20240502_060000.wav"
+LIVE = "live:mic0"
+UTC = dt.timezone.utc
+
+
+def detection(source: str, start_s: float, label: str, confidence: float,
+              start_utc: str | None) -> Detection:
+    return Detection(device_id="rec01", source=source, start_s=start_s, end_s=start_s + 3.0,
+                     start_utc=start_utc, end_utc=None, time_source="filename",
+                     clock_suspect=False, label=label, confidence=confidence,
+                     votes=json.dumps({"m0": [label, confidence]}), bundle_id="b1")
+
+
+def commit(store: Store, source: str, detections: list[Detection]) -> None:
+    store.commit_file(source, path=f"/data/{source}", size=100, mtime_ns=1, duration_s=60.0,
+                      start_utc=None, time_source="filename", clock_suspect=False,
+                      bundle_id="b1", detections=detections)
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    """A database with two recordings (ids 1-3 and 4) and a live stream without clock (id 5)."""
+    path = tmp_path / "detections.db"
+    with Store(path) as store:
+        commit(store, REC1, [detection(REC1, 0.0, "bird", 0.9, "2024-05-01T06:00:00Z"),
+                             detection(REC1, 3.0, "frog", 0.4, "2024-05-01T06:00:03Z"),
+                             detection(REC1, 6.0, "bird", 0.7, "2024-05-01T06:00:06Z")])
+        commit(store, REC2, [detection(REC2, 1.5, "bird", 0.8, "2024-05-02T06:00:01.5Z")])
+        store.insert_detections([detection(LIVE, 10.0, "frog", 0.95, None)])
+    return path
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def cursor_of(db_path: Path, name: str = "default") -> int | None:
+    conn = sqlite3.connect(db_path)
+    row = conn.execute("SELECT last_id FROM export_cursors WHERE name = ?", [name]).fetchone()
+    conn.close()
+    return None if row is None else row[0]
+
+
+def test_csv_file_holds_every_detection(db_path, tmp_path):
+    out = tmp_path / "out.csv"
+    assert export_detections(db_path, "csv", out) == 5
+    rows = read_csv(out)
+    assert [r["id"] for r in rows] == ["1", "2", "3", "4", "5"]
+    first = rows[0]
+    assert (first["source"], first["label"], float(first["confidence"])) == (REC1, "bird", 0.9)
+    assert (float(first["start_s"]), float(first["end_s"])) == (0.0, 3.0)
+    assert first["start_utc"] == "2024-05-01T06:00:00.000Z"
+    assert json.loads(first["votes"]) == {"m0": ["bird", 0.9]}
+    assert rows[4]["start_utc"] == ""  # unknown time stays empty
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_csv_goes_to_stdout_without_output(db_path, capsys):
+    assert export_detections(db_path) == 5
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 5 and rows[3]["source"] == REC2
+
+
+def test_jsonl_round_trips_values(db_path, tmp_path):
+    out = tmp_path / "out.jsonl"
+    assert export_detections(db_path, "jsonl", out) == 5
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[3]["start_utc"] == "2024-05-02T06:00:01.500Z"
+    assert rows[3]["start_s"] == 1.5 and rows[3]["confidence"] == 0.8
+    assert rows[4]["start_utc"] is None and rows[4]["source"] == LIVE
+
+
+def test_raven_writes_one_table_per_source(db_path, tmp_path):
+    out = tmp_path / "raven"
+    out.mkdir()
+    assert export_detections(db_path, "raven", out) == 5
+    assert sorted(p.name for p in out.iterdir()) == [
+        "20240501_060000.selections.txt", "20240502_060000.selections.txt",
+        "live_mic0.selections.txt"]
+    with open(out / "20240501_060000.selections.txt", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert list(rows[0]) == list(RAVEN_COLUMNS)
+    assert [r["Selection"] for r in rows] == ["1", "2", "3"]
+    assert [float(r["Begin Time (s)"]) for r in rows] == [0.0, 3.0, 6.0]
+    assert [float(r["End Time (s)"]) for r in rows] == [3.0, 6.0, 9.0]
+    second = rows[1]
+    assert (second["View"], second["Channel"], second["Low Freq (Hz)"],
+            second["High Freq (Hz)"]) == ("Spectrogram 1", "1", "0", "8000")
+    assert (second["Label"], float(second["Confidence"])) == ("frog", 0.4)
+    assert second["Begin Path"] == f"/data/{REC1}"  # from the ledger
+    assert float(second["File Offset (s)"]) == 3.0
+    assert second["Begin Date Time (UTC)"] == "2024-05-01T06:00:03.000Z"
+    with open(out / "live_mic0.selections.txt", newline="") as f:
+        live = list(csv.DictReader(f, delimiter="\t"))
+    assert live[0]["Begin Path"] == LIVE  # no ledger row for a stream
+
+
+def test_raven_tells_apart_sources_with_one_stem(db_path, tmp_path):
+    other = "site3/20240501_060000.wav"
+    with Store(db_path) as store:
+        commit(store, other, [detection(other, 0.0, "bird", 0.9, None)])
+    out = tmp_path / "raven"
+    out.mkdir()
+    export_detections(db_path, "raven", out)
+    names = sorted(p.name for p in out.iterdir() if p.name.startswith("20240501"))
+    assert len(names) == 2 and all(n.endswith(".selections.txt") for n in names)
+
+
+@pytest.mark.parametrize("output", [None, "missing-dir"])
+def test_raven_needs_an_output_directory(db_path, tmp_path, output):
+    with pytest.raises(ExportError, match="directory"):
+        export_detections(db_path, "raven", None if output is None else tmp_path / output)
+
+
+def test_time_filters_compare_utc_and_drop_unknown_times(db_path, tmp_path):
+    out = tmp_path / "out.csv"
+    since = dt.datetime(2024, 5, 1, 8, 0, 3, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert export_detections(db_path, "csv", out, since=since) == 3
+    assert [r["id"] for r in read_csv(out)] == ["2", "3", "4"]
+    assert export_detections(db_path, "csv", out, until=dt.datetime(2024, 5, 1, 6, 0, 3)) == 1
+    assert [r["id"] for r in read_csv(out)] == ["1"]  # naive = UTC; until is exclusive
+
+
+def test_label_and_confidence_filters(db_path, tmp_path):
+    out = tmp_path / "out.csv"
+    assert export_detections(db_path, "csv", out, label=["frog"]) == 2
+    assert {r["label"] for r in read_csv(out)} == {"frog"}
+    assert export_detections(db_path, "csv", out, label=["bird"], min_confidence=0.8) == 2
+    assert [r["id"] for r in read_csv(out)] == ["1", "4"]
+
+
+def test_new_exports_each_detection_once(db_path, tmp_path):
+    out = tmp_path / "out.jsonl"
+    assert export_detections(db_path, "jsonl", out, new=True) == 5
+    assert cursor_of(db_path) == 5
+    assert export_detections(db_path, "jsonl", out, new=True) == 0
+    assert out.read_text() == ""
+    with Store(db_path) as store:
+        store.insert_detections([detection(LIVE, 20.0, "bird", 0.6, None)])
+    assert export_detections(db_path, "jsonl", out, new=True) == 1
+    assert [json.loads(line)["start_s"] for line in out.read_text().splitlines()] == [20.0]
+    # Cursors are independent by name.
+    assert export_detections(db_path, "jsonl", out, new=True, cursor_name="other") == 6
+
+
+def test_failed_write_leaves_the_cursor_for_a_repeat(db_path, tmp_path):
+    assert export_detections(db_path, "csv", tmp_path / "first.csv", new=True,
+                             label=["bird"]) == 3
+    assert cursor_of(db_path) == 4
+    with Store(db_path) as store:
+        store.insert_detections([detection(LIVE, 20.0, "frog", 0.6, None)])
+    with pytest.raises(ExportError, match="no-such-dir"):
+        export_detections(db_path, "csv", tmp_path / "no-such-dir" / "out.csv", new=True)
+    taken = tmp_path / "a-directory"  # the rename fails after the temp file was written
+    taken.mkdir()
+    with pytest.raises(ExportError, match="a-directory"):
+        export_detections(db_path, "csv", taken, new=True)
+    assert list(tmp_path.glob(".*.tmp")) == []
+    assert cursor_of(db_path) == 4
+    out = tmp_path / "repeat.csv"
+    assert export_detections(db_path, "csv", out, new=True) == 2
+    assert [r["id"] for r in read_csv(out)] == ["5", "6"]
+    assert cursor_of(db_path) == 6
+
+
+def test_missing_database_is_an_export_error(tmp_path):
+    with pytest.raises(ExportError, match="nowhere.db"):
+        export_detections(tmp_path / "nowhere.db", "csv", tmp_path / "out.csv")
+    assert not (tmp_path / "nowhere.db").exists()
+
+
+def test_unknown_format_is_an_export_error(db_path):
+    with pytest.raises(ExportError, match="xml"):
+        export_detections(db_path, "xml")
+
+
+@pytest.mark.timeout(10)
+def test_export_reads_beside_an_open_write_transaction(db_path, tmp_path):
+    writer = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute(
+            "INSERT INTO detections (device_id, source, start_s, end_s, time_source, "
+            "clock_suspect, label, confidence, bundle_id, created_at) "
+            "VALUES ('rec01', 'uncommitted.wav', 0, 3, 'mtime', 0, 'bat', 0.99, 'b1', 'now')")
+        out = tmp_path / "out.csv"
+        assert export_detections(db_path, "csv", out) == 5
+        assert "uncommitted.wav" not in out.read_text()
+        assert writer.in_transaction  # the writer was never disturbed
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

@@ -1,0 +1,63 @@
+"""ONNX export: parity with torch, native LSTM nodes, metadata, and int8 agreement."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgemon.frontend import FrontendConfig
+from training.export import export_onnx, quantize_int8
+from training.model import ModelConfig, PrimateBiLSTM
+
+LABELS = ("background", "a", "b", "c", "d")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = PrimateBiLSTM(ModelConfig(hidden=64, layers=2)).eval()
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx", LABELS, FrontendConfig(),
+                       {"devel_uar": 0.5})
+    return model, path
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 8, 63, 125, 250])
+def test_onnxruntime_matches_torch(exported, frames):
+    model, path = exported
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, frames, 128) * 3 - 5
+    with torch.no_grad():
+        logits, embedding = model(x)
+    probs, emb = session.run(["probs", "embedding"], {"logmel": x.numpy()})
+    np.testing.assert_allclose(probs, torch.softmax(logits, 1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(emb, embedding.numpy(), atol=1e-4)
+
+
+def test_graph_holds_native_lstm_nodes_and_metadata(exported):
+    _, path = exported
+    proto = onnx.load(str(path))
+    lstm = [n for n in proto.graph.node if n.op_type == "LSTM"]
+    assert len(lstm) == 2
+    assert all(a.s == b"bidirectional" for n in lstm for a in n.attribute if a.name == "direction")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["labels"]) == list(LABELS)
+    assert FrontendConfig.from_dict(json.loads(meta["frontend"])) == FrontendConfig()
+    assert json.loads(meta["devel_uar"]) == 0.5 and "created_at" in meta and "code_version" in meta
+
+
+def test_int8_agrees_with_fp32(exported, tmp_path):
+    _, path = exported
+    int8 = quantize_int8(path, tmp_path / "m8.onnx")
+    assert int8.stat().st_size < path.stat().st_size / 3
+    fp32 = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    q = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((64, 125, 128)) * 3 - 5).astype(np.float32)
+    p32 = fp32.run(["probs"], {"logmel": x})[0]
+    p8 = q.run(["probs"], {"logmel": x})[0]
+    # Bound: probabilities within 0.05 and the same argmax on at least 95 % of inputs.
+    assert np.abs(p32 - p8).max() < 0.05
+    assert (p32.argmax(1) == p8.argmax(1)).mean() >= 0.95

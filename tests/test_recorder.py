@@ -1,0 +1,352 @@
+"""Recorder files: start times from names and headers, suspect clocks, and unfinished files."""
+
+import os
+import struct
+import wave
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+import soundfile
+
+from edgemon.recorder import (
+    RecordingTime,
+    StabilityTracker,
+    read_wav_metadata,
+    recording_time,
+    time_from_filename,
+    time_from_metadata,
+    wav_header_consistent,
+)
+
+UTC = timezone.utc
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
+COMMENT = ("Recorded at {} by AudioMoth 24F3190361DA5E53 at medium gain while battery was 4.2V "
+           "and temperature was 21.3C.")
+
+
+def utc(*args):
+    return datetime(*args, tzinfo=UTC)
+
+
+# ---- crafting real WAV files byte by byte -----------------------------------------------------
+
+
+def chunk(chunk_id: bytes, body: bytes, pad: bool = True) -> bytes:
+    """One RIFF chunk; odd bodies get the pad byte RIFF requires unless ``pad`` is False."""
+    return struct.pack("<4sI", chunk_id, len(body)) + body + (b"\0" * (len(body) % 2 * pad))
+
+
+def info(**fields: str) -> bytes:
+    """A LIST/INFO chunk, e.g. info(ICMT="...", IART="...")."""
+    subs = b"".join(chunk(key.encode(), value.encode() + b"\0") for key, value in fields.items())
+    return chunk(b"LIST", b"INFO" + subs)
+
+
+def guano(**fields: str) -> bytes:
+    lines = ["GUANO|Version: 1.0"] + [f"{key.replace('_', ' ')}: {v}" for key, v in fields.items()]
+    return chunk(b"guan", "\n".join(lines).encode())
+
+
+def pcm16(seconds: float, rate: int) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    return (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
+
+
+def wav_bytes(seconds=0.5, rate=8000, before=(), after=(), riff_size=None, data_size=None):
+    """A 16-bit mono PCM WAV: fmt, the ``before`` chunks, data, the ``after`` chunks."""
+    audio = pcm16(seconds, rate)
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    data_head = struct.pack("<4sI", b"data", len(audio) if data_size is None else data_size)
+    body = (b"WAVE" + chunk(b"fmt ", fmt) + b"".join(before) + data_head + audio
+            + b"".join(after))
+    return struct.pack("<4sI", b"RIFF", len(body) if riff_size is None else riff_size) + body
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def write_wave_module(path, seconds=0.5, rate=8000):
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm16(seconds, rate))
+    return path
+
+
+# ---- file names -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("20240101_120000.WAV", utc(2024, 1, 1, 12, 0, 0)),
+    ("24F3190361DA5E53_20180217_080003.WAV", utc(2018, 2, 17, 8, 0, 3)),
+    ("20240101_120000T.WAV", utc(2024, 1, 1, 12, 0, 0)),
+    ("24F3190361DA5E53_20240101_235959T.WAV", utc(2024, 1, 1, 23, 59, 59)),
+    ("20240101_120000.wav", utc(2024, 1, 1, 12, 0, 0)),
+    ("20240229_000001.flac", utc(2024, 2, 29, 0, 0, 1)),
+    ("/media/sd/DCIM/20240101_120000.WAV", utc(2024, 1, 1, 12, 0, 0)),
+    ("5A8C5A83.WAV", utc(2018, 2, 20, 17, 27, 31)),  # `date -u -d @$((0x5A8C5A83))`
+    ("5a8c5a83.wav", utc(2018, 2, 20, 17, 27, 31)),
+])
+def test_filename_patterns(name, expected):
+    got = time_from_filename(name)
+    assert got == expected and got.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("name", [
+    "20241301_120000.WAV",  # month 13
+    "20230229_120000.WAV",  # not a leap year
+    "20240101_250000.WAV",  # hour 25
+    "20240101_120000.mp3",
+    "20240101_120000.WAV.part",
+    "SITE-A_20240101_120000.WAV",  # not a hex device id: maybe another recorder's local time
+    "5A8C5A8.WAV",  # seven hex digits
+    "recording.wav",
+    "",
+])
+def test_filename_without_a_time_gives_none(name):
+    assert time_from_filename(name) is None
+
+
+# ---- WAV metadata -----------------------------------------------------------------------------
+
+
+def test_reads_fields_comment_artist_and_guano(tmp_path):
+    comment = COMMENT.format("12:00:00 01/02/2024 (UTC)")
+    path = write(tmp_path / "a.wav", wav_bytes(
+        before=[info(ICMT=comment, IART="AudioMoth 24F3190361DA5E53"),
+                guano(Timestamp="2024-02-01T12:00:00", Loc_Position="4.5 114.2")]))
+    meta = read_wav_metadata(path)
+    assert (meta["sample_rate"], meta["channels"], meta["bits_per_sample"]) == (8000, 1, 16)
+    assert meta["comment"] == comment and meta["artist"] == "AudioMoth 24F3190361DA5E53"
+    assert meta["guano"] == {"GUANO|Version": "1.0", "Timestamp": "2024-02-01T12:00:00",
+                             "Loc Position": "4.5 114.2"}
+    size = path.stat().st_size
+    assert meta["riff_size"] == size - 8 and meta["file_size"] == size
+    assert meta["data_size"] == 8000 and meta["data_offset"] == size - 8000
+    assert "truncated" not in meta
+    with wave.open(str(path)) as w:  # the crafted file is a WAV that a real reader accepts
+        assert (w.getframerate(), w.getnframes()) == (8000, 4000)
+
+
+def test_matches_what_wave_and_soundfile_write(tmp_path):
+    meta = read_wav_metadata(write_wave_module(tmp_path / "w.wav", seconds=0.25, rate=16000))
+    assert (meta["sample_rate"], meta["data_size"], meta["data_offset"]) == (16000, 8000, 44)
+    soundfile.write(tmp_path / "s.wav", np.zeros((100, 2), np.float32), 48000, subtype="PCM_24")
+    meta = read_wav_metadata(tmp_path / "s.wav")
+    assert (meta["sample_rate"], meta["channels"], meta["bits_per_sample"]) == (48000, 2, 24)
+    assert meta["data_size"] == 600
+
+
+def test_guano_after_the_data_chunk_and_unpadded_odd_chunks(tmp_path):
+    odd = chunk(b"junk", b"abc", pad=False)  # odd size, pad byte forgotten by its writer
+    path = write(tmp_path / "a.wav", wav_bytes(before=[odd], after=[guano(Serial="X1")]))
+    meta = read_wav_metadata(path)
+    assert meta["guano"]["Serial"] == "X1" and meta["data_size"] == 8000
+
+
+def test_truncated_file_and_lying_sizes_give_what_was_found(tmp_path):
+    comment = COMMENT.format("12:00:00 01/02/2024 (UTC)")
+    full = wav_bytes(before=[info(ICMT=comment)])
+    meta = read_wav_metadata(write(tmp_path / "cut.wav", full[:len(full) // 2]))
+    assert meta["comment"] == comment and meta["data_size"] == 8000 and meta["truncated"]
+    liar = full[:12] + struct.pack("<4sI", b"fmt ", 10_000_000) + full[20:]
+    meta = read_wav_metadata(write(tmp_path / "liar.wav", liar))
+    assert meta["sample_rate"] == 8000 and meta["truncated"] and "data_offset" not in meta
+
+
+def test_not_riff_gives_only_the_size(tmp_path):
+    path = write(tmp_path / "x.wav", os.urandom(500))
+    assert read_wav_metadata(path) == {"file_size": 500}
+
+
+# ---- times from metadata ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stamp, expected", [
+    ("12:00:00 01/02/2024 (UTC)", utc(2024, 2, 1, 12)),
+    ("12:00:00 01/02/2024 (UTC+2)", utc(2024, 2, 1, 10)),
+    ("12:00:00 01/02/2024 (UTC-5)", utc(2024, 2, 1, 17)),
+    ("12:00:00 01/02/2024 (UTC+5:30)", utc(2024, 2, 1, 6, 30)),
+    ("01:15:00 01/01/2024 (UTC+10)", utc(2023, 12, 31, 15, 15)),
+])
+def test_audiomoth_comment_with_offsets(tmp_path, stamp, expected):
+    path = write(tmp_path / "a.wav", wav_bytes(before=[info(ICMT=COMMENT.format(stamp))]))
+    assert time_from_metadata(read_wav_metadata(path)) == expected
+
+
+@pytest.mark.parametrize("stamp, expected", [
+    ("2024-02-01T12:00:00", utc(2024, 2, 1, 12)),  # no offset: taken as UTC
+    ("2024-02-01T12:00:00+02:00", utc(2024, 2, 1, 10)),
+    ("2024-02-01 12:00:00.5-05:00", utc(2024, 2, 1, 17, 0, 0, 500000)),
+    ("2024-02-01T12:00:00Z", utc(2024, 2, 1, 12)),
+])
+def test_guano_timestamp(tmp_path, stamp, expected):
+    path = write(tmp_path / "a.wav", wav_bytes(after=[guano(Timestamp=stamp)]))
+    got = time_from_metadata(read_wav_metadata(path))
+    assert got == expected and got.utcoffset() == timedelta(0)
+
+
+def test_guano_beats_comment_and_a_bad_guano_falls_back():
+    comment = COMMENT.format("12:00:00 01/02/2024 (UTC)")
+    meta = {"comment": comment, "guano": {"Timestamp": "2024-03-01T00:00:00"}}
+    assert time_from_metadata(meta) == utc(2024, 3, 1)
+    meta["guano"]["Timestamp"] = "yesterday"
+    assert time_from_metadata(meta) == utc(2024, 2, 1, 12)
+    assert time_from_metadata({"comment": COMMENT.format("12:00:00 31/02/2024 (UTC)")}) is None
+    assert time_from_metadata({}) is None
+
+
+# ---- recording_time: precedence and suspect clocks -------------------------------------------
+
+
+def test_filename_beats_metadata(tmp_path):
+    comment = COMMENT.format("09:00:00 01/02/2024 (UTC)")
+    path = write(tmp_path / "20240101_120000.WAV", wav_bytes(before=[info(ICMT=comment)]))
+    assert recording_time(path, now=NOW) == RecordingTime(
+        utc(2024, 1, 1, 12), "filename", False, "AudioMoth name YYYYMMDD_HHMMSS")
+
+
+def test_metadata_when_the_name_has_no_time(tmp_path):
+    comment = COMMENT.format("09:00:00 01/02/2024 (UTC-3)")
+    got = recording_time(write(tmp_path / "site_a.wav", wav_bytes(before=[info(ICMT=comment)])),
+                         now=NOW)
+    assert (got.start_utc, got.source, got.suspect) == (utc(2024, 2, 1, 12), "metadata", False)
+
+
+def test_mtime_minus_duration_when_nothing_else(tmp_path):
+    path = write_wave_module(tmp_path / "clip.wav", seconds=0.5)
+    os.utime(path, ns=(0, 1_717_200_000_250_000_000))  # 2024-06-01 00:00:00.25 UTC
+    got = recording_time(path, now=NOW)
+    assert (got.start_utc, got.source, got.suspect) == (utc(2024, 5, 31, 23, 59, 59, 750000),
+                                                        "mtime", False)
+    flac = tmp_path / "clip.flac"
+    soundfile.write(flac, np.zeros(32000, np.float32), 16000)
+    os.utime(flac, ns=(0, 1_717_200_000_000_000_000))
+    assert recording_time(flac, now=NOW).start_utc == utc(2024, 5, 31, 23, 59, 58)
+
+
+def test_mtime_without_a_duration_is_plain_mtime(tmp_path):
+    path = write(tmp_path / "clip.wav", wav_bytes(riff_size=0, data_size=0))  # still recording
+    os.utime(path, ns=(0, 1_717_200_000_000_000_000))
+    got = recording_time(path, now=NOW)
+    assert (got.start_utc, got.source, got.detail) == (utc(2024, 6, 1), "mtime", "file mtime")
+
+
+def test_unset_clock_is_flagged_not_replaced(tmp_path):
+    got = recording_time(write_wave_module(tmp_path / "19700101_000010.WAV"), now=NOW)
+    assert (got.start_utc, got.source, got.suspect) == (utc(1970, 1, 1, 0, 0, 10), "filename", True)
+    assert "unset" in got.detail
+    hex_name = recording_time(write_wave_module(tmp_path / "0000000A.WAV"), now=NOW)
+    assert hex_name.suspect and hex_name.start_utc == utc(1970, 1, 1, 0, 0, 10)
+
+
+def test_sound_metadata_replaces_a_suspect_name(tmp_path):
+    comment = COMMENT.format("12:00:00 01/02/2024 (UTC)")
+    path = write(tmp_path / "19700101_000010.WAV", wav_bytes(before=[info(ICMT=comment)]))
+    got = recording_time(path, now=NOW)
+    assert (got.start_utc, got.source, got.suspect) == (utc(2024, 2, 1, 12), "metadata", False)
+
+
+def test_future_clock_is_flagged(tmp_path):
+    got = recording_time(write_wave_module(tmp_path / "20300101_000000.WAV"), now=NOW)
+    assert got.suspect and got.source == "filename" and "ahead" in got.detail
+    # Less than a day ahead (zones, drifting host clocks) is not suspect.
+    near = recording_time(tmp_path / "20300101_000000.WAV", now=utc(2029, 12, 31, 1))
+    assert not near.suspect
+    old = write_wave_module(tmp_path / "old.wav")
+    os.utime(old, ns=(0, 315_532_800_000_000_000))  # 1980: a recorder's FAT clock never set
+    assert recording_time(old, now=NOW).suspect
+
+
+def test_name_in_the_recorders_zone_is_converted(tmp_path):
+    # AudioMoth names files in its configured zone; the comment says which zone that was.
+    comment = COMMENT.format("12:00:00 01/02/2024 (UTC+2)")
+    path = write(tmp_path / "20240201_120000.WAV", wav_bytes(before=[info(ICMT=comment)]))
+    got = recording_time(path, now=NOW)
+    assert (got.start_utc, got.source) == (utc(2024, 2, 1, 10), "filename")
+    assert "UTC+02:00" in got.detail
+
+
+# ---- completeness -----------------------------------------------------------------------------
+
+
+def test_complete_files_are_consistent(tmp_path):
+    assert wav_header_consistent(write_wave_module(tmp_path / "w.wav")) == (
+        True, "header consistent")
+    odd_audio = wav_bytes(seconds=0.5, before=[info(ICMT="x")], after=[guano(Serial="abc")])
+    assert wav_header_consistent(write(tmp_path / "a.WAV", odd_audio))[0]
+    soundfile.write(tmp_path / "f.flac", np.zeros(100, np.float32), 16000)
+    assert wav_header_consistent(tmp_path / "f.flac") == (True, "not a WAV")
+
+
+def test_audiomoth_file_still_recording(tmp_path):
+    path = write(tmp_path / "20240101_120000.WAV", wav_bytes(riff_size=0, data_size=0))
+    assert wav_header_consistent(path) == (False, "RIFF size 0: header not yet finalised")
+
+
+def test_truncated_file(tmp_path):
+    full = write_wave_module(tmp_path / "w.wav").read_bytes()
+    path = write(tmp_path / "cut.wav", full[:1044])
+    assert wav_header_consistent(path) == (
+        False, "data chunk declares 8000 bytes but file holds 1000")
+
+
+def test_header_that_lies(tmp_path):
+    path = write(tmp_path / "liar.wav", wav_bytes(data_size=9000, riff_size=None))
+    ok, why = wav_header_consistent(path)
+    assert not ok and why == "data chunk declares 9000 bytes but file holds 8000"
+    grown = write(tmp_path / "grown.wav", wav_bytes() + b"\0" * 100)  # RIFF size left behind
+    ok, why = wav_header_consistent(grown)
+    assert not ok and why.startswith("RIFF size")
+
+
+def test_not_a_wav_and_empty_and_missing(tmp_path):
+    assert wav_header_consistent(write(tmp_path / "r.WAV", os.urandom(4096))) == (
+        False, "not a RIFF/WAVE file")
+    ok, why = wav_header_consistent(write(tmp_path / "e.WAV", b""))
+    assert not ok and "empty" in why
+    ok, why = wav_header_consistent(tmp_path / "gone.wav")
+    assert not ok and why.startswith("cannot read")
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_stability_needs_min_age_of_unchanged_size_and_mtime():
+    clock = FakeClock()
+    tracker = StabilityTracker(min_age_s=5.0, clock=clock)
+    assert not tracker.observe("a.wav", 100, 1)
+    clock.t += 4.75
+    assert not tracker.observe("a.wav", 100, 1)
+    clock.t += 0.25
+    assert tracker.observe("a.wav", 100, 1)
+    assert not tracker.observe("a.wav", 200, 1)  # grew: start over
+    clock.t += 3
+    assert not tracker.observe("a.wav", 200, 2)  # touched: start over
+    clock.t += 4.75
+    assert not tracker.observe("a.wav", 200, 2)
+    clock.t += 0.25
+    assert tracker.observe("a.wav", 200, 2)
+
+
+def test_stability_paths_are_independent_and_forgettable(tmp_path):
+    clock = FakeClock()
+    tracker = StabilityTracker(min_age_s=2.0, clock=clock)
+    tracker.observe(tmp_path / "a.wav", 1, 1)
+    clock.t += 2
+    assert not tracker.observe(tmp_path / "b.wav", 1, 1)
+    assert tracker.observe(str(tmp_path / "a.wav"), 1, 1)  # a Path and its str are one file
+    tracker.forget(tmp_path / "a.wav")
+    assert not tracker.observe(tmp_path / "a.wav", 1, 1)
+    assert StabilityTracker(min_age_s=0, clock=clock).observe("c.wav", 1, 1)
+    with pytest.raises(ValueError):
+        StabilityTracker(min_age_s=-1)

@@ -1,0 +1,171 @@
+"""The detections store: schema, WAL, one-transaction commits, failure counting."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from edgemon.store import Detection, Store, StoreError, utc_iso
+
+SOURCE = "site1/20240501_060000.wav"
+
+
+def detection(start_s: float = 0.0, label: str | None = "bird", *, source: str = SOURCE,
+              bundle_id: str = "bundle-a", confidence: float = 0.9) -> Detection:
+    return Detection(
+        device_id="rec01", source=source, start_s=start_s, end_s=start_s + 3.0,
+        start_utc=f"2024-05-01T06:00:{int(start_s):02d}Z", end_utc=None, time_source="filename",
+        clock_suspect=False, label=label, confidence=confidence,
+        votes='{"m0": ["bird", 0.9]}', bundle_id=bundle_id)
+
+
+def commit(store: Store, detections: list[Detection], *, source: str = SOURCE,
+           bundle_id: str = "bundle-a", size: int = 1000) -> None:
+    store.commit_file(source, path=f"/data/{source}", size=size, mtime_ns=123, duration_s=60.0,
+                      start_utc="2024-05-01T06:00:00Z", time_source="filename",
+                      clock_suspect=False, bundle_id=bundle_id, detections=detections)
+
+
+def count(store: Store, where: str = "1", params: tuple = ()) -> int:
+    return store.db.execute(f"SELECT count(*) FROM detections WHERE {where}", params).fetchone()[0]
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    """A fresh store in a temp file, closed after the test."""
+    with Store(tmp_path / "detections.db") as opened:
+        yield opened
+
+
+def test_schema_is_created_in_wal_mode(store, tmp_path):
+    assert {"files", "detections", "export_cursors"} <= set(store.db.table_names())
+    index_columns = {tuple(i.columns) for i in store.db["detections"].indexes}
+    natural_key = ("source", "start_s", "label", "bundle_id")
+    assert {("start_utc",), ("label",), natural_key} <= index_columns
+    assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    # journal_mode=wal is persistent: a fresh connection sees it too.
+    other = sqlite3.connect(tmp_path / "detections.db")
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other.close()
+    assert store.integrity_check() == "ok"
+
+
+def test_reopening_keeps_data_and_migrates_once(tmp_path):
+    with Store(tmp_path / "d.db") as store:
+        commit(store, [detection(0.0)])
+    with Store(tmp_path / "d.db") as store:
+        assert count(store) == 1
+        applied = store.db.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0]
+        assert applied == 1
+
+
+def test_commit_file_stores_detections_and_ledger_row(store):
+    commit(store, [detection(0.0), detection(3.0, "frog")])
+    row = store.db.execute("SELECT * FROM detections WHERE label = 'frog'").fetchone()
+    assert row is not None
+    entry = store.file_entry(SOURCE)
+    assert entry["state"] == "done" and entry["attempts"] == 1 and entry["error"] is None
+    assert entry["path"] == f"/data/{SOURCE}" and entry["bundle_id"] == "bundle-a"
+    assert entry["start_utc"] == "2024-05-01T06:00:00.000Z"
+    assert store.file_entry("never/seen.wav") is None
+
+
+def test_committing_the_same_file_twice_does_not_duplicate(store):
+    dets = [detection(0.0), detection(3.0), detection(6.0, "frog")]
+    commit(store, dets)
+    commit(store, dets)
+    assert count(store) == 3
+    # A re-run that finds fewer events drops the old ones of that bundle.
+    commit(store, dets[:1])
+    assert count(store) == 1
+
+
+def test_recommit_keeps_other_bundles_and_never_reuses_ids(store):
+    commit(store, [detection(0.0)], bundle_id="bundle-a")
+    old_max = store.db.execute("SELECT max(id) FROM detections").fetchone()[0]
+    commit(store, [detection(0.0, bundle_id="bundle-b")], bundle_id="bundle-b")
+    commit(store, [detection(0.0)], bundle_id="bundle-a")
+    assert count(store, "bundle_id = 'bundle-b'") == 1
+    new_id = store.db.execute(
+        "SELECT id FROM detections WHERE bundle_id = 'bundle-a'").fetchone()[0]
+    assert new_id > old_max + 1  # ids grow: an export cursor sees re-processed rows again
+
+
+def test_commit_file_is_all_or_nothing(store):
+    commit(store, [detection(0.0), detection(3.0)])
+    other = "site2/20240501_070000.wav"
+    broken = [detection(0.0, source=other), detection(3.0, None, source=other)]  # label NOT NULL
+    with pytest.raises(sqlite3.IntegrityError):
+        commit(store, broken, source=other)
+    assert store.file_entry(other) is None
+    assert count(store, "source = ?", (other,)) == 0
+    # A failed re-commit of a done file leaves its earlier detections in place (delete undone).
+    with pytest.raises(sqlite3.IntegrityError):
+        commit(store, [detection(9.0), detection(12.0, None)])
+    assert count(store, "source = ?", (SOURCE,)) == 2
+    assert store.file_entry(SOURCE)["attempts"] == 1
+    assert not store.db.conn.in_transaction  # the store is usable afterwards
+    commit(store, [detection(0.0, source=other)], source=other)
+    assert store.file_entry(other)["state"] == "done"
+
+
+def test_commit_file_rejects_detections_of_another_source(store):
+    with pytest.raises(ValueError, match="site9"):
+        commit(store, [detection(0.0, source="site9/x.wav")])
+    assert store.file_entry(SOURCE) is None
+
+
+def test_failures_are_counted_until_quarantine(store):
+    commit(store, [detection(0.0, source="other.wav")], source="other.wav")
+    states = [store.record_failure(SOURCE, path="/data/x.wav", size=10, mtime_ns=5,
+                                   error=f"boom {i}", max_attempts=3) for i in range(3)]
+    assert states == ["failed", "failed", "quarantined"]
+    entry = store.file_entry(SOURCE)
+    assert entry["state"] == "quarantined" and entry["attempts"] == 3
+    assert entry["error"] == "boom 2"
+    assert count(store) == 1  # failures leave detections alone
+
+
+def test_a_rewritten_file_gets_fresh_attempts(store):
+    for _ in range(2):
+        store.record_failure(SOURCE, path="/d/x.wav", size=10, mtime_ns=5, error="e",
+                             max_attempts=2)
+    assert store.file_entry(SOURCE)["state"] == "quarantined"
+    state = store.record_failure(SOURCE, path="/d/x.wav", size=20, mtime_ns=6, error="e",
+                                 max_attempts=2)
+    assert state == "failed" and store.file_entry(SOURCE)["attempts"] == 1
+
+
+def test_insert_detections_for_a_live_stream_is_idempotent(store):
+    live = [detection(0.0, source="live:mic0"), detection(3.0, source="live:mic0")]
+    assert store.insert_detections(live) == 2
+    store.insert_detections(live)
+    assert count(store, "source = 'live:mic0'") == 2
+    assert store.file_entry("live:mic0") is None
+
+
+def test_times_are_stored_as_utc_text():
+    assert utc_iso("2024-05-01T08:00:00+02:00") == "2024-05-01T06:00:00.000Z"
+    assert utc_iso("2024-05-01T06:00:00.25Z") == "2024-05-01T06:00:00.250Z"
+    with pytest.raises(ValueError):
+        utc_iso("2024-05-01T06:00:00")  # no offset: zone unknown
+    assert utc_iso("2024-05-01T06:00:00", naive_is_utc=True) == "2024-05-01T06:00:00.000Z"
+
+
+def test_stored_detection_times_are_normalised(store):
+    d = detection(0.0)
+    store.insert_detections([Detection(**{**d.__dict__, "start_utc": "2024-05-01T08:00:00+02:00",
+                                          "end_utc": "2024-05-01T08:00:03+02:00"})])
+    row = store.db.execute("SELECT start_utc, end_utc FROM detections").fetchone()
+    assert row == ("2024-05-01T06:00:00.000Z", "2024-05-01T06:00:03.000Z")
+
+
+def test_unopenable_database_raises_store_error(tmp_path):
+    with pytest.raises(StoreError, match="missing"):
+        Store(tmp_path / "missing" / "d.db")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="garbage.db"):
+        Store(garbage)

@@ -1,0 +1,130 @@
+"""The training path end to end on small real audio, plus its data checks."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgemon.bundle import load_bundle
+from training.augment import AugmentConfig, apply_gain, augment, mask, mix_background
+from training.cli import app
+from training.data import load_split
+from training.errors import DataError
+from training.model import ModelConfig
+from training.train import OptimConfig, balanced_indices, train
+
+runner = CliRunner()
+TINY_FIT = ["--hidden", "16", "--layers", "1", "--epochs", "4", "--batch-size", "8", "--lr", "0.003",
+            "--lr-decay", "1.0", "--gamma", "0", "--tau", "0.1", "--quiet"]
+
+
+def test_fit_cli_writes_a_complete_run_directory(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(out), *TINY_FIT])
+    assert result.exit_code == 0, result.output
+    for name in ("config.json", "history.json", "metrics.json", "checkpoint.pt", "model.onnx",
+                 "confusion_devel.png", "confusion_test.png", "windowed_metrics.json", "summary.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"devel", "test"}
+    # Four epochs separate two tones from noise.
+    assert metrics["devel"]["uar"] >= 0.6
+    assert len(json.loads((out / "history.json").read_text())) == 4
+    bundle = load_bundle(out / "bundle")
+    assert bundle.members[0].devel_uar == pytest.approx(metrics["devel"]["uar"])
+
+
+def test_same_seed_same_model_different_seed_different_model(tiny_dataset):
+    train_split = load_split(tiny_dataset, "train")
+    devel = load_split(tiny_dataset, "devel", train_split.labels)
+    model = ModelConfig(hidden=8, layers=1, n_classes=3)
+
+    def run(seed):
+        return train(model, OptimConfig(epochs=2, batch_size=8, lr=0.01, seed=seed), AugmentConfig(),
+                     train_split, devel, progress=False).history
+
+    a, b, c = run(3), run(3), run(4)
+    assert [h["loss"] for h in a] == [h["loss"] for h in b]
+    assert [h["loss"] for h in a] != [h["loss"] for h in c]
+
+
+def test_balanced_resampling_draws_classes_evenly():
+    targets = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    draws = np.concatenate([balanced_indices(targets, np.random.default_rng(s)) for s in range(50)])
+    share = np.bincount(targets[draws], minlength=3) / len(draws)
+    np.testing.assert_allclose(share, 1 / 3, atol=0.02)
+
+
+def test_masks_cover_the_requested_share_and_at_least_one_frame():
+    rng = np.random.default_rng(0)
+    x = np.zeros((10, 128), np.float32)
+    x[:] = np.arange(1, 11)[:, None]
+    masked = mask(x, p_fm=0.25, p_tm=0.01, rng=rng)
+    fill = x.min()
+    assert (masked == fill).all(axis=0).sum() == 32  # 25 % of 128 bins over all frames...
+    assert ((masked == fill).all(axis=1)).sum() >= 1  # ...and at least one whole frame
+
+
+def test_mixing_hits_the_snr_and_gain_is_exact():
+    rng = np.random.default_rng(0)
+    floor = 1e-6
+    call = np.log(np.full((50, 128), 1e-2) + floor).astype(np.float32)
+    noise = np.log(np.full((30, 128), 1.0) + floor).astype(np.float32)
+    mixed = mix_background(call, noise, snr_db=10.0, floor=floor, rng=rng)
+    added = np.exp(mixed) - floor - 1e-2
+    np.testing.assert_allclose(added, 1e-3, rtol=1e-3)  # noise power = call power / 10
+    louder = apply_gain(call, 6.0, floor)
+    np.testing.assert_allclose(np.exp(louder) - floor, 1e-2 * 10 ** 0.6, rtol=1e-4)
+
+
+def test_field_augment_crops_to_the_window():
+    rng = np.random.default_rng(0)
+    x = np.random.default_rng(1).standard_normal((300, 128)).astype(np.float32)
+    config = AugmentConfig(crop_frames=125, time_shift=True, p_mix=1.0, gain_db=6.0)
+    out = augment(x, config, rng, backgrounds=[x[:40]])
+    assert out.shape == (125, 128) and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def copy_dataset(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_file_in_label_list_names_it(tiny_dataset, tmp_path):
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    (data / "audio" / "call_low_devel_1.flac").unlink()
+    with pytest.raises(DataError, match="call_low_devel_1.flac"):
+        load_split(data, "devel")
+
+
+def test_unknown_label_names_the_clip(tiny_dataset, tmp_path):
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    csv = data / "lab" / "devel.csv"
+    csv.write_text(csv.read_text().replace("call_high_devel_0.flac,call_high", "call_high_devel_0.flac,zebra"))
+    train_split = load_split(data, "train")
+    with pytest.raises(DataError, match="call_high_devel_0.flac: label 'zebra'"):
+        load_split(data, "devel", train_split.labels)
+
+
+def test_unreadable_clip_is_an_error_naming_it_via_the_cli(tiny_dataset, tmp_path):
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    (data / "audio" / "background_train_2.flac").write_bytes(b"garbage")
+    result = runner.invoke(app, ["fit", "--data", str(data), "--out", str(tmp_path / "r"), *TINY_FIT])
+    assert result.exit_code == 1
+    assert "background_train_2.flac" in result.output and "Traceback" not in result.output
+
+
+def test_tiny_silent_and_stereo_clips_train(tiny_dataset, tmp_path):
+    import soundfile
+
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    soundfile.write(data / "audio" / "background_train_0.flac", np.zeros(100, np.float32), 16000)  # < 1 frame pair
+    soundfile.write(data / "audio" / "background_train_1.flac", np.zeros(8000, np.float32), 16000)  # silent
+    stereo = np.random.default_rng(0).standard_normal((48000, 2)).astype(np.float32) * 0.01
+    soundfile.write(data / "audio" / "background_train_3.flac", stereo, 48000)  # stereo, 48 kHz
+    split = load_split(data, "train")
+    assert len(split.features[0]) == 1 and np.isfinite(split.features[1]).all()
+    result = runner.invoke(app, ["fit", "--data", str(data), "--out", str(tmp_path / "r"), *TINY_FIT])
+    assert result.exit_code == 0, result.output

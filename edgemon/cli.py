@@ -39,6 +39,86 @@ def info(models: ModelsOpt = None):
                            "frontend": bundle.frontend.to_dict()}, indent=2))
 
 
+@app.command()
+def watch(
+    directory: Annotated[Path, typer.Argument(help="Recorder directory to watch (recursive).")],
+    db: Annotated[Path, typer.Option("--db", help="Detections database (SQLite).")] = Path("edgemon.db"),
+    models: ModelsOpt = None,
+    device_id: Annotated[str, typer.Option(help="Recorder/site id stored with every detection.")] = "edgemon",
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit once the backlog is done.")] = False,
+    settle_s: Annotated[float, typer.Option(help="Seconds a file must stay unchanged before it is read.")] = 5.0,
+    rescan_s: Annotated[float, typer.Option(help="Seconds between full rescans of the directory.")] = 30.0,
+    incomplete_grace_s: Annotated[float, typer.Option(help="Seconds to wait for a WAV header to be finalised.")] = 120.0,
+    retry_s: Annotated[float, typer.Option(help="Seconds before a file that failed is tried again.")] = 60.0,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 1,
+):
+    """Turn every recording in DIRECTORY into detections, once, and keep watching for new ones."""
+    from edgemon.daemon import run_watch
+    from edgemon.watch import WatchConfig
+
+    config = WatchConfig(root=directory, device_id=device_id, settle_s=settle_s, rescan_s=rescan_s,
+                         incomplete_grace_s=incomplete_grace_s, retry_s=retry_s, until_idle=until_idle)
+    try:
+        run_watch(config, db, models, threads)
+    except EdgemonError as exc:
+        raise _fail(exc)
+
+
+@app.command()
+def classify(
+    files: Annotated[list[Path], typer.Argument(help="Audio files (WAV or FLAC).")],
+    models: ModelsOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or csv.")] = "table",
+):
+    """Analyse files once and print their detections; no database."""
+    from edgemon.classify import classify_files, format_rows
+    from edgemon.daemon import make_analyzer
+
+    if fmt not in ("table", "csv"):
+        raise _fail(EdgemonError(f"--format must be table or csv, not {fmt!r}"))
+    try:
+        rows, errors = classify_files(files, make_analyzer(models))
+    except EdgemonError as exc:
+        raise _fail(exc)
+    typer.echo(format_rows(rows, fmt), nl=False)
+    for line in errors:
+        typer.echo(f"error: {line}", err=True)
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command("export-detections")
+def export_detections(
+    db: Annotated[Path, typer.Option("--db", help="Detections database (SQLite).")] = Path("edgemon.db"),
+    fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or raven (one selection table per file).")] = "csv",
+    output: Annotated[Optional[Path], typer.Option("--output", help="File (csv, jsonl) or directory (raven); default stdout.")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Only detections starting at or after this UTC time (ISO 8601).")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Only detections starting before this UTC time (ISO 8601).")] = None,
+    label: Annotated[Optional[list[str]], typer.Option(help="Only these labels (repeatable).")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Only detections at least this confident.")] = None,
+    new: Annotated[bool, typer.Option("--new", help="Only what no earlier --new export delivered.")] = False,
+):
+    """Export detections; reads only, so it never blocks the daemon."""
+    from edgemon.export import export_detections as run_export
+
+    try:
+        times = [None if t is None else _parse_time(t) for t in (since, until)]
+        count = run_export(db, fmt, output, times[0], times[1], label or None, min_confidence, new)
+    except EdgemonError as exc:
+        raise _fail(exc)
+    logging.getLogger("edgemon.export").info("exported %d detection(s)", count)
+
+
+def _parse_time(text: str):
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise EdgemonError(f"not an ISO 8601 time: {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

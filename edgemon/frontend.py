@@ -123,3 +123,49 @@ def log_mel(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> n
     ``n`` samples give ``1 + n // hop_length`` frames (one frame at 512-sample hop is 32 ms).
     """
     return np.log(mel_power(samples, config) + np.float32(config.log_floor))
+
+
+class StreamingLogMel:
+    """``log_mel`` over a stream of sample blocks, frame for frame identical to the one-shot call.
+
+    ``push(block)`` returns the frames whose whole FFT support has arrived; ``finish()`` pads the
+    end with zeros as the one-shot call does and returns the rest. Holds under ``n_fft`` samples.
+    """
+
+    def __init__(self, config: FrontendConfig = FrontendConfig()):
+        self.config = config
+        self._pending = np.zeros(config.n_fft // 2, np.float32)  # the leading centre padding
+        self._samples_in = 0
+        self.frames_out = 0
+
+    def _frames(self, samples: np.ndarray) -> np.ndarray:
+        c = self.config
+        n = 0 if len(samples) < c.n_fft else 1 + (len(samples) - c.n_fft) // c.hop_length
+        if n == 0:
+            self._pending = samples
+            return np.zeros((0, c.n_mels), np.float32)
+        frames = np.lib.stride_tricks.as_strided(
+            samples, shape=(n, c.n_fft), strides=(samples.strides[0] * c.hop_length, samples.strides[0]),
+            writeable=False)
+        spectrum = np.fft.rfft(frames * _window(c.n_fft), axis=1)
+        power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
+        self._pending = samples[n * c.hop_length:].copy()
+        self.frames_out += n
+        return np.log(power @ mel_filterbank(c) + np.float32(c.log_floor))
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Mono float32 samples at ``config.sample_rate`` -> new frames ``[k, n_mels]``."""
+        block = np.asarray(block, dtype=np.float32)
+        self._samples_in += len(block)
+        return self._frames(np.concatenate([self._pending, block]))
+
+    def finish(self) -> np.ndarray:
+        """The remaining frames: ``1 + samples // hop`` in all, as ``log_mel`` gives."""
+        c = self.config
+        total = c.frames_for(self._samples_in)
+        missing = total - self.frames_out
+        if missing <= 0:
+            return np.zeros((0, c.n_mels), np.float32)
+        needed = (missing - 1) * c.hop_length + c.n_fft
+        tail = np.pad(self._pending, (0, max(0, needed - len(self._pending))))
+        return self._frames(tail)[:missing]

@@ -186,9 +186,11 @@ class Store:
 
     def commit_file(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
                     duration_s: float, start_utc: str | dt.datetime | None, time_source: str,
-                    clock_suspect: bool, bundle_id: str, detections: list[Detection]) -> None:
+                    clock_suspect: bool, bundle_id: str, detections: list[Detection],
+                    note: str | None = None) -> None:
         """Store a processed file: its detections replace earlier ones of the same bundle, and its
-        ledger row becomes 'done'. One transaction: all of it is stored or none of it.
+        ledger row becomes 'done'. One transaction: all of it is stored or none of it. ``note``
+        (kept in the ledger's error column) says what was odd about a file that was still read.
 
         ``size`` is in bytes, ``mtime_ns`` in nanoseconds since the epoch, ``duration_s`` in
         seconds. Raises ValueError if a detection names another source or bundle.
@@ -207,7 +209,7 @@ class Store:
             attempts = _attempts_so_far(self.file_entry(source), size, mtime_ns) + 1
             db["files"].upsert({
                 "source": source, "path": str(path), "size": size, "mtime_ns": mtime_ns,
-                "state": "done", "attempts": attempts, "error": None, "duration_s": duration_s,
+                "state": "done", "attempts": attempts, "error": note, "duration_s": duration_s,
                 "start_utc": _optional_utc(start_utc), "time_source": time_source,
                 "clock_suspect": int(clock_suspect), "bundle_id": bundle_id, "updated_at": now,
             }, pk="source")

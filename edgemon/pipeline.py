@@ -1,0 +1,152 @@
+"""Audio -> windows -> ensemble votes -> events: the one analysis path of ``watch``, ``classify``
+and ``listen``.
+
+Memory is bounded whatever the recording's length: samples arrive in blocks, the streaming
+frontend keeps under one FFT of them, the window stream keeps one window of frames, and windows
+go through the ensemble in batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edgemon import audio
+from edgemon.bundle import Bundle
+from edgemon.ensemble import Ensemble, majority_vote
+from edgemon.events import apply_thresholds
+from edgemon.frontend import StreamingLogMel
+from edgemon.segmenter import WindowSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowVote:
+    """The vote on one window; ``label`` is after the bundle's per-class thresholds."""
+
+    start_frame: int
+    frames: int
+    label: int
+    confidence: float          # mean member probability of the voted class
+    member_labels: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """Consecutive windows with the same non-background label; times in seconds from the start."""
+
+    label: str
+    start_s: float
+    end_s: float
+    confidence: float          # the highest window confidence in the event
+    votes: str                 # JSON: windows, per-member vote counts, window confidences
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    duration_s: float
+    windows: list[WindowVote]
+    events: list[Event]
+
+
+class WindowStream:
+    """Cuts a stream of frames into windows of ``spec.frames`` every ``spec.hop`` frames, plus an
+    end-aligned last window so the tail is never skipped (as ``segmenter.window_starts``)."""
+
+    def __init__(self, spec: WindowSpec):
+        self.spec = spec
+        self._frames = np.zeros((0, 0), np.float32)
+        self._offset = 0          # stream index of self._frames[0]
+        self._next_start = 0
+        self._last_end = 0
+
+    def push(self, frames: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        self._frames = frames if self._frames.size == 0 else np.concatenate([self._frames, frames])
+        total = self._offset + len(self._frames)
+        while self._next_start + self.spec.frames <= total:
+            local = self._next_start - self._offset
+            yield self._next_start, self._frames[local:local + self.spec.frames]
+            self._last_end = self._next_start + self.spec.frames
+            self._next_start += self.spec.hop
+        keep_from = min(self._next_start, max(total - self.spec.frames, 0)) - self._offset
+        if keep_from > 0:
+            self._frames, self._offset = self._frames[keep_from:], self._offset + keep_from
+
+    def finish(self) -> Iterator[tuple[int, np.ndarray]]:
+        total = self._offset + len(self._frames)
+        if total == 0 or self._last_end >= total:
+            return
+        start = max(total - self.spec.frames, 0)
+        yield start, self._frames[start - self._offset:]
+
+
+class Analyzer:
+    """A bundle's ensemble, frontend, windows and thresholds, ready to analyse audio blocks."""
+
+    def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = 32,
+                 window_s: float | None = None, hop_s: float | None = None):
+        self.bundle = bundle
+        self.ensemble = Ensemble(bundle, threads=threads)
+        self.spec = WindowSpec.from_seconds(window_s or bundle.window_s, hop_s or bundle.hop_s, bundle.frontend)
+        self.batch_size = batch_size
+        self.background = bundle.labels.index(bundle.background_label)
+        self.frame_s = bundle.frontend.hop_length / bundle.frontend.sample_rate
+
+    def _vote(self, batch: list[tuple[int, np.ndarray]]) -> list[WindowVote]:
+        results = []
+        # Windows of one length run as one batch; only a stream's last window may be shorter.
+        for length in sorted({len(w) for _, w in batch}):
+            group = [(s, w) for s, w in batch if len(w) == length]
+            votes = majority_vote(self.ensemble.member_probs(np.stack([w for _, w in group])))
+            labels = apply_thresholds(votes.winner, votes.confidence, self.bundle.labels,
+                                      self.bundle.thresholds, self.background)
+            results += [WindowVote(s, length, int(labels[i]), float(votes.confidence[i]),
+                                   tuple(int(m) for m in votes.member_labels[:, i]))
+                        for i, (s, _) in enumerate(group)]
+        return sorted(results, key=lambda v: v.start_frame)
+
+    def analyse_blocks(self, blocks: Iterable[np.ndarray]) -> Analysis:
+        """Mono float32 blocks at the bundle's sample rate -> window votes and merged events."""
+        frontend, windows = StreamingLogMel(self.bundle.frontend), WindowStream(self.spec)
+        pending: list[tuple[int, np.ndarray]] = []
+        votes: list[WindowVote] = []
+        samples = 0
+        for block in blocks:
+            samples += len(block)
+            pending += [(s, w.copy()) for s, w in windows.push(frontend.push(block))]
+            while len(pending) >= self.batch_size:
+                votes += self._vote(pending[:self.batch_size])
+                pending = pending[self.batch_size:]
+        pending += [(s, w.copy()) for s, w in windows.push(frontend.finish())]
+        pending += list(windows.finish())
+        if pending:
+            votes += self._vote(pending)
+        duration = samples / self.bundle.frontend.sample_rate
+        return Analysis(duration, votes, self.merge(votes, duration))
+
+    def analyse_file(self, path: str | Path, block_seconds: float = 60.0) -> Analysis:
+        return self.analyse_blocks(audio.iter_blocks(path, block_seconds, self.bundle.frontend.sample_rate))
+
+    def merge(self, votes: list[WindowVote], duration_s: float) -> list[Event]:
+        """Join consecutive windows of the same label into events; background ends an event."""
+        events, run = [], []
+        for vote in votes + [None]:
+            if run and (vote is None or vote.label != run[-1].label):
+                events.append(self._event(run, duration_s))
+                run = []
+            if vote is not None and vote.label != self.background:
+                run.append(vote)
+        return events
+
+    def _event(self, run: list[WindowVote], duration_s: float) -> Event:
+        label = run[0].label
+        member_votes = np.array([v.member_labels for v in run])  # [windows, members]
+        votes = {"windows": len(run), "member_votes": (member_votes == label).sum(axis=0).tolist(),
+                 "window_confidence": [round(v.confidence, 4) for v in run]}
+        end = (run[-1].start_frame + run[-1].frames) * self.frame_s
+        return Event(label=self.bundle.labels[label], start_s=round(run[0].start_frame * self.frame_s, 3),
+                     end_s=round(min(end, duration_s), 3), confidence=max(v.confidence for v in run),
+                     votes=json.dumps(votes))

@@ -1,0 +1,215 @@
+"""``edgemon watch``: every recording in a recorder's directory becomes detections, once.
+
+File-system events are hints; the ledger in the database is the truth, and a periodic rescan
+catches whatever the events missed. A file is taken only when its size and mtime have been stable
+for ``settle_s`` and (for WAV) its header agrees with its length, since recorders such as the
+AudioMoth write the header last. One thread classifies and writes; the watchdog observer only
+enqueues paths. Source recordings are never modified or deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import queue
+import stat
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from edgemon.pipeline import Analysis, Analyzer
+from edgemon.recorder import StabilityTracker, recording_time, wav_header_consistent
+from edgemon.store import Detection, Store
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchConfig:
+    root: Path
+    device_id: str = "edgemon"
+    settle_s: float = 5.0          # size and mtime unchanged this long before a file is taken
+    incomplete_grace_s: float = 120.0  # a WAV whose header never settles is read as far as it goes
+    rescan_s: float = 30.0         # full rescan of the directory, whatever the events said
+    block_s: float = 60.0          # decode block: bounds memory for long recordings
+    max_attempts: int = 3          # failures before a file is quarantined
+    retry_s: float = 60.0          # wait before trying a failed file again
+    until_idle: bool = False       # exit once nothing is left to do (tests, one-off backlogs)
+
+
+def may_still_be_written(why: str) -> bool:
+    """A WAV header that a recorder still writing would leave: empty, sizes not yet filled in
+    (AudioMoth writes them at close), or more data declared than is on disk yet. Other
+    inconsistencies (not RIFF at all, no fmt chunk) will not heal by waiting."""
+    return any(k in why for k in ("empty file", "not yet finalised", "declares"))
+
+
+def is_audio(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
+
+
+class _Hints(FileSystemEventHandler):
+    """Watchdog handler: only enqueues candidate paths; all work happens on the watcher's thread."""
+
+    def __init__(self, hints: queue.Queue):
+        self.hints = hints
+
+    # Opening and reading a file raises events too: reacting to those would make the watcher's
+    # own reads wake it up forever.
+    RELEVANT = frozenset({"created", "modified", "moved", "closed"})
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in self.RELEVANT:
+            return
+        for attr in ("src_path", "dest_path"):
+            path = getattr(event, attr, None)
+            if path and not event.is_directory and is_audio(Path(os.fsdecode(path))):
+                self.hints.put(Path(os.fsdecode(path)))
+
+
+class Watcher:
+    """Processes a directory's recordings into ``store``; ``run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, config: WatchConfig, analyzer: Analyzer, store: Store):
+        self.config = config
+        self.analyzer = analyzer
+        self.store = store
+        self.root = config.root.resolve()
+        self.hints: queue.Queue[Path] = queue.Queue()
+        self.pending: set[Path] = set()
+        self.stability = StabilityTracker(config.settle_s)
+        self.waiting_since: dict[Path, float] = {}
+        self.retry_at: dict[Path, float] = {}
+        self.processed = 0
+        self.last_progress = time.monotonic()   # for a watchdog ping: work really moved
+
+    def source_of(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def scan(self) -> None:
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            self.pending.update(Path(dirpath) / f for f in filenames if is_audio(Path(f)))
+
+    def run(self, stop: threading.Event) -> None:
+        if not self.root.is_dir():
+            from edgemon.errors import EdgemonError
+            raise EdgemonError(f"{self.root}: not a directory")
+        observer = Observer()
+        observer.schedule(_Hints(self.hints), str(self.root), recursive=True)
+        observer.start()
+        try:
+            self.scan()
+            next_scan = time.monotonic() + self.config.rescan_s
+            while not stop.is_set():
+                self._drain_hints()
+                for path in sorted(self.pending):
+                    if stop.is_set():
+                        break
+                    if self.step(path):
+                        self.pending.discard(path)
+                if self.config.until_idle and not self.pending:
+                    break
+                if time.monotonic() >= next_scan:
+                    self.scan()
+                    next_scan = time.monotonic() + self.config.rescan_s
+                self._wait(stop, min(self.config.settle_s / 2 or 0.05, 1.0) if self.pending else
+                           max(0.05, next_scan - time.monotonic()))
+        finally:
+            observer.stop()
+            observer.join()
+
+    def _drain_hints(self) -> None:
+        while True:
+            try:
+                self.pending.add(self.hints.get_nowait())
+            except queue.Empty:
+                return
+
+    def _wait(self, stop: threading.Event, seconds: float) -> None:
+        try:
+            self.pending.add(self.hints.get(timeout=seconds))
+        except queue.Empty:
+            pass
+
+    def step(self, path: Path) -> bool:
+        """Try one file; True when it needs no more attention (done, quarantined or gone)."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            log.info("%s: gone before it was processed", path)
+            return True
+        except OSError as exc:
+            log.warning("%s: cannot stat: %s", path, exc)
+            return False
+        source = self.source_of(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device named .wav would block a reader forever
+            self.store.record_failure(source, path=str(path), size=0, mtime_ns=st.st_mtime_ns,
+                                      error="not a regular file", max_attempts=1)
+            return True
+        entry = self.store.file_entry(source)
+        same_file = entry is not None and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns
+        if same_file and entry["state"] in ("done", "quarantined"):
+            return True
+        if time.monotonic() < self.retry_at.get(path, 0.0):
+            return False
+        if not self.stability.observe(path, st.st_size, st.st_mtime_ns):
+            return False
+        note = None
+        if path.suffix.lower() == ".wav":
+            ok, why = wav_header_consistent(path)
+            if not ok and may_still_be_written(why):
+                first = self.waiting_since.setdefault(path, time.monotonic())
+                if time.monotonic() - first < self.config.incomplete_grace_s:
+                    return False
+                note = f"header inconsistent ({why}); read as far as it goes"
+        self.waiting_since.pop(path, None)
+        self.process(path, source, st, note)
+        entry = self.store.file_entry(source)
+        if entry is not None and entry["state"] == "failed":
+            self.retry_at[path] = time.monotonic() + self.config.retry_s
+            return False
+        self.retry_at.pop(path, None)
+        return True
+
+    def process(self, path: Path, source: str, st: os.stat_result, note: str | None = None) -> None:
+        """Analyse one stable file and commit it with its detections, or record its failure."""
+        try:
+            analysis = self.analyzer.analyse_file(path, self.config.block_s)
+            when = recording_time(path)
+        except FileNotFoundError:
+            log.info("%s: deleted while being processed", path)
+            return
+        except Exception as exc:  # a per-file boundary: record it against the file and go on
+            state = self.store.record_failure(source, path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                              error=f"{type(exc).__name__}: {exc}",
+                                              max_attempts=self.config.max_attempts)
+            log.warning("%s: attempt failed, now %s: %s", source, state, exc)
+            return
+        detections = self.detections(source, analysis, when)
+        self.store.commit_file(source, path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                               duration_s=analysis.duration_s, start_utc=when.start_utc,
+                               time_source=when.source, clock_suspect=when.suspect,
+                               bundle_id=self.analyzer.bundle.bundle_id, detections=detections,
+                               note=note)
+        self.processed += 1
+        self.last_progress = time.monotonic()
+        log.info("%s: %.1f s of audio, %d detection(s)%s", source, analysis.duration_s, len(detections),
+                 f" [{note}]" if note else "")
+
+    def detections(self, source: str, analysis: Analysis, when) -> list[Detection]:
+        def at(offset: float) -> dt.datetime | None:
+            return None if when.start_utc is None else when.start_utc + dt.timedelta(seconds=offset)
+
+        return [Detection(device_id=self.config.device_id, source=source, start_s=e.start_s, end_s=e.end_s,
+                          start_utc=at(e.start_s), end_utc=at(e.end_s), time_source=when.source,
+                          clock_suspect=when.suspect, label=e.label, confidence=e.confidence,
+                          votes=e.votes, bundle_id=self.analyzer.bundle.bundle_id)
+                for e in analysis.events]

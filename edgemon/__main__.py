@@ -1,0 +1,3 @@
+from edgemon.cli import main
+
+main()

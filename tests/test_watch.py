@@ -1,0 +1,145 @@
+"""edgemon watch on real files: bad input never crashes it and never loses what is stored."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edgemon.store import Store
+from edgemon.watch import Watcher
+from tests.watch_helpers import (analyzer, fast_config, noise, query, unfinalised_header,
+                                 watch_until_idle, write_wav)
+
+
+@pytest.fixture
+def good_recording(borneo_dir):
+    """Six seconds of a real gibbon duet clip as 16-bit PCM."""
+    import soundfile
+    clip = sorted((borneo_dir / "audio").glob("duet_*.flac"))[0]
+    return soundfile.read(clip, dtype="float32")[0]
+
+
+def ledger(db):
+    return {row[0]: row[1:] for row in query(db, "SELECT source, state, attempts, error FROM files")}
+
+
+def test_backlog_then_new_files_and_no_reprocessing(tmp_path, good_recording):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "20180301_060000.WAV", good_recording)
+    write_wav(root / "deeper" / "dir" / "20180301_070000.wav", good_recording)
+    watcher = watch_until_idle(root, db)
+    assert watcher.processed == 2
+    first = query(db, "SELECT id, source, label, start_utc, time_source FROM detections ORDER BY id")
+    assert first and {r[4] for r in first} == {"filename"}
+    assert first[0][3].startswith("2018-03-01T06:00")
+    write_wav(root / "20180301_080000.WAV", good_recording)
+    watcher = watch_until_idle(root, db)
+    assert watcher.processed == 1                       # only the new file
+    assert query(db, "SELECT id, source, label, start_utc, time_source FROM detections WHERE id <= ?",
+                 (first[-1][0],)) == first              # nothing stored was touched
+    assert set(ledger(db)) == {"20180301_060000.WAV", "deeper/dir/20180301_070000.wav", "20180301_080000.WAV"}
+
+
+@pytest.mark.parametrize("rate, channels, subtype", [(16000, 1, "PCM_U8"), (16000, 2, "PCM_16"),
+                                                     (48000, 1, "PCM_24"), (192000, 1, "FLOAT")])
+def test_other_formats_are_read(tmp_path, good_recording, rate, channels, subtype):
+    import soxr
+    x = soxr.resample(good_recording, 16000, rate) if rate != 16000 else good_recording
+    if channels == 2:
+        x = np.stack([x, x * 0.5], axis=1)
+    write_wav(tmp_path / "rec" / "20180301_060000.WAV", x, rate, subtype)
+    watch_until_idle(tmp_path / "rec", tmp_path / "d.db")
+    (state, attempts, error), = ledger(tmp_path / "d.db").values()
+    assert state == "done" and error is None
+    duration, = query(tmp_path / "d.db", "SELECT duration_s FROM files")[0]
+    assert duration == pytest.approx(len(good_recording) / 16000, abs=0.01)
+
+
+def test_bad_files_are_recorded_and_never_stop_the_others(tmp_path, good_recording):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    good = write_wav(root / "20180301_060000.WAV", good_recording)
+    watch_until_idle(root, db)
+    stored = query(db, "SELECT * FROM detections ORDER BY id")
+    assert stored
+    raw = good.read_bytes()
+    # Truncated at many offsets: inside the RIFF header, the fmt chunk, the data header, the data.
+    for offset in (1, 4, 8, 12, 20, 36, 40, 44, 45, 1001, len(raw) // 3, len(raw) - 1):
+        (root / "trunc" / f"20180302_{offset:06d}.WAV").parent.mkdir(exist_ok=True)
+        (root / "trunc" / f"20180302_{offset:06d}.WAV").write_bytes(raw[:offset])
+    (root / "zero.WAV").write_bytes(b"")
+    (root / "text.WAV").write_bytes(b"this is a shopping list, not audio\n" * 50)
+    liar = bytearray(raw)
+    liar[40:44] = (10 * len(raw)).to_bytes(4, "little")  # data chunk claims far more than is there
+    (root / "liar.WAV").write_bytes(bytes(liar))
+    os.mkfifo(root / "fifo.WAV")                           # would block a naive reader forever
+    unreadable = write_wav(root / "locked.WAV", good_recording)
+    unreadable.chmod(0)
+    watch_until_idle(root, db, timeout=180)
+    entries = ledger(db)
+    assert query(db, "SELECT * FROM detections WHERE source = ?", ("20180301_060000.WAV",)) == stored
+    assert entries["20180301_060000.WAV"][0] == "done"
+    for name in ("zero.WAV", "text.WAV", "fifo.WAV"):
+        assert entries[name][0] == "quarantined", (name, entries[name])
+    assert entries["liar.WAV"][0] == "done" and "declares" in entries["liar.WAV"][2]
+    truncated = {k: v for k, v in entries.items() if k.startswith("trunc/")}
+    assert len(truncated) == 12 and {v[0] for v in truncated.values()} <= {"done", "quarantined"}
+    # Offsets past the header keep what audio there is.
+    assert truncated["trunc/20180302_%06d.WAV" % (len(raw) - 1)][0] == "done"
+    if os.geteuid() != 0:  # root reads a mode-000 file regardless
+        assert entries["locked.WAV"][0] == "quarantined"
+    assert Store(db).integrity_check() == "ok"
+
+
+def test_a_file_still_being_written_is_taken_once_complete(tmp_path, good_recording):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    path = write_wav(root / "20180301_060000.WAV", good_recording)
+    full = path.read_bytes()
+    header_only = bytearray(full[:44])
+    path.write_bytes(bytes(header_only))
+    unfinalised_header(path)
+    done = threading.Event()
+
+    def recorder():  # append audio in bursts, then write the header at close, as an AudioMoth does
+        partial = bytearray(path.read_bytes())
+        for start in range(44, len(full), 32000):
+            time.sleep(0.15)
+            partial += full[start:start + 32000]
+            path.write_bytes(bytes(partial))
+            unfinalised_header(path)
+        time.sleep(0.3)
+        path.write_bytes(full)
+        done.set()
+
+    threading.Thread(target=recorder, daemon=True).start()
+    watch_until_idle(root, db, incomplete_grace_s=30)
+    assert done.is_set()
+    (duration,) = query(db, "SELECT duration_s FROM files")[0]
+    assert duration == pytest.approx(len(good_recording) / 16000, abs=0.01)
+    assert query(db, "SELECT attempts, error FROM files") == [(1, None)]
+
+
+def test_a_file_deleted_while_queued_is_dropped(tmp_path, good_recording):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    doomed = write_wav(root / "20180301_060000.WAV", good_recording)
+    keep = write_wav(root / "20180301_070000.WAV", good_recording)
+    with Store(db) as store:
+        watcher = Watcher(fast_config(root, settle_s=0.0), analyzer(), store)
+        watcher.scan()
+        assert watcher.pending == {doomed, keep}
+        doomed.unlink()
+        watcher.run(threading.Event())
+    assert set(ledger(db)) == {"20180301_070000.WAV"}
+
+
+def test_an_unreadable_directory_is_a_clear_error(tmp_path):
+    from typer.testing import CliRunner
+    from edgemon.cli import app
+
+    result = CliRunner().invoke(app, ["watch", str(tmp_path / "missing"), "--db", str(tmp_path / "d.db"),
+                                      "--until-idle"])
+    assert result.exit_code == 2 and "not a directory" in result.output

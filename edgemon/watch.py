@@ -38,7 +38,7 @@ class WatchConfig:
     settle_s: float = 5.0          # size and mtime unchanged this long before a file is taken
     incomplete_grace_s: float = 120.0  # a WAV whose header never settles is read as far as it goes
     rescan_s: float = 30.0         # full rescan of the directory, whatever the events said
-    block_s: float = 60.0          # decode block: bounds memory for long recordings
+    block_s: float = 10.0          # decode block: bounds memory for long recordings
     max_attempts: int = 3          # failures before a file is quarantined
     retry_s: float = 60.0          # wait before trying a failed file again
     until_idle: bool = False       # exit once nothing is left to do (tests, one-off backlogs)

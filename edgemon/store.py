@@ -5,6 +5,10 @@ detections and its ledger row are written in one transaction: after a crash or r
 either done with all its detections or still to do, never half-stored. A ``Store`` holds one
 connection and must stay on one thread; the daemon owns the single writer.
 
+A live stream (``edgemon listen``) has no ledger rows; its ``coverage`` rows say, per UTC minute,
+how many seconds were analysed and how many were lost and why, so "no detection" can be told apart
+from "not listening".
+
 Times are stored as fixed-width UTC text ('2024-05-01T06:00:00.000Z', see ``utc_iso``), so text
 order is time order and a time range can use the index.
 """
@@ -54,6 +58,36 @@ class Detection:
     confidence: float
     votes: str
     bundle_id: str
+    clip_path: str | None = None       # the detection's saved audio (live streams), if any
+    clock_synced: bool | None = None   # host clock NTP-synchronised (host_clock times); None: unknown
+
+
+COVERAGE_LOSSES = ("overflow", "dropped", "device", "daemon")
+
+
+@dataclasses.dataclass(frozen=True)
+class CoverageMinute:
+    """What happened to one UTC minute of a live stream; seconds add up over several writes.
+
+    ``minute_utc`` is the minute's start. ``analysed_s`` went through the pipeline; the ``lost_*``
+    seconds did not: ``overflow`` (the audio device's buffer overran), ``dropped`` (the capture
+    queue was full: analysis slower than real time), ``device`` (device gone, stalled or being
+    reopened), ``daemon`` (edgemon was not running). ``overflows`` and ``dropped_blocks`` count
+    events. ``end_utc`` is the latest instant of the minute accounted for so far.
+    """
+
+    source: str
+    device_id: str
+    minute_utc: str | dt.datetime
+    end_utc: str | dt.datetime
+    analysed_s: float = 0.0
+    lost_overflow_s: float = 0.0
+    lost_dropped_s: float = 0.0
+    lost_device_s: float = 0.0
+    lost_daemon_s: float = 0.0
+    overflows: int = 0
+    dropped_blocks: int = 0
+    clock_synced: bool | None = None
 
 
 def utc_iso(value: str | dt.datetime, *, naive_is_utc: bool = False) -> str:
@@ -131,6 +165,32 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             last_id INTEGER NOT NULL,
             updated_at TEXT NOT NULL
         )""")
+
+
+@MIGRATIONS()
+def m002_live_coverage(db: sqlite_utils.Database) -> None:
+    """Live streams: per-minute coverage, and a detection's clip and host-clock synchronisation.
+    Additive only: existing rows get NULL in the new columns."""
+    db.execute("""
+        CREATE TABLE coverage (
+            source TEXT NOT NULL,
+            minute_utc TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            analysed_s REAL NOT NULL DEFAULT 0,
+            lost_overflow_s REAL NOT NULL DEFAULT 0,
+            lost_dropped_s REAL NOT NULL DEFAULT 0,
+            lost_device_s REAL NOT NULL DEFAULT 0,
+            lost_daemon_s REAL NOT NULL DEFAULT 0,
+            overflows INTEGER NOT NULL DEFAULT 0,
+            dropped_blocks INTEGER NOT NULL DEFAULT 0,
+            end_utc TEXT NOT NULL,
+            clock_synced INTEGER CHECK (clock_synced IN (0, 1)),
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (source, minute_utc)
+        )""")
+    db.execute("CREATE INDEX coverage_minute_utc ON coverage (minute_utc)")
+    db.execute("ALTER TABLE detections ADD COLUMN clip_path TEXT")
+    db.execute("ALTER TABLE detections ADD COLUMN clock_synced INTEGER CHECK (clock_synced IN (0, 1))")
 
 
 class Store:
@@ -244,6 +304,49 @@ class Store:
                 db["detections"].insert_all(rows, replace=True)
         return len(rows)
 
+    def add_coverage(self, minutes: Iterable[CoverageMinute]) -> int:
+        """Add seconds and counts to the coverage rows of a live stream, in one transaction.
+
+        Rows are keyed by (source, minute_utc); a minute written twice sums its seconds and counts
+        and keeps the later ``end_utc``. Returns the number of minutes given.
+        """
+        now = _now()
+        rows = [_coverage_row(m, now) for m in minutes]
+        if rows:
+            with self._write() as db:
+                db.conn.executemany("""
+                    INSERT INTO coverage (source, minute_utc, device_id, analysed_s, lost_overflow_s,
+                        lost_dropped_s, lost_device_s, lost_daemon_s, overflows, dropped_blocks,
+                        end_utc, clock_synced, updated_at)
+                    VALUES (:source, :minute_utc, :device_id, :analysed_s, :lost_overflow_s,
+                        :lost_dropped_s, :lost_device_s, :lost_daemon_s, :overflows, :dropped_blocks,
+                        :end_utc, :clock_synced, :updated_at)
+                    ON CONFLICT (source, minute_utc) DO UPDATE SET
+                        analysed_s = analysed_s + excluded.analysed_s,
+                        lost_overflow_s = lost_overflow_s + excluded.lost_overflow_s,
+                        lost_dropped_s = lost_dropped_s + excluded.lost_dropped_s,
+                        lost_device_s = lost_device_s + excluded.lost_device_s,
+                        lost_daemon_s = lost_daemon_s + excluded.lost_daemon_s,
+                        overflows = overflows + excluded.overflows,
+                        dropped_blocks = dropped_blocks + excluded.dropped_blocks,
+                        end_utc = max(end_utc, excluded.end_utc),
+                        clock_synced = coalesce(excluded.clock_synced, clock_synced),
+                        updated_at = excluded.updated_at""", rows)
+        return len(rows)
+
+    def coverage_end(self, source: str) -> str | None:
+        """The latest instant of ``source`` accounted for in coverage (store time text), or None."""
+        return self.db.execute("SELECT max(end_utc) FROM coverage WHERE source = ?", [source]).fetchone()[0]
+
+    def set_clip_path(self, detection: Detection, clip_path: str | None) -> int:
+        """Point the stored ``detection`` (found by its natural key) at its clip; rows changed."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE detections SET clip_path = ? WHERE source = ? AND start_s = ? AND label = ? "
+                "AND bundle_id = ?", [clip_path, detection.source, detection.start_s, detection.label,
+                                      detection.bundle_id])
+        return cursor.rowcount
+
     def integrity_check(self) -> str:
         """'ok' when SQLite finds the file sound, else its findings, one per line."""
         rows = self.db.execute("PRAGMA quick_check").fetchall()
@@ -253,8 +356,20 @@ class Store:
 def _detection_row(d: Detection, created_at: str) -> dict:
     row = dataclasses.asdict(d)
     row.update(start_utc=_optional_utc(d.start_utc), end_utc=_optional_utc(d.end_utc),
-               clock_suspect=int(d.clock_suspect), created_at=created_at)
+               clock_suspect=int(d.clock_suspect), clock_synced=_optional_int(d.clock_synced),
+               created_at=created_at)
     return row
+
+
+def _coverage_row(m: CoverageMinute, updated_at: str) -> dict:
+    row = dataclasses.asdict(m)
+    row.update(minute_utc=utc_iso(m.minute_utc), end_utc=utc_iso(m.end_utc),
+               clock_synced=_optional_int(m.clock_synced), updated_at=updated_at)
+    return row
+
+
+def _optional_int(flag: bool | None) -> int | None:
+    return None if flag is None else int(flag)
 
 
 def _attempts_so_far(entry: dict | None, size: int, mtime_ns: int) -> int:

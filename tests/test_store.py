@@ -57,8 +57,8 @@ def test_reopening_keeps_data_and_migrates_once(tmp_path):
         commit(store, [detection(0.0)])
     with Store(tmp_path / "d.db") as store:
         assert count(store) == 1
-        applied = store.db.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0]
-        assert applied == 1
+        applied = store.db.execute("SELECT name FROM _sqlite_migrations ORDER BY rowid").fetchall()
+        assert [name for (name,) in applied] == ["m001_initial", "m002_live_coverage"]
 
 
 def test_commit_file_stores_detections_and_ledger_row(store):

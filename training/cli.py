@@ -98,6 +98,63 @@ def bundle(
     _run(bundle_runs, runs, out, int8=int8)
 
 
+def _storage(storage: Optional[str], out: Path) -> str:
+    return storage or f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+@app.command()
+def hpo(
+    data: DataOpt = DEFAULT_DATA_DIR,
+    out: OutOpt = Path("runs/hpo"),
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL shared by workers (default: sqlite in --out).")] = None,
+    study: Annotated[str, typer.Option(help="Study name.")] = "edgemon",
+    trials: Annotated[int, typer.Option(help="Finished trials (complete + pruned) over all workers.")] = 400,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per trial.")] = 300,
+    space: Annotated[str, typer.Option(help="paper (Table 2) or field (+ field augmentations).")] = "paper",
+    startup_trials: Annotated[int, typer.Option(help="Trials finished before pruning starts.")] = 5,
+    seed: Annotated[Optional[int], typer.Option(help="Sampler seed (default: random per worker).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    heartbeat_s: Annotated[int, typer.Option(help="Seconds between trial heartbeats.")] = 60,
+    timeout_s: Annotated[Optional[float], typer.Option(help="This worker starts no trial after this many seconds.")] = None,
+):
+    """Optuna TPE search with median pruning; run the same command on more workers to share a study."""
+    from training.hpo import SearchConfig, progress_line, run_search
+    from training.runs import Splits
+
+    config = SearchConfig(n_trials=trials, max_epochs=epochs, space=space, seed=seed, device=device,
+                          startup_trials=startup_trials, heartbeat_s=heartbeat_s, timeout_s=timeout_s)
+
+    def search():
+        splits = Splits.load(data)
+        found = run_search(config, _storage(storage, out), study, out, splits.train, splits.devel)
+        return {"study": study, "storage": _storage(storage, out), "progress": progress_line(found)}
+
+    out.mkdir(parents=True, exist_ok=True)
+    _run(search)
+
+
+@app.command()
+def ensemble(
+    data: DataOpt = DEFAULT_DATA_DIR,
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")] = Path("runs/hpo/ensemble"),
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite in runs/hpo).")] = None,
+    study: Annotated[str, typer.Option(help="Study name.")] = "edgemon",
+    top: Annotated[int, typer.Option(help="Members: the best N completed trials by devel UAR.")] = 5,
+    int8: Annotated[bool, typer.Option("--int8", help="Quantise members to int8 (dynamic).")] = False,
+):
+    """Bundle the search's best trials; report each member's and the majority vote's UAR."""
+    from training.ensemble import build_ensemble
+    from training.hpo import SearchConfig, open_study
+    from training.runs import Splits
+
+    def run():
+        splits = Splits.load(data)
+        found = open_study(_storage(storage, out.parent), study, SearchConfig())
+        return build_ensemble(found, out, splits.devel, splits.test, top=top, int8=int8)
+
+    _run(run)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

@@ -89,7 +89,7 @@ def predict(model: PrimateBiLSTM, features: list[np.ndarray], device: torch.devi
 
 def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, train_split: Split,
           devel_split: Split, on_epoch: Callable[[int, dict], None] | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, log_epochs: bool = True) -> TrainResult:
     """Train with class-balanced resampling, focal loss, AdamW and per-epoch lr decay."""
     torch.manual_seed(optim.seed)
     rng = np.random.default_rng(optim.seed)
@@ -138,7 +138,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.4f}", devel_uar=f"{devel_uar:.3f}",
                             best=f"{best[0]:.3f}@{best[1]}")
-        else:
+        elif log_epochs:
             log.info("epoch %d loss %.4f devel UAR %.3f (best %.3f @ %d)", epoch, record["loss"],
                      devel_uar, best[0], best[1])
         if on_epoch is not None:

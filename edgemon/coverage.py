@@ -1,0 +1,110 @@
+"""Coverage of a live stream: for every UTC minute, seconds analysed and seconds lost, and why.
+
+Without it a minute with no detection cannot be told apart from a minute nobody listened to. The
+ledger keeps one running boundary, ``accounted_until``: every stretch of host time after it is
+added exactly once, as analysed or as one kind of loss, so a minute never sums to more than 60 s
+however the stretches are reported (late, overlapping, after a clock correction).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections import defaultdict
+
+from edgemon.store import COVERAGE_LOSSES, CoverageMinute
+
+log = logging.getLogger(__name__)
+
+KINDS = ("analysed",) + COVERAGE_LOSSES
+MAX_DAEMON_GAP_S = 31 * 86400  # older gaps are left out: likely a clock set after the fact
+UTC = dt.timezone.utc
+
+
+def _column(kind: str) -> str:
+    return "analysed_s" if kind == "analysed" else f"lost_{kind}_s"
+
+
+class CoverageLedger:
+    """Per-minute seconds of one live source, accumulated in memory and taken out as deltas.
+
+    Times are Unix seconds on the host clock (``time.time()`` scale). ``add`` returns the seconds
+    it accounted (0 for a stretch already accounted); ``take`` hands out what accumulated since
+    the last ``take`` as ``CoverageMinute`` rows for ``Store.add_coverage``.
+    """
+
+    def __init__(self, source: str, device_id: str, accounted_until: float | None = None):
+        self.source = source
+        self.device_id = device_id
+        self.accounted_until = accounted_until
+        self._minutes: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.totals: dict[str, float] = defaultdict(float)
+
+    def add(self, kind: str, start: float, end: float) -> float:
+        """Account host time ``[start, end)`` as ``kind`` (one of KINDS), split at minute edges."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown coverage kind {kind!r}")
+        if self.accounted_until is not None:
+            start = max(start, self.accounted_until)
+        if not end > start:
+            return 0.0
+        at = start
+        while at < end:
+            minute = int(math.floor(at / 60.0))
+            upto = min(end, (minute + 1) * 60.0)
+            row = self._minutes[minute]
+            row[_column(kind)] += upto - at
+            row["end"] = max(row.get("end", 0.0), upto)
+            at = upto
+        self.accounted_until = end
+        self.totals[kind] += end - start
+        return end - start
+
+    def count(self, what: str, when: float, n: int = 1) -> None:
+        """Count ``n`` events (``overflows`` or ``dropped_blocks``) in the minute holding ``when``."""
+        row = self._minutes[int(math.floor(when / 60.0))]
+        row[what] += n
+        row["end"] = max(row.get("end", 0.0), min(when, self.accounted_until or when))
+
+    def shift(self, seconds: float) -> None:
+        """The host clock was stepped by ``seconds``: move the boundary with it, so the step is
+        neither counted as lost time nor double-counted."""
+        if self.accounted_until is not None:
+            self.accounted_until += seconds
+
+    def add_daemon_gap(self, previous_end: float | None, start: float) -> float:
+        """Time between the end of a previous run's coverage and this run's first audio, as
+        'daemon'. A negative gap (clock set back) or one over MAX_DAEMON_GAP_S is logged and
+        skipped or trimmed."""
+        if previous_end is None:
+            return 0.0
+        if previous_end > start:
+            log.warning("%s: previous coverage ends %.1f s after this start; host clock set back?",
+                        self.source, previous_end - start)
+            return 0.0
+        if start - previous_end > MAX_DAEMON_GAP_S:
+            log.warning("%s: edgemon was down %.1f days; coverage records the last %d days of it",
+                        self.source, (start - previous_end) / 86400, MAX_DAEMON_GAP_S // 86400)
+            previous_end = start - MAX_DAEMON_GAP_S
+        self.accounted_until = previous_end
+        return self.add("daemon", previous_end, start)
+
+    def take(self, clock_synced: bool | None) -> list[CoverageMinute]:
+        """The accumulated deltas as rows, oldest minute first; the ledger starts them afresh."""
+        rows = []
+        for minute in sorted(self._minutes):
+            row = self._minutes[minute]
+            rows.append(CoverageMinute(
+                source=self.source, device_id=self.device_id,
+                minute_utc=dt.datetime.fromtimestamp(minute * 60, UTC),
+                end_utc=dt.datetime.fromtimestamp(row.get("end", minute * 60.0), UTC),
+                analysed_s=round(row["analysed_s"], 3),
+                lost_overflow_s=round(row["lost_overflow_s"], 3),
+                lost_dropped_s=round(row["lost_dropped_s"], 3),
+                lost_device_s=round(row["lost_device_s"], 3),
+                lost_daemon_s=round(row["lost_daemon_s"], 3),
+                overflows=int(row["overflows"]), dropped_blocks=int(row["dropped_blocks"]),
+                clock_synced=clock_synced))
+        self._minutes.clear()
+        return rows

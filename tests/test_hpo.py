@@ -1,0 +1,134 @@
+"""The search: Table 2 priors, pruning, resuming after a killed worker, one study shared by two
+processes over a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import sqlalchemy
+
+from edgemon.frontend import FrontendConfig
+from training.hpo import SearchConfig, open_study, suggest
+from tests.postgres_server import postgres_server
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def hpo_command(data, out, *extra):
+    return [sys.executable, "-m", "training", "hpo", "--data", str(data), "--out", str(out),
+            "--startup-trials", "2", *extra]
+
+
+def run_hpo(data, out, *extra, timeout=300):
+    done = subprocess.run(hpo_command(data, out, *extra), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def load(storage, name="edgemon"):
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_search_space_has_exactly_the_table2_priors():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    suggest(trial, "paper", FrontendConfig(), 4.0)
+    d = trial.distributions
+    assert set(d) == {"lr", "batch_size", "tau", "weight_decay", "lr_decay", "gamma", "p_fm", "p_tm",
+                      "p_r", "layers", "hidden", "dropout"}
+    assert (d["lr"].low, d["lr"].high, d["lr"].log) == (1e-6, 1e-1, True)
+    assert (d["batch_size"].low, d["batch_size"].high, d["batch_size"].step) == (32, 256, 32)
+    assert (d["tau"].low, d["tau"].high, d["tau"].log) == (0.01, 1.0, False)
+    assert (d["weight_decay"].low, d["weight_decay"].high, d["weight_decay"].log) == (1e-6, 1e-1, False)
+    assert (d["lr_decay"].low, d["lr_decay"].high, d["lr_decay"].step) == (0.8, 1.0, 0.02)
+    assert (d["gamma"].low, d["gamma"].high) == (1, 5)
+    assert (d["p_fm"].high, d["p_fm"].step, d["p_tm"].high, d["p_tm"].step) == (0.5, 0.05, 0.5, 0.05)
+    assert (d["p_r"].low, d["p_r"].high) == (0.0, 1.0)
+    assert (d["layers"].low, d["layers"].high) == (1, 4)
+    assert (d["hidden"].low, d["hidden"].high, d["hidden"].step) == (32, 256, 32)
+    assert (d["dropout"].high, d["dropout"].step) == (0.8, 0.05)
+    field = study.ask()
+    suggest(field, "field", FrontendConfig(), 4.0)
+    assert {"crop", "time_shift", "p_mix", "gain_db"} <= set(field.distributions)
+
+
+def test_tiny_search_prunes_and_keeps_models_then_builds_an_ensemble(tiny_dataset, tmp_path):
+    out = tmp_path / "hpo"
+    run_hpo(tiny_dataset, out, "--trials", "7", "--epochs", "3", "--seed", "0")
+    study = load(f"sqlite:///{out / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) >= 1
+    assert sum(s in FINISHED for s in states) == 7
+    for t in study.trials:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert (out / "trials" / f"{t.number:04d}" / "model.onnx").is_file()
+            assert len(t.intermediate_values) == 3
+    done = subprocess.run([sys.executable, "-m", "training", "ensemble", "--data", str(tiny_dataset),
+                           "--out", str(out / "ensemble"), "--top", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from edgemon.bundle import load_bundle
+    assert len(load_bundle(out / "ensemble").members) == min(2, states.count(optuna.trial.TrialState.COMPLETE))
+    # Rerunning the finished study starts nothing new.
+    run_hpo(tiny_dataset, out, "--trials", "7", "--epochs", "3")
+    assert len(load(f"sqlite:///{out / 'study.db'}").trials) == len(states)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_killed_worker_loses_only_its_running_trial(tiny_dataset, tmp_path):
+    out = tmp_path / "hpo"
+    storage = f"sqlite:///{out / 'study.db'}"
+    args = ("--trials", "3", "--epochs", "40", "--heartbeat-s", "1", "--seed", "3")
+    worker = subprocess.Popen(hpo_command(tiny_dataset, out, *args), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until a trial is under way, then kill -9 the worker
+        time.sleep(0.5)
+        if (out / "study.db").exists():
+            try:
+                running = load(storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            except (KeyError, sqlalchemy.exc.OperationalError):  # study not created yet
+                continue
+            if running and running[0].intermediate_values:
+                break
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    killed = running[0].number
+    time.sleep(2.5)  # past the grace period (2 heartbeats) so the trial is seen as stale
+    run_hpo(tiny_dataset, out, *args)
+    study = load(storage)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[killed].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in study.trials
+               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    assert retried and retried[0].params == by_number[killed].params
+    assert sum(t.state in FINISHED for t in study.trials) >= 3
+
+
+def test_two_workers_share_one_study_over_postgresql(tiny_dataset, tmp_path):
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"needs a PostgreSQL server (Debian package 'postgresql', installed by scripts/setup.sh): {exc}")
+    try:
+        args = ("--storage", url, "--study", "shared", "--trials", "6", "--epochs", "2")
+        workers = [subprocess.Popen(hpo_command(tiny_dataset, tmp_path / f"worker{i}", *args),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                   for i in range(2)]
+        for w in workers:
+            _, err = w.communicate(timeout=300)
+            assert w.returncode == 0, err[-2000:]
+        study = load(url, "shared")
+        finished = [t for t in study.trials if t.state in FINISHED]
+        assert len(finished) >= 6
+        dirs = {t.user_attrs["run_dir"].split("/worker")[1][0] for t in study.trials
+                if t.state == optuna.trial.TrialState.COMPLETE}
+        assert dirs == {"0", "1"}, "both workers completed trials of the one study"
+    finally:
+        server.__exit__(None, None, None)

@@ -1,0 +1,79 @@
+"""The top-k ensemble of a search: select by devel UAR, evaluate the vote, write the bundle."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from edgemon.bundle import load_bundle, write_bundle
+from edgemon.ensemble import Ensemble, majority_vote
+from edgemon.frontend import FrontendConfig
+from training.data import Split
+from training.errors import DataError
+from training.evaluate import metrics, write_report
+from training.export import quantize_int8
+
+
+def select_members(study: optuna.Study, top: int = 5) -> list[optuna.trial.FrozenTrial]:
+    """The ``top`` completed trials by devel UAR whose saved model is at hand."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("run_dir") and (Path(t.user_attrs["run_dir"]) / "model.onnx").is_file()]
+    done.sort(key=lambda t: (-t.value, t.number))
+    if not done:
+        raise DataError(f"study {study.study_name}: no completed trial with a saved model")
+    return done[:top]
+
+
+def member_probs(ensemble: Ensemble, split: Split) -> np.ndarray:
+    """Whole-clip probabilities of every member: ``[M, n, C]``."""
+    return np.stack([ensemble.member_probs(f[None])[:, 0] for f in split.features], axis=1)
+
+
+def evaluate(ensemble: Ensemble, split: Split) -> dict:
+    probs = member_probs(ensemble, split)
+    members = [metrics(split.targets, p.argmax(1), split.labels) for p in probs]
+    vote = metrics(split.targets, majority_vote(probs).winner, split.labels)
+    return {"members": members, "ensemble": vote}
+
+
+def build_ensemble(study: optuna.Study, out: Path, devel: Split, test: Split, top: int = 5,
+                   int8: bool = False) -> dict:
+    """Write the bundle of the best ``top`` trials; report members' and vote's devel/test UAR."""
+    from training.runs import windowed_metrics
+
+    trials = select_members(study, top)
+    dirs = [Path(t.user_attrs["run_dir"]) for t in trials]
+    config = json.loads((dirs[0] / "config.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [quantize_int8(d / "model.onnx", Path(tmp) / f"{i}.onnx") if int8 else d / "model.onnx"
+                 for i, d in enumerate(dirs)]
+        staging = write_bundle(Path(tmp) / "staging", files, config["labels"],
+                               frontend=FrontendConfig.from_dict(config["frontend"]),
+                               window_s=config["window_s"], hop_s=config["hop_s"])
+        ensemble = Ensemble(staging)
+        results = {s.name: evaluate(ensemble, s) for s in (devel, test)}
+        bundle = write_bundle(out, files, config["labels"], frontend=staging.frontend,
+                              window_s=config["window_s"], hop_s=config["hop_s"],
+                              devel_uars=[m["uar"] for m in results["devel"]["members"]],
+                              test_uars=[m["uar"] for m in results["test"]["members"]],
+                              precision="int8" if int8 else "fp32",
+                              extra={"study": study.study_name, "trials": [t.number for t in trials],
+                                     "ensemble_devel_uar": results["devel"]["ensemble"]["uar"],
+                                     "ensemble_test_uar": results["test"]["ensemble"]["uar"]})
+    bundle = load_bundle(bundle.path)
+    windowed = {s.name: windowed_metrics(bundle, s) for s in (devel, test)}
+    report_dir = out.parent / f"{out.name}-report"
+    write_report(report_dir, {k: v["ensemble"] for k, v in results.items()}, prefix="ensemble_")
+    write_report(report_dir, {k: v["members"][0] for k, v in results.items()}, prefix="best_")
+    write_report(report_dir, windowed, prefix="ensemble_windowed_")
+    summary = {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id,
+               "trials": [t.number for t in trials], "trial_devel_uar": [t.value for t in trials],
+               **{f"{split}_uar": {"members": [m["uar"] for m in r["members"]], "ensemble": r["ensemble"]["uar"]}
+                  for split, r in results.items()},
+               "windowed_uar": {k: v["uar"] for k, v in windowed.items()}}
+    (report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

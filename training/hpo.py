@@ -1,0 +1,165 @@
+"""``edgemon-train hpo``: Optuna TPE over the paper's twelve hyper-parameters, median pruning.
+
+A thin layer over ``training.train.train``: the search space lives in ``suggest``, each epoch's
+devel UAR is reported to the trial, and ``MedianPruner`` stops trials whose best UAR so far is
+below the median of earlier trials at the same epoch. Studies live in any Optuna storage: by
+default a SQLite file in the run directory; a PostgreSQL URL lets workers on many machines share
+one study. Heartbeats mark a killed worker's trial as failed and re-enqueue it, so rerunning the
+command resumes the study and loses at most the running trial.
+
+Every completed trial keeps its best epoch as ``trials/NNNN/{checkpoint.pt,model.onnx,metrics.json}``
+under the worker's run directory (its path is stored on the trial), for ``edgemon-train ensemble``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+from edgemon.frontend import FrontendConfig
+from training.augment import AugmentConfig
+from training.data import Split
+from training.evaluate import metrics
+from training.export import export_onnx
+from training.model import ModelConfig
+from training.train import OptimConfig, predict, train
+
+log = logging.getLogger(__name__)
+
+SPACES = ("paper", "field")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    n_trials: int = 400            # total over all workers (complete + pruned)
+    max_epochs: int = 300
+    space: str = "paper"           # "paper": Table 2 exactly; "field": + field augmentations
+    seed: int | None = None        # sampler seed (None: differs per worker, as it should)
+    device: str = "auto"
+    startup_trials: int = 5        # MedianPruner: no pruning before this many trials finished
+    warmup_epochs: int = 1         # ... nor before this epoch within a trial
+    heartbeat_s: int = 60
+    timeout_s: float | None = None  # this worker stops starting trials after this long
+    window_s: float = 4.0
+    hop_s: float = 2.0
+
+
+def suggest(trial: optuna.Trial, space: str, frontend: FrontendConfig, window_s: float):
+    """The paper's Table 2 priors; ``field`` adds the field augmentations as further dimensions."""
+    model = ModelConfig(
+        layers=trial.suggest_int("layers", 1, 4),
+        hidden=trial.suggest_int("hidden", 32, 256, step=32),
+        dropout=trial.suggest_float("dropout", 0.0, 0.8, step=0.05),
+        tau=trial.suggest_float("tau", 0.01, 1.0),
+    )
+    optim = dict(
+        lr=trial.suggest_float("lr", 1e-6, 1e-1, log=True),
+        batch_size=trial.suggest_int("batch_size", 32, 256, step=32),
+        weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-1),
+        lr_decay=trial.suggest_float("lr_decay", 0.80, 1.00, step=0.02),
+        gamma=float(trial.suggest_int("gamma", 1, 5)),
+    )
+    aug = dict(p_fm=trial.suggest_float("p_fm", 0.0, 0.5, step=0.05),
+               p_tm=trial.suggest_float("p_tm", 0.0, 0.5, step=0.05),
+               p_r=trial.suggest_float("p_r", 0.0, 1.0), log_floor=frontend.log_floor)
+    if space == "field":
+        if trial.suggest_categorical("crop", [True, False]):
+            aug["crop_frames"] = int(round(window_s * frontend.sample_rate / frontend.hop_length))
+        aug["time_shift"] = trial.suggest_categorical("time_shift", [True, False])
+        aug["p_mix"] = trial.suggest_float("p_mix", 0.0, 1.0, step=0.25)
+        aug["gain_db"] = trial.suggest_float("gain_db", 0.0, 12.0, step=3.0)
+    return model, optim, AugmentConfig(**aug)
+
+
+def open_study(storage_url: str, name: str, config: SearchConfig) -> optuna.Study:
+    storage = optuna.storages.RDBStorage(
+        storage_url, heartbeat_interval=config.heartbeat_s, grace_period=2 * config.heartbeat_s,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+    return optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=config.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials,
+                                           n_warmup_steps=config.warmup_epochs))
+
+
+class Objective:
+    """Train one trial on preloaded splits; keep its best epoch's model in the run directory."""
+
+    def __init__(self, config: SearchConfig, train_split: Split, devel: Split, run_dir: Path,
+                 frontend: FrontendConfig = FrontendConfig()):
+        self.config, self.train_split, self.devel = config, train_split, devel
+        self.run_dir, self.frontend = run_dir, frontend
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        model, optim, aug = suggest(trial, self.config.space, self.frontend, self.config.window_s)
+        model = dataclasses.replace(model, n_classes=len(self.train_split.labels), n_mels=self.frontend.n_mels)
+        optim = OptimConfig(**optim, epochs=self.config.max_epochs, seed=trial.number, device=self.config.device)
+
+        def report(epoch: int, record: dict) -> None:
+            trial.report(record["devel_uar"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: devel UAR {record['devel_uar']:.3f}")
+
+        started = time.perf_counter()
+        result = train(model, optim, aug, self.train_split, self.devel, on_epoch=report, progress=False,
+                       log_epochs=False)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        trial.set_user_attr("run_dir", str(self.save(trial, result, model, optim, aug).resolve()))
+        return result.best_uar
+
+    def save(self, trial, result, model, optim, aug) -> Path:
+        out = self.run_dir / "trials" / f"{trial.number:04d}"
+        out.mkdir(parents=True, exist_ok=True)
+        probs, _ = predict(result.model, self.devel.features)
+        devel_metrics = metrics(self.devel.targets, probs.argmax(1), self.devel.labels)
+        config = {"model": dataclasses.asdict(model), "optim": dataclasses.asdict(optim),
+                  "augment": dataclasses.asdict(aug), "frontend": self.frontend.to_dict(),
+                  "labels": list(self.devel.labels), "window_s": self.config.window_s,
+                  "hop_s": self.config.hop_s, "trial": trial.number, "params": trial.params}
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (out / "metrics.json").write_text(json.dumps({"devel": devel_metrics}, indent=2) + "\n")
+        torch.save({"state_dict": result.model.state_dict(), "config": config,
+                    "best_epoch": result.best_epoch}, out / "checkpoint.pt")
+        export_onnx(result.model, out / "model.onnx", self.devel.labels, self.frontend,
+                    {"devel_uar": devel_metrics["uar"], "best_epoch": result.best_epoch,
+                     "hyperparameters": config, "trial": trial.number})
+        return out
+
+
+def progress_line(study: optuna.Study) -> str:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    done = states.count(optuna.trial.TrialState.COMPLETE)
+    pruned = states.count(optuna.trial.TrialState.PRUNED)
+    try:
+        best = f"{study.best_value:.3f} (trial {study.best_trial.number})"
+    except ValueError:
+        best = "-"
+    return f"trials done {done}, pruned {pruned}, running {states.count(optuna.trial.TrialState.RUNNING)}; best devel UAR {best}"
+
+
+def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir: Path,
+               train_split: Split, devel: Split) -> optuna.Study:
+    """Work on the study until it holds ``n_trials`` finished (complete or pruned) trials."""
+    if config.space not in SPACES:
+        raise ValueError(f"unknown search space {config.space!r}: choose one of {SPACES}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(storage_url, study_name, config)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    if len(study.get_trials(deepcopy=False, states=finished)) >= config.n_trials:
+        log.info("study %s already holds %d finished trials", study_name, config.n_trials)
+        return study
+
+    def show(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        log.info("trial %d %s: %s", trial.number, trial.state.name.lower(), progress_line(study))
+
+    study.optimize(Objective(config, train_split, devel, run_dir), catch=(), timeout=config.timeout_s,
+                   callbacks=[optuna.study.MaxTrialsCallback(config.n_trials, states=finished), show])
+    return study

@@ -74,6 +74,14 @@ def test_tiny_search_prunes_and_keeps_models_then_builds_an_ensemble(tiny_datase
     assert done.returncode == 0, done.stderr[-2000:]
     from edgemon.bundle import load_bundle
     assert len(load_bundle(out / "ensemble").members) == min(2, states.count(optuna.trial.TrialState.COMPLETE))
+    report = subprocess.run([sys.executable, "-m", "training", "report", str(out), "--data", str(tiny_dataset)],
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (out / "report" / "report.md").read_text()
+    assert "| Best single model |" in text and "| Ensemble of" in text
+    for png in ("tsne_devel.png", "class_distribution.png", "optimisation_history.png", "param_importances.png",
+                "confusion_best_devel.png", "confusion_ensemble_devel.png"):
+        assert (out / "report" / png).stat().st_size > 1000, png
     # Rerunning the finished study starts nothing new.
     run_hpo(tiny_dataset, out, "--trials", "7", "--epochs", "3")
     assert len(load(f"sqlite:///{out / 'study.db'}").trials) == len(states)

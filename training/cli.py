@@ -155,6 +155,18 @@ def ensemble(
     _run(run)
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Search run directory (after 'edgemon-train ensemble').")],
+    data: DataOpt = DEFAULT_DATA_DIR,
+    study: Annotated[str, typer.Option(help="Study name.")] = "edgemon",
+):
+    """The paper's figures for a search run: Table 1, confusions, classes, t-SNE, history, importances."""
+    from training.report import build_report
+
+    _run(build_report, run_dir, data, study)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

@@ -167,6 +167,41 @@ def report(
     _run(build_report, run_dir, data, study)
 
 
+@app.command()
+def cv(
+    data: DataOpt = DEFAULT_DATA_DIR,
+    out: OutOpt = Path("runs/cv"),
+    recipe: Annotated[list[str], typer.Option(help="baseline, paper (Table 2) or field (Table 2 + field augmentations); repeatable.")] = ["baseline", "paper", "field"],
+    folds: Annotated[int, typer.Option(help="Folds, grouped by recorder.")] = 5,
+    epochs: Annotated[int, typer.Option(help="Epochs per fold for network recipes.")] = 30,
+    seed: Annotated[int, typer.Option(help="Fold and training seed.")] = 0,
+):
+    """Grouped cross-validation over train + devel: no recorder in both training and validation."""
+    from training.cv import Recipe, cross_validate, merge
+    from training.runs import Splits
+
+    frontend = FrontendConfig()
+    window = int(round(4.0 * frontend.sample_rate / frontend.hop_length))
+    known = {
+        "baseline": Recipe("baseline"),
+        "paper": Recipe("paper", ModelConfig(), OptimConfig(epochs=epochs, seed=seed), AugmentConfig()),
+        "field": Recipe("field", ModelConfig(), OptimConfig(epochs=epochs, seed=seed),
+                        AugmentConfig(crop_frames=window, **FIELD)),
+    }
+    unknown = [r for r in recipe if r not in known]
+    if unknown:
+        typer.echo(f"error: unknown recipe(s) {unknown}: choose from {list(known)}", err=True)
+        raise typer.Exit(1)
+
+    def run():
+        splits = Splits.load(data)
+        summary = cross_validate([known[r] for r in recipe], merge(splits.train, splits.devel), folds, out, seed)
+        return {name: {k: r[k] for k in ("uar_mean", "uar_std", "epoch", "recall")}
+                for name, r in summary["recipes"].items()}
+
+    _run(run)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

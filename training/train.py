@@ -133,6 +133,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
                   "lr": optimiser.param_groups[0]["lr"], "train_seconds": train_seconds,
                   "seconds": time.perf_counter() - started}
         history.append(record)
+        record = {**record, "predictions": probs.argmax(1)}  # for callers such as cross-validation
         if devel_uar > best[0]:
             best = (devel_uar, epoch, copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))
         if bar is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from edgemon.errors import EdgemonError
 from edgemon.pipeline import Analysis, Analyzer
 from edgemon.recorder import StabilityTracker, recording_time, wav_header_consistent
 from edgemon.store import Detection, Store
@@ -100,7 +101,6 @@ class Watcher:
 
     def run(self, stop: threading.Event) -> None:
         if not self.root.is_dir():
-            from edgemon.errors import EdgemonError
             raise EdgemonError(f"{self.root}: not a directory")
         observer = Observer()
         observer.schedule(_Hints(self.hints), str(self.root), recursive=True)
@@ -120,8 +120,10 @@ class Watcher:
                 if time.monotonic() >= next_scan:
                     self.scan()
                     next_scan = time.monotonic() + self.config.rescan_s
-                self._wait(stop, min(self.config.settle_s / 2 or 0.05, 1.0) if self.pending else
-                           max(0.05, next_scan - time.monotonic()))
+                # Short waits while files are pending; otherwise until the next rescan, but never
+                # more than a second, so a stop request is seen promptly.
+                self._wait(min(self.config.settle_s / 2 or 0.05, 1.0) if self.pending else
+                           min(max(0.05, next_scan - time.monotonic()), 1.0))
         finally:
             observer.stop()
             observer.join()
@@ -133,7 +135,7 @@ class Watcher:
             except queue.Empty:
                 return
 
-    def _wait(self, stop: threading.Event, seconds: float) -> None:
+    def _wait(self, seconds: float) -> None:
         try:
             self.pending.add(self.hints.get(timeout=seconds))
         except queue.Empty:

@@ -68,3 +68,21 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(borneo_d
     assert query(db, "SELECT state, COUNT(*) FROM files GROUP BY state") == [("done", FILES)]
     with Store(db) as store:
         assert store.integrity_check() == "ok"
+
+
+def test_sigterm_stops_the_daemon_promptly_and_cleanly(borneo_dir, tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    backlog(borneo_dir, root, files=2, clips=2)
+    daemon = subprocess.Popen([sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db),
+                               "--settle-s", "0", "--rescan-s", "30"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (db.exists() and query(db, "SELECT 1 FROM files")):
+        time.sleep(0.2)
+    time.sleep(1.0)  # now idle, waiting for the next rescan
+    stopped = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    _, stderr = daemon.communicate(timeout=10)
+    assert daemon.returncode == 0, stderr
+    assert time.monotonic() - stopped < 3.0
+    assert "stopping" in stderr
+    assert query(db, "SELECT state, COUNT(*) FROM files GROUP BY state") == [("done", 2)]

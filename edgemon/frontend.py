@@ -102,8 +102,12 @@ def power_spectrogram(samples: np.ndarray, config: FrontendConfig) -> np.ndarray
     if x.ndim != 1:
         raise ValueError(f"expected mono samples of shape [n], got {x.shape}")
     pad = config.n_fft // 2
-    x = np.pad(x, (pad, pad))
-    n_frames = 1 + (len(x) - config.n_fft) // config.hop_length
+    return _frame_power(np.pad(x, (pad, pad)), config)
+
+
+def _frame_power(x: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """|rfft|^2 of every whole ``n_fft`` frame of ``x`` at ``hop_length`` (no padding): ``[k, bins]``."""
+    n_frames = 0 if len(x) < config.n_fft else 1 + (len(x) - config.n_fft) // config.hop_length
     frames = np.lib.stride_tricks.as_strided(
         x, shape=(n_frames, config.n_fft), strides=(x.strides[0] * config.hop_length, x.strides[0]),
         writeable=False)
@@ -140,17 +144,9 @@ class StreamingLogMel:
 
     def _frames(self, samples: np.ndarray) -> np.ndarray:
         c = self.config
-        n = 0 if len(samples) < c.n_fft else 1 + (len(samples) - c.n_fft) // c.hop_length
-        if n == 0:
-            self._pending = samples
-            return np.zeros((0, c.n_mels), np.float32)
-        frames = np.lib.stride_tricks.as_strided(
-            samples, shape=(n, c.n_fft), strides=(samples.strides[0] * c.hop_length, samples.strides[0]),
-            writeable=False)
-        spectrum = np.fft.rfft(frames * _window(c.n_fft), axis=1)
-        power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
-        self._pending = samples[n * c.hop_length:].copy()
-        self.frames_out += n
+        power = _frame_power(samples, c)
+        self._pending = samples[len(power) * c.hop_length:].copy()
+        self.frames_out += len(power)
         return np.log(power @ mel_filterbank(c) + np.float32(c.log_floor))
 
     def push(self, block: np.ndarray) -> np.ndarray:

@@ -1,0 +1,66 @@
+"""Windows, votes and events: the analysis path shared by watch, classify and listen."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgemon.events import apply_thresholds, clip_label
+from edgemon.pipeline import Analyzer, WindowStream, WindowVote
+from edgemon.segmenter import WindowSpec, cut_windows, window_starts
+from tests.watch_helpers import analyzer
+
+
+@pytest.mark.parametrize("frames", [1, 5, 124, 125, 126, 187, 188, 1234])
+@pytest.mark.parametrize("block", [1, 62, 5000])
+def test_window_stream_equals_cutting_the_whole(frames, block):
+    spec = WindowSpec(frames=125, hop=62)
+    x = np.random.default_rng(frames).standard_normal((frames, 3)).astype(np.float32)
+    stream, got = WindowStream(spec), []
+    for i in range(0, frames, block):
+        got += [(s, w.copy()) for s, w in stream.push(x[i:i + block])]
+    got += list(stream.finish())
+    windows, starts = cut_windows(x, spec)
+    assert [s for s, _ in got] == starts.tolist() == window_starts(frames, spec).tolist()
+    for (_, w), ref in zip(got, windows):
+        np.testing.assert_array_equal(w, ref)
+    assert starts[-1] + min(frames, 125) == frames  # the tail is always covered
+
+
+def test_events_merge_consecutive_windows_and_background_splits_them():
+    a = analyzer()
+    labels = a.bundle.labels
+    duet, argus = labels.index("gibbon_duet"), labels.index("great_argus")
+    votes = [WindowVote(s * 62, 125, lab, 0.5 + 0.01 * s, (lab,)) for s, lab in
+             enumerate([duet, duet, 0, duet, argus, argus])]
+    events = a.merge(votes, duration_s=30.0)
+    assert [(e.label, e.start_s) for e in events] == [("gibbon_duet", 0.0), ("gibbon_duet", round(3 * 62 * 0.032, 3)),
+                                                      ("great_argus", round(4 * 62 * 0.032, 3))]
+    assert events[0].end_s == pytest.approx((62 + 125) * 0.032)
+    assert events[2].end_s == pytest.approx((5 * 62 + 125) * 0.032)
+    assert events[2].confidence == pytest.approx(0.55)
+    assert json.loads(events[0].votes) == {"windows": 2, "member_votes": [2], "window_confidence": [0.5, 0.51]}
+
+
+def test_thresholds_turn_weak_windows_into_background_and_clip_label():
+    winner, confidence = np.array([1, 2, 2, 0]), np.array([0.9, 0.3, 0.35, 0.8])
+    labels = ("background", "a", "b")
+    out = apply_thresholds(winner, confidence, labels, {"b": 0.4}, background=0)
+    assert out.tolist() == [1, 0, 0, 0]
+    assert clip_label(out, confidence, 0) == 1
+    assert clip_label(np.array([0, 0]), np.array([0.9, 0.9]), 0) == 0
+    assert clip_label(np.array([2, 1, 2]), np.array([0.4, 0.9, 0.4]), 0) == 2  # most windows wins
+
+
+def test_blocks_of_any_size_give_the_same_analysis(borneo_dir):
+    import soundfile
+
+    clip = sorted((borneo_dir / "audio").glob("duet_*.flac"))[2]
+    x = soundfile.read(clip, dtype="float32")[0]
+    a = analyzer()
+    whole = a.analyse_blocks([x])
+    for block in (1000, 16000, 70001):
+        parts = a.analyse_blocks(x[i:i + block] for i in range(0, len(x), block))
+        assert [(v.start_frame, v.label) for v in parts.windows] == [(v.start_frame, v.label) for v in whole.windows]
+        assert [(e.label, e.start_s, e.end_s) for e in parts.events] == [(e.label, e.start_s, e.end_s) for e in whole.events]
+    assert whole.duration_s == pytest.approx(len(x) / 16000)

@@ -1,3 +1,4 @@
 from edgemon.cli import main
 
-main()
+if __name__ == "__main__":  # importing the package (as tests do) must not run the CLI
+    main()

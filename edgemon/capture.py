@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -31,7 +32,11 @@ from edgemon.errors import EdgemonError
 log = logging.getLogger(__name__)
 
 
-class DeviceNotFoundError(EdgemonError):
+class AudioDeviceError(EdgemonError):
+    """PortAudio cannot list or open audio devices."""
+
+
+class DeviceNotFoundError(AudioDeviceError):
     """No input device matches the requested index or name."""
 
 
@@ -46,9 +51,13 @@ class InputDevice:
 
 def list_input_devices() -> list[InputDevice]:
     """Every PortAudio device with at least one input channel."""
-    apis = [api["name"] for api in sd.query_hostapis()]
+    try:
+        apis = [api["name"] for api in sd.query_hostapis()]
+        found = sd.query_devices()
+    except sd.PortAudioError as exc:
+        raise AudioDeviceError(f"cannot list audio devices: {exc}") from exc
     return [InputDevice(i, d["name"], apis[d["hostapi"]], d["max_input_channels"], d["default_samplerate"])
-            for i, d in enumerate(sd.query_devices()) if d["max_input_channels"] > 0]
+            for i, d in enumerate(found) if d["max_input_channels"] > 0]
 
 
 def resolve_device(spec: str | int | None) -> InputDevice:
@@ -158,6 +167,13 @@ class BlockQueue:
         self._pending_frames = self._pending_blocks = 0
         return True
 
+    def take_undelivered(self) -> tuple[int, int, int]:
+        """(stream, frames, blocks) dropped after the last block that got through, which no later
+        block will report. Only once no callback can run any more (the stream is closed)."""
+        taken = (self._stream, self._pending_frames, self._pending_blocks)
+        self._pending_frames = self._pending_blocks = 0
+        return taken
+
 
 class CaptureState(enum.Enum):
     STARTING = "starting"
@@ -211,6 +227,8 @@ class Capture:
 
     def __init__(self, config: CaptureConfig, blocks: BlockQueue, device: InputDevice,
                  open_stream: Callable[..., sd.InputStream] = sd.InputStream,
+                 resolve: Callable[[str], InputDevice] = resolve_device,
+                 reinitialise: Callable[[], None] = reinitialise_portaudio,
                  clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.blocks = blocks
@@ -221,8 +239,10 @@ class Capture:
         self.opens = 0
         self.attempts = 0
         self.failures = 0
-        self.transitions: list[tuple[float, CaptureState, str]] = []
+        self.transitions: deque[tuple[float, CaptureState, str]] = deque(maxlen=1000)  # recent, for status
         self._open_stream = open_stream
+        self._resolve = resolve
+        self._reinitialise = reinitialise
         self._clock = clock
         self._stream: sd.InputStream | None = None
         self._finished = threading.Event()
@@ -239,27 +259,25 @@ class Capture:
     def run(self, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
-                if self.state in (CaptureState.STARTING, CaptureState.REOPENING):
-                    if not self._open():
-                        self._wait_backoff(stop)
-                        continue
-                self._watch(stop)
-                self._close()
+                error = self._open()
+                if error is None:
+                    self._watch(stop)
+                    self._close()
                 if not stop.is_set():
-                    self._wait_backoff(stop)
+                    self._wait_backoff(stop, error)
         finally:
             self._close()
             self._set(CaptureState.STOPPED)
 
-    def _open(self) -> bool:
-        """Open and start a stream; False (state 'reopening') when that fails."""
+    def _open(self) -> str | None:
+        """Open and start a stream; the reason when that fails."""
         self.attempts += 1
         try:
             if self.attempts > 1:
                 # Also after a stall: a stream re-opened on a stale PortAudio can start and never
                 # call back (seen with a restarted PulseAudio).
-                reinitialise_portaudio()
-                self.device = resolve_device(self.device.name)
+                self._reinitialise()
+                self.device = self._resolve(self.device.name)
             self.rate = float(self.config.sample_rate or self.device.default_rate)
             self.stream_serial += 1
             self._finished.clear()
@@ -269,15 +287,14 @@ class Capture:
                 latency="high", callback=self.blocks.callback(self.stream_serial, self.rate),
                 finished_callback=self._finished.set)
             stream.start()
-        except (sd.PortAudioError, DeviceNotFoundError, ValueError, OSError) as exc:
+        except (sd.PortAudioError, AudioDeviceError, ValueError, OSError) as exc:
             self.failures += 1
-            self._set(CaptureState.REOPENING, f"cannot open {self.device.name}: {exc}")
-            return False
+            return f"cannot open {self.device.name}: {exc}"
         self._stream = stream
         self.opens += 1
-        self._set(CaptureState.STARTING, f"stream {self.stream_serial} at {self.rate:g} Hz, "
-                  f"latency {stream.latency:.3f} s")
-        return True
+        log.info("capture %s: stream %d opened at %g Hz, latency %.3f s", self.device.name,
+                 self.stream_serial, self.rate, stream.latency)
+        return None
 
     def _watch(self, stop: threading.Event) -> None:
         """Until the stream fails or ``stop``: watch for callbacks; returns with the new state set."""
@@ -308,8 +325,8 @@ class Capture:
             except Exception as exc:  # closing a dead stream must not end the supervisor
                 log.warning("capture %s: closing the stream failed: %s", self.device.name, exc)
 
-    def _wait_backoff(self, stop: threading.Event) -> None:
+    def _wait_backoff(self, stop: threading.Event, why: str | None) -> None:
         delay = self._backoff.next()
-        self._set(CaptureState.REOPENING, f"next attempt in {delay:.1f} s")
+        self._set(CaptureState.REOPENING, f"{why + '; ' if why else ''}next attempt in {delay:.1f} s")
         if not stop.wait(delay):
             self._set(CaptureState.STARTING)

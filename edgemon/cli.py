@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -87,6 +88,54 @@ def classify(
         raise typer.Exit(1)
 
 
+@app.command()
+def listen(
+    device: Annotated[Optional[str], typer.Option("--device", help="Input device: index or name substring (see `edgemon devices`); default: the system's default input.")] = None,
+    db: Annotated[Path, typer.Option("--db", help="Detections database (SQLite).")] = Path("edgemon.db"),
+    models: ModelsOpt = None,
+    device_id: Annotated[str, typer.Option(help="Recorder/site id stored with every detection.")] = "edgemon",
+    sample_rate: Annotated[Optional[float], typer.Option(help="Capture rate in Hz (default: the device's own).")] = None,
+    channels: Annotated[int, typer.Option(help="Channels to capture (mixed to mono).")] = 1,
+    clips: Annotated[Optional[Path], typer.Option("--clips", help="Save each detection's audio (FLAC) in this directory.")] = None,
+    clip_pre_s: Annotated[float, typer.Option(help="Seconds of audio kept before a detection.")] = 2.0,
+    clip_post_s: Annotated[float, typer.Option(help="Seconds of audio kept after a detection.")] = 2.0,
+    clips_max_mb: Annotated[float, typer.Option(help="Clip directory budget in MB; further clips are skipped.")] = 500.0,
+    queue_s: Annotated[float, typer.Option(help="Seconds of audio queued for analysis before blocks are dropped.")] = 30.0,
+    stall_s: Annotated[float, typer.Option(help="Seconds without audio before the stream is reopened.")] = 5.0,
+    backoff_max_s: Annotated[float, typer.Option(help="Longest wait between attempts to reopen the device.")] = 60.0,
+    flush_s: Annotated[float, typer.Option(help="Seconds between coverage writes.")] = 10.0,
+    duration_s: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: run until stopped).")] = None,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 1,
+):
+    """Turn a live microphone into detections, with per-minute coverage, until stopped."""
+    from edgemon.capture import CaptureConfig
+    from edgemon.listen import ClipConfig, ListenConfig, listen_main
+
+    config = ListenConfig(
+        capture=CaptureConfig(device=device, sample_rate=sample_rate, channels=channels, queue_s=queue_s,
+                              stall_s=stall_s, backoff_max_s=backoff_max_s),
+        device_id=device_id, flush_s=flush_s, duration_s=duration_s,
+        clips=None if clips is None else ClipConfig(clips, clip_pre_s, clip_post_s, clips_max_mb))
+    try:
+        listen_main(config, db, models, threads)
+    except EdgemonError as exc:
+        raise _fail(exc)
+
+
+@app.command()
+def devices():
+    """List audio input devices: index, name, host API, input channels, default rate."""
+    from edgemon.capture import list_input_devices
+
+    try:
+        found = list_input_devices()
+    except EdgemonError as exc:
+        raise _fail(exc)
+    typer.echo("index\tname\thostapi\tchannels\tdefault_rate")
+    for d in found:
+        typer.echo(f"{d.index}\t{d.name}\t{d.hostapi}\t{d.channels}\t{d.default_rate:g}")
+
+
 @app.command("export-detections")
 def export_detections(
     db: Annotated[Path, typer.Option("--db", help="Detections database (SQLite).")] = Path("edgemon.db"),
@@ -97,16 +146,21 @@ def export_detections(
     label: Annotated[Optional[list[str]], typer.Option(help="Only these labels (repeatable).")] = None,
     min_confidence: Annotated[Optional[float], typer.Option(help="Only detections at least this confident.")] = None,
     new: Annotated[bool, typer.Option("--new", help="Only what no earlier --new export delivered.")] = False,
+    coverage: Annotated[Optional[Path], typer.Option("--coverage", help="Also write live-stream coverage (per minute: seconds analysed and lost) for the same --since/--until to this file (csv, or jsonl with --format jsonl).")] = None,
 ):
     """Export detections; reads only, so it never blocks the daemon."""
-    from edgemon.export import export_detections as run_export
+    from edgemon.export import export_coverage, export_detections as run_export
 
     try:
         times = [None if t is None else _parse_time(t) for t in (since, until)]
         count = run_export(db, fmt, output, times[0], times[1], label or None, min_confidence, new)
+        if coverage is not None:
+            minutes = export_coverage(db, "jsonl" if fmt == "jsonl" else "csv", coverage, times[0], times[1])
     except EdgemonError as exc:
         raise _fail(exc)
     logging.getLogger("edgemon.export").info("exported %d detection(s)", count)
+    if coverage is not None:
+        logging.getLogger("edgemon.export").info("exported %d coverage minute(s)", minutes)
 
 
 def _parse_time(text: str):
@@ -120,6 +174,9 @@ def _parse_time(text: str):
 
 
 def main() -> None:
+    # Before numpy loads: OpenBLAS otherwise starts a worker per core that spin-waits after each
+    # small product (the frontend's mel filterbank), ~13 % of a core while listening (bench/listen_load.py).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     app()

@@ -1,4 +1,4 @@
-"""Export detections as CSV, JSON Lines or Raven selection tables.
+"""Export detections as CSV, JSON Lines or Raven selection tables, and live-stream coverage.
 
 Export reads through a read-only connection: under WAL a reader sees the last committed state and
 neither waits for nor blocks the daemon's writer. Output files appear only complete (temp file in
@@ -29,7 +29,11 @@ from edgemon.store import utc_iso
 
 FORMATS = ("csv", "jsonl", "raven")
 COLUMNS = ("id", "device_id", "source", "start_s", "end_s", "start_utc", "end_utc", "time_source",
-           "clock_suspect", "label", "confidence", "votes", "bundle_id", "created_at")
+           "clock_suspect", "label", "confidence", "votes", "bundle_id", "created_at", "clip_path",
+           "clock_synced")
+COVERAGE_COLUMNS = ("source", "device_id", "minute_utc", "end_utc", "analysed_s", "lost_overflow_s",
+                    "lost_dropped_s", "lost_device_s", "lost_daemon_s", "overflows", "dropped_blocks",
+                    "clock_synced", "updated_at")
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
                  "Low Freq (Hz)", "High Freq (Hz)", "Label", "Confidence", "Begin Path",
                  "File Offset (s)", "Begin Date Time (UTC)")
@@ -151,20 +155,67 @@ def _query(conn: sqlite3.Connection, db_path: Path, where: str, params: list,
         raise ExportError(f"cannot read detections from {db_path}: {e}") from e
 
 
-def _write_csv(f: TextIO, rows: Iterable[sqlite3.Row]) -> None:
+def _value(row: sqlite3.Row, column: str):
+    """A column's value; None for a column a database from before its migration lacks (export
+    opens read-only, so it never migrates)."""
+    return row[column] if column in row.keys() else None
+
+
+def _write_csv(f: TextIO, rows: Iterable[sqlite3.Row], columns: tuple[str, ...] = COLUMNS) -> None:
     writer = csv.writer(f, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow([row[c] for c in COLUMNS])
+        writer.writerow([_value(row, c) for c in columns])
 
 
-def _write_jsonl(f: TextIO, rows: Iterable[sqlite3.Row]) -> None:
+def _write_jsonl(f: TextIO, rows: Iterable[sqlite3.Row], columns: tuple[str, ...] = COLUMNS) -> None:
     for row in rows:
-        f.write(json.dumps({c: row[c] for c in COLUMNS}, ensure_ascii=False) + "\n")
+        f.write(json.dumps({c: _value(row, c) for c in columns}, ensure_ascii=False) + "\n")
 
 
 WRITERS: dict[str, Callable[[TextIO, Iterable[sqlite3.Row]], None]] = {
     "csv": _write_csv, "jsonl": _write_jsonl}
+
+
+def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
+                    since: dt.datetime | None = None, until: dt.datetime | None = None) -> int:
+    """Write live-stream coverage, one row per source and UTC minute, and return the row count.
+
+    Each row says how many seconds of the minute were analysed and how many were lost, by cause
+    (overflow, dropped, device, daemon): a minute without detections but with analysed seconds
+    was listened to; one without analysed seconds was not. ``fmt`` 'csv' or 'jsonl', to
+    ``output`` (standard output when None). ``since`` <= minute_utc < ``until``, as for
+    detections (the minute holding ``since`` is left out unless it starts at ``since``).
+    A database that never listened gives a header only. Raises ExportError.
+    """
+    db_path = Path(db_path)
+    if fmt not in WRITERS:
+        raise ExportError(f"coverage exports as {' or '.join(WRITERS)}, not {fmt!r}")
+    conn = _connect_read_only(db_path)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'coverage'").fetchone():
+            rows: list = []
+        else:
+            clauses, params = ["1"], []
+            if since is not None:
+                clauses.append("minute_utc >= ?")
+                params.append(utc_iso(since, naive_is_utc=True))
+            if until is not None:
+                clauses.append("minute_utc < ?")
+                params.append(utc_iso(until, naive_is_utc=True))
+            rows = conn.execute(f"SELECT * FROM coverage WHERE {' AND '.join(clauses)} "
+                                f"ORDER BY source, minute_utc", params).fetchall()
+    except sqlite3.Error as e:
+        raise ExportError(f"cannot read coverage from {db_path}: {e}") from e
+    finally:
+        conn.close()
+    write = WRITERS[fmt]
+    if output is None:
+        _write_stdout(lambda f, r: write(f, r, COVERAGE_COLUMNS), rows)
+    else:
+        with _atomic_text(Path(output)) as f:
+            write(f, rows, COVERAGE_COLUMNS)
+    return len(rows)
 
 
 def _write_stdout(write: Callable[[TextIO, Iterable[sqlite3.Row]], None],

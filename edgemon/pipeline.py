@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -95,7 +96,8 @@ class Analyzer:
         self.background = bundle.labels.index(bundle.background_label)
         self.frame_s = bundle.frontend.hop_length / bundle.frontend.sample_rate
 
-    def _vote(self, batch: list[tuple[int, np.ndarray]]) -> list[WindowVote]:
+    def vote_windows(self, batch: list[tuple[int, np.ndarray]]) -> list[WindowVote]:
+        """Votes on ``(start_frame, window)`` pairs, in start order; thresholds applied."""
         results = []
         # Windows of one length run as one batch; only a stream's last window may be shorter.
         for length in sorted({len(w) for _, w in batch}):
@@ -108,24 +110,16 @@ class Analyzer:
                         for i, (s, _) in enumerate(group)]
         return sorted(results, key=lambda v: v.start_frame)
 
+    def stream(self, eager: bool = False, keep_votes: bool = False) -> "AnalysisStream":
+        """An incremental analysis of one stretch of contiguous audio (see ``AnalysisStream``)."""
+        return AnalysisStream(self, eager=eager, keep_votes=keep_votes)
+
     def analyse_blocks(self, blocks: Iterable[np.ndarray]) -> Analysis:
         """Mono float32 blocks at the bundle's sample rate -> window votes and merged events."""
-        frontend, windows = StreamingLogMel(self.bundle.frontend), WindowStream(self.spec)
-        pending: list[tuple[int, np.ndarray]] = []
-        votes: list[WindowVote] = []
-        samples = 0
-        for block in blocks:
-            samples += len(block)
-            pending += [(s, w.copy()) for s, w in windows.push(frontend.push(block))]
-            while len(pending) >= self.batch_size:
-                votes += self._vote(pending[:self.batch_size])
-                pending = pending[self.batch_size:]
-        pending += [(s, w.copy()) for s, w in windows.push(frontend.finish())]
-        pending += list(windows.finish())
-        if pending:
-            votes += self._vote(pending)
-        duration = samples / self.bundle.frontend.sample_rate
-        return Analysis(duration, votes, self.merge(votes, duration))
+        stream = self.stream(keep_votes=True)
+        events = [e for block in blocks for e in stream.push(block)]
+        events += stream.finish()
+        return Analysis(stream.duration_s, stream.votes, events)
 
     def analyse_file(self, path: str | Path, block_seconds: float = 10.0) -> Analysis:
         return self.analyse_blocks(audio.iter_blocks(path, block_seconds, self.bundle.frontend.sample_rate))
@@ -150,3 +144,64 @@ class Analyzer:
         return Event(label=self.bundle.labels[label], start_s=round(run[0].start_frame * self.frame_s, 3),
                      end_s=round(min(end, duration_s), 3), confidence=max(v.confidence for v in run),
                      votes=json.dumps(votes))
+
+
+class AnalysisStream:
+    """One stretch of contiguous audio through an ``Analyzer``, incrementally.
+
+    ``push`` returns the events that a window with another label has just ended; ``finish`` the
+    rest. Event times are seconds from the first sample, and the events equal those of the
+    whole audio at once. ``eager`` votes on every window as soon as it is complete (live audio:
+    low latency); otherwise windows wait for a full batch (recordings: throughput).
+    """
+
+    def __init__(self, analyzer: Analyzer, eager: bool = False, keep_votes: bool = False):
+        self.analyzer = analyzer
+        self.frontend = StreamingLogMel(analyzer.bundle.frontend)
+        self.windows = WindowStream(analyzer.spec)
+        self.eager = eager
+        self.samples = 0
+        self.voted = 0
+        self.votes: list[WindowVote] = []   # every vote, when ``keep_votes``
+        self._keep = keep_votes
+        self._pending: list[tuple[int, np.ndarray]] = []
+        self._run: list[WindowVote] = []
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / self.analyzer.bundle.frontend.sample_rate
+
+    def push(self, samples: np.ndarray) -> list[Event]:
+        """Mono float32 samples at the bundle's rate -> events completed by them."""
+        self.samples += len(samples)
+        self._pending += [(s, w.copy()) for s, w in self.windows.push(self.frontend.push(samples))]
+        size = 1 if self.eager else self.analyzer.batch_size
+        ready = len(self._pending) - len(self._pending) % size
+        taken, self._pending = self._pending[:ready], self._pending[ready:]
+        return self._take(taken)
+
+    def finish(self) -> list[Event]:
+        self._pending += [(s, w.copy()) for s, w in self.windows.push(self.frontend.finish())]
+        self._pending += list(self.windows.finish())
+        events = self._take(self._pending)
+        self._pending = []
+        if self._run:
+            events += self.analyzer.merge(self._run, self.duration_s)
+            self._run = []
+        return events
+
+    def _take(self, windows: list[tuple[int, np.ndarray]]) -> list[Event]:
+        events = []
+        size = self.analyzer.batch_size
+        for i in range(0, len(windows), size):
+            for vote in self.analyzer.vote_windows(windows[i:i + size]):
+                self.voted += 1
+                if self._keep:
+                    self.votes.append(vote)
+                if self._run and vote.label != self._run[-1].label:
+                    # The merge rule: a different label, background too, ends a run.
+                    events += self.analyzer.merge(self._run, math.inf)
+                    self._run = []
+                if vote.label != self.analyzer.background:
+                    self._run.append(vote)
+        return events

@@ -90,6 +90,36 @@ class CoverageMinute:
     clock_synced: bool | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Heartbeat:
+    """The daemon was alive at ``at_utc``: one row every few minutes, so an exported table shows
+    when the unit ran and how it fared.
+
+    ``run_id`` names one start of the daemon, which began at ``started_utc``; ``uptime_s`` is
+    seconds since then on the monotonic clock, so it stays true when the host clock steps (order
+    rows by ``id``, not by time). ``files_done``, ``audio_s`` (seconds of audio stored) and
+    ``busy_s`` (seconds spent analysing and storing it) count from that start. ``state`` says
+    whether work went on: 'ok', 'hold_disk' (free space below the watermark), 'hold_store' (the
+    database refused a write), 'stopping'. ``disk_free_mb`` is free space where the database is,
+    ``rss_mb`` the daemon's resident memory.
+    """
+
+    run_id: str
+    mode: str
+    device_id: str
+    at_utc: str | dt.datetime
+    started_utc: str | dt.datetime
+    uptime_s: float
+    state: str = "ok"
+    bundle_id: str | None = None
+    files_done: int = 0
+    audio_s: float = 0.0
+    busy_s: float = 0.0
+    disk_free_mb: float | None = None
+    rss_mb: float | None = None
+    note: str | None = None
+
+
 def utc_iso(value: str | dt.datetime, *, naive_is_utc: bool = False) -> str:
     """``value`` as the store's UTC text, to the millisecond: '2024-05-01T06:00:00.000Z'.
 
@@ -191,6 +221,30 @@ def m002_live_coverage(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX coverage_minute_utc ON coverage (minute_utc)")
     db.execute("ALTER TABLE detections ADD COLUMN clip_path TEXT")
     db.execute("ALTER TABLE detections ADD COLUMN clock_synced INTEGER CHECK (clock_synced IN (0, 1))")
+
+
+@MIGRATIONS()
+def m003_heartbeats(db: sqlite_utils.Database) -> None:
+    """Heartbeats of the daemon (see ``Heartbeat``). Additive only."""
+    db.execute("""
+        CREATE TABLE heartbeats (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            at_utc TEXT NOT NULL,
+            started_utc TEXT NOT NULL,
+            uptime_s REAL NOT NULL,
+            state TEXT NOT NULL,
+            bundle_id TEXT,
+            files_done INTEGER NOT NULL DEFAULT 0,
+            audio_s REAL NOT NULL DEFAULT 0,
+            busy_s REAL NOT NULL DEFAULT 0,
+            disk_free_mb REAL,
+            rss_mb REAL,
+            note TEXT
+        )""")
+    db.execute("CREATE INDEX heartbeats_at_utc ON heartbeats (at_utc)")
 
 
 class Store:
@@ -351,6 +405,13 @@ class Store:
         """'ok' when SQLite finds the file sound, else its findings, one per line."""
         rows = self.db.execute("PRAGMA quick_check").fetchall()
         return "\n".join(str(row[0]) for row in rows)
+
+    def add_heartbeat(self, beat: Heartbeat) -> None:
+        """Store one heartbeat row, in a transaction of its own."""
+        row = dataclasses.asdict(beat)
+        row.update(at_utc=utc_iso(beat.at_utc), started_utc=utc_iso(beat.started_utc))
+        with self._write() as db:
+            db["heartbeats"].insert(row)
 
 
 def _detection_row(d: Detection, created_at: str) -> dict:

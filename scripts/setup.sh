@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(libportaudio2 libsndfile1 python3-venv postgresql)
+# pulseaudio, pulseaudio-utils and libasound2-plugins: the virtual audio device (a user-mode
+# PulseAudio null sink recorded through ALSA's `pulse` device) that the listen tests start.
+SYSTEM_PACKAGES=(libportaudio2 libsndfile1 python3-venv postgresql
+                 pulseaudio pulseaudio-utils libasound2-plugins)
 missing=()
 for p in "${SYSTEM_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

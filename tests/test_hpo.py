@@ -3,7 +3,6 @@ processes over a real PostgreSQL server."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 import sqlalchemy
 
 from edgemon.frontend import FrontendConfig
-from training.hpo import SearchConfig, open_study, suggest
+from training.hpo import suggest
 from tests.postgres_server import postgres_server
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

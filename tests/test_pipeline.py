@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgemon.events import apply_thresholds, clip_label
-from edgemon.pipeline import Analyzer, WindowStream, WindowVote
+from edgemon.pipeline import WindowStream, WindowVote
 from edgemon.segmenter import WindowSpec, cut_windows, window_starts
 from tests.watch_helpers import analyzer
 

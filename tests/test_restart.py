@@ -4,7 +4,6 @@ duplicate and no missing detection, a sound database, and every file done."""
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 
@@ -12,7 +11,7 @@ import pytest
 
 from edgemon.store import Store
 from edgemon.watch import Watcher
-from tests.watch_helpers import (analyzer, fast_config, noise, query, unfinalised_header,
+from tests.watch_helpers import (analyzer, fast_config, query, unfinalised_header,
                                  watch_until_idle, write_wav)
 
 

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 
 import numpy as np
-import pytest
 import soundfile
 
 from tests.watch_helpers import query, watch_until_idle, write_wav

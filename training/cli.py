@@ -116,13 +116,15 @@ def hpo(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     heartbeat_s: Annotated[int, typer.Option(help="Seconds between trial heartbeats.")] = 60,
     timeout_s: Annotated[Optional[float], typer.Option(help="This worker starts no trial after this many seconds.")] = None,
+    start_from_paper: Annotated[bool, typer.Option(help="Enqueue the paper's Table 2 setting as the first trial.")] = True,
 ):
     """Optuna TPE search with median pruning; run the same command on more workers to share a study."""
     from training.hpo import SearchConfig, progress_line, run_search
     from training.runs import Splits
 
     config = SearchConfig(n_trials=trials, max_epochs=epochs, space=space, seed=seed, device=device,
-                          startup_trials=startup_trials, heartbeat_s=heartbeat_s, timeout_s=timeout_s)
+                          startup_trials=startup_trials, heartbeat_s=heartbeat_s, timeout_s=timeout_s,
+                          start_from_paper=start_from_paper)
 
     def search():
         splits = Splits.load(data)

@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from training import baseline
 from training.augment import AugmentConfig
 from training.data import Split
-from training.evaluate import confusion, metrics, per_class_recall, plot_confusion, uar
+from training.evaluate import confusion, per_class_recall, plot_confusion, uar
 from training.model import ModelConfig
 from training.train import OptimConfig, train
 

@@ -1,0 +1,127 @@
+"""Saving detections' audio: a ring of recent samples and FLAC clips within a size budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from edgemon.store import Detection
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipConfig:
+    """Save each detection's audio (16 kHz FLAC) with pre- and post-roll, within a size budget."""
+
+    directory: Path
+    pre_s: float = 2.0
+    post_s: float = 2.0
+    max_mb: float = 500.0        # once the directory's .flac files hold this much, clips are skipped
+    max_clip_s: float = 60.0     # a longer event keeps its first max_clip_s (plus pre-roll)
+
+
+class _Ring:
+    """The last ``capacity`` samples of a stream (int16), addressed by stream sample index."""
+
+    def __init__(self, capacity: int):
+        self.data = np.zeros(capacity, np.int16)
+        self.total = 0
+
+    def push(self, samples: np.ndarray) -> None:
+        x = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)[-len(self.data):]
+        at = (self.total + len(samples) - len(x)) % len(self.data)
+        first = min(len(x), len(self.data) - at)
+        self.data[at:at + first] = x[:first]
+        self.data[:len(x) - first] = x[first:]
+        self.total += len(samples)
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        start, end = max(start, self.total - len(self.data), 0), min(end, self.total)
+        if end <= start:
+            return np.zeros(0, np.int16)
+        idx = np.arange(start, end) % len(self.data)
+        return self.data[idx]
+
+
+class ClipSaver:
+    """Writes each detection's audio with pre/post-roll as FLAC, within a directory size budget.
+
+    Works on one segment (contiguous audio) at a time; a clip waits until its post-roll has
+    arrived, or the segment ends. Clips are never deleted by edgemon: once the budget is full,
+    new clips are skipped and counted (the budget is re-measured every few minutes, so clips
+    synced away free room).
+    """
+
+    RESCAN_S = 300.0
+
+    def __init__(self, config: ClipConfig, rate: int):
+        self.config = config
+        self.rate = rate
+        config.directory.mkdir(parents=True, exist_ok=True)
+        self.ring = _Ring(int((config.pre_s + config.max_clip_s + config.post_s + 5.0) * rate))
+        self.pending: list[tuple[Detection, int, int]] = []
+        self.saved = 0
+        self.skipped = 0
+        self._used = self._measure()
+        self._measured_at = time.monotonic()
+
+    def _measure(self) -> int:
+        return sum(p.stat().st_size for p in self.config.directory.glob("*.flac") if p.is_file())
+
+    def new_segment(self) -> list[tuple[Detection, Path | None]]:
+        done = self._write(self.pending)
+        self.pending = []
+        self.ring = _Ring(len(self.ring.data))
+        return done
+
+    def request(self, detection: Detection, start_s: float, end_s: float) -> None:
+        """Save ``detection``'s audio: segment seconds ``start_s``..``end_s`` plus the rolls."""
+        end_s = min(end_s, start_s + self.config.max_clip_s)
+        self.pending.append((detection, int((start_s - self.config.pre_s) * self.rate),
+                             int((end_s + self.config.post_s) * self.rate)))
+
+    def push(self, samples: np.ndarray) -> list[tuple[Detection, Path | None]]:
+        """Add segment audio; returns the (detection, clip path or None) of clips now written."""
+        self.ring.push(samples)
+        ready = [p for p in self.pending if p[2] <= self.ring.total]
+        self.pending = [p for p in self.pending if p[2] > self.ring.total]
+        return self._write(ready)
+
+    def _write(self, clips: list[tuple[Detection, int, int]]) -> list[tuple[Detection, Path | None]]:
+        done = []
+        for detection, start, end in clips:
+            done.append((detection, self._write_one(detection, self.ring.read(start, end))))
+        return done
+
+    def _write_one(self, detection: Detection, audio: np.ndarray) -> Path | None:
+        if time.monotonic() - self._measured_at > self.RESCAN_S:
+            self._used, self._measured_at = self._measure(), time.monotonic()
+        if not len(audio):
+            return None
+        if self._used + 2 * len(audio) > self.config.max_mb * 1e6:   # 16-bit PCM: FLAC is smaller
+            self.skipped += 1
+            if self.skipped == 1 or self.skipped % 100 == 0:
+                log.warning("clips: %s holds %.0f MB, the budget; %d clip(s) skipped so far",
+                            self.config.directory, self._used / 1e6, self.skipped)
+            return None
+        when = detection.start_utc
+        stamp = when.strftime("%Y%m%dT%H%M%S") + f"{when.microsecond // 1000:03d}Z"
+        path = self.config.directory / f"{stamp}_{detection.label}.flac"
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            soundfile.write(tmp, audio, self.rate, format="FLAC", subtype="PCM_16")
+            os.replace(tmp, path)
+        except (OSError, soundfile.LibsndfileError, RuntimeError) as exc:
+            log.warning("clips: cannot write %s: %s", path, exc)
+            tmp.unlink(missing_ok=True)
+            return None
+        self._used += path.stat().st_size
+        self.saved += 1
+        return path

@@ -1,0 +1,66 @@
+"""The database's one writer thread, fed by a bounded queue of jobs."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edgemon.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class StoreWriter:
+    """The database's one writer: jobs (functions of the Store) arrive on a bounded queue.
+
+    A job that fails on a database error is retried every ``retry_s`` (a full disk may be
+    cleared), so nothing is dropped while the queue has room; jobs that find it full are counted
+    and logged.
+    """
+
+    def __init__(self, db_path: Path, maxsize: int = 10_000, retry_s: float = 5.0, retries_at_exit: int = 2):
+        self.db_path = Path(db_path)
+        self.jobs: queue.Queue[Callable[[Store], object]] = queue.Queue(maxsize)
+        self.retry_s = retry_s
+        self.retries_at_exit = retries_at_exit
+        self.done = 0
+        self.refused = 0
+        self.lost_at_exit = 0
+
+    def submit(self, job: Callable[[Store], object]) -> None:
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            self.refused += 1
+            log.error("store writer: %d jobs waiting, job refused (%d so far)", self.jobs.maxsize, self.refused)
+
+    def run(self, finish: threading.Event) -> None:
+        """Write until ``finish`` is set and the queue is empty."""
+        with Store(self.db_path) as store:
+            while not (finish.is_set() and self.jobs.empty()):
+                try:
+                    job = self.jobs.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                self._do(store, job, finish)
+
+    def _do(self, store: Store, job: Callable[[Store], object], finish: threading.Event) -> None:
+        failures = 0
+        while True:
+            try:
+                job(store)
+                self.done += 1
+                return
+            except (sqlite3.Error, StoreError) as exc:
+                failures += 1
+                log.error("store writer: %s: %s (retrying in %.0f s)", self.db_path, exc, self.retry_s)
+                if finish.is_set() and failures > self.retries_at_exit:
+                    self.lost_at_exit += 1
+                    log.error("store writer: shutting down; one write lost")
+                    return
+                time.sleep(self.retry_s)

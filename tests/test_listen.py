@@ -1,0 +1,441 @@
+"""``edgemon listen``: capture, coverage, clips and recovery.
+
+The end-to-end test uses a real PortAudio input device (ALSA ``pulse`` on a PulseAudio server of
+its own with a null sink), plays a soundscape of Borneo test clips into it, kills the server
+mid-run and restarts it. The rest runs without sound hardware: the callback's queue, backoff and
+reopening with a scripted stream, the incremental pipeline against ``analyse_blocks``, analysis
+slower than real time, coverage, clips and export.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sounddevice as sd
+import soundfile
+import soxr
+
+from edgemon.capture import (AudioDeviceError, Backoff, BlockQueue, Capture, CaptureConfig,
+                             CaptureState, InputDevice)
+from edgemon.coverage import CoverageLedger
+from edgemon.export import export_coverage
+from edgemon.listen import ClipConfig, ClipSaver, HostClock, ListenConfig, Listener, StoreWriter
+from edgemon.store import Detection, Store
+from tests.listen_helpers import PART_A, PART_B, VirtualAudio, pulseaudio_missing, soundscape
+from tests.watch_helpers import analyzer, query
+
+EDGEMON = Path(sys.executable).parent / "edgemon"
+HOP_S = 2.0               # the shipped bundle's hop
+# Input latency of the ALSA `pulse` device measured here: PortAudio reports 0.05-0.3 s, the
+# stream's samples trail the clock by ~0.7 s at most; paplay adds tens of ms.
+DEVICE_LATENCY_S = 1.0
+DOWN_S = 4.0              # how long the audio server stays dead
+
+
+# --- without sound hardware -----------------------------------------------------------------
+
+def feed(blocks: BlockQueue, stream: int, samples: np.ndarray, rate: int, start: float,
+         block_s: float = 0.1, overflow_at: int = -1) -> float:
+    """Push ``samples`` [n, 1] through ``blocks`` as a device would, as fast as possible, with
+    callback times as if in real time from ``start``; returns the time after the last block."""
+    n = int(rate * block_s)
+    t = start
+    for i, at in enumerate(range(0, len(samples), n)):
+        block = samples[at:at + n]
+        t += len(block) / rate
+        blocks.put(stream, rate, block, t, float("nan"), i == overflow_at)   # nan: latency unknown
+    return t
+
+
+def test_callback_copies_into_a_bounded_queue_and_counts_drops():
+    blocks = BlockQueue(maxsize=2)
+    callback = blocks.callback(stream=1, rate=48000)
+    data = np.ones((480, 1), np.float32)
+    for _ in range(4):
+        callback(data, 480, None, sd.CallbackFlags())
+    data[:] = 7   # the queue must hold copies, not the buffer PortAudio reuses
+    callback(data, 480, None, sd.CallbackFlags(2))   # paInputOverflow
+    assert blocks.queue.qsize() == 2 and blocks.dropped_blocks == 3 and blocks.dropped_frames == 1440
+    assert blocks.overflows == 1 and blocks.callbacks == 5
+    first, second = blocks.queue.get_nowait(), blocks.queue.get_nowait()
+    assert first.samples.max() == 1 and first.dropped_frames == 0
+    assert second.dropped_frames == 0 and not second.overflow
+    callback(data, 480, None, sd.CallbackFlags(2))
+    after = blocks.queue.get_nowait()
+    # The block that gets through says what went missing before it.
+    assert after.dropped_frames == 3 * 480 and after.dropped_blocks == 3 and after.overflow
+    assert after.samples.max() == 7
+
+
+def test_backoff_doubles_up_to_its_cap_and_resets():
+    backoff = Backoff(initial_s=0.5, max_s=4.0)
+    assert [backoff.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    backoff.reset()
+    assert backoff.next() == 0.5
+
+
+class ScriptedStream:
+    """Stands in for sd.InputStream: calls back from a thread for ``seconds``, then goes quiet
+    (a stall) or finishes (device gone)."""
+
+    def __init__(self, seconds: float, ends: bool, **kwargs):
+        self.kwargs, self.seconds, self.ends = kwargs, seconds, ends
+        self.latency, self.active, self.closed = 0.01, False, False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.active = True
+        self._thread.start()
+
+    def _run(self):
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end and not self.closed:
+            self.kwargs["callback"](np.zeros((160, 1), np.float32), 160, None, sd.CallbackFlags())
+            time.sleep(0.01)
+        if self.ends and not self.closed:
+            self.active = False
+            self.kwargs["finished_callback"]()
+
+    def close(self, ignore_errors=True):
+        self.closed = True
+        self._thread.join()
+
+
+def test_capture_reopens_with_backoff_after_failures_stalls_and_device_loss():
+    script = ["fail", "fail", ("stall", 0.3), ("ends", 0.3), ("stall", 60)]
+    streams = []
+
+    def open_stream(**kwargs):
+        step = script.pop(0) if script else ("stall", 60)
+        if step == "fail":
+            raise sd.PortAudioError("Device unavailable")
+        streams.append(ScriptedStream(step[1], step[0] == "ends", **kwargs))
+        return streams[-1]
+
+    device = InputDevice(3, "usb mic", "ALSA", 1, 48000.0)
+    reinitialised = []
+    config = CaptureConfig(stall_s=0.3, backoff_initial_s=0.05, backoff_max_s=0.2, poll_s=0.02)
+    capture = Capture(config, BlockQueue(1000), device, open_stream=open_stream,
+                      resolve=lambda name: device, reinitialise=lambda: reinitialised.append(1))
+    stop = threading.Event()
+    thread = threading.Thread(target=capture.run, args=(stop,))
+    cpu = time.process_time()
+    thread.start()
+    deadline = time.monotonic() + 20
+    while len(streams) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    states = [state for _, state, _ in capture.transitions]
+    delays = [why.rsplit(" ", 2)[-2] for _, state, why in capture.transitions if state is CaptureState.REOPENING]
+    assert delays[:4] == ["0.1", "0.1", "0.2", "0.2"]   # 0.05, 0.1, 0.2 (rounded), capped
+    assert CaptureState.STALLED in states and CaptureState.DEVICE_LOST in states
+    assert states.count(CaptureState.RUNNING) == 3 and states[-1] is CaptureState.STOPPED
+    assert capture.failures == 2 and capture.opens == 3 and len(reinitialised) == 4
+    assert all(s.closed for s in streams)
+    assert time.process_time() - cpu < 1.0   # waiting sleeps; nothing spins
+
+
+def test_capture_never_gives_up_on_a_missing_device():
+    """A device that stays away is retried for ever (at the capped delay), never fatal."""
+    def open_stream(**kwargs):
+        raise AssertionError("never reached: the device is not found")
+
+    def resolve(name):
+        raise AudioDeviceError("no audio input devices found")
+
+    config = CaptureConfig(backoff_initial_s=0.01, backoff_max_s=0.02, poll_s=0.01)
+    capture = Capture(config, BlockQueue(10), InputDevice(0, "gone", "ALSA", 1, 48000.0),
+                      open_stream=open_stream, resolve=resolve, reinitialise=lambda: None)
+    capture.attempts = 1   # as after a first successful open
+    stop = threading.Event()
+    thread = threading.Thread(target=capture.run, args=(stop,))
+    thread.start()
+    time.sleep(0.3)
+    stop.set()
+    thread.join(5)
+    assert capture.failures >= 5 and capture.state is CaptureState.STOPPED
+
+
+@pytest.fixture(scope="module")
+def soundscape_a(borneo_dir, tmp_path_factory) -> tuple[Path, list]:
+    """Part A of the soundscape as a WAV, and its calls (label, start_s, end_s)."""
+    path = tmp_path_factory.mktemp("scape") / "a.wav"
+    return path, soundscape(borneo_dir, PART_A, path)
+
+
+def test_incremental_analysis_equals_analyse_blocks(soundscape_a):
+    path, calls = soundscape_a
+    x = soundfile.read(path, dtype="float32")[0]
+    whole = analyzer().analyse_blocks([x])
+    stream = analyzer().stream(eager=True)
+    events, at = [], 0
+    for size in np.random.default_rng(0).integers(100, 9000, size=10_000):
+        if at >= len(x):
+            break
+        events += stream.push(x[at:at + size])
+        at += size
+    events += stream.finish()
+    assert [(e.label, e.start_s, e.end_s) for e in events] == [(e.label, e.start_s, e.end_s) for e in whole.events]
+    # Dynamic int8 members quantise activations per batch, so a window's confidence moves in
+    # the 4th decimal with the batch it ran in (here one or two windows, there eight).
+    assert [e.confidence for e in events] == pytest.approx([e.confidence for e in whole.events], abs=0.01)
+    assert [e.label for e in events] == [c[0] for c in calls]
+
+
+def test_analysis_slower_than_real_time_drops_counted_blocks_and_stays_bounded(soundscape_a, tmp_path):
+    """Blocks arrive far faster than the analysis can take them: the queue stays at its bound,
+    every dropped second is in coverage, and analysed + dropped is exactly what arrived."""
+    path, _ = soundscape_a
+    x16 = soundfile.read(path, dtype="float32")[0]
+    x48 = soxr.resample(x16, 16000, 48000).astype(np.float32)[:, None]
+    now = [time.monotonic()]
+    blocks = BlockQueue(maxsize=8, clock=lambda: now[0])
+    writer = StoreWriter(tmp_path / "d.db")
+    config = ListenConfig(capture=CaptureConfig(poll_s=0.05), flush_s=0.2,
+                          clips=ClipConfig(tmp_path / "clips", pre_s=1.0, post_s=1.0))
+    listener = Listener(config, analyzer(), blocks, writer, "live:test", clock_synced=lambda: None)
+    drain, finish = threading.Event(), threading.Event()
+    threads = [threading.Thread(target=listener.run, args=(drain,)), threading.Thread(target=writer.run, args=(finish,))]
+    for t in threads:
+        t.start()
+    peak = 0
+    for start in range(0, len(x48), 4800 * 20):       # 2 s bursts, each far faster than real time
+        now[0] = feed(blocks, 1, x48[start:start + 4800 * 20], 48000, now[0])
+        peak = max(peak, blocks.queue.qsize())
+        time.sleep(0.05)
+    drain.set()
+    threads[0].join(60)
+    finish.set()
+    threads[1].join(60)
+    assert peak <= 8 and blocks.dropped_blocks > 0
+    totals = listener.ledger.totals
+    fed = len(x48) / 48000
+    assert totals["dropped"] == pytest.approx(blocks.dropped_frames / 48000, abs=1e-3)
+    assert totals["analysed"] + totals["dropped"] == pytest.approx(fed, abs=1e-3)
+    rows = query(tmp_path / "d.db", "SELECT sum(analysed_s), sum(lost_dropped_s), sum(dropped_blocks) FROM coverage")
+    assert rows[0][0] + rows[0][1] == pytest.approx(fed, abs=0.01) and rows[0][2] == blocks.dropped_blocks
+
+
+def test_listener_accounts_a_stream_gap_and_saves_clips(soundscape_a, tmp_path):
+    """A previous run ended 30 s before this one began: lost to the daemon. Two stream openings
+    5 s apart: the gap is lost to the device. Each detection points to a FLAC clip holding the
+    event plus its rolls."""
+    path, calls = soundscape_a
+    x = soundfile.read(path, dtype="float32")[0][:, None]
+    now = [time.monotonic()]
+    blocks = BlockQueue(maxsize=10_000, clock=lambda: now[0])
+    writer = StoreWriter(tmp_path / "d.db")
+    config = ListenConfig(capture=CaptureConfig(poll_s=0.05), clips=ClipConfig(tmp_path / "clips", 1.0, 1.5))
+    host, t0 = HostClock(), now[0]
+    listener = Listener(config, analyzer(), blocks, writer, "live:test", previous_end=host.wall(t0) - 30.0,
+                        host=host, clock_synced=lambda: True)
+    first_end = feed(blocks, 1, x, 16000, t0)
+    now[0] = feed(blocks, 2, x[:16000 * 3], 16000, first_end + 5.0)
+    drain, finish = threading.Event(), threading.Event()
+    drain.set()
+    listener.run(drain)
+    finish.set()
+    writer.run(finish)
+    assert listener.ledger.totals["daemon"] == pytest.approx(30.0, abs=0.01)
+    assert listener.ledger.totals["device"] == pytest.approx(5.0, abs=0.01)
+    assert listener.ledger.totals["analysed"] == pytest.approx(len(x) / 16000 + 3.0, abs=0.01)
+    rows = query(tmp_path / "d.db", "SELECT label, start_s, end_s, clip_path, time_source, clock_synced, "
+                                    "clock_suspect FROM detections ORDER BY start_s")
+    assert [r[0] for r in rows] == [c[0] for c in calls]
+    for (label, start_s, end_s, clip, time_source, synced, suspect), call in zip(rows, calls):
+        assert abs(start_s - (listener.host.wall(t0) + call[1])) <= HOP_S
+        assert time_source == "host_clock" and synced == 1 and suspect == 0
+        audio, rate = soundfile.read(clip)
+        assert rate == 16000 and len(audio) / rate == pytest.approx(end_s - start_s + 2.5, abs=0.01)
+
+
+def test_audio_that_never_arrived_is_found_by_the_clock_and_counted(soundscape_a, tmp_path):
+    """The stream goes quiet for 2 s and resumes without a word from PortAudio but an overflow
+    flag: the lag behind the capture clock shows the loss, coverage counts it, and later
+    detections keep their true times."""
+    path, calls = soundscape_a
+    x = soundfile.read(path, dtype="float32")[0][:, None]
+    cut = 20 * 16000                       # between the duet and the great argus
+    blocks = BlockQueue(maxsize=10_000)
+    writer = StoreWriter(tmp_path / "d.db")
+    listener = Listener(ListenConfig(), analyzer(), blocks, writer, "live:test", clock_synced=lambda: None)
+    t0 = time.monotonic()
+    feed(blocks, 1, x[:cut], 16000, t0)
+    feed(blocks, 1, x[cut:], 16000, t0 + 20.0 + 2.0, overflow_at=0)
+    drain = threading.Event()
+    drain.set()
+    listener.run(drain)
+    assert listener.ledger.totals["overflow"] == pytest.approx(2.0, abs=0.01)
+    assert listener.ledger.totals["analysed"] == pytest.approx(len(x) / 16000, abs=0.01)
+    starts = [job for job in list(writer.jobs.queue)]
+    assert len(starts) >= 2
+    with Store(tmp_path / "d.db") as store:
+        for job in starts:
+            job(store)
+        rows = store.db.execute("SELECT label, start_s FROM detections ORDER BY start_s").fetchall()
+    assert [r[0] for r in rows] == [c[0] for c in calls]
+    assert abs(rows[1][1] - (listener.host.wall(t0) + 2.0 + calls[1][1])) <= HOP_S
+
+
+def test_clips_stop_at_the_budget_and_are_counted(tmp_path):
+    saver = ClipSaver(ClipConfig(tmp_path, pre_s=0.5, post_s=0.5, max_mb=0.1), rate=16000)
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, 16000 * 3).astype(np.float32)   # FLAC cannot shrink it
+    detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
+                          "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+    saver.request(detection, 1.0, 2.0)
+    assert saver.push(noise[:32000]) == []        # post-roll not there yet
+    [(_, first)] = saver.push(noise[32000:])
+    assert first.name == "20260101T000000000Z_gibbon_duet.flac" and len(soundfile.read(first)[0]) == 32000
+    saver.request(detection, 1.0, 2.0)
+    assert saver.new_segment() == [(detection, None)] and saver.skipped == 1   # 2 x 64 kB > 100 kB
+
+
+def test_coverage_ledger_splits_minutes_and_never_counts_twice():
+    ledger = CoverageLedger("live:x", "dev", accounted_until=1000 * 60 - 10.0)
+    ledger.add("device", 0, 1000 * 60)            # only the unaccounted 10 s count
+    ledger.add("analysed", 1000 * 60, 1000 * 60 + 75.5)
+    ledger.add("analysed", 1000 * 60 + 70, 1000 * 60 + 80)   # overlaps: only 4.5 s new
+    ledger.shift(100.0)                           # host clock stepped forward
+    ledger.add("dropped", 1000 * 60 + 80, 1000 * 60 + 185)   # 5 s after the shifted boundary
+    rows = {r.minute_utc.timestamp() / 60 - 1000: r for r in ledger.take(clock_synced=None)}
+    assert rows[-1].lost_device_s == 10.0
+    assert rows[0].analysed_s == 60.0 and rows[1].analysed_s == 20.0
+    assert rows[3].lost_dropped_s == 5.0 and sorted(rows) == [-1, 0, 1, 3]
+    assert ledger.take(None) == []
+
+
+def test_daemon_down_time_is_the_gap_since_the_previous_run(tmp_path):
+    db = tmp_path / "d.db"
+    with Store(db) as store:
+        first = CoverageLedger("live:mic", "dev", accounted_until=6000.0)
+        first.add("analysed", 6000.0, 6030.0)
+        store.add_coverage(first.take(None))
+        previous_end = dt.datetime.fromisoformat(store.coverage_end("live:mic").replace("Z", "+00:00")).timestamp()
+        second = CoverageLedger("live:mic", "dev")
+        assert second.add_daemon_gap(previous_end, 6150.0) == 120.0
+        second.add("analysed", 6150.0, 6160.0)
+        store.add_coverage(second.take(True))
+    rows = query(db, "SELECT minute_utc, analysed_s, lost_daemon_s, end_utc, clock_synced FROM coverage ORDER BY minute_utc")
+    assert rows == [("1970-01-01T01:40:00.000Z", 30.0, 30.0, "1970-01-01T01:41:00.000Z", 1),
+                    ("1970-01-01T01:41:00.000Z", 0.0, 60.0, "1970-01-01T01:42:00.000Z", 1),
+                    ("1970-01-01T01:42:00.000Z", 10.0, 30.0, "1970-01-01T01:42:40.000Z", 1)]
+    out = tmp_path / "coverage.csv"
+    assert export_coverage(db, "csv", out, since=dt.datetime(1970, 1, 1, 1, 41)) == 2
+    exported = list(csv.DictReader(out.open()))
+    assert [float(r["lost_daemon_s"]) for r in exported] == [60.0, 30.0]
+
+
+def test_listen_refuses_an_unknown_device_with_a_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgemon.cli import app
+
+    result = CliRunner().invoke(app, ["listen", "--device", "no-such-microphone", "--db", str(tmp_path / "d.db")])
+    assert result.exit_code == 2
+    assert "error: no input device matches 'no-such-microphone'" in result.output or \
+           "error: no audio input devices found" in result.output, result.output
+
+
+# --- with a real PortAudio device ---------------------------------------------------------------
+
+@pytest.fixture
+def virtual_audio():
+    """A running PulseAudio server with a null sink; the test may kill and restart it."""
+    why = pulseaudio_missing()
+    if why:
+        pytest.skip(why)
+    audio = VirtualAudio()
+    try:
+        audio.start()
+        yield audio
+    finally:
+        audio.close()
+
+
+def wait_for(log_path: Path, text: str, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while log_path.read_text().count(text) < count:
+        assert time.monotonic() < deadline, f"no {count}x {text!r} in the log:\n{log_path.read_text()}"
+        time.sleep(0.1)
+
+
+def test_listen_on_a_real_device_survives_an_audio_server_crash(virtual_audio, borneo_dir, tmp_path):
+    part_a, part_b = tmp_path / "a.wav", tmp_path / "b.wav"
+    calls = [("A",) + c for c in soundscape(borneo_dir, PART_A, part_a)]
+    calls += [("B",) + c for c in soundscape(borneo_dir, PART_B, part_b)]
+    devices = subprocess.run([EDGEMON, "devices"], env=virtual_audio.client_env(), capture_output=True, text=True)
+    assert devices.returncode == 0 and "\tpulse\t" in devices.stdout, devices.stdout + devices.stderr
+
+    db, log_path = tmp_path / "live.db", tmp_path / "listen.log"
+    with open(log_path, "w") as log:
+        listen = subprocess.Popen([EDGEMON, "listen", "--device", "pulse", "--db", db, "--device-id", "site-1",
+                                   "--stall-s", "3", "--backoff-max-s", "1", "--flush-s", "2"],
+                                  env=virtual_audio.client_env(), stdout=log, stderr=log)
+    try:
+        wait_for(log_path, "-> running", 1, timeout=60)
+        played = {"A": time.time()}
+        assert virtual_audio.play(part_a).wait(timeout=120) == 0
+        killed = time.time()
+        virtual_audio.kill()
+        time.sleep(DOWN_S)
+        virtual_audio.start()
+        restarted = time.time()
+        wait_for(log_path, "-> running", 2, timeout=30)
+        played["B"] = time.time()
+        assert virtual_audio.play(part_b).wait(timeout=120) == 0
+        time.sleep(1.0)
+        listen.send_signal(signal.SIGTERM)
+        assert listen.wait(timeout=60) == 0, log_path.read_text()
+    finally:
+        if listen.poll() is None:
+            listen.kill()
+    log_text = log_path.read_text()
+    assert "running -> device_lost" in log_text and "-> reopening" in log_text
+
+    rows = query(db, "SELECT label, start_s, end_s, start_utc, source, device_id, time_source, clock_suspect "
+                     "FROM detections ORDER BY start_s")
+    assert [r[0] for r in rows] == [c[1] for c in calls], (rows, calls)
+    for (label, start_s, _, start_utc, source, device_id, time_source, suspect), (part, _, call_start, _) in zip(rows, calls):
+        error = start_s - (played[part] + call_start)
+        print(f"{label} (part {part}): detected {error:+.2f} s from the truth")
+        assert abs(error) <= HOP_S + DEVICE_LATENCY_S, f"{label} in part {part}: {error:+.2f} s off"
+        assert abs(utc_seconds(start_utc) - start_s) < 0.002
+        assert (source, device_id, time_source, suspect) == ("live:pulse", "site-1", "host_clock", 0)
+
+    coverage = query(db, "SELECT minute_utc, analysed_s, lost_device_s, lost_overflow_s + lost_dropped_s + "
+                         "lost_daemon_s, end_utc FROM coverage ORDER BY minute_utc")
+    minute = [utc_seconds(r[0]) for r in coverage]
+    total = [r[1] + r[2] + r[3] for r in coverage]
+    # No hole and nothing counted twice: inner minutes are whole, the first runs to its end.
+    assert all(t == pytest.approx(60.0, abs=0.01) for t in total[1:-1]), coverage
+    assert len(coverage) >= 2 and utc_seconds(coverage[0][4]) == minute[0] + 60
+    assert utc_seconds(coverage[-1][4]) - minute[-1] == pytest.approx(total[-1], abs=0.01)
+    # The outage is in the minutes it happened, at least as long as the server was down, and
+    # not much longer (reopen attempts back off up to 1 s; a new stream takes ~2 s to deliver).
+    during = sum(r[2] for m, r in zip(minute, coverage) if m + 60 > killed and m <= restarted)
+    assert DOWN_S - 0.5 <= during <= DOWN_S + 6.0 + 3.0, coverage
+    analysed = sum(r[1] for r in coverage)
+    assert analysed >= (played["B"] - played["A"]) - DOWN_S - 6.0, coverage
+
+    exported = tmp_path / "coverage.csv"
+    result = subprocess.run([EDGEMON, "export-detections", "--db", db, "--output", tmp_path / "d.csv",
+                             "--coverage", exported], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert len(list(csv.DictReader(exported.open()))) == len(coverage)
+    assert len(list(csv.DictReader((tmp_path / "d.csv").open()))) == len(rows)
+
+
+def utc_seconds(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

@@ -3,6 +3,7 @@ turn an ``EdgemonError`` into a one-line message and a non-zero exit."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Species detections from field recorders, on the recorder.")
 
 ModelsOpt = Annotated[Optional[Path], typer.Option("--models", help="Model bundle directory (default: the embedded bundle).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Settings file (TOML; default: $EDGEMON_CONFIG, else /etc/edgemon/edgemon.toml if present). Environment variables and options override it.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of text.")]
 
 
 def _fail(exc: EdgemonError) -> typer.Exit:
@@ -42,7 +45,8 @@ def info(models: ModelsOpt = None):
 
 @app.command()
 def watch(
-    directory: Annotated[Path, typer.Argument(help="Recorder directory to watch (recursive).")],
+    ctx: typer.Context,
+    directory: Annotated[Optional[Path], typer.Argument(help="Recorder directory to watch (recursive); default: `directory` in [watch] of the settings file.")] = None,
     db: Annotated[Path, typer.Option("--db", help="Detections database (SQLite).")] = Path("edgemon.db"),
     models: ModelsOpt = None,
     device_id: Annotated[str, typer.Option(help="Recorder/site id stored with every detection.")] = "edgemon",
@@ -52,17 +56,68 @@ def watch(
     incomplete_grace_s: Annotated[float, typer.Option(help="Seconds to wait for a WAV header to be finalised.")] = 120.0,
     retry_s: Annotated[float, typer.Option(help="Seconds before a file that failed is tried again.")] = 60.0,
     threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 1,
+    config: ConfigOpt = None,
 ):
     """Turn every recording in DIRECTORY into detections, once, and keep watching for new ones."""
-    from edgemon.daemon import run_watch
-    from edgemon.watch import WatchConfig
+    from edgemon.config import load_settings
+    from edgemon.daemon import run_service
 
-    config = WatchConfig(root=directory, device_id=device_id, settle_s=settle_s, rescan_s=rescan_s,
-                         incomplete_grace_s=incomplete_grace_s, retry_s=retry_s, until_idle=until_idle)
     try:
-        run_watch(config, db, models, threads)
+        run_service(load_settings(config, ctx), mode="watch", until_idle=until_idle)
     except EdgemonError as exc:
         raise _fail(exc)
+
+
+@app.command()
+def run(config: ConfigOpt = None):
+    """Run what the settings file names (mode = watch or listen): the systemd service's command."""
+    from edgemon.config import load_settings
+    from edgemon.daemon import run_service
+
+    try:
+        run_service(load_settings(config))
+    except EdgemonError as exc:
+        raise _fail(exc)
+
+
+@app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def show_config(ctx: typer.Context, config: ConfigOpt = None, as_json: JsonOpt = False):
+    """Print the settings in force and where each came from (file < environment < options).
+    Setting options (--db X, --settle-s 3 ...) preview what a command given them would use."""
+    from edgemon.config import load_settings, parse_options
+
+    try:
+        settings = load_settings(config, parse_options(ctx.args))
+    except EdgemonError as exc:
+        raise _fail(exc)
+    typer.echo(json.dumps(settings.as_json(), indent=2) if as_json else settings.describe(), nl=as_json)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    db: Annotated[Optional[Path], typer.Option("--db", help="Detections database (default: from the settings).")] = None,
+    directory: Annotated[Optional[Path], typer.Option("--directory", help="Watched directory, to count the backlog (default: from the settings).")] = None,
+    as_json: JsonOpt = False,
+    heartbeats: Annotated[Optional[Path], typer.Option("--heartbeats", help="Also write every heartbeat row to this CSV file ('-': stdout).")] = None,
+):
+    """How the unit is doing: service, backlog, last file and detection, real-time factor,
+    dropped audio, disk free, database integrity, bundle, uptime, problems. Reads only."""
+    from edgemon.config import load_settings
+    from edgemon.status import collect_status, format_status, write_heartbeats_csv
+
+    try:
+        settings = load_settings(config, ctx)
+        report = collect_status(settings["db"], directory=settings["directory"], heartbeat_s=settings["heartbeat_s"],
+                                min_free_mb=settings["min_free_mb"])
+        if heartbeats is not None:
+            with (open(heartbeats, "w", newline="") if str(heartbeats) != "-" else contextlib.nullcontext(sys.stdout)) as out:
+                write_heartbeats_csv(settings["db"], out)
+    except EdgemonError as exc:
+        raise _fail(exc)
+    if heartbeats is None or str(heartbeats) != "-":
+        typer.echo(json.dumps(report, indent=2) if as_json else format_status(report), nl=as_json)
 
 
 @app.command()

@@ -9,8 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgemon.bundle import default_bundle_path, load_bundle
+from edgemon.config import Settings
+from edgemon.dbguard import open_or_recover
+from edgemon.diskguard import DiskBudget
+from edgemon.health import HealthConfig, WatchMonitor, listen_health
 from edgemon.pipeline import Analyzer
-from edgemon.store import Store
 from edgemon.watch import WatchConfig, Watcher
 
 log = logging.getLogger(__name__)
@@ -41,11 +44,29 @@ def make_analyzer(models: Path | None, threads: int = 1) -> Analyzer:
     return Analyzer(bundle, threads=threads)
 
 
-def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, threads: int = 1) -> int:
-    """Watch ``config.root`` into the database at ``db_path``; returns files processed."""
+def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, threads: int = 1,
+              health: HealthConfig = HealthConfig(), disk: DiskBudget = DiskBudget()) -> int:
+    """Watch ``config.root`` into the database at ``db_path``; returns files processed. A corrupt
+    database is moved aside and a fresh one created; systemd hears READY, STATUS and watchdog pings."""
     analyzer = make_analyzer(models, threads)
-    with Store(db_path) as store, stop_on_signals() as stop:
-        watcher = Watcher(config, analyzer, store)
+    with open_or_recover(db_path) as store, stop_on_signals() as stop:
+        monitor = WatchMonitor(store, db_path, device_id=config.device_id, bundle_id=analyzer.bundle.bundle_id,
+                               config=health, disk=disk)
+        watcher = Watcher(config, analyzer, store, on_tick=monitor.tick)
         log.info("watching %s into %s", watcher.root, db_path)
-        watcher.run(stop)
+        with monitor.running(watcher):
+            watcher.run(stop)
         return watcher.processed
+
+
+def run_service(settings: Settings, mode: str | None = None, until_idle: bool = False) -> None:
+    """Run ``mode`` (default: the settings' own) as configured: ``edgemon run``, ``edgemon watch``."""
+    settings.log(log)
+    if (mode or settings["mode"]) == "watch":
+        run_watch(settings.watch_config(until_idle), settings["db"], settings["models"], settings["threads"],
+                  settings.health_config(), settings.disk_budget())
+    else:
+        from edgemon.listen import listen_main
+
+        with listen_health(settings["db"], settings.health_config()):
+            listen_main(settings.listen_config(), settings["db"], settings["models"], settings["threads"])

@@ -5,6 +5,10 @@ catches whatever the events missed. A file is taken only when its size and mtime
 for ``settle_s`` and (for WAV) its header agrees with its length, since recorders such as the
 AudioMoth write the header last. One thread classifies and writes; the watchdog observer only
 enqueues paths. Source recordings are never modified or deleted.
+
+A database write that fails (disk full, a lock held past the busy timeout) rolls back, is not
+counted against the file, and holds all work for ``retry_s``; the file is then tried again. The
+observer is restarted if its thread dies (a handler raised, the card was unmounted).
 """
 
 from __future__ import annotations
@@ -14,14 +18,18 @@ import datetime as dt
 import logging
 import os
 import queue
+import sqlite3
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from edgemon import audio
 from edgemon.errors import EdgemonError
 from edgemon.pipeline import Analysis, Analyzer
 from edgemon.recorder import StabilityTracker, recording_time, wav_header_consistent
@@ -56,6 +64,12 @@ def is_audio(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
 
 
+def _observing(observer: Observer) -> bool:
+    """The observer's thread and every emitter thread are alive (an emitter stops on its own when
+    the watched directory disappears)."""
+    return observer.is_alive() and bool(observer.emitters) and all(e.is_alive() for e in observer.emitters)
+
+
 class _Hints(FileSystemEventHandler):
     """Watchdog handler: only enqueues candidate paths; all work happens on the watcher's thread."""
 
@@ -78,7 +92,8 @@ class _Hints(FileSystemEventHandler):
 class Watcher:
     """Processes a directory's recordings into ``store``; ``run(stop)`` until ``stop`` is set."""
 
-    def __init__(self, config: WatchConfig, analyzer: Analyzer, store: Store):
+    def __init__(self, config: WatchConfig, analyzer: Analyzer, store: Store,
+                 on_tick: Callable[[Watcher], bool] | None = None):
         self.config = config
         self.analyzer = analyzer
         self.store = store
@@ -89,7 +104,12 @@ class Watcher:
         self.waiting_since: dict[Path, float] = {}
         self.retry_at: dict[Path, float] = {}
         self.processed = 0
-        self.last_progress = time.monotonic()   # for a watchdog ping: work really moved
+        self.last_progress = time.monotonic()   # for a watchdog ping: a loop turn, a block, a stored file
+        self.on_tick = on_tick          # heartbeats, disk budget (health.WatchMonitor.tick); False: hold work
+        self.audio_s = 0.0              # seconds of audio stored, and seconds spent on them
+        self.busy_s = 0.0
+        self.store_error: str | None = None   # the last refused write, until a write succeeds
+        self.hold_until = 0.0           # monotonic: no new work before this (the database refused a write)
 
     def source_of(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -102,19 +122,32 @@ class Watcher:
     def run(self, stop: threading.Event) -> None:
         if not self.root.is_dir():
             raise EdgemonError(f"{self.root}: not a directory")
-        observer = Observer()
-        observer.schedule(_Hints(self.hints), str(self.root), recursive=True)
-        observer.start()
+        observer = self._observe()
         try:
             self.scan()
             next_scan = time.monotonic() + self.config.rescan_s
+            next_observe = 0.0
             while not stop.is_set():
+                # Its thread died (a handler raised) or the card went away: events stop and only
+                # rescans would remain. Restarted at once; while that fails, once per rescan period.
+                if not _observing(observer) and time.monotonic() >= next_observe:
+                    log.warning("file-system observer stopped; restarting it and rescanning")
+                    observer.stop()
+                    observer = self._observe()
+                    next_observe = 0.0 if _observing(observer) else time.monotonic() + self.config.rescan_s
+                    self.scan()
                 self._drain_hints()
                 for path in sorted(self.pending):
-                    if stop.is_set():
+                    if stop.is_set() or not self._may_work():
                         break
-                    if self.step(path):
+                    try:
+                        done = self.step(path)
+                    except sqlite3.OperationalError as exc:  # the database, not the file: full, or locked too long
+                        self._hold(exc)
+                        break
+                    if done:
                         self.pending.discard(path)
+                        self.stability.forget(path)
                 if self.config.until_idle and not self.pending:
                     break
                 if time.monotonic() >= next_scan:
@@ -126,7 +159,33 @@ class Watcher:
                            min(max(0.05, next_scan - time.monotonic()), 1.0))
         finally:
             observer.stop()
-            observer.join()
+            if observer.is_alive():
+                observer.join()
+
+    def _observe(self) -> Observer:
+        observer = Observer()
+        try:
+            observer.schedule(_Hints(self.hints), str(self.root), recursive=True)
+            observer.start()
+        except OSError as exc:  # the card is unmounted: rescans still run; retried each rescan period
+            log.warning("cannot watch %s for events: %s", self.root, exc)
+        return observer
+
+    def _tick(self) -> bool:
+        """Mark progress for the watchdog and let ``on_tick`` speak; False: hold new work."""
+        self.last_progress = time.monotonic()
+        return self.on_tick is None or self.on_tick(self)
+
+    def _may_work(self) -> bool:
+        return self._tick() and time.monotonic() >= self.hold_until
+
+    def _hold(self, exc: sqlite3.OperationalError) -> None:
+        """A write was refused and rolled back: nothing of the file is stored, nothing counted
+        against it. Hold all work for ``retry_s``, then try again (the file stays pending)."""
+        if self.store_error is None:
+            log.warning("database write failed (%s); holding work, retrying every %.0f s", exc, self.config.retry_s)
+        self.store_error = str(exc)
+        self.hold_until = time.monotonic() + self.config.retry_s
 
     def _drain_hints(self) -> None:
         while True:
@@ -136,6 +195,7 @@ class Watcher:
                 return
 
     def _wait(self, seconds: float) -> None:
+        self._tick()
         try:
             self.pending.add(self.hints.get(timeout=seconds))
         except queue.Empty:
@@ -183,8 +243,9 @@ class Watcher:
 
     def process(self, path: Path, source: str, st: os.stat_result, note: str | None = None) -> None:
         """Analyse one stable file and commit it with its detections, or record its failure."""
+        started = time.monotonic()
         try:
-            analysis = self.analyzer.analyse_file(path, self.config.block_s)
+            analysis = self.analyzer.analyse_blocks(self._blocks(path))
             when = recording_time(path)
         except FileNotFoundError:
             log.info("%s: deleted while being processed", path)
@@ -202,9 +263,18 @@ class Watcher:
                                bundle_id=self.analyzer.bundle.bundle_id, detections=detections,
                                note=note)
         self.processed += 1
+        self.audio_s += analysis.duration_s
+        self.busy_s += time.monotonic() - started
+        self.store_error = None
         self.last_progress = time.monotonic()
         log.info("%s: %.1f s of audio, %d detection(s)%s", source, analysis.duration_s, len(detections),
                  f" [{note}]" if note else "")
+
+    def _blocks(self, path: Path) -> Iterator[np.ndarray]:
+        """The file's audio blocks; each one marks progress, so a long file keeps the watchdog fed."""
+        for block in audio.iter_blocks(path, self.config.block_s, self.analyzer.bundle.frontend.sample_rate):
+            self._tick()
+            yield block
 
     def detections(self, source: str, analysis: Analysis, when) -> list[Detection]:
         def at(offset: float) -> dt.datetime | None:

@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 
 # pulseaudio, pulseaudio-utils and libasound2-plugins: the virtual audio device (a user-mode
 # PulseAudio null sink recorded through ALSA's `pulse` device) that the listen tests start.
+# systemd: `systemd-analyze verify/security` and `systemctl --root` for the deployment tests
+# (systemd need not run); util-linux's unshare and passwd's useradd come with every Debian.
 SYSTEM_PACKAGES=(libportaudio2 libsndfile1 python3-venv postgresql
-                 pulseaudio pulseaudio-utils libasound2-plugins)
+                 pulseaudio pulseaudio-utils libasound2-plugins systemd)
 missing=()
 for p in "${SYSTEM_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

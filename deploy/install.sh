@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# Install, upgrade or remove edgemon as a systemd service on Raspberry Pi OS / Debian
+# (arm64 or x86-64). One command, safe to run again: every step looks before it changes anything.
+#
+#   sudo bash deploy/install.sh                   install, or upgrade to this checkout
+#   sudo bash deploy/install.sh --uninstall       remove service and program; keep config, data, user
+#   sudo bash deploy/install.sh --uninstall --purge   also remove /etc/edgemon and the user
+#
+# What goes where:
+#   /opt/edgemon/venv                 the program (a virtual environment; binary wheels only)
+#   /etc/edgemon/edgemon.toml         settings (kept on upgrade; the example of the installed
+#                                     version lies beside it as edgemon.toml.dist)
+#   /var/lib/edgemon                  database and clips, owned by the system user `edgemon`
+#                                     (in group `audio`); never removed unless --delete-data
+#   /etc/systemd/system/edgemon.service   enabled, and (re)started when systemd runs
+#
+# Options:
+#   --root DIR        install into DIR as if it were / (a staging tree, a test): no apt, and
+#                     systemctl only as `systemctl --root=DIR`; the venv works only at that path
+#   --source PATH     what pip installs: a checkout or a wheel (default: this checkout)
+#   --wheels DIR      install offline from the wheels in DIR (pip --no-index --find-links DIR)
+#   --python PY       interpreter for the virtual environment (default: python3)
+#   --mode MODE       watch or listen, written into a new config (default: watch)
+#   --no-apt          do not install system packages
+#   --no-start        enable the service but do not (re)start it
+#   --pip-args ARGS   extra pip arguments (one string)
+#   --uninstall       remove; with --purge also config and user; with --delete-data also the data
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT=""
+SOURCE="$(dirname "$HERE")"
+WHEELS=""
+PYTHON="python3"
+MODE="watch"
+APT=1
+START=1
+PIP_ARGS=""
+ACTION="install"
+PURGE=0
+DELETE_DATA=0
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+die() { echo "install.sh: error: $*" >&2; exit 1; }
+say() { echo "install.sh: $*"; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) ROOT="$(realpath -m "$2")"; shift 2 ;;
+    --source) SOURCE="$(realpath "$2")"; shift 2 ;;
+    --wheels) WHEELS="$(realpath "$2")"; shift 2 ;;
+    --python) PYTHON="$2"; shift 2 ;;
+    --mode) MODE="$2"; shift 2 ;;
+    --no-apt) APT=0; shift ;;
+    --no-start) START=0; shift ;;
+    --pip-args) PIP_ARGS="$2"; shift 2 ;;
+    --uninstall) ACTION="uninstall"; shift ;;
+    --purge) PURGE=1; shift ;;
+    --delete-data) DELETE_DATA=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+done
+case "$MODE" in watch|listen) ;; *) die "--mode must be watch or listen, not $MODE" ;; esac
+[ "$ROOT" = "/" ] && ROOT=""
+
+NAME=edgemon
+USER_NAME=edgemon
+PREFIX=/opt/edgemon
+VENV=$PREFIX/venv
+CONF_DIR=/etc/edgemon
+CONF=$CONF_DIR/edgemon.toml
+STATE=/var/lib/edgemon
+UNIT=/etc/systemd/system/$NAME.service
+SYSTEM_PACKAGES=(python3-venv libsndfile1 libportaudio2)
+
+r() { echo "$ROOT$1"; }   # a path inside the target root
+
+systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
+
+systemctl_() {   # systemctl on the target: live, or offline on --root
+  command -v systemctl >/dev/null || return 0
+  if [ -n "$ROOT" ]; then systemctl --root="$ROOT" "$@"; else systemctl "$@"; fi
+}
+
+user_exists() { grep -q "^$USER_NAME:" "$(r /etc/passwd)" 2>/dev/null; }
+
+prefix_args() { [ -n "$ROOT" ] && echo "--prefix $ROOT" || true; }
+
+check_platform() {
+  local arch
+  arch="$(uname -m)"
+  case "$arch" in
+    aarch64|arm64|x86_64|amd64) ;;
+    armv7l|armv6l) die "32-bit ARM ($arch): onnxruntime publishes no wheels for it; install the 64-bit Raspberry Pi OS" ;;
+    *) die "unsupported machine $arch (supported: aarch64, x86_64)" ;;
+  esac
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$PYTHON is older than Python 3.11"
+}
+
+install_system_packages() {
+  if [ "$APT" = 0 ] || [ -n "$ROOT" ]; then return; fi
+  local missing=() p
+  for p in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+}
+
+ensure_user() {
+  # shellcheck disable=SC2046
+  if ! grep -q "^audio:" "$(r /etc/group)" 2>/dev/null; then
+    groupadd $(prefix_args) --system audio
+  fi
+  if ! user_exists; then
+    say "creating system user $USER_NAME (groups: $USER_NAME, audio)"
+    # shellcheck disable=SC2046
+    useradd $(prefix_args) --system --user-group --groups audio --home-dir "$STATE" --no-create-home \
+      --shell /usr/sbin/nologin --comment "edgemon species detector" "$USER_NAME"
+  elif ! grep -E "^audio:" "$(r /etc/group)" | grep -qE "[:,]$USER_NAME(,|$)"; then
+    # shellcheck disable=SC2046
+    usermod $(prefix_args) --append --groups audio "$USER_NAME"
+  fi
+}
+
+ensure_dirs() {
+  install -d -m 0755 "$(r $PREFIX)" "$(r $CONF_DIR)" "$(r /etc/systemd/system)"
+  install -d -m 0750 "$(r $STATE)"
+  if [ "$(id -u)" = 0 ]; then
+    local ids
+    ids="$(awk -F: -v u="$USER_NAME" '$1 == u {print $3 ":" $4}' "$(r /etc/passwd)")"
+    chown "$ids" "$(r $STATE)"
+  fi
+}
+
+venv_python_version() { "$(r $VENV)/bin/python" -I -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true; }
+
+ensure_venv() {
+  local want have
+  want="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  have="$(venv_python_version)"
+  if [ -n "$have" ] && [ "$have" != "$want" ]; then
+    say "Python changed ($have -> $want): recreating the virtual environment"
+    rm -rf "$(r $VENV)"
+  fi
+  if [ ! -x "$(r $VENV)/bin/python" ]; then
+    say "creating virtual environment $VENV (Python $want)"
+    "$PYTHON" -m venv "$(r $VENV)"
+  fi
+  local before after
+  before="$(installed_version)"
+  local pip=("$(r $VENV)/bin/python" -m pip install --quiet --upgrade --only-binary=:all:)
+  [ -n "$WHEELS" ] && pip+=(--no-index --find-links "$WHEELS")
+  # shellcheck disable=SC2206
+  [ -n "$PIP_ARGS" ] && pip+=($PIP_ARGS)
+  if [ -n "$WHEELS" ] && [ "$SOURCE" = "$(dirname "$HERE")" ]; then
+    "${pip[@]}" edgemon           # offline: the edgemon wheel comes from the wheelhouse too
+  else
+    "${pip[@]}" "$SOURCE"
+  fi
+  "$(r $VENV)/bin/edgemon" --help >/dev/null || die "the installed edgemon does not start"
+  after="$(installed_version)"
+  if [ -z "$before" ]; then say "installed edgemon $after"
+  elif [ "$before" != "$after" ]; then say "upgraded edgemon $before -> $after"
+  else say "edgemon $after reinstalled from $SOURCE"; fi
+}
+
+installed_version() {
+  "$(r $VENV)/bin/python" -I -c 'import importlib.metadata as m; print(m.version("edgemon"))' 2>/dev/null || true
+}
+
+ensure_config() {
+  local example="$HERE/edgemon.toml"
+  if [ ! -f "$(r $CONF)" ]; then
+    say "writing $CONF (mode = $MODE)"
+    sed "s/^mode = .*/mode = \"$MODE\"/" "$example" > "$(r $CONF).tmp"
+    chmod 0644 "$(r $CONF).tmp"
+    mv "$(r $CONF).tmp" "$(r $CONF)"
+  fi
+  # The example of the installed version, beside the admin's file, to compare after an upgrade.
+  cmp -s "$example" "$(r $CONF).dist" 2>/dev/null || install -m 0644 "$example" "$(r $CONF).dist"
+  # A setting the new version cannot read must stop the upgrade here, not loop the service.
+  "$(r $VENV)/bin/edgemon" config --config "$(r $CONF)" >/dev/null \
+    || die "$CONF is not valid for this version (see the error above); fix it and run again"
+}
+
+ensure_unit() {
+  local unit="$HERE/$NAME.service" changed=0
+  if ! cmp -s "$unit" "$(r $UNIT)"; then
+    install -m 0644 "$unit" "$(r $UNIT)"
+    changed=1
+    say "installed $UNIT"
+  fi
+  if systemd_running; then
+    [ "$changed" = 1 ] && systemctl daemon-reload
+    systemctl enable --quiet "$NAME.service"
+    if [ "$START" = 1 ]; then
+      systemctl restart "$NAME.service"
+      say "started $NAME.service (journalctl -u $NAME -f; $VENV/bin/edgemon status)"
+    fi
+  else
+    systemctl_ enable --quiet "$NAME.service" 2>/dev/null \
+      || { install -d "$(r /etc/systemd/system/multi-user.target.wants)"
+           ln -sfn "$UNIT" "$(r /etc/systemd/system/multi-user.target.wants/$NAME.service)"; }
+    say "enabled $NAME.service (systemd is not running here: not started)"
+  fi
+}
+
+do_install() {
+  check_platform
+  install_system_packages
+  ensure_user
+  ensure_dirs
+  ensure_venv
+  ensure_config
+  ensure_unit
+  say "done: program $VENV, settings $CONF, data $STATE"
+}
+
+do_uninstall() {
+  if systemd_running; then
+    systemctl disable --now --quiet "$NAME.service" 2>/dev/null || true
+  else
+    systemctl_ disable --quiet "$NAME.service" 2>/dev/null || true
+  fi
+  rm -f "$(r /etc/systemd/system/multi-user.target.wants/$NAME.service)" "$(r $UNIT)"
+  systemd_running && systemctl daemon-reload
+  rm -rf "$(r $PREFIX)"
+  say "removed the service and $PREFIX"
+  if [ "$PURGE" = 1 ]; then
+    rm -rf "$(r $CONF_DIR)"
+    # shellcheck disable=SC2046
+    if user_exists; then userdel $(prefix_args) "$USER_NAME"; fi
+    # shellcheck disable=SC2046
+    if grep -q "^$USER_NAME:" "$(r /etc/group)"; then groupdel $(prefix_args) "$USER_NAME"; fi
+    say "removed $CONF_DIR and user $USER_NAME"
+  fi
+  if [ "$DELETE_DATA" = 1 ]; then
+    rm -rf "$(r $STATE)"
+    say "deleted $STATE (database and clips), as asked"
+  elif [ -d "$(r $STATE)" ]; then
+    say "kept $STATE (database and clips); --delete-data removes it"
+  fi
+}
+
+if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then die "run as root (sudo), or give --root DIR"; fi
+if [ "$ACTION" = install ]; then do_install; else do_uninstall; fi

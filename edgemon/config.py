@@ -1,0 +1,351 @@
+"""Settings of the daemon: one TOML file, overridden by environment variables, overridden by
+command-line options. ``edgemon config`` prints what is in force and where each value came from.
+
+The file is ``--config PATH``, else ``$EDGEMON_CONFIG``, else /etc/edgemon/edgemon.toml when it
+exists (see deploy/edgemon.toml)::
+
+    mode = "watch"
+    db = "/var/lib/edgemon/edgemon.db"
+    device_id = "site-07"
+
+    [watch]
+    directory = "/media/audiomoth"
+
+Every setting has one name, used alike as TOML key (in its table), environment variable
+(``EDGEMON_`` + the name in upper case: ``EDGEMON_SETTLE_S``) and command-line option
+(``--settle-s``). An unknown key, a key in the wrong table or a value of the wrong type is an
+error naming the file and the key: a typo must never silently run on the default.
+
+Values leave this module only as each component's own frozen config (``WatchConfig``,
+``DiskBudget``, ``HealthConfig`` ...), never as a dict of settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from edgemon.errors import EdgemonError
+
+DEFAULT_PATH = Path("/etc/edgemon/edgemon.toml")
+CONFIG_ENV = "EDGEMON_CONFIG"
+ENV_PREFIX = "EDGEMON_"
+DEFAULT, COMMAND_LINE = "default", "command line"
+
+
+class ConfigError(EdgemonError):
+    """A settings file, environment variable or option holds something edgemon cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting: its name, TOML table (None: top level), type, default (None: unset) and help."""
+
+    name: str
+    table: str | None
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("mode", None, str, "watch", "What the service (`edgemon run`) does: watch a directory or listen to a microphone.",
+            choices=("watch", "listen")),
+    Setting("db", None, Path, Path("edgemon.db"), "Detections database (SQLite)."),
+    Setting("models", None, Path, None, "Model bundle directory (unset: the embedded bundle)."),
+    Setting("device_id", None, str, "edgemon", "Recorder/site id stored with every detection."),
+    Setting("threads", None, int, 1, "onnxruntime threads.", minimum=1),
+
+    Setting("directory", "watch", Path, None, "Recorder directory to watch (recursive)."),
+    Setting("settle_s", "watch", float, 5.0, "Seconds a file must stay unchanged before it is read.", minimum=0),
+    Setting("rescan_s", "watch", float, 30.0, "Seconds between full rescans of the directory.", minimum=0),
+    Setting("incomplete_grace_s", "watch", float, 120.0, "Seconds to wait for a WAV header to be finalised.", minimum=0),
+    Setting("retry_s", "watch", float, 60.0, "Seconds before a file that failed (or could not be stored) is tried again.", minimum=0),
+
+    Setting("device", "listen", str, None, "Input device: index or name substring (unset: the system's default input)."),
+    Setting("sample_rate", "listen", float, None, "Capture rate in Hz (unset: the device's own).", minimum=1),
+    Setting("channels", "listen", int, 1, "Channels to capture (mixed to mono).", minimum=1),
+    Setting("clips", "listen", Path, None, "Save each detection's audio (FLAC) in this directory (unset: no clips)."),
+    Setting("clip_pre_s", "listen", float, 2.0, "Seconds of audio kept before a detection.", minimum=0),
+    Setting("clip_post_s", "listen", float, 2.0, "Seconds of audio kept after a detection.", minimum=0),
+    Setting("clips_max_mb", "listen", float, 500.0, "Clip directory budget in MB; further clips are skipped.", minimum=0),
+    Setting("queue_s", "listen", float, 30.0, "Seconds of audio queued for analysis before blocks are dropped.", minimum=0),
+    Setting("stall_s", "listen", float, 5.0, "Seconds without audio before the stream is reopened.", minimum=0),
+    Setting("backoff_max_s", "listen", float, 60.0, "Longest wait between attempts to reopen the device.", minimum=0),
+    Setting("flush_s", "listen", float, 10.0, "Seconds between coverage writes.", minimum=0),
+
+    Setting("heartbeat_s", "health", float, 300.0, "Seconds between heartbeat rows in the database.", minimum=0.1),
+    Setting("progress_timeout_s", "health", float, 240.0,
+            "Withhold systemd watchdog pings once the pipeline has made no progress for this long.", minimum=1),
+
+    Setting("min_free_mb", "disk", float, 200.0,
+            "Free space (MB, where the database is) below which no new work starts: back-pressure, not a crash.", minimum=0),
+    Setting("clips_min_free_mb", "disk", float, 1000.0, "Free space (MB) below which no clips are saved.", minimum=0),
+)
+BY_NAME: Mapping[str, Setting] = MappingProxyType({s.name: s for s in SETTINGS})
+TABLES = ("watch", "listen", "health", "disk")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The settings in force: each value and where it came from ('default', the file's path,
+    'env NAME' or 'command line')."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    file: Path | None = None
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def watch_config(self, until_idle: bool = False):
+        from edgemon.watch import WatchConfig
+
+        if self["directory"] is None:
+            raise ConfigError("no directory to watch: give DIRECTORY, --directory, EDGEMON_DIRECTORY "
+                              f"or `directory` in [watch] of {self.file or DEFAULT_PATH}")
+        return WatchConfig(root=self["directory"], device_id=self["device_id"], settle_s=self["settle_s"],
+                           rescan_s=self["rescan_s"], incomplete_grace_s=self["incomplete_grace_s"],
+                           retry_s=self["retry_s"], until_idle=until_idle)
+
+    def listen_config(self, duration_s: float | None = None):
+        from edgemon.capture import CaptureConfig
+        from edgemon.listen import ClipConfig, ListenConfig
+
+        clips = self["clips"]
+        return ListenConfig(
+            capture=CaptureConfig(device=self["device"], sample_rate=self["sample_rate"], channels=self["channels"],
+                                  queue_s=self["queue_s"], stall_s=self["stall_s"],
+                                  backoff_max_s=self["backoff_max_s"]),
+            device_id=self["device_id"], flush_s=self["flush_s"], duration_s=duration_s,
+            clips=None if clips is None else ClipConfig(clips, self["clip_pre_s"], self["clip_post_s"],
+                                                        self["clips_max_mb"]))
+
+    def health_config(self):
+        from edgemon.health import HealthConfig
+
+        return HealthConfig(heartbeat_s=self["heartbeat_s"], progress_timeout_s=self["progress_timeout_s"])
+
+    def disk_budget(self):
+        from edgemon.diskguard import DiskBudget
+
+        return DiskBudget(min_free_mb=self["min_free_mb"], clips_min_free_mb=self["clips_min_free_mb"])
+
+    def as_json(self) -> dict:
+        """``{name: {"value": ..., "source": ..., "table": ...}}``; paths as text."""
+        return {s.name: {"value": _plain(self.values[s.name]), "source": self.sources[s.name], "table": s.table}
+                for s in SETTINGS}
+
+    def describe(self) -> str:
+        """The settings as TOML, each line commented with where its value came from."""
+        lines = ["# edgemon settings in force; the comment on each line says where it came from",
+                 f"# config file: {self.file if self.file else 'none'}"]
+        for table in (None,) + TABLES:
+            if table:
+                lines += ["", f"[{table}]"]
+            rows = []
+            for s in (s for s in SETTINGS if s.table == table):
+                value = self.values[s.name]
+                text = f"# {s.name} = (unset)" if value is None else f"{s.name} = {_toml_value(value)}"
+                rows.append((text, self.sources[s.name]))
+            width = max(len(t) for t, _ in rows)
+            lines += [f"{t:<{width}}  # {src}" for t, src in rows]
+        return "\n".join(lines) + "\n"
+
+    def log(self, logger: logging.Logger) -> None:
+        """One line per setting not at its default (so the journal says how the unit ran)."""
+        logger.info("settings from %s", self.file or "defaults")
+        for s in SETTINGS:
+            if self.sources[s.name] != DEFAULT:
+                logger.info("setting %s = %s (%s)", s.name, _plain(self.values[s.name]), self.sources[s.name])
+
+
+def load_settings(config: str | Path | None = None, cli: Any = None, env: Mapping[str, str] | None = None,
+                  default_path: Path | None = DEFAULT_PATH) -> Settings:
+    """Defaults, then the TOML file, then ``EDGEMON_*`` environment variables, then ``cli``.
+
+    ``config``: the file (None: ``$EDGEMON_CONFIG``, else ``default_path`` if it exists, else no
+    file). ``cli``: a mapping of setting name to value, or a click/typer context, from which only
+    the options really given on the command line are taken. ``env`` defaults to ``os.environ``.
+    """
+    env = os.environ if env is None else env
+    values = {s.name: s.default for s in SETTINGS}
+    sources = {s.name: DEFAULT for s in SETTINGS}
+
+    path = _config_path(config, env, default_path)
+    if path is not None:
+        for name, value in _read_file(path).items():
+            values[name], sources[name] = value, str(path)
+    for s in SETTINGS:
+        if s.env in env:
+            values[s.name], sources[s.name] = _from_text(s, env[s.env], f"environment variable {s.env}"), f"env {s.env}"
+    for name, value in _cli_values(cli).items():
+        values[name], sources[name] = _checked(BY_NAME[name], value, f"option {BY_NAME[name].option}"), COMMAND_LINE
+    return Settings(MappingProxyType(values), MappingProxyType(sources), path)
+
+
+def cli_overrides(ctx: Any) -> dict[str, Any]:
+    """The settings given on the command line of a click/typer command (not its defaults)."""
+    # By name: typer vendors its own copy of click, so the enum class differs between versions.
+    return {name: value for name, value in ctx.params.items()
+            if name in BY_NAME and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
+
+
+def parse_options(args: list[str]) -> dict[str, Any]:
+    """``['--settle-s', '3', '--db=x.db']`` as settings (for ``edgemon config``, to preview what a
+    command given these options would run with)."""
+    found: dict[str, Any] = {}
+    by_option = {s.option: s for s in SETTINGS}
+    i = 0
+    while i < len(args):
+        option, sep, text = args[i].partition("=")
+        setting = by_option.get(option)
+        if setting is None:
+            raise ConfigError(f"unknown option {option}{_did_you_mean(option, by_option)}")
+        if not sep:
+            if i + 1 >= len(args):
+                raise ConfigError(f"option {option} needs a value")
+            i += 1
+            text = args[i]
+        found[setting.name] = _from_text(setting, text, f"option {option}")
+        i += 1
+    return found
+
+
+def _cli_values(cli: Any) -> dict[str, Any]:
+    if cli is None:
+        return {}
+    if hasattr(cli, "get_parameter_source"):
+        return cli_overrides(cli)
+    unknown = [name for name in cli if name not in BY_NAME]
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return dict(cli)
+
+
+def _config_path(config: str | Path | None, env: Mapping[str, str], default_path: Path | None) -> Path | None:
+    if config is not None or env.get(CONFIG_ENV):
+        path = Path(config if config is not None else env[CONFIG_ENV])
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    return default_path if default_path is not None and default_path.is_file() else None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    found: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in TABLES:
+                raise ConfigError(f"{path}: unknown table [{key}]{_did_you_mean(key, TABLES)}")
+            for name, inner in value.items():
+                found[name] = _file_value(path, key, name, inner)
+        else:
+            found[key] = _file_value(path, None, key, value)
+    return found
+
+
+def _file_value(path: Path, table: str | None, name: str, value: Any) -> Any:
+    where = f"[{table}] {name}" if table else name
+    setting = BY_NAME.get(name)
+    if setting is None:
+        raise ConfigError(f"{path}: unknown setting {where}{_did_you_mean(name, list(BY_NAME))}")
+    if setting.table != table:
+        home = f"table [{setting.table}]" if setting.table else "the top level (before any table)"
+        raise ConfigError(f"{path}: {name} belongs in {home}, not {'[' + table + ']' if table else 'the top level'}")
+    return _checked(setting, value, f"{path}: {where}")
+
+
+def _checked(s: Setting, value: Any, where: str) -> Any:
+    """``value`` (from TOML or an option) as the setting's type, or ConfigError saying why not."""
+    if value is None:
+        if s.default is not None:
+            raise ConfigError(f"{where}: a value is required")
+        return None
+    if s.kind is bool:
+        ok = isinstance(value, bool)
+    elif s.kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif s.kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif s.kind is Path:
+        ok = isinstance(value, (str, Path)) and str(value) != ""
+        value = Path(value) if ok else value
+    else:  # str; an integer is taken as its text (a device index, say)
+        ok = isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != ""
+        value = str(value) if ok else value
+    if not ok:
+        raise ConfigError(f"{where}: expected {_kind_name(s.kind)}, got {value!r}")
+    if s.choices and value not in s.choices:
+        raise ConfigError(f"{where}: must be one of {', '.join(s.choices)}, not {value!r}")
+    if s.minimum is not None and value < s.minimum:
+        raise ConfigError(f"{where}: must be at least {s.minimum:g}, got {value!r}")
+    return value
+
+
+def _from_text(s: Setting, text: str, where: str) -> Any:
+    """An environment variable's text as the setting's type; empty text unsets an optional one."""
+    text = text.strip()
+    if text == "" and s.default is None:
+        return None
+    try:
+        if s.kind is bool:
+            if text.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(text)
+            parsed: Any = text.lower() in ("1", "true", "yes", "on")
+        elif s.kind is float:
+            parsed = float(text)
+        elif s.kind is int:
+            parsed = int(text)
+        else:
+            parsed = text
+    except ValueError:
+        raise ConfigError(f"{where}: expected {_kind_name(s.kind)}, got {text!r}") from None
+    return _checked(s, parsed, where)
+
+
+def _kind_name(kind: type) -> str:
+    return {bool: "true or false", float: "a number", int: "a whole number", Path: "a path"}.get(kind, "text")
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)

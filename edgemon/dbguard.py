@@ -1,0 +1,78 @@
+"""A corrupt detections database at start must not stop a recorder nobody will visit for months.
+
+``open_or_recover`` checks the file with SQLite's ``quick_check`` before opening it. A file that
+is corrupt (or not a database at all) is moved aside, with its WAL and shared-memory files,
+under a name that says when; a clear log line says where it went and how to salvage it; a fresh
+database is created and the daemon runs on, re-deriving every detection from the recordings
+(the ledger is empty again). Nothing is deleted. Errors that are not corruption (permissions,
+I/O errors of a failing card, a lock) are not "repaired": they raise ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sqlite3
+from pathlib import Path
+
+from edgemon.store import BUSY_TIMEOUT_MS, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+# Primary result codes that mean "the bytes are wrong", as opposed to "cannot get at them".
+CORRUPTION_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def corruption(path: str | Path) -> str | None:
+    """What ``quick_check`` finds wrong with the database at ``path``; None when it is sound or
+    absent. Raises ``StoreError`` for errors that are not corruption."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    try:
+        # Read-only: a read-write connection would checkpoint the WAL into the damaged file, or
+        # delete a WAL it cannot use, as it closes; the evidence must be moved aside untouched.
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open detections database {path}: {e}") from e
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as e:
+        if getattr(e, "sqlite_errorcode", 0) & 0xFF in CORRUPTION_CODES:
+            return str(e)
+        raise StoreError(f"cannot check detections database {path}: {e}") from e
+    finally:
+        conn.close()
+    findings = [str(r[0]) for r in rows]
+    return None if findings == ["ok"] else "; ".join(findings[:5]) + (" ..." if len(findings) > 5 else "")
+
+
+def move_aside(path: str | Path, now: dt.datetime | None = None) -> Path:
+    """Rename the database and its companion files to ``NAME.corrupt-YYYYMMDDTHHMMSSZ[-wal]``;
+    returns the new name of the database. Never overwrites: a clash gets a counter."""
+    path = Path(path)
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while any(Path(str(aside) + s).exists() for s in ("",) + COMPANIONS):
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for suffix in COMPANIONS:
+        companion = Path(str(path) + suffix)
+        if companion.exists():
+            companion.rename(str(aside) + suffix)
+    path.rename(aside)
+    return aside
+
+
+def open_or_recover(path: str | Path) -> Store:
+    """The ``Store`` at ``path``; a corrupt file is first moved aside and a fresh one created."""
+    path = Path(path)
+    found = corruption(path)
+    if found is not None:
+        aside = move_aside(path)
+        log.error("detections database %s is corrupt (%s); moved it aside to %s and started a fresh one. "
+                  "Every recording will be analysed again. Nothing was deleted; to salvage old rows: "
+                  "sqlite3 %s .recover | sqlite3 salvaged.db", path, found, aside, aside)
+    return Store(path)

@@ -1,0 +1,102 @@
+"""A disk budget: below a free-space watermark edgemon stops saving clips, and below a lower one
+it starts no new work (back-pressure) until space comes back, rather than failing half-way.
+
+Nothing here deletes anything: not the database, not a recording, not a clip. Free space is
+measured with ``statvfs`` at most every ``check_s`` seconds (monotonic clock), on every file
+system that holds one of the watched paths; the lowest counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+MB = 1024 * 1024
+
+OK, NO_CLIPS, HOLD = "ok", "no_clips", "hold"
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskBudget:
+    """Watermarks in MB of free space. ``min_free_mb``: below it no new work starts (back-pressure);
+    ``clips_min_free_mb``: below it no clip is saved. ``check_s``: seconds between measurements."""
+
+    min_free_mb: float = 200.0
+    clips_min_free_mb: float = 1000.0
+    check_s: float = 10.0
+
+
+class DiskGuard:
+    """Says whether there is room to work and to save clips; logs each change of state once.
+
+    ``paths``: files or directories whose file systems are watched (a path that does not exist
+    yet is measured at its nearest existing parent). Not thread-safe: one thread asks.
+    """
+
+    def __init__(self, paths: Iterable[str | Path], budget: DiskBudget = DiskBudget(),
+                 clock: Callable[[], float] = time.monotonic,
+                 usage: Callable[[str], tuple] = shutil.disk_usage):
+        self.paths = [Path(p) for p in paths]
+        self.budget = budget
+        self._clock = clock
+        self._usage = usage
+        self._checked_at: float | None = None
+        self.free_mb: float | None = None
+        self.state = OK
+
+    def check(self, force: bool = False) -> str:
+        """The current state, 'ok', 'no_clips' or 'hold', re-measured when ``check_s`` has passed."""
+        now = self._clock()
+        if not force and self._checked_at is not None and now - self._checked_at < self.budget.check_s:
+            return self.state
+        self._checked_at = now
+        free = []
+        for path in self.paths:
+            try:
+                free.append(self._usage(str(_existing(path))).free / MB)
+            except OSError as exc:  # a vanished mount: say so, judge by the others
+                log.warning("disk: cannot measure free space at %s: %s", path, exc)
+        if not free:
+            return self.state
+        self.free_mb = min(free)
+        state = (HOLD if self.free_mb < self.budget.min_free_mb else
+                 NO_CLIPS if self.free_mb < self.budget.clips_min_free_mb else OK)
+        if state != self.state:
+            worse = _RANK[state] > _RANK[self.state]
+            (log.warning if worse else log.info)(
+                "disk: %.0f MB free: %s", self.free_mb,
+                {HOLD: f"below {self.budget.min_free_mb:g} MB, holding new work until space is freed",
+                 NO_CLIPS: f"below {self.budget.clips_min_free_mb:g} MB, not saving clips",
+                 OK: "enough again, working normally"}[state])
+            self.state = state
+        return state
+
+    def may_work(self) -> bool:
+        return self.check() != HOLD
+
+    def may_save_clips(self) -> bool:
+        return self.check() == OK
+
+
+_RANK = {OK: 0, NO_CLIPS: 1, HOLD: 2}
+
+
+def _existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_mb(path: str | Path) -> float | None:
+    """Free space in MB on the file system holding ``path`` (or its nearest existing parent)."""
+    try:
+        return shutil.disk_usage(os.fspath(_existing(Path(path)))).free / MB
+    except OSError:
+        return None

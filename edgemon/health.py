@@ -1,0 +1,327 @@
+"""Health of the running daemon: systemd notifications, a watchdog that only pings while the
+pipeline moves, and heartbeat rows in the database.
+
+sd_notify(3) is spoken here in plain Python (no libsystemd binding): newline-separated
+``KEY=value`` fields in one datagram to the unix socket named by ``$NOTIFY_SOCKET`` ('@' starts
+an abstract name). Outside systemd, or without ``Type=notify``, the variable is absent and every
+notification is a no-op.
+
+Watchdog rule: ``WATCHDOG=1`` is sent every half ``WatchdogSec`` only while the pipeline's own
+progress mark (a monotonic time the working thread sets as it completes a step: a loop turn, a
+decoded block, a stored file) is younger than ``progress_timeout_s``. A timer that pinged
+regardless would keep a hung daemon (a read stuck on a failing SD card, a stuck model) alive
+for ever; withholding the ping lets systemd kill it (SIGABRT: Python prints every thread's
+stack) and restart it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from edgemon.diskguard import HOLD, DiskBudget, DiskGuard
+from edgemon.store import Heartbeat, Store
+
+log = logging.getLogger(__name__)
+UTC = dt.timezone.utc
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthConfig:
+    """``heartbeat_s``: seconds between heartbeat rows; ``progress_timeout_s``: pipeline silence
+    after which watchdog pings are withheld (systemd then restarts the unit)."""
+
+    heartbeat_s: float = 300.0
+    progress_timeout_s: float = 240.0
+
+
+class Notifier:
+    """Sends sd_notify messages to ``address`` (a socket path, or '@name' for an abstract one);
+    with no address every call does nothing and returns False. Safe to call from any thread."""
+
+    def __init__(self, address: str | None):
+        self.address = address or None
+        self._warned = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Notifier:
+        return cls(env.get("NOTIFY_SOCKET"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def notify(self, *fields: str) -> bool:
+        """Send ``fields`` ('READY=1', 'STATUS=...') as one message; True when it was sent."""
+        if self.address is None:
+            return False
+        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        message = "\n".join(f.replace("\n", " ") for f in fields).encode()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(message, target)
+        except OSError as exc:  # systemd gone or a bad address: health reporting must never stop the work
+            if not self._warned:
+                log.warning("cannot notify systemd at %s: %s", self.address, exc)
+                self._warned = True
+            return False
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
+
+    def status(self, text: str) -> bool:
+        return self.notify(f"STATUS={text}")
+
+    def watchdog(self) -> bool:
+        return self.notify("WATCHDOG=1")
+
+    def stopping(self, status: str | None = None) -> bool:
+        return self.notify("STOPPING=1", *([f"STATUS={status}"] if status else []))
+
+
+def watchdog_interval_s(env: Mapping[str, str] = os.environ, pid: int | None = None) -> float | None:
+    """Seconds between pings systemd expects (half its ``WatchdogSec``, from ``$WATCHDOG_USEC``),
+    or None when no watchdog is armed for this process (``$WATCHDOG_PID`` names another)."""
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    watched = env.get("WATCHDOG_PID")
+    if usec <= 0 or (watched and watched != str(os.getpid() if pid is None else pid)):
+        return None
+    return usec / 2e6
+
+
+class Watchdog:
+    """Pings systemd's watchdog every ``interval_s`` while ``progress()`` (a monotonic time) is at
+    most ``timeout_s`` old; otherwise withholds the ping and says why, once per stall.
+
+    Use as a context manager: a thread runs ``check`` from ``__enter__`` to ``__exit__``; with no
+    interval (no watchdog armed) no thread is started.
+    """
+
+    def __init__(self, notifier: Notifier, progress: Callable[[], float], timeout_s: float,
+                 interval_s: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self.notifier = notifier
+        self.progress = progress
+        self.timeout_s = timeout_s
+        self.interval_s = interval_s
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stalled = False
+        self.pings = 0
+
+    def check(self) -> bool:
+        """One decision: ping (True) or withhold (False)."""
+        age = self._clock() - self.progress()
+        if age <= self.timeout_s:
+            if self.stalled:
+                log.info("pipeline moving again; watchdog pings resume")
+                self.stalled = False
+            self.notifier.watchdog()
+            self.pings += 1
+            return True
+        if not self.stalled:
+            log.error("pipeline made no progress for %.0f s; withholding watchdog pings so systemd "
+                      "restarts edgemon", age)
+            self.notifier.status(f"stalled: no progress for {age:.0f} s")
+            self.stalled = True
+        return False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.check()
+
+    def __enter__(self) -> Watchdog:
+        if self.interval_s:
+            self._thread = threading.Thread(target=self._run, name="edgemon-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def rss_mb() -> float | None:
+    """Resident memory of this process in MB (Linux), or None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Heartbeats:
+    """Writes a ``Heartbeat`` row every ``every_s`` seconds (and at once when the state changes).
+
+    Must be called on the thread that owns ``store``. A refused write (disk full) is logged once
+    per episode and never raised: a heartbeat is a record, not a reason to stop.
+    """
+
+    def __init__(self, store: Store, *, mode: str, device_id: str, bundle_id: str | None, every_s: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(UTC)):
+        self.store = store
+        self.mode, self.device_id, self.bundle_id = mode, device_id, bundle_id
+        self.every_s = every_s
+        self._clock, self._wall = clock, wall
+        self.run_id = uuid.uuid4().hex[:12]
+        self.started = clock()
+        self.started_utc = wall()
+        self._next = self.started
+        self._state: str | None = None
+        self._failing = False
+
+    def uptime_s(self) -> float:
+        return self._clock() - self.started
+
+    def due(self, state: str) -> bool:
+        return self._clock() >= self._next or state != self._state
+
+    def beat(self, state: str = "ok", *, files_done: int = 0, audio_s: float = 0.0, busy_s: float = 0.0,
+             disk_free_mb: float | None = None, note: str | None = None, force: bool = False) -> bool:
+        """Write a row if one is due (or ``force``); True when a row was stored."""
+        if not force and not self.due(state):
+            return False
+        self._next = self._clock() + self.every_s
+        self._state = state
+        beat = Heartbeat(run_id=self.run_id, mode=self.mode, device_id=self.device_id, at_utc=self._wall(),
+                         started_utc=self.started_utc, uptime_s=round(self.uptime_s(), 3), state=state,
+                         bundle_id=self.bundle_id, files_done=files_done, audio_s=round(audio_s, 3),
+                         busy_s=round(busy_s, 3),
+                         disk_free_mb=None if disk_free_mb is None else round(disk_free_mb, 1),
+                         rss_mb=None if (rss := rss_mb()) is None else round(rss, 1), note=note)
+        try:
+            self.store.add_heartbeat(beat)
+        except sqlite3.Error as exc:
+            if not self._failing:
+                log.warning("heartbeat not stored: %s", exc)
+                self._failing = True
+            return False
+        self._failing = False
+        return True
+
+
+class WatchMonitor:
+    """The service side of ``edgemon watch``, in a few calls from the daemon and the watch loop.
+
+    ``tick(watcher)`` runs on the watch loop's thread (which owns the store) at every turn and
+    every decoded block: it writes heartbeats, updates systemd's STATUS line, and returns False
+    while the disk is below its watermark, so the loop holds new work (back-pressure).
+    ``running(watcher)`` wraps ``watcher.run``: READY=1, watchdog pings on
+    ``watcher.last_progress``, and STOPPING=1 with a last heartbeat at the end.
+    """
+
+    def __init__(self, store: Store, db_path: str | Path, *, device_id: str, bundle_id: str | None,
+                 config: HealthConfig = HealthConfig(), disk: DiskBudget = DiskBudget(),
+                 notifier: Notifier | None = None, env: Mapping[str, str] = os.environ,
+                 clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.notifier = notifier if notifier is not None else Notifier.from_env(env)
+        self.interval_s = watchdog_interval_s(env)
+        self.guard = DiskGuard([db_path], disk, clock)
+        self.heartbeats = Heartbeats(store, mode="watch", device_id=device_id, bundle_id=bundle_id,
+                                     every_s=config.heartbeat_s, clock=clock)
+        self._clock = clock
+        self._status_at: float | None = None
+        self.state = "ok"
+
+    def tick(self, watcher) -> bool:
+        """Heartbeat and status when due; False: hold new work (disk below the watermark)."""
+        disk = self.guard.check()
+        self.state = ("hold_disk" if disk == HOLD else
+                      "hold_store" if getattr(watcher, "store_error", None) else "ok")
+        if self.heartbeats.due(self.state):
+            self.heartbeats.beat(self.state, **self._counters(watcher), note=getattr(watcher, "store_error", None))
+            self._status(watcher)
+        return disk != HOLD
+
+    def _counters(self, watcher) -> dict:
+        return dict(files_done=watcher.processed, audio_s=getattr(watcher, "audio_s", 0.0),
+                    busy_s=getattr(watcher, "busy_s", 0.0), disk_free_mb=self.guard.free_mb)
+
+    def _status(self, watcher) -> None:
+        audio_s, busy_s = getattr(watcher, "audio_s", 0.0), getattr(watcher, "busy_s", 0.0)
+        rtf = f", {audio_s / busy_s:.0f}x real time" if busy_s > 0 else ""
+        held = {"hold_disk": f"; HOLDING: {self.guard.free_mb:.0f} MB free",
+                "hold_store": "; HOLDING: database refused a write"}.get(self.state, "")
+        self.notifier.status(f"{watcher.processed} file(s), {audio_s / 3600:.1f} h of audio{rtf}{held}")
+
+    @contextmanager
+    def running(self, watcher) -> Iterator[None]:
+        self.guard.check(force=True)
+        self.heartbeats.beat("ok", force=True, **self._counters(watcher), note="started")
+        self.notifier.ready(f"watching {getattr(watcher, 'root', '')}")
+        try:
+            with Watchdog(self.notifier, lambda: watcher.last_progress, self.config.progress_timeout_s,
+                          self.interval_s, self._clock):
+                yield
+        finally:
+            self.notifier.stopping("stopping")
+            self.heartbeats.beat("stopping", force=True, **self._counters(watcher))
+
+
+class CommitProgress:
+    """A progress mark for a pipeline whose writer lives elsewhere: the monotonic time at which a
+    commit by another connection to ``db_path`` was last seen (``PRAGMA data_version``).
+
+    In listen mode coverage rows are committed every few seconds, with or without a working
+    device, so commits stop only when the analysis or the writer hangs. Call from one thread
+    (the watchdog's): the read-only connection is opened there, lazily.
+    """
+
+    def __init__(self, db_path: str | Path, clock: Callable[[], float] = time.monotonic):
+        self.db_path = Path(db_path)
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._version: int | None = None
+        self.last = clock()
+
+    def __call__(self) -> float:
+        try:
+            if self._conn is None:
+                if not self.db_path.is_file():
+                    return self.last
+                self._conn = sqlite3.connect(self.db_path.resolve().as_uri() + "?mode=ro", uri=True,
+                                             check_same_thread=False)
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return self.last
+        if self._version is not None and version != self._version:
+            self.last = self._clock()
+        self._version = version
+        return self.last
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+@contextmanager
+def listen_health(db_path: str | Path, config: HealthConfig = HealthConfig(),
+                  env: Mapping[str, str] = os.environ) -> Iterator[Watchdog]:
+    """READY=1, watchdog pings while the listener commits to ``db_path``, STOPPING=1 at the end:
+    the systemd side of ``edgemon listen``, around ``listen_main``."""
+    notifier = Notifier.from_env(env)
+    progress = CommitProgress(db_path)
+    notifier.ready("listening")
+    try:
+        with Watchdog(notifier, progress, config.progress_timeout_s, watchdog_interval_s(env)) as watchdog:
+            yield watchdog
+    finally:
+        notifier.stopping("stopping")
+        progress.close()

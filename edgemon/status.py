@@ -1,0 +1,266 @@
+"""``edgemon status``: how the unit is doing, read from its database (read-only, so it never
+blocks the daemon) and the file systems it uses.
+
+Backlog, last file processed, last detection, real-time factor, dropped audio (live coverage),
+disk free, database integrity, bundle in use, uptime; plus ``problems``, one line each, for a
+person or a monitoring script. Heartbeat rows are ordered by id, not by time: the host clock of
+a field unit may step.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any, TextIO
+
+from edgemon.errors import EdgemonError
+from edgemon.store import BUSY_TIMEOUT_MS, COVERAGE_LOSSES, utc_iso
+
+UTC = dt.timezone.utc
+MB = 1024 * 1024
+
+
+class StatusError(EdgemonError):
+    """The status cannot be read (no database, or not an edgemon database)."""
+
+
+def collect_status(db_path: str | Path, *, directory: str | Path | None = None, heartbeat_s: float = 300.0,
+                   min_free_mb: float | None = None, integrity: bool = True,
+                   now: dt.datetime | None = None) -> dict[str, Any]:
+    """The status as plain data (see ``format_status``); ``directory`` (the watched one) lets the
+    backlog be counted on disk, ``heartbeat_s`` says how old a heartbeat may be for 'running'."""
+    db_path = Path(db_path)
+    now = now or dt.datetime.now(UTC)
+    conn = _connect_read_only(db_path)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "files" not in tables:
+            raise StatusError(f"{db_path}: not an edgemon database (no files table)")
+        status: dict[str, Any] = {"database": _database(conn, db_path, integrity)}
+        beat = _last_heartbeat(conn) if "heartbeats" in tables else None
+        status["service"] = _service(beat, heartbeat_s, now)
+        status["mode"] = beat["mode"] if beat else None
+        status["device_id"] = beat["device_id"] if beat else None
+        status["bundle_id"] = (beat["bundle_id"] if beat and beat["bundle_id"] else
+                               _one(conn, "SELECT bundle_id FROM files WHERE state = 'done' ORDER BY updated_at DESC LIMIT 1"))
+        status["backlog"] = _backlog(conn, directory)
+        status["last_file"] = _row(conn, "SELECT source, updated_at AS processed_utc, duration_s FROM files "
+                                         "WHERE state = 'done' ORDER BY updated_at DESC LIMIT 1")
+        status["last_detection"] = _row(conn, "SELECT label, confidence, source, start_utc, created_at AS stored_utc "
+                                              "FROM detections ORDER BY id DESC LIMIT 1")
+        status["real_time_factor"] = (round(beat["audio_s"] / beat["busy_s"], 1)
+                                      if beat and beat["busy_s"] else None)
+        status["audio_h_this_run"] = round(beat["audio_s"] / 3600, 3) if beat else None
+        status["dropped_audio"] = _dropped(conn, now) if "coverage" in tables else None
+    finally:
+        conn.close()
+    status["disk"] = _disk(db_path)
+    status["problems"] = _problems(status, min_free_mb)
+    return status
+
+
+def _connect_read_only(db_path: Path) -> sqlite3.Connection:
+    if not db_path.is_file():
+        raise StatusError(f"detections database not found: {db_path}")
+    try:
+        conn = sqlite3.connect(db_path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn.row_factory = sqlite3.Row
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    except sqlite3.Error as e:
+        raise StatusError(f"cannot read detections database {db_path}: {e}") from e
+    return conn
+
+
+def _one(conn: sqlite3.Connection, sql: str, params=()) -> Any:
+    row = conn.execute(sql, params).fetchone()
+    return None if row is None else row[0]
+
+
+def _row(conn: sqlite3.Connection, sql: str, params=()) -> dict | None:
+    row = conn.execute(sql, params).fetchone()
+    return None if row is None else dict(row)
+
+
+def _database(conn: sqlite3.Connection, db_path: Path, integrity: bool) -> dict:
+    wal = Path(str(db_path) + "-wal")
+    result = "not checked"
+    if integrity:
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+            result = "; ".join(str(r[0]) for r in rows[:5])
+        except sqlite3.DatabaseError as e:
+            result = f"error: {e}"
+    return {"path": str(db_path), "size_mb": round(db_path.stat().st_size / MB, 2),
+            "wal_mb": round(wal.stat().st_size / MB, 2) if wal.exists() else 0.0, "integrity": result}
+
+
+def _last_heartbeat(conn: sqlite3.Connection) -> dict | None:
+    return _row(conn, "SELECT * FROM heartbeats ORDER BY id DESC LIMIT 1")
+
+
+def _service(beat: dict | None, heartbeat_s: float, now: dt.datetime) -> dict:
+    if beat is None:
+        return {"state": "unknown", "note": "no heartbeat recorded"}
+    at = dt.datetime.fromisoformat(beat["at_utc"].replace("Z", "+00:00"))
+    age = (now - at).total_seconds()
+    if beat["state"] == "stopping":
+        state = "stopped"
+    elif age <= 2 * heartbeat_s + 60:
+        state = "running"
+    else:
+        state = "silent"     # crashed, hung, powered off, or its clock stepped
+    return {"state": state, "heartbeat_state": beat["state"], "last_heartbeat_utc": beat["at_utc"],
+            "heartbeat_age_s": round(age, 1), "run_id": beat["run_id"], "started_utc": beat["started_utc"],
+            "uptime_s": round(beat["uptime_s"] + (max(age, 0.0) if state == "running" else 0.0), 1),
+            "files_done_this_run": beat["files_done"], "rss_mb": beat["rss_mb"], "note": beat["note"]}
+
+
+def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
+    counts = dict(conn.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
+    backlog = {"done": counts.get("done", 0), "failed": counts.get("failed", 0),
+               "quarantined": counts.get("quarantined", 0), "waiting": None, "directory": None}
+    if directory is None:
+        return backlog
+    from edgemon.watch import is_audio
+
+    root = Path(directory).resolve()
+    backlog["directory"] = str(root)
+    if not root.is_dir():
+        backlog["note"] = "directory not found"
+        return backlog
+    ledger = {r[0]: (r[1], r[2], r[3]) for r in conn.execute("SELECT source, size, mtime_ns, state FROM files")}
+    waiting = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not is_audio(path):
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            entry = ledger.get(path.relative_to(root).as_posix())
+            if entry is None or entry[:2] != (st.st_size, st.st_mtime_ns) or entry[2] == "failed":
+                waiting += 1
+    backlog["waiting"] = waiting
+    return backlog
+
+
+def _dropped(conn: sqlite3.Connection, now: dt.datetime) -> dict | None:
+    """Live-stream seconds analysed and lost, last 24 h and in all; None without coverage rows."""
+    if conn.execute("SELECT 1 FROM coverage LIMIT 1").fetchone() is None:
+        return None
+    columns = ", ".join(f"COALESCE(SUM(lost_{k}_s), 0)" for k in COVERAGE_LOSSES)
+    result = {}
+    for name, since in (("last_24h", now - dt.timedelta(days=1)), ("total", None)):
+        where, params = ("WHERE minute_utc >= ?", [utc_iso(since)]) if since else ("", [])
+        row = conn.execute(f"SELECT COALESCE(SUM(analysed_s), 0), {columns} FROM coverage {where}", params).fetchone()
+        lost = {k: round(v, 1) for k, v in zip(COVERAGE_LOSSES, row[1:])}
+        result[name] = {"analysed_s": round(row[0], 1), "lost_s": round(sum(lost.values()), 1), "lost_by_kind": lost}
+    return result
+
+
+def _disk(db_path: Path) -> dict:
+    try:
+        usage = shutil.disk_usage(db_path.resolve().parent)
+    except OSError:
+        return {"free_mb": None, "total_mb": None}
+    return {"free_mb": round(usage.free / MB, 1), "total_mb": round(usage.total / MB, 1)}
+
+
+def _problems(status: dict, min_free_mb: float | None) -> list[str]:
+    problems = []
+    integrity = status["database"]["integrity"]
+    if integrity not in ("ok", "not checked"):
+        problems.append(f"database integrity: {integrity}")
+    service = status["service"]
+    if service["state"] == "silent":
+        problems.append(f"no heartbeat for {service['heartbeat_age_s']:.0f} s: edgemon is not running, or hung")
+    if service.get("heartbeat_state") in ("hold_disk", "hold_store"):
+        problems.append(f"holding work ({service['heartbeat_state']}): {service.get('note') or 'low disk'}")
+    if status["backlog"]["quarantined"]:
+        problems.append(f"{status['backlog']['quarantined']} file(s) quarantined after repeated failures")
+    free = status["disk"]["free_mb"]
+    if min_free_mb is not None and free is not None and free < min_free_mb:
+        problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")
+    dropped = status["dropped_audio"]
+    if dropped and dropped["last_24h"]["lost_s"] > 0:
+        problems.append(f"{dropped['last_24h']['lost_s']:.0f} s of live audio lost in the last 24 h")
+    return problems
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{days} d {hours} h" if days else f"{hours} h {minutes} min" if hours else
+            f"{minutes} min {secs} s" if minutes else f"{secs} s")
+
+
+def format_status(status: dict) -> str:
+    """``collect_status``'s result as a few aligned lines for a person."""
+    s, db, svc, backlog = status, status["database"], status["service"], status["backlog"]
+    if svc["state"] == "unknown":
+        alive = "unknown (no heartbeat recorded)"
+    else:
+        alive = (f"{svc['state']}, last heartbeat {svc['heartbeat_age_s']:.0f} s ago ({svc['heartbeat_state']}); "
+                 f"{'up' if svc['state'] == 'running' else 'ran'} {_duration(svc['uptime_s'])} "
+                 f"from {svc['started_utc']}")
+    waiting = "?" if backlog["waiting"] is None else str(backlog["waiting"])
+    where = f" in {backlog['directory']}" if backlog["directory"] else " (give the watched directory to count)"
+    last_file = (f"{s['last_file']['source']} at {s['last_file']['processed_utc']}" if s["last_file"] else "none yet")
+    det = s["last_detection"]
+    last_det = (f"{det['label']} ({det['confidence']:.2f}) at {det['start_utc'] or '?'} in {det['source']}"
+                if det else "none yet")
+    rtf = (f"{s['real_time_factor']:g}x ({s['audio_h_this_run']:.2f} h of audio this run)"
+           if s["real_time_factor"] else "not measured yet")
+    dropped = s["dropped_audio"]
+    dropped_text = ("no live coverage recorded" if not dropped else
+                    f"{dropped['last_24h']['lost_s']:g} s in the last 24 h, {dropped['total']['lost_s']:g} s in all "
+                    f"(of {dropped['total']['analysed_s'] + dropped['total']['lost_s']:g} s)")
+    disk = s["disk"]
+    disk_text = "?" if disk["free_mb"] is None else f"{disk['free_mb'] / 1024:.1f} GB of {disk['total_mb'] / 1024:.1f} GB"
+    lines = [
+        ("service", alive),
+        ("mode", f"{s['mode'] or '?'}, device {s['device_id'] or '?'}"),
+        ("bundle", s["bundle_id"] or "?"),
+        ("backlog", f"{waiting} file(s) waiting{where}; {backlog['done']} done, {backlog['failed']} failed, "
+                    f"{backlog['quarantined']} quarantined"),
+        ("last file", last_file),
+        ("last detection", last_det),
+        ("real-time factor", rtf),
+        ("dropped audio", dropped_text),
+        ("disk free", disk_text),
+        ("database", f"{db['path']}: {db['integrity']}, {db['size_mb']:g} MB + WAL {db['wal_mb']:g} MB"),
+        ("memory", "?" if svc.get("rss_mb") is None else f"{svc['rss_mb']:g} MB resident"),
+        ("problems", "; ".join(s["problems"]) if s["problems"] else "none"),
+    ]
+    return "".join(f"{k + ':':<18}{v}\n" for k, v in lines)
+
+
+def write_heartbeats_csv(db_path: str | Path, out: TextIO) -> int:
+    """Every heartbeat row as CSV (oldest first) to ``out``; returns the number of rows."""
+    conn = _connect_read_only(Path(db_path))
+    try:
+        cursor = conn.execute("SELECT * FROM heartbeats ORDER BY id")
+    except sqlite3.Error as e:
+        conn.close()
+        raise StatusError(f"{db_path}: no heartbeats table ({e})") from e
+    try:
+        writer = csv.writer(out)
+        writer.writerow([d[0] for d in cursor.description])
+        count = 0
+        for row in cursor:
+            writer.writerow(row)
+            count += 1
+        return count
+    finally:
+        conn.close()

@@ -1,0 +1,225 @@
+"""Deployment: the systemd unit passes `systemd-analyze verify`, its exposure score is low, it holds
+what an unattended recorder needs, and deploy/install.sh installs, re-installs (changing
+nothing), upgrades and uninstalls in a throwaway root: run, not read."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+UNIT = DEPLOY / "edgemon.service"
+INSTALL = DEPLOY / "install.sh"
+SYSTEM_UNITS = Path("/usr/lib/systemd/system")
+ANALYZE = shutil.which("systemd-analyze")
+needs_systemd = pytest.mark.skipif(ANALYZE is None or not SYSTEM_UNITS.is_dir(),
+                                   reason="needs systemd-analyze (Debian package systemd; scripts/setup.sh installs it)")
+
+
+def unit_settings(text: str) -> dict[tuple[str, str], list[str]]:
+    """(section, key) -> values, in order (a key may repeat)."""
+    found: dict[tuple[str, str], list[str]] = {}
+    section = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        found.setdefault((section, key.strip()), []).append(value.strip())
+    return found
+
+
+def stub_root(tmp_path: Path, unit_text: str) -> Path:
+    """A root holding systemd's own units (sysinit.target and the like), the unit under test and
+    an executable standing in for edgemon."""
+    root = tmp_path / "root"
+    shutil.copytree(SYSTEM_UNITS, root / SYSTEM_UNITS.relative_to("/"), symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system/edgemon.service").write_text(unit_text)
+    program = root / "opt/edgemon/venv/bin/edgemon"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    return root
+
+
+def verify(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([ANALYZE, "verify", f"--root={root}", "edgemon.service"], capture_output=True, text=True)
+
+
+@needs_systemd
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    result = verify(stub_root(tmp_path / "good", UNIT.read_text()))
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
+    # The check can fail: a misspelt directive is reported.
+    bad = verify(stub_root(tmp_path / "bad", UNIT.read_text().replace("NoNewPrivileges", "NoNewPrivilege")))
+    assert "Unknown key" in bad.stderr and "NoNewPrivilege" in bad.stderr
+
+
+@needs_systemd
+def test_unit_security_exposure_is_low():
+    result = subprocess.run([ANALYZE, "security", "--offline=true", str(UNIT)], capture_output=True, text=True)
+    found = re.search(r"Overall exposure level for edgemon.service: ([\d.]+) (\w+)", result.stdout)
+    assert found, result.stdout[-2000:] + result.stderr
+    print(f"\nsystemd-analyze security: exposure {found[1]} {found[2]}")
+    assert float(found[1]) <= 1.5, result.stdout
+
+
+def test_unit_holds_what_an_unattended_recorder_needs():
+    unit = unit_settings(UNIT.read_text())
+    one = {k: v[-1] for k, v in unit.items()}
+    assert one[("Service", "Type")] == "notify" and one[("Service", "NotifyAccess")] == "main"
+    watchdog_s = float(one[("Service", "WatchdogSec")])
+    assert one[("Service", "Restart")] == "on-failure" and float(one[("Service", "RestartSec")]) > 0
+    assert one[("Unit", "StartLimitIntervalSec")] == "0"                # never locked out
+    assert one[("Service", "User")] == "edgemon" and one[("Service", "SupplementaryGroups")] == "audio"
+    assert one[("Service", "ProtectSystem")] == "strict"
+    for key in ("NoNewPrivileges", "PrivateTmp"):
+        assert one[("Service", key)] == "yes", key
+    assert "MemoryMax" in {k for _, k in unit} and "CPUQuota" in {k for _, k in unit}
+    after = " ".join(unit[("Unit", "After")])
+    assert "sound.target" in after
+    wants = " ".join(v for (s, k), vs in unit.items() if s == "Unit" and k in ("After", "Wants", "Requires") for v in vs)
+    assert "time-sync" not in wants and "network-online" not in wants  # field units may never get time
+    assert one[("Service", "ExecStart")] == "/opt/edgemon/venv/bin/edgemon run --config /etc/edgemon/edgemon.toml"
+
+    example = tomllib.loads((DEPLOY / "edgemon.toml").read_text())
+    writable = unit[("Service", "ReadWritePaths")] + [f"/var/lib/{one[('Service', 'StateDirectory')]}"]
+    assert any(example["db"].startswith(w.lstrip("-") + "/") for w in writable)   # the database is writable
+    assert example["health"]["progress_timeout_s"] < watchdog_s                   # stalls are caught
+
+
+# --- install.sh in a throwaway root -------------------------------------------------------------
+
+def seed_root(root: Path) -> Path:
+    """The few files of a fresh Debian a package install touches: users, groups, systemd units."""
+    etc = root / "etc"
+    etc.mkdir(parents=True)
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (etc / "group").write_text("root:x:0:\naudio:x:29:\n")
+    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (etc / "gshadow").write_text("root:*::\naudio:*::\n")
+    for name in ("shadow", "gshadow"):
+        (etc / name).chmod(0o640)
+    shutil.copytree(SYSTEM_UNITS, root / SYSTEM_UNITS.relative_to("/"), symlinks=True)
+    return root
+
+
+def wheel(tmp_path: Path, version: str) -> Path:
+    """An edgemon wheel of this checkout, numbered ``version``."""
+    src = tmp_path / f"src-{version}"
+    src.mkdir()
+    for name in ("README.md", "edgemon"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(
+            REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if (REPO / name).is_dir() else {}))
+    pyproject = (REPO / "pyproject.toml").read_text()
+    (src / "pyproject.toml").write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject))
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", *isolation, "-w", str(tmp_path / "wheels"),
+                    str(src)], check=True, capture_output=True)
+    return next((tmp_path / "wheels").glob(f"edgemon-{version}-*.whl"))
+
+
+def install(root: Path, *args: str) -> str:
+    result = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--no-apt", "--pip-args", "--no-compile", *args],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its mode, owner and size, link target, or (outside the
+    virtual environment, which pip rewrites byte for byte) content hash."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if rel.startswith("usr/lib/systemd") or "__pycache__" in rel or rel.endswith("-"):  # -: shadow's backups
+            continue
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            found[rel] = ("link", os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            found[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_uid)
+        elif "/venv/" in rel:
+            found[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_size)
+        else:
+            found[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_uid, hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+def version_in(root: Path) -> str:
+    return subprocess.run([str(root / "opt/edgemon/venv/bin/python"), "-I", "-c",
+                           "import importlib.metadata as m; print(m.version('edgemon'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+@needs_systemd
+@pytest.mark.skipif(os.geteuid() != 0, reason="useradd --prefix and chown need root (CI runs as root)")
+def test_install_reinstall_upgrade_uninstall_in_a_throwaway_root(tmp_path):
+    root = seed_root(tmp_path / "root")
+    first, second = wheel(tmp_path, "0.1.0"), wheel(tmp_path, "0.1.1")
+
+    out = install(root, "--source", str(first), "--mode", "listen")
+    assert "installed edgemon 0.1.0" in out
+    passwd = (root / "etc/passwd").read_text()
+    user = re.search(r"^edgemon:x:(\d+):(\d+):[^:]*:/var/lib/edgemon:/usr/sbin/nologin$", passwd, re.M)
+    assert user, passwd
+    assert re.search(r"^audio:x:29:edgemon$", (root / "etc/group").read_text(), re.M)
+    state = (root / "var/lib/edgemon").stat()
+    assert (state.st_uid, stat.S_IMODE(state.st_mode)) == (int(user[1]), 0o750)
+    config = root / "etc/edgemon/edgemon.toml"
+    assert tomllib.loads(config.read_text())["mode"] == "listen"
+    assert (root / "etc/systemd/system/edgemon.service").read_text() == UNIT.read_text()
+    assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/edgemon.service") == \
+        "/etc/systemd/system/edgemon.service"
+    shown = subprocess.run([str(root / "opt/edgemon/venv/bin/edgemon"), "config", "--config", str(config), "--json"],
+                           capture_output=True, text=True, check=True)   # the installed program runs
+    assert '"listen"' in shown.stdout
+    assert verify(root).returncode == 0 and verify(root).stderr == ""    # the installed unit, real ExecStart
+
+    before = tree(root)
+    install(root, "--source", str(first))
+    assert tree(root) == before                                          # idempotent: nothing changed
+
+    config.write_text(config.read_text().replace('device_id = "edgemon"', 'device_id = "site-07"'))
+    (root / "var/lib/edgemon/edgemon.db").write_bytes(b"months of detections")
+    out = install(root, "--source", str(second))
+    assert "upgraded edgemon 0.1.0 -> 0.1.1" in out and version_in(root) == "0.1.1"
+    assert 'device_id = "site-07"' in config.read_text()                 # the admin's settings kept
+    assert (root / "etc/edgemon/edgemon.toml.dist").read_text() == (DEPLOY / "edgemon.toml").read_text()
+
+    install(root, "--uninstall")
+    assert not (root / "opt/edgemon").exists()
+    assert not (root / "etc/systemd/system/edgemon.service").exists()
+    assert not (root / "etc/systemd/system/multi-user.target.wants/edgemon.service").exists()
+    assert config.exists() and "edgemon:" in (root / "etc/passwd").read_text()
+    assert (root / "var/lib/edgemon/edgemon.db").read_bytes() == b"months of detections"
+
+    out = install(root, "--uninstall", "--purge")
+    assert not (root / "etc/edgemon").exists() and "edgemon" not in (root / "etc/passwd").read_text()
+    assert "edgemon" not in (root / "etc/group").read_text()
+    assert (root / "var/lib/edgemon/edgemon.db").read_bytes() == b"months of detections"   # data only if told
+    assert "kept /var/lib/edgemon" in out
+
+
+def test_install_refuses_what_it_cannot_do(tmp_path):
+    bad = subprocess.run(["bash", str(INSTALL), "--root", str(tmp_path), "--mode", "record"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "--mode must be watch or listen" in bad.stderr
+    if os.geteuid() != 0:
+        no_root = subprocess.run(["bash", str(INSTALL), "--no-apt"], capture_output=True, text=True)
+        assert no_root.returncode == 1 and "run as root" in no_root.stderr

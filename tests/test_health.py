@@ -1,0 +1,323 @@
+"""Health: sd_notify over a real unix datagram socket, watchdog pings only while the pipeline
+moves, heartbeat rows, the disk watermark as back-pressure, and `edgemon status`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import socket
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgemon.cli import app
+from edgemon.diskguard import HOLD, NO_CLIPS, OK, DiskBudget, DiskGuard
+from edgemon.health import (
+    CommitProgress,
+    HealthConfig,
+    Heartbeats,
+    Notifier,
+    Watchdog,
+    WatchMonitor,
+    watchdog_interval_s,
+)
+from edgemon.status import collect_status, format_status
+from edgemon.store import Store
+from edgemon.watch import Watcher
+from tests.conftest import tone
+from tests.watch_helpers import (
+    analyzer,
+    fast_config,
+    query,
+    write_wav,
+)
+
+
+class NotifySocket:
+    """What systemd listens on: a unix datagram socket; collects (monotonic time, message)."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.settimeout(0.05)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except TimeoutError:
+                continue
+
+    def close(self) -> list[tuple[float, str]]:
+        time.sleep(0.1)
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        return self.messages
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    sock = NotifySocket(str(tmp_path / "notify"))
+    yield sock
+    if not sock._stop.is_set():
+        sock.close()
+
+
+def test_notifier_speaks_sd_notify_over_a_datagram_socket(notify_socket, tmp_path):
+    notifier = Notifier(notify_socket.address)
+    assert notifier.ready("watching /media/moth")
+    assert notifier.watchdog() and notifier.status("3 files\nok") and notifier.stopping()
+    assert [m for _, m in notify_socket.close()] == [
+        "READY=1\nSTATUS=watching /media/moth", "WATCHDOG=1", "STATUS=3 files ok", "STOPPING=1"]
+
+
+def test_abstract_socket_names_and_absent_or_dead_sockets(tmp_path):
+    abstract = NotifySocket(f"@edgemon-test-{time.monotonic_ns()}")
+    assert Notifier.from_env({"NOTIFY_SOCKET": abstract.address}).ready()
+    assert [m for _, m in abstract.close()] == ["READY=1"]
+    assert not Notifier.from_env({}).ready()                         # not under systemd: a no-op
+    assert not Notifier(str(tmp_path / "gone")).watchdog()           # systemd gone: False, no raise
+
+
+def test_watchdog_interval_from_systemd_environment():
+    assert watchdog_interval_s({"WATCHDOG_USEC": "300000000"}) == 150.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "300000000", "WATCHDOG_PID": "1"}, pid=2) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "300000000", "WATCHDOG_PID": "2"}, pid=2) == 150.0
+    assert watchdog_interval_s({}) is None
+
+
+def test_watchdog_withholds_pings_once_progress_stops(notify_socket, caplog):
+    now = [100.0]
+    progress = [100.0]
+    dog = Watchdog(Notifier(notify_socket.address), lambda: progress[0], timeout_s=10, clock=lambda: now[0])
+    assert dog.check()
+    now[0] = 109.0
+    assert dog.check()
+    now[0] = 111.0                                   # 11 s without progress
+    with caplog.at_level(logging.ERROR, logger="edgemon.health"):
+        assert not dog.check() and not dog.check()
+    assert sum("withholding watchdog pings" in r.message for r in caplog.records) == 1
+    progress[0] = 111.0
+    assert dog.check()
+    messages = [m for _, m in notify_socket.close()]
+    assert messages.count("WATCHDOG=1") == 3 and messages[2].startswith("STATUS=stalled")
+
+
+class HangingAnalyzer:
+    """The embedded analyzer, except that its ``hang_on_call``-th analysis sleeps ``hang_s`` before
+    reading any audio: a stuck model, or a read stuck on a failing card."""
+
+    def __init__(self, hang_on_call: int, hang_s: float):
+        self.inner, self.hang_on_call, self.hang_s, self.calls = analyzer(), hang_on_call, hang_s, 0
+        self.bundle = self.inner.bundle
+
+    def analyse_blocks(self, blocks):
+        self.calls += 1
+        if self.calls == self.hang_on_call:
+            time.sleep(self.hang_s)
+        return self.inner.analyse_blocks(blocks)
+
+
+def stop_when_done(watcher, files: int, stop: threading.Event, then_s: float = 0.5, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while watcher.processed < files and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(then_s)
+    stop.set()
+
+
+def test_watch_loop_pings_only_while_it_makes_progress(notify_socket, tmp_path):
+    """READY, pings every 50 ms while files go through, none while the third analysis hangs for
+    1.5 s (past the 0.5 s progress timeout), pings again after it, STOPPING at the end."""
+    root = tmp_path / "rec"
+    for i in range(4):
+        write_wav(root / f"2024010{i + 1}_060000.WAV", tone(1000 * (i + 1), 4.0, seed=i))
+    hanger = HangingAnalyzer(hang_on_call=3, hang_s=1.5)
+    env = {"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "100000"}
+    with Store(tmp_path / "d.db") as store:
+        monitor = WatchMonitor(store, tmp_path / "d.db", device_id="site", bundle_id=hanger.bundle.bundle_id,
+                               config=HealthConfig(heartbeat_s=0.2, progress_timeout_s=0.5), env=env)
+        watcher = Watcher(fast_config(root, settle_s=0.0, until_idle=False), hanger, store, on_tick=monitor.tick)
+        stop = threading.Event()
+        threading.Timer(0.1, lambda: stop_when_done(watcher, 4, stop)).start()
+        with monitor.running(watcher):
+            watcher.run(stop)
+    messages = notify_socket.close()
+    texts = [m for _, m in messages]
+    assert texts[0].startswith("READY=1") and texts[-1].startswith("STOPPING=1")
+    pings = [t for t, m in messages if m == "WATCHDOG=1"]
+    gaps = np.diff(pings)
+    assert sum(g > 0.9 for g in gaps) == 1, f"expected one long pause in pings, gaps {np.round(gaps, 2)}"
+    assert np.argmax(gaps) < len(gaps) - 1          # and pings resumed after it
+    assert sum(m.startswith("STATUS=stalled") for m in texts) == 1
+    assert query(tmp_path / "d.db", "SELECT COUNT(*) FROM files WHERE state = 'done'") == [(4,)]
+    beats = query(tmp_path / "d.db", "SELECT state, files_done, note FROM heartbeats ORDER BY id")
+    assert beats[0] == ("ok", 0, "started") and beats[-1][:2] == ("stopping", 4) and len(beats) >= 3
+
+
+def test_disk_guard_watermarks_and_rechecks(caplog):
+    free = [5000.0]
+    now = [0.0]
+    guard = DiskGuard(["/"], DiskBudget(min_free_mb=100, clips_min_free_mb=1000, check_s=10),
+                      clock=lambda: now[0], usage=lambda p: type("U", (), {"free": free[0] * 2**20})())
+    assert guard.check() == OK and guard.may_save_clips()
+    free[0] = 500.0
+    assert guard.check() == OK                   # not re-measured within check_s
+    now[0] = 10.0
+    with caplog.at_level(logging.INFO, logger="edgemon.diskguard"):
+        assert guard.check() == NO_CLIPS and guard.may_work() and not guard.may_save_clips()
+        free[0], now[0] = 50.0, 20.0
+        assert guard.check() == HOLD and not guard.may_work()
+        free[0], now[0] = 5000.0, 30.0
+        assert guard.check() == OK
+    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING", "INFO"]
+
+
+def test_below_the_watermark_the_watch_loop_holds_work_then_resumes(tmp_path):
+    """Back-pressure, not a crash: nothing is processed while free space is under min_free_mb;
+    all of it once space comes back."""
+    root = tmp_path / "rec"
+    for i in range(3):
+        write_wav(root / f"2024010{i + 1}_060000.WAV", tone(1000, 2.0, seed=i))
+    free = [10.0]
+    made: dict = {}
+
+    def run() -> None:   # the thread that opens the store owns it
+        with Store(tmp_path / "d.db") as store:
+            monitor = WatchMonitor(store, tmp_path / "d.db", device_id="site", bundle_id="b",
+                                   config=HealthConfig(heartbeat_s=0.1),
+                                   disk=DiskBudget(min_free_mb=100, check_s=0.05), env={})
+            monitor.guard._usage = lambda p: type("U", (), {"free": free[0] * 2**20})()
+            made["watcher"] = Watcher(fast_config(root, settle_s=0.0), analyzer(), store, on_tick=monitor.tick)
+            made["watcher"].run(threading.Event())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(1.5)
+    watcher = made["watcher"]
+    held = watcher.processed
+    free[0] = 10_000.0
+    thread.join(30)
+    assert not thread.is_alive()
+    assert held == 0 and watcher.processed == 3
+    states = [s for (s,) in query(tmp_path / "d.db", "SELECT state FROM heartbeats ORDER BY id")]
+    assert "hold_disk" in states and states[-1] == "ok"
+
+
+def test_heartbeats_are_rate_limited_and_never_raise(tmp_path, caplog):
+    now = [0.0]
+    with Store(tmp_path / "d.db") as store:
+        beats = Heartbeats(store, mode="watch", device_id="d", bundle_id="b", every_s=60, clock=lambda: now[0])
+        assert beats.beat() and not beats.beat()
+        now[0] = 30.0
+        assert beats.beat("hold_disk")           # a change of state is written at once
+        now[0] = 95.0
+        assert beats.beat("hold_disk")
+    assert query(tmp_path / "d.db", "SELECT state, uptime_s FROM heartbeats ORDER BY id") == [
+        ("ok", 0.0), ("hold_disk", 30.0), ("hold_disk", 95.0)]
+
+    class FullStore:
+        def add_heartbeat(self, beat):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    beats.store = FullStore()
+    now[0] = 200.0
+    with caplog.at_level(logging.WARNING, logger="edgemon.health"):
+        assert not beats.beat()
+        now[0] = 300.0
+        assert not beats.beat()
+    assert caplog.text.count("heartbeat not stored") == 1
+
+
+def test_commit_progress_follows_another_connections_commits(tmp_path):
+    now = [0.0]
+    db = tmp_path / "d.db"
+    progress = CommitProgress(db, clock=lambda: now[0])
+    now[0] = 5.0
+    assert progress() == 0.0                 # no database yet: the start counts
+    with Store(db) as store:
+        assert progress() == 0.0             # first look: a baseline, not a commit
+        now[0] = 7.0
+        store.db.execute("CREATE TABLE t (x)")
+        assert progress() == 7.0
+        now[0] = 9.0
+        assert progress() == 7.0             # nothing committed since
+    progress.close()
+
+
+@pytest.fixture(scope="module")
+def watched_db(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("status")
+    root = tmp / "rec"
+    write_wav(root / "20240101_060000.WAV", tone(1000, 6.0))
+    write_wav(root / "20240102_060000.WAV", tone(3000, 6.0, seed=2))
+    (root / "20240103_060000.WAV").write_bytes(b"RIFF not audio at all")
+    db = tmp / "d.db"
+    with Store(db) as store:
+        monitor = WatchMonitor(store, db, device_id="site-07", bundle_id=analyzer().bundle.bundle_id, env={})
+        watcher = Watcher(fast_config(root, settle_s=0.0, retry_s=0.05), analyzer(), store, on_tick=monitor.tick)
+        with monitor.running(watcher):
+            watcher.run(threading.Event())
+    write_wav(root / "20240104_060000.WAV", tone(500, 3.0))   # arrives after the daemon stopped
+    return db, root
+
+
+def test_status_reports_what_the_issue_asks(watched_db):
+    db, root = watched_db
+    status = collect_status(db, directory=root, min_free_mb=1)
+    assert status["service"]["state"] == "stopped" and status["service"]["files_done_this_run"] == 2
+    assert status["mode"] == "watch" and status["device_id"] == "site-07"
+    assert status["bundle_id"] == analyzer().bundle.bundle_id
+    assert status["backlog"] == {"done": 2, "failed": 0, "quarantined": 1, "waiting": 1, "directory": str(root)}
+    assert status["last_file"]["source"] == "20240102_060000.WAV"
+    assert status["last_detection"]["source"] == "20240102_060000.WAV"
+    assert status["real_time_factor"] > 1
+    assert status["dropped_audio"] is None                     # no live coverage in watch mode
+    assert status["database"]["integrity"] == "ok" and status["disk"]["free_mb"] > 1
+    assert status["problems"] == ["1 file(s) quarantined after repeated failures"]
+    text = format_status(status)
+    for label in ("service:", "backlog:", "last file:", "last detection:", "real-time factor:", "dropped audio:",
+                  "disk free:", "database:", "bundle:", "problems:"):
+        assert label in text
+
+
+def test_status_command_text_json_and_heartbeats_csv(watched_db, tmp_path):
+    db, root = watched_db
+    runner = CliRunner()
+    text = runner.invoke(app, ["status", "--db", str(db), "--directory", str(root)])
+    assert text.exit_code == 0, text.output
+    assert "1 file(s) waiting" in text.output
+    as_json = runner.invoke(app, ["status", "--db", str(db), "--json"])
+    assert json.loads(as_json.output)["backlog"]["done"] == 2
+    out = tmp_path / "beats.csv"
+    assert runner.invoke(app, ["status", "--db", str(db), "--heartbeats", str(out)]).exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert rows[0]["note"] == "started" and rows[-1]["state"] == "stopping"
+    missing = runner.invoke(app, ["status", "--db", str(tmp_path / "none.db")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_status_sees_a_silent_daemon(watched_db, tmp_path):
+    import datetime as dt
+
+    db, _ = watched_db
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+        dst.execute("UPDATE heartbeats SET state = 'ok' WHERE id = (SELECT max(id) FROM heartbeats)")
+    status = collect_status(copy, now=later)
+    assert status["service"]["state"] == "silent"
+    assert any("no heartbeat for" in p for p in status["problems"])

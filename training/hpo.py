@@ -85,10 +85,24 @@ def suggest(trial: optuna.Trial, space: str, frontend: FrontendConfig, window_s:
     return model, optim, AugmentConfig(**aug)
 
 
+def _storage(storage_url: str, config: SearchConfig, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """The study's storage; workers started together on a new database race to create its
+    tables, and the losers simply connect again."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                storage_url, heartbeat_interval=config.heartbeat_s, grace_period=2 * config.heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt)
+
+
 def open_study(storage_url: str, name: str, config: SearchConfig) -> optuna.Study:
-    storage = optuna.storages.RDBStorage(
-        storage_url, heartbeat_interval=config.heartbeat_s, grace_period=2 * config.heartbeat_s,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+    storage = _storage(storage_url, config)
     return optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.startup_trials),

@@ -155,6 +155,7 @@ def listen(
     clip_pre_s: Annotated[float, typer.Option(help="Seconds of audio kept before a detection.")] = 2.0,
     clip_post_s: Annotated[float, typer.Option(help="Seconds of audio kept after a detection.")] = 2.0,
     clips_max_mb: Annotated[float, typer.Option(help="Clip directory budget in MB; further clips are skipped.")] = 500.0,
+    clips_min_free_mb: Annotated[float, typer.Option(help="Free space (MB) below which no clip is saved.")] = 1000.0,
     queue_s: Annotated[float, typer.Option(help="Seconds of audio queued for analysis before blocks are dropped.")] = 30.0,
     stall_s: Annotated[float, typer.Option(help="Seconds without audio before the stream is reopened.")] = 5.0,
     backoff_max_s: Annotated[float, typer.Option(help="Longest wait between attempts to reopen the device.")] = 60.0,
@@ -170,7 +171,8 @@ def listen(
         capture=CaptureConfig(device=device, sample_rate=sample_rate, channels=channels, queue_s=queue_s,
                               stall_s=stall_s, backoff_max_s=backoff_max_s),
         device_id=device_id, flush_s=flush_s, duration_s=duration_s,
-        clips=None if clips is None else ClipConfig(clips, clip_pre_s, clip_post_s, clips_max_mb))
+        clips=None if clips is None else ClipConfig(clips, clip_pre_s, clip_post_s, clips_max_mb,
+                                                    min_free_mb=clips_min_free_mb))
     try:
         listen_main(config, db, models, threads)
     except EdgemonError as exc:

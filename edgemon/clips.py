@@ -1,4 +1,5 @@
-"""Saving detections' audio: a ring of recent samples and FLAC clips within a size budget."""
+"""Saving detections' audio: a ring of recent samples and FLAC clips within a size budget and
+above a free-space watermark."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from edgemon.diskguard import DiskBudget, DiskGuard
 from edgemon.store import Detection
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ class ClipConfig:
     post_s: float = 2.0
     max_mb: float = 500.0        # once the directory's .flac files hold this much, clips are skipped
     max_clip_s: float = 60.0     # a longer event keeps its first max_clip_s (plus pre-roll)
+    min_free_mb: float = 1000.0  # below this much free space on the clips' disk, clips are skipped
 
 
 class _Ring:
@@ -61,9 +64,12 @@ class ClipSaver:
 
     RESCAN_S = 300.0
 
-    def __init__(self, config: ClipConfig, rate: int):
+    def __init__(self, config: ClipConfig, rate: int, guard: DiskGuard | None = None):
         self.config = config
         self.rate = rate
+        # The disk watermark: clips stop before the card fills; the database is never at risk.
+        self.guard = guard or DiskGuard([config.directory],
+                                        DiskBudget(min_free_mb=0.0, clips_min_free_mb=config.min_free_mb))
         config.directory.mkdir(parents=True, exist_ok=True)
         self.ring = _Ring(int((config.pre_s + config.max_clip_s + config.post_s + 5.0) * rate))
         self.pending: list[tuple[Detection, int, int]] = []
@@ -100,17 +106,21 @@ class ClipSaver:
             done.append((detection, self._write_one(detection, self.ring.read(start, end))))
         return done
 
+    def _skip(self, why: str) -> None:
+        self.skipped += 1
+        if self.skipped == 1 or self.skipped % 100 == 0:
+            log.warning("clips: %s; %d clip(s) skipped so far", why, self.skipped)
+        return None
+
     def _write_one(self, detection: Detection, audio: np.ndarray) -> Path | None:
         if time.monotonic() - self._measured_at > self.RESCAN_S:
             self._used, self._measured_at = self._measure(), time.monotonic()
         if not len(audio):
             return None
         if self._used + 2 * len(audio) > self.config.max_mb * 1e6:   # 16-bit PCM: FLAC is smaller
-            self.skipped += 1
-            if self.skipped == 1 or self.skipped % 100 == 0:
-                log.warning("clips: %s holds %.0f MB, the budget; %d clip(s) skipped so far",
-                            self.config.directory, self._used / 1e6, self.skipped)
-            return None
+            return self._skip(f"{self.config.directory} holds {self._used / 1e6:.0f} MB, the budget")
+        if not self.guard.may_save_clips():
+            return self._skip(f"{self.guard.free_mb:.0f} MB free, below {self.config.min_free_mb:g} MB")
         when = detection.start_utc
         stamp = when.strftime("%Y%m%dT%H%M%S") + f"{when.microsecond // 1000:03d}Z"
         path = self.config.directory / f"{stamp}_{detection.label}.flac"

@@ -137,7 +137,8 @@ class Settings:
                                   backoff_max_s=self["backoff_max_s"]),
             device_id=self["device_id"], flush_s=self["flush_s"], duration_s=duration_s,
             clips=None if clips is None else ClipConfig(clips, self["clip_pre_s"], self["clip_post_s"],
-                                                        self["clips_max_mb"]))
+                                                        self["clips_max_mb"],
+                                                        min_free_mb=self["clips_min_free_mb"]))
 
     def health_config(self):
         from edgemon.health import HealthConfig

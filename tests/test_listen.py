@@ -289,8 +289,19 @@ def test_audio_that_never_arrived_is_found_by_the_clock_and_counted(soundscape_a
     assert abs(rows[1][1] - (listener.host.wall(t0) + 2.0 + calls[1][1])) <= HOP_S
 
 
+def disk_with(free_mb):
+    """A DiskGuard over a pretend disk with ``free_mb`` free (the real one's free space varies)."""
+    from collections import namedtuple
+
+    from edgemon.diskguard import DiskBudget, DiskGuard
+
+    usage = namedtuple("usage", "total used free")
+    return DiskGuard(["."], DiskBudget(min_free_mb=0, clips_min_free_mb=1000, check_s=0),
+                     usage=lambda _: usage(0, 0, int(free_mb * 1024 * 1024)))
+
+
 def test_clips_stop_at_the_budget_and_are_counted(tmp_path):
-    saver = ClipSaver(ClipConfig(tmp_path, pre_s=0.5, post_s=0.5, max_mb=0.1), rate=16000)
+    saver = ClipSaver(ClipConfig(tmp_path, pre_s=0.5, post_s=0.5, max_mb=0.1), rate=16000, guard=disk_with(5000))
     noise = np.random.default_rng(0).uniform(-0.5, 0.5, 16000 * 3).astype(np.float32)   # FLAC cannot shrink it
     detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
                           "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
@@ -300,6 +311,20 @@ def test_clips_stop_at_the_budget_and_are_counted(tmp_path):
     assert first.name == "20260101T000000000Z_gibbon_duet.flac" and len(soundfile.read(first)[0]) == 32000
     saver.request(detection, 1.0, 2.0)
     assert saver.new_segment() == [(detection, None)] and saver.skipped == 1   # 2 x 64 kB > 100 kB
+
+
+def test_clips_stop_below_the_free_space_watermark_and_resume_above_it(tmp_path):
+    guard = disk_with(500)
+    saver = ClipSaver(ClipConfig(tmp_path, pre_s=0.0, post_s=0.0), rate=16000, guard=guard)
+    detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
+                          "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+    saver.request(detection, 0.0, 1.0)
+    assert saver.push(np.zeros(16000, np.float32)) == [(detection, None)] and saver.skipped == 1
+    assert list(tmp_path.glob("*.flac")) == []
+    guard._usage = disk_with(5000)._usage        # space freed
+    saver.request(detection, 1.0, 2.0)
+    [(_, clip)] = saver.push(np.zeros(16000, np.float32))
+    assert clip is not None and clip.is_file() and saver.saved == 1
 
 
 def test_coverage_ledger_splits_minutes_and_never_counts_twice():

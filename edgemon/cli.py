@@ -165,7 +165,8 @@ def listen(
 ):
     """Turn a live microphone into detections, with per-minute coverage, until stopped."""
     from edgemon.capture import CaptureConfig
-    from edgemon.listen import ClipConfig, ListenConfig, listen_main
+    from edgemon.clips import ClipConfig
+    from edgemon.listen import ListenConfig, listen_main
 
     config = ListenConfig(
         capture=CaptureConfig(device=device, sample_rate=sample_rate, channels=channels, queue_s=queue_s,

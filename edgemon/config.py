@@ -128,7 +128,8 @@ class Settings:
 
     def listen_config(self, duration_s: float | None = None):
         from edgemon.capture import CaptureConfig
-        from edgemon.listen import ClipConfig, ListenConfig
+        from edgemon.clips import ClipConfig
+        from edgemon.listener import ListenConfig
 
         clips = self["clips"]
         return ListenConfig(

@@ -28,7 +28,10 @@ from edgemon.capture import (AudioDeviceError, Backoff, BlockQueue, Capture, Cap
                              CaptureState, InputDevice)
 from edgemon.coverage import CoverageLedger
 from edgemon.export import export_coverage
-from edgemon.listen import ClipConfig, ClipSaver, HostClock, ListenConfig, Listener, StoreWriter
+from edgemon.clips import ClipConfig, ClipSaver
+from edgemon.hostclock import HostClock
+from edgemon.listener import ListenConfig, Listener
+from edgemon.writer import StoreWriter
 from edgemon.store import Detection, Store
 from tests.listen_helpers import PART_A, PART_B, VirtualAudio, pulseaudio_missing, soundscape
 from tests.watch_helpers import analyzer, query

@@ -84,12 +84,6 @@ class Ensemble:
     def labels(self) -> tuple[str, ...]:
         return self.bundle.labels
 
-    def member_outputs(self, logmel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``logmel`` float32 ``[B, frames, n_mels]`` -> probs ``[M, B, C]``, embeddings ``[M, B, d]``."""
-        feed = {"logmel": np.ascontiguousarray(logmel, dtype=np.float32)}
-        outputs = [s.run(["probs", "embedding"], feed) for s in self.sessions]
-        return np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs])
-
     def member_probs(self, logmel: np.ndarray) -> np.ndarray:
         """``logmel`` float32 ``[B, frames, n_mels]`` -> probabilities ``[M, B, C]``."""
         feed = {"logmel": np.ascontiguousarray(logmel, dtype=np.float32)}

@@ -51,8 +51,6 @@ class FrontendConfig:
         """Number of frames ``logmel`` returns for ``n_samples`` samples (centred frames)."""
         return 1 + n_samples // self.hop_length
 
-    def samples_for(self, seconds: float) -> int:
-        return int(round(seconds * self.sample_rate))
 
 
 def hz_to_mel(hz: np.ndarray) -> np.ndarray:

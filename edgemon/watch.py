@@ -103,6 +103,9 @@ class Watcher:
         self.stability = StabilityTracker(config.settle_s)
         self.waiting_since: dict[Path, float] = {}
         self.retry_at: dict[Path, float] = {}
+        # Files the ledger already holds as finished, by (size, mtime_ns): a rescan then costs a
+        # stat per file instead of a database lookup.
+        self.settled: dict[Path, tuple[int, int]] = {}
         self.processed = 0
         self.last_progress = time.monotonic()   # for a watchdog ping: a loop turn, a block, a stored file
         self.on_tick = on_tick          # heartbeats, disk budget (health.WatchMonitor.tick); False: hold work
@@ -211,14 +214,19 @@ class Watcher:
         except OSError as exc:
             log.warning("%s: cannot stat: %s", path, exc)
             return False
+        version = (st.st_size, st.st_mtime_ns)
+        if self.settled.get(path) == version:
+            return True
         source = self.source_of(path)
         if not stat.S_ISREG(st.st_mode):  # a FIFO or device named .wav would block a reader forever
             self.store.record_failure(source, path=str(path), size=0, mtime_ns=st.st_mtime_ns,
                                       error="not a regular file", max_attempts=1)
+            self.settled[path] = version
             return True
         entry = self.store.file_entry(source)
         same_file = entry is not None and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns
         if same_file and entry["state"] in ("done", "quarantined"):
+            self.settled[path] = version
             return True
         if time.monotonic() < self.retry_at.get(path, 0.0):
             return False
@@ -238,6 +246,8 @@ class Watcher:
         if entry is not None and entry["state"] == "failed":
             self.retry_at[path] = time.monotonic() + self.config.retry_s
             return False
+        if entry is not None:
+            self.settled[path] = (entry["size"], entry["mtime_ns"])
         self.retry_at.pop(path, None)
         return True
 

@@ -1,6 +1,7 @@
 """The one feature frontend, shared by training and the recorder.
 
-16 kHz mono float32 in [-1, 1] -> log-mel ``[frames, n_mels]``. Its parameters are a frozen
+16 kHz mono float32 in [-1, 1] -> model input ``[frames, n_mels]``: log-mel (the paper's) or
+per-channel energy normalisation (PCEN) of the same mel power. Its parameters are a frozen
 dataclass that every model carries (``FrontendConfig.to_dict``); the recorder rebuilds it with
 ``FrontendConfig.from_dict`` and refuses a model whose frontend it does not compute.
 """
@@ -14,12 +15,12 @@ import numpy as np
 
 from edgemon.errors import FrontendMismatchError
 
-KNOWN_KINDS = ("logmel",)
+KNOWN_KINDS = ("logmel", "pcen")
 
 
 @dataclasses.dataclass(frozen=True)
 class FrontendConfig:
-    """Log-mel parameters. Defaults are the paper's: n_fft 1024, hop 512, 128 bands at 16 kHz."""
+    """Frontend parameters. Defaults are the paper's log-mel: n_fft 1024, hop 512, 128 bands at 16 kHz."""
 
     kind: str = "logmel"
     sample_rate: int = 16000
@@ -31,6 +32,17 @@ class FrontendConfig:
     # Periodic Hann window, centred frames with zero padding, power spectrum, Slaney mel scale
     # and area-normalised filters: the same as librosa's defaults, so it can be checked against it.
     log_floor: float = 1e-6  # natural log of (mel power + floor); keeps silence finite
+    # PCEN (kind "pcen") of E = (mel power + log_floor) * pcen_input_scale, as librosa.pcen:
+    # M_t = (1 - b) M_{t-1} + b E_t with b from the time constant, started at M = E_0 so a
+    # stream needs no warm-up; out = (E / (eps + M)^gain + bias)^power - bias^power.
+    # The smoother follows each band's own noise floor, so a recorder's level and its stationary
+    # hum or insect chorus cancel out. The scale is librosa's advice for audio in [-1, 1].
+    pcen_time_constant: float = 0.4
+    pcen_gain: float = 0.98
+    pcen_bias: float = 2.0
+    pcen_power: float = 0.5
+    pcen_eps: float = 1e-6
+    pcen_input_scale: float = 2.0 ** 31
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -46,6 +58,12 @@ class FrontendConfig:
         if kind not in KNOWN_KINDS:
             raise FrontendMismatchError(f"unknown frontend kind {kind!r} (this edgemon computes {KNOWN_KINDS})")
         return cls(**data)
+
+    @property
+    def pcen_b(self) -> float:
+        """The smoother's coefficient, as librosa derives it from the time constant."""
+        t_frames = self.pcen_time_constant * self.sample_rate / self.hop_length
+        return float((np.sqrt(1 + 4 * t_frames ** 2) - 1) / (2 * t_frames ** 2))
 
     def frames_for(self, n_samples: int) -> int:
         """Number of frames ``logmel`` returns for ``n_samples`` samples (centred frames)."""
@@ -119,7 +137,7 @@ def mel_power(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) ->
 
 
 def log_mel(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
-    """The model input: ``ln(mel power + log_floor)``, float32 ``[frames, n_mels]``.
+    """``ln(mel power + log_floor)``, float32 ``[frames, n_mels]``; the paper's model input.
 
     ``samples`` is mono float32 in [-1, 1] at ``config.sample_rate``; frames are centred, so
     ``n`` samples give ``1 + n // hop_length`` frames (one frame at 512-sample hop is 32 ms).
@@ -127,17 +145,55 @@ def log_mel(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> n
     return np.log(mel_power(samples, config) + np.float32(config.log_floor))
 
 
-class StreamingLogMel:
-    """``log_mel`` over a stream of sample blocks, frame for frame identical to the one-shot call.
+def pcen(energy: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None = None
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """PCEN of ``energy`` = mel power + log_floor ``[frames, n_mels]``, continuing from ``smooth``.
+
+    Returns float32 features and the smoother's last row, to pass to the next block of a stream.
+    """
+    e = np.asarray(energy, np.float64) * config.pcen_input_scale
+    out = np.empty(e.shape, np.float32)
+    if len(e) == 0:
+        return out, smooth
+    b = config.pcen_b
+    m = e[0].copy() if smooth is None else smooth.copy()
+    ms = np.empty_like(e)
+    for t in range(len(e)):  # a first-order IIR along time; every band at once
+        m += b * (e[t] - m)
+        ms[t] = m
+    gain = np.exp(-config.pcen_gain * (np.log(config.pcen_eps) + np.log1p(ms / config.pcen_eps)))
+    bias, power = config.pcen_bias, config.pcen_power
+    out[:] = bias ** power * np.expm1(power * np.log1p(e * gain / bias))
+    return out, m
+
+
+def features_from_log_mel(x: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """The model input from a log-mel made with the same config (training augments log-mel)."""
+    if config.kind == "logmel":
+        return x
+    return pcen(np.exp(np.asarray(x, np.float64)), config)[0]
+
+
+def features(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
+    """The model input of ``samples``, whichever kind ``config`` names."""
+    if config.kind == "logmel":
+        return log_mel(samples, config)
+    return pcen(mel_power(samples, config).astype(np.float64) + config.log_floor, config)[0]
+
+
+class StreamingFrontend:
+    """``features`` over a stream of sample blocks, frame for frame identical to the one-shot call.
 
     ``push(block)`` returns the frames whose whole FFT support has arrived; ``finish()`` pads the
-    end with zeros as the one-shot call does and returns the rest. Holds under ``n_fft`` samples.
+    end with zeros as the one-shot call does and returns the rest. Holds under ``n_fft`` samples
+    (and, for PCEN, the smoother's last row).
     """
 
     def __init__(self, config: FrontendConfig = FrontendConfig()):
         self.config = config
         self._pending = np.zeros(config.n_fft // 2, np.float32)  # the leading centre padding
         self._samples_in = 0
+        self._smooth: np.ndarray | None = None
         self.frames_out = 0
 
     def _frames(self, samples: np.ndarray) -> np.ndarray:
@@ -145,7 +201,11 @@ class StreamingLogMel:
         power = _frame_power(samples, c)
         self._pending = samples[len(power) * c.hop_length:].copy()
         self.frames_out += len(power)
-        return np.log(power @ mel_filterbank(c) + np.float32(c.log_floor))
+        mel = power @ mel_filterbank(c)
+        if c.kind == "logmel":
+            return np.log(mel + np.float32(c.log_floor))
+        out, self._smooth = pcen(mel.astype(np.float64) + c.log_floor, c, self._smooth)
+        return out
 
     def push(self, block: np.ndarray) -> np.ndarray:
         """Mono float32 samples at ``config.sample_rate`` -> new frames ``[k, n_mels]``."""
@@ -154,7 +214,7 @@ class StreamingLogMel:
         return self._frames(np.concatenate([self._pending, block]))
 
     def finish(self) -> np.ndarray:
-        """The remaining frames: ``1 + samples // hop`` in all, as ``log_mel`` gives."""
+        """The remaining frames: ``1 + samples // hop`` in all, as ``features`` gives."""
         c = self.config
         total = c.frames_for(self._samples_in)
         missing = total - self.frames_out

@@ -20,7 +20,7 @@ from edgemon import audio
 from edgemon.bundle import Bundle
 from edgemon.ensemble import Ensemble, majority_vote
 from edgemon.events import apply_thresholds
-from edgemon.frontend import StreamingLogMel
+from edgemon.frontend import StreamingFrontend
 from edgemon.segmenter import WindowSpec
 
 
@@ -157,7 +157,7 @@ class AnalysisStream:
 
     def __init__(self, analyzer: Analyzer, eager: bool = False, keep_votes: bool = False):
         self.analyzer = analyzer
-        self.frontend = StreamingLogMel(analyzer.bundle.frontend)
+        self.frontend = StreamingFrontend(analyzer.bundle.frontend)
         self.windows = WindowStream(analyzer.spec)
         self.eager = eager
         self.samples = 0

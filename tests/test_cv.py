@@ -35,3 +35,69 @@ def test_cross_validate_scores_baseline_and_network_on_the_same_folds(tiny_datas
     assert summary["recipes"]["baseline"]["uar_mean"] > 0.6   # tones vs noise, across recorders
     assert json.loads((tmp_path / "cv.json").read_text())["k"] == 2
     assert (tmp_path / "cv_confusion_net.png").is_file()
+
+
+def test_averaged_pcen_recipe_keeps_fold_models_thresholds_and_bundles(tiny_dataset, tmp_path):
+    """Fold models of an averaged recipe become a bundle whose thresholds hold the background rate."""
+    from edgemon.bundle import load_bundle
+    from edgemon.frontend import FrontendConfig
+    from training.bundling import bundle_cv
+    from training.runs import score_bundle
+
+    pcen = FrontendConfig(kind="pcen")
+    train_split = load_split(tiny_dataset, "train", frontend=pcen)
+    data = merge(train_split, load_split(tiny_dataset, "devel", train_split.labels, pcen))
+    assert data.mel is not None and data.features[0].shape == data.mel[0].shape
+    net = Recipe("avg", ModelConfig(hidden=8, layers=1),
+                 OptimConfig(epochs=4, lr=0.003, lr_decay=1.0, gamma=0.0, batch_size=8, average_last=2),
+                 AugmentConfig(p_mix=0.5, gain_db=6.0, p_fm=0.1, p_tm=0.1, p_r=0.5), pcen)
+    summary = cross_validate([net], data, k=2, out=tmp_path / "cv", window_s=0.5, hop_s=0.25,
+                             max_false_rate=0.1)
+    r = summary["recipes"]["avg"]
+    assert r["epoch"] is None and r["averaged_last"] == 2 and r["frontend"] == "pcen"
+    assert r["members"] == ["fold0.onnx", "fold1.onnx"]
+    assert r["windows_at_thresholds"]["background_false_rate"] <= 0.1
+    assert r["windows_at_thresholds"]["background_false_rate"] <= r["windows_untuned"]["background_false_rate"]
+    assert set(r["thresholds"]) == set(data.labels)
+
+    bundle = load_bundle(bundle_cv(tmp_path / "cv", "avg", tmp_path / "bundle")["bundle"])
+    assert len(bundle.members) == 2 and bundle.frontend == pcen and bundle.thresholds == r["thresholds"]
+    _recorder_computes_what_training_saw(bundle, tiny_dataset / "audio" / "call_high_train_5.flac")
+    scored = score_bundle(tmp_path / "bundle", tiny_dataset, "test")
+    assert 0 <= scored["at_thresholds"]["uar"] <= 1 and scored["clips"] > 0
+    assert scored["at_thresholds"]["background_false_rate"] <= scored["untuned"]["background_false_rate"]
+
+
+def test_bundle_cv_refuses_a_recipe_without_fold_models(tiny_dataset, tmp_path):
+    import pytest
+
+    from training.bundling import bundle_cv
+    from training.errors import DataError
+
+    data = merge(load_split(tiny_dataset, "train"), load_split(tiny_dataset, "devel"))
+    cross_validate([Recipe("baseline")], data, k=2, out=tmp_path)
+    with pytest.raises(DataError, match="no fold models"):
+        bundle_cv(tmp_path, "baseline", tmp_path / "b")
+
+
+def _recorder_computes_what_training_saw(bundle, clip):
+    """The recorder's streaming frontend (PCEN state carried across blocks) gives the same window
+    votes as the one-shot features training scores with."""
+    import soundfile
+
+    from edgemon.ensemble import Ensemble
+    from edgemon.events import apply_thresholds
+    from edgemon.frontend import features
+    from edgemon.pipeline import Analyzer
+    from edgemon.segmenter import WindowSpec, cut_windows
+
+    x = soundfile.read(clip, dtype="float32")[0]
+    analysis = Analyzer(bundle).analyse_blocks(x[i:i + 700] for i in range(0, len(x), 700))
+    spec = WindowSpec.from_seconds(bundle.window_s, bundle.hop_s, bundle.frontend)
+    windows, starts = cut_windows(features(x, bundle.frontend), spec)
+    votes = Ensemble(bundle).vote(windows)
+    expected = dict(zip(starts.tolist(), apply_thresholds(votes.winner, votes.confidence, bundle.labels,
+                                                          bundle.thresholds, 0).tolist()))
+    streamed = {v.start_frame: v.label for v in analysis.windows}
+    assert len(streamed) >= 3 and all(expected[s] == label for s, label in streamed.items() if s in expected)
+    assert len(set(streamed) & set(expected)) >= 3

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 
 from edgemon.errors import FrontendMismatchError
-from edgemon.frontend import FrontendConfig, log_mel, mel_filterbank, mel_power
+from edgemon.frontend import (FrontendConfig, StreamingFrontend, features, features_from_log_mel, log_mel,
+                              mel_filterbank, mel_power)
 
 librosa = pytest.importorskip("librosa")
 
 CONFIG = FrontendConfig()
+PCEN = FrontendConfig(kind="pcen")
 
 
 def test_filterbank_matches_librosa():
@@ -43,18 +45,55 @@ def test_silence_is_finite():
 
 def test_config_round_trip_and_refusals():
     assert FrontendConfig.from_dict(CONFIG.to_dict()) == CONFIG
-    with pytest.raises(FrontendMismatchError, match="pcen"):
-        FrontendConfig.from_dict({**CONFIG.to_dict(), "kind": "pcen"})
+    with pytest.raises(FrontendMismatchError, match="cqt"):
+        FrontendConfig.from_dict({**CONFIG.to_dict(), "kind": "cqt"})
+    old_manifest = {k: v for k, v in CONFIG.to_dict().items() if not k.startswith("pcen")}
+    assert FrontendConfig.from_dict(old_manifest) == CONFIG  # bundles from before PCEN still load
     with pytest.raises(FrontendMismatchError, match="unknown frontend parameters"):
         FrontendConfig.from_dict({**CONFIG.to_dict(), "dither": 1})
 
 
 @pytest.mark.parametrize("n_samples, block", [(n, b) for n in (1, 511, 513, 5000, 48017) for b in (1, 7, 512, 4096)
                                                if not (b == 1 and n > 5000)])  # 48k one-sample pushes: slow
-def test_streaming_frontend_equals_one_shot(n_samples, block):
-    from edgemon.frontend import StreamingLogMel
-
+@pytest.mark.parametrize("config", [CONFIG, PCEN], ids=["logmel", "pcen"])
+def test_streaming_frontend_equals_one_shot(n_samples, block, config):
     x = (0.1 * np.random.default_rng(n_samples).standard_normal(n_samples)).astype(np.float32)
-    stream = StreamingLogMel(CONFIG)
+    stream = StreamingFrontend(config)
     frames = [stream.push(x[i:i + block]) for i in range(0, n_samples, block)] + [stream.finish()]
-    np.testing.assert_allclose(np.concatenate(frames), log_mel(x, CONFIG), atol=1e-4)
+    np.testing.assert_allclose(np.concatenate(frames), features(x, config), atol=1e-4)
+
+
+def _chirps(seconds: float = 6.0, level: float = 0.1) -> np.ndarray:
+    """Pink-ish noise with a 2 kHz tone burst each second: a stationary floor plus calls."""
+    rng = np.random.default_rng(3)
+    t = np.arange(int(seconds * 16000)) / 16000
+    noise = np.cumsum(rng.standard_normal(len(t))) * 1e-3
+    noise -= np.convolve(noise, np.ones(400) / 400, mode="same")
+    tone = np.sin(2 * np.pi * 2000 * t) * ((t % 1.0) < 0.2)
+    return (level * (noise / noise.std() * 0.2 + tone)).astype(np.float32)
+
+
+def test_pcen_matches_librosa():
+    y = _chirps()
+    energy = mel_power(y, PCEN).astype(np.float64) + PCEN.log_floor
+    scaled = (energy * PCEN.pcen_input_scale).T
+    ref = librosa.pcen(scaled, sr=16000, hop_length=512, gain=0.98, bias=2.0, power=0.5,
+                       time_constant=0.4, eps=1e-6, zi=(1 - PCEN.pcen_b) * scaled[:, :1]).T
+    ours = features(y, PCEN)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * ref.max())
+    np.testing.assert_allclose(features_from_log_mel(log_mel(y, PCEN), PCEN), ours, rtol=1e-3, atol=1e-3)
+
+
+def test_pcen_cancels_level_and_stationary_floor():
+    # 20 dB louder: log-mel moves by ln(100) everywhere, PCEN hardly moves (gain 0.98 of the floor).
+    quiet, loud = _chirps(level=0.01), _chirps(level=0.1)
+    shift = np.abs(log_mel(loud) - log_mel(quiet)).mean()
+    pcen_shift = np.abs(features(loud, PCEN) - features(quiet, PCEN)).mean()
+    assert shift > 4.0 and pcen_shift < 0.2 * features(loud, PCEN).std()
+    # The tone stands out of its band far more than the stationary noise does.
+    out = features(loud, PCEN)
+    band = np.abs(librosa.mel_frequencies(n_mels=130, fmin=0, fmax=8000)[1:-1] - 2000).argmin()
+    frames = np.arange(len(out)) * 512 / 16000
+    calling = (frames % 1.0) < 0.2
+    assert out[calling, band].mean() > 5 * out[~calling, band].mean()

@@ -128,3 +128,27 @@ def test_tiny_silent_and_stereo_clips_train(tiny_dataset, tmp_path):
     assert len(split.features[0]) == 1 and np.isfinite(split.features[1]).all()
     result = runner.invoke(app, ["fit", "--data", str(data), "--out", str(tmp_path / "r"), *TINY_FIT])
     assert result.exit_code == 0, result.output
+
+
+def test_checkpoint_averaging_returns_the_mean_of_the_last_epochs(tiny_dataset, monkeypatch):
+    import torch
+
+    import training.train as train_module
+
+    train_split = load_split(tiny_dataset, "train")
+    devel = load_split(tiny_dataset, "devel", train_split.labels)
+    states = []
+    original = train_module._accumulate
+
+    def spy(total, model):  # remember each averaged epoch's weights
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return original(total, model)
+
+    monkeypatch.setattr(train_module, "_accumulate", spy)
+    optim = OptimConfig(epochs=3, batch_size=8, lr=0.01, seed=1, average_last=2)
+    averaged = train(ModelConfig(hidden=8, layers=1, n_classes=3), optim, AugmentConfig(), train_split, devel,
+                     progress=False)
+    assert len(states) == 2  # epochs 2 and 3
+    for name, value in averaged.model.state_dict().items():
+        torch.testing.assert_close(value, (states[0][name] + states[1][name]) / 2)
+    assert averaged.best_epoch == 3  # nothing chosen on devel

@@ -9,6 +9,7 @@ is additive for independent sources, so no audio has to be decoded again.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -75,8 +76,13 @@ def mask(x: np.ndarray, p_fm: float, p_tm: float, rng: np.random.Generator) -> n
 
 
 def augment(x: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
-            backgrounds: list[np.ndarray] | None = None) -> np.ndarray:
-    """One training view of a clip's log-mel ``[frames, n_mels]``; returns a new float32 array."""
+            backgrounds: list[np.ndarray] | None = None,
+            to_input: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """One training view of a clip's log-mel ``[frames, n_mels]``; returns a new float32 array.
+
+    ``to_input`` turns the augmented log-mel into the model input (PCEN) before the masks, which
+    hide parts of what the model sees.
+    """
     x = random_crop(x, config.crop_frames, rng)
     if config.time_shift and len(x) > 1:
         x = np.roll(x, rng.integers(1, len(x)), axis=0)
@@ -85,6 +91,8 @@ def augment(x: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
         x = mix_background(x, bg, rng.uniform(*config.snr_db), config.log_floor, rng)
     if config.gain_db > 0:
         x = apply_gain(x, rng.uniform(-config.gain_db, config.gain_db), config.log_floor)
+    if to_input is not None:
+        x = to_input(x)
     if (config.p_fm > 0 or config.p_tm > 0) and rng.random() < config.p_r:
         x = mask(x, config.p_fm, config.p_tm, rng)
     return np.ascontiguousarray(x, dtype=np.float32)

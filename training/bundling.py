@@ -35,3 +35,34 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False) -> dict:
                               test_uars=test, precision="int8" if int8 else "fp32",
                               extra={"source_runs": [r.name for r in runs]})
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members)}
+
+
+def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False) -> dict:
+    """A bundle of one averaged recipe's fold models (an ensemble selected by grouped CV), with
+    the thresholds chosen on their held-out windows."""
+    from edgemon.bundle import write_bundle
+
+    summary_path = Path(cv_dir) / "cv.json"
+    if not summary_path.is_file():
+        raise DataError(f"{cv_dir}: no cv.json (run edgemon-train cv first)")
+    result = json.loads(summary_path.read_text())["recipes"].get(recipe)
+    if result is None or "members" not in result:
+        raise DataError(f"{summary_path}: recipe {recipe!r} has no fold models "
+                        "(only recipes with --average-last keep them)")
+    with tempfile.TemporaryDirectory() as tmp:
+        members = []
+        for i, name in enumerate(result["members"]):
+            model = Path(cv_dir) / recipe / name
+            if not model.is_file():
+                raise DataError(f"{model}: fold model missing")
+            members.append(quantize_int8(model, Path(tmp) / f"{i}.onnx") if int8 else model)
+        bundle = write_bundle(out, members, result["labels"],
+                              frontend=FrontendConfig.from_dict(result["frontend_config"]),
+                              window_s=result["window_s"], hop_s=result["hop_s"],
+                              devel_uars=result["fold_uar"], thresholds=result["thresholds"],
+                              precision="int8" if int8 else "fp32",
+                              extra={"selected_by": f"grouped cross-validation, recipe {recipe}",
+                                     "cv_uar_mean": result["uar_mean"], "cv_uar_std": result["uar_std"],
+                                     "max_false_rate": result["max_false_rate"]})
+    return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
+            "thresholds": bundle.thresholds}

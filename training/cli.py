@@ -23,6 +23,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 DataOpt = Annotated[Path, typer.Option("--data", help="ComParE-style data directory (audio/, lab/).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run directory to write.")]
 
+FrontendOpt = Annotated[str, typer.Option("--frontend", help="Model input: logmel (the paper's) or pcen.")]
+
+
+def _frontend(kind: str) -> FrontendConfig:
+    try:
+        return FrontendConfig.from_dict({"kind": kind})
+    except EdgemonError as exc:
+        typer.echo(f"error: --frontend: {exc}", err=True)
+        raise typer.Exit(1)
+
+
 # Field-augmentation preset (off in the paper's recipe): crops of the deployment window, time
 # shift, background mixing at 0-20 dB SNR on half the clips, +-6 dB gain.
 FIELD = {"time_shift": True, "p_mix": 0.5, "snr_db": (0.0, 20.0), "gain_db": 6.0}
@@ -63,18 +74,21 @@ def fit(
     window_s: Annotated[float, typer.Option(help="Deployment window length written into the bundle.")] = 4.0,
     hop_s: Annotated[float, typer.Option(help="Deployment window hop written into the bundle.")] = 2.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
+    frontend_kind: FrontendOpt = "logmel",
+    average_last: Annotated[int, typer.Option(help="Keep the mean weights of the last N epochs instead of the best devel epoch (0: off).")] = 0,
 ):
     """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
     from training.runs import fit_run
 
-    frontend = FrontendConfig()
+    frontend = _frontend(frontend_kind)
     crop = crop_s if crop_s is not None else (window_s if field else 0.0)
     aug = AugmentConfig(p_fm=p_fm, p_tm=p_tm, p_r=p_r, log_floor=frontend.log_floor,
                         crop_frames=int(round(crop * frontend.sample_rate / frontend.hop_length)),
                         **(FIELD if field else {}))
     _run(fit_run, data, out, ModelConfig(hidden=hidden, layers=layers, dropout=dropout, tau=tau),
          OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
-                     gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=device),
+                     gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=device,
+                     average_last=average_last),
          aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet)
 
 
@@ -177,18 +191,22 @@ def cv(
     folds: Annotated[int, typer.Option(help="Folds, grouped by recorder.")] = 5,
     epochs: Annotated[int, typer.Option(help="Epochs per fold for network recipes.")] = 30,
     seed: Annotated[int, typer.Option(help="Fold and training seed.")] = 0,
+    frontend_kind: FrontendOpt = "logmel",
+    average_last: Annotated[int, typer.Option(help="Network recipes: average the weights of the last N epochs instead of choosing an epoch; keeps the fold models and chooses thresholds.")] = 0,
+    max_false_rate: Annotated[float, typer.Option(help="With --average-last: share of background windows the thresholds may let through as calls.")] = 0.01,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import Recipe, cross_validate, merge
     from training.runs import Splits
 
-    frontend = FrontendConfig()
+    frontend = _frontend(frontend_kind)
     window = int(round(4.0 * frontend.sample_rate / frontend.hop_length))
+    optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last)
+    suffix = ("" if frontend.kind == "logmel" else f"-{frontend.kind}") + (f"-avg{average_last}" if average_last else "")
     known = {
         "baseline": Recipe("baseline"),
-        "paper": Recipe("paper", ModelConfig(), OptimConfig(epochs=epochs, seed=seed), AugmentConfig()),
-        "field": Recipe("field", ModelConfig(), OptimConfig(epochs=epochs, seed=seed),
-                        AugmentConfig(crop_frames=window, **FIELD)),
+        "paper": Recipe("paper" + suffix, ModelConfig(), optim, AugmentConfig(), frontend),
+        "field": Recipe("field" + suffix, ModelConfig(), optim, AugmentConfig(crop_frames=window, **FIELD), frontend),
     }
     unknown = [r for r in recipe if r not in known]
     if unknown:
@@ -196,12 +214,41 @@ def cv(
         raise typer.Exit(1)
 
     def run():
-        splits = Splits.load(data)
-        summary = cross_validate([known[r] for r in recipe], merge(splits.train, splits.devel), folds, out, seed)
-        return {name: {k: r[k] for k in ("uar_mean", "uar_std", "epoch", "recall")}
-                for name, r in summary["recipes"].items()}
+        def load(config: FrontendConfig):
+            splits = Splits.load(data, config)
+            return merge(splits.train, splits.devel)
+
+        summary = cross_validate([known[r] for r in recipe], load(FrontendConfig()), folds, out, seed,
+                                 load=load, max_false_rate=max_false_rate)
+        keys = ("uar_mean", "uar_std", "epoch", "recall", "thresholds", "windows_at_thresholds")
+        return {name: {k: r[k] for k in keys if k in r} for name, r in summary["recipes"].items()}
 
     _run(run)
+
+
+@app.command("bundle-cv")
+def bundle_cv_command(
+    cv_dir: Annotated[Path, typer.Argument(help="A cv run directory.")],
+    recipe: Annotated[str, typer.Option(help="The recipe whose fold models form the ensemble (as named in cv.json).")],
+    out: OutOpt = Path("runs/cv-bundle"),
+    int8: Annotated[bool, typer.Option("--int8", help="Quantise members to int8.")] = False,
+):
+    """Bundle the fold models of an averaged cv recipe, with its thresholds: an ensemble chosen by grouped CV."""
+    from training.bundling import bundle_cv
+
+    _run(bundle_cv, cv_dir, recipe, out, int8)
+
+
+@app.command()
+def score(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory.")],
+    data: DataOpt = DEFAULT_DATA_DIR,
+    split: Annotated[str, typer.Option(help="Which list to score: train, devel or test.")] = "test",
+):
+    """Score a bundle as the recorder runs it: windows, vote, thresholds, one label per clip."""
+    from training.runs import score_bundle
+
+    _run(score_bundle, bundle, data, split)
 
 
 def main() -> None:

@@ -3,7 +3,11 @@
 No recorder is in both training and validation, so the score says how a recipe does on a recorder
 it never heard; folds are stratified by class as far as the groups allow. For network recipes the
 epoch is chosen once per recipe, where the mean validation UAR over folds peaks, and every fold is
-scored at that epoch (the pooled confusion matrix too). Test is not touched.
+scored at that epoch (the pooled confusion matrix too). A recipe that averages its last epochs'
+weights (``OptimConfig.average_last``) chooses nothing on the folds: each fold's averaged model is
+scored, exported (``<out>/<recipe>/foldN.onnx``) and run over its validation clips in the
+recorder's windows, and those held-out windows choose the per-class thresholds. The fold models
+are then an ensemble selected by grouped CV (``training.bundling.bundle_cv``). Test is not touched.
 """
 
 from __future__ import annotations
@@ -15,27 +19,47 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from edgemon.events import apply_thresholds, clip_label
+from edgemon.frontend import FrontendConfig
+from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline
 from training.augment import AugmentConfig
-from training.data import Split
+from training.data import BACKGROUND, Split
 from training.evaluate import confusion, per_class_recall, plot_confusion, uar
-from training.model import ModelConfig
-from training.train import OptimConfig, train
+from training.export import export_onnx
+from training.model import ModelConfig, PrimateBiLSTM
+from training.thresholds import choose_thresholds, false_detection_rate
+from training.train import OptimConfig, predict, train
+
+DEFAULT_MAX_FALSE_RATE = 0.01  # of background windows (4 s, 2 s hop) stored as a call
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """A way to train: the baseline, or a network with its three configs."""
+    """A way to train: the baseline, or a network with its three configs and its frontend."""
 
     name: str
     model: ModelConfig | None = None
     optim: OptimConfig | None = None
     augment: AugmentConfig | None = None
+    frontend: FrontendConfig = FrontendConfig()
+
+    @property
+    def averaged(self) -> bool:
+        return self.optim is not None and self.optim.average_last > 0
+
+
+@dataclasses.dataclass
+class FoldResult:
+    per_epoch: list[np.ndarray]            # validation predictions after each epoch (one for the baseline)
+    model: PrimateBiLSTM | None = None     # the averaged model, for averaged recipes
+    final: np.ndarray | None = None        # its validation predictions
 
 
 def merge(a: Split, b: Split) -> Split:
+    mel = None if a.mel is None or b.mel is None else a.mel + b.mel
     return Split(f"{a.name}+{b.name}", a.clips + b.clips, a.features + b.features,
-                 np.concatenate([a.targets, b.targets]), a.labels)
+                 np.concatenate([a.targets, b.targets]), a.labels, mel, a.frontend)
 
 
 def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -48,43 +72,118 @@ def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray,
     return list(folder.split(np.zeros(len(split)), split.targets, groups))
 
 
-def run_fold(recipe: Recipe, train_split: Split, val: Split) -> list[np.ndarray]:
-    """Validation predictions: one array for the baseline, one per epoch for a network."""
+def run_fold(recipe: Recipe, train_split: Split, val: Split) -> FoldResult:
+    """Train on one fold; validation predictions per epoch (and of the averaged model)."""
     if recipe.model is None:  # C chosen on an inner split grouped by recorder, never on ``val``
         inner_train, inner_val = grouped_folds(train_split, 3)[0]
         chosen = baseline.fit_baseline(train_split.subset(inner_train), train_split.subset(inner_val)).c
         final = baseline.fit_baseline(train_split, train_split, c_grid=(chosen,))
-        return [baseline.predict(final, val)]
+        return FoldResult([baseline.predict(final, val)])
     predictions: list[np.ndarray] = []
     model = dataclasses.replace(recipe.model, n_classes=len(train_split.labels))
-    train(model, recipe.optim, recipe.augment, train_split, val, progress=False, log_epochs=False,
-          on_epoch=lambda epoch, record: predictions.append(record["predictions"]))
-    return predictions
+    result = train(model, recipe.optim, recipe.augment, train_split, val, progress=False, log_epochs=False,
+                   on_epoch=lambda epoch, record: predictions.append(record["predictions"]))
+    if not recipe.averaged:
+        return FoldResult(predictions)
+    probs, _ = predict(result.model, val.features)
+    return FoldResult(predictions, result.model, probs.argmax(1))
 
 
-def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: int = 0) -> dict:
-    """Score every recipe on the same grouped folds; write ``cv.json`` and pooled confusions."""
+def held_out_windows(model: PrimateBiLSTM, val: Split, spec: WindowSpec) -> dict[str, np.ndarray]:
+    """The model's vote on each recorder window of each validation clip: clip index, winner, confidence."""
+    clip, winner, confidence = [], [], []
+    for i, features in enumerate(val.features):
+        windows, _ = cut_windows(features, spec)
+        probs, _ = predict(model, list(windows))
+        clip.append(np.full(len(probs), i))
+        winner.append(probs.argmax(1))
+        confidence.append(probs.max(1))
+    return {"clip": np.concatenate(clip), "winner": np.concatenate(winner),
+            "confidence": np.concatenate(confidence).astype(np.float32)}
+
+
+def field_scores(windows: dict[str, np.ndarray], targets: np.ndarray, labels: tuple[str, ...],
+                 thresholds: dict[str, float]) -> dict:
+    """What the recorder would store at ``thresholds``: clip UAR from the windows (one label per
+    clip) and the share of background windows stored as a call."""
+    background = labels.index(BACKGROUND)
+    winner = apply_thresholds(windows["winner"], windows["confidence"], labels, thresholds, background)
+    per_clip = np.array([clip_label(winner[windows["clip"] == i], windows["confidence"][windows["clip"] == i],
+                                    background) for i in range(len(targets))])
+    is_background = targets[windows["clip"]] == background
+    rate = false_detection_rate(windows["winner"], windows["confidence"], is_background, labels,
+                                background, thresholds)
+    return {"uar": uar(targets, per_clip, len(labels)),
+            "recall": dict(zip(labels, map(float, per_class_recall(confusion(targets, per_clip, len(labels)))))),
+            "background_false_rate": rate, "background_windows": int(is_background.sum())}
+
+
+def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: int = 0,
+                   load=None, window_s: float = 4.0, hop_s: float = 2.0,
+                   max_false_rate: float = DEFAULT_MAX_FALSE_RATE) -> dict:
+    """Score every recipe on the same grouped folds; write ``cv.json`` and pooled confusions.
+
+    ``load(frontend)`` gives ``data`` computed by another frontend, for recipes that need one.
+    """
     out.mkdir(parents=True, exist_ok=True)
     folds = grouped_folds(data, k, seed)
     n_classes = len(data.labels)
+    inputs = {data.frontend: data}
     results = {}
     for recipe in recipes:
-        per_fold = [run_fold(recipe, data.subset(tr), data.subset(va)) for tr, va in folds]
-        epochs = min(len(p) for p in per_fold)
-        curve = [np.mean([uar(data.targets[va], p[e], n_classes) for (_, va), p in zip(folds, per_fold)])
+        if recipe.frontend not in inputs:
+            inputs[recipe.frontend] = load(recipe.frontend)
+        split = inputs[recipe.frontend]
+        per_fold = [run_fold(recipe, split.subset(tr), split.subset(va)) for tr, va in folds]
+        epochs = min(len(f.per_epoch) for f in per_fold)
+        curve = [np.mean([uar(data.targets[va], f.per_epoch[e], n_classes) for (_, va), f in zip(folds, per_fold)])
                  for e in range(epochs)]
         chosen = int(np.argmax(curve))
-        scores = [uar(data.targets[va], p[chosen], n_classes) for (_, va), p in zip(folds, per_fold)]
-        pooled = sum(confusion(data.targets[va], p[chosen], n_classes) for (_, va), p in zip(folds, per_fold))
+        scored = [f.final if recipe.averaged else f.per_epoch[chosen] for f in per_fold]
+        scores = [uar(data.targets[va], p, n_classes) for (_, va), p in zip(folds, scored)]
+        pooled = sum(confusion(data.targets[va], p, n_classes) for (_, va), p in zip(folds, scored))
         plot_confusion(pooled, data.labels, out / f"cv_confusion_{recipe.name}.png",
                        f"{recipe.name}: grouped CV, pooled")
         results[recipe.name] = {
             "uar_mean": float(np.mean(scores)), "uar_std": float(np.std(scores)), "fold_uar": scores,
-            "epoch": chosen + 1 if recipe.model is not None else None,
+            "epoch": None if recipe.model is None or recipe.averaged else chosen + 1,
+            "averaged_last": recipe.optim.average_last if recipe.averaged else None,
+            "frontend": recipe.frontend.kind,
             "recall": dict(zip(data.labels, map(float, per_class_recall(pooled)))),
             "confusion": pooled.tolist(), "mean_curve": [float(c) for c in curve]}
+        if recipe.averaged:
+            results[recipe.name].update(_keep_fold_models(
+                recipe, split, folds, per_fold, out / recipe.name, window_s, hop_s, max_false_rate))
     folds_info = [{"validation_recorders": sorted({data.clips[i].recorder for i in va}), "n": int(len(va))}
                   for _, va in folds]
     summary = {"k": k, "seed": seed, "folds": folds_info, "recipes": results}
     (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _keep_fold_models(recipe: Recipe, split: Split, folds, per_fold: list[FoldResult], out: Path,
+                      window_s: float, hop_s: float, max_false_rate: float) -> dict:
+    """Export the fold models; choose thresholds on their held-out windows; score them there."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec = WindowSpec.from_seconds(window_s, hop_s, split.frontend)
+    windows = {"clip": [], "winner": [], "confidence": []}
+    members = []
+    for n, ((_, va), fold) in enumerate(zip(folds, per_fold)):
+        path = export_onnx(fold.model, out / f"fold{n}.onnx", split.labels, split.frontend,
+                           {"selected_by": "grouped cross-validation", "recipe": recipe.name,
+                            "validation_uar": uar(split.targets[va], fold.final, len(split.labels))})
+        members.append(path.name)
+        held = held_out_windows(fold.model, split.subset(va), spec)
+        windows["clip"].append(va[held["clip"]])
+        windows["winner"].append(held["winner"])
+        windows["confidence"].append(held["confidence"])
+    windows = {k: np.concatenate(v) for k, v in windows.items()}
+    np.savez(out / "held_out_windows.npz", **windows)
+    background = split.labels.index(BACKGROUND)
+    is_background = split.targets[windows["clip"]] == background
+    thresholds = choose_thresholds(windows["winner"], windows["confidence"], is_background, split.labels,
+                                   background, max_false_rate)
+    return {"members": members, "window_s": window_s, "hop_s": hop_s, "frontend_config": split.frontend.to_dict(),
+            "labels": list(split.labels), "max_false_rate": max_false_rate, "thresholds": thresholds,
+            "windows_untuned": field_scores(windows, split.targets, split.labels, {}),
+            "windows_at_thresholds": field_scores(windows, split.targets, split.labels, thresholds)}

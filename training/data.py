@@ -15,7 +15,7 @@ import numpy as np
 
 from edgemon import audio
 from edgemon.errors import AudioError
-from edgemon.frontend import FrontendConfig, log_mel
+from edgemon.frontend import FrontendConfig, features, log_mel
 from training.errors import DataError
 
 DEFAULT_DATA_DIR = Path("../shared/data/borneo")
@@ -31,13 +31,25 @@ class Clip:
 
 @dataclasses.dataclass
 class Split:
-    """One split's clips with their log-mel features ``[frames, n_mels]`` and label indices."""
+    """One split's clips with their model inputs ``[frames, n_mels]`` and label indices.
+
+    With a frontend other than log-mel (PCEN), ``mel`` keeps each clip's log-mel too: training
+    augments in the mel domain (mixing and gain are sums and products of mel power) and then
+    computes the model input, as the recorder would have.
+    """
 
     name: str
     clips: list[Clip]
     features: list[np.ndarray]
     targets: np.ndarray  # int64 [n]
     labels: tuple[str, ...]
+    mel: list[np.ndarray] | None = None
+    frontend: FrontendConfig = FrontendConfig()
+
+    @property
+    def augmentable(self) -> list[np.ndarray]:
+        """What augmentations work on: the log-mel."""
+        return self.features if self.mel is None else self.mel
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -48,7 +60,8 @@ class Split:
     def subset(self, indices) -> "Split":
         indices = list(indices)
         return Split(self.name, [self.clips[i] for i in indices], [self.features[i] for i in indices],
-                     self.targets[indices], self.labels)
+                     self.targets[indices], self.labels,
+                     None if self.mel is None else [self.mel[i] for i in indices], self.frontend)
 
 
 def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
@@ -72,13 +85,18 @@ def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
     return clips
 
 
-def clip_features(clip: Clip, frontend: FrontendConfig) -> np.ndarray:
-    """Decode (any rate, any channel count) and compute the log-mel; errors name the clip."""
+def clip_features(clip: Clip, frontend: FrontendConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode (any rate, any channel count); the model input, and the log-mel when that differs.
+
+    Errors name the clip.
+    """
     try:
         samples = audio.load(clip.path, frontend.sample_rate)
     except AudioError as exc:
         raise DataError(str(exc)) from exc
-    return log_mel(samples, frontend)
+    if frontend.kind == "logmel":
+        return log_mel(samples, frontend), None
+    return features(samples, frontend), log_mel(samples, frontend)
 
 
 def load_split(data_dir: Path, name: str, labels: tuple[str, ...] | None = None,
@@ -98,9 +116,11 @@ def load_split(data_dir: Path, name: str, labels: tuple[str, ...] | None = None,
         if clip.label not in index:
             raise DataError(f"{clip.path.name}: label {clip.label!r} is not one of {list(labels)}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        features = list(pool.map(lambda c: clip_features(c, frontend), clips))
+        computed = list(pool.map(lambda c: clip_features(c, frontend), clips))
     targets = np.array([index[c.label] for c in clips], dtype=np.int64)
-    return Split(name, clips, features, targets, tuple(labels))
+    inputs = [f for f, _ in computed]
+    mel = None if frontend.kind == "logmel" else [m for _, m in computed]
+    return Split(name, clips, inputs, targets, tuple(labels), mel, frontend)
 
 
 def data_identity(data_dir: Path) -> dict:

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgemon.bundle import Bundle, write_bundle
+from edgemon.bundle import Bundle, load_bundle, write_bundle
 from edgemon.ensemble import Ensemble
 from edgemon.events import clip_label
 from edgemon.frontend import FrontendConfig
 from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline as baseline_mod
 from training.augment import AugmentConfig
+from training.cv import field_scores
 from training.data import BACKGROUND, Split, data_identity, load_split
 from training.evaluate import metrics, write_report
 from training.export import export_onnx
@@ -63,6 +64,28 @@ def windowed_metrics(bundle: Bundle, split: Split) -> dict:
         votes = ensemble.vote(windows)
         predictions.append(clip_label(votes.winner, votes.confidence, background))
     return metrics(split.targets, np.array(predictions), split.labels)
+
+
+def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> dict:
+    """A bundle scored as the recorder runs it, on one split: its windows, the ensemble's vote,
+    the bundle's thresholds, one label per clip; plus the share of background windows stored as
+    a call. Scores without thresholds too, to show what they cost."""
+    bundle = load_bundle(bundle_dir)
+    split = load_split(data_dir, split_name, tuple(bundle.labels), bundle.frontend)
+    ensemble = Ensemble(bundle)
+    spec = WindowSpec.from_seconds(bundle.window_s, bundle.hop_s, bundle.frontend)
+    clip, winner, confidence = [], [], []
+    for i, features in enumerate(split.features):
+        votes = ensemble.vote(cut_windows(features, spec)[0])
+        clip.append(np.full(len(votes.winner), i))
+        winner.append(votes.winner)
+        confidence.append(votes.confidence)
+    windows = {"clip": np.concatenate(clip), "winner": np.concatenate(winner),
+               "confidence": np.concatenate(confidence)}
+    return {"bundle_id": bundle.bundle_id, "split": split_name, "clips": len(split),
+            "thresholds": bundle.thresholds,
+            "at_thresholds": field_scores(windows, split.targets, split.labels, bundle.thresholds),
+            "untuned": field_scores(windows, split.targets, split.labels, {})}
 
 
 def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: OptimConfig,

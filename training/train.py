@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from edgemon.frontend import features_from_log_mel
 from training.augment import AugmentConfig, augment
 from training.data import BACKGROUND, Split
 from training.evaluate import uar
@@ -36,6 +38,7 @@ class OptimConfig:
     gamma: float = 3.0             # focal-loss focusing parameter
     epochs: int = 300
     patience: int = 0              # stop after this many epochs without a better devel UAR; 0: never
+    average_last: int = 0          # >0: return the mean weights of the last N epochs, not the best
     seed: int = 0
     device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", …
 
@@ -97,10 +100,15 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
     model = PrimateBiLSTM(model_config).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=optim.lr_decay)
+    source = train_split.augmentable
+    to_input = None
+    if train_split.mel is not None:
+        to_input = functools.partial(features_from_log_mel, config=train_split.frontend)
     backgrounds = None
     if aug.needs_background:
         bg = train_split.labels.index(BACKGROUND)
-        backgrounds = [f for f, t in zip(train_split.features, train_split.targets) if t == bg]
+        backgrounds = [f for f, t in zip(source, train_split.targets) if t == bg]
+    averaged: dict[str, torch.Tensor] | None = None
 
     best = (-1.0, 0, None)
     history: list[dict] = []
@@ -117,7 +125,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
         losses = []
         for start in range(0, len(order), optim.batch_size):
             idx = order[start:start + optim.batch_size]
-            x, lengths = pad_batch([augment(train_split.features[i], aug, rng, backgrounds) for i in idx])
+            x, lengths = pad_batch([augment(source[i], aug, rng, backgrounds, to_input) for i in idx])
             targets = torch.from_numpy(train_split.targets[idx]).to(device)
             logits, _ = model(x.to(device), lengths.to(device))
             loss = focal_loss(logits, targets, optim.gamma)
@@ -126,6 +134,8 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             optimiser.step()
             losses.append(loss.item())
         schedule.step()
+        if optim.average_last and epoch > optim.epochs - optim.average_last:
+            averaged = _accumulate(averaged, model)
         train_seconds = time.perf_counter() - started
         probs, _ = predict(model, devel_split.features, device)
         devel_uar = uar(devel_split.targets, probs.argmax(1), len(devel_split.labels))
@@ -147,6 +157,21 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
         if optim.patience and epoch - best[1] >= optim.patience:
             break
     model = model.cpu()
+    if averaged is not None:  # no epoch is chosen on devel: the mean of the last epochs' weights
+        count = averaged.pop("__count__")
+        model.load_state_dict({k: (v / count).float() for k, v in averaged.items()})
+        probs, _ = predict(model, devel_split.features)
+        return TrainResult(model=model.eval(), best_epoch=epoch,
+                           best_uar=uar(devel_split.targets, probs.argmax(1), len(devel_split.labels)),
+                           history=history)
     model.load_state_dict(best[2])
     model.eval()
     return TrainResult(model=model, best_epoch=best[1], best_uar=best[0], history=history)
+
+
+def _accumulate(total: dict | None, model: torch.nn.Module) -> dict:
+    """Add the model's weights to a running sum, counted in ``__count__`` (checkpoint averaging)."""
+    state = {k: v.detach().cpu().double() for k, v in model.state_dict().items()}
+    if total is None:
+        return {**state, "__count__": 1}
+    return {**{k: total[k] + state[k] for k in state}, "__count__": total["__count__"] + 1}

@@ -60,7 +60,7 @@ def test_missing_member_and_missing_manifest(bundle_dir, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"frontend": {**FrontendConfig().to_dict(), "kind": "pcen"}}, "unknown frontend kind"),
+    ({"frontend": {**FrontendConfig().to_dict(), "kind": "cqt"}}, "unknown frontend kind"),
     ({"format_version": 99}, "not an edgemon-bundle v1"),
     ({"voting": "borda"}, "unknown voting rule"),
     ({"hop_s": 0}, "hop_s"),

@@ -118,6 +118,22 @@ def field_scores(windows: dict[str, np.ndarray], targets: np.ndarray, labels: tu
             "background_false_rate": rate, "background_windows": int(is_background.sum())}
 
 
+def threshold_tradeoff(windows: dict[str, np.ndarray], targets: np.ndarray, labels: tuple[str, ...],
+                       rates=(0.01, 0.02, 0.05, 0.1, 0.2)) -> list[dict]:
+    """Clip UAR and background false rate at thresholds chosen for each allowed rate: the price of
+    field precision, to choose ``--max-false-rate`` with."""
+    background = labels.index(BACKGROUND)
+    is_background = targets[windows["clip"]] == background
+    rows = []
+    for rate in rates:
+        thresholds = choose_thresholds(windows["winner"], windows["confidence"], is_background, labels,
+                                       background, rate)
+        scores = field_scores(windows, targets, labels, thresholds)
+        rows.append({"max_false_rate": rate, "uar": scores["uar"],
+                     "background_false_rate": scores["background_false_rate"]})
+    return rows
+
+
 def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: int = 0,
                    load=None, window_s: float = 4.0, hop_s: float = 2.0,
                    max_false_rate: float = DEFAULT_MAX_FALSE_RATE) -> dict:
@@ -183,7 +199,7 @@ def _keep_fold_models(recipe: Recipe, split: Split, folds, per_fold: list[FoldRe
     is_background = split.targets[windows["clip"]] == background
     thresholds = choose_thresholds(windows["winner"], windows["confidence"], is_background, split.labels,
                                    background, max_false_rate)
-    return {"members": members, "window_s": window_s, "hop_s": hop_s, "frontend_config": split.frontend.to_dict(),
+    return {"tradeoff": threshold_tradeoff(windows, split.targets, split.labels),"members": members, "window_s": window_s, "hop_s": hop_s, "frontend_config": split.frontend.to_dict(),
             "labels": list(split.labels), "max_false_rate": max_false_rate, "thresholds": thresholds,
             "windows_untuned": field_scores(windows, split.targets, split.labels, {}),
             "windows_at_thresholds": field_scores(windows, split.targets, split.labels, thresholds)}

@@ -62,6 +62,8 @@ def test_averaged_pcen_recipe_keeps_fold_models_thresholds_and_bundles(tiny_data
 
     bundle = load_bundle(bundle_cv(tmp_path / "cv", "avg", tmp_path / "bundle")["bundle"])
     assert len(bundle.members) == 2 and bundle.frontend == pcen and bundle.thresholds == r["thresholds"]
+    looser = bundle_cv(tmp_path / "cv", "avg", tmp_path / "looser", max_false_rate=0.5)["thresholds"]
+    assert all(looser[k] <= r["thresholds"][k] for k in looser) and looser != r["thresholds"]
     _recorder_computes_what_training_saw(bundle, tiny_dataset / "audio" / "call_high_train_5.flac")
     scored = score_bundle(tmp_path / "bundle", tiny_dataset, "test")
     assert 0 <= scored["at_thresholds"]["uar"] <= 1 and scored["clips"] > 0

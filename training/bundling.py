@@ -37,10 +37,15 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False) -> dict:
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members)}
 
 
-def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False) -> dict:
+def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
+              max_false_rate: float | None = None) -> dict:
     """A bundle of one averaged recipe's fold models (an ensemble selected by grouped CV), with
-    the thresholds chosen on their held-out windows."""
+    the thresholds chosen on their held-out windows (again, for ``max_false_rate`` when given)."""
+    import numpy as np
+
     from edgemon.bundle import write_bundle
+    from training.data import BACKGROUND
+    from training.thresholds import choose_thresholds
 
     summary_path = Path(cv_dir) / "cv.json"
     if not summary_path.is_file():
@@ -49,6 +54,13 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False) -> dict:
     if result is None or "members" not in result:
         raise DataError(f"{summary_path}: recipe {recipe!r} has no fold models "
                         "(only recipes with --average-last keep them)")
+    thresholds = result["thresholds"]
+    if max_false_rate is not None:
+        windows = np.load(Path(cv_dir) / recipe / "held_out_windows.npz")
+        labels = tuple(result["labels"])
+        background = labels.index(BACKGROUND)
+        thresholds = choose_thresholds(windows["winner"], windows["confidence"], windows["target"] == background,
+                                       labels, background, max_false_rate)
     with tempfile.TemporaryDirectory() as tmp:
         members = []
         for i, name in enumerate(result["members"]):
@@ -59,10 +71,10 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False) -> dict:
         bundle = write_bundle(out, members, result["labels"],
                               frontend=FrontendConfig.from_dict(result["frontend_config"]),
                               window_s=result["window_s"], hop_s=result["hop_s"],
-                              devel_uars=result["fold_uar"], thresholds=result["thresholds"],
+                              devel_uars=result["fold_uar"], thresholds=thresholds,
                               precision="int8" if int8 else "fp32",
                               extra={"selected_by": f"grouped cross-validation, recipe {recipe}",
                                      "cv_uar_mean": result["uar_mean"], "cv_uar_std": result["uar_std"],
-                                     "max_false_rate": result["max_false_rate"]})
+                                     "max_false_rate": max_false_rate or result["max_false_rate"]})
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
             "thresholds": bundle.thresholds}

@@ -232,11 +232,12 @@ def bundle_cv_command(
     recipe: Annotated[str, typer.Option(help="The recipe whose fold models form the ensemble (as named in cv.json).")],
     out: OutOpt = Path("runs/cv-bundle"),
     int8: Annotated[bool, typer.Option("--int8", help="Quantise members to int8.")] = False,
+    max_false_rate: Annotated[Optional[float], typer.Option(help="Choose the thresholds again for this share of background windows (default: as cv chose them).")] = None,
 ):
     """Bundle the fold models of an averaged cv recipe, with its thresholds: an ensemble chosen by grouped CV."""
     from training.bundling import bundle_cv
 
-    _run(bundle_cv, cv_dir, recipe, out, int8)
+    _run(bundle_cv, cv_dir, recipe, out, int8, max_false_rate)
 
 
 @app.command()

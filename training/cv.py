@@ -194,7 +194,7 @@ def _keep_fold_models(recipe: Recipe, split: Split, folds, per_fold: list[FoldRe
         windows["winner"].append(held["winner"])
         windows["confidence"].append(held["confidence"])
     windows = {k: np.concatenate(v) for k, v in windows.items()}
-    np.savez(out / "held_out_windows.npz", **windows)
+    np.savez(out / "held_out_windows.npz", target=split.targets[windows["clip"]], **windows)
     background = split.labels.index(BACKGROUND)
     is_background = split.targets[windows["clip"]] == background
     thresholds = choose_thresholds(windows["winner"], windows["confidence"], is_background, split.labels,

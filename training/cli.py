@@ -191,6 +191,8 @@ def cv(
     folds: Annotated[int, typer.Option(help="Folds, grouped by recorder.")] = 5,
     epochs: Annotated[int, typer.Option(help="Epochs per fold for network recipes.")] = 30,
     seed: Annotated[int, typer.Option(help="Fold and training seed.")] = 0,
+    hidden: Annotated[int, typer.Option(help="Network recipes: LSTM hidden size (h).")] = 256,
+    layers: Annotated[int, typer.Option(help="Network recipes: LSTM layers (l).")] = 2,
     frontend_kind: FrontendOpt = "logmel",
     average_last: Annotated[int, typer.Option(help="Network recipes: average the weights of the last N epochs instead of choosing an epoch; keeps the fold models and chooses thresholds.")] = 0,
     max_false_rate: Annotated[float, typer.Option(help="With --average-last: share of background windows the thresholds may let through as calls.")] = 0.01,
@@ -202,11 +204,14 @@ def cv(
     frontend = _frontend(frontend_kind)
     window = int(round(4.0 * frontend.sample_rate / frontend.hop_length))
     optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last)
+    model = ModelConfig(hidden=hidden, layers=layers)
     suffix = ("" if frontend.kind == "logmel" else f"-{frontend.kind}") + (f"-avg{average_last}" if average_last else "")
+    if (hidden, layers) != (256, 2):
+        suffix += f"-h{hidden}l{layers}"
     known = {
         "baseline": Recipe("baseline"),
-        "paper": Recipe("paper" + suffix, ModelConfig(), optim, AugmentConfig(), frontend),
-        "field": Recipe("field" + suffix, ModelConfig(), optim, AugmentConfig(crop_frames=window, **FIELD), frontend),
+        "paper": Recipe("paper" + suffix, model, optim, AugmentConfig(), frontend),
+        "field": Recipe("field" + suffix, model, optim, AugmentConfig(crop_frames=window, **FIELD), frontend),
     }
     unknown = [r for r in recipe if r not in known]
     if unknown:

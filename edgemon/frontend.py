@@ -1,7 +1,8 @@
 """The one feature frontend, shared by training and the recorder.
 
-16 kHz mono float32 in [-1, 1] -> model input ``[frames, n_mels]``: log-mel (the paper's) or
-per-channel energy normalisation (PCEN) of the same mel power. Its parameters are a frozen
+16 kHz mono float32 in [-1, 1] -> model input ``[frames, n_features]``: log-mel (the paper's),
+per-channel energy normalisation (PCEN) of the same mel power, or both side by side
+(``logmel_pcen``, ``2 * n_mels`` features). Its parameters are a frozen
 dataclass that every model carries (``FrontendConfig.to_dict``); the recorder rebuilds it with
 ``FrontendConfig.from_dict`` and refuses a model whose frontend it does not compute.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from edgemon.errors import FrontendMismatchError
 
-KNOWN_KINDS = ("logmel", "pcen")
+KNOWN_KINDS = ("logmel", "pcen", "logmel_pcen")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,11 @@ class FrontendConfig:
         if kind not in KNOWN_KINDS:
             raise FrontendMismatchError(f"unknown frontend kind {kind!r} (this edgemon computes {KNOWN_KINDS})")
         return cls(**data)
+
+    @property
+    def n_features(self) -> int:
+        """Width of one frame of model input."""
+        return 2 * self.n_mels if self.kind == "logmel_pcen" else self.n_mels
 
     @property
     def pcen_b(self) -> float:
@@ -167,18 +173,28 @@ def pcen(energy: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None =
     return out, m
 
 
+def _from_mel(mel: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model input from mel power (float32), continuing a PCEN stream from ``smooth``."""
+    if config.kind == "logmel":
+        return np.log(mel + np.float32(config.log_floor)), None
+    normalised, smooth = pcen(mel.astype(np.float64) + config.log_floor, config, smooth)
+    if config.kind == "pcen":
+        return normalised, smooth
+    return np.concatenate([np.log(mel + np.float32(config.log_floor)), normalised], axis=1), smooth
+
+
 def features_from_log_mel(x: np.ndarray, config: FrontendConfig) -> np.ndarray:
     """The model input from a log-mel made with the same config (training augments log-mel)."""
     if config.kind == "logmel":
         return x
-    return pcen(np.exp(np.asarray(x, np.float64)), config)[0]
+    normalised = pcen(np.exp(np.asarray(x, np.float64)), config)[0]
+    return normalised if config.kind == "pcen" else np.concatenate([x, normalised], axis=1)
 
 
 def features(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
     """The model input of ``samples``, whichever kind ``config`` names."""
-    if config.kind == "logmel":
-        return log_mel(samples, config)
-    return pcen(mel_power(samples, config).astype(np.float64) + config.log_floor, config)[0]
+    return _from_mel(mel_power(samples, config), config)[0]
 
 
 class StreamingFrontend:
@@ -201,10 +217,7 @@ class StreamingFrontend:
         power = _frame_power(samples, c)
         self._pending = samples[len(power) * c.hop_length:].copy()
         self.frames_out += len(power)
-        mel = power @ mel_filterbank(c)
-        if c.kind == "logmel":
-            return np.log(mel + np.float32(c.log_floor))
-        out, self._smooth = pcen(mel.astype(np.float64) + c.log_floor, c, self._smooth)
+        out, self._smooth = _from_mel(power @ mel_filterbank(c), c, self._smooth)
         return out
 
     def push(self, block: np.ndarray) -> np.ndarray:
@@ -219,7 +232,7 @@ class StreamingFrontend:
         total = c.frames_for(self._samples_in)
         missing = total - self.frames_out
         if missing <= 0:
-            return np.zeros((0, c.n_mels), np.float32)
+            return np.zeros((0, c.n_features), np.float32)
         needed = (missing - 1) * c.hop_length + c.n_fft
         tail = np.pad(self._pending, (0, max(0, needed - len(self._pending))))
         return self._frames(tail)[:missing]

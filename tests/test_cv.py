@@ -44,17 +44,17 @@ def test_averaged_pcen_recipe_keeps_fold_models_thresholds_and_bundles(tiny_data
     from training.bundling import bundle_cv
     from training.runs import score_bundle
 
-    pcen = FrontendConfig(kind="pcen")
+    pcen = FrontendConfig(kind="logmel_pcen")  # PCEN, and log-mel beside it: both code paths
     train_split = load_split(tiny_dataset, "train", frontend=pcen)
     data = merge(train_split, load_split(tiny_dataset, "devel", train_split.labels, pcen))
-    assert data.mel is not None and data.features[0].shape == data.mel[0].shape
+    assert data.mel is not None and data.features[0].shape == (len(data.mel[0]), 256)
     net = Recipe("avg", ModelConfig(hidden=8, layers=1),
                  OptimConfig(epochs=4, lr=0.003, lr_decay=1.0, gamma=0.0, batch_size=8, average_last=2),
                  AugmentConfig(p_mix=0.5, gain_db=6.0, p_fm=0.1, p_tm=0.1, p_r=0.5), pcen)
     summary = cross_validate([net], data, k=2, out=tmp_path / "cv", window_s=0.5, hop_s=0.25,
                              max_false_rate=0.1)
     r = summary["recipes"]["avg"]
-    assert r["epoch"] is None and r["averaged_last"] == 2 and r["frontend"] == "pcen"
+    assert r["epoch"] is None and r["averaged_last"] == 2 and r["frontend"] == "logmel_pcen"
     assert r["members"] == ["fold0.onnx", "fold1.onnx"]
     assert r["windows_at_thresholds"]["background_false_rate"] <= 0.1
     assert r["windows_at_thresholds"]["background_false_rate"] <= r["windows_untuned"]["background_false_rate"]

@@ -11,6 +11,7 @@ librosa = pytest.importorskip("librosa")
 
 CONFIG = FrontendConfig()
 PCEN = FrontendConfig(kind="pcen")
+BOTH = FrontendConfig(kind="logmel_pcen")
 
 
 def test_filterbank_matches_librosa():
@@ -55,7 +56,7 @@ def test_config_round_trip_and_refusals():
 
 @pytest.mark.parametrize("n_samples, block", [(n, b) for n in (1, 511, 513, 5000, 48017) for b in (1, 7, 512, 4096)
                                                if not (b == 1 and n > 5000)])  # 48k one-sample pushes: slow
-@pytest.mark.parametrize("config", [CONFIG, PCEN], ids=["logmel", "pcen"])
+@pytest.mark.parametrize("config", [CONFIG, PCEN, BOTH], ids=["logmel", "pcen", "both"])
 def test_streaming_frontend_equals_one_shot(n_samples, block, config):
     x = (0.1 * np.random.default_rng(n_samples).standard_normal(n_samples)).astype(np.float32)
     stream = StreamingFrontend(config)
@@ -97,3 +98,12 @@ def test_pcen_cancels_level_and_stationary_floor():
     frames = np.arange(len(out)) * 512 / 16000
     calling = (frames % 1.0) < 0.2
     assert out[calling, band].mean() > 5 * out[~calling, band].mean()
+
+
+def test_logmel_pcen_is_both_side_by_side():
+    y = _chirps()
+    both = features(y, BOTH)
+    assert BOTH.n_features == both.shape[1] == 256 and CONFIG.n_features == 128
+    np.testing.assert_allclose(both[:, :128], log_mel(y, CONFIG), atol=1e-5)
+    np.testing.assert_allclose(both[:, 128:], features(y, PCEN), atol=1e-5)
+    np.testing.assert_allclose(features_from_log_mel(log_mel(y), BOTH), both, rtol=1e-3, atol=1e-3)

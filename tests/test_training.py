@@ -67,6 +67,17 @@ def test_masks_cover_the_requested_share_and_at_least_one_frame():
     assert ((masked == fill).all(axis=1)).sum() >= 1  # ...and at least one whole frame
 
 
+def test_grouped_masks_hide_the_same_band_in_each_view():
+    x = np.concatenate([np.full((20, 128), -5.0), np.full((20, 128), 3.0)], axis=1).astype(np.float32)
+    x[:, :128] += np.arange(128) * 0.01  # distinct values, so the fill is each view's minimum
+    x[:, 128:] += np.arange(128) * 0.01
+    masked = mask(x, p_fm=0.1, p_tm=0.0, rng=np.random.default_rng(1), groups=2)
+    low = (masked[:, :128] != x[:, :128]).all(axis=0)
+    high = (masked[:, 128:] != x[:, 128:]).all(axis=0)
+    assert 12 <= low.sum() <= 13 and (low == high).all()  # 10 % of 128 bins (one may hold the minimum)
+    assert masked[:, :128].min() == x[:, :128].min() and masked[:, 128:].min() == x[:, 128:].min()
+
+
 def test_mixing_hits_the_snr_and_gain_is_exact():
     rng = np.random.default_rng(0)
     floor = 1e-6

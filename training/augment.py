@@ -59,19 +59,27 @@ def apply_gain(x: np.ndarray, gain_db: float, floor: float) -> np.ndarray:
     return np.log(power + floor).astype(np.float32)
 
 
-def mask(x: np.ndarray, p_fm: float, p_tm: float, rng: np.random.Generator) -> np.ndarray:
-    """Zero-out (to the clip's minimum) a band of ``p_fm`` of the bins and ``p_tm`` of the frames."""
+def mask(x: np.ndarray, p_fm: float, p_tm: float, rng: np.random.Generator, groups: int = 1) -> np.ndarray:
+    """Zero-out (to the minimum) a band of ``p_fm`` of the bins and ``p_tm`` of the frames.
+
+    ``groups`` > 1: the features are that many views of the same mel bands side by side (log-mel
+    and PCEN); the same band is masked in each, each filled with its own minimum.
+    """
     x = x.copy()
-    fill = x.min()
-    frames, bins = x.shape
+    frames, width = x.shape
+    bins = width // groups
+    views = [x[:, g * bins:(g + 1) * bins] for g in range(groups)]  # views: writes land in x
+    fills = [v.min() for v in views]
     if p_fm > 0:
-        width = max(1, int(round(p_fm * bins)))
-        start = rng.integers(0, bins - width + 1)
-        x[:, start:start + width] = fill
+        band = max(1, int(round(p_fm * bins)))
+        start = rng.integers(0, bins - band + 1)
+        for view, fill in zip(views, fills):
+            view[:, start:start + band] = fill
     if p_tm > 0:
-        width = min(frames, max(1, int(round(p_tm * frames))))
-        start = rng.integers(0, frames - width + 1)
-        x[start:start + width, :] = fill
+        length = min(frames, max(1, int(round(p_tm * frames))))
+        start = rng.integers(0, frames - length + 1)
+        for view, fill in zip(views, fills):
+            view[start:start + length, :] = fill
     return x
 
 
@@ -91,8 +99,11 @@ def augment(x: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
         x = mix_background(x, bg, rng.uniform(*config.snr_db), config.log_floor, rng)
     if config.gain_db > 0:
         x = apply_gain(x, rng.uniform(-config.gain_db, config.gain_db), config.log_floor)
+    groups = 1
     if to_input is not None:
+        mel_bins = x.shape[1]
         x = to_input(x)
+        groups = x.shape[1] // mel_bins
     if (config.p_fm > 0 or config.p_tm > 0) and rng.random() < config.p_r:
-        x = mask(x, config.p_fm, config.p_tm, rng)
+        x = mask(x, config.p_fm, config.p_tm, rng, groups)
     return np.ascontiguousarray(x, dtype=np.float32)

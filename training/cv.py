@@ -80,7 +80,8 @@ def run_fold(recipe: Recipe, train_split: Split, val: Split) -> FoldResult:
         final = baseline.fit_baseline(train_split, train_split, c_grid=(chosen,))
         return FoldResult([baseline.predict(final, val)])
     predictions: list[np.ndarray] = []
-    model = dataclasses.replace(recipe.model, n_classes=len(train_split.labels))
+    model = dataclasses.replace(recipe.model, n_classes=len(train_split.labels),
+                                n_mels=train_split.frontend.n_features)
     result = train(model, recipe.optim, recipe.augment, train_split, val, progress=False, log_epochs=False,
                    on_epoch=lambda epoch, record: predictions.append(record["predictions"]))
     if not recipe.averaged:

@@ -120,7 +120,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         model, optim, aug = suggest(trial, self.config.space, self.frontend, self.config.window_s)
-        model = dataclasses.replace(model, n_classes=len(self.train_split.labels), n_mels=self.frontend.n_mels)
+        model = dataclasses.replace(model, n_classes=len(self.train_split.labels), n_mels=self.frontend.n_features)
         optim = OptimConfig(**optim, epochs=self.config.max_epochs, seed=trial.number, device=self.config.device)
 
         def report(epoch: int, record: dict) -> None:

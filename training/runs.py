@@ -95,7 +95,7 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = Splits.load(data_dir, frontend)
     model_config = dataclasses.replace(model_config, n_classes=len(splits.train.labels),
-                                       n_mels=frontend.n_mels)
+                                       n_mels=frontend.n_features)
     config = {"model": dataclasses.asdict(model_config), "optim": dataclasses.asdict(optim),
               "augment": dataclasses.asdict(aug), "frontend": frontend.to_dict(),
               "window_s": window_s, "hop_s": hop_s, "labels": splits.train.labels,

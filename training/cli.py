@@ -195,7 +195,7 @@ def cv(
     layers: Annotated[int, typer.Option(help="Network recipes: LSTM layers (l).")] = 2,
     frontend_kind: FrontendOpt = "logmel",
     average_last: Annotated[int, typer.Option(help="Network recipes: average the weights of the last N epochs instead of choosing an epoch; keeps the fold models and chooses thresholds.")] = 0,
-    max_false_rate: Annotated[float, typer.Option(help="With --average-last: share of background windows the thresholds may let through as calls.")] = 0.01,
+    max_false_rate: Annotated[float, typer.Option(help="With --average-last: share of background windows the thresholds may let through as calls.")] = 0.1,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import Recipe, cross_validate, merge

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from edgemon.events import apply_thresholds, clip_label
 from edgemon.frontend import FrontendConfig
 from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline
@@ -28,10 +27,10 @@ from training.data import BACKGROUND, Split
 from training.evaluate import confusion, per_class_recall, plot_confusion, uar
 from training.export import export_onnx
 from training.model import ModelConfig, PrimateBiLSTM
-from training.thresholds import choose_thresholds, false_detection_rate
+from training.thresholds import choose_thresholds, field_scores, threshold_tradeoff
 from training.train import OptimConfig, predict, train
 
-DEFAULT_MAX_FALSE_RATE = 0.01  # of background windows (4 s, 2 s hop) stored as a call
+DEFAULT_MAX_FALSE_RATE = 0.1  # of background windows (4 s, 2 s hop) stored as a call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,38 +100,6 @@ def held_out_windows(model: PrimateBiLSTM, val: Split, spec: WindowSpec) -> dict
         confidence.append(probs.max(1))
     return {"clip": np.concatenate(clip), "winner": np.concatenate(winner),
             "confidence": np.concatenate(confidence).astype(np.float32)}
-
-
-def field_scores(windows: dict[str, np.ndarray], targets: np.ndarray, labels: tuple[str, ...],
-                 thresholds: dict[str, float]) -> dict:
-    """What the recorder would store at ``thresholds``: clip UAR from the windows (one label per
-    clip) and the share of background windows stored as a call."""
-    background = labels.index(BACKGROUND)
-    winner = apply_thresholds(windows["winner"], windows["confidence"], labels, thresholds, background)
-    per_clip = np.array([clip_label(winner[windows["clip"] == i], windows["confidence"][windows["clip"] == i],
-                                    background) for i in range(len(targets))])
-    is_background = targets[windows["clip"]] == background
-    rate = false_detection_rate(windows["winner"], windows["confidence"], is_background, labels,
-                                background, thresholds)
-    return {"uar": uar(targets, per_clip, len(labels)),
-            "recall": dict(zip(labels, map(float, per_class_recall(confusion(targets, per_clip, len(labels)))))),
-            "background_false_rate": rate, "background_windows": int(is_background.sum())}
-
-
-def threshold_tradeoff(windows: dict[str, np.ndarray], targets: np.ndarray, labels: tuple[str, ...],
-                       rates=(0.01, 0.02, 0.05, 0.1, 0.2)) -> list[dict]:
-    """Clip UAR and background false rate at thresholds chosen for each allowed rate: the price of
-    field precision, to choose ``--max-false-rate`` with."""
-    background = labels.index(BACKGROUND)
-    is_background = targets[windows["clip"]] == background
-    rows = []
-    for rate in rates:
-        thresholds = choose_thresholds(windows["winner"], windows["confidence"], is_background, labels,
-                                       background, rate)
-        scores = field_scores(windows, targets, labels, thresholds)
-        rows.append({"max_false_rate": rate, "uar": scores["uar"],
-                     "background_false_rate": scores["background_false_rate"]})
-    return rows
 
 
 def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: int = 0,

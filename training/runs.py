@@ -23,11 +23,11 @@ from edgemon.frontend import FrontendConfig
 from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline as baseline_mod
 from training.augment import AugmentConfig
-from training.cv import field_scores
 from training.data import BACKGROUND, Split, data_identity, load_split
 from training.evaluate import metrics, write_report
 from training.export import export_onnx
 from training.model import ModelConfig, count_parameters
+from training.thresholds import field_scores
 from training.train import OptimConfig, predict, train
 
 log = logging.getLogger(__name__)

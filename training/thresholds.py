@@ -1,4 +1,5 @@
-"""Per-class confidence thresholds that hold false detections on background under a stated rate.
+"""Per-class confidence thresholds that hold false detections on background under a stated rate,
+and what the recorder would store at them.
 
 The recorder turns a window into a detection of class c when the vote's winner is c and its
 confidence reaches ``thresholds[c]`` (``edgemon.events.apply_thresholds``). Here the thresholds are
@@ -10,6 +11,10 @@ keeps its share, so no more calls are lost than the budget needs.
 from __future__ import annotations
 
 import numpy as np
+
+from edgemon.events import apply_thresholds, clip_label
+from training.data import BACKGROUND
+from training.evaluate import confusion, per_class_recall, uar
 
 
 def choose_thresholds(winner: np.ndarray, confidence: np.ndarray, is_background: np.ndarray,
@@ -38,3 +43,35 @@ def false_detection_rate(winner: np.ndarray, confidence: np.ndarray, is_backgrou
     minimum = np.array([thresholds.get(label, 0.0) for label in labels])
     detected = (winner != background) & (confidence >= minimum[winner])
     return float(detected[is_background].mean()) if is_background.any() else 0.0
+
+
+def field_scores(windows: dict[str, np.ndarray], targets: np.ndarray, labels: tuple[str, ...],
+                 thresholds: dict[str, float]) -> dict:
+    """What the recorder would store at ``thresholds``: clip UAR from the windows (one label per
+    clip) and the share of background windows stored as a call."""
+    background = labels.index(BACKGROUND)
+    winner = apply_thresholds(windows["winner"], windows["confidence"], labels, thresholds, background)
+    per_clip = np.array([clip_label(winner[windows["clip"] == i], windows["confidence"][windows["clip"] == i],
+                                    background) for i in range(len(targets))])
+    is_background = targets[windows["clip"]] == background
+    rate = false_detection_rate(windows["winner"], windows["confidence"], is_background, labels,
+                                background, thresholds)
+    return {"uar": uar(targets, per_clip, len(labels)),
+            "recall": dict(zip(labels, map(float, per_class_recall(confusion(targets, per_clip, len(labels)))))),
+            "background_false_rate": rate, "background_windows": int(is_background.sum())}
+
+
+def threshold_tradeoff(windows: dict[str, np.ndarray], targets: np.ndarray, labels: tuple[str, ...],
+                       rates=(0.01, 0.02, 0.05, 0.1, 0.2)) -> list[dict]:
+    """Clip UAR and background false rate at thresholds chosen for each allowed rate: the price of
+    field precision, to choose ``--max-false-rate`` with."""
+    background = labels.index(BACKGROUND)
+    is_background = targets[windows["clip"]] == background
+    rows = []
+    for rate in rates:
+        thresholds = choose_thresholds(windows["winner"], windows["confidence"], is_background, labels,
+                                       background, rate)
+        scores = field_scores(windows, targets, labels, thresholds)
+        rows.append({"max_false_rate": rate, "uar": scores["uar"],
+                     "background_false_rate": scores["background_false_rate"]})
+    return rows

@@ -103,3 +103,16 @@ def _recorder_computes_what_training_saw(bundle, clip):
     streamed = {v.start_frame: v.label for v in analysis.windows}
     assert len(streamed) >= 3 and all(expected[s] == label for s, label in streamed.items() if s in expected)
     assert len(set(streamed) & set(expected)) >= 3
+
+
+def test_cli_refuses_an_unknown_frontend_and_a_missing_bundle_in_one_line(tiny_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["cv", "--data", str(tiny_dataset), "--frontend", "cqt", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "--frontend" in result.output and "cqt" in result.output
+    result = runner.invoke(app, ["score", str(tmp_path / "nowhere"), "--data", str(tiny_dataset)])
+    assert result.exit_code == 1 and "nowhere" in result.output
+    assert len(result.output.strip().splitlines()) == 1

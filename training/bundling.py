@@ -75,6 +75,7 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
                               precision="int8" if int8 else "fp32",
                               extra={"selected_by": f"grouped cross-validation, recipe {recipe}",
                                      "cv_uar_mean": result["uar_mean"], "cv_uar_std": result["uar_std"],
-                                     "max_false_rate": max_false_rate or result["max_false_rate"]})
+                                     "max_false_rate": result["max_false_rate"] if max_false_rate is None
+                                                       else max_false_rate})
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
             "thresholds": bundle.thresholds}

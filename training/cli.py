@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 DataOpt = Annotated[Path, typer.Option("--data", help="ComParE-style data directory (audio/, lab/).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run directory to write.")]
 
-FrontendOpt = Annotated[str, typer.Option("--frontend", help="Model input: logmel (the paper's) or pcen.")]
+FrontendOpt = Annotated[str, typer.Option("--frontend", help="Model input: logmel (the paper's), pcen, or logmel_pcen (both side by side).")]
 
 
 def _frontend(kind: str) -> FrontendConfig:

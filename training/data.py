@@ -31,9 +31,9 @@ class Clip:
 
 @dataclasses.dataclass
 class Split:
-    """One split's clips with their model inputs ``[frames, n_mels]`` and label indices.
+    """One split's clips with their model inputs ``[frames, n_features]`` and label indices.
 
-    With a frontend other than log-mel (PCEN), ``mel`` keeps each clip's log-mel too: training
+    With a frontend other than log-mel (PCEN, or both), ``mel`` keeps each clip's log-mel too: training
     augments in the mel domain (mixing and gain are sums and products of mel power) and then
     computes the model input, as the recorder would have.
     """

@@ -85,7 +85,10 @@ class Ensemble:
         return self.bundle.labels
 
     def member_probs(self, logmel: np.ndarray) -> np.ndarray:
-        """``logmel`` float32 ``[B, frames, n_mels]`` -> probabilities ``[M, B, C]``."""
+        """Features float32 ``[B, frames, n_features]`` -> probabilities ``[M, B, C]``.
+
+        The models' input is named ``logmel`` for every frontend kind (PCEN too), so older
+        bundles and newer ones share one graph signature."""
         feed = {"logmel": np.ascontiguousarray(logmel, dtype=np.float32)}
         return np.stack([s.run(["probs"], feed)[0] for s in self.sessions])
 

@@ -163,3 +163,20 @@ def test_checkpoint_averaging_returns_the_mean_of_the_last_epochs(tiny_dataset, 
     for name, value in averaged.model.state_dict().items():
         torch.testing.assert_close(value, (states[0][name] + states[1][name]) / 2)
     assert averaged.best_epoch == 3  # nothing chosen on devel
+
+
+def test_fit_cli_with_pcen_and_averaging_makes_a_bundle_the_recorder_runs(tiny_dataset, tmp_path):
+    from edgemon.pipeline import Analyzer
+
+    out = tmp_path / "run"
+    args = [a if a != "4" else "3" for a in TINY_FIT]  # 3 epochs, the last 2 averaged
+    result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(out), *args,
+                                 "--frontend", "logmel_pcen", "--average-last", "2", "--window-s", "0.5",
+                                 "--hop-s", "0.25"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_epoch"] == 3  # the averaged model, not an epoch chosen on devel
+    bundle = load_bundle(out / "bundle")
+    assert bundle.frontend.kind == "logmel_pcen" and bundle.frontend.n_features == 256
+    analysis = Analyzer(bundle).analyse_file(tiny_dataset / "audio" / "call_high_test_2.flac")
+    assert len(analysis.windows) >= 3

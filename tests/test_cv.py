@@ -116,3 +116,19 @@ def test_cli_refuses_an_unknown_frontend_and_a_missing_bundle_in_one_line(tiny_d
     result = runner.invoke(app, ["score", str(tmp_path / "nowhere"), "--data", str(tiny_dataset)])
     assert result.exit_code == 1 and "nowhere" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cv_cli_averaged_field_recipe_with_its_own_window(tiny_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    result = CliRunner().invoke(app, [
+        "cv", "--data", str(tiny_dataset), "--recipe", "field", "--folds", "2", "--epochs", "2",
+        "--hidden", "8", "--layers", "1", "--average-last", "1", "--window-s", "0.5", "--hop-s", "0.25",
+        "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cv.json").read_text())
+    r = summary["recipes"]["field-avg1-h8l1-w0.5"]
+    assert r["window_s"] == 0.5 and r["hop_s"] == 0.25 and len(r["members"]) == 2
+    assert (tmp_path / "field-avg1-h8l1-w0.5" / "fold1.onnx").is_file()

@@ -196,18 +196,22 @@ def cv(
     frontend_kind: FrontendOpt = "logmel",
     average_last: Annotated[int, typer.Option(help="Network recipes: average the weights of the last N epochs instead of choosing an epoch; keeps the fold models and chooses thresholds.")] = 0,
     max_false_rate: Annotated[float, typer.Option(help="With --average-last: share of background windows the thresholds may let through as calls.")] = 0.1,
+    window_s: Annotated[float, typer.Option(help="The recorder's window: the field recipe's crop length and the held-out windows.")] = 4.0,
+    hop_s: Annotated[float, typer.Option(help="The recorder's window hop, for the held-out windows.")] = 2.0,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import Recipe, cross_validate, merge
     from training.runs import Splits
 
     frontend = _frontend(frontend_kind)
-    window = int(round(4.0 * frontend.sample_rate / frontend.hop_length))
+    window = int(round(window_s * frontend.sample_rate / frontend.hop_length))
     optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last)
     model = ModelConfig(hidden=hidden, layers=layers)
     suffix = ("" if frontend.kind == "logmel" else f"-{frontend.kind}") + (f"-avg{average_last}" if average_last else "")
     if (hidden, layers) != (256, 2):
         suffix += f"-h{hidden}l{layers}"
+    if (window_s, hop_s) != (4.0, 2.0):
+        suffix += f"-w{window_s:g}"
     known = {
         "baseline": Recipe("baseline"),
         "paper": Recipe("paper" + suffix, model, optim, AugmentConfig(), frontend),
@@ -224,7 +228,7 @@ def cv(
             return merge(splits.train, splits.devel)
 
         summary = cross_validate([known[r] for r in recipe], load(FrontendConfig()), folds, out, seed,
-                                 load=load, max_false_rate=max_false_rate)
+                                 load=load, window_s=window_s, hop_s=hop_s, max_false_rate=max_false_rate)
         keys = ("uar_mean", "uar_std", "epoch", "recall", "thresholds", "windows_at_thresholds")
         return {name: {k: r[k] for k in keys if k in r} for name, r in summary["recipes"].items()}
 

@@ -173,8 +173,8 @@ def pcen(energy: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None =
     return out, m
 
 
-def _from_mel(mel: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray | None]:
+def from_mel_power(mel: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """Model input from mel power (float32), continuing a PCEN stream from ``smooth``."""
     if config.kind == "logmel":
         return np.log(mel + np.float32(config.log_floor)), None
@@ -194,7 +194,7 @@ def features_from_log_mel(x: np.ndarray, config: FrontendConfig) -> np.ndarray:
 
 def features(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
     """The model input of ``samples``, whichever kind ``config`` names."""
-    return _from_mel(mel_power(samples, config), config)[0]
+    return from_mel_power(mel_power(samples, config), config)[0]
 
 
 class StreamingFrontend:
@@ -217,7 +217,7 @@ class StreamingFrontend:
         power = _frame_power(samples, c)
         self._pending = samples[len(power) * c.hop_length:].copy()
         self.frames_out += len(power)
-        out, self._smooth = _from_mel(power @ mel_filterbank(c), c, self._smooth)
+        out, self._smooth = from_mel_power(power @ mel_filterbank(c), c, self._smooth)
         return out
 
     def push(self, block: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgemon import audio
 from edgemon.errors import AudioError
-from edgemon.frontend import FrontendConfig, features, log_mel
+from edgemon.frontend import FrontendConfig, from_mel_power, log_mel, mel_power
 from training.errors import DataError
 
 DEFAULT_DATA_DIR = Path("../shared/data/borneo")
@@ -96,7 +96,8 @@ def clip_features(clip: Clip, frontend: FrontendConfig) -> tuple[np.ndarray, np.
         raise DataError(str(exc)) from exc
     if frontend.kind == "logmel":
         return log_mel(samples, frontend), None
-    return features(samples, frontend), log_mel(samples, frontend)
+    mel = mel_power(samples, frontend)  # one STFT for both the model input and its log-mel
+    return from_mel_power(mel, frontend)[0], np.log(mel + np.float32(frontend.log_floor))
 
 
 def load_split(data_dir: Path, name: str, labels: tuple[str, ...] | None = None,

@@ -18,7 +18,6 @@ import torch
 
 from edgemon.bundle import Bundle, load_bundle, write_bundle
 from edgemon.ensemble import Ensemble
-from edgemon.events import clip_label
 from edgemon.frontend import FrontendConfig
 from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline as baseline_mod
@@ -27,7 +26,7 @@ from training.data import BACKGROUND, Split, data_identity, load_split
 from training.evaluate import metrics, write_report
 from training.export import export_onnx
 from training.model import ModelConfig, count_parameters
-from training.thresholds import field_scores
+from training.thresholds import clip_labels, field_scores
 from training.train import OptimConfig, predict, train
 
 log = logging.getLogger(__name__)
@@ -53,25 +52,9 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def windowed_metrics(bundle: Bundle, split: Split) -> dict:
-    """UAR as the recorder sees it: the bundle's windows, the ensemble's vote, one label per clip."""
-    ensemble = Ensemble(bundle)
-    spec = WindowSpec.from_seconds(bundle.window_s, bundle.hop_s, bundle.frontend)
-    background = bundle.labels.index(bundle.background_label)
-    predictions = []
-    for features in split.features:
-        windows, _ = cut_windows(features, spec)
-        votes = ensemble.vote(windows)
-        predictions.append(clip_label(votes.winner, votes.confidence, background))
-    return metrics(split.targets, np.array(predictions), split.labels)
-
-
-def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> dict:
-    """A bundle scored as the recorder runs it, on one split: its windows, the ensemble's vote,
-    the bundle's thresholds, one label per clip; plus the share of background windows stored as
-    a call. Scores without thresholds too, to show what they cost."""
-    bundle = load_bundle(bundle_dir)
-    split = load_split(data_dir, split_name, tuple(bundle.labels), bundle.frontend)
+def bundle_votes(bundle: Bundle, split: Split) -> dict[str, np.ndarray]:
+    """The bundle's ensemble vote on every recorder window of every clip: clip index, winner,
+    confidence (as the recorder computes them, before thresholds)."""
     ensemble = Ensemble(bundle)
     spec = WindowSpec.from_seconds(bundle.window_s, bundle.hop_s, bundle.frontend)
     clip, winner, confidence = [], [], []
@@ -80,8 +63,25 @@ def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> 
         clip.append(np.full(len(votes.winner), i))
         winner.append(votes.winner)
         confidence.append(votes.confidence)
-    windows = {"clip": np.concatenate(clip), "winner": np.concatenate(winner),
-               "confidence": np.concatenate(confidence)}
+    return {"clip": np.concatenate(clip), "winner": np.concatenate(winner),
+            "confidence": np.concatenate(confidence)}
+
+
+def windowed_metrics(bundle: Bundle, split: Split) -> dict:
+    """UAR as the recorder sees it: the bundle's windows, the ensemble's vote, one label per clip."""
+    windows = bundle_votes(bundle, split)
+    background = bundle.labels.index(bundle.background_label)
+    predictions = clip_labels(windows["winner"], windows["confidence"], windows["clip"], len(split), background)
+    return metrics(split.targets, predictions, split.labels)
+
+
+def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> dict:
+    """A bundle scored as the recorder runs it, on one split: its windows, the ensemble's vote,
+    the bundle's thresholds, one label per clip; plus the share of background windows stored as
+    a call. Scores without thresholds too, to show what they cost."""
+    bundle = load_bundle(bundle_dir)
+    split = load_split(data_dir, split_name, tuple(bundle.labels), bundle.frontend)
+    windows = bundle_votes(bundle, split)
     return {"bundle_id": bundle.bundle_id, "split": split_name, "clips": len(split),
             "thresholds": bundle.thresholds,
             "at_thresholds": field_scores(windows, split.targets, split.labels, bundle.thresholds),

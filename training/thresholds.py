@@ -45,14 +45,19 @@ def false_detection_rate(winner: np.ndarray, confidence: np.ndarray, is_backgrou
     return float(detected[is_background].mean()) if is_background.any() else 0.0
 
 
+def clip_labels(winner: np.ndarray, confidence: np.ndarray, clip: np.ndarray, n_clips: int,
+                background: int) -> np.ndarray:
+    """One label per clip from its windows (``edgemon.events.clip_label``)."""
+    return np.array([clip_label(winner[clip == i], confidence[clip == i], background) for i in range(n_clips)])
+
+
 def field_scores(windows: dict[str, np.ndarray], targets: np.ndarray, labels: tuple[str, ...],
                  thresholds: dict[str, float]) -> dict:
     """What the recorder would store at ``thresholds``: clip UAR from the windows (one label per
     clip) and the share of background windows stored as a call."""
     background = labels.index(BACKGROUND)
     winner = apply_thresholds(windows["winner"], windows["confidence"], labels, thresholds, background)
-    per_clip = np.array([clip_label(winner[windows["clip"] == i], windows["confidence"][windows["clip"] == i],
-                                    background) for i in range(len(targets))])
+    per_clip = clip_labels(winner, windows["confidence"], windows["clip"], len(targets), background)
     is_background = targets[windows["clip"]] == background
     rate = false_detection_rate(windows["winner"], windows["confidence"], is_background, labels,
                                 background, thresholds)

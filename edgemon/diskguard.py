@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -93,10 +92,3 @@ def _existing(path: Path) -> Path:
         path = path.parent
     return path
 
-
-def free_mb(path: str | Path) -> float | None:
-    """Free space in MB on the file system holding ``path`` (or its nearest existing parent)."""
-    try:
-        return shutil.disk_usage(os.fspath(_existing(Path(path)))).free / MB
-    except OSError:
-        return None

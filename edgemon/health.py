@@ -57,10 +57,6 @@ class Notifier:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Notifier:
         return cls(env.get("NOTIFY_SOCKET"))
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def notify(self, *fields: str) -> bool:
         """Send ``fields`` ('READY=1', 'STATUS=...') as one message; True when it was sent."""
         if self.address is None:
@@ -244,18 +240,18 @@ class WatchMonitor:
         """Heartbeat and status when due; False: hold new work (disk below the watermark)."""
         disk = self.guard.check()
         self.state = ("hold_disk" if disk == HOLD else
-                      "hold_store" if getattr(watcher, "store_error", None) else "ok")
+                      "hold_store" if watcher.store_error else "ok")
         if self.heartbeats.due(self.state):
-            self.heartbeats.beat(self.state, **self._counters(watcher), note=getattr(watcher, "store_error", None))
+            self.heartbeats.beat(self.state, **self._counters(watcher), note=watcher.store_error)
             self._status(watcher)
         return disk != HOLD
 
     def _counters(self, watcher) -> dict:
-        return dict(files_done=watcher.processed, audio_s=getattr(watcher, "audio_s", 0.0),
-                    busy_s=getattr(watcher, "busy_s", 0.0), disk_free_mb=self.guard.free_mb)
+        return dict(files_done=watcher.processed, audio_s=watcher.audio_s,
+                    busy_s=watcher.busy_s, disk_free_mb=self.guard.free_mb)
 
     def _status(self, watcher) -> None:
-        audio_s, busy_s = getattr(watcher, "audio_s", 0.0), getattr(watcher, "busy_s", 0.0)
+        audio_s, busy_s = watcher.audio_s, watcher.busy_s
         rtf = f", {audio_s / busy_s:.0f}x real time" if busy_s > 0 else ""
         held = {"hold_disk": f"; HOLDING: {self.guard.free_mb:.0f} MB free",
                 "hold_store": "; HOLDING: database refused a write"}.get(self.state, "")
@@ -265,7 +261,7 @@ class WatchMonitor:
     def running(self, watcher) -> Iterator[None]:
         self.guard.check(force=True)
         self.heartbeats.beat("ok", force=True, **self._counters(watcher), note="started")
-        self.notifier.ready(f"watching {getattr(watcher, 'root', '')}")
+        self.notifier.ready(f"watching {watcher.root}")
         try:
             with Watchdog(self.notifier, lambda: watcher.last_progress, self.config.progress_timeout_s,
                           self.interval_s, self._clock):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -125,7 +124,7 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
                "quarantined": counts.get("quarantined", 0), "waiting": None, "directory": None}
     if directory is None:
         return backlog
-    from edgemon.watch import is_audio
+    from edgemon.watch import iter_audio
 
     root = Path(directory).resolve()
     backlog["directory"] = str(root)
@@ -134,19 +133,14 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
         return backlog
     ledger = {r[0]: (r[1], r[2], r[3]) for r in conn.execute("SELECT source, size, mtime_ns, state FROM files")}
     waiting = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            path = Path(dirpath) / name
-            if not is_audio(path):
-                continue
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            entry = ledger.get(path.relative_to(root).as_posix())
-            if entry is None or entry[:2] != (st.st_size, st.st_mtime_ns) or entry[2] == "failed":
-                waiting += 1
+    for path in iter_audio(root):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        entry = ledger.get(path.relative_to(root).as_posix())
+        if entry is None or entry[:2] != (st.st_size, st.st_mtime_ns) or entry[2] == "failed":
+            waiting += 1
     backlog["waiting"] = waiting
     return backlog
 

@@ -64,6 +64,13 @@ def is_audio(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
 
 
+def iter_audio(root: Path) -> Iterator[Path]:
+    """Every audio file under ``root``, hidden directories skipped."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield from (Path(dirpath) / f for f in filenames if is_audio(Path(f)))
+
+
 def _observing(observer: Observer) -> bool:
     """The observer's thread and every emitter thread are alive (an emitter stops on its own when
     the watched directory disappears)."""
@@ -118,9 +125,7 @@ class Watcher:
         return path.relative_to(self.root).as_posix()
 
     def scan(self) -> None:
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            self.pending.update(Path(dirpath) / f for f in filenames if is_audio(Path(f)))
+        self.pending.update(iter_audio(self.root))
 
     def run(self, stop: threading.Event) -> None:
         if not self.root.is_dir():

@@ -65,6 +65,17 @@ class FrontendConfig:
         """Width of one frame of model input."""
         return 2 * self.n_mels if self.kind == "logmel_pcen" else self.n_mels
 
+    def columns_of(self, kind: str) -> tuple[int, int]:
+        """The ``[start, stop)`` feature columns that hold ``kind``'s features in this frontend's
+        output, so one ``logmel_pcen`` stream can feed log-mel and PCEN models side by side."""
+        layout = {"logmel": {"logmel": 0}, "pcen": {"pcen": 0},
+                  "logmel_pcen": {"logmel": 0, "pcen": self.n_mels}}[self.kind]
+        if kind == self.kind:
+            return 0, self.n_features
+        if kind not in layout:
+            raise FrontendMismatchError(f"a {self.kind} frontend does not compute {kind} features")
+        return layout[kind], layout[kind] + self.n_mels
+
     @property
     def pcen_b(self) -> float:
         """The smoother's coefficient, as librosa derives it from the time constant."""
@@ -151,6 +162,36 @@ def log_mel(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> n
     return np.log(mel_power(samples, config) + np.float32(config.log_floor))
 
 
+SMOOTHER_BLOCK = 64  # frames per matrix product; (1 - b)^64 stays far from underflow
+
+
+@lru_cache(maxsize=4)
+def _smoother_kernel(b: float) -> tuple[np.ndarray, np.ndarray]:
+    """``K[t, s] = b (1 - b)^(t - s)`` for ``s <= t`` and ``decay[t] = (1 - b)^(t + 1)``; the
+    top-left ``n x n`` corner is the kernel of a shorter block."""
+    t = np.arange(SMOOTHER_BLOCK)
+    lag = t[:, None] - t[None, :]
+    kernel = np.where(lag >= 0, b * (1 - b) ** np.maximum(lag, 0), 0.0)
+    return kernel, (1 - b) ** (t + 1)
+
+
+def _smoother(e: np.ndarray, b: float, start: np.ndarray) -> np.ndarray:
+    """``M_t = (1 - b) M_{t-1} + b E_t`` along time for every band, from ``M_{-1} = start``.
+
+    The first-order IIR unrolled over blocks of frames, each one matrix product: the same values
+    (float64) as the frame-by-frame loop, which cost more than the FFT on a recorder's CPU.
+    """
+    out = np.empty_like(e)
+    m = np.asarray(start, np.float64)
+    kernel, decay = _smoother_kernel(b)
+    for i in range(0, len(e), SMOOTHER_BLOCK):
+        block = e[i:i + SMOOTHER_BLOCK]
+        n = len(block)
+        out[i:i + n] = kernel[:n, :n] @ block + decay[:n, None] * m
+        m = out[i + n - 1]
+    return out
+
+
 def pcen(energy: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None = None
          ) -> tuple[np.ndarray, np.ndarray]:
     """PCEN of ``energy`` = mel power + log_floor ``[frames, n_mels]``, continuing from ``smooth``.
@@ -161,16 +202,11 @@ def pcen(energy: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None =
     out = np.empty(e.shape, np.float32)
     if len(e) == 0:
         return out, smooth
-    b = config.pcen_b
-    m = e[0].copy() if smooth is None else smooth.copy()
-    ms = np.empty_like(e)
-    for t in range(len(e)):  # a first-order IIR along time; every band at once
-        m += b * (e[t] - m)
-        ms[t] = m
+    ms = _smoother(e, config.pcen_b, e[0] if smooth is None else smooth)
     gain = np.exp(-config.pcen_gain * (np.log(config.pcen_eps) + np.log1p(ms / config.pcen_eps)))
     bias, power = config.pcen_bias, config.pcen_power
     out[:] = bias ** power * np.expm1(power * np.log1p(e * gain / bias))
-    return out, m
+    return out, ms[-1].copy()
 
 
 def from_mel_power(mel: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None = None

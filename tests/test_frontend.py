@@ -107,3 +107,13 @@ def test_logmel_pcen_is_both_side_by_side():
     np.testing.assert_allclose(both[:, :128], log_mel(y, CONFIG), atol=1e-5)
     np.testing.assert_allclose(both[:, 128:], features(y, PCEN), atol=1e-5)
     np.testing.assert_allclose(features_from_log_mel(log_mel(y), BOTH), both, rtol=1e-3, atol=1e-3)
+
+
+def test_columns_of_names_each_kinds_place_in_a_combined_stream():
+    from edgemon.errors import FrontendMismatchError
+
+    both = FrontendConfig(kind="logmel_pcen")
+    assert both.columns_of("logmel") == (0, 128) and both.columns_of("pcen") == (128, 256)
+    assert both.columns_of("logmel_pcen") == (0, 256) and FrontendConfig().columns_of("logmel") == (0, 128)
+    with pytest.raises(FrontendMismatchError, match="does not compute pcen"):
+        FrontendConfig().columns_of("pcen")

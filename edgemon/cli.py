@@ -164,16 +164,15 @@ def listen(
     threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 1,
 ):
     """Turn a live microphone into detections, with per-minute coverage, until stopped."""
-    from edgemon.capture import CaptureConfig
-    from edgemon.clips import ClipConfig
-    from edgemon.listen import ListenConfig, listen_main
+    from edgemon.config import Settings
+    from edgemon.listen import listen_main
 
-    config = ListenConfig(
-        capture=CaptureConfig(device=device, sample_rate=sample_rate, channels=channels, queue_s=queue_s,
-                              stall_s=stall_s, backoff_max_s=backoff_max_s),
-        device_id=device_id, flush_s=flush_s, duration_s=duration_s,
-        clips=None if clips is None else ClipConfig(clips, clip_pre_s, clip_post_s, clips_max_mb,
-                                                    min_free_mb=clips_min_free_mb))
+    # The same builder as the service's settings file, so an option cannot reach one and not the other.
+    options = dict(device=device, sample_rate=sample_rate, channels=channels, queue_s=queue_s, stall_s=stall_s,
+                   backoff_max_s=backoff_max_s, device_id=device_id, flush_s=flush_s, clips=clips,
+                   clip_pre_s=clip_pre_s, clip_post_s=clip_post_s, clips_max_mb=clips_max_mb,
+                   clips_min_free_mb=clips_min_free_mb)
+    config = Settings(options, dict.fromkeys(options, "command line")).listen_config(duration_s)
     try:
         listen_main(config, db, models, threads)
     except EdgemonError as exc:

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from edgemon.store import BUSY_TIMEOUT_MS, Store, StoreError
+from edgemon.store import Store, StoreError, connect_read_only
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def corruption(path: str | Path) -> str | None:
     try:
         # Read-only: a read-write connection would checkpoint the WAL into the damaged file, or
         # delete a WAL it cannot use, as it closes; the evidence must be moved aside untouched.
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = connect_read_only(path)
     except sqlite3.Error as e:
         raise StoreError(f"cannot open detections database {path}: {e}") from e
     try:

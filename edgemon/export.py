@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 from edgemon.errors import EdgemonError
-from edgemon.store import utc_iso
+from edgemon.store import connect_read_only, utc_iso
 
 FORMATS = ("csv", "jsonl", "raven")
 COLUMNS = ("id", "device_id", "source", "start_s", "end_s", "start_utc", "end_utc", "time_source",
@@ -103,10 +103,8 @@ class _Tally:
 def _connect_read_only(db_path: Path) -> sqlite3.Connection:
     if not db_path.is_file():
         raise ExportError(f"detections database not found: {db_path}")
-    # mode=ro: export must never create, alter or lock the daemon's database for writing.
-    uri = db_path.resolve().as_uri() + "?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+        conn = connect_read_only(db_path)
     except sqlite3.Error as e:
         raise ExportError(f"cannot open detections database {db_path}: {e}") from e
     conn.row_factory = sqlite3.Row

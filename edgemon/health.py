@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgemon.diskguard import HOLD, DiskBudget, DiskGuard
-from edgemon.store import Heartbeat, Store
+from edgemon.store import Heartbeat, Store, connect_read_only
 
 log = logging.getLogger(__name__)
 UTC = dt.timezone.utc
@@ -292,8 +292,7 @@ class CommitProgress:
             if self._conn is None:
                 if not self.db_path.is_file():
                     return self.last
-                self._conn = sqlite3.connect(self.db_path.resolve().as_uri() + "?mode=ro", uri=True,
-                                             check_same_thread=False)
+                self._conn = connect_read_only(self.db_path, timeout_s=5.0, check_same_thread=False)
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error:
             return self.last

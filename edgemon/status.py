@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edgemon.errors import EdgemonError
-from edgemon.store import BUSY_TIMEOUT_MS, COVERAGE_LOSSES, utc_iso
+from edgemon.store import COVERAGE_LOSSES, connect_read_only, utc_iso
 
 UTC = dt.timezone.utc
 MB = 1024 * 1024
@@ -66,7 +66,7 @@ def _connect_read_only(db_path: Path) -> sqlite3.Connection:
     if not db_path.is_file():
         raise StatusError(f"detections database not found: {db_path}")
     try:
-        conn = sqlite3.connect(db_path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = connect_read_only(db_path)
         conn.row_factory = sqlite3.Row
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
     except sqlite3.Error as e:

@@ -30,6 +30,13 @@ from edgemon.schema import FILE_STATES, MIGRATIONS, TIME_SOURCES  # noqa: F401  
 BUSY_TIMEOUT_MS = 30_000
 
 
+def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **options) -> sqlite3.Connection:
+    """A connection that can never create, alter, checkpoint or write-lock the database at ``path``
+    (``mode=ro``): for readers beside the daemon (export, status, the health probe, the corruption
+    check). Waits out a writer's lock like the store does, unless told otherwise."""
+    return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=timeout_s, **options)
+
+
 class StoreError(EdgemonError):
     """The detections database cannot be opened or migrated."""
 

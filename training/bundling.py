@@ -2,39 +2,75 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 from edgemon.frontend import FrontendConfig
 from training.errors import DataError
-from training.export import quantize_int8
+from training.export import quantize_int8, read_columns
 
 
-def bundle_runs(runs: list[Path], out: Path, int8: bool = False) -> dict:
-    """Write a bundle whose members are the runs' ``model.onnx``, in the order given."""
+def shared_frontend(frontends: list[FrontendConfig], where) -> FrontendConfig:
+    """The one frontend a bundle streams: its members' own if they agree, else log-mel and PCEN
+    side by side (``logmel_pcen``), each member reading its own columns."""
+    if len(set(frontends)) == 1:
+        return frontends[0]
+    combined = dataclasses.replace(frontends[0], kind="logmel_pcen")
+    if any(dataclasses.replace(f, kind=combined.kind) != combined for f in frontends):
+        raise DataError(f"{where}: the runs' frontends differ beyond log-mel or PCEN; a bundle streams one")
+    return combined
+
+
+def _thresholds_file(path: Path, labels: list[str], window: tuple[float, float]) -> tuple[dict, dict]:
+    """Thresholds and their provenance from a ``cv-ensemble`` JSON."""
+    try:
+        result = json.loads(Path(path).read_text())
+        thresholds = result["thresholds"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a cv-ensemble result with thresholds ({type(exc).__name__}: {exc})") from exc
+    if result.get("labels") != labels:
+        raise DataError(f"{path}: thresholds are for labels {result.get('labels')}, the runs have {labels}")
+    if (result.get("window_s"), result.get("hop_s")) != window:
+        raise DataError(f"{path}: thresholds are for {result.get('window_s')} s windows every "
+                        f"{result.get('hop_s')} s, the runs for {window[0]} s every {window[1]} s")
+    provenance = {"thresholds_from": {
+        "file": Path(path).name, "members": result.get("members"), "max_false_rate": result.get("max_false_rate"),
+        "cv_uar_mean": result.get("uar_mean"), "cv_uar_std": result.get("uar_std")}}
+    return thresholds, provenance
+
+
+def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from: Path | None = None) -> dict:
+    """Write a bundle whose members are the runs' ``model.onnx``, in the order given, with the
+    thresholds of a ``cv-ensemble`` result when ``thresholds_from`` names one."""
     from edgemon.bundle import write_bundle
 
-    configs, members, devel, test = [], [], [], []
+    configs, devel, test = [], [], []
+    for run in runs:
+        if not (run / "model.onnx").is_file() or not (run / "config.json").is_file():
+            raise DataError(f"{run}: not a finished run directory (no model.onnx or config.json)")
+        configs.append(json.loads((run / "config.json").read_text()))
+        metrics = json.loads((run / "metrics.json").read_text())
+        devel.append(metrics["devel"]["uar"])
+        test.append(metrics["test"]["uar"])
+    first = configs[0]
+    if any((c["labels"], c["window_s"], c["hop_s"]) != (first["labels"], first["window_s"], first["hop_s"])
+           for c in configs):
+        raise DataError("runs differ in labels or recorder window; a bundle has one of each")
+    frontend = shared_frontend([FrontendConfig.from_dict(c["frontend"]) for c in configs], "runs")
+    thresholds, provenance = _thresholds_file(thresholds_from, first["labels"], (first["window_s"], first["hop_s"])) if thresholds_from else (None, {})
     with tempfile.TemporaryDirectory() as tmp:
+        members = []
         for i, run in enumerate(runs):
-            model = run / "model.onnx"
-            if not model.is_file() or not (run / "config.json").is_file():
-                raise DataError(f"{run}: not a finished run directory (no model.onnx or config.json)")
-            config = json.loads((run / "config.json").read_text())
-            metrics = json.loads((run / "metrics.json").read_text())
-            configs.append(config)
-            devel.append(metrics["devel"]["uar"])
-            test.append(metrics["test"]["uar"])
-            members.append(quantize_int8(model, Path(tmp) / f"{i}.onnx") if int8 else model)
-        first = configs[0]
-        if any(c["labels"] != first["labels"] or c["frontend"] != first["frontend"] for c in configs):
-            raise DataError("runs differ in labels or frontend; a bundle needs one of each")
-        bundle = write_bundle(out, members, first["labels"], frontend=FrontendConfig.from_dict(first["frontend"]),
+            member = read_columns(run / "model.onnx", Path(tmp) / f"{i}.fp32.onnx", frontend)
+            members.append(quantize_int8(member, Path(tmp) / f"{i}.onnx") if int8 else member)
+        bundle = write_bundle(out, members, first["labels"], frontend=frontend,
                               window_s=first["window_s"], hop_s=first["hop_s"], devel_uars=devel,
-                              test_uars=test, precision="int8" if int8 else "fp32",
-                              extra={"source_runs": [r.name for r in runs]})
-    return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members)}
+                              test_uars=test, thresholds=thresholds, precision="int8" if int8 else "fp32",
+                              extra={"source_runs": [r.name for r in runs], **provenance})
+    return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
+            "frontend": frontend.kind}
 
 
 def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,

@@ -105,11 +105,15 @@ def bundle(
     runs: Annotated[list[Path], typer.Argument(help="Run directories whose model.onnx become members.")],
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
     int8: Annotated[bool, typer.Option("--int8", help="Quantise members to int8 (dynamic).")] = False,
+    thresholds: Annotated[Optional[Path], typer.Option(help="Per-class thresholds from a cv-ensemble JSON.")] = None,
 ):
-    """Assemble a model bundle (manifest + members) from trained runs."""
+    """Assemble a model bundle (manifest + members) from trained runs.
+
+    Runs on log-mel and on PCEN may be mixed: the bundle then streams both side by side and each
+    member reads its own columns."""
     from training.bundling import bundle_runs
 
-    _run(bundle_runs, runs, out, int8=int8)
+    _run(bundle_runs, runs, out, int8=int8, thresholds_from=thresholds)
 
 
 def _storage(storage: Optional[str], out: Path) -> str:
@@ -247,6 +251,31 @@ def bundle_cv_command(
     from training.bundling import bundle_cv
 
     _run(bundle_cv, cv_dir, recipe, out, int8, max_false_rate)
+
+
+@app.command("cv-ensemble")
+def cv_ensemble_command(
+    members: Annotated[list[Path], typer.Argument(help="Recipe directories of averaged cv runs (<cv_dir>/<recipe>), same folds.")],
+    data: DataOpt = DEFAULT_DATA_DIR,
+    out: Annotated[Path, typer.Option("--out", help="JSON file to write: scores, trade-off, thresholds.")] = Path("runs/cv-ensemble.json"),
+    max_false_rate: Annotated[float, typer.Option(help="Share of background windows the thresholds may let through as calls.")] = 0.1,
+):
+    """Grouped-CV score of an ensemble of cv recipes (mixed frontends allowed), thresholds on its own vote."""
+    from training.cv import merge
+    from training.cv_ensemble import cv_ensemble
+    from training.runs import Splits
+
+    def load(config: FrontendConfig):
+        splits = Splits.load(data, config)
+        return merge(splits.train, splits.devel)
+
+    def run():
+        result = cv_ensemble(members, load, out, max_false_rate)
+        keys = ("uar_mean", "uar_std", "uar_mean_untuned", "uar_std_untuned", "thresholds",
+                "windows_untuned", "windows_at_thresholds")
+        return {k: result[k] for k in keys}
+
+    _run(run)
 
 
 @app.command()

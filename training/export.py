@@ -8,18 +8,22 @@ nodes; labels, frontend and provenance travel in ``metadata_props``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import subprocess
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import torch
 from torch import nn
 
 import edgemon
 from edgemon.frontend import FrontendConfig
+from training.errors import DataError
 from training.model import PrimateBiLSTM, pair_frames
 
 
@@ -88,5 +92,42 @@ def quantize_int8(src: Path, dst: Path) -> Path:
     props["precision"] = "int8"
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(dst))
+    return Path(dst)
+
+
+def read_columns(src: Path, dst: Path, frontend: FrontendConfig) -> Path:
+    """Write ``src`` to ``dst`` as a member of a bundle whose frontend is ``frontend``.
+
+    A model trained on log-mel or on PCEN joins a ``logmel_pcen`` bundle by reading its own
+    columns of that wider input: a ``Slice`` in front of the graph, the bundle's frontend in the
+    metadata (what the recorder checks), the model's own kept as ``member_frontend``. One frontend
+    stream then feeds members trained on different features; a model already on ``frontend`` is
+    copied unchanged.
+    """
+    proto = onnx.load(str(src))
+    props = {p.key: p.value for p in proto.metadata_props}
+    own = FrontendConfig.from_dict(json.loads(props["frontend"]))
+    if own == frontend:
+        onnx.save(proto, str(dst))
+        return Path(dst)
+    if dataclasses.replace(own, kind=frontend.kind) != frontend:
+        raise DataError(f"{src}: frontend parameters differ from the bundle's beyond its kind")
+    start, stop = frontend.columns_of(own.kind)
+    graph = proto.graph
+    source = graph.input[0].name
+    columns = f"{source}_columns"
+    for node in graph.node:
+        node.input[:] = [columns if name == source else name for name in node.input]
+    graph.initializer.extend([onnx.numpy_helper.from_array(np.array([v], np.int64), name)
+                              for v, name in ((start, "columns_start"), (stop, "columns_stop"), (2, "columns_axis"))])
+    graph.node.insert(0, onnx.helper.make_node("Slice", [source, "columns_start", "columns_stop", "columns_axis"],
+                                               [columns], name="read_columns"))
+    graph.input[0].type.tensor_type.shape.dim[2].dim_value = frontend.n_features
+    props.update(frontend=json.dumps(frontend.to_dict()), member_frontend=props["frontend"],
+                 input_columns=json.dumps([start, stop]))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.checker.check_model(proto)
     onnx.save(proto, str(dst))
     return Path(dst)

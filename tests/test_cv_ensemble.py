@@ -1,0 +1,137 @@
+"""Ensembles across recipes and frontends: scored on the cv folds, thresholds on their own vote,
+and bundled so that one log-mel + PCEN stream feeds members trained on either."""
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import soundfile
+from typer.testing import CliRunner
+
+from edgemon.bundle import load_bundle
+from edgemon.ensemble import Ensemble
+from edgemon.frontend import FrontendConfig, features
+from training.augment import AugmentConfig
+from training.cli import app
+from training.cv import Recipe, cross_validate, merge
+from training.cv_ensemble import cv_ensemble
+from training.data import load_split
+from training.errors import DataError
+from training.model import ModelConfig
+from training.train import OptimConfig
+
+WINDOW = {"window_s": 0.5, "hop_s": 0.25}
+LOGMEL, PCEN = FrontendConfig(), FrontendConfig(kind="pcen")
+
+
+def _recipe(name: str, frontend: FrontendConfig) -> Recipe:
+    return Recipe(name, ModelConfig(hidden=8, layers=1),
+                  OptimConfig(epochs=3, lr=0.003, lr_decay=1.0, gamma=0.0, batch_size=8, average_last=2),
+                  AugmentConfig(), frontend)
+
+
+def _load(dataset):
+    def load(frontend: FrontendConfig):
+        train_split = load_split(dataset, "train", frontend=frontend)
+        return merge(train_split, load_split(dataset, "devel", train_split.labels, frontend))
+    return load
+
+
+@pytest.fixture(scope="module")
+def cv_runs(tiny_dataset, tmp_path_factory):
+    """Two averaged recipes, one on log-mel and one on PCEN, on the same folds; and a copy of the
+    first that says its folds were cut with another seed."""
+    root = tmp_path_factory.mktemp("cvens")
+    load = _load(tiny_dataset)
+    cross_validate([_recipe("mel", LOGMEL)], load(LOGMEL), k=2, out=root / "a", **WINDOW)
+    cross_validate([_recipe("pcen", PCEN)], load(PCEN), k=2, out=root / "b", **WINDOW)
+    shutil.copytree(root / "a", root / "c")
+    summary = json.loads((root / "c" / "cv.json").read_text())
+    (root / "c" / "cv.json").write_text(json.dumps({**summary, "seed": 1}))
+    return root
+
+
+def test_one_member_reproduces_the_cv_runs_own_window_scores(cv_runs, tiny_dataset, tmp_path):
+    alone = cv_ensemble([cv_runs / "a" / "mel"], _load(tiny_dataset), tmp_path / "alone.json", 0.1)
+    recipe = json.loads((cv_runs / "a" / "cv.json").read_text())["recipes"]["mel"]
+    for key in ("uar", "background_false_rate", "recall"):
+        assert alone["windows_untuned"][key] == pytest.approx(recipe["windows_untuned"][key])
+    assert alone["thresholds"] == pytest.approx(recipe["thresholds"])
+    assert len(alone["fold_uar_untuned"]) == 2
+
+
+def test_mixed_frontend_ensemble_holds_its_stated_background_rate(cv_runs, tiny_dataset, tmp_path):
+    members = [cv_runs / "a" / "mel", cv_runs / "b" / "pcen"]
+    out = tmp_path / "both.json"
+    result = cv_ensemble(members, _load(tiny_dataset), out, 0.1)
+    assert json.loads(out.read_text())["thresholds"] == result["thresholds"]
+    assert set(result["thresholds"]) == {"background", "call_high", "call_low"}
+    tuned, untuned = result["windows_at_thresholds"], result["windows_untuned"]
+    assert tuned["background_false_rate"] <= 0.1
+    assert tuned["background_false_rate"] <= untuned["background_false_rate"]
+    assert result["uar_mean"] == pytest.approx(np.mean(result["fold_uar_at_thresholds"]))
+    assert [e["max_false_rate"] for e in result["tradeoff"]] == [0.01, 0.02, 0.05, 0.1, 0.2]
+
+
+def test_members_from_other_folds_or_no_fold_models_are_refused(cv_runs, tiny_dataset, tmp_path):
+    with pytest.raises(DataError, match="other folds"):
+        cv_ensemble([cv_runs / "a" / "mel", cv_runs / "c" / "mel"], _load(tiny_dataset), tmp_path / "x.json", 0.1)
+    with pytest.raises(DataError, match="no fold models"):
+        cv_ensemble([cv_runs / "a" / "nothing"], _load(tiny_dataset), tmp_path / "x.json", 0.1)
+    result = CliRunner().invoke(app, ["cv-ensemble", str(tmp_path / "nowhere" / "mel"),
+                                      "--data", str(tiny_dataset), "--out", str(tmp_path / "x.json")])
+    assert result.exit_code == 1 and "nowhere" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "x.json").exists()
+
+
+FIT = ["--hidden", "8", "--layers", "1", "--epochs", "3", "--batch-size", "8", "--lr", "0.003",
+       "--lr-decay", "1.0", "--gamma", "0", "--tau", "0.1", "--quiet", "--average-last", "2",
+       "--window-s", "0.5", "--hop-s", "0.25"]
+
+
+@pytest.fixture(scope="module")
+def mixed_runs(tiny_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    for kind in ("logmel", "pcen"):
+        result = CliRunner().invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(root / kind),
+                                          "--frontend", kind, *FIT])
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def test_bundle_of_log_mel_and_pcen_runs_streams_both_and_each_member_reads_its_own(
+        mixed_runs, cv_runs, tiny_dataset, tmp_path):
+    from edgemon.pipeline import Analyzer
+
+    thresholds = tmp_path / "both.json"
+    cv_ensemble([cv_runs / "a" / "mel", cv_runs / "b" / "pcen"], _load(tiny_dataset), thresholds, 0.2)
+    result = CliRunner().invoke(app, ["bundle", str(mixed_runs / "logmel"), str(mixed_runs / "pcen"),
+                                      "--out", str(tmp_path / "bundle"), "--thresholds", str(thresholds)])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.frontend == FrontendConfig(kind="logmel_pcen") and len(bundle.members) == 2
+    assert bundle.thresholds == json.loads(thresholds.read_text())["thresholds"]
+
+    clip = tiny_dataset / "audio" / "call_high_test_2.flac"
+    x = soundfile.read(clip, dtype="float32")[0]
+    got = Ensemble(bundle).member_probs(features(x, bundle.frontend)[None])
+    for m, (kind, frontend) in enumerate((("logmel", LOGMEL), ("pcen", PCEN))):
+        own = ort.InferenceSession(str(mixed_runs / kind / "model.onnx"), providers=["CPUExecutionProvider"])
+        want = own.run(["probs"], {"logmel": features(x, frontend)[None]})[0]
+        np.testing.assert_allclose(got[m], want, atol=1e-5)
+    assert len(Analyzer(bundle).analyse_file(clip).windows) >= 3
+
+
+def test_bundle_refuses_thresholds_for_other_labels_or_windows(mixed_runs, tmp_path):
+    labels = ["background", "call_high", "call_low"]
+    for content, message in (({"labels": ["a", "b"], "thresholds": {}, **WINDOW}, "labels"),
+                             ({"labels": labels, "thresholds": {}, "window_s": 4.0, "hop_s": 2.0}, "windows"),
+                             ({"labels": labels}, "not a cv-ensemble")):
+        path = tmp_path / "t.json"
+        path.write_text(json.dumps(content))
+        result = CliRunner().invoke(app, ["bundle", str(mixed_runs / "logmel"), "--out", str(tmp_path / "b"),
+                                          "--thresholds", str(path)])
+        assert result.exit_code == 1 and message in result.output and "t.json" in result.output
+        assert not (tmp_path / "b").exists()

@@ -1,0 +1,129 @@
+"""``edgemon-train cv-ensemble``: grouped-CV score and thresholds of an ensemble of cv recipes.
+
+A member is the directory of one averaged recipe of a ``cv`` run (``<cv_dir>/<recipe>``, holding
+``foldN.onnx``). On each fold, the members' fold models vote on the held-out clips' recorder
+windows as a bundle of them votes on the recorder (majority, mean probability of the winner as
+confidence), so the per-class thresholds are chosen on the ensemble's own confidence, not on one
+model's, which is more extreme than a mean of several. Members may use different frontends
+(log-mel, PCEN): each reads its own features, as ``export.read_columns`` arranges in a bundle.
+The recipes must come from cv runs with the same folds. Test is not touched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgemon.ensemble import majority_vote
+from edgemon.frontend import FrontendConfig
+from edgemon.segmenter import WindowSpec, cut_windows
+from training.cv import grouped_folds
+from training.data import BACKGROUND, Split
+from training.errors import DataError
+from training.thresholds import choose_thresholds, field_scores, threshold_tradeoff
+
+
+def _recipe(member: Path) -> tuple[dict, dict]:
+    """The cv summary and the recipe's result for a ``<cv_dir>/<recipe>`` directory."""
+    summary_path = member.parent / "cv.json"
+    if not summary_path.is_file():
+        raise DataError(f"{member}: not a recipe directory of a cv run (no {summary_path})")
+    summary = json.loads(summary_path.read_text())
+    result = summary["recipes"].get(member.name)
+    if result is None or "members" not in result:
+        raise DataError(f"{member}: no fold models for recipe {member.name!r} in {summary_path} "
+                        "(only recipes with --average-last keep them)")
+    return summary, result
+
+
+def _check_same_folds(members: list[Path], recipes: list[tuple[dict, dict]]) -> None:
+    (first_summary, first), name = recipes[0], members[0]
+    for member, (summary, result) in zip(members[1:], recipes[1:]):
+        if (summary["k"], summary["seed"], summary["folds"]) != (first_summary["k"], first_summary["seed"],
+                                                                 first_summary["folds"]):
+            raise DataError(f"{member}: its cv run used other folds than {name}'s")
+        if (result["labels"], result["window_s"], result["hop_s"]) != (first["labels"], first["window_s"],
+                                                                       first["hop_s"]):
+            raise DataError(f"{member}: labels or recorder window differ from {name}'s")
+
+
+def fold_window_probs(model: Path, split: Split, indices: np.ndarray, spec: WindowSpec
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """One fold model's probabilities ``[windows, classes]`` over the recorder windows of the
+    clips ``indices``, and how many windows each clip has."""
+    if not model.is_file():
+        raise DataError(f"{model}: fold model missing")
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    probs = [session.run(["probs"], {"logmel": cut_windows(split.features[i], spec)[0]})[0] for i in indices]
+    return np.concatenate(probs), np.array([len(p) for p in probs])
+
+
+def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float) -> dict:
+    """Score the vote of ``members`` on their cv folds; write ``out`` (JSON) with its thresholds.
+
+    ``load(frontend)`` gives train + devel, merged as ``cv`` merged them, computed by that frontend.
+    """
+    if not members:
+        raise DataError("cv-ensemble needs at least one member recipe directory")
+    members = [Path(m) for m in members]
+    recipes = [_recipe(m) for m in members]
+    _check_same_folds(members, recipes)
+    summary, first = recipes[0]
+    labels = tuple(first["labels"])
+    frontends = [FrontendConfig.from_dict(result["frontend_config"]) for _, result in recipes]
+    data = {f: load(f) for f in dict.fromkeys(frontends)}
+    reference = data[frontends[0]]
+    if tuple(reference.labels) != labels:
+        raise DataError(f"{members[0]}: its labels {labels} differ from the data's {reference.labels}")
+    folds = grouped_folds(reference, summary["k"], summary["seed"])
+    recorders = [sorted({reference.clips[i].recorder for i in va}) for _, va in folds]
+    if recorders != [f["validation_recorders"] for f in summary["folds"]]:
+        raise DataError(f"{members[0]}: the data's folds differ from those its cv run used (data changed?)")
+
+    clip, winner, confidence, fold_of = [], [], [], []
+    for k, (_, va) in enumerate(folds):
+        probs, counts = zip(*[fold_window_probs(member / result["members"][k], data[f], va,
+                                                WindowSpec.from_seconds(first["window_s"], first["hop_s"], f))
+                              for member, (_, result), f in zip(members, recipes, frontends)])
+        votes = majority_vote(np.stack(probs))
+        clip.append(np.repeat(va, counts[0]))
+        winner.append(votes.winner)
+        confidence.append(votes.confidence.astype(np.float32))
+        fold_of.append(np.full(len(votes.winner), k))
+    windows = {"clip": np.concatenate(clip), "winner": np.concatenate(winner),
+               "confidence": np.concatenate(confidence)}
+    fold_of = np.concatenate(fold_of)
+    targets, background = reference.targets, labels.index(BACKGROUND)
+    thresholds = choose_thresholds(windows["winner"], windows["confidence"],
+                                   targets[windows["clip"]] == background, labels, background, max_false_rate)
+    untuned = _fold_uars(windows, fold_of, folds, targets, labels, {})
+    tuned = _fold_uars(windows, fold_of, folds, targets, labels, thresholds)
+    result = {
+        "uar_mean": float(np.mean(tuned)), "uar_std": float(np.std(tuned)),
+        "uar_mean_untuned": float(np.mean(untuned)), "uar_std_untuned": float(np.std(untuned)),
+        "members": [str(m) for m in members], "labels": list(labels), "k": summary["k"],
+        "seed": summary["seed"], "window_s": first["window_s"], "hop_s": first["hop_s"],
+        "max_false_rate": max_false_rate, "thresholds": thresholds,
+        "fold_uar_untuned": untuned, "fold_uar_at_thresholds": tuned,
+        "windows_untuned": field_scores(windows, targets, labels, {}),
+        "windows_at_thresholds": field_scores(windows, targets, labels, thresholds),
+        "tradeoff": threshold_tradeoff(windows, targets, labels),
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _fold_uars(windows, fold_of, folds, targets, labels, thresholds) -> list[float]:
+    """Each fold's clip UAR from its own held-out windows (the spread of the ensemble's score)."""
+    scores = []
+    for k, (_, va) in enumerate(folds):
+        keep = fold_of == k
+        local = {key: v[keep] for key, v in windows.items()}
+        local["clip"] = np.searchsorted(va, local["clip"])  # fold-local clip indices; va is sorted
+        scores.append(field_scores(local, targets[va], labels, thresholds)["uar"])
+    return scores

@@ -4,13 +4,15 @@ processes over a real PostgreSQL server."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
+from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 
 from edgemon.frontend import FrontendConfig
 from training.hpo import suggest
@@ -87,6 +89,18 @@ def test_tiny_search_prunes_and_keeps_models_then_builds_an_ensemble(tiny_datase
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def _trial_under_way(db: Path) -> bool:
+    """A running trial has reported an epoch (read-only, so the worker's own setup is undisturbed)."""
+    if not db.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT count(*) FROM trials JOIN trial_intermediate_values USING (trial_id) "
+                                "WHERE trials.state = 'RUNNING'").fetchone()[0] > 0
+    except sqlite3.Error:  # not created yet
+        return False
+
+
 def test_a_killed_worker_loses_only_its_running_trial(tiny_dataset, tmp_path):
     out = tmp_path / "hpo"
     storage = f"sqlite:///{out / 'study.db'}"
@@ -94,15 +108,12 @@ def test_a_killed_worker_loses_only_its_running_trial(tiny_dataset, tmp_path):
     worker = subprocess.Popen(hpo_command(tiny_dataset, out, *args), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until a trial is under way, then kill -9 the worker
+    while time.monotonic() < deadline and not _trial_under_way(out / "study.db"):
         time.sleep(0.5)
-        if (out / "study.db").exists():
-            try:
-                running = load(storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
-            except (KeyError, sqlalchemy.exc.OperationalError):  # study not created yet
-                continue
-            if running and running[0].intermediate_values:
-                break
+    # Only now open the study through Optuna: opening it while the worker creates it races the
+    # worker over the schema's version row.
+    running = load(storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert running and running[0].intermediate_values, "no trial reported an epoch within 120 s"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     killed = running[0].number

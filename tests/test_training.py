@@ -180,3 +180,21 @@ def test_fit_cli_with_pcen_and_averaging_makes_a_bundle_the_recorder_runs(tiny_d
     assert bundle.frontend.kind == "logmel_pcen" and bundle.frontend.n_features == 256
     analysis = Analyzer(bundle).analyse_file(tiny_dataset / "audio" / "call_high_test_2.flac")
     assert len(analysis.windows) >= 3
+
+
+def test_background_pools_hold_other_recorders_only_when_asked(tiny_dataset):
+    from training.train import background_pools
+
+    split = load_split(tiny_dataset, "train")
+    source = split.augmentable
+    bg = [i for i, t in enumerate(split.targets) if split.labels[t] == "background"]
+    recorder_of = {id(source[i]): split.clips[i].recorder for i in bg}
+    everywhere = background_pools(split, source, AugmentConfig(p_mix=0.5))
+    elsewhere = background_pools(split, source, AugmentConfig(p_mix=0.5, mix_other_recorders=True))
+    assert all(len(pool) == len(bg) for pool in everywhere)
+    for clip, pool in zip(split.clips, elsewhere):
+        heard_at = {recorder_of[id(x)] for x in pool}
+        assert heard_at and clip.recorder not in heard_at
+    one_recorder = split.subset([i for i, c in enumerate(split.clips) if c.recorder == "S0"])
+    pools = background_pools(one_recorder, one_recorder.augmentable, AugmentConfig(p_mix=0.5, mix_other_recorders=True))
+    assert all(len(pool) == sum(one_recorder.labels[t] == "background" for t in one_recorder.targets) for pool in pools)

@@ -24,6 +24,7 @@ class AugmentConfig:
     p_mix: float = 0.0          # probability of mixing in a background clip
     snr_db: tuple[float, float] = (0.0, 20.0)
     gain_db: float = 0.0        # random gain, uniform in [-gain_db, +gain_db]
+    mix_other_recorders: bool = False  # mix in only background heard by another recorder
     log_floor: float = 1e-6     # the frontend's, to move between log-mel and mel power
 
     @property

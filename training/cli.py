@@ -36,6 +36,7 @@ def _frontend(kind: str) -> FrontendConfig:
 
 # Field-augmentation preset (off in the paper's recipe): crops of the deployment window, time
 # shift, background mixing at 0-20 dB SNR on half the clips, +-6 dB gain.
+MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
 FIELD = {"time_shift": True, "p_mix": 0.5, "snr_db": (0.0, 20.0), "gain_db": 6.0}
 
 
@@ -76,6 +77,7 @@ def fit(
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
     frontend_kind: FrontendOpt = "logmel",
     average_last: Annotated[int, typer.Option(help="Keep the mean weights of the last N epochs instead of the best devel epoch (0: off).")] = 0,
+    mix_other_recorders: MixOtherOpt = False,
 ):
     """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
     from training.runs import fit_run
@@ -84,7 +86,7 @@ def fit(
     crop = crop_s if crop_s is not None else (window_s if field else 0.0)
     aug = AugmentConfig(p_fm=p_fm, p_tm=p_tm, p_r=p_r, log_floor=frontend.log_floor,
                         crop_frames=int(round(crop * frontend.sample_rate / frontend.hop_length)),
-                        **(FIELD if field else {}))
+                        mix_other_recorders=mix_other_recorders, **(FIELD if field else {}))
     _run(fit_run, data, out, ModelConfig(hidden=hidden, layers=layers, dropout=dropout, tau=tau),
          OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
                      gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=device,
@@ -202,6 +204,7 @@ def cv(
     max_false_rate: Annotated[float, typer.Option(help="With --average-last: share of background windows the thresholds may let through as calls.")] = 0.1,
     window_s: Annotated[float, typer.Option(help="The recorder's window: the field recipe's crop length and the held-out windows.")] = 4.0,
     hop_s: Annotated[float, typer.Option(help="The recorder's window hop, for the held-out windows.")] = 2.0,
+    mix_other_recorders: MixOtherOpt = False,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import Recipe, cross_validate, merge
@@ -216,10 +219,13 @@ def cv(
         suffix += f"-h{hidden}l{layers}"
     if (window_s, hop_s) != (4.0, 2.0):
         suffix += f"-w{window_s:g}"
+    if mix_other_recorders:
+        suffix += "-xrec"
     known = {
         "baseline": Recipe("baseline"),
         "paper": Recipe("paper" + suffix, model, optim, AugmentConfig(), frontend),
-        "field": Recipe("field" + suffix, model, optim, AugmentConfig(crop_frames=window, **FIELD), frontend),
+        "field": Recipe("field" + suffix, model, optim,
+                        AugmentConfig(crop_frames=window, mix_other_recorders=mix_other_recorders, **FIELD), frontend),
     }
     unknown = [r for r in recipe if r not in known]
     if unknown:

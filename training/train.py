@@ -90,6 +90,20 @@ def predict(model: PrimateBiLSTM, features: list[np.ndarray], device: torch.devi
     return probs, embeddings
 
 
+def background_pools(split: Split, source: list[np.ndarray], aug: AugmentConfig) -> list[list[np.ndarray]]:
+    """For each clip, the background clips it may be mixed with: every training background clip,
+    or with ``mix_other_recorders`` only those from other recorders, so that a call is heard over
+    a place it was not recorded at (all of them when one recorder is all there is)."""
+    bg = split.labels.index(BACKGROUND)
+    everything = [i for i, t in enumerate(split.targets) if t == bg]
+    pools: dict[str | None, list[np.ndarray]] = {}
+    for clip in split.clips:
+        if clip.recorder not in pools:
+            others = [i for i in everything if aug.mix_other_recorders and split.clips[i].recorder != clip.recorder]
+            pools[clip.recorder] = [source[i] for i in (others or everything)]
+    return [pools[clip.recorder] for clip in split.clips]
+
+
 def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, train_split: Split,
           devel_split: Split, on_epoch: Callable[[int, dict], None] | None = None,
           progress: bool = True, log_epochs: bool = True) -> TrainResult:
@@ -104,10 +118,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
     to_input = None
     if train_split.mel is not None:
         to_input = functools.partial(features_from_log_mel, config=train_split.frontend)
-    backgrounds = None
-    if aug.needs_background:
-        bg = train_split.labels.index(BACKGROUND)
-        backgrounds = [f for f, t in zip(source, train_split.targets) if t == bg]
+    backgrounds = background_pools(train_split, source, aug) if aug.needs_background else None
     averaged: dict[str, torch.Tensor] | None = None
 
     best = (-1.0, 0, None)
@@ -125,7 +136,8 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
         losses = []
         for start in range(0, len(order), optim.batch_size):
             idx = order[start:start + optim.batch_size]
-            x, lengths = pad_batch([augment(source[i], aug, rng, backgrounds, to_input) for i in idx])
+            x, lengths = pad_batch([augment(source[i], aug, rng, backgrounds and backgrounds[i], to_input)
+                                    for i in idx])
             targets = torch.from_numpy(train_split.targets[idx]).to(device)
             logits, _ = model(x.to(device), lengths.to(device))
             loss = focal_loss(logits, targets, optim.gamma)

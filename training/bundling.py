@@ -59,7 +59,9 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
            for c in configs):
         raise DataError("runs differ in labels or recorder window; a bundle has one of each")
     frontend = shared_frontend([FrontendConfig.from_dict(c["frontend"]) for c in configs], "runs")
-    thresholds, provenance = _thresholds_file(thresholds_from, first["labels"], (first["window_s"], first["hop_s"])) if thresholds_from else (None, {})
+    thresholds, provenance = None, {}
+    if thresholds_from:
+        thresholds, provenance = _thresholds_file(thresholds_from, first["labels"], (first["window_s"], first["hop_s"]))
     with tempfile.TemporaryDirectory() as tmp:
         members = []
         for i, run in enumerate(runs):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -109,7 +110,7 @@ def read_columns(src: Path, dst: Path, frontend: FrontendConfig) -> Path:
     props = {p.key: p.value for p in proto.metadata_props}
     own = FrontendConfig.from_dict(json.loads(props["frontend"]))
     if own == frontend:
-        onnx.save(proto, str(dst))
+        shutil.copyfile(src, dst)
         return Path(dst)
     if dataclasses.replace(own, kind=frontend.kind) != frontend:
         raise DataError(f"{src}: frontend parameters differ from the bundle's beyond its kind")

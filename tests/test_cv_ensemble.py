@@ -80,6 +80,10 @@ def test_members_from_other_folds_or_no_fold_models_are_refused(cv_runs, tiny_da
         cv_ensemble([cv_runs / "a" / "mel", cv_runs / "c" / "mel"], _load(tiny_dataset), tmp_path / "x.json", 0.1)
     with pytest.raises(DataError, match="no fold models"):
         cv_ensemble([cv_runs / "a" / "nothing"], _load(tiny_dataset), tmp_path / "x.json", 0.1)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "cv.json").write_text('{"recipes": {"mel": {"members": []}}}')
+    with pytest.raises(DataError, match="broken.*not a readable cv summary"):
+        cv_ensemble([tmp_path / "broken" / "mel"], _load(tiny_dataset), tmp_path / "x.json", 0.1)
     result = CliRunner().invoke(app, ["cv-ensemble", str(tmp_path / "nowhere" / "mel"),
                                       "--data", str(tiny_dataset), "--out", str(tmp_path / "x.json")])
     assert result.exit_code == 1 and "nowhere" in result.output
@@ -113,6 +117,7 @@ def test_bundle_of_log_mel_and_pcen_runs_streams_both_and_each_member_reads_its_
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.frontend == FrontendConfig(kind="logmel_pcen") and len(bundle.members) == 2
     assert bundle.thresholds == json.loads(thresholds.read_text())["thresholds"]
+    assert json.loads(thresholds.read_text())["frontend_kinds"] == ["logmel", "pcen"]
 
     clip = tiny_dataset / "audio" / "call_high_test_2.flac"
     x = soundfile.read(clip, dtype="float32")[0]
@@ -128,6 +133,8 @@ def test_bundle_refuses_thresholds_for_other_labels_or_windows(mixed_runs, tmp_p
     labels = ["background", "call_high", "call_low"]
     for content, message in (({"labels": ["a", "b"], "thresholds": {}, **WINDOW}, "labels"),
                              ({"labels": labels, "thresholds": {}, "window_s": 4.0, "hop_s": 2.0}, "windows"),
+                             ({"labels": labels, "thresholds": {}, "frontend_kinds": ["pcen"], **WINDOW},
+                              "members on"),
                              ({"labels": labels}, "not a cv-ensemble")):
         path = tmp_path / "t.json"
         path.write_text(json.dumps(content))

@@ -88,7 +88,6 @@ def test_tiny_search_prunes_and_keeps_models_then_builds_an_ensemble(tiny_datase
     assert len(load(f"sqlite:///{out / 'study.db'}").trials) == len(states)
 
 
-@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def _trial_under_way(db: Path) -> bool:
     """A running trial has reported an epoch (read-only, so the worker's own setup is undisturbed)."""
     if not db.exists():
@@ -101,21 +100,24 @@ def _trial_under_way(db: Path) -> bool:
         return False
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_a_killed_worker_loses_only_its_running_trial(tiny_dataset, tmp_path):
     out = tmp_path / "hpo"
     storage = f"sqlite:///{out / 'study.db'}"
     args = ("--trials", "3", "--epochs", "40", "--heartbeat-s", "1", "--seed", "3")
     worker = subprocess.Popen(hpo_command(tiny_dataset, out, *args), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not _trial_under_way(out / "study.db"):
-        time.sleep(0.5)
-    # Only now open the study through Optuna: opening it while the worker creates it races the
-    # worker over the schema's version row.
-    running = load(storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    assert running and running[0].intermediate_values, "no trial reported an epoch within 120 s"
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not _trial_under_way(out / "study.db"):
+            time.sleep(0.5)
+        # Only now open the study through Optuna: opening it while the worker creates it races the
+        # worker over the schema's version row.
+        running = load(storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        assert running and running[0].intermediate_values, "no trial reported an epoch within 120 s"
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
     killed = running[0].number
     time.sleep(2.5)  # past the grace period (2 heartbeats) so the trial is seen as stale
     run_hpo(tiny_dataset, out, *args)

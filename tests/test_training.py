@@ -182,6 +182,13 @@ def test_fit_cli_with_pcen_and_averaging_makes_a_bundle_the_recorder_runs(tiny_d
     assert len(analysis.windows) >= 3
 
 
+def test_mixing_other_recorders_without_the_field_recipe_is_refused(tiny_dataset, tmp_path):
+    result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"),
+                                 "--mix-other-recorders", *TINY_FIT])
+    assert result.exit_code == 1 and "--mix-other-recorders needs --field" in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_background_pools_hold_other_recorders_only_when_asked(tiny_dataset):
     from training.train import background_pools
 
@@ -191,7 +198,7 @@ def test_background_pools_hold_other_recorders_only_when_asked(tiny_dataset):
     recorder_of = {id(source[i]): split.clips[i].recorder for i in bg}
     everywhere = background_pools(split, source, AugmentConfig(p_mix=0.5))
     elsewhere = background_pools(split, source, AugmentConfig(p_mix=0.5, mix_other_recorders=True))
-    assert all(len(pool) == len(bg) for pool in everywhere)
+    assert all([id(x) for x in pool] == [id(source[i]) for i in bg] for pool in everywhere)  # as before
     for clip, pool in zip(split.clips, elsewhere):
         heard_at = {recorder_of[id(x)] for x in pool}
         assert heard_at and clip.recorder not in heard_at

@@ -23,8 +23,9 @@ def shared_frontend(frontends: list[FrontendConfig], where) -> FrontendConfig:
     return combined
 
 
-def _thresholds_file(path: Path, labels: list[str], window: tuple[float, float]) -> tuple[dict, dict]:
-    """Thresholds and their provenance from a ``cv-ensemble`` JSON."""
+def _thresholds_file(path: Path, labels: list[str], window: tuple[float, float],
+                     kinds: list[str]) -> tuple[dict, dict]:
+    """Thresholds and their provenance from a ``cv-ensemble`` JSON, checked against the runs."""
     try:
         result = json.loads(Path(path).read_text())
         thresholds = result["thresholds"]
@@ -35,6 +36,8 @@ def _thresholds_file(path: Path, labels: list[str], window: tuple[float, float])
     if (result.get("window_s"), result.get("hop_s")) != window:
         raise DataError(f"{path}: thresholds are for {result.get('window_s')} s windows every "
                         f"{result.get('hop_s')} s, the runs for {window[0]} s every {window[1]} s")
+    if "frontend_kinds" in result and sorted(result["frontend_kinds"]) != sorted(kinds):
+        raise DataError(f"{path}: thresholds are for members on {result['frontend_kinds']}, the runs are on {kinds}")
     provenance = {"thresholds_from": {
         "file": Path(path).name, "members": result.get("members"), "max_false_rate": result.get("max_false_rate"),
         "cv_uar_mean": result.get("uar_mean"), "cv_uar_std": result.get("uar_std")}}
@@ -55,13 +58,15 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
         devel.append(metrics["devel"]["uar"])
         test.append(metrics["test"]["uar"])
     first = configs[0]
-    if any((c["labels"], c["window_s"], c["hop_s"]) != (first["labels"], first["window_s"], first["hop_s"])
-           for c in configs):
-        raise DataError("runs differ in labels or recorder window; a bundle has one of each")
-    frontend = shared_frontend([FrontendConfig.from_dict(c["frontend"]) for c in configs], "runs")
+    for run, c in zip(runs, configs):
+        if (c["labels"], c["window_s"], c["hop_s"]) != (first["labels"], first["window_s"], first["hop_s"]):
+            raise DataError(f"{run}: labels or recorder window differ from {runs[0]}'s; a bundle has one of each")
+    frontends = [FrontendConfig.from_dict(c["frontend"]) for c in configs]
+    frontend = shared_frontend(frontends, runs[0])
     thresholds, provenance = None, {}
     if thresholds_from:
-        thresholds, provenance = _thresholds_file(thresholds_from, first["labels"], (first["window_s"], first["hop_s"]))
+        thresholds, provenance = _thresholds_file(thresholds_from, first["labels"], (first["window_s"], first["hop_s"]),
+                                                  [f.kind for f in frontends])
     with tempfile.TemporaryDirectory() as tmp:
         members = []
         for i, run in enumerate(runs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -82,6 +83,9 @@ def fit(
     """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
     from training.runs import fit_run
 
+    if mix_other_recorders and not field:
+        typer.echo("error: --mix-other-recorders needs --field (only the field recipe mixes in background)", err=True)
+        raise typer.Exit(1)
     frontend = _frontend(frontend_kind)
     crop = crop_s if crop_s is not None else (window_s if field else 0.0)
     aug = AugmentConfig(p_fm=p_fm, p_tm=p_tm, p_r=p_r, log_floor=frontend.log_floor,
@@ -116,6 +120,15 @@ def bundle(
     from training.bundling import bundle_runs
 
     _run(bundle_runs, runs, out, int8=int8, thresholds_from=thresholds)
+
+
+def _train_and_devel(data: Path, frontend: FrontendConfig):
+    """train + devel as one split, the way cv folds it; the test list is not even read."""
+    from training.cv import merge
+    from training.data import load_split
+
+    train_split = load_split(data, "train", frontend=frontend)
+    return merge(train_split, load_split(data, "devel", train_split.labels, frontend))
 
 
 def _storage(storage: Optional[str], out: Path) -> str:
@@ -207,8 +220,7 @@ def cv(
     mix_other_recorders: MixOtherOpt = False,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
-    from training.cv import Recipe, cross_validate, merge
-    from training.runs import Splits
+    from training.cv import Recipe, cross_validate
 
     frontend = _frontend(frontend_kind)
     window = int(round(window_s * frontend.sample_rate / frontend.hop_length))
@@ -219,12 +231,10 @@ def cv(
         suffix += f"-h{hidden}l{layers}"
     if (window_s, hop_s) != (4.0, 2.0):
         suffix += f"-w{window_s:g}"
-    if mix_other_recorders:
-        suffix += "-xrec"
     known = {
         "baseline": Recipe("baseline"),
         "paper": Recipe("paper" + suffix, model, optim, AugmentConfig(), frontend),
-        "field": Recipe("field" + suffix, model, optim,
+        "field": Recipe("field" + suffix + ("-xrec" if mix_other_recorders else ""), model, optim,
                         AugmentConfig(crop_frames=window, mix_other_recorders=mix_other_recorders, **FIELD), frontend),
     }
     unknown = [r for r in recipe if r not in known]
@@ -233,10 +243,7 @@ def cv(
         raise typer.Exit(1)
 
     def run():
-        def load(config: FrontendConfig):
-            splits = Splits.load(data, config)
-            return merge(splits.train, splits.devel)
-
+        load = functools.partial(_train_and_devel, data)
         summary = cross_validate([known[r] for r in recipe], load(FrontendConfig()), folds, out, seed,
                                  load=load, window_s=window_s, hop_s=hop_s, max_false_rate=max_false_rate)
         keys = ("uar_mean", "uar_std", "epoch", "recall", "thresholds", "windows_at_thresholds")
@@ -267,16 +274,10 @@ def cv_ensemble_command(
     max_false_rate: Annotated[float, typer.Option(help="Share of background windows the thresholds may let through as calls.")] = 0.1,
 ):
     """Grouped-CV score of an ensemble of cv recipes (mixed frontends allowed), thresholds on its own vote."""
-    from training.cv import merge
     from training.cv_ensemble import cv_ensemble
-    from training.runs import Splits
-
-    def load(config: FrontendConfig):
-        splits = Splits.load(data, config)
-        return merge(splits.train, splits.devel)
 
     def run():
-        result = cv_ensemble(members, load, out, max_false_rate)
+        result = cv_ensemble(members, functools.partial(_train_and_devel, data), out, max_false_rate)
         keys = ("uar_mean", "uar_std", "uar_mean_untuned", "uar_std_untuned", "thresholds",
                 "windows_untuned", "windows_at_thresholds")
         return {k: result[k] for k in keys}

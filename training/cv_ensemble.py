@@ -20,6 +20,7 @@ import onnxruntime as ort
 from edgemon.ensemble import majority_vote
 from edgemon.frontend import FrontendConfig
 from edgemon.segmenter import WindowSpec, cut_windows
+from training.bundling import shared_frontend
 from training.cv import grouped_folds
 from training.data import BACKGROUND, Split
 from training.errors import DataError
@@ -31,8 +32,14 @@ def _recipe(member: Path) -> tuple[dict, dict]:
     summary_path = member.parent / "cv.json"
     if not summary_path.is_file():
         raise DataError(f"{member}: not a recipe directory of a cv run (no {summary_path})")
-    summary = json.loads(summary_path.read_text())
-    result = summary["recipes"].get(member.name)
+    try:
+        summary = json.loads(summary_path.read_text())
+        result = summary["recipes"].get(member.name)
+        if result is not None and "members" in result:
+            FrontendConfig.from_dict(result["frontend_config"])
+            result["labels"], result["window_s"], result["hop_s"], summary["folds"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{summary_path}: not a readable cv summary ({type(exc).__name__}: {exc})") from exc
     if result is None or "members" not in result:
         raise DataError(f"{member}: no fold models for recipe {member.name!r} in {summary_path} "
                         "(only recipes with --average-last keep them)")
@@ -74,8 +81,11 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float) -> 
     summary, first = recipes[0]
     labels = tuple(first["labels"])
     frontends = [FrontendConfig.from_dict(result["frontend_config"]) for _, result in recipes]
+    shared_frontend(frontends, members[0])  # the members must be able to share one bundle's stream
     data = {f: load(f) for f in dict.fromkeys(frontends)}
     reference = data[frontends[0]]
+    if any([c.path for c in split.clips] != [c.path for c in reference.clips] for split in data.values()):
+        raise DataError(f"{members[0]}: the data loaded for the members' frontends differ in their clips")
     if tuple(reference.labels) != labels:
         raise DataError(f"{members[0]}: its labels {labels} differ from the data's {reference.labels}")
     folds = grouped_folds(reference, summary["k"], summary["seed"])
@@ -104,7 +114,8 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float) -> 
     result = {
         "uar_mean": float(np.mean(tuned)), "uar_std": float(np.std(tuned)),
         "uar_mean_untuned": float(np.mean(untuned)), "uar_std_untuned": float(np.std(untuned)),
-        "members": [str(m) for m in members], "labels": list(labels), "k": summary["k"],
+        "members": [str(m) for m in members], "frontend_kinds": [f.kind for f in frontends],
+        "labels": list(labels), "k": summary["k"],
         "seed": summary["seed"], "window_s": first["window_s"], "hop_s": first["hop_s"],
         "max_false_rate": max_false_rate, "thresholds": thresholds,
         "fold_uar_untuned": untuned, "fold_uar_at_thresholds": tuned,

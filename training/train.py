@@ -93,15 +93,17 @@ def predict(model: PrimateBiLSTM, features: list[np.ndarray], device: torch.devi
 def background_pools(split: Split, source: list[np.ndarray], aug: AugmentConfig) -> list[list[np.ndarray]]:
     """For each clip, the background clips it may be mixed with: every training background clip,
     or with ``mix_other_recorders`` only those from other recorders, so that a call is heard over
-    a place it was not recorded at (all of them when one recorder is all there is)."""
+    a place it was not recorded at (all of them when no other recorder has background). A clip
+    without a recorder counts as its own, as in the grouped folds."""
     bg = split.labels.index(BACKGROUND)
     everything = [i for i, t in enumerate(split.targets) if t == bg]
-    pools: dict[str | None, list[np.ndarray]] = {}
-    for clip in split.clips:
-        if clip.recorder not in pools:
-            others = [i for i in everything if aug.mix_other_recorders and split.clips[i].recorder != clip.recorder]
-            pools[clip.recorder] = [source[i] for i in (others or everything)]
-    return [pools[clip.recorder] for clip in split.clips]
+    place = [c.recorder or c.path.name for c in split.clips]
+    pools: dict[str, list[np.ndarray]] = {}
+    for here in place:
+        if here not in pools:
+            others = [i for i in everything if aug.mix_other_recorders and place[i] != here]
+            pools[here] = [source[i] for i in (others or everything)]
+    return [pools[here] for here in place]
 
 
 def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, train_split: Split,

@@ -23,11 +23,11 @@ from edgemon.frontend import FrontendConfig
 from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline
 from training.augment import AugmentConfig
-from training.data import BACKGROUND, Split
+from training.data import Split
 from training.evaluate import confusion, per_class_recall, plot_confusion, uar
 from training.export import export_onnx
 from training.model import ModelConfig, PrimateBiLSTM
-from training.thresholds import choose_thresholds, field_scores, threshold_tradeoff
+from training.thresholds import field_summary
 from training.train import OptimConfig, predict, train
 
 DEFAULT_MAX_FALSE_RATE = 0.1  # of background windows (4 s, 2 s hop) stored as a call
@@ -69,6 +69,11 @@ def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray,
         return list(folder.split(np.zeros(len(split)), split.targets))
     folder = StratifiedGroupKFold(n_splits=min(k, len(set(groups))), shuffle=True, random_state=seed)
     return list(folder.split(np.zeros(len(split)), split.targets, groups))
+
+
+def validation_recorders(split: Split, folds) -> list[list[str]]:
+    """Each fold's held-out recorders, as cv.json records them (and cv-ensemble checks them)."""
+    return [sorted({split.clips[i].recorder for i in va}) for _, va in folds]
 
 
 def run_fold(recipe: Recipe, train_split: Split, val: Split) -> FoldResult:
@@ -138,8 +143,8 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
         if recipe.averaged:
             results[recipe.name].update(_keep_fold_models(
                 recipe, split, folds, per_fold, out / recipe.name, window_s, hop_s, max_false_rate))
-    folds_info = [{"validation_recorders": sorted({data.clips[i].recorder for i in va}), "n": int(len(va))}
-                  for _, va in folds]
+    folds_info = [{"validation_recorders": recorders, "n": int(len(va))}
+                  for recorders, (_, va) in zip(validation_recorders(data, folds), folds)]
     summary = {"k": k, "seed": seed, "folds": folds_info, "recipes": results}
     (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -163,11 +168,6 @@ def _keep_fold_models(recipe: Recipe, split: Split, folds, per_fold: list[FoldRe
         windows["confidence"].append(held["confidence"])
     windows = {k: np.concatenate(v) for k, v in windows.items()}
     np.savez(out / "held_out_windows.npz", target=split.targets[windows["clip"]], **windows)
-    background = split.labels.index(BACKGROUND)
-    is_background = split.targets[windows["clip"]] == background
-    thresholds = choose_thresholds(windows["winner"], windows["confidence"], is_background, split.labels,
-                                   background, max_false_rate)
-    return {"tradeoff": threshold_tradeoff(windows, split.targets, split.labels),"members": members, "window_s": window_s, "hop_s": hop_s, "frontend_config": split.frontend.to_dict(),
-            "labels": list(split.labels), "max_false_rate": max_false_rate, "thresholds": thresholds,
-            "windows_untuned": field_scores(windows, split.targets, split.labels, {}),
-            "windows_at_thresholds": field_scores(windows, split.targets, split.labels, thresholds)}
+    return {"members": members, "window_s": window_s, "hop_s": hop_s, "frontend_config": split.frontend.to_dict(),
+            "labels": list(split.labels),
+            **field_summary(windows, split.targets, split.labels, max_false_rate)}

@@ -21,10 +21,10 @@ from edgemon.ensemble import majority_vote
 from edgemon.frontend import FrontendConfig
 from edgemon.segmenter import WindowSpec, cut_windows
 from training.bundling import shared_frontend
-from training.cv import grouped_folds
-from training.data import BACKGROUND, Split
+from training.cv import grouped_folds, validation_recorders
+from training.data import Split
 from training.errors import DataError
-from training.thresholds import choose_thresholds, field_scores, threshold_tradeoff
+from training.thresholds import field_scores, field_summary
 
 
 def _recipe(member: Path) -> tuple[dict, dict]:
@@ -89,8 +89,7 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float) -> 
     if tuple(reference.labels) != labels:
         raise DataError(f"{members[0]}: its labels {labels} differ from the data's {reference.labels}")
     folds = grouped_folds(reference, summary["k"], summary["seed"])
-    recorders = [sorted({reference.clips[i].recorder for i in va}) for _, va in folds]
-    if recorders != [f["validation_recorders"] for f in summary["folds"]]:
+    if validation_recorders(reference, folds) != [f["validation_recorders"] for f in summary["folds"]]:
         raise DataError(f"{members[0]}: the data's folds differ from those its cv run used (data changed?)")
 
     clip, winner, confidence, fold_of = [], [], [], []
@@ -106,9 +105,9 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float) -> 
     windows = {"clip": np.concatenate(clip), "winner": np.concatenate(winner),
                "confidence": np.concatenate(confidence)}
     fold_of = np.concatenate(fold_of)
-    targets, background = reference.targets, labels.index(BACKGROUND)
-    thresholds = choose_thresholds(windows["winner"], windows["confidence"],
-                                   targets[windows["clip"]] == background, labels, background, max_false_rate)
+    targets = reference.targets
+    summary_at_rate = field_summary(windows, targets, labels, max_false_rate)
+    thresholds = summary_at_rate["thresholds"]
     untuned = _fold_uars(windows, fold_of, folds, targets, labels, {})
     tuned = _fold_uars(windows, fold_of, folds, targets, labels, thresholds)
     result = {
@@ -117,11 +116,7 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float) -> 
         "members": [str(m) for m in members], "frontend_kinds": [f.kind for f in frontends],
         "labels": list(labels), "k": summary["k"],
         "seed": summary["seed"], "window_s": first["window_s"], "hop_s": first["hop_s"],
-        "max_false_rate": max_false_rate, "thresholds": thresholds,
-        "fold_uar_untuned": untuned, "fold_uar_at_thresholds": tuned,
-        "windows_untuned": field_scores(windows, targets, labels, {}),
-        "windows_at_thresholds": field_scores(windows, targets, labels, thresholds),
-        "tradeoff": threshold_tradeoff(windows, targets, labels),
+        "fold_uar_untuned": untuned, "fold_uar_at_thresholds": tuned, **summary_at_rate,
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,14 @@ def false_detection_rate(winner: np.ndarray, confidence: np.ndarray, is_backgrou
     return float(detected[is_background].mean()) if is_background.any() else 0.0
 
 
+def thresholds_for(windows: dict[str, np.ndarray], targets: np.ndarray, labels: tuple[str, ...],
+                   max_false_rate: float) -> dict[str, float]:
+    """``choose_thresholds`` on the windows of clips whose true labels are ``targets``."""
+    background = labels.index(BACKGROUND)
+    return choose_thresholds(windows["winner"], windows["confidence"], targets[windows["clip"]] == background,
+                             labels, background, max_false_rate)
+
+
 def clip_labels(winner: np.ndarray, confidence: np.ndarray, clip: np.ndarray, n_clips: int,
                 background: int) -> np.ndarray:
     """One label per clip from its windows (``edgemon.events.clip_label``)."""
@@ -70,13 +78,20 @@ def threshold_tradeoff(windows: dict[str, np.ndarray], targets: np.ndarray, labe
                        rates=(0.01, 0.02, 0.05, 0.1, 0.2)) -> list[dict]:
     """Clip UAR and background false rate at thresholds chosen for each allowed rate: the price of
     field precision, to choose ``--max-false-rate`` with."""
-    background = labels.index(BACKGROUND)
-    is_background = targets[windows["clip"]] == background
     rows = []
     for rate in rates:
-        thresholds = choose_thresholds(windows["winner"], windows["confidence"], is_background, labels,
-                                       background, rate)
-        scores = field_scores(windows, targets, labels, thresholds)
+        scores = field_scores(windows, targets, labels, thresholds_for(windows, targets, labels, rate))
         rows.append({"max_false_rate": rate, "uar": scores["uar"],
                      "background_false_rate": scores["background_false_rate"]})
     return rows
+
+
+def field_summary(windows: dict[str, np.ndarray], targets: np.ndarray, labels: tuple[str, ...],
+                  max_false_rate: float) -> dict:
+    """Thresholds for ``max_false_rate`` chosen on held-out windows, what the recorder would store
+    with and without them, and the whole trade-off: what cv and cv-ensemble report."""
+    thresholds = thresholds_for(windows, targets, labels, max_false_rate)
+    return {"max_false_rate": max_false_rate, "thresholds": thresholds,
+            "windows_untuned": field_scores(windows, targets, labels, {}),
+            "windows_at_thresholds": field_scores(windows, targets, labels, thresholds),
+            "tradeoff": threshold_tradeoff(windows, targets, labels)}

@@ -58,6 +58,12 @@ def test_int8_agrees_with_fp32(exported, tmp_path):
     x = (rng.standard_normal((64, 125, 128)) * 3 - 5).astype(np.float32)
     p32 = fp32.run(["probs"], {"logmel": x})[0]
     p8 = q.run(["probs"], {"logmel": x})[0]
-    # Bound: probabilities within 0.05 and the same argmax on at least 95 % of inputs.
+    # Bound: probabilities within 0.05, and the same argmax on at least 95 % of the inputs that
+    # fp32 does not call a near-tie. An untrained network is nearly uniform (top two often within
+    # 0.001), where onnxruntime releases flip the argmax either way (1.32 did on 10 of 64 here);
+    # trained bundles are compared by bench/bundle_agreement.py.
     assert np.abs(p32 - p8).max() < 0.05
-    assert (p32.argmax(1) == p8.argmax(1)).mean() >= 0.95
+    top_two = np.sort(p32, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 0.01
+    assert clear.sum() >= 8
+    assert (p32.argmax(1) == p8.argmax(1))[clear].mean() >= 0.95

@@ -5,8 +5,8 @@ import json
 import numpy as np
 
 from training.augment import AugmentConfig
-from training.cv import Recipe, cross_validate, grouped_folds, merge
-from training.data import load_split
+from training.cv import Recipe, cross_validate, grouped_folds
+from training.data import load_split, merge
 from training.model import ModelConfig
 from training.train import OptimConfig
 

@@ -15,9 +15,9 @@ from edgemon.ensemble import Ensemble
 from edgemon.frontend import FrontendConfig, features
 from training.augment import AugmentConfig
 from training.cli import app
-from training.cv import Recipe, cross_validate, merge
+from training.cv import Recipe, cross_validate
 from training.cv_ensemble import cv_ensemble
-from training.data import load_split
+from training.data import load_split, merge
 from training.errors import DataError
 from training.model import ModelConfig
 from training.train import OptimConfig

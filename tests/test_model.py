@@ -77,3 +77,17 @@ def test_shortest_inputs_work(frames):
     model = PrimateBiLSTM(ModelConfig(hidden=8, layers=1)).eval()
     logits, embedding = model(torch.randn(2, frames, 128))
     assert logits.shape == (2, 5) and embedding.shape == (2, 8)
+
+
+def test_centred_bands_ignore_a_windows_level_and_padding():
+    torch.manual_seed(2)
+    model = PrimateBiLSTM(ModelConfig(hidden=8, layers=1, centre_bands=True)).eval()
+    plain = PrimateBiLSTM(ModelConfig(hidden=8, layers=1)).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(2, 9, 128)
+    shifted = x + torch.linspace(-20, 5, 128)  # another recorder's gain and spectral colour
+    padded = torch.cat([x, torch.full((2, 4, 128), 99.0)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(shifted)[0], model(x)[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(padded, torch.tensor([9, 9]))[0], model(x)[0], atol=1e-5, rtol=0)
+        assert not torch.allclose(plain(shifted)[0], plain(x)[0], atol=1e-3)

@@ -36,6 +36,20 @@ def test_onnxruntime_matches_torch(exported, frames):
     np.testing.assert_allclose(emb, embedding.numpy(), atol=1e-4)
 
 
+def test_centred_bands_travel_into_the_graph(tmp_path):
+    torch.manual_seed(3)
+    model = PrimateBiLSTM(ModelConfig(hidden=16, layers=1, centre_bands=True)).eval()
+    path = export_onnx(model, tmp_path / "cb.onnx", LABELS, FrontendConfig())
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 40, 128) * 3 - 5
+    with torch.no_grad():
+        expected = torch.softmax(model(x)[0], 1).numpy()
+    for offset in (0.0, 12.0):  # a louder recorder: the same probabilities, in torch and in ONNX
+        np.testing.assert_allclose(session.run(["probs"], {"logmel": x.numpy() + offset})[0], expected, atol=1e-4)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["model_config"])["centre_bands"] is True
+
+
 def test_graph_holds_native_lstm_nodes_and_metadata(exported):
     _, path = exported
     proto = onnx.load(str(path))

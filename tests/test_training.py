@@ -182,6 +182,42 @@ def test_fit_cli_with_pcen_and_averaging_makes_a_bundle_the_recorder_runs(tiny_d
     assert len(analysis.windows) >= 3
 
 
+def test_fit_with_devel_trains_on_both_lists_and_centres_bands_in_the_export(tiny_dataset, tmp_path, monkeypatch):
+    import onnx
+
+    import training.runs
+
+    seen = []
+    real_train = training.runs.train
+
+    def spy(model_config, optim, aug, train_split, devel_split, **kwargs):
+        seen.append((len(train_split), len(devel_split)))
+        return real_train(model_config, optim, aug, train_split, devel_split, **kwargs)
+
+    monkeypatch.setattr(training.runs, "train", spy)
+    out = tmp_path / "run"
+    args = [a if a != "4" else "3" for a in TINY_FIT]
+    result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(out), *args,
+                                 "--average-last", "2", "--with-devel", "--centre-bands"])
+    assert result.exit_code == 0, result.output
+    n_train, n_devel = len(load_split(tiny_dataset, "train")), len(load_split(tiny_dataset, "devel"))
+    assert seen == [(n_train + n_devel, n_devel)]
+    assert json.loads((out / "config.json").read_text())["trained_on"] == "train+devel"
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert json.loads(meta["model_config"])["centre_bands"] is True
+    result = runner.invoke(app, ["bundle", str(out), "--out", str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["trained_on"] == ["train+devel"]  # its devel score is not a held-out one
+
+
+def test_fit_with_devel_without_averaging_is_refused(tiny_dataset, tmp_path):
+    result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"),
+                                 "--with-devel", *TINY_FIT])
+    assert result.exit_code == 1 and "needs --average-last" in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_mixing_other_recorders_without_the_field_recipe_is_refused(tiny_dataset, tmp_path):
     result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"),
                                  "--mix-other-recorders", *TINY_FIT])

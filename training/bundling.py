@@ -75,7 +75,10 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
         bundle = write_bundle(out, members, first["labels"], frontend=frontend,
                               window_s=first["window_s"], hop_s=first["hop_s"], devel_uars=devel,
                               test_uars=test, thresholds=thresholds, precision="int8" if int8 else "fp32",
-                              extra={"source_runs": [r.name for r in runs], **provenance})
+                              extra={"source_runs": [r.name for r in runs],
+                                     # a member trained on train + devel has no held-out devel score
+                                     "trained_on": [c.get("trained_on", "train") for c in configs],
+                                     **provenance})
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
             "frontend": frontend.kind}
 

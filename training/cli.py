@@ -38,6 +38,7 @@ def _frontend(kind: str) -> FrontendConfig:
 # Field-augmentation preset (off in the paper's recipe): crops of the deployment window, time
 # shift, background mixing at 0-20 dB SNR on half the clips, +-6 dB gain.
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
+CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]
 FIELD = {"time_shift": True, "p_mix": 0.5, "snr_db": (0.0, 20.0), "gain_db": 6.0}
 
 
@@ -79,6 +80,8 @@ def fit(
     frontend_kind: FrontendOpt = "logmel",
     average_last: Annotated[int, typer.Option(help="Keep the mean weights of the last N epochs instead of the best devel epoch (0: off).")] = 0,
     mix_other_recorders: MixOtherOpt = False,
+    centre_bands: CentreOpt = False,
+    with_devel: Annotated[bool, typer.Option("--with-devel", help="Train on train + devel (needs --average-last): for a recipe already chosen by grouped CV.")] = False,
 ):
     """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
     from training.runs import fit_run
@@ -91,11 +94,12 @@ def fit(
     aug = AugmentConfig(p_fm=p_fm, p_tm=p_tm, p_r=p_r, log_floor=frontend.log_floor,
                         crop_frames=int(round(crop * frontend.sample_rate / frontend.hop_length)),
                         mix_other_recorders=mix_other_recorders, **(FIELD if field else {}))
-    _run(fit_run, data, out, ModelConfig(hidden=hidden, layers=layers, dropout=dropout, tau=tau),
+    _run(fit_run, data, out, ModelConfig(hidden=hidden, layers=layers, dropout=dropout, tau=tau,
+                                         centre_bands=centre_bands),
          OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
                      gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=device,
                      average_last=average_last),
-         aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet)
+         aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet, with_devel=with_devel)
 
 
 @app.command()
@@ -124,7 +128,7 @@ def bundle(
 
 def _train_and_devel(data: Path, frontend: FrontendConfig):
     """train + devel as one split, the way cv folds it; the test list is not even read."""
-    from training.cv import merge
+    from training.data import merge
     from training.data import load_split
 
     train_split = load_split(data, "train", frontend=frontend)
@@ -218,6 +222,7 @@ def cv(
     window_s: Annotated[float, typer.Option(help="The recorder's window: the field recipe's crop length and the held-out windows.")] = 4.0,
     hop_s: Annotated[float, typer.Option(help="The recorder's window hop, for the held-out windows.")] = 2.0,
     mix_other_recorders: MixOtherOpt = False,
+    centre_bands: CentreOpt = False,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import Recipe, cross_validate
@@ -225,12 +230,14 @@ def cv(
     frontend = _frontend(frontend_kind)
     window = int(round(window_s * frontend.sample_rate / frontend.hop_length))
     optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last)
-    model = ModelConfig(hidden=hidden, layers=layers)
+    model = ModelConfig(hidden=hidden, layers=layers, centre_bands=centre_bands)
     suffix = ("" if frontend.kind == "logmel" else f"-{frontend.kind}") + (f"-avg{average_last}" if average_last else "")
     if (hidden, layers) != (256, 2):
         suffix += f"-h{hidden}l{layers}"
     if (window_s, hop_s) != (4.0, 2.0):
         suffix += f"-w{window_s:g}"
+    if centre_bands:
+        suffix += "-cb"
     known = {
         "baseline": Recipe("baseline"),
         "paper": Recipe("paper" + suffix, model, optim, AugmentConfig(), frontend),

@@ -55,12 +55,6 @@ class FoldResult:
     final: np.ndarray | None = None        # its validation predictions
 
 
-def merge(a: Split, b: Split) -> Split:
-    mel = None if a.mel is None or b.mel is None else a.mel + b.mel
-    return Split(f"{a.name}+{b.name}", a.clips + b.clips, a.features + b.features,
-                 np.concatenate([a.targets, b.targets]), a.labels, mel, a.frontend)
-
-
 def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """``k`` (train, validation) index pairs; each recorder falls in exactly one validation fold."""
     groups = [c.recorder or c.path.name for c in split.clips]

@@ -64,6 +64,12 @@ class Split:
                      None if self.mel is None else [self.mel[i] for i in indices], self.frontend)
 
 
+def merge(a: Split, b: Split) -> Split:
+    mel = None if a.mel is None or b.mel is None else a.mel + b.mel
+    return Split(f"{a.name}+{b.name}", a.clips + b.clips, a.features + b.features,
+                 np.concatenate([a.targets, b.targets]), a.labels, mel, a.frontend)
+
+
 def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
     """Parse a ``filename,label[,recorder,…]`` list; every listed file must exist."""
     if not csv_path.is_file():

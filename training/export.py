@@ -25,7 +25,7 @@ from torch import nn
 import edgemon
 from edgemon.frontend import FrontendConfig
 from training.errors import DataError
-from training.model import PrimateBiLSTM, pair_frames
+from training.model import PrimateBiLSTM, centre_bands, pair_frames
 
 
 class ExportableModel(nn.Module):
@@ -33,11 +33,14 @@ class ExportableModel(nn.Module):
 
     def __init__(self, model: PrimateBiLSTM):
         super().__init__()
+        self.centre = model.config.centre_bands
         self.lstm = model.encoder.to_bidirectional()
         self.mlp = model.mlp
         self.head = model.head
 
     def forward(self, logmel: torch.Tensor):
+        if self.centre:
+            logmel = centre_bands(logmel)
         hidden, _ = self.lstm(pair_frames(logmel))
         pooled = torch.cat([hidden.mean(1), hidden.amax(1), hidden.amin(1)], dim=1)
         embedding = self.mlp(pooled)

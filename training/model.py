@@ -22,6 +22,17 @@ class ModelConfig:
     layers: int = 2        # l
     dropout: float = 0.05  # p_drop, between LSTM layers and in the MLP
     tau: float = 0.6203    # normalised-softmax temperature
+    # Subtract each band's mean over the input's frames first: a window's level and the recorder's
+    # spectral colour (microphone, gain, steady noise floor) cancel, and only what changes is heard.
+    centre_bands: bool = False
+
+
+def centre_bands(x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, T, F]`` minus each row's per-band mean over its valid frames."""
+    if lengths is None:
+        return x - x.mean(1, keepdim=True)
+    valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None])[:, :, None]
+    return x - (x * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)
 
 
 def paired_lengths(lengths: torch.Tensor) -> torch.Tensor:
@@ -139,6 +150,8 @@ class PrimateBiLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         """``x`` float ``[B, T, n_mels]`` -> (logits ``[B, C]``, embedding ``[B, h]``)."""
+        if self.config.centre_bands:
+            x = centre_bands(x, lengths)
         paired = pair_frames(x, lengths)
         plens = None if lengths is None else paired_lengths(lengths)
         embedding = self.mlp(masked_pool(self.encoder(paired, plens), plens))

@@ -22,9 +22,10 @@ from edgemon.frontend import FrontendConfig
 from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline as baseline_mod
 from training.augment import AugmentConfig
-from training.data import BACKGROUND, Split, data_identity, load_split
+from training.data import BACKGROUND, Split, data_identity, load_split, merge
 from training.evaluate import metrics, write_report
 from training.export import export_onnx
+from training.errors import DataError
 from training.model import ModelConfig, count_parameters
 from training.thresholds import clip_labels, field_scores
 from training.train import OptimConfig, predict, train
@@ -90,18 +91,25 @@ def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> 
 
 def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: OptimConfig,
             aug: AugmentConfig, window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S,
-            frontend: FrontendConfig = FrontendConfig(), progress: bool = True) -> dict:
-    """Train one model on train, choose its epoch on devel, evaluate devel and test, export."""
+            frontend: FrontendConfig = FrontendConfig(), progress: bool = True,
+            with_devel: bool = False) -> dict:
+    """Train one model on train, choose its epoch on devel, evaluate devel and test, export.
+
+    ``with_devel`` trains on train + devel (a recipe already chosen by grouped CV, weights averaged,
+    so nothing is chosen on devel): more recorders heard; devel's scores then say nothing."""
+    if with_devel and not optim.average_last:
+        raise DataError("training on train + devel needs --average-last: no epoch can be chosen on devel")
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = Splits.load(data_dir, frontend)
+    training_split = merge(splits.train, splits.devel) if with_devel else splits.train
     model_config = dataclasses.replace(model_config, n_classes=len(splits.train.labels),
                                        n_mels=frontend.n_features)
     config = {"model": dataclasses.asdict(model_config), "optim": dataclasses.asdict(optim),
               "augment": dataclasses.asdict(aug), "frontend": frontend.to_dict(),
               "window_s": window_s, "hop_s": hop_s, "labels": splits.train.labels,
-              "data": data_identity(data_dir)}
+              "trained_on": training_split.name, "data": data_identity(data_dir)}
     _write_json(run_dir / "config.json", config)
-    result = train(model_config, optim, aug, splits.train, splits.devel, progress=progress)
+    result = train(model_config, optim, aug, training_split, splits.devel, progress=progress)
     _write_json(run_dir / "history.json", result.history)
     results = {}
     for split in (splits.devel, splits.test):

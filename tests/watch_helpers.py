@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,18 @@ def watch_until_idle(root: Path, db: Path, timeout: float = 120, **overrides) ->
 def query(db: Path, sql: str, params=()) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+def files_done(db: Path) -> int:
+    """Files the daemon has finished, read-only; 0 while it has not yet created the database or
+    its schema (the file appears before its tables do)."""
+    if not db.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM files WHERE state = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:  # no such table yet, or locked mid-schema
+        return 0
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> Path:

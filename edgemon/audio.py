@@ -14,13 +14,29 @@ from edgemon.errors import AudioError
 TARGET_RATE = 16000
 
 
+# 16-bit PCM (AudioMoth's format) is read as int16 and scaled here: libsndfile's own conversion to
+# float takes longer than decoding the file, and x / 32768 is the very value it returns.
+_INT16_SCALE = np.float32(1 / 32768)
+
+
+def _read_dtype(f: soundfile.SoundFile) -> str:
+    return "int16" if f.subtype == "PCM_16" else "float32"
+
+
 def _mono(block: np.ndarray) -> np.ndarray:
-    """``[n, channels]`` -> ``[n]`` by averaging channels (recorders put the same scene on each)."""
-    return block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+    """``[n, channels]`` -> float32 ``[n]`` in [-1, 1] by averaging channels (recorders put the
+    same scene on each)."""
+    if block.shape[1] > 1:
+        samples = block.mean(axis=1, dtype=np.float32)
+    else:
+        samples = block[:, 0].astype(np.float32, copy=block.dtype != np.float32)
+    if block.dtype == np.int16:
+        samples *= _INT16_SCALE  # a power of two: exact, so the mean commutes with it
+    return samples
 
 
-def _check_finite(samples: np.ndarray, path: Path) -> None:
-    if not np.isfinite(samples).all():
+def _check_finite(samples: np.ndarray, raw: np.ndarray, path: Path) -> None:
+    if raw.dtype.kind == "f" and not np.isfinite(samples).all():  # integer PCM is always finite
         raise AudioError(f"{path}: audio holds NaN or infinite samples")
 
 
@@ -32,13 +48,14 @@ def load(path: str | Path, sample_rate: int = TARGET_RATE) -> np.ndarray:
     """
     path = Path(path)
     try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(str(path)) as f:
+            rate, data = f.samplerate, f.read(dtype=_read_dtype(f), always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
         raise AudioError(f"{path}: cannot decode audio: {exc}") from exc
     if data.shape[0] == 0:
         raise AudioError(f"{path}: file holds no audio samples")
     samples = _mono(data)
-    _check_finite(samples, path)
+    _check_finite(samples, data, path)
     if rate != sample_rate:
         samples = soxr.resample(samples, rate, sample_rate, quality="HQ").astype(np.float32)
     return np.ascontiguousarray(samples)
@@ -56,9 +73,9 @@ def iter_blocks(path: str | Path, block_seconds: float = 60.0,
             resampler = None if f.samplerate == sample_rate else soxr.ResampleStream(
                 f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
             frames = max(1, int(block_seconds * f.samplerate))
-            for block in f.blocks(blocksize=frames, dtype="float32", always_2d=True):
+            for block in f.blocks(blocksize=frames, dtype=_read_dtype(f), always_2d=True):
                 samples = _mono(block)
-                _check_finite(samples, path)
+                _check_finite(samples, block, path)
                 if resampler is not None:
                     samples = resampler.resample_chunk(samples, last=False)
                 if len(samples):

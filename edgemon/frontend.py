@@ -126,7 +126,7 @@ def mel_filterbank(config: FrontendConfig) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _window(n_fft: int) -> np.ndarray:
-    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann, float64
 
 
 def power_spectrogram(samples: np.ndarray, config: FrontendConfig) -> np.ndarray:
@@ -144,8 +144,12 @@ def _frame_power(x: np.ndarray, config: FrontendConfig) -> np.ndarray:
     frames = np.lib.stride_tricks.as_strided(
         x, shape=(n_frames, config.n_fft), strides=(x.strides[0] * config.hop_length, x.strides[0]),
         writeable=False)
+    # float64 frames: numpy's pocketfft is faster in double than in single precision (12.6 vs
+    # 14.9 ms per minute of audio, one core, numpy 2.4), and more accurate.
     spectrum = np.fft.rfft(frames * _window(config.n_fft), axis=1)
-    return (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
+    parts = spectrum.view(np.float64)
+    parts *= parts
+    return (parts[:, 0::2] + parts[:, 1::2]).astype(np.float32)
 
 
 def mel_power(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
@@ -204,13 +208,22 @@ def pcen(energy: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None =
         return out, smooth
     ms = _smoother(e, config.pcen_b, e[0] if smooth is None else smooth)
     # The smoother's state stays float64 (it carries across a whole stream); the pointwise part
-    # runs in float32, whose SIMD logs and exps take about a third less time (values within 4e-6
-    # relative of float64).
+    # runs in float32, in place, whose SIMD logs and exps take about a third less time (values
+    # within 4e-6 relative of float64).
     f32 = np.float32
-    eps, ms32, e32 = f32(config.pcen_eps), ms.astype(np.float32), e.astype(np.float32)
-    gain = np.exp(f32(-config.pcen_gain) * (np.log(eps) + np.log1p(ms32 / eps)))
+    x = ms.astype(np.float32)
+    x += f32(config.pcen_eps)
+    np.log(x, out=x)
+    x *= f32(-config.pcen_gain)
+    np.exp(x, out=x)
+    x *= e.astype(np.float32)                       # x = E / (eps + M)^gain
     bias, power = f32(config.pcen_bias), f32(config.pcen_power)
-    out[:] = bias ** power * np.expm1(power * np.log1p(e32 * gain / bias))
+    if config.pcen_power == 0.5:
+        # (x + b)^0.5 - b^0.5 = x / ((x + b)^0.5 + b^0.5): two square roots instead of a log and
+        # an exp, and no cancellation when x << b. A quarter of the time of the general form.
+        np.divide(x, np.sqrt(x + bias) + np.sqrt(bias), out=out)
+    else:
+        out[:] = bias ** power * np.expm1(power * np.log1p(x / bias))
     return out, ms[-1].copy()
 
 

@@ -79,3 +79,15 @@ def test_blocks_equal_whole_file(tmp_path, rate):
     n = min(len(joined), len(whole))
     # Streaming and one-shot soxr agree away from the edges.
     np.testing.assert_allclose(joined[1000:n - 1000], whole[1000:n - 1000], atol=2e-3)
+
+
+@pytest.mark.parametrize("name", ["m.wav", "s.wav", "m.flac", "s.flac"])
+def test_16_bit_pcm_reads_as_libsndfile_float_would(tmp_path, name):
+    """16-bit files take the int16 read; the samples must be libsndfile's float32 ones, bit for bit."""
+    channels = 2 if name.startswith("s") else 1
+    pcm = np.random.default_rng(3).integers(-32768, 32768, (16000, channels)).astype(np.int16)
+    pcm[:2] = [[-32768] * channels, [32767] * channels]
+    soundfile.write(tmp_path / name, pcm, 16000, subtype="PCM_16")
+    as_float = soundfile.read(tmp_path / name, dtype="float32", always_2d=True)[0].mean(axis=1, dtype=np.float32)
+    np.testing.assert_array_equal(audio.load(tmp_path / name), as_float)
+    np.testing.assert_array_equal(np.concatenate(list(audio.iter_blocks(tmp_path / name, 0.3))), as_float)

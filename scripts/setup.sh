@@ -25,4 +25,5 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # GPU users: install your CUDA torch into .venv first and set EDGEMON_TORCH="" to keep it.
-.venv/bin/pip install -q ${EDGEMON_TORCH-torch==2.13.0} -e '.[train,dev]'
+# constraints.txt: the tested versions of everything else (the package itself keeps ranges).
+.venv/bin/pip install -q -c constraints.txt ${EDGEMON_TORCH-torch==2.13.0} -e '.[train,dev]'

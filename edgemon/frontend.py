@@ -217,12 +217,13 @@ def pcen(energy: np.ndarray, config: FrontendConfig, smooth: np.ndarray | None =
     x *= f32(-config.pcen_gain)
     np.exp(x, out=x)
     x *= e.astype(np.float32)                       # x = E / (eps + M)^gain
-    bias, power = f32(config.pcen_bias), f32(config.pcen_power)
+    bias = f32(config.pcen_bias)
     if config.pcen_power == 0.5:
         # (x + b)^0.5 - b^0.5 = x / ((x + b)^0.5 + b^0.5): two square roots instead of a log and
         # an exp, and no cancellation when x << b. A quarter of the time of the general form.
         np.divide(x, np.sqrt(x + bias) + np.sqrt(bias), out=out)
     else:
+        power = f32(config.pcen_power)
         out[:] = bias ** power * np.expm1(power * np.log1p(x / bias))
     return out, ms[-1].copy()
 

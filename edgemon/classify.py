@@ -1,43 +1,75 @@
-"""``edgemon classify``: the one-shot analyser. The watch pipeline once, no database."""
+"""``edgemon classify``: the one-shot analyser. The watch pipeline once, no database.
+
+Its CSV is export's (``edgemon.tables``): the same columns and UTC time text, so a file
+classified by hand and the daemon's export of it can be read by one script; the columns a
+database gives (id, device, stored time, clip) stay empty.
+"""
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 from pathlib import Path
 
-from edgemon.errors import EdgemonError
+from edgemon import tables
+from edgemon.errors import AudioError, EdgemonError
 from edgemon.pipeline import Analyzer
 from edgemon.recorder import recording_time
+from edgemon.store import utc_iso
 
-COLUMNS = ("file", "start_s", "end_s", "start_utc", "label", "confidence")
+TABLE_COLUMNS = ("source", "start_s", "end_s", "start_utc", "label", "common_name", "confidence")
 
 
 def classify_files(paths: list[Path], analyzer: Analyzer) -> tuple[list[dict], list[str]]:
-    """Detections of every file, and one error line per file that could not be read."""
+    """Detections of every file as export rows (``tables.COLUMNS``), and one error line per file
+    that could not be read, naming it."""
+    names = tables.label_names(analyzer.bundle.manifest)
     rows, errors = [], []
     for path in paths:
         try:
+            _check_readable(Path(path))
             analysis = analyzer.analyse_file(path)
+            when = recording_time(Path(path))
         except (EdgemonError, OSError) as exc:
-            errors.append(str(exc))
+            errors.append(str(exc) if isinstance(exc, EdgemonError) else f"{path}: {exc.strerror or exc}")
             continue
-        start = recording_time(Path(path)).start_utc
+
+        def at(offset: float) -> str | None:
+            return None if when.start_utc is None else utc_iso(when.start_utc + dt.timedelta(seconds=offset))
+
         for e in analysis.events:
-            when = "" if start is None else (start + dt.timedelta(seconds=e.start_s)).isoformat(timespec="seconds")
-            rows.append({"file": str(path), "start_s": e.start_s, "end_s": e.end_s, "start_utc": when,
-                         "label": e.label, "confidence": round(e.confidence, 3)})
+            scientific, common = names.get(e.label, (None, None))
+            rows.append({"source": str(path), "file_path": str(path), "start_s": e.start_s, "end_s": e.end_s,
+                         "start_utc": at(e.start_s), "end_utc": at(e.end_s), "time_source": when.source,
+                         "clock_suspect": int(when.suspect), "label": e.label, "scientific_name": scientific,
+                         "common_name": common, "confidence": e.confidence, "votes": e.votes,
+                         "bundle_id": analyzer.bundle.bundle_id})
     return rows, errors
 
 
+def _check_readable(path: Path) -> None:
+    """Say in the file's own words why it cannot be opened (libsndfile says 'System error.')."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise AudioError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise AudioError(f"{path}: is a directory, not an audio file") from None
+    except PermissionError:
+        raise AudioError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
 def format_rows(rows: list[dict], fmt: str) -> str:
+    """``fmt`` 'csv' (export's columns) or 'table' (a few aligned columns for a person)."""
+    out = io.StringIO()
     if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        tables.write_csv(out, rows)
         return out.getvalue()
-    table = [COLUMNS] + [tuple(str(r[c]) for c in COLUMNS) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    table = [TABLE_COLUMNS] + [tuple("" if v is None else str(v) for v in
+                                     (r.get(c) if c != "confidence" else tables.confidence(r)
+                                      for c in TABLE_COLUMNS)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(TABLE_COLUMNS))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table) + "\n"

@@ -196,28 +196,33 @@ def devices():
 @app.command("export-detections")
 def export_detections(
     db: Annotated[Path, typer.Option("--db", help="Detections database (SQLite).")] = Path("edgemon.db"),
-    fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or raven (one selection table per file).")] = "csv",
-    output: Annotated[Optional[Path], typer.Option("--output", help="File (csv, jsonl) or directory (raven); default stdout.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv, birdnet (BirdNET-Analyzer's CSV columns), jsonl or raven (one BirdNET-named selection table per file).")] = "csv",
+    output: Annotated[Optional[Path], typer.Option("--output", help="File (csv, birdnet, jsonl) or directory (raven); default stdout.")] = None,
     since: Annotated[Optional[str], typer.Option(help="Only detections starting at or after this UTC time (ISO 8601).")] = None,
     until: Annotated[Optional[str], typer.Option(help="Only detections starting before this UTC time (ISO 8601).")] = None,
     label: Annotated[Optional[list[str]], typer.Option(help="Only these labels (repeatable).")] = None,
-    min_confidence: Annotated[Optional[float], typer.Option(help="Only detections at least this confident.")] = None,
-    new: Annotated[bool, typer.Option("--new", help="Only what no earlier --new export delivered.")] = False,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Only detections at least this confident (an error above what the bundle can reach).")] = None,
+    new: Annotated[bool, typer.Option("--new", help="Only what this cursor has not delivered yet (cursor 'default' unless --cursor), then advance it.")] = False,
+    cursor: Annotated[Optional[str], typer.Option("--cursor", metavar="NAME", help="Named cursor, one per destination and filter; implies --new. A cursor keeps the filter it was first used with.")] = None,
     coverage: Annotated[Optional[Path], typer.Option("--coverage", help="Also write live-stream coverage (per minute: seconds analysed and lost) for the same --since/--until to this file (csv, or jsonl with --format jsonl).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No info line on standard error (for cron); errors are still reported.")] = False,
 ):
     """Export detections; reads only, so it never blocks the daemon."""
     from edgemon.export import export_coverage, export_detections as run_export
 
+    log = logging.getLogger("edgemon.export")
     try:
         times = [None if t is None else _parse_time(t) for t in (since, until)]
-        count = run_export(db, fmt, output, times[0], times[1], label or None, min_confidence, new)
+        count = run_export(db, fmt, output, times[0], times[1], label or None, min_confidence,
+                           new or cursor is not None, cursor or "default")
         if coverage is not None:
             minutes = export_coverage(db, "jsonl" if fmt == "jsonl" else "csv", coverage, times[0], times[1])
     except EdgemonError as exc:
         raise _fail(exc)
-    logging.getLogger("edgemon.export").info("exported %d detection(s)", count)
-    if coverage is not None:
-        logging.getLogger("edgemon.export").info("exported %d coverage minute(s)", minutes)
+    if not quiet:
+        log.info("exported %d detection(s)%s", count, f" (cursor {cursor or 'default'})" if new or cursor else "")
+        if coverage is not None:
+            log.info("exported %d coverage minute(s)", minutes)
 
 
 def _parse_time(text: str):

@@ -50,6 +50,7 @@ def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, th
     database is moved aside and a fresh one created; systemd hears READY, STATUS and watchdog pings."""
     analyzer = make_analyzer(models, threads)
     with open_or_recover(db_path) as store, stop_on_signals() as stop:
+        store.record_bundle(analyzer.bundle.bundle_id, analyzer.bundle.manifest)   # names and reach for export
         monitor = WatchMonitor(store, db_path, device_id=config.device_id, bundle_id=analyzer.bundle.bundle_id,
                                config=health, disk=disk)
         watcher = Watcher(config, analyzer, store, on_tick=monitor.tick)

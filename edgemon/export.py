@@ -1,44 +1,46 @@
-"""Export detections as CSV, JSON Lines or Raven selection tables, and live-stream coverage.
+"""Export detections as CSV, BirdNET-compatible CSV, JSON Lines or Raven selection tables, and
+live-stream coverage.
 
 Export reads through a read-only connection: under WAL a reader sees the last committed state and
-neither waits for nor blocks the daemon's writer. Output files appear only complete (temp file in
-the same directory, fsync, rename). With ``new=True`` a named cursor remembers the highest exported
-detection id; it advances only after the output is written, so a failed export can be repeated.
+neither waits for nor blocks the daemon's writer. The database is checked before any output is
+opened, so a bad database leaves no file (and no header on standard output) behind. Output files
+appear only complete (temp file in the same directory, fsync, rename), with the mode the umask
+gives. With ``new=True`` a named cursor (``edgemon.cursors``) delivers each row matching its
+filter once; it advances only after the output is written, so a failed export can be repeated.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
 import hashlib
 import itertools
 import json
 import os
 import re
+import secrets
 import sqlite3
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
+from edgemon import tables
+from edgemon.cursors import CursorError, CursorFilter, advance, check_filter, has_filters, read_cursor
 from edgemon.errors import EdgemonError
-from edgemon.store import connect_read_only, utc_iso
+from edgemon.store import Store, StoreError, connect_read_only, utc_iso
 
-FORMATS = ("csv", "jsonl", "raven")
-COLUMNS = ("id", "device_id", "source", "start_s", "end_s", "start_utc", "end_utc", "time_source",
-           "clock_suspect", "label", "confidence", "votes", "bundle_id", "created_at", "clip_path",
-           "clock_synced")
+FORMATS = ("csv", "birdnet", "jsonl", "raven")
+COLUMNS = tables.COLUMNS
+RAVEN_COLUMNS = tables.RAVEN_COLUMNS
 COVERAGE_COLUMNS = ("source", "device_id", "minute_utc", "end_utc", "analysed_s", "lost_overflow_s",
                     "lost_dropped_s", "lost_device_s", "lost_daemon_s", "overflows", "dropped_blocks",
                     "clock_synced", "updated_at")
-RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
-                 "Low Freq (Hz)", "High Freq (Hz)", "Label", "Confidence", "Begin Path",
-                 "File Offset (s)", "Begin Date Time (UTC)")
-RAVEN_HIGH_FREQ_HZ = 8000
-BUSY_TIMEOUT_S = 30.0
+# Raven table names stay within eCryptfs's 143 bytes, the shortest common limit (ext4: 255).
+MAX_NAME_BYTES = 143
+HASH_CHARS = 8
 
 
 class ExportError(EdgemonError):
@@ -51,53 +53,70 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                       new: bool = False, cursor_name: str = "default") -> int:
     """Write the detections that pass the filters; return how many were written.
 
-    ``fmt`` 'csv' or 'jsonl' writes one file at ``output`` (standard output when None); 'raven'
-    writes one ``<source stem>.selections.txt`` per source into the existing directory ``output``.
-    Filters: ``since`` <= start_utc < ``until`` (naive times are read as UTC; detections without a
-    start time are left out whenever a time filter is given), label in ``label`` (None or empty:
-    any), confidence >= ``min_confidence``. ``new`` exports only detections after the cursor
-    ``cursor_name`` and then advances it. Rows come in id order (Raven: by offset per source).
-    Raises ExportError naming the file that cannot be read or written.
+    ``fmt`` 'csv', 'birdnet' or 'jsonl' writes one file at ``output`` (standard output when
+    None); 'raven' writes one ``<source stem>.BirdNET.selection.table.txt`` per source into the
+    existing directory ``output``. Filters: ``since`` <= start_utc < ``until`` (naive times are
+    read as UTC; detections without a start time are left out whenever a time filter is given),
+    label in ``label`` (None or empty: any), confidence >= ``min_confidence`` (an error when above
+    what the detections' bundles can reach). ``new`` exports only what cursor ``cursor_name`` has
+    not delivered, then advances it; the cursor keeps the filter it was first used with, and a
+    Raven table it delivered to is appended to, never replaced. Rows come in id order (Raven: by
+    offset per source). Raises ExportError (CursorError) naming what cannot be read or written.
     """
     db_path = Path(db_path)
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt == "raven" and (output is None or not Path(output).is_dir()):
         raise ExportError(f"Raven export needs an existing output directory, got {output}")
-    conn = _connect_read_only(db_path)
+    wanted = CursorFilter.of(since, until, label, min_confidence)
+    conn, found = _open(db_path, migrate_cursors=new)
     try:
-        # One read transaction: the cursor, the source names and the rows come from one snapshot.
+        # One read transaction: cursor, bundles, names and rows come from one snapshot.
         conn.execute("BEGIN")
-        after_id = _cursor_position(conn, db_path, cursor_name) if new else 0
-        where, params = _where(after_id, since, until, label, min_confidence)
-        rows = _Tally(_query(conn, db_path, where, params, raven=fmt == "raven"))
-        if fmt == "raven":
-            _write_raven(rows, Path(output), _raven_names(conn, db_path))
-        elif output is None:
-            _write_stdout(WRITERS[fmt], rows)
-        else:
-            with _atomic_text(Path(output)) as f:
-                WRITERS[fmt](f, rows)
+        span = _span(conn, db_path, cursor_name, wanted) if new else None
+        if min_confidence is not None and "bundles" in found:
+            _check_reachable(conn, db_path, replace(wanted, min_confidence=None), span, min_confidence)
+        rows = _select(conn, db_path, wanted, span, found, raven=fmt == "raven")
+        try:
+            if fmt == "raven":
+                count = _write_raven(rows, Path(output), _raven_names(conn, db_path), append=new)
+            elif output is None:
+                count = _write_stdout(tables.WRITERS[fmt], rows)
+            else:
+                with _atomic_text(Path(output)) as f:
+                    count = tables.WRITERS[fmt](f, rows)
+        except sqlite3.Error as e:
+            raise ExportError(f"cannot read detections from {db_path}: {e}") from e
     finally:
         conn.close()
-    if new and rows.count:
-        _advance_cursor(db_path, cursor_name, rows.max_id)
-    return rows.count
+    if span is not None:
+        advance(db_path, cursor_name, wanted, span[1], count)
+    return count
 
 
-class _Tally:
-    """Passes rows through, counting them and noting the highest detection id."""
-
-    def __init__(self, rows: Iterable[sqlite3.Row]):
-        self._rows = rows
-        self.count = 0
-        self.max_id = 0
-
-    def __iter__(self) -> Iterator[sqlite3.Row]:
-        for row in self._rows:
-            self.count += 1
-            self.max_id = max(self.max_id, row["id"])
-            yield row
+def _open(db_path: Path, migrate_cursors: bool = False) -> tuple[sqlite3.Connection, set[str]]:
+    """A read-only connection to an edgemon database, and its table names. A database whose
+    cursors predate filters is migrated first when a cursor is to be used (the cursor is written
+    anyway); any other export never writes."""
+    conn = _connect_read_only(db_path)
+    try:
+        found = {r["name"] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "detections" not in found:
+            raise ExportError(f"{db_path}: not an edgemon database (no detections table)")
+        if not migrate_cursors or has_filters(conn):
+            return conn, found
+    except sqlite3.Error as e:
+        conn.close()
+        raise ExportError(f"cannot read detections database {db_path}: {e}") from e
+    except ExportError:
+        conn.close()
+        raise
+    conn.close()
+    try:
+        Store(db_path).close()
+    except StoreError as e:
+        raise ExportError(f"cannot upgrade the export cursors of {db_path}: {e}") from e
+    return _open(db_path)
 
 
 def _connect_read_only(db_path: Path) -> sqlite3.Connection:
@@ -111,68 +130,75 @@ def _connect_read_only(db_path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _cursor_position(conn: sqlite3.Connection, db_path: Path, name: str) -> int:
-    """Highest detection id already exported under cursor ``name``; 0 for a new cursor."""
+def _span(conn: sqlite3.Connection, db_path: Path, name: str, wanted: CursorFilter) -> tuple[int, int]:
+    """Detection ids (after, upto] that cursor ``name`` examines now: from its position to the
+    newest row of this snapshot. Rows committed later get higher ids, so none falls behind."""
     try:
-        row = conn.execute("SELECT last_id FROM export_cursors WHERE name = ?", [name]).fetchone()
+        cursor = read_cursor(conn, name)
+        newest = conn.execute("SELECT coalesce(max(id), 0) FROM detections").fetchone()[0]
     except sqlite3.Error as e:
-        raise ExportError(f"cannot read export cursors of {db_path}: {e}") from e
-    return 0 if row is None else row["last_id"]
+        raise CursorError(f"cannot read export cursor {name!r} of {db_path}: {e}") from e
+    check_filter(cursor, wanted)
+    after = cursor.last_id if cursor else 0
+    return after, max(after, newest)
 
 
-def _where(after_id: int, since: dt.datetime | None, until: dt.datetime | None,
-           label: list[str] | None, min_confidence: float | None) -> tuple[str, list]:
-    """SQL conditions and parameters. Stored times are fixed-width UTC text, so comparing the
-    text compares the times; a NULL start_utc compares as unknown and is left out."""
-    clauses, params = ["d.id > ?"], [after_id]
-    if since is not None:
-        clauses.append("d.start_utc >= ?")
-        params.append(utc_iso(since, naive_is_utc=True))
-    if until is not None:
-        clauses.append("d.start_utc < ?")
-        params.append(utc_iso(until, naive_is_utc=True))
-    if label:
-        clauses.append(f"d.label IN ({', '.join('?' * len(label))})")
-        params.extend(label)
-    if min_confidence is not None:
-        clauses.append("d.confidence >= ?")
-        params.append(min_confidence)
-    return " AND ".join(clauses), params
+def _where(wanted: CursorFilter, span: tuple[int, int] | None) -> tuple[str, list]:
+    clauses, params = wanted.where()
+    if span is not None:
+        clauses += ["d.id > ?", "d.id <= ?"]
+        params += list(span)
+    return " AND ".join(clauses) or "1", params
 
 
-def _query(conn: sqlite3.Connection, db_path: Path, where: str, params: list,
-           raven: bool) -> Iterator[sqlite3.Row]:
-    """Stream matching detections (a Pi cannot hold a whole season in memory), with the audio
-    path from the ledger when the source is a file."""
-    order = "d.source, d.start_s, d.id" if raven else "d.id"
-    sql = (f"SELECT d.*, f.path AS file_path FROM detections d "
-           f"LEFT JOIN files f ON f.source = d.source WHERE {where} ORDER BY {order}")
+def _check_reachable(conn: sqlite3.Connection, db_path: Path, others: CursorFilter,
+                     span: tuple[int, int] | None, min_confidence: float) -> None:
+    """Refuse a ``min_confidence`` above the highest ``confidence_max`` recorded for the bundles
+    of the detections the other filters select. No check when one of them records none (it
+    could reach anything) or no bundle was recorded."""
+    where, params = _where(others, span)
     try:
-        yield from conn.execute(sql, params)
+        used = [r[0] for r in conn.execute(f"SELECT DISTINCT d.bundle_id FROM detections d WHERE {where}", params)]
+        manifests = dict(conn.execute("SELECT bundle_id, manifest FROM bundles").fetchall())
+    except sqlite3.Error as e:
+        raise ExportError(f"cannot read bundles from {db_path}: {e}") from e
+    reach = []
+    for bundle_id in used:
+        try:
+            top = json.loads(manifests[bundle_id]).get("confidence_max")
+        except (KeyError, ValueError, AttributeError):
+            return
+        if not isinstance(top, (int, float)) or isinstance(top, bool):
+            return
+        reach.append((float(top), bundle_id))
+    if reach and min_confidence > max(reach)[0]:
+        top, bundle_id = max(reach)
+        raise ExportError(f"--min-confidence {min_confidence:g} is above {top:g}, the highest confidence "
+                          f"these detections' bundle(s) can reach ({bundle_id}): nothing could match")
+
+
+def _select(conn: sqlite3.Connection, db_path: Path, wanted: CursorFilter, span: tuple[int, int] | None,
+            found: set[str], raven: bool) -> sqlite3.Cursor:
+    """Matching detections as dicts with the audio path from the ledger and the label's names,
+    streamed (a Pi cannot hold a whole season in memory). Executed here, so a query that fails
+    fails before any output exists."""
+    where, params = _where(wanted, span)
+    names, join = ("l.scientific_name, l.common_name",
+                   "LEFT JOIN labels l ON l.bundle_id = d.bundle_id AND l.label = d.label") \
+        if "labels" in found else ("NULL AS scientific_name, NULL AS common_name", "")
+    order = "d.source, d.start_s, d.id" if raven else "d.id"
+    sql = (f"SELECT d.*, {names}, f.path AS file_path FROM detections d "
+           f"LEFT JOIN files f ON f.source = d.source {join} WHERE {where} ORDER BY {order}")
+    cursor = conn.cursor()
+    cursor.row_factory = _as_dict
+    try:
+        return cursor.execute(sql, params)
     except sqlite3.Error as e:
         raise ExportError(f"cannot read detections from {db_path}: {e}") from e
 
 
-def _value(row: sqlite3.Row, column: str):
-    """A column's value; None for a column a database from before its migration lacks (export
-    opens read-only, so it never migrates)."""
-    return row[column] if column in row.keys() else None
-
-
-def _write_csv(f: TextIO, rows: Iterable[sqlite3.Row], columns: tuple[str, ...] = COLUMNS) -> None:
-    writer = csv.writer(f, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_value(row, c) for c in columns])
-
-
-def _write_jsonl(f: TextIO, rows: Iterable[sqlite3.Row], columns: tuple[str, ...] = COLUMNS) -> None:
-    for row in rows:
-        f.write(json.dumps({c: _value(row, c) for c in columns}, ensure_ascii=False) + "\n")
-
-
-WRITERS: dict[str, Callable[[TextIO, Iterable[sqlite3.Row]], None]] = {
-    "csv": _write_csv, "jsonl": _write_jsonl}
+def _as_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
+    return {d[0]: v for d, v in zip(cursor.description, row)}
 
 
 def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
@@ -187,11 +213,12 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
     A database that never listened gives a header only. Raises ExportError.
     """
     db_path = Path(db_path)
-    if fmt not in WRITERS:
-        raise ExportError(f"coverage exports as {' or '.join(WRITERS)}, not {fmt!r}")
-    conn = _connect_read_only(db_path)
+    writers = {"csv": tables.write_csv, "jsonl": tables.write_jsonl}
+    if fmt not in writers:
+        raise ExportError(f"coverage exports as {' or '.join(writers)}, not {fmt!r}")
+    conn, found = _open(db_path)
     try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'coverage'").fetchone():
+        if "coverage" not in found:
             rows: list = []
         else:
             clauses, params = ["1"], []
@@ -201,77 +228,125 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
             if until is not None:
                 clauses.append("minute_utc < ?")
                 params.append(utc_iso(until, naive_is_utc=True))
-            rows = conn.execute(f"SELECT * FROM coverage WHERE {' AND '.join(clauses)} "
+            cursor = conn.cursor()
+            cursor.row_factory = _as_dict
+            rows = cursor.execute(f"SELECT * FROM coverage WHERE {' AND '.join(clauses)} "
                                 f"ORDER BY source, minute_utc", params).fetchall()
     except sqlite3.Error as e:
         raise ExportError(f"cannot read coverage from {db_path}: {e}") from e
     finally:
         conn.close()
-    write = WRITERS[fmt]
+    write = writers[fmt]
     if output is None:
-        _write_stdout(lambda f, r: write(f, r, COVERAGE_COLUMNS), rows)
-    else:
-        with _atomic_text(Path(output)) as f:
-            write(f, rows, COVERAGE_COLUMNS)
-    return len(rows)
+        return _write_stdout(lambda f, r: write(f, r, COVERAGE_COLUMNS), rows)
+    with _atomic_text(Path(output)) as f:
+        return write(f, rows, COVERAGE_COLUMNS)
 
 
-def _write_stdout(write: Callable[[TextIO, Iterable[sqlite3.Row]], None],
-                  rows: Iterable[sqlite3.Row]) -> None:
+def _write_stdout(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[dict]) -> int:
     try:
-        write(sys.stdout, rows)
+        count = write(sys.stdout, rows)
         sys.stdout.flush()
     except OSError as e:
         raise ExportError(f"cannot write to standard output: {e}") from e
+    return count
 
 
 def _raven_names(conn: sqlite3.Connection, db_path: Path) -> dict[str, str]:
-    """Selection table file name of every source: '<stem>.selections.txt', with a hash of the
-    source added when two sources share a stem (e.g. the same file name at two sites). Taken over
-    all sources, not only the exported ones, so a source keeps its name whatever the filters."""
+    """Selection table file name of every source, as BirdNET names them:
+    '<stem>.BirdNET.selection.table.txt'. A hash of the source is added when two sources share a
+    stem (the same file name at two sites) or the name would pass ``MAX_NAME_BYTES`` (the stem is
+    then shortened). Taken over all sources, not only the exported ones, so a source keeps its
+    name whatever the filters."""
     try:
         sources = [row[0] for row in conn.execute("SELECT DISTINCT source FROM detections")]
     except sqlite3.Error as e:
         raise ExportError(f"cannot read detections from {db_path}: {e}") from e
+    room = MAX_NAME_BYTES - len(tables.RAVEN_SUFFIX)
     stems = {s: _safe_name(PurePosixPath(s).stem) for s in sources}
     shared = Counter(stems.values())
     names = {}
     for source, stem in stems.items():
-        if shared[stem] > 1:
-            stem = f"{stem}.{hashlib.sha1(source.encode()).hexdigest()[:8]}"
-        names[source] = f"{stem}.selections.txt"
+        if shared[stem] > 1 or len(stem) > room:
+            stem = f"{stem[:room - HASH_CHARS - 1]}.{_digest(source)[:HASH_CHARS]}"
+        names[source] = stem + tables.RAVEN_SUFFIX
+    taken = Counter(names.values())
+    for source, name in names.items():   # a shortened name that met another source's own name
+        if taken[name] > 1:
+            digest = _digest(source)
+            names[source] = f"{stems[source][:room - len(digest) - 1]}.{digest}{tables.RAVEN_SUFFIX}"
     return names
 
 
+def _digest(source: str) -> str:
+    return hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def _safe_name(stem: str) -> str:
-    """``stem`` with characters FAT/exFAT cards or Windows refuse (':' of 'live:mic0') as '_'."""
+    """``stem`` with characters FAT/exFAT cards or Windows refuse (':' of 'live:mic0') as '_'.
+    ASCII only, so its length is its length in bytes."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "source"
 
 
-def _write_raven(rows: Iterable[sqlite3.Row], out_dir: Path, names: dict[str, str]) -> None:
-    """One tab-separated Raven selection table per source; times in seconds from its start."""
+def _write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], append: bool) -> int:
+    """One tab-separated Raven selection table per source; times in seconds from its start.
+    ``append`` (cursor exports) keeps an existing table's selections and numbers on after them."""
+    count = 0
     for source, group in itertools.groupby(rows, key=lambda row: row["source"]):
-        with _atomic_text(out_dir / names[source]) as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(RAVEN_COLUMNS)
-            for number, row in enumerate(group, start=1):
-                writer.writerow([
-                    number, "Spectrogram 1", 1, row["start_s"], row["end_s"], 0,
-                    RAVEN_HIGH_FREQ_HZ, row["label"], row["confidence"],
-                    row["file_path"] or source, row["start_s"], row["start_utc"] or ""])
+        path = out_dir / names[source]
+        earlier, number = _earlier_selections(path) if append else ("", 0)
+        with _atomic_text(path) as f:
+            f.write(earlier)
+            writer = tables.raven_writer(f)
+            if not earlier:
+                writer.writerow(RAVEN_COLUMNS)
+            for number, row in enumerate(group, start=number + 1):
+                writer.writerow(tables.raven_row(number, row))
+                count += 1
+    return count
+
+
+def _earlier_selections(path: Path) -> tuple[str, int]:
+    """The text of a Raven table written before (header included) and its last selection number;
+    ('', 0) when there is none. A table with other columns is refused rather than mixed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return "", 0
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExportError(f"cannot append to {path}: {getattr(e, 'strerror', None) or e}") from e
+    lines = text.splitlines()
+    if not lines or lines[0] != "\t".join(RAVEN_COLUMNS):
+        raise ExportError(f"cannot append to {path}: not a selection table of this export "
+                          f"(other columns); move it aside")
+    try:
+        last = int(lines[-1].split("\t", 1)[0]) if len(lines) > 1 else 0
+    except ValueError:
+        raise ExportError(f"cannot append to {path}: its last line is not a numbered selection") from None
+    return text if text.endswith("\n") else text + "\n", last
 
 
 @contextlib.contextmanager
 def _atomic_text(path: Path) -> Iterator[TextIO]:
     """A UTF-8 text file that appears at ``path`` only when complete.
 
-    The temp file sits in the same directory so the rename stays on one file system (atomic);
-    fsync before the rename, so a power cut cannot leave a renamed but empty file behind.
+    The temp file sits in the same directory so the rename stays on one file system (atomic), is
+    created with mode 0666 less the umask (as ``open`` would; ``mkstemp`` forces 0600), and has a
+    short name whatever the length of ``path``'s. fsync before the rename, so a power cut cannot
+    leave a renamed but empty file behind.
     """
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
+    tmp = fd = None
+    for _ in range(100):
+        tmp = path.parent / f".{path.name[:40]}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
+    if fd is None:
+        raise ExportError(f"cannot write {path}: no free temporary name beside it")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             yield f
@@ -296,27 +371,3 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _advance_cursor(db_path: Path, name: str, last_id: int) -> None:
-    """Move cursor ``name`` to ``last_id`` in a short write transaction of its own.
-
-    The cursor only moves forward, so a slower concurrent export cannot move it back.
-    """
-    uri = db_path.resolve().as_uri() + "?mode=rw"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as e:
-        raise ExportError(f"cannot advance export cursor {name!r} in {db_path}: {e}") from e
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            "INSERT INTO export_cursors (name, last_id, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id, "
-            "updated_at = excluded.updated_at WHERE excluded.last_id > export_cursors.last_id",
-            [name, last_id, utc_iso(dt.datetime.now(dt.timezone.utc))])
-        conn.execute("COMMIT")
-    except sqlite3.Error as e:
-        raise ExportError(f"cannot advance export cursor {name!r} in {db_path}: {e}") from e
-    finally:
-        conn.close()

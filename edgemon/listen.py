@@ -74,6 +74,7 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
     source = f"live:{device.name}"
     with Store(db_path) as store:   # creates and migrates the database before the threads start
         previous_end = _parse_store_time(store.coverage_end(source))
+        store.record_bundle(analyzer.bundle.bundle_id, analyzer.bundle.manifest)   # names and reach for export
     stop = stop or threading.Event()
     blocks = BlockQueue(config.capture.queue_blocks)
     capture = Capture(config.capture, blocks, device)

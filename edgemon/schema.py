@@ -114,3 +114,34 @@ def m003_heartbeats(db: sqlite_utils.Database) -> None:
             note TEXT
         )""")
     db.execute("CREATE INDEX heartbeats_at_utc ON heartbeats (at_utc)")
+
+
+@MIGRATIONS()
+def m004_named_cursors_and_bundles(db: sqlite_utils.Database) -> None:
+    """Export cursors tied to their filter; the bundles the daemon ran and their label names; an
+    index for per-species-over-time queries.
+
+    A cursor's ``filter`` is canonical JSON (see ``edgemon.cursors.CursorFilter``); NULL marks a
+    cursor from before filters were stored, which its next export adopts. ``last_id`` is the
+    highest detection id the cursor has examined under its filter, ``exported_at`` its last
+    export (also one that found nothing new), ``delivered`` the rows it has delivered in all.
+    """
+    db.execute("ALTER TABLE export_cursors ADD COLUMN filter TEXT")
+    db.execute("ALTER TABLE export_cursors ADD COLUMN exported_at TEXT")
+    db.execute("ALTER TABLE export_cursors ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0")
+    db.execute("""
+        CREATE TABLE bundles (
+            bundle_id TEXT PRIMARY KEY,
+            manifest TEXT NOT NULL,
+            recorded_at TEXT NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE labels (
+            bundle_id TEXT NOT NULL,
+            label TEXT NOT NULL,
+            scientific_name TEXT,
+            common_name TEXT,
+            PRIMARY KEY (bundle_id, label)
+        )""")
+    # "One species over time" (a daily per-species summary) reads this index alone.
+    db.execute("CREATE INDEX detections_label_start_utc ON detections (label, start_utc)")

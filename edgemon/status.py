@@ -16,6 +16,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, TextIO
 
+from edgemon.cursors import list_cursors
 from edgemon.errors import EdgemonError
 from edgemon.store import COVERAGE_LOSSES, connect_read_only, utc_iso
 
@@ -55,6 +56,7 @@ def collect_status(db_path: str | Path, *, directory: str | Path | None = None, 
                                       if beat and beat["busy_s"] else None)
         status["audio_h_this_run"] = round(beat["audio_s"] / 3600, 3) if beat else None
         status["dropped_audio"] = _dropped(conn, now) if "coverage" in tables else None
+        status["export_cursors"] = _export_cursors(conn) if "export_cursors" in tables else []
     finally:
         conn.close()
     status["disk"] = _disk(db_path)
@@ -159,6 +161,13 @@ def _dropped(conn: sqlite3.Connection, now: dt.datetime) -> dict | None:
     return result
 
 
+def _export_cursors(conn: sqlite3.Connection) -> list[dict]:
+    """Each export cursor: name, filter (as options), position (highest detection id examined),
+    last export time, rows delivered in all."""
+    return [{"name": c.name, "filter": "?" if c.filter is None else c.filter.describe(), "last_id": c.last_id,
+             "exported_at": c.exported_at, "delivered": c.delivered} for c in list_cursors(conn)]
+
+
 def _disk(db_path: Path) -> dict:
     try:
         usage = shutil.disk_usage(db_path.resolve().parent)
@@ -235,6 +244,8 @@ def format_status(status: dict) -> str:
         ("disk free", disk_text),
         ("database", f"{db['path']}: {db['integrity']}, {db['size_mb']:g} MB + WAL {db['wal_mb']:g} MB"),
         ("memory", "?" if svc.get("rss_mb") is None else f"{svc['rss_mb']:g} MB resident"),
+        ("export cursors", "; ".join(f"{c['name']} ({c['filter']}): at id {c['last_id']}, {c['delivered']} delivered, "
+                                     f"last export {c['exported_at']}" for c in s.get("export_cursors", [])) or "none"),
         ("problems", "; ".join(s["problems"]) if s["problems"] else "none"),
     ]
     return "".join(f"{k + ':':<18}{v}\n" for k, v in lines)

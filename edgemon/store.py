@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ import sqlite_utils
 
 from edgemon.errors import EdgemonError
 from edgemon.schema import FILE_STATES, MIGRATIONS, TIME_SOURCES  # noqa: F401  (re-exported)
+from edgemon.tables import label_names
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -306,6 +308,25 @@ class Store:
         """'ok' when SQLite finds the file sound, else its findings, one per line."""
         rows = self.db.execute("PRAGMA quick_check").fetchall()
         return "\n".join(str(row[0]) for row in rows)
+
+    def record_bundle(self, bundle_id: str, manifest: dict) -> None:
+        """Remember a bundle the daemon runs: its manifest (JSON) and each label's scientific and
+        common name (NULL when the manifest's optional ``label_names`` does not give them), so
+        exports can name species and check ``--min-confidence`` against ``confidence_max``.
+        Recording a bundle again replaces its rows."""
+        names = label_names(manifest)
+        labels = manifest.get("labels") if isinstance(manifest.get("labels"), list) else []
+        rows = []
+        for label in dict.fromkeys([*map(str, labels), *names]):   # manifest order, no repeats
+            scientific, common = names.get(label, (None, None))
+            rows.append({"bundle_id": bundle_id, "label": label, "scientific_name": scientific,
+                         "common_name": common})
+        with self._write() as db:
+            db["bundles"].upsert({"bundle_id": bundle_id, "manifest": json.dumps(manifest, sort_keys=True),
+                                  "recorded_at": _now()}, pk="bundle_id")
+            db.execute("DELETE FROM labels WHERE bundle_id = ?", [bundle_id])
+            if rows:
+                db["labels"].insert_all(rows)
 
     def add_heartbeat(self, beat: Heartbeat) -> None:
         """Store one heartbeat row, in a transaction of its own."""

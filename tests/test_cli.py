@@ -55,7 +55,7 @@ def test_export_formats_and_incremental_sync(duet_recording, tmp_path):
     raven.mkdir()
     assert runner.invoke(app, ["export-detections", "--db", str(db), "--format", "raven",
                                "--output", str(raven)]).exit_code == 0
-    table = next(raven.glob("*.selections.txt")).read_text().splitlines()
+    table = next(raven.glob("*.BirdNET.selection.table.txt")).read_text().splitlines()
     assert table[0].startswith("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)")
     none = runner.invoke(app, ["export-detections", "--db", str(db), "--since", "2019-01-01"])
     assert none.exit_code == 0 and len(none.stdout.splitlines()) == 1  # header only

@@ -1,4 +1,6 @@
-"""Export: CSV, JSON Lines and Raven tables, filters, the --new cursor, reading beside a writer."""
+"""Export: CSV, JSON Lines and Raven tables, filters, the --new cursor, reading beside a writer.
+(Named cursors: test_export_cursors.py; files and hostile cells: test_export_files.py; BirdNET
+compatibility and label names: test_export_birdnet.py.)"""
 
 from __future__ import annotations
 
@@ -93,9 +95,9 @@ def test_raven_writes_one_table_per_source(db_path, tmp_path):
     out.mkdir()
     assert export_detections(db_path, "raven", out) == 5
     assert sorted(p.name for p in out.iterdir()) == [
-        "20240501_060000.selections.txt", "20240502_060000.selections.txt",
-        "live_mic0.selections.txt"]
-    with open(out / "20240501_060000.selections.txt", newline="") as f:
+        "20240501_060000.BirdNET.selection.table.txt", "20240502_060000.BirdNET.selection.table.txt",
+        "live_mic0.BirdNET.selection.table.txt"]
+    with open(out / "20240501_060000.BirdNET.selection.table.txt", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert list(rows[0]) == list(RAVEN_COLUMNS)
     assert [r["Selection"] for r in rows] == ["1", "2", "3"]
@@ -104,11 +106,11 @@ def test_raven_writes_one_table_per_source(db_path, tmp_path):
     second = rows[1]
     assert (second["View"], second["Channel"], second["Low Freq (Hz)"],
             second["High Freq (Hz)"]) == ("Spectrogram 1", "1", "0", "8000")
-    assert (second["Label"], float(second["Confidence"])) == ("frog", 0.4)
+    assert (second["Species Code"], float(second["Confidence"])) == ("frog", 0.4)
     assert second["Begin Path"] == f"/data/{REC1}"  # from the ledger
     assert float(second["File Offset (s)"]) == 3.0
     assert second["Begin Date Time (UTC)"] == "2024-05-01T06:00:03.000Z"
-    with open(out / "live_mic0.selections.txt", newline="") as f:
+    with open(out / "live_mic0.BirdNET.selection.table.txt", newline="") as f:
         live = list(csv.DictReader(f, delimiter="\t"))
     assert live[0]["Begin Path"] == LIVE  # no ledger row for a stream
 
@@ -121,7 +123,7 @@ def test_raven_tells_apart_sources_with_one_stem(db_path, tmp_path):
     out.mkdir()
     export_detections(db_path, "raven", out)
     names = sorted(p.name for p in out.iterdir() if p.name.startswith("20240501"))
-    assert len(names) == 2 and all(n.endswith(".selections.txt") for n in names)
+    assert len(names) == 2 and all(n.endswith(".BirdNET.selection.table.txt") for n in names)
 
 
 @pytest.mark.parametrize("output", [None, "missing-dir"])
@@ -162,23 +164,24 @@ def test_new_exports_each_detection_once(db_path, tmp_path):
 
 
 def test_failed_write_leaves_the_cursor_for_a_repeat(db_path, tmp_path):
-    assert export_detections(db_path, "csv", tmp_path / "first.csv", new=True,
-                             label=["bird"]) == 3
-    assert cursor_of(db_path) == 4
+    birds = {"label": ["bird"], "new": True}
+    assert export_detections(db_path, "csv", tmp_path / "first.csv", **birds) == 3
+    assert cursor_of(db_path) == 5   # all examined: the frogs are not this cursor's to deliver
     with Store(db_path) as store:
-        store.insert_detections([detection(LIVE, 20.0, "frog", 0.6, None)])
+        store.insert_detections([detection(LIVE, 20.0, "bird", 0.6, None),
+                                 detection(LIVE, 30.0, "frog", 0.6, None)])
     with pytest.raises(ExportError, match="no-such-dir"):
-        export_detections(db_path, "csv", tmp_path / "no-such-dir" / "out.csv", new=True)
+        export_detections(db_path, "csv", tmp_path / "no-such-dir" / "out.csv", **birds)
     taken = tmp_path / "a-directory"  # the rename fails after the temp file was written
     taken.mkdir()
     with pytest.raises(ExportError, match="a-directory"):
-        export_detections(db_path, "csv", taken, new=True)
+        export_detections(db_path, "csv", taken, **birds)
     assert list(tmp_path.glob(".*.tmp")) == []
-    assert cursor_of(db_path) == 4
+    assert cursor_of(db_path) == 5
     out = tmp_path / "repeat.csv"
-    assert export_detections(db_path, "csv", out, new=True) == 2
-    assert [r["id"] for r in read_csv(out)] == ["5", "6"]
-    assert cursor_of(db_path) == 6
+    assert export_detections(db_path, "csv", out, **birds) == 1
+    assert [r["id"] for r in read_csv(out)] == ["6"]
+    assert cursor_of(db_path) == 7
 
 
 def test_missing_database_is_an_export_error(tmp_path):

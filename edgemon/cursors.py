@@ -1,0 +1,159 @@
+"""Named export cursors: "what has this destination already received?"
+
+A cursor belongs to one destination and one filter. Its position is the highest detection id it
+has *examined* under that filter: every row at or below it was either delivered to that
+destination or did not match its filter. Ids only grow (AUTOINCREMENT, never reused), a row's
+label, confidence and start time never change, and the filter is fixed for the cursor's life, so
+a row at or below the position can never start to match: each matching row is delivered exactly
+once, and no row is passed over because another cursor's filter skipped it. A re-processed file's
+detections are new rows (new ids) and are delivered again; (source, start_s, label, bundle_id)
+identifies them downstream.
+
+Using a cursor with another filter is refused, naming the cursor and its filter: moving one
+position across two filters is what lost rows before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+
+from edgemon.errors import EdgemonError
+from edgemon.store import utc_iso
+
+BUSY_TIMEOUT_S = 30.0
+
+
+class CursorError(EdgemonError):
+    """An export cursor cannot be read, is used with another filter, or cannot be advanced."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CursorFilter:
+    """An export's filter in canonical form: labels sorted without repeats, times as store UTC
+    text (since <= start_utc < until), confidence as a float; None: no such condition."""
+
+    labels: tuple[str, ...] = ()
+    min_confidence: float | None = None
+    since: str | None = None
+    until: str | None = None
+
+    @classmethod
+    def of(cls, since: dt.datetime | None = None, until: dt.datetime | None = None,
+           labels: list[str] | None = None, min_confidence: float | None = None) -> CursorFilter:
+        """Naive times are read as UTC."""
+        return cls(tuple(sorted(set(labels or ()))),
+                   None if min_confidence is None else float(min_confidence),
+                   None if since is None else utc_iso(since, naive_is_utc=True),
+                   None if until is None else utc_iso(until, naive_is_utc=True))
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in (("label", list(self.labels)),
+                                             ("min_confidence", self.min_confidence),
+                                             ("since", self.since), ("until", self.until))
+                           if v not in (None, [])},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CursorFilter:
+        data = json.loads(text)
+        return cls(tuple(data.get("label", ())), data.get("min_confidence"), data.get("since"),
+                   data.get("until"))
+
+    def describe(self) -> str:
+        """As the options that give it: '--label a --min-confidence 0.5', or 'no filter'."""
+        parts = [f"--label {label}" for label in self.labels]
+        if self.min_confidence is not None:
+            parts.append(f"--min-confidence {self.min_confidence:g}")
+        parts += [f"--{k} {v}" for k, v in (("since", self.since), ("until", self.until)) if v]
+        return " ".join(parts) or "no filter"
+
+    def where(self) -> tuple[list[str], list]:
+        """SQL conditions on ``d`` (detections) and their parameters. Stored times are fixed-width
+        UTC text, so comparing text compares times; a NULL start_utc never passes a time filter."""
+        clauses, params = [], []
+        if self.since is not None:
+            clauses.append("d.start_utc >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append("d.start_utc < ?")
+            params.append(self.until)
+        if self.labels:
+            clauses.append(f"d.label IN ({', '.join('?' * len(self.labels))})")
+            params.extend(self.labels)
+        if self.min_confidence is not None:
+            clauses.append("d.confidence >= ?")
+            params.append(self.min_confidence)
+        return clauses, params
+
+
+@dataclasses.dataclass(frozen=True)
+class Cursor:
+    """A stored cursor; ``filter`` None for one from before filters were stored."""
+
+    name: str
+    filter: CursorFilter | None
+    last_id: int
+    exported_at: str | None
+    delivered: int
+
+
+def has_filters(conn: sqlite3.Connection) -> bool:
+    """Whether the database's cursors carry filters (migration m004 applied)."""
+    return any(row[1] == "filter" for row in conn.execute("PRAGMA table_info(export_cursors)"))
+
+
+def read_cursor(conn: sqlite3.Connection, name: str) -> Cursor | None:
+    row = conn.execute("SELECT name, filter, last_id, coalesce(exported_at, updated_at), delivered "
+                       "FROM export_cursors WHERE name = ?", [name]).fetchone()
+    return None if row is None else _cursor(row)
+
+
+def list_cursors(conn: sqlite3.Connection) -> list[Cursor]:
+    """Every cursor, by name (filter None for cursors from before filters were stored)."""
+    columns = ("filter, coalesce(exported_at, updated_at), delivered" if has_filters(conn)
+               else "NULL, updated_at, 0")   # a database from before m004: no filters yet
+    return [_cursor((row[0], row[2], row[1], row[3], row[4])) for row in conn.execute(
+        f"SELECT name, last_id, {columns} FROM export_cursors ORDER BY name")]
+
+
+def _cursor(row) -> Cursor:
+    return Cursor(row[0], None if row[1] is None else CursorFilter.from_json(row[1]), row[2], row[3], row[4])
+
+
+def check_filter(cursor: Cursor | None, wanted: CursorFilter) -> None:
+    """Refuse to move ``cursor`` under a filter other than its own."""
+    if cursor is not None and cursor.filter is not None and cursor.filter != wanted:
+        raise CursorError(f"export cursor {cursor.name!r} belongs to the filter "
+                          f"'{cursor.filter.describe()}', not '{wanted.describe()}': "
+                          f"give this filter its own --cursor NAME")
+
+
+def advance(db_path: Path, name: str, wanted: CursorFilter, last_id: int, delivered: int) -> None:
+    """Record an export under cursor ``name``: position ``last_id`` (only ever forward, so a
+    slower concurrent export cannot move it back), filter, time, rows delivered. A short write
+    transaction of its own, taken after the output is complete."""
+    uri = db_path.resolve().as_uri() + "?mode=rw"
+    now = utc_iso(dt.datetime.now(dt.timezone.utc))
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as e:
+        raise CursorError(f"cannot advance export cursor {name!r} in {db_path}: {e}") from e
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        check_filter(read_cursor(conn, name), wanted)   # another export may have created it meanwhile
+        conn.execute(
+            "INSERT INTO export_cursors (name, last_id, updated_at, filter, exported_at, delivered) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "last_id = max(last_id, excluded.last_id), updated_at = excluded.updated_at, "
+            "filter = excluded.filter, exported_at = excluded.exported_at, "
+            "delivered = delivered + excluded.delivered",
+            [name, last_id, now, wanted.to_json(), now, delivered])
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        raise CursorError(f"cannot advance export cursor {name!r} in {db_path}: {e}") from e
+    finally:
+        conn.close()

@@ -1,0 +1,129 @@
+"""Detection rows as tables: CSV, BirdNET-compatible CSV, JSON Lines and Raven selection tables.
+
+Shared by ``export-detections`` and ``classify``, so both write the same columns and time format.
+A row is a mapping with (some of) the keys of ``COLUMNS`` (a missing key reads as empty) plus
+``file_path``, the audio file's path when known. Times are the store's UTC text
+('2024-05-01T06:00:00.000Z'); offsets in seconds; confidences rounded to ``CONFIDENCE_DECIMALS``.
+
+CSV and Raven cells are what a spreadsheet opens: a text cell starting with = + - @ (or a tab or
+carriage return) would run as a formula there, so it is written with a leading single quote, as
+OWASP recommends for CSV. Control characters in text are written as escapes ('\\t', '\\r'): Raven
+splits on tabs and knows no quoting, and Python's csv module leaves a lone CR unquoted, which
+readers take for a line end. Numbers stay numbers (a negative offset is not an attack); JSON
+Lines keep every value exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
+
+COLUMNS = ("id", "device_id", "source", "start_s", "end_s", "start_utc", "end_utc", "time_source",
+           "clock_suspect", "label", "scientific_name", "common_name", "confidence", "votes",
+           "bundle_id", "created_at", "clip_path", "clock_synced")
+BIRDNET_COLUMNS = ("Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File")
+# BirdNET-Analyzer's Raven columns, in its order, then ours (Raven keeps extra columns).
+RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
+                 "Low Freq (Hz)", "High Freq (Hz)", "Common Name", "Species Code", "Confidence",
+                 "Begin Path", "File Offset (s)", "Scientific Name", "Begin Date Time (UTC)")
+RAVEN_HIGH_FREQ_HZ = 8000
+RAVEN_SUFFIX = ".BirdNET.selection.table.txt"   # BirdNET-Analyzer's name: <stem>.BirdNET.selection.table.txt
+CONFIDENCE_DECIMALS = 4
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def label_names(manifest: Mapping) -> dict[str, tuple[str | None, str | None]]:
+    """label -> (scientific name, common name) from a bundle manifest's optional ``label_names``
+    (``{"<label>": {"scientific": ..., "common": ...}}``); malformed or missing entries give none."""
+    given = manifest.get("label_names") if isinstance(manifest, Mapping) else None
+    names = {}
+    for label, entry in (given.items() if isinstance(given, Mapping) else ()):
+        if isinstance(entry, Mapping):
+            scientific, common = entry.get("scientific"), entry.get("common")
+            names[str(label)] = (scientific if isinstance(scientific, str) else None,
+                                 common if isinstance(common, str) else None)
+    return names
+
+
+def cell(value: Any) -> Any:
+    """A value as a spreadsheet-safe cell: control characters escaped, then formula-like text
+    given a leading single quote. Anything but text is returned as it is."""
+    if not isinstance(value, str):
+        return value
+    value = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def confidence(row: Mapping) -> float | None:
+    value = row.get("confidence")
+    return None if value is None else round(float(value), CONFIDENCE_DECIMALS)
+
+
+def _value(row: Mapping, column: str) -> Any:
+    return confidence(row) if column == "confidence" else row.get(column)
+
+
+def species_names(row: Mapping) -> tuple[str, str]:
+    """(scientific, common) name for BirdNET-style outputs. A label without names is written as
+    both, as BirdNET itself writes its non-species classes ('Engine_Engine')."""
+    label = row.get("label") or ""
+    return row.get("scientific_name") or label, row.get("common_name") or label
+
+
+def write_csv(f: TextIO, rows: Iterable[Mapping], columns: tuple[str, ...] = COLUMNS) -> int:
+    """Header and one line per row; returns the number of rows."""
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(columns)
+    count = 0
+    for row in rows:
+        writer.writerow([cell(_value(row, c)) for c in columns])
+        count += 1
+    return count
+
+
+def write_birdnet(f: TextIO, rows: Iterable[Mapping]) -> int:
+    """BirdNET-Analyzer's CSV (``Start (s),End (s),Scientific name,Common name,Confidence,File``)."""
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(BIRDNET_COLUMNS)
+    count = 0
+    for row in rows:
+        scientific, common = species_names(row)
+        writer.writerow([row.get("start_s"), row.get("end_s"), cell(scientific), cell(common),
+                         confidence(row), cell(row.get("file_path") or row.get("source"))])
+        count += 1
+    return count
+
+
+def write_jsonl(f: TextIO, rows: Iterable[Mapping], columns: tuple[str, ...] = COLUMNS) -> int:
+    """One JSON object per line; ``votes`` (stored as JSON text) as an object."""
+    count = 0
+    for row in rows:
+        record = {c: _value(row, c) for c in columns}
+        if isinstance(record.get("votes"), str):
+            try:
+                record["votes"] = json.loads(record["votes"])
+            except ValueError:
+                pass   # not JSON (written by something else): keep the text rather than lose it
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+def raven_row(number: int, row: Mapping) -> list:
+    """One Raven selection (``RAVEN_COLUMNS``); times in seconds from the start of the source."""
+    scientific, common = species_names(row)
+    return [number, "Spectrogram 1", 1, row.get("start_s"), row.get("end_s"), 0, RAVEN_HIGH_FREQ_HZ,
+            cell(common), cell(row.get("label")), confidence(row),
+            cell(row.get("file_path") or row.get("source")), row.get("start_s"), cell(scientific),
+            row.get("start_utc") or ""]
+
+
+def raven_writer(f: TextIO):
+    return csv.writer(f, delimiter="\t", lineterminator="\n")
+
+
+WRITERS = {"csv": write_csv, "birdnet": write_birdnet, "jsonl": write_jsonl}

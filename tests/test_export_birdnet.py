@@ -1,0 +1,131 @@
+"""Say what the model knows (issue 13): label names from the bundles the daemon ran, BirdNET's
+CSV and Raven conventions, votes as objects, rounded confidences, a --min-confidence the
+bundles cannot reach; `classify` writes export's columns and names the file it cannot read."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from edgemon.classify import classify_files, format_rows
+from edgemon.cli import app
+from edgemon.export import ExportError, export_detections
+from edgemon.store import Store
+from edgemon.tables import BIRDNET_COLUMNS, COLUMNS
+from tests.conftest import hoots
+from tests.test_export import LIVE, REC1, db_path, detection, read_csv  # noqa: F401 (fixture)
+from tests.watch_helpers import analyzer, write_wav
+
+runner = CliRunner()
+MANIFEST = {"bundle_id": "b1", "labels": ["background", "bird", "frog"], "confidence_max": 0.95,
+            "label_names": {"bird": {"scientific": "Buceros rhinoceros", "common": "Rhinoceros hornbill"},
+                            "background": {"scientific": None}, "frog": "not a mapping"}}
+
+
+@pytest.fixture
+def named_db(db_path):
+    with Store(db_path) as store:
+        store.record_bundle("b1", MANIFEST)
+    return db_path
+
+
+def test_record_bundle_stores_manifest_and_names_and_tolerates_gaps(named_db):
+    conn = sqlite3.connect(named_db)
+    assert json.loads(conn.execute("SELECT manifest FROM bundles").fetchone()[0]) == MANIFEST
+    assert conn.execute("SELECT label, scientific_name, common_name FROM labels ORDER BY label").fetchall() == [
+        ("background", None, None), ("bird", "Buceros rhinoceros", "Rhinoceros hornbill"), ("frog", None, None)]
+    conn.close()
+    with Store(named_db) as store:   # again, and from a manifest without the optional fields
+        store.record_bundle("b1", {"labels": ["bird"]})
+        store.record_bundle("b2", {})
+    conn = sqlite3.connect(named_db)
+    assert conn.execute("SELECT bundle_id, label, common_name FROM labels ORDER BY 1").fetchall() == [
+        ("b1", "bird", None)]
+    assert conn.execute("SELECT count(*) FROM bundles").fetchone()[0] == 2
+    assert "detections_label_start_utc" in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+
+
+def test_birdnet_csv_has_birdnet_columns_and_names(named_db, tmp_path):
+    out = tmp_path / "b.csv"
+    assert export_detections(named_db, "birdnet", out) == 5
+    with open(out, newline="") as f:
+        assert next(csv.reader(f)) == list(BIRDNET_COLUMNS)
+    rows = read_csv(out)
+    assert rows[0] == {"Start (s)": "0.0", "End (s)": "3.0", "Scientific name": "Buceros rhinoceros",
+                       "Common name": "Rhinoceros hornbill", "Confidence": "0.9", "File": f"/data/{REC1}"}
+    assert (rows[1]["Scientific name"], rows[1]["Common name"]) == ("frog", "frog")   # BirdNET's way for no name
+    assert rows[4]["File"] == LIVE
+
+
+def test_csv_and_jsonl_carry_names_objects_and_rounded_confidence(named_db, tmp_path):
+    with Store(named_db) as store:
+        store.insert_detections([detection(LIVE, 40.0, "bird", 0.123456789, None)])
+    export_detections(named_db, "csv", tmp_path / "d.csv")
+    rows = read_csv(tmp_path / "d.csv")
+    assert (rows[0]["scientific_name"], rows[0]["common_name"]) == ("Buceros rhinoceros", "Rhinoceros hornbill")
+    assert (rows[1]["scientific_name"], rows[1]["common_name"]) == ("", "")   # unknown stays empty
+    assert rows[5]["confidence"] == "0.1235"
+    export_detections(named_db, "jsonl", tmp_path / "d.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert lines[0]["votes"] == {"m0": ["bird", 0.9]} and lines[5]["confidence"] == 0.1235
+    assert lines[1]["common_name"] is None
+
+
+def test_raven_tables_carry_birdnet_columns_and_names(named_db, tmp_path):
+    out = tmp_path / "raven"
+    out.mkdir()
+    export_detections(named_db, "raven", out)
+    with open(out / "20240501_060000.BirdNET.selection.table.txt", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert list(rows[0])[:12] == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
+                                  "Low Freq (Hz)", "High Freq (Hz)", "Common Name", "Species Code",
+                                  "Confidence", "Begin Path", "File Offset (s)"]
+    assert (rows[0]["Common Name"], rows[0]["Species Code"], rows[0]["Scientific Name"]) == (
+        "Rhinoceros hornbill", "bird", "Buceros rhinoceros")
+
+
+def test_min_confidence_above_the_bundles_reach_is_an_error(named_db, tmp_path):
+    with pytest.raises(ExportError, match=r"0\.97 is above 0\.95"):
+        export_detections(named_db, "csv", tmp_path / "d.csv", min_confidence=0.97)
+    assert not (tmp_path / "d.csv").exists()
+    assert export_detections(named_db, "csv", tmp_path / "d.csv", min_confidence=0.95) == 1   # reachable: the live frog
+    result = runner.invoke(app, ["export-detections", "--db", str(named_db), "--min-confidence", "0.99"])
+    assert result.exit_code == 2 and "0.95" in result.output and result.stdout == ""
+
+
+def test_no_reach_check_when_a_bundle_records_no_maximum(db_path, tmp_path):
+    assert export_detections(db_path, "csv", tmp_path / "d.csv", min_confidence=0.99) == 0   # none recorded
+    with Store(db_path) as store:
+        store.record_bundle("b1", {"labels": ["bird"]})
+    assert export_detections(db_path, "csv", tmp_path / "d.csv", min_confidence=0.99) == 0
+
+
+@pytest.fixture(scope="module")
+def hoot_recording(tmp_path_factory):
+    return write_wav(tmp_path_factory.mktemp("rec") / "20240501_060000.WAV", hoots(12.0))
+
+
+def test_classify_csv_is_export_csv(hoot_recording, tmp_path):
+    rows, errors = classify_files([hoot_recording], analyzer())
+    assert rows and not errors
+    text = format_rows(rows, "csv")
+    assert next(csv.reader(io.StringIO(text))) == list(COLUMNS)
+    first = next(csv.DictReader(io.StringIO(text)))
+    assert first["start_utc"].startswith("2024-05-01T06:00:") and first["start_utc"].endswith("Z")
+    assert len(first["start_utc"]) == len("2024-05-01T06:00:00.000Z")
+    assert first["source"] == str(hoot_recording) and first["time_source"] == "filename"
+    assert len(first["confidence"].split(".")[1]) <= 4
+
+
+def test_classify_names_a_missing_or_unreadable_file(tmp_path):
+    missing, folder = tmp_path / "missing.WAV", tmp_path / "folder.WAV"
+    folder.mkdir()
+    rows, errors = classify_files([missing, folder], analyzer())
+    assert rows == [] and errors == [f"{missing}: no such file", f"{folder}: is a directory, not an audio file"]
+    assert not any("System error" in e for e in errors)

@@ -1,0 +1,133 @@
+"""Named export cursors (issue 13): each tied to its filter, none skips a row another's filter
+passed over, every matching row delivered exactly once; `edgemon status` lists them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import sqlite3
+
+import pytest
+import sqlite_utils
+from typer.testing import CliRunner
+
+from edgemon.cli import app
+from edgemon.cursors import CursorError
+from edgemon.export import export_detections
+from edgemon.schema import MIGRATIONS
+from edgemon.status import collect_status, format_status
+from edgemon.store import Store
+from tests.test_export import LIVE, REC1, commit, db_path, detection, read_csv  # noqa: F401 (fixture)
+
+runner = CliRunner()
+
+
+def ids(path) -> list[int]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def test_a_filtered_export_cannot_move_the_plain_cursor_past_rows(db_path, tmp_path):
+    """The issue's sequence: `--new --label X`, then a plain `--new`, lost every other row."""
+    out = tmp_path / "out.csv"
+    assert export_detections(db_path, "csv", out, label=["frog"], new=True) == 2
+    with pytest.raises(CursorError, match=r"'default'.*--label frog"):
+        export_detections(db_path, "csv", out, new=True)
+    assert export_detections(db_path, "csv", out, new=True, cursor_name="all") == 5
+    assert [r["id"] for r in read_csv(out)] == ["1", "2", "3", "4", "5"]
+
+
+def test_cli_cursor_per_destination_and_one_line_error(db_path, tmp_path):
+    frogs = runner.invoke(app, ["export-detections", "--db", str(db_path), "--new", "--label", "frog"])
+    assert frogs.exit_code == 0 and frogs.stdout.count("\n") == 3   # header + 2 frogs
+    plain = runner.invoke(app, ["export-detections", "--db", str(db_path), "--new"])
+    assert plain.exit_code == 2 and "'default'" in plain.output and "--label frog" in plain.output
+    assert len(plain.output.strip().splitlines()) == 1 and plain.stdout == ""
+    every = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "sync"])
+    assert every.exit_code == 0 and every.stdout.count("\n") == 6   # header + all 5
+    again = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "sync", "--quiet"])
+    assert again.exit_code == 0 and again.stdout.count("\n") == 1
+
+
+def test_every_matching_row_is_delivered_once_per_cursor(db_path, tmp_path):
+    """Three cursors with different filters, rows arriving in rounds (a re-processed file among
+    them): each cursor gets exactly the matching rows, none twice, none skipped."""
+    filters = {"all": {}, "birds": {"label": ["bird"]},
+               "sure_may": {"min_confidence": 0.8, "since": dt.datetime(2024, 5, 1),
+                            "until": dt.datetime(2024, 6, 1)}}
+    delivered: dict[str, list[int]] = {name: [] for name in filters}
+    rng = random.Random(0)
+    out = tmp_path / "out.jsonl"
+    for round_ in range(12):
+        with Store(db_path) as store:
+            if round_ == 5:   # the recorder rewrote a file: its detections come back with new ids
+                commit(store, REC1, [detection(REC1, 0.0, "bird", 0.95, "2024-05-01T06:00:00Z")])
+            for _ in range(rng.randrange(4)):
+                day = rng.choice(["2024-05-03", "2024-07-01", None])
+                store.insert_detections([detection(
+                    LIVE, rng.uniform(0, 1e4), rng.choice(["bird", "frog"]), round(rng.random(), 3),
+                    None if day is None else f"{day}T06:00:00Z")])
+        for name, filt in filters.items():
+            export_detections(db_path, "jsonl", out, new=True, cursor_name=name, **filt)
+            delivered[name] += ids(out)
+    conn = sqlite3.connect(db_path)
+    everything = {i: (label, conf, utc) for i, label, conf, utc in conn.execute(
+        "SELECT id, label, confidence, start_utc FROM detections")}
+    gone = set(range(1, max(everything) + 1)) - set(everything)   # replaced by the rewrite
+    conn.close()
+    expect = {
+        "all": set(everything),
+        "birds": {i for i, (label, _, _) in everything.items() if label == "bird"},
+        "sure_may": {i for i, (_, conf, utc) in everything.items()
+                     if conf >= 0.8 and utc is not None and "2024-05-01" <= utc < "2024-06-01"}}
+    for name in filters:
+        assert len(delivered[name]) == len(set(delivered[name])), name        # never twice
+        assert set(delivered[name]) - gone == expect[name], name              # never skipped
+
+
+def test_a_time_filtered_cursor_takes_late_rows_of_its_window(db_path, tmp_path):
+    """Rows stored late (a card read weeks after recording) still reach a cursor whose window
+    they fall in: the position is an id, not a time."""
+    out = tmp_path / "out.jsonl"
+    window = dict(since=dt.datetime(2024, 5, 1), until=dt.datetime(2024, 5, 2), new=True)
+    assert export_detections(db_path, "jsonl", out, **window) == 3
+    with Store(db_path) as store:
+        late = "site9/20240501_120000.wav"
+        commit(store, late, [detection(late, 0.0, "bird", 0.5, "2024-05-01T12:00:00Z"),
+                             detection(late, 9.0, "bird", 0.5, "2024-05-02T00:00:00Z")])
+    assert export_detections(db_path, "jsonl", out, **window) == 1
+    assert json.loads(out.read_text())["start_utc"] == "2024-05-01T12:00:00.000Z"
+
+
+def test_a_cursor_from_before_filters_adopts_its_next_filter(tmp_path):
+    """A database from before m004 (cursor without filter) is upgraded by the first --new."""
+    path = tmp_path / "old.db"
+    with Store(path) as store:
+        store.insert_detections([detection(LIVE, s, "bird", 0.9, None) for s in (0.0, 3.0)])
+    conn = sqlite3.connect(path)   # back to m003's schema, with an old cursor at id 1
+    conn.executescript("""
+        ALTER TABLE export_cursors DROP COLUMN filter; ALTER TABLE export_cursors DROP COLUMN exported_at;
+        ALTER TABLE export_cursors DROP COLUMN delivered; DROP TABLE bundles; DROP TABLE labels;
+        DROP INDEX detections_label_start_utc;
+        DELETE FROM _sqlite_migrations WHERE name LIKE 'm004%';
+        INSERT INTO export_cursors VALUES ('default', 1, '2024-01-01T00:00:00.000Z');""")
+    conn.close()
+    assert collect_status(path)["export_cursors"][0]["filter"] == "?"
+    out = tmp_path / "out.csv"
+    assert export_detections(path, "csv", out) == 2          # a plain export never writes
+    assert export_detections(path, "csv", out, new=True, label=["bird"]) == 1
+    with pytest.raises(CursorError, match="--label bird"):
+        export_detections(path, "csv", out, new=True)
+    assert MIGRATIONS.applied(sqlite_utils.Database(path))[-1].name.startswith("m004")
+
+
+def test_status_lists_cursors(db_path, tmp_path):
+    export_detections(db_path, "csv", tmp_path / "a.csv", new=True, label=["bird"], min_confidence=0.75,
+                      cursor_name="birds")
+    export_detections(db_path, "csv", tmp_path / "b.csv", new=True)
+    cursors = collect_status(db_path)["export_cursors"]
+    assert [(c["name"], c["filter"], c["last_id"], c["delivered"]) for c in cursors] == [
+        ("birds", "--label bird --min-confidence 0.75", 5, 2), ("default", "no filter", 5, 5)]
+    assert cursors[0]["exported_at"].endswith("Z")
+    text = format_status(collect_status(db_path))
+    assert "birds (--label bird --min-confidence 0.75): at id 5, 2 delivered" in text

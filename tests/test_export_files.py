@@ -1,0 +1,158 @@
+"""What export leaves on disk (issues 13 and 14): modes from the umask, Raven tables that
+cursors append to, long source names, cells a spreadsheet would run, and nothing at all from a
+database that is not one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import stat
+import warnings
+
+import pytest
+from typer.testing import CliRunner
+
+from edgemon.cli import app
+from edgemon.export import MAX_NAME_BYTES, ExportError, export_detections
+from edgemon.store import Store
+from tests.test_export import LIVE, REC1, commit, db_path, detection, read_csv  # noqa: F401 (fixture)
+
+runner = CliRunner()
+SUFFIX = ".BirdNET.selection.table.txt"
+
+
+def read_table(path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "birdnet", "jsonl", "raven"])
+def test_exports_get_the_mode_the_umask_gives(db_path, tmp_path, umask_022, fmt):
+    out = tmp_path / ("raven" if fmt == "raven" else f"out.{fmt}")
+    if fmt == "raven":
+        out.mkdir()
+    export_detections(db_path, fmt, out, new=fmt == "raven")
+    files = list(out.iterdir()) if fmt == "raven" else [out]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
+
+
+def test_raven_with_new_appends_and_never_replaces_delivered_rows(db_path, tmp_path):
+    out = tmp_path / "raven"
+    out.mkdir()
+    assert export_detections(db_path, "raven", out, new=True) == 5
+    live = out / f"live_mic0{SUFFIX}"
+    with Store(db_path) as store:   # the stream gained rows since
+        store.insert_detections([detection(LIVE, 20.0, "bird", 0.6, None),
+                                 detection(LIVE, 15.0, "bird", 0.7, None)])
+    assert export_detections(db_path, "raven", out, new=True) == 2
+    rows = read_table(live)
+    assert [(r["Selection"], r["Begin Time (s)"]) for r in rows] == [("1", "10.0"), ("2", "15.0"), ("3", "20.0")]
+    assert len(read_table(out / f"20240501_060000{SUFFIX}")) == 3   # untouched by the second export
+    assert export_detections(db_path, "raven", out, new=True) == 0
+    assert len(read_table(live)) == 3
+
+
+def test_raven_refuses_to_append_to_a_table_with_other_columns(db_path, tmp_path):
+    out = tmp_path / "raven"
+    out.mkdir()
+    edited = out / f"live_mic0{SUFFIX}"
+    edited.write_text("Selection\tView\tMy notes\n1\tSpectrogram 1\tkeep me\n")
+    with pytest.raises(ExportError, match="live_mic0"):
+        export_detections(db_path, "raven", out, new=True)
+    assert "keep me" in edited.read_text()
+
+
+def test_a_255_byte_source_name_gets_a_short_unique_table(db_path, tmp_path):
+    long_a = "a" * 251 + ".wav"          # the longest legal name
+    long_b = "a" * 240 + "b" * 11 + ".wav"
+    with Store(db_path) as store:
+        for name in (long_a, long_b):
+            commit(store, name, [detection(name, 0.0, "bird", 0.9, None)])
+    out = tmp_path / "raven"
+    out.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # "Exception ignored in generator" arrives as a warning
+        assert export_detections(db_path, "raven", out) == 7
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 5 and all(len(n.encode()) <= MAX_NAME_BYTES and n.endswith(SUFFIX) for n in names)
+    longs = [n for n in names if n.startswith("aaaa")]
+    assert len(longs) == 2 and longs[0] != longs[1]
+    assert {read_table(out / n)[0]["Begin Path"] for n in longs} == {f"/data/{long_a}", f"/data/{long_b}"}
+
+
+HOSTILE = '=HYPERLINK("http://evil.example/x","click")'
+
+
+@pytest.fixture
+def hostile_db(tmp_path):
+    path = tmp_path / "hostile.db"
+    with Store(path) as store:
+        for i, name in enumerate(["-rm.wav", "@SUM(A1).wav", "+1.wav", "\tx.wav", "\rx.wav"]):
+            commit(store, name, [detection(name, -0.5 + i, HOSTILE, 0.5, None)])
+    return path
+
+
+def test_formula_cells_are_neutralised_in_csv_and_birdnet(hostile_db, tmp_path):
+    export_detections(hostile_db, "csv", tmp_path / "d.csv")
+    rows = read_csv(tmp_path / "d.csv")
+    assert {r["label"] for r in rows} == {"'" + HOSTILE}
+    assert [r["source"] for r in rows] == ["'-rm.wav", "'@SUM(A1).wav", "'+1.wav", "\\tx.wav", "\\rx.wav"]
+    assert rows[0]["start_s"] == "-0.5"                  # a number, not text: left as it is
+    export_detections(hostile_db, "birdnet", tmp_path / "b.csv")
+    birdnet = read_csv(tmp_path / "b.csv")
+    assert {r["Scientific name"] for r in birdnet} == {"'" + HOSTILE} == {r["Common name"] for r in birdnet}
+    assert birdnet[0]["Start (s)"] == "-0.5" and birdnet[0]["File"] == "/data/-rm.wav"
+
+
+def test_formula_cells_are_neutralised_in_raven_tables(hostile_db, tmp_path):
+    out = tmp_path / "raven"
+    out.mkdir()
+    export_detections(hostile_db, "raven", out)
+    rows = [row for p in sorted(out.iterdir()) for row in read_table(p)]
+    assert len(rows) == 5
+    assert all(r["Species Code"] == r["Common Name"] == "'" + HOSTILE for r in rows)
+    assert sorted(float(r["Begin Time (s)"]) for r in rows)[0] == -0.5
+
+
+def test_jsonl_keeps_hostile_text_exact(hostile_db, tmp_path):
+    export_detections(hostile_db, "jsonl", tmp_path / "d.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["label"] for r in rows} == {HOSTILE} and rows[3]["source"] == "\tx.wav"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "birdnet", "jsonl"])
+def test_a_garbage_database_writes_nothing_before_its_error(tmp_path, capsys, fmt):
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(os.urandom(8192))
+    out = tmp_path / "out.csv"
+    with pytest.raises(ExportError, match="garbage.db"):
+        export_detections(garbage, fmt, out)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["garbage.db"]
+    with pytest.raises(ExportError, match="garbage.db"):
+        export_detections(garbage, fmt)
+    assert capsys.readouterr().out == ""
+    result = runner.invoke(app, ["export-detections", "--db", str(garbage), "--format", fmt])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert len(result.output.strip().splitlines()) == 1 and "garbage.db" in result.output
+
+
+def test_a_sqlite_file_that_is_not_ours_is_named_and_left_alone(tmp_path):
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(ExportError, match="not an edgemon database"):
+        export_detections(other, "csv", new=True)
+    conn = sqlite3.connect(other)
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["t"]
+    conn.close()

@@ -68,6 +68,8 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
         raise ExportError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt == "raven" and (output is None or not Path(output).is_dir()):
         raise ExportError(f"Raven export needs an existing output directory, got {output}")
+    if new and not re.fullmatch(r"[^\x00-\x1f\x7f]{1,100}", cursor_name):
+        raise ExportError(f"an export cursor name is 1 to 100 printable characters, not {cursor_name!r}")
     wanted = CursorFilter.of(since, until, label, min_confidence)
     conn, found = _open(db_path, migrate_cursors=new)
     try:

@@ -7,6 +7,8 @@ import datetime as dt
 import json
 import random
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 import sqlite_utils
@@ -47,6 +49,8 @@ def test_cli_cursor_per_destination_and_one_line_error(db_path, tmp_path):
     assert every.exit_code == 0 and every.stdout.count("\n") == 6   # header + all 5
     again = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "sync", "--quiet"])
     assert again.exit_code == 0 and again.stdout.count("\n") == 1
+    bad = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "a\nb"])
+    assert bad.exit_code == 2 and "cursor name" in bad.output
 
 
 def test_every_matching_row_is_delivered_once_per_cursor(db_path, tmp_path):
@@ -112,7 +116,7 @@ def test_a_cursor_from_before_filters_adopts_its_next_filter(tmp_path):
         DELETE FROM _sqlite_migrations WHERE name LIKE 'm004%';
         INSERT INTO export_cursors VALUES ('default', 1, '2024-01-01T00:00:00.000Z');""")
     conn.close()
-    assert collect_status(path)["export_cursors"][0]["filter"] == "?"
+    assert collect_status(path)["export_cursors"][0]["filter"].startswith("none yet")
     out = tmp_path / "out.csv"
     assert export_detections(path, "csv", out) == 2          # a plain export never writes
     assert export_detections(path, "csv", out, new=True, label=["bird"]) == 1
@@ -131,3 +135,15 @@ def test_status_lists_cursors(db_path, tmp_path):
     assert cursors[0]["exported_at"].endswith("Z")
     text = format_status(collect_status(db_path))
     assert "birds (--label bird --min-confidence 0.75): at id 5, 2 delivered" in text
+
+
+def test_quiet_export_from_cron_says_nothing(db_path, tmp_path):
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db_path),
+                               "--output", str(tmp_path / "out.csv"), "--cursor", "cron", *extra],
+                              capture_output=True, text=True, timeout=60)
+
+    loud = run()
+    assert loud.returncode == 0 and "exported 5 detection(s) (cursor cron)" in loud.stderr
+    quiet = run("--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""

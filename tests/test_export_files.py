@@ -8,6 +8,8 @@ import csv
 import json
 import os
 import stat
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -156,3 +158,15 @@ def test_a_sqlite_file_that_is_not_ours_is_named_and_left_alone(tmp_path):
     conn = sqlite3.connect(other)
     assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["t"]
     conn.close()
+
+
+def test_a_failing_raven_table_gives_one_line_and_no_ignored_exception(db_path, tmp_path):
+    """A table that cannot be written (here: a directory holds its name) stops the export with
+    one line; the rows still being read are closed, not left to a finaliser's traceback."""
+    out = tmp_path / "raven"
+    (out / f"20240501_060000{SUFFIX}").mkdir(parents=True)
+    result = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db_path),
+                             "--format", "raven", "--output", str(out)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Exception ignored" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot write {out / ('20240501_060000' + SUFFIX)}: Is a directory"]

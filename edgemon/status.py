@@ -164,8 +164,10 @@ def _dropped(conn: sqlite3.Connection, now: dt.datetime) -> dict | None:
 def _export_cursors(conn: sqlite3.Connection) -> list[dict]:
     """Each export cursor: name, filter (as options), position (highest detection id examined),
     last export time, rows delivered in all."""
-    return [{"name": c.name, "filter": "none yet (its next export ties one)" if c.filter is None else c.filter.describe(), "last_id": c.last_id,
-             "exported_at": c.exported_at, "delivered": c.delivered} for c in list_cursors(conn)]
+    return [{"name": c.name,
+             "filter": "none yet (its next export ties one)" if c.filter is None else c.filter.describe(),
+             "last_id": c.last_id, "exported_at": c.exported_at, "delivered": c.delivered}
+            for c in list_cursors(conn)]
 
 
 def _disk(db_path: Path) -> dict:

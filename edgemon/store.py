@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from edgemon.schema import FILE_STATES, MIGRATIONS, TIME_SOURCES  # noqa: F401  
 from edgemon.tables import label_names
 
 BUSY_TIMEOUT_MS = 30_000
+log = logging.getLogger(__name__)
 
 
 def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **options) -> sqlite3.Connection:
@@ -309,11 +311,16 @@ class Store:
         rows = self.db.execute("PRAGMA quick_check").fetchall()
         return "\n".join(str(row[0]) for row in rows)
 
-    def record_bundle(self, bundle_id: str, manifest: dict) -> None:
+    def record_bundle(self, bundle_id: str, manifest: dict) -> bool:
         """Remember a bundle the daemon runs: its manifest (JSON) and each label's scientific and
         common name (NULL when the manifest's optional ``label_names`` does not give them), so
         exports can name species and check ``--min-confidence`` against ``confidence_max``.
-        Recording a bundle again replaces its rows."""
+        Recording a bundle again replaces its rows.
+
+        Returns False, with a warning, when the database refuses the write (a full disk): the
+        names only label exports, so the daemon starts and records anyway, and the next start
+        records them.
+        """
         names = label_names(manifest)
         labels = manifest.get("labels") if isinstance(manifest.get("labels"), list) else []
         rows = []
@@ -321,12 +328,18 @@ class Store:
             scientific, common = names.get(label, (None, None))
             rows.append({"bundle_id": bundle_id, "label": label, "scientific_name": scientific,
                          "common_name": common})
-        with self._write() as db:
-            db["bundles"].upsert({"bundle_id": bundle_id, "manifest": json.dumps(manifest, sort_keys=True),
-                                  "recorded_at": _now()}, pk="bundle_id")
-            db.execute("DELETE FROM labels WHERE bundle_id = ?", [bundle_id])
-            if rows:
-                db["labels"].insert_all(rows)
+        try:
+            with self._write() as db:
+                db["bundles"].upsert({"bundle_id": bundle_id, "manifest": json.dumps(manifest, sort_keys=True),
+                                      "recorded_at": _now()}, pk="bundle_id")
+                db.execute("DELETE FROM labels WHERE bundle_id = ?", [bundle_id])
+                if rows:
+                    db["labels"].insert_all(rows)
+        except sqlite3.OperationalError as e:
+            log.warning("bundle %s not recorded in %s (exports will lack its label names): %s",
+                        bundle_id, self.path, e)
+            return False
+        return True
 
     def add_heartbeat(self, beat: Heartbeat) -> None:
         """Store one heartbeat row, in a transaction of its own."""

@@ -129,3 +129,14 @@ def test_classify_names_a_missing_or_unreadable_file(tmp_path):
     rows, errors = classify_files([missing, folder], analyzer())
     assert rows == [] and errors == [f"{missing}: no such file", f"{folder}: is a directory, not an audio file"]
     assert not any("System error" in e for e in errors)
+
+
+def test_a_refused_bundle_record_does_not_stop_the_daemon(db_path, caplog):
+    """The daemon records its bundle at start; a database that refuses writes (a full disk;
+    here query_only) costs the label names, not the start."""
+    with Store(db_path) as store:
+        store.db.execute("PRAGMA query_only = ON")
+        assert store.record_bundle("b1", MANIFEST) is False
+        store.db.execute("PRAGMA query_only = OFF")
+        assert store.record_bundle("b1", MANIFEST) is True
+    assert "b1 not recorded" in caplog.text

@@ -47,6 +47,7 @@ FORMAT = "edgemon-bundle"
 FORMAT_VERSION = 1            # the major version this edgemon reads (see the module docstring)
 KNOWN_REQUIREMENTS: frozenset[str] = frozenset()
 MANIFEST = "manifest.json"
+MANIFEST_MAX_BYTES = 4 << 20  # a real one is a few kB; nothing the recorder reads is that large
 VOTING_RULES = ("majority",)
 # Max |probability difference| allowed between this CPU and the bundle's expected member
 # probabilities on its reference windows: above the int8 batch jitter seen across CPUs (~0.03),
@@ -183,16 +184,18 @@ class _Reader:
         if not path.resolve().is_relative_to(bundle_dir):
             raise _fail(path, f"{what} leads out of the bundle directory (symlink)")
         if not path.is_file():
-            raise _fail(path, f"{what} is missing")
+            raise _fail(path, f"{what} is missing (or not a regular file)")
         return path
 
 
 def _read_manifest(manifest_path: Path) -> dict:
     if not manifest_path.is_file():
         raise _fail(manifest_path, "no bundle manifest here")
+    if manifest_path.stat().st_size > MANIFEST_MAX_BYTES:
+        raise _fail(manifest_path, f"manifest is larger than {MANIFEST_MAX_BYTES} bytes")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _fail(manifest_path, f"unreadable manifest: {str(exc).splitlines()[0]}") from exc
     if not isinstance(manifest, dict):
         raise _fail(manifest_path, f"manifest must be a JSON object, not {type(manifest).__name__}")

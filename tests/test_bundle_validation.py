@@ -154,6 +154,21 @@ def test_malformed_manifests_are_refused_in_one_line(models, tmp_path, change, m
     assert one_line(str(caught.value)).startswith(f"{bundle_dir / 'manifest.json'}: ")
 
 
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, "unreadable manifest"),
+    ("{" + " " * (5 << 20) + "}", "manifest is larger than"),
+    (b"{\"labels\": \"caf\xe9\"}", "unreadable manifest"),
+    ("{'format': 1}", "unreadable manifest"),
+])
+def test_unparseable_manifests_are_refused_in_one_line(models, tmp_path, text, message):
+    bundle_dir = bundle_of(tmp_path, models["good"])
+    path = bundle_dir / "manifest.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(BundleError, match=message) as caught:
+        load_bundle(bundle_dir)
+    assert one_line(str(caught.value)).startswith(f"{path}: ")
+
+
 @pytest.mark.parametrize("where", ["parent", "absolute", "etc_passwd", "symlink", "sub_dotdot"])
 def test_member_paths_outside_the_bundle_are_never_read(models, tmp_path, where):
     bundle_dir = bundle_of(tmp_path, models["good"])

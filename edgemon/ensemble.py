@@ -106,7 +106,7 @@ class Ensemble:
 
     def _check_signature(self, path, session: ort.InferenceSession) -> None:
         """Input name, rank and width, ``probs`` output and class count, from the session's
-        metadata and one probe run on two frames of silence-level features."""
+        metadata and one probe run on two frames of zeros (for what a graph leaves undeclared)."""
         n_features, n_classes = self.bundle.frontend.n_features, len(self.bundle.labels)
         inputs = session.get_inputs()
         if [i.name for i in inputs] != [INPUT]:
@@ -129,7 +129,7 @@ class Ensemble:
         except Exception as exc:  # onnxruntime's errors are untyped
             raise BundleError(f"{path}: a probe run failed: {_first_line(exc)}") from exc
         if probe.shape != (1, n_classes):
-            raise BundleError(f"{path}: model gives {probe.shape[1:] or probe.shape} class probabilities, "
+            raise BundleError(f"{path}: a probe run gives probabilities of shape {probe.shape}, "
                               f"the manifest has {n_classes} labels")
         if not np.all(np.isfinite(probe)) or probe.min() < 0 or probe.max() > 1 + 1e-5:
             raise BundleError(f"{path}: output {OUTPUT!r} is not probabilities on a probe run")

@@ -100,6 +100,16 @@ def test_a_probe_run_catches_what_the_graph_does_not_declare(models, tmp_path):
     one_line(str(caught.value))
 
 
+def test_a_member_whose_probs_are_not_probabilities_is_refused(models, tmp_path):
+    proto = onnx.load(str(models["good"]))
+    for node in proto.graph.node:
+        node.output[:] = ["probs_raw" if n == "probs" else n for n in node.output]
+    proto.graph.node.append(onnx.helper.make_node("Neg", ["probs_raw"], ["probs"]))
+    onnx.save(proto, str(tmp_path / "negated.onnx"))
+    with pytest.raises(BundleError, match=r"member00.onnx: output 'probs' is not probabilities on a probe run"):
+        Ensemble(load_bundle(bundle_of(tmp_path, tmp_path / "negated.onnx")))
+
+
 def test_watch_and_classify_refuse_a_bad_bundle_in_one_line(models, tmp_path):
     bundle_dir = bundle_of(tmp_path, models["input_renamed"])
     recordings = tmp_path / "rec"

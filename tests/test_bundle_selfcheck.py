@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from edgemon.bundle import default_bundle_path, load_bundle, sha256_of
 from edgemon.cli import app
 from edgemon.ensemble import Ensemble, describe_bundle
-from edgemon.errors import EdgemonError
+from edgemon.errors import BundleError, EdgemonError
 from edgemon.selfcheck import SelfCheckError
 from tests.conftest import hoots
 from tests.watch_helpers import write_wav
@@ -105,6 +105,38 @@ def test_the_tolerance_lies_between_jitter_and_breakage_and_comes_from_the_manif
         Ensemble(load_bundle(shipped_copy(tmp_path / "b", blur, tolerance=0.01)))
     with pytest.raises(SelfCheckError):
         Ensemble(load_bundle(shipped_copy(tmp_path / "c", lambda s, d: blurred(s, d, 0.45))))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flac_byte", "reference.flac: reference windows do not match their sha256"),
+    ("expected_shape", r"self_check.expected must be \[members=2\]\[windows=5\]\[labels=5\]"),
+    ("expected_value", "self_check.expected = 1.5 is outside"),
+    ("window_label", r"self_check.windows\[0\].label 'zebra' is not one of the labels"),
+    ("file_outside", "self_check.file '../x.flac' is not a path inside the bundle directory"),
+    ("tolerance", r"self_check.tolerance = 0 is outside \(0, 1\]"),
+])
+def test_damaged_self_check_data_is_refused_at_load(tmp_path, damage, message):
+    bundle_dir = shipped_copy(tmp_path)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    check = manifest["self_check"]
+    if damage == "flac_byte":
+        data = bytearray((bundle_dir / "reference.flac").read_bytes())
+        data[5000] ^= 0xFF
+        (bundle_dir / "reference.flac").write_bytes(bytes(data))
+    elif damage == "expected_shape":
+        check["expected"] = check["expected"][:1]
+    elif damage == "expected_value":
+        check["expected"][0][0][0] = 1.5
+    elif damage == "window_label":
+        check["windows"][0]["label"] = "zebra"
+    elif damage == "file_outside":
+        check["file"] = "../x.flac"
+    else:
+        check["tolerance"] = 0
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message) as caught:
+        load_bundle(bundle_dir)
+    assert "\n" not in str(caught.value)
 
 
 def test_info_shows_names_ceiling_format_and_the_check(tmp_path):

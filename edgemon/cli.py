@@ -30,17 +30,19 @@ def _fail(exc: EdgemonError) -> typer.Exit:
 
 @app.command()
 def info(models: ModelsOpt = None):
-    """Describe a model bundle: labels, members and their devel/test UAR, windows."""
-    from edgemon.bundle import default_bundle_path, load_bundle
+    """Describe a model bundle: labels and their names, members and their devel/test UAR, windows,
+    thresholds, the highest confidence it can give, and its self-check on this CPU."""
+    from edgemon.bundle import default_bundle_path
+    from edgemon.ensemble import describe_bundle
+    from edgemon.selfcheck import SelfCheckError
 
     try:
-        bundle = load_bundle(models or default_bundle_path())
+        description, check = describe_bundle(models or default_bundle_path())
     except EdgemonError as exc:
         raise _fail(exc)
-    typer.echo(json.dumps({"bundle_id": bundle.bundle_id, "path": str(bundle.path),
-                           "labels": bundle.labels, "window_s": bundle.window_s, "hop_s": bundle.hop_s,
-                           "members": [m.__dict__ for m in bundle.members],
-                           "frontend": bundle.frontend.to_dict()}, indent=2))
+    typer.echo(json.dumps(description, indent=2))
+    if not check.passed:
+        raise _fail(SelfCheckError(f"{description['path']}: self-check on this CPU {check.summary()}"))
 
 
 @app.command()

@@ -12,8 +12,10 @@ from edgemon.bundle import default_bundle_path, load_bundle
 from edgemon.config import Settings
 from edgemon.dbguard import open_or_recover
 from edgemon.diskguard import DiskBudget
-from edgemon.health import HealthConfig, WatchMonitor, listen_health
+from edgemon.errors import BundleError
+from edgemon.health import HealthConfig, Heartbeats, WatchMonitor, listen_health
 from edgemon.pipeline import Analyzer
+from edgemon.store import Store
 from edgemon.watch import WatchConfig, Watcher
 
 log = logging.getLogger(__name__)
@@ -44,11 +46,29 @@ def make_analyzer(models: Path | None, threads: int = 1) -> Analyzer:
     return Analyzer(bundle, threads=threads)
 
 
+def record_refusal(db_path: Path, mode: str, device_id: str, reason: str) -> None:
+    """Write a 'refused' heartbeat (``reason`` as its note) to an existing database, so that
+    ``edgemon status`` shows why the unit is not analysing (a bundle that fails its self-check
+    on this CPU, a broken bundle). Never creates a database and never raises."""
+    if not Path(db_path).is_file():
+        return
+    try:
+        with Store(db_path) as store:
+            Heartbeats(store, mode=mode, device_id=device_id, bundle_id=None, every_s=0).beat(
+                "refused", note=reason, force=True)
+    except Exception as exc:  # a record of the refusal, never a second failure
+        log.warning("could not record the refusal in %s: %s", db_path, exc)
+
+
 def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, threads: int = 1,
               health: HealthConfig = HealthConfig(), disk: DiskBudget = DiskBudget()) -> int:
     """Watch ``config.root`` into the database at ``db_path``; returns files processed. A corrupt
     database is moved aside and a fresh one created; systemd hears READY, STATUS and watchdog pings."""
-    analyzer = make_analyzer(models, threads)
+    try:
+        analyzer = make_analyzer(models, threads)
+    except BundleError as exc:
+        record_refusal(db_path, "watch", config.device_id, str(exc))
+        raise
     with open_or_recover(db_path) as store, stop_on_signals() as stop:
         store.record_bundle(analyzer.bundle.bundle_id, analyzer.bundle.manifest)   # names and reach for export
         monitor = WatchMonitor(store, db_path, device_id=config.device_id, bundle_id=analyzer.bundle.bundle_id,

@@ -1,4 +1,10 @@
-"""Ensemble inference with onnxruntime: member probabilities and the majority vote."""
+"""Ensemble inference with onnxruntime: member probabilities and the majority vote.
+
+Opening an ``Ensemble`` finishes the bundle's checks: each member's input and output names,
+input width and class count against the manifest (from onnxruntime's metadata and one tiny probe
+run), then the bundle's self-check on its reference windows (``edgemon.selfcheck``). A bundle
+that fails any of them is refused before the first recording is touched.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,17 @@ import json
 import numpy as np
 import onnxruntime as ort
 
-from edgemon.bundle import Bundle
+from edgemon.bundle import Bundle, load_bundle
 from edgemon.errors import BundleError
 from edgemon.frontend import FrontendConfig
+from edgemon.selfcheck import SelfCheck, SelfCheckError, run_self_check
+
+# Telemetry is kept off by ORT_DISABLE_TELEMETRY (edgemon/__init__.py); this also stops its events
+# where onnxruntime was imported before edgemon.
+ort.disable_telemetry_events()
+
+INPUT = "logmel"
+OUTPUT = "probs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +67,20 @@ def _session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-class Ensemble:
-    """The bundle's members as onnxruntime sessions, checked against the bundle's declarations."""
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
 
-    def __init__(self, bundle: Bundle, threads: int = 1):
+
+class Ensemble:
+    """The bundle's members as onnxruntime sessions, checked against the bundle's declarations.
+
+    ``verify`` runs the self-check and raises ``SelfCheckError`` when it fails; with
+    ``verify=False`` (``edgemon info``, training writing the expected probabilities) the result is
+    only computed on request (``run_self_check``). ``self_check`` holds the last result.
+    """
+
+    def __init__(self, bundle: Bundle, threads: int = 1, verify: bool = True):
         self.bundle = bundle
         self.sessions = []
         options = _session_options(threads)
@@ -64,17 +88,61 @@ class Ensemble:
             try:
                 session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own untyped errors for bad models
-                raise BundleError(f"{path}: onnxruntime cannot load this model: {exc}") from exc
+                raise BundleError(f"{path}: onnxruntime cannot load this model: {_first_line(exc)}") from exc
+            self._check_signature(path, session)
             self._check_member(path, session)
             self.sessions.append(session)
+        self.self_check: SelfCheck | None = None
+        if verify:
+            result = self.run_self_check()
+            if not result.passed:
+                raise SelfCheckError(f"{bundle.path}: self-check on this CPU {result.summary()}; "
+                                     "this onnxruntime build or CPU misbehaves, refusing to run blind")
+
+    def run_self_check(self) -> SelfCheck:
+        """Run the bundle's reference windows through every member and compare (see ``selfcheck``)."""
+        self.self_check = run_self_check(self.bundle, self.member_probs)
+        return self.self_check
+
+    def _check_signature(self, path, session: ort.InferenceSession) -> None:
+        """Input name, rank and width, ``probs`` output and class count, from the session's
+        metadata and one probe run on two frames of zeros (for what a graph leaves undeclared)."""
+        n_features, n_classes = self.bundle.frontend.n_features, len(self.bundle.labels)
+        inputs = session.get_inputs()
+        if [i.name for i in inputs] != [INPUT]:
+            raise BundleError(f"{path}: model inputs {[i.name for i in inputs]}, expected one named {INPUT!r}")
+        shape = inputs[0].shape
+        if inputs[0].type != "tensor(float)" or len(shape) != 3:
+            raise BundleError(f"{path}: input {INPUT!r} is {inputs[0].type} {shape}, expected float [batch, frames, features]")
+        if isinstance(shape[2], int) and shape[2] != n_features:
+            raise BundleError(f"{path}: model reads {shape[2]} features per frame, the bundle's "
+                              f"{self.bundle.frontend.kind} frontend gives {n_features}")
+        outputs = {o.name: o.shape for o in session.get_outputs()}
+        if OUTPUT not in outputs:
+            raise BundleError(f"{path}: model has no output {OUTPUT!r} (outputs: {sorted(outputs)})")
+        declared = outputs[OUTPUT]
+        if declared is not None and (len(declared) != 2 or (isinstance(declared[1], int) and declared[1] != n_classes)):
+            raise BundleError(f"{path}: output {OUTPUT!r} has shape {declared}, "
+                              f"the manifest has {n_classes} labels")
+        try:
+            probe = session.run([OUTPUT], {INPUT: np.zeros((1, 2, n_features), np.float32)})[0]
+        except Exception as exc:  # onnxruntime's errors are untyped
+            raise BundleError(f"{path}: a probe run failed: {_first_line(exc)}") from exc
+        if probe.shape != (1, n_classes):
+            raise BundleError(f"{path}: a probe run gives probabilities of shape {probe.shape}, "
+                              f"the manifest has {n_classes} labels")
+        if not np.all(np.isfinite(probe)) or probe.min() < 0 or probe.max() > 1 + 1e-5:
+            raise BundleError(f"{path}: output {OUTPUT!r} is not probabilities on a probe run")
 
     def _check_member(self, path, session: ort.InferenceSession) -> None:
         meta = session.get_modelmeta().custom_metadata_map
         try:
             labels = tuple(json.loads(meta["labels"]))
             frontend = FrontendConfig.from_dict(json.loads(meta["frontend"]))
-        except (KeyError, ValueError) as exc:
-            raise BundleError(f"{path}: model metadata lacks labels or frontend ({exc})") from exc
+        except BundleError as exc:
+            raise BundleError(f"{path}: {exc}") from exc
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise BundleError(f"{path}: model metadata lacks labels or frontend ({_first_line(exc)})") from exc
         if labels != self.bundle.labels:
             raise BundleError(f"{path}: model labels {labels} differ from the manifest's")
         if frontend != self.bundle.frontend:
@@ -89,8 +157,21 @@ class Ensemble:
 
         The models' input is named ``logmel`` for every frontend kind (PCEN too), so older
         bundles and newer ones share one graph signature."""
-        feed = {"logmel": np.ascontiguousarray(logmel, dtype=np.float32)}
-        return np.stack([s.run(["probs"], feed)[0] for s in self.sessions])
+        feed = {INPUT: np.ascontiguousarray(logmel, dtype=np.float32)}
+        return np.stack([s.run([OUTPUT], feed)[0] for s in self.sessions])
 
     def vote(self, logmel: np.ndarray) -> Votes:
         return majority_vote(self.member_probs(logmel))
+
+
+def describe_bundle(path) -> tuple[dict, SelfCheck]:
+    """What ``edgemon info`` shows: the verified bundle's declarations and its self-check on
+    this CPU, which is run and reported here, never raised (the caller decides)."""
+    bundle = load_bundle(path)
+    check = Ensemble(bundle, verify=False).run_self_check()
+    return {"bundle_id": bundle.bundle_id, "path": str(bundle.path), "format_version": bundle.format_version,
+            "labels": bundle.labels, "background_label": bundle.background_label,
+            "label_names": bundle.label_names, "confidence_max": bundle.confidence_max,
+            "thresholds": bundle.thresholds, "window_s": bundle.window_s, "hop_s": bundle.hop_s,
+            "members": [dataclasses.asdict(m) for m in bundle.members],
+            "frontend": bundle.frontend.to_dict(), "self_check": check.to_dict()}, check

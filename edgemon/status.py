@@ -108,7 +108,7 @@ def _service(beat: dict | None, heartbeat_s: float, now: dt.datetime) -> dict:
         return {"state": "unknown", "note": "no heartbeat recorded"}
     at = dt.datetime.fromisoformat(beat["at_utc"].replace("Z", "+00:00"))
     age = (now - at).total_seconds()
-    if beat["state"] == "stopping":
+    if beat["state"] in ("stopping", "refused"):
         state = "stopped"
     elif age <= 2 * heartbeat_s + 60:
         state = "running"
@@ -186,6 +186,8 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
     service = status["service"]
     if service["state"] == "silent":
         problems.append(f"no heartbeat for {service['heartbeat_age_s']:.0f} s: edgemon is not running, or hung")
+    if service.get("heartbeat_state") == "refused":
+        problems.append(f"refused to start: {service.get('note')}")
     if service.get("heartbeat_state") in ("hold_disk", "hold_store"):
         problems.append(f"holding work ({service['heartbeat_state']}): {service.get('note') or 'low disk'}")
     if status["backlog"]["quarantined"]:

@@ -61,7 +61,7 @@ def test_missing_member_and_missing_manifest(bundle_dir, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"frontend": {**FrontendConfig().to_dict(), "kind": "cqt"}}, "unknown frontend kind"),
-    ({"format_version": 99}, "not an edgemon-bundle v1"),
+    ({"format_version": 99}, "bundle format 99 is newer than this edgemon reads"),
     ({"voting": "borda"}, "unknown voting rule"),
     ({"hop_s": 0}, "hop_s"),
     ({"thresholds": {"zebra": 0.5}}, "unknown labels"),

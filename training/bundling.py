@@ -1,15 +1,121 @@
-"""Bundles from run directories: members, manifest, optional int8 quantisation."""
+"""Bundles from run directories: members, manifest, optional int8 quantisation; each bundle's
+label names, confidence ceiling and self-check reference windows (``complete_bundle``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import onnx
+import soundfile
+
+from edgemon import audio
+from edgemon.bundle import (SELF_CHECK_TOLERANCE, Bundle, ReferenceWindow, load_bundle, replace_manifest, sha256_of,
+                            write_bundle)
+from edgemon.ensemble import Ensemble
+from edgemon.errors import AudioError
 from edgemon.frontend import FrontendConfig
+from edgemon.selfcheck import reference_features
+from training.data import read_label_list
 from training.errors import DataError
 from training.export import quantize_int8, read_columns
+from training.species import label_names
+
+REFERENCE_FILE = "reference.flac"
+
+
+def softmax_confidence_max(member_files: list[Path]) -> float | None:
+    """The highest probability any member can give a class, hence the ensemble's highest
+    confidence (a mean of member probabilities); None when a member does not declare its head.
+
+    A normalised-softmax member's logits are cosines divided by its temperature tau, so within
+    [-1/tau, 1/tau]: p <= 1 / (1 + (C - 1) exp(-2 / tau)). An upper bound, not always reached.
+    """
+    bounds = []
+    for path in member_files:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        try:
+            config = json.loads(props["model_config"])
+            tau, n_classes = float(config["tau"]), int(config["n_classes"])
+        except (KeyError, ValueError, TypeError):
+            return None
+        bounds.append(1.0 / (1.0 + (n_classes - 1) * math.exp(-2.0 / tau)))
+    return max(bounds) if bounds else None
+
+
+def pick_reference_windows(data_dir: Path, labels: tuple[str, ...], window_s: float, sample_rate: int,
+                           split: str = "train") -> tuple[np.ndarray, list[ReferenceWindow]]:
+    """One real window per label from ``split``: the centre ``window_s`` of the first clip (by file
+    name) at least that long, else of the longest clip zero-padded. float32 ``[labels, samples]``."""
+    clips = read_label_list(Path(data_dir) / "lab" / f"{split}.csv", Path(data_dir) / "audio")
+    size = int(round(window_s * sample_rate))
+    windows, chosen = [], []
+    for label in labels:
+        best = None
+        for clip in sorted((c for c in clips if c.label == label), key=lambda c: c.path.name):
+            try:
+                samples = audio.load(clip.path, sample_rate)
+            except AudioError as exc:
+                raise DataError(str(exc)) from exc
+            if best is None or len(samples) > len(best[1]):
+                best = (clip, samples)
+            if len(samples) >= size:
+                break
+        if best is None:
+            raise DataError(f"{data_dir}: no {split} clip of {label!r} for the bundle's reference windows")
+        clip, samples = best
+        start = max((len(samples) - size) // 2, 0)
+        window = np.zeros(size, np.float32)
+        window[:min(size, len(samples))] = samples[start:start + size]
+        windows.append(window)
+        chosen.append(ReferenceWindow(label, clip.path.name, round(start / sample_rate, 3), size))
+    return np.stack(windows), chosen
+
+
+def add_reference_windows(bundle_dir: Path, windows: np.ndarray, meta: list[ReferenceWindow],
+                          tolerance: float = SELF_CHECK_TOLERANCE) -> Bundle:
+    """Store ``windows`` (float32 ``[N, samples]``) as the bundle's 16-bit FLAC reference and each
+    member's probabilities on them as expected by the self-check. Members are not touched.
+
+    The expected probabilities come from the stored FLAC read back, through the recorder's own
+    path (``selfcheck.reference_features``, all windows as one batch), so they differ from a
+    recorder's only by its CPU and libraries.
+    """
+    bundle = load_bundle(bundle_dir)
+    target = bundle.path / REFERENCE_FILE
+    tmp = bundle.path / f".{REFERENCE_FILE}.tmp"
+    soundfile.write(tmp, np.clip(windows, -1, 1).reshape(-1), bundle.frontend.sample_rate,
+                    subtype="PCM_16", format="FLAC")
+    os.replace(tmp, target)
+    stored, _ = soundfile.read(target, dtype="float32")
+    stored = stored.reshape(windows.shape)
+    expected = Ensemble(bundle, verify=False).member_probs(reference_features(stored, bundle.frontend))
+    return replace_manifest(bundle.path, {"self_check": {
+        "file": REFERENCE_FILE, "sha256": sha256_of(target), "tolerance": tolerance,
+        "windows": [dataclasses.asdict(w) for w in meta],
+        "expected": [[[round(float(p), 6) for p in row] for row in m] for m in expected]}})
+
+
+def complete_bundle(bundle_dir: Path, data_dir: Path | None) -> Bundle:
+    """Give a bundle what the recorder shows and checks beyond its members: the labels' names
+    (``training.species``), ``confidence_max``, and reference windows from ``data_dir``'s train
+    split (skipped when ``data_dir`` is None). Works on an existing bundle; member files and
+    the bundle id stay as they are."""
+    bundle = load_bundle(bundle_dir)
+    changes = {"label_names": label_names(bundle.labels)}
+    ceiling = softmax_confidence_max(bundle.member_paths)
+    if ceiling is not None:
+        changes["confidence_max"] = round(ceiling, 6)
+    bundle = replace_manifest(bundle.path, changes)
+    if data_dir is None:
+        return bundle
+    windows, meta = pick_reference_windows(data_dir, bundle.labels, bundle.window_s, bundle.frontend.sample_rate)
+    return add_reference_windows(bundle.path, windows, meta)
 
 
 def shared_frontend(frontends: list[FrontendConfig], where) -> FrontendConfig:
@@ -44,11 +150,11 @@ def _thresholds_file(path: Path, labels: list[str], window: tuple[float, float],
     return thresholds, provenance
 
 
-def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from: Path | None = None) -> dict:
+def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from: Path | None = None,
+                reference_data: Path | None = None) -> dict:
     """Write a bundle whose members are the runs' ``model.onnx``, in the order given, with the
-    thresholds of a ``cv-ensemble`` result when ``thresholds_from`` names one."""
-    from edgemon.bundle import write_bundle
-
+    thresholds of a ``cv-ensemble`` result when ``thresholds_from`` names one, and (see
+    ``complete_bundle``) names, confidence ceiling and reference windows from ``reference_data``."""
     configs, devel, test = [], [], []
     for run in runs:
         if not (run / "model.onnx").is_file() or not (run / "config.json").is_file():
@@ -79,17 +185,15 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
                                      # a member trained on train + devel has no held-out devel score
                                      "trained_on": [c.get("trained_on", "train") for c in configs],
                                      **provenance})
+    bundle = complete_bundle(bundle.path, reference_data)
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
-            "frontend": frontend.kind}
+            "frontend": frontend.kind, "self_check": bundle.self_check is not None}
 
 
 def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
-              max_false_rate: float | None = None) -> dict:
+              max_false_rate: float | None = None, reference_data: Path | None = None) -> dict:
     """A bundle of one averaged recipe's fold models (an ensemble selected by grouped CV), with
     the thresholds chosen on their held-out windows (again, for ``max_false_rate`` when given)."""
-    import numpy as np
-
-    from edgemon.bundle import write_bundle
     from training.data import BACKGROUND
     from training.thresholds import choose_thresholds
 
@@ -123,5 +227,6 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
                                      "cv_uar_mean": result["uar_mean"], "cv_uar_std": result["uar_std"],
                                      "max_false_rate": result["max_false_rate"] if max_false_rate is None
                                                        else max_false_rate})
+    bundle = complete_bundle(bundle.path, reference_data)
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
-            "thresholds": bundle.thresholds}
+            "thresholds": bundle.thresholds, "self_check": bundle.self_check is not None}

@@ -116,6 +116,7 @@ def bundle(
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
     int8: Annotated[bool, typer.Option("--int8", help="Quantise members to int8 (dynamic).")] = False,
     thresholds: Annotated[Optional[Path], typer.Option(help="Per-class thresholds from a cv-ensemble JSON.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Data directory whose train split gives the bundle's self-check reference windows (recommended).")] = None,
 ):
     """Assemble a model bundle (manifest + members) from trained runs.
 
@@ -123,7 +124,7 @@ def bundle(
     member reads its own columns."""
     from training.bundling import bundle_runs
 
-    _run(bundle_runs, runs, out, int8=int8, thresholds_from=thresholds)
+    _run(bundle_runs, runs, out, int8=int8, thresholds_from=thresholds, reference_data=data)
 
 
 def _train_and_devel(data: Path, frontend: FrontendConfig):
@@ -265,11 +266,12 @@ def bundle_cv_command(
     out: OutOpt = Path("runs/cv-bundle"),
     int8: Annotated[bool, typer.Option("--int8", help="Quantise members to int8.")] = False,
     max_false_rate: Annotated[Optional[float], typer.Option(help="Choose the thresholds again for this share of background windows (default: as cv chose them).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Data directory whose train split gives the bundle's self-check reference windows (recommended).")] = None,
 ):
     """Bundle the fold models of an averaged cv recipe, with its thresholds: an ensemble chosen by grouped CV."""
     from training.bundling import bundle_cv
 
-    _run(bundle_cv, cv_dir, recipe, out, int8, max_false_rate)
+    _run(bundle_cv, cv_dir, recipe, out, int8, max_false_rate, reference_data=data)
 
 
 @app.command("cv-ensemble")

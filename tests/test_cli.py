@@ -229,7 +229,11 @@ def test_training_errors_are_one_line_and_usage_errors_exit_2(tiny_dataset, tmp_
               "--space must be one of paper, field, not 'weird'"),
              (["hpo", "--data", str(tiny_dataset), "--out", str(tmp_path / "h"), "--storage", "bogus://x",
                "--trials", "1"], 1, "Optuna storage bogus://x: "),        # was a SQLAlchemy traceback
-             (["baseline", "--data", str(tiny_dataset), "--out", str(occupied)], 1, str(occupied))]  # OSError
+             (["baseline", "--data", str(tiny_dataset), "--out", str(occupied)], 1, str(occupied)),  # OSError
+             (["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "f"), "--device", "gpu"], 2,
+              "--device must be auto, cpu or cuda[:N], not 'gpu'"),
+             (["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "f"), "--device", "cuda:99"], 1,
+              "--device cuda:99: this torch")]     # was torch's traceback mid-run
     for args, code, message in cases:
         result = runner.invoke(train_app, args)
         assert result.exit_code == code, (args, result.output)

@@ -53,6 +53,23 @@ def _frontend(kind: str) -> FrontendConfig:
         raise console.error(f"--frontend: {exc}", console.EXIT_USAGE)
 
 
+def _device(name: str) -> str:
+    """``--device`` checked before any work (torch would fail mid-run with a traceback): auto, cpu,
+    or cuda[:N] where this torch sees that GPU."""
+    import re
+
+    import torch
+
+    found = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if name in ("auto", "cpu"):
+        return name
+    if found is None:
+        raise console.error(f"--device must be auto, cpu or cuda[:N], not {name!r}", console.EXIT_USAGE)
+    if int(found[1] or 0) >= torch.cuda.device_count():
+        raise console.error(f"--device {name}: this torch ({torch.__version__}) sees {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
 # Field-augmentation preset (off in the paper's recipe): crops of the deployment window, time
 # shift, background mixing at 0-20 dB SNR on half the clips, +-6 dB gain.
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
@@ -131,7 +148,7 @@ def fit(
     _run(fit_run, data, out, ModelConfig(hidden=hidden, layers=layers, dropout=dropout, tau=tau,
                                          centre_bands=centre_bands),
          OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
-                     gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=device,
+                     gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=_device(device),
                      average_last=average_last),
          aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet, with_devel=with_devel)
 
@@ -195,7 +212,7 @@ def hpo(
     if space not in SPACES:
         raise console.error(f"--space must be one of {', '.join(SPACES)}, not {space!r}", console.EXIT_USAGE)
 
-    config = SearchConfig(n_trials=trials, max_epochs=epochs, space=space, seed=seed, device=device,
+    config = SearchConfig(n_trials=trials, max_epochs=epochs, space=space, seed=seed, device=_device(device),
                           startup_trials=startup_trials, heartbeat_s=heartbeat_s, timeout_s=timeout_s,
                           start_from_paper=start_from_paper)
 

@@ -178,7 +178,7 @@ def _log_through(tmp_path, journal: bool) -> str:
         st = os.fstat(stream.fileno())
         env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}" if journal else "8:12345"}
         root = logging.getLogger()
-        saved = root.handlers[:], root.level
+        handlers, level = root.handlers[:], root.level
         try:
             console.setup_logging(logging.DEBUG, stream, env)
             log = logging.getLogger("edgemon.test")
@@ -190,8 +190,8 @@ def _log_through(tmp_path, journal: bool) -> str:
             except RuntimeError:
                 log.exception("worker failed")
         finally:
-            root.handlers[:], _ = saved
-            root.setLevel(saved[1])
+            root.handlers[:] = handlers
+            root.setLevel(level)
     return path.read_text()
 
 
@@ -270,3 +270,16 @@ def test_cv_shows_progress_per_fold_and_epoch(tiny_dataset, tmp_path, caplog):
                                                  ("fold 2/2", "epoch 1/2"), ("fold 2/2", "epoch 2/2")], lines
     assert [line.split(" done")[0] for line in lines if " done " in line] == [
         "cv paper-h4l1: fold 1/2", "cv paper-h4l1: fold 2/2"]
+
+
+def test_cv_progress_on_a_terminal_is_a_bar_over_folds_and_epochs(capsys):
+    from training.cli import CvProgress
+
+    with CvProgress(terminal=True) as progress:
+        for fold in (1, 2):
+            for epoch in (1, 2, 3):
+                progress({"recipe": "paper", "fold": fold, "folds": 2, "epoch": epoch, "epochs": 3, "uar": 0.5})
+            progress({"recipe": "paper", "fold": fold, "folds": 2, "epoch": None, "epochs": None, "uar": None})
+        bar = progress.bar
+        assert (bar.n, bar.total) == (6, 6)
+    assert "cv paper fold 2/2" in capsys.readouterr().err

@@ -21,6 +21,10 @@
 #   --wheels DIR      install offline from the wheels in DIR (pip --no-index --find-links DIR)
 #   --python PY       interpreter for the virtual environment (default: python3)
 #   --mode MODE       watch or listen, written into a new config (default: watch)
+#   --device-id ID    recorder/site id written into a new config (default: the hostname and the
+#                     first 6 hex digits of /etc/machine-id, e.g. raspberrypi-3f9a2c: every
+#                     Raspberry Pi image is called raspberrypi, and merged exports must tell units apart)
+#   --print-device-id print the id a new config would get, and exit
 #   --no-apt          do not install system packages
 #   --no-start        enable the service but do not (re)start it
 #   --pip-args ARGS   extra pip arguments (one string)
@@ -33,6 +37,7 @@ SOURCE="$(dirname "$HERE")"
 WHEELS=""
 PYTHON="python3"
 MODE="watch"
+DEVICE_ID=""
 APT=1
 START=1
 PIP_ARGS=""
@@ -51,6 +56,8 @@ while [ $# -gt 0 ]; do
     --wheels) WHEELS="$(realpath "$2")"; shift 2 ;;
     --python) PYTHON="$2"; shift 2 ;;
     --mode) MODE="$2"; shift 2 ;;
+    --device-id) DEVICE_ID="$2"; shift 2 ;;
+    --print-device-id) ACTION="print-device-id"; shift ;;
     --no-apt) APT=0; shift ;;
     --no-start) START=0; shift ;;
     --pip-args) PIP_ARGS="$2"; shift 2 ;;
@@ -63,6 +70,11 @@ while [ $# -gt 0 ]; do
 done
 case "$MODE" in watch|listen) ;; *) die "--mode must be watch or listen, not $MODE" ;; esac
 [ "$ROOT" = "/" ] && ROOT=""
+# Plain characters only: the id goes into TOML, file names of exports and other tools' columns.
+ID_CHARS='A-Za-z0-9._:-'
+if [ -n "$DEVICE_ID" ] && ! [[ "$DEVICE_ID" =~ ^[$ID_CHARS]{1,64}$ ]]; then
+  die "--device-id must be 1-64 letters, digits or . _ : - (got '$DEVICE_ID')"
+fi
 
 NAME=edgemon
 USER_NAME=edgemon
@@ -75,6 +87,19 @@ UNIT=/etc/systemd/system/$NAME.service
 SYSTEM_PACKAGES=(python3-venv libsndfile1 libportaudio2)
 
 r() { echo "$ROOT$1"; }   # a path inside the target root
+
+default_device_id() {   # the target's hostname + a short, stable suffix from its machine id
+  local host="" id=""
+  host="$(head -n 1 "$(r /etc/hostname)" 2>/dev/null || true)"
+  [ -z "$host" ] && [ -z "$ROOT" ] && host="$(hostname 2>/dev/null || true)"
+  host="$(printf '%s' "${host:-edgemon}" | tr -c "$ID_CHARS" '-' | cut -c 1-57)"
+  for f in /etc/machine-id /var/lib/dbus/machine-id; do
+    id="$(head -c 32 "$(r $f)" 2>/dev/null || true)"
+    [[ "$id" =~ ^[0-9a-f]{32}$ ]] && break
+    id=""
+  done
+  if [ -n "$id" ]; then echo "$host-${id:0:6}"; else echo "$host"; fi
+}
 
 systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
 
@@ -177,8 +202,9 @@ installed_version() {
 ensure_config() {
   local example="$HERE/edgemon.toml"
   if [ ! -f "$(r $CONF)" ]; then
-    say "writing $CONF (mode = $MODE)"
-    sed "s/^mode = .*/mode = \"$MODE\"/" "$example" > "$(r $CONF).tmp"
+    local id="${DEVICE_ID:-$(default_device_id)}"
+    say "writing $CONF (mode = $MODE, device_id = $id)"
+    sed -e "s/^mode = .*/mode = \"$MODE\"/" -e "s/^device_id = .*/device_id = \"$id\"/" "$example" > "$(r $CONF).tmp"
     chmod 0644 "$(r $CONF).tmp"
     mv "$(r $CONF).tmp" "$(r $CONF)"
   fi
@@ -248,5 +274,6 @@ do_uninstall() {
   fi
 }
 
+if [ "$ACTION" = print-device-id ]; then echo "${DEVICE_ID:-$(default_device_id)}"; exit 0; fi
 if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then die "run as root (sudo), or give --root DIR"; fi
 if [ "$ACTION" = install ]; then do_install; else do_uninstall; fi

@@ -1,31 +1,90 @@
 """``edgemon``: the recorder's command line. An adapter: parse options, call one function, and
-turn an ``EdgemonError`` into a one-line message and a non-zero exit."""
+turn an ``EdgemonError`` into a one-line message and a non-zero exit (see ``edgemon.console`` for
+the exit statuses).
+
+Every option that is also a setting takes its flag, help and shown default from the settings
+registry (``edgemon.config.SETTINGS``) and defaults to None ("not given"), so that every command
+reads its settings one way: defaults < settings file < ``EDGEMON_*`` < options (``load_settings``).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
+from edgemon import console
+from edgemon.config import BY_NAME, OptionError, Settings, cli_overrides, load_settings
 from edgemon.errors import EdgemonError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# rich_markup_mode=None: plain help, so "[watch]" stays text and flags show no "<bool>" value.
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]}, epilog=console.EPILOG,
                   help="Species detections from field recorders, on the recorder.")
 
-ModelsOpt = Annotated[Optional[Path], typer.Option("--models", help="Model bundle directory (default: the embedded bundle).")]
+
+def _setting(name: str) -> Any:
+    """The option of setting ``name``: flag, help and shown default from the registry. Its
+    parameter defaults to None (not given): the settings file and environment then decide."""
+    s = BY_NAME[name]
+    return typer.Option(s.option, help=s.help if s.default is None else f"{s.help}  [default: {s.default}]",
+                        show_default=False)
+
+
+class TextFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+class ConfigFormat(str, enum.Enum):
+    toml = "toml"
+    json = "json"
+
+
+class ClassifyFormat(str, enum.Enum):
+    table = "table"
+    csv = "csv"
+
+
+ModelsOpt = Annotated[Optional[Path], _setting("models")]
+DbOpt = Annotated[Optional[Path], _setting("db")]
+ThreadsOpt = Annotated[Optional[int], _setting("threads")]
+DeviceIdOpt = Annotated[Optional[str], _setting("device_id")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Settings file (TOML; default: $EDGEMON_CONFIG, else /etc/edgemon/edgemon.toml if present). Environment variables and options override it.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of text.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
+# One way for `watch` and `status`: DIRECTORY positional; --directory kept for existing scripts.
+DirectoryArg = Annotated[Optional[Path], typer.Argument(
+    metavar="DIRECTORY", show_default=False,
+    help="Recorder directory (recursive); default: `directory` in [watch] of the settings file.")]
+DirectoryAlias = Annotated[Optional[Path], typer.Option("--directory", hidden=True, help="Same as DIRECTORY.")]
+
+
+@app.callback()
+def _main(version: Annotated[bool, console.version_option("edgemon")] = False):
+    """Species detections from field recorders, on the recorder."""
 
 
 def _fail(exc: EdgemonError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2)
+    """The one-line error for ``exc``; exit 2 for a refused option, 1 for every other failure."""
+    return console.error(str(exc), console.EXIT_USAGE if isinstance(exc, OptionError) else console.EXIT_FAILURE)
+
+
+def _settings(ctx: typer.Context, config: Path | None, directory_alias: Path | None = None) -> Settings:
+    """The settings in force for this command: file < environment < the options given."""
+    given = cli_overrides(ctx)
+    if directory_alias is not None:
+        if given.get("directory", directory_alias) != directory_alias:
+            raise OptionError("give the directory once: DIRECTORY or --directory")
+        given["directory"] = directory_alias
+    return load_settings(config, given)
 
 
 @app.command()
@@ -48,24 +107,24 @@ def info(models: ModelsOpt = None):
 @app.command()
 def watch(
     ctx: typer.Context,
-    directory: Annotated[Optional[Path], typer.Argument(help="Recorder directory to watch (recursive); default: `directory` in [watch] of the settings file.")] = None,
-    db: Annotated[Path, typer.Option("--db", help="Detections database (SQLite).")] = Path("edgemon.db"),
+    directory: DirectoryArg = None,
+    db: DbOpt = None,
     models: ModelsOpt = None,
-    device_id: Annotated[str, typer.Option(help="Recorder/site id stored with every detection.")] = "edgemon",
+    device_id: DeviceIdOpt = None,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit once the backlog is done.")] = False,
-    settle_s: Annotated[float, typer.Option(help="Seconds a file must stay unchanged before it is read.")] = 5.0,
-    rescan_s: Annotated[float, typer.Option(help="Seconds between full rescans of the directory.")] = 30.0,
-    incomplete_grace_s: Annotated[float, typer.Option(help="Seconds to wait for a WAV header to be finalised.")] = 120.0,
-    retry_s: Annotated[float, typer.Option(help="Seconds before a file that failed is tried again.")] = 60.0,
-    threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 1,
+    settle_s: Annotated[Optional[float], _setting("settle_s")] = None,
+    rescan_s: Annotated[Optional[float], _setting("rescan_s")] = None,
+    incomplete_grace_s: Annotated[Optional[float], _setting("incomplete_grace_s")] = None,
+    retry_s: Annotated[Optional[float], _setting("retry_s")] = None,
+    threads: ThreadsOpt = None,
     config: ConfigOpt = None,
+    directory_alias: DirectoryAlias = None,
 ):
     """Turn every recording in DIRECTORY into detections, once, and keep watching for new ones."""
-    from edgemon.config import load_settings
     from edgemon.daemon import run_service
 
     try:
-        run_service(load_settings(config, ctx), mode="watch", until_idle=until_idle)
+        run_service(_settings(ctx, config, directory_alias), mode="watch", until_idle=until_idle)
     except EdgemonError as exc:
         raise _fail(exc)
 
@@ -73,7 +132,6 @@ def watch(
 @app.command()
 def run(config: ConfigOpt = None):
     """Run what the settings file names (mode = watch or listen): the systemd service's command."""
-    from edgemon.config import load_settings
     from edgemon.daemon import run_service
 
     try:
@@ -83,34 +141,40 @@ def run(config: ConfigOpt = None):
 
 
 @app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def show_config(ctx: typer.Context, config: ConfigOpt = None, as_json: JsonOpt = False):
+def show_config(ctx: typer.Context, config: ConfigOpt = None,
+                fmt: Annotated[ConfigFormat, typer.Option("--format", help="toml (commented with sources) or json.")] = ConfigFormat.toml,
+                as_json: JsonOpt = False):
     """Print the settings in force and where each came from (file < environment < options).
     Setting options (--db X, --settle-s 3 ...) preview what a command given them would use."""
-    from edgemon.config import load_settings, parse_options
+    from edgemon.config import parse_options
 
     try:
         settings = load_settings(config, parse_options(ctx.args))
     except EdgemonError as exc:
         raise _fail(exc)
-    typer.echo(json.dumps(settings.as_json(), indent=2) if as_json else settings.describe(), nl=as_json)
+    if as_json or fmt is ConfigFormat.json:
+        typer.echo(json.dumps(settings.as_json(), indent=2))
+    else:
+        typer.echo(settings.describe(), nl=False)
 
 
 @app.command()
 def status(
     ctx: typer.Context,
+    directory: DirectoryArg = None,
+    db: DbOpt = None,
     config: ConfigOpt = None,
-    db: Annotated[Optional[Path], typer.Option("--db", help="Detections database (default: from the settings).")] = None,
-    directory: Annotated[Optional[Path], typer.Option("--directory", help="Watched directory, to count the backlog (default: from the settings).")] = None,
+    fmt: Annotated[TextFormat, typer.Option("--format", help="text or json.")] = TextFormat.text,
     as_json: JsonOpt = False,
     heartbeats: Annotated[Optional[Path], typer.Option("--heartbeats", help="Also write every heartbeat row to this CSV file ('-': stdout).")] = None,
+    directory_alias: DirectoryAlias = None,
 ):
-    """How the unit is doing: service, backlog, last file and detection, real-time factor,
-    dropped audio, disk free, database integrity, bundle, uptime, problems. Reads only."""
-    from edgemon.config import load_settings
+    """How the unit is doing: service, backlog (of DIRECTORY), last file and detection, real-time
+    factor, dropped audio, disk free, database integrity, bundle, uptime, problems. Reads only."""
     from edgemon.status import collect_status, format_status, write_heartbeats_csv
 
     try:
-        settings = load_settings(config, ctx)
+        settings = _settings(ctx, config, directory_alias)
         report = collect_status(settings["db"], directory=settings["directory"], heartbeat_s=settings["heartbeat_s"],
                                 min_free_mb=settings["min_free_mb"])
         if heartbeats is not None:
@@ -119,77 +183,86 @@ def status(
     except EdgemonError as exc:
         raise _fail(exc)
     if heartbeats is None or str(heartbeats) != "-":
-        typer.echo(json.dumps(report, indent=2) if as_json else format_status(report), nl=as_json)
+        if as_json or fmt is TextFormat.json:
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            typer.echo(format_status(report), nl=False)
 
 
 @app.command()
 def classify(
+    ctx: typer.Context,
     files: Annotated[list[Path], typer.Argument(help="Audio files (WAV or FLAC).")],
     models: ModelsOpt = None,
-    fmt: Annotated[str, typer.Option("--format", help="table or csv.")] = "table",
+    fmt: Annotated[ClassifyFormat, typer.Option("--format", help="table or csv.")] = ClassifyFormat.table,
+    threads: ThreadsOpt = None,
+    config: ConfigOpt = None,
 ):
     """Analyse files once and print their detections; no database."""
     from edgemon.classify import classify_files, format_rows
     from edgemon.daemon import make_analyzer
 
-    if fmt not in ("table", "csv"):
-        raise _fail(EdgemonError(f"--format must be table or csv, not {fmt!r}"))
     try:
-        rows, errors = classify_files(files, make_analyzer(models))
+        settings = _settings(ctx, config)
+        rows, errors = classify_files(files, make_analyzer(settings["models"], settings["threads"]))
     except EdgemonError as exc:
         raise _fail(exc)
-    typer.echo(format_rows(rows, fmt), nl=False)
+    typer.echo(format_rows(rows, fmt.value), nl=False)
     for line in errors:
-        typer.echo(f"error: {line}", err=True)
+        console.echo_error(line)
     if errors:
-        raise typer.Exit(1)
+        raise typer.Exit(console.EXIT_FAILURE)
 
 
 @app.command()
 def listen(
-    device: Annotated[Optional[str], typer.Option("--device", help="Input device: index or name substring (see `edgemon devices`); default: the system's default input.")] = None,
-    db: Annotated[Path, typer.Option("--db", help="Detections database (SQLite).")] = Path("edgemon.db"),
+    ctx: typer.Context,
+    device: Annotated[Optional[str], _setting("device")] = None,
+    db: DbOpt = None,
     models: ModelsOpt = None,
-    device_id: Annotated[str, typer.Option(help="Recorder/site id stored with every detection.")] = "edgemon",
-    sample_rate: Annotated[Optional[float], typer.Option(help="Capture rate in Hz (default: the device's own).")] = None,
-    channels: Annotated[int, typer.Option(help="Channels to capture (mixed to mono).")] = 1,
-    clips: Annotated[Optional[Path], typer.Option("--clips", help="Save each detection's audio (FLAC) in this directory.")] = None,
-    clip_pre_s: Annotated[float, typer.Option(help="Seconds of audio kept before a detection.")] = 2.0,
-    clip_post_s: Annotated[float, typer.Option(help="Seconds of audio kept after a detection.")] = 2.0,
-    clips_max_mb: Annotated[float, typer.Option(help="Clip directory budget in MB; further clips are skipped.")] = 500.0,
-    clips_min_free_mb: Annotated[float, typer.Option(help="Free space (MB) below which no clip is saved.")] = 1000.0,
-    queue_s: Annotated[float, typer.Option(help="Seconds of audio queued for analysis before blocks are dropped.")] = 30.0,
-    stall_s: Annotated[float, typer.Option(help="Seconds without audio before the stream is reopened.")] = 5.0,
-    backoff_max_s: Annotated[float, typer.Option(help="Longest wait between attempts to reopen the device.")] = 60.0,
-    flush_s: Annotated[float, typer.Option(help="Seconds between coverage writes.")] = 10.0,
+    device_id: DeviceIdOpt = None,
+    sample_rate: Annotated[Optional[float], _setting("sample_rate")] = None,
+    channels: Annotated[Optional[int], _setting("channels")] = None,
+    clips: Annotated[Optional[Path], _setting("clips")] = None,
+    clip_pre_s: Annotated[Optional[float], _setting("clip_pre_s")] = None,
+    clip_post_s: Annotated[Optional[float], _setting("clip_post_s")] = None,
+    clips_max_mb: Annotated[Optional[float], _setting("clips_max_mb")] = None,
+    clips_min_free_mb: Annotated[Optional[float], _setting("clips_min_free_mb")] = None,
+    queue_s: Annotated[Optional[float], _setting("queue_s")] = None,
+    stall_s: Annotated[Optional[float], _setting("stall_s")] = None,
+    backoff_max_s: Annotated[Optional[float], _setting("backoff_max_s")] = None,
+    flush_s: Annotated[Optional[float], _setting("flush_s")] = None,
     duration_s: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: run until stopped).")] = None,
-    threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 1,
+    threads: ThreadsOpt = None,
+    config: ConfigOpt = None,
 ):
-    """Turn a live microphone into detections, with per-minute coverage, until stopped."""
-    from edgemon.config import Settings
-    from edgemon.listen import listen_main
+    """Turn a live microphone (see `edgemon devices`) into detections, with per-minute coverage,
+    until stopped. Reads the settings file and EDGEMON_* like every command; options override them."""
+    from edgemon.daemon import run_service
 
-    # The same builder as the service's settings file, so an option cannot reach one and not the other.
-    options = dict(device=device, sample_rate=sample_rate, channels=channels, queue_s=queue_s, stall_s=stall_s,
-                   backoff_max_s=backoff_max_s, device_id=device_id, flush_s=flush_s, clips=clips,
-                   clip_pre_s=clip_pre_s, clip_post_s=clip_post_s, clips_max_mb=clips_max_mb,
-                   clips_min_free_mb=clips_min_free_mb)
-    config = Settings(options, dict.fromkeys(options, "command line")).listen_config(duration_s)
     try:
-        listen_main(config, db, models, threads)
+        if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+            raise OptionError(f"option --duration-s: must be a finite number of seconds above 0, got {duration_s!r}")
+        run_service(_settings(ctx, config), mode="listen", duration_s=duration_s)
     except EdgemonError as exc:
         raise _fail(exc)
 
 
 @app.command()
-def devices():
+def devices(fmt: Annotated[TextFormat, typer.Option("--format", help="text (tab-separated) or json.")] = TextFormat.text,
+            as_json: JsonOpt = False):
     """List audio input devices: index, name, host API, input channels, default rate."""
+    import dataclasses
+
     from edgemon.capture import list_input_devices
 
     try:
         found = list_input_devices()
     except EdgemonError as exc:
         raise _fail(exc)
+    if as_json or fmt is TextFormat.json:
+        typer.echo(json.dumps([dataclasses.asdict(d) for d in found], indent=2))
+        return
     typer.echo("index\tname\thostapi\tchannels\tdefault_rate")
     for d in found:
         typer.echo(f"{d.index}\t{d.name}\t{d.hostapi}\t{d.channels}\t{d.default_rate:g}")
@@ -233,7 +306,7 @@ def _parse_time(text: str):
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise EdgemonError(f"not an ISO 8601 time: {text!r}") from None
+        raise OptionError(f"not an ISO 8601 time: {text!r}") from None
     return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
@@ -241,6 +314,5 @@ def main() -> None:
     # Before numpy loads: OpenBLAS otherwise starts a worker per core that spin-waits after each
     # small product (the frontend's mel filterbank), ~13 % of a core while listening (bench/listen_load.py).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    console.setup_logging()
     app()

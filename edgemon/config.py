@@ -13,8 +13,9 @@ exists (see deploy/edgemon.toml)::
 
 Every setting has one name, used alike as TOML key (in its table), environment variable
 (``EDGEMON_`` + the name in upper case: ``EDGEMON_SETTLE_S``) and command-line option
-(``--settle-s``). An unknown key, a key in the wrong table or a value of the wrong type is an
-error naming the file and the key: a typo must never silently run on the default.
+(``--settle-s``). An unknown key, a key in the wrong table, a value of the wrong type, a number
+that is not finite (``nan``, ``inf``) or a database path that is a directory is an error naming
+where the value came from: a typo must never silently run on the default.
 
 Values leave this module only as each component's own frozen config (``WatchConfig``,
 ``DiskBudget``, ``HealthConfig`` ...), never as a dict of settings.
@@ -26,6 +27,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -45,6 +47,10 @@ class ConfigError(EdgemonError):
     """A settings file, environment variable or option holds something edgemon cannot use."""
 
 
+class OptionError(ConfigError):
+    """A command-line option holds something edgemon cannot use (a usage error: exit status 2)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One setting: its name, TOML table (None: top level), type, default (None: unset) and help."""
@@ -56,6 +62,7 @@ class Setting:
     help: str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    file: bool = False      # a path edgemon opens as a file: an existing directory is refused
 
     @property
     def env(self) -> str:
@@ -69,7 +76,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("mode", None, str, "watch", "What the service (`edgemon run`) does: watch a directory or listen to a microphone.",
             choices=("watch", "listen")),
-    Setting("db", None, Path, Path("edgemon.db"), "Detections database (SQLite)."),
+    Setting("db", None, Path, Path("edgemon.db"), "Detections database (SQLite).", file=True),
     Setting("models", None, Path, None, "Model bundle directory (unset: the embedded bundle)."),
     Setting("device_id", None, str, "edgemon", "Recorder/site id stored with every detection."),
     Setting("threads", None, int, 1, "onnxruntime threads.", minimum=1),
@@ -200,7 +207,8 @@ def load_settings(config: str | Path | None = None, cli: Any = None, env: Mappin
         if s.env in env:
             values[s.name], sources[s.name] = _from_text(s, env[s.env], f"environment variable {s.env}"), f"env {s.env}"
     for name, value in _cli_values(cli).items():
-        values[name], sources[name] = _checked(BY_NAME[name], value, f"option {BY_NAME[name].option}"), COMMAND_LINE
+        values[name], sources[name] = _checked(BY_NAME[name], value, f"option {BY_NAME[name].option}",
+                                               OptionError), COMMAND_LINE
     return Settings(MappingProxyType(values), MappingProxyType(sources), path)
 
 
@@ -221,13 +229,13 @@ def parse_options(args: list[str]) -> dict[str, Any]:
         option, sep, text = args[i].partition("=")
         setting = by_option.get(option)
         if setting is None:
-            raise ConfigError(f"unknown option {option}{_did_you_mean(option, by_option)}")
+            raise OptionError(f"unknown option {option}{_did_you_mean(option, by_option)}")
         if not sep:
             if i + 1 >= len(args):
-                raise ConfigError(f"option {option} needs a value")
+                raise OptionError(f"option {option} needs a value")
             i += 1
             text = args[i]
-        found[setting.name] = _from_text(setting, text, f"option {option}")
+        found[setting.name] = _from_text(setting, text, f"option {option}", OptionError)
         i += 1
     return found
 
@@ -239,7 +247,7 @@ def _cli_values(cli: Any) -> dict[str, Any]:
         return cli_overrides(cli)
     unknown = [name for name in cli if name not in BY_NAME]
     if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        raise OptionError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     return dict(cli)
 
 
@@ -258,6 +266,8 @@ def _read_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:   # TOML is UTF-8; a file saved as Latin-1 fails before parsing
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); TOML files are UTF-8") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     found: dict[str, Any] = {}
@@ -283,11 +293,11 @@ def _file_value(path: Path, table: str | None, name: str, value: Any) -> Any:
     return _checked(setting, value, f"{path}: {where}")
 
 
-def _checked(s: Setting, value: Any, where: str) -> Any:
-    """``value`` (from TOML or an option) as the setting's type, or ConfigError saying why not."""
+def _checked(s: Setting, value: Any, where: str, error: type[ConfigError] = ConfigError) -> Any:
+    """``value`` (from TOML or an option) as the setting's type, or ``error`` saying why not."""
     if value is None:
         if s.default is not None:
-            raise ConfigError(f"{where}: a value is required")
+            raise error(f"{where}: a value is required")
         return None
     if s.kind is bool:
         ok = isinstance(value, bool)
@@ -303,16 +313,23 @@ def _checked(s: Setting, value: Any, where: str) -> Any:
         ok = isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != ""
         value = str(value) if ok else value
     if not ok:
-        raise ConfigError(f"{where}: expected {_kind_name(s.kind)}, got {value!r}")
+        raise error(f"{where}: expected {_kind_name(s.kind)}, got {value!r}")
+    # nan passes every comparison with a minimum, and a wait of nan or inf seconds spins or never
+    # ends (queue.get(timeout=nan) busy-loops): no setting takes a non-finite number.
+    if s.kind is float and not math.isfinite(value):
+        raise error(f"{where}: must be a finite number, got {value!r}")
     if s.choices and value not in s.choices:
-        raise ConfigError(f"{where}: must be one of {', '.join(s.choices)}, not {value!r}")
+        raise error(f"{where}: must be one of {', '.join(s.choices)}, not {value!r}")
     if s.minimum is not None and value < s.minimum:
-        raise ConfigError(f"{where}: must be at least {s.minimum:g}, got {value!r}")
+        raise error(f"{where}: must be at least {s.minimum:g}, got {value!r}")
+    if s.file and value.is_dir():   # SQLite would say only "disk I/O error"
+        raise error(f"{where}: {value} is a directory, not a file")
     return value
 
 
-def _from_text(s: Setting, text: str, where: str) -> Any:
-    """An environment variable's text as the setting's type; empty text unsets an optional one."""
+def _from_text(s: Setting, text: str, where: str, error: type[ConfigError] = ConfigError) -> Any:
+    """An environment variable's (or option's) text as the setting's type; empty text unsets an
+    optional one."""
     text = text.strip()
     if text == "" and s.default is None:
         return None
@@ -328,8 +345,8 @@ def _from_text(s: Setting, text: str, where: str) -> Any:
         else:
             parsed = text
     except ValueError:
-        raise ConfigError(f"{where}: expected {_kind_name(s.kind)}, got {text!r}") from None
-    return _checked(s, parsed, where)
+        raise error(f"{where}: expected {_kind_name(s.kind)}, got {text!r}") from None
+    return _checked(s, parsed, where, error)
 
 
 def _kind_name(kind: type) -> str:

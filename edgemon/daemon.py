@@ -80,8 +80,10 @@ def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, th
         return watcher.processed
 
 
-def run_service(settings: Settings, mode: str | None = None, until_idle: bool = False) -> None:
-    """Run ``mode`` (default: the settings' own) as configured: ``edgemon run``, ``edgemon watch``."""
+def run_service(settings: Settings, mode: str | None = None, until_idle: bool = False,
+                duration_s: float | None = None) -> None:
+    """Run ``mode`` (default: the settings' own) as configured: ``edgemon run``, ``watch``, ``listen``
+    (for ``duration_s`` seconds when given)."""
     settings.log(log)
     if (mode or settings["mode"]) == "watch":
         run_watch(settings.watch_config(until_idle), settings["db"], settings["models"], settings["threads"],
@@ -90,4 +92,4 @@ def run_service(settings: Settings, mode: str | None = None, until_idle: bool = 
         from edgemon.listen import listen_main
 
         with listen_health(settings["db"], settings.health_config()):
-            listen_main(settings.listen_config(), settings["db"], settings["models"], settings["threads"])
+            listen_main(settings.listen_config(duration_s), settings["db"], settings["models"], settings["threads"])

@@ -1,16 +1,25 @@
-"""The edge CLI driven through its test runner: classify, export-detections, info."""
+"""Both command lines driven through their test runner: classify, export-detections, info; one
+settings path for every command; --version, -h and completion; exit statuses; journal lines."""
 
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import io
 import json
+import logging
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import soundfile
 from typer.testing import CliRunner
 
+from edgemon import console
 from edgemon.cli import app
+from edgemon.store import Store
 from tests.watch_helpers import watch_until_idle, write_wav
 
 runner = CliRunner()
@@ -61,13 +70,216 @@ def test_export_formats_and_incremental_sync(duet_recording, tmp_path):
     assert none.exit_code == 0 and len(none.stdout.splitlines()) == 1  # header only
 
 
-@pytest.mark.parametrize("args, message", [
-    (["export-detections", "--db", "/nonexistent/d.db"], "d.db"),
-    (["export-detections", "--since", "yesterday"], "not an ISO 8601 time"),
-    (["classify", "x.wav", "--format", "xml"], "--format"),
-    (["info", "--models", "/nonexistent"], "manifest"),
+@pytest.mark.parametrize("args, code, message", [
+    (["export-detections", "--db", "/nonexistent/d.db"], 1, "d.db"),          # it ran and failed
+    (["info", "--models", "/nonexistent"], 1, "manifest"),
+    (["status", "--db", "/nonexistent/d.db"], 1, "d.db"),
+    (["export-detections", "--since", "yesterday"], 2, "not an ISO 8601 time"),   # the command line is wrong
+    (["config", "--setle-s", "1"], 2, "did you mean '--settle-s'"),
+    (["listen", "--duration-s", "nan"], 2, "--duration-s"),
 ])
-def test_bad_options_give_one_line_errors(args, message):
+def test_failures_exit_1_and_refused_options_exit_2_in_one_line(args, code, message):
     result = runner.invoke(app, args)
-    assert result.exit_code == 2 and message in result.output
+    assert result.exit_code == code and message in result.output, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("error: ")
+
+
+@pytest.mark.parametrize("args", [["classify", "x.wav", "--format", "xml"], ["watch", "--settle-s", "soon"],
+                                  ["no-such-command"], ["status", "--no-such-option"]])
+def test_usage_errors_found_by_the_parser_exit_2(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "Usage:" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("program", ["edgemon", "edgemon-train"])
+def test_version_short_help_and_completion_on_both_commands(program):
+    from training.cli import app as train_app
+
+    application = app if program == "edgemon" else train_app
+    shown = runner.invoke(application, ["--version"])
+    assert shown.exit_code == 0 and shown.output == f"{program} {importlib.metadata.version('edgemon')}\n"
+    top = runner.invoke(application, ["-h"])
+    assert top.exit_code == 0 and "--version" in top.output and "--install-completion" in top.output
+    assert "Exit status: 0 done; 1" in " ".join(top.output.split())
+    command = "watch" if program == "edgemon" else "cv"
+    assert runner.invoke(application, [command, "-h"]).output.startswith("Usage:")
+    words = f"{program} {command[:2]}"
+    completed = runner.invoke(application, [], prog_name=program, env={
+        f"_{program.replace('-', '_').upper()}_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "1"})
+    assert completed.exit_code == 0 and command in completed.output.split()
+
+
+def test_help_prints_brackets_and_flags_as_written():
+    """Rich markup once swallowed "[watch]" and flags showed a "<bool>" value they do not take."""
+    text = runner.invoke(app, ["watch", "-h"]).output
+    assert "in [watch] of the settings file" in " ".join(text.split())
+    assert "<bool>" not in text and re.search(r"--until-idle\s+Exit once", text)
+
+
+def test_listen_reads_the_settings_file_and_environment_like_every_command(tmp_path):
+    """File < environment < options, checked before any device is opened (it used to read only
+    its own options, so these mistakes went unnoticed and the device was opened)."""
+    config = tmp_path / "e.toml"
+    config.write_text("[listen]\nchannels = 0\n")
+    from_file = runner.invoke(app, ["listen", "--config", str(config), "--db", str(tmp_path / "d.db")])
+    assert from_file.exit_code == 1
+    assert from_file.output.strip() == f"error: {config}: [listen] channels: must be at least 1, got 0"
+    from_env = runner.invoke(app, ["listen", "--db", str(tmp_path / "d.db")], env={"EDGEMON_QUEUE_S": "-1"})
+    assert from_env.exit_code == 1 and "environment variable EDGEMON_QUEUE_S: must be at least 0" in from_env.output
+    from_option = runner.invoke(app, ["listen", "--stall-s", "-1"])
+    assert from_option.exit_code == 2 and "option --stall-s: must be at least 0" in from_option.output
+
+
+@pytest.fixture
+def empty_db(tmp_path):
+    db = tmp_path / "d.db"
+    with Store(db):
+        pass
+    return db
+
+
+def test_watch_and_status_take_the_directory_the_same_way(empty_db, tmp_path):
+    """DIRECTORY is positional in both; --directory stays as an alias for existing scripts."""
+    recorder = tmp_path / "moth"
+    recorder.mkdir()
+    (recorder / "20180301_060000.WAV").write_bytes(b"")
+    for args in ([str(recorder)], ["--directory", str(recorder)]):
+        result = runner.invoke(app, ["status", *args, "--db", str(empty_db), "--format", "json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["backlog"]["directory"] == str(recorder.resolve())
+    both = runner.invoke(app, ["status", str(recorder), "--directory", str(tmp_path), "--db", str(empty_db)])
+    assert both.exit_code == 2 and "give the directory once" in both.output
+    shown = runner.invoke(app, ["watch", "--directory", str(tmp_path / "missing"), "--db", str(tmp_path / "w.db")])
+    assert shown.exit_code == 1 and "missing" in shown.output
+
+
+def test_format_json_everywhere_with_json_kept_as_its_alias(empty_db):
+    for args in (["status", "--db", str(empty_db)], ["config"], ["devices"]):
+        as_format = runner.invoke(app, [*args, "--format", "json"])
+        as_alias = runner.invoke(app, [*args, "--json"])
+        if args == ["devices"] and as_format.exit_code == 1:   # no PortAudio here: same one-line error
+            assert as_alias.exit_code == 1
+            continue
+        assert as_format.exit_code == 0, as_format.output
+        data, alias = json.loads(as_format.output), json.loads(as_alias.output)
+        if args[0] == "status":   # free disk space moves between the two calls
+            data.pop("disk"), alias.pop("disk")
+        assert data == alias
+    assert runner.invoke(app, ["config", "--format", "toml"]).output.startswith("# edgemon settings in force")
+
+
+# --- log lines: timestamped on a terminal, priorities and no timestamp in the journal ------------
+
+def _log_through(tmp_path, journal: bool) -> str:
+    """Log records through ``setup_logging`` into a real file that is, or is not, "the journal"."""
+    path = tmp_path / "stderr"
+    with open(path, "w") as stream:
+        st = os.fstat(stream.fileno())
+        env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}" if journal else "8:12345"}
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            console.setup_logging(logging.DEBUG, stream, env)
+            log = logging.getLogger("edgemon.test")
+            log.debug("detail")
+            log.info("watching %s", "/media/moth")
+            log.warning("disk low")
+            try:
+                raise RuntimeError("boom")
+            except RuntimeError:
+                log.exception("worker failed")
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
+    return path.read_text()
+
+
+def test_journal_lines_carry_priorities_and_no_timestamp(tmp_path):
+    lines = _log_through(tmp_path, journal=True).splitlines()
+    assert lines[:4] == ["<7>DEBUG edgemon.test: detail", "<6>INFO edgemon.test: watching /media/moth",
+                         "<4>WARNING edgemon.test: disk low", "<3>ERROR edgemon.test: worker failed"]
+    assert len(lines) > 4 and all(line.startswith("<3>") for line in lines[4:])   # the traceback is an error too
+    assert any("RuntimeError: boom" in line for line in lines)
+    terminal = _log_through(tmp_path, journal=False).splitlines()   # JOURNAL_STREAM of another stream
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO edgemon.test: watching", terminal[1])
+
+
+def test_the_command_under_systemd_writes_journal_lines(tmp_path):
+    """The real program with stderr connected as systemd connects it: every line has a priority,
+    the fatal one-line error included (so ``journalctl -p err`` shows it)."""
+    path = tmp_path / "stderr"
+    with open(path, "w") as stderr:
+        st = os.fstat(stderr.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        result = subprocess.run([sys.executable, "-m", "edgemon", "config", "--config", str(tmp_path / "none.toml")],
+                                stderr=stderr, stdout=subprocess.PIPE, env=env, timeout=60)
+    assert result.returncode == 1
+    assert path.read_text() == f"<3>error: config file not found: {tmp_path / 'none.toml'}\n"
+
+
+# --- edgemon-train: one-line errors and cv progress ----------------------------------------------
+
+def test_training_errors_are_one_line_and_usage_errors_exit_2(tiny_dataset, tmp_path):
+    from training.cli import app as train_app
+
+    occupied = tmp_path / "a-file"
+    occupied.write_text("")
+    cases = [(["hpo", "--data", str(tiny_dataset), "--out", str(tmp_path / "h"), "--space", "weird"], 2,
+              "--space must be one of paper, field, not 'weird'"),
+             (["hpo", "--data", str(tiny_dataset), "--out", str(tmp_path / "h"), "--storage", "bogus://x",
+               "--trials", "1"], 1, "Optuna storage bogus://x: "),        # was a SQLAlchemy traceback
+             (["baseline", "--data", str(tiny_dataset), "--out", str(occupied)], 1, str(occupied)),  # OSError
+             (["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "f"), "--device", "gpu"], 2,
+              "--device must be auto, cpu or cuda[:N], not 'gpu'"),
+             (["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "f"), "--device", "cuda:99"], 1,
+              "--device cuda:99: this torch")]     # was torch's traceback mid-run
+    for args, code, message in cases:
+        result = runner.invoke(train_app, args)
+        assert result.exit_code == code, (args, result.output)
+        errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output, result.output
+
+
+def test_training_value_errors_from_the_thresholds_are_one_line():
+    """A ValueError of the search or the thresholds (here: no background window to choose on) is
+    an expected failure: one line, exit 1, not a traceback."""
+    import numpy as np
+    import typer
+
+    from training.cli import _run
+    from training.thresholds import choose_thresholds
+
+    none = np.zeros(3, dtype=bool)
+    with pytest.raises(typer.Exit) as exited:
+        _run(choose_thresholds, np.zeros(3, dtype=int), np.ones(3), none, ("background", "call"), 0, 0.1)
+    assert exited.value.exit_code == 1
+
+
+def test_cv_shows_progress_per_fold_and_epoch(tiny_dataset, tmp_path, caplog):
+    from training.cli import app as train_app
+
+    caplog.set_level(logging.INFO, logger="training.cli")
+    result = runner.invoke(train_app, ["cv", "--data", str(tiny_dataset), "--recipe", "paper", "--folds", "2",
+                                       "--epochs", "2", "--hidden", "4", "--layers", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = [r.getMessage() for r in caplog.records if r.name == "training.cli"]
+    epochs = [re.match(r"cv paper-h4l1: (fold \d/2), (epoch \d/2): validation UAR [01]\.\d{3}; "
+                       r"\d+m\d\ds elapsed, about \d+m\d\ds left$", line) for line in lines if "epoch" in line]
+    assert [m and m.groups() for m in epochs] == [("fold 1/2", "epoch 1/2"), ("fold 1/2", "epoch 2/2"),
+                                                 ("fold 2/2", "epoch 1/2"), ("fold 2/2", "epoch 2/2")], lines
+    assert [line.split(" done")[0] for line in lines if " done " in line] == [
+        "cv paper-h4l1: fold 1/2", "cv paper-h4l1: fold 2/2"]
+
+
+def test_cv_progress_on_a_terminal_is_a_bar_over_folds_and_epochs(capsys):
+    from training.cli import CvProgress
+
+    with CvProgress(terminal=True) as progress:
+        for fold in (1, 2):
+            for epoch in (1, 2, 3):
+                progress({"recipe": "paper", "fold": fold, "folds": 2, "epoch": epoch, "epochs": 3, "uar": 0.5})
+            progress({"recipe": "paper", "fold": fold, "folds": 2, "epoch": None, "epochs": None, "uar": None})
+        bar = progress.bar
+        assert (bar.n, bar.total) == (6, 6)
+    assert "cv paper fold 2/2" in capsys.readouterr().err

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import tomllib
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgemon.cli import app
-from edgemon.config import BY_NAME, SETTINGS, ConfigError, load_settings, parse_options
+from edgemon.config import BY_NAME, SETTINGS, ConfigError, OptionError, load_settings, parse_options
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "deploy" / "edgemon.toml"
@@ -119,18 +118,89 @@ def test_example_config_names_every_setting_with_its_default():
     assert settings["db"] == Path("/var/lib/edgemon/edgemon.db")
 
 
-def test_defaults_agree_with_the_components_and_the_cli():
-    """One default per setting: the registry, the component dataclasses and the CLI options agree."""
-    from edgemon import cli
+def test_defaults_agree_with_the_components():
+    """One default per setting: the registry and the component dataclasses agree."""
     from edgemon.watch import WatchConfig
 
     watch_defaults = {f.name: f.default for f in dataclasses.fields(WatchConfig)}
     for name in ("settle_s", "rescan_s", "incomplete_grace_s", "retry_s", "device_id"):
         assert BY_NAME[name].default == watch_defaults[name], name
-    for command in (cli.watch, cli.listen):
-        for name, param in inspect.signature(command).parameters.items():
-            if name in BY_NAME and name != "directory":
-                assert param.default == BY_NAME[name].default, f"{command.__name__} --{name}"
+
+
+def test_every_option_that_is_a_setting_shows_the_registry_help_and_default():
+    """Options cannot drift from the registry (``--retry-s`` once did): same flag, type, help and
+    shown default; the option's own default is None ("not given"), so the settings file and the
+    environment are not overridden by an option nobody gave (or it equals the registry's)."""
+    import typer
+
+    from edgemon.cli import app
+
+    checked = set()
+    for name, command in typer.main.get_command(app).commands.items():
+        for param in command.params:
+            s = BY_NAME.get(param.name)
+            if s is None or param.param_type_name != "option":
+                continue
+            where = f"edgemon {name} {s.option}"
+            assert param.opts == [s.option], where
+            assert param.help.startswith(s.help), (where, param.help, s.help)
+            assert param.type_descriptor.annotation is s.kind, where   # typer's parsed type
+            if param.default is None:
+                shown = "" if s.default is None else f"  [default: {s.default}]"
+                assert param.help == s.help + shown and not param.show_default, where
+            else:
+                assert param.default == s.default and param.help == s.help, where
+            checked.add((name, s.name))
+    # the commands that run with settings really expose them (the test cannot pass empty)
+    assert {("watch", "retry_s"), ("watch", "db"), ("listen", "queue_s"), ("listen", "threads"),
+            ("status", "db"), ("classify", "models")} <= checked
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_numbers_that_are_not_finite_are_refused_wherever_they_come_from(tmp_path, text):
+    """``--settle-s nan`` once spun a core on queue.get(timeout=nan) and ignored SIGTERM; ``inf``
+    silently processed nothing. Each source is named in the one-line error."""
+    config = write(tmp_path / "e.toml", f"[watch]\nsettle_s = {text}\n")   # TOML's own nan/inf
+    with pytest.raises(ConfigError, match=rf"{config}: \[watch\] settle_s: must be a finite number"):
+        load_settings(config, env={}, default_path=None)
+    with pytest.raises(ConfigError, match="environment variable EDGEMON_QUEUE_S: must be a finite number"):
+        load_settings(env={"EDGEMON_QUEUE_S": text}, default_path=None)
+    with pytest.raises(OptionError, match="option --heartbeat-s: must be a finite number"):
+        load_settings(cli={"heartbeat_s": float(text)}, env={}, default_path=None)
+    shown = CliRunner().invoke(app, ["config", "--rescan-s", text])
+    assert shown.exit_code == 2 and "option --rescan-s: must be a finite number" in shown.output
+    # through a command's own typer option, before anything is opened or created
+    result = CliRunner().invoke(app, ["watch", str(tmp_path), "--db", str(tmp_path / "d.db"), "--until-idle",
+                                      "--settle-s", text])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: option --settle-s: must be a finite number, got {float(text)!r}"
+    assert not (tmp_path / "d.db").exists()
+
+
+def test_a_settings_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    config = tmp_path / "latin1.toml"
+    config.write_bytes('device_id = "café"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"{config}: not UTF-8 text \(byte 16\)"):
+        load_settings(config, env={}, default_path=None)
+    result = CliRunner().invoke(app, ["config", "--config", str(config)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [f"error: {config}: not UTF-8 text (byte 16); TOML files are UTF-8"]
+
+
+def test_a_database_path_that_is_a_directory_is_one_line_naming_it(tmp_path):
+    """SQLite said only "disk I/O error", after the model had loaded."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with pytest.raises(OptionError, match=rf"option --db: {folder} is a directory, not a file"):
+        load_settings(cli={"db": folder}, env={}, default_path=None)
+    config = write(tmp_path / "e.toml", f'db = "{folder}"\n')
+    with pytest.raises(ConfigError, match=rf"{config}: db: {folder} is a directory"):
+        load_settings(config, env={}, default_path=None)
+    result = CliRunner().invoke(app, ["watch", str(tmp_path), "--db", str(folder), "--until-idle"])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: option --db: {folder} is a directory, not a file"
+    result = CliRunner().invoke(app, ["status", "--config", str(config)])
+    assert result.exit_code == 1 and result.output.strip() == f"error: {config}: db: {folder} is a directory, not a file"
 
 
 def test_typed_configs_come_from_settings(tmp_path):

@@ -112,7 +112,7 @@ def test_cli_refuses_an_unknown_frontend_and_a_missing_bundle_in_one_line(tiny_d
 
     runner = CliRunner()
     result = runner.invoke(app, ["cv", "--data", str(tiny_dataset), "--frontend", "cqt", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "--frontend" in result.output and "cqt" in result.output
+    assert result.exit_code == 2 and "--frontend" in result.output and "cqt" in result.output
     result = runner.invoke(app, ["score", str(tmp_path / "nowhere"), "--data", str(tiny_dataset)])
     assert result.exit_code == 1 and "nowhere" in result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -105,10 +105,20 @@ def test_unit_holds_what_an_unattended_recorder_needs():
 
 # --- install.sh in a throwaway root -------------------------------------------------------------
 
+RPI_MACHINE_ID = "3f9a2c0123456789abcdef0123456789"
+def seed_root_files(root: Path, hostname: str, machine_id: str | None) -> Path:
+    """A root with only /etc/hostname and (unless None) /etc/machine-id."""
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").write_text(hostname)
+    if machine_id is not None:
+        (root / "etc/machine-id").write_text(machine_id)
+    return root
+
+
 def seed_root(root: Path) -> Path:
-    """The few files of a fresh Debian a package install touches: users, groups, systemd units."""
-    etc = root / "etc"
-    etc.mkdir(parents=True)
+    """The few files of a fresh Raspberry Pi OS a package install touches: users, groups, systemd
+    units, the image's hostname (the same on every card) and this card's machine id."""
+    etc = seed_root_files(root, "raspberrypi\n", RPI_MACHINE_ID + "\n") / "etc"
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     (etc / "group").write_text("root:x:0:\naudio:x:29:\n")
     (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
@@ -183,6 +193,7 @@ def test_install_reinstall_upgrade_uninstall_in_a_throwaway_root(tmp_path):
     assert (state.st_uid, stat.S_IMODE(state.st_mode)) == (int(user[1]), 0o750)
     config = root / "etc/edgemon/edgemon.toml"
     assert tomllib.loads(config.read_text())["mode"] == "listen"
+    assert tomllib.loads(config.read_text())["device_id"] == "raspberrypi-3f9a2c"   # its own, not "edgemon"
     assert (root / "etc/systemd/system/edgemon.service").read_text() == UNIT.read_text()
     assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/edgemon.service") == \
         "/etc/systemd/system/edgemon.service"
@@ -195,10 +206,12 @@ def test_install_reinstall_upgrade_uninstall_in_a_throwaway_root(tmp_path):
     install(root, "--source", str(first))
     assert tree(root) == before                                          # idempotent: nothing changed
 
-    config.write_text(config.read_text().replace('device_id = "edgemon"', 'device_id = "site-07"'))
+    config.write_text(config.read_text().replace('device_id = "raspberrypi-3f9a2c"', 'device_id = "site-07"'))
     (root / "var/lib/edgemon/edgemon.db").write_bytes(b"months of detections")
     out = install(root, "--source", str(second))
     assert "upgraded edgemon 0.1.0 -> 0.1.1" in out and version_in(root) == "0.1.1"
+    shown = subprocess.run([str(root / "opt/edgemon/venv/bin/edgemon"), "--version"], capture_output=True, text=True)
+    assert shown.stdout == "edgemon 0.1.1\n"                          # the installed version, not the source's
     assert 'device_id = "site-07"' in config.read_text()                 # the admin's settings kept
     assert (root / "etc/edgemon/edgemon.toml.dist").read_text() == (DEPLOY / "edgemon.toml").read_text()
 
@@ -223,3 +236,26 @@ def test_install_refuses_what_it_cannot_do(tmp_path):
     if os.geteuid() != 0:
         no_root = subprocess.run(["bash", str(INSTALL), "--no-apt"], capture_output=True, text=True)
         assert no_root.returncode == 1 and "run as root" in no_root.stderr
+
+
+def device_id(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(INSTALL), "--root", str(root), *args, "--print-device-id"],
+                          capture_output=True, text=True)
+
+
+def test_each_unit_gets_its_own_device_id_unless_told(tmp_path):
+    """Every Raspberry Pi image is called `raspberrypi`: the machine id tells the units apart, so
+    exports merged from several recorders can be told apart; --device-id names a unit explicitly."""
+    ids = []
+    for n, machine_id in enumerate(("3f9a2c0123456789abcdef0123456789", "77e1d0aa23456789abcdef0123456789")):
+        root = seed_root_files(tmp_path / f"pi{n}", hostname="raspberrypi\n", machine_id=machine_id + "\n")
+        shown = device_id(root)
+        assert shown.returncode == 0, shown.stderr
+        ids.append(shown.stdout.strip())
+    assert ids == ["raspberrypi-3f9a2c", "raspberrypi-77e1d0"]
+    odd = seed_root_files(tmp_path / "odd", hostname="Field Unit #7\n", machine_id=None)
+    assert device_id(odd).stdout.strip() == "Field-Unit--7"            # no machine id: the hostname alone
+    assert device_id(odd, "--device-id", "danum-07").stdout.strip() == "danum-07"
+    bad = device_id(odd, "--device-id", 'x"y')
+    assert bad.returncode == 1 and "--device-id must be" in bad.stderr
+

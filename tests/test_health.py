@@ -306,7 +306,7 @@ def test_status_command_text_json_and_heartbeats_csv(watched_db, tmp_path):
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert rows[0]["note"] == "started" and rows[-1]["state"] == "stopping"
     missing = runner.invoke(app, ["status", "--db", str(tmp_path / "none.db")])
-    assert missing.exit_code == 2 and "not found" in missing.output
+    assert missing.exit_code == 1 and "not found" in missing.output
 
 
 def test_status_sees_a_silent_daemon(watched_db, tmp_path):

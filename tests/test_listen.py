@@ -373,7 +373,7 @@ def test_listen_refuses_an_unknown_device_with_a_clear_error(tmp_path):
     from edgemon.cli import app
 
     result = CliRunner().invoke(app, ["listen", "--device", "no-such-microphone", "--db", str(tmp_path / "d.db")])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "error: no input device matches 'no-such-microphone'" in result.output or \
            "error: no audio input devices found" in result.output, result.output
 

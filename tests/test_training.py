@@ -221,7 +221,7 @@ def test_fit_with_devel_without_averaging_is_refused(tiny_dataset, tmp_path):
 def test_mixing_other_recorders_without_the_field_recipe_is_refused(tiny_dataset, tmp_path):
     result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"),
                                  "--mix-other-recorders", *TINY_FIT])
-    assert result.exit_code == 1 and "--mix-other-recorders needs --field" in result.output
+    assert result.exit_code == 2 and "--mix-other-recorders needs --field" in result.output
     assert not (tmp_path / "r").exists()
 
 

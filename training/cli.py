@@ -1,25 +1,44 @@
-"""``edgemon-train``: an adapter from options to ``training.runs``; no logic lives here."""
+"""``edgemon-train``: an adapter from options to ``training.runs``; no logic lives here.
+
+Exit statuses as ``edgemon``'s (``edgemon.console``): 1 when a command fails, with one line saying
+why (a named error, a bad value from the search or the thresholds, a file, an Optuna storage that
+cannot be opened), 2 when the command line is wrong.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from edgemon import console
 from edgemon.errors import EdgemonError
 from edgemon.frontend import FrontendConfig
 from training.augment import AugmentConfig
 from training.data import DEFAULT_DATA_DIR
+from training.errors import DataError
 from training.model import ModelConfig
 from training.train import OptimConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train, evaluate and export edgemon classifiers.")
+log = logging.getLogger(__name__)
+
+# rich_markup_mode=None: plain help (no "<bool>" after flags, brackets kept as written).
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  epilog=console.EPILOG, help="Train, evaluate and export edgemon classifiers.")
+
+
+@app.callback()
+def _main(version: Annotated[bool, console.version_option("edgemon-train")] = False):
+    """Train, evaluate and export edgemon classifiers."""
+
 
 DataOpt = Annotated[Path, typer.Option("--data", help="ComParE-style data directory (audio/, lab/).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run directory to write.")]
@@ -31,8 +50,24 @@ def _frontend(kind: str) -> FrontendConfig:
     try:
         return FrontendConfig.from_dict({"kind": kind})
     except EdgemonError as exc:
-        typer.echo(f"error: --frontend: {exc}", err=True)
-        raise typer.Exit(1)
+        raise console.error(f"--frontend: {exc}", console.EXIT_USAGE)
+
+
+def _device(name: str) -> str:
+    """``--device`` checked before any work (torch would fail mid-run with a traceback): auto, cpu,
+    or cuda[:N] where this torch sees that GPU."""
+    import re
+
+    import torch
+
+    found = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if name in ("auto", "cpu"):
+        return name
+    if found is None:
+        raise console.error(f"--device must be auto, cpu or cuda[:N], not {name!r}", console.EXIT_USAGE)
+    if int(found[1] or 0) >= torch.cuda.device_count():
+        raise console.error(f"--device {name}: this torch ({torch.__version__}) sees {torch.cuda.device_count()} CUDA device(s)")
+    return name
 
 
 # Field-augmentation preset (off in the paper's recipe): crops of the deployment window, time
@@ -42,14 +77,30 @@ CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each b
 FIELD = {"time_shift": True, "p_mix": 0.5, "snr_db": (0.0, 20.0), "gain_db": 6.0}
 
 
+# What a command reports in one line rather than a traceback: the named errors, bad values (the
+# search's and the thresholds' ValueError) and files.
+EXPECTED_ERRORS = (EdgemonError, ValueError, OSError)
+
+
 def _run(fn, *args, **kwargs):
     """Call ``fn``; print its summary as JSON, or a one-line error and exit 1."""
     try:
         summary = fn(*args, **kwargs)
-    except EdgemonError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+    except EXPECTED_ERRORS as exc:
+        raise console.error(str(exc) or type(exc).__name__)
     typer.echo(json.dumps(summary, indent=2))
+
+
+@contextlib.contextmanager
+def _study_storage(url: str):
+    """An Optuna storage that cannot be opened (SQLAlchemy) or used (Optuna), as an error naming it."""
+    import optuna
+    import sqlalchemy.exc
+
+    try:
+        yield url
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as exc:
+        raise DataError(f"Optuna storage {url}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
 @app.command()
@@ -87,8 +138,8 @@ def fit(
     from training.runs import fit_run
 
     if mix_other_recorders and not field:
-        typer.echo("error: --mix-other-recorders needs --field (only the field recipe mixes in background)", err=True)
-        raise typer.Exit(1)
+        raise console.error("--mix-other-recorders needs --field (only the field recipe mixes in background)",
+                            console.EXIT_USAGE)
     frontend = _frontend(frontend_kind)
     crop = crop_s if crop_s is not None else (window_s if field else 0.0)
     aug = AugmentConfig(p_fm=p_fm, p_tm=p_tm, p_r=p_r, log_floor=frontend.log_floor,
@@ -97,7 +148,7 @@ def fit(
     _run(fit_run, data, out, ModelConfig(hidden=hidden, layers=layers, dropout=dropout, tau=tau,
                                          centre_bands=centre_bands),
          OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
-                     gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=device,
+                     gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=_device(device),
                      average_last=average_last),
          aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet, with_devel=with_devel)
 
@@ -156,17 +207,21 @@ def hpo(
     start_from_paper: Annotated[bool, typer.Option(help="Enqueue the paper's Table 2 setting as the first trial.")] = True,
 ):
     """Optuna TPE search with median pruning; run the same command on more workers to share a study."""
-    from training.hpo import SearchConfig, progress_line, run_search
+    from training.hpo import SPACES, SearchConfig, progress_line, run_search
     from training.runs import Splits
 
-    config = SearchConfig(n_trials=trials, max_epochs=epochs, space=space, seed=seed, device=device,
+    if space not in SPACES:
+        raise console.error(f"--space must be one of {', '.join(SPACES)}, not {space!r}", console.EXIT_USAGE)
+
+    config = SearchConfig(n_trials=trials, max_epochs=epochs, space=space, seed=seed, device=_device(device),
                           startup_trials=startup_trials, heartbeat_s=heartbeat_s, timeout_s=timeout_s,
                           start_from_paper=start_from_paper)
 
     def search():
         splits = Splits.load(data)
-        found = run_search(config, _storage(storage, out), study, out, splits.train, splits.devel)
-        return {"study": study, "storage": _storage(storage, out), "progress": progress_line(found)}
+        with _study_storage(_storage(storage, out)) as url:
+            found = run_search(config, url, study, out, splits.train, splits.devel)
+        return {"study": study, "storage": url, "progress": progress_line(found)}
 
     out.mkdir(parents=True, exist_ok=True)
     _run(search)
@@ -188,8 +243,9 @@ def ensemble(
 
     def run():
         splits = Splits.load(data)
-        found = open_study(_storage(storage, out.parent), study, SearchConfig())
-        return build_ensemble(found, out, splits.devel, splits.test, top=top, int8=int8)
+        with _study_storage(_storage(storage, out.parent)) as url:
+            found = open_study(url, study, SearchConfig())
+            return build_ensemble(found, out, splits.devel, splits.test, top=top, int8=int8)
 
     _run(run)
 
@@ -246,13 +302,14 @@ def cv(
     }
     unknown = [r for r in recipe if r not in known]
     if unknown:
-        typer.echo(f"error: unknown recipe(s) {unknown}: choose from {list(known)}", err=True)
-        raise typer.Exit(1)
+        raise console.error(f"unknown recipe(s) {unknown}: choose from {list(known)}", console.EXIT_USAGE)
 
     def run():
         load = functools.partial(_train_and_devel, data)
-        summary = cross_validate([known[r] for r in recipe], load(FrontendConfig()), folds, out, seed,
-                                 load=load, window_s=window_s, hop_s=hop_s, max_false_rate=max_false_rate)
+        with CvProgress() as progress:
+            summary = cross_validate([known[r] for r in recipe], load(FrontendConfig()), folds, out, seed,
+                                     load=load, window_s=window_s, hop_s=hop_s, max_false_rate=max_false_rate,
+                                     progress=progress)
         keys = ("uar_mean", "uar_std", "epoch", "recall", "thresholds", "windows_at_thresholds")
         return {name: {k: r[k] for k in keys if k in r} for name, r in summary["recipes"].items()}
 
@@ -305,7 +362,54 @@ def score(
     _run(score_bundle, bundle, data, split)
 
 
+class CvProgress:
+    """``cv``'s progress, per fold and epoch: a bar on a terminal, else (a log file, the journal)
+    one log line per epoch with the time left at the pace so far."""
+
+    def __init__(self, terminal: bool | None = None):
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.bar = None
+        self.started = time.monotonic()
+        self.recipe: str | None = None
+
+    def __enter__(self) -> CvProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, event: dict) -> None:
+        if event["recipe"] != self.recipe:   # a recipe's folds: timed (and barred) on their own
+            self.__exit__()
+            self.recipe, self.started, self.bar = event["recipe"], time.monotonic(), None
+            if self.terminal and event["epochs"]:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=event["folds"] * event["epochs"], desc=f"cv {self.recipe}", unit="epoch")
+        where = f"cv {event['recipe']}: fold {event['fold']}/{event['folds']}"
+        if event["epoch"] is None:
+            if self.bar is None:
+                log.info("%s done (%s)", where, _duration(time.monotonic() - self.started))
+            return
+        done = (event["fold"] - 1) * event["epochs"] + event["epoch"]
+        total = event["folds"] * event["epochs"]
+        if self.bar is not None:
+            self.bar.set_description(f"cv {event['recipe']} fold {event['fold']}/{event['folds']}")
+            self.bar.set_postfix(uar=f"{event['uar']:.3f}")
+            self.bar.update(1)
+            return
+        elapsed = time.monotonic() - self.started
+        log.info("%s, epoch %d/%d: validation UAR %.3f; %s elapsed, about %s left", where, event["epoch"],
+                 event["epochs"], event["uar"], _duration(elapsed), _duration(elapsed / done * (total - done)))
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    console.setup_logging()
     app()

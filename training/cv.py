@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,10 @@ def validation_recorders(split: Split, folds) -> list[list[str]]:
     return [sorted({split.clips[i].recorder for i in va}) for _, va in folds]
 
 
-def run_fold(recipe: Recipe, train_split: Split, val: Split) -> FoldResult:
-    """Train on one fold; validation predictions per epoch (and of the averaged model)."""
+def run_fold(recipe: Recipe, train_split: Split, val: Split,
+             on_epoch: Callable[[int, dict], None] | None = None) -> FoldResult:
+    """Train on one fold; validation predictions per epoch (and of the averaged model).
+    ``on_epoch(epoch, record)`` hears each epoch, as ``train`` tells it."""
     if recipe.model is None:  # C chosen on an inner split grouped by recorder, never on ``val``
         inner_train, inner_val = grouped_folds(train_split, 3)[0]
         chosen = baseline.fit_baseline(train_split.subset(inner_train), train_split.subset(inner_val)).c
@@ -80,8 +83,13 @@ def run_fold(recipe: Recipe, train_split: Split, val: Split) -> FoldResult:
     predictions: list[np.ndarray] = []
     model = dataclasses.replace(recipe.model, n_classes=len(train_split.labels),
                                 n_mels=train_split.frontend.n_features)
+    def keep(epoch: int, record: dict) -> None:
+        predictions.append(record["predictions"])
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+
     result = train(model, recipe.optim, recipe.augment, train_split, val, progress=False, log_epochs=False,
-                   on_epoch=lambda epoch, record: predictions.append(record["predictions"]))
+                   on_epoch=keep)
     if not recipe.averaged:
         return FoldResult(predictions)
     probs, _ = predict(result.model, val.features)
@@ -103,10 +111,14 @@ def held_out_windows(model: PrimateBiLSTM, val: Split, spec: WindowSpec) -> dict
 
 def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: int = 0,
                    load=None, window_s: float = 4.0, hop_s: float = 2.0,
-                   max_false_rate: float = DEFAULT_MAX_FALSE_RATE) -> dict:
+                   max_false_rate: float = DEFAULT_MAX_FALSE_RATE,
+                   progress: Callable[[dict], None] | None = None) -> dict:
     """Score every recipe on the same grouped folds; write ``cv.json`` and pooled confusions.
 
     ``load(frontend)`` gives ``data`` computed by another frontend, for recipes that need one.
+    ``progress(event)`` hears every epoch and the end of every fold: ``{"recipe", "fold"`` (from 1),
+    ``"folds", "epoch", "epochs"`` (both None at a fold's end), ``"uar"`` (the fold's validation
+    UAR after that epoch; None at a fold's end)``}``.
     """
     out.mkdir(parents=True, exist_ok=True)
     folds = grouped_folds(data, k, seed)
@@ -117,7 +129,8 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
         if recipe.frontend not in inputs:
             inputs[recipe.frontend] = load(recipe.frontend)
         split = inputs[recipe.frontend]
-        per_fold = [run_fold(recipe, split.subset(tr), split.subset(va)) for tr, va in folds]
+        per_fold = [_fold_with_progress(recipe, split, tr, va, n, len(folds), progress)
+                    for n, (tr, va) in enumerate(folds, 1)]
         epochs = min(len(f.per_epoch) for f in per_fold)
         curve = [np.mean([uar(data.targets[va], f.per_epoch[e], n_classes) for (_, va), f in zip(folds, per_fold)])
                  for e in range(epochs)]
@@ -142,6 +155,19 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
     summary = {"k": k, "seed": seed, "folds": folds_info, "recipes": results}
     (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _fold_with_progress(recipe: Recipe, split: Split, tr: np.ndarray, va: np.ndarray, fold: int, folds: int,
+                        progress: Callable[[dict], None] | None) -> FoldResult:
+    """``run_fold`` on one fold, telling ``progress`` (when given) of each epoch and of the end."""
+    if progress is None:
+        return run_fold(recipe, split.subset(tr), split.subset(va))
+    event = {"recipe": recipe.name, "fold": fold, "folds": folds}
+    epochs = recipe.optim.epochs if recipe.optim is not None else None
+    result = run_fold(recipe, split.subset(tr), split.subset(va), lambda epoch, record: progress(
+        {**event, "epoch": epoch, "epochs": epochs, "uar": record["devel_uar"]}))
+    progress({**event, "epoch": None, "epochs": None, "uar": None})
+    return result
 
 
 def _keep_fold_models(recipe: Recipe, split: Split, folds, per_fold: list[FoldResult], out: Path,

@@ -1,0 +1,112 @@
+"""What both command lines (``edgemon``, ``edgemon-train``) share: exit statuses, the one-line
+error, ``--version``, and log lines fit for a terminal or for the systemd journal.
+
+Exit statuses::
+
+    0  done
+    1  the command ran and failed: the one line on stderr says why (a missing file, a bad
+       settings file or environment variable, a broken database or bundle ...)
+    2  the command line is wrong: unknown command or option, missing argument, a value of the
+       wrong type, outside its choices or refused by the settings' checks (``--settle-s nan``)
+
+Under systemd, stderr is the journal: journald stamps each line itself and reads a ``<N>`` prefix
+as the line's priority (sd-daemon(3)), so ``journalctl -p err`` shows errors. There the lines
+carry that prefix and no timestamp; on a terminal or in a file they carry a timestamp.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import TextIO
+
+import typer
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EPILOG = ("Exit status: 0 done; 1 the command failed (one line on stderr says why); "
+          "2 the command line is wrong (unknown option, bad value).")
+
+TERMINAL_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
+# sd-daemon(3) priorities: the syslog levels.
+JOURNAL_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+def version() -> str:
+    """The installed distribution's version (the package's own when run from a checkout)."""
+    try:
+        return importlib.metadata.version("edgemon")
+    except importlib.metadata.PackageNotFoundError:
+        from edgemon import __version__
+
+        return __version__
+
+
+def version_option(program: str):
+    """An eager ``--version`` option for a typer callback: prints ``PROGRAM VERSION`` and exits."""
+    def show(value: bool) -> None:
+        if value:
+            typer.echo(f"{program} {version()}")
+            raise typer.Exit()
+
+    return typer.Option("--version", callback=show, is_eager=True, help="Print the version and exit.")
+
+
+def writes_to_journal(stream: TextIO | None = None, env: Mapping[str, str] | None = None) -> bool:
+    """True when ``stream`` (default stderr) is the journal: systemd sets ``$JOURNAL_STREAM`` to
+    the ``device:inode`` of the stream it connected, which a redirected stderr no longer matches."""
+    env = os.environ if env is None else env
+    stream = sys.stderr if stream is None else stream
+    wanted = env.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):   # no file behind it (a test runner's buffer)
+        return False
+    return wanted == f"{st.st_dev}:{st.st_ino}"
+
+
+def journal_prefix(level: int) -> str:
+    """``<N>`` for a logging level: the nearest syslog priority at or above it."""
+    for threshold in sorted(JOURNAL_PRIORITY, reverse=True):
+        if level >= threshold:
+            return f"<{JOURNAL_PRIORITY[threshold]}>"
+    return "<7>"
+
+
+class JournalFormatter(logging.Formatter):
+    """No timestamp (journald adds its own); every line, a traceback's too, carries the record's
+    priority, so a multi-line error is not read as info from its second line on."""
+
+    def __init__(self) -> None:
+        super().__init__(JOURNAL_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = journal_prefix(record.levelno)
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
+def setup_logging(level: int = logging.INFO, stream: TextIO | None = None,
+                  env: Mapping[str, str] | None = None) -> None:
+    """Log to ``stream`` (default stderr) at ``level``: journal lines under systemd, else timestamped."""
+    stream = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JournalFormatter() if writes_to_journal(stream, env) else logging.Formatter(TERMINAL_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def error(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
+    """Print ``error: MESSAGE`` as one line on stderr (an error in the journal); the Exit to raise."""
+    echo_error(message)
+    return typer.Exit(code)
+
+
+def echo_error(message: str) -> None:
+    """``error: MESSAGE`` on stderr, at error priority when stderr is the journal; one line."""
+    line = "error: " + " ".join(str(message).splitlines())
+    typer.echo((journal_prefix(logging.ERROR) if writes_to_journal() else "") + line, err=True)

@@ -148,7 +148,7 @@ def test_info_shows_names_ceiling_format_and_the_check(tmp_path):
                                                   "common": "northern grey gibbon", "call_type": "duet"}
     assert info["confidence_max"] == pytest.approx(0.862706)
     result = runner.invoke(app, ["info", "--models", str(shipped_copy(tmp_path, permuted))])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert json.loads(result.stdout)["self_check"]["result"] == "failed"
     assert result.stderr.count("\n") == 1 and "self-check on this CPU FAILED" in result.stderr
 
@@ -159,9 +159,9 @@ def test_watch_and_classify_refuse_to_run_blind(tmp_path):
     wav = write_wav(recordings / "20240101_000000.WAV", hoots(8.0))
     result = runner.invoke(app, ["watch", str(recordings), "--db", str(tmp_path / "e.db"), "--models",
                                  str(bundle_dir), "--until-idle", "--settle-s", "0"])
-    assert result.exit_code == 2 and "self-check on this CPU FAILED" in result.output   # before: exit 0
+    assert result.exit_code == 1 and "self-check on this CPU FAILED" in result.output   # before: exit 0
     result = runner.invoke(app, ["classify", str(wav), "--models", str(bundle_dir)])
-    assert result.exit_code == 2 and result.output.startswith("error: ") and "self-check" in result.output
+    assert result.exit_code == 1 and result.output.startswith("error: ") and "self-check" in result.output
 
 
 def test_a_refusal_is_visible_in_status(tmp_path):
@@ -173,7 +173,7 @@ def test_a_refusal_is_visible_in_status(tmp_path):
     (tmp_path / "rec").mkdir()
     result = runner.invoke(app, ["watch", str(tmp_path / "rec"), "--db", str(db), "--models",
                                  str(shipped_copy(tmp_path, permuted)), "--until-idle"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     status = collect_status(db)
     assert status["service"]["state"] == "stopped"
     assert [p for p in status["problems"] if p.startswith("refused to start: ")

@@ -116,12 +116,12 @@ def test_watch_and_classify_refuse_a_bad_bundle_in_one_line(models, tmp_path):
     recordings.mkdir()
     wav = write_wav(recordings / "20240101_000000.WAV", tone(500, 6.0))
     result = runner.invoke(app, ["classify", str(wav), "--models", str(bundle_dir)])
-    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert one_line(result.output.strip()).startswith("error: ") and "'logmel'" in result.output
     db = tmp_path / "e.db"
     result = runner.invoke(app, ["watch", str(recordings), "--db", str(db), "--models", str(bundle_dir),
                                  "--until-idle", "--settle-s", "0"])
-    assert result.exit_code == 2, result.output           # before: exit 0, every recording quarantined
+    assert result.exit_code == 1, result.output           # before: exit 0, every recording quarantined
     assert "member00.onnx: model inputs" in result.output
 
 

@@ -96,7 +96,7 @@ def test_min_confidence_above_the_bundles_reach_is_an_error(named_db, tmp_path):
     assert not (tmp_path / "d.csv").exists()
     assert export_detections(named_db, "csv", tmp_path / "d.csv", min_confidence=0.95) == 1   # reachable: the live frog
     result = runner.invoke(app, ["export-detections", "--db", str(named_db), "--min-confidence", "0.99"])
-    assert result.exit_code == 2 and "0.95" in result.output and result.stdout == ""
+    assert result.exit_code == 1 and "0.95" in result.output and result.stdout == ""
 
 
 def test_no_reach_check_when_a_bundle_records_no_maximum(db_path, tmp_path):

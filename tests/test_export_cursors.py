@@ -43,14 +43,14 @@ def test_cli_cursor_per_destination_and_one_line_error(db_path, tmp_path):
     frogs = runner.invoke(app, ["export-detections", "--db", str(db_path), "--new", "--label", "frog"])
     assert frogs.exit_code == 0 and frogs.stdout.count("\n") == 3   # header + 2 frogs
     plain = runner.invoke(app, ["export-detections", "--db", str(db_path), "--new"])
-    assert plain.exit_code == 2 and "'default'" in plain.output and "--label frog" in plain.output
+    assert plain.exit_code == 1 and "'default'" in plain.output and "--label frog" in plain.output
     assert len(plain.output.strip().splitlines()) == 1 and plain.stdout == ""
     every = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "sync"])
     assert every.exit_code == 0 and every.stdout.count("\n") == 6   # header + all 5
     again = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "sync", "--quiet"])
     assert again.exit_code == 0 and again.stdout.count("\n") == 1
     bad = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "a\nb"])
-    assert bad.exit_code == 2 and "cursor name" in bad.output
+    assert bad.exit_code == 1 and "cursor name" in bad.output
 
 
 def test_every_matching_row_is_delivered_once_per_cursor(db_path, tmp_path):

@@ -144,7 +144,7 @@ def test_a_garbage_database_writes_nothing_before_its_error(tmp_path, capsys, fm
         export_detections(garbage, fmt)
     assert capsys.readouterr().out == ""
     result = runner.invoke(app, ["export-detections", "--db", str(garbage), "--format", fmt])
-    assert result.exit_code == 2 and result.stdout == ""
+    assert result.exit_code == 1 and result.stdout == ""
     assert len(result.output.strip().splitlines()) == 1 and "garbage.db" in result.output
 
 
@@ -167,6 +167,6 @@ def test_a_failing_raven_table_gives_one_line_and_no_ignored_exception(db_path, 
     (out / f"20240501_060000{SUFFIX}").mkdir(parents=True)
     result = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db_path),
                              "--format", "raven", "--output", str(out)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "Exception ignored" not in result.stderr
+    assert result.returncode == 1 and "Exception ignored" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: cannot write {out / ('20240501_060000' + SUFFIX)}: Is a directory"]

@@ -11,20 +11,18 @@
 #                                      https://download.pytorch.org/whl/cu128
 #   EDGEMON_TORCH=SPEC                 install SPEC as torch; empty: keep the torch in .venv
 #
-# The CPU build, without ever waiting long for a network: when pip can already get
-# torch==2.13.0+cpu from what it is configured with (a local wheel directory or mirror, as on CI),
-# that is used; else, when torch's CPU wheel index answers within 5 s, torch alone comes from there;
-# else torch==2.13.0 comes from the configured index, with a warning (on PyPI that is a CUDA build).
+# The CPU build, without ever waiting long for a network (scripts/choose_torch.sh): when pip can
+# already get torch==2.13.0+cpu from what it is configured with (a local wheel directory or mirror,
+# as on CI), that is used; else, when torch's CPU wheel index answers within 5 s, torch alone comes
+# from there; else torch==2.13.0 comes from the configured index, with a warning (on PyPI that is a
+# CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
-CPU_INDEX=https://download.pytorch.org/whl/cpu
-TORCH_VERSION=2.13.0
-gpu=0
 for arg in "$@"; do
   case "$arg" in
-    --gpu) gpu=1 ;;
+    --gpu) ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
     *) echo "error: unknown option $arg (expected --gpu)" >&2; exit 2 ;;
   esac
@@ -39,35 +37,16 @@ apt_ensure "${EDGE_PACKAGES[@]}" postgresql pulseaudio pulseaudio-utils libasoun
   chromium chromium-driver
 bash scripts/setup.sh
 
-# Whether pip gets a requirement from its configuration alone, asked without retries; its
-# warnings about index locations it skips are not for the user.
-pip_can_get() {
-  .venv/bin/pip install -q --dry-run --no-deps --retries 0 --timeout 5 "$1" >/dev/null 2>&1
-}
-# Whether a URL answers within 5 s (coreutils' timeout also bounds a hanging DNS look-up).
-answers() {
-  timeout 5 .venv/bin/python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=4)" \
-    "$1" >/dev/null 2>&1
-}
-
 if [ -n "${EDGEMON_TORCH+set}" ]; then
   torch=(${EDGEMON_TORCH})
-elif [ "$gpu" = 1 ] || [ -n "${EDGEMON_TORCH_INDEX-}" ]; then
-  torch=("torch==$TORCH_VERSION")
-  if [ -n "${EDGEMON_TORCH_INDEX-}" ]; then
-    echo "torch $TORCH_VERSION from $EDGEMON_TORCH_INDEX"
-    .venv/bin/pip install -q --no-deps --index-url "$EDGEMON_TORCH_INDEX" "torch==$TORCH_VERSION"
-  fi
-elif pip_can_get "torch==$TORCH_VERSION+cpu"; then
-  torch=("torch==$TORCH_VERSION+cpu")
-elif answers "$CPU_INDEX/torch/"; then
-  echo "torch $TORCH_VERSION (CPU build) from $CPU_INDEX"
-  # torch alone from there (--no-deps): its dependencies come with the rest, as constrained.
-  .venv/bin/pip install -q --no-deps --index-url "$CPU_INDEX" "torch==$TORCH_VERSION+cpu"
-  torch=("torch==$TORCH_VERSION+cpu")
 else
-  echo "warning: $CPU_INDEX did not answer within 5 s; installing torch==$TORCH_VERSION from the" \
-       "configured index (on PyPI a CUDA build; set EDGEMON_TORCH_INDEX to choose)" >&2
-  torch=("torch==$TORCH_VERSION")
+  choice=$(bash scripts/choose_torch.sh "$@")
+  read -r spec index <<< "$choice"
+  if [ -n "$index" ]; then
+    echo "torch from $index"
+    # torch alone from there (--no-deps): its dependencies come with the rest, as constrained.
+    .venv/bin/pip install -q --no-deps --index-url "$index" "$spec"
+  fi
+  torch=("$spec")
 fi
 .venv/bin/pip install -q -c constraints.txt "${torch[@]}" -e '.[train,dev]'

@@ -106,3 +106,49 @@ def test_gpu_and_a_chosen_index(tmp_path, bare_env, silent_index):
     assert choose(bare_env, tmp_path / "wheels", silent_index, "--gpu")[0] == "torch==2.13.0"
     url = "https://download.pytorch.org/whl/cu128"
     assert choose(bare_env, tmp_path / "wheels", silent_index, EDGEMON_TORCH_INDEX=url)[0] == f"torch==2.13.0 {url}"
+
+
+def stub(path: Path, body: str) -> None:
+    path.write_text(f"#!/usr/bin/env bash\n{body}\n")
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def repo_with_logging_tools(tmp_path):
+    """The set-up scripts in a copy of the repository where apt reports nothing installed and
+    apt-get, sudo and the venv's pip only log what they are asked: the scripts' requests, seen
+    without installing anything."""
+    repo, bin_dir, log = tmp_path / "repo", tmp_path / "bin", tmp_path / "log"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("common.sh", "setup.sh", "setup-dev.sh", "choose_torch.sh"):
+        (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    stub(bin_dir / "dpkg-query", "exit 1")
+    stub(bin_dir / "apt-get", f'echo "apt-get $*" >> {log}')
+    stub(bin_dir / "sudo", '"$@"')
+    stub(repo / ".venv" / "bin" / "python", "exit 0")
+    stub(repo / ".venv" / "bin" / "pip", f'echo "pip $*" >> {log}')
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("EDGEMON_TORCH", None)
+    env.pop("EDGEMON_TORCH_INDEX", None)
+    return repo, env, log
+
+
+def test_the_edge_setup_asks_for_the_edge_only(repo_with_logging_tools):
+    repo, env, log = repo_with_logging_tools
+    subprocess.run(["bash", "scripts/setup.sh"], cwd=repo, env=env, check=True, timeout=60)
+    asked = log.read_text().splitlines()
+    assert "apt-get install -y -qq libportaudio2 libsndfile1 python3-venv" in asked
+    assert asked[-1] == "pip install -q -c constraints.txt -e ."   # no extras, no torch
+
+
+def test_the_dev_setup_adds_the_services_and_the_cpu_torch(repo_with_logging_tools):
+    repo, env, log = repo_with_logging_tools
+    subprocess.run(["bash", "scripts/setup-dev.sh"], cwd=repo, env=env, check=True, timeout=60)
+    installs = [line for line in log.read_text().splitlines() if line.startswith("apt-get install")]
+    assert installs[0].split()[4:] == ["libportaudio2", "libsndfile1", "python3-venv", "postgresql",
+                                       "pulseaudio", "pulseaudio-utils", "libasound2-plugins", "systemd",
+                                       "chromium", "chromium-driver"]
+    assert log.read_text().splitlines()[-1] == ("pip install -q -c constraints.txt torch==2.13.0+cpu "
+                                                "-e .[train,dev]")

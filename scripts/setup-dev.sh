@@ -32,7 +32,8 @@ done
 # virtual audio device (a user-mode PulseAudio null sink recorded through ALSA's `pulse` device)
 # that the listen tests start; systemd: `systemd-analyze verify/security` and `systemctl --root`
 # for the deployment tests (systemd need not run); chromium and chromium-driver: the review page's
-# browser tests (selenium is given /usr/bin/chromedriver, so it fetches nothing).
+# browser tests (selenium is given /usr/bin/chromedriver, so it fetches nothing). util-linux's
+# unshare and passwd's useradd, which the fault and deployment tests use, come with every Debian.
 apt_ensure "${EDGE_PACKAGES[@]}" postgresql pulseaudio pulseaudio-utils libasound2-plugins systemd \
   chromium chromium-driver
 bash scripts/setup.sh

@@ -27,7 +27,7 @@ MAX_EXCERPT_BYTES = 5_000_000
 def test_demo_script_finds_the_excerpts_calls(tmp_path):
     # The README's demo command as a user runs it, on this interpreter; a short settle time through
     # the environment (the files are complete) keeps the test quick.
-    env = {**os.environ, "PYTHON": sys.executable, "EDGEMON_SETTLE_S": "0.5"}
+    env = {**os.environ, "DEMO_PYTHON": sys.executable, "EDGEMON_SETTLE_S": "0.5"}
     run = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), str(tmp_path / "out")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

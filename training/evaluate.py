@@ -1,4 +1,4 @@
-"""Unweighted Average Recall, per-class recall, confusion matrices and their plots."""
+"""Unweighted Average Recall, per-class recall, confusion matrices (scikit-learn's) and their plots."""
 
 from __future__ import annotations
 
@@ -6,13 +6,20 @@ import json
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import confusion_matrix, recall_score
+
+
+def _check_indices(targets: np.ndarray, predictions: np.ndarray, n_classes: int) -> None:
+    """scikit-learn drops examples whose class is not among ``labels``; a wrong index is a bug here."""
+    for values in (np.asarray(targets), np.asarray(predictions)):
+        if values.size and (values.min() < 0 or values.max() >= n_classes):
+            raise ValueError(f"class indices must lie in 0..{n_classes - 1}, got {np.unique(values).tolist()}")
 
 
 def confusion(targets: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts ``[true, predicted]``."""
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(targets), np.asarray(predictions)), 1)
-    return matrix
+    """Counts ``[true, predicted]``, int64 ``[n_classes, n_classes]``; class indices 0..n_classes-1."""
+    _check_indices(targets, predictions, n_classes)
+    return confusion_matrix(targets, predictions, labels=np.arange(n_classes)).astype(np.int64)
 
 
 def per_class_recall(matrix: np.ndarray) -> np.ndarray:
@@ -23,14 +30,21 @@ def per_class_recall(matrix: np.ndarray) -> np.ndarray:
 
 
 def uar(targets: np.ndarray, predictions: np.ndarray, n_classes: int) -> float:
-    """Mean recall over the classes present in ``targets`` (the ComParE measure)."""
-    return float(np.nanmean(per_class_recall(confusion(targets, predictions, n_classes))))
+    """Mean recall over the classes present in ``targets`` (the ComParE measure); class indices
+    0..n_classes-1."""
+    _check_indices(targets, predictions, n_classes)
+    present = np.unique(targets)
+    # Macro recall over the present classes only: an absent class has no recall to average.
+    return float(recall_score(targets, predictions, labels=present, average="macro", zero_division=0))
 
 
 def metrics(targets: np.ndarray, predictions: np.ndarray, labels: tuple[str, ...]) -> dict:
+    """UAR, each label's recall (None for a label absent from ``targets``), the confusion matrix
+    ``[true, predicted]`` as lists, the labels and the number of examples."""
     matrix = confusion(targets, predictions, len(labels))
-    recall = per_class_recall(matrix)
-    return {"uar": float(np.nanmean(recall)),
+    recall = recall_score(targets, predictions, labels=np.arange(len(labels)), average=None,
+                          zero_division=np.nan)
+    return {"uar": uar(targets, predictions, len(labels)),
             "recall": {l: (None if np.isnan(r) else float(r)) for l, r in zip(labels, recall)},
             "confusion": matrix.tolist(), "labels": list(labels), "n": int(len(targets))}
 

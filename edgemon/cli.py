@@ -88,7 +88,7 @@ def _settings(ctx: typer.Context, config: Path | None, directory_alias: Path | N
 
 
 @app.command()
-def info(models: ModelsOpt = None):
+def info(ctx: typer.Context, models: ModelsOpt = None, config: ConfigOpt = None):
     """Describe a model bundle: labels and their names, members and their devel/test UAR, windows,
     thresholds, the highest confidence it can give, and its self-check on this CPU."""
     from edgemon.bundle import default_bundle_path
@@ -96,7 +96,7 @@ def info(models: ModelsOpt = None):
     from edgemon.selfcheck import SelfCheckError
 
     try:
-        description, check = describe_bundle(models or default_bundle_path())
+        description, check = describe_bundle(_settings(ctx, config)["models"] or default_bundle_path())
     except EdgemonError as exc:
         raise _fail(exc)
     typer.echo(json.dumps(description, indent=2))
@@ -270,7 +270,8 @@ def devices(fmt: Annotated[TextFormat, typer.Option("--format", help="text (tab-
 
 @app.command("export-detections")
 def export_detections(
-    db: Annotated[Path, typer.Option("--db", help="Detections database (SQLite).")] = Path("edgemon.db"),
+    ctx: typer.Context,
+    db: DbOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="csv, birdnet (BirdNET-Analyzer's CSV columns), jsonl or raven (one BirdNET-named selection table per file).")] = "csv",
     output: Annotated[Optional[Path], typer.Option("--output", help="File (csv, birdnet, jsonl) or directory (raven); default stdout.")] = None,
     since: Annotated[Optional[str], typer.Option(help="Only detections starting at or after this UTC time (ISO 8601).")] = None,
@@ -281,12 +282,14 @@ def export_detections(
     cursor: Annotated[Optional[str], typer.Option("--cursor", metavar="NAME", help="Named cursor, one per destination and filter; implies --new. A cursor keeps the filter it was first used with.")] = None,
     coverage: Annotated[Optional[Path], typer.Option("--coverage", help="Also write live-stream coverage (per minute: seconds analysed and lost) for the same --since/--until to this file (csv, or jsonl with --format jsonl).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No info line on standard error (for cron); errors are still reported.")] = False,
+    config: ConfigOpt = None,
 ):
     """Export detections; reads only, so it never blocks the daemon."""
     from edgemon.export import export_coverage, export_detections as run_export
 
     log = logging.getLogger("edgemon.export")
     try:
+        db = _settings(ctx, config)["db"]
         times = [None if t is None else _parse_time(t) for t in (since, until)]
         count = run_export(db, fmt, output, times[0], times[1], label or None, min_confidence,
                            new or cursor is not None, cursor or "default")

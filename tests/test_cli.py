@@ -283,3 +283,15 @@ def test_cv_progress_on_a_terminal_is_a_bar_over_folds_and_epochs(capsys):
         bar = progress.bar
         assert (bar.n, bar.total) == (6, 6)
     assert "cv paper fold 2/2" in capsys.readouterr().err
+
+
+def test_export_and_info_read_the_settings_file_like_every_command(empty_db, tmp_path):
+    """On a unit the database and bundle are named in the settings file; export and info used to
+    read only their own options (./edgemon.db, the embedded bundle) and so missed them."""
+    config = tmp_path / "e.toml"
+    config.write_text(f'db = "{empty_db}"\nmodels = "{tmp_path / "no-bundle"}"\n')
+    exported = runner.invoke(app, ["export-detections", "--config", str(config)])
+    assert exported.exit_code == 0, exported.output
+    assert exported.stdout.startswith("id,device_id,")
+    described = runner.invoke(app, ["info", "--config", str(config)])
+    assert described.exit_code == 1 and "no-bundle" in described.output

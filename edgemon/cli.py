@@ -220,6 +220,26 @@ def export_detections(
         logging.getLogger("edgemon.export").info("exported %d coverage minute(s)", minutes)
 
 
+@app.command()
+def review(
+    db: Annotated[Path, typer.Option("--db", help="Detections database (SQLite).")] = Path("edgemon.db"),
+    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="The recorder directory the detections came from (default: the paths in the database's ledger).")] = None,
+    clips: Annotated[Optional[Path], typer.Option("--clips", help="Directory of saved clips (live streams; default: the paths in the database).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but 127.0.0.1/localhost needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8765,
+    token: Annotated[Optional[str], typer.Option("--token", envvar="EDGEMON_REVIEW_TOKEN", help="Token every request must carry (default: generated and printed when binding beyond this machine).")] = None,
+    reviewer: Annotated[str, typer.Option("--reviewer", help="Name stored with each verdict.")] = os.environ.get("USER", "reviewer"),
+):
+    """A local web page to hear, see and judge detections (correct / wrong / another label / unsure)."""
+    from edgemon.review.app import ReviewConfig, serve
+
+    try:
+        serve(ReviewConfig(db=db, recordings=recordings, clips=clips, host=host, port=port, token=token,
+                           reviewer=reviewer), on_ready=lambda line: typer.echo(line, err=True))
+    except EdgemonError as exc:
+        raise _fail(exc)
+
+
 def _parse_time(text: str):
     import datetime as dt
 

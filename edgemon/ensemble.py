@@ -11,6 +11,7 @@ import onnxruntime as ort
 from edgemon.bundle import Bundle
 from edgemon.errors import BundleError
 from edgemon.frontend import FrontendConfig
+from edgemon.site_head import load_site_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Ensemble:
                 raise BundleError(f"{path}: onnxruntime cannot load this model: {exc}") from exc
             self._check_member(path, session)
             self.sessions.append(session)
+        self.site_head = load_site_head(bundle, self.sessions)   # None unless ``edgemon-train adapt`` wrote one
 
     def _check_member(self, path, session: ort.InferenceSession) -> None:
         meta = session.get_modelmeta().custom_metadata_map
@@ -90,6 +92,9 @@ class Ensemble:
         The models' input is named ``logmel`` for every frontend kind (PCEN too), so older
         bundles and newer ones share one graph signature."""
         feed = {"logmel": np.ascontiguousarray(logmel, dtype=np.float32)}
+        if self.site_head is not None:
+            outputs = [s.run(["probs", "embedding"], feed) for s in self.sessions]
+            return self.site_head.member_probs(np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs]))
         return np.stack([s.run(["probs"], feed)[0] for s in self.sessions])
 
     def vote(self, logmel: np.ndarray) -> Votes:

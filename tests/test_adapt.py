@@ -5,6 +5,7 @@ bundle run by the recorder's own pipeline."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import sqlite3
 import subprocess
@@ -46,7 +47,7 @@ def lay_recordings(borneo: Path, clips: list[dict], out: Path, per_recording: in
     clips = [clips[i] for i in rng.permutation(len(clips))]
     truth = {}
     for n in range(0, len(clips), per_recording):
-        name = f"20180601_{n // per_recording:02d}0000.WAV"
+        name = f"201806{1 + n // per_recording // 4:02d}_{6 * (n // per_recording % 4):02d}0000.WAV"
         pieces, spans, t = [], [], 0.0
         for clip in clips[n:n + per_recording]:
             samples, rate = soundfile.read(borneo / "audio" / clip["filename"], dtype="float32")
@@ -59,18 +60,20 @@ def lay_recordings(borneo: Path, clips: list[dict], out: Path, per_recording: in
 
 
 def analyse_into(db: Path, recordings: Path, bundle_path: Path) -> None:
-    """Detections of every recording, stored as ``watch`` stores them."""
+    """Detections of every recording, stored as ``watch`` stores them (times from the file names)."""
     analyzer = Analyzer(load_bundle(bundle_path))
     with Store(db) as store:
         for path in sorted(recordings.glob("*.WAV")):
             analysis = analyzer.analyse_file(path)
+            start = dt.datetime.strptime(path.stem, "%Y%m%d_%H%M%S").replace(tzinfo=dt.timezone.utc)
             detections = [Detection(device_id="S19", source=path.name, start_s=e.start_s, end_s=e.end_s,
-                                    start_utc=None, end_utc=None, time_source="mtime", clock_suspect=False,
-                                    label=e.label, confidence=e.confidence, votes=e.votes,
+                                    start_utc=start + dt.timedelta(seconds=e.start_s),
+                                    end_utc=start + dt.timedelta(seconds=e.end_s), time_source="filename",
+                                    clock_suspect=False, label=e.label, confidence=e.confidence, votes=e.votes,
                                     bundle_id=analyzer.bundle.bundle_id) for e in analysis.events]
             st = path.stat()
             store.commit_file(path.name, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                              duration_s=analysis.duration_s, start_utc=None, time_source="mtime",
+                              duration_s=analysis.duration_s, start_utc=start, time_source="filename",
                               clock_suspect=False, bundle_id=analyzer.bundle.bundle_id, detections=detections)
 
 

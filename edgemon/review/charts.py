@@ -63,12 +63,12 @@ def calls(db_path: Path, bundle_id: str | None = None) -> tuple[dict, dict]:
 
 
 def grid_svg(title: str, labels: list[str], columns: list, column_names: list[str],
-             counts: dict, effort: dict) -> str:
+             counts: dict, effort: dict, cell: int = 28) -> str:
     """A heatmap, one row per label and one column per hour or day: the cell's colour is calls per
     hour of effort, its text the count; the top row is the effort in hours. Empty-effort columns
     are hatched grey, so "no calls" and "not listening" never look alike."""
-    cell, left, top = 28, 150, 44
-    width, height = left + cell * len(columns) + 10, top + cell * (len(labels) + 1) + 30
+    left, top = 150, 44
+    width, height = max(480, left + cell * len(columns) + 10), top + cell * (len(labels) + 1) + 30
     rates = [counts.get((label, c), 0) / effort[c] for label in labels for c in columns if effort.get(c)]
     peak = max(rates, default=0) or 1.0
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
@@ -114,5 +114,5 @@ def charts_svg(db_path: Path, bundle_id: str | None = None) -> tuple[str, str]:
     hours = list(range(24))
     hour_svg = grid_svg("Calls by hour of day (UTC)", labels, hours, [f"{h:02d}" for h in hours], by_hour, effort_hour)
     days = sorted(set(effort_day) | {d for _, d in by_day})
-    day_svg = grid_svg("Calls by day", labels, days, [d[5:] for d in days], by_day, effort_day)
+    day_svg = grid_svg("Calls by day", labels, days, [d[5:] for d in days], by_day, effort_day, cell=44)
     return hour_svg, day_svg

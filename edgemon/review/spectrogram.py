@@ -10,6 +10,7 @@ import numpy as np
 
 # A perceptually ordered dark-blue -> green -> yellow ramp (viridis' end points and mid-points).
 _ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
+MARK_ROWS = 6    # the strip under the spectrogram that marks the detection
 PALETTE = np.stack([np.interp(np.linspace(0, 4, 256), np.arange(5), _ANCHORS[:, c]) for c in range(3)],
                    axis=1).astype(np.uint8)  # [256, 3]
 
@@ -31,9 +32,9 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 def spectrogram_rgb(samples: np.ndarray, rate: int, *, mark: tuple[float, float] | None = None,
                     n_fft: int = 512, hop: int = 128, max_hz: float = 8000.0, width: int = 600,
                     dynamic_db: float = 70.0) -> np.ndarray:
-    """Mono float32 samples at ``rate`` Hz -> uint8 ``[n_fft // 2 + 1 bins up to max_hz, width, 3]``:
-    log power, low frequencies at the bottom, the loudest ``dynamic_db`` dB shown. ``mark`` (start,
-    end seconds) is underlined by a white bar, so the detection stands out from its rolls."""
+    """Mono float32 samples at ``rate`` Hz -> uint8 ``[bins up to max_hz + MARK_ROWS, width, 3]``:
+    log power, low frequencies at the bottom, the loudest ``dynamic_db`` dB shown. Below it a dark
+    strip where ``mark`` (start, end seconds) is white, so the detection stands out from its rolls."""
     samples = np.asarray(samples, np.float32)
     if len(samples) < n_fft:
         samples = np.pad(samples, (0, n_fft - len(samples)))
@@ -47,11 +48,12 @@ def spectrogram_rgb(samples: np.ndarray, rate: int, *, mark: tuple[float, float]
     # Resample time to a fixed width so every row of the page lines up.
     columns = np.minimum((np.arange(width) * len(starts) / width).astype(int), len(starts) - 1)
     image = PALETTE[(level[columns].T[::-1] * 255).astype(np.uint8)]   # [bins, width, 3]
+    strip = np.full((MARK_ROWS, width, 3), 40, np.uint8)
     if mark is not None:
         seconds = len(samples) / rate
         x0, x1 = (int(np.clip(t / seconds * width, 0, width)) for t in mark)
-        image[-4:, x0:max(x1, x0 + 1)] = 255
-    return image
+        strip[1:, x0:max(x1, x0 + 1)] = 255
+    return np.concatenate([image, strip])
 
 
 def spectrogram_png(samples: np.ndarray, rate: int, mark: tuple[float, float] | None = None) -> bytes:

@@ -4,6 +4,7 @@ turn an ``EdgemonError`` into a one-line message and a non-zero exit."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -203,6 +204,7 @@ def export_detections(
     label: Annotated[Optional[list[str]], typer.Option(help="Only these labels (repeatable).")] = None,
     min_confidence: Annotated[Optional[float], typer.Option(help="Only detections at least this confident.")] = None,
     new: Annotated[bool, typer.Option("--new", help="Only what no earlier --new export delivered.")] = False,
+    bundle: Annotated[Optional[list[str]], typer.Option("--bundle", help="Only detections of this bundle id (repeatable; see `edgemon reanalyse`).")] = None,
     coverage: Annotated[Optional[Path], typer.Option("--coverage", help="Also write live-stream coverage (per minute: seconds analysed and lost) for the same --since/--until to this file (csv, or jsonl with --format jsonl).")] = None,
 ):
     """Export detections; reads only, so it never blocks the daemon."""
@@ -210,7 +212,8 @@ def export_detections(
 
     try:
         times = [None if t is None else _parse_time(t) for t in (since, until)]
-        count = run_export(db, fmt, output, times[0], times[1], label or None, min_confidence, new)
+        count = run_export(db, fmt, output, times[0], times[1], label or None, min_confidence, new,
+                           bundle=bundle or None)
         if coverage is not None:
             minutes = export_coverage(db, "jsonl" if fmt == "jsonl" else "csv", coverage, times[0], times[1])
     except EdgemonError as exc:
@@ -238,6 +241,26 @@ def review(
                            reviewer=reviewer), on_ready=lambda line: typer.echo(line, err=True))
     except EdgemonError as exc:
         raise _fail(exc)
+
+
+@app.command()
+def reanalyse(
+    models: Annotated[Path, typer.Option("--models", help="The bundle to run (e.g. one from `edgemon-train adapt`).")],
+    db: Annotated[Path, typer.Option("--db", help="Detections database (SQLite).")] = Path("edgemon.db"),
+    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Recorder directory (default: the ledger's paths).")] = None,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 1,
+):
+    """Run recordings still on disk through another bundle; its detections are stored beside the old ones."""
+    from edgemon.daemon import make_analyzer
+    from edgemon.reanalyse import reanalyse as run_reanalyse
+
+    try:
+        result = run_reanalyse(db, make_analyzer(models, threads), recordings)
+    except EdgemonError as exc:
+        raise _fail(exc)
+    typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def _parse_time(text: str):

@@ -48,14 +48,15 @@ class ExportError(EdgemonError):
 def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
                       since: dt.datetime | None = None, until: dt.datetime | None = None,
                       label: list[str] | None = None, min_confidence: float | None = None,
-                      new: bool = False, cursor_name: str = "default") -> int:
+                      new: bool = False, cursor_name: str = "default",
+                      bundle: list[str] | None = None) -> int:
     """Write the detections that pass the filters; return how many were written.
 
     ``fmt`` 'csv' or 'jsonl' writes one file at ``output`` (standard output when None); 'raven'
     writes one ``<source stem>.selections.txt`` per source into the existing directory ``output``.
     Filters: ``since`` <= start_utc < ``until`` (naive times are read as UTC; detections without a
     start time are left out whenever a time filter is given), label in ``label`` (None or empty:
-    any), confidence >= ``min_confidence``. ``new`` exports only detections after the cursor
+    any), confidence >= ``min_confidence``, bundle id in ``bundle`` (None or empty: any). ``new`` exports only detections after the cursor
     ``cursor_name`` and then advances it. Rows come in id order (Raven: by offset per source).
     Raises ExportError naming the file that cannot be read or written.
     """
@@ -69,7 +70,7 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
         # One read transaction: the cursor, the source names and the rows come from one snapshot.
         conn.execute("BEGIN")
         after_id = _cursor_position(conn, db_path, cursor_name) if new else 0
-        where, params = _where(after_id, since, until, label, min_confidence)
+        where, params = _where(after_id, since, until, label, min_confidence, bundle)
         rows = _Tally(_query(conn, db_path, where, params, raven=fmt == "raven"))
         if fmt == "raven":
             _write_raven(rows, Path(output), _raven_names(conn, db_path))
@@ -121,7 +122,8 @@ def _cursor_position(conn: sqlite3.Connection, db_path: Path, name: str) -> int:
 
 
 def _where(after_id: int, since: dt.datetime | None, until: dt.datetime | None,
-           label: list[str] | None, min_confidence: float | None) -> tuple[str, list]:
+           label: list[str] | None, min_confidence: float | None,
+           bundle: list[str] | None = None) -> tuple[str, list]:
     """SQL conditions and parameters. Stored times are fixed-width UTC text, so comparing the
     text compares the times; a NULL start_utc compares as unknown and is left out."""
     clauses, params = ["d.id > ?"], [after_id]
@@ -137,6 +139,9 @@ def _where(after_id: int, since: dt.datetime | None, until: dt.datetime | None,
     if min_confidence is not None:
         clauses.append("d.confidence >= ?")
         params.append(min_confidence)
+    if bundle:
+        clauses.append(f"d.bundle_id IN ({', '.join('?' * len(bundle))})")
+        params.extend(bundle)
     return " AND ".join(clauses), params
 
 

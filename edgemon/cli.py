@@ -234,8 +234,10 @@ def review(
     reviewer: Annotated[str, typer.Option("--reviewer", help="Name stored with each verdict.")] = os.environ.get("USER", "reviewer"),
 ):
     """A local web page to hear, see and judge detections (correct / wrong / another label / unsure)."""
-    from edgemon.review.app import ReviewConfig, serve
-
+    try:
+        from edgemon.review.app import ReviewConfig, serve
+    except ImportError as exc:
+        raise _fail(EdgemonError(f"the review page needs the 'review' extra (pip install 'edgemon[review]'): {exc}"))
     try:
         serve(ReviewConfig(db=db, recordings=recordings, clips=clips, host=host, port=port, token=token,
                            reviewer=reviewer), on_ready=lambda line: typer.echo(line, err=True))

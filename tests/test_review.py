@@ -18,7 +18,9 @@ import soundfile
 
 from edgemon.review import reviews
 from edgemon.review.app import ReviewConfig, ReviewServerError, create_app, with_token
+from edgemon.errors import AudioError
 from edgemon.review.charts import charts_svg, effort_hours
+from edgemon.review.excerpt import read_excerpt
 from edgemon.review.spectrogram import png_bytes, spectrogram_rgb
 from edgemon.store import Store
 from tests.review_helpers import DETECTIONS, make_review_db, review_server
@@ -227,3 +229,17 @@ def test_missing_database_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: detections database not found: {tmp_path / 'none.db'}"
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_live_detection_plays_its_saved_clip(tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    clip = clips / "20240501T060000000Z_gibbon_duet.flac"
+    soundfile.write(clip, np.zeros(16000 * 7, np.float32), 16000, format="FLAC")
+    row = {"id": 9, "source": "live:mic0", "start_s": 100.0, "end_s": 103.0, "clip_path": "/card/moved/" + clip.name,
+           "file_path": None}
+    excerpt = read_excerpt(row, clips=clips)
+    assert excerpt.path == clip and len(excerpt.samples) == 16000 * 7
+    assert (excerpt.mark_start_s, excerpt.mark_end_s) == (2.0, 5.0)
+    with pytest.raises(AudioError, match="audio of detection 9 not found: live:mic0"):
+        read_excerpt(row)

@@ -108,21 +108,27 @@ def precision_by_class(db_path: Path) -> list[ClassPrecision]:
 
 # The latest verdict on each detection, whoever gave it.
 _LATEST = """
-    SELECT r.* FROM reviews r WHERE r.id = (
-        SELECT r2.id FROM reviews r2 WHERE r2.source = r.source AND r2.start_s = r.start_s
-        AND r2.label = r.label AND r2.bundle_id = r.bundle_id ORDER BY r2.reviewed_at DESC, r2.id DESC
-        LIMIT 1)"""
+    SELECT * FROM (
+        SELECT r.*, row_number() OVER (PARTITION BY source, start_s, label, bundle_id
+                                       ORDER BY reviewed_at DESC, id DESC) AS nth
+        FROM reviews r)
+    WHERE nth = 1"""
+
+_ORDER_BY = {"teach": "v.verdict IS NOT NULL, priority DESC, d.id",
+             "time": "coalesce(d.start_utc, ''), d.source, d.start_s",
+             "confidence": "d.confidence, d.id"}
 
 
 def list_detections(db_path: Path, *, order: str = "teach", label: str | None = None,
                     day: str | None = None, unreviewed_only: bool = False, bundle_id: str | None = None,
                     limit: int = 50, offset: int = 0) -> list[dict]:
-    """Detections for the page, as dicts with the latest verdict (``verdict``, ``new_label``) and a
+    """One page of detections, as dicts with the latest verdict (``verdict``, ``new_label``) and a
     ``priority`` (0..1: how much reviewing it would teach).
 
     ``order`` 'teach': the most uncertain detections of the classes with the most false alarms so
     far first, unreviewed before reviewed; 'time': by start time; 'confidence': lowest first.
-    ``day`` is a UTC date 'YYYY-MM-DD'.
+    ``day`` is a UTC date 'YYYY-MM-DD'. SQLite sorts and pages, so a season of detections never
+    sits in memory at once.
     """
     if order not in ORDERS:
         raise ReviewError(f"unknown review order {order!r}: choose one of {', '.join(ORDERS)}")
@@ -139,26 +145,20 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
     if unreviewed_only:
         clauses.append("v.verdict IS NULL")
     false_rate = {c.label: c.false_alarm_rate for c in precision_by_class(db_path)}
+    # Half the weight on the detection's own uncertainty, half on its class's false alarms.
     sql = f"""SELECT d.id, d.source, d.start_s, d.end_s, d.start_utc, d.label, d.confidence, d.votes,
-                     d.bundle_id, d.clip_path, v.verdict, v.new_label, v.reviewer
+                     d.bundle_id, d.clip_path, v.verdict, v.new_label, v.reviewer,
+                     0.5 * uncertainty(d.confidence, d.votes) + 0.5 * false_rate(d.label) AS priority
               FROM detections d LEFT JOIN ({_LATEST}) v ON v.source = d.source
                    AND v.start_s = d.start_s AND v.label = d.label AND v.bundle_id = d.bundle_id
-              WHERE {' AND '.join(clauses)}"""
+              WHERE {' AND '.join(clauses)} ORDER BY {_ORDER_BY[order]} LIMIT ? OFFSET ?"""
     with closing(_read(db_path)) as conn:
+        conn.create_function("uncertainty", 2, uncertainty, deterministic=True)
+        conn.create_function("false_rate", 1, lambda lab: false_rate.get(lab, 0.5), deterministic=True)
         try:
-            rows = [dict(r) for r in conn.execute(sql, params)]
+            return [dict(r) for r in conn.execute(sql, [*params, limit, offset])]
         except sqlite3.Error as e:
             raise ReviewError(f"cannot read detections from {db_path}: {e}") from e
-    for row in rows:
-        # Half the weight on the detection's own uncertainty, half on its class's false alarms.
-        row["priority"] = 0.5 * uncertainty(row["confidence"], row["votes"]) + 0.5 * false_rate.get(row["label"], 0.5)
-    if order == "teach":
-        rows.sort(key=lambda r: (r["verdict"] is not None, -r["priority"], r["id"]))
-    elif order == "time":
-        rows.sort(key=lambda r: (r["start_utc"] or "", r["source"], r["start_s"]))
-    else:
-        rows.sort(key=lambda r: (r["confidence"], r["id"]))
-    return rows[offset:offset + limit]
 
 
 def detection(db_path: Path, detection_id: int) -> dict:

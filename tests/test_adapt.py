@@ -140,12 +140,12 @@ def test_too_few_reviews_are_refused_and_nothing_is_written(tmp_path):
 
 @pytest.fixture(scope="module")
 def site(borneo_dir, tmp_path_factory):
-    """Half of recorder S19's unseen clips as six recordings, analysed by the shipped bundle, every
+    """A third of recorder S19's unseen clips as four recordings, analysed by the shipped bundle, every
     detection reviewed from the true labels."""
     root = tmp_path_factory.mktemp("site")
     recordings = root / "recordings"
     recordings.mkdir()
-    clips = unseen_clips(borneo_dir, "S19")[::2]     # every other clip: 45 clips, ~7 min of audio
+    clips = unseen_clips(borneo_dir, "S19")[::3]     # every third clip: 30 clips, ~5 min of audio
     truth = lay_recordings(borneo_dir, clips, recordings, per_recording=8)
     db = root / "site.db"
     analyse_into(db, recordings, default_bundle_path())
@@ -160,12 +160,8 @@ def test_adapt_end_to_end_on_a_recorder_the_bundle_never_heard(site):
     result = subprocess.run([sys.executable, "-m", "training", "adapt", str(default_bundle_path()),
                              "--reviews", str(db), "--recordings", str(recordings), "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
-    summary = json.loads(result.stdout) if result.returncode == 0 else None
-    if result.returncode != 0:
-        # Refusing is a legitimate outcome, but only for the stated reason and with nothing written.
-        assert "worse than its parent" in result.stderr, result.stderr
-        assert not out.exists()
-        pytest.skip(f"adapt refused: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
     parent = load_bundle(default_bundle_path())
     adapted = load_bundle(out)
     assert summary["bundle_id"] == adapted.bundle_id != parent.bundle_id

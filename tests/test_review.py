@@ -183,6 +183,9 @@ def test_page_audio_spectrogram_and_verdict_over_http(review_db):
         assert status == 200 and row["new_label"] == "hornbill_rhino" and row["reviewer"] == "tester"
         status, row = _post(base + "/api/verdict", {"id": ids[1], "verdict": "relabel", "label": "no_such_bird"})
         assert status == 400 and "no_such_bird" in row["error"]
+        # Another site's page cannot judge: no form/text POST, no cross-origin JSON.
+        assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Content-Type": "text/plain"})[0] == 403
+        assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Origin": "http://evil.example"})[0] == 403
         status, _, charts = _get(base + "/charts")
         assert status == 200 and charts.count(b"<svg") == 2
         # A foreign Host (DNS rebinding) is refused on a local binding.

@@ -161,6 +161,12 @@ def create_app(config: ReviewConfig) -> Starlette:
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def verdict(request: Request) -> Response:
+        # Only this page's own script may judge: a form or text/plain POST from another site is a
+        # "simple" request that browsers send without asking; JSON from another origin is not.
+        origin = request.headers.get("origin")
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json" or (
+                origin is not None and origin.split("://", 1)[-1] != request.headers.get("host")):
+            return JSONResponse({"error": "verdicts are accepted as JSON from the review page only"}, status_code=403)
         try:
             body = await request.json()
             detection_id = int(body["id"])

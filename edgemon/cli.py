@@ -232,12 +232,24 @@ def review(
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8765,
     token: Annotated[Optional[str], typer.Option("--token", envvar="EDGEMON_REVIEW_TOKEN", help="Token every request must carry (default: generated and printed when binding beyond this machine).")] = None,
     reviewer: Annotated[str, typer.Option("--reviewer", help="Name stored with each verdict.")] = os.environ.get("USER", "reviewer"),
+    export: Annotated[Optional[Path], typer.Option("--export", help="Write every verdict as CSV to this file ('-': stdout) and exit.")] = None,
 ):
     """A local web page to hear, see and judge detections (correct / wrong / another label / unsure)."""
     try:
         from edgemon.review.app import ReviewConfig, serve
     except ImportError as exc:
         raise _fail(EdgemonError(f"the review page needs the 'review' extra (pip install 'edgemon[review]'): {exc}"))
+    if export is not None:
+        from edgemon.export import _atomic_text
+        from edgemon.review.reviews import write_reviews_csv
+
+        try:
+            with (contextlib.nullcontext(sys.stdout) if str(export) == "-" else _atomic_text(export)) as out:
+                count = write_reviews_csv(db, out)
+        except EdgemonError as exc:
+            raise _fail(exc)
+        logging.getLogger("edgemon.review").info("exported %d verdict(s)", count)
+        return
     try:
         serve(ReviewConfig(db=db, recordings=recordings, clips=clips, host=host, port=port, token=token,
                            reviewer=reviewer), on_ready=lambda line: typer.echo(line, err=True))

@@ -246,3 +246,21 @@ def test_a_live_detection_plays_its_saved_clip(tmp_path):
     assert (excerpt.mark_start_s, excerpt.mark_end_s) == (2.0, 5.0)
     with pytest.raises(AudioError, match="audio of detection 9 not found: live:mic0"):
         read_excerpt(row)
+
+
+def test_verdicts_export_as_csv(review_db, tmp_path):
+    import csv
+    import subprocess
+    import sys
+    db, _ = review_db
+    rows = reviews.list_detections(db, order="time")
+    reviews.add_verdict(db, rows[0]["id"], "wrong", "ann")
+    reviews.add_verdict(db, rows[1]["id"], "relabel", "bob", new_label="great_argus")
+    out = tmp_path / "verdicts.csv"
+    result = subprocess.run([sys.executable, "-m", "edgemon", "review", "--db", str(db), "--export", str(out)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    exported = list(csv.DictReader(out.open()))
+    assert [(r["source"], r["start_s"], r["verdict"], r["new_label"], r["reviewer"], r["device_id"]) for r in exported] == [
+        ("S01/20240501_060000.WAV", "2.0", "wrong", "", "ann", "S01"),
+        ("S01/20240501_060000.WAV", "10.0", "relabel", "great_argus", "bob", "S01")]

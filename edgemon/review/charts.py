@@ -10,7 +10,7 @@ from collections import defaultdict
 from contextlib import closing
 from pathlib import Path
 
-from edgemon.review.reviews import _read
+from edgemon.review.reviews import read_only
 from edgemon.review.spectrogram import PALETTE
 
 
@@ -33,7 +33,7 @@ def effort_hours(db_path: Path) -> tuple[dict[int, float], dict[str, float]]:
             by_day[start.date().isoformat()] += hours
             start = boundary
 
-    with closing(_read(db_path)) as conn:
+    with closing(read_only(db_path)) as conn:
         for start, seconds in conn.execute("SELECT start_utc, duration_s FROM files WHERE state = 'done' "
                                            "AND start_utc IS NOT NULL AND duration_s > 0"):
             add(_parse(start), seconds)
@@ -51,7 +51,7 @@ def calls(db_path: Path, bundle_id: str | None = None) -> tuple[dict, dict]:
     if bundle_id:
         where += " AND bundle_id = ?"
         params.append(bundle_id)
-    with closing(_read(db_path)) as conn:
+    with closing(read_only(db_path)) as conn:
         rows = conn.execute(f"SELECT label, substr(start_utc, 12, 2) AS hour, substr(start_utc, 1, 10) AS day, "
                             f"count(*) AS n FROM detections WHERE {where} GROUP BY 1, 2, 3", params).fetchall()
     by_hour: dict = defaultdict(int)

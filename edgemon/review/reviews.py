@@ -7,6 +7,7 @@ opens its own connection because the web server answers requests on several thre
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as dt
 import json
@@ -14,6 +15,7 @@ import math
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import TextIO
 
 from edgemon.errors import EdgemonError
 from edgemon.schema import REVIEW_VERDICTS
@@ -68,7 +70,8 @@ def open_for_review(db_path: Path) -> None:
     Store(db_path).close()
 
 
-def _read(db_path: Path) -> sqlite3.Connection:
+def read_only(db_path: Path) -> sqlite3.Connection:
+    """A read-only connection with rows as ``sqlite3.Row``; ReviewError if it cannot be opened."""
     try:
         conn = connect_read_only(db_path)
     except sqlite3.Error as e:
@@ -93,7 +96,7 @@ def uncertainty(confidence: float, votes: str | None) -> float:
 
 def precision_by_class(db_path: Path) -> list[ClassPrecision]:
     """Each detected label's precision from the reviews so far (latest verdict per detection)."""
-    with closing(_read(db_path)) as conn:
+    with closing(read_only(db_path)) as conn:
         labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY label")]
         counts = {r["label"]: r for r in conn.execute(f"""
             SELECT label, sum(verdict = 'correct') AS correct, count(*) AS judged
@@ -152,7 +155,7 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
               FROM detections d LEFT JOIN ({_LATEST}) v ON v.source = d.source
                    AND v.start_s = d.start_s AND v.label = d.label AND v.bundle_id = d.bundle_id
               WHERE {' AND '.join(clauses)} ORDER BY {_ORDER_BY[order]} LIMIT ? OFFSET ?"""
-    with closing(_read(db_path)) as conn:
+    with closing(read_only(db_path)) as conn:
         conn.create_function("uncertainty", 2, uncertainty, deterministic=True)
         conn.create_function("false_rate", 1, lambda lab: false_rate.get(lab, 0.5), deterministic=True)
         try:
@@ -163,7 +166,7 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
 
 def detection(db_path: Path, detection_id: int) -> dict:
     """One detection with the path of its recording from the ledger; ReviewError if unknown."""
-    with closing(_read(db_path)) as conn:
+    with closing(read_only(db_path)) as conn:
         row = conn.execute("SELECT d.*, f.path AS file_path FROM detections d LEFT JOIN files f "
                            "ON f.source = d.source WHERE d.id = ?", [detection_id]).fetchone()
     if row is None:
@@ -216,7 +219,7 @@ def add_verdict(db_path: Path, detection_id: int, verdict: str, reviewer: str,
 
 def days_and_labels(db_path: Path) -> tuple[list[str], list[str], list[str]]:
     """The UTC days, labels and bundle ids that have detections, for the page's filters."""
-    with closing(_read(db_path)) as conn:
+    with closing(read_only(db_path)) as conn:
         days = [r[0] for r in conn.execute("SELECT DISTINCT substr(start_utc, 1, 10) FROM detections "
                                            "WHERE start_utc IS NOT NULL ORDER BY 1")]
         labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY 1")]
@@ -227,7 +230,7 @@ def days_and_labels(db_path: Path) -> tuple[list[str], list[str], list[str]]:
 def reviewed(db_path: Path) -> list[dict]:
     """The latest verdict on every reviewed detection, with the detection's end and the ledger's
     path of its recording (for ``edgemon-train adapt``), oldest first."""
-    with closing(_read(db_path)) as conn:
+    with closing(read_only(db_path)) as conn:
         rows = conn.execute(f"""
             SELECT v.*, d.end_s, d.confidence, f.path AS file_path, f.source AS file_source
             FROM ({_LATEST}) v
@@ -236,3 +239,24 @@ def reviewed(db_path: Path) -> list[dict]:
             LEFT JOIN files f ON f.source = v.source
             ORDER BY v.reviewed_at, v.id""").fetchall()
     return [dict(r) for r in rows]
+
+
+REVIEW_COLUMNS = ("id", "detection_id", "source", "start_s", "end_s", "start_utc", "device_id", "label",
+                  "confidence", "bundle_id", "verdict", "new_label", "reviewer", "reviewed_at")
+
+
+def write_reviews_csv(db_path: Path, out: TextIO) -> int:
+    """Every stored verdict (all reviewers) with its detection's time, device and confidence, as CSV
+    in review order; returns the number of rows. A detection no longer stored leaves those blank."""
+    open_for_review(db_path)
+    with closing(read_only(db_path)) as conn:
+        rows = conn.execute("""
+            SELECT r.id, r.detection_id, r.source, r.start_s, d.end_s, d.start_utc, d.device_id, r.label,
+                   d.confidence, r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at
+            FROM reviews r LEFT JOIN detections d ON d.source = r.source AND d.start_s = r.start_s
+                 AND d.label = r.label AND d.bundle_id = r.bundle_id
+            ORDER BY r.reviewed_at, r.id""").fetchall()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(REVIEW_COLUMNS)
+    writer.writerows(tuple(r) for r in rows)
+    return len(rows)

@@ -56,8 +56,9 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
     writes one ``<source stem>.selections.txt`` per source into the existing directory ``output``.
     Filters: ``since`` <= start_utc < ``until`` (naive times are read as UTC; detections without a
     start time are left out whenever a time filter is given), label in ``label`` (None or empty:
-    any), confidence >= ``min_confidence``, bundle id in ``bundle`` (None or empty: any). ``new`` exports only detections after the cursor
-    ``cursor_name`` and then advances it. Rows come in id order (Raven: by offset per source).
+    any), confidence >= ``min_confidence``, bundle id in ``bundle`` (None or empty: any). ``new``
+    exports only detections after the cursor ``cursor_name`` and then advances it. Rows come in
+    id order (Raven: by offset per source).
     Raises ExportError naming the file that cannot be read or written.
     """
     db_path = Path(db_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import dataclasses
 import json
 import logging
 import math
@@ -52,6 +53,13 @@ class ConfigFormat(str, enum.Enum):
 class ClassifyFormat(str, enum.Enum):
     table = "table"
     csv = "csv"
+
+
+class ExportFormat(str, enum.Enum):
+    csv = "csv"
+    birdnet = "birdnet"
+    jsonl = "jsonl"
+    raven = "raven"
 
 
 ModelsOpt = Annotated[Optional[Path], _setting("models")]
@@ -272,7 +280,7 @@ def devices(fmt: Annotated[TextFormat, typer.Option("--format", help="text (tab-
 def export_detections(
     ctx: typer.Context,
     db: DbOpt = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv, birdnet (BirdNET-Analyzer's CSV columns), jsonl or raven (one BirdNET-named selection table per file).")] = "csv",
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="csv, birdnet (BirdNET-Analyzer's CSV columns), jsonl or raven (one BirdNET-named selection table per file).")] = ExportFormat.csv,
     output: Annotated[Optional[Path], typer.Option("--output", help="File (csv, birdnet, jsonl) or directory (raven); default stdout.")] = None,
     since: Annotated[Optional[str], typer.Option(help="Only detections starting at or after this UTC time (ISO 8601).")] = None,
     until: Annotated[Optional[str], typer.Option(help="Only detections starting before this UTC time (ISO 8601).")] = None,
@@ -280,6 +288,7 @@ def export_detections(
     min_confidence: Annotated[Optional[float], typer.Option(help="Only detections at least this confident (an error above what the bundle can reach).")] = None,
     new: Annotated[bool, typer.Option("--new", help="Only what this cursor has not delivered yet (cursor 'default' unless --cursor), then advance it.")] = False,
     cursor: Annotated[Optional[str], typer.Option("--cursor", metavar="NAME", help="Named cursor, one per destination and filter; implies --new. A cursor keeps the filter it was first used with.")] = None,
+    bundle: Annotated[Optional[list[str]], typer.Option("--bundle", help="Only detections of this bundle id (repeatable; see `edgemon reanalyse`).")] = None,
     coverage: Annotated[Optional[Path], typer.Option("--coverage", help="Also write live-stream coverage (per minute: seconds analysed and lost) for the same --since/--until to this file (csv, or jsonl with --format jsonl).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No info line on standard error (for cron); errors are still reported.")] = False,
     config: ConfigOpt = None,
@@ -291,16 +300,79 @@ def export_detections(
     try:
         db = _settings(ctx, config)["db"]
         times = [None if t is None else _parse_time(t) for t in (since, until)]
-        count = run_export(db, fmt, output, times[0], times[1], label or None, min_confidence,
-                           new or cursor is not None, cursor or "default")
+        count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
+                           new or cursor is not None, cursor or "default", bundle=bundle or None)
         if coverage is not None:
-            minutes = export_coverage(db, "jsonl" if fmt == "jsonl" else "csv", coverage, times[0], times[1])
+            minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0], times[1])
     except EdgemonError as exc:
         raise _fail(exc)
     if not quiet:
         log.info("exported %d detection(s)%s", count, f" (cursor {cursor or 'default'})" if new or cursor else "")
         if coverage is not None:
             log.info("exported %d coverage minute(s)", minutes)
+
+
+@app.command()
+def review(
+    ctx: typer.Context,
+    db: DbOpt = None,
+    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="The recorder directory the detections came from (default: the paths in the database's ledger).")] = None,
+    clips: Annotated[Optional[Path], typer.Option("--clips", help="Directory of saved clips (live streams; default: the paths in the database).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but 127.0.0.1/localhost needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8765,
+    token: Annotated[Optional[str], typer.Option("--token", envvar="EDGEMON_REVIEW_TOKEN", help="Token every request must carry (default: generated and printed when binding beyond this machine).")] = None,
+    reviewer: Annotated[str, typer.Option("--reviewer", help="Name stored with each verdict.")] = os.environ.get("USER", "reviewer"),
+    export: Annotated[Optional[Path], typer.Option("--export", help="Write every verdict as CSV to this file ('-': stdout) and exit.")] = None,
+    config: ConfigOpt = None,
+):
+    """A local web page to hear, see and judge detections (correct / wrong / another label / unsure)."""
+    try:
+        db = _settings(ctx, config)["db"]
+    except EdgemonError as exc:
+        raise _fail(exc)
+    try:
+        from edgemon.review.app import ReviewConfig, serve
+    except ImportError as exc:
+        raise _fail(EdgemonError(f"the review page needs the 'review' extra (pip install 'edgemon[review]'): {exc}"))
+    if export is not None:
+        from edgemon.export import _atomic_text
+        from edgemon.review.reviews import write_reviews_csv
+
+        try:
+            with (contextlib.nullcontext(sys.stdout) if str(export) == "-" else _atomic_text(export)) as out:
+                count = write_reviews_csv(db, out)
+        except EdgemonError as exc:
+            raise _fail(exc)
+        logging.getLogger("edgemon.review").info("exported %d verdict(s)", count)
+        return
+    try:
+        serve(ReviewConfig(db=db, recordings=recordings, clips=clips, host=host, port=port, token=token,
+                           reviewer=reviewer), on_ready=lambda line: typer.echo(line, err=True))
+    except EdgemonError as exc:
+        raise _fail(exc)
+
+
+@app.command()
+def reanalyse(
+    ctx: typer.Context,
+    models: Annotated[Path, typer.Option("--models", help="The bundle to run (e.g. one from `edgemon-train adapt`).")],
+    db: DbOpt = None,
+    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Recorder directory (default: the ledger's paths).")] = None,
+    threads: ThreadsOpt = None,
+    config: ConfigOpt = None,
+):
+    """Run recordings still on disk through another bundle; its detections are stored beside the old ones."""
+    from edgemon.daemon import make_analyzer
+    from edgemon.reanalyse import reanalyse as run_reanalyse
+
+    try:
+        settings = _settings(ctx, config)
+        result = run_reanalyse(settings["db"], make_analyzer(models, settings["threads"]), recordings)
+    except EdgemonError as exc:
+        raise _fail(exc)
+    typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def _parse_time(text: str):

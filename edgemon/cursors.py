@@ -40,20 +40,24 @@ class CursorFilter:
     min_confidence: float | None = None
     since: str | None = None
     until: str | None = None
+    bundles: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, since: dt.datetime | None = None, until: dt.datetime | None = None,
-           labels: list[str] | None = None, min_confidence: float | None = None) -> CursorFilter:
+           labels: list[str] | None = None, min_confidence: float | None = None,
+           bundles: list[str] | None = None) -> CursorFilter:
         """Naive times are read as UTC."""
         return cls(tuple(sorted(set(labels or ()))),
                    None if min_confidence is None else float(min_confidence),
                    None if since is None else utc_iso(since, naive_is_utc=True),
-                   None if until is None else utc_iso(until, naive_is_utc=True))
+                   None if until is None else utc_iso(until, naive_is_utc=True),
+                   tuple(sorted(set(bundles or ()))))
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in (("label", list(self.labels)),
                                              ("min_confidence", self.min_confidence),
-                                             ("since", self.since), ("until", self.until))
+                                             ("since", self.since), ("until", self.until),
+                                             ("bundle", list(self.bundles)))
                            if v not in (None, [])},
                           sort_keys=True)
 
@@ -61,7 +65,7 @@ class CursorFilter:
     def from_json(cls, text: str) -> CursorFilter:
         data = json.loads(text)
         return cls(tuple(data.get("label", ())), data.get("min_confidence"), data.get("since"),
-                   data.get("until"))
+                   data.get("until"), tuple(data.get("bundle", ())))
 
     def describe(self) -> str:
         """As the options that give it: '--label a --min-confidence 0.5', or 'no filter'."""
@@ -69,6 +73,7 @@ class CursorFilter:
         if self.min_confidence is not None:
             parts.append(f"--min-confidence {self.min_confidence:g}")
         parts += [f"--{k} {v}" for k, v in (("since", self.since), ("until", self.until)) if v]
+        parts += [f"--bundle {bundle}" for bundle in self.bundles]
         return " ".join(parts) or "no filter"
 
     def where(self) -> tuple[list[str], list]:
@@ -87,6 +92,9 @@ class CursorFilter:
         if self.min_confidence is not None:
             clauses.append("d.confidence >= ?")
             params.append(self.min_confidence)
+        if self.bundles:
+            clauses.append(f"d.bundle_id IN ({', '.join('?' * len(self.bundles))})")
+            params.extend(self.bundles)
         return clauses, params
 
 

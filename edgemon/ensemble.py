@@ -17,6 +17,7 @@ import onnxruntime as ort
 from edgemon.bundle import Bundle, load_bundle
 from edgemon.errors import BundleError
 from edgemon.frontend import FrontendConfig
+from edgemon.site_head import load_site_head
 from edgemon.selfcheck import SelfCheck, SelfCheckError, run_self_check
 
 # Telemetry is kept off by ORT_DISABLE_TELEMETRY (edgemon/__init__.py); this also stops its events
@@ -92,6 +93,7 @@ class Ensemble:
             self._check_signature(path, session)
             self._check_member(path, session)
             self.sessions.append(session)
+        self.site_head = load_site_head(bundle, self.sessions)   # None unless ``edgemon-train adapt`` wrote one
         self.self_check: SelfCheck | None = None
         if verify:
             result = self.run_self_check()
@@ -101,7 +103,7 @@ class Ensemble:
 
     def run_self_check(self) -> SelfCheck:
         """Run the bundle's reference windows through every member and compare (see ``selfcheck``)."""
-        self.self_check = run_self_check(self.bundle, self.member_probs)
+        self.self_check = run_self_check(self.bundle, self.raw_member_probs)
         return self.self_check
 
     def _check_signature(self, path, session: ort.InferenceSession) -> None:
@@ -157,6 +159,15 @@ class Ensemble:
 
         The models' input is named ``logmel`` for every frontend kind (PCEN too), so older
         bundles and newer ones share one graph signature."""
+        feed = {INPUT: np.ascontiguousarray(logmel, dtype=np.float32)}
+        if self.site_head is not None:
+            outputs = [s.run([OUTPUT, "embedding"], feed) for s in self.sessions]
+            return self.site_head.member_probs(np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs]))
+        return self.raw_member_probs(logmel)
+
+    def raw_member_probs(self, logmel: np.ndarray) -> np.ndarray:
+        """The members' own probabilities ``[M, B, C]``, before any site head: what the
+        self-check's reference probabilities were recorded from."""
         feed = {INPUT: np.ascontiguousarray(logmel, dtype=np.float32)}
         return np.stack([s.run([OUTPUT], feed)[0] for s in self.sessions])
 

@@ -50,7 +50,8 @@ class ExportError(EdgemonError):
 def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
                       since: dt.datetime | None = None, until: dt.datetime | None = None,
                       label: list[str] | None = None, min_confidence: float | None = None,
-                      new: bool = False, cursor_name: str = "default") -> int:
+                      new: bool = False, cursor_name: str = "default",
+                      bundle: list[str] | None = None) -> int:
     """Write the detections that pass the filters; return how many were written.
 
     ``fmt`` 'csv', 'birdnet' or 'jsonl' writes one file at ``output`` (standard output when
@@ -58,8 +59,8 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
     existing directory ``output``. Filters: ``since`` <= start_utc < ``until`` (naive times are
     read as UTC; detections without a start time are left out whenever a time filter is given),
     label in ``label`` (None or empty: any), confidence >= ``min_confidence`` (an error when above
-    what the detections' bundles can reach). ``new`` exports only what cursor ``cursor_name`` has
-    not delivered, then advances it; the cursor keeps the filter it was first used with, and a
+    what the detections' bundles can reach), bundle id in ``bundle`` (None or empty: any).
+    ``new`` exports only what cursor ``cursor_name`` has not delivered, then advances it; the cursor keeps the filter it was first used with, and a
     Raven table it delivered to is appended to, never replaced. Rows come in id order (Raven: by
     offset per source). Raises ExportError (CursorError) naming what cannot be read or written.
     """
@@ -70,7 +71,7 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
         raise ExportError(f"Raven export needs an existing output directory, got {output}")
     if new and not re.fullmatch(r"[^\x00-\x1f\x7f]{1,100}", cursor_name):
         raise ExportError(f"an export cursor name is 1 to 100 printable characters, not {cursor_name!r}")
-    wanted = CursorFilter.of(since, until, label, min_confidence)
+    wanted = CursorFilter.of(since, until, label, min_confidence, bundle)
     conn, found = _open(db_path, migrate_cursors=new)
     try:
         # One read transaction: cursor, bundles, names and rows come from one snapshot.

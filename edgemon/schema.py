@@ -145,3 +145,32 @@ def m004_named_cursors_and_bundles(db: sqlite_utils.Database) -> None:
         )""")
     # "One species over time" (a daily per-species summary) reads this index alone.
     db.execute("CREATE INDEX detections_label_start_utc ON detections (label, start_utc)")
+
+
+REVIEW_VERDICTS = ("correct", "wrong", "relabel", "unsure")
+
+
+@MIGRATIONS()
+def m008_reviews(db: sqlite_utils.Database) -> None:
+    """A person's verdicts on detections (``edgemon review``). Additive only.
+
+    A detection is named by its natural key (source, start_s, label, bundle_id), which survives a
+    file being re-analysed; ``detection_id`` is the row id when the verdict was given. One verdict
+    per reviewer and detection: marking again replaces it. ``new_label`` is the right label of a
+    'relabel' verdict and NULL otherwise."""
+    verdicts = ", ".join(f"'{v}'" for v in REVIEW_VERDICTS)
+    db.execute(f"""
+        CREATE TABLE reviews (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            detection_id INTEGER,
+            source TEXT NOT NULL,
+            start_s REAL NOT NULL,
+            label TEXT NOT NULL,
+            bundle_id TEXT NOT NULL,
+            verdict TEXT NOT NULL CHECK (verdict IN ({verdicts})),
+            new_label TEXT CHECK ((verdict = 'relabel') = (new_label IS NOT NULL)),
+            reviewer TEXT NOT NULL,
+            reviewed_at TEXT NOT NULL,
+            UNIQUE (source, start_s, label, bundle_id, reviewer)
+        )""")
+    db.execute("CREATE INDEX reviews_reviewed_at ON reviews (reviewed_at)")

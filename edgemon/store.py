@@ -214,10 +214,7 @@ class Store:
         ``size`` is in bytes, ``mtime_ns`` in nanoseconds since the epoch, ``duration_s`` in
         seconds. Raises ValueError if a detection names another source or bundle.
         """
-        for d in detections:
-            if d.source != source or d.bundle_id != bundle_id:
-                raise ValueError(f"detection of {d.source!r} / bundle {d.bundle_id!r} "
-                                 f"committed as {source!r} / bundle {bundle_id!r}")
+        _check_detections(detections, source, bundle_id)
         now = _now()
         rows = [_detection_row(d, now) for d in detections]
         with self._write() as db:
@@ -261,6 +258,19 @@ class Store:
         if rows:
             with self._write() as db:
                 db["detections"].insert_all(rows, replace=True)
+        return len(rows)
+
+    def replace_detections(self, source: str, bundle_id: str, detections: list[Detection]) -> int:
+        """Store ``bundle_id``'s detections of ``source`` in place of that bundle's earlier ones, in
+        one transaction; other bundles' detections and the ledger are left alone (``reanalyse``).
+        Returns the number stored. Raises ValueError if a detection names another source or bundle."""
+        _check_detections(detections, source, bundle_id)
+        now = _now()
+        rows = [_detection_row(d, now) for d in detections]
+        with self._write() as db:
+            db.execute("DELETE FROM detections WHERE source = ? AND bundle_id = ?", [source, bundle_id])
+            if rows:
+                db["detections"].insert_all(rows)
         return len(rows)
 
     def add_coverage(self, minutes: Iterable[CoverageMinute]) -> int:
@@ -347,6 +357,13 @@ class Store:
         row.update(at_utc=utc_iso(beat.at_utc), started_utc=utc_iso(beat.started_utc))
         with self._write() as db:
             db["heartbeats"].insert(row)
+
+
+def _check_detections(detections: list[Detection], source: str, bundle_id: str) -> None:
+    for d in detections:
+        if d.source != source or d.bundle_id != bundle_id:
+            raise ValueError(f"detection of {d.source!r} / bundle {d.bundle_id!r} "
+                             f"committed as {source!r} / bundle {bundle_id!r}")
 
 
 def _detection_row(d: Detection, created_at: str) -> dict:

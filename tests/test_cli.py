@@ -295,3 +295,10 @@ def test_export_and_info_read_the_settings_file_like_every_command(empty_db, tmp
     assert exported.stdout.startswith("id,device_id,")
     described = runner.invoke(app, ["info", "--config", str(config)])
     assert described.exit_code == 1 and "no-bundle" in described.output
+
+
+def test_an_unknown_export_format_is_a_usage_error(empty_db):
+    """Every --format is a choice: a value outside it exits 2 like any usage error (export's was
+    a plain string refused later, exit 1)."""
+    result = runner.invoke(app, ["export-detections", "--db", str(empty_db), "--format", "xml"])
+    assert result.exit_code == 2 and "xml" in result.output

@@ -1,0 +1,211 @@
+"""The review web app (Starlette) and its server (uvicorn).
+
+Bound to 127.0.0.1 by default, where only this machine can reach it and the Host header is checked
+(a web page elsewhere cannot reach it through DNS rebinding). Bound to any other address, every
+request needs the token: from ``?token=`` once (it then lives in a same-site cookie), the cookie,
+or an ``X-Review-Token`` header. Everything it serves is in this package: it works offline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+import secrets
+from urllib.parse import urlencode
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from edgemon.bundle import MANIFEST, default_bundle_path
+from edgemon.errors import AudioError, EdgemonError
+from edgemon.review import charts, reviews
+from edgemon.review.excerpt import read_excerpt
+from edgemon.review.spectrogram import spectrogram_png
+
+HERE = Path(__file__).parent
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+COOKIE = "edgemon_review_token"
+PAGE_SIZE = 50
+log = logging.getLogger(__name__)
+
+
+class ReviewServerError(EdgemonError):
+    """The review page cannot be served as asked (e.g. bound beyond this machine without a token)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewConfig:
+    """What the page serves: the database, where the audio is, who reviews, and where it listens.
+
+    ``token`` None on a local address means no token is asked for; ``pre_s``/``post_s`` are the
+    seconds of audio played around a detection."""
+
+    db: Path
+    recordings: Path | None = None
+    clips: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    reviewer: str = "reviewer"
+    pre_s: float = 2.0
+    post_s: float = 2.0
+
+    @property
+    def local(self) -> bool:
+        return self.host in LOCAL_HOSTS
+
+
+def with_token(config: ReviewConfig) -> ReviewConfig:
+    """``config`` with a generated token when it binds beyond this machine without one."""
+    if config.local or config.token:
+        return config
+    return dataclasses.replace(config, token=secrets.token_urlsafe(18))
+
+
+class TokenGate:
+    """ASGI middleware: every HTTP request must carry the token (query, cookie or header)."""
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        given = (request.query_params.get("token") or request.cookies.get(COOKIE)
+                 or request.headers.get("x-review-token") or "")
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            response = PlainTextResponse("a valid review token is required (open the URL printed by "
+                                         "`edgemon review`)\n", status_code=401)
+            return await response(scope, receive, send)
+        if "token" in request.query_params and request.method == "GET":
+            # Move the token from the URL (history, Referer) into an HttpOnly cookie.
+            query = "&".join(f"{k}={v}" for k, v in request.query_params.multi_items() if k != "token")
+            response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303)
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def known_labels(db_labels: list[str]) -> list[str]:
+    """Labels a detection can be relabelled to: the detected ones and the embedded bundle's."""
+    try:
+        manifest = json.loads((default_bundle_path() / MANIFEST).read_text())
+        bundle_labels = [l for l in manifest["labels"] if l != manifest.get("background_label", "background")]
+    except (OSError, ValueError, KeyError):
+        bundle_labels = []
+    return sorted(set(db_labels) | set(bundle_labels))
+
+
+def create_app(config: ReviewConfig) -> Starlette:
+    """The review app for ``config``; the database is migrated (``reviews`` added) here."""
+    if not config.local and not config.token:
+        raise ReviewServerError(f"binding {config.host} makes the page reachable from other machines: "
+                                f"it needs a token (--token)")
+    reviews.open_for_review(config.db)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["urlencode_without"] = lambda q, key: urlencode(
+        [(k, v) for k, v in q.multi_items() if k != key])
+
+    def index(request: Request) -> Response:
+        q = request.query_params
+        order = q.get("order", "teach")
+        offset = int(q["offset"]) if q.get("offset", "").isdigit() else 0
+        days, labels, bundles = reviews.days_and_labels(config.db)
+        try:
+            rows = reviews.list_detections(config.db, order=order, label=q.get("label") or None,
+                                           day=q.get("day") or None, bundle_id=q.get("bundle") or None,
+                                           unreviewed_only=q.get("unreviewed") == "1",
+                                           limit=PAGE_SIZE, offset=offset)
+        except reviews.ReviewError as exc:
+            return PlainTextResponse(f"error: {exc}\n", status_code=400)
+        return templates.TemplateResponse(request, "index.html", {
+            "rows": rows, "days": days, "labels": labels, "bundles": bundles, "q": q, "order": order,
+            "orders": reviews.ORDERS, "offset": offset, "page_size": PAGE_SIZE,
+            "relabel_to": known_labels(labels), "precision": reviews.precision_by_class(config.db),
+            "reviewer": config.reviewer})
+
+    def charts_page(request: Request) -> Response:
+        hour_svg, day_svg = charts.charts_svg(config.db, request.query_params.get("bundle") or None)
+        return templates.TemplateResponse(request, "charts.html", {"hour_svg": hour_svg, "day_svg": day_svg})
+
+    def _excerpt(request: Request):
+        row = reviews.detection(config.db, int(request.path_params["id"]))
+        return read_excerpt(row, recordings=config.recordings, clips=config.clips,
+                            pre_s=config.pre_s, post_s=config.post_s)
+
+    def audio(request: Request) -> Response:
+        try:
+            excerpt = _excerpt(request)
+        except (reviews.ReviewError, AudioError) as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=404)
+        return Response(excerpt.wav_bytes(), media_type="audio/wav", headers={"Cache-Control": "private, max-age=3600"})
+
+    def spectrogram(request: Request) -> Response:
+        try:
+            excerpt = _excerpt(request)
+        except (reviews.ReviewError, AudioError) as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=404)
+        png = spectrogram_png(excerpt.samples, excerpt.rate, (excerpt.mark_start_s, excerpt.mark_end_s))
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    async def verdict(request: Request) -> Response:
+        # Only this page's own script may judge: a form or text/plain POST from another site is a
+        # "simple" request that browsers send without asking; JSON from another origin is not.
+        origin = request.headers.get("origin")
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json" or (
+                origin is not None and origin.split("://", 1)[-1] != request.headers.get("host")):
+            return JSONResponse({"error": "verdicts are accepted as JSON from the review page only"}, status_code=403)
+        try:
+            body = await request.json()
+            detection_id = int(body["id"])
+            row = reviews.add_verdict(config.db, detection_id, str(body["verdict"]), config.reviewer,
+                                      body.get("label"), tuple(known_labels(reviews.days_and_labels(config.db)[1])))
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"malformed verdict: {exc}"}, status_code=400)
+        except reviews.ReviewError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(row)
+
+    def precision(request: Request) -> Response:
+        return JSONResponse([dataclasses.asdict(c) | {"precision": c.precision}
+                             for c in reviews.precision_by_class(config.db)])
+
+    routes = [
+        Route("/", index), Route("/charts", charts_page),
+        Route("/detections/{id:int}/audio.wav", audio), Route("/detections/{id:int}/spectrogram.png", spectrogram),
+        Route("/api/verdict", verdict, methods=["POST"]), Route("/api/precision", precision),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    middleware = []
+    if config.local:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOCAL_HOSTS) + ["[::1]"]))
+    if config.token:
+        middleware.append(Middleware(TokenGate, token=config.token))
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def page_url(config: ReviewConfig) -> str:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"http://{host}:{config.port}/" + (f"?token={config.token}" if config.token else "")
+
+
+def serve(config: ReviewConfig, on_ready=print) -> None:
+    """Serve the page until interrupted; ``on_ready`` gets the URL to open (with its token)."""
+    config = with_token(config)
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                           access_log=False))
+    on_ready(f"review page: {page_url(config)}")
+    server.run()

@@ -1,0 +1,118 @@
+"""Calls per species by hour of day and by day, with the effort (hours of audio analysed) beside
+them, as small server-side SVG: a grid a person reads at a glance, no plotting library."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import sqlite3
+from collections import defaultdict
+from contextlib import closing
+from pathlib import Path
+
+from edgemon.review.reviews import read_only
+from edgemon.review.spectrogram import PALETTE
+
+
+def _parse(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def effort_hours(db_path: Path) -> tuple[dict[int, float], dict[str, float]]:
+    """Hours of audio analysed per UTC hour of day (0..23) and per UTC day ('YYYY-MM-DD'): each
+    finished recording spread over the hours it spans, plus the live streams' analysed seconds."""
+    by_hour: dict[int, float] = defaultdict(float)
+    by_day: dict[str, float] = defaultdict(float)
+
+    def add(start: dt.datetime, seconds: float) -> None:
+        end = start + dt.timedelta(seconds=seconds)
+        while start < end:
+            boundary = min(end, start.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1))
+            hours = (boundary - start).total_seconds() / 3600
+            by_hour[start.hour] += hours
+            by_day[start.date().isoformat()] += hours
+            start = boundary
+
+    with closing(read_only(db_path)) as conn:
+        for start, seconds in conn.execute("SELECT start_utc, duration_s FROM files WHERE state = 'done' "
+                                           "AND start_utc IS NOT NULL AND duration_s > 0"):
+            add(_parse(start), seconds)
+        try:
+            for minute, seconds in conn.execute("SELECT minute_utc, analysed_s FROM coverage WHERE analysed_s > 0"):
+                add(_parse(minute), seconds)
+        except sqlite3.OperationalError:   # a database from before live coverage existed
+            pass
+    return dict(by_hour), dict(by_day)
+
+
+def calls(db_path: Path, bundle_id: str | None = None) -> tuple[dict, dict]:
+    """Detections per (label, UTC hour) and per (label, UTC day); detections without a time are left out."""
+    where, params = "start_utc IS NOT NULL", []
+    if bundle_id:
+        where += " AND bundle_id = ?"
+        params.append(bundle_id)
+    with closing(read_only(db_path)) as conn:
+        rows = conn.execute(f"SELECT label, substr(start_utc, 12, 2) AS hour, substr(start_utc, 1, 10) AS day, "
+                            f"count(*) AS n FROM detections WHERE {where} GROUP BY 1, 2, 3", params).fetchall()
+    by_hour: dict = defaultdict(int)
+    by_day: dict = defaultdict(int)
+    for row in rows:
+        by_hour[row["label"], int(row["hour"])] += row["n"]
+        by_day[row["label"], row["day"]] += row["n"]
+    return dict(by_hour), dict(by_day)
+
+
+def grid_svg(title: str, labels: list[str], columns: list, column_names: list[str],
+             counts: dict, effort: dict, cell: int = 28) -> str:
+    """A heatmap, one row per label and one column per hour or day: the cell's colour is calls per
+    hour of effort, its text the count; the top row is the effort in hours. Empty-effort columns
+    are hatched grey, so "no calls" and "not listening" never look alike."""
+    left, top = 150, 44
+    width, height = max(480, left + cell * len(columns) + 10), top + cell * (len(labels) + 1) + 30
+    rates = [counts.get((label, c), 0) / effort[c] for label in labels for c in columns if effort.get(c)]
+    peak = max(rates, default=0) or 1.0
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+           f'aria-label="{html.escape(title)}" font-family="sans-serif" font-size="11">',
+           f'<text x="4" y="16" font-size="14" font-weight="bold">{html.escape(title)}</text>']
+    for i, name in enumerate(column_names):
+        x = left + i * cell + cell / 2
+        out.append(f'<text x="{x}" y="{top - 6}" text-anchor="middle">{html.escape(name)}</text>')
+    max_effort = max(effort.values(), default=0) or 1.0
+    out.append(f'<text x="4" y="{top + cell * 0.65}">effort (h analysed)</text>')
+    for i, c in enumerate(columns):
+        hours = effort.get(c, 0.0)
+        bar = (cell - 4) * hours / max_effort
+        x = left + i * cell
+        out.append(f'<rect x="{x + 2}" y="{top + cell - 2 - bar:.1f}" width="{cell - 4}" height="{bar:.1f}" fill="#888">'
+                   f'<title>{html.escape(str(column_names[i]))}: {hours:.2f} h analysed</title></rect>')
+    for r, label in enumerate(labels):
+        y = top + cell * (r + 1)
+        out.append(f'<text x="4" y="{y + cell * 0.65}">{html.escape(label)}</text>')
+        for i, c in enumerate(columns):
+            x, n, hours = left + i * cell, counts.get((label, c), 0), effort.get(c, 0.0)
+            if not hours:
+                fill = "#ddd"
+            else:
+                rgb = PALETTE[int(255 * min(1.0, n / hours / peak))] if n else (255, 255, 255)
+                fill = "#%02x%02x%02x" % tuple(int(v) for v in rgb)
+            tip = f"{label}, {column_names[i]}: {n} call(s) in {hours:.2f} h"
+            out.append(f'<rect x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{fill}" stroke="#eee">'
+                       f'<title>{html.escape(tip)}</title></rect>')
+            if n:
+                out.append(f'<text x="{x + cell / 2}" y="{y + cell * 0.65}" text-anchor="middle" '
+                           f'fill="{"#fff" if n / max(hours, 1e-9) / peak < 0.6 else "#000"}">{n}</text>')
+    out.append(f'<text x="4" y="{height - 8}" fill="#555">colour: calls per hour analysed; grey: not listening; times UTC</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def charts_svg(db_path: Path, bundle_id: str | None = None) -> tuple[str, str]:
+    """The by-hour-of-day and the by-day SVG charts of the database at ``db_path``."""
+    effort_hour, effort_day = effort_hours(db_path)
+    by_hour, by_day = calls(db_path, bundle_id)
+    labels = sorted({label for label, _ in by_hour} | {label for label, _ in by_day})
+    hours = list(range(24))
+    hour_svg = grid_svg("Calls by hour of day (UTC)", labels, hours, [f"{h:02d}" for h in hours], by_hour, effort_hour)
+    days = sorted(set(effort_day) | {d for _, d in by_day})
+    day_svg = grid_svg("Calls by day", labels, days, [d[5:] for d in days], by_day, effort_day, cell=44)
+    return hour_svg, day_svg

@@ -1,0 +1,262 @@
+"""Verdicts on detections: storing them, each class's precision so far, and the review order.
+
+Readers open the database read-only per call; a verdict is written in a short ``BEGIN IMMEDIATE``
+transaction of its own, so the page never holds a lock the recorder's writer waits on. Each call
+opens its own connection because the web server answers requests on several threads.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import json
+import math
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import TextIO
+
+from edgemon.errors import EdgemonError
+from edgemon.schema import REVIEW_VERDICTS
+from edgemon.store import BUSY_TIMEOUT_MS, Store, connect_read_only, utc_iso
+
+ORDERS = ("teach", "time", "confidence")
+Z_95 = 1.959964
+
+
+class ReviewError(EdgemonError):
+    """A verdict cannot be stored, or the detections cannot be read for review."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassPrecision:
+    """Reviewed detections of one label: ``correct`` of ``judged`` (correct + wrong + relabelled;
+    'unsure' is left out); ``low``/``high`` is the 95 % Wilson interval of the precision."""
+
+    label: str
+    judged: int
+    correct: int
+    low: float
+    high: float
+
+    @property
+    def precision(self) -> float | None:
+        return self.correct / self.judged if self.judged else None
+
+    @property
+    def false_alarm_rate(self) -> float:
+        """Wrong share with a uniform prior (``(wrong + 1) / (judged + 2)``): 0.5 for a class
+        nobody has judged yet, so unreviewed classes are not ranked last."""
+        return (self.judged - self.correct + 1) / (self.judged + 2)
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a proportion; (0, 1) when ``n`` is 0. Stays inside [0, 1] and is
+    sensible for the small counts of a first review session, unlike the normal approximation."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def open_for_review(db_path: Path) -> None:
+    """Check the database exists and bring it to the current schema (adds ``reviews``)."""
+    if not Path(db_path).is_file():
+        raise ReviewError(f"detections database not found: {db_path}")
+    Store(db_path).close()
+
+
+def read_only(db_path: Path) -> sqlite3.Connection:
+    """A read-only connection with rows as ``sqlite3.Row``; ReviewError if it cannot be opened."""
+    try:
+        conn = connect_read_only(db_path)
+    except sqlite3.Error as e:
+        raise ReviewError(f"cannot open detections database {db_path}: {e}") from e
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def uncertainty(confidence: float, votes: str | None) -> float:
+    """How unsure the ensemble was of a detection, 0..1: one minus its confidence times the share
+    of members that voted for its label (members that disagree teach most when reviewed)."""
+    agreement = 1.0
+    try:
+        parsed = json.loads(votes or "{}")
+        member_votes, windows = parsed.get("member_votes"), parsed.get("windows")
+        if member_votes and windows:
+            agreement = sum(member_votes) / (len(member_votes) * windows)
+    except (ValueError, TypeError, AttributeError):
+        pass
+    return 1.0 - confidence * agreement
+
+
+def precision_by_class(db_path: Path) -> list[ClassPrecision]:
+    """Each detected label's precision from the reviews so far (latest verdict per detection)."""
+    with closing(read_only(db_path)) as conn:
+        labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY label")]
+        counts = {r["label"]: r for r in conn.execute(f"""
+            SELECT label, sum(verdict = 'correct') AS correct, count(*) AS judged
+            FROM ({_LATEST}) WHERE verdict != 'unsure' GROUP BY label""")}
+    result = []
+    for label in labels:
+        row = counts.get(label)
+        judged, correct = (row["judged"], row["correct"]) if row else (0, 0)
+        result.append(ClassPrecision(label, judged, correct, *wilson_interval(correct, judged)))
+    return result
+
+
+# The latest verdict on each detection, whoever gave it.
+_LATEST = """
+    SELECT * FROM (
+        SELECT r.*, row_number() OVER (PARTITION BY source, start_s, label, bundle_id
+                                       ORDER BY reviewed_at DESC, id DESC) AS nth
+        FROM reviews r)
+    WHERE nth = 1"""
+
+_ORDER_BY = {"teach": "v.verdict IS NOT NULL, priority DESC, d.id",
+             "time": "coalesce(d.start_utc, ''), d.source, d.start_s",
+             "confidence": "d.confidence, d.id"}
+
+
+def list_detections(db_path: Path, *, order: str = "teach", label: str | None = None,
+                    day: str | None = None, unreviewed_only: bool = False, bundle_id: str | None = None,
+                    limit: int = 50, offset: int = 0) -> list[dict]:
+    """One page of detections, as dicts with the latest verdict (``verdict``, ``new_label``) and a
+    ``priority`` (0..1: how much reviewing it would teach).
+
+    ``order`` 'teach': the most uncertain detections of the classes with the most false alarms so
+    far first, unreviewed before reviewed; 'time': by start time; 'confidence': lowest first.
+    ``day`` is a UTC date 'YYYY-MM-DD'. SQLite sorts and pages, so a season of detections never
+    sits in memory at once.
+    """
+    if order not in ORDERS:
+        raise ReviewError(f"unknown review order {order!r}: choose one of {', '.join(ORDERS)}")
+    clauses, params = ["1"], []
+    if label:
+        clauses.append("d.label = ?")
+        params.append(label)
+    if day:
+        clauses.append("substr(d.start_utc, 1, 10) = ?")
+        params.append(day)
+    if bundle_id:
+        clauses.append("d.bundle_id = ?")
+        params.append(bundle_id)
+    if unreviewed_only:
+        clauses.append("v.verdict IS NULL")
+    false_rate = {c.label: c.false_alarm_rate for c in precision_by_class(db_path)}
+    # Half the weight on the detection's own uncertainty, half on its class's false alarms.
+    sql = f"""SELECT d.id, d.source, d.start_s, d.end_s, d.start_utc, d.label, d.confidence, d.votes,
+                     d.bundle_id, d.clip_path, v.verdict, v.new_label, v.reviewer,
+                     0.5 * uncertainty(d.confidence, d.votes) + 0.5 * false_rate(d.label) AS priority
+              FROM detections d LEFT JOIN ({_LATEST}) v ON v.source = d.source
+                   AND v.start_s = d.start_s AND v.label = d.label AND v.bundle_id = d.bundle_id
+              WHERE {' AND '.join(clauses)} ORDER BY {_ORDER_BY[order]} LIMIT ? OFFSET ?"""
+    with closing(read_only(db_path)) as conn:
+        conn.create_function("uncertainty", 2, uncertainty, deterministic=True)
+        conn.create_function("false_rate", 1, lambda lab: false_rate.get(lab, 0.5), deterministic=True)
+        try:
+            return [dict(r) for r in conn.execute(sql, [*params, limit, offset])]
+        except sqlite3.Error as e:
+            raise ReviewError(f"cannot read detections from {db_path}: {e}") from e
+
+
+def detection(db_path: Path, detection_id: int) -> dict:
+    """One detection with the path of its recording from the ledger; ReviewError if unknown."""
+    with closing(read_only(db_path)) as conn:
+        row = conn.execute("SELECT d.*, f.path AS file_path FROM detections d LEFT JOIN files f "
+                           "ON f.source = d.source WHERE d.id = ?", [detection_id]).fetchone()
+    if row is None:
+        raise ReviewError(f"no detection with id {detection_id} in {db_path}")
+    return dict(row)
+
+
+def add_verdict(db_path: Path, detection_id: int, verdict: str, reviewer: str,
+                new_label: str | None = None, labels: tuple[str, ...] = ()) -> dict:
+    """Store ``reviewer``'s verdict on a detection (replacing their earlier one) and return the row.
+
+    ``new_label`` is required for 'relabel' and must differ from the detected label (and be one of
+    ``labels`` when given); it is ignored for other verdicts.
+    """
+    if verdict not in REVIEW_VERDICTS:
+        raise ReviewError(f"unknown verdict {verdict!r}: choose one of {', '.join(REVIEW_VERDICTS)}")
+    if not reviewer.strip():
+        raise ReviewError("a verdict needs a reviewer name")
+    found = detection(db_path, detection_id)
+    if verdict == "relabel":
+        if not new_label or new_label == found["label"] or (labels and new_label not in labels):
+            raise ReviewError(f"relabel of detection {detection_id} needs another known label, got {new_label!r}")
+    else:
+        new_label = None
+    row = {"detection_id": detection_id, "source": found["source"], "start_s": found["start_s"],
+           "label": found["label"], "bundle_id": found["bundle_id"], "verdict": verdict,
+           "new_label": new_label, "reviewer": reviewer, "reviewed_at": utc_iso(dt.datetime.now(dt.timezone.utc))}
+    try:
+        conn = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=rw", uri=True,
+                               timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    except sqlite3.Error as e:
+        raise ReviewError(f"cannot open detections database {db_path}: {e}") from e
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # take the write lock first; the daemon's commits are short
+        conn.execute("""
+            INSERT INTO reviews (detection_id, source, start_s, label, bundle_id, verdict, new_label,
+                                 reviewer, reviewed_at)
+            VALUES (:detection_id, :source, :start_s, :label, :bundle_id, :verdict, :new_label,
+                    :reviewer, :reviewed_at)
+            ON CONFLICT (source, start_s, label, bundle_id, reviewer) DO UPDATE SET
+                detection_id = excluded.detection_id, verdict = excluded.verdict,
+                new_label = excluded.new_label, reviewed_at = excluded.reviewed_at""", row)
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        raise ReviewError(f"cannot store the verdict in {db_path}: {e}") from e
+    finally:
+        conn.close()
+    return row
+
+
+def days_and_labels(db_path: Path) -> tuple[list[str], list[str], list[str]]:
+    """The UTC days, labels and bundle ids that have detections, for the page's filters."""
+    with closing(read_only(db_path)) as conn:
+        days = [r[0] for r in conn.execute("SELECT DISTINCT substr(start_utc, 1, 10) FROM detections "
+                                           "WHERE start_utc IS NOT NULL ORDER BY 1")]
+        labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY 1")]
+        bundles = [r[0] for r in conn.execute("SELECT DISTINCT bundle_id FROM detections ORDER BY 1")]
+    return days, labels, bundles
+
+
+def reviewed(db_path: Path) -> list[dict]:
+    """The latest verdict on every reviewed detection, with the detection's end and the ledger's
+    path of its recording (for ``edgemon-train adapt``), oldest first."""
+    with closing(read_only(db_path)) as conn:
+        rows = conn.execute(f"""
+            SELECT v.*, d.end_s, d.confidence, f.path AS file_path, f.source AS file_source
+            FROM ({_LATEST}) v
+            LEFT JOIN detections d ON d.source = v.source AND d.start_s = v.start_s
+                 AND d.label = v.label AND d.bundle_id = v.bundle_id
+            LEFT JOIN files f ON f.source = v.source
+            ORDER BY v.reviewed_at, v.id""").fetchall()
+    return [dict(r) for r in rows]
+
+
+REVIEW_COLUMNS = ("id", "detection_id", "source", "start_s", "end_s", "start_utc", "device_id", "label",
+                  "confidence", "bundle_id", "verdict", "new_label", "reviewer", "reviewed_at")
+
+
+def write_reviews_csv(db_path: Path, out: TextIO) -> int:
+    """Every stored verdict (all reviewers) with its detection's time, device and confidence, as CSV
+    in review order; returns the number of rows. A detection no longer stored leaves those blank."""
+    open_for_review(db_path)
+    with closing(read_only(db_path)) as conn:
+        rows = conn.execute("""
+            SELECT r.id, r.detection_id, r.source, r.start_s, d.end_s, d.start_utc, d.device_id, r.label,
+                   d.confidence, r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at
+            FROM reviews r LEFT JOIN detections d ON d.source = r.source AND d.start_s = r.start_s
+                 AND d.label = r.label AND d.bundle_id = r.bundle_id
+            ORDER BY r.reviewed_at, r.id""").fetchall()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(REVIEW_COLUMNS)
+    writer.writerows(tuple(r) for r in rows)
+    return len(rows)

@@ -1,0 +1,91 @@
+// Keyboard review: move with j/k, play with space, judge with c/w/u or l + a number.
+// Verdicts go to /api/verdict; the row shows the stored verdict once the server has it.
+(function () {
+  "use strict";
+  const rows = Array.from(document.querySelectorAll("li.detection"));
+  const relabel = document.getElementById("relabel");
+  const labelButtons = Array.from(relabel.querySelectorAll("button[data-label]"));
+  let current = -1;
+  let relabelling = false;
+
+  function select(i) {
+    if (!rows.length) return;
+    i = Math.max(0, Math.min(rows.length - 1, i));
+    if (current >= 0 && current !== i) {
+      rows[current].classList.remove("current");
+      rows[current].querySelector("audio").pause();
+    }
+    current = i;
+    rows[i].classList.add("current");
+    rows[i].focus({ preventScroll: true });
+    rows[i].scrollIntoView({ block: "nearest" });
+  }
+
+  function play() {
+    const audio = rows[current].querySelector("audio");
+    if (audio.paused) { audio.play(); } else { audio.pause(); }
+  }
+
+  async function judge(verdict, label) {
+    const row = rows[current];
+    const response = await fetch("/api/verdict", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      credentials: "same-origin",
+      body: JSON.stringify({ id: Number(row.dataset.id), verdict: verdict, label: label || null }),
+    });
+    const body = await response.json();
+    if (!response.ok) { alert(body.error || "verdict not stored"); return; }
+    row.className = row.className.replace(/\bjudged-\w+/g, "").trim() + " judged-" + body.verdict;
+    row.querySelector(".verdict").textContent =
+      body.verdict === "relabel" ? "relabel → " + body.new_label : body.verdict;
+    row.dataset.verdict = body.verdict;
+    select(current + 1);
+  }
+
+  function openRelabel(open) {
+    relabelling = open;
+    relabel.hidden = !open;
+    if (open) rows[current].after(relabel);
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.target.tagName === "SELECT" || event.target.tagName === "INPUT") return;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (current < 0 && rows.length) select(0);
+    if (current < 0) return;
+    const key = event.key;
+    if (relabelling) {
+      const n = Number(key);
+      if (n >= 1 && n <= labelButtons.length) { openRelabel(false); judge("relabel", labelButtons[n - 1].dataset.label); }
+      else if (key === "Escape") { openRelabel(false); }
+      event.preventDefault();
+      return;
+    }
+    const actions = {
+      j: () => select(current + 1), ArrowDown: () => select(current + 1),
+      k: () => select(current - 1), ArrowUp: () => select(current - 1),
+      " ": play, p: play,
+      c: () => judge("correct"), w: () => judge("wrong"), x: () => judge("wrong"), u: () => judge("unsure"),
+      l: () => openRelabel(true),
+    };
+    if (actions[key]) { event.preventDefault(); actions[key](); }
+  });
+
+  rows.forEach(function (row, i) {
+    row.addEventListener("click", function () { if (current !== i) select(i); });
+    row.querySelectorAll("button[data-verdict]").forEach(function (button) {
+      button.addEventListener("click", function (event) {
+        event.stopPropagation();
+        select(i);
+        if (button.dataset.verdict === "relabel") { openRelabel(true); } else { judge(button.dataset.verdict); }
+      });
+    });
+    row.querySelector("audio").addEventListener("play", function () { if (current !== i) select(i); });
+  });
+  labelButtons.forEach(function (button) {
+    button.addEventListener("click", function () { openRelabel(false); judge("relabel", button.dataset.label); });
+  });
+  relabel.querySelector("button[data-cancel]").addEventListener("click", function () { openRelabel(false); });
+  if (rows.length) select(0);
+})();

@@ -1,0 +1,266 @@
+"""``edgemon review`` over HTTP (a real server on a real database and real recordings), and its
+parts: verdicts, precision intervals, review order, spectrogram PNG, charts."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sqlite3
+import struct
+import urllib.error
+import urllib.request
+import zlib
+
+import numpy as np
+import pytest
+import soundfile
+
+from edgemon.review import reviews
+from edgemon.review.app import ReviewConfig, ReviewServerError, create_app, with_token
+from edgemon.errors import AudioError
+from edgemon.review.charts import charts_svg, effort_hours
+from edgemon.review.excerpt import read_excerpt
+from edgemon.review.spectrogram import png_bytes, spectrogram_rgb
+from edgemon.store import Store
+from tests.review_helpers import DETECTIONS, make_review_db, review_server
+
+
+@pytest.fixture()
+def review_db(tmp_path):
+    return make_review_db(tmp_path)
+
+
+def _get(url: str, headers: dict | None = None) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers.get("content-type", ""), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("content-type", ""), e.read()
+
+
+def _post(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        return e.code, json.loads(body) if "json" in e.headers.get("content-type", "") else {"text": body.decode()}
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """8-bit RGB, filter-0 PNG (what ``png_bytes`` writes) -> uint8 [h, w, 3]; checks every CRC."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(kind + body)
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, depth, colour = header[:4]
+    assert (depth, colour) == (8, 2)
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + 3 * width)
+    assert (raw[:, 0] == 0).all()
+    return raw[:, 1:].reshape(height, width, 3)
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    low, high = reviews.wilson_interval(8, 10)
+    assert (round(low, 3), round(high, 3)) == (0.49, 0.943)
+    assert reviews.wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = reviews.wilson_interval(0, 5)
+    assert low == pytest.approx(0.0, abs=1e-12) and 0.4 < high < 0.45
+    assert reviews.wilson_interval(5, 5)[1] == pytest.approx(1.0)
+
+
+def test_reviews_table_is_added_to_an_existing_database(review_db):
+    db, _ = review_db
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE reviews")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm008_reviews'")
+    reviews.open_for_review(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM detections").fetchone()[0] == len(DETECTIONS)
+        assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == 0
+
+
+def test_a_reviewer_marking_again_replaces_their_verdict_and_precision_follows(review_db):
+    db, _ = review_db
+    by_label = {r["label"]: r for r in reviews.list_detections(db, order="time")}
+    gibbon = by_label["gibbon_duet"]["id"]
+    reviews.add_verdict(db, gibbon, "correct", "ann")
+    reviews.add_verdict(db, gibbon, "wrong", "ann")
+    hornbills = [r["id"] for r in reviews.list_detections(db, label="hornbill_helmeted")]
+    reviews.add_verdict(db, hornbills[0], "correct", "ann")
+    reviews.add_verdict(db, hornbills[1], "unsure", "ann")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == 3
+    precision = {c.label: c for c in reviews.precision_by_class(db)}
+    assert (precision["gibbon_duet"].judged, precision["gibbon_duet"].correct) == (1, 0)
+    assert (precision["hornbill_helmeted"].judged, precision["hornbill_helmeted"].correct) == (1, 1)
+    assert precision["great_argus"].judged == 0 and precision["great_argus"].high == 1.0
+
+
+def test_bad_verdicts_are_refused_and_nothing_is_stored(review_db):
+    db, _ = review_db
+    first = reviews.list_detections(db, order="time")[0]
+    with pytest.raises(reviews.ReviewError, match="unknown verdict 'maybe'"):
+        reviews.add_verdict(db, first["id"], "maybe", "ann")
+    with pytest.raises(reviews.ReviewError, match="needs another known label"):
+        reviews.add_verdict(db, first["id"], "relabel", "ann", new_label=first["label"])
+    with pytest.raises(reviews.ReviewError, match="no detection with id 999"):
+        reviews.add_verdict(db, 999, "correct", "ann")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == 0
+
+
+def test_teach_order_puts_uncertain_detections_of_false_alarm_classes_first(review_db):
+    db, _ = review_db
+    before = reviews.list_detections(db)
+    # Unreviewed: the split 0.45 gibbon first, the sure 0.99 argus last.
+    assert [r["label"] for r in before] == ["gibbon_duet", "hornbill_helmeted", "hornbill_helmeted", "great_argus"]
+    sure_hornbill, unsure_hornbill = before[2], before[1]
+    assert sure_hornbill["confidence"] > unsure_hornbill["confidence"]
+    reviews.add_verdict(db, sure_hornbill["id"], "wrong", "ann")
+    after = {r["id"]: r for r in reviews.list_detections(db)}
+    # Its class now has a false alarm: the other hornbill teaches more than before; other classes
+    # are unchanged; the reviewed detection goes last.
+    assert after[unsure_hornbill["id"]]["priority"] > unsure_hornbill["priority"] + 0.05
+    assert after[before[3]["id"]]["priority"] == pytest.approx(before[3]["priority"])
+    ranked = reviews.list_detections(db)
+    assert ranked[-1]["id"] == sure_hornbill["id"] and ranked[-1]["verdict"] == "wrong"
+    assert [r["id"] for r in reviews.list_detections(db, unreviewed_only=True)] == [r["id"] for r in ranked[:-1]]
+
+
+def test_spectrogram_png_decodes_and_marks_the_detection():
+    rate = 16000
+    t = np.arange(4 * rate) / rate
+    samples = (0.5 * np.sin(2 * np.pi * 2000 * t)).astype(np.float32)
+    rgb = spectrogram_rgb(samples, rate, mark=(1.0, 3.0), width=400)
+    assert rgb.shape == (257 + 6, 400, 3)
+    decoded = decode_png(png_bytes(rgb))
+    assert np.array_equal(decoded, rgb)
+    # The 2 kHz line is the brightest row: 2000 / 8000 of the way up from the bottom.
+    brightness = decoded[:-6].astype(int).sum(axis=(1, 2))
+    assert abs(brightness.argmax() - (256 - 64)) <= 1
+    bar = (decoded[-1] == 255).all(axis=1)
+    assert bar[110:290].all() and not bar[:90].any() and not bar[310:].any()
+
+
+def test_charts_show_calls_and_effort_per_hour_and_day(review_db):
+    db, _ = review_db
+    by_hour, by_day = effort_hours(db)
+    assert by_hour == pytest.approx({6: 20 / 3600, 7: 20 / 3600})
+    assert by_day == pytest.approx({"2024-05-01": 20 / 3600, "2024-05-02": 20 / 3600})
+    hour_svg, day_svg = charts_svg(db)
+    assert hour_svg.startswith("<svg") and "hornbill_helmeted, 06: 1 call(s) in 0.01 h" in hour_svg
+    assert "great_argus, 05-02: 1 call(s)" in day_svg and "05-01" in day_svg
+
+
+def test_page_audio_spectrogram_and_verdict_over_http(review_db):
+    db, recordings = review_db
+    with review_server(db, recordings) as (base, line):
+        assert line == f"review page: {base}/"
+        status, kind, page = _get(base + "/?order=time")
+        assert status == 200 and "text/html" in kind
+        assert page.count(b'<li class="detection') == len(DETECTIONS)
+        assert b"https://" not in page and b"http://" not in page   # nothing from the internet
+        ids = [int(x) for x in re.findall(rb'data-id="(\d+)"', page)]
+        status, kind, wav = _get(f"{base}/detections/{ids[0]}/audio.wav")
+        assert status == 200 and kind == "audio/wav"
+        samples, rate = soundfile.read(io.BytesIO(wav))
+        assert rate == 16000 and len(samples) == pytest.approx((6.0 + 2.0) * 16000, abs=1)  # 0..8 s: pre-roll cut at 0
+        status, kind, png = _get(f"{base}/detections/{ids[1]}/spectrogram.png")
+        assert status == 200 and kind == "image/png" and decode_png(png).shape[1] == 600
+        status, row = _post(base + "/api/verdict", {"id": ids[1], "verdict": "relabel", "label": "hornbill_rhino"})
+        assert status == 200 and row["new_label"] == "hornbill_rhino" and row["reviewer"] == "tester"
+        status, row = _post(base + "/api/verdict", {"id": ids[1], "verdict": "relabel", "label": "no_such_bird"})
+        assert status == 400 and "no_such_bird" in row["error"]
+        # Another site's page cannot judge: no form/text POST, no cross-origin JSON.
+        assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Content-Type": "text/plain"})[0] == 403
+        assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Origin": "http://evil.example"})[0] == 403
+        status, _, charts = _get(base + "/charts")
+        assert status == 200 and charts.count(b"<svg") == 2
+        # A foreign Host (DNS rebinding) is refused on a local binding.
+        assert _get(base + "/", {"Host": "evil.example"})[0] == 400
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT verdict, new_label FROM reviews").fetchall() == [("relabel", "hornbill_rhino")]
+
+
+def test_missing_recording_is_a_404_naming_it(review_db, tmp_path):
+    db, recordings = review_db
+    (recordings / "S01" / "20240501_060000.WAV").rename(tmp_path / "moved.wav")
+    with review_server(db, recordings) as (base, _):
+        status, _, body = _get(base + "/detections/1/audio.wav")
+        assert status == 404 and b"S01/20240501_060000.WAV" in body and b"--recordings" in body
+
+
+def test_binding_beyond_localhost_requires_the_token(review_db):
+    db, recordings = review_db
+    with review_server(db, recordings, host="0.0.0.0") as (base, line):
+        token = line.rsplit("?token=", 1)[1]
+        assert len(token) >= 20
+        assert _get(base + "/")[0] == 401
+        assert _get(base + "/detections/1/audio.wav")[0] == 401
+        assert _get(base + "/static/review.js")[0] == 401
+        assert _post(base + "/api/verdict", {"id": 1, "verdict": "correct"})[0] == 401
+        assert _get(base + "/", {"X-Review-Token": token + "x"})[0] == 401
+        assert _get(base + "/", {"X-Review-Token": token})[0] == 200
+        assert _post(base + "/api/verdict", {"id": 1, "verdict": "correct"}, {"X-Review-Token": token})[0] == 200
+
+
+def test_config_refuses_a_public_binding_without_token(review_db):
+    db, _ = review_db
+    with pytest.raises(ReviewServerError, match="0.0.0.0 .* needs a token"):
+        create_app(ReviewConfig(db=db, host="0.0.0.0"))
+    assert with_token(ReviewConfig(db=db)).token is None
+    assert with_token(ReviewConfig(db=db, host="192.168.1.5")).token
+
+
+def test_missing_database_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "edgemon", "review", "--db", str(tmp_path / "none.db")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: detections database not found: {tmp_path / 'none.db'}"
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_a_live_detection_plays_its_saved_clip(tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    clip = clips / "20240501T060000000Z_gibbon_duet.flac"
+    soundfile.write(clip, np.zeros(16000 * 7, np.float32), 16000, format="FLAC")
+    row = {"id": 9, "source": "live:mic0", "start_s": 100.0, "end_s": 103.0, "clip_path": "/card/moved/" + clip.name,
+           "file_path": None}
+    excerpt = read_excerpt(row, clips=clips)
+    assert excerpt.path == clip and len(excerpt.samples) == 16000 * 7
+    assert (excerpt.mark_start_s, excerpt.mark_end_s) == (2.0, 5.0)
+    with pytest.raises(AudioError, match="audio of detection 9 not found: live:mic0"):
+        read_excerpt(row)
+
+
+def test_verdicts_export_as_csv(review_db, tmp_path):
+    import csv
+    import subprocess
+    import sys
+    db, _ = review_db
+    rows = reviews.list_detections(db, order="time")
+    reviews.add_verdict(db, rows[0]["id"], "wrong", "ann")
+    reviews.add_verdict(db, rows[1]["id"], "relabel", "bob", new_label="great_argus")
+    out = tmp_path / "verdicts.csv"
+    result = subprocess.run([sys.executable, "-m", "edgemon", "review", "--db", str(db), "--export", str(out)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    exported = list(csv.DictReader(out.open()))
+    assert [(r["source"], r["start_s"], r["verdict"], r["new_label"], r["reviewer"], r["device_id"]) for r in exported] == [
+        ("S01/20240501_060000.WAV", "2.0", "wrong", "", "ann", "S01"),
+        ("S01/20240501_060000.WAV", "10.0", "relabel", "great_argus", "bob", "S01")]

@@ -1,0 +1,97 @@
+"""The review page in a real headless browser (Debian's chromium + chromium-driver via selenium):
+play a detection, judge it from the keyboard, find the verdict in the database."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+
+import pytest
+
+from tests.review_helpers import make_review_db, review_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or not shutil.os.path.exists(CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--autoplay-policy=no-user-gesture-required", "--mute-audio", "--window-size=1200,1600"):
+        options.add_argument(flag)
+    # The Debian driver by path: selenium's manager would try to download one.
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture()
+def review_db(tmp_path):
+    return make_review_db(tmp_path)
+
+
+def _press(browser, keys: str) -> None:
+    webdriver.ActionChains(browser).send_keys(keys).perform()
+
+
+def test_play_then_judge_from_the_keyboard(browser, review_db):
+    db, recordings = review_db
+    with review_server(db, recordings) as (base, _):
+        browser.get(base + "/?order=time")
+        rows = browser.find_elements(By.CSS_SELECTOR, "li.detection")
+        assert len(rows) == 4
+        first = rows[0]
+        assert "current" in first.get_attribute("class")
+        # The spectrogram came from the server as an image the browser could decode.
+        WebDriverWait(browser, 10).until(lambda b: b.execute_script(
+            "const i = arguments[0]; return i.complete && i.naturalWidth > 0;",
+            first.find_element(By.CSS_SELECTOR, "img.spec")))
+        _press(browser, " ")  # play
+        WebDriverWait(browser, 15).until(lambda b: b.execute_script(
+            "return document.querySelector('li.detection.current audio').currentTime > 0.3;"))
+        _press(browser, " ")  # pause
+        _press(browser, "w")  # wrong: stored, and the next row becomes current
+        WebDriverWait(browser, 10).until(lambda b: "judged-wrong" in first.get_attribute("class"))
+        assert "current" in rows[1].get_attribute("class")
+        _press(browser, "l")
+        _press(browser, "2")  # second label in the list: great_argus
+        WebDriverWait(browser, 10).until(lambda b: "judged-relabel" in rows[1].get_attribute("class"))
+        _press(browser, "c")
+        WebDriverWait(browser, 10).until(lambda b: "judged-correct" in rows[2].get_attribute("class"))
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT detection_id, source, start_s, verdict, new_label, reviewer FROM reviews "
+                              "ORDER BY id").fetchall()
+    first_id, second_id, third_id = (int(r.get_attribute("data-id")) for r in rows[:3])
+    assert stored == [(first_id, "S01/20240501_060000.WAV", 2.0, "wrong", None, "tester"),
+                      (second_id, "S01/20240501_060000.WAV", 10.0, "relabel", "great_argus", "tester"),
+                      (third_id, "S01/20240502_070000.WAV", 4.0, "correct", None, "tester")]
+
+
+def test_token_is_required_beyond_localhost(browser, review_db):
+    db, recordings = review_db
+    with review_server(db, recordings, "--token", "s3cret-token", host="0.0.0.0") as (base, url_line):
+        assert url_line.endswith("?token=s3cret-token")
+        browser.delete_all_cookies()
+        browser.get(base + "/")
+        assert "token is required" in browser.find_element(By.TAG_NAME, "body").text
+        browser.get(base + "/?token=s3cret-token&order=time")   # sets the cookie, drops the token from the URL
+        assert "token" not in browser.current_url
+        rows = browser.find_elements(By.CSS_SELECTOR, "li.detection")
+        assert len(rows) == 4
+        _press(browser, "u")
+        WebDriverWait(browser, 10).until(lambda b: "judged-unsure" in rows[0].get_attribute("class"))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT verdict FROM reviews").fetchall() == [("unsure",)]

@@ -3,7 +3,7 @@
 A user-mode PulseAudio server with a null sink ``virt``: what ``paplay -d virt`` plays comes back
 on the sink's monitor, which PortAudio's ALSA device ``pulse`` records when ``PULSE_SOURCE`` is
 ``virt.monitor``. Needs Debian's ``pulseaudio``, ``pulseaudio-utils``, ``libportaudio2`` and
-``libasound2-plugins`` (scripts/setup.sh installs them).
+``libasound2-plugins`` (scripts/setup-dev.sh installs them).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def pulseaudio_missing() -> str | None:
     """Why the virtual device cannot be made here, or None when it can."""
     for tool in ("pulseaudio", "paplay", "pactl"):
         if shutil.which(tool) is None:
-            return f"needs `{tool}` for a virtual audio device (bash scripts/setup.sh installs it)"
+            return f"needs `{tool}` for a virtual audio device (bash scripts/setup-dev.sh installs it)"
     return None
 
 

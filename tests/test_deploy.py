@@ -24,7 +24,7 @@ INSTALL = DEPLOY / "install.sh"
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 ANALYZE = shutil.which("systemd-analyze")
 needs_systemd = pytest.mark.skipif(ANALYZE is None or not SYSTEM_UNITS.is_dir(),
-                                   reason="needs systemd-analyze (Debian package systemd; scripts/setup.sh installs it)")
+                                   reason="needs systemd-analyze (Debian package systemd; scripts/setup-dev.sh installs it)")
 
 
 def unit_settings(text: str) -> dict[tuple[str, str], list[str]]:

@@ -135,7 +135,7 @@ def test_two_workers_share_one_study_over_postgresql(tiny_dataset, tmp_path):
         server = postgres_server()
         url = server.__enter__()
     except (FileNotFoundError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"needs a PostgreSQL server (Debian package 'postgresql', installed by scripts/setup.sh): {exc}")
+        pytest.skip(f"needs a PostgreSQL server (Debian package 'postgresql', installed by scripts/setup-dev.sh): {exc}")
     try:
         args = ("--storage", url, "--study", "shared", "--trials", "6", "--epochs", "2")
         workers = [subprocess.Popen(hpo_command(tiny_dataset, tmp_path / f"worker{i}", *args),

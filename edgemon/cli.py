@@ -317,7 +317,7 @@ def review(
     ctx: typer.Context,
     db: DbOpt = None,
     recordings: Annotated[Optional[Path], typer.Option("--recordings", help="The recorder directory the detections came from (default: the paths in the database's ledger).")] = None,
-    clips: Annotated[Optional[Path], typer.Option("--clips", help="Directory of saved clips (live streams; default: the paths in the database).")] = None,
+    clips: Annotated[Optional[Path], _setting("clips")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but 127.0.0.1/localhost needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8765,
     token: Annotated[Optional[str], typer.Option("--token", envvar="EDGEMON_REVIEW_TOKEN", help="Token every request must carry (default: generated and printed when binding beyond this machine).")] = None,
@@ -327,7 +327,8 @@ def review(
 ):
     """A local web page to hear, see and judge detections (correct / wrong / another label / unsure)."""
     try:
-        db = _settings(ctx, config)["db"]
+        settings = _settings(ctx, config)
+        db, clips = settings["db"], settings["clips"]   # the clip directory `listen` saved into
     except EdgemonError as exc:
         raise _fail(exc)
     try:
@@ -355,7 +356,7 @@ def review(
 @app.command()
 def reanalyse(
     ctx: typer.Context,
-    models: Annotated[Path, typer.Option("--models", help="The bundle to run (e.g. one from `edgemon-train adapt`).")],
+    models: ModelsOpt = None,
     db: DbOpt = None,
     recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Recorder directory (default: the ledger's paths).")] = None,
     threads: ThreadsOpt = None,
@@ -367,7 +368,9 @@ def reanalyse(
 
     try:
         settings = _settings(ctx, config)
-        result = run_reanalyse(settings["db"], make_analyzer(models, settings["threads"]), recordings)
+        if settings["models"] is None:
+            raise OptionError("reanalyse needs the bundle to run: --models DIR (e.g. one from `edgemon-train adapt`)")
+        result = run_reanalyse(settings["db"], make_analyzer(settings["models"], settings["threads"]), recordings)
     except EdgemonError as exc:
         raise _fail(exc)
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2))

@@ -1,0 +1,100 @@
+"""Analysing one recording in a child process, so that a file which kills its analysis (memory
+exhausted, a crash in a decoder) kills only the child and the daemon can blame the file.
+
+The daemon uses it for a suspect file only: one that was in progress when an earlier run died, or
+that failed before. A death of the daemon itself proves nothing about the file (a recorder that
+loses power every night dies in the middle of some file), but a child that dies while the daemon
+lives does. The child is marked as the out-of-memory killer's first choice, dies with its parent,
+ignores Ctrl-C (the daemon stops after the current file), and sends back the ``Analysis`` pickled
+on stdout; an error is sent back as text. Run as ``python -m edgemon.isolate``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from edgemon.bundle import load_bundle
+from edgemon.errors import EdgemonError
+from edgemon.pipeline import Analysis, Analyzer
+
+_FAILED = 3      # exit status of a child that caught an error and reported it
+
+
+class AnalysisDied(EdgemonError):
+    """The child analysing a file was killed (a signal other than a stop request) or crashed."""
+
+
+class AnalysisStopped(EdgemonError):
+    """The child was stopped by SIGTERM or SIGINT (the unit is stopping): not the file's fault."""
+
+
+class AnalysisFailed(EdgemonError):
+    """The child caught an ordinary error in the file and reported it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Isolated:
+    """How to analyse a file in a child: the bundle, onnxruntime threads and decode block (s)."""
+
+    bundle_path: Path
+    threads: int = 1
+    block_s: float = 10.0
+
+    def analyse(self, path: Path) -> Analysis:
+        """``path`` analysed in a child process. Raises ``AnalysisFailed`` (the file's error),
+        ``AnalysisDied`` (the child was killed or crashed) or ``AnalysisStopped``."""
+        command = [sys.executable, "-m", "edgemon.isolate", str(os.getpid()), os.fsencode(self.bundle_path),
+                   str(self.threads), repr(self.block_s), os.fsencode(path)]
+        child = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if child.returncode == 0:
+            return pickle.loads(child.stdout)
+        if child.returncode == _FAILED:
+            raise AnalysisFailed(child.stdout.decode("utf-8", "backslashreplace").strip())
+        if -child.returncode in (signal.SIGTERM, signal.SIGINT):
+            raise AnalysisStopped(f"analysis stopped by {signal.Signals(-child.returncode).name}")
+        how = (f"killed by {signal.Signals(-child.returncode).name}" if child.returncode < 0
+               else f"exited with status {child.returncode}")
+        last = child.stderr.decode("utf-8", "backslashreplace").strip().splitlines()[-1:] or [""]
+        raise AnalysisDied(f"the analysis process was {how} (out of memory, or a crash in a decoder)"
+                           + (f": {last[0]}" if last[0] else ""))
+
+
+def _bind_to(parent: int) -> None:
+    """Die with the daemon (it was killed: nobody would read the result), and be the
+    out-of-memory killer's first choice, so a file that exhausts memory kills the child."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)    # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):                 # not Linux: an orphan finishes its one file
+        pass
+    if os.getppid() != parent:                        # the daemon died before the line above
+        os._exit(1)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+def main(argv: list[bytes]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent, bundle_path, threads, block_s, path = argv
+    _bind_to(int(parent))
+    try:
+        analyzer = Analyzer(load_bundle(Path(os.fsdecode(bundle_path))), threads=int(threads))
+        analysis = analyzer.analyse_file(Path(os.fsdecode(path)), float(block_s))
+    except Exception as exc:  # the file's error, reported to the daemon as text
+        sys.stdout.buffer.write(f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace"))
+        return _FAILED
+    sys.stdout.buffer.write(pickle.dumps(analysis))
+    return 0
+
+
+if __name__ == "__main__":  # the daemon's environment (OPENBLAS_NUM_THREADS too): the same arithmetic
+    sys.exit(main([os.fsencode(a) for a in sys.argv[1:]]))

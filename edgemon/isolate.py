@@ -2,7 +2,7 @@
 exhausted, a crash in a decoder) kills only the child and the daemon can blame the file.
 
 The daemon uses it for a suspect file only: one that was in progress when an earlier run died, or
-that failed before. A death of the daemon itself proves nothing about the file (a recorder that
+whose analysis in a child died before. A death of the daemon itself proves nothing about the file (a recorder that
 loses power every night dies in the middle of some file), but a child that dies while the daemon
 lives does. The child is marked as the out-of-memory killer's first choice, dies with its parent,
 ignores Ctrl-C (the daemon stops after the current file), and sends back the ``Analysis`` pickled
@@ -15,16 +15,20 @@ import ctypes
 import dataclasses
 import os
 import pickle
+import selectors
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from edgemon import audio
 from edgemon.bundle import load_bundle
 from edgemon.errors import EdgemonError
 from edgemon.pipeline import Analysis, Analyzer
 
 _FAILED = 3      # exit status of a child that caught an error and reported it
+_PROGRESS = b"\x06"  # written to stderr for each decoded block (ASCII ACK: never in an error text)
 
 
 class AnalysisDied(EdgemonError):
@@ -47,23 +51,54 @@ class Isolated:
     threads: int = 1
     block_s: float = 10.0
 
-    def analyse(self, path: Path) -> Analysis:
-        """``path`` analysed in a child process. Raises ``AnalysisFailed`` (the file's error),
-        ``AnalysisDied`` (the child was killed or crashed) or ``AnalysisStopped``."""
+    def analyse(self, path: Path, on_block: Callable[[], object] = lambda: None) -> Analysis:
+        """``path`` analysed in a child process; ``on_block`` is called for each block the child
+        decodes (the daemon's progress mark, so its watchdog sees a long file move). Raises
+        ``AnalysisFailed`` (the file's error), ``AnalysisDied`` (the child was killed or
+        crashed) or ``AnalysisStopped``."""
         command = [sys.executable, "-m", "edgemon.isolate", str(os.getpid()), os.fsencode(self.bundle_path),
                    str(self.threads), repr(self.block_s), os.fsencode(path)]
-        child = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+            out, err = _collect(child, on_block)
         if child.returncode == 0:
-            return pickle.loads(child.stdout)
+            return pickle.loads(out)
         if child.returncode == _FAILED:
-            raise AnalysisFailed(child.stdout.decode("utf-8", "backslashreplace").strip())
+            raise AnalysisFailed(out.decode("utf-8", "backslashreplace").strip())
         if -child.returncode in (signal.SIGTERM, signal.SIGINT):
             raise AnalysisStopped(f"analysis stopped by {signal.Signals(-child.returncode).name}")
         how = (f"killed by {signal.Signals(-child.returncode).name}" if child.returncode < 0
                else f"exited with status {child.returncode}")
-        last = child.stderr.decode("utf-8", "backslashreplace").strip().splitlines()[-1:] or [""]
+        last = err.decode("utf-8", "backslashreplace").strip().splitlines()[-1:] or [""]
         raise AnalysisDied(f"the analysis process was {how} (out of memory, or a crash in a decoder)"
                            + (f": {last[0]}" if last[0] else ""))
+
+
+def _collect(child: subprocess.Popen, on_block: Callable[[], object]) -> tuple[bytes, bytes]:
+    """Read the child's stdout (the result) and stderr (a progress byte per block, then any
+    error text) as they come, so neither pipe fills; returns both once the child has exited."""
+    out, err = bytearray(), bytearray()
+    with selectors.DefaultSelector() as selector:
+        selector.register(child.stdout, selectors.EVENT_READ, out)
+        selector.register(child.stderr, selectors.EVENT_READ, err)
+        while selector.get_map():
+            for key, _ in selector.select():
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                if key.data is err:
+                    for _ in range(chunk.count(_PROGRESS)):
+                        on_block()
+                    chunk = chunk.replace(_PROGRESS, b"")
+                key.data.extend(chunk)
+    child.wait()
+    return bytes(out), bytes(err)
+
+
+def _blocks_with_progress(path: Path, block_s: float, sample_rate: int) -> Iterator:
+    for block in audio.iter_blocks(path, block_s, sample_rate):
+        os.write(2, _PROGRESS)
+        yield block
 
 
 def _bind_to(parent: int) -> None:
@@ -88,7 +123,8 @@ def main(argv: list[bytes]) -> int:
     _bind_to(int(parent))
     try:
         analyzer = Analyzer(load_bundle(Path(os.fsdecode(bundle_path))), threads=int(threads))
-        analysis = analyzer.analyse_file(Path(os.fsdecode(path)), float(block_s))
+        analysis = analyzer.analyse_blocks(_blocks_with_progress(Path(os.fsdecode(path)), float(block_s),
+                                                                 analyzer.bundle.frontend.sample_rate))
     except Exception as exc:  # the file's error, reported to the daemon as text
         sys.stdout.buffer.write(f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace"))
         return _FAILED

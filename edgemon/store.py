@@ -234,17 +234,20 @@ class Store:
             }, pk="source")
 
     def record_failure(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
-                       error: str, max_attempts: int = 3) -> str:
+                       error: str, max_attempts: int = 3, died: bool = False) -> str:
         """Count a failed attempt at ``source`` and return its new state: 'failed', or
         'quarantined' once it has failed ``max_attempts`` times. Detections are left alone.
 
         A file whose size or mtime changed since the last attempt is a new version (the recorder
-        rewrote it), so its count starts again. Ends the file's attempt (``begin_attempt``).
+        rewrote it), so its count starts again. Ends the file's attempt (``begin_attempt``),
+        unless the analysis ``died`` and the file is not quarantined: the attempt then stays open,
+        so the next one counts the death and is isolated as well.
         """
         with self._write() as db:
             attempts = _attempts_so_far(self.file_entry(source), size, mtime_ns) + 1
             state = "quarantined" if attempts >= max_attempts else "failed"
-            db.execute("DELETE FROM in_progress WHERE source = ?", [source])
+            if not died or state == "quarantined":
+                db.execute("DELETE FROM in_progress WHERE source = ?", [source])
             db["files"].upsert({
                 "source": source, "path": stored_name(path), "size": size, "mtime_ns": mtime_ns,
                 "state": state, "attempts": attempts, "error": shown(error), "updated_at": _now(),

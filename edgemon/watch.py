@@ -11,7 +11,7 @@ counted against the file, and holds all work for ``retry_s``; the file is then t
 observer is restarted if its thread dies (a handler raised, the card was unmounted).
 
 An attempt is committed before a file is analysed (``Store.begin_attempt``). A file that was in
-progress when a run died, or that failed before, is analysed in a child process
+progress when a run died, or whose analysis died before, is analysed in a child process
 (``edgemon.isolate``): if the child dies while the daemon lives, the file killed it, and after
 ``max_attempts`` such failures it is quarantined; a daemon killed for an unrelated reason (power
 lost every night) never counts against the file it was working on.
@@ -44,7 +44,7 @@ from watchdog.observers import Observer
 from edgemon import audio
 from edgemon.backlog import BacklogProgress
 from edgemon.errors import EdgemonError
-from edgemon.isolate import AnalysisFailed, AnalysisStopped, Isolated
+from edgemon.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.pipeline import Analysis, Analyzer
 from edgemon.recorder import StabilityTracker, recording_time, wav_header_consistent
 from edgemon.safetext import name_from_stored, shown, stored_name
@@ -344,7 +344,7 @@ class Watcher:
                     return False
                 note = f"header inconsistent ({why}); read as far as it goes"
         self.waiting_since.pop(path, None)
-        self.process(path, source, st, note, suspect=same_file and entry["state"] == "failed")
+        self.process(path, source, st, note)
         entry = self.store.file_entry(source)
         if entry is not None and entry["state"] == "failed":
             self.retry_at[path] = time.monotonic() + self.config.retry_s
@@ -382,20 +382,19 @@ class Watcher:
         self.settled[path] = version
         self.attempted += 1
 
-    def process(self, path: Path, source: str, st: os.stat_result, note: str | None = None,
-                suspect: bool = False) -> None:
+    def process(self, path: Path, source: str, st: os.stat_result, note: str | None = None) -> None:
         """Analyse one stable file and commit it with its detections, or record its failure.
 
-        The attempt is committed first. A ``suspect`` file (it failed before), or one an earlier
-        run died on, is analysed in a child process, whose death is then the file's failure.
+        The attempt is committed first. A file whose analysis died before (the daemon, or an
+        isolated child) is analysed in a child process, whose death is then the file's failure.
         """
         started = time.monotonic()
         interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
         if interrupted:
-            log.warning("%s: edgemon stopped %d time(s) in a row while analysing this file; analysing it "
-                        "in a separate process", shown(source), interrupted)
+            log.warning("%s: its analysis was cut short %d time(s) in a row (edgemon stopped, or the analysis "
+                        "died); analysing it in a separate process", shown(source), interrupted)
         try:
-            analysis = (self.isolated.analyse(path) if suspect or interrupted else
+            analysis = (self.isolated.analyse(path, on_block=self._tick) if interrupted else
                         self.analyzer.analyse_blocks(self._blocks(path)))
             when = recording_time(path)
         except FileNotFoundError:
@@ -409,7 +408,8 @@ class Watcher:
             state = self.store.record_failure(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
                                               error=str(exc) if isinstance(exc, AnalysisFailed) else
                                               f"{type(exc).__name__}: {exc}",
-                                              max_attempts=self.config.max_attempts)
+                                              max_attempts=self.config.max_attempts,
+                                              died=isinstance(exc, AnalysisDied))
             log.warning("%s: attempt failed, now %s: %s", shown(source), state, shown(exc))
             self.attempted += int(state == "quarantined")
             return

@@ -152,7 +152,7 @@ def test_a_daemon_that_loses_power_again_and_again_on_a_good_file_never_quaranti
     root, db = tmp_path / "rec", tmp_path / "d.db"
     for name in ("20240701_060000.WAV", "20240701_070000_cut.WAV"):
         recording(root / name, seed=len(name))
-    cuts = 4                                                    # more than max_attempts, in a row
+    cuts = 3                                                    # max_attempts, in a row
     env = fault_env(tmp_path, EDGEMON_TEST_DIE_ON="_cut", EDGEMON_TEST_CUTS=f"{tmp_path / 'cuts'}:{cuts}")
     for _ in range(cuts):
         run = daemon(root, db, "--until-idle", env=env)
@@ -162,7 +162,7 @@ def test_a_daemon_that_loses_power_again_and_again_on_a_good_file_never_quaranti
     run = daemon(root, db, "--until-idle", env=env)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 0, stderr
-    assert "stopped 4 time(s) in a row" in stderr
+    assert "cut short 3 time(s) in a row" in stderr
     assert {k: v[:2] for k, v in ledger(db).items()} == {"20240701_060000.WAV": ("done", 1),
                                                          "20240701_070000_cut.WAV": ("done", 1)}
     assert len(query(db, "SELECT * FROM detections WHERE source = '20240701_070000_cut.WAV'")) > 0
@@ -276,3 +276,16 @@ def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):
     watch_until_idle(root, tmp_path / "d.db", progress_s=0.0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]
     assert lines[0].startswith("backlog: 0/5 file(s) done, 0.00 of 0.01 h of audio") and lines[-1].startswith("backlog done: 5 file(s)")
+
+
+def test_an_isolated_analysis_equals_the_daemons_own_and_reports_each_block(tmp_path):
+    from edgemon.isolate import Isolated
+    from tests.watch_helpers import analyzer
+
+    path = recording(tmp_path / "20240701_060000.WAV", seconds=12.0)
+    blocks = []
+    isolated = Isolated(analyzer().bundle.path, block_s=5.0).analyse(path, on_block=lambda: blocks.append(1))
+    own = analyzer().analyse_file(path, 5.0)
+    assert len(blocks) == 3 and isolated.duration_s == own.duration_s
+    assert [(e.label, e.start_s, e.end_s) for e in isolated.events] == [(e.label, e.start_s, e.end_s) for e in own.events]
+    assert [e.confidence for e in isolated.events] == pytest.approx([e.confidence for e in own.events], abs=1e-3)

@@ -78,7 +78,7 @@ def orphans(marker: str) -> int:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        count += b"edgemon.isolate" in cmdline and marker.encode() in cmdline
+        count += b"from edgemon.isolate import main" in cmdline and marker.encode() in cmdline
     return count
 
 
@@ -116,7 +116,7 @@ def main() -> None:
                     run.wait()
                     kills += 1
                     kill_moments.append(wait_s)
-                    time.sleep(0.05)
+                    time.sleep(0.3)   # a child starting up needs a moment to see its parent gone
                     orphaned += orphans(str(tmp))
                     try:
                         max_in_row = max([max_in_row] + [r[0] + 1 for r in query(db, "SELECT interrupted FROM in_progress")])

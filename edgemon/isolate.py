@@ -6,12 +6,12 @@ whose analysis in a child died before. A death of the daemon itself proves nothi
 loses power every night dies in the middle of some file), but a child that dies while the daemon
 lives does. The child is marked as the out-of-memory killer's first choice, dies with its parent,
 ignores Ctrl-C (the daemon stops after the current file), and sends back the ``Analysis`` pickled
-on stdout; an error is sent back as text. Run as ``python -m edgemon.isolate``.
+on stdout; an error is sent back as text. It starts as ``_CHILD``, which binds it to the daemon
+before the second of imports, so a daemon killed meanwhile leaves no orphan working on.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import pickle
@@ -29,6 +29,18 @@ from edgemon.pipeline import Analysis, Analyzer
 
 _FAILED = 3      # exit status of a child that caught an error and reported it
 _PROGRESS = b"\x06"  # written to stderr for each decoded block (ASCII ACK: never in an error text)
+_CHILD = """\
+import ctypes, os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C stops the daemon after this file, not the child
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the daemon
+except (OSError, AttributeError):               # not Linux: an orphan finishes its one file
+    pass
+if os.getppid() != int(sys.argv[1]):             # the daemon died before the line above
+    os._exit(1)
+from edgemon.isolate import main
+sys.exit(main([os.fsencode(a) for a in sys.argv[2:]]))
+"""
 
 
 class AnalysisDied(EdgemonError):
@@ -56,8 +68,9 @@ class Isolated:
         decodes (the daemon's progress mark, so its watchdog sees a long file move). Raises
         ``AnalysisFailed`` (the file's error), ``AnalysisDied`` (the child was killed or
         crashed) or ``AnalysisStopped``."""
-        command = [sys.executable, "-m", "edgemon.isolate", str(os.getpid()), os.fsencode(self.bundle_path),
+        command = [sys.executable, "-c", _CHILD, str(os.getpid()), os.fsencode(self.bundle_path),
                    str(self.threads), repr(self.block_s), os.fsencode(path)]
+        # The daemon's environment (OPENBLAS_NUM_THREADS too): the same arithmetic as in-process.
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
             out, err = _collect(child, on_block)
         if child.returncode == 0:
@@ -101,26 +114,14 @@ def _blocks_with_progress(path: Path, block_s: float, sample_rate: int) -> Itera
         yield block
 
 
-def _bind_to(parent: int) -> None:
-    """Die with the daemon (it was killed: nobody would read the result), and be the
-    out-of-memory killer's first choice, so a file that exhausts memory kills the child."""
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)    # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):                 # not Linux: an orphan finishes its one file
-        pass
-    if os.getppid() != parent:                        # the daemon died before the line above
-        os._exit(1)
-    try:
+def main(argv: list[bytes]) -> int:
+    """The child's work, once ``_CHILD`` has bound it to the daemon: analyse one file."""
+    bundle_path, threads, block_s, path = argv
+    try:  # the out-of-memory killer's first choice: a file that exhausts memory kills the child
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")
     except OSError:
         pass
-
-
-def main(argv: list[bytes]) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent, bundle_path, threads, block_s, path = argv
-    _bind_to(int(parent))
     try:
         analyzer = Analyzer(load_bundle(Path(os.fsdecode(bundle_path))), threads=int(threads))
         analysis = analyzer.analyse_blocks(_blocks_with_progress(Path(os.fsdecode(path)), float(block_s),
@@ -131,6 +132,3 @@ def main(argv: list[bytes]) -> int:
     sys.stdout.buffer.write(pickle.dumps(analysis))
     return 0
 
-
-if __name__ == "__main__":  # the daemon's environment (OPENBLAS_NUM_THREADS too): the same arithmetic
-    sys.exit(main([os.fsencode(a) for a in sys.argv[1:]]))

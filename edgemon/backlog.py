@@ -33,6 +33,8 @@ class BacklogProgress:
 
     def _waiting_audio_s(self, waiting: Collection[Path]) -> tuple[float, int]:
         """(seconds of audio in the waiting files whose header says, files whose header does not)."""
+        for gone in self._durations.keys() - waiting:   # done since: the cache never outgrows the backlog
+            del self._durations[gone]
         total, unknown = 0.0, 0
         for path in waiting:
             try:

@@ -355,9 +355,10 @@ class Watcher:
         return True
 
     def _unreachable(self, path: Path, exc: OSError) -> bool:
-        """``path`` was listed but cannot be stat'ed. Gone: forget it. A symlink loop, a dangling
-        link, a name in a directory that can be listed but not entered: quarantined, once per
-        version of the link; True either way, so the loop and ``--until-idle`` move on."""
+        """``path`` was listed but cannot be stat'ed. Gone: forget it. A symlink loop or a dangling
+        link: quarantined at once, once per version of the link. Any other error (a directory
+        that can be listed but not entered, an I/O error of a failing card): a failed attempt,
+        retried like an unreadable file. True when the file needs no more attention."""
         version = file_version(path)
         if version is None:
             log.info("%s: gone before it was processed", shown(self.source_of(path)))
@@ -369,10 +370,22 @@ class Watcher:
         if entry is not None and (entry["size"], entry["mtime_ns"]) == version and entry["state"] == "quarantined":
             self.settled[path] = version
             return True
-        why = ("dangling symbolic link (its target does not exist)" if isinstance(exc, FileNotFoundError) else
-               "symbolic link loop" if exc.errno == errno.ELOOP else f"cannot stat: {exc.strerror or exc}")
-        self._quarantine_at_once(path, source, version, why)
-        return True
+        if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:
+            self._quarantine_at_once(path, source, version, "symbolic link loop" if exc.errno == errno.ELOOP else
+                                     "dangling symbolic link (its target does not exist)")
+            return True
+        if time.monotonic() < self.retry_at.get(path, 0.0):
+            return False
+        state = self.store.record_failure(source, path=path, size=version[0], mtime_ns=version[1],
+                                          error=f"cannot stat: {exc.strerror or exc}",
+                                          max_attempts=self.config.max_attempts)
+        log.warning("%s: cannot stat (%s), now %s", shown(source), shown(exc.strerror or exc), state)
+        if state == "quarantined":
+            self.settled[path] = version
+            self.attempted += 1
+            return True
+        self.retry_at[path] = time.monotonic() + self.config.retry_s
+        return False
 
     def _quarantine_at_once(self, path: Path, source: str, version: tuple[int, int], why: str) -> None:
         """A file no retry can help: recorded once as quarantined, and not looked at again

@@ -289,3 +289,21 @@ def test_an_isolated_analysis_equals_the_daemons_own_and_reports_each_block(tmp_
     assert len(blocks) == 3 and isolated.duration_s == own.duration_s
     assert [(e.label, e.start_s, e.end_s) for e in isolated.events] == [(e.label, e.start_s, e.end_s) for e in own.events]
     assert [e.confidence for e in isolated.events] == pytest.approx([e.confidence for e in own.events], abs=1e-3)
+
+
+@pytest.mark.skipif(bool(UNPRIVILEGED) and shutil.which("setpriv") is None, reason="root without setpriv")
+def test_a_file_that_cannot_be_stated_is_tried_like_an_unreadable_file(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "20240701_060000.WAV")
+    recording(root / "listable" / "20240701_070000.WAV")
+    (root / "listable").chmod(0o644)                            # listed, but its files cannot be reached
+    try:
+        run = subprocess.run([*UNPRIVILEGED, sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db),
+                              "--until-idle", "--settle-s", "0", "--rescan-s", "0.1", "--retry-s", "0.1"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        (root / "listable").chmod(0o755)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("cannot stat") == 3, run.stderr      # three tries, then quarantined
+    state, attempts, error = ledger(db)["listable/20240701_070000.WAV"]
+    assert (state, attempts, error) == ("quarantined", 3, "cannot stat: Permission denied")

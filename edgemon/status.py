@@ -57,6 +57,10 @@ def collect_status(db_path: str | Path, *, directory: str | Path | None = None, 
         status["dropped_audio"] = _dropped(conn, now) if "coverage" in tables else None
         status["unreadable_dirs"] = (dict(conn.execute("SELECT path, error FROM unreadable_dirs ORDER BY path"))
                                      if "unreadable_dirs" in tables else {})
+        # Files whose analysis was cut short in a row (power cuts, or a file that kills it).
+        status["interrupted"] = (dict(conn.execute("SELECT source, interrupted + 1 FROM in_progress "
+                                                   "WHERE interrupted > 0 ORDER BY source"))
+                                 if "in_progress" in tables else {})
     finally:
         conn.close()
     status["disk"] = _disk(db_path)
@@ -186,6 +190,8 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
         problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")
     for path, error in status.get("unreadable_dirs", {}).items():
         problems.append(f"cannot read directory {path} ({error}): its recordings are skipped")
+    for source, times in status.get("interrupted", {}).items():
+        problems.append(f"{source}: analysis cut short {times} times in a row")
     dropped = status["dropped_audio"]
     if dropped and dropped["last_24h"]["lost_s"] > 0:
         problems.append(f"{dropped['last_24h']['lost_s']:.0f} s of live audio lost in the last 24 h")

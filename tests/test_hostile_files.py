@@ -159,6 +159,7 @@ def test_a_daemon_that_loses_power_again_and_again_on_a_good_file_never_quaranti
         run.communicate(timeout=120)
         assert run.returncode == -signal.SIGKILL
     assert query(db, "SELECT interrupted FROM in_progress") == [(cuts - 1,)]
+    assert "20240701_070000_cut.WAV: analysis cut short 3 times in a row" in collect_status(db)["problems"]
     run = daemon(root, db, "--until-idle", env=env)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 0, stderr

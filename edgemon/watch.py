@@ -166,7 +166,7 @@ class Watcher:
         self.analyzer = analyzer
         self.store = store
         self.root = config.root.resolve()
-        # Suspect files (in progress when a run died, or failed before) are analysed in a child.
+        # Files whose analysis died before (the daemon's, or a child's) are analysed in a child.
         self.isolated = isolated or Isolated(analyzer.bundle.path, block_s=config.block_s)
         self.hints: queue.Queue[Path] = queue.Queue()
         self.pending: set[Path] = set()
@@ -208,18 +208,17 @@ class Watcher:
         self._note_unreadable(unreadable)
 
     def _note_unreadable(self, found: dict[str, str]) -> None:
-        """Say once when a directory cannot be listed (its recordings are skipped) and when it
-        can again; keep the list in the database for ``edgemon status``."""
-        if self.unreadable is None:     # as an earlier run left it: said once, not at every start
-            self.unreadable = {name_from_stored(p): e for p, e in self.store.unreadable_dirs().items()}
-        known = self.unreadable
-        if found == known:
+        """Say once per run when a directory cannot be listed (its recordings are skipped) and
+        when it can again; keep the list in the database for ``edgemon status``."""
+        if found == self.unreadable:
             return
-        try:
-            self.store.set_unreadable_dirs(found)
-        except sqlite3.OperationalError as exc:  # said and stored at a later scan
-            self._hold(exc)
-            return
+        if found != {name_from_stored(p): e for p, e in self.store.unreadable_dirs().items()}:
+            try:
+                self.store.set_unreadable_dirs(found)
+            except sqlite3.OperationalError as exc:  # said and stored at a later scan
+                self._hold(exc)
+                return
+        known = self.unreadable or {}
         for path in sorted(found.keys() - known.keys()):
             log.warning("cannot read directory %s (%s): its recordings are skipped until it can be read",
                         shown(path), shown(found[path]))

@@ -212,14 +212,19 @@ def test_unreadable_directories_are_said_once_and_shown_in_status(tmp_path):
     recording(root / "locked" / "20240701_070000.WAV")
     (root / "locked").chmod(0)
     try:
-        run = subprocess.run([*UNPRIVILEGED, sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db),
-                              "--until-idle", "--settle-s", "0", "--rescan-s", "0.1"],
-                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        watch = [*UNPRIVILEGED, sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db),
+                 "--until-idle", "--settle-s", "0", "--rescan-s", "0.1"]
+        run = subprocess.run(watch, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
         assert run.stderr.count("cannot read directory") == 1, run.stderr
         assert f"{root / 'locked'} (Permission denied)" in run.stderr
         problems = collect_status(db)["problems"]
         assert any("cannot read directory" in p and "locked" in p for p in problems), problems
+        (root / "locked").chmod(0o755)                          # readable again: taken, and no longer a problem
+        run = subprocess.run(watch, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and "cannot read directory" not in run.stderr, run.stderr
+        assert ledger(db)["locked/20240701_070000.WAV"][0] == "done"
+        assert not [p for p in collect_status(db)["problems"] if "cannot read" in p]
         root.chmod(0)                                           # the watched directory itself, under `edgemon run`
         (tmp_path / "empty.toml").write_text("")
         env = dict(os.environ, EDGEMON_DIRECTORY=str(root), EDGEMON_DB=str(tmp_path / "new.db"))

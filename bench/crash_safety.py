@@ -119,7 +119,8 @@ def main() -> None:
                     time.sleep(0.3)   # a child starting up needs a moment to see its parent gone
                     orphaned += orphans(str(tmp))
                     try:
-                        max_in_row = max([max_in_row] + [r[0] + 1 for r in query(db, "SELECT interrupted FROM in_progress")])
+                        open_rows = query(db, "SELECT interrupted FROM in_progress")
+                        max_in_row = max([max_in_row] + [r[0] + 1 for r in open_rows])
                     except sqlite3.Error:  # killed before its schema existed
                         pass
                     if kills < args.kills:

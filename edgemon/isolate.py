@@ -1,10 +1,10 @@
 """Analysing one recording in a child process, so that a file which kills its analysis (memory
 exhausted, a crash in a decoder) kills only the child and the daemon can blame the file.
 
-The daemon uses it for a suspect file only: one that was in progress when an earlier run died, or
-whose analysis in a child died before. A death of the daemon itself proves nothing about the file (a recorder that
-loses power every night dies in the middle of some file), but a child that dies while the daemon
-lives does. The child is marked as the out-of-memory killer's first choice, dies with its parent,
+The daemon uses it for a suspect file only: one that was in progress when an earlier run died,
+or whose analysis in a child died before. A death of the daemon itself proves nothing about the
+file (a recorder that loses power every night dies in the middle of some file), but a child that
+dies while the daemon lives does. The child is marked as the out-of-memory killer's first choice, dies with its parent,
 ignores Ctrl-C (the daemon stops after the current file), and sends back the ``Analysis`` pickled
 on stdout; an error is sent back as text. It starts as ``_CHILD``, which binds it to the daemon
 before the second of imports, so a daemon killed meanwhile leaves no orphan working on.

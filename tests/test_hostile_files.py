@@ -243,7 +243,8 @@ def test_watching_a_missing_directory_creates_no_database(tmp_path):
     run = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(tmp_path / "missing"),
                           "--db", str(tmp_path / "d.db"), "--until-idle"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: not a directory"
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: not a directory"
     assert list(tmp_path.iterdir()) == []                       # no database, no lock file
 
 
@@ -281,7 +282,8 @@ def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     watch_until_idle(root, tmp_path / "d.db", progress_s=0.0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]
-    assert lines[0].startswith("backlog: 0/5 file(s) done, 0.00 of 0.01 h of audio") and lines[-1].startswith("backlog done: 5 file(s)")
+    assert lines[0].startswith("backlog: 0/5 file(s) done, 0.00 of 0.01 h of audio")
+    assert lines[-1].startswith("backlog done: 5 file(s)")
 
 
 def test_an_isolated_analysis_equals_the_daemons_own_and_reports_each_block(tmp_path):
@@ -293,7 +295,8 @@ def test_an_isolated_analysis_equals_the_daemons_own_and_reports_each_block(tmp_
     isolated = Isolated(analyzer().bundle.path, block_s=5.0).analyse(path, on_block=lambda: blocks.append(1))
     own = analyzer().analyse_file(path, 5.0)
     assert len(blocks) == 3 and isolated.duration_s == own.duration_s
-    assert [(e.label, e.start_s, e.end_s) for e in isolated.events] == [(e.label, e.start_s, e.end_s) for e in own.events]
+    assert [(e.label, e.start_s, e.end_s) for e in isolated.events] == \
+        [(e.label, e.start_s, e.end_s) for e in own.events]
     assert [e.confidence for e in isolated.events] == pytest.approx([e.confidence for e in own.events], abs=1e-3)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,12 @@ import soxr
 from edgemon.errors import AudioError
 
 TARGET_RATE = 16000
+# Sample rates a recording may declare. Outside them the header is wrong or hostile: a WAV that
+# claims 1 Hz turns each second of data into hours of audio to resample (~890 MB for one file).
+MIN_RATE, MAX_RATE = 1000, 768000
+# At most this many samples (all channels) are read at once, whatever the header claims of rate
+# and channels: 2**21 float32 samples is 8 MB (a 10 s block of 96 kHz stereo).
+MAX_BLOCK_SAMPLES = 2**21
 
 
 # 16-bit PCM (AudioMoth's format) is read as int16 and scaled here: libsndfile's own conversion to
@@ -35,6 +42,12 @@ def _mono(block: np.ndarray) -> np.ndarray:
     return samples
 
 
+def _check_rate(f: soundfile.SoundFile, path: Path) -> None:
+    if not MIN_RATE <= f.samplerate <= MAX_RATE:
+        raise AudioError(f"{path}: sample rate {f.samplerate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz "
+                         "(a broken or hostile header)")
+
+
 def _check_finite(samples: np.ndarray, raw: np.ndarray, path: Path) -> None:
     if raw.dtype.kind == "f" and not np.isfinite(samples).all():  # integer PCM is always finite
         raise AudioError(f"{path}: audio holds NaN or infinite samples")
@@ -44,11 +57,12 @@ def load(path: str | Path, sample_rate: int = TARGET_RATE) -> np.ndarray:
     """Whole file -> mono float32 in [-1, 1] at ``sample_rate`` Hz (soxr HQ resampling).
 
     Raises ``AudioError`` naming the file when it is missing, unreadable, not audio, empty,
-    or holds non-finite samples.
+    or holds non-finite samples, or declares a sample rate outside ``MIN_RATE``-``MAX_RATE``.
     """
     path = Path(path)
     try:
-        with soundfile.SoundFile(str(path)) as f:
+        with soundfile.SoundFile(os.fsencode(path)) as f:  # bytes: a name need not be UTF-8
+            _check_rate(f, path)
             rate, data = f.samplerate, f.read(dtype=_read_dtype(f), always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
         raise AudioError(f"{path}: cannot decode audio: {exc}") from exc
@@ -65,24 +79,29 @@ def iter_blocks(path: str | Path, block_seconds: float = 60.0,
                 sample_rate: int = TARGET_RATE) -> Iterator[np.ndarray]:
     """Yield consecutive mono float32 blocks at ``sample_rate`` without holding the whole file.
 
-    Memory stays bounded by ``block_seconds`` at the file's own rate, whatever its length.
+    Memory stays bounded whatever the file's length and whatever its header claims: each read
+    holds at most ``block_seconds`` at the file's own rate and at most ``MAX_BLOCK_SAMPLES``
+    samples, and no yielded block is longer than ``block_seconds`` at ``sample_rate`` (plus the
+    resampler's short delay line). A rate outside ``MIN_RATE``-``MAX_RATE`` raises ``AudioError``.
     """
     path = Path(path)
+    longest = max(1, int(block_seconds * sample_rate))
     try:
-        with soundfile.SoundFile(str(path)) as f:
+        with soundfile.SoundFile(os.fsencode(path)) as f:  # bytes: a name need not be UTF-8
+            _check_rate(f, path)
             resampler = None if f.samplerate == sample_rate else soxr.ResampleStream(
                 f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
-            frames = max(1, int(block_seconds * f.samplerate))
+            frames = max(1, min(int(block_seconds * f.samplerate), MAX_BLOCK_SAMPLES // f.channels))
             for block in f.blocks(blocksize=frames, dtype=_read_dtype(f), always_2d=True):
                 samples = _mono(block)
                 _check_finite(samples, block, path)
                 if resampler is not None:
                     samples = resampler.resample_chunk(samples, last=False)
-                if len(samples):
-                    yield np.ascontiguousarray(samples)
+                for at in range(0, len(samples), longest):
+                    yield np.ascontiguousarray(samples[at:at + longest])
             if resampler is not None:
                 tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-                if len(tail):
-                    yield tail
+                for at in range(0, len(tail), longest):
+                    yield tail[at:at + longest]
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
         raise AudioError(f"{path}: cannot decode audio: {exc}") from exc

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 from edgemon.bundle import default_bundle_path, load_bundle
 from edgemon.config import Settings
+from edgemon.dblock import hold_database
 from edgemon.dbguard import open_or_recover
 from edgemon.diskguard import DiskBudget
 from edgemon.errors import BundleError
 from edgemon.health import HealthConfig, Heartbeats, WatchMonitor, listen_health
 from edgemon.pipeline import Analyzer
+from edgemon.isolate import Isolated
+from edgemon.safetext import shown
 from edgemon.store import Store
-from edgemon.watch import WatchConfig, Watcher
+from edgemon.watch import WatchConfig, Watcher, check_root
 
 log = logging.getLogger(__name__)
+TERMINAL_PROGRESS_S = 5.0   # backlog progress on a terminal; under systemd WatchConfig.progress_s
 
 
 @contextmanager
@@ -42,7 +48,8 @@ def stop_on_signals():
 
 def make_analyzer(models: Path | None, threads: int = 1) -> Analyzer:
     bundle = load_bundle(models or default_bundle_path())
-    log.info("bundle %s: %d member(s), labels %s", bundle.bundle_id, len(bundle.members), ", ".join(bundle.labels))
+    log.info("bundle %s: %d member(s), labels %s", shown(bundle.bundle_id), len(bundle.members),
+             shown(", ".join(bundle.labels)))
     return Analyzer(bundle, threads=threads)
 
 
@@ -63,21 +70,36 @@ def record_refusal(db_path: Path, mode: str, device_id: str, reason: str) -> Non
 def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, threads: int = 1,
               health: HealthConfig = HealthConfig(), disk: DiskBudget = DiskBudget()) -> int:
     """Watch ``config.root`` into the database at ``db_path``; returns files processed. A corrupt
-    database is moved aside and a fresh one created; systemd hears READY, STATUS and watchdog pings."""
-    try:
-        analyzer = make_analyzer(models, threads)
-    except BundleError as exc:
-        record_refusal(db_path, "watch", config.device_id, str(exc))
-        raise
-    with open_or_recover(db_path) as store, stop_on_signals() as stop:
-        store.record_bundle(analyzer.bundle.bundle_id, analyzer.bundle.manifest)   # names and reach for export
-        monitor = WatchMonitor(store, db_path, device_id=config.device_id, bundle_id=analyzer.bundle.bundle_id,
-                               config=health, disk=disk)
-        watcher = Watcher(config, analyzer, store, on_tick=monitor.tick)
-        log.info("watching %s into %s", watcher.root, db_path)
-        with monitor.running(watcher):
-            watcher.run(stop)
-        return watcher.processed
+    database is moved aside and a fresh one created; systemd hears READY, STATUS and watchdog pings.
+
+    Nothing is created before the directory is known to be readable; the database's lock
+    (``dblock``) is held from before it is opened until the end, so a second daemon on the same
+    database stops at once with a one-line error.
+    """
+    check_root(config.root)
+    if sys.stderr.isatty():
+        config = dataclasses.replace(config, progress_s=min(config.progress_s, TERMINAL_PROGRESS_S))
+    with hold_database(db_path):
+        try:
+            analyzer = make_analyzer(models, threads)
+        except BundleError as exc:
+            record_refusal(db_path, "watch", config.device_id, str(exc))
+            raise
+        with open_or_recover(db_path) as store, stop_on_signals() as stop:
+            store.record_bundle(analyzer.bundle.bundle_id, analyzer.bundle.manifest)   # names and reach for export
+            return _watch(config, db_path, analyzer, store, stop, threads, health, disk)
+
+
+def _watch(config: WatchConfig, db_path: Path, analyzer: Analyzer, store, stop: threading.Event, threads: int,
+           health: HealthConfig, disk: DiskBudget) -> int:
+    monitor = WatchMonitor(store, db_path, device_id=config.device_id, bundle_id=analyzer.bundle.bundle_id,
+                           config=health, disk=disk)
+    watcher = Watcher(config, analyzer, store, on_tick=monitor.tick,
+                      isolated=Isolated(analyzer.bundle.path, threads=threads, block_s=config.block_s))
+    log.info("watching %s into %s", shown(watcher.root), shown(db_path))
+    with monitor.running(watcher):
+        watcher.run(stop)
+    return watcher.processed
 
 
 def run_service(settings: Settings, mode: str | None = None, until_idle: bool = False,
@@ -91,5 +113,5 @@ def run_service(settings: Settings, mode: str | None = None, until_idle: bool = 
     else:
         from edgemon.listen import listen_main
 
-        with listen_health(settings["db"], settings.health_config()):
+        with hold_database(settings["db"]), listen_health(settings["db"], settings.health_config()):
             listen_main(settings.listen_config(duration_s), settings["db"], settings["models"], settings["threads"])

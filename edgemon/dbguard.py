@@ -15,6 +15,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
+from edgemon.safetext import shown
 from edgemon.store import Store, StoreError, connect_read_only
 
 log = logging.getLogger(__name__)
@@ -74,5 +75,5 @@ def open_or_recover(path: str | Path) -> Store:
         aside = move_aside(path)
         log.error("detections database %s is corrupt (%s); moved it aside to %s and started a fresh one. "
                   "Every recording will be analysed again. Nothing was deleted; to salvage old rows: "
-                  "sqlite3 %s .recover | sqlite3 salvaged.db", path, found, aside, aside)
+                  "sqlite3 %s .recover | sqlite3 salvaged.db", shown(path), shown(found), shown(aside), shown(aside))
     return Store(path)

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from edgemon.safetext import shown
+
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
 
@@ -60,7 +62,7 @@ class DiskGuard:
             try:
                 free.append(self._usage(str(_existing(path))).free / MB)
             except OSError as exc:  # a vanished mount: say so, judge by the others
-                log.warning("disk: cannot measure free space at %s: %s", path, exc)
+                log.warning("disk: cannot measure free space at %s: %s", shown(path), shown(exc))
         if not free:
             return self.state
         self.free_mb = min(free)

@@ -237,6 +237,17 @@ def _duration_s(path: Path, meta: dict) -> float | None:
     return held / frame / rate
 
 
+def audio_duration_s(path: Path) -> float | None:
+    """Seconds of audio a WAV or FLAC file holds, from its header alone (a few hundred bytes
+    read); None when the header does not say or the file cannot be read."""
+    path = Path(path)
+    try:
+        meta = read_wav_metadata(path) if path.suffix.lower() == ".wav" else {}
+        return _duration_s(path, meta)
+    except OSError:
+        return None
+
+
 def _from_mtime(path: Path, meta: dict, now: datetime) -> RecordingTime:
     """The file's last write (the end of recording) minus its duration, if the header tells it."""
     mtime = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=path.stat().st_mtime_ns // 1000)

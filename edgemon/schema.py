@@ -147,6 +147,32 @@ def m004_named_cursors_and_bundles(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX detections_label_start_utc ON detections (label, start_utc)")
 
 
+@MIGRATIONS()
+def m005_attempts_and_unreadable(db: sqlite_utils.Database) -> None:
+    """Crash accounting and scan problems. Additive only.
+
+    ``in_progress``: one row per file being analysed, committed before the work starts and
+    removed with the file's result; a row found at the next attempt means the run died while the
+    file was in progress (``interrupted`` counts such deaths in a row, for this size and mtime).
+    ``unreadable_dirs``: directories under the watched one that the scan cannot read now.
+    """
+    db.execute("""
+        CREATE TABLE in_progress (
+            source TEXT PRIMARY KEY,
+            path TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            started_utc TEXT NOT NULL,
+            interrupted INTEGER NOT NULL DEFAULT 0
+        )""")
+    db.execute("""
+        CREATE TABLE unreadable_dirs (
+            path TEXT PRIMARY KEY,
+            error TEXT NOT NULL,
+            since_utc TEXT NOT NULL
+        )""")
+
+
 REVIEW_VERDICTS = ("correct", "wrong", "relabel", "unsure")
 
 

@@ -57,6 +57,12 @@ def collect_status(db_path: str | Path, *, directory: str | Path | None = None, 
         status["audio_h_this_run"] = round(beat["audio_s"] / 3600, 3) if beat else None
         status["dropped_audio"] = _dropped(conn, now) if "coverage" in tables else None
         status["export_cursors"] = _export_cursors(conn) if "export_cursors" in tables else []
+        status["unreadable_dirs"] = (dict(conn.execute("SELECT path, error FROM unreadable_dirs ORDER BY path"))
+                                     if "unreadable_dirs" in tables else {})
+        # Files whose analysis was cut short in a row (power cuts, or a file that kills it).
+        status["interrupted"] = (dict(conn.execute("SELECT source, interrupted + 1 FROM in_progress "
+                                                   "WHERE interrupted > 0 ORDER BY source"))
+                                 if "in_progress" in tables else {})
     finally:
         conn.close()
     status["disk"] = _disk(db_path)
@@ -126,7 +132,7 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
                "quarantined": counts.get("quarantined", 0), "waiting": None, "directory": None}
     if directory is None:
         return backlog
-    from edgemon.watch import iter_audio
+    from edgemon.watch import iter_audio, source_of
 
     root = Path(directory).resolve()
     backlog["directory"] = str(root)
@@ -140,7 +146,7 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
             st = path.stat()
         except OSError:
             continue
-        entry = ledger.get(path.relative_to(root).as_posix())
+        entry = ledger.get(source_of(root, path))
         if entry is None or entry[:2] != (st.st_size, st.st_mtime_ns) or entry[2] == "failed":
             waiting += 1
     backlog["waiting"] = waiting
@@ -195,6 +201,10 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
     free = status["disk"]["free_mb"]
     if min_free_mb is not None and free is not None and free < min_free_mb:
         problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")
+    for path, error in status.get("unreadable_dirs", {}).items():
+        problems.append(f"cannot read directory {path} ({error}): its recordings are skipped")
+    for source, times in status.get("interrupted", {}).items():
+        problems.append(f"{source}: analysis cut short {times} times in a row")
     dropped = status["dropped_audio"]
     if dropped and dropped["last_24h"]["lost_s"] > 0:
         problems.append(f"{dropped['last_24h']['lost_s']:.0f} s of live audio lost in the last 24 h")

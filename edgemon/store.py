@@ -27,6 +27,7 @@ from pathlib import Path
 import sqlite_utils
 
 from edgemon.errors import EdgemonError
+from edgemon.safetext import shown, stored_name
 from edgemon.schema import FILE_STATES, MIGRATIONS, TIME_SOURCES  # noqa: F401  (re-exported)
 from edgemon.tables import label_names
 
@@ -212,7 +213,8 @@ class Store:
         (kept in the ledger's error column) says what was odd about a file that was still read.
 
         ``size`` is in bytes, ``mtime_ns`` in nanoseconds since the epoch, ``duration_s`` in
-        seconds. Raises ValueError if a detection names another source or bundle.
+        seconds. Raises ValueError if a detection names another source or bundle. Ends the file's
+        attempt (``begin_attempt``). ``source`` must be valid UTF-8 text (see ``safetext.stored_name``).
         """
         _check_detections(detections, source, bundle_id)
         now = _now()
@@ -223,29 +225,71 @@ class Store:
             if rows:
                 db["detections"].insert_all(rows, replace=True)
             attempts = _attempts_so_far(self.file_entry(source), size, mtime_ns) + 1
+            db.execute("DELETE FROM in_progress WHERE source = ?", [source])
             db["files"].upsert({
-                "source": source, "path": str(path), "size": size, "mtime_ns": mtime_ns,
-                "state": "done", "attempts": attempts, "error": note, "duration_s": duration_s,
+                "source": source, "path": stored_name(path), "size": size, "mtime_ns": mtime_ns,
+                "state": "done", "attempts": attempts, "error": None if note is None else shown(note),
+                "duration_s": duration_s,
                 "start_utc": _optional_utc(start_utc), "time_source": time_source,
                 "clock_suspect": int(clock_suspect), "bundle_id": bundle_id, "updated_at": now,
             }, pk="source")
 
     def record_failure(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
-                       error: str, max_attempts: int = 3) -> str:
+                       error: str, max_attempts: int = 3, died: bool = False) -> str:
         """Count a failed attempt at ``source`` and return its new state: 'failed', or
         'quarantined' once it has failed ``max_attempts`` times. Detections are left alone.
 
         A file whose size or mtime changed since the last attempt is a new version (the recorder
-        rewrote it), so its count starts again.
+        rewrote it), so its count starts again. Ends the file's attempt (``begin_attempt``),
+        unless the analysis ``died`` and the file is not quarantined: the attempt then stays open,
+        so the next one counts the death and is isolated as well.
         """
         with self._write() as db:
             attempts = _attempts_so_far(self.file_entry(source), size, mtime_ns) + 1
             state = "quarantined" if attempts >= max_attempts else "failed"
+            if not died or state == "quarantined":
+                db.execute("DELETE FROM in_progress WHERE source = ?", [source])
             db["files"].upsert({
-                "source": source, "path": str(path), "size": size, "mtime_ns": mtime_ns,
-                "state": state, "attempts": attempts, "error": error, "updated_at": _now(),
+                "source": source, "path": stored_name(path), "size": size, "mtime_ns": mtime_ns,
+                "state": state, "attempts": attempts, "error": shown(error), "updated_at": _now(),
             }, pk="source")
         return state
+
+    def begin_attempt(self, source: str, *, path: str | Path, size: int, mtime_ns: int) -> int:
+        """Record, committed before any work, that ``source`` (this size and mtime) is being
+        analysed; ``commit_file`` and ``record_failure`` end the attempt. Returns how many runs in a
+        row died while this version was in progress: 0 unless an earlier attempt never ended."""
+        with self._write() as db:
+            row = db.execute("SELECT size, mtime_ns, interrupted FROM in_progress WHERE source = ?",
+                             [source]).fetchone()
+            interrupted = row[2] + 1 if row is not None and row[:2] == (size, mtime_ns) else 0
+            db.execute("INSERT OR REPLACE INTO in_progress (source, path, size, mtime_ns, started_utc, interrupted) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", [source, stored_name(path), size, mtime_ns, _now(), interrupted])
+        return interrupted
+
+    def drop_attempt(self, source: str) -> None:
+        """End an attempt that has no result (the file was deleted while it was analysed)."""
+        with self._write() as db:
+            db.execute("DELETE FROM in_progress WHERE source = ?", [source])
+
+    def finished_versions(self) -> dict[str, tuple[int, int]]:
+        """``{source: (size, mtime_ns)}`` of every file that needs no more work (done or quarantined)."""
+        rows = self.db.execute("SELECT source, size, mtime_ns FROM files WHERE state IN ('done', 'quarantined')")
+        return {source: (size, mtime_ns) for source, size, mtime_ns in rows}
+
+    def unreadable_dirs(self) -> dict[str, str]:
+        """``{path: error}`` of the directories the last scan could not read."""
+        return dict(self.db.execute("SELECT path, error FROM unreadable_dirs").fetchall())
+
+    def set_unreadable_dirs(self, found: dict[str, str]) -> None:
+        """Replace the list of directories the scan cannot read: ``{path: error}``; a directory
+        already listed keeps the time it was first seen."""
+        with self._write() as db:
+            known = dict(db.execute("SELECT path, since_utc FROM unreadable_dirs").fetchall())
+            db.execute("DELETE FROM unreadable_dirs")
+            now = _now()
+            db.conn.executemany("INSERT INTO unreadable_dirs (path, error, since_utc) VALUES (?, ?, ?)",
+                                [(stored_name(p), shown(e), known.get(stored_name(p), now)) for p, e in found.items()])
 
     def insert_detections(self, detections: Iterable[Detection]) -> int:
         """Store detections of a live stream (no ledger row) in one transaction.

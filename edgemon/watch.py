@@ -9,12 +9,24 @@ enqueues paths. Source recordings are never modified or deleted.
 A database write that fails (disk full, a lock held past the busy timeout) rolls back, is not
 counted against the file, and holds all work for ``retry_s``; the file is then tried again. The
 observer is restarted if its thread dies (a handler raised, the card was unmounted).
+
+An attempt is committed before a file is analysed (``Store.begin_attempt``). A file that was in
+progress when a run died, or whose analysis died before, is analysed in a child process
+(``edgemon.isolate``): if the child dies while the daemon lives, the file killed it, and after
+``max_attempts`` such failures it is quarantined; a daemon killed for an unrelated reason (power
+lost every night) never counts against the file it was working on.
+
+Hostile names and entries are recorded, once: a name that is not UTF-8 is stored escaped
+(``safetext.stored_name``); a symlink loop or a dangling link is quarantined like an unreadable
+file; a directory the scan cannot read is logged once and listed for ``edgemon status``. Every
+name and error logged goes through ``safetext.shown``, so a name cannot forge a log line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import logging
 import os
 import queue
@@ -30,9 +42,12 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from edgemon import audio
+from edgemon.backlog import BacklogProgress
 from edgemon.errors import EdgemonError
+from edgemon.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.pipeline import Analysis, Analyzer
 from edgemon.recorder import StabilityTracker, recording_time, wav_header_consistent
+from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.store import Detection, Store
 
 log = logging.getLogger(__name__)
@@ -51,6 +66,25 @@ class WatchConfig:
     max_attempts: int = 3          # failures before a file is quarantined
     retry_s: float = 60.0          # wait before trying a failed file again
     until_idle: bool = False       # exit once nothing is left to do (tests, one-off backlogs)
+    progress_s: float = 60.0       # seconds between backlog progress lines
+
+
+class WatchRootError(EdgemonError):
+    """The directory to watch is missing, not a directory, or cannot be read."""
+
+
+def check_root(root: Path) -> Path:
+    """``root`` resolved, once it is known to be a directory edgemon can list; else
+    ``WatchRootError`` (before anything, a database included, is created)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise WatchRootError(f"{shown(root)}: not a directory")
+    try:
+        with os.scandir(root):
+            pass
+    except OSError as exc:
+        raise WatchRootError(f"{shown(root)}: cannot read the directory: {exc.strerror}") from None
+    return root.resolve()
 
 
 def may_still_be_written(why: str) -> bool:
@@ -64,17 +98,44 @@ def is_audio(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
 
 
-def iter_audio(root: Path) -> Iterator[Path]:
-    """Every audio file under ``root``, hidden directories skipped."""
-    for dirpath, dirnames, filenames in os.walk(root):
+def iter_audio(root: Path, unreadable: dict[str, str] | None = None) -> Iterator[Path]:
+    """Every audio file under ``root``, hidden directories skipped. Directories that cannot be
+    listed are put in ``unreadable`` (path -> reason) when given, else skipped."""
+
+    def note(exc: OSError) -> None:
+        if unreadable is not None:
+            unreadable[os.fsdecode(exc.filename)] = exc.strerror or str(exc)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=note):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         yield from (Path(dirpath) / f for f in filenames if is_audio(Path(f)))
+
+
+def file_version(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of what ``path`` names; of the link itself when its target cannot be
+    reached (a loop, a dangling link); (0, 0) when not even that can be read; None when gone."""
+    for look in (os.stat, os.lstat):
+        try:
+            st = look(path)
+            return st.st_size, st.st_mtime_ns
+        except FileNotFoundError:
+            continue
+        except OSError:
+            if look is os.lstat:
+                return 0, 0
+    return None
 
 
 def _observing(observer: Observer) -> bool:
     """The observer's thread and every emitter thread are alive (an emitter stops on its own when
     the watched directory disappears)."""
     return observer.is_alive() and bool(observer.emitters) and all(e.is_alive() for e in observer.emitters)
+
+
+def source_of(root: Path, path: Path) -> str:
+    """The ledger's name of ``path`` under ``root``: relative, '/'-separated, valid UTF-8 text
+    (``safetext.stored_name``: a name that is not UTF-8 is stored escaped, reversibly)."""
+    return stored_name(path.relative_to(root).as_posix())
 
 
 class _Hints(FileSystemEventHandler):
@@ -100,11 +161,13 @@ class Watcher:
     """Processes a directory's recordings into ``store``; ``run(stop)`` until ``stop`` is set."""
 
     def __init__(self, config: WatchConfig, analyzer: Analyzer, store: Store,
-                 on_tick: Callable[[Watcher], bool] | None = None):
+                 on_tick: Callable[[Watcher], bool] | None = None, isolated: Isolated | None = None):
         self.config = config
         self.analyzer = analyzer
         self.store = store
         self.root = config.root.resolve()
+        # Files whose analysis died before (the daemon's, or a child's) are analysed in a child.
+        self.isolated = isolated or Isolated(analyzer.bundle.path, block_s=config.block_s)
         self.hints: queue.Queue[Path] = queue.Queue()
         self.pending: set[Path] = set()
         self.stability = StabilityTracker(config.settle_s)
@@ -120,16 +183,54 @@ class Watcher:
         self.busy_s = 0.0
         self.store_error: str | None = None   # the last refused write, until a write succeeds
         self.hold_until = 0.0           # monotonic: no new work before this (the database refused a write)
+        self.unreadable: dict[str, str] | None = None   # directories the last scan could not list
+        self.attempted = 0              # files finished this run, whatever the outcome
+        self.progress = BacklogProgress(config.progress_s)
 
     def source_of(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+        return source_of(self.root, path)
 
     def scan(self) -> None:
-        self.pending.update(iter_audio(self.root))
+        """Every audio file under the root that the ledger does not hold as finished becomes
+        pending (one ledger query; a rescan of settled files costs a stat each)."""
+        unreadable: dict[str, str] = {}
+        finished = None
+        for path in iter_audio(self.root, unreadable):
+            version = file_version(path)
+            if version is None or self.settled.get(path) == version:
+                continue
+            if finished is None:
+                finished = self.store.finished_versions()
+            if finished.get(self.source_of(path)) == version:
+                self.settled[path] = version
+            else:
+                self.pending.add(path)
+        self._note_unreadable(unreadable)
+
+    def _note_unreadable(self, found: dict[str, str]) -> None:
+        """Say once per run when a directory cannot be listed (its recordings are skipped) and
+        when it can again; keep the list in the database for ``edgemon status``."""
+        if found == self.unreadable:
+            return
+        if found != {name_from_stored(p): e for p, e in self.store.unreadable_dirs().items()}:
+            try:
+                self.store.set_unreadable_dirs(found)
+            except sqlite3.OperationalError as exc:  # said and stored at a later scan
+                self._hold(exc)
+                return
+        known = self.unreadable or {}
+        for path in sorted(found.keys() - known.keys()):
+            log.warning("cannot read directory %s (%s): its recordings are skipped until it can be read",
+                        shown(path), shown(found[path]))
+        for path in sorted(known.keys() - found.keys()):
+            log.info("directory %s can be read again", shown(path))
+        self.unreadable = found
+
+    def _report_progress(self) -> None:
+        self.progress.update(done=self.attempted, waiting=self.pending, audio_s=self.audio_s, busy_s=self.busy_s)
 
     def run(self, stop: threading.Event) -> None:
-        if not self.root.is_dir():
-            raise EdgemonError(f"{self.root}: not a directory")
+        check_root(self.root)
         observer = self._observe()
         try:
             self.scan()
@@ -156,6 +257,7 @@ class Watcher:
                     if done:
                         self.pending.discard(path)
                         self.stability.forget(path)
+                self._report_progress()
                 if self.config.until_idle and not self.pending:
                     break
                 if time.monotonic() >= next_scan:
@@ -176,7 +278,7 @@ class Watcher:
             observer.schedule(_Hints(self.hints), str(self.root), recursive=True)
             observer.start()
         except OSError as exc:  # the card is unmounted: rescans still run; retried each rescan period
-            log.warning("cannot watch %s for events: %s", self.root, exc)
+            log.warning("cannot watch %s for events: %s", shown(self.root), shown(exc))
         return observer
 
     def _tick(self) -> bool:
@@ -191,7 +293,8 @@ class Watcher:
         """A write was refused and rolled back: nothing of the file is stored, nothing counted
         against it. Hold all work for ``retry_s``, then try again (the file stays pending)."""
         if self.store_error is None:
-            log.warning("database write failed (%s); holding work, retrying every %.0f s", exc, self.config.retry_s)
+            log.warning("database write failed (%s); holding work, retrying every %.0f s", shown(exc),
+                        self.config.retry_s)
         self.store_error = str(exc)
         self.hold_until = time.monotonic() + self.config.retry_s
 
@@ -213,20 +316,14 @@ class Watcher:
         """Try one file; True when it needs no more attention (done, quarantined or gone)."""
         try:
             st = path.stat()
-        except FileNotFoundError:
-            log.info("%s: gone before it was processed", path)
-            return True
         except OSError as exc:
-            log.warning("%s: cannot stat: %s", path, exc)
-            return False
+            return self._unreachable(path, exc)
         version = (st.st_size, st.st_mtime_ns)
         if self.settled.get(path) == version:
             return True
         source = self.source_of(path)
         if not stat.S_ISREG(st.st_mode):  # a FIFO or device named .wav would block a reader forever
-            self.store.record_failure(source, path=str(path), size=0, mtime_ns=st.st_mtime_ns,
-                                      error="not a regular file", max_attempts=1)
-            self.settled[path] = version
+            self._quarantine_at_once(path, source, version, "not a regular file")
             return True
         entry = self.store.file_entry(source)
         same_file = entry is not None and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns
@@ -256,34 +353,92 @@ class Watcher:
         self.retry_at.pop(path, None)
         return True
 
+    def _unreachable(self, path: Path, exc: OSError) -> bool:
+        """``path`` was listed but cannot be stat'ed. Gone: forget it. A symlink loop or a dangling
+        link: quarantined at once, once per version of the link. Any other error (a directory
+        that can be listed but not entered, an I/O error of a failing card): a failed attempt,
+        retried like an unreadable file. True when the file needs no more attention."""
+        version = file_version(path)
+        if version is None:
+            log.info("%s: gone before it was processed", shown(self.source_of(path)))
+            return True
+        if self.settled.get(path) == version:
+            return True
+        source = self.source_of(path)
+        entry = self.store.file_entry(source)
+        if entry is not None and (entry["size"], entry["mtime_ns"]) == version and entry["state"] == "quarantined":
+            self.settled[path] = version
+            return True
+        if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:
+            self._quarantine_at_once(path, source, version, "symbolic link loop" if exc.errno == errno.ELOOP else
+                                     "dangling symbolic link (its target does not exist)")
+            return True
+        if time.monotonic() < self.retry_at.get(path, 0.0):
+            return False
+        state = self.store.record_failure(source, path=path, size=version[0], mtime_ns=version[1],
+                                          error=f"cannot stat: {exc.strerror or exc}",
+                                          max_attempts=self.config.max_attempts)
+        log.warning("%s: cannot stat (%s), now %s", shown(source), shown(exc.strerror or exc), state)
+        if state == "quarantined":
+            self.settled[path] = version
+            self.attempted += 1
+            return True
+        self.retry_at[path] = time.monotonic() + self.config.retry_s
+        return False
+
+    def _quarantine_at_once(self, path: Path, source: str, version: tuple[int, int], why: str) -> None:
+        """A file no retry can help: recorded once as quarantined, and not looked at again
+        until its size or mtime changes."""
+        self.store.record_failure(source, path=path, size=version[0], mtime_ns=version[1], error=why, max_attempts=1)
+        log.warning("%s: %s; quarantined", shown(source), why)
+        self.settled[path] = version
+        self.attempted += 1
+
     def process(self, path: Path, source: str, st: os.stat_result, note: str | None = None) -> None:
-        """Analyse one stable file and commit it with its detections, or record its failure."""
+        """Analyse one stable file and commit it with its detections, or record its failure.
+
+        The attempt is committed first. A file whose analysis died before (the daemon, or an
+        isolated child) is analysed in a child process, whose death is then the file's failure.
+        """
         started = time.monotonic()
+        interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        if interrupted:
+            log.warning("%s: its analysis was cut short %d time(s) in a row (edgemon stopped, or the analysis "
+                        "died); analysing it in a separate process", shown(source), interrupted)
         try:
-            analysis = self.analyzer.analyse_blocks(self._blocks(path))
+            analysis = (self.isolated.analyse(path, on_block=self._tick) if interrupted else
+                        self.analyzer.analyse_blocks(self._blocks(path)))
             when = recording_time(path)
         except FileNotFoundError:
-            log.info("%s: deleted while being processed", path)
+            log.info("%s: deleted while being processed", shown(source))
+            self.store.drop_attempt(source)
+            return
+        except AnalysisStopped:  # the unit is stopping: the attempt stays open, counted at the next start
+            log.info("%s: analysis stopped with the daemon", shown(source))
             return
         except Exception as exc:  # a per-file boundary: record it against the file and go on
-            state = self.store.record_failure(source, path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                              error=f"{type(exc).__name__}: {exc}",
-                                              max_attempts=self.config.max_attempts)
-            log.warning("%s: attempt failed, now %s: %s", source, state, exc)
+            state = self.store.record_failure(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                              error=str(exc) if isinstance(exc, AnalysisFailed) else
+                                              f"{type(exc).__name__}: {exc}",
+                                              max_attempts=self.config.max_attempts,
+                                              died=isinstance(exc, AnalysisDied))
+            log.warning("%s: attempt failed, now %s: %s", shown(source), state, shown(exc))
+            self.attempted += int(state == "quarantined")
             return
         detections = self.detections(source, analysis, when)
-        self.store.commit_file(source, path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
+        self.store.commit_file(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
                                duration_s=analysis.duration_s, start_utc=when.start_utc,
                                time_source=when.source, clock_suspect=when.suspect,
                                bundle_id=self.analyzer.bundle.bundle_id, detections=detections,
                                note=note)
         self.processed += 1
+        self.attempted += 1
         self.audio_s += analysis.duration_s
         self.busy_s += time.monotonic() - started
         self.store_error = None
         self.last_progress = time.monotonic()
-        log.info("%s: %.1f s of audio, %d detection(s)%s", source, analysis.duration_s, len(detections),
-                 f" [{note}]" if note else "")
+        log.info("%s: %.1f s of audio, %d detection(s)%s", shown(source), analysis.duration_s, len(detections),
+                 f" [{shown(note)}]" if note else "")
 
     def _blocks(self, path: Path) -> Iterator[np.ndarray]:
         """The file's audio blocks; each one marks progress, so a long file keeps the watchdog fed."""

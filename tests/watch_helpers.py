@@ -34,15 +34,20 @@ def fast_config(root: Path, **overrides) -> WatchConfig:
     return WatchConfig(**settings)
 
 
-def watch_until_idle(root: Path, db: Path, timeout: float = 120, **overrides) -> Watcher:
-    """Run a watcher over ``root`` on its own thread (which owns the Store) until it is idle."""
+def watch_until_idle(root: Path, db: Path, timeout: float = 120, stop_after_s: float | None = None,
+                     **overrides) -> Watcher:
+    """Run a watcher over ``root`` on its own thread (which owns the Store) until it is idle, or
+    for ``stop_after_s`` seconds."""
     result: dict = {}
+    stop = threading.Event()
+    if stop_after_s is not None:
+        threading.Timer(stop_after_s, stop.set).start()
 
     def run() -> None:
         try:
             with Store(db) as store:
                 watcher = Watcher(fast_config(root, **overrides), analyzer(), store)
-                watcher.run(threading.Event())
+                watcher.run(stop)
                 result["watcher"] = watcher
         except BaseException as exc:  # handed to the test thread below
             result["error"] = exc
@@ -90,3 +95,46 @@ def unfinalised_header(path: Path) -> None:
 
 def noise(seconds: float, rate: int = 16000, seed: int = 0, level: float = 0.01) -> np.ndarray:
     return (level * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32)
+
+
+# Fault injection for daemons run as real processes: a sitecustomize module, found first on the
+# child's PYTHONPATH, wraps edgemon.audio.iter_blocks so that reading a file whose name holds
+# EDGEMON_TEST_DIE_ON dies by SIGKILL: the daemon itself when it reads the file, or, read in an
+# isolated child, the child ("a file that kills its analysis"). With EDGEMON_TEST_CUTS=COUNTER:N
+# the first N reads instead kill the daemon as a power cut would (the child kills its parent and
+# then dies with it), whichever process reads the file.
+SITECUSTOMIZE = '''
+import os, signal, sys
+_on = os.environ.get("EDGEMON_TEST_DIE_ON")
+if _on:
+    import edgemon.audio as _audio
+    _real = _audio.iter_blocks
+
+    def _cut_power():
+        counter, limit = os.environ["EDGEMON_TEST_CUTS"].rsplit(":", 1)
+        done = int(open(counter).read() or 0) if os.path.exists(counter) else 0
+        if done >= int(limit):
+            return False
+        with open(counter, "w") as f:
+            f.write(str(done + 1))
+        if "edgemon.watch" not in sys.modules:   # the isolated child: the daemon loses power too
+            os.kill(os.getppid(), signal.SIGKILL)
+        return True
+
+    def iter_blocks(path, *args, **kwargs):
+        if _on in os.fsdecode(path) and ("EDGEMON_TEST_CUTS" not in os.environ or _cut_power()):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _real(path, *args, **kwargs)
+
+    _audio.iter_blocks = iter_blocks
+'''
+
+
+def fault_env(tmp: Path, **variables: str) -> dict:
+    """The environment of a daemon run with the fault injection above (see SITECUSTOMIZE)."""
+    import os
+
+    site = tmp / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), **variables)

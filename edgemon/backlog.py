@@ -1,0 +1,78 @@
+"""Backlog progress of ``edgemon watch``: files done of the total, hours of audio, and an ETA,
+as a log line: every few seconds on a terminal, every minute under systemd (plain lines, so the
+journal keeps them). Hours come from each waiting file's header (read once per file version)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+from edgemon.recorder import audio_duration_s
+
+log = logging.getLogger(__name__)
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+class BacklogProgress:
+    """Says how far the backlog has come, at most once every ``every_s`` seconds (monotonic
+    ``clock``), and once when it is done. Call ``update`` from the watch loop's thread."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic):
+        self.every_s = every_s
+        self._clock = clock
+        self._next = clock() + every_s
+        self._durations: dict[Path, tuple[tuple[int, int] | None, float | None]] = {}  # path -> (version, s)
+        self._busy = False          # a backlog was reported and is not done yet
+
+    def _waiting_audio_s(self, waiting: Collection[Path]) -> tuple[float, int]:
+        """(seconds of audio in the waiting files whose header says, files whose header does not)."""
+        for gone in self._durations.keys() - waiting:   # done since: the cache never outgrows the backlog
+            del self._durations[gone]
+        total, unknown = 0.0, 0
+        for path in waiting:
+            try:
+                st = os.stat(path)
+                version = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                version = None
+            cached = self._durations.get(path)
+            if cached is None or cached[0] != version:
+                cached = self._durations[path] = (version, audio_duration_s(path))
+            if cached[1] is None:
+                unknown += 1
+            else:
+                total += cached[1]
+        return total, unknown
+
+    def update(self, *, done: int, waiting: Collection[Path], audio_s: float, busy_s: float) -> str | None:
+        """``done``: files finished this run; ``waiting``: the files still to do;
+        ``audio_s``/``busy_s``: seconds of audio stored this run and seconds spent on it.
+        Returns the line logged, if one was due."""
+        now = self._clock()
+        if not waiting:
+            line = (f"backlog done: {done} file(s), {audio_s / 3600:.2f} h of audio in {_duration(busy_s)}"
+                    if self._busy else None)
+            self._busy = False
+            self._durations.clear()
+        elif now < self._next:
+            return None
+        else:
+            self._busy = True
+            left_s, unknown = self._waiting_audio_s(waiting)
+            total = done + len(waiting)
+            eta = (f", ETA {_duration(left_s * busy_s / audio_s)}" if audio_s > 0 and busy_s > 0 and left_s
+                   else "")
+            guess = f" (+{unknown} file(s) of unknown length)" if unknown else ""
+            line = (f"backlog: {done}/{total} file(s) done, {audio_s / 3600:.2f} of "
+                    f"{(audio_s + left_s) / 3600:.2f} h of audio{guess}{eta}")
+        self._next = now + self.every_s
+        if line:
+            log.info("%s", line)
+        return line

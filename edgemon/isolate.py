@@ -1,0 +1,134 @@
+"""Analysing one recording in a child process, so that a file which kills its analysis (memory
+exhausted, a crash in a decoder) kills only the child and the daemon can blame the file.
+
+The daemon uses it for a suspect file only: one that was in progress when an earlier run died,
+or whose analysis in a child died before. A death of the daemon itself proves nothing about the
+file (a recorder that loses power every night dies in the middle of some file), but a child that
+dies while the daemon lives does. The child is marked as the out-of-memory killer's first choice, dies with its parent,
+ignores Ctrl-C (the daemon stops after the current file), and sends back the ``Analysis`` pickled
+on stdout; an error is sent back as text. It starts as ``_CHILD``, which binds it to the daemon
+before the second of imports, so a daemon killed meanwhile leaves no orphan working on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import selectors
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from edgemon import audio
+from edgemon.bundle import load_bundle
+from edgemon.errors import EdgemonError
+from edgemon.pipeline import Analysis, Analyzer
+
+_FAILED = 3      # exit status of a child that caught an error and reported it
+_PROGRESS = b"\x06"  # written to stderr for each decoded block (ASCII ACK: never in an error text)
+_CHILD = """\
+import ctypes, os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C stops the daemon after this file, not the child
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the daemon
+except (OSError, AttributeError):               # not Linux: an orphan finishes its one file
+    pass
+if os.getppid() != int(sys.argv[1]):             # the daemon died before the line above
+    os._exit(1)
+from edgemon.isolate import main
+sys.exit(main([os.fsencode(a) for a in sys.argv[2:]]))
+"""
+
+
+class AnalysisDied(EdgemonError):
+    """The child analysing a file was killed (a signal other than a stop request) or crashed."""
+
+
+class AnalysisStopped(EdgemonError):
+    """The child was stopped by SIGTERM or SIGINT (the unit is stopping): not the file's fault."""
+
+
+class AnalysisFailed(EdgemonError):
+    """The child caught an ordinary error in the file and reported it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Isolated:
+    """How to analyse a file in a child: the bundle, onnxruntime threads and decode block (s)."""
+
+    bundle_path: Path
+    threads: int = 1
+    block_s: float = 10.0
+
+    def analyse(self, path: Path, on_block: Callable[[], object] = lambda: None) -> Analysis:
+        """``path`` analysed in a child process; ``on_block`` is called for each block the child
+        decodes (the daemon's progress mark, so its watchdog sees a long file move). Raises
+        ``AnalysisFailed`` (the file's error), ``AnalysisDied`` (the child was killed or
+        crashed) or ``AnalysisStopped``."""
+        command = [sys.executable, "-c", _CHILD, str(os.getpid()), os.fsencode(self.bundle_path),
+                   str(self.threads), repr(self.block_s), os.fsencode(path)]
+        # The daemon's environment (OPENBLAS_NUM_THREADS too): the same arithmetic as in-process.
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+            out, err = _collect(child, on_block)
+        if child.returncode == 0:
+            return pickle.loads(out)
+        if child.returncode == _FAILED:
+            raise AnalysisFailed(out.decode("utf-8", "backslashreplace").strip())
+        if -child.returncode in (signal.SIGTERM, signal.SIGINT):
+            raise AnalysisStopped(f"analysis stopped by {signal.Signals(-child.returncode).name}")
+        how = (f"killed by {signal.Signals(-child.returncode).name}" if child.returncode < 0
+               else f"exited with status {child.returncode}")
+        last = err.decode("utf-8", "backslashreplace").strip().splitlines()[-1:] or [""]
+        raise AnalysisDied(f"the analysis process was {how} (out of memory, or a crash in a decoder)"
+                           + (f": {last[0]}" if last[0] else ""))
+
+
+def _collect(child: subprocess.Popen, on_block: Callable[[], object]) -> tuple[bytes, bytes]:
+    """Read the child's stdout (the result) and stderr (a progress byte per block, then any
+    error text) as they come, so neither pipe fills; returns both once the child has exited."""
+    out, err = bytearray(), bytearray()
+    with selectors.DefaultSelector() as selector:
+        selector.register(child.stdout, selectors.EVENT_READ, out)
+        selector.register(child.stderr, selectors.EVENT_READ, err)
+        while selector.get_map():
+            for key, _ in selector.select():
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                if key.data is err:
+                    for _ in range(chunk.count(_PROGRESS)):
+                        on_block()
+                    chunk = chunk.replace(_PROGRESS, b"")
+                key.data.extend(chunk)
+    child.wait()
+    return bytes(out), bytes(err)
+
+
+def _blocks_with_progress(path: Path, block_s: float, sample_rate: int) -> Iterator:
+    for block in audio.iter_blocks(path, block_s, sample_rate):
+        os.write(2, _PROGRESS)
+        yield block
+
+
+def main(argv: list[bytes]) -> int:
+    """The child's work, once ``_CHILD`` has bound it to the daemon: analyse one file."""
+    bundle_path, threads, block_s, path = argv
+    try:  # the out-of-memory killer's first choice: a file that exhausts memory kills the child
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    try:
+        analyzer = Analyzer(load_bundle(Path(os.fsdecode(bundle_path))), threads=int(threads))
+        analysis = analyzer.analyse_blocks(_blocks_with_progress(Path(os.fsdecode(path)), float(block_s),
+                                                                 analyzer.bundle.frontend.sample_rate))
+    except Exception as exc:  # the file's error, reported to the daemon as text
+        sys.stdout.buffer.write(f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace"))
+        return _FAILED
+    sys.stdout.buffer.write(pickle.dumps(analysis))
+    return 0
+

@@ -1,0 +1,318 @@
+"""Hostile names, headers and entries in a recorder directory, and a daemon that dies on a file:
+each is recorded once, and the files after it go on (issue 14)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from edgemon import audio
+from edgemon.backlog import BacklogProgress
+from edgemon.errors import AudioError
+from edgemon.safetext import name_from_stored, shown, stored_name
+from edgemon.status import collect_status
+from edgemon.store import Store
+from tests.conftest import hoots, tone
+from tests.watch_helpers import fault_env, files_done, query, watch_until_idle, write_wav
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def recording(path: Path, seed: int = 0, seconds: float = 4.0) -> Path:
+    """Faint noise then hoots the embedded bundle labels, so the file has detections."""
+    return write_wav(path, np.concatenate([tone(0, 1.0, seed=seed), hoots(seconds - 1.0, seed=seed + 1)]))
+
+
+def ledger(db: Path) -> dict:
+    return {row[0]: row[1:] for row in query(db, "SELECT source, state, attempts, error FROM files")}
+
+
+def daemon(root: Path, db: Path, *extra: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db),
+                             "--settle-s", "0", "--rescan-s", "0.2", "--retry-s", "0.1", *extra],
+                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, **popen)
+
+
+# --- #1: names that are not UTF-8 -------------------------------------------------------------
+
+def test_names_that_are_not_utf8_are_stored_escaped_and_the_files_after_them_go_on(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    first = recording(root / "a.WAV", seed=1)
+    os.makedirs(os.fsencode(root) + b"/d\xff")
+    shutil.copy(first, os.fsencode(root) + b"/d\xff/caf\xe9.WAV")       # Latin-1 names from a PC
+    shutil.copy(first, root / "back\\slash.WAV")
+    recording(root / "z.WAV", seed=2)
+    watch_until_idle(root, db)
+    entries = ledger(db)
+    assert set(entries) == {"a.WAV", "d\\xff/caf\\xe9.WAV", "back\\\\slash.WAV", "z.WAV"}
+    assert {e[0] for e in entries.values()} == {"done"}
+    for source in entries:                                  # each stored name leads back to its file
+        assert (root / name_from_stored(source)).is_file()
+    assert len(query(db, "SELECT * FROM detections WHERE source = ?", ("d\\xff/caf\\xe9.WAV",))) > 0
+    assert collect_status(db, directory=root)["backlog"]["waiting"] == 0
+
+
+def test_stored_names_round_trip_and_log_text_has_no_control_characters():
+    for name in ("caf\udce9.WAV", "a\\b", "a\\xe9", "plain.WAV", "x\ny", "é\u202e"):
+        assert name_from_stored(stored_name(name)) == name
+        assert stored_name(name).encode("utf-8")           # storable: no lone surrogates
+        assert shown(stored_name(name)).isprintable() and shown(name).isprintable()
+    assert stored_name("20180301_060000.WAV") == "20180301_060000.WAV"
+
+
+# --- #11: log forging ----------------------------------------------------------------------------
+
+def test_a_name_cannot_forge_a_log_line(tmp_path, caplog):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "x\n2026-12-03 07:00:00,000 ERROR edgemon.watch: disk on fire.WAV")
+    (root / "y\x1b[2J\u202e.WAV").write_bytes(b"not audio\n")
+    caplog.set_level(logging.INFO)
+    watch_until_idle(root, db, max_attempts=1)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("edgemon")]
+    assert any("disk on fire" in m for m in messages) and any("\\x1b[2J" in m for m in messages)
+    assert all(m.isprintable() for m in messages), [m for m in messages if not m.isprintable()]
+
+
+# --- #2: hostile headers, and files that kill the daemon -------------------------------------------
+
+def wav_claiming(rate: int, frames: int = 400) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(frames, np.int16), 16000, format="WAV", subtype="PCM_16")
+    data = bytearray(buffer.getvalue())
+    data[24:32] = struct.pack("<II", rate, rate * 2)        # sample rate, byte rate
+    return bytes(data)
+
+
+def test_an_absurd_sample_rate_is_refused_per_file(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    root.mkdir()
+    (root / "a_one_hertz.WAV").write_bytes(wav_claiming(1))
+    (root / "b_2MHz.WAV").write_bytes(wav_claiming(2_000_000))
+    recording(root / "c.WAV")
+    watch_until_idle(root, db)
+    entries = ledger(db)
+    assert entries["c.WAV"][0] == "done"
+    for name in ("a_one_hertz.WAV", "b_2MHz.WAV"):
+        assert entries[name][0] == "quarantined" and "outside 1000-768000 Hz" in entries[name][2], entries[name]
+    with pytest.raises(AudioError, match="sample rate 1 Hz"):
+        audio.load(root / "a_one_hertz.WAV")
+
+
+def test_blocks_stay_bounded_whatever_the_rate_and_channels(tmp_path):
+    path = tmp_path / "wide.wav"
+    soundfile.write(path, np.zeros((48000, 64), np.int16), 48000, subtype="PCM_16")   # 64 channels
+    reads = []
+    real_blocks = soundfile.SoundFile.blocks
+
+    def spy(self, blocksize=None, **kwargs):
+        reads.append(blocksize * self.channels)
+        return real_blocks(self, blocksize=blocksize, **kwargs)
+
+    soundfile.SoundFile.blocks = spy
+    try:
+        blocks = list(audio.iter_blocks(path, block_seconds=10.0))
+    finally:
+        soundfile.SoundFile.blocks = real_blocks
+    assert reads and max(reads) <= audio.MAX_BLOCK_SAMPLES
+    assert sum(map(len, blocks)) == pytest.approx(16000, abs=2) and max(map(len, blocks)) <= 160000
+
+
+def test_a_file_that_kills_the_daemon_is_counted_before_the_work_and_quarantined(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    for name in ("20240701_060000.WAV", "20240701_070000_killer.WAV", "20240701_080000.WAV"):
+        recording(root / name, seed=len(name))
+    env = fault_env(tmp_path, EDGEMON_TEST_DIE_ON="killer")
+    first = daemon(root, db, "--until-idle", env=env)
+    first.communicate(timeout=120)
+    assert first.returncode == -signal.SIGKILL                  # it died on the killer ...
+    assert query(db, "SELECT source, interrupted FROM in_progress") == [("20240701_070000_killer.WAV", 0)]
+    second = daemon(root, db, "--until-idle", env=env)          # ... whose attempt was committed first
+    _, stderr = second.communicate(timeout=120)
+    assert second.returncode == 0, stderr
+    entries = ledger(db)
+    state, attempts, error = entries["20240701_070000_killer.WAV"]
+    assert state == "quarantined" and attempts == 3 and "killed by SIGKILL" in error, entries
+    assert [entries[n][0] for n in ("20240701_060000.WAV", "20240701_080000.WAV")] == ["done", "done"]
+    assert query(db, "SELECT COUNT(*) FROM in_progress") == [(0,)]
+
+
+def test_a_daemon_that_loses_power_again_and_again_on_a_good_file_never_quarantines_it(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    for name in ("20240701_060000.WAV", "20240701_070000_cut.WAV"):
+        recording(root / name, seed=len(name))
+    cuts = 3                                                    # max_attempts, in a row
+    env = fault_env(tmp_path, EDGEMON_TEST_DIE_ON="_cut", EDGEMON_TEST_CUTS=f"{tmp_path / 'cuts'}:{cuts}")
+    for _ in range(cuts):
+        run = daemon(root, db, "--until-idle", env=env)
+        run.communicate(timeout=120)
+        assert run.returncode == -signal.SIGKILL
+    assert query(db, "SELECT interrupted FROM in_progress") == [(cuts - 1,)]
+    assert "20240701_070000_cut.WAV: analysis cut short 3 times in a row" in collect_status(db)["problems"]
+    run = daemon(root, db, "--until-idle", env=env)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr
+    assert "cut short 3 time(s) in a row" in stderr
+    assert {k: v[:2] for k, v in ledger(db).items()} == {"20240701_060000.WAV": ("done", 1),
+                                                         "20240701_070000_cut.WAV": ("done", 1)}
+    assert len(query(db, "SELECT * FROM detections WHERE source = '20240701_070000_cut.WAV'")) > 0
+
+
+# --- #3: one daemon per database -----------------------------------------------------------------------
+
+def test_a_second_daemon_on_the_same_database_is_refused_and_readers_are_not(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "20240701_060000.WAV")
+    first = daemon(root, db, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while files_done(db) < 1:
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.1)
+        other_root = tmp_path / "other"
+        other_root.mkdir()
+        second = daemon(other_root, db, "--until-idle")
+        _, stderr = second.communicate(timeout=60)
+        assert second.returncode == 2
+        assert stderr.strip().splitlines()[-1] == (f"error: another edgemon (pid {first.pid}) is using this "
+                                                   f"database {db.resolve()}")
+        for reader in (["status", "--db", str(db)], ["export-detections", "--db", str(db)]):
+            done = subprocess.run([sys.executable, "-m", "edgemon", *reader], cwd=REPO, capture_output=True,
+                                  text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert first.returncode == 0
+    again = daemon(root, db, "--until-idle")                   # the lock went with its holder
+    assert again.communicate(timeout=60) and again.returncode == 0
+
+
+# --- #7: unreadable directories --------------------------------------------------------------------
+
+UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                "--inh-caps=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+
+
+@pytest.mark.skipif(bool(UNPRIVILEGED) and shutil.which("setpriv") is None, reason="root without setpriv")
+def test_unreadable_directories_are_said_once_and_shown_in_status(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "20240701_060000.WAV")
+    recording(root / "locked" / "20240701_070000.WAV")
+    (root / "locked").chmod(0)
+    try:
+        watch = [*UNPRIVILEGED, sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db),
+                 "--until-idle", "--settle-s", "0", "--rescan-s", "0.1"]
+        run = subprocess.run(watch, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert run.stderr.count("cannot read directory") == 1, run.stderr
+        assert f"{root / 'locked'} (Permission denied)" in run.stderr
+        problems = collect_status(db)["problems"]
+        assert any("cannot read directory" in p and "locked" in p for p in problems), problems
+        (root / "locked").chmod(0o755)                          # readable again: taken, and no longer a problem
+        run = subprocess.run(watch, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and "cannot read directory" not in run.stderr, run.stderr
+        assert ledger(db)["locked/20240701_070000.WAV"][0] == "done"
+        assert not [p for p in collect_status(db)["problems"] if "cannot read" in p]
+        root.chmod(0)                                           # the watched directory itself, under `edgemon run`
+        (tmp_path / "empty.toml").write_text("")
+        env = dict(os.environ, EDGEMON_DIRECTORY=str(root), EDGEMON_DB=str(tmp_path / "new.db"))
+        run = subprocess.run([*UNPRIVILEGED, sys.executable, "-m", "edgemon", "run", "--config",
+                              str(tmp_path / "empty.toml")], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 2
+        assert run.stderr.strip().splitlines()[-1] == f"error: {root}: cannot read the directory: Permission denied"
+        assert not (tmp_path / "new.db").exists() and not (tmp_path / "new.db.lock").exists()
+    finally:
+        root.chmod(0o755)
+        (root / "locked").chmod(0o755)
+
+
+def test_watching_a_missing_directory_creates_no_database(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(tmp_path / "missing"),
+                          "--db", str(tmp_path / "d.db"), "--until-idle"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: not a directory"
+    assert list(tmp_path.iterdir()) == []                       # no database, no lock file
+
+
+# --- #8: symlink loops and dangling links -----------------------------------------------------------
+
+def test_symlink_loops_and_dangling_links_are_recorded_once(tmp_path, caplog):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "20240701_060000.WAV")
+    os.symlink("loop.WAV", root / "loop.WAV")
+    os.symlink("nowhere.wav", root / "dangling.WAV")
+    watch_until_idle(root, db, timeout=30)                      # --until-idle finishes
+    entries = ledger(db)
+    assert entries["loop.WAV"][0] == "quarantined" and "loop" in entries["loop.WAV"][2]
+    assert entries["dangling.WAV"][0] == "quarantined" and "dangling" in entries["dangling.WAV"][2]
+    assert entries["20240701_060000.WAV"][0] == "done"
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    watch_until_idle(root, db, timeout=30, until_idle=False, stop_after_s=1.5)   # several rescans
+    assert not [r for r in caplog.records if "loop.WAV" in r.getMessage() or "dangling" in r.getMessage()]
+
+
+# --- issue 13: backlog progress --------------------------------------------------------------------
+
+def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):
+    root = tmp_path / "rec"
+    paths = [recording(root / f"2024070{i}_060000.WAV", seed=i, seconds=3.6) for i in range(1, 6)]
+    now = [0.0]
+    progress = BacklogProgress(every_s=60.0, clock=lambda: now[0])
+    assert progress.update(done=0, waiting=set(paths), audio_s=0.0, busy_s=0.0) is None    # not due yet
+    now[0] = 61.0
+    line = progress.update(done=2, waiting=set(paths[2:]), audio_s=7.2, busy_s=0.5)
+    assert line == "backlog: 2/5 file(s) done, 0.00 of 0.01 h of audio, ETA 1 min"
+    now[0] = 62.0
+    assert progress.update(done=5, waiting=set(), audio_s=18.0, busy_s=1.2).startswith("backlog done: 5 file(s)")
+    caplog.set_level(logging.INFO)
+    watch_until_idle(root, tmp_path / "d.db", progress_s=0.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]
+    assert lines[0].startswith("backlog: 0/5 file(s) done, 0.00 of 0.01 h of audio")
+    assert lines[-1].startswith("backlog done: 5 file(s)")
+
+
+def test_an_isolated_analysis_equals_the_daemons_own_and_reports_each_block(tmp_path):
+    from edgemon.isolate import Isolated
+    from tests.watch_helpers import analyzer
+
+    path = recording(tmp_path / "20240701_060000.WAV", seconds=12.0)
+    blocks = []
+    isolated = Isolated(analyzer().bundle.path, block_s=5.0).analyse(path, on_block=lambda: blocks.append(1))
+    own = analyzer().analyse_file(path, 5.0)
+    assert len(blocks) == 3 and isolated.duration_s == own.duration_s
+    assert [(e.label, e.start_s, e.end_s) for e in isolated.events] == \
+        [(e.label, e.start_s, e.end_s) for e in own.events]
+    assert [e.confidence for e in isolated.events] == pytest.approx([e.confidence for e in own.events], abs=1e-3)
+
+
+@pytest.mark.skipif(bool(UNPRIVILEGED) and shutil.which("setpriv") is None, reason="root without setpriv")
+def test_a_file_that_cannot_be_stated_is_tried_like_an_unreadable_file(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "20240701_060000.WAV")
+    recording(root / "listable" / "20240701_070000.WAV")
+    (root / "listable").chmod(0o644)                            # listed, but its files cannot be reached
+    try:
+        run = subprocess.run([*UNPRIVILEGED, sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db),
+                              "--until-idle", "--settle-s", "0", "--rescan-s", "0.1", "--retry-s", "0.1"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        (root / "listable").chmod(0o755)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("cannot stat") == 3, run.stderr      # three tries, then quarantined
+    state, attempts, error = ledger(db)["listable/20240701_070000.WAV"]
+    assert (state, attempts, error) == ("quarantined", 3, "cannot stat: Permission denied")

@@ -14,6 +14,7 @@ from edgemon.dbguard import open_or_recover
 from edgemon.diskguard import DiskBudget
 from edgemon.health import HealthConfig, WatchMonitor, listen_health
 from edgemon.pipeline import Analyzer
+from edgemon.sync import sync_in_background
 from edgemon.watch import WatchConfig, Watcher
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,12 @@ def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, th
 def run_service(settings: Settings, mode: str | None = None, until_idle: bool = False) -> None:
     """Run ``mode`` (default: the settings' own) as configured: ``edgemon run``, ``edgemon watch``."""
     settings.log(log)
-    if (mode or settings["mode"]) == "watch":
-        run_watch(settings.watch_config(until_idle), settings["db"], settings["models"], settings["threads"],
-                  settings.health_config(), settings.disk_budget())
-    else:
-        from edgemon.listen import listen_main
+    with sync_in_background(settings):  # only with sync_url set: its own thread and connections
+        if (mode or settings["mode"]) == "watch":
+            run_watch(settings.watch_config(until_idle), settings["db"], settings["models"], settings["threads"],
+                      settings.health_config(), settings.disk_budget())
+        else:
+            from edgemon.listen import listen_main
 
-        with listen_health(settings["db"], settings.health_config()):
-            listen_main(settings.listen_config(), settings["db"], settings["models"], settings["threads"])
+            with listen_health(settings["db"], settings.health_config()):
+                listen_main(settings.listen_config(), settings["db"], settings["models"], settings["threads"])

@@ -18,8 +18,14 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-import psycopg
-from psycopg import conninfo
+try:  # the `sync` extra: recorders that never sync do not carry a PostgreSQL driver
+    import psycopg
+    from psycopg import conninfo
+except ImportError:  # pragma: no cover - exercised only on an edge install without the extra
+    psycopg = conninfo = None
+
+# What a driver call may raise (nothing, without the driver: ``except ()`` catches nothing).
+DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error,) if psycopg else ()
 
 from edgemon.errors import EdgemonError
 from edgemon.outbox import Batch, key_columns
@@ -105,6 +111,7 @@ CREATE TABLE {SCHEMA}.detections (
     PRIMARY KEY (db_uuid, source, start_s, label, bundle_id)
 );
 CREATE INDEX detections_start ON {SCHEMA}.detections (start_utc);
+CREATE INDEX detections_device_created ON {SCHEMA}.detections (device_id, created_at);
 CREATE TABLE {SCHEMA}.files (
     db_uuid uuid NOT NULL, source text NOT NULL,
     path text, size bigint, mtime_ns bigint, state text NOT NULL, attempts integer,
@@ -132,12 +139,15 @@ CREATE INDEX heartbeats_at ON {SCHEMA}.heartbeats (db_uuid, at_utc);
 
 # Views for the person running the study. A device's rows may come from several databases (a
 # corrupt one rebuilt re-analyses everything), so counts are of distinct natural keys per
-# device; the newest bundle of a device is the one its most recently synced database runs.
+# device; the newest bundle of a device is the bundle of its most recently stored detection.
 _VIEWS = f"""
 CREATE VIEW {SCHEMA}.device_bundle AS
-SELECT DISTINCT ON (device_id) device_id, bundle_id, coalesce(timezone, 'UTC') AS timezone,
-       latitude, longitude
-FROM {SCHEMA}.databases ORDER BY device_id, last_sync DESC;
+SELECT DISTINCT ON (db.device_id) db.device_id, newest.bundle_id, coalesce(db.timezone, 'UTC') AS timezone,
+       db.latitude, db.longitude
+FROM {SCHEMA}.databases db
+LEFT JOIN LATERAL (SELECT d.bundle_id FROM {SCHEMA}.detections d WHERE d.device_id = db.device_id
+                   ORDER BY d.created_at DESC LIMIT 1) newest ON true
+ORDER BY db.device_id, db.last_sync DESC;
 
 CREATE VIEW {SCHEMA}.detections_daily_all AS
 SELECT d.device_id AS site, d.label AS species, d.bundle_id,
@@ -206,6 +216,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def check_url(url: str) -> dict[str, str]:
     """The libpq parameters of ``url``; SyncUrlError (never echoing the URL) when it holds a
     password, is not a PostgreSQL URL, or names a passfile anyone but its owner may read."""
+    if psycopg is None:
+        raise FleetDbError("sync needs the PostgreSQL driver: pip install 'edgemon[sync]'")
     if not url.startswith(("postgresql://", "postgres://")):
         raise SyncUrlError("sync target must be a postgresql:// URL")
     try:

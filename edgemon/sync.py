@@ -28,13 +28,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
-
 from edgemon import __version__, fleetdb
 from edgemon.bundle import MANIFEST, default_bundle_path
 from edgemon.config import ConfigError, Settings
-from edgemon.fleetdb import BusyError, DeviceInfo, FleetDbError, UnreachableError
-from edgemon.outbox import Outbox, OutboxError
+from edgemon.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
+from edgemon.outbox import Outbox
 from edgemon.store import utc_iso
 
 log = logging.getLogger(__name__)
@@ -123,11 +121,6 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
             fleetdb.lock_database(conn, info.db_uuid)
             local_seq = outbox.last_seq()
             acked = fleetdb.register(conn, info, local_seq, utc_iso(dt.datetime.now(dt.timezone.utc)))
-            found = tuple(fleetdb.clashes(conn, info))
-            if found:
-                log.warning("device id %r is also used by database(s) %s with overlapping heartbeats: "
-                            "two recorders with one id? Their rows are kept apart by database UUID",
-                            info.device_id, ", ".join(found))
             if outbox.cursor(target) > acked:
                 log.warning("%s holds less than it acknowledged before (restored from a backup?): "
                             "resending from %d", target, acked)
@@ -142,7 +135,13 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                 acked, changes, batches = batch.last_seq, changes + batch.size, batches + 1
                 rows = _next_rows(rows, time.monotonic() - t0, config)
             backlog = outbox.last_seq() - acked
-        except psycopg.Error as e:
+            # After the batches, so that this database's own heartbeats are on the server too.
+            found = tuple(fleetdb.clashes(conn, info))
+            if found:
+                log.warning("device id %r is also used by database(s) %s with overlapping heartbeats: "
+                            "two recorders with one id? Their rows are kept apart by database UUID",
+                            info.device_id, ", ".join(found))
+        except fleetdb.DRIVER_ERRORS as e:
             raise fleetdb.classify(e, target) from None
     return SyncResult(target, changes, batches, acked, backlog, time.monotonic() - started, found)
 
@@ -174,15 +173,13 @@ def run_sync(db_path: str | Path, info: DeviceInfo, config: SyncConfig, stop: th
             if failures or result.changes:
                 log.info(result.describe())
             failures, wait = 0, config.interval_s
-        except (FleetDbError, OutboxError) as e:
-            failures += 1
-            wait = backoff_s(failures, config) if isinstance(e, (UnreachableError, BusyError)) else config.backoff_max_s
-            if failures == 1 or not isinstance(e, UnreachableError):
-                log.warning("sync failed: %s; next try in %.0f s", e, wait)
         except Exception as e:  # a per-session boundary: the daemon's own work must go on
             failures += 1
-            wait = config.backoff_max_s
-            log.error("sync failed: %s; next try in %.0f s", e, wait)
+            # Wrong credentials or a newer server will not mend themselves soon: try seldom.
+            permanent = isinstance(e, (AuthError, SchemaNewerError, SyncUrlError))
+            wait = config.backoff_max_s if permanent else backoff_s(failures, config)
+            if failures == 1 or permanent:
+                log.warning("sync failed: %s; next try in %.0f s", e, wait)
         stop.wait(wait)
 
 
@@ -220,3 +217,16 @@ def _free_mb(db_path: Path) -> float | None:
         return round(shutil.disk_usage(db_path.resolve().parent).free / 2**20, 1)
     except OSError:
         return None
+
+
+def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
+                 batch_rows: int | None = None) -> SyncResult:
+    """``edgemon sync``: one session to ``url`` (default: the settings' ``sync_url``) for the
+    database and device in ``settings``, retried while the server is unreachable for up to
+    ``retry_for_s`` seconds."""
+    url = url or settings["sync_url"]
+    if url is None:
+        raise ConfigError("no sync target: give --to postgresql://... or set sync_url in [sync]")
+    config = SyncConfig(url=url, interval_s=settings["sync_interval_s"], retry_for_s=retry_for_s,
+                        **({} if batch_rows is None else {"batch_rows": batch_rows}))
+    return sync_with_retries(settings["db"], device_info(settings), config)

@@ -301,3 +301,42 @@ def test_fleet_status_shows_views_and_flags_recorders_to_visit(fleet, tmp_path):
     effort = out.stdout.split("effort per site and day (hours):")[1]
     # 30 one-minute files = 0.5 h recorded; 10 coverage minutes of 55 s = 0.15 h listened.
     assert "0.50" in effort and "0.15" in effort
+
+
+# --- the service's loop ------------------------------------------------------------------------
+
+def test_backoff_doubles_with_jitter_up_to_its_cap():
+    from edgemon.sync import SyncConfig, backoff_s
+
+    config = SyncConfig(url="postgresql://x@h/db", backoff_min_s=5, backoff_max_s=60)
+    rng = random.Random(1)
+    waits = [backoff_s(n, config, rng) for n in range(1, 8)]
+    assert all(b * 0.5 <= w <= b for w, b in zip(waits, [5, 10, 20, 40, 60, 60, 60]))
+
+
+def test_service_loop_waits_out_an_outage_then_sends_what_piled_up(fleet, tmp_path):
+    import threading
+
+    from edgemon.fleetdb import DeviceInfo
+    from edgemon.sync import SyncConfig, run_sync as service_loop
+
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=10, seed=11)
+    config = SyncConfig(url=fleet.url, interval_s=0.2, backoff_min_s=0.2, backoff_max_s=0.5)
+    stop = threading.Event()
+    fleet.stop()                                  # offline when the service starts
+    thread = threading.Thread(target=service_loop, args=(db, DeviceInfo("rec-a", ""), config, stop))
+    thread.start()
+    try:
+        time.sleep(1.0)
+        with Store(db) as store:                  # the recorder keeps working while offline
+            add_file(store, "rec-a", 30, 5, random.Random(12))
+        fleet.start()
+        deadline = time.monotonic() + 20
+        with Outbox(db) as outbox:
+            while time.monotonic() < deadline and acked_seq(fleet) < outbox.last_seq():
+                time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert_server_equals_union(fleet, [db])

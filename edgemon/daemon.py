@@ -61,14 +61,20 @@ def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, th
 
 
 def run_service(settings: Settings, mode: str | None = None, until_idle: bool = False) -> None:
-    """Run ``mode`` (default: the settings' own) as configured: ``edgemon run``, ``edgemon watch``."""
-    settings.log(log)
-    with sync_in_background(settings):  # only with sync_url set: its own thread and connections
-        if (mode or settings["mode"]) == "watch":
-            run_watch(settings.watch_config(until_idle), settings["db"], settings["models"], settings["threads"],
-                      settings.health_config(), settings.disk_budget())
-        else:
-            from edgemon.listen import listen_main
+    """Run ``mode`` (default: the settings' own) as configured: ``edgemon run``, ``edgemon watch``;
+    with ``sync_url`` set, a thread syncs to the fleet database meanwhile. Sync starts first, so a
+    sync_url holding a password is refused before any setting reaches the log."""
+    with sync_in_background(settings):
+        _run_mode(settings, mode, until_idle)
 
-            with listen_health(settings["db"], settings.health_config()):
-                listen_main(settings.listen_config(), settings["db"], settings["models"], settings["threads"])
+
+def _run_mode(settings: Settings, mode: str | None, until_idle: bool) -> None:
+    settings.log(log)
+    if (mode or settings["mode"]) == "watch":
+        run_watch(settings.watch_config(until_idle), settings["db"], settings["models"], settings["threads"],
+                  settings.health_config(), settings.disk_budget())
+    else:
+        from edgemon.listen import listen_main
+
+        with listen_health(settings["db"], settings.health_config()):
+            listen_main(settings.listen_config(), settings["db"], settings["models"], settings["threads"])

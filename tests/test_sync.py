@@ -340,3 +340,12 @@ def test_service_loop_waits_out_an_outage_then_sends_what_piled_up(fleet, tmp_pa
         thread.join(timeout=30)
     assert not thread.is_alive()
     assert_server_equals_union(fleet, [db])
+
+
+def test_service_refuses_a_sync_url_with_a_password_before_logging_settings(tmp_path):
+    (tmp_path / "recordings").mkdir()
+    env = {**os.environ, "EDGEMON_SYNC_URL": "postgresql://recorder:hunter2@127.0.0.1/fleet"}
+    result = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(tmp_path / "recordings"), "--until-idle",
+                             "--db", str(tmp_path / "a.db")], capture_output=True, text=True, timeout=120, env=env)
+    assert_one_line_refusal(result, "holds a password")
+    assert "hunter2" not in result.stdout + result.stderr

@@ -322,11 +322,20 @@ class DeviceInfo:
     disk_free_mb: float | None = None
 
 
-def _upsert_sql(table: str) -> str:
+def _stage_sql(table: str) -> str:
+    """A session's staging table for ``table``'s rows: its columns without db_uuid, emptied at commit."""
+    columns = ", ".join([*key_columns(table), *COLUMNS[table]])
+    return (f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} ON COMMIT DELETE ROWS AS "
+            f"SELECT {columns} FROM {SCHEMA}.{table} WITH NO DATA")
+
+
+def _merge_sql(table: str) -> str:
+    """Staged rows into ``table`` under one database's UUID (the query's one parameter)."""
     key = ["db_uuid", *key_columns(table)]
-    columns = key + list(COLUMNS[table])
+    columns = [*key_columns(table), *COLUMNS[table]]
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[table])
-    return (f"INSERT INTO {SCHEMA}.{table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
+    return (f"INSERT INTO {SCHEMA}.{table} (db_uuid, {', '.join(columns)}) "
+            f"SELECT %s::uuid, {', '.join(columns)} FROM pg_temp.stage_{table} "
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 
 
@@ -335,12 +344,14 @@ def _delete_sql(table: str) -> str:
     return f"DELETE FROM {SCHEMA}.{table} WHERE " + " AND ".join(f"{c} = %s" for c in key)
 
 
-UPSERT = {t: _upsert_sql(t) for t in COLUMNS}
+STAGE = {t: _stage_sql(t) for t in COLUMNS}
+MERGE = {t: _merge_sql(t) for t in COLUMNS}
+COPY = {t: f"COPY pg_temp.stage_{t} ({', '.join([*key_columns(t), *COLUMNS[t]])}) FROM STDIN" for t in COLUMNS}
 DELETE = {t: _delete_sql(t) for t in COLUMNS}
 
 
-def _values(table: str, db_uuid: str, row: dict) -> list:
-    out = [db_uuid] + [row[c] for c in key_columns(table)]
+def _values(table: str, row: dict) -> list:
+    out = [row[c] for c in key_columns(table)]
     for c in COLUMNS[table]:
         value = row.get(c)
         out.append(bool(value) if c in BOOLEAN and value is not None else value)
@@ -387,14 +398,29 @@ def lock_database(conn: psycopg.Connection, db_uuid: str) -> None:
         raise BusyError(f"another sync of database {db_uuid} is running")
 
 
+def prepare_staging(conn: psycopg.Connection) -> None:
+    """Create this session's staging tables (once per connection, before ``apply_batch``)."""
+    for sql in STAGE.values():
+        conn.execute(sql)
+
+
 def apply_batch(conn: psycopg.Connection, db_uuid: str, batch: Batch, local_seq: int) -> None:
     """Write ``batch`` and acknowledge its last sequence number in one transaction. Idempotent:
-    rows are upserted and deleted by natural key, so sending a batch twice changes nothing."""
+    rows are upserted and deleted by natural key, so sending a batch twice changes nothing.
+
+    Rows travel by COPY into the session's staging tables and are merged from there: about half
+    the bytes of one INSERT per row (no per-row protocol messages, the UUID sent once), which
+    counts on a slow link. A batch holds each natural key once (the outbox's ``changes`` is
+    unique per key), so one merge never meets a key twice.
+    """
     with conn.transaction(), conn.cursor() as cur:
         for table in COLUMNS:
             rows = batch.upserts.get(table) or []
             if rows:
-                cur.executemany(UPSERT[table], [_values(table, db_uuid, r) for r in rows])
+                with cur.copy(COPY[table]) as copy:
+                    for r in rows:
+                        copy.write_row(_values(table, r))
+                cur.execute(MERGE[table], [db_uuid])
             keys: Sequence[tuple] = batch.deletes.get(table) or []
             if keys:
                 cur.executemany(DELETE[table], [(db_uuid, *k) for k in keys])

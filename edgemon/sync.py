@@ -119,6 +119,7 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
         try:
             fleetdb.migrate(conn)
             fleetdb.lock_database(conn, info.db_uuid)
+            fleetdb.prepare_staging(conn)
             local_seq = outbox.last_seq()
             acked = fleetdb.register(conn, info, local_seq, utc_iso(dt.datetime.now(dt.timezone.utc)))
             if outbox.cursor(target) > acked:

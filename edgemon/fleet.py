@@ -64,11 +64,15 @@ def collect_fleet(url: str, rules: VisitRules = VisitRules(), days: int = 7, all
             health = rows(f"SELECT * FROM {SCHEMA}.recorder_health ORDER BY site, last_sync")
             for row in health:
                 row["visit"] = visit_reasons(row, rules, now)
+            # The newest day present, from indexes; a literal cutoff then reaches into the views.
+            cutoff = conn.execute(f"""
+                SELECT (greatest((SELECT max(start_utc) FROM {SCHEMA}.detections),
+                                 (SELECT max(minute_utc) FROM {SCHEMA}.coverage),
+                                 (SELECT max(start_utc) FROM {SCHEMA}.files)) AT TIME ZONE 'UTC')::date - %s""",
+                                  [days]).fetchone()[0]
             view = "detections_daily_all" if all_bundles else "detections_daily"
-            detections = rows(f"SELECT * FROM {SCHEMA}.{view} WHERE day > "
-                              f"(SELECT max(day) FROM {SCHEMA}.{view}) - %s ORDER BY site, day, species", days)
-            effort = rows(f"SELECT * FROM {SCHEMA}.effort_daily WHERE day > "
-                          f"(SELECT max(day) FROM {SCHEMA}.effort_daily) - %s ORDER BY site, day", days)
+            detections = rows(f"SELECT * FROM {SCHEMA}.{view} WHERE day > %s ORDER BY site, day, species", cutoff)
+            effort = rows(f"SELECT * FROM {SCHEMA}.effort_daily WHERE day > %s ORDER BY site, day", cutoff)
             clashes = rows(f"""
                 WITH spans AS (SELECT device_id, db_uuid, min(at_utc) AS lo, max(at_utc) AS hi
                                FROM {SCHEMA}.heartbeats GROUP BY 1, 2)

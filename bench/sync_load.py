@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import multiprocessing
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -110,6 +111,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4, help="sync sessions at once")
     ap.add_argument("--link-kbps", type=float, default=1000.0, help="throttled link, kbit/s each way")
     args = ap.parse_args()
+    # SIGTERM as an exception, so the PostgreSQL server started below is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     work = Path(tempfile.mkdtemp(prefix="edgemon-sync-load-"))
     recorders = [(work / f"rec-{i:02d}.db", f"rec-{i:02d}") for i in range(args.recorders)]

@@ -93,6 +93,12 @@ class Outbox:
 
         Read in one transaction, so the rows are one consistent snapshot of the database.
         """
+        try:
+            return self._batch(after_seq, limit)
+        except sqlite3.Error as e:
+            raise OutboxError(f"cannot read changes from {self.path}: {e}") from e
+
+    def _batch(self, after_seq: int, limit: int) -> Batch | None:
         self.conn.execute("BEGIN")
         try:
             changes = self.conn.execute(
@@ -114,7 +120,36 @@ class Outbox:
                     upserts[table].append(found)
             return Batch(after_seq, changes[-1]["seq"], upserts, deletes)
         finally:
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
+
+    def prune(self) -> int:
+        """Forget tombstones that every target recorded here has acknowledged; returns how many.
+
+        A target that later starts from nothing never held those rows, so it needs no tombstone
+        for them; the log then stays one row per live key plus the deletes still in flight.
+        Scans only the changes acknowledged since the last prune.
+        """
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            upto = self.conn.execute("SELECT min(seq) FROM sync_cursors").fetchone()[0]
+            since = int(self.conn.execute("SELECT coalesce((SELECT value FROM sync_meta WHERE key = 'pruned_seq'), 0)")
+                        .fetchone()[0])
+            pruned = 0
+            if upto is not None and upto > since:
+                for table, key in SYNC_KEYS.items():
+                    match = " AND ".join(f"t.{c} = changes.k{i + 1}" for i, c in enumerate(key) if c[0].isalpha())
+                    pruned += self.conn.execute(
+                        f"DELETE FROM changes WHERE tbl = ? AND seq > ? AND seq <= ? "
+                        f"AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})", [table, since, upto]).rowcount
+                self.conn.execute("INSERT INTO sync_meta (key, value) VALUES ('pruned_seq', ?) "
+                                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value", [str(upto)])
             self.conn.execute("COMMIT")
+            return pruned
+        except sqlite3.Error as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise OutboxError(f"cannot prune the change log of {self.path}: {e}") from e
 
     def cursor(self, target: str) -> int:
         """The last sequence number ``target`` acknowledged, as recorded here (0: never)."""

@@ -114,9 +114,10 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
     OutboxError; what was committed before the error stays committed on both sides."""
     started = time.monotonic()
     target = fleetdb.target_name(fleetdb.check_url(config.url))
-    with Outbox(db_path) as outbox, fleetdb.connect(config.url) as conn:
-        info = dataclasses.replace(info, db_uuid=outbox.db_uuid, disk_free_mb=_free_mb(Path(db_path)))
-        try:
+    # Around the whole block: closing a connection the server dropped raises too.
+    try:
+        with Outbox(db_path) as outbox, fleetdb.connect(config.url) as conn:
+            info = dataclasses.replace(info, db_uuid=outbox.db_uuid, disk_free_mb=_free_mb(Path(db_path)))
             fleetdb.migrate(conn)
             fleetdb.lock_database(conn, info.db_uuid)
             fleetdb.prepare_staging(conn)
@@ -136,14 +137,15 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                 acked, changes, batches = batch.last_seq, changes + batch.size, batches + 1
                 rows = _next_rows(rows, time.monotonic() - t0, config)
             backlog = outbox.last_seq() - acked
+            outbox.prune()
             # After the batches, so that this database's own heartbeats are on the server too.
             found = tuple(fleetdb.clashes(conn, info))
             if found:
                 log.warning("device id %r is also used by database(s) %s with overlapping heartbeats: "
                             "two recorders with one id? Their rows are kept apart by database UUID",
                             info.device_id, ", ".join(found))
-        except fleetdb.DRIVER_ERRORS as e:
-            raise fleetdb.classify(e, target) from None
+    except fleetdb.DRIVER_ERRORS as e:
+        raise fleetdb.classify(e, target) from None
     return SyncResult(target, changes, batches, acked, backlog, time.monotonic() - started, found)
 
 

@@ -6,6 +6,7 @@ process where it is killed, so a crash lands anywhere in a session.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -168,6 +169,7 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates(fleet, tmp_path):
             acked = acked_seq(fleet)
             with Outbox(db) as outbox:
                 mid_session += 0 < acked < outbox.last_seq()
+    print(f"\n{kills} SIGKILLs, {mid_session} of them with the server part-way through the backlog")
     assert kills >= 20 and mid_session >= 5, (kills, mid_session)
     result = run_sync(db, fleet.url)
     assert result.returncode == 0, result.stderr
@@ -318,6 +320,12 @@ def test_fleet_status_shows_views_and_flags_recorders_to_visit(fleet, tmp_path):
     effort = out.stdout.split("effort per site and day (hours):")[1]
     # 30 one-minute files = 0.5 h recorded; 10 coverage minutes of 55 s = 0.15 h listened.
     assert "0.50" in effort and "0.15" in effort
+    as_json = subprocess.run([sys.executable, "-m", "edgemon", "fleet", "status", "--db", fleet.url, "--json"],
+                             capture_output=True, text=True, timeout=60)
+    report = json.loads(as_json.stdout)
+    assert {h["site"]: bool(h["visit"]) for h in report["health"]} == {"site-01": False, "site-02": True}
+    day = {(e["site"], e["day"]): e for e in report["effort"]}[("site-01", "2024-05-01")]
+    assert (day["files"], round(day["recorded_h"], 3), round(day["listen_h"], 3)) == (30, 0.5, 0.153)
 
 
 # --- the service's loop ------------------------------------------------------------------------

@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 import psycopg  # noqa: E402
 
 from edgemon.fleet import collect_fleet  # noqa: E402
-from edgemon.fleetdb import SCHEMA, DeviceInfo  # noqa: E402
+from edgemon.fleetdb import DeviceInfo  # noqa: E402
+from edgemon.fleetschema import SCHEMA  # noqa: E402
 from edgemon.store import Store  # noqa: E402
 from edgemon.sync import SyncConfig, sync_once  # noqa: E402
 from tests.postgres_server import postgres_server  # noqa: E402

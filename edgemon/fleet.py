@@ -7,7 +7,8 @@ import dataclasses
 import datetime as dt
 
 from edgemon import fleetdb
-from edgemon.fleetdb import SCHEMA, FleetDbError
+from edgemon.fleetdb import FleetDbError
+from edgemon.fleetschema import SCHEMA
 
 UTC = dt.timezone.utc
 

@@ -374,3 +374,21 @@ def test_service_refuses_a_sync_url_with_a_password_before_logging_settings(tmp_
                              "--db", str(tmp_path / "a.db")], capture_output=True, text=True, timeout=120, env=env)
     assert_one_line_refusal(result, "holds a password")
     assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_visit_reasons_name_each_rule():
+    import datetime as dt
+
+    from edgemon.fleet import VisitRules, visit_reasons
+
+    now = dt.datetime(2024, 6, 1, 12, tzinfo=dt.timezone.utc)
+    fine = dict(last_sync=now - dt.timedelta(minutes=20), sync_interval_s=900.0, disk_free_mb=9000.0,
+                clock_offset_s=1.0, clock_suspect_7d=0, recent_backlogs=[0, 40, 10])
+    assert visit_reasons(fine, VisitRules(), now) == []
+    cases = {"silent 2.0 h": dict(last_sync=now - dt.timedelta(hours=2)),
+             "suspect clock: -3600 s": dict(clock_offset_s=-3600.0),
+             "growing backlog: 10 < 40 < 90": dict(recent_backlogs=[90, 40, 10]),
+             "low disk: 120 MB": dict(disk_free_mb=120.0)}
+    for reason, change in cases.items():
+        found = visit_reasons({**fine, **change}, VisitRules(), now)
+        assert len(found) == 1 and found[0].startswith(reason), found

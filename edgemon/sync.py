@@ -93,6 +93,9 @@ def device_info(settings: Settings) -> DeviceInfo:
             zoneinfo.ZoneInfo(tz)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"timezone: unknown IANA time zone {tz!r} (e.g. 'Asia/Kuching')") from None
+    for name, limit in (("latitude", 90.0), ("longitude", 180.0)):   # the registry checks only minimums
+        if settings[name] is not None and settings[name] > limit:
+            raise ConfigError(f"{name}: must be at most {limit:g}, got {settings[name]!r}")
     manifest_path = Path(settings["models"] or default_bundle_path()) / MANIFEST
     try:
         manifest = manifest_path.read_text()

@@ -392,3 +392,18 @@ def test_visit_reasons_name_each_rule():
     for reason, change in cases.items():
         found = visit_reasons({**fine, **change}, VisitRules(), now)
         assert len(found) == 1 and found[0].startswith(reason), found
+
+
+def test_site_settings_are_checked_and_sent(tmp_path):
+    from edgemon.config import ConfigError, load_settings
+    from edgemon.sync import device_info
+
+    settings = lambda **values: load_settings(None, values, env={}, default_path=None)
+    info = device_info(settings(device_id="site-07", latitude=1.55, longitude=110.35, timezone="Asia/Kuching"))
+    assert (info.device_id, info.latitude, info.longitude, info.timezone) == ("site-07", 1.55, 110.35, "Asia/Kuching")
+    assert info.bundle_id and info.bundle_manifest and len(info.settings_hash) == 64
+    for bad, message in ((dict(timezone="Mars/Olympus"), "unknown IANA time zone"),
+                         (dict(latitude=91.0), "latitude: must be at most 90"),
+                         (dict(longitude=-181.0), "longitude")):
+        with pytest.raises(ConfigError, match=message):
+            device_info(settings(**bad))

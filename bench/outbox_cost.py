@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import atexit
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +39,7 @@ def ms_per_commit(path: Path, triggers: bool) -> float:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgemon-outbox-cost-"))
+    atexit.register(shutil.rmtree, work, True)
     for run in range(2):     # alternate, so drift on a shared machine hits both alike
         for triggers in (False, True):
             ms = ms_per_commit(work / f"{run}-{triggers}.db", triggers)

@@ -18,9 +18,11 @@ Recorders 0 and 1 start 30 days behind (offline). Prints the row counts, then:
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import multiprocessing
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -116,6 +118,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     work = Path(tempfile.mkdtemp(prefix="edgemon-sync-load-"))
+
+    atexit.register(shutil.rmtree, work, True)   # gigabytes at full size
     recorders = [(work / f"rec-{i:02d}.db", f"rec-{i:02d}") for i in range(args.recorders)]
     t0 = time.monotonic()
     total: dict[str, int] = {}

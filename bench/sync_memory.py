@@ -7,6 +7,8 @@ bench/sync_load.py), into a fresh PostgreSQL server.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,7 @@ from tests.postgres_server import postgres_server  # noqa: E402
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgemon-sync-memory-"))
+    atexit.register(shutil.rmtree, work, True)
     days_list = (10, 90)
     for days in days_list:
         sync_load.add_days(work / f"rec-01-{days}.db", "rec-01", 0, days,

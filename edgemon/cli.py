@@ -378,6 +378,49 @@ def reanalyse(
         raise typer.Exit(1)
 
 
+@app.command()
+def sync(
+    ctx: typer.Context,
+    to: Annotated[Optional[str], typer.Option("--to", help="Fleet database, postgresql://user@host/db (default: sync_url from the settings). No password in it: libpq's ~/.pgpass, $PGPASSFILE, ?passfile=PATH (0600) or $PGPASSWORD.")] = None,
+    db: DbOpt = None,
+    device_id: DeviceIdOpt = None,
+    retry_for_s: Annotated[float, typer.Option(help="Keep retrying an unreachable server this many seconds, backing off.")] = 0.0,
+    batch_rows: Annotated[Optional[int], typer.Option(help="Changes in the first batch (batches then adapt to the link).")] = None,
+    config: ConfigOpt = None,
+):
+    """Send every detection, file, coverage minute and heartbeat the fleet database lacks, once."""
+    from edgemon.config import load_settings
+    from edgemon.sync import sync_command
+
+    try:
+        result = sync_command(load_settings(config, ctx), to, retry_for_s, batch_rows)
+    except EdgemonError as exc:
+        raise _fail(exc)
+    typer.echo(result.describe())
+
+
+fleet_app = typer.Typer(no_args_is_help=True, help="The fleet database (PostgreSQL) that recorders sync into.")
+app.add_typer(fleet_app, name="fleet")
+
+
+@fleet_app.command("status")
+def fleet_status(
+    db: Annotated[str, typer.Option("--db", help="Fleet database, postgresql://user@host/db (no password in it).")],
+    days: Annotated[int, typer.Option(help="Days of detections and effort to show (the newest present).")] = 7,
+    all_bundles: Annotated[bool, typer.Option("--all-bundles", help="Detections of every bundle, not only each site's newest.")] = False,
+    min_free_mb: Annotated[float, typer.Option(help="Flag recorders with less free disk (MB).")] = 500.0,
+    as_json: JsonOpt = False,
+):
+    """Recorder health, detections per site/species/day and effort; flags recorders that need a visit."""
+    from edgemon.fleet import VisitRules, collect_fleet, format_fleet
+
+    try:
+        report = collect_fleet(db, VisitRules(min_free_mb=min_free_mb), days, all_bundles)
+    except EdgemonError as exc:
+        raise _fail(exc)
+    typer.echo(json.dumps(report, indent=2, default=str) if as_json else format_fleet(report), nl=as_json)
+
+
 def _parse_time(text: str):
     import datetime as dt
 

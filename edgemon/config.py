@@ -80,6 +80,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("models", None, Path, None, "Model bundle directory (unset: the embedded bundle)."),
     Setting("device_id", None, str, "edgemon", "Recorder/site id stored with every detection."),
     Setting("threads", None, int, 1, "onnxruntime threads.", minimum=1),
+    Setting("latitude", None, float, None, "Recorder latitude, decimal degrees (WGS84); sent to the fleet database.", minimum=-90),
+    Setting("longitude", None, float, None, "Recorder longitude, decimal degrees (WGS84).", minimum=-180),
+    Setting("timezone", None, str, None, "Recorder's IANA time zone (e.g. 'Asia/Kuching'): the fleet views' local days."),
 
     Setting("directory", "watch", Path, None, "Recorder directory to watch (recursive)."),
     Setting("settle_s", "watch", float, 5.0, "Seconds a file must stay unchanged before it is read.", minimum=0),
@@ -106,9 +109,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("min_free_mb", "disk", float, 200.0,
             "Free space (MB, where the database is) below which no new work starts: back-pressure, not a crash.", minimum=0),
     Setting("clips_min_free_mb", "disk", float, 1000.0, "Free space (MB) below which no clips are saved.", minimum=0),
+
+    Setting("sync_url", "sync", str, None,
+            "Fleet PostgreSQL database (postgresql://user@host/db, no password: use a 0600 passfile); unset: no sync."),
+    Setting("sync_interval_s", "sync", float, 900.0, "Seconds between sync sessions of the service.", minimum=1),
 )
 BY_NAME: Mapping[str, Setting] = MappingProxyType({s.name: s for s in SETTINGS})
-TABLES = ("watch", "listen", "health", "disk")
+TABLES = ("watch", "listen", "health", "disk", "sync")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from edgemon.pipeline import Analyzer
 from edgemon.isolate import Isolated
 from edgemon.safetext import shown
 from edgemon.store import Store
+from edgemon.sync import sync_in_background
 from edgemon.watch import WatchConfig, Watcher, check_root
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,14 @@ def _watch(config: WatchConfig, db_path: Path, analyzer: Analyzer, store, stop: 
 def run_service(settings: Settings, mode: str | None = None, until_idle: bool = False,
                 duration_s: float | None = None) -> None:
     """Run ``mode`` (default: the settings' own) as configured: ``edgemon run``, ``watch``, ``listen``
-    (for ``duration_s`` seconds when given)."""
+    (for ``duration_s`` seconds when given); with ``sync_url`` set, a thread syncs to the fleet
+    database meanwhile. Sync starts first, so a sync_url holding a password is refused before any
+    setting reaches the log."""
+    with sync_in_background(settings):
+        _run_mode(settings, mode, until_idle, duration_s)
+
+
+def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s: float | None) -> None:
     settings.log(log)
     if (mode or settings["mode"]) == "watch":
         run_watch(settings.watch_config(until_idle), settings["db"], settings["models"], settings["threads"],

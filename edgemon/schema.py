@@ -6,6 +6,8 @@ recorded under in databases ("edgemon.store"); a new table or column is a new mi
 
 from __future__ import annotations
 
+import uuid
+
 import sqlite_utils
 from sqlite_utils import Migrations
 
@@ -171,6 +173,67 @@ def m005_attempts_and_unreadable(db: sqlite_utils.Database) -> None:
             error TEXT NOT NULL,
             since_utc TEXT NOT NULL
         )""")
+
+
+# The sync outbox (edgemon/outbox.py). Each synced table's natural key, as (k1, k2, k3, k4) of
+# ``changes``: text, real, text, text. Local row ids are never a key: they change when a corrupt
+# database is rebuilt, and AUTOINCREMENT ids of re-processed detections are new rows anyway.
+SYNC_KEYS: dict[str, tuple[str, str, str, str]] = {
+    "detections": ("source", "start_s", "label", "bundle_id"),
+    "files": ("source", "0", "''", "''"),
+    "coverage": ("source", "0", "minute_utc", "''"),
+    "heartbeats": ("run_id", "uptime_s", "''", "''"),
+}
+
+
+def _change_sql(table: str, row: str) -> str:
+    """Statements that move the key of ``row`` ('NEW' or 'OLD') of ``table`` to the end of the log."""
+    k = [f"{row}.{c}" if c[0].isalpha() else c for c in SYNC_KEYS[table]]
+    # DELETE then a plain INSERT, not INSERT OR REPLACE: a trigger's conflict clause is overridden
+    # by the outer statement's (an INSERT OR IGNORE would then keep the old seq and lose the change).
+    return (f"DELETE FROM changes WHERE tbl = '{table}' AND k1 = {k[0]} AND k2 = {k[1]} AND k3 = {k[2]} "
+            f"AND k4 = {k[3]};\n"
+            f"  INSERT INTO changes (tbl, k1, k2, k3, k4) VALUES ('{table}', {k[0]}, {k[1]}, {k[2]}, {k[3]});")
+
+
+@MIGRATIONS()
+def m007_sync_outbox(db: sqlite_utils.Database) -> None:
+    """The database as the sync outbox: a per-database UUID, a change log and a cursor per target.
+
+    ``changes`` holds one row per natural key that was ever written, at the sequence number of its
+    latest insert, update or delete (triggers keep it). Sync sends the row as it is now, or a
+    tombstone when it is gone, so deletes travel and updates converge; ``seq`` only grows
+    (AUTOINCREMENT), so "seq > cursor" is every change the target has not acknowledged.
+    """
+    db.execute("CREATE TABLE sync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO sync_meta VALUES ('db_uuid', ?)", [str(uuid.uuid4())])
+    db.execute("""
+        CREATE TABLE changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            tbl TEXT NOT NULL,
+            k1 TEXT NOT NULL,
+            k2 REAL NOT NULL,
+            k3 TEXT NOT NULL,
+            k4 TEXT NOT NULL,
+            UNIQUE (tbl, k1, k2, k3, k4)
+        )""")
+    db.execute("""
+        CREATE TABLE sync_cursors (
+            target TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX heartbeats_run_uptime ON heartbeats (run_id, uptime_s)")
+    for table, key in SYNC_KEYS.items():
+        # Rows stored before sync existed are the first backlog.
+        db.execute(f"INSERT INTO changes (tbl, k1, k2, k3, k4) SELECT '{table}', {', '.join(key)} "
+                   f"FROM {table} ORDER BY rowid")
+        db.execute(f"CREATE TRIGGER changes_{table}_insert AFTER INSERT ON {table} BEGIN\n  "
+                   f"{_change_sql(table, 'NEW')}\nEND")
+        db.execute(f"CREATE TRIGGER changes_{table}_delete AFTER DELETE ON {table} BEGIN\n  "
+                   f"{_change_sql(table, 'OLD')}\nEND")
+        db.execute(f"CREATE TRIGGER changes_{table}_update AFTER UPDATE ON {table} BEGIN\n  "
+                   f"{_change_sql(table, 'OLD')}\n  {_change_sql(table, 'NEW')}\nEND")
 
 
 REVIEW_VERDICTS = ("correct", "wrong", "relabel", "unsure")

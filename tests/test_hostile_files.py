@@ -184,7 +184,7 @@ def test_a_second_daemon_on_the_same_database_is_refused_and_readers_are_not(tmp
         other_root.mkdir()
         second = daemon(other_root, db, "--until-idle")
         _, stderr = second.communicate(timeout=60)
-        assert second.returncode == 2
+        assert second.returncode == 1
         assert stderr.strip().splitlines()[-1] == (f"error: another edgemon (pid {first.pid}) is using this "
                                                    f"database {db.resolve()}")
         for reader in (["status", "--db", str(db)], ["export-detections", "--db", str(db)]):
@@ -231,7 +231,7 @@ def test_unreadable_directories_are_said_once_and_shown_in_status(tmp_path):
         run = subprocess.run([*UNPRIVILEGED, sys.executable, "-m", "edgemon", "run", "--config",
                               str(tmp_path / "empty.toml")], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=60)
-        assert run.returncode == 2
+        assert run.returncode == 1
         assert run.stderr.strip().splitlines()[-1] == f"error: {root}: cannot read the directory: Permission denied"
         assert not (tmp_path / "new.db").exists() and not (tmp_path / "new.db.lock").exists()
     finally:
@@ -243,7 +243,7 @@ def test_watching_a_missing_directory_creates_no_database(tmp_path):
     run = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(tmp_path / "missing"),
                           "--db", str(tmp_path / "d.db"), "--until-idle"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2
+    assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: not a directory"
     assert list(tmp_path.iterdir()) == []                       # no database, no lock file
 

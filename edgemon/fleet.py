@@ -1,0 +1,133 @@
+"""``edgemon fleet status``: the fleet database's views for the person running the study, and
+which recorders need a visit. Reads only; refuses a schema newer than this edgemon."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from edgemon import fleetdb
+from edgemon.fleetdb import FleetDbError
+from edgemon.fleetschema import SCHEMA
+
+UTC = dt.timezone.utc
+
+
+@dataclasses.dataclass(frozen=True)
+class VisitRules:
+    """When a recorder needs a visit. Silent: no sync for ``silent_factor`` times its own sync
+    interval (at least ``silent_min_s`` seconds). Low disk: last reported free space under
+    ``min_free_mb``. Suspect clock: its clock differed from the server's by more than
+    ``clock_offset_s`` seconds at the last sync, or clock-suspect detections in the last 7 days.
+    Growing backlog: unsent changes grew over its last ``backlog_sessions`` sessions."""
+
+    silent_factor: float = 3.0
+    silent_min_s: float = 1800.0
+    min_free_mb: float = 500.0
+    clock_offset_s: float = 300.0
+    backlog_sessions: int = 3
+
+
+def visit_reasons(row: dict, rules: VisitRules, now: dt.datetime) -> list[str]:
+    """Why the recorder of a ``recorder_health`` row needs a visit (empty: it does not)."""
+    reasons = []
+    allowed_s = max(rules.silent_min_s, rules.silent_factor * (row["sync_interval_s"] or 900.0))
+    silent_s = (now - row["last_sync"]).total_seconds()
+    if silent_s > allowed_s:
+        reasons.append(f"silent {silent_s / 3600:.1f} h (allowed {allowed_s / 3600:.1f} h)")
+    if row["disk_free_mb"] is not None and row["disk_free_mb"] < rules.min_free_mb:
+        reasons.append(f"low disk: {row['disk_free_mb']:.0f} MB free")
+    offset = row["clock_offset_s"]
+    if offset is not None and abs(offset) > rules.clock_offset_s:
+        reasons.append(f"suspect clock: {offset:+.0f} s from the server's")
+    if row["clock_suspect_7d"]:
+        reasons.append(f"suspect clock: {row['clock_suspect_7d']} clock-suspect detection(s) in 7 days")
+    recent = row["recent_backlogs"] or []   # newest first
+    if len(recent) >= rules.backlog_sessions and all(a > b for a, b in zip(recent, recent[1:rules.backlog_sessions])):
+        reasons.append(f"growing backlog: {' < '.join(map(str, reversed(recent[:rules.backlog_sessions])))} changes")
+    return reasons
+
+
+def collect_fleet(url: str, rules: VisitRules = VisitRules(), days: int = 7, all_bundles: bool = False,
+                  now: dt.datetime | None = None) -> dict:
+    """The fleet views as plain rows: ``health`` (one per recorder database, with ``visit``
+    reasons), ``detections`` (site, species, day; the newest bundle per site unless
+    ``all_bundles``) and ``effort`` (site, day: hours listened, lost, recorded) for the last
+    ``days`` days present, and ``clashes`` (device ids used by overlapping databases)."""
+    with fleetdb.connect(url) as conn:
+        try:
+            version = fleetdb.schema_version(conn)
+            fleetdb.check_version(version)
+            if version == 0:
+                raise FleetDbError("the fleet database has no edgemon schema yet: run `edgemon sync` first")
+            now = now or conn.execute("SELECT now()").fetchone()[0]
+            rows = lambda sql, *args: _dicts(conn.execute(sql, args))
+            health = rows(f"SELECT * FROM {SCHEMA}.recorder_health ORDER BY site, last_sync")
+            for row in health:
+                row["visit"] = visit_reasons(row, rules, now)
+            # The newest day present, from indexes; a literal cutoff then reaches into the views.
+            cutoff = conn.execute(f"""
+                SELECT (greatest((SELECT max(start_utc) FROM {SCHEMA}.detections),
+                                 (SELECT max(minute_utc) FROM {SCHEMA}.coverage),
+                                 (SELECT max(start_utc) FROM {SCHEMA}.files)) AT TIME ZONE 'UTC')::date - %s""",
+                                  [days]).fetchone()[0]
+            view = "detections_daily_all" if all_bundles else "detections_daily"
+            detections = rows(f"SELECT * FROM {SCHEMA}.{view} WHERE day > %s ORDER BY site, day, species", cutoff)
+            effort = rows(f"SELECT * FROM {SCHEMA}.effort_daily WHERE day > %s ORDER BY site, day", cutoff)
+            clashes = rows(f"""
+                WITH spans AS (SELECT device_id, db_uuid, min(at_utc) AS lo, max(at_utc) AS hi
+                               FROM {SCHEMA}.heartbeats GROUP BY 1, 2)
+                SELECT a.device_id AS site, a.db_uuid::text AS db_a, b.db_uuid::text AS db_b
+                FROM spans a JOIN spans b ON a.device_id = b.device_id AND a.db_uuid < b.db_uuid
+                WHERE a.lo <= b.hi AND b.lo <= a.hi ORDER BY 1, 2, 3""")
+        except fleetdb.DRIVER_ERRORS as e:
+            raise fleetdb.classify(e, fleetdb.target_name(fleetdb.check_url(url))) from None
+    for row in clashes:
+        for h in health:
+            if h["site"] == row["site"] and str(h["db_uuid"]) in (row["db_a"], row["db_b"]):
+                h["visit"].append("device id clash: two databases send under this id")
+    return {"schema_version": version, "now": now, "health": health, "detections": detections,
+            "effort": effort, "clashes": clashes}
+
+
+def format_fleet(report: dict) -> str:
+    """The report as text tables, recorders needing a visit first."""
+    lines = [f"fleet database schema v{report['schema_version']}, {len(report['health'])} recorder database(s)"]
+    need = [h for h in report["health"] if h["visit"]]
+    lines.append(f"\nNEEDS A VISIT ({len(need)}):" if need else "\nno recorder needs a visit")
+    for h in need:
+        lines.append(f"  {h['site']} ({str(h['db_uuid'])[:8]}): {'; '.join(h['visit'])}")
+    lines.append("\nrecorder health:")
+    lines += _table(report["health"], ["site", "db_uuid", "last_sync", "last_heartbeat", "last_state",
+                                       "backlog", "disk_free_mb", "last_detection", "clock_offset_s", "bundle_id"])
+    lines.append("\ndetections per site, species and day:")
+    lines += _table(report["detections"], ["site", "day", "species", "detections", "clock_suspect", "bundle_id"])
+    lines.append("\neffort per site and day (hours):")
+    lines += _table(report["effort"], ["site", "day", "listen_h", "lost_h", "files", "recorded_h",
+                                       "longest_gap_h", "effort_h"])
+    return "\n".join(lines) + "\n"
+
+
+def _dicts(cursor) -> list[dict]:
+    names = [c.name for c in cursor.description]
+    return [dict(zip(names, r)) for r in cursor.fetchall()]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, dt.datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    text = str(value)
+    return text[:8] if len(text) == 36 and text.count("-") == 4 else text   # a UUID: its prefix
+
+
+def _table(rows: list[dict], columns: list[str]) -> list[str]:
+    if not rows:
+        return ["  (none)"]
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    fmt = "  " + "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*columns)] + [fmt.format(*row) for row in cells]

@@ -1,0 +1,291 @@
+"""The fleet's PostgreSQL database: connection, migration (DDL in ``edgemon.fleetschema``), and
+idempotent batch writes.
+
+Every recorder's rows live under the schema ``edgemon``, keyed by the natural key of the
+recorder's own tables plus the per-database UUID (``db_uuid``): (db_uuid, source, start_s, label,
+bundle_id) for a detection. Local row ids never travel. Upserts make a resent batch harmless, and
+the database's acknowledged sequence number moves in the same transaction as its rows.
+
+Credentials come from libpq (``~/.pgpass``, ``$PGPASSFILE``, ``passfile=`` in the URL, a client
+certificate, ``$PGPASSWORD``): a URL holding a password is refused, so none reaches a command
+line, a settings file or a log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgemon.errors import EdgemonError
+from edgemon.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+from edgemon.outbox import Batch, key_columns
+
+try:  # the `sync` extra: recorders that never sync do not carry a PostgreSQL driver
+    import psycopg
+    from psycopg import conninfo
+except ImportError:  # pragma: no cover - exercised only on an edge install without the extra
+    psycopg = conninfo = None
+
+# What a driver call may raise (nothing, without the driver: ``except ()`` catches nothing).
+DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error,) if psycopg else ()
+
+# Server-side lock ids: one for migrations, and a namespace for per-database sync sessions.
+MIGRATION_LOCK = 0x6564676D  # 'edgm'
+
+# Non-key columns of each table on the server (the key columns come from the outbox's SYNC_KEYS).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "detections": ("device_id", "end_s", "start_utc", "end_utc", "time_source", "clock_suspect",
+                   "clock_synced", "confidence", "votes", "clip_path", "created_at"),
+    "files": ("path", "size", "mtime_ns", "state", "attempts", "error", "duration_s", "start_utc",
+              "time_source", "clock_suspect", "bundle_id", "updated_at"),
+    "coverage": ("device_id", "analysed_s", "lost_overflow_s", "lost_dropped_s", "lost_device_s",
+                 "lost_daemon_s", "overflows", "dropped_blocks", "end_utc", "clock_synced", "updated_at"),
+    "heartbeats": ("mode", "device_id", "at_utc", "started_utc", "state", "bundle_id", "files_done",
+                   "audio_s", "busy_s", "disk_free_mb", "rss_mb", "note"),
+}
+BOOLEAN = {"clock_suspect", "clock_synced"}   # 0/1 in SQLite, boolean on the server
+
+
+class FleetDbError(EdgemonError):
+    """The fleet database cannot be reached or used."""
+
+
+class SyncUrlError(FleetDbError):
+    """A sync URL is malformed or holds a secret."""
+
+
+class AuthError(FleetDbError):
+    """The fleet database refused the credentials (retrying will not help)."""
+
+
+class UnreachableError(FleetDbError):
+    """The fleet database cannot be reached now (network, server down): worth retrying later."""
+
+
+class SchemaNewerError(FleetDbError):
+    """The fleet database's schema is newer than this edgemon knows."""
+
+
+class BusyError(FleetDbError):
+    """Another sync of the same recorder database is running."""
+
+
+# --- connection ---------------------------------------------------------------------------------
+
+def check_url(url: str) -> dict[str, str]:
+    """The libpq parameters of ``url``; SyncUrlError (never echoing the URL) when it holds a
+    password, is not a PostgreSQL URL, or names a passfile anyone but its owner may read."""
+    if psycopg is None:
+        raise FleetDbError("sync needs the PostgreSQL driver: pip install 'edgemon[sync]'")
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise SyncUrlError("sync target must be a postgresql:// URL")
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise SyncUrlError("sync URL is not a valid PostgreSQL URL") from None
+    if params.get("password"):
+        raise SyncUrlError("sync URL holds a password: put it in a 0600 passfile (~/.pgpass, $PGPASSFILE "
+                           "or ?passfile=PATH) or $PGPASSWORD, never in the URL")
+    passfile = params.get("passfile") or os.environ.get("PGPASSFILE")
+    if passfile and Path(passfile).exists() and Path(passfile).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SyncUrlError(f"passfile {passfile} is readable by others: chmod 0600 it")
+    return params
+
+
+def target_name(params: dict[str, str]) -> str:
+    """A recorder-side name for a target, without credentials: 'user@host:port/dbname'."""
+    return (f"{params.get('user', '')}@{params.get('host', 'localhost')}:{params.get('port', '5432')}"
+            f"/{params.get('dbname', '')}")
+
+
+def connect(url: str, *, connect_timeout_s: int = 15) -> psycopg.Connection:
+    """An autocommit connection to the fleet database at ``url`` (checked by ``check_url``).
+
+    TCP keepalives find a link that died silently, so a sync never hangs for ever.
+    """
+    params = check_url(url)
+    params = {"connect_timeout": str(connect_timeout_s), "keepalives_idle": "30",
+              "keepalives_interval": "10", "keepalives_count": "3", "application_name": "edgemon-sync",
+              **params}
+    try:
+        return psycopg.connect(conninfo.make_conninfo(**params), autocommit=True)
+    except psycopg.OperationalError as e:
+        raise classify(e, target_name(params)) from None
+
+
+def classify(exc: psycopg.Error, where: str) -> FleetDbError:
+    """A driver error as one named, one-line error (libpq's first line; it never holds a password)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    first = first.removeprefix("connection failed: ")
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if sqlstate in ("28P01", "28000") or "password authentication failed" in first or "no password supplied" in first:
+        return AuthError(f"fleet database {where} refused the credentials: {first}")
+    if isinstance(exc, psycopg.OperationalError) or sqlstate.startswith(("08", "57P")):
+        return UnreachableError(f"fleet database {where} unreachable: {first}")
+    return FleetDbError(f"fleet database {where}: {first}")
+
+
+def schema_version(conn: psycopg.Connection) -> int:
+    """The fleet schema's version (0: not created yet)."""
+    exists = conn.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.schema_version"]).fetchone()[0]
+    if exists is None:
+        return 0
+    return conn.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_version").fetchone()[0]
+
+
+def check_version(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise SchemaNewerError(f"fleet database schema is version {version}, newer than this edgemon's "
+                               f"{SCHEMA_VERSION}: upgrade edgemon on this machine")
+
+
+def migrate(conn: psycopg.Connection) -> int:
+    """Create or migrate the fleet schema to ``SCHEMA_VERSION``; returns the version found before.
+
+    One transaction under an advisory lock, so recorders connecting together migrate once.
+    Raises SchemaNewerError (changing nothing) when the server is ahead of this edgemon.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+        found = schema_version(conn)
+        check_version(found)
+        if found < SCHEMA_VERSION:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version "
+                         "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                conn.execute(MIGRATIONS[version - 1])
+                conn.execute(f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (%s)", [version])
+    return found
+
+
+# --- writes -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DeviceInfo:
+    """What the fleet knows of a recorder database besides its rows. ``latitude``/``longitude`` in
+    decimal degrees (WGS84), ``timezone`` an IANA name; ``bundle_manifest`` the bundle's
+    manifest.json text; ``settings_hash`` a sha256 of the settings in force."""
+
+    device_id: str
+    db_uuid: str
+    latitude: float | None = None
+    longitude: float | None = None
+    timezone: str | None = None
+    bundle_id: str | None = None
+    bundle_manifest: str | None = None
+    edgemon_version: str | None = None
+    settings_hash: str | None = None
+    sync_interval_s: float | None = None
+    heartbeat_s: float | None = None
+    disk_free_mb: float | None = None
+
+
+def _stage_sql(table: str) -> str:
+    """A session's staging table for ``table``'s rows: its columns without db_uuid, emptied at commit."""
+    columns = ", ".join([*key_columns(table), *COLUMNS[table]])
+    return (f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} ON COMMIT DELETE ROWS AS "
+            f"SELECT {columns} FROM {SCHEMA}.{table} WITH NO DATA")
+
+
+def _merge_sql(table: str) -> str:
+    """Staged rows into ``table`` under one database's UUID (the query's one parameter)."""
+    key = ["db_uuid", *key_columns(table)]
+    columns = [*key_columns(table), *COLUMNS[table]]
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[table])
+    return (f"INSERT INTO {SCHEMA}.{table} (db_uuid, {', '.join(columns)}) "
+            f"SELECT %s::uuid, {', '.join(columns)} FROM pg_temp.stage_{table} "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+
+
+def _delete_sql(table: str) -> str:
+    key = ["db_uuid", *key_columns(table)]
+    return f"DELETE FROM {SCHEMA}.{table} WHERE " + " AND ".join(f"{c} = %s" for c in key)
+
+
+STAGE = {t: _stage_sql(t) for t in COLUMNS}
+MERGE = {t: _merge_sql(t) for t in COLUMNS}
+COPY = {t: f"COPY pg_temp.stage_{t} ({', '.join([*key_columns(t), *COLUMNS[t]])}) FROM STDIN" for t in COLUMNS}
+DELETE = {t: _delete_sql(t) for t in COLUMNS}
+
+
+def _values(table: str, row: dict) -> list:
+    out = [row[c] for c in key_columns(table)]
+    for c in COLUMNS[table]:
+        value = row.get(c)
+        out.append(bool(value) if c in BOOLEAN and value is not None else value)
+    return out
+
+
+def register(conn: psycopg.Connection, info: DeviceInfo, local_seq: int, client_utc: str) -> int:
+    """Record the database's metadata and a sync session; returns the sequence number the server
+    has acknowledged for it (0: new). ``client_utc`` is the recorder's clock now: the difference
+    to the server's is kept, for the suspect-clock flag."""
+    fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
+    names = list(fields)
+    updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n != "db_uuid")
+    with conn.transaction():
+        conn.execute(
+            f"INSERT INTO {SCHEMA}.databases ({', '.join(names)}, local_seq, clock_offset_s) "
+            f"VALUES ({', '.join(['%s'] * len(names))}, %s, extract(epoch FROM %s::timestamptz - now())) "
+            f"ON CONFLICT (db_uuid) DO UPDATE SET {updates}, local_seq = EXCLUDED.local_seq, "
+            f"clock_offset_s = EXCLUDED.clock_offset_s, last_sync = now()",
+            [*fields.values(), local_seq, client_utc])
+        acked = conn.execute(f"SELECT acked_seq FROM {SCHEMA}.databases WHERE db_uuid = %s",
+                             [info.db_uuid]).fetchone()[0]
+        conn.execute(f"INSERT INTO {SCHEMA}.sync_sessions (db_uuid, backlog) VALUES (%s, %s)",
+                     [info.db_uuid, max(0, local_seq - acked)])
+    return acked
+
+
+def clashes(conn: psycopg.Connection, info: DeviceInfo) -> list[str]:
+    """UUIDs of other databases sending under ``info.device_id`` whose heartbeats overlap in time
+    with this database's: two recorders sharing one id (a rebuilt database follows, never overlaps)."""
+    rows = conn.execute(f"""
+        WITH spans AS (SELECT db_uuid, min(at_utc) AS lo, max(at_utc) AS hi FROM {SCHEMA}.heartbeats
+                       WHERE device_id = %s GROUP BY db_uuid)
+        SELECT o.db_uuid::text FROM spans o JOIN spans me ON me.db_uuid = %s
+        WHERE o.db_uuid <> me.db_uuid AND o.lo <= me.hi AND me.lo <= o.hi ORDER BY 1""",
+        [info.device_id, info.db_uuid]).fetchall()
+    return [r[0] for r in rows]
+
+
+def lock_database(conn: psycopg.Connection, db_uuid: str) -> None:
+    """A session lock on one recorder database's rows; BusyError when another sync holds it.
+    Released when the connection closes, also when the holder was killed."""
+    if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [MIGRATION_LOCK, db_uuid]).fetchone()[0]:
+        raise BusyError(f"another sync of database {db_uuid} is running")
+
+
+def prepare_staging(conn: psycopg.Connection) -> None:
+    """Create this session's staging tables (once per connection, before ``apply_batch``)."""
+    for sql in STAGE.values():
+        conn.execute(sql)
+
+
+def apply_batch(conn: psycopg.Connection, db_uuid: str, batch: Batch, local_seq: int) -> None:
+    """Write ``batch`` and acknowledge its last sequence number in one transaction. Idempotent:
+    rows are upserted and deleted by natural key, so sending a batch twice changes nothing.
+
+    Rows travel by COPY into the session's staging tables and are merged from there: about half
+    the bytes of one INSERT per row (no per-row protocol messages, the UUID sent once), which
+    counts on a slow link. A batch holds each natural key once (the outbox's ``changes`` is
+    unique per key), so one merge never meets a key twice.
+    """
+    with conn.transaction(), conn.cursor() as cur:
+        for table in COLUMNS:
+            rows = batch.upserts.get(table) or []
+            if rows:
+                with cur.copy(COPY[table]) as copy:
+                    for r in rows:
+                        copy.write_row(_values(table, r))
+                cur.execute(MERGE[table], [db_uuid])
+            keys: Sequence[tuple] = batch.deletes.get(table) or []
+            if keys:
+                cur.executemany(DELETE[table], [(db_uuid, *k) for k in keys])
+        cur.execute(f"UPDATE {SCHEMA}.databases SET acked_seq = greatest(acked_seq, %s), "
+                    f"local_seq = greatest(local_seq, %s), last_sync = now() WHERE db_uuid = %s",
+                    [batch.last_seq, local_seq, db_uuid])

@@ -1,0 +1,172 @@
+"""The detections database as a sync outbox: changed rows, in order, in batches of bounded size.
+
+Triggers (schema ``m007_sync_outbox``) keep one ``changes`` row per natural key at the sequence
+number of its latest write. A batch is the next ``limit`` changes after a cursor, each with its row
+as it is now, or as a tombstone (the key alone) when the row is gone: a re-processed file's old
+detections travel as deletes, a coverage minute written twice arrives with its final sums. Nothing
+else is kept in memory, whatever the backlog.
+
+The cursor of a target moves only after that target committed the batch (``advance``), so a crash
+anywhere resends at most one batch, which the server's upsert by natural key makes harmless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+from edgemon.errors import EdgemonError
+from edgemon.schema import SYNC_KEYS
+from edgemon.store import BUSY_TIMEOUT_MS, Store, utc_iso
+
+SYNCED_TABLES = tuple(SYNC_KEYS)
+
+
+class OutboxError(EdgemonError):
+    """The detections database cannot be read or written as a sync outbox."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Changes ``(first_seq, last_seq]`` of the outbox.
+
+    ``upserts[table]``: the rows as stored now (dicts of column -> value, without local ids);
+    ``deletes[table]``: natural keys (tuples in the table's ``SYNC_KEYS`` order, unused parts
+    dropped) of rows that no longer exist.
+    """
+
+    first_seq: int
+    last_seq: int
+    upserts: dict[str, list[dict]]
+    deletes: dict[str, list[tuple]]
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.upserts.values())) + sum(map(len, self.deletes.values()))
+
+
+def key_columns(table: str) -> list[str]:
+    """The real (named) key columns of ``table``: 'source', 'start_s', ... (constants dropped)."""
+    return [c for c in SYNC_KEYS[table] if c[0].isalpha()]
+
+
+def key_parts(table: str, k: tuple) -> tuple:
+    """The key parts of a ``changes`` row's (k1, k2, k3, k4) that ``table`` really uses."""
+    return tuple(part for part, c in zip(k, SYNC_KEYS[table]) if c[0].isalpha())
+
+
+class Outbox:
+    """The sync side of the detections database at ``path`` (which must exist): its own connection,
+    so it can run beside the daemon's writer (WAL). One thread."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise OutboxError(f"no detections database at {self.path}")
+        Store(self.path).close()  # applies pending migrations (the outbox triggers) before reading
+        try:
+            self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            self.conn.row_factory = sqlite3.Row
+            self.db_uuid = self.conn.execute("SELECT value FROM sync_meta WHERE key = 'db_uuid'").fetchone()[0]
+        except sqlite3.Error as e:
+            raise OutboxError(f"cannot read detections database {self.path}: {e}") from e
+        self._lookup = {t: f"SELECT * FROM {t} WHERE " + " AND ".join(f"{c} = ?" for c in key_columns(t))
+                        for t in SYNCED_TABLES}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def last_seq(self) -> int:
+        """The newest change's sequence number (0: none yet)."""
+        return self.conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+
+    def batch(self, after_seq: int, limit: int) -> Batch | None:
+        """The next at most ``limit`` changes after ``after_seq``, or None when there are none.
+
+        Read in one transaction, so the rows are one consistent snapshot of the database.
+        """
+        try:
+            return self._batch(after_seq, limit)
+        except sqlite3.Error as e:
+            raise OutboxError(f"cannot read changes from {self.path}: {e}") from e
+
+    def _batch(self, after_seq: int, limit: int) -> Batch | None:
+        self.conn.execute("BEGIN")
+        try:
+            changes = self.conn.execute(
+                "SELECT seq, tbl, k1, k2, k3, k4 FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                [after_seq, limit]).fetchall()
+            if not changes:
+                return None
+            upserts: dict[str, list[dict]] = {t: [] for t in SYNCED_TABLES}
+            deletes: dict[str, list[tuple]] = {t: [] for t in SYNCED_TABLES}
+            for c in changes:
+                table = c["tbl"]
+                key = key_parts(table, (c["k1"], c["k2"], c["k3"], c["k4"]))
+                row = self.conn.execute(self._lookup[table], key).fetchone()
+                if row is None:
+                    deletes[table].append(key)
+                else:
+                    found = dict(row)
+                    found.pop("id", None)  # local ids never leave the recorder
+                    upserts[table].append(found)
+            return Batch(after_seq, changes[-1]["seq"], upserts, deletes)
+        finally:
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
+
+    def prune(self) -> int:
+        """Forget tombstones that every target recorded here has acknowledged; returns how many.
+
+        A target that later starts from nothing never held those rows, so it needs no tombstone
+        for them; the log then stays one row per live key plus the deletes still in flight.
+        Scans only the changes acknowledged since the last prune.
+        """
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            upto = self.conn.execute("SELECT min(seq) FROM sync_cursors").fetchone()[0]
+            since = int(self.conn.execute("SELECT coalesce((SELECT value FROM sync_meta WHERE key = 'pruned_seq'), 0)")
+                        .fetchone()[0])
+            pruned = 0
+            if upto is not None and upto > since:
+                for table, key in SYNC_KEYS.items():
+                    match = " AND ".join(f"t.{c} = changes.k{i + 1}" for i, c in enumerate(key) if c[0].isalpha())
+                    pruned += self.conn.execute(
+                        f"DELETE FROM changes WHERE tbl = ? AND seq > ? AND seq <= ? "
+                        f"AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})", [table, since, upto]).rowcount
+                self.conn.execute("INSERT INTO sync_meta (key, value) VALUES ('pruned_seq', ?) "
+                                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value", [str(upto)])
+            self.conn.execute("COMMIT")
+            return pruned
+        except sqlite3.Error as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise OutboxError(f"cannot prune the change log of {self.path}: {e}") from e
+
+    def cursor(self, target: str) -> int:
+        """The last sequence number ``target`` acknowledged, as recorded here (0: never)."""
+        row = self.conn.execute("SELECT seq FROM sync_cursors WHERE target = ?", [target]).fetchone()
+        return 0 if row is None else row[0]
+
+    def advance(self, target: str, seq: int) -> None:
+        """Record that ``target`` committed every change up to ``seq``; call only after it did."""
+        try:
+            # IMMEDIATE: wait for the daemon's write lock rather than fail on a busy upgrade.
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("""
+                INSERT INTO sync_cursors (target, seq, updated_at) VALUES (?, ?, ?)
+                ON CONFLICT (target) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at""",
+                [target, seq, utc_iso(dt.datetime.now(dt.timezone.utc))])
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise OutboxError(f"cannot record the sync cursor in {self.path}: {e}") from e

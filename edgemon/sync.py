@@ -1,0 +1,238 @@
+"""Send the recorder's rows to the fleet's PostgreSQL database, exactly once, through any outage.
+
+A session: connect, migrate the fleet schema if needed, take the server-side lock of this
+database, register its metadata, then send batches from the outbox after the sequence number the
+server acknowledged. Each batch's rows and its acknowledgement commit in one server transaction;
+only then does the local cursor move. A crash, a lost connection or a lost acknowledgement at any
+point resends at most one batch, which the upsert by natural key absorbs.
+
+Batches adapt to the link: a batch slower than ``batch_target_s`` halves the next one, a quick one
+doubles it, between ``min_batch_rows`` and ``max_batch_rows``; memory stays bounded by one batch
+whatever the backlog. Between failed sessions the service waits with exponential backoff and
+jitter, so twenty recorders coming back together do not retry in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import random
+import shutil
+import threading
+import time
+import zoneinfo
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from edgemon import __version__, fleetdb
+from edgemon.bundle import MANIFEST, default_bundle_path
+from edgemon.config import ConfigError, Settings
+from edgemon.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
+from edgemon.outbox import Outbox
+from edgemon.store import utc_iso
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncConfig:
+    """``url``: the fleet database (postgresql://, no password). Rows per batch start at
+    ``batch_rows`` and adapt to keep a batch near ``batch_target_s`` seconds. ``interval_s``:
+    seconds between sessions of the service; failed sessions back off from ``backoff_min_s``
+    doubling to ``backoff_max_s``. ``retry_for_s``: how long a one-shot ``edgemon sync`` keeps
+    retrying an unreachable server before it gives up (0: once)."""
+
+    url: str
+    interval_s: float = 900.0
+    batch_rows: int = 500
+    min_batch_rows: int = 20
+    max_batch_rows: int = 5000
+    batch_target_s: float = 5.0
+    backoff_min_s: float = 5.0
+    backoff_max_s: float = 1800.0
+    retry_for_s: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncResult:
+    """One session: ``changes`` sent (rows and tombstones) in ``batches``, the sequence number the
+    server holds now, what is left (``backlog``), and databases clashing on the device id."""
+
+    target: str
+    changes: int
+    batches: int
+    acked_seq: int
+    backlog: int
+    seconds: float
+    clashes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        line = (f"synced {self.changes} change(s) in {self.batches} batch(es) to {self.target} in "
+                f"{self.seconds:.1f} s; acknowledged up to {self.acked_seq}, backlog {self.backlog}")
+        if self.clashes:
+            line += f"; WARNING: device id also used by database(s) {', '.join(self.clashes)}"
+        return line
+
+
+def backoff_s(failures: int, config: SyncConfig, rng: random.Random = random.Random()) -> float:
+    """Wait after ``failures`` consecutive failed sessions: doubling from the minimum, capped, with
+    jitter in [50 %, 100 %] of it."""
+    base = min(config.backoff_max_s, config.backoff_min_s * 2 ** max(0, failures - 1))
+    return base * rng.uniform(0.5, 1.0)
+
+
+def device_info(settings: Settings) -> DeviceInfo:
+    """The recorder's metadata from the settings in force (``db_uuid`` is filled in by the session)."""
+    tz = settings["timezone"]
+    if tz is not None:
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"timezone: unknown IANA time zone {tz!r} (e.g. 'Asia/Kuching')") from None
+    for name, limit in (("latitude", 90.0), ("longitude", 180.0)):   # the registry checks only minimums
+        if settings[name] is not None and settings[name] > limit:
+            raise ConfigError(f"{name}: must be at most {limit:g}, got {settings[name]!r}")
+    manifest_path = Path(settings["models"] or default_bundle_path()) / MANIFEST
+    try:
+        manifest = manifest_path.read_text()
+        bundle_id = json.loads(manifest).get("bundle_id")
+    except (OSError, ValueError):
+        manifest, bundle_id = None, None  # the daemon reports a broken bundle; sync still sends rows
+    plain = json.dumps(settings.as_json(), sort_keys=True, default=str)
+    return DeviceInfo(device_id=settings["device_id"], db_uuid="", latitude=settings["latitude"],
+                      longitude=settings["longitude"], timezone=tz, bundle_id=bundle_id,
+                      bundle_manifest=manifest, edgemon_version=__version__,
+                      settings_hash=hashlib.sha256(plain.encode()).hexdigest(),
+                      sync_interval_s=settings["sync_interval_s"], heartbeat_s=settings["heartbeat_s"])
+
+
+def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
+              stop: threading.Event | None = None) -> SyncResult:
+    """One session: send every change of the database at ``db_path`` the server lacks, or until
+    ``stop`` is set. Raises a FleetDbError subclass (UnreachableError: worth retrying) or
+    OutboxError; what was committed before the error stays committed on both sides."""
+    started = time.monotonic()
+    target = fleetdb.target_name(fleetdb.check_url(config.url))
+    # Around the whole block: closing a connection the server dropped raises too.
+    try:
+        with Outbox(db_path) as outbox, fleetdb.connect(config.url) as conn:
+            info = dataclasses.replace(info, db_uuid=outbox.db_uuid, disk_free_mb=_free_mb(Path(db_path)))
+            fleetdb.migrate(conn)
+            fleetdb.lock_database(conn, info.db_uuid)
+            fleetdb.prepare_staging(conn)
+            local_seq = outbox.last_seq()
+            acked = fleetdb.register(conn, info, local_seq, utc_iso(dt.datetime.now(dt.timezone.utc)))
+            if outbox.cursor(target) > acked:
+                log.warning("%s holds less than it acknowledged before (restored from a backup?): "
+                            "resending from %d", target, acked)
+            changes, batches, rows = 0, 0, config.batch_rows
+            while stop is None or not stop.is_set():
+                batch = outbox.batch(acked, rows)
+                if batch is None:
+                    break
+                t0 = time.monotonic()
+                fleetdb.apply_batch(conn, info.db_uuid, batch, max(local_seq, batch.last_seq))
+                outbox.advance(target, batch.last_seq)   # only after the server committed
+                acked, changes, batches = batch.last_seq, changes + batch.size, batches + 1
+                rows = _next_rows(rows, time.monotonic() - t0, config)
+            backlog = outbox.last_seq() - acked
+            outbox.prune()
+            # After the batches, so that this database's own heartbeats are on the server too.
+            found = tuple(fleetdb.clashes(conn, info))
+            if found:
+                log.warning("device id %r is also used by database(s) %s with overlapping heartbeats: "
+                            "two recorders with one id? Their rows are kept apart by database UUID",
+                            info.device_id, ", ".join(found))
+    except fleetdb.DRIVER_ERRORS as e:
+        raise fleetdb.classify(e, target) from None
+    return SyncResult(target, changes, batches, acked, backlog, time.monotonic() - started, found)
+
+
+def sync_with_retries(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
+                      sleep=time.sleep, clock=time.monotonic) -> SyncResult:
+    """``sync_once``, retried with backoff while the server is unreachable, for up to
+    ``config.retry_for_s``; then the last error is raised."""
+    deadline, failures = clock() + config.retry_for_s, 0
+    while True:
+        try:
+            return sync_once(db_path, info, config)
+        except (UnreachableError, BusyError) as e:
+            failures += 1
+            wait = backoff_s(failures, config)
+            if clock() + wait > deadline:
+                raise
+            log.warning("%s; retrying in %.0f s", e, wait)
+            sleep(wait)
+
+
+def run_sync(db_path: str | Path, info: DeviceInfo, config: SyncConfig, stop: threading.Event) -> None:
+    """The service's loop: a session every ``interval_s`` until ``stop``; failures back off
+    (logged once per episode) and never end the loop: a recorder may be offline for weeks."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            result = sync_once(db_path, info, config, stop)
+            if failures or result.changes:
+                log.info(result.describe())
+            failures, wait = 0, config.interval_s
+        except Exception as e:  # a per-session boundary: the daemon's own work must go on
+            failures += 1
+            # Wrong credentials or a newer server will not mend themselves soon: try seldom.
+            permanent = isinstance(e, (AuthError, SchemaNewerError, SyncUrlError))
+            wait = config.backoff_max_s if permanent else backoff_s(failures, config)
+            if failures == 1 or permanent:
+                log.warning("sync failed: %s; next try in %.0f s", e, wait)
+        stop.wait(wait)
+
+
+@contextmanager
+def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
+    """Run ``run_sync`` on a thread of its own while the block runs, when ``sync_url`` is set;
+    the thread is stopped and joined on the way out."""
+    url = settings["sync_url"]
+    if url is None:
+        yield None
+        return
+    fleetdb.check_url(url)  # a bad URL stops the start, in one line, not a thread later
+    config = SyncConfig(url=url, interval_s=settings["sync_interval_s"])
+    own_stop = threading.Event()
+    thread = threading.Thread(target=run_sync, name="edgemon-sync", daemon=True,
+                              args=(settings["db"], device_info(settings), config, own_stop))
+    thread.start()
+    try:
+        yield thread
+    finally:
+        own_stop.set()
+        thread.join(timeout=60)
+
+
+def _next_rows(rows: int, seconds: float, config: SyncConfig) -> int:
+    if seconds > 2 * config.batch_target_s:
+        return max(config.min_batch_rows, rows // 2)
+    if seconds < config.batch_target_s / 2:
+        return min(config.max_batch_rows, rows * 2)
+    return rows
+
+
+def _free_mb(db_path: Path) -> float | None:
+    try:
+        return round(shutil.disk_usage(db_path.resolve().parent).free / 2**20, 1)
+    except OSError:
+        return None
+
+
+def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
+                 batch_rows: int | None = None) -> SyncResult:
+    """``edgemon sync``: one session to ``url`` (default: the settings' ``sync_url``) for the
+    database and device in ``settings``, retried while the server is unreachable for up to
+    ``retry_for_s`` seconds."""
+    url = url or settings["sync_url"]
+    if url is None:
+        raise ConfigError("no sync target: give --to postgresql://... or set sync_url in [sync]")
+    config = SyncConfig(url=url, interval_s=settings["sync_interval_s"], retry_for_s=retry_for_s,
+                        **({} if batch_rows is None else {"batch_rows": batch_rows}))
+    return sync_with_retries(settings["db"], device_info(settings), config)

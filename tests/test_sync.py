@@ -1,0 +1,409 @@
+"""Fleet sync into a real PostgreSQL server: exactly once through kills, outages and slow links.
+
+Recorders are real SQLite files written through ``Store``; ``edgemon sync`` runs as a real
+process where it is killed, so a crash lands anywhere in a session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgemon.outbox import Outbox
+from edgemon.store import Store
+from tests.sync_helpers import (add_file, count_server_detections, fleet_server, local_state, make_recorder,
+                                server_state)
+from tests.throttle_proxy import ThrottleProxy
+
+psycopg = pytest.importorskip("psycopg")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One PostgreSQL server for the module (starting one costs seconds)."""
+    try:
+        with fleet_server() as fs:
+            yield fs
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def fleet(server):
+    """The module's server with an empty fleet database."""
+    server.reset()
+    return server
+
+
+def sync_cmd(db: Path, url: str, *extra: str, device_id: str = "rec-a") -> list[str]:
+    return [sys.executable, "-m", "edgemon", "sync", "--to", url, "--db", str(db), "--device-id", device_id, *extra]
+
+
+def run_sync(db: Path, url: str, *extra: str, device_id: str = "rec-a", env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(sync_cmd(db, url, *extra, device_id=device_id), capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def uuid_of(db: Path) -> str:
+    with Outbox(db) as outbox:
+        return outbox.db_uuid
+
+
+def assert_server_equals_union(fleet, dbs: list[Path]) -> None:
+    union: dict[str, set] = {}
+    for db in dbs:
+        for table, rows in local_state(db).items():
+            union.setdefault(table, set()).update(rows)
+    with fleet.connect() as conn:
+        found = server_state(conn)
+        rows, keys = count_server_detections(conn)
+    assert rows == keys, "duplicated detections on the server"
+    for table in union:
+        assert found[table] == union[table], (table, len(found[table]), len(union[table]))
+
+
+def acked_seq(fleet) -> int:
+    """The highest sequence number the server acknowledged (0: none, or no schema yet)."""
+    with fleet.connect() as conn:
+        if not conn.execute("SELECT to_regclass('edgemon.databases') IS NOT NULL").fetchone()[0]:
+            return 0
+        return conn.execute("SELECT coalesce(max(acked_seq), 0) FROM edgemon.databases").fetchone()[0]
+
+
+def proxied(url: str, proxy: ThrottleProxy) -> str:
+    host_port = url.split("@", 1)[1].split("/", 1)[0]
+    return url.replace(host_port, f"127.0.0.1:{proxy.port}")
+
+
+def server_address(url: str) -> tuple[str, int]:
+    host, port = url.split("@", 1)[1].split("/", 1)[0].split(":")
+    return host, int(port)
+
+
+# --- the outbox, without a server ------------------------------------------------------------
+
+def test_outbox_carries_deletes_and_updates_as_changes(tmp_path):
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=3, per_file=4, heartbeats=0, coverage_minutes=0)
+    with Outbox(db) as outbox:
+        first = outbox.batch(0, 1000)
+        assert sum(map(len, first.deletes.values())) == 0 and len(first.upserts["files"]) == 3
+        assert all("id" not in row for row in first.upserts["detections"])   # local ids never travel
+        with Store(db) as store:                      # re-processing file 0 replaces its detections
+            add_file(store, "rec-a", 0, 2, random.Random(99))
+        later = outbox.batch(first.last_seq, 1000)
+        old = {(r["source"], r["start_s"], r["label"], r["bundle_id"]) for r in first.upserts["detections"]
+               if r["source"].endswith("_000000.wav")}
+        new = {(r["source"], r["start_s"], r["label"], r["bundle_id"]) for r in later.upserts["detections"]}
+        assert set(later.deletes["detections"]) == old - new and len(new) == 2
+        assert [r["source"] for r in later.upserts["files"]] == ["rec-a/20240501_000000.wav"]   # updated row
+        assert outbox.batch(later.last_seq, 1000) is None
+
+
+def test_tombstones_are_forgotten_once_every_target_has_them(tmp_path):
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=3, per_file=4, heartbeats=0, coverage_minutes=0)
+    with Outbox(db) as outbox:
+        outbox.advance("server-1", outbox.last_seq())
+        outbox.advance("server-2", outbox.last_seq())
+        with Store(db) as store:                       # 4 detections replaced by 1: 4 or 3 tombstones
+            add_file(store, "rec-a", 0, 1, random.Random(99))
+        tombstones = len(outbox.batch(outbox.cursor("server-1"), 1000).deletes["detections"])
+        assert tombstones >= 3
+        outbox.advance("server-1", outbox.last_seq())
+        assert outbox.prune() == 0                     # server-2 has not seen the deletes yet
+        outbox.advance("server-2", outbox.last_seq())
+        assert outbox.prune() == tombstones
+        live = outbox.conn.execute("SELECT count(*) FROM detections").fetchone()[0] + 3   # + 3 files
+        assert outbox.conn.execute("SELECT count(*) FROM changes").fetchone()[0] == live
+
+
+# --- into the server ---------------------------------------------------------------------------
+
+def test_three_recorders_sync_concurrently_into_one_server(fleet, tmp_path):
+    dbs = [make_recorder(tmp_path / f"r{i}.db", f"rec-{i}", files=40, seed=i, clock_suspect_every=7 * (i == 2))
+           for i in range(3)]
+    procs = [subprocess.Popen(sync_cmd(db, fleet.url, "--batch-rows", "50", device_id=f"rec-{i}"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i, db in enumerate(dbs)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert_server_equals_union(fleet, dbs)
+    with fleet.connect() as conn:   # clock-suspect rows arrive flagged
+        flagged = conn.execute("SELECT device_id, count(*) FROM edgemon.detections WHERE clock_suspect "
+                               "GROUP BY 1").fetchall()
+        assert [d for d, _ in flagged] == ["rec-2"]
+        assert flagged[0][1] == sum(1 for r in local_state(dbs[2])["detections"] if r[-1])
+    # Changes after the first sync travel too: a re-processed file's old detections are deleted.
+    with Store(dbs[0]) as store:
+        for i in range(5):
+            add_file(store, "rec-0", i, 2, random.Random(100 + i))
+    assert run_sync(dbs[0], fleet.url, device_id="rec-0").returncode == 0
+    assert_server_equals_union(fleet, dbs)
+
+
+def test_sigkill_at_random_moments_never_loses_or_duplicates(fleet, tmp_path):
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=150, per_file=20, seed=1)
+    rng = random.Random(17)
+    with ThrottleProxy(server_address(fleet.url), rate_bps=150_000) as proxy:   # sessions span kills
+        url = proxied(fleet.url, proxy)
+        kills, mid_session = 0, 0
+        for round_ in range(22):
+            if round_ % 3 == 1:     # the recorder keeps working between kills: updates and deletes
+                with Store(db) as store:
+                    for i in rng.sample(range(150), 10):
+                        add_file(store, "rec-a", i, rng.randrange(1, 20), rng)
+            proc = subprocess.Popen(sync_cmd(db, url, "--batch-rows", "100"), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.4, 1.6))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+            acked = acked_seq(fleet)
+            with Outbox(db) as outbox:
+                mid_session += 0 < acked < outbox.last_seq()
+    print(f"\n{kills} SIGKILLs, {mid_session} of them with the server part-way through the backlog")
+    assert kills >= 20 and mid_session >= 5, (kills, mid_session)
+    result = run_sync(db, fleet.url)
+    assert result.returncode == 0, result.stderr
+    assert_server_equals_union(fleet, [db])
+
+
+def test_server_stopped_mid_sync_and_restarted(fleet, tmp_path):
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=150, per_file=20, seed=2)
+    with ThrottleProxy(server_address(fleet.url), rate_bps=300_000) as proxy:
+        proc = subprocess.Popen(sync_cmd(db, proxied(fleet.url, proxy), "--retry-for-s", "60"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not acked_seq(fleet):
+                time.sleep(0.05)
+            fleet.stop()
+            time.sleep(1.0)
+            assert proc.poll() is None, proc.communicate()   # still trying, not finished
+            fleet.start()
+            out, err = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err
+    assert "unreachable" in err and "retrying" in err
+    assert_server_equals_union(fleet, [db])
+
+
+def test_reanalysis_arrives_beside_the_old_bundle(fleet, tmp_path):
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=5, per_file=5, seed=3)
+    assert run_sync(db, fleet.url).returncode == 0
+    with Store(db) as store:
+        rng = random.Random(4)
+        for i in range(5):
+            add_file(store, "rec-a", i, 3, rng, bundle_id="bundle-b")
+    assert run_sync(db, fleet.url).returncode == 0
+    assert_server_equals_union(fleet, [db])
+    with fleet.connect() as conn:
+        bundles = dict(conn.execute("SELECT bundle_id, count(*) FROM edgemon.detections GROUP BY 1").fetchall())
+    assert bundles["bundle-a"] == 25 and bundles["bundle-b"] > 0   # never over the old rows
+
+
+# --- refusals: one line each, nothing lost locally --------------------------------------------
+
+def assert_one_line_refusal(result: subprocess.CompletedProcess, *words: str) -> None:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_wrong_password_unreachable_host_and_password_in_url(fleet, tmp_path):
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=5, seed=5)
+    before = local_state(db)
+    with fleet.connect() as conn:
+        conn.execute("DROP ROLE IF EXISTS recorder")
+        conn.execute("CREATE ROLE recorder LOGIN PASSWORD 'right-secret' SUPERUSER")
+        hba = conn.execute("SHOW hba_file").fetchone()[0]
+        text = Path(hba).read_text()
+        if "recorder" not in text:
+            Path(hba).write_text("host all recorder 127.0.0.1/32 scram-sha-256\n" + text)
+        conn.execute("SELECT pg_reload_conf()")
+    url = fleet.url.replace("postgres@", "recorder@")
+    passfile = tmp_path / "pgpass"
+    host, port = server_address(fleet.url)
+    passfile.write_text(f"{host}:{port}:*:recorder:wrong-secret\n")
+    passfile.chmod(0o600)
+    env = {**os.environ, "PGPASSFILE": str(passfile)}
+    assert_one_line_refusal(run_sync(db, url, env=env), "refused the credentials", "password authentication failed")
+
+    passfile.chmod(0o644)
+    assert_one_line_refusal(run_sync(db, url, env=env), "readable by others")
+
+    with socket.socket() as s:        # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    assert_one_line_refusal(run_sync(db, f"postgresql://recorder@127.0.0.1:{closed}/edgemon"), "unreachable")
+
+    refused = run_sync(db, url.replace("recorder@", "recorder:hunter2@"))
+    assert_one_line_refusal(refused, "holds a password")
+    assert "hunter2" not in refused.stderr + refused.stdout
+
+    assert local_state(db) == before
+    with Outbox(db) as outbox:
+        assert outbox.batch(0, 10) is not None and outbox.conn.execute("SELECT count(*) FROM sync_cursors").fetchone()[0] == 0
+
+    passfile.write_text(f"{host}:{port}:*:recorder:right-secret\n")
+    passfile.chmod(0o600)
+    ok = run_sync(db, url, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "right-secret" not in ok.stderr + ok.stdout
+    assert_server_equals_union(fleet, [db])
+
+
+def test_newer_server_schema_is_refused_in_one_line(fleet, tmp_path):
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=3, seed=6)
+    assert run_sync(db, fleet.url).returncode == 0
+    with Store(db) as store:
+        add_file(store, "rec-a", 50, 3, random.Random(6))
+    before = local_state(db)
+    with fleet.connect() as conn:
+        conn.execute("INSERT INTO edgemon.schema_version (version) VALUES (99)")
+        acked = conn.execute("SELECT acked_seq FROM edgemon.databases").fetchone()[0]
+    assert_one_line_refusal(run_sync(db, fleet.url), "schema is version 99", "upgrade edgemon")
+    fleet_out = subprocess.run([sys.executable, "-m", "edgemon", "fleet", "status", "--db", fleet.url],
+                               capture_output=True, text=True, timeout=60)
+    assert_one_line_refusal(fleet_out, "schema is version 99")
+    assert local_state(db) == before
+    with fleet.connect() as conn:
+        assert conn.execute("SELECT acked_seq FROM edgemon.databases").fetchone()[0] == acked
+
+
+# --- the fleet's view ----------------------------------------------------------------------------
+
+def test_device_id_clash_is_reported_not_merged(fleet, tmp_path):
+    a = make_recorder(tmp_path / "a.db", "site-07", files=5, seed=7)
+    b = make_recorder(tmp_path / "b.db", "site-07", files=5, seed=8)   # same id, overlapping heartbeats
+    assert run_sync(a, fleet.url, device_id="site-07").returncode == 0
+    second = run_sync(b, fleet.url, device_id="site-07")
+    assert second.returncode == 0 and "also used by database" in second.stderr + second.stdout
+    assert uuid_of(a) in second.stdout
+    assert_server_equals_union(fleet, [a, b])                             # kept apart, not merged
+    status = subprocess.run([sys.executable, "-m", "edgemon", "fleet", "status", "--db", fleet.url],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count("device id clash") == 2
+
+
+def test_fleet_status_shows_views_and_flags_recorders_to_visit(fleet, tmp_path):
+    good = make_recorder(tmp_path / "good.db", "site-01", files=30, seed=9)
+    bad = make_recorder(tmp_path / "bad.db", "site-02", files=30, seed=10, clock_suspect_every=5)
+    with Store(bad) as store:   # the last heartbeat says the disk is nearly full
+        store.db.execute("UPDATE heartbeats SET disk_free_mb = 50 WHERE uptime_s = 240")
+        store.db.conn.commit()
+    for db, site in ((good, "site-01"), (bad, "site-02")):
+        assert run_sync(db, fleet.url, device_id=site).returncode == 0
+    with fleet.connect() as conn:   # site-02 last synced two days ago: silent
+        conn.execute("UPDATE edgemon.databases SET last_sync = now() - interval '2 days' WHERE device_id = 'site-02'")
+    out = subprocess.run([sys.executable, "-m", "edgemon", "fleet", "status", "--db", fleet.url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    visit = out.stdout.split("recorder health:")[0]
+    assert "site-02" in visit and "site-01" not in visit
+    for reason in ("silent", "low disk: 50 MB", "clock-suspect detection"):
+        assert reason in visit, out.stdout
+    detections = out.stdout.split("detections per site, species and day:")[1].split("effort")[0]
+    assert "site-01" in detections and "2024-05-01" in detections
+    effort = out.stdout.split("effort per site and day (hours):")[1]
+    # 30 one-minute files = 0.5 h recorded; 10 coverage minutes of 55 s = 0.15 h listened.
+    assert "0.50" in effort and "0.15" in effort
+    as_json = subprocess.run([sys.executable, "-m", "edgemon", "fleet", "status", "--db", fleet.url, "--json"],
+                             capture_output=True, text=True, timeout=60)
+    report = json.loads(as_json.stdout)
+    assert {h["site"]: bool(h["visit"]) for h in report["health"]} == {"site-01": False, "site-02": True}
+    day = {(e["site"], e["day"]): e for e in report["effort"]}[("site-01", "2024-05-01")]
+    assert (day["files"], round(day["recorded_h"], 3), round(day["listen_h"], 3)) == (30, 0.5, 0.153)
+
+
+# --- the service's loop ------------------------------------------------------------------------
+
+def test_backoff_doubles_with_jitter_up_to_its_cap():
+    from edgemon.sync import SyncConfig, backoff_s
+
+    config = SyncConfig(url="postgresql://x@h/db", backoff_min_s=5, backoff_max_s=60)
+    rng = random.Random(1)
+    waits = [backoff_s(n, config, rng) for n in range(1, 8)]
+    assert all(b * 0.5 <= w <= b for w, b in zip(waits, [5, 10, 20, 40, 60, 60, 60]))
+
+
+def test_service_loop_waits_out_an_outage_then_sends_what_piled_up(fleet, tmp_path):
+    import threading
+
+    from edgemon.fleetdb import DeviceInfo
+    from edgemon.sync import SyncConfig, run_sync as service_loop
+
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=10, seed=11)
+    config = SyncConfig(url=fleet.url, interval_s=0.2, backoff_min_s=0.2, backoff_max_s=0.5)
+    stop = threading.Event()
+    fleet.stop()                                  # offline when the service starts
+    thread = threading.Thread(target=service_loop, args=(db, DeviceInfo("rec-a", ""), config, stop))
+    thread.start()
+    try:
+        time.sleep(1.0)
+        with Store(db) as store:                  # the recorder keeps working while offline
+            add_file(store, "rec-a", 30, 5, random.Random(12))
+        fleet.start()
+        deadline = time.monotonic() + 20
+        with Outbox(db) as outbox:
+            while time.monotonic() < deadline and acked_seq(fleet) < outbox.last_seq():
+                time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert_server_equals_union(fleet, [db])
+
+
+def test_service_refuses_a_sync_url_with_a_password_before_logging_settings(tmp_path):
+    (tmp_path / "recordings").mkdir()
+    env = {**os.environ, "EDGEMON_SYNC_URL": "postgresql://recorder:hunter2@127.0.0.1/fleet"}
+    result = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(tmp_path / "recordings"), "--until-idle",
+                             "--db", str(tmp_path / "a.db")], capture_output=True, text=True, timeout=120, env=env)
+    assert_one_line_refusal(result, "holds a password")
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_visit_reasons_name_each_rule():
+    import datetime as dt
+
+    from edgemon.fleet import VisitRules, visit_reasons
+
+    now = dt.datetime(2024, 6, 1, 12, tzinfo=dt.timezone.utc)
+    fine = dict(last_sync=now - dt.timedelta(minutes=20), sync_interval_s=900.0, disk_free_mb=9000.0,
+                clock_offset_s=1.0, clock_suspect_7d=0, recent_backlogs=[0, 40, 10])
+    assert visit_reasons(fine, VisitRules(), now) == []
+    cases = {"silent 2.0 h": dict(last_sync=now - dt.timedelta(hours=2)),
+             "suspect clock: -3600 s": dict(clock_offset_s=-3600.0),
+             "growing backlog: 10 < 40 < 90": dict(recent_backlogs=[90, 40, 10]),
+             "low disk: 120 MB": dict(disk_free_mb=120.0)}
+    for reason, change in cases.items():
+        found = visit_reasons({**fine, **change}, VisitRules(), now)
+        assert len(found) == 1 and found[0].startswith(reason), found
+
+
+def test_site_settings_are_checked_and_sent(tmp_path):
+    from edgemon.config import ConfigError, load_settings
+    from edgemon.sync import device_info
+
+    settings = lambda **values: load_settings(None, values, env={}, default_path=None)
+    info = device_info(settings(device_id="site-07", latitude=1.55, longitude=110.35, timezone="Asia/Kuching"))
+    assert (info.device_id, info.latitude, info.longitude, info.timezone) == ("site-07", 1.55, 110.35, "Asia/Kuching")
+    assert info.bundle_id and info.bundle_manifest and len(info.settings_hash) == 64
+    for bad, message in ((dict(timezone="Mars/Olympus"), "unknown IANA time zone"),
+                         (dict(latitude=91.0), "latitude: must be at most 90"),
+                         (dict(longitude=-181.0), "longitude")):
+        with pytest.raises(ConfigError, match=message):
+            device_info(settings(**bad))

@@ -91,6 +91,8 @@ def test_unit_holds_what_an_unattended_recorder_needs():
     for key in ("NoNewPrivileges", "PrivateTmp"):
         assert one[("Service", key)] == "yes", key
     assert "MemoryMax" in {k for _, k in unit} and "CPUQuota" in {k for _, k in unit}
+    # an analysis child killed for memory is recorded against its file; the unit goes on
+    assert one[("Service", "OOMPolicy")] == "continue"
     after = " ".join(unit[("Unit", "After")])
     assert "sound.target" in after
     wants = " ".join(v for (s, k), vs in unit.items() if s == "Unit" and k in ("After", "Wants", "Requires") for v in vs)

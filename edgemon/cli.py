@@ -409,6 +409,7 @@ def fleet_status(
     days: Annotated[int, typer.Option(help="Days of detections and effort to show (the newest present).")] = 7,
     all_bundles: Annotated[bool, typer.Option("--all-bundles", help="Detections of every bundle, not only each site's newest.")] = False,
     min_free_mb: Annotated[float, typer.Option(help="Flag recorders with less free disk (MB).")] = 500.0,
+    fmt: Annotated[TextFormat, typer.Option("--format", help="text or json.")] = TextFormat.text,
     as_json: JsonOpt = False,
 ):
     """Recorder health, detections per site/species/day and effort; flags recorders that need a visit."""
@@ -418,6 +419,7 @@ def fleet_status(
         report = collect_fleet(db, VisitRules(min_free_mb=min_free_mb), days, all_bundles)
     except EdgemonError as exc:
         raise _fail(exc)
+    as_json = as_json or fmt is TextFormat.json
     typer.echo(json.dumps(report, indent=2, default=str) if as_json else format_fleet(report), nl=as_json)
 
 

@@ -93,7 +93,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("device", "listen", str, None, "Input device: index or name substring (unset: the system's default input)."),
     Setting("sample_rate", "listen", float, None, "Capture rate in Hz (unset: the device's own).", minimum=1),
     Setting("channels", "listen", int, 1, "Channels to capture (mixed to mono).", minimum=1),
-    Setting("clips", "listen", Path, None, "Save each detection's audio (FLAC) in this directory (unset: no clips)."),
+    Setting("clips", "listen", Path, None, "Directory of detection clips (FLAC): listen saves each detection's audio there, review plays them (unset: no clips)."),
     Setting("clip_pre_s", "listen", float, 2.0, "Seconds of audio kept before a detection.", minimum=0),
     Setting("clip_post_s", "listen", float, 2.0, "Seconds of audio kept after a detection.", minimum=0),
     Setting("clips_max_mb", "listen", float, 500.0, "Clip directory budget in MB; further clips are skipped.", minimum=0),

@@ -261,3 +261,15 @@ def test_each_unit_gets_its_own_device_id_unless_told(tmp_path):
     bad = device_id(odd, "--device-id", 'x"y')
     assert bad.returncode == 1 and "--device-id must be" in bad.stderr
 
+
+
+def test_the_wheel_carries_every_file_the_package_reads(tmp_path):
+    """An installed recorder has only the wheel: the embedded bundle (members, reference windows)
+    and the review page's templates and static files must be in it (the editable install of the
+    tests hides a missing package-data entry; the review page once shipped without them)."""
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel(tmp_path, "0.1.0")).namelist())
+    shipped = {p.relative_to(REPO).as_posix() for d in ("edgemon/models", "edgemon/review")
+               for p in (REPO / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert shipped - names == set()

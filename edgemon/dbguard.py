@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 
 from edgemon.safetext import shown
-from edgemon.store import Store, StoreError, connect_read_only
+from edgemon.store import BUSY_TIMEOUT_MS, Store, StoreError, connect_read_only
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +32,42 @@ def corruption(path: str | Path) -> str | None:
     if not path.exists() or path.stat().st_size == 0:
         return None
     try:
-        # Read-only: a read-write connection would checkpoint the WAL into the damaged file, or
-        # delete a WAL it cannot use, as it closes; the evidence must be moved aside untouched.
-        conn = connect_read_only(path)
-    except sqlite3.Error as e:
-        raise StoreError(f"cannot open detections database {path}: {e}") from e
-    try:
-        rows = conn.execute("PRAGMA quick_check").fetchall()
+        rows = _quick_check(path, read_only=True)
     except sqlite3.DatabaseError as e:
-        if getattr(e, "sqlite_errorcode", 0) & 0xFF in CORRUPTION_CODES:
-            return str(e)
-        raise StoreError(f"cannot check detections database {path}: {e}") from e
-    finally:
-        conn.close()
+        if _code(e) != sqlite3.SQLITE_READONLY:
+            return _corrupt_or_raise(path, e)
+        # A hot journal (a kill while the database was being created, before WAL) or a WAL index
+        # to rebuild: ordinary crash recovery, which needs write access. Let SQLite do it.
+        try:
+            rows = _quick_check(path, read_only=False)
+        except sqlite3.DatabaseError as e2:
+            return _corrupt_or_raise(path, e2)
     findings = [str(r[0]) for r in rows]
     return None if findings == ["ok"] else "; ".join(findings[:5]) + (" ..." if len(findings) > 5 else "")
 
 
+def _quick_check(path: Path, read_only: bool) -> list:
+    # Read-only first: a read-write connection would checkpoint the WAL into the damaged file, or
+    # delete a WAL it cannot use, as it closes; the evidence must be moved aside untouched.
+    try:
+        conn = connect_read_only(path) if read_only else sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open detections database {shown(path)}: {shown(e)}") from e
+    try:
+        return conn.execute("PRAGMA quick_check").fetchall()
+    finally:
+        conn.close()
+
+
+def _code(e: sqlite3.Error) -> int:
+    return getattr(e, "sqlite_errorcode", 0) & 0xFF
+
+
+def _corrupt_or_raise(path: Path, e: sqlite3.DatabaseError) -> str:
+    """The finding when ``e`` says the bytes are wrong; StoreError for anything else."""
+    if _code(e) in CORRUPTION_CODES:
+        return str(e)
+    raise StoreError(f"cannot check detections database {shown(path)}: {shown(e)}") from e
 def move_aside(path: str | Path, now: dt.datetime | None = None) -> Path:
     """Rename the database and its companion files to ``NAME.corrupt-YYYYMMDDTHHMMSSZ[-wal]``;
     returns the new name of the database. Never overwrites: a clash gets a counter."""

@@ -252,6 +252,33 @@ def test_a_file_that_is_not_a_database_is_moved_aside_and_replaced(tmp_path, cap
     assert record.levelname == "ERROR" and "is corrupt" in record.message and str(aside[""]) in record.message
 
 
+KILLED_MID_TRANSACTION = textwrap.dedent("""
+    import os, sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)   # rollback journal: as at creation
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES ('kept')")
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("PRAGMA cache_size = 1")                      # spill: pages reach the file
+    for _ in range(2000):
+        conn.execute("INSERT INTO t VALUES (?)", [b"x" * 1000])
+    os.kill(os.getpid(), 9)
+""")
+
+
+def test_a_hot_journal_left_by_a_kill_is_rolled_back_not_refused(tmp_path):
+    """A daemon killed while it created its database leaves a hot rollback journal; the read-only
+    corruption check cannot roll it back ("attempt to write a readonly database", seen in the
+    kill -9 test) and the unit then refused to start. It is ordinary crash recovery, not damage."""
+    db = tmp_path / "d.db"
+    subprocess.run([sys.executable, "-c", KILLED_MID_TRANSACTION, str(db)])
+    assert (tmp_path / "d.db-journal").stat().st_size > 0
+    assert corruption(db) is None
+    assert not list(tmp_path.glob("d.db.corrupt-*"))
+    with open_or_recover(db) as store:
+        assert store.integrity_check() == "ok"
+        assert store.db.execute("SELECT x FROM t").fetchall() == [("kept",)]   # the open transaction undone
+
+
 def test_damaged_pages_are_detected_at_start_and_the_daemon_runs_on(three_recordings, tmp_path):
     root, reference = three_recordings
     db = tmp_path / "d.db"

@@ -13,6 +13,8 @@
 #   /var/lib/edgemon                  database and clips, owned by the system user `edgemon`
 #                                     (in group `audio`); never removed unless --delete-data
 #   /etc/systemd/system/edgemon.service   enabled, and (re)started when systemd runs
+#   /etc/systemd/system/edgemon.service.d/sync.conf   deploy/edgemon-sync.conf, only while the
+#                                     settings set sync_url (it opens the network to that address)
 #
 # Options:
 #   --root DIR        install into DIR as if it were / (a staging tree, a test): no apt, and
@@ -25,6 +27,8 @@
 #                     first 6 hex digits of /etc/machine-id, e.g. raspberrypi-3f9a2c: every
 #                     Raspberry Pi image is called raspberrypi, and merged exports must tell units apart)
 #   --print-device-id print the id a new config would get, and exit
+#   --sync-drop-in    only put the sync drop-in in place, or remove it, to match sync_url in the
+#                     settings (run it after editing sync_url); restarts a running service
 #   --no-apt          do not install system packages
 #   --no-start        enable the service but do not (re)start it
 #   --pip-args ARGS   extra pip arguments (one string)
@@ -58,6 +62,7 @@ while [ $# -gt 0 ]; do
     --mode) MODE="$2"; shift 2 ;;
     --device-id) DEVICE_ID="$2"; shift 2 ;;
     --print-device-id) ACTION="print-device-id"; shift ;;
+    --sync-drop-in) ACTION="sync-drop-in"; shift ;;
     --no-apt) APT=0; shift ;;
     --no-start) START=0; shift ;;
     --pip-args) PIP_ARGS="$2"; shift 2 ;;
@@ -84,6 +89,9 @@ CONF_DIR=/etc/edgemon
 CONF=$CONF_DIR/edgemon.toml
 STATE=/var/lib/edgemon
 UNIT=/etc/systemd/system/$NAME.service
+DROP_IN_DIR=/etc/systemd/system/$NAME.service.d
+DROP_IN=$DROP_IN_DIR/sync.conf
+UNIT_CHANGED=0   # set when the unit or its drop-in changed: systemd must reload
 SYSTEM_PACKAGES=(python3-venv libsndfile1 libportaudio2)
 
 r() { echo "$ROOT$1"; }   # a path inside the target root
@@ -215,8 +223,59 @@ ensure_config() {
     || die "$CONF is not valid for this version (see the error above); fix it and run again"
 }
 
+sync_url() {   # the settings' sync_url ('' when unset), read by the installed edgemon itself
+  "$(r $VENV)/bin/edgemon" config --config "$(r $CONF)" --json \
+    | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["sync_url"]["value"] or "")'
+}
+
+url_address() {   # the URL's host when it is an IP address ('' for a host name)
+  "$PYTHON" -c 'import ipaddress, sys, urllib.parse
+host = urllib.parse.urlsplit(sys.argv[1]).hostname or ""
+try:
+    print(ipaddress.ip_address(host))
+except ValueError:
+    print("")' "$1"
+}
+
+ensure_sync_drop_in() {
+  # The unit keeps the network closed; only a recorder that syncs gets the drop-in, opened to the
+  # fleet database's address alone.
+  local url address want
+  url="$(sync_url)" || die "cannot read sync_url from $CONF"
+  if [ -z "$url" ]; then
+    if [ -e "$(r $DROP_IN)" ]; then
+      rm -f "$(r $DROP_IN)"
+      rmdir "$(r $DROP_IN_DIR)" 2>/dev/null || true
+      UNIT_CHANGED=1
+      say "removed $DROP_IN (no sync_url in $CONF: the network stays closed)"
+    fi
+    return
+  fi
+  address="$(url_address "$url")"
+  if [ -z "$address" ]; then
+    # A host name needs its address and the resolver's in IPAddressAllow=, which only the admin
+    # knows: keep a drop-in already edited, and say what to do.
+    if [ ! -e "$(r $DROP_IN)" ]; then
+      install -d -m 0755 "$(r $DROP_IN_DIR)"
+      install -m 0644 "$HERE/edgemon-sync.conf" "$(r $DROP_IN)"
+      UNIT_CHANGED=1
+    fi
+    say "warning: sync_url names a host, not an IP address: set IPAddressAllow= in $DROP_IN to the fleet database's address (and the DNS resolver's), or put the address in sync_url"
+    return
+  fi
+  want="$(sed "s|^IPAddressAllow=.*|IPAddressAllow=$address|" "$HERE/edgemon-sync.conf")"
+  if [ "$want" != "$(cat "$(r $DROP_IN)" 2>/dev/null)" ]; then
+    install -d -m 0755 "$(r $DROP_IN_DIR)"
+    printf '%s\n' "$want" > "$(r $DROP_IN).tmp"
+    chmod 0644 "$(r $DROP_IN).tmp"
+    mv "$(r $DROP_IN).tmp" "$(r $DROP_IN)"
+    UNIT_CHANGED=1
+    say "installed $DROP_IN (network open to $address only, for sync)"
+  fi
+}
+
 ensure_unit() {
-  local unit="$HERE/$NAME.service" changed=0
+  local unit="$HERE/$NAME.service" changed=$UNIT_CHANGED
   if ! cmp -s "$unit" "$(r $UNIT)"; then
     install -m 0644 "$unit" "$(r $UNIT)"
     changed=1
@@ -244,6 +303,7 @@ do_install() {
   ensure_dirs
   ensure_venv
   ensure_config
+  ensure_sync_drop_in
   ensure_unit
   say "done: program $VENV, settings $CONF, data $STATE"
 }
@@ -254,7 +314,8 @@ do_uninstall() {
   else
     systemctl_ disable --quiet "$NAME.service" 2>/dev/null || true
   fi
-  rm -f "$(r /etc/systemd/system/multi-user.target.wants/$NAME.service)" "$(r $UNIT)"
+  rm -f "$(r /etc/systemd/system/multi-user.target.wants/$NAME.service)" "$(r $UNIT)" "$(r $DROP_IN)"
+  rmdir "$(r $DROP_IN_DIR)" 2>/dev/null || true
   systemd_running && systemctl daemon-reload
   rm -rf "$(r $PREFIX)"
   say "removed the service and $PREFIX"
@@ -276,4 +337,12 @@ do_uninstall() {
 
 if [ "$ACTION" = print-device-id ]; then echo "${DEVICE_ID:-$(default_device_id)}"; exit 0; fi
 if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then die "run as root (sudo), or give --root DIR"; fi
+if [ "$ACTION" = sync-drop-in ]; then
+  ensure_sync_drop_in
+  if systemd_running && [ "$UNIT_CHANGED" = 1 ]; then
+    systemctl daemon-reload
+    systemctl try-restart "$NAME.service"
+  fi
+  exit 0
+fi
 if [ "$ACTION" = install ]; then do_install; else do_uninstall; fi

@@ -298,10 +298,12 @@ def export_detections(
 
     log = logging.getLogger("edgemon.export")
     try:
-        db = _settings(ctx, config)["db"]
+        settings = _settings(ctx, config)
+        db = settings["db"]
         times = [None if t is None else _parse_time(t) for t in (since, until)]
         count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
-                           new or cursor is not None, cursor or "default", bundle=bundle or None)
+                           new or cursor is not None, cursor or "default", bundle=bundle or None,
+                           timezone=settings["timezone"])
         if coverage is not None:
             minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0], times[1])
     except EdgemonError as exc:

@@ -21,6 +21,7 @@ import re
 import secrets
 import sqlite3
 import sys
+import zoneinfo
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -51,7 +52,7 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                       since: dt.datetime | None = None, until: dt.datetime | None = None,
                       label: list[str] | None = None, min_confidence: float | None = None,
                       new: bool = False, cursor_name: str = "default",
-                      bundle: list[str] | None = None) -> int:
+                      bundle: list[str] | None = None, timezone: str | None = None) -> int:
     """Write the detections that pass the filters; return how many were written.
 
     ``fmt`` 'csv', 'birdnet' or 'jsonl' writes one file at ``output`` (standard output when
@@ -62,9 +63,12 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
     what the detections' bundles can reach), bundle id in ``bundle`` (None or empty: any).
     ``new`` exports only what cursor ``cursor_name`` has not delivered, then advances it; the cursor keeps the filter it was first used with, and a
     Raven table it delivered to is appended to, never replaced. Rows come in id order (Raven: by
-    offset per source). Raises ExportError (CursorError) naming what cannot be read or written.
+    offset per source). ``timezone`` (an IANA name, the settings' ``timezone``) fills the csv and
+    jsonl column ``start_local``; without it that column is empty. Raises ExportError
+    (CursorError) naming what cannot be read or written.
     """
     db_path = Path(db_path)
+    zone = _zone(timezone)
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt == "raven" and (output is None or not Path(output).is_dir()):
@@ -84,10 +88,10 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
             if fmt == "raven":
                 count = _write_raven(rows, Path(output), _raven_names(conn, db_path), append=new)
             elif output is None:
-                count = _write_stdout(tables.WRITERS[fmt], rows)
+                count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
             else:
                 with _atomic_text(Path(output)) as f:
-                    count = tables.WRITERS[fmt](f, rows)
+                    count = tables.WRITERS[fmt](f, tables.with_local_time(rows, zone))
         except sqlite3.Error as e:
             raise ExportError(f"cannot read detections from {db_path}: {e}") from e
     finally:
@@ -95,6 +99,15 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
     if span is not None:
         advance(db_path, cursor_name, wanted, span[1], count)
     return count
+
+
+def _zone(timezone: str | None) -> zoneinfo.ZoneInfo | None:
+    if timezone is None:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ExportError(f"timezone: unknown IANA time zone {timezone!r} (e.g. 'Asia/Kuching')") from None
 
 
 def _open(db_path: Path, migrate_cursors: bool = False) -> tuple[sqlite3.Connection, set[str]]:

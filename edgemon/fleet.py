@@ -53,7 +53,10 @@ def collect_fleet(url: str, rules: VisitRules = VisitRules(), days: int = 7, all
     """The fleet views as plain rows: ``health`` (one per recorder database, with ``visit``
     reasons), ``detections`` (site, species, day; the newest bundle per site unless
     ``all_bundles``) and ``effort`` (site, day: hours listened, lost, recorded) for the last
-    ``days`` days present, and ``clashes`` (device ids used by overlapping databases)."""
+    ``days`` days present, ``clashes`` (device ids used by overlapping databases), and from
+    schema version 3: each health row's ``reported_problems`` and ``status_at`` (the recorder's
+    last status snapshot; None: none sent yet) and ``precision`` (per site, bundle and class,
+    from reviews)."""
     with fleetdb.connect(url) as conn:
         try:
             version = fleetdb.schema_version(conn)
@@ -80,14 +83,23 @@ def collect_fleet(url: str, rules: VisitRules = VisitRules(), days: int = 7, all
                 SELECT a.device_id AS site, a.db_uuid::text AS db_a, b.db_uuid::text AS db_b
                 FROM spans a JOIN spans b ON a.device_id = b.device_id AND a.db_uuid < b.db_uuid
                 WHERE a.lo <= b.hi AND b.lo <= a.hi ORDER BY 1, 2, 3""")
+            snapshots, precision = {}, []
+            if version >= 3:
+                snapshots = {str(r["db_uuid"]): r for r in rows(
+                    f"SELECT db_uuid, received_at, problems FROM {SCHEMA}.status_snapshots")}
+                precision = rows(f"SELECT * FROM {SCHEMA}.review_precision ORDER BY site, bundle_id, label")
         except fleetdb.DRIVER_ERRORS as e:
             raise fleetdb.classify(e, fleetdb.target_name(fleetdb.check_url(url))) from None
+    for h in health:
+        snapshot = snapshots.get(str(h["db_uuid"]))
+        h["status_at"] = snapshot["received_at"] if snapshot else None
+        h["reported_problems"] = list(snapshot["problems"]) if snapshot else None
     for row in clashes:
         for h in health:
             if h["site"] == row["site"] and str(h["db_uuid"]) in (row["db_a"], row["db_b"]):
                 h["visit"].append("device id clash: two databases send under this id")
     return {"schema_version": version, "now": now, "health": health, "detections": detections,
-            "effort": effort, "clashes": clashes}
+            "effort": effort, "clashes": clashes, "precision": precision}
 
 
 def format_fleet(report: dict) -> str:
@@ -100,11 +112,21 @@ def format_fleet(report: dict) -> str:
     lines.append("\nrecorder health:")
     lines += _table(report["health"], ["site", "db_uuid", "last_sync", "last_heartbeat", "last_state",
                                        "backlog", "disk_free_mb", "last_detection", "clock_offset_s", "bundle_id"])
+    reported = [h for h in report["health"] if h.get("reported_problems")]
+    lines.append(f"\nproblems the recorders reported in their last status ({len(reported)}):" if reported
+                 else "\nno recorder reported a problem in its last status")
+    for h in reported:
+        lines += [f"  {h['site']} ({str(h['db_uuid'])[:8]}, {_cell(h['status_at'])}): {p}"
+                  for p in h["reported_problems"]]
     lines.append("\ndetections per site, species and day:")
     lines += _table(report["detections"], ["site", "day", "species", "detections", "clock_suspect", "bundle_id"])
     lines.append("\neffort per site and day (hours):")
     lines += _table(report["effort"], ["site", "day", "listen_h", "lost_h", "files", "recorded_h",
                                        "longest_gap_h", "effort_h"])
+    if report.get("precision"):
+        lines.append("\nprecision per site and class, from reviews (95 % interval):")
+        lines += _table(report["precision"], ["site", "bundle_id", "label", "judged", "correct",
+                                              "precision", "low", "high"])
     return "\n".join(lines) + "\n"
 
 

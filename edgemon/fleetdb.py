@@ -21,13 +21,14 @@ from pathlib import Path
 
 from edgemon.errors import EdgemonError
 from edgemon.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
-from edgemon.outbox import Batch, key_columns
+from edgemon.outbox import Batch, natural_columns
 
 try:  # the `sync` extra: recorders that never sync do not carry a PostgreSQL driver
     import psycopg
     from psycopg import conninfo
+    from psycopg.types.json import Jsonb
 except ImportError:  # pragma: no cover - exercised only on an edge install without the extra
-    psycopg = conninfo = None
+    psycopg = conninfo = Jsonb = None
 
 # What a driver call may raise (nothing, without the driver: ``except ()`` catches nothing).
 DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error,) if psycopg else ()
@@ -45,6 +46,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                  "lost_daemon_s", "overflows", "dropped_blocks", "end_utc", "clock_synced", "updated_at"),
     "heartbeats": ("mode", "device_id", "at_utc", "started_utc", "state", "bundle_id", "files_done",
                    "audio_s", "busy_s", "disk_free_mb", "rss_mb", "note"),
+    "reviews": ("verdict", "new_label", "reviewed_at"),
 }
 BOOLEAN = {"clock_suspect", "clock_synced"}   # 0/1 in SQLite, boolean on the server
 
@@ -186,15 +188,15 @@ class DeviceInfo:
 
 def _stage_sql(table: str) -> str:
     """A session's staging table for ``table``'s rows: its columns without db_uuid, emptied at commit."""
-    columns = ", ".join([*key_columns(table), *COLUMNS[table]])
+    columns = ", ".join([*natural_columns(table), *COLUMNS[table]])
     return (f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} ON COMMIT DELETE ROWS AS "
             f"SELECT {columns} FROM {SCHEMA}.{table} WITH NO DATA")
 
 
 def _merge_sql(table: str) -> str:
     """Staged rows into ``table`` under one database's UUID (the query's one parameter)."""
-    key = ["db_uuid", *key_columns(table)]
-    columns = [*key_columns(table), *COLUMNS[table]]
+    key = ["db_uuid", *natural_columns(table)]
+    columns = [*natural_columns(table), *COLUMNS[table]]
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[table])
     return (f"INSERT INTO {SCHEMA}.{table} (db_uuid, {', '.join(columns)}) "
             f"SELECT %s::uuid, {', '.join(columns)} FROM pg_temp.stage_{table} "
@@ -202,18 +204,18 @@ def _merge_sql(table: str) -> str:
 
 
 def _delete_sql(table: str) -> str:
-    key = ["db_uuid", *key_columns(table)]
+    key = ["db_uuid", *natural_columns(table)]
     return f"DELETE FROM {SCHEMA}.{table} WHERE " + " AND ".join(f"{c} = %s" for c in key)
 
 
 STAGE = {t: _stage_sql(t) for t in COLUMNS}
 MERGE = {t: _merge_sql(t) for t in COLUMNS}
-COPY = {t: f"COPY pg_temp.stage_{t} ({', '.join([*key_columns(t), *COLUMNS[t]])}) FROM STDIN" for t in COLUMNS}
+COPY = {t: f"COPY pg_temp.stage_{t} ({', '.join([*natural_columns(t), *COLUMNS[t]])}) FROM STDIN" for t in COLUMNS}
 DELETE = {t: _delete_sql(t) for t in COLUMNS}
 
 
 def _values(table: str, row: dict) -> list:
-    out = [row[c] for c in key_columns(table)]
+    out = [row[c] for c in natural_columns(table)]
     for c in COLUMNS[table]:
         value = row.get(c)
         out.append(bool(value) if c in BOOLEAN and value is not None else value)
@@ -251,6 +253,17 @@ def clashes(conn: psycopg.Connection, info: DeviceInfo) -> list[str]:
         WHERE o.db_uuid <> me.db_uuid AND o.lo <= me.hi AND me.lo <= o.hi ORDER BY 1""",
         [info.device_id, info.db_uuid]).fetchall()
     return [r[0] for r in rows]
+
+
+def record_status(conn: psycopg.Connection, info: DeviceInfo, status: dict, taken_utc: str) -> None:
+    """Upsert the recorder database's status snapshot (``edgemon status --json``'s dict, taken at
+    ``taken_utc`` by the recorder's clock): one row per database, the latest wins."""
+    conn.execute(f"""
+        INSERT INTO {SCHEMA}.status_snapshots (db_uuid, device_id, taken_utc, problems, status)
+        VALUES (%s, %s, %s, %s, %s)
+        ON CONFLICT (db_uuid) DO UPDATE SET device_id = EXCLUDED.device_id, received_at = now(),
+            taken_utc = EXCLUDED.taken_utc, problems = EXCLUDED.problems, status = EXCLUDED.status""",
+        [info.db_uuid, info.device_id, taken_utc, [str(p) for p in status.get("problems") or []], Jsonb(status)])
 
 
 def lock_database(conn: psycopg.Connection, db_uuid: str) -> None:

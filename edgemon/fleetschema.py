@@ -154,5 +154,41 @@ LEFT JOIN LATERAL (SELECT * FROM {SCHEMA}.heartbeats h WHERE h.db_uuid = db.db_u
                    ORDER BY h.at_utc DESC LIMIT 1) hb ON true;
 """
 
-MIGRATIONS: tuple[str, ...] = (_TABLES, _VIEWS)
+# Reviews (a person's verdicts, keyed like the recorder's: a detection's natural key plus the
+# reviewer) and each recorder's latest status snapshot (what `edgemon status --json` reports).
+# Precision per site, bundle and class counts each detection once, by its latest verdict whoever
+# gave it ('unsure' left out), as `edgemon review` does; low/high is the 95 % Wilson interval.
+_Z = 1.959964
+_REVIEWS_AND_STATUS = f"""
+CREATE TABLE {SCHEMA}.reviews (
+    db_uuid uuid NOT NULL, source text NOT NULL, start_s double precision NOT NULL, label text NOT NULL,
+    bundle_id text NOT NULL, reviewer text NOT NULL,
+    verdict text NOT NULL, new_label text, reviewed_at timestamptz NOT NULL,
+    PRIMARY KEY (db_uuid, source, start_s, label, bundle_id, reviewer)
+);
+CREATE TABLE {SCHEMA}.status_snapshots (
+    db_uuid uuid PRIMARY KEY REFERENCES {SCHEMA}.databases,
+    device_id text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    taken_utc timestamptz,
+    problems text[] NOT NULL DEFAULT '{{}}',
+    status jsonb NOT NULL
+);
+CREATE VIEW {SCHEMA}.review_precision AS
+SELECT site, bundle_id, label, judged, correct, correct::float8 / judged AS precision,
+       greatest(0.0, (p + {_Z ** 2} / (2 * judged) - {_Z} * sqrt(p * (1 - p) / judged + {_Z ** 2} / (4.0 * judged * judged)))
+                     / (1 + {_Z ** 2} / judged)) AS low,
+       least(1.0, (p + {_Z ** 2} / (2 * judged) + {_Z} * sqrt(p * (1 - p) / judged + {_Z ** 2} / (4.0 * judged * judged)))
+                  / (1 + {_Z ** 2} / judged)) AS high
+FROM (SELECT site, bundle_id, label, count(*) AS judged, count(*) FILTER (WHERE verdict = 'correct') AS correct,
+             count(*) FILTER (WHERE verdict = 'correct')::float8 / count(*) AS p
+      FROM (SELECT DISTINCT ON (db.device_id, r.source, r.start_s, r.label, r.bundle_id)
+                   db.device_id AS site, r.bundle_id, r.label, r.verdict
+            FROM {SCHEMA}.reviews r JOIN {SCHEMA}.databases db USING (db_uuid)
+            ORDER BY db.device_id, r.source, r.start_s, r.label, r.bundle_id, r.reviewed_at DESC, r.reviewer) latest
+      WHERE verdict <> 'unsure'
+      GROUP BY 1, 2, 3) counts;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_TABLES, _VIEWS, _REVIEWS_AND_STATUS)
 SCHEMA_VERSION = len(MIGRATIONS)

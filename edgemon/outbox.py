@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import sqlite3
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
-from edgemon.schema import SYNC_KEYS
+from edgemon.schema import FOLDED_KEYS, SYNC_KEYS
 from edgemon.store import BUSY_TIMEOUT_MS, Store, utc_iso
 
 SYNCED_TABLES = tuple(SYNC_KEYS)
@@ -33,8 +34,8 @@ class Batch:
     """Changes ``(first_seq, last_seq]`` of the outbox.
 
     ``upserts[table]``: the rows as stored now (dicts of column -> value, without local ids);
-    ``deletes[table]``: natural keys (tuples in the table's ``SYNC_KEYS`` order, unused parts
-    dropped) of rows that no longer exist.
+    ``deletes[table]``: natural keys (tuples in ``natural_columns(table)`` order) of rows that
+    no longer exist.
     """
 
     first_seq: int
@@ -48,13 +49,28 @@ class Batch:
 
 
 def key_columns(table: str) -> list[str]:
-    """The real (named) key columns of ``table``: 'source', 'start_s', ... (constants dropped)."""
+    """The local columns in ``table``'s change-log slots: 'source', 'start_s', ... (constants
+    dropped; a folded slot such as reviews' 'sync_key4' is one column here)."""
     return [c for c in SYNC_KEYS[table] if c[0].isalpha()]
 
 
+def natural_columns(table: str) -> list[str]:
+    """``table``'s natural key as the fleet database keys it: folded slots unfolded, e.g.
+    reviews' (source, start_s, label, bundle_id, reviewer)."""
+    folded = FOLDED_KEYS.get(table, {})
+    return [part for c in key_columns(table) for part in folded.get(c, (c,))]
+
+
 def key_parts(table: str, k: tuple) -> tuple:
-    """The key parts of a ``changes`` row's (k1, k2, k3, k4) that ``table`` really uses."""
+    """The slots of a ``changes`` row's (k1, k2, k3, k4) that ``table`` really uses."""
     return tuple(part for part, c in zip(k, SYNC_KEYS[table]) if c[0].isalpha())
+
+
+def natural_key(table: str, parts: tuple) -> tuple:
+    """``key_parts`` as a natural key (``natural_columns`` order): folded slots decoded."""
+    folded = FOLDED_KEYS.get(table, {})
+    return tuple(v for part, c in zip(parts, key_columns(table))
+                 for v in (json.loads(part) if c in folded else (part,)))
 
 
 class Outbox:
@@ -113,10 +129,11 @@ class Outbox:
                 key = key_parts(table, (c["k1"], c["k2"], c["k3"], c["k4"]))
                 row = self.conn.execute(self._lookup[table], key).fetchone()
                 if row is None:
-                    deletes[table].append(key)
+                    deletes[table].append(natural_key(table, key))
                 else:
                     found = dict(row)
-                    found.pop("id", None)  # local ids never leave the recorder
+                    for local in ("id", "detection_id", *FOLDED_KEYS.get(table, ())):
+                        found.pop(local, None)  # local ids never leave the recorder
                     upserts[table].append(found)
             return Batch(after_seq, changes[-1]["seq"], upserts, deletes)
         finally:

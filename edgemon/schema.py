@@ -183,7 +183,15 @@ SYNC_KEYS: dict[str, tuple[str, str, str, str]] = {
     "files": ("source", "0", "''", "''"),
     "coverage": ("source", "0", "minute_utc", "''"),
     "heartbeats": ("run_id", "uptime_s", "''", "''"),
+    # Five key parts in four slots: k4 holds json_array(bundle_id, reviewer) (the generated column
+    # ``sync_key4`` of m009). JSON, not a separator: free text can hold any separator, and
+    # json_array is injective and deterministic, so one review is one k4 and k4 decodes back.
+    "reviews": ("source", "start_s", "label", "sync_key4"),
 }
+# Slots holding more than one key column: slot column -> the columns it folds, in order.
+FOLDED_KEYS: dict[str, dict[str, tuple[str, ...]]] = {"reviews": {"sync_key4": ("bundle_id", "reviewer")}}
+# The tables m007 put under the change log (later tables join through their own migration).
+_M007_TABLES = ("detections", "files", "coverage", "heartbeats")
 
 
 def _change_sql(table: str, row: str) -> str:
@@ -224,16 +232,21 @@ def m007_sync_outbox(db: sqlite_utils.Database) -> None:
             updated_at TEXT NOT NULL
         )""")
     db.execute("CREATE INDEX heartbeats_run_uptime ON heartbeats (run_id, uptime_s)")
-    for table, key in SYNC_KEYS.items():
-        # Rows stored before sync existed are the first backlog.
-        db.execute(f"INSERT INTO changes (tbl, k1, k2, k3, k4) SELECT '{table}', {', '.join(key)} "
-                   f"FROM {table} ORDER BY rowid")
-        db.execute(f"CREATE TRIGGER changes_{table}_insert AFTER INSERT ON {table} BEGIN\n  "
-                   f"{_change_sql(table, 'NEW')}\nEND")
-        db.execute(f"CREATE TRIGGER changes_{table}_delete AFTER DELETE ON {table} BEGIN\n  "
-                   f"{_change_sql(table, 'OLD')}\nEND")
-        db.execute(f"CREATE TRIGGER changes_{table}_update AFTER UPDATE ON {table} BEGIN\n  "
-                   f"{_change_sql(table, 'OLD')}\n  {_change_sql(table, 'NEW')}\nEND")
+    for table in _M007_TABLES:
+        _log_changes(db, table)
+
+
+def _log_changes(db: sqlite_utils.Database, table: str) -> None:
+    """Put ``table`` under the change log: its rows so far are the first backlog, triggers the rest."""
+    key = SYNC_KEYS[table]
+    db.execute(f"INSERT INTO changes (tbl, k1, k2, k3, k4) SELECT '{table}', {', '.join(key)} "
+               f"FROM {table} ORDER BY rowid")
+    db.execute(f"CREATE TRIGGER changes_{table}_insert AFTER INSERT ON {table} BEGIN\n  "
+               f"{_change_sql(table, 'NEW')}\nEND")
+    db.execute(f"CREATE TRIGGER changes_{table}_delete AFTER DELETE ON {table} BEGIN\n  "
+               f"{_change_sql(table, 'OLD')}\nEND")
+    db.execute(f"CREATE TRIGGER changes_{table}_update AFTER UPDATE ON {table} BEGIN\n  "
+               f"{_change_sql(table, 'OLD')}\n  {_change_sql(table, 'NEW')}\nEND")
 
 
 REVIEW_VERDICTS = ("correct", "wrong", "relabel", "unsure")
@@ -263,3 +276,14 @@ def m008_reviews(db: sqlite_utils.Database) -> None:
             UNIQUE (source, start_s, label, bundle_id, reviewer)
         )""")
     db.execute("CREATE INDEX reviews_reviewed_at ON reviews (reviewed_at)")
+
+
+@MIGRATIONS()
+def m009_sync_reviews(db: sqlite_utils.Database) -> None:
+    """Reviews join the sync outbox. Their natural key (source, start_s, label, bundle_id,
+    reviewer) has one part more than the change log's four slots, so a virtual generated column
+    ``sync_key4`` = json_array(bundle_id, reviewer) fills the fourth (see ``SYNC_KEYS``): it costs
+    no storage, and the triggers and the outbox treat it like any key column."""
+    db.execute("ALTER TABLE reviews ADD COLUMN sync_key4 TEXT "
+               "GENERATED ALWAYS AS (json_array(bundle_id, reviewer)) VIRTUAL")
+    _log_changes(db, "reviews")

@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import shutil
+import sqlite3
 import threading
 import time
 import zoneinfo
@@ -31,11 +32,24 @@ from pathlib import Path
 from edgemon import __version__, fleetdb
 from edgemon.bundle import MANIFEST, default_bundle_path
 from edgemon.config import ConfigError, Settings
+from edgemon.errors import EdgemonError
 from edgemon.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
 from edgemon.outbox import Outbox
+from edgemon.status import collect_status
 from edgemon.store import utc_iso
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotConfig:
+    """What a session's status snapshot reads, as `edgemon status` does: the watched ``directory``
+    (for the backlog on disk; None: the ledger alone), ``heartbeat_s`` (how old a heartbeat may be
+    for 'running') and ``min_free_mb`` (the low-disk watermark, MB)."""
+
+    directory: str | None = None
+    heartbeat_s: float = 300.0
+    min_free_mb: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +58,8 @@ class SyncConfig:
     ``batch_rows`` and adapt to keep a batch near ``batch_target_s`` seconds. ``interval_s``:
     seconds between sessions of the service; failed sessions back off from ``backoff_min_s``
     doubling to ``backoff_max_s``. ``retry_for_s``: how long a one-shot ``edgemon sync`` keeps
-    retrying an unreachable server before it gives up (0: once)."""
+    retrying an unreachable server before it gives up (0: once). ``snapshot``: send the
+    recorder's status at the end of each session (None: do not)."""
 
     url: str
     interval_s: float = 900.0
@@ -55,6 +70,7 @@ class SyncConfig:
     backoff_min_s: float = 5.0
     backoff_max_s: float = 1800.0
     retry_for_s: float = 0.0
+    snapshot: SnapshotConfig | None = SnapshotConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +157,8 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                 rows = _next_rows(rows, time.monotonic() - t0, config)
             backlog = outbox.last_seq() - acked
             outbox.prune()
+            if config.snapshot is not None:
+                _send_snapshot(conn, Path(db_path), info, config.snapshot)
             # After the batches, so that this database's own heartbeats are on the server too.
             found = tuple(fleetdb.clashes(conn, info))
             if found:
@@ -198,7 +216,7 @@ def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
         yield None
         return
     fleetdb.check_url(url)  # a bad URL stops the start, in one line, not a thread later
-    config = SyncConfig(url=url, interval_s=settings["sync_interval_s"])
+    config = _config(settings, url)
     own_stop = threading.Event()
     thread = threading.Thread(target=run_sync, name="edgemon-sync", daemon=True,
                               args=(settings["db"], device_info(settings), config, own_stop))
@@ -208,6 +226,26 @@ def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
     finally:
         own_stop.set()
         thread.join(timeout=60)
+
+
+def _config(settings: Settings, url: str, **given) -> SyncConfig:
+    snapshot = SnapshotConfig(directory=settings["directory"], heartbeat_s=settings["heartbeat_s"],
+                              min_free_mb=settings["min_free_mb"])
+    return SyncConfig(url=url, interval_s=settings["sync_interval_s"], snapshot=snapshot, **given)
+
+
+def _send_snapshot(conn, db_path: Path, info: DeviceInfo, snapshot: SnapshotConfig) -> None:
+    """Upsert the recorder's status (``edgemon status --json``) as its one snapshot row. Without
+    the integrity check: a quick_check of a season's database every session would cost a Pi
+    minutes. A status that cannot be read is logged and skipped: the rows were sent anyway."""
+    taken = utc_iso(dt.datetime.now(dt.timezone.utc))
+    try:
+        report = collect_status(db_path, directory=snapshot.directory, heartbeat_s=snapshot.heartbeat_s,
+                                min_free_mb=snapshot.min_free_mb, integrity=False)
+    except (EdgemonError, OSError, sqlite3.Error) as e:
+        log.warning("status snapshot not sent: %s", e)
+        return
+    fleetdb.record_status(conn, info, report, taken)
 
 
 def _next_rows(rows: int, seconds: float, config: SyncConfig) -> int:
@@ -233,6 +271,6 @@ def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
     url = url or settings["sync_url"]
     if url is None:
         raise ConfigError("no sync target: give --to postgresql://... or set sync_url in [sync]")
-    config = SyncConfig(url=url, interval_s=settings["sync_interval_s"], retry_for_s=retry_for_s,
-                        **({} if batch_rows is None else {"batch_rows": batch_rows}))
+    config = _config(settings, url, retry_for_s=retry_for_s,
+                     **({} if batch_rows is None else {"batch_rows": batch_rows}))
     return sync_with_retries(settings["db"], device_info(settings), config)

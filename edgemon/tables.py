@@ -3,7 +3,9 @@
 Shared by ``export-detections`` and ``classify``, so both write the same columns and time format.
 A row is a mapping with (some of) the keys of ``COLUMNS`` (a missing key reads as empty) plus
 ``file_path``, the audio file's path when known. Times are the store's UTC text
-('2024-05-01T06:00:00.000Z'); offsets in seconds; confidences rounded to ``CONFIDENCE_DECIMALS``.
+('2024-05-01T06:00:00.000Z'), and ``start_local`` the start in the recorder's time zone (ISO 8601
+with its offset, '2024-05-01T08:00:00.000+02:00'; empty without a time zone or a start time);
+offsets in seconds; confidences rounded to ``CONFIDENCE_DECIMALS``.
 
 CSV and Raven cells are what a spreadsheet opens: a text cell starting with = + - @ (or a tab or
 carriage return) would run as a formula there, so it is written with a leading single quote, as
@@ -16,14 +18,16 @@ Lines keep every value exact.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import re
-from collections.abc import Iterable, Mapping
+import zoneinfo
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
 COLUMNS = ("id", "device_id", "source", "start_s", "end_s", "start_utc", "end_utc", "time_source",
            "clock_suspect", "label", "scientific_name", "common_name", "confidence", "votes",
-           "bundle_id", "created_at", "clip_path", "clock_synced")
+           "bundle_id", "created_at", "clip_path", "clock_synced", "start_local")
 BIRDNET_COLUMNS = ("Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File")
 # BirdNET-Analyzer's Raven columns, in its order, then ours (Raven keeps extra columns).
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
@@ -47,6 +51,25 @@ def label_names(manifest: Mapping) -> dict[str, tuple[str | None, str | None]]:
             names[str(label)] = (scientific if isinstance(scientific, str) else None,
                                  common if isinstance(common, str) else None)
     return names
+
+
+def local_time(utc_text: str | None, zone: zoneinfo.ZoneInfo | None) -> str | None:
+    """The store's UTC text as ISO 8601 local time in ``zone`` with its offset, to the
+    millisecond ('2024-05-01T08:00:00.000+02:00'); None without a zone or a time. The offset is
+    the zone's at that instant, so summer and winter times each carry their own."""
+    if zone is None or not utc_text:
+        return None
+    when = dt.datetime.fromisoformat(utc_text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)   # the store writes UTC, with or without its Z
+    return when.astimezone(zone).isoformat(timespec="milliseconds")
+
+
+def with_local_time(rows: Iterable[dict], zone: zoneinfo.ZoneInfo | None) -> Iterator[dict]:
+    """``rows`` each with ``start_local`` (see ``local_time``) added, streamed."""
+    for row in rows:
+        row["start_local"] = local_time(row.get("start_utc"), zone)
+        yield row
 
 
 def cell(value: Any) -> Any:

@@ -4,10 +4,12 @@ passes `systemd-analyze verify`, keeps IPAddressDeny=any, and stays in systemd's
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
-from tests.test_deploy import ANALYZE, DEPLOY, UNIT, needs_systemd, stub_root, unit_settings
+from tests.test_deploy import ANALYZE, DEPLOY, INSTALL, UNIT, needs_systemd, stub_root, unit_settings
 
 DROP_IN = DEPLOY / "edgemon-sync.conf"
 
@@ -47,3 +49,52 @@ def test_unit_with_drop_in_verifies_and_stays_ok(tmp_path):
     print(f"\nexposure without sync {closed}, with the sync drop-in {opened}")
     # systemd scores any IPAddressAllow= alike, so the static test above is what rejects allow-all.
     assert closed < opened <= 2.0, (closed, opened)
+
+
+# --- install.sh places the drop-in only while sync_url is set ----------------------------------
+
+def root_with_settings(tmp_path: Path, sync_url: str | None) -> Path:
+    """A root holding settings and, standing in for the installed program, this checkout's real
+    edgemon (install.sh reads sync_url through `edgemon config`, as it does after a real install)."""
+    root = tmp_path / "root"
+    program = root / "opt/edgemon/venv/bin/edgemon"
+    program.parent.mkdir(parents=True)
+    program.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m edgemon "$@"\n')
+    program.chmod(0o755)
+    write_settings(root, sync_url)
+    return root
+
+
+def write_settings(root: Path, sync_url: str | None) -> None:
+    conf = root / "etc/edgemon/edgemon.toml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text('device_id = "site-07"\n[sync]\n' + (f'sync_url = "{sync_url}"\n' if sync_url else ""))
+
+
+def place_drop_in(root: Path) -> str:
+    result = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--sync-drop-in"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_install_places_the_drop_in_while_sync_url_is_set(tmp_path):
+    installed = "etc/systemd/system/edgemon.service.d/sync.conf"
+    root = root_with_settings(tmp_path, "postgresql://recorder@10.20.30.40:5433/fleet?passfile=/etc/edgemon/pgpass")
+    out = place_drop_in(root)
+    assert f"installed /{installed}" in out
+    text = (root / installed).read_text()
+    assert text == DROP_IN.read_text().replace("IPAddressAllow=192.0.2.10/32", "IPAddressAllow=10.20.30.40")
+    assert unit_settings(text)[("Service", "IPAddressAllow")] == ["10.20.30.40"]   # the fleet database only
+    assert stat.S_IMODE((root / installed).stat().st_mode) == 0o644
+    assert place_drop_in(root) == ""                                   # again: nothing to change
+
+    write_settings(root, "postgresql://recorder@fleet.example.org/fleet")   # a name: the admin's edit is kept
+    (root / installed).write_text(text.replace("10.20.30.40", "10.20.30.41"))
+    out = place_drop_in(root)
+    assert "names a host, not an IP address" in out and "10.20.30.41" in (root / installed).read_text()
+
+    write_settings(root, None)                                         # sync off: the network closes again
+    assert f"removed /{installed}" in place_drop_in(root)
+    assert not (root / installed).exists() and not (root / installed).parent.exists()
+    assert place_drop_in(root) == ""

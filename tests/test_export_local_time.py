@@ -1,0 +1,87 @@
+"""Exports carry the start in the recorder's own time zone (settings ``timezone``): csv and jsonl
+``start_local``, ISO 8601 with the offset in force at that instant, across DST changes."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgemon.cli import app
+from edgemon.export import ExportError, export_detections
+from edgemon.store import Store
+from tests.test_export import commit, detection, read_csv
+
+runner = CliRunner()
+REC = "site1/20240331_000000.wav"
+LIVE = "live:mic0"
+# UTC start -> local start in Europe/Berlin: the spring gap, the autumn hour twice, and a summer day.
+BERLIN = {
+    "2024-03-31T00:59:59Z": "2024-03-31T01:59:59.000+01:00",   # last second of winter time
+    "2024-03-31T01:00:00Z": "2024-03-31T03:00:00.000+02:00",   # 02:00-03:00 never happened
+    "2024-10-27T00:30:00Z": "2024-10-27T02:30:00.000+02:00",   # 02:30 summer time ...
+    "2024-10-27T01:30:00Z": "2024-10-27T02:30:00.000+01:00",   # ... and 02:30 again, winter time
+    "2024-07-01T22:15:00.250Z": "2024-07-02T00:15:00.250+02:00",
+}
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    path = tmp_path / "detections.db"
+    with Store(path) as store:
+        commit(store, REC, [detection(REC, float(i), "bird", 0.9, start) for i, start in enumerate(BERLIN)])
+        store.insert_detections([detection(LIVE, 10.0, "frog", 0.95, None)])   # no clock: no start time
+    return path
+
+
+def test_csv_and_jsonl_start_local_follow_dst_and_name_the_offset(db_path, tmp_path):
+    export_detections(db_path, "csv", tmp_path / "d.csv", timezone="Europe/Berlin")
+    rows = read_csv(tmp_path / "d.csv")
+    assert {r["start_utc"]: r["start_local"] for r in rows if r["start_utc"]} == \
+        {_store_text(u): local for u, local in BERLIN.items()}
+    assert [r["start_local"] for r in rows if not r["start_utc"]] == [""]
+    for r in rows:                                 # the same instant, only written in local time
+        if r["start_utc"]:
+            assert dt.datetime.fromisoformat(r["start_local"]) == dt.datetime.fromisoformat(r["start_utc"])
+
+    export_detections(db_path, "jsonl", tmp_path / "d.jsonl", timezone="Asia/Kuching")
+    records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    by_utc = {r["start_utc"]: r["start_local"] for r in records}
+    assert by_utc[_store_text("2024-07-01T22:15:00.250Z")] == "2024-07-02T06:15:00.250+08:00"   # no DST there
+    assert by_utc[_store_text("2024-03-31T01:00:00Z")] == "2024-03-31T09:00:00.000+08:00"
+    assert by_utc[None] is None
+
+
+def _store_text(utc: str) -> str:
+    """The store's fixed-width UTC text of an ISO time ('...T00:59:59.000Z')."""
+    when = dt.datetime.fromisoformat(utc.replace("Z", "+00:00"))
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def test_without_a_timezone_start_local_is_empty(db_path, tmp_path):
+    export_detections(db_path, "csv", tmp_path / "d.csv")
+    rows = read_csv(tmp_path / "d.csv")
+    assert list(rows[0])[-1] == "start_local" and {r["start_local"] for r in rows} == {""}
+
+
+def test_cli_takes_the_timezone_from_the_settings(db_path, tmp_path):
+    settings = tmp_path / "edgemon.toml"
+    settings.write_text('timezone = "Europe/Berlin"\n')
+    out = runner.invoke(app, ["export-detections", "--db", str(db_path), "--config", str(settings), "--quiet"])
+    assert out.exit_code == 0, out.output
+    locals_ = [r["start_local"] for r in csv.DictReader(io.StringIO(out.stdout))]
+    assert locals_[:2] == ["2024-03-31T01:59:59.000+01:00", "2024-03-31T03:00:00.000+02:00"]
+    env = runner.invoke(app, ["export-detections", "--db", str(db_path), "--format", "jsonl", "--quiet"],
+                        env={"EDGEMON_TIMEZONE": "Asia/Kuching"})
+    assert json.loads(env.stdout.splitlines()[0])["start_local"] == "2024-03-31T08:59:59.000+08:00"
+
+
+def test_an_unknown_timezone_is_refused_before_any_output(db_path, tmp_path):
+    with pytest.raises(ExportError, match="unknown IANA time zone 'Europe/Berlim'"):
+        export_detections(db_path, "csv", tmp_path / "d.csv", timezone="Europe/Berlim")
+    assert not (tmp_path / "d.csv").exists()

@@ -285,7 +285,7 @@ def export_detections(
     since: Annotated[Optional[str], typer.Option(help="Only detections starting at or after this UTC time (ISO 8601).")] = None,
     until: Annotated[Optional[str], typer.Option(help="Only detections starting before this UTC time (ISO 8601).")] = None,
     label: Annotated[Optional[list[str]], typer.Option(help="Only these labels (repeatable).")] = None,
-    min_confidence: Annotated[Optional[float], typer.Option(help="Only detections at least this confident (an error above what the bundle can reach).")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Only detections at least this confident, 0 to 1 (an error above what the bundle can reach).")] = None,
     new: Annotated[bool, typer.Option("--new", help="Only what this cursor has not delivered yet (cursor 'default' unless --cursor), then advance it.")] = False,
     cursor: Annotated[Optional[str], typer.Option("--cursor", metavar="NAME", help="Named cursor, one per destination and filter; implies --new. A cursor keeps the filter it was first used with.")] = None,
     bundle: Annotated[Optional[list[str]], typer.Option("--bundle", help="Only detections of this bundle id (repeatable; see `edgemon reanalyse`).")] = None,
@@ -298,11 +298,13 @@ def export_detections(
 
     log = logging.getLogger("edgemon.export")
     try:
+        if fmt is ExportFormat.raven and output is None:
+            raise OptionError("--format raven writes one table per recording: give --output DIR (an existing directory)")
         settings = _settings(ctx, config)
         db = settings["db"]
         times = [None if t is None else _parse_time(t) for t in (since, until)]
         count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
-                           new or cursor is not None, cursor or "default", bundle=bundle or None,
+                           new or cursor is not None, "default" if cursor is None else cursor, bundle=bundle or None,
                            timezone=settings["timezone"])
         if coverage is not None:
             minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0], times[1])

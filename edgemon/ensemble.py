@@ -185,4 +185,11 @@ def describe_bundle(path) -> tuple[dict, SelfCheck]:
             "label_names": bundle.label_names, "confidence_max": bundle.confidence_max,
             "thresholds": bundle.thresholds, "window_s": bundle.window_s, "hop_s": bundle.hop_s,
             "members": [dataclasses.asdict(m) for m in bundle.members],
-            "frontend": bundle.frontend.to_dict(), "self_check": check.to_dict()}, check
+            "frontend": bundle.frontend.to_dict(), "self_check": check.to_dict(),
+            # Where its figures come from: training data, grouped-CV scores, operating point,
+            # calibration, adaptation (whichever the manifest records).
+            "provenance": {k: bundle.manifest[k] for k in PROVENANCE if k in bundle.manifest}}, check
+
+
+PROVENANCE = ("trained_on", "thresholds_from", "operating_point", "calibration_input", "calibration_fits",
+              "adapted", "source_runs")

@@ -81,6 +81,8 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
         # One read transaction: cursor, bundles, names and rows come from one snapshot.
         conn.execute("BEGIN")
         span = _span(conn, db_path, cursor_name, wanted) if new else None
+        if label and "labels" in found:
+            _check_labels(conn, db_path, label)
         if min_confidence is not None and "bundles" in found:
             _check_reachable(conn, db_path, replace(wanted, min_confidence=None), span, min_confidence)
         rows = _select(conn, db_path, wanted, span, found, raven=fmt == "raven")
@@ -191,6 +193,21 @@ def _check_reachable(conn: sqlite3.Connection, db_path: Path, others: CursorFilt
         top, bundle_id = max(reach)
         raise ExportError(f"--min-confidence {min_confidence:g} is above {top:g}, the highest confidence "
                           f"these detections' bundle(s) can reach ({bundle_id}): nothing could match")
+
+
+def _check_labels(conn: sqlite3.Connection, db_path: Path, wanted: list[str]) -> None:
+    """Refuse a ``--label`` that no bundle run on this database knows (a typo such as 'gibbon'
+    would export nothing, and tie a cursor to that filter for good). No check before any bundle
+    was recorded."""
+    try:
+        known = {r[0] for r in conn.execute("SELECT label FROM labels")}
+        known |= {r[0] for r in conn.execute("SELECT DISTINCT label FROM detections")}
+    except sqlite3.Error as e:
+        raise ExportError(f"cannot read labels from {db_path}: {e}") from e
+    unknown = sorted(set(wanted) - known)
+    if unknown and known:
+        raise ExportError(f"unknown label(s) {', '.join(map(repr, unknown))}: the bundles run on {db_path} "
+                          f"know {', '.join(sorted(known))}")
 
 
 def _select(conn: sqlite3.Connection, db_path: Path, wanted: CursorFilter, span: tuple[int, int] | None,

@@ -302,3 +302,22 @@ def test_an_unknown_export_format_is_a_usage_error(empty_db):
     a plain string refused later, exit 1)."""
     result = runner.invoke(app, ["export-detections", "--db", str(empty_db), "--format", "xml"])
     assert result.exit_code == 2 and "xml" in result.output
+
+
+def test_the_training_command_without_its_packages_says_so_in_one_line():
+    """`scripts/setup.sh` installs the recorder side only: edgemon-train then had no torch and
+    crashed with a traceback."""
+    blocked = "import sys; sys.modules['torch'] = None; sys.argv = ['edgemon-train', '--version']; " \
+              "from training.entry import main; main()"
+    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: edgemon-train needs the training packages (torch is missing): "
+        "run scripts/setup-dev.sh, or pip install 'edgemon[train]'"]
+
+
+def test_info_says_where_the_bundles_figures_come_from():
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    provenance = json.loads(result.output)["provenance"]
+    assert provenance["trained_on"] and "cv_uar_mean" in provenance["thresholds_from"]

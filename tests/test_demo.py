@@ -17,8 +17,8 @@ from scripts.score_demo import Event, read_detections, read_truth, score
 ROOT = Path(__file__).resolve().parents[1]
 EXCERPT = ROOT / "demo-data"
 # Measured 2026-12-03 with the embedded bundle: recall 1.00 (12 of 12 calls), precision 0.75 (12 of
-# 16 detections: three are second pieces of a gibbon duet already found, one runs on past a great
-# argus call). Floors with margin under both, so a bundle or vote change that costs a call or two
+# 16 detections: three are second pieces of a gibbon duet already found, one starts just after a great
+# argus call ends). Floors with margin under both, so a bundle or vote change that costs a call or two
 # passes while a broken time base, label order or file order does not.
 PRECISION_FLOOR, RECALL_FLOOR = 0.60, 0.80
 MAX_EXCERPT_BYTES = 5_000_000

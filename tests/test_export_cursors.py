@@ -147,3 +147,19 @@ def test_quiet_export_from_cron_says_nothing(db_path, tmp_path):
     assert loud.returncode == 0 and "exported 5 detection(s) (cursor cron)" in loud.stderr
     quiet = run("--quiet")
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
+
+
+def test_newcomer_mistakes_are_refused_before_a_cursor_is_tied_to_them(db_path, tmp_path):
+    """Found by a newcomer's trial: a misspelled --label exported a bare header and tied the cursor
+    to the typo for good; an empty --cursor silently became 'default'; --format raven without
+    --output said 'got None'; --min-confidence -1 passed."""
+    typo = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "sync", "--label", "bird_"])
+    assert typo.exit_code == 1 and "'bird_'" in typo.output and "bird, frog" in typo.output
+    assert runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "sync",
+                               "--label", "bird"]).exit_code == 0   # the typo did not take the name
+    empty = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", ""])
+    assert empty.exit_code == 1 and "cursor name" in empty.output
+    raven = runner.invoke(app, ["export-detections", "--db", str(db_path), "--format", "raven"])
+    assert raven.exit_code == 2 and "--output DIR" in raven.output and "None" not in raven.output
+    negative = runner.invoke(app, ["export-detections", "--db", str(db_path), "--min-confidence", "-1"])
+    assert negative.exit_code == 2

@@ -1,3 +1,3 @@
-from training.cli import main
+from training.entry import main
 
 main()

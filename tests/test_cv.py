@@ -132,3 +132,36 @@ def test_cv_cli_averaged_field_recipe_with_its_own_window(tiny_dataset, tmp_path
     r = summary["recipes"]["field-avg1-h8l1-w0.5"]
     assert r["window_s"] == 0.5 and r["hop_s"] == 0.25 and len(r["members"]) == 2
     assert (tmp_path / "field-avg1-h8l1-w0.5" / "fold1.onnx").is_file()
+
+
+def _with_pool(tiny_dataset, root):
+    """The tiny set plus a ``pool.csv`` of train clips relabelled as pool clips (one per recorder and class)."""
+    import shutil
+
+    shutil.copytree(tiny_dataset, root)
+    rows = (root / "lab" / "train.csv").read_text().splitlines()
+    pool = [rows[0]] + [r for r in rows[1:] if r.split(",")[0].endswith(("_0.flac", "_1.flac"))]
+    (root / "lab" / "pool.csv").write_text("\n".join(pool) + "\n")
+    return root
+
+
+def test_pool_joins_each_folds_training_side_less_its_held_out_recorders(tiny_dataset, tmp_path):
+    from training.cv import fold_training, validation_recorders
+    from training.data import load_pool
+
+    data_dir = _with_pool(tiny_dataset, tmp_path / "data")
+    train_split = load_split(data_dir, "train")
+    data = merge(train_split, load_split(data_dir, "devel", train_split.labels))
+    pool = load_pool(data_dir, data.labels)
+    assert len(pool) == 6 and {c.recorder for c in pool.clips} == {"S0", "S1"}
+    folds = grouped_folds(data, k=2)
+    for (tr, va), held in zip(folds, validation_recorders(data, folds)):
+        training = fold_training(data.subset(tr), pool, held)
+        assert len(training) == len(tr) + 3            # the other recorder's pool clips only
+        assert not {c.recorder for c in training.clips} & set(held)
+    summary = cross_validate([Recipe("baseline")], data, k=2, out=tmp_path / "cv",
+                             pool=lambda frontend: load_pool(data_dir, data.labels, frontend))
+    assert summary["pool"] == {"clips": 6, "used_per_fold": [3, 3]}
+    # the pool is never held out: every scored clip is one of train + devel, each once
+    assert np.array(summary["recipes"]["baseline"]["confusion"]).sum() == len(data)
+    assert load_pool(tiny_dataset, data.labels) is None   # a data set without a pool trains as before

@@ -38,6 +38,7 @@ def _frontend(kind: str) -> FrontendConfig:
 # Field-augmentation preset (off in the paper's recipe): crops of the deployment window, time
 # shift, background mixing at 0-20 dB SNR on half the clips, +-6 dB gain.
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
+PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
 CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]
 FIELD = {"time_shift": True, "p_mix": 0.5, "snr_db": (0.0, 20.0), "gain_db": 6.0}
 
@@ -82,6 +83,7 @@ def fit(
     mix_other_recorders: MixOtherOpt = False,
     centre_bands: CentreOpt = False,
     with_devel: Annotated[bool, typer.Option("--with-devel", help="Train on train + devel (needs --average-last): for a recipe already chosen by grouped CV.")] = False,
+    pool: PoolOpt = True,
 ):
     """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
     from training.runs import fit_run
@@ -99,7 +101,7 @@ def fit(
          OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
                      gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=device,
                      average_last=average_last),
-         aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet, with_devel=with_devel)
+         aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet, with_devel=with_devel, pool=pool)
 
 
 @app.command()
@@ -222,6 +224,7 @@ def cv(
     hop_s: Annotated[float, typer.Option(help="The recorder's window hop, for the held-out windows.")] = 2.0,
     mix_other_recorders: MixOtherOpt = False,
     centre_bands: CentreOpt = False,
+    pool: PoolOpt = True,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import Recipe, cross_validate
@@ -249,9 +252,14 @@ def cv(
         raise typer.Exit(1)
 
     def run():
+        from training.data import load_pool
+
         load = functools.partial(_train_and_devel, data)
-        summary = cross_validate([known[r] for r in recipe], load(FrontendConfig()), folds, out, seed,
-                                 load=load, window_s=window_s, hop_s=hop_s, max_false_rate=max_false_rate)
+        reference = load(FrontendConfig())
+        pool_load = functools.partial(load_pool, data, reference.labels) if pool else None
+        summary = cross_validate([known[r] for r in recipe], reference, folds, out, seed,
+                                 load=load, window_s=window_s, hop_s=hop_s, max_false_rate=max_false_rate,
+                                 pool=pool_load)
         keys = ("uar_mean", "uar_std", "epoch", "recall", "thresholds", "windows_at_thresholds")
         return {name: {k: r[k] for k in keys if k in r} for name, r in summary["recipes"].items()}
 

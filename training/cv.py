@@ -23,7 +23,7 @@ from edgemon.frontend import FrontendConfig
 from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline
 from training.augment import AugmentConfig
-from training.data import Split
+from training.data import Split, merge, without_recorders
 from training.evaluate import confusion, per_class_recall, plot_confusion, uar
 from training.export import export_onnx
 from training.model import ModelConfig, PrimateBiLSTM
@@ -70,6 +70,13 @@ def validation_recorders(split: Split, folds) -> list[list[str]]:
     return [sorted({split.clips[i].recorder for i in va}) for _, va in folds]
 
 
+def fold_training(train_side: Split, pool: Split | None, held_out: list[str]) -> Split:
+    """A fold's training clips plus the pool's clips from recorders the fold does not hold out."""
+    if pool is None:
+        return train_side
+    return merge(train_side, without_recorders(pool, held_out))
+
+
 def run_fold(recipe: Recipe, train_split: Split, val: Split) -> FoldResult:
     """Train on one fold; validation predictions per epoch (and of the averaged model)."""
     if recipe.model is None:  # C chosen on an inner split grouped by recorder, never on ``val``
@@ -103,21 +110,30 @@ def held_out_windows(model: PrimateBiLSTM, val: Split, spec: WindowSpec) -> dict
 
 def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: int = 0,
                    load=None, window_s: float = 4.0, hop_s: float = 2.0,
-                   max_false_rate: float = DEFAULT_MAX_FALSE_RATE) -> dict:
+                   max_false_rate: float = DEFAULT_MAX_FALSE_RATE, pool=None) -> dict:
     """Score every recipe on the same grouped folds; write ``cv.json`` and pooled confusions.
 
     ``load(frontend)`` gives ``data`` computed by another frontend, for recipes that need one.
+    ``pool(frontend)``, when given, gives train-only clips (``lab/pool.csv``) that join every
+    fold's training side, less those of the fold's held-out recorders; they are never held out,
+    so the folds, and what is scored, are those of ``data`` alone.
     """
     out.mkdir(parents=True, exist_ok=True)
     folds = grouped_folds(data, k, seed)
     n_classes = len(data.labels)
     inputs = {data.frontend: data}
+    pools = {}
+    held_out = validation_recorders(data, folds)
     results = {}
     for recipe in recipes:
         if recipe.frontend not in inputs:
             inputs[recipe.frontend] = load(recipe.frontend)
+        if pool is not None and recipe.frontend not in pools:
+            pools[recipe.frontend] = pool(recipe.frontend)
         split = inputs[recipe.frontend]
-        per_fold = [run_fold(recipe, split.subset(tr), split.subset(va)) for tr, va in folds]
+        per_fold = [run_fold(recipe, fold_training(split.subset(tr), pools.get(recipe.frontend), recorders),
+                             split.subset(va))
+                    for (tr, va), recorders in zip(folds, held_out)]
         epochs = min(len(f.per_epoch) for f in per_fold)
         curve = [np.mean([uar(data.targets[va], f.per_epoch[e], n_classes) for (_, va), f in zip(folds, per_fold)])
                  for e in range(epochs)]
@@ -138,8 +154,13 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
             results[recipe.name].update(_keep_fold_models(
                 recipe, split, folds, per_fold, out / recipe.name, window_s, hop_s, max_false_rate))
     folds_info = [{"validation_recorders": recorders, "n": int(len(va))}
-                  for recorders, (_, va) in zip(validation_recorders(data, folds), folds)]
+                  for recorders, (_, va) in zip(held_out, folds)]
     summary = {"k": k, "seed": seed, "folds": folds_info, "recipes": results}
+    if pools:
+        some_pool = next(iter(pools.values()))
+        summary["pool"] = {"clips": len(some_pool) if some_pool is not None else 0,
+                           "used_per_fold": [0 if some_pool is None else len(without_recorders(some_pool, r))
+                                             for r in held_out]}
     (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -22,7 +22,7 @@ from edgemon.frontend import FrontendConfig
 from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline as baseline_mod
 from training.augment import AugmentConfig
-from training.data import BACKGROUND, Split, data_identity, load_split, merge
+from training.data import BACKGROUND, Split, data_identity, load_pool, load_split, merge
 from training.errors import DataError
 from training.evaluate import metrics, write_report
 from training.export import export_onnx
@@ -92,7 +92,7 @@ def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> 
 def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: OptimConfig,
             aug: AugmentConfig, window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S,
             frontend: FrontendConfig = FrontendConfig(), progress: bool = True,
-            with_devel: bool = False) -> dict:
+            with_devel: bool = False, pool: bool = False) -> dict:
     """Train one model on train, choose its epoch on devel, evaluate devel and test, export.
 
     ``with_devel`` trains on train + devel (a recipe already chosen by grouped CV, weights averaged,
@@ -102,6 +102,9 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = Splits.load(data_dir, frontend)
     training_split = merge(splits.train, splits.devel) if with_devel else splits.train
+    extra = load_pool(data_dir, splits.train.labels, frontend) if pool else None
+    if extra is not None:  # train-only clips: never cut from a devel or test recording
+        training_split = merge(training_split, extra)
     model_config = dataclasses.replace(model_config, n_classes=len(splits.train.labels),
                                        n_mels=frontend.n_features)
     config = {"model": dataclasses.asdict(model_config), "optim": dataclasses.asdict(optim),

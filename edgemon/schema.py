@@ -114,3 +114,10 @@ def m003_heartbeats(db: sqlite_utils.Database) -> None:
             note TEXT
         )""")
     db.execute("CREATE INDEX heartbeats_at_utc ON heartbeats (at_utc)")
+
+
+@MIGRATIONS()
+def m006_detection_score(db: sqlite_utils.Database) -> None:
+    """A detection's raw vote score beside its confidence, now the calibrated probability that it
+    is right. Additive only: rows stored before keep NULL (their confidence was the raw score)."""
+    db.execute("ALTER TABLE detections ADD COLUMN score REAL")

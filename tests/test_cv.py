@@ -61,13 +61,19 @@ def test_averaged_pcen_recipe_keeps_fold_models_thresholds_and_bundles(tiny_data
     assert set(r["thresholds"]) == set(data.labels)
 
     bundle = load_bundle(bundle_cv(tmp_path / "cv", "avg", tmp_path / "bundle")["bundle"])
-    assert len(bundle.members) == 2 and bundle.frontend == pcen and bundle.thresholds == r["thresholds"]
+    point = r["field"]["operating_point"]
+    assert len(bundle.members) == 2 and bundle.frontend == pcen and bundle.thresholds == point["thresholds"]
+    assert bundle.manifest["operating_point"] == point and set(point["min_windows"]) == set(data.labels[1:])
+    assert r["field"]["at_point"]["false_per_hour"] <= r["field"]["untuned"]["false_per_hour"]
     looser = bundle_cv(tmp_path / "cv", "avg", tmp_path / "looser", max_false_rate=0.5)["thresholds"]
     assert all(looser[k] <= r["thresholds"][k] for k in looser) and looser != r["thresholds"]
     _recorder_computes_what_training_saw(bundle, tiny_dataset / "audio" / "call_high_train_5.flac")
     scored = score_bundle(tmp_path / "bundle", tiny_dataset, "test")
     assert 0 <= scored["at_thresholds"]["uar"] <= 1 and scored["clips"] > 0
     assert scored["at_thresholds"]["background_false_rate"] <= scored["untuned"]["background_false_rate"]
+    field = scored["field"]
+    assert field["operating_point"]["min_windows"] == point["min_windows"]
+    assert field["at_point"]["background_hours"] > 0 and 0 <= field["at_point"]["clip_uar"] <= 1
 
 
 def test_bundle_cv_refuses_a_recipe_without_fold_models(tiny_dataset, tmp_path):

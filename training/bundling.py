@@ -41,7 +41,16 @@ def _thresholds_file(path: Path, labels: list[str], window: tuple[float, float],
     provenance = {"thresholds_from": {
         "file": Path(path).name, "members": result.get("members"), "max_false_rate": result.get("max_false_rate"),
         "cv_uar_mean": result.get("uar_mean"), "cv_uar_std": result.get("uar_std")}}
+    if result.get("field"):  # a field operating point and calibration chosen on grouped CV
+        thresholds = result["field"]["operating_point"]["thresholds"]
+        provenance.update(field_manifest(result["field"]))
     return thresholds, provenance
+
+
+def field_manifest(field: dict) -> dict:
+    """The manifest fields of a field report (``training.operating.field_report``): the operating
+    point with what grouped CV expects of it, and the calibration curves."""
+    return {"operating_point": field["operating_point"], "calibration": field["calibration"]}
 
 
 def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from: Path | None = None) -> dict:
@@ -100,7 +109,7 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
     if result is None or "members" not in result:
         raise DataError(f"{summary_path}: recipe {recipe!r} has no fold models "
                         "(only recipes with --average-last keep them)")
-    thresholds = result["thresholds"]
+    thresholds = result["field"]["operating_point"]["thresholds"] if "field" in result else result["thresholds"]
     if max_false_rate is not None:
         windows = np.load(Path(cv_dir) / recipe / "held_out_windows.npz")
         labels = tuple(result["labels"])
@@ -122,6 +131,8 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
                               extra={"selected_by": f"grouped cross-validation, recipe {recipe}",
                                      "cv_uar_mean": result["uar_mean"], "cv_uar_std": result["uar_std"],
                                      "max_false_rate": result["max_false_rate"] if max_false_rate is None
-                                                       else max_false_rate})
+                                                       else max_false_rate,
+                                     **(field_manifest(result["field"]) if "field" in result and max_false_rate is None
+                                        else {})})
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
             "thresholds": bundle.thresholds}

@@ -38,6 +38,7 @@ def _frontend(kind: str) -> FrontendConfig:
 # Field-augmentation preset (off in the paper's recipe): crops of the deployment window, time
 # shift, background mixing at 0-20 dB SNR on half the clips, +-6 dB gain.
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
+TargetOpt = Annotated[float, typer.Option(help="Field operating point: false events per hour of held-out background that the per-class thresholds and minimum windows may let through (split evenly over the call classes).")]
 PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
 CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]
 FIELD = {"time_shift": True, "p_mix": 0.5, "snr_db": (0.0, 20.0), "gain_db": 6.0}
@@ -136,6 +137,21 @@ def _train_and_devel(data: Path, frontend: FrontendConfig):
     return merge(train_split, load_split(data, "devel", train_split.labels, frontend))
 
 
+def _field_lines(result: dict) -> dict:
+    """The field measure's headline figures from a cv or cv-ensemble result, when it has them."""
+    field = result.get("field")
+    if not field:
+        return {}
+    pick = ("false_per_hour", "false_per_hour_95", "false_events", "background_hours", "precision", "recall",
+            "clip_uar")
+    return {"field_untuned": {k: field["untuned"][k] for k in pick},
+            "field_at_point": {k: field["at_point"][k] for k in pick},
+            "operating_point": field["operating_point"],
+            "calibration": {k: field["calibration_report"][k] for k in ("fits",)} |
+                           {"ece": field["calibration_report"]["calibrated"]["ece"],
+                            "at_0.9": field["calibration_report"]["calibrated"]["levels"]["0.9"]}}
+
+
 def _storage(storage: Optional[str], out: Path) -> str:
     return storage or f"sqlite:///{(out / 'study.db').resolve()}"
 
@@ -225,6 +241,7 @@ def cv(
     mix_other_recorders: MixOtherOpt = False,
     centre_bands: CentreOpt = False,
     pool: PoolOpt = True,
+    target_false_per_hour: TargetOpt = 5.0,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import Recipe, cross_validate
@@ -259,9 +276,9 @@ def cv(
         pool_load = functools.partial(load_pool, data, reference.labels) if pool else None
         summary = cross_validate([known[r] for r in recipe], reference, folds, out, seed,
                                  load=load, window_s=window_s, hop_s=hop_s, max_false_rate=max_false_rate,
-                                 pool=pool_load)
+                                 pool=pool_load, target_false_per_hour=target_false_per_hour)
         keys = ("uar_mean", "uar_std", "epoch", "recall", "thresholds", "windows_at_thresholds")
-        return {name: {k: r[k] for k in keys if k in r} for name, r in summary["recipes"].items()}
+        return {name: {**{k: r[k] for k in keys if k in r}, **_field_lines(r)} for name, r in summary["recipes"].items()}
 
     _run(run)
 
@@ -286,15 +303,19 @@ def cv_ensemble_command(
     data: DataOpt = DEFAULT_DATA_DIR,
     out: Annotated[Path, typer.Option("--out", help="JSON file to write: scores, trade-off, thresholds.")] = Path("runs/cv-ensemble.json"),
     max_false_rate: Annotated[float, typer.Option(help="Share of background windows the thresholds may let through as calls.")] = 0.1,
+    target_false_per_hour: TargetOpt = 5.0,
+    prevalence: Annotated[float, typer.Option(help="Share of the assembled recordings' time that is calls.")] = 0.05,
 ):
-    """Grouped-CV score of an ensemble of cv recipes (mixed frontends allowed), thresholds on its own vote."""
+    """Grouped-CV score of an ensemble of cv recipes (mixed frontends allowed), thresholds on its own vote,
+    the field measure, a field operating point and calibration (for `bundle --thresholds`)."""
     from training.cv_ensemble import cv_ensemble
 
     def run():
-        result = cv_ensemble(members, functools.partial(_train_and_devel, data), out, max_false_rate)
+        result = cv_ensemble(members, functools.partial(_train_and_devel, data), out, max_false_rate,
+                             target_false_per_hour, prevalence)
         keys = ("uar_mean", "uar_std", "uar_mean_untuned", "uar_std_untuned", "thresholds",
                 "windows_untuned", "windows_at_thresholds")
-        return {k: result[k] for k in keys}
+        return {**{k: result[k] for k in keys}, **_field_lines(result)}
 
     _run(run)
 

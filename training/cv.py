@@ -5,8 +5,10 @@ it never heard; folds are stratified by class as far as the groups allow. For ne
 epoch is chosen once per recipe, where the mean validation UAR over folds peaks, and every fold is
 scored at that epoch (the pooled confusion matrix too). A recipe that averages its last epochs'
 weights (``OptimConfig.average_last``) chooses nothing on the folds: each fold's averaged model is
-scored, exported (``<out>/<recipe>/foldN.onnx``) and run over its validation clips in the
-recorder's windows, and those held-out windows choose the per-class thresholds. The fold models
+scored, exported (``<out>/<recipe>/foldN.onnx``) and run as the recorder runs a bundle over its
+held-out audio (``training.field``: each clip, the background end to end, recordings assembled
+from calls and background); those held-out votes choose the per-class thresholds, a field
+operating point (false events per background hour) and the calibration of its confidence. The fold models
 are then an ensemble selected by grouped CV (``training.bundling.bundle_cv``). Test is not touched.
 """
 
@@ -20,13 +22,14 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from edgemon.frontend import FrontendConfig
-from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline
 from training.augment import AugmentConfig
 from training.data import Split, merge, without_recorders
 from training.evaluate import confusion, per_class_recall, plot_confusion, uar
 from training.export import export_onnx
+from training.field import fold_field_votes, windows_of
 from training.model import ModelConfig, PrimateBiLSTM
+from training.operating import DEFAULT_TARGET_FALSE_PER_HOUR, field_report
 from training.thresholds import field_summary
 from training.train import OptimConfig, predict, train
 
@@ -95,22 +98,10 @@ def run_fold(recipe: Recipe, train_split: Split, val: Split) -> FoldResult:
     return FoldResult(predictions, result.model, probs.argmax(1))
 
 
-def held_out_windows(model: PrimateBiLSTM, val: Split, spec: WindowSpec) -> dict[str, np.ndarray]:
-    """The model's vote on each recorder window of each validation clip: clip index, winner, confidence."""
-    clip, winner, confidence = [], [], []
-    for i, features in enumerate(val.features):
-        windows, _ = cut_windows(features, spec)
-        probs, _ = predict(model, list(windows))
-        clip.append(np.full(len(probs), i))
-        winner.append(probs.argmax(1))
-        confidence.append(probs.max(1))
-    return {"clip": np.concatenate(clip), "winner": np.concatenate(winner),
-            "confidence": np.concatenate(confidence).astype(np.float32)}
-
-
 def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: int = 0,
                    load=None, window_s: float = 4.0, hop_s: float = 2.0,
-                   max_false_rate: float = DEFAULT_MAX_FALSE_RATE, pool=None) -> dict:
+                   max_false_rate: float = DEFAULT_MAX_FALSE_RATE, pool=None,
+                   target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR) -> dict:
     """Score every recipe on the same grouped folds; write ``cv.json`` and pooled confusions.
 
     ``load(frontend)`` gives ``data`` computed by another frontend, for recipes that need one.
@@ -152,7 +143,8 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
             "confusion": pooled.tolist(), "mean_curve": [float(c) for c in curve]}
         if recipe.averaged:
             results[recipe.name].update(_keep_fold_models(
-                recipe, split, folds, per_fold, out / recipe.name, window_s, hop_s, max_false_rate))
+                recipe, split, folds, per_fold, out / recipe.name, window_s, hop_s, max_false_rate,
+                target_false_per_hour))
     folds_info = [{"validation_recorders": recorders, "n": int(len(va))}
                   for recorders, (_, va) in zip(held_out, folds)]
     summary = {"k": k, "seed": seed, "folds": folds_info, "recipes": results}
@@ -166,23 +158,24 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
 
 
 def _keep_fold_models(recipe: Recipe, split: Split, folds, per_fold: list[FoldResult], out: Path,
-                      window_s: float, hop_s: float, max_false_rate: float) -> dict:
-    """Export the fold models; choose thresholds on their held-out windows; score them there."""
+                      window_s: float, hop_s: float, max_false_rate: float,
+                      target_false_per_hour: float) -> dict:
+    """Export the fold models; run each over its held-out audio as the recorder would
+    (``training.field``); choose thresholds, the field operating point and calibration there."""
     out.mkdir(parents=True, exist_ok=True)
-    spec = WindowSpec.from_seconds(window_s, hop_s, split.frontend)
-    windows = {"clip": [], "winner": [], "confidence": []}
     members = []
     for n, ((_, va), fold) in enumerate(zip(folds, per_fold)):
         path = export_onnx(fold.model, out / f"fold{n}.onnx", split.labels, split.frontend,
                            {"selected_by": "grouped cross-validation", "recipe": recipe.name,
                             "validation_uar": uar(split.targets[va], fold.final, len(split.labels))})
         members.append(path.name)
-        held = held_out_windows(fold.model, split.subset(va), spec)
-        windows["clip"].append(va[held["clip"]])
-        windows["winner"].append(held["winner"])
-        windows["confidence"].append(held["confidence"])
-    windows = {k: np.concatenate(v) for k, v in windows.items()}
+    votes = fold_field_votes([[out / m] for m in members], [split.frontend], split, folds, window_s, hop_s)
+    votes.save(out / "field_votes.npz")
+    windows = windows_of(votes)
+    windows["clip"] = np.concatenate([va for _, va in folds])[windows["clip"]]
     np.savez(out / "held_out_windows.npz", target=split.targets[windows["clip"]], **windows)
     return {"members": members, "window_s": window_s, "hop_s": hop_s, "frontend_config": split.frontend.to_dict(),
             "labels": list(split.labels),
-            **field_summary(windows, split.targets, split.labels, max_false_rate)}
+            **field_summary(windows, split.targets, split.labels, max_false_rate),
+            "field": field_report(votes, target_false_per_hour, out / "reliability.png",
+                                  f"{recipe.name}: grouped CV, held-out events")}

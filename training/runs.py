@@ -79,14 +79,18 @@ def windowed_metrics(bundle: Bundle, split: Split) -> dict:
 def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> dict:
     """A bundle scored as the recorder runs it, on one split: its windows, the ensemble's vote,
     the bundle's thresholds, one label per clip; plus the share of background windows stored as
-    a call. Scores without thresholds too, to show what they cost."""
+    a call. Scores without thresholds too, to show what they cost. ``field``: the field measure
+    at the bundle's own operating point and calibration (``training.field.score_field``)."""
+    from training.field import score_field
+
     bundle = load_bundle(bundle_dir)
     split = load_split(data_dir, split_name, tuple(bundle.labels), bundle.frontend)
     windows = bundle_votes(bundle, split)
     return {"bundle_id": bundle.bundle_id, "split": split_name, "clips": len(split),
             "thresholds": bundle.thresholds,
             "at_thresholds": field_scores(windows, split.targets, split.labels, bundle.thresholds),
-            "untuned": field_scores(windows, split.targets, split.labels, {})}
+            "untuned": field_scores(windows, split.targets, split.labels, {}),
+            "field": score_field(bundle, split)}
 
 
 def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: OptimConfig,

@@ -1,0 +1,132 @@
+"""Confidence that means something: per-class maps from an event's raw score (its highest window
+vote confidence) to the probability that the event is right, fitted on held-out events.
+
+The events are those the operating point stores on the folds' assembled recordings (calls about 5 %
+of the time, as a recorder hears them), each judged right or false. Per class an increasing
+isotonic fit, stored as the piecewise-linear points the recorder interpolates
+(``edgemon.events.Calibration``). Fallbacks, stated in the report: a class with fewer than
+``MIN_EVENTS`` held-out events, or only right or only false ones, takes the fit pooled over all
+classes; when the pool is short too, it keeps its raw score. The quality figures are cross-fitted
+(each fold's events calibrated by a fit on the other folds), so they are not scored on the events
+that made the fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.isotonic import IsotonicRegression
+
+from edgemon.events import Calibration
+from training.field import ScoredEvents
+
+MIN_EVENTS = 30
+LEVELS = (0.5, 0.7, 0.9)
+
+
+def _usable(right: np.ndarray) -> bool:
+    return len(right) >= MIN_EVENTS and 0 < right.sum() < len(right)
+
+
+def fit_curve(score: np.ndarray, right: np.ndarray) -> dict:
+    """Isotonic fit of ``right`` (0/1) on ``score``: ``{"x": [...], "y": [...]}``, x increasing."""
+    fit = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+    fit.fit(score, right.astype(float))
+    return {"x": [float(v) for v in fit.X_thresholds_], "y": [float(v) for v in fit.y_thresholds_]}
+
+
+def fit_calibration(events: ScoredEvents, labels: tuple[str, ...], background: int) -> tuple[dict, dict]:
+    """Curves per call class (``{label: {"x", "y"}}``, for the manifest) and how each was made."""
+    pooled = fit_curve(events.score, events.right) if _usable(events.right) else None
+    curves, how = {}, {}
+    for c, label in enumerate(labels):
+        if c == background:
+            continue
+        mine = events.label == c
+        n = int(mine.sum())
+        if _usable(events.right[mine]):
+            curves[label], how[label] = fit_curve(events.score[mine], events.right[mine]), f"own fit on {n} events"
+        elif pooled is not None:
+            curves[label], how[label] = pooled, f"pooled fit over all classes (only {n} usable events of its own)"
+        else:
+            how[label] = f"raw score (only {n} events of its own and {len(events.right)} in all)"
+    return curves, how
+
+
+def as_calibration(curves: dict) -> Calibration:
+    return Calibration.from_manifest({"calibration": curves})
+
+
+def cross_fitted(events: ScoredEvents, labels: tuple[str, ...], background: int) -> np.ndarray:
+    """Each event's calibrated confidence from a fit on the other folds' events only."""
+    out = events.score.astype(float).copy()
+    for fold in np.unique(events.fold):
+        mine = events.fold == fold
+        rest = ScoredEvents(*(getattr(events, f)[~mine] for f in ("label", "score", "confidence", "fold", "right")))
+        calibration = as_calibration(fit_calibration(rest, labels, background)[0])
+        out[mine] = [calibration(labels[c], s) for c, s in zip(events.label[mine], events.score[mine])]
+    return out
+
+
+def reliability(confidence: np.ndarray, right: np.ndarray, bins: int = 10) -> dict:
+    """Expected calibration error (equal-width bins, weighted by events) and the bins."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        mine = which == b
+        if mine.any():
+            gap = abs(right[mine].mean() - confidence[mine].mean())
+            ece += mine.mean() * gap
+            rows.append({"from": float(edges[b]), "to": float(edges[b + 1]), "events": int(mine.sum()),
+                         "mean_confidence": float(confidence[mine].mean()), "share_right": float(right[mine].mean())})
+    return {"ece": float(ece), "bins": rows}
+
+
+def at_levels(confidence: np.ndarray, right: np.ndarray) -> dict:
+    """What ``--min-confidence L`` exports: precision, and the share of right events kept."""
+    out = {}
+    for level in LEVELS:
+        kept = confidence >= level
+        out[str(level)] = {"events": int(kept.sum()),
+                           "precision": float(right[kept].mean()) if kept.any() else None,
+                           "right_kept": float(right[kept].sum() / right.sum()) if right.any() else None}
+    return out
+
+
+def plot_reliability(confidence: np.ndarray, raw: np.ndarray, right: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
+    for values, name in ((raw, "raw score"), (confidence, "calibrated (cross-fitted)")):
+        r = reliability(values, right)
+        ax.plot([b["mean_confidence"] for b in r["bins"]], [b["share_right"] for b in r["bins"]], marker="o",
+                label=f"{name}, ECE {r['ece']:.3f}")
+    ax.set_xlabel("stored confidence")
+    ax.set_ylabel("share of events that are right")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def calibrate(events: ScoredEvents, labels: tuple[str, ...], background: int, plot: Path | None = None,
+              title: str = "") -> tuple[dict, dict]:
+    """The curves to store, and the report: fallbacks, cross-fitted ECE and what each
+    ``--min-confidence`` level exports, raw and calibrated."""
+    curves, how = fit_calibration(events, labels, background)
+    honest = cross_fitted(events, labels, background)
+    if plot is not None and len(events.right):
+        plot_reliability(honest, events.score, events.right, plot, title)
+    report = {"events": int(len(events.right)), "fits": how,
+              "raw": {**reliability(events.score, events.right), "levels": at_levels(events.score, events.right)},
+              "calibrated": {**reliability(honest, events.right), "levels": at_levels(honest, events.right)}}
+    return curves, report

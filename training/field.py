@@ -352,16 +352,15 @@ def fold_field_votes(models_per_fold: list[list[Path]], frontends: list[Frontend
         return field_votes(bundles, split, folds, prevalence)
 
 
-def score_field(bundle: Bundle, split: Split, prevalence: float = DEFAULT_PREVALENCE) -> dict:
-    """The field measure of ``bundle`` on one split (one fold of all its clips), at the bundle's
-    own operating point and calibration, and untuned; with the calibration's quality there."""
+def score_field(bundle: Bundle, votes: FieldVotes) -> dict:
+    """The field measure of ``bundle``'s raw ``votes`` (``field_votes``), at the bundle's own
+    operating point and calibration, and untuned; with the calibration's quality there."""
     from training.calibration import at_levels, reliability
 
-    votes = field_votes([bundle], split, [(None, np.arange(len(split)))], prevalence)
     point = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
     calibration = Calibration.from_manifest(bundle.manifest)
     events, _, _ = assembled_events(votes, votes.merger(point, calibration))
     return {"operating_point": {"thresholds": point.thresholds, "min_windows": point.min_windows},
-            "calibrated": bool(calibration.curves), "prevalence": prevalence,
+            "calibrated": bool(calibration.curves),
             "at_point": measure(votes, point, calibration), "untuned": measure(votes, OperatingPoint({})),
             "confidence": {**reliability(events.confidence, events.right), "levels": at_levels(events.confidence, events.right)}}

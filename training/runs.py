@@ -81,16 +81,17 @@ def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> 
     the bundle's thresholds, one label per clip; plus the share of background windows stored as
     a call. Scores without thresholds too, to show what they cost. ``field``: the field measure
     at the bundle's own operating point and calibration (``training.field.score_field``)."""
-    from training.field import score_field
+    from training.field import field_votes, score_field, windows_of
 
     bundle = load_bundle(bundle_dir)
     split = load_split(data_dir, split_name, tuple(bundle.labels), bundle.frontend)
-    windows = bundle_votes(bundle, split)
+    votes = field_votes([bundle], split, [(None, np.arange(len(split)))])  # one fold: the split, in order
+    windows = windows_of(votes)
     return {"bundle_id": bundle.bundle_id, "split": split_name, "clips": len(split),
             "thresholds": bundle.thresholds,
             "at_thresholds": field_scores(windows, split.targets, split.labels, bundle.thresholds),
             "untuned": field_scores(windows, split.targets, split.labels, {}),
-            "field": score_field(bundle, split)}
+            "field": score_field(bundle, votes)}
 
 
 def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: OptimConfig,

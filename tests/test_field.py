@@ -159,3 +159,12 @@ def test_one_class_events_equal_that_class_among_all_events():
         every = stream.events(merger)
         for c, label in ((1, "a"), (2, "b")):
             assert stream.events(merger, c) == [e for e in every if e.label == label]
+
+
+def test_a_call_split_in_two_events_counts_one_right_and_one_second_event():
+    windows = [(0, 0.9)] * 5 + [(1, 0.7), (0, 0.9), (1, 0.6)] + [(0, 0.9)] * 5
+    call = (5 * HOP * FRAME_S, 8 * HOP * FRAME_S, 1)
+    stream = _votes(windows, 0, [call])
+    votes = FieldVotes(LABELS, FRAME_S, [_votes([(0, 0.9)] * 5)], [stream], [stream], np.array([1]))
+    m = measure(votes, OperatingPoint({}))
+    assert (m["events"], m["right"], m["second_events_on_a_call"], m["recall"]) == (2, 1, 1, 1.0)

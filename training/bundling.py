@@ -50,7 +50,8 @@ def _thresholds_file(path: Path, labels: list[str], window: tuple[float, float],
 def field_manifest(field: dict) -> dict:
     """The manifest fields of a field report (``training.operating.field_report``): the operating
     point with what grouped CV expects of it, and the calibration curves."""
-    return {"operating_point": field["operating_point"], "calibration": field["calibration"]}
+    return {"operating_point": field["operating_point"], "calibration": field["calibration"],
+            "calibration_fits": field.get("calibration_fits", {})}
 
 
 def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from: Path | None = None) -> dict:

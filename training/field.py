@@ -275,6 +275,14 @@ class ScoredEvents:
     confidence: np.ndarray
     fold: np.ndarray
     right: np.ndarray
+    on_a_call: np.ndarray | None = None   # overlaps a call of its label (a false one: a second event on it)
+
+
+def _on_a_call(event: Event, calls: np.ndarray, labels: tuple[str, ...]) -> bool:
+    if not len(calls):
+        return False
+    mine = calls[calls[:, 2] == labels.index(event.label)]
+    return bool(((mine[:, 0] < event.end_s) & (mine[:, 1] > event.start_s)).any())
 
 
 def assembled_events(votes: FieldVotes, merger: EventMerger) -> tuple[ScoredEvents, np.ndarray, np.ndarray]:
@@ -283,12 +291,13 @@ def assembled_events(votes: FieldVotes, merger: EventMerger) -> tuple[ScoredEven
     for stream in votes.assembled:
         events = stream.events(merger)
         right, found = match(events, stream.calls, votes.labels)
-        rows += [(votes.labels.index(e.label), e.score, e.confidence, stream.fold, r) for e, r in zip(events, right)]
+        rows += [(votes.labels.index(e.label), e.score, e.confidence, stream.fold, r, _on_a_call(e, stream.calls, votes.labels))
+                 for e, r in zip(events, right)]
         call_labels.append(stream.calls[:, 2].astype(int))
         found_all.append(found)
-    cols = list(zip(*rows)) if rows else [[]] * 5
+    cols = list(zip(*rows)) if rows else [[]] * 6
     scored = ScoredEvents(np.array(cols[0], int), np.array(cols[1], float), np.array(cols[2], float),
-                          np.array(cols[3], int), np.array(cols[4], bool))
+                          np.array(cols[3], int), np.array(cols[4], bool), np.array(cols[5], bool))
     return scored, np.concatenate(call_labels) if call_labels else np.zeros(0, int), \
         np.concatenate(found_all) if found_all else np.zeros(0, bool)
 
@@ -324,6 +333,7 @@ def measure(votes: FieldVotes, point: OperatingPoint, calibration: Calibration =
         "false_per_hour_95": list(poisson_interval(total, hours)),
         "assembled_hours": sum(s.duration_s for s in votes.assembled) / 3600,
         "events": int(len(scored.right)), "right": int(scored.right.sum()),
+        "second_events_on_a_call": int((scored.on_a_call & ~scored.right).sum()),
         "precision": float(scored.right.mean()) if len(scored.right) else None,
         "calls": int(len(found)), "recall": float(found.mean()) if len(found) else None,
         "clip_uar": uar(votes.clip_targets, np.array(predicted), len(labels)),

@@ -111,7 +111,10 @@ def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGE
     return {
         "operating_point": {"thresholds": point.thresholds, "min_windows": point.min_windows,
                             "target_false_per_hour": target_false_per_hour,
-                            "expected": {k: at_point[k] for k in SUMMARY}},
+                            "expected": {**{k: at_point[k] for k in SUMMARY},
+                                         "calibration_ece": calibration_report["calibrated"]["ece"],
+                                         "at_min_confidence_0.9": calibration_report["calibrated"]["levels"]["0.9"]}},
+        "calibration_fits": calibration_report["fits"],
         "calibration": curves, "calibration_report": calibration_report,
         "untuned": measure(votes, OperatingPoint({})), "at_point": at_point, "tradeoff": tradeoff,
         "candidates": tables}

@@ -50,24 +50,32 @@ class OperatingPoint:
                    {k: int(v) for k, v in point.get("min_windows", {}).items()})
 
 
+CALIBRATION_INPUTS = ("score", "evidence")
+
+
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """Per-class maps from an event's raw score (its highest window vote confidence) to the
-    probability that the event is right, piecewise-linear through ``(x, y)`` points; a label
-    without a map keeps its raw score (bundles made before calibration)."""
+    """Per-class maps from an event's raw score to the probability that the event is right,
+    piecewise-linear through ``(x, y)`` points; a label without a map keeps its raw score (bundles
+    made before calibration). ``input`` is what the maps read: ``score``, the event's highest
+    window confidence, or ``evidence``, the sum of its window confidences (longer, steadier events
+    weigh more)."""
 
     curves: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = dataclasses.field(default_factory=dict)
+    input: str = "score"
 
-    def __call__(self, label: str, score: float) -> float:
+    def __call__(self, label: str, score: float, evidence: float | None = None) -> float:
         curve = self.curves.get(label)
         if curve is None:
             return float(score)
-        return float(np.interp(score, curve[0], curve[1]))
+        x = score if self.input == "score" or evidence is None else evidence
+        return float(np.interp(x, curve[0], curve[1]))
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Calibration":
         """``manifest["calibration"]``: ``{label: {"x": [...], "y": [...]}}``, x increasing,
-        y in [0, 1]; absent in older bundles. ``ValueError`` names a malformed curve."""
+        y in [0, 1], read from ``manifest["calibration_input"]`` (default ``score``); both absent
+        in older bundles. ``ValueError`` names what is malformed."""
         curves = {}
         for label, curve in (manifest.get("calibration") or {}).items():
             x, y = tuple(map(float, curve["x"])), tuple(map(float, curve["y"]))
@@ -75,4 +83,7 @@ class Calibration:
                     or not all(0.0 <= v <= 1.0 for v in y):
                 raise ValueError(f"calibration of {label!r} needs increasing x and y in [0, 1] of one length")
             curves[label] = (x, y)
-        return cls(curves)
+        source = manifest.get("calibration_input", "score")
+        if source not in CALIBRATION_INPUTS:
+            raise ValueError(f"calibration_input {source!r} is not one of {CALIBRATION_INPUTS}")
+        return cls(curves, source)

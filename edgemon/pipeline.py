@@ -87,9 +87,10 @@ class EventMerger:
                  "window_confidence": [round(v.confidence, 4) for v in run]}
         end = (run[-1].start_frame + run[-1].frames) * self.frame_s
         score = max(v.confidence for v in run)
+        confidence = self.calibration(self.labels[label], score, sum(v.confidence for v in run))
         return Event(label=self.labels[label], start_s=round(run[0].start_frame * self.frame_s, 3),
-                     end_s=round(min(end, duration_s), 3), confidence=self.calibration(self.labels[label], score),
-                     votes=json.dumps(votes), score=score)
+                     end_s=round(min(end, duration_s), 3), confidence=confidence, votes=json.dumps(votes),
+                     score=score)
 
 
 class WindowStream:

@@ -115,13 +115,27 @@ def test_calibration_fits_each_class_with_enough_events_and_pools_the_rest():
     score = rng.uniform(0.2, 0.7, n)
     right = rng.uniform(size=n) < (score - 0.2) / 0.5          # right more often as the score rises
     label = np.where(np.arange(n) < 190, 1, 2)                 # class b: 10 events only
-    events = ScoredEvents(label, score, score, np.arange(n) % 3, right)
+    events = ScoredEvents(label, score, score, np.arange(n) % 3, right, evidence=score)
     curves, how = fit_calibration(events, LABELS, 0)
     assert how["a"].startswith("own fit") and how["b"].startswith("pooled")
     x, y = curves["a"]["x"], curves["a"]["y"]
     assert x == sorted(x) and y == sorted(y) and 0 <= y[0] and y[-1] <= 1
-    _, report = calibrate(events, LABELS, 0)
+    _, _, report = calibrate(events, LABELS, 0)
     assert report["calibrated"]["ece"] < report["raw"]["ece"]   # cross-fitted, yet closer to the truth
+
+
+def test_calibration_reads_the_evidence_when_that_is_what_tells_right_from_false():
+    rng = np.random.default_rng(1)
+    n = 300
+    windows = rng.integers(1, 6, n)
+    score = rng.uniform(0.3, 0.6, n)                           # the peak says little here
+    right = (windows >= 3) ^ (rng.uniform(size=n) < 0.03)      # long events are right
+    events = ScoredEvents(np.ones(n, int), score, score, np.arange(n) % 3, right, evidence=score * windows)
+    curves, source, report = calibrate(events, LABELS, 0)
+    assert source == "evidence" and report["input"] == "evidence"
+    top = report["calibrated"]["levels"]["0.9"]
+    assert top["precision"] >= 0.85 and top["right_kept"] >= 0.5
+    assert report["score"]["levels"]["0.9"]["events"] < top["events"]   # the score alone never says "high"
 
 
 def _bundle_copy(tmp_path, name="bundle", **manifest_fields):
@@ -142,6 +156,10 @@ def test_the_recorder_applies_the_bundles_point_and_calibration_and_keeps_the_ra
     assert [e.score for e in events] == [e.score for e in plain]
     assert [e.confidence for e in events] == pytest.approx([0.25 + 0.5 * e.score for e in plain])
     longest = max(json.loads(e.votes)["windows"] for e in plain)
+    by_evidence = _bundle_copy(tmp_path, "evidence", calibration={"hornbill_helmeted": {"x": [0.0, 10.0], "y": [0.0, 1.0]}},
+                               calibration_input="evidence")
+    for e in Analyzer(by_evidence).analyse_blocks([samples]).events:
+        assert e.confidence == pytest.approx(sum(json.loads(e.votes)["window_confidence"]) / 10, abs=1e-3)
     strict = _bundle_copy(tmp_path, "strict", operating_point={"thresholds": {}, "min_windows": {"hornbill_helmeted": longest + 1}})
     assert Analyzer(strict).analyse_blocks([samples]).events == []
 

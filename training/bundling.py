@@ -51,6 +51,7 @@ def field_manifest(field: dict) -> dict:
     """The manifest fields of a field report (``training.operating.field_report``): the operating
     point with what grouped CV expects of it, and the calibration curves."""
     return {"operating_point": field["operating_point"], "calibration": field["calibration"],
+            "calibration_input": field.get("calibration_input", "score"),
             "calibration_fits": field.get("calibration_fits", {})}
 
 

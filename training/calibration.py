@@ -1,5 +1,6 @@
 """Confidence that means something: per-class maps from an event's raw score (its highest window
-vote confidence) to the probability that the event is right, fitted on held-out events.
+vote confidence) or its evidence (the sum of its window confidences) to the probability that the
+event is right, fitted on held-out events.
 
 The events are those the operating point stores on the folds' assembled recordings (calls about 5 %
 of the time, as a recorder hears them), each judged right or false. Per class an increasing
@@ -18,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 
-from edgemon.events import Calibration
+from edgemon.events import CALIBRATION_INPUTS, Calibration
 from training.field import ScoredEvents
 
 MIN_EVENTS = 30
 LEVELS = (0.5, 0.7, 0.9)
+TARGET_PRECISION, TARGET_KEPT = 0.85, 0.5   # at --min-confidence 0.9 (issue 15)
 
 
 def _usable(right: np.ndarray) -> bool:
@@ -36,9 +38,12 @@ def fit_curve(score: np.ndarray, right: np.ndarray) -> dict:
     return {"x": [float(v) for v in fit.X_thresholds_], "y": [float(v) for v in fit.y_thresholds_]}
 
 
-def fit_calibration(events: ScoredEvents, labels: tuple[str, ...], background: int) -> tuple[dict, dict]:
-    """Curves per call class (``{label: {"x", "y"}}``, for the manifest) and how each was made."""
-    pooled = fit_curve(events.score, events.right) if _usable(events.right) else None
+def fit_calibration(events: ScoredEvents, labels: tuple[str, ...], background: int,
+                    source: str = "score") -> tuple[dict, dict]:
+    """Curves per call class (``{label: {"x", "y"}}``, for the manifest) reading ``source``
+    (``score`` or ``evidence``), and how each was made."""
+    x = events.reads(source)
+    pooled = fit_curve(x, events.right) if _usable(events.right) else None
     curves, how = {}, {}
     for c, label in enumerate(labels):
         if c == background:
@@ -46,7 +51,7 @@ def fit_calibration(events: ScoredEvents, labels: tuple[str, ...], background: i
         mine = events.label == c
         n = int(mine.sum())
         if _usable(events.right[mine]):
-            curves[label], how[label] = fit_curve(events.score[mine], events.right[mine]), f"own fit on {n} events"
+            curves[label], how[label] = fit_curve(x[mine], events.right[mine]), f"own fit on {n} events"
         elif pooled is not None:
             curves[label], how[label] = pooled, f"pooled fit over all classes (only {n} usable events of its own)"
         else:
@@ -54,18 +59,18 @@ def fit_calibration(events: ScoredEvents, labels: tuple[str, ...], background: i
     return curves, how
 
 
-def as_calibration(curves: dict) -> Calibration:
-    return Calibration.from_manifest({"calibration": curves})
+def as_calibration(curves: dict, source: str = "score") -> Calibration:
+    return Calibration.from_manifest({"calibration": curves, "calibration_input": source})
 
 
-def cross_fitted(events: ScoredEvents, labels: tuple[str, ...], background: int) -> np.ndarray:
+def cross_fitted(events: ScoredEvents, labels: tuple[str, ...], background: int, source: str = "score") -> np.ndarray:
     """Each event's calibrated confidence from a fit on the other folds' events only."""
     out = events.score.astype(float).copy()
     for fold in np.unique(events.fold):
         mine = events.fold == fold
-        rest = ScoredEvents(*(getattr(events, f)[~mine] for f in ("label", "score", "confidence", "fold", "right")))
-        calibration = as_calibration(fit_calibration(rest, labels, background)[0])
-        out[mine] = [calibration(labels[c], s) for c, s in zip(events.label[mine], events.score[mine])]
+        calibration = as_calibration(fit_calibration(events.subset(~mine), labels, background, source)[0], source)
+        out[mine] = [calibration(labels[c], s, e) for c, s, e in
+                     zip(events.label[mine], events.score[mine], events.reads("evidence")[mine])]
     return out
 
 
@@ -118,15 +123,28 @@ def plot_reliability(confidence: np.ndarray, raw: np.ndarray, right: np.ndarray,
     plt.close(fig)
 
 
+def _meets(levels: dict) -> tuple:
+    """How well a calibration serves ``--min-confidence 0.9``: meeting the target (precision
+    >= 0.85 with half the right events kept) first, then the right events kept."""
+    top = levels["0.9"]
+    kept = top["right_kept"] or 0.0
+    return ((top["precision"] or 0.0) >= TARGET_PRECISION and kept >= TARGET_KEPT, kept)
+
+
 def calibrate(events: ScoredEvents, labels: tuple[str, ...], background: int, plot: Path | None = None,
-              title: str = "") -> tuple[dict, dict]:
-    """The curves to store, and the report: fallbacks, cross-fitted ECE and what each
-    ``--min-confidence`` level exports, raw and calibrated."""
-    curves, how = fit_calibration(events, labels, background)
-    honest = cross_fitted(events, labels, background)
+              title: str = "") -> tuple[dict, str, dict]:
+    """The curves to store and what they read, and the report: fallbacks, cross-fitted ECE and
+    what each ``--min-confidence`` level exports, raw and calibrated on the score and on the
+    evidence. The input that serves ``--min-confidence 0.9`` better is kept (lower ECE on a tie)."""
+    report = {"events": int(len(events.right)),
+              "raw": {**reliability(events.score, events.right), "levels": at_levels(events.score, events.right)}}
+    honest = {}
+    for source in CALIBRATION_INPUTS:
+        honest[source] = cross_fitted(events, labels, background, source)
+        report[source] = {**reliability(honest[source], events.right), "levels": at_levels(honest[source], events.right)}
+    chosen = max(CALIBRATION_INPUTS, key=lambda s: (*_meets(report[s]["levels"]), -report[s]["ece"]))
+    curves, how = fit_calibration(events, labels, background, chosen)
+    report.update(input=chosen, fits=how, calibrated=report[chosen])
     if plot is not None and len(events.right):
-        plot_reliability(honest, events.score, events.right, plot, title)
-    report = {"events": int(len(events.right)), "fits": how,
-              "raw": {**reliability(events.score, events.right), "levels": at_levels(events.score, events.right)},
-              "calibrated": {**reliability(honest, events.right), "levels": at_levels(honest, events.right)}}
-    return curves, report
+        plot_reliability(honest[chosen], events.score, events.right, plot, f"{title} ({chosen})")
+    return curves, chosen, report

@@ -276,6 +276,20 @@ class ScoredEvents:
     fold: np.ndarray
     right: np.ndarray
     on_a_call: np.ndarray | None = None   # overlaps a call of its label (a false one: a second event on it)
+    evidence: np.ndarray | None = None    # the sum of its window confidences
+
+    def subset(self, keep: np.ndarray) -> "ScoredEvents":
+        return ScoredEvents(*(None if getattr(self, f.name) is None else getattr(self, f.name)[keep]
+                              for f in dataclasses.fields(self)))
+
+    def reads(self, source: str) -> np.ndarray:
+        """What a calibration with ``input`` ``source`` reads: the score or the evidence."""
+        return self.score if source == "score" else self.evidence
+
+
+def evidence(event: Event) -> float:
+    """The sum of an event's window confidences, from its votes JSON."""
+    return float(sum(json.loads(event.votes)["window_confidence"]))
 
 
 def _on_a_call(event: Event, calls: np.ndarray, labels: tuple[str, ...]) -> bool:
@@ -291,13 +305,14 @@ def assembled_events(votes: FieldVotes, merger: EventMerger) -> tuple[ScoredEven
     for stream in votes.assembled:
         events = stream.events(merger)
         right, found = match(events, stream.calls, votes.labels)
-        rows += [(votes.labels.index(e.label), e.score, e.confidence, stream.fold, r, _on_a_call(e, stream.calls, votes.labels))
-                 for e, r in zip(events, right)]
+        rows += [(votes.labels.index(e.label), e.score, e.confidence, stream.fold, r,
+                  _on_a_call(e, stream.calls, votes.labels), evidence(e)) for e, r in zip(events, right)]
         call_labels.append(stream.calls[:, 2].astype(int))
         found_all.append(found)
-    cols = list(zip(*rows)) if rows else [[]] * 6
+    cols = list(zip(*rows)) if rows else [[]] * 7
     scored = ScoredEvents(np.array(cols[0], int), np.array(cols[1], float), np.array(cols[2], float),
-                          np.array(cols[3], int), np.array(cols[4], bool), np.array(cols[5], bool))
+                          np.array(cols[3], int), np.array(cols[4], bool), np.array(cols[5], bool),
+                          np.array(cols[6], float))
     return scored, np.concatenate(call_labels) if call_labels else np.zeros(0, int), \
         np.concatenate(found_all) if found_all else np.zeros(0, bool)
 

@@ -102,8 +102,8 @@ def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGE
     tables = class_tables(votes)
     point = choose_point(votes, target_false_per_hour, tables)
     events, _, _ = assembled_events(votes, votes.merger(point))
-    curves, calibration_report = calibrate(events, votes.labels, votes.background, plot, title)
-    at_point = measure(votes, point, as_calibration(curves))
+    curves, source, calibration_report = calibrate(events, votes.labels, votes.background, plot, title)
+    at_point = measure(votes, point, as_calibration(curves, source))
     tradeoff = []
     for target in TRADEOFF:
         m = measure(votes, choose_point(votes, target, tables))
@@ -115,6 +115,6 @@ def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGE
                                          "calibration_ece": calibration_report["calibrated"]["ece"],
                                          "at_min_confidence_0.9": calibration_report["calibrated"]["levels"]["0.9"]}},
         "calibration_fits": calibration_report["fits"],
-        "calibration": curves, "calibration_report": calibration_report,
+        "calibration": curves, "calibration_input": source, "calibration_report": calibration_report,
         "untuned": measure(votes, OperatingPoint({})), "at_point": at_point, "tradeoff": tradeoff,
         "candidates": tables}

@@ -78,6 +78,9 @@ def test_mixed_frontend_ensemble_holds_its_stated_background_rate(cv_runs, tiny_
     assert field["untuned"]["calls"] == 18 and field["untuned"]["background_hours"] > 0
     assert set(field["operating_point"]["min_windows"]) == {"call_high", "call_low"}
     assert out.with_suffix(".votes.npz").is_file() and out.with_suffix(".reliability.png").is_file()
+    again = cv_ensemble(members, _load(tiny_dataset), out, 0.1, target_false_per_hour=1e6, reuse_votes=True)
+    assert again["field"]["untuned"] == field["untuned"]          # the same votes, read back
+    assert again["field"]["at_point"]["recall"] >= field["at_point"]["recall"]   # a looser target
 
 
 def test_members_from_other_folds_or_no_fold_models_are_refused(cv_runs, tiny_dataset, tmp_path):

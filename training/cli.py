@@ -305,6 +305,7 @@ def cv_ensemble_command(
     max_false_rate: Annotated[float, typer.Option(help="Share of background windows the thresholds may let through as calls.")] = 0.1,
     target_false_per_hour: TargetOpt = 5.0,
     prevalence: Annotated[float, typer.Option(help="Share of the assembled recordings' time that is calls.")] = 0.05,
+    reuse_votes: Annotated[bool, typer.Option("--reuse-votes", help="Read the raw votes an earlier run saved beside --out (<out>.votes.npz) instead of running the models.")] = False,
 ):
     """Grouped-CV score of an ensemble of cv recipes (mixed frontends allowed), thresholds on its own vote,
     the field measure, a field operating point and calibration (for `bundle --thresholds`)."""
@@ -312,7 +313,7 @@ def cv_ensemble_command(
 
     def run():
         result = cv_ensemble(members, functools.partial(_train_and_devel, data), out, max_false_rate,
-                             target_false_per_hour, prevalence)
+                             target_false_per_hour, prevalence, reuse_votes)
         keys = ("uar_mean", "uar_std", "uar_mean_untuned", "uar_std_untuned", "thresholds",
                 "windows_untuned", "windows_at_thresholds")
         return {**{k: result[k] for k in keys}, **_field_lines(result)}

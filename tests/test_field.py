@@ -186,3 +186,27 @@ def test_a_call_split_in_two_events_counts_one_right_and_one_second_event():
     votes = FieldVotes(LABELS, FRAME_S, [_votes([(0, 0.9)] * 5)], [stream], [stream], np.array([1]))
     m = measure(votes, OperatingPoint({}))
     assert (m["events"], m["right"], m["second_events_on_a_call"], m["recall"]) == (2, 1, 1, 1.0)
+
+
+def test_bad_inputs_are_named_errors(tmp_path):
+    from training.errors import DataError
+
+    with pytest.raises(DataError, match="missing.npz: not a readable field-votes file"):
+        FieldVotes.load(tmp_path / "missing.npz")
+    with pytest.raises(DataError, match="positive"):
+        choose_point(_synthetic_field(), target_false_per_hour=0.0)
+    votes = _synthetic_field()
+    votes.save(tmp_path / "v.npz")
+    back = FieldVotes.load(tmp_path / "v.npz")
+    assert json.dumps(measure(back, OperatingPoint({}))) == json.dumps(measure(votes, OperatingPoint({})))
+
+
+def test_a_fold_without_background_is_refused_naming_it(tiny_dataset):
+    from training.data import load_split
+    from training.errors import DataError
+    from training.field import analyse_fold, raw_analyzer
+
+    split = load_split(tiny_dataset, "devel")
+    calls_only = np.flatnonzero(split.targets != 0)
+    with pytest.raises(DataError, match="fold 3: no held-out background"):
+        analyse_fold(raw_analyzer(load_bundle(default_bundle_path())), split, calls_only, 3)

@@ -39,6 +39,7 @@ def _frontend(kind: str) -> FrontendConfig:
 # shift, background mixing at 0-20 dB SNR on half the clips, +-6 dB gain.
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
 TargetOpt = Annotated[float, typer.Option(help="Field operating point: false events per hour of held-out background that the per-class thresholds and minimum windows may let through (split evenly over the call classes).")]
+HardNegOpt = Annotated[float, typer.Option(help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
 PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
 CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]
 FIELD = {"time_shift": True, "p_mix": 0.5, "snr_db": (0.0, 20.0), "gain_db": 6.0}
@@ -85,6 +86,7 @@ def fit(
     centre_bands: CentreOpt = False,
     with_devel: Annotated[bool, typer.Option("--with-devel", help="Train on train + devel (needs --average-last): for a recipe already chosen by grouped CV.")] = False,
     pool: PoolOpt = True,
+    hard_negatives: HardNegOpt = 0.0,
 ):
     """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
     from training.runs import fit_run
@@ -101,7 +103,7 @@ def fit(
                                          centre_bands=centre_bands),
          OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
                      gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=device,
-                     average_last=average_last),
+                     average_last=average_last, hard_negatives=hard_negatives),
          aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet, with_devel=with_devel, pool=pool)
 
 
@@ -242,13 +244,14 @@ def cv(
     centre_bands: CentreOpt = False,
     pool: PoolOpt = True,
     target_false_per_hour: TargetOpt = 5.0,
+    hard_negatives: HardNegOpt = 0.0,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import Recipe, cross_validate
 
     frontend = _frontend(frontend_kind)
     window = int(round(window_s * frontend.sample_rate / frontend.hop_length))
-    optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last)
+    optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last, hard_negatives=hard_negatives)
     model = ModelConfig(hidden=hidden, layers=layers, centre_bands=centre_bands)
     suffix = ("" if frontend.kind == "logmel" else f"-{frontend.kind}") + (f"-avg{average_last}" if average_last else "")
     if (hidden, layers) != (256, 2):
@@ -257,6 +260,8 @@ def cv(
         suffix += f"-w{window_s:g}"
     if centre_bands:
         suffix += "-cb"
+    if hard_negatives:
+        suffix += f"-hn{hard_negatives:g}"
     known = {
         "baseline": Recipe("baseline"),
         "paper": Recipe("paper" + suffix, model, optim, AugmentConfig(), frontend),

@@ -117,7 +117,7 @@ def test_calibration_fits_each_class_with_enough_events_and_pools_the_rest():
     label = np.where(np.arange(n) < 190, 1, 2)                 # class b: 10 events only
     events = ScoredEvents(label, score, score, np.arange(n) % 3, right, evidence=score)
     curves, how = fit_calibration(events, LABELS, 0)
-    assert how["a"].startswith("own fit") and how["b"].startswith("pooled")
+    assert how["a"].startswith("own isotonic fit") and how["b"].startswith("pooled isotonic")
     x, y = curves["a"]["x"], curves["a"]["y"]
     assert x == sorted(x) and y == sorted(y) and 0 <= y[0] and y[-1] <= 1
     _, _, report = calibrate(events, LABELS, 0)
@@ -132,10 +132,23 @@ def test_calibration_reads_the_evidence_when_that_is_what_tells_right_from_false
     right = (windows >= 3) ^ (rng.uniform(size=n) < 0.03)      # long events are right
     events = ScoredEvents(np.ones(n, int), score, score, np.arange(n) % 3, right, evidence=score * windows)
     curves, source, report = calibrate(events, LABELS, 0)
-    assert source == "evidence" and report["input"] == "evidence"
+    assert source == "evidence" and report["input"].startswith("evidence/")
     top = report["calibrated"]["levels"]["0.9"]
     assert top["precision"] >= 0.85 and top["right_kept"] >= 0.5
-    assert report["score"]["levels"]["0.9"]["events"] < top["events"]   # the score alone never says "high"
+    assert report["score/isotonic"]["levels"]["0.9"]["events"] < top["events"]   # the score alone never says "high"
+    assert report["raw"]["levels"]["0.9"]["events"] == 0
+
+
+def test_the_raw_score_is_kept_when_no_fit_beats_it_across_folds():
+    rng = np.random.default_rng(5)
+    n = 90
+    score = rng.uniform(0.05, 0.65, n)
+    right = rng.uniform(size=n) < score                        # the raw score is already the probability
+    events = ScoredEvents(np.ones(n, int), score, score, np.arange(n) % 3, right, evidence=score)
+    curves, source, report = calibrate(events, LABELS, 0)
+    assert all(report[name]["ece"] > report["raw"]["ece"] for name in ("score/isotonic", "score/platt"))
+    assert report["input"] == "raw" and curves == {} and source == "score"
+    assert report["fits"]["a"].startswith("raw score")
 
 
 def _bundle_copy(tmp_path, name="bundle", **manifest_fields):
@@ -210,3 +223,22 @@ def test_a_fold_without_background_is_refused_naming_it(tiny_dataset):
     calls_only = np.flatnonzero(split.targets != 0)
     with pytest.raises(DataError, match="fold 3: no held-out background"):
         analyse_fold(raw_analyzer(load_bundle(default_bundle_path())), split, calls_only, 3)
+
+
+def test_the_false_event_budget_goes_where_it_finds_most_calls():
+    """One false event allowed in all: class a needs one to find its four calls, class b two to
+    find its two. An even split would give neither a whole event; the budget goes to a."""
+    bg = [(0, 0.9)] * 20 + [(1, 0.65)] + [(0, 0.9)] * 20 + [(2, 0.5)] + [(0, 0.9)] * 20 + [(2, 0.5)] + [(0, 0.9)] * 20
+    windows, calls = [], []
+    for j in range(6):
+        lab, conf = (1, 0.6) if j < 4 else (2, 0.4)
+        start = len(windows) * HOP * FRAME_S
+        windows += [(lab, conf)] + [(0, 0.9)] * 10
+        calls.append((start, start + 3.0, lab))
+    background = _votes(bg)
+    votes = FieldVotes(LABELS, FRAME_S, [background], [_votes(windows, 0, calls)], [background], np.array([0]))
+    hours = background.duration_s / 3600
+    point = choose_point(votes, target_false_per_hour=1.5 / hours)   # 1 whole event
+    at = measure(votes, point)
+    assert at["false_events"] == 1 and at["per_class"]["a"]["recall"] == 1.0 and at["per_class"]["b"]["recall"] == 0.0
+    assert point.thresholds["b"] > 0.5                                # b stays quiet: none of its false events

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 
 from edgemon.events import CALIBRATION_INPUTS, Calibration
 from training.field import ScoredEvents
@@ -25,25 +26,32 @@ from training.field import ScoredEvents
 MIN_EVENTS = 30
 LEVELS = (0.5, 0.7, 0.9)
 TARGET_PRECISION, TARGET_KEPT = 0.85, 0.5   # at --min-confidence 0.9 (issue 15)
+KINDS = ("isotonic", "platt")
 
 
 def _usable(right: np.ndarray) -> bool:
     return len(right) >= MIN_EVENTS and 0 < right.sum() < len(right)
 
 
-def fit_curve(score: np.ndarray, right: np.ndarray) -> dict:
-    """Isotonic fit of ``right`` (0/1) on ``score``: ``{"x": [...], "y": [...]}``, x increasing."""
+def fit_curve(score: np.ndarray, right: np.ndarray, kind: str = "isotonic") -> dict:
+    """A fit of ``right`` (0/1) on ``score``: ``{"x": [...], "y": [...]}``, x increasing. Isotonic
+    (any increasing step shape), or Platt (a logistic curve, two parameters: steadier on few
+    events), sampled at 33 points for the recorder's piecewise-linear map."""
+    if kind == "platt":
+        fit = LogisticRegression(C=1e4).fit(score[:, None], right.astype(int))
+        x = np.linspace(score.min(), score.max(), 33)
+        return {"x": [float(v) for v in x], "y": [float(v) for v in fit.predict_proba(x[:, None])[:, 1]]}
     fit = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     fit.fit(score, right.astype(float))
     return {"x": [float(v) for v in fit.X_thresholds_], "y": [float(v) for v in fit.y_thresholds_]}
 
 
 def fit_calibration(events: ScoredEvents, labels: tuple[str, ...], background: int,
-                    source: str = "score") -> tuple[dict, dict]:
+                    source: str = "score", kind: str = "isotonic") -> tuple[dict, dict]:
     """Curves per call class (``{label: {"x", "y"}}``, for the manifest) reading ``source``
-    (``score`` or ``evidence``), and how each was made."""
+    (``score`` or ``evidence``), fitted by ``kind`` (isotonic or platt), and how each was made."""
     x = events.reads(source)
-    pooled = fit_curve(x, events.right) if _usable(events.right) else None
+    pooled = fit_curve(x, events.right, kind) if _usable(events.right) else None
     curves, how = {}, {}
     for c, label in enumerate(labels):
         if c == background:
@@ -51,9 +59,9 @@ def fit_calibration(events: ScoredEvents, labels: tuple[str, ...], background: i
         mine = events.label == c
         n = int(mine.sum())
         if _usable(events.right[mine]):
-            curves[label], how[label] = fit_curve(x[mine], events.right[mine]), f"own fit on {n} events"
+            curves[label], how[label] = fit_curve(x[mine], events.right[mine], kind), f"own {kind} fit on {n} events"
         elif pooled is not None:
-            curves[label], how[label] = pooled, f"pooled fit over all classes (only {n} usable events of its own)"
+            curves[label], how[label] = pooled, f"pooled {kind} fit over all classes (only {n} usable events of its own)"
         else:
             how[label] = f"raw score (only {n} events of its own and {len(events.right)} in all)"
     return curves, how
@@ -63,12 +71,14 @@ def as_calibration(curves: dict, source: str = "score") -> Calibration:
     return Calibration.from_manifest({"calibration": curves, "calibration_input": source})
 
 
-def cross_fitted(events: ScoredEvents, labels: tuple[str, ...], background: int, source: str = "score") -> np.ndarray:
+def cross_fitted(events: ScoredEvents, labels: tuple[str, ...], background: int, source: str = "score",
+                 kind: str = "isotonic") -> np.ndarray:
     """Each event's calibrated confidence from a fit on the other folds' events only."""
     out = events.score.astype(float).copy()
     for fold in np.unique(events.fold):
         mine = events.fold == fold
-        calibration = as_calibration(fit_calibration(events.subset(~mine), labels, background, source)[0], source)
+        curves = fit_calibration(events.subset(~mine), labels, background, source, kind)[0]
+        calibration = as_calibration(curves, source)
         out[mine] = [calibration(labels[c], s, e) for c, s, e in
                      zip(events.label[mine], events.score[mine], events.reads("evidence")[mine])]
     return out
@@ -123,28 +133,38 @@ def plot_reliability(confidence: np.ndarray, raw: np.ndarray, right: np.ndarray,
     plt.close(fig)
 
 
-def _meets(levels: dict) -> tuple:
+def _rank(levels: dict, ece: float) -> tuple:
     """How well a calibration serves ``--min-confidence 0.9``: meeting the target (precision
-    >= 0.85 with half the right events kept) first, then the right events kept."""
+    >= 0.85 with half the right events kept) first, then the right events kept; when none meets
+    it, the lowest expected calibration error."""
     top = levels["0.9"]
     kept = top["right_kept"] or 0.0
-    return ((top["precision"] or 0.0) >= TARGET_PRECISION and kept >= TARGET_KEPT, kept)
+    meets = (top["precision"] or 0.0) >= TARGET_PRECISION and kept >= TARGET_KEPT
+    return (meets, kept if meets else 0.0, -ece)
 
 
 def calibrate(events: ScoredEvents, labels: tuple[str, ...], background: int, plot: Path | None = None,
               title: str = "") -> tuple[dict, str, dict]:
     """The curves to store and what they read, and the report: fallbacks, cross-fitted ECE and
-    what each ``--min-confidence`` level exports, raw and calibrated on the score and on the
-    evidence. The input that serves ``--min-confidence 0.9`` better is kept (lower ECE on a tie)."""
-    report = {"events": int(len(events.right)),
-              "raw": {**reliability(events.score, events.right), "levels": at_levels(events.score, events.right)}}
-    honest = {}
+    what each ``--min-confidence`` level exports for the raw score and for each calibration
+    (isotonic or Platt, on the score or on the evidence). The one that serves ``--min-confidence
+    0.9`` best is kept, else the one of lowest error; the raw score itself when no fit beats it."""
+    honest = {"raw": events.score.astype(float)}
     for source in CALIBRATION_INPUTS:
-        honest[source] = cross_fitted(events, labels, background, source)
-        report[source] = {**reliability(honest[source], events.right), "levels": at_levels(honest[source], events.right)}
-    chosen = max(CALIBRATION_INPUTS, key=lambda s: (*_meets(report[s]["levels"]), -report[s]["ece"]))
-    curves, how = fit_calibration(events, labels, background, chosen)
+        for kind in KINDS:
+            honest[f"{source}/{kind}"] = cross_fitted(events, labels, background, source, kind)
+    report = {"events": int(len(events.right))}
+    for name, values in honest.items():
+        report[name] = {**reliability(values, events.right), "levels": at_levels(values, events.right)}
+    chosen = max(honest, key=lambda name: _rank(report[name]["levels"], report[name]["ece"]))
+    if chosen == "raw":
+        curves, source = {}, "score"
+        how = {label: "raw score: no fit beat it on cross-fitted held-out events"
+               for c, label in enumerate(labels) if c != background}
+    else:
+        source, kind = chosen.split("/")
+        curves, how = fit_calibration(events, labels, background, source, kind)
     report.update(input=chosen, fits=how, calibrated=report[chosen])
     if plot is not None and len(events.right):
         plot_reliability(honest[chosen], events.score, events.right, plot, f"{title} ({chosen})")
-    return curves, chosen, report
+    return curves, source, report

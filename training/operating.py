@@ -1,13 +1,16 @@
 """A field operating point chosen on held-out folds: per class, the threshold and the fewest windows
 an event needs, for a target number of false events per hour of background.
 
-The budget is split evenly over the call classes. Each class's events depend only on its own
-windows (any other label, background or call, ends its runs), so each class is chosen on its own:
-among the (threshold, windows) pairs whose false events on held-out background stay within its
-share, the one finding most calls on the assembled recordings; of equal recall, the most precise,
-then the strictest (highest threshold, more windows), which buys margin against false alarms the
-short held-out background could not show at no measured cost. So every class gets a real
-threshold, rare ones too, unless raising it would lose one of its calls.
+Each class's events depend only on its own windows (any other label, background or call, ends its
+runs), so each class's candidates (threshold, windows) are scored on their own: false events on
+the held-out background, calls found on the assembled recordings. The budget — the target times
+the hours of held-out background, in whole events — is then shared out where it finds most calls
+(an exact search over the classes), rather than split evenly: with under an hour of held-out
+background an even split of 5 per hour allows no class a single event. Within what a class is
+given, its candidate finds most calls; of equal recall, the most precise, then the strictest
+(highest threshold, more windows), which buys margin against false alarms the short held-out
+background could not show, at no measured cost. So every class gets a real threshold, rare ones
+too, unless raising it would lose one of its calls.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def class_table(votes: FieldVotes, c: int) -> list[dict]:
                 right, found, events = right + int(r.sum()), found + int(f.sum()), events + len(kept)
             rows.append({"threshold": float(threshold), "min_windows": k, "false_events": n_false,
                          "false_per_hour": n_false / hours, "events": events, "right": right,
+                         "found": found, "calls": calls,
                          "precision": right / events if events else 1.0,
                          "recall": found / calls if calls else 0.0})
     return rows
@@ -80,18 +84,36 @@ def class_tables(votes: FieldVotes) -> dict[str, list[dict]]:
     return {votes.labels[c]: class_table(votes, c) for c in range(len(votes.labels)) if c != votes.background}
 
 
+def _best(rows: list[dict]) -> dict:
+    return max(rows, key=lambda r: (r["recall"], r["precision"], r["threshold"], r["min_windows"]))
+
+
 def choose_point(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
                  tables: dict[str, list[dict]] | None = None) -> OperatingPoint:
-    """The operating point for ``target_false_per_hour`` (``tables``: ``class_tables(votes)``)."""
+    """The operating point for ``target_false_per_hour`` (``tables``: ``class_tables(votes)``):
+    the classes' candidates that together find most calls within the budget of false events."""
     if not target_false_per_hour > 0:
         raise DataError(f"target false events per hour must be positive, got {target_false_per_hour}")
     tables = tables or class_tables(votes)
-    share = target_false_per_hour / len(tables)
+    hours = sum(s.duration_s for s in votes.background_streams) / 3600
+    budget = int(np.floor(target_false_per_hour * hours + 1e-9))
+    # per class, the best candidate for each number of false events it may spend (0..budget)
+    options = {label: [_best([r for r in table if r["false_events"] <= f]) for f in range(budget + 1)]
+               for label, table in tables.items()}
+    plans = {0: (0, ())}  # false events spent -> (calls found, chosen rows), best first
+    for label in tables:
+        grown = {}
+        for spent, (found, chosen) in plans.items():
+            for row in {id(r): r for r in options[label][:budget - spent + 1]}.values():
+                total, plan = spent + row["false_events"], (found + row["found"], chosen + (row,))
+                if total not in grown or plan[0] > grown[total][0]:
+                    grown[total] = plan
+        plans = grown
+    _, chosen = max(plans.values(), key=lambda plan: (plan[0], -sum(r["false_events"] for r in plan[1]),
+                                                      sum(r["precision"] for r in plan[1])))
     thresholds, min_windows = {votes.labels[votes.background]: 0.0}, {}
-    for label, table in tables.items():
-        within = [r for r in table if r["false_per_hour"] <= share]
-        best = max(within, key=lambda r: (r["recall"], r["precision"], r["threshold"], r["min_windows"]))
-        thresholds[label], min_windows[label] = best["threshold"], best["min_windows"]
+    for label, row in zip(tables, chosen):
+        thresholds[label], min_windows[label] = row["threshold"], row["min_windows"]
     return OperatingPoint(thresholds, min_windows)
 
 

@@ -285,7 +285,9 @@ def _thresholds(r: _Reader, manifest: dict, labels: tuple[str, ...], confidence_
     unknown = sorted(set(thresholds) - set(labels))
     if unknown:
         raise r.fail(f"thresholds for unknown labels {unknown}")
-    return {k: r.number(v, f"thresholds[{k!r}]", 0.0, confidence_max) for k, v in thresholds.items()}
+    # Thresholds apply to the raw vote confidence, before any calibration, so [0, 1]: a threshold
+    # above what a class can reach is a class switched off, not a malformed bundle.
+    return {k: r.number(v, f"thresholds[{k!r}]", 0.0, 1.0) for k, v in thresholds.items()}
 
 
 def _self_check(r: _Reader, bundle_dir: Path, manifest: dict, labels: tuple[str, ...],

@@ -1,6 +1,9 @@
-"""From per-window votes to decisions: thresholds, and one label for a whole clip."""
+"""From per-window votes to decisions: thresholds, the operating point (thresholds and the evidence
+an event needs), the calibration of an event's confidence, and one label for a whole clip."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -23,3 +26,64 @@ def clip_label(winner: np.ndarray, confidence: np.ndarray, background: int) -> i
     weight = np.array([confidence[winner == c].sum() for c in classes])
     best = np.lexsort((-weight, -counts))[0]
     return int(classes[best])
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatingPoint:
+    """What turns window votes into stored events: per-class minimum window confidence, and the
+    fewest consecutive windows an event of each class needs (evidence; 1 stores single windows)."""
+
+    thresholds: dict[str, float]
+    min_windows: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def windows_needed(self, label: str) -> int:
+        return max(1, int(self.min_windows.get(label, 1)))
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, thresholds: dict[str, float]) -> "OperatingPoint":
+        """The manifest's ``operating_point`` when it has one, else the bundle's plain
+        ``thresholds`` with single-window events (bundles made before operating points)."""
+        point = manifest.get("operating_point")
+        if not point:
+            return cls(dict(thresholds))
+        return cls({k: float(v) for k, v in point.get("thresholds", thresholds).items()},
+                   {k: int(v) for k, v in point.get("min_windows", {}).items()})
+
+
+CALIBRATION_INPUTS = ("score", "evidence")
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Per-class maps from an event's raw score to the probability that the event is right,
+    piecewise-linear through ``(x, y)`` points; a label without a map keeps its raw score (bundles
+    made before calibration). ``input`` is what the maps read: ``score``, the event's highest
+    window confidence, or ``evidence``, the sum of its window confidences (longer, steadier events
+    weigh more)."""
+
+    curves: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = dataclasses.field(default_factory=dict)
+    input: str = "score"
+
+    def __call__(self, label: str, score: float, evidence: float | None = None) -> float:
+        curve = self.curves.get(label)
+        if curve is None:
+            return float(score)
+        x = score if self.input == "score" or evidence is None else evidence
+        return float(np.interp(x, curve[0], curve[1]))
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "Calibration":
+        """``manifest["calibration"]``: ``{label: {"x": [...], "y": [...]}}``, x increasing,
+        y in [0, 1], read from ``manifest["calibration_input"]`` (default ``score``); both absent
+        in older bundles. ``ValueError`` names what is malformed."""
+        curves = {}
+        for label, curve in (manifest.get("calibration") or {}).items():
+            x, y = tuple(map(float, curve["x"])), tuple(map(float, curve["y"]))
+            if not x or len(x) != len(y) or any(b < a for a, b in zip(x, x[1:])) \
+                    or not all(0.0 <= v <= 1.0 for v in y):
+                raise ValueError(f"calibration of {label!r} needs increasing x and y in [0, 1] of one length")
+            curves[label] = (x, y)
+        source = manifest.get("calibration_input", "score")
+        if source not in CALIBRATION_INPUTS:
+            raise ValueError(f"calibration_input {source!r} is not one of {CALIBRATION_INPUTS}")
+        return cls(curves, source)

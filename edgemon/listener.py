@@ -256,7 +256,7 @@ class Listener:
                 end_s=round(end, 3), start_utc=when, end_utc=dt.datetime.fromtimestamp(end, UTC),
                 time_source="host_clock", clock_suspect=when.year < EARLIEST_PLAUSIBLE_YEAR,
                 label=event.label, confidence=event.confidence, votes=event.votes,
-                bundle_id=self.analyzer.bundle.bundle_id, clock_synced=self.clock_synced)
+                bundle_id=self.analyzer.bundle.bundle_id, clock_synced=self.clock_synced, score=event.score)
             self.writer.submit(lambda store, d=detection: store.insert_detections([d]))
             self.detections += 1
             log.info("%s: %s %s .. %s (%.2f)", self.source, event.label, when.isoformat(timespec="milliseconds"),

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from edgemon import audio
-from edgemon.bundle import Bundle
+from edgemon.bundle import MANIFEST, Bundle
 from edgemon.ensemble import Ensemble, majority_vote
-from edgemon.events import apply_thresholds
+from edgemon.errors import BundleError
+from edgemon.events import Calibration, OperatingPoint, apply_thresholds
 from edgemon.frontend import StreamingFrontend
 from edgemon.segmenter import WindowSpec
 
@@ -42,8 +43,9 @@ class Event:
     label: str
     start_s: float
     end_s: float
-    confidence: float          # the highest window confidence in the event
+    confidence: float          # the calibrated probability that the event is right (the score if uncalibrated)
     votes: str                 # JSON: windows, per-member vote counts, window confidences
+    score: float = 0.0         # the raw vote score: the highest window confidence in the event
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,44 @@ class Analysis:
     duration_s: float
     windows: list[WindowVote]
     events: list[Event]
+
+
+@dataclasses.dataclass(frozen=True)
+class EventMerger:
+    """The merge rule, shared by the recorder and the training-side field measure: consecutive
+    windows with the same non-background label form a run; a run of a class with fewer windows
+    than the operating point asks is dropped; the rest become events, their confidence calibrated.
+    ``frame_s`` is the frontend's hop in seconds (window starts are in frames)."""
+
+    labels: tuple[str, ...]
+    background: int
+    frame_s: float
+    point: OperatingPoint
+    calibration: Calibration = Calibration()
+
+    def merge(self, votes: list[WindowVote], duration_s: float) -> list[Event]:
+        """Join consecutive windows of the same label into events; background ends an event."""
+        events, run = [], []
+        for vote in votes + [None]:
+            if run and (vote is None or vote.label != run[-1].label):
+                if len(run) >= self.point.windows_needed(self.labels[run[0].label]):
+                    events.append(self._event(run, duration_s))
+                run = []
+            if vote is not None and vote.label != self.background:
+                run.append(vote)
+        return events
+
+    def _event(self, run: list[WindowVote], duration_s: float) -> Event:
+        label = run[0].label
+        member_votes = np.array([v.member_labels for v in run])  # [windows, members]
+        votes = {"windows": len(run), "member_votes": (member_votes == label).sum(axis=0).tolist(),
+                 "window_confidence": [round(v.confidence, 4) for v in run]}
+        end = (run[-1].start_frame + run[-1].frames) * self.frame_s
+        score = max(v.confidence for v in run)
+        confidence = self.calibration(self.labels[label], score, sum(v.confidence for v in run))
+        return Event(label=self.labels[label], start_s=round(run[0].start_frame * self.frame_s, 3),
+                     end_s=round(min(end, duration_s), 3), confidence=confidence, votes=json.dumps(votes),
+                     score=score)
 
 
 class WindowStream:
@@ -85,7 +125,9 @@ class WindowStream:
 
 
 class Analyzer:
-    """A bundle's ensemble, frontend, windows and thresholds, ready to analyse audio blocks."""
+    """A bundle's ensemble, frontend, windows, operating point and calibration, ready to analyse
+    audio blocks. A bundle without an operating point uses its thresholds and stores single
+    windows; one without calibration stores the raw vote score as confidence."""
 
     def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = 8,
                  window_s: float | None = None, hop_s: float | None = None):
@@ -95,6 +137,13 @@ class Analyzer:
         self.batch_size = batch_size
         self.background = bundle.labels.index(bundle.background_label)
         self.frame_s = bundle.frontend.hop_length / bundle.frontend.sample_rate
+        try:
+            point = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
+            calibration = Calibration.from_manifest(bundle.manifest)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{bundle.path / MANIFEST}: malformed operating point or calibration "
+                              f"({type(exc).__name__}: {exc})") from exc
+        self.merger = EventMerger(bundle.labels, self.background, self.frame_s, point, calibration)
 
     def vote_windows(self, batch: list[tuple[int, np.ndarray]]) -> list[WindowVote]:
         """Votes on ``(start_frame, window)`` pairs, in start order; thresholds applied."""
@@ -104,7 +153,7 @@ class Analyzer:
             group = [(s, w) for s, w in batch if len(w) == length]
             votes = majority_vote(self.ensemble.member_probs(np.stack([w for _, w in group])))
             labels = apply_thresholds(votes.winner, votes.confidence, self.bundle.labels,
-                                      self.bundle.thresholds, self.background)
+                                      self.merger.point.thresholds, self.background)
             results += [WindowVote(s, length, int(labels[i]), float(votes.confidence[i]),
                                    tuple(int(m) for m in votes.member_labels[:, i]))
                         for i, (s, _) in enumerate(group)]
@@ -125,25 +174,8 @@ class Analyzer:
         return self.analyse_blocks(audio.iter_blocks(path, block_seconds, self.bundle.frontend.sample_rate))
 
     def merge(self, votes: list[WindowVote], duration_s: float) -> list[Event]:
-        """Join consecutive windows of the same label into events; background ends an event."""
-        events, run = [], []
-        for vote in votes + [None]:
-            if run and (vote is None or vote.label != run[-1].label):
-                events.append(self._event(run, duration_s))
-                run = []
-            if vote is not None and vote.label != self.background:
-                run.append(vote)
-        return events
-
-    def _event(self, run: list[WindowVote], duration_s: float) -> Event:
-        label = run[0].label
-        member_votes = np.array([v.member_labels for v in run])  # [windows, members]
-        votes = {"windows": len(run), "member_votes": (member_votes == label).sum(axis=0).tolist(),
-                 "window_confidence": [round(v.confidence, 4) for v in run]}
-        end = (run[-1].start_frame + run[-1].frames) * self.frame_s
-        return Event(label=self.bundle.labels[label], start_s=round(run[0].start_frame * self.frame_s, 3),
-                     end_s=round(min(end, duration_s), 3), confidence=max(v.confidence for v in run),
-                     votes=json.dumps(votes))
+        """Join consecutive windows of the same label into events (``EventMerger.merge``)."""
+        return self.merger.merge(votes, duration_s)
 
 
 class AnalysisStream:

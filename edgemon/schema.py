@@ -175,6 +175,13 @@ def m005_attempts_and_unreadable(db: sqlite_utils.Database) -> None:
         )""")
 
 
+@MIGRATIONS()
+def m006_detection_score(db: sqlite_utils.Database) -> None:
+    """A detection's raw vote score beside its confidence, now the calibrated probability that it
+    is right. Additive only: rows stored before keep NULL (their confidence was the raw score)."""
+    db.execute("ALTER TABLE detections ADD COLUMN score REAL")
+
+
 # The sync outbox (edgemon/outbox.py). Each synced table's natural key, as (k1, k2, k3, k4) of
 # ``changes``: text, real, text, text. Local row ids are never a key: they change when a corrupt
 # database is rebuilt, and AUTOINCREMENT ids of re-processed detections are new rows anyway.

@@ -70,6 +70,7 @@ class Detection:
     bundle_id: str
     clip_path: str | None = None       # the detection's saved audio (live streams), if any
     clock_synced: bool | None = None   # host clock NTP-synchronised (host_clock times); None: unknown
+    score: float | None = None         # the raw vote score; ``confidence`` is its calibrated probability
 
 
 COVERAGE_LOSSES = ("overflow", "dropped", "device", "daemon")

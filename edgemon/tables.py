@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 COLUMNS = ("id", "device_id", "source", "start_s", "end_s", "start_utc", "end_utc", "time_source",
            "clock_suspect", "label", "scientific_name", "common_name", "confidence", "votes",
-           "bundle_id", "created_at", "clip_path", "clock_synced", "start_local")
+           "bundle_id", "created_at", "clip_path", "clock_synced", "start_local", "score")
 BIRDNET_COLUMNS = ("Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File")
 # BirdNET-Analyzer's Raven columns, in its order, then ours (Raven keeps extra columns).
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
@@ -81,13 +81,14 @@ def cell(value: Any) -> Any:
     return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
-def confidence(row: Mapping) -> float | None:
-    value = row.get("confidence")
+def confidence(row: Mapping, column: str = "confidence") -> float | None:
+    value = row.get(column)
     return None if value is None else round(float(value), CONFIDENCE_DECIMALS)
 
 
 def _value(row: Mapping, column: str) -> Any:
-    return confidence(row) if column == "confidence" else row.get(column)
+    # confidence: calibrated when the bundle carries a calibration; score: the raw vote score
+    return confidence(row, column) if column in ("confidence", "score") else row.get(column)
 
 
 def species_names(row: Mapping) -> tuple[str, str]:

@@ -453,5 +453,5 @@ class Watcher:
         return [Detection(device_id=self.config.device_id, source=source, start_s=e.start_s, end_s=e.end_s,
                           start_utc=at(e.start_s), end_utc=at(e.end_s), time_source=when.source,
                           clock_suspect=when.suspect, label=e.label, confidence=e.confidence,
-                          votes=e.votes, bundle_id=self.analyzer.bundle.bundle_id)
+                          votes=e.votes, bundle_id=self.analyzer.bundle.bundle_id, score=e.score)
                 for e in analysis.events]

@@ -150,7 +150,6 @@ def test_watch_and_classify_refuse_a_bad_bundle_in_one_line(models, tmp_path):
     ({"format_version": FORMAT_VERSION + 1}, f"bundle format {FORMAT_VERSION + 1} is newer than this edgemon reads"),
     ({"requires": ["calibration"]}, r"bundle requires \['calibration'\], which this edgemon does not implement"),
     ({"confidence_max": 0}, r"confidence_max = 0 is outside \(0, 1\]"),
-    ({"confidence_max": 0.3, "thresholds": {"a": 0.4}}, r"thresholds\['a'\] = 0.4 is outside \[0, 0.3\]"),
     ({"label_names": {"zebra": {"scientific": "Equus quagga", "common": "plains zebra"}}},
      "label_names has 'zebra', which is not one of the labels"),
     ({"label_names": {"a": {"scientific": "Aus aus"}}}, r"label_names\['a'\].common must be a non-empty"),

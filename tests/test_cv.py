@@ -61,13 +61,19 @@ def test_averaged_pcen_recipe_keeps_fold_models_thresholds_and_bundles(tiny_data
     assert set(r["thresholds"]) == set(data.labels)
 
     bundle = load_bundle(bundle_cv(tmp_path / "cv", "avg", tmp_path / "bundle")["bundle"])
-    assert len(bundle.members) == 2 and bundle.frontend == pcen and bundle.thresholds == r["thresholds"]
+    point = r["field"]["operating_point"]
+    assert len(bundle.members) == 2 and bundle.frontend == pcen and bundle.thresholds == point["thresholds"]
+    assert bundle.manifest["operating_point"] == point and set(point["min_windows"]) == set(data.labels[1:])
+    assert r["field"]["at_point"]["false_per_hour"] <= r["field"]["untuned"]["false_per_hour"]
     looser = bundle_cv(tmp_path / "cv", "avg", tmp_path / "looser", max_false_rate=0.5)["thresholds"]
     assert all(looser[k] <= r["thresholds"][k] for k in looser) and looser != r["thresholds"]
     _recorder_computes_what_training_saw(bundle, tiny_dataset / "audio" / "call_high_train_5.flac")
     scored = score_bundle(tmp_path / "bundle", tiny_dataset, "test")
     assert 0 <= scored["at_thresholds"]["uar"] <= 1 and scored["clips"] > 0
     assert scored["at_thresholds"]["background_false_rate"] <= scored["untuned"]["background_false_rate"]
+    field = scored["field"]
+    assert field["operating_point"]["min_windows"] == point["min_windows"]
+    assert field["at_point"]["background_hours"] > 0 and 0 <= field["at_point"]["clip_uar"] <= 1
 
 
 def test_bundle_cv_refuses_a_recipe_without_fold_models(tiny_dataset, tmp_path):
@@ -132,3 +138,50 @@ def test_cv_cli_averaged_field_recipe_with_its_own_window(tiny_dataset, tmp_path
     r = summary["recipes"]["field-avg1-h8l1-w0.5"]
     assert r["window_s"] == 0.5 and r["hop_s"] == 0.25 and len(r["members"]) == 2
     assert (tmp_path / "field-avg1-h8l1-w0.5" / "fold1.onnx").is_file()
+
+
+def _with_pool(tiny_dataset, root):
+    """The tiny set plus a ``pool.csv`` of train clips relabelled as pool clips (one per recorder and class)."""
+    import shutil
+
+    shutil.copytree(tiny_dataset, root)
+    rows = (root / "lab" / "train.csv").read_text().splitlines()
+    pool = [rows[0]] + [r for r in rows[1:] if r.split(",")[0].endswith(("_0.flac", "_1.flac"))]
+    (root / "lab" / "pool.csv").write_text("\n".join(pool) + "\n")
+    return root
+
+
+def test_pool_joins_each_folds_training_side_less_its_held_out_recorders(tiny_dataset, tmp_path):
+    from training.cv import fold_training, validation_recorders
+    from training.data import load_pool
+
+    data_dir = _with_pool(tiny_dataset, tmp_path / "data")
+    train_split = load_split(data_dir, "train")
+    data = merge(train_split, load_split(data_dir, "devel", train_split.labels))
+    pool = load_pool(data_dir, data.labels)
+    assert len(pool) == 6 and {c.recorder for c in pool.clips} == {"S0", "S1"}
+    folds = grouped_folds(data, k=2)
+    for (tr, va), held in zip(folds, validation_recorders(data, folds)):
+        training = fold_training(data.subset(tr), pool, held)
+        assert len(training) == len(tr) + 3            # the other recorder's pool clips only
+        assert not {c.recorder for c in training.clips} & set(held)
+    summary = cross_validate([Recipe("baseline")], data, k=2, out=tmp_path / "cv",
+                             pool=lambda frontend: load_pool(data_dir, data.labels, frontend))
+    assert summary["pool"] == {"clips": 6, "used_per_fold": [3, 3]}
+    # the pool is never held out: every scored clip is one of train + devel, each once
+    assert np.array(summary["recipes"]["baseline"]["confusion"]).sum() == len(data)
+    assert load_pool(tiny_dataset, data.labels) is None   # a data set without a pool trains as before
+
+
+def test_a_calibrated_bundle_declares_the_top_of_its_curves_as_its_ceiling():
+    """With calibration the stored confidence is the calibrated one: its ceiling is the top of
+    the curves (an uncalibrated call class keeps the raw vote's ceiling)."""
+    from training.bundling import stored_confidence_max
+
+    labels = ("background", "a", "b")
+    curves = {"a": {"x": [0.1, 0.6], "y": [0.05, 0.97]}, "b": {"x": [0.2, 0.5], "y": [0.1, 0.8]}}
+    assert stored_confidence_max({"calibration": curves}, 0.62, labels) == 0.97
+    assert stored_confidence_max({"calibration": {"b": curves["b"]}}, 0.62, labels) == 0.8
+    assert stored_confidence_max({"calibration": {"b": {"x": [0.2], "y": [0.4]}}}, 0.62, labels) == 0.62
+    assert stored_confidence_max({}, 0.62, labels) == 0.62
+    assert stored_confidence_max({}, None, labels) is None

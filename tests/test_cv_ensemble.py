@@ -73,6 +73,14 @@ def test_mixed_frontend_ensemble_holds_its_stated_background_rate(cv_runs, tiny_
     assert tuned["background_false_rate"] <= untuned["background_false_rate"]
     assert result["uar_mean"] == pytest.approx(np.mean(result["fold_uar_at_thresholds"]))
     assert [e["max_false_rate"] for e in result["tradeoff"]] == [0.01, 0.02, 0.05, 0.1, 0.2]
+    field = result["field"]   # the field measure, as the recorder runs the pair over each fold
+    assert field["at_point"]["false_per_hour"] <= max(5.0, field["untuned"]["false_per_hour"])
+    assert field["untuned"]["calls"] == 18 and field["untuned"]["background_hours"] > 0
+    assert set(field["operating_point"]["min_windows"]) == {"call_high", "call_low"}
+    assert out.with_suffix(".votes.npz").is_file() and out.with_suffix(".reliability.png").is_file()
+    again = cv_ensemble(members, _load(tiny_dataset), out, 0.1, target_false_per_hour=1e6, reuse_votes=True)
+    assert again["field"]["untuned"] == field["untuned"]          # the same votes, read back
+    assert again["field"]["at_point"]["recall"] >= field["at_point"]["recall"]   # a looser target
 
 
 def test_members_from_other_folds_or_no_fold_models_are_refused(cv_runs, tiny_dataset, tmp_path):
@@ -116,8 +124,11 @@ def test_bundle_of_log_mel_and_pcen_runs_streams_both_and_each_member_reads_its_
     assert result.exit_code == 0, result.output
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.frontend == FrontendConfig(kind="logmel_pcen") and len(bundle.members) == 2
-    assert bundle.thresholds == json.loads(thresholds.read_text())["thresholds"]
-    assert json.loads(thresholds.read_text())["frontend_kinds"] == ["logmel", "pcen"]
+    chosen = json.loads(thresholds.read_text())
+    assert bundle.thresholds == chosen["field"]["operating_point"]["thresholds"]   # the field point's
+    assert bundle.manifest["operating_point"] == chosen["field"]["operating_point"]
+    assert bundle.manifest["calibration"] == chosen["field"]["calibration"]
+    assert chosen["frontend_kinds"] == ["logmel", "pcen"]
 
     clip = tiny_dataset / "audio" / "call_high_test_2.flac"
     x = soundfile.read(clip, dtype="float32")[0]

@@ -108,7 +108,7 @@ def complete_bundle(bundle_dir: Path, data_dir: Path | None) -> Bundle:
     the bundle id stay as they are."""
     bundle = load_bundle(bundle_dir)
     changes = {"label_names": label_names(bundle.labels)}
-    ceiling = softmax_confidence_max(bundle.member_paths)
+    ceiling = stored_confidence_max(bundle.manifest, softmax_confidence_max(bundle.member_paths), bundle.labels)
     if ceiling is not None:
         changes["confidence_max"] = round(ceiling, 6)
     bundle = replace_manifest(bundle.path, changes)
@@ -116,6 +116,16 @@ def complete_bundle(bundle_dir: Path, data_dir: Path | None) -> Bundle:
         return bundle
     windows, meta = pick_reference_windows(data_dir, bundle.labels, bundle.window_s, bundle.frontend.sample_rate)
     return add_reference_windows(bundle.path, windows, meta)
+
+
+def stored_confidence_max(manifest: dict, raw_ceiling: float | None, labels) -> float | None:
+    """The highest confidence the recorder can store: a calibrated class reaches the top of its
+    curve, an uncalibrated one the raw vote's ceiling (None: unknown)."""
+    curves = manifest.get("calibration") or {}
+    tops = [max(curves[label]["y"]) for label in labels if label in curves]
+    if len(tops) < len(labels) - 1:   # some call class stores its raw score
+        tops.append(raw_ceiling)
+    return None if None in tops or not tops else float(max(tops))
 
 
 def shared_frontend(frontends: list[FrontendConfig], where) -> FrontendConfig:
@@ -147,7 +157,18 @@ def _thresholds_file(path: Path, labels: list[str], window: tuple[float, float],
     provenance = {"thresholds_from": {
         "file": Path(path).name, "members": result.get("members"), "max_false_rate": result.get("max_false_rate"),
         "cv_uar_mean": result.get("uar_mean"), "cv_uar_std": result.get("uar_std")}}
+    if result.get("field"):  # a field operating point and calibration chosen on grouped CV
+        thresholds = result["field"]["operating_point"]["thresholds"]
+        provenance.update(field_manifest(result["field"]))
     return thresholds, provenance
+
+
+def field_manifest(field: dict) -> dict:
+    """The manifest fields of a field report (``training.operating.field_report``): the operating
+    point with what grouped CV expects of it, and the calibration curves."""
+    return {"operating_point": field["operating_point"], "calibration": field["calibration"],
+            "calibration_input": field.get("calibration_input", "score"),
+            "calibration_fits": field.get("calibration_fits", {})}
 
 
 def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from: Path | None = None,
@@ -204,7 +225,7 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
     if result is None or "members" not in result:
         raise DataError(f"{summary_path}: recipe {recipe!r} has no fold models "
                         "(only recipes with --average-last keep them)")
-    thresholds = result["thresholds"]
+    thresholds = result["field"]["operating_point"]["thresholds"] if "field" in result else result["thresholds"]
     if max_false_rate is not None:
         windows = np.load(Path(cv_dir) / recipe / "held_out_windows.npz")
         labels = tuple(result["labels"])
@@ -226,7 +247,9 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
                               extra={"selected_by": f"grouped cross-validation, recipe {recipe}",
                                      "cv_uar_mean": result["uar_mean"], "cv_uar_std": result["uar_std"],
                                      "max_false_rate": result["max_false_rate"] if max_false_rate is None
-                                                       else max_false_rate})
+                                                       else max_false_rate,
+                                     **(field_manifest(result["field"]) if "field" in result and max_false_rate is None
+                                        else {})})
     bundle = complete_bundle(bundle.path, reference_data)
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
             "thresholds": bundle.thresholds, "self_check": bundle.self_check is not None}

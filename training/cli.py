@@ -73,6 +73,9 @@ def _device(name: str) -> str:
 # Field-augmentation preset (off in the paper's recipe): crops of the deployment window, time
 # shift, background mixing at 0-20 dB SNR on half the clips, +-6 dB gain.
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
+TargetOpt = Annotated[float, typer.Option(help="Field operating point: false events per hour of held-out background that the per-class thresholds and minimum windows may let through (split evenly over the call classes).")]
+HardNegOpt = Annotated[float, typer.Option(help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
+PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
 CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]
 FIELD = {"time_shift": True, "p_mix": 0.5, "snr_db": (0.0, 20.0), "gain_db": 6.0}
 
@@ -133,6 +136,8 @@ def fit(
     mix_other_recorders: MixOtherOpt = False,
     centre_bands: CentreOpt = False,
     with_devel: Annotated[bool, typer.Option("--with-devel", help="Train on train + devel (needs --average-last): for a recipe already chosen by grouped CV.")] = False,
+    pool: PoolOpt = True,
+    hard_negatives: HardNegOpt = 0.0,
 ):
     """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
     from training.runs import fit_run
@@ -149,8 +154,8 @@ def fit(
                                          centre_bands=centre_bands),
          OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
                      gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=_device(device),
-                     average_last=average_last),
-         aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet, with_devel=with_devel)
+                     average_last=average_last, hard_negatives=hard_negatives),
+         aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet, with_devel=with_devel, pool=pool)
 
 
 @app.command()
@@ -184,6 +189,21 @@ def _train_and_devel(data: Path, frontend: FrontendConfig):
 
     train_split = load_split(data, "train", frontend=frontend)
     return merge(train_split, load_split(data, "devel", train_split.labels, frontend))
+
+
+def _field_lines(result: dict) -> dict:
+    """The field measure's headline figures from a cv or cv-ensemble result, when it has them."""
+    field = result.get("field")
+    if not field:
+        return {}
+    pick = ("false_per_hour", "false_per_hour_95", "false_events", "background_hours", "precision", "recall",
+            "clip_uar")
+    return {"field_untuned": {k: field["untuned"][k] for k in pick},
+            "field_at_point": {k: field["at_point"][k] for k in pick},
+            "operating_point": field["operating_point"],
+            "calibration": {k: field["calibration_report"][k] for k in ("fits",)} |
+                           {"ece": field["calibration_report"]["calibrated"]["ece"],
+                            "at_0.9": field["calibration_report"]["calibrated"]["levels"]["0.9"]}}
 
 
 def _storage(storage: Optional[str], out: Path) -> str:
@@ -279,13 +299,16 @@ def cv(
     hop_s: Annotated[float, typer.Option(help="The recorder's window hop, for the held-out windows.")] = 2.0,
     mix_other_recorders: MixOtherOpt = False,
     centre_bands: CentreOpt = False,
+    pool: PoolOpt = True,
+    target_false_per_hour: TargetOpt = 5.0,
+    hard_negatives: HardNegOpt = 0.0,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import Recipe, cross_validate
 
     frontend = _frontend(frontend_kind)
     window = int(round(window_s * frontend.sample_rate / frontend.hop_length))
-    optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last)
+    optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last, hard_negatives=hard_negatives)
     model = ModelConfig(hidden=hidden, layers=layers, centre_bands=centre_bands)
     suffix = ("" if frontend.kind == "logmel" else f"-{frontend.kind}") + (f"-avg{average_last}" if average_last else "")
     if (hidden, layers) != (256, 2):
@@ -294,6 +317,8 @@ def cv(
         suffix += f"-w{window_s:g}"
     if centre_bands:
         suffix += "-cb"
+    if hard_negatives:
+        suffix += f"-hn{hard_negatives:g}"
     known = {
         "baseline": Recipe("baseline"),
         "paper": Recipe("paper" + suffix, model, optim, AugmentConfig(), frontend),
@@ -305,13 +330,18 @@ def cv(
         raise console.error(f"unknown recipe(s) {unknown}: choose from {list(known)}", console.EXIT_USAGE)
 
     def run():
+        from training.data import load_pool
+
         load = functools.partial(_train_and_devel, data)
+        reference = load(FrontendConfig())
+        pool_load = functools.partial(load_pool, data, reference.labels) if pool else None
         with CvProgress() as progress:
-            summary = cross_validate([known[r] for r in recipe], load(FrontendConfig()), folds, out, seed,
+            summary = cross_validate([known[r] for r in recipe], reference, folds, out, seed,
                                      load=load, window_s=window_s, hop_s=hop_s, max_false_rate=max_false_rate,
+                                     pool=pool_load, target_false_per_hour=target_false_per_hour,
                                      progress=progress)
         keys = ("uar_mean", "uar_std", "epoch", "recall", "thresholds", "windows_at_thresholds")
-        return {name: {k: r[k] for k in keys if k in r} for name, r in summary["recipes"].items()}
+        return {name: {**{k: r[k] for k in keys if k in r}, **_field_lines(r)} for name, r in summary["recipes"].items()}
 
     _run(run)
 
@@ -337,15 +367,20 @@ def cv_ensemble_command(
     data: DataOpt = DEFAULT_DATA_DIR,
     out: Annotated[Path, typer.Option("--out", help="JSON file to write: scores, trade-off, thresholds.")] = Path("runs/cv-ensemble.json"),
     max_false_rate: Annotated[float, typer.Option(help="Share of background windows the thresholds may let through as calls.")] = 0.1,
+    target_false_per_hour: TargetOpt = 5.0,
+    prevalence: Annotated[float, typer.Option(help="Share of the assembled recordings' time that is calls.")] = 0.05,
+    reuse_votes: Annotated[bool, typer.Option("--reuse-votes", help="Read the raw votes an earlier run saved beside --out (<out>.votes.npz) instead of running the models.")] = False,
 ):
-    """Grouped-CV score of an ensemble of cv recipes (mixed frontends allowed), thresholds on its own vote."""
+    """Grouped-CV score of an ensemble of cv recipes (mixed frontends allowed), thresholds on its own vote,
+    the field measure, a field operating point and calibration (for `bundle --thresholds`)."""
     from training.cv_ensemble import cv_ensemble
 
     def run():
-        result = cv_ensemble(members, functools.partial(_train_and_devel, data), out, max_false_rate)
+        result = cv_ensemble(members, functools.partial(_train_and_devel, data), out, max_false_rate,
+                             target_false_per_hour, prevalence, reuse_votes)
         keys = ("uar_mean", "uar_std", "uar_mean_untuned", "uar_std_untuned", "thresholds",
                 "windows_untuned", "windows_at_thresholds")
-        return {k: result[k] for k in keys}
+        return {**{k: result[k] for k in keys}, **_field_lines(result)}
 
     _run(run)
 

@@ -5,8 +5,10 @@ it never heard; folds are stratified by class as far as the groups allow. For ne
 epoch is chosen once per recipe, where the mean validation UAR over folds peaks, and every fold is
 scored at that epoch (the pooled confusion matrix too). A recipe that averages its last epochs'
 weights (``OptimConfig.average_last``) chooses nothing on the folds: each fold's averaged model is
-scored, exported (``<out>/<recipe>/foldN.onnx``) and run over its validation clips in the
-recorder's windows, and those held-out windows choose the per-class thresholds. The fold models
+scored, exported (``<out>/<recipe>/foldN.onnx``) and run as the recorder runs a bundle over its
+held-out audio (``training.field``: each clip, the background end to end, recordings assembled
+from calls and background); those held-out votes choose the per-class thresholds, a field
+operating point (false events per background hour) and the calibration of its confidence. The fold models
 are then an ensemble selected by grouped CV (``training.bundling.bundle_cv``). Test is not touched.
 """
 
@@ -21,13 +23,14 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from edgemon.frontend import FrontendConfig
-from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline
 from training.augment import AugmentConfig
-from training.data import Split
+from training.data import Split, merge, without_recorders
 from training.evaluate import confusion, per_class_recall, plot_confusion, uar
 from training.export import export_onnx
+from training.field import fold_field_votes, windows_of
 from training.model import ModelConfig, PrimateBiLSTM
+from training.operating import DEFAULT_TARGET_FALSE_PER_HOUR, field_report
 from training.thresholds import field_summary
 from training.train import OptimConfig, predict, train
 
@@ -71,6 +74,13 @@ def validation_recorders(split: Split, folds) -> list[list[str]]:
     return [sorted({split.clips[i].recorder for i in va}) for _, va in folds]
 
 
+def fold_training(train_side: Split, pool: Split | None, held_out: list[str]) -> Split:
+    """A fold's training clips plus the pool's clips from recorders the fold does not hold out."""
+    if pool is None:
+        return train_side
+    return merge(train_side, without_recorders(pool, held_out))
+
+
 def run_fold(recipe: Recipe, train_split: Split, val: Split,
              on_epoch: Callable[[int, dict], None] | None = None) -> FoldResult:
     """Train on one fold; validation predictions per epoch (and of the averaged model).
@@ -96,26 +106,17 @@ def run_fold(recipe: Recipe, train_split: Split, val: Split,
     return FoldResult(predictions, result.model, probs.argmax(1))
 
 
-def held_out_windows(model: PrimateBiLSTM, val: Split, spec: WindowSpec) -> dict[str, np.ndarray]:
-    """The model's vote on each recorder window of each validation clip: clip index, winner, confidence."""
-    clip, winner, confidence = [], [], []
-    for i, features in enumerate(val.features):
-        windows, _ = cut_windows(features, spec)
-        probs, _ = predict(model, list(windows))
-        clip.append(np.full(len(probs), i))
-        winner.append(probs.argmax(1))
-        confidence.append(probs.max(1))
-    return {"clip": np.concatenate(clip), "winner": np.concatenate(winner),
-            "confidence": np.concatenate(confidence).astype(np.float32)}
-
-
 def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: int = 0,
                    load=None, window_s: float = 4.0, hop_s: float = 2.0,
-                   max_false_rate: float = DEFAULT_MAX_FALSE_RATE,
+                   max_false_rate: float = DEFAULT_MAX_FALSE_RATE, pool=None,
+                   target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
                    progress: Callable[[dict], None] | None = None) -> dict:
     """Score every recipe on the same grouped folds; write ``cv.json`` and pooled confusions.
 
     ``load(frontend)`` gives ``data`` computed by another frontend, for recipes that need one.
+    ``pool(frontend)``, when given, gives train-only clips (``lab/pool.csv``) that join every
+    fold's training side, less those of the fold's held-out recorders; they are never held out,
+    so the folds, and what is scored, are those of ``data`` alone.
     ``progress(event)`` hears every epoch and the end of every fold: ``{"recipe", "fold"`` (from 1),
     ``"folds", "epoch", "epochs"`` (both None at a fold's end), ``"uar"`` (the fold's validation
     UAR after that epoch; None at a fold's end)``}``.
@@ -124,13 +125,18 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
     folds = grouped_folds(data, k, seed)
     n_classes = len(data.labels)
     inputs = {data.frontend: data}
+    pools = {}
+    held_out = validation_recorders(data, folds)
     results = {}
     for recipe in recipes:
         if recipe.frontend not in inputs:
             inputs[recipe.frontend] = load(recipe.frontend)
+        if pool is not None and recipe.frontend not in pools:
+            pools[recipe.frontend] = pool(recipe.frontend)
         split = inputs[recipe.frontend]
-        per_fold = [_fold_with_progress(recipe, split, tr, va, n, len(folds), progress)
-                    for n, (tr, va) in enumerate(folds, 1)]
+        per_fold = [_fold_with_progress(recipe, fold_training(split.subset(tr), pools.get(recipe.frontend), recorders),
+                                        split.subset(va), n, len(folds), progress)
+                    for n, ((tr, va), recorders) in enumerate(zip(folds, held_out), 1)]
         epochs = min(len(f.per_epoch) for f in per_fold)
         curve = [np.mean([uar(data.targets[va], f.per_epoch[e], n_classes) for (_, va), f in zip(folds, per_fold)])
                  for e in range(epochs)]
@@ -149,45 +155,52 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
             "confusion": pooled.tolist(), "mean_curve": [float(c) for c in curve]}
         if recipe.averaged:
             results[recipe.name].update(_keep_fold_models(
-                recipe, split, folds, per_fold, out / recipe.name, window_s, hop_s, max_false_rate))
+                recipe, split, folds, per_fold, out / recipe.name, window_s, hop_s, max_false_rate,
+                target_false_per_hour))
     folds_info = [{"validation_recorders": recorders, "n": int(len(va))}
-                  for recorders, (_, va) in zip(validation_recorders(data, folds), folds)]
+                  for recorders, (_, va) in zip(held_out, folds)]
     summary = {"k": k, "seed": seed, "folds": folds_info, "recipes": results}
+    if pools:
+        some_pool = next(iter(pools.values()))
+        summary["pool"] = {"clips": len(some_pool) if some_pool is not None else 0,
+                           "used_per_fold": [0 if some_pool is None else len(without_recorders(some_pool, r))
+                                             for r in held_out]}
     (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _fold_with_progress(recipe: Recipe, split: Split, tr: np.ndarray, va: np.ndarray, fold: int, folds: int,
+def _fold_with_progress(recipe: Recipe, train: Split, val: Split, fold: int, folds: int,
                         progress: Callable[[dict], None] | None) -> FoldResult:
     """``run_fold`` on one fold, telling ``progress`` (when given) of each epoch and of the end."""
     if progress is None:
-        return run_fold(recipe, split.subset(tr), split.subset(va))
+        return run_fold(recipe, train, val)
     event = {"recipe": recipe.name, "fold": fold, "folds": folds}
     epochs = recipe.optim.epochs if recipe.optim is not None else None
-    result = run_fold(recipe, split.subset(tr), split.subset(va), lambda epoch, record: progress(
+    result = run_fold(recipe, train, val, lambda epoch, record: progress(
         {**event, "epoch": epoch, "epochs": epochs, "uar": record["devel_uar"]}))
     progress({**event, "epoch": None, "epochs": None, "uar": None})
     return result
 
 
 def _keep_fold_models(recipe: Recipe, split: Split, folds, per_fold: list[FoldResult], out: Path,
-                      window_s: float, hop_s: float, max_false_rate: float) -> dict:
-    """Export the fold models; choose thresholds on their held-out windows; score them there."""
+                      window_s: float, hop_s: float, max_false_rate: float,
+                      target_false_per_hour: float) -> dict:
+    """Export the fold models; run each over its held-out audio as the recorder would
+    (``training.field``); choose thresholds, the field operating point and calibration there."""
     out.mkdir(parents=True, exist_ok=True)
-    spec = WindowSpec.from_seconds(window_s, hop_s, split.frontend)
-    windows = {"clip": [], "winner": [], "confidence": []}
     members = []
     for n, ((_, va), fold) in enumerate(zip(folds, per_fold)):
         path = export_onnx(fold.model, out / f"fold{n}.onnx", split.labels, split.frontend,
                            {"selected_by": "grouped cross-validation", "recipe": recipe.name,
                             "validation_uar": uar(split.targets[va], fold.final, len(split.labels))})
         members.append(path.name)
-        held = held_out_windows(fold.model, split.subset(va), spec)
-        windows["clip"].append(va[held["clip"]])
-        windows["winner"].append(held["winner"])
-        windows["confidence"].append(held["confidence"])
-    windows = {k: np.concatenate(v) for k, v in windows.items()}
+    votes = fold_field_votes([[out / m] for m in members], [split.frontend], split, folds, window_s, hop_s)
+    votes.save(out / "field_votes.npz")
+    windows = windows_of(votes)
+    windows["clip"] = np.concatenate([va for _, va in folds])[windows["clip"]]
     np.savez(out / "held_out_windows.npz", target=split.targets[windows["clip"]], **windows)
     return {"members": members, "window_s": window_s, "hop_s": hop_s, "frontend_config": split.frontend.to_dict(),
             "labels": list(split.labels),
-            **field_summary(windows, split.targets, split.labels, max_false_rate)}
+            **field_summary(windows, split.targets, split.labels, max_false_rate),
+            "field": field_report(votes, target_false_per_hour, out / "reliability.png",
+                                  f"{recipe.name}: grouped CV, held-out events")}

@@ -1,12 +1,13 @@
 """``edgemon-train cv-ensemble``: grouped-CV score and thresholds of an ensemble of cv recipes.
 
 A member is the directory of one averaged recipe of a ``cv`` run (``<cv_dir>/<recipe>``, holding
-``foldN.onnx``). On each fold, the members' fold models vote on the held-out clips' recorder
-windows as a bundle of them votes on the recorder (majority, mean probability of the winner as
-confidence), so the per-class thresholds are chosen on the ensemble's own confidence, not on one
-model's, which is more extreme than a mean of several. Members may use different frontends
-(log-mel, PCEN): each reads its own features, as ``export.read_columns`` arranges in a bundle.
-The recipes must come from cv runs with the same folds. Test is not touched.
+``foldN.onnx``). On each fold, the members' fold models become a bundle, and the recorder's own
+``Analyzer`` runs it over the fold's held-out audio (``training.field``): each clip alone, its
+background end to end, and recordings assembled from its calls and background. So the thresholds,
+the field operating point and the calibration are chosen on the ensemble's own vote, exactly as
+the recorder computes it. Members may use different frontends (log-mel, PCEN): each reads its own
+columns, as ``export.read_columns`` arranges in a bundle. The recipes must come from cv runs with
+the same folds. Test is not touched.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from edgemon.ensemble import majority_vote
 from edgemon.frontend import FrontendConfig
-from edgemon.segmenter import WindowSpec, cut_windows
 from training.bundling import shared_frontend
 from training.cv import grouped_folds, validation_recorders
-from training.data import Split
 from training.errors import DataError
+from training.field import DEFAULT_PREVALENCE, FieldVotes, fold_field_votes, windows_of
+from training.operating import DEFAULT_TARGET_FALSE_PER_HOUR, field_report
 from training.thresholds import field_scores, field_summary
 
 
@@ -57,21 +56,17 @@ def _check_same_folds(members: list[Path], recipes: list[tuple[dict, dict]]) -> 
             raise DataError(f"{member}: labels or recorder window differ from {name}'s")
 
 
-def fold_window_probs(model: Path, split: Split, indices: np.ndarray, spec: WindowSpec
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """One fold model's probabilities ``[windows, classes]`` over the recorder windows of the
-    clips ``indices``, and how many windows each clip has."""
-    if not model.is_file():
-        raise DataError(f"{model}: fold model missing")
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    probs = [session.run(["probs"], {"logmel": cut_windows(split.features[i], spec)[0]})[0] for i in indices]
-    return np.concatenate(probs), np.array([len(p) for p in probs])
+def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
+                target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
+                prevalence: float = DEFAULT_PREVALENCE, reuse_votes: bool = False) -> dict:
+    """Score the vote of ``members`` on their cv folds; write ``out`` (JSON) with its thresholds,
+    the field measure, a field operating point and calibration (raw votes in ``<out>.votes.npz``,
+    the reliability diagram in ``<out>.reliability.png``).
 
-
-def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float) -> dict:
-    """Score the vote of ``members`` on their cv folds; write ``out`` (JSON) with its thresholds.
-
-    ``load(frontend)`` gives train + devel, merged as ``cv`` merged them, computed by that frontend.
+    ``load(frontend)`` gives train + devel, merged as ``cv`` merged them (only the clips, labels
+    and recorders are used: the fold bundles compute their own features from the audio).
+    ``reuse_votes`` reads the raw votes of an earlier run with the same ``out`` instead of running
+    the models again (to choose for another target in seconds).
     """
     if not members:
         raise DataError("cv-ensemble needs at least one member recipe directory")
@@ -82,29 +77,31 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float) -> 
     labels = tuple(first["labels"])
     frontends = [FrontendConfig.from_dict(result["frontend_config"]) for _, result in recipes]
     shared_frontend(frontends, members[0])  # the members must be able to share one bundle's stream
-    data = {f: load(f) for f in dict.fromkeys(frontends)}
-    reference = data[frontends[0]]
-    if any([c.path for c in split.clips] != [c.path for c in reference.clips] for split in data.values()):
-        raise DataError(f"{members[0]}: the data loaded for the members' frontends differ in their clips")
+    reference = load(FrontendConfig())
     if tuple(reference.labels) != labels:
         raise DataError(f"{members[0]}: its labels {labels} differ from the data's {reference.labels}")
     folds = grouped_folds(reference, summary["k"], summary["seed"])
     if validation_recorders(reference, folds) != [f["validation_recorders"] for f in summary["folds"]]:
         raise DataError(f"{members[0]}: the data's folds differ from those its cv run used (data changed?)")
 
-    clip, winner, confidence, fold_of = [], [], [], []
-    for k, (_, va) in enumerate(folds):
-        probs, counts = zip(*[fold_window_probs(member / result["members"][k], data[f], va,
-                                                WindowSpec.from_seconds(first["window_s"], first["hop_s"], f))
-                              for member, (_, result), f in zip(members, recipes, frontends)])
-        votes = majority_vote(np.stack(probs))
-        clip.append(np.repeat(va, counts[0]))
-        winner.append(votes.winner)
-        confidence.append(votes.confidence.astype(np.float32))
-        fold_of.append(np.full(len(votes.winner), k))
-    windows = {"clip": np.concatenate(clip), "winner": np.concatenate(winner),
-               "confidence": np.concatenate(confidence)}
-    fold_of = np.concatenate(fold_of)
+    models = [[member / result["members"][k] for member, (_, result) in zip(members, recipes)]
+              for k in range(len(folds))]
+    out = Path(out)
+    saved = out.with_suffix(".votes.npz")
+    if reuse_votes:
+        votes = FieldVotes.load(saved)
+        if votes.labels != labels or len(votes.clip_targets) != len(reference):
+            raise DataError(f"{saved}: votes for other labels or clips than these members' folds")
+    else:
+        votes = fold_field_votes(models, frontends, reference, folds, first["window_s"], first["hop_s"], prevalence)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        votes.save(saved)
+    field = field_report(votes, target_false_per_hour, out.with_suffix(".reliability.png"),
+                         f"{out.stem}: grouped CV, held-out events")
+    order = np.concatenate([va for _, va in folds])
+    windows = windows_of(votes)
+    fold_of = np.concatenate([np.full(len(s.winner), s.fold) for s in votes.clips])
+    windows["clip"] = order[windows["clip"]]
     targets = reference.targets
     summary_at_rate = field_summary(windows, targets, labels, max_false_rate)
     thresholds = summary_at_rate["thresholds"]
@@ -116,10 +113,10 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float) -> 
         "members": [str(m) for m in members], "frontend_kinds": [f.kind for f in frontends],
         "labels": list(labels), "k": summary["k"],
         "seed": summary["seed"], "window_s": first["window_s"], "hop_s": first["hop_s"],
+        "pool": summary.get("pool"), "prevalence": prevalence,
         "fold_uar_untuned": untuned, "fold_uar_at_thresholds": tuned, **summary_at_rate,
+        "field": field,
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
 

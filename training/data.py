@@ -135,3 +135,23 @@ def data_identity(data_dir: Path) -> dict:
     lab = Path(data_dir) / "lab"
     return {"data_dir": Path(data_dir).name,
             **{p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(lab.glob("*.csv"))}}
+
+
+POOL = "pool"
+
+
+def load_pool(data_dir: Path, labels: tuple[str, ...], frontend: FrontendConfig = FrontendConfig(),
+              required: bool = False) -> Split | None:
+    """``lab/pool.csv``: train-only clips (extra background and duets) cut from train recordings
+    or from recordings in no split, so they may join training and the training side of grouped CV
+    without leaking. ``None`` when the data set has no pool and ``required`` is off."""
+    if not (Path(data_dir) / "lab" / f"{POOL}.csv").is_file() and not required:
+        return None
+    return load_split(data_dir, POOL, labels, frontend)
+
+
+def without_recorders(split: Split, recorders) -> Split:
+    """The clips of ``split`` whose recorder is not one of ``recorders`` (a fold's held-out ones):
+    pool clips of a recorder under validation must stay out of that fold's training."""
+    recorders = set(recorders)
+    return split.subset([i for i, c in enumerate(split.clips) if (c.recorder or c.path.name) not in recorders])

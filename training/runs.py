@@ -22,7 +22,7 @@ from edgemon.frontend import FrontendConfig
 from edgemon.segmenter import WindowSpec, cut_windows
 from training import baseline as baseline_mod
 from training.augment import AugmentConfig
-from training.data import BACKGROUND, Split, data_identity, load_split, merge
+from training.data import BACKGROUND, Split, data_identity, load_pool, load_split, merge
 from training.errors import DataError
 from training.evaluate import metrics, write_report
 from training.export import export_onnx
@@ -79,20 +79,25 @@ def windowed_metrics(bundle: Bundle, split: Split) -> dict:
 def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> dict:
     """A bundle scored as the recorder runs it, on one split: its windows, the ensemble's vote,
     the bundle's thresholds, one label per clip; plus the share of background windows stored as
-    a call. Scores without thresholds too, to show what they cost."""
+    a call. Scores without thresholds too, to show what they cost. ``field``: the field measure
+    at the bundle's own operating point and calibration (``training.field.score_field``)."""
+    from training.field import field_votes, score_field, windows_of
+
     bundle = load_bundle(bundle_dir)
     split = load_split(data_dir, split_name, tuple(bundle.labels), bundle.frontend)
-    windows = bundle_votes(bundle, split)
+    votes = field_votes([bundle], split, [(None, np.arange(len(split)))])  # one fold: the split, in order
+    windows = windows_of(votes)
     return {"bundle_id": bundle.bundle_id, "split": split_name, "clips": len(split),
             "thresholds": bundle.thresholds,
             "at_thresholds": field_scores(windows, split.targets, split.labels, bundle.thresholds),
-            "untuned": field_scores(windows, split.targets, split.labels, {})}
+            "untuned": field_scores(windows, split.targets, split.labels, {}),
+            "field": score_field(bundle, votes)}
 
 
 def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: OptimConfig,
             aug: AugmentConfig, window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S,
             frontend: FrontendConfig = FrontendConfig(), progress: bool = True,
-            with_devel: bool = False) -> dict:
+            with_devel: bool = False, pool: bool = False) -> dict:
     """Train one model on train, choose its epoch on devel, evaluate devel and test, export.
 
     ``with_devel`` trains on train + devel (a recipe already chosen by grouped CV, weights averaged,
@@ -102,6 +107,9 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = Splits.load(data_dir, frontend)
     training_split = merge(splits.train, splits.devel) if with_devel else splits.train
+    extra = load_pool(data_dir, splits.train.labels, frontend) if pool else None
+    if extra is not None:  # train-only clips: never cut from a devel or test recording
+        training_split = merge(training_split, extra)
     model_config = dataclasses.replace(model_config, n_classes=len(splits.train.labels),
                                        n_mels=frontend.n_features)
     config = {"model": dataclasses.asdict(model_config), "optim": dataclasses.asdict(optim),

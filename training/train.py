@@ -41,6 +41,7 @@ class OptimConfig:
     average_last: int = 0          # >0: return the mean weights of the last N epochs, not the best
     seed: int = 0
     device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", …
+    hard_negatives: float = 0.0    # >0: in the second half, a background clip is drawn 1 + this x P(call) as often
 
 
 @dataclasses.dataclass
@@ -57,10 +58,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def balanced_indices(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``len(targets)`` draws with replacement, each class equally likely (one epoch's sample)."""
-    counts = np.bincount(targets)
-    weights = 1.0 / counts[targets]
+def balanced_indices(targets: np.ndarray, rng: np.random.Generator, emphasis: np.ndarray | None = None) -> np.ndarray:
+    """``len(targets)`` draws with replacement, each class equally likely (one epoch's sample);
+    within a class, clips in proportion to ``emphasis`` (default: alike)."""
+    emphasis = np.ones(len(targets)) if emphasis is None else np.asarray(emphasis, float)
+    weights = emphasis / np.bincount(targets, weights=emphasis)[targets]
     return rng.choice(len(targets), size=len(targets), replace=True, p=weights / weights.sum())
 
 
@@ -88,6 +90,16 @@ def predict(model: PrimateBiLSTM, features: list[np.ndarray], device: torch.devi
         probs[idx] = torch.softmax(logits, dim=1).cpu().numpy()
         embeddings[idx] = emb.cpu().numpy()
     return probs, embeddings
+
+
+def hard_negative_emphasis(model: PrimateBiLSTM, split: Split, strength: float, device) -> np.ndarray:
+    """Per clip, how often to draw it within its class: a background clip ``1 + strength x``
+    the model's probability that it is a call (whole clip, unaugmented), every other clip 1."""
+    background = np.flatnonzero(split.targets == split.labels.index(BACKGROUND))
+    probs, _ = predict(model, [split.features[i] for i in background], device)
+    emphasis = np.ones(len(split))
+    emphasis[background] = 1.0 + strength * (1.0 - probs[:, split.labels.index(BACKGROUND)])
+    return emphasis
 
 
 def background_pools(split: Split, source: list[np.ndarray], aug: AugmentConfig) -> list[list[np.ndarray]]:
@@ -133,8 +145,11 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
         epochs = bar
     for epoch in epochs:
         started = time.perf_counter()
+        emphasis = None
+        if optim.hard_negatives and epoch > optim.epochs // 2:  # mined with the model as it is now
+            emphasis = hard_negative_emphasis(model, train_split, optim.hard_negatives, device)
         model.train()
-        order = balanced_indices(train_split.targets, rng)
+        order = balanced_indices(train_split.targets, rng, emphasis)
         losses = []
         for start in range(0, len(order), optim.batch_size):
             idx = order[start:start + optim.batch_size]

@@ -1,0 +1,244 @@
+"""The field measure, the field operating point and calibrated confidence, on the recorder's path."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgemon.bundle import MANIFEST, default_bundle_path, load_bundle
+from edgemon.errors import BundleError
+from edgemon.events import Calibration, OperatingPoint
+from edgemon.pipeline import Analyzer, Event, EventMerger, WindowVote
+from tests.conftest import hoots
+from training.calibration import calibrate, fit_calibration
+from training.field import FieldVotes, ScoredEvents, StreamVotes, assemble, match, measure, poisson_interval
+from training.operating import choose_point, field_report
+
+LABELS = ("background", "a", "b")
+HOP = 62   # frames between windows
+FRAME_S = 0.032
+
+
+def _votes(labels_confidences, fold=0, calls=()):
+    """A stream of windows every HOP frames: (label index, confidence) each."""
+    votes = [WindowVote(i * HOP, 125, lab, conf, (lab, lab)) for i, (lab, conf) in enumerate(labels_confidences)]
+    duration = (len(votes) * HOP + 63) * FRAME_S
+    return StreamVotes.from_votes(fold, duration, votes, list(calls))
+
+
+def test_min_windows_drops_short_runs_and_calibration_maps_the_score():
+    point = OperatingPoint({"a": 0.0, "b": 0.0}, {"a": 2})
+    calibration = Calibration({"a": ((0.4, 0.8), (0.1, 0.9))})
+    merger = EventMerger(LABELS, 0, FRAME_S, point, calibration)
+    votes = [WindowVote(i * HOP, 125, lab, conf, (lab,)) for i, (lab, conf) in
+             enumerate([(1, 0.7), (0, 0.9), (1, 0.5), (1, 0.6), (2, 0.45), (0, 0.9)])]
+    events = merger.merge(votes, 60.0)
+    assert [(e.label, json.loads(e.votes)["windows"]) for e in events] == [("a", 2), ("b", 1)]
+    assert events[0].score == pytest.approx(0.6) and events[0].confidence == pytest.approx(0.5)
+    assert events[1].confidence == events[1].score == pytest.approx(0.45)   # no curve: the raw score
+
+
+def test_each_call_is_matched_once_and_only_by_its_own_label():
+    calls = np.array([[0.0, 10.0, 1], [20.0, 30.0, 2]])
+    events = [Event("a", 1.0, 3.0, 0.5, "{}", score=0.5), Event("a", 5.0, 8.0, 0.6, "{}", score=0.6),
+              Event("a", 21.0, 25.0, 0.9, "{}", score=0.9), Event("b", 40.0, 44.0, 0.9, "{}", score=0.9)]
+    right, found = match(events, calls, LABELS)
+    assert right.tolist() == [False, True, False, False]   # the higher-scoring event takes the call
+    assert found.tolist() == [True, False]
+
+
+def test_poisson_interval_is_exact():
+    assert poisson_interval(0, 1.0) == pytest.approx((0.0, 3.689), abs=1e-3)
+    low, high = poisson_interval(8, 1.6)
+    assert low == pytest.approx(3.454 / 1.6, abs=1e-3) and high == pytest.approx(15.763 / 1.6, abs=1e-3)
+
+
+def test_assembled_recordings_hold_calls_about_the_stated_share_of_the_time():
+    durations = {i: 8.0 for i in range(10)} | {i: 20.0 for i in range(10, 30)}
+    order = assemble(list(range(10)), list(range(10, 30)), durations, 0.05, np.random.default_rng(0))
+    calls = sum(durations[i] for i in order if i < 10)
+    assert sorted(i for i in order if i < 10) == list(range(10))   # every call once
+    assert order[0] >= 10                                          # background first
+    assert 0.04 < calls / sum(durations[i] for i in order) < 0.06
+
+
+def _synthetic_field():
+    """Two folds. Background: class a fires in single windows at 0.5-0.6, class b never. Assembled:
+    each call of a is three windows at 0.7, each call of b two at 0.4, with single false windows of
+    a at 0.55 in the background between them."""
+    bg = [(0, 0.9)] * 30 + [(1, 0.55), (0, 0.9), (1, 0.6), (0, 0.9)] * 5
+    streams, assembled = [], []
+    for fold in range(2):
+        streams.append(_votes(bg, fold))
+        windows, calls = [], []
+        for j in range(6):
+            start = len(windows) * HOP * FRAME_S
+            lab, conf, n = (1, 0.7, 3) if j % 2 == 0 else (2, 0.4, 2)
+            windows += [(lab, conf)] * n
+            calls.append((start, start + (n * HOP + 63) * FRAME_S - 2.0, lab))
+            windows += [(0, 0.9)] * 10 + [(1, 0.55)] + [(0, 0.9)] * 10
+        assembled.append(_votes(windows, fold, calls))
+    clips = [_votes([(1, 0.7)] * 3, 0, [(0, 4, 1)]), _votes([(0, 0.9)] * 3, 1, [(0, 4, 0)])]
+    return FieldVotes(LABELS, FRAME_S, streams, assembled, clips, np.array([1, 0]))
+
+
+def test_operating_point_holds_false_events_per_hour_and_keeps_every_call():
+    votes = _synthetic_field()
+    untuned = measure(votes, OperatingPoint({}))
+    assert untuned["false_events"] == 20 and untuned["per_class"]["b"]["false_events"] == 0
+    point = choose_point(votes, target_false_per_hour=5.0)
+    at = measure(votes, point)
+    assert at["false_per_hour"] <= 5.0 and at["false_events"] == 0
+    assert at["recall"] == 1.0 and at["precision"] == 1.0
+    # a needs evidence or confidence above its false windows; b gets a real threshold though
+    # background never showed it a false event: as high as its calls allow
+    assert point.windows_needed("a") > 1 or point.thresholds["a"] > 0.6
+    assert point.thresholds["b"] == pytest.approx(0.4)
+    assert at["false_per_hour_95"][1] > 0   # zero seen is not zero promised
+
+
+def test_field_report_carries_point_expectations_calibration_and_a_stated_fallback(tmp_path):
+    report = field_report(_synthetic_field(), 5.0, tmp_path / "reliability.png", "synthetic")
+    assert set(report["operating_point"]) == {"thresholds", "min_windows", "target_false_per_hour", "expected"}
+    assert report["operating_point"]["expected"]["recall"] == 1.0
+    # 12 held-out events, all right: too few and one-sided, so every class keeps its raw score
+    assert all(how.startswith("raw score") for how in report["calibration_report"]["fits"].values())
+    assert report["calibration"] == {}
+    assert [r["target_false_per_hour"] for r in report["tradeoff"]] == [1.0, 2.0, 5.0, 10.0, 20.0]
+    assert (tmp_path / "reliability.png").stat().st_size > 0
+
+
+def test_calibration_fits_each_class_with_enough_events_and_pools_the_rest():
+    rng = np.random.default_rng(0)
+    n = 200
+    score = rng.uniform(0.2, 0.7, n)
+    right = rng.uniform(size=n) < (score - 0.2) / 0.5          # right more often as the score rises
+    label = np.where(np.arange(n) < 190, 1, 2)                 # class b: 10 events only
+    events = ScoredEvents(label, score, score, np.arange(n) % 3, right, evidence=score)
+    curves, how = fit_calibration(events, LABELS, 0)
+    assert how["a"].startswith("own isotonic fit") and how["b"].startswith("pooled isotonic")
+    x, y = curves["a"]["x"], curves["a"]["y"]
+    assert x == sorted(x) and y == sorted(y) and 0 <= y[0] and y[-1] <= 1
+    _, _, report = calibrate(events, LABELS, 0)
+    assert report["calibrated"]["ece"] < report["raw"]["ece"]   # cross-fitted, yet closer to the truth
+
+
+def test_calibration_reads_the_evidence_when_that_is_what_tells_right_from_false():
+    rng = np.random.default_rng(1)
+    n = 300
+    windows = rng.integers(1, 6, n)
+    score = rng.uniform(0.3, 0.6, n)                           # the peak says little here
+    right = (windows >= 3) ^ (rng.uniform(size=n) < 0.03)      # long events are right
+    events = ScoredEvents(np.ones(n, int), score, score, np.arange(n) % 3, right, evidence=score * windows)
+    curves, source, report = calibrate(events, LABELS, 0)
+    assert source == "evidence" and report["input"].startswith("evidence/")
+    top = report["calibrated"]["levels"]["0.9"]
+    assert top["precision"] >= 0.85 and top["right_kept"] >= 0.5
+    assert report["score/isotonic"]["levels"]["0.9"]["events"] < top["events"]   # the score alone never says "high"
+    assert report["raw"]["levels"]["0.9"]["events"] == 0
+
+
+def test_the_raw_score_is_kept_when_no_fit_beats_it_across_folds():
+    rng = np.random.default_rng(5)
+    n = 90
+    score = rng.uniform(0.05, 0.65, n)
+    right = rng.uniform(size=n) < score                        # the raw score is already the probability
+    events = ScoredEvents(np.ones(n, int), score, score, np.arange(n) % 3, right, evidence=score)
+    curves, source, report = calibrate(events, LABELS, 0)
+    assert all(report[name]["ece"] > report["raw"]["ece"] for name in ("score/isotonic", "score/platt"))
+    assert report["input"] == "raw" and curves == {} and source == "score"
+    assert report["fits"]["a"].startswith("raw score")
+
+
+def _bundle_copy(tmp_path, name="bundle", **manifest_fields):
+    target = tmp_path / name
+    shutil.copytree(default_bundle_path(), target)
+    manifest = json.loads((target / MANIFEST).read_text())
+    (target / MANIFEST).write_text(json.dumps({**manifest, **manifest_fields}))
+    return load_bundle(target)
+
+
+def test_the_recorder_applies_the_bundles_point_and_calibration_and_keeps_the_raw_score(tmp_path):
+    samples = hoots(40.0)   # the embedded bundle calls these helmeted hornbills
+    plain = Analyzer(load_bundle(default_bundle_path())).analyse_blocks([samples]).events
+    assert plain and all(e.confidence == e.score for e in plain)   # an older bundle: confidence is the score
+    curve = {"x": [0.0, 1.0], "y": [0.25, 0.75]}
+    calibrated = _bundle_copy(tmp_path, calibration={"hornbill_helmeted": curve})
+    events = Analyzer(calibrated).analyse_blocks([samples]).events
+    assert [e.score for e in events] == [e.score for e in plain]
+    assert [e.confidence for e in events] == pytest.approx([0.25 + 0.5 * e.score for e in plain])
+    longest = max(json.loads(e.votes)["windows"] for e in plain)
+    by_evidence = _bundle_copy(tmp_path, "evidence", calibration={"hornbill_helmeted": {"x": [0.0, 10.0], "y": [0.0, 1.0]}},
+                               calibration_input="evidence")
+    for e in Analyzer(by_evidence).analyse_blocks([samples]).events:
+        assert e.confidence == pytest.approx(sum(json.loads(e.votes)["window_confidence"]) / 10, abs=1e-3)
+    strict = _bundle_copy(tmp_path, "strict", operating_point={"thresholds": {}, "min_windows": {"hornbill_helmeted": longest + 1}})
+    assert Analyzer(strict).analyse_blocks([samples]).events == []
+
+
+def test_a_malformed_calibration_is_refused_naming_the_manifest(tmp_path):
+    bundle = _bundle_copy(tmp_path, calibration={"great_argus": {"x": [0.5, 0.1], "y": [0.2, 0.3]}})
+    with pytest.raises(BundleError, match="manifest.json: malformed operating point or calibration"):
+        Analyzer(bundle)
+
+
+def test_one_class_events_equal_that_class_among_all_events():
+    votes = _synthetic_field()
+    merger = votes.merger(OperatingPoint({"a": 0.5, "b": 0.0}, {"a": 2}))
+    for stream in votes.background_streams + votes.assembled:
+        every = stream.events(merger)
+        for c, label in ((1, "a"), (2, "b")):
+            assert stream.events(merger, c) == [e for e in every if e.label == label]
+
+
+def test_a_call_split_in_two_events_counts_one_right_and_one_second_event():
+    windows = [(0, 0.9)] * 5 + [(1, 0.7), (0, 0.9), (1, 0.6)] + [(0, 0.9)] * 5
+    call = (5 * HOP * FRAME_S, 8 * HOP * FRAME_S, 1)
+    stream = _votes(windows, 0, [call])
+    votes = FieldVotes(LABELS, FRAME_S, [_votes([(0, 0.9)] * 5)], [stream], [stream], np.array([1]))
+    m = measure(votes, OperatingPoint({}))
+    assert (m["events"], m["right"], m["second_events_on_a_call"], m["recall"]) == (2, 1, 1, 1.0)
+
+
+def test_bad_inputs_are_named_errors(tmp_path):
+    from training.errors import DataError
+
+    with pytest.raises(DataError, match="missing.npz: not a readable field-votes file"):
+        FieldVotes.load(tmp_path / "missing.npz")
+    with pytest.raises(DataError, match="positive"):
+        choose_point(_synthetic_field(), target_false_per_hour=0.0)
+    votes = _synthetic_field()
+    votes.save(tmp_path / "v.npz")
+    back = FieldVotes.load(tmp_path / "v.npz")
+    assert json.dumps(measure(back, OperatingPoint({}))) == json.dumps(measure(votes, OperatingPoint({})))
+
+
+def test_a_fold_without_background_is_refused_naming_it(tiny_dataset):
+    from training.data import load_split
+    from training.errors import DataError
+    from training.field import analyse_fold, raw_analyzer
+
+    split = load_split(tiny_dataset, "devel")
+    calls_only = np.flatnonzero(split.targets != 0)
+    with pytest.raises(DataError, match="fold 3: no held-out background"):
+        analyse_fold(raw_analyzer(load_bundle(default_bundle_path())), split, calls_only, 3)
+
+
+def test_the_false_event_budget_goes_where_it_finds_most_calls():
+    """One false event allowed in all: class a needs one to find its four calls, class b two to
+    find its two. An even split would give neither a whole event; the budget goes to a."""
+    bg = [(0, 0.9)] * 20 + [(1, 0.65)] + [(0, 0.9)] * 20 + [(2, 0.5)] + [(0, 0.9)] * 20 + [(2, 0.5)] + [(0, 0.9)] * 20
+    windows, calls = [], []
+    for j in range(6):
+        lab, conf = (1, 0.6) if j < 4 else (2, 0.4)
+        start = len(windows) * HOP * FRAME_S
+        windows += [(lab, conf)] + [(0, 0.9)] * 10
+        calls.append((start, start + 3.0, lab))
+    background = _votes(bg)
+    votes = FieldVotes(LABELS, FRAME_S, [background], [_votes(windows, 0, calls)], [background], np.array([0]))
+    hours = background.duration_s / 3600
+    point = choose_point(votes, target_false_per_hour=1.5 / hours)   # 1 whole event
+    at = measure(votes, point)
+    assert at["false_events"] == 1 and at["per_class"]["a"]["recall"] == 1.0 and at["per_class"]["b"]["recall"] == 0.0
+    assert point.thresholds["b"] > 0.5                                # b stays quiet: none of its false events

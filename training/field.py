@@ -1,0 +1,391 @@
+"""The field measure: what a bundle would store on audio it never heard, run as the recorder runs it.
+
+Audio goes through the bundle's ``Analyzer`` (streaming frontend, recorder windows, the
+``Ensemble``'s vote) with no thresholds, and the raw window votes are kept; any operating point is
+then applied by the recorder's own ``apply_thresholds`` and ``EventMerger.merge``. Per fold, three
+kinds of held-out audio:
+
+- **background**: the fold's background clips laid end to end. Every event there is false; counted
+  per class against the hours of audio, with an exact Poisson 95 % interval (held-out background is
+  short: a rate of 5 per hour may be 8 events).
+- **assembled**: the fold's calls in a shuffled order, each followed by background clips (in turn,
+  again from the start when used up) until calls fill ``prevalence`` of the time, as on a recorder.
+  An event is right when it overlaps a call of its label; each call is matched once, the
+  highest-scoring event first, so a second event on one call counts as false.
+- **clips**: each clip alone, one label per clip (the UAR of earlier reports, beside the rest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import chi2
+from threadpoolctl import threadpool_limits
+
+from edgemon import audio
+from edgemon.bundle import Bundle, load_bundle, write_bundle
+from edgemon.errors import AudioError
+from edgemon.events import Calibration, OperatingPoint, apply_thresholds
+from edgemon.frontend import FrontendConfig
+from edgemon.pipeline import Analyzer, Event, EventMerger, WindowVote
+from training.data import BACKGROUND, Split
+from training.errors import DataError
+from training.evaluate import confusion, per_class_recall, uar
+
+DEFAULT_PREVALENCE = 0.05       # share of an assembled recording's time that is calls
+NOTHING = 1.0                   # a threshold no vote reaches (a mean of softmax outputs stays under 1)
+
+
+@dataclasses.dataclass
+class StreamVotes:
+    """Raw window votes (no thresholds) over one stretch of audio of one fold, and its calls.
+
+    ``start``/``frames`` in frontend frames, ``winner`` class indices, ``confidence`` the mean member
+    probability of the winner, ``members`` ``[windows, members]`` each member's argmax; ``calls``
+    ``[n, 3]`` rows of (start_s, end_s, label index)."""
+
+    fold: int
+    duration_s: float
+    start: np.ndarray
+    frames: np.ndarray
+    winner: np.ndarray
+    confidence: np.ndarray
+    members: np.ndarray
+    calls: np.ndarray
+
+    @classmethod
+    def from_votes(cls, fold: int, duration_s: float, votes: list[WindowVote], calls) -> "StreamVotes":
+        n_members = len(votes[0].member_labels) if votes else 0
+        return cls(fold, duration_s, np.array([v.start_frame for v in votes], np.int64),
+                   np.array([v.frames for v in votes], np.int64), np.array([v.label for v in votes], np.int64),
+                   np.array([v.confidence for v in votes], np.float64),
+                   np.array([v.member_labels for v in votes], np.int64).reshape(len(votes), n_members),
+                   np.asarray(calls, np.float64).reshape(-1, 3))
+
+    def events(self, merger: EventMerger, only: int | None = None) -> list[Event]:
+        """The events the recorder would store from these votes at ``merger``'s operating point;
+        with ``only``, just those of that class (faster: its runs depend on its windows alone, so
+        every other window is left out but the one after each of its runs, as background)."""
+        labels = apply_thresholds(self.winner, self.confidence, merger.labels, merger.point.thresholds,
+                                  merger.background)
+        keep = np.ones(len(labels), bool)
+        if only is not None:
+            mine = labels == only
+            keep = mine | np.concatenate([[False], mine[:-1]])
+            labels = np.where(mine, labels, merger.background)
+        votes = [WindowVote(int(self.start[i]), int(self.frames[i]), int(labels[i]), float(self.confidence[i]),
+                            tuple(int(m) for m in self.members[i])) for i in np.flatnonzero(keep)]
+        return merger.merge(votes, self.duration_s)
+
+
+@dataclasses.dataclass
+class FieldVotes:
+    """Every fold's raw votes: background and assembled streams, and each clip's windows."""
+
+    labels: tuple[str, ...]
+    frame_s: float
+    background_streams: list[StreamVotes]
+    assembled: list[StreamVotes]
+    clips: list[StreamVotes]          # one per clip, ``calls`` holding its own label over its length
+    clip_targets: np.ndarray
+
+    @property
+    def background(self) -> int:
+        return self.labels.index(BACKGROUND)
+
+    def merger(self, point: OperatingPoint, calibration: Calibration = Calibration()) -> EventMerger:
+        return EventMerger(self.labels, self.background, self.frame_s, point, calibration)
+
+    def save(self, path: Path) -> None:
+        """One ``.npz``: the streams' arrays under ``<kind><i>_<field>``."""
+        arrays = {"labels": np.array(self.labels), "frame_s": self.frame_s, "clip_targets": self.clip_targets}
+        for kind in ("background_streams", "assembled", "clips"):
+            arrays[f"{kind}_n"] = len(getattr(self, kind))
+            for i, s in enumerate(getattr(self, kind)):
+                for f in dataclasses.fields(StreamVotes):
+                    arrays[f"{kind}{i}_{f.name}"] = getattr(s, f.name)
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "FieldVotes":
+        try:
+            data = np.load(path)
+            streams = {kind: [StreamVotes(**{f.name: data[f"{kind}{i}_{f.name}"] for f in dataclasses.fields(StreamVotes)})
+                              for i in range(int(data[f"{kind}_n"]))]
+                       for kind in ("background_streams", "assembled", "clips")}
+            for kind in streams.values():
+                for s in kind:
+                    s.fold, s.duration_s = int(s.fold), float(s.duration_s)
+            return cls(tuple(str(x) for x in data["labels"]), float(data["frame_s"]), clip_targets=data["clip_targets"],
+                       **streams)
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable field-votes file ({type(exc).__name__}: {exc})") from exc
+
+
+def raw_analyzer(bundle: Bundle, batch_size: int = 16) -> Analyzer:
+    """The bundle's analyzer with no thresholds and single-window events: raw votes to keep."""
+    analyzer = Analyzer(bundle, batch_size=batch_size)
+    analyzer.merger = dataclasses.replace(analyzer.merger, point=OperatingPoint({}), calibration=Calibration())
+    return analyzer
+
+
+def fold_bundle(models: list[Path], labels: list[str], frontend: FrontendConfig, window_s: float, hop_s: float,
+                out: Path) -> Bundle:
+    """A bundle of one fold's member models (their columns of ``frontend``, as ``bundle`` makes
+    them), no thresholds: the fold's ensemble exactly as a recorder would load it."""
+    from training.export import read_columns
+
+    members = []
+    for i, model in enumerate(models):
+        if not Path(model).is_file():
+            raise DataError(f"{model}: fold model missing")
+        members.append(read_columns(Path(model), out.parent / f"{out.name}-{i}.onnx", frontend))
+    return load_bundle(write_bundle(out, members, labels, frontend=frontend, window_s=window_s, hop_s=hop_s).path)
+
+
+def _samples(clip, rate: int) -> np.ndarray:
+    try:
+        return audio.load(clip.path, rate)
+    except AudioError as exc:
+        raise DataError(str(exc)) from exc
+
+
+def _run(analyzer: Analyzer, pieces: list[np.ndarray]) -> tuple[list[WindowVote], float]:
+    stream = analyzer.stream(keep_votes=True)
+    for samples in pieces:
+        stream.push(samples)
+    stream.finish()
+    return stream.votes, stream.duration_s
+
+
+def assemble(calls: list[int], backgrounds: list[int], durations: dict[int, float], prevalence: float,
+             rng: np.random.Generator) -> list[int]:
+    """An order of clips: calls shuffled, each after background clips (in a shuffled turn, again
+    when used up) until the calls fill about ``prevalence`` of the time."""
+    if not backgrounds:
+        return []
+    calls = list(rng.permutation(calls))
+    turn = list(rng.permutation(backgrounds))
+    order, position, gap = [], 0, 0.0
+    for call in calls + [None]:
+        want = gap
+        while want > 0 or not order:   # background first, so no call starts the recording
+            clip = turn[position % len(turn)]
+            position += 1
+            order.append(clip)
+            want -= durations[clip]
+        if call is not None:
+            order.append(call)
+            gap = durations[call] * (1 - prevalence) / prevalence
+    return order
+
+
+def analyse_fold(analyzer: Analyzer, split: Split, indices, fold: int, prevalence: float = DEFAULT_PREVALENCE,
+                 seed: int = 0) -> tuple[StreamVotes, StreamVotes, list[StreamVotes]]:
+    """One fold's held-out clips ``indices`` of ``split`` through ``analyzer`` (raw): its background
+    stream, its assembled stream and each clip alone."""
+    rate = analyzer.bundle.frontend.sample_rate
+    background = split.labels.index(BACKGROUND)
+    samples = {int(i): _samples(split.clips[i], rate) for i in indices}
+    durations = {i: len(s) / rate for i, s in samples.items()}
+    backgrounds = [i for i in samples if split.targets[i] == background]
+    calls = [i for i in samples if split.targets[i] != background]
+    if not backgrounds:
+        raise DataError(f"fold {fold}: no held-out background clips to measure false events on")
+    clips = []
+    for i, s in samples.items():
+        votes, duration = _run(analyzer, [s])
+        clips.append(StreamVotes.from_votes(fold, duration, votes, [(0.0, duration, int(split.targets[i]))]))
+    votes, duration = _run(analyzer, [samples[i] for i in backgrounds])
+    background_stream = StreamVotes.from_votes(fold, duration, votes, [])
+    order = assemble(calls, backgrounds, durations, prevalence, np.random.default_rng(seed + fold))
+    truth, t = [], 0.0
+    for i in order:
+        if split.targets[i] != background:
+            truth.append((t, t + durations[i], int(split.targets[i])))
+        t += durations[i]
+    votes, duration = _run(analyzer, [samples[i] for i in order])
+    return background_stream, StreamVotes.from_votes(fold, duration, votes, truth), clips
+
+
+def field_votes(bundles: list[Bundle], split: Split, folds, prevalence: float = DEFAULT_PREVALENCE,
+                seed: int = 0) -> FieldVotes:
+    """Raw votes of each fold's bundle on that fold's held-out clips (``folds``: (train, validation)
+    index pairs into ``split``); with one bundle and one fold of every clip, a whole split."""
+    streams = ([], [], [])
+    order = []
+    # One BLAS thread, as on the recorder: the frontend's small products gain nothing from more,
+    # and on a busy machine waiting threads made them ten times slower (measured here).
+    with threadpool_limits(1):
+        for k, (bundle, (_, va)) in enumerate(zip(bundles, folds)):
+            analyzer = raw_analyzer(bundle)
+            for kind, got in zip(streams, analyse_fold(analyzer, split, va, k, prevalence, seed)):
+                kind.extend(got if isinstance(got, list) else [got])
+            order.extend(int(i) for i in va)
+    frame_s = bundles[0].frontend.hop_length / bundles[0].frontend.sample_rate
+    return FieldVotes(tuple(split.labels), frame_s, streams[0], streams[1], streams[2], split.targets[order])
+
+
+def poisson_interval(count: int, hours: float) -> tuple[float, float]:
+    """Exact (Garwood) 95 % interval of a rate per hour from ``count`` events in ``hours``."""
+    low = chi2.ppf(0.025, 2 * count) / 2 if count else 0.0
+    return float(low / hours), float(chi2.ppf(0.975, 2 * count + 2) / 2 / hours)
+
+
+def match(events: list[Event], calls: np.ndarray, labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Which events are right (overlap an unmatched call of their label; highest score first,
+    largest overlap), and which calls were found. ``calls`` rows: (start_s, end_s, label index)."""
+    right = np.zeros(len(events), bool)
+    found = np.zeros(len(calls), bool)
+    for e in sorted(range(len(events)), key=lambda i: -events[i].score):
+        event = events[e]
+        label = labels.index(event.label)
+        overlap = np.minimum(calls[:, 1], event.end_s) - np.maximum(calls[:, 0], event.start_s) if len(calls) else []
+        candidates = [c for c in range(len(calls)) if not found[c] and calls[c, 2] == label and overlap[c] > 0]
+        if candidates:
+            best = max(candidates, key=lambda c: overlap[c])
+            found[best], right[e] = True, True
+    return right, found
+
+
+def _clip_label(events: list[Event], labels: tuple[str, ...], background: int) -> int:
+    """``edgemon.events.clip_label`` over the windows of the stored events: the class with most
+    windows in events (ties: highest summed window confidence), else background."""
+    if not events:
+        return background
+    tally: dict[str, tuple[int, float]] = {}
+    for e in events:
+        votes = json.loads(e.votes)
+        n, w = tally.get(e.label, (0, 0.0))
+        tally[e.label] = (n + votes["windows"], w + sum(votes["window_confidence"]))
+    return labels.index(max(tally, key=lambda label: tally[label]))
+
+
+@dataclasses.dataclass
+class ScoredEvents:
+    """The events of the assembled streams at one operating point: per event its class index,
+    raw score, calibrated confidence, fold and whether it is right."""
+
+    label: np.ndarray
+    score: np.ndarray
+    confidence: np.ndarray
+    fold: np.ndarray
+    right: np.ndarray
+    on_a_call: np.ndarray | None = None   # overlaps a call of its label (a false one: a second event on it)
+    evidence: np.ndarray | None = None    # the sum of its window confidences
+
+    def subset(self, keep: np.ndarray) -> "ScoredEvents":
+        return ScoredEvents(*(None if getattr(self, f.name) is None else getattr(self, f.name)[keep]
+                              for f in dataclasses.fields(self)))
+
+    def reads(self, source: str) -> np.ndarray:
+        """What a calibration with ``input`` ``source`` reads: the score or the evidence."""
+        return self.score if source == "score" else self.evidence
+
+
+def evidence(event: Event) -> float:
+    """The sum of an event's window confidences, from its votes JSON."""
+    return float(sum(json.loads(event.votes)["window_confidence"]))
+
+
+def _on_a_call(event: Event, calls: np.ndarray, labels: tuple[str, ...]) -> bool:
+    if not len(calls):
+        return False
+    mine = calls[calls[:, 2] == labels.index(event.label)]
+    return bool(((mine[:, 0] < event.end_s) & (mine[:, 1] > event.start_s)).any())
+
+
+def assembled_events(votes: FieldVotes, merger: EventMerger) -> tuple[ScoredEvents, np.ndarray, np.ndarray]:
+    """Events on every assembled stream, judged; and the calls (label index) with whether found."""
+    rows, call_labels, found_all = [], [], []
+    for stream in votes.assembled:
+        events = stream.events(merger)
+        right, found = match(events, stream.calls, votes.labels)
+        rows += [(votes.labels.index(e.label), e.score, e.confidence, stream.fold, r,
+                  _on_a_call(e, stream.calls, votes.labels), evidence(e)) for e, r in zip(events, right)]
+        call_labels.append(stream.calls[:, 2].astype(int))
+        found_all.append(found)
+    cols = list(zip(*rows)) if rows else [[]] * 7
+    scored = ScoredEvents(np.array(cols[0], int), np.array(cols[1], float), np.array(cols[2], float),
+                          np.array(cols[3], int), np.array(cols[4], bool), np.array(cols[5], bool),
+                          np.array(cols[6], float))
+    return scored, np.concatenate(call_labels) if call_labels else np.zeros(0, int), \
+        np.concatenate(found_all) if found_all else np.zeros(0, bool)
+
+
+def measure(votes: FieldVotes, point: OperatingPoint, calibration: Calibration = Calibration()) -> dict:
+    """The field measure at ``point``, pooled over folds: false events per hour of background
+    (total and per class, counts, hours, Poisson 95 % interval), event precision and recall on the
+    assembled recordings (total and per class), and clip UAR."""
+    merger = votes.merger(point, calibration)
+    labels, background = votes.labels, votes.background
+    hours = sum(s.duration_s for s in votes.background_streams) / 3600
+    false = {label: 0 for i, label in enumerate(labels) if i != background}
+    for stream in votes.background_streams:
+        for e in stream.events(merger):
+            false[e.label] += 1
+    total = sum(false.values())
+    scored, call_labels, found = assembled_events(votes, merger)
+    per_class = {}
+    for c, label in enumerate(labels):
+        if c == background:
+            continue
+        mine = scored.label == c
+        per_class[label] = {
+            "false_events": false[label], "false_per_hour": false[label] / hours,
+            "false_per_hour_95": list(poisson_interval(false[label], hours)),
+            "events": int(mine.sum()), "right": int(scored.right[mine].sum()),
+            "precision": float(scored.right[mine].mean()) if mine.any() else None,
+            "calls": int((call_labels == c).sum()),
+            "recall": float(found[call_labels == c].mean()) if (call_labels == c).any() else None}
+    predicted = [_clip_label(s.events(merger), labels, background) for s in votes.clips]
+    return {
+        "background_hours": hours, "false_events": total, "false_per_hour": total / hours,
+        "false_per_hour_95": list(poisson_interval(total, hours)),
+        "assembled_hours": sum(s.duration_s for s in votes.assembled) / 3600,
+        "events": int(len(scored.right)), "right": int(scored.right.sum()),
+        "second_events_on_a_call": int((scored.on_a_call & ~scored.right).sum()),
+        "precision": float(scored.right.mean()) if len(scored.right) else None,
+        "calls": int(len(found)), "recall": float(found.mean()) if len(found) else None,
+        "clip_uar": uar(votes.clip_targets, np.array(predicted), len(labels)),
+        "clip_recall": dict(zip(labels, map(float, per_class_recall(
+            confusion(votes.clip_targets, np.array(predicted), len(labels)))))),
+        "per_class": per_class}
+
+
+def windows_of(votes: FieldVotes) -> dict[str, np.ndarray]:
+    """The clips' raw window votes in the layout of ``training.thresholds`` (clip, winner, confidence)."""
+    return {"clip": np.concatenate([np.full(len(s.winner), i) for i, s in enumerate(votes.clips)]),
+            "winner": np.concatenate([s.winner for s in votes.clips]),
+            "confidence": np.concatenate([s.confidence for s in votes.clips]).astype(np.float32)}
+
+
+def fold_field_votes(models_per_fold: list[list[Path]], frontends: list[FrontendConfig], split: Split, folds,
+                     window_s: float, hop_s: float, prevalence: float = DEFAULT_PREVALENCE) -> FieldVotes:
+    """Raw votes of each fold's ensemble (``models_per_fold[k]``: its members' ONNX files, trained on
+    ``frontends``) over that fold's held-out clips, through a bundle of them."""
+    from training.bundling import shared_frontend
+
+    frontend = shared_frontend(frontends, models_per_fold[0][0])
+    with tempfile.TemporaryDirectory() as tmp:
+        bundles = [fold_bundle(models, list(split.labels), frontend, window_s, hop_s, Path(tmp) / f"fold{k}")
+                   for k, models in enumerate(models_per_fold)]
+        return field_votes(bundles, split, folds, prevalence)
+
+
+def score_field(bundle: Bundle, votes: FieldVotes) -> dict:
+    """The field measure of ``bundle``'s raw ``votes`` (``field_votes``), at the bundle's own
+    operating point and calibration, and untuned; with the calibration's quality there."""
+    from training.calibration import at_levels, reliability
+
+    point = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
+    calibration = Calibration.from_manifest(bundle.manifest)
+    events, _, _ = assembled_events(votes, votes.merger(point, calibration))
+    return {"operating_point": {"thresholds": point.thresholds, "min_windows": point.min_windows},
+            "calibrated": bool(calibration.curves),
+            "at_point": measure(votes, point, calibration), "untuned": measure(votes, OperatingPoint({})),
+            "confidence": {**reliability(events.confidence, events.right), "levels": at_levels(events.confidence, events.right)}}

@@ -188,7 +188,15 @@ def describe_bundle(path) -> tuple[dict, SelfCheck]:
             "frontend": bundle.frontend.to_dict(), "self_check": check.to_dict(),
             # Where its figures come from: training data, grouped-CV scores, operating point,
             # calibration, adaptation (whichever the manifest records).
+            "confidence": _confidence_meaning(bundle.manifest),
             "provenance": {k: bundle.manifest[k] for k in PROVENANCE if k in bundle.manifest}}, check
+
+
+def _confidence_meaning(manifest: dict) -> str:
+    if manifest.get("calibration"):
+        return (f"calibrated: the probability that a detection is right, per class, from the event's "
+                f"{manifest.get('calibration_input', 'score')} (fits in provenance.calibration_fits)")
+    return "uncalibrated: the raw vote score (the members' normalised-softmax probability), not a probability of being right"
 
 
 PROVENANCE = ("trained_on", "thresholds_from", "operating_point", "calibration_input", "calibration_fits",

@@ -321,3 +321,9 @@ def test_info_says_where_the_bundles_figures_come_from():
     assert result.exit_code == 0, result.output
     provenance = json.loads(result.output)["provenance"]
     assert provenance["trained_on"] and "cv_uar_mean" in provenance["thresholds_from"]
+
+
+def test_info_says_whether_confidence_is_calibrated():
+    """A bundle from before calibration still runs; info says its confidence is the raw score."""
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0 and json.loads(result.output)["confidence"].startswith("uncalibrated")

@@ -122,4 +122,8 @@ def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s
         from edgemon.listen import listen_main
 
         with hold_database(settings["db"]), listen_health(settings["db"], settings.health_config()):
-            listen_main(settings.listen_config(duration_s), settings["db"], settings["models"], settings["threads"])
+            try:
+                listen_main(settings.listen_config(duration_s), settings["db"], settings["models"], settings["threads"])
+            except BundleError as exc:   # as in watch: `status` says why the unit is not listening
+                record_refusal(settings["db"], "listen", settings["device_id"], str(exc))
+                raise

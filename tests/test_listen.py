@@ -469,3 +469,22 @@ def test_listen_on_a_real_device_survives_an_audio_server_crash(virtual_audio, b
 
 def utc_seconds(text: str) -> float:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_bundle_refused_by_listen_is_visible_in_status(virtual_audio, tmp_path):
+    """A bundle that fails its checks stops `listen` in one line, as it stops `watch`, and the
+    unit's database records why, so `edgemon status` does not just say 'stopped'."""
+    from edgemon.status import collect_status
+    from edgemon.store import Store
+
+    db = tmp_path / "e.db"
+    Store(db).close()                                        # the unit's database from earlier runs
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("[]")
+    result = subprocess.run([str(EDGEMON), "listen", "--device", "pulse", "--db", str(db), "--models", str(broken),
+                             "--duration-s", "2"], env=virtual_audio.client_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    status = collect_status(db)
+    assert [p for p in status["problems"] if p.startswith("refused to start: ") and str(broken) in p]

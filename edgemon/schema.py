@@ -246,7 +246,9 @@ def m007_sync_outbox(db: sqlite_utils.Database) -> None:
 def _log_changes(db: sqlite_utils.Database, table: str) -> None:
     """Put ``table`` under the change log: its rows so far are the first backlog, triggers the rest."""
     key = SYNC_KEYS[table]
-    db.execute(f"INSERT INTO changes (tbl, k1, k2, k3, k4) SELECT '{table}', {', '.join(key)} "
+    # OR IGNORE: keys need not be unique in old rows (two heartbeats of one run in the same
+    # millisecond): one change per key is all the log holds anyway.
+    db.execute(f"INSERT OR IGNORE INTO changes (tbl, k1, k2, k3, k4) SELECT '{table}', {', '.join(key)} "
                f"FROM {table} ORDER BY rowid")
     db.execute(f"CREATE TRIGGER changes_{table}_insert AFTER INSERT ON {table} BEGIN\n  "
                f"{_change_sql(table, 'NEW')}\nEND")

@@ -171,3 +171,21 @@ def test_unopenable_database_raises_store_error(tmp_path):
     garbage.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="garbage.db"):
         Store(garbage)
+
+
+def test_a_database_from_before_sync_with_twin_heartbeats_still_opens(tmp_path):
+    """Found in review: m007 copies every old heartbeat into the change log, whose keys are
+    unique, while old heartbeats of one run could share an uptime to the millisecond; the
+    migration then failed on every start and the database could not be opened at all."""
+    import sqlite_utils
+
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(path)
+    MIGRATIONS.apply(old, stop_before="m007_sync_outbox")
+    beat = {"run_id": "r1", "mode": "watch", "device_id": "d", "at_utc": "2024-01-01T00:00:00.000Z",
+            "started_utc": "2024-01-01T00:00:00.000Z", "uptime_s": 12.345, "state": "running"}
+    old["heartbeats"].insert_all([beat, {**beat, "at_utc": "2024-01-01T00:00:00.001Z"}])
+    old.close()
+    with Store(path) as store:
+        assert store.db.execute("SELECT count(*) FROM changes WHERE tbl = 'heartbeats'").fetchone()[0] == 1
+        assert store.db.execute("SELECT count(*) FROM heartbeats").fetchone()[0] == 2

@@ -264,3 +264,15 @@ def test_verdicts_export_as_csv(review_db, tmp_path):
     assert [(r["source"], r["start_s"], r["verdict"], r["new_label"], r["reviewer"], r["device_id"]) for r in exported] == [
         ("S01/20240501_060000.WAV", "2.0", "wrong", "", "ann", "S01"),
         ("S01/20240501_060000.WAV", "10.0", "relabel", "great_argus", "bob", "S01")]
+
+
+def test_the_verdicts_csv_neutralises_formulas(review_db):
+    """Found in review: the verdicts CSV wrote free text (the reviewer) as it was."""
+    import io
+
+    db, _ = review_db
+    reviews.add_verdict(db, reviews.list_detections(db, order="time")[0]["id"], "wrong",
+                        '=HYPERLINK("http://evil.example/x","click")')
+    out = io.StringIO()
+    reviews.write_reviews_csv(db, out)
+    assert "'=HYPERLINK" in out.getvalue() and ",=HYPERLINK" not in out.getvalue()

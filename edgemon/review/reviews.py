@@ -17,6 +17,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TextIO
 
+from edgemon import tables
 from edgemon.errors import EdgemonError
 from edgemon.schema import REVIEW_VERDICTS
 from edgemon.store import BUSY_TIMEOUT_MS, Store, connect_read_only, utc_iso
@@ -258,5 +259,5 @@ def write_reviews_csv(db_path: Path, out: TextIO) -> int:
             ORDER BY r.reviewed_at, r.id""").fetchall()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(REVIEW_COLUMNS)
-    writer.writerows(tuple(r) for r in rows)
+    writer.writerows([tables.cell(v) for v in r] for r in rows)   # a reviewer's name is free text
     return len(rows)

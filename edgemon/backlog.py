@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -41,10 +42,12 @@ class BacklogProgress:
                 st = os.stat(path)
                 version = (st.st_size, st.st_mtime_ns)
             except OSError:
-                version = None
+                st, version = None, None
             cached = self._durations.get(path)
             if cached is None or cached[0] != version:
-                cached = self._durations[path] = (version, audio_duration_s(path))
+                # Only regular files are opened: opening a FIFO named *.wav would block forever.
+                regular = st is not None and stat.S_ISREG(st.st_mode)
+                cached = self._durations[path] = (version, audio_duration_s(path) if regular else None)
             if cached[1] is None:
                 unknown += 1
             else:

@@ -78,8 +78,8 @@ class Isolated:
         if child.returncode == _FAILED:
             raise AnalysisFailed(out.decode("utf-8", "backslashreplace").strip())
         if -child.returncode in (signal.SIGTERM, signal.SIGINT):
-            raise AnalysisStopped(f"analysis stopped by {signal.Signals(-child.returncode).name}")
-        how = (f"killed by {signal.Signals(-child.returncode).name}" if child.returncode < 0
+            raise AnalysisStopped(f"analysis stopped by {_signal_name(-child.returncode)}")
+        how = (f"killed by {_signal_name(-child.returncode)}" if child.returncode < 0
                else f"exited with status {child.returncode}")
         last = err.decode("utf-8", "backslashreplace").strip().splitlines()[-1:] or [""]
         raise AnalysisDied(f"the analysis process was {how} (out of memory, or a crash in a decoder)"
@@ -132,3 +132,10 @@ def main(argv: list[bytes]) -> int:
     sys.stdout.buffer.write(pickle.dumps(analysis))
     return 0
 
+
+def _signal_name(number: int) -> str:
+    """SIGKILL, …; real-time signals (34-64) have no ``signal.Signals`` member."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -448,7 +448,10 @@ class Watcher:
 
     def detections(self, source: str, analysis: Analysis, when) -> list[Detection]:
         def at(offset: float) -> dt.datetime | None:
-            return None if when.start_utc is None else when.start_utc + dt.timedelta(seconds=offset)
+            try:
+                return None if when.start_utc is None else when.start_utc + dt.timedelta(seconds=offset)
+            except OverflowError:   # a suspect clock at the end of the calendar (a name '99991231_…')
+                return None
 
         return [Detection(device_id=self.config.device_id, source=source, start_s=e.start_s, end_s=e.end_s,
                           start_utc=at(e.start_s), end_utc=at(e.end_s), time_source=when.source,

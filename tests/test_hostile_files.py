@@ -316,3 +316,41 @@ def test_a_file_that_cannot_be_stated_is_tried_like_an_unreadable_file(tmp_path)
     assert run.stderr.count("cannot stat") == 3, run.stderr      # three tries, then quarantined
     state, attempts, error = ledger(db)["listable/20240701_070000.WAV"]
     assert (state, attempts, error) == ("quarantined", 3, "cannot stat: Permission denied")
+
+
+def test_a_recording_named_at_the_end_of_the_calendar_is_stored_without_times(tmp_path):
+    """Found in review: '99991231_235959.WAV' is a (suspect) start time whose detections' ends
+    overflow the calendar; the OverflowError escaped the per-file handling, and the file,
+    already marked in progress, crashed the daemon at every start."""
+    root = tmp_path / "rec"
+    recording(root / "99991231_235959.WAV", seconds=8.0)
+    recording(root / "20240701_060000.WAV", seconds=8.0)
+    watch_until_idle(root, tmp_path / "d.db")
+    assert {k: v[0] for k, v in ledger(tmp_path / "d.db").items()} == {
+        "99991231_235959.WAV": "done", "20240701_060000.WAV": "done"}
+    stored = query(tmp_path / "d.db", "SELECT source, clock_suspect FROM detections")
+    assert ("99991231_235959.WAV", 1) in stored
+
+
+def test_backlog_progress_never_opens_a_fifo(tmp_path):
+    """Found in review: the progress line read the header of every waiting file, and opening a
+    FIFO named *.wav blocks for ever (the watchdog then kills the daemon in a loop)."""
+    import threading
+
+    fifo = tmp_path / "20240701_060000.WAV"
+    os.mkfifo(fifo)
+    progress = BacklogProgress(every_s=0.0)
+    done = threading.Thread(target=progress.update, kwargs=dict(done=0, waiting={fifo}, audio_s=0.0, busy_s=0.0),
+                            daemon=True)
+    done.start()
+    done.join(10)
+    alive = done.is_alive()
+    if alive:   # unblock the thread: a writer opening the FIFO releases the reader
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert not alive
+
+
+def test_a_child_killed_by_a_real_time_signal_is_named():
+    from edgemon.isolate import _signal_name
+
+    assert _signal_name(9) == "SIGKILL" and _signal_name(40) == "signal 40"

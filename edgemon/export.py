@@ -325,17 +325,18 @@ def _write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], app
     """One tab-separated Raven selection table per source; times in seconds from its start.
     ``append`` (cursor exports) keeps an existing table's selections and numbers on after them."""
     count = 0
-    for source, group in itertools.groupby(rows, key=lambda row: row["source"]):
-        path = out_dir / names[source]
-        earlier, number = _earlier_selections(path) if append else ("", 0)
-        with _atomic_text(path) as f:
-            f.write(earlier)
-            writer = tables.raven_writer(f)
-            if not earlier:
-                writer.writerow(RAVEN_COLUMNS)
-            for number, row in enumerate(group, start=number + 1):
-                writer.writerow(tables.raven_row(number, row))
-                count += 1
+    with _atomic_texts() as open_text:   # all tables or none: see _atomic_texts
+        for source, group in itertools.groupby(rows, key=lambda row: row["source"]):
+            path = out_dir / names[source]
+            earlier, number = _earlier_selections(path) if append else ("", 0)
+            with open_text(path) as f:
+                f.write(earlier)
+                writer = tables.raven_writer(f)
+                if not earlier:
+                    writer.writerow(RAVEN_COLUMNS)
+                for number, row in enumerate(group, start=number + 1):
+                    writer.writerow(tables.raven_row(number, row))
+                    count += 1
     return count
 
 
@@ -361,38 +362,66 @@ def _earlier_selections(path: Path) -> tuple[str, int]:
 
 @contextlib.contextmanager
 def _atomic_text(path: Path) -> Iterator[TextIO]:
-    """A UTF-8 text file that appears at ``path`` only when complete.
+    """A UTF-8 text file that appears at ``path`` only when complete (see ``_atomic_texts``)."""
+    with _atomic_texts() as open_text, open_text(path) as f:
+        yield f
 
-    The temp file sits in the same directory so the rename stays on one file system (atomic), is
-    created with mode 0666 less the umask (as ``open`` would; ``mkstemp`` forces 0600), and has a
-    short name whatever the length of ``path``'s. fsync before the rename, so a power cut cannot
-    leave a renamed but empty file behind.
+
+@contextlib.contextmanager
+def _atomic_texts() -> Iterator[Callable[[Path], contextlib.AbstractContextManager[TextIO]]]:
+    """Files that appear together, only when every one is complete: ``open_text(path)`` writes a
+    temp file beside ``path``; when the block ends without error all are renamed into place. A
+    failure on one table leaves every table as it was, so a cursor export repeated after it
+    appends nothing twice.
+
+    Each temp file sits in its target's directory so the rename stays on one file system
+    (atomic), is created with mode 0666 less the umask (as ``open`` would; ``mkstemp`` forces
+    0600), and has a short name whatever the length of the target's. fsync before the rename, so
+    a power cut cannot leave a renamed but empty file behind.
     """
-    tmp = fd = None
+    written: list[tuple[Path, Path]] = []
+    pending: list[Path] = []
+
+    @contextlib.contextmanager
+    def open_text(path: Path) -> Iterator[TextIO]:
+        tmp, fd = _temp_beside(path)
+        pending.append(tmp)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
+        written.append((tmp, path))
+
+    try:
+        yield open_text
+        for tmp, path in written:
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
+            pending.remove(tmp)
+    except BaseException:
+        for tmp in pending:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for directory in {path.parent for _, path in written}:
+        _fsync_dir(directory)
+
+
+def _temp_beside(path: Path) -> tuple[Path, int]:
     for _ in range(100):
         tmp = path.parent / f".{path.name[:40]}.{secrets.token_hex(4)}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            break
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except FileExistsError:
             continue
         except OSError as e:
             raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
-    if fd is None:
-        raise ExportError(f"cannot write {path}: no free temporary name beside it")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
-        raise
-    _fsync_dir(path.parent)
+    raise ExportError(f"cannot write {path}: no free temporary name beside it")
 
 
 def _fsync_dir(directory: Path) -> None:

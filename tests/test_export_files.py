@@ -170,3 +170,28 @@ def test_a_failing_raven_table_gives_one_line_and_no_ignored_exception(db_path, 
     assert result.returncode == 1 and "Exception ignored" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: cannot write {out / ('20240501_060000' + SUFFIX)}: Is a directory"]
+
+
+def test_a_raven_export_that_fails_on_one_table_appends_to_none(db_path, tmp_path):
+    """Found in review: tables were appended and renamed one by one, so a failure on a later
+    table left the earlier ones extended while the cursor stayed; the export repeated after it
+    appended the same rows again. Now all tables appear together or none does."""
+    out = tmp_path / "raven"
+    out.mkdir()
+    assert export_detections(db_path, "raven", out, new=True) == 5
+    first = out / f"20240501_060000{SUFFIX}"
+    live = out / f"live_mic0{SUFFIX}"
+    with Store(db_path) as store:   # new rows for a recording's table and for the live table
+        store.insert_detections([detection(REC1, 9.0, "bird", 0.6, "2024-05-01T06:00:09Z"),
+                                 detection(LIVE, 20.0, "bird", 0.6, None)])
+    before = first.read_text()
+    live_text = live.read_text()
+    live.unlink()
+    live.mkdir()                    # the live table cannot be read or replaced now
+    with pytest.raises(ExportError, match="live_mic0"):
+        export_detections(db_path, "raven", out, new=True)
+    assert first.read_text() == before and not list(out.glob(".*.tmp"))
+    live.rmdir()
+    live.write_text(live_text)
+    assert export_detections(db_path, "raven", out, new=True) == 2
+    assert [r["Begin Time (s)"] for r in read_table(first)] == ["0.0", "3.0", "6.0", "9.0"]

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from edgemon.cli import app
 from edgemon.export import MAX_NAME_BYTES, ExportError, export_detections
 from edgemon.store import Store
-from tests.test_export import LIVE, REC1, commit, db_path, detection, read_csv  # noqa: F401 (fixture)
+from tests.test_export import LIVE, REC1, REC2, commit, db_path, detection, read_csv  # noqa: F401 (fixture)
 
 runner = CliRunner()
 SUFFIX = ".BirdNET.selection.table.txt"
@@ -179,19 +179,18 @@ def test_a_raven_export_that_fails_on_one_table_appends_to_none(db_path, tmp_pat
     out = tmp_path / "raven"
     out.mkdir()
     assert export_detections(db_path, "raven", out, new=True) == 5
-    first = out / f"20240501_060000{SUFFIX}"
-    live = out / f"live_mic0{SUFFIX}"
-    with Store(db_path) as store:   # new rows for a recording's table and for the live table
+    first = out / f"20240501_060000{SUFFIX}"    # site1/…, written before site2/…'s table
+    later = out / f"20240502_060000{SUFFIX}"
+    with Store(db_path) as store:
         store.insert_detections([detection(REC1, 9.0, "bird", 0.6, "2024-05-01T06:00:09Z"),
-                                 detection(LIVE, 20.0, "bird", 0.6, None)])
-    before = first.read_text()
-    live_text = live.read_text()
-    live.unlink()
-    live.mkdir()                    # the live table cannot be read or replaced now
-    with pytest.raises(ExportError, match="live_mic0"):
+                                 detection(REC2, 4.0, "bird", 0.6, "2024-05-02T06:00:04Z")])
+    before, later_text = first.read_text(), later.read_text()
+    later.unlink()
+    later.mkdir()                   # the later table cannot be read or replaced now
+    with pytest.raises(ExportError, match="20240502_060000"):
         export_detections(db_path, "raven", out, new=True)
     assert first.read_text() == before and not list(out.glob(".*.tmp"))
-    live.rmdir()
-    live.write_text(live_text)
+    later.rmdir()
+    later.write_text(later_text)
     assert export_detections(db_path, "raven", out, new=True) == 2
     assert [r["Begin Time (s)"] for r in read_table(first)] == ["0.0", "3.0", "6.0", "9.0"]

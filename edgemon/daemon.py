@@ -65,7 +65,7 @@ def record_refusal(db_path: Path, mode: str, device_id: str, reason: str) -> Non
             Heartbeats(store, mode=mode, device_id=device_id, bundle_id=None, every_s=0).beat(
                 "refused", note=reason, force=True)
     except Exception as exc:  # a record of the refusal, never a second failure
-        log.warning("could not record the refusal in %s: %s", db_path, exc)
+        log.warning("could not record the refusal in %s: %s", shown(db_path), shown(exc))
 
 
 def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, threads: int = 1,

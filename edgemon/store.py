@@ -392,7 +392,7 @@ class Store:
                     db["labels"].insert_all(rows)
         except sqlite3.OperationalError as e:
             log.warning("bundle %s not recorded in %s (exports will lack its label names): %s",
-                        bundle_id, self.path, e)
+                        shown(bundle_id), shown(self.path), shown(e))
             return False
         return True
 

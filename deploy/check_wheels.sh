@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Does the edge install resolve to binary wheels on linux aarch64 (a 64-bit Raspberry Pi) for each
 # Python a Pi runs? Nothing may compile on a Pi. Downloads, with --only-binary=:all:, the edge
-# dependencies of pyproject.toml (not the train/dev extras) for each target, and lists what came.
+# dependencies of pyproject.toml and of the recorder's optional extras (sync, review; not
+# train/dev) for each target, and lists what came.
 #
 #   bash deploy/check_wheels.sh                     # aarch64, Python 3.11 (bookworm) and 3.13 (trixie)
+#   EXTRAS="" bash deploy/check_wheels.sh           # the core edge install only
 #   PYTHONS="3.12" ARCH=x86_64 bash deploy/check_wheels.sh
 #
 # Needs network access to the package index. Exit status 1 if any target fails to resolve.
@@ -16,9 +18,12 @@ ARCH=${ARCH:-aarch64}
 declare -A GLIBC=([3.11]=36 [3.12]=39 [3.13]=41)
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 
-mapfile -t DEPS < <("$PYTHON" -c '
-import tomllib
-print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
+EXTRAS=${EXTRAS-"sync review"}
+mapfile -t DEPS < <(EXTRAS="$EXTRAS" "$PYTHON" -c '
+import os, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = project["dependencies"] + [d for e in os.environ["EXTRAS"].split() for d in project["optional-dependencies"][e]]
+print("\n".join(deps))')
 
 status=0
 for py in $PYTHONS; do

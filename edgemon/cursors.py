@@ -16,15 +16,18 @@ position across two filters is what lost rows before.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import datetime as dt
 import json
 import sqlite3
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
+from edgemon.safetext import shown
 from edgemon.store import utc_iso
 
 BUSY_TIMEOUT_S = 30.0
+log = logging.getLogger(__name__)
 
 
 class CursorError(EdgemonError):
@@ -138,6 +141,13 @@ def check_filter(cursor: Cursor | None, wanted: CursorFilter) -> None:
         raise CursorError(f"export cursor {cursor.name!r} belongs to the filter "
                           f"'{cursor.filter.describe()}', not '{wanted.describe()}': "
                           f"give this filter its own --cursor NAME")
+    if cursor is not None and cursor.filter is None and cursor.last_id > 0:
+        # Before filters were stored, exports with other filters moved this cursor too: rows at or
+        # below its position may never have reached this destination. Say so; a fresh cursor
+        # (--cursor NEW) delivers everything that matches.
+        log.warning("export cursor %r predates stored filters and takes '%s' now; rows up to id %d that "
+                    "an earlier filtered export passed over are not delivered again: for all of them, "
+                    "export with a new --cursor NAME", shown(cursor.name), wanted.describe(), cursor.last_id)
 
 
 def advance(db_path: Path, name: str, wanted: CursorFilter, last_id: int, delivered: int) -> None:

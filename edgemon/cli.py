@@ -10,8 +10,8 @@ reads its settings one way: defaults < settings file < ``EDGEMON_*`` < options (
 from __future__ import annotations
 
 import contextlib
-import enum
 import dataclasses
+import enum
 import json
 import logging
 import math

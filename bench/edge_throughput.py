@@ -79,7 +79,7 @@ def peak_rss_mb() -> float:
 def child_edgemon(root: Path, db: Path, models: Path | None, t0: float) -> dict:
     import threading
 
-    from edgemon.daemon import make_analyzer
+    from edgemon.pipeline import make_analyzer
     from edgemon.store import Store
     from edgemon.watch import WatchConfig, Watcher
 

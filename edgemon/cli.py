@@ -208,7 +208,7 @@ def classify(
 ):
     """Analyse files once and print their detections; no database."""
     from edgemon.classify import classify_files, format_rows
-    from edgemon.daemon import make_analyzer
+    from edgemon.pipeline import make_analyzer
 
     try:
         settings = _settings(ctx, config)
@@ -367,7 +367,7 @@ def reanalyse(
     config: ConfigOpt = None,
 ):
     """Run recordings still on disk through another bundle; its detections are stored beside the old ones."""
-    from edgemon.daemon import make_analyzer
+    from edgemon.pipeline import make_analyzer
     from edgemon.reanalyse import reanalyse as run_reanalyse
 
     try:

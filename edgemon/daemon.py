@@ -4,54 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
-from edgemon.bundle import default_bundle_path, load_bundle
 from edgemon.config import Settings
 from edgemon.dblock import hold_database
 from edgemon.dbguard import open_or_recover
 from edgemon.diskguard import DiskBudget
 from edgemon.errors import BundleError
 from edgemon.health import HealthConfig, Heartbeats, WatchMonitor, listen_health
-from edgemon.pipeline import Analyzer
+from edgemon.pipeline import Analyzer, make_analyzer
 from edgemon.isolate import Isolated
 from edgemon.safetext import shown
+from edgemon.signals import stop_on_signals
 from edgemon.store import Store
 from edgemon.sync import sync_in_background
 from edgemon.watch import WatchConfig, Watcher, check_root
 
 log = logging.getLogger(__name__)
 TERMINAL_PROGRESS_S = 5.0   # backlog progress on a terminal; under systemd WatchConfig.progress_s
-
-
-@contextmanager
-def stop_on_signals():
-    """An Event set by SIGTERM or SIGINT, so the loop finishes its file and exits cleanly."""
-    stop = threading.Event()
-    previous = {}
-
-    def handler(signum, frame):
-        log.info("signal %d: stopping after the current file", signum)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def make_analyzer(models: Path | None, threads: int = 1) -> Analyzer:
-    bundle = load_bundle(models or default_bundle_path())
-    log.info("bundle %s: %d member(s), labels %s", shown(bundle.bundle_id), len(bundle.members),
-             shown(", ".join(bundle.labels)))
-    return Analyzer(bundle, threads=threads)
 
 
 def record_refusal(db_path: Path, mode: str, device_id: str, reason: str) -> None:
@@ -119,6 +91,7 @@ def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s
         run_watch(settings.watch_config(until_idle), settings["db"], settings["models"], settings["threads"],
                   settings.health_config(), settings.disk_budget())
     else:
+        # Here, not at the top: listen loads PortAudio (sounddevice), which watch mode never needs.
         from edgemon.listen import listen_main
 
         with hold_database(settings["db"]), listen_health(settings["db"], settings.health_config()):

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from edgemon.capture import BlockQueue, Capture, CaptureState, resolve_device
 from edgemon.listener import ListenConfig, ListenError, Listener, ListenSummary
-from edgemon.pipeline import Analyzer
+from edgemon.pipeline import Analyzer, make_analyzer
+from edgemon.signals import stop_on_signals
 from edgemon.store import Store
 from edgemon.writer import StoreWriter
 
@@ -112,8 +113,6 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
 
 def listen_main(config: ListenConfig, db_path: Path, models: Path | None = None, threads: int = 1) -> ListenSummary:
     """``edgemon listen``: load the bundle, listen until SIGTERM or SIGINT (or ``duration_s``)."""
-    from edgemon.daemon import make_analyzer, stop_on_signals
-
     resolve_device(config.capture.device)   # a wrong --device fails before the model loads
     analyzer = make_analyzer(models, threads)
     with stop_on_signals() as stop:

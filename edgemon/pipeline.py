@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,12 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from edgemon import audio
-from edgemon.bundle import MANIFEST, Bundle
+from edgemon.bundle import MANIFEST, Bundle, default_bundle_path, load_bundle
 from edgemon.ensemble import Ensemble, majority_vote
 from edgemon.errors import BundleError
 from edgemon.events import Calibration, OperatingPoint, apply_thresholds
 from edgemon.frontend import StreamingFrontend
+from edgemon.safetext import shown
 from edgemon.segmenter import WindowSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,3 +241,11 @@ class AnalysisStream:
                 if vote.label != self.analyzer.background:
                     self._run.append(vote)
         return events
+
+
+def make_analyzer(models: Path | None, threads: int = 1) -> Analyzer:
+    """The Analyzer of the bundle at ``models`` (None: the embedded one); logs what it loaded."""
+    bundle = load_bundle(models or default_bundle_path())
+    log.info("bundle %s: %d member(s), labels %s", shown(bundle.bundle_id), len(bundle.members),
+             shown(", ".join(bundle.labels)))
+    return Analyzer(bundle, threads=threads)

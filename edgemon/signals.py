@@ -1,0 +1,31 @@
+"""Graceful stop for the long-running commands: SIGTERM (systemd) or SIGINT (Ctrl-C) sets an
+Event the work loop checks, so the file in hand finishes and the process exits cleanly."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An Event set by SIGTERM or SIGINT; the previous handlers come back at the end."""
+    stop = threading.Event()
+    previous = {}
+
+    def handler(signum, frame):
+        log.info("signal %d: stopping after the current file", signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -436,13 +436,22 @@ def test_listen_on_a_real_device_survives_an_audio_server_crash(virtual_audio, b
 
     rows = query(db, "SELECT label, start_s, end_s, start_utc, source, device_id, time_source, clock_suspect "
                      "FROM detections ORDER BY start_s")
-    assert [r[0] for r in rows] == [c[1] for c in calls], (rows, calls)
-    for (label, start_s, _, start_utc, source, device_id, time_source, suspect), (part, _, call_start, _) in zip(rows, calls):
-        error = start_s - (played[part] + call_start)
-        print(f"{label} (part {part}): detected {error:+.2f} s from the truth")
-        assert abs(error) <= HOP_S + DEVICE_LATENCY_S, f"{label} in part {part}: {error:+.2f} s off"
+    # Every call is found once at its start, and nothing is found outside a call of its label.
+    # A call may come out split in two events (a live stream on a loaded machine shifts the
+    # window grid; CI saw a duet split once), so rows are matched to calls, not counted.
+    slack = HOP_S + DEVICE_LATENCY_S
+    truth = [(label, played[part] + start, played[part] + end, part) for part, label, start, end in calls]
+    for label, start_s, end_s, start_utc, source, device_id, time_source, suspect in rows:
+        inside = [t for t in truth if t[0] == label and t[1] - slack <= start_s and end_s <= t[2] + slack + 4.0]
+        assert inside, f"{label} at {start_s:.2f}-{end_s:.2f} is no call of that label: {truth}\n{log_text[-3000:]}"
         assert abs(utc_seconds(start_utc) - start_s) < 0.002
         assert (source, device_id, time_source, suspect) == ("live:pulse", "site-1", "host_clock", 0)
+    for label, start, end, part in truth:
+        found = [r[1] for r in rows if r[0] == label and start - slack <= r[1] <= end + slack]
+        assert found, f"{label} in part {part} at {start:.2f}: not detected: {rows}"
+        error = min(found) - start
+        print(f"{label} (part {part}): detected {error:+.2f} s from the truth ({len(found)} event(s))")
+        assert abs(error) <= slack, f"{label} in part {part}: {error:+.2f} s off"
 
     coverage = query(db, "SELECT minute_utc, analysed_s, lost_device_s, lost_overflow_s + lost_dropped_s + "
                          "lost_daemon_s, end_utc FROM coverage ORDER BY minute_utc")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon.bundle import load_bundle
-from edgemon.pipeline import Analyzer
-from edgemon.segmenter import cut_windows
+from edgemon.analysis.bundle import load_bundle
+from edgemon.analysis.analyzer import Analyzer
+from edgemon.analysis.windows import cut_windows
 from training.data import load_split
 
 

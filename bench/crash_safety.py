@@ -78,7 +78,7 @@ def orphans(marker: str) -> int:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        count += b"from edgemon.isolate import main" in cmdline and marker.encode() in cmdline
+        count += b"from edgemon.files.isolate import main" in cmdline and marker.encode() in cmdline
     return count
 
 

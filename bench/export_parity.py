@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edgemon.frontend import FrontendConfig
-from edgemon.segmenter import WindowSpec, cut_windows
+from edgemon.analysis.frontend import FrontendConfig
+from edgemon.analysis.windows import WindowSpec, cut_windows
 from training.data import load_split
 from training.export import quantize_int8
 from training.model import ModelConfig, PrimateBiLSTM

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from edgemon.frontend import KNOWN_KINDS, FrontendConfig, StreamingFrontend
+from edgemon.analysis.frontend import KNOWN_KINDS, FrontendConfig, StreamingFrontend
 
 
 def main() -> None:

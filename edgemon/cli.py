@@ -99,9 +99,9 @@ def _settings(ctx: typer.Context, config: Path | None, directory_alias: Path | N
 def info(ctx: typer.Context, models: ModelsOpt = None, config: ConfigOpt = None):
     """Describe a model bundle: labels and their names, members and their devel/test UAR, windows,
     thresholds, the highest confidence it can give, and its self-check on this CPU."""
-    from edgemon.bundle import default_bundle_path
-    from edgemon.ensemble import describe_bundle
-    from edgemon.selfcheck import SelfCheckError
+    from edgemon.analysis.bundle import default_bundle_path
+    from edgemon.analysis.ensemble import describe_bundle
+    from edgemon.analysis.selfcheck import SelfCheckError
 
     try:
         description, check = describe_bundle(_settings(ctx, config)["models"] or default_bundle_path())
@@ -207,8 +207,8 @@ def classify(
     config: ConfigOpt = None,
 ):
     """Analyse files once and print their detections; no database."""
-    from edgemon.classify import classify_files, format_rows
-    from edgemon.pipeline import make_analyzer
+    from edgemon.files.classify import classify_files, format_rows
+    from edgemon.analysis.analyzer import make_analyzer
 
     try:
         settings = _settings(ctx, config)
@@ -262,7 +262,7 @@ def devices(fmt: Annotated[TextFormat, typer.Option("--format", help="text (tab-
     """List audio input devices: index, name, host API, input channels, default rate."""
     import dataclasses
 
-    from edgemon.capture import list_input_devices
+    from edgemon.live.capture import list_input_devices
 
     try:
         found = list_input_devices()
@@ -294,9 +294,9 @@ def export_detections(
     config: ConfigOpt = None,
 ):
     """Export detections; reads only, so it never blocks the daemon."""
-    from edgemon.export import export_coverage, export_detections as run_export
+    from edgemon.storage.export import export_coverage, export_detections as run_export
 
-    log = logging.getLogger("edgemon.export")
+    log = logging.getLogger("edgemon.storage.export")
     try:
         if fmt is ExportFormat.raven and output is None:
             raise OptionError("--format raven writes one table per recording: give --output DIR (an existing directory)")
@@ -340,7 +340,7 @@ def review(
     except ImportError as exc:
         raise _fail(EdgemonError(f"the review page needs the 'review' extra (pip install 'edgemon[review]'): {exc}"))
     if export is not None:
-        from edgemon.export import _atomic_text
+        from edgemon.storage.export import _atomic_text
         from edgemon.review.reviews import write_reviews_csv
 
         try:
@@ -367,8 +367,8 @@ def reanalyse(
     config: ConfigOpt = None,
 ):
     """Run recordings still on disk through another bundle; its detections are stored beside the old ones."""
-    from edgemon.pipeline import make_analyzer
-    from edgemon.reanalyse import reanalyse as run_reanalyse
+    from edgemon.analysis.analyzer import make_analyzer
+    from edgemon.files.reanalyse import reanalyse as run_reanalyse
 
     try:
         settings = _settings(ctx, config)
@@ -394,7 +394,7 @@ def sync(
 ):
     """Send every detection, file, coverage minute and heartbeat the fleet database lacks, once."""
     from edgemon.config import load_settings
-    from edgemon.sync import sync_command
+    from edgemon.sync.sender import sync_command
 
     try:
         result = sync_command(load_settings(config, ctx), to, retry_for_s, batch_rows)
@@ -417,7 +417,7 @@ def fleet_status(
     as_json: JsonOpt = False,
 ):
     """Recorder health, detections per site/species/day and effort; flags recorders that need a visit."""
-    from edgemon.fleet import VisitRules, collect_fleet, format_fleet
+    from edgemon.sync.fleet_status import VisitRules, collect_fleet, format_fleet
 
     try:
         report = collect_fleet(db, VisitRules(min_free_mb=min_free_mb), days, all_bundles)

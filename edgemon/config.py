@@ -131,7 +131,7 @@ class Settings:
         return self.values[name]
 
     def watch_config(self, until_idle: bool = False):
-        from edgemon.watch import WatchConfig
+        from edgemon.files.watcher import WatchConfig
 
         if self["directory"] is None:
             raise ConfigError("no directory to watch: give DIRECTORY, --directory, EDGEMON_DIRECTORY "
@@ -141,9 +141,9 @@ class Settings:
                            retry_s=self["retry_s"], until_idle=until_idle)
 
     def listen_config(self, duration_s: float | None = None):
-        from edgemon.capture import CaptureConfig
-        from edgemon.clips import ClipConfig
-        from edgemon.listener import ListenConfig
+        from edgemon.live.capture import CaptureConfig
+        from edgemon.live.clips import ClipConfig
+        from edgemon.live.worker import ListenConfig
 
         clips = self["clips"]
         return ListenConfig(
@@ -161,7 +161,7 @@ class Settings:
         return HealthConfig(heartbeat_s=self["heartbeat_s"], progress_timeout_s=self["progress_timeout_s"])
 
     def disk_budget(self):
-        from edgemon.diskguard import DiskBudget
+        from edgemon.storage.disk_budget import DiskBudget
 
         return DiskBudget(min_free_mb=self["min_free_mb"], clips_min_free_mb=self["clips_min_free_mb"])
 

@@ -9,18 +9,18 @@ import threading
 from pathlib import Path
 
 from edgemon.config import Settings
-from edgemon.dblock import hold_database
-from edgemon.dbguard import open_or_recover
-from edgemon.diskguard import DiskBudget
+from edgemon.storage.lock import hold_database
+from edgemon.storage.recovery import open_or_recover
+from edgemon.storage.disk_budget import DiskBudget
 from edgemon.errors import BundleError
 from edgemon.health import HealthConfig, Heartbeats, WatchMonitor, listen_health
-from edgemon.pipeline import Analyzer, make_analyzer
-from edgemon.isolate import Isolated
+from edgemon.analysis.analyzer import Analyzer, make_analyzer
+from edgemon.files.isolate import Isolated
 from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals
-from edgemon.store import Store
-from edgemon.sync import sync_in_background
-from edgemon.watch import WatchConfig, Watcher, check_root
+from edgemon.storage.store import Store
+from edgemon.sync.sender import sync_in_background
+from edgemon.files.watcher import WatchConfig, Watcher, check_root
 
 log = logging.getLogger(__name__)
 TERMINAL_PROGRESS_S = 5.0   # backlog progress on a terminal; under systemd WatchConfig.progress_s
@@ -46,8 +46,8 @@ def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, th
     database is moved aside and a fresh one created; systemd hears READY, STATUS and watchdog pings.
 
     Nothing is created before the directory is known to be readable; the database's lock
-    (``dblock``) is held from before it is opened until the end, so a second daemon on the same
-    database stops at once with a one-line error.
+    (``edgemon.storage.lock``) is held from before it is opened until the end, so a second daemon
+    on the same database stops at once with a one-line error.
     """
     check_root(config.root)
     if sys.stderr.isatty():
@@ -92,7 +92,7 @@ def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s
                   settings.health_config(), settings.disk_budget())
     else:
         # Here, not at the top: listen loads PortAudio (sounddevice), which watch mode never needs.
-        from edgemon.listen import listen_main
+        from edgemon.live.threads import listen_main
 
         with hold_database(settings["db"]), listen_health(settings["db"], settings.health_config()):
             try:

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from edgemon.diskguard import HOLD, DiskBudget, DiskGuard
-from edgemon.store import Heartbeat, Store, connect_read_only
+from edgemon.storage.disk_budget import HOLD, DiskBudget, DiskGuard
+from edgemon.storage.store import Heartbeat, Store, connect_read_only
 
 log = logging.getLogger(__name__)
 UTC = dt.timezone.utc

@@ -16,9 +16,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgemon.cursors import list_cursors
+from edgemon.storage.cursors import list_cursors
 from edgemon.errors import EdgemonError
-from edgemon.store import COVERAGE_LOSSES, connect_read_only, utc_iso
+from edgemon.storage.store import COVERAGE_LOSSES, connect_read_only, utc_iso
 
 UTC = dt.timezone.utc
 MB = 1024 * 1024
@@ -132,7 +132,7 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
                "quarantined": counts.get("quarantined", 0), "waiting": None, "directory": None}
     if directory is None:
         return backlog
-    from edgemon.watch import iter_audio, source_of
+    from edgemon.files.watcher import iter_audio, source_of
 
     root = Path(directory).resolve()
     backlog["directory"] = str(root)

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edgemon.bundle import default_bundle_path  # noqa: E402
-from edgemon.ensemble import Ensemble  # noqa: E402
+from edgemon.analysis.bundle import default_bundle_path  # noqa: E402
+from edgemon.analysis.ensemble import Ensemble  # noqa: E402
 from training.bundling import complete_bundle  # noqa: E402
 from training.data import DEFAULT_DATA_DIR  # noqa: E402
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import soundfile
 
-from edgemon.store import Detection, Store
+from edgemon.storage.store import Detection, Store
 from tests.conftest import hoots, tone
 
 # (recording, start_s, end_s, label, confidence, member votes of 2 members over the windows)

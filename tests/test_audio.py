@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from edgemon import audio
+from edgemon.analysis import audio
 from edgemon.errors import AudioError
 
 

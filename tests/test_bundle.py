@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgemon.bundle import load_bundle, write_bundle
-from edgemon.ensemble import Ensemble, majority_vote
+from edgemon.analysis.bundle import load_bundle, write_bundle
+from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.errors import BundleError
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.frontend import FrontendConfig
 from training.export import export_onnx
 from training.model import ModelConfig, PrimateBiLSTM
 

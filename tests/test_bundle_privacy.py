@@ -27,8 +27,8 @@ def run_in_fresh_home(home: Path, code: str) -> subprocess.CompletedProcess:
 def test_loading_and_running_the_bundle_writes_no_telemetry(tmp_path):
     result = run_in_fresh_home(tmp_path, (
         "import numpy as np\n"
-        "from edgemon.bundle import default_bundle_path, load_bundle\n"
-        "from edgemon.ensemble import Ensemble\n"
+        "from edgemon.analysis.bundle import default_bundle_path, load_bundle\n"
+        "from edgemon.analysis.ensemble import Ensemble\n"
         "e = Ensemble(load_bundle(default_bundle_path()))\n"
         "assert e.self_check.passed\n"
         "print(e.member_probs(np.zeros((2, 126, 256), np.float32)).shape)\n"))

@@ -13,11 +13,11 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from edgemon.bundle import default_bundle_path, load_bundle, sha256_of
+from edgemon.analysis.bundle import default_bundle_path, load_bundle, sha256_of
 from edgemon.cli import app
-from edgemon.ensemble import Ensemble, describe_bundle
+from edgemon.analysis.ensemble import Ensemble, describe_bundle
 from edgemon.errors import BundleError, EdgemonError
-from edgemon.selfcheck import SelfCheckError
+from edgemon.analysis.selfcheck import SelfCheckError
 from tests.conftest import hoots
 from tests.watch_helpers import write_wav
 from training.bundling import complete_bundle, softmax_confidence_max
@@ -166,7 +166,7 @@ def test_watch_and_classify_refuse_to_run_blind(tmp_path):
 
 def test_a_refusal_is_visible_in_status(tmp_path):
     from edgemon.status import collect_status
-    from edgemon.store import Store
+    from edgemon.storage.store import Store
 
     db = tmp_path / "e.db"
     Store(db).close()                      # the unit's database from earlier runs
@@ -197,8 +197,8 @@ def test_names_and_ceiling_of_the_shipped_bundle(shipped):
 def test_complete_bundle_gives_a_new_bundle_names_ceiling_and_windows(tiny_dataset, tmp_path):
     import torch
 
-    from edgemon.bundle import write_bundle
-    from edgemon.frontend import FrontendConfig
+    from edgemon.analysis.bundle import write_bundle
+    from edgemon.analysis.frontend import FrontendConfig
     from tests.conftest import TINY_LABELS
     from training.export import export_onnx
     from training.model import ModelConfig, PrimateBiLSTM

@@ -14,11 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgemon.bundle import FORMAT_VERSION, load_bundle, sha256_of, write_bundle
+from edgemon.analysis.bundle import FORMAT_VERSION, load_bundle, sha256_of, write_bundle
 from edgemon.cli import app
-from edgemon.ensemble import Ensemble
+from edgemon.analysis.ensemble import Ensemble
 from edgemon.errors import BundleError
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.frontend import FrontendConfig
 from tests.conftest import tone
 from tests.watch_helpers import write_wav
 from training.export import export_onnx

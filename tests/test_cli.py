@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from edgemon import console
 from edgemon.cli import app
-from edgemon.store import Store
+from edgemon.storage.store import Store
 from tests.watch_helpers import watch_until_idle, write_wav
 
 runner = CliRunner()

@@ -120,7 +120,7 @@ def test_example_config_names_every_setting_with_its_default():
 
 def test_defaults_agree_with_the_components():
     """One default per setting: the registry and the component dataclasses agree."""
-    from edgemon.watch import WatchConfig
+    from edgemon.files.watcher import WatchConfig
 
     watch_defaults = {f.name: f.default for f in dataclasses.fields(WatchConfig)}
     for name in ("settle_s", "rescan_s", "incomplete_grace_s", "retry_s", "device_id"):

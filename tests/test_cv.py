@@ -39,8 +39,8 @@ def test_cross_validate_scores_baseline_and_network_on_the_same_folds(tiny_datas
 
 def test_averaged_pcen_recipe_keeps_fold_models_thresholds_and_bundles(tiny_dataset, tmp_path):
     """Fold models of an averaged recipe become a bundle whose thresholds hold the background rate."""
-    from edgemon.bundle import load_bundle
-    from edgemon.frontend import FrontendConfig
+    from edgemon.analysis.bundle import load_bundle
+    from edgemon.analysis.frontend import FrontendConfig
     from training.bundling import bundle_cv
     from training.runs import score_bundle
 
@@ -93,11 +93,11 @@ def _recorder_computes_what_training_saw(bundle, clip):
     votes as the one-shot features training scores with."""
     import soundfile
 
-    from edgemon.ensemble import Ensemble
-    from edgemon.events import apply_thresholds
-    from edgemon.frontend import features
-    from edgemon.pipeline import Analyzer
-    from edgemon.segmenter import WindowSpec, cut_windows
+    from edgemon.analysis.ensemble import Ensemble
+    from edgemon.analysis.decisions import apply_thresholds
+    from edgemon.analysis.frontend import features
+    from edgemon.analysis.analyzer import Analyzer
+    from edgemon.analysis.windows import WindowSpec, cut_windows
 
     x = soundfile.read(clip, dtype="float32")[0]
     analysis = Analyzer(bundle).analyse_blocks(x[i:i + 700] for i in range(0, len(x), 700))

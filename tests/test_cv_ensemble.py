@@ -10,9 +10,9 @@ import pytest
 import soundfile
 from typer.testing import CliRunner
 
-from edgemon.bundle import load_bundle
-from edgemon.ensemble import Ensemble
-from edgemon.frontend import FrontendConfig, features
+from edgemon.analysis.bundle import load_bundle
+from edgemon.analysis.ensemble import Ensemble
+from edgemon.analysis.frontend import FrontendConfig, features
 from training.augment import AugmentConfig
 from training.cli import app
 from training.cv import Recipe, cross_validate
@@ -115,7 +115,7 @@ def mixed_runs(tiny_dataset, tmp_path_factory):
 
 def test_bundle_of_log_mel_and_pcen_runs_streams_both_and_each_member_reads_its_own(
         mixed_runs, cv_runs, tiny_dataset, tmp_path):
-    from edgemon.pipeline import Analyzer
+    from edgemon.analysis.analyzer import Analyzer
 
     thresholds = tmp_path / "both.json"
     cv_ensemble([cv_runs / "a" / "mel", cv_runs / "b" / "pcen"], _load(tiny_dataset), thresholds, 0.2)

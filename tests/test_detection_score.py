@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from edgemon.store import Store
+from edgemon.storage.store import Store
 from tests.test_store import SOURCE, commit, detection
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edgemon.export import RAVEN_COLUMNS, ExportError, export_detections
-from edgemon.store import Detection, Store
+from edgemon.storage.export import RAVEN_COLUMNS, ExportError, export_detections
+from edgemon.storage.store import Detection, Store
 
 REC1 = "site1/20240501_060000.wav"
 REC2 = "site2/20240502_060000.wav"

@@ -12,11 +12,11 @@ import sqlite3
 import pytest
 from typer.testing import CliRunner
 
-from edgemon.classify import classify_files, format_rows
+from edgemon.files.classify import classify_files, format_rows
 from edgemon.cli import app
-from edgemon.export import ExportError, export_detections
-from edgemon.store import Store
-from edgemon.tables import BIRDNET_COLUMNS, COLUMNS
+from edgemon.storage.export import ExportError, export_detections
+from edgemon.storage.store import Store
+from edgemon.storage.tables import BIRDNET_COLUMNS, COLUMNS
 from tests.conftest import hoots
 from tests.test_export import LIVE, REC1, db_path, detection, read_csv  # noqa: F401 (fixture)
 from tests.watch_helpers import analyzer, write_wav

@@ -15,11 +15,11 @@ import sqlite_utils
 from typer.testing import CliRunner
 
 from edgemon.cli import app
-from edgemon.cursors import CursorError
-from edgemon.export import export_detections
-from edgemon.schema import MIGRATIONS
+from edgemon.storage.cursors import CursorError
+from edgemon.storage.export import export_detections
+from edgemon.storage.schema import MIGRATIONS
 from edgemon.status import collect_status, format_status
-from edgemon.store import Store
+from edgemon.storage.store import Store
 from tests.test_export import LIVE, REC1, commit, db_path, detection, read_csv  # noqa: F401 (fixture)
 
 runner = CliRunner()

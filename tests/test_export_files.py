@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edgemon.cli import app
-from edgemon.export import MAX_NAME_BYTES, ExportError, export_detections
-from edgemon.store import Store
+from edgemon.storage.export import MAX_NAME_BYTES, ExportError, export_detections
+from edgemon.storage.store import Store
 from tests.test_export import LIVE, REC1, REC2, commit, db_path, detection, read_csv  # noqa: F401 (fixture)
 
 runner = CliRunner()

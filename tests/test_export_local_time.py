@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edgemon.cli import app
-from edgemon.export import ExportError, export_detections
-from edgemon.store import Store
+from edgemon.storage.export import ExportError, export_detections
+from edgemon.storage.store import Store
 from tests.test_export import commit, detection, read_csv
 
 runner = CliRunner()

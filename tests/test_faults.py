@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 import soundfile
 
-import edgemon.recorder
-import edgemon.store
-from edgemon import watch
-from edgemon.dbguard import corruption, open_or_recover
+import edgemon.files.recordings
+import edgemon.storage.store
+from edgemon.files import watcher
+from edgemon.storage.recovery import corruption, open_or_recover
 from edgemon.health import HealthConfig, WatchMonitor
-from edgemon.store import Store, StoreError
-from edgemon.watch import Watcher
+from edgemon.storage.store import Store, StoreError
+from edgemon.files.watcher import Watcher
 from tests.conftest import hoots, tone
 from tests.watch_helpers import (
     analyzer,
@@ -93,8 +93,8 @@ DISK_FULL_CHILD = textwrap.dedent('''
     import json, os, sys, threading, time
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
-    from edgemon.store import Store
-    from edgemon.watch import Watcher
+    from edgemon.storage.store import Store
+    from edgemon.files.watcher import Watcher
     from tests.watch_helpers import analyzer, fast_config, query
 
     root, tmpfs, late, out = (Path(a) for a in sys.argv[2:6])
@@ -223,7 +223,7 @@ def test_a_held_write_lock_makes_edgemon_wait_and_lose_nothing(three_recordings,
 
 def test_a_lock_held_past_the_busy_timeout_holds_work_and_retries(three_recordings, tmp_path, monkeypatch, caplog):
     root, reference = three_recordings
-    monkeypatch.setattr(edgemon.store, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(edgemon.storage.store, "BUSY_TIMEOUT_MS", 200)
     db = tmp_path / "d.db"
     Store(db).close()
     holder = hold_write_lock(db, 2.0)
@@ -248,7 +248,7 @@ def test_a_file_that_is_not_a_database_is_moved_aside_and_replaced(tmp_path, cap
     aside = {p.name[len("d.db.corrupt-YYYYMMDDTHHMMSSZ"):]: p for p in tmp_path.glob("d.db.corrupt-*")}
     assert aside[""].read_bytes() == garbage                          # moved, not deleted ...
     assert aside["-wal"].read_bytes() == b"stale wal"                 # ... with its WAL, untouched
-    record = next(r for r in caplog.records if r.name == "edgemon.dbguard")
+    record = next(r for r in caplog.records if r.name == "edgemon.storage.recovery")
     assert record.levelname == "ERROR" and "is corrupt" in record.message and str(aside[""]) in record.message
 
 
@@ -328,7 +328,7 @@ class HostClock:
 
         monkeypatch.setattr(time, "time", lambda: real_time() + clock.offset)
         monkeypatch.setattr(datetime, "datetime", Shifted)
-        monkeypatch.setattr(edgemon.recorder, "datetime", Shifted)
+        monkeypatch.setattr(edgemon.files.recordings, "datetime", Shifted)
 
 
 def test_host_clock_stepping_back_an_hour_skips_and_duplicates_nothing(tmp_path, monkeypatch):
@@ -350,7 +350,7 @@ def test_host_clock_stepping_back_an_hour_skips_and_duplicates_nothing(tmp_path,
     before = dict(query(db, "SELECT source, updated_at FROM files"))
 
     clock.offset = -3600.0
-    store_now = datetime.datetime.fromisoformat(edgemon.store._now().replace("Z", "+00:00")).timestamp()
+    store_now = datetime.datetime.fromisoformat(edgemon.storage.store._now().replace("Z", "+00:00")).timestamp()
     assert abs(clock.real() - store_now - 3600) < 5     # the store reads the stepped clock
     for name, seed in (("20240804_060000.WAV", 300), ("20240731_060000.WAV", 301)):   # one named before all
         path = recording(root / name, seed=seed)
@@ -386,7 +386,7 @@ def test_a_dead_observer_thread_is_detected_and_restarted(tmp_path, monkeypatch,
     finds the next files within seconds."""
     root = tmp_path / "rec"
     recording(root / "20240901_060000.WAV", seed=400)
-    original = watch._Hints.on_any_event
+    original = watcher._Hints.on_any_event
     poisoned = threading.Event()
 
     def poison(self, event):
@@ -395,7 +395,7 @@ def test_a_dead_observer_thread_is_detected_and_restarted(tmp_path, monkeypatch,
             raise RuntimeError("a bug in an event handler")
         return original(self, event)
 
-    monkeypatch.setattr(watch._Hints, "on_any_event", poison)
+    monkeypatch.setattr(watcher._Hints, "on_any_event", poison)
     stop = threading.Event()
     thread, made = run_in_thread(
         tmp_path / "d.db",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgemon.errors import FrontendMismatchError
-from edgemon.frontend import (FrontendConfig, StreamingFrontend, features, features_from_log_mel, log_mel,
+from edgemon.analysis.frontend import (FrontendConfig, StreamingFrontend, features, features_from_log_mel, log_mel,
                               mel_filterbank, mel_power)
 
 librosa = pytest.importorskip("librosa")

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgemon.cli import app
-from edgemon.diskguard import HOLD, NO_CLIPS, OK, DiskBudget, DiskGuard
+from edgemon.storage.disk_budget import HOLD, NO_CLIPS, OK, DiskBudget, DiskGuard
 from edgemon.health import (
     CommitProgress,
     HealthConfig,
@@ -28,8 +28,8 @@ from edgemon.health import (
     watchdog_interval_s,
 )
 from edgemon.status import collect_status, format_status
-from edgemon.store import Store
-from edgemon.watch import Watcher
+from edgemon.storage.store import Store
+from edgemon.files.watcher import Watcher
 from tests.conftest import hoots, tone
 from tests.watch_helpers import (
     analyzer,
@@ -176,7 +176,7 @@ def test_disk_guard_watermarks_and_rechecks(caplog):
     free[0] = 500.0
     assert guard.check() == OK                   # not re-measured within check_s
     now[0] = 10.0
-    with caplog.at_level(logging.INFO, logger="edgemon.diskguard"):
+    with caplog.at_level(logging.INFO, logger="edgemon.storage.disk_budget"):
         assert guard.check() == NO_CLIPS and guard.may_work() and not guard.may_save_clips()
         free[0], now[0] = 50.0, 20.0
         assert guard.check() == HOLD and not guard.may_work()

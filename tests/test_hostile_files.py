@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from edgemon import audio
-from edgemon.backlog import BacklogProgress
+from edgemon.analysis import audio
+from edgemon.files.backlog import BacklogProgress
 from edgemon.errors import AudioError
 from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.status import collect_status
-from edgemon.store import Store
+from edgemon.storage.store import Store
 from tests.conftest import hoots, tone
 from tests.watch_helpers import fault_env, files_done, query, watch_until_idle, write_wav
 
@@ -76,7 +76,7 @@ def test_stored_names_round_trip_and_log_text_has_no_control_characters():
 
 def test_a_name_cannot_forge_a_log_line(tmp_path, caplog):
     root, db = tmp_path / "rec", tmp_path / "d.db"
-    recording(root / "x\n2026-12-03 07:00:00,000 ERROR edgemon.watch: disk on fire.WAV")
+    recording(root / "x\n2026-12-03 07:00:00,000 ERROR edgemon.files.watcher: disk on fire.WAV")
     (root / "y\x1b[2J\u202e.WAV").write_bytes(b"not audio\n")
     caplog.set_level(logging.INFO)
     watch_until_idle(root, db, max_attempts=1)
@@ -287,7 +287,7 @@ def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):
 
 
 def test_an_isolated_analysis_equals_the_daemons_own_and_reports_each_block(tmp_path):
-    from edgemon.isolate import Isolated
+    from edgemon.files.isolate import Isolated
     from tests.watch_helpers import analyzer
 
     path = recording(tmp_path / "20240701_060000.WAV", seconds=12.0)
@@ -351,6 +351,6 @@ def test_backlog_progress_never_opens_a_fifo(tmp_path):
 
 
 def test_a_child_killed_by_a_real_time_signal_is_named():
-    from edgemon.isolate import _signal_name
+    from edgemon.files.isolate import _signal_name
 
     assert _signal_name(9) == "SIGKILL" and _signal_name(40) == "signal 40"

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.frontend import FrontendConfig
 from training.hpo import suggest
 from tests.postgres_server import postgres_server
 
@@ -73,7 +73,7 @@ def test_tiny_search_prunes_and_keeps_models_then_builds_an_ensemble(tiny_datase
     done = subprocess.run([sys.executable, "-m", "training", "ensemble", "--data", str(tiny_dataset),
                            "--out", str(out / "ensemble"), "--top", "2"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    from edgemon.bundle import load_bundle
+    from edgemon.analysis.bundle import load_bundle
     assert len(load_bundle(out / "ensemble").members) == min(2, states.count(optuna.trial.TrialState.COMPLETE))
     report = subprocess.run([sys.executable, "-m", "training", "report", str(out), "--data", str(tiny_dataset)],
                             capture_output=True, text=True)

@@ -24,15 +24,15 @@ import sounddevice as sd
 import soundfile
 import soxr
 
-from edgemon.capture import (AudioDeviceError, Backoff, BlockQueue, Capture, CaptureConfig,
+from edgemon.live.capture import (AudioDeviceError, Backoff, BlockQueue, Capture, CaptureConfig,
                              CaptureState, InputDevice)
-from edgemon.coverage import CoverageLedger
-from edgemon.export import export_coverage
-from edgemon.clips import ClipConfig, ClipSaver
-from edgemon.hostclock import HostClock
-from edgemon.listener import ListenConfig, Listener
-from edgemon.writer import StoreWriter
-from edgemon.store import Detection, Store
+from edgemon.live.coverage import CoverageLedger
+from edgemon.storage.export import export_coverage
+from edgemon.live.clips import ClipConfig, ClipSaver
+from edgemon.live.hostclock import HostClock
+from edgemon.live.worker import ListenConfig, Listener
+from edgemon.live.store_writer import StoreWriter
+from edgemon.storage.store import Detection, Store
 from tests.listen_helpers import PART_A, PART_B, VirtualAudio, pulseaudio_missing, soundscape
 from tests.watch_helpers import analyzer, query
 
@@ -298,7 +298,7 @@ def disk_with(free_mb):
     """A DiskGuard over a pretend disk with ``free_mb`` free (the real one's free space varies)."""
     from collections import namedtuple
 
-    from edgemon.diskguard import DiskBudget, DiskGuard
+    from edgemon.storage.disk_budget import DiskBudget, DiskGuard
 
     usage = namedtuple("usage", "total used free")
     return DiskGuard(["."], DiskBudget(min_free_mb=0, clips_min_free_mb=1000, check_s=0),
@@ -484,7 +484,7 @@ def test_a_bundle_refused_by_listen_is_visible_in_status(virtual_audio, tmp_path
     """A bundle that fails its checks stops `listen` in one line, as it stops `watch`, and the
     unit's database records why, so `edgemon status` does not just say 'stopped'."""
     from edgemon.status import collect_status
-    from edgemon.store import Store
+    from edgemon.storage.store import Store
 
     db = tmp_path / "e.db"
     Store(db).close()                                        # the unit's database from earlier runs

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.frontend import FrontendConfig
 from training.export import export_onnx, quantize_int8
 from training.model import ModelConfig, PrimateBiLSTM
 

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from edgemon.events import apply_thresholds, clip_label
-from edgemon.pipeline import WindowStream, WindowVote
-from edgemon.segmenter import WindowSpec, cut_windows, window_starts
+from edgemon.analysis.decisions import apply_thresholds, clip_label
+from edgemon.analysis.analyzer import WindowStream, WindowVote
+from edgemon.analysis.windows import WindowSpec, cut_windows, window_starts
 from tests.watch_helpers import analyzer
 
 

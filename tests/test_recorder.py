@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from edgemon.recorder import (
+from edgemon.files.recordings import (
     RecordingTime,
     StabilityTracker,
     read_wav_metadata,

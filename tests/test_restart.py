@@ -12,7 +12,7 @@ import time
 import numpy as np
 import soundfile
 
-from edgemon.store import Store
+from edgemon.storage.store import Store
 from tests.watch_helpers import files_done, query, write_wav
 
 KILLS = 6

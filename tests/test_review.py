@@ -22,7 +22,7 @@ from edgemon.errors import AudioError
 from edgemon.review.charts import charts_svg, effort_hours
 from edgemon.review.excerpt import read_excerpt
 from edgemon.review.spectrogram import png_bytes, spectrogram_rgb
-from edgemon.store import Store
+from edgemon.storage.store import Store
 from tests.review_helpers import DETECTIONS, make_review_db, review_server
 
 

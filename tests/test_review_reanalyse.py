@@ -10,9 +10,9 @@ import sqlite3
 import subprocess
 import sys
 
-from edgemon.bundle import default_bundle_path, load_bundle
-from edgemon.pipeline import Analyzer
-from edgemon.reanalyse import reanalyse
+from edgemon.analysis.bundle import default_bundle_path, load_bundle
+from edgemon.analysis.analyzer import Analyzer
+from edgemon.files.reanalyse import reanalyse
 from tests.review_helpers import BUNDLE_ID, DETECTIONS, make_review_db
 
 

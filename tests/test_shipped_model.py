@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from edgemon.bundle import default_bundle_path, load_bundle
-from edgemon.ensemble import Ensemble
+from edgemon.analysis.bundle import default_bundle_path, load_bundle
+from edgemon.analysis.ensemble import Ensemble
 from training.data import load_split
 from training.evaluate import uar
 

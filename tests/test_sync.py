@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from edgemon.outbox import Outbox
-from edgemon.store import Store
+from edgemon.sync.outbox import Outbox
+from edgemon.storage.store import Store
 from tests.sync_helpers import (add_file, count_server_detections, fleet_server, local_state, make_recorder,
                                 server_state)
 from tests.throttle_proxy import ThrottleProxy
@@ -331,7 +331,7 @@ def test_fleet_status_shows_views_and_flags_recorders_to_visit(fleet, tmp_path):
 # --- the service's loop ------------------------------------------------------------------------
 
 def test_backoff_doubles_with_jitter_up_to_its_cap():
-    from edgemon.sync import SyncConfig, backoff_s
+    from edgemon.sync.sender import SyncConfig, backoff_s
 
     config = SyncConfig(url="postgresql://x@h/db", backoff_min_s=5, backoff_max_s=60)
     rng = random.Random(1)
@@ -342,8 +342,8 @@ def test_backoff_doubles_with_jitter_up_to_its_cap():
 def test_service_loop_waits_out_an_outage_then_sends_what_piled_up(fleet, tmp_path):
     import threading
 
-    from edgemon.fleetdb import DeviceInfo
-    from edgemon.sync import SyncConfig, run_sync as service_loop
+    from edgemon.sync.fleetdb import DeviceInfo
+    from edgemon.sync.sender import SyncConfig, run_sync as service_loop
 
     db = make_recorder(tmp_path / "a.db", "rec-a", files=10, seed=11)
     config = SyncConfig(url=fleet.url, interval_s=0.2, backoff_min_s=0.2, backoff_max_s=0.5)
@@ -379,7 +379,7 @@ def test_service_refuses_a_sync_url_with_a_password_before_logging_settings(tmp_
 def test_visit_reasons_name_each_rule():
     import datetime as dt
 
-    from edgemon.fleet import VisitRules, visit_reasons
+    from edgemon.sync.fleet_status import VisitRules, visit_reasons
 
     now = dt.datetime(2024, 6, 1, 12, tzinfo=dt.timezone.utc)
     fine = dict(last_sync=now - dt.timedelta(minutes=20), sync_interval_s=900.0, disk_free_mb=9000.0,
@@ -396,7 +396,7 @@ def test_visit_reasons_name_each_rule():
 
 def test_site_settings_are_checked_and_sent(tmp_path):
     from edgemon.config import ConfigError, load_settings
-    from edgemon.sync import device_info
+    from edgemon.sync.sender import device_info
 
     settings = lambda **values: load_settings(None, values, env={}, default_path=None)
     info = device_info(settings(device_id="site-07", latitude=1.55, longitude=110.35, timezone="Asia/Kuching"))

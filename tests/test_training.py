@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgemon.bundle import load_bundle
+from edgemon.analysis.bundle import load_bundle
 from training.augment import AugmentConfig, apply_gain, augment, mask, mix_background
 from training.cli import app
 from training.data import load_split
@@ -166,7 +166,7 @@ def test_checkpoint_averaging_returns_the_mean_of_the_last_epochs(tiny_dataset, 
 
 
 def test_fit_cli_with_pcen_and_averaging_makes_a_bundle_the_recorder_runs(tiny_dataset, tmp_path):
-    from edgemon.pipeline import Analyzer
+    from edgemon.analysis.analyzer import Analyzer
 
     out = tmp_path / "run"
     args = [a if a != "4" else "3" for a in TINY_FIT]  # 3 epochs, the last 2 averaged

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from edgemon.store import Store
-from edgemon.watch import Watcher
+from edgemon.storage.store import Store
+from edgemon.files.watcher import Watcher
 from tests.watch_helpers import (analyzer, fast_config, query, unfinalised_header,
                                  watch_until_idle, write_wav)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from edgemon.bundle import default_bundle_path, load_bundle
-from edgemon.pipeline import Analyzer
-from edgemon.store import Store
-from edgemon.watch import WatchConfig, Watcher
+from edgemon.analysis.bundle import default_bundle_path, load_bundle
+from edgemon.analysis.analyzer import Analyzer
+from edgemon.storage.store import Store
+from edgemon.files.watcher import WatchConfig, Watcher
 
 _ANALYZER: Analyzer | None = None
 
@@ -98,7 +98,7 @@ def noise(seconds: float, rate: int = 16000, seed: int = 0, level: float = 0.01)
 
 
 # Fault injection for daemons run as real processes: a sitecustomize module, found first on the
-# child's PYTHONPATH, wraps edgemon.audio.iter_blocks so that reading a file whose name holds
+# child's PYTHONPATH, wraps edgemon.analysis.audio.iter_blocks so that reading a file whose name holds
 # EDGEMON_TEST_DIE_ON dies by SIGKILL: the daemon itself when it reads the file, or, read in an
 # isolated child, the child ("a file that kills its analysis"). With EDGEMON_TEST_CUTS=COUNTER:N
 # the first N reads instead kill the daemon as a power cut would (the child kills its parent and
@@ -107,7 +107,7 @@ SITECUSTOMIZE = '''
 import os, signal, sys
 _on = os.environ.get("EDGEMON_TEST_DIE_ON")
 if _on:
-    import edgemon.audio as _audio
+    import edgemon.analysis.audio as _audio
     _real = _audio.iter_blocks
 
     def _cut_power():
@@ -117,7 +117,7 @@ if _on:
             return False
         with open(counter, "w") as f:
             f.write(str(done + 1))
-        if "edgemon.watch" not in sys.modules:   # the isolated child: the daemon loses power too
+        if "edgemon.files.watcher" not in sys.modules:   # the isolated child: the daemon loses power too
             os.kill(os.getppid(), signal.SIGKILL)
         return True
 

@@ -2,7 +2,7 @@
 
 A bundle holds int8 ONNX members, not checkpoints, so adaptation works through what they expose:
 each member's ``probs`` and ``embedding`` on the windows of every reviewed detection. A site head
-(``edgemon.site_head``: a penalised correction of each member's log-probabilities from its
+(``edgemon.analysis.site_head``: a penalised correction of each member's log-probabilities from its
 embedding) is fitted to the verdicts: 'wrong' -> this site's background, 'correct' -> the detected
 label, 'relabel' -> the reviewer's label; 'unsure' is left out.
 
@@ -29,16 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon import audio
-from edgemon.bundle import MANIFEST, Bundle, load_bundle, write_bundle
-from edgemon.ensemble import Ensemble, majority_vote
+from edgemon.analysis import audio
+from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle, write_bundle
+from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.errors import AudioError
-from edgemon.events import apply_thresholds, clip_label
-from edgemon.frontend import StreamingFrontend
+from edgemon.analysis.decisions import apply_thresholds, clip_label
+from edgemon.analysis.frontend import StreamingFrontend
 from edgemon.review.excerpt import recording_path
 from edgemon.review.reviews import open_for_review, reviewed
-from edgemon.segmenter import WindowSpec
-from edgemon.site_head import Z_CLIP, SiteHead, write_site_head
+from edgemon.analysis.windows import WindowSpec
+from edgemon.analysis.site_head import Z_CLIP, SiteHead, write_site_head
 from training.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ event is right, fitted on held-out events.
 The events are those the operating point stores on the folds' assembled recordings (calls about 5 %
 of the time, as a recorder hears them), each judged right or false. Per class an increasing
 isotonic fit, stored as the piecewise-linear points the recorder interpolates
-(``edgemon.events.Calibration``). Fallbacks, stated in the report: a class with fewer than
+(``edgemon.analysis.decisions.Calibration``). Fallbacks, stated in the report: a class with fewer than
 ``MIN_EVENTS`` held-out events, or only right or only false ones, takes the fit pooled over all
 classes; when the pool is short too, it keeps its raw score. The quality figures are cross-fitted
 (each fold's events calibrated by a fit on the other folds), so they are not scored on the events
@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from edgemon.events import CALIBRATION_INPUTS, Calibration
+from edgemon.analysis.decisions import CALIBRATION_INPUTS, Calibration
 from training.field import ScoredEvents
 
 MIN_EVENTS = 30

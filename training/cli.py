@@ -20,7 +20,7 @@ import typer
 
 from edgemon import console
 from edgemon.errors import EdgemonError
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.frontend import FrontendConfig
 from training.augment import AugmentConfig
 from training.data import DEFAULT_DATA_DIR
 from training.errors import DataError

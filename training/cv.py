@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.frontend import FrontendConfig
 from training import baseline
 from training.augment import AugmentConfig
 from training.data import Split, merge, without_recorders

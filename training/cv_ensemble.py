@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.frontend import FrontendConfig
 from training.bundling import shared_frontend
 from training.cv import grouped_folds, validation_recorders
 from training.errors import DataError

@@ -1,6 +1,6 @@
 """Labelled clips in the ComParE layout: ``audio/`` plus ``lab/{train,devel,test}.csv``.
 
-Features come from the one shared frontend (``edgemon.frontend``), exactly as on the recorder.
+Features come from the one shared frontend (``edgemon.analysis.frontend``), exactly as on the recorder.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon import audio
+from edgemon.analysis import audio
 from edgemon.errors import AudioError
-from edgemon.frontend import FrontendConfig, from_mel_power, log_mel, mel_power
+from edgemon.analysis.frontend import FrontendConfig, from_mel_power, log_mel, mel_power
 from training.errors import DataError
 
 DEFAULT_DATA_DIR = Path("../shared/data/borneo")

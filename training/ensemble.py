@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from edgemon.bundle import load_bundle, write_bundle
-from edgemon.ensemble import Ensemble, majority_vote
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.bundle import load_bundle, write_bundle
+from edgemon.analysis.ensemble import Ensemble, majority_vote
+from edgemon.analysis.frontend import FrontendConfig
 from training.data import Split
 from training.errors import DataError
 from training.evaluate import metrics, write_report

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import edgemon
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.frontend import FrontendConfig
 from training.errors import DataError
 from training.model import PrimateBiLSTM, centre_bands, pair_frames
 

@@ -26,12 +26,12 @@ import numpy as np
 from scipy.stats import chi2
 from threadpoolctl import threadpool_limits
 
-from edgemon import audio
-from edgemon.bundle import Bundle, load_bundle, write_bundle
+from edgemon.analysis import audio
+from edgemon.analysis.bundle import Bundle, load_bundle, write_bundle
 from edgemon.errors import AudioError
-from edgemon.events import Calibration, OperatingPoint, apply_thresholds
-from edgemon.frontend import FrontendConfig
-from edgemon.pipeline import Analyzer, Event, EventMerger, WindowVote
+from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
+from edgemon.analysis.frontend import FrontendConfig
+from edgemon.analysis.analyzer import Analyzer, Event, EventMerger, WindowVote
 from training.data import BACKGROUND, Split
 from training.errors import DataError
 from training.evaluate import confusion, per_class_recall, uar
@@ -253,7 +253,7 @@ def match(events: list[Event], calls: np.ndarray, labels: tuple[str, ...]) -> tu
 
 
 def _clip_label(events: list[Event], labels: tuple[str, ...], background: int) -> int:
-    """``edgemon.events.clip_label`` over the windows of the stored events: the class with most
+    """``edgemon.analysis.decisions.clip_label`` over the windows of the stored events: the class with most
     windows in events (ties: highest summed window confidence), else background."""
     if not events:
         return background

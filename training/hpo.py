@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.frontend import FrontendConfig
 from training.augment import AugmentConfig
 from training.data import Split
 from training.evaluate import metrics

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon.events import OperatingPoint
+from edgemon.analysis.decisions import OperatingPoint
 from training.calibration import as_calibration, calibrate
 from training.errors import DataError
 from training.field import NOTHING, FieldVotes, assembled_events, match, measure

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from edgemon.bundle import load_bundle
-from edgemon.ensemble import Ensemble
+from edgemon.analysis.bundle import load_bundle
+from edgemon.analysis.ensemble import Ensemble
 from training import baseline
 from training.errors import DataError
 from training.evaluate import metrics, plot_confusion

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgemon.bundle import Bundle, load_bundle, write_bundle
-from edgemon.ensemble import Ensemble
-from edgemon.frontend import FrontendConfig
-from edgemon.segmenter import WindowSpec, cut_windows
+from edgemon.analysis.bundle import Bundle, load_bundle, write_bundle
+from edgemon.analysis.ensemble import Ensemble
+from edgemon.analysis.frontend import FrontendConfig
+from edgemon.analysis.windows import WindowSpec, cut_windows
 from training import baseline as baseline_mod
 from training.augment import AugmentConfig
 from training.data import BACKGROUND, Split, data_identity, load_pool, load_split, merge

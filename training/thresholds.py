@@ -2,7 +2,7 @@
 and what the recorder would store at them.
 
 The recorder turns a window into a detection of class c when the vote's winner is c and its
-confidence reaches ``thresholds[c]`` (``edgemon.events.apply_thresholds``). Here the thresholds are
+confidence reaches ``thresholds[c]`` (``edgemon.analysis.decisions.apply_thresholds``). Here the thresholds are
 chosen on windows of background clips the models never trained on (the grouped-CV folds): the
 rate budget is split evenly over the call classes, and each class gets the lowest threshold that
 keeps its share, so no more calls are lost than the budget needs.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgemon.events import apply_thresholds, clip_label
+from edgemon.analysis.decisions import apply_thresholds, clip_label
 from training.data import BACKGROUND
 from training.evaluate import confusion, per_class_recall, uar
 
@@ -55,7 +55,7 @@ def thresholds_for(windows: dict[str, np.ndarray], targets: np.ndarray, labels: 
 
 def clip_labels(winner: np.ndarray, confidence: np.ndarray, clip: np.ndarray, n_clips: int,
                 background: int) -> np.ndarray:
-    """One label per clip from its windows (``edgemon.events.clip_label``)."""
+    """One label per clip from its windows (``edgemon.analysis.decisions.clip_label``)."""
     return np.array([clip_label(winner[clip == i], confidence[clip == i], background) for i in range(n_clips)])
 
 

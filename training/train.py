@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from edgemon.frontend import features_from_log_mel
+from edgemon.analysis.frontend import features_from_log_mel
 from training.augment import AugmentConfig, augment
 from training.data import BACKGROUND, Split
 from training.evaluate import uar

@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from edgemon.bundle import MANIFEST, default_bundle_path
+from edgemon.analysis.bundle import MANIFEST, default_bundle_path
 from edgemon.errors import AudioError, EdgemonError
 from edgemon.review import charts, reviews
 from edgemon.review.excerpt import read_excerpt

@@ -17,10 +17,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import TextIO
 
-from edgemon import tables
+from edgemon.storage import tables
 from edgemon.errors import EdgemonError
-from edgemon.schema import REVIEW_VERDICTS
-from edgemon.store import BUSY_TIMEOUT_MS, Store, connect_read_only, utc_iso
+from edgemon.storage.schema import REVIEW_VERDICTS
+from edgemon.storage.store import BUSY_TIMEOUT_MS, Store, connect_read_only, utc_iso
 
 ORDERS = ("teach", "time", "confidence")
 Z_95 = 1.959964

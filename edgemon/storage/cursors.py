@@ -24,7 +24,7 @@ from pathlib import Path
 
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
-from edgemon.store import utc_iso
+from edgemon.storage.store import utc_iso
 
 BUSY_TIMEOUT_S = 30.0
 log = logging.getLogger(__name__)

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon import audio
-from edgemon.bundle import MANIFEST, Bundle, default_bundle_path, load_bundle
-from edgemon.ensemble import Ensemble, majority_vote
+from edgemon.analysis import audio
+from edgemon.analysis.bundle import MANIFEST, Bundle, default_bundle_path, load_bundle
+from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.errors import BundleError
-from edgemon.events import Calibration, OperatingPoint, apply_thresholds
-from edgemon.frontend import StreamingFrontend
+from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
+from edgemon.analysis.frontend import StreamingFrontend
 from edgemon.safetext import shown
-from edgemon.segmenter import WindowSpec
+from edgemon.analysis.windows import WindowSpec
 
 log = logging.getLogger(__name__)
 

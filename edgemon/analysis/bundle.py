@@ -5,8 +5,8 @@ Training writes bundles with ``write_bundle``; the recorder opens them with ``lo
 checks the whole manifest (shape and types of every field it reads, labels, thresholds, names,
 windows), confines every file it names to the bundle directory (no ``..``, no absolute path, no
 symlink leading out) and verifies each file's sha256 before any model is run.
-``edgemon.ensemble.Ensemble`` then checks what only onnxruntime can see (input and output names,
-input width, class count, one probe run) and runs the reference windows (``edgemon.selfcheck``).
+``edgemon.analysis.ensemble.Ensemble`` then checks what only onnxruntime can see (input and output names,
+input width, class count, one probe run) and runs the reference windows (``edgemon.analysis.selfcheck``).
 Every refusal is a ``BundleError`` in one line naming the file.
 
 Version policy of the manifest
@@ -41,7 +41,7 @@ import tempfile
 from pathlib import Path
 
 from edgemon.errors import BundleError
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.frontend import FrontendConfig
 
 FORMAT = "edgemon-bundle"
 FORMAT_VERSION = 1            # the major version this edgemon reads (see the module docstring)
@@ -58,7 +58,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def default_bundle_path() -> Path:
     """The bundle shipped inside the package, so the daemon works offline out of the box."""
-    return Path(__file__).parent / "models" / "default"
+    return Path(__file__).parent.parent / "models" / "default"
 
 
 def sha256_of(path: Path) -> str:

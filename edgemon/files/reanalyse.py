@@ -15,8 +15,8 @@ from contextlib import closing
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
-from edgemon.pipeline import Analyzer
-from edgemon.store import Detection, Store, connect_read_only
+from edgemon.analysis.analyzer import Analyzer
+from edgemon.storage.store import Detection, Store, connect_read_only
 
 log = logging.getLogger(__name__)
 

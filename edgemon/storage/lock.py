@@ -2,7 +2,8 @@
 
 Two daemons on one database analyse the same files twice and deliver duplicate rows downstream.
 The lock is ``flock`` on a file beside the database (``<db>.lock``), not on the database itself:
-``dbguard`` may move a corrupt database aside, and SQLite's own locks are for transactions.
+``edgemon.storage.recovery`` may move a corrupt database aside, and SQLite's own locks are for
+transactions.
 Readers (export, status) never take it. The kernel drops the lock when the process dies, however
 it dies, so a killed daemon never leaves a stale lock; the file itself stays (removing it would
 let a third process lock a new file while a second still holds the old one).

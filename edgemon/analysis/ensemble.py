@@ -2,7 +2,7 @@
 
 Opening an ``Ensemble`` finishes the bundle's checks: each member's input and output names,
 input width and class count against the manifest (from onnxruntime's metadata and one tiny probe
-run), then the bundle's self-check on its reference windows (``edgemon.selfcheck``). A bundle
+run), then the bundle's self-check on its reference windows (``edgemon.analysis.selfcheck``). A bundle
 that fails any of them is refused before the first recording is touched.
 """
 
@@ -14,11 +14,11 @@ import json
 import numpy as np
 import onnxruntime as ort
 
-from edgemon.bundle import Bundle, load_bundle
+from edgemon.analysis.bundle import Bundle, load_bundle
 from edgemon.errors import BundleError
-from edgemon.frontend import FrontendConfig
-from edgemon.site_head import load_site_head
-from edgemon.selfcheck import SelfCheck, SelfCheckError, run_self_check
+from edgemon.analysis.frontend import FrontendConfig
+from edgemon.analysis.site_head import load_site_head
+from edgemon.analysis.selfcheck import SelfCheck, SelfCheckError, run_self_check
 
 # Telemetry is kept off by ORT_DISABLE_TELEMETRY (edgemon/__init__.py); this also stops its events
 # where onnxruntime was imported before edgemon.

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from edgemon.diskguard import DiskBudget, DiskGuard
-from edgemon.store import Detection
+from edgemon.storage.disk_budget import DiskBudget, DiskGuard
+from edgemon.storage.store import Detection
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edgemon import audio
-from edgemon.bundle import load_bundle
+from edgemon.analysis import audio
+from edgemon.analysis.bundle import load_bundle
 from edgemon.errors import EdgemonError
-from edgemon.pipeline import Analysis, Analyzer
+from edgemon.analysis.analyzer import Analysis, Analyzer
 
 _FAILED = 3      # exit status of a child that caught an error and reported it
 _PROGRESS = b"\x06"  # written to stderr for each decoded block (ASCII ACK: never in an error text)
@@ -38,7 +38,7 @@ except (OSError, AttributeError):               # not Linux: an orphan finishes 
     pass
 if os.getppid() != int(sys.argv[1]):             # the daemon died before the line above
     os._exit(1)
-from edgemon.isolate import main
+from edgemon.files.isolate import main
 sys.exit(main([os.fsencode(a) for a in sys.argv[2:]]))
 """
 

@@ -19,8 +19,8 @@ import sqlite3
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
-from edgemon.schema import FOLDED_KEYS, SYNC_KEYS
-from edgemon.store import BUSY_TIMEOUT_MS, Store, utc_iso
+from edgemon.storage.schema import FOLDED_KEYS, SYNC_KEYS
+from edgemon.storage.store import BUSY_TIMEOUT_MS, Store, utc_iso
 
 SYNCED_TABLES = tuple(SYNC_KEYS)
 

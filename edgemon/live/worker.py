@@ -1,6 +1,6 @@
 """The analysis worker of ``edgemon listen``: blocks in, detections and coverage out.
 
-See ``edgemon.listen`` for the threads and the time base.
+See ``edgemon.live.threads`` for the threads and the time base.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from edgemon.capture import BlockQueue, Capture, CaptureConfig
-from edgemon.clips import ClipConfig, ClipSaver
-from edgemon.coverage import CoverageLedger
-from edgemon.hostclock import HostClock, host_clock_synced
+from edgemon.live.capture import BlockQueue, Capture, CaptureConfig
+from edgemon.live.clips import ClipConfig, ClipSaver
+from edgemon.live.coverage import CoverageLedger
+from edgemon.live.hostclock import HostClock, host_clock_synced
 from edgemon.errors import EdgemonError
-from edgemon.pipeline import AnalysisStream, Analyzer, Event
-from edgemon.store import Detection
-from edgemon.writer import StoreWriter
+from edgemon.analysis.analyzer import AnalysisStream, Analyzer, Event
+from edgemon.storage.store import Detection
+from edgemon.live.store_writer import StoreWriter
 
 log = logging.getLogger(__name__)
 UTC = dt.timezone.utc

@@ -12,7 +12,7 @@ observer is restarted if its thread dies (a handler raised, the card was unmount
 
 An attempt is committed before a file is analysed (``Store.begin_attempt``). A file that was in
 progress when a run died, or whose analysis died before, is analysed in a child process
-(``edgemon.isolate``): if the child dies while the daemon lives, the file killed it, and after
+(``edgemon.files.isolate``): if the child dies while the daemon lives, the file killed it, and after
 ``max_attempts`` such failures it is quarantined; a daemon killed for an unrelated reason (power
 lost every night) never counts against the file it was working on.
 
@@ -41,14 +41,14 @@ import numpy as np
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from edgemon import audio
-from edgemon.backlog import BacklogProgress
+from edgemon.analysis import audio
+from edgemon.files.backlog import BacklogProgress
 from edgemon.errors import EdgemonError
-from edgemon.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
-from edgemon.pipeline import Analysis, Analyzer
-from edgemon.recorder import StabilityTracker, recording_time, wav_header_consistent
+from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
+from edgemon.analysis.analyzer import Analysis, Analyzer
+from edgemon.files.recordings import StabilityTracker, recording_time, wav_header_consistent
 from edgemon.safetext import name_from_stored, shown, stored_name
-from edgemon.store import Detection, Store
+from edgemon.storage.store import Detection, Store
 
 log = logging.getLogger(__name__)
 

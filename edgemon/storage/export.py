@@ -5,7 +5,7 @@ Export reads through a read-only connection: under WAL a reader sees the last co
 neither waits for nor blocks the daemon's writer. The database is checked before any output is
 opened, so a bad database leaves no file (and no header on standard output) behind. Output files
 appear only complete (temp file in the same directory, fsync, rename), with the mode the umask
-gives. With ``new=True`` a named cursor (``edgemon.cursors``) delivers each row matching its
+gives. With ``new=True`` a named cursor (``edgemon.storage.cursors``) delivers each row matching its
 filter once; it advances only after the output is written, so a failed export can be repeated.
 """
 
@@ -28,10 +28,10 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-from edgemon import tables
-from edgemon.cursors import CursorError, CursorFilter, advance, check_filter, has_filters, read_cursor
+from edgemon.storage import tables
+from edgemon.storage.cursors import CursorError, CursorFilter, advance, check_filter, has_filters, read_cursor
 from edgemon.errors import EdgemonError
-from edgemon.store import Store, StoreError, connect_read_only, utc_iso
+from edgemon.storage.store import Store, StoreError, connect_read_only, utc_iso
 
 FORMATS = ("csv", "birdnet", "jsonl", "raven")
 COLUMNS = tables.COLUMNS

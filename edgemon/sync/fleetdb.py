@@ -1,4 +1,4 @@
-"""The fleet's PostgreSQL database: connection, migration (DDL in ``edgemon.fleetschema``), and
+"""The fleet's PostgreSQL database: connection, migration (DDL in ``edgemon.sync.fleetschema``), and
 idempotent batch writes.
 
 Every recorder's rows live under the schema ``edgemon``, keyed by the natural key of the
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
-from edgemon.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
-from edgemon.outbox import Batch, natural_columns
+from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+from edgemon.sync.outbox import Batch, natural_columns
 
 try:  # the `sync` extra: recorders that never sync do not carry a PostgreSQL driver
     import psycopg

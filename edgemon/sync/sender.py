@@ -29,14 +29,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from edgemon import __version__, fleetdb
-from edgemon.bundle import MANIFEST, default_bundle_path
+from edgemon import __version__
+from edgemon.sync import fleetdb
+from edgemon.analysis.bundle import MANIFEST, default_bundle_path
 from edgemon.config import ConfigError, Settings
 from edgemon.errors import EdgemonError
-from edgemon.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
-from edgemon.outbox import Outbox
+from edgemon.sync.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
+from edgemon.sync.outbox import Outbox
 from edgemon.status import collect_status
-from edgemon.store import utc_iso
+from edgemon.storage.store import utc_iso
 
 log = logging.getLogger(__name__)
 

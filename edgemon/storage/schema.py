@@ -1,7 +1,7 @@
 """The detections database's schema: versioned migrations, applied in order by ``Store``.
 
 Plain DDL, so the constraints are visible. The migration set keeps the name it was first
-recorded under in databases ("edgemon.store"); a new table or column is a new migration.
+recorded under in databases ("edgemon.storage.store"); a new table or column is a new migration.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlite_utils import Migrations
 TIME_SOURCES = ("filename", "metadata", "mtime", "host_clock")
 FILE_STATES = ("done", "failed", "quarantined")
 
-MIGRATIONS = Migrations("edgemon.store")
+MIGRATIONS = Migrations("edgemon.storage.store")
 
 
 @MIGRATIONS()
@@ -123,7 +123,7 @@ def m004_named_cursors_and_bundles(db: sqlite_utils.Database) -> None:
     """Export cursors tied to their filter; the bundles the daemon ran and their label names; an
     index for per-species-over-time queries.
 
-    A cursor's ``filter`` is canonical JSON (see ``edgemon.cursors.CursorFilter``); NULL marks a
+    A cursor's ``filter`` is canonical JSON (see ``edgemon.storage.cursors.CursorFilter``); NULL marks a
     cursor from before filters were stored, which its next export adopts. ``last_id`` is the
     highest detection id the cursor has examined under its filter, ``exported_at`` its last
     export (also one that found nothing new), ``delivered`` the rows it has delivered in all.
@@ -182,7 +182,7 @@ def m006_detection_score(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE detections ADD COLUMN score REAL")
 
 
-# The sync outbox (edgemon/outbox.py). Each synced table's natural key, as (k1, k2, k3, k4) of
+# The sync outbox (edgemon/sync/outbox.py). Each synced table's natural key, as (k1, k2, k3, k4) of
 # ``changes``: text, real, text, text. Local row ids are never a key: they change when a corrupt
 # database is rebuilt, and AUTOINCREMENT ids of re-processed detections are new rows anyway.
 SYNC_KEYS: dict[str, tuple[str, str, str, str]] = {

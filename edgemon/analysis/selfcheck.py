@@ -16,9 +16,9 @@ from collections.abc import Callable
 import numpy as np
 import soundfile
 
-from edgemon.bundle import Bundle, SelfCheckSpec
+from edgemon.analysis.bundle import Bundle, SelfCheckSpec
 from edgemon.errors import BundleError
-from edgemon.frontend import FrontendConfig, features
+from edgemon.analysis.frontend import FrontendConfig, features
 
 
 class SelfCheckError(BundleError):

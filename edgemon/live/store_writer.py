@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgemon.store import Store, StoreError
+from edgemon.storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 

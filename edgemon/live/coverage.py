@@ -13,7 +13,7 @@ import logging
 import math
 from collections import defaultdict
 
-from edgemon.store import COVERAGE_LOSSES, CoverageMinute
+from edgemon.storage.store import COVERAGE_LOSSES, CoverageMinute
 
 log = logging.getLogger(__name__)
 

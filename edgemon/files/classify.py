@@ -1,6 +1,6 @@
 """``edgemon classify``: the one-shot analyser. The watch pipeline once, no database.
 
-Its CSV is export's (``edgemon.tables``): the same columns and UTC time text, so a file
+Its CSV is export's (``edgemon.storage.tables``): the same columns and UTC time text, so a file
 classified by hand and the daemon's export of it can be read by one script; the columns a
 database gives (id, device, stored time, clip) stay empty.
 """
@@ -11,11 +11,11 @@ import datetime as dt
 import io
 from pathlib import Path
 
-from edgemon import tables
+from edgemon.storage import tables
 from edgemon.errors import AudioError, EdgemonError
-from edgemon.pipeline import Analyzer
-from edgemon.recorder import recording_time
-from edgemon.store import utc_iso
+from edgemon.analysis.analyzer import Analyzer
+from edgemon.files.recordings import recording_time
+from edgemon.storage.store import utc_iso
 
 TABLE_COLUMNS = ("source", "start_s", "end_s", "start_utc", "label", "common_name", "confidence")
 

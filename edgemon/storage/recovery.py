@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 
 from edgemon.safetext import shown
-from edgemon.store import BUSY_TIMEOUT_MS, Store, StoreError, connect_read_only
+from edgemon.storage.store import BUSY_TIMEOUT_MS, Store, StoreError, connect_read_only
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The fleet database's schema (PostgreSQL), as versioned DDL: tables, indexes and the views for
-the person running the study. ``edgemon.fleetdb`` applies it; nothing here talks to a server.
+the person running the study. ``edgemon.sync.fleetdb`` applies it; nothing here talks to a server.
 
 Every table is keyed by the recorder's natural key plus the per-database UUID (``db_uuid``).
 Version n is ``MIGRATIONS[n - 1]``; a migration is never edited once released, only appended.

@@ -31,12 +31,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgemon.capture import BlockQueue, Capture, CaptureState, resolve_device
-from edgemon.listener import ListenConfig, ListenError, Listener, ListenSummary
-from edgemon.pipeline import Analyzer, make_analyzer
+from edgemon.live.capture import BlockQueue, Capture, CaptureState, resolve_device
+from edgemon.live.worker import ListenConfig, ListenError, Listener, ListenSummary
+from edgemon.analysis.analyzer import Analyzer, make_analyzer
 from edgemon.signals import stop_on_signals
-from edgemon.store import Store
-from edgemon.writer import StoreWriter
+from edgemon.storage.store import Store
+from edgemon.live.store_writer import StoreWriter
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 60.0   # a thread not done this long after stop is reported, not waited for

@@ -28,8 +28,8 @@ import sqlite_utils
 
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown, stored_name
-from edgemon.schema import FILE_STATES, MIGRATIONS, TIME_SOURCES  # noqa: F401  (re-exported)
-from edgemon.tables import label_names
+from edgemon.storage.schema import FILE_STATES, MIGRATIONS, TIME_SOURCES  # noqa: F401  (re-exported)
+from edgemon.storage.tables import label_names
 
 BUSY_TIMEOUT_MS = 30_000
 log = logging.getLogger(__name__)

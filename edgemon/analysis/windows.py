@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from edgemon.frontend import FrontendConfig
+from edgemon.analysis.frontend import FrontendConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon.bundle import Bundle, sha256_of
+from edgemon.analysis.bundle import Bundle, sha256_of
 from edgemon.errors import BundleError
 
 LOG_FLOOR = 1e-6  # probabilities below this are taken as this before the log

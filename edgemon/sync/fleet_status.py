@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from edgemon import fleetdb
-from edgemon.fleetdb import FleetDbError
-from edgemon.fleetschema import SCHEMA
+from edgemon.sync import fleetdb
+from edgemon.sync.fleetdb import FleetDbError
+from edgemon.sync.fleetschema import SCHEMA
 
 UTC = dt.timezone.utc
 

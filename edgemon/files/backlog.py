@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from edgemon.recorder import audio_duration_s
+from edgemon.files.recordings import audio_duration_s
 
 log = logging.getLogger(__name__)
 

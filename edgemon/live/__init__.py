@@ -1,0 +1,2 @@
+"""A live microphone becomes detections: capture, the analysis worker, its threads, coverage,
+saved clips, the host clock and the live path's database writer thread."""

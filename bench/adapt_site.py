@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.analysis.ensemble import Ensemble
-from edgemon.analysis.analyzer import Analyzer
 from edgemon.review import reviews
 from tests.test_adapt import analyse_into, lay_recordings, true_label, unseen_clips
 from training.adapt import AdaptConfig, AdaptError, _write_adapted, adapt_bundle, fit_candidate, reviewed_windows

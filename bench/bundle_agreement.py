@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon.analysis.bundle import load_bundle
 from edgemon.analysis.analyzer import Analyzer
+from edgemon.analysis.bundle import load_bundle
 from edgemon.analysis.windows import cut_windows
 from training.data import load_split
 

@@ -34,10 +34,10 @@ sys.path.insert(0, str(REPO))
 
 import psycopg  # noqa: E402
 
+from edgemon.storage.store import Store  # noqa: E402
 from edgemon.sync.fleet_status import collect_fleet  # noqa: E402
 from edgemon.sync.fleetdb import DeviceInfo  # noqa: E402
 from edgemon.sync.fleetschema import SCHEMA  # noqa: E402
-from edgemon.storage.store import Store  # noqa: E402
 from edgemon.sync.sender import SyncConfig, sync_once  # noqa: E402
 from tests.postgres_server import postgres_server  # noqa: E402
 from tests.throttle_proxy import ThrottleProxy  # noqa: E402

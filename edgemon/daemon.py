@@ -8,19 +8,19 @@ import sys
 import threading
 from pathlib import Path
 
-from edgemon.config import Settings
-from edgemon.storage.lock import hold_database
-from edgemon.storage.recovery import open_or_recover
-from edgemon.storage.disk_budget import DiskBudget
-from edgemon.errors import BundleError
-from edgemon.health import HealthConfig, Heartbeats, WatchMonitor, listen_health
 from edgemon.analysis.analyzer import Analyzer, make_analyzer
+from edgemon.config import Settings
+from edgemon.errors import BundleError
 from edgemon.files.isolate import Isolated
+from edgemon.files.watcher import WatchConfig, Watcher, check_root
+from edgemon.health import HealthConfig, Heartbeats, WatchMonitor, listen_health
 from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals
+from edgemon.storage.disk_budget import DiskBudget
+from edgemon.storage.lock import hold_database
+from edgemon.storage.recovery import open_or_recover
 from edgemon.storage.store import Store
 from edgemon.sync.sender import sync_in_background
-from edgemon.files.watcher import WatchConfig, Watcher, check_root
 
 log = logging.getLogger(__name__)
 TERMINAL_PROGRESS_S = 5.0   # backlog progress on a terminal; under systemd WatchConfig.progress_s

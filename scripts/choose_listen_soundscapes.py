@@ -23,8 +23,8 @@ import soundfile
 import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edgemon.analysis.bundle import default_bundle_path, load_bundle  # noqa: E402
 from edgemon.analysis.analyzer import Analyzer  # noqa: E402
+from edgemon.analysis.bundle import default_bundle_path, load_bundle  # noqa: E402
 from tests.listen_helpers import PART_A, PART_B, SAMPLE_RATE  # noqa: E402
 
 TOLERANCE_S = 2.5  # the listen test allows 3 s (a hop and the device latency)

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import soundfile
 
+from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.analysis.ensemble import Ensemble
-from edgemon.errors import BundleError
 from edgemon.analysis.frontend import FrontendConfig
-from edgemon.analysis.analyzer import Analyzer
-from edgemon.review import reviews
-from edgemon.analysis.windows import WindowSpec
 from edgemon.analysis.site_head import SiteHead
+from edgemon.analysis.windows import WindowSpec
+from edgemon.errors import BundleError
+from edgemon.review import reviews
 from edgemon.storage.store import Detection, Store
 from tests.review_helpers import make_review_db
 from training.adapt import (AdaptError, _write_adapted, adapt_bundle, event_scores, event_windows,

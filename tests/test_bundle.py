@@ -8,8 +8,8 @@ import torch
 
 from edgemon.analysis.bundle import load_bundle, write_bundle
 from edgemon.analysis.ensemble import Ensemble, majority_vote
-from edgemon.errors import BundleError
 from edgemon.analysis.frontend import FrontendConfig
+from edgemon.errors import BundleError
 from training.export import export_onnx
 from training.model import ModelConfig, PrimateBiLSTM
 

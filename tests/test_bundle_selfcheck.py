@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from edgemon.analysis.bundle import default_bundle_path, load_bundle, sha256_of
-from edgemon.cli import app
 from edgemon.analysis.ensemble import Ensemble, describe_bundle
-from edgemon.errors import BundleError, EdgemonError
 from edgemon.analysis.selfcheck import SelfCheckError
+from edgemon.cli import app
+from edgemon.errors import BundleError, EdgemonError
 from tests.conftest import hoots
 from tests.watch_helpers import write_wav
 from training.bundling import complete_bundle, softmax_confidence_max

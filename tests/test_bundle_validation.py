@@ -15,10 +15,10 @@ import torch
 from typer.testing import CliRunner
 
 from edgemon.analysis.bundle import FORMAT_VERSION, load_bundle, sha256_of, write_bundle
-from edgemon.cli import app
 from edgemon.analysis.ensemble import Ensemble
-from edgemon.errors import BundleError
 from edgemon.analysis.frontend import FrontendConfig
+from edgemon.cli import app
+from edgemon.errors import BundleError
 from tests.conftest import tone
 from tests.watch_helpers import write_wav
 from training.export import export_onnx

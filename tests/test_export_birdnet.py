@@ -12,8 +12,8 @@ import sqlite3
 import pytest
 from typer.testing import CliRunner
 
-from edgemon.files.classify import classify_files, format_rows
 from edgemon.cli import app
+from edgemon.files.classify import classify_files, format_rows
 from edgemon.storage.export import ExportError, export_detections
 from edgemon.storage.store import Store
 from edgemon.storage.tables import BIRDNET_COLUMNS, COLUMNS

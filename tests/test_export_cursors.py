@@ -15,10 +15,10 @@ import sqlite_utils
 from typer.testing import CliRunner
 
 from edgemon.cli import app
+from edgemon.status import collect_status, format_status
 from edgemon.storage.cursors import CursorError
 from edgemon.storage.export import export_detections
 from edgemon.storage.schema import MIGRATIONS
-from edgemon.status import collect_status, format_status
 from edgemon.storage.store import Store
 from tests.test_export import LIVE, REC1, commit, db_path, detection, read_csv  # noqa: F401 (fixture)
 

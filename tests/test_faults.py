@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 import soundfile
 
-import edgemon.files.recordings
-import edgemon.storage.store
 from edgemon.files import watcher
-from edgemon.storage.recovery import corruption, open_or_recover
-from edgemon.health import HealthConfig, WatchMonitor
-from edgemon.storage.store import Store, StoreError
+import edgemon.files.recordings
 from edgemon.files.watcher import Watcher
+from edgemon.health import HealthConfig, WatchMonitor
+from edgemon.storage.recovery import corruption, open_or_recover
+from edgemon.storage.store import Store, StoreError
+import edgemon.storage.store
 from tests.conftest import hoots, tone
 from tests.watch_helpers import (
     analyzer,

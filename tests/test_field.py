@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from edgemon.analysis.bundle import MANIFEST, default_bundle_path, load_bundle
-from edgemon.errors import BundleError
-from edgemon.analysis.decisions import Calibration, OperatingPoint
 from edgemon.analysis.analyzer import Analyzer, Event, EventMerger, WindowVote
+from edgemon.analysis.bundle import MANIFEST, default_bundle_path, load_bundle
+from edgemon.analysis.decisions import Calibration, OperatingPoint
+from edgemon.errors import BundleError
 from tests.conftest import hoots
 from training.calibration import calibrate, fit_calibration
 from training.field import FieldVotes, ScoredEvents, StreamVotes, assemble, match, measure, poisson_interval

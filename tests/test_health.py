@@ -27,9 +27,9 @@ from edgemon.health import (
     WatchMonitor,
     watchdog_interval_s,
 )
+from edgemon.files.watcher import Watcher
 from edgemon.status import collect_status, format_status
 from edgemon.storage.store import Store
-from edgemon.files.watcher import Watcher
 from tests.conftest import hoots, tone
 from tests.watch_helpers import (
     analyzer,

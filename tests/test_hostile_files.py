@@ -19,8 +19,8 @@ import pytest
 import soundfile
 
 from edgemon.analysis import audio
-from edgemon.files.backlog import BacklogProgress
 from edgemon.errors import AudioError
+from edgemon.files.backlog import BacklogProgress
 from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.status import collect_status
 from edgemon.storage.store import Store

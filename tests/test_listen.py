@@ -26,12 +26,12 @@ import soxr
 
 from edgemon.live.capture import (AudioDeviceError, Backoff, BlockQueue, Capture, CaptureConfig,
                              CaptureState, InputDevice)
-from edgemon.live.coverage import CoverageLedger
-from edgemon.storage.export import export_coverage
 from edgemon.live.clips import ClipConfig, ClipSaver
+from edgemon.live.coverage import CoverageLedger
 from edgemon.live.hostclock import HostClock
-from edgemon.live.worker import ListenConfig, Listener
 from edgemon.live.store_writer import StoreWriter
+from edgemon.live.worker import ListenConfig, Listener
+from edgemon.storage.export import export_coverage
 from edgemon.storage.store import Detection, Store
 from tests.listen_helpers import PART_A, PART_B, VirtualAudio, pulseaudio_missing, soundscape
 from tests.watch_helpers import analyzer, query

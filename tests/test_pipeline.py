@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from edgemon.analysis.decisions import apply_thresholds, clip_label
 from edgemon.analysis.analyzer import WindowStream, WindowVote
+from edgemon.analysis.decisions import apply_thresholds, clip_label
 from edgemon.analysis.windows import WindowSpec, cut_windows, window_starts
 from tests.watch_helpers import analyzer
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soundfile
 
+from edgemon.errors import AudioError
 from edgemon.review import reviews
 from edgemon.review.app import ReviewConfig, ReviewServerError, create_app, with_token
-from edgemon.errors import AudioError
 from edgemon.review.charts import charts_svg, effort_hours
 from edgemon.review.excerpt import read_excerpt
 from edgemon.review.spectrogram import png_bytes, spectrogram_rgb

@@ -10,8 +10,8 @@ import sqlite3
 import subprocess
 import sys
 
-from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.analysis.analyzer import Analyzer
+from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.files.reanalyse import reanalyse
 from tests.review_helpers import BUNDLE_ID, DETECTIONS, make_review_db
 

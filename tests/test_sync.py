@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from edgemon.sync.outbox import Outbox
 from edgemon.storage.store import Store
+from edgemon.sync.outbox import Outbox
 from tests.sync_helpers import (add_file, count_server_detections, fleet_server, local_state, make_recorder,
                                 server_state)
 from tests.throttle_proxy import ThrottleProxy

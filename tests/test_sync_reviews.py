@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from edgemon.review.reviews import add_verdict, precision_by_class
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA_VERSION
 from edgemon.sync.outbox import Outbox
-from edgemon.review.reviews import add_verdict, precision_by_class
 from tests.sync_helpers import make_recorder
 from tests.test_sync import fleet, run_sync, server  # noqa: F401  (fixtures: one server per module)
 

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from edgemon.storage.store import Store
 from edgemon.files.watcher import Watcher
+from edgemon.storage.store import Store
 from tests.watch_helpers import (analyzer, fast_config, query, unfinalised_header,
                                  watch_until_idle, write_wav)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.analysis.analyzer import Analyzer
-from edgemon.storage.store import Store
+from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.files.watcher import WatchConfig, Watcher
+from edgemon.storage.store import Store
 
 _ANALYZER: Analyzer | None = None
 

@@ -18,9 +18,9 @@ from edgemon.analysis import audio
 from edgemon.analysis.bundle import (SELF_CHECK_TOLERANCE, Bundle, ReferenceWindow, load_bundle, replace_manifest, sha256_of,
                             write_bundle)
 from edgemon.analysis.ensemble import Ensemble
-from edgemon.errors import AudioError
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.analysis.selfcheck import reference_features
+from edgemon.errors import AudioError
 from training.data import read_label_list
 from training.errors import DataError
 from training.export import quantize_int8, read_columns

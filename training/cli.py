@@ -19,8 +19,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgemon import console
-from edgemon.errors import EdgemonError
 from edgemon.analysis.frontend import FrontendConfig
+from edgemon.errors import EdgemonError
 from training.augment import AugmentConfig
 from training.data import DEFAULT_DATA_DIR
 from training.errors import DataError

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from edgemon.analysis import audio
-from edgemon.errors import AudioError
 from edgemon.analysis.frontend import FrontendConfig, from_mel_power, log_mel, mel_power
+from edgemon.errors import AudioError
 from training.errors import DataError
 
 DEFAULT_DATA_DIR = Path("../shared/data/borneo")

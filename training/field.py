@@ -27,11 +27,11 @@ from scipy.stats import chi2
 from threadpoolctl import threadpool_limits
 
 from edgemon.analysis import audio
+from edgemon.analysis.analyzer import Analyzer, Event, EventMerger, WindowVote
 from edgemon.analysis.bundle import Bundle, load_bundle, write_bundle
-from edgemon.errors import AudioError
 from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
 from edgemon.analysis.frontend import FrontendConfig
-from edgemon.analysis.analyzer import Analyzer, Event, EventMerger, WindowVote
+from edgemon.errors import AudioError
 from training.data import BACKGROUND, Split
 from training.errors import DataError
 from training.evaluate import confusion, per_class_recall, uar

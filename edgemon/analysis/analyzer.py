@@ -19,12 +19,12 @@ import numpy as np
 
 from edgemon.analysis import audio
 from edgemon.analysis.bundle import MANIFEST, Bundle, default_bundle_path, load_bundle
-from edgemon.analysis.ensemble import Ensemble, majority_vote
-from edgemon.errors import BundleError
 from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
+from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import StreamingFrontend
-from edgemon.safetext import shown
 from edgemon.analysis.windows import WindowSpec
+from edgemon.errors import BundleError
+from edgemon.safetext import shown
 
 log = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgemon.errors import BundleError
 from edgemon.analysis.frontend import FrontendConfig
+from edgemon.errors import BundleError
 
 FORMAT = "edgemon-bundle"
 FORMAT_VERSION = 1            # the major version this edgemon reads (see the module docstring)

@@ -15,10 +15,10 @@ import numpy as np
 import onnxruntime as ort
 
 from edgemon.analysis.bundle import Bundle, load_bundle
-from edgemon.errors import BundleError
 from edgemon.analysis.frontend import FrontendConfig
-from edgemon.analysis.site_head import load_site_head
 from edgemon.analysis.selfcheck import SelfCheck, SelfCheckError, run_self_check
+from edgemon.analysis.site_head import load_site_head
+from edgemon.errors import BundleError
 
 # Telemetry is kept off by ORT_DISABLE_TELEMETRY (edgemon/__init__.py); this also stops its events
 # where onnxruntime was imported before edgemon.

@@ -17,8 +17,8 @@ import numpy as np
 import soundfile
 
 from edgemon.analysis.bundle import Bundle, SelfCheckSpec
-from edgemon.errors import BundleError
 from edgemon.analysis.frontend import FrontendConfig, features
+from edgemon.errors import BundleError
 
 
 class SelfCheckError(BundleError):

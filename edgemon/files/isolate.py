@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgemon.analysis import audio
+from edgemon.analysis.analyzer import Analysis, Analyzer
 from edgemon.analysis.bundle import load_bundle
 from edgemon.errors import EdgemonError
-from edgemon.analysis.analyzer import Analysis, Analyzer
 
 _FAILED = 3      # exit status of a child that caught an error and reported it
 _PROGRESS = b"\x06"  # written to stderr for each decoded block (ASCII ACK: never in an error text)

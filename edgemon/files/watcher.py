@@ -42,10 +42,10 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from edgemon.analysis import audio
-from edgemon.files.backlog import BacklogProgress
-from edgemon.errors import EdgemonError
-from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.analysis.analyzer import Analysis, Analyzer
+from edgemon.errors import EdgemonError
+from edgemon.files.backlog import BacklogProgress
+from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.files.recordings import StabilityTracker, recording_time, wav_header_consistent
 from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.storage.store import Detection, Store

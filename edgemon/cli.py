@@ -25,6 +25,7 @@ import typer
 from edgemon import console
 from edgemon.config import BY_NAME, OptionError, Settings, cli_overrides, load_settings
 from edgemon.errors import EdgemonError
+from edgemon.utc import parse_utc
 
 # rich_markup_mode=None: plain help, so "[watch]" stays text and flags show no "<bool>" value.
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -428,13 +429,10 @@ def fleet_status(
 
 
 def _parse_time(text: str):
-    import datetime as dt
-
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_utc(text)
     except ValueError:
         raise OptionError(f"not an ISO 8601 time: {text!r}") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 def main() -> None:

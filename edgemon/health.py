@@ -30,10 +30,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgemon.storage.disk_budget import HOLD, DiskBudget, DiskGuard
-from edgemon.storage.store import Heartbeat, Store, connect_read_only
+from edgemon.storage.readonly import connect_read_only
+from edgemon.storage.store import Heartbeat, Store
+from edgemon.utc import UTC
 
 log = logging.getLogger(__name__)
-UTC = dt.timezone.utc
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,11 +16,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgemon.storage.cursors import list_cursors
 from edgemon.errors import EdgemonError
-from edgemon.storage.store import COVERAGE_LOSSES, connect_read_only, utc_iso
+from edgemon.storage.cursors import list_cursors
+from edgemon.storage.readonly import open_read_only, quick_check
+from edgemon.storage.store import COVERAGE_LOSSES
+from edgemon.utc import UTC, parse_utc, utc_iso
 
-UTC = dt.timezone.utc
 MB = 1024 * 1024
 
 
@@ -35,7 +36,7 @@ def collect_status(db_path: str | Path, *, directory: str | Path | None = None, 
     backlog be counted on disk, ``heartbeat_s`` says how old a heartbeat may be for 'running'."""
     db_path = Path(db_path)
     now = now or dt.datetime.now(UTC)
-    conn = _connect_read_only(db_path)
+    conn = open_read_only(db_path, StatusError)
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "files" not in tables:
@@ -70,18 +71,6 @@ def collect_status(db_path: str | Path, *, directory: str | Path | None = None, 
     return status
 
 
-def _connect_read_only(db_path: Path) -> sqlite3.Connection:
-    if not db_path.is_file():
-        raise StatusError(f"detections database not found: {db_path}")
-    try:
-        conn = connect_read_only(db_path)
-        conn.row_factory = sqlite3.Row
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
-    except sqlite3.Error as e:
-        raise StatusError(f"cannot read detections database {db_path}: {e}") from e
-    return conn
-
-
 def _one(conn: sqlite3.Connection, sql: str, params=()) -> Any:
     row = conn.execute(sql, params).fetchone()
     return None if row is None else row[0]
@@ -97,8 +86,7 @@ def _database(conn: sqlite3.Connection, db_path: Path, integrity: bool) -> dict:
     result = "not checked"
     if integrity:
         try:
-            rows = conn.execute("PRAGMA quick_check").fetchall()
-            result = "; ".join(str(r[0]) for r in rows[:5])
+            result = "; ".join(quick_check(conn)[:5])
         except sqlite3.DatabaseError as e:
             result = f"error: {e}"
     return {"path": str(db_path), "size_mb": round(db_path.stat().st_size / MB, 2),
@@ -112,7 +100,7 @@ def _last_heartbeat(conn: sqlite3.Connection) -> dict | None:
 def _service(beat: dict | None, heartbeat_s: float, now: dt.datetime) -> dict:
     if beat is None:
         return {"state": "unknown", "note": "no heartbeat recorded"}
-    at = dt.datetime.fromisoformat(beat["at_utc"].replace("Z", "+00:00"))
+    at = parse_utc(beat["at_utc"])
     age = (now - at).total_seconds()
     if beat["state"] in ("stopping", "refused"):
         state = "stopped"
@@ -267,7 +255,7 @@ def format_status(status: dict) -> str:
 
 def write_heartbeats_csv(db_path: str | Path, out: TextIO) -> int:
     """Every heartbeat row as CSV (oldest first) to ``out``; returns the number of rows."""
-    conn = _connect_read_only(Path(db_path))
+    conn = open_read_only(Path(db_path), StatusError)
     try:
         cursor = conn.execute("SELECT * FROM heartbeats ORDER BY id")
     except sqlite3.Error as e:

@@ -6,7 +6,8 @@ import sqlite3
 
 import pytest
 
-from edgemon.storage.store import MIGRATIONS, Detection, Store, StoreError, utc_iso
+from edgemon.storage.store import MIGRATIONS, Detection, Store, StoreError
+from edgemon.utc import utc_iso
 
 SOURCE = "site1/20240501_060000.wav"
 

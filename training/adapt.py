@@ -31,14 +31,13 @@ import numpy as np
 
 from edgemon.analysis import audio
 from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle, write_bundle
-from edgemon.analysis.ensemble import Ensemble, majority_vote
-from edgemon.errors import AudioError
 from edgemon.analysis.decisions import apply_thresholds, clip_label
+from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import StreamingFrontend
-from edgemon.review.excerpt import recording_path
-from edgemon.review.reviews import open_for_review, reviewed
-from edgemon.analysis.windows import WindowSpec
 from edgemon.analysis.site_head import Z_CLIP, SiteHead, write_site_head
+from edgemon.analysis.windows import WindowSpec
+from edgemon.errors import AudioError
+from edgemon.storage.readonly import recording_path, reviewed
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,6 @@ def _recording_frames(path: Path, frontend, ranges: list[tuple[int, int]]) -> li
 
 def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recordings: Path | None) -> ReviewedWindows:
     """Run the bundle's members over the windows of every usable reviewed detection."""
-    open_for_review(reviews_db)
     targets = review_targets(reviewed(reviews_db), bundle.labels, bundle.background_label)
     spec = WindowSpec.from_seconds(bundle.window_s, bundle.hop_s, bundle.frontend)
     frame_s = bundle.frontend.hop_length / bundle.frontend.sample_rate

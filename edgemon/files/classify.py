@@ -11,11 +11,11 @@ import datetime as dt
 import io
 from pathlib import Path
 
-from edgemon.storage import tables
-from edgemon.errors import AudioError, EdgemonError
 from edgemon.analysis.analyzer import Analyzer
+from edgemon.errors import AudioError, EdgemonError
 from edgemon.files.recordings import recording_time
-from edgemon.storage.store import utc_iso
+from edgemon.storage import tables
+from edgemon.utc import utc_iso
 
 TABLE_COLUMNS = ("source", "start_s", "end_s", "start_utc", "label", "common_name", "confidence")
 

@@ -14,9 +14,11 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from edgemon.errors import EdgemonError
 from edgemon.analysis.analyzer import Analyzer
-from edgemon.storage.store import Detection, Store, connect_read_only
+from edgemon.errors import EdgemonError
+from edgemon.storage.readonly import connect_read_only
+from edgemon.storage.store import Detection, Store
+from edgemon.utc import parse_utc
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
             except Exception as exc:  # a per-file boundary: note it against the file, go on
                 failed.append(f"{row['source']}: {exc}")
                 continue
-            start = None if row["start_utc"] is None else dt.datetime.fromisoformat(row["start_utc"].replace("Z", "+00:00"))
+            start = None if row["start_utc"] is None else parse_utc(row["start_utc"])
             at = (lambda s: None) if start is None else (lambda s: start + dt.timedelta(seconds=s))
             detections = [Detection(device_id=row["device_id"] or device_id, source=row["source"], start_s=e.start_s,
                                     end_s=e.end_s, start_utc=at(e.start_s), end_utc=at(e.end_s),

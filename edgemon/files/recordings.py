@@ -18,7 +18,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-UTC = timezone.utc
+from edgemon.utc import UTC
+
 MAX_HEADER_READ = 4 * 1024 * 1024  # bytes of non-audio chunks read from one file, at most
 MAX_CHUNKS = 256  # a RIFF walk stops here, so a garbage file cannot keep it busy
 EARLIEST_PLAUSIBLE_YEAR = 2000  # recorders without a set clock start at 1970 (or their epoch)

@@ -14,12 +14,12 @@ import math
 from collections import defaultdict
 
 from edgemon.storage.store import COVERAGE_LOSSES, CoverageMinute
+from edgemon.utc import UTC
 
 log = logging.getLogger(__name__)
 
 KINDS = ("analysed",) + COVERAGE_LOSSES
 MAX_DAEMON_GAP_S = 31 * 86400  # older gaps are left out: likely a clock set after the fact
-UTC = dt.timezone.utc
 
 
 def _column(kind: str) -> str:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import subprocess
 import time
-
-UTC = dt.timezone.utc
 
 
 def host_clock_synced() -> bool | None:

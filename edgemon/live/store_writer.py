@@ -1,4 +1,5 @@
-"""The database's one writer thread, fed by a bounded queue of jobs."""
+"""The writer thread of ``edgemon listen``: the one thread that writes the live path's
+detections and coverage, fed by a bounded queue of jobs (watch mode has none: its watcher writes)."""
 
 from __future__ import annotations
 

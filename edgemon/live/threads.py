@@ -24,26 +24,26 @@ latency, and every second of host time is accounted in coverage as analysed or l
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgemon.live.capture import BlockQueue, Capture, CaptureState, resolve_device
-from edgemon.live.worker import ListenConfig, ListenError, Listener, ListenSummary
 from edgemon.analysis.analyzer import Analyzer, make_analyzer
+from edgemon.live.capture import BlockQueue, Capture, CaptureState, resolve_device
+from edgemon.live.store_writer import StoreWriter
+from edgemon.live.worker import ListenConfig, ListenError, Listener, ListenSummary
 from edgemon.signals import stop_on_signals
 from edgemon.storage.store import Store
-from edgemon.live.store_writer import StoreWriter
+from edgemon.utc import parse_utc
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 60.0   # a thread not done this long after stop is reported, not waited for
 
 
 def _parse_store_time(text: str | None) -> float | None:
-    return None if text is None else dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return None if text is None else parse_utc(text).timestamp()
 
 
 class _Threads:

@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from edgemon.analysis.analyzer import AnalysisStream, Analyzer, Event
+from edgemon.errors import EdgemonError
 from edgemon.live.capture import BlockQueue, Capture, CaptureConfig
 from edgemon.live.clips import ClipConfig, ClipSaver
 from edgemon.live.coverage import CoverageLedger
 from edgemon.live.hostclock import HostClock, host_clock_synced
-from edgemon.errors import EdgemonError
-from edgemon.analysis.analyzer import AnalysisStream, Analyzer, Event
-from edgemon.storage.store import Detection
 from edgemon.live.store_writer import StoreWriter
+from edgemon.storage.store import Detection
+from edgemon.utc import UTC
 
 log = logging.getLogger(__name__)
-UTC = dt.timezone.utc
 EARLIEST_PLAUSIBLE_YEAR = 2000
 
 

@@ -10,12 +10,10 @@ from collections import defaultdict
 from contextlib import closing
 from pathlib import Path
 
-from edgemon.review.reviews import read_only
+from edgemon.review.reviews import ReviewError
 from edgemon.review.spectrogram import PALETTE
-
-
-def _parse(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+from edgemon.storage.readonly import open_read_only
+from edgemon.utc import parse_utc
 
 
 def effort_hours(db_path: Path) -> tuple[dict[int, float], dict[str, float]]:
@@ -33,13 +31,13 @@ def effort_hours(db_path: Path) -> tuple[dict[int, float], dict[str, float]]:
             by_day[start.date().isoformat()] += hours
             start = boundary
 
-    with closing(read_only(db_path)) as conn:
+    with closing(open_read_only(db_path, ReviewError)) as conn:
         for start, seconds in conn.execute("SELECT start_utc, duration_s FROM files WHERE state = 'done' "
                                            "AND start_utc IS NOT NULL AND duration_s > 0"):
-            add(_parse(start), seconds)
+            add(parse_utc(start), seconds)
         try:
             for minute, seconds in conn.execute("SELECT minute_utc, analysed_s FROM coverage WHERE analysed_s > 0"):
-                add(_parse(minute), seconds)
+                add(parse_utc(minute), seconds)
         except sqlite3.OperationalError:   # a database from before live coverage existed
             pass
     return dict(by_hour), dict(by_day)
@@ -51,7 +49,7 @@ def calls(db_path: Path, bundle_id: str | None = None) -> tuple[dict, dict]:
     if bundle_id:
         where += " AND bundle_id = ?"
         params.append(bundle_id)
-    with closing(read_only(db_path)) as conn:
+    with closing(open_read_only(db_path, ReviewError)) as conn:
         rows = conn.execute(f"SELECT label, substr(start_utc, 12, 2) AS hour, substr(start_utc, 1, 10) AS day, "
                             f"count(*) AS n FROM detections WHERE {where} GROUP BY 1, 2, 3", params).fetchall()
     by_hour: dict = defaultdict(int)

@@ -10,6 +10,7 @@ import numpy as np
 import soundfile
 
 from edgemon.errors import AudioError
+from edgemon.storage.readonly import recording_path
 
 MAX_EXCERPT_S = 60.0   # a long event is cut: the page is for hearing a call, not a recording
 
@@ -30,17 +31,6 @@ class Excerpt:
         buffer = io.BytesIO()
         soundfile.write(buffer, self.samples, self.rate, format="WAV", subtype="PCM_16")
         return buffer.getvalue()
-
-
-def recording_path(row: dict, recordings: Path | None) -> Path | None:
-    """Where the detection's recording is: under ``recordings`` by its source name (a database
-    copied off the recorder), else the ledger's path; None if neither exists."""
-    candidates = []
-    if recordings is not None:
-        candidates.append(Path(recordings) / row["source"])
-    if row.get("file_path"):
-        candidates.append(Path(row["file_path"]))
-    return next((p for p in candidates if p.is_file()), None)
 
 
 def clip_path(row: dict, clips: Path | None) -> Path | None:

@@ -17,10 +17,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import TextIO
 
-from edgemon.storage import tables
 from edgemon.errors import EdgemonError
+from edgemon.storage import tables
+from edgemon.storage.readonly import BUSY_TIMEOUT_MS, LATEST_VERDICTS, open_read_only
 from edgemon.storage.schema import REVIEW_VERDICTS
-from edgemon.storage.store import BUSY_TIMEOUT_MS, Store, connect_read_only, utc_iso
+from edgemon.storage.store import Store
+from edgemon.utc import utc_iso
 
 ORDERS = ("teach", "time", "confidence")
 Z_95 = 1.959964
@@ -71,16 +73,6 @@ def open_for_review(db_path: Path) -> None:
     Store(db_path).close()
 
 
-def read_only(db_path: Path) -> sqlite3.Connection:
-    """A read-only connection with rows as ``sqlite3.Row``; ReviewError if it cannot be opened."""
-    try:
-        conn = connect_read_only(db_path)
-    except sqlite3.Error as e:
-        raise ReviewError(f"cannot open detections database {db_path}: {e}") from e
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
 def uncertainty(confidence: float, votes: str | None) -> float:
     """How unsure the ensemble was of a detection, 0..1: one minus its confidence times the share
     of members that voted for its label (members that disagree teach most when reviewed)."""
@@ -97,11 +89,11 @@ def uncertainty(confidence: float, votes: str | None) -> float:
 
 def precision_by_class(db_path: Path) -> list[ClassPrecision]:
     """Each detected label's precision from the reviews so far (latest verdict per detection)."""
-    with closing(read_only(db_path)) as conn:
+    with closing(open_read_only(db_path, ReviewError)) as conn:
         labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY label")]
         counts = {r["label"]: r for r in conn.execute(f"""
             SELECT label, sum(verdict = 'correct') AS correct, count(*) AS judged
-            FROM ({_LATEST}) WHERE verdict != 'unsure' GROUP BY label""")}
+            FROM ({LATEST_VERDICTS}) WHERE verdict != 'unsure' GROUP BY label""")}
     result = []
     for label in labels:
         row = counts.get(label)
@@ -109,14 +101,6 @@ def precision_by_class(db_path: Path) -> list[ClassPrecision]:
         result.append(ClassPrecision(label, judged, correct, *wilson_interval(correct, judged)))
     return result
 
-
-# The latest verdict on each detection, whoever gave it.
-_LATEST = """
-    SELECT * FROM (
-        SELECT r.*, row_number() OVER (PARTITION BY source, start_s, label, bundle_id
-                                       ORDER BY reviewed_at DESC, id DESC) AS nth
-        FROM reviews r)
-    WHERE nth = 1"""
 
 _ORDER_BY = {"teach": "v.verdict IS NOT NULL, priority DESC, d.id",
              "time": "coalesce(d.start_utc, ''), d.source, d.start_s",
@@ -153,10 +137,10 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
     sql = f"""SELECT d.id, d.source, d.start_s, d.end_s, d.start_utc, d.label, d.confidence, d.votes,
                      d.bundle_id, d.clip_path, v.verdict, v.new_label, v.reviewer,
                      0.5 * uncertainty(d.confidence, d.votes) + 0.5 * false_rate(d.label) AS priority
-              FROM detections d LEFT JOIN ({_LATEST}) v ON v.source = d.source
+              FROM detections d LEFT JOIN ({LATEST_VERDICTS}) v ON v.source = d.source
                    AND v.start_s = d.start_s AND v.label = d.label AND v.bundle_id = d.bundle_id
               WHERE {' AND '.join(clauses)} ORDER BY {_ORDER_BY[order]} LIMIT ? OFFSET ?"""
-    with closing(read_only(db_path)) as conn:
+    with closing(open_read_only(db_path, ReviewError)) as conn:
         conn.create_function("uncertainty", 2, uncertainty, deterministic=True)
         conn.create_function("false_rate", 1, lambda lab: false_rate.get(lab, 0.5), deterministic=True)
         try:
@@ -167,7 +151,7 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
 
 def detection(db_path: Path, detection_id: int) -> dict:
     """One detection with the path of its recording from the ledger; ReviewError if unknown."""
-    with closing(read_only(db_path)) as conn:
+    with closing(open_read_only(db_path, ReviewError)) as conn:
         row = conn.execute("SELECT d.*, f.path AS file_path FROM detections d LEFT JOIN files f "
                            "ON f.source = d.source WHERE d.id = ?", [detection_id]).fetchone()
     if row is None:
@@ -220,26 +204,12 @@ def add_verdict(db_path: Path, detection_id: int, verdict: str, reviewer: str,
 
 def days_and_labels(db_path: Path) -> tuple[list[str], list[str], list[str]]:
     """The UTC days, labels and bundle ids that have detections, for the page's filters."""
-    with closing(read_only(db_path)) as conn:
+    with closing(open_read_only(db_path, ReviewError)) as conn:
         days = [r[0] for r in conn.execute("SELECT DISTINCT substr(start_utc, 1, 10) FROM detections "
                                            "WHERE start_utc IS NOT NULL ORDER BY 1")]
         labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY 1")]
         bundles = [r[0] for r in conn.execute("SELECT DISTINCT bundle_id FROM detections ORDER BY 1")]
     return days, labels, bundles
-
-
-def reviewed(db_path: Path) -> list[dict]:
-    """The latest verdict on every reviewed detection, with the detection's end and the ledger's
-    path of its recording (for ``edgemon-train adapt``), oldest first."""
-    with closing(read_only(db_path)) as conn:
-        rows = conn.execute(f"""
-            SELECT v.*, d.end_s, d.confidence, f.path AS file_path, f.source AS file_source
-            FROM ({_LATEST}) v
-            LEFT JOIN detections d ON d.source = v.source AND d.start_s = v.start_s
-                 AND d.label = v.label AND d.bundle_id = v.bundle_id
-            LEFT JOIN files f ON f.source = v.source
-            ORDER BY v.reviewed_at, v.id""").fetchall()
-    return [dict(r) for r in rows]
 
 
 REVIEW_COLUMNS = ("id", "detection_id", "source", "start_s", "end_s", "start_utc", "device_id", "label",
@@ -250,7 +220,7 @@ def write_reviews_csv(db_path: Path, out: TextIO) -> int:
     """Every stored verdict (all reviewers) with its detection's time, device and confidence, as CSV
     in review order; returns the number of rows. A detection no longer stored leaves those blank."""
     open_for_review(db_path)
-    with closing(read_only(db_path)) as conn:
+    with closing(open_read_only(db_path, ReviewError)) as conn:
         rows = conn.execute("""
             SELECT r.id, r.detection_id, r.source, r.start_s, d.end_s, d.start_utc, d.device_id, r.label,
                    d.confidence, r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at

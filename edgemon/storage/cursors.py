@@ -24,7 +24,8 @@ from pathlib import Path
 
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
-from edgemon.storage.store import utc_iso
+from edgemon.storage.readonly import time_range
+from edgemon.utc import utc_iso
 
 BUSY_TIMEOUT_S = 30.0
 log = logging.getLogger(__name__)
@@ -82,13 +83,7 @@ class CursorFilter:
     def where(self) -> tuple[list[str], list]:
         """SQL conditions on ``d`` (detections) and their parameters. Stored times are fixed-width
         UTC text, so comparing text compares times; a NULL start_utc never passes a time filter."""
-        clauses, params = [], []
-        if self.since is not None:
-            clauses.append("d.start_utc >= ?")
-            params.append(self.since)
-        if self.until is not None:
-            clauses.append("d.start_utc < ?")
-            params.append(self.until)
+        clauses, params = time_range("d.start_utc", self.since, self.until)
         if self.labels:
             clauses.append(f"d.label IN ({', '.join('?' * len(self.labels))})")
             params.extend(self.labels)

@@ -28,10 +28,12 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
+from edgemon.errors import EdgemonError
 from edgemon.storage import tables
 from edgemon.storage.cursors import CursorError, CursorFilter, advance, check_filter, has_filters, read_cursor
-from edgemon.errors import EdgemonError
-from edgemon.storage.store import Store, StoreError, connect_read_only, utc_iso
+from edgemon.storage.readonly import open_read_only, time_range
+from edgemon.storage.store import Store, StoreError
+from edgemon.utc import utc_iso
 
 FORMATS = ("csv", "birdnet", "jsonl", "raven")
 COLUMNS = tables.COLUMNS
@@ -116,7 +118,7 @@ def _open(db_path: Path, migrate_cursors: bool = False) -> tuple[sqlite3.Connect
     """A read-only connection to an edgemon database, and its table names. A database whose
     cursors predate filters is migrated first when a cursor is to be used (the cursor is written
     anyway); any other export never writes."""
-    conn = _connect_read_only(db_path)
+    conn = open_read_only(db_path, ExportError)
     try:
         found = {r["name"] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "detections" not in found:
@@ -135,17 +137,6 @@ def _open(db_path: Path, migrate_cursors: bool = False) -> tuple[sqlite3.Connect
     except StoreError as e:
         raise ExportError(f"cannot upgrade the export cursors of {db_path}: {e}") from e
     return _open(db_path)
-
-
-def _connect_read_only(db_path: Path) -> sqlite3.Connection:
-    if not db_path.is_file():
-        raise ExportError(f"detections database not found: {db_path}")
-    try:
-        conn = connect_read_only(db_path)
-    except sqlite3.Error as e:
-        raise ExportError(f"cannot open detections database {db_path}: {e}") from e
-    conn.row_factory = sqlite3.Row
-    return conn
 
 
 def _span(conn: sqlite3.Connection, db_path: Path, name: str, wanted: CursorFilter) -> tuple[int, int]:
@@ -254,16 +245,11 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
         if "coverage" not in found:
             rows: list = []
         else:
-            clauses, params = ["1"], []
-            if since is not None:
-                clauses.append("minute_utc >= ?")
-                params.append(utc_iso(since, naive_is_utc=True))
-            if until is not None:
-                clauses.append("minute_utc < ?")
-                params.append(utc_iso(until, naive_is_utc=True))
+            bounds = (None if t is None else utc_iso(t, naive_is_utc=True) for t in (since, until))
+            clauses, params = time_range("minute_utc", *bounds)
             cursor = conn.cursor()
             cursor.row_factory = _as_dict
-            rows = cursor.execute(f"SELECT * FROM coverage WHERE {' AND '.join(clauses)} "
+            rows = cursor.execute(f"SELECT * FROM coverage WHERE {' AND '.join(['1', *clauses])} "
                                 f"ORDER BY source, minute_utc", params).fetchall()
     except sqlite3.Error as e:
         raise ExportError(f"cannot read coverage from {db_path}: {e}") from e

@@ -16,7 +16,8 @@ import sqlite3
 from pathlib import Path
 
 from edgemon.safetext import shown
-from edgemon.storage.store import BUSY_TIMEOUT_MS, Store, StoreError, connect_read_only
+from edgemon.storage.readonly import BUSY_TIMEOUT_MS, connect_read_only, quick_check
+from edgemon.storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +33,20 @@ def corruption(path: str | Path) -> str | None:
     if not path.exists() or path.stat().st_size == 0:
         return None
     try:
-        rows = _quick_check(path, read_only=True)
+        findings = _quick_check(path, read_only=True)
     except sqlite3.DatabaseError as e:
         if _code(e) != sqlite3.SQLITE_READONLY:
             return _corrupt_or_raise(path, e)
         # A hot journal (a kill while the database was being created, before WAL) or a WAL index
         # to rebuild: ordinary crash recovery, which needs write access. Let SQLite do it.
         try:
-            rows = _quick_check(path, read_only=False)
+            findings = _quick_check(path, read_only=False)
         except sqlite3.DatabaseError as e2:
             return _corrupt_or_raise(path, e2)
-    findings = [str(r[0]) for r in rows]
     return None if findings == ["ok"] else "; ".join(findings[:5]) + (" ..." if len(findings) > 5 else "")
 
 
-def _quick_check(path: Path, read_only: bool) -> list:
+def _quick_check(path: Path, read_only: bool) -> list[str]:
     # Read-only first: a read-write connection would checkpoint the WAL into the damaged file, or
     # delete a WAL it cannot use, as it closes; the evidence must be moved aside untouched.
     try:
@@ -54,7 +54,7 @@ def _quick_check(path: Path, read_only: bool) -> list:
     except sqlite3.Error as e:
         raise StoreError(f"cannot open detections database {shown(path)}: {shown(e)}") from e
     try:
-        return conn.execute("PRAGMA quick_check").fetchall()
+        return quick_check(conn)
     finally:
         conn.close()
 

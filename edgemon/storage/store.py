@@ -28,18 +28,12 @@ import sqlite_utils
 
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown, stored_name
-from edgemon.storage.schema import FILE_STATES, MIGRATIONS, TIME_SOURCES  # noqa: F401  (re-exported)
+from edgemon.storage.readonly import BUSY_TIMEOUT_MS, quick_check
+from edgemon.storage.schema import MIGRATIONS
 from edgemon.storage.tables import label_names
+from edgemon.utc import utc_iso
 
-BUSY_TIMEOUT_MS = 30_000
 log = logging.getLogger(__name__)
-
-
-def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **options) -> sqlite3.Connection:
-    """A connection that can never create, alter, checkpoint or write-lock the database at ``path``
-    (``mode=ro``): for readers beside the daemon (export, status, the health probe, the corruption
-    check). Waits out a writer's lock like the store does, unless told otherwise."""
-    return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=timeout_s, **options)
 
 
 class StoreError(EdgemonError):
@@ -129,21 +123,6 @@ class Heartbeat:
     disk_free_mb: float | None = None
     rss_mb: float | None = None
     note: str | None = None
-
-
-def utc_iso(value: str | dt.datetime, *, naive_is_utc: bool = False) -> str:
-    """``value`` as the store's UTC text, to the millisecond: '2024-05-01T06:00:00.000Z'.
-
-    Fixed width, so comparing the text compares the times. A time without an offset is rejected
-    with ValueError (its zone is unknown) unless ``naive_is_utc`` says to read it as UTC.
-    """
-    when = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
-    if when.tzinfo is None:
-        if not naive_is_utc:
-            raise ValueError(f"time without a UTC offset: {value!r}")
-        when = when.replace(tzinfo=dt.timezone.utc)
-    utc = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return utc.isoformat(timespec="milliseconds") + "Z"
 
 
 def _now() -> str:
@@ -363,8 +342,7 @@ class Store:
 
     def integrity_check(self) -> str:
         """'ok' when SQLite finds the file sound, else its findings, one per line."""
-        rows = self.db.execute("PRAGMA quick_check").fetchall()
-        return "\n".join(str(row[0]) for row in rows)
+        return "\n".join(quick_check(self.db))
 
     def record_bundle(self, bundle_id: str, manifest: dict) -> bool:
         """Remember a bundle the daemon runs: its manifest (JSON) and each label's scientific and

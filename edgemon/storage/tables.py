@@ -18,12 +18,13 @@ Lines keep every value exact.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
 import re
 import zoneinfo
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
+
+from edgemon.utc import parse_utc
 
 COLUMNS = ("id", "device_id", "source", "start_s", "end_s", "start_utc", "end_utc", "time_source",
            "clock_suspect", "label", "scientific_name", "common_name", "confidence", "votes",
@@ -59,10 +60,7 @@ def local_time(utc_text: str | None, zone: zoneinfo.ZoneInfo | None) -> str | No
     the zone's at that instant, so summer and winter times each carry their own."""
     if zone is None or not utc_text:
         return None
-    when = dt.datetime.fromisoformat(utc_text.replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)   # the store writes UTC, with or without its Z
-    return when.astimezone(zone).isoformat(timespec="milliseconds")
+    return parse_utc(utc_text).astimezone(zone).isoformat(timespec="milliseconds")
 
 
 def with_local_time(rows: Iterable[dict], zone: zoneinfo.ZoneInfo | None) -> Iterator[dict]:

@@ -9,8 +9,7 @@ import datetime as dt
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import FleetDbError
 from edgemon.sync.fleetschema import SCHEMA
-
-UTC = dt.timezone.utc
+from edgemon.utc import UTC
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,8 +19,10 @@ import sqlite3
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
+from edgemon.storage.readonly import BUSY_TIMEOUT_MS
 from edgemon.storage.schema import FOLDED_KEYS, SYNC_KEYS
-from edgemon.storage.store import BUSY_TIMEOUT_MS, Store, utc_iso
+from edgemon.storage.store import Store
+from edgemon.utc import utc_iso
 
 SYNCED_TABLES = tuple(SYNC_KEYS)
 

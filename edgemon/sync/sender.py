@@ -30,14 +30,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgemon import __version__
-from edgemon.sync import fleetdb
 from edgemon.analysis.bundle import MANIFEST, default_bundle_path
 from edgemon.config import ConfigError, Settings
 from edgemon.errors import EdgemonError
+from edgemon.status import collect_status
+from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
 from edgemon.sync.outbox import Outbox
-from edgemon.status import collect_status
-from edgemon.storage.store import utc_iso
+from edgemon.utc import utc_iso
 
 log = logging.getLogger(__name__)
 

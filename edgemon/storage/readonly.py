@@ -1,0 +1,104 @@
+"""The detections database for readers beside the daemon (export, status, the review page, the
+health probe, ``edgemon-train adapt``): connections that can never create, alter, checkpoint or
+write-lock it, SQLite's integrity check, the time filter readers share, and the reviewed
+detections. The one edgemon.storage module that the training side may import."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from edgemon.errors import EdgemonError
+
+BUSY_TIMEOUT_MS = 30_000   # how long a reader (and the store's writer) waits out another's lock
+
+
+class ReadError(EdgemonError):
+    """The detections database is missing or cannot be read."""
+
+
+# The latest verdict per detection (natural key): a reviewer may change their mind.
+LATEST_VERDICTS = """
+    SELECT * FROM (
+        SELECT r.*, row_number() OVER (PARTITION BY source, start_s, label, bundle_id
+                                       ORDER BY reviewed_at DESC, id DESC) AS nth
+        FROM reviews r)
+    WHERE nth = 1"""
+
+
+def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **options) -> sqlite3.Connection:
+    """A connection that can never create, alter, checkpoint or write-lock the database at ``path``
+    (``mode=ro``): for readers beside the daemon (export, status, the health probe, the corruption
+    check). Waits out a writer's lock like the store does, unless told otherwise."""
+    return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=timeout_s, **options)
+
+
+def open_read_only(db_path: Path, error: type[EdgemonError] = ReadError) -> sqlite3.Connection:
+    """A read-only connection (``connect_read_only``) to the existing SQLite file ``db_path``,
+    rows as ``sqlite3.Row``. Raises ``error`` (the caller's own class, so its command names the
+    failure): 'detections database not found: PATH' or 'cannot read detections database PATH: WHY'
+    (a file that is not SQLite fails here, not at the first query)."""
+    if not Path(db_path).is_file():
+        raise error(f"detections database not found: {db_path}")
+    conn = None
+    try:
+        conn = connect_read_only(db_path)
+        conn.row_factory = sqlite3.Row
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    except sqlite3.Error as e:
+        if conn is not None:
+            conn.close()
+        raise error(f"cannot read detections database {db_path}: {e}") from e
+    return conn
+
+
+def quick_check(conn) -> list[str]:
+    """SQLite's ``quick_check`` findings on ``conn`` (a ``sqlite3.Connection`` or sqlite-utils
+    ``Database``): ``['ok']`` when the file is sound. Raises ``sqlite3.DatabaseError`` when the
+    file cannot even be checked."""
+    return [str(row[0]) for row in conn.execute("PRAGMA quick_check").fetchall()]
+
+
+def time_range(column: str, since: str | None, until: str | None) -> tuple[list[str], list[str]]:
+    """SQL conditions ``since <= column < until`` and their parameters, for store UTC text (fixed
+    width, so comparing text compares times; a NULL time never passes); no bound, no condition."""
+    clauses, params = [], []
+    if since is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append(f"{column} < ?")
+        params.append(until)
+    return clauses, params
+
+
+def reviewed(db_path: Path) -> list[dict]:
+    """The latest verdict on every reviewed detection, with the detection's end and the ledger's
+    path of its recording (for ``edgemon-train adapt``), oldest first; none from a database that
+    was never reviewed. Raises ``ReadError``."""
+    with closing(open_read_only(db_path)) as conn:
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'reviews'").fetchone() is None:
+                return []
+            rows = conn.execute(f"""
+                SELECT v.*, d.end_s, d.confidence, f.path AS file_path, f.source AS file_source
+                FROM ({LATEST_VERDICTS}) v
+                LEFT JOIN detections d ON d.source = v.source AND d.start_s = v.start_s
+                     AND d.label = v.label AND d.bundle_id = v.bundle_id
+                LEFT JOIN files f ON f.source = v.source
+                ORDER BY v.reviewed_at, v.id""").fetchall()
+        except sqlite3.Error as e:
+            raise ReadError(f"cannot read the reviews of {db_path}: {e}") from e
+    return [dict(r) for r in rows]
+
+
+def recording_path(row: dict, recordings: Path | None) -> Path | None:
+    """Where the detection's recording is: under ``recordings`` by its source name (a database
+    copied off the recorder), else the ledger's path; None if neither exists."""
+    candidates = []
+    if recordings is not None:
+        candidates.append(Path(recordings) / row["source"])
+    if row.get("file_path"):
+        candidates.append(Path(row["file_path"]))
+    return next((p for p in candidates if p.is_file()), None)

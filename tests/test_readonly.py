@@ -1,0 +1,105 @@
+"""The storage's read-only API (what export, status, the review page and ``edgemon-train adapt``
+read through) and the UTC text helpers, on real SQLite files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from edgemon.errors import EdgemonError
+from edgemon.storage.readonly import ReadError, open_read_only, quick_check, recording_path, reviewed, time_range
+from edgemon.storage.store import Store
+from edgemon.utc import UTC, parse_utc, utc_iso
+
+
+class NamedError(EdgemonError):
+    """A caller's own error class."""
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_open_read_only_names_a_missing_file_in_the_callers_error(tmp_path):
+    with pytest.raises(NamedError, match=f"^detections database not found: {tmp_path / 'none.db'}$"):
+        open_read_only(tmp_path / "none.db", NamedError)
+
+
+def test_open_read_only_refuses_a_file_that_is_not_sqlite_at_once(tmp_path):
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database, " * 100)
+    with pytest.raises(NamedError, match=f"^cannot read detections database {garbage}: file is not a database$"):
+        open_read_only(garbage, NamedError)
+    assert garbage.read_bytes() == b"not a database, " * 100
+
+
+def test_open_read_only_cannot_write(tmp_path):
+    db = tmp_path / "d.db"
+    Store(db).close()
+    conn = open_read_only(db)
+    try:
+        assert conn.execute("SELECT count(*) FROM detections").fetchone()[0] == 0
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            conn.execute("DELETE FROM detections")
+    finally:
+        conn.close()
+
+
+def test_quick_check_of_a_sound_database_is_ok_on_both_kinds_of_connection(tmp_path):
+    db = tmp_path / "d.db"
+    store = Store(db)
+    try:
+        assert quick_check(store.db) == ["ok"] and store.integrity_check() == "ok"
+    finally:
+        store.close()
+    with closing(open_read_only(db)) as conn:
+        assert quick_check(conn) == ["ok"]
+
+
+def test_reviewed_reads_a_database_from_before_reviews_without_writing_it(tmp_path):
+    # Site adaptation reads a recorder's database copy: it must not migrate (write) it, and a
+    # database that never had a review page gives no reviews rather than an error.
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE detections (id INTEGER PRIMARY KEY, source TEXT, start_s REAL)")
+        conn.execute("CREATE TABLE files (source TEXT PRIMARY KEY, path TEXT)")
+    conn.close()
+    before = digest(db)
+    assert reviewed(db) == []
+    assert digest(db) == before and sorted(p.name for p in tmp_path.iterdir()) == ["old.db"]
+
+
+def test_reviewed_names_a_missing_database(tmp_path):
+    with pytest.raises(ReadError, match="detections database not found"):
+        reviewed(tmp_path / "none.db")
+
+
+def test_recording_path_prefers_the_given_directory_then_the_ledger(tmp_path):
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "a.wav").write_bytes(b"x")
+    (tmp_path / "ledger.wav").write_bytes(b"x")
+    row = {"source": "a.wav", "file_path": str(tmp_path / "ledger.wav")}
+    assert recording_path(row, tmp_path / "copy") == tmp_path / "copy" / "a.wav"
+    assert recording_path(row, None) == tmp_path / "ledger.wav"
+    assert recording_path({"source": "b.wav", "file_path": None}, tmp_path / "copy") is None
+
+
+def test_time_range_is_half_open_and_skips_absent_bounds():
+    assert time_range("t", None, None) == ([], [])
+    assert time_range("d.start_utc", "2024-05-01T00:00:00.000Z", "2024-05-02T00:00:00.000Z") == (
+        ["d.start_utc >= ?", "d.start_utc < ?"], ["2024-05-01T00:00:00.000Z", "2024-05-02T00:00:00.000Z"])
+    assert time_range("m", None, "x") == (["m < ?"], ["x"])
+
+
+def test_parse_utc_reads_the_stores_text_back_and_naive_text_as_utc():
+    when = dt.datetime(2024, 5, 1, 6, 0, 0, 250000, tzinfo=UTC)
+    assert parse_utc(utc_iso(when)) == when
+    assert parse_utc("2024-05-01T08:00:00+02:00") == dt.datetime(2024, 5, 1, 6, tzinfo=UTC)
+    assert parse_utc("2024-05-01T06:00:00") == dt.datetime(2024, 5, 1, 6, tzinfo=UTC)
+    with pytest.raises(ValueError):
+        parse_utc("yesterday")

@@ -1,6 +1,7 @@
-"""ONNX export of a trained model, per the model-file contract in DESIGN.md.
+"""ONNX export of a trained model, per the model-file contract in README ("Model bundles").
 
-Input ``logmel`` float32 ``[batch, frames, 128]`` (dynamic batch and frames, any length >= 1);
+Input ``logmel`` float32 ``[batch, frames, F]``, F the bundle frontend's ``n_features`` (128 for
+log-mel or PCEN, 256 for ``logmel_pcen``; dynamic batch and frames, any length >= 1);
 outputs ``probs`` ``[batch, classes]`` and ``embedding`` ``[batch, h]``. Frame pairing happens
 inside the graph; the BiLSTM is one standard bidirectional LSTM, exported as native ONNX LSTM
 nodes; labels, frontend and provenance travel in ``metadata_props``.

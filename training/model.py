@@ -1,7 +1,8 @@
 """The paper's network: frame pairs -> BiLSTM -> mean/max/min pooling -> ELU MLP -> normalised softmax.
 
-Shapes: input log-mel ``[B, T, F]`` (F = 128 mel bands) with optional ``lengths [B]`` for padded
-batches; outputs logits ``[B, C]`` (cosine similarity / tau) and the embedding ``[B, h]``.
+Shapes: input ``[B, T, F]`` (F = ``n_mels`` feature columns, 128 by default) with optional
+``lengths [B]`` for padded batches; outputs logits ``[B, C]`` (cosine similarity / tau) and the
+embedding ``[B, h]``.
 """
 
 from __future__ import annotations

@@ -409,14 +409,16 @@ class Watcher:
             analysis = (self.isolated.analyse(path, on_block=self._tick) if interrupted else
                         self.analyzer.analyse_blocks(self._blocks(path)))
             when = recording_time(path)
-        except FileNotFoundError:
-            log.info("%s: deleted while being processed", shown(source))
-            self.store.drop_attempt(source)
-            return
         except AnalysisStopped:  # the unit is stopping: the attempt stays open, counted at the next start
             log.info("%s: analysis stopped with the daemon", shown(source))
             return
         except Exception as exc:  # a per-file boundary: record it against the file and go on
+            # Deleted meanwhile (a recorder's card emptied, a file moved away): whatever the decoder
+            # or the isolated child said then, it says nothing against the file. Not a failure.
+            if isinstance(exc, FileNotFoundError) or file_version(path) is None:
+                log.info("%s: deleted while being processed", shown(source))
+                self.store.drop_attempt(source)
+                return
             state = self.store.record_failure(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
                                               error=str(exc) if isinstance(exc, AnalysisFailed) else
                                               f"{type(exc).__name__}: {exc}",

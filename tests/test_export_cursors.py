@@ -165,3 +165,42 @@ def test_newcomer_mistakes_are_refused_before_a_cursor_is_tied_to_them(db_path, 
     assert raven.exit_code == 2 and "--output DIR" in raven.output and "None" not in raven.output
     negative = runner.invoke(app, ["export-detections", "--db", str(db_path), "--min-confidence", "-1"])
     assert negative.exit_code == 2
+
+
+def test_two_exports_on_one_cursor_at_once_never_deliver_a_row_twice(tmp_path):
+    """Found in review: two `--cursor NAME` exports started together both read the same position
+    and delivered the same rows. Real processes: the first is held mid-output (its stdout pipe
+    full, nobody reading) while the second runs; the second must wait for it, not deliver."""
+    import csv
+    import io
+    import time
+
+    path = tmp_path / "detections.db"
+    with Store(path) as store:   # ~150 kB of CSV: more than a pipe holds
+        for f in range(20):
+            source = f"rec1/20240501_{f:02d}0000.wav"
+            commit(store, source, [detection(source, float(s), "bird", 0.9, "2024-05-01T06:00:00Z")
+                                   for s in range(60)])
+    command = [sys.executable, "-m", "edgemon", "export-detections", "--db", str(path), "--cursor", "dest"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        head = first.stdout.readline()            # it has read its position and is writing rows
+        time.sleep(0.5)                           # ... and now blocks on the full pipe
+        second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            time.sleep(3.0)
+            second_done_early = second.poll() is not None
+            rest = first.stdout.read()           # the buffered reader holds what followed the head
+            first_err = first.stderr.read()
+            first.wait(timeout=60)
+            second_out, second_err = second.communicate(timeout=60)
+        finally:
+            second.kill()
+    finally:
+        first.kill()
+    assert first.returncode == 0 and second.returncode == 0, (first_err, second_err)
+    first_ids = [r["id"] for r in csv.DictReader(io.StringIO((head + rest).decode()))]
+    second_ids = [r["id"] for r in csv.DictReader(io.StringIO(second_out.decode()))]
+    assert not set(first_ids) & set(second_ids), f"{len(set(first_ids) & set(second_ids))} rows delivered twice"
+    assert sorted(map(int, first_ids + second_ids)) == list(range(1, 1201))
+    assert not second_done_early                  # it waited for the first, rather than racing it

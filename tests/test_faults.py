@@ -465,3 +465,39 @@ def test_a_10000_file_backlog_keeps_memory_bounded(tmp_path):
     # SQLite's page cache (2 MB at most) still fills as the ledger grows; a leak of one decoded
     # 0.1 s block per file would add 6 MB per 1,000 files.
     assert per_1000 < 2.0 and end[1] - early[1] < 10
+
+
+def test_a_database_hold_ends_when_writes_go_through_not_at_the_next_committed_file(tmp_path, monkeypatch):
+    """Found in review: after a refused write the watcher reported 'hold_store' until a file was
+    committed: through a long analysis, and for ever when the file it held for had vanished."""
+    monkeypatch.setattr(edgemon.storage.store, "BUSY_TIMEOUT_MS", 200)
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "20240701_060000.WAV", seed=1)
+    Store(db).close()
+    during_analysis: list = []
+
+    def on_tick(w: Watcher) -> bool:   # the hold as heartbeats see it, while a file is being analysed
+        if w.store.db.execute("SELECT count(*) FROM in_progress").fetchone()[0]:
+            during_analysis.append(w.store_error)
+        return True
+
+    stop = threading.Event()
+    holder = hold_write_lock(db, 1.5)
+    thread, made = run_in_thread(db, lambda store: Watcher(fast_config(root, until_idle=False, retry_s=0.3),
+                                                           analyzer(), store, on_tick=on_tick), stop)
+    try:
+        wait_for(lambda: "watcher" in made and made["watcher"].store_error is not None, 30, "a refused write")
+        assert holder.wait(10) == 0
+        wait_for(lambda: made["watcher"].processed == 1, 60, "the held file, analysed")
+        assert during_analysis and set(during_analysis) == {None}   # over when its attempt was written
+        holder = hold_write_lock(db, 1.5)                  # refused again, for a file that then vanishes
+        late = recording(root / "20240701_070000.WAV", seed=2)
+        wait_for(lambda: made["watcher"].store_error is not None, 30, "a second refused write")
+        late.unlink()
+        assert holder.wait(10) == 0
+        wait_for(lambda: made["watcher"].store_error is None, 10, "the hold to end with nothing left to retry")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert "error" not in made, made.get("error")
+    assert ledger(db) == [("20240701_060000.WAV", "done", 1)]

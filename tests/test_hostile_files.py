@@ -354,3 +354,101 @@ def test_a_child_killed_by_a_real_time_signal_is_named():
     from edgemon.files.isolate import _signal_name
 
     assert _signal_name(9) == "SIGKILL" and _signal_name(40) == "signal 40"
+
+
+# --- an isolated analysis that hangs, a file deleted while analysed ----------------------------
+
+def _suspect(root: Path, db: Path, name: str, seed: int) -> Path:
+    """A recording whose earlier analysis never ended (its attempt is open): analysed isolated."""
+    path = recording(root / name, seed=seed)
+    with Store(db) as store:
+        st = path.stat()
+        store.begin_attempt(name, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return path
+
+
+def _run_watcher(root: Path, db: Path, isolated, **overrides) -> None:
+    import threading
+
+    from edgemon.files.watcher import Watcher
+    from tests.watch_helpers import analyzer, fast_config
+
+    with Store(db) as store:
+        Watcher(fast_config(root, **overrides), analyzer(), store, isolated=isolated).run(threading.Event())
+
+
+def _isolated_children() -> list[int]:
+    """Our child processes running an isolated analysis."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid() and b"edgemon.files.isolate" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_an_isolated_analysis_that_hangs_is_killed_recorded_and_the_next_file_goes_on(tmp_path, caplog):
+    """Found in review: the daemon waited on a hung child for ever. Here a real child is
+    stopped (SIGSTOP) as soon as it starts: it is killed at its time limit, the file is
+    recorded with the reason, and the file after it is analysed."""
+    import threading
+
+    from edgemon.files.isolate import Isolated
+    from tests.watch_helpers import analyzer
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    _suspect(root, db, "20240701_060000.WAV", seed=1)
+    recording(root / "20240701_070000.WAV", seed=2)
+    stopped: list[int] = []
+    done = threading.Event()
+
+    def freeze_children() -> None:
+        while not done.is_set():
+            for pid in set(_isolated_children()) - set(stopped):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            time.sleep(0.01)
+
+    freezer = threading.Thread(target=freeze_children, daemon=True)
+    freezer.start()
+    isolated = Isolated(analyzer().bundle.path, block_s=5.0, timeout_floor_s=3.0, timeout_per_audio_s=0.1)
+    assert isolated.timeout_s(root / "20240701_060000.WAV") == (3.0, 4.0)
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING):
+            _run_watcher(root, db, isolated, max_attempts=1)
+    finally:
+        done.set()
+        freezer.join()
+    assert time.monotonic() - started < 60
+    entries = ledger(db)
+    state, _, error = entries["20240701_060000.WAV"]
+    assert state == "quarantined" and error.startswith("AnalysisTimedOut: the analysis process hung: no result within 3 s "
+                                                        "(the limit for 4 s of audio); killed"), entries
+    assert entries["20240701_070000.WAV"][0] == "done"
+    assert len(stopped) == 1 and not Path(f"/proc/{stopped[0]}").exists()   # killed and reaped
+    assert query(db, "SELECT COUNT(*) FROM in_progress") == [(0,)]
+
+
+def test_a_file_deleted_while_analysed_in_a_child_is_not_a_failure(tmp_path, caplog):
+    """Found in review: the isolated child's decoder error about a file deleted meanwhile was
+    recorded as the file's failure; watch's own path says "deleted while being processed"."""
+    from edgemon.files.isolate import Isolated
+    from tests.watch_helpers import analyzer
+
+    class DeletedMeanwhile(Isolated):   # the recorder's card is emptied as the child starts
+        def analyse(self, path, on_block=lambda: None):
+            path.unlink()
+            return super().analyse(path, on_block)
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    _suspect(root, db, "20240701_060000.WAV", seed=3)
+    recording(root / "20240701_070000.WAV", seed=4)
+    with caplog.at_level(logging.INFO):
+        _run_watcher(root, db, DeletedMeanwhile(analyzer().bundle.path, block_s=5.0))
+    assert {k: v[0] for k, v in ledger(db).items()} == {"20240701_070000.WAV": "done"}
+    assert query(db, "SELECT COUNT(*) FROM in_progress") == [(0,)]
+    assert "20240701_060000.WAV: deleted while being processed" in caplog.text

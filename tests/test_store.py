@@ -190,3 +190,36 @@ def test_a_database_from_before_sync_with_twin_heartbeats_still_opens(tmp_path):
     with Store(path) as store:
         assert store.db.execute("SELECT count(*) FROM changes WHERE tbl = 'heartbeats'").fetchone()[0] == 1
         assert store.db.execute("SELECT count(*) FROM heartbeats").fetchone()[0] == 2
+
+
+def test_processes_migrating_one_old_database_at_once_all_open_it(tmp_path):
+    """Found in review: each process read the pending migrations, then applied them; a second
+    process that read the list before the first committed applied m006 again and failed with
+    "duplicate column name: score" (or m007: "table sync_meta already exists"). Real processes, started together, on old databases."""
+    import subprocess
+    import sys
+    import time
+
+    import sqlite_utils
+
+    script = ("import sys, time; from edgemon.storage.store import Store\n"
+              "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+              "Store(sys.argv[1]).close()\n")
+    for round_ in range(2):
+        path = tmp_path / f"old-{round_}.db"
+        old = sqlite_utils.Database(path)
+        MIGRATIONS.apply(old, stop_before="m006_detection_score")
+        old["detections"].insert_all(
+            {"device_id": "d", "source": f"s{i // 50}.wav", "start_s": float(i % 50), "end_s": i % 50 + 3.0,
+             "time_source": "filename", "clock_suspect": 0, "label": "bird", "confidence": 0.9,
+             "bundle_id": "b", "created_at": "2024-01-01T00:00:00.000Z"} for i in range(5000))
+        old.close()
+        start = time.time() + 1.5        # after every interpreter has started
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(path), str(start)], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(5)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 5, "\n".join(errors)
+        with Store(path) as store:
+            assert MIGRATIONS.pending(store.db) == []
+            names = [m.name for m in MIGRATIONS.applied(store.db)]
+            assert len(names) == len(set(names))        # each migration recorded once

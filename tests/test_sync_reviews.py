@@ -13,7 +13,7 @@ import pytest
 from edgemon.review.reviews import add_verdict, precision_by_class
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA_VERSION
-from edgemon.sync.outbox import Outbox
+from edgemon.sync.outbox import Outbox, natural_columns
 from tests.sync_helpers import make_recorder
 from tests.test_sync import fleet, run_sync, server  # noqa: F401  (fixtures: one server per module)
 
@@ -110,12 +110,13 @@ def test_a_fleet_database_of_version_2_migrates_and_keeps_its_rows(fleet, tmp_pa
         batch.upserts.pop("reviews")
         conn.execute("INSERT INTO edgemon.databases (db_uuid, device_id) VALUES (%s, 'site-01')", [outbox.db_uuid])
         with conn.transaction(), conn.cursor() as cur:
-            for table in ("detections", "files"):
-                cur.execute(fleetdb.STAGE[table])
-                with cur.copy(fleetdb.COPY[table]) as copy:
-                    for r in batch.upserts[table]:
-                        copy.write_row(fleetdb._values(table, r))
-                cur.execute(fleetdb.MERGE[table], [outbox.db_uuid])
+            for table in ("detections", "files"):   # the columns of version 2: no score yet
+                every = [*natural_columns(table), *fleetdb.COLUMNS[table]]
+                keep = [i for i, c in enumerate(every) if c != "score"]
+                cur.executemany(
+                    f"INSERT INTO edgemon.{table} (db_uuid, {', '.join(every[i] for i in keep)}) "
+                    f"VALUES (%s{', %s' * len(keep)})",
+                    [(outbox.db_uuid, *(fleetdb._values(table, r)[i] for i in keep)) for r in batch.upserts[table]])
     with fleet.connect() as conn:
         before = conn.execute("SELECT count(*) FROM edgemon.detections").fetchone()[0]
     assert before > 0
@@ -125,6 +126,6 @@ def test_a_fleet_database_of_version_2_migrates_and_keeps_its_rows(fleet, tmp_pa
     result = run_sync(new, fleet.url, device_id="site-02")
     assert result.returncode == 0, result.stderr
     with fleet.connect() as conn:
-        assert fleetdb.schema_version(conn) == SCHEMA_VERSION == 3
+        assert fleetdb.schema_version(conn) == SCHEMA_VERSION == 4
         assert conn.execute("SELECT count(*) FROM edgemon.detections WHERE device_id = 'site-01'").fetchone()[0] == before
         assert conn.execute("SELECT count(*) FROM edgemon.reviews").fetchone()[0] == 1

@@ -143,3 +143,32 @@ def test_an_unreadable_directory_is_a_clear_error(tmp_path):
                                       "--until-idle"])
     assert result.exit_code == 1 and "not a directory" in result.output
     assert not (tmp_path / "d.db").exists()            # issue 13: nothing created before the error
+
+
+def test_hints_from_hidden_directories_are_skipped_as_the_scan_skips_them(tmp_path, good_recording):
+    """Found in review: the scan skips hidden directories (a '.Trash-1000', a sync tool's
+    '.stversions'), but a watchdog hint from inside one was analysed. Real observer, real events:
+    the files appear only after the first scan."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    root.mkdir()
+    stop, made = threading.Event(), {}
+
+    def run():
+        with Store(db) as store:
+            made["watcher"] = Watcher(fast_config(root, until_idle=False, rescan_s=3600.0), analyzer(), store)
+            made["watcher"].run(stop)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.0)                                   # scanned (empty) and observing
+        write_wav(root / ".Trash-1000" / "files" / "20180301_050000.WAV", good_recording)
+        write_wav(root / "20180301_060000.WAV", good_recording)
+        deadline = time.monotonic() + 60
+        while "20180301_060000.WAV" not in ledger(db) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)                                   # (a hidden hint sorts first: it would be done)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert set(ledger(db)) == {"20180301_060000.WAV"}

@@ -17,10 +17,14 @@ import os
 import pickle
 import selectors
 import signal
+import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import soundfile
 
 from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analysis, Analyzer
@@ -47,6 +51,11 @@ class AnalysisDied(EdgemonError):
     """The child analysing a file was killed (a signal other than a stop request) or crashed."""
 
 
+class AnalysisTimedOut(AnalysisDied):
+    """The child gave no result within its time limit (hung: a decoder in a loop, a stalled card)
+    and was killed; counted against the file like a crash."""
+
+
 class AnalysisStopped(EdgemonError):
     """The child was stopped by SIGTERM or SIGINT (the unit is stopping): not the file's fault."""
 
@@ -62,17 +71,42 @@ class Isolated:
     bundle_path: Path
     threads: int = 1
     block_s: float = 10.0
+    # A child that hangs is killed after ``timeout_per_audio_s`` seconds per second of audio the
+    # file's header declares, and never before ``timeout_floor_s`` (start-up, model load, a slow
+    # card). The ensemble runs at ~200x real time here and well above 1x on a Raspberry Pi, so
+    # 1 s per audio second leaves a slow device a wide margin and still ends a hang.
+    timeout_floor_s: float = 300.0
+    timeout_per_audio_s: float = 1.0
+
+    def timeout_s(self, path: Path) -> tuple[float, float | None]:
+        """(the time limit for analysing ``path`` in s, the audio seconds its header declares;
+        None when it cannot be read: the floor then applies)."""
+        try:   # only a regular file: opening a FIFO would block the daemon itself
+            declared = (soundfile.info(os.fsencode(path)).duration
+                        if stat.S_ISREG(os.stat(path).st_mode) else None)
+        except (OSError, RuntimeError, ValueError):   # the child reports the file's error itself
+            declared = None
+        return max(self.timeout_floor_s, self.timeout_per_audio_s * (declared or 0.0)), declared
 
     def analyse(self, path: Path, on_block: Callable[[], object] = lambda: None) -> Analysis:
         """``path`` analysed in a child process; ``on_block`` is called for each block the child
         decodes (the daemon's progress mark, so its watchdog sees a long file move). Raises
         ``AnalysisFailed`` (the file's error), ``AnalysisDied`` (the child was killed or
-        crashed) or ``AnalysisStopped``."""
+        crashed), ``AnalysisTimedOut`` (it hung past ``timeout_s`` and was killed) or
+        ``AnalysisStopped``."""
+        limit_s, declared = self.timeout_s(path)
         command = [sys.executable, "-c", _CHILD, str(os.getpid()), os.fsencode(self.bundle_path),
                    str(self.threads), repr(self.block_s), os.fsencode(path)]
         # The daemon's environment (OPENBLAS_NUM_THREADS too): the same arithmetic as in-process.
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
-            out, err = _collect(child, on_block)
+            collected = _collect(child, on_block, time.monotonic() + limit_s)
+            if collected is None:
+                child.kill()
+                child.wait()
+                audio_s = "an unreadable header" if declared is None else f"{declared:.0f} s of audio"
+                raise AnalysisTimedOut(f"the analysis process hung: no result within {limit_s:.0f} s (the "
+                                       f"limit for {audio_s}); killed")
+            out, err = collected
         if child.returncode == 0:
             return pickle.loads(out)
         if child.returncode == _FAILED:
@@ -86,15 +120,20 @@ class Isolated:
                            + (f": {last[0]}" if last[0] else ""))
 
 
-def _collect(child: subprocess.Popen, on_block: Callable[[], object]) -> tuple[bytes, bytes]:
+def _collect(child: subprocess.Popen, on_block: Callable[[], object],
+             deadline: float) -> tuple[bytes, bytes] | None:
     """Read the child's stdout (the result) and stderr (a progress byte per block, then any
-    error text) as they come, so neither pipe fills; returns both once the child has exited."""
+    error text) as they come, so neither pipe fills; returns both once the child has exited,
+    or None when it has not by ``deadline`` (monotonic s)."""
     out, err = bytearray(), bytearray()
     with selectors.DefaultSelector() as selector:
         selector.register(child.stdout, selectors.EVENT_READ, out)
         selector.register(child.stderr, selectors.EVENT_READ, err)
         while selector.get_map():
-            for key, _ in selector.select():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            for key, _ in selector.select(timeout=left):
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
                     selector.unregister(key.fileobj)
@@ -104,7 +143,10 @@ def _collect(child: subprocess.Popen, on_block: Callable[[], object]) -> tuple[b
                         on_block()
                     chunk = chunk.replace(_PROGRESS, b"")
                 key.data.extend(chunk)
-    child.wait()
+    try:   # both pipes closed: the child is exiting, unless it closed them and hangs on
+        child.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return None
     return bytes(out), bytes(err)
 
 

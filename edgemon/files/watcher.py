@@ -98,6 +98,16 @@ def is_audio(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
 
 
+def watched(root: Path, path: Path) -> bool:
+    """Whether ``path`` is a recording the watcher takes: an audio file under ``root`` outside
+    hidden directories. The scan (``iter_audio``) and the event hints both ask this."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return False
+    return is_audio(path) and not any(p.startswith(".") for p in parts[:-1])
+
+
 def iter_audio(root: Path, unreadable: dict[str, str] | None = None) -> Iterator[Path]:
     """Every audio file under ``root``, hidden directories skipped. Directories that cannot be
     listed are put in ``unreadable`` (path -> reason) when given, else skipped."""
@@ -108,7 +118,7 @@ def iter_audio(root: Path, unreadable: dict[str, str] | None = None) -> Iterator
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=note):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        yield from (Path(dirpath) / f for f in filenames if is_audio(Path(f)))
+        yield from (Path(dirpath) / f for f in filenames if watched(root, Path(dirpath) / f))
 
 
 def file_version(path: Path) -> tuple[int, int] | None:
@@ -141,8 +151,9 @@ def source_of(root: Path, path: Path) -> str:
 class _Hints(FileSystemEventHandler):
     """Watchdog handler: only enqueues candidate paths; all work happens on the watcher's thread."""
 
-    def __init__(self, hints: queue.Queue):
+    def __init__(self, hints: queue.Queue, root: Path):
         self.hints = hints
+        self.root = root
 
     # Opening and reading a file raises events too: reacting to those would make the watcher's
     # own reads wake it up forever.
@@ -153,7 +164,7 @@ class _Hints(FileSystemEventHandler):
             return
         for attr in ("src_path", "dest_path"):
             path = getattr(event, attr, None)
-            if path and not event.is_directory and is_audio(Path(os.fsdecode(path))):
+            if path and not event.is_directory and watched(self.root, Path(os.fsdecode(path))):
                 self.hints.put(Path(os.fsdecode(path)))
 
 
@@ -218,6 +229,7 @@ class Watcher:
             except sqlite3.OperationalError as exc:  # said and stored at a later scan
                 self._hold(exc)
                 return
+            self._writes_again()
         known = self.unreadable or {}
         for path in sorted(found.keys() - known.keys()):
             log.warning("cannot read directory %s (%s): its recordings are skipped until it can be read",
@@ -258,6 +270,7 @@ class Watcher:
                         self.pending.discard(path)
                         self.stability.forget(path)
                 self._report_progress()
+                self._release_idle_hold()
                 if self.config.until_idle and not self.pending:
                     break
                 if time.monotonic() >= next_scan:
@@ -275,7 +288,7 @@ class Watcher:
     def _observe(self) -> Observer:
         observer = Observer()
         try:
-            observer.schedule(_Hints(self.hints), str(self.root), recursive=True)
+            observer.schedule(_Hints(self.hints, self.root), str(self.root), recursive=True)
             observer.start()
         except OSError as exc:  # the card is unmounted: rescans still run; retried each rescan period
             log.warning("cannot watch %s for events: %s", shown(self.root), shown(exc))
@@ -297,6 +310,20 @@ class Watcher:
                         self.config.retry_s)
         self.store_error = str(exc)
         self.hold_until = time.monotonic() + self.config.retry_s
+
+    def _writes_again(self) -> None:
+        """A write went through: the database accepts writes again, so the hold (and the
+        'hold_store' state that heartbeats report) ends now, not at the next committed file."""
+        if self.store_error is not None:
+            log.info("database accepts writes again; work resumes")
+            self.store_error = None
+
+    def _release_idle_hold(self) -> None:
+        """The hold has run out and nothing is pending (the file that met the refusal vanished or
+        was quarantined): no work is held any more. A later refusal holds again."""
+        if self.store_error is not None and not self.pending and time.monotonic() >= self.hold_until:
+            log.info("database hold over: nothing left to retry")
+            self.store_error = None
 
     def _drain_hints(self) -> None:
         while True:
@@ -402,6 +429,7 @@ class Watcher:
         """
         started = time.monotonic()
         interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        self._writes_again()
         if interrupted:
             log.warning("%s: its analysis was cut short %d time(s) in a row (edgemon stopped, or the analysis "
                         "died); analysing it in a separate process", shown(source), interrupted)
@@ -409,14 +437,16 @@ class Watcher:
             analysis = (self.isolated.analyse(path, on_block=self._tick) if interrupted else
                         self.analyzer.analyse_blocks(self._blocks(path)))
             when = recording_time(path)
-        except FileNotFoundError:
-            log.info("%s: deleted while being processed", shown(source))
-            self.store.drop_attempt(source)
-            return
         except AnalysisStopped:  # the unit is stopping: the attempt stays open, counted at the next start
             log.info("%s: analysis stopped with the daemon", shown(source))
             return
         except Exception as exc:  # a per-file boundary: record it against the file and go on
+            # Deleted meanwhile (a recorder's card emptied, a file moved away): whatever the decoder
+            # or the isolated child said then, it says nothing against the file. Not a failure.
+            if isinstance(exc, FileNotFoundError) or file_version(path) is None:
+                log.info("%s: deleted while being processed", shown(source))
+                self.store.drop_attempt(source)
+                return
             state = self.store.record_failure(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
                                               error=str(exc) if isinstance(exc, AnalysisFailed) else
                                               f"{type(exc).__name__}: {exc}",

@@ -31,6 +31,7 @@ from typing import TextIO
 from edgemon.errors import EdgemonError
 from edgemon.storage import tables
 from edgemon.storage.cursors import CursorError, CursorFilter, advance, check_filter, has_filters, read_cursor
+from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.readonly import open_read_only, time_range
 from edgemon.storage.store import Store, StoreError
 from edgemon.utc import utc_iso
@@ -79,29 +80,36 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
         raise ExportError(f"an export cursor name is 1 to 100 printable characters, not {cursor_name!r}")
     wanted = CursorFilter.of(since, until, label, min_confidence, bundle)
     conn, found = _open(db_path, migrate_cursors=new)
-    try:
-        # One read transaction: cursor, bundles, names and rows come from one snapshot.
-        conn.execute("BEGIN")
-        span = _span(conn, db_path, cursor_name, wanted) if new else None
-        if label and "labels" in found:
-            _check_labels(conn, db_path, label)
-        if min_confidence is not None and "bundles" in found:
-            _check_reachable(conn, db_path, replace(wanted, min_confidence=None), span, min_confidence)
-        rows = _select(conn, db_path, wanted, span, found, raven=fmt == "raven")
+    with contextlib.ExitStack() as held:
+        if new:   # one cursor-moving export at a time: two would read one position and deliver twice
+            try:
+                held.enter_context(hold_exports(db_path))
+            except DatabaseInUseError as e:
+                conn.close()
+                raise CursorError(str(e)) from None
         try:
-            if fmt == "raven":
-                count = _write_raven(rows, Path(output), _raven_names(conn, db_path), append=new)
-            elif output is None:
-                count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
-            else:
-                with _atomic_text(Path(output)) as f:
-                    count = tables.WRITERS[fmt](f, tables.with_local_time(rows, zone))
-        except sqlite3.Error as e:
-            raise ExportError(f"cannot read detections from {db_path}: {e}") from e
-    finally:
-        conn.close()
-    if span is not None:
-        advance(db_path, cursor_name, wanted, span[1], count)
+            # One read transaction: cursor, bundles, names and rows come from one snapshot.
+            conn.execute("BEGIN")
+            span = _span(conn, db_path, cursor_name, wanted) if new else None
+            if label and "labels" in found:
+                _check_labels(conn, db_path, label)
+            if min_confidence is not None and "bundles" in found:
+                _check_reachable(conn, db_path, replace(wanted, min_confidence=None), span, min_confidence)
+            rows = _select(conn, db_path, wanted, span, found, raven=fmt == "raven")
+            try:
+                if fmt == "raven":
+                    count = _write_raven(rows, Path(output), _raven_names(conn, db_path), append=new)
+                elif output is None:
+                    count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
+                else:
+                    with _atomic_text(Path(output)) as f:
+                        count = tables.WRITERS[fmt](f, tables.with_local_time(rows, zone))
+            except sqlite3.Error as e:
+                raise ExportError(f"cannot read detections from {db_path}: {e}") from e
+        finally:
+            conn.close()
+        if span is not None:
+            advance(db_path, cursor_name, wanted, span[1], count)
     return count
 
 

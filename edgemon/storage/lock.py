@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,21 +37,64 @@ def hold_database(db_path: str | Path) -> Iterator[Path]:
     """Hold the lock of the database at ``db_path`` for the block; the lock file holds our pid.
     Raises ``DatabaseInUseError`` at once, naming the other daemon's pid, when it is held."""
     path = lock_path(db_path)
+    fd = _open_lock(path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise DatabaseInUseError(f"cannot create the lock file {shown(path)}: {exc.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise DatabaseInUseError(f"cannot lock {shown(path)}: {exc.strerror}") from None
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            raise DatabaseInUseError(f"another edgemon (pid {shown(holder)}) is using this database "
-                                     f"{shown(Path(db_path).resolve())}") from None
+        if not _try_lock(fd, path):
+            raise DatabaseInUseError(f"another edgemon (pid {_holder(fd)}) is using this database "
+                                     f"{shown(Path(db_path).resolve())}")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
         os.close(fd)   # releases the lock
+
+
+def export_lock_path(db_path: str | Path) -> Path:
+    db_path = Path(db_path)
+    return db_path.with_name(db_path.name + ".export.lock")
+
+
+@contextmanager
+def hold_exports(db_path: str | Path, wait_s: float = 60.0, poll_s: float = 0.05) -> Iterator[Path]:
+    """Hold the export lock of the database at ``db_path`` (``<db>.export.lock``, not the
+    daemon's) for the block: one export that moves a cursor at a time, so two never read the
+    same cursor position and deliver the same rows twice. Waits up to ``wait_s`` seconds for
+    another export to finish, then raises ``DatabaseInUseError`` naming its pid."""
+    path = export_lock_path(db_path)
+    fd = _open_lock(path)
+    try:
+        deadline = time.monotonic() + wait_s
+        while not _try_lock(fd, path):
+            if time.monotonic() >= deadline:
+                raise DatabaseInUseError(f"another export (pid {_holder(fd)}) has been moving a cursor of "
+                                         f"{shown(Path(db_path).resolve())} for over {wait_s:g} s: "
+                                         f"try again when it has finished")
+            time.sleep(poll_s)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)   # releases the lock
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise DatabaseInUseError(f"cannot create the lock file {shown(path)}: {exc.strerror}") from None
+
+
+def _try_lock(fd: int, path: Path) -> bool:
+    """Take the exclusive lock of ``fd`` without waiting; False when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise DatabaseInUseError(f"cannot lock {shown(path)}: {exc.strerror}") from None
+        return False
+
+
+def _holder(fd: int) -> str:
+    """The pid the lock's holder wrote into it, fit for one line."""
+    return shown(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?")

@@ -296,3 +296,22 @@ def m009_sync_reviews(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE reviews ADD COLUMN sync_key4 TEXT "
                "GENERATED ALWAYS AS (json_array(bundle_id, reviewer)) VIRTUAL")
     _log_changes(db, "reviews")
+
+
+@MIGRATIONS()
+def m010_sync_lineage(db: sqlite_utils.Database) -> None:
+    """The tokens this database offered with its sync batches, so a session can tell whether the
+    server's last acknowledgement belongs to this database's history (see ``edgemon.sync``).
+
+    A token is written here before its batch is sent, so a lost acknowledgement still matches;
+    a database restored from a backup, or a cloned card, lacks the tokens acknowledged since and
+    then starts a new lineage (a new ``db_uuid``) instead of re-using sequence numbers the server
+    believes it already holds."""
+    db.execute("""
+        CREATE TABLE sync_tokens (
+            token TEXT PRIMARY KEY,
+            target TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            offered_utc TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX sync_tokens_target_seq ON sync_tokens (target, seq)")

@@ -149,7 +149,19 @@ class Store:
             # NORMAL under WAL: a power cut may lose the last commits but never corrupts; a lost
             # commit drops a file's detections and ledger row together, so it is simply redone.
             self.db.execute("PRAGMA synchronous = NORMAL")
-            MIGRATIONS.apply(self.db)
+            if MIGRATIONS.pending(self.db):   # a read first: nearly every open has nothing to do
+                # Check and apply under one write lock: another process (the daemon and an
+                # export, say) may be migrating the same old database now. IMMEDIATE waits for
+                # it, then the list is read again inside, so no migration runs twice (which
+                # failed with "duplicate column"). Migrations nest as savepoints in this one.
+                self.db.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    MIGRATIONS.apply(self.db)
+                    self.db.conn.execute("COMMIT")
+                except BaseException:
+                    if self.db.conn.in_transaction:
+                        self.db.conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as e:
             self.db.close()
             raise StoreError(f"cannot open detections database {self.path}: {e}") from e

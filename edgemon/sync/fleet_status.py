@@ -64,7 +64,12 @@ def collect_fleet(url: str, rules: VisitRules = VisitRules(), days: int = 7, all
                 raise FleetDbError("the fleet database has no edgemon schema yet: run `edgemon sync` first")
             now = now or conn.execute("SELECT now()").fetchone()[0]
             rows = lambda sql, *args: _dicts(conn.execute(sql, args))
-            health = rows(f"SELECT * FROM {SCHEMA}.recorder_health ORDER BY site, last_sync")
+            # From version 4: a database superseded by its new lineage (restored from a backup:
+            # it never synced again once the new one began) is history, not a recorder to visit.
+            superseded = "" if version < 4 else (
+                f"WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.databases n WHERE n.forked_from = h.db_uuid "
+                f"AND n.device_id = h.site AND n.first_sync >= h.last_sync)")
+            health = rows(f"SELECT * FROM {SCHEMA}.recorder_health h {superseded} ORDER BY site, last_sync")
             for row in health:
                 row["visit"] = visit_reasons(row, rules, now)
             # The newest day present, from indexes; a literal cutoff then reaches into the views.
@@ -77,8 +82,7 @@ def collect_fleet(url: str, rules: VisitRules = VisitRules(), days: int = 7, all
             detections = rows(f"SELECT * FROM {SCHEMA}.{view} WHERE day > %s ORDER BY site, day, species", cutoff)
             effort = rows(f"SELECT * FROM {SCHEMA}.effort_daily WHERE day > %s ORDER BY site, day", cutoff)
             clashes = rows(f"""
-                WITH spans AS (SELECT device_id, db_uuid, min(at_utc) AS lo, max(at_utc) AS hi
-                               FROM {SCHEMA}.heartbeats GROUP BY 1, 2)
+                WITH {fleetdb.own_heartbeat_spans()}
                 SELECT a.device_id AS site, a.db_uuid::text AS db_a, b.db_uuid::text AS db_b
                 FROM spans a JOIN spans b ON a.device_id = b.device_id AND a.db_uuid < b.db_uuid
                 WHERE a.lo <= b.hi AND b.lo <= a.hi ORDER BY 1, 2, 3""")

@@ -39,7 +39,7 @@ MIGRATION_LOCK = 0x6564676D  # 'edgm'
 # Non-key columns of each table on the server (the key columns come from the outbox's SYNC_KEYS).
 COLUMNS: dict[str, tuple[str, ...]] = {
     "detections": ("device_id", "end_s", "start_utc", "end_utc", "time_source", "clock_suspect",
-                   "clock_synced", "confidence", "votes", "clip_path", "created_at"),
+                   "clock_synced", "confidence", "votes", "clip_path", "created_at", "score"),
     "files": ("path", "size", "mtime_ns", "state", "attempts", "error", "duration_s", "start_utc",
               "time_source", "clock_suspect", "bundle_id", "updated_at"),
     "coverage": ("device_id", "analysed_s", "lost_overflow_s", "lost_dropped_s", "lost_device_s",
@@ -73,6 +73,11 @@ class SchemaNewerError(FleetDbError):
 
 class BusyError(FleetDbError):
     """Another sync of the same recorder database is running."""
+
+
+class LineageMovedError(FleetDbError):
+    """The server's acknowledgement of a database moved during a session (another sender under
+    the same UUID): the batch was not applied."""
 
 
 # --- connection ---------------------------------------------------------------------------------
@@ -184,6 +189,7 @@ class DeviceInfo:
     sync_interval_s: float | None = None
     heartbeat_s: float | None = None
     disk_free_mb: float | None = None
+    forked_from: str | None = None
 
 
 def _stage_sql(table: str) -> str:
@@ -243,12 +249,23 @@ def register(conn: psycopg.Connection, info: DeviceInfo, local_seq: int, client_
     return acked
 
 
+def own_heartbeat_spans(where: str = "true") -> str:
+    """A CTE ``spans`` (device_id, db_uuid, lo, hi): the time span of each database's heartbeats
+    (those matching ``where``) that no other database of the device also holds. A database that
+    started a new lineage (``edgemon.sync``: restored backup, cloned card) carries its ancestor's
+    heartbeats; shared history is not two recorders running at once, new heartbeats are."""
+    return f"""mine AS (SELECT device_id, db_uuid, run_id, uptime_s, at_utc FROM {SCHEMA}.heartbeats WHERE {where}),
+        spans AS (SELECT device_id, db_uuid, min(at_utc) AS lo, max(at_utc) AS hi FROM mine h
+                  WHERE NOT EXISTS (SELECT 1 FROM mine o WHERE o.device_id = h.device_id AND o.db_uuid <> h.db_uuid
+                                    AND o.run_id = h.run_id AND o.uptime_s = h.uptime_s)
+                  GROUP BY device_id, db_uuid)"""
+
+
 def clashes(conn: psycopg.Connection, info: DeviceInfo) -> list[str]:
     """UUIDs of other databases sending under ``info.device_id`` whose heartbeats overlap in time
     with this database's: two recorders sharing one id (a rebuilt database follows, never overlaps)."""
     rows = conn.execute(f"""
-        WITH spans AS (SELECT db_uuid, min(at_utc) AS lo, max(at_utc) AS hi FROM {SCHEMA}.heartbeats
-                       WHERE device_id = %s GROUP BY db_uuid)
+        WITH {own_heartbeat_spans("device_id = %s")}
         SELECT o.db_uuid::text FROM spans o JOIN spans me ON me.db_uuid = %s
         WHERE o.db_uuid <> me.db_uuid AND o.lo <= me.hi AND me.lo <= o.hi ORDER BY 1""",
         [info.device_id, info.db_uuid]).fetchall()
@@ -266,6 +283,29 @@ def record_status(conn: psycopg.Connection, info: DeviceInfo, status: dict, take
         [info.db_uuid, info.device_id, taken_utc, [str(p) for p in status.get("problems") or []], Jsonb(status)])
 
 
+@dataclasses.dataclass(frozen=True)
+class Acknowledged:
+    """What the server holds of one recorder database: its device, the last sequence number it
+    acknowledged, and the token of the batch that moved it (None: before tokens, or nothing yet)."""
+
+    device_id: str
+    acked_seq: int
+    acked_token: str | None
+
+
+def acknowledged(conn: psycopg.Connection, db_uuid: str) -> Acknowledged | None:
+    """The server's record of database ``db_uuid`` (None: never synced). Read under the
+    database's session lock (``lock_database``), so no other session moves it meanwhile."""
+    row = conn.execute(f"SELECT device_id, acked_seq, acked_token FROM {SCHEMA}.databases WHERE db_uuid = %s",
+                       [db_uuid]).fetchone()
+    return None if row is None else Acknowledged(*row)
+
+
+def unlock_database(conn: psycopg.Connection, db_uuid: str) -> None:
+    """Release ``lock_database``'s lock (a session that moved to a new UUID)."""
+    conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [MIGRATION_LOCK, db_uuid])
+
+
 def lock_database(conn: psycopg.Connection, db_uuid: str) -> None:
     """A session lock on one recorder database's rows; BusyError when another sync holds it.
     Released when the connection closes, also when the holder was killed."""
@@ -279,9 +319,12 @@ def prepare_staging(conn: psycopg.Connection) -> None:
         conn.execute(sql)
 
 
-def apply_batch(conn: psycopg.Connection, db_uuid: str, batch: Batch, local_seq: int) -> None:
-    """Write ``batch`` and acknowledge its last sequence number in one transaction. Idempotent:
-    rows are upserted and deleted by natural key, so sending a batch twice changes nothing.
+def apply_batch(conn: psycopg.Connection, db_uuid: str, batch: Batch, local_seq: int,
+                token: str | None = None, expected_token: str | None = None) -> None:
+    """Write ``batch`` and acknowledge its last sequence number, with its ``token``, in one
+    transaction, provided the acknowledgement still carries ``expected_token`` (compare and set;
+    LineageMovedError, nothing written, otherwise). Idempotent: rows are upserted and deleted by
+    natural key, so sending a batch twice changes nothing.
 
     Rows travel by COPY into the session's staging tables and are merged from there: about half
     the bytes of one INSERT per row (no per-row protocol messages, the UUID sent once), which
@@ -299,6 +342,10 @@ def apply_batch(conn: psycopg.Connection, db_uuid: str, batch: Batch, local_seq:
             keys: Sequence[tuple] = batch.deletes.get(table) or []
             if keys:
                 cur.executemany(DELETE[table], [(db_uuid, *k) for k in keys])
-        cur.execute(f"UPDATE {SCHEMA}.databases SET acked_seq = greatest(acked_seq, %s), "
-                    f"local_seq = greatest(local_seq, %s), last_sync = now() WHERE db_uuid = %s",
-                    [batch.last_seq, local_seq, db_uuid])
+        cur.execute(f"UPDATE {SCHEMA}.databases SET acked_seq = greatest(acked_seq, %s), acked_token = %s, "
+                    f"local_seq = greatest(local_seq, %s), last_sync = now() "
+                    f"WHERE db_uuid = %s AND acked_token IS NOT DISTINCT FROM %s",
+                    [batch.last_seq, token, local_seq, db_uuid, expected_token])
+        if cur.rowcount != 1:   # raising rolls the batch's rows back with it
+            raise LineageMovedError(f"the server's acknowledgement of database {db_uuid} moved during this "
+                                    f"session: batch not applied, the next session checks again")

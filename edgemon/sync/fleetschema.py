@@ -190,5 +190,15 @@ FROM (SELECT site, bundle_id, label, count(*) AS judged, count(*) FILTER (WHERE 
       GROUP BY 1, 2, 3) counts;
 """
 
-MIGRATIONS: tuple[str, ...] = (_TABLES, _VIEWS, _REVIEWS_AND_STATUS)
+# Version 4. ``acked_token``: the token of the batch whose commit moved ``acked_seq``, so a
+# recorder can check that the server's acknowledgement belongs to its own history (a database
+# restored from a backup or a cloned card re-uses sequence numbers; see ``edgemon.sync``);
+# ``forked_from``: the UUID a database synced as before it started a new lineage. A detection's
+# raw vote ``score`` (recorder migration m006; NULL for rows from before it).
+_LINEAGE_AND_SCORE = f"""
+ALTER TABLE {SCHEMA}.databases ADD COLUMN acked_token text, ADD COLUMN forked_from uuid;
+ALTER TABLE {SCHEMA}.detections ADD COLUMN score real;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_TABLES, _VIEWS, _REVIEWS_AND_STATUS, _LINEAGE_AND_SCORE)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import json
 import sqlite3
+import uuid
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
@@ -25,6 +26,8 @@ from edgemon.storage.store import Store
 from edgemon.utc import utc_iso
 
 SYNCED_TABLES = tuple(SYNC_KEYS)
+# Offered tokens kept per target: enough to recognise a server restored from an older backup.
+KEPT_TOKENS = 1000
 
 
 class OutboxError(EdgemonError):
@@ -189,3 +192,59 @@ class Outbox:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise OutboxError(f"cannot record the sync cursor in {self.path}: {e}") from e
+
+    def high_seq(self) -> int:
+        """The highest sequence number this database ever gave a change (0: none). Unlike
+        ``last_seq`` it never goes down when pruned tombstones leave the log."""
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        return 0 if row is None else row[0]
+
+    def forked_from(self) -> str | None:
+        """The ``db_uuid`` this database synced as before its last ``fork`` (None: never forked)."""
+        row = self.conn.execute("SELECT value FROM sync_meta WHERE key = 'forked_from'").fetchone()
+        return None if row is None else row[0]
+
+    def offer(self, target: str, seq: int) -> str:
+        """A new token for the batch ending at ``seq`` to ``target``, committed here *before* the
+        batch is sent, so that a server which committed it is recognised even if its
+        acknowledgement never arrived. Keeps the newest ``KEPT_TOKENS`` per target."""
+        token = uuid.uuid4().hex
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("INSERT INTO sync_tokens (token, target, seq, offered_utc) VALUES (?, ?, ?, ?)",
+                              [token, target, seq, utc_iso(dt.datetime.now(dt.timezone.utc))])
+            self.conn.execute("DELETE FROM sync_tokens WHERE target = ? AND rowid NOT IN (SELECT rowid FROM "
+                              "sync_tokens WHERE target = ? ORDER BY seq DESC, rowid DESC LIMIT ?)",
+                              [target, target, KEPT_TOKENS])
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise OutboxError(f"cannot record a sync token in {self.path}: {e}") from e
+        return token
+
+    def offered(self, token: str) -> bool:
+        """Whether this database offered ``token`` (to any target: one server may be reached
+        under two names)."""
+        return self.conn.execute("SELECT 1 FROM sync_tokens WHERE token = ?", [token]).fetchone() is not None
+
+    def fork(self) -> str:
+        """Start a new lineage: a new ``db_uuid``, no cursors, no tokens, so every target receives
+        every row again under the new UUID. Returns the new UUID; the old one is kept as
+        ``forked_from``. For a database whose history diverged from what a server acknowledged."""
+        new = str(uuid.uuid4())
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("INSERT INTO sync_meta (key, value) VALUES ('forked_from', ?) "
+                              "ON CONFLICT (key) DO UPDATE SET value = excluded.value", [self.db_uuid])
+            self.conn.execute("UPDATE sync_meta SET value = ? WHERE key = 'db_uuid'", [new])
+            self.conn.execute("DELETE FROM sync_meta WHERE key = 'pruned_seq'")
+            self.conn.execute("DELETE FROM sync_cursors")
+            self.conn.execute("DELETE FROM sync_tokens")
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise OutboxError(f"cannot give {self.path} a new sync identity: {e}") from e
+        self.db_uuid = new
+        return new

@@ -33,6 +33,7 @@ from edgemon import __version__
 from edgemon.analysis.bundle import MANIFEST, default_bundle_path
 from edgemon.config import ConfigError, Settings
 from edgemon.errors import EdgemonError
+from edgemon.safetext import shown
 from edgemon.status import collect_status
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
@@ -137,9 +138,10 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
     # Around the whole block: closing a connection the server dropped raises too.
     try:
         with Outbox(db_path) as outbox, fleetdb.connect(config.url) as conn:
-            info = dataclasses.replace(info, db_uuid=outbox.db_uuid, disk_free_mb=_free_mb(Path(db_path)))
+            info = dataclasses.replace(info, db_uuid=outbox.db_uuid, disk_free_mb=_free_mb(Path(db_path)),
+                                       forked_from=outbox.forked_from())
             fleetdb.migrate(conn)
-            fleetdb.lock_database(conn, info.db_uuid)
+            info, token = _own_lineage(conn, outbox, target, info)
             fleetdb.prepare_staging(conn)
             local_seq = outbox.last_seq()
             acked = fleetdb.register(conn, info, local_seq, utc_iso(dt.datetime.now(dt.timezone.utc)))
@@ -152,9 +154,10 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                 if batch is None:
                     break
                 t0 = time.monotonic()
-                fleetdb.apply_batch(conn, info.db_uuid, batch, max(local_seq, batch.last_seq))
+                offered = outbox.offer(target, batch.last_seq)   # before sending: a lost ack still matches
+                fleetdb.apply_batch(conn, info.db_uuid, batch, max(local_seq, batch.last_seq), offered, token)
                 outbox.advance(target, batch.last_seq)   # only after the server committed
-                acked, changes, batches = batch.last_seq, changes + batch.size, batches + 1
+                acked, token, changes, batches = batch.last_seq, offered, changes + batch.size, batches + 1
                 rows = _next_rows(rows, time.monotonic() - t0, config)
             backlog = outbox.last_seq() - acked
             outbox.prune()
@@ -169,6 +172,52 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
     except fleetdb.DRIVER_ERRORS as e:
         raise fleetdb.classify(e, target) from None
     return SyncResult(target, changes, batches, acked, backlog, time.monotonic() - started, found)
+
+
+def _own_lineage(conn, outbox: Outbox, target: str, info: DeviceInfo) -> tuple[DeviceInfo, str | None]:
+    """Lock this database's rows on the server and check that what the server acknowledged for
+    its UUID is part of this database's own history; returns the info to sync under and the
+    server's acknowledgement token (the compare-and-set value of the first batch).
+
+    Sequence numbers are only unique within one history. A database restored from an older
+    backup, or a cloned SD card, keeps its UUID and numbers new changes again from where its copy
+    stopped, so the server would take them for changes it already holds and skip them. Such a
+    database lacks the token of the server's last acknowledgement (or runs under another device
+    id than the UUID was registered to); it then starts a new lineage (``Outbox.fork``: a new
+    UUID) and sends all its rows again. The server keeps the old UUID's rows, so nothing it held
+    is lost, and the natural keys let the fleet views count each row once per device.
+    """
+    fleetdb.lock_database(conn, info.db_uuid)
+    held = fleetdb.acknowledged(conn, info.db_uuid)
+    reason = _diverged(held, outbox, info)
+    if reason is None:
+        return info, None if held is None else held.acked_token
+    old = info.db_uuid
+    new = outbox.fork()
+    log.warning("%s: %s; this database now syncs as %s and sends all its rows again (%s keeps the rows "
+                "of %s)", shown(outbox.path), reason, new, target, old)
+    fleetdb.unlock_database(conn, old)
+    fleetdb.lock_database(conn, new)
+    return dataclasses.replace(info, db_uuid=new, forked_from=old), None
+
+
+def _diverged(held: fleetdb.Acknowledged | None, outbox: Outbox, info: DeviceInfo) -> str | None:
+    """Why the server's record of this database's UUID is not this database's history (None: it is)."""
+    if held is None:
+        return None
+    if held.device_id != info.device_id:
+        # Device id decides: a UUID belongs to one recorder; a cloned card given a new id (or a
+        # renamed recorder) is never merged into the rows of the id it was registered under.
+        return (f"it synced as {info.db_uuid} for device {shown(held.device_id)!r}, now as device "
+                f"{shown(info.device_id)!r} (a cloned card, or a renamed recorder)")
+    if held.acked_token is not None and not outbox.offered(held.acked_token):
+        return (f"the server acknowledged changes up to {held.acked_seq} that this database never sent "
+                f"(restored from an older backup, or a cloned card that synced elsewhere)")
+    if held.acked_token is None and held.acked_seq > outbox.high_seq():
+        # Acknowledged before tokens existed: only a shorter history can be told apart.
+        return (f"the server acknowledged changes up to {held.acked_seq}, beyond this database's "
+                f"{outbox.high_seq()} (restored from an older backup?)")
+    return None
 
 
 def sync_with_retries(db_path: str | Path, info: DeviceInfo, config: SyncConfig,

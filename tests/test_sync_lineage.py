@@ -1,0 +1,191 @@
+"""Fleet sync when the recorder's history is not the one the server acknowledged: a database
+restored from an older backup, a cloned SD card (same or new device id), a lost acknowledgement,
+a server restored from its own backup, and an old server schema upgraded in place.
+
+Real SQLite files written through ``Store``, a real PostgreSQL server; sessions run in-process
+(``sync_once``), which is what ``edgemon sync`` and the service call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edgemon.sync.fleet_status import collect_fleet
+from edgemon.sync.fleetdb import DeviceInfo
+from edgemon.sync.outbox import Outbox
+from edgemon.storage.store import Detection, Heartbeat, Store
+from edgemon.sync import SyncConfig, SyncResult, sync_once
+from tests.sync_helpers import add_file, count_server_detections, local_state, make_recorder, server_state
+from tests.test_sync import fleet, server  # noqa: F401  (fixtures: one server per module)
+
+psycopg = pytest.importorskip("psycopg")
+
+
+def sync(db: Path, url: str, device_id: str = "rec-a", batch_rows: int = 500) -> SyncResult:
+    return sync_once(db, DeviceInfo(device_id, ""), SyncConfig(url=url, batch_rows=batch_rows, snapshot=None))
+
+
+def uuid_of(db: Path) -> str:
+    with Outbox(db) as outbox:
+        return outbox.db_uuid
+
+
+def copy_database(src: Path, dst: Path) -> Path:
+    """A consistent copy of a live database (SQLite's online backup), as a backup or an SD card image."""
+    with contextlib.closing(sqlite3.connect(src)) as s, contextlib.closing(sqlite3.connect(dst)) as d:
+        s.backup(d)
+    return dst
+
+
+def restore(backup: Path, db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(backup, db)
+
+
+def work(db: Path, device_id: str, files: range, seed: int) -> None:
+    rng = random.Random(seed)
+    with Store(db) as store:
+        for i in files:
+            add_file(store, device_id, i, 5, rng)
+
+
+def assert_server_holds(conn, db: Path) -> None:
+    """The server's rows under ``db``'s UUID are exactly the recorder's."""
+    assert server_state(conn, [uuid_of(db)]) == local_state(db)
+
+
+def test_database_restored_from_an_older_backup_loses_nothing(fleet, tmp_path, caplog):
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=10, per_file=5, seed=1)
+    sync(db, fleet.url)
+    backup = copy_database(db, tmp_path / "backup.db")
+    work(db, "rec-a", range(10, 20), seed=2)           # changes the backup does not have ...
+    sync(db, fleet.url)                                # ... acknowledged by the server
+    old_uuid = uuid_of(db)
+    with fleet.connect() as conn:
+        held_before = server_state(conn, [old_uuid])
+    restore(backup, db)
+    work(db, "rec-a", range(30, 45), seed=3)           # new work, numbered again from the backup's end
+    with caplog.at_level(logging.WARNING, logger="edgemon.sync"):
+        result = sync(db, fleet.url)
+    assert result.clashes == ()      # its ancestor's heartbeats are shared history, not a second recorder
+    with fleet.connect() as conn:
+        # Every row of the restored database reached the server: none was taken for one it had.
+        assert local_state(db)["detections"] <= server_state(conn, [uuid_of(db)])["detections"]
+        assert_server_holds(conn, db)
+        assert server_state(conn, [old_uuid]) == held_before          # nothing the server held is lost
+        rows, keys = count_server_detections(conn)
+        assert rows == keys
+        assert conn.execute("SELECT forked_from::text FROM edgemon.databases WHERE db_uuid = %s",
+                            [uuid_of(db)]).fetchone()[0] == old_uuid
+    assert uuid_of(db) != old_uuid
+    assert "restored from an older backup" in caplog.text and "sends all its rows again" in caplog.text
+    work(db, "rec-a", range(50, 52), seed=4)           # the new lineage syncs on as usual
+    assert sync(db, fleet.url).changes > 0
+    with fleet.connect() as conn:
+        assert_server_holds(conn, db)
+    health = collect_fleet(fleet.url)["health"]          # the superseded UUID is no recorder to visit
+    assert [str(h["db_uuid"]) for h in health] == [uuid_of(db)]
+
+
+def test_cloned_card_keeps_its_rows_apart_and_is_reported(fleet, tmp_path):
+    first = make_recorder(tmp_path / "first.db", "rec-a", files=8, per_file=5, seed=5)
+    sync(first, fleet.url)
+    clone = copy_database(first, tmp_path / "clone.db")      # the card, imaged into a second recorder
+    work(first, "rec-a", range(10, 20), seed=6)
+    work(clone, "rec-a", range(20, 30), seed=7)
+    for db, run in ((first, "after-1"), (clone, "after-2")):   # both run at the same time from now on
+        with Store(db) as store:
+            store.add_heartbeat(Heartbeat(run_id=run, mode="watch", device_id="rec-a", at_utc="2024-05-02T06:00:00Z",
+                                          started_utc="2024-05-02T06:00:00Z", uptime_s=0.0))
+    sync(first, fleet.url)
+    second = sync(clone, fleet.url)
+    assert uuid_of(clone) != uuid_of(first)
+    with fleet.connect() as conn:
+        assert_server_holds(conn, first)                      # the first recorder's rows untouched
+        assert_server_holds(conn, clone)                      # the clone's rows all there, apart
+    assert uuid_of(first) in second.clashes                   # and the shared device id is reported
+    work(first, "rec-a", range(40, 42), seed=8)               # the first recorder syncs on, unforked
+    before = uuid_of(first)
+    sync(first, fleet.url)
+    assert uuid_of(first) == before
+
+
+def test_cloned_card_under_a_new_device_id_never_merges_into_the_old_one(fleet, tmp_path):
+    first = make_recorder(tmp_path / "first.db", "site-01", files=8, per_file=5, seed=9)
+    sync(first, fleet.url, device_id="site-01")
+    clone = copy_database(first, tmp_path / "clone.db")
+    work(clone, "site-02", range(20, 30), seed=10)
+    sync(clone, fleet.url, device_id="site-02")               # the clone syncs first, its ack token matches
+    assert uuid_of(clone) != uuid_of(first)
+    with fleet.connect() as conn:
+        devices = dict(conn.execute("SELECT db_uuid::text, device_id FROM edgemon.databases").fetchall())
+        assert devices == {uuid_of(first): "site-01", uuid_of(clone): "site-02"}
+        assert_server_holds(conn, first)
+        assert_server_holds(conn, clone)
+    work(first, "site-01", range(40, 45), seed=11)
+    before = uuid_of(first)
+    sync(first, fleet.url, device_id="site-01")
+    assert uuid_of(first) == before
+    with fleet.connect() as conn:
+        assert_server_holds(conn, first)
+
+
+def test_lost_acknowledgement_and_restored_server_resend_without_a_new_lineage(fleet, tmp_path):
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=20, per_file=5, seed=12)
+    sync(db, fleet.url, batch_rows=40)
+    first_uuid = uuid_of(db)
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:   # the last ack never got recorded
+        conn.execute("UPDATE sync_cursors SET seq = 0")
+        early_seq, early_token = conn.execute("SELECT seq, token FROM sync_tokens ORDER BY seq LIMIT 1 OFFSET 1").fetchone()
+    work(db, "rec-a", range(30, 33), seed=13)
+    sync(db, fleet.url, batch_rows=40)
+    assert uuid_of(db) == first_uuid
+    with fleet.connect() as conn:
+        assert_server_holds(conn, db)
+        # The server restored from its own older backup: it holds an earlier acknowledgement.
+        conn.execute("UPDATE edgemon.databases SET acked_seq = %s, acked_token = %s", [early_seq, early_token])
+        for table in ("files", "detections"):    # it lacks what came after, such as the last files
+            conn.execute(f"DELETE FROM edgemon.{table} WHERE source >= 'rec-a/20240501_003000.wav'")
+    result = sync(db, fleet.url, batch_rows=40)
+    assert uuid_of(db) == first_uuid and result.changes > 0
+    with fleet.connect() as conn:
+        assert_server_holds(conn, db)
+
+
+def add_scored_file(db: Path, source: str, scores: list[float]) -> None:
+    detections = [Detection(device_id="rec-a", source=source, start_s=3.0 * i, end_s=3.0 * i + 3, start_utc=None,
+                            end_utc=None, time_source="mtime", clock_suspect=False, label="bird",
+                            confidence=0.9, votes="{}", bundle_id="bundle-a", score=s) for i, s in enumerate(scores)]
+    with Store(db) as store:
+        store.commit_file(source, path=f"/data/{source}", size=10, mtime_ns=1, duration_s=60.0, start_utc=None,
+                          time_source="mtime", clock_suspect=False, bundle_id="bundle-a", detections=detections)
+
+
+def test_old_server_migrates_in_place_and_receives_scores(fleet, tmp_path):
+    from edgemon.sync.fleetschema import SCHEMA_VERSION
+
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=5, per_file=5, seed=14)
+    sync(db, fleet.url)
+    with fleet.connect() as conn:   # back to a version 3 server that an older edgemon filled
+        conn.execute("ALTER TABLE edgemon.databases DROP COLUMN IF EXISTS acked_token, "
+                     "DROP COLUMN IF EXISTS forked_from")
+        conn.execute("ALTER TABLE edgemon.detections DROP COLUMN IF EXISTS score")
+        conn.execute("DELETE FROM edgemon.schema_version WHERE version > 3")
+    add_scored_file(db, "rec-a/scored.wav", [0.25, 0.75])
+    before = uuid_of(db)
+    sync(db, fleet.url)
+    assert uuid_of(db) == before            # an acknowledgement from before tokens is trusted, not forked
+    with fleet.connect() as conn:
+        assert conn.execute("SELECT max(version) FROM edgemon.schema_version").fetchone()[0] == SCHEMA_VERSION
+        scores = conn.execute("SELECT start_s, score FROM edgemon.detections WHERE source = 'rec-a/scored.wav' "
+                              "ORDER BY start_s").fetchall()
+        assert scores == [(0.0, 0.25), (3.0, 0.75)]
+        assert_server_holds(conn, db)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +225,16 @@ def test_processes_migrating_one_old_database_at_once_all_open_it(tmp_path):
             assert MIGRATIONS.pending(store.db) == []
             names = [m.name for m in MIGRATIONS.applied(store.db)]
             assert len(names) == len(set(names))        # each migration recorded once
+
+
+def test_a_database_written_before_the_package_move_opens_and_migrates(tmp_path):
+    """The migrations' set name is stored in every database ('edgemon.store'); the move into
+    edgemon/storage/ once renamed it, and every older database then failed to open (m001 again).
+    tests/data/store_c97f0e3.db was written by commit c97f0e3 (migrations m001-m009)."""
+    db = tmp_path / "old.db"
+    shutil.copyfile(Path(__file__).parent / "data" / "store_c97f0e3.db", db)
+    with Store(db) as store:
+        rows = list(store.db.query("SELECT source, label, confidence FROM detections"))
+        applied = {r["name"] for r in store.db.query("SELECT name FROM _sqlite_migrations")}
+    assert rows == [{"source": "20240701_060000.WAV", "label": "gibbon_duet", "confidence": 0.61}]
+    assert {"m001_initial", "m009_sync_reviews", "m010_sync_lineage"} <= applied

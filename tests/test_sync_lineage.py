@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from edgemon.storage.store import Detection, Heartbeat, Store
 from edgemon.sync.fleet_status import collect_fleet
 from edgemon.sync.fleetdb import DeviceInfo
 from edgemon.sync.outbox import Outbox
-from edgemon.storage.store import Detection, Heartbeat, Store
-from edgemon.sync import SyncConfig, SyncResult, sync_once
+from edgemon.sync.sender import SyncConfig, SyncResult, sync_once
 from tests.sync_helpers import add_file, count_server_detections, local_state, make_recorder, server_state
 from tests.test_sync import fleet, server  # noqa: F401  (fixtures: one server per module)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import logging
 import math
@@ -35,9 +36,15 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgemon.errors import EdgemonError
+
+if TYPE_CHECKING:   # for annotations only; see ServiceConfig for why they are imported late
+    from edgemon.files.watcher import WatchConfig
+    from edgemon.health import HealthConfig
+    from edgemon.live.worker import ListenConfig
+    from edgemon.storage.disk_budget import DiskBudget
 
 DEFAULT_PATH = Path("/etc/edgemon/edgemon.toml")
 CONFIG_ENV = "EDGEMON_CONFIG"
@@ -123,10 +130,10 @@ TABLES = ("watch", "listen", "health", "disk", "sync")
 @dataclasses.dataclass(frozen=True)
 class ServiceConfig:
     """The settings in force, typed: one attribute per setting of ``SETTINGS`` (same name, same
-    order, no defaults of its own: those live in the registry alone), built once by
-    ``load_settings``. Commands and the daemon read ``service.db``, never ``settings["db"]``, and
-    hand each component only its own frozen config (``watch_config()``, ``health_config()`` ...).
-    Paths are ``Path``; an unset optional setting is None."""
+    order, no defaults of its own: those live in the registry alone); ``load_settings(...).service``.
+    Commands and the daemon read ``service.db``, never ``settings["db"]``, and hand each component
+    only its own frozen config (``watch_config()``, ``health_config()`` ...). Paths are ``Path``;
+    an unset optional setting is None."""
 
     mode: str
     db: Path
@@ -169,7 +176,7 @@ class ServiceConfig:
     # The component configs are imported where they are built, not at the top: importing the
     # watcher, health and clip modules costs every command ~0.5 s at start (numpy, onnxruntime),
     # and the listen pieces load PortAudio, which watch mode never needs.
-    def watch_config(self, until_idle: bool = False):
+    def watch_config(self, until_idle: bool = False) -> WatchConfig:
         """``WatchConfig`` of ``directory`` and the [watch] settings; ConfigError without a directory."""
         from edgemon.files.watcher import WatchConfig
 
@@ -180,7 +187,7 @@ class ServiceConfig:
                            rescan_s=self.rescan_s, incomplete_grace_s=self.incomplete_grace_s,
                            retry_s=self.retry_s, until_idle=until_idle)
 
-    def listen_config(self, duration_s: float | None = None):
+    def listen_config(self, duration_s: float | None = None) -> ListenConfig:
         """``ListenConfig`` of the [listen] settings (clips only when ``clips`` is set)."""
         from edgemon.live.capture import CaptureConfig
         from edgemon.live.clips import ClipConfig
@@ -193,12 +200,12 @@ class ServiceConfig:
             clips=None if self.clips is None else ClipConfig(self.clips, self.clip_pre_s, self.clip_post_s,
                                                              self.clips_max_mb, min_free_mb=self.clips_min_free_mb))
 
-    def health_config(self):
+    def health_config(self) -> HealthConfig:
         from edgemon.health import HealthConfig
 
         return HealthConfig(heartbeat_s=self.heartbeat_s, progress_timeout_s=self.progress_timeout_s)
 
-    def disk_budget(self):
+    def disk_budget(self) -> DiskBudget:
         from edgemon.storage.disk_budget import DiskBudget
 
         return DiskBudget(min_free_mb=self.min_free_mb, clips_min_free_mb=self.clips_min_free_mb)
@@ -215,7 +222,7 @@ class Settings:
     sources: Mapping[str, str]
     file: Path | None = None
 
-    @property
+    @functools.cached_property   # frozen all the same: it is built once, from frozen values
     def service(self) -> ServiceConfig:
         return ServiceConfig(**self.values, config_file=self.file)
 

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import soundfile
+import typer
 from typer.testing import CliRunner
 
 from edgemon import console
@@ -129,6 +130,28 @@ def test_listen_reads_the_settings_file_and_environment_like_every_command(tmp_p
     assert from_env.exit_code == 1 and "environment variable EDGEMON_QUEUE_S: must be at least 0" in from_env.output
     from_option = runner.invoke(app, ["listen", "--stall-s", "-1"])
     assert from_option.exit_code == 2 and "option --stall-s: must be at least 0" in from_option.output
+
+
+# Commands that read no recorder settings: `devices` lists the sound hardware; `fleet` runs on a
+# workstation against the fleet's database.
+READS_NO_SETTINGS = {"devices", "fleet"}
+
+
+def test_every_command_reads_the_settings_file_and_environment_one_way(tmp_path):
+    """One settings path, for every command the app has (walked, so a new command is included):
+    a bad value in the settings file, or in EDGEMON_*, stops each in the same one line."""
+    config = tmp_path / "e.toml"
+    config.write_text('[watch]\nsettle_s = "soon"\n')
+    commands = sorted(set(typer.main.get_command(app).commands) - READS_NO_SETTINGS)
+    assert {"watch", "listen", "run", "sync", "status", "config", "review"} <= set(commands)
+    for name in commands:
+        args = [name, *(["x.wav"] if name == "classify" else [])]   # its one required argument
+        from_file = runner.invoke(app, [*args, "--config", str(config)])
+        assert (from_file.exit_code, from_file.output.strip()) == (
+            1, f"error: {config}: [watch] settle_s: expected a number, got 'soon'"), name
+        from_env = runner.invoke(app, args, env={"EDGEMON_SETTLE_S": "soon", "EDGEMON_CONFIG": ""})
+        assert (from_env.exit_code, from_env.output.strip()) == (
+            1, "error: environment variable EDGEMON_SETTLE_S: expected a number, got 'soon'"), name
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import inspect
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import soundfile
@@ -21,6 +23,8 @@ from typer.testing import CliRunner
 from edgemon import console
 from edgemon.cli import app
 from edgemon.storage.store import Store
+from edgemon.sync.fleet_status import VisitRules, collect_fleet
+from edgemon.sync.sender import SyncConfig
 from tests.watch_helpers import watch_until_idle, write_wav
 
 runner = CliRunner()
@@ -152,6 +156,25 @@ def test_every_command_reads_the_settings_file_and_environment_one_way(tmp_path)
         from_env = runner.invoke(app, args, env={"EDGEMON_SETTLE_S": "soon", "EDGEMON_CONFIG": ""})
         assert (from_env.exit_code, from_env.output.strip()) == (
             1, "error: environment variable EDGEMON_SETTLE_S: expected a number, got 'soon'"), name
+
+
+def test_options_that_are_not_settings_show_their_components_defaults():
+    """An option's default copied from a component's config (not a setting) agrees with it, so
+    the help cannot promise one value while the library uses another."""
+    review_app = pytest.importorskip("edgemon.review.app")
+    root = typer.main.get_command(app)
+
+    def default(path: str, name: str):
+        command = root
+        for part in path.split():
+            command = command.commands[part]
+        return next(p.default for p in command.params if p.name == name)
+
+    assert default("fleet status", "min_free_mb") == VisitRules().min_free_mb
+    assert default("fleet status", "days") == inspect.signature(collect_fleet).parameters["days"].default
+    assert default("sync", "retry_for_s") == SyncConfig(url="").retry_for_s
+    config = review_app.ReviewConfig(db=Path("x.db"))
+    assert (default("review", "host"), default("review", "port")) == (config.host, config.port)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from edgemon import console
-from edgemon.config import BY_NAME, OptionError, Settings, cli_overrides, load_settings
+from edgemon.config import BY_NAME, OptionError, ServiceConfig, Settings, cli_overrides, load_settings
 from edgemon.errors import EdgemonError
 from edgemon.utc import parse_utc
 
@@ -87,13 +87,19 @@ def _fail(exc: EdgemonError) -> typer.Exit:
 
 
 def _settings(ctx: typer.Context, config: Path | None, directory_alias: Path | None = None) -> Settings:
-    """The settings in force for this command: file < environment < the options given."""
+    """The settings in force for this command, the one way every command reads them: defaults <
+    settings file < environment < the options given on its command line."""
     given = cli_overrides(ctx)
     if directory_alias is not None:
         if given.get("directory", directory_alias) != directory_alias:
             raise OptionError("give the directory once: DIRECTORY or --directory")
         given["directory"] = directory_alias
     return load_settings(config, given)
+
+
+def _service(ctx: typer.Context, config: Path | None, directory_alias: Path | None = None) -> ServiceConfig:
+    """``_settings(...)``, typed (for commands that need the values, not where they came from)."""
+    return _settings(ctx, config, directory_alias).service
 
 
 @app.command()
@@ -105,7 +111,7 @@ def info(ctx: typer.Context, models: ModelsOpt = None, config: ConfigOpt = None)
     from edgemon.analysis.selfcheck import SelfCheckError
 
     try:
-        description, check = describe_bundle(_settings(ctx, config)["models"] or default_bundle_path())
+        description, check = describe_bundle(_service(ctx, config).models or default_bundle_path())
     except EdgemonError as exc:
         raise _fail(exc)
     typer.echo(json.dumps(description, indent=2))
@@ -139,12 +145,12 @@ def watch(
 
 
 @app.command()
-def run(config: ConfigOpt = None):
+def run(ctx: typer.Context, config: ConfigOpt = None):
     """Run what the settings file names (mode = watch or listen): the systemd service's command."""
     from edgemon.daemon import run_service
 
     try:
-        run_service(load_settings(config))
+        run_service(_settings(ctx, config))
     except EdgemonError as exc:
         raise _fail(exc)
 
@@ -183,12 +189,12 @@ def status(
     from edgemon.status import collect_status, format_status, write_heartbeats_csv
 
     try:
-        settings = _settings(ctx, config, directory_alias)
-        report = collect_status(settings["db"], directory=settings["directory"], heartbeat_s=settings["heartbeat_s"],
-                                min_free_mb=settings["min_free_mb"])
+        service = _service(ctx, config, directory_alias)
+        report = collect_status(service.db, directory=service.directory, heartbeat_s=service.heartbeat_s,
+                                min_free_mb=service.min_free_mb)
         if heartbeats is not None:
             with (open(heartbeats, "w", newline="") if str(heartbeats) != "-" else contextlib.nullcontext(sys.stdout)) as out:
-                write_heartbeats_csv(settings["db"], out)
+                write_heartbeats_csv(service.db, out)
     except EdgemonError as exc:
         raise _fail(exc)
     if heartbeats is None or str(heartbeats) != "-":
@@ -212,8 +218,8 @@ def classify(
     from edgemon.analysis.analyzer import make_analyzer
 
     try:
-        settings = _settings(ctx, config)
-        rows, errors = classify_files(files, make_analyzer(settings["models"], settings["threads"]))
+        service = _service(ctx, config)
+        rows, errors = classify_files(files, make_analyzer(service.models, service.threads))
     except EdgemonError as exc:
         raise _fail(exc)
     typer.echo(format_rows(rows, fmt.value), nl=False)
@@ -301,12 +307,12 @@ def export_detections(
     try:
         if fmt is ExportFormat.raven and output is None:
             raise OptionError("--format raven writes one table per recording: give --output DIR (an existing directory)")
-        settings = _settings(ctx, config)
-        db = settings["db"]
+        service = _service(ctx, config)
+        db = service.db
         times = [None if t is None else _parse_time(t) for t in (since, until)]
         count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
                            new or cursor is not None, "default" if cursor is None else cursor, bundle=bundle or None,
-                           timezone=settings["timezone"])
+                           timezone=service.timezone)
         if coverage is not None:
             minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0], times[1])
     except EdgemonError as exc:
@@ -332,8 +338,8 @@ def review(
 ):
     """A local web page to hear, see and judge detections (correct / wrong / another label / unsure)."""
     try:
-        settings = _settings(ctx, config)
-        db, clips = settings["db"], settings["clips"]   # the clip directory `listen` saved into
+        service = _service(ctx, config)
+        db, clips = service.db, service.clips   # the clip directory `listen` saved into
     except EdgemonError as exc:
         raise _fail(exc)
     try:
@@ -372,10 +378,10 @@ def reanalyse(
     from edgemon.files.reanalyse import reanalyse as run_reanalyse
 
     try:
-        settings = _settings(ctx, config)
-        if settings["models"] is None:
+        service = _service(ctx, config)
+        if service.models is None:
             raise OptionError("reanalyse needs the bundle to run: --models DIR (e.g. one from `edgemon-train adapt`)")
-        result = run_reanalyse(settings["db"], make_analyzer(settings["models"], settings["threads"]), recordings)
+        result = run_reanalyse(service.db, make_analyzer(service.models, service.threads), recordings)
     except EdgemonError as exc:
         raise _fail(exc)
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
@@ -394,11 +400,10 @@ def sync(
     config: ConfigOpt = None,
 ):
     """Send every detection, file, coverage minute and heartbeat the fleet database lacks, once."""
-    from edgemon.config import load_settings
     from edgemon.sync.sender import sync_command
 
     try:
-        result = sync_command(load_settings(config, ctx), to, retry_for_s, batch_rows)
+        result = sync_command(_settings(ctx, config), to, retry_for_s, batch_rows)
     except EdgemonError as exc:
         raise _fail(exc)
     typer.echo(result.describe())

@@ -17,14 +17,17 @@ Every setting has one name, used alike as TOML key (in its table), environment v
 that is not finite (``nan``, ``inf``) or a database path that is a directory is an error naming
 where the value came from: a typo must never silently run on the default.
 
-Values leave this module only as each component's own frozen config (``WatchConfig``,
-``DiskBudget``, ``HealthConfig`` ...), never as a dict of settings.
+Values leave this module typed, never as a dict of settings: ``Settings.service`` is a frozen
+``ServiceConfig`` with one attribute per setting, and it builds each component's own frozen config
+(``WatchConfig``, ``DiskBudget``, ``HealthConfig`` ...). Every command of ``edgemon.cli`` takes its
+options for settings from this registry and reads them through ``load_settings``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import logging
 import math
@@ -33,9 +36,15 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgemon.errors import EdgemonError
+
+if TYPE_CHECKING:   # for annotations only; see ServiceConfig for why they are imported late
+    from edgemon.files.watcher import WatchConfig
+    from edgemon.health import HealthConfig
+    from edgemon.live.worker import ListenConfig
+    from edgemon.storage.disk_budget import DiskBudget
 
 DEFAULT_PATH = Path("/etc/edgemon/edgemon.toml")
 CONFIG_ENV = "EDGEMON_CONFIG"
@@ -119,51 +128,103 @@ TABLES = ("watch", "listen", "health", "disk", "sync")
 
 
 @dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """The settings in force, typed: one attribute per setting of ``SETTINGS`` (same name, same
+    order, no defaults of its own: those live in the registry alone); ``load_settings(...).service``.
+    Commands and the daemon read ``service.db``, never ``settings["db"]``, and hand each component
+    only its own frozen config (``watch_config()``, ``health_config()`` ...). Paths are ``Path``;
+    an unset optional setting is None."""
+
+    mode: str
+    db: Path
+    models: Path | None
+    device_id: str
+    threads: int
+    latitude: float | None
+    longitude: float | None
+    timezone: str | None
+
+    directory: Path | None
+    settle_s: float
+    rescan_s: float
+    incomplete_grace_s: float
+    retry_s: float
+
+    device: str | None
+    sample_rate: float | None
+    channels: int
+    clips: Path | None
+    clip_pre_s: float
+    clip_post_s: float
+    clips_max_mb: float
+    queue_s: float
+    stall_s: float
+    backoff_max_s: float
+    flush_s: float
+
+    heartbeat_s: float
+    progress_timeout_s: float
+
+    min_free_mb: float
+    clips_min_free_mb: float
+
+    sync_url: str | None
+    sync_interval_s: float
+
+    config_file: Path | None = None   # the settings file they came from (None: none), for messages
+
+    # The component configs are imported where they are built, not at the top: importing the
+    # watcher, health and clip modules costs every command ~0.5 s at start (numpy, onnxruntime),
+    # and the listen pieces load PortAudio, which watch mode never needs.
+    def watch_config(self, until_idle: bool = False) -> WatchConfig:
+        """``WatchConfig`` of ``directory`` and the [watch] settings; ConfigError without a directory."""
+        from edgemon.files.watcher import WatchConfig
+
+        if self.directory is None:
+            raise ConfigError("no directory to watch: give DIRECTORY, --directory, EDGEMON_DIRECTORY "
+                              f"or `directory` in [watch] of {self.config_file or DEFAULT_PATH}")
+        return WatchConfig(root=self.directory, device_id=self.device_id, settle_s=self.settle_s,
+                           rescan_s=self.rescan_s, incomplete_grace_s=self.incomplete_grace_s,
+                           retry_s=self.retry_s, until_idle=until_idle)
+
+    def listen_config(self, duration_s: float | None = None) -> ListenConfig:
+        """``ListenConfig`` of the [listen] settings (clips only when ``clips`` is set)."""
+        from edgemon.live.capture import CaptureConfig
+        from edgemon.live.clips import ClipConfig
+        from edgemon.live.worker import ListenConfig
+
+        return ListenConfig(
+            capture=CaptureConfig(device=self.device, sample_rate=self.sample_rate, channels=self.channels,
+                                  queue_s=self.queue_s, stall_s=self.stall_s, backoff_max_s=self.backoff_max_s),
+            device_id=self.device_id, flush_s=self.flush_s, duration_s=duration_s,
+            clips=None if self.clips is None else ClipConfig(self.clips, self.clip_pre_s, self.clip_post_s,
+                                                             self.clips_max_mb, min_free_mb=self.clips_min_free_mb))
+
+    def health_config(self) -> HealthConfig:
+        from edgemon.health import HealthConfig
+
+        return HealthConfig(heartbeat_s=self.heartbeat_s, progress_timeout_s=self.progress_timeout_s)
+
+    def disk_budget(self) -> DiskBudget:
+        from edgemon.storage.disk_budget import DiskBudget
+
+        return DiskBudget(min_free_mb=self.min_free_mb, clips_min_free_mb=self.clips_min_free_mb)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The settings in force: each value and where it came from ('default', the file's path,
-    'env NAME' or 'command line')."""
+    'env NAME' or 'command line'); ``service`` holds the same values typed. ``values`` and
+    ``sources`` serve the code that treats every setting alike (``edgemon config``, the log,
+    the fleet's settings hash)."""
 
     values: Mapping[str, Any]
     sources: Mapping[str, str]
     file: Path | None = None
 
-    def __getitem__(self, name: str) -> Any:
-        return self.values[name]
-
-    def watch_config(self, until_idle: bool = False):
-        from edgemon.files.watcher import WatchConfig
-
-        if self["directory"] is None:
-            raise ConfigError("no directory to watch: give DIRECTORY, --directory, EDGEMON_DIRECTORY "
-                              f"or `directory` in [watch] of {self.file or DEFAULT_PATH}")
-        return WatchConfig(root=self["directory"], device_id=self["device_id"], settle_s=self["settle_s"],
-                           rescan_s=self["rescan_s"], incomplete_grace_s=self["incomplete_grace_s"],
-                           retry_s=self["retry_s"], until_idle=until_idle)
-
-    def listen_config(self, duration_s: float | None = None):
-        from edgemon.live.capture import CaptureConfig
-        from edgemon.live.clips import ClipConfig
-        from edgemon.live.worker import ListenConfig
-
-        clips = self["clips"]
-        return ListenConfig(
-            capture=CaptureConfig(device=self["device"], sample_rate=self["sample_rate"], channels=self["channels"],
-                                  queue_s=self["queue_s"], stall_s=self["stall_s"],
-                                  backoff_max_s=self["backoff_max_s"]),
-            device_id=self["device_id"], flush_s=self["flush_s"], duration_s=duration_s,
-            clips=None if clips is None else ClipConfig(clips, self["clip_pre_s"], self["clip_post_s"],
-                                                        self["clips_max_mb"],
-                                                        min_free_mb=self["clips_min_free_mb"]))
-
-    def health_config(self):
-        from edgemon.health import HealthConfig
-
-        return HealthConfig(heartbeat_s=self["heartbeat_s"], progress_timeout_s=self["progress_timeout_s"])
-
-    def disk_budget(self):
-        from edgemon.storage.disk_budget import DiskBudget
-
-        return DiskBudget(min_free_mb=self["min_free_mb"], clips_min_free_mb=self["clips_min_free_mb"])
+    @functools.cached_property   # frozen all the same: it is built once, from frozen values
+    def service(self) -> ServiceConfig:
+        return ServiceConfig(**self.values, config_file=self.file)
 
     def as_json(self) -> dict:
         """``{name: {"value": ..., "source": ..., "table": ...}}``; paths as text."""

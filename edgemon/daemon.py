@@ -1,4 +1,4 @@
-"""Long-running entry points: build the pieces from options, run until stopped, clean up."""
+"""Long-running entry points: build the pieces from the settings in force, run until stopped, clean up."""
 
 from __future__ import annotations
 
@@ -87,16 +87,17 @@ def run_service(settings: Settings, mode: str | None = None, until_idle: bool = 
 
 def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s: float | None) -> None:
     settings.log(log)
-    if (mode or settings["mode"]) == "watch":
-        run_watch(settings.watch_config(until_idle), settings["db"], settings["models"], settings["threads"],
-                  settings.health_config(), settings.disk_budget())
+    service = settings.service
+    if (mode or service.mode) == "watch":
+        run_watch(service.watch_config(until_idle), service.db, service.models, service.threads,
+                  service.health_config(), service.disk_budget())
     else:
         # Here, not at the top: listen loads PortAudio (sounddevice), which watch mode never needs.
         from edgemon.live.threads import listen_main
 
-        with hold_database(settings["db"]), listen_health(settings["db"], settings.health_config()):
+        with hold_database(service.db), listen_health(service.db, service.health_config()):
             try:
-                listen_main(settings.listen_config(duration_s), settings["db"], settings["models"], settings["threads"])
+                listen_main(service.listen_config(duration_s), service.db, service.models, service.threads)
             except BundleError as exc:   # as in watch: `status` says why the unit is not listening
-                record_refusal(settings["db"], "listen", settings["device_id"], str(exc))
+                record_refusal(service.db, "listen", service.device_id, str(exc))
                 raise

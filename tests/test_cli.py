@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import inspect
 import io
 import json
 import logging
@@ -12,14 +13,18 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import soundfile
+import typer
 from typer.testing import CliRunner
 
 from edgemon import console
 from edgemon.cli import app
 from edgemon.storage.store import Store
+from edgemon.sync.fleet_status import VisitRules, collect_fleet
+from edgemon.sync.sender import SyncConfig
 from tests.watch_helpers import watch_until_idle, write_wav
 
 runner = CliRunner()
@@ -129,6 +134,47 @@ def test_listen_reads_the_settings_file_and_environment_like_every_command(tmp_p
     assert from_env.exit_code == 1 and "environment variable EDGEMON_QUEUE_S: must be at least 0" in from_env.output
     from_option = runner.invoke(app, ["listen", "--stall-s", "-1"])
     assert from_option.exit_code == 2 and "option --stall-s: must be at least 0" in from_option.output
+
+
+# Commands that read no recorder settings: `devices` lists the sound hardware; `fleet` runs on a
+# workstation against the fleet's database.
+READS_NO_SETTINGS = {"devices", "fleet"}
+
+
+def test_every_command_reads_the_settings_file_and_environment_one_way(tmp_path):
+    """One settings path, for every command the app has (walked, so a new command is included):
+    a bad value in the settings file, or in EDGEMON_*, stops each in the same one line."""
+    config = tmp_path / "e.toml"
+    config.write_text('[watch]\nsettle_s = "soon"\n')
+    commands = sorted(set(typer.main.get_command(app).commands) - READS_NO_SETTINGS)
+    assert {"watch", "listen", "run", "sync", "status", "config", "review"} <= set(commands)
+    for name in commands:
+        args = [name, *(["x.wav"] if name == "classify" else [])]   # its one required argument
+        from_file = runner.invoke(app, [*args, "--config", str(config)])
+        assert (from_file.exit_code, from_file.output.strip()) == (
+            1, f"error: {config}: [watch] settle_s: expected a number, got 'soon'"), name
+        from_env = runner.invoke(app, args, env={"EDGEMON_SETTLE_S": "soon", "EDGEMON_CONFIG": ""})
+        assert (from_env.exit_code, from_env.output.strip()) == (
+            1, "error: environment variable EDGEMON_SETTLE_S: expected a number, got 'soon'"), name
+
+
+def test_options_that_are_not_settings_show_their_components_defaults():
+    """An option's default copied from a component's config (not a setting) agrees with it, so
+    the help cannot promise one value while the library uses another."""
+    review_app = pytest.importorskip("edgemon.review.app")
+    root = typer.main.get_command(app)
+
+    def default(path: str, name: str):
+        command = root
+        for part in path.split():
+            command = command.commands[part]
+        return next(p.default for p in command.params if p.name == name)
+
+    assert default("fleet status", "min_free_mb") == VisitRules().min_free_mb
+    assert default("fleet status", "days") == inspect.signature(collect_fleet).parameters["days"].default
+    assert default("sync", "retry_for_s") == SyncConfig(url="").retry_for_s
+    config = review_app.ReviewConfig(db=Path("x.db"))
+    assert (default("review", "host"), default("review", "port")) == (config.host, config.port)
 
 
 @pytest.fixture

@@ -6,13 +6,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import typing
 from pathlib import Path
+from typing import Annotated
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from edgemon.cli import app
-from edgemon.config import BY_NAME, SETTINGS, ConfigError, OptionError, load_settings, parse_options
+from edgemon.config import BY_NAME, SETTINGS, ConfigError, OptionError, ServiceConfig, load_settings, parse_options
+from edgemon.files.watcher import WatchConfig
+from edgemon.health import HealthConfig
+from edgemon.live.clips import ClipConfig
+from edgemon.live.worker import ListenConfig
+from edgemon.storage.disk_budget import DiskBudget
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "deploy" / "edgemon.toml"
@@ -29,17 +37,18 @@ def test_file_then_environment_then_command_line(tmp_path):
     env = {"EDGEMON_DEVICE_ID": "from-env", "EDGEMON_SETTLE_S": "8", "EDGEMON_TORCH": "not a setting"}
     s = load_settings(config, cli={"settle_s": 3.0}, env=env, default_path=None)
 
-    assert (s["db"], s.sources["db"]) == (Path("/data/file.db"), str(config))
-    assert (s["device_id"], s.sources["device_id"]) == ("from-env", "env EDGEMON_DEVICE_ID")
-    assert (s["settle_s"], s.sources["settle_s"]) == (3.0, "command line")
-    assert (s["retry_s"], s.sources["retry_s"]) == (9.5, str(config))
-    assert (s["threads"], s["rescan_s"], s.sources["rescan_s"]) == (2, 30.0, "default")
-    assert isinstance(s["settle_s"], float)   # TOML's integer 7 became the setting's float
+    service = s.service
+    assert (service.db, s.sources["db"]) == (Path("/data/file.db"), str(config))
+    assert (service.device_id, s.sources["device_id"]) == ("from-env", "env EDGEMON_DEVICE_ID")
+    assert (service.settle_s, s.sources["settle_s"]) == (3.0, "command line")
+    assert (service.retry_s, s.sources["retry_s"]) == (9.5, str(config))
+    assert (service.threads, service.rescan_s, s.sources["rescan_s"]) == (2, 30.0, "default")
+    assert isinstance(service.settle_s, float)   # TOML's integer 7 became the setting's float
 
 
 def test_config_file_found_by_env_variable_or_default_path(tmp_path):
     config = write(tmp_path / "x.toml", 'device_id = "x"\n')
-    assert load_settings(env={"EDGEMON_CONFIG": str(config)}, default_path=None)["device_id"] == "x"
+    assert load_settings(env={"EDGEMON_CONFIG": str(config)}, default_path=None).service.device_id == "x"
     assert load_settings(env={}, default_path=config).file == config
     assert load_settings(env={}, default_path=tmp_path / "absent.toml").file is None
     with pytest.raises(ConfigError, match="config file not found"):
@@ -66,8 +75,8 @@ def test_mistakes_in_the_file_are_errors_naming_file_and_key(tmp_path, text, mes
 
 
 def test_environment_values_are_parsed_and_checked(tmp_path):
-    s = load_settings(env={"EDGEMON_THREADS": "3", "EDGEMON_DEVICE": "2", "EDGEMON_MODELS": ""}, default_path=None)
-    assert (s["threads"], s["device"], s["models"]) == (3, "2", None)
+    s = load_settings(env={"EDGEMON_THREADS": "3", "EDGEMON_DEVICE": "2", "EDGEMON_MODELS": ""}, default_path=None).service
+    assert (s.threads, s.device, s.models) == (3, "2", None)
     with pytest.raises(ConfigError, match="EDGEMON_SETTLE_S: expected a number"):
         load_settings(env={"EDGEMON_SETTLE_S": "soon"}, default_path=None)
 
@@ -114,46 +123,138 @@ def test_example_config_names_every_setting_with_its_default():
     deployment = {"db", "directory"}
     for s in SETTINGS:
         if s.name not in deployment:
-            assert settings[s.name] == s.default, s.name
-    assert settings["db"] == Path("/var/lib/edgemon/edgemon.db")
+            assert settings.values[s.name] == s.default, s.name
+    assert settings.service.db == Path("/var/lib/edgemon/edgemon.db")
 
 
-def test_defaults_agree_with_the_components():
-    """One default per setting: the registry and the component dataclasses agree."""
-    from edgemon.files.watcher import WatchConfig
+def test_defaults_agree_with_the_components(tmp_path):
+    """One default per setting: the service config built from the registry's defaults equals each
+    component's own defaults (watch, capture, clips, listen, health, disk)."""
+    defaults = load_settings(env={}, default_path=None).service
+    assert dataclasses.replace(defaults, directory=tmp_path).watch_config() == WatchConfig(root=tmp_path)
+    assert defaults.listen_config() == ListenConfig()
+    assert dataclasses.replace(defaults, clips=tmp_path).listen_config().clips == ClipConfig(tmp_path)
+    assert defaults.health_config() == HealthConfig()
+    assert defaults.disk_budget() == DiskBudget()
 
-    watch_defaults = {f.name: f.default for f in dataclasses.fields(WatchConfig)}
-    for name in ("settle_s", "rescan_s", "incomplete_grace_s", "retry_s", "device_id"):
-        assert BY_NAME[name].default == watch_defaults[name], name
+
+# Options that share a setting's name but are not that setting: `fleet status` runs on a
+# workstation against the fleet's PostgreSQL database, not on a recorder.
+NOT_SETTINGS = {
+    ("fleet", "status", "db"): "the fleet database's postgresql:// URL, not the recorder's SQLite file",
+    ("fleet", "status", "min_free_mb"): "the visit rule for recorders' disks (500 MB), not this unit's watermark",
+    # DIRECTORY (positional) is the setting; the hidden --directory stays for existing scripts
+    ("watch", "directory_alias"): "hidden alias of DIRECTORY",
+    ("status", "directory_alias"): "hidden alias of DIRECTORY",
+}
+
+
+def setting_options(group, prefix: tuple[str, ...] = ()):
+    """``(command path, click option, Setting)`` for every option of every command and subcommand
+    under ``group`` that is a setting by parameter name or by flag, bar ``NOT_SETTINGS``."""
+    by_option = {s.option: s for s in SETTINGS}
+    for name, command in group.commands.items():
+        path = (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from setting_options(command, path)
+            continue
+        for param in command.params:
+            if param.param_type_name != "option" or (*path, param.name) in NOT_SETTINGS:
+                continue
+            s = BY_NAME.get(param.name) or next((by_option[o] for o in param.opts if o in by_option), None)
+            if s is not None:
+                yield path, param, s
+
+
+def option_drift(group) -> list[str]:
+    """One line per option of a setting whose flag, type, help or default differs from the
+    registry. An option's own default must be None ("not given", so the settings file and the
+    environment decide) with the registry's default in its help, or equal the registry's."""
+    problems = []
+    for path, param, s in setting_options(group):
+        where = f"edgemon {' '.join(path)} {'/'.join(param.opts)}"
+        shown = "" if s.default is None else f"  [default: {s.default}]"
+        if param.opts != [s.option] or param.name != s.name:
+            problems.append(f"{where}: flag {param.opts} / name {param.name}, registry {s.option} / {s.name}")
+        if param.type_descriptor.annotation is not s.kind:   # typer's parsed type
+            problems.append(f"{where}: type {param.type_descriptor.annotation}, registry {s.kind}")
+        if param.default is None and (param.help != s.help + shown or param.show_default):
+            problems.append(f"{where}: help {param.help!r}, registry {s.help + shown!r}")
+        if param.default is not None and (param.default != s.default or param.help != s.help):
+            problems.append(f"{where}: default {param.default!r} / help {param.help!r}, "
+                            f"registry {s.default!r} / {s.help!r}")
+    return problems
+
+
+def edgemon_commands():
+    """A fresh click tree of ``edgemon`` (typer builds new objects on each call: safe to alter)."""
+    return typer.main.get_command(app)
 
 
 def test_every_option_that_is_a_setting_shows_the_registry_help_and_default():
-    """Options cannot drift from the registry (``--retry-s`` once did): same flag, type, help and
-    shown default; the option's own default is None ("not given"), so the settings file and the
-    environment are not overridden by an option nobody gave (or it equals the registry's)."""
-    import typer
-
-    from edgemon.cli import app
-
-    checked = set()
-    for name, command in typer.main.get_command(app).commands.items():
-        for param in command.params:
-            s = BY_NAME.get(param.name)
-            if s is None or param.param_type_name != "option":
-                continue
-            where = f"edgemon {name} {s.option}"
-            assert param.opts == [s.option], where
-            assert param.help.startswith(s.help), (where, param.help, s.help)
-            assert param.type_descriptor.annotation is s.kind, where   # typer's parsed type
-            if param.default is None:
-                shown = "" if s.default is None else f"  [default: {s.default}]"
-                assert param.help == s.help + shown and not param.show_default, where
-            else:
-                assert param.default == s.default and param.help == s.help, where
-            checked.add((name, s.name))
+    """Options cannot drift from the registry (``--retry-s`` once did), in commands and subcommands."""
+    root = edgemon_commands()
+    assert option_drift(root) == []
+    checked = {(" ".join(path), s.name) for path, _, s in setting_options(root)}
     # the commands that run with settings really expose them (the test cannot pass empty)
     assert {("watch", "retry_s"), ("watch", "db"), ("listen", "queue_s"), ("listen", "threads"),
-            ("status", "db"), ("classify", "models")} <= checked
+            ("status", "db"), ("classify", "models"), ("review", "clips"), ("sync", "db")} <= checked
+    # each exception still names an option that exists (a stale entry would hide a future one)
+    for *path, name in NOT_SETTINGS:
+        command = root
+        for part in path:
+            command = command.commands[part]
+        assert name in {p.name for p in command.params}, (path, name)
+
+
+def test_a_planted_drift_is_caught():
+    """The check fails on each way an option can drift: help copied by hand and then left behind
+    (the old ``--retry-s``), a default of its own, another flag, another type; also in a subcommand."""
+    root = edgemon_commands()
+    params = {(name, p.name): p for name, c in root.commands.items() if hasattr(c, "params") for p in c.params}
+    retry, queue, threads = params["watch", "retry_s"], params["listen", "queue_s"], params["classify", "threads"]
+    retry.help = "Seconds before a file that failed is tried again."
+    retry.show_default = True
+    queue.default = 20.0
+    threads.opts = ["--thread"]
+    params["status", "db"].type_descriptor = dataclasses.replace(params["status", "db"].type_descriptor,
+                                                                  annotation=str)
+    drift = option_drift(root)
+    assert len(drift) == 4, drift
+    assert [line.split(":")[0] for line in drift] == [
+        "edgemon watch --retry-s", "edgemon status --db", "edgemon classify --thread", "edgemon listen --queue-s"]
+    # options written by hand, as `watch --retry-s` was before the registry made them, in a
+    # subcommand group: the help copied and then left behind is caught; a copy that still agrees
+    # (default equal to the registry's, help identical) passes
+    legacy = typer.Typer()
+
+    @legacy.callback()
+    def _group():
+        """A group, so that its commands are subcommands."""
+
+    @legacy.command()
+    def watch(retry_s: Annotated[float, typer.Option(help="Seconds before a file that failed is tried again.")] = 60.0,
+              settle_s: Annotated[float, typer.Option(help=BY_NAME["settle_s"].help)] = 5.0):
+        """The old way."""
+
+    root.add_command(typer.main.get_command(legacy), "legacy")
+    assert option_drift(root)[4:] == [
+        "edgemon legacy watch --retry-s: default 60.0 / help 'Seconds before a file that failed is tried again.', "
+        f"registry 60.0 / {BY_NAME['retry_s'].help!r}"]
+
+
+def test_the_service_config_has_one_typed_attribute_per_setting():
+    """``ServiceConfig`` mirrors the registry (name, order, type; Optional exactly when unset by
+    default), so ``service.retry_s`` is the setting ``retry_s``; ``config_file`` is its one extra."""
+    hints = typing.get_type_hints(ServiceConfig)
+    fields = [f.name for f in dataclasses.fields(ServiceConfig)]
+    assert fields == [s.name for s in SETTINGS] + ["config_file"]
+    for s in SETTINGS:
+        assert hints[s.name] == (s.kind | None if s.default is None else s.kind), s.name
+    service = load_settings(cli={"retry_s": 7.0}, env={"EDGEMON_DB": "/x/y.db"}, default_path=None).service
+    assert (service.retry_s, service.db, service.rescan_s, service.models) == (7.0, Path("/x/y.db"), 30.0, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        service.db = Path("other.db")
 
 
 @pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
@@ -205,13 +306,13 @@ def test_a_database_path_that_is_a_directory_is_one_line_naming_it(tmp_path):
 
 def test_typed_configs_come_from_settings(tmp_path):
     s = load_settings(cli={"directory": tmp_path, "settle_s": 1.5, "min_free_mb": 50.0, "heartbeat_s": 60.0},
-                      env={}, default_path=None)
+                      env={}, default_path=None).service
     watch = s.watch_config(until_idle=True)
     assert (watch.root, watch.settle_s, watch.until_idle) == (tmp_path, 1.5, True)
     assert s.disk_budget().min_free_mb == 50.0 and s.health_config().heartbeat_s == 60.0
     listen = load_settings(cli={"clips": tmp_path / "clips", "device": "USB", "clip_pre_s": 1.0}, env={},
-                           default_path=None).listen_config(duration_s=5.0)
+                           default_path=None).service.listen_config(duration_s=5.0)
     assert (listen.capture.device, listen.clips.directory, listen.clips.pre_s, listen.duration_s) == (
         "USB", tmp_path / "clips", 1.0, 5.0)
     with pytest.raises(ConfigError, match="no directory to watch"):
-        load_settings(env={}, default_path=None).watch_config()
+        load_settings(env={}, default_path=None).service.watch_config()

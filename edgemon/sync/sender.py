@@ -105,27 +105,28 @@ def backoff_s(failures: int, config: SyncConfig, rng: random.Random = random.Ran
 
 def device_info(settings: Settings) -> DeviceInfo:
     """The recorder's metadata from the settings in force (``db_uuid`` is filled in by the session)."""
-    tz = settings["timezone"]
+    service = settings.service
+    tz = service.timezone
     if tz is not None:
         try:
             zoneinfo.ZoneInfo(tz)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"timezone: unknown IANA time zone {tz!r} (e.g. 'Asia/Kuching')") from None
-    for name, limit in (("latitude", 90.0), ("longitude", 180.0)):   # the registry checks only minimums
-        if settings[name] is not None and settings[name] > limit:
-            raise ConfigError(f"{name}: must be at most {limit:g}, got {settings[name]!r}")
-    manifest_path = Path(settings["models"] or default_bundle_path()) / MANIFEST
+    for name, value, limit in (("latitude", service.latitude, 90.0), ("longitude", service.longitude, 180.0)):
+        if value is not None and value > limit:   # the registry checks only minimums
+            raise ConfigError(f"{name}: must be at most {limit:g}, got {value!r}")
+    manifest_path = Path(service.models or default_bundle_path()) / MANIFEST
     try:
         manifest = manifest_path.read_text()
         bundle_id = json.loads(manifest).get("bundle_id")
     except (OSError, ValueError):
         manifest, bundle_id = None, None  # the daemon reports a broken bundle; sync still sends rows
     plain = json.dumps(settings.as_json(), sort_keys=True, default=str)
-    return DeviceInfo(device_id=settings["device_id"], db_uuid="", latitude=settings["latitude"],
-                      longitude=settings["longitude"], timezone=tz, bundle_id=bundle_id,
+    return DeviceInfo(device_id=service.device_id, db_uuid="", latitude=service.latitude,
+                      longitude=service.longitude, timezone=tz, bundle_id=bundle_id,
                       bundle_manifest=manifest, edgemon_version=__version__,
                       settings_hash=hashlib.sha256(plain.encode()).hexdigest(),
-                      sync_interval_s=settings["sync_interval_s"], heartbeat_s=settings["heartbeat_s"])
+                      sync_interval_s=service.sync_interval_s, heartbeat_s=service.heartbeat_s)
 
 
 def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
@@ -261,7 +262,7 @@ def run_sync(db_path: str | Path, info: DeviceInfo, config: SyncConfig, stop: th
 def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
     """Run ``run_sync`` on a thread of its own while the block runs, when ``sync_url`` is set;
     the thread is stopped and joined on the way out."""
-    url = settings["sync_url"]
+    url = settings.service.sync_url
     if url is None:
         yield None
         return
@@ -269,7 +270,7 @@ def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
     config = _config(settings, url)
     own_stop = threading.Event()
     thread = threading.Thread(target=run_sync, name="edgemon-sync", daemon=True,
-                              args=(settings["db"], device_info(settings), config, own_stop))
+                              args=(settings.service.db, device_info(settings), config, own_stop))
     thread.start()
     try:
         yield thread
@@ -279,9 +280,10 @@ def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
 
 
 def _config(settings: Settings, url: str, **given) -> SyncConfig:
-    snapshot = SnapshotConfig(directory=settings["directory"], heartbeat_s=settings["heartbeat_s"],
-                              min_free_mb=settings["min_free_mb"])
-    return SyncConfig(url=url, interval_s=settings["sync_interval_s"], snapshot=snapshot, **given)
+    service = settings.service
+    snapshot = SnapshotConfig(directory=service.directory, heartbeat_s=service.heartbeat_s,
+                              min_free_mb=service.min_free_mb)
+    return SyncConfig(url=url, interval_s=service.sync_interval_s, snapshot=snapshot, **given)
 
 
 def _send_snapshot(conn, db_path: Path, info: DeviceInfo, snapshot: SnapshotConfig) -> None:
@@ -318,9 +320,9 @@ def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
     """``edgemon sync``: one session to ``url`` (default: the settings' ``sync_url``) for the
     database and device in ``settings``, retried while the server is unreachable for up to
     ``retry_for_s`` seconds."""
-    url = url or settings["sync_url"]
+    url = url or settings.service.sync_url
     if url is None:
         raise ConfigError("no sync target: give --to postgresql://... or set sync_url in [sync]")
     config = _config(settings, url, retry_for_s=retry_for_s,
                      **({} if batch_rows is None else {"batch_rows": batch_rows}))
-    return sync_with_retries(settings["db"], device_info(settings), config)
+    return sync_with_retries(settings.service.db, device_info(settings), config)

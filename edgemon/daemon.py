@@ -16,7 +16,7 @@ from edgemon.files.watcher import WatchConfig, Watcher, check_root
 from edgemon.health import HealthConfig, Heartbeats, WatchMonitor, listen_health
 from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals
-from edgemon.storage.disk_budget import DiskBudget
+from edgemon.storage.disk_budget import DiskBudget, DiskGuard
 from edgemon.storage.lock import hold_database
 from edgemon.storage.recovery import open_or_recover
 from edgemon.storage.store import Store
@@ -66,9 +66,10 @@ def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, th
 def _watch(config: WatchConfig, db_path: Path, analyzer: Analyzer, store, stop: threading.Event, threads: int,
            health: HealthConfig, disk: DiskBudget) -> int:
     monitor = WatchMonitor(store, db_path, device_id=config.device_id, bundle_id=analyzer.bundle.bundle_id,
-                           config=health, disk=disk)
+                           config=health)
     watcher = Watcher(config, analyzer, store, on_tick=monitor.tick,
-                      isolated=Isolated(analyzer.bundle.path, threads=threads, block_s=config.block_s))
+                      isolated=Isolated(analyzer.bundle.path, threads=threads, block_s=config.block_s),
+                      disk=DiskGuard([db_path], disk))
     log.info("watching %s into %s", shown(watcher.root), shown(db_path))
     with monitor.running(watcher):
         watcher.run(stop)

@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from edgemon.storage.disk_budget import HOLD, DiskBudget, DiskGuard
 from edgemon.storage.readonly import connect_read_only
 from edgemon.storage.store import Heartbeat, Store
 from edgemon.utc import UTC
@@ -215,52 +214,52 @@ class Heartbeats:
 
 class WatchMonitor:
     """The service side of ``edgemon watch``, in a few calls from the daemon and the watch loop.
+    It observes; it never decides whether work goes on (the watcher asks its disk budget itself).
 
     ``tick(watcher)`` runs on the watch loop's thread (which owns the store) at every turn and
-    every decoded block: it writes heartbeats, updates systemd's STATUS line, and returns False
-    while the disk is below its watermark, so the loop holds new work (back-pressure).
+    every decoded block: it writes heartbeats and updates systemd's STATUS line with the
+    watcher's state (``ok``, ``hold_disk``, ``hold_store``) and free space.
     ``running(watcher)`` wraps ``watcher.run``: READY=1, watchdog pings on
     ``watcher.last_progress``, and STOPPING=1 with a last heartbeat at the end.
     """
 
     def __init__(self, store: Store, db_path: str | Path, *, device_id: str, bundle_id: str | None,
-                 config: HealthConfig = HealthConfig(), disk: DiskBudget = DiskBudget(),
-                 notifier: Notifier | None = None, env: Mapping[str, str] = os.environ,
-                 clock: Callable[[], float] = time.monotonic):
+                 config: HealthConfig = HealthConfig(), notifier: Notifier | None = None,
+                 env: Mapping[str, str] = os.environ, clock: Callable[[], float] = time.monotonic):
         self.config = config
+        self.db_path = Path(db_path)
         self.notifier = notifier if notifier is not None else Notifier.from_env(env)
         self.interval_s = watchdog_interval_s(env)
-        self.guard = DiskGuard([db_path], disk, clock)
         self.heartbeats = Heartbeats(store, mode="watch", device_id=device_id, bundle_id=bundle_id,
                                      every_s=config.heartbeat_s, clock=clock)
         self._clock = clock
         self._status_at: float | None = None
         self.state = "ok"
 
-    def tick(self, watcher) -> bool:
-        """Heartbeat and status when due; False: hold new work (disk below the watermark)."""
-        disk = self.guard.check()
-        self.state = ("hold_disk" if disk == HOLD else
-                      "hold_store" if watcher.store_error else "ok")
+    def tick(self, watcher) -> None:
+        """Heartbeat and status when due."""
+        self.state = watcher.state
         if self.heartbeats.due(self.state):
             self.heartbeats.beat(self.state, **self._counters(watcher), note=watcher.store_error)
             self._status(watcher)
-        return disk != HOLD
+
+    @staticmethod
+    def _free_mb(watcher) -> float | None:
+        return None if watcher.disk is None else watcher.disk.free_mb
 
     def _counters(self, watcher) -> dict:
         return dict(files_done=watcher.processed, audio_s=watcher.audio_s,
-                    busy_s=watcher.busy_s, disk_free_mb=self.guard.free_mb)
+                    busy_s=watcher.busy_s, disk_free_mb=self._free_mb(watcher))
 
     def _status(self, watcher) -> None:
         audio_s, busy_s = watcher.audio_s, watcher.busy_s
         rtf = f", {audio_s / busy_s:.0f}x real time" if busy_s > 0 else ""
-        held = {"hold_disk": f"; HOLDING: {self.guard.free_mb:.0f} MB free",
+        held = {"hold_disk": f"; HOLDING: {self._free_mb(watcher) or 0:.0f} MB free",
                 "hold_store": "; HOLDING: database refused a write"}.get(self.state, "")
         self.notifier.status(f"{watcher.processed} file(s), {audio_s / 3600:.1f} h of audio{rtf}{held}")
 
     @contextmanager
     def running(self, watcher) -> Iterator[None]:
-        self.guard.check(force=True)
         self.heartbeats.beat("ok", force=True, **self._counters(watcher), note="started")
         self.notifier.ready(f"watching {watcher.root}")
         try:

@@ -197,10 +197,11 @@ def test_below_the_watermark_the_watch_loop_holds_work_then_resumes(tmp_path):
     def run() -> None:   # the thread that opens the store owns it
         with Store(tmp_path / "d.db") as store:
             monitor = WatchMonitor(store, tmp_path / "d.db", device_id="site", bundle_id="b",
-                                   config=HealthConfig(heartbeat_s=0.1),
-                                   disk=DiskBudget(min_free_mb=100, check_s=0.05), env={})
-            monitor.guard._usage = lambda p: type("U", (), {"free": free[0] * 2**20})()
-            made["watcher"] = Watcher(fast_config(root, settle_s=0.0), analyzer(), store, on_tick=monitor.tick)
+                                   config=HealthConfig(heartbeat_s=0.1), env={})
+            disk = DiskGuard([tmp_path / "d.db"], DiskBudget(min_free_mb=100, check_s=0.05),
+                             usage=lambda p: type("U", (), {"free": free[0] * 2**20})())
+            made["watcher"] = Watcher(fast_config(root, settle_s=0.0), analyzer(), store, on_tick=monitor.tick,
+                                      disk=disk)
             made["watcher"].run(threading.Event())
 
     thread = threading.Thread(target=run)

@@ -1,4 +1,6 @@
-"""Decoding recordings into 16 kHz mono float32, whole or in bounded blocks."""
+"""Decoding recordings into 16 kHz mono float32, whole or in bounded blocks; the mono mix and the
+streaming resampler here are also what the live path (``edgemon.live.worker``) uses, so a file and
+a microphone feeding the same samples give the analysis the same samples."""
 
 from __future__ import annotations
 
@@ -30,9 +32,9 @@ def _read_dtype(f: soundfile.SoundFile) -> str:
     return "int16" if f.subtype == "PCM_16" else "float32"
 
 
-def _mono(block: np.ndarray) -> np.ndarray:
-    """``[n, channels]`` -> float32 ``[n]`` in [-1, 1] by averaging channels (recorders put the
-    same scene on each)."""
+def mono(block: np.ndarray) -> np.ndarray:
+    """``[n, channels]`` float32 in [-1, 1] (or int16 PCM) -> float32 ``[n]`` in [-1, 1] by
+    averaging channels (recorders put the same scene on each)."""
     if block.shape[1] > 1:
         samples = block.mean(axis=1, dtype=np.float32)
     else:
@@ -40,6 +42,21 @@ def _mono(block: np.ndarray) -> np.ndarray:
     if block.dtype == np.int16:
         samples *= _INT16_SCALE  # a power of two: exact, so the mean commutes with it
     return samples
+
+
+class Resampler:
+    """Streaming resampling (soxr HQ) of mono float32 from ``rate`` Hz to ``target`` Hz, chunk by
+    chunk; a pass-through when the rates are equal. ``push(samples, last=True)`` flushes the
+    filter's delay line: the stream is then over."""
+
+    def __init__(self, rate: float, target: float):
+        self._soxr = None if rate == target else soxr.ResampleStream(rate, target, 1, dtype="float32",
+                                                                        quality="HQ")
+
+    def push(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        """float32 ``[n]`` at ``rate`` -> float32 ``[m]`` at ``target`` (m ~ n * target / rate,
+        less the filter's delay until ``last``)."""
+        return samples if self._soxr is None else self._soxr.resample_chunk(samples, last=last)
 
 
 def _check_rate(f: soundfile.SoundFile, path: Path) -> None:
@@ -68,7 +85,7 @@ def load(path: str | Path, sample_rate: int = TARGET_RATE) -> np.ndarray:
         raise AudioError(f"{path}: cannot decode audio: {exc}") from exc
     if data.shape[0] == 0:
         raise AudioError(f"{path}: file holds no audio samples")
-    samples = _mono(data)
+    samples = mono(data)
     _check_finite(samples, data, path)
     if rate != sample_rate:
         samples = soxr.resample(samples, rate, sample_rate, quality="HQ").astype(np.float32)
@@ -89,19 +106,16 @@ def iter_blocks(path: str | Path, block_seconds: float = 60.0,
     try:
         with soundfile.SoundFile(os.fsencode(path)) as f:  # bytes: a name need not be UTF-8
             _check_rate(f, path)
-            resampler = None if f.samplerate == sample_rate else soxr.ResampleStream(
-                f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
+            resampler = Resampler(f.samplerate, sample_rate)
             frames = max(1, min(int(block_seconds * f.samplerate), MAX_BLOCK_SAMPLES // f.channels))
             for block in f.blocks(blocksize=frames, dtype=_read_dtype(f), always_2d=True):
-                samples = _mono(block)
+                samples = mono(block)
                 _check_finite(samples, block, path)
-                if resampler is not None:
-                    samples = resampler.resample_chunk(samples, last=False)
+                samples = resampler.push(samples)
                 for at in range(0, len(samples), longest):
                     yield np.ascontiguousarray(samples[at:at + longest])
-            if resampler is not None:
-                tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-                for at in range(0, len(tail), longest):
-                    yield tail[at:at + longest]
+            tail = resampler.push(np.zeros(0, np.float32), last=True)
+            for at in range(0, len(tail), longest):
+                yield tail[at:at + longest]
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
         raise AudioError(f"{path}: cannot decode audio: {exc}") from exc

@@ -7,7 +7,9 @@ AudioMoth write the header last. One thread classifies and writes; the watchdog 
 enqueues paths. Source recordings are never modified or deleted.
 
 A database write that fails (disk full, a lock held past the busy timeout) rolls back, is not
-counted against the file, and holds all work for ``retry_s``; the file is then tried again. The
+counted against the file, and holds all work for ``retry_s``; the file is then tried again. Below
+the disk budget's lower watermark (``edgemon.storage.disk_budget``) no new file is started until
+space comes back. The watcher decides both holds itself; health (``on_tick``) only reports them. The
 observer is restarted if its thread dies (a handler raised, the card was unmounted).
 
 An attempt is committed before a file is analysed (``Store.begin_attempt``). A file that was in
@@ -48,6 +50,7 @@ from edgemon.files.backlog import BacklogProgress
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.files.recordings import StabilityTracker, recording_time, wav_header_consistent
 from edgemon.safetext import name_from_stored, shown, stored_name
+from edgemon.storage.disk_budget import HOLD, DiskGuard
 from edgemon.storage.store import Detection, Store
 
 log = logging.getLogger(__name__)
@@ -169,10 +172,16 @@ class _Hints(FileSystemEventHandler):
 
 
 class Watcher:
-    """Processes a directory's recordings into ``store``; ``run(stop)`` until ``stop`` is set."""
+    """Processes a directory's recordings into ``store``; ``run(stop)`` until ``stop`` is set.
+
+    ``disk``: the disk budget asked before each new file (None: no budget, nothing held for
+    space). ``on_tick(watcher)`` is called at every loop turn and decoded block to observe it
+    (heartbeats, systemd status: ``health.WatchMonitor.tick``); what it returns is ignored.
+    """
 
     def __init__(self, config: WatchConfig, analyzer: Analyzer, store: Store,
-                 on_tick: Callable[[Watcher], bool] | None = None, isolated: Isolated | None = None):
+                 on_tick: Callable[[Watcher], object] | None = None, isolated: Isolated | None = None,
+                 disk: DiskGuard | None = None):
         self.config = config
         self.analyzer = analyzer
         self.store = store
@@ -189,7 +198,10 @@ class Watcher:
         self.settled: dict[Path, tuple[int, int]] = {}
         self.processed = 0
         self.last_progress = time.monotonic()   # for a watchdog ping: a loop turn, a block, a stored file
-        self.on_tick = on_tick          # heartbeats, disk budget (health.WatchMonitor.tick); False: hold work
+        self.on_tick = on_tick          # an observer: heartbeats and status (health.WatchMonitor.tick)
+        self.disk = disk
+        if disk is not None:
+            disk.check(force=True)      # the first heartbeat already says how much space there is
         self.audio_s = 0.0              # seconds of audio stored, and seconds spent on them
         self.busy_s = 0.0
         self.store_error: str | None = None   # the last refused write, until a write succeeds
@@ -294,13 +306,25 @@ class Watcher:
             log.warning("cannot watch %s for events: %s", shown(self.root), shown(exc))
         return observer
 
-    def _tick(self) -> bool:
-        """Mark progress for the watchdog and let ``on_tick`` speak; False: hold new work."""
+    @property
+    def state(self) -> str:
+        """'hold_disk' (free space below the budget's watermark), 'hold_store' (the database
+        refused a write) or 'ok': whether new work goes on, as heartbeats report it."""
+        return ("hold_disk" if self.disk is not None and self.disk.state == HOLD else
+                "hold_store" if self.store_error else "ok")
+
+    def _tick(self) -> None:
+        """Mark progress for the watchdog, re-measure the disk when due, and let ``on_tick`` look."""
         self.last_progress = time.monotonic()
-        return self.on_tick is None or self.on_tick(self)
+        if self.disk is not None:
+            self.disk.check()
+        if self.on_tick is not None:
+            self.on_tick(self)
 
     def _may_work(self) -> bool:
-        return self._tick() and time.monotonic() >= self.hold_until
+        """Whether a new file may start now: not below the disk watermark, no database hold."""
+        self._tick()
+        return (self.disk is None or self.disk.state != HOLD) and time.monotonic() >= self.hold_until
 
     def _hold(self, exc: sqlite3.OperationalError) -> None:
         """A write was refused and rolled back: nothing of the file is stored, nothing counted

@@ -11,14 +11,15 @@ The worker feeds the same pipeline as ``edgemon watch`` (the bundle's ``Analyzer
 log-mel, window stream, ensemble vote, merge rule), incrementally, so an event is stored as soon
 as a window with another label ends it.
 
-Time: each stream opening is anchored once, at its first block, to the capture clock
-(``time.monotonic``) minus the device's reported input latency; a sample's time is the anchor plus
-its position / rate. Host (UTC) time is capture time plus the host clock's offset, re-read so that
-a stepped host clock moves later times with it. The gap between a stream's samples and the
-capture clock is watched: when the stream falls behind by more than ``resync_s`` (audio that never
-arrived, or a slow device clock) the loss is counted and the position moves on; when it runs
-ahead, the anchor moves back. Detection times therefore stay within one hop plus the device
-latency, and every second of host time is accounted in coverage as analysed or lost.
+Time (``edgemon.live.timebase``): each stream opening is anchored once, at its first block, to
+the capture clock (``time.monotonic``) minus the device's reported input latency; a sample's time
+is the anchor plus its position / rate. Host (UTC) time is capture time plus the host clock's
+offset, re-read so that a stepped host clock moves later times with it. The gap between a
+stream's samples and the capture clock is watched: when the stream falls behind by more than
+``resync_s`` (audio that never arrived, or a slow device clock) the loss is counted and the
+position moves on; when it runs ahead, the anchor moves back. Detection times therefore stay
+within one hop plus the device latency, and every second of host time is accounted in coverage
+as analysed or lost.
 """
 
 

@@ -1,0 +1,98 @@
+"""The watcher asks its disk budget itself; health only reports. Below the free-space watermark
+no new file starts, with or without a health monitor, and nothing a monitor returns holds work."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from edgemon.files.watcher import Watcher
+from edgemon.health import WatchMonitor
+from edgemon.storage.disk_budget import DiskBudget, DiskGuard
+from edgemon.storage.store import Store
+from tests.conftest import tone
+from tests.watch_helpers import analyzer, fast_config, query, write_wav
+
+
+def pretend_disk(free_mb: list[float], db) -> DiskGuard:
+    """A disk budget of 100 MB over a pretend disk whose free space is ``free_mb[0]``."""
+    return DiskGuard([db], DiskBudget(min_free_mb=100, check_s=0.05),
+                     usage=lambda _: type("U", (), {"free": free_mb[0] * 2**20})())
+
+
+def recordings(root, n: int = 2) -> None:
+    for i in range(n):
+        write_wav(root / f"2024020{i + 1}_060000.WAV", tone(800, 2.0, seed=i))
+
+
+def run_watcher(db, make, stop: threading.Event) -> tuple[threading.Thread, dict]:
+    """``make(store)`` -> Watcher, run on a thread of its own (which owns the store)."""
+    made: dict = {}
+
+    def run() -> None:
+        with Store(db) as store:
+            made["watcher"] = make(store)
+            made["watcher"].run(stop)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, made
+
+
+def test_below_the_watermark_the_watcher_holds_by_itself_then_resumes(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recordings(root)
+    free = [10.0]
+    stop = threading.Event()
+    thread, made = run_watcher(db, lambda store: Watcher(fast_config(root, settle_s=0.0), analyzer(), store,
+                                                         disk=pretend_disk(free, db)), stop)
+    try:
+        time.sleep(1.0)
+        watcher = made["watcher"]
+        assert watcher.processed == 0 and watcher.state == "hold_disk" and len(watcher.pending) == 2
+        free[0] = 10_000.0
+        thread.join(30)
+        assert not thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert watcher.processed == 2 and watcher.state == "ok"
+
+
+def test_what_a_monitor_returns_holds_nothing_and_it_reports_the_watchers_hold(tmp_path):
+    """Found in review: a health tick returning False held the watcher's work. Now an observer
+    that says False is ignored, and the heartbeats carry the hold the watcher decided."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recordings(root)
+    said_no: list[int] = []
+
+    def refuses(watcher) -> bool:
+        said_no.append(watcher.processed)
+        return False
+
+    with Store(db) as store:
+        watcher = Watcher(fast_config(root, settle_s=0.0), analyzer(), store, on_tick=refuses)
+        stop = threading.Event()
+        deadline = threading.Timer(30, stop.set)   # a watcher still held would otherwise never go idle
+        deadline.start()
+        try:
+            watcher.run(stop)
+        finally:
+            deadline.cancel()
+    assert watcher.processed == 2 and said_no
+
+    free = [10.0]
+    later = tmp_path / "later"
+    recordings(later, 1)
+    with Store(tmp_path / "e.db") as store:
+        monitor = WatchMonitor(store, tmp_path / "e.db", device_id="site", bundle_id="b", env={})
+        watcher = Watcher(fast_config(later, settle_s=0.0, until_idle=False), analyzer(), store,
+                          on_tick=monitor.tick, disk=pretend_disk(free, tmp_path / "e.db"))
+        stop = threading.Event()
+        threading.Timer(0.5, stop.set).start()
+        with monitor.running(watcher):
+            watcher.run(stop)
+        assert monitor.tick(watcher) is None
+    assert watcher.processed == 0
+    beats = query(tmp_path / "e.db", "SELECT state, disk_free_mb FROM heartbeats ORDER BY id")
+    assert ("hold_disk", 10.0) in beats

@@ -59,21 +59,23 @@ def window_truth(windows, spans, labels, frame_s) -> np.ndarray:
     return np.array(out)
 
 
-def head_on(data, config, background, *, extra=True, balanced=False, l2=None):
-    """A site head on the reviews, with or without the background windows, natural or class-balanced."""
+def head_on(data, config, background, *, extra=True, balanced=False, l2=None, only=None):
+    """A site head on the reviews, with or without the background windows, natural or class-balanced,
+    correcting every class's logit or ``only`` one."""
     if not extra:
         data = dataclasses.replace(data, extra_probs=None, extra_embeddings=None, extra_groups=())
     config = dataclasses.replace(config, l2=config.l2 if l2 is None else l2)
-    if not balanced:
+    if not balanced and only is None:
         return fit_head(data, data.probs.shape[2], config, background)
     weight = 1.0 / np.bincount(data.detection)[data.detection]
     probs = np.concatenate([data.probs, data.extra_probs], axis=1)
     embeddings = np.concatenate([data.embeddings, data.extra_embeddings], axis=1)
     targets = np.concatenate([data.targets[data.detection], np.full(data.extra_probs.shape[1], background)])
     weight = np.concatenate([weight, np.ones(data.extra_probs.shape[1])])
-    for c in np.unique(targets):
+    for c in np.unique(targets) if balanced else ():
         weight[targets == c] /= weight[targets == c].sum()
-    return fit_correction(probs, embeddings, targets, weight, probs.shape[2], config.l2 / len(data.targets), config)
+    return fit_correction(probs, embeddings, targets, weight, probs.shape[2], config.l2 / len(data.targets), config,
+                          only)
 
 
 def l2_by_inner_cv(data, bundle, config, background, grid=(0.1, 1.0, 10.0)) -> float:
@@ -110,6 +112,7 @@ def attempts(ctx) -> dict:
     for l2 in (0.1, 1.0, 10.0):
         out[f"head, reviews + background windows, l2 {l2}"] = (head_on(data, config, background, l2=l2), parent)
     out["head, + background windows, class-balanced, l2 1"] = (head_on(data, config, background, balanced=True), parent)
+    out["head on the background logit only, l2 1"] = (head_on(data, config, background, only=background), parent)
     out["head, l2 by grouped inner CV"] = (
         head_on(data, config, background, l2=l2_by_inner_cv(data, bundle, config, background)), parent)
     head = fit_head(data, len(bundle.labels), config, background)

@@ -16,7 +16,7 @@ import soundfile
 from edgemon.bundle import default_bundle_path, load_bundle
 from edgemon.ensemble import Ensemble, majority_vote
 from edgemon.errors import BundleError
-from edgemon.events import OperatingPoint
+from edgemon.events import OperatingPoint, clip_label
 from edgemon.frontend import FrontendConfig
 from edgemon.pipeline import Analyzer
 from edgemon.review import reviews
@@ -24,8 +24,9 @@ from edgemon.segmenter import WindowSpec
 from edgemon.site_head import SiteHead
 from tests.review_helpers import make_review_db
 from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, RecordingWindows, ReviewedWindows, _write_adapted,
-                            adapt_bundle, background_windows, decide, drop_short_runs, event_scores, event_windows,
-                            fit_operating_point, grouped_folds, recording_windows, review_targets)
+                            adapt_bundle, background_windows, decide, detection_labels, drop_short_runs, event_scores,
+                            event_windows,
+                            fit_correction, fit_operating_point, grouped_folds, recording_windows, review_targets)
 from training.site_sim import analyse_into, lay_recordings, recorder_clips, simulate_reviews, source_recordings
 
 TRAINED_ON = ("train", "devel")   # the shipped bundle's training data
@@ -224,3 +225,34 @@ def test_background_windows_are_beside_wrong_detections_or_confident_and_never_i
     # beside the wrong one (two frames either side): 6 and 14, not 8-12 (inside it) nor 16 (beyond);
     # confident: 34-38, not 28-32 (inside the other detection)
     assert starts[picked].tolist() == [6, 14, 34, 36, 38]
+
+
+def test_held_out_folds_keep_the_background_windows_of_their_own_recordings_only():
+    """A fold fitted without recording 'b' must not learn from 'b's background windows."""
+    data = ReviewedWindows(np.zeros((1, 3, 2)), np.zeros((1, 3, 4)), np.array([0, 1, 2]), np.array([1, 0, 1]),
+                           ["a", "b", "b"], [10, 11, 12], np.arange(8.0).reshape(1, 4, 2),
+                           np.zeros((1, 4, 4)), ("a", "b", "a", "b"))
+    only_a = data.subset(np.array([True, False, False]))
+    assert only_a.extra_groups == ("a", "a") and only_a.extra_probs[0, :, 0].tolist() == [0.0, 4.0]
+    assert only_a.review_ids == [10] and only_a.detection.tolist() == [0]
+
+
+def test_a_correction_of_one_class_leaves_the_other_logits_alone():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=(1, 40))
+    embeddings = rng.standard_normal((1, 40, 5))
+    targets = rng.integers(0, 3, 40)
+    head = fit_correction(probs, embeddings, targets, np.ones(40), 3, 0.01, AdaptConfig(steps=50), only=0)
+    assert np.abs(head.weights[0][:, 0]).max() > 0 and head.bias[0][0] != 0
+    assert not head.weights[0][:, 1:].any() and not head.bias[0][1:].any()
+
+
+def test_detection_labels_are_clip_label_of_each_detection():
+    rng = np.random.default_rng(3)
+    detection = np.sort(rng.integers(0, 40, 300))
+    window_labels = rng.integers(0, 4, 300)
+    window_labels[detection % 7 == 0] = 0                      # some detections all background
+    confidence = rng.choice([0.25, 0.5, 0.75], 300)           # repeated values: ties on weight too
+    n = int(detection.max()) + 1
+    expected = [clip_label(window_labels[detection == d], confidence[detection == d], 0) for d in range(n)]
+    assert detection_labels(window_labels, confidence, detection, n, 4, 0).tolist() == expected

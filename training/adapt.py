@@ -34,7 +34,7 @@ from edgemon import audio
 from edgemon.bundle import MANIFEST, Bundle, load_bundle, write_bundle
 from edgemon.ensemble import Ensemble, majority_vote
 from edgemon.errors import AudioError
-from edgemon.events import OperatingPoint, apply_thresholds, clip_label
+from edgemon.events import OperatingPoint, apply_thresholds
 from edgemon.frontend import StreamingFrontend
 from edgemon.pipeline import WindowStream
 from edgemon.review.excerpt import recording_path
@@ -284,10 +284,12 @@ def fit_head(data: ReviewedWindows, n_classes: int, config: AdaptConfig, backgro
 
 
 def fit_correction(probs: np.ndarray, embeddings: np.ndarray, targets: np.ndarray, weight: np.ndarray,
-                   n_classes: int, penalty: float, config: AdaptConfig) -> SiteHead:
+                   n_classes: int, penalty: float, config: AdaptConfig, only: int | None = None) -> SiteHead:
     """Each member's correction fitted by penalised cross-entropy (full-batch Adam) on ``N``
     windows: ``probs [M, N, C]``, ``embeddings [M, N, d]``, ``targets [N]``, ``weight [N]``
-    (normalised here); weights and bias both pulled towards zero (the parent) by ``penalty``."""
+    (normalised here); weights and bias both pulled towards zero (the parent) by ``penalty``.
+    ``only``: correct that class's logit alone (the others stay the parent's)."""
+    mask = np.ones(n_classes) if only is None else np.eye(n_classes)[only]
     weight = np.asarray(weight, np.float64) / np.sum(weight)
     onehot = np.eye(n_classes)[targets]
     weights, biases, means, scales = [], [], [], []
@@ -305,7 +307,7 @@ def fit_correction(probs: np.ndarray, embeddings: np.ndarray, targets: np.ndarra
             logits -= logits.max(axis=1, keepdims=True)
             p = np.exp(logits)
             p /= p.sum(axis=1, keepdims=True)
-            g = (p - onehot) * weight[:, None]                   # d loss / d logits
+            g = (p - onehot) * weight[:, None] * mask            # d loss / d logits
             grad_w = z.T @ g + penalty * w
             grad_b = g.sum(axis=0) + penalty * b
             for k, (param, grad) in enumerate(((w, grad_w), (b, grad_b))):
@@ -331,8 +333,22 @@ def decide(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, l
     if min_windows:
         window_labels = drop_short_runs(window_labels, detection, [max(1, int(min_windows.get(l, 1))) for l in labels],
                                         background)
-    return np.array([clip_label(window_labels[detection == d], votes.confidence[detection == d], background)
-                     for d in range(n_detections)])
+    return detection_labels(window_labels, votes.confidence, detection, n_detections, len(labels), background)
+
+
+def detection_labels(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray, n_detections: int,
+                     n_classes: int, background: int) -> np.ndarray:
+    """``events.clip_label`` of every detection at once (the threshold searches call it thousands
+    of times): the call class in most of its windows, ties to the highest summed confidence, then
+    to the lowest class; background when no window holds a call. Inputs ``[N]``, output ``[D]``."""
+    counts = np.zeros((n_detections, n_classes))
+    weight = np.zeros((n_detections, n_classes))
+    np.add.at(counts, (detection, window_labels), 1)
+    np.add.at(weight, (detection, window_labels), confidence)
+    counts[:, background] = 0
+    top = counts.max(axis=1, keepdims=True)
+    best = np.where((counts == top) & (top > 0), weight, -np.inf).argmax(axis=1)
+    return np.where(top[:, 0] > 0, best, background)
 
 
 def drop_short_runs(window_labels: np.ndarray, detection: np.ndarray, needed: list[int], background: int) -> np.ndarray:

@@ -1,16 +1,21 @@
 """``edgemon-train adapt``: a bundle adapted to one site from that site's reviewed detections.
 
 A bundle holds int8 ONNX members, not checkpoints, so adaptation works through what they expose:
-each member's ``probs`` and ``embedding`` on the windows of every reviewed detection. A site head
-(``edgemon.site_head``: a penalised correction of each member's log-probabilities from its
-embedding) is fitted to the verdicts: 'wrong' -> this site's background, 'correct' -> the detected
-label, 'relabel' -> the reviewer's label; 'unsure' is left out.
+each member's ``probs`` and ``embedding`` on every window of each reviewed recording, cut and
+batched as the recorder does. Verdicts become targets: 'wrong' -> this site's background,
+'correct' -> the detected label, 'relabel' -> the reviewer's label; 'unsure' is left out. Windows
+beside a wrong detection, and windows the members confidently call background, are taken as
+background too (never one inside a stored detection).
 
-Evaluation holds out whole recordings (grouped folds): the head, the parent, and the fair baseline
-(the parent with only its per-class thresholds re-fitted on the same reviews) decide each held-out
-detection as the recorder would (member vote, thresholds, most-voted call over the event's
-windows). A head whose held-out F1 is below the parent's is refused; otherwise the head fitted on
-all reviews is written beside copies of the parent's members, with its provenance in the manifest.
+Candidates (``CANDIDATES``): the parent's per-class thresholds re-fitted (the fair baseline);
+thresholds and the fewest windows an event needs re-fitted together (the operating point's
+evidence rule); a site head (``edgemon.site_head``: a penalised correction of each member's
+log-probabilities from its embedding); a site head with thresholds re-fitted on its output.
+Evaluation holds out whole recordings (grouped folds): the parent and each candidate, fitted
+without them, decide each held-out detection as the recorder would (member vote, thresholds,
+evidence rule, most-voted call over the event's windows). The best candidate by held-out F1 is
+refitted on all reviews and written beside copies of the parent's members, with its provenance in
+the manifest; if it is worse than the parent there, nothing is written.
 """
 
 from __future__ import annotations

@@ -50,6 +50,8 @@ from training.errors import DataError
 
 log = logging.getLogger(__name__)
 
+RECORDER_BLOCK_S = 10.0   # what watch and Analyzer.analyse_file decode at a time
+
 
 class AdaptError(DataError):
     """A bundle cannot be adapted from these reviews, or the adapted one is worse than its parent."""
@@ -143,25 +145,37 @@ class RecordingWindows:
 def recording_windows(ensemble: Ensemble, path: Path, batch_size: int = 8) -> RecordingWindows:
     """The raw members' outputs on every window of the recording at ``path``, cut exactly as
     ``pipeline.AnalysisStream`` cuts and batches them (streaming frontend, window stream,
-    end-aligned tail, ``batch_size`` as ``Analyzer``'s)."""
+    end-aligned tail, ``batch_size`` as ``Analyzer``'s). Memory holds one batch of windows, not
+    the recording's (an hour of 256-wide frames in windows would be ~230 MB)."""
     bundle = ensemble.bundle
     stream, cutter = StreamingFrontend(bundle.frontend), WindowStream(WindowSpec.from_seconds(
         bundle.window_s, bundle.hop_s, bundle.frontend))
-    windows, samples = [], 0
-    for block in audio.iter_blocks(path, 60.0, bundle.frontend.sample_rate):
+    starts, lengths, parts, pending, samples = [], [], [], [], 0
+
+    def run(windows: list[tuple[int, np.ndarray]]) -> None:
+        # Dynamic int8 members quantise each batch's activations with one range, so outputs
+        # depend a little on the batch: feed consecutive batches as the recorder does.
+        for i in range(0, len(windows), batch_size):
+            batch = windows[i:i + batch_size]
+            parts.append(_member_outputs(ensemble, [w for _, w in batch]))
+            starts.extend(s for s, _ in batch)
+            lengths.extend(len(w) for _, w in batch)
+
+    # The recorder's 10 s decode blocks: the streaming frontend's frames differ in the last float
+    # bit with the block size, and int8 members can turn that into 1e-4 in a probability.
+    for block in audio.iter_blocks(path, RECORDER_BLOCK_S, bundle.frontend.sample_rate):
         samples += len(block)
-        windows += [(s, w.copy()) for s, w in cutter.push(stream.push(block))]
-    windows += [(s, w.copy()) for s, w in cutter.push(stream.finish())]
-    windows += list(cutter.finish())
-    if not windows:
+        pending += [(s, w.copy()) for s, w in cutter.push(stream.push(block))]
+        ready = len(pending) - len(pending) % batch_size
+        run(pending[:ready])
+        pending = pending[ready:]
+    pending += [(s, w.copy()) for s, w in cutter.push(stream.finish())]
+    run(pending + list(cutter.finish()))
+    if not parts:
         raise AudioError(f"{path}: too short for one window")
-    # Dynamic int8 members quantise each batch's activations with one range, so outputs depend a
-    # little on the batch: feed consecutive batches as the recorder does.
-    parts = [_member_outputs(ensemble, [w for _, w in windows[i:i + batch_size]])
-             for i in range(0, len(windows), batch_size)]
     probs, embeddings = (np.concatenate([p[k] for p in parts], axis=1) for k in (0, 1))
-    return RecordingWindows(np.array([s for s, _ in windows]), np.array([len(w) for _, w in windows]),
-                            probs, embeddings, samples / bundle.frontend.sample_rate)
+    return RecordingWindows(np.array(starts), np.array(lengths), probs, embeddings,
+                            samples / bundle.frontend.sample_rate)
 
 
 def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recordings: Path | None,

@@ -109,11 +109,13 @@ def main() -> None:
     parser.add_argument("--recorders", default=",".join(RECORDERS))
     parser.add_argument("--reviews", type=int, default=100)
     parser.add_argument("--work", type=Path, default=Path("/tmp/adapt_heldout"))
+    parser.add_argument("--folds", type=int, default=AdaptConfig.folds, help="adapt's held-out folds")
     args = parser.parse_args()
     models = fold_models(CV)
     results = {}
     for recorder in args.recorders.split(","):
-        results[recorder] = run_recorder(recorder, models[recorder], args.work, args.reviews, AdaptConfig())
+        results[recorder] = run_recorder(recorder, models[recorder], args.work, args.reviews,
+                                         AdaptConfig(folds=args.folds))
         print(recorder, json.dumps(results[recorder]), flush=True)
     names = ("parent", *CANDIDATES, "adapted")
     table = {name: pooled([r["field"][name] for r in results.values()]) for name in names}

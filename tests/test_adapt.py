@@ -24,6 +24,7 @@ from edgemon.segmenter import WindowSpec
 from edgemon.site_head import SiteHead
 from tests.review_helpers import make_review_db
 from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, RecordingWindows, ReviewedWindows, _write_adapted,
+                            choose_candidate,
                             adapt_bundle, background_windows, decide, detection_labels, drop_short_runs, event_scores,
                             event_windows,
                             fit_correction, fit_operating_point, grouped_folds, recording_windows, review_targets)
@@ -257,3 +258,14 @@ def test_detection_labels_are_clip_label_of_each_detection():
     n = int(detection.max()) + 1
     expected = [clip_label(window_labels[detection == d], confidence[detection == d], 0) for d in range(n)]
     assert detection_labels(window_labels, confidence, detection, n, 4, 0).tolist() == expected
+
+
+def test_the_best_candidate_is_chosen_and_one_worse_than_the_parent_refused():
+    scores = {"parent": {"f1": 0.80}, "thresholds": {"f1": 0.85}, "thresholds+evidence": {"f1": 0.85},
+              "head": {"f1": 0.70}, "head+thresholds": {"f1": 0.84}}
+    assert choose_candidate(scores) == "thresholds"            # a tie goes to the simpler
+    scores["thresholds+evidence"] = {"f1": 0.86}
+    assert choose_candidate(scores) == "thresholds+evidence"
+    worse = {name: {"f1": 0.70} for name in CANDIDATES} | {"parent": {"f1": 0.71}}
+    with pytest.raises(AdaptError, match=r"worse than its parent .*0\.700 < 0\.710"):
+        choose_candidate(worse)

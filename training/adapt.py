@@ -524,6 +524,16 @@ def _parent_probs(ensemble: Ensemble, data: ReviewedWindows) -> np.ndarray:
     return ensemble.site_head.member_probs(data.probs, data.embeddings)
 
 
+def choose_candidate(scores: dict) -> str:
+    """The candidate with the best held-out F1 (ties: the simpler, earlier in ``CANDIDATES``).
+    Raises AdaptError when even it is worse than the parent."""
+    chosen = max(CANDIDATES, key=lambda name: (scores[name]["f1"], -CANDIDATES.index(name)))
+    if scores[chosen]["f1"] < scores["parent"]["f1"]:
+        raise AdaptError(f"every adaptation is worse than its parent on held-out recordings "
+                         f"(best F1 {scores[chosen]['f1']:.3f} < {scores['parent']['f1']:.3f}); no bundle written")
+    return chosen
+
+
 def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, out: Path,
                  config: AdaptConfig = AdaptConfig()) -> dict:
     """Adapt the bundle at ``bundle_path`` to the site of ``reviews_db`` and write it to ``out``.
@@ -542,10 +552,7 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
     if len(set(data.groups)) < 2:
         raise AdaptError(f"{reviews_db}: reviews come from one recording; held-out evaluation needs two or more")
     scores = held_out_comparison(bundle, ensemble, data, config)
-    chosen = max(CANDIDATES, key=lambda name: (scores[name]["f1"], -CANDIDATES.index(name)))
-    if scores[chosen]["f1"] < scores["parent"]["f1"]:
-        raise AdaptError(f"every adaptation is worse than its parent on held-out recordings "
-                         f"(best F1 {scores[chosen]['f1']:.3f} < {scores['parent']['f1']:.3f}); no bundle written")
+    chosen = choose_candidate(scores)
     head, point = fit_candidate(chosen, bundle, ensemble, data, config)
     provenance = {
         "parent_bundle": bundle.bundle_id, "method": chosen,

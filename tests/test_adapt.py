@@ -24,10 +24,9 @@ from edgemon.segmenter import WindowSpec
 from edgemon.site_head import SiteHead
 from tests.review_helpers import make_review_db
 from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, RecordingWindows, ReviewedWindows, _write_adapted,
-                            choose_candidate,
-                            adapt_bundle, background_windows, decide, detection_labels, drop_short_runs, event_scores,
-                            event_windows,
-                            fit_correction, fit_operating_point, grouped_folds, recording_windows, review_targets)
+                            adapt_bundle, background_windows, choose_candidate, decide, detection_labels,
+                            drop_short_runs, event_scores, event_windows, fit_correction, fit_operating_point,
+                            grouped_folds, recording_windows, review_targets)
 from training.site_sim import analyse_into, lay_recordings, recorder_clips, simulate_reviews, source_recordings
 
 TRAINED_ON = ("train", "devel")   # the shipped bundle's training data

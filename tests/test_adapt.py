@@ -4,10 +4,7 @@ bundle run by the recorder's own pipeline."""
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,82 +13,28 @@ import numpy as np
 import pytest
 import soundfile
 
+from devtools.site_sim import analyse_into, lay_recordings, recorder_clips, simulate_reviews, source_recordings
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
-from edgemon.analysis.ensemble import Ensemble
+from edgemon.analysis.decisions import OperatingPoint, clip_label
+from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.analysis.site_head import SiteHead
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import BundleError
 from edgemon.review import reviews
-from edgemon.storage.store import Detection, Store
 from tests.review_helpers import make_review_db
-from training.adapt import (AdaptError, _write_adapted, adapt_bundle, event_scores, event_windows,
-                            grouped_folds, review_targets)
+from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, RecordingWindows, ReviewedWindows, _write_adapted,
+                            adapt_bundle, background_windows, choose_candidate, decide, detection_labels,
+                            drop_short_runs, event_scores, event_windows, fit_correction, fit_operating_point,
+                            grouped_folds, recording_windows, review_targets)
 
 TRAINED_ON = ("train", "devel")   # the shipped bundle's training data
 
 
 def unseen_clips(borneo: Path, recorder: str) -> list[dict]:
     """``recorder``'s clips from recordings the shipped bundle never trained on (test and pool)."""
-    seen = {r["source_recording"] for s in TRAINED_ON for r in csv.DictReader(open(borneo / "lab" / f"{s}.csv"))}
-    rows = [r for s in ("test", "pool") for r in csv.DictReader(open(borneo / "lab" / f"{s}.csv"))
-            if r["recorder"] == recorder and r["source_recording"] not in seen]
-    return sorted(rows, key=lambda r: r["filename"])
-
-
-def lay_recordings(borneo: Path, clips: list[dict], out: Path, per_recording: int) -> dict[str, list]:
-    """Clips end to end into AudioMoth-named WAVs of ``per_recording`` clips each, interleaving the
-    labels; returns each recording's true spans (start_s, end_s, label)."""
-    rng = np.random.default_rng(0)
-    clips = [clips[i] for i in rng.permutation(len(clips))]
-    truth = {}
-    for n in range(0, len(clips), per_recording):
-        name = f"201806{1 + n // per_recording // 4:02d}_{6 * (n // per_recording % 4):02d}0000.WAV"
-        pieces, spans, t = [], [], 0.0
-        for clip in clips[n:n + per_recording]:
-            samples, rate = soundfile.read(borneo / "audio" / clip["filename"], dtype="float32")
-            pieces.append(samples)
-            spans.append((t, t + len(samples) / rate, clip["label"]))
-            t += len(samples) / rate
-        soundfile.write(out / name, np.concatenate(pieces), 16000, subtype="PCM_16")
-        truth[name] = spans
-    return truth
-
-
-def analyse_into(db: Path, recordings: Path, bundle_path: Path) -> None:
-    """Detections of every recording, stored as ``watch`` stores them (times from the file names)."""
-    analyzer = Analyzer(load_bundle(bundle_path))
-    with Store(db) as store:
-        for path in sorted(recordings.glob("*.WAV")):
-            analysis = analyzer.analyse_file(path)
-            start = dt.datetime.strptime(path.stem, "%Y%m%d_%H%M%S").replace(tzinfo=dt.timezone.utc)
-            detections = [Detection(device_id="S19", source=path.name, start_s=e.start_s, end_s=e.end_s,
-                                    start_utc=start + dt.timedelta(seconds=e.start_s),
-                                    end_utc=start + dt.timedelta(seconds=e.end_s), time_source="filename",
-                                    clock_suspect=False, label=e.label, confidence=e.confidence, votes=e.votes,
-                                    bundle_id=analyzer.bundle.bundle_id) for e in analysis.events]
-            st = path.stat()
-            store.commit_file(path.name, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                              duration_s=analysis.duration_s, start_utc=start, time_source="filename",
-                              clock_suspect=False, bundle_id=analyzer.bundle.bundle_id, detections=detections)
-
-
-def true_label(spans: list, start_s: float, end_s: float) -> str:
-    """The label of the clip the detection overlaps most."""
-    overlap = [(min(end_s, b) - max(start_s, a), label) for a, b, label in spans]
-    return max(overlap)[1]
-
-
-def simulate_reviews(db: Path, truth: dict[str, list]) -> dict[str, int]:
-    """Judge every detection from the true labels, as a careful reviewer would; returns the counts."""
-    counts: dict[str, int] = {}
-    for row in reviews.list_detections(db, order="time", limit=10_000):
-        label = true_label(truth[row["source"]], row["start_s"], row["end_s"])
-        verdict = "correct" if label == row["label"] else "wrong" if label == "background" else "relabel"
-        reviews.add_verdict(db, row["id"], verdict, "simulated", label if verdict == "relabel" else None)
-        counts[verdict] = counts.get(verdict, 0) + 1
-    return counts
+    return recorder_clips(borneo, recorder, ("test", "pool"), source_recordings(borneo, TRAINED_ON))
 
 
 def test_event_scores_count_hits_false_alarms_and_misses():
@@ -148,7 +91,7 @@ def site(borneo_dir, tmp_path_factory):
     clips = unseen_clips(borneo_dir, "S19")[::3]     # every third clip: 30 clips, ~5 min of audio
     truth = lay_recordings(borneo_dir, clips, recordings, per_recording=8)
     db = root / "site.db"
-    analyse_into(db, recordings, default_bundle_path())
+    analyse_into(db, sorted(recordings.glob("*.WAV")), default_bundle_path(), device_id="S19")
     counts = simulate_reviews(db, truth)
     return root, recordings, db, truth, counts
 
@@ -169,13 +112,14 @@ def test_adapt_end_to_end_on_a_recorder_the_bundle_never_heard(site):
     assert adapted.manifest["adapted"]["reviews"]["used"] == sum(v for k, v in counts.items() if k != "unsure")
     held = summary["held_out"]
     assert held[summary["method"]]["f1"] >= held["parent"]["f1"]
-    assert set(held) == {"parent", "thresholds", "head", "head+thresholds"}
+    assert set(held) == {"parent", *CANDIDATES}
     # The recorder runs it, with the head when the head was chosen, else with new thresholds.
     analyzer = Analyzer(adapted)
     if "head" in summary["method"]:
         assert analyzer.ensemble.site_head is not None
     else:
-        assert analyzer.ensemble.site_head is None and adapted.thresholds != parent.thresholds
+        assert analyzer.ensemble.site_head is None
+        assert analyzer.merger.point != OperatingPoint.from_manifest(parent.manifest, parent.thresholds)
     first = sorted(recordings.glob("*.WAV"))[0]
     assert analyzer.analyse_file(first).duration_s > 0
 
@@ -205,3 +149,122 @@ def test_a_site_head_of_the_wrong_width_is_refused_and_nothing_is_written(tmp_pa
     with pytest.raises(BundleError, match="site head expects 64-wide embeddings, member00.onnx gives 128"):
         _write_adapted(parent, _zero_head(parent, 64), tmp_path / "narrow", {})
     assert not (tmp_path / "narrow").exists()
+
+
+def test_short_runs_are_dropped_within_each_detection():
+    labels = np.array([0, 2, 2, 0, 2, 1, 1, 1])
+    detection = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    out = drop_short_runs(labels, detection, [1, 1, 3], background=0)   # class 2 needs three windows
+    assert out.tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+    assert drop_short_runs(labels, detection, [1, 1, 2], background=0).tolist() == [0, 2, 2, 0, 0, 1, 1, 1]
+    # a run of class 1 split by a detection boundary counts per detection
+    out = drop_short_runs(np.array([1, 1, 1, 1]), np.array([0, 0, 1, 1]), [1, 3, 1], background=0)
+    assert out.tolist() == [0, 0, 0, 0]
+
+
+def _windows(per_detection: list[int], label: int, confidence: float) -> np.ndarray:
+    probs = np.full((sum(per_detection), 3), (1 - confidence) / 2)
+    probs[:, label] = confidence
+    return probs
+
+
+def test_operating_point_learns_that_false_alarms_are_single_windows():
+    """Six calls three windows long and six false alarms one window long, all at the same
+    confidence: no threshold separates them, two windows per event does."""
+    calls, noise = [3] * 6, [1] * 6
+    probs = np.concatenate([_windows(calls, 1, 0.8), _windows(noise, 1, 0.8)])[None]   # one member
+    detection = np.repeat(np.arange(12), calls + noise)
+    data = ReviewedWindows(probs, np.zeros((1, len(detection), 4)), detection,
+                           np.array([1] * 6 + [0] * 6), [f"r{i % 3}" for i in range(12)], list(range(12)))
+    labels = ("background", "a", "b")
+    thresholds, needed = fit_operating_point(probs, data, labels, {"a": 0.0}, 0, evidence=(1, 2, 3))
+    assert needed == {"a": 2}
+    assert decide(probs, detection, 12, labels, thresholds, 0, needed).tolist() == [1] * 6 + [0] * 6
+    only_thresholds, none = fit_operating_point(probs, data, labels, {"a": 0.0}, 0, evidence=(1,))
+    assert none == {} and decide(probs, detection, 12, labels, only_thresholds, 0).tolist() == [1] * 12
+
+
+def test_an_evidence_rule_is_written_as_the_operating_point_the_recorder_uses(tmp_path):
+    parent = load_bundle(default_bundle_path())
+    point = OperatingPoint({**parent.thresholds, "great_argus": 0.5}, {"great_argus": 3})
+    with_rule = _write_adapted(parent, None, tmp_path / "rule", {"parent_bundle": parent.bundle_id}, point)
+    without = _write_adapted(parent, None, tmp_path / "plain", {"parent_bundle": parent.bundle_id},
+                             OperatingPoint(point.thresholds))
+    assert with_rule.manifest["operating_point"] == {"thresholds": point.thresholds, "min_windows": {"great_argus": 3}}
+    assert "operating_point" not in without.manifest and without.thresholds["great_argus"] == 0.5
+    assert with_rule.bundle_id.split("-")[-1] != without.bundle_id.split("-")[-1]
+    assert Analyzer(with_rule).merger.point.windows_needed("great_argus") == 3
+    assert Analyzer(without).merger.point.windows_needed("great_argus") == 1
+
+
+def test_recording_windows_are_the_recorders_windows(tmp_path):
+    """The members' outputs adapt learns from are those the recorder decides on: same windows,
+    same batches (dynamic int8 quantisation depends on the batch), same votes."""
+    rng = np.random.default_rng(1)
+    path = tmp_path / "20180601_060000.WAV"
+    # 131 s: 14 decode blocks, most of whose window counts are not multiples of a batch
+    soundfile.write(path, (0.05 * rng.standard_normal(16000 * 131)).astype(np.float32), 16000, subtype="PCM_16")
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    windows = recording_windows(analyzer.ensemble, path)
+    votes = analyzer.analyse_file(path).windows
+    assert windows.starts.tolist() == [v.start_frame for v in votes]
+    assert windows.lengths.tolist() == [v.frames for v in votes]
+    mine = majority_vote(windows.probs).confidence
+    np.testing.assert_allclose(mine, [v.confidence for v in votes], rtol=0, atol=1e-6)
+    assert windows.duration_s == pytest.approx(131.0)
+
+
+def test_background_windows_are_beside_wrong_detections_or_confident_and_never_in_a_detection():
+    spec = WindowSpec(frames=4, hop=2)
+    starts = np.arange(0, 40, 2)                               # 20 windows of 4 frames
+    probs = np.full((1, 20, 2), 0.5)
+    probs[0, 15:, 0] = 0.95                                    # confidently background at the end
+    windows = RecordingWindows(starts, np.full(20, 4), probs, np.zeros((1, 20, 3)), 40.0)
+    detections = [(10.0, 14.0), (30.0, 34.0)]                  # frame_s = 1: windows 5-6 and 15-16 overlap them
+    picked = background_windows(windows, detections, [(10.0, 14.0)], spec, 1.0, 0,
+                                AdaptConfig(neighbours=1, confident_background=0.9))
+    # beside the wrong one (two frames either side): 6 and 14, not 8-12 (inside it) nor 16 (beyond);
+    # confident: 34-38, not 28-32 (inside the other detection)
+    assert starts[picked].tolist() == [6, 14, 34, 36, 38]
+
+
+def test_held_out_folds_keep_the_background_windows_of_their_own_recordings_only():
+    """A fold fitted without recording 'b' must not learn from 'b's background windows."""
+    data = ReviewedWindows(np.zeros((1, 3, 2)), np.zeros((1, 3, 4)), np.array([0, 1, 2]), np.array([1, 0, 1]),
+                           ["a", "b", "b"], [10, 11, 12], np.arange(8.0).reshape(1, 4, 2),
+                           np.zeros((1, 4, 4)), ("a", "b", "a", "b"))
+    only_a = data.subset(np.array([True, False, False]))
+    assert only_a.extra_groups == ("a", "a") and only_a.extra_probs[0, :, 0].tolist() == [0.0, 4.0]
+    assert only_a.review_ids == [10] and only_a.detection.tolist() == [0]
+
+
+def test_a_correction_of_one_class_leaves_the_other_logits_alone():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=(1, 40))
+    embeddings = rng.standard_normal((1, 40, 5))
+    targets = rng.integers(0, 3, 40)
+    head = fit_correction(probs, embeddings, targets, np.ones(40), 3, 0.01, AdaptConfig(steps=50), only=0)
+    assert np.abs(head.weights[0][:, 0]).max() > 0 and head.bias[0][0] != 0
+    assert not head.weights[0][:, 1:].any() and not head.bias[0][1:].any()
+
+
+def test_detection_labels_are_clip_label_of_each_detection():
+    rng = np.random.default_rng(3)
+    detection = np.sort(rng.integers(0, 40, 300))
+    window_labels = rng.integers(0, 4, 300)
+    window_labels[detection % 7 == 0] = 0                      # some detections all background
+    confidence = rng.choice([0.25, 0.5, 0.75], 300)           # repeated values: ties on weight too
+    n = int(detection.max()) + 1
+    expected = [clip_label(window_labels[detection == d], confidence[detection == d], 0) for d in range(n)]
+    assert detection_labels(window_labels, confidence, detection, n, 4, 0).tolist() == expected
+
+
+def test_the_best_candidate_is_chosen_and_one_worse_than_the_parent_refused():
+    scores = {"parent": {"f1": 0.80}, "thresholds": {"f1": 0.85}, "thresholds+evidence": {"f1": 0.85},
+              "head": {"f1": 0.70}, "head+thresholds": {"f1": 0.84}}
+    assert choose_candidate(scores) == "thresholds"            # a tie goes to the simpler
+    scores["thresholds+evidence"] = {"f1": 0.86}
+    assert choose_candidate(scores) == "thresholds+evidence"
+    worse = {name: {"f1": 0.70} for name in CANDIDATES} | {"parent": {"f1": 0.71}}
+    with pytest.raises(AdaptError, match=r"worse than its parent .*0\.700 < 0\.710"):
+        choose_candidate(worse)

@@ -1,16 +1,21 @@
 """``edgemon-train adapt``: a bundle adapted to one site from that site's reviewed detections.
 
 A bundle holds int8 ONNX members, not checkpoints, so adaptation works through what they expose:
-each member's ``probs`` and ``embedding`` on the windows of every reviewed detection. A site head
-(``edgemon.analysis.site_head``: a penalised correction of each member's log-probabilities from its
-embedding) is fitted to the verdicts: 'wrong' -> this site's background, 'correct' -> the detected
-label, 'relabel' -> the reviewer's label; 'unsure' is left out.
+each member's ``probs`` and ``embedding`` on every window of each reviewed recording, cut and
+batched as the recorder does. Verdicts become targets: 'wrong' -> this site's background,
+'correct' -> the detected label, 'relabel' -> the reviewer's label; 'unsure' is left out. Windows
+beside a wrong detection, and windows the members confidently call background, are taken as
+background too (never one inside a stored detection).
 
-Evaluation holds out whole recordings (grouped folds): the head, the parent, and the fair baseline
-(the parent with only its per-class thresholds re-fitted on the same reviews) decide each held-out
-detection as the recorder would (member vote, thresholds, most-voted call over the event's
-windows). A head whose held-out F1 is below the parent's is refused; otherwise the head fitted on
-all reviews is written beside copies of the parent's members, with its provenance in the manifest.
+Candidates (``CANDIDATES``): the parent's per-class thresholds re-fitted (the fair baseline);
+thresholds and the fewest windows an event needs re-fitted together (the operating point's
+evidence rule); a site head (``edgemon.analysis.site_head``: a penalised correction of each member's
+log-probabilities from its embedding); a site head with thresholds re-fitted on its output.
+Evaluation holds out whole recordings (grouped folds): the parent and each candidate, fitted
+without them, decide each held-out detection as the recorder would (member vote, thresholds,
+evidence rule, most-voted call over the event's windows). The best candidate by held-out F1 is
+refitted on all reviews and written beside copies of the parent's members, with its provenance in
+the manifest; if it is worse than the parent there, nothing is written.
 """
 
 from __future__ import annotations
@@ -25,22 +30,26 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 
 from edgemon.analysis import audio
+from edgemon.analysis.analyzer import WindowStream
 from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle, write_bundle
-from edgemon.analysis.decisions import apply_thresholds, clip_label
+from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import StreamingFrontend
 from edgemon.analysis.site_head import Z_CLIP, SiteHead, write_site_head
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
-from edgemon.storage.readonly import recording_path, reviewed
+from edgemon.storage.readonly import connect_read_only, recording_path, reviewed
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
+
+RECORDER_BLOCK_S = 10.0   # what watch and Analyzer.analyse_file decode at a time
 
 
 class AdaptError(DataError):
@@ -52,20 +61,27 @@ class AdaptConfig:
     """The head's fit and its held-out evaluation."""
 
     folds: int = 4               # held-out folds, grouped by recording (fewer if fewer recordings)
-    l2: float = 1000.0           # penalty on the head's weights per reviewed detection; large keeps it near the parent
+    l2: float = 1.0              # penalty on the head's weights per reviewed detection; large keeps it near the parent
     steps: int = 300             # full-batch Adam steps
     learning_rate: float = 0.05
     min_reviews: int = 10        # judged detections (not 'unsure') needed at all
+    neighbours: int = 2          # hops either side of a wrong detection taken as background
+    confident_background: float = 0.9   # members' mean background probability taken as background
+    evidence: tuple[int, ...] = (1, 2, 3, 4)   # fewest windows per event the operating point may ask
     seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class ReviewedWindows:
-    """Every window of ``D`` reviewed detections (``N`` windows in all) through ``M`` members.
+    """Every window of ``D`` reviewed detections (``N`` windows in all) through ``M`` members, and
+    ``X`` background windows of the same recordings.
 
     ``probs [M, N, C]`` and ``embeddings [M, N, d]`` are the raw members' outputs; ``detection
     [N]`` the window's detection index; ``targets [D]`` the class each detection truly is;
-    ``groups [D]`` its recording; ``review_ids [D]`` the review rows used."""
+    ``groups [D]`` its recording; ``review_ids [D]`` the review rows used. ``extra_probs [M, X, C]``,
+    ``extra_embeddings [M, X, d]`` and ``extra_groups [X]``: windows taken as this site's
+    background without a review (beside a wrong detection, or confidently background and in no
+    detection; see ``background_windows``)."""
 
     probs: np.ndarray
     embeddings: np.ndarray
@@ -73,15 +89,24 @@ class ReviewedWindows:
     targets: np.ndarray
     groups: list[str]
     review_ids: list[int]
+    extra_probs: np.ndarray | None = None
+    extra_embeddings: np.ndarray | None = None
+    extra_groups: tuple[str, ...] = ()
 
     def subset(self, keep: np.ndarray) -> "ReviewedWindows":
-        """The detections where ``keep [D]`` is true, renumbered."""
+        """The detections where ``keep [D]`` is true, renumbered, with the background windows of
+        their recordings only."""
         new_index = np.cumsum(keep) - 1
         windows = keep[self.detection]
+        kept_groups = {g for g, k in zip(self.groups, keep) if k}
+        extra = np.array([g in kept_groups for g in self.extra_groups], bool)
         return ReviewedWindows(self.probs[:, windows], self.embeddings[:, windows],
                                new_index[self.detection[windows]], self.targets[keep],
                                [g for g, k in zip(self.groups, keep) if k],
-                               [r for r, k in zip(self.review_ids, keep) if k])
+                               [r for r, k in zip(self.review_ids, keep) if k],
+                               None if self.extra_probs is None else self.extra_probs[:, extra],
+                               None if self.extra_embeddings is None else self.extra_embeddings[:, extra],
+                               tuple(g for g, k in zip(self.extra_groups, extra) if k))
 
 
 def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -> list[tuple[dict, int]]:
@@ -104,58 +129,146 @@ def event_windows(start_s: float, end_s: float, spec: WindowSpec, frame_s: float
     return starts
 
 
-def _recording_frames(path: Path, frontend, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
-    """The frontend's frames ``[a, b)`` of each range, computed over the whole recording as the
-    recorder streams it (PCEN's smoother depends on what came before)."""
-    stream, pieces, offset = StreamingFrontend(frontend), [[] for _ in ranges], 0
-    blocks = audio.iter_blocks(path, 60.0, frontend.sample_rate)
-    for frames in (*(stream.push(b) for b in blocks), stream.finish()):
-        for i, (a, b) in enumerate(ranges):
-            lo, hi = max(a, offset), min(b, offset + len(frames))
-            if lo < hi:
-                pieces[i].append(frames[lo - offset:hi - offset])
-        offset += len(frames)
-    return [np.concatenate(p) if p else np.zeros((0, frontend.n_features), np.float32) for p in pieces]
+@dataclasses.dataclass(frozen=True)
+class RecordingWindows:
+    """Every window of one recording as the recorder cuts it, through ``M`` members: ``starts
+    [W]`` and ``lengths [W]`` in frames, ``probs [M, W, C]``, ``embeddings [M, W, d]``."""
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    probs: np.ndarray
+    embeddings: np.ndarray
+    duration_s: float
 
 
-def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recordings: Path | None) -> ReviewedWindows:
-    """Run the bundle's members over the windows of every usable reviewed detection."""
+def recording_windows(ensemble: Ensemble, path: Path, batch_size: int = 8) -> RecordingWindows:
+    """The raw members' outputs on every window of the recording at ``path``, cut exactly as
+    ``pipeline.AnalysisStream`` cuts and batches them (streaming frontend, window stream,
+    end-aligned tail, ``batch_size`` as ``Analyzer``'s). Memory holds one batch of windows, not
+    the recording's (an hour of 256-wide frames in windows would be ~230 MB)."""
+    bundle = ensemble.bundle
+    stream, cutter = StreamingFrontend(bundle.frontend), WindowStream(WindowSpec.from_seconds(
+        bundle.window_s, bundle.hop_s, bundle.frontend))
+    starts, lengths, parts, pending, samples = [], [], [], [], 0
+
+    def run(windows: list[tuple[int, np.ndarray]]) -> None:
+        # Dynamic int8 members quantise each batch's activations with one range, so outputs
+        # depend a little on the batch: feed consecutive batches as the recorder does.
+        for i in range(0, len(windows), batch_size):
+            batch = windows[i:i + batch_size]
+            parts.append(_member_outputs(ensemble, [w for _, w in batch]))
+            starts.extend(s for s, _ in batch)
+            lengths.extend(len(w) for _, w in batch)
+
+    # The recorder's 10 s decode blocks: the streaming frontend's frames differ in the last float
+    # bit with the block size, and int8 members can turn that into 1e-4 in a probability.
+    for block in audio.iter_blocks(path, RECORDER_BLOCK_S, bundle.frontend.sample_rate):
+        samples += len(block)
+        pending += [(s, w.copy()) for s, w in cutter.push(stream.push(block))]
+        ready = len(pending) - len(pending) % batch_size
+        run(pending[:ready])
+        pending = pending[ready:]
+    pending += [(s, w.copy()) for s, w in cutter.push(stream.finish())]
+    run(pending + list(cutter.finish()))
+    if not parts:
+        raise AudioError(f"{path}: too short for one window")
+    probs, embeddings = (np.concatenate([p[k] for p in parts], axis=1) for k in (0, 1))
+    return RecordingWindows(np.array(starts), np.array(lengths), probs, embeddings,
+                            samples / bundle.frontend.sample_rate)
+
+
+def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recordings: Path | None,
+                     config: AdaptConfig | None = None) -> ReviewedWindows:
+    """Run the bundle's members over every recording with a usable reviewed detection, as the
+    recorder does (``recording_windows``); keep each detection's windows, and the recording's
+    background windows (``background_windows``)."""
+    config = config or AdaptConfig()
     targets = review_targets(reviewed(reviews_db), bundle.labels, bundle.background_label)
     spec = WindowSpec.from_seconds(bundle.window_s, bundle.hop_s, bundle.frontend)
     frame_s = bundle.frontend.hop_length / bundle.frontend.sample_rate
+    background = bundle.labels.index(bundle.background_label)
     by_recording: dict[str, list[tuple[dict, int]]] = defaultdict(list)
     for row, target in targets:
         by_recording[row["source"]].append((row, target))
     probs, embeddings, detection, target_list, groups, review_ids = [], [], [], [], [], []
+    extra_probs, extra_embeddings, extra_groups = [], [], []
     for source, items in sorted(by_recording.items()):
         path = recording_path({"source": source, "file_path": items[0][0].get("file_path")}, recordings)
         if path is None:
             log.warning("%s: recording not found, its %d review(s) left out", source, len(items))
             continue
-        starts = [event_windows(r["start_s"], r["end_s"], spec, frame_s) for r, _ in items]
-        ranges = [(s[0], s[-1] + spec.frames) for s in starts]
         try:
-            spans = _recording_frames(path, bundle.frontend, ranges)
+            windows = recording_windows(ensemble, path)
         except AudioError as exc:
             log.warning("%s: %s; its reviews left out", source, exc)
             continue
-        for (row, target), window_starts, (a, _), frames in zip(items, starts, ranges, spans):
-            windows = [frames[s - a:s - a + spec.frames] for s in window_starts]
-            windows = [w for w in windows if len(w) >= 2]
-            if not windows:
+        for row, target in items:
+            picked = nearest_windows(windows.starts, event_windows(row["start_s"], row["end_s"], spec, frame_s),
+                                     spec.frames)
+            if not picked:
                 continue
-            p, e = _member_outputs(ensemble, windows)
-            probs.append(p)
-            embeddings.append(e)
-            detection += [len(target_list)] * p.shape[1]
+            probs.append(windows.probs[:, picked])
+            embeddings.append(windows.embeddings[:, picked])
+            detection += [len(target_list)] * len(picked)
             target_list.append(target)
             groups.append(source)
             review_ids.append(row["id"])
+        wrong = [(r["start_s"], r["end_s"]) for r, t in items if t == background]
+        picked = background_windows(windows, _detection_spans(reviews_db, source), wrong, spec, frame_s,
+                                    background, config)
+        extra_probs.append(windows.probs[:, picked])
+        extra_embeddings.append(windows.embeddings[:, picked])
+        extra_groups += [source] * len(picked)
     if not target_list:
         raise AdaptError(f"{reviews_db}: no reviewed detection of this bundle's labels with its recording "
                          f"found (give --recordings DIR)")
     return ReviewedWindows(np.concatenate(probs, axis=1), np.concatenate(embeddings, axis=1),
-                           np.asarray(detection), np.asarray(target_list), groups, review_ids)
+                           np.asarray(detection), np.asarray(target_list), groups, review_ids,
+                           np.concatenate(extra_probs, axis=1), np.concatenate(extra_embeddings, axis=1),
+                           tuple(extra_groups))
+
+
+def nearest_windows(starts: np.ndarray, wanted: list[int], within: int) -> list[int]:
+    """Indices of the recording's windows (``starts [W]`` in frames, increasing) nearest each
+    wanted start, if within ``within`` frames: exact for the recorder's own windows, close for a
+    detection made with another window or hop. Each window once, in time order."""
+    picked = set()
+    for s in wanted:
+        i = int(np.clip(np.searchsorted(starts, s), 1, len(starts) - 1)) if len(starts) > 1 else 0
+        i = min((j for j in (i - 1, i) if 0 <= j < len(starts)), key=lambda j: abs(int(starts[j]) - s))
+        if abs(int(starts[i]) - s) <= within:
+            picked.add(i)
+    return sorted(picked)
+
+
+def background_windows(windows: RecordingWindows, detections: list[tuple[float, float]],
+                       wrong: list[tuple[float, float]], spec: WindowSpec, frame_s: float, background: int,
+                       config: AdaptConfig) -> np.ndarray:
+    """Indices of a reviewed recording's windows taken as this site's background without a review:
+    those within ``config.neighbours`` hops of a detection reviewed wrong (the same noise, a
+    moment earlier or later) and those the members' mean calls background with at least
+    ``config.confident_background``; never a window that overlaps any stored detection
+    (``detections``, seconds), reviewed or not."""
+    ends = windows.starts + windows.lengths
+
+    def overlapping(spans, margin):
+        hit = np.zeros(len(windows.starts), bool)
+        for start_s, end_s in spans:
+            hit |= (ends > start_s / frame_s - margin) & (windows.starts < end_s / frame_s + margin)
+        return hit
+
+    # a window sharing under one frame with a detection does not overlap it (rounding of times)
+    inside = overlapping(detections, -1)
+    near = overlapping(wrong, config.neighbours * spec.hop)
+    mean = windows.probs.mean(axis=0)
+    confident = (mean.argmax(axis=1) == background) & (mean[:, background] >= config.confident_background)
+    return np.flatnonzero((near | confident) & ~inside)
+
+
+def _detection_spans(db: Path, source: str) -> list[tuple[float, float]]:
+    """(start_s, end_s) of every stored detection of ``source``, any bundle, reviewed or not."""
+    with closing(connect_read_only(db)) as conn:
+        return [(a, b) for a, b in conn.execute("SELECT start_s, end_s FROM detections WHERE source = ?", (source,))]
 
 
 def _member_outputs(ensemble: Ensemble, windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -172,18 +285,34 @@ def _member_outputs(ensemble: Ensemble, windows: list[np.ndarray]) -> tuple[np.n
     return np.stack(probs, axis=1), np.stack(embeddings, axis=1)
 
 
-def fit_head(data: ReviewedWindows, n_classes: int, config: AdaptConfig) -> SiteHead:
-    """Fit each member's correction by penalised cross-entropy (full-batch Adam), weights and bias
-    both pulled towards zero (the parent). Each detection weighs the same whatever its number of
-    windows, so a few long events do not dominate."""
-    window_target = data.targets[data.detection]
+def fit_head(data: ReviewedWindows, n_classes: int, config: AdaptConfig, background: int) -> SiteHead:
+    """Fit each member's correction on the reviewed detections' windows (each detection weighing
+    one, whatever its number of windows, so a few long events do not dominate) and the background
+    windows (one each: without them a few wrong detections teach the head little about this
+    site's quiet)."""
     weight = 1.0 / np.bincount(data.detection, minlength=len(data.targets))[data.detection]
-    weight /= weight.sum()
-    onehot = np.eye(n_classes)[window_target]
+    probs, embeddings, targets = data.probs, data.embeddings, data.targets[data.detection]
+    if data.extra_probs is not None and data.extra_probs.shape[1]:
+        background = np.full(data.extra_probs.shape[1], background)
+        probs = np.concatenate([probs, data.extra_probs], axis=1)
+        embeddings = np.concatenate([embeddings, data.extra_embeddings], axis=1)
+        targets, weight = np.concatenate([targets, background]), np.concatenate([weight, np.ones(len(background))])
+    return fit_correction(probs, embeddings, targets, weight, n_classes, config.l2 / len(data.targets), config)
+
+
+def fit_correction(probs: np.ndarray, embeddings: np.ndarray, targets: np.ndarray, weight: np.ndarray,
+                   n_classes: int, penalty: float, config: AdaptConfig, only: int | None = None) -> SiteHead:
+    """Each member's correction fitted by penalised cross-entropy (full-batch Adam) on ``N``
+    windows: ``probs [M, N, C]``, ``embeddings [M, N, d]``, ``targets [N]``, ``weight [N]``
+    (normalised here); weights and bias both pulled towards zero (the parent) by ``penalty``.
+    ``only``: correct that class's logit alone (the others stay the parent's)."""
+    mask = np.ones(n_classes) if only is None else np.eye(n_classes)[only]
+    weight = np.asarray(weight, np.float64) / np.sum(weight)
+    onehot = np.eye(n_classes)[targets]
     weights, biases, means, scales = [], [], [], []
-    for m in range(data.probs.shape[0]):
-        log_p = np.log(np.maximum(data.probs[m], 1e-6)).astype(np.float64)
-        x = np.concatenate([data.embeddings[m], log_p], axis=1).astype(np.float64)
+    for m in range(probs.shape[0]):
+        log_p = np.log(np.maximum(probs[m], 1e-6)).astype(np.float64)
+        x = np.concatenate([embeddings[m], log_p], axis=1).astype(np.float64)
         # A unit that barely moved on these reviews (a dead ReLU) must not blow up on other audio.
         std = x.std(axis=0)
         mean, scale = x.mean(axis=0), np.maximum(std, 0.1 * np.median(std) + 1e-3)
@@ -195,9 +324,9 @@ def fit_head(data: ReviewedWindows, n_classes: int, config: AdaptConfig) -> Site
             logits -= logits.max(axis=1, keepdims=True)
             p = np.exp(logits)
             p /= p.sum(axis=1, keepdims=True)
-            g = (p - onehot) * weight[:, None]                   # d loss / d logits
-            grad_w = z.T @ g + config.l2 * w / len(data.targets)
-            grad_b = g.sum(axis=0) + config.l2 * b / len(data.targets)
+            g = (p - onehot) * weight[:, None] * mask            # d loss / d logits
+            grad_w = z.T @ g + penalty * w
+            grad_b = g.sum(axis=0) + penalty * b
             for k, (param, grad) in enumerate(((w, grad_w), (b, grad_b))):
                 mom, var = state[2 * k], state[2 * k + 1]
                 mom[:] = 0.9 * mom + 0.1 * grad
@@ -211,13 +340,45 @@ def fit_head(data: ReviewedWindows, n_classes: int, config: AdaptConfig) -> Site
 
 
 def decide(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, labels: tuple[str, ...],
-           thresholds: dict, background: int) -> np.ndarray:
+           thresholds: dict, background: int, min_windows: dict | None = None) -> np.ndarray:
     """Each detection's label as the recorder would give it: members' majority vote per window, the
-    per-class thresholds, then the most-voted call over the event's windows (background: dropped)."""
+    per-class thresholds, runs of a class shorter than its ``min_windows`` dropped (the operating
+    point's evidence rule), then the most-voted call over the event's windows (background: dropped).
+    ``detection [N]`` numbers each window's detection; a detection's windows are in time order."""
     votes = majority_vote(member_probs)
     window_labels = apply_thresholds(votes.winner, votes.confidence, labels, thresholds, background)
-    return np.array([clip_label(window_labels[detection == d], votes.confidence[detection == d], background)
-                     for d in range(n_detections)])
+    if min_windows:
+        window_labels = drop_short_runs(window_labels, detection, [max(1, int(min_windows.get(l, 1))) for l in labels],
+                                        background)
+    return detection_labels(window_labels, votes.confidence, detection, n_detections, len(labels), background)
+
+
+def detection_labels(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray, n_detections: int,
+                     n_classes: int, background: int) -> np.ndarray:
+    """``events.clip_label`` of every detection at once (the threshold searches call it thousands
+    of times): the call class in most of its windows, ties to the highest summed confidence, then
+    to the lowest class; background when no window holds a call. Inputs ``[N]``, output ``[D]``."""
+    counts = np.zeros((n_detections, n_classes))
+    weight = np.zeros((n_detections, n_classes))
+    np.add.at(counts, (detection, window_labels), 1)
+    np.add.at(weight, (detection, window_labels), confidence)
+    counts[:, background] = 0
+    top = counts.max(axis=1, keepdims=True)
+    best = np.where((counts == top) & (top > 0), weight, -np.inf).argmax(axis=1)
+    return np.where(top[:, 0] > 0, best, background)
+
+
+def drop_short_runs(window_labels: np.ndarray, detection: np.ndarray, needed: list[int], background: int) -> np.ndarray:
+    """``window_labels [N]`` with every run of one class (within one detection) shorter than
+    ``needed[class]`` windows set to ``background``, as ``EventMerger`` drops such runs."""
+    out = window_labels.copy()
+    start = 0
+    for i in range(1, len(out) + 1):
+        if i == len(out) or window_labels[i] != window_labels[start] or detection[i] != detection[start]:
+            if window_labels[start] != background and i - start < needed[window_labels[start]]:
+                out[start:i] = background
+            start = i
+    return out
 
 
 def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int) -> dict:
@@ -235,9 +396,9 @@ def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int) -> d
 
 
 def fit_thresholds(member_probs: np.ndarray, data: ReviewedWindows, labels: tuple[str, ...],
-                   start: dict, background: int) -> dict:
+                   start: dict, background: int, min_windows: dict | None = None) -> dict:
     """The baseline: per-class confidence thresholds re-fitted to maximise F1 on these reviews
-    (one pass of coordinate ascent over a 0.02 grid)."""
+    (one pass of coordinate ascent over a 0.02 grid), the evidence rule ``min_windows`` kept."""
     thresholds = dict(start)
     for c, label in enumerate(labels):
         if c == background:
@@ -245,12 +406,40 @@ def fit_thresholds(member_probs: np.ndarray, data: ReviewedWindows, labels: tupl
         best = (-1.0, thresholds.get(label, 0.0))
         for t in sorted({thresholds.get(label, 0.0), *np.round(np.linspace(0, 1, 51), 2).tolist()}):
             trial = {**thresholds, label: float(t)}
-            f1 = event_scores(decide(member_probs, data.detection, len(data.targets), labels, trial, background),
+            f1 = event_scores(decide(member_probs, data.detection, len(data.targets), labels, trial, background,
+                                      min_windows),
                               data.targets, background)["f1"]
             if f1 > best[0] + 1e-9:
                 best = (f1, float(t))
         thresholds[label] = best[1]
     return thresholds
+
+
+def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels: tuple[str, ...],
+                        start: dict, background: int, thresholds: bool = True,
+                        evidence: tuple[int, ...] = (1,)) -> tuple[dict, dict]:
+    """Per-class confidence threshold (0.02 grid, when ``thresholds``) and fewest windows an event
+    needs (from ``evidence``) chosen together to maximise F1 on these reviews, one class at a time
+    (one pass of coordinate ascent); ties keep the parent's threshold and the fewest windows.
+    Returns (thresholds, min_windows)."""
+    chosen, needed = dict(start), {label: 1 for label in labels if label != labels[background]}
+    for c, label in enumerate(labels):
+        if c == background:
+            continue
+        grid = sorted({chosen.get(label, 0.0), *np.round(np.linspace(0, 1, 51), 2).tolist()}) if thresholds \
+            else [chosen.get(label, 0.0)]
+        best = (-1.0, 0, chosen.get(label, 0.0), 1)
+        for k in sorted(evidence):
+            for t in grid:
+                trial_t, trial_k = {**chosen, label: float(t)}, {**needed, label: k}
+                f1 = event_scores(decide(member_probs, data.detection, len(data.targets), labels, trial_t,
+                                         background, trial_k), data.targets, background)["f1"]
+                # ties: the parent's own threshold first, then fewer windows
+                rank = (f1, -abs(float(t) - start.get(label, 0.0)) - k)
+                if rank[0] > best[0] + 1e-9 or (abs(rank[0] - best[0]) <= 1e-9 and rank[1] > best[1]):
+                    best = (rank[0], rank[1], float(t), k)
+        chosen[label], needed[label] = best[2], best[3]
+    return chosen, {label: k for label, k in needed.items() if k > 1}
 
 
 def grouped_folds(groups: list[str], k: int) -> list[np.ndarray]:
@@ -266,22 +455,39 @@ def grouped_folds(groups: list[str], k: int) -> list[np.ndarray]:
     return [np.array([fold_of[g] == f for g in groups]) for f in range(k)]
 
 
-CANDIDATES = ("thresholds", "head", "head+thresholds")
+CANDIDATES = ("thresholds", "thresholds+evidence", "head", "head+thresholds")
 
 
 def fit_candidate(name: str, bundle: Bundle, ensemble: Ensemble, data: ReviewedWindows,
-                  config: AdaptConfig) -> tuple[SiteHead | None, dict]:
-    """One way of adapting, fitted on ``data``: (site head or None, thresholds). 'thresholds' is
-    the parent with its per-class thresholds re-fitted (the baseline); 'head' a site head with the
-    parent's thresholds; 'head+thresholds' a site head and thresholds re-fitted on its output."""
+                  config: AdaptConfig, head: SiteHead | None = None) -> tuple[SiteHead | None, OperatingPoint]:
+    """One way of adapting, fitted on ``data``: (site head or None, operating point).
+    'thresholds' is the parent with its per-class thresholds re-fitted (the baseline);
+    'thresholds+evidence' the parent with thresholds and the fewest windows an event needs
+    re-fitted together; 'head' a site head with the parent's operating point; 'head+thresholds' a
+    site head and thresholds re-fitted on its output. ``head``: one already fitted on ``data``."""
     background = bundle.labels.index(bundle.background_label)
+    parent = parent_point(bundle)
     if name == "thresholds":
-        return None, fit_thresholds(_parent_probs(ensemble, data), data, bundle.labels, bundle.thresholds, background)
-    head = fit_head(data, len(bundle.labels), config)
+        return None, OperatingPoint(fit_thresholds(_parent_probs(ensemble, data), data, bundle.labels,
+                                                   parent.thresholds, background, parent.min_windows),
+                                    dict(parent.min_windows))
+    if name == "thresholds+evidence":
+        thresholds, needed = fit_operating_point(_parent_probs(ensemble, data), data, bundle.labels,
+                                                 parent.thresholds, background, evidence=config.evidence)
+        return None, OperatingPoint(thresholds, needed)
+    if name not in CANDIDATES:
+        raise AdaptError(f"unknown adaptation {name!r}: choose one of {', '.join(CANDIDATES)}")
+    head = head or fit_head(data, len(bundle.labels), config, background)
     if name == "head":
-        return head, dict(bundle.thresholds)
-    return head, fit_thresholds(head.member_probs(data.probs, data.embeddings), data, bundle.labels,
-                                bundle.thresholds, background)
+        return head, parent
+    return head, OperatingPoint(fit_thresholds(head.member_probs(data.probs, data.embeddings), data, bundle.labels,
+                                               parent.thresholds, background, parent.min_windows),
+                                dict(parent.min_windows))
+
+
+def parent_point(bundle: Bundle) -> OperatingPoint:
+    """The parent's operating point: its manifest's, else its thresholds with single-window events."""
+    return OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
 
 
 def _candidate_probs(ensemble: Ensemble, head: SiteHead | None, data: ReviewedWindows) -> np.ndarray:
@@ -289,9 +495,10 @@ def _candidate_probs(ensemble: Ensemble, head: SiteHead | None, data: ReviewedWi
 
 
 def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindows, config: AdaptConfig) -> dict:
-    """The parent and every candidate, each fitted without the held-out recordings and scored on
-    them (``event_scores``), pooled over the grouped folds."""
+    """The parent and every candidate, each fitted without the held-out recordings (and their
+    background windows) and scored on them (``event_scores``), pooled over the grouped folds."""
     labels, background = bundle.labels, bundle.labels.index(bundle.background_label)
+    parent = parent_point(bundle)
     predicted = {name: np.full(len(data.targets), background) for name in ("parent", *CANDIDATES)}
     for held_out in grouped_folds(data.groups, config.folds):
         train, test = data.subset(~held_out), data.subset(held_out)
@@ -299,15 +506,12 @@ def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindow
             continue
         n = len(test.targets)
         predicted["parent"][held_out] = decide(_parent_probs(ensemble, test), test.detection, n, labels,
-                                               bundle.thresholds, background)
-        head = fit_head(train, len(labels), config)   # fitted once, shared by both head candidates
-        fitted = {"thresholds": fit_candidate("thresholds", bundle, ensemble, train, config),
-                  "head": (head, dict(bundle.thresholds)),
-                  "head+thresholds": (head, fit_thresholds(head.member_probs(train.probs, train.embeddings),
-                                                           train, labels, bundle.thresholds, background))}
-        for name, (h, thresholds) in fitted.items():
+                                               parent.thresholds, background, parent.min_windows)
+        head = fit_head(train, len(labels), config, background)   # fitted once, shared by both head candidates
+        for name in CANDIDATES:
+            h, point = fit_candidate(name, bundle, ensemble, train, config, head)
             predicted[name][held_out] = decide(_candidate_probs(ensemble, h, test), test.detection, n, labels,
-                                               thresholds, background)
+                                               point.thresholds, background, point.min_windows)
     return {name: event_scores(p, data.targets, background) for name, p in predicted.items()}
 
 
@@ -316,6 +520,16 @@ def _parent_probs(ensemble: Ensemble, data: ReviewedWindows) -> np.ndarray:
     if ensemble.site_head is None:
         return data.probs
     return ensemble.site_head.member_probs(data.probs, data.embeddings)
+
+
+def choose_candidate(scores: dict) -> str:
+    """The candidate with the best held-out F1 (ties: the simpler, earlier in ``CANDIDATES``).
+    Raises AdaptError when even it is worse than the parent."""
+    chosen = max(CANDIDATES, key=lambda name: (scores[name]["f1"], -CANDIDATES.index(name)))
+    if scores[chosen]["f1"] < scores["parent"]["f1"]:
+        raise AdaptError(f"every adaptation is worse than its parent on held-out recordings "
+                         f"(best F1 {scores[chosen]['f1']:.3f} < {scores['parent']['f1']:.3f}); no bundle written")
+    return chosen
 
 
 def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, out: Path,
@@ -330,36 +544,36 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
     started = time.monotonic()
     bundle = load_bundle(bundle_path)
     ensemble = Ensemble(bundle)
-    data = reviewed_windows(bundle, ensemble, Path(reviews_db), recordings)
+    data = reviewed_windows(bundle, ensemble, Path(reviews_db), recordings, config)
     if len(data.targets) < config.min_reviews:
         raise AdaptError(f"{reviews_db}: {len(data.targets)} usable review(s), need at least {config.min_reviews}")
     if len(set(data.groups)) < 2:
         raise AdaptError(f"{reviews_db}: reviews come from one recording; held-out evaluation needs two or more")
     scores = held_out_comparison(bundle, ensemble, data, config)
-    chosen = max(CANDIDATES, key=lambda name: (scores[name]["f1"], -CANDIDATES.index(name)))
-    if scores[chosen]["f1"] < scores["parent"]["f1"]:
-        raise AdaptError(f"every adaptation is worse than its parent on held-out recordings "
-                         f"(best F1 {scores[chosen]['f1']:.3f} < {scores['parent']['f1']:.3f}); no bundle written")
-    head, thresholds = fit_candidate(chosen, bundle, ensemble, data, config)
+    chosen = choose_candidate(scores)
+    head, point = fit_candidate(chosen, bundle, ensemble, data, config)
     provenance = {
         "parent_bundle": bundle.bundle_id, "method": chosen,
         "adapted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "background_windows": len(data.extra_groups),
         "reviews": {"database": str(Path(reviews_db).resolve()), "used": len(data.review_ids),
                     "review_ids": data.review_ids, "recordings": len(set(data.groups)),
                     "targets": {bundle.labels[c]: int((data.targets == c).sum()) for c in range(len(bundle.labels))}},
         "held_out": scores, "config": dataclasses.asdict(config),
     }
-    new = _write_adapted(bundle, head, Path(out), provenance, thresholds)
+    new = _write_adapted(bundle, head, Path(out), provenance, point)
     return {"bundle_id": new.bundle_id, "path": str(new.path), "parent_bundle": bundle.bundle_id,
             "method": chosen, "reviews_used": len(data.review_ids), "recordings": len(set(data.groups)),
             "held_out": scores, "wall_s": round(time.monotonic() - started, 1)}
 
 
 def _write_adapted(parent: Bundle, head: SiteHead | None, out: Path, provenance: dict,
-                   thresholds: dict | None = None) -> Bundle:
-    """Parent's members (+ the head, if any) + a manifest naming them with ``thresholds`` (default:
-    the parent's), assembled beside ``out`` and renamed into place, so a reader never sees a
-    bundle without its head."""
+                   point: OperatingPoint | None = None) -> Bundle:
+    """Parent's members (+ the head, if any) + a manifest naming them with the operating ``point``
+    (default: the parent's; written as ``operating_point`` when it asks more than one window of
+    some class, else as plain ``thresholds``), assembled beside ``out`` and renamed into place, so
+    a reader never sees a bundle without its head."""
+    point = point or parent_point(parent)
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.adapt.", dir=out.parent))
@@ -369,10 +583,14 @@ def _write_adapted(parent: Bundle, head: SiteHead | None, out: Path, provenance:
         write_bundle(inner, parent.member_paths, list(parent.labels), frontend=parent.frontend,
                      window_s=parent.window_s, hop_s=parent.hop_s,
                      devel_uars=[m["devel_uar"] for m in members], test_uars=[m["test_uar"] for m in members],
-                     thresholds=thresholds or parent.thresholds, background_label=parent.background_label,
+                     thresholds=point.thresholds, background_label=parent.background_label,
                      precision=members[0]["precision"])
         manifest = json.loads((inner / MANIFEST).read_text())
-        identity = [m["sha256"] for m in manifest["members"]] + [json.dumps(manifest["thresholds"], sort_keys=True)]
+        needed = {label: int(k) for label, k in point.min_windows.items() if int(k) > 1}
+        if needed:
+            manifest["operating_point"] = {"thresholds": dict(point.thresholds), "min_windows": needed}
+        identity = [m["sha256"] for m in manifest["members"]] + [json.dumps(manifest["thresholds"], sort_keys=True),
+                                                                 json.dumps(needed, sort_keys=True)]
         if head is not None:
             manifest["site_head"] = write_site_head(head, inner)
             identity.append(manifest["site_head"]["sha256"])

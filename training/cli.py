@@ -404,11 +404,11 @@ def adapt(
     out: Annotated[Path, typer.Option("--out", help="Adapted bundle directory to write.")],
     recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Recorder directory of the reviewed detections (default: the ledger's paths).")] = None,
     folds: Annotated[int, typer.Option(help="Held-out folds, grouped by recording.")] = 4,
-    l2: Annotated[float, typer.Option(help="Penalty on the site head's weights (larger: closer to the parent).")] = 1000.0,
+    l2: Annotated[float, typer.Option(help="Penalty on the site head's weights (larger: closer to the parent).")] = 1.0,
 ):
     """Adapt a bundle to a site from its reviewed detections: a site head on the members'
-    embeddings and/or re-fitted thresholds, whichever does best on held-out recordings; refused
-    if worse than the parent there."""
+    embeddings and/or re-fitted thresholds (alone or with the fewest windows an event needs),
+    whichever does best on held-out recordings; refused if worse than the parent there."""
     from training.adapt import AdaptConfig, adapt_bundle
 
     _run(adapt_bundle, bundle, reviews, recordings, out, AdaptConfig(folds=folds, l2=l2))

@@ -10,8 +10,8 @@ from edgemon.bundle import load_bundle, write_bundle
 from edgemon.ensemble import Ensemble, majority_vote
 from edgemon.errors import BundleError
 from edgemon.frontend import FrontendConfig
-from training.export import export_onnx
 from training.model import ModelConfig, PrimateBiLSTM
+from training.onnx_export import export_onnx
 
 LABELS = ["background", "a", "b"]
 

@@ -20,8 +20,8 @@ import torch
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.analysis.windows import WindowSpec, cut_windows
 from training.data import load_split
-from training.export import quantize_int8
 from training.model import ModelConfig, PrimateBiLSTM
+from training.onnx_export import quantize_int8
 
 
 def load_model(run: Path) -> tuple[PrimateBiLSTM, dict]:

@@ -21,7 +21,7 @@ from edgemon.review import reviews
 from edgemon.storage.store import Detection, Store
 from training.bundling import complete_bundle
 from training.errors import DataError
-from training.export import quantize_int8, read_columns
+from training.onnx_export import quantize_int8, read_columns
 
 SPLITS = ("train", "devel", "test", "pool")
 

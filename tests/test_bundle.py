@@ -10,8 +10,8 @@ from edgemon.analysis.bundle import load_bundle, write_bundle
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
-from training.export import export_onnx
 from training.model import ModelConfig, PrimateBiLSTM
+from training.onnx_export import export_onnx
 
 LABELS = ["background", "a", "b"]
 

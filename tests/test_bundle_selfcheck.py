@@ -200,8 +200,8 @@ def test_complete_bundle_gives_a_new_bundle_names_ceiling_and_windows(tiny_datas
     from edgemon.analysis.bundle import write_bundle
     from edgemon.analysis.frontend import FrontendConfig
     from tests.conftest import TINY_LABELS
-    from training.export import export_onnx
     from training.model import ModelConfig, PrimateBiLSTM
+    from training.onnx_export import export_onnx
 
     torch.manual_seed(0)
     model = PrimateBiLSTM(ModelConfig(hidden=8, layers=1, n_classes=3, tau=0.5)).eval()

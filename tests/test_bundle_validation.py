@@ -21,8 +21,8 @@ from edgemon.cli import app
 from edgemon.errors import BundleError
 from tests.conftest import tone
 from tests.watch_helpers import write_wav
-from training.export import export_onnx
 from training.model import ModelConfig, PrimateBiLSTM
+from training.onnx_export import export_onnx
 
 LABELS = ["background", "a", "b"]
 runner = CliRunner()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from edgemon.analysis.frontend import FrontendConfig
-from training.export import export_onnx, quantize_int8
 from training.model import ModelConfig, PrimateBiLSTM
+from training.onnx_export import export_onnx, quantize_int8
 
 LABELS = ("background", "a", "b", "c", "d")
 

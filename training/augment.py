@@ -13,12 +13,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from training.recipes import PAPER
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    p_fm: float = 0.0           # fraction of mel bins masked
-    p_tm: float = 0.0           # fraction of frames masked (at least one)
-    p_r: float = 0.0            # probability of applying the masks to a clip
+    p_fm: float = PAPER.p_fm    # fraction of mel bins masked
+    p_tm: float = PAPER.p_tm    # fraction of frames masked (at least one)
+    p_r: float = PAPER.p_r      # probability of applying the masks to a clip
     crop_frames: int = 0        # random crop to this many frames (0: whole clip)
     time_shift: bool = False    # circular shift by a random number of frames
     p_mix: float = 0.0          # probability of mixing in a background clip

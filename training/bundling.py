@@ -23,7 +23,7 @@ from edgemon.analysis.selfcheck import reference_features
 from edgemon.errors import AudioError
 from training.data import read_label_list
 from training.errors import DataError
-from training.export import quantize_int8, read_columns
+from training.onnx_export import quantize_int8, read_columns
 from training.species import label_names
 
 REFERENCE_FILE = "reference.flac"

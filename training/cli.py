@@ -25,6 +25,7 @@ from training.augment import AugmentConfig
 from training.data import DEFAULT_DATA_DIR
 from training.errors import DataError
 from training.model import ModelConfig
+from training.recipes import FIELD, HOP_S, PAPER, WINDOW_S, seconds_to_frames
 from training.train import OptimConfig
 
 log = logging.getLogger(__name__)
@@ -70,14 +71,11 @@ def _device(name: str) -> str:
     return name
 
 
-# Field-augmentation preset (off in the paper's recipe): crops of the deployment window, time
-# shift, background mixing at 0-20 dB SNR on half the clips, +-6 dB gain.
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
 TargetOpt = Annotated[float, typer.Option(help="Field operating point: false events per hour of held-out background that the per-class thresholds and minimum windows may let through (split evenly over the call classes).")]
 HardNegOpt = Annotated[float, typer.Option(help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
 PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
 CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]
-FIELD = {"time_shift": True, "p_mix": 0.5, "snr_db": (0.0, 20.0), "gain_db": 6.0}
 
 
 # What a command reports in one line rather than a traceback: the named errors, bad values (the
@@ -110,26 +108,26 @@ def _study_storage(url: str):
 def fit(
     data: DataOpt = DEFAULT_DATA_DIR,
     out: OutOpt = Path("runs/fit"),
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3.373e-4,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
-    tau: Annotated[float, typer.Option(help="Normalised-softmax temperature.")] = 0.6203,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (lambda).")] = 0.0578,
-    lr_decay: Annotated[float, typer.Option(help="Per-epoch lr factor (beta).")] = 0.82,
-    gamma: Annotated[float, typer.Option(help="Focal-loss gamma.")] = 3.0,
-    p_fm: Annotated[float, typer.Option(help="Fraction of mel bins masked.")] = 0.0,
-    p_tm: Annotated[float, typer.Option(help="Fraction of frames masked.")] = 0.0,
-    p_r: Annotated[float, typer.Option(help="Probability of applying the masks.")] = 0.0,
-    layers: Annotated[int, typer.Option(help="LSTM layers (l).")] = 2,
-    hidden: Annotated[int, typer.Option(help="LSTM hidden size (h).")] = 256,
-    dropout: Annotated[float, typer.Option(help="Dropout (p_drop).")] = 0.05,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = PAPER.lr,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = PAPER.batch_size,
+    tau: Annotated[float, typer.Option(help="Normalised-softmax temperature.")] = PAPER.tau,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (lambda).")] = PAPER.weight_decay,
+    lr_decay: Annotated[float, typer.Option(help="Per-epoch lr factor (beta).")] = PAPER.lr_decay,
+    gamma: Annotated[float, typer.Option(help="Focal-loss gamma.")] = float(PAPER.gamma),
+    p_fm: Annotated[float, typer.Option(help="Fraction of mel bins masked.")] = PAPER.p_fm,
+    p_tm: Annotated[float, typer.Option(help="Fraction of frames masked.")] = PAPER.p_tm,
+    p_r: Annotated[float, typer.Option(help="Probability of applying the masks.")] = PAPER.p_r,
+    layers: Annotated[int, typer.Option(help="LSTM layers (l).")] = PAPER.layers,
+    hidden: Annotated[int, typer.Option(help="LSTM hidden size (h).")] = PAPER.hidden,
+    dropout: Annotated[float, typer.Option(help="Dropout (p_drop).")] = PAPER.dropout,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 300,
     patience: Annotated[int, typer.Option(help="Stop after N epochs without a better devel UAR (0: off).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     field: Annotated[bool, typer.Option("--field", help="Turn on the field augmentations.")] = False,
     crop_s: Annotated[Optional[float], typer.Option(help="Random crops of this many seconds (default: the window with --field, else off).")] = None,
-    window_s: Annotated[float, typer.Option(help="Deployment window length written into the bundle.")] = 4.0,
-    hop_s: Annotated[float, typer.Option(help="Deployment window hop written into the bundle.")] = 2.0,
+    window_s: Annotated[float, typer.Option(help="Deployment window length written into the bundle.")] = WINDOW_S,
+    hop_s: Annotated[float, typer.Option(help="Deployment window hop written into the bundle.")] = HOP_S,
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
     frontend_kind: FrontendOpt = "logmel",
     average_last: Annotated[int, typer.Option(help="Keep the mean weights of the last N epochs instead of the best devel epoch (0: off).")] = 0,
@@ -148,8 +146,8 @@ def fit(
     frontend = _frontend(frontend_kind)
     crop = crop_s if crop_s is not None else (window_s if field else 0.0)
     aug = AugmentConfig(p_fm=p_fm, p_tm=p_tm, p_r=p_r, log_floor=frontend.log_floor,
-                        crop_frames=int(round(crop * frontend.sample_rate / frontend.hop_length)),
-                        mix_other_recorders=mix_other_recorders, **(FIELD if field else {}))
+                        crop_frames=seconds_to_frames(crop, frontend),
+                        mix_other_recorders=mix_other_recorders, **(FIELD.augment_fields() if field else {}))
     _run(fit_run, data, out, ModelConfig(hidden=hidden, layers=layers, dropout=dropout, tau=tau,
                                          centre_bands=centre_bands),
          OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
@@ -257,9 +255,9 @@ def ensemble(
     int8: Annotated[bool, typer.Option("--int8", help="Quantise members to int8 (dynamic).")] = False,
 ):
     """Bundle the search's best trials; report each member's and the majority vote's UAR."""
-    from training.ensemble import build_ensemble
     from training.hpo import SearchConfig, open_study
     from training.runs import Splits
+    from training.top_trials import build_ensemble
 
     def run():
         splits = Splits.load(data)
@@ -290,13 +288,13 @@ def cv(
     folds: Annotated[int, typer.Option(help="Folds, grouped by recorder.")] = 5,
     epochs: Annotated[int, typer.Option(help="Epochs per fold for network recipes.")] = 30,
     seed: Annotated[int, typer.Option(help="Fold and training seed.")] = 0,
-    hidden: Annotated[int, typer.Option(help="Network recipes: LSTM hidden size (h).")] = 256,
-    layers: Annotated[int, typer.Option(help="Network recipes: LSTM layers (l).")] = 2,
+    hidden: Annotated[int, typer.Option(help="Network recipes: LSTM hidden size (h).")] = PAPER.hidden,
+    layers: Annotated[int, typer.Option(help="Network recipes: LSTM layers (l).")] = PAPER.layers,
     frontend_kind: FrontendOpt = "logmel",
     average_last: Annotated[int, typer.Option(help="Network recipes: average the weights of the last N epochs instead of choosing an epoch; keeps the fold models and chooses thresholds.")] = 0,
     max_false_rate: Annotated[float, typer.Option(help="With --average-last: share of background windows the thresholds may let through as calls.")] = 0.1,
-    window_s: Annotated[float, typer.Option(help="The recorder's window: the field recipe's crop length and the held-out windows.")] = 4.0,
-    hop_s: Annotated[float, typer.Option(help="The recorder's window hop, for the held-out windows.")] = 2.0,
+    window_s: Annotated[float, typer.Option(help="The recorder's window: the field recipe's crop length and the held-out windows.")] = WINDOW_S,
+    hop_s: Annotated[float, typer.Option(help="The recorder's window hop, for the held-out windows.")] = HOP_S,
     mix_other_recorders: MixOtherOpt = False,
     centre_bands: CentreOpt = False,
     pool: PoolOpt = True,
@@ -304,30 +302,15 @@ def cv(
     hard_negatives: HardNegOpt = 0.0,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
-    from training.cv import Recipe, cross_validate
+    from training.cv import cross_validate, cv_recipes
 
     frontend = _frontend(frontend_kind)
-    window = int(round(window_s * frontend.sample_rate / frontend.hop_length))
-    optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last, hard_negatives=hard_negatives)
-    model = ModelConfig(hidden=hidden, layers=layers, centre_bands=centre_bands)
-    suffix = ("" if frontend.kind == "logmel" else f"-{frontend.kind}") + (f"-avg{average_last}" if average_last else "")
-    if (hidden, layers) != (256, 2):
-        suffix += f"-h{hidden}l{layers}"
-    if (window_s, hop_s) != (4.0, 2.0):
-        suffix += f"-w{window_s:g}"
-    if centre_bands:
-        suffix += "-cb"
-    if hard_negatives:
-        suffix += f"-hn{hard_negatives:g}"
-    known = {
-        "baseline": Recipe("baseline"),
-        "paper": Recipe("paper" + suffix, model, optim, AugmentConfig(), frontend),
-        "field": Recipe("field" + suffix + ("-xrec" if mix_other_recorders else ""), model, optim,
-                        AugmentConfig(crop_frames=window, mix_other_recorders=mix_other_recorders, **FIELD), frontend),
-    }
-    unknown = [r for r in recipe if r not in known]
-    if unknown:
-        raise console.error(f"unknown recipe(s) {unknown}: choose from {list(known)}", console.EXIT_USAGE)
+    try:
+        recipes = cv_recipes(recipe, frontend, epochs=epochs, seed=seed, hidden=hidden, layers=layers,
+                             average_last=average_last, window_s=window_s, hop_s=hop_s, centre_bands=centre_bands,
+                             mix_other_recorders=mix_other_recorders, hard_negatives=hard_negatives)
+    except ValueError as exc:  # an unknown recipe name: the command line is wrong
+        raise console.error(str(exc), console.EXIT_USAGE)
 
     def run():
         from training.data import load_pool
@@ -336,7 +319,7 @@ def cv(
         reference = load(FrontendConfig())
         pool_load = functools.partial(load_pool, data, reference.labels) if pool else None
         with CvProgress() as progress:
-            summary = cross_validate([known[r] for r in recipe], reference, folds, out, seed,
+            summary = cross_validate(recipes, reference, folds, out, seed,
                                      load=load, window_s=window_s, hop_s=hop_s, max_false_rate=max_false_rate,
                                      pool=pool_load, target_false_per_hour=target_false_per_hour,
                                      progress=progress)

@@ -27,14 +27,16 @@ from training import baseline
 from training.augment import AugmentConfig
 from training.data import Split, merge, without_recorders
 from training.evaluate import confusion, per_class_recall, plot_confusion, uar
-from training.export import export_onnx
 from training.field import fold_field_votes, windows_of
 from training.model import ModelConfig, PrimateBiLSTM
 from training.operating import DEFAULT_TARGET_FALSE_PER_HOUR, field_report
+from training.recipes import FIELD, HOP_S, PAPER, WINDOW_S, recipe_name, seconds_to_frames
+from training.runs import run_config, save_model
 from training.thresholds import field_summary
 from training.train import OptimConfig, predict, train
 
 DEFAULT_MAX_FALSE_RATE = 0.1  # of background windows (4 s, 2 s hop) stored as a call
+RECIPES = ("baseline", "paper", "field")  # what ``cv_recipes`` knows by name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,29 @@ class FoldResult:
     per_epoch: list[np.ndarray]            # validation predictions after each epoch (one for the baseline)
     model: PrimateBiLSTM | None = None     # the averaged model, for averaged recipes
     final: np.ndarray | None = None        # its validation predictions
+
+
+def cv_recipes(names: list[str], frontend: FrontendConfig, *, epochs: int, seed: int, hidden: int = PAPER.hidden,
+               layers: int = PAPER.layers, average_last: int = 0, window_s: float = WINDOW_S, hop_s: float = HOP_S,
+               centre_bands: bool = False, mix_other_recorders: bool = False,
+               hard_negatives: float = 0.0) -> list[Recipe]:
+    """The recipes ``names`` (of ``RECIPES``): the baseline; ``paper``, Table 2 at the given size;
+    ``field``, Table 2 plus the field preset on crops of the recorder's window. Each network
+    recipe is named by ``recipe_name`` for what differs from the paper's."""
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise ValueError(f"unknown recipe(s) {unknown}: choose from {list(RECIPES)}")
+    optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last, hard_negatives=hard_negatives)
+    model = ModelConfig(hidden=hidden, layers=layers, centre_bands=centre_bands)
+    knobs = dict(frontend_kind=frontend.kind, average_last=average_last, hidden=hidden, layers=layers,
+                 window_s=window_s, hop_s=hop_s, centre_bands=centre_bands, hard_negatives=hard_negatives)
+    field = AugmentConfig(crop_frames=seconds_to_frames(window_s, frontend), mix_other_recorders=mix_other_recorders,
+                          **FIELD.augment_fields())
+    known = {"baseline": Recipe("baseline"),
+             "paper": Recipe(recipe_name("paper", **knobs), model, optim, AugmentConfig(), frontend),
+             "field": Recipe(recipe_name("field", **knobs, mix_other_recorders=mix_other_recorders), model, optim,
+                             field, frontend)}
+    return [known[n] for n in names]
 
 
 def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -107,7 +132,7 @@ def run_fold(recipe: Recipe, train_split: Split, val: Split,
 
 
 def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: int = 0,
-                   load=None, window_s: float = 4.0, hop_s: float = 2.0,
+                   load=None, window_s: float = WINDOW_S, hop_s: float = HOP_S,
                    max_false_rate: float = DEFAULT_MAX_FALSE_RATE, pool=None,
                    target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
                    progress: Callable[[dict], None] | None = None) -> dict:
@@ -190,9 +215,11 @@ def _keep_fold_models(recipe: Recipe, split: Split, folds, per_fold: list[FoldRe
     out.mkdir(parents=True, exist_ok=True)
     members = []
     for n, ((_, va), fold) in enumerate(zip(folds, per_fold)):
-        path = export_onnx(fold.model, out / f"fold{n}.onnx", split.labels, split.frontend,
-                           {"selected_by": "grouped cross-validation", "recipe": recipe.name,
-                            "validation_uar": uar(split.targets[va], fold.final, len(split.labels))})
+        config = run_config(fold.model.config, recipe.optim, recipe.augment, split.frontend, split.labels,
+                            window_s, hop_s)
+        path = save_model(out / f"fold{n}.onnx", fold.model, config,
+                          {"selected_by": "grouped cross-validation", "recipe": recipe.name,
+                           "validation_uar": uar(split.targets[va], fold.final, len(split.labels))})
         members.append(path.name)
     votes = fold_field_votes([[out / m] for m in members], [split.frontend], split, folds, window_s, hop_s)
     votes.save(out / "field_votes.npz")

@@ -6,7 +6,7 @@ A member is the directory of one averaged recipe of a ``cv`` run (``<cv_dir>/<re
 background end to end, and recordings assembled from its calls and background. So the thresholds,
 the field operating point and the calibration are chosen on the ensemble's own vote, exactly as
 the recorder computes it. Members may use different frontends (log-mel, PCEN): each reads its own
-columns, as ``export.read_columns`` arranges in a bundle. The recipes must come from cv runs with
+columns, as ``onnx_export.read_columns`` arranges in a bundle. The recipes must come from cv runs with
 the same folds. Test is not touched.
 """
 

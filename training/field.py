@@ -26,15 +26,14 @@ import numpy as np
 from scipy.stats import chi2
 from threadpoolctl import threadpool_limits
 
-from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analyzer, Event, EventMerger, WindowVote
 from edgemon.analysis.bundle import Bundle, load_bundle, write_bundle
 from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
 from edgemon.analysis.frontend import FrontendConfig
-from edgemon.errors import AudioError
 from training.data import BACKGROUND, Split
 from training.errors import DataError
 from training.evaluate import confusion, per_class_recall, uar
+from training.recorder_votes import clip_samples, raw_analyzer, stream_votes
 
 DEFAULT_PREVALENCE = 0.05       # share of an assembled recording's time that is calls
 NOTHING = 1.0                   # a threshold no vote reaches (a mean of softmax outputs stays under 1)
@@ -126,18 +125,11 @@ class FieldVotes:
             raise DataError(f"{path}: not a readable field-votes file ({type(exc).__name__}: {exc})") from exc
 
 
-def raw_analyzer(bundle: Bundle, batch_size: int = 16) -> Analyzer:
-    """The bundle's analyzer with no thresholds and single-window events: raw votes to keep."""
-    analyzer = Analyzer(bundle, batch_size=batch_size)
-    analyzer.merger = dataclasses.replace(analyzer.merger, point=OperatingPoint({}), calibration=Calibration())
-    return analyzer
-
-
 def fold_bundle(models: list[Path], labels: list[str], frontend: FrontendConfig, window_s: float, hop_s: float,
                 out: Path) -> Bundle:
     """A bundle of one fold's member models (their columns of ``frontend``, as ``bundle`` makes
     them), no thresholds: the fold's ensemble exactly as a recorder would load it."""
-    from training.export import read_columns
+    from training.onnx_export import read_columns
 
     members = []
     for i, model in enumerate(models):
@@ -145,21 +137,6 @@ def fold_bundle(models: list[Path], labels: list[str], frontend: FrontendConfig,
             raise DataError(f"{model}: fold model missing")
         members.append(read_columns(Path(model), out.parent / f"{out.name}-{i}.onnx", frontend))
     return load_bundle(write_bundle(out, members, labels, frontend=frontend, window_s=window_s, hop_s=hop_s).path)
-
-
-def _samples(clip, rate: int) -> np.ndarray:
-    try:
-        return audio.load(clip.path, rate)
-    except AudioError as exc:
-        raise DataError(str(exc)) from exc
-
-
-def _run(analyzer: Analyzer, pieces: list[np.ndarray]) -> tuple[list[WindowVote], float]:
-    stream = analyzer.stream(keep_votes=True)
-    for samples in pieces:
-        stream.push(samples)
-    stream.finish()
-    return stream.votes, stream.duration_s
 
 
 def assemble(calls: list[int], backgrounds: list[int], durations: dict[int, float], prevalence: float,
@@ -190,7 +167,7 @@ def analyse_fold(analyzer: Analyzer, split: Split, indices, fold: int, prevalenc
     stream, its assembled stream and each clip alone."""
     rate = analyzer.bundle.frontend.sample_rate
     background = split.labels.index(BACKGROUND)
-    samples = {int(i): _samples(split.clips[i], rate) for i in indices}
+    samples = {int(i): clip_samples(split.clips[i], rate) for i in indices}
     durations = {i: len(s) / rate for i, s in samples.items()}
     backgrounds = [i for i in samples if split.targets[i] == background]
     calls = [i for i in samples if split.targets[i] != background]
@@ -198,9 +175,9 @@ def analyse_fold(analyzer: Analyzer, split: Split, indices, fold: int, prevalenc
         raise DataError(f"fold {fold}: no held-out background clips to measure false events on")
     clips = []
     for i, s in samples.items():
-        votes, duration = _run(analyzer, [s])
+        votes, duration = stream_votes(analyzer, [s])
         clips.append(StreamVotes.from_votes(fold, duration, votes, [(0.0, duration, int(split.targets[i]))]))
-    votes, duration = _run(analyzer, [samples[i] for i in backgrounds])
+    votes, duration = stream_votes(analyzer, [samples[i] for i in backgrounds])
     background_stream = StreamVotes.from_votes(fold, duration, votes, [])
     order = assemble(calls, backgrounds, durations, prevalence, np.random.default_rng(seed + fold))
     truth, t = [], 0.0
@@ -208,7 +185,7 @@ def analyse_fold(analyzer: Analyzer, split: Split, indices, fold: int, prevalenc
         if split.targets[i] != background:
             truth.append((t, t + durations[i], int(split.targets[i])))
         t += durations[i]
-    votes, duration = _run(analyzer, [samples[i] for i in order])
+    votes, duration = stream_votes(analyzer, [samples[i] for i in order])
     return background_stream, StreamVotes.from_votes(fold, duration, votes, truth), clips
 
 

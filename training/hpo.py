@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 
 import optuna
-import torch
 
 from edgemon.analysis.frontend import FrontendConfig
 from training.augment import AugmentConfig
 from training.data import Split
 from training.evaluate import metrics
-from training.export import export_onnx
 from training.model import ModelConfig
+from training.recipes import FIELD, HOP_S, PAPER, WINDOW_S, seconds_to_frames
+from training.runs import run_config, save_run
 from training.train import OptimConfig, predict, train
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,8 @@ class SearchConfig:
     heartbeat_s: int = 60
     timeout_s: float | None = None  # this worker stops starting trials after this long
     start_from_paper: bool = True  # enqueue the paper's Table 2 best setting as the first trial
-    window_s: float = 4.0
-    hop_s: float = 2.0
-
-
-# The best setting of the paper's Table 2 (p_r is "/" there: masks are off, so it does not matter).
-TABLE2 = {"lr": 3.373e-4, "batch_size": 32, "tau": 0.6203, "weight_decay": 0.0578, "lr_decay": 0.82,
-          "gamma": 3, "p_fm": 0.0, "p_tm": 0.0, "p_r": 0.0, "layers": 2, "hidden": 256, "dropout": 0.05}
-FIELD_PRESET = {"time_shift": True, "p_mix": 0.5, "gain_db": 6.0}
+    window_s: float = WINDOW_S
+    hop_s: float = HOP_S
 
 
 def suggest(trial: optuna.Trial, space: str, frontend: FrontendConfig, window_s: float):
@@ -78,7 +72,7 @@ def suggest(trial: optuna.Trial, space: str, frontend: FrontendConfig, window_s:
                p_r=trial.suggest_float("p_r", 0.0, 1.0), log_floor=frontend.log_floor)
     if space == "field":
         # Train as you serve: every view is a crop of the deployment window (also ~3x cheaper).
-        aug["crop_frames"] = int(round(window_s * frontend.sample_rate / frontend.hop_length))
+        aug["crop_frames"] = seconds_to_frames(window_s, frontend)
         aug["time_shift"] = trial.suggest_categorical("time_shift", [True, False])
         aug["p_mix"] = trial.suggest_float("p_mix", 0.0, 1.0, step=0.25)
         aug["gain_db"] = trial.suggest_float("gain_db", 0.0, 12.0, step=3.0)
@@ -138,20 +132,13 @@ class Objective:
 
     def save(self, trial, result, model, optim, aug) -> Path:
         out = self.run_dir / "trials" / f"{trial.number:04d}"
-        out.mkdir(parents=True, exist_ok=True)
         probs, _ = predict(result.model, self.devel.features)
         devel_metrics = metrics(self.devel.targets, probs.argmax(1), self.devel.labels)
-        config = {"model": dataclasses.asdict(model), "optim": dataclasses.asdict(optim),
-                  "augment": dataclasses.asdict(aug), "frontend": self.frontend.to_dict(),
-                  "labels": list(self.devel.labels), "window_s": self.config.window_s,
-                  "hop_s": self.config.hop_s, "trial": trial.number, "params": trial.params}
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        config = run_config(model, optim, aug, self.frontend, self.devel.labels, self.config.window_s,
+                            self.config.hop_s, trial=trial.number, params=trial.params)
+        save_run(out, result.model, config, result.best_epoch,
+                 {"devel_uar": devel_metrics["uar"], "best_epoch": result.best_epoch, "trial": trial.number})
         (out / "metrics.json").write_text(json.dumps({"devel": devel_metrics}, indent=2) + "\n")
-        torch.save({"state_dict": result.model.state_dict(), "config": config,
-                    "best_epoch": result.best_epoch}, out / "checkpoint.pt")
-        export_onnx(result.model, out / "model.onnx", self.devel.labels, self.frontend,
-                    {"devel_uar": devel_metrics["uar"], "best_epoch": result.best_epoch,
-                     "hyperparameters": config, "trial": trial.number})
         return out
 
 
@@ -180,7 +167,7 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
         return study
     if config.start_from_paper:
         # A known-good point first: TPE then explores around it (skip_if_exists: once per study).
-        study.enqueue_trial({**TABLE2, **(FIELD_PRESET if config.space == "field" else {})},
+        study.enqueue_trial({**PAPER.trial_params(), **(FIELD.trial_params() if config.space == "field" else {})},
                             skip_if_exists=True)
 
     def show(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -2,7 +2,9 @@
 
 A run directory holds ``config.json``, ``history.json``, ``metrics.json`` (devel and test),
 confusion-matrix PNGs, ``checkpoint.pt`` (weights + configs + labels + frontend) and
-``model.onnx``. Test is evaluated once, after the model is chosen on devel.
+``model.onnx``. Test is evaluated once, after the model is chosen on devel. ``save_run`` writes
+the model's part of it for ``fit`` and for every trial of the search; ``save_model`` the ONNX
+file alone (with its config), as ``cv`` keeps its fold models.
 """
 
 from __future__ import annotations
@@ -16,24 +18,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgemon.analysis.bundle import Bundle, load_bundle, write_bundle
-from edgemon.analysis.ensemble import Ensemble
+from edgemon.analysis.bundle import load_bundle, write_bundle
 from edgemon.analysis.frontend import FrontendConfig
-from edgemon.analysis.windows import WindowSpec, cut_windows
 from training import baseline as baseline_mod
 from training.augment import AugmentConfig
 from training.data import BACKGROUND, Split, data_identity, load_pool, load_split, merge
 from training.errors import DataError
 from training.evaluate import metrics, write_report
-from training.export import export_onnx
-from training.model import ModelConfig, count_parameters
-from training.thresholds import clip_labels, field_scores
+from training.field import field_votes, score_field, windows_of
+from training.model import ModelConfig, PrimateBiLSTM, count_parameters
+from training.onnx_export import export_onnx
+from training.recipes import HOP_S, WINDOW_S
+from training.recorder_votes import windowed_metrics
+from training.thresholds import field_scores
 from training.train import OptimConfig, predict, train
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WINDOW_S = 4.0
-DEFAULT_HOP_S = 2.0
 
 
 @dataclasses.dataclass
@@ -53,27 +53,30 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def bundle_votes(bundle: Bundle, split: Split) -> dict[str, np.ndarray]:
-    """The bundle's ensemble vote on every recorder window of every clip: clip index, winner,
-    confidence (as the recorder computes them, before thresholds)."""
-    ensemble = Ensemble(bundle)
-    spec = WindowSpec.from_seconds(bundle.window_s, bundle.hop_s, bundle.frontend)
-    clip, winner, confidence = [], [], []
-    for i, features in enumerate(split.features):
-        votes = ensemble.vote(cut_windows(features, spec)[0])
-        clip.append(np.full(len(votes.winner), i))
-        winner.append(votes.winner)
-        confidence.append(votes.confidence)
-    return {"clip": np.concatenate(clip), "winner": np.concatenate(winner),
-            "confidence": np.concatenate(confidence)}
+def run_config(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, frontend: FrontendConfig,
+               labels: tuple[str, ...], window_s: float, hop_s: float, **extra) -> dict:
+    """What a model was trained with and for which recorder window, plus ``extra``: its
+    ``config.json``, and its ONNX file's ``hyperparameters``."""
+    return {"model": dataclasses.asdict(model_config), "optim": dataclasses.asdict(optim),
+            "augment": dataclasses.asdict(aug), "frontend": frontend.to_dict(), "window_s": window_s,
+            "hop_s": hop_s, "labels": list(labels), **extra}
 
 
-def windowed_metrics(bundle: Bundle, split: Split) -> dict:
-    """UAR as the recorder sees it: the bundle's windows, the ensemble's vote, one label per clip."""
-    windows = bundle_votes(bundle, split)
-    background = bundle.labels.index(bundle.background_label)
-    predictions = clip_labels(windows["winner"], windows["confidence"], windows["clip"], len(split), background)
-    return metrics(split.targets, predictions, split.labels)
+def save_model(path: Path, model: PrimateBiLSTM, config: dict, provenance: dict) -> Path:
+    """``model`` as ONNX at ``path``; its metadata carry ``provenance`` and ``config`` (a
+    ``run_config``) as its hyper-parameters. Returns ``path``."""
+    return export_onnx(model, path, tuple(config["labels"]), FrontendConfig.from_dict(config["frontend"]),
+                       {**provenance, "hyperparameters": config})
+
+
+def save_run(run_dir: Path, model: PrimateBiLSTM, config: dict, best_epoch: int, provenance: dict) -> Path:
+    """A trained model as a run directory: ``config.json``, ``checkpoint.pt`` (weights, config and
+    best epoch) and ``model.onnx`` (``save_model``). Returns the ONNX file's path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "config.json", config)
+    torch.save({"state_dict": model.state_dict(), "config": config, "best_epoch": best_epoch},
+               run_dir / "checkpoint.pt")
+    return save_model(run_dir / "model.onnx", model, config, provenance)
 
 
 def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> dict:
@@ -81,8 +84,6 @@ def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> 
     the bundle's thresholds, one label per clip; plus the share of background windows stored as
     a call. Scores without thresholds too, to show what they cost. ``field``: the field measure
     at the bundle's own operating point and calibration (``training.field.score_field``)."""
-    from training.field import field_votes, score_field, windows_of
-
     bundle = load_bundle(bundle_dir)
     split = load_split(data_dir, split_name, tuple(bundle.labels), bundle.frontend)
     votes = field_votes([bundle], split, [(None, np.arange(len(split)))])  # one fold: the split, in order
@@ -95,7 +96,7 @@ def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> 
 
 
 def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: OptimConfig,
-            aug: AugmentConfig, window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S,
+            aug: AugmentConfig, window_s: float = WINDOW_S, hop_s: float = HOP_S,
             frontend: FrontendConfig = FrontendConfig(), progress: bool = True,
             with_devel: bool = False, pool: bool = False) -> dict:
     """Train one model on train, choose its epoch on devel, evaluate devel and test, export.
@@ -112,11 +113,9 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
         training_split = merge(training_split, extra)
     model_config = dataclasses.replace(model_config, n_classes=len(splits.train.labels),
                                        n_mels=frontend.n_features)
-    config = {"model": dataclasses.asdict(model_config), "optim": dataclasses.asdict(optim),
-              "augment": dataclasses.asdict(aug), "frontend": frontend.to_dict(),
-              "window_s": window_s, "hop_s": hop_s, "labels": splits.train.labels,
-              "trained_on": training_split.name, "data": data_identity(data_dir)}
-    _write_json(run_dir / "config.json", config)
+    config = run_config(model_config, optim, aug, frontend, splits.train.labels, window_s, hop_s,
+                        trained_on=training_split.name, data=data_identity(data_dir))
+    _write_json(run_dir / "config.json", config)  # before training: a run that fails still says what it was
     result = train(model_config, optim, aug, training_split, splits.devel, progress=progress)
     _write_json(run_dir / "history.json", result.history)
     results = {}
@@ -124,11 +123,9 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
         probs, _ = predict(result.model, split.features)
         results[split.name] = metrics(split.targets, probs.argmax(1), split.labels)
     write_report(run_dir, results)
-    torch.save({"state_dict": result.model.state_dict(), "config": config,
-                "best_epoch": result.best_epoch}, run_dir / "checkpoint.pt")
-    provenance = {"devel_uar": results["devel"]["uar"], "test_uar": results["test"]["uar"],
-                  "best_epoch": result.best_epoch, "hyperparameters": config, "data": config["data"]}
-    onnx_path = export_onnx(result.model, run_dir / "model.onnx", splits.train.labels, frontend, provenance)
+    onnx_path = save_run(run_dir, result.model, config, result.best_epoch,
+                         {"devel_uar": results["devel"]["uar"], "test_uar": results["test"]["uar"],
+                          "best_epoch": result.best_epoch, "data": config["data"]})
     bundle = write_bundle(run_dir / "bundle", [onnx_path], list(splits.train.labels), frontend=frontend,
                           window_s=window_s, hop_s=hop_s, devel_uars=[results["devel"]["uar"]],
                           test_uars=[results["test"]["uar"]], background_label=BACKGROUND)

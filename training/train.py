@@ -23,6 +23,7 @@ from training.data import BACKGROUND, Split
 from training.evaluate import uar
 from training.losses import focal_loss
 from training.model import ModelConfig, PrimateBiLSTM
+from training.recipes import PAPER
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,11 @@ log = logging.getLogger(__name__)
 class OptimConfig:
     """Optimisation settings; defaults are the best setting of the paper's Table 2."""
 
-    lr: float = 3.373e-4
-    batch_size: int = 32
-    weight_decay: float = 0.0578   # lambda
-    lr_decay: float = 0.82         # beta: lr is multiplied by it after every epoch
-    gamma: float = 3.0             # focal-loss focusing parameter
+    lr: float = PAPER.lr
+    batch_size: int = PAPER.batch_size
+    weight_decay: float = PAPER.weight_decay  # lambda
+    lr_decay: float = PAPER.lr_decay          # beta: lr is multiplied by it after every epoch
+    gamma: float = float(PAPER.gamma)         # focal-loss focusing parameter
     epochs: int = 300
     patience: int = 0              # stop after this many epochs without a better devel UAR; 0: never
     average_last: int = 0          # >0: return the mean weights of the last N epochs, not the best

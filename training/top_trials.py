@@ -1,4 +1,6 @@
-"""The top-k ensemble of a search: select by devel UAR, evaluate the vote, write the bundle."""
+"""``edgemon-train ensemble``: the search's top-k trials as one bundle. Select by devel UAR,
+score each member's and the majority vote's whole-clip UAR, write the bundle, and score it on the
+recorder's windows (``training.recorder_votes``)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from edgemon.analysis.frontend import FrontendConfig
 from training.data import Split
 from training.errors import DataError
 from training.evaluate import metrics, write_report
-from training.export import quantize_int8
+from training.onnx_export import quantize_int8
+from training.recorder_votes import windowed_metrics
 
 
 def select_members(study: optuna.Study, top: int = 5) -> list[optuna.trial.FrozenTrial]:
@@ -43,8 +46,6 @@ def evaluate(ensemble: Ensemble, split: Split) -> dict:
 def build_ensemble(study: optuna.Study, out: Path, devel: Split, test: Split, top: int = 5,
                    int8: bool = False) -> dict:
     """Write the bundle of the best ``top`` trials; report members' and vote's devel/test UAR."""
-    from training.runs import windowed_metrics
-
     trials = select_members(study, top)
     dirs = [Path(t.user_attrs["run_dir"]) for t in trials]
     config = json.loads((dirs[0] / "config.json").read_text())

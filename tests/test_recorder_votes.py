@@ -1,0 +1,53 @@
+"""One window vote: fit, the search's ensemble, cv, cv-ensemble and score all vote as the recorder
+does, through the bundle's own Analyzer and the checks of its Ensemble."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgemon.analysis.bundle import load_bundle, write_bundle
+from edgemon.analysis.frontend import FrontendConfig
+from edgemon.errors import BundleError
+from tests.conftest import TINY_LABELS
+from training.data import load_split
+from training.field import field_votes, windows_of
+from training.model import ModelConfig, PrimateBiLSTM
+from training.onnx_export import export_onnx
+from training.recorder_votes import clip_windows, windowed_metrics
+from training.runs import score_bundle
+
+WINDOW = {"window_s": 0.5, "hop_s": 0.25}
+
+
+def _bundle(root, model_labels=TINY_LABELS):
+    torch.manual_seed(0)
+    model = PrimateBiLSTM(ModelConfig(hidden=8, layers=1, n_classes=3)).eval()
+    member = export_onnx(model, root / "m.onnx", model_labels, FrontendConfig())
+    return write_bundle(root / "bundle", [member], list(TINY_LABELS), frontend=FrontendConfig(), **WINDOW).path
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    return _bundle(tmp_path_factory.mktemp("votes"))
+
+
+def test_fits_windows_are_the_windows_score_and_cv_vote_on(tiny_bundle, tiny_dataset):
+    bundle = load_bundle(tiny_bundle)
+    split = load_split(tiny_dataset, "test", TINY_LABELS)
+    fit_side = clip_windows(bundle, split)
+    scored = windows_of(field_votes([bundle], split, [(None, np.arange(len(split)))]))
+    assert len(fit_side["winner"]) > len(split)   # several windows per clip
+    for key in ("clip", "winner", "confidence"):
+        np.testing.assert_array_equal(fit_side[key], scored[key])
+
+
+def test_the_uar_fit_writes_is_the_one_score_reports_untuned(tiny_bundle, tiny_dataset):
+    split = load_split(tiny_dataset, "test", TINY_LABELS)
+    assert windowed_metrics(load_bundle(tiny_bundle), split)["uar"] == \
+        score_bundle(tiny_bundle, tiny_dataset, "test")["untuned"]["uar"]
+
+
+def test_a_bundle_that_fails_its_checks_is_refused_naming_the_member(tiny_dataset, tmp_path):
+    broken = _bundle(tmp_path, model_labels=("background", "x", "y"))
+    with pytest.raises(BundleError, match="member00.onnx: model labels"):
+        windowed_metrics(load_bundle(broken), load_split(tiny_dataset, "test", TINY_LABELS))

@@ -1,6 +1,5 @@
 """Hard negatives: background clips that the model calls calls are drawn more in later epochs."""
 
-import dataclasses
 
 import numpy as np
 

@@ -155,17 +155,24 @@ def test_the_raw_score_is_kept_when_no_fit_beats_it_across_folds():
     assert report["fits"]["a"].startswith("raw score")
 
 
+# The manifest fields of an operating point and calibration; without them a bundle stores as
+# bundles made before either did (its plain thresholds, single windows, the raw score).
+FIELD_KEYS = ("operating_point", "calibration", "calibration_input", "calibration_fits")
+
+
 def _bundle_copy(tmp_path, name="bundle", **manifest_fields):
+    """The embedded bundle without an operating point or calibration, plus ``manifest_fields``."""
     target = tmp_path / name
     shutil.copytree(default_bundle_path(), target)
     manifest = json.loads((target / MANIFEST).read_text())
+    manifest = {k: v for k, v in manifest.items() if k not in FIELD_KEYS}
     (target / MANIFEST).write_text(json.dumps({**manifest, **manifest_fields}))
     return load_bundle(target)
 
 
 def test_the_recorder_applies_the_bundles_point_and_calibration_and_keeps_the_raw_score(tmp_path):
     samples = hoots(40.0)   # the embedded bundle calls these helmeted hornbills
-    plain = Analyzer(load_bundle(default_bundle_path())).analyse_blocks([samples]).events
+    plain = Analyzer(_bundle_copy(tmp_path, "plain")).analyse_blocks([samples]).events
     assert plain and all(e.confidence == e.score for e in plain)   # an older bundle: confidence is the score
     curve = {"x": [0.0, 1.0], "y": [0.25, 0.75]}
     calibrated = _bundle_copy(tmp_path, calibration={"hornbill_helmeted": curve})
@@ -173,10 +180,10 @@ def test_the_recorder_applies_the_bundles_point_and_calibration_and_keeps_the_ra
     assert [e.score for e in events] == [e.score for e in plain]
     assert [e.confidence for e in events] == pytest.approx([0.25 + 0.5 * e.score for e in plain])
     longest = max(json.loads(e.votes)["windows"] for e in plain)
-    by_evidence = _bundle_copy(tmp_path, "evidence", calibration={"hornbill_helmeted": {"x": [0.0, 10.0], "y": [0.0, 1.0]}},
+    by_evidence = _bundle_copy(tmp_path, "evidence", calibration={"hornbill_helmeted": {"x": [0.0, 100.0], "y": [0.0, 1.0]}},
                                calibration_input="evidence")
     for e in Analyzer(by_evidence).analyse_blocks([samples]).events:
-        assert e.confidence == pytest.approx(sum(json.loads(e.votes)["window_confidence"]) / 10, abs=1e-3)
+        assert e.confidence == pytest.approx(sum(json.loads(e.votes)["window_confidence"]) / 100, abs=1e-4)
     strict = _bundle_copy(tmp_path, "strict", operating_point={"thresholds": {}, "min_windows": {"hornbill_helmeted": longest + 1}})
     assert Analyzer(strict).analyse_blocks([samples]).events == []
 
@@ -275,7 +282,7 @@ def test_evidence_and_opening_level_hold_runs_and_a_point_without_them_stores_as
 
 def test_the_recorder_applies_a_bundles_evidence_and_opening_level(tmp_path):
     samples = hoots(40.0)   # the embedded bundle calls these helmeted hornbills
-    plain = Analyzer(load_bundle(default_bundle_path())).analyse_blocks([samples]).events
+    plain = Analyzer(_bundle_copy(tmp_path, "plain")).analyse_blocks([samples]).events
     assert plain
     evidence = [sum(json.loads(e.votes)["window_confidence"]) for e in plain]
     keep_most = _bundle_copy(tmp_path, "most", operating_point={"thresholds": {}, "min_evidence": {"hornbill_helmeted": max(evidence) - 1e-3}})

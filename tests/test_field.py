@@ -339,3 +339,11 @@ def test_votes_keep_every_members_probabilities_and_older_votes_still_load(tmp_p
     older = dict(np.load(tmp_path / "new.npz"))
     np.savez(tmp_path / "old.npz", **{k: v for k, v in older.items() if not k.endswith("_probs")})
     assert FieldVotes.load(tmp_path / "old.npz").clips[0].probs is None
+
+
+def test_cv_ensemble_refuses_unknown_rules_naming_them(tmp_path):
+    from training.cv_ensemble import cv_ensemble
+    from training.errors import DataError
+
+    with pytest.raises(DataError, match="unknown rules 'loudest': choose from windows, windows6, evidence"):
+        cv_ensemble([tmp_path / "recipe"], None, tmp_path / "out.json", 0.1, rules="loudest")

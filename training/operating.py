@@ -1,16 +1,20 @@
-"""A field operating point chosen on held-out folds: per class, the threshold and the fewest windows
-an event needs, for a target number of false events per hour of background.
+"""A field operating point chosen on held-out folds: per class, the threshold and the evidence an
+event needs (fewest windows; optionally a summed window confidence or one confident window, as
+``RuleGrid`` allows), for a target number of false events per hour of background.
 
 Each class's events depend only on its own windows (any other label, background or call, ends its
-runs), so each class's candidates (threshold, windows) are scored on their own: false events on
-the held-out background, calls found on the assembled recordings. The budget — the target times
-the hours of held-out background, in whole events — is then shared out where it finds most calls
-(an exact search over the classes), rather than split evenly: with under an hour of held-out
-background an even split of 5 per hour allows no class a single event. Within what a class is
-given, its candidate finds most calls; of equal recall, the most precise, then the strictest
-(highest threshold, more windows), which buys margin against false alarms the short held-out
+runs), so each class's candidates are scored on their own: false events on the held-out
+background, calls found on the assembled recordings. The budget — the target times the hours of
+held-out background, in whole events — is then shared out where it finds most calls (an exact
+search over the classes), rather than split evenly: with under an hour of held-out background an
+even split of 5 per hour allows no class a single event. Within what a class is given, its
+candidate finds most calls; of equal recall, the most precise, then the strictest (highest
+threshold, more windows, more evidence), which buys margin against false alarms the short held-out
 background could not show, at no measured cost. So every class gets a real threshold, rare ones
 too, unless raising it would lose one of its calls.
+
+A point measured on the votes that chose it is optimistic; ``crossfit`` chooses on all folds but
+one and measures on that one, which is what the point does on recorders it was not chosen on.
 """
 
 from __future__ import annotations
@@ -238,7 +242,9 @@ def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGE
         "operating_point": {"thresholds": point.thresholds, "min_windows": point.min_windows,
                             "min_evidence": point.min_evidence, "open_threshold": point.open_threshold,
                             "target_false_per_hour": target_false_per_hour,
-                            "rules": dataclasses.asdict(grid), "expected": expected},
+                            "rules": {"max_windows": grid.max_windows, "evidence": list(grid.evidence),
+                                      "opening": list(grid.opening)},
+                            "expected": expected},
         "calibration_fits": calibration_report["fits"],
         "calibration": curves, "calibration_input": source, "calibration_report": calibration_report,
         "untuned": measure(votes, OperatingPoint({})), "at_point": at_point, "tradeoff": tradeoff,

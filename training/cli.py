@@ -373,7 +373,7 @@ def cv_ensemble_command(
     prevalence: Annotated[float, typer.Option(help="Share of the assembled recordings' time that is calls.")] = 0.05,
     reuse_votes: Annotated[bool, typer.Option("--reuse-votes", help="Read the raw votes an earlier run saved beside --out (<out>.votes.npz) instead of running the models.")] = False,
     votes: Annotated[Optional[Path], typer.Option("--votes", help="Read the raw votes from this .votes.npz of an earlier run of the same members instead of running the models.")] = None,
-    rules: Annotated[str, typer.Option(help="Evidence rules the operating point may use per class: windows (1-4 windows), windows6, evidence (1-6 windows and a summed window confidence), hysteresis (1-6 windows and one confident window), evidence+hysteresis.")] = "windows",
+    rules: Annotated[str, typer.Option(help="Evidence rules the operating point may use per class: windows (1-4 windows), windows6, evidence (1-6 windows and a summed window confidence), hysteresis (1-6 windows and one confident window), evidence+hysteresis (default: hysteresis, the best on held-out folds).")] = "hysteresis",
 ):
     """Grouped-CV score of an ensemble of cv recipes (mixed frontends allowed), thresholds on its own vote,
     the field measure, a field operating point and calibration (for `bundle --thresholds`)."""

@@ -61,10 +61,17 @@ class OperatingPoint:
         point = manifest.get("operating_point")
         if not point:
             return cls(dict(thresholds))
-        return cls({k: float(v) for k, v in point.get("thresholds", thresholds).items()},
-                   {k: int(v) for k, v in point.get("min_windows", {}).items()},
-                   {k: float(v) for k, v in (point.get("min_evidence") or {}).items()},
-                   {k: float(v) for k, v in (point.get("open_threshold") or {}).items()})
+        return cls(_per_class(point, "thresholds", float, thresholds), _per_class(point, "min_windows", int),
+                   _per_class(point, "min_evidence", float), _per_class(point, "open_threshold", float))
+
+
+def _per_class(point: dict, key: str, kind, default: dict | None = None) -> dict:
+    """``point[key]`` as ``{label: kind(value)}``; ``ValueError`` naming the key when it is not one."""
+    values = point.get(key, {} if default is None else default)
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ValueError(f"operating_point.{key} must map labels to numbers, got {type(values).__name__}")
+    return {str(k): kind(v) for k, v in values.items()}
 
 
 CALIBRATION_INPUTS = ("score", "evidence")

@@ -409,7 +409,7 @@ def score_field(bundle: Bundle, votes: FieldVotes) -> dict:
     point = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
     calibration = Calibration.from_manifest(bundle.manifest)
     events, _, _ = assembled_events(votes, votes.merger(point, calibration))
-    return {"operating_point": {"thresholds": point.thresholds, "min_windows": point.min_windows},
+    return {"operating_point": dataclasses.asdict(point),
             "calibrated": bool(calibration.curves),
             "at_point": measure(votes, point, calibration), "untuned": measure(votes, OperatingPoint({})),
             "confidence": {**reliability(events.confidence, events.right), "levels": at_levels(events.confidence, events.right)}}

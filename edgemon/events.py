@@ -49,7 +49,7 @@ class OperatingPoint:
     def keeps(self, label: str, confidences: list[float]) -> bool:
         """Whether a run of windows of ``label`` with these confidences (in [0, 1]) is stored."""
         return (len(confidences) >= self.windows_needed(label)
-                # a small tolerance: the chooser's levels are sums of these same floats, rounded
+                # a small tolerance: the chooser sums the stored (rounded) window confidences
                 and sum(confidences) >= self.min_evidence.get(label, 0.0) - 1e-9
                 and max(confidences, default=0.0) >= self.open_threshold.get(label, 0.0))
 

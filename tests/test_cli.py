@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ import typer
 from typer.testing import CliRunner
 
 from edgemon import console
+from edgemon.analysis.bundle import MANIFEST, default_bundle_path
 from edgemon.cli import app
 from edgemon.storage.store import Store
 from edgemon.sync.fleet_status import VisitRules, collect_fleet
@@ -369,7 +371,15 @@ def test_info_says_where_the_bundles_figures_come_from():
     assert provenance["trained_on"] and "cv_uar_mean" in provenance["thresholds_from"]
 
 
-def test_info_says_whether_confidence_is_calibrated():
+def test_info_says_whether_confidence_is_calibrated(tmp_path):
     """A bundle from before calibration still runs; info says its confidence is the raw score."""
-    result = runner.invoke(app, ["info"])
+    shipped = runner.invoke(app, ["info"])
+    assert shipped.exit_code == 0 and json.loads(shipped.output)["confidence"].startswith("calibrated")
+    older = tmp_path / "older"
+    shutil.copytree(default_bundle_path(), older)
+    manifest = json.loads((older / MANIFEST).read_text())
+    for key in ("operating_point", "calibration", "calibration_input", "calibration_fits"):
+        del manifest[key]
+    (older / MANIFEST).write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["info", "--models", str(older)])
     assert result.exit_code == 0 and json.loads(result.output)["confidence"].startswith("uncalibrated")

@@ -100,12 +100,16 @@ def test_operating_point_holds_false_events_per_hour_and_keeps_every_call():
 
 def test_field_report_carries_point_expectations_calibration_and_a_stated_fallback(tmp_path):
     report = field_report(_synthetic_field(), 5.0, tmp_path / "reliability.png", "synthetic")
-    assert set(report["operating_point"]) == {"thresholds", "min_windows", "target_false_per_hour", "expected"}
+    assert set(report["operating_point"]) == {"thresholds", "min_windows", "min_evidence", "open_threshold",
+                                              "target_false_per_hour", "rules", "expected"}
     assert report["operating_point"]["expected"]["recall"] == 1.0
     # 12 held-out events, all right: too few and one-sided, so every class keeps its raw score
     assert all(how.startswith("raw score") for how in report["calibration_report"]["fits"].values())
     assert report["calibration"] == {}
-    assert [r["target_false_per_hour"] for r in report["tradeoff"]] == [1.0, 2.0, 5.0, 10.0, 20.0]
+    assert [r["target_false_per_hour"] for r in report["tradeoff"]] == [1.0, 2.0, 5.0, 10.0, 20.0, 30.0]
+    # every target also chosen on one fold and measured on the other, pooled over both
+    held_out = report["operating_point"]["expected"]["chosen_on_other_folds"]
+    assert held_out["background_hours"] == pytest.approx(report["at_point"]["background_hours"])
     assert (tmp_path / "reliability.png").stat().st_size > 0
 
 
@@ -151,17 +155,24 @@ def test_the_raw_score_is_kept_when_no_fit_beats_it_across_folds():
     assert report["fits"]["a"].startswith("raw score")
 
 
+# The manifest fields of an operating point and calibration; without them a bundle stores as
+# bundles made before either did (its plain thresholds, single windows, the raw score).
+FIELD_KEYS = ("operating_point", "calibration", "calibration_input", "calibration_fits")
+
+
 def _bundle_copy(tmp_path, name="bundle", **manifest_fields):
+    """The embedded bundle without an operating point or calibration, plus ``manifest_fields``."""
     target = tmp_path / name
     shutil.copytree(default_bundle_path(), target)
     manifest = json.loads((target / MANIFEST).read_text())
+    manifest = {k: v for k, v in manifest.items() if k not in FIELD_KEYS}
     (target / MANIFEST).write_text(json.dumps({**manifest, **manifest_fields}))
     return load_bundle(target)
 
 
 def test_the_recorder_applies_the_bundles_point_and_calibration_and_keeps_the_raw_score(tmp_path):
     samples = hoots(40.0)   # the embedded bundle calls these helmeted hornbills
-    plain = Analyzer(load_bundle(default_bundle_path())).analyse_blocks([samples]).events
+    plain = Analyzer(_bundle_copy(tmp_path, "plain")).analyse_blocks([samples]).events
     assert plain and all(e.confidence == e.score for e in plain)   # an older bundle: confidence is the score
     curve = {"x": [0.0, 1.0], "y": [0.25, 0.75]}
     calibrated = _bundle_copy(tmp_path, calibration={"hornbill_helmeted": curve})
@@ -169,10 +180,10 @@ def test_the_recorder_applies_the_bundles_point_and_calibration_and_keeps_the_ra
     assert [e.score for e in events] == [e.score for e in plain]
     assert [e.confidence for e in events] == pytest.approx([0.25 + 0.5 * e.score for e in plain])
     longest = max(json.loads(e.votes)["windows"] for e in plain)
-    by_evidence = _bundle_copy(tmp_path, "evidence", calibration={"hornbill_helmeted": {"x": [0.0, 10.0], "y": [0.0, 1.0]}},
+    by_evidence = _bundle_copy(tmp_path, "evidence", calibration={"hornbill_helmeted": {"x": [0.0, 100.0], "y": [0.0, 1.0]}},
                                calibration_input="evidence")
     for e in Analyzer(by_evidence).analyse_blocks([samples]).events:
-        assert e.confidence == pytest.approx(sum(json.loads(e.votes)["window_confidence"]) / 10, abs=1e-3)
+        assert e.confidence == pytest.approx(sum(json.loads(e.votes)["window_confidence"]) / 100, abs=1e-4)
     strict = _bundle_copy(tmp_path, "strict", operating_point={"thresholds": {}, "min_windows": {"hornbill_helmeted": longest + 1}})
     assert Analyzer(strict).analyse_blocks([samples]).events == []
 
@@ -181,6 +192,10 @@ def test_a_malformed_calibration_is_refused_naming_the_manifest(tmp_path):
     bundle = _bundle_copy(tmp_path, calibration={"great_argus": {"x": [0.5, 0.1], "y": [0.2, 0.3]}})
     with pytest.raises(BundleError, match="manifest.json: malformed operating point or calibration"):
         Analyzer(bundle)
+    for rule in ({"open_threshold": [0.5]}, {"min_evidence": {"great_argus": "lots"}}):
+        bundle = _bundle_copy(tmp_path, next(iter(rule)), operating_point={"thresholds": {}, **rule})
+        with pytest.raises(BundleError, match=f"manifest.json: malformed operating point .*{next(iter(rule))}|lots"):
+            Analyzer(bundle)
 
 
 def test_one_class_events_equal_that_class_among_all_events():
@@ -242,3 +257,97 @@ def test_the_false_event_budget_goes_where_it_finds_most_calls():
     at = measure(votes, point)
     assert at["false_events"] == 1 and at["per_class"]["a"]["recall"] == 1.0 and at["per_class"]["b"]["recall"] == 0.0
     assert point.thresholds["b"] > 0.5                                # b stays quiet: none of its false events
+
+
+def _run_votes(confidences, label=1):
+    return [WindowVote(i * HOP, 125, label if c else 0, c or 0.9, (label,)) for i, c in enumerate(confidences)]
+
+
+def test_evidence_and_opening_level_hold_runs_and_a_point_without_them_stores_as_before():
+    """A run of three windows at 0.45 (evidence 1.35, no window over 0.5) and a run of three
+    whose middle window is 0.62 (evidence 1.52), background between."""
+    votes = _run_votes([0.45, 0.45, 0.45, None, 0.45, 0.62, 0.45, None])
+    spans = lambda point: [(e.start_s, json.loads(e.votes)["windows"])
+                           for e in EventMerger(LABELS, 0, FRAME_S, point).merge(votes, 60.0)]
+    plain = OperatingPoint({"a": 0.4}, {"a": 3})
+    assert spans(plain) == [(0.0, 3), (pytest.approx(4 * HOP * FRAME_S), 3)]
+    assert spans(OperatingPoint({"a": 0.4}, {"a": 3}, {"a": 1.5})) == spans(plain)[1:]
+    assert spans(OperatingPoint({"a": 0.4}, {"a": 3}, {"a": 1.35})) == spans(plain)   # at the level is enough
+    # hysteresis: the confident window opens the event, the lower threshold extends it to the whole run
+    assert spans(OperatingPoint({"a": 0.4}, {}, {}, {"a": 0.6})) == spans(plain)[1:]
+    assert spans(OperatingPoint({"a": 0.4}, {}, {}, {"b": 0.6})) == spans(plain)      # other classes untouched
+    # a manifest point without the new rules reads as before; with them, they are applied
+    old = OperatingPoint.from_manifest({"operating_point": {"thresholds": {"a": 0.4}, "min_windows": {"a": 3}}}, {})
+    assert old == plain and spans(old) == spans(plain)
+    new = OperatingPoint.from_manifest({"operating_point": {"thresholds": {"a": 0.4}, "min_windows": {"a": 3},
+                                                            "min_evidence": {"a": 1.5}, "open_threshold": {"a": 0.6}}}, {})
+    assert (new.min_evidence, new.open_threshold) == ({"a": 1.5}, {"a": 0.6}) and spans(new) == spans(plain)[1:]
+
+
+def test_the_recorder_applies_a_bundles_evidence_and_opening_level(tmp_path):
+    samples = hoots(40.0)   # the embedded bundle calls these helmeted hornbills
+    plain = Analyzer(_bundle_copy(tmp_path, "plain")).analyse_blocks([samples]).events
+    assert plain
+    evidence = [sum(json.loads(e.votes)["window_confidence"]) for e in plain]
+    keep_most = _bundle_copy(tmp_path, "most", operating_point={"thresholds": {}, "min_evidence": {"hornbill_helmeted": max(evidence) - 1e-3}})
+    assert [e.score for e in Analyzer(keep_most).analyse_blocks([samples]).events] == \
+        [e.score for e, x in zip(plain, evidence) if x >= max(evidence) - 1e-3]
+    none = _bundle_copy(tmp_path, "none", operating_point={"thresholds": {}, "open_threshold": {"hornbill_helmeted": max(e.score for e in plain) + 1e-3}})
+    assert Analyzer(none).analyse_blocks([samples]).events == []
+
+
+def _hysteresis_field():
+    """False alarms of class a: single windows at 0.65 and runs of three at 0.45; each call of a:
+    three windows 0.45, 0.63, 0.45. No threshold with a number of windows tells them apart (a
+    threshold over 0.45 leaves the call one window, as short as the single false ones); a summed
+    confidence (1.53 against 1.35 and 0.65) or one confident window in three (0.63) does."""
+    bg = ([(0, 0.9)] * 5 + [(1, 0.65)] + [(0, 0.9)] * 5 + [(1, 0.45)] * 3) * 4 + [(0, 0.9)] * 5
+    windows, calls = [], []
+    for j in range(4):
+        windows += [(0, 0.9)] * 10
+        start = len(windows) * HOP * FRAME_S
+        windows += [(1, 0.45), (1, 0.63), (1, 0.45)]
+        calls.append((start, start + 3 * HOP * FRAME_S, 1))
+    windows += [(0, 0.9)] * 10
+    streams = [_votes(bg, fold) for fold in range(2)]
+    assembled = [_votes(windows, fold, calls) for fold in range(2)]
+    return FieldVotes(LABELS, FRAME_S, streams, assembled, assembled, np.array([1, 1]))
+
+
+@pytest.mark.parametrize("rules", ["evidence", "hysteresis", "evidence+hysteresis"])
+def test_the_chooser_finds_the_evidence_rule_where_windows_alone_cannot(rules):
+    from training.operating import RULES, class_tables, crossfit
+
+    votes = _hysteresis_field()
+    hours = sum(s.duration_s for s in votes.background_streams) / 3600
+    windows_only = measure(votes, choose_point(votes, 0.5 / hours, class_tables(votes, RULES["windows"])))
+    assert windows_only["false_events"] == 0 and windows_only["per_class"]["a"]["recall"] == 0.0
+    point = choose_point(votes, 0.5 / hours, class_tables(votes, RULES[rules]))
+    at = measure(votes, point)
+    assert at["false_events"] == 0 and at["per_class"]["a"]["recall"] == 1.0
+    # the same rule chosen on one fold holds on the other
+    held_out = crossfit(votes, [0.5 / hours], RULES[rules])[0.5 / hours]
+    assert held_out["false_events"] == 0 and held_out["recall"] == 1.0
+
+
+def test_votes_keep_every_members_probabilities_and_older_votes_still_load(tmp_path):
+    samples = hoots(12.0)
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    votes = analyzer.analyse_blocks([samples]).windows
+    stream = StreamVotes.from_votes(0, 12.0, votes, [])
+    assert stream.probs.shape == (len(votes), len(analyzer.bundle.members), len(analyzer.bundle.labels))
+    assert np.allclose(stream.probs.mean(axis=1)[np.arange(len(votes)), stream.winner], stream.confidence, atol=1e-6)
+    field = FieldVotes(analyzer.bundle.labels, FRAME_S, [stream], [stream], [stream], np.array([0]))
+    field.save(tmp_path / "new.npz")
+    assert np.array_equal(FieldVotes.load(tmp_path / "new.npz").clips[0].probs, stream.probs)
+    older = dict(np.load(tmp_path / "new.npz"))
+    np.savez(tmp_path / "old.npz", **{k: v for k, v in older.items() if not k.endswith("_probs")})
+    assert FieldVotes.load(tmp_path / "old.npz").clips[0].probs is None
+
+
+def test_cv_ensemble_refuses_unknown_rules_naming_them(tmp_path):
+    from training.cv_ensemble import cv_ensemble
+    from training.errors import DataError
+
+    with pytest.raises(DataError, match="unknown rules 'loudest': choose from windows, windows6, evidence"):
+        cv_ensemble([tmp_path / "recipe"], None, tmp_path / "out.json", 0.1, rules="loudest")

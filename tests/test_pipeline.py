@@ -1,12 +1,13 @@
 """Windows, votes and events: the analysis path shared by watch, classify and listen."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from edgemon.analysis.analyzer import WindowStream, WindowVote
-from edgemon.analysis.decisions import apply_thresholds, clip_label
+from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds, clip_label
 from edgemon.analysis.windows import WindowSpec, cut_windows, window_starts
 from tests.watch_helpers import analyzer
 
@@ -33,6 +34,9 @@ def test_events_merge_consecutive_windows_and_background_splits_them():
     duet, argus = labels.index("gibbon_duet"), labels.index("great_argus")
     votes = [WindowVote(s * 62, 125, lab, 0.5 + 0.01 * s, (lab,)) for s, lab in
              enumerate([duet, duet, 0, duet, argus, argus])]
+    # The merge rule itself: the shipped bundle's operating point would drop these short runs,
+    # and its calibration would map their scores.
+    a.merger = dataclasses.replace(a.merger, point=OperatingPoint({}), calibration=Calibration())
     events = a.merge(votes, duration_s=30.0)
     assert [(e.label, e.start_s) for e in events] == [("gibbon_duet", 0.0), ("gibbon_duet", round(3 * 62 * 0.032, 3)),
                                                       ("great_argus", round(4 * 62 * 0.032, 3))]

@@ -199,6 +199,8 @@ def _field_lines(result: dict) -> dict:
     return {"field_untuned": {k: field["untuned"][k] for k in pick},
             "field_at_point": {k: field["at_point"][k] for k in pick},
             "operating_point": field["operating_point"],
+            **({"field_chosen_on_other_folds": field["operating_point"]["expected"]["chosen_on_other_folds"]}
+               if "chosen_on_other_folds" in field["operating_point"]["expected"] else {}),
             "calibration": {k: field["calibration_report"][k] for k in ("fits",)} |
                            {"ece": field["calibration_report"]["calibrated"]["ece"],
                             "at_0.9": field["calibration_report"]["calibrated"]["levels"]["0.9"]}}
@@ -353,6 +355,8 @@ def cv_ensemble_command(
     target_false_per_hour: TargetOpt = 5.0,
     prevalence: Annotated[float, typer.Option(help="Share of the assembled recordings' time that is calls.")] = 0.05,
     reuse_votes: Annotated[bool, typer.Option("--reuse-votes", help="Read the raw votes an earlier run saved beside --out (<out>.votes.npz) instead of running the models.")] = False,
+    votes: Annotated[Optional[Path], typer.Option("--votes", help="Read the raw votes from this .votes.npz of an earlier run of the same members instead of running the models.")] = None,
+    rules: Annotated[str, typer.Option(help="Evidence rules the operating point may use per class: windows (1-4 windows), windows6, evidence (1-6 windows and a summed window confidence), hysteresis (1-6 windows and one confident window), evidence+hysteresis (default: hysteresis, the best on held-out folds).")] = "hysteresis",
 ):
     """Grouped-CV score of an ensemble of cv recipes (mixed frontends allowed), thresholds on its own vote,
     the field measure, a field operating point and calibration (for `bundle --thresholds`)."""
@@ -360,7 +364,7 @@ def cv_ensemble_command(
 
     def run():
         result = cv_ensemble(members, functools.partial(_train_and_devel, data), out, max_false_rate,
-                             target_false_per_hour, prevalence, reuse_votes)
+                             target_false_per_hour, prevalence, reuse_votes, votes, rules)
         keys = ("uar_mean", "uar_std", "uar_mean_untuned", "uar_std_untuned", "thresholds",
                 "windows_untuned", "windows_at_thresholds")
         return {**{k: result[k] for k in keys}, **_field_lines(result)}

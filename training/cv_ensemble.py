@@ -22,7 +22,7 @@ from training.bundling import shared_frontend
 from training.cv import grouped_folds, validation_recorders
 from training.errors import DataError
 from training.field import DEFAULT_PREVALENCE, FieldVotes, fold_field_votes, windows_of
-from training.operating import DEFAULT_TARGET_FALSE_PER_HOUR, field_report
+from training.operating import DEFAULT_RULES, DEFAULT_TARGET_FALSE_PER_HOUR, RULES, field_report
 from training.thresholds import field_scores, field_summary
 
 
@@ -58,7 +58,8 @@ def _check_same_folds(members: list[Path], recipes: list[tuple[dict, dict]]) -> 
 
 def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
                 target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
-                prevalence: float = DEFAULT_PREVALENCE, reuse_votes: bool = False) -> dict:
+                prevalence: float = DEFAULT_PREVALENCE, reuse_votes: bool = False, votes_from: Path | None = None,
+                rules: str = DEFAULT_RULES) -> dict:
     """Score the vote of ``members`` on their cv folds; write ``out`` (JSON) with its thresholds,
     the field measure, a field operating point and calibration (raw votes in ``<out>.votes.npz``,
     the reliability diagram in ``<out>.reliability.png``).
@@ -66,8 +67,11 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     ``load(frontend)`` gives train + devel, merged as ``cv`` merged them (only the clips, labels
     and recorders are used: the fold bundles compute their own features from the audio).
     ``reuse_votes`` reads the raw votes of an earlier run with the same ``out`` instead of running
-    the models again (to choose for another target in seconds).
+    the models again (to choose for another target in seconds); ``votes_from`` reads them from
+    that file. ``rules`` names the evidence rules the operating point may use (``RULES``).
     """
+    if rules not in RULES:
+        raise DataError(f"unknown rules {rules!r}: choose from {', '.join(RULES)}")
     if not members:
         raise DataError("cv-ensemble needs at least one member recipe directory")
     members = [Path(m) for m in members]
@@ -87,17 +91,17 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     models = [[member / result["members"][k] for member, (_, result) in zip(members, recipes)]
               for k in range(len(folds))]
     out = Path(out)
-    saved = out.with_suffix(".votes.npz")
-    if reuse_votes:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    saved = Path(votes_from) if votes_from else out.with_suffix(".votes.npz")
+    if reuse_votes or votes_from:
         votes = FieldVotes.load(saved)
         if votes.labels != labels or len(votes.clip_targets) != len(reference):
             raise DataError(f"{saved}: votes for other labels or clips than these members' folds")
     else:
         votes = fold_field_votes(models, frontends, reference, folds, first["window_s"], first["hop_s"], prevalence)
-        out.parent.mkdir(parents=True, exist_ok=True)
         votes.save(saved)
     field = field_report(votes, target_false_per_hour, out.with_suffix(".reliability.png"),
-                         f"{out.stem}: grouped CV, held-out events")
+                         f"{out.stem}: grouped CV, held-out events", RULES[rules])
     order = np.concatenate([va for _, va in folds])
     windows = windows_of(votes)
     fold_of = np.concatenate([np.full(len(s.winner), s.fold) for s in votes.clips])

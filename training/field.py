@@ -45,7 +45,8 @@ class StreamVotes:
 
     ``start``/``frames`` in frontend frames, ``winner`` class indices, ``confidence`` the mean member
     probability of the winner, ``members`` ``[windows, members]`` each member's argmax; ``calls``
-    ``[n, 3]`` rows of (start_s, end_s, label index)."""
+    ``[n, 3]`` rows of (start_s, end_s, label index); ``probs`` ``[windows, members, classes]``
+    each member's probabilities (absent from votes stored before they were kept)."""
 
     fold: int
     duration_s: float
@@ -55,6 +56,7 @@ class StreamVotes:
     confidence: np.ndarray
     members: np.ndarray
     calls: np.ndarray
+    probs: np.ndarray | None = None
 
     @classmethod
     def from_votes(cls, fold: int, duration_s: float, votes: list[WindowVote], calls) -> "StreamVotes":
@@ -63,7 +65,8 @@ class StreamVotes:
                    np.array([v.frames for v in votes], np.int64), np.array([v.label for v in votes], np.int64),
                    np.array([v.confidence for v in votes], np.float64),
                    np.array([v.member_labels for v in votes], np.int64).reshape(len(votes), n_members),
-                   np.asarray(calls, np.float64).reshape(-1, 3))
+                   np.asarray(calls, np.float64).reshape(-1, 3),
+                   np.array([v.member_probs for v in votes], np.float32) if votes and votes[0].member_probs else None)
 
     def events(self, merger: EventMerger, only: int | None = None) -> list[Event]:
         """The events the recorder would store from these votes at ``merger``'s operating point;
@@ -76,8 +79,11 @@ class StreamVotes:
             mine = labels == only
             keep = mine | np.concatenate([[False], mine[:-1]])
             labels = np.where(mine, labels, merger.background)
+        probs = self.probs
         votes = [WindowVote(int(self.start[i]), int(self.frames[i]), int(labels[i]), float(self.confidence[i]),
-                            tuple(int(m) for m in self.members[i])) for i in np.flatnonzero(keep)]
+                            tuple(int(m) for m in self.members[i]),
+                            () if probs is None else tuple(tuple(map(float, m)) for m in probs[i]))
+                 for i in np.flatnonzero(keep)]
         return merger.merge(votes, self.duration_s)
 
 
@@ -96,6 +102,17 @@ class FieldVotes:
     def background(self) -> int:
         return self.labels.index(BACKGROUND)
 
+    def folds(self) -> list[int]:
+        return sorted({s.fold for s in self.background_streams})
+
+    def subset(self, folds) -> "FieldVotes":
+        """The votes of these folds only (to choose on some folds and measure on the others)."""
+        folds = set(folds)
+        clips = np.array([s.fold in folds for s in self.clips], bool)
+        return FieldVotes(self.labels, self.frame_s, [s for s in self.background_streams if s.fold in folds],
+                          [s for s in self.assembled if s.fold in folds],
+                          [s for s, keep in zip(self.clips, clips) if keep], self.clip_targets[clips])
+
     def merger(self, point: OperatingPoint, calibration: Calibration = Calibration()) -> EventMerger:
         return EventMerger(self.labels, self.background, self.frame_s, point, calibration)
 
@@ -106,14 +123,16 @@ class FieldVotes:
             arrays[f"{kind}_n"] = len(getattr(self, kind))
             for i, s in enumerate(getattr(self, kind)):
                 for f in dataclasses.fields(StreamVotes):
-                    arrays[f"{kind}{i}_{f.name}"] = getattr(s, f.name)
+                    if getattr(s, f.name) is not None:
+                        arrays[f"{kind}{i}_{f.name}"] = getattr(s, f.name)
         np.savez_compressed(path, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "FieldVotes":
         try:
             data = np.load(path)
-            streams = {kind: [StreamVotes(**{f.name: data[f"{kind}{i}_{f.name}"] for f in dataclasses.fields(StreamVotes)})
+            streams = {kind: [StreamVotes(**{f.name: data[f"{kind}{i}_{f.name}"] for f in dataclasses.fields(StreamVotes)
+                                             if f"{kind}{i}_{f.name}" in data.files})
                               for i in range(int(data[f"{kind}_n"]))]
                        for kind in ("background_streams", "assembled", "clips")}
             for kind in streams.values():
@@ -121,7 +140,7 @@ class FieldVotes:
                     s.fold, s.duration_s = int(s.fold), float(s.duration_s)
             return cls(tuple(str(x) for x in data["labels"]), float(data["frame_s"]), clip_targets=data["clip_targets"],
                        **streams)
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             raise DataError(f"{path}: not a readable field-votes file ({type(exc).__name__}: {exc})") from exc
 
 
@@ -317,9 +336,9 @@ def measure(votes: FieldVotes, point: OperatingPoint, calibration: Calibration =
             "false_per_hour_95": list(poisson_interval(false[label], hours)),
             "events": int(mine.sum()), "right": int(scored.right[mine].sum()),
             "precision": float(scored.right[mine].mean()) if mine.any() else None,
-            "calls": int((call_labels == c).sum()),
+            "calls": int((call_labels == c).sum()), "found": int(found[call_labels == c].sum()),
             "recall": float(found[call_labels == c].mean()) if (call_labels == c).any() else None}
-    predicted = [_clip_label(s.events(merger), labels, background) for s in votes.clips]
+    predicted = clip_predictions(votes, merger)
     return {
         "background_hours": hours, "false_events": total, "false_per_hour": total / hours,
         "false_per_hour_95": list(poisson_interval(total, hours)),
@@ -327,11 +346,16 @@ def measure(votes: FieldVotes, point: OperatingPoint, calibration: Calibration =
         "events": int(len(scored.right)), "right": int(scored.right.sum()),
         "second_events_on_a_call": int((scored.on_a_call & ~scored.right).sum()),
         "precision": float(scored.right.mean()) if len(scored.right) else None,
-        "calls": int(len(found)), "recall": float(found.mean()) if len(found) else None,
+        "calls": int(len(found)), "found": int(found.sum()), "recall": float(found.mean()) if len(found) else None,
         "clip_uar": uar(votes.clip_targets, np.array(predicted), len(labels)),
         "clip_recall": dict(zip(labels, map(float, per_class_recall(
             confusion(votes.clip_targets, np.array(predicted), len(labels)))))),
         "per_class": per_class}
+
+
+def clip_predictions(votes: FieldVotes, merger: EventMerger) -> np.ndarray:
+    """One label per clip from the events ``merger`` stores on it (``_clip_label``)."""
+    return np.array([_clip_label(s.events(merger), votes.labels, votes.background) for s in votes.clips], int)
 
 
 def windows_of(votes: FieldVotes) -> dict[str, np.ndarray]:
@@ -362,7 +386,7 @@ def score_field(bundle: Bundle, votes: FieldVotes) -> dict:
     point = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
     calibration = Calibration.from_manifest(bundle.manifest)
     events, _, _ = assembled_events(votes, votes.merger(point, calibration))
-    return {"operating_point": {"thresholds": point.thresholds, "min_windows": point.min_windows},
+    return {"operating_point": dataclasses.asdict(point),
             "calibrated": bool(calibration.curves),
             "at_point": measure(votes, point, calibration), "untuned": measure(votes, OperatingPoint({})),
             "confidence": {**reliability(events.confidence, events.right), "levels": at_levels(events.confidence, events.right)}}

@@ -1,20 +1,25 @@
-"""A field operating point chosen on held-out folds: per class, the threshold and the fewest windows
-an event needs, for a target number of false events per hour of background.
+"""A field operating point chosen on held-out folds: per class, the threshold and the evidence an
+event needs (fewest windows; optionally a summed window confidence or one confident window, as
+``RuleGrid`` allows), for a target number of false events per hour of background.
 
 Each class's events depend only on its own windows (any other label, background or call, ends its
-runs), so each class's candidates (threshold, windows) are scored on their own: false events on
-the held-out background, calls found on the assembled recordings. The budget — the target times
-the hours of held-out background, in whole events — is then shared out where it finds most calls
-(an exact search over the classes), rather than split evenly: with under an hour of held-out
-background an even split of 5 per hour allows no class a single event. Within what a class is
-given, its candidate finds most calls; of equal recall, the most precise, then the strictest
-(highest threshold, more windows), which buys margin against false alarms the short held-out
+runs), so each class's candidates are scored on their own: false events on the held-out
+background, calls found on the assembled recordings. The budget — the target times the hours of
+held-out background, in whole events — is then shared out where it finds most calls (an exact
+search over the classes), rather than split evenly: with under an hour of held-out background an
+even split of 5 per hour allows no class a single event. Within what a class is given, its
+candidate finds most calls; of equal recall, the most precise, then the strictest (highest
+threshold, more windows, more evidence), which buys margin against false alarms the short held-out
 background could not show, at no measured cost. So every class gets a real threshold, rare ones
 too, unless raising it would lose one of its calls.
+
+A point measured on the votes that chose it is optimistic; ``crossfit`` chooses on all folds but
+one and measures on that one, which is what the point does on recorders it was not chosen on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,14 +28,39 @@ import numpy as np
 from edgemon.analysis.decisions import OperatingPoint
 from training.calibration import as_calibration, calibrate
 from training.errors import DataError
-from training.field import NOTHING, FieldVotes, assembled_events, match, measure
+from training.evaluate import uar
+from training.field import (NOTHING, FieldVotes, assembled_events, clip_predictions, measure,
+                            poisson_interval)
 
 DEFAULT_TARGET_FALSE_PER_HOUR = 5.0
-MAX_WINDOWS = 4
 CANDIDATES = 48
-TRADEOFF = (1.0, 2.0, 5.0, 10.0, 20.0)
+TRADEOFF = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
 SUMMARY = ("false_per_hour", "false_per_hour_95", "false_events", "background_hours", "precision", "recall",
            "clip_uar")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleGrid:
+    """The evidence rules the chooser tries for each class, beside its window threshold: up to
+    ``max_windows`` consecutive windows, each summed window confidence in ``evidence`` (an
+    accumulated-evidence rule) and each opening level in ``opening`` (hysteresis: one window at
+    that level opens the event, the threshold extends it); none of the last two is always tried."""
+
+    max_windows: int = 4
+    evidence: tuple[float, ...] = ()
+    opening: tuple[float, ...] = ()
+
+
+# Named grids, as ``cv-ensemble --rules`` takes them; what each gave on grouped CV is in the README.
+RULES = {
+    "windows": RuleGrid(4),
+    "windows6": RuleGrid(6),
+    "evidence": RuleGrid(6, tuple(np.round(np.arange(0.5, 5.01, 0.25), 2))),
+    "hysteresis": RuleGrid(6, (), tuple(np.round(np.arange(0.46, 0.641, 0.02), 2))),
+    "evidence+hysteresis": RuleGrid(6, tuple(np.round(np.arange(0.5, 5.01, 0.5), 2)),
+                                    tuple(np.round(np.arange(0.48, 0.641, 0.04), 2))),
+}
+DEFAULT_RULES = "hysteresis"   # best held-out figures of the grids tried (README)
 
 
 def _candidates(votes: FieldVotes, c: int) -> np.ndarray:
@@ -43,35 +73,60 @@ def _candidates(votes: FieldVotes, c: int) -> np.ndarray:
     return np.concatenate([[0.0], levels, [NOTHING]])
 
 
-def class_table(votes: FieldVotes, c: int) -> list[dict]:
-    """For class ``c``, every candidate (threshold, min windows): false events on background and
-    events, right ones and calls found on the assembled recordings."""
+def _runs(events: list) -> np.ndarray:
+    """``[n, 3]``: each event's windows, summed window confidence and highest window confidence."""
+    rows = [(len(w), sum(w), max(w)) for w in map(json_windows, events)]
+    return np.array(rows, float).reshape(-1, 3)
+
+
+def _call_of(events: list, calls: np.ndarray, offset: int) -> np.ndarray:
+    """For each event the (global) index of the call of its class it overlaps most, -1 for none.
+    Calls lie far apart on assembled recordings (95 % background between), so an event overlaps
+    at most one and the one-to-one match of ``match`` reduces to this; ``measure`` stays exact."""
+    out = np.full(len(events), -1)
+    for i, e in enumerate(events):
+        if len(calls):
+            overlap = np.minimum(calls[:, 1], e.end_s) - np.maximum(calls[:, 0], e.start_s)
+            if (overlap > 0).any():
+                out[i] = offset + int(np.argmax(overlap))
+    return out
+
+
+def class_table(votes: FieldVotes, c: int, grid: RuleGrid = RULES[DEFAULT_RULES]) -> list[dict]:
+    """For class ``c``, the best candidate (threshold, min windows, min evidence, opening level)
+    for each number of false events on background (of equal recall the most precise, then the
+    strictest): events, right ones and calls found on the assembled recordings. Only these rows
+    matter to ``choose_point``, which takes the best within a budget of false events."""
     label = votes.labels[c]
     hours = sum(s.duration_s for s in votes.background_streams) / 3600
-    calls = sum(int((s.calls[:, 2] == c).sum()) for s in votes.assembled)
+    mine = [s.calls[s.calls[:, 2] == c] if len(s.calls) else s.calls.reshape(0, 3) for s in votes.assembled]
+    offsets = np.cumsum([0] + [len(m) for m in mine])
+    calls = int(offsets[-1])
     others = {l: NOTHING for l in votes.labels}
-    rows = []
+    best: dict[int, dict] = {}
     for threshold in _candidates(votes, c):
         merger = votes.merger(OperatingPoint({**others, label: float(threshold)}))
-        false = np.array([len(json_windows(e)) for s in votes.background_streams for e in s.events(merger, c)], int)
-        judged = []
-        for s in votes.assembled:
-            events = s.events(merger, c)
-            mine = s.calls[s.calls[:, 2] == c] if len(s.calls) else s.calls
-            judged.append((events, mine))
-        for k in range(1, MAX_WINDOWS + 1):
-            n_false = int((false >= k).sum())
-            right = found = events = 0
-            for all_events, mine in judged:
-                kept = [e for e in all_events if len(json_windows(e)) >= k]
-                r, f = match(kept, mine, votes.labels)
-                right, found, events = right + int(r.sum()), found + int(f.sum()), events + len(kept)
-            rows.append({"threshold": float(threshold), "min_windows": k, "false_events": n_false,
-                         "false_per_hour": n_false / hours, "events": events, "right": right,
-                         "found": found, "calls": calls,
-                         "precision": right / events if events else 1.0,
-                         "recall": found / calls if calls else 0.0})
-    return rows
+        false = _runs([e for s in votes.background_streams for e in s.events(merger, c)])
+        events = [s.events(merger, c) for s in votes.assembled]
+        runs = _runs([e for es in events for e in es])
+        call = np.concatenate([_call_of(es, m, o) for es, m, o in zip(events, mine, offsets)] + [np.zeros(0, int)])
+        for k in range(1, grid.max_windows + 1):
+            # a level every run of k windows over the threshold already reaches holds nothing more
+            for evidence in [0.0] + [e for e in grid.evidence if e > k * threshold]:
+                for opening in [0.0] + [o for o in grid.opening if o > threshold]:
+                    def kept(r):
+                        return (r[:, 0] >= k) & (r[:, 1] >= evidence - 1e-9) & (r[:, 2] >= opening)
+                    n_false, keep = int(kept(false).sum()), kept(runs)
+                    found = len(np.unique(call[keep & (call >= 0)]))
+                    row = {"threshold": float(threshold), "min_windows": k, "min_evidence": float(evidence),
+                           "open_threshold": float(opening), "false_events": n_false,
+                           "false_per_hour": n_false / hours, "events": int(keep.sum()), "right": found,
+                           "found": found, "calls": calls,
+                           "precision": found / keep.sum() if keep.any() else 1.0,
+                           "recall": found / calls if calls else 0.0}
+                    if n_false not in best or _key(row) > _key(best[n_false]):
+                        best[n_false] = row
+    return [best[f] for f in sorted(best)]
 
 
 def json_windows(event) -> list:
@@ -79,13 +134,20 @@ def json_windows(event) -> list:
     return json.loads(event.votes)["window_confidence"]
 
 
-def class_tables(votes: FieldVotes) -> dict[str, list[dict]]:
+def class_tables(votes: FieldVotes, grid: RuleGrid = RULES[DEFAULT_RULES]) -> dict[str, list[dict]]:
     """``class_table`` of every call class, by label."""
-    return {votes.labels[c]: class_table(votes, c) for c in range(len(votes.labels)) if c != votes.background}
+    return {votes.labels[c]: class_table(votes, c, grid) for c in range(len(votes.labels)) if c != votes.background}
+
+
+def _key(row: dict) -> tuple:
+    """Most calls found, then most precise, then the strictest (margin against false alarms the
+    short held-out background could not show)."""
+    return (row["recall"], row["precision"], row["threshold"], row["min_windows"], row["min_evidence"],
+            row["open_threshold"])
 
 
 def _best(rows: list[dict]) -> dict:
-    return max(rows, key=lambda r: (r["recall"], r["precision"], r["threshold"], r["min_windows"]))
+    return max(rows, key=_key)
 
 
 def choose_point(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
@@ -111,32 +173,79 @@ def choose_point(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGE
         plans = grown
     _, chosen = max(plans.values(), key=lambda plan: (plan[0], -sum(r["false_events"] for r in plan[1]),
                                                       sum(r["precision"] for r in plan[1])))
-    thresholds, min_windows = {votes.labels[votes.background]: 0.0}, {}
+    thresholds, min_windows, min_evidence, opening = {votes.labels[votes.background]: 0.0}, {}, {}, {}
     for label, row in zip(tables, chosen):
         thresholds[label], min_windows[label] = row["threshold"], row["min_windows"]
-    return OperatingPoint(thresholds, min_windows)
+        min_evidence[label], opening[label] = row.get("min_evidence", 0.0), row.get("open_threshold", 0.0)
+    return OperatingPoint(thresholds, min_windows, min_evidence, opening)
+
+
+def crossfit(votes: FieldVotes, targets=TRADEOFF, grid: RuleGrid = RULES[DEFAULT_RULES]) -> dict[float, dict]:
+    """Choosing on held-out folds, measured on the fold left out: for each fold, the point for each
+    target is chosen on the other folds' votes (their budget of false events) and measured on this
+    fold's; counts pooled over folds. The point measured on the votes that chose it is optimistic
+    by construction (false events on background are few, and cluster on a few recorders); this is
+    what it does on recorders it was not chosen on. Calibration is left out (it has its own
+    cross-fit in ``calibration_report``)."""
+    folds = votes.folds()
+    if len(folds) < 2:
+        raise DataError("choosing on held-out folds needs votes of at least two folds")
+    pooled = {t: {"false_events": 0, "hours": 0.0, "events": 0, "right": 0, "calls": 0, "found": 0,
+                  "predicted": [], "targets": [], "per_fold": []} for t in targets}
+    for f in folds:
+        chosen_on, held = votes.subset([g for g in folds if g != f]), votes.subset([f])
+        tables = class_tables(chosen_on, grid)
+        for t in targets:
+            point = choose_point(chosen_on, t, tables)
+            m, acc = measure(held, point), pooled[t]
+            for key in ("false_events", "events", "right", "calls", "found"):
+                acc[key] += m[key]
+            acc["hours"] += m["background_hours"]
+            acc["predicted"].append(clip_predictions(held, held.merger(point)))
+            acc["targets"].append(held.clip_targets)
+            acc["per_fold"].append({"fold": f, "false_events": m["false_events"], "background_hours": m["background_hours"],
+                                    "found": m["found"], "calls": m["calls"]})
+    out = {}
+    for t, acc in pooled.items():
+        predicted, truth = np.concatenate(acc["predicted"]), np.concatenate(acc["targets"])
+        out[t] = {"false_per_hour": acc["false_events"] / acc["hours"],
+                  "false_per_hour_95": list(poisson_interval(acc["false_events"], acc["hours"])),
+                  "false_events": acc["false_events"], "background_hours": acc["hours"],
+                  "precision": acc["right"] / acc["events"] if acc["events"] else None,
+                  "recall": acc["found"] / acc["calls"] if acc["calls"] else None,
+                  "clip_uar": uar(truth, predicted, len(votes.labels)), "per_fold": acc["per_fold"]}
+    return out
 
 
 def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
-                 plot: Path | None = None, title: str = "") -> dict:
-    """The operating point for the target, its calibration, the field measure untuned and there,
-    and the trade-off over other targets: what cv, cv-ensemble and bundles carry."""
-    tables = class_tables(votes)
+                 plot: Path | None = None, title: str = "", grid: RuleGrid = RULES[DEFAULT_RULES]) -> dict:
+    """The operating point for the target (rules of ``grid``), its calibration, the field measure
+    untuned and there, and the trade-off over other targets, each also chosen on held-out folds
+    (``crossfit``): what cv, cv-ensemble and bundles carry."""
+    tables = class_tables(votes, grid)
     point = choose_point(votes, target_false_per_hour, tables)
     events, _, _ = assembled_events(votes, votes.merger(point))
     curves, source, calibration_report = calibrate(events, votes.labels, votes.background, plot, title)
     at_point = measure(votes, point, as_calibration(curves, source))
+    held_out = crossfit(votes, sorted({*TRADEOFF, target_false_per_hour}), grid) if len(votes.folds()) > 1 else {}
     tradeoff = []
     for target in TRADEOFF:
         m = measure(votes, choose_point(votes, target, tables))
-        tradeoff.append({"target_false_per_hour": target, **{k: m[k] for k in SUMMARY}})
+        tradeoff.append({"target_false_per_hour": target, **{k: m[k] for k in SUMMARY},
+                         **({"chosen_on_other_folds": {k: held_out[target][k] for k in SUMMARY}} if held_out else {})})
+    expected = {**{k: at_point[k] for k in SUMMARY},
+                "calibration_ece": calibration_report["calibrated"]["ece"],
+                "at_min_confidence_0.9": calibration_report["calibrated"]["levels"]["0.9"]}
+    if held_out:
+        expected["chosen_on_other_folds"] = {k: held_out[target_false_per_hour][k] for k in SUMMARY}
     return {
         "operating_point": {"thresholds": point.thresholds, "min_windows": point.min_windows,
+                            "min_evidence": point.min_evidence, "open_threshold": point.open_threshold,
                             "target_false_per_hour": target_false_per_hour,
-                            "expected": {**{k: at_point[k] for k in SUMMARY},
-                                         "calibration_ece": calibration_report["calibrated"]["ece"],
-                                         "at_min_confidence_0.9": calibration_report["calibrated"]["levels"]["0.9"]}},
+                            "rules": {"max_windows": grid.max_windows, "evidence": list(grid.evidence),
+                                      "opening": list(grid.opening)},
+                            "expected": expected},
         "calibration_fits": calibration_report["fits"],
         "calibration": curves, "calibration_input": source, "calibration_report": calibration_report,
         "untuned": measure(votes, OperatingPoint({})), "at_point": at_point, "tradeoff": tradeoff,
-        "candidates": tables}
+        "chosen_on_other_folds": held_out, "candidates": tables}

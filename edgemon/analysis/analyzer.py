@@ -38,6 +38,9 @@ class WindowVote:
     label: int
     confidence: float          # mean member probability of the voted class
     member_labels: tuple[int, ...]
+    # [members][classes]: every member's probabilities, so the field measure's stored votes can
+    # try rules on them without running the models again (empty where not kept)
+    member_probs: tuple[tuple[float, ...], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +65,9 @@ class Analysis:
 @dataclasses.dataclass(frozen=True)
 class EventMerger:
     """The merge rule, shared by the recorder and the training-side field measure: consecutive
-    windows with the same non-background label form a run; a run of a class with fewer windows
-    than the operating point asks is dropped; the rest become events, their confidence calibrated.
+    windows with the same non-background label form a run; a run with less evidence than the
+    operating point asks of its class (``OperatingPoint.keeps``: windows, summed confidence, one
+    confident window) is dropped; the rest become events, their confidence calibrated.
     ``frame_s`` is the frontend's hop in seconds (window starts are in frames)."""
 
     labels: tuple[str, ...]
@@ -77,7 +81,7 @@ class EventMerger:
         events, run = [], []
         for vote in votes + [None]:
             if run and (vote is None or vote.label != run[-1].label):
-                if len(run) >= self.point.windows_needed(self.labels[run[0].label]):
+                if self.point.keeps(self.labels[run[0].label], [v.confidence for v in run]):
                     events.append(self._event(run, duration_s))
                 run = []
             if vote is not None and vote.label != self.background:
@@ -155,11 +159,13 @@ class Analyzer:
         # Windows of one length run as one batch; only a stream's last window may be shorter.
         for length in sorted({len(w) for _, w in batch}):
             group = [(s, w) for s, w in batch if len(w) == length]
-            votes = majority_vote(self.ensemble.member_probs(np.stack([w for _, w in group])))
+            member_probs = self.ensemble.member_probs(np.stack([w for _, w in group]))   # [M, B, C]
+            votes = majority_vote(member_probs)
             labels = apply_thresholds(votes.winner, votes.confidence, self.bundle.labels,
                                       self.merger.point.thresholds, self.background)
             results += [WindowVote(s, length, int(labels[i]), float(votes.confidence[i]),
-                                   tuple(int(m) for m in votes.member_labels[:, i]))
+                                   tuple(int(m) for m in votes.member_labels[:, i]),
+                                   tuple(tuple(float(p) for p in m[i]) for m in member_probs))
                         for i, (s, _) in enumerate(group)]
         return sorted(results, key=lambda v: v.start_frame)
 

@@ -30,24 +30,48 @@ def clip_label(winner: np.ndarray, confidence: np.ndarray, background: int) -> i
 
 @dataclasses.dataclass(frozen=True)
 class OperatingPoint:
-    """What turns window votes into stored events: per-class minimum window confidence, and the
-    fewest consecutive windows an event of each class needs (evidence; 1 stores single windows)."""
+    """What turns window votes into stored events, per class: the minimum window confidence
+    (``thresholds``: a window below it is background, and ends a run), and the evidence a run of
+    windows needs to be stored — at least ``min_windows`` windows, a summed window confidence of
+    at least ``min_evidence``, and at least one window at ``open_threshold`` or above (hysteresis:
+    an event is opened by a confident window and extended by windows over the lower threshold).
+    A class absent from a rule's dict is not held by it (1 window, no evidence, no opening level),
+    as in bundles made before that rule."""
 
     thresholds: dict[str, float]
     min_windows: dict[str, int] = dataclasses.field(default_factory=dict)
+    min_evidence: dict[str, float] = dataclasses.field(default_factory=dict)
+    open_threshold: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def windows_needed(self, label: str) -> int:
         return max(1, int(self.min_windows.get(label, 1)))
 
+    def keeps(self, label: str, confidences: list[float]) -> bool:
+        """Whether a run of windows of ``label`` with these confidences (in [0, 1]) is stored."""
+        return (len(confidences) >= self.windows_needed(label)
+                # a small tolerance: the chooser sums the stored (rounded) window confidences
+                and sum(confidences) >= self.min_evidence.get(label, 0.0) - 1e-9
+                and max(confidences, default=0.0) >= self.open_threshold.get(label, 0.0))
+
     @classmethod
     def from_manifest(cls, manifest: dict, thresholds: dict[str, float]) -> "OperatingPoint":
         """The manifest's ``operating_point`` when it has one, else the bundle's plain
-        ``thresholds`` with single-window events (bundles made before operating points)."""
+        ``thresholds`` with single-window events (bundles made before operating points); its
+        ``min_evidence`` and ``open_threshold`` are optional (points made before them)."""
         point = manifest.get("operating_point")
         if not point:
             return cls(dict(thresholds))
-        return cls({k: float(v) for k, v in point.get("thresholds", thresholds).items()},
-                   {k: int(v) for k, v in point.get("min_windows", {}).items()})
+        return cls(_per_class(point, "thresholds", float, thresholds), _per_class(point, "min_windows", int),
+                   _per_class(point, "min_evidence", float), _per_class(point, "open_threshold", float))
+
+
+def _per_class(point: dict, key: str, kind, default: dict | None = None) -> dict:
+    """``point[key]`` as ``{label: kind(value)}``; ``ValueError`` naming the key when it is not one."""
+    values = point.get(key, {} if default is None else default)
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ValueError(f"operating_point.{key} must map labels to numbers, got {type(values).__name__}")
+    return {str(k): kind(v) for k, v in values.items()}
 
 
 CALIBRATION_INPUTS = ("score", "evidence")

@@ -35,9 +35,10 @@ def test_events_merge_consecutive_windows_and_background_splits_them():
     votes = [WindowVote(s * 62, 125, lab, 0.5 + 0.01 * s, (lab,)) for s, lab in
              enumerate([duet, duet, 0, duet, argus, argus])]
     # The merge rule itself: the shipped bundle's operating point would drop these short runs,
-    # and its calibration would map their scores.
-    a.merger = dataclasses.replace(a.merger, point=OperatingPoint({}), calibration=Calibration())
-    events = a.merge(votes, duration_s=30.0)
+    # and its calibration would map their scores. (A copy: the session's shared analyzer is left
+    # as it is, or every later test would run without the operating point.)
+    merger = dataclasses.replace(a.merger, point=OperatingPoint({}), calibration=Calibration())
+    events = merger.merge(votes, duration_s=30.0)
     assert [(e.label, e.start_s) for e in events] == [("gibbon_duet", 0.0), ("gibbon_duet", round(3 * 62 * 0.032, 3)),
                                                       ("great_argus", round(4 * 62 * 0.032, 3))]
     assert events[0].end_s == pytest.approx((62 + 125) * 0.032)

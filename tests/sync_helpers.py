@@ -132,7 +132,7 @@ def server_state(conn: psycopg.Connection, uuids: list[str] | None = None) -> di
                             "round(confidence::numeric, 3)::float, clock_suspect FROM edgemon.detections {where}")),
         "files": set(q("SELECT db_uuid::text, source, state, attempts FROM edgemon.files {where}")),
         "coverage": set(q("SELECT db_uuid::text, source, to_char(minute_utc AT TIME ZONE 'UTC', "
-                          "'YYYY-MM-DD\"T\"HH24:MI:SS'), analysed_s FROM edgemon.live.coverage {where}")),
+                          "'YYYY-MM-DD\"T\"HH24:MI:SS'), analysed_s FROM edgemon.coverage {where}")),
         "heartbeats": set(q("SELECT db_uuid::text, run_id, uptime_s, state FROM edgemon.heartbeats {where}")),
     }
 

@@ -1,7 +1,8 @@
 """The detections database's schema: versioned migrations, applied in order by ``Store``.
 
 Plain DDL, so the constraints are visible. The migration set keeps the name it was first
-recorded under in databases ("edgemon.storage.store"); a new table or column is a new migration.
+recorded under in databases ("edgemon.store", the module that held it then); a new table or
+column is a new migration.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlite_utils import Migrations
 TIME_SOURCES = ("filename", "metadata", "mtime", "host_clock")
 FILE_STATES = ("done", "failed", "quarantined")
 
-MIGRATIONS = Migrations("edgemon.storage.store")
+MIGRATIONS = Migrations("edgemon.store")
 
 
 @MIGRATIONS()

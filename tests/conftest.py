@@ -16,7 +16,8 @@ BORNEO = ROOT.parent / "shared" / "data" / "borneo"
 # Name prefixes of non-daemon threads that libraries start once and keep for the life of the
 # process: not a test's leak. Empty, as measured on the whole suite (2026-12): torch and onnxruntime
 # run their pools in native threads, invisible to ``threading``; watchdog's observer and emitters
-# and optuna's heartbeat are daemon threads, which this guard does not count.
+# are daemon threads, which this guard does not count; optuna joins its heartbeat thread after each
+# trial.
 LIBRARY_THREADS: tuple[str, ...] = ()
 THREAD_GRACE_S = 5.0   # a thread that is being joined when the test returns gets this long to end
 

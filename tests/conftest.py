@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,30 @@ import soundfile
 
 ROOT = Path(__file__).resolve().parents[1]
 BORNEO = ROOT.parent / "shared" / "data" / "borneo"
+
+# Name prefixes of non-daemon threads that libraries start once and keep for the life of the
+# process: not a test's leak. Empty, as measured on the whole suite (2026-12): torch and onnxruntime
+# run their pools in native threads, invisible to ``threading``; watchdog's observer and emitters
+# are daemon threads, which this guard does not count; optuna joins its heartbeat thread after each
+# trial.
+LIBRARY_THREADS: tuple[str, ...] = ()
+THREAD_GRACE_S = 5.0   # a thread that is being joined when the test returns gets this long to end
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Fail a test that leaves a non-daemon thread running, as watchdog's suite does: such a
+    thread outlives the test, keeps the process alive at exit and changes the next test's timing."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + THREAD_GRACE_S
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
+                  and not t.name.startswith(LIBRARY_THREADS)]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"the test left non-daemon thread(s) running: {', '.join(t.name for t in leaked)}"
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,13 @@ functions too, since an import hidden in a function is still a dependency):
 from __future__ import annotations
 
 import ast
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+
+from edgemon.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,3 +215,13 @@ def test_the_training_rule_names_a_forbidden_import(tmp_path):
         "training.t imports edgemon.storage.store (training may import only edgemon, edgemon.analysis, "
         "edgemon.errors, edgemon.console, edgemon.storage.readonly)",
     ]
+
+
+def test_names_stored_in_databases_survived_the_move(tmp_path):
+    # The migration set's name is written into every detections database; renaming it with its
+    # module (edgemon.store -> edgemon.storage.store) would make every existing database apply
+    # all migrations again at the next start.
+    Store(tmp_path / "d.db").close()
+    with closing(sqlite3.connect(tmp_path / "d.db")) as conn:
+        sets = {row[0] for row in conn.execute("SELECT DISTINCT migration_set FROM _sqlite_migrations")}
+    assert sets == {"edgemon.store"}

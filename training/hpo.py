@@ -81,7 +81,8 @@ def suggest(trial: optuna.Trial, space: str, frontend: FrontendConfig, window_s:
 
 def _storage(storage_url: str, config: SearchConfig, attempts: int = 5) -> optuna.storages.RDBStorage:
     """The study's storage; workers started together on a new database race to create its
-    tables, and the losers simply connect again."""
+    tables, and the losers simply connect again (PostgreSQL reports the loss as a unique
+    violation or, seen under load, as "relation alembic_version already exists")."""
     import sqlalchemy.exc
 
     for attempt in range(attempts):
@@ -89,7 +90,7 @@ def _storage(storage_url: str, config: SearchConfig, attempts: int = 5) -> optun
             return optuna.storages.RDBStorage(
                 storage_url, heartbeat_interval=config.heartbeat_s, grace_period=2 * config.heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 + attempt)

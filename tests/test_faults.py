@@ -311,7 +311,7 @@ def test_errors_that_are_not_corruption_are_not_repaired(tmp_path):
 
 # --- the host clock steps back an hour ---------------------------------------------------------
 
-class HostClock:
+class FakeHostClock:
     """Shifts every host-clock read on the watch path (``time.time``, ``datetime.now``) by
     ``offset`` seconds; the monotonic clock is untouched, as when NTP or a person steps the clock."""
 
@@ -335,7 +335,7 @@ def test_host_clock_stepping_back_an_hour_skips_and_duplicates_nothing(tmp_path,
     root = tmp_path / "rec"
     for i in range(3):
         recording(root / f"2024080{i + 1}_060000.WAV", seed=200 + i)
-    clock = HostClock(monkeypatch)
+    clock = FakeHostClock(monkeypatch)
     stop = threading.Event()
     db = tmp_path / "d.db"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import sqlite3
 import struct
 import threading
@@ -16,15 +18,16 @@ from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.files.watcher import WatchConfig, Watcher
 from edgemon.storage.store import Store
 
-_ANALYZER: Analyzer | None = None
+@functools.cache
+def _loaded() -> Analyzer:
+    return Analyzer(load_bundle(default_bundle_path()))
 
 
 def analyzer() -> Analyzer:
-    """The embedded bundle's analyzer, loaded once per test session."""
-    global _ANALYZER
-    if _ANALYZER is None:
-        _ANALYZER = Analyzer(load_bundle(default_bundle_path()))
-    return _ANALYZER
+    """The embedded bundle's analyzer. Its ONNX sessions load once per test session; each caller
+    gets its own copy, so a test that replaces an attribute (its merger, its batch size) cannot
+    change what later tests run (one did: every later test lost the operating point)."""
+    return copy.copy(_loaded())
 
 
 def fast_config(root: Path, **overrides) -> WatchConfig:

@@ -24,6 +24,7 @@ import sounddevice as sd
 import soundfile
 import soxr
 
+from devtools.soundscapes import PART_A, PART_B, VirtualAudio, pulseaudio_missing, soundscape
 from edgemon.live.capture import (AudioDeviceError, Backoff, BlockQueue, Capture, CaptureConfig,
                              CaptureState, InputDevice)
 from edgemon.live.clips import ClipConfig, ClipSaver
@@ -33,7 +34,6 @@ from edgemon.live.store_writer import StoreWriter
 from edgemon.live.worker import ListenConfig, Listener
 from edgemon.storage.export import export_coverage
 from edgemon.storage.store import Detection, Store
-from tests.listen_helpers import PART_A, PART_B, VirtualAudio, pulseaudio_missing, soundscape
 from tests.watch_helpers import analyzer, query
 
 EDGEMON = Path(sys.executable).parent / "edgemon"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import soundfile  # noqa: E402
 
-from tests.listen_helpers import (PART_A, PART_B, SAMPLE_RATE, VirtualAudio,  # noqa: E402
+from devtools.soundscapes import (PART_A, PART_B, SAMPLE_RATE, VirtualAudio,  # noqa: E402
                                   pulseaudio_missing, soundscape)
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgemon.storage.schema import SYNC_KEYS  # noqa: E402
 from edgemon.storage.store import Store  # noqa: E402
-from tests.sync_helpers import add_file  # noqa: E402
+from devtools.recorder_db import add_file  # noqa: E402
 
 FILES, DETECTIONS = 300, 40
 

@@ -39,8 +39,8 @@ from edgemon.sync.fleet_status import collect_fleet  # noqa: E402
 from edgemon.sync.fleetdb import DeviceInfo  # noqa: E402
 from edgemon.sync.fleetschema import SCHEMA  # noqa: E402
 from edgemon.sync.sender import SyncConfig, sync_once  # noqa: E402
-from tests.postgres_server import postgres_server  # noqa: E402
-from tests.throttle_proxy import ThrottleProxy  # noqa: E402
+from devtools.postgres_server import postgres_server  # noqa: E402
+from devtools.throttle_proxy import ThrottleProxy  # noqa: E402
 
 LABELS = ("bird", "gibbon", "insect", "frog", "hornbill", "frog2")
 DAY0 = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)

@@ -20,7 +20,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import sync_load  # noqa: E402
 
-from tests.postgres_server import postgres_server  # noqa: E402
+from devtools.postgres_server import postgres_server  # noqa: E402
 
 
 def main() -> None:

@@ -28,17 +28,23 @@ SPLITS = ("train", "devel", "test", "pool")
 Truth = dict[str, list[tuple[float, float, str]]]   # recording name -> (start_s, end_s, label) per clip
 
 
+def lab_rows(borneo: Path, split: str) -> list[dict]:
+    """The clip rows of ``lab/{split}.csv``."""
+    with open(Path(borneo) / "lab" / f"{split}.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def recorder_clips(borneo: Path, recorder: str, splits=SPLITS, exclude_recordings: set[str] = frozenset()) -> list[dict]:
     """``recorder``'s clip rows (``lab/*.csv``) of ``splits``, minus those cut from a source
     recording in ``exclude_recordings``; sorted by file name."""
-    rows = [r for s in splits for r in csv.DictReader(open(Path(borneo) / "lab" / f"{s}.csv"))
+    rows = [r for s in splits for r in lab_rows(borneo, s)
             if r["recorder"] == recorder and r["source_recording"] not in exclude_recordings]
     return sorted(rows, key=lambda r: r["filename"])
 
 
 def source_recordings(borneo: Path, splits) -> set[str]:
     """The source recordings any clip of ``splits`` was cut from."""
-    return {r["source_recording"] for s in splits for r in csv.DictReader(open(Path(borneo) / "lab" / f"{s}.csv"))}
+    return {r["source_recording"] for s in splits for r in lab_rows(borneo, s)}
 
 
 def lay_recordings(borneo: Path, clips: list[dict], out: Path, per_recording: int, seed: int = 0) -> Truth:

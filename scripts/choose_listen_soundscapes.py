@@ -1,6 +1,6 @@
 """Choose the Borneo test clips that the listen tests' soundscapes are made of, for the shipped bundle.
 
-The criterion (tests/listen_helpers.py states it): the bundle finds exactly the soundscape's calls
+The criterion (devtools/soundscapes.py states it): the bundle finds exactly the soundscape's calls
 and nothing else, each starting within 2.5 s of the truth, at every phase of its window grid (eight
 tried), on the clips as they are and after a simulated sound-server path (48 kHz 16-bit, 44.1 kHz,
 back to 16 kHz) at full and 80 % gain. Run it again whenever the default bundle changes:
@@ -8,7 +8,7 @@ back to 16 kHz) at full and 80 % gain. Run it again whenever the default bundle 
     .venv/bin/python scripts/choose_listen_soundscapes.py [--data ../shared/data/borneo]
 
 It prints the background clips that stay silent, the call clips that pass between two of them, and
-whether the soundscapes named in tests/listen_helpers.py pass as a whole.
+whether the soundscapes named in devtools/soundscapes.py pass as a whole.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import soxr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgemon.analysis.analyzer import Analyzer  # noqa: E402
 from edgemon.analysis.bundle import default_bundle_path, load_bundle  # noqa: E402
-from tests.listen_helpers import PART_A, PART_B, SAMPLE_RATE  # noqa: E402
+from devtools.soundscapes import PART_A, PART_B, SAMPLE_RATE  # noqa: E402
 
 TOLERANCE_S = 2.5  # the listen test allows 3 s (a hop and the device latency)
 PHASES = 8
@@ -88,7 +88,7 @@ def main() -> None:
             print(f"  {name}")
     for part_name, part in (("PART_A", PART_A), ("PART_B", PART_B)):
         ok = all(n in labels for n in part) and passes(analyzer, [audio[n] for n in part], [labels[n] for n in part])
-        print(f"{part_name} as named in tests/listen_helpers.py: {'passes' if ok else 'FAILS'}")
+        print(f"{part_name} as named in devtools/soundscapes.py: {'passes' if ok else 'FAILS'}")
 
 
 if __name__ == "__main__":

@@ -80,9 +80,10 @@ def review_server(db: Path, recordings: Path | None, *extra: str, host: str = "1
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(base + "/static/review.css", timeout=2)
-                break
-            except urllib.error.HTTPError:
+                with urllib.request.urlopen(base + "/static/review.css", timeout=2):
+                    break
+            except urllib.error.HTTPError as exc:
+                exc.close()
                 break       # it answers (401 without the token): it is up
             except OSError:
                 if proc.poll() is not None:

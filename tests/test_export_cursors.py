@@ -182,22 +182,23 @@ def test_two_exports_on_one_cursor_at_once_never_deliver_a_row_twice(tmp_path):
             commit(store, source, [detection(source, float(s), "bird", 0.9, "2024-05-01T06:00:00Z")
                                    for s in range(60)])
     command = [sys.executable, "-m", "edgemon", "export-detections", "--db", str(path), "--cursor", "dest"]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        head = first.stdout.readline()            # it has read its position and is writing rows
-        time.sleep(0.5)                           # ... and now blocks on the full pipe
-        second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Each `with` closes the process's pipes when it ends; `finally` kills it if the test failed.
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as first:
         try:
-            time.sleep(3.0)
-            second_done_early = second.poll() is not None
-            rest = first.stdout.read()           # the buffered reader holds what followed the head
-            first_err = first.stderr.read()
-            first.wait(timeout=60)
-            second_out, second_err = second.communicate(timeout=60)
+            head = first.stdout.readline()            # it has read its position and is writing rows
+            time.sleep(0.5)                           # ... and now blocks on the full pipe
+            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as second:
+                try:
+                    time.sleep(3.0)
+                    second_done_early = second.poll() is not None
+                    rest = first.stdout.read()           # the buffered reader holds what followed the head
+                    first_err = first.stderr.read()
+                    first.wait(timeout=60)
+                    second_out, second_err = second.communicate(timeout=60)
+                finally:
+                    second.kill()
         finally:
-            second.kill()
-    finally:
-        first.kill()
+            first.kill()
     assert first.returncode == 0 and second.returncode == 0, (first_err, second_err)
     first_ids = [r["id"] for r in csv.DictReader(io.StringIO((head + rest).decode()))]
     second_ids = [r["id"] for r in csv.DictReader(io.StringIO(second_out.decode()))]

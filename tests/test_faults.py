@@ -194,6 +194,7 @@ def hold_write_lock(db: Path, seconds: float) -> subprocess.Popen:
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(db), str(seconds)],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
+    holder.stdout.close()    # it prints nothing more; an open pipe would outlive the test
     return holder
 
 

@@ -225,3 +225,30 @@ def test_names_stored_in_databases_survived_the_move(tmp_path):
     with closing(sqlite3.connect(tmp_path / "d.db")) as conn:
         sets = {row[0] for row in conn.execute("SELECT DISTINCT migration_set FROM _sqlite_migrations")}
     assert sets == {"edgemon.store"}
+
+
+def imports_from_tests(path: Path) -> list[str]:
+    """'path:line imports tests...' for every import of the tests package in ``path``, those inside
+    functions too."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        found += [f"{path}:{node.lineno} imports {name}" for name in names
+                  if name == "tests" or name.startswith("tests.")]
+    return found
+
+
+def test_bench_scripts_and_devtools_import_nothing_from_tests():
+    # What bench/ and scripts/ need lives in devtools/; tests/ is not a library anyone else may
+    # lean on (a test helper changed for a test would silently change a bench's figures).
+    problems = [problem for folder in ("bench", "scripts", "devtools")
+                for path in sorted((ROOT / folder).rglob("*.py")) for problem in imports_from_tests(path)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_tests_import_rule_names_the_file(tmp_path):
+    root = _tree(tmp_path, {"bench/b.py": "import os\ndef f():\n    from tests.sync_helpers import fleet_server\n",
+                            "scripts/s.py": "import tests.conftest\nfrom testsuite import x\n"})
+    assert imports_from_tests(root / "bench/b.py") == [f"{root / 'bench/b.py'}:3 imports tests.sync_helpers"]
+    assert imports_from_tests(root / "scripts/s.py") == [f"{root / 'scripts/s.py'}:1 imports tests.conftest"]

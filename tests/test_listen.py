@@ -24,6 +24,7 @@ import sounddevice as sd
 import soundfile
 import soxr
 
+from devtools.soundscapes import PART_A, PART_B, VirtualAudio, pulseaudio_missing, soundscape
 from edgemon.live.capture import (AudioDeviceError, Backoff, BlockQueue, Capture, CaptureConfig,
                              CaptureState, InputDevice)
 from edgemon.live.clips import ClipConfig, ClipSaver
@@ -33,7 +34,6 @@ from edgemon.live.store_writer import StoreWriter
 from edgemon.live.worker import ListenConfig, Listener
 from edgemon.storage.export import export_coverage
 from edgemon.storage.store import Detection, Store
-from tests.listen_helpers import PART_A, PART_B, VirtualAudio, pulseaudio_missing, soundscape
 from tests.watch_helpers import analyzer, query
 
 EDGEMON = Path(sys.executable).parent / "edgemon"
@@ -363,7 +363,8 @@ def test_daemon_down_time_is_the_gap_since_the_previous_run(tmp_path):
                     ("1970-01-01T01:42:00.000Z", 10.0, 30.0, "1970-01-01T01:42:40.000Z", 1)]
     out = tmp_path / "coverage.csv"
     assert export_coverage(db, "csv", out, since=dt.datetime(1970, 1, 1, 1, 41)) == 2
-    exported = list(csv.DictReader(out.open()))
+    with out.open() as f:
+        exported = list(csv.DictReader(f))
     assert [float(r["lost_daemon_s"]) for r in exported] == [60.0, 30.0]
 
 
@@ -472,8 +473,10 @@ def test_listen_on_a_real_device_survives_an_audio_server_crash(virtual_audio, b
     result = subprocess.run([EDGEMON, "export-detections", "--db", db, "--output", tmp_path / "d.csv",
                              "--coverage", exported], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert len(list(csv.DictReader(exported.open()))) == len(coverage)
-    assert len(list(csv.DictReader((tmp_path / "d.csv").open()))) == len(rows)
+    with exported.open() as f:
+        assert len(list(csv.DictReader(f))) == len(coverage)
+    with (tmp_path / "d.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
 
 
 def utc_seconds(text: str) -> float:

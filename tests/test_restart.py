@@ -58,10 +58,9 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(borneo_d
     rng = np.random.default_rng(11)
     done_between = []
     for _ in range(KILLS):
-        daemon = start_daemon(root, db)
-        time.sleep(rng.uniform(0.8, 2.2))  # start-up is ~1 s; kills land before, during and between files
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait()
+        with start_daemon(root, db) as daemon:     # leaving the block closes its stderr pipe and reaps it
+            time.sleep(rng.uniform(0.8, 2.2))  # start-up is ~1 s; kills land before, during and between files
+            daemon.send_signal(signal.SIGKILL)
         done_between.append(files_done(db))  # 0 if killed before the schema existed
     run_daemon_until_idle(root, db)
     print(f"\nfiles done after each kill: {done_between}")

@@ -37,7 +37,8 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, str, bytes]:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.headers.get("content-type", ""), response.read()
     except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("content-type", ""), e.read()
+        with e:                 # an error response holds its connection until closed
+            return e.code, e.headers.get("content-type", ""), e.read()
 
 
 def _post(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
@@ -47,7 +48,8 @@ def _post(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict]
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as e:
-        body = e.read()
+        with e:
+            body = e.read()
         return e.code, json.loads(body) if "json" in e.headers.get("content-type", "") else {"text": body.decode()}
 
 
@@ -260,7 +262,8 @@ def test_verdicts_export_as_csv(review_db, tmp_path):
     result = subprocess.run([sys.executable, "-m", "edgemon", "review", "--db", str(db), "--export", str(out)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    exported = list(csv.DictReader(out.open()))
+    with out.open() as f:
+        exported = list(csv.DictReader(f))
     assert [(r["source"], r["start_s"], r["verdict"], r["new_label"], r["reviewer"], r["device_id"]) for r in exported] == [
         ("S01/20240501_060000.WAV", "2.0", "wrong", "", "ann", "S01"),
         ("S01/20240501_060000.WAV", "10.0", "relabel", "great_argus", "bob", "S01")]

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.recorder_db import add_file, make_recorder
+from devtools.throttle_proxy import ThrottleProxy
 from edgemon.storage.store import Store
 from edgemon.sync.outbox import Outbox
-from tests.sync_helpers import (add_file, count_server_detections, fleet_server, local_state, make_recorder,
-                                server_state)
-from tests.throttle_proxy import ThrottleProxy
+from tests.sync_helpers import count_server_detections, fleet_server, local_state, server_state
 
 psycopg = pytest.importorskip("psycopg")
 

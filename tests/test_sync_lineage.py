@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from devtools.recorder_db import add_file, make_recorder
 from edgemon.storage.store import Detection, Heartbeat, Store
 from edgemon.sync.fleet_status import collect_fleet
 from edgemon.sync.fleetdb import DeviceInfo
 from edgemon.sync.outbox import Outbox
 from edgemon.sync.sender import SyncConfig, SyncResult, sync_once
-from tests.sync_helpers import add_file, count_server_detections, local_state, make_recorder, server_state
+from tests.sync_helpers import count_server_detections, local_state, server_state
 from tests.test_sync import fleet, server  # noqa: F401  (fixtures: one server per module)
 
 psycopg = pytest.importorskip("psycopg")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.recorder_db import make_recorder
 from edgemon.review.reviews import add_verdict, precision_by_class
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA_VERSION
 from edgemon.sync.outbox import Outbox, natural_columns
-from tests.sync_helpers import make_recorder
 from tests.test_sync import fleet, run_sync, server  # noqa: F401  (fixtures: one server per module)
 
 psycopg = pytest.importorskip("psycopg")

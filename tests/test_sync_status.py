@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from devtools.recorder_db import make_recorder
 from edgemon.status import collect_status
-from tests.sync_helpers import make_recorder
 from tests.test_sync import fleet, run_sync, server, uuid_of  # noqa: F401  (fixtures: one server per module)
 
 psycopg = pytest.importorskip("psycopg")

@@ -115,7 +115,10 @@ if _on:
 
     def _cut_power():
         counter, limit = os.environ["EDGEMON_TEST_CUTS"].rsplit(":", 1)
-        done = int(open(counter).read() or 0) if os.path.exists(counter) else 0
+        done = 0
+        if os.path.exists(counter):
+            with open(counter) as f:
+                done = int(f.read() or 0)
         if done >= int(limit):
             return False
         with open(counter, "w") as f:

@@ -1,4 +1,5 @@
-"""Helpers for the listen tests and bench: a real PortAudio input device without sound hardware.
+"""Borneo soundscapes and a real PortAudio input device without sound hardware, for the listen tests,
+bench/listen_load.py and scripts/choose_listen_soundscapes.py.
 
 A user-mode PulseAudio server with a null sink ``virt``: what ``paplay -d virt`` plays comes back
 on the sink's monitor, which PortAudio's ALSA device ``pulse`` records when ``PULSE_SOURCE`` is

@@ -14,9 +14,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from devtools.postgres_server import postgres_server
 from edgemon.analysis.frontend import FrontendConfig
 from training.hpo import suggest
-from tests.postgres_server import postgres_server
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -144,10 +144,14 @@ def test_two_workers_share_one_study_over_postgresql(tiny_dataset, tmp_path):
         for w in workers:
             _, err = w.communicate(timeout=300)
             assert w.returncode == 0, err[-2000:]
-        study = load(url, "shared")
-        finished = [t for t in study.trials if t.state in FINISHED]
+        storage = optuna.storages.RDBStorage(url)
+        try:
+            trials = load(storage, "shared").trials
+        finally:
+            storage.engine.dispose()    # its pooled connections would outlive the server
+        finished = [t for t in trials if t.state in FINISHED]
         assert len(finished) >= 6
-        dirs = {t.user_attrs["run_dir"].split("/worker")[1][0] for t in study.trials
+        dirs = {t.user_attrs["run_dir"].split("/worker")[1][0] for t in trials
                 if t.state == optuna.trial.TrialState.COMPLETE}
         assert dirs == {"0", "1"}, "both workers completed trials of the one study"
     finally:

@@ -30,6 +30,7 @@ from edgemon.storage.recovery import corruption, open_or_recover
 from edgemon.storage.store import Store, StoreError
 import edgemon.storage.store
 from tests.conftest import hoots, tone
+from tests.waits import wait_until
 from tests.watch_helpers import (
     analyzer,
     fast_config,
@@ -67,15 +68,6 @@ def run_in_thread(db: Path, make_watcher, stop: threading.Event) -> tuple[thread
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, made
-
-
-def wait_for(condition, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 # --- disk full -------------------------------------------------------------------------------
@@ -347,7 +339,7 @@ def test_host_clock_stepping_back_an_hour_skips_and_duplicates_nothing(tmp_path,
                        on_tick=monitor.tick)
 
     thread, made = run_in_thread(db, make, stop)
-    wait_for(lambda: "watcher" in made and made["watcher"].processed == 3, 60, "the first files")
+    wait_until(lambda: "watcher" in made and made["watcher"].processed == 3, 60, "the first files")
     before = dict(query(db, "SELECT source, updated_at FROM files"))
 
     clock.offset = -3600.0
@@ -358,8 +350,8 @@ def test_host_clock_stepping_back_an_hour_skips_and_duplicates_nothing(tmp_path,
         os.utime(path, (time.time(), time.time()))     # written after the step: an hour "older" mtime
     (root / "20240805_060000.WAV").write_bytes(b"RIFF garbage written after the step")
     os.utime(root / "20240805_060000.WAV", (time.time(), time.time()))
-    took = wait_for(lambda: made["watcher"].processed == 5 and
-                    ("20240805_060000.WAV", "quarantined", 3) in ledger(db), 30, "files after the step")
+    took = wait_until(lambda: made["watcher"].processed == 5 and
+                      ("20240805_060000.WAV", "quarantined", 3) in ledger(db), 30, "files after the step")
     stop.set()
     thread.join(30)
     assert "error" not in made, made.get("error")
@@ -402,12 +394,12 @@ def test_a_dead_observer_thread_is_detected_and_restarted(tmp_path, monkeypatch,
         tmp_path / "d.db",
         lambda store: Watcher(fast_config(root, settle_s=0.2, rescan_s=60, until_idle=False), analyzer(), store), stop)
     try:
-        wait_for(lambda: "watcher" in made and made["watcher"].processed == 1, 60, "the first file")
+        wait_until(lambda: "watcher" in made and made["watcher"].processed == 1, 60, "the first file")
         recording(root / "poison.wav", seed=401)
-        wait_for(poisoned.is_set, 10, "the handler to fail")
-        wait_for(lambda: made["watcher"].processed == 2, 10, "the file whose event killed the observer")
+        wait_until(poisoned.is_set, 10, "the handler to fail")
+        wait_until(lambda: made["watcher"].processed == 2, 10, "the file whose event killed the observer")
         recording(root / "20240902_060000.WAV", seed=402)
-        wait_for(lambda: made["watcher"].processed == 3, 10, "a file seen by the restarted observer")
+        wait_until(lambda: made["watcher"].processed == 3, 10, "a file seen by the restarted observer")
     finally:
         stop.set()
         thread.join(30)
@@ -449,7 +441,7 @@ def test_a_10000_file_backlog_keeps_memory_bounded(tmp_path):
                                    "--settle-s", "0", "--config", str(tmp_path / "empty.toml")],
                                   cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
-            wait_for(lambda: daemon.poll() is not None or files_in_ledger(db) >= 2500, 240, "2,500 files")
+            wait_until(lambda: daemon.poll() is not None or files_in_ledger(db) >= 2500, 240, "2,500 files")
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
@@ -487,16 +479,16 @@ def test_a_database_hold_ends_when_writes_go_through_not_at_the_next_committed_f
     thread, made = run_in_thread(db, lambda store: Watcher(fast_config(root, until_idle=False, retry_s=0.3),
                                                            analyzer(), store, on_tick=on_tick), stop)
     try:
-        wait_for(lambda: "watcher" in made and made["watcher"].store_error is not None, 30, "a refused write")
+        wait_until(lambda: "watcher" in made and made["watcher"].store_error is not None, 30, "a refused write")
         assert holder.wait(10) == 0
-        wait_for(lambda: made["watcher"].processed == 1, 60, "the held file, analysed")
+        wait_until(lambda: made["watcher"].processed == 1, 60, "the held file, analysed")
         assert during_analysis and set(during_analysis) == {None}   # over when its attempt was written
         holder = hold_write_lock(db, 1.5)                  # refused again, for a file that then vanishes
         late = recording(root / "20240701_070000.WAV", seed=2)
-        wait_for(lambda: made["watcher"].store_error is not None, 30, "a second refused write")
+        wait_until(lambda: made["watcher"].store_error is not None, 30, "a second refused write")
         late.unlink()
         assert holder.wait(10) == 0
-        wait_for(lambda: made["watcher"].store_error is None, 10, "the hold to end with nothing left to retry")
+        wait_until(lambda: made["watcher"].store_error is None, 10, "the hold to end with nothing left to retry")
     finally:
         stop.set()
         thread.join(timeout=30)

@@ -31,6 +31,7 @@ from edgemon.files.watcher import Watcher
 from edgemon.status import collect_status, format_status
 from edgemon.storage.store import Store
 from tests.conftest import hoots, tone
+from tests.waits import poll_until
 from tests.watch_helpers import (
     analyzer,
     fast_config,
@@ -131,9 +132,7 @@ class HangingAnalyzer:
 
 
 def stop_when_done(watcher, files: int, stop: threading.Event, then_s: float = 0.5, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while watcher.processed < files and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll_until(lambda: watcher.processed >= files, timeout_s)
     time.sleep(then_s)
     stop.set()
 

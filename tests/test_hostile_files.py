@@ -25,6 +25,7 @@ from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.status import collect_status
 from edgemon.storage.store import Store
 from tests.conftest import hoots, tone
+from tests.waits import wait_until
 from tests.watch_helpers import fault_env, files_done, query, watch_until_idle, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,10 +177,8 @@ def test_a_second_daemon_on_the_same_database_is_refused_and_readers_are_not(tmp
     recording(root / "20240701_060000.WAV")
     first = daemon(root, db, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while files_done(db) < 1:
-            assert time.monotonic() < deadline and first.poll() is None
-            time.sleep(0.1)
+        wait_until(lambda: files_done(db) >= 1 or first.poll() is not None, 60, "the first file", interval=0.1)
+        assert first.poll() is None
         other_root = tmp_path / "other"
         other_root.mkdir()
         second = daemon(other_root, db, "--until-idle")

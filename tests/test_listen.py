@@ -34,6 +34,7 @@ from edgemon.live.store_writer import StoreWriter
 from edgemon.live.worker import ListenConfig, Listener
 from edgemon.storage.export import export_coverage
 from edgemon.storage.store import Detection, Store
+from tests.waits import poll_until, wait_for_text
 from tests.watch_helpers import analyzer, query
 
 EDGEMON = Path(sys.executable).parent / "edgemon"
@@ -133,9 +134,7 @@ def test_capture_reopens_with_backoff_after_failures_stalls_and_device_loss():
     thread = threading.Thread(target=capture.run, args=(stop,))
     cpu = time.process_time()
     thread.start()
-    deadline = time.monotonic() + 20
-    while len(streams) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll_until(lambda: len(streams) >= 3, 20)
     time.sleep(0.5)
     stop.set()
     thread.join(10)
@@ -395,13 +394,6 @@ def virtual_audio():
         audio.close()
 
 
-def wait_for(log_path: Path, text: str, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while log_path.read_text().count(text) < count:
-        assert time.monotonic() < deadline, f"no {count}x {text!r} in the log:\n{log_path.read_text()}"
-        time.sleep(0.1)
-
-
 def test_listen_on_a_real_device_survives_an_audio_server_crash(virtual_audio, borneo_dir, tmp_path):
     part_a, part_b = tmp_path / "a.wav", tmp_path / "b.wav"
     calls = [("A",) + c for c in soundscape(borneo_dir, PART_A, part_a)]
@@ -415,7 +407,7 @@ def test_listen_on_a_real_device_survives_an_audio_server_crash(virtual_audio, b
                                    "--stall-s", "3", "--backoff-max-s", "1", "--flush-s", "2"],
                                   env=virtual_audio.client_env(), stdout=log, stderr=log)
     try:
-        wait_for(log_path, "-> running", 1, timeout=60)
+        wait_for_text(log_path, "-> running", 1, timeout=60)
         played = {"A": time.time()}
         assert virtual_audio.play(part_a).wait(timeout=120) == 0
         killed = time.time()
@@ -423,7 +415,7 @@ def test_listen_on_a_real_device_survives_an_audio_server_crash(virtual_audio, b
         time.sleep(DOWN_S)
         virtual_audio.start()
         restarted = time.time()
-        wait_for(log_path, "-> running", 2, timeout=30)
+        wait_for_text(log_path, "-> running", 2, timeout=30)
         played["B"] = time.time()
         assert virtual_audio.play(part_b).wait(timeout=120) == 0
         time.sleep(1.0)

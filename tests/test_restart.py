@@ -13,6 +13,7 @@ import numpy as np
 import soundfile
 
 from edgemon.storage.store import Store
+from tests.waits import poll_until
 from tests.watch_helpers import files_done, query, write_wav
 
 KILLS = 6
@@ -79,9 +80,7 @@ def test_sigterm_stops_the_daemon_promptly_and_cleanly(borneo_dir, tmp_path):
     backlog(borneo_dir, root, files=2, clips=2)
     daemon = subprocess.Popen([sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db),
                                "--settle-s", "0", "--rescan-s", "30"], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and files_done(db) < 2:
-        time.sleep(0.2)
+    poll_until(lambda: files_done(db) >= 2, 60, interval=0.2)
     time.sleep(1.0)  # both files done: now idle, waiting for the next rescan
     stopped = time.monotonic()
     daemon.send_signal(signal.SIGTERM)

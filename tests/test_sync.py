@@ -23,6 +23,7 @@ from devtools.throttle_proxy import ThrottleProxy
 from edgemon.storage.store import Store
 from edgemon.sync.outbox import Outbox
 from tests.sync_helpers import count_server_detections, fleet_server, local_state, server_state
+from tests.waits import poll_until
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -182,9 +183,7 @@ def test_server_stopped_mid_sync_and_restarted(fleet, tmp_path):
         proc = subprocess.Popen(sync_cmd(db, proxied(fleet.url, proxy), "--retry-for-s", "60"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not acked_seq(fleet):
-                time.sleep(0.05)
+            poll_until(lambda: acked_seq(fleet), 30)
             fleet.stop()
             time.sleep(1.0)
             assert proc.poll() is None, proc.communicate()   # still trying, not finished
@@ -356,10 +355,8 @@ def test_service_loop_waits_out_an_outage_then_sends_what_piled_up(fleet, tmp_pa
         with Store(db) as store:                  # the recorder keeps working while offline
             add_file(store, "rec-a", 30, 5, random.Random(12))
         fleet.start()
-        deadline = time.monotonic() + 20
         with Outbox(db) as outbox:
-            while time.monotonic() < deadline and acked_seq(fleet) < outbox.last_seq():
-                time.sleep(0.1)
+            poll_until(lambda: acked_seq(fleet) >= outbox.last_seq(), 20, interval=0.1)
     finally:
         stop.set()
         thread.join(timeout=30)

@@ -16,6 +16,7 @@ import pytest
 
 from devtools.postgres_server import postgres_server
 from edgemon.analysis.frontend import FrontendConfig
+from tests.waits import poll_until
 from training.hpo import suggest
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -108,9 +109,7 @@ def test_a_killed_worker_loses_only_its_running_trial(tiny_dataset, tmp_path):
     worker = subprocess.Popen(hpo_command(tiny_dataset, out, *args), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not _trial_under_way(out / "study.db"):
-            time.sleep(0.5)
+        poll_until(lambda: _trial_under_way(out / "study.db"), 120, interval=0.5)
         # Only now open the study through Optuna: opening it while the worker creates it races the
         # worker over the schema's version row.
         running = load(storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))

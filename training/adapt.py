@@ -120,7 +120,7 @@ def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -
 
 
 def event_windows(start_s: float, end_s: float, spec: WindowSpec, frame_s: float) -> list[int]:
-    """First frames of the windows that made up an event (as ``pipeline.Analyzer.merge`` joined
+    """First frames of the windows that made up an event (as ``analyzer.Analyzer.merge`` joined
     them): every ``hop`` from the event's first window until its end."""
     first, last_end = int(round(start_s / frame_s)), int(round(end_s / frame_s))
     starts = list(range(first, max(first, last_end - spec.frames) + 1, spec.hop))
@@ -143,7 +143,7 @@ class RecordingWindows:
 
 def recording_windows(ensemble: Ensemble, path: Path, batch_size: int = 8) -> RecordingWindows:
     """The raw members' outputs on every window of the recording at ``path``, cut exactly as
-    ``pipeline.AnalysisStream`` cuts and batches them (streaming frontend, window stream,
+    ``analyzer.AnalysisStream`` cuts and batches them (streaming frontend, window stream,
     end-aligned tail, ``batch_size`` as ``Analyzer``'s). Memory holds one batch of windows, not
     the recording's (an hour of 256-wide frames in windows would be ~230 MB)."""
     bundle = ensemble.bundle
@@ -355,7 +355,7 @@ def decide(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, l
 
 def detection_labels(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray, n_detections: int,
                      n_classes: int, background: int) -> np.ndarray:
-    """``events.clip_label`` of every detection at once (the threshold searches call it thousands
+    """``decisions.clip_label`` of every detection at once (the threshold searches call it thousands
     of times): the call class in most of its windows, ties to the highest summed confidence, then
     to the lowest class; background when no window holds a call. Inputs ``[N]``, output ``[D]``."""
     counts = np.zeros((n_detections, n_classes))

@@ -1,6 +1,6 @@
 """Window votes as the recorder computes them: the one path by which training scores a bundle.
 
-Audio goes through the bundle's own ``Analyzer`` (``edgemon.pipeline``): its ``Ensemble``, which
+Audio goes through the bundle's own ``Analyzer`` (``edgemon.analysis.analyzer``): its ``Ensemble``, which
 refuses a bundle that fails its checks, the streaming frontend, the recorder's windows and the
 majority vote, with no operating point, so every window's raw vote is kept. ``fit``, the
 search's ensemble, ``cv``, ``cv-ensemble`` and ``score`` all vote through ``stream_votes``; the

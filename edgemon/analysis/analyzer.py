@@ -103,7 +103,7 @@ class EventMerger:
 
 class WindowStream:
     """Cuts a stream of frames into windows of ``spec.frames`` every ``spec.hop`` frames, plus an
-    end-aligned last window so the tail is never skipped (as ``segmenter.window_starts``)."""
+    end-aligned last window so the tail is never skipped (as ``windows.window_starts``)."""
 
     def __init__(self, spec: WindowSpec):
         self.spec = spec

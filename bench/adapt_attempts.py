@@ -26,9 +26,10 @@ from edgemon.analysis.analyzer import EventMerger, WindowVote
 from edgemon.analysis.bundle import load_bundle
 from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
 from edgemon.analysis.ensemble import Ensemble, majority_vote
-from training.adapt import (AdaptConfig, AdaptError, decide, event_scores, fit_candidate, fit_correction, fit_head,
-                            fit_operating_point, grouped_folds, parent_point, recording_windows,
-                            reviewed_windows)
+from training.adapt import (AdaptConfig, AdaptError, fit_candidate, fit_correction, fit_head, fit_operating_point,
+                            parent_point, reviewed_windows)
+from training.adapt_decisions import decide, event_scores, grouped_folds
+from training.adapt_windows import recording_windows
 
 from adapt_heldout import pooled   # noqa: E402  (bench/ is on sys.path when run as a script)
 

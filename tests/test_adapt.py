@@ -24,10 +24,11 @@ from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import BundleError
 from edgemon.review import reviews
 from tests.review_helpers import make_review_db
-from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, RecordingWindows, ReviewedWindows, _write_adapted,
-                            adapt_bundle, background_windows, choose_candidate, decide, detection_labels,
-                            drop_short_runs, event_scores, event_windows, fit_correction, fit_operating_point,
-                            grouped_folds, recording_windows, review_targets)
+from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, _write_adapted, adapt_bundle, choose_candidate,
+                            fit_correction, fit_operating_point)
+from training.adapt_decisions import decide, detection_labels, drop_short_runs, event_scores, grouped_folds
+from training.adapt_windows import (RecordingWindows, ReviewedWindows, background_windows, event_windows,
+                                    recording_windows, review_targets)
 
 TRAINED_ON = ("train", "devel")   # the shipped bundle's training data
 

@@ -30,26 +30,23 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 
-from edgemon.analysis import audio
-from edgemon.analysis.analyzer import WindowStream
 from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle, write_bundle
-from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
-from edgemon.analysis.ensemble import Ensemble, majority_vote
-from edgemon.analysis.frontend import StreamingFrontend
+from edgemon.analysis.decisions import OperatingPoint
+from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.site_head import Z_CLIP, SiteHead, write_site_head
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
-from edgemon.storage.readonly import connect_read_only, recording_path, reviewed
+from edgemon.storage.readonly import recording_path, reviewed
+from training.adapt_decisions import decide, event_scores, grouped_folds
+from training.adapt_windows import (ReviewedWindows, background_windows, detection_spans, event_windows, nearest_windows,
+                                    recording_windows, review_targets)
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
-
-RECORDER_BLOCK_S = 10.0   # what watch and Analyzer.analyse_file decode at a time
 
 
 class AdaptError(DataError):
@@ -69,112 +66,6 @@ class AdaptConfig:
     confident_background: float = 0.9   # members' mean background probability taken as background
     evidence: tuple[int, ...] = (1, 2, 3, 4)   # fewest windows per event the operating point may ask
     seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class ReviewedWindows:
-    """Every window of ``D`` reviewed detections (``N`` windows in all) through ``M`` members, and
-    ``X`` background windows of the same recordings.
-
-    ``probs [M, N, C]`` and ``embeddings [M, N, d]`` are the raw members' outputs; ``detection
-    [N]`` the window's detection index; ``targets [D]`` the class each detection truly is;
-    ``groups [D]`` its recording; ``review_ids [D]`` the review rows used. ``extra_probs [M, X, C]``,
-    ``extra_embeddings [M, X, d]`` and ``extra_groups [X]``: windows taken as this site's
-    background without a review (beside a wrong detection, or confidently background and in no
-    detection; see ``background_windows``)."""
-
-    probs: np.ndarray
-    embeddings: np.ndarray
-    detection: np.ndarray
-    targets: np.ndarray
-    groups: list[str]
-    review_ids: list[int]
-    extra_probs: np.ndarray | None = None
-    extra_embeddings: np.ndarray | None = None
-    extra_groups: tuple[str, ...] = ()
-
-    def subset(self, keep: np.ndarray) -> "ReviewedWindows":
-        """The detections where ``keep [D]`` is true, renumbered, with the background windows of
-        their recordings only."""
-        new_index = np.cumsum(keep) - 1
-        windows = keep[self.detection]
-        kept_groups = {g for g, k in zip(self.groups, keep) if k}
-        extra = np.array([g in kept_groups for g in self.extra_groups], bool)
-        return ReviewedWindows(self.probs[:, windows], self.embeddings[:, windows],
-                               new_index[self.detection[windows]], self.targets[keep],
-                               [g for g, k in zip(self.groups, keep) if k],
-                               [r for r, k in zip(self.review_ids, keep) if k],
-                               None if self.extra_probs is None else self.extra_probs[:, extra],
-                               None if self.extra_embeddings is None else self.extra_embeddings[:, extra],
-                               tuple(g for g, k in zip(self.extra_groups, extra) if k))
-
-
-def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -> list[tuple[dict, int]]:
-    """(review row, target class index) for every judged review whose label the bundle knows."""
-    out = []
-    for row in rows:
-        target = {"wrong": background, "correct": row["label"], "relabel": row["new_label"]}.get(row["verdict"])
-        if target in labels and row.get("end_s") is not None:
-            out.append((row, labels.index(target)))
-    return out
-
-
-def event_windows(start_s: float, end_s: float, spec: WindowSpec, frame_s: float) -> list[int]:
-    """First frames of the windows that made up an event (as ``analyzer.Analyzer.merge`` joined
-    them): every ``hop`` from the event's first window until its end."""
-    first, last_end = int(round(start_s / frame_s)), int(round(end_s / frame_s))
-    starts = list(range(first, max(first, last_end - spec.frames) + 1, spec.hop))
-    if starts[-1] + spec.frames < last_end:
-        starts.append(last_end - spec.frames)
-    return starts
-
-
-@dataclasses.dataclass(frozen=True)
-class RecordingWindows:
-    """Every window of one recording as the recorder cuts it, through ``M`` members: ``starts
-    [W]`` and ``lengths [W]`` in frames, ``probs [M, W, C]``, ``embeddings [M, W, d]``."""
-
-    starts: np.ndarray
-    lengths: np.ndarray
-    probs: np.ndarray
-    embeddings: np.ndarray
-    duration_s: float
-
-
-def recording_windows(ensemble: Ensemble, path: Path, batch_size: int = 8) -> RecordingWindows:
-    """The raw members' outputs on every window of the recording at ``path``, cut exactly as
-    ``analyzer.AnalysisStream`` cuts and batches them (streaming frontend, window stream,
-    end-aligned tail, ``batch_size`` as ``Analyzer``'s). Memory holds one batch of windows, not
-    the recording's (an hour of 256-wide frames in windows would be ~230 MB)."""
-    bundle = ensemble.bundle
-    stream, cutter = StreamingFrontend(bundle.frontend), WindowStream(WindowSpec.from_seconds(
-        bundle.window_s, bundle.hop_s, bundle.frontend))
-    starts, lengths, parts, pending, samples = [], [], [], [], 0
-
-    def run(windows: list[tuple[int, np.ndarray]]) -> None:
-        # Dynamic int8 members quantise each batch's activations with one range, so outputs
-        # depend a little on the batch: feed consecutive batches as the recorder does.
-        for i in range(0, len(windows), batch_size):
-            batch = windows[i:i + batch_size]
-            parts.append(_member_outputs(ensemble, [w for _, w in batch]))
-            starts.extend(s for s, _ in batch)
-            lengths.extend(len(w) for _, w in batch)
-
-    # The recorder's 10 s decode blocks: the streaming frontend's frames differ in the last float
-    # bit with the block size, and int8 members can turn that into 1e-4 in a probability.
-    for block in audio.iter_blocks(path, RECORDER_BLOCK_S, bundle.frontend.sample_rate):
-        samples += len(block)
-        pending += [(s, w.copy()) for s, w in cutter.push(stream.push(block))]
-        ready = len(pending) - len(pending) % batch_size
-        run(pending[:ready])
-        pending = pending[ready:]
-    pending += [(s, w.copy()) for s, w in cutter.push(stream.finish())]
-    run(pending + list(cutter.finish()))
-    if not parts:
-        raise AudioError(f"{path}: too short for one window")
-    probs, embeddings = (np.concatenate([p[k] for p in parts], axis=1) for k in (0, 1))
-    return RecordingWindows(np.array(starts), np.array(lengths), probs, embeddings,
-                            samples / bundle.frontend.sample_rate)
 
 
 def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recordings: Path | None,
@@ -214,7 +105,7 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
             groups.append(source)
             review_ids.append(row["id"])
         wrong = [(r["start_s"], r["end_s"]) for r, t in items if t == background]
-        picked = background_windows(windows, _detection_spans(reviews_db, source), wrong, spec, frame_s,
+        picked = background_windows(windows, detection_spans(reviews_db, source), wrong, spec, frame_s,
                                     background, config)
         extra_probs.append(windows.probs[:, picked])
         extra_embeddings.append(windows.embeddings[:, picked])
@@ -226,63 +117,6 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
                            np.asarray(detection), np.asarray(target_list), groups, review_ids,
                            np.concatenate(extra_probs, axis=1), np.concatenate(extra_embeddings, axis=1),
                            tuple(extra_groups))
-
-
-def nearest_windows(starts: np.ndarray, wanted: list[int], within: int) -> list[int]:
-    """Indices of the recording's windows (``starts [W]`` in frames, increasing) nearest each
-    wanted start, if within ``within`` frames: exact for the recorder's own windows, close for a
-    detection made with another window or hop. Each window once, in time order."""
-    picked = set()
-    for s in wanted:
-        i = int(np.clip(np.searchsorted(starts, s), 1, len(starts) - 1)) if len(starts) > 1 else 0
-        i = min((j for j in (i - 1, i) if 0 <= j < len(starts)), key=lambda j: abs(int(starts[j]) - s))
-        if abs(int(starts[i]) - s) <= within:
-            picked.add(i)
-    return sorted(picked)
-
-
-def background_windows(windows: RecordingWindows, detections: list[tuple[float, float]],
-                       wrong: list[tuple[float, float]], spec: WindowSpec, frame_s: float, background: int,
-                       config: AdaptConfig) -> np.ndarray:
-    """Indices of a reviewed recording's windows taken as this site's background without a review:
-    those within ``config.neighbours`` hops of a detection reviewed wrong (the same noise, a
-    moment earlier or later) and those the members' mean calls background with at least
-    ``config.confident_background``; never a window that overlaps any stored detection
-    (``detections``, seconds), reviewed or not."""
-    ends = windows.starts + windows.lengths
-
-    def overlapping(spans, margin):
-        hit = np.zeros(len(windows.starts), bool)
-        for start_s, end_s in spans:
-            hit |= (ends > start_s / frame_s - margin) & (windows.starts < end_s / frame_s + margin)
-        return hit
-
-    # a window sharing under one frame with a detection does not overlap it (rounding of times)
-    inside = overlapping(detections, -1)
-    near = overlapping(wrong, config.neighbours * spec.hop)
-    mean = windows.probs.mean(axis=0)
-    confident = (mean.argmax(axis=1) == background) & (mean[:, background] >= config.confident_background)
-    return np.flatnonzero((near | confident) & ~inside)
-
-
-def _detection_spans(db: Path, source: str) -> list[tuple[float, float]]:
-    """(start_s, end_s) of every stored detection of ``source``, any bundle, reviewed or not."""
-    with closing(connect_read_only(db)) as conn:
-        return [(a, b) for a, b in conn.execute("SELECT start_s, end_s FROM detections WHERE source = ?", (source,))]
-
-
-def _member_outputs(ensemble: Ensemble, windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Raw members' ``probs [M, W, C]`` and ``embedding [M, W, d]`` of windows (grouped by length)."""
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-    probs, embeddings = [None] * len(windows), [None] * len(windows)
-    for length in sorted({len(w) for w in windows}):
-        idx = [i for i in order if len(windows[i]) == length]
-        feed = {"logmel": np.stack([windows[i] for i in idx]).astype(np.float32)}
-        outputs = [s.run(["probs", "embedding"], feed) for s in ensemble.sessions]
-        for j, i in enumerate(idx):
-            probs[i] = np.stack([o[0][j] for o in outputs])
-            embeddings[i] = np.stack([o[1][j] for o in outputs])
-    return np.stack(probs, axis=1), np.stack(embeddings, axis=1)
 
 
 def fit_head(data: ReviewedWindows, n_classes: int, config: AdaptConfig, background: int) -> SiteHead:
@@ -339,62 +173,6 @@ def fit_correction(probs: np.ndarray, embeddings: np.ndarray, targets: np.ndarra
     return SiteHead(*(np.asarray(a, np.float32) for a in (weights, biases, means, scales)))
 
 
-def decide(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, labels: tuple[str, ...],
-           thresholds: dict, background: int, min_windows: dict | None = None) -> np.ndarray:
-    """Each detection's label as the recorder would give it: members' majority vote per window, the
-    per-class thresholds, runs of a class shorter than its ``min_windows`` dropped (the operating
-    point's evidence rule), then the most-voted call over the event's windows (background: dropped).
-    ``detection [N]`` numbers each window's detection; a detection's windows are in time order."""
-    votes = majority_vote(member_probs)
-    window_labels = apply_thresholds(votes.winner, votes.confidence, labels, thresholds, background)
-    if min_windows:
-        window_labels = drop_short_runs(window_labels, detection, [max(1, int(min_windows.get(l, 1))) for l in labels],
-                                        background)
-    return detection_labels(window_labels, votes.confidence, detection, n_detections, len(labels), background)
-
-
-def detection_labels(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray, n_detections: int,
-                     n_classes: int, background: int) -> np.ndarray:
-    """``decisions.clip_label`` of every detection at once (the threshold searches call it thousands
-    of times): the call class in most of its windows, ties to the highest summed confidence, then
-    to the lowest class; background when no window holds a call. Inputs ``[N]``, output ``[D]``."""
-    counts = np.zeros((n_detections, n_classes))
-    weight = np.zeros((n_detections, n_classes))
-    np.add.at(counts, (detection, window_labels), 1)
-    np.add.at(weight, (detection, window_labels), confidence)
-    counts[:, background] = 0
-    top = counts.max(axis=1, keepdims=True)
-    best = np.where((counts == top) & (top > 0), weight, -np.inf).argmax(axis=1)
-    return np.where(top[:, 0] > 0, best, background)
-
-
-def drop_short_runs(window_labels: np.ndarray, detection: np.ndarray, needed: list[int], background: int) -> np.ndarray:
-    """``window_labels [N]`` with every run of one class (within one detection) shorter than
-    ``needed[class]`` windows set to ``background``, as ``EventMerger`` drops such runs."""
-    out = window_labels.copy()
-    start = 0
-    for i in range(1, len(out) + 1):
-        if i == len(out) or window_labels[i] != window_labels[start] or detection[i] != detection[start]:
-            if window_labels[start] != background and i - start < needed[window_labels[start]]:
-                out[start:i] = background
-            start = i
-    return out
-
-
-def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int) -> dict:
-    """F1 of kept detections: a kept detection of its true class is a hit, any other kept one a false
-    alarm, a call not kept with its class a miss. Also the share of true false alarms still kept."""
-    kept = predicted != background
-    hits = int((kept & (predicted == truth)).sum())
-    false_alarms = int((kept & (predicted != truth)).sum())
-    misses = int(((truth != background) & (predicted != truth)).sum())
-    background_total = int((truth == background).sum())
-    return {"f1": 2 * hits / max(1, 2 * hits + false_alarms + misses), "hits": hits,
-            "false_alarms": false_alarms, "misses": misses,
-            "recall": hits / max(1, hits + misses),
-            "background_kept": int((kept & (truth == background)).sum()) / max(1, background_total)}
-
-
 def fit_thresholds(member_probs: np.ndarray, data: ReviewedWindows, labels: tuple[str, ...],
                    start: dict, background: int, min_windows: dict | None = None) -> dict:
     """The baseline: per-class confidence thresholds re-fitted to maximise F1 on these reviews
@@ -440,19 +218,6 @@ def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels:
                     best = (rank[0], rank[1], float(t), k)
         chosen[label], needed[label] = best[2], best[3]
     return chosen, {label: k for label, k in needed.items() if k > 1}
-
-
-def grouped_folds(groups: list[str], k: int) -> list[np.ndarray]:
-    """Boolean held-out masks over detections: whole recordings per fold, balanced by count."""
-    counts = defaultdict(int)
-    for g in groups:
-        counts[g] += 1
-    k = min(k, len(counts))
-    fold_of, sizes = {}, [0] * k
-    for g in sorted(counts, key=lambda g: (-counts[g], g)):
-        fold_of[g] = int(np.argmin(sizes))
-        sizes[fold_of[g]] += counts[g]
-    return [np.array([fold_of[g] == f for g in groups]) for f in range(k)]
 
 
 CANDIDATES = ("thresholds", "thresholds+evidence", "head", "head+thresholds")

@@ -1,0 +1,80 @@
+"""How the recorder would decide reviewed detections from window outputs, in numpy: the member
+vote, per-class thresholds, the evidence rule, one label per detection; scores against the
+reviews, and folds grouped by recording."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from edgemon.analysis.decisions import apply_thresholds
+from edgemon.analysis.ensemble import majority_vote
+
+def decide(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, labels: tuple[str, ...],
+           thresholds: dict, background: int, min_windows: dict | None = None) -> np.ndarray:
+    """Each detection's label as the recorder would give it: members' majority vote per window, the
+    per-class thresholds, runs of a class shorter than its ``min_windows`` dropped (the operating
+    point's evidence rule), then the most-voted call over the event's windows (background: dropped).
+    ``detection [N]`` numbers each window's detection; a detection's windows are in time order."""
+    votes = majority_vote(member_probs)
+    window_labels = apply_thresholds(votes.winner, votes.confidence, labels, thresholds, background)
+    if min_windows:
+        window_labels = drop_short_runs(window_labels, detection, [max(1, int(min_windows.get(l, 1))) for l in labels],
+                                        background)
+    return detection_labels(window_labels, votes.confidence, detection, n_detections, len(labels), background)
+
+
+def detection_labels(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray, n_detections: int,
+                     n_classes: int, background: int) -> np.ndarray:
+    """``decisions.clip_label`` of every detection at once (the threshold searches call it thousands
+    of times): the call class in most of its windows, ties to the highest summed confidence, then
+    to the lowest class; background when no window holds a call. Inputs ``[N]``, output ``[D]``."""
+    counts = np.zeros((n_detections, n_classes))
+    weight = np.zeros((n_detections, n_classes))
+    np.add.at(counts, (detection, window_labels), 1)
+    np.add.at(weight, (detection, window_labels), confidence)
+    counts[:, background] = 0
+    top = counts.max(axis=1, keepdims=True)
+    best = np.where((counts == top) & (top > 0), weight, -np.inf).argmax(axis=1)
+    return np.where(top[:, 0] > 0, best, background)
+
+
+def drop_short_runs(window_labels: np.ndarray, detection: np.ndarray, needed: list[int], background: int) -> np.ndarray:
+    """``window_labels [N]`` with every run of one class (within one detection) shorter than
+    ``needed[class]`` windows set to ``background``, as ``EventMerger`` drops such runs."""
+    out = window_labels.copy()
+    start = 0
+    for i in range(1, len(out) + 1):
+        if i == len(out) or window_labels[i] != window_labels[start] or detection[i] != detection[start]:
+            if window_labels[start] != background and i - start < needed[window_labels[start]]:
+                out[start:i] = background
+            start = i
+    return out
+
+
+def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int) -> dict:
+    """F1 of kept detections: a kept detection of its true class is a hit, any other kept one a false
+    alarm, a call not kept with its class a miss. Also the share of true false alarms still kept."""
+    kept = predicted != background
+    hits = int((kept & (predicted == truth)).sum())
+    false_alarms = int((kept & (predicted != truth)).sum())
+    misses = int(((truth != background) & (predicted != truth)).sum())
+    background_total = int((truth == background).sum())
+    return {"f1": 2 * hits / max(1, 2 * hits + false_alarms + misses), "hits": hits,
+            "false_alarms": false_alarms, "misses": misses,
+            "recall": hits / max(1, hits + misses),
+            "background_kept": int((kept & (truth == background)).sum()) / max(1, background_total)}
+
+
+def grouped_folds(groups: list[str], k: int) -> list[np.ndarray]:
+    """Boolean held-out masks over detections: whole recordings per fold, balanced by count."""
+    counts = defaultdict(int)
+    for g in groups:
+        counts[g] += 1
+    k = min(k, len(counts))
+    fold_of, sizes = {}, [0] * k
+    for g in sorted(counts, key=lambda g: (-counts[g], g)):
+        fold_of[g] = int(np.argmin(sizes))
+        sizes[fold_of[g]] += counts[g]
+    return [np.array([fold_of[g] == f for g in groups]) for f in range(k)]

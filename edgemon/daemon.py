@@ -12,7 +12,8 @@ from edgemon.analysis.analyzer import Analyzer, make_analyzer
 from edgemon.config import Settings
 from edgemon.errors import BundleError
 from edgemon.files.isolate import Isolated
-from edgemon.files.watcher import WatchConfig, Watcher, check_root
+from edgemon.files.directory import check_root
+from edgemon.files.watcher import WatchConfig, Watcher
 from edgemon.health import HealthConfig, Heartbeats, WatchMonitor, listen_health
 from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals

@@ -120,7 +120,7 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
                "quarantined": counts.get("quarantined", 0), "waiting": None, "directory": None}
     if directory is None:
         return backlog
-    from edgemon.files.watcher import iter_audio, source_of
+    from edgemon.files.directory import iter_audio, source_of
 
     root = Path(directory).resolve()
     backlog["directory"] = str(root)

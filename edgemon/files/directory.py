@@ -1,0 +1,80 @@
+"""A recorder's directory as the watcher sees it: which entries are recordings (audio files
+outside hidden directories), their ledger names, their versions (size, mtime), and the check that
+the directory can be watched at all."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgemon.errors import EdgemonError
+from edgemon.safetext import shown, stored_name
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+class WatchRootError(EdgemonError):
+    """The directory to watch is missing, not a directory, or cannot be read."""
+
+
+def check_root(root: Path) -> Path:
+    """``root`` resolved, once it is known to be a directory edgemon can list; else
+    ``WatchRootError`` (before anything, a database included, is created)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise WatchRootError(f"{shown(root)}: not a directory")
+    try:
+        with os.scandir(root):
+            pass
+    except OSError as exc:
+        raise WatchRootError(f"{shown(root)}: cannot read the directory: {exc.strerror}") from None
+    return root.resolve()
+
+
+def is_audio(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
+
+
+def watched(root: Path, path: Path) -> bool:
+    """Whether ``path`` is a recording the watcher takes: an audio file under ``root`` outside
+    hidden directories. The scan (``iter_audio``) and the event hints both ask this."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return False
+    return is_audio(path) and not any(p.startswith(".") for p in parts[:-1])
+
+
+def iter_audio(root: Path, unreadable: dict[str, str] | None = None) -> Iterator[Path]:
+    """Every audio file under ``root``, hidden directories skipped. Directories that cannot be
+    listed are put in ``unreadable`` (path -> reason) when given, else skipped."""
+
+    def note(exc: OSError) -> None:
+        if unreadable is not None:
+            unreadable[os.fsdecode(exc.filename)] = exc.strerror or str(exc)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=note):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield from (Path(dirpath) / f for f in filenames if watched(root, Path(dirpath) / f))
+
+
+def file_version(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of what ``path`` names; of the link itself when its target cannot be
+    reached (a loop, a dangling link); (0, 0) when not even that can be read; None when gone."""
+    for look in (os.stat, os.lstat):
+        try:
+            st = look(path)
+            return st.st_size, st.st_mtime_ns
+        except FileNotFoundError:
+            continue
+        except OSError:
+            if look is os.lstat:
+                return 0, 0
+    return None
+
+
+def source_of(root: Path, path: Path) -> str:
+    """The ledger's name of ``path`` under ``root``: relative, '/'-separated, valid UTF-8 text
+    (``safetext.stored_name``: a name that is not UTF-8 is stored escaped, reversibly)."""
+    return stored_name(path.relative_to(root).as_posix())

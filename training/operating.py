@@ -114,7 +114,7 @@ def class_table(votes: FieldVotes, c: int, grid: RuleGrid = RULES[DEFAULT_RULES]
             # a level every run of k windows over the threshold already reaches holds nothing more
             for evidence in [0.0] + [e for e in grid.evidence if e > k * threshold]:
                 for opening in [0.0] + [o for o in grid.opening if o > threshold]:
-                    def kept(r):
+                    def kept(r):   # OperatingPoint.keeps over all runs at once (the chooser's hot loop)
                         return (r[:, 0] >= k) & (r[:, 1] >= evidence - 1e-9) & (r[:, 2] >= opening)
                     n_false, keep = int(kept(false).sum()), kept(runs)
                     found = len(np.unique(call[keep & (call >= 0)]))

@@ -28,8 +28,7 @@ class DatabaseInUseError(EdgemonError):
 
 
 def lock_path(db_path: str | Path) -> Path:
-    db_path = Path(db_path)
-    return db_path.with_name(db_path.name + ".lock")
+    return _beside(db_path, ".lock")
 
 
 @contextmanager
@@ -42,16 +41,14 @@ def hold_database(db_path: str | Path) -> Iterator[Path]:
         if not _try_lock(fd, path):
             raise DatabaseInUseError(f"another edgemon (pid {_holder(fd)}) is using this database "
                                      f"{shown(Path(db_path).resolve())}")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _write_pid(fd)
         yield path
     finally:
         os.close(fd)   # releases the lock
 
 
 def export_lock_path(db_path: str | Path) -> Path:
-    db_path = Path(db_path)
-    return db_path.with_name(db_path.name + ".export.lock")
+    return _beside(db_path, ".export.lock")
 
 
 @contextmanager
@@ -70,11 +67,21 @@ def hold_exports(db_path: str | Path, wait_s: float = 60.0, poll_s: float = 0.05
                                          f"{shown(Path(db_path).resolve())} for over {wait_s:g} s: "
                                          f"try again when it has finished")
             time.sleep(poll_s)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _write_pid(fd)
         yield path
     finally:
         os.close(fd)   # releases the lock
+
+
+def _beside(db_path: str | Path, suffix: str) -> Path:
+    db_path = Path(db_path)
+    return db_path.with_name(db_path.name + suffix)
+
+
+def _write_pid(fd: int) -> None:
+    """Our pid into the lock we now hold, for the one-line error another process gives."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
 def _open_lock(path: Path) -> int:

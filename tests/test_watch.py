@@ -11,7 +11,8 @@ import pytest
 
 from edgemon.files.watcher import Watcher
 from edgemon.storage.store import Store
-from tests.watch_helpers import (analyzer, fast_config, query, unfinalised_header,
+from tests.waits import wait_until
+from tests.watch_helpers import (analyzer, fast_config, files_done, query, unfinalised_header,
                                  watch_until_idle, write_wav)
 
 
@@ -143,6 +144,37 @@ def test_an_unreadable_directory_is_a_clear_error(tmp_path):
                                       "--until-idle"])
     assert result.exit_code == 1 and "not a directory" in result.output
     assert not (tmp_path / "d.db").exists()            # issue 13: nothing created before the error
+
+
+def test_a_dead_inotify_reader_is_replaced_and_the_directory_rescanned(tmp_path, good_recording):
+    """Found in CI: watchdog 7 reads inotify on a thread of its own per observer. When it died,
+    the observer and emitter threads still looked alive, so the watcher stayed deaf until its next
+    rescan (an hour here) and a new recording waited that long. It now sees the dead reader,
+    starts a new observer and rescans at once."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "20180301_050000.WAV", good_recording)
+    stop, made = threading.Event(), {}
+
+    def run():
+        with Store(db) as store:
+            made["watcher"] = Watcher(fast_config(root, until_idle=False, rescan_s=3600.0), analyzer(), store)
+            made["watcher"].run(stop)
+
+    observers_before = set(threading.enumerate())
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: files_done(db) == 1, 60, "the first recording done")  # observing by then
+        readers = [t for t in threading.enumerate() if type(t).__name__ == "InotifyFD" and t not in observers_before]
+        assert len(readers) == 1
+        readers[0].stop()                                 # as if a callback had raised in it
+        readers[0].join(timeout=10)
+        write_wav(root / "20180301_060000.WAV", good_recording)
+        wait_until(lambda: files_done(db) == 2, 60, "the new recording done")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
 
 
 def test_hints_from_hidden_directories_are_skipped_as_the_scan_skips_them(tmp_path, good_recording):

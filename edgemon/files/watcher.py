@@ -77,10 +77,27 @@ def may_still_be_written(why: str) -> bool:
     return any(k in why for k in ("empty file", "not yet finalised", "declares"))
 
 
-def _observing(observer: Observer) -> bool:
-    """The observer's thread and every emitter thread are alive (an emitter stops on its own when
-    the watched directory disappears)."""
-    return observer.is_alive() and bool(observer.emitters) and all(e.is_alive() for e in observer.emitters)
+def _observing(observer: Observer | None) -> bool:
+    """The observer's thread, every emitter thread (an emitter stops on its own when the watched
+    directory disappears) and its inotify reader are alive.
+
+    watchdog 7 reads inotify on a thread of its own per observer; when that thread dies (an
+    exception in its callbacks), the observer and emitter threads still look alive but no event
+    comes any more: so it is checked too (``_inotify_fd``; absent elsewhere than Linux).
+    """
+    if observer is None:
+        return False
+    reader = getattr(observer, "_inotify_fd", None)
+    return (observer.is_alive() and bool(observer.emitters) and all(e.is_alive() for e in observer.emitters)
+            and (reader is None or reader.is_alive()))
+
+
+def _stop(observer: Observer | None) -> None:
+    """Stop ``observer`` and its threads (its inotify reader too, even if it never started)."""
+    if observer is not None:
+        observer.stop()
+        if observer.is_alive():
+            observer.join()
 
 
 class _Hints(FileSystemEventHandler):
@@ -197,7 +214,7 @@ class Watcher:
                 # rescans would remain. Restarted at once; while that fails, once per rescan period.
                 if not _observing(observer) and time.monotonic() >= next_observe:
                     log.warning("file-system observer stopped; restarting it and rescanning")
-                    observer.stop()
+                    _stop(observer)
                     observer = self._observe()
                     next_observe = 0.0 if _observing(observer) else time.monotonic() + self.config.rescan_s
                     self.scan()
@@ -225,12 +242,15 @@ class Watcher:
                 self._wait(min(self.config.settle_s / 2 or 0.05, 1.0) if self.pending else
                            min(max(0.05, next_scan - time.monotonic()), 1.0))
         finally:
-            observer.stop()
-            if observer.is_alive():
-                observer.join()
+            _stop(observer)
 
-    def _observe(self) -> Observer:
-        observer = Observer()
+    def _observe(self) -> Observer | None:
+        """A started observer of the root; None when none can be made (no inotify instance left)."""
+        try:
+            observer = Observer()       # on Linux this opens an inotify instance and starts its reader
+        except OSError as exc:
+            log.warning("cannot watch %s for events: %s", shown(self.root), shown(exc))
+            return None
         try:
             observer.schedule(_Hints(self.hints, self.root), str(self.root), recursive=True)
             observer.start()

@@ -27,7 +27,7 @@ from edgemon.analysis.bundle import load_bundle
 from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from training.adapt import (AdaptConfig, AdaptError, fit_candidate, fit_correction, fit_head, fit_operating_point,
-                            parent_point, reviewed_windows)
+                            fit_veto, parent_point, reviewed_windows)
 from training.adapt_decisions import decide, event_scores, grouped_folds
 from training.adapt_windows import recording_windows
 
@@ -121,6 +121,13 @@ def attempts(ctx) -> dict:
     t, k = fit_operating_point(head.member_probs(data.probs, data.embeddings), data, bundle.labels,
                                parent.thresholds, background, evidence=config.evidence)
     out["head + thresholds + evidence rule"] = (head, OperatingPoint(t, k))
+    veto, point = fit_candidate("veto+thresholds+evidence", bundle, ensemble, data, config)
+    out["site veto + thresholds + evidence rule"] = (veto, point)
+    out["site veto only (parent's point)"] = (veto, parent)
+    for change in ({"veto_k": 1}, {"veto_unconfirmed_similarity": 0.9}, {"veto_min_similarity": 0.7}):
+        varied = fit_veto(data, background, dataclasses.replace(config, **change))
+        name = ", ".join(f"{k.removeprefix('veto_')} {v}" for k, v in change.items())
+        out[f"site veto ({name}) + thresholds + evidence rule"] = (varied, point)
     for name, source in (("bound: head on every review-half window's truth", "pool"),
                          ("bound: head on the evaluation windows' truth (in-sample)", "eval")):
         windows = ctx[source]

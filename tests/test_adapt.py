@@ -262,7 +262,7 @@ def test_detection_labels_are_clip_label_of_each_detection():
 
 def test_the_best_candidate_is_chosen_and_one_worse_than_the_parent_refused():
     scores = {"parent": {"f1": 0.80}, "thresholds": {"f1": 0.85}, "thresholds+evidence": {"f1": 0.85},
-              "head": {"f1": 0.70}, "head+thresholds": {"f1": 0.84}}
+              "head": {"f1": 0.70}, "head+thresholds": {"f1": 0.84}, "veto+thresholds+evidence": {"f1": 0.85}}
     assert choose_candidate(scores) == "thresholds"            # a tie goes to the simpler
     scores["thresholds+evidence"] = {"f1": 0.86}
     assert choose_candidate(scores) == "thresholds+evidence"

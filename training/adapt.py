@@ -10,7 +10,9 @@ background too (never one inside a stored detection).
 Candidates (``CANDIDATES``): the parent's per-class thresholds re-fitted (the fair baseline);
 thresholds and the fewest windows an event needs re-fitted together (the operating point's
 evidence rule); a site head (``edgemon.analysis.site_head``: a penalised correction of each member's
-log-probabilities from its embedding); a site head with thresholds re-fitted on its output.
+log-probabilities from its embedding); a site head with thresholds re-fitted on its output; a site
+veto (``edgemon.analysis.site_veto``: windows that sound like this site's reviewed false alarms
+more than like its confirmed calls go back to background) with thresholds and evidence re-fitted.
 Evaluation holds out whole recordings (grouped folds): the parent and each candidate, fitted
 without them, decide each held-out detection as the recorder would (member vote, thresholds,
 evidence rule, most-voted call over the event's windows). The best candidate by held-out F1 is
@@ -37,7 +39,8 @@ import numpy as np
 from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle, write_bundle
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
-from edgemon.analysis.site_head import Z_CLIP, SiteHead, write_site_head
+from edgemon.analysis.site_head import Z_CLIP, SiteHead, load_site_head, write_site_head
+from edgemon.analysis.site_veto import SiteVeto, load_site_veto, window_features, write_site_veto
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
 from edgemon.storage.readonly import recording_path, reviewed
@@ -65,6 +68,10 @@ class AdaptConfig:
     neighbours: int = 2          # hops either side of a wrong detection taken as background
     confident_background: float = 0.9   # members' mean background probability taken as background
     evidence: tuple[int, ...] = (1, 2, 3, 4)   # fewest windows per event the operating point may ask
+    veto_k: int = 5              # the site veto's neighbours (``site_veto.SiteVeto``)
+    veto_min_similarity: float = 0.5
+    veto_unconfirmed_similarity: float = 0.8
+    veto_max_windows: int = 4096  # background windows the veto keeps (evenly spaced beyond that)
     seed: int = 0
 
 
@@ -220,16 +227,35 @@ def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels:
     return chosen, {label: k for label, k in needed.items() if k > 1}
 
 
-CANDIDATES = ("thresholds", "thresholds+evidence", "head", "head+thresholds")
+CANDIDATES = ("thresholds", "thresholds+evidence", "head", "head+thresholds", "veto+thresholds+evidence")
+
+Correction = SiteHead | SiteVeto | None
+
+
+def fit_veto(data: ReviewedWindows, background: int, config: AdaptConfig) -> SiteVeto:
+    """The site veto of these reviews: windows of wrong detections and the background windows
+    beside them as this site's background, windows of right (or relabelled) ones as its calls."""
+    window_targets = data.targets[data.detection]
+    features = window_features(data.embeddings)
+    site_background = [features[window_targets == background]]
+    if data.extra_embeddings is not None and data.extra_embeddings.shape[1]:
+        site_background.append(window_features(data.extra_embeddings))
+    site_background = np.concatenate(site_background)
+    if len(site_background) > config.veto_max_windows:
+        site_background = site_background[np.linspace(0, len(site_background) - 1, config.veto_max_windows).astype(int)]
+    calls = window_targets != background
+    return SiteVeto(site_background.astype(np.float32), features[calls].astype(np.float32), window_targets[calls],
+                    background, config.veto_k, config.veto_min_similarity, config.veto_unconfirmed_similarity)
 
 
 def fit_candidate(name: str, bundle: Bundle, ensemble: Ensemble, data: ReviewedWindows,
-                  config: AdaptConfig, head: SiteHead | None = None) -> tuple[SiteHead | None, OperatingPoint]:
-    """One way of adapting, fitted on ``data``: (site head or None, operating point).
+                  config: AdaptConfig, head: SiteHead | None = None) -> tuple[Correction, OperatingPoint]:
+    """One way of adapting, fitted on ``data``: (site head, site veto or None; operating point).
     'thresholds' is the parent with its per-class thresholds re-fitted (the baseline);
     'thresholds+evidence' the parent with thresholds and the fewest windows an event needs
     re-fitted together; 'head' a site head with the parent's operating point; 'head+thresholds' a
-    site head and thresholds re-fitted on its output. ``head``: one already fitted on ``data``."""
+    site head and thresholds re-fitted on its output; 'veto+thresholds+evidence' a site veto after
+    the operating point 'thresholds+evidence' fits. ``head``: one already fitted on ``data``."""
     background = bundle.labels.index(bundle.background_label)
     parent = parent_point(bundle)
     if name == "thresholds":
@@ -240,6 +266,13 @@ def fit_candidate(name: str, bundle: Bundle, ensemble: Ensemble, data: ReviewedW
         thresholds, needed = fit_operating_point(_parent_probs(ensemble, data), data, bundle.labels,
                                                  parent.thresholds, background, evidence=config.evidence)
         return None, OperatingPoint(thresholds, needed)
+    if name == "veto+thresholds+evidence":
+        # The point is fitted before the veto (on what the parent's head, if any, says): the veto
+        # then removes what resembles known false alarms; fitted after it on these same reviews,
+        # the veto would hide every reviewed false alarm and loosen the thresholds.
+        thresholds, needed = fit_operating_point(_head_probs(ensemble, data), data, bundle.labels,
+                                                 parent.thresholds, background, evidence=config.evidence)
+        return fit_veto(data, background, config), OperatingPoint(thresholds, needed)
     if name not in CANDIDATES:
         raise AdaptError(f"unknown adaptation {name!r}: choose one of {', '.join(CANDIDATES)}")
     head = head or fit_head(data, len(bundle.labels), config, background)
@@ -255,8 +288,13 @@ def parent_point(bundle: Bundle) -> OperatingPoint:
     return OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
 
 
-def _candidate_probs(ensemble: Ensemble, head: SiteHead | None, data: ReviewedWindows) -> np.ndarray:
-    return _parent_probs(ensemble, data) if head is None else head.member_probs(data.probs, data.embeddings)
+def _candidate_probs(ensemble: Ensemble, correction: Correction, data: ReviewedWindows) -> np.ndarray:
+    """What the members of the bundle a candidate writes say (``_written_corrections``)."""
+    if correction is None:
+        return _parent_probs(ensemble, data)
+    if isinstance(correction, SiteVeto):
+        return correction.member_probs(_head_probs(ensemble, data), data.embeddings)
+    return correction.member_probs(data.probs, data.embeddings)
 
 
 def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindows, config: AdaptConfig) -> dict:
@@ -281,10 +319,26 @@ def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindow
 
 
 def _parent_probs(ensemble: Ensemble, data: ReviewedWindows) -> np.ndarray:
-    """What the parent bundle's members say, its own site head included if it has one."""
+    """What the parent bundle's members say, its own site head and veto included if it has them."""
+    return ensemble.site_corrected(data.probs, data.embeddings)
+
+
+def _head_probs(ensemble: Ensemble, data: ReviewedWindows) -> np.ndarray:
+    """What the parent's members say through its site head (if any), before any site veto."""
     if ensemble.site_head is None:
         return data.probs
     return ensemble.site_head.member_probs(data.probs, data.embeddings)
+
+
+def _written_corrections(parent: Bundle, correction: Correction) -> tuple[SiteHead | None, SiteVeto | None]:
+    """The site head and veto a candidate's bundle holds: a new head replaces the parent's head
+    and veto (it is fitted on the raw members); a new veto replaces the parent's veto and keeps its
+    head; thresholds alone keep both (they were fitted on what both make of the members)."""
+    if isinstance(correction, SiteHead):
+        return correction, None
+    if isinstance(correction, SiteVeto):
+        return load_site_head(parent), correction
+    return load_site_head(parent), load_site_veto(parent)
 
 
 def choose_candidate(scores: dict) -> str:
@@ -316,7 +370,7 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
         raise AdaptError(f"{reviews_db}: reviews come from one recording; held-out evaluation needs two or more")
     scores = held_out_comparison(bundle, ensemble, data, config)
     chosen = choose_candidate(scores)
-    head, point = fit_candidate(chosen, bundle, ensemble, data, config)
+    correction, point = fit_candidate(chosen, bundle, ensemble, data, config)
     provenance = {
         "parent_bundle": bundle.bundle_id, "method": chosen,
         "adapted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -326,19 +380,20 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
                     "targets": {bundle.labels[c]: int((data.targets == c).sum()) for c in range(len(bundle.labels))}},
         "held_out": scores, "config": dataclasses.asdict(config),
     }
-    new = _write_adapted(bundle, head, Path(out), provenance, point)
+    new = _write_adapted(bundle, correction, Path(out), provenance, point)
     return {"bundle_id": new.bundle_id, "path": str(new.path), "parent_bundle": bundle.bundle_id,
             "method": chosen, "reviews_used": len(data.review_ids), "recordings": len(set(data.groups)),
             "held_out": scores, "wall_s": round(time.monotonic() - started, 1)}
 
 
-def _write_adapted(parent: Bundle, head: SiteHead | None, out: Path, provenance: dict,
+def _write_adapted(parent: Bundle, correction: Correction, out: Path, provenance: dict,
                    point: OperatingPoint | None = None) -> Bundle:
-    """Parent's members (+ the head, if any) + a manifest naming them with the operating ``point``
-    (default: the parent's; written as ``operating_point`` when it asks more than one window of
-    some class, else as plain ``thresholds``), assembled beside ``out`` and renamed into place, so
-    a reader never sees a bundle without its head."""
+    """Parent's members (+ the site head and veto ``_written_corrections`` keeps) + a manifest
+    naming them with the operating ``point`` (default: the parent's; written as ``operating_point``
+    when it asks more than one window of some class, else as plain ``thresholds``), assembled
+    beside ``out`` and renamed into place, so a reader never sees a bundle without its head."""
     point = point or parent_point(parent)
+    head, veto = _written_corrections(parent, correction)
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.adapt.", dir=out.parent))
@@ -359,6 +414,9 @@ def _write_adapted(parent: Bundle, head: SiteHead | None, out: Path, provenance:
         if head is not None:
             manifest["site_head"] = write_site_head(head, inner)
             identity.append(manifest["site_head"]["sha256"])
+        if veto is not None:
+            manifest["site_veto"] = write_site_veto(veto, inner)
+            identity.append(manifest["site_veto"]["sha256"])
         digest = hashlib.sha256("".join(identity).encode())
         manifest.update(bundle_id=f"{out.name}-{digest.hexdigest()[:12]}", adapted=provenance)
         for key in ("source_runs", "trained_on"):

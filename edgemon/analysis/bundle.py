@@ -69,6 +69,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verified_part(bundle: Bundle, key: str, what: str) -> Path | None:
+    """The file that the manifest's ``key`` entry names (a site head, a site veto), checked
+    against the entry's sha256; None when the manifest has no such entry. BundleError names the
+    file when it is missing or altered."""
+    entry = bundle.manifest.get(key)
+    if entry is None:
+        return None
+    path = bundle.path / str(entry.get("file", ""))
+    if not path.is_file():
+        raise BundleError(f"{path}: {what} file is missing")
+    if sha256_of(path) != entry.get("sha256"):
+        raise BundleError(f"{path}: {what} file does not match its sha256 in the manifest")
+    return path
+
+
 @dataclasses.dataclass(frozen=True)
 class Member:
     file: str

@@ -18,6 +18,7 @@ from edgemon.analysis.bundle import Bundle, load_bundle
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.analysis.selfcheck import SelfCheck, SelfCheckError, run_self_check
 from edgemon.analysis.site_head import load_site_head
+from edgemon.analysis.site_veto import load_site_veto
 from edgemon.errors import BundleError
 
 # Telemetry is kept off by ORT_DISABLE_TELEMETRY (edgemon/__init__.py); this also stops its events
@@ -94,6 +95,7 @@ class Ensemble:
             self._check_member(path, session)
             self.sessions.append(session)
         self.site_head = load_site_head(bundle, self.sessions)   # None unless ``edgemon-train adapt`` wrote one
+        self.site_veto = load_site_veto(bundle, self.sessions)   # likewise
         self.self_check: SelfCheck | None = None
         if verify:
             result = self.run_self_check()
@@ -160,13 +162,22 @@ class Ensemble:
         The models' input is named ``logmel`` for every frontend kind (PCEN too), so older
         bundles and newer ones share one graph signature."""
         feed = {INPUT: np.ascontiguousarray(logmel, dtype=np.float32)}
+        if self.site_head is None and self.site_veto is None:
+            return self.raw_member_probs(logmel)
+        outputs = [s.run([OUTPUT, "embedding"], feed) for s in self.sessions]
+        return self.site_corrected(np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs]))
+
+    def site_corrected(self, probs: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """The members' raw ``probs [M, B, C]`` through the bundle's site head, then its site veto
+        (each only if the bundle has one), from their ``embeddings [M, B, d]``."""
         if self.site_head is not None:
-            outputs = [s.run([OUTPUT, "embedding"], feed) for s in self.sessions]
-            return self.site_head.member_probs(np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs]))
-        return self.raw_member_probs(logmel)
+            probs = self.site_head.member_probs(probs, embeddings)
+        if self.site_veto is not None:
+            probs = self.site_veto.member_probs(probs, embeddings)
+        return probs
 
     def raw_member_probs(self, logmel: np.ndarray) -> np.ndarray:
-        """The members' own probabilities ``[M, B, C]``, before any site head: what the
+        """The members' own probabilities ``[M, B, C]``, before any site head or veto: what the
         self-check's reference probabilities were recorded from."""
         feed = {INPUT: np.ascontiguousarray(logmel, dtype=np.float32)}
         return np.stack([s.run([OUTPUT], feed)[0] for s in self.sessions])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon.analysis.bundle import Bundle, sha256_of
+from edgemon.analysis.bundle import Bundle, sha256_of, verified_part
 from edgemon.errors import BundleError
 
 LOG_FLOOR = 1e-6  # probabilities below this are taken as this before the log
@@ -59,14 +59,9 @@ def load_site_head(bundle: Bundle, sessions=()) -> SiteHead | None:
     """The bundle's site head, verified against its manifest entry and the members' onnxruntime
     ``sessions`` (their ``embedding`` width); None for a plain bundle. Raises BundleError naming
     the head file when it is missing, altered or the wrong shape."""
-    entry = bundle.manifest.get("site_head")
-    if entry is None:
+    path = verified_part(bundle, "site_head", "site head")
+    if path is None:
         return None
-    path = bundle.path / str(entry.get("file", ""))
-    if not path.is_file():
-        raise BundleError(f"{path}: site head file is missing")
-    if sha256_of(path) != entry.get("sha256"):
-        raise BundleError(f"{path}: site head file does not match its sha256 in the manifest")
     try:
         with np.load(path, allow_pickle=False) as data:
             head = SiteHead(*(np.asarray(data[k], np.float32) for k in ("weights", "bias", "mean", "scale")))

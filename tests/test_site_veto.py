@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
-from edgemon.analysis.ensemble import Ensemble
+from edgemon.analysis.ensemble import Ensemble, describe_bundle
 from edgemon.analysis.site_head import SiteHead
 from edgemon.analysis.site_veto import SiteVeto, window_features
 from edgemon.errors import BundleError
@@ -77,6 +77,10 @@ def test_the_recorder_runs_a_bundles_veto_and_stores_nothing_it_sent_back(parent
     ensemble = Ensemble(vetoed)
     assert ensemble.site_veto is not None and ensemble.site_head is None
     assert Analyzer(vetoed).analyse_file(recording).events == []
+    shown, _ = describe_bundle(vetoed.path)                             # what `edgemon info` prints
+    assert shown["site_corrections"] == {"site_veto": {"false_alarm_windows": len(features), "call_windows": 0,
+                                                       "neighbours": 5}}
+    assert describe_bundle(parent.path)[0]["site_corrections"] == {}
     duet = parent.labels.index("gibbon_duet")
     confirmed = SiteVeto(features, np.concatenate([features, features]), np.full(2 * len(features), duet), background)
     kept = _write_adapted(parent, confirmed, tmp_path / "kept", {})

@@ -190,7 +190,8 @@ def describe_bundle(path) -> tuple[dict, SelfCheck]:
     """What ``edgemon info`` shows: the verified bundle's declarations and its self-check on
     this CPU, which is run and reported here, never raised (the caller decides)."""
     bundle = load_bundle(path)
-    check = Ensemble(bundle, verify=False).run_self_check()
+    ensemble = Ensemble(bundle, verify=False)
+    check = ensemble.run_self_check()
     return {"bundle_id": bundle.bundle_id, "path": str(bundle.path), "format_version": bundle.format_version,
             "labels": bundle.labels, "background_label": bundle.background_label,
             "label_names": bundle.label_names, "confidence_max": bundle.confidence_max,
@@ -200,7 +201,20 @@ def describe_bundle(path) -> tuple[dict, SelfCheck]:
             # Where its figures come from: training data, grouped-CV scores, operating point,
             # calibration, adaptation (whichever the manifest records).
             "confidence": _confidence_meaning(bundle.manifest),
+            "site_corrections": _site_corrections(ensemble),
             "provenance": {k: bundle.manifest[k] for k in PROVENANCE if k in bundle.manifest}}, check
+
+
+def _site_corrections(ensemble: Ensemble) -> dict:
+    """What ``edgemon-train adapt`` added that changes the members' output: empty for a plain bundle."""
+    out: dict = {}
+    if ensemble.site_head is not None:
+        out["site_head"] = "a learnt correction of each member's probabilities from its embedding"
+    if ensemble.site_veto is not None:
+        veto = ensemble.site_veto
+        out["site_veto"] = {"false_alarm_windows": len(veto.background), "call_windows": len(veto.calls),
+                            "neighbours": veto.k}
+    return out
 
 
 def _confidence_meaning(manifest: dict) -> str:

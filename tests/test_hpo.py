@@ -150,9 +150,9 @@ def test_two_workers_share_one_study_over_postgresql(tiny_dataset, tmp_path):
             storage.engine.dispose()    # its pooled connections would outlive the server
         finished = [t for t in trials if t.state in FINISHED]
         assert len(finished) >= 6
-        dirs = {t.user_attrs["run_dir"].split("/worker")[1][0] for t in trials
-                if t.state == optuna.trial.TrialState.COMPLETE}
-        assert dirs == {"0", "1"}, "both workers completed trials of the one study"
+        # Under load one worker's trials may all be pruned: any finished trial shows it took part.
+        workers_seen = {Path(t.user_attrs["worker_dir"]).name for t in finished}
+        assert workers_seen == {"worker0", "worker1"}, "both workers ran trials of the one study"
     finally:
         server.__exit__(None, None, None)
 

@@ -114,6 +114,8 @@ class Objective:
         self.run_dir, self.frontend = run_dir, frontend
 
     def __call__(self, trial: optuna.Trial) -> float:
+        # Which worker ran the trial, whatever its end (pruned and failed trials leave no run_dir).
+        trial.set_user_attr("worker_dir", str(self.run_dir.resolve()))
         model, optim, aug = suggest(trial, self.config.space, self.frontend, self.config.window_s)
         model = dataclasses.replace(model, n_classes=len(self.train_split.labels), n_mels=self.frontend.n_features)
         optim = OptimConfig(**optim, epochs=self.config.max_epochs, seed=trial.number, device=self.config.device)

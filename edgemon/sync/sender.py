@@ -170,6 +170,9 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                 log.warning("device id %r is also used by database(s) %s with overlapping heartbeats: "
                             "two recorders with one id? Their rows are kept apart by database UUID",
                             info.device_id, ", ".join(found))
+            # Released now, not only at close: the server ends a closed session asynchronously, and
+            # a sync started right after this one was refused as "another sync ... is running".
+            fleetdb.unlock_database(conn, info.db_uuid)
     except fleetdb.DRIVER_ERRORS as e:
         raise fleetdb.classify(e, target) from None
     return SyncResult(target, changes, batches, acked, backlog, time.monotonic() - started, found)

@@ -124,6 +124,7 @@ def attempts(ctx) -> dict:
     veto, point = fit_candidate("veto+thresholds+evidence", bundle, ensemble, data, config)
     out["site veto + thresholds + evidence rule"] = (veto, point)
     out["site veto only (parent's point)"] = (veto, parent)
+    out["site veto + thresholds re-fitted (the baseline's point)"] = (veto, out["thresholds re-fitted (baseline)"][1])
     for change in ({"veto_k": 1}, {"veto_unconfirmed_similarity": 0.9}, {"veto_min_similarity": 0.7}):
         varied = fit_veto(data, background, dataclasses.replace(config, **change))
         name = ", ".join(f"{k.removeprefix('veto_')} {v}" for k, v in change.items())

@@ -27,9 +27,10 @@ from edgemon.analysis.bundle import load_bundle
 from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from training.adapt import (AdaptConfig, AdaptError, fit_candidate, fit_correction, fit_head, fit_operating_point,
-                            fit_veto, parent_point, reviewed_windows)
+                            fit_veto, reviewed_windows)
 from training.adapt_decisions import decide, event_scores, grouped_folds
 from training.adapt_windows import recording_windows
+from training.adapted_bundle import parent_point
 
 from adapt_heldout import pooled   # noqa: E402  (bench/ is on sys.path when run as a script)
 

@@ -27,8 +27,9 @@ from devtools.site_sim import analyse_into, field_counts, fold_parent, lay_recor
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.review.reviews import wilson_interval
-from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, _write_adapted, adapt_bundle, fit_candidate,
+from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, fit_candidate,
                             reviewed_windows)
+from training.adapted_bundle import write_adapted
 from training.field import poisson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def run_recorder(recorder: str, models: list[Path], work: Path, budget: int, con
             raise AdaptError(f"{len(data.targets)} usable reviews")
         for name in CANDIDATES:
             head, point = fit_candidate(name, parent, ensemble, data, config)
-            bundles[name] = _write_adapted(parent, head, root / name, {"parent_bundle": parent.bundle_id}, point).path
+            bundles[name] = write_adapted(parent, head, root / name, {"parent_bundle": parent.bundle_id}, point).path
     except AdaptError as exc:     # too few reviews: adapt refuses, every candidate is the parent
         row["candidates"] = str(exc)
     row["field"] = {name: field_counts(bundles.get(name, parent_path), evaluation, truth)

@@ -24,11 +24,12 @@ from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import BundleError
 from edgemon.review import reviews
 from tests.review_helpers import make_review_db
-from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, _write_adapted, adapt_bundle, choose_candidate,
+from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, choose_candidate,
                             fit_correction, fit_operating_point)
 from training.adapt_decisions import decide, detection_labels, drop_short_runs, event_scores, grouped_folds
 from training.adapt_windows import (RecordingWindows, ReviewedWindows, background_windows, event_windows,
                                     recording_windows, review_targets)
+from training.adapted_bundle import write_adapted
 
 TRAINED_ON = ("train", "devel")   # the shipped bundle's training data
 
@@ -133,7 +134,7 @@ def _zero_head(bundle, d: int) -> SiteHead:
 
 def test_a_zero_site_head_leaves_the_parent_unchanged_and_a_tampered_one_is_refused(tmp_path):
     parent = load_bundle(default_bundle_path())
-    out = _write_adapted(parent, _zero_head(parent, 128), tmp_path / "zero", {"parent_bundle": parent.bundle_id})
+    out = write_adapted(parent, _zero_head(parent, 128), tmp_path / "zero", {"parent_bundle": parent.bundle_id})
     windows = np.random.default_rng(0).standard_normal((3, 125, parent.frontend.n_features)).astype(np.float32)
     plain, headed = Ensemble(parent), Ensemble(out)
     assert headed.site_head is not None and plain.site_head is None
@@ -148,7 +149,7 @@ def test_a_zero_site_head_leaves_the_parent_unchanged_and_a_tampered_one_is_refu
 def test_a_site_head_of_the_wrong_width_is_refused_and_nothing_is_written(tmp_path):
     parent = load_bundle(default_bundle_path())
     with pytest.raises(BundleError, match="site head expects 64-wide embeddings, member00.onnx gives 128"):
-        _write_adapted(parent, _zero_head(parent, 64), tmp_path / "narrow", {})
+        write_adapted(parent, _zero_head(parent, 64), tmp_path / "narrow", {})
     assert not (tmp_path / "narrow").exists()
 
 
@@ -188,8 +189,8 @@ def test_operating_point_learns_that_false_alarms_are_single_windows():
 def test_an_evidence_rule_is_written_as_the_operating_point_the_recorder_uses(tmp_path):
     parent = load_bundle(default_bundle_path())
     point = OperatingPoint({**parent.thresholds, "great_argus": 0.5}, {"great_argus": 3})
-    with_rule = _write_adapted(parent, None, tmp_path / "rule", {"parent_bundle": parent.bundle_id}, point)
-    without = _write_adapted(parent, None, tmp_path / "plain", {"parent_bundle": parent.bundle_id},
+    with_rule = write_adapted(parent, None, tmp_path / "rule", {"parent_bundle": parent.bundle_id}, point)
+    without = write_adapted(parent, None, tmp_path / "plain", {"parent_bundle": parent.bundle_id},
                              OperatingPoint(point.thresholds))
     assert with_rule.manifest["operating_point"] == {"thresholds": point.thresholds, "min_windows": {"great_argus": 3}}
     assert "operating_point" not in without.manifest and without.thresholds["great_argus"] == 0.5

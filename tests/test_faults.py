@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from edgemon.files import watcher
+from edgemon.files import events
 import edgemon.files.recordings
 from edgemon.files.watcher import Watcher
 from edgemon.health import HealthConfig, WatchMonitor
@@ -379,7 +379,7 @@ def test_a_dead_observer_thread_is_detected_and_restarted(tmp_path, monkeypatch,
     finds the next files within seconds."""
     root = tmp_path / "rec"
     recording(root / "20240901_060000.WAV", seed=400)
-    original = watcher._Hints.on_any_event
+    original = events.Hints.on_any_event
     poisoned = threading.Event()
 
     def poison(self, event):
@@ -388,7 +388,7 @@ def test_a_dead_observer_thread_is_detected_and_restarted(tmp_path, monkeypatch,
             raise RuntimeError("a bug in an event handler")
         return original(self, event)
 
-    monkeypatch.setattr(watcher._Hints, "on_any_event", poison)
+    monkeypatch.setattr(events.Hints, "on_any_event", poison)
     stop = threading.Event()
     thread, made = run_in_thread(
         tmp_path / "d.db",

@@ -11,7 +11,7 @@ from edgemon.analysis.ensemble import Ensemble, describe_bundle
 from edgemon.analysis.site_head import SiteHead
 from edgemon.analysis.site_veto import SiteVeto, window_features
 from edgemon.errors import BundleError
-from training.adapt import _write_adapted
+from training.adapted_bundle import write_adapted
 
 BACKGROUND, CALL, OTHER = 0, 1, 2
 
@@ -72,7 +72,7 @@ def test_the_recorder_runs_a_bundles_veto_and_stores_nothing_it_sent_back(parent
     features = window_features(windows.embeddings)
     background = parent.labels.index(parent.background_label)
     false_alarms = SiteVeto(features, features[:0], np.zeros(0, np.int64), background)
-    vetoed = _write_adapted(parent, false_alarms, tmp_path / "vetoed", {"parent_bundle": parent.bundle_id})
+    vetoed = write_adapted(parent, false_alarms, tmp_path / "vetoed", {"parent_bundle": parent.bundle_id})
     assert vetoed.manifest["site_veto"]["file"] == "site_veto.npz"
     ensemble = Ensemble(vetoed)
     assert ensemble.site_veto is not None and ensemble.site_head is None
@@ -83,7 +83,7 @@ def test_the_recorder_runs_a_bundles_veto_and_stores_nothing_it_sent_back(parent
     assert describe_bundle(parent.path)[0]["site_corrections"] == {}
     duet = parent.labels.index("gibbon_duet")
     confirmed = SiteVeto(features, np.concatenate([features, features]), np.full(2 * len(features), duet), background)
-    kept = _write_adapted(parent, confirmed, tmp_path / "kept", {})
+    kept = write_adapted(parent, confirmed, tmp_path / "kept", {})
     assert [e.label for e in Analyzer(kept).analyse_file(recording).events] == ["gibbon_duet"]
 
 
@@ -91,14 +91,14 @@ def test_a_tampered_or_misfitting_veto_is_refused_with_its_file_named(parent, tm
     width = sum(s.get_outputs()[[o.name for o in s.get_outputs()].index("embedding")].shape[-1]
                 for s in Ensemble(parent, verify=False).sessions)
     ok = SiteVeto(unit(*np.eye(width)[:3]), np.zeros((0, width), np.float32), np.zeros(0, np.int64), 0)
-    out = _write_adapted(parent, ok, tmp_path / "ok", {})
+    out = write_adapted(parent, ok, tmp_path / "ok", {})
     veto_file = out.path / "site_veto.npz"
     veto_file.write_bytes(veto_file.read_bytes() + b"\0")
     with pytest.raises(BundleError, match="site_veto.npz: site veto file does not match its sha256"):
         Ensemble(load_bundle(out.path))
     narrow = SiteVeto(np.ones((2, width // 2), np.float32), np.zeros((0, width // 2), np.float32), np.zeros(0, np.int64), 0)
     with pytest.raises(BundleError, match=rf"site veto expects {width // 2} embedding values per window"):
-        _write_adapted(parent, narrow, tmp_path / "narrow", {})
+        write_adapted(parent, narrow, tmp_path / "narrow", {})
     assert not (tmp_path / "narrow").exists()
 
 
@@ -109,12 +109,12 @@ def test_rethresholding_an_adapted_bundle_keeps_its_site_head_and_veto(parent, t
     d = 128
     head = SiteHead(np.zeros((m, d + c, c), np.float32), np.full((m, c), 0.01, np.float32),
                     np.zeros((m, d + c), np.float32), np.ones((m, d + c), np.float32))
-    headed = _write_adapted(parent, head, tmp_path / "headed", {})
+    headed = write_adapted(parent, head, tmp_path / "headed", {})
     veto = SiteVeto(unit(*np.eye(m * d)[:2]), np.zeros((0, m * d), np.float32), np.zeros(0, np.int64), 0)
-    both = _write_adapted(headed, veto, tmp_path / "both", {})
+    both = write_adapted(headed, veto, tmp_path / "both", {})
     assert both.manifest["site_head"]["sha256"] == headed.manifest["site_head"]["sha256"]
-    again = _write_adapted(both, None, tmp_path / "again", {})
+    again = write_adapted(both, None, tmp_path / "again", {})
     assert again.manifest["site_head"]["sha256"] == headed.manifest["site_head"]["sha256"]
     assert again.manifest["site_veto"]["sha256"] == both.manifest["site_veto"]["sha256"]
-    replaced = _write_adapted(both, head, tmp_path / "replaced", {})     # a new head: fitted on raw members
+    replaced = write_adapted(both, head, tmp_path / "replaced", {})     # a new head: fitted on raw members
     assert "site_veto" not in replaced.manifest

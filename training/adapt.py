@@ -24,29 +24,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle, write_bundle
+from edgemon.analysis.bundle import Bundle, load_bundle
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
-from edgemon.analysis.site_head import Z_CLIP, SiteHead, load_site_head, write_site_head
-from edgemon.analysis.site_veto import SiteVeto, load_site_veto, window_features, write_site_veto
+from edgemon.analysis.site_head import Z_CLIP, SiteHead
+from edgemon.analysis.site_veto import SiteVeto, window_features
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
 from edgemon.storage.readonly import recording_path, reviewed
 from training.adapt_decisions import decide, event_scores, grouped_folds
 from training.adapt_windows import (ReviewedWindows, background_windows, detection_spans, event_windows, nearest_windows,
                                     recording_windows, review_targets)
+from training.adapted_bundle import Correction, parent_point, write_adapted
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -229,8 +225,6 @@ def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels:
 
 CANDIDATES = ("thresholds", "thresholds+evidence", "head", "head+thresholds", "veto+thresholds+evidence")
 
-Correction = SiteHead | SiteVeto | None
-
 
 def fit_veto(data: ReviewedWindows, background: int, config: AdaptConfig) -> SiteVeto:
     """The site veto of these reviews: windows of wrong detections and the background windows
@@ -283,13 +277,8 @@ def fit_candidate(name: str, bundle: Bundle, ensemble: Ensemble, data: ReviewedW
                                 dict(parent.min_windows))
 
 
-def parent_point(bundle: Bundle) -> OperatingPoint:
-    """The parent's operating point: its manifest's, else its thresholds with single-window events."""
-    return OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
-
-
 def _candidate_probs(ensemble: Ensemble, correction: Correction, data: ReviewedWindows) -> np.ndarray:
-    """What the members of the bundle a candidate writes say (``_written_corrections``)."""
+    """What the members of the bundle a candidate writes say (``adapted_bundle.written_corrections``)."""
     if correction is None:
         return _parent_probs(ensemble, data)
     if isinstance(correction, SiteVeto):
@@ -328,17 +317,6 @@ def _head_probs(ensemble: Ensemble, data: ReviewedWindows) -> np.ndarray:
     if ensemble.site_head is None:
         return data.probs
     return ensemble.site_head.member_probs(data.probs, data.embeddings)
-
-
-def _written_corrections(parent: Bundle, correction: Correction) -> tuple[SiteHead | None, SiteVeto | None]:
-    """The site head and veto a candidate's bundle holds: a new head replaces the parent's head
-    and veto (it is fitted on the raw members); a new veto replaces the parent's veto and keeps its
-    head; thresholds alone keep both (they were fitted on what both make of the members)."""
-    if isinstance(correction, SiteHead):
-        return correction, None
-    if isinstance(correction, SiteVeto):
-        return load_site_head(parent), correction
-    return load_site_head(parent), load_site_veto(parent)
 
 
 def choose_candidate(scores: dict) -> str:
@@ -380,54 +358,7 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
                     "targets": {bundle.labels[c]: int((data.targets == c).sum()) for c in range(len(bundle.labels))}},
         "held_out": scores, "config": dataclasses.asdict(config),
     }
-    new = _write_adapted(bundle, correction, Path(out), provenance, point)
+    new = write_adapted(bundle, correction, Path(out), provenance, point)
     return {"bundle_id": new.bundle_id, "path": str(new.path), "parent_bundle": bundle.bundle_id,
             "method": chosen, "reviews_used": len(data.review_ids), "recordings": len(set(data.groups)),
             "held_out": scores, "wall_s": round(time.monotonic() - started, 1)}
-
-
-def _write_adapted(parent: Bundle, correction: Correction, out: Path, provenance: dict,
-                   point: OperatingPoint | None = None) -> Bundle:
-    """Parent's members (+ the site head and veto ``_written_corrections`` keeps) + a manifest
-    naming them with the operating ``point`` (default: the parent's; written as ``operating_point``
-    when it asks more than one window of some class, else as plain ``thresholds``), assembled
-    beside ``out`` and renamed into place, so a reader never sees a bundle without its head."""
-    point = point or parent_point(parent)
-    head, veto = _written_corrections(parent, correction)
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.adapt.", dir=out.parent))
-    try:
-        inner = staging / "bundle"
-        members = [dataclasses.asdict(m) for m in parent.members]
-        write_bundle(inner, parent.member_paths, list(parent.labels), frontend=parent.frontend,
-                     window_s=parent.window_s, hop_s=parent.hop_s,
-                     devel_uars=[m["devel_uar"] for m in members], test_uars=[m["test_uar"] for m in members],
-                     thresholds=point.thresholds, background_label=parent.background_label,
-                     precision=members[0]["precision"])
-        manifest = json.loads((inner / MANIFEST).read_text())
-        needed = {label: int(k) for label, k in point.min_windows.items() if int(k) > 1}
-        if needed:
-            manifest["operating_point"] = {"thresholds": dict(point.thresholds), "min_windows": needed}
-        identity = [m["sha256"] for m in manifest["members"]] + [json.dumps(manifest["thresholds"], sort_keys=True),
-                                                                 json.dumps(needed, sort_keys=True)]
-        if head is not None:
-            manifest["site_head"] = write_site_head(head, inner)
-            identity.append(manifest["site_head"]["sha256"])
-        if veto is not None:
-            manifest["site_veto"] = write_site_veto(veto, inner)
-            identity.append(manifest["site_veto"]["sha256"])
-        digest = hashlib.sha256("".join(identity).encode())
-        manifest.update(bundle_id=f"{out.name}-{digest.hexdigest()[:12]}", adapted=provenance)
-        for key in ("source_runs", "trained_on"):
-            if key in parent.manifest:
-                manifest[key] = parent.manifest[key]
-        (inner / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        Ensemble(load_bundle(inner))   # the recorder can open it, head included
-        if out.exists():
-            old = staging / "old"
-            os.replace(out, old)
-        os.replace(inner, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return load_bundle(out)

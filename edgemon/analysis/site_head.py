@@ -55,6 +55,11 @@ class SiteHead:
         return buffer.getvalue()
 
 
+def embedding_width(session) -> int | None:
+    """The width of an onnxruntime member's ``embedding`` output (None: it has none, or undeclared)."""
+    return {o.name: o.shape for o in session.get_outputs()}.get("embedding", [None, None])[-1]
+
+
 def load_site_head(bundle: Bundle, sessions=()) -> SiteHead | None:
     """The bundle's site head, verified against its manifest entry and the members' onnxruntime
     ``sessions`` (their ``embedding`` width); None for a plain bundle. Raises BundleError naming
@@ -73,7 +78,7 @@ def load_site_head(bundle: Bundle, sessions=()) -> SiteHead | None:
             or head.scale.shape != head.mean.shape or not (head.scale > 0).all()):
         raise BundleError(f"{path}: site head shapes {head.weights.shape} do not fit {m} members and {c} labels")
     for member_path, session in zip(bundle.member_paths, sessions):
-        width = {o.name: o.shape for o in session.get_outputs()}.get("embedding", [None, None])[-1]
+        width = embedding_width(session)
         if width != head.weights.shape[1] - c:
             raise BundleError(f"{path}: site head expects {head.weights.shape[1] - c}-wide embeddings, "
                               f"{member_path.name} gives {width}")

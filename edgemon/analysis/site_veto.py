@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgemon.analysis.bundle import Bundle, sha256_of, verified_part
+from edgemon.analysis.site_head import embedding_width
 from edgemon.errors import BundleError
 
 
@@ -55,9 +56,10 @@ class SiteVeto:
         rows = np.flatnonzero(called != self.background_index)
         if rows.size == 0 or len(self.background) == 0:
             return out
-        features = window_features(embeddings[:, rows].astype(np.float32))
-        to_background = features @ self.background.T.astype(np.float32)
-        to_calls = features @ self.calls.T.astype(np.float32)
+        # The stored windows are float32 already (``load_site_veto``, ``fit_veto``): no copy per batch.
+        features = window_features(embeddings[:, rows])
+        to_background = features @ self.background.T
+        to_calls = features @ self.calls.T
         for j, row in enumerate(rows):
             alike = to_calls[j, self.call_labels == called[row]]
             if alike.size == 0:
@@ -107,7 +109,7 @@ def load_site_veto(bundle: Bundle, sessions=()) -> SiteVeto | None:
             or not ((call_labels >= 0) & (call_labels < n_classes)).all()
             or not 0 <= params[0] < n_classes or params[1] < 1):
         raise BundleError(f"{path}: site veto arrays do not fit {n_classes} labels")
-    widths = [{o.name: o.shape for o in s.get_outputs()}.get("embedding", [None, None])[-1] for s in sessions]
+    widths = [embedding_width(s) for s in sessions]
     if sessions and (None in widths or sum(widths) != background.shape[1]):
         raise BundleError(f"{path}: site veto expects {background.shape[1]} embedding values per window, "
                           f"the members give {widths}")

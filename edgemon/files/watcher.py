@@ -10,7 +10,8 @@ A database write that fails (disk full, a lock held past the busy timeout) rolls
 counted against the file, and holds all work for ``retry_s``; the file is then tried again. Below
 the disk budget's lower watermark (``edgemon.storage.disk_budget``) no new file is started until
 space comes back. The watcher decides both holds itself; health (``on_tick``) only reports them. The
-observer is restarted if its thread dies (a handler raised, the card was unmounted).
+observer (``edgemon.files.events``) is restarted, with a rescan, when it stops delivering events (a
+handler raised, its inotify reader died, the card was unmounted).
 
 An attempt is committed before a file is analysed (``Store.begin_attempt``). A file that was in
 progress when a run died, or whose analysis died before, is analysed in a child process
@@ -40,13 +41,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analysis, Analyzer
 from edgemon.files.backlog import BacklogProgress
-from edgemon.files.directory import check_root, file_version, iter_audio, source_of, watched
+from edgemon.files.directory import check_root, file_version, iter_audio, source_of
+from edgemon.files.events import observing, start_observer, stop_observer
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.files.recordings import StabilityTracker, recording_time, wav_header_consistent
 from edgemon.safetext import name_from_stored, shown
@@ -75,49 +75,6 @@ def may_still_be_written(why: str) -> bool:
     (AudioMoth writes them at close), or more data declared than is on disk yet. Other
     inconsistencies (not RIFF at all, no fmt chunk) will not heal by waiting."""
     return any(k in why for k in ("empty file", "not yet finalised", "declares"))
-
-
-def _observing(observer: Observer | None) -> bool:
-    """The observer's thread, every emitter thread (an emitter stops on its own when the watched
-    directory disappears) and its inotify reader are alive.
-
-    watchdog 7 reads inotify on a thread of its own per observer; when that thread dies (an
-    exception in its callbacks), the observer and emitter threads still look alive but no event
-    comes any more: so it is checked too (``_inotify_fd``; absent elsewhere than Linux).
-    """
-    if observer is None:
-        return False
-    reader = getattr(observer, "_inotify_fd", None)
-    return (observer.is_alive() and bool(observer.emitters) and all(e.is_alive() for e in observer.emitters)
-            and (reader is None or reader.is_alive()))
-
-
-def _stop(observer: Observer | None) -> None:
-    """Stop ``observer`` and its threads (its inotify reader too, even if it never started)."""
-    if observer is not None:
-        observer.stop()
-        if observer.is_alive():
-            observer.join()
-
-
-class _Hints(FileSystemEventHandler):
-    """Watchdog handler: only enqueues candidate paths; all work happens on the watcher's thread."""
-
-    def __init__(self, hints: queue.Queue, root: Path):
-        self.hints = hints
-        self.root = root
-
-    # Opening and reading a file raises events too: reacting to those would make the watcher's
-    # own reads wake it up forever.
-    RELEVANT = frozenset({"created", "modified", "moved", "closed"})
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type not in self.RELEVANT:
-            return
-        for attr in ("src_path", "dest_path"):
-            path = getattr(event, attr, None)
-            if path and not event.is_directory and watched(self.root, Path(os.fsdecode(path))):
-                self.hints.put(Path(os.fsdecode(path)))
 
 
 class Watcher:
@@ -204,7 +161,7 @@ class Watcher:
 
     def run(self, stop: threading.Event) -> None:
         check_root(self.root)
-        observer = self._observe()
+        observer = start_observer(self.root, self.hints)
         try:
             self.scan()
             next_scan = time.monotonic() + self.config.rescan_s
@@ -212,11 +169,11 @@ class Watcher:
             while not stop.is_set():
                 # Its thread died (a handler raised) or the card went away: events stop and only
                 # rescans would remain. Restarted at once; while that fails, once per rescan period.
-                if not _observing(observer) and time.monotonic() >= next_observe:
+                if not observing(observer) and time.monotonic() >= next_observe:
                     log.warning("file-system observer stopped; restarting it and rescanning")
-                    _stop(observer)
-                    observer = self._observe()
-                    next_observe = 0.0 if _observing(observer) else time.monotonic() + self.config.rescan_s
+                    stop_observer(observer)
+                    observer = start_observer(self.root, self.hints)
+                    next_observe = 0.0 if observing(observer) else time.monotonic() + self.config.rescan_s
                     self.scan()
                 self._drain_hints()
                 for path in sorted(self.pending):
@@ -242,21 +199,7 @@ class Watcher:
                 self._wait(min(self.config.settle_s / 2 or 0.05, 1.0) if self.pending else
                            min(max(0.05, next_scan - time.monotonic()), 1.0))
         finally:
-            _stop(observer)
-
-    def _observe(self) -> Observer | None:
-        """A started observer of the root; None when none can be made (no inotify instance left)."""
-        try:
-            observer = Observer()       # on Linux this opens an inotify instance and starts its reader
-        except OSError as exc:
-            log.warning("cannot watch %s for events: %s", shown(self.root), shown(exc))
-            return None
-        try:
-            observer.schedule(_Hints(self.hints, self.root), str(self.root), recursive=True)
-            observer.start()
-        except OSError as exc:  # the card is unmounted: rescans still run; retried each rescan period
-            log.warning("cannot watch %s for events: %s", shown(self.root), shown(exc))
-        return observer
+            stop_observer(observer)
 
     @property
     def state(self) -> str:

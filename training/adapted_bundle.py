@@ -1,0 +1,84 @@
+"""The bundle ``edgemon-train adapt`` writes: the parent's members, the candidate's operating point
+and site corrections (which of the parent's head and veto it keeps: ``written_corrections``),
+and the adaptation's provenance, assembled beside the target and renamed into place."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle, write_bundle
+from edgemon.analysis.decisions import OperatingPoint
+from edgemon.analysis.ensemble import Ensemble
+from edgemon.analysis.site_head import SiteHead, load_site_head, write_site_head
+from edgemon.analysis.site_veto import SiteVeto, load_site_veto, write_site_veto
+
+Correction = SiteHead | SiteVeto | None   # what a candidate adds to its parent's members
+
+
+def parent_point(bundle: Bundle) -> OperatingPoint:
+    """The parent's operating point: its manifest's, else its thresholds with single-window events."""
+    return OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
+
+
+def written_corrections(parent: Bundle, correction: Correction) -> tuple[SiteHead | None, SiteVeto | None]:
+    """The site head and veto a candidate's bundle holds: a new head replaces the parent's head
+    and veto (it is fitted on the raw members); a new veto replaces the parent's veto and keeps its
+    head; thresholds alone keep both (they were fitted on what both make of the members)."""
+    if isinstance(correction, SiteHead):
+        return correction, None
+    if isinstance(correction, SiteVeto):
+        return load_site_head(parent), correction
+    return load_site_head(parent), load_site_veto(parent)
+
+
+def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance: dict,
+                   point: OperatingPoint | None = None) -> Bundle:
+    """Parent's members (+ the site head and veto ``written_corrections`` keeps) + a manifest
+    naming them with the operating ``point`` (default: the parent's; written as ``operating_point``
+    when it asks more than one window of some class, else as plain ``thresholds``), assembled
+    beside ``out`` and renamed into place, so a reader never sees a bundle without its head."""
+    point = point or parent_point(parent)
+    head, veto = written_corrections(parent, correction)
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.adapt.", dir=out.parent))
+    try:
+        inner = staging / "bundle"
+        members = [dataclasses.asdict(m) for m in parent.members]
+        write_bundle(inner, parent.member_paths, list(parent.labels), frontend=parent.frontend,
+                     window_s=parent.window_s, hop_s=parent.hop_s,
+                     devel_uars=[m["devel_uar"] for m in members], test_uars=[m["test_uar"] for m in members],
+                     thresholds=point.thresholds, background_label=parent.background_label,
+                     precision=members[0]["precision"])
+        manifest = json.loads((inner / MANIFEST).read_text())
+        needed = {label: int(k) for label, k in point.min_windows.items() if int(k) > 1}
+        if needed:
+            manifest["operating_point"] = {"thresholds": dict(point.thresholds), "min_windows": needed}
+        identity = [m["sha256"] for m in manifest["members"]] + [json.dumps(manifest["thresholds"], sort_keys=True),
+                                                                 json.dumps(needed, sort_keys=True)]
+        if head is not None:
+            manifest["site_head"] = write_site_head(head, inner)
+            identity.append(manifest["site_head"]["sha256"])
+        if veto is not None:
+            manifest["site_veto"] = write_site_veto(veto, inner)
+            identity.append(manifest["site_veto"]["sha256"])
+        digest = hashlib.sha256("".join(identity).encode())
+        manifest.update(bundle_id=f"{out.name}-{digest.hexdigest()[:12]}", adapted=provenance)
+        for key in ("source_runs", "trained_on"):
+            if key in parent.manifest:
+                manifest[key] = parent.manifest[key]
+        (inner / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        Ensemble(load_bundle(inner))   # the recorder can open it, head included
+        if out.exists():
+            old = staging / "old"
+            os.replace(out, old)
+        os.replace(inner, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_bundle(out)

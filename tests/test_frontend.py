@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edgemon.errors import FrontendMismatchError
-from edgemon.analysis.frontend import (FrontendConfig, StreamingFrontend, features, features_from_log_mel, log_mel,
-                              mel_filterbank, mel_power)
+from edgemon.analysis.frontend import (FrontendConfig, StreamingFrontend, apply_mel, features, features_from_log_mel,
+                              log_mel, mel_filterbank, mel_power)
 
 librosa = pytest.importorskip("librosa")
 
@@ -19,6 +19,14 @@ BOTH = FrontendConfig(kind="logmel_pcen")
 def test_filterbank_matches_librosa():
     ref = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=128, fmin=0.0, fmax=8000.0)
     np.testing.assert_allclose(mel_filterbank(CONFIG), ref.T, atol=1e-7)
+
+
+@pytest.mark.parametrize("config", [CONFIG, FrontendConfig(n_mels=40), FrontendConfig(n_mels=256, f_min=50.0, f_max=4000.0),
+                                    FrontendConfig(n_fft=512, n_mels=13)])
+def test_the_banded_mel_product_equals_the_dense_one(config):
+    power = np.random.default_rng(config.n_mels).random((37, config.n_fft // 2 + 1), dtype=np.float32)
+    dense = power @ mel_filterbank(config)
+    np.testing.assert_allclose(apply_mel(power, config), dense, rtol=1e-5, atol=1e-7 * dense.max())
 
 
 @pytest.mark.filterwarnings("ignore:n_fft=1024 is too large")

@@ -124,6 +124,33 @@ def mel_filterbank(config: FrontendConfig) -> np.ndarray:
     return np.ascontiguousarray(weights.T, dtype=np.float32)
 
 
+MEL_BAND_FILTERS = 8  # filters per band of ``apply_mel``: fewest multiply-adds, measured 8-64
+
+
+@lru_cache(maxsize=8)
+def _mel_bands(config: FrontendConfig) -> tuple[tuple[int, int, int, np.ndarray], ...]:
+    """The filterbank as bands of ``MEL_BAND_FILTERS`` adjacent filters, each with the only FFT
+    bins its filters weigh: ``(first filter, first bin, end bin, weights [bins, filters])``."""
+    weights = mel_filterbank(config)
+    bands = []
+    for first in range(0, weights.shape[1], MEL_BAND_FILTERS):
+        band = weights[:, first:first + MEL_BAND_FILTERS]
+        used = np.flatnonzero(band.any(axis=1))
+        lo, hi = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
+        bands.append((first, lo, hi, np.ascontiguousarray(band[lo:hi])))
+    return tuple(bands)
+
+
+def apply_mel(power: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """``power @ mel_filterbank(config)``, band by band: a triangular filter weighs a few bins, so
+    the dense product is nine parts in ten zeros (a third of the time at 128 bands, one core)."""
+    out = np.zeros((len(power), config.n_mels), np.float32)
+    for first, lo, hi, band in _mel_bands(config):
+        if hi > lo:
+            np.matmul(power[:, lo:hi], band, out=out[:, first:first + band.shape[1]])
+    return out
+
+
 @lru_cache(maxsize=8)
 def _window(n_fft: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann, float64
@@ -154,7 +181,7 @@ def _frame_power(x: np.ndarray, config: FrontendConfig) -> np.ndarray:
 
 def mel_power(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
     """Mel power spectrogram, float32 ``[frames, n_mels]``; ``samples`` at ``config.sample_rate``."""
-    return power_spectrogram(samples, config) @ mel_filterbank(config)
+    return apply_mel(power_spectrogram(samples, config), config)
 
 
 def log_mel(samples: np.ndarray, config: FrontendConfig = FrontendConfig()) -> np.ndarray:
@@ -272,7 +299,7 @@ class StreamingFrontend:
         power = _frame_power(samples, c)
         self._pending = samples[len(power) * c.hop_length:].copy()
         self.frames_out += len(power)
-        out, self._smooth = from_mel_power(power @ mel_filterbank(c), c, self._smooth)
+        out, self._smooth = from_mel_power(apply_mel(power, c), c, self._smooth)
         return out
 
     def push(self, block: np.ndarray) -> np.ndarray:

@@ -109,6 +109,13 @@ def attempts(ctx) -> dict:
                                              thresholds=False, evidence=config.evidence)
     out["evidence rule only"] = (None, OperatingPoint(thresholds, needed))
     out["thresholds + evidence rule"] = fit_candidate("thresholds+evidence", bundle, ensemble, data, config)
+    # The same search with another aim: keep the baseline's hits on the reviews, then fewest false alarms.
+    base = out["thresholds re-fitted (baseline)"][1]
+    base_hits = event_scores(decide(data.probs, data.detection, len(data.targets), bundle.labels, base.thresholds,
+                                    background, base.min_windows), data.targets, background)["hits"]
+    t, k = fit_operating_point(data.probs, data, bundle.labels, parent.thresholds, background, evidence=config.evidence,
+                               objective=lambda s: (min(s["hits"], base_hits), -s["false_alarms"]))
+    out["thresholds + evidence rule, keeping the baseline's reviewed hits"] = (None, OperatingPoint(t, k))
     out["head, reviews only, l2 1000 (first head)"] = (
         head_on(data, config, background, extra=False, l2=1000.0), parent)
     for l2 in (0.1, 1.0, 10.0):
@@ -126,6 +133,8 @@ def attempts(ctx) -> dict:
     out["site veto + thresholds + evidence rule"] = (veto, point)
     out["site veto only (parent's point)"] = (veto, parent)
     out["site veto + thresholds re-fitted (the baseline's point)"] = (veto, out["thresholds re-fitted (baseline)"][1])
+    out["site veto + thresholds + evidence rule, keeping the baseline's reviewed hits"] = (
+        veto, out["thresholds + evidence rule, keeping the baseline's reviewed hits"][1])
     for change in ({"veto_k": 1}, {"veto_unconfirmed_similarity": 0.9}, {"veto_min_similarity": 0.7}):
         varied = fit_veto(data, background, dataclasses.replace(config, **change))
         name = ", ".join(f"{k.removeprefix('veto_')} {v}" for k, v in change.items())

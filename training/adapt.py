@@ -198,28 +198,31 @@ def fit_thresholds(member_probs: np.ndarray, data: ReviewedWindows, labels: tupl
 
 def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels: tuple[str, ...],
                         start: dict, background: int, thresholds: bool = True,
-                        evidence: tuple[int, ...] = (1,)) -> tuple[dict, dict]:
+                        evidence: tuple[int, ...] = (1,), objective=None) -> tuple[dict, dict]:
     """Per-class confidence threshold (0.02 grid, when ``thresholds``) and fewest windows an event
     needs (from ``evidence``) chosen together to maximise F1 on these reviews, one class at a time
     (one pass of coordinate ascent); ties keep the parent's threshold and the fewest windows.
+    ``objective``: another score of ``event_scores``' dict to maximise (a number or a tuple).
     Returns (thresholds, min_windows)."""
+    objective = objective or (lambda scores: scores["f1"])
     chosen, needed = dict(start), {label: 1 for label in labels if label != labels[background]}
     for c, label in enumerate(labels):
         if c == background:
             continue
         grid = sorted({chosen.get(label, 0.0), *np.round(np.linspace(0, 1, 51), 2).tolist()}) if thresholds \
             else [chosen.get(label, 0.0)]
-        best = (-1.0, 0, chosen.get(label, 0.0), 1)
+        best = None
         for k in sorted(evidence):
             for t in grid:
                 trial_t, trial_k = {**chosen, label: float(t)}, {**needed, label: k}
-                f1 = event_scores(decide(member_probs, data.detection, len(data.targets), labels, trial_t,
-                                         background, trial_k), data.targets, background)["f1"]
+                score = objective(event_scores(decide(member_probs, data.detection, len(data.targets), labels,
+                                                      trial_t, background, trial_k), data.targets, background))
+                score = tuple(round(float(x), 9) for x in (score if isinstance(score, tuple) else (score,)))
                 # ties: the parent's own threshold first, then fewer windows
-                rank = (f1, -abs(float(t) - start.get(label, 0.0)) - k)
-                if rank[0] > best[0] + 1e-9 or (abs(rank[0] - best[0]) <= 1e-9 and rank[1] > best[1]):
-                    best = (rank[0], rank[1], float(t), k)
-        chosen[label], needed[label] = best[2], best[3]
+                rank = (score, -abs(float(t) - start.get(label, 0.0)) - k)
+                if best is None or rank > best[0]:
+                    best = (rank, float(t), k)
+        chosen[label], needed[label] = best[1], best[2]
     return chosen, {label: k for label, k in needed.items() if k > 1}
 
 

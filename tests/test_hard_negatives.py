@@ -1,12 +1,16 @@
 """Hard negatives: background clips that the model calls calls are drawn more in later epochs."""
 
 
+from pathlib import Path
+
 import numpy as np
 
+from edgemon.analysis.frontend import FrontendConfig
 from training.augment import AugmentConfig
-from training.data import load_split
+from training.data import Clip, Split, load_split
 from training.model import ModelConfig
-from training.train import OptimConfig, balanced_indices, hard_negative_emphasis, train
+from training.recipes import recipe_name
+from training.train import OptimConfig, balanced_indices, hard_negative_emphasis, near_call_emphasis, train
 
 
 def test_emphasis_weighs_clips_within_their_class_and_keeps_classes_balanced():
@@ -29,3 +33,26 @@ def test_training_with_hard_negatives_mines_the_background_it_calls_calls(tiny_d
     background = split.targets == 0
     assert np.all(emphasis[~background] == 1.0)
     assert np.all((emphasis[background] >= 1.0) & (emphasis[background] <= 6.0)) and len(result.history) == 4
+
+
+def _named_split(names: list[str], targets: list[int]) -> Split:
+    clips = [Clip(Path(n), ("background", "gibbon_duet")[t], n.split("_")[1] if "_" in n else "") for n, t in zip(names, targets)]
+    return Split("named", clips, [np.zeros((4, 2), np.float32)] * len(clips), np.array(targets),
+                 ("background", "gibbon_duet"), None, FrontendConfig())
+
+
+def test_background_near_a_labelled_call_of_its_recording_is_drawn_more():
+    split = _named_split([
+        "noise_S11_20180312_080003_488.69_502.97_.flac",      # 2.7 s before the duet: near
+        "noise_S11_20180312_080003_300.0_310.0_.flac",        # 195.6 s before it: not near
+        "noise_S12_20180312_080003_500.0_505.0_.flac",        # the same times, another recording
+        "duet_S11_20180312_080003_505.62_512.44_.flac",
+        "noise_S11_20180312_080003_630.0_640.0_.flac",        # 117.6 s after it: near
+        "a-clip-named-otherwise.flac"], [0, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(near_call_emphasis(split, 3.0), [4.0, 1, 1, 1, 4.0, 1])
+    np.testing.assert_array_equal(near_call_emphasis(split, 3.0, within_s=200.0), [4.0, 4.0, 1, 1, 4.0, 1])
+
+
+def test_the_near_call_recipe_is_named_for_it():
+    assert recipe_name("field", near_call_negatives=3.0) == "field-nc3"
+    assert recipe_name("field", hard_negatives=4.0, near_call_negatives=2.0, mix_other_recorders=True) == "field-hn4-nc2-xrec"

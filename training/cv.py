@@ -64,17 +64,19 @@ class FoldResult:
 def cv_recipes(names: list[str], frontend: FrontendConfig, *, epochs: int, seed: int, hidden: int = PAPER.hidden,
                layers: int = PAPER.layers, average_last: int = 0, window_s: float = WINDOW_S, hop_s: float = HOP_S,
                centre_bands: bool = False, mix_other_recorders: bool = False,
-               hard_negatives: float = 0.0) -> list[Recipe]:
+               hard_negatives: float = 0.0, near_call_negatives: float = 0.0) -> list[Recipe]:
     """The recipes ``names`` (of ``RECIPES``): the baseline; ``paper``, Table 2 at the given size;
     ``field``, Table 2 plus the field preset on crops of the recorder's window. Each network
     recipe is named by ``recipe_name`` for what differs from the paper's."""
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise ValueError(f"unknown recipe(s) {unknown}: choose from {list(RECIPES)}")
-    optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last, hard_negatives=hard_negatives)
+    optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last, hard_negatives=hard_negatives,
+                        near_call_negatives=near_call_negatives)
     model = ModelConfig(hidden=hidden, layers=layers, centre_bands=centre_bands)
     knobs = dict(frontend_kind=frontend.kind, average_last=average_last, hidden=hidden, layers=layers,
-                 window_s=window_s, hop_s=hop_s, centre_bands=centre_bands, hard_negatives=hard_negatives)
+                 window_s=window_s, hop_s=hop_s, centre_bands=centre_bands, hard_negatives=hard_negatives,
+                 near_call_negatives=near_call_negatives)
     field = AugmentConfig(crop_frames=seconds_to_frames(window_s, frontend), mix_other_recorders=mix_other_recorders,
                           **FIELD.augment_fields())
     known = {"baseline": Recipe("baseline"),
@@ -86,12 +88,18 @@ def cv_recipes(names: list[str], frontend: FrontendConfig, *, epochs: int, seed:
 
 def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """``k`` (train, validation) index pairs; each recorder falls in exactly one validation fold."""
-    groups = [c.recorder or c.path.name for c in split.clips]
+    return grouped_folds_of([c.recorder or c.path.name for c in split.clips], split.targets, k, seed)
+
+
+def grouped_folds_of(groups: list[str], targets: np.ndarray, k: int = 5, seed: int = 0
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``grouped_folds`` from the clips' recorders and classes alone (no audio read)."""
+    targets = np.asarray(targets)
     if len(set(groups)) < 2:  # one recorder only (an inner split of a small fold): plain stratified
         folder = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        return list(folder.split(np.zeros(len(split)), split.targets))
+        return list(folder.split(np.zeros(len(targets)), targets))
     folder = StratifiedGroupKFold(n_splits=min(k, len(set(groups))), shuffle=True, random_state=seed)
-    return list(folder.split(np.zeros(len(split)), split.targets, groups))
+    return list(folder.split(np.zeros(len(targets)), targets, groups))
 
 
 def validation_recorders(split: Split, folds) -> list[list[str]]:

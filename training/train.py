@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -43,6 +44,7 @@ class OptimConfig:
     seed: int = 0
     device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", …
     hard_negatives: float = 0.0    # >0: in the second half, a background clip is drawn 1 + this x P(call) as often
+    near_call_negatives: float = 0.0   # >0: a background clip near a labelled call is drawn 1 + this as often
 
 
 @dataclasses.dataclass
@@ -103,6 +105,32 @@ def hard_negative_emphasis(model: PrimateBiLSTM, split: Split, strength: float, 
     return emphasis
 
 
+NEAR_CALL_S = 120.0     # "near": this close (seconds) to a labelled call of the same source recording
+CLIP_NAME = re.compile(r"^[^_]+_(?P<source>.+)_(?P<start>[0-9.]+)_(?P<end>[0-9.]+)_\.[A-Za-z0-9]+$")
+
+
+def near_call_emphasis(split: Split, strength: float, within_s: float = NEAR_CALL_S) -> np.ndarray:
+    """Per clip, how often to draw it within its class: ``1 + strength`` for a background clip
+    that lies within ``within_s`` of a call of this split cut from the same source recording, 1
+    for every other clip. Such background holds what a call's neighbourhood holds (a gibbon bout's
+    phrases that are not the labelled duet, a hornbill still in earshot): held-out false events
+    concentrate there. Times come from ComParE-style names ``<label>_<source>_<start>_<end>_.flac``;
+    a clip named otherwise is never near."""
+    spans = [CLIP_NAME.match(c.path.name) for c in split.clips]
+    background = split.labels.index(BACKGROUND)
+    calls: dict[str, list[tuple[float, float]]] = {}
+    for span, target in zip(spans, split.targets):
+        if span and target != background:
+            calls.setdefault(span["source"], []).append((float(span["start"]), float(span["end"])))
+    emphasis = np.ones(len(split))
+    for i, (span, target) in enumerate(zip(spans, split.targets)):
+        if span and target == background:
+            start, end = float(span["start"]), float(span["end"])
+            if any(max(c0 - end, start - c1) <= within_s for c0, c1 in calls.get(span["source"], ())):
+                emphasis[i] = 1.0 + strength
+    return emphasis
+
+
 def background_pools(split: Split, source: list[np.ndarray], aug: AugmentConfig) -> list[list[np.ndarray]]:
     """For each clip, the background clips it may be mixed with: every training background clip,
     or with ``mix_other_recorders`` only those from other recorders, so that a call is heard over
@@ -135,6 +163,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
         to_input = functools.partial(features_from_log_mel, config=train_split.frontend)
     backgrounds = background_pools(train_split, source, aug) if aug.needs_background else None
     averaged: dict[str, torch.Tensor] | None = None
+    near_emphasis = near_call_emphasis(train_split, optim.near_call_negatives) if optim.near_call_negatives else None
 
     best = (-1.0, 0, None)
     history: list[dict] = []
@@ -146,9 +175,10 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
         epochs = bar
     for epoch in epochs:
         started = time.perf_counter()
-        emphasis = None
+        emphasis = near_emphasis
         if optim.hard_negatives and epoch > optim.epochs // 2:  # mined with the model as it is now
-            emphasis = hard_negative_emphasis(model, train_split, optim.hard_negatives, device)
+            mined = hard_negative_emphasis(model, train_split, optim.hard_negatives, device)
+            emphasis = mined if emphasis is None else emphasis * mined
         model.train()
         order = balanced_indices(train_split.targets, rng, emphasis)
         losses = []

@@ -3,7 +3,7 @@
 Reads a ``<out>.votes.npz`` of ``edgemon-train cv-ensemble`` and the JSON whose operating point to
 apply (its ``field.operating_point``), runs every held-out background clip alone through the
 recorder's merger at that point, and splits the background by how far each clip lies from the
-nearest labelled call of the same source recording (any list: train, devel, test, pool; the
+nearest labelled call of the same source recording (train, devel and pool lists; the
 times are in the clip names). Prints false events per hour near and far, and the clips with an
 event, nearest first. ``--spectrograms PNG CLIP...`` draws log-mel images of the named clips.
 
@@ -25,7 +25,7 @@ from training.cv import grouped_folds_of
 from training.field import FieldVotes
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "borneo"
-LISTS = ("train", "devel", "test", "pool")
+LISTS = ("train", "devel", "pool")   # never the test list: it stays unseen until the end
 
 
 def clip_span(filename: str) -> tuple[float, float]:

@@ -13,62 +13,52 @@ event, nearest first. ``--spectrograms PNG CLIP...`` draws log-mel images of the
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
 from edgemon.analysis.decisions import OperatingPoint
 from training.cv import grouped_folds_of
+from training.data import BACKGROUND, clip_span, read_label_list
 from training.field import FieldVotes
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "borneo"
 LISTS = ("train", "devel", "pool")   # never the test list: it stays unseen until the end
 
 
-def clip_span(filename: str) -> tuple[float, float]:
-    """Start and end (s) of a clip in its source recording, from its name ``…_START_END_.flac``."""
-    match = re.search(r"_([0-9.]+)_([0-9.]+)_\.flac$", filename)
-    if not match:
-        raise SystemExit(f"{filename}: no start and end times in the name")
-    return float(match.group(1)), float(match.group(2))
-
-
-def labelled_calls(data: Path) -> dict[str, list[tuple[float, float, str]]]:
-    calls: dict[str, list[tuple[float, float, str]]] = {}
+def labelled_calls(data: Path) -> dict[str, list]:
+    """Source recording -> (span, label) of every labelled call of ``LISTS``."""
+    calls: dict[str, list] = {}
     for name in LISTS:
-        with open(data / "lab" / f"{name}.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                if row["label"] != "background":
-                    calls.setdefault(row["source_recording"], []).append((*clip_span(row["filename"]), row["label"]))
+        for clip in read_label_list(data / "lab" / f"{name}.csv", data / "audio"):
+            span = clip_span(clip.path.name)
+            if span and clip.label != BACKGROUND:
+                calls.setdefault(span.source, []).append((span, clip.label))
     return calls
 
 
-def nearest_call(row: dict, calls) -> tuple[float, str | None]:
+def nearest_call(name: str, calls) -> tuple[float, str | None]:
     """Seconds between the clip and the nearest labelled call of its recording (0: touching)."""
-    start, end = clip_span(row["filename"])
-    gaps = [(max(0.0, c0 - end, start - c1), label) for c0, c1, label in calls.get(row["source_recording"], [])]
-    return min(gaps, default=(float("inf"), None))
+    span = clip_span(name)
+    mine = calls.get(span.source, []) if span else []
+    return min(((span.gap_s(c), label) for c, label in mine), default=(float("inf"), None))
 
 
 def background_clips(votes: FieldVotes, point: OperatingPoint, data: Path) -> list[dict]:
-    """Each held-out background clip: its row, the events the point stores on it alone, the nearest call."""
-    with open(data / "lab" / "train.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    with open(data / "lab" / "devel.csv", newline="") as f:
-        rows += list(csv.DictReader(f))     # train + devel, merged as cv merges them
-    targets = np.array([votes.labels.index(r["label"]) for r in rows])
-    order = np.concatenate([va for _, va in grouped_folds_of([r["recorder"] for r in rows], targets)])
+    """Each held-out background clip: the events the point stores on it alone, the nearest call."""
+    clips = [c for name in ("train", "devel")   # train + devel, merged as cv merges them
+             for c in read_label_list(data / "lab" / f"{name}.csv", data / "audio")]
+    targets = np.array([votes.labels.index(c.label) for c in clips])
+    order = np.concatenate([va for _, va in grouped_folds_of([c.recorder for c in clips], targets)])
     if not np.array_equal(votes.clip_targets, targets[order]):
         raise SystemExit("these votes are not of train + devel in cv's folds (another data set or seed?)")
     merger, calls, out = votes.merger(point), labelled_calls(data), []
-    for clip, i in zip(votes.clips, order):
+    for stream, i in zip(votes.clips, order):
         if targets[i] == votes.background:
-            gap, label = nearest_call(rows[i], calls)
-            out.append({"row": rows[i], "events": [e.label for e in clip.events(merger)],
-                        "hours": clip.duration_s / 3600, "gap_s": gap, "nearest": label})
+            gap, label = nearest_call(clips[i].path.name, calls)
+            out.append({"clip": clips[i], "events": [e.label for e in stream.events(merger)],
+                        "hours": stream.duration_s / 3600, "gap_s": gap, "nearest": label})
     return out
 
 
@@ -119,8 +109,8 @@ def main() -> None:
                   f"{len(part)} clips, {hours:.3f} h, {events} events, {events / max(hours, 1e-9):.1f} / h")
     print("clips with an event, nearest labelled call first:")
     for c in sorted((c for c in clips if c["events"]), key=lambda c: c["gap_s"]):
-        print(f"  {c['row']['recorder']} {','.join(c['events'])}: nearest call {c['gap_s']:.0f} s "
-              f"({c['nearest']}) {c['row']['filename']}")
+        print(f"  {c['clip'].recorder} {','.join(c['events'])}: nearest call {c['gap_s']:.0f} s "
+              f"({c['nearest']}) {c['clip'].path.name}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +21,27 @@ from training.errors import DataError
 
 DEFAULT_DATA_DIR = Path("../shared/data/borneo")
 BACKGROUND = "background"
+CLIP_NAME = re.compile(r"^[^_]+_(?P<source>.+)_(?P<start>[0-9.]+)_(?P<end>[0-9.]+)_\.[A-Za-z0-9]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpan:
+    """Where a clip was cut: its source recording and its start and end there, in seconds."""
+
+    source: str
+    start: float
+    end: float
+
+    def gap_s(self, other: "ClipSpan") -> float:
+        """Seconds between two spans of one recording (0 when they touch or overlap)."""
+        return max(0.0, other.start - self.end, self.start - other.end)
+
+
+def clip_span(name: str) -> ClipSpan | None:
+    """The span of a ComParE-style clip name ``<label>_<source>_<start>_<end>_.flac``; None for
+    a clip named otherwise."""
+    match = CLIP_NAME.match(name)
+    return match and ClipSpan(match["source"], float(match["start"]), float(match["end"]))
 
 
 @dataclasses.dataclass(frozen=True)

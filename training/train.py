@@ -11,7 +11,6 @@ import copy
 import dataclasses
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable
 
@@ -20,7 +19,7 @@ import torch
 
 from edgemon.analysis.frontend import features_from_log_mel
 from training.augment import AugmentConfig, augment
-from training.data import BACKGROUND, Split
+from training.data import BACKGROUND, ClipSpan, Split, clip_span
 from training.evaluate import uar
 from training.losses import focal_loss
 from training.model import ModelConfig, PrimateBiLSTM
@@ -106,7 +105,6 @@ def hard_negative_emphasis(model: PrimateBiLSTM, split: Split, strength: float, 
 
 
 NEAR_CALL_S = 120.0     # "near": this close (seconds) to a labelled call of the same source recording
-CLIP_NAME = re.compile(r"^[^_]+_(?P<source>.+)_(?P<start>[0-9.]+)_(?P<end>[0-9.]+)_\.[A-Za-z0-9]+$")
 
 
 def near_call_emphasis(split: Split, strength: float, within_s: float = NEAR_CALL_S) -> np.ndarray:
@@ -114,20 +112,18 @@ def near_call_emphasis(split: Split, strength: float, within_s: float = NEAR_CAL
     that lies within ``within_s`` of a call of this split cut from the same source recording, 1
     for every other clip. Such background holds what a call's neighbourhood holds (a gibbon bout's
     phrases that are not the labelled duet, a hornbill still in earshot): held-out false events
-    concentrate there. Times come from ComParE-style names ``<label>_<source>_<start>_<end>_.flac``;
-    a clip named otherwise is never near."""
-    spans = [CLIP_NAME.match(c.path.name) for c in split.clips]
+    concentrate there. Times come from the clip names (``data.clip_span``); a clip named
+    otherwise is never near."""
+    spans = [clip_span(c.path.name) for c in split.clips]
     background = split.labels.index(BACKGROUND)
-    calls: dict[str, list[tuple[float, float]]] = {}
+    calls: dict[str, list[ClipSpan]] = {}
     for span, target in zip(spans, split.targets):
         if span and target != background:
-            calls.setdefault(span["source"], []).append((float(span["start"]), float(span["end"])))
+            calls.setdefault(span.source, []).append(span)
     emphasis = np.ones(len(split))
     for i, (span, target) in enumerate(zip(spans, split.targets)):
-        if span and target == background:
-            start, end = float(span["start"]), float(span["end"])
-            if any(max(c0 - end, start - c1) <= within_s for c0, c1 in calls.get(span["source"], ())):
-                emphasis[i] = 1.0 + strength
+        if span and target == background and any(span.gap_s(c) <= within_s for c in calls.get(span.source, ())):
+            emphasis[i] = 1.0 + strength
     return emphasis
 
 

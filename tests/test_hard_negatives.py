@@ -4,9 +4,12 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
+from typer.testing import CliRunner
 
 from edgemon.analysis.frontend import FrontendConfig
 from training.augment import AugmentConfig
+from training.cli import app
 from training.data import Clip, Split, load_split
 from training.model import ModelConfig
 from training.recipes import recipe_name
@@ -56,3 +59,25 @@ def test_background_near_a_labelled_call_of_its_recording_is_drawn_more():
 def test_the_near_call_recipe_is_named_for_it():
     assert recipe_name("field", near_call_negatives=3.0) == "field-nc3"
     assert recipe_name("field", hard_negatives=4.0, near_call_negatives=2.0, mix_other_recorders=True) == "field-hn4-nc2-xrec"
+
+
+def test_a_background_share_sets_how_much_of_an_epoch_is_background():
+    targets = np.array([0] * 600 + [1] * 100 + [2] * 50 + [3] * 10)
+    drawn = np.concatenate([balanced_indices(targets, np.random.default_rng(s), None, 0, 0.5) for s in range(20)])
+    share = np.bincount(targets[drawn], minlength=4) / len(drawn)
+    assert abs(share[0] - 0.5) < 0.02                              # background: the share asked for
+    assert np.all(np.abs(share[1:] - 0.5 / 3) < 0.02)              # the calls split the rest equally
+    emphasis = np.ones(len(targets))
+    emphasis[0] = 50.0                                              # within background, emphasis still counts
+    drawn = np.concatenate([balanced_indices(targets, np.random.default_rng(s), emphasis, 0, 0.5) for s in range(20)])
+    assert np.mean(targets[drawn] == 0) == pytest.approx(0.5, abs=0.02)
+    assert np.mean(drawn == 0) == pytest.approx(0.5 * 50 / 649, abs=0.01)
+    with pytest.raises(ValueError, match="background_share"):
+        balanced_indices(targets, np.random.default_rng(0), None, 0, 1.0)
+
+
+def test_the_background_share_recipe_is_named_for_it_and_checked_on_the_command_line(tmp_path):
+    assert recipe_name("field", background_share=0.5) == "field-bg0.5"
+    assert recipe_name("field", near_call_negatives=3.0, background_share=0.5) == "field-nc3-bg0.5"
+    result = CliRunner().invoke(app, ["cv", "--data", str(tmp_path), "--background-share", "1.5", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--background-share must lie in [0, 1), got 1.5" in result.output

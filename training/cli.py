@@ -74,9 +74,15 @@ def _device(name: str) -> str:
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
 TargetOpt = Annotated[float, typer.Option(help="Field operating point: false events per hour of held-out background that the per-class thresholds and minimum windows may let through (split evenly over the call classes).")]
 NearCallOpt = Annotated[float, typer.Option(help="Draw a background clip that lies within 120 s of a labelled call of the same source recording 1 + N as often as others of its class (0: off).")]
+BackgroundShareOpt = Annotated[float, typer.Option(help="Draw background for this share of each epoch, the call classes equally for the rest (0: every class equally, as the paper).")]
 HardNegOpt = Annotated[float, typer.Option(help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
 PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
 CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]
+
+
+def _check_background_share(share: float) -> None:
+    if not 0 <= share < 1:
+        raise console.error(f"--background-share must lie in [0, 1), got {share:g}", console.EXIT_USAGE)
 
 
 # What a command reports in one line rather than a traceback: the named errors, bad values (the
@@ -138,10 +144,12 @@ def fit(
     pool: PoolOpt = True,
     hard_negatives: HardNegOpt = 0.0,
     near_call_negatives: NearCallOpt = 0.0,
+    background_share: BackgroundShareOpt = 0.0,
 ):
     """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
     from training.runs import fit_run
 
+    _check_background_share(background_share)
     if mix_other_recorders and not field:
         raise console.error("--mix-other-recorders needs --field (only the field recipe mixes in background)",
                             console.EXIT_USAGE)
@@ -155,7 +163,7 @@ def fit(
          OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
                      gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=_device(device),
                      average_last=average_last, hard_negatives=hard_negatives,
-                     near_call_negatives=near_call_negatives),
+                     near_call_negatives=near_call_negatives, background_share=background_share),
          aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet, with_devel=with_devel, pool=pool)
 
 
@@ -306,16 +314,18 @@ def cv(
     target_false_per_hour: TargetOpt = 5.0,
     hard_negatives: HardNegOpt = 0.0,
     near_call_negatives: NearCallOpt = 0.0,
+    background_share: BackgroundShareOpt = 0.0,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import cross_validate, cv_recipes
 
+    _check_background_share(background_share)
     frontend = _frontend(frontend_kind)
     try:
         recipes = cv_recipes(recipe, frontend, epochs=epochs, seed=seed, hidden=hidden, layers=layers,
                              average_last=average_last, window_s=window_s, hop_s=hop_s, centre_bands=centre_bands,
                              mix_other_recorders=mix_other_recorders, hard_negatives=hard_negatives,
-                             near_call_negatives=near_call_negatives)
+                             near_call_negatives=near_call_negatives, background_share=background_share)
     except ValueError as exc:  # an unknown recipe name: the command line is wrong
         raise console.error(str(exc), console.EXIT_USAGE)
 

@@ -44,6 +44,7 @@ class OptimConfig:
     device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", …
     hard_negatives: float = 0.0    # >0: in the second half, a background clip is drawn 1 + this x P(call) as often
     near_call_negatives: float = 0.0   # >0: a background clip near a labelled call is drawn 1 + this as often
+    background_share: float = 0.0  # >0: the share of each epoch's draws that are background (0: one class's share)
 
 
 @dataclasses.dataclass
@@ -60,11 +61,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def balanced_indices(targets: np.ndarray, rng: np.random.Generator, emphasis: np.ndarray | None = None) -> np.ndarray:
+def balanced_indices(targets: np.ndarray, rng: np.random.Generator, emphasis: np.ndarray | None = None,
+                     background: int | None = None, background_share: float = 0.0) -> np.ndarray:
     """``len(targets)`` draws with replacement, each class equally likely (one epoch's sample);
-    within a class, clips in proportion to ``emphasis`` (default: alike)."""
+    within a class, clips in proportion to ``emphasis`` (default: alike). With ``background_share``
+    > 0, class ``background`` takes that share of the draws and the other classes split the rest
+    equally: a recorder hears background nearly all the time, the paper's sampler a fifth of it."""
     emphasis = np.ones(len(targets)) if emphasis is None else np.asarray(emphasis, float)
     weights = emphasis / np.bincount(targets, weights=emphasis)[targets]
+    if background_share:
+        if not 0 < background_share < 1 or background is None:
+            raise ValueError(f"background_share must lie in (0, 1) with a background class, got {background_share}")
+        classes = np.flatnonzero(np.bincount(targets))
+        others = max(1, len(classes) - 1)
+        weights = weights * np.where(targets == background, background_share, (1 - background_share) / others)
     return rng.choice(len(targets), size=len(targets), replace=True, p=weights / weights.sum())
 
 
@@ -176,7 +186,8 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             mined = hard_negative_emphasis(model, train_split, optim.hard_negatives, device)
             emphasis = mined if emphasis is None else emphasis * mined
         model.train()
-        order = balanced_indices(train_split.targets, rng, emphasis)
+        order = balanced_indices(train_split.targets, rng, emphasis, train_split.labels.index(BACKGROUND),
+                                 optim.background_share)
         losses = []
         for start in range(0, len(order), optim.batch_size):
             idx = order[start:start + optim.batch_size]

@@ -35,6 +35,10 @@ from training.adapted_bundle import parent_point
 from adapt_heldout import pooled   # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
+SUMMED = tuple(np.round(np.arange(0.5, 3.01, 0.25), 2).tolist())      # summed window confidence an event needs
+OPENING = tuple(np.round(np.arange(0.30, 0.661, 0.02), 2).tolist())    # the level one of its windows must reach
+
+
 def counts(windows, member_probs, bundle, point: OperatingPoint, spans) -> dict:
     """The recorder's events from one recording's window outputs, scored as ``site_sim.field_counts``."""
     background = bundle.labels.index(bundle.background_label)
@@ -90,7 +94,7 @@ def l2_by_inner_cv(data, bundle, config, background, grid=(0.1, 1.0, 10.0)) -> f
             if len(train.targets):
                 head = head_on(train, config, background, l2=l2)
                 predicted[held] = decide(head.member_probs(test.probs, test.embeddings), test.detection,
-                                         len(test.targets), bundle.labels, point.thresholds, background)
+                                         len(test.targets), bundle.labels, point, background)
         f1 = event_scores(predicted, data.targets, background)["f1"]
         if best is None or f1 > best[0] + 1e-9:
             best = (f1, l2)
@@ -105,17 +109,16 @@ def attempts(ctx) -> dict:
     if data is None:       # too few reviews: adapt refuses, the recorder keeps the parent
         return out
     out["thresholds re-fitted (baseline)"] = fit_candidate("thresholds", bundle, ensemble, data, config)
-    thresholds, needed = fit_operating_point(data.probs, data, bundle.labels, parent.thresholds, background,
-                                             thresholds=False, evidence=config.evidence)
-    out["evidence rule only"] = (None, OperatingPoint(thresholds, needed))
+    out["evidence rule only"] = (None, fit_operating_point(data.probs, data, bundle.labels, parent, background,
+                                                           thresholds=False, evidence=config.evidence))
     out["thresholds + evidence rule"] = fit_candidate("thresholds+evidence", bundle, ensemble, data, config)
     # The same search with another aim: keep the baseline's hits on the reviews, then fewest false alarms.
     base = out["thresholds re-fitted (baseline)"][1]
-    base_hits = event_scores(decide(data.probs, data.detection, len(data.targets), bundle.labels, base.thresholds,
-                                    background, base.min_windows), data.targets, background)["hits"]
-    t, k = fit_operating_point(data.probs, data, bundle.labels, parent.thresholds, background, evidence=config.evidence,
-                               objective=lambda s: (min(s["hits"], base_hits), -s["false_alarms"]))
-    out["thresholds + evidence rule, keeping the baseline's reviewed hits"] = (None, OperatingPoint(t, k))
+    base_hits = event_scores(decide(data.probs, data.detection, len(data.targets), bundle.labels, base, background),
+                             data.targets, background)["hits"]
+    out["thresholds + evidence rule, keeping the baseline's reviewed hits"] = (None, fit_operating_point(
+        data.probs, data, bundle.labels, parent, background, evidence=config.evidence,
+        objective=lambda s: (min(s["hits"], base_hits), -s["false_alarms"])))
     out["head, reviews only, l2 1000 (first head)"] = (
         head_on(data, config, background, extra=False, l2=1000.0), parent)
     for l2 in (0.1, 1.0, 10.0):
@@ -126,15 +129,21 @@ def attempts(ctx) -> dict:
         head_on(data, config, background, l2=l2_by_inner_cv(data, bundle, config, background)), parent)
     head = fit_head(data, len(bundle.labels), config, background)
     out["head + thresholds"] = fit_candidate("head+thresholds", bundle, ensemble, data, config, head)
-    t, k = fit_operating_point(head.member_probs(data.probs, data.embeddings), data, bundle.labels,
-                               parent.thresholds, background, evidence=config.evidence)
-    out["head + thresholds + evidence rule"] = (head, OperatingPoint(t, k))
+    out["head + thresholds + evidence rule"] = (head, fit_operating_point(
+        head.member_probs(data.probs, data.embeddings), data, bundle.labels, parent, background,
+        evidence=config.evidence))
     veto, point = fit_candidate("veto+thresholds+evidence", bundle, ensemble, data, config)
     out["site veto + thresholds + evidence rule"] = (veto, point)
     out["site veto only (parent's point)"] = (veto, parent)
     out["site veto + thresholds re-fitted (the baseline's point)"] = (veto, out["thresholds re-fitted (baseline)"][1])
     out["site veto + thresholds + evidence rule, keeping the baseline's reviewed hits"] = (
         veto, out["thresholds + evidence rule, keeping the baseline's reviewed hits"][1])
+    # The recorder's other evidence rules (summed confidence, an opening level) searched after the
+    # threshold and windows, per class (fifth session).
+    rules = fit_operating_point(data.probs, data, bundle.labels, parent, background, evidence=config.evidence,
+                                summed=SUMMED, opening=OPENING)
+    out["thresholds + evidence rule + summed confidence + opening level"] = (None, rules)
+    out["site veto + thresholds + evidence rule + summed confidence + opening level"] = (veto, rules)
     for change in ({"veto_k": 1}, {"veto_unconfirmed_similarity": 0.9}, {"veto_min_similarity": 0.7}):
         varied = fit_veto(data, background, dataclasses.replace(config, **change))
         name = ", ".join(f"{k.removeprefix('veto_')} {v}" for k, v in change.items())

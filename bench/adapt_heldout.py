@@ -3,10 +3,11 @@ bundle that held it out analyses all its clips, 100 of its detections are review
 the true labels, in the review page's 'teach' order), ``adapt`` runs, and every way of adapting is
 measured on the recorder's unreviewed recordings; figures pooled over recorders.
 
-    PYTHONPATH=. python bench/adapt_heldout.py [--recorders S10,S11,...] [--reviews 100] [--work DIR]
+    PYTHONPATH=. python bench/adapt_heldout.py [--recorders S10,S11,...] [--reviews 100] [--work DIR] [--parent-point]
 
 Parents: fold k's members are the log-mel and PCEN models of grouped-CV fold k (``--cv``), made
-into an int8 bundle like the shipped one (its frontend, window, thresholds); fold k's training never
+into an int8 bundle like the shipped one (its frontend, window, thresholds; with ``--parent-point``
+also its operating point's evidence rules, as a user's parent has them); fold k's training never
 saw a clip of its validation recorders (pool clips of those recorders were kept out too). A
 recorder's audio is all its clips (train, devel, test, pool) laid end to end, 8 per recording, in a
 shuffled order; alternate recordings are the review pool and the evaluation set. Every candidate is
@@ -50,11 +51,12 @@ def fold_models(cv_dirs) -> dict[str, list[Path]]:
     return out
 
 
-def parent_for(models: list[Path], work: Path) -> Path:
-    """The fold's parent bundle, built once per fold."""
+def parent_for(models: list[Path], work: Path, with_point: bool = False) -> Path:
+    """The fold's parent bundle, built once per fold (per work directory: use another one to
+    switch ``with_point``)."""
     out = work / "parents" / models[0].stem
     if not (out / "manifest.json").is_file():
-        fold_parent(models, load_bundle(default_bundle_path()), out, BORNEO)
+        fold_parent(models, load_bundle(default_bundle_path()), out, BORNEO, with_point)
     return out
 
 
@@ -68,7 +70,8 @@ def pooled(rows: list[dict]) -> dict:
             "recall_95": [round(r_low, 3), round(r_high, 3)], "found": found, "calls": calls}
 
 
-def run_recorder(recorder: str, models: list[Path], work: Path, budget: int, config: AdaptConfig) -> dict:
+def run_recorder(recorder: str, models: list[Path], work: Path, budget: int, config: AdaptConfig,
+                 with_point: bool = False) -> dict:
     root = work / recorder
     shutil.rmtree(root, ignore_errors=True)
     recordings = root / "recordings"
@@ -77,7 +80,7 @@ def run_recorder(recorder: str, models: list[Path], work: Path, budget: int, con
     (root / "truth.json").write_text(json.dumps(truth))
     names = sorted(truth)
     pool, evaluation = names[0::2], [recordings / n for n in names[1::2]]
-    parent_path = parent_for(models, work)
+    parent_path = parent_for(models, work, with_point)
     db = root / "site.db"
     analyse_into(db, [recordings / n for n in pool], parent_path, device_id=recorder)
     row = {"fold_parent": str(parent_path), "reviews": review_in_teach_order(db, truth, set(pool), budget)}
@@ -111,12 +114,14 @@ def main() -> None:
     parser.add_argument("--reviews", type=int, default=100)
     parser.add_argument("--work", type=Path, default=Path("/tmp/adapt_heldout"))
     parser.add_argument("--folds", type=int, default=AdaptConfig.folds, help="adapt's held-out folds")
+    parser.add_argument("--parent-point", action="store_true",
+                        help="fold parents carry the shipped bundle's operating point (evidence rules), not only its thresholds")
     args = parser.parse_args()
     models = fold_models(CV)
     results = {}
     for recorder in args.recorders.split(","):
         results[recorder] = run_recorder(recorder, models[recorder], args.work, args.reviews,
-                                         AdaptConfig(folds=args.folds))
+                                         AdaptConfig(folds=args.folds), args.parent_point)
         print(recorder, json.dumps(results[recorder]), flush=True)
     names = ("parent", *CANDIDATES, "adapted")
     table = {name: pooled([r["field"][name] for r in results.values()]) for name in names}

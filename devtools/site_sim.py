@@ -19,6 +19,7 @@ from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import Bundle, load_bundle, write_bundle
 from edgemon.review import reviews
 from edgemon.storage.store import Detection, Store
+from training.adapted_bundle import evidence_rules, parent_point
 from training.bundling import complete_bundle
 from training.errors import DataError
 from training.onnx_export import quantize_int8, read_columns
@@ -142,10 +143,14 @@ def field_counts(bundle: Bundle | Path, recordings: list[Path], truth: Truth) ->
     return {"false_events": false_events, "background_h": background_s / 3600, "calls": calls, "found": found}
 
 
-def fold_parent(models: list[Path], like: Bundle, out: Path, reference_data: Path | None = None) -> Bundle:
+def fold_parent(models: list[Path], like: Bundle, out: Path, reference_data: Path | None = None,
+                with_point: bool = False) -> Bundle:
     """A bundle of one grouped-CV fold's member models made as the shipped bundle ``like`` was: each
     member reading its columns of ``like``'s frontend, int8 when ``like``'s are, ``like``'s
-    window, hop and thresholds, self-check windows from ``reference_data``."""
+    window, hop and thresholds, self-check windows from ``reference_data``. ``with_point``: also
+    ``like``'s operating point (its evidence rules: fewest windows, summed confidence, opening
+    level), as the recorder applies it; not its calibration or expected figures, which are
+    ``like``'s own."""
     int8 = like.members[0].precision == "int8"
     with tempfile.TemporaryDirectory() as tmp:
         members = []
@@ -157,5 +162,8 @@ def fold_parent(models: list[Path], like: Bundle, out: Path, reference_data: Pat
         bundle = write_bundle(out, members, list(like.labels), frontend=like.frontend, window_s=like.window_s,
                               hop_s=like.hop_s, thresholds=like.thresholds, background_label=like.background_label,
                               precision="int8" if int8 else "fp32",
-                              extra={"source_runs": [str(m) for m in models], "trained_on": ["cv fold"] * len(models)})
+                              extra={"source_runs": [str(m) for m in models], "trained_on": ["cv fold"] * len(models),
+                                     **({"operating_point": {"thresholds": dict(like.thresholds),
+                                                             **evidence_rules(parent_point(like))}}
+                                        if with_point else {})})
     return complete_bundle(bundle.path, reference_data)

@@ -4,6 +4,7 @@ bundle run by the recorder's own pipeline."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -25,8 +26,8 @@ from edgemon.errors import BundleError
 from edgemon.review import reviews
 from tests.review_helpers import make_review_db
 from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, choose_candidate,
-                            fit_correction, fit_operating_point)
-from training.adapt_decisions import decide, detection_labels, drop_short_runs, event_scores, grouped_folds
+                            fit_correction, fit_operating_point, fit_thresholds)
+from training.adapt_decisions import decide, detection_labels, drop_unkept_runs, event_scores, grouped_folds
 from training.adapt_windows import (RecordingWindows, ReviewedWindows, background_windows, event_windows,
                                     recording_windows, review_targets)
 from training.adapted_bundle import write_adapted
@@ -153,15 +154,23 @@ def test_a_site_head_of_the_wrong_width_is_refused_and_nothing_is_written(tmp_pa
     assert not (tmp_path / "narrow").exists()
 
 
-def test_short_runs_are_dropped_within_each_detection():
-    labels = np.array([0, 2, 2, 0, 2, 1, 1, 1])
-    detection = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    out = drop_short_runs(labels, detection, [1, 1, 3], background=0)   # class 2 needs three windows
-    assert out.tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
-    assert drop_short_runs(labels, detection, [1, 1, 2], background=0).tolist() == [0, 2, 2, 0, 0, 1, 1, 1]
-    # a run of class 1 split by a detection boundary counts per detection
-    out = drop_short_runs(np.array([1, 1, 1, 1]), np.array([0, 0, 1, 1]), [1, 3, 1], background=0)
-    assert out.tolist() == [0, 0, 0, 0]
+def _drop(labels, detection, point, confidence=None):
+    confidence = np.full(len(labels), 0.5) if confidence is None else np.asarray(confidence)
+    return drop_unkept_runs(np.asarray(labels), confidence, np.asarray(detection), ("background", "a", "b"),
+                            point, 0).tolist()
+
+
+def test_runs_the_operating_point_does_not_keep_are_dropped_within_each_detection():
+    labels = [0, 2, 2, 0, 2, 1, 1, 1]
+    detection = [0, 0, 0, 0, 1, 1, 1, 1]
+    assert _drop(labels, detection, OperatingPoint({}, {"b": 3})) == [0, 0, 0, 0, 0, 1, 1, 1]   # b needs three windows
+    assert _drop(labels, detection, OperatingPoint({}, {"b": 2})) == [0, 2, 2, 0, 0, 1, 1, 1]
+    # a run of class a split by a detection boundary counts per detection
+    assert _drop([1, 1, 1, 1], [0, 0, 1, 1], OperatingPoint({}, {"a": 3})) == [0, 0, 0, 0]
+    # summed confidence and an opening level, as EventMerger applies them
+    confidence = [0.9, 0.6, 0.6, 0.9, 0.9, 0.3, 0.3, 0.3]
+    assert _drop(labels, detection, OperatingPoint({}, {}, {"a": 1.0}), confidence) == [0, 2, 2, 0, 2, 0, 0, 0]
+    assert _drop(labels, detection, OperatingPoint({}, {}, {}, {"b": 0.8}), confidence) == [0, 0, 0, 0, 2, 1, 1, 1]
 
 
 def _windows(per_detection: list[int], label: int, confidence: float) -> np.ndarray:
@@ -179,11 +188,47 @@ def test_operating_point_learns_that_false_alarms_are_single_windows():
     data = ReviewedWindows(probs, np.zeros((1, len(detection), 4)), detection,
                            np.array([1] * 6 + [0] * 6), [f"r{i % 3}" for i in range(12)], list(range(12)))
     labels = ("background", "a", "b")
-    thresholds, needed = fit_operating_point(probs, data, labels, {"a": 0.0}, 0, evidence=(1, 2, 3))
-    assert needed == {"a": 2}
-    assert decide(probs, detection, 12, labels, thresholds, 0, needed).tolist() == [1] * 6 + [0] * 6
-    only_thresholds, none = fit_operating_point(probs, data, labels, {"a": 0.0}, 0, evidence=(1,))
-    assert none == {} and decide(probs, detection, 12, labels, only_thresholds, 0).tolist() == [1] * 12
+    point = fit_operating_point(probs, data, labels, OperatingPoint({"a": 0.0}), 0, evidence=(1, 2, 3))
+    assert point.min_windows == {"a": 2}
+    assert decide(probs, detection, 12, labels, point, 0).tolist() == [1] * 6 + [0] * 6
+    only_thresholds = fit_operating_point(probs, data, labels, OperatingPoint({"a": 0.0}), 0, evidence=(1,))
+    assert only_thresholds.min_windows == {} and decide(probs, detection, 12, labels, only_thresholds, 0).tolist() == [1] * 12
+
+
+def test_a_summed_confidence_separates_what_threshold_and_windows_cannot():
+    """Calls of three windows at 0.5 and of two at 0.7; false alarms of two windows at 0.5 and of
+    one at 0.7: the best threshold and windows keep three false alarms, a summed confidence of
+    1.25 none."""
+    runs = [(3, 0.5)] * 3 + [(2, 0.7)] * 3 + [(2, 0.5)] * 3 + [(1, 0.7)] * 3
+    probs = np.concatenate([_windows([n], 1, c) for n, c in runs])[None]
+    detection = np.repeat(np.arange(12), [n for n, _ in runs])
+    data = ReviewedWindows(probs, np.zeros((1, len(detection), 4)), detection,
+                           np.array([1] * 6 + [0] * 6), [f"r{i % 3}" for i in range(12)], list(range(12)))
+    labels = ("background", "a", "b")
+    plain = fit_operating_point(probs, data, labels, OperatingPoint({"a": 0.0}), 0, evidence=(1, 2, 3))
+    assert decide(probs, detection, 12, labels, plain, 0).tolist() == [1] * 9 + [0] * 3
+    summed = fit_operating_point(probs, data, labels, OperatingPoint({"a": 0.0}), 0, evidence=(1, 2, 3),
+                                 summed=(0.5, 1.0, 1.25, 1.5), opening=(0.6,))
+    assert summed.min_evidence == {"a": 1.25} and summed.open_threshold == {}   # the laxest level that separates
+    assert decide(probs, detection, 12, labels, summed, 0).tolist() == [1] * 6 + [0] * 6
+
+
+def test_refitting_keeps_the_parents_summed_confidence_and_opening_level():
+    """A parent whose point holds a class by its summed confidence and an opening level (as the
+    shipped bundle's hysteresis point does): the fits re-choose thresholds and windows and keep the
+    rest, and the held-out decisions apply them, as the recorder would."""
+    calls, noise = [3] * 6, [1] * 6
+    probs = np.concatenate([_windows(calls, 1, 0.8), _windows(noise, 1, 0.6)])[None]
+    detection = np.repeat(np.arange(12), calls + noise)
+    data = ReviewedWindows(probs, np.zeros((1, len(detection), 4)), detection,
+                           np.array([1] * 6 + [0] * 6), [f"r{i % 3}" for i in range(12)], list(range(12)))
+    labels = ("background", "a", "b")
+    parent = OperatingPoint({"a": 0.0, "b": 0.3}, {}, {"b": 1.5}, {"a": 0.7})
+    assert decide(probs, detection, 12, labels, parent, 0).tolist() == [1] * 6 + [0] * 6   # the opening level
+    for point in (fit_thresholds(probs, data, labels, parent, 0),
+                  fit_operating_point(probs, data, labels, parent, 0, evidence=(1, 2))):
+        assert point.min_evidence == {"b": 1.5} and point.open_threshold == {"a": 0.7}
+        assert decide(probs, detection, 12, labels, point, 0).tolist() == [1] * 6 + [0] * 6
 
 
 def test_an_evidence_rule_is_written_as_the_operating_point_the_recorder_uses(tmp_path):
@@ -193,6 +238,12 @@ def test_an_evidence_rule_is_written_as_the_operating_point_the_recorder_uses(tm
     without = write_adapted(parent, None, tmp_path / "plain", {"parent_bundle": parent.bundle_id},
                              OperatingPoint(point.thresholds))
     assert with_rule.manifest["operating_point"] == {"thresholds": point.thresholds, "min_windows": {"great_argus": 3}}
+    hysteresis = dataclasses.replace(point, min_evidence={"great_argus": 1.5}, open_threshold={"gibbon_duet": 0.5})
+    held = write_adapted(parent, None, tmp_path / "held", {"parent_bundle": parent.bundle_id}, hysteresis)
+    assert held.manifest["operating_point"]["open_threshold"] == {"gibbon_duet": 0.5}
+    assert Analyzer(held).merger.point == OperatingPoint(point.thresholds, {"great_argus": 3}, {"great_argus": 1.5},
+                                                         {"gibbon_duet": 0.5})
+    assert held.bundle_id != with_rule.bundle_id
     assert "operating_point" not in without.manifest and without.thresholds["great_argus"] == 0.5
     assert with_rule.bundle_id.split("-")[-1] != without.bundle_id.split("-")[-1]
     assert Analyzer(with_rule).merger.point.windows_needed("great_argus") == 3

@@ -177,53 +177,66 @@ def fit_correction(probs: np.ndarray, embeddings: np.ndarray, targets: np.ndarra
 
 
 def fit_thresholds(member_probs: np.ndarray, data: ReviewedWindows, labels: tuple[str, ...],
-                   start: dict, background: int, min_windows: dict | None = None) -> dict:
-    """The baseline: per-class confidence thresholds re-fitted to maximise F1 on these reviews
-    (one pass of coordinate ascent over a 0.02 grid), the evidence rule ``min_windows`` kept."""
-    thresholds = dict(start)
+                   start: OperatingPoint, background: int) -> OperatingPoint:
+    """The baseline: ``start`` with its per-class confidence thresholds re-fitted to maximise F1 on
+    these reviews (one pass of coordinate ascent over a 0.02 grid); its evidence rules are kept."""
+    thresholds = dict(start.thresholds)
     for c, label in enumerate(labels):
         if c == background:
             continue
         best = (-1.0, thresholds.get(label, 0.0))
         for t in sorted({thresholds.get(label, 0.0), *np.round(np.linspace(0, 1, 51), 2).tolist()}):
-            trial = {**thresholds, label: float(t)}
-            f1 = event_scores(decide(member_probs, data.detection, len(data.targets), labels, trial, background,
-                                      min_windows),
+            trial = dataclasses.replace(start, thresholds={**thresholds, label: float(t)})
+            f1 = event_scores(decide(member_probs, data.detection, len(data.targets), labels, trial, background),
                               data.targets, background)["f1"]
             if f1 > best[0] + 1e-9:
                 best = (f1, float(t))
         thresholds[label] = best[1]
-    return thresholds
+    return dataclasses.replace(start, thresholds=thresholds)
 
 
 def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels: tuple[str, ...],
-                        start: dict, background: int, thresholds: bool = True,
-                        evidence: tuple[int, ...] = (1,), objective=None) -> tuple[dict, dict]:
-    """Per-class confidence threshold (0.02 grid, when ``thresholds``) and fewest windows an event
-    needs (from ``evidence``) chosen together to maximise F1 on these reviews, one class at a time
-    (one pass of coordinate ascent); ties keep the parent's threshold and the fewest windows.
-    ``objective``: another score of ``event_scores``' dict to maximise (a number or a tuple).
-    Returns (thresholds, min_windows)."""
+                        start: OperatingPoint, background: int, thresholds: bool = True,
+                        evidence: tuple[int, ...] = (1,), objective=None, summed: tuple[float, ...] = (),
+                        opening: tuple[float, ...] = ()) -> OperatingPoint:
+    """``start`` with, per class, its confidence threshold (0.02 grid, when ``thresholds``) and the
+    fewest windows an event needs (from ``evidence``) chosen together to maximise F1 on these
+    reviews, one class at a time (one pass of coordinate ascent); ties keep the parent's threshold
+    and the fewest windows. Then, per class, the summed window confidence an event needs (from
+    ``summed``, or 0) and the opening level one of its windows must reach (from ``opening``, or 0),
+    each when given; else the parent's are kept. ``objective``: another score of
+    ``event_scores``' dict to maximise (a number or a tuple)."""
     objective = objective or (lambda scores: scores["f1"])
-    chosen, needed = dict(start), {label: 1 for label in labels if label != labels[background]}
+
+    def score(point: OperatingPoint) -> tuple:
+        value = objective(event_scores(decide(member_probs, data.detection, len(data.targets), labels, point,
+                                              background), data.targets, background))
+        return tuple(round(float(x), 9) for x in (value if isinstance(value, tuple) else (value,)))
+
+    point = dataclasses.replace(start, min_windows={})
     for c, label in enumerate(labels):
         if c == background:
             continue
-        grid = sorted({chosen.get(label, 0.0), *np.round(np.linspace(0, 1, 51), 2).tolist()}) if thresholds \
-            else [chosen.get(label, 0.0)]
+        grid = sorted({point.thresholds.get(label, 0.0), *np.round(np.linspace(0, 1, 51), 2).tolist()}) \
+            if thresholds else [point.thresholds.get(label, 0.0)]
         best = None
         for k in sorted(evidence):
             for t in grid:
-                trial_t, trial_k = {**chosen, label: float(t)}, {**needed, label: k}
-                score = objective(event_scores(decide(member_probs, data.detection, len(data.targets), labels,
-                                                      trial_t, background, trial_k), data.targets, background))
-                score = tuple(round(float(x), 9) for x in (score if isinstance(score, tuple) else (score,)))
+                trial = dataclasses.replace(point, thresholds={**point.thresholds, label: float(t)},
+                                            min_windows={**point.min_windows, label: k})
                 # ties: the parent's own threshold first, then fewer windows
-                rank = (score, -abs(float(t) - start.get(label, 0.0)) - k)
+                rank = (score(trial), -abs(float(t) - start.thresholds.get(label, 0.0)) - k)
                 if best is None or rank > best[0]:
-                    best = (rank, float(t), k)
-        chosen[label], needed[label] = best[1], best[2]
-    return chosen, {label: k for label, k in needed.items() if k > 1}
+                    best = (rank, trial)
+        point = best[1]
+        for field, levels in (("min_evidence", summed), ("open_threshold", opening)):
+            if levels:   # ties: the laxest level
+                trials = [dataclasses.replace(point, **{field: {**getattr(point, field), label: float(v)}})
+                          for v in sorted({0.0, *levels})]
+                point = max(trials, key=lambda trial: (score(trial), -getattr(trial, field)[label]))
+    return dataclasses.replace(point, min_windows={label: k for label, k in point.min_windows.items() if k > 1},
+                               min_evidence={l: v for l, v in point.min_evidence.items() if v > 0},
+                               open_threshold={l: v for l, v in point.open_threshold.items() if v > 0})
 
 
 CANDIDATES = ("thresholds", "thresholds+evidence", "head", "head+thresholds", "veto+thresholds+evidence")
@@ -256,28 +269,23 @@ def fit_candidate(name: str, bundle: Bundle, ensemble: Ensemble, data: ReviewedW
     background = bundle.labels.index(bundle.background_label)
     parent = parent_point(bundle)
     if name == "thresholds":
-        return None, OperatingPoint(fit_thresholds(_parent_probs(ensemble, data), data, bundle.labels,
-                                                   parent.thresholds, background, parent.min_windows),
-                                    dict(parent.min_windows))
+        return None, fit_thresholds(_parent_probs(ensemble, data), data, bundle.labels, parent, background)
     if name == "thresholds+evidence":
-        thresholds, needed = fit_operating_point(_parent_probs(ensemble, data), data, bundle.labels,
-                                                 parent.thresholds, background, evidence=config.evidence)
-        return None, OperatingPoint(thresholds, needed)
+        return None, fit_operating_point(_parent_probs(ensemble, data), data, bundle.labels, parent, background,
+                                         evidence=config.evidence)
     if name == "veto+thresholds+evidence":
         # The point is fitted before the veto (on what the parent's head, if any, says): the veto
         # then removes what resembles known false alarms; fitted after it on these same reviews,
         # the veto would hide every reviewed false alarm and loosen the thresholds.
-        thresholds, needed = fit_operating_point(_head_probs(ensemble, data), data, bundle.labels,
-                                                 parent.thresholds, background, evidence=config.evidence)
-        return fit_veto(data, background, config), OperatingPoint(thresholds, needed)
+        return fit_veto(data, background, config), fit_operating_point(_head_probs(ensemble, data), data, bundle.labels,
+                                                                       parent, background, evidence=config.evidence)
     if name not in CANDIDATES:
         raise AdaptError(f"unknown adaptation {name!r}: choose one of {', '.join(CANDIDATES)}")
     head = head or fit_head(data, len(bundle.labels), config, background)
     if name == "head":
         return head, parent
-    return head, OperatingPoint(fit_thresholds(head.member_probs(data.probs, data.embeddings), data, bundle.labels,
-                                               parent.thresholds, background, parent.min_windows),
-                                dict(parent.min_windows))
+    return head, fit_thresholds(head.member_probs(data.probs, data.embeddings), data, bundle.labels, parent,
+                                background)
 
 
 def _candidate_probs(ensemble: Ensemble, correction: Correction, data: ReviewedWindows) -> np.ndarray:
@@ -300,13 +308,13 @@ def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindow
         if len(train.targets) == 0:
             continue
         n = len(test.targets)
-        predicted["parent"][held_out] = decide(_parent_probs(ensemble, test), test.detection, n, labels,
-                                               parent.thresholds, background, parent.min_windows)
+        predicted["parent"][held_out] = decide(_parent_probs(ensemble, test), test.detection, n, labels, parent,
+                                               background)
         head = fit_head(train, len(labels), config, background)   # fitted once, shared by both head candidates
         for name in CANDIDATES:
             h, point = fit_candidate(name, bundle, ensemble, train, config, head)
             predicted[name][held_out] = decide(_candidate_probs(ensemble, h, test), test.detection, n, labels,
-                                               point.thresholds, background, point.min_windows)
+                                               point, background)
     return {name: event_scores(p, data.targets, background) for name, p in predicted.items()}
 
 

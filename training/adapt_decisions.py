@@ -1,5 +1,5 @@
 """How the recorder would decide reviewed detections from window outputs, in numpy: the member
-vote, per-class thresholds, the evidence rule, one label per detection; scores against the
+vote, the operating point (thresholds and evidence rules), one label per detection; scores against the
 reviews, and folds grouped by recording."""
 
 from __future__ import annotations
@@ -8,20 +8,20 @@ from collections import defaultdict
 
 import numpy as np
 
-from edgemon.analysis.decisions import apply_thresholds
+from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
 from edgemon.analysis.ensemble import majority_vote
 
 def decide(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, labels: tuple[str, ...],
-           thresholds: dict, background: int, min_windows: dict | None = None) -> np.ndarray:
+           point: OperatingPoint, background: int) -> np.ndarray:
     """Each detection's label as the recorder would give it: members' majority vote per window, the
-    per-class thresholds, runs of a class shorter than its ``min_windows`` dropped (the operating
-    point's evidence rule), then the most-voted call over the event's windows (background: dropped).
+    point's per-class thresholds, runs of a class that the point does not keep (too few windows,
+    too little summed confidence, no window at the opening level) dropped as ``EventMerger`` drops
+    them, then the most-voted call over the event's windows (background: dropped).
     ``detection [N]`` numbers each window's detection; a detection's windows are in time order."""
     votes = majority_vote(member_probs)
-    window_labels = apply_thresholds(votes.winner, votes.confidence, labels, thresholds, background)
-    if min_windows:
-        window_labels = drop_short_runs(window_labels, detection, [max(1, int(min_windows.get(l, 1))) for l in labels],
-                                        background)
+    window_labels = apply_thresholds(votes.winner, votes.confidence, labels, point.thresholds, background)
+    if point.min_windows or point.min_evidence or point.open_threshold:
+        window_labels = drop_unkept_runs(window_labels, votes.confidence, detection, labels, point, background)
     return detection_labels(window_labels, votes.confidence, detection, n_detections, len(labels), background)
 
 
@@ -40,14 +40,16 @@ def detection_labels(window_labels: np.ndarray, confidence: np.ndarray, detectio
     return np.where(top[:, 0] > 0, best, background)
 
 
-def drop_short_runs(window_labels: np.ndarray, detection: np.ndarray, needed: list[int], background: int) -> np.ndarray:
-    """``window_labels [N]`` with every run of one class (within one detection) shorter than
-    ``needed[class]`` windows set to ``background``, as ``EventMerger`` drops such runs."""
+def drop_unkept_runs(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray,
+                     labels: tuple[str, ...], point: OperatingPoint, background: int) -> np.ndarray:
+    """``window_labels [N]`` with every run of one class (within one detection) that ``point``
+    does not keep (``OperatingPoint.keeps`` on its window confidences) set to ``background``."""
     out = window_labels.copy()
     start = 0
     for i in range(1, len(out) + 1):
         if i == len(out) or window_labels[i] != window_labels[start] or detection[i] != detection[start]:
-            if window_labels[start] != background and i - start < needed[window_labels[start]]:
+            c = window_labels[start]
+            if c != background and not point.keeps(labels[c], confidence[start:i].tolist()):
                 out[start:i] = background
             start = i
     return out

@@ -37,11 +37,20 @@ def written_corrections(parent: Bundle, correction: Correction) -> tuple[SiteHea
     return load_site_head(parent), load_site_veto(parent)
 
 
+def evidence_rules(point: OperatingPoint) -> dict:
+    """The rules of ``point`` that hold some class, as the manifest's ``operating_point`` writes them."""
+    rules = {"min_windows": {label: int(k) for label, k in point.min_windows.items() if int(k) > 1},
+             "min_evidence": {label: float(e) for label, e in point.min_evidence.items() if e > 0},
+             "open_threshold": {label: float(t) for label, t in point.open_threshold.items() if t > 0}}
+    return {key: values for key, values in rules.items() if values}
+
+
 def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance: dict,
                    point: OperatingPoint | None = None) -> Bundle:
     """Parent's members (+ the site head and veto ``written_corrections`` keeps) + a manifest
     naming them with the operating ``point`` (default: the parent's; written as ``operating_point``
-    when it asks more than one window of some class, else as plain ``thresholds``), assembled
+    when it holds an evidence rule — more than one window, a summed confidence or an opening level
+    for some class — else as plain ``thresholds``), assembled
     beside ``out`` and renamed into place, so a reader never sees a bundle without its head."""
     point = point or parent_point(parent)
     head, veto = written_corrections(parent, correction)
@@ -57,11 +66,13 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
                      thresholds=point.thresholds, background_label=parent.background_label,
                      precision=members[0]["precision"])
         manifest = json.loads((inner / MANIFEST).read_text())
-        needed = {label: int(k) for label, k in point.min_windows.items() if int(k) > 1}
-        if needed:
-            manifest["operating_point"] = {"thresholds": dict(point.thresholds), "min_windows": needed}
+        rules = evidence_rules(point)
+        if rules:
+            manifest["operating_point"] = {"thresholds": dict(point.thresholds), **rules}
         identity = [m["sha256"] for m in manifest["members"]] + [json.dumps(manifest["thresholds"], sort_keys=True),
-                                                                 json.dumps(needed, sort_keys=True)]
+                                                                 json.dumps(rules.get("min_windows", {}), sort_keys=True)]
+        if set(rules) - {"min_windows"}:   # kept apart so that bundles with windows alone keep their ids
+            identity.append(json.dumps({k: v for k, v in rules.items() if k != "min_windows"}, sort_keys=True))
         if head is not None:
             manifest["site_head"] = write_site_head(head, inner)
             identity.append(manifest["site_head"]["sha256"])

@@ -211,6 +211,10 @@ def test_a_summed_confidence_separates_what_threshold_and_windows_cannot():
                                  summed=(0.5, 1.0, 1.25, 1.5), opening=(0.6,))
     assert summed.min_evidence == {"a": 1.25} and summed.open_threshold == {}   # the laxest level that separates
     assert decide(probs, detection, 12, labels, summed, 0).tolist() == [1] * 6 + [0] * 6
+    # where the reviews cannot tell levels apart, the parent's stays
+    parent = OperatingPoint({"a": 0.0}, {}, {}, {"a": 0.45})
+    kept = fit_operating_point(probs, data, labels, parent, 0, evidence=(1, 2, 3), summed=(1.25,), opening=(0.4, 0.5))
+    assert kept.open_threshold == {"a": 0.45} and kept.min_evidence == {"a": 1.25}
 
 
 def test_refitting_keeps_the_parents_summed_confidence_and_opening_level():

@@ -203,8 +203,8 @@ def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels:
     fewest windows an event needs (from ``evidence``) chosen together to maximise F1 on these
     reviews, one class at a time (one pass of coordinate ascent); ties keep the parent's threshold
     and the fewest windows. Then, per class, the summed window confidence an event needs (from
-    ``summed``, or 0) and the opening level one of its windows must reach (from ``opening``, or 0),
-    each when given; else the parent's are kept. ``objective``: another score of
+    ``summed``, the parent's, or 0) and the opening level one of its windows must reach (from
+    ``opening``, the parent's, or 0), each when given, ties to the parent's; else the parent's are kept. ``objective``: another score of
     ``event_scores``' dict to maximise (a number or a tuple)."""
     objective = objective or (lambda scores: scores["f1"])
 
@@ -230,10 +230,12 @@ def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels:
                     best = (rank, trial)
         point = best[1]
         for field, levels in (("min_evidence", summed), ("open_threshold", opening)):
-            if levels:   # ties: the laxest level
+            if levels:   # ties: the parent's level (the reviews cannot tell), then the laxest
+                own = float(getattr(start, field).get(label, 0.0))
                 trials = [dataclasses.replace(point, **{field: {**getattr(point, field), label: float(v)}})
-                          for v in sorted({0.0, *levels})]
-                point = max(trials, key=lambda trial: (score(trial), -getattr(trial, field)[label]))
+                          for v in sorted({own, 0.0, *levels})]
+                point = max(trials, key=lambda trial: (score(trial), getattr(trial, field)[label] == own,
+                                                       -getattr(trial, field)[label]))
     return dataclasses.replace(point, min_windows={label: k for label, k in point.min_windows.items() if k > 1},
                                min_evidence={l: v for l, v in point.min_evidence.items() if v > 0},
                                open_threshold={l: v for l, v in point.open_threshold.items() if v > 0})

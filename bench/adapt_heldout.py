@@ -52,9 +52,8 @@ def fold_models(cv_dirs) -> dict[str, list[Path]]:
 
 
 def parent_for(models: list[Path], work: Path, with_point: bool = False) -> Path:
-    """The fold's parent bundle, built once per fold (per work directory: use another one to
-    switch ``with_point``)."""
-    out = work / "parents" / models[0].stem
+    """The fold's parent bundle, built once per fold and kind of parent."""
+    out = work / ("parents-point" if with_point else "parents") / models[0].stem
     if not (out / "manifest.json").is_file():
         fold_parent(models, load_bundle(default_bundle_path()), out, BORNEO, with_point)
     return out

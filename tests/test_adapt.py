@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 from devtools.site_sim import analyse_into, lay_recordings, recorder_clips, simulate_reviews, source_recordings
-from edgemon.analysis.analyzer import Analyzer
+from edgemon.analysis.analyzer import Analyzer, EventMerger, WindowVote
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.analysis.decisions import OperatingPoint, clip_label
 from edgemon.analysis.ensemble import Ensemble, majority_vote
@@ -173,6 +173,25 @@ def test_runs_the_operating_point_does_not_keep_are_dropped_within_each_detectio
     assert _drop(labels, detection, OperatingPoint({}, {}, {}, {"b": 0.8}), confidence) == [0, 0, 0, 0, 2, 1, 1, 1]
 
 
+def test_runs_kept_in_numpy_are_the_recorders_events():
+    """``drop_unkept_runs`` against ``EventMerger.merge`` on the same random window votes, for
+    points with each rule: the same runs survive."""
+    rng = np.random.default_rng(7)
+    names = ("background", "a", "b")
+    for point in (OperatingPoint({}, {"a": 2, "b": 3}), OperatingPoint({}, {}, {"a": 1.1, "b": 0.7}),
+                  OperatingPoint({}, {"a": 2}, {"b": 1.0}, {"a": 0.6, "b": 0.5})):
+        labels = rng.choice(3, size=400, p=[0.5, 0.3, 0.2])
+        confidence = np.round(rng.uniform(0.3, 0.9, size=400), 4)
+        kept = drop_unkept_runs(labels, confidence, np.zeros(400, int), names, point, 0)
+        merger = EventMerger(names, 0, 1.0, point)
+        events = merger.merge([WindowVote(i, 1, int(l), float(c), (int(l),)) for i, (l, c) in enumerate(zip(labels, confidence))],
+                              400.0)
+        from_merger = np.zeros(400, int)
+        for e in events:
+            from_merger[int(e.start_s):int(e.end_s)] = names.index(e.label)
+        assert from_merger.tolist() == kept.tolist() and 0 < len(events) < (labels != 0).sum()
+
+
 def _windows(per_detection: list[int], label: int, confidence: float) -> np.ndarray:
     probs = np.full((sum(per_detection), 3), (1 - confidence) / 2)
     probs[:, label] = confidence
@@ -193,6 +212,19 @@ def test_operating_point_learns_that_false_alarms_are_single_windows():
     assert decide(probs, detection, 12, labels, point, 0).tolist() == [1] * 6 + [0] * 6
     only_thresholds = fit_operating_point(probs, data, labels, OperatingPoint({"a": 0.0}), 0, evidence=(1,))
     assert only_thresholds.min_windows == {} and decide(probs, detection, 12, labels, only_thresholds, 0).tolist() == [1] * 12
+
+
+def test_a_class_the_reviews_say_nothing_of_keeps_the_parents_threshold_and_windows():
+    calls, noise = [3] * 6, [1] * 6
+    probs = np.concatenate([_windows(calls, 1, 0.8), _windows(noise, 1, 0.8)])[None]
+    detection = np.repeat(np.arange(12), calls + noise)
+    data = ReviewedWindows(probs, np.zeros((1, len(detection), 4)), detection,
+                           np.array([1] * 6 + [0] * 6), [f"r{i % 3}" for i in range(12)], list(range(12)))
+    labels = ("background", "a", "b")
+    parent = OperatingPoint({"a": 0.3, "b": 0.37}, {"b": 5})       # no review is of class b
+    assert fit_thresholds(probs, data, labels, parent, 0).thresholds == {"a": 0.3, "b": 0.37}
+    point = fit_operating_point(probs, data, labels, parent, 0, evidence=(1, 2, 3))
+    assert point.thresholds["b"] == 0.37 and point.min_windows == {"a": 2, "b": 5}
 
 
 def test_a_summed_confidence_separates_what_threshold_and_windows_cannot():
@@ -248,6 +280,11 @@ def test_an_evidence_rule_is_written_as_the_operating_point_the_recorder_uses(tm
     assert Analyzer(held).merger.point == OperatingPoint(point.thresholds, {"great_argus": 3}, {"great_argus": 1.5},
                                                          {"gibbon_duet": 0.5})
     assert held.bundle_id != with_rule.bundle_id
+    other_level = write_adapted(parent, None, tmp_path / "held", {"parent_bundle": parent.bundle_id},
+                                dataclasses.replace(hysteresis, open_threshold={"gibbon_duet": 0.55}))
+    other_sum = write_adapted(parent, None, tmp_path / "held", {"parent_bundle": parent.bundle_id},
+                              dataclasses.replace(hysteresis, min_evidence={"great_argus": 2.0}))
+    assert len({held.bundle_id, other_level.bundle_id, other_sum.bundle_id}) == 3
     assert "operating_point" not in without.manifest and without.thresholds["great_argus"] == 0.5
     assert with_rule.bundle_id.split("-")[-1] != without.bundle_id.split("-")[-1]
     assert Analyzer(with_rule).merger.point.windows_needed("great_argus") == 3

@@ -81,3 +81,6 @@ def test_the_background_share_recipe_is_named_for_it_and_checked_on_the_command_
     assert recipe_name("field", near_call_negatives=3.0, background_share=0.5) == "field-nc3-bg0.5"
     result = CliRunner().invoke(app, ["cv", "--data", str(tmp_path), "--background-share", "1.5", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--background-share must lie in [0, 1), got 1.5" in result.output
+    result = CliRunner().invoke(app, ["fit", "--data", str(tmp_path), "--background-share", "-0.1", "--out", str(tmp_path / "f")])
+    assert result.exit_code == 2 and "--background-share must lie in [0, 1), got -0.1" in result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "f").exists()

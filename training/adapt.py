@@ -179,18 +179,20 @@ def fit_correction(probs: np.ndarray, embeddings: np.ndarray, targets: np.ndarra
 def fit_thresholds(member_probs: np.ndarray, data: ReviewedWindows, labels: tuple[str, ...],
                    start: OperatingPoint, background: int) -> OperatingPoint:
     """The baseline: ``start`` with its per-class confidence thresholds re-fitted to maximise F1 on
-    these reviews (one pass of coordinate ascent over a 0.02 grid); its evidence rules are kept."""
+    these reviews (one pass of coordinate ascent over a 0.02 grid); ties keep the threshold nearest
+    the parent's (a class the reviews say nothing of keeps its own); its evidence rules are kept."""
     thresholds = dict(start.thresholds)
     for c, label in enumerate(labels):
         if c == background:
             continue
-        best = (-1.0, thresholds.get(label, 0.0))
-        for t in sorted({thresholds.get(label, 0.0), *np.round(np.linspace(0, 1, 51), 2).tolist()}):
+        own, best = thresholds.get(label, 0.0), None
+        for t in sorted({own, *np.round(np.linspace(0, 1, 51), 2).tolist()}):
             trial = dataclasses.replace(start, thresholds={**thresholds, label: float(t)})
             f1 = event_scores(decide(member_probs, data.detection, len(data.targets), labels, trial, background),
                               data.targets, background)["f1"]
-            if f1 > best[0] + 1e-9:
-                best = (f1, float(t))
+            rank = (round(f1, 9), -abs(float(t) - own))
+            if best is None or rank > best[0]:
+                best = (rank, float(t))
         thresholds[label] = best[1]
     return dataclasses.replace(start, thresholds=thresholds)
 
@@ -201,11 +203,12 @@ def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels:
                         opening: tuple[float, ...] = ()) -> OperatingPoint:
     """``start`` with, per class, its confidence threshold (0.02 grid, when ``thresholds``) and the
     fewest windows an event needs (from ``evidence``) chosen together to maximise F1 on these
-    reviews, one class at a time (one pass of coordinate ascent); ties keep the parent's threshold
-    and the fewest windows. Then, per class, the summed window confidence an event needs (from
+    reviews, one class at a time (one pass of coordinate ascent); ties keep what is nearest the
+    parent's threshold and windows (the parent's own windows are always tried; a class the reviews
+    say nothing of keeps both). Then, per class, the summed window confidence an event needs (from
     ``summed``, the parent's, or 0) and the opening level one of its windows must reach (from
-    ``opening``, the parent's, or 0), each when given, ties to the parent's; else the parent's are kept. ``objective``: another score of
-    ``event_scores``' dict to maximise (a number or a tuple)."""
+    ``opening``, the parent's, or 0), each when given, ties to the parent's; else the parent's are
+    kept. ``objective``: another score of ``event_scores``' dict to maximise (a number or a tuple)."""
     objective = objective or (lambda scores: scores["f1"])
 
     def score(point: OperatingPoint) -> tuple:
@@ -213,19 +216,19 @@ def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels:
                                               background), data.targets, background))
         return tuple(round(float(x), 9) for x in (value if isinstance(value, tuple) else (value,)))
 
-    point = dataclasses.replace(start, min_windows={})
+    point = start
     for c, label in enumerate(labels):
         if c == background:
             continue
         grid = sorted({point.thresholds.get(label, 0.0), *np.round(np.linspace(0, 1, 51), 2).tolist()}) \
             if thresholds else [point.thresholds.get(label, 0.0)]
-        best = None
-        for k in sorted(evidence):
+        best, own_k = None, start.windows_needed(label)
+        for k in sorted({own_k, *evidence}):
             for t in grid:
                 trial = dataclasses.replace(point, thresholds={**point.thresholds, label: float(t)},
                                             min_windows={**point.min_windows, label: k})
-                # ties: the parent's own threshold first, then fewer windows
-                rank = (score(trial), -abs(float(t) - start.thresholds.get(label, 0.0)) - k)
+                # ties: nearest the parent's threshold and windows (with one window: then fewer windows)
+                rank = (score(trial), -abs(float(t) - start.thresholds.get(label, 0.0)) - abs(k - own_k))
                 if best is None or rank > best[0]:
                     best = (rank, trial)
         point = best[1]

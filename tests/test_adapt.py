@@ -198,14 +198,20 @@ def _windows(per_detection: list[int], label: int, confidence: float) -> np.ndar
     return probs
 
 
+def _reviewed(runs: list[tuple[int, float]], truth: list[int]):
+    """One reviewed detection per ``(windows, confidence of class a)`` run, over three recordings:
+    (member probabilities ``[1, N, 3]``, each window's detection, the ``ReviewedWindows``)."""
+    probs = np.concatenate([_windows([n], 1, c) for n, c in runs])[None]
+    detection = np.repeat(np.arange(len(runs)), [n for n, _ in runs])
+    data = ReviewedWindows(probs, np.zeros((1, len(detection), 4)), detection, np.array(truth),
+                           [f"r{i % 3}" for i in range(len(runs))], list(range(len(runs))))
+    return probs, detection, data
+
+
 def test_operating_point_learns_that_false_alarms_are_single_windows():
     """Six calls three windows long and six false alarms one window long, all at the same
     confidence: no threshold separates them, two windows per event does."""
-    calls, noise = [3] * 6, [1] * 6
-    probs = np.concatenate([_windows(calls, 1, 0.8), _windows(noise, 1, 0.8)])[None]   # one member
-    detection = np.repeat(np.arange(12), calls + noise)
-    data = ReviewedWindows(probs, np.zeros((1, len(detection), 4)), detection,
-                           np.array([1] * 6 + [0] * 6), [f"r{i % 3}" for i in range(12)], list(range(12)))
+    probs, detection, data = _reviewed([(3, 0.8)] * 6 + [(1, 0.8)] * 6, [1] * 6 + [0] * 6)   # one member
     labels = ("background", "a", "b")
     point = fit_operating_point(probs, data, labels, OperatingPoint({"a": 0.0}), 0, evidence=(1, 2, 3))
     assert point.min_windows == {"a": 2}
@@ -215,11 +221,7 @@ def test_operating_point_learns_that_false_alarms_are_single_windows():
 
 
 def test_a_class_the_reviews_say_nothing_of_keeps_the_parents_threshold_and_windows():
-    calls, noise = [3] * 6, [1] * 6
-    probs = np.concatenate([_windows(calls, 1, 0.8), _windows(noise, 1, 0.8)])[None]
-    detection = np.repeat(np.arange(12), calls + noise)
-    data = ReviewedWindows(probs, np.zeros((1, len(detection), 4)), detection,
-                           np.array([1] * 6 + [0] * 6), [f"r{i % 3}" for i in range(12)], list(range(12)))
+    probs, detection, data = _reviewed([(3, 0.8)] * 6 + [(1, 0.8)] * 6, [1] * 6 + [0] * 6)
     labels = ("background", "a", "b")
     parent = OperatingPoint({"a": 0.3, "b": 0.37}, {"b": 5})       # no review is of class b
     assert fit_thresholds(probs, data, labels, parent, 0).thresholds == {"a": 0.3, "b": 0.37}
@@ -231,11 +233,8 @@ def test_a_summed_confidence_separates_what_threshold_and_windows_cannot():
     """Calls of three windows at 0.5 and of two at 0.7; false alarms of two windows at 0.5 and of
     one at 0.7: the best threshold and windows keep three false alarms, a summed confidence of
     1.25 none."""
-    runs = [(3, 0.5)] * 3 + [(2, 0.7)] * 3 + [(2, 0.5)] * 3 + [(1, 0.7)] * 3
-    probs = np.concatenate([_windows([n], 1, c) for n, c in runs])[None]
-    detection = np.repeat(np.arange(12), [n for n, _ in runs])
-    data = ReviewedWindows(probs, np.zeros((1, len(detection), 4)), detection,
-                           np.array([1] * 6 + [0] * 6), [f"r{i % 3}" for i in range(12)], list(range(12)))
+    probs, detection, data = _reviewed([(3, 0.5)] * 3 + [(2, 0.7)] * 3 + [(2, 0.5)] * 3 + [(1, 0.7)] * 3,
+                                       [1] * 6 + [0] * 6)
     labels = ("background", "a", "b")
     plain = fit_operating_point(probs, data, labels, OperatingPoint({"a": 0.0}), 0, evidence=(1, 2, 3))
     assert decide(probs, detection, 12, labels, plain, 0).tolist() == [1] * 9 + [0] * 3
@@ -253,11 +252,7 @@ def test_refitting_keeps_the_parents_summed_confidence_and_opening_level():
     """A parent whose point holds a class by its summed confidence and an opening level (as the
     shipped bundle's hysteresis point does): the fits re-choose thresholds and windows and keep the
     rest, and the held-out decisions apply them, as the recorder would."""
-    calls, noise = [3] * 6, [1] * 6
-    probs = np.concatenate([_windows(calls, 1, 0.8), _windows(noise, 1, 0.6)])[None]
-    detection = np.repeat(np.arange(12), calls + noise)
-    data = ReviewedWindows(probs, np.zeros((1, len(detection), 4)), detection,
-                           np.array([1] * 6 + [0] * 6), [f"r{i % 3}" for i in range(12)], list(range(12)))
+    probs, detection, data = _reviewed([(3, 0.8)] * 6 + [(1, 0.6)] * 6, [1] * 6 + [0] * 6)
     labels = ("background", "a", "b")
     parent = OperatingPoint({"a": 0.0, "b": 0.3}, {}, {"b": 1.5}, {"a": 0.7})
     assert decide(probs, detection, 12, labels, parent, 0).tolist() == [1] * 6 + [0] * 6   # the opening level

@@ -1,6 +1,6 @@
 """How the recorder would decide reviewed detections from window outputs, in numpy: the member
-vote, the operating point (thresholds and evidence rules), one label per detection; scores against the
-reviews, and folds grouped by recording."""
+vote, the operating point (thresholds and evidence rules), one label per detection; scores
+against the reviews, and folds grouped by recording."""
 
 from __future__ import annotations
 

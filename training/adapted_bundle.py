@@ -50,8 +50,8 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
     """Parent's members (+ the site head and veto ``written_corrections`` keeps) + a manifest
     naming them with the operating ``point`` (default: the parent's; written as ``operating_point``
     when it holds an evidence rule — more than one window, a summed confidence or an opening level
-    for some class — else as plain ``thresholds``), assembled
-    beside ``out`` and renamed into place, so a reader never sees a bundle without its head."""
+    for some class — else as plain ``thresholds``), assembled beside ``out`` and renamed into
+    place, so a reader never sees a bundle without its head."""
     point = point or parent_point(parent)
     head, veto = written_corrections(parent, correction)
     out = out.resolve()

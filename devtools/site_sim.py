@@ -19,7 +19,7 @@ from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import Bundle, load_bundle, write_bundle
 from edgemon.review import reviews
 from edgemon.storage.store import Detection, Store
-from training.adapted_bundle import evidence_rules, parent_point
+from training.adapted_bundle import parent_point, point_manifest
 from training.bundling import complete_bundle
 from training.errors import DataError
 from training.onnx_export import quantize_int8, read_columns
@@ -163,7 +163,5 @@ def fold_parent(models: list[Path], like: Bundle, out: Path, reference_data: Pat
                               hop_s=like.hop_s, thresholds=like.thresholds, background_label=like.background_label,
                               precision="int8" if int8 else "fp32",
                               extra={"source_runs": [str(m) for m in models], "trained_on": ["cv fold"] * len(models),
-                                     **({"operating_point": {"thresholds": dict(like.thresholds),
-                                                             **evidence_rules(parent_point(like))}}
-                                        if with_point else {})})
+                                     **({"operating_point": point_manifest(parent_point(like))} if with_point else {})})
     return complete_bundle(bundle.path, reference_data)

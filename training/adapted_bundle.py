@@ -45,6 +45,13 @@ def evidence_rules(point: OperatingPoint) -> dict:
     return {key: values for key, values in rules.items() if values}
 
 
+def point_manifest(point: OperatingPoint) -> dict | None:
+    """The manifest's ``operating_point`` for ``point``: None when it holds no evidence rule (plain
+    ``thresholds`` say all of it)."""
+    rules = evidence_rules(point)
+    return {"thresholds": dict(point.thresholds), **rules} if rules else None
+
+
 def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance: dict,
                    point: OperatingPoint | None = None) -> Bundle:
     """Parent's members (+ the site head and veto ``written_corrections`` keeps) + a manifest
@@ -68,7 +75,7 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
         manifest = json.loads((inner / MANIFEST).read_text())
         rules = evidence_rules(point)
         if rules:
-            manifest["operating_point"] = {"thresholds": dict(point.thresholds), **rules}
+            manifest["operating_point"] = point_manifest(point)
         identity = [m["sha256"] for m in manifest["members"]] + [json.dumps(manifest["thresholds"], sort_keys=True),
                                                                  json.dumps(rules.get("min_windows", {}), sort_keys=True)]
         if set(rules) - {"min_windows"}:   # kept apart so that bundles with windows alone keep their ids

@@ -170,6 +170,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
     backgrounds = background_pools(train_split, source, aug) if aug.needs_background else None
     averaged: dict[str, torch.Tensor] | None = None
     near_emphasis = near_call_emphasis(train_split, optim.near_call_negatives) if optim.near_call_negatives else None
+    background = train_split.labels.index(BACKGROUND) if optim.background_share else None
 
     best = (-1.0, 0, None)
     history: list[dict] = []
@@ -186,8 +187,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             mined = hard_negative_emphasis(model, train_split, optim.hard_negatives, device)
             emphasis = mined if emphasis is None else emphasis * mined
         model.train()
-        order = balanced_indices(train_split.targets, rng, emphasis, train_split.labels.index(BACKGROUND),
-                                 optim.background_share)
+        order = balanced_indices(train_split.targets, rng, emphasis, background, optim.background_share)
         losses = []
         for start in range(0, len(order), optim.batch_size):
             idx = order[start:start + optim.batch_size]

@@ -7,8 +7,9 @@ measured on the recorder's unreviewed recordings; figures pooled over recorders.
 
 Parents: fold k's members are the log-mel and PCEN models of grouped-CV fold k (``--cv``), made
 into an int8 bundle like the shipped one (its frontend, window, thresholds; with ``--parent-point``
-also its operating point's evidence rules, as a user's parent has them); fold k's training never
-saw a clip of its validation recorders (pool clips of those recorders were kept out too). A
+also its operating point's evidence rules and its calibration, as a user's parent has them); fold
+k's training never saw a clip of its validation recorders (pool clips of those recorders were kept
+out too). A
 recorder's audio is all its clips (train, devel, test, pool) laid end to end, 8 per recording, in a
 shuffled order; alternate recordings are the review pool and the evaluation set. Every candidate is
 written as a bundle and run by the recorder's own ``Analyzer`` on the evaluation recordings. A
@@ -24,6 +25,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from devtools.site_sim import analyse_into, field_counts, fold_parent, lay_recordings, recorder_clips, review_in_teach_order
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.analysis.ensemble import Ensemble
@@ -31,7 +34,9 @@ from edgemon.review.reviews import wilson_interval
 from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, fit_candidate,
                             reviewed_windows)
 from training.adapted_bundle import write_adapted
+from training.calibration import at_levels
 from training.field import poisson_interval
+from training.site_calibration import quality
 
 ROOT = Path(__file__).resolve().parents[1]
 BORNEO = ROOT.parent / "shared" / "data" / "borneo"
@@ -66,7 +71,18 @@ def pooled(rows: list[dict]) -> dict:
     r_low, r_high = wilson_interval(found, calls)
     return {"false_per_h": round(fe / hours, 1), "false_per_h_95": [round(low, 1), round(high, 1)],
             "false_events": fe, "background_h": round(hours, 3), "recall": round(found / max(1, calls), 3),
-            "recall_95": [round(r_low, 3), round(r_high, 3)], "found": found, "calls": calls}
+            "recall_95": [round(r_low, 3), round(r_high, 3)], "found": found, "calls": calls,
+            "stored_confidence": stored_confidence(rows)}
+
+
+def stored_confidence(rows: list[dict]) -> dict:
+    """How well the stored confidence of every detection estimates that it is right: Brier score,
+    expected calibration error, and what ``--min-confidence`` 0.5 / 0.7 / 0.9 exports."""
+    confidence = np.array([c for r in rows for c in r["confidence"]], np.float64)
+    right = np.array([x for r in rows for x in r["right"]], np.float64)
+    levels = {level: {k: None if v is None else round(v, 3) for k, v in figures.items()}
+              for level, figures in at_levels(confidence, right).items()}
+    return {**quality(confidence, right), "levels": levels}
 
 
 def run_recorder(recorder: str, models: list[Path], work: Path, budget: int, config: AdaptConfig,
@@ -114,7 +130,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/adapt_heldout"))
     parser.add_argument("--folds", type=int, default=AdaptConfig.folds, help="adapt's held-out folds")
     parser.add_argument("--parent-point", action="store_true",
-                        help="fold parents carry the shipped bundle's operating point (evidence rules), not only its thresholds")
+                        help="fold parents carry the shipped bundle's operating point (evidence rules) and calibration, "
+                             "not only its thresholds")
     args = parser.parse_args()
     models = fold_models(CV)
     results = {}

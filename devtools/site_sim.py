@@ -19,7 +19,7 @@ from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import Bundle, load_bundle, write_bundle
 from edgemon.review import reviews
 from edgemon.storage.store import Detection, Store
-from training.adapted_bundle import parent_point, point_manifest
+from training.adapted_bundle import CALIBRATION_KEYS, parent_point, point_manifest
 from training.bundling import complete_bundle
 from training.errors import DataError
 from training.onnx_export import quantize_int8, read_columns
@@ -127,20 +127,23 @@ def review_in_teach_order(db: Path, truth: Truth, sources: set[str], budget: int
 def field_counts(bundle: Bundle | Path, recordings: list[Path], truth: Truth) -> dict:
     """The recorder's own analysis of ``recordings`` against their truth: a detection is a false
     event unless it overlaps a clip of its label; a call is found when a detection of its label
-    overlaps it. Returns counts and the hours of background."""
+    overlaps it. Returns counts, the hours of background, and every detection's stored confidence
+    and whether it is right (``confidence``, ``right``)."""
     analyzer = Analyzer(bundle if isinstance(bundle, Bundle) else load_bundle(bundle))
-    false_events, found, calls, background_s = 0, 0, 0, 0.0
+    found, calls, background_s, confidence, right = 0, 0, 0.0, [], []
     for path in recordings:
         events = analyzer.analyse_file(path).events
         spans = truth[path.name]
         background_s += sum(b - a for a, b, label in spans if label == "background")
-        false_events += sum(not any(label == e.label and a < e.end_s and e.start_s < b for a, b, label in spans)
-                            for e in events)
+        for e in events:
+            confidence.append(round(e.confidence, 5))
+            right.append(any(label == e.label and a < e.end_s and e.start_s < b for a, b, label in spans))
         for a, b, label in spans:
             if label != "background":
                 calls += 1
                 found += any(e.label == label and a < e.end_s and e.start_s < b for e in events)
-    return {"false_events": false_events, "background_h": background_s / 3600, "calls": calls, "found": found}
+    return {"false_events": right.count(False), "background_h": background_s / 3600, "calls": calls, "found": found,
+            "confidence": confidence, "right": right}
 
 
 def fold_parent(models: list[Path], like: Bundle, out: Path, reference_data: Path | None = None,
@@ -149,8 +152,9 @@ def fold_parent(models: list[Path], like: Bundle, out: Path, reference_data: Pat
     member reading its columns of ``like``'s frontend, int8 when ``like``'s are, ``like``'s
     window, hop and thresholds, self-check windows from ``reference_data``. ``with_point``: also
     ``like``'s operating point (its evidence rules: fewest windows, summed confidence, opening
-    level), as the recorder applies it; not its calibration or expected figures, which are
-    ``like``'s own."""
+    level), as the recorder applies it, and its calibration (fitted on the grouped-CV events of
+    the same recipe, this fold's among them: if anything, kind to the parent); not its expected
+    figures, which are ``like``'s own."""
     int8 = like.members[0].precision == "int8"
     with tempfile.TemporaryDirectory() as tmp:
         members = []
@@ -163,5 +167,7 @@ def fold_parent(models: list[Path], like: Bundle, out: Path, reference_data: Pat
                               hop_s=like.hop_s, thresholds=like.thresholds, background_label=like.background_label,
                               precision="int8" if int8 else "fp32",
                               extra={"source_runs": [str(m) for m in models], "trained_on": ["cv fold"] * len(models),
-                                     **({"operating_point": point_manifest(parent_point(like))} if with_point else {})})
+                                     **({"operating_point": point_manifest(parent_point(like)),
+                                         **{k: like.manifest[k] for k in CALIBRATION_KEYS if k in like.manifest}}
+                                        if with_point else {})})
     return complete_bundle(bundle.path, reference_data)

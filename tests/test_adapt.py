@@ -17,7 +17,7 @@ import soundfile
 from devtools.site_sim import analyse_into, lay_recordings, recorder_clips, simulate_reviews, source_recordings
 from edgemon.analysis.analyzer import Analyzer, EventMerger, WindowVote
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
-from edgemon.analysis.decisions import OperatingPoint, clip_label
+from edgemon.analysis.decisions import Calibration, OperatingPoint, clip_label
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.analysis.site_head import SiteHead
@@ -25,12 +25,14 @@ from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import BundleError
 from edgemon.review import reviews
 from tests.review_helpers import make_review_db
-from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, choose_candidate,
+from training.adapt import (CALIBRATION_ONLY, CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, choose_candidate,
                             fit_correction, fit_operating_point, fit_thresholds)
-from training.adapt_decisions import decide, detection_labels, drop_unkept_runs, event_scores, grouped_folds
+from training.adapt_decisions import (decide, decide_scored, detection_labels, drop_unkept_runs, event_scores,
+                                      grouped_folds)
 from training.adapt_windows import (RecordingWindows, ReviewedWindows, background_windows, event_windows,
                                     recording_windows, review_targets)
 from training.adapted_bundle import write_adapted
+from training.site_calibration import Scored, fit_shift, shifted_curves, site_calibration
 
 TRAINED_ON = ("train", "devel")   # the shipped bundle's training data
 
@@ -114,15 +116,28 @@ def test_adapt_end_to_end_on_a_recorder_the_bundle_never_heard(site):
     assert adapted.manifest["adapted"]["parent_bundle"] == parent.bundle_id
     assert adapted.manifest["adapted"]["reviews"]["used"] == sum(v for k, v in counts.items() if k != "unsure")
     held = summary["held_out"]
-    assert held[summary["method"]]["f1"] >= held["parent"]["f1"]
+    decided_by = "parent" if summary["method"] == CALIBRATION_ONLY else summary["method"]
+    assert held[decided_by]["f1"] >= held["parent"]["f1"]
     assert set(held) == {"parent", *CANDIDATES}
-    # The recorder runs it, with the head when the head was chosen, else with new thresholds.
+    # The stored confidence: the site's shift when it scored better on held-out recordings, else the parent's map.
+    note = adapted.manifest["adapted"]["calibration"]
+    assert note == summary["calibration"] and note["held_out"] == held[decided_by]["calibration"]
+    site, kept = note["held_out"]["site"], note["held_out"]["parent"]
+    assert site["detections"] == kept["detections"] > 0
+    if note["written"] == "site":
+        assert site["brier"] < kept["brier"] and adapted.manifest["calibration"] != parent.manifest["calibration"]
+    else:
+        assert adapted.manifest["calibration"] == parent.manifest["calibration"]
+    # The recorder runs it: with the head when the head was chosen, else with new thresholds, or
+    # with the parent's decisions and the site's calibration alone.
     analyzer = Analyzer(adapted)
+    parents_point = OperatingPoint.from_manifest(parent.manifest, parent.thresholds)
     if "head" in summary["method"]:
         assert analyzer.ensemble.site_head is not None
+    elif summary["method"] == CALIBRATION_ONLY:
+        assert analyzer.merger.point == parents_point and note["written"] == "site"
     else:
-        assert analyzer.ensemble.site_head is None
-        assert analyzer.merger.point != OperatingPoint.from_manifest(parent.manifest, parent.thresholds)
+        assert analyzer.ensemble.site_head is None and analyzer.merger.point != parents_point
     first = sorted(recordings.glob("*.WAV"))[0]
     assert analyzer.analyse_file(first).duration_s > 0
 
@@ -354,6 +369,54 @@ def test_the_best_candidate_is_chosen_and_one_worse_than_the_parent_refused():
     assert choose_candidate(scores) == "thresholds"            # a tie goes to the simpler
     scores["thresholds+evidence"] = {"f1": 0.86}
     assert choose_candidate(scores) == "thresholds+evidence"
-    worse = {name: {"f1": 0.70} for name in CANDIDATES} | {"parent": {"f1": 0.71}}
-    with pytest.raises(AdaptError, match=r"worse than its parent .*0\.700 < 0\.710"):
+    no_better = {"detections": 20, "brier": 0.20, "ece": 0.1}
+    worse = {name: {"f1": 0.70} for name in CANDIDATES} | {
+        "parent": {"f1": 0.71, "calibration": {"parent": no_better, "site": no_better}}}
+    with pytest.raises(AdaptError, match=r"worse than its parent .*0\.700 < 0\.710.*calibration is no better"):
         choose_candidate(worse)
+    # no candidate beats the parent, but the site's calibration of the parent's detections does
+    worse["parent"]["calibration"]["site"] = {"detections": 20, "brier": 0.12, "ece": 0.05}
+    assert choose_candidate(worse) == CALIBRATION_ONLY
+
+
+def test_an_adapted_bundle_keeps_the_parents_names_reference_windows_and_calibration(tmp_path):
+    """Until the sixth session an adapted bundle lost them: its detections had no species names,
+    its confidence fell back to the raw score, and the recorder no longer checked its members."""
+    parent = load_bundle(default_bundle_path())
+    adapted = write_adapted(parent, None, tmp_path / "kept", {"parent_bundle": parent.bundle_id})
+    for key in ("label_names", "calibration", "calibration_input", "calibration_fits", "confidence_max"):
+        assert adapted.manifest[key] == parent.manifest[key], key
+    assert adapted.self_check is not None and Ensemble(adapted).self_check.passed
+    calibration = {"calibration": {"gibbon_duet": {"x": [0.0, 1.0], "y": [0.0, 0.95]}}, "calibration_input": "score",
+                   "calibration_fits": {"gibbon_duet": "site shift"}}
+    shifted = write_adapted(parent, None, tmp_path / "site", {"parent_bundle": parent.bundle_id}, calibration=calibration)
+    assert shifted.manifest["calibration"] == calibration["calibration"]
+    assert shifted.manifest["calibration_fits"] == {"gibbon_duet": "site shift"}
+    assert shifted.bundle_id.split("-")[-1] != adapted.bundle_id.split("-")[-1]   # another confidence, another id
+    # great_argus now stores its raw score, whose ceiling is the members' softmax bound
+    assert shifted.manifest["confidence_max"] == pytest.approx(max(0.95, parent.manifest["confidence_max"]))
+    assert Analyzer(shifted).merger.calibration("gibbon_duet", 0.5) == pytest.approx(0.475)
+
+
+def test_decided_detections_carry_the_score_and_evidence_of_their_windows():
+    probs, detection, data = _reviewed([(3, 0.8), (1, 0.6), (2, 0.3)], [1, 0, 1])
+    labels = ("background", "a", "b")
+    decided, score, evidence = decide_scored(probs, detection, 3, labels, OperatingPoint({"a": 0.5}), 0)
+    assert decided.tolist() == [1, 1, 0]
+    assert score.tolist() == pytest.approx([0.8, 0.6, 0.0]) and evidence.tolist() == pytest.approx([2.4, 0.6, 0.0])
+
+
+def test_a_site_shift_follows_the_share_of_right_detections_and_a_few_reviews_move_it_little():
+    labels, background = ("background", "a", "b"), 0
+    parent = Calibration({"a": ((0.0, 1.0), (0.0, 1.0))}, "score")
+    half = np.full(40, 0.5)
+    site_right = Scored(np.ones(40, int), half, half, np.ones(40, int))            # all right at 0.5
+    site_wrong = Scored(np.ones(40, int), half, half, np.r_[np.ones(4, int), np.zeros(36, int)])   # 1 in 10 right
+    high = site_calibration(parent, labels, background, site_right)[0]("a", 0.5)
+    low = site_calibration(parent, labels, background, site_wrong)[0]("a", 0.5)
+    assert high > 0.85 and 0.08 < low < 0.2
+    few = fit_shift(np.full(3, 0.5), np.ones(3))
+    assert 0.5 < few(np.array([0.5]))[0] < 0.75                                     # three reviews: a nudge
+    curves = shifted_curves(parent, labels, background, fit_shift(half, site_wrong.right()))
+    assert set(curves) == {"a", "b"} and np.all(np.diff(curves["a"]["y"]) >= 0)       # b was raw: now a curve too
+    assert site_calibration(parent, labels, background, Scored(*(a[:5] for a in dataclasses.astuple(site_wrong))))[1].detections == 0

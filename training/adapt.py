@@ -17,7 +17,11 @@ Evaluation holds out whole recordings (grouped folds): the parent and each candi
 without them, decide each held-out detection as the recorder would (member vote, thresholds,
 evidence rule, most-voted call over the event's windows). The best candidate by held-out F1 is
 refitted on all reviews and written beside copies of the parent's members, with its provenance in
-the manifest; if it is worse than the parent there, nothing is written.
+the manifest; if it is worse than the parent there, nothing is written. The stored confidence is
+the parent's calibration, or that map shifted to the site's reviewed detections
+(``training.site_calibration``) when the shift scores better on the held-out recordings; when no
+candidate beats the parent but that shift of the parent's own detections does, the parent's
+decisions are written with it (``CALIBRATION_ONLY``).
 """
 
 from __future__ import annotations
@@ -32,17 +36,18 @@ from pathlib import Path
 import numpy as np
 
 from edgemon.analysis.bundle import Bundle, load_bundle
-from edgemon.analysis.decisions import OperatingPoint
+from edgemon.analysis.decisions import Calibration, OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.site_head import Z_CLIP, SiteHead
 from edgemon.analysis.site_veto import SiteVeto, window_features
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
 from edgemon.storage.readonly import recording_path, reviewed
-from training.adapt_decisions import decide, event_scores, grouped_folds
+from training.adapt_decisions import decide, decide_scored, event_scores, grouped_folds
 from training.adapt_windows import (ReviewedWindows, background_windows, detection_spans, event_windows, nearest_windows,
                                     recording_windows, review_targets)
 from training.adapted_bundle import Correction, parent_point, write_adapted
+from training.site_calibration import Scored, confidences, quality, site_calibration
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -245,6 +250,7 @@ def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels:
 
 
 CANDIDATES = ("thresholds", "thresholds+evidence", "head", "head+thresholds", "veto+thresholds+evidence")
+CALIBRATION_ONLY = "calibration"   # written when no candidate beats the parent but the site's calibration does
 
 
 def fit_veto(data: ReviewedWindows, background: int, config: AdaptConfig) -> SiteVeto:
@@ -304,23 +310,47 @@ def _candidate_probs(ensemble: Ensemble, correction: Correction, data: ReviewedW
 
 def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindows, config: AdaptConfig) -> dict:
     """The parent and every candidate, each fitted without the held-out recordings (and their
-    background windows) and scored on them (``event_scores``), pooled over the grouped folds."""
+    background windows) and scored on them (``event_scores``), pooled over the grouped folds. The
+    parent's and each candidate's ``calibration``: the stored confidence of its held-out detections under the
+    parent's calibration and under the site's (``site_calibration``, fitted on the other folds'
+    detections as that candidate decides them), scored against the reviews (``quality``)."""
     labels, background = bundle.labels, bundle.labels.index(bundle.background_label)
-    parent = parent_point(bundle)
+    parent, parent_map = parent_point(bundle), Calibration.from_manifest(bundle.manifest)
     predicted = {name: np.full(len(data.targets), background) for name in ("parent", *CANDIDATES)}
+    stored = {name: {"parent": [], "site": [], "right": []} for name in ("parent", *CANDIDATES)}
     for held_out in grouped_folds(data.groups, config.folds):
         train, test = data.subset(~held_out), data.subset(held_out)
         if len(train.targets) == 0:
             continue
-        n = len(test.targets)
-        predicted["parent"][held_out] = decide(_parent_probs(ensemble, test), test.detection, n, labels, parent,
-                                               background)
         head = fit_head(train, len(labels), config, background)   # fitted once, shared by both head candidates
-        for name in CANDIDATES:
-            h, point = fit_candidate(name, bundle, ensemble, train, config, head)
-            predicted[name][held_out] = decide(_candidate_probs(ensemble, h, test), test.detection, n, labels,
-                                               point, background)
-    return {name: event_scores(p, data.targets, background) for name, p in predicted.items()}
+        for name in ("parent", *CANDIDATES):
+            h, point = (None, parent) if name == "parent" else fit_candidate(name, bundle, ensemble, train, config, head)
+            held = scored(ensemble, bundle, h, point, test)
+            predicted[name][held_out] = held.label
+            site_map = site_calibration(parent_map, labels, background, scored(ensemble, bundle, h, point, train))[0]
+            keep = held.kept(background)
+            for key, calibration in (("parent", parent_map), ("site", site_map)):
+                stored[name][key].append(confidences(calibration, labels, held, keep))
+            stored[name]["right"].append(held.right()[keep])
+    scores = {name: event_scores(p, data.targets, background) for name, p in predicted.items()}
+    for name in ("parent", *CANDIDATES):
+        right = np.concatenate(stored[name]["right"]) if stored[name]["right"] else np.zeros(0)
+        scores[name]["calibration"] = {key: quality(np.concatenate(stored[name][key]) if right.size else right, right)
+                                       for key in ("parent", "site")}
+    return scores
+
+
+def scored(ensemble: Ensemble, bundle: Bundle, correction: Correction, point: OperatingPoint,
+           data: ReviewedWindows) -> Scored:
+    """``data``'s detections as the bundle a candidate writes decides them, with their scores."""
+    return Scored(*decide_scored(_candidate_probs(ensemble, correction, data), data.detection, len(data.targets),
+                                 bundle.labels, point, bundle.labels.index(bundle.background_label)), data.targets)
+
+
+def site_calibration_wins(held_out: dict) -> bool:
+    """The site's calibration replaces the parent's when its held-out Brier score is lower."""
+    site, parent = held_out["site"], held_out["parent"]
+    return bool(site["detections"]) and site["brier"] < parent["brier"]
 
 
 def _parent_probs(ensemble: Ensemble, data: ReviewedWindows) -> np.ndarray:
@@ -336,13 +366,18 @@ def _head_probs(ensemble: Ensemble, data: ReviewedWindows) -> np.ndarray:
 
 
 def choose_candidate(scores: dict) -> str:
-    """The candidate with the best held-out F1 (ties: the simpler, earlier in ``CANDIDATES``).
-    Raises AdaptError when even it is worse than the parent."""
+    """The candidate with the best held-out F1 (ties: the simpler, earlier in ``CANDIDATES``). When
+    even it is worse than the parent: ``CALIBRATION_ONLY`` (the parent's decisions, its confidence
+    fitted to the site) if the site's calibration of the parent's detections scores better on
+    held-out recordings, else AdaptError."""
     chosen = max(CANDIDATES, key=lambda name: (scores[name]["f1"], -CANDIDATES.index(name)))
-    if scores[chosen]["f1"] < scores["parent"]["f1"]:
-        raise AdaptError(f"every adaptation is worse than its parent on held-out recordings "
-                         f"(best F1 {scores[chosen]['f1']:.3f} < {scores['parent']['f1']:.3f}); no bundle written")
-    return chosen
+    if scores[chosen]["f1"] >= scores["parent"]["f1"]:
+        return chosen
+    if site_calibration_wins(scores["parent"]["calibration"]):
+        return CALIBRATION_ONLY
+    raise AdaptError(f"every adaptation is worse than its parent on held-out recordings (best F1 "
+                     f"{scores[chosen]['f1']:.3f} < {scores['parent']['f1']:.3f}) and the site's calibration is no "
+                     f"better than the parent's; no bundle written")
 
 
 def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, out: Path,
@@ -364,7 +399,21 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
         raise AdaptError(f"{reviews_db}: reviews come from one recording; held-out evaluation needs two or more")
     scores = held_out_comparison(bundle, ensemble, data, config)
     chosen = choose_candidate(scores)
-    correction, point = fit_candidate(chosen, bundle, ensemble, data, config)
+    if chosen == CALIBRATION_ONLY:
+        correction, point, held = None, parent_point(bundle), scores["parent"]["calibration"]
+    else:
+        (correction, point), held = fit_candidate(chosen, bundle, ensemble, data, config), scores[chosen]["calibration"]
+    calibration, calibration_note = None, {"written": "parent's", "held_out": held}
+    if site_calibration_wins(held):
+        labels, background = bundle.labels, bundle.labels.index(bundle.background_label)
+        site_map, shift = site_calibration(Calibration.from_manifest(bundle.manifest), labels, background,
+                                           scored(ensemble, bundle, correction, point, data))
+        calibration = {"calibration": {label: {"x": list(x), "y": list(y)} for label, (x, y) in site_map.curves.items()},
+                       "calibration_input": site_map.input,
+                       "calibration_fits": {label: f"site shift of the parent's map on {shift.detections} reviewed "
+                                                   f"detections (a {shift.a:.3f}, b {shift.b:.3f})"
+                                            for label in site_map.curves}}
+        calibration_note.update(written="site", a=round(shift.a, 4), b=round(shift.b, 4), detections=shift.detections)
     provenance = {
         "parent_bundle": bundle.bundle_id, "method": chosen,
         "adapted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -372,9 +421,9 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
         "reviews": {"database": str(Path(reviews_db).resolve()), "used": len(data.review_ids),
                     "review_ids": data.review_ids, "recordings": len(set(data.groups)),
                     "targets": {bundle.labels[c]: int((data.targets == c).sum()) for c in range(len(bundle.labels))}},
-        "held_out": scores, "config": dataclasses.asdict(config),
+        "held_out": scores, "calibration": calibration_note, "config": dataclasses.asdict(config),
     }
-    new = write_adapted(bundle, correction, Path(out), provenance, point)
+    new = write_adapted(bundle, correction, Path(out), provenance, point, calibration)
     return {"bundle_id": new.bundle_id, "path": str(new.path), "parent_bundle": bundle.bundle_id,
             "method": chosen, "reviews_used": len(data.review_ids), "recordings": len(set(data.groups)),
-            "held_out": scores, "wall_s": round(time.monotonic() - started, 1)}
+            "held_out": scores, "calibration": calibration_note, "wall_s": round(time.monotonic() - started, 1)}

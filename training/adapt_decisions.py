@@ -18,11 +18,30 @@ def decide(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, l
     too little summed confidence, no window at the opening level) dropped as ``EventMerger`` drops
     them, then the most-voted call over the event's windows (background: dropped).
     ``detection [N]`` numbers each window's detection; a detection's windows are in time order."""
+    return _decided(member_probs, detection, n_detections, labels, point, background)[0]
+
+
+def decide_scored(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, labels: tuple[str, ...],
+                  point: OperatingPoint, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``decide``, and what a calibration reads of each detection so decided: its score (the highest
+    confidence of its windows of that label) and evidence (their sum); 0 for a dropped one. ``[D]`` each."""
+    decided, window_labels, confidence = _decided(member_probs, detection, n_detections, labels, point, background)
+    counted = (window_labels == decided[detection]) & (window_labels != background)
+    score, evidence = np.zeros(n_detections), np.zeros(n_detections)
+    np.maximum.at(score, detection[counted], confidence[counted])
+    np.add.at(evidence, detection[counted], confidence[counted])
+    return decided, score, evidence
+
+
+def _decided(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, labels: tuple[str, ...],
+             point: OperatingPoint, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each detection's label ``[D]``, each window's label after the point ``[N]`` and the vote's confidence ``[N]``."""
     votes = majority_vote(member_probs)
     window_labels = apply_thresholds(votes.winner, votes.confidence, labels, point.thresholds, background)
     if point.min_windows or point.min_evidence or point.open_threshold:
         window_labels = drop_unkept_runs(window_labels, votes.confidence, detection, labels, point, background)
-    return detection_labels(window_labels, votes.confidence, detection, n_detections, len(labels), background)
+    decided = detection_labels(window_labels, votes.confidence, detection, n_detections, len(labels), background)
+    return decided, window_labels, votes.confidence
 
 
 def detection_labels(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray, n_detections: int,

@@ -1,6 +1,8 @@
 """The bundle ``edgemon-train adapt`` writes: the parent's members, the candidate's operating point
 and site corrections (which of the parent's head and veto it keeps: ``written_corrections``),
-and the adaptation's provenance, assembled beside the target and renamed into place."""
+what the parent tells the recorder beyond them (species names, reference windows, calibration:
+``CARRIED``; or a calibration fitted to the site), and the adaptation's provenance, assembled
+beside the target and renamed into place."""
 
 from __future__ import annotations
 
@@ -17,8 +19,14 @@ from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.site_head import SiteHead, load_site_head, write_site_head
 from edgemon.analysis.site_veto import SiteVeto, load_site_veto, write_site_veto
+from training.bundling import softmax_confidence_max, stored_confidence_max
 
 Correction = SiteHead | SiteVeto | None   # what a candidate adds to its parent's members
+# What the parent's manifest tells the recorder beyond members and decisions; the same members
+# keep the same names, reference windows (checked on the raw members) and, unless the site's
+# reviews refit it, calibration.
+CALIBRATION_KEYS = ("calibration", "calibration_input", "calibration_fits")
+CARRIED = ("label_names", *CALIBRATION_KEYS)
 
 
 def parent_point(bundle: Bundle) -> OperatingPoint:
@@ -53,12 +61,14 @@ def point_manifest(point: OperatingPoint) -> dict | None:
 
 
 def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance: dict,
-                   point: OperatingPoint | None = None) -> Bundle:
+                   point: OperatingPoint | None = None, calibration: dict | None = None) -> Bundle:
     """Parent's members (+ the site head and veto ``written_corrections`` keeps) + a manifest
     naming them with the operating ``point`` (default: the parent's; written as ``operating_point``
     when it holds an evidence rule — more than one window, a summed confidence or an opening level
-    for some class — else as plain ``thresholds``), assembled beside ``out`` and renamed into
-    place, so a reader never sees a bundle without its head."""
+    for some class — else as plain ``thresholds``), the parent's ``CARRIED`` entries and reference
+    windows, ``calibration`` (the manifest's three calibration entries) in place of the parent's
+    when given, and ``confidence_max`` for what it now stores; assembled beside ``out`` and renamed
+    into place, so a reader never sees a bundle without its head."""
     point = point or parent_point(parent)
     head, veto = written_corrections(parent, correction)
     out = out.resolve()
@@ -76,10 +86,18 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
         rules = evidence_rules(point)
         if rules:
             manifest["operating_point"] = point_manifest(point)
+        manifest.update(carried(parent, inner, calibration))
+        # A site head reweighs the members' log-probabilities, so the softmax bound no longer holds.
+        ceiling = stored_confidence_max(manifest, softmax_confidence_max(parent.member_paths) if head is None else 1.0,
+                                        parent.labels)
+        if ceiling is not None:
+            manifest["confidence_max"] = round(ceiling, 6)
         identity = [m["sha256"] for m in manifest["members"]] + [json.dumps(manifest["thresholds"], sort_keys=True),
                                                                  json.dumps(rules.get("min_windows", {}), sort_keys=True)]
         if set(rules) - {"min_windows"}:   # kept apart so that bundles with windows alone keep their ids
             identity.append(json.dumps({k: v for k, v in rules.items() if k != "min_windows"}, sort_keys=True))
+        if manifest.get("calibration"):
+            identity.append(json.dumps({k: manifest.get(k) for k in CALIBRATION_KEYS[:2]}, sort_keys=True))
         if head is not None:
             manifest["site_head"] = write_site_head(head, inner)
             identity.append(manifest["site_head"]["sha256"])
@@ -100,3 +118,17 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_bundle(out)
+
+
+def carried(parent: Bundle, inner: Path, calibration: dict | None) -> dict:
+    """The manifest entries the adapted bundle keeps of its parent (``CARRIED``, ``calibration``'s
+    in place of the parent's calibration when given) and the parent's self-check, its reference
+    audio copied into ``inner``."""
+    entries = {key: parent.manifest[key] for key in CARRIED if key in parent.manifest}
+    if calibration is not None:
+        entries = {k: v for k, v in entries.items() if k not in CALIBRATION_KEYS} | calibration
+    spec = parent.manifest.get("self_check")
+    if spec is not None:
+        shutil.copy2(parent.path / spec["file"], inner / spec["file"])
+        entries["self_check"] = spec
+    return entries

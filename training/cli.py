@@ -410,7 +410,9 @@ def adapt(
 ):
     """Adapt a bundle to a site from its reviewed detections: a site head on the members'
     embeddings and/or re-fitted thresholds (alone or with the fewest windows an event needs),
-    whichever does best on held-out recordings; refused if worse than the parent there."""
+    whichever does best on held-out recordings; refused if worse than the parent there. The
+    stored confidence is shifted to the site's reviews when that scores better on held-out
+    recordings, else the parent's calibration is kept."""
     from training.adapt import AdaptConfig, adapt_bundle
 
     _run(adapt_bundle, bundle, reviews, recordings, out, AdaptConfig(folds=folds, l2=l2))

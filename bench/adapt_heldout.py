@@ -72,7 +72,7 @@ def pooled(rows: list[dict]) -> dict:
     return {"false_per_h": round(fe / hours, 1), "false_per_h_95": [round(low, 1), round(high, 1)],
             "false_events": fe, "background_h": round(hours, 3), "recall": round(found / max(1, calls), 3),
             "recall_95": [round(r_low, 3), round(r_high, 3)], "found": found, "calls": calls,
-            "stored_confidence": stored_confidence(rows)}
+            **({"stored_confidence": stored_confidence(rows)} if all("confidence" in r for r in rows) else {})}
 
 
 def stored_confidence(rows: list[dict]) -> dict:
@@ -142,7 +142,12 @@ def main() -> None:
     names = ("parent", *CANDIDATES, "adapted")
     table = {name: pooled([r["field"][name] for r in results.values()]) for name in names}
     print("pooled", json.dumps(table, indent=1))
-    (args.work / "results.json").write_text(json.dumps({"recorders": results, "pooled": table}, indent=1) + "\n")
+    # Where adapt wrote a bundle (elsewhere "adapted" is the parent itself).
+    written = [r for r in results.values() if r["method"] != "refused"]
+    where_adapted = {name: pooled([r["field"][name] for r in written]) for name in ("parent", "adapted")} if written else {}
+    print(f"pooled where adapt wrote a bundle ({len(written)} recorders)", json.dumps(where_adapted, indent=1))
+    (args.work / "results.json").write_text(json.dumps({"recorders": results, "pooled": table,
+                                                        "pooled_where_adapted": where_adapted}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -310,11 +310,11 @@ def export_detections(
         service = _service(ctx, config)
         db = service.db
         times = [None if t is None else _parse_time(t) for t in (since, until)]
+        if coverage is not None:   # first: a coverage file that cannot be written must not cost a cursor its rows
+            minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0], times[1])
         count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
                            new or cursor is not None, "default" if cursor is None else cursor, bundle=bundle or None,
                            timezone=service.timezone)
-        if coverage is not None:
-            minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0], times[1])
     except EdgemonError as exc:
         raise _fail(exc)
     if not quiet:

@@ -153,14 +153,39 @@ def test_new_exports_each_detection_once(db_path, tmp_path):
     out = tmp_path / "out.jsonl"
     assert export_detections(db_path, "jsonl", out, new=True) == 5
     assert cursor_of(db_path) == 5
+    written = out.read_text()
+    # Nothing new: the file the cursor delivered to stays as it was (replacing it lost those rows).
     assert export_detections(db_path, "jsonl", out, new=True) == 0
-    assert out.read_text() == ""
+    assert out.read_text() == written
     with Store(db_path) as store:
         store.insert_detections([detection(LIVE, 20.0, "bird", 0.6, None)])
     assert export_detections(db_path, "jsonl", out, new=True) == 1
-    assert [json.loads(line)["start_s"] for line in out.read_text().splitlines()] == [20.0]
+    assert out.read_text().startswith(written)
+    assert [json.loads(line)["start_s"] for line in out.read_text().splitlines()][-1] == 20.0
     # Cursors are independent by name.
-    assert export_detections(db_path, "jsonl", out, new=True, cursor_name="other") == 6
+    assert export_detections(db_path, "jsonl", tmp_path / "other.jsonl", new=True, cursor_name="other") == 6
+
+
+def test_a_cursor_export_appends_to_its_file_under_one_header_and_refuses_another_format(db_path, tmp_path):
+    """The README's `--output outbox/hornbills-$(date +%F).csv` run twice in a day replaced the
+    morning's file with the afternoon's rows (or a bare header), and the cursor had moved past
+    the morning's: they were never delivered again."""
+    out = tmp_path / "today.csv"
+    assert export_detections(db_path, "csv", out, new=True, cursor_name="outbox") == 5
+    assert export_detections(db_path, "csv", out, new=True, cursor_name="outbox") == 0
+    with Store(db_path) as store:
+        store.insert_detections([detection(LIVE, 20.0, "bird", 0.6, None)])
+    assert export_detections(db_path, "csv", out, new=True, cursor_name="outbox") == 1
+    assert [r["id"] for r in read_csv(out)] == ["1", "2", "3", "4", "5", "6"]
+    assert out.read_text().count("device_id") == 1                           # one header
+    birdnet = tmp_path / "birdnet.csv"
+    birdnet.write_text("something else\n")
+    with pytest.raises(ExportError, match="birdnet.csv: not a file of this export format"):
+        export_detections(db_path, "birdnet", birdnet, new=True, cursor_name="bn")
+    assert birdnet.read_text() == "something else\n" and export_detections(db_path, "birdnet", tmp_path / "bn.csv",
+                                                                          new=True, cursor_name="bn") == 6
+    # A plain export (no cursor) still writes the file anew.
+    assert export_detections(db_path, "csv", out, label=["frog"]) == 2 and len(read_csv(out)) == 2
 
 
 def test_failed_write_leaves_the_cursor_for_a_repeat(db_path, tmp_path):

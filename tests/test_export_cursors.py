@@ -35,8 +35,9 @@ def test_a_filtered_export_cannot_move_the_plain_cursor_past_rows(db_path, tmp_p
     assert export_detections(db_path, "csv", out, label=["frog"], new=True) == 2
     with pytest.raises(CursorError, match=r"'default'.*--label frog"):
         export_detections(db_path, "csv", out, new=True)
-    assert export_detections(db_path, "csv", out, new=True, cursor_name="all") == 5
-    assert [r["id"] for r in read_csv(out)] == ["1", "2", "3", "4", "5"]
+    every = tmp_path / "every.csv"
+    assert export_detections(db_path, "csv", every, new=True, cursor_name="all") == 5
+    assert [r["id"] for r in read_csv(every)] == ["1", "2", "3", "4", "5"]
 
 
 def test_cli_cursor_per_destination_and_one_line_error(db_path, tmp_path):
@@ -61,7 +62,6 @@ def test_every_matching_row_is_delivered_once_per_cursor(db_path, tmp_path):
                             "until": dt.datetime(2024, 6, 1)}}
     delivered: dict[str, list[int]] = {name: [] for name in filters}
     rng = random.Random(0)
-    out = tmp_path / "out.jsonl"
     for round_ in range(12):
         with Store(db_path) as store:
             if round_ == 5:   # the recorder rewrote a file: its detections come back with new ids
@@ -72,6 +72,7 @@ def test_every_matching_row_is_delivered_once_per_cursor(db_path, tmp_path):
                     LIVE, rng.uniform(0, 1e4), rng.choice(["bird", "frog"]), round(rng.random(), 3),
                     None if day is None else f"{day}T06:00:00Z")])
         for name, filt in filters.items():
+            out = tmp_path / f"{name}-{round_}.jsonl"   # one file a delivery (a cursor appends to its own)
             export_detections(db_path, "jsonl", out, new=True, cursor_name=name, **filt)
             delivered[name] += ids(out)
     conn = sqlite3.connect(db_path)
@@ -100,7 +101,7 @@ def test_a_time_filtered_cursor_takes_late_rows_of_its_window(db_path, tmp_path)
         commit(store, late, [detection(late, 0.0, "bird", 0.5, "2024-05-01T12:00:00Z"),
                              detection(late, 9.0, "bird", 0.5, "2024-05-02T00:00:00Z")])
     assert export_detections(db_path, "jsonl", out, **window) == 1
-    assert json.loads(out.read_text())["start_utc"] == "2024-05-01T12:00:00.000Z"
+    assert json.loads(out.read_text().splitlines()[-1])["start_utc"] == "2024-05-01T12:00:00.000Z"
 
 
 def test_a_cursor_from_before_filters_adopts_its_next_filter(tmp_path, caplog):
@@ -205,3 +206,13 @@ def test_two_exports_on_one_cursor_at_once_never_deliver_a_row_twice(tmp_path):
     assert not set(first_ids) & set(second_ids), f"{len(set(first_ids) & set(second_ids))} rows delivered twice"
     assert sorted(map(int, first_ids + second_ids)) == list(range(1, 1201))
     assert not second_done_early                  # it waited for the first, rather than racing it
+
+
+def test_an_export_whose_coverage_file_cannot_be_written_leaves_its_cursor(db_path, tmp_path):
+    """The coverage file was written after the detections: when it failed, the cursor had already
+    moved and a repeat delivered nothing."""
+    out, args = tmp_path / "c2.csv", ["export-detections", "--db", str(db_path), "--cursor", "c2"]
+    failed = runner.invoke(app, [*args, "--output", str(out), "--coverage", str(tmp_path / "no-such-dir" / "c.csv")])
+    assert failed.exit_code == 1 and "no-such-dir" in failed.output and not out.exists()
+    again = runner.invoke(app, [*args, "--output", str(out), "--coverage", str(tmp_path / "c.csv")])
+    assert again.exit_code == 0 and [r["id"] for r in read_csv(out)] == ["1", "2", "3", "4", "5"]

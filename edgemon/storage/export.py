@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -65,7 +66,7 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
     label in ``label`` (None or empty: any), confidence >= ``min_confidence`` (an error when above
     what the detections' bundles can reach), bundle id in ``bundle`` (None or empty: any).
     ``new`` exports only what cursor ``cursor_name`` has not delivered, then advances it; the cursor keeps the filter it was first used with, and a
-    Raven table it delivered to is appended to, never replaced. Rows come in id order (Raven: by
+    file or Raven table it delivered to is appended to, never replaced. Rows come in id order (Raven: by
     offset per source). ``timezone`` (an IANA name, the settings' ``timezone``) fills the csv and
     jsonl column ``start_local``; without it that column is empty. Raises ExportError
     (CursorError) naming what cannot be read or written.
@@ -102,8 +103,8 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                 elif output is None:
                     count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
                 else:
-                    with _atomic_text(Path(output)) as f:
-                        count = tables.WRITERS[fmt](f, tables.with_local_time(rows, zone))
+                    count = _write_file(tables.WRITERS[fmt], tables.with_local_time(rows, zone), Path(output),
+                                        append=new)
             except sqlite3.Error as e:
                 raise ExportError(f"cannot read detections from {db_path}: {e}") from e
         finally:
@@ -332,6 +333,43 @@ def _write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], app
                     writer.writerow(tables.raven_row(number, row))
                     count += 1
     return count
+
+
+def _write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[dict], path: Path,
+                append: bool) -> int:
+    """One csv, birdnet or jsonl file. ``append`` (cursor exports): rows an earlier export wrote
+    there stay and the new ones follow them, the header once; with nothing new the file is left
+    as it was. Replacing it would lose rows the cursor has already moved past."""
+    earlier = _earlier_rows(path, write) if append else ""
+    if not earlier:
+        with _atomic_text(path) as f:
+            return write(f, rows)
+    new = io.StringIO()
+    count = write(new, rows)
+    if count:
+        header = io.StringIO()
+        write(header, [])
+        with _atomic_text(path) as f:
+            f.write(earlier)
+            f.write(new.getvalue()[len(header.getvalue()):])
+    return count
+
+
+def _earlier_rows(path: Path, write: Callable[[TextIO, Iterable[dict]], int]) -> str:
+    """The text an earlier export left at ``path`` ('' when none), ending in a newline; a file
+    whose header is not this export's is refused rather than mixed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExportError(f"cannot append to {path}: {getattr(e, 'strerror', None) or e}") from e
+    header = io.StringIO()
+    write(header, [])
+    if text and not text.startswith(header.getvalue()):
+        raise ExportError(f"cannot append to {path}: not a file of this export format (another header); "
+                          f"move it aside or name another --output")
+    return text if not text or text.endswith("\n") else text + "\n"
 
 
 def _earlier_selections(path: Path) -> tuple[str, int]:

@@ -367,13 +367,14 @@ def review(
 @app.command()
 def reanalyse(
     ctx: typer.Context,
-    models: ModelsOpt = None,
+    models: Annotated[Optional[Path], typer.Option("--models", help="The bundle to run (required, here or as the settings' models; e.g. one from `edgemon-train adapt`).", show_default=False)] = None,
     db: DbOpt = None,
     recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Recorder directory (default: the ledger's paths).")] = None,
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
 ):
-    """Run recordings still on disk through another bundle; its detections are stored beside the old ones."""
+    """Run recordings still on disk through another bundle; its detections are stored beside the old ones
+    (a recording that has detections of that bundle already is left as it is)."""
     from edgemon.analysis.analyzer import make_analyzer
     from edgemon.files.reanalyse import reanalyse as run_reanalyse
 

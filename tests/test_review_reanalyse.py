@@ -10,9 +10,11 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
-from edgemon.files.reanalyse import reanalyse
+from edgemon.files.reanalyse import ReanalyseError, reanalyse
 from tests.review_helpers import BUNDLE_ID, DETECTIONS, make_review_db
 
 
@@ -37,17 +39,25 @@ def test_reanalyse_stores_a_second_bundles_detections_beside_the_first(tmp_path)
                   [new_id, "S01/20240501_060000.WAV"])[0]
     assert start[1].startswith("2024-05-01T06:00:") and start[1] > "2024-05-01T06:00:00"
     assert _rows(db, "SELECT * FROM files ORDER BY source") == ledger_before   # the ledger is untouched
-    again = reanalyse(db, analyzer)   # run twice: replaced, not duplicated
-    assert again.detections == first.detections
-    assert _rows(db, "SELECT count(*) FROM detections WHERE bundle_id = ?", [new_id]) == [(first.detections,)]
+    stored = _rows(db, "SELECT id, source, start_s, label FROM detections WHERE bundle_id = ? ORDER BY id", [new_id])
+    again = reanalyse(db, analyzer)   # run twice: left alone (it replaced them with new ids, orphaning reviews)
+    assert (again.files, again.detections, again.already) == (0, 0, 2)
+    assert _rows(db, "SELECT id, source, start_s, label FROM detections WHERE bundle_id = ? ORDER BY id", [new_id]) == stored
+
+
+def test_reanalyse_refuses_a_recordings_directory_that_is_not_there(tmp_path):
+    db, _ = make_review_db(tmp_path)
+    with pytest.raises(ReanalyseError, match=r"--recordings .*nowhere: no such directory"):
+        reanalyse(db, Analyzer(load_bundle(default_bundle_path())), tmp_path / "nowhere")
 
 
 def test_reanalyse_cli_counts_missing_recordings_and_export_filters_by_bundle(tmp_path):
     db, recordings = make_review_db(tmp_path)
     moved = tmp_path / "elsewhere"
     (recordings / "S01").rename(moved)
+    (tmp_path / "empty").mkdir()
     result = subprocess.run([sys.executable, "-m", "edgemon", "reanalyse", "--db", str(db), "--models",
-                             str(default_bundle_path()), "--recordings", str(tmp_path / "nowhere")],
+                             str(default_bundle_path()), "--recordings", str(tmp_path / "empty")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["missing"] == ["S01/20240501_060000.WAV", "S01/20240502_070000.WAV"]

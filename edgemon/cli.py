@@ -186,15 +186,14 @@ def status(
 ):
     """How the unit is doing: service, backlog (of DIRECTORY), last file and detection, real-time
     factor, dropped audio, disk free, database integrity, bundle, uptime, problems. Reads only."""
-    from edgemon.status import collect_status, format_status, write_heartbeats_csv
+    from edgemon.status import collect_status, format_status, write_heartbeats_file
 
     try:
         service = _service(ctx, config, directory_alias)
         report = collect_status(service.db, directory=service.directory, heartbeat_s=service.heartbeat_s,
                                 min_free_mb=service.min_free_mb)
         if heartbeats is not None:
-            with (open(heartbeats, "w", newline="") if str(heartbeats) != "-" else contextlib.nullcontext(sys.stdout)) as out:
-                write_heartbeats_csv(service.db, out)
+            write_heartbeats_file(service.db, heartbeats)
     except EdgemonError as exc:
         raise _fail(exc)
     if heartbeats is None or str(heartbeats) != "-":
@@ -330,7 +329,7 @@ def review(
     recordings: Annotated[Optional[Path], typer.Option("--recordings", help="The recorder directory the detections came from (default: the paths in the database's ledger).")] = None,
     clips: Annotated[Optional[Path], _setting("clips")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but 127.0.0.1/localhost needs a token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8765,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8765,
     token: Annotated[Optional[str], typer.Option("--token", envvar="EDGEMON_REVIEW_TOKEN", help="Token every request must carry (default: generated and printed when binding beyond this machine).")] = None,
     reviewer: Annotated[str, typer.Option("--reviewer", help="Name stored with each verdict.")] = os.environ.get("USER", "reviewer"),
     export: Annotated[Optional[Path], typer.Option("--export", help="Write every verdict as CSV to this file ('-': stdout) and exit.")] = None,

@@ -13,6 +13,7 @@ import csv
 import datetime as dt
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -271,3 +272,15 @@ def write_heartbeats_csv(db_path: str | Path, out: TextIO) -> int:
         return count
     finally:
         conn.close()
+
+
+def write_heartbeats_file(db_path: str | Path, path: Path) -> int:
+    """``write_heartbeats_csv`` to the file ``path`` ('-': standard output); StatusError naming
+    the file when it cannot be written."""
+    if str(path) == "-":
+        return write_heartbeats_csv(db_path, sys.stdout)
+    try:
+        with open(path, "w", newline="") as out:
+            return write_heartbeats_csv(db_path, out)
+    except OSError as e:
+        raise StatusError(f"cannot write heartbeats to {path}: {e.strerror or e}") from e

@@ -307,6 +307,10 @@ def test_status_command_text_json_and_heartbeats_csv(watched_db, tmp_path):
     assert rows[0]["note"] == "started" and rows[-1]["state"] == "stopping"
     missing = runner.invoke(app, ["status", "--db", str(tmp_path / "none.db")])
     assert missing.exit_code == 1 and "not found" in missing.output
+    for unwritable in (tmp_path / "no-such-dir" / "beats.csv", tmp_path):   # was a traceback
+        failed = runner.invoke(app, ["status", "--db", str(db), "--heartbeats", str(unwritable)])
+        assert failed.exit_code == 1 and failed.output.startswith(f"error: cannot write heartbeats to {unwritable}")
+        assert len(failed.output.strip().splitlines()) == 1
 
 
 def test_status_sees_a_silent_daemon(watched_db, tmp_path):

@@ -279,3 +279,23 @@ def test_the_verdicts_csv_neutralises_formulas(review_db):
     out = io.StringIO()
     reviews.write_reviews_csv(db, out)
     assert "'=HYPERLINK" in out.getvalue() and ",=HYPERLINK" not in out.getvalue()
+
+
+def test_a_port_in_use_or_out_of_range_is_one_line_not_a_traceback(tmp_path):
+    """uvicorn logged a taken port and exited with status 3; a port over 65535 was a traceback."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from edgemon.cli import app
+
+    db, _ = make_review_db(tmp_path)
+    runner = CliRunner()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        busy = runner.invoke(app, ["review", "--db", str(db), "--port", str(port)])
+    assert busy.exit_code == 1 and busy.output.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    wrong = runner.invoke(app, ["review", "--db", str(db), "--port", "99999"])
+    assert wrong.exit_code == 2 and "--port" in wrong.output

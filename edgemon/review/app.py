@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import secrets
+import socket
 from urllib.parse import urlencode
 from pathlib import Path
 
@@ -202,10 +203,31 @@ def page_url(config: ReviewConfig) -> str:
 
 
 def serve(config: ReviewConfig, on_ready=print) -> None:
-    """Serve the page until interrupted; ``on_ready`` gets the URL to open (with its token)."""
+    """Serve the page until interrupted; ``on_ready`` gets the URL to open (with its token), once
+    the address is bound. ReviewServerError when it cannot be (in use, not this machine's)."""
     config = with_token(config)
     app = create_app(config)
+    listening = _bind(config.host, config.port)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                            access_log=False))
     on_ready(f"review page: {page_url(config)}")
-    server.run()
+    with listening:
+        server.run(sockets=[listening])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port``, bound here so that a taken port is one line naming
+    it (uvicorn would log it and exit with status 3)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, OverflowError) as e:
+        raise ReviewServerError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from e
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except (OSError, OverflowError) as e:
+        sock.close()
+        raise ReviewServerError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from e
+    return sock

@@ -103,3 +103,26 @@ def test_parse_utc_reads_the_stores_text_back_and_naive_text_as_utc():
     assert parse_utc("2024-05-01T06:00:00") == dt.datetime(2024, 5, 1, 6, tzinfo=UTC)
     with pytest.raises(ValueError):
         parse_utc("yesterday")
+
+
+def test_a_database_on_read_only_storage_is_read_immutable(tmp_path, monkeypatch):
+    """A database copied alone onto read-only storage (a card mounted ro): ``mode=ro`` must create
+    the WAL's shared-memory file beside it and failed ('unable to open database file'). Where the
+    directory cannot be written and no WAL is pending it is read ``immutable``. (Checked by hand on
+    a real ``mount --bind -o ro``; here the directory's write access is what the test changes,
+    since root may write any directory of a read-write file system.)"""
+    import edgemon.storage.readonly as readonly
+
+    db = tmp_path / "detections.db"
+    with closing(sqlite3.connect(db)) as conn, conn:   # WAL, as the store keeps it
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE detections (id INTEGER PRIMARY KEY, label TEXT)")
+        conn.execute("INSERT INTO detections (label) VALUES ('a')")
+    assert not readonly.frozen(db)
+    real_access = readonly.os.access
+    monkeypatch.setattr(readonly.os, "access", lambda p, mode: False if mode == readonly.os.W_OK else real_access(p, mode))
+    assert readonly.frozen(db)
+    with closing(open_read_only(db, NamedError)) as conn:
+        assert conn.execute("SELECT count(*) FROM detections").fetchone()[0] == 1
+    (tmp_path / "detections.db-wal").write_bytes(b"\0" * 32)   # changes still in a WAL: immutable would miss them
+    assert not readonly.frozen(db)

@@ -5,6 +5,7 @@ detections. The one edgemon.storage module that the training side may import."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -30,8 +31,19 @@ LATEST_VERDICTS = """
 def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **options) -> sqlite3.Connection:
     """A connection that can never create, alter, checkpoint or write-lock the database at ``path``
     (``mode=ro``): for readers beside the daemon (export, status, the health probe, the corruption
-    check). Waits out a writer's lock like the store does, unless told otherwise."""
-    return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=timeout_s, **options)
+    check). Waits out a writer's lock like the store does, unless told otherwise. A database on
+    read-only storage (``frozen``) is opened ``immutable``: ``mode=ro`` needs to create the WAL's
+    shared-memory file beside it, and fails there."""
+    query = "immutable=1" if frozen(Path(path)) else "mode=ro"
+    return sqlite3.connect(Path(path).resolve().as_uri() + "?" + query, uri=True, timeout=timeout_s, **options)
+
+
+def frozen(path: Path) -> bool:
+    """No process can change the database at ``path``: its directory cannot be written (no
+    journal, WAL or shared-memory file can be made there: a card or copy mounted read-only),
+    and no WAL with changes not yet in the file lies beside it (``immutable`` would not read it)."""
+    wal = path.with_name(path.name + "-wal")
+    return not os.access(path.resolve().parent, os.W_OK) and (not wal.exists() or wal.stat().st_size == 0)
 
 
 def open_read_only(db_path: Path, error: type[EdgemonError] = ReadError) -> sqlite3.Connection:

@@ -85,6 +85,9 @@ def test_bad_files_are_recorded_and_never_stop_the_others(tmp_path, good_recordi
     assert entries["20180301_060000.WAV"][0] == "done"
     for name in ("zero.WAV", "text.WAV", "fifo.WAV"):
         assert entries[name][0] == "quarantined", (name, entries[name])
+    # An empty file is quarantined once its grace is over, not after three failed decodes.
+    assert "empty file (0 bytes)" in entries["zero.WAV"][2]
+    assert not any("b'" in (entry[2] or "") for entry in entries.values())   # soundfile's bytes path
     assert entries["liar.WAV"][0] == "done" and "declares" in entries["liar.WAV"][2]
     truncated = {k: v for k, v in entries.items() if k.startswith("trunc/")}
     assert len(truncated) == 12 and {v[0] for v in truncated.values()} <= {"done", "quarantined"}

@@ -287,6 +287,11 @@ class Watcher:
                 first = self.waiting_since.setdefault(path, time.monotonic())
                 if time.monotonic() - first < self.config.incomplete_grace_s:
                     return False
+                if st.st_size == 0:   # nothing to read as far as it goes: no retry can help until it grows
+                    self.waiting_since.pop(path, None)
+                    self._quarantine_at_once(path, source, version, f"empty file (0 bytes) for "
+                                             f"{self.config.incomplete_grace_s:.0f} s: no audio to analyse")
+                    return True
                 note = f"header inconsistent ({why}); read as far as it goes"
         self.waiting_since.pop(path, None)
         self.process(path, source, st, note)

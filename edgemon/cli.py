@@ -308,7 +308,9 @@ def export_detections(
             raise OptionError("--format raven writes one table per recording: give --output DIR (an existing directory)")
         service = _service(ctx, config)
         db = service.db
-        times = [None if t is None else _parse_time(t) for t in (since, until)]
+        times = [None if t is None else _parse_time(t, option) for t, option in ((since, "--since"), (until, "--until"))]
+        if None not in times and times[0] >= times[1]:
+            raise OptionError(f"--since {since} is not before --until {until}: nothing could match")
         if coverage is not None:   # first: a coverage file that cannot be written must not cost a cursor its rows
             minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0], times[1])
         count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
@@ -366,21 +368,20 @@ def review(
 @app.command()
 def reanalyse(
     ctx: typer.Context,
-    models: Annotated[Optional[Path], typer.Option("--models", help="The bundle to run (required, here or as the settings' models; e.g. one from `edgemon-train adapt`).", show_default=False)] = None,
+    models: ModelsOpt = None,
     db: DbOpt = None,
     recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Recorder directory (default: the ledger's paths).")] = None,
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
 ):
-    """Run recordings still on disk through another bundle; its detections are stored beside the old ones
-    (a recording that has detections of that bundle already is left as it is)."""
+    """Run recordings still on disk through another bundle (--models; e.g. one from `edgemon-train adapt`,
+    or the embedded one after an upgrade); its detections are stored beside the old ones (a recording
+    that has detections of that bundle already is left as it is)."""
     from edgemon.analysis.analyzer import make_analyzer
     from edgemon.files.reanalyse import reanalyse as run_reanalyse
 
     try:
         service = _service(ctx, config)
-        if service.models is None:
-            raise OptionError("reanalyse needs the bundle to run: --models DIR (e.g. one from `edgemon-train adapt`)")
         result = run_reanalyse(service.db, make_analyzer(service.models, service.threads), recordings)
     except EdgemonError as exc:
         raise _fail(exc)
@@ -433,11 +434,11 @@ def fleet_status(
     typer.echo(json.dumps(report, indent=2, default=str) if as_json else format_fleet(report), nl=as_json)
 
 
-def _parse_time(text: str):
+def _parse_time(text: str, option: str):
     try:
         return parse_utc(text)
     except ValueError:
-        raise OptionError(f"not an ISO 8601 time: {text!r}") from None
+        raise OptionError(f"{option}: not an ISO 8601 time: {text!r} (e.g. 2024-05-01 or 2024-05-01T06:00Z)") from None
 
 
 def main() -> None:

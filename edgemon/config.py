@@ -46,6 +46,8 @@ if TYPE_CHECKING:   # for annotations only; see ServiceConfig for why they are i
     from edgemon.live.worker import ListenConfig
     from edgemon.storage.disk_budget import DiskBudget
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PATH = Path("/etc/edgemon/edgemon.toml")
 CONFIG_ENV = "EDGEMON_CONFIG"
 ENV_PREFIX = "EDGEMON_"
@@ -274,6 +276,7 @@ def load_settings(config: str | Path | None = None, cli: Any = None, env: Mappin
     for s in SETTINGS:
         if s.env in env:
             values[s.name], sources[s.name] = _from_text(s, env[s.env], f"environment variable {s.env}"), f"env {s.env}"
+    _warn_unknown_env(env)
     for name, value in _cli_values(cli).items():
         values[name], sources[name] = _checked(BY_NAME[name], value, f"option {BY_NAME[name].option}",
                                                OptionError), COMMAND_LINE
@@ -419,6 +422,20 @@ def _from_text(s: Setting, text: str, where: str, error: type[ConfigError] = Con
 
 def _kind_name(kind: type) -> str:
     return {bool: "true or false", float: "a number", int: "a whole number", Path: "a path"}.get(kind, "text")
+
+
+# EDGEMON_* variables that are not settings but are read elsewhere (the review token; the dev
+# setup's torch choice; test hooks).
+OTHER_ENV = (CONFIG_ENV, "EDGEMON_REVIEW_TOKEN", "EDGEMON_TORCH", "EDGEMON_TORCH_INDEX", "EDGEMON_TORCH_CPU_INDEX",
+             "EDGEMON_TEST_DIE_ON", "EDGEMON_TEST_CUTS")
+
+
+def _warn_unknown_env(env: Mapping[str, str]) -> None:
+    """A misspelt ``EDGEMON_*`` variable is said, not silently ignored (a misspelt key of the
+    settings file is an error; the environment may hold variables of other tools, so a warning)."""
+    known = {s.env for s in SETTINGS} | set(OTHER_ENV)
+    for name in sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known):
+        log.warning("environment variable %s is not an edgemon setting; ignored%s", name, _did_you_mean(name, known))
 
 
 def _did_you_mean(name: str, known) -> str:

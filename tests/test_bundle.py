@@ -55,8 +55,11 @@ def test_missing_member_and_missing_manifest(bundle_dir, tmp_path):
     (bundle_dir / "member00.onnx").unlink()
     with pytest.raises(BundleError, match="member00.onnx.*missing"):
         load_bundle(bundle_dir)
-    with pytest.raises(BundleError, match="manifest"):
+    with pytest.raises(BundleError, match="nowhere: no such bundle directory"):
         load_bundle(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="empty/manifest.json: no bundle manifest here"):
+        load_bundle(tmp_path / "empty")
 
 
 @pytest.mark.parametrize("change, message", [

@@ -79,9 +79,10 @@ def test_export_formats_and_incremental_sync(duet_recording, tmp_path):
 
 @pytest.mark.parametrize("args, code, message", [
     (["export-detections", "--db", "/nonexistent/d.db"], 1, "d.db"),          # it ran and failed
-    (["info", "--models", "/nonexistent"], 1, "manifest"),
+    (["info", "--models", "/nonexistent"], 1, "/nonexistent: no such bundle directory"),
     (["status", "--db", "/nonexistent/d.db"], 1, "d.db"),
-    (["export-detections", "--since", "yesterday"], 2, "not an ISO 8601 time"),   # the command line is wrong
+    (["export-detections", "--since", "yesterday"], 2, "--since: not an ISO 8601 time"),   # the command line is wrong
+    (["export-detections", "--since", "2024-06-01", "--until", "2024-05-01"], 2, "is not before --until"),
     (["config", "--setle-s", "1"], 2, "did you mean '--settle-s'"),
     (["listen", "--duration-s", "nan"], 2, "--duration-s"),
 ])

@@ -316,3 +316,13 @@ def test_typed_configs_come_from_settings(tmp_path):
         "USB", tmp_path / "clips", 1.0, 5.0)
     with pytest.raises(ConfigError, match="no directory to watch"):
         load_settings(env={}, default_path=None).service.watch_config()
+
+
+def test_a_misspelt_environment_variable_is_warned_of_not_silently_ignored(tmp_path, caplog):
+    env = {"EDGEMON_SETLE_S": "3", "EDGEMON_REVIEW_TOKEN": "t", "EDGEMON_RETRY_S": "7"}
+    with caplog.at_level("WARNING", logger="edgemon.config"):
+        settings = load_settings(env=env, default_path=None)
+    assert settings.values["retry_s"] == 7.0 and settings.values["settle_s"] == 5.0
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == ["environment variable EDGEMON_SETLE_S is not an edgemon setting; ignored "
+                      "(did you mean 'EDGEMON_SETTLE_S'?)"]

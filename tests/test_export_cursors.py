@@ -166,6 +166,11 @@ def test_newcomer_mistakes_are_refused_before_a_cursor_is_tied_to_them(db_path, 
     assert raven.exit_code == 2 and "--output DIR" in raven.output and "None" not in raven.output
     negative = runner.invoke(app, ["export-detections", "--db", str(db_path), "--min-confidence", "-1"])
     assert negative.exit_code == 2
+    # A second trial: an unknown --bundle exported a bare header (exit 0), as --label once did.
+    bundle = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "b", "--bundle", "b2"])
+    assert bundle.exit_code == 1 and "unknown bundle id(s) 'b2'" in bundle.output and "of b1" in bundle.output
+    assert runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "b",
+                               "--bundle", "b1"]).exit_code == 0
 
 
 def test_two_exports_on_one_cursor_at_once_never_deliver_a_row_twice(tmp_path):

@@ -94,6 +94,8 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
             span = _span(conn, db_path, cursor_name, wanted) if new else None
             if label and "labels" in found:
                 _check_labels(conn, db_path, label)
+            if bundle and "bundles" in found:
+                _check_bundles(conn, db_path, bundle)
             if min_confidence is not None and "bundles" in found:
                 _check_reachable(conn, db_path, replace(wanted, min_confidence=None), span, min_confidence)
             rows = _select(conn, db_path, wanted, span, found, raven=fmt == "raven")
@@ -208,6 +210,20 @@ def _check_labels(conn: sqlite3.Connection, db_path: Path, wanted: list[str]) ->
     if unknown and known:
         raise ExportError(f"unknown label(s) {', '.join(map(repr, unknown))}: the bundles run on {db_path} "
                           f"know {', '.join(sorted(known))}")
+
+
+def _check_bundles(conn: sqlite3.Connection, db_path: Path, wanted: list[str]) -> None:
+    """Refuse a ``--bundle`` id that never stored a detection or file here (a typo would export
+    nothing, and tie a cursor to that filter for good)."""
+    try:
+        known = {r[0] for r in conn.execute("SELECT bundle_id FROM bundles")}
+        known |= {r[0] for r in conn.execute("SELECT DISTINCT bundle_id FROM detections")}
+    except sqlite3.Error as e:
+        raise ExportError(f"cannot read bundle ids from {db_path}: {e}") from e
+    unknown = sorted(set(wanted) - known)
+    if unknown and known:
+        raise ExportError(f"unknown bundle id(s) {', '.join(map(repr, unknown))}: {db_path} holds detections of "
+                          f"{', '.join(sorted(known))}")
 
 
 def _select(conn: sqlite3.Connection, db_path: Path, wanted: CursorFilter, span: tuple[int, int] | None,

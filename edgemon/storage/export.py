@@ -93,9 +93,9 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
             conn.execute("BEGIN")
             span = _span(conn, db_path, cursor_name, wanted) if new else None
             if label and "labels" in found:
-                _check_labels(conn, db_path, label)
+                _check_known(conn, db_path, "label", label)
             if bundle and "bundles" in found:
-                _check_bundles(conn, db_path, bundle)
+                _check_known(conn, db_path, "bundle", bundle)
             if min_confidence is not None and "bundles" in found:
                 _check_reachable(conn, db_path, replace(wanted, min_confidence=None), span, min_confidence)
             rows = _select(conn, db_path, wanted, span, found, raven=fmt == "raven")
@@ -197,32 +197,24 @@ def _check_reachable(conn: sqlite3.Connection, db_path: Path, others: CursorFilt
                           f"these detections' bundle(s) can reach ({bundle_id}): nothing could match")
 
 
-def _check_labels(conn: sqlite3.Connection, db_path: Path, wanted: list[str]) -> None:
-    """Refuse a ``--label`` that no bundle run on this database knows (a typo such as 'gibbon'
-    would export nothing, and tie a cursor to that filter for good). No check before any bundle
-    was recorded."""
-    try:
-        known = {r[0] for r in conn.execute("SELECT label FROM labels")}
-        known |= {r[0] for r in conn.execute("SELECT DISTINCT label FROM detections")}
-    except sqlite3.Error as e:
-        raise ExportError(f"cannot read labels from {db_path}: {e}") from e
-    unknown = sorted(set(wanted) - known)
-    if unknown and known:
-        raise ExportError(f"unknown label(s) {', '.join(map(repr, unknown))}: the bundles run on {db_path} "
-                          f"know {', '.join(sorted(known))}")
+# What a --label or --bundle filter may name: (its option, how the refusal calls the set, the
+# columns of the tables of the database that hold the known values).
+KNOWN = {"label": ("label(s)", "the bundles run on {db} know", (("labels", "label"), ("detections", "label"))),
+         "bundle": ("bundle id(s)", "{db} holds detections of", (("bundles", "bundle_id"), ("detections", "bundle_id")))}
 
 
-def _check_bundles(conn: sqlite3.Connection, db_path: Path, wanted: list[str]) -> None:
-    """Refuse a ``--bundle`` id that never stored a detection or file here (a typo would export
-    nothing, and tie a cursor to that filter for good)."""
+def _check_known(conn: sqlite3.Connection, db_path: Path, option: str, wanted: list[str]) -> None:
+    """Refuse a ``--label`` that no bundle run on this database knows, or a ``--bundle`` id that
+    never stored anything here: a typo such as 'gibbon' would export nothing, and tie a cursor to
+    that filter for good. No check before anything was recorded."""
+    what, known_as, sources = KNOWN[option]
     try:
-        known = {r[0] for r in conn.execute("SELECT bundle_id FROM bundles")}
-        known |= {r[0] for r in conn.execute("SELECT DISTINCT bundle_id FROM detections")}
+        known = {r[0] for table, column in sources for r in conn.execute(f"SELECT DISTINCT {column} FROM {table}")}
     except sqlite3.Error as e:
-        raise ExportError(f"cannot read bundle ids from {db_path}: {e}") from e
+        raise ExportError(f"cannot read {what} from {db_path}: {e}") from e
     unknown = sorted(set(wanted) - known)
     if unknown and known:
-        raise ExportError(f"unknown bundle id(s) {', '.join(map(repr, unknown))}: {db_path} holds detections of "
+        raise ExportError(f"unknown {what} {', '.join(map(repr, unknown))}: {known_as.format(db=db_path)} "
                           f"{', '.join(sorted(known))}")
 
 

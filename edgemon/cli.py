@@ -206,7 +206,7 @@ def status(
 @app.command()
 def classify(
     ctx: typer.Context,
-    files: Annotated[list[Path], typer.Argument(help="Audio files (WAV or FLAC).")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILES", help="Audio files (WAV or FLAC).")],
     models: ModelsOpt = None,
     fmt: Annotated[ClassifyFormat, typer.Option("--format", help="table or csv.")] = ClassifyFormat.table,
     threads: ThreadsOpt = None,
@@ -221,7 +221,8 @@ def classify(
         rows, errors = classify_files(files, make_analyzer(service.models, service.threads))
     except EdgemonError as exc:
         raise _fail(exc)
-    typer.echo(format_rows(rows, fmt.value), nl=False)
+    if rows or not errors:   # every file failed: no table (a bare header read as "no detections")
+        typer.echo(format_rows(rows, fmt.value), nl=False)
     for line in errors:
         console.echo_error(line)
     if errors:

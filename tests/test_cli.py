@@ -54,6 +54,8 @@ def test_classify_table_and_a_bad_file_among_good_ones(duet_recording, tmp_path)
     assert result.exit_code == 1
     assert "gibbon_duet" in result.stdout and "broken.WAV" in result.output
     assert "Traceback" not in result.output
+    alone = runner.invoke(app, ["classify", "--format", "csv", str(bad)])   # no table: a bare header said "no calls"
+    assert alone.exit_code == 1 and alone.stdout == "" and "broken.WAV" in alone.output
 
 
 def test_export_formats_and_incremental_sync(duet_recording, tmp_path):

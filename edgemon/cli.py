@@ -344,11 +344,7 @@ def review(
         db, clips = service.db, service.clips   # the clip directory `listen` saved into
     except EdgemonError as exc:
         raise _fail(exc)
-    try:
-        from edgemon.review.app import ReviewConfig, serve
-    except ImportError as exc:
-        raise _fail(EdgemonError(f"the review page needs the 'review' extra (pip install 'edgemon[review]'): {exc}"))
-    if export is not None:
+    if export is not None:   # a CSV of the verdicts: the page's extra is not needed
         from edgemon.storage.export import _atomic_text
         from edgemon.review.reviews import write_reviews_csv
 
@@ -359,6 +355,10 @@ def review(
             raise _fail(exc)
         logging.getLogger("edgemon.review").info("exported %d verdict(s)", count)
         return
+    try:
+        from edgemon.review.app import ReviewConfig, serve
+    except ImportError as exc:
+        raise _fail(EdgemonError(f"the review page needs the 'review' extra (pip install 'edgemon[review]'): {exc}"))
     try:
         serve(ReviewConfig(db=db, recordings=recordings, clips=clips, host=host, port=port, token=token,
                            reviewer=reviewer), on_ready=lambda line: typer.echo(line, err=True))

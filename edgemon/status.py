@@ -190,6 +190,8 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
     free = status["disk"]["free_mb"]
     if min_free_mb is not None and free is not None and free < min_free_mb:
         problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")
+    if status["backlog"].get("note") == "directory not found":
+        problems.append(f"watched directory {status['backlog']['directory']} not found (a card not mounted?)")
     for path, error in status.get("unreadable_dirs", {}).items():
         problems.append(f"cannot read directory {path} ({error}): its recordings are skipped")
     for source, times in status.get("interrupted", {}).items():

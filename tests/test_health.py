@@ -307,6 +307,8 @@ def test_status_command_text_json_and_heartbeats_csv(watched_db, tmp_path):
     assert rows[0]["note"] == "started" and rows[-1]["state"] == "stopping"
     missing = runner.invoke(app, ["status", "--db", str(tmp_path / "none.db")])
     assert missing.exit_code == 1 and "not found" in missing.output
+    gone = runner.invoke(app, ["status", "--db", str(db), "--directory", str(tmp_path / "unmounted")])
+    assert gone.exit_code == 0 and f"watched directory {tmp_path / 'unmounted'} not found" in gone.output
     for unwritable in (tmp_path / "no-such-dir" / "beats.csv", tmp_path):   # was a traceback
         failed = runner.invoke(app, ["status", "--db", str(db), "--heartbeats", str(unwritable)])
         assert failed.exit_code == 1 and failed.output.startswith(f"error: cannot write heartbeats to {unwritable}")

@@ -223,7 +223,7 @@ def write_reviews_csv(db_path: Path, out: TextIO) -> int:
     with closing(open_read_only(db_path, ReviewError)) as conn:
         rows = conn.execute("""
             SELECT r.id, r.detection_id, r.source, r.start_s, d.end_s, d.start_utc, d.device_id, r.label,
-                   d.confidence, r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at
+                   round(d.confidence, 4), r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at
             FROM reviews r LEFT JOIN detections d ON d.source = r.source AND d.start_s = r.start_s
                  AND d.label = r.label AND d.bundle_id = r.bundle_id
             ORDER BY r.reviewed_at, r.id""").fetchall()

@@ -311,9 +311,10 @@ def _candidate_probs(ensemble: Ensemble, correction: Correction, data: ReviewedW
 def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindows, config: AdaptConfig) -> dict:
     """The parent and every candidate, each fitted without the held-out recordings (and their
     background windows) and scored on them (``event_scores``), pooled over the grouped folds. The
-    parent's and each candidate's ``calibration``: the stored confidence of its held-out detections under the
-    parent's calibration and under the site's (``site_calibration``, fitted on the other folds'
-    detections as that candidate decides them), scored against the reviews (``quality``)."""
+    parent's and each candidate's ``calibration``: the stored confidence of its held-out
+    detections under the parent's calibration and under the site's (``site_calibration``, fitted
+    on the other folds' detections as that candidate decides them), scored against the reviews
+    (``quality``)."""
     labels, background = bundle.labels, bundle.labels.index(bundle.background_label)
     parent, parent_map = parent_point(bundle), Calibration.from_manifest(bundle.manifest)
     predicted = {name: np.full(len(data.targets), background) for name in ("parent", *CANDIDATES)}

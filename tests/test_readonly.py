@@ -105,24 +105,51 @@ def test_parse_utc_reads_the_stores_text_back_and_naive_text_as_utc():
         parse_utc("yesterday")
 
 
-def test_a_database_on_read_only_storage_is_read_immutable(tmp_path, monkeypatch):
-    """A database copied alone onto read-only storage (a card mounted ro): ``mode=ro`` must create
-    the WAL's shared-memory file beside it and failed ('unable to open database file'). Where the
-    directory cannot be written and no WAL is pending it is read ``immutable``. (Checked by hand on
-    a real ``mount --bind -o ro``; here the directory's write access is what the test changes,
-    since root may write any directory of a read-write file system.)"""
-    import edgemon.storage.readonly as readonly
-
-    db = tmp_path / "detections.db"
-    with closing(sqlite3.connect(db)) as conn, conn:   # WAL, as the store keeps it
+def _wal_database(path: Path) -> Path:
+    with closing(sqlite3.connect(path)) as conn, conn:   # WAL, as the store keeps it
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE detections (id INTEGER PRIMARY KEY, label TEXT)")
         conn.execute("INSERT INTO detections (label) VALUES ('a')")
+    return path
+
+
+def test_only_a_database_nothing_can_change_counts_as_frozen(tmp_path, monkeypatch):
+    """Where its directory cannot be written, and no WAL with pending changes or journal lies beside
+    the real file (a symlink's target's directory is the one that counts)."""
+    import edgemon.storage.readonly as readonly
+
+    db = _wal_database(tmp_path / "detections.db")
+    link = tmp_path / "link" / "d.db"
+    link.parent.mkdir()
+    link.symlink_to(db)
     assert not readonly.frozen(db)
     real_access = readonly.os.access
-    monkeypatch.setattr(readonly.os, "access", lambda p, mode: False if mode == readonly.os.W_OK else real_access(p, mode))
-    assert readonly.frozen(db)
-    with closing(open_read_only(db, NamedError)) as conn:
-        assert conn.execute("SELECT count(*) FROM detections").fetchone()[0] == 1
+    monkeypatch.setattr(readonly.os, "access",
+                        lambda p, mode: False if mode == readonly.os.W_OK and Path(p) == tmp_path else real_access(p, mode))
+    assert readonly.frozen(db) and readonly.frozen(link)
     (tmp_path / "detections.db-wal").write_bytes(b"\0" * 32)   # changes still in a WAL: immutable would miss them
+    assert not readonly.frozen(db) and not readonly.frozen(link)
+    (tmp_path / "detections.db-wal").unlink()
+    (tmp_path / "detections.db-journal").write_bytes(b"\0" * 32)
     assert not readonly.frozen(db)
+
+
+def test_a_database_on_read_only_storage_is_read(tmp_path):
+    """A database copied alone onto read-only storage (a card mounted ro): ``mode=ro`` must create
+    the WAL's shared-memory file beside it and failed ('unable to open database file'); it is read
+    ``immutable``. Needs a real read-only bind mount (root, and a kernel that allows it here)."""
+    import shutil
+    import subprocess
+
+    source, mounted = tmp_path / "card", tmp_path / "mounted"
+    source.mkdir()
+    mounted.mkdir()
+    _wal_database(source / "detections.db")
+    if shutil.which("mount") is None or subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(mounted)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("needs a read-only bind mount (mount --bind -o ro, as root)")
+    try:
+        with closing(open_read_only(mounted / "detections.db", NamedError)) as conn:
+            assert [tuple(r) for r in conn.execute("SELECT label FROM detections")] == [("a",)]
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)

@@ -31,19 +31,33 @@ LATEST_VERDICTS = """
 def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **options) -> sqlite3.Connection:
     """A connection that can never create, alter, checkpoint or write-lock the database at ``path``
     (``mode=ro``): for readers beside the daemon (export, status, the health probe, the corruption
-    check). Waits out a writer's lock like the store does, unless told otherwise. A database on
-    read-only storage (``frozen``) is opened ``immutable``: ``mode=ro`` needs to create the WAL's
-    shared-memory file beside it, and fails there."""
-    query = "immutable=1" if frozen(Path(path)) else "mode=ro"
-    return sqlite3.connect(Path(path).resolve().as_uri() + "?" + query, uri=True, timeout=timeout_s, **options)
+    check). Waits out a writer's lock like the store does, unless told otherwise. Where ``mode=ro``
+    cannot open it because the WAL's shared-memory file cannot be made beside it (a database
+    copied onto read-only storage) and nothing can be changing it (``frozen``), it is opened
+    ``immutable``."""
+    uri = Path(path).resolve().as_uri()
+    conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=timeout_s, **options)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    except sqlite3.OperationalError as e:
+        if getattr(e, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_CANTOPEN or not frozen(Path(path)):
+            return conn   # the caller's first query meets the same error, as it always did
+        conn.close()
+        return sqlite3.connect(uri + "?immutable=1", uri=True, timeout=timeout_s, **options)
+    except sqlite3.Error:
+        pass
+    return conn
 
 
 def frozen(path: Path) -> bool:
-    """No process can change the database at ``path``: its directory cannot be written (no
-    journal, WAL or shared-memory file can be made there: a card or copy mounted read-only),
-    and no WAL with changes not yet in the file lies beside it (``immutable`` would not read it)."""
-    wal = path.with_name(path.name + "-wal")
-    return not os.access(path.resolve().parent, os.W_OK) and (not wal.exists() or wal.stat().st_size == 0)
+    """Nothing can be changing the database at ``path``: its directory cannot be written (no
+    journal, WAL or shared-memory file can be made there: a card or copy mounted read-only), and
+    no WAL with changes not yet in the file, nor a journal to roll back, lies beside it
+    (``immutable`` would not read them)."""
+    path = path.resolve()
+    wal, journal = (path.with_name(path.name + suffix) for suffix in ("-wal", "-journal"))
+    return (not os.access(path.parent, os.W_OK) and (not wal.exists() or wal.stat().st_size == 0)
+            and not journal.exists())
 
 
 def open_read_only(db_path: Path, error: type[EdgemonError] = ReadError) -> sqlite3.Connection:

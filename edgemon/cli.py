@@ -376,8 +376,8 @@ def reanalyse(
     config: ConfigOpt = None,
 ):
     """Run recordings still on disk through another bundle (--models; e.g. one from `edgemon-train adapt`,
-    or the embedded one after an upgrade); its detections are stored beside the old ones (a recording
-    that has detections of that bundle already is left as it is)."""
+    or the embedded one after an upgrade); its detections are stored beside the old ones (run again,
+    a detection found again keeps its id and reviews)."""
     from edgemon.analysis.analyzer import make_analyzer
     from edgemon.files.reanalyse import reanalyse as run_reanalyse
 

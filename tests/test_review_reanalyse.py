@@ -40,8 +40,13 @@ def test_reanalyse_stores_a_second_bundles_detections_beside_the_first(tmp_path)
     assert start[1].startswith("2024-05-01T06:00:") and start[1] > "2024-05-01T06:00:00"
     assert _rows(db, "SELECT * FROM files ORDER BY source") == ledger_before   # the ledger is untouched
     stored = _rows(db, "SELECT id, source, start_s, label FROM detections WHERE bundle_id = ? ORDER BY id", [new_id])
-    again = reanalyse(db, analyzer)   # run twice: left alone (it replaced them with new ids, orphaning reviews)
-    assert (again.files, again.detections, again.already) == (0, 0, 2)
+    with sqlite3.connect(db) as conn:   # a stale row of this bundle that the recording no longer yields
+        conn.execute("INSERT INTO detections (device_id, source, start_s, end_s, label, confidence, bundle_id, "
+                     "created_at, time_source, clock_suspect) VALUES ('S01', ?, 999.0, 1000.0, 'great_argus', 0.5, ?, "
+                     "'2026-01-01T00:00:00Z', 'filename', 0)", ["S01/20240501_060000.WAV", new_id])
+    # Run twice: the same rows, the same ids (they got new ids, orphaning their reviews), the stale one gone.
+    again = reanalyse(db, analyzer)
+    assert (again.files, again.detections) == (2, first.detections)
     assert _rows(db, "SELECT id, source, start_s, label FROM detections WHERE bundle_id = ? ORDER BY id", [new_id]) == stored
 
 

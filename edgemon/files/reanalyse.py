@@ -3,9 +3,9 @@
 a detection's key, so both sets stay and exports can pick one with ``--bundle``.
 
 The ledger is read, never changed: ``watch`` keeps treating the files as done with its own bundle.
-A recording that already has detections of the bundle is left alone: the same bundle finds the
-same detections again, and storing them anew would give them new ids, so reviews of the old rows
-would point at nothing and export cursors would deliver them twice.
+Run again with the same bundle, a recording's detections found again keep their rows and ids
+(``Store.replace_detections``): reviews of them still point at them, and export cursors do not
+deliver them twice.
 """
 
 from __future__ import annotations
@@ -36,12 +36,10 @@ class ReanalyseResult:
     detections: int     # detections stored for the new bundle
     missing: list[str]  # sources whose recording is no longer on disk
     failed: list[str]   # "source: error" of recordings that could not be read
-    already: int = 0    # recordings left alone: they have detections of this bundle already
 
 
-def _ledger(db_path: Path, bundle_id: str) -> tuple[list[dict], set[str]]:
-    """The finished recordings of the ledger (each with its device id), and the sources that
-    already have detections of ``bundle_id``."""
+def _ledger(db_path: Path) -> list[dict]:
+    """The finished recordings of the ledger, each with its device id."""
     if not Path(db_path).is_file():
         raise ReanalyseError(f"detections database not found: {db_path}")
     try:
@@ -49,12 +47,11 @@ def _ledger(db_path: Path, bundle_id: str) -> tuple[list[dict], set[str]]:
             conn.row_factory = sqlite3.Row
             files = [dict(r) for r in conn.execute("SELECT * FROM files WHERE state = 'done' ORDER BY source")]
             devices = dict(conn.execute("SELECT source, min(device_id) FROM detections GROUP BY source").fetchall())
-            done = {r[0] for r in conn.execute("SELECT DISTINCT source FROM detections WHERE bundle_id = ?", [bundle_id])}
     except sqlite3.Error as e:
         raise ReanalyseError(f"cannot read the ledger of {db_path}: {e}") from e
     for row in files:
         row["device_id"] = devices.get(row["source"])
-    return files, done
+    return files
 
 
 def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
@@ -63,19 +60,15 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
 
     A recording is looked for under ``recordings`` by its source name, else at the ledger's path.
     Times come from the ledger's start time, as ``watch`` stored them; the device id from the
-    file's earlier detections, else ``device_id``. Per-file failures are counted, not fatal; a
-    recording with detections of this bundle already is left alone (``already``).
+    file's earlier detections, else ``device_id``. Per-file failures are counted, not fatal.
     """
     if recordings is not None and not Path(recordings).is_dir():
         raise ReanalyseError(f"--recordings {recordings}: no such directory")
+    files = _ledger(db_path)
     bundle_id = analyzer.bundle.bundle_id
-    files, analysed = _ledger(db_path, bundle_id)
-    done, stored, missing, failed, already = 0, 0, [], [], 0
+    done, stored, missing, failed = 0, 0, [], []
     with Store(db_path) as store:
         for i, row in enumerate(files, 1):
-            if row["source"] in analysed:
-                already += 1
-                continue
             candidates = ([Path(recordings) / row["source"]] if recordings else []) + [Path(row["path"])]
             path = next((p for p in candidates if p.is_file()), None)
             if path is None:
@@ -96,6 +89,4 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
             stored += store.replace_detections(row["source"], bundle_id, detections)
             done += 1
             log.info("[%d/%d] %s: %d detection(s) with %s", i, len(files), row["source"], len(detections), bundle_id)
-    if already:
-        log.info("%d recording(s) already have detections of %s: left as they are", already, bundle_id)
-    return ReanalyseResult(done, stored, missing, failed, already)
+    return ReanalyseResult(done, stored, missing, failed)

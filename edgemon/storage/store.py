@@ -299,14 +299,25 @@ class Store:
     def replace_detections(self, source: str, bundle_id: str, detections: list[Detection]) -> int:
         """Store ``bundle_id``'s detections of ``source`` in place of that bundle's earlier ones, in
         one transaction; other bundles' detections and the ledger are left alone (``reanalyse``).
-        Returns the number stored. Raises ValueError if a detection names another source or bundle."""
+        A detection found again (same start and label) keeps its row and id, its values updated:
+        reviews of it still point at it, and export cursors do not deliver it twice. Returns the
+        number stored. Raises ValueError if a detection names another source or bundle."""
         _check_detections(detections, source, bundle_id)
         now = _now()
         rows = [_detection_row(d, now) for d in detections]
+        again = {(r["start_s"], r["label"]) for r in rows}
         with self._write() as db:
-            db.execute("DELETE FROM detections WHERE source = ? AND bundle_id = ?", [source, bundle_id])
+            earlier = db.execute("SELECT id, start_s, label FROM detections WHERE source = ? AND bundle_id = ?",
+                                 [source, bundle_id]).fetchall()
+            db.conn.executemany("DELETE FROM detections WHERE id = ?",
+                                [(i,) for i, start_s, label in earlier if (start_s, label) not in again])
             if rows:
-                db["detections"].insert_all(rows)
+                columns = list(rows[0])
+                updated = [c for c in columns if c not in ("source", "start_s", "label", "bundle_id", "created_at")]
+                db.conn.executemany(
+                    f"INSERT INTO detections ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)}) "
+                    f"ON CONFLICT (source, start_s, label, bundle_id) DO UPDATE SET "
+                    f"{', '.join(f'{c} = excluded.{c}' for c in updated)}", rows)
         return len(rows)
 
     def add_coverage(self, minutes: Iterable[CoverageMinute]) -> int:

@@ -188,6 +188,34 @@ def test_a_cursor_export_appends_to_its_file_under_one_header_and_refuses_anothe
     assert export_detections(db_path, "csv", out, label=["frog"]) == 2 and len(read_csv(out)) == 2
 
 
+def test_appending_keeps_earlier_rows_byte_for_byte_and_knows_each_format(db_path, tmp_path):
+    """Found in review: earlier rows were read with universal newlines (a '\\r' in a field became
+    '\\n'), any file passed as jsonl (which has no header), and a header without its newline was
+    refused."""
+    csv_out = tmp_path / "earlier.csv"
+    header = "id,device_id,source,start_s,end_s,start_utc,end_utc,time_source,clock_suspect,label,scientific_name," \
+             "common_name,confidence,votes,bundle_id,created_at,clip_path,clock_synced,start_local,score"
+    earlier = (header + '\r\n0,x,"a\rb",0,1,,,,0,bird,,,0.5,,b1,,,,,\r\n').encode()
+    csv_out.write_bytes(earlier)
+    assert export_detections(db_path, "csv", csv_out, new=True, cursor_name="c") == 5
+    assert csv_out.read_bytes().startswith(earlier) and csv_out.read_bytes().count(b"device_id") == 1
+    bare = tmp_path / "bare.csv"
+    bare.write_text(header)                                    # a header alone, no newline
+    assert export_detections(db_path, "csv", bare, new=True, cursor_name="b") == 5
+    assert [r["id"] for r in read_csv(bare)] == ["1", "2", "3", "4", "5"]
+    not_jsonl = tmp_path / "out.jsonl"
+    not_jsonl.write_text(header + "\n")
+    with pytest.raises(ExportError, match="out.jsonl: not a file of this export format"):
+        export_detections(db_path, "jsonl", not_jsonl, new=True, cursor_name="j")
+    assert not_jsonl.read_text() == header + "\n"
+    jsonl = tmp_path / "ok.jsonl"
+    assert export_detections(db_path, "jsonl", jsonl, new=True, cursor_name="j") == 5
+    with Store(db_path) as store:
+        store.insert_detections([detection(LIVE, 20.0, "bird", 0.6, None)])
+    assert export_detections(db_path, "jsonl", jsonl, new=True, cursor_name="j") == 1
+    assert [json.loads(line)["id"] for line in jsonl.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+
+
 def test_failed_write_leaves_the_cursor_for_a_repeat(db_path, tmp_path):
     birds = {"label": ["bird"], "new": True}
     assert export_detections(db_path, "csv", tmp_path / "first.csv", **birds) == 3

@@ -207,11 +207,10 @@ def serve(config: ReviewConfig, on_ready=print) -> None:
     the address is bound. ReviewServerError when it cannot be (in use, not this machine's)."""
     config = with_token(config)
     app = create_app(config)
-    listening = _bind(config.host, config.port)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
-                                           access_log=False))
-    on_ready(f"review page: {page_url(config)}")
-    with listening:
+    with _bind(config.host, config.port) as listening:
+        server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                               access_log=False))
+        on_ready(f"review page: {page_url(config)}")
         server.run(sockets=[listening])
 
 
@@ -221,13 +220,13 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
-    except (OSError, OverflowError) as e:
+    except (OSError, OverflowError, UnicodeError) as e:
         raise ReviewServerError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from e
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
-    except (OSError, OverflowError) as e:
+    except (OSError, OverflowError, UnicodeError) as e:
         sock.close()
         raise ReviewServerError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from e
     return sock

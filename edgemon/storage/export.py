@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sqlite3
 import sys
 import zoneinfo
@@ -346,38 +347,72 @@ def _write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], app
 def _write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[dict], path: Path,
                 append: bool) -> int:
     """One csv, birdnet or jsonl file. ``append`` (cursor exports): rows an earlier export wrote
-    there stay and the new ones follow them, the header once; with nothing new the file is left
-    as it was. Replacing it would lose rows the cursor has already moved past."""
-    earlier = _earlier_rows(path, write) if append else ""
-    if not earlier:
+    there stay, byte for byte, and the new ones follow them, the header once; with nothing new the
+    file is left as it was. Replacing it would lose rows the cursor has already moved past. The
+    earlier file is streamed into the new one, not read into memory (a season's file on a Pi)."""
+    newline = _earlier_file(path, write) if append else None
+    if newline is None:
         with _atomic_text(path) as f:
             return write(f, rows)
-    new = io.StringIO()
-    count = write(new, rows)
-    if count:
-        header = io.StringIO()
-        write(header, [])
-        with _atomic_text(path) as f:
-            f.write(earlier)
-            f.write(new.getvalue()[len(header.getvalue()):])
-    return count
+    rows = iter(rows)
+    first = next(rows, None)
+    if first is None:
+        return 0
+    with _atomic_text(path) as f, open(path, encoding="utf-8", newline="") as earlier:
+        shutil.copyfileobj(earlier, f)
+        f.write(newline)
+        return write(_AfterHeader(f, len(_header(write))), itertools.chain([first], rows))
 
 
-def _earlier_rows(path: Path, write: Callable[[TextIO, Iterable[dict]], int]) -> str:
-    """The text an earlier export left at ``path`` ('' when none), ending in a newline; a file
-    whose header is not this export's is refused rather than mixed."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return ""
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExportError(f"cannot append to {path}: {getattr(e, 'strerror', None) or e}") from e
+class _AfterHeader:
+    """A text sink that drops the first ``skip`` characters written to it (the header a writer
+    always begins with), then passes everything on to ``out``."""
+
+    def __init__(self, out: TextIO, skip: int):
+        self.out, self.skip = out, skip
+
+    def write(self, text: str) -> int:
+        dropped = min(self.skip, len(text))
+        self.skip -= dropped
+        return self.out.write(text[dropped:]) + dropped
+
+
+def _header(write: Callable[[TextIO, Iterable[dict]], int]) -> str:
     header = io.StringIO()
     write(header, [])
-    if text and not text.startswith(header.getvalue()):
+    return header.getvalue()
+
+
+def _earlier_file(path: Path, write: Callable[[TextIO, Iterable[dict]], int]) -> str | None:
+    """For a file an earlier export left at ``path``: the newline to add before new rows ('' when
+    it ends in one); None when there is no such file, or it is empty. A file of another format
+    (another header; for jsonl, a first line that is not one of its records) is refused rather
+    than mixed."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20)
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return None
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+        first_line = first.decode("utf-8").rstrip("\r\n")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExportError(f"cannot append to {path}: {getattr(e, 'strerror', None) or e}") from e
+    header = _header(write).rstrip("\r\n")
+    if header:
+        ours = first_line == header
+    else:
+        try:
+            ours = isinstance(record := json.loads(first_line), dict) and "id" in record
+        except ValueError:
+            ours = False
+    if not ours:
         raise ExportError(f"cannot append to {path}: not a file of this export format (another header); "
                           f"move it aside or name another --output")
-    return text if not text or text.endswith("\n") else text + "\n"
+    return "" if last == b"\n" else "\n"
 
 
 def _earlier_selections(path: Path) -> tuple[str, int]:

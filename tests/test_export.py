@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edgemon.storage.cursors import CursorError
 from edgemon.storage.export import RAVEN_COLUMNS, ExportError, export_detections
 from edgemon.storage.store import Detection, Store
 
@@ -264,3 +265,30 @@ def test_export_reads_beside_an_open_write_transaction(db_path, tmp_path):
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_a_cursor_that_cannot_move_keeps_the_files_from_moving(db_path, tmp_path, monkeypatch):
+    """Found in review: the file was renamed into place and the cursor moved after, in its own
+    transaction; when that failed (database locked, disk full), the rows were in the file but not
+    behind the cursor, and a repeat appended them again. Now the cursor's write transaction is
+    taken before the renames and committed right after them."""
+    import edgemon.storage.cursors as cursors
+
+    out = tmp_path / "out.csv"
+    assert export_detections(db_path, "csv", out, new=True) == 5
+    before = out.read_bytes()
+    with Store(db_path) as store:
+        store.insert_detections([detection(LIVE, 20.0, "bird", 0.6, None)])
+    monkeypatch.setattr(cursors, "BUSY_TIMEOUT_S", 0.1)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")                  # another writer holds the database
+    try:
+        with pytest.raises(CursorError, match="cannot advance export cursor 'default'.*locked"):
+            export_detections(db_path, "csv", out, new=True)
+        assert out.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+        assert cursor_of(db_path) == 5
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert export_detections(db_path, "csv", out, new=True) == 1        # delivered once, not twice
+    assert [r["id"] for r in read_csv(out)] == ["1", "2", "3", "4", "5", "6"]

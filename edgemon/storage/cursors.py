@@ -15,11 +15,13 @@ position across two filters is what lost rows before.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import logging
 import datetime as dt
 import json
+import logging
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
@@ -146,9 +148,20 @@ def check_filter(cursor: Cursor | None, wanted: CursorFilter) -> None:
 
 
 def advance(db_path: Path, name: str, wanted: CursorFilter, last_id: int, delivered: int) -> None:
-    """Record an export under cursor ``name``: position ``last_id`` (only ever forward, so a
-    slower concurrent export cannot move it back), filter, time, rows delivered. A short write
-    transaction of its own, taken after the output is complete."""
+    """Record an export under cursor ``name`` (``advancing`` around nothing): for an export whose
+    output has no file to move into place (standard output)."""
+    with advancing(db_path, name, wanted, last_id, delivered):
+        pass
+
+
+@contextlib.contextmanager
+def advancing(db_path: Path, name: str, wanted: CursorFilter, last_id: int, delivered: int) -> Iterator[None]:
+    """Record an export under cursor ``name`` — position ``last_id`` (only ever forward, so a slower
+    concurrent export cannot move it back), filter, time, rows delivered — in a short write
+    transaction held across the block, which moves the export's files into place: written and
+    checked before it, committed right after it, rolled back if it fails. So the files and the
+    cursor move together: a failure up to the commit leaves both as they were (a repeat appends
+    nothing twice), and a cursor that cannot be written stops the files from moving."""
     uri = db_path.resolve().as_uri() + "?mode=rw"
     now = utc_iso(dt.datetime.now(dt.timezone.utc))
     try:
@@ -156,17 +169,23 @@ def advance(db_path: Path, name: str, wanted: CursorFilter, last_id: int, delive
     except sqlite3.Error as e:
         raise CursorError(f"cannot advance export cursor {name!r} in {db_path}: {e}") from e
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        check_filter(read_cursor(conn, name), wanted)   # another export may have created it meanwhile
-        conn.execute(
-            "INSERT INTO export_cursors (name, last_id, updated_at, filter, exported_at, delivered) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-            "last_id = max(last_id, excluded.last_id), updated_at = excluded.updated_at, "
-            "filter = excluded.filter, exported_at = excluded.exported_at, "
-            "delivered = delivered + excluded.delivered",
-            [name, last_id, now, wanted.to_json(), now, delivered])
-        conn.execute("COMMIT")
-    except sqlite3.Error as e:
-        raise CursorError(f"cannot advance export cursor {name!r} in {db_path}: {e}") from e
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            check_filter(read_cursor(conn, name), wanted)   # another export may have created it meanwhile
+            conn.execute(
+                "INSERT INTO export_cursors (name, last_id, updated_at, filter, exported_at, delivered) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "last_id = max(last_id, excluded.last_id), updated_at = excluded.updated_at, "
+                "filter = excluded.filter, exported_at = excluded.exported_at, "
+                "delivered = delivered + excluded.delivered",
+                [name, last_id, now, wanted.to_json(), now, delivered])
+        except sqlite3.Error as e:
+            raise CursorError(f"cannot advance export cursor {name!r} in {db_path}: {e}") from e
+        yield
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise CursorError(f"cannot advance export cursor {name!r} in {db_path} (its files were written: "
+                              f"a repeat may deliver this export's rows again): {e}") from e
     finally:
-        conn.close()
+        conn.close()   # uncommitted: rolled back

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import io
 import itertools
@@ -32,7 +33,8 @@ from typing import TextIO
 
 from edgemon.errors import EdgemonError
 from edgemon.storage import tables
-from edgemon.storage.cursors import CursorError, CursorFilter, advance, check_filter, has_filters, read_cursor
+from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advancing, check_filter, has_filters,
+                                     read_cursor)
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.readonly import open_read_only, time_range
 from edgemon.storage.store import Store, StoreError
@@ -100,19 +102,21 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
             if min_confidence is not None and "bundles" in found:
                 _check_reachable(conn, db_path, replace(wanted, min_confidence=None), span, min_confidence)
             rows = _select(conn, db_path, wanted, span, found, raven=fmt == "raven")
+            # A cursor moves with the files, in one write transaction around their renames.
+            moving = None if span is None else functools.partial(advancing, db_path, cursor_name, wanted, span[1])
             try:
                 if fmt == "raven":
-                    count = _write_raven(rows, Path(output), _raven_names(conn, db_path), append=new)
+                    count = _write_raven(rows, Path(output), _raven_names(conn, db_path), new, moving)
                 elif output is None:
                     count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
                 else:
                     count = _write_file(tables.WRITERS[fmt], tables.with_local_time(rows, zone), Path(output),
-                                        append=new)
+                                        new, moving)
             except sqlite3.Error as e:
                 raise ExportError(f"cannot read detections from {db_path}: {e}") from e
         finally:
             conn.close()
-        if span is not None:
+        if span is not None and output is None:   # standard output: nothing to move with the cursor
             advance(db_path, cursor_name, wanted, span[1], count)
     return count
 
@@ -325,43 +329,52 @@ def _safe_name(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "source"
 
 
-def _write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], append: bool) -> int:
+def _write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], append: bool,
+                 moving: Moving | None = None) -> int:
     """One tab-separated Raven selection table per source; times in seconds from its start.
-    ``append`` (cursor exports) keeps an existing table's selections and numbers on after them."""
-    count = 0
-    with _atomic_texts() as open_text:   # all tables or none: see _atomic_texts
+    ``append`` (cursor exports) keeps an existing table's selections and numbers on after them;
+    ``moving``: see ``_atomic_texts``."""
+    with _atomic_texts(moving) as outputs:   # all tables or none: see _atomic_texts
         for source, group in itertools.groupby(rows, key=lambda row: row["source"]):
             path = out_dir / names[source]
             earlier, number = _earlier_selections(path) if append else ("", 0)
-            with open_text(path) as f:
+            with outputs.open(path) as f:
                 f.write(earlier)
                 writer = tables.raven_writer(f)
                 if not earlier:
                     writer.writerow(RAVEN_COLUMNS)
                 for number, row in enumerate(group, start=number + 1):
                     writer.writerow(tables.raven_row(number, row))
-                    count += 1
-    return count
+                    outputs.delivered += 1
+    return outputs.delivered
 
 
 def _write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[dict], path: Path,
-                append: bool) -> int:
+                append: bool, moving: Moving | None = None) -> int:
     """One csv, birdnet or jsonl file. ``append`` (cursor exports): rows an earlier export wrote
     there stay, byte for byte, and the new ones follow them, the header once; with nothing new the
     file is left as it was. Replacing it would lose rows the cursor has already moved past. The
-    earlier file is streamed into the new one, not read into memory (a season's file on a Pi)."""
+    earlier file is streamed into the new one, not read into memory (a season's file on a Pi).
+    ``moving``: see ``_atomic_texts``."""
     newline = _earlier_file(path, write) if append else None
-    if newline is None:
-        with _atomic_text(path) as f:
-            return write(f, rows)
     rows = iter(rows)
-    first = next(rows, None)
-    if first is None:
-        return 0
-    with _atomic_text(path) as f, open(path, encoding="utf-8", newline="") as earlier:
-        shutil.copyfileobj(earlier, f)
-        f.write(newline)
-        return write(_AfterHeader(f, len(_header(write))), itertools.chain([first], rows))
+    if newline is not None:
+        first = next(rows, None)
+        if first is None:
+            if moving:
+                with moving(0):   # nothing new: the cursor notes the export, the file stays
+                    pass
+            return 0
+        rows = itertools.chain([first], rows)
+    with _atomic_texts(moving) as outputs, outputs.open(path) as f:
+        if newline is None:
+            outputs.delivered = write(f, rows)
+        else:
+            with open(path, encoding="utf-8", newline="") as earlier:
+                shutil.copyfileobj(earlier, f)
+            f.write(newline)
+            outputs.delivered = write(_AfterHeader(f, len(_header(write))), rows)
+    return outputs.delivered
 
 
 class _AfterHeader:
@@ -435,19 +448,31 @@ def _earlier_selections(path: Path) -> tuple[str, int]:
     return text if text.endswith("\n") else text + "\n", last
 
 
+Moving = Callable[[int], contextlib.AbstractContextManager]   # what moves with the files: rows delivered -> context
+
+
 @contextlib.contextmanager
 def _atomic_text(path: Path) -> Iterator[TextIO]:
     """A UTF-8 text file that appears at ``path`` only when complete (see ``_atomic_texts``)."""
-    with _atomic_texts() as open_text, open_text(path) as f:
+    with _atomic_texts() as outputs, outputs.open(path) as f:
         yield f
 
 
+class _Outputs:
+    """What ``_atomic_texts`` yields: ``open(path)`` a file that appears at ``path`` with the
+    others, and ``delivered``, the rows written, which the block sets for ``moving``."""
+
+    def __init__(self, open_text: Callable[[Path], contextlib.AbstractContextManager[TextIO]]):
+        self.open, self.delivered = open_text, 0
+
+
 @contextlib.contextmanager
-def _atomic_texts() -> Iterator[Callable[[Path], contextlib.AbstractContextManager[TextIO]]]:
-    """Files that appear together, only when every one is complete: ``open_text(path)`` writes a
-    temp file beside ``path``; when the block ends without error all are renamed into place. A
-    failure on one table leaves every table as it was, so a cursor export repeated after it
-    appends nothing twice.
+def _atomic_texts(moving: Moving | None = None) -> Iterator[_Outputs]:
+    """Files that appear together, only when every one is complete: ``outputs.open(path)`` writes
+    a temp file beside ``path``; when the block ends without error all are renamed into place,
+    inside ``moving(outputs.delivered)`` when given (a cursor's move: ``cursors.advancing``). A
+    failure on one table, or of the cursor, leaves every table as it was, so a cursor export
+    repeated after it appends nothing twice.
 
     Each temp file sits in its target's directory so the rename stays on one file system
     (atomic), is created with mode 0666 less the umask (as ``open`` would; ``mkstemp`` forces
@@ -471,13 +496,15 @@ def _atomic_texts() -> Iterator[Callable[[Path], contextlib.AbstractContextManag
         written.append((tmp, path))
 
     try:
-        yield open_text
-        for tmp, path in written:
-            try:
-                os.replace(tmp, path)
-            except OSError as e:
-                raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
-            pending.remove(tmp)
+        outputs = _Outputs(open_text)
+        yield outputs
+        with moving(outputs.delivered) if moving else contextlib.nullcontext():
+            for tmp, path in written:
+                try:
+                    os.replace(tmp, path)
+                except OSError as e:
+                    raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
+                pending.remove(tmp)
     except BaseException:
         for tmp in pending:
             with contextlib.suppress(OSError):

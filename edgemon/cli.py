@@ -345,11 +345,11 @@ def review(
     except EdgemonError as exc:
         raise _fail(exc)
     if export is not None:   # a CSV of the verdicts: the page's extra is not needed
-        from edgemon.storage.export import _atomic_text
+        from edgemon.storage.export_files import atomic_text
         from edgemon.review.reviews import write_reviews_csv
 
         try:
-            with (contextlib.nullcontext(sys.stdout) if str(export) == "-" else _atomic_text(export)) as out:
+            with (contextlib.nullcontext(sys.stdout) if str(export) == "-" else atomic_text(export)) as out:
                 count = write_reviews_csv(db, out)
         except EdgemonError as exc:
             raise _fail(exc)

@@ -6,7 +6,7 @@ neither waits for nor blocks the daemon's writer. The database is checked before
 opened, so a bad database leaves no file (and no header on standard output) behind. Output files
 appear only complete (temp file in the same directory, fsync, rename), with the mode the umask
 gives. With ``new=True`` a named cursor (``edgemon.storage.cursors``) delivers each row matching its
-filter once; it advances only after the output is written, so a failed export can be repeated.
+filter once; it moves with the output files (``export_files``), so a failed export can be repeated.
 """
 
 from __future__ import annotations
@@ -15,26 +15,21 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
-import io
-import itertools
 import json
-import os
 import re
-import secrets
-import shutil
 import sqlite3
 import sys
 import zoneinfo
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-from edgemon.errors import EdgemonError
 from edgemon.storage import tables
 from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advancing, check_filter, has_filters,
                                      read_cursor)
+from edgemon.storage.export_files import ExportError, atomic_text, write_file, write_raven
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.readonly import open_read_only, time_range
 from edgemon.storage.store import Store, StoreError
@@ -49,10 +44,6 @@ COVERAGE_COLUMNS = ("source", "device_id", "minute_utc", "end_utc", "analysed_s"
 # Raven table names stay within eCryptfs's 143 bytes, the shortest common limit (ext4: 255).
 MAX_NAME_BYTES = 143
 HASH_CHARS = 8
-
-
-class ExportError(EdgemonError):
-    """Detections cannot be exported: the database is unreadable or the output unwritable."""
 
 
 def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
@@ -106,11 +97,11 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
             moving = None if span is None else functools.partial(advancing, db_path, cursor_name, wanted, span[1])
             try:
                 if fmt == "raven":
-                    count = _write_raven(rows, Path(output), _raven_names(conn, db_path), new, moving)
+                    count = write_raven(rows, Path(output), _raven_names(conn, db_path), new, moving)
                 elif output is None:
                     count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
                 else:
-                    count = _write_file(tables.WRITERS[fmt], tables.with_local_time(rows, zone), Path(output),
+                    count = write_file(tables.WRITERS[fmt], tables.with_local_time(rows, zone), Path(output),
                                         new, moving)
             except sqlite3.Error as e:
                 raise ExportError(f"cannot read detections from {db_path}: {e}") from e
@@ -280,7 +271,7 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
     write = writers[fmt]
     if output is None:
         return _write_stdout(lambda f, r: write(f, r, COVERAGE_COLUMNS), rows)
-    with _atomic_text(Path(output)) as f:
+    with atomic_text(Path(output)) as f:
         return write(f, rows, COVERAGE_COLUMNS)
 
 
@@ -327,211 +318,3 @@ def _safe_name(stem: str) -> str:
     """``stem`` with characters FAT/exFAT cards or Windows refuse (':' of 'live:mic0') as '_'.
     ASCII only, so its length is its length in bytes."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "source"
-
-
-def _write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], append: bool,
-                 moving: Moving | None = None) -> int:
-    """One tab-separated Raven selection table per source; times in seconds from its start.
-    ``append`` (cursor exports) keeps an existing table's selections and numbers on after them;
-    ``moving``: see ``_atomic_texts``."""
-    with _atomic_texts(moving) as outputs:   # all tables or none: see _atomic_texts
-        for source, group in itertools.groupby(rows, key=lambda row: row["source"]):
-            path = out_dir / names[source]
-            earlier, number = _earlier_selections(path) if append else ("", 0)
-            with outputs.open(path) as f:
-                f.write(earlier)
-                writer = tables.raven_writer(f)
-                if not earlier:
-                    writer.writerow(RAVEN_COLUMNS)
-                for number, row in enumerate(group, start=number + 1):
-                    writer.writerow(tables.raven_row(number, row))
-                    outputs.delivered += 1
-    return outputs.delivered
-
-
-def _write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[dict], path: Path,
-                append: bool, moving: Moving | None = None) -> int:
-    """One csv, birdnet or jsonl file. ``append`` (cursor exports): rows an earlier export wrote
-    there stay, byte for byte, and the new ones follow them, the header once; with nothing new the
-    file is left as it was. Replacing it would lose rows the cursor has already moved past. The
-    earlier file is streamed into the new one, not read into memory (a season's file on a Pi).
-    ``moving``: see ``_atomic_texts``."""
-    newline = _earlier_file(path, write) if append else None
-    rows = iter(rows)
-    if newline is not None:
-        first = next(rows, None)
-        if first is None:
-            if moving:
-                with moving(0):   # nothing new: the cursor notes the export, the file stays
-                    pass
-            return 0
-        rows = itertools.chain([first], rows)
-    with _atomic_texts(moving) as outputs, outputs.open(path) as f:
-        if newline is None:
-            outputs.delivered = write(f, rows)
-        else:
-            with open(path, encoding="utf-8", newline="") as earlier:
-                shutil.copyfileobj(earlier, f)
-            f.write(newline)
-            outputs.delivered = write(_AfterHeader(f, len(_header(write))), rows)
-    return outputs.delivered
-
-
-class _AfterHeader:
-    """A text sink that drops the first ``skip`` characters written to it (the header a writer
-    always begins with), then passes everything on to ``out``."""
-
-    def __init__(self, out: TextIO, skip: int):
-        self.out, self.skip = out, skip
-
-    def write(self, text: str) -> int:
-        dropped = min(self.skip, len(text))
-        self.skip -= dropped
-        return self.out.write(text[dropped:]) + dropped
-
-
-def _header(write: Callable[[TextIO, Iterable[dict]], int]) -> str:
-    header = io.StringIO()
-    write(header, [])
-    return header.getvalue()
-
-
-def _earlier_file(path: Path, write: Callable[[TextIO, Iterable[dict]], int]) -> str | None:
-    """For a file an earlier export left at ``path``: the newline to add before new rows ('' when
-    it ends in one); None when there is no such file, or it is empty. A file of another format
-    (another header; for jsonl, a first line that is not one of its records) is refused rather
-    than mixed."""
-    try:
-        with open(path, "rb") as f:
-            first = f.readline(1 << 20)
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
-                return None
-            f.seek(-1, os.SEEK_END)
-            last = f.read(1)
-        first_line = first.decode("utf-8").rstrip("\r\n")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExportError(f"cannot append to {path}: {getattr(e, 'strerror', None) or e}") from e
-    header = _header(write).rstrip("\r\n")
-    if header:
-        ours = first_line == header
-    else:
-        try:
-            ours = isinstance(record := json.loads(first_line), dict) and "id" in record
-        except ValueError:
-            ours = False
-    if not ours:
-        raise ExportError(f"cannot append to {path}: not a file of this export format (another header); "
-                          f"move it aside or name another --output")
-    return "" if last == b"\n" else "\n"
-
-
-def _earlier_selections(path: Path) -> tuple[str, int]:
-    """The text of a Raven table written before (header included) and its last selection number;
-    ('', 0) when there is none. A table with other columns is refused rather than mixed."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return "", 0
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExportError(f"cannot append to {path}: {getattr(e, 'strerror', None) or e}") from e
-    lines = text.splitlines()
-    if not lines or lines[0] != "\t".join(RAVEN_COLUMNS):
-        raise ExportError(f"cannot append to {path}: not a selection table of this export "
-                          f"(other columns); move it aside")
-    try:
-        last = int(lines[-1].split("\t", 1)[0]) if len(lines) > 1 else 0
-    except ValueError:
-        raise ExportError(f"cannot append to {path}: its last line is not a numbered selection") from None
-    return text if text.endswith("\n") else text + "\n", last
-
-
-Moving = Callable[[int], contextlib.AbstractContextManager]   # what moves with the files: rows delivered -> context
-
-
-@contextlib.contextmanager
-def _atomic_text(path: Path) -> Iterator[TextIO]:
-    """A UTF-8 text file that appears at ``path`` only when complete (see ``_atomic_texts``)."""
-    with _atomic_texts() as outputs, outputs.open(path) as f:
-        yield f
-
-
-class _Outputs:
-    """What ``_atomic_texts`` yields: ``open(path)`` a file that appears at ``path`` with the
-    others, and ``delivered``, the rows written, which the block sets for ``moving``."""
-
-    def __init__(self, open_text: Callable[[Path], contextlib.AbstractContextManager[TextIO]]):
-        self.open, self.delivered = open_text, 0
-
-
-@contextlib.contextmanager
-def _atomic_texts(moving: Moving | None = None) -> Iterator[_Outputs]:
-    """Files that appear together, only when every one is complete: ``outputs.open(path)`` writes
-    a temp file beside ``path``; when the block ends without error all are renamed into place,
-    inside ``moving(outputs.delivered)`` when given (a cursor's move: ``cursors.advancing``). A
-    failure on one table, or of the cursor, leaves every table as it was, so a cursor export
-    repeated after it appends nothing twice.
-
-    Each temp file sits in its target's directory so the rename stays on one file system
-    (atomic), is created with mode 0666 less the umask (as ``open`` would; ``mkstemp`` forces
-    0600), and has a short name whatever the length of the target's. fsync before the rename, so
-    a power cut cannot leave a renamed but empty file behind.
-    """
-    written: list[tuple[Path, Path]] = []
-    pending: list[Path] = []
-
-    @contextlib.contextmanager
-    def open_text(path: Path) -> Iterator[TextIO]:
-        tmp, fd = _temp_beside(path)
-        pending.append(tmp)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
-        written.append((tmp, path))
-
-    try:
-        outputs = _Outputs(open_text)
-        yield outputs
-        with moving(outputs.delivered) if moving else contextlib.nullcontext():
-            for tmp, path in written:
-                try:
-                    os.replace(tmp, path)
-                except OSError as e:
-                    raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
-                pending.remove(tmp)
-    except BaseException:
-        for tmp in pending:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
-    for directory in {path.parent for _, path in written}:
-        _fsync_dir(directory)
-
-
-def _temp_beside(path: Path) -> tuple[Path, int]:
-    for _ in range(100):
-        tmp = path.parent / f".{path.name[:40]}.{secrets.token_hex(4)}.tmp"
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
-    raise ExportError(f"cannot write {path}: no free temporary name beside it")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable. Some file systems refuse fsync on a directory; the file is then
-    still complete, only the rename might not survive a power cut."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

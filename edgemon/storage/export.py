@@ -102,7 +102,7 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                     count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
                 else:
                     count = write_file(tables.WRITERS[fmt], tables.with_local_time(rows, zone), Path(output),
-                                        new, moving)
+                                       new, moving)
             except sqlite3.Error as e:
                 raise ExportError(f"cannot read detections from {db_path}: {e}") from e
         finally:
@@ -195,8 +195,10 @@ def _check_reachable(conn: sqlite3.Connection, db_path: Path, others: CursorFilt
 
 # What a --label or --bundle filter may name: (its option, how the refusal calls the set, the
 # columns of the tables of the database that hold the known values).
-KNOWN = {"label": ("label(s)", "the bundles run on {db} know", (("labels", "label"), ("detections", "label"))),
-         "bundle": ("bundle id(s)", "{db} holds detections of", (("bundles", "bundle_id"), ("detections", "bundle_id")))}
+KNOWN = {"label": ("label(s)", "the bundles run on {db} know",
+                   (("labels", "label"), ("detections", "label"))),
+         "bundle": ("bundle id(s)", "{db} holds detections of",
+                    (("bundles", "bundle_id"), ("detections", "bundle_id")))}
 
 
 def _check_known(conn: sqlite3.Connection, db_path: Path, option: str, wanted: list[str]) -> None:

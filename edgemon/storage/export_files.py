@@ -21,6 +21,7 @@ from edgemon.errors import EdgemonError
 from edgemon.storage import tables
 
 RAVEN_COLUMNS = tables.RAVEN_COLUMNS
+Moving = Callable[[int], contextlib.AbstractContextManager]   # what moves with the files: rows delivered -> context
 
 
 class ExportError(EdgemonError):
@@ -28,7 +29,7 @@ class ExportError(EdgemonError):
 
 
 def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], append: bool,
-                 moving: Moving | None = None) -> int:
+                moving: Moving | None = None) -> int:
     """One tab-separated Raven selection table per source; times in seconds from its start.
     ``append`` (cursor exports) keeps an existing table's selections and numbers on after them;
     ``moving``: see ``atomic_texts``."""
@@ -48,7 +49,7 @@ def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], appe
 
 
 def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[dict], path: Path,
-                append: bool, moving: Moving | None = None) -> int:
+               append: bool, moving: Moving | None = None) -> int:
     """One csv, birdnet or jsonl file. ``append`` (cursor exports): rows an earlier export wrote
     there stay, byte for byte, and the new ones follow them, the header once; with nothing new the
     file is left as it was. Replacing it would lose rows the cursor has already moved past. The
@@ -144,9 +145,6 @@ def _earlier_selections(path: Path) -> tuple[str, int]:
     except ValueError:
         raise ExportError(f"cannot append to {path}: its last line is not a numbered selection") from None
     return text if text.endswith("\n") else text + "\n", last
-
-
-Moving = Callable[[int], contextlib.AbstractContextManager]   # what moves with the files: rows delivered -> context
 
 
 @contextlib.contextmanager

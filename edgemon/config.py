@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -230,7 +231,7 @@ class Settings:
 
     def as_json(self) -> dict:
         """``{name: {"value": ..., "source": ..., "table": ...}}``; paths as text."""
-        return {s.name: {"value": _plain(self.values[s.name]), "source": self.sources[s.name], "table": s.table}
+        return {s.name: {"value": _plain(_masked(self.values[s.name])), "source": self.sources[s.name], "table": s.table}
                 for s in SETTINGS}
 
     def describe(self) -> str:
@@ -242,7 +243,7 @@ class Settings:
                 lines += ["", f"[{table}]"]
             rows = []
             for s in (s for s in SETTINGS if s.table == table):
-                value = self.values[s.name]
+                value = _masked(self.values[s.name])
                 text = f"# {s.name} = (unset)" if value is None else f"{s.name} = {_toml_value(value)}"
                 rows.append((text, self.sources[s.name]))
             width = max(len(t) for t, _ in rows)
@@ -254,7 +255,7 @@ class Settings:
         logger.info("settings from %s", self.file or "defaults")
         for s in SETTINGS:
             if self.sources[s.name] != DEFAULT:
-                logger.info("setting %s = %s (%s)", s.name, _plain(self.values[s.name]), self.sources[s.name])
+                logger.info("setting %s = %s (%s)", s.name, _plain(_masked(self.values[s.name])), self.sources[s.name])
 
 
 def load_settings(config: str | Path | None = None, cli: Any = None, env: Mapping[str, str] | None = None,
@@ -441,6 +442,15 @@ def _warn_unknown_env(env: Mapping[str, str]) -> None:
 def _did_you_mean(name: str, known) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _masked(value: Any) -> Any:
+    """A setting as it may be shown or logged: a password in a URL (``user:secret@``,
+    ``password=secret``) as ``***``. ``sync`` refuses such a URL; until then it must not be echoed."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    value = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", value)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", value)
 
 
 def _plain(value: Any) -> Any:

@@ -420,3 +420,15 @@ def test_a_site_shift_follows_the_share_of_right_detections_and_a_few_reviews_mo
     curves = shifted_curves(parent, labels, background, fit_shift(half, site_wrong.right()))
     assert set(curves) == {"a", "b"} and np.all(np.diff(curves["a"]["y"]) >= 0)       # b was raw: now a curve too
     assert site_calibration(parent, labels, background, Scored(*(a[:5] for a in dataclasses.astuple(site_wrong))))[1].detections == 0
+
+
+def test_an_adapted_bundle_is_never_written_over_its_parent_or_a_run(tmp_path):
+    parent = load_bundle(default_bundle_path())
+    with pytest.raises(BundleError, match="holds the files this bundle is made from"):
+        write_adapted(parent, None, parent.path, {"parent_bundle": parent.bundle_id})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "cv.json").write_text("{}")
+    with pytest.raises(BundleError, match="not an edgemon bundle"):
+        write_adapted(parent, None, run, {"parent_bundle": parent.bundle_id})
+    assert (run / "cv.json").read_text() == "{}" and load_bundle(default_bundle_path()).bundle_id == parent.bundle_id

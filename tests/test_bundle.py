@@ -109,3 +109,28 @@ def test_exact_tie_falls_to_the_lowest_index_and_untied_classes_never_win():
     # Class 0 has the highest mean but no member voted for it.
     p = np.array([[[0.45, 0.55, 0.0]], [[0.45, 0.0, 0.55]], [[0.45, 0.55, 0.0]]])
     assert majority_vote(p).winner.tolist() == [1]
+
+
+def test_a_bundle_never_replaces_what_is_not_a_bundle(member_files, bundle_dir, tmp_path):
+    """Found by a newcomer trial: `bundle RUN --out RUN` deleted the training run, `--out .` the
+    working directory's files, and `--out FILE` the file; a bundle replaces only an earlier bundle."""
+    def write(out, members=member_files):
+        return write_bundle(out, members, LABELS, frontend=FrontendConfig(), window_s=4.0, hop_s=2.0)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(BundleError, match="run: exists and is not an edgemon bundle"):
+        write(run)
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("field notes")
+    with pytest.raises(BundleError, match="notes.txt: exists and is not a directory"):
+        write(notes)
+    assert notes.read_text() == "field notes"
+    inside = bundle_dir / "member00.onnx"
+    with pytest.raises(BundleError, match="holds the files this bundle is made from"):
+        write(bundle_dir, [inside, inside])
+    assert write(bundle_dir).bundle_id   # an earlier bundle is replaced, as before
+    (tmp_path / "empty").mkdir()
+    assert write(tmp_path / "empty").labels == tuple(LABELS)

@@ -212,15 +212,29 @@ def test_unknown_fields_are_ignored_by_design(models, tmp_path):
     bundle_dir = bundle_of(tmp_path, models["good"])
 
     def add(manifest):
-        manifest["calibration"] = {"kind": "platt", "per_label": {"a": [1.0, 0.0]}}
-        manifest["operating_point"] = "field"
+        manifest["uncertainty"] = {"kind": "conformal", "per_label": {"a": [1.0, 0.0]}}
+        manifest["deployment"] = "field"
         manifest["members"][0]["provenance"] = {"run": "x"}
         return manifest
 
     edit(bundle_dir, add)
     bundle = load_bundle(bundle_dir)
-    assert bundle.manifest["operating_point"] == "field" and bundle.members[0].file == "member00.onnx"
+    assert bundle.manifest["deployment"] == "field" and bundle.members[0].file == "member00.onnx"
     Ensemble(bundle)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("calibration", {"a": {"x": [0.9, 0.1], "y": [0.1, 0.9]}}),     # x decreasing
+    ("calibration", {"a": {"x": [0.1, 0.9], "y": [0.1, 1.5]}}),     # y beyond 1
+    ("operating_point", "field"),
+])
+def test_what_the_recorder_decides_with_is_checked_when_the_bundle_is_read(models, tmp_path, field, value):
+    """A second newcomer trial: `edgemon info` showed a bundle with a reversed calibration as fine,
+    and `classify` then refused it. (A falling y is allowed: a Platt fit may fall with the score.)"""
+    bundle_dir = bundle_of(tmp_path, models["good"])
+    edit(bundle_dir, lambda manifest: {**manifest, field: value})
+    with pytest.raises(BundleError, match="malformed operating point or calibration"):
+        load_bundle(bundle_dir)
 
 
 def test_old_bundle_without_the_new_fields_loads_and_runs(models, tmp_path):

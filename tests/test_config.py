@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import tomllib
 import typing
 from pathlib import Path
@@ -326,3 +327,16 @@ def test_a_misspelt_environment_variable_is_warned_of_not_silently_ignored(tmp_p
     warned = [r.getMessage() for r in caplog.records]
     assert warned == ["environment variable EDGEMON_SETLE_S is not an edgemon setting; ignored "
                       "(did you mean 'EDGEMON_SETTLE_S'?)"]
+
+
+def test_a_password_in_the_sync_url_is_never_shown(tmp_path, caplog):
+    """Found by a second newcomer trial: `edgemon config` printed it (sync refuses such a URL)."""
+    path = tmp_path / "pw.toml"
+    path.write_text('[sync]\nsync_url = "postgresql://u:secret@h/db?password=other&sslmode=require"\n')
+    settings = load_settings(path, env={}, default_path=None)
+    with caplog.at_level("INFO"):
+        settings.log(logging.getLogger("test"))
+    shown = settings.describe() + json.dumps(settings.as_json()) + caplog.text
+    assert "secret" not in shown and "other" not in shown
+    assert "postgresql://u:***@h/db?password=***&sslmode=require" in settings.describe()
+    assert settings.values["sync_url"].startswith("postgresql://u:secret@")   # the value itself is kept

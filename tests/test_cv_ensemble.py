@@ -96,6 +96,12 @@ def test_members_from_other_folds_or_no_fold_models_are_refused(cv_runs, tiny_da
                                       "--data", str(tiny_dataset), "--out", str(tmp_path / "x.json")])
     assert result.exit_code == 1 and "nowhere" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "x.json").exists()
+    # Found by a newcomer trial: --out naming the cv summary (or the votes it reads) overwrote it.
+    summary = cv_runs / "a" / "cv.json"
+    before = summary.read_bytes()
+    with pytest.raises(DataError, match="cv.json exists and is not an earlier cv-ensemble result"):
+        cv_ensemble([cv_runs / "a" / "mel"], _load(tiny_dataset), summary, 0.1)
+    assert summary.read_bytes() == before
 
 
 FIT = ["--hidden", "8", "--layers", "1", "--epochs", "3", "--batch-size", "8", "--lr", "0.003",

@@ -189,13 +189,12 @@ def test_the_recorder_applies_the_bundles_point_and_calibration_and_keeps_the_ra
 
 
 def test_a_malformed_calibration_is_refused_naming_the_manifest(tmp_path):
-    bundle = _bundle_copy(tmp_path, calibration={"great_argus": {"x": [0.5, 0.1], "y": [0.2, 0.3]}})
+    """Refused when the bundle is read (so `edgemon info` refuses what the recorder would)."""
     with pytest.raises(BundleError, match="manifest.json: malformed operating point or calibration"):
-        Analyzer(bundle)
+        _bundle_copy(tmp_path, calibration={"great_argus": {"x": [0.5, 0.1], "y": [0.2, 0.3]}})
     for rule in ({"open_threshold": [0.5]}, {"min_evidence": {"great_argus": "lots"}}):
-        bundle = _bundle_copy(tmp_path, next(iter(rule)), operating_point={"thresholds": {}, **rule})
         with pytest.raises(BundleError, match=f"manifest.json: malformed operating point .*{next(iter(rule))}|lots"):
-            Analyzer(bundle)
+            _bundle_copy(tmp_path, next(iter(rule)), operating_point={"thresholds": {}, **rule})
 
 
 def test_one_class_events_equal_that_class_among_all_events():

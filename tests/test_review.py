@@ -185,6 +185,11 @@ def test_page_audio_spectrogram_and_verdict_over_http(review_db):
         assert status == 200 and row["new_label"] == "hornbill_rhino" and row["reviewer"] == "tester"
         status, row = _post(base + "/api/verdict", {"id": ids[1], "verdict": "relabel", "label": "no_such_bird"})
         assert status == 400 and "no_such_bird" in row["error"]
+        # Ids a second newcomer trial sent: 10^20 was a 500 (OverflowError), 1.7 and true judged detection 1.
+        for odd in (10 ** 20, 1.7, True, "1"):
+            status, row = _post(base + "/api/verdict", {"id": odd, "verdict": "correct"})
+            assert status == 400 and "ids are whole numbers" in row["error"], odd
+        assert _get(f"{base}/detections/{10 ** 20}/audio.wav")[0] == 404
         # Another site's page cannot judge: no form/text POST, no cross-origin JSON.
         assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Content-Type": "text/plain"})[0] == 403
         assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Origin": "http://evil.example"})[0] == 403

@@ -241,3 +241,13 @@ def test_background_pools_hold_other_recorders_only_when_asked(tiny_dataset):
     one_recorder = split.subset([i for i, c in enumerate(split.clips) if c.recorder == "S0"])
     pools = background_pools(one_recorder, one_recorder.augmentable, AugmentConfig(p_mix=0.5, mix_other_recorders=True))
     assert all(len(pool) == sum(one_recorder.labels[t] == "background" for t in one_recorder.targets) for pool in pools)
+
+
+def test_fit_never_overwrites_a_trained_run(tiny_dataset, tmp_path):
+    """Found by a newcomer trial: `fit --out EXISTING_RUN` overwrote its model and metrics."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"kept": true}')
+    result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(out), *TINY_FIT])
+    assert result.exit_code == 1 and "holds a trained run already (metrics.json)" in result.output
+    assert (out / "metrics.json").read_text() == '{"kept": true}' and sorted(p.name for p in out.iterdir()) == ["metrics.json"]

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle, write_bundle
+from edgemon.analysis.bundle import MANIFEST, Bundle, check_replaceable, load_bundle, write_bundle
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.site_head import SiteHead, load_site_head, write_site_head
@@ -72,6 +72,7 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
     point = point or parent_point(parent)
     head, veto = written_corrections(parent, correction)
     out = out.resolve()
+    check_replaceable(out, [parent.path, *parent.member_paths])
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.adapt.", dir=out.parent))
     try:

@@ -56,6 +56,20 @@ def _check_same_folds(members: list[Path], recipes: list[tuple[dict, dict]]) -> 
             raise DataError(f"{member}: labels or recorder window differ from {name}'s")
 
 
+def _check_out(out: Path) -> None:
+    """``out`` may be a new file or an earlier cv-ensemble result, never a directory or another
+    file (a cv summary, the votes it reads): writing there would destroy it."""
+    if not out.exists():
+        return
+    try:
+        earlier = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        earlier = None
+    if not isinstance(earlier, dict) or "field" not in earlier or "members" not in earlier:
+        raise DataError(f"--out {out} exists and is not an earlier cv-ensemble result; writing there would destroy "
+                        f"it: choose another --out")
+
+
 def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
                 target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
                 prevalence: float = DEFAULT_PREVALENCE, reuse_votes: bool = False, votes_from: Path | None = None,
@@ -72,6 +86,7 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     """
     if rules not in RULES:
         raise DataError(f"unknown rules {rules!r}: choose from {', '.join(RULES)}")
+    _check_out(Path(out))
     if not members:
         raise DataError("cv-ensemble needs at least one member recipe directory")
     members = [Path(m) for m in members]

@@ -105,6 +105,10 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
     so nothing is chosen on devel): more recorders heard; devel's scores then say nothing."""
     if with_devel and not optim.average_last:
         raise DataError("training on train + devel needs --average-last: no epoch can be chosen on devel")
+    finished = [name for name in ("metrics.json", "checkpoint.pt", "model.onnx") if (run_dir / name).exists()]
+    if finished:
+        raise DataError(f"{run_dir}: holds a trained run already ({', '.join(finished)}); a new one would overwrite "
+                        f"it: choose another --out or move it aside")
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = Splits.load(data_dir, frontend)
     training_split = merge(splits.train, splits.devel) if with_devel else splits.train

@@ -40,6 +40,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from edgemon.analysis.decisions import Calibration, OperatingPoint
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
 
@@ -359,10 +360,16 @@ def load_bundle(path: str | Path) -> Bundle:
     hop_s = r.number(manifest.get("hop_s"), "hop_s", 0.0, window_s, low_open=True)
     confidence_max = r.number(manifest.get("confidence_max", 1.0), "confidence_max", 0.0, 1.0, low_open=True)
     members = _members(r, path, manifest)
+    thresholds = _thresholds(r, manifest, labels, confidence_max)
+    try:   # what the recorder decides with, checked here too, so `edgemon info` refuses what `watch` would
+        OperatingPoint.from_manifest(manifest, thresholds)
+        Calibration.from_manifest(manifest)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise r.fail(f"malformed operating point or calibration ({type(exc).__name__}: {exc})") from None
     return Bundle(path=path, bundle_id=r.string(manifest.get("bundle_id"), "bundle_id"), labels=labels,
                   background_label=background, frontend=frontend, members=members, voting=voting,
                   window_s=window_s, hop_s=hop_s,
-                  thresholds=_thresholds(r, manifest, labels, confidence_max), manifest=manifest,
+                  thresholds=thresholds, manifest=manifest,
                   format_version=version, label_names=_label_names(r, manifest, labels),
                   confidence_max=confidence_max,
                   self_check=_self_check(r, path, manifest, labels, len(members)))
@@ -379,6 +386,29 @@ def replace_manifest(bundle_dir: str | Path, changes: dict) -> Bundle:
     return load_bundle(bundle_dir)
 
 
+def check_replaceable(out_dir: str | Path, inputs=()) -> None:
+    """A bundle is written at ``out_dir`` only where there is nothing (or an empty directory), or
+    an edgemon bundle that none of ``inputs`` (the files it is made from) lies in: a bundle
+    replaces its directory whole, and replacing anything else (a training run, a file, the
+    working directory, the parent bundle) would delete it. BundleError naming it otherwise."""
+    out_dir = Path(out_dir).resolve()
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir():
+        raise _fail(out_dir, "exists and is not a directory; a bundle would replace it: choose another --out")
+    if not any(out_dir.iterdir()):
+        return
+    try:
+        is_bundle = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_bundle = False
+    if not is_bundle:
+        raise _fail(out_dir, "exists and is not an edgemon bundle; a bundle replaces its directory whole, "
+                             "so this would delete what is there: choose another --out or move it aside")
+    if any(Path(p).resolve().is_relative_to(out_dir) for p in inputs):
+        raise _fail(out_dir, "holds the files this bundle is made from: choose another --out")
+
+
 def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str], *,
                  frontend: FrontendConfig, window_s: float, hop_s: float,
                  devel_uars: list[float | None] | None = None,
@@ -386,13 +416,15 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
                  thresholds: dict | None = None, background_label: str = "background",
                  precision: str = "fp32", label_names: dict | None = None,
                  confidence_max: float | None = None, extra: dict | None = None) -> Bundle:
-    """Copy ``member_files`` into ``out_dir`` as member00.onnx… and write the manifest.
+    """Copy ``member_files`` into ``out_dir`` as member00.onnx… and write the manifest; an earlier
+    bundle there is replaced, anything else refused (``check_replaceable``).
 
     The directory is assembled beside the target and renamed into place, so a reader never sees
     half a bundle. Returns the verified bundle. Reference windows for the self-check are added
     afterwards (``training.bundling.add_reference_windows``): they need the members run.
     """
     out_dir = Path(out_dir).resolve()
+    check_replaceable(out_dir, member_files)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     n = len(member_files)
     devel_uars = devel_uars or [None] * n

@@ -170,7 +170,7 @@ def create_app(config: ReviewConfig) -> Starlette:
             return JSONResponse({"error": "verdicts are accepted as JSON from the review page only"}, status_code=403)
         try:
             body = await request.json()
-            detection_id = int(body["id"])
+            detection_id = reviews.valid_id(body["id"])
             row = reviews.add_verdict(config.db, detection_id, str(body["verdict"]), config.reviewer,
                                       body.get("label"), tuple(known_labels(reviews.days_and_labels(config.db)[1])))
         except (ValueError, KeyError, TypeError) as exc:

@@ -149,8 +149,17 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
             raise ReviewError(f"cannot read detections from {db_path}: {e}") from e
 
 
+def valid_id(value) -> int:
+    """``value`` as a detection id: a whole number SQLite can hold (not 1.7, not true, not 10^20);
+    ReviewError otherwise."""
+    if type(value) is not int or not 0 < value < 2 ** 63:
+        raise ReviewError(f"no detection with id {value!r}: ids are whole numbers from 1")
+    return value
+
+
 def detection(db_path: Path, detection_id: int) -> dict:
     """One detection with the path of its recording from the ledger; ReviewError if unknown."""
+    detection_id = valid_id(detection_id)
     with closing(open_read_only(db_path, ReviewError)) as conn:
         row = conn.execute("SELECT d.*, f.path AS file_path FROM detections d LEFT JOIN files f "
                            "ON f.source = d.source WHERE d.id = ?", [detection_id]).fetchone()

@@ -387,6 +387,7 @@ def test_an_adapted_bundle_keeps_the_parents_names_reference_windows_and_calibra
     for key in ("label_names", "calibration", "calibration_input", "calibration_fits", "confidence_max"):
         assert adapted.manifest[key] == parent.manifest[key], key
     assert adapted.self_check is not None and Ensemble(adapted).self_check.passed
+    assert adapted.path.stat().st_mode & 0o077 != 0     # not mkdtemp's 0700: the service's user reads it
     calibration = {"calibration": {"gibbon_duet": {"x": [0.0, 1.0], "y": [0.0, 0.95]}}, "calibration_input": "score",
                    "calibration_fits": {"gibbon_duet": "site shift"}}
     shifted = write_adapted(parent, None, tmp_path / "site", {"parent_bundle": parent.bundle_id}, calibration=calibration)

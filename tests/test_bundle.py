@@ -134,3 +134,14 @@ def test_a_bundle_never_replaces_what_is_not_a_bundle(member_files, bundle_dir, 
     assert write(bundle_dir).bundle_id   # an earlier bundle is replaced, as before
     (tmp_path / "empty").mkdir()
     assert write(tmp_path / "empty").labels == tuple(LABELS)
+
+
+def test_a_bundle_directory_is_readable_by_others_as_the_umask_allows(bundle_dir):
+    """A second newcomer trial: bundles were written drwx------ (mkdtemp's mode), so the edgemon
+    service user could not read one built by another user."""
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(bundle_dir.stat().st_mode) == 0o777 & ~mask

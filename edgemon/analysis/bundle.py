@@ -386,6 +386,12 @@ def replace_manifest(bundle_dir: str | Path, changes: dict) -> Bundle:
     return load_bundle(bundle_dir)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_replaceable(out_dir: str | Path, inputs=()) -> None:
     """A bundle is written at ``out_dir`` only where there is nothing (or an empty directory), or
     an edgemon bundle that none of ``inputs`` (the files it is made from) lies in: a bundle
@@ -430,6 +436,7 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
     devel_uars = devel_uars or [None] * n
     test_uars = test_uars or [None] * n
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    os.chmod(staging, 0o777 & ~_umask())   # mkdtemp's 0700 would hide the bundle from the service's user
     try:
         members = []
         for i, src in enumerate(member_files):

@@ -54,6 +54,8 @@ def test_config_file_found_by_env_variable_or_default_path(tmp_path):
     assert load_settings(env={}, default_path=tmp_path / "absent.toml").file is None
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(tmp_path / "absent.toml", env={})
+    with pytest.raises(ConfigError, match="is a directory: give the TOML file in it"):   # said "not found"
+        load_settings(tmp_path, env={})
 
 
 @pytest.mark.parametrize("text, message", [

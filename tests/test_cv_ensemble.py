@@ -159,3 +159,7 @@ def test_bundle_refuses_thresholds_for_other_labels_or_windows(mixed_runs, tmp_p
                                           "--thresholds", str(path)])
         assert result.exit_code == 1 and message in result.output and "t.json" in result.output
         assert not (tmp_path / "b").exists()
+    # A second newcomer trial: --data that is not a data set failed after the bundle was written.
+    result = CliRunner().invoke(app, ["bundle", str(mixed_runs / "logmel"), "--out", str(tmp_path / "b"),
+                                      "--data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "not a data set" in result.output and not (tmp_path / "b").exists()

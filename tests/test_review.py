@@ -221,6 +221,14 @@ def test_binding_beyond_localhost_requires_the_token(review_db):
         assert _get(base + "/", {"X-Review-Token": token + "x"})[0] == 401
         assert _get(base + "/", {"X-Review-Token": token})[0] == 200
         assert _post(base + "/api/verdict", {"id": 1, "verdict": "correct"}, {"X-Review-Token": token})[0] == 200
+        # The redirect that drops the token from the address keeps the rest of the query as it was
+        # (a second newcomer trial: it was decoded, so label=a%26b=c became label=a&b=c).
+        import http.client
+        conn = http.client.HTTPConnection(base.split("//", 1)[1], timeout=10)
+        conn.request("GET", f"/?token={token}&order=time&label=a%26b%3Dc")
+        response = conn.getresponse()
+        assert response.status == 303 and response.getheader("location") == "/?order=time&label=a%26b%3Dc"
+        conn.close()
 
 
 def test_config_refuses_a_public_binding_without_token(review_db):
@@ -229,6 +237,8 @@ def test_config_refuses_a_public_binding_without_token(review_db):
         create_app(ReviewConfig(db=db, host="0.0.0.0"))
     assert with_token(ReviewConfig(db=db)).token is None
     assert with_token(ReviewConfig(db=db, host="192.168.1.5")).token
+    with pytest.raises(ReviewServerError, match="--token is blank"):   # ' ' was taken as the token
+        with_token(ReviewConfig(db=db, host="0.0.0.0", token=" "))
 
 
 def test_missing_database_is_a_one_line_error(tmp_path):

@@ -68,6 +68,8 @@ class ReviewConfig:
 
 def with_token(config: ReviewConfig) -> ReviewConfig:
     """``config`` with a generated token when it binds beyond this machine without one."""
+    if config.token is not None and not config.token.strip():
+        raise ReviewServerError("--token is blank: give a real one, or none to have one generated")
     if config.local or config.token:
         return config
     return dataclasses.replace(config, token=secrets.token_urlsafe(18))
@@ -92,7 +94,7 @@ class TokenGate:
             return await response(scope, receive, send)
         if "token" in request.query_params and request.method == "GET":
             # Move the token from the URL (history, Referer) into an HttpOnly cookie.
-            query = "&".join(f"{k}={v}" for k, v in request.query_params.multi_items() if k != "token")
+            query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
             response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303)
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
             return await response(scope, receive, send)

@@ -172,8 +172,7 @@ def create_app(config: ReviewConfig) -> Starlette:
             return JSONResponse({"error": "verdicts are accepted as JSON from the review page only"}, status_code=403)
         try:
             body = await request.json()
-            detection_id = reviews.valid_id(body["id"])
-            row = reviews.add_verdict(config.db, detection_id, str(body["verdict"]), config.reviewer,
+            row = reviews.add_verdict(config.db, body["id"], str(body["verdict"]), config.reviewer,
                                       body.get("label"), tuple(known_labels(reviews.days_and_labels(config.db)[1])))
         except (ValueError, KeyError, TypeError) as exc:
             return JSONResponse({"error": f"malformed verdict: {exc}"}, status_code=400)
@@ -219,16 +218,14 @@ def serve(config: ReviewConfig, on_ready=print) -> None:
 def _bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host``:``port``, bound here so that a taken port is one line naming
     it (uvicorn would log it and exit with status 3)."""
+    sock = None
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except (OSError, OverflowError, UnicodeError) as e:
-        raise ReviewServerError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from e
-    try:
+        sock = socket.socket(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0], socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
     except (OSError, OverflowError, UnicodeError) as e:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise ReviewServerError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from e
     return sock

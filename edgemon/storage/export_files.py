@@ -55,7 +55,8 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
     file is left as it was. Replacing it would lose rows the cursor has already moved past. The
     earlier file is streamed into the new one, not read into memory (a season's file on a Pi).
     ``moving``: see ``atomic_texts``."""
-    newline = _earlier_file(path, write) if append else None
+    header = _header(write)
+    newline = _earlier_file(path, header) if append else None
     rows = iter(rows)
     if newline is not None:
         first = next(rows, None)
@@ -72,7 +73,7 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
             with open(path, encoding="utf-8", newline="") as earlier:
                 shutil.copyfileobj(earlier, f)
             f.write(newline)
-            outputs.delivered = write(_AfterHeader(f, len(_header(write))), rows)
+            outputs.delivered = write(_AfterHeader(f, len(header)), rows)
     return outputs.delivered
 
 
@@ -95,11 +96,11 @@ def _header(write: Callable[[TextIO, Iterable[dict]], int]) -> str:
     return header.getvalue()
 
 
-def _earlier_file(path: Path, write: Callable[[TextIO, Iterable[dict]], int]) -> str | None:
+def _earlier_file(path: Path, header: str) -> str | None:
     """For a file an earlier export left at ``path``: the newline to add before new rows ('' when
     it ends in one); None when there is no such file, or it is empty. A file of another format
-    (another header; for jsonl, a first line that is not one of its records) is refused rather
-    than mixed."""
+    (not this ``header``; for jsonl, which has none, a first line that is not one of its records)
+    is refused rather than mixed."""
     try:
         with open(path, "rb") as f:
             first = f.readline(1 << 20)
@@ -113,9 +114,8 @@ def _earlier_file(path: Path, write: Callable[[TextIO, Iterable[dict]], int]) ->
         return None
     except (OSError, UnicodeDecodeError) as e:
         raise ExportError(f"cannot append to {path}: {getattr(e, 'strerror', None) or e}") from e
-    header = _header(write).rstrip("\r\n")
     if header:
-        ours = first_line == header
+        ours = first_line == header.rstrip("\r\n")
     else:
         try:
             ours = isinstance(record := json.loads(first_line), dict) and "id" in record

@@ -77,6 +77,7 @@ NearCallOpt = Annotated[float, typer.Option(help="Draw a background clip that li
 BackgroundShareOpt = Annotated[float, typer.Option(help="Draw background for this share of each epoch, the call classes equally for the rest (0: every class equally, as the paper).")]
 HardNegOpt = Annotated[float, typer.Option(help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
 PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
+ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="A search trial's settings (JSON, `scripts/summarise_search.py --write-params`): replace the Table 2 options and the field preset.")]
 CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]
 
 
@@ -145,12 +146,13 @@ def fit(
     hard_negatives: HardNegOpt = 0.0,
     near_call_negatives: NearCallOpt = 0.0,
     background_share: BackgroundShareOpt = 0.0,
+    params: ParamsOpt = None,
 ):
     """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
     from training.runs import fit_run
 
     _check_background_share(background_share)
-    if mix_other_recorders and not field:
+    if mix_other_recorders and not field and params is None:
         raise console.error("--mix-other-recorders needs --field (only the field recipe mixes in background)",
                             console.EXIT_USAGE)
     frontend = _frontend(frontend_kind)
@@ -158,13 +160,39 @@ def fit(
     aug = AugmentConfig(p_fm=p_fm, p_tm=p_tm, p_r=p_r, log_floor=frontend.log_floor,
                         crop_frames=seconds_to_frames(crop, frontend),
                         mix_other_recorders=mix_other_recorders, **(FIELD.augment_fields() if field else {}))
-    _run(fit_run, data, out, ModelConfig(hidden=hidden, layers=layers, dropout=dropout, tau=tau,
-                                         centre_bands=centre_bands),
-         OptimConfig(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay,
-                     gamma=gamma, epochs=epochs, patience=patience, seed=seed, device=_device(device),
+    model = ModelConfig(hidden=hidden, layers=layers, dropout=dropout, tau=tau, centre_bands=centre_bands)
+    optim = dict(lr=lr, batch_size=batch_size, weight_decay=weight_decay, lr_decay=lr_decay, gamma=gamma)
+    if params is not None:
+        model, optim, aug = _searched_settings(params, frontend, window_s, centre_bands, mix_other_recorders)
+    _run(fit_run, data, out, model,
+         OptimConfig(**optim, epochs=epochs, patience=patience, seed=seed, device=_device(device),
                      average_last=average_last, hard_negatives=hard_negatives,
                      near_call_negatives=near_call_negatives, background_share=background_share),
          aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet, with_devel=with_devel, pool=pool)
+
+
+def _read_params(path: Path) -> dict:
+    from training.hpo import read_params
+
+    try:
+        return read_params(path)
+    except ValueError as exc:
+        raise console.error(str(exc), console.EXIT_USAGE)
+
+
+def _searched_settings(path: Path, frontend: FrontendConfig, window_s: float, centre_bands: bool,
+                       mix_other_recorders: bool):
+    """``fit --params``: the trial's model, optimiser and augmentation settings."""
+    import dataclasses
+
+    from training.hpo import settings_from_params
+
+    try:
+        _, (model, optim, aug) = settings_from_params(_read_params(path), frontend, window_s)
+    except ValueError as exc:
+        raise console.error(f"--params {path}: {exc}", console.EXIT_USAGE)
+    return (dataclasses.replace(model, centre_bands=centre_bands), optim,
+            dataclasses.replace(aug, mix_other_recorders=mix_other_recorders))
 
 
 @app.command()
@@ -228,8 +256,14 @@ def hpo(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL shared by workers (default: sqlite in --out).")] = None,
     study: Annotated[str, typer.Option(help="Study name.")] = "edgemon",
     trials: Annotated[int, typer.Option(min=1, help="Finished trials (complete + pruned) over all workers.")] = 400,
-    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs per trial.")] = 300,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs per trial (per fold with --objective cv).")] = 300,
     space: Annotated[str, typer.Option(help="paper (Table 2) or field (+ field augmentations).")] = "paper",
+    objective: Annotated[str, typer.Option(help="devel: devel UAR of the standard split (keeps each trial's model for `ensemble`); cv: mean held-out window UAR over folds grouped by recorder, pool on the training side (recorders never heard).")] = "devel",
+    folds: Annotated[int, typer.Option(min=2, help="--objective cv: folds, grouped by recorder.")] = 5,
+    average_last: Annotated[int, typer.Option(min=0, help="--objective cv: average the weights of the last N epochs, as the shipped members.")] = 5,
+    centre_bands: CentreOpt = False,
+    pool: PoolOpt = True,
+    features: Annotated[Optional[Path], typer.Option(help="Read train, devel (and pool) from a feature pack (`pack-features`) instead of --data's audio.")] = None,
     startup_trials: Annotated[int, typer.Option(help="Trials finished before pruning starts.")] = 5,
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed (default: random per worker).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
@@ -238,24 +272,62 @@ def hpo(
     start_from_paper: Annotated[bool, typer.Option(help="Enqueue the paper's Table 2 setting as the first trial.")] = True,
 ):
     """Optuna TPE search with median pruning; run the same command on more workers to share a study."""
-    from training.hpo import SPACES, SearchConfig, progress_line, run_search
-    from training.runs import Splits
+    from training.hpo import OBJECTIVES, SPACES, SearchConfig, progress_line, run_search
 
     if space not in SPACES:
         raise console.error(f"--space must be one of {', '.join(SPACES)}, not {space!r}", console.EXIT_USAGE)
+    if objective not in OBJECTIVES:
+        raise console.error(f"--objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}",
+                            console.EXIT_USAGE)
 
     config = SearchConfig(n_trials=trials, max_epochs=epochs, space=space, seed=seed, device=_device(device),
                           startup_trials=startup_trials, heartbeat_s=heartbeat_s, timeout_s=timeout_s,
-                          start_from_paper=start_from_paper)
+                          start_from_paper=start_from_paper, objective=objective, folds=folds,
+                          average_last=average_last, centre_bands=centre_bands)
 
     def search():
-        splits = Splits.load(data)
+        train_split, devel, pool_split = _search_splits(data, features, pool and objective == "cv")
         with _study_storage(_storage(storage, out)) as url:
-            found = run_search(config, url, study, out, splits.train, splits.devel)
+            found = run_search(config, url, study, out, train_split, devel, pool_split)
         return {"study": study, "storage": url, "progress": progress_line(found)}
 
     out.mkdir(parents=True, exist_ok=True)
     _run(search)
+
+
+def _search_splits(data: Path, features: Optional[Path], with_pool: bool):
+    """train, devel and (``with_pool``) the pool, from the audio or from a feature pack."""
+    if features is not None:
+        from training.feature_pack import unpack
+
+        splits = unpack(features)
+        missing = [name for name in ("train", "devel") if name not in splits]
+        if missing:
+            raise DataError(f"{features}: the pack holds no {missing[0]} split")
+        return splits["train"], splits["devel"], splits.get("pool") if with_pool else None
+    from training.data import load_pool, load_split
+
+    train_split = load_split(data, "train")
+    devel = load_split(data, "devel", train_split.labels)
+    return train_split, devel, load_pool(data, train_split.labels) if with_pool else None
+
+
+@app.command("pack-features")
+def pack_features(
+    data: DataOpt = DEFAULT_DATA_DIR,
+    out: Annotated[Path, typer.Option("--out", help="The pack (.npz) to write.")] = Path("runs/features.npz"),
+    pool: PoolOpt = True,
+):
+    """Pack train, devel (and pool) log-mel, 8-bit, into one file: a search on a machine the audio cannot reach (`hpo --features`)."""
+    from training.feature_pack import pack
+
+    def run():
+        train_split, devel, pool_split = _search_splits(data, None, pool)
+        splits = {"train": train_split, "devel": devel, **({"pool": pool_split} if pool_split is not None else {})}
+        path = pack(splits, out)
+        return {"pack": str(path), "bytes": path.stat().st_size, "clips": {k: len(v) for k, v in splits.items()}}
+
+    _run(run)
 
 
 @app.command()
@@ -315,6 +387,7 @@ def cv(
     hard_negatives: HardNegOpt = 0.0,
     near_call_negatives: NearCallOpt = 0.0,
     background_share: BackgroundShareOpt = 0.0,
+    params: ParamsOpt = None,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import cross_validate, cv_recipes
@@ -325,8 +398,9 @@ def cv(
         recipes = cv_recipes(recipe, frontend, epochs=epochs, seed=seed, hidden=hidden, layers=layers,
                              average_last=average_last, window_s=window_s, hop_s=hop_s, centre_bands=centre_bands,
                              mix_other_recorders=mix_other_recorders, hard_negatives=hard_negatives,
-                             near_call_negatives=near_call_negatives, background_share=background_share)
-    except ValueError as exc:  # an unknown recipe name: the command line is wrong
+                             near_call_negatives=near_call_negatives, background_share=background_share,
+                             params=None if params is None else _read_params(params))
+    except ValueError as exc:  # an unknown recipe name or search parameter: the command line is wrong
         raise console.error(str(exc), console.EXIT_USAGE)
 
     def run():

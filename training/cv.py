@@ -65,13 +65,19 @@ def cv_recipes(names: list[str], frontend: FrontendConfig, *, epochs: int, seed:
                layers: int = PAPER.layers, average_last: int = 0, window_s: float = WINDOW_S, hop_s: float = HOP_S,
                centre_bands: bool = False, mix_other_recorders: bool = False,
                hard_negatives: float = 0.0, near_call_negatives: float = 0.0,
-               background_share: float = 0.0) -> list[Recipe]:
+               background_share: float = 0.0, params: dict | None = None) -> list[Recipe]:
     """The recipes ``names`` (of ``RECIPES``): the baseline; ``paper``, Table 2 at the given size;
     ``field``, Table 2 plus the field preset on crops of the recorder's window. Each network
-    recipe is named by ``recipe_name`` for what differs from the paper's."""
+    recipe is named by ``recipe_name`` for what differs from the paper's. ``params`` (a search
+    trial's settings) replace Table 2 and the preset: the one recipe named must be the trial's space."""
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise ValueError(f"unknown recipe(s) {unknown}: choose from {list(RECIPES)}")
+    if params is not None:
+        return [_searched_recipe(names, params, frontend, epochs=epochs, seed=seed, average_last=average_last,
+                                 window_s=window_s, hop_s=hop_s, centre_bands=centre_bands,
+                                 mix_other_recorders=mix_other_recorders, hard_negatives=hard_negatives,
+                                 near_call_negatives=near_call_negatives, background_share=background_share)]
     optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last, hard_negatives=hard_negatives,
                         near_call_negatives=near_call_negatives, background_share=background_share)
     model = ModelConfig(hidden=hidden, layers=layers, centre_bands=centre_bands)
@@ -85,6 +91,26 @@ def cv_recipes(names: list[str], frontend: FrontendConfig, *, epochs: int, seed:
              "field": Recipe(recipe_name("field", **knobs, mix_other_recorders=mix_other_recorders), model, optim,
                              field, frontend)}
     return [known[n] for n in names]
+
+
+def _searched_recipe(names: list[str], params: dict, frontend: FrontendConfig, *, epochs: int, seed: int,
+                     average_last: int, window_s: float, hop_s: float, centre_bands: bool,
+                     mix_other_recorders: bool, **negatives) -> Recipe:
+    """The recipe of a search trial's ``params``, named ``<space>-…-p<digest>``."""
+    import hashlib
+
+    from training.hpo import settings_from_params
+
+    space, (model, optim, augment) = settings_from_params(params, frontend, window_s)
+    if names != [space]:
+        raise ValueError(f"--params holds {space}-space settings: name that one recipe (--recipe {space})")
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:6]
+    name = recipe_name(space, frontend_kind=frontend.kind, average_last=average_last, hidden=model.hidden,
+                       layers=model.layers, window_s=window_s, hop_s=hop_s, centre_bands=centre_bands,
+                       mix_other_recorders=mix_other_recorders, **negatives) + f"-p{digest}"
+    return Recipe(name, dataclasses.replace(model, centre_bands=centre_bands),
+                  OptimConfig(**optim, epochs=epochs, seed=seed, average_last=average_last, **negatives),
+                  dataclasses.replace(augment, mix_other_recorders=mix_other_recorders), frontend)
 
 
 def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

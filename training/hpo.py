@@ -26,13 +26,15 @@ from training.augment import AugmentConfig
 from training.data import Split
 from training.evaluate import metrics
 from training.model import ModelConfig
-from training.recipes import FIELD, HOP_S, PAPER, WINDOW_S, seconds_to_frames
+from training.recipes import FIELD, HOP_S, PAPER, SHIPPED_HIDDEN, WINDOW_S, seconds_to_frames
 from training.runs import run_config, save_run
 from training.train import OptimConfig, predict, train
 
 log = logging.getLogger(__name__)
 
 SPACES = ("paper", "field")
+OBJECTIVE_NAMES = {"devel": "devel UAR", "cv": "grouped-CV window UAR"}  # cv: training.hpo_cv
+OBJECTIVES = tuple(OBJECTIVE_NAMES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,10 @@ class SearchConfig:
     start_from_paper: bool = True  # enqueue the paper's Table 2 best setting as the first trial
     window_s: float = WINDOW_S
     hop_s: float = HOP_S
+    objective: str = "devel"
+    folds: int = 5                 # the cv objective's grouped folds
+    average_last: int = 5          # the cv objective's members average their last epochs, as shipped
+    centre_bands: bool = False     # the cv objective's model centres each window's bands, as shipped
 
 
 def suggest(trial: optuna.Trial, space: str, frontend: FrontendConfig, window_s: float):
@@ -77,6 +83,38 @@ def suggest(trial: optuna.Trial, space: str, frontend: FrontendConfig, window_s:
         aug["p_mix"] = trial.suggest_float("p_mix", 0.0, 1.0, step=0.25)
         aug["gain_db"] = trial.suggest_float("gain_db", 0.0, 12.0, step=3.0)
     return model, optim, AugmentConfig(**aug)
+
+
+def settings_from_params(params: dict, frontend: FrontendConfig, window_s: float = WINDOW_S):
+    """A search trial's settings (its ``params``, as Optuna stores them) as the model, optimiser
+    and augmentation configs that ``suggest`` gave that trial: a found setting can be trained again
+    by ``fit --params`` and scored by ``cv --params``. The space is ``field`` when the params hold
+    its augmentations. Raises ValueError on a missing or out-of-range parameter."""
+    import warnings
+
+    space = "field" if "p_mix" in params else "paper"
+    trial = optuna.trial.FixedTrial(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # FixedTrial only warns about a value out of range
+        try:
+            settings = suggest(trial, space, frontend, window_s)
+        except UserWarning as exc:
+            raise ValueError(str(exc)) from None
+    unknown = sorted(set(params) - set(trial.distributions))
+    if unknown:
+        raise ValueError(f"unknown search parameter(s) {unknown}")
+    return space, settings
+
+
+def read_params(path: Path) -> dict:
+    """Trial params from a JSON file (``scripts/summarise_search.py --write-params``)."""
+    try:
+        params = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"--params {path}: not a readable JSON file ({type(exc).__name__})") from exc
+    if not isinstance(params, dict):
+        raise ValueError(f"--params {path}: expected an object of search parameters")
+    return params
 
 
 def _storage(storage_url: str, config: SearchConfig, attempts: int = 5) -> optuna.storages.RDBStorage:
@@ -153,29 +191,47 @@ def progress_line(study: optuna.Study) -> str:
         best = f"{study.best_value:.3f} (trial {study.best_trial.number})"
     except ValueError:
         best = "-"
-    return f"trials done {done}, pruned {pruned}, running {states.count(optuna.trial.TrialState.RUNNING)}; best devel UAR {best}"
+    what = OBJECTIVE_NAMES[study.user_attrs.get("objective", "devel")]
+    return f"trials done {done}, pruned {pruned}, running {states.count(optuna.trial.TrialState.RUNNING)}; best {what} {best}"
 
 
 def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir: Path,
-               train_split: Split, devel: Split) -> optuna.Study:
-    """Work on the study until it holds ``n_trials`` finished (complete or pruned) trials."""
+               train_split: Split, devel: Split, pool: Split | None = None) -> optuna.Study:
+    """Work on the study until it holds ``n_trials`` finished (complete or pruned) trials.
+    The ``cv`` objective folds train + devel by recorder, ``pool`` (when given) on the training side."""
     if config.space not in SPACES:
         raise ValueError(f"unknown search space {config.space!r}: choose one of {SPACES}")
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {config.objective!r}: choose one of {OBJECTIVES}")
     run_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(storage_url, study_name, config)
+    earlier = study.user_attrs.get("objective", "devel" if study.get_trials(deepcopy=False) else None)
+    if earlier not in (None, config.objective):
+        raise ValueError(f"study {study_name!r} searches the {earlier} objective, not {config.objective}: "
+                         f"choose another study name")
+    study.set_user_attr("objective", config.objective)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     if len(study.get_trials(deepcopy=False, states=finished)) >= config.n_trials:
         log.info("study %s already holds %d finished trials", study_name, config.n_trials)
         return study
     if config.start_from_paper:
         # A known-good point first: TPE then explores around it (skip_if_exists: once per study).
-        study.enqueue_trial({**PAPER.trial_params(), **(FIELD.trial_params() if config.space == "field" else {})},
-                            skip_if_exists=True)
+        first = {**PAPER.trial_params(), **(FIELD.trial_params() if config.space == "field" else {})}
+        study.enqueue_trial(first, skip_if_exists=True)
+        if config.objective == "cv":  # and the shipped members' size, the setting to beat on recorders never heard
+            study.enqueue_trial({**first, "hidden": SHIPPED_HIDDEN}, skip_if_exists=True)
 
     def show(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         log.info("trial %d %s: %s", trial.number, trial.state.name.lower(), progress_line(study))
 
-    study.optimize(Objective(config, train_split, devel, run_dir), catch=(), timeout=config.timeout_s,
+    if config.objective == "cv":
+        from training.data import merge
+        from training.hpo_cv import CvObjective
+
+        objective = CvObjective(config, merge(train_split, devel), pool, suggest, config.folds)
+    else:
+        objective = Objective(config, train_split, devel, run_dir)
+    study.optimize(objective, catch=(), timeout=config.timeout_s,
                    callbacks=[optuna.study.MaxTrialsCallback(config.n_trials, states=finished), show])
     return study

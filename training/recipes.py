@@ -62,6 +62,9 @@ class FieldPreset:
 
 PAPER = Table2()
 FIELD = FieldPreset()
+# The default bundle's members: Table 2 and the field preset at h = 128 (README, "The embedded default
+# bundle"); the grouped-CV search starts there too, so its first trials score what ships.
+SHIPPED_HIDDEN = 128
 
 
 def seconds_to_frames(seconds: float, frontend: FrontendConfig) -> int:

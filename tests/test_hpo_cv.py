@@ -1,0 +1,138 @@
+"""The search's grouped-CV objective, and the feature pack that carries the data to a machine
+the audio cannot reach."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+
+from training.data import BACKGROUND, load_split
+from training.errors import DataError
+from training.feature_pack import pack, unpack
+from training.hpo_cv import clip_windows, window_scores
+
+
+def test_a_pack_gives_back_the_clips_and_their_log_mel_within_half_a_step(tiny_dataset, tmp_path):
+    train = load_split(tiny_dataset, "train")
+    devel = load_split(tiny_dataset, "devel", train.labels)
+    path = pack({"train": train, "devel": devel}, tmp_path / "pack.npz")
+    back = unpack(path)
+    assert list(back) == ["train", "devel"]
+    every = np.concatenate(train.features + devel.features)
+    half_step = (every.max() - every.min()) / 255 / 2
+    for name, split in (("train", train), ("devel", devel)):
+        got = back[name]
+        assert [c.path.name for c in got.clips] == [c.path.name for c in split.clips]
+        assert [c.recorder for c in got.clips] == [c.recorder for c in split.clips]
+        assert [c.label for c in got.clips] == [c.label for c in split.clips]
+        assert got.labels == split.labels and got.frontend == split.frontend
+        np.testing.assert_array_equal(got.targets, split.targets)
+        for a, b in zip(got.features, split.features):
+            assert a.shape == b.shape and a.dtype == np.float32
+            assert np.abs(a - b).max() <= half_step * 1.001
+
+
+def test_a_file_that_is_not_a_pack_is_named_in_the_error(tmp_path):
+    bad = tmp_path / "notes.npz"
+    bad.write_text("hello")
+    with pytest.raises(DataError, match="notes.npz: not a readable feature pack"):
+        unpack(bad)
+
+
+def test_clips_are_cut_into_the_recorders_windows():
+    features = [np.zeros((300, 4), np.float32), np.zeros((50, 4), np.float32)]
+    windows, owner = clip_windows(features, window=125, hop=62)
+    assert [len(w) for w in windows] == [125, 125, 125, 50]
+    assert owner.tolist() == [0, 0, 0, 1]
+
+
+def test_window_scores_count_background_windows_called_calls():
+    labels = (BACKGROUND, "call")
+    targets = np.array([0, 1])
+    owner = np.array([0, 0, 0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3], [0.1, 0.9], [0.4, 0.6]])
+    scores = window_scores(probs, owner, targets, labels)
+    assert scores["background_called"] == pytest.approx(0.25)
+    assert scores["window_uar"] == pytest.approx((0.75 + 1.0) / 2)
+
+
+def _train(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "training", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_search_with_the_grouped_cv_objective_runs_from_a_pack(tiny_dataset, tmp_path):
+    packed = tmp_path / "features.npz"
+    done = _train("pack-features", "--data", tiny_dataset, "--out", packed)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "hpo"
+    # No --data: the pack alone is read (a directory that does not exist proves it).
+    done = _train("hpo", "--data", tmp_path / "no-audio-here", "--features", packed, "--out", out,
+                  "--objective", "cv", "--space", "field", "--folds", "2", "--trials", "3", "--epochs", "2",
+                  "--average-last", "1", "--centre-bands", "--startup-trials", "2", "--seed", "0", "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "best grouped-CV window UAR" in done.stdout
+    study = optuna.load_study(study_name="edgemon", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.user_attrs["objective"] == "cv"
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete
+    for t in complete:
+        folds = t.user_attrs["fold_window_uar"]
+        assert len(folds) == 2 and all(0.0 <= f <= 1.0 for f in folds)
+        assert t.value == pytest.approx(np.mean(folds))
+        assert len(t.user_attrs["fold_background_called"]) == 2
+        assert sorted(t.intermediate_values) == [0, 1]
+    # The same study cannot go on under the other objective.
+    done = _train("hpo", "--data", tiny_dataset, "--out", out, "--objective", "devel", "--trials", "4",
+                  "--epochs", "1")
+    assert done.returncode == 1
+    assert "searches the cv objective, not devel" in done.stderr
+
+
+FOUND = {"layers": 1, "hidden": 64, "dropout": 0.1, "tau": 0.5, "lr": 1e-3, "batch_size": 64,
+         "weight_decay": 0.01, "lr_decay": 0.9, "gamma": 2, "p_fm": 0.1, "p_tm": 0.05, "p_r": 0.5,
+         "time_shift": False, "p_mix": 0.25, "gain_db": 3.0}
+
+
+def test_a_trials_params_give_back_the_settings_the_search_trained():
+    from edgemon.analysis.frontend import FrontendConfig
+    from training.hpo import settings_from_params, suggest
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    trial = study.ask()
+    asked = suggest(trial, "field", FrontendConfig(), 4.0)
+    space, again = settings_from_params(trial.params, FrontendConfig(), 4.0)
+    assert space == "field" and again == asked
+    with pytest.raises(ValueError, match="out of the range"):
+        settings_from_params({**FOUND, "layers": 9}, FrontendConfig())
+    with pytest.raises(ValueError, match="unknown search parameter"):
+        settings_from_params({**FOUND, "colour": 1}, FrontendConfig())
+    with pytest.raises(ValueError, match="'hidden'"):
+        settings_from_params({k: v for k, v in FOUND.items() if k != "hidden"}, FrontendConfig())
+
+
+def test_fit_and_cv_train_a_found_setting(tiny_dataset, tmp_path):
+    import json
+
+    params = tmp_path / "found.json"
+    params.write_text(json.dumps(FOUND))
+    done = _train("fit", "--data", tiny_dataset, "--params", params, "--epochs", "1", "--quiet", "--device", "cpu",
+                  "--out", tmp_path / "fit")
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((tmp_path / "fit" / "config.json").read_text())
+    assert (config["model"]["hidden"], config["model"]["layers"], config["optim"]["batch_size"]) == (64, 1, 64)
+    assert (config["augment"]["p_mix"], config["augment"]["time_shift"], config["augment"]["crop_frames"]) == (0.25, False, 125)
+    done = _train("cv", "--data", tiny_dataset, "--params", params, "--recipe", "field", "--folds", "2",
+                  "--epochs", "1", "--out", tmp_path / "cv")
+    assert done.returncode == 0, done.stderr[-2000:]
+    recipes = json.loads((tmp_path / "cv" / "cv.json").read_text())["recipes"]
+    assert [name.split("-")[0] for name in recipes] == ["field"] and "-h64l1-" in next(iter(recipes))
+    # The settings are of the field space: naming another recipe is a usage error, as is a bad file.
+    done = _train("cv", "--data", tiny_dataset, "--params", params, "--recipe", "paper", "--out", tmp_path / "cv2")
+    assert done.returncode == 2 and "--recipe field" in done.stderr
+    done = _train("fit", "--data", tiny_dataset, "--params", tmp_path / "nothing.json", "--out", tmp_path / "fit2")
+    assert done.returncode == 2 and "nothing.json: not a readable JSON file" in done.stderr

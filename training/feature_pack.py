@@ -1,0 +1,69 @@
+"""Splits' log-mel features packed into one small file, for a machine the audio cannot reach.
+
+A GPU machine lent for a search may take only tens of MiB; the Borneo audio is over 200 MiB of
+FLAC, its float32 log-mel more. A pack keeps each clip's log-mel quantised to 8 bits (a uniform
+step over the pack's range, 0.082 natural-log units (0.36 dB) on the Borneo set: far below the noise the
+augmentations add), with the clips' names, labels and recorders, so that ``Split``s come back
+without reading audio. Only log-mel frontends: what PCEN needs is the mel power itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgemon.analysis.frontend import FrontendConfig
+from training.data import Clip, Split
+from training.errors import DataError
+
+LEVELS = 255
+
+
+def pack(splits: dict[str, Split], path: Path) -> Path:
+    """Write ``splits`` (name -> Split, all log-mel with one frontend and one label order) to ``path``."""
+    first = next(iter(splits.values()))
+    for name, split in splits.items():
+        if split.mel is not None or split.frontend != first.frontend or split.labels != first.labels:
+            raise DataError(f"split {name!r}: a pack holds log-mel splits of one frontend and label order")
+    every = np.concatenate([f for s in splits.values() for f in s.features])
+    low, high = float(every.min()), float(every.max())
+    step = max(high - low, 1e-6) / LEVELS
+    arrays = {"labels": np.array(first.labels), "frontend": np.array(json.dumps(first.frontend.to_dict())),
+              "range": np.array([low, step]), "splits": np.array(list(splits))}
+    for name, split in splits.items():
+        arrays[f"{name}/lengths"] = np.array([len(f) for f in split.features])
+        arrays[f"{name}/codes"] = np.round((np.concatenate(split.features) - low) / step).astype(np.uint8)
+        arrays[f"{name}/names"] = np.array([c.path.name for c in split.clips])
+        arrays[f"{name}/recorders"] = np.array([c.recorder for c in split.clips])
+        arrays[f"{name}/targets"] = split.targets
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; name the pack file to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:  # whole or not at all: an earlier pack stays until this one is written
+        np.savez_compressed(f, **arrays)
+    partial.replace(path)
+    return path
+
+
+def unpack(path: Path) -> dict[str, Split]:
+    """The splits of a pack, their features back as float32 log-mel."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            labels = tuple(str(l) for l in data["labels"])
+            frontend = FrontendConfig.from_dict(json.loads(str(data["frontend"])))
+            low, step = (float(v) for v in data["range"])
+            splits = {}
+            for name in (str(n) for n in data["splits"]):
+                lengths = data[f"{name}/lengths"]
+                values = (data[f"{name}/codes"].astype(np.float32) * np.float32(step) + np.float32(low))
+                features = np.split(values, np.cumsum(lengths)[:-1])
+                clips = [Clip(Path(str(n)), labels[t], str(r))
+                         for n, t, r in zip(data[f"{name}/names"], data[f"{name}/targets"], data[f"{name}/recorders"])]
+                splits[name] = Split(name, clips, features, data[f"{name}/targets"].astype(np.int64), labels,
+                                     None, frontend)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: not a readable feature pack ({type(exc).__name__}: {exc})") from exc
+    return splits

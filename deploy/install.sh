@@ -7,7 +7,8 @@
 #   sudo bash deploy/install.sh --uninstall --purge   also remove /etc/edgemon and the user
 #
 # What goes where:
-#   /opt/edgemon/venv                 the program (a virtual environment; binary wheels only)
+#   /opt/edgemon/venv                 the program with the sync extra (a virtual environment;
+#                                     binary wheels only)
 #   /etc/edgemon/edgemon.toml         settings (kept on upgrade; the example of the installed
 #                                     version lies beside it as edgemon.toml.dist)
 #   /var/lib/edgemon                  database and clips, owned by the system user `edgemon`
@@ -191,10 +192,12 @@ ensure_venv() {
   [ -n "$WHEELS" ] && pip+=(--no-index --find-links "$WHEELS")
   # shellcheck disable=SC2206
   [ -n "$PIP_ARGS" ] && pip+=($PIP_ARGS)
+  # With the sync extra (the PostgreSQL driver, a binary wheel): setting sync_url later must not
+  # leave a unit that refuses to start for want of it.
   if [ -n "$WHEELS" ] && [ "$SOURCE" = "$(dirname "$HERE")" ]; then
-    "${pip[@]}" edgemon           # offline: the edgemon wheel comes from the wheelhouse too
+    "${pip[@]}" "edgemon[sync]"   # offline: the edgemon wheel comes from the wheelhouse too
   else
-    "${pip[@]}" "$SOURCE"
+    "${pip[@]}" "$SOURCE[sync]"
   fi
   "$(r $VENV)/bin/edgemon" --help >/dev/null || die "the installed edgemon does not start"
   after="$(installed_version)"

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -302,6 +303,7 @@ def export_detections(
 ):
     """Export detections; reads only, so it never blocks the daemon."""
     from edgemon.storage.export import export_coverage, export_detections as run_export
+    from edgemon.storage.export_files import OutputClosed
 
     log = logging.getLogger("edgemon.storage.export")
     try:
@@ -317,6 +319,8 @@ def export_detections(
         count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
                            new or cursor is not None, "default" if cursor is None else cursor, bundle=bundle or None,
                            timezone=service.timezone)
+    except OutputClosed:   # `| head`: the reader had enough; as any Unix filter, exit quietly (128 + SIGPIPE)
+        raise typer.Exit(128 + signal.SIGPIPE)
     except EdgemonError as exc:
         raise _fail(exc)
     if not quiet:
@@ -397,14 +401,16 @@ def sync(
     to: Annotated[Optional[str], typer.Option("--to", help="Fleet database, postgresql://user@host/db (default: sync_url from the settings). No password in it: libpq's ~/.pgpass, $PGPASSFILE, ?passfile=PATH (0600) or $PGPASSWORD.")] = None,
     db: DbOpt = None,
     device_id: DeviceIdOpt = None,
-    retry_for_s: Annotated[float, typer.Option(help="Keep retrying an unreachable server this many seconds, backing off.")] = 0.0,
-    batch_rows: Annotated[Optional[int], typer.Option(help="Changes in the first batch (batches then adapt to the link).")] = None,
+    retry_for_s: Annotated[float, typer.Option(min=0.0, help="Keep retrying an unreachable server this many seconds, backing off.")] = 0.0,
+    batch_rows: Annotated[Optional[int], typer.Option(min=1, help="Changes in the first batch (batches then adapt to the link).")] = None,
     config: ConfigOpt = None,
 ):
     """Send every detection, file, coverage minute and heartbeat the fleet database lacks, once."""
     from edgemon.sync.sender import sync_command
 
     try:
+        if not math.isfinite(retry_for_s):
+            raise OptionError(f"--retry-for-s: must be a finite number of seconds, not {retry_for_s}")
         result = sync_command(_settings(ctx, config), to, retry_for_s, batch_rows)
     except EdgemonError as exc:
         raise _fail(exc)

@@ -396,8 +396,13 @@ def _checked(s: Setting, value: Any, where: str, error: type[ConfigError] = Conf
         raise error(f"{where}: must be one of {', '.join(s.choices)}, not {value!r}")
     if s.minimum is not None and value < s.minimum:
         raise error(f"{where}: must be at least {s.minimum:g}, got {value!r}")
-    if s.file and value.is_dir():   # SQLite would say only "disk I/O error"
-        raise error(f"{where}: {value} is a directory, not a file")
+    if s.file:
+        try:
+            is_dir = value.is_dir()
+        except OSError as e:  # a directory this user may not search (the service's, to an admin)
+            raise error(f"{where}: {value}: cannot be reached ({e.strerror or e}); run as a user who may read it") from None
+        if is_dir:   # SQLite would say only "disk I/O error"
+            raise error(f"{where}: {value} is a directory, not a file")
     return value
 
 

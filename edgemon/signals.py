@@ -13,13 +13,14 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """An Event set by SIGTERM or SIGINT; the previous handlers come back at the end."""
+def stop_on_signals(finishing: str = "the current file") -> Iterator[threading.Event]:
+    """An Event set by SIGTERM or SIGINT; the previous handlers come back at the end.
+    ``finishing``: what the command completes before it stops, for the log line."""
     stop = threading.Event()
     previous = {}
 
     def handler(signum, frame):
-        log.info("signal %d: stopping after the current file", signum)
+        log.info("signal %d: stopping after %s", signum, finishing)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -378,6 +378,9 @@ def test_info_says_whether_confidence_is_calibrated(tmp_path):
     """A bundle from before calibration still runs; info says its confidence is the raw score."""
     shipped = runner.invoke(app, ["info"])
     assert shipped.exit_code == 0 and json.loads(shipped.output)["confidence"].startswith("calibrated")
+    said, top = json.loads(shipped.output)["confidence"], json.loads(shipped.output)["confidence_max"]
+    # Its grouped-CV figure at 0.9 is not what --min-confidence 0.9 exports (refused: above the ceiling).
+    assert (top < 0.9) == (f"never exceeds {top:g}, so --min-confidence 0.9 is refused" in said)
     older = tmp_path / "older"
     shutil.copytree(default_bundle_path(), older)
     manifest = json.loads((older / MANIFEST).read_text())

@@ -6,6 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 import tomllib
 import typing
 from pathlib import Path
@@ -305,6 +309,26 @@ def test_a_database_path_that_is_a_directory_is_one_line_naming_it(tmp_path):
     assert result.output.strip() == f"error: option --db: {folder} is a directory, not a file"
     result = CliRunner().invoke(app, ["status", "--config", str(config)])
     assert result.exit_code == 1 and result.output.strip() == f"error: {config}: db: {folder} is a directory, not a file"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run a command as another user")
+def test_a_database_in_a_directory_the_user_may_not_search_is_one_line(tmp_path):
+    """An admin running `edgemon status` on the service's database (its directory is 0750 edgemon)
+    got a 54-line PermissionError traceback."""
+    closed = tmp_path / "state"
+    closed.mkdir(mode=0o700)
+    tmp_path.chmod(0o755)
+    as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    repo = Path(__file__).resolve().parents[1]
+    if subprocess.run([*as_nobody, sys.executable, "-c", "import edgemon"], cwd=repo, capture_output=True).returncode:
+        pytest.skip("this checkout or its Python cannot be read by the user nobody")
+    result = subprocess.run([*as_nobody, sys.executable, "-m", "edgemon", "status", "--db", str(closed / "edgemon.db")],
+                            capture_output=True, text=True, timeout=60, cwd=repo)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == f"error: option --db: {closed / 'edgemon.db'}: cannot be reached (Permission denied); " \
+                       "run as a user who may read it"
 
 
 def test_typed_configs_come_from_settings(tmp_path):

@@ -202,6 +202,9 @@ def test_install_reinstall_upgrade_uninstall_in_a_throwaway_root(tmp_path):
     shown = subprocess.run([str(root / "opt/edgemon/venv/bin/edgemon"), "config", "--config", str(config), "--json"],
                            capture_output=True, text=True, check=True)   # the installed program runs
     assert '"listen"' in shown.stdout
+    driver = subprocess.run([str(root / "opt/edgemon/venv/bin/python"), "-c", "import psycopg"], capture_output=True,
+                            text=True)
+    assert driver.returncode == 0, driver.stderr      # the sync extra: setting sync_url later just works
     assert verify(root).returncode == 0 and verify(root).stderr == ""    # the installed unit, real ExecStart
 
     before = tree(root)

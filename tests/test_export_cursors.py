@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
 import sqlite3
 import subprocess
@@ -221,3 +222,37 @@ def test_an_export_whose_coverage_file_cannot_be_written_leaves_its_cursor(db_pa
     assert failed.exit_code == 1 and "no-such-dir" in failed.output and not out.exists()
     again = runner.invoke(app, [*args, "--output", str(out), "--coverage", str(tmp_path / "c.csv")])
     assert again.exit_code == 0 and [r["id"] for r in read_csv(out)] == ["1", "2", "3", "4", "5"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a file for another user")
+def test_a_lock_file_root_creates_belongs_to_the_databases_owner(tmp_path):
+    """An admin's `sudo edgemon export-detections --cursor …` left <db>.export.lock owned by root,
+    mode 0644, and every later cursor export by the service user failed to open it."""
+    from edgemon.storage.lock import hold_database, hold_exports
+
+    db = tmp_path / "edgemon.db"
+    db.write_bytes(b"")
+    os.chown(db, 65534, 65534)
+    with hold_exports(db) as export_lock:
+        pass
+    with hold_database(db) as daemon_lock:
+        pass
+    for lock in (export_lock, daemon_lock):
+        assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534), lock
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly_and_moves_no_cursor(tmp_path):
+    """`export-detections | head -1` printed "error: cannot write to standard output: Broken pipe"."""
+    from devtools.recorder_db import make_recorder
+
+    db = make_recorder(tmp_path / "r.db", "site-01", files=200, per_file=10)
+    export = f"{sys.executable} -m edgemon export-detections --db {db} --cursor nightly --format jsonl"
+    # The reader reads one line and leaves; the writer has far more than a pipe buffer to write.
+    done = subprocess.run(["bash", "-c", f"set -o pipefail; {export} 2>{tmp_path / 'err'} | head -1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 141 and len(done.stdout.splitlines()) == 1
+    assert (tmp_path / "err").read_text() == ""
+    out = tmp_path / "all.jsonl"
+    again = subprocess.run([*export.split(), "--output", str(out)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert len(out.read_text().splitlines()) == 2000      # the cursor did not move past what nobody read

@@ -492,3 +492,22 @@ def test_a_bundle_refused_by_listen_is_visible_in_status(virtual_audio, tmp_path
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: ")
     status = collect_status(db)
     assert [p for p in status["problems"] if p.startswith("refused to start: ") and str(broken) in p]
+
+
+def test_a_clips_directory_that_cannot_be_made_is_one_line_naming_it(tmp_path):
+    from edgemon.errors import EdgemonError
+
+    (tmp_path / "notadir").write_text("a file")
+    with pytest.raises(EdgemonError, match=r"--clips .*notadir/clips: cannot create the clips directory \(Not a directory\)"):
+        ClipSaver(ClipConfig(tmp_path / "notadir" / "clips"), rate=16000, guard=disk_with(5000))
+
+
+def test_a_rate_or_channel_count_the_device_never_takes_is_refused_at_start(virtual_audio, tmp_path):
+    """It used to be retried for ever, as if the device were lost, recording nothing."""
+    for option, value in (("--sample-rate", "12345678"), ("--channels", "64")):
+        result = subprocess.run([str(EDGEMON), "listen", "--device", "pulse", "--db", str(tmp_path / "s.db"),
+                                 option, value, "--duration-s", "30"], env=virtual_audio.client_env(),
+                                capture_output=True, text=True, timeout=120)
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 1 and last.startswith("error: pulse does not take"), result.stderr[-1500:]
+        assert "edgemon devices" in last

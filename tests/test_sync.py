@@ -263,6 +263,28 @@ def test_wrong_password_unreachable_host_and_password_in_url(fleet, tmp_path):
     assert_server_equals_union(fleet, [db])
 
 
+def test_sync_refuses_a_foreign_file_another_device_id_and_bad_numbers_before_connecting(tmp_path):
+    """Checked before any server is asked (this URL reaches none): nothing is written anywhere."""
+    import sqlite3
+
+    url = "postgresql://recorder@127.0.0.1:9/fleet"
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE birds (x)")
+    assert_one_line_refusal(run_sync(other, url), "other.db: not an edgemon database")
+    with sqlite3.connect(other) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["birds"]
+
+    db = make_recorder(tmp_path / "a.db", "site-07", files=3, seed=4)
+    before = local_state(db)
+    assert_one_line_refusal(run_sync(db, url, device_id="edgemon"), "stored by device 'site-07'",
+                            "--device-id site-07")
+    assert local_state(db) == before
+    for option, value in (("--batch-rows", "0"), ("--retry-for-s", "nan"), ("--retry-for-s", "-1")):
+        refused = run_sync(db, url, option, value, device_id="site-07")
+        assert refused.returncode == 2 and option in refused.stderr, refused.stderr
+
+
 def test_newer_server_schema_is_refused_in_one_line(fleet, tmp_path):
     db = make_recorder(tmp_path / "a.db", "rec-a", files=3, seed=6)
     assert run_sync(db, fleet.url).returncode == 0

@@ -203,7 +203,7 @@ def describe_bundle(path) -> tuple[dict, SelfCheck]:
             "frontend": bundle.frontend.to_dict(), "self_check": check.to_dict(),
             # Where its figures come from: training data, grouped-CV scores, operating point,
             # calibration, adaptation (whichever the manifest records).
-            "confidence": _confidence_meaning(bundle.manifest),
+            "confidence": _confidence_meaning(bundle.manifest, bundle.confidence_max),
             "site_corrections": _site_corrections(ensemble),
             "provenance": {k: bundle.manifest[k] for k in PROVENANCE if k in bundle.manifest}}, check
 
@@ -220,11 +220,19 @@ def _site_corrections(ensemble: Ensemble) -> dict:
     return out
 
 
-def _confidence_meaning(manifest: dict) -> str:
+def _confidence_meaning(manifest: dict, ceiling: float) -> str:
     if manifest.get("calibration"):
-        return (f"calibrated: the probability that a detection is right, per class, from the event's "
-                f"{manifest.get('calibration_input', 'score')} (fits in provenance.calibration_fits)")
-    return "uncalibrated: the raw vote score (the members' normalised-softmax probability), not a probability of being right"
+        meaning = (f"calibrated: the probability that a detection is right, per class, from the event's "
+                   f"{manifest.get('calibration_input', 'score')} (fits in provenance.calibration_fits)")
+    else:
+        meaning = "uncalibrated: the raw vote score (the members' normalised-softmax probability), not a probability of being right"
+    expected = (manifest.get("operating_point") or {}).get("expected") or {}
+    if ceiling < 0.9 and "at_min_confidence_0.9" in expected:
+        # The grouped-CV figure comes from per-fold fits, which may exceed the final fit's top.
+        meaning += (f"; it never exceeds {ceiling:g}, so --min-confidence 0.9 is refused: "
+                    f"operating_point.expected.at_min_confidence_0.9 counts held-out events of grouped CV "
+                    f"under per-fold fits, not what this bundle stores")
+    return meaning
 
 
 PROVENANCE = ("trained_on", "thresholds_from", "operating_point", "calibration_input", "calibration_fits",

@@ -31,6 +31,10 @@ from edgemon.errors import EdgemonError
 
 log = logging.getLogger(__name__)
 
+# PortAudio's codes for settings a device will never take (paInvalidChannelCount,
+# paInvalidSampleRate, paSampleFormatNotSupported): refused at start, never retried.
+INVALID_SETTINGS = (-9998, -9997, -9994)
+
 
 class AudioDeviceError(EdgemonError):
     """PortAudio cannot list or open audio devices."""
@@ -255,6 +259,20 @@ class Capture:
                 f" ({why})" if why else "")
         self.state = state
         self.transitions.append((self._clock(), state, why))
+
+    def check_settings(self) -> None:
+        """Refuse at start what no reopen can mend: a sample rate, channel count or format the
+        device does not take. Retried, it would record nothing for ever, as if the device were lost."""
+        try:
+            sd.check_input_settings(device=self.device.index, samplerate=self.rate, channels=self.config.channels,
+                                    dtype="float32")
+        except sd.PortAudioError as exc:
+            if len(exc.args) > 1 and exc.args[1] in INVALID_SETTINGS:
+                raise AudioDeviceError(f"{self.device.name} does not take {self.rate:g} Hz, {self.config.channels} "
+                                       f"channel(s): {exc.args[0]} (`edgemon devices` lists what each device "
+                                       f"takes)") from None
+        except ValueError as exc:
+            raise AudioDeviceError(f"{self.device.name}: {exc}") from None
 
     def run(self, stop: threading.Event) -> None:
         try:

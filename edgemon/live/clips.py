@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from edgemon.errors import EdgemonError
 from edgemon.storage.disk_budget import DiskBudget, DiskGuard
 from edgemon.storage.store import Detection
 
@@ -70,7 +71,11 @@ class ClipSaver:
         # The disk watermark: clips stop before the card fills; the database is never at risk.
         self.guard = guard or DiskGuard([config.directory],
                                         DiskBudget(min_free_mb=0.0, clips_min_free_mb=config.min_free_mb))
-        config.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            config.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file where the directory should be, no permission, a read-only card
+            raise EdgemonError(f"--clips {config.directory}: cannot create the clips directory "
+                               f"({e.strerror or e})") from None
         self.ring = _Ring(int((config.pre_s + config.max_clip_s + config.post_s + 5.0) * rate))
         self.pending: list[tuple[Detection, int, int]] = []
         self.saved = 0

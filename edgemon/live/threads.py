@@ -80,6 +80,7 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
     stop = stop or threading.Event()
     blocks = BlockQueue(config.capture.queue_blocks)
     capture = Capture(config.capture, blocks, device)
+    capture.check_settings()
     writer = StoreWriter(db_path)
     listener = Listener(config, analyzer, blocks, writer, source, previous_end, capture)
     drain, finish = threading.Event(), threading.Event()
@@ -116,5 +117,5 @@ def listen_main(config: ListenConfig, db_path: Path, models: Path | None = None,
     """``edgemon listen``: load the bundle, listen until SIGTERM or SIGINT (or ``duration_s``)."""
     resolve_device(config.capture.device)   # a wrong --device fails before the model loads
     analyzer = make_analyzer(models, threads)
-    with stop_on_signals() as stop:
+    with stop_on_signals("storing what was heard") as stop:
         return run_listen(config, db_path, analyzer, stop)

@@ -16,6 +16,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import sys
@@ -29,7 +30,7 @@ from typing import TextIO
 from edgemon.storage import tables
 from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advancing, check_filter, has_filters,
                                      read_cursor)
-from edgemon.storage.export_files import ExportError, atomic_text, write_file, write_raven
+from edgemon.storage.export_files import ExportError, OutputClosed, atomic_text, write_file, write_raven
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.readonly import open_read_only, time_range
 from edgemon.storage.store import Store, StoreError
@@ -281,6 +282,10 @@ def _write_stdout(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable
     try:
         count = write(sys.stdout, rows)
         sys.stdout.flush()
+    except BrokenPipeError:
+        # What is still buffered goes nowhere, quietly: else Python reports the pipe again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputClosed("standard output was closed by its reader") from None
     except OSError as e:
         raise ExportError(f"cannot write to standard output: {e}") from e
     return count

@@ -28,6 +28,11 @@ class ExportError(EdgemonError):
     """Detections cannot be exported: the database is unreadable or the output unwritable."""
 
 
+class OutputClosed(ExportError):
+    """The reader of standard output went away (``| head``): not an error to report, but the
+    export did not finish, so no cursor moves."""
+
+
 def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], append: bool,
                 moving: Moving | None = None) -> int:
     """One tab-separated Raven selection table per source; times in seconds from its start.

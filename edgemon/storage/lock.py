@@ -36,7 +36,7 @@ def hold_database(db_path: str | Path) -> Iterator[Path]:
     """Hold the lock of the database at ``db_path`` for the block; the lock file holds our pid.
     Raises ``DatabaseInUseError`` at once, naming the other daemon's pid, when it is held."""
     path = lock_path(db_path)
-    fd = _open_lock(path)
+    fd = _open_lock(path, db_path)
     try:
         if not _try_lock(fd, path):
             raise DatabaseInUseError(f"another edgemon (pid {_holder(fd)}) is using this database "
@@ -58,7 +58,7 @@ def hold_exports(db_path: str | Path, wait_s: float = 60.0, poll_s: float = 0.05
     same cursor position and deliver the same rows twice. Waits up to ``wait_s`` seconds for
     another export to finish, then raises ``DatabaseInUseError`` naming its pid."""
     path = export_lock_path(db_path)
-    fd = _open_lock(path)
+    fd = _open_lock(path, db_path)
     try:
         deadline = time.monotonic() + wait_s
         while not _try_lock(fd, path):
@@ -84,11 +84,26 @@ def _write_pid(fd: int) -> None:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
-def _open_lock(path: Path) -> int:
+def _open_lock(path: Path, db_path: str | Path) -> int:
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise DatabaseInUseError(f"cannot create the lock file {shown(path)}: {exc.strerror}") from None
+    _owned_like_the_database(fd, Path(db_path))
+    return fd
+
+
+def _owned_like_the_database(fd: int, db_path: Path) -> None:
+    """Root (an admin's one-off export, say) hands a lock file it created to the database's owner,
+    as SQLite does with its -wal and -shm files: else the service's own user can no longer open it."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = os.stat(db_path if db_path.exists() else db_path.parent)
+        if os.fstat(fd).st_uid != owner.st_uid:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    except OSError:
+        pass  # a file system without owners: nothing to hand over
 
 
 def _try_lock(fd: int, path: Path) -> bool:

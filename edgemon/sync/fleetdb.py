@@ -97,8 +97,14 @@ def check_url(url: str) -> dict[str, str]:
         raise SyncUrlError("sync URL holds a password: put it in a 0600 passfile (~/.pgpass, $PGPASSFILE "
                            "or ?passfile=PATH) or $PGPASSWORD, never in the URL")
     passfile = params.get("passfile") or os.environ.get("PGPASSFILE")
-    if passfile and Path(passfile).exists() and Path(passfile).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SyncUrlError(f"passfile {passfile} is readable by others: chmod 0600 it")
+    if passfile:  # named, so meant: libpq would silently skip it and report "no password supplied"
+        if not Path(passfile).is_file():
+            raise SyncUrlError(f"passfile {passfile} not found")
+        if Path(passfile).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SyncUrlError(f"passfile {passfile} is readable by others: chmod 0600 it")
+        if not os.access(passfile, os.R_OK):
+            raise SyncUrlError(f"passfile {passfile} cannot be read by this user: chown it to the user "
+                               f"edgemon runs as (edgemon for the service) and keep it 0600")
     return params
 
 

@@ -37,7 +37,7 @@ from edgemon.safetext import shown
 from edgemon.status import collect_status
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
-from edgemon.sync.outbox import Outbox
+from edgemon.sync.outbox import Outbox, OutboxError, check_edgemon_database, newest_device_id
 from edgemon.utc import utc_iso
 
 log = logging.getLogger(__name__)
@@ -244,20 +244,23 @@ def sync_with_retries(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
 def run_sync(db_path: str | Path, info: DeviceInfo, config: SyncConfig, stop: threading.Event) -> None:
     """The service's loop: a session every ``interval_s`` until ``stop``; failures back off
     (logged once per episode) and never end the loop: a recorder may be offline for weeks."""
-    failures = 0
+    failures, last = 0, None
     while not stop.is_set():
         try:
             result = sync_once(db_path, info, config, stop)
             if failures or result.changes:
                 log.info(result.describe())
-            failures, wait = 0, config.interval_s
+            failures, last, wait = 0, None, config.interval_s
         except Exception as e:  # a per-session boundary: the daemon's own work must go on
             failures += 1
             # Wrong credentials or a newer server will not mend themselves soon: try seldom.
             permanent = isinstance(e, (AuthError, SchemaNewerError, SyncUrlError))
             wait = config.backoff_max_s if permanent else backoff_s(failures, config)
-            if failures == 1 or permanent:
+            # Once per episode, and again whenever the kind of failure changes (a first boot's
+            # "no database yet" is followed by the failure that matters).
+            if failures == 1 or permanent or type(e) is not type(last):
                 log.warning("sync failed: %s; next try in %.0f s", e, wait)
+            last = e
         stop.wait(wait)
 
 
@@ -328,4 +331,21 @@ def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
         raise ConfigError("no sync target: give --to postgresql://... or set sync_url in [sync]")
     config = _config(settings, url, retry_for_s=retry_for_s,
                      **({} if batch_rows is None else {"batch_rows": batch_rows}))
-    return sync_with_retries(settings.service.db, device_info(settings), config)
+    info = device_info(settings)
+    _check_device_id(Path(settings.service.db), info.device_id)
+    return sync_with_retries(settings.service.db, info, config)
+
+
+def _check_device_id(db_path: Path, device_id: str) -> None:
+    """A one-shot sync under another id than the recorder stored its rows with would register a
+    second recorder for them, and the fleet views (joined on the id) would lose its detections."""
+    if not db_path.is_file():
+        return  # the session says so, in its own words
+    check_edgemon_database(db_path)
+    try:
+        stored = newest_device_id(db_path)
+    except sqlite3.Error as e:
+        raise OutboxError(f"cannot read detections database {db_path}: {e}") from e
+    if stored is not None and stored != device_id:
+        raise ConfigError(f"{db_path}: its newest rows were stored by device {stored!r}, not {device_id!r}: "
+                          f"give --device-id {stored} (or set device_id), so that the fleet counts them as one recorder")

@@ -104,10 +104,12 @@ def _service(ctx: typer.Context, config: Path | None, directory_alias: Path | No
 
 
 @app.command()
-def info(ctx: typer.Context, models: ModelsOpt = None, config: ConfigOpt = None):
+def info(ctx: typer.Context, models: ModelsOpt = None, config: ConfigOpt = None,
+         fmt: Annotated[TextFormat, typer.Option("--format", help="json (everything; the default) or text (the lines a person reads first).")] = TextFormat.json):
     """Describe a model bundle: labels and their names, members and their devel/test UAR, windows,
     thresholds, the highest confidence it can give, and its self-check on this CPU."""
     from edgemon.analysis.bundle import default_bundle_path
+    from edgemon.analysis.bundle_text import format_description
     from edgemon.analysis.ensemble import describe_bundle
     from edgemon.analysis.selfcheck import SelfCheckError
 
@@ -115,7 +117,7 @@ def info(ctx: typer.Context, models: ModelsOpt = None, config: ConfigOpt = None)
         description, check = describe_bundle(_service(ctx, config).models or default_bundle_path())
     except EdgemonError as exc:
         raise _fail(exc)
-    typer.echo(json.dumps(description, indent=2))
+    typer.echo(format_description(description) if fmt is TextFormat.text else json.dumps(description, indent=2))
     if not check.passed:
         raise _fail(SelfCheckError(f"{description['path']}: self-check on this CPU {check.summary()}"))
 

@@ -374,6 +374,20 @@ def test_info_says_where_the_bundles_figures_come_from():
     assert provenance["trained_on"] and "cv_uar_mean" in provenance["thresholds_from"]
 
 
+def test_info_as_text_gives_the_lines_a_person_reads_first():
+    described = json.loads(runner.invoke(app, ["info"]).output)
+    result = runner.invoke(app, ["info", "--format", "text"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"bundle {described['bundle_id']} at {described['path']}"
+    assert f"  self-check on this CPU: {described['self_check']['summary']}" in lines
+    expected = described["provenance"]["operating_point"]["expected"]
+    for label in described["labels"][1:]:   # every call class, with its threshold
+        threshold = described["provenance"]["operating_point"]["thresholds"][label]
+        assert any(line.startswith(f"    {label} (") and f": {threshold:.2f}, " in line for line in lines), label
+    assert any(f"{expected['false_per_hour']:.1f} / h ({expected['false_events']} in" in line for line in lines)
+
+
 def test_info_says_whether_confidence_is_calibrated(tmp_path):
     """A bundle from before calibration still runs; info says its confidence is the raw score."""
     shipped = runner.invoke(app, ["info"])

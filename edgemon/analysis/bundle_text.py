@@ -1,0 +1,40 @@
+"""``edgemon info --format text``: a bundle's description (``ensemble.describe_bundle``) as the
+few lines a person reads first; ``--format json`` keeps everything."""
+
+from __future__ import annotations
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_description(d: dict) -> str:
+    names = d.get("label_names") or {}
+    calls = [label for label in d["labels"] if label != d["background_label"]]
+    lines = [f"bundle {d['bundle_id']} at {d['path']}",
+             f"  {len(d['members'])} member(s); windows of {d['window_s']:g} s every {d['hop_s']:g} s; "
+             f"frontend {d['frontend'].get('kind', 'logmel')}",
+             f"  self-check on this CPU: {d['self_check']['summary']}",
+             f"  confidence: {d['confidence']}",
+             "  species (threshold, fewest windows per event):"]
+    point = (d.get("provenance") or {}).get("operating_point") or {}
+    min_windows = point.get("min_windows") or {}
+    thresholds = point.get("thresholds") or d.get("thresholds") or {}
+    for label in calls:
+        common = (names.get(label) or {}).get("common") if isinstance(names.get(label), dict) else names.get(label)
+        shown = f"{label} ({common})" if common else label
+        lines.append(f"    {shown}: {thresholds.get(label, 0.0):.2f}, {min_windows.get(label, 1)}")
+    expected = point.get("expected")
+    if expected:
+        lines.append(f"  expected from grouped CV at the target of {point.get('target_false_per_hour', '?')} false "
+                     f"events per background hour: {expected['false_per_hour']:.1f} / h "
+                     f"({expected['false_events']} in {expected['background_hours']:.2f} h), "
+                     f"event recall {_pct(expected.get('recall'))}, precision {_pct(expected.get('precision'))}")
+        other = expected.get("chosen_on_other_folds")
+        if other:
+            lines.append(f"  the same rules chosen on the other folds: {other['false_per_hour']:.1f} / h, "
+                         f"recall {_pct(other.get('recall'))}, precision {_pct(other.get('precision'))}")
+    if d.get("site_corrections"):
+        lines.append(f"  adapted to a site: {', '.join(d['site_corrections'])}")
+    lines.append("  (everything: edgemon info --format json)")
+    return "\n".join(lines)

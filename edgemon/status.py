@@ -59,6 +59,7 @@ def collect_status(db_path: str | Path, *, directory: str | Path | None = None, 
         status["audio_h_this_run"] = round(beat["audio_s"] / 3600, 3) if beat else None
         status["dropped_audio"] = _dropped(conn, now) if "coverage" in tables else None
         status["export_cursors"] = _export_cursors(conn) if "export_cursors" in tables else []
+        status["sync"] = _sync_targets(conn) if {"sync_cursors", "changes"} <= tables else []
         status["unreadable_dirs"] = (dict(conn.execute("SELECT path, error FROM unreadable_dirs ORDER BY path"))
                                      if "unreadable_dirs" in tables else {})
         # Files whose analysis was cut short in a row (power cuts, or a file that kills it).
@@ -156,6 +157,13 @@ def _dropped(conn: sqlite3.Connection, now: dt.datetime) -> dict | None:
     return result
 
 
+def _sync_targets(conn: sqlite3.Connection) -> list[dict]:
+    """Each fleet database this one has synced to: what it acknowledged, when, and what waits."""
+    newest = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+    return [{"target": target, "acknowledged_seq": seq, "at": at, "backlog": max(0, newest - seq)}
+            for target, seq, at in conn.execute("SELECT target, seq, updated_at FROM sync_cursors ORDER BY target")]
+
+
 def _export_cursors(conn: sqlite3.Connection) -> list[dict]:
     """Each export cursor: name, filter (as options), position (highest detection id examined),
     last export time, rows delivered in all."""
@@ -251,6 +259,8 @@ def format_status(status: dict) -> str:
         ("memory", "?" if svc.get("rss_mb") is None else f"{svc['rss_mb']:g} MB resident"),
         ("export cursors", "; ".join(f"{c['name']} ({c['filter']}): at id {c['last_id']}, {c['delivered']} delivered, "
                                      f"last export {c['exported_at']}" for c in s.get("export_cursors", [])) or "none"),
+        ("sync", "; ".join(f"{t['target']}: acknowledged {t['at']}, {t['backlog']} change(s) waiting"
+                           for t in s.get("sync", [])) or "never synced"),
         ("problems", "; ".join(s["problems"]) if s["problems"] else "none"),
     ]
     return "".join(f"{k + ':':<18}{v}\n" for k, v in lines)

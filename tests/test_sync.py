@@ -255,12 +255,18 @@ def test_wrong_password_unreachable_host_and_password_in_url(fleet, tmp_path):
     with Outbox(db) as outbox:
         assert outbox.batch(0, 10) is not None and outbox.conn.execute("SELECT count(*) FROM sync_cursors").fetchone()[0] == 0
 
+    from edgemon.status import collect_status, format_status
+    assert "never synced" in format_status(collect_status(db, integrity=False))
     passfile.write_text(f"{host}:{port}:*:recorder:right-secret\n")
     passfile.chmod(0o600)
     ok = run_sync(db, url, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "right-secret" not in ok.stderr + ok.stdout
     assert_server_equals_union(fleet, [db])
+    [target] = collect_status(db, integrity=False)["sync"]          # `edgemon status` shows the sync
+    assert target["backlog"] == 0 and target["target"].startswith("recorder@")
+    assert f"{target['target']}: acknowledged {target['at']}, 0 change(s) waiting" in \
+        format_status(collect_status(db, integrity=False))
 
 
 def test_sync_refuses_a_foreign_file_another_device_id_and_bad_numbers_before_connecting(tmp_path):

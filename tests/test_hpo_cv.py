@@ -136,3 +136,13 @@ def test_fit_and_cv_train_a_found_setting(tiny_dataset, tmp_path):
     assert done.returncode == 2 and "--recipe field" in done.stderr
     done = _train("fit", "--data", tiny_dataset, "--params", tmp_path / "nothing.json", "--out", tmp_path / "fit2")
     assert done.returncode == 2 and "nothing.json: not a readable JSON file" in done.stderr
+
+
+def test_a_worker_with_other_scoring_settings_is_refused_by_the_study(tiny_dataset, tmp_path):
+    out = tmp_path / "hpo"
+    args = ("hpo", "--data", tiny_dataset, "--out", out, "--objective", "cv", "--folds", "2", "--trials", "1",
+            "--epochs", "1", "--average-last", "1", "--device", "cpu")
+    done = _train(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = _train(*args[:-6], "--epochs", "2", "--average-last", "1", "--trials", "2", "--device", "cpu")
+    assert done.returncode == 1 and "scores its trials with epochs 1 (here 2)" in done.stderr, done.stderr[-2000:]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgemon.analysis.frontend import FrontendConfig
+from edgemon.errors import EdgemonError
 from training.data import Clip, Split
 from training.errors import DataError
 
@@ -64,6 +65,6 @@ def unpack(path: Path) -> dict[str, Split]:
                          for n, t, r in zip(data[f"{name}/names"], data[f"{name}/targets"], data[f"{name}/recorders"])]
                 splits[name] = Split(name, clips, features, data[f"{name}/targets"].astype(np.int64), labels,
                                      None, frontend)
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, EdgemonError) as exc:
         raise DataError(f"{path}: not a readable feature pack ({type(exc).__name__}: {exc})") from exc
     return splits

@@ -211,6 +211,17 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
         raise ValueError(f"study {study_name!r} searches the {earlier} objective, not {config.objective}: "
                          f"choose another study name")
     study.set_user_attr("objective", config.objective)
+    # Workers sharing a study must score trials alike, or its best value compares unlike things.
+    scoring = {"space": config.space, "epochs": config.max_epochs,
+               **({"folds": config.folds, "average_last": config.average_last, "centre_bands": config.centre_bands}
+                  if config.objective == "cv" else {})}
+    agreed = study.user_attrs.get("scoring", scoring)
+    if agreed != scoring:
+        differ = ", ".join(f"{k} {agreed.get(k)} (here {scoring.get(k)})" for k in sorted(set(agreed) | set(scoring))
+                           if agreed.get(k) != scoring.get(k))
+        raise ValueError(f"study {study_name!r} scores its trials with {differ}: run this worker with the same "
+                         f"settings, or choose another study name")
+    study.set_user_attr("scoring", scoring)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     if len(study.get_trials(deepcopy=False, states=finished)) >= config.n_trials:
         log.info("study %s already holds %d finished trials", study_name, config.n_trials)

@@ -256,3 +256,21 @@ def test_a_reader_that_stops_early_ends_the_export_quietly_and_moves_no_cursor(t
     again = subprocess.run([*export.split(), "--output", str(out)], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert len(out.read_text().splitlines()) == 2000      # the cursor did not move past what nobody read
+
+
+def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(tmp_path):
+    """Whoever may write beside the database could point the lock at any file, which root would
+    then truncate and hand over."""
+    from edgemon.storage.lock import DatabaseInUseError, hold_exports
+
+    db = tmp_path / "edgemon.db"
+    db.write_bytes(b"")
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    precious.chmod(0o600)
+    (tmp_path / "edgemon.db.export.lock").symlink_to(precious)
+    with pytest.raises(DatabaseInUseError, match="cannot create the lock file"):
+        with hold_exports(db):
+            pass
+    assert precious.read_text() == "keep me"
+    assert (precious.stat().st_uid, oct(precious.stat().st_mode & 0o777)) == (os.getuid(), "0o600")

@@ -44,10 +44,14 @@ def test_a_file_that_is_not_a_pack_is_named_in_the_error(tmp_path):
 
 
 def test_clips_are_cut_into_the_recorders_windows():
-    features = [np.zeros((300, 4), np.float32), np.zeros((50, 4), np.float32)]
-    windows, owner = clip_windows(features, window=125, hop=62)
-    assert [len(w) for w in windows] == [125, 125, 125, 50]
-    assert owner.tolist() == [0, 0, 0, 1]
+    from edgemon.analysis.windows import WindowSpec
+
+    features = [np.arange(300 * 4, dtype=np.float32).reshape(300, 4), np.zeros((50, 4), np.float32)]
+    windows, owner = clip_windows(features, WindowSpec(frames=125, hop=62))
+    assert [len(w) for w in windows] == [125, 125, 125, 125, 50]
+    assert owner.tolist() == [0, 0, 0, 0, 1]
+    # The last window ends on the clip's last frame, as the recorder's: the tail is scored too.
+    np.testing.assert_array_equal(windows[3], features[0][175:])
 
 
 def test_window_scores_count_background_windows_called_calls():

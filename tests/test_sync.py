@@ -286,6 +286,12 @@ def test_sync_refuses_a_foreign_file_another_device_id_and_bad_numbers_before_co
     assert_one_line_refusal(run_sync(db, url, device_id="edgemon"), "stored by device 'site-07'",
                             "--device-id site-07")
     assert local_state(db) == before
+    missing = tmp_path / "no-pgpass"
+    assert_one_line_refusal(run_sync(db, f"{url}?passfile={missing}", device_id="site-07"),
+                            f"passfile {missing} not found")
+    # The service checks the passfile per session: a missing one never stops the recording.
+    from edgemon.sync import fleetdb
+    assert fleetdb.check_url(f"{url}?passfile={missing}", passfile=False)["passfile"] == str(missing)
     for option, value in (("--batch-rows", "0"), ("--retry-for-s", "nan"), ("--retry-for-s", "-1")):
         refused = run_sync(db, url, option, value, device_id="site-07")
         assert refused.returncode == 2 and option in refused.stderr, refused.stderr

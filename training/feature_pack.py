@@ -10,6 +10,8 @@ without reading audio. Only log-mel frontends: what PCEN needs is the mel power 
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,7 @@ def unpack(path: Path) -> dict[str, Split]:
                          for n, t, r in zip(data[f"{name}/names"], data[f"{name}/targets"], data[f"{name}/recorders"])]
                 splits[name] = Split(name, clips, features, data[f"{name}/targets"].astype(np.int64), labels,
                                      None, frontend)
-    except (OSError, KeyError, ValueError, TypeError, EdgemonError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error, EdgemonError) as exc:
+        # A pack half-copied to another machine is the likely case: a truncated zip.
         raise DataError(f"{path}: not a readable feature pack ({type(exc).__name__}: {exc})") from exc
     return splits

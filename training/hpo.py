@@ -54,7 +54,7 @@ class SearchConfig:
     objective: str = "devel"
     folds: int = 5                 # the cv objective's grouped folds
     average_last: int = 5          # the cv objective's members average their last epochs, as shipped
-    centre_bands: bool = False     # the cv objective's model centres each window's bands, as shipped
+    centre_bands: bool = False     # the model centres each window's bands, as the shipped members
 
 
 def suggest(trial: optuna.Trial, space: str, frontend: FrontendConfig, window_s: float):
@@ -155,7 +155,8 @@ class Objective:
         # Which worker ran the trial, whatever its end (pruned and failed trials leave no run_dir).
         trial.set_user_attr("worker_dir", str(self.run_dir.resolve()))
         model, optim, aug = suggest(trial, self.config.space, self.frontend, self.config.window_s)
-        model = dataclasses.replace(model, n_classes=len(self.train_split.labels), n_mels=self.frontend.n_features)
+        model = dataclasses.replace(model, n_classes=len(self.train_split.labels), n_mels=self.frontend.n_features,
+                                    centre_bands=self.config.centre_bands)
         optim = OptimConfig(**optim, epochs=self.config.max_epochs, seed=trial.number, device=self.config.device)
 
         def report(epoch: int, record: dict) -> None:

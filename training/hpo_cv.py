@@ -20,20 +20,20 @@ import time
 import numpy as np
 import optuna
 
+from edgemon.analysis.windows import WindowSpec, window_starts
 from training.cv import fold_training, grouped_folds, validation_recorders
 from training.data import BACKGROUND, Split
 from training.evaluate import uar
-from training.recipes import seconds_to_frames
 from training.train import OptimConfig, predict, train
 
 
-def clip_windows(features: list[np.ndarray], window: int, hop: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each clip cut as the recorder cuts a stream: ``window`` frames every ``hop`` (a clip shorter
-    than a window is one window); the windows and the clip each came from."""
+def clip_windows(features: list[np.ndarray], spec: WindowSpec) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each clip cut as the recorder cuts it (``window_starts``: every hop, plus one window ending
+    on the last frame; a clip shorter than a window is one window); the windows and their clips."""
     windows, owner = [], []
     for i, f in enumerate(features):
-        for start in range(0, max(1, len(f) - window + 1), hop):
-            windows.append(f[start:start + window])
+        for start in window_starts(len(f), spec):
+            windows.append(f[start:start + spec.frames])
             owner.append(i)
     return windows, np.array(owner, dtype=np.int64)
 
@@ -53,8 +53,10 @@ class CvObjective:
         self.search, self.data, self.pool, self.suggest = search, data, pool, suggest
         self.folds = grouped_folds(data, folds, seed)
         self.held_out = validation_recorders(data, self.folds)
-        self.window = seconds_to_frames(search.window_s, data.frontend)
-        self.hop = seconds_to_frames(search.hop_s, data.frontend)
+        self.spec = WindowSpec.from_seconds(search.window_s, search.hop_s, data.frontend)
+        if search.average_last < 1:  # else train() keeps the epoch that scored best on the held-out fold
+            raise ValueError("the cv objective averages the last epochs' weights (--average-last 1 or more): "
+                             "choosing an epoch on the fold it is scored on would leak")
 
     def __call__(self, trial: optuna.Trial) -> float:
         model, optim, aug = self.suggest(trial, self.search.space, self.data.frontend, self.search.window_s)
@@ -67,7 +69,7 @@ class CvObjective:
             training = fold_training(self.data.subset(tr), self.pool, recorders)
             held_out = self.data.subset(va)
             result = train(model, optim, aug, training, held_out, progress=False, log_epochs=False)
-            windows, owner = clip_windows(held_out.features, self.window, self.hop)
+            windows, owner = clip_windows(held_out.features, self.spec)
             probs, _ = predict(result.model, windows)
             scores.append({**window_scores(probs, owner, held_out.targets, self.data.labels),
                            "clip_uar": result.best_uar})

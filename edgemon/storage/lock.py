@@ -85,8 +85,13 @@ def _write_pid(fd: int) -> None:
 
 
 def _open_lock(path: Path, db_path: str | Path) -> int:
+    # Never through a link: whoever may write beside the database could point the lock at any file.
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return os.open(path, flags)
     except OSError as exc:
         raise DatabaseInUseError(f"cannot create the lock file {shown(path)}: {exc.strerror}") from None
     _owned_like_the_database(fd, Path(db_path))
@@ -94,8 +99,9 @@ def _open_lock(path: Path, db_path: str | Path) -> int:
 
 
 def _owned_like_the_database(fd: int, db_path: Path) -> None:
-    """Root (an admin's one-off export, say) hands a lock file it created to the database's owner,
-    as SQLite does with its -wal and -shm files: else the service's own user can no longer open it."""
+    """Root (an admin's one-off export, say) hands a lock file it has just created to the
+    database's owner, as SQLite does with its -wal and -shm files: else the service's own user can
+    no longer open it. Only a file this call created, so no existing file ever changes hands."""
     if os.geteuid() != 0:
         return
     try:

@@ -17,7 +17,6 @@ import dataclasses
 import os
 import stat
 from collections.abc import Sequence
-from pathlib import Path
 
 from edgemon.errors import EdgemonError
 from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
@@ -82,9 +81,12 @@ class LineageMovedError(FleetDbError):
 
 # --- connection ---------------------------------------------------------------------------------
 
-def check_url(url: str) -> dict[str, str]:
+def check_url(url: str, *, passfile: bool = True) -> dict[str, str]:
     """The libpq parameters of ``url``; SyncUrlError (never echoing the URL) when it holds a
-    password, is not a PostgreSQL URL, or names a passfile anyone but its owner may read."""
+    password, is not a PostgreSQL URL, or names a passfile anyone but its owner may read.
+    ``passfile=False`` skips the checks of the passfile being there and readable by this user:
+    the service checks those per session, so a passfile mended later needs no restart and a
+    missing one never stops the recording."""
     if psycopg is None:
         raise FleetDbError("sync needs the PostgreSQL driver: pip install 'edgemon[sync]'")
     if not url.startswith(("postgresql://", "postgres://")):
@@ -96,14 +98,22 @@ def check_url(url: str) -> dict[str, str]:
     if params.get("password"):
         raise SyncUrlError("sync URL holds a password: put it in a 0600 passfile (~/.pgpass, $PGPASSFILE "
                            "or ?passfile=PATH) or $PGPASSWORD, never in the URL")
-    passfile = params.get("passfile") or os.environ.get("PGPASSFILE")
-    if passfile:  # named, so meant: libpq would silently skip it and report "no password supplied"
-        if not Path(passfile).is_file():
-            raise SyncUrlError(f"passfile {passfile} not found")
-        if Path(passfile).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SyncUrlError(f"passfile {passfile} is readable by others: chmod 0600 it")
-        if not os.access(passfile, os.R_OK):
-            raise SyncUrlError(f"passfile {passfile} cannot be read by this user: chown it to the user "
+    named = params.get("passfile") or os.environ.get("PGPASSFILE")
+    if named:  # named, so meant: libpq would silently skip it and report "no password supplied"
+        try:
+            found = os.stat(named)
+        except FileNotFoundError:
+            found = None
+        except OSError as e:   # a directory on the way this user may not search
+            if not passfile:
+                return params
+            raise SyncUrlError(f"passfile {named} cannot be reached by this user ({e.strerror})") from None
+        if found is not None and found.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SyncUrlError(f"passfile {named} is readable by others: chmod 0600 it")
+        if passfile and found is None:
+            raise SyncUrlError(f"passfile {named} not found")
+        if passfile and not os.access(named, os.R_OK):
+            raise SyncUrlError(f"passfile {named} cannot be read by this user: chown it to the user "
                                f"edgemon runs as (edgemon for the service) and keep it 0600")
     return params
 

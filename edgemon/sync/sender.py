@@ -272,7 +272,7 @@ def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
     if url is None:
         yield None
         return
-    fleetdb.check_url(url)  # a bad URL stops the start, in one line, not a thread later
+    fleetdb.check_url(url, passfile=False)  # a bad URL stops the start, in one line, not a thread later
     config = _config(settings, url)
     own_stop = threading.Event()
     thread = threading.Thread(target=run_sync, name="edgemon-sync", daemon=True,

@@ -7,13 +7,31 @@
 set -u
 A=${A:-runs/search-t21.json}; B=${B:-runs/search-t1.json}; PACK=${PACK:-runs/borneo-features.npz}
 KILL_S=${KILL_S:-190}; DEVICE=${DEVICE:-cuda}; EPOCHS=${EPOCHS:-20}; PY=${PY:-python3}
-OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
-if [ "$DEVICE" != cpu ]; then
-  rm -rf /tmp/site; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
+for f in "$PACK" "$A" "$B"; do [ -f "$f" ] || { echo "error: $f not found" >&2; exit 1; }; done
+OUTDIR=${OUT:-$(mktemp -d)}; mkdir -p "$OUTDIR"; SITE=$(mktemp -d); WORK=$(mktemp -d)
+if [ -d .whl ] && [ "$DEVICE" != cpu ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl || exit 1
+  export PYTHONPATH=$SITE:$PWD
 fi
+# Both settings must be of one search space, the one the workers search (a missing parameter
+# would be drawn at random): field when the params hold its augmentations.
+SPACE=$($PY - "$A" "$B" <<'PYEOF'
+import sys
+from edgemon.analysis.frontend import FrontendConfig
+from training.hpo import read_params, settings_from_params
+spaces = set()
+for path in sys.argv[1:]:
+    try:
+        spaces.add(settings_from_params(read_params(path), FrontendConfig())[0])
+    except ValueError as exc:
+        sys.exit(f"error: {path}: {exc}")
+if len(spaces) > 1:
+    sys.exit(f"error: {sys.argv[1]} and {sys.argv[2]} are settings of different search spaces")
+print(spaces.pop())
+PYEOF
+) || exit 1
 export PYTHONUNBUFFERED=1
-rm -rf /tmp/seeds; mkdir -p /tmp/seeds/logs; STORE=sqlite:////tmp/seeds/study.db
+mkdir -p "$WORK/logs"; STORE=sqlite:///$WORK/study.db
 $PY - "$STORE" "$A" "$B" <<'PYEOF' || exit 1
 import json, sys, optuna
 study = optuna.create_study(study_name="seeds", storage=sys.argv[1], direction="maximize")
@@ -24,12 +42,12 @@ for _ in range(5):
 PYEOF
 for i in $(seq 0 9); do
   OMP_NUM_THREADS=1 timeout -s KILL "$KILL_S" $PY -m training hpo --features "$PACK" \
-    --out /tmp/seeds/w$i --storage $STORE --study seeds --objective cv --space field --epochs "$EPOCHS" \
+    --out "$WORK/w$i" --storage $STORE --study seeds --objective cv --space "$SPACE" --epochs "$EPOCHS" \
     --average-last 5 --centre-bands --trials 10 --timeout-s 1 --no-start-from-paper --startup-trials 99 \
-    --device "$DEVICE" > /tmp/seeds/logs/w$i.log 2>&1 &
+    --device "$DEVICE" > "$WORK/logs/w$i.log" 2>&1 &
 done
 wait
-cp /tmp/seeds/study.db "$OUTDIR/seeds.db"
+cp "$WORK/study.db" "$OUTDIR/seeds.db"
 $PY - "$STORE" "$A" "$B" <<'PYEOF' | tee "$OUTDIR/seeds.txt"
 import sys, numpy as np, optuna
 study = optuna.load_study(study_name="seeds", storage=sys.argv[1])
@@ -40,4 +58,5 @@ for name in sys.argv[2:]:
     print(name, len(v), "window UAR", np.round(v, 3), "mean", round(float(np.mean(v)), 3) if v else None,
           "background called", round(float(np.mean(bg)), 3) if bg else None)
 PYEOF
-tail -2 /tmp/seeds/logs/w0.log
+tail -2 "$WORK/logs/w0.log"
+echo "results in $OUTDIR"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -23,12 +24,16 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--write-params", nargs=2, metavar=("TRIAL", "FILE"))
     args = parser.parse_args()
-    study = optuna.load_study(study_name=args.study, storage=args.storage)
+    if "://" not in args.storage:
+        raise SystemExit(f"error: {args.storage}: give a storage URL, e.g. sqlite:///runs/hpo/study.db")
+    if args.storage.startswith("sqlite:///") and not Path(args.storage[len("sqlite:///"):]).is_file():
+        raise SystemExit(f"error: {args.storage}: no such study database")  # SQLAlchemy would create one
+    try:
+        study = optuna.load_study(study_name=args.study, storage=args.storage)
+    except KeyError:
+        raise SystemExit(f"error: {args.storage} holds no study {args.study!r}") from None
     if args.write_params:
-        number, path = int(args.write_params[0]), args.write_params[1]
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(study.trials[number].params, f, indent=2)
-        print(f"trial {number}'s settings written to {path}")
+        write_params(study, *args.write_params)
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name.lower() for t in trials]
     print(f"study {args.study}: objective {study.user_attrs.get('objective', 'devel')}; "
@@ -48,6 +53,19 @@ def main() -> None:
                      f"folds {' '.join(f'{f:.3f}' for f in folds)}")
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         print(f"trial {t.number:3d}: {t.value:.3f}{extra}\n    {params}")
+
+
+def write_params(study: optuna.Study, number: str, path: str) -> None:
+    """A complete or pruned trial's settings to ``path`` (replaced whole, and only once they are known)."""
+    finished = {t.number: t for t in study.get_trials(deepcopy=False) if t.params and t.state.is_finished()}
+    if not number.isdigit() or int(number) not in finished:
+        shown = sorted(finished)
+        listed = ", ".join(map(str, shown[:12])) + (f", … ({len(shown)} in all)" if len(shown) > 12 else "")
+        raise SystemExit(f"error: trial {number}: not a finished trial of this study (finished: {listed or 'none'})")
+    partial = Path(path + ".partial")
+    partial.write_text(json.dumps(finished[int(number)].params, indent=2) + "\n", encoding="utf-8")
+    partial.replace(path)
+    print(f"trial {number}'s settings written to {path}")
 
 
 if __name__ == "__main__":

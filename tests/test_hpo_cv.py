@@ -3,6 +3,8 @@ the audio cannot reach."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -36,11 +38,17 @@ def test_a_pack_gives_back_the_clips_and_their_log_mel_within_half_a_step(tiny_d
             assert np.abs(a - b).max() <= half_step * 1.001
 
 
-def test_a_file_that_is_not_a_pack_is_named_in_the_error(tmp_path):
+def test_a_file_that_is_not_a_pack_is_named_in_the_error(tiny_dataset, tmp_path):
     bad = tmp_path / "notes.npz"
     bad.write_text("hello")
-    with pytest.raises(DataError, match="notes.npz: not a readable feature pack"):
+    with pytest.raises(DataError, match="notes.npz: not a feature pack"):
         unpack(bad)
+    half = tmp_path / "half.npz"   # a pack half-copied to another machine
+    train = load_split(tiny_dataset, "train")
+    whole = pack({"train": train}, tmp_path / "whole.npz").read_bytes()
+    half.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DataError, match="half.npz: not a"):
+        unpack(half)
 
 
 def test_clips_are_cut_into_the_recorders_windows():
@@ -150,3 +158,68 @@ def test_a_worker_with_other_scoring_settings_is_refused_by_the_study(tiny_datas
     assert done.returncode == 0, done.stderr[-2000:]
     done = _train(*args[:-6], "--epochs", "2", "--average-last", "1", "--trials", "2", "--device", "cpu")
     assert done.returncode == 1 and "scores its trials with epochs 1 (here 2)" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_params_file_with_a_wrong_type_is_refused_before_training():
+    from edgemon.analysis.frontend import FrontendConfig
+    from training.hpo import settings_from_params
+
+    with pytest.raises(ValueError, match=r"lr: expected a number, got '0.001'"):
+        settings_from_params({**FOUND, "lr": "0.001"}, FrontendConfig())
+    with pytest.raises(ValueError, match=r"64.5 of the parameter .hidden. is out of the range"):
+        settings_from_params({**FOUND, "hidden": 64.5}, FrontendConfig())
+    with pytest.raises(ValueError, match=r"missing search parameter 'lr'"):
+        settings_from_params({k: v for k, v in FOUND.items() if k != "lr"}, FrontendConfig())
+
+
+def test_a_reference_trial_stopped_by_ctrl_c_is_queued_again(tmp_path):
+    from training.hpo import _enqueue_once
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    _enqueue_once(study, FOUND)
+    _enqueue_once(study, FOUND)                       # waiting: not twice
+    trial = study.ask()
+    assert trial.params == {} and len(study.trials) == 1
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)   # as a KeyboardInterrupt leaves it
+    _enqueue_once(study, FOUND)
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == FOUND
+
+
+def test_pack_out_must_be_new_or_a_pack_and_a_pack_without_the_pool_says_so(tiny_dataset, tmp_path):
+    study = tmp_path / "study.db"
+    study.write_bytes(b"SQLite format 3\x00 months of trials")
+    done = _train("pack-features", "--data", tiny_dataset, "--out", study)
+    assert done.returncode == 1 and "exists and is not a feature pack" in done.stderr
+    assert study.read_bytes() == b"SQLite format 3\x00 months of trials"
+    packed = tmp_path / "features.npz"
+    assert _train("pack-features", "--data", tiny_dataset, "--out", packed).returncode == 0
+    assert _train("pack-features", "--data", tiny_dataset, "--out", packed).returncode == 0   # an earlier pack
+    with_pool = tmp_path / "with-pool"
+    shutil.copytree(tiny_dataset, with_pool)
+    train_rows = (with_pool / "lab" / "train.csv").read_text().splitlines()
+    (with_pool / "lab" / "pool.csv").write_text("\n".join([train_rows[0], *train_rows[1:4]]) + "\n")
+    no_pool = tmp_path / "no-pool.npz"
+    assert _train("pack-features", "--data", with_pool, "--out", no_pool, "--no-pool").returncode == 0
+    done = _train("hpo", "--features", no_pool, "--out", tmp_path / "hpo", "--objective", "cv", "--pool",
+                  "--trials", "1", "--epochs", "1", "--device", "cpu")
+    assert done.returncode == 1 and "packed with --no-pool; search with --no-pool too" in done.stderr
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(DataError, match="notes.txt: not a feature pack"):
+        unpack(text)
+
+
+def test_writing_a_trials_params_never_empties_a_file_for_a_trial_that_is_not_there(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="edgemon")
+    study.enqueue_trial(FOUND)
+    study.optimize(lambda t: 0.5 if t.suggest_int("layers", 1, 4) else 0.0, n_trials=1)
+    keep = tmp_path / "keep.json"
+    keep.write_text('{"kept": true}')
+    script = [sys.executable, "scripts/summarise_search.py", f"sqlite:///{tmp_path / 's.db'}", "--write-params"]
+    for number in ("99", "-1"):
+        done = subprocess.run([*script, number, str(keep)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "not a finished trial" in done.stderr
+        assert keep.read_text() == '{"kept": true}'
+    done = subprocess.run([*script, "0", str(keep)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and json.loads(keep.read_text())["layers"] == FOUND["layers"]

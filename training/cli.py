@@ -283,12 +283,19 @@ def hpo(
     config = SearchConfig(n_trials=trials, max_epochs=epochs, space=space, seed=seed, device=_device(device),
                           startup_trials=startup_trials, heartbeat_s=heartbeat_s, timeout_s=timeout_s,
                           start_from_paper=start_from_paper, objective=objective, folds=folds,
-                          average_last=average_last, centre_bands=centre_bands)
+                          average_last=average_last, centre_bands=centre_bands,
+                          inputs="audio" if features is None else "pack")
+    if out.exists() and not out.is_dir():
+        raise console.error(f"--out {out} exists and is not a directory", console.EXIT_USAGE)
 
     def search():
         train_split, devel, pool_split = _search_splits(data, features, pool and objective == "cv")
         with _study_storage(_storage(storage, out)) as url:
-            found = run_search(config, url, study, out, train_split, devel, pool_split)
+            try:
+                found = run_search(config, url, study, out, train_split, devel, pool_split)
+            except KeyboardInterrupt:
+                raise console.error("interrupted: the running trial is marked failed; the same command goes on "
+                                    "with the study (the reference trials are queued again)", 130) from None
         return {"study": study, "storage": url, "progress": progress_line(found)}
 
     out.mkdir(parents=True, exist_ok=True)
@@ -298,12 +305,14 @@ def hpo(
 def _search_splits(data: Path, features: Optional[Path], with_pool: bool):
     """train, devel and (``with_pool``) the pool, from the audio or from a feature pack."""
     if features is not None:
-        from training.feature_pack import unpack
+        from training.feature_pack import pool_left_out, unpack
 
         splits = unpack(features)
         missing = [name for name in ("train", "devel") if name not in splits]
         if missing:
             raise DataError(f"{features}: the pack holds no {missing[0]} split")
+        if with_pool and "pool" not in splits and pool_left_out(features):
+            raise DataError(f"{features}: packed with --no-pool; search with --no-pool too, or pack the pool")
         return splits["train"], splits["devel"], splits.get("pool") if with_pool else None
     from training.data import load_pool, load_split
 
@@ -324,7 +333,7 @@ def pack_features(
     def run():
         train_split, devel, pool_split = _search_splits(data, None, pool)
         splits = {"train": train_split, "devel": devel, **({"pool": pool_split} if pool_split is not None else {})}
-        path = pack(splits, out)
+        path = pack(splits, out, pool_left_out=not pool and (data / "lab" / "pool.csv").is_file())
         return {"pack": str(path), "bytes": path.stat().st_size, "clips": {k: len(v) for k, v in splits.items()}}
 
     _run(run)
@@ -401,7 +410,8 @@ def cv(
                              near_call_negatives=near_call_negatives, background_share=background_share,
                              params=None if params is None else _read_params(params))
     except ValueError as exc:  # an unknown recipe name or search parameter: the command line is wrong
-        raise console.error(str(exc), console.EXIT_USAGE)
+        raise console.error(f"--params {params}: {exc}" if params is not None and "--recipe" not in str(exc)
+                            else str(exc), console.EXIT_USAGE)
 
     def run():
         from training.data import load_pool

@@ -24,8 +24,11 @@ from training.errors import DataError
 LEVELS = 255
 
 
-def pack(splits: dict[str, Split], path: Path) -> Path:
-    """Write ``splits`` (name -> Split, all log-mel with one frontend and one label order) to ``path``."""
+def pack(splits: dict[str, Split], path: Path, pool_left_out: bool = False) -> Path:
+    """Write ``splits`` (name -> Split, all log-mel with one frontend and one label order) to ``path``.
+    ``pool_left_out``: the data set has a pool that was not packed (a search from the pack must then
+    say it goes without)."""
+    _check_out(path)
     first = next(iter(splits.values()))
     for name, split in splits.items():
         if split.mel is not None or split.frontend != first.frontend or split.labels != first.labels:
@@ -34,15 +37,14 @@ def pack(splits: dict[str, Split], path: Path) -> Path:
     low, high = float(every.min()), float(every.max())
     step = max(high - low, 1e-6) / LEVELS
     arrays = {"labels": np.array(first.labels), "frontend": np.array(json.dumps(first.frontend.to_dict())),
-              "range": np.array([low, step]), "splits": np.array(list(splits))}
+              "range": np.array([low, step]), "splits": np.array(list(splits)),
+              "pool_left_out": np.array(pool_left_out)}
     for name, split in splits.items():
         arrays[f"{name}/lengths"] = np.array([len(f) for f in split.features])
         arrays[f"{name}/codes"] = np.round((np.concatenate(split.features) - low) / step).astype(np.uint8)
         arrays[f"{name}/names"] = np.array([c.path.name for c in split.clips])
         arrays[f"{name}/recorders"] = np.array([c.recorder for c in split.clips])
         arrays[f"{name}/targets"] = split.targets
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; name the pack file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with open(partial, "wb") as f:  # whole or not at all: an earlier pack stays until this one is written
@@ -51,8 +53,32 @@ def pack(splits: dict[str, Split], path: Path) -> Path:
     return path
 
 
+def pool_left_out(path: Path) -> bool:
+    """Whether the pack was made without its data set's pool (``pack-features --no-pool``)."""
+    with np.load(path, allow_pickle=False) as data:
+        return bool(data["pool_left_out"]) if "pool_left_out" in data.files else False
+
+
+def _check_out(path: Path) -> None:
+    """``path`` may be new or an earlier pack; never a directory or another file (a study, say)."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; name the pack file to write")
+    if path.exists() and not _is_pack(path):
+        raise DataError(f"--out {path} exists and is not a feature pack; writing there would destroy it")
+
+
+def _is_pack(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "splits.npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def unpack(path: Path) -> dict[str, Split]:
     """The splits of a pack, their features back as float32 log-mel."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a feature pack (not an .npz archive; `edgemon-train pack-features` makes one)")
     try:
         with np.load(path, allow_pickle=False) as data:
             labels = tuple(str(l) for l in data["labels"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class SearchConfig:
     folds: int = 5                 # the cv objective's grouped folds
     average_last: int = 5          # the cv objective's members average their last epochs, as shipped
     centre_bands: bool = False     # the model centres each window's bands, as the shipped members
+    inputs: str = "audio"          # or "pack": 8-bit log-mel (training.feature_pack), a slightly other score
 
 
 def suggest(trial: optuna.Trial, space: str, frontend: FrontendConfig, window_s: float):
@@ -100,9 +102,19 @@ def settings_from_params(params: dict, frontend: FrontendConfig, window_s: float
             settings = suggest(trial, space, frontend, window_s)
         except UserWarning as exc:
             raise ValueError(str(exc)) from None
+        except ValueError as exc:  # FixedTrial's words for a missing one name its own constructor
+            missing = re.search(r"parameter '(\w+)' is not found", str(exc))
+            raise ValueError(f"missing search parameter {missing[1]!r}" if missing else str(exc)) from None
     unknown = sorted(set(params) - set(trial.distributions))
     if unknown:
         raise ValueError(f"unknown search parameter(s) {unknown}")
+    for name, distribution in trial.distributions.items():  # FixedTrial hands back whatever it was given
+        value = params[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(distribution, optuna.distributions.FloatDistribution) and not number:
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        if isinstance(distribution, optuna.distributions.IntDistribution) and not (number and float(value).is_integer()):
+            raise ValueError(f"{name}: expected a whole number, got {value!r}")
     return space, settings
 
 
@@ -184,6 +196,18 @@ class Objective:
         return out
 
 
+def _enqueue_once(study: optuna.Study, params: dict) -> None:
+    """Enqueue ``params`` unless a trial of them is done, running or waiting. Optuna's own
+    ``skip_if_exists`` also counts a failed one (a worker stopped with Ctrl-C), and the reference
+    setting would then never be scored."""
+    alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
+             optuna.trial.TrialState.WAITING)
+    for trial in study.get_trials(deepcopy=False, states=alive):
+        if trial.system_attrs.get("fixed_params", trial.params) == params:
+            return
+    study.enqueue_trial(params)
+
+
 def progress_line(study: optuna.Study) -> str:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     done = states.count(optuna.trial.TrialState.COMPLETE)
@@ -213,9 +237,9 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
                          f"choose another study name")
     study.set_user_attr("objective", config.objective)
     # Workers sharing a study must score trials alike, or its best value compares unlike things.
-    scoring = {"space": config.space, "epochs": config.max_epochs,
-               **({"folds": config.folds, "average_last": config.average_last, "centre_bands": config.centre_bands}
-                  if config.objective == "cv" else {})}
+    scoring = {"space": config.space, "epochs": config.max_epochs, "inputs": config.inputs,
+               **({"folds": config.folds, "average_last": config.average_last, "centre_bands": config.centre_bands,
+                   "pool": pool is not None} if config.objective == "cv" else {})}
     agreed = study.user_attrs.get("scoring", scoring)
     if agreed != scoring:
         differ = ", ".join(f"{k} {agreed.get(k)} (here {scoring.get(k)})" for k in sorted(set(agreed) | set(scoring))
@@ -228,11 +252,11 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
         log.info("study %s already holds %d finished trials", study_name, config.n_trials)
         return study
     if config.start_from_paper:
-        # A known-good point first: TPE then explores around it (skip_if_exists: once per study).
+        # A known-good point first: TPE then explores around it.
         first = {**PAPER.trial_params(), **(FIELD.trial_params() if config.space == "field" else {})}
-        study.enqueue_trial(first, skip_if_exists=True)
+        _enqueue_once(study, first)
         if config.objective == "cv":  # and the shipped members' size, the setting to beat on recorders never heard
-            study.enqueue_trial({**first, "hidden": SHIPPED_HIDDEN}, skip_if_exists=True)
+            _enqueue_once(study, {**first, "hidden": SHIPPED_HIDDEN})
 
     def show(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         log.info("trial %d %s: %s", trial.number, trial.state.name.lower(), progress_line(study))

@@ -159,8 +159,8 @@ def _dropped(conn: sqlite3.Connection, now: dt.datetime) -> dict | None:
 
 def _sync_targets(conn: sqlite3.Connection) -> list[dict]:
     """Each fleet database this one has synced to: what it acknowledged, when, and what waits."""
-    newest = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
-    return [{"target": target, "acknowledged_seq": seq, "at": at, "backlog": max(0, newest - seq)}
+    return [{"target": target, "acknowledged_seq": seq, "at": at,
+             "backlog": conn.execute("SELECT count(*) FROM changes WHERE seq > ?", [seq]).fetchone()[0]}
             for target, seq, at in conn.execute("SELECT target, seq, updated_at FROM sync_cursors ORDER BY target")]
 
 

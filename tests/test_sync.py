@@ -154,8 +154,10 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates(fleet, tmp_path):
     rng = random.Random(17)
     with ThrottleProxy(server_address(fleet.url), rate_bps=150_000) as proxy:   # sessions span kills
         url = proxied(fleet.url, proxy)
-        kills, mid_session = 0, 0
-        for round_ in range(22):
+        kills, mid_session, round_ = 0, 0, 0
+        # Until 20 sessions were killed: how many finish first depends on this machine's speed.
+        while kills < 20 and round_ < 40:
+            round_ += 1
             if round_ % 3 == 1:     # the recorder keeps working between kills: updates and deletes
                 with Store(db) as store:
                     for i in rng.sample(range(150), 10):

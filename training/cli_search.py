@@ -1,0 +1,164 @@
+"""``edgemon-train`` search commands: ``hpo``, ``pack-features``, ``ensemble``, ``report``.
+
+Adapters from options to ``training.hpo``, ``training.feature_pack``, ``training.top_trials`` and
+``training.report``, registered on ``training.cli``'s ``app`` (importing this module registers
+them; ``training.cli`` does so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgemon import console
+from training.cli import CentreOpt, DataOpt, OutOpt, PoolOpt, _device, _run, app
+from training.data import DEFAULT_DATA_DIR
+from training.errors import DataError
+
+
+@contextlib.contextmanager
+def _study_storage(url: str):
+    """An Optuna storage that cannot be opened (SQLAlchemy) or used (Optuna), as an error naming it."""
+    import optuna
+    import sqlalchemy.exc
+
+    try:
+        yield url
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as exc:
+        raise DataError(f"Optuna storage {url}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
+def _storage(storage: Optional[str], out: Path) -> str:
+    return storage or f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+@app.command()
+def hpo(
+    data: DataOpt = DEFAULT_DATA_DIR,
+    out: OutOpt = Path("runs/hpo"),
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL shared by workers (default: sqlite in --out).")] = None,
+    study: Annotated[str, typer.Option(help="Study name.")] = "edgemon",
+    trials: Annotated[int, typer.Option(min=1, help="Finished trials (complete + pruned) over all workers.")] = 400,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs per trial (per fold with --objective cv).")] = 300,
+    space: Annotated[str, typer.Option(help="paper (Table 2) or field (+ field augmentations).")] = "paper",
+    objective: Annotated[str, typer.Option(help="devel: devel UAR of the standard split (keeps each trial's model for `ensemble`); cv: mean held-out window UAR over folds grouped by recorder, pool on the training side (recorders never heard).")] = "devel",
+    folds: Annotated[int, typer.Option(min=2, help="--objective cv: folds, grouped by recorder.")] = 5,
+    average_last: Annotated[int, typer.Option(min=1, help="--objective cv: average the weights of the last N epochs, as the shipped members (an epoch chosen on the held-out fold would leak).")] = 5,
+    centre_bands: CentreOpt = False,
+    pool: Annotated[bool, typer.Option("--pool/--no-pool", help="--objective cv: add lab/pool.csv to each fold's training side, less the held-out recorders' clips (the devel objective trains on train alone).")] = True,
+    features: Annotated[Optional[Path], typer.Option(help="Read train, devel (and pool) from a feature pack (`pack-features`) instead of --data's audio.")] = None,
+    startup_trials: Annotated[int, typer.Option(help="Trials finished before pruning starts.")] = 5,
+    seed: Annotated[Optional[int], typer.Option(help="Sampler seed (default: random per worker).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    heartbeat_s: Annotated[int, typer.Option(help="Seconds between trial heartbeats.")] = 60,
+    timeout_s: Annotated[Optional[float], typer.Option(help="This worker starts no trial after this many seconds.")] = None,
+    start_from_paper: Annotated[bool, typer.Option(help="Enqueue the paper's Table 2 setting as the first trial.")] = True,
+):
+    """Optuna TPE search with median pruning; run the same command on more workers to share a study."""
+    from training.hpo import OBJECTIVES, SPACES, SearchConfig, progress_line, run_search
+
+    if space not in SPACES:
+        raise console.error(f"--space must be one of {', '.join(SPACES)}, not {space!r}", console.EXIT_USAGE)
+    if objective not in OBJECTIVES:
+        raise console.error(f"--objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}",
+                            console.EXIT_USAGE)
+
+    config = SearchConfig(n_trials=trials, max_epochs=epochs, space=space, seed=seed, device=_device(device),
+                          startup_trials=startup_trials, heartbeat_s=heartbeat_s, timeout_s=timeout_s,
+                          start_from_paper=start_from_paper, objective=objective, folds=folds,
+                          average_last=average_last, centre_bands=centre_bands,
+                          inputs="audio" if features is None else "pack")
+    if out.exists() and not out.is_dir():
+        raise console.error(f"--out {out} exists and is not a directory", console.EXIT_USAGE)
+
+    def search():
+        train_split, devel, pool_split = _search_splits(data, features, pool and objective == "cv")
+        with _study_storage(_storage(storage, out)) as url:
+            try:
+                found = run_search(config, url, study, out, train_split, devel, pool_split)
+            except KeyboardInterrupt:
+                raise console.error("interrupted: the running trial is marked failed; the same command goes on "
+                                    "with the study (the reference trials are queued again)", 130) from None
+        return {"study": study, "storage": url, "progress": progress_line(found)}
+
+    out.mkdir(parents=True, exist_ok=True)
+    _run(search)
+
+
+def _search_splits(data: Path, features: Optional[Path], with_pool: bool):
+    """train, devel and (``with_pool``) the pool, from the audio or from a feature pack."""
+    if features is not None:
+        from training.feature_pack import pool_left_out, unpack
+
+        splits = unpack(features)
+        missing = [name for name in ("train", "devel") if name not in splits]
+        if missing:
+            raise DataError(f"{features}: the pack holds no {missing[0]} split")
+        if with_pool and "pool" not in splits and pool_left_out(features):
+            raise DataError(f"{features}: packed with --no-pool; search with --no-pool too, or pack the pool")
+        return splits["train"], splits["devel"], splits.get("pool") if with_pool else None
+    from training.data import load_pool, load_split
+
+    train_split = load_split(data, "train")
+    devel = load_split(data, "devel", train_split.labels)
+    return train_split, devel, load_pool(data, train_split.labels) if with_pool else None
+
+
+@app.command("pack-features")
+def pack_features(
+    data: DataOpt = DEFAULT_DATA_DIR,
+    out: Annotated[Path, typer.Option("--out", help="The pack (.npz) to write.")] = Path("runs/features.npz"),
+    pool: PoolOpt = True,
+):
+    """Pack train, devel (and pool) log-mel, 8-bit, into one file: a search on a machine the audio cannot reach (`hpo --features`)."""
+    from training.feature_pack import pack
+
+    def run():
+        train_split, devel, pool_split = _search_splits(data, None, pool)
+        splits = {"train": train_split, "devel": devel, **({"pool": pool_split} if pool_split is not None else {})}
+        path = pack(splits, out, pool_left_out=not pool and (data / "lab" / "pool.csv").is_file())
+        return {"pack": str(path), "bytes": path.stat().st_size, "clips": {k: len(v) for k, v in splits.items()}}
+
+    _run(run)
+
+
+@app.command()
+def ensemble(
+    data: DataOpt = DEFAULT_DATA_DIR,
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")] = Path("runs/hpo/ensemble"),
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite in runs/hpo).")] = None,
+    study: Annotated[str, typer.Option(help="Study name.")] = "edgemon",
+    top: Annotated[int, typer.Option(help="Members: the best N completed trials by devel UAR.")] = 5,
+    int8: Annotated[bool, typer.Option("--int8", help="Quantise members to int8 (dynamic).")] = False,
+):
+    """Bundle the search's best trials; report each member's and the majority vote's UAR."""
+    from training.hpo import SearchConfig, open_study
+    from training.runs import Splits
+    from training.top_trials import build_ensemble
+
+    def run():
+        splits = Splits.load(data)
+        with _study_storage(_storage(storage, out.parent)) as url:
+            found = open_study(url, study, SearchConfig())
+            if found.user_attrs.get("objective") == "cv":
+                raise DataError(f"study {study!r} searched the cv objective, which keeps no models: train a setting "
+                                f"it found with `edgemon-train fit --params` (scripts/summarise_search.py "
+                                f"--write-params) and bundle those runs")
+            return build_ensemble(found, out, splits.devel, splits.test, top=top, int8=int8)
+
+    _run(run)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Search run directory (after 'edgemon-train ensemble').")],
+    data: DataOpt = DEFAULT_DATA_DIR,
+    study: Annotated[str, typer.Option(help="Study name.")] = "edgemon",
+):
+    """The paper's figures for a search run: Table 1, confusions, classes, t-SNE, history, importances."""
+    from training.report import build_report
+
+    _run(build_report, run_dir, data, study)

@@ -511,3 +511,24 @@ def test_a_rate_or_channel_count_the_device_never_takes_is_refused_at_start(virt
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 1 and last.startswith("error: pulse does not take"), result.stderr[-1500:]
         assert "edgemon devices" in last
+
+
+def test_a_device_lost_when_the_listener_stops_is_counted_as_the_devices_to_the_end(soundscape_a, tmp_path):
+    """Device-lost seconds of the last moments before a SIGTERM were left unaccounted (the stall
+    limit is 5 s), and the next run counted them as the daemon's down time."""
+    path, _ = soundscape_a
+    x = soundfile.read(path, dtype="float32")[0][:16000 * 2, None]
+    blocks = BlockQueue(maxsize=10_000)
+    listener = Listener(ListenConfig(), analyzer(), blocks, StoreWriter(tmp_path / "d.db"), "live:test",
+                        clock_synced=lambda: None)
+    t0 = time.monotonic()
+    end = feed(blocks, 1, x, 16000, t0)      # 2 s of audio, then the device falls silent
+    time.sleep(end - t0 + 1.0)
+    drain = threading.Event()
+    drain.set()
+    listener.run(drain)
+    stopped = time.monotonic()
+    assert listener.ledger.totals["analysed"] == pytest.approx(2.0, abs=0.05)
+    # From the end of the audio to the stop: the device's, all of it (about 1 s, under the stall limit).
+    assert listener.ledger.totals["device"] >= 0.95
+    assert listener.ledger.accounted_until == pytest.approx(listener.host.wall(stopped), abs=0.5)

@@ -19,7 +19,7 @@ import numpy as np
 from edgemon.analysis import audio
 from edgemon.analysis.analyzer import AnalysisStream, Analyzer, Event
 from edgemon.errors import EdgemonError
-from edgemon.live.capture import BlockQueue, Capture, CaptureConfig
+from edgemon.live.capture import BlockQueue, Capture, CaptureConfig, CaptureState
 from edgemon.live.clips import ClipConfig, ClipSaver
 from edgemon.live.coverage import CoverageLedger
 from edgemon.live.hostclock import HostClock, host_clock_synced
@@ -242,18 +242,29 @@ class Listener:
             self.ledger.count("dropped_blocks", self._wall(self.time.at()), dropped)
             self._lose("dropped", frames)
         self._end_segment()
-        self._idle()
+        self._idle(stopping=True)
         self._flush_coverage()
 
-    def _idle(self) -> None:
+    def _idle(self, stopping: bool = False) -> None:
         """Nothing queued: if the device has been silent past the stall limit, that time is lost
-        to the device; say so now rather than when (if ever) it comes back."""
+        to the device; say so now rather than when (if ever) it comes back. When stopping with
+        the device lost, it was lost up to now: left unaccounted, the next run would count those
+        seconds as the daemon's."""
         now = self.blocks.clock()
         last = self.blocks.last_callback_s
-        stall = self.config.capture.stall_s
+        to_the_end = stopping and self._device_lost_at_stop()
+        stall = 2 * self.config.capture.block_s if to_the_end else self.config.capture.stall_s
         if last is None or now - last > stall:
             self._end_segment()
-            self.ledger.add("device", self.ledger.accounted_until, self.host.wall(now - stall))
+            self.ledger.add("device", self.ledger.accounted_until, self.host.wall(now if to_the_end else now - stall))
+
+    def _device_lost_at_stop(self) -> bool:
+        """Whether the capture was anything but running when it stopped (no capture: the caller
+        feeds the blocks itself, and silence is all there is to go by)."""
+        if self.capture is None:
+            return True
+        states = [state for _, state, _ in self.capture.transitions if state is not CaptureState.STOPPED]
+        return bool(states) and states[-1] is not CaptureState.RUNNING
 
     def _periodic(self) -> None:
         now = time.monotonic()

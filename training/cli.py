@@ -169,16 +169,13 @@ def _read_params(path: Path) -> dict:
 def _searched_settings(path: Path, frontend: FrontendConfig, window_s: float, centre_bands: bool,
                        mix_other_recorders: bool):
     """``fit --params``: the trial's model, optimiser and augmentation settings."""
-    import dataclasses
-
     from training.hpo import settings_from_params
 
     try:
-        _, (model, optim, aug) = settings_from_params(_read_params(path), frontend, window_s)
+        return settings_from_params(_read_params(path), frontend, window_s, centre_bands=centre_bands,
+                                    mix_other_recorders=mix_other_recorders)[1]
     except ValueError as exc:
         raise console.error(f"--params {path}: {exc}", console.EXIT_USAGE)
-    return (dataclasses.replace(model, centre_bands=centre_bands), optim,
-            dataclasses.replace(aug, mix_other_recorders=mix_other_recorders))
 
 
 @app.command()

@@ -101,16 +101,16 @@ def _searched_recipe(names: list[str], params: dict, frontend: FrontendConfig, *
 
     from training.hpo import settings_from_params
 
-    space, (model, optim, augment) = settings_from_params(params, frontend, window_s)
+    space, (model, optim, augment) = settings_from_params(params, frontend, window_s, centre_bands=centre_bands,
+                                                          mix_other_recorders=mix_other_recorders)
     if names != [space]:
         raise ValueError(f"--params holds {space}-space settings: name that one recipe (--recipe {space})")
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:6]
     name = recipe_name(space, frontend_kind=frontend.kind, average_last=average_last, hidden=model.hidden,
                        layers=model.layers, window_s=window_s, hop_s=hop_s, centre_bands=centre_bands,
                        mix_other_recorders=mix_other_recorders, **negatives) + f"-p{digest}"
-    return Recipe(name, dataclasses.replace(model, centre_bands=centre_bands),
-                  OptimConfig(**optim, epochs=epochs, seed=seed, average_last=average_last, **negatives),
-                  dataclasses.replace(augment, mix_other_recorders=mix_other_recorders), frontend)
+    return Recipe(name, model, OptimConfig(**optim, epochs=epochs, seed=seed, average_last=average_last, **negatives),
+                  augment, frontend)
 
 
 def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

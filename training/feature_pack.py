@@ -33,15 +33,16 @@ def pack(splits: dict[str, Split], path: Path, pool_left_out: bool = False) -> P
     for name, split in splits.items():
         if split.mel is not None or split.frontend != first.frontend or split.labels != first.labels:
             raise DataError(f"split {name!r}: a pack holds log-mel splits of one frontend and label order")
-    every = np.concatenate([f for s in splits.values() for f in s.features])
-    low, high = float(every.min()), float(every.max())
+    joined = {name: np.concatenate(split.features) for name, split in splits.items()}
+    low = min(float(j.min()) for j in joined.values())
+    high = max(float(j.max()) for j in joined.values())
     step = max(high - low, 1e-6) / LEVELS
     arrays = {"labels": np.array(first.labels), "frontend": np.array(json.dumps(first.frontend.to_dict())),
               "range": np.array([low, step]), "splits": np.array(list(splits)),
               "pool_left_out": np.array(pool_left_out)}
     for name, split in splits.items():
         arrays[f"{name}/lengths"] = np.array([len(f) for f in split.features])
-        arrays[f"{name}/codes"] = np.round((np.concatenate(split.features) - low) / step).astype(np.uint8)
+        arrays[f"{name}/codes"] = np.round((joined[name] - low) / step).astype(np.uint8)
         arrays[f"{name}/names"] = np.array([c.path.name for c in split.clips])
         arrays[f"{name}/recorders"] = np.array([c.recorder for c in split.clips])
         arrays[f"{name}/targets"] = split.targets

@@ -87,11 +87,13 @@ def suggest(trial: optuna.Trial, space: str, frontend: FrontendConfig, window_s:
     return model, optim, AugmentConfig(**aug)
 
 
-def settings_from_params(params: dict, frontend: FrontendConfig, window_s: float = WINDOW_S):
+def settings_from_params(params: dict, frontend: FrontendConfig, window_s: float = WINDOW_S, *,
+                         centre_bands: bool = False, mix_other_recorders: bool = False):
     """A search trial's settings (its ``params``, as Optuna stores them) as the model, optimiser
-    and augmentation configs that ``suggest`` gave that trial: a found setting can be trained again
-    by ``fit --params`` and scored by ``cv --params``. The space is ``field`` when the params hold
-    its augmentations. Raises ValueError on a missing or out-of-range parameter."""
+    and augmentation configs that ``suggest`` gave that trial, with the two options no search
+    space holds: a found setting can be trained again by ``fit --params`` and scored by
+    ``cv --params``. The space is ``field`` when the params hold its augmentations. Raises
+    ValueError on a missing or out-of-range parameter."""
     import warnings
 
     space = "field" if "p_mix" in params else "paper"
@@ -115,7 +117,9 @@ def settings_from_params(params: dict, frontend: FrontendConfig, window_s: float
             raise ValueError(f"{name}: expected a number, got {value!r}")
         if isinstance(distribution, optuna.distributions.IntDistribution) and not (number and float(value).is_integer()):
             raise ValueError(f"{name}: expected a whole number, got {value!r}")
-    return space, settings
+    model, optim, augment = settings
+    return space, (dataclasses.replace(model, centre_bands=centre_bands), optim,
+                   dataclasses.replace(augment, mix_other_recorders=mix_other_recorders))
 
 
 def read_params(path: Path) -> dict:

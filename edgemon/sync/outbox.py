@@ -17,10 +17,11 @@ import datetime as dt
 import json
 import sqlite3
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
-from edgemon.storage.readonly import BUSY_TIMEOUT_MS
+from edgemon.storage.readonly import BUSY_TIMEOUT_MS, connect_read_only
 from edgemon.storage.schema import FOLDED_KEYS, SYNC_KEYS
 from edgemon.storage.store import Store
 from edgemon.utc import utc_iso
@@ -78,16 +79,13 @@ def natural_key(table: str, parts: tuple) -> tuple:
                  for v in (json.loads(part) if c in folded else (part,)))
 
 
-def check_edgemon_database(path: Path) -> None:
+def _check_edgemon_database(path: Path) -> None:
     """Refuse, before anything is written, a file that is not a recorder's database: opening it as
     an outbox would add edgemon's tables to someone else's SQLite file and register a recorder
     that never existed."""
     try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-        try:
+        with closing(connect_read_only(path)) as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            conn.close()
     except sqlite3.Error as e:
         raise OutboxError(f"{path}: not a readable SQLite database ({e})") from e
     if not {"detections", "files"} <= tables:
@@ -97,18 +95,15 @@ def check_edgemon_database(path: Path) -> None:
 def newest_device_id(path: Path) -> str | None:
     """The device id of the newest heartbeat or detection stored in the database at ``path``, or
     None when it holds neither."""
-    conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-    try:
+    with closing(connect_read_only(path)) as conn:
         for table in ("heartbeats", "detections"):
             try:
                 row = conn.execute(f"SELECT device_id FROM {table} ORDER BY rowid DESC LIMIT 1").fetchone()
-            except sqlite3.OperationalError:  # a database from before that table
+            except sqlite3.OperationalError:  # a database from before that table, or not edgemon's
                 continue
             if row is not None:
                 return row[0]
         return None
-    finally:
-        conn.close()
 
 
 class Outbox:
@@ -119,7 +114,7 @@ class Outbox:
         self.path = Path(path)
         if not self.path.is_file():
             raise OutboxError(f"no detections database at {self.path}")
-        check_edgemon_database(self.path)
+        _check_edgemon_database(self.path)
         Store(self.path).close()  # applies pending migrations (the outbox triggers) before reading
         try:
             self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)

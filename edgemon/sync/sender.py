@@ -37,7 +37,7 @@ from edgemon.safetext import shown
 from edgemon.status import collect_status
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
-from edgemon.sync.outbox import Outbox, OutboxError, check_edgemon_database, newest_device_id
+from edgemon.sync.outbox import Outbox, OutboxError, newest_device_id
 from edgemon.utc import utc_iso
 
 log = logging.getLogger(__name__)
@@ -340,8 +340,7 @@ def _check_device_id(db_path: Path, device_id: str) -> None:
     """A one-shot sync under another id than the recorder stored its rows with would register a
     second recorder for them, and the fleet views (joined on the id) would lose its detections."""
     if not db_path.is_file():
-        return  # the session says so, in its own words
-    check_edgemon_database(db_path)
+        return  # the session says so, in its own words (as it refuses a file that is not edgemon's)
     try:
         stored = newest_device_id(db_path)
     except sqlite3.Error as e:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgemon.analysis.decisions import OperatingPoint
-from training.cv import grouped_folds_of
+from training.cv import folds_with_pool, grouped_folds_of
 from training.data import BACKGROUND, clip_span, read_label_list
 from training.field import FieldVotes
 
@@ -45,20 +45,37 @@ def nearest_call(name: str, calls) -> tuple[float, str | None]:
     return min(((span.gap_s(c), label) for c, label in mine), default=(float("inf"), None))
 
 
-def background_clips(votes: FieldVotes, point: OperatingPoint, data: Path) -> list[dict]:
-    """Each held-out background clip: the events the point stores on it alone, the nearest call."""
+def held_out_clips(votes: FieldVotes, data: Path) -> list:
+    """The clips of ``votes.clips``, in order: train + devel in cv's folds, and the pool's clips in
+    their recorders' folds when the votes hold them (``cv-ensemble``'s default since 2026-12-04)."""
     clips = [c for name in ("train", "devel")   # train + devel, merged as cv merges them
              for c in read_label_list(data / "lab" / f"{name}.csv", data / "audio")]
-    targets = np.array([votes.labels.index(c.label) for c in clips])
-    order = np.concatenate([va for _, va in grouped_folds_of([c.recorder for c in clips], targets)])
-    if not np.array_equal(votes.clip_targets, targets[order]):
-        raise SystemExit("these votes are not of train + devel in cv's folds (another data set or seed?)")
+    targets = [votes.labels.index(c.label) for c in clips]
+    folds = grouped_folds_of([c.recorder for c in clips], np.array(targets))
+    if len(votes.clip_targets) > len(clips):
+        pool = read_label_list(data / "lab" / "pool.csv", data / "audio")
+        held = [sorted({clips[i].recorder for i in va}) for _, va in folds]
+        folds = folds_with_pool(held, folds, len(clips), [c.recorder for c in pool])
+        clips, targets = clips + pool, targets + [votes.labels.index(c.label) for c in pool]
+    order = np.concatenate([va for _, va in folds])
+    if not np.array_equal(votes.clip_targets, np.array(targets)[order]):
+        raise SystemExit("these votes are not of train + devel (+ pool) in cv's folds (another data set or seed?)")
+    return [clips[i] for i in order]
+
+
+def background_clips(votes: FieldVotes, point: OperatingPoint, data: Path) -> list[dict]:
+    """Each held-out background clip: the events the point stores on it alone, the nearest call,
+    and whether it comes from a recording no labelled list holds (another night)."""
+    source = lambda clip: getattr(clip_span(clip.path.name), "source", clip.path.name)
+    train_recordings = {source(c) for name in ("train", "devel")
+                        for c in read_label_list(data / "lab" / f"{name}.csv", data / "audio")}
     merger, calls, out = votes.merger(point), labelled_calls(data), []
-    for stream, i in zip(votes.clips, order):
-        if targets[i] == votes.background:
-            gap, label = nearest_call(clips[i].path.name, calls)
-            out.append({"clip": clips[i], "events": [e.label for e in stream.events(merger)],
-                        "hours": stream.duration_s / 3600, "gap_s": gap, "nearest": label})
+    for stream, clip in zip(votes.clips, held_out_clips(votes, data)):
+        if clip.label == BACKGROUND:
+            gap, label = nearest_call(clip.path.name, calls)
+            out.append({"clip": clip, "events": [e.label for e in stream.events(merger)],
+                        "hours": stream.duration_s / 3600, "gap_s": gap, "nearest": label,
+                        "other_night": source(clip) not in train_recordings})
     return out
 
 
@@ -107,6 +124,10 @@ def main() -> None:
             events, hours = sum(len(c["events"]) for c in part), sum(c["hours"] for c in part)
             print(f"  {name:>4} (nearest labelled call {'<=' if name == 'near' else '>'} {limit} s): "
                   f"{len(part)} clips, {hours:.3f} h, {events} events, {events / max(hours, 1e-9):.1f} / h")
+    for name, part in (("from a labelled recording", [c for c in clips if not c["other_night"]]),
+                       ("from a recording in no list (another night)", [c for c in clips if c["other_night"]])):
+        events, hours = sum(len(c["events"]) for c in part), sum(c["hours"] for c in part)
+        print(f"  {name}: {len(part)} clips, {hours:.3f} h, {events} events, {events / max(hours, 1e-9):.1f} / h")
     print("clips with an event, nearest labelled call first:")
     for c in sorted((c for c in clips if c["events"]), key=lambda c: c["gap_s"]):
         print(f"  {c['clip'].recorder} {','.join(c['events'])}: nearest call {c['gap_s']:.0f} s "

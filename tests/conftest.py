@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -87,3 +88,14 @@ def make_tiny_dataset(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_with_pool(tiny_dataset, tmp_path_factory) -> Path:
+    """The tiny set plus a ``pool.csv`` of train clips relabelled as pool clips (one per recorder and class)."""
+    root = tmp_path_factory.mktemp("pooled") / "data"
+    shutil.copytree(tiny_dataset, root)
+    rows = (root / "lab" / "train.csv").read_text().splitlines()
+    pool = [rows[0]] + [r for r in rows[1:] if r.split(",")[0].endswith(("_0.flac", "_1.flac"))]
+    (root / "lab" / "pool.csv").write_text("\n".join(pool) + "\n")
+    return root

@@ -140,22 +140,11 @@ def test_cv_cli_averaged_field_recipe_with_its_own_window(tiny_dataset, tmp_path
     assert (tmp_path / "field-avg1-h8l1-w0.5" / "fold1.onnx").is_file()
 
 
-def _with_pool(tiny_dataset, root):
-    """The tiny set plus a ``pool.csv`` of train clips relabelled as pool clips (one per recorder and class)."""
-    import shutil
-
-    shutil.copytree(tiny_dataset, root)
-    rows = (root / "lab" / "train.csv").read_text().splitlines()
-    pool = [rows[0]] + [r for r in rows[1:] if r.split(",")[0].endswith(("_0.flac", "_1.flac"))]
-    (root / "lab" / "pool.csv").write_text("\n".join(pool) + "\n")
-    return root
-
-
-def test_pool_joins_each_folds_training_side_less_its_held_out_recorders(tiny_dataset, tmp_path):
+def test_pool_joins_each_folds_training_side_less_its_held_out_recorders(tiny_dataset, tiny_dataset_with_pool, tmp_path):
     from training.cv import fold_training, validation_recorders
     from training.data import load_pool
 
-    data_dir = _with_pool(tiny_dataset, tmp_path / "data")
+    data_dir = tiny_dataset_with_pool
     train_split = load_split(data_dir, "train")
     data = merge(train_split, load_split(data_dir, "devel", train_split.labels))
     pool = load_pool(data_dir, data.labels)
@@ -168,9 +157,33 @@ def test_pool_joins_each_folds_training_side_less_its_held_out_recorders(tiny_da
     summary = cross_validate([Recipe("baseline")], data, k=2, out=tmp_path / "cv",
                              pool=lambda frontend: load_pool(data_dir, data.labels, frontend))
     assert summary["pool"] == {"clips": 6, "used_per_fold": [3, 3]}
-    # the pool is never held out: every scored clip is one of train + devel, each once
+    # the folds' clip scores are train + devel's alone: every scored clip once
     assert np.array(summary["recipes"]["baseline"]["confusion"]).sum() == len(data)
     assert load_pool(tiny_dataset, data.labels) is None   # a data set without a pool trains as before
+
+
+def test_the_field_measure_holds_out_each_pool_clip_in_its_recorders_fold(tiny_dataset_with_pool):
+    """Grouped CV over train + devel + pool: a pool clip is measured in the fold that kept it out of
+    training, and trains the other folds (``fold_training``'s split, seen from the measure)."""
+    from training.cv import fold_training, held_out_with_pool, validation_recorders
+    from training.data import load_pool
+
+    data_dir = tiny_dataset_with_pool
+    train_split = load_split(data_dir, "train")
+    data = merge(train_split, load_split(data_dir, "devel", train_split.labels))
+    pool = load_pool(data_dir, data.labels)
+    folds = grouped_folds(data, k=2)
+    measured, measured_folds = held_out_with_pool(data, pool, folds)
+    assert len(measured.clips) == len(data.clips) + len(pool.clips)
+    held_out = np.concatenate([va for _, va in measured_folds])
+    assert sorted(held_out) == list(range(len(measured.clips)))          # every clip measured once
+    for (tr, va), (mtr, mva), held in zip(folds, measured_folds, validation_recorders(data, folds)):
+        assert list(mva) == sorted(mva) and set(va) <= set(mva) and set(tr) <= set(mtr)
+        assert {measured.clips[i].recorder for i in mva} == set(held)   # only the fold's own recorders
+        assert not set(mtr) & set(mva)
+        trained_on = fold_training(data.subset(tr), pool, held)
+        assert sorted(str(measured.clips[i].path) for i in mtr) == sorted(str(c.path) for c in trained_on.clips)
+    assert held_out_with_pool(data, None, folds) == (data, folds)
 
 
 def test_a_calibrated_bundle_declares_the_top_of_its_curves_as_its_ceiling():

@@ -83,6 +83,26 @@ def test_mixed_frontend_ensemble_holds_its_stated_background_rate(cv_runs, tiny_
     assert again["field"]["at_point"]["recall"] >= field["at_point"]["recall"]   # a looser target
 
 
+def test_the_held_out_recorders_pool_clips_join_the_field_measure(cv_runs, tiny_dataset_with_pool, tmp_path):
+    """Grouped CV over train + devel + pool: each fold is measured on its recorders' pool clips too,
+    and votes made without them are refused rather than misread."""
+    from training.data import load_pool
+
+    member = [cv_runs / "a" / "mel"]
+    load = _load(tiny_dataset_with_pool)
+    alone = cv_ensemble(member, load, tmp_path / "alone.json", 0.1)
+    pooled = cv_ensemble(member, load, tmp_path / "pooled.json", 0.1,
+                         pool=lambda labels: load_pool(tiny_dataset_with_pool, labels))
+    assert (alone["held_out_pool_clips"], pooled["held_out_pool_clips"]) == (0, 6)
+    before, after = alone["field"]["untuned"], pooled["field"]["untuned"]
+    assert after["background_hours"] > before["background_hours"]       # 2 pool background clips more
+    assert after["calls"] == before["calls"] + 4                        # and 4 pool calls
+    assert len(pooled["field"]["untuned"]["per_class"]) == len(before["per_class"])
+    with pytest.raises(DataError, match="made without the pool held out"):
+        cv_ensemble(member, load, tmp_path / "again.json", 0.1, votes_from=tmp_path / "alone.votes.npz",
+                    pool=lambda labels: load_pool(tiny_dataset_with_pool, labels))
+
+
 def test_members_from_other_folds_or_no_fold_models_are_refused(cv_runs, tiny_dataset, tmp_path):
     with pytest.raises(DataError, match="other folds"):
         cv_ensemble([cv_runs / "a" / "mel", cv_runs / "c" / "mel"], _load(tiny_dataset), tmp_path / "x.json", 0.1)

@@ -61,6 +61,12 @@ def test_assembled_recordings_hold_calls_about_the_stated_share_of_the_time():
     assert sorted(i for i in order if i < 10) == list(range(10))   # every call once
     assert order[0] >= 10                                          # background first
     assert 0.04 < calls / sum(durations[i] for i in order) < 0.06
+    # Background is used up many times over; each pass is a fresh order, so runs of clips do not
+    # repeat (a review found one order cycled, each join and its false events 16-34 times a fold).
+    background = [i for i in order if i >= 10]
+    passes = [tuple(background[k:k + 20]) for k in range(0, len(background) - 19, 20)]
+    assert len(passes) >= 4 and all(sorted(p) == list(range(10, 30)) for p in passes)
+    assert len(set(passes)) == len(passes)
 
 
 def _synthetic_field():
@@ -96,6 +102,19 @@ def test_operating_point_holds_false_events_per_hour_and_keeps_every_call():
     assert point.windows_needed("a") > 1 or point.thresholds["a"] > 0.6
     assert point.thresholds["b"] == pytest.approx(0.4)
     assert at["false_per_hour_95"][1] > 0   # zero seen is not zero promised
+
+
+def test_background_clips_alone_are_counted_beside_the_end_to_end_stream():
+    """Two background clips each end in a window of a; laid end to end they make one two-window event
+    across the join, alone two one-window events; a two-window rule keeps only the joined one."""
+    clip = [(0, 0.9), (0, 0.9), (1, 0.6)], [(1, 0.6), (0, 0.9), (0, 0.9)]
+    stream = _votes(clip[0] + clip[1])
+    alone = [_votes(c, 0, [(0, 4, 0)]) for c in clip]
+    votes = FieldVotes(LABELS, FRAME_S, [stream], [_votes([(0, 0.9)] * 3)], alone, np.array([0, 0]))
+    single, two = measure(votes, OperatingPoint({"a": 0.5})), measure(votes, OperatingPoint({"a": 0.5}, {"a": 2}))
+    assert (single["false_events"], single["background_clips_alone"]["false_events"]) == (1, 2)
+    assert (two["false_events"], two["background_clips_alone"]["false_events"]) == (1, 0)
+    assert single["background_clips_alone"]["hours"] == pytest.approx(sum(s.duration_s for s in alone) / 3600)
 
 
 def test_field_report_carries_point_expectations_calibration_and_a_stated_fallback(tmp_path):
@@ -281,6 +300,20 @@ def test_evidence_and_opening_level_hold_runs_and_a_point_without_them_stores_as
     new = OperatingPoint.from_manifest({"operating_point": {"thresholds": {"a": 0.4}, "min_windows": {"a": 3},
                                                             "min_evidence": {"a": 1.5}, "open_threshold": {"a": 0.6}}}, {})
     assert (new.min_evidence, new.open_threshold) == ({"a": 1.5}, {"a": 0.6}) and spans(new) == spans(plain)[1:]
+
+
+def test_the_recorder_decides_on_the_confidences_the_chooser_reads_back():
+    """The chooser of a point reads window confidences back from events (4 decimals); the recorder
+    decides on the same values, so a run whose best window is 0.51998 meets an opening level of 0.52
+    in both (a review found the chooser counting such a run that the recorder dropped)."""
+    from training.operating import _runs
+
+    votes = _run_votes([0.45, 0.51998, 0.45, None])
+    loose = EventMerger(LABELS, 0, FRAME_S, OperatingPoint({"a": 0.4})).merge(votes, 60.0)
+    assert _runs(loose)[0, 2] == 0.52                                    # what the chooser sees
+    point = OperatingPoint({"a": 0.4}, {}, {}, {"a": 0.52})
+    assert len(EventMerger(LABELS, 0, FRAME_S, point).merge(votes, 60.0)) == 1   # what the recorder stores
+    assert EventMerger(LABELS, 0, FRAME_S, OperatingPoint({"a": 0.4}, {}, {}, {"a": 0.5201})).merge(votes, 60.0) == []
 
 
 def test_the_recorder_applies_a_bundles_evidence_and_opening_level(tmp_path):

@@ -217,7 +217,7 @@ def _field_lines(result: dict) -> dict:
     if not field:
         return {}
     pick = ("false_per_hour", "false_per_hour_95", "false_events", "background_hours", "precision", "recall",
-            "clip_uar")
+            "clip_uar", "background_clips_alone")
     return {"field_untuned": {k: field["untuned"][k] for k in pick},
             "field_at_point": {k: field["at_point"][k] for k in pick},
             "operating_point": field["operating_point"],
@@ -310,14 +310,18 @@ def cv_ensemble_command(
     reuse_votes: Annotated[bool, typer.Option("--reuse-votes", help="Read the raw votes an earlier run saved beside --out (<out>.votes.npz) instead of running the models.")] = False,
     votes: Annotated[Optional[Path], typer.Option("--votes", help="Read the raw votes from this .votes.npz of an earlier run of the same members instead of running the models.")] = None,
     rules: Annotated[str, typer.Option(help="Evidence rules the operating point may use per class: windows (1-4 windows), windows6, evidence (1-6 windows and a summed window confidence), hysteresis (1-6 windows and one confident window), evidence+hysteresis (default: hysteresis, the best on held-out folds).")] = "hysteresis",
+    held_out_pool: Annotated[bool, typer.Option("--held-out-pool/--no-held-out-pool", help="Measure each fold on its held-out recorders' pool clips too (lab/pool.csv, when the data set has it): grouped CV over train + devel + pool. Off: train + devel alone, as before 2026-12-04.")] = True,
 ):
     """Grouped-CV score of an ensemble of cv recipes (mixed frontends allowed), thresholds on its own vote,
     the field measure, a field operating point and calibration (for `bundle --thresholds`)."""
     from training.cv_ensemble import cv_ensemble
 
     def run():
+        from training.data import load_pool
+
         result = cv_ensemble(members, functools.partial(_train_and_devel, data), out, max_false_rate,
-                             target_false_per_hour, prevalence, reuse_votes, votes, rules)
+                             target_false_per_hour, prevalence, reuse_votes, votes, rules,
+                             pool=functools.partial(load_pool, data) if held_out_pool else None)
         keys = ("uar_mean", "uar_std", "uar_mean_untuned", "uar_std_untuned", "thresholds",
                 "windows_untuned", "windows_at_thresholds")
         return {**{k: result[k] for k in keys}, **_field_lines(result)}

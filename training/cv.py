@@ -141,6 +141,29 @@ def fold_training(train_side: Split, pool: Split | None, held_out: list[str]) ->
     return merge(train_side, without_recorders(pool, held_out))
 
 
+def held_out_with_pool(split: Split, pool: Split | None, folds) -> tuple[Split, list[tuple[np.ndarray, np.ndarray]]]:
+    """``split`` + ``pool`` and ``folds`` over both, for the field measure: each pool clip is held out
+    in the fold that holds out its recorder (``fold_training`` kept it out of that fold's training)
+    and is on the training side of the others; one of a recorder no fold holds out is never held out.
+    So the measure is grouped CV over train + devel + pool, with the pool's background from more
+    nights and times of day (0.94 h of the data set's 1.6 h) among the held-out audio."""
+    if pool is None or not len(pool.clips):
+        return split, folds
+    return merge(split, pool), folds_with_pool(validation_recorders(split, folds), folds, len(split.clips),
+                                               [c.recorder or c.path.name for c in pool.clips])
+
+
+def folds_with_pool(held_out: list[list[str]], folds, n: int, pool_recorders: list[str]
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``held_out_with_pool``'s folds from recorders alone: pool clip ``i`` is clip ``n + i``."""
+    combined = []
+    for (tr, va), held in zip(folds, held_out):
+        mine = np.array([n + i for i, r in enumerate(pool_recorders) if r in held], np.int64)
+        others = np.array([n + i for i, r in enumerate(pool_recorders) if r not in held], np.int64)
+        combined.append((np.concatenate([tr, others]), np.sort(np.concatenate([va, mine]))))
+    return combined
+
+
 def run_fold(recipe: Recipe, train_split: Split, val: Split,
              on_epoch: Callable[[int, dict], None] | None = None) -> FoldResult:
     """Train on one fold; validation predictions per epoch (and of the averaged model).
@@ -175,8 +198,9 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
 
     ``load(frontend)`` gives ``data`` computed by another frontend, for recipes that need one.
     ``pool(frontend)``, when given, gives train-only clips (``lab/pool.csv``) that join every
-    fold's training side, less those of the fold's held-out recorders; they are never held out,
-    so the folds, and what is scored, are those of ``data`` alone.
+    fold's training side, less those of the fold's held-out recorders. The folds and their clip
+    scores are those of ``data`` alone; the field measure of averaged recipes also runs over the
+    held-out recorders' pool clips (``held_out_with_pool``).
     ``progress(event)`` hears every epoch and the end of every fold: ``{"recipe", "fold"`` (from 1),
     ``"folds", "epoch", "epochs"`` (both None at a fold's end), ``"uar"`` (the fold's validation
     UAR after that epoch; None at a fold's end)``}``.
@@ -216,7 +240,7 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
         if recipe.averaged:
             results[recipe.name].update(_keep_fold_models(
                 recipe, split, folds, per_fold, out / recipe.name, window_s, hop_s, max_false_rate,
-                target_false_per_hour))
+                target_false_per_hour, pools.get(recipe.frontend)))
     folds_info = [{"validation_recorders": recorders, "n": int(len(va))}
                   for recorders, (_, va) in zip(held_out, folds)]
     summary = {"k": k, "seed": seed, "folds": folds_info, "recipes": results}
@@ -244,9 +268,10 @@ def _fold_with_progress(recipe: Recipe, train: Split, val: Split, fold: int, fol
 
 def _keep_fold_models(recipe: Recipe, split: Split, folds, per_fold: list[FoldResult], out: Path,
                       window_s: float, hop_s: float, max_false_rate: float,
-                      target_false_per_hour: float) -> dict:
-    """Export the fold models; run each over its held-out audio as the recorder would
-    (``training.field``); choose thresholds, the field operating point and calibration there."""
+                      target_false_per_hour: float, pool: Split | None = None) -> dict:
+    """Export the fold models; run each over its held-out audio, the pool's clips of its held-out
+    recorders included, as the recorder would (``training.field``); choose thresholds, the field
+    operating point and calibration there."""
     out.mkdir(parents=True, exist_ok=True)
     members = []
     for n, ((_, va), fold) in enumerate(zip(folds, per_fold)):
@@ -256,13 +281,14 @@ def _keep_fold_models(recipe: Recipe, split: Split, folds, per_fold: list[FoldRe
                           {"selected_by": "grouped cross-validation", "recipe": recipe.name,
                            "validation_uar": uar(split.targets[va], fold.final, len(split.labels))})
         members.append(path.name)
-    votes = fold_field_votes([[out / m] for m in members], [split.frontend], split, folds, window_s, hop_s)
+    measured, measured_folds = held_out_with_pool(split, pool, folds)
+    votes = fold_field_votes([[out / m] for m in members], [split.frontend], measured, measured_folds, window_s, hop_s)
     votes.save(out / "field_votes.npz")
     windows = windows_of(votes)
-    windows["clip"] = np.concatenate([va for _, va in folds])[windows["clip"]]
-    np.savez(out / "held_out_windows.npz", target=split.targets[windows["clip"]], **windows)
+    windows["clip"] = np.concatenate([va for _, va in measured_folds])[windows["clip"]]
+    np.savez(out / "held_out_windows.npz", target=measured.targets[windows["clip"]], **windows)
     return {"members": members, "window_s": window_s, "hop_s": hop_s, "frontend_config": split.frontend.to_dict(),
-            "labels": list(split.labels),
-            **field_summary(windows, split.targets, split.labels, max_false_rate),
+            "labels": list(split.labels), "held_out_pool_clips": len(measured.clips) - len(split.clips),
+            **field_summary(windows, measured.targets, split.labels, max_false_rate),
             "field": field_report(votes, target_false_per_hour, out / "reliability.png",
                                   f"{recipe.name}: grouped CV, held-out events")}

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgemon.analysis.frontend import FrontendConfig
 from training.bundling import shared_frontend
-from training.cv import grouped_folds, validation_recorders
+from training.cv import grouped_folds, held_out_with_pool, validation_recorders
 from training.errors import DataError
 from training.field import DEFAULT_PREVALENCE, FieldVotes, fold_field_votes, windows_of
 from training.operating import DEFAULT_RULES, DEFAULT_TARGET_FALSE_PER_HOUR, RULES, field_report
@@ -73,7 +73,7 @@ def _check_out(out: Path) -> None:
 def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
                 target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
                 prevalence: float = DEFAULT_PREVALENCE, reuse_votes: bool = False, votes_from: Path | None = None,
-                rules: str = DEFAULT_RULES) -> dict:
+                rules: str = DEFAULT_RULES, pool=None) -> dict:
     """Score the vote of ``members`` on their cv folds; write ``out`` (JSON) with its thresholds,
     the field measure, a field operating point and calibration (raw votes in ``<out>.votes.npz``,
     the reliability diagram in ``<out>.reliability.png``).
@@ -83,6 +83,10 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     ``reuse_votes`` reads the raw votes of an earlier run with the same ``out`` instead of running
     the models again (to choose for another target in seconds); ``votes_from`` reads them from
     that file. ``rules`` names the evidence rules the operating point may use (``RULES``).
+    ``pool(labels)``, when given, gives the train-only clips (``lab/pool.csv``) whose held-out
+    recorders' clips join each fold's held-out audio (``held_out_with_pool``): grouped CV over
+    train + devel + pool. The cv runs must then have kept those clips out of the fold's training,
+    as ``cv`` does.
     """
     if rules not in RULES:
         raise DataError(f"unknown rules {rules!r}: choose from {', '.join(RULES)}")
@@ -105,13 +109,18 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
 
     models = [[member / result["members"][k] for member, (_, result) in zip(members, recipes)]
               for k in range(len(folds))]
+    scored_alone = len(reference.clips)
+    reference, folds = held_out_with_pool(reference, None if pool is None else pool(reference.labels), folds)
+    pool_clips = len(reference.clips) - scored_alone
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = Path(votes_from) if votes_from else out.with_suffix(".votes.npz")
     if reuse_votes or votes_from:
         votes = FieldVotes.load(saved)
-        if votes.labels != labels or len(votes.clip_targets) != len(reference):
-            raise DataError(f"{saved}: votes for other labels or clips than these members' folds")
+        if votes.labels != labels or len(votes.clip_targets) != len(reference.clips):
+            raise DataError(f"{saved}: votes for other labels or clips than these members' folds"
+                            + (f" ({len(votes.clip_targets)} clips, here {len(reference.clips)}: made with"
+                               f"{'out' if pool_clips else ''} the pool held out?)" if votes.labels == labels else ""))
     else:
         votes = fold_field_votes(models, frontends, reference, folds, first["window_s"], first["hop_s"], prevalence)
         votes.save(saved)
@@ -132,7 +141,7 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
         "members": [str(m) for m in members], "frontend_kinds": [f.kind for f in frontends],
         "labels": list(labels), "k": summary["k"],
         "seed": summary["seed"], "window_s": first["window_s"], "hop_s": first["hop_s"],
-        "pool": summary.get("pool"), "prevalence": prevalence,
+        "pool": summary.get("pool"), "held_out_pool_clips": pool_clips, "prevalence": prevalence,
         "fold_uar_untuned": untuned, "fold_uar_at_thresholds": tuned, **summary_at_rate,
         "field": field,
     }

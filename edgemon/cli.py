@@ -389,11 +389,12 @@ def reanalyse(
 
     try:
         service = _service(ctx, config)
-        result = run_reanalyse(service.db, make_analyzer(service.models, service.threads), recordings)
+        result = run_reanalyse(service.db, make_analyzer(service.models, service.threads), recordings,
+                               service.device_id)
     except EdgemonError as exc:
         raise _fail(exc)
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
-    if result.failed:
+    if result.failed or result.changed:
         raise typer.Exit(1)
 
 

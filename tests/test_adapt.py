@@ -79,6 +79,8 @@ def test_review_targets_map_verdicts_to_classes():
 
 def test_too_few_reviews_are_refused_and_nothing_is_written(tmp_path):
     db, recordings = make_review_db(tmp_path)
+    with pytest.raises(AdaptError, match="no judged review .* review some with `edgemon review` first"):
+        adapt_bundle(default_bundle_path(), db, recordings, tmp_path / "new")
     first = reviews.list_detections(db)[0]
     reviews.add_verdict(db, first["id"], "wrong", "ann")
     with pytest.raises(AdaptError, match="1 usable review"):
@@ -140,6 +142,33 @@ def test_adapt_end_to_end_on_a_recorder_the_bundle_never_heard(site):
         assert analyzer.ensemble.site_head is None and analyzer.merger.point != parents_point
     first = sorted(recordings.glob("*.WAV"))[0]
     assert analyzer.analyse_file(first).duration_s > 0
+    # Adapted again on the reviews it was fitted on, its corrections would be scored in-sample:
+    # refused, naming the parent to adapt instead (found by a review).
+    again = subprocess.run([sys.executable, "-m", "training", "adapt", str(out), "--reviews", str(db),
+                            "--recordings", str(recordings), "--out", str(root / "again")],
+                           capture_output=True, text=True, timeout=300)
+    said = again.stdout + again.stderr
+    assert again.returncode == 1 and "was adapted on" in said and parent.bundle_id in said, said
+    assert not (root / "again").exists()
+
+
+def test_members_of_other_embedding_widths_are_refused_before_anything_runs(tmp_path):
+    import torch
+
+    from edgemon.analysis.bundle import write_bundle
+    from edgemon.analysis.frontend import FrontendConfig
+    from tests.conftest import TINY_LABELS
+    from training.model import ModelConfig, PrimateBiLSTM
+    from training.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    members = [export_onnx(PrimateBiLSTM(ModelConfig(hidden=h, layers=1, n_classes=3)).eval(), tmp_path / f"{h}.onnx",
+                           TINY_LABELS, FrontendConfig()) for h in (8, 12)]
+    bundle = write_bundle(tmp_path / "mixed", members, list(TINY_LABELS), frontend=FrontendConfig(),
+                          window_s=1.5, hop_s=0.5)
+    with pytest.raises(AdaptError, match=r"embeddings differ in width \(8, 12\)"):
+        adapt_bundle(bundle.path, tmp_path / "no.db", None, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def _zero_head(bundle, d: int) -> SiteHead:

@@ -219,3 +219,25 @@ def test_complete_bundle_gives_a_new_bundle_names_ceiling_and_windows(tiny_datas
     assert all(w.samples == 24000 for w in bundle.self_check.windows)
     describe, check = describe_bundle(bundle.path)
     assert check.passed and describe["self_check"]["windows"] == 3
+
+
+def test_a_bundle_id_changes_with_whatever_decides_its_detections(tmp_path):
+    """Detections are keyed by bundle id: the same members with another window, hop, thresholds,
+    point or calibration store other rows and must not share an id (a review found a rewindowed
+    bundle keeping its parent's); what is only said of a point (its expectations) leaves it."""
+    from edgemon.analysis.bundle import write_bundle
+
+    shipped = load_bundle(default_bundle_path())
+    base = dict(frontend=shipped.frontend, window_s=4.0, hop_s=2.0, thresholds=dict(shipped.thresholds))
+    point = {"thresholds": dict(shipped.thresholds), "min_windows": {"gibbon_duet": 2}, "expected": {"recall": 0.8}}
+    made = {}
+    for name, changes in (("base", {}), ("again", {}), ("window", {"window_s": 3.0, "hop_s": 1.5}),
+                          ("thresholds", {"thresholds": {**shipped.thresholds, "gibbon_duet": 0.9}}),
+                          ("point", {"extra": {"operating_point": point}}),
+                          ("said", {"extra": {"operating_point": {**point, "expected": {"recall": 0.1}}}}),
+                          ("calibrated", {"extra": {"calibration": {"gibbon_duet": {"x": [0, 1], "y": [0.1, 0.9]}}}})):
+        bundle = write_bundle(tmp_path / name / "same", shipped.member_paths, list(shipped.labels),
+                              **{**base, **changes})
+        made[name] = bundle.bundle_id
+    assert made["base"] == made["again"] and made["point"] == made["said"]
+    assert len({made[k] for k in ("base", "window", "thresholds", "point", "calibrated")}) == 5

@@ -183,3 +183,47 @@ def test_bundle_refuses_thresholds_for_other_labels_or_windows(mixed_runs, tmp_p
     result = CliRunner().invoke(app, ["bundle", str(mixed_runs / "logmel"), "--out", str(tmp_path / "b"),
                                       "--data", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "not a data set" in result.output and not (tmp_path / "b").exists()
+
+
+def test_a_bundles_own_point_is_measured_again_and_rebundled_with_the_new_calibration(
+        mixed_runs, cv_runs, tiny_dataset, tmp_path):
+    """``cv-ensemble --at-point`` keeps the bundle's point (nothing chosen) and fits its calibration;
+    ``rebundle`` gives the same members that point and calibration under a new id, and the recorder
+    stores the same events with it."""
+    from edgemon.analysis.analyzer import Analyzer
+
+    members = [cv_runs / "a" / "mel", cv_runs / "b" / "pcen"]
+    chosen = tmp_path / "chosen.json"
+    cv_ensemble(members, _load(tiny_dataset), chosen, 0.2, target_false_per_hour=1e6)
+    result = CliRunner().invoke(app, ["bundle", str(mixed_runs / "logmel"), str(mixed_runs / "pcen"),
+                                      "--out", str(tmp_path / "parent"), "--thresholds", str(chosen),
+                                      "--data", str(tiny_dataset)])
+    assert result.exit_code == 0, result.output
+    parent = load_bundle(tmp_path / "parent")
+    again = tmp_path / "again.json"
+    measured = cv_ensemble(members, _load(tiny_dataset), again, 0.2, target_false_per_hour=1.0,
+                           votes_from=chosen.with_suffix(".votes.npz"), at_point=parent.path)
+    point = measured["field"]["operating_point"]
+    assert point["from_bundle"] == parent.bundle_id and point["target_false_per_hour"] == 1e6   # the bundle's own
+    assert point["thresholds"] == parent.thresholds
+    result = CliRunner().invoke(app, ["rebundle", str(parent.path), "--thresholds", str(again),
+                                      "--out", str(tmp_path / "child")])
+    assert result.exit_code == 0, result.output
+    child = load_bundle(tmp_path / "child")
+    assert [m.sha256 for m in child.members] == [m.sha256 for m in parent.members]
+    assert child.bundle_id != parent.bundle_id and child.manifest["rebundled_from"] == parent.bundle_id
+    assert child.thresholds == parent.thresholds and child.manifest["calibration"] == measured["field"]["calibration"]
+    assert child.self_check is not None and child.manifest["self_check"] == parent.manifest["self_check"]
+    Ensemble(child)   # its reference windows pass the self-check with the same members
+    clip = tiny_dataset / "audio" / "call_high_test_2.flac"
+    events = lambda b: [(e.label, e.start_s, e.end_s) for e in Analyzer(b).analyse_file(clip).events]
+    assert events(child) == events(parent)
+    # refused in one line, nothing written: a result without a field point, a result for other members
+    (tmp_path / "plain.json").write_text(json.dumps({"labels": list(parent.labels), "thresholds": {}}))
+    one = json.loads(again.read_text()) | {"frontend_kinds": ["logmel"]}
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    for bad, message in (("plain.json", "no field operating point"), ("one.json", "measured 1 member")):
+        result = CliRunner().invoke(app, ["rebundle", str(parent.path), "--thresholds", str(tmp_path / bad),
+                                          "--out", str(tmp_path / "nothing")])
+        assert result.exit_code == 1 and message in result.output and bad in result.output
+        assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "nothing").exists()

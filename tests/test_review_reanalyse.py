@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import soundfile
 
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
@@ -80,3 +81,43 @@ def test_reanalyse_cli_counts_missing_recordings_and_export_filters_by_bundle(tm
     everything = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db)],
                                 capture_output=True, text=True, timeout=60)
     assert {r["bundle_id"] for r in csv.DictReader(io.StringIO(everything.stdout))} == {BUNDLE_ID, new_id}
+
+
+def test_reanalyse_keeps_scores_names_and_reviews_and_never_replaces_a_changed_recording(tmp_path):
+    """Found by a review: reanalyse stored no raw score and no bundle names, replaced detections of a
+    truncated recording by what was left of it, and kept the id of a detection whose confidence it
+    changed (a cursor that had passed it below --min-confidence never delivered it)."""
+    db, recordings = make_review_db(tmp_path)
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    new_id = analyzer.bundle.bundle_id
+    reanalyse(db, analyzer, device_id="site-9")
+    scored = _rows(db, "SELECT id, score, confidence FROM detections WHERE bundle_id = ? ORDER BY id", [new_id])
+    assert scored and all(score is not None and 0 < score <= 1 for _, score, _ in scored)
+    assert _rows(db, "SELECT count(*) FROM labels WHERE bundle_id = ? AND common_name IS NOT NULL", [new_id])[0][0] >= 4
+    # A detection judged, then stored with another confidence (as an earlier version of the bundle's
+    # calibration would have): found again, it is a new row, and its review follows it.
+    first_id = scored[0][0]
+    with sqlite3.connect(db) as conn:
+        source, start_s, label = conn.execute("SELECT source, start_s, label FROM detections WHERE id = ?",
+                                              [first_id]).fetchone()
+        conn.execute("UPDATE detections SET confidence = 0.01 WHERE id = ?", [first_id])
+        conn.execute("INSERT INTO reviews (detection_id, source, start_s, label, bundle_id, verdict, reviewer, "
+                     "reviewed_at) VALUES (?, ?, ?, ?, ?, 'correct', 'me', '2026-12-04T00:00:00Z')",
+                     [first_id, source, start_s, label, new_id])
+    top = _rows(db, "SELECT max(id) FROM detections")[0][0]
+    reanalyse(db, analyzer)
+    moved = _rows(db, "SELECT id, confidence FROM detections WHERE source = ? AND start_s = ? AND label = ? "
+                      "AND bundle_id = ?", [source, start_s, label, new_id])
+    assert len(moved) == 1 and moved[0][0] > top and moved[0][1] == scored[0][2]
+    assert _rows(db, "SELECT detection_id FROM reviews") == [(moved[0][0],)]
+    unchanged = [i for i, _, _ in scored[1:]]
+    assert [i for (i,) in _rows(db, "SELECT id FROM detections WHERE bundle_id = ? AND id != ? ORDER BY id",
+                                [new_id, moved[0][0]])] == unchanged     # the rest kept their ids
+    # A recording cut short since watch analysed it is left alone, named, and the command fails.
+    before = _rows(db, "SELECT * FROM detections ORDER BY id")
+    path = recordings / "S01/20240501_060000.WAV"
+    samples, rate = soundfile.read(path)
+    soundfile.write(path, samples[: rate * 5], rate, subtype="PCM_16")
+    result = reanalyse(db, analyzer)
+    assert result.files == 1 and len(result.changed) == 1 and "S01/20240501_060000.WAV" in result.changed[0]
+    assert _rows(db, "SELECT * FROM detections ORDER BY id") == before

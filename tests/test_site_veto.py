@@ -47,6 +47,19 @@ def test_a_class_never_confirmed_is_vetoed_only_when_very_like_a_false_alarm():
     assert veto.vetoed(probs, embeddings).tolist() == [True, False]      # cosine 0.98 and 0.55
 
 
+def test_the_veto_judges_the_class_the_members_vote_not_the_mean():
+    """Three members: two call CALL weakly, one calls background surely; the vote is CALL while the
+    mean favours background. A window like stored false alarms is sent back (a review found the
+    veto reading the mean's class and leaving it alone)."""
+    embeddings = np.repeat(unit([1, 0.05, 0])[None], 3, axis=0)               # [members, windows, d]
+    confirmed = np.repeat(unit([0, 1, 0])[None], 3, axis=0)
+    veto = SiteVeto(background=window_features(embeddings), calls=window_features(confirmed),
+                    call_labels=np.array([CALL]), background_index=BACKGROUND, k=1)
+    probs = np.array([[[0.3, 0.4, 0.3]], [[0.3, 0.4, 0.3]], [[0.98, 0.01, 0.01]]], np.float32)
+    assert probs.mean(axis=0).argmax() == BACKGROUND
+    assert veto.vetoed(probs, embeddings).tolist() == [True]
+
+
 def test_features_are_cosines_over_all_members():
     e = np.random.default_rng(0).standard_normal((2, 4, 8)).astype(np.float32)
     f = window_features(e)

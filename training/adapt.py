@@ -118,9 +118,12 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
         extra_probs.append(windows.probs[:, picked])
         extra_embeddings.append(windows.embeddings[:, picked])
         extra_groups += [source] * len(picked)
+    if not targets:
+        raise AdaptError(f"{reviews_db}: no judged review of a detection of this bundle's labels yet "
+                         f"('unsure' is left out): review some with `edgemon review` first")
     if not target_list:
         raise AdaptError(f"{reviews_db}: no reviewed detection of this bundle's labels with its recording "
-                         f"found (give --recordings DIR)")
+                         f"found" + ("" if recordings else " (give --recordings DIR)"))
     return ReviewedWindows(np.concatenate(probs, axis=1), np.concatenate(embeddings, axis=1),
                            np.asarray(detection), np.asarray(target_list), groups, review_ids,
                            np.concatenate(extra_probs, axis=1), np.concatenate(extra_embeddings, axis=1),
@@ -381,6 +384,28 @@ def choose_candidate(scores: dict) -> str:
                      f"better than the parent's; no bundle written")
 
 
+def _check_one_embedding_width(bundle: Bundle, ensemble: Ensemble) -> None:
+    """A site head and veto read every member's embedding as one array: members of other widths
+    (an ensemble of searched settings) cannot be adapted yet; the recorder runs them all the same."""
+    widths = [next((o.shape[-1] for o in s.get_outputs() if o.name == "embedding"), None) for s in ensemble.sessions]
+    if len(set(widths)) > 1:
+        raise AdaptError(f"{bundle.path}: its members' embeddings differ in width ({', '.join(map(str, widths))}); "
+                         f"adapt needs members of one width")
+
+
+def _check_not_fitted_on(bundle: Bundle, reviews_db: Path, review_ids: list[int]) -> None:
+    """An adapted bundle's corrections were fitted on its reviews: scored on them again, they would
+    look better than they are, and the choice would favour keeping them."""
+    earlier = (bundle.manifest.get("adapted") or {}).get("reviews") or {}
+    if earlier.get("database") != str(reviews_db.resolve()):
+        return
+    again = set(earlier.get("review_ids") or ()) & set(review_ids)
+    if again:
+        parent = bundle.manifest["adapted"].get("parent_bundle", "its parent")
+        raise AdaptError(f"{bundle.path} was adapted on {len(again)} of these reviews: adapt its parent "
+                         f"({parent}) with all of them instead")
+
+
 def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, out: Path,
                  config: AdaptConfig = AdaptConfig()) -> dict:
     """Adapt the bundle at ``bundle_path`` to the site of ``reviews_db`` and write it to ``out``.
@@ -393,7 +418,9 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
     started = time.monotonic()
     bundle = load_bundle(bundle_path)
     ensemble = Ensemble(bundle)
+    _check_one_embedding_width(bundle, ensemble)
     data = reviewed_windows(bundle, ensemble, Path(reviews_db), recordings, config)
+    _check_not_fitted_on(bundle, Path(reviews_db), data.review_ids)
     if len(data.targets) < config.min_reviews:
         raise AdaptError(f"{reviews_db}: {len(data.targets)} usable review(s), need at least {config.min_reviews}")
     if len(set(data.groups)) < 2:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgemon.analysis.bundle import MANIFEST, Bundle, check_replaceable, load_bundle, write_bundle
+from edgemon.analysis.bundle import MANIFEST, Bundle, check_replaceable, decision_identity, load_bundle, write_bundle
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.site_head import SiteHead, load_site_head, write_site_head
@@ -93,19 +93,12 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
                                         parent.labels)
         if ceiling is not None:
             manifest["confidence_max"] = round(ceiling, 6)
-        identity = [m["sha256"] for m in manifest["members"]] + [json.dumps(manifest["thresholds"], sort_keys=True),
-                                                                 json.dumps(rules.get("min_windows", {}), sort_keys=True)]
-        if set(rules) - {"min_windows"}:   # kept apart so that bundles with windows alone keep their ids
-            identity.append(json.dumps({k: v for k, v in rules.items() if k != "min_windows"}, sort_keys=True))
-        if manifest.get("calibration"):
-            identity.append(json.dumps({k: manifest.get(k) for k in CALIBRATION_KEYS[:2]}, sort_keys=True))
         if head is not None:
             manifest["site_head"] = write_site_head(head, inner)
-            identity.append(manifest["site_head"]["sha256"])
         if veto is not None:
             manifest["site_veto"] = write_site_veto(veto, inner)
-            identity.append(manifest["site_veto"]["sha256"])
-        digest = hashlib.sha256("".join(identity).encode())
+        digest = hashlib.sha256(("".join(m["sha256"] for m in manifest["members"])
+                                 + decision_identity(manifest)).encode())
         manifest.update(bundle_id=f"{out.name}-{digest.hexdigest()[:12]}", adapted=provenance)
         for key in ("source_runs", "trained_on"):
             if key in parent.manifest:

@@ -139,7 +139,7 @@ def shared_frontend(frontends: list[FrontendConfig], where) -> FrontendConfig:
     return combined
 
 
-def _thresholds_file(path: Path, labels: list[str], window: tuple[float, float],
+def read_thresholds_file(path: Path, labels: list[str], window: tuple[float, float],
                      kinds: list[str]) -> tuple[dict, dict]:
     """Thresholds and their provenance from a ``cv-ensemble`` JSON, checked against the runs."""
     try:
@@ -199,7 +199,7 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
     frontend = shared_frontend(frontends, runs[0])
     thresholds, provenance = None, {}
     if thresholds_from:
-        thresholds, provenance = _thresholds_file(thresholds_from, first["labels"], (first["window_s"], first["hop_s"]),
+        thresholds, provenance = read_thresholds_file(thresholds_from, first["labels"], (first["window_s"], first["hop_s"]),
                                                   [f.kind for f in frontends])
     with tempfile.TemporaryDirectory() as tmp:
         members = []

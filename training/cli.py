@@ -203,6 +203,18 @@ def bundle(
     _run(bundle_runs, runs, out, int8=int8, thresholds_from=thresholds, reference_data=data)
 
 
+@app.command()
+def rebundle(
+    bundle: Annotated[Path, typer.Argument(help="The bundle whose members to keep.")],
+    thresholds: Annotated[Path, typer.Option("--thresholds", help="A cv-ensemble JSON with a field operating point and calibration for these members (e.g. from `cv-ensemble --at-point BUNDLE`).")],
+    out: Annotated[Path, typer.Option("--out", help="The new bundle's directory (its name starts the bundle id).")],
+):
+    """The members of a bundle with the operating point and calibration of a cv-ensemble result: no training runs needed."""
+    from training.rebundle import rebundle as write
+
+    _run(write, bundle, thresholds, out)
+
+
 def _train_and_devel(data: Path, frontend: FrontendConfig):
     """train + devel as one split, the way cv folds it; the test list is not even read."""
     from training.data import load_split, merge
@@ -310,6 +322,7 @@ def cv_ensemble_command(
     reuse_votes: Annotated[bool, typer.Option("--reuse-votes", help="Read the raw votes an earlier run saved beside --out (<out>.votes.npz) instead of running the models.")] = False,
     votes: Annotated[Optional[Path], typer.Option("--votes", help="Read the raw votes from this .votes.npz of an earlier run of the same members instead of running the models.")] = None,
     rules: Annotated[str, typer.Option(help="Evidence rules the operating point may use per class: windows (1-4 windows), windows6, evidence (1-6 windows and a summed window confidence), hysteresis (1-6 windows and one confident window), evidence+hysteresis (default: hysteresis, the best on held-out folds).")] = "hysteresis",
+    at_point: Annotated[Optional[Path], typer.Option("--at-point", help="A bundle whose own operating point to measure and calibrate at, instead of choosing one for the target (to re-fit a bundle's calibration; then `rebundle`).")] = None,
     held_out_pool: Annotated[bool, typer.Option("--held-out-pool/--no-held-out-pool", help="Measure each fold on its held-out recorders' pool clips too (lab/pool.csv, when the data set has it): grouped CV over train + devel + pool. Off: train + devel alone, as before 2026-12-04.")] = True,
 ):
     """Grouped-CV score of an ensemble of cv recipes (mixed frontends allowed), thresholds on its own vote,
@@ -321,7 +334,7 @@ def cv_ensemble_command(
 
         result = cv_ensemble(members, functools.partial(_train_and_devel, data), out, max_false_rate,
                              target_false_per_hour, prevalence, reuse_votes, votes, rules,
-                             pool=functools.partial(load_pool, data) if held_out_pool else None)
+                             pool=functools.partial(load_pool, data) if held_out_pool else None, at_point=at_point)
         keys = ("uar_mean", "uar_std", "uar_mean_untuned", "uar_std_untuned", "thresholds",
                 "windows_untuned", "windows_at_thresholds")
         return {**{k: result[k] for k in keys}, **_field_lines(result)}

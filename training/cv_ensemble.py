@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.frontend import FrontendConfig
 from training.bundling import shared_frontend
 from training.cv import grouped_folds, held_out_with_pool, validation_recorders
@@ -73,7 +74,7 @@ def _check_out(out: Path) -> None:
 def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
                 target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
                 prevalence: float = DEFAULT_PREVALENCE, reuse_votes: bool = False, votes_from: Path | None = None,
-                rules: str = DEFAULT_RULES, pool=None) -> dict:
+                rules: str = DEFAULT_RULES, pool=None, at_point: Path | None = None) -> dict:
     """Score the vote of ``members`` on their cv folds; write ``out`` (JSON) with its thresholds,
     the field measure, a field operating point and calibration (raw votes in ``<out>.votes.npz``,
     the reliability diagram in ``<out>.reliability.png``).
@@ -86,7 +87,9 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     ``pool(labels)``, when given, gives the train-only clips (``lab/pool.csv``) whose held-out
     recorders' clips join each fold's held-out audio (``held_out_with_pool``): grouped CV over
     train + devel + pool. The cv runs must then have kept those clips out of the fold's training,
-    as ``cv`` does.
+    as ``cv`` does. ``at_point`` names a bundle whose own operating point is measured and
+    calibrated instead of one chosen for the target (its target, when it states one, replaces
+    ``target_false_per_hour``): to re-fit a shipped bundle's calibration on a wider measure.
     """
     if rules not in RULES:
         raise DataError(f"unknown rules {rules!r}: choose from {', '.join(RULES)}")
@@ -124,8 +127,13 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     else:
         votes = fold_field_votes(models, frontends, reference, folds, first["window_s"], first["hop_s"], prevalence)
         votes.save(saved)
+    point, point_from = None, None
+    if at_point is not None:
+        point, point_from, target_false_per_hour = _bundle_point(Path(at_point), labels, target_false_per_hour)
     field = field_report(votes, target_false_per_hour, out.with_suffix(".reliability.png"),
-                         f"{out.stem}: grouped CV, held-out events", RULES[rules])
+                         f"{out.stem}: grouped CV, held-out events", RULES[rules], point)
+    if point_from:
+        field["operating_point"]["from_bundle"] = point_from
     order = np.concatenate([va for _, va in folds])
     windows = windows_of(votes)
     fold_of = np.concatenate([np.full(len(s.winner), s.fold) for s in votes.clips])
@@ -147,6 +155,21 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _bundle_point(path: Path, labels: tuple[str, ...], target: float) -> tuple[OperatingPoint, str, float]:
+    """A bundle's own operating point, its id and the target it was chosen for (else ``target``)."""
+    from edgemon.analysis.bundle import load_bundle
+    from edgemon.errors import BundleError
+
+    try:
+        bundle = load_bundle(path)
+    except BundleError as exc:
+        raise DataError(f"--at-point {path}: {exc}") from exc
+    if tuple(bundle.labels) != labels:
+        raise DataError(f"--at-point {path}: the bundle's labels {tuple(bundle.labels)} differ from the members' {labels}")
+    stated = (bundle.manifest.get("operating_point") or {}).get("target_false_per_hour")
+    return OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds), bundle.bundle_id, float(stated or target)
 
 
 def _fold_uars(windows, fold_of, folds, targets, labels, thresholds) -> list[float]:

@@ -218,12 +218,15 @@ def crossfit(votes: FieldVotes, targets=TRADEOFF, grid: RuleGrid = RULES[DEFAULT
 
 
 def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
-                 plot: Path | None = None, title: str = "", grid: RuleGrid = RULES[DEFAULT_RULES]) -> dict:
+                 plot: Path | None = None, title: str = "", grid: RuleGrid = RULES[DEFAULT_RULES],
+                 point: OperatingPoint | None = None) -> dict:
     """The operating point for the target (rules of ``grid``), its calibration, the field measure
     untuned and there, and the trade-off over other targets, each also chosen on held-out folds
-    (``crossfit``): what cv, cv-ensemble and bundles carry."""
+    (``crossfit``): what cv, cv-ensemble and bundles carry. With ``point`` given (a bundle's own),
+    nothing is chosen for the target: the calibration is fitted and the measure taken at that point,
+    and ``chosen_on_other_folds`` still says what choosing for the target gives on unseen recorders."""
     tables = class_tables(votes, grid)
-    point = choose_point(votes, target_false_per_hour, tables)
+    point = point or choose_point(votes, target_false_per_hour, tables)
     events, _, _ = assembled_events(votes, votes.merger(point))
     curves, source, calibration_report = calibrate(events, votes.labels, votes.background, plot, title)
     at_point = measure(votes, point, as_calibration(curves, source))

@@ -415,6 +415,23 @@ def check_replaceable(out_dir: str | Path, inputs=()) -> None:
         raise _fail(out_dir, "holds the files this bundle is made from: choose another --out")
 
 
+# What decides the rows a recorder stores with a bundle's members, beyond the members themselves.
+DECISION_KEYS = ("labels", "background_label", "frontend", "window_s", "hop_s", "voting", "thresholds",
+                 "operating_point", "calibration", "calibration_input", "site_head", "site_veto")
+POINT_PROVENANCE = ("expected", "target_false_per_hour", "rules", "from_bundle")   # said of a point, not part of it
+
+
+def decision_identity(manifest: dict) -> str:
+    """Canonical text of what decides a bundle's detections (``DECISION_KEYS``), for its id: two
+    bundles of the same members with other windows, thresholds, point or calibration store other
+    rows, and detections are keyed by bundle id, so they must never share one (a review found a
+    rewindowed bundle keeping its parent's id)."""
+    decided = {key: manifest[key] for key in DECISION_KEYS if manifest.get(key) is not None}
+    if isinstance(decided.get("operating_point"), dict):
+        decided["operating_point"] = {k: v for k, v in decided["operating_point"].items() if k not in POINT_PROVENANCE}
+    return json.dumps(decided, sort_keys=True)
+
+
 def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str], *,
                  frontend: FrontendConfig, window_s: float, hop_s: float,
                  devel_uars: list[float | None] | None = None,
@@ -427,7 +444,9 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
 
     The directory is assembled beside the target and renamed into place, so a reader never sees
     half a bundle. Returns the verified bundle. Reference windows for the self-check are added
-    afterwards (``training.bundling.add_reference_windows``): they need the members run.
+    afterwards (``training.bundling.add_reference_windows``): they need the members run. The id is
+    the directory's name and a digest of the members and of everything that decides what the
+    recorder stores with them (``decision_identity``).
     """
     out_dir = Path(out_dir).resolve()
     check_replaceable(out_dir, member_files)
@@ -445,10 +464,9 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
             members.append(dataclasses.asdict(Member(
                 file=name, sha256=sha256_of(staging / name), devel_uar=devel_uars[i],
                 test_uar=test_uars[i], precision=precision)))
-        digest = hashlib.sha256("".join(m["sha256"] for m in members).encode()).hexdigest()[:12]
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "bundle_id": f"{out_dir.name}-{digest}",
+            "bundle_id": None,   # below, from what the manifest decides
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "labels": list(labels), "background_label": background_label,
             "frontend": frontend.to_dict(), "members": members, "voting": "majority",
@@ -458,6 +476,8 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
             **({"confidence_max": confidence_max} if confidence_max is not None else {}),
             **(extra or {}),
         }
+        digest = hashlib.sha256(("".join(m["sha256"] for m in members) + decision_identity(manifest)).encode())
+        manifest["bundle_id"] = f"{out_dir.name}-{digest.hexdigest()[:12]}"
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")

@@ -33,7 +33,10 @@ def format_description(d: dict) -> str:
             lines.append(f"  expected on recorders it never heard (grouped CV, the point chosen on the other folds, "
                          f"target {target} false events per background hour): {other['false_per_hour']:.1f} / h, "
                          f"event recall {_pct(other.get('recall'))}, precision {_pct(other.get('precision'))}")
-        lines.append(f"  {'on the folds that chose it' if other else f'expected from grouped CV at the target of {target} false events per background hour'}: "
+        where = ("at this point, measured again on every fold" if point.get("from_bundle")
+                 else "on the folds that chose it" if other
+                 else f"expected from grouped CV at the target of {target} false events per background hour")
+        lines.append(f"  {where}: "
                      f"{expected['false_per_hour']:.1f} / h "
                      f"({expected['false_events']} in {expected['background_hours']:.2f} h), "
                      f"event recall {_pct(expected.get('recall'))}, precision {_pct(expected.get('precision'))}")

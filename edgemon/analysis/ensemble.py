@@ -19,6 +19,7 @@ from edgemon.analysis.frontend import FrontendConfig
 from edgemon.analysis.selfcheck import SelfCheck, SelfCheckError, run_self_check
 from edgemon.analysis.site_head import load_site_head
 from edgemon.analysis.site_veto import load_site_veto
+from edgemon.analysis.vote import Votes, majority_vote
 from edgemon.errors import BundleError
 
 # Telemetry is kept off by ORT_DISABLE_TELEMETRY (edgemon/__init__.py); this also stops its events
@@ -27,34 +28,6 @@ ort.disable_telemetry_events()
 
 INPUT = "logmel"
 OUTPUT = "probs"
-
-
-@dataclasses.dataclass(frozen=True)
-class Votes:
-    """Result of a vote over ``B`` windows by ``M`` members and ``C`` classes."""
-
-    winner: np.ndarray        # int [B]: the voted class index
-    confidence: np.ndarray    # float [B]: mean member probability of the voted class
-    member_labels: np.ndarray  # int [M, B]: each member's argmax
-    mean_probs: np.ndarray    # float [B, C]
-
-
-def majority_vote(member_probs: np.ndarray) -> Votes:
-    """Majority vote of member argmaxes; a tie goes to the tied class of highest mean probability.
-
-    ``member_probs`` is ``[M, B, C]``. Deterministic: equal mean probabilities among tied classes
-    fall to the lowest class index.
-    """
-    member_probs = np.asarray(member_probs, dtype=np.float64)
-    n_classes = member_probs.shape[2]
-    member_labels = member_probs.argmax(axis=2)                               # [M, B]
-    counts = np.stack([(member_labels == c).sum(axis=0) for c in range(n_classes)], axis=1)  # [B, C]
-    mean_probs = member_probs.mean(axis=0)                                     # [B, C]
-    tied = counts == counts.max(axis=1, keepdims=True)
-    winner = np.where(tied, mean_probs, -np.inf).argmax(axis=1)
-    confidence = mean_probs[np.arange(len(winner)), winner]
-    return Votes(winner=winner, confidence=confidence, member_labels=member_labels,
-                 mean_probs=mean_probs)
 
 
 def _session_options(threads: int) -> ort.SessionOptions:

@@ -26,6 +26,7 @@ import numpy as np
 
 from edgemon.analysis.bundle import Bundle, sha256_of, verified_part
 from edgemon.analysis.site_head import embedding_width
+from edgemon.analysis.vote import majority_vote
 from edgemon.errors import BundleError
 
 
@@ -51,7 +52,7 @@ class SiteVeto:
 
     def vetoed(self, probs: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
         """``probs [M, B, C]``, ``embeddings [M, B, d]`` -> which windows the veto sends back ``[B]``."""
-        called = probs.mean(axis=0).argmax(axis=1)
+        called = majority_vote(probs).winner   # the class the recorder's vote calls, not the mean's
         out = np.zeros(len(called), bool)
         rows = np.flatnonzero(called != self.background_index)
         if rows.size == 0 or len(self.background) == 0:

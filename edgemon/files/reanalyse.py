@@ -36,6 +36,7 @@ class ReanalyseResult:
     detections: int     # detections stored for the new bundle
     missing: list[str]  # sources whose recording is no longer on disk
     failed: list[str]   # "source: error" of recordings that could not be read
+    changed: list[str] = dataclasses.field(default_factory=list)   # "source: why": not the file watch analysed
 
 
 def _ledger(db_path: Path) -> list[dict]:
@@ -59,34 +60,48 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
     """Analyse every finished recording of the ledger again with ``analyzer``'s bundle.
 
     A recording is looked for under ``recordings`` by its source name, else at the ledger's path.
-    Times come from the ledger's start time, as ``watch`` stored them; the device id from the
-    file's earlier detections, else ``device_id``. Per-file failures are counted, not fatal.
+    One whose size differs from the ledger's is not the file ``watch`` analysed (truncated, cut
+    short by a full card, another recorder's file of the same name) and is left alone, listed as
+    changed: analysing it would replace detections of audio that is gone. Times come from the
+    ledger's start time, as ``watch`` stored them; the device id from the file's earlier
+    detections, else ``device_id``. Per-file failures are counted, not fatal.
     """
     if recordings is not None and not Path(recordings).is_dir():
         raise ReanalyseError(f"--recordings {recordings}: no such directory")
     files = _ledger(db_path)
     bundle_id = analyzer.bundle.bundle_id
-    done, stored, missing, failed = 0, 0, [], []
+    done, stored, missing, failed, changed = 0, 0, [], [], []
     with Store(db_path) as store:
+        # The bundle's names and confidence ceiling, as watch records its own: exports name its
+        # species and check a --min-confidence against what it can store.
+        store.record_bundle(bundle_id, analyzer.bundle.manifest)
         for i, row in enumerate(files, 1):
             candidates = ([Path(recordings) / row["source"]] if recordings else []) + [Path(row["path"])]
             path = next((p for p in candidates if p.is_file()), None)
             if path is None:
                 missing.append(row["source"])
                 continue
+            size = path.stat().st_size
+            if size != row["size"]:
+                changed.append(f"{row['source']}: {size} bytes at {path}, {row['size']} when analysed")
+                continue
             try:
                 analysis = analyzer.analyse_file(path)
             except Exception as exc:  # a per-file boundary: note it against the file, go on
                 failed.append(f"{row['source']}: {exc}")
+                continue
+            if not analysis.duration_s:
+                failed.append(f"{row['source']}: no audio in {path}")
                 continue
             start = None if row["start_utc"] is None else parse_utc(row["start_utc"])
             at = (lambda s: None) if start is None else (lambda s: start + dt.timedelta(seconds=s))
             detections = [Detection(device_id=row["device_id"] or device_id, source=row["source"], start_s=e.start_s,
                                     end_s=e.end_s, start_utc=at(e.start_s), end_utc=at(e.end_s),
                                     time_source=row["time_source"] or "mtime", clock_suspect=bool(row["clock_suspect"]),
-                                    label=e.label, confidence=e.confidence, votes=e.votes, bundle_id=bundle_id)
+                                    label=e.label, confidence=e.confidence, score=e.score, votes=e.votes,
+                                    bundle_id=bundle_id)
                           for e in analysis.events]
             stored += store.replace_detections(row["source"], bundle_id, detections)
             done += 1
             log.info("[%d/%d] %s: %d detection(s) with %s", i, len(files), row["source"], len(detections), bundle_id)
-    return ReanalyseResult(done, stored, missing, failed)
+    return ReanalyseResult(done, stored, missing, failed, changed)

@@ -6,8 +6,9 @@ destination or did not match its filter. Ids only grow (AUTOINCREMENT, never reu
 label, confidence and start time never change, and the filter is fixed for the cursor's life, so
 a row at or below the position can never start to match: each matching row is delivered exactly
 once, and no row is passed over because another cursor's filter skipped it. A re-processed file's
-detections are new rows (new ids) and are delivered again; (source, start_s, label, bundle_id)
-identifies them downstream.
+detections are new rows (new ids) and are delivered again; ``reanalyse`` keeps a row's id only
+when it finds the detection again unchanged (``Store.replace_detections``). (source, start_s,
+label, bundle_id) identifies them downstream.
 
 Using a cursor with another filter is refused, naming the cursor and its filter: moving one
 position across two filters is what lost rows before.

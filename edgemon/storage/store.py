@@ -299,25 +299,32 @@ class Store:
     def replace_detections(self, source: str, bundle_id: str, detections: list[Detection]) -> int:
         """Store ``bundle_id``'s detections of ``source`` in place of that bundle's earlier ones, in
         one transaction; other bundles' detections and the ledger are left alone (``reanalyse``).
-        A detection found again (same start and label) keeps its row and id, its values updated:
-        reviews of it still point at it, and export cursors do not deliver it twice. Returns the
-        number stored. Raises ValueError if a detection names another source or bundle."""
+        A detection found again unchanged keeps its row and id, so export cursors do not deliver it
+        twice; one found again with other values (confidence, end, votes...) is a new row with a
+        new id, so cursors deliver it (a cursor that passed it below a --min-confidence would
+        otherwise never see it rise), and its reviews follow it. Returns the number stored.
+        Raises ValueError if a detection names another source or bundle."""
         _check_detections(detections, source, bundle_id)
         now = _now()
         rows = [_detection_row(d, now) for d in detections]
-        again = {(r["start_s"], r["label"]) for r in rows}
         with self._write() as db:
-            earlier = db.execute("SELECT id, start_s, label FROM detections WHERE source = ? AND bundle_id = ?",
-                                 [source, bundle_id]).fetchall()
+            cursor = db.conn.execute("SELECT * FROM detections WHERE source = ? AND bundle_id = ?", [source, bundle_id])
+            names = [c[0] for c in cursor.description]
+            earlier = {(r["start_s"], r["label"]): r for r in (dict(zip(names, values)) for values in cursor)}
+            again = {(r["start_s"], r["label"]) for r in rows}
             db.conn.executemany("DELETE FROM detections WHERE id = ?",
-                                [(i,) for i, start_s, label in earlier if (start_s, label) not in again])
-            if rows:
-                columns = list(rows[0])
-                updated = [c for c in columns if c not in ("source", "start_s", "label", "bundle_id", "created_at")]
-                db.conn.executemany(
-                    f"INSERT INTO detections ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)}) "
-                    f"ON CONFLICT (source, start_s, label, bundle_id) DO UPDATE SET "
-                    f"{', '.join(f'{c} = excluded.{c}' for c in updated)}", rows)
+                                [(r["id"],) for key, r in earlier.items() if key not in again])
+            for row in rows:
+                old = earlier.get((row["start_s"], row["label"]))
+                if old is not None and all(old[c] == v for c, v in row.items() if c != "created_at"):
+                    continue   # found again as it was: same row, same id
+                if old is not None:
+                    db.conn.execute("DELETE FROM detections WHERE id = ?", [old["id"]])
+                columns = list(row)
+                new_id = db.conn.execute(f"INSERT INTO detections ({', '.join(columns)}) "
+                                         f"VALUES ({', '.join(':' + c for c in columns)})", row).lastrowid
+                if old is not None:
+                    db.conn.execute("UPDATE reviews SET detection_id = ? WHERE detection_id = ?", [new_id, old["id"]])
         return len(rows)
 
     def add_coverage(self, minutes: Iterable[CoverageMinute]) -> int:

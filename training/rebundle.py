@@ -1,0 +1,64 @@
+"""``edgemon-train rebundle``: a bundle's members with another operating point and calibration.
+
+A bundle holds int8 members, not the runs they came from; a point and calibration measured again
+(``cv-ensemble --at-point BUNDLE`` on a wider measure, or a point chosen for another target) can
+still be given to the same members. The new bundle keeps the parent's members, names, training
+provenance and reference windows; its operating point, calibration and what grouped CV expects
+come from the cv-ensemble result; its id differs from the parent's, since what it stores does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from edgemon.analysis.bundle import Bundle, load_bundle, replace_manifest, write_bundle
+from edgemon.errors import BundleError
+from training.bundling import complete_bundle, read_thresholds_file
+from training.errors import DataError
+
+KEPT = ("source_runs", "trained_on", "label_names")   # what the members are, not how they decide
+
+
+def _member_kinds(parent: Bundle, result: dict, path: Path) -> list[str]:
+    """The cv-ensemble's member frontends, when the parent's stream can feed them."""
+    kinds = result.get("frontend_kinds") or []
+    if len(kinds) != len(parent.members):
+        raise DataError(f"{path}: measured {len(kinds)} member(s), the bundle has {len(parent.members)}")
+    expected = {"logmel", "pcen"} if parent.frontend.kind == "logmel_pcen" else {parent.frontend.kind}
+    if set(kinds) != expected:
+        raise DataError(f"{path}: measured members on {kinds}; the bundle streams {parent.frontend.kind}")
+    return kinds
+
+
+def rebundle(parent_dir: Path, thresholds_from: Path, out: Path) -> dict:
+    """Write ``out``: ``parent_dir``'s members with the operating point and calibration of the
+    cv-ensemble result ``thresholds_from``."""
+    try:
+        parent = load_bundle(parent_dir)
+    except BundleError as exc:
+        raise DataError(str(exc)) from exc
+    try:
+        result = json.loads(Path(thresholds_from).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{thresholds_from}: not a readable cv-ensemble result ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(result, dict) or not result.get("field"):
+        raise DataError(f"{thresholds_from}: a cv-ensemble result with no field operating point")
+    kinds = _member_kinds(parent, result, thresholds_from)
+    thresholds, provenance = read_thresholds_file(thresholds_from, list(parent.labels), (parent.window_s, parent.hop_s), kinds)
+    bundle = write_bundle(
+        out, parent.member_paths, list(parent.labels), frontend=parent.frontend, window_s=parent.window_s,
+        hop_s=parent.hop_s, devel_uars=[m.devel_uar for m in parent.members],
+        test_uars=[m.test_uar for m in parent.members], thresholds=thresholds,
+        background_label=parent.background_label, precision=parent.members[0].precision,
+        extra={**{k: parent.manifest[k] for k in KEPT if k in parent.manifest}, **provenance,
+               "rebundled_from": parent.bundle_id})
+    spec = parent.manifest.get("self_check")
+    if spec is not None:   # the same members: the parent's reference windows and expectations hold
+        shutil.copy2(parent.path / spec["file"], bundle.path / spec["file"])
+        replace_manifest(bundle.path, {"self_check": spec})
+    bundle = complete_bundle(bundle.path, None)
+    return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "parent": parent.bundle_id,
+            "members": len(bundle.members), "calibration_input": bundle.manifest.get("calibration_input"),
+            "confidence_max": bundle.manifest.get("confidence_max")}

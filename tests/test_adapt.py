@@ -75,6 +75,16 @@ def test_review_targets_map_verdicts_to_classes():
             {"verdict": "unsure", "label": "a", "new_label": None, "end_s": 1},
             {"verdict": "relabel", "label": "a", "new_label": "zebra", "end_s": 1}]
     assert [t for _, t in review_targets(rows, labels, "background")] == [0, 1, 2]
+    # One sound judged as two bundles' detections (before and after reanalyse) counts once, by its
+    # latest verdict; overlapping detections of another label, or of one bundle, are other sounds.
+    sound = {"source": "r.WAV", "new_label": None, "label": "a"}
+    rows = [{**sound, "bundle_id": "old", "start_s": 2.0, "end_s": 6.0, "verdict": "correct"},
+            {**sound, "bundle_id": "old", "start_s": 5.0, "end_s": 9.0, "verdict": "correct", "label": "b"},
+            {**sound, "bundle_id": "new", "start_s": 2.5, "end_s": 6.5, "verdict": "wrong"}]
+    assert [(r["bundle_id"], r["start_s"], t) for r, t in review_targets(rows, labels, "background")] == \
+        [("old", 5.0, 2), ("new", 2.5, 0)]
+    rows[2]["start_s"], rows[2]["end_s"] = 30.0, 34.0
+    assert len(review_targets(rows, labels, "background")) == 3
 
 
 def test_too_few_reviews_are_refused_and_nothing_is_written(tmp_path):

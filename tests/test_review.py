@@ -23,7 +23,7 @@ from edgemon.review.charts import charts_svg, effort_hours
 from edgemon.review.excerpt import read_excerpt
 from edgemon.review.spectrogram import png_bytes, spectrogram_rgb
 from edgemon.storage.store import Store
-from tests.review_helpers import DETECTIONS, make_review_db, review_server
+from tests.review_helpers import BUNDLE_ID, DETECTIONS, make_review_db, review_server
 
 
 @pytest.fixture()
@@ -108,6 +108,10 @@ def test_a_reviewer_marking_again_replaces_their_verdict_and_precision_follows(r
     assert (precision["gibbon_duet"].judged, precision["gibbon_duet"].correct) == (1, 0)
     assert (precision["hornbill_helmeted"].judged, precision["hornbill_helmeted"].correct) == (1, 1)
     assert precision["great_argus"].judged == 0 and precision["great_argus"].high == 1.0
+    # of one bundle: another bundle's detections and verdicts do not count
+    assert [c.judged for c in reviews.precision_by_class(db, "another-bundle")] == []
+    assert {c.label: c.judged for c in reviews.precision_by_class(db, BUNDLE_ID)} == \
+        {label: c.judged for label, c in precision.items()}
 
 
 def test_bad_verdicts_are_refused_and_nothing_is_stored(review_db):

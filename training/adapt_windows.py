@@ -64,13 +64,23 @@ class ReviewedWindows:
 
 
 def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -> list[tuple[dict, int]]:
-    """(review row, target class index) for every judged review whose label the bundle knows."""
-    out = []
-    for row in rows:
+    """(review row, target class index) for every judged review whose label the bundle knows, in
+    the order given (oldest first). One sound reviewed as detections of two bundles (before and
+    after ``reanalyse``: the same label, overlapping) counts once, by its latest verdict: twice, it
+    would weigh double and its two verdicts could contradict each other."""
+    out, kept = [], []
+    for row in reversed(rows):
         target = {"wrong": background, "correct": row["label"], "relabel": row["new_label"]}.get(row["verdict"])
-        if target in labels and row.get("end_s") is not None:
-            out.append((row, labels.index(target)))
-    return out
+        if target not in labels or row.get("end_s") is None:
+            continue
+        span = (row.get("source"), row["label"], row.get("bundle_id"), row.get("start_s"), row["end_s"])
+        if span[0] is not None and any(source == span[0] and label == span[1] and bundle != span[2]
+                                       and start < span[4] and span[3] < end
+                                       for source, label, bundle, start, end in kept):
+            continue   # an older verdict on a sound judged since as another bundle's detection
+        kept.append(span)
+        out.append((row, labels.index(target)))
+    return out[::-1]
 
 
 def event_windows(start_s: float, end_s: float, spec: WindowSpec, frame_s: float) -> list[int]:

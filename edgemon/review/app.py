@@ -136,7 +136,8 @@ def create_app(config: ReviewConfig) -> Starlette:
         return templates.TemplateResponse(request, "index.html", {
             "rows": rows, "days": days, "labels": labels, "bundles": bundles, "q": q, "order": order,
             "orders": reviews.ORDERS, "offset": offset, "page_size": PAGE_SIZE,
-            "relabel_to": known_labels(labels), "precision": reviews.precision_by_class(config.db),
+            "relabel_to": known_labels(labels),
+            "precision": reviews.precision_by_class(config.db, q.get("bundle") or None),
             "reviewer": config.reviewer})
 
     def charts_page(request: Request) -> Response:
@@ -181,8 +182,8 @@ def create_app(config: ReviewConfig) -> Starlette:
         return JSONResponse(row)
 
     def precision(request: Request) -> Response:
-        return JSONResponse([dataclasses.asdict(c) | {"precision": c.precision}
-                             for c in reviews.precision_by_class(config.db)])
+        return JSONResponse([dataclasses.asdict(c) | {"precision": c.precision} for c in
+                             reviews.precision_by_class(config.db, request.query_params.get("bundle") or None)])
 
     routes = [
         Route("/", index), Route("/charts", charts_page),

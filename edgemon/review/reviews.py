@@ -87,13 +87,15 @@ def uncertainty(confidence: float, votes: str | None) -> float:
     return 1.0 - confidence * agreement
 
 
-def precision_by_class(db_path: Path) -> list[ClassPrecision]:
-    """Each detected label's precision from the reviews so far (latest verdict per detection)."""
+def precision_by_class(db_path: Path, bundle_id: str | None = None) -> list[ClassPrecision]:
+    """Each detected label's precision from the reviews so far (latest verdict per detection), of
+    one bundle's detections when ``bundle_id`` is given: bundles differ in how often they are right."""
+    mine, args = ("WHERE bundle_id = ?", [bundle_id]) if bundle_id else ("", [])
     with closing(open_read_only(db_path, ReviewError)) as conn:
-        labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY label")]
+        labels = [r[0] for r in conn.execute(f"SELECT DISTINCT label FROM detections {mine} ORDER BY label", args)]
         counts = {r["label"]: r for r in conn.execute(f"""
             SELECT label, sum(verdict = 'correct') AS correct, count(*) AS judged
-            FROM ({LATEST_VERDICTS}) WHERE verdict != 'unsure' GROUP BY label""")}
+            FROM ({LATEST_VERDICTS}) WHERE verdict != 'unsure' {mine.replace('WHERE', 'AND')} GROUP BY label""", args)}
     result = []
     for label in labels:
         row = counts.get(label)

@@ -131,3 +131,9 @@ def test_rethresholding_an_adapted_bundle_keeps_its_site_head_and_veto(parent, t
     assert again.manifest["site_veto"]["sha256"] == both.manifest["site_veto"]["sha256"]
     replaced = write_adapted(both, head, tmp_path / "replaced", {})     # a new head: fitted on raw members
     assert "site_veto" not in replaced.manifest
+    # rebundle keeps members only: a bundle with site corrections is refused, not silently stripped
+    from training.errors import DataError
+    from training.rebundle import rebundle
+    with pytest.raises(DataError, match=r"has site corrections \(site_head, site_veto\)"):
+        rebundle(both.path, tmp_path / "any.json", tmp_path / "stripped")
+    assert not (tmp_path / "stripped").exists()

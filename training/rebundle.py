@@ -39,6 +39,10 @@ def rebundle(parent_dir: Path, thresholds_from: Path, out: Path) -> dict:
         parent = load_bundle(parent_dir)
     except BundleError as exc:
         raise DataError(str(exc)) from exc
+    corrections = [key for key in ("site_head", "site_veto") if parent.manifest.get(key)]
+    if corrections:   # fitted on what the parent's point made of a site's reviews; not carried here
+        raise DataError(f"{parent_dir}: has site corrections ({', '.join(corrections)}): rebundle the bundle it "
+                        f"was adapted from ({(parent.manifest.get('adapted') or {}).get('parent_bundle', 'its parent')})")
     try:
         result = json.loads(Path(thresholds_from).read_text())
     except (OSError, ValueError) as exc:

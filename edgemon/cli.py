@@ -325,10 +325,27 @@ def export_detections(
         raise typer.Exit(128 + signal.SIGPIPE)
     except EdgemonError as exc:
         raise _fail(exc)
+    if not bundle:
+        _warn_several_bundles(db, "--bundle ID")
     if not quiet:
         log.info("exported %d detection(s)%s", count, f" (cursor {cursor or 'default'})" if new or cursor else "")
         if coverage is not None:
             log.info("exported %d coverage minute(s)", minutes)
+
+
+def _warn_several_bundles(db: Path, choose: str) -> None:
+    """A view over every bundle, on a database where ``reanalyse`` stored a second bundle's
+    detections of the same recordings, counts each sound once per bundle: say so, once."""
+    from edgemon.storage.readonly import ReadError, sources_in_several_bundles
+
+    try:
+        several = sources_in_several_bundles(db)
+    except ReadError:
+        return   # the export itself said what was wrong
+    if several:
+        logging.getLogger("edgemon").warning(
+            "%d recording(s) hold detections of more than one bundle (reanalyse): every bundle's are "
+            "included, so a call may appear once per bundle; choose one with %s", several, choose)
 
 
 @app.command()
@@ -395,7 +412,9 @@ def reanalyse(
         raise _fail(exc)
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
     if result.failed or result.changed:
-        raise typer.Exit(1)
+        raise console.error(f"{len(result.changed) + len(result.failed)} recording(s) not analysed again: "
+                            f"{len(result.changed)} changed since watch analysed them, {len(result.failed)} "
+                            f"unreadable (listed above); their detections were left as they were")
 
 
 @app.command()

@@ -116,10 +116,23 @@ def _service(beat: dict | None, heartbeat_s: float, now: dt.datetime) -> dict:
             "files_done_this_run": beat["files_done"], "rss_mb": beat["rss_mb"], "note": beat["note"]}
 
 
+def _named(files: dict, shown: int = 3) -> str:
+    """The first ``shown`` files with why, and how many more."""
+    named = "; ".join(f"{source} ({why})" for source, why in list(files.items())[:shown])
+    more = len(files) - shown
+    return named + (f"; and {more} more (--format json lists them)" if more > 0 else "")
+
+
 def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
     counts = dict(conn.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
     backlog = {"done": counts.get("done", 0), "failed": counts.get("failed", 0),
-               "quarantined": counts.get("quarantined", 0), "waiting": None, "directory": None}
+               "quarantined": counts.get("quarantined", 0), "waiting": None, "directory": None,
+               # which files, newest first, and why: a count alone sends the user to SQL
+               "quarantined_files": dict(conn.execute(
+                   "SELECT source, error FROM files WHERE state = 'quarantined' ORDER BY updated_at DESC LIMIT 20")),
+               "read_in_part": dict(conn.execute(
+                   "SELECT source, error FROM files WHERE state = 'done' AND error IS NOT NULL "
+                   "ORDER BY updated_at DESC LIMIT 20"))}
     if directory is None:
         return backlog
     from edgemon.files.directory import iter_audio, source_of
@@ -194,7 +207,11 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
     if service.get("heartbeat_state") in ("hold_disk", "hold_store"):
         problems.append(f"holding work ({service['heartbeat_state']}): {service.get('note') or 'low disk'}")
     if status["backlog"]["quarantined"]:
-        problems.append(f"{status['backlog']['quarantined']} file(s) quarantined after repeated failures")
+        problems.append(f"{status['backlog']['quarantined']} file(s) quarantined (not analysed): "
+                        + _named(status["backlog"].get("quarantined_files", {})))
+    if status["backlog"].get("read_in_part"):
+        problems.append(f"{len(status['backlog']['read_in_part'])} file(s) analysed with a note (e.g. read only as "
+                        f"far as the audio goes): " + _named(status["backlog"]["read_in_part"]))
     free = status["disk"]["free_mb"]
     if min_free_mb is not None and free is not None and free < min_free_mb:
         problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")

@@ -99,6 +99,14 @@ def test_min_confidence_above_the_bundles_reach_is_an_error(named_db, tmp_path):
     assert result.exit_code == 1 and "0.95" in result.output and result.stdout == ""
 
 
+def test_a_ceiling_that_exports_round_up_is_named_as_they_show_it(named_db, tmp_path):
+    """A newcomer saw 0.8762 in a CSV and had --min-confidence 0.8762 refused as above 0.876186."""
+    with Store(named_db) as store:
+        store.record_bundle("b1", {**MANIFEST, "confidence_max": 0.876186})
+    with pytest.raises(ExportError, match=r"0\.8762 is above 0\.876186 \(exports show it rounded, as 0\.8762\)"):
+        export_detections(named_db, "csv", tmp_path / "d.csv", min_confidence=0.8762)
+
+
 def test_no_reach_check_when_a_bundle_records_no_maximum(db_path, tmp_path):
     assert export_detections(db_path, "csv", tmp_path / "d.csv", min_confidence=0.99) == 0   # none recorded
     with Store(db_path) as store:

@@ -280,13 +280,19 @@ def test_status_reports_what_the_issue_asks(watched_db):
     assert status["service"]["state"] == "stopped" and status["service"]["files_done_this_run"] == 2
     assert status["mode"] == "watch" and status["device_id"] == "site-07"
     assert status["bundle_id"] == analyzer().bundle.bundle_id
-    assert status["backlog"] == {"done": 2, "failed": 0, "quarantined": 1, "waiting": 1, "directory": str(root)}
+    quarantined = status["backlog"].pop("quarantined_files")
+    assert status["backlog"] == {"done": 2, "failed": 0, "quarantined": 1, "waiting": 1, "directory": str(root),
+                                 "read_in_part": {}}
+    assert list(quarantined) == ["20240103_060000.WAV"]
     assert status["last_file"]["source"] == "20240102_060000.WAV"
     assert status["last_detection"]["source"] == "20240102_060000.WAV"
     assert status["real_time_factor"] > 1
     assert status["dropped_audio"] is None                     # no live coverage in watch mode
     assert status["database"]["integrity"] == "ok" and status["disk"]["free_mb"] > 1
-    assert status["problems"] == ["1 file(s) quarantined after repeated failures"]
+    # the file is named, with why (a newcomer had only the count)
+    assert status["problems"] == [f"1 file(s) quarantined (not analysed): 20240103_060000.WAV "
+                                  f"({quarantined['20240103_060000.WAV']})"]
+    status["backlog"]["quarantined_files"] = quarantined
     text = format_status(status)
     for label in ("service:", "backlog:", "last file:", "last detection:", "real-time factor:", "dropped audio:",
                   "disk free:", "database:", "bundle:", "problems:"):

@@ -9,6 +9,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 import soundfile
@@ -16,7 +17,7 @@ import soundfile
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.files.reanalyse import ReanalyseError, reanalyse
-from tests.review_helpers import BUNDLE_ID, DETECTIONS, make_review_db
+from tests.review_helpers import BUNDLE_ID, DETECTIONS, make_review_db, review_server
 
 
 def _rows(db, sql, params=()):
@@ -78,9 +79,19 @@ def test_reanalyse_cli_counts_missing_recordings_and_export_filters_by_bundle(tm
         assert out.returncode == 0, out.stderr
         rows = list(csv.DictReader(io.StringIO(out.stdout)))
         assert rows and {r["bundle_id"] for r in rows} == expected
+        assert "more than one bundle" not in out.stderr
     everything = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db)],
                                 capture_output=True, text=True, timeout=60)
     assert {r["bundle_id"] for r in csv.DictReader(io.StringIO(everything.stdout))} == {BUNDLE_ID, new_id}
+    # Every bundle's rows, so a call appears once per bundle: said (a newcomer's partner got each twice).
+    assert "2 recording(s) hold detections of more than one bundle" in everything.stderr
+    assert "--bundle ID" in everything.stderr
+    with review_server(db, recordings) as (base, _):
+        with urllib.request.urlopen(base + "/charts") as page:
+            html = page.read().decode()
+        assert "2 recording(s) hold detections of more than one bundle" in html and 'name="bundle"' in html
+        with urllib.request.urlopen(base + f"/charts?bundle={new_id}") as page:
+            assert "more than one bundle" not in page.read().decode()
 
 
 def test_reanalyse_keeps_scores_names_and_reviews_and_never_replaces_a_changed_recording(tmp_path):
@@ -121,3 +132,7 @@ def test_reanalyse_keeps_scores_names_and_reviews_and_never_replaces_a_changed_r
     result = reanalyse(db, analyzer)
     assert result.files == 1 and len(result.changed) == 1 and "S01/20240501_060000.WAV" in result.changed[0]
     assert _rows(db, "SELECT * FROM detections ORDER BY id") == before
+    cli = subprocess.run([sys.executable, "-m", "edgemon", "reanalyse", "--db", str(db), "--models",
+                          str(default_bundle_path())], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and json.loads(cli.stdout)["changed"] == result.changed
+    assert cli.stderr.strip().splitlines()[-1].startswith("error: 1 recording(s) not analysed again: 1 changed")

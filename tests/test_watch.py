@@ -45,6 +45,24 @@ def test_backlog_then_new_files_and_no_reprocessing(tmp_path, good_recording):
     assert set(ledger(db)) == {"20180301_060000.WAV", "deeper/dir/20180301_070000.wav", "20180301_080000.WAV"}
 
 
+def test_a_recording_cut_short_after_it_was_analysed_keeps_its_detections(tmp_path, good_recording):
+    """Found by a newcomer trial: a recording truncated after analysis was analysed again and its
+    detections of the audio that was cut off were deleted, their reviews orphaned."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    path = write_wav(root / "20180301_060000.WAV", np.concatenate([good_recording] * 3))
+    watch_until_idle(root, db)
+    before = query(db, "SELECT * FROM detections ORDER BY id")
+    assert before
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 3)
+    watcher = watch_until_idle(root, db)
+    assert watcher.processed == 0 and query(db, "SELECT * FROM detections ORDER BY id") == before
+    state, _, error = ledger(db)["20180301_060000.WAV"]
+    assert state == "quarantined" and "shrank from" in error and "detections are kept" in error
+    write_wav(path, np.concatenate([good_recording] * 4))   # restored, or grown: analysed again
+    assert watch_until_idle(root, db).processed == 1
+
+
 @pytest.mark.parametrize("rate, channels, subtype", [(16000, 1, "PCM_U8"), (16000, 2, "PCM_16"),
                                                      (48000, 1, "PCM_24"), (192000, 1, "FLOAT")])
 def test_other_formats_are_read(tmp_path, good_recording, rate, channels, subtype):

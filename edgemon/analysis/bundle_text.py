@@ -40,7 +40,21 @@ def format_description(d: dict) -> str:
                      f"{expected['false_per_hour']:.1f} / h "
                      f"({expected['false_events']} in {expected['background_hours']:.2f} h), "
                      f"event recall {_pct(expected.get('recall'))}, precision {_pct(expected.get('precision'))}")
+    adapted = (d.get("provenance") or {}).get("adapted")
+    if isinstance(adapted, dict):
+        reviews = adapted.get("reviews") or {}
+        written = (adapted.get("calibration") or {}).get("written")
+        lines.append(f"  adapted to a site from bundle {adapted.get('parent_bundle', '?')}: method "
+                     f"{adapted.get('method', '?')}, {reviews.get('used', '?')} review(s) from "
+                     f"{reviews.get('recordings', '?')} recording(s)"
+                     + (f"; stored confidence: {'the site calibration' if written == 'site' else 'the parent' + chr(39) + 's'}"
+                        if written else ""))
     if d.get("site_corrections"):
-        lines.append(f"  adapted to a site: {', '.join(d['site_corrections'])}")
+        lines.append(f"  site corrections: {', '.join(d['site_corrections'])}")
+    rebundled = (d.get("provenance") or {}).get("rebundled_from")
+    if rebundled:
+        lines.append(f"  the members of bundle {rebundled}, with another operating point and calibration")
+    if d.get("confidence_max") is not None:
+        lines.append(f"  highest confidence it can store: {d['confidence_max']:g}")
     lines.append("  (everything: edgemon info --format json)")
     return "\n".join(lines)

@@ -209,4 +209,4 @@ def _confidence_meaning(manifest: dict, ceiling: float) -> str:
 
 
 PROVENANCE = ("trained_on", "thresholds_from", "operating_point", "calibration_input", "calibration_fits",
-              "adapted", "source_runs")
+              "adapted", "source_runs", "rebundled_from")

@@ -26,8 +26,11 @@ EARLIEST_PLAUSIBLE_YEAR = 2000  # recorders without a set clock start at 1970 (o
 FUTURE_SLACK = timedelta(days=1)  # host and recorder clocks and zones may differ by hours
 
 # AudioMoth: [DEVICEID_]YYYYMMDD_HHMMSS[T].WAV, DEVICEID in hex; T marks a triggered recording.
+# A copy keeps the name with a suffix file managers add ("… (1).WAV", "… copy.WAV", "… 2.WAV"):
+# its time is still the name's (a newcomer trial's copy was stored at the copy's mtime).
 _DATED_NAME = re.compile(
-    r"^(?:[0-9A-F]+_)?(?P<date>\d{8})_(?P<time>\d{6})(?P<trig>T?)\.(?:wav|flac)$", re.IGNORECASE
+    r"^(?:[0-9A-F]+_)?(?P<date>\d{8})_(?P<time>\d{6})(?P<trig>T?)"
+    r"(?P<copy> \(\d+\)| copy(?: \d+)?| \d+)?\.(?:wav|flac)$", re.IGNORECASE
 )
 # Older AudioMoth firmware: eight hex digits of Unix time, e.g. 5A8C5A83.WAV.
 _HEX_NAME = re.compile(r"^(?P<hex>[0-9A-F]{8})\.(?:wav|flac)$", re.IGNORECASE)
@@ -59,7 +62,8 @@ def _parse_filename(name: str) -> tuple[datetime, str, bool] | None:
         except ValueError:  # month 13, 31 February, hour 25 ...
             return None
         kind = "triggered " if m["trig"] else ""
-        return start, f"{kind}AudioMoth name YYYYMMDD_HHMMSS", True
+        copy = f" (a copy's name: {m['copy'].strip()!r} after it)" if m["copy"] else ""
+        return start, f"{kind}AudioMoth name YYYYMMDD_HHMMSS{copy}", True
     if m := _HEX_NAME.match(base):
         return datetime.fromtimestamp(int(m["hex"], 16), UTC), "hex Unix-time name", False
     return None

@@ -276,6 +276,13 @@ class Watcher:
         if same_file and entry["state"] in ("done", "quarantined"):
             self.settled[path] = version
             return True
+        if entry is not None and entry["state"] == "done" and st.st_size < entry["size"]:
+            # Shrunk since analysed: a cut or damaged copy, not a recording that grew. Analysed again
+            # it would replace the detections of the audio that is gone (a newcomer trial lost them).
+            self._quarantine_at_once(path, source, version, f"shrank from {entry['size']} to {st.st_size} bytes "
+                                     f"since it was analysed; its detections are kept (restore the file to "
+                                     f"analyse it again)")
+            return True
         if time.monotonic() < self.retry_at.get(path, 0.0):
             return False
         if not self.stability.observe(path, st.st_size, st.st_mtime_ns):

@@ -32,6 +32,7 @@ from edgemon.errors import AudioError, EdgemonError
 from edgemon.review import charts, reviews
 from edgemon.review.excerpt import read_excerpt
 from edgemon.review.spectrogram import spectrogram_png
+from edgemon.storage.readonly import sources_in_several_bundles
 
 HERE = Path(__file__).parent
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -141,8 +142,11 @@ def create_app(config: ReviewConfig) -> Starlette:
             "reviewer": config.reviewer})
 
     def charts_page(request: Request) -> Response:
-        hour_svg, day_svg = charts.charts_svg(config.db, request.query_params.get("bundle") or None)
-        return templates.TemplateResponse(request, "charts.html", {"hour_svg": hour_svg, "day_svg": day_svg})
+        chosen = request.query_params.get("bundle") or None
+        hour_svg, day_svg = charts.charts_svg(config.db, chosen)
+        return templates.TemplateResponse(request, "charts.html", {
+            "hour_svg": hour_svg, "day_svg": day_svg, "bundles": reviews.days_and_labels(config.db)[2],
+            "chosen": chosen, "several": 0 if chosen else sources_in_several_bundles(config.db)})
 
     def _excerpt(request: Request):
         row = reviews.detection(config.db, int(request.path_params["id"]))

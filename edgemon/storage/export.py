@@ -190,7 +190,8 @@ def _check_reachable(conn: sqlite3.Connection, db_path: Path, others: CursorFilt
         reach.append((float(top), bundle_id))
     if reach and min_confidence > max(reach)[0]:
         top, bundle_id = max(reach)
-        raise ExportError(f"--min-confidence {min_confidence:g} is above {top:g}, the highest confidence "
+        shown_as = f" (exports show it rounded, as {round(top, 4):g})" if round(top, 4) != top else ""
+        raise ExportError(f"--min-confidence {min_confidence:g} is above {top:g}{shown_as}, the highest confidence "
                           f"these detections' bundle(s) can reach ({bundle_id}): nothing could match")
 
 

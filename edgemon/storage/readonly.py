@@ -128,3 +128,15 @@ def recording_path(row: dict, recordings: Path | None) -> Path | None:
     if row.get("file_path"):
         candidates.append(Path(row["file_path"]))
     return next((p for p in candidates if p.is_file()), None)
+
+
+def sources_in_several_bundles(db_path: Path) -> int:
+    """How many recordings (sources) hold detections of more than one bundle (``reanalyse``
+    stores a second bundle's beside the first): views over every bundle count their sounds once
+    per bundle. Raises ``ReadError``."""
+    with closing(open_read_only(db_path)) as conn:
+        try:
+            return conn.execute("SELECT count(*) FROM (SELECT source FROM detections GROUP BY source "
+                                "HAVING count(DISTINCT bundle_id) > 1)").fetchone()[0]
+        except sqlite3.Error as e:
+            raise ReadError(f"cannot read the detections of {db_path}: {e}") from e

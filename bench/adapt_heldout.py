@@ -4,6 +4,7 @@ the true labels, in the review page's 'teach' order), ``adapt`` runs, and every 
 measured on the recorder's unreviewed recordings; figures pooled over recorders.
 
     PYTHONPATH=. python bench/adapt_heldout.py [--recorders S10,S11,...] [--reviews 100] [--work DIR] [--parent-point]
+        [--cv LOGMEL_CV_DIR PCEN_CV_DIR]
 
 Parents: fold k's members are the log-mel and PCEN models of grouped-CV fold k (``--cv``), made
 into an int8 bundle like the shipped one (its frontend, window, thresholds; with ``--parent-point``
@@ -129,11 +130,13 @@ def main() -> None:
     parser.add_argument("--reviews", type=int, default=100)
     parser.add_argument("--work", type=Path, default=Path("/tmp/adapt_heldout"))
     parser.add_argument("--folds", type=int, default=AdaptConfig.folds, help="adapt's held-out folds")
+    parser.add_argument("--cv", type=Path, nargs=2, default=CV, metavar=("LOGMEL_CV", "PCEN_CV"),
+                        help="the grouped-CV runs whose fold models are the parents (default: the shipped recipe's)")
     parser.add_argument("--parent-point", action="store_true",
                         help="fold parents carry the shipped bundle's operating point (evidence rules) and calibration, "
                              "not only its thresholds")
     args = parser.parse_args()
-    models = fold_models(CV)
+    models = fold_models(args.cv)
     results = {}
     for recorder in args.recorders.split(","):
         results[recorder] = run_recorder(recorder, models[recorder], args.work, args.reviews,

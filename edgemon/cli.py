@@ -325,7 +325,7 @@ def export_detections(
         raise typer.Exit(128 + signal.SIGPIPE)
     except EdgemonError as exc:
         raise _fail(exc)
-    if not bundle:
+    if not bundle and not quiet:
         _warn_several_bundles(db, "--bundle ID")
     if not quiet:
         log.info("exported %d detection(s)%s", count, f" (cursor {cursor or 'default'})" if new or cursor else "")

@@ -116,11 +116,11 @@ def _service(beat: dict | None, heartbeat_s: float, now: dt.datetime) -> dict:
             "files_done_this_run": beat["files_done"], "rss_mb": beat["rss_mb"], "note": beat["note"]}
 
 
-def _named(files: dict, shown: int = 3) -> str:
-    """The first ``shown`` files with why, and how many more."""
+def _named(files: dict, total: int, shown: int = 3) -> str:
+    """The first ``shown`` of ``total`` files with why, and how many more."""
     named = "; ".join(f"{source} ({why})" for source, why in list(files.items())[:shown])
-    more = len(files) - shown
-    return named + (f"; and {more} more (--format json lists them)" if more > 0 else "")
+    more = total - min(shown, len(files))
+    return named + (f"; and {more} more (--format json lists the newest 20)" if more > 0 else "")
 
 
 def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
@@ -130,9 +130,8 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
                # which files, newest first, and why: a count alone sends the user to SQL
                "quarantined_files": dict(conn.execute(
                    "SELECT source, error FROM files WHERE state = 'quarantined' ORDER BY updated_at DESC LIMIT 20")),
-               "read_in_part": dict(conn.execute(
-                   "SELECT source, error FROM files WHERE state = 'done' AND error IS NOT NULL "
-                   "ORDER BY updated_at DESC LIMIT 20"))}
+               "with_note": conn.execute("SELECT count(*) FROM files WHERE state = 'done' AND error IS NOT NULL")
+                                .fetchone()[0]}
     if directory is None:
         return backlog
     from edgemon.files.directory import iter_audio, source_of
@@ -208,10 +207,7 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
         problems.append(f"holding work ({service['heartbeat_state']}): {service.get('note') or 'low disk'}")
     if status["backlog"]["quarantined"]:
         problems.append(f"{status['backlog']['quarantined']} file(s) quarantined (not analysed): "
-                        + _named(status["backlog"].get("quarantined_files", {})))
-    if status["backlog"].get("read_in_part"):
-        problems.append(f"{len(status['backlog']['read_in_part'])} file(s) analysed with a note (e.g. read only as "
-                        f"far as the audio goes): " + _named(status["backlog"]["read_in_part"]))
+                        + _named(status["backlog"].get("quarantined_files", {}), status["backlog"]["quarantined"]))
     free = status["disk"]["free_mb"]
     if min_free_mb is not None and free is not None and free < min_free_mb:
         problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")
@@ -265,8 +261,10 @@ def format_status(status: dict) -> str:
         ("service", alive),
         ("mode", f"{s['mode'] or '?'}, device {s['device_id'] or '?'}"),
         ("bundle", s["bundle_id"] or "?"),
-        ("backlog", f"{waiting} file(s) waiting{where}; {backlog['done']} done, {backlog['failed']} failed, "
-                    f"{backlog['quarantined']} quarantined"),
+        ("backlog", f"{waiting} file(s) waiting{where}; {backlog['done']} done"
+                    + (f" ({backlog['with_note']} with a note, e.g. read as far as the audio goes)"
+                       if backlog.get("with_note") else "")
+                    + f", {backlog['failed']} failed, {backlog['quarantined']} quarantined"),
         ("last file", last_file),
         ("last detection", last_det),
         ("real-time factor", rtf),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,14 +77,16 @@ def test_review_targets_map_verdicts_to_classes():
             {"verdict": "relabel", "label": "a", "new_label": "zebra", "end_s": 1}]
     assert [t for _, t in review_targets(rows, labels, "background")] == [0, 1, 2]
     # One sound judged as two bundles' detections (before and after reanalyse) counts once, by its
-    # latest verdict; overlapping detections of another label, or of one bundle, are other sounds.
+    # latest verdict, whatever each bundle called it; overlapping detections of one bundle are two sounds.
     sound = {"source": "r.WAV", "new_label": None, "label": "a"}
     rows = [{**sound, "bundle_id": "old", "start_s": 2.0, "end_s": 6.0, "verdict": "correct"},
             {**sound, "bundle_id": "old", "start_s": 5.0, "end_s": 9.0, "verdict": "correct", "label": "b"},
             {**sound, "bundle_id": "new", "start_s": 2.5, "end_s": 6.5, "verdict": "wrong"}]
     assert [(r["bundle_id"], r["start_s"], t) for r, t in review_targets(rows, labels, "background")] == \
-        [("old", 5.0, 2), ("new", 2.5, 0)]
+        [("new", 2.5, 0)]
     rows[2]["start_s"], rows[2]["end_s"] = 30.0, 34.0
+    assert len(review_targets(rows, labels, "background")) == 3
+    rows[2]["bundle_id"], rows[2]["start_s"], rows[2]["end_s"] = "old", 5.5, 9.5   # one bundle: three sounds
     assert len(review_targets(rows, labels, "background")) == 3
 
 
@@ -164,6 +167,12 @@ def test_adapt_end_to_end_on_a_recorder_the_bundle_never_heard(site):
     said = again.stdout + again.stderr
     assert again.returncode == 1 and "was adapted on" in said and parent.bundle_id in said, said
     assert not (root / "again").exists()
+    copied = root / "copied.db"            # a copy of the database is known by its own id, not its path
+    shutil.copy(db, copied)
+    again = subprocess.run([sys.executable, "-m", "training", "adapt", str(out), "--reviews", str(copied),
+                            "--recordings", str(recordings), "--out", str(root / "again")],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "was adapted on" in again.stdout + again.stderr
 
 
 def test_members_of_other_embedding_widths_are_refused_before_anything_runs(tmp_path):

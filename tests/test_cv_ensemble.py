@@ -94,6 +94,7 @@ def test_the_held_out_recorders_pool_clips_join_the_field_measure(cv_runs, tiny_
     pooled = cv_ensemble(member, load, tmp_path / "pooled.json", 0.1,
                          pool=lambda labels: load_pool(tiny_dataset_with_pool, labels))
     assert (alone["held_out_pool_clips"], pooled["held_out_pool_clips"]) == (0, 6)
+    assert (alone["clips_scored"], pooled["clips_scored"]) == ("train+devel", "train+devel+pool")
     before, after = alone["field"]["untuned"], pooled["field"]["untuned"]
     assert after["background_hours"] > before["background_hours"]       # 2 pool background clips more
     assert after["calls"] == before["calls"] + 4                        # and 4 pool calls
@@ -222,7 +223,11 @@ def test_a_bundles_own_point_is_measured_again_and_rebundled_with_the_new_calibr
     (tmp_path / "plain.json").write_text(json.dumps({"labels": list(parent.labels), "thresholds": {}}))
     one = json.loads(again.read_text()) | {"frontend_kinds": ["logmel"]}
     (tmp_path / "one.json").write_text(json.dumps(one))
-    for bad, message in (("plain.json", "no field operating point"), ("one.json", "measured 1 member")):
+    other = json.loads(again.read_text())
+    other["field"]["operating_point"]["from_bundle"] = "another-0123"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    for bad, message in (("plain.json", "no field operating point"), ("one.json", "measured 1 member"),
+                         ("other.json", "measured at the point of bundle another-0123")):
         result = CliRunner().invoke(app, ["rebundle", str(parent.path), "--thresholds", str(tmp_path / bad),
                                           "--out", str(tmp_path / "nothing")])
         assert result.exit_code == 1 and message in result.output and bad in result.output

@@ -282,7 +282,7 @@ def test_status_reports_what_the_issue_asks(watched_db):
     assert status["bundle_id"] == analyzer().bundle.bundle_id
     quarantined = status["backlog"].pop("quarantined_files")
     assert status["backlog"] == {"done": 2, "failed": 0, "quarantined": 1, "waiting": 1, "directory": str(root),
-                                 "read_in_part": {}}
+                                 "with_note": 0}
     assert list(quarantined) == ["20240103_060000.WAV"]
     assert status["last_file"]["source"] == "20240102_060000.WAV"
     assert status["last_detection"]["source"] == "20240102_060000.WAV"
@@ -333,3 +333,17 @@ def test_status_sees_a_silent_daemon(watched_db, tmp_path):
     status = collect_status(copy, now=later)
     assert status["service"]["state"] == "silent"
     assert any("no heartbeat for" in p for p in status["problems"])
+
+
+def test_quarantined_files_are_named_and_the_rest_counted(tmp_path):
+    """A review found "and N more" counted from the 20 files listed, not from all of them."""
+    db = tmp_path / "d.db"
+    with Store(db) as store:
+        for i in range(25):
+            store.record_failure(f"f{i:02d}.WAV", path=tmp_path / f"f{i:02d}.WAV", size=1, mtime_ns=i,
+                                 error="not audio", max_attempts=1)
+    status = collect_status(db)
+    assert len(status["backlog"]["quarantined_files"]) == 20 and status["backlog"]["quarantined"] == 25
+    (line,) = [p for p in status["problems"] if "quarantined" in p]
+    assert line.startswith("25 file(s) quarantined (not analysed): f") and line.count("(not audio)") == 3
+    assert "and 22 more" in line

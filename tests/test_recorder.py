@@ -95,6 +95,9 @@ def write_wave_module(path, seconds=0.5, rate=8000):
     ("20240503_060000 copy.WAV", utc(2024, 5, 3, 6, 0, 0)),
     ("20240503_060000 copy 2.wav", utc(2024, 5, 3, 6, 0, 0)),
     ("20240503_060000 2.WAV", utc(2024, 5, 3, 6, 0, 0)),
+    ("20240503_060000 - Copy.WAV", utc(2024, 5, 3, 6, 0, 0)),
+    ("20240503_060000 - Copy (2).WAV", utc(2024, 5, 3, 6, 0, 0)),
+    ("20240503_060000(1).WAV", utc(2024, 5, 3, 6, 0, 0)),
 ])
 def test_filename_patterns(name, expected):
     got = time_from_filename(name)
@@ -109,7 +112,6 @@ def test_filename_patterns(name, expected):
     "20240101_120000.WAV.part",
     "SITE-A_20240101_120000.WAV",  # not a hex device id: maybe another recorder's local time
     "5A8C5A8.WAV",  # seven hex digits
-    "20240503_060000(1).WAV",  # no file manager writes this
     "20240503_060000 (1) (2).WAV",
     "recording.wav",
     "",

@@ -58,9 +58,17 @@ def test_a_recording_cut_short_after_it_was_analysed_keeps_its_detections(tmp_pa
     watcher = watch_until_idle(root, db)
     assert watcher.processed == 0 and query(db, "SELECT * FROM detections ORDER BY id") == before
     state, _, error = ledger(db)["20180301_060000.WAV"]
-    assert state == "quarantined" and "shrank from" in error and "detections are kept" in error
+    assert state == "quarantined" and "cut short since it was analysed" in error and "detections are kept" in error
+    from edgemon.files.reanalyse import reanalyse
+    again = reanalyse(db, analyzer())        # named, not skipped without a word
+    assert again.files == 0 and again.changed == [f"20180301_060000.WAV: quarantined by watch ({error})"]
     write_wav(path, np.concatenate([good_recording] * 4))   # restored, or grown: analysed again
     assert watch_until_idle(root, db).processed == 1
+    # A shorter but whole recording saved under the name (a recorder that numbers its files, a
+    # reformatted card) is a new recording: analysed, its own detections stored (a review found it refused).
+    write_wav(path, good_recording)
+    assert watch_until_idle(root, db).processed == 1
+    assert ledger(db)["20180301_060000.WAV"][0] == "done"
 
 
 @pytest.mark.parametrize("rate, channels, subtype", [(16000, 1, "PCM_U8"), (16000, 2, "PCM_16"),

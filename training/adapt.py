@@ -42,7 +42,7 @@ from edgemon.analysis.site_head import Z_CLIP, SiteHead
 from edgemon.analysis.site_veto import SiteVeto, window_features
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
-from edgemon.storage.readonly import recording_path, reviewed
+from edgemon.storage.readonly import database_uuid, recording_path, reviewed
 from training.adapt_decisions import decide, decide_scored, event_scores, grouped_folds
 from training.adapt_windows import (ReviewedWindows, background_windows, detection_spans, event_windows, nearest_windows,
                                     recording_windows, review_targets)
@@ -397,7 +397,12 @@ def _check_not_fitted_on(bundle: Bundle, reviews_db: Path, review_ids: list[int]
     """An adapted bundle's corrections were fitted on its reviews: scored on them again, they would
     look better than they are, and the choice would favour keeping them."""
     earlier = (bundle.manifest.get("adapted") or {}).get("reviews") or {}
-    if earlier.get("database") != str(reviews_db.resolve()):
+    here = database_uuid(reviews_db)
+    # The database's own id, so a copy is known and another site's file at the same path is not;
+    # its path for bundles adapted before the id was recorded.
+    same = (earlier["database_uuid"] == here) if earlier.get("database_uuid") and here else \
+        earlier.get("database") == str(reviews_db.resolve())
+    if not same:
         return
     again = set(earlier.get("review_ids") or ()) & set(review_ids)
     if again:
@@ -446,7 +451,8 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
         "parent_bundle": bundle.bundle_id, "method": chosen,
         "adapted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "background_windows": len(data.extra_groups),
-        "reviews": {"database": str(Path(reviews_db).resolve()), "used": len(data.review_ids),
+        "reviews": {"database": str(Path(reviews_db).resolve()), "database_uuid": database_uuid(Path(reviews_db)),
+                    "used": len(data.review_ids),
                     "review_ids": data.review_ids, "recordings": len(set(data.groups)),
                     "targets": {bundle.labels[c]: int((data.targets == c).sum()) for c in range(len(bundle.labels))}},
         "held_out": scores, "calibration": calibration_note, "config": dataclasses.asdict(config),

@@ -66,17 +66,16 @@ class ReviewedWindows:
 def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -> list[tuple[dict, int]]:
     """(review row, target class index) for every judged review whose label the bundle knows, in
     the order given (oldest first). One sound reviewed as detections of two bundles (before and
-    after ``reanalyse``: the same label, overlapping) counts once, by its latest verdict: twice, it
-    would weigh double and its two verdicts could contradict each other."""
+    after ``reanalyse``: overlapping, whatever each called it) counts once, by its latest verdict:
+    twice, it would weigh double, and its windows could be taught as two classes at once."""
     out, kept = [], []
     for row in reversed(rows):
         target = {"wrong": background, "correct": row["label"], "relabel": row["new_label"]}.get(row["verdict"])
         if target not in labels or row.get("end_s") is None:
             continue
-        span = (row.get("source"), row["label"], row.get("bundle_id"), row.get("start_s"), row["end_s"])
-        if span[0] is not None and any(source == span[0] and label == span[1] and bundle != span[2]
-                                       and start < span[4] and span[3] < end
-                                       for source, label, bundle, start, end in kept):
+        span = (row.get("source"), row.get("bundle_id"), row.get("start_s"), row["end_s"])
+        if span[0] is not None and any(source == span[0] and bundle != span[1] and start < span[3] and span[2] < end
+                                       for source, bundle, start, end in kept):
             continue   # an older verdict on a sound judged since as another bundle's detection
         kept.append(span)
         out.append((row, labels.index(target)))

@@ -150,6 +150,8 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
         "labels": list(labels), "k": summary["k"],
         "seed": summary["seed"], "window_s": first["window_s"], "hop_s": first["hop_s"],
         "pool": summary.get("pool"), "held_out_pool_clips": pool_clips, "prevalence": prevalence,
+        # what uar_* and the window figures score (cv.json's own clip scores are train + devel's alone)
+        "clips_scored": "train+devel+pool" if pool_clips else "train+devel",
         "fold_uar_untuned": untuned, "fold_uar_at_thresholds": tuned, **summary_at_rate,
         "field": field,
     }

@@ -49,6 +49,9 @@ def rebundle(parent_dir: Path, thresholds_from: Path, out: Path) -> dict:
         raise DataError(f"{thresholds_from}: not a readable cv-ensemble result ({type(exc).__name__}: {exc})") from exc
     if not isinstance(result, dict) or not result.get("field"):
         raise DataError(f"{thresholds_from}: a cv-ensemble result with no field operating point")
+    measured_at = result["field"].get("operating_point", {}).get("from_bundle")
+    if measured_at and measured_at != parent.bundle_id:
+        raise DataError(f"{thresholds_from}: measured at the point of bundle {measured_at}, not of {parent.bundle_id}")
     kinds = _member_kinds(parent, result, thresholds_from)
     thresholds, provenance = read_thresholds_file(thresholds_from, list(parent.labels), (parent.window_s, parent.hop_s), kinds)
     bundle = write_bundle(

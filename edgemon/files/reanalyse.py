@@ -39,8 +39,9 @@ class ReanalyseResult:
     changed: list[str] = dataclasses.field(default_factory=list)   # "source: why": not the file watch analysed
 
 
-def _ledger(db_path: Path) -> list[dict]:
-    """The finished recordings of the ledger, each with its device id."""
+def _ledger(db_path: Path) -> tuple[list[dict], list[str]]:
+    """The finished recordings of the ledger, each with its device id; and "source: why" of the
+    recordings with detections that watch has quarantined since (cut short after analysis)."""
     if not Path(db_path).is_file():
         raise ReanalyseError(f"detections database not found: {db_path}")
     try:
@@ -48,11 +49,14 @@ def _ledger(db_path: Path) -> list[dict]:
             conn.row_factory = sqlite3.Row
             files = [dict(r) for r in conn.execute("SELECT * FROM files WHERE state = 'done' ORDER BY source")]
             devices = dict(conn.execute("SELECT source, min(device_id) FROM detections GROUP BY source").fetchall())
+            held = [f"{r['source']}: quarantined by watch ({r['error']})" for r in conn.execute(
+                "SELECT source, error FROM files WHERE state = 'quarantined' AND source IN "
+                "(SELECT source FROM detections) ORDER BY source")]
     except sqlite3.Error as e:
         raise ReanalyseError(f"cannot read the ledger of {db_path}: {e}") from e
     for row in files:
         row["device_id"] = devices.get(row["source"])
-    return files
+    return files, held
 
 
 def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
@@ -68,9 +72,9 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
     """
     if recordings is not None and not Path(recordings).is_dir():
         raise ReanalyseError(f"--recordings {recordings}: no such directory")
-    files = _ledger(db_path)
+    files, changed = _ledger(db_path)
     bundle_id = analyzer.bundle.bundle_id
-    done, stored, missing, failed, changed = 0, 0, [], [], []
+    done, stored, missing, failed = 0, 0, [], []
     with Store(db_path) as store:
         # The bundle's names and confidence ceiling, as watch records its own: exports name its
         # species and check a --min-confidence against what it can store.

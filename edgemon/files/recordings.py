@@ -26,11 +26,12 @@ EARLIEST_PLAUSIBLE_YEAR = 2000  # recorders without a set clock start at 1970 (o
 FUTURE_SLACK = timedelta(days=1)  # host and recorder clocks and zones may differ by hours
 
 # AudioMoth: [DEVICEID_]YYYYMMDD_HHMMSS[T].WAV, DEVICEID in hex; T marks a triggered recording.
-# A copy keeps the name with a suffix file managers add ("… (1).WAV", "… copy.WAV", "… 2.WAV"):
+# A copy keeps the name with a suffix file managers add ("… (1).WAV", "… - Copy.WAV", "… copy.WAV",
+# "… 2.WAV"):
 # its time is still the name's (a newcomer trial's copy was stored at the copy's mtime).
 _DATED_NAME = re.compile(
     r"^(?:[0-9A-F]+_)?(?P<date>\d{8})_(?P<time>\d{6})(?P<trig>T?)"
-    r"(?P<copy> \(\d+\)| copy(?: \d+)?| \d+)?\.(?:wav|flac)$", re.IGNORECASE
+    r"(?P<copy> ?\(\d+\)| copy(?: \d+)?| - copy(?: \(\d+\))?| \d+)?\.(?:wav|flac)$", re.IGNORECASE
 )
 # Older AudioMoth firmware: eight hex digits of Unix time, e.g. 5A8C5A83.WAV.
 _HEX_NAME = re.compile(r"^(?P<hex>[0-9A-F]{8})\.(?:wav|flac)$", re.IGNORECASE)

@@ -276,13 +276,6 @@ class Watcher:
         if same_file and entry["state"] in ("done", "quarantined"):
             self.settled[path] = version
             return True
-        if entry is not None and entry["state"] == "done" and st.st_size < entry["size"]:
-            # Shrunk since analysed: a cut or damaged copy, not a recording that grew. Analysed again
-            # it would replace the detections of the audio that is gone (a newcomer trial lost them).
-            self._quarantine_at_once(path, source, version, f"shrank from {entry['size']} to {st.st_size} bytes "
-                                     f"since it was analysed; its detections are kept (restore the file to "
-                                     f"analyse it again)")
-            return True
         if time.monotonic() < self.retry_at.get(path, 0.0):
             return False
         if not self.stability.observe(path, st.st_size, st.st_mtime_ns):
@@ -290,6 +283,14 @@ class Watcher:
         note = None
         if path.suffix.lower() == ".wav":
             ok, why = wav_header_consistent(path)
+            if not ok and entry is not None and entry["state"] == "done" and st.st_size < entry["size"]:
+                # Cut short since analysed (its header still says longer): analysed again, it would
+                # replace the detections of the audio that is gone (a newcomer trial lost them). A
+                # shorter recording saved under the name has a whole header and is analysed anew.
+                self._quarantine_at_once(path, source, version, f"cut short since it was analysed ({entry['size']} "
+                                         f"bytes then, {st.st_size} now; {why}): its detections are kept; if it was "
+                                         f"cut by mistake, restore it and it is analysed again")
+                return True
             if not ok and may_still_be_written(why):
                 first = self.waiting_since.setdefault(path, time.monotonic())
                 if time.monotonic() - first < self.config.incomplete_grace_s:

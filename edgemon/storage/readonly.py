@@ -140,3 +140,14 @@ def sources_in_several_bundles(db_path: Path) -> int:
                                 "HAVING count(DISTINCT bundle_id) > 1)").fetchone()[0]
         except sqlite3.Error as e:
             raise ReadError(f"cannot read the detections of {db_path}: {e}") from e
+
+
+def database_uuid(db_path: Path) -> str | None:
+    """The database's own id (``sync_meta.db_uuid``; a copy keeps it until it syncs as a new
+    lineage), or None for a database without one."""
+    with closing(open_read_only(db_path)) as conn:
+        try:
+            row = conn.execute("SELECT value FROM sync_meta WHERE key = 'db_uuid'").fetchone()
+        except sqlite3.Error:
+            return None
+    return None if row is None else str(row[0])

@@ -157,7 +157,11 @@ def test_adapt_end_to_end_on_a_recorder_the_bundle_never_heard(site):
     assert analyzer.analyse_file(first).duration_s > 0
     text = subprocess.run([sys.executable, "-m", "edgemon", "info", "--models", str(out), "--format", "text"],
                           capture_output=True, text=True, timeout=60).stdout
-    assert f"adapted to a site from bundle {parent.bundle_id}: method {summary['method']}, " in text
+    assert f"adapted to a site from bundle {parent.bundle_id}: method {summary['method']}" in text
+    parents_own = OperatingPoint.from_manifest(parent.manifest, parent.thresholds)
+    written = OperatingPoint.from_manifest(adapted.manifest, adapted.thresholds)
+    assert summary["point_changed"] == ("head" in summary["method"] or written != parents_own)
+    assert ("refitted unchanged" in text) == (not summary["point_changed"])
     assert f"highest confidence it can store: {adapted.confidence_max:g}" in text
     # Adapted again on the reviews it was fitted on, its corrections would be scored in-sample:
     # refused, naming the parent to adapt instead (found by a review).

@@ -447,8 +447,11 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
                                                    f"detections (a {shift.a:.3f}, b {shift.b:.3f})"
                                             for label in site_map.curves}}
         calibration_note.update(written="site", a=round(shift.a, 4), b=round(shift.b, 4), detections=shift.detections)
+    # A method may refit the parent's own point (the reviews moved no threshold): say so, so that
+    # "thresholds" is not read as new thresholds (a newcomer did).
+    point_changed = correction is not None or point != parent_point(bundle)
     provenance = {
-        "parent_bundle": bundle.bundle_id, "method": chosen,
+        "parent_bundle": bundle.bundle_id, "method": chosen, "point_changed": point_changed,
         "adapted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "background_windows": len(data.extra_groups),
         "reviews": {"database": str(Path(reviews_db).resolve()), "database_uuid": database_uuid(Path(reviews_db)),
@@ -459,5 +462,6 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
     }
     new = write_adapted(bundle, correction, Path(out), provenance, point, calibration)
     return {"bundle_id": new.bundle_id, "path": str(new.path), "parent_bundle": bundle.bundle_id,
-            "method": chosen, "reviews_used": len(data.review_ids), "recordings": len(set(data.groups)),
+            "method": chosen, "point_changed": point_changed, "reviews_used": len(data.review_ids),
+            "recordings": len(set(data.groups)),
             "held_out": scores, "calibration": calibration_note, "wall_s": round(time.monotonic() - started, 1)}

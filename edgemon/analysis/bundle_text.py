@@ -44,8 +44,9 @@ def format_description(d: dict) -> str:
     if isinstance(adapted, dict):
         reviews = adapted.get("reviews") or {}
         written = (adapted.get("calibration") or {}).get("written")
+        unchanged = " (the parent's point, refitted unchanged)" if adapted.get("point_changed") is False else ""
         lines.append(f"  adapted to a site from bundle {adapted.get('parent_bundle', '?')}: method "
-                     f"{adapted.get('method', '?')}, {reviews.get('used', '?')} review(s) from "
+                     f"{adapted.get('method', '?')}{unchanged}, {reviews.get('used', '?')} review(s) from "
                      f"{reviews.get('recordings', '?')} recording(s)"
                      + (f"; stored confidence: {'the site calibration' if written == 'site' else 'the parent' + chr(39) + 's'}"
                         if written else ""))

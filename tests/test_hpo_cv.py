@@ -223,3 +223,24 @@ def test_writing_a_trials_params_never_empties_a_file_for_a_trial_that_is_not_th
         assert keep.read_text() == '{"kept": true}'
     done = subprocess.run([*script, "0", str(keep)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and json.loads(keep.read_text())["layers"] == FOUND["layers"]
+
+
+def test_the_cv_objective_scores_the_held_out_recorders_pool_clips_too(tiny_dataset_with_pool):
+    """As the field measure does: grouped CV over train + devel + pool, each pool clip scored in the
+    fold that kept it out of training."""
+    from training.data import load_pool, load_split, merge
+    from training.hpo import SearchConfig
+    from training.hpo_cv import CvObjective
+
+    train_split = load_split(tiny_dataset_with_pool, "train")
+    data = merge(train_split, load_split(tiny_dataset_with_pool, "devel", train_split.labels))
+    pool = load_pool(tiny_dataset_with_pool, data.labels)
+    objective = CvObjective(SearchConfig(objective="cv", average_last=1, window_s=0.5, hop_s=0.25), data, pool,
+                            suggest=None, folds=2)
+    scored = [objective.measured.subset(va) for _, va in objective.measured_folds]
+    assert sum(len(s.clips) for s in scored) == len(data.clips) + len(pool.clips)
+    for s, recorders in zip(scored, objective.held_out):
+        assert {c.recorder for c in s.clips} == set(recorders)
+    alone = CvObjective(SearchConfig(objective="cv", average_last=1, window_s=0.5, hop_s=0.25), data, None,
+                        suggest=None, folds=2)
+    assert sum(len(alone.measured.subset(va).clips) for _, va in alone.measured_folds) == len(data.clips)

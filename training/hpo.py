@@ -243,7 +243,9 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
     # Workers sharing a study must score trials alike, or its best value compares unlike things.
     scoring = {"space": config.space, "epochs": config.max_epochs, "inputs": config.inputs,
                **({"folds": config.folds, "average_last": config.average_last, "centre_bands": config.centre_bands,
-                   "pool": pool is not None} if config.objective == "cv" else {})}
+                   "pool": pool is not None,
+                   "held_out": "train+devel+pool" if pool is not None else "train+devel"}
+                if config.objective == "cv" else {})}
     agreed = study.user_attrs.get("scoring", scoring)
     if agreed != scoring:
         differ = ", ".join(f"{k} {agreed.get(k)} (here {scoring.get(k)})" for k in sorted(set(agreed) | set(scoring))

@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 
 from edgemon.analysis.windows import WindowSpec, window_starts
-from training.cv import fold_training, grouped_folds, validation_recorders
+from training.cv import fold_training, grouped_folds, held_out_with_pool, validation_recorders
 from training.data import BACKGROUND, Split
 from training.evaluate import uar
 from training.train import OptimConfig, predict, train
@@ -53,6 +53,8 @@ class CvObjective:
         self.search, self.data, self.pool, self.suggest = search, data, pool, suggest
         self.folds = grouped_folds(data, folds, seed)
         self.held_out = validation_recorders(data, self.folds)
+        # Scored, like the field measure, on the held-out recorders' pool clips too (train + devel + pool).
+        self.measured, self.measured_folds = held_out_with_pool(data, pool, self.folds)
         self.spec = WindowSpec.from_seconds(search.window_s, search.hop_s, data.frontend)
         if search.average_last < 1:  # else train() keeps the epoch that scored best on the held-out fold
             raise ValueError("the cv objective averages the last epochs' weights (--average-last 1 or more): "
@@ -65,9 +67,9 @@ class CvObjective:
         optim = OptimConfig(**optim, epochs=self.search.max_epochs, seed=trial.number, device=self.search.device,
                             average_last=min(self.search.average_last, self.search.max_epochs))
         started, scores = time.perf_counter(), []
-        for n, ((tr, va), recorders) in enumerate(zip(self.folds, self.held_out)):
+        for n, ((tr, _), (_, va), recorders) in enumerate(zip(self.folds, self.measured_folds, self.held_out)):
             training = fold_training(self.data.subset(tr), self.pool, recorders)
-            held_out = self.data.subset(va)
+            held_out = self.measured.subset(va)
             result = train(model, optim, aug, training, held_out, progress=False, log_epochs=False)
             windows, owner = clip_windows(held_out.features, self.spec)
             probs, _ = predict(result.model, windows)

@@ -112,7 +112,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.spectrograms:
         spectrograms(Path(args.spectrograms[0]), args.spectrograms[1:], args.data)
-    stored = json.loads(args.point.read_text())["field"]["operating_point"]
+    try:
+        stored = json.loads(args.point.read_text())["field"]["operating_point"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{args.point}: not a cv-ensemble result with a field operating point "
+                         f"({type(exc).__name__}: {exc})")
     point = OperatingPoint.from_manifest({"operating_point": stored}, stored["thresholds"])
     clips = background_clips(FieldVotes.load(args.votes), point, args.data)
     total = sum(len(c["events"]) for c in clips), sum(c["hours"] for c in clips)

@@ -99,6 +99,11 @@ def test_the_held_out_recorders_pool_clips_join_the_field_measure(cv_runs, tiny_
     assert after["background_hours"] > before["background_hours"]       # 2 pool background clips more
     assert after["calls"] == before["calls"] + 4                        # and 4 pool calls
     assert len(pooled["field"]["untuned"]["per_class"]) == len(before["per_class"])
+    with pytest.raises(DataError, match="votes of mel, not of mel, pcen"):   # a newcomer passed a trio's for a pair
+        cv_ensemble(member + [cv_runs / "b" / "pcen"], load, tmp_path / "two.json", 0.1,
+                    votes_from=tmp_path / "pooled.votes.npz", pool=lambda labels: load_pool(tiny_dataset_with_pool, labels))
+    with pytest.raises(DataError, match=r"a cv run; give one of its recipe directories: .*mel"):
+        cv_ensemble([cv_runs / "a"], load, tmp_path / "three.json", 0.1)
     with pytest.raises(DataError, match="made without the pool held out"):
         cv_ensemble(member, load, tmp_path / "again.json", 0.1, votes_from=tmp_path / "alone.votes.npz",
                     pool=lambda labels: load_pool(tiny_dataset_with_pool, labels))
@@ -216,6 +221,11 @@ def test_a_bundles_own_point_is_measured_again_and_rebundled_with_the_new_calibr
     assert child.thresholds == parent.thresholds and child.manifest["calibration"] == measured["field"]["calibration"]
     assert child.self_check is not None and child.manifest["self_check"] == parent.manifest["self_check"]
     Ensemble(child)   # its reference windows pass the self-check with the same members
+    from edgemon.analysis.bundle_text import format_description
+    from edgemon.analysis.ensemble import describe_bundle
+    text = format_description(describe_bundle(child.path)[0])
+    assert "at this point, measured again on every grouped-CV fold" in text
+    assert f"the members of bundle {parent.bundle_id}; operating point and calibration from again.json" in text
     clip = tiny_dataset / "audio" / "call_high_test_2.flac"
     events = lambda b: [(e.label, e.start_s, e.end_s) for e in Analyzer(b).analyse_file(clip).events]
     assert events(child) == events(parent)
@@ -226,8 +236,14 @@ def test_a_bundles_own_point_is_measured_again_and_rebundled_with_the_new_calibr
     other = json.loads(again.read_text())
     other["field"]["operating_point"]["from_bundle"] = "another-0123"
     (tmp_path / "other.json").write_text(json.dumps(other))
-    for bad, message in (("plain.json", "no field operating point"), ("one.json", "measured 1 member"),
-                         ("other.json", "measured at the point of bundle another-0123")):
+    unfielded = json.loads(again.read_text()) | {"field": None}
+    (tmp_path / "unfielded.json").write_text(json.dumps(unfielded))
+    renamed = json.loads(again.read_text()) | {"members": ["elsewhere/h192", "elsewhere/pcen"]}
+    (tmp_path / "renamed.json").write_text(json.dumps(renamed))
+    for bad, message in (("plain.json", "not a cv-ensemble result"), ("unfielded.json", "no field operating point"),
+                         ("one.json", "measured 1 member"),
+                         ("other.json", "measured at the point of bundle another-0123"),
+                         ("renamed.json", "measured recipes h192, pcen; the bundle's members were chosen with")):
         result = CliRunner().invoke(app, ["rebundle", str(parent.path), "--thresholds", str(tmp_path / bad),
                                           "--out", str(tmp_path / "nothing")])
         assert result.exit_code == 1 and message in result.output and bad in result.output

@@ -51,3 +51,18 @@ def test_a_bundle_that_fails_its_checks_is_refused_naming_the_member(tiny_datase
     broken = _bundle(tmp_path, model_labels=("background", "x", "y"))
     with pytest.raises(BundleError, match="member00.onnx: model labels"):
         windowed_metrics(load_bundle(broken), load_split(tiny_dataset, "test", TINY_LABELS))
+
+
+def test_scoring_a_split_the_members_were_trained_on_says_so(tiny_dataset, tmp_path, caplog):
+    """A newcomer read `score --split devel` of members trained on train + devel as held out."""
+    import json
+
+    path = _bundle(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "trained_on": ["train+devel+pool"]}))
+    with caplog.at_level("WARNING", logger="training.runs"):
+        devel = score_bundle(path, tiny_dataset, "devel")
+        test = score_bundle(path, tiny_dataset, "test")
+    assert devel["note"] == "members trained on devel: not a held-out score" and "note" not in test
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{manifest['bundle_id']}: 1 of the bundle's 1 member(s) were trained on devel: these scores are not held out"]

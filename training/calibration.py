@@ -94,7 +94,7 @@ def reliability(confidence: np.ndarray, right: np.ndarray, bins: int = 10) -> di
         if mine.any():
             gap = abs(right[mine].mean() - confidence[mine].mean())
             ece += mine.mean() * gap
-            rows.append({"from": float(edges[b]), "to": float(edges[b + 1]), "events": int(mine.sum()),
+            rows.append({"from": round(float(edges[b]), 6), "to": round(float(edges[b + 1]), 6), "events": int(mine.sum()),
                          "mean_confidence": float(confidence[mine].mean()), "share_right": float(right[mine].mean())})
     return {"ece": float(ece), "bins": rows}
 

@@ -44,7 +44,7 @@ def hpo(
     trials: Annotated[int, typer.Option(min=1, help="Finished trials (complete + pruned) over all workers.")] = 400,
     epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs per trial (per fold with --objective cv).")] = 300,
     space: Annotated[str, typer.Option(help="paper (Table 2) or field (+ field augmentations).")] = "paper",
-    objective: Annotated[str, typer.Option(help="devel: devel UAR of the standard split (keeps each trial's model for `ensemble`); cv: mean held-out window UAR over folds grouped by recorder, pool on the training side (recorders never heard).")] = "devel",
+    objective: Annotated[str, typer.Option(help="devel: devel UAR of the standard split (keeps each trial's model for `ensemble`); cv: mean held-out window UAR over folds grouped by recorder, each pool clip on the training side of the folds that do not hold out its recorder and scored in the one that does (recorders never heard).")] = "devel",
     folds: Annotated[int, typer.Option(min=2, help="--objective cv: folds, grouped by recorder.")] = 5,
     average_last: Annotated[int, typer.Option(min=1, help="--objective cv: average the weights of the last N epochs, as the shipped members (an epoch chosen on the held-out fold would leak).")] = 5,
     centre_bands: CentreOpt = False,

@@ -31,6 +31,10 @@ def _recipe(member: Path) -> tuple[dict, dict]:
     """The cv summary and the recipe's result for a ``<cv_dir>/<recipe>`` directory."""
     summary_path = member.parent / "cv.json"
     if not summary_path.is_file():
+        if (member / "cv.json").is_file():   # the cv run itself, one level too high
+            recipes = sorted(p.name for p in member.iterdir() if (p / "fold0.onnx").is_file())
+            raise DataError(f"{member}: a cv run; give one of its recipe directories: "
+                            f"{', '.join(str(member / r) for r in recipes) or '(none kept fold models)'}")
         raise DataError(f"{member}: not a recipe directory of a cv run (no {summary_path})")
     try:
         summary = json.loads(summary_path.read_text())
@@ -118,14 +122,21 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = Path(votes_from) if votes_from else out.with_suffix(".votes.npz")
+    names = tuple(m.name for m in members)   # recipe names: what each member was trained as
     if reuse_votes or votes_from:
         votes = FieldVotes.load(saved)
         if votes.labels != labels or len(votes.clip_targets) != len(reference.clips):
             raise DataError(f"{saved}: votes for other labels or clips than these members' folds"
                             + (f" ({len(votes.clip_targets)} clips, here {len(reference.clips)}: made with"
-                               f"{'out' if pool_clips else ''} the pool held out?)" if votes.labels == labels else ""))
+                               f"{'out' if pool_clips else ''} the pool held out? measure again without --votes)"
+                               if votes.labels == labels else ""))
+        # A newcomer passed a trio's votes for a pair: every figure was the trio's, under the pair's names.
+        if votes.member_count != len(members) or (votes.members and votes.members != names):
+            raise DataError(f"{saved}: votes of {', '.join(votes.members) or f'{votes.member_count} member(s)'}, "
+                            f"not of {', '.join(names)}")
     else:
         votes = fold_field_votes(models, frontends, reference, folds, first["window_s"], first["hop_s"], prevalence)
+        votes.members = names
         votes.save(saved)
     point, point_from = None, None
     if at_point is not None:

@@ -97,6 +97,11 @@ class FieldVotes:
     assembled: list[StreamVotes]
     clips: list[StreamVotes]          # one per clip, ``calls`` holding its own label over its length
     clip_targets: np.ndarray
+    members: tuple[str, ...] = ()     # what voted (recipe names), when the file says (kept since 2026-12-04)
+
+    @property
+    def member_count(self) -> int:
+        return self.clips[0].members.shape[1] if self.clips else 0
 
     @property
     def background(self) -> int:
@@ -111,14 +116,15 @@ class FieldVotes:
         clips = np.array([s.fold in folds for s in self.clips], bool)
         return FieldVotes(self.labels, self.frame_s, [s for s in self.background_streams if s.fold in folds],
                           [s for s in self.assembled if s.fold in folds],
-                          [s for s, keep in zip(self.clips, clips) if keep], self.clip_targets[clips])
+                          [s for s, keep in zip(self.clips, clips) if keep], self.clip_targets[clips], self.members)
 
     def merger(self, point: OperatingPoint, calibration: Calibration = Calibration()) -> EventMerger:
         return EventMerger(self.labels, self.background, self.frame_s, point, calibration)
 
     def save(self, path: Path) -> None:
         """One ``.npz``: the streams' arrays under ``<kind><i>_<field>``."""
-        arrays = {"labels": np.array(self.labels), "frame_s": self.frame_s, "clip_targets": self.clip_targets}
+        arrays = {"labels": np.array(self.labels), "frame_s": self.frame_s, "clip_targets": self.clip_targets,
+                  **({"members": np.array(self.members)} if self.members else {})}
         for kind in ("background_streams", "assembled", "clips"):
             arrays[f"{kind}_n"] = len(getattr(self, kind))
             for i, s in enumerate(getattr(self, kind)):
@@ -139,7 +145,7 @@ class FieldVotes:
                 for s in kind:
                     s.fold, s.duration_s = int(s.fold), float(s.duration_s)
             return cls(tuple(str(x) for x in data["labels"]), float(data["frame_s"]), clip_targets=data["clip_targets"],
-                       **streams)
+                       members=tuple(str(x) for x in data["members"]) if "members" in data.files else (), **streams)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise DataError(f"{path}: not a readable field-votes file ({type(exc).__name__}: {exc})") from exc
 

@@ -47,8 +47,17 @@ def rebundle(parent_dir: Path, thresholds_from: Path, out: Path) -> dict:
         result = json.loads(Path(thresholds_from).read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{thresholds_from}: not a readable cv-ensemble result ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(result, dict) or not result.get("field"):
+    if not isinstance(result, dict) or not result.get("frontend_kinds") or not result.get("members"):
+        raise DataError(f"{thresholds_from}: not a cv-ensemble result (no members measured)")
+    if not result.get("field"):
         raise DataError(f"{thresholds_from}: a cv-ensemble result with no field operating point")
+    # The recipes measured must be those the members were chosen with (a newcomer gave the default
+    # the point of an h = 192 search trial); a bundle that records none cannot be checked.
+    chosen_with = [Path(m).name for m in ((parent.manifest.get("thresholds_from") or {}).get("members") or [])]
+    measured = [Path(m).name for m in result["members"]]
+    if chosen_with and sorted(chosen_with) != sorted(measured):
+        raise DataError(f"{thresholds_from}: measured recipes {', '.join(measured)}; the bundle's members were "
+                        f"chosen with {', '.join(chosen_with)}")
     measured_at = result["field"].get("operating_point", {}).get("from_bundle")
     if measured_at and measured_at != parent.bundle_id:
         raise DataError(f"{thresholds_from}: measured at the point of bundle {measured_at}, not of {parent.bundle_id}")

@@ -88,7 +88,13 @@ def score_bundle(bundle_dir: Path, data_dir: Path, split_name: str = "test") -> 
     split = load_split(data_dir, split_name, tuple(bundle.labels), bundle.frontend)
     votes = field_votes([bundle], split, [(None, np.arange(len(split)))])  # one fold: the split, in order
     windows = windows_of(votes)
+    trained_on = bundle.manifest.get("trained_on") or []
+    seen = [m for m in trained_on if split_name in str(m).split("+")]
+    if seen:   # a newcomer read a devel score of members trained on devel as a held-out one
+        log.warning("%s: %d of the bundle's %d member(s) were trained on %s: these scores are not held out",
+                    bundle.bundle_id, len(seen), len(trained_on), split_name)
     return {"bundle_id": bundle.bundle_id, "split": split_name, "clips": len(split),
+            **({"note": f"members trained on {split_name}: not a held-out score"} if seen else {}),
             "thresholds": bundle.thresholds,
             "at_thresholds": field_scores(windows, split.targets, split.labels, bundle.thresholds),
             "untuned": field_scores(windows, split.targets, split.labels, {}),

@@ -28,18 +28,26 @@ def format_description(d: dict) -> str:
     if expected:
         target = point.get("target_false_per_hour", "?")
         other = expected.get("chosen_on_other_folds")
-        # The honest figure first: chosen on four folds' recorders, measured on the fifth's.
-        if other:
+        at_this = (f"{expected['false_per_hour']:.1f} / h ({expected['false_events']} in "
+                   f"{expected['background_hours']:.2f} h), event recall {_pct(expected.get('recall'))}, "
+                   f"precision {_pct(expected.get('precision'))}")
+        chosen_elsewhere = None if not other else (
+            f"{other['false_per_hour']:.1f} / h, event recall {_pct(other.get('recall'))}, "
+            f"precision {_pct(other.get('precision'))}")
+        if point.get("from_bundle"):
+            # A point kept from a bundle, measured again: its own figures first; what choosing anew
+            # for the target gives on unseen recorders is about the procedure, not this point.
+            lines.append(f"  at this point, measured again on every grouped-CV fold: {at_this}")
+            if chosen_elsewhere:
+                lines.append(f"  (a point chosen anew for {target} / h on four folds' recorders gives on the "
+                             f"fifth's: {chosen_elsewhere})")
+        elif chosen_elsewhere:
+            # The honest figure first: chosen on four folds' recorders, measured on the fifth's.
             lines.append(f"  expected on recorders it never heard (grouped CV, the point chosen on the other folds, "
-                         f"target {target} false events per background hour): {other['false_per_hour']:.1f} / h, "
-                         f"event recall {_pct(other.get('recall'))}, precision {_pct(other.get('precision'))}")
-        where = ("at this point, measured again on every fold" if point.get("from_bundle")
-                 else "on the folds that chose it" if other
-                 else f"expected from grouped CV at the target of {target} false events per background hour")
-        lines.append(f"  {where}: "
-                     f"{expected['false_per_hour']:.1f} / h "
-                     f"({expected['false_events']} in {expected['background_hours']:.2f} h), "
-                     f"event recall {_pct(expected.get('recall'))}, precision {_pct(expected.get('precision'))}")
+                         f"target {target} false events per background hour): {chosen_elsewhere}")
+            lines.append(f"  on the folds that chose it: {at_this}")
+        else:
+            lines.append(f"  expected from grouped CV at the target of {target} false events per background hour: {at_this}")
     adapted = (d.get("provenance") or {}).get("adapted")
     if isinstance(adapted, dict):
         reviews = adapted.get("reviews") or {}
@@ -54,7 +62,8 @@ def format_description(d: dict) -> str:
         lines.append(f"  site corrections: {', '.join(d['site_corrections'])}")
     rebundled = (d.get("provenance") or {}).get("rebundled_from")
     if rebundled:
-        lines.append(f"  the members of bundle {rebundled}, with another operating point and calibration")
+        source = ((d.get("provenance") or {}).get("thresholds_from") or {}).get("file", "a cv-ensemble result")
+        lines.append(f"  the members of bundle {rebundled}; operating point and calibration from {source}")
     if d.get("confidence_max") is not None:
         lines.append(f"  highest confidence it can store: {d['confidence_max']:g}")
     lines.append("  (everything: edgemon info --format json)")

@@ -348,8 +348,8 @@ def measure(votes: FieldVotes, point: OperatingPoint, calibration: Calibration =
             "precision": float(scored.right[mine].mean()) if mine.any() else None,
             "calls": int((call_labels == c).sum()), "found": int(found[call_labels == c].sum()),
             "recall": float(found[call_labels == c].mean()) if (call_labels == c).any() else None}
-    clip_events = [s.events(merger) for s in votes.clips]
-    predicted = [_clip_label(events, labels, background) for events in clip_events]
+    clip_events = [s.events(merger) for s in votes.clips]   # read twice: labels, and background clips alone
+    predicted = clip_predictions(votes, merger, clip_events)
     return {
         "background_hours": hours, "false_events": total, "false_per_hour": total / hours,
         "false_per_hour_95": list(poisson_interval(total, hours)),
@@ -376,9 +376,12 @@ def _clips_alone(votes: FieldVotes, clip_events: list[list[Event]]) -> dict:
             "false_per_hour_95": list(poisson_interval(count, hours)) if hours else None}
 
 
-def clip_predictions(votes: FieldVotes, merger: EventMerger) -> np.ndarray:
-    """One label per clip from the events ``merger`` stores on it (``_clip_label``)."""
-    return np.array([_clip_label(s.events(merger), votes.labels, votes.background) for s in votes.clips], int)
+def clip_predictions(votes: FieldVotes, merger: EventMerger, clip_events: list[list[Event]] | None = None) -> np.ndarray:
+    """One label per clip from the events ``merger`` stores on it (``_clip_label``); ``clip_events``
+    when the caller has them already."""
+    if clip_events is None:
+        clip_events = [s.events(merger) for s in votes.clips]
+    return np.array([_clip_label(events, votes.labels, votes.background) for events in clip_events], int)
 
 
 def windows_of(votes: FieldVotes) -> dict[str, np.ndarray]:

@@ -263,6 +263,29 @@ def test_runs_kept_in_numpy_are_the_recorders_events():
         assert from_merger.tolist() == kept.tolist() and 0 < len(events) < (labels != 0).sum()
 
 
+def test_a_gated_point_drops_in_numpy_the_runs_the_recorder_drops():
+    """The event gate read from the members' probabilities, as ``EventMerger`` reads it."""
+    from edgemon.analysis.event_gate import FEATURES, ClassGate, EventGate
+    from edgemon.analysis.vote import majority_vote
+
+    rng = np.random.default_rng(3)
+    names = ("background", "a", "b")
+    member_probs = rng.dirichlet([2.0, 1.0, 1.0], size=(2, 400))
+    votes = majority_vote(member_probs)
+    gate = EventGate({label: ClassGate((0.0,) * len(FEATURES), (1.0,) * len(FEATURES),
+                                       tuple(rng.normal(size=len(FEATURES))), 0.0) for label in ("a", "b")})
+    point = OperatingPoint({}, min_gate={"a": 0.5, "b": 0.6}, gate=gate)
+    kept = drop_unkept_runs(votes.winner, votes.confidence, np.zeros(400, int), names, point, 0, member_probs)
+    merger = EventMerger(names, 0, 1.0, point)
+    window_votes = [WindowVote(i, 1, int(votes.winner[i]), float(votes.confidence[i]),
+                               tuple(int(m) for m in votes.member_labels[:, i]),
+                               tuple(tuple(map(float, m)) for m in member_probs[:, i])) for i in range(400)]
+    from_merger = np.zeros(400, int)
+    for e in merger.merge(window_votes, 400.0):
+        from_merger[int(e.start_s):int(e.end_s)] = names.index(e.label)
+    assert from_merger.tolist() == kept.tolist() and 0 < (kept != 0).sum() < (votes.winner != 0).sum()
+
+
 def _windows(per_detection: list[int], label: int, confidence: float) -> np.ndarray:
     probs = np.full((sum(per_detection), 3), (1 - confidence) / 2)
     probs[:, label] = confidence
@@ -458,9 +481,32 @@ def test_an_adapted_bundle_keeps_the_parents_names_reference_windows_and_calibra
 def test_decided_detections_carry_the_score_and_evidence_of_their_windows():
     probs, detection, data = _reviewed([(3, 0.8), (1, 0.6), (2, 0.3)], [1, 0, 1])
     labels = ("background", "a", "b")
-    decided, score, evidence = decide_scored(probs, detection, 3, labels, OperatingPoint({"a": 0.5}), 0)
+    decided, score, evidence, gate = decide_scored(probs, detection, 3, labels, OperatingPoint({"a": 0.5}), 0)
     assert decided.tolist() == [1, 1, 0]
     assert score.tolist() == pytest.approx([0.8, 0.6, 0.0]) and evidence.tolist() == pytest.approx([2.4, 0.6, 0.0])
+    assert np.isnan(gate).all()   # no gate at this point
+
+
+def test_decided_detections_carry_their_gate_probability_for_a_calibration_on_the_gate():
+    """A gated parent calibrated on the gate: the site calibration reads each reviewed detection's
+    gate, as the recorder does (a review found it reading the score instead)."""
+    from edgemon.analysis.event_gate import FEATURES, ClassGate, EventGate
+    from training.site_calibration import confidences
+
+    probs, detection, data = _reviewed([(3, 0.8), (1, 0.6), (2, 0.3)], [1, 0, 1])
+    labels = ("background", "a", "b")
+    weights = np.zeros(len(FEATURES))
+    weights[FEATURES.index("max_confidence")] = 1.0     # the gate rises with the highest confidence
+    gate = EventGate({"a": ClassGate((0.6,) * len(FEATURES), (0.1,) * len(FEATURES), tuple(weights), 0.0)})
+    point = OperatingPoint({"a": 0.5}, min_gate={"a": 0.1}, gate=gate)
+    decided, score, evidence, gates = decide_scored(probs, detection, 3, labels, point, 0)
+    assert decided.tolist() == [1, 1, 0]
+    assert gates[:2].tolist() == pytest.approx([round(1 / (1 + np.exp(-2.0)), 4), 0.5]) and gates[2] == 0.0
+    calibration = Calibration({"a": ((0.0, 1.0), (0.0, 0.5))}, "gate")
+    scored = Scored(decided, score, evidence, data.targets, gates)
+    assert confidences(calibration, labels, scored, decided != 0).tolist() == pytest.approx(gates[:2] / 2)
+    with pytest.raises(ValueError, match="event gate"):
+        confidences(calibration, labels, Scored(decided, score, evidence, data.targets), decided != 0)
 
 
 def test_a_site_shift_follows_the_share_of_right_detections_and_a_few_reviews_move_it_little():
@@ -476,7 +522,7 @@ def test_a_site_shift_follows_the_share_of_right_detections_and_a_few_reviews_mo
     assert 0.5 < few(np.array([0.5]))[0] < 0.75                                     # three reviews: a nudge
     curves = shifted_curves(parent, labels, background, fit_shift(half, site_wrong.right()))
     assert set(curves) == {"a", "b"} and np.all(np.diff(curves["a"]["y"]) >= 0)       # b was raw: now a curve too
-    assert site_calibration(parent, labels, background, Scored(*(a[:5] for a in dataclasses.astuple(site_wrong))))[1].detections == 0
+    assert site_calibration(parent, labels, background, Scored(*(a[:5] for a in dataclasses.astuple(site_wrong)[:4])))[1].detections == 0
 
 
 def test_an_adapted_bundle_is_never_written_over_its_parent_or_a_run(tmp_path):

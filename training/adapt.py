@@ -347,8 +347,10 @@ def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindow
 def scored(ensemble: Ensemble, bundle: Bundle, correction: Correction, point: OperatingPoint,
            data: ReviewedWindows) -> Scored:
     """``data``'s detections as the bundle a candidate writes decides them, with their scores."""
-    return Scored(*decide_scored(_candidate_probs(ensemble, correction, data), data.detection, len(data.targets),
-                                 bundle.labels, point, bundle.labels.index(bundle.background_label)), data.targets)
+    label, score, evidence, gate = decide_scored(_candidate_probs(ensemble, correction, data), data.detection,
+                                                 len(data.targets), bundle.labels, point,
+                                                 bundle.labels.index(bundle.background_label))
+    return Scored(label, score, evidence, data.targets, gate)
 
 
 def site_calibration_wins(held_out: dict) -> bool:

@@ -1,5 +1,5 @@
 """How the recorder would decide reviewed detections from window outputs, in numpy: the member
-vote, the operating point (thresholds and evidence rules), one label per detection; scores
+vote, the operating point (thresholds, evidence rules and event gate), one label per detection; scores
 against the reviews, and folds grouped by recording."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from edgemon.analysis.analyzer import WindowVote
 from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
 from edgemon.analysis.ensemble import majority_vote
 
@@ -22,26 +23,36 @@ def decide(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, l
 
 
 def decide_scored(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, labels: tuple[str, ...],
-                  point: OperatingPoint, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  point: OperatingPoint, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``decide``, and what a calibration reads of each detection so decided: its score (the highest
-    confidence of its windows of that label) and evidence (their sum); 0 for a dropped one. ``[D]`` each."""
-    decided, window_labels, confidence = _decided(member_probs, detection, n_detections, labels, point, background)
+    confidence of its windows of that label), evidence (their sum) and, for a gated point, its
+    event gate probability (the highest of its kept runs of that label; NaN without a gate); 0 for
+    a dropped one. ``[D]`` each."""
+    decided, window_labels, confidence, window_gate = _decided(member_probs, detection, n_detections, labels, point,
+                                                               background)
     counted = (window_labels == decided[detection]) & (window_labels != background)
     score, evidence = np.zeros(n_detections), np.zeros(n_detections)
     np.maximum.at(score, detection[counted], confidence[counted])
     np.add.at(evidence, detection[counted], confidence[counted])
-    return decided, score, evidence
+    gate = np.full(n_detections, np.nan)
+    if point.gate is not None:
+        gate[:] = 0.0
+        np.fmax.at(gate, detection[counted], window_gate[counted])
+    return decided, score, evidence, gate
 
 
 def _decided(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, labels: tuple[str, ...],
-             point: OperatingPoint, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each detection's label ``[D]``, each window's label after the point ``[N]`` and the vote's confidence ``[N]``."""
+             point: OperatingPoint, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each detection's label ``[D]``, each window's label after the point ``[N]``, the vote's
+    confidence ``[N]`` and the event gate probability of each window's run ``[N]`` (NaN: none)."""
     votes = majority_vote(member_probs)
     window_labels = apply_thresholds(votes.winner, votes.confidence, labels, point.thresholds, background)
-    if point.min_windows or point.min_evidence or point.open_threshold:
-        window_labels = drop_unkept_runs(window_labels, votes.confidence, detection, labels, point, background)
+    window_gate = np.full(len(window_labels), np.nan)
+    if point.min_windows or point.min_evidence or point.open_threshold or point.gate is not None:
+        window_labels, window_gate = kept_runs(window_labels, votes.confidence, detection, labels, point, background,
+                                               member_probs)
     decided = detection_labels(window_labels, votes.confidence, detection, n_detections, len(labels), background)
-    return decided, window_labels, votes.confidence
+    return decided, window_labels, votes.confidence, window_gate
 
 
 def detection_labels(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray, n_detections: int,
@@ -60,18 +71,43 @@ def detection_labels(window_labels: np.ndarray, confidence: np.ndarray, detectio
 
 
 def drop_unkept_runs(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray,
-                     labels: tuple[str, ...], point: OperatingPoint, background: int) -> np.ndarray:
+                     labels: tuple[str, ...], point: OperatingPoint, background: int,
+                     member_probs: np.ndarray | None = None) -> np.ndarray:
     """``window_labels [N]`` with every run of one class (within one detection) that ``point``
-    does not keep (``OperatingPoint.keeps`` on its window confidences) set to ``background``."""
-    out = window_labels.copy()
+    does not keep (``OperatingPoint.keeps`` on its window confidences and, for a gated point, the
+    event gate's probability from ``member_probs [M, N, C]``) set to ``background``."""
+    return kept_runs(window_labels, confidence, detection, labels, point, background, member_probs)[0]
+
+
+def kept_runs(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray, labels: tuple[str, ...],
+              point: OperatingPoint, background: int,
+              member_probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``drop_unkept_runs``, and each window's run's gate probability (NaN: no gate, or dropped)."""
+    out, gates = window_labels.copy(), np.full(len(window_labels), np.nan)
     start = 0
     for i in range(1, len(out) + 1):
         if i == len(out) or window_labels[i] != window_labels[start] or detection[i] != detection[start]:
             c = window_labels[start]
-            if c != background and not point.keeps(labels[c], confidence[start:i].tolist()):
+            gate = _gate(point, labels, c, start, i, confidence, member_probs, background) if c != background else None
+            if c != background and not point.keeps(labels[c], confidence[start:i].tolist(), gate):
                 out[start:i] = background
+            elif gate is not None:
+                gates[start:i] = gate
             start = i
-    return out
+    return out, gates
+
+
+def _gate(point: OperatingPoint, labels: tuple[str, ...], c: int, start: int, end: int, confidence: np.ndarray,
+          member_probs: np.ndarray | None, background: int) -> float | None:
+    """The event gate's probability of windows ``start:end`` as ``EventMerger.gate`` gives it."""
+    if point.gate is None:
+        return None
+    if member_probs is None:
+        raise ValueError("a gated operating point needs the members' probabilities")
+    run = [WindowVote(0, 0, int(c), float(confidence[w]), tuple(int(m) for m in member_probs[:, w].argmax(axis=1)),
+                      tuple(tuple(map(float, m)) for m in member_probs[:, w])) for w in range(start, end)]
+    p = point.gate.probability(labels[c], run, background)
+    return None if p is None else round(p, 4)
 
 
 def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int) -> dict:

@@ -46,10 +46,14 @@ def written_corrections(parent: Bundle, correction: Correction) -> tuple[SiteHea
 
 
 def evidence_rules(point: OperatingPoint) -> dict:
-    """The rules of ``point`` that hold some class, as the manifest's ``operating_point`` writes them."""
+    """The rules of ``point`` that hold some class, as the manifest's ``operating_point`` writes them
+    (an event gate with its levels)."""
     rules = {"min_windows": {label: int(k) for label, k in point.min_windows.items() if int(k) > 1},
              "min_evidence": {label: float(e) for label, e in point.min_evidence.items() if e > 0},
              "open_threshold": {label: float(t) for label, t in point.open_threshold.items() if t > 0}}
+    if point.gate is not None:
+        rules.update(min_gate={label: float(v) for label, v in point.min_gate.items()},
+                     event_gate=point.gate.to_manifest())
     return {key: values for key, values in rules.items() if values}
 
 

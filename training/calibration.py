@@ -1,6 +1,6 @@
 """Confidence that means something: per-class maps from an event's raw score (its highest window
-vote confidence) or its evidence (the sum of its window confidences) to the probability that the
-event is right, fitted on held-out events.
+vote confidence), its evidence (the sum of its window confidences) or its event gate probability
+to the probability that the event is right, fitted on held-out events.
 
 The events are those the operating point stores on the folds' assembled recordings (calls about 5 %
 of the time, as a recorder hears them), each judged right or false. Per class an increasing
@@ -49,7 +49,7 @@ def fit_curve(score: np.ndarray, right: np.ndarray, kind: str = "isotonic") -> d
 def fit_calibration(events: ScoredEvents, labels: tuple[str, ...], background: int,
                     source: str = "score", kind: str = "isotonic") -> tuple[dict, dict]:
     """Curves per call class (``{label: {"x", "y"}}``, for the manifest) reading ``source``
-    (``score`` or ``evidence``), fitted by ``kind`` (isotonic or platt), and how each was made."""
+    (``score``, ``evidence`` or ``gate``), fitted by ``kind`` (isotonic or platt), and how each was made."""
     x = events.reads(source)
     pooled = fit_curve(x, events.right, kind) if _usable(events.right) else None
     curves, how = {}, {}
@@ -79,8 +79,9 @@ def cross_fitted(events: ScoredEvents, labels: tuple[str, ...], background: int,
         mine = events.fold == fold
         curves = fit_calibration(events.subset(~mine), labels, background, source, kind)[0]
         calibration = as_calibration(curves, source)
-        out[mine] = [calibration(labels[c], s, e) for c, s, e in
-                     zip(events.label[mine], events.score[mine], events.reads("evidence")[mine])]
+        gate = events.gate[mine] if events.gate is not None else np.full(mine.sum(), np.nan)
+        out[mine] = [calibration(labels[c], s, e, None if np.isnan(g) else g) for c, s, e, g in
+                     zip(events.label[mine], events.score[mine], events.reads("evidence")[mine], gate)]
     return out
 
 
@@ -147,10 +148,13 @@ def calibrate(events: ScoredEvents, labels: tuple[str, ...], background: int, pl
               title: str = "") -> tuple[dict, str, dict]:
     """The curves to store and what they read, and the report: fallbacks, cross-fitted ECE and
     what each ``--min-confidence`` level exports for the raw score and for each calibration
-    (isotonic or Platt, on the score or on the evidence). The one that serves ``--min-confidence
-    0.9`` best is kept, else the one of lowest error; the raw score itself when no fit beats it."""
+    (isotonic or Platt, on the score, on the evidence or, for a gated point, on the gate). The one
+    that serves ``--min-confidence 0.9`` best is kept, else the one of lowest error; the raw score
+    itself when no fit beats it."""
     honest = {"raw": events.score.astype(float)}
     for source in CALIBRATION_INPUTS:
+        if source == "gate" and not events.gated:
+            continue
         for kind in KINDS:
             honest[f"{source}/{kind}"] = cross_fitted(events, labels, background, source, kind)
     report = {"events": int(len(events.right))}

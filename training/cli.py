@@ -321,7 +321,7 @@ def cv_ensemble_command(
     prevalence: Annotated[float, typer.Option(min=0.001, max=0.99, help="Share of the assembled recordings' time that is calls.")] = 0.05,
     reuse_votes: Annotated[bool, typer.Option("--reuse-votes", help="Read the raw votes an earlier run saved beside --out (<out>.votes.npz) instead of running the models.")] = False,
     votes: Annotated[Optional[Path], typer.Option("--votes", help="Read the raw votes from this .votes.npz of an earlier run of the same members instead of running the models.")] = None,
-    rules: Annotated[str, typer.Option(help="Evidence rules the operating point may use per class: windows (1-4 windows), windows6, evidence (1-6 windows and a summed window confidence), hysteresis (1-6 windows and one confident window), evidence+hysteresis (default: hysteresis, the best on held-out folds).")] = "hysteresis",
+    rules: Annotated[str, typer.Option(help="Evidence rules the operating point may use per class: windows (1-4 windows), windows6, evidence (1-6 windows and a summed window confidence), hysteresis (1-6 windows and one confident window), evidence+hysteresis, gate (runs over 0.3 kept by an event gate fitted on the held-out runs) (default: hysteresis).")] = "hysteresis",
     at_point: Annotated[Optional[Path], typer.Option("--at-point", help="A bundle whose own operating point to measure and calibrate at, instead of choosing one for the target (to re-fit a bundle's calibration; then `rebundle`).")] = None,
     held_out_pool: Annotated[bool, typer.Option("--held-out-pool/--no-held-out-pool", help="Measure each fold on its held-out recorders' pool clips too (lab/pool.csv, when the data set has it): grouped CV over train + devel + pool. Off: train + devel alone, as before 2026-12-04.")] = True,
 ):

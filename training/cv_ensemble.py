@@ -110,6 +110,11 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     reference = load(FrontendConfig())
     if tuple(reference.labels) != labels:
         raise DataError(f"{members[0]}: its labels {labels} differ from the data's {reference.labels}")
+    point, point_from = None, None
+    if at_point is not None:   # before the models run: a point these rules cannot measure is refused now
+        point, point_from, target_false_per_hour = _bundle_point(Path(at_point), labels, target_false_per_hour)
+        if point.gate is not None and rules != "gate":
+            raise DataError(f"--at-point {at_point}: its operating point carries an event gate; give --rules gate")
     folds = grouped_folds(reference, summary["k"], summary["seed"])
     if validation_recorders(reference, folds) != [f["validation_recorders"] for f in summary["folds"]]:
         raise DataError(f"{members[0]}: the data's folds differ from those its cv run used (data changed?)")
@@ -138,9 +143,6 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
         votes = fold_field_votes(models, frontends, reference, folds, first["window_s"], first["hop_s"], prevalence)
         votes.members = names
         votes.save(saved)
-    point, point_from = None, None
-    if at_point is not None:
-        point, point_from, target_false_per_hour = _bundle_point(Path(at_point), labels, target_false_per_hour)
     field = field_report(votes, target_false_per_hour, out.with_suffix(".reliability.png"),
                          f"{out.stem}: grouped CV, held-out events", RULES[rules], point)
     if point_from:

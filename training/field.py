@@ -72,6 +72,10 @@ class StreamVotes:
         """The events the recorder would store from these votes at ``merger``'s operating point;
         with ``only``, just those of that class (faster: its runs depend on its windows alone, so
         every other window is left out but the one after each of its runs, as background)."""
+        return merger.merge(self.window_votes(merger, only), self.duration_s)
+
+    def window_votes(self, merger: EventMerger, only: int | None = None) -> list[WindowVote]:
+        """The recorder's ``WindowVote``s at ``merger``'s thresholds (``only``: as ``events``)."""
         labels = apply_thresholds(self.winner, self.confidence, merger.labels, merger.point.thresholds,
                                   merger.background)
         keep = np.ones(len(labels), bool)
@@ -84,7 +88,7 @@ class StreamVotes:
                             tuple(int(m) for m in self.members[i]),
                             () if probs is None else tuple(tuple(map(float, m)) for m in probs[i]))
                  for i in np.flatnonzero(keep)]
-        return merger.merge(votes, self.duration_s)
+        return votes
 
 
 @dataclasses.dataclass
@@ -283,19 +287,35 @@ class ScoredEvents:
     right: np.ndarray
     on_a_call: np.ndarray | None = None   # overlaps a call of its label (a false one: a second event on it)
     evidence: np.ndarray | None = None    # the sum of its window confidences
+    gate: np.ndarray | None = None        # its event gate probability (NaN: not gated)
 
     def subset(self, keep: np.ndarray) -> "ScoredEvents":
         return ScoredEvents(*(None if getattr(self, f.name) is None else getattr(self, f.name)[keep]
                               for f in dataclasses.fields(self)))
 
+    @classmethod
+    def concat(cls, parts: list["ScoredEvents"]) -> "ScoredEvents":
+        return cls(*(None if any(getattr(p, f.name) is None for p in parts)
+                     else np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(cls)))
+
     def reads(self, source: str) -> np.ndarray:
-        """What a calibration with ``input`` ``source`` reads: the score or the evidence."""
-        return self.score if source == "score" else self.evidence
+        """What a calibration with ``input`` ``source`` reads: the score, the evidence or the gate."""
+        return {"score": self.score, "evidence": self.evidence, "gate": self.gate}[source]
+
+    @property
+    def gated(self) -> bool:
+        """Whether every event has an event gate probability (a calibration may read it)."""
+        return self.gate is not None and len(self.gate) > 0 and not np.isnan(self.gate).any()
 
 
 def evidence(event: Event) -> float:
     """The sum of an event's window confidences, from its votes JSON."""
     return float(sum(json.loads(event.votes)["window_confidence"]))
+
+
+def gate_of(event: Event) -> float:
+    """An event's gate probability, from its votes JSON (NaN when its class is not gated)."""
+    return float(json.loads(event.votes).get("gate", np.nan))
 
 
 def _on_a_call(event: Event, calls: np.ndarray, labels: tuple[str, ...]) -> bool:
@@ -312,13 +332,13 @@ def assembled_events(votes: FieldVotes, merger: EventMerger) -> tuple[ScoredEven
         events = stream.events(merger)
         right, found = match(events, stream.calls, votes.labels)
         rows += [(votes.labels.index(e.label), e.score, e.confidence, stream.fold, r,
-                  _on_a_call(e, stream.calls, votes.labels), evidence(e)) for e, r in zip(events, right)]
+                  _on_a_call(e, stream.calls, votes.labels), evidence(e), gate_of(e)) for e, r in zip(events, right)]
         call_labels.append(stream.calls[:, 2].astype(int))
         found_all.append(found)
-    cols = list(zip(*rows)) if rows else [[]] * 7
+    cols = list(zip(*rows)) if rows else [[]] * 8
     scored = ScoredEvents(np.array(cols[0], int), np.array(cols[1], float), np.array(cols[2], float),
                           np.array(cols[3], int), np.array(cols[4], bool), np.array(cols[5], bool),
-                          np.array(cols[6], float))
+                          np.array(cols[6], float), np.array(cols[7], float))
     return scored, np.concatenate(call_labels) if call_labels else np.zeros(0, int), \
         np.concatenate(found_all) if found_all else np.zeros(0, bool)
 

@@ -29,7 +29,8 @@ from edgemon.analysis.decisions import OperatingPoint
 from training.calibration import as_calibration, calibrate
 from training.errors import DataError
 from training.evaluate import uar
-from training.field import (NOTHING, FieldVotes, assembled_events, clip_predictions, measure,
+from training.event_gate import GateChooser, GateRules
+from training.field import (NOTHING, FieldVotes, ScoredEvents, assembled_events, clip_predictions, measure,
                             poisson_interval)
 
 DEFAULT_TARGET_FALSE_PER_HOUR = 5.0
@@ -51,14 +52,15 @@ class RuleGrid:
     opening: tuple[float, ...] = ()
 
 
-# Named grids, as ``cv-ensemble --rules`` takes them; what each gave on grouped CV is in the README.
-RULES = {
+# Named rules, as ``cv-ensemble --rules`` takes them; what each gave on grouped CV is in the README.
+RULES: dict[str, "RuleGrid | GateRules"] = {
     "windows": RuleGrid(4),
     "windows6": RuleGrid(6),
     "evidence": RuleGrid(6, tuple(np.round(np.arange(0.5, 5.01, 0.25), 2))),
     "hysteresis": RuleGrid(6, (), tuple(np.round(np.arange(0.46, 0.641, 0.02), 2))),
     "evidence+hysteresis": RuleGrid(6, tuple(np.round(np.arange(0.5, 5.01, 0.5), 2)),
                                     tuple(np.round(np.arange(0.48, 0.641, 0.04), 2))),
+    "gate": GateRules(),       # an event gate on runs over a low threshold (training.event_gate)
 }
 DEFAULT_RULES = "hysteresis"   # best held-out figures of the grids tried (README)
 
@@ -180,23 +182,55 @@ def choose_point(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGE
     return OperatingPoint(thresholds, min_windows, min_evidence, opening)
 
 
-def crossfit(votes: FieldVotes, targets=TRADEOFF, grid: RuleGrid = RULES[DEFAULT_RULES]) -> dict[float, dict]:
+class GridChooser:
+    """Points of a ``RuleGrid``'s rules for any target, from the class tables computed once."""
+
+    def __init__(self, votes: FieldVotes, grid: RuleGrid = RULES[DEFAULT_RULES]):
+        self.votes, self.grid = votes, grid
+        self.tables = class_tables(votes, grid)
+
+    def point(self, target_false_per_hour: float) -> OperatingPoint:
+        return choose_point(self.votes, target_false_per_hour, self.tables)
+
+    def describe(self) -> dict:
+        return {"max_windows": self.grid.max_windows, "evidence": list(self.grid.evidence),
+                "opening": list(self.grid.opening)}
+
+
+Rules = RuleGrid | GateRules
+
+
+def chooser(votes: FieldVotes, rules: Rules = RULES[DEFAULT_RULES]):
+    """What chooses points on ``votes`` under ``rules``: evidence rules, or the event gate."""
+    return GateChooser(votes, rules) if isinstance(rules, GateRules) else GridChooser(votes, rules)
+
+
+def crossfit(votes: FieldVotes, targets=TRADEOFF, grid: Rules = RULES[DEFAULT_RULES]) -> dict[float, dict]:
+    """``held_out``'s figures per target."""
+    return held_out(votes, targets, grid)[0]
+
+
+def held_out(votes: FieldVotes, targets=TRADEOFF, grid: Rules = RULES[DEFAULT_RULES],
+             events_at: float | None = None) -> tuple[dict[float, dict], ScoredEvents | None]:
     """Choosing on held-out folds, measured on the fold left out: for each fold, the point for each
     target is chosen on the other folds' votes (their budget of false events) and measured on this
     fold's; counts pooled over folds. The point measured on the votes that chose it is optimistic
     by construction (false events on background are few, and cluster on a few recorders); this is
     what it does on recorders it was not chosen on. Calibration is left out (it has its own
-    cross-fit in ``calibration_report``)."""
+    cross-fit in ``calibration_report``); with ``events_at``, the held-out folds' assembled events
+    at the points chosen for that target come back too (a gated point calibrates on them: their
+    gate probabilities come from gates that never saw them)."""
     folds = votes.folds()
     if len(folds) < 2:
         raise DataError("choosing on held-out folds needs votes of at least two folds")
     pooled = {t: {"false_events": 0, "hours": 0.0, "events": 0, "right": 0, "calls": 0, "found": 0,
                   "predicted": [], "targets": [], "per_fold": []} for t in targets}
+    events = []
     for f in folds:
         chosen_on, held = votes.subset([g for g in folds if g != f]), votes.subset([f])
-        tables = class_tables(chosen_on, grid)
+        choose = chooser(chosen_on, grid)
         for t in targets:
-            point = choose_point(chosen_on, t, tables)
+            point = choose.point(t)
             m, acc = measure(held, point), pooled[t]
             for key in ("false_events", "events", "right", "calls", "found"):
                 acc[key] += m[key]
@@ -205,6 +239,8 @@ def crossfit(votes: FieldVotes, targets=TRADEOFF, grid: RuleGrid = RULES[DEFAULT
             acc["targets"].append(held.clip_targets)
             acc["per_fold"].append({"fold": f, "false_events": m["false_events"], "background_hours": m["background_hours"],
                                     "found": m["found"], "calls": m["calls"]})
+            if t == events_at:
+                events.append(assembled_events(held, held.merger(point))[0])
     out = {}
     for t, acc in pooled.items():
         predicted, truth = np.concatenate(acc["predicted"]), np.concatenate(acc["targets"])
@@ -214,41 +250,50 @@ def crossfit(votes: FieldVotes, targets=TRADEOFF, grid: RuleGrid = RULES[DEFAULT
                   "precision": acc["right"] / acc["events"] if acc["events"] else None,
                   "recall": acc["found"] / acc["calls"] if acc["calls"] else None,
                   "clip_uar": uar(truth, predicted, len(votes.labels)), "per_fold": acc["per_fold"]}
-    return out
+    return out, ScoredEvents.concat(events) if events else None
 
 
 def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGET_FALSE_PER_HOUR,
-                 plot: Path | None = None, title: str = "", grid: RuleGrid = RULES[DEFAULT_RULES],
+                 plot: Path | None = None, title: str = "", grid: Rules = RULES[DEFAULT_RULES],
                  point: OperatingPoint | None = None) -> dict:
     """The operating point for the target (rules of ``grid``), its calibration, the field measure
     untuned and there, and the trade-off over other targets, each also chosen on held-out folds
     (``crossfit``): what cv, cv-ensemble and bundles carry. With ``point`` given (a bundle's own),
     nothing is chosen for the target: the calibration is fitted and the measure taken at that point,
     and ``chosen_on_other_folds`` still says what choosing for the target gives on unseen recorders."""
-    tables = class_tables(votes, grid)
-    point = point or choose_point(votes, target_false_per_hour, tables)
+    if point is not None and point.gate is not None and not isinstance(grid, GateRules):
+        raise DataError("the point carries an event gate: measure it with the gate's rules (--rules gate)")
+    choose = chooser(votes, grid)
+    point = point or choose.point(target_false_per_hour)
+    others, unseen_events = held_out(votes, sorted({*TRADEOFF, target_false_per_hour}), grid,
+                                     target_false_per_hour) if len(votes.folds()) > 1 else ({}, None)
     events, _, _ = assembled_events(votes, votes.merger(point))
+    calibrated_on = "the point's events on every fold"
+    if point.gate is not None and unseen_events is not None:
+        # A gate fitted on these votes has seen these very events: calibrate on the held-out folds'
+        # events at the points chosen on the other folds, whose gates never saw them.
+        events, calibrated_on = unseen_events, "held-out folds' events at points chosen on the other folds"
     curves, source, calibration_report = calibrate(events, votes.labels, votes.background, plot, title)
+    calibration_report["calibrated_on"] = calibrated_on
     at_point = measure(votes, point, as_calibration(curves, source))
-    held_out = crossfit(votes, sorted({*TRADEOFF, target_false_per_hour}), grid) if len(votes.folds()) > 1 else {}
     tradeoff = []
     for target in TRADEOFF:
-        m = measure(votes, choose_point(votes, target, tables))
+        m = measure(votes, choose.point(target))
         tradeoff.append({"target_false_per_hour": target, **{k: m[k] for k in SUMMARY},
-                         **({"chosen_on_other_folds": {k: held_out[target][k] for k in SUMMARY}} if held_out else {})})
+                         **({"chosen_on_other_folds": {k: others[target][k] for k in SUMMARY}} if others else {})})
     expected = {**{k: at_point[k] for k in SUMMARY},
                 "calibration_ece": calibration_report["calibrated"]["ece"],
                 "at_min_confidence_0.9": calibration_report["calibrated"]["levels"]["0.9"]}
-    if held_out:
-        expected["chosen_on_other_folds"] = {k: held_out[target_false_per_hour][k] for k in SUMMARY}
+    if others:
+        expected["chosen_on_other_folds"] = {k: others[target_false_per_hour][k] for k in SUMMARY}
     return {
         "operating_point": {"thresholds": point.thresholds, "min_windows": point.min_windows,
                             "min_evidence": point.min_evidence, "open_threshold": point.open_threshold,
+                            **({"min_gate": point.min_gate, "event_gate": point.gate.to_manifest()}
+                               if point.gate is not None else {}),
                             "target_false_per_hour": target_false_per_hour,
-                            "rules": {"max_windows": grid.max_windows, "evidence": list(grid.evidence),
-                                      "opening": list(grid.opening)},
-                            "expected": expected},
+                            "rules": choose.describe(), "expected": expected},
         "calibration_fits": calibration_report["fits"],
         "calibration": curves, "calibration_input": source, "calibration_report": calibration_report,
         "untuned": measure(votes, OperatingPoint({})), "at_point": at_point, "tradeoff": tradeoff,
-        "chosen_on_other_folds": held_out, "candidates": tables}
+        "chosen_on_other_folds": others, "candidates": getattr(choose, "tables", {})}

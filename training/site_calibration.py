@@ -29,12 +29,13 @@ GRID = 33            # points of a curve written for a class the parent leaves u
 @dataclasses.dataclass(frozen=True)
 class Scored:
     """Reviewed detections as a candidate decides them: label, score and evidence (``decide_scored``)
-    and the class each truly is, ``[D]`` each."""
+    and the class each truly is, ``[D]`` each; ``gate`` their event gate probability (a gated point)."""
 
     label: np.ndarray
     score: np.ndarray
     evidence: np.ndarray
     target: np.ndarray
+    gate: np.ndarray | None = None
 
     def kept(self, background: int) -> np.ndarray:
         return self.label != background
@@ -66,8 +67,11 @@ def _sigmoid(z) -> np.ndarray:
 
 def confidences(calibration: Calibration, labels: tuple[str, ...], scored: Scored, keep: np.ndarray) -> np.ndarray:
     """What the recorder stores as confidence for the detections ``keep`` selects."""
-    return np.array([calibration(labels[c], s, e) for c, s, e in
-                     zip(scored.label[keep], scored.score[keep], scored.evidence[keep])], np.float64)
+    gate = scored.gate[keep] if scored.gate is not None else np.full(int(keep.sum()), np.nan)
+    if calibration.input == "gate" and calibration.curves and np.isnan(gate).any():
+        raise ValueError("this calibration reads the event gate, which these detections do not carry")
+    return np.array([calibration(labels[c], s, e, None if np.isnan(g) else float(g)) for c, s, e, g in
+                     zip(scored.label[keep], scored.score[keep], scored.evidence[keep], gate)], np.float64)
 
 
 def site_calibration(parent: Calibration, labels: tuple[str, ...], background: int, scored: Scored) -> tuple[Calibration, Shift]:

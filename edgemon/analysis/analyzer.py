@@ -19,7 +19,7 @@ import numpy as np
 
 from edgemon.analysis import audio
 from edgemon.analysis.bundle import MANIFEST, Bundle, default_bundle_path, load_bundle
-from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
+from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds, check_calibration_input
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import StreamingFrontend
 from edgemon.analysis.windows import WindowSpec
@@ -76,28 +76,44 @@ class EventMerger:
     point: OperatingPoint
     calibration: Calibration = Calibration()
 
-    def merge(self, votes: list[WindowVote], duration_s: float) -> list[Event]:
-        """Join consecutive windows of the same label into events; background ends an event."""
-        events, run = [], []
+    def runs(self, votes: list[WindowVote]) -> Iterator[list[WindowVote]]:
+        """Consecutive windows of the same label; background ends a run."""
+        run: list[WindowVote] = []
         for vote in votes + [None]:
             if run and (vote is None or vote.label != run[-1].label):
-                # Decided on the confidences as stored (4 decimals), which the chooser of the
-                # point reads back from events: a run at 0.51998 meets an opening level of 0.52 in both.
-                if self.point.keeps(self.labels[run[0].label], [round(v.confidence, 4) for v in run]):
-                    events.append(self._event(run, duration_s))
+                yield run
                 run = []
             if vote is not None and vote.label != self.background:
                 run.append(vote)
+
+    def gate(self, run: list[WindowVote]) -> float | None:
+        """The event gate's probability that ``run`` is a call, as stored (4 decimals); None when
+        the point has no gate for its class."""
+        if self.point.gate is None:
+            return None
+        p = self.point.gate.probability(self.labels[run[0].label], run, self.background)
+        return None if p is None else round(p, 4)
+
+    def merge(self, votes: list[WindowVote], duration_s: float) -> list[Event]:
+        """Join consecutive windows of the same label into events; background ends an event."""
+        events = []
+        for run in self.runs(votes):
+            gate = self.gate(run)
+            # Decided on the confidences as stored (4 decimals), which the chooser of the
+            # point reads back from events: a run at 0.51998 meets an opening level of 0.52 in both.
+            if self.point.keeps(self.labels[run[0].label], [round(v.confidence, 4) for v in run], gate):
+                events.append(self._event(run, duration_s, gate))
         return events
 
-    def _event(self, run: list[WindowVote], duration_s: float) -> Event:
+    def _event(self, run: list[WindowVote], duration_s: float, gate: float | None = None) -> Event:
         label = run[0].label
         member_votes = np.array([v.member_labels for v in run])  # [windows, members]
         votes = {"windows": len(run), "member_votes": (member_votes == label).sum(axis=0).tolist(),
-                 "window_confidence": [round(v.confidence, 4) for v in run]}
+                 "window_confidence": [round(v.confidence, 4) for v in run],
+                 **({"gate": gate} if gate is not None else {})}
         end = (run[-1].start_frame + run[-1].frames) * self.frame_s
         score = max(v.confidence for v in run)
-        confidence = self.calibration(self.labels[label], score, sum(v.confidence for v in run))
+        confidence = self.calibration(self.labels[label], score, sum(v.confidence for v in run), gate)
         return Event(label=self.labels[label], start_s=round(run[0].start_frame * self.frame_s, 3),
                      end_s=round(min(end, duration_s), 3), confidence=confidence, votes=json.dumps(votes),
                      score=score)
@@ -150,6 +166,7 @@ class Analyzer:
         try:
             point = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
             calibration = Calibration.from_manifest(bundle.manifest)
+            check_calibration_input(point, calibration)
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{bundle.path / MANIFEST}: malformed operating point or calibration "
                               f"({type(exc).__name__}: {exc})") from exc
@@ -194,9 +211,13 @@ class AnalysisStream:
     """One stretch of contiguous audio through an ``Analyzer``, incrementally.
 
     ``push`` returns the events that a window with another label has just ended; ``finish`` the
-    rest. Event times are seconds from the first sample, and the events equal those of the
-    whole audio at once. ``eager`` votes on every window as soon as it is complete (live audio:
-    low latency); otherwise windows wait for a full batch (recordings: throughput).
+    rest. Event times are seconds from the first sample, and the windows and their runs are those
+    of the whole audio at once. ``eager`` votes on every window as soon as it is complete (live
+    audio: low latency); otherwise windows wait for a full batch (recordings: throughput). With
+    int8 members a window's probabilities depend a little on the batch it runs in (onnxruntime
+    quantises each batch's activations with one scale: up to about 0.004 apart between a batch of
+    one and of sixteen, found by a review), so an eager stream's confidences, and a decision at
+    the edge of a threshold, may differ from a batched one's.
     """
 
     def __init__(self, analyzer: Analyzer, eager: bool = False, keep_votes: bool = False):

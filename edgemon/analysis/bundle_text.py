@@ -8,6 +8,11 @@ def _pct(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _level(value: float) -> str:
+    """An event gate level: above 1 no probability reaches it (the class is never stored)."""
+    return "never" if value > 1.0 else f"{value:.4f}"
+
+
 def format_description(d: dict) -> str:
     names = d.get("label_names") or {}
     calls = [label for label in d["labels"] if label != d["background_label"]]
@@ -15,15 +20,18 @@ def format_description(d: dict) -> str:
              f"  {len(d['members'])} member(s); windows of {d['window_s']:g} s every {d['hop_s']:g} s; "
              f"frontend {d['frontend'].get('kind', 'logmel')}",
              f"  self-check on this CPU: {d['self_check']['summary']}",
-             f"  confidence: {d['confidence']}",
-             "  species (threshold, fewest windows per event):"]
+             f"  confidence: {d['confidence']}"]
     point = (d.get("provenance") or {}).get("operating_point") or {}
     min_windows = point.get("min_windows") or {}
     thresholds = point.get("thresholds") or d.get("thresholds") or {}
+    gate = point.get("min_gate") if point.get("event_gate") else None
+    lines.append("  species (threshold, fewest windows per event"
+                 + (", the event gate's probability an event needs):" if gate else "):"))
     for label in calls:
         common = (names.get(label) or {}).get("common") if isinstance(names.get(label), dict) else names.get(label)
         shown = f"{label} ({common})" if common else label
-        lines.append(f"    {shown}: {thresholds.get(label, 0.0):.2f}, {min_windows.get(label, 1)}")
+        lines.append(f"    {shown}: {thresholds.get(label, 0.0):.2f}, {min_windows.get(label, 1)}"
+                     + (f", {_level(gate[label])}" if gate and label in gate else ""))
     expected = point.get("expected")
     if expected:
         target = point.get("target_false_per_hour", "?")

@@ -7,6 +7,8 @@ import dataclasses
 
 import numpy as np
 
+from edgemon.analysis.event_gate import EventGate
+
 
 def apply_thresholds(winner: np.ndarray, confidence: np.ndarray, labels: tuple[str, ...],
                      thresholds: dict[str, float], background: int) -> np.ndarray:
@@ -36,33 +38,60 @@ class OperatingPoint:
     at least ``min_evidence``, and at least one window at ``open_threshold`` or above (hysteresis:
     an event is opened by a confident window and extended by windows over the lower threshold).
     A class absent from a rule's dict is not held by it (1 window, no evidence, no opening level),
-    as in bundles made before that rule."""
+    as in bundles made before that rule. With an event ``gate``, a run of a class the gate models
+    is stored only when the gate's probability that it is a call reaches ``min_gate``."""
 
     thresholds: dict[str, float]
     min_windows: dict[str, int] = dataclasses.field(default_factory=dict)
     min_evidence: dict[str, float] = dataclasses.field(default_factory=dict)
     open_threshold: dict[str, float] = dataclasses.field(default_factory=dict)
+    min_gate: dict[str, float] = dataclasses.field(default_factory=dict)
+    gate: EventGate | None = None
 
     def windows_needed(self, label: str) -> int:
         return max(1, int(self.min_windows.get(label, 1)))
 
-    def keeps(self, label: str, confidences: list[float]) -> bool:
-        """Whether a run of windows of ``label`` with these confidences (in [0, 1]) is stored."""
+    def keeps(self, label: str, confidences: list[float], gate: float | None = None) -> bool:
+        """Whether a run of windows of ``label`` with these confidences (in [0, 1]) is stored;
+        ``gate`` its event gate probability (None: the class is not gated)."""
         return (len(confidences) >= self.windows_needed(label)
                 # a small tolerance: the chooser sums the stored (rounded) window confidences
                 and sum(confidences) >= self.min_evidence.get(label, 0.0) - 1e-9
-                and max(confidences, default=0.0) >= self.open_threshold.get(label, 0.0))
+                and max(confidences, default=0.0) >= self.open_threshold.get(label, 0.0)
+                and (gate is None or gate >= self.min_gate.get(label, 0.0)))
 
     @classmethod
     def from_manifest(cls, manifest: dict, thresholds: dict[str, float]) -> "OperatingPoint":
         """The manifest's ``operating_point`` when it has one, else the bundle's plain
         ``thresholds`` with single-window events (bundles made before operating points); its
-        ``min_evidence`` and ``open_threshold`` are optional (points made before them)."""
+        ``min_evidence``, ``open_threshold`` and the event gate are optional (points made before them)."""
         point = manifest.get("operating_point")
         if not point:
             return cls(dict(thresholds))
+        gate, levels = EventGate.from_manifest(point.get("event_gate")), _per_class(point, "min_gate", float)
+        _check_gate_levels(gate, levels)
         return cls(_per_class(point, "thresholds", float, thresholds), _per_class(point, "min_windows", int),
-                   _per_class(point, "min_evidence", float), _per_class(point, "open_threshold", float))
+                   _per_class(point, "min_evidence", float), _per_class(point, "open_threshold", float), levels, gate)
+
+
+def _check_gate_levels(gate: EventGate | None, levels: dict[str, float]) -> None:
+    """An event gate comes with a level for each of its classes, and levels only with a gate."""
+    if gate is None and levels:
+        raise ValueError("operating_point.min_gate is given without an event_gate")
+    if gate is not None and set(levels) != set(gate.classes):
+        raise ValueError(f"operating_point.min_gate must give a level for each class of the event_gate "
+                         f"({sorted(gate.classes)}), got {sorted(levels)}")
+    if not all(np.isfinite(v) and v >= 0 for v in levels.values()):
+        raise ValueError("operating_point.min_gate levels must be finite and not negative")
+
+
+def check_calibration_input(point: OperatingPoint, calibration: "Calibration") -> None:
+    """A calibration that reads the event gate needs a gate for every class it maps (else the
+    recorder would read another number on those curves)."""
+    if calibration.input == "gate" and calibration.curves:
+        missing = sorted(set(calibration.curves) - set(point.gate.classes if point.gate else ()))
+        if missing:
+            raise ValueError(f"calibration_input gate, but the event gate has no model for {missing}")
 
 
 def _per_class(point: dict, key: str, kind, default: dict | None = None) -> dict:
@@ -74,7 +103,7 @@ def _per_class(point: dict, key: str, kind, default: dict | None = None) -> dict
     return {str(k): kind(v) for k, v in values.items()}
 
 
-CALIBRATION_INPUTS = ("score", "evidence")
+CALIBRATION_INPUTS = ("score", "evidence", "gate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,18 +111,18 @@ class Calibration:
     """Per-class maps from an event's raw score to the probability that the event is right,
     piecewise-linear through ``(x, y)`` points; a label without a map keeps its raw score (bundles
     made before calibration). ``input`` is what the maps read: ``score``, the event's highest
-    window confidence, or ``evidence``, the sum of its window confidences (longer, steadier events
-    weigh more)."""
+    window confidence, ``evidence``, the sum of its window confidences (longer, steadier events
+    weigh more), or ``gate``, the event gate's probability (points with a gate)."""
 
     curves: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = dataclasses.field(default_factory=dict)
     input: str = "score"
 
-    def __call__(self, label: str, score: float, evidence: float | None = None) -> float:
+    def __call__(self, label: str, score: float, evidence: float | None = None, gate: float | None = None) -> float:
         curve = self.curves.get(label)
         if curve is None:
             return float(score)
-        x = score if self.input == "score" or evidence is None else evidence
-        return float(np.interp(x, curve[0], curve[1]))
+        x = {"score": score, "evidence": evidence, "gate": gate}[self.input]
+        return float(np.interp(score if x is None else x, curve[0], curve[1]))
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Calibration":

@@ -1,0 +1,194 @@
+"""The event gate: fitted on grouped-CV held-out runs, carried in the bundle's operating point, and
+applied by the recorder's own merger."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgemon.analysis.analyzer import Analyzer, EventMerger, WindowVote
+from edgemon.analysis.decisions import Calibration, OperatingPoint
+from edgemon.analysis.event_gate import FEATURES, ClassGate, EventGate, run_features
+from edgemon.errors import BundleError
+from tests.conftest import hoots
+from tests.test_field import FRAME_S, HOP, LABELS, _bundle_copy, _votes
+from training.errors import DataError
+from training.event_gate import GateChooser, candidates, fit_gate, probabilities
+from training.field import FieldVotes, StreamVotes, measure
+from training.operating import RULES, choose_point, class_tables, crossfit, field_report
+
+
+def _window(i, label, mine, theirs, rng):
+    """A window of ``label`` at about ``mine`` for the first member and ``theirs`` for the second
+    (the rest of each member's probability on background); its confidence the members' mean."""
+    def member(p):
+        probs = [1.0 - p, 0.0, 0.0]
+        probs[label] = p
+        return tuple(probs)
+    mine, theirs = mine + rng.uniform(-0.02, 0.02), theirs + rng.uniform(-0.02, 0.02)
+    probs = (member(mine), member(theirs))
+    labels = tuple(int(np.argmax(p)) for p in probs)
+    return label, (mine + theirs) / 2, labels, probs
+
+
+def _stream(windows, fold, calls=()):
+    votes = [WindowVote(i * HOP, 125, lab, conf, labels, probs) for i, (lab, conf, labels, probs) in enumerate(windows)]
+    return StreamVotes.from_votes(fold, (len(votes) * HOP + 63) * FRAME_S, votes, list(calls))
+
+
+def _gate_field(folds=3, seed=0):
+    """False runs of class a (one member sure, the other not: 0.9 and 0.3) and its calls (both
+    members at 0.6) have the same confidence and length, so no threshold or evidence rule tells
+    them apart, and the members' agreement does. Class b has three calls a fold, too few runs
+    for a gate of its own."""
+    rng = np.random.default_rng(seed)
+    quiet = [(0, 0.9, (0, 0), ((0.9, 0.05, 0.05),) * 2)] * 6
+    false = lambda: [_window(0, 1, 0.9, 0.3, rng) for _ in range(2)]            # noqa: E731
+    streams, assembled = [], []
+    for fold in range(folds):
+        windows = []
+        for _ in range(20):
+            windows += quiet + false()
+        streams.append(_stream(windows + quiet, fold))
+        windows, calls = [], []
+        for j in range(24):
+            windows += quiet
+            start = len(windows) * HOP * FRAME_S
+            label = 2 if j % 8 == 0 else 1
+            windows += [_window(0, label, 0.6, 0.6, rng) for _ in range(2)]
+            calls.append((start, start + 2 * HOP * FRAME_S, label))
+            windows += quiet + (false() if j % 3 == 0 else [])
+        assembled.append(_stream(windows + quiet, fold, calls))
+    clips = [_stream([_window(0, 1, 0.6, 0.6, rng)] * 2, f, [(0, 4, 1)]) for f in range(folds)]
+    return FieldVotes(LABELS, FRAME_S, streams, assembled, clips, np.ones(folds, int))
+
+
+def test_the_gate_keeps_every_call_and_drops_the_runs_no_rule_on_confidence_could():
+    votes = _gate_field()
+    hours = sum(s.duration_s for s in votes.background_streams) / 3600
+    assert measure(votes, OperatingPoint({}))["false_events"] == 60
+    hysteresis = measure(votes, choose_point(votes, 0.5 / hours, class_tables(votes, RULES["hysteresis"])))
+    assert hysteresis["false_events"] == 0 and hysteresis["per_class"]["a"]["recall"] < 0.1   # the noise lets one through
+    point = GateChooser(votes, RULES["gate"]).point(0.5 / hours)
+    gated = measure(votes, point)
+    assert gated["false_events"] == 0 and gated["recall"] == 1.0 and gated["precision"] == 1.0
+    # chosen on two folds, it holds on the third
+    held_out = crossfit(votes, [0.5 / hours], RULES["gate"])[0.5 / hours]
+    assert held_out["false_events"] == 0 and held_out["recall"] == 1.0
+
+
+def test_the_chooser_reads_the_gate_probabilities_the_recorder_computes():
+    votes = _gate_field()
+    cands = candidates(votes, RULES["gate"])
+    everything = np.ones(len(cands.label), bool)
+    gate, how = fit_gate(cands, everything, votes.labels, votes.background, RULES["gate"])
+    assert how["a"].startswith("own fit") and how["b"].startswith("pooled fit")   # the stated fallback
+    merger = EventMerger(votes.labels, votes.background, votes.frame_s, OperatingPoint({"a": 0.3, "b": 0.3}, gate=gate))
+    recorder = [merger.gate(run) for s in votes.background_streams + votes.assembled
+                for run in merger.runs(s.window_votes(merger))]
+    assert recorder == probabilities(gate, cands, everything, votes.labels).tolist()
+
+
+def test_a_gated_point_travels_in_the_field_report_and_the_event_says_its_gate():
+    votes = _gate_field()
+    report = field_report(votes, 1.0, grid=RULES["gate"])
+    point = report["operating_point"]
+    assert point["rules"]["kind"] == "gate" and set(point["min_gate"]) == {"a", "b"}
+    loaded = OperatingPoint.from_manifest({"operating_point": point}, {})
+    assert loaded.gate is not None and loaded.min_gate == point["min_gate"]
+    events = votes.assembled[0].events(EventMerger(LABELS, 0, FRAME_S, loaded))
+    assert events and all(json.loads(e.votes)["gate"] >= loaded.min_gate[e.label] for e in events)
+    calibration = Calibration({"a": ((0.0, 1.0), (0.0, 0.5))}, "gate")
+    gate = json.loads(events[0].votes)["gate"]
+    assert calibration("a", 0.6, 1.2, gate) == pytest.approx(gate / 2)
+
+
+def test_field_votes_without_member_probabilities_are_refused_in_one_line():
+    votes = _gate_field()
+    for s in votes.background_streams:
+        s.probs = None
+    with pytest.raises(DataError, match="no member probabilities"):
+        candidates(votes, RULES["gate"])
+
+
+def test_run_features_read_length_confidence_and_agreement():
+    rng = np.random.default_rng(0)
+    run = [WindowVote(i * HOP, 125, *_window(0, 1, 0.8, 0.8, rng)) for i in range(2)]
+    f = dict(zip(FEATURES, run_features(run, 0)))
+    assert f["log_windows"] == pytest.approx(np.log(2)) and f["all_members_agree"] == 1.0
+    assert f["max_confidence"] == pytest.approx(max(v.confidence for v in run))
+    assert f["background_probability"] == pytest.approx(1 - np.mean([v.confidence for v in run]))
+    with pytest.raises(ValueError, match="member probabilities"):
+        run_features([WindowVote(0, 125, 1, 0.5, (1,))], 0)
+
+
+def _gate_manifest(**changes):
+    gate = ClassGate((0.0,) * len(FEATURES), (1.0,) * len(FEATURES), (0.0,) * len(FEATURES), -50.0)
+    entry = EventGate({"hornbill_helmeted": gate}).to_manifest()
+    entry.update(changes)
+    return {"thresholds": {}, "event_gate": entry, "min_gate": {"hornbill_helmeted": 0.5}}
+
+
+def test_a_bundle_with_a_gate_stores_only_what_it_lets_through(tmp_path):
+    samples = hoots(40.0)   # the embedded bundle calls these helmeted hornbills
+    plain = Analyzer(_bundle_copy(tmp_path, "plain")).analyse_blocks([samples]).events
+    assert plain
+    shut = _bundle_copy(tmp_path, "shut", operating_point=_gate_manifest())     # the gate says 0 to every run
+    assert Analyzer(shut).analyse_blocks([samples]).events == []
+    opened = _gate_manifest()
+    opened["event_gate"]["classes"]["hornbill_helmeted"]["intercept"] = 50.0
+    events = Analyzer(_bundle_copy(tmp_path, "open", operating_point=opened)).analyse_blocks([samples]).events
+    assert [(e.start_s, e.end_s) for e in events] == [(e.start_s, e.end_s) for e in plain]
+    assert all(json.loads(e.votes)["gate"] == 1.0 for e in events)
+
+
+def test_a_malformed_gate_is_refused_naming_the_manifest(tmp_path):
+    with pytest.raises(BundleError, match="manifest.json: malformed operating point.*features"):
+        _bundle_copy(tmp_path, "features", operating_point=_gate_manifest(features=["log_windows"]))
+    bad = _gate_manifest()
+    bad["event_gate"]["classes"]["hornbill_helmeted"]["scale"][0] = 0.0
+    with pytest.raises(BundleError, match="manifest.json: malformed operating point.*positive scales"):
+        _bundle_copy(tmp_path, "scale", operating_point=bad)
+
+
+def test_gate_levels_and_a_calibration_on_the_gate_must_match_the_gate(tmp_path):
+    """Refused when read, each in one line naming the manifest: levels without a gate, a gate
+    class without a level, a level that is not a number, curves on the gate for a class it lacks."""
+    no_gate = {"thresholds": {}, "min_gate": {"hornbill_helmeted": 0.5}}
+    missing = {**_gate_manifest(), "min_gate": {}}
+    nan = {**_gate_manifest(), "min_gate": {"hornbill_helmeted": float("nan")}}
+    for name, point, match in (("none", no_gate, "without an event_gate"), ("missing", missing, "a level for each"),
+                               ("nan", nan, "finite")):
+        with pytest.raises(BundleError, match=f"manifest.json: malformed operating point.*{match}"):
+            _bundle_copy(tmp_path, name, operating_point=point)
+    curve = {"x": [0.0, 1.0], "y": [0.0, 1.0]}
+    with pytest.raises(BundleError, match="manifest.json: malformed .*no model for \\['great_argus'\\]"):
+        _bundle_copy(tmp_path, "calibrated", operating_point=_gate_manifest(), calibration_input="gate",
+                     calibration={"great_argus": curve, "hornbill_helmeted": curve})
+    fine = _bundle_copy(tmp_path, "fine", operating_point=_gate_manifest(), calibration_input="gate",
+                        calibration={"hornbill_helmeted": curve})
+    assert Analyzer(fine).merger.calibration.input == "gate"
+
+
+def test_a_given_gated_point_is_measured_with_the_gates_rules_and_calibrated_on_unseen_events():
+    votes = _gate_field()
+    point = GateChooser(votes, RULES["gate"]).point(1.0)
+    with pytest.raises(DataError, match="--rules gate"):
+        field_report(votes, 1.0, grid=RULES["hysteresis"], point=point)
+    report = field_report(votes, 1.0, grid=RULES["gate"], point=point)
+    assert report["calibration_report"]["calibrated_on"].startswith("held-out folds' events")
+    assert report["operating_point"]["min_gate"] == point.min_gate
+
+
+def test_info_shows_each_class_its_gate_level(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgemon.cli import app
+
+    point = _gate_manifest()
+    point["min_gate"]["hornbill_helmeted"] = 1.01      # no probability reaches it
+    bundle = _bundle_copy(tmp_path, "gated", operating_point=point)
+    result = CliRunner().invoke(app, ["info", "--models", str(bundle.path), "--format", "text"])
+    assert result.exit_code == 0, result.output
+    assert "the event gate's probability an event needs" in result.output
+    assert any(line.startswith("    hornbill_helmeted (") and line.endswith(", never") for line in result.output.splitlines())

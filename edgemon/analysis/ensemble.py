@@ -200,11 +200,12 @@ def _confidence_meaning(manifest: dict, ceiling: float) -> str:
     else:
         meaning = "uncalibrated: the raw vote score (the members' normalised-softmax probability), not a probability of being right"
     expected = (manifest.get("operating_point") or {}).get("expected") or {}
-    if ceiling < 0.9 and "at_min_confidence_0.9" in expected:
-        # The grouped-CV figure comes from per-fold fits, which may exceed the final fit's top.
-        meaning += (f"; it never exceeds {ceiling:g}, so --min-confidence 0.9 is refused: "
-                    f"operating_point.expected.at_min_confidence_0.9 counts held-out events of grouped CV "
-                    f"under per-fold fits, not what this bundle stores")
+    if ceiling < 0.9:
+        meaning += f"; it never exceeds {ceiling:g}, so --min-confidence 0.9 is refused"
+        if ((expected.get("at_min_confidence_0.9") or {}).get("events") or 0) > 0:
+            # The grouped-CV figure comes from per-fold fits, which may exceed the final fit's top.
+            meaning += (": operating_point.expected.at_min_confidence_0.9 counts held-out events of grouped CV "
+                        "under per-fold fits, not what this bundle stores")
     return meaning
 
 

@@ -229,6 +229,15 @@ def test_a_bundles_own_point_is_measured_again_and_rebundled_with_the_new_calibr
     clip = tiny_dataset / "audio" / "call_high_test_2.flac"
     events = lambda b: [(e.label, e.start_s, e.end_s) for e in Analyzer(b).analyse_file(clip).events]
     assert events(child) == events(parent)
+    # a point that can never store a class says so (a newcomer found a gate level of 1.01 unannounced)
+    off = json.loads(again.read_text())
+    silent = parent.labels[1]
+    off["field"]["operating_point"]["thresholds"][silent] = 1.0
+    (tmp_path / "off.json").write_text(json.dumps(off))
+    result = CliRunner().invoke(app, ["rebundle", str(parent.path), "--thresholds", str(tmp_path / "off.json"),
+                                      "--out", str(tmp_path / "off")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout[result.stdout.index("{"):])["never_stored"] == [silent]
     # refused in one line, nothing written: a result without a field point, a result for other members
     (tmp_path / "plain.json").write_text(json.dumps({"labels": list(parent.labels), "thresholds": {}}))
     one = json.loads(again.read_text()) | {"frontend_kinds": ["logmel"]}

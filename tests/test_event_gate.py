@@ -192,3 +192,52 @@ def test_info_shows_each_class_its_gate_level(tmp_path):
     assert result.exit_code == 0, result.output
     assert "the event gate's probability an event needs" in result.output
     assert any(line.startswith("    hornbill_helmeted (") and line.endswith(", never") for line in result.output.splitlines())
+    assert "  never stored at this point: hornbill_helmeted (a level no vote or gate probability reaches)" \
+        in result.output.splitlines()
+
+
+def test_malformed_gate_entries_name_the_field_and_class(tmp_path):
+    cases = []
+    word = _gate_manifest()
+    word["min_gate"]["hornbill_helmeted"] = "abc"
+    cases.append(("word", word, "min_gate: could not convert"))
+    no_intercept = _gate_manifest()
+    del no_intercept["event_gate"]["classes"]["hornbill_helmeted"]["intercept"]
+    cases.append(("intercept", no_intercept, "event_gate of 'hornbill_helmeted' lacks 'intercept'"))
+    stranger = _gate_manifest()
+    stranger["event_gate"]["classes"]["tapir"] = stranger["event_gate"]["classes"]["hornbill_helmeted"]
+    stranger["min_gate"]["tapir"] = 0.5
+    cases.append(("tapir", stranger, "classes the bundle lacks: \\['tapir'\\]"))
+    for name, point, match in cases:
+        with pytest.raises(BundleError, match=f"manifest.json: malformed operating point.*{match}"):
+            _bundle_copy(tmp_path, name, operating_point=point)
+
+
+def test_a_point_that_stores_a_class_never_says_so():
+    votes = _gate_field()
+    point = OperatingPoint({"a": 0.3, "b": 1.0}, min_gate={"a": 1.01, "b": 0.2}, gate=GateChooser(votes).gate)
+    assert point.never_stored(["a", "b"]) == ["a", "b"]
+    assert OperatingPoint({"a": 0.99}, min_gate={"b": 1.0}).never_stored(["a", "b"]) == []
+    report = field_report(votes, 1.0, grid=RULES["gate"])
+    assert report["never_stored"] == [label for label in ("a", "b") if report["operating_point"]["min_gate"][label] > 1]
+
+
+def test_a_point_without_a_gate_is_not_measured_with_the_gates_rules():
+    votes = _gate_field()
+    with pytest.raises(DataError, match="no event gate"):
+        field_report(votes, 1.0, grid=RULES["gate"], point=OperatingPoint({"a": 0.5, "b": 0.5}))
+
+
+def test_every_class_the_budget_can_afford_keeps_some_of_its_calls():
+    """With one false event to spend, giving it to class a finds two more of a's calls, and
+    switches b off; the chooser keeps b (one of its calls) instead."""
+    from training.event_gate import NEVER, Candidates, choose_levels
+
+    #            a: 3 right at 0.9, 1 false at 0.8, 2 right at 0.7 | b: 1 false at 0.95, 1 right at 0.6
+    scores = np.array([0.9, 0.9, 0.9, 0.8, 0.7, 0.7, 0.95, 0.6])
+    cands = Candidates(fold=np.zeros(8, int), label=np.array([1] * 6 + [2] * 2),
+                       on_background=np.array([False] * 3 + [True] + [False] * 2 + [True, False]),
+                       call=np.array([0, 1, 2, -1, 3, 4, -1, 5]), features=np.zeros((8, len(FEATURES))),
+                       call_fold=np.zeros(6, int), call_label=np.array([1] * 5 + [2]), hours={0: 1.0})
+    assert choose_levels(cands, scores, [0], LABELS, 0, 1.0) == {"a": 0.9, "b": 0.6}
+    assert choose_levels(cands, scores, [0], LABELS, 0, 0.5) == {"a": 0.9, "b": NEVER}   # no budget for b

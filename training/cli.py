@@ -70,7 +70,7 @@ def _device(name: str) -> str:
 
 
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
-TargetOpt = Annotated[float, typer.Option(help="Field operating point: false events per hour of held-out background that the per-class thresholds and minimum windows may let through (split evenly over the call classes).")]
+TargetOpt = Annotated[float, typer.Option(help="Field operating point: false events per hour of held-out background that the point (per-class thresholds and evidence rules, or event gate levels) may let through, shared among the call classes where it finds most calls.")]
 NearCallOpt = Annotated[float, typer.Option(help="Draw a background clip that lies within 120 s of a labelled call of the same source recording 1 + N as often as others of its class (0: off).")]
 BackgroundShareOpt = Annotated[float, typer.Option(help="Draw background for this share of each epoch, the call classes equally for the rest (0: every class equally, as the paper).")]
 HardNegOpt = Annotated[float, typer.Option(help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
@@ -230,9 +230,14 @@ def _field_lines(result: dict) -> dict:
         return {}
     pick = ("false_per_hour", "false_per_hour_95", "false_events", "background_hours", "precision", "recall",
             "clip_uar", "background_clips_alone")
+    point = dict(field["operating_point"])
+    if point.get("event_gate"):   # its coefficients are in the JSON file; here, what it holds
+        point["event_gate"] = {"classes": sorted(point["event_gate"]["classes"]),
+                               "coefficients": "in the JSON file written (field.operating_point.event_gate)"}
     return {"field_untuned": {k: field["untuned"][k] for k in pick},
             "field_at_point": {k: field["at_point"][k] for k in pick},
-            "operating_point": field["operating_point"],
+            "never_stored": field.get("never_stored", []),
+            "operating_point": point,
             **({"field_chosen_on_other_folds": field["operating_point"]["expected"]["chosen_on_other_folds"]}
                if "chosen_on_other_folds" in field["operating_point"]["expected"] else {}),
             "calibration": {k: field["calibration_report"][k] for k in ("fits",)} |
@@ -321,7 +326,7 @@ def cv_ensemble_command(
     prevalence: Annotated[float, typer.Option(min=0.001, max=0.99, help="Share of the assembled recordings' time that is calls.")] = 0.05,
     reuse_votes: Annotated[bool, typer.Option("--reuse-votes", help="Read the raw votes an earlier run saved beside --out (<out>.votes.npz) instead of running the models.")] = False,
     votes: Annotated[Optional[Path], typer.Option("--votes", help="Read the raw votes from this .votes.npz of an earlier run of the same members instead of running the models.")] = None,
-    rules: Annotated[str, typer.Option(help="Evidence rules the operating point may use per class: windows (1-4 windows), windows6, evidence (1-6 windows and a summed window confidence), hysteresis (1-6 windows and one confident window), evidence+hysteresis, gate (runs over 0.3 kept by an event gate fitted on the held-out runs) (default: hysteresis).")] = "hysteresis",
+    rules: Annotated[str, typer.Option(help="Evidence rules the operating point may use per class: windows (1-4 windows), windows6, evidence (1-6 windows and a summed window confidence), hysteresis (1-6 windows and one confident window), evidence+hysteresis, gate (runs over 0.3 kept by an event gate fitted on the held-out runs).")] = "hysteresis",
     at_point: Annotated[Optional[Path], typer.Option("--at-point", help="A bundle whose own operating point to measure and calibrate at, instead of choosing one for the target (to re-fit a bundle's calibration; then `rebundle`).")] = None,
     held_out_pool: Annotated[bool, typer.Option("--held-out-pool/--no-held-out-pool", help="Measure each fold on its held-out recorders' pool clips too (lab/pool.csv, when the data set has it): grouped CV over train + devel + pool. Off: train + devel alone, as before 2026-12-04.")] = True,
 ):

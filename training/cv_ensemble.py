@@ -113,8 +113,11 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     point, point_from = None, None
     if at_point is not None:   # before the models run: a point these rules cannot measure is refused now
         point, point_from, target_false_per_hour = _bundle_point(Path(at_point), labels, target_false_per_hour)
-        if point.gate is not None and rules != "gate":
-            raise DataError(f"--at-point {at_point}: its operating point carries an event gate; give --rules gate")
+        if (point.gate is not None) != (rules == "gate"):
+            raise DataError(f"--at-point {at_point}: its operating point carries an event gate; give --rules gate"
+                            if point.gate is not None else
+                            f"--at-point {at_point}: its operating point has no event gate; "
+                            f"give the rules it was chosen by, not --rules gate")
     folds = grouped_folds(reference, summary["k"], summary["seed"])
     if validation_recorders(reference, folds) != [f["validation_recorders"] for f in summary["folds"]]:
         raise DataError(f"{members[0]}: the data's folds differ from those its cv run used (data changed?)")

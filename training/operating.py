@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ from training.evaluate import uar
 from training.event_gate import GateChooser, GateRules
 from training.field import (NOTHING, FieldVotes, ScoredEvents, assembled_events, clip_predictions, measure,
                             poisson_interval)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TARGET_FALSE_PER_HOUR = 5.0
 CANDIDATES = 48
@@ -261,8 +264,10 @@ def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGE
     (``crossfit``): what cv, cv-ensemble and bundles carry. With ``point`` given (a bundle's own),
     nothing is chosen for the target: the calibration is fitted and the measure taken at that point,
     and ``chosen_on_other_folds`` still says what choosing for the target gives on unseen recorders."""
-    if point is not None and point.gate is not None and not isinstance(grid, GateRules):
-        raise DataError("the point carries an event gate: measure it with the gate's rules (--rules gate)")
+    if point is not None and (point.gate is not None) != isinstance(grid, GateRules):
+        raise DataError("the point carries an event gate: measure it with the gate's rules (--rules gate)"
+                        if point.gate is not None else
+                        "the point has no event gate: measure it with the rules it was chosen by, not --rules gate")
     choose = chooser(votes, grid)
     point = point or choose.point(target_false_per_hour)
     others, unseen_events = held_out(votes, sorted({*TRADEOFF, target_false_per_hour}), grid,
@@ -286,7 +291,13 @@ def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGE
                 "at_min_confidence_0.9": calibration_report["calibrated"]["levels"]["0.9"]}
     if others:
         expected["chosen_on_other_folds"] = {k: others[target_false_per_hour][k] for k in SUMMARY}
+    off = point.never_stored([label for c, label in enumerate(votes.labels) if c != votes.background])
+    if off:
+        log.warning("at this point %s %s never stored (a level no vote or gate probability reaches): "
+                    "to keep every class, choose a higher --target-false-per-hour or other --rules",
+                    ", ".join(off), "is" if len(off) == 1 else "are")
     return {
+        "never_stored": off,
         "operating_point": {"thresholds": point.thresholds, "min_windows": point.min_windows,
                             "min_evidence": point.min_evidence, "open_threshold": point.open_threshold,
                             **({"min_gate": point.min_gate, "event_gate": point.gate.to_manifest()}

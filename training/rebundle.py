@@ -10,13 +10,17 @@ come from the cv-ensemble result; its id differs from the parent's, since what i
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 from edgemon.analysis.bundle import Bundle, load_bundle, replace_manifest, write_bundle
+from edgemon.analysis.decisions import OperatingPoint
 from edgemon.errors import BundleError
 from training.bundling import complete_bundle, read_thresholds_file
 from training.errors import DataError
+
+log = logging.getLogger(__name__)
 
 KEPT = ("source_runs", "trained_on", "label_names")   # what the members are, not how they decide
 
@@ -75,6 +79,11 @@ def rebundle(parent_dir: Path, thresholds_from: Path, out: Path) -> dict:
         shutil.copy2(parent.path / spec["file"], bundle.path / spec["file"])
         replace_manifest(bundle.path, {"self_check": spec})
     bundle = complete_bundle(bundle.path, None)
+    off = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds).never_stored(
+        [label for label in bundle.labels if label != bundle.background_label])
+    if off:
+        log.warning("%s never stores %s: its point sets a level no vote or gate probability reaches",
+                    bundle.bundle_id, ", ".join(off))
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "parent": parent.bundle_id,
             "members": len(bundle.members), "calibration_input": bundle.manifest.get("calibration_input"),
-            "confidence_max": bundle.manifest.get("confidence_max")}
+            "confidence_max": bundle.manifest.get("confidence_max"), "never_stored": off}

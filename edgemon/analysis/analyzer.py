@@ -19,7 +19,7 @@ import numpy as np
 
 from edgemon.analysis import audio
 from edgemon.analysis.bundle import MANIFEST, Bundle, default_bundle_path, load_bundle
-from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds, check_calibration_input
+from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds, check_point
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import StreamingFrontend
 from edgemon.analysis.windows import WindowSpec
@@ -166,7 +166,7 @@ class Analyzer:
         try:
             point = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
             calibration = Calibration.from_manifest(bundle.manifest)
-            check_calibration_input(point, calibration)
+            check_point(point, calibration, bundle.labels)
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{bundle.path / MANIFEST}: malformed operating point or calibration "
                               f"({type(exc).__name__}: {exc})") from exc

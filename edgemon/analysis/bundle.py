@@ -40,7 +40,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgemon.analysis.decisions import Calibration, OperatingPoint, check_calibration_input
+from edgemon.analysis.decisions import Calibration, OperatingPoint, check_point
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
 
@@ -362,7 +362,7 @@ def load_bundle(path: str | Path) -> Bundle:
     members = _members(r, path, manifest)
     thresholds = _thresholds(r, manifest, labels, confidence_max)
     try:   # what the recorder decides with, checked here too, so `edgemon info` refuses what `watch` would
-        check_calibration_input(OperatingPoint.from_manifest(manifest, thresholds), Calibration.from_manifest(manifest))
+        check_point(OperatingPoint.from_manifest(manifest, thresholds), Calibration.from_manifest(manifest), labels)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise r.fail(f"malformed operating point or calibration ({type(exc).__name__}: {exc})") from None
     return Bundle(path=path, bundle_id=r.string(manifest.get("bundle_id"), "bundle_id"), labels=labels,

@@ -32,6 +32,9 @@ def format_description(d: dict) -> str:
         shown = f"{label} ({common})" if common else label
         lines.append(f"    {shown}: {thresholds.get(label, 0.0):.2f}, {min_windows.get(label, 1)}"
                      + (f", {_level(gate[label])}" if gate and label in gate else ""))
+    never = [label for label in calls if thresholds.get(label, 0.0) >= 1.0 or (gate or {}).get(label, 0.0) > 1.0]
+    if never:
+        lines.append(f"  never stored at this point: {', '.join(never)} (a level no vote or gate probability reaches)")
     expected = point.get("expected")
     if expected:
         target = point.get("target_false_per_hour", "?")

@@ -48,6 +48,12 @@ class OperatingPoint:
     min_gate: dict[str, float] = dataclasses.field(default_factory=dict)
     gate: EventGate | None = None
 
+    def never_stored(self, labels) -> list[str]:
+        """The classes of ``labels`` this point can never store: a threshold no vote reaches (a
+        mean of softmax outputs stays under 1) or an event gate level no probability reaches."""
+        return [label for label in labels
+                if self.thresholds.get(label, 0.0) >= 1.0 or self.min_gate.get(label, 0.0) > 1.0]
+
     def windows_needed(self, label: str) -> int:
         return max(1, int(self.min_windows.get(label, 1)))
 
@@ -85,9 +91,13 @@ def _check_gate_levels(gate: EventGate | None, levels: dict[str, float]) -> None
         raise ValueError("operating_point.min_gate levels must be finite and not negative")
 
 
-def check_calibration_input(point: OperatingPoint, calibration: "Calibration") -> None:
-    """A calibration that reads the event gate needs a gate for every class it maps (else the
+def check_point(point: OperatingPoint, calibration: "Calibration", labels) -> None:
+    """What the point and calibration hold together: an event gate only for the bundle's
+    ``labels``, and a gate for every class a calibration that reads the gate maps (else the
     recorder would read another number on those curves)."""
+    unknown = sorted(set(point.gate.classes if point.gate else ()) - set(labels))
+    if unknown:
+        raise ValueError(f"operating_point.event_gate has classes the bundle lacks: {unknown}")
     if calibration.input == "gate" and calibration.curves:
         missing = sorted(set(calibration.curves) - set(point.gate.classes if point.gate else ()))
         if missing:
@@ -100,7 +110,10 @@ def _per_class(point: dict, key: str, kind, default: dict | None = None) -> dict
     values = {} if values is None else values
     if not isinstance(values, dict):
         raise ValueError(f"operating_point.{key} must map labels to numbers, got {type(values).__name__}")
-    return {str(k): kind(v) for k, v in values.items()}
+    try:
+        return {str(k): kind(v) for k, v in values.items()}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"operating_point.{key}: {exc}") from None
 
 
 CALIBRATION_INPUTS = ("score", "evidence", "gate")

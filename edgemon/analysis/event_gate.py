@@ -78,7 +78,13 @@ class EventGate:
                              f"this edgemon computes {list(FEATURES)}")
         classes = {}
         for label, g in (entry.get("classes") or {}).items():
-            gate = ClassGate(*(tuple(map(float, g[key])) for key in ("mean", "scale", "coef")), float(g["intercept"]))
+            try:
+                gate = ClassGate(*(tuple(map(float, g[key])) for key in ("mean", "scale", "coef")),
+                                 float(g["intercept"]))
+            except KeyError as exc:
+                raise ValueError(f"event_gate of {label!r} lacks {exc}") from None
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"event_gate of {label!r}: {exc}") from None
             numbers = gate.mean + gate.scale + gate.coef + (gate.intercept,)
             if not (len(gate.mean) == len(gate.scale) == len(gate.coef) == len(FEATURES)) \
                     or not all(s > 0 for s in gate.scale) or not all(map(math.isfinite, numbers)):

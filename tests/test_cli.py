@@ -397,6 +397,27 @@ def test_info_as_text_gives_the_lines_a_person_reads_first():
         assert "never heard" in lines[first] and f": {other['false_per_hour']:.1f} / h" in lines[first]
 
 
+def test_info_puts_the_held_out_figure_first_for_a_point_chosen_on_other_folds(tmp_path):
+    """A point chosen by cv-ensemble (no ``from_bundle``): what a new site can expect comes first;
+    a grouped-CV count at 0.9 above the bundle's ceiling is explained."""
+    from edgemon.analysis.bundle import MANIFEST, default_bundle_path
+
+    copy = tmp_path / "chosen"
+    shutil.copytree(default_bundle_path(), copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    del manifest["operating_point"]["from_bundle"]
+    manifest["operating_point"]["expected"]["at_min_confidence_0.9"] = {"events": 5, "precision": 0.8, "right_kept": 0.02}
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["info", "--models", str(copy), "--format", "text"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    first = next(i for i, line in enumerate(lines) if "/ h" in line)
+    other = manifest["operating_point"]["expected"]["chosen_on_other_folds"]
+    assert "never heard" in lines[first] and f": {other['false_per_hour']:.1f} / h" in lines[first]
+    assert "on the folds that chose it" in lines[first + 1]
+    assert "counts held-out events of grouped CV under per-fold fits" in result.output
+
+
 def test_info_says_whether_confidence_is_calibrated(tmp_path):
     """A bundle from before calibration still runs; info says its confidence is the raw score."""
     shipped = runner.invoke(app, ["info"])

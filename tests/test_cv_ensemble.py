@@ -211,6 +211,10 @@ def test_a_bundles_own_point_is_measured_again_and_rebundled_with_the_new_calibr
                            votes_from=chosen.with_suffix(".votes.npz"), at_point=parent.path)
     point = measured["field"]["operating_point"]
     assert point["from_bundle"] == parent.bundle_id and point["target_false_per_hour"] == 1e6   # the bundle's own
+    for other in ("windows", "gate"):   # what choosing anew gives beside it must be by the point's own rules
+        with pytest.raises(DataError, match="hysteresis"):
+            cv_ensemble(members, _load(tiny_dataset), tmp_path / "x.json", 0.2, target_false_per_hour=1.0,
+                        votes_from=chosen.with_suffix(".votes.npz"), at_point=parent.path, rules=other)
     assert point["thresholds"] == parent.thresholds
     result = CliRunner().invoke(app, ["rebundle", str(parent.path), "--thresholds", str(again),
                                       "--out", str(tmp_path / "child")])

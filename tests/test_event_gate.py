@@ -200,7 +200,7 @@ def test_malformed_gate_entries_name_the_field_and_class(tmp_path):
     cases = []
     word = _gate_manifest()
     word["min_gate"]["hornbill_helmeted"] = "abc"
-    cases.append(("word", word, "min_gate: could not convert"))
+    cases.append(("word", word, "min_gate of 'hornbill_helmeted': could not convert"))
     no_intercept = _gate_manifest()
     del no_intercept["event_gate"]["classes"]["hornbill_helmeted"]["intercept"]
     cases.append(("intercept", no_intercept, "event_gate of 'hornbill_helmeted' lacks 'intercept'"))
@@ -219,7 +219,14 @@ def test_a_point_that_stores_a_class_never_says_so():
     assert point.never_stored(["a", "b"]) == ["a", "b"]
     assert OperatingPoint({"a": 0.99}, min_gate={"b": 1.0}).never_stored(["a", "b"]) == []
     report = field_report(votes, 1.0, grid=RULES["gate"])
-    assert report["never_stored"] == [label for label in ("a", "b") if report["operating_point"]["min_gate"][label] > 1]
+    assert report["never_stored"] == [] and max(report["operating_point"]["min_gate"].values()) < 1.0
+
+
+def test_a_point_that_never_stores_a_class_is_reported_and_warned_of(caplog):
+    votes = _gate_field()
+    with caplog.at_level("WARNING"):
+        report = field_report(votes, 1.0, grid=RULES["hysteresis"], point=OperatingPoint({"a": 0.3, "b": 1.0}))
+    assert report["never_stored"] == ["b"] and "b is never stored" in caplog.text
 
 
 def test_a_point_without_a_gate_is_not_measured_with_the_gates_rules():
@@ -241,3 +248,21 @@ def test_every_class_the_budget_can_afford_keeps_some_of_its_calls():
                        call_fold=np.zeros(6, int), call_label=np.array([1] * 5 + [2]), hours={0: 1.0})
     assert choose_levels(cands, scores, [0], LABELS, 0, 1.0) == {"a": 0.9, "b": 0.6}
     assert choose_levels(cands, scores, [0], LABELS, 0, 0.5) == {"a": 0.9, "b": NEVER}   # no budget for b
+
+
+def test_the_search_keeps_as_many_classes_as_the_budget_affords():
+    """Three classes, each needing one false event to find its calls, and two to spend. Spending
+    both on a finds the most calls (five); keeping a and b finds four, and two classes (a review
+    found a search that, unable to keep all three, kept only one)."""
+    from training.event_gate import NEVER, Candidates, choose_levels
+
+    labels = ("background", "a", "b", "c")
+    # a: false at 0.8, three calls at 0.7, false at 0.65, two calls at 0.6; b, c: false at 0.8, a call at 0.7
+    scores = np.array([0.8, 0.7, 0.7, 0.7, 0.65, 0.6, 0.6, 0.8, 0.7, 0.8, 0.7])
+    label = np.array([1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 3])
+    call = np.array([-1, 0, 1, 2, -1, 3, 4, -1, 5, -1, 6])
+    cands = Candidates(fold=np.zeros(11, int), label=label, on_background=call < 0, call=call,
+                       features=np.zeros((11, len(FEATURES))), call_fold=np.zeros(7, int),
+                       call_label=np.array([1, 1, 1, 1, 1, 2, 3]), hours={0: 1.0})
+    levels = choose_levels(cands, scores, [0], labels, 0, 2.0)
+    assert levels["a"] == 0.7 and sorted([levels["b"], levels["c"]]) == [0.7, NEVER]

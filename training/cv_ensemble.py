@@ -23,7 +23,7 @@ from training.bundling import shared_frontend
 from training.cv import grouped_folds, held_out_with_pool, validation_recorders
 from training.errors import DataError
 from training.field import DEFAULT_PREVALENCE, FieldVotes, fold_field_votes, windows_of
-from training.operating import DEFAULT_RULES, DEFAULT_TARGET_FALSE_PER_HOUR, RULES, field_report
+from training.operating import DEFAULT_RULES, DEFAULT_TARGET_FALSE_PER_HOUR, RULES, field_report, rules_name
 from training.thresholds import field_scores, field_summary
 
 
@@ -112,12 +112,18 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
         raise DataError(f"{members[0]}: its labels {labels} differ from the data's {reference.labels}")
     point, point_from = None, None
     if at_point is not None:   # before the models run: a point these rules cannot measure is refused now
-        point, point_from, target_false_per_hour = _bundle_point(Path(at_point), labels, target_false_per_hour)
+        point, point_from, target_false_per_hour, stated_rules = _bundle_point(Path(at_point), labels,
+                                                                              target_false_per_hour)
+        chosen_by = rules_name(stated_rules)
         if (point.gate is not None) != (rules == "gate"):
             raise DataError(f"--at-point {at_point}: its operating point carries an event gate; give --rules gate"
                             if point.gate is not None else
                             f"--at-point {at_point}: its operating point has no event gate; "
-                            f"give the rules it was chosen by, not --rules gate")
+                            f"give the rules it was chosen by ({chosen_by or 'not recorded'}), not --rules gate")
+        if chosen_by is not None and chosen_by != rules:
+            # what choosing anew for the target gives is reported beside the point: by its own rules
+            raise DataError(f"--at-point {at_point}: its operating point was chosen with --rules {chosen_by}, "
+                            f"not {rules}; give --rules {chosen_by}")
     folds = grouped_folds(reference, summary["k"], summary["seed"])
     if validation_recorders(reference, folds) != [f["validation_recorders"] for f in summary["folds"]]:
         raise DataError(f"{members[0]}: the data's folds differ from those its cv run used (data changed?)")
@@ -175,8 +181,9 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     return result
 
 
-def _bundle_point(path: Path, labels: tuple[str, ...], target: float) -> tuple[OperatingPoint, str, float]:
-    """A bundle's own operating point, its id and the target it was chosen for (else ``target``)."""
+def _bundle_point(path: Path, labels: tuple[str, ...], target: float) -> tuple[OperatingPoint, str, float, dict | None]:
+    """A bundle's own operating point, its id, the target it was chosen for (else ``target``) and
+    the rules it says it was chosen by (None when it does not say)."""
     from edgemon.analysis.bundle import load_bundle
     from edgemon.errors import BundleError
 
@@ -186,8 +193,9 @@ def _bundle_point(path: Path, labels: tuple[str, ...], target: float) -> tuple[O
         raise DataError(f"--at-point {path}: {exc}") from exc
     if tuple(bundle.labels) != labels:
         raise DataError(f"--at-point {path}: the bundle's labels {tuple(bundle.labels)} differ from the members' {labels}")
-    stated = (bundle.manifest.get("operating_point") or {}).get("target_false_per_hour")
-    return OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds), bundle.bundle_id, float(stated or target)
+    stated = bundle.manifest.get("operating_point") or {}
+    return (OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds), bundle.bundle_id,
+            float(stated.get("target_false_per_hour") or target), stated.get("rules"))
 
 
 def _fold_uars(windows, fold_of, folds, targets, labels, thresholds) -> list[float]:

@@ -6,8 +6,9 @@ logistic regression on the run's ``FEATURES`` (standardised, L2) says how likely
 The gate stored in a bundle is fitted on all folds' candidates; its per-class levels (``min_gate``)
 are chosen for the target false events per background hour on **cross-fitted** probabilities (each
 fold's from a gate fitted on the other folds), so the levels are not set on scores the gate has
-learnt. Within the budget of false events, the classes' levels that find most calls are taken
-(the same exact search as ``training.operating.choose_point``).
+learnt. Within the budget of false events an exact search over the classes (as
+``training.operating.choose_point``'s) takes the levels that keep the most classes, then find the
+most calls.
 
 Fallbacks, stated in ``how``: a class with fewer than ``MIN_EVENTS`` candidates, or under
 ``MIN_EACH`` right or false ones, takes the gate fitted on all classes' candidates pooled; when
@@ -146,11 +147,11 @@ def cross_fitted(cands: Candidates, folds, labels: tuple[str, ...], background: 
 
 def choose_levels(cands: Candidates, scores: np.ndarray, folds, labels: tuple[str, ...], background: int,
                   target_false_per_hour: float) -> dict[str, float]:
-    """Per class the gate level: together, the levels that find most calls of ``folds`` within the
-    budget of false events on their background (of equal calls, the fewest false events, then the
-    highest levels). Every class the budget can afford keeps some of its calls: a class is switched
-    off (level ``NEVER``) only when no plan within the budget finds calls of every class (a
-    newcomer found helmeted hornbills switched off at 10 / h, where one false event kept 40 of 50)."""
+    """Per class the gate level, all together within the budget of false events on ``folds``'
+    background: first the plan that keeps some calls of the most classes, then the one that finds
+    most calls, then the fewest false events and the highest levels. A class is switched off
+    (level ``NEVER``) only when the budget cannot afford it beside the others (a newcomer found
+    helmeted hornbills switched off at 10 / h, where one false event kept 40 of 50)."""
     hours = sum(cands.hours[f] for f in folds)
     budget = int(np.floor(target_false_per_hour * hours + 1e-9))
     within = np.isin(cands.fold, folds)
@@ -167,24 +168,20 @@ def choose_levels(cands: Candidates, scores: np.ndarray, folds, labels: tuple[st
             if false <= budget and (false not in best or (found, level) > best[false]):
                 best[false] = (found, float(level))
         tables[label] = sorted(best.items())
-    alive = {label: [row for row in table if row[1][0] > 0] or table for label, table in tables.items()}
-    return _plan(alive, budget) or _plan(tables, budget)
-
-
-def _plan(tables: dict[str, list], budget: int) -> dict[str, float] | None:
-    """The exact search: per class one (false events, (calls found, level)) row, most calls found
-    within ``budget`` false events in all; None when no combination fits."""
-    plans = {0: (0, {})}   # false events spent -> (calls found, levels)
+    # An exact search over the classes: false events spent -> ((classes kept, calls found), levels).
+    # The value adds up class by class and is compared in that order, so the best per spend suffices.
+    plans: dict[int, tuple[tuple[int, int], dict[str, float]]] = {0: ((0, 0), {})}
     for label, table in tables.items():
         grown = {}
-        for spent, (found, levels) in plans.items():
+        for spent, ((kept, found), levels) in plans.items():
             for false, (more, level) in table:
                 total = spent + false
-                if total <= budget and (total not in grown or (found + more, sum(levels.values()) + level)
+                value = (kept + (more > 0), found + more)
+                if total <= budget and (total not in grown or (value, sum(levels.values()) + level)
                                         > (grown[total][0], sum(grown[total][1].values()))):
-                    grown[total] = (found + more, {**levels, label: level})
+                    grown[total] = (value, {**levels, label: level})
         plans = grown
-    return max(plans.items(), key=lambda kv: (kv[1][0], -kv[0]))[1][1] if plans else None
+    return max(plans.items(), key=lambda kv: (kv[1][0], -kv[0]))[1][1]
 
 
 class GateChooser:

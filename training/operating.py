@@ -196,11 +196,29 @@ class GridChooser:
         return choose_point(self.votes, target_false_per_hour, self.tables)
 
     def describe(self) -> dict:
-        return {"max_windows": self.grid.max_windows, "evidence": list(self.grid.evidence),
-                "opening": list(self.grid.opening)}
+        return self.describe_grid(self.grid)
+
+    @staticmethod
+    def describe_grid(grid: RuleGrid) -> dict:
+        return {"max_windows": grid.max_windows, "evidence": [float(e) for e in grid.evidence],
+                "opening": [float(o) for o in grid.opening]}
 
 
 Rules = RuleGrid | GateRules
+
+
+def rules_name(stated: dict | None) -> str | None:
+    """The name in ``RULES`` of the rules a point says it was chosen by (its ``rules`` entry), or
+    None when it says none (points made before rules were recorded) or names none of them."""
+    if not isinstance(stated, dict):
+        return None
+    if stated.get("kind") == "gate":
+        return "gate"
+    for name, rules in RULES.items():
+        if isinstance(rules, RuleGrid) and GridChooser.describe_grid(rules) == {k: stated.get(k) for k in
+                                                                              ("max_windows", "evidence", "opening")}:
+            return name
+    return None
 
 
 def chooser(votes: FieldVotes, rules: Rules = RULES[DEFAULT_RULES]):

@@ -3,6 +3,8 @@ few lines a person reads first; ``--format json`` keeps everything."""
 
 from __future__ import annotations
 
+from edgemon.analysis.decisions import OperatingPoint
+
 
 def _pct(value) -> str:
     return "-" if value is None else f"{value:.2f}"
@@ -22,9 +24,10 @@ def format_description(d: dict) -> str:
              f"  self-check on this CPU: {d['self_check']['summary']}",
              f"  confidence: {d['confidence']}"]
     point = (d.get("provenance") or {}).get("operating_point") or {}
-    min_windows = point.get("min_windows") or {}
-    thresholds = point.get("thresholds") or d.get("thresholds") or {}
-    gate = point.get("min_gate") if point.get("event_gate") else None
+    # As the recorder reads it (numbers as numbers; the bundle was checked when it was read).
+    decides = OperatingPoint.from_manifest({"operating_point": point} if point else {}, d.get("thresholds") or {})
+    min_windows, thresholds = decides.min_windows, decides.thresholds
+    gate = decides.min_gate if decides.gate is not None else None
     lines.append("  species (threshold, fewest windows per event"
                  + (", the event gate's probability an event needs):" if gate else "):"))
     for label in calls:
@@ -32,9 +35,10 @@ def format_description(d: dict) -> str:
         shown = f"{label} ({common})" if common else label
         lines.append(f"    {shown}: {thresholds.get(label, 0.0):.2f}, {min_windows.get(label, 1)}"
                      + (f", {_level(gate[label])}" if gate and label in gate else ""))
-    never = [label for label in calls if thresholds.get(label, 0.0) >= 1.0 or (gate or {}).get(label, 0.0) > 1.0]
+    never = decides.never_stored(calls)
     if never:
-        lines.append(f"  never stored at this point: {', '.join(never)} (a level no vote or gate probability reaches)")
+        lines.append(f"  never stored at this point: {', '.join(never)} "
+                     + ("(a level no vote or gate probability reaches)" if gate else "(a threshold no vote reaches)"))
     expected = point.get("expected")
     if expected:
         target = point.get("target_false_per_hour", "?")

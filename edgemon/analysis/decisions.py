@@ -110,10 +110,13 @@ def _per_class(point: dict, key: str, kind, default: dict | None = None) -> dict
     values = {} if values is None else values
     if not isinstance(values, dict):
         raise ValueError(f"operating_point.{key} must map labels to numbers, got {type(values).__name__}")
-    try:
-        return {str(k): kind(v) for k, v in values.items()}
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"operating_point.{key}: {exc}") from None
+    out = {}
+    for k, v in values.items():
+        try:
+            out[str(k)] = kind(v)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"operating_point.{key} of {str(k)!r}: {exc}") from None
+    return out
 
 
 CALIBRATION_INPUTS = ("score", "evidence", "gate")

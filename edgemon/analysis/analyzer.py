@@ -215,9 +215,10 @@ class AnalysisStream:
     of the whole audio at once. ``eager`` votes on every window as soon as it is complete (live
     audio: low latency); otherwise windows wait for a full batch (recordings: throughput). With
     int8 members a window's probabilities depend a little on the batch it runs in (onnxruntime
-    quantises each batch's activations with one scale: up to about 0.004 apart between a batch of
-    one and of sixteen, found by a review), so an eager stream's confidences, and a decision at
-    the edge of a threshold, may differ from a batched one's.
+    quantises each batch's activations with one scale, found by a review: up to 0.0056 apart
+    between batches of 1, 8 and 32 on 9.7 min of devel audio, with the same labels and events
+    there), so an eager stream's confidences, and a decision at the edge of a threshold, may
+    differ from a batched one's.
     """
 
     def __init__(self, analyzer: Analyzer, eager: bool = False, keep_votes: bool = False):

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -141,9 +142,13 @@ def _storage(storage_url: str, config: SearchConfig, attempts: int = 5) -> optun
 
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(
-                storage_url, heartbeat_interval=config.heartbeat_s, grace_period=2 * config.heartbeat_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+            with warnings.catch_warnings():
+                # optuna calls the heartbeat and stale-trial retry experimental; the search relies on
+                # them on purpose, so their warning would only be noise in every worker's log
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    storage_url, heartbeat_interval=config.heartbeat_s, grace_period=2 * config.heartbeat_s,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
             if attempt == attempts - 1:
                 raise

@@ -266,3 +266,25 @@ def test_the_search_keeps_as_many_classes_as_the_budget_affords():
                        call_label=np.array([1, 1, 1, 1, 1, 2, 3]), hours={0: 1.0})
     levels = choose_levels(cands, scores, [0], labels, 0, 2.0)
     assert levels["a"] == 0.7 and sorted([levels["b"], levels["c"]]) == [0.7, NEVER]
+
+
+def test_a_bundle_written_with_a_gate_requires_it_so_that_an_older_edgemon_refuses_it(tmp_path):
+    """An edgemon that ignored the gate would store every run over its low base threshold."""
+    from edgemon.analysis import bundle as bundles
+    from edgemon.analysis.bundle import default_bundle_path, load_bundle, write_bundle
+
+    parent = load_bundle(default_bundle_path())
+    common = dict(frontend=parent.frontend, window_s=parent.window_s, hop_s=parent.hop_s,
+                  thresholds=parent.thresholds, precision=parent.members[0].precision)
+    gated = write_bundle(tmp_path / "gated", parent.member_paths, list(parent.labels), **common,
+                         extra={"operating_point": _gate_manifest()})
+    plain = write_bundle(tmp_path / "plain", parent.member_paths, list(parent.labels), **common)
+    assert gated.manifest["requires"] == ["event_gate"] and "requires" not in plain.manifest
+    older = bundles.KNOWN_REQUIREMENTS - {"event_gate"}
+    original, bundles.KNOWN_REQUIREMENTS = bundles.KNOWN_REQUIREMENTS, older
+    try:
+        with pytest.raises(BundleError, match=r"requires \['event_gate'\].*upgrade edgemon"):
+            load_bundle(gated.path)
+        load_bundle(plain.path)
+    finally:
+        bundles.KNOWN_REQUIREMENTS = original

@@ -14,7 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgemon.analysis.bundle import MANIFEST, Bundle, check_replaceable, decision_identity, load_bundle, write_bundle
+from edgemon.analysis.bundle import (MANIFEST, Bundle, check_replaceable, decision_identity, load_bundle, with_requirements,
+                                     write_bundle)
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.site_head import SiteHead, load_site_head, write_site_head
@@ -101,6 +102,7 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
             manifest["site_head"] = write_site_head(head, inner)
         if veto is not None:
             manifest["site_veto"] = write_site_veto(veto, inner)
+        manifest = with_requirements(manifest)
         digest = hashlib.sha256(("".join(m["sha256"] for m in manifest["members"])
                                  + decision_identity(manifest)).encode())
         manifest.update(bundle_id=f"{out.name}-{digest.hexdigest()[:12]}", adapted=provenance)

@@ -22,7 +22,8 @@ Version policy of the manifest
   ``FORMAT_VERSION`` is refused in one line ("upgrade edgemon").
 - A bundle may instead list the features it cannot be run without in ``requires``; a reader
   refuses one naming a feature outside ``KNOWN_REQUIREMENTS``. This lets one optional field become
-  mandatory for one bundle without a new major version for all.
+  mandatory for one bundle without a new major version for all. Bundles with an event gate list
+  ``event_gate`` (``with_requirements``): a reader that ignored the gate would store a flood.
 - Bundles written before a field existed still load: each optional field has a default
   (``label_names`` empty, ``confidence_max`` 1.0, no self-check).
 """
@@ -46,7 +47,7 @@ from edgemon.errors import BundleError
 
 FORMAT = "edgemon-bundle"
 FORMAT_VERSION = 1            # the major version this edgemon reads (see the module docstring)
-KNOWN_REQUIREMENTS: frozenset[str] = frozenset()
+KNOWN_REQUIREMENTS: frozenset[str] = frozenset({"event_gate"})
 MANIFEST = "manifest.json"
 MANIFEST_MAX_BYTES = 4 << 20  # a real one is a few kB; nothing the recorder reads is that large
 VOTING_RULES = ("majority",)
@@ -378,7 +379,7 @@ def replace_manifest(bundle_dir: str | Path, changes: dict) -> Bundle:
     """Merge ``changes`` into a bundle's manifest (atomically: a temp file renamed over it) and
     return the bundle verified again. Member files are never touched, so the bundle id stays."""
     bundle_dir = Path(bundle_dir).resolve()
-    manifest = {**_read_manifest(bundle_dir / MANIFEST), **changes}
+    manifest = with_requirements({**_read_manifest(bundle_dir / MANIFEST), **changes})
     tmp = bundle_dir / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, bundle_dir / MANIFEST)
@@ -418,6 +419,16 @@ def check_replaceable(out_dir: str | Path, inputs=()) -> None:
 DECISION_KEYS = ("labels", "background_label", "frontend", "window_s", "hop_s", "voting", "thresholds",
                  "operating_point", "calibration", "calibration_input", "site_head", "site_veto")
 POINT_PROVENANCE = ("expected", "target_false_per_hour", "rules", "from_bundle")   # said of a point, not part of it
+
+
+def with_requirements(manifest: dict) -> dict:
+    """``manifest`` with ``requires`` naming what it cannot be run without: an operating point with
+    an event gate (an edgemon that ignored the gate would store every run over its low base
+    threshold, a flood of false events, so an older one must refuse the bundle instead)."""
+    needed = set(manifest.get("requires") or [])
+    if isinstance(manifest.get("operating_point"), dict) and manifest["operating_point"].get("event_gate"):
+        needed.add("event_gate")
+    return {**manifest, "requires": sorted(needed)} if needed else manifest
 
 
 def decision_identity(manifest: dict) -> str:
@@ -475,6 +486,7 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
             **({"confidence_max": confidence_max} if confidence_max is not None else {}),
             **(extra or {}),
         }
+        manifest = with_requirements(manifest)
         digest = hashlib.sha256(("".join(m["sha256"] for m in members) + decision_identity(manifest)).encode())
         manifest["bundle_id"] = f"{out_dir.name}-{digest.hexdigest()[:12]}"
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

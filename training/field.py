@@ -308,14 +308,11 @@ class ScoredEvents:
         return self.gate is not None and len(self.gate) > 0 and not np.isnan(self.gate).any()
 
 
-def evidence(event: Event) -> float:
-    """The sum of an event's window confidences, from its votes JSON."""
-    return float(sum(json.loads(event.votes)["window_confidence"]))
-
-
-def gate_of(event: Event) -> float:
-    """An event's gate probability, from its votes JSON (NaN when its class is not gated)."""
-    return float(json.loads(event.votes).get("gate", np.nan))
+def evidence_and_gate(event: Event) -> tuple[float, float]:
+    """The sum of an event's window confidences and its gate probability (NaN when its class is
+    not gated), from its votes JSON read once."""
+    votes = json.loads(event.votes)
+    return float(sum(votes["window_confidence"])), float(votes.get("gate", np.nan))
 
 
 def _on_a_call(event: Event, calls: np.ndarray, labels: tuple[str, ...]) -> bool:
@@ -332,7 +329,7 @@ def assembled_events(votes: FieldVotes, merger: EventMerger) -> tuple[ScoredEven
         events = stream.events(merger)
         right, found = match(events, stream.calls, votes.labels)
         rows += [(votes.labels.index(e.label), e.score, e.confidence, stream.fold, r,
-                  _on_a_call(e, stream.calls, votes.labels), evidence(e), gate_of(e)) for e, r in zip(events, right)]
+                  _on_a_call(e, stream.calls, votes.labels), *evidence_and_gate(e)) for e, r in zip(events, right)]
         call_labels.append(stream.calls[:, 2].astype(int))
         found_all.append(found)
     cols = list(zip(*rows)) if rows else [[]] * 8

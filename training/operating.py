@@ -290,12 +290,12 @@ def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGE
     point = point or choose.point(target_false_per_hour)
     others, unseen_events = held_out(votes, sorted({*TRADEOFF, target_false_per_hour}), grid,
                                      target_false_per_hour) if len(votes.folds()) > 1 else ({}, None)
-    events, _, _ = assembled_events(votes, votes.merger(point))
-    calibrated_on = "the point's events on every fold"
     if point.gate is not None and unseen_events is not None:
         # A gate fitted on these votes has seen these very events: calibrate on the held-out folds'
         # events at the points chosen on the other folds, whose gates never saw them.
         events, calibrated_on = unseen_events, "held-out folds' events at points chosen on the other folds"
+    else:
+        events, calibrated_on = assembled_events(votes, votes.merger(point))[0], "the point's events on every fold"
     curves, source, calibration_report = calibrate(events, votes.labels, votes.background, plot, title)
     calibration_report["calibrated_on"] = calibrated_on
     at_point = measure(votes, point, as_calibration(curves, source))

@@ -39,7 +39,7 @@ def _setting(name: str) -> Any:
     parameter defaults to None (not given): the settings file and environment then decide."""
     s = BY_NAME[name]
     return typer.Option(s.option, help=s.help if s.default is None else f"{s.help}  [default: {s.default}]",
-                        show_default=False)
+                        show_default=False, readable=False)   # unreadable paths: our own one-line errors
 
 
 class TextFormat(str, enum.Enum):
@@ -68,13 +68,13 @@ ModelsOpt = Annotated[Optional[Path], _setting("models")]
 DbOpt = Annotated[Optional[Path], _setting("db")]
 ThreadsOpt = Annotated[Optional[int], _setting("threads")]
 DeviceIdOpt = Annotated[Optional[str], _setting("device_id")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Settings file (TOML; default: $EDGEMON_CONFIG, else /etc/edgemon/edgemon.toml if present). Environment variables and options override it.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Settings file (TOML; default: $EDGEMON_CONFIG, else /etc/edgemon/edgemon.toml if present). Environment variables and options override it.", readable=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
 # One way for `watch` and `status`: DIRECTORY positional; --directory kept for existing scripts.
 DirectoryArg = Annotated[Optional[Path], typer.Argument(
     metavar="DIRECTORY", show_default=False,
-    help="Recorder directory (recursive); default: `directory` in [watch] of the settings file.")]
-DirectoryAlias = Annotated[Optional[Path], typer.Option("--directory", hidden=True, help="Same as DIRECTORY.")]
+    help="Recorder directory (recursive); default: `directory` in [watch] of the settings file.", readable=False)]
+DirectoryAlias = Annotated[Optional[Path], typer.Option("--directory", hidden=True, help="Same as DIRECTORY.", readable=False)]
 
 
 @app.callback()
@@ -184,7 +184,7 @@ def status(
     config: ConfigOpt = None,
     fmt: Annotated[TextFormat, typer.Option("--format", help="text or json.")] = TextFormat.text,
     as_json: JsonOpt = False,
-    heartbeats: Annotated[Optional[Path], typer.Option("--heartbeats", help="Also write every heartbeat row to this CSV file ('-': stdout).")] = None,
+    heartbeats: Annotated[Optional[Path], typer.Option("--heartbeats", help="Also write every heartbeat row to this CSV file ('-': stdout).", readable=False)] = None,
     directory_alias: DirectoryAlias = None,
 ):
     """How the unit is doing: service, backlog (of DIRECTORY), last file and detection, real-time
@@ -209,7 +209,7 @@ def status(
 @app.command()
 def classify(
     ctx: typer.Context,
-    files: Annotated[list[Path], typer.Argument(metavar="FILES", help="Audio files (WAV or FLAC).")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILES", help="Audio files (WAV or FLAC).", readable=False)],
     models: ModelsOpt = None,
     fmt: Annotated[ClassifyFormat, typer.Option("--format", help="table or csv.")] = ClassifyFormat.table,
     threads: ThreadsOpt = None,
@@ -286,20 +286,27 @@ def devices(fmt: Annotated[TextFormat, typer.Option("--format", help="text (tab-
         typer.echo(f"{d.index}\t{d.name}\t{d.hostapi}\t{d.channels}\t{d.default_rate:g}")
 
 
+def _check_confidence(value: float | None) -> None:
+    """A --min-confidence is a probability; 70 is BirdNET users' habit of percent, so say so."""
+    if value is not None and not 0.0 <= value <= 1.0:   # nan fails this too
+        hint = f" (did you mean {value / 100:g}?)" if 1.0 < value <= 100.0 and value.is_integer() else ""
+        raise OptionError(f"--min-confidence {value:g} is not a probability from 0 to 1{hint}")
+
+
 @app.command("export-detections")
 def export_detections(
     ctx: typer.Context,
     db: DbOpt = None,
     fmt: Annotated[ExportFormat, typer.Option("--format", help="csv, birdnet (BirdNET-Analyzer's CSV columns), jsonl or raven (one BirdNET-named selection table per file).")] = ExportFormat.csv,
-    output: Annotated[Optional[Path], typer.Option("--output", help="File (csv, birdnet, jsonl) or directory (raven); default stdout.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="File (csv, birdnet, jsonl) or directory (raven); default stdout.", readable=False)] = None,
     since: Annotated[Optional[str], typer.Option(help="Only detections starting at or after this UTC time (ISO 8601).")] = None,
     until: Annotated[Optional[str], typer.Option(help="Only detections starting before this UTC time (ISO 8601).")] = None,
-    label: Annotated[Optional[list[str]], typer.Option(help="Only these labels (repeatable).")] = None,
-    min_confidence: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Only detections at least this confident, 0 to 1 (an error above what the bundle can reach).")] = None,
+    label: Annotated[Optional[list[str]], typer.Option(metavar="LABEL", help="Only these labels (repeatable).")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(metavar="P", help="Only detections at least this confident, 0 to 1 (an error above what the bundle can reach).")] = None,
     new: Annotated[bool, typer.Option("--new", help="Only what this cursor has not delivered yet (cursor 'default' unless --cursor), then advance it.")] = False,
     cursor: Annotated[Optional[str], typer.Option("--cursor", metavar="NAME", help="Named cursor, one per destination and filter; implies --new. A cursor keeps the filter it was first used with.")] = None,
-    bundle: Annotated[Optional[list[str]], typer.Option("--bundle", help="Only detections of this bundle id (repeatable; see `edgemon reanalyse`).")] = None,
-    coverage: Annotated[Optional[Path], typer.Option("--coverage", help="Also write live-stream coverage (per minute: seconds analysed and lost) for the same --since/--until to this file (csv, or jsonl with --format jsonl).")] = None,
+    bundle: Annotated[Optional[list[str]], typer.Option("--bundle", metavar="ID", help="Only detections of this bundle id (repeatable; see `edgemon reanalyse`).")] = None,
+    coverage: Annotated[Optional[Path], typer.Option("--coverage", help="Also write live-stream coverage (per minute: seconds analysed and lost) for the same --since/--until to this file (csv, or jsonl with --format jsonl).", readable=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No info line on standard error (for cron); errors are still reported.")] = False,
     config: ConfigOpt = None,
 ):
@@ -311,6 +318,7 @@ def export_detections(
     try:
         if fmt is ExportFormat.raven and output is None:
             raise OptionError("--format raven writes one table per recording: give --output DIR (an existing directory)")
+        _check_confidence(min_confidence)
         service = _service(ctx, config)
         db = service.db
         times = [None if t is None else _parse_time(t, option) for t, option in ((since, "--since"), (until, "--until"))]
@@ -352,13 +360,13 @@ def _warn_several_bundles(db: Path, choose: str) -> None:
 def review(
     ctx: typer.Context,
     db: DbOpt = None,
-    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="The recorder directory the detections came from (default: the paths in the database's ledger).")] = None,
+    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="The recorder directory the detections came from (default: the paths in the database's ledger).", readable=False)] = None,
     clips: Annotated[Optional[Path], _setting("clips")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but 127.0.0.1/localhost needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8765,
     token: Annotated[Optional[str], typer.Option("--token", envvar="EDGEMON_REVIEW_TOKEN", help="Token every request must carry (default: generated and printed when binding beyond this machine).")] = None,
     reviewer: Annotated[str, typer.Option("--reviewer", help="Name stored with each verdict.")] = os.environ.get("USER", "reviewer"),
-    export: Annotated[Optional[Path], typer.Option("--export", help="Write every verdict as CSV to this file ('-': stdout) and exit.")] = None,
+    export: Annotated[Optional[Path], typer.Option("--export", help="Write every verdict as CSV to this file ('-': stdout) and exit.", readable=False)] = None,
     config: ConfigOpt = None,
 ):
     """A local web page to hear, see and judge detections (correct / wrong / another label / unsure)."""
@@ -394,7 +402,7 @@ def reanalyse(
     ctx: typer.Context,
     models: ModelsOpt = None,
     db: DbOpt = None,
-    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Recorder directory (default: the ledger's paths).")] = None,
+    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Recorder directory (default: the ledger's paths).", readable=False)] = None,
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
 ):

@@ -167,6 +167,12 @@ def test_newcomer_mistakes_are_refused_before_a_cursor_is_tied_to_them(db_path, 
     assert raven.exit_code == 2 and "--output DIR" in raven.output and "None" not in raven.output
     negative = runner.invoke(app, ["export-detections", "--db", str(db_path), "--min-confidence", "-1"])
     assert negative.exit_code == 2
+    # A third trial: BirdNET's habit of percent (70) got three lines of usage that never said 70.
+    percent = runner.invoke(app, ["export-detections", "--db", str(db_path), "--min-confidence", "70"])
+    assert percent.exit_code == 2
+    assert percent.output.strip() == "error: --min-confidence 70 is not a probability from 0 to 1 (did you mean 0.7?)"
+    nan = runner.invoke(app, ["export-detections", "--db", str(db_path), "--min-confidence", "nan"])
+    assert nan.exit_code == 2 and nan.output.strip() == "error: --min-confidence nan is not a probability from 0 to 1"
     # A second trial: an unknown --bundle exported a bare header (exit 0), as --label once did.
     bundle = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "b", "--bundle", "b2"])
     assert bundle.exit_code == 1 and "unknown bundle id(s) 'b2'" in bundle.output and "of b1" in bundle.output

@@ -23,6 +23,7 @@ from edgemon.errors import AudioError
 from edgemon.files.backlog import BacklogProgress
 from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.status import collect_status
+from edgemon.storage.lock import DatabaseInUseError, hold_database, hold_exports
 from edgemon.storage.store import Store
 from tests.conftest import hoots, tone
 from tests.waits import wait_until
@@ -198,6 +199,27 @@ def test_a_second_daemon_on_the_same_database_is_refused_and_readers_are_not(tmp
     assert again.communicate(timeout=60) and again.returncode == 0
 
 
+def test_a_second_daemon_reaching_the_database_through_a_link_meets_the_same_lock(tmp_path):
+    # A newcomer trial ran two watchers on one database, one through `ln -s a.db b.db`: each
+    # locked its own `<name>.lock` and files were analysed twice.
+    data = tmp_path / "card"
+    data.mkdir()
+    db = data / "a.db"
+    (tmp_path / "b.db").symlink_to(db)
+    (tmp_path / "linked").symlink_to(data, target_is_directory=True)
+    with hold_database(db):
+        for other in (tmp_path / "b.db", tmp_path / "linked" / "a.db"):
+            with pytest.raises(DatabaseInUseError, match=f"pid {os.getpid()}"):
+                with hold_database(other):
+                    pass
+    with hold_exports(tmp_path / "b.db"):
+        with pytest.raises(DatabaseInUseError):
+            with hold_exports(db, wait_s=0):
+                pass
+    with hold_database(tmp_path / "b.db"):                      # released: the next holder may take it
+        pass
+
+
 # --- #7: unreadable directories --------------------------------------------------------------------
 
 UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
@@ -233,9 +255,39 @@ def test_unreadable_directories_are_said_once_and_shown_in_status(tmp_path):
         assert run.returncode == 1
         assert run.stderr.strip().splitlines()[-1] == f"error: {root}: cannot read the directory: Permission denied"
         assert not (tmp_path / "new.db").exists() and not (tmp_path / "new.db.lock").exists()
+        run = subprocess.run([*UNPRIVILEGED, sys.executable, "-m", "edgemon", "watch", str(root), "--db",
+                              str(tmp_path / "new.db"), "--until-idle"], cwd=REPO, capture_output=True, text=True,
+                             timeout=60)                        # and as `watch DIRECTORY`: the same one line
+        assert run.returncode == 1
+        assert run.stderr.strip().splitlines()[-1] == f"error: {root}: cannot read the directory: Permission denied"
+        assert "Usage:" not in run.stderr
+        assert not (tmp_path / "new.db").exists() and not (tmp_path / "new.db.lock").exists()
     finally:
         root.chmod(0o755)
         (root / "locked").chmod(0o755)
+
+
+@pytest.mark.skipif(bool(UNPRIVILEGED) and shutil.which("setpriv") is None, reason="root without setpriv")
+def test_an_unreadable_recording_says_permission_denied_and_is_taken_once_mended_and_touched(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "20240701_060000.WAV")
+    locked = root / "20240701_070000.WAV"
+    recording(locked)
+    locked.chmod(0)
+    watch = [*UNPRIVILEGED, sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db),
+             "--until-idle", "--settle-s", "0", "--retry-s", "0"]
+    run = subprocess.run(watch, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    state, _, error = ledger(db)["20240701_070000.WAV"]
+    assert state == "quarantined" and error.endswith("cannot read: Permission denied"), error
+    closing = run.stderr.strip().splitlines()[-1]               # --until-idle says what the run did
+    assert "nothing left to do: 1 file(s) analysed this run" in closing
+    assert closing.endswith("; 1 file(s) quarantined (edgemon status lists them)"), closing
+    locked.chmod(0o644)
+    os.utime(locked)                                            # `touch`: what the README says retries it
+    run = subprocess.run(watch, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert ledger(db)["20240701_070000.WAV"][0] == "done"
 
 
 def test_watching_a_missing_directory_creates_no_database(tmp_path):
@@ -243,7 +295,7 @@ def test_watching_a_missing_directory_creates_no_database(tmp_path):
                           "--db", str(tmp_path / "d.db"), "--until-idle"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
-    assert run.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: not a directory"
+    assert run.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: no such directory"
     assert list(tmp_path.iterdir()) == []                       # no database, no lock file
 
 

@@ -91,11 +91,25 @@ def test_recommit_keeps_other_bundles_and_never_reuses_ids(store):
     commit(store, [detection(0.0)], bundle_id="bundle-a")
     old_max = store.db.execute("SELECT max(id) FROM detections").fetchone()[0]
     commit(store, [detection(0.0, bundle_id="bundle-b")], bundle_id="bundle-b")
-    commit(store, [detection(0.0)], bundle_id="bundle-a")
+    commit(store, [detection(0.0, confidence=0.8)], bundle_id="bundle-a")
     assert count(store, "bundle_id = 'bundle-b'") == 1
     new_id = store.db.execute(
         "SELECT id FROM detections WHERE bundle_id = 'bundle-a'").fetchone()[0]
-    assert new_id > old_max + 1  # ids grow: an export cursor sees re-processed rows again
+    assert new_id > old_max + 1  # ids grow: an export cursor sees a re-processed row that changed
+
+
+def test_a_file_committed_again_unchanged_keeps_its_rows_so_cursors_deliver_nothing_twice(store):
+    # A newcomer trial touched a recording (a card copied again without -p does the same): watch
+    # analysed it again, and every cursor export delivered its detections a second time.
+    commit(store, [detection(0.0), detection(3.0, "frog")])
+    ids = store.db.execute("SELECT id, label FROM detections ORDER BY id").fetchall()
+    store.commit_file(SOURCE, path=f"/data/{SOURCE}", size=1000, mtime_ns=456, duration_s=60.0,
+                      start_utc="2024-05-01T06:00:00Z", time_source="filename", clock_suspect=False,
+                      bundle_id="bundle-a", detections=[detection(0.0), detection(3.0, "frog", confidence=0.5)])
+    after = store.db.execute("SELECT id, label FROM detections ORDER BY id").fetchall()
+    assert after[0] == ids[0]                                   # the same detection: the same row
+    assert after[1][1] == "frog" and after[1][0] > ids[1][0]    # changed: a new row, delivered again
+    assert store.file_entry(SOURCE)["mtime_ns"] == 456
 
 
 def test_commit_file_is_all_or_nothing(store):

@@ -171,7 +171,7 @@ def test_an_unreadable_directory_is_a_clear_error(tmp_path):
 
     result = CliRunner().invoke(app, ["watch", str(tmp_path / "missing"), "--db", str(tmp_path / "d.db"),
                                       "--until-idle"])
-    assert result.exit_code == 1 and "not a directory" in result.output
+    assert result.exit_code == 1 and "missing: no such directory" in result.output
     assert not (tmp_path / "d.db").exists()            # issue 13: nothing created before the error
 
 

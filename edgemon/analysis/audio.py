@@ -82,7 +82,7 @@ def load(path: str | Path, sample_rate: int = TARGET_RATE) -> np.ndarray:
             _check_rate(f, path)
             rate, data = f.samplerate, f.read(dtype=_read_dtype(f), always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
-        raise AudioError(f"{path}: cannot decode audio: {_why(exc)}") from exc
+        raise AudioError(f"{path}: {_cannot(exc, path)}") from exc
     if data.shape[0] == 0:
         raise AudioError(f"{path}: file holds no audio samples")
     samples = mono(data)
@@ -118,9 +118,18 @@ def iter_blocks(path: str | Path, block_seconds: float = 60.0,
             for at in range(0, len(tail), longest):
                 yield tail[at:at + longest]
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
-        raise AudioError(f"{path}: cannot decode audio: {_why(exc)}") from exc
+        raise AudioError(f"{path}: {_cannot(exc, path)}") from exc
 
 
-def _why(exc: Exception) -> str:
-    """What went wrong, without the path soundfile puts in its message as Python bytes (``b'...'``)."""
-    return getattr(exc, "error_string", None) or str(exc)
+def _cannot(exc: Exception, path: Path) -> str:
+    """What went wrong, without the path soundfile puts in its message as Python bytes (``b'...'``).
+    libsndfile says only 'System error.' when the file cannot be opened; the system's own reason
+    ('cannot read: Permission denied') is what a person can act on."""
+    why = getattr(exc, "error_string", None) or str(exc)
+    if why.strip() == "System error.":
+        try:
+            with open(os.fsencode(path), "rb"):
+                pass
+        except OSError as opened:
+            return f"cannot read: {opened.strerror or opened}"
+    return f"cannot decode audio: {why}"

@@ -42,7 +42,7 @@ def classify_files(paths: list[Path], analyzer: Analyzer) -> tuple[list[dict], l
             rows.append({"source": str(path), "file_path": str(path), "start_s": e.start_s, "end_s": e.end_s,
                          "start_utc": at(e.start_s), "end_utc": at(e.end_s), "time_source": when.source,
                          "clock_suspect": int(when.suspect), "label": e.label, "scientific_name": scientific,
-                         "common_name": common, "confidence": e.confidence, "votes": e.votes,
+                         "common_name": common, "confidence": e.confidence, "score": e.score, "votes": e.votes,
                          "bundle_id": analyzer.bundle.bundle_id})
     return rows, errors
 

@@ -23,7 +23,7 @@ def check_root(root: Path) -> Path:
     ``WatchRootError`` (before anything, a database included, is created)."""
     root = Path(root)
     if not root.is_dir():
-        raise WatchRootError(f"{shown(root)}: not a directory")
+        raise WatchRootError(f"{shown(root)}: " + ("not a directory" if root.exists() else "no such directory"))
     try:
         with os.scandir(root):
             pass

@@ -102,7 +102,8 @@ class Watcher:
         # Files the ledger already holds as finished, by (size, mtime_ns): a rescan then costs a
         # stat per file instead of a database lookup.
         self.settled: dict[Path, tuple[int, int]] = {}
-        self.processed = 0
+        self.processed = 0              # files analysed and stored this run, and their detections
+        self.stored = 0
         self.last_progress = time.monotonic()   # for a watchdog ping: a loop turn, a block, a stored file
         self.on_tick = on_tick          # an observer: heartbeats and status (health.WatchMonitor.tick)
         self.disk = disk
@@ -190,6 +191,7 @@ class Watcher:
                 self._report_progress()
                 self._release_idle_hold()
                 if self.config.until_idle and not self.pending:
+                    self._say_idle()
                     break
                 if time.monotonic() >= next_scan:
                     self.scan()
@@ -200,6 +202,14 @@ class Watcher:
                            min(max(0.05, next_scan - time.monotonic()), 1.0))
         finally:
             stop_observer(observer)
+
+    def _say_idle(self) -> None:
+        """The one closing line of ``--until-idle``: what this run did (the backlog's own summary
+        comes only after a progress line, so a short backlog ended without a word)."""
+        quarantined = self.attempted - self.processed
+        log.info("nothing left to do: %d file(s) analysed this run, %.2f h of audio, %d detection(s)%s",
+                 self.processed, self.audio_s / 3600, self.stored,
+                 f"; {quarantined} file(s) quarantined (edgemon status lists them)" if quarantined else "")
 
     @property
     def state(self) -> str:
@@ -394,6 +404,7 @@ class Watcher:
                                bundle_id=self.analyzer.bundle.bundle_id, detections=detections,
                                note=note)
         self.processed += 1
+        self.stored += len(detections)
         self.attempted += 1
         self.audio_s += analysis.duration_s
         self.busy_s += time.monotonic() - started

@@ -74,7 +74,9 @@ def hold_exports(db_path: str | Path, wait_s: float = 60.0, poll_s: float = 0.05
 
 
 def _beside(db_path: str | Path, suffix: str) -> Path:
-    db_path = Path(db_path)
+    # Beside the database itself, links resolved: two daemons reaching one database through a
+    # symlink (or a linked directory) must meet at one lock file, not each hold their own.
+    db_path = Path(os.path.realpath(db_path))
     return db_path.with_name(db_path.name + suffix)
 
 

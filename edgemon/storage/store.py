@@ -200,8 +200,9 @@ class Store:
                     duration_s: float, start_utc: str | dt.datetime | None, time_source: str,
                     clock_suspect: bool, bundle_id: str, detections: list[Detection],
                     note: str | None = None) -> None:
-        """Store a processed file: its detections replace earlier ones of the same bundle, and its
-        ledger row becomes 'done'. One transaction: all of it is stored or none of it. ``note``
+        """Store a processed file: its detections replace earlier ones of the same bundle (one found
+        again unchanged keeps its row and id, so a file merely touched or copied again delivers
+        nothing twice to export cursors), and its ledger row becomes 'done'. One transaction: all of it is stored or none of it. ``note``
         (kept in the ledger's error column) says what was odd about a file that was still read.
 
         ``size`` is in bytes, ``mtime_ns`` in nanoseconds since the epoch, ``duration_s`` in
@@ -212,10 +213,7 @@ class Store:
         now = _now()
         rows = [_detection_row(d, now) for d in detections]
         with self._write() as db:
-            db.execute("DELETE FROM detections WHERE source = ? AND bundle_id = ?",
-                       [source, bundle_id])
-            if rows:
-                db["detections"].insert_all(rows, replace=True)
+            _replace_rows(db, source, bundle_id, rows)
             attempts = _attempts_so_far(self.file_entry(source), size, mtime_ns) + 1
             db.execute("DELETE FROM in_progress WHERE source = ?", [source])
             db["files"].upsert({
@@ -308,23 +306,7 @@ class Store:
         now = _now()
         rows = [_detection_row(d, now) for d in detections]
         with self._write() as db:
-            cursor = db.conn.execute("SELECT * FROM detections WHERE source = ? AND bundle_id = ?", [source, bundle_id])
-            names = [c[0] for c in cursor.description]
-            earlier = {(r["start_s"], r["label"]): r for r in (dict(zip(names, values)) for values in cursor)}
-            again = {(r["start_s"], r["label"]) for r in rows}
-            db.conn.executemany("DELETE FROM detections WHERE id = ?",
-                                [(r["id"],) for key, r in earlier.items() if key not in again])
-            for row in rows:
-                old = earlier.get((row["start_s"], row["label"]))
-                if old is not None and all(old[c] == v for c, v in row.items() if c != "created_at"):
-                    continue   # found again as it was: same row, same id
-                if old is not None:
-                    db.conn.execute("DELETE FROM detections WHERE id = ?", [old["id"]])
-                columns = list(row)
-                new_id = db.conn.execute(f"INSERT INTO detections ({', '.join(columns)}) "
-                                         f"VALUES ({', '.join(':' + c for c in columns)})", row).lastrowid
-                if old is not None:
-                    db.conn.execute("UPDATE reviews SET detection_id = ? WHERE detection_id = ?", [new_id, old["id"]])
+            _replace_rows(db, source, bundle_id, rows)
         return len(rows)
 
     def add_coverage(self, minutes: Iterable[CoverageMinute]) -> int:
@@ -410,6 +392,30 @@ class Store:
         row.update(at_utc=utc_iso(beat.at_utc), started_utc=utc_iso(beat.started_utc))
         with self._write() as db:
             db["heartbeats"].insert(row)
+
+
+def _replace_rows(db: sqlite_utils.Database, source: str, bundle_id: str, rows: list[dict]) -> None:
+    """``rows`` in place of ``bundle_id``'s stored detections of ``source``, inside the caller's
+    transaction. A detection found again unchanged keeps its row and id (export cursors do not
+    deliver it twice); one found again with other values becomes a new row, which cursors deliver,
+    and its reviews follow it; one not found again is removed."""
+    cursor = db.conn.execute("SELECT * FROM detections WHERE source = ? AND bundle_id = ?", [source, bundle_id])
+    names = [c[0] for c in cursor.description]
+    earlier = {(r["start_s"], r["label"]): r for r in (dict(zip(names, values)) for values in cursor)}
+    again = {(r["start_s"], r["label"]) for r in rows}
+    db.conn.executemany("DELETE FROM detections WHERE id = ?",
+                        [(r["id"],) for key, r in earlier.items() if key not in again])
+    for row in rows:
+        old = earlier.get((row["start_s"], row["label"]))
+        if old is not None and all(old[c] == v for c, v in row.items() if c != "created_at"):
+            continue   # found again as it was: same row, same id
+        if old is not None:
+            db.conn.execute("DELETE FROM detections WHERE id = ?", [old["id"]])
+        columns = list(row)
+        new_id = db.conn.execute(f"INSERT INTO detections ({', '.join(columns)}) "
+                                 f"VALUES ({', '.join(':' + c for c in columns)})", row).lastrowid
+        if old is not None:
+            db.conn.execute("UPDATE reviews SET detection_id = ? WHERE detection_id = ?", [new_id, old["id"]])
 
 
 def _check_detections(detections: list[Detection], source: str, bundle_id: str) -> None:

@@ -90,6 +90,30 @@ def test_raven_tables_carry_birdnet_columns_and_names(named_db, tmp_path):
         "Rhinoceros hornbill", "bird", "Buceros rhinoceros")
 
 
+def test_a_live_detection_with_a_clip_points_birdnet_and_raven_at_the_clip(named_db, tmp_path):
+    """Found in review: live rows exported `live:mic0` as the file and Unix seconds as the offset,
+    with the clip beside them unused. A row with a clip now names the clip and the seconds in it."""
+    import dataclasses
+
+    clip = str(tmp_path / "clips" / "20240501T070000000Z_bird.flac")
+    with Store(named_db) as store:
+        store.insert_detections([dataclasses.replace(detection(LIVE, 1714546800.25, "bird", 0.9, None), end_s=1714546804.75,
+                                                     clip_path=clip, clip_offset_s=2.0)])
+    export_detections(named_db, "birdnet", tmp_path / "b.csv")
+    live = [r for r in read_csv(tmp_path / "b.csv") if r["File"] == clip]
+    assert [(r["Start (s)"], r["End (s)"]) for r in live] == [("2.0", "6.5")]
+    assert read_csv(tmp_path / "b.csv")[4]["File"] == LIVE                   # no clip: in no file but its source
+    out = tmp_path / "raven"
+    out.mkdir()
+    export_detections(named_db, "raven", out)
+    rows = [r for table in out.iterdir() for r in csv.DictReader(io.StringIO(table.read_text()), delimiter="\t")]
+    [row] = [r for r in rows if r["Begin Path"] == clip]
+    assert (row["Begin Time (s)"], row["End Time (s)"], row["File Offset (s)"]) == ("2.0", "6.5", "2.0")
+    export_detections(named_db, "jsonl", tmp_path / "d.jsonl")
+    records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert [r["clip_offset_s"] for r in records if r["clip_path"]] == [2.0]
+
+
 def test_min_confidence_above_the_bundles_reach_is_an_error(named_db, tmp_path):
     with pytest.raises(ExportError, match=r"0\.97 is above 0\.95"):
         export_detections(named_db, "csv", tmp_path / "d.csv", min_confidence=0.97)

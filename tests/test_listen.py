@@ -263,6 +263,41 @@ def test_listener_accounts_a_stream_gap_and_saves_clips(soundscape_a, tmp_path):
         assert time_source == "host_clock" and synced == 1 and suspect == 0
         audio, rate = soundfile.read(clip)
         assert rate == 16000 and len(audio) / rate == pytest.approx(end_s - start_s + 2.5, abs=0.01)
+    # Each row was stored once, complete with its clip and where the detection begins in it.
+    assert query(tmp_path / "d.db", "SELECT count(*) FROM detections WHERE clip_path IS NULL "
+                                    "OR clip_offset_s IS NULL") == [(0,)]
+    assert {o for (o,) in query(tmp_path / "d.db", "SELECT clip_offset_s FROM detections")} == {1.0}
+
+
+def test_an_error_in_the_analysis_loop_still_stores_what_was_heard(soundscape_a, tmp_path, monkeypatch):
+    """Found in review: an exception out of the loop lost the open event, the clips waiting for
+    their post-roll and the coverage not yet flushed."""
+    path, calls = soundscape_a
+    x = soundfile.read(path, dtype="float32")[0][:, None]
+    blocks = BlockQueue(maxsize=10_000)
+    writer = StoreWriter(tmp_path / "d.db")
+    config = ListenConfig(capture=CaptureConfig(poll_s=0.05), clips=ClipConfig(tmp_path / "clips", 1.0, 1.0))
+    listener = Listener(config, analyzer(), blocks, writer, "live:test", clock_synced=lambda: None)
+    feed(blocks, 1, x, 16000, time.monotonic())
+    taken = [0]
+    real_take = listener.take
+
+    def failing_take(block):
+        taken[0] += 1
+        if blocks.queue.empty():                  # the last block: the last call is still open
+            raise RuntimeError("a bug")
+        real_take(block)
+
+    monkeypatch.setattr(listener, "take", failing_take)
+    with pytest.raises(RuntimeError, match="a bug"):
+        listener.run(threading.Event())
+    finish = threading.Event()
+    finish.set()
+    writer.run(finish)
+    labels = [label for (label,) in query(tmp_path / "d.db", "SELECT label FROM detections ORDER BY start_s")]
+    assert labels == [c[0] for c in calls] and taken[0] > 1
+    assert query(tmp_path / "d.db", "SELECT count(*) FROM detections WHERE clip_path IS NULL") == [(0,)]
+    assert query(tmp_path / "d.db", "SELECT sum(analysed_s) FROM coverage")[0][0] > 0
 
 
 def test_audio_that_never_arrived_is_found_by_the_clock_and_counted(soundscape_a, tmp_path):
@@ -312,7 +347,8 @@ def test_clips_stop_at_the_budget_and_are_counted(tmp_path):
     saver.request(detection, 1.0, 2.0)
     assert saver.push(noise[:32000]) == []        # post-roll not there yet
     [(_, first)] = saver.push(noise[32000:])
-    assert first.name == "20260101T000000000Z_gibbon_duet.flac" and len(soundfile.read(first)[0]) == 32000
+    assert first.path.name == "20260101T000000000Z_gibbon_duet.flac" and len(soundfile.read(first.path)[0]) == 32000
+    assert first.offset_s == 0.5                 # the detection begins a pre-roll into its clip
     saver.request(detection, 1.0, 2.0)
     assert saver.new_segment() == [(detection, None)] and saver.skipped == 1   # 2 x 64 kB > 100 kB
 
@@ -328,7 +364,62 @@ def test_clips_stop_below_the_free_space_watermark_and_resume_above_it(tmp_path)
     guard._usage = disk_with(5000)._usage        # space freed
     saver.request(detection, 1.0, 2.0)
     [(_, clip)] = saver.push(np.zeros(16000, np.float32))
-    assert clip is not None and clip.is_file() and saver.saved == 1
+    assert clip is not None and clip.path.is_file() and saver.saved == 1
+
+
+def _ramp(seconds: float, rate: int = 16000) -> np.ndarray:
+    """Audio whose every sample says when it was heard (to within int16 steps): a slow ramp."""
+    return (np.arange(int(seconds * rate)) / (seconds * rate) * 0.9).astype(np.float32)
+
+
+def test_a_clip_of_an_event_longer_than_the_ring_holds_its_first_seconds(tmp_path):
+    """Found in review: an event is known only when it ends, a gibbon duet lasts minutes, and the
+    ring holds 69 s; a 100 s event got 11 s of its middle, a 200 s one no clip and no word."""
+    rate, seconds = 16000, 200.0
+    x = _ramp(seconds)
+    saver = ClipSaver(ClipConfig(tmp_path, pre_s=1.0, post_s=1.0, max_clip_s=20.0), rate=rate, guard=disk_with(5000))
+    detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
+                          "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+    step = rate // 2
+    for at in range(0, int(150 * rate), step):       # the run opens at 10 s and is still open at 150 s
+        assert saver.push(x[at:at + step]) == []
+        saver.follow(10.0 if at + step >= 10 * rate else None)
+    saver.request(detection, 10.0, 150.0)
+    [(_, clip)] = saver.push(x[int(150 * rate):int(152 * rate)])
+    audio = soundfile.read(clip.path, dtype="float32")[0]
+    assert clip.offset_s == 1.0 and len(audio) == int((1.0 + 20.0 + 1.0) * rate)   # pre + max_clip + post
+    assert audio[0] == pytest.approx(x[9 * rate], abs=1e-4) and audio[-1] == pytest.approx(x[31 * rate - 1], abs=1e-4)
+
+
+def test_a_clip_of_an_event_at_the_start_of_its_segment_says_where_the_event_begins(tmp_path):
+    """Found in review: a detection 0.5 s into a segment got a clip starting at the segment's
+    first sample, and the review page marked it 2 s in (the assumed pre-roll)."""
+    saver = ClipSaver(ClipConfig(tmp_path, pre_s=2.0, post_s=1.0), rate=16000, guard=disk_with(5000))
+    detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
+                          "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+    x = _ramp(4.0)
+    saver.push(x[:8000])
+    saver.follow(0.5)
+    saver.request(detection, 0.5, 2.0)
+    [(_, clip)] = saver.push(x[8000:])
+    audio = soundfile.read(clip.path, dtype="float32")[0]
+    assert clip.offset_s == 0.5 and len(audio) == 3 * 16000 and audio[8000] == pytest.approx(x[8000], abs=1e-4)
+
+
+def test_a_clip_synced_away_while_the_budget_is_measured_is_no_error(tmp_path, monkeypatch):
+    """Found in review: a clip moved away between the listing and its stat stopped `listen`."""
+    (tmp_path / "gone.flac").write_bytes(b"x" * 10)
+    (tmp_path / "kept.flac").write_bytes(b"y" * 7)
+    real_stat = Path.stat
+
+    def vanishing(self, *args, **kwargs):
+        if self.name == "gone.flac":
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    saver = ClipSaver(ClipConfig(tmp_path), rate=16000, guard=disk_with(5000))
+    monkeypatch.setattr(Path, "stat", vanishing)
+    assert saver._measure() == 7
 
 
 def test_coverage_ledger_splits_minutes_and_never_counts_twice():

@@ -264,7 +264,10 @@ def test_a_live_detection_plays_its_saved_clip(tmp_path):
            "file_path": None}
     excerpt = read_excerpt(row, clips=clips)
     assert excerpt.path == clip and len(excerpt.samples) == 16000 * 7
-    assert (excerpt.mark_start_s, excerpt.mark_end_s) == (2.0, 5.0)
+    assert (excerpt.mark_start_s, excerpt.mark_end_s) == (2.0, 5.0)   # stored before its offset was: the pre-roll
+    # Where the detection begins in its clip, as stored (a stream that began 0.5 s before it).
+    started_late = read_excerpt(dict(row, clip_offset_s=0.5), clips=clips)
+    assert (started_late.mark_start_s, started_late.mark_end_s) == (0.5, 3.5)
     with pytest.raises(AudioError, match="audio of detection 9 not found: live:mic0"):
         read_excerpt(row)
 

@@ -237,6 +237,12 @@ class AnalysisStream:
     def duration_s(self) -> float:
         return self.samples / self.analyzer.bundle.frontend.sample_rate
 
+    @property
+    def open_since_s(self) -> float | None:
+        """Where the run of windows not yet ended begins (seconds, as its event's ``start_s`` will
+        be); None when none is open. A live stream's clips hold its audio from then on."""
+        return round(self._run[0].start_frame * self.analyzer.frame_s, 3) if self._run else None
+
     def push(self, samples: np.ndarray) -> list[Event]:
         """Mono float32 samples at the bundle's rate -> events completed by them."""
         self.samples += len(samples)

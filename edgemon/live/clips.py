@@ -31,6 +31,18 @@ class ClipConfig:
     min_free_mb: float = 1000.0  # below this much free space on the clips' disk, clips are skipped
 
 
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """A saved clip, and where in it its detection begins (seconds)."""
+
+    path: Path
+    offset_s: float
+
+
+def _pcm(samples: np.ndarray) -> np.ndarray:
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
+
+
 class _Ring:
     """The last ``capacity`` samples of a stream (int16), addressed by stream sample index."""
 
@@ -38,13 +50,13 @@ class _Ring:
         self.data = np.zeros(capacity, np.int16)
         self.total = 0
 
-    def push(self, samples: np.ndarray) -> None:
-        x = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)[-len(self.data):]
-        at = (self.total + len(samples) - len(x)) % len(self.data)
+    def push(self, pcm: np.ndarray) -> None:
+        x = pcm[-len(self.data):]
+        at = (self.total + len(pcm) - len(x)) % len(self.data)
         first = min(len(x), len(self.data) - at)
         self.data[at:at + first] = x[:first]
         self.data[:len(x) - first] = x[first:]
-        self.total += len(samples)
+        self.total += len(pcm)
 
     def read(self, start: int, end: int) -> np.ndarray:
         start, end = max(start, self.total - len(self.data), 0), min(end, self.total)
@@ -54,13 +66,38 @@ class _Ring:
         return self.data[idx]
 
 
+@dataclasses.dataclass
+class _Take:
+    """The audio of one clip, gathered from stream sample ``first`` up to ``last`` (exclusive);
+    ``event`` is the sample where its detection starts."""
+
+    event: int
+    first: int
+    last: int
+    chunks: list[np.ndarray]
+    held: int = 0
+
+    def add(self, samples: np.ndarray, at: int) -> None:
+        """Keep what the clip still needs of int16 ``samples`` (stream samples ``at``...)."""
+        lo, hi = max(at, self.first + self.held), min(at + len(samples), self.last)
+        if hi > lo:
+            self.chunks.append(samples[lo - at:hi - at])
+            self.held += hi - lo
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.chunks)[:self.last - self.first] if self.chunks else np.zeros(0, np.int16)
+
+
 class ClipSaver:
     """Writes each detection's audio with pre/post-roll as FLAC, within a directory size budget.
 
     Works on one segment (contiguous audio) at a time; a clip waits until its post-roll has
-    arrived, or the segment ends. Clips are never deleted by edgemon: once the budget is full,
-    new clips are skipped and counted (the budget is re-measured every few minutes, so clips
-    synced away free room).
+    arrived, or the segment ends. An event is known only when it ends, and a gibbon duet lasts
+    minutes, longer than the ring of recent audio; so the worker says where the open event began
+    (``follow``) and its first ``max_clip_s`` are held from then on. Each written clip says where
+    in it the detection begins (``Clip.offset_s``: the pre-roll, or less when the segment began
+    later). Clips are never deleted by edgemon: once the budget is full, new clips are skipped and
+    counted (the budget is re-measured every few minutes, so clips synced away free room).
     """
 
     RESCAN_S = 300.0
@@ -77,39 +114,73 @@ class ClipSaver:
             raise EdgemonError(f"--clips {config.directory}: cannot create the clips directory "
                                f"({e.strerror or e})") from None
         self.ring = _Ring(int((config.pre_s + config.max_clip_s + config.post_s + 5.0) * rate))
-        self.pending: list[tuple[Detection, int, int]] = []
+        self.pending: list[tuple[Detection, _Take]] = []
+        self.open: _Take | None = None      # the audio of the event still open, from its pre-roll
         self.saved = 0
         self.skipped = 0
         self._used = self._measure()
         self._measured_at = time.monotonic()
 
     def _measure(self) -> int:
-        return sum(p.stat().st_size for p in self.config.directory.glob("*.flac") if p.is_file())
+        used = 0
+        for p in self.config.directory.glob("*.flac"):
+            try:
+                used += p.stat().st_size if p.is_file() else 0
+            except OSError:   # synced away between the listing and the look: it takes no room
+                pass
+        return used
 
-    def new_segment(self) -> list[tuple[Detection, Path | None]]:
+    def _take(self, event: int, last: int) -> _Take:
+        """A clip of the event starting at sample ``event``, its pre-roll from what the ring holds."""
+        first = max(event - int(self.config.pre_s * self.rate), self.ring.total - len(self.ring.data), 0)
+        take = _Take(event, first, last, [])
+        take.add(self.ring.read(first, self.ring.total), first)
+        return take
+
+    def _longest(self, event: int) -> int:
+        return event + int((self.config.max_clip_s + self.config.post_s) * self.rate)
+
+    def follow(self, open_since_s: float | None) -> None:
+        """The segment's event still open began at ``open_since_s`` (None: no event is open):
+        hold its audio from its pre-roll on, up to the longest clip."""
+        if open_since_s is None:
+            self.open = None
+            return
+        event = int(open_since_s * self.rate)
+        if self.open is None or self.open.event != event:
+            self.open = self._take(event, self._longest(event))
+
+    def new_segment(self) -> list[tuple[Detection, Clip | None]]:
         done = self._write(self.pending)
-        self.pending = []
+        self.pending, self.open = [], None
         self.ring = _Ring(len(self.ring.data))
         return done
 
     def request(self, detection: Detection, start_s: float, end_s: float) -> None:
         """Save ``detection``'s audio: segment seconds ``start_s``..``end_s`` plus the rolls."""
+        event = int(start_s * self.rate)
         end_s = min(end_s, start_s + self.config.max_clip_s)
-        self.pending.append((detection, int((start_s - self.config.pre_s) * self.rate),
-                             int((end_s + self.config.post_s) * self.rate)))
+        last = min(int((end_s + self.config.post_s) * self.rate), self._longest(event))
+        if self.open is not None and self.open.event == event:
+            take, self.open = self.open, None
+            take.last = last
+        else:   # an event never followed (a caller that does not say): what the ring still holds
+            take = self._take(event, last)
+        self.pending.append((detection, take))
 
-    def push(self, samples: np.ndarray) -> list[tuple[Detection, Path | None]]:
-        """Add segment audio; returns the (detection, clip path or None) of clips now written."""
-        self.ring.push(samples)
-        ready = [p for p in self.pending if p[2] <= self.ring.total]
-        self.pending = [p for p in self.pending if p[2] > self.ring.total]
+    def push(self, samples: np.ndarray) -> list[tuple[Detection, Clip | None]]:
+        """Add segment audio; returns each (detection, its clip or None) decided now."""
+        at, pcm = self.ring.total, _pcm(samples)
+        self.ring.push(pcm)
+        for take in [self.open] + [t for _, t in self.pending]:
+            if take is not None:
+                take.add(pcm, at)
+        ready = [p for p in self.pending if p[1].last <= self.ring.total]
+        self.pending = [p for p in self.pending if p[1].last > self.ring.total]
         return self._write(ready)
 
-    def _write(self, clips: list[tuple[Detection, int, int]]) -> list[tuple[Detection, Path | None]]:
-        done = []
-        for detection, start, end in clips:
-            done.append((detection, self._write_one(detection, self.ring.read(start, end))))
-        return done
+    def _write(self, clips: list[tuple[Detection, _Take]]) -> list[tuple[Detection, Clip | None]]:
+        return [(detection, self._write_one(detection, take)) for detection, take in clips]
 
     def _skip(self, why: str) -> None:
         self.skipped += 1
@@ -117,11 +188,12 @@ class ClipSaver:
             log.warning("clips: %s; %d clip(s) skipped so far", why, self.skipped)
         return None
 
-    def _write_one(self, detection: Detection, audio: np.ndarray) -> Path | None:
+    def _write_one(self, detection: Detection, take: _Take) -> Clip | None:
         if time.monotonic() - self._measured_at > self.RESCAN_S:
             self._used, self._measured_at = self._measure(), time.monotonic()
+        audio = take.audio()
         if not len(audio):
-            return None
+            return self._skip("no audio left for a clip")
         if self._used + 2 * len(audio) > self.config.max_mb * 1e6:   # 16-bit PCM: FLAC is smaller
             return self._skip(f"{self.config.directory} holds {self._used / 1e6:.0f} MB, the budget")
         if not self.guard.may_save_clips():
@@ -139,4 +211,4 @@ class ClipSaver:
             return None
         self._used += path.stat().st_size
         self.saved += 1
-        return path
+        return Clip(path, round((take.event - take.first) / self.rate, 3))

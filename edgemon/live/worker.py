@@ -12,7 +12,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from edgemon.analysis import audio
 from edgemon.analysis.analyzer import AnalysisStream, Analyzer, Event
 from edgemon.errors import EdgemonError
 from edgemon.live.capture import BlockQueue, Capture, CaptureConfig, CaptureState
-from edgemon.live.clips import ClipConfig, ClipSaver
+from edgemon.live.clips import Clip, ClipConfig, ClipSaver
 from edgemon.live.coverage import CoverageLedger
 from edgemon.live.hostclock import HostClock, host_clock_synced
 from edgemon.live.store_writer import StoreWriter
@@ -182,6 +181,8 @@ class Listener:
         if self.clips:
             self._clips_done(self.clips.push(x))
         self._emit(self.segment.push(x) if len(x) else [])
+        if self.clips:
+            self.clips.follow(self.segment.open_since_s)
 
     def _end_segment(self) -> None:
         """Analyse what is buffered and close the segment: its open event is stored now."""
@@ -197,7 +198,8 @@ class Listener:
     def _emit(self, events: list[Event]) -> None:
         for event in events:
             detection = self._detection(event)
-            self.writer.submit(lambda store, d=detection: store.insert_detections([d]))
+            if not self.clips:   # with clips, stored once its clip is decided (``_clips_done``)
+                self._store(detection)
             self.detections += 1
             log.info("%s: %s %s .. %s (%.2f)", self.source, event.label,
                      detection.start_utc.isoformat(timespec="milliseconds"),
@@ -216,14 +218,32 @@ class Listener:
             label=event.label, confidence=event.confidence, votes=event.votes,
             bundle_id=self.analyzer.bundle.bundle_id, clock_synced=self.clock_synced, score=event.score)
 
-    def _clips_done(self, done: list[tuple[Detection, Path | None]]) -> None:
-        for detection, path in done:
-            if path is not None:
-                self.writer.submit(lambda store, d=detection, p=str(path): store.set_clip_path(d, p))
+    def _clips_done(self, done: list[tuple[Detection, Clip | None]]) -> None:
+        """Store each detection with its clip, or without one (skipped, or not written): one row,
+        complete when first seen, so a cursor export never delivers it before its clip path."""
+        for detection, clip in done:
+            self._store(detection if clip is None else
+                        dataclasses.replace(detection, clip_path=str(clip.path), clip_offset_s=clip.offset_s))
+
+    def _store(self, detection: Detection) -> None:
+        self.writer.submit(lambda store, d=detection: store.insert_detections([d]))
 
     # --- the loop ----------------------------------------------------------------------------
 
     def run(self, drain: threading.Event) -> None:
+        try:
+            self._loop(drain)
+        except BaseException:
+            # Whatever stopped the loop, what was heard is still stored: the open event, the
+            # clips waiting for their post-roll, the coverage not yet flushed.
+            try:
+                self._end_segment()
+                self._flush_coverage()
+            except Exception:   # the first error is the one to report
+                log.exception("%s: could not store what was in memory after an error", self.source)
+            raise
+
+    def _loop(self, drain: threading.Event) -> None:
         poll = self.config.capture.poll_s
         while True:
             try:

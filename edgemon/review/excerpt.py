@@ -56,9 +56,12 @@ def read_excerpt(row: dict, *, recordings: Path | None = None, clips: Path | Non
     clip = clip_path(row, clips)
     if clip is not None:
         samples, rate = _read(clip, 0, None)
-        # The clip starts pre-roll seconds before the detection (``clips.ClipSaver``), the
-        # roll it was saved with is unknown here: assume the default.
-        return Excerpt(samples, rate, min(pre_s, len(samples) / rate), min(pre_s + duration, len(samples) / rate), clip)
+        # Where the detection begins in its clip (``clips.ClipSaver``): stored since the tenth
+        # session; a clip saved before began the default pre-roll before it, unless its stream had
+        # just begun.
+        at = row.get("clip_offset_s")
+        at = pre_s if at is None else at
+        return Excerpt(samples, rate, min(at, len(samples) / rate), min(at + duration, len(samples) / rate), clip)
     path = recording_path(row, recordings)
     if path is None:
         raise AudioError(f"audio of detection {row['id']} not found: {row['source']} "

@@ -316,3 +316,11 @@ def m010_sync_lineage(db: sqlite_utils.Database) -> None:
             offered_utc TEXT NOT NULL
         )""")
     db.execute("CREATE INDEX sync_tokens_target_seq ON sync_tokens (target, seq)")
+
+
+@MIGRATIONS()
+def m011_clip_offset(db: sqlite_utils.Database) -> None:
+    """Where in its saved clip a live detection begins (seconds): the pre-roll, or less when the
+    stream began later. Additive only: rows stored before keep NULL (their clip began the
+    pre-roll before them, unless the stream had just begun)."""
+    db.execute("ALTER TABLE detections ADD COLUMN clip_offset_s REAL")

@@ -65,6 +65,7 @@ class Detection:
     clip_path: str | None = None       # the detection's saved audio (live streams), if any
     clock_synced: bool | None = None   # host clock NTP-synchronised (host_clock times); None: unknown
     score: float | None = None         # the raw vote score; ``confidence`` is its calibrated probability
+    clip_offset_s: float | None = None  # where in its clip the detection begins (seconds)
 
 
 COVERAGE_LOSSES = ("overflow", "dropped", "device", "daemon")

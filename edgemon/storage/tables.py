@@ -29,6 +29,9 @@ from edgemon.utc import parse_utc
 COLUMNS = ("id", "device_id", "source", "start_s", "end_s", "start_utc", "end_utc", "time_source",
            "clock_suspect", "label", "scientific_name", "common_name", "confidence", "votes",
            "bundle_id", "created_at", "clip_path", "clock_synced", "start_local", "score")
+# JSON Lines name every value, so a column can join them; a CSV header must stay as it is, or a
+# cursor could no longer append to the file an earlier edgemon wrote.
+JSONL_COLUMNS = COLUMNS + ("clip_offset_s",)
 BIRDNET_COLUMNS = ("Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File")
 # BirdNET-Analyzer's Raven columns, in its order, then ours (Raven keeps extra columns).
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
@@ -107,6 +110,18 @@ def write_csv(f: TextIO, rows: Iterable[Mapping], columns: tuple[str, ...] = COL
     return count
 
 
+def audio_file(row: Mapping) -> tuple[Any, Any, Any]:
+    """(path, start, end): the audio file that holds the detection and its seconds in that file,
+    for outputs that open audio (BirdNET's ``File``, Raven's ``Begin Path``). A recording's
+    detection: the recording, and ``start_s``/``end_s``. A live detection with a saved clip: the
+    clip, from where it begins in the clip. A live detection without one is in no file: its
+    source (``live:<device>``) and its stored times (Unix seconds)."""
+    if not row.get("file_path") and row.get("clip_path") and row.get("clip_offset_s") is not None:
+        start = round(row["clip_offset_s"], 3)
+        return row["clip_path"], start, round(start + row["end_s"] - row["start_s"], 3)
+    return row.get("file_path") or row.get("source"), row.get("start_s"), row.get("end_s")
+
+
 def write_birdnet(f: TextIO, rows: Iterable[Mapping]) -> int:
     """BirdNET-Analyzer's CSV (``Start (s),End (s),Scientific name,Common name,Confidence,File``)."""
     writer = csv.writer(f, lineterminator="\n")
@@ -114,13 +129,13 @@ def write_birdnet(f: TextIO, rows: Iterable[Mapping]) -> int:
     count = 0
     for row in rows:
         scientific, common = species_names(row)
-        writer.writerow([row.get("start_s"), row.get("end_s"), cell(scientific), cell(common),
-                         confidence(row), cell(row.get("file_path") or row.get("source"))])
+        path, start, end = audio_file(row)
+        writer.writerow([start, end, cell(scientific), cell(common), confidence(row), cell(path)])
         count += 1
     return count
 
 
-def write_jsonl(f: TextIO, rows: Iterable[Mapping], columns: tuple[str, ...] = COLUMNS) -> int:
+def write_jsonl(f: TextIO, rows: Iterable[Mapping], columns: tuple[str, ...] = JSONL_COLUMNS) -> int:
     """One JSON object per line; ``votes`` (stored as JSON text) as an object."""
     count = 0
     for row in rows:
@@ -138,9 +153,9 @@ def write_jsonl(f: TextIO, rows: Iterable[Mapping], columns: tuple[str, ...] = C
 def raven_row(number: int, row: Mapping) -> list:
     """One Raven selection (``RAVEN_COLUMNS``); times in seconds from the start of the source."""
     scientific, common = species_names(row)
-    return [number, "Spectrogram 1", 1, row.get("start_s"), row.get("end_s"), 0, RAVEN_HIGH_FREQ_HZ,
-            cell(common), cell(row.get("label")), confidence(row),
-            cell(row.get("file_path") or row.get("source")), row.get("start_s"), cell(scientific),
+    path, start, end = audio_file(row)
+    return [number, "Spectrogram 1", 1, start, end, 0, RAVEN_HIGH_FREQ_HZ,
+            cell(common), cell(row.get("label")), confidence(row), cell(path), start, cell(scientific),
             row.get("start_utc") or ""]
 
 

@@ -98,10 +98,16 @@ def test_a_live_detection_with_a_clip_points_birdnet_and_raven_at_the_clip(named
     clip = str(tmp_path / "clips" / "20240501T070000000Z_bird.flac")
     with Store(named_db) as store:
         store.insert_detections([dataclasses.replace(detection(LIVE, 1714546800.25, "bird", 0.9, None), end_s=1714546804.75,
-                                                     clip_path=clip, clip_offset_s=2.0)])
+                                                     clip_path=clip, clip_offset_s=2.0, clip_end_s=6.5)])
+        # A 300 s duet: its clip holds its first 60 s, and the selection ends where the clip does.
+        store.insert_detections([dataclasses.replace(detection(LIVE, 1714547000.0, "bird", 0.9, None),
+                                                     end_s=1714547300.0, clip_path=clip + ".long",
+                                                     clip_offset_s=2.0, clip_end_s=62.0)])
     export_detections(named_db, "birdnet", tmp_path / "b.csv")
     live = [r for r in read_csv(tmp_path / "b.csv") if r["File"] == clip]
     assert [(r["Start (s)"], r["End (s)"]) for r in live] == [("2.0", "6.5")]
+    assert [(r["Start (s)"], r["End (s)"]) for r in read_csv(tmp_path / "b.csv")
+            if r["File"] == clip + ".long"] == [("2.0", "62.0")]
     assert read_csv(tmp_path / "b.csv")[4]["File"] == LIVE                   # no clip: in no file but its source
     out = tmp_path / "raven"
     out.mkdir()
@@ -111,7 +117,7 @@ def test_a_live_detection_with_a_clip_points_birdnet_and_raven_at_the_clip(named
     assert (row["Begin Time (s)"], row["End Time (s)"], row["File Offset (s)"]) == ("2.0", "6.5", "2.0")
     export_detections(named_db, "jsonl", tmp_path / "d.jsonl")
     records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
-    assert [r["clip_offset_s"] for r in records if r["clip_path"]] == [2.0]
+    assert [(r["clip_offset_s"], r["clip_end_s"]) for r in records if r["clip_path"]] == [(2.0, 6.5), (2.0, 62.0)]
 
 
 def test_min_confidence_above_the_bundles_reach_is_an_error(named_db, tmp_path):

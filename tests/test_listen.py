@@ -267,6 +267,71 @@ def test_listener_accounts_a_stream_gap_and_saves_clips(soundscape_a, tmp_path):
     assert query(tmp_path / "d.db", "SELECT count(*) FROM detections WHERE clip_path IS NULL "
                                     "OR clip_offset_s IS NULL") == [(0,)]
     assert {o for (o,) in query(tmp_path / "d.db", "SELECT clip_offset_s FROM detections")} == {1.0}
+    assert query(tmp_path / "d.db", "SELECT count(*) FROM detections WHERE abs(clip_end_s - clip_offset_s "
+                                    "- (end_s - start_s)) > 0.002") == [(0,)]
+
+
+def test_a_failing_analysis_still_stores_the_detections_waiting_for_their_clips(soundscape_a, tmp_path, monkeypatch):
+    """Found in review: the model failing (onnxruntime, memory) just after an event ended failed
+    again at the segment's end, and the detection waiting for its post-roll was never stored."""
+    from edgemon.analysis.analyzer import AnalysisStream
+
+    path, _ = soundscape_a
+    x = soundfile.read(path, dtype="float32")[0][:, None]
+    blocks = BlockQueue(maxsize=10_000)
+    writer = StoreWriter(tmp_path / "d.db")
+    config = ListenConfig(capture=CaptureConfig(poll_s=0.05), flush_s=1e9,
+                          clips=ClipConfig(tmp_path / "clips", 1.0, 5.0))
+    listener = Listener(config, analyzer(), blocks, writer, "live:test", clock_synced=lambda: None)
+    feed(blocks, 1, x, 16000, time.monotonic())
+    broken = [False]
+    real_push, real_finish = AnalysisStream.push, AnalysisStream.finish
+
+    def push(self, samples):
+        if broken[0]:
+            raise RuntimeError("the model failed")
+        events = real_push(self, samples)
+        broken[0] = bool(events)                  # fails from the block after the first event ended
+        return events
+
+    def finish(self):
+        if broken[0]:
+            raise RuntimeError("the model failed")
+        return real_finish(self)
+
+    monkeypatch.setattr(AnalysisStream, "push", push)
+    monkeypatch.setattr(AnalysisStream, "finish", finish)
+    with pytest.raises(RuntimeError, match="the model failed"):
+        listener.run(threading.Event())
+    finish_writer = threading.Event()
+    finish_writer.set()
+    writer.run(finish_writer)
+    assert listener.detections == 1
+    assert query(tmp_path / "d.db", "SELECT count(*), count(clip_path) FROM detections") == [(1, 1)]
+    assert query(tmp_path / "d.db", "SELECT sum(analysed_s) FROM coverage")[0][0] > 0
+
+
+def test_a_clip_that_fails_or_is_moved_away_at_once_costs_no_detection(tmp_path, monkeypatch):
+    """Found in review: a sync tool moving each new clip away at once made the size look-up
+    raise, and every detection of that batch was lost with the analysis thread."""
+    import os
+
+    saver = ClipSaver(ClipConfig(tmp_path, pre_s=0.0, post_s=0.0), rate=16000, guard=disk_with(5000))
+    detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
+                          "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+    real_replace = os.replace
+
+    def replace_then_sync_away(src, dst):
+        real_replace(src, dst)
+        Path(dst).unlink()
+
+    monkeypatch.setattr(os, "replace", replace_then_sync_away)
+    saver.request(detection, 0.0, 1.0)
+    [(_, clip)] = saver.push(np.zeros(16000, np.float32))
+    assert clip is not None and clip.offset_s == 0.0 and saver.saved == 1
+    monkeypatch.setattr(soundfile, "write", lambda *a, **k: (_ for _ in ()).throw(ValueError("a codec bug")))
+    saver.request(detection, 1.0, 2.0)
+    assert saver.push(np.zeros(16000, np.float32)) == [(detection, None)]
 
 
 def test_an_error_in_the_analysis_loop_still_stores_what_was_heard(soundscape_a, tmp_path, monkeypatch):
@@ -388,6 +453,7 @@ def test_a_clip_of_an_event_longer_than_the_ring_holds_its_first_seconds(tmp_pat
     [(_, clip)] = saver.push(x[int(150 * rate):int(152 * rate)])
     audio = soundfile.read(clip.path, dtype="float32")[0]
     assert clip.offset_s == 1.0 and len(audio) == int((1.0 + 20.0 + 1.0) * rate)   # pre + max_clip + post
+    assert clip.end_s == 21.0                     # the selection ends where the clip's part of the event does
     assert audio[0] == pytest.approx(x[9 * rate], abs=1e-4) and audio[-1] == pytest.approx(x[31 * rate - 1], abs=1e-4)
 
 

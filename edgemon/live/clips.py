@@ -33,10 +33,12 @@ class ClipConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Clip:
-    """A saved clip, and where in it its detection begins (seconds)."""
+    """A saved clip, and where in it its detection begins and ends (seconds; a long event ends
+    where the clip does)."""
 
     path: Path
     offset_s: float
+    end_s: float
 
 
 def _pcm(samples: np.ndarray) -> np.ndarray:
@@ -76,6 +78,7 @@ class _Take:
     last: int
     chunks: list[np.ndarray]
     held: int = 0
+    duration_s: float = 0.0   # the detection's own length, once requested
 
     def add(self, samples: np.ndarray, at: int) -> None:
         """Keep what the clip still needs of int16 ``samples`` (stream samples ``at``...)."""
@@ -166,6 +169,7 @@ class ClipSaver:
             take.last = last
         else:   # an event never followed (a caller that does not say): what the ring still holds
             take = self._take(event, last)
+        take.duration_s = end_s - start_s
         self.pending.append((detection, take))
 
     def push(self, samples: np.ndarray) -> list[tuple[Detection, Clip | None]]:
@@ -180,7 +184,15 @@ class ClipSaver:
         return self._write(ready)
 
     def _write(self, clips: list[tuple[Detection, _Take]]) -> list[tuple[Detection, Clip | None]]:
-        return [(detection, self._write_one(detection, take)) for detection, take in clips]
+        done = []
+        for detection, take in clips:
+            try:
+                clip = self._write_one(detection, take)
+            except Exception:   # one clip's failure costs that clip, never a detection
+                log.exception("clips: cannot save the clip of %s at %s", detection.label, detection.start_utc)
+                clip = None
+            done.append((detection, clip))
+        return done
 
     def _skip(self, why: str) -> None:
         self.skipped += 1
@@ -204,11 +216,14 @@ class ClipSaver:
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             soundfile.write(tmp, audio, self.rate, format="FLAC", subtype="PCM_16")
+            size = tmp.stat().st_size   # before it is in view: a sync tool may move it at once
             os.replace(tmp, path)
         except (OSError, soundfile.LibsndfileError, RuntimeError) as exc:
             log.warning("clips: cannot write %s: %s", path, exc)
             tmp.unlink(missing_ok=True)
             return None
-        self._used += path.stat().st_size
+        self._used += size
         self.saved += 1
-        return Clip(path, round((take.event - take.first) / self.rate, 3))
+        offset = (take.event - take.first) / self.rate
+        end = min(offset + take.duration_s, len(audio) / self.rate)
+        return Clip(path, round(offset, 3), round(end, 3))

@@ -223,7 +223,8 @@ class Listener:
         complete when first seen, so a cursor export never delivers it before its clip path."""
         for detection, clip in done:
             self._store(detection if clip is None else
-                        dataclasses.replace(detection, clip_path=str(clip.path), clip_offset_s=clip.offset_s))
+                        dataclasses.replace(detection, clip_path=str(clip.path), clip_offset_s=clip.offset_s,
+                                            clip_end_s=clip.end_s))
 
     def _store(self, detection: Detection) -> None:
         self.writer.submit(lambda store, d=detection: store.insert_detections([d]))
@@ -234,14 +235,19 @@ class Listener:
         try:
             self._loop(drain)
         except BaseException:
-            # Whatever stopped the loop, what was heard is still stored: the open event, the
-            # clips waiting for their post-roll, the coverage not yet flushed.
-            try:
-                self._end_segment()
-                self._flush_coverage()
-            except Exception:   # the first error is the one to report
-                log.exception("%s: could not store what was in memory after an error", self.source)
+            # Whatever stopped the loop, what was heard is still stored: the detections waiting
+            # for their clips first (the analysis may be what failed, and fail again at the
+            # segment's end), then the open event, then the coverage not yet flushed.
+            for step in (self._save_waiting_clips, self._end_segment, self._flush_coverage):
+                try:
+                    step()
+                except Exception:   # the first error is the one to report
+                    log.exception("%s: could not store what was in memory after an error", self.source)
             raise
+
+    def _save_waiting_clips(self) -> None:
+        if self.clips:
+            self._clips_done(self.clips.new_segment())
 
     def _loop(self, drain: threading.Event) -> None:
         poll = self.config.capture.poll_s

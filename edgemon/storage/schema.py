@@ -320,7 +320,9 @@ def m010_sync_lineage(db: sqlite_utils.Database) -> None:
 
 @MIGRATIONS()
 def m011_clip_offset(db: sqlite_utils.Database) -> None:
-    """Where in its saved clip a live detection begins (seconds): the pre-roll, or less when the
-    stream began later. Additive only: rows stored before keep NULL (their clip began the
-    pre-roll before them, unless the stream had just begun)."""
+    """Where in its saved clip a live detection begins (seconds: the pre-roll, or less when the
+    stream began later) and ends (a long event's clip holds only its first ``max_clip_s``).
+    Additive only: rows stored before keep NULL (their clip began the pre-roll before them,
+    unless the stream had just begun)."""
     db.execute("ALTER TABLE detections ADD COLUMN clip_offset_s REAL")
+    db.execute("ALTER TABLE detections ADD COLUMN clip_end_s REAL")

@@ -66,6 +66,7 @@ class Detection:
     clock_synced: bool | None = None   # host clock NTP-synchronised (host_clock times); None: unknown
     score: float | None = None         # the raw vote score; ``confidence`` is its calibrated probability
     clip_offset_s: float | None = None  # where in its clip the detection begins (seconds)
+    clip_end_s: float | None = None     # and ends: a long event's clip holds only its first part
 
 
 COVERAGE_LOSSES = ("overflow", "dropped", "device", "daemon")

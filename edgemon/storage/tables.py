@@ -31,7 +31,7 @@ COLUMNS = ("id", "device_id", "source", "start_s", "end_s", "start_utc", "end_ut
            "bundle_id", "created_at", "clip_path", "clock_synced", "start_local", "score")
 # JSON Lines name every value, so a column can join them; a CSV header must stay as it is, or a
 # cursor could no longer append to the file an earlier edgemon wrote.
-JSONL_COLUMNS = COLUMNS + ("clip_offset_s",)
+JSONL_COLUMNS = COLUMNS + ("clip_offset_s", "clip_end_s")
 BIRDNET_COLUMNS = ("Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File")
 # BirdNET-Analyzer's Raven columns, in its order, then ours (Raven keeps extra columns).
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
@@ -118,7 +118,8 @@ def audio_file(row: Mapping) -> tuple[Any, Any, Any]:
     source (``live:<device>``) and its stored times (Unix seconds)."""
     if not row.get("file_path") and row.get("clip_path") and row.get("clip_offset_s") is not None:
         start = round(row["clip_offset_s"], 3)
-        return row["clip_path"], start, round(start + row["end_s"] - row["start_s"], 3)
+        end = row.get("clip_end_s")
+        return row["clip_path"], start, round(start + row["end_s"] - row["start_s"] if end is None else end, 3)
     return row.get("file_path") or row.get("source"), row.get("start_s"), row.get("end_s")
 
 

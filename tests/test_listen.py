@@ -271,6 +271,15 @@ def test_listener_accounts_a_stream_gap_and_saves_clips(soundscape_a, tmp_path):
                                     "- (end_s - start_s)) > 0.002") == [(0,)]
 
 
+def run_until_it_raises(listener: Listener, writer: StoreWriter, error: str) -> None:
+    """Run ``listener`` until the RuntimeError ``error`` ends it, then store what it handed over."""
+    with pytest.raises(RuntimeError, match=error):
+        listener.run(threading.Event())
+    done = threading.Event()
+    done.set()
+    writer.run(done)
+
+
 def test_a_failing_analysis_still_stores_the_detections_waiting_for_their_clips(soundscape_a, tmp_path, monkeypatch):
     """Found in review: the model failing (onnxruntime, memory) just after an event ended failed
     again at the segment's end, and the detection waiting for its post-roll was never stored."""
@@ -301,11 +310,7 @@ def test_a_failing_analysis_still_stores_the_detections_waiting_for_their_clips(
 
     monkeypatch.setattr(AnalysisStream, "push", push)
     monkeypatch.setattr(AnalysisStream, "finish", finish)
-    with pytest.raises(RuntimeError, match="the model failed"):
-        listener.run(threading.Event())
-    finish_writer = threading.Event()
-    finish_writer.set()
-    writer.run(finish_writer)
+    run_until_it_raises(listener, writer, "the model failed")
     assert listener.detections == 1
     assert query(tmp_path / "d.db", "SELECT count(*), count(clip_path) FROM detections") == [(1, 1)]
     assert query(tmp_path / "d.db", "SELECT sum(analysed_s) FROM coverage")[0][0] > 0
@@ -354,11 +359,7 @@ def test_an_error_in_the_analysis_loop_still_stores_what_was_heard(soundscape_a,
         real_take(block)
 
     monkeypatch.setattr(listener, "take", failing_take)
-    with pytest.raises(RuntimeError, match="a bug"):
-        listener.run(threading.Event())
-    finish = threading.Event()
-    finish.set()
-    writer.run(finish)
+    run_until_it_raises(listener, writer, "a bug")
     labels = [label for (label,) in query(tmp_path / "d.db", "SELECT label FROM detections ORDER BY start_s")]
     assert labels == [c[0] for c in calls] and taken[0] > 1
     assert query(tmp_path / "d.db", "SELECT count(*) FROM detections WHERE clip_path IS NULL") == [(0,)]

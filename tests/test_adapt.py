@@ -28,7 +28,7 @@ from edgemon.review import reviews
 from tests.review_helpers import make_review_db
 from training.adapt import (CALIBRATION_ONLY, CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, choose_candidate,
                             fit_correction, fit_operating_point, fit_thresholds)
-from training.adapt_decisions import (decide, decide_scored, detection_labels, drop_unkept_runs, event_scores,
+from training.adapt_decisions import (decide, decide_scored, detection_labels, kept_runs, event_scores,
                                       grouped_folds)
 from training.adapt_windows import (RecordingWindows, ReviewedWindows, background_windows, event_windows,
                                     recording_windows, review_targets)
@@ -227,8 +227,8 @@ def test_a_site_head_of_the_wrong_width_is_refused_and_nothing_is_written(tmp_pa
 
 def _drop(labels, detection, point, confidence=None):
     confidence = np.full(len(labels), 0.5) if confidence is None else np.asarray(confidence)
-    return drop_unkept_runs(np.asarray(labels), confidence, np.asarray(detection), ("background", "a", "b"),
-                            point, 0).tolist()
+    return kept_runs(np.asarray(labels), confidence, np.asarray(detection), ("background", "a", "b"),
+                     point, 0)[0].tolist()
 
 
 def test_runs_the_operating_point_does_not_keep_are_dropped_within_each_detection():
@@ -245,7 +245,7 @@ def test_runs_the_operating_point_does_not_keep_are_dropped_within_each_detectio
 
 
 def test_runs_kept_in_numpy_are_the_recorders_events():
-    """``drop_unkept_runs`` against ``EventMerger.merge`` on the same random window votes, for
+    """``kept_runs`` against ``EventMerger.merge`` on the same random window votes, for
     points with each rule: the same runs survive."""
     rng = np.random.default_rng(7)
     names = ("background", "a", "b")
@@ -253,7 +253,7 @@ def test_runs_kept_in_numpy_are_the_recorders_events():
                   OperatingPoint({}, {"a": 2}, {"b": 1.0}, {"a": 0.6, "b": 0.5})):
         labels = rng.choice(3, size=400, p=[0.5, 0.3, 0.2])
         confidence = np.round(rng.uniform(0.3, 0.9, size=400), 4)
-        kept = drop_unkept_runs(labels, confidence, np.zeros(400, int), names, point, 0)
+        kept = kept_runs(labels, confidence, np.zeros(400, int), names, point, 0)[0]
         merger = EventMerger(names, 0, 1.0, point)
         events = merger.merge([WindowVote(i, 1, int(l), float(c), (int(l),)) for i, (l, c) in enumerate(zip(labels, confidence))],
                               400.0)
@@ -275,7 +275,7 @@ def test_a_gated_point_drops_in_numpy_the_runs_the_recorder_drops():
     gate = EventGate({label: ClassGate((0.0,) * len(FEATURES), (1.0,) * len(FEATURES),
                                        tuple(rng.normal(size=len(FEATURES))), 0.0) for label in ("a", "b")})
     point = OperatingPoint({}, min_gate={"a": 0.5, "b": 0.6}, gate=gate)
-    kept = drop_unkept_runs(votes.winner, votes.confidence, np.zeros(400, int), names, point, 0, member_probs)
+    kept = kept_runs(votes.winner, votes.confidence, np.zeros(400, int), names, point, 0, member_probs)[0]
     merger = EventMerger(names, 0, 1.0, point)
     window_votes = [WindowVote(i, 1, int(votes.winner[i]), float(votes.confidence[i]),
                                tuple(int(m) for m in votes.member_labels[:, i]),

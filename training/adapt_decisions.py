@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from edgemon.analysis.analyzer import WindowVote
+from edgemon.analysis.analyzer import EventMerger, WindowVote
 from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
 from edgemon.analysis.ensemble import majority_vote
 
@@ -70,25 +70,20 @@ def detection_labels(window_labels: np.ndarray, confidence: np.ndarray, detectio
     return np.where(top[:, 0] > 0, best, background)
 
 
-def drop_unkept_runs(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray,
-                     labels: tuple[str, ...], point: OperatingPoint, background: int,
-                     member_probs: np.ndarray | None = None) -> np.ndarray:
-    """``window_labels [N]`` with every run of one class (within one detection) that ``point``
-    does not keep (``OperatingPoint.keeps`` on its window confidences and, for a gated point, the
-    event gate's probability from ``member_probs [M, N, C]``) set to ``background``."""
-    return kept_runs(window_labels, confidence, detection, labels, point, background, member_probs)[0]
-
-
 def kept_runs(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray, labels: tuple[str, ...],
               point: OperatingPoint, background: int,
               member_probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``drop_unkept_runs``, and each window's run's gate probability (NaN: no gate, or dropped)."""
+    """``window_labels [N]`` with every run of one class (within one detection) that ``point``
+    does not keep (``OperatingPoint.keeps`` on its window confidences and, for a gated point, the
+    event gate's probability from ``member_probs [M, N, C]``) set to ``background``; and each
+    window's run's gate probability ``[N]`` (NaN: no gate, or dropped)."""
     out, gates = window_labels.copy(), np.full(len(window_labels), np.nan)
+    merger = EventMerger(labels, background, 0.0, point)   # its gate, as the recorder reads it
     start = 0
     for i in range(1, len(out) + 1):
         if i == len(out) or window_labels[i] != window_labels[start] or detection[i] != detection[start]:
             c = window_labels[start]
-            gate = _gate(point, labels, c, start, i, confidence, member_probs, background) if c != background else None
+            gate = _gate(merger, c, start, i, confidence, member_probs) if c != background else None
             if c != background and not point.keeps(labels[c], confidence[start:i].tolist(), gate):
                 out[start:i] = background
             elif gate is not None:
@@ -97,17 +92,16 @@ def kept_runs(window_labels: np.ndarray, confidence: np.ndarray, detection: np.n
     return out, gates
 
 
-def _gate(point: OperatingPoint, labels: tuple[str, ...], c: int, start: int, end: int, confidence: np.ndarray,
-          member_probs: np.ndarray | None, background: int) -> float | None:
-    """The event gate's probability of windows ``start:end`` as ``EventMerger.gate`` gives it."""
-    if point.gate is None:
+def _gate(merger: EventMerger, c: int, start: int, end: int, confidence: np.ndarray,
+          member_probs: np.ndarray | None) -> float | None:
+    """``EventMerger.gate`` of windows ``start:end`` of class ``c``, rebuilt from the members' outputs."""
+    if merger.point.gate is None:
         return None
     if member_probs is None:
         raise ValueError("a gated operating point needs the members' probabilities")
-    run = [WindowVote(0, 0, int(c), float(confidence[w]), tuple(int(m) for m in member_probs[:, w].argmax(axis=1)),
-                      tuple(tuple(map(float, m)) for m in member_probs[:, w])) for w in range(start, end)]
-    p = point.gate.probability(labels[c], run, background)
-    return None if p is None else round(p, 4)
+    return merger.gate([WindowVote(0, 0, int(c), float(confidence[w]),
+                                   tuple(int(m) for m in member_probs[:, w].argmax(axis=1)),
+                                   tuple(tuple(map(float, m)) for m in member_probs[:, w])) for w in range(start, end)])
 
 
 def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int) -> dict:

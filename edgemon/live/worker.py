@@ -169,8 +169,7 @@ class Listener:
         self.segment = self.analyzer.stream(eager=True)
         self.time.start_segment()
         self.resampler = audio.Resampler(self.time.rate, self.rate16)
-        if self.clips:
-            self._clips_done(self.clips.new_segment())
+        self._save_waiting_clips()
 
     def _analyse(self, last: bool = False) -> None:
         if self.segment is None:
@@ -190,8 +189,7 @@ class Listener:
             return
         self._analyse(last=True)
         self._emit(self.segment.finish())
-        if self.clips:
-            self._clips_done(self.clips.new_segment())
+        self._save_waiting_clips()
         self.segment = None
         self.time.end_segment()
 
@@ -246,6 +244,7 @@ class Listener:
             raise
 
     def _save_waiting_clips(self) -> None:
+        """Write the clips still waiting (the segment ends) and store their detections."""
         if self.clips:
             self._clips_done(self.clips.new_segment())
 

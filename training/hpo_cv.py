@@ -7,7 +7,7 @@ clips as the recorder cuts them: windows of ``window_s`` every ``hop_s``, each c
 The value is the mean over folds of that window UAR, in which background's recall is the share of
 background windows not called a call; after each fold the running mean goes to the pruner, so the
 median rule stops a setting that loses on the first folds. The devel-UAR objective picks settings
-that fit one 117-clip split (README, "Search and ensemble"); this one cannot see the recorders it
+that fit one 117-clip split (docs/results.md, "Search and ensemble"); this one cannot see the recorders it
 is scored on. Events per background hour need the audio itself (``training.field``): a setting
 the search finds is then scored so by ``edgemon-train cv`` and ``cv-ensemble``.
 """

@@ -55,7 +55,7 @@ class RuleGrid:
     opening: tuple[float, ...] = ()
 
 
-# Named rules, as ``cv-ensemble --rules`` takes them; what each gave on grouped CV is in the README.
+# Named rules, as ``cv-ensemble --rules`` takes them; what each gave on grouped CV is in docs/results.md.
 RULES: dict[str, "RuleGrid | GateRules"] = {
     "windows": RuleGrid(4),
     "windows6": RuleGrid(6),
@@ -65,7 +65,7 @@ RULES: dict[str, "RuleGrid | GateRules"] = {
                                     tuple(np.round(np.arange(0.48, 0.641, 0.04), 2))),
     "gate": GateRules(),       # an event gate on runs over a low threshold (training.event_gate)
 }
-DEFAULT_RULES = "hysteresis"   # best held-out figures of the grids tried (README)
+DEFAULT_RULES = "hysteresis"   # best held-out figures of the grids tried (docs/results.md)
 
 
 def _candidates(votes: FieldVotes, c: int) -> np.ndarray:

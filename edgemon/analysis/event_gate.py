@@ -6,7 +6,7 @@ class's ``min_gate`` of the operating point.
 Why: the hysteresis rules see one number per window and a length; the false events left are runs of
 the confidence of real calls. What tells them apart is more than one number: a real call is heard
 by both members, steadily, with little left for other calls or background. On grouped CV the gate
-finds the same calls with fewer false events at the quiet points (README, "The event gate").
+finds the same calls with fewer false events at the quiet points (docs/results.md, "The event gate").
 
 Its own module, numpy only: the recorder runs it on every run of windows it closes.
 """

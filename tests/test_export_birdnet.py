@@ -112,9 +112,15 @@ def test_a_live_detection_with_a_clip_points_birdnet_and_raven_at_the_clip(named
     out = tmp_path / "raven"
     out.mkdir()
     export_detections(named_db, "raven", out)
-    rows = [r for table in out.iterdir() for r in csv.DictReader(io.StringIO(table.read_text()), delimiter="\t")]
-    [row] = [r for r in rows if r["Begin Path"] == clip]
-    assert (row["Begin Time (s)"], row["End Time (s)"], row["File Offset (s)"]) == ("2.0", "6.5", "2.0")
+    tables = {table.name: list(csv.DictReader(io.StringIO(table.read_text()), delimiter="\t")) for table in out.iterdir()}
+    # Each clip has its own table, as BirdNET names a recording's: Raven opens the clip beside it,
+    # and the table's seconds are the clip's. What has no clip stays in its source's table.
+    [row] = tables["20240501T070000000Z_bird.BirdNET.selection.table.txt"]
+    assert (row["Begin Path"], row["Begin Time (s)"], row["End Time (s)"], row["File Offset (s)"]) == (clip, "2.0", "6.5", "2.0")
+    [long] = tables["20240501T070000000Z_bird.flac.BirdNET.selection.table.txt"]
+    assert (long["Begin Path"], long["End Time (s)"]) == (clip + ".long", "62.0")
+    live_rows = tables[f"{LIVE.replace(':', '_')}.BirdNET.selection.table.txt"]
+    assert live_rows and all(r["Begin Path"] == LIVE for r in live_rows)
     export_detections(named_db, "jsonl", tmp_path / "d.jsonl")
     records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert [(r["clip_offset_s"], r["clip_end_s"]) for r in records if r["clip_path"]] == [(2.0, 6.5), (2.0, 62.0)]
@@ -180,3 +186,15 @@ def test_a_refused_bundle_record_does_not_stop_the_daemon(db_path, caplog):
         store.db.execute("PRAGMA query_only = OFF")
         assert store.record_bundle("b1", MANIFEST) is True
     assert "b1 not recorded" in caplog.text
+
+
+def test_raven_reads_a_database_older_than_clip_offsets(named_db, tmp_path):
+    """A database an edgemon before m011 wrote has no ``clip_offset_s``: every row stays in its
+    source's table, as that edgemon exported it."""
+    with sqlite3.connect(named_db) as conn:
+        conn.execute("ALTER TABLE detections DROP COLUMN clip_end_s")
+        conn.execute("ALTER TABLE detections DROP COLUMN clip_offset_s")
+    out = tmp_path / "raven"
+    out.mkdir()
+    assert export_detections(named_db, "raven", out) == 5
+    assert "live_mic0.BirdNET.selection.table.txt" in {p.name for p in out.iterdir()}

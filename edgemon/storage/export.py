@@ -227,8 +227,9 @@ def _select(conn: sqlite3.Connection, db_path: Path, wanted: CursorFilter, span:
     names, join = ("l.scientific_name, l.common_name",
                    "LEFT JOIN labels l ON l.bundle_id = d.bundle_id AND l.label = d.label") \
         if "labels" in found else ("NULL AS scientific_name, NULL AS common_name", "")
-    order = "d.source, d.start_s, d.id" if raven else "d.id"
-    sql = (f"SELECT d.*, {names}, f.path AS file_path FROM detections d "
+    table = f", {_raven_table(conn)} AS raven_table" if raven else ""
+    order = "raven_table, d.start_s, d.id" if raven else "d.id"
+    sql = (f"SELECT d.*, {names}, f.path AS file_path{table} FROM detections d "
            f"LEFT JOIN files f ON f.source = d.source {join} WHERE {where} ORDER BY {order}")
     cursor = conn.cursor()
     cursor.row_factory = _as_dict
@@ -292,14 +293,27 @@ def _write_stdout(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable
     return count
 
 
+def _raven_table(conn: sqlite3.Connection) -> str:
+    """SQL naming the Raven table a detection goes to: its source's, or, for a live detection with
+    a saved clip and its offset in it, the clip's (Raven opens the clip, and the table's seconds
+    are the clip's; ``tables.audio_file`` gives the same file). A database older than
+    ``clip_offset_s`` has no such rows."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(detections)")}
+    if not {"clip_path", "clip_offset_s"} <= columns:
+        return "d.source"
+    return ("CASE WHEN f.path IS NULL AND d.clip_path IS NOT NULL AND d.clip_offset_s IS NOT NULL "
+            "THEN d.clip_path ELSE d.source END")
+
+
 def _raven_names(conn: sqlite3.Connection, db_path: Path) -> dict[str, str]:
-    """Selection table file name of every source, as BirdNET names them:
-    '<stem>.BirdNET.selection.table.txt'. A hash of the source is added when two sources share a
-    stem (the same file name at two sites) or the name would pass ``MAX_NAME_BYTES`` (the stem is
-    then shortened). Taken over all sources, not only the exported ones, so a source keeps its
-    name whatever the filters."""
+    """Selection table file name of every source (or clip: ``_raven_table``), as BirdNET names
+    them: '<stem>.BirdNET.selection.table.txt'. A hash of the source is added when two sources
+    share a stem (the same file name at two sites) or the name would pass ``MAX_NAME_BYTES`` (the
+    stem is then shortened). Taken over all sources, not only the exported ones, so a source keeps
+    its name whatever the filters."""
     try:
-        sources = [row[0] for row in conn.execute("SELECT DISTINCT source FROM detections")]
+        sources = [row[0] for row in conn.execute(
+            f"SELECT DISTINCT {_raven_table(conn)} FROM detections d LEFT JOIN files f ON f.source = d.source")]
     except sqlite3.Error as e:
         raise ExportError(f"cannot read detections from {db_path}: {e}") from e
     room = MAX_NAME_BYTES - len(tables.RAVEN_SUFFIX)

@@ -35,11 +35,12 @@ class OutputClosed(ExportError):
 
 def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], append: bool,
                 moving: Moving | None = None) -> int:
-    """One tab-separated Raven selection table per source; times in seconds from its start.
+    """One tab-separated Raven selection table per source (a live detection's saved clip is a
+    source of its own: the ``raven_table`` each row carries); times in seconds from its start.
     ``append`` (cursor exports) keeps an existing table's selections and numbers on after them;
     ``moving``: see ``atomic_texts``."""
     with atomic_texts(moving) as outputs:   # all tables or none: see atomic_texts
-        for source, group in itertools.groupby(rows, key=lambda row: row["source"]):
+        for source, group in itertools.groupby(rows, key=lambda row: row["raven_table"]):
             path = out_dir / names[source]
             earlier, number = _earlier_selections(path) if append else ("", 0)
             with outputs.open(path) as f:

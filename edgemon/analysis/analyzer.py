@@ -262,6 +262,14 @@ class AnalysisStream:
             self._run = []
         return events
 
+    def cut(self) -> list[Event]:
+        """End the open run here and return its events; the next window of its label opens a new
+        run. A live stream stores a long event in pieces, so a process killed mid-event loses only
+        the piece still open. Each piece passes the operating point on its own."""
+        events = self.analyzer.merge(self._run, math.inf) if self._run else []
+        self._run = []
+        return events
+
     def _take(self, windows: list[tuple[int, np.ndarray]]) -> list[Event]:
         events = []
         size = self.analyzer.batch_size

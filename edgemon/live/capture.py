@@ -322,7 +322,11 @@ class Capture:
             now = self._clock()
             last = self.blocks.last_callback_s
             heard = last is not None and last >= opened
-            if self._finished.is_set() or (self._stream is not None and not self._stream.active):
+            try:
+                active = self._stream is None or self._stream.active
+            except sd.PortAudioError:
+                active = False
+            if self._finished.is_set() or not active:
                 self._set(CaptureState.DEVICE_LOST, "the stream ended: device gone or audio server stopped")
                 return
             if now - (last if heard else opened) > self.config.stall_s:

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 KINDS = ("analysed",) + COVERAGE_LOSSES
 MAX_DAEMON_GAP_S = 31 * 86400  # older gaps are left out: likely a clock set after the fact
+# A clock set back by more than this counted its minutes at wrong times (it ran far ahead): count on
+# at once rather than wait that long (those minutes may then hold more than 60 s; logged).
+MAX_SET_BACK_S = 3600.0
 
 
 def _column(kind: str) -> str:
@@ -38,6 +41,9 @@ class CoverageLedger:
         self.source = source
         self.device_id = device_id
         self.accounted_until = accounted_until
+        # Minutes up to here already hold counted seconds (stored, or counted before the clock was
+        # set back): a fixed host time, never moved by a clock step, and never counted again.
+        self.counted_until: float | None = None
         self._minutes: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.totals: dict[str, float] = defaultdict(float)
 
@@ -45,8 +51,9 @@ class CoverageLedger:
         """Account host time ``[start, end)`` as ``kind`` (one of KINDS), split at minute edges."""
         if kind not in KINDS:
             raise ValueError(f"unknown coverage kind {kind!r}")
-        if self.accounted_until is not None:
-            start = max(start, self.accounted_until)
+        for bound in (self.accounted_until, self.counted_until):
+            if bound is not None:
+                start = max(start, bound)
         if not end > start:
             return 0.0
         at = start
@@ -69,19 +76,32 @@ class CoverageLedger:
 
     def shift(self, seconds: float) -> None:
         """The host clock was stepped by ``seconds``: move the boundary with it, so the step is
-        neither counted as lost time nor double-counted."""
-        if self.accounted_until is not None:
-            self.accounted_until += seconds
+        neither counted as lost time nor double-counted. Set back, the minutes it counted before
+        the step are not counted again when the clock reaches them."""
+        if self.accounted_until is None:
+            return
+        if seconds < 0:
+            self._keep_counted(self.accounted_until, self.accounted_until + seconds)
+        self.accounted_until += seconds
+
+    def _keep_counted(self, counted_until: float, now: float) -> None:
+        if counted_until - now > MAX_SET_BACK_S:
+            log.warning("%s: host clock %.0f s behind the coverage already counted; counting on, so the "
+                        "minutes of that stretch may hold more than 60 s", self.source, counted_until - now)
+            return
+        self.counted_until = max(counted_until, self.counted_until or counted_until)
 
     def add_daemon_gap(self, previous_end: float | None, start: float) -> float:
         """Time between the end of a previous run's coverage and this run's first audio, as
-        'daemon'. A negative gap (clock set back) or one over MAX_DAEMON_GAP_S is logged and
-        skipped or trimmed."""
+        'daemon'. A negative gap (clock set back, as a Pi without a real-time clock restores an
+        older time) is logged, and the minutes stored up to ``previous_end`` are not counted
+        again; a gap over MAX_DAEMON_GAP_S is trimmed."""
         if previous_end is None:
             return 0.0
         if previous_end > start:
             log.warning("%s: previous coverage ends %.1f s after this start; host clock set back?",
                         self.source, previous_end - start)
+            self._keep_counted(previous_end, start)
             return 0.0
         if start - previous_end > MAX_DAEMON_GAP_S:
             log.warning("%s: edgemon was down %.1f days; coverage records the last %d days of it",

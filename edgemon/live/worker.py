@@ -47,6 +47,7 @@ class ListenConfig:
     flush_s: float = 10.0           # coverage rows reach the database at least this often
     report_s: float = 60.0          # a progress line this often
     ntp_check_s: float = 600.0
+    max_event_s: float = 60.0       # an event open this long is stored (a kill loses no more) and a new one begins
     duration_s: float | None = None  # stop after this long (tests, benchmarks); None: until signalled
 
     @property
@@ -180,6 +181,9 @@ class Listener:
         if self.clips:
             self._clips_done(self.clips.push(x))
         self._emit(self.segment.push(x) if len(x) else [])
+        since = self.segment.open_since_s
+        if since is not None and self.segment.duration_s - since >= self.config.max_event_s:
+            self._emit(self.segment.cut())
         if self.clips:
             self.clips.follow(self.segment.open_since_s)
 
@@ -293,15 +297,15 @@ class Listener:
 
     def _periodic(self) -> None:
         now = time.monotonic()
-        if now >= self._next_ntp:
+        step = self.host.check()   # every call: cheap, and before the flag is re-read
+        if step:
+            log.warning("host clock stepped by %+.3f s; later times follow it", step)
+            self.ledger.shift(step)
+        if step or now >= self._next_ntp:
             self._next_ntp = now + self.config.ntp_check_s
             self.clock_synced = self._clock_synced_fn()
         if now >= self._next_flush:
             self._next_flush = now + self.config.flush_s
-            step = self.host.check()
-            if step:
-                log.warning("host clock stepped by %+.3f s; later times follow it", step)
-                self.ledger.shift(step)
             self._flush_coverage()
         if now >= self._next_report:
             self._next_report = now + self.config.report_s

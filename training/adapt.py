@@ -92,14 +92,14 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
     probs, embeddings, detection, target_list, groups, review_ids = [], [], [], [], [], []
     extra_probs, extra_embeddings, extra_groups = [], [], []
     for source, items in sorted(by_recording.items()):
-        path = recording_path({"source": source, "file_path": items[0][0].get("file_path")}, recordings)
-        if path is None:
-            log.warning("%s: recording not found, its %d review(s) left out", source, len(items))
-            continue
         try:
+            path = recording_path(items[0][0], recordings)
+            if path is None:
+                log.warning("%s: recording not found, its %d review(s) left out", source, len(items))
+                continue
             windows = recording_windows(ensemble, path)
         except AudioError as exc:
-            log.warning("%s: %s; its reviews left out", source, exc)
+            log.warning("%s; its %d review(s) left out", exc, len(items))   # the error names the file
             continue
         for row, target in items:
             picked = nearest_windows(windows.starts, event_windows(row["start_s"], row["end_s"], spec, frame_s),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import EdgemonError
+from edgemon.storage.fingerprint import not_analysed_as
 from edgemon.storage.readonly import connect_read_only
 from edgemon.storage.store import Detection, Store
 from edgemon.utc import parse_utc
@@ -64,9 +65,9 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
     """Analyse every finished recording of the ledger again with ``analyzer``'s bundle.
 
     A recording is looked for under ``recordings`` by its source name, else at the ledger's path.
-    One whose size differs from the ledger's is not the file ``watch`` analysed (truncated, cut
-    short by a full card, another recorder's file of the same name) and is left alone, listed as
-    changed: analysing it would replace detections of audio that is gone. Times come from the
+    One whose size or first audio bytes (``storage.fingerprint``) differ from the ledger's is not
+    the file ``watch`` analysed (truncated, cut short by a full card, another recorder's file of
+    the same name, often of the same size) and is left alone, listed as changed: analysing it would replace detections of audio that is gone. Times come from the
     ledger's start time, as ``watch`` stored them; the device id from the file's earlier
     detections, else ``device_id``. Per-file failures are counted, not fatal.
     """
@@ -85,9 +86,9 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
             if path is None:
                 missing.append(row["source"])
                 continue
-            size = path.stat().st_size
-            if size != row["size"]:
-                changed.append(f"{row['source']}: {size} bytes at {path}, {row['size']} when analysed")
+            why = not_analysed_as(row, path)
+            if why:
+                changed.append(f"{row['source']}: {why}")
                 continue
             try:
                 analysis = analyzer.analyse_file(path)

@@ -51,6 +51,7 @@ from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped,
 from edgemon.files.recordings import StabilityTracker, recording_time, wav_header_consistent
 from edgemon.safetext import name_from_stored, shown
 from edgemon.storage.disk_budget import HOLD, DiskGuard
+from edgemon.storage.fingerprint import another_recording, fingerprint
 from edgemon.storage.store import Detection, Store
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Watcher:
         self.hold_until = 0.0           # monotonic: no new work before this (the database refused a write)
         self.unreadable: dict[str, str] | None = None   # directories the last scan could not list
         self.attempted = 0              # files finished this run, whatever the outcome
+        self.others: set[Path] = set()  # files left alone: another recording analysed under their name
         self.progress = BacklogProgress(config.progress_s)
 
     def source_of(self, path: Path) -> str:
@@ -207,9 +209,11 @@ class Watcher:
         """The one closing line of ``--until-idle``: what this run did (the backlog's own summary
         comes only after a progress line, so a short backlog ended without a word)."""
         quarantined = self.attempted - self.processed
-        log.info("nothing left to do: %d file(s) analysed this run, %.2f h of audio, %d detection(s)%s",
+        log.info("nothing left to do: %d file(s) analysed this run, %.2f h of audio, %d detection(s)%s%s",
                  self.processed, self.audio_s / 3600, self.stored,
-                 f"; {quarantined} file(s) quarantined (edgemon status lists them)" if quarantined else "")
+                 f"; {quarantined} file(s) quarantined (edgemon status lists them)" if quarantined else "",
+                 f"; {len(self.others)} file(s) left alone: another recording was analysed under each name "
+                 f"(one database per recorder)" if self.others else "")
 
     @property
     def state(self) -> str:
@@ -290,6 +294,9 @@ class Watcher:
             return False
         if not self.stability.observe(path, st.st_size, st.st_mtime_ns):
             return False
+        if entry is not None and another_recording(entry.get("fingerprint"), path):
+            self._leave_alone(path, source, version, entry)
+            return True
         note = None
         if path.suffix.lower() == ".wav":
             ok, why = wav_header_consistent(path)
@@ -355,6 +362,17 @@ class Watcher:
         self.retry_at[path] = time.monotonic() + self.config.retry_s
         return False
 
+    def _leave_alone(self, path: Path, source: str, version: tuple[int, int], entry: dict) -> None:
+        """Another recording under a name already analysed: a second recorder's card (AudioMoth
+        names files by the minute, so two recorders on one schedule share names). Analysed, it
+        would replace the first recording's detections and orphan their reviews, so it is left
+        alone, and the ledger keeps describing the recording its detections came from."""
+        log.warning("%s: another recording than the one analysed under this name (%s); left alone, its "
+                    "detections kept: give each recorder its own database (--db)", shown(source),
+                    shown(entry["path"]))
+        self.settled[path] = version
+        self.others.add(path)
+
     def _quarantine_at_once(self, path: Path, source: str, version: tuple[int, int], why: str) -> None:
         """A file no retry can help: recorded once as quarantined, and not looked at again
         until its size or mtime changes."""
@@ -370,6 +388,7 @@ class Watcher:
         isolated child) is analysed in a child process, whose death is then the file's failure.
         """
         started = time.monotonic()
+        digest = fingerprint(path)   # before the analysis: what is analysed is at least this file
         interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
         self._writes_again()
         if interrupted:
@@ -402,7 +421,7 @@ class Watcher:
                                duration_s=analysis.duration_s, start_utc=when.start_utc,
                                time_source=when.source, clock_suspect=when.suspect,
                                bundle_id=self.analyzer.bundle.bundle_id, detections=detections,
-                               note=note)
+                               note=note, fingerprint=digest)
         self.processed += 1
         self.stored += len(detections)
         self.attempted += 1

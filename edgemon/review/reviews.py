@@ -19,7 +19,7 @@ from typing import TextIO
 
 from edgemon.errors import EdgemonError
 from edgemon.storage import tables
-from edgemon.storage.readonly import BUSY_TIMEOUT_MS, LATEST_VERDICTS, open_read_only
+from edgemon.storage.readonly import BUSY_TIMEOUT_MS, LATEST_VERDICTS, ledger_columns, open_read_only
 from edgemon.storage.schema import REVIEW_VERDICTS
 from edgemon.storage.store import Store
 from edgemon.utc import utc_iso
@@ -163,7 +163,7 @@ def detection(db_path: Path, detection_id: int) -> dict:
     """One detection with the path of its recording from the ledger; ReviewError if unknown."""
     detection_id = valid_id(detection_id)
     with closing(open_read_only(db_path, ReviewError)) as conn:
-        row = conn.execute("SELECT d.*, f.path AS file_path FROM detections d LEFT JOIN files f "
+        row = conn.execute(f"SELECT d.*, {ledger_columns(conn)} FROM detections d LEFT JOIN files f "
                            "ON f.source = d.source WHERE d.id = ?", [detection_id]).fetchone()
     if row is None:
         raise ReviewError(f"no detection with id {detection_id} in {db_path}")

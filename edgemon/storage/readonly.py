@@ -10,7 +10,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from edgemon.errors import EdgemonError
+from edgemon.errors import AudioError, EdgemonError
+from edgemon.storage.fingerprint import not_analysed_as
 
 BUSY_TIMEOUT_MS = 30_000   # how long a reader (and the store's writer) waits out another's lock
 
@@ -108,7 +109,7 @@ def reviewed(db_path: Path) -> list[dict]:
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'reviews'").fetchone() is None:
                 return []
             rows = conn.execute(f"""
-                SELECT v.*, d.end_s, d.confidence, f.path AS file_path, f.source AS file_source
+                SELECT v.*, d.end_s, d.confidence, {ledger_columns(conn)}, f.source AS file_source
                 FROM ({LATEST_VERDICTS}) v
                 LEFT JOIN detections d ON d.source = v.source AND d.start_s = v.start_s
                      AND d.label = v.label AND d.bundle_id = v.bundle_id
@@ -119,15 +120,36 @@ def reviewed(db_path: Path) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+def ledger_columns(conn: sqlite3.Connection) -> str:
+    """SQL of the ledger's columns that find a detection's recording and tell it from another
+    of its name (``recording_path``), over ``files f``; a database older than fingerprints gives
+    NULL for them."""
+    kept = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+    digest = "f.fingerprint" if "fingerprint" in kept else "NULL"
+    return f"f.path AS file_path, f.size AS file_size, {digest} AS file_fingerprint"
+
+
 def recording_path(row: dict, recordings: Path | None) -> Path | None:
     """Where the detection's recording is: under ``recordings`` by its source name (a database
-    copied off the recorder), else the ledger's path; None if neither exists."""
+    copied off the recorder), else the ledger's path; None if neither exists. A file there that
+    is not the recording analysed (another size, or other audio: another recorder's file of the
+    same name) is refused: ``AudioError`` says why."""
     candidates = []
     if recordings is not None:
         candidates.append(Path(recordings) / row["source"])
     if row.get("file_path"):
         candidates.append(Path(row["file_path"]))
-    return next((p for p in candidates if p.is_file()), None)
+    refused = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        why = not_analysed_as({"size": row.get("file_size"), "fingerprint": row.get("file_fingerprint")}, path)
+        if why is None:
+            return path
+        refused.append(why)
+    if refused:
+        raise AudioError(f"{row['source']}: not the recording analysed: {'; '.join(refused)}")
+    return None
 
 
 def sources_in_several_bundles(db_path: Path) -> int:

@@ -326,3 +326,11 @@ def m011_clip_offset(db: sqlite_utils.Database) -> None:
     unless the stream had just begun)."""
     db.execute("ALTER TABLE detections ADD COLUMN clip_offset_s REAL")
     db.execute("ALTER TABLE detections ADD COLUMN clip_end_s REAL")
+
+
+@MIGRATIONS()
+def m012_file_fingerprint(db: sqlite_utils.Database) -> None:
+    """A digest of each analysed recording's first audio bytes (``storage.fingerprint``), so that
+    another recorder's file under the same name is told apart from the one analysed. Additive
+    only: files analysed before keep NULL (nothing is compared for them)."""
+    db.execute("ALTER TABLE files ADD COLUMN fingerprint TEXT")

@@ -201,11 +201,12 @@ class Store:
     def commit_file(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
                     duration_s: float, start_utc: str | dt.datetime | None, time_source: str,
                     clock_suspect: bool, bundle_id: str, detections: list[Detection],
-                    note: str | None = None) -> None:
+                    note: str | None = None, fingerprint: str | None = None) -> None:
         """Store a processed file: its detections replace earlier ones of the same bundle (one found
         again unchanged keeps its row and id, so a file merely touched or copied again delivers
         nothing twice to export cursors), and its ledger row becomes 'done'. One transaction: all of it is stored or none of it. ``note``
-        (kept in the ledger's error column) says what was odd about a file that was still read.
+        (kept in the ledger's error column) says what was odd about a file that was still read;
+        ``fingerprint`` (``storage.fingerprint``) tells this recording from another of its name.
 
         ``size`` is in bytes, ``mtime_ns`` in nanoseconds since the epoch, ``duration_s`` in
         seconds. Raises ValueError if a detection names another source or bundle. Ends the file's
@@ -224,6 +225,7 @@ class Store:
                 "duration_s": duration_s,
                 "start_utc": _optional_utc(start_utc), "time_source": time_source,
                 "clock_suspect": int(clock_suspect), "bundle_id": bundle_id, "updated_at": now,
+                "fingerprint": fingerprint,
             }, pk="source")
 
     def record_failure(self, source: str, *, path: str | Path, size: int, mtime_ns: int,

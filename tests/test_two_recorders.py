@@ -1,0 +1,98 @@
+"""Two recorders' cards under one database: AudioMoth names files by the minute they began, so two
+recorders on one schedule write the same names, often of the same size. Found by a newcomer trial:
+the second card replaced the first card's detections (and orphaned their reviews), and review,
+adapt and reanalyse read the second card's files for the first card's detections."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from devtools.soundscapes import PART_A, PART_B, soundscape
+from edgemon.errors import AudioError
+from edgemon.review.excerpt import read_excerpt
+from edgemon.review.reviews import detection
+from tests.watch_helpers import query, watch_until_idle
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "20180301_050000.WAV"
+SECONDS = 40
+
+
+def card(borneo_dir: Path, root: Path, names: tuple[str, ...]) -> Path:
+    """A card holding one recording named as an AudioMoth names it, exactly SECONDS long."""
+    root.mkdir()
+    soundscape(borneo_dir, names, root / "scape.wav")
+    x, rate = soundfile.read(root / "scape.wav", dtype="float32")
+    (root / "scape.wav").unlink()
+    x = np.resize(x, SECONDS * rate)                    # a fixed length: both cards' files are one size
+    soundfile.write(root / NAME, x, rate, subtype="PCM_16")
+    return root
+
+
+@pytest.fixture
+def cards(borneo_dir, tmp_path) -> tuple[Path, Path, Path]:
+    a = card(borneo_dir, tmp_path / "siteA", PART_A)
+    b = card(borneo_dir, tmp_path / "siteB", PART_B[::-1])   # PART_B begins as PART_A does
+    assert (a / NAME).stat().st_size == (b / NAME).stat().st_size
+    db = tmp_path / "d.db"
+    watch_until_idle(a, db)
+    return a, b, db
+
+
+def rows(db: Path) -> list[tuple]:
+    return query(db, "SELECT id, source, start_s, label, confidence FROM detections ORDER BY id")
+
+
+def test_a_second_card_with_the_same_names_leaves_the_first_cards_detections_alone(cards, caplog):
+    a, b, db = cards
+    first = rows(db)
+    assert first, "the first card's recording holds calls"
+    caplog.set_level(logging.WARNING)
+    watcher = watch_until_idle(b, db)
+    assert rows(db) == first
+    assert query(db, "SELECT path FROM files") == [(str(a / NAME),)]     # the ledger still says which file
+    assert watcher.others == {b.resolve() / NAME}
+    assert any("another recording than the one analysed" in r.getMessage() and "--db" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_the_same_card_copied_elsewhere_is_still_the_same_recording(cards, tmp_path):
+    a, _, db = cards
+    first = rows(db)
+    copy = tmp_path / "again"
+    copy.mkdir()
+    shutil.copyfile(a / NAME, copy / NAME)               # `cp` without -p: another mtime, same audio
+    watcher = watch_until_idle(copy, db)
+    assert watcher.processed == 1 and not watcher.others
+    assert rows(db) == first                             # found again unchanged: same rows, same ids
+
+
+def test_the_idle_summary_names_the_files_left_alone(cards):
+    _, b, db = cards
+    run = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(b), "--db", str(db), "--until-idle",
+                          "--settle-s", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip().splitlines()[-1].endswith(
+        "; 1 file(s) left alone: another recording was analysed under each name (one database per recorder)")
+
+
+def test_review_and_reanalyse_refuse_another_recorders_file_of_the_same_size(cards):
+    a, b, db = cards
+    row = detection(db, rows(db)[0][0])
+    assert read_excerpt(row, recordings=b).path == a / NAME     # passed over for the ledger's own file
+    (a / NAME).rename(a.parent / "elsewhere.WAV")                 # the first card taken away
+    with pytest.raises(AudioError, match=f"{NAME}: not the recording analysed: .*holds other audio"):
+        read_excerpt(row, recordings=b)
+    run = subprocess.run([sys.executable, "-m", "edgemon", "reanalyse", "--db", str(db), "--models",
+                          str(REPO / "edgemon" / "models" / "default"), "--recordings", str(b)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert "1 changed" in run.stderr and "holds other audio" in run.stdout + run.stderr, (run.stdout, run.stderr)

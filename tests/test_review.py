@@ -205,6 +205,43 @@ def test_page_audio_spectrogram_and_verdict_over_http(review_db):
         assert conn.execute("SELECT verdict, new_label FROM reviews").fetchall() == [("relabel", "hornbill_rhino")]
 
 
+
+def test_precision_counts_only_verdicts_on_detections_still_stored(review_db):
+    """Found by a newcomer trial: reanalyse removes detections no longer found and their reviews
+    stay behind; the page's precision still counted them, beside a list that no longer showed them."""
+    db, _ = review_db
+    hornbills = [r["id"] for r in reviews.list_detections(db, label="hornbill_helmeted")]
+    for detection_id in hornbills:
+        reviews.add_verdict(db, detection_id, "correct", "ann")
+    judged = {c.label: c.judged for c in reviews.precision_by_class(db)}["hornbill_helmeted"]
+    assert judged == len(hornbills) >= 2
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM detections WHERE id = ?", [hornbills[0]])   # as reanalyse removes one
+    assert {c.label: c.judged for c in reviews.precision_by_class(db)}["hornbill_helmeted"] == judged - 1
+    assert {c.label: c.judged for c in reviews.precision_by_class(db, BUNDLE_ID)}["hornbill_helmeted"] == judged - 1
+
+
+def test_a_bad_page_offset_or_an_empty_reviewer_is_one_line(review_db):
+    db, recordings = review_db
+    with review_server(db, recordings) as (base, _):
+        for offset in ("99999999999999999999999", "9223372036854775808", "-1", "1.5", "%C2%B2"):
+            status, _, body = _get(base + f"/?offset={offset}")          # a huge one was a 500 and a traceback
+            assert status == 400 and body.startswith(b"error: offset ") and body.count(b"\n") == 1, (offset, body)
+        assert _get(base + "/?offset=50")[0] == 200
+    with pytest.raises(ReviewServerError, match="needs a reviewer name"):   # every verdict was refused
+        create_app(ReviewConfig(db=db, reviewer=" "))
+
+
+def test_a_verdict_someone_else_gave_is_shown_with_their_name(review_db):
+    """Found by a newcomer trial: bob's verdict replaced alice's, and her page showed it unnamed."""
+    db, recordings = review_db
+    first, second = [r["id"] for r in reviews.list_detections(db, order="time")][:2]
+    reviews.add_verdict(db, first, "wrong", "bob")
+    reviews.add_verdict(db, second, "correct", "tester")
+    with review_server(db, recordings) as (base, _):
+        page = _get(base + "/?order=time")[2].decode()
+    assert page.count("(by bob)") == 1 and "(by tester)" not in page
+
 def test_missing_recording_is_a_404_naming_it(review_db, tmp_path):
     db, recordings = review_db
     (recordings / "S01" / "20240501_060000.WAV").rename(tmp_path / "moved.wav")

@@ -12,6 +12,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import re
 import secrets
 import socket
 from urllib.parse import urlencode
@@ -67,6 +68,15 @@ class ReviewConfig:
         return self.host in LOCAL_HOSTS
 
 
+def page_offset(text: str | None) -> int:
+    """``?offset=``: a whole number SQLite can hold (a huge one was a 500 and a traceback)."""
+    if not text:
+        return 0
+    if not re.fullmatch(r"[0-9]{1,18}", text):
+        raise reviews.ReviewError(f"offset {text!r} is not a whole number from 0 to 10^18")
+    return int(text)
+
+
 def with_token(config: ReviewConfig) -> ReviewConfig:
     """``config`` with a generated token when it binds beyond this machine without one."""
     if config.token is not None and not config.token.strip():
@@ -117,6 +127,8 @@ def create_app(config: ReviewConfig) -> Starlette:
     if not config.local and not config.token:
         raise ReviewServerError(f"binding {config.host} makes the page reachable from other machines: "
                                 f"it needs a token (--token)")
+    if not config.reviewer.strip():   # else the page opens and every verdict is refused
+        raise ReviewServerError("a verdict needs a reviewer name: give --reviewer NAME ($USER is empty)")
     reviews.open_for_review(config.db)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["urlencode_without"] = lambda q, key: urlencode(
@@ -125,9 +137,9 @@ def create_app(config: ReviewConfig) -> Starlette:
     def index(request: Request) -> Response:
         q = request.query_params
         order = q.get("order", "teach")
-        offset = int(q["offset"]) if q.get("offset", "").isdigit() else 0
         days, labels, bundles = reviews.days_and_labels(config.db)
         try:
+            offset = page_offset(q.get("offset"))
             rows = reviews.list_detections(config.db, order=order, label=q.get("label") or None,
                                            day=q.get("day") or None, bundle_id=q.get("bundle") or None,
                                            unreviewed_only=q.get("unreviewed") == "1",
@@ -139,6 +151,7 @@ def create_app(config: ReviewConfig) -> Starlette:
             "orders": reviews.ORDERS, "offset": offset, "page_size": PAGE_SIZE,
             "relabel_to": known_labels(labels),
             "precision": reviews.precision_by_class(config.db, q.get("bundle") or None),
+            "several": 0 if q.get("bundle") else sources_in_several_bundles(config.db),
             "reviewer": config.reviewer})
 
     def charts_page(request: Request) -> Response:

@@ -93,9 +93,14 @@ def precision_by_class(db_path: Path, bundle_id: str | None = None) -> list[Clas
     mine, args = ("WHERE bundle_id = ?", [bundle_id]) if bundle_id else ("", [])
     with closing(open_read_only(db_path, ReviewError)) as conn:
         labels = [r[0] for r in conn.execute(f"SELECT DISTINCT label FROM detections {mine} ORDER BY label", args)]
+        # Only verdicts on detections still stored: reanalyse removes the ones no longer found,
+        # and their reviews stay behind (they counted here, and not on the page's list).
         counts = {r["label"]: r for r in conn.execute(f"""
-            SELECT label, sum(verdict = 'correct') AS correct, count(*) AS judged
-            FROM ({LATEST_VERDICTS}) WHERE verdict != 'unsure' {mine.replace('WHERE', 'AND')} GROUP BY label""", args)}
+            SELECT v.label, sum(v.verdict = 'correct') AS correct, count(*) AS judged
+            FROM ({LATEST_VERDICTS}) v
+            JOIN detections d ON d.source = v.source AND d.start_s = v.start_s AND d.label = v.label
+                 AND d.bundle_id = v.bundle_id
+            WHERE v.verdict != 'unsure' {mine.replace('WHERE bundle_id', 'AND v.bundle_id')} GROUP BY v.label""", args)}
     result = []
     for label in labels:
         row = counts.get(label)

@@ -101,6 +101,23 @@ def test_too_few_reviews_are_refused_and_nothing_is_written(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+
+def test_reviews_of_detections_no_longer_stored_are_named_when_left_out(tmp_path, caplog):
+    """Found by a newcomer trial: after reanalyse removed detections, adapt used fewer reviews
+    than were given and said nothing."""
+    import logging
+    import sqlite3
+
+    db, recordings = make_review_db(tmp_path)
+    first = reviews.list_detections(db)[0]
+    reviews.add_verdict(db, first["id"], "wrong", "ann")
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM detections WHERE id = ?", [first["id"]])     # as reanalyse removes it
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(AdaptError, match="no judged review"):
+        adapt_bundle(default_bundle_path(), db, recordings, tmp_path / "new")
+    assert any("1 review(s) of detections no longer stored left out" in r.getMessage() for r in caplog.records)
+
 @pytest.fixture(scope="module")
 def site(borneo_dir, tmp_path_factory):
     """A third of recorder S19's unseen clips as four recordings, analysed by the shipped bundle, every

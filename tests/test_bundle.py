@@ -57,6 +57,9 @@ def test_missing_member_and_missing_manifest(bundle_dir, tmp_path):
         load_bundle(bundle_dir)
     with pytest.raises(BundleError, match="nowhere: no such bundle directory"):
         load_bundle(tmp_path / "nowhere")
+    (tmp_path / "detections.db").write_bytes(b"")                  # a database given as --models
+    with pytest.raises(BundleError, match="detections.db: a file, not a bundle directory"):
+        load_bundle(tmp_path / "detections.db")
     (tmp_path / "empty").mkdir()
     with pytest.raises(BundleError, match="empty/manifest.json: no bundle manifest here"):
         load_bundle(tmp_path / "empty")

@@ -82,7 +82,11 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
     recorder does (``recording_windows``); keep each detection's windows, and the recording's
     background windows (``background_windows``)."""
     config = config or AdaptConfig()
-    targets = review_targets(reviewed(reviews_db), bundle.labels, bundle.background_label)
+    rows = reviewed(reviews_db)
+    gone = sum(1 for r in rows if r["verdict"] != "unsure" and r.get("end_s") is None)
+    if gone:   # their detections were removed since (reanalyse no longer found them)
+        log.warning("%s: %d review(s) of detections no longer stored left out", reviews_db, gone)
+    targets = review_targets(rows, bundle.labels, bundle.background_label)
     spec = WindowSpec.from_seconds(bundle.window_s, bundle.hop_s, bundle.frontend)
     frame_s = bundle.frontend.hop_length / bundle.frontend.sample_rate
     background = bundle.labels.index(bundle.background_label)

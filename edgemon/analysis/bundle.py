@@ -207,7 +207,8 @@ class _Reader:
 
 def _read_manifest(manifest_path: Path) -> dict:
     if not manifest_path.parent.is_dir():
-        raise _fail(manifest_path.parent, "no such bundle directory")
+        raise _fail(manifest_path.parent, "a file, not a bundle directory" if manifest_path.parent.exists()
+                    else "no such bundle directory")
     if not manifest_path.is_file():
         raise _fail(manifest_path, "no bundle manifest here")
     if manifest_path.stat().st_size > MANIFEST_MAX_BYTES:

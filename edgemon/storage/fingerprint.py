@@ -3,9 +3,10 @@
 AudioMoth names its files by the minute they began, so two recorders on one schedule write the
 same names, and often the same sizes. A card read into a database that already holds another
 card's recordings must not replace their detections, and a review or adaptation must not read
-another recorder's file for a detection. The digest skips the first 4 KiB (headers, whose sizes a
-recorder rewrites when it closes a file) and reads the next 64 KiB: a copy, a grown file or a file
-merely touched keeps it; another recording does not.
+another recorder's file for a detection. The digest reads the first 64 KiB of the audio itself
+(after a WAV's chunks before ``data``, after a FLAC's metadata blocks; elsewhere after 4 KiB), so
+the headers a recorder rewrites when it closes a file (sizes, a FLAC's seek table and checksum) do
+not count: a copy, a grown file or a file merely touched keeps it; another recording does not.
 """
 
 from __future__ import annotations
@@ -14,20 +15,51 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
-SKIP_BYTES = 4096
+SKIP_BYTES = 4096        # a file of another kind: past its header, whatever it is
 SPAN_BYTES = 65536
 
 
+HEADER_LIMIT = 1 << 20   # a header longer than this is not looked through: the default offset is used
+
+
 def fingerprint(path: str | Path) -> str | None:
-    """The digest of ``path``'s bytes after its header, or None when the file is too short to
-    tell (under 68 KiB: a few seconds of audio) or cannot be read."""
+    """The digest of the first 64 KiB of ``path``'s audio, or None when the file holds less than
+    that (about 2 s of 16 kHz audio) or cannot be read."""
     try:
         with open(path, "rb") as f:
-            f.seek(SKIP_BYTES)
+            f.seek(_audio_offset(f))
             data = f.read(SPAN_BYTES)
     except OSError:
         return None
     return hashlib.sha1(data).hexdigest() if len(data) == SPAN_BYTES else None
+
+
+def _audio_offset(f) -> int:
+    """Where the audio begins: a WAV's ``data`` chunk, a FLAC's first frame, else SKIP_BYTES."""
+    head = f.read(12)
+    pos = None
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        pos = 12
+        while pos < HEADER_LIMIT:
+            f.seek(pos)
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                break
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                return pos + 8
+            pos += 8 + size + (size & 1)
+    elif head[:4] == b"fLaC":
+        pos = 4
+        while pos < HEADER_LIMIT:
+            f.seek(pos)
+            block = f.read(4)
+            if len(block) < 4:
+                break
+            pos += 4 + int.from_bytes(block[1:], "big")
+            if block[0] & 0x80:    # the last metadata block
+                return pos
+    return SKIP_BYTES
 
 
 def another_recording(stored: str | None, path: str | Path) -> bool:

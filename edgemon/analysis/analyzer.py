@@ -96,21 +96,34 @@ class EventMerger:
 
     def merge(self, votes: list[WindowVote], duration_s: float) -> list[Event]:
         """Join consecutive windows of the same label into events; background ends an event."""
-        events = []
-        for run in self.runs(votes):
-            gate = self.gate(run)
-            # Decided on the confidences as stored (4 decimals), which the chooser of the
-            # point reads back from events: a run at 0.51998 meets an opening level of 0.52 in both.
-            if self.point.keeps(self.labels[run[0].label], [round(v.confidence, 4) for v in run], gate):
-                events.append(self._event(run, duration_s, gate))
-        return events
+        return [self._event(run, duration_s, self.gate(run)) for run in self.runs(votes) if self.kept(run)]
 
-    def _event(self, run: list[WindowVote], duration_s: float, gate: float | None = None) -> Event:
+    def kept(self, run: list[WindowVote]) -> bool:
+        """Whether the operating point stores this run (one label) as an event."""
+        # Decided on the confidences as stored (4 decimals), which the chooser of the point reads
+        # back from events: a run at 0.51998 meets an opening level of 0.52 in both.
+        return self.point.keeps(self.labels[run[0].label], [round(v.confidence, 4) for v in run], self.gate(run))
+
+    def piece(self, run: list[WindowVote], hop_frames: int, duration_s: float, continues: bool,
+              cut: bool) -> Event:
+        """An event stored before its run has ended (a live stream stores a long event in pieces,
+        so a process killed mid-event loses only the piece still open): the run so far when
+        ``cut``, ending where the next window begins, so pieces neither overlap nor leave a gap;
+        ``continues`` a piece after the first, which the run as a whole already earned, so it is
+        stored whatever its own length or confidence. Its votes say which it is."""
+        event = self._event(run, duration_s, self.gate(run),
+                            {**({"continues": True} if continues else {}), **({"cut": True} if cut else {})})
+        if cut:
+            event = dataclasses.replace(event, end_s=round((run[-1].start_frame + hop_frames) * self.frame_s, 3))
+        return event
+
+    def _event(self, run: list[WindowVote], duration_s: float, gate: float | None = None,
+               extra: dict | None = None) -> Event:
         label = run[0].label
         member_votes = np.array([v.member_labels for v in run])  # [windows, members]
         votes = {"windows": len(run), "member_votes": (member_votes == label).sum(axis=0).tolist(),
                  "window_confidence": [round(v.confidence, 4) for v in run],
-                 **({"gate": gate} if gate is not None else {})}
+                 **({"gate": gate} if gate is not None else {}), **(extra or {})}
         end = (run[-1].start_frame + run[-1].frames) * self.frame_s
         score = max(v.confidence for v in run)
         confidence = self.calibration(self.labels[label], score, sum(v.confidence for v in run), gate)
@@ -232,6 +245,8 @@ class AnalysisStream:
         self._keep = keep_votes
         self._pending: list[tuple[int, np.ndarray]] = []
         self._run: list[WindowVote] = []
+        self._label: int | None = None     # the open run's label (it outlives a cut run's windows)
+        self._continues = False            # the open run continues an event already stored in part
 
     @property
     def duration_s(self) -> float:
@@ -257,18 +272,29 @@ class AnalysisStream:
         self._pending += list(self.windows.finish())
         events = self._take(self._pending)
         self._pending = []
-        if self._run:
-            events += self.analyzer.merge(self._run, self.duration_s)
-            self._run = []
-        return events
+        return events + self._end_run(self.duration_s)
 
     def cut(self) -> list[Event]:
-        """End the open run here and return its events; the next window of its label opens a new
-        run. A live stream stores a long event in pieces, so a process killed mid-event loses only
-        the piece still open. Each piece passes the operating point on its own."""
-        events = self.analyzer.merge(self._run, math.inf) if self._run else []
-        self._run = []
-        return events
+        """Store the open run so far as a piece of its event, when the run as a whole is already
+        kept (``EventMerger.piece``), and carry on: the rest of the run continues that event. A
+        run the operating point does not keep yet stays open. A live stream calls this for an
+        event open too long, so a process killed mid-event loses only the piece still open."""
+        merger = self.analyzer.merger
+        if not self._run or not (self._continues or merger.kept(self._run)):
+            return []
+        piece = merger.piece(self._run, self.analyzer.spec.hop, math.inf, self._continues, cut=True)
+        self._run, self._continues = [], True
+        return [piece]
+
+    def _end_run(self, duration_s: float) -> list[Event]:
+        """The events of the run that has just ended (a piece, when its event was cut before)."""
+        run, continues = self._run, self._continues
+        self._run, self._continues = [], False
+        if not run:
+            return []
+        if continues:
+            return [self.analyzer.merger.piece(run, self.analyzer.spec.hop, duration_s, True, cut=False)]
+        return self.analyzer.merge(run, duration_s)
 
     def _take(self, windows: list[tuple[int, np.ndarray]]) -> list[Event]:
         events = []
@@ -278,11 +304,11 @@ class AnalysisStream:
                 self.voted += 1
                 if self._keep:
                     self.votes.append(vote)
-                if self._run and vote.label != self._run[-1].label:
+                if (self._run or self._continues) and vote.label != self._label:
                     # The merge rule: a different label, background too, ends a run.
-                    events += self.analyzer.merge(self._run, math.inf)
-                    self._run = []
+                    events += self._end_run(math.inf)
                 if vote.label != self.analyzer.background:
+                    self._label = vote.label
                     self._run.append(vote)
         return events
 

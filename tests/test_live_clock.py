@@ -313,9 +313,24 @@ def test_a_portaudio_error_while_watching_the_stream_is_a_device_loss(tmp_path):
 def test_a_clock_set_back_by_hours_counts_on_rather_than_waiting_hours():
     """A clock that ran hours ahead counted its minutes at wrong times: waiting for it would leave
     hours of listening uncounted, so the ledger counts on (and logs it)."""
-    ledger = CoverageLedger("live:test", "edgemon", accounted_until=10_000.0)
+    ledger = CoverageLedger("live:test", "edgemon")
+    assert ledger.add("analysed", 9_900.0, 10_000.0) == 100.0
     ledger.shift(-30.0)
     assert ledger.add("analysed", 9_970.0, 10_030.0) == 30.0     # the 30 s already counted are not again
-    far = CoverageLedger("live:test", "edgemon", accounted_until=100_000.0)
+    far = CoverageLedger("live:test", "edgemon")
+    far.add("analysed", 99_000.0, 100_000.0)
     far.shift(-7200.0)
     assert far.add("analysed", 92_800.0, 92_860.0) == 60.0
+
+
+def test_a_clock_glitch_ahead_and_back_skips_only_what_it_counted_ahead():
+    """Found by a review: 10 s heard while the clock ran 30 min ahead made the next 30 min of
+    listening uncounted once NTP set it back. Only those 10 s lie ahead and are skipped."""
+    t = 1_700_000_000.0
+    ledger = CoverageLedger("live:test", "edgemon")
+    assert ledger.add("analysed", t, t + 10) == 10
+    ledger.shift(+1800)
+    assert ledger.add("analysed", t + 1810, t + 1820) == 10          # heard at the wrong time
+    ledger.shift(-1800)
+    assert ledger.add("analysed", t + 20, t + 1820) == pytest.approx(1800 - 10)
+    assert ledger.add("analysed", t + 1820, t + 1900) == 80

@@ -3,7 +3,9 @@
 Without it a minute with no detection cannot be told apart from a minute nobody listened to. The
 ledger keeps one running boundary, ``accounted_until``: every stretch of host time after it is
 added exactly once, as analysed or as one kind of loss, so a minute never sums to more than 60 s
-however the stretches are reported (late, overlapping, after a clock correction).
+however the stretches are reported (late, overlapping, after a clock correction). A clock set
+back passes again host time it already counted (since its last step, or by the run before a
+restart): those stretches are kept and skipped, up to an hour back.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ class CoverageLedger:
         self.source = source
         self.device_id = device_id
         self.accounted_until = accounted_until
-        # Minutes up to here already hold counted seconds (stored, or counted before the clock was
-        # set back): a fixed host time, never moved by a clock step, and never counted again.
-        self.counted_until: float | None = None
+        # Stretches of host time already counted that the clock, set back, will pass again
+        # (stored by an earlier run, or counted since the last step): fixed host times, never
+        # moved by a clock step, never counted twice. ``counted_from``: where this stretch began.
+        self.counted: list[tuple[float, float]] = []
+        self.counted_from: float | None = accounted_until
         self._minutes: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.totals: dict[str, float] = defaultdict(float)
 
@@ -51,11 +55,19 @@ class CoverageLedger:
         """Account host time ``[start, end)`` as ``kind`` (one of KINDS), split at minute edges."""
         if kind not in KINDS:
             raise ValueError(f"unknown coverage kind {kind!r}")
-        for bound in (self.accounted_until, self.counted_until):
-            if bound is not None:
-                start = max(start, bound)
+        if self.accounted_until is not None:
+            start = max(start, self.accounted_until)
         if not end > start:
             return 0.0
+        if self.counted_from is None:
+            self.counted_from = start
+        added = sum(self._add(kind, a, b) for a, b in _without(start, end, self.counted))
+        self.counted = [(a, b) for a, b in self.counted if b > end]
+        self.accounted_until = end
+        self.totals[kind] += added
+        return added
+
+    def _add(self, kind: str, start: float, end: float) -> float:
         at = start
         while at < end:
             minute = int(math.floor(at / 60.0))
@@ -64,8 +76,6 @@ class CoverageLedger:
             row[_column(kind)] += upto - at
             row["end"] = max(row.get("end", 0.0), upto)
             at = upto
-        self.accounted_until = end
-        self.totals[kind] += end - start
         return end - start
 
     def count(self, what: str, when: float, n: int = 1) -> None:
@@ -80,16 +90,20 @@ class CoverageLedger:
         the step are not counted again when the clock reaches them."""
         if self.accounted_until is None:
             return
-        if seconds < 0:
-            self._keep_counted(self.accounted_until, self.accounted_until + seconds)
+        if seconds < 0:   # what was counted since the last step lies ahead of the clock again
+            start = self.accounted_until if self.counted_from is None else self.counted_from
+            self._keep_counted(max(start, self.accounted_until + seconds), self.accounted_until,
+                               self.accounted_until + seconds)
         self.accounted_until += seconds
+        self.counted_from = self.accounted_until
 
-    def _keep_counted(self, counted_until: float, now: float) -> None:
-        if counted_until - now > MAX_SET_BACK_S:
+    def _keep_counted(self, start: float, end: float, now: float) -> None:
+        """Host time ``[start, end)`` was counted already and the clock, at ``now``, will pass it again."""
+        if end - now > MAX_SET_BACK_S:
             log.warning("%s: host clock %.0f s behind the coverage already counted; counting on, so the "
-                        "minutes of that stretch may hold more than 60 s", self.source, counted_until - now)
-            return
-        self.counted_until = max(counted_until, self.counted_until or counted_until)
+                        "minutes of that stretch may hold more than 60 s", self.source, end - now)
+        elif end > start:
+            self.counted.append((start, end))
 
     def add_daemon_gap(self, previous_end: float | None, start: float) -> float:
         """Time between the end of a previous run's coverage and this run's first audio, as
@@ -101,7 +115,7 @@ class CoverageLedger:
         if previous_end > start:
             log.warning("%s: previous coverage ends %.1f s after this start; host clock set back?",
                         self.source, previous_end - start)
-            self._keep_counted(previous_end, start)
+            self._keep_counted(start, previous_end, start)
             return 0.0
         if start - previous_end > MAX_DAEMON_GAP_S:
             log.warning("%s: edgemon was down %.1f days; coverage records the last %d days of it",
@@ -128,3 +142,11 @@ class CoverageLedger:
                 clock_synced=clock_synced))
         self._minutes.clear()
         return rows
+
+
+def _without(start: float, end: float, taken: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``[start, end)`` less the stretches ``taken``, as the stretches left."""
+    left = [(start, end)]
+    for a, b in taken:
+        left = [piece for s, e in left for piece in ((s, min(e, a)), (max(s, b), e)) if piece[1] > piece[0]]
+    return left

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edgemon.errors import EdgemonError
+from edgemon.safetext import stored_name
 from edgemon.storage.cursors import list_cursors
 from edgemon.storage.readonly import open_read_only, quick_check
 from edgemon.storage.store import COVERAGE_LOSSES
@@ -116,6 +117,13 @@ def _service(beat: dict | None, heartbeat_s: float, now: dt.datetime) -> dict:
             "files_done_this_run": beat["files_done"], "rss_mb": beat["rss_mb"], "note": beat["note"]}
 
 
+def _other_recordings(conn: sqlite3.Connection) -> int:
+    """Files watch left alone: another recorder's files under names already analysed."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'other_recordings'").fetchone() is None:
+        return 0
+    return conn.execute("SELECT count(*) FROM other_recordings").fetchone()[0]
+
+
 def _named(files: dict, total: int, shown: int = 3) -> str:
     """The first ``shown`` of ``total`` files with why, and how many more."""
     named = "; ".join(f"{source} ({why})" for source, why in list(files.items())[:shown])
@@ -131,7 +139,8 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
                "quarantined_files": dict(conn.execute(
                    "SELECT source, error FROM files WHERE state = 'quarantined' ORDER BY updated_at DESC LIMIT 20")),
                "with_note": conn.execute("SELECT count(*) FROM files WHERE state = 'done' AND error IS NOT NULL")
-                                .fetchone()[0]}
+                                .fetchone()[0],
+               "other_recordings": _other_recordings(conn)}
     if directory is None:
         return backlog
     from edgemon.files.directory import iter_audio, source_of
@@ -142,6 +151,9 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
         backlog["note"] = "directory not found"
         return backlog
     ledger = {r[0]: (r[1], r[2], r[3]) for r in conn.execute("SELECT source, size, mtime_ns, state FROM files")}
+    others = {}
+    if backlog["other_recordings"]:
+        others = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT path, size, mtime_ns FROM other_recordings")}
     waiting = 0
     for path in iter_audio(root):
         try:
@@ -149,6 +161,8 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
         except OSError:
             continue
         entry = ledger.get(source_of(root, path))
+        if others.get(stored_name(path)) == (st.st_size, st.st_mtime_ns):
+            continue          # left alone by watch: another recording than the one analysed
         if entry is None or entry[:2] != (st.st_size, st.st_mtime_ns) or entry[2] == "failed":
             waiting += 1
     backlog["waiting"] = waiting
@@ -208,6 +222,9 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
     if status["backlog"]["quarantined"]:
         problems.append(f"{status['backlog']['quarantined']} file(s) quarantined (not analysed): "
                         + _named(status["backlog"].get("quarantined_files", {}), status["backlog"]["quarantined"]))
+    if status["backlog"].get("other_recordings"):
+        problems.append(f"{status['backlog']['other_recordings']} file(s) left alone: another recording under a "
+                        f"name already analysed (another recorder's card?); give each recorder its own database")
     free = status["disk"]["free_mb"]
     if min_free_mb is not None and free is not None and free < min_free_mb:
         problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")

@@ -118,4 +118,81 @@ def test_the_digest_reads_the_audio_not_the_headers_a_recorder_rewrites(tmp_path
     assert fingerprint(whole) is not None and fingerprint(whole) != fingerprint(other)
     short = tmp_path / f"short.{fmt.lower()}"
     soundfile.write(short, x[:8000], 16000, format=fmt, subtype="PCM_16")
-    assert fingerprint(short) is None                      # half a second: too short to tell
+    # Half a second: digested whole, its length said, so a later file is compared over as much.
+    assert fingerprint(short).split(":")[0] == str(16000 if fmt == "WAV" else len(fingerprint_bytes(short)))
+
+
+def fingerprint_bytes(path: Path) -> bytes:
+    """The audio bytes the digest reads of a FLAC: everything after its metadata blocks."""
+    data = path.read_bytes()
+    pos = 4
+    while True:
+        last, size = data[pos] & 0x80, int.from_bytes(data[pos + 1:pos + 4], "big")
+        pos += 4 + size
+        if last:
+            return data[pos:]
+
+
+def test_a_short_second_recording_under_a_name_is_told_apart_too(cards_short):
+    """Found by a review: a file under 68 KiB had no digest, so a short file of another card
+    replaced the first card's detections (and a short first recording let any later one in)."""
+    a, b, db = cards_short
+    first = rows(db)
+    watcher = watch_until_idle(b, db)
+    assert watcher.others == {b.resolve() / NAME} and rows(db) == first
+
+
+@pytest.fixture
+def cards_short(tmp_path) -> tuple[Path, Path, Path]:
+    rng = np.random.default_rng(1)
+    a, b = tmp_path / "siteA", tmp_path / "siteB"
+    for root in (a, b):
+        root.mkdir()
+        soundfile.write(root / NAME, rng.normal(0, 0.1, 16000).astype(np.float32), 16000, subtype="PCM_16")
+    db = tmp_path / "d.db"
+    watch_until_idle(a, db)
+    assert query(db, "SELECT fingerprint LIKE '32000:%' FROM files") == [(1,)]
+    return a, b, db
+
+
+def test_reanalyse_passes_over_another_cards_file_for_the_ledgers_own(cards):
+    """Found by a review: reanalyse refused the recording when --recordings held another card's
+    file of its name, though the ledger's own file was there (the review page used it)."""
+    from edgemon.files.reanalyse import reanalyse
+    from tests.watch_helpers import analyzer
+
+    a, b, db = cards
+    result = reanalyse(db, analyzer(), recordings=b)
+    assert (result.files, result.changed, result.missing) == (1, [], [])
+
+
+def test_a_recording_grown_since_is_heard_on_the_review_page_but_not_reanalysed(cards):
+    """A recording still being written when it was analysed holds what was analysed: the page plays
+    it (it did before digests were compared); reanalyse would replace detections of a part it
+    never analysed, so it lists it as changed."""
+    from edgemon.files.reanalyse import reanalyse
+    from tests.watch_helpers import analyzer
+
+    a, _, db = cards
+    x, rate = soundfile.read(a / NAME, dtype="float32")
+    soundfile.write(a / NAME, np.concatenate([x, x[: 5 * rate]]), rate, subtype="PCM_16")
+    row = detection(db, rows(db)[0][0])
+    assert read_excerpt(row).path == a / NAME
+    result = reanalyse(db, analyzer())
+    assert result.files == 0 and len(result.changed) == 1 and "when analysed" in result.changed[0]
+
+
+def test_a_file_left_alone_is_named_by_status_and_said_once(cards, caplog):
+    """Found by a review: status counted it as waiting forever, and every start warned again."""
+    from edgemon.status import collect_status
+
+    _, b, db = cards
+    caplog.set_level(logging.WARNING)
+    watch_until_idle(b, db)
+    again = watch_until_idle(b, db)
+    assert again.others == {b.resolve() / NAME}                  # still left alone, and counted
+    said = [r for r in caplog.records if "another recording than the one analysed" in r.getMessage()]
+    assert len(said) == 1
+    status = collect_status(db, directory=b)
+    assert status["backlog"]["waiting"] == 0 and status["backlog"]["other_recordings"] == 1
+    assert any("1 file(s) left alone" in p for p in status["problems"])

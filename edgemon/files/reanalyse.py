@@ -18,9 +18,8 @@ from contextlib import closing
 from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
-from edgemon.errors import EdgemonError
-from edgemon.storage.fingerprint import not_analysed_as
-from edgemon.storage.readonly import connect_read_only
+from edgemon.errors import AudioError, EdgemonError
+from edgemon.storage.readonly import connect_read_only, recording_path
 from edgemon.storage.store import Detection, Store
 from edgemon.utc import parse_utc
 
@@ -81,14 +80,14 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
         # species and check a --min-confidence against what it can store.
         store.record_bundle(bundle_id, analyzer.bundle.manifest)
         for i, row in enumerate(files, 1):
-            candidates = ([Path(recordings) / row["source"]] if recordings else []) + [Path(row["path"])]
-            path = next((p for p in candidates if p.is_file()), None)
+            try:   # the same search as the review page's and adapt's, but a grown file is changed too
+                path = recording_path({"source": row["source"], "file_path": row["path"], "file_size": row["size"],
+                                       "file_fingerprint": row.get("fingerprint")}, recordings, grown_ok=False)
+            except AudioError as exc:
+                changed.append(str(exc))
+                continue
             if path is None:
                 missing.append(row["source"])
-                continue
-            why = not_analysed_as(row, path)
-            if why:
-                changed.append(f"{row['source']}: {why}")
                 continue
             try:
                 analysis = analyzer.analyse_file(path)

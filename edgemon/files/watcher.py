@@ -366,10 +366,12 @@ class Watcher:
         """Another recording under a name already analysed: a second recorder's card (AudioMoth
         names files by the minute, so two recorders on one schedule share names). Analysed, it
         would replace the first recording's detections and orphan their reviews, so it is left
-        alone, and the ledger keeps describing the recording its detections came from."""
-        log.warning("%s: another recording than the one analysed under this name (%s); left alone, its "
-                    "detections kept: give each recorder its own database (--db)", shown(source),
-                    shown(entry["path"]))
+        alone, and the ledger keeps describing the recording its detections came from. Said once
+        (``status`` names it after), not at every start."""
+        if self.store.note_other_recording(source, path=path, size=version[0], mtime_ns=version[1]):
+            log.warning("%s: another recording than the one analysed under this name (%s); left alone, its "
+                        "detections kept: give each recorder its own database (--db)", shown(source),
+                        shown(entry["path"]))
         self.settled[path] = version
         self.others.add(path)
 

@@ -301,7 +301,8 @@ def _raven_table(conn: sqlite3.Connection) -> str:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(detections)")}
     if not {"clip_path", "clip_offset_s"} <= columns:
         return "d.source"
-    return ("CASE WHEN f.path IS NULL AND d.clip_path IS NOT NULL AND d.clip_offset_s IS NOT NULL "
+    # The rule of ``tables.audio_file``, in SQL (so that SQLite orders the rows by table): keep in step.
+    return ("CASE WHEN coalesce(f.path, '') = '' AND coalesce(d.clip_path, '') != '' AND d.clip_offset_s IS NOT NULL "
             "THEN d.clip_path ELSE d.source END")
 
 

@@ -22,16 +22,20 @@ SPAN_BYTES = 65536
 HEADER_LIMIT = 1 << 20   # a header longer than this is not looked through: the default offset is used
 
 
-def fingerprint(path: str | Path) -> str | None:
-    """The digest of the first 64 KiB of ``path``'s audio, or None when the file holds less than
-    that (about 2 s of 16 kHz audio) or cannot be read."""
+def fingerprint(path: str | Path, span: int = SPAN_BYTES) -> str | None:
+    """The digest of the first ``span`` bytes of ``path``'s audio; a file holding less is digested
+    whole, its digest prefixed with the bytes read (``'N:…'``). None when it holds no audio or
+    cannot be read."""
     try:
         with open(path, "rb") as f:
             f.seek(_audio_offset(f))
-            data = f.read(SPAN_BYTES)
+            data = f.read(span)
     except OSError:
         return None
-    return hashlib.sha1(data).hexdigest() if len(data) == SPAN_BYTES else None
+    if not data:
+        return None
+    digest = hashlib.sha1(data).hexdigest()
+    return digest if len(data) == SPAN_BYTES else f"{len(data)}:{digest}"
 
 
 def _audio_offset(f) -> int:
@@ -63,20 +67,25 @@ def _audio_offset(f) -> int:
 
 
 def another_recording(stored: str | None, path: str | Path) -> bool:
-    """Whether ``path`` is not the recording whose digest was ``stored`` (False when either is
-    unknown: a ledger row from before digests were kept, or a file too short to tell)."""
+    """Whether ``path`` is not the recording whose digest was ``stored``: its first audio bytes,
+    as many as the stored digest covers, differ. False when that cannot be told: no digest stored
+    (a ledger row from before digests were kept), or the file now holds fewer audio bytes than
+    were digested (cut short: ``watch`` has its own rule for that)."""
     if stored is None:
         return False
-    found = fingerprint(path)
-    return found is not None and found != stored
+    span, _, digest = stored.rpartition(":")
+    span = int(span) if span else SPAN_BYTES
+    found = fingerprint(path, span)
+    return found is not None and found.rpartition(":")[0] in ("", str(span)) and found != stored
 
 
-def not_analysed_as(entry: Mapping, path: Path) -> str | None:
+def not_analysed_as(entry: Mapping, path: Path, grown_ok: bool = False) -> str | None:
     """Why the file at ``path`` is not the recording the ledger ``entry`` (``size`` and, when
-    kept, ``fingerprint``) describes, or None when it is."""
-    size = path.stat().st_size
-    if entry.get("size") is not None and size != entry["size"]:
-        return f"{size} bytes at {path}, {entry['size']} when analysed"
+    kept, ``fingerprint``) describes, or None when it is. ``grown_ok``: a larger file with the
+    same first audio is the recording, grown since (what was analysed is still in it)."""
+    size, analysed = path.stat().st_size, entry.get("size")
+    if analysed is not None and (size < analysed or (size > analysed and not grown_ok)):
+        return f"{size} bytes at {path}, {analysed} when analysed"
     if another_recording(entry.get("fingerprint"), path):
         return f"{path} holds other audio than the recording analysed under this name"
     return None

@@ -129,11 +129,12 @@ def ledger_columns(conn: sqlite3.Connection) -> str:
     return f"f.path AS file_path, f.size AS file_size, {digest} AS file_fingerprint"
 
 
-def recording_path(row: dict, recordings: Path | None) -> Path | None:
+def recording_path(row: dict, recordings: Path | None, grown_ok: bool = True) -> Path | None:
     """Where the detection's recording is: under ``recordings`` by its source name (a database
     copied off the recorder), else the ledger's path; None if neither exists. A file there that
-    is not the recording analysed (another size, or other audio: another recorder's file of the
-    same name) is refused: ``AudioError`` says why."""
+    is not the recording analysed (shorter, other audio: another recorder's file of the same
+    name, or larger unless ``grown_ok``) is passed over: ``AudioError`` says why when no file is
+    left. ``row``: ``source`` and the ledger's ``file_path``, ``file_size``, ``file_fingerprint``."""
     candidates = []
     if recordings is not None:
         candidates.append(Path(recordings) / row["source"])
@@ -143,7 +144,8 @@ def recording_path(row: dict, recordings: Path | None) -> Path | None:
     for path in candidates:
         if not path.is_file():
             continue
-        why = not_analysed_as({"size": row.get("file_size"), "fingerprint": row.get("file_fingerprint")}, path)
+        why = not_analysed_as({"size": row.get("file_size"), "fingerprint": row.get("file_fingerprint")}, path,
+                              grown_ok)
         if why is None:
             return path
         refused.append(why)

@@ -332,5 +332,15 @@ def m011_clip_offset(db: sqlite_utils.Database) -> None:
 def m012_file_fingerprint(db: sqlite_utils.Database) -> None:
     """A digest of each analysed recording's first audio bytes (``storage.fingerprint``), so that
     another recorder's file under the same name is told apart from the one analysed. Additive
-    only: files analysed before keep NULL (nothing is compared for them)."""
+    only: files analysed before keep NULL (nothing is compared for them). ``other_recordings``:
+    the files ``watch`` left alone for it (by path; the ledger row keeps describing the recording
+    its detections came from), so ``status`` names them and a restart does not warn again."""
     db.execute("ALTER TABLE files ADD COLUMN fingerprint TEXT")
+    db.execute("""
+        CREATE TABLE other_recordings (
+            path TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            noted_utc TEXT NOT NULL
+        )""")

@@ -228,6 +228,19 @@ class Store:
                 "fingerprint": fingerprint,
             }, pk="source")
 
+    def note_other_recording(self, source: str, *, path: str | Path, size: int, mtime_ns: int) -> bool:
+        """Record that the file at ``path`` is another recording than the one analysed as
+        ``source`` (left alone: ``storage.fingerprint``); True when it is new, or changed since
+        it was noted. The ledger row of ``source`` is not touched."""
+        path = stored_name(path)
+        with self._write() as db:
+            row = db.execute("SELECT size, mtime_ns FROM other_recordings WHERE path = ?", [path]).fetchone()
+            if row is not None and tuple(row) == (size, mtime_ns):
+                return False
+            db.execute("INSERT OR REPLACE INTO other_recordings (path, source, size, mtime_ns, noted_utc) "
+                       "VALUES (?, ?, ?, ?, ?)", [path, source, size, mtime_ns, _now()])
+        return True
+
     def record_failure(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
                        error: str, max_attempts: int = 3, died: bool = False) -> str:
         """Count a failed attempt at ``source`` and return its new state: 'failed', or

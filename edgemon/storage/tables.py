@@ -116,7 +116,7 @@ def audio_file(row: Mapping) -> tuple[Any, Any, Any]:
     detection: the recording, and ``start_s``/``end_s``. A live detection with a saved clip: the
     clip, from where it begins in the clip. A live detection without one is in no file: its
     source (``live:<device>``) and its stored times (Unix seconds)."""
-    if not row.get("file_path") and row.get("clip_path") and row.get("clip_offset_s") is not None:
+    if not row.get("file_path") and row.get("clip_path") and row.get("clip_offset_s") is not None:   # export._raven_table
         start = round(row["clip_offset_s"], 3)
         end = row.get("clip_end_s")
         return row["clip_path"], start, round(start + row["end_s"] - row["start_s"] if end is None else end, 3)

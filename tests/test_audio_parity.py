@@ -40,6 +40,9 @@ class _KeptStream:
     def finish(self):
         return self.inner.finish()
 
+    def __getattr__(self, name: str):      # the rest of the stream (open run, cut) as it is
+        return getattr(self.inner, name)
+
 
 def scene(rate: int, channels: int, seconds: float = 6.0) -> np.ndarray:
     """``[n, channels]`` float32: a different tone plus noise on each channel, so a mix that took

@@ -463,6 +463,8 @@ def fleet_status(
     """Recorder health, detections per site/species/day and effort; flags recorders that need a visit."""
     from edgemon.sync.fleet_status import VisitRules, collect_fleet, format_fleet
 
+    if days < 1:
+        raise _fail(OptionError(f"--days {days}: give 1 or more"))
     try:
         report = collect_fleet(db, VisitRules(min_free_mb=min_free_mb), days, all_bundles)
     except EdgemonError as exc:

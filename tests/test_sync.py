@@ -343,6 +343,9 @@ def test_fleet_status_shows_views_and_flags_recorders_to_visit(fleet, tmp_path):
         assert run_sync(db, fleet.url, device_id=site).returncode == 0
     with fleet.connect() as conn:   # site-02 last synced two days ago: silent
         conn.execute("UPDATE edgemon.databases SET last_sync = now() - interval '2 days' WHERE device_id = 'site-02'")
+        # Its suspect clock dated some detections 2030 (a newcomer trial: that set the window of
+        # days shown, and every other site vanished from the tables).
+        conn.execute("UPDATE edgemon.detections SET start_utc = '2030-01-01T06:00:00Z' WHERE clock_suspect")
     out = subprocess.run([sys.executable, "-m", "edgemon", "fleet", "status", "--db", fleet.url],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -361,6 +364,35 @@ def test_fleet_status_shows_views_and_flags_recorders_to_visit(fleet, tmp_path):
     assert {h["site"]: bool(h["visit"]) for h in report["health"]} == {"site-01": False, "site-02": True}
     day = {(e["site"], e["day"]): e for e in report["effort"]}[("site-01", "2024-05-01")]
     assert (day["files"], round(day["recorded_h"], 3), round(day["listen_h"], 3)) == (30, 0.5, 0.153)
+
+
+
+def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_path):
+    """A newcomer trial: the README's analyst could not run `fleet status` (permission denied for
+    schema edgemon), and nothing said how to set the server up. These are the README's commands,
+    on a server of their own (other tests here change the roles and pg_hba.conf)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    setup = Path(__file__).resolve().parents[1] / "deploy" / "fleet-setup.sql"
+    text = "\n".join(line for line in setup.read_text().splitlines() if not line.startswith("--"))
+    on_server, in_fleet = ([s.strip() for s in part.split(";") if s.strip()] for part in text.split("\\connect fleet"))
+    with fleet_server() as server:
+        parts = urlsplit(server.url)
+        as_user = lambda user, db: urlunsplit(parts._replace(netloc=f"{user}@{parts.hostname}:{parts.port}", path=f"/{db}"))
+        with server.connect() as conn:
+            for statement in on_server:            # the roles and the database
+                conn.execute(statement)
+        with psycopg.connect(as_user("postgres", "fleet"), autocommit=True) as conn:
+            for statement in in_fleet:             # in the fleet database
+                conn.execute(statement)
+        db = make_recorder(tmp_path / "r.db", "site-01", files=3, seed=3)
+        assert run_sync(db, as_user("recorder", "fleet"), device_id="site-01").returncode == 0
+        out = subprocess.run([sys.executable, "-m", "edgemon", "fleet", "status", "--db", as_user("analyst", "fleet")],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "site-01" in out.stdout, out.stderr
+        with psycopg.connect(as_user("analyst", "fleet"), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):   # reads only
+                conn.execute("DELETE FROM edgemon.detections")
 
 
 # --- the service's loop ------------------------------------------------------------------------
@@ -416,11 +448,13 @@ def test_visit_reasons_name_each_rule():
 
     now = dt.datetime(2024, 6, 1, 12, tzinfo=dt.timezone.utc)
     fine = dict(last_sync=now - dt.timedelta(minutes=20), sync_interval_s=900.0, disk_free_mb=9000.0,
-                clock_offset_s=1.0, clock_suspect_7d=0, recent_backlogs=[0, 40, 10])
+                clock_offset_s=1.0, clock_suspect_7d=0, recent_backlogs=[0, 40, 10], backlog=0)
     assert visit_reasons(fine, VisitRules(), now) == []
+    # More found waiting at each session, but every session sent it all: not falling behind.
+    assert visit_reasons({**fine, "recent_backlogs": [90, 40, 10]}, VisitRules(), now) == []
     cases = {"silent 2.0 h": dict(last_sync=now - dt.timedelta(hours=2)),
              "suspect clock: -3600 s": dict(clock_offset_s=-3600.0),
-             "growing backlog: 10 < 40 < 90": dict(recent_backlogs=[90, 40, 10]),
+             "growing backlog: 10 < 40 < 90": dict(recent_backlogs=[90, 40, 10], backlog=90),
              "low disk: 120 MB": dict(disk_free_mb=120.0)}
     for reason, change in cases.items():
         found = visit_reasons({**fine, **change}, VisitRules(), now)

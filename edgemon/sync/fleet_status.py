@@ -41,8 +41,11 @@ def visit_reasons(row: dict, rules: VisitRules, now: dt.datetime) -> list[str]:
         reasons.append(f"suspect clock: {offset:+.0f} s from the server's")
     if row["clock_suspect_7d"]:
         reasons.append(f"suspect clock: {row['clock_suspect_7d']} clock-suspect detection(s) in 7 days")
-    recent = row["recent_backlogs"] or []   # newest first
-    if len(recent) >= rules.backlog_sessions and all(a > b for a, b in zip(recent, recent[1:rules.backlog_sessions])):
+    recent = row["recent_backlogs"] or []   # newest first; each what waited as a session began
+    # A recorder whose last session sent everything is not falling behind, however much more each
+    # session found waiting (a trial saw 'growing backlog: 0 < 10 < 32' on one that cleared all).
+    if (row["backlog"] or 0) > 0 and len(recent) >= rules.backlog_sessions \
+            and all(a > b for a, b in zip(recent, recent[1:rules.backlog_sessions])):
         reasons.append(f"growing backlog: {' < '.join(map(str, reversed(recent[:rules.backlog_sessions])))} changes")
     return reasons
 
@@ -72,12 +75,15 @@ def collect_fleet(url: str, rules: VisitRules = VisitRules(), days: int = 7, all
             health = rows(f"SELECT * FROM {SCHEMA}.recorder_health h {superseded} ORDER BY site, last_sync")
             for row in health:
                 row["visit"] = visit_reasons(row, rules, now)
-            # The newest day present, from indexes; a literal cutoff then reaches into the views.
+            # The newest day present; a literal cutoff then reaches into the views. Times a clock
+            # got wrong (a recording dated 2030) do not count, nor any after the server's now:
+            # one such recorder set the window and emptied every other site from the tables.
             cutoff = conn.execute(f"""
-                SELECT (greatest((SELECT max(start_utc) FROM {SCHEMA}.detections),
-                                 (SELECT max(minute_utc) FROM {SCHEMA}.coverage),
-                                 (SELECT max(start_utc) FROM {SCHEMA}.files)) AT TIME ZONE 'UTC')::date - %s""",
-                                  [days]).fetchone()[0]
+                SELECT (least(greatest(
+                    (SELECT max(start_utc) FROM {SCHEMA}.detections WHERE NOT clock_suspect AND start_utc <= now()),
+                    (SELECT max(minute_utc) FROM {SCHEMA}.coverage WHERE minute_utc <= now()),
+                    (SELECT max(start_utc) FROM {SCHEMA}.files WHERE clock_suspect IS NOT TRUE AND start_utc <= now())),
+                    now()) AT TIME ZONE 'UTC')::date - %s""", [days]).fetchone()[0]
             view = "detections_daily_all" if all_bundles else "detections_daily"
             detections = rows(f"SELECT * FROM {SCHEMA}.{view} WHERE day > %s ORDER BY site, day, species", cutoff)
             effort = rows(f"SELECT * FROM {SCHEMA}.effort_daily WHERE day > %s ORDER BY site, day", cutoff)

@@ -90,13 +90,13 @@ def check_url(url: str, *, passfile: bool = True) -> dict[str, str]:
     if psycopg is None:
         raise FleetDbError("sync needs the PostgreSQL driver: pip install 'edgemon[sync]'")
     if not url.startswith(("postgresql://", "postgres://")):
-        raise SyncUrlError("sync target must be a postgresql:// URL")
+        raise SyncUrlError("a fleet database is given as a postgresql:// URL")
     try:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         raise SyncUrlError("sync URL is not a valid PostgreSQL URL") from None
     if params.get("password"):
-        raise SyncUrlError("sync URL holds a password: put it in a 0600 passfile (~/.pgpass, $PGPASSFILE "
+        raise SyncUrlError("the fleet database URL holds a password: put it in a 0600 passfile (~/.pgpass, $PGPASSFILE "
                            "or ?passfile=PATH) or $PGPASSWORD, never in the URL")
     named = params.get("passfile") or os.environ.get("PGPASSFILE")
     if named:  # named, so meant: libpq would silently skip it and report "no password supplied"

@@ -118,8 +118,10 @@ def test_the_digest_reads_the_audio_not_the_headers_a_recorder_rewrites(tmp_path
     assert fingerprint(whole) is not None and fingerprint(whole) != fingerprint(other)
     short = tmp_path / f"short.{fmt.lower()}"
     soundfile.write(short, x[:8000], 16000, format=fmt, subtype="PCM_16")
-    # Half a second: digested whole, its length said, so a later file is compared over as much.
-    assert fingerprint(short).split(":")[0] == str(16000 if fmt == "WAV" else len(fingerprint_bytes(short)))
+    # Half a second: digested whole besides the prefixes it holds, so a later file is compared over as much.
+    held = 16000 if fmt == "WAV" else len(fingerprint_bytes(short))
+    assert [int(part.split(":")[0]) for part in fingerprint(short).split(",")] == sorted({4096, held} | (
+        {16384} if held >= 16384 else set()))
 
 
 def fingerprint_bytes(path: Path) -> bytes:
@@ -131,6 +133,19 @@ def fingerprint_bytes(path: Path) -> bytes:
         pos += 4 + size
         if last:
             return data[pos:]
+
+
+def test_a_short_file_after_a_long_one_under_its_name_is_told_apart(cards, tmp_path):
+    """Found by a second review: a second card's file holding less audio than the first card's
+    digest covered could not be compared, and replaced the first card's detections."""
+    a, _, db = cards
+    first = rows(db)
+    short = tmp_path / "siteC"
+    short.mkdir()
+    soundfile.write(short / NAME, np.random.default_rng(5).normal(0, 0.1, 16000).astype(np.float32), 16000,
+                    subtype="PCM_16")
+    watcher = watch_until_idle(short, db)
+    assert watcher.others == {short.resolve() / NAME} and rows(db) == first
 
 
 def test_a_short_second_recording_under_a_name_is_told_apart_too(cards_short):
@@ -151,7 +166,7 @@ def cards_short(tmp_path) -> tuple[Path, Path, Path]:
         soundfile.write(root / NAME, rng.normal(0, 0.1, 16000).astype(np.float32), 16000, subtype="PCM_16")
     db = tmp_path / "d.db"
     watch_until_idle(a, db)
-    assert query(db, "SELECT fingerprint LIKE '32000:%' FROM files") == [(1,)]
+    assert query(db, "SELECT fingerprint LIKE '4096:%,16384:%,32000:%' FROM files") == [(1,)]
     return a, b, db
 
 

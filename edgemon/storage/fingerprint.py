@@ -22,20 +22,27 @@ SPAN_BYTES = 65536
 HEADER_LIMIT = 1 << 20   # a header longer than this is not looked through: the default offset is used
 
 
-def fingerprint(path: str | Path, span: int = SPAN_BYTES) -> str | None:
-    """The digest of the first ``span`` bytes of ``path``'s audio; a file holding less is digested
-    whole, its digest prefixed with the bytes read (``'N:…'``). None when it holds no audio or
-    cannot be read."""
+PREFIXES = (4096, 16384, SPAN_BYTES)   # digested prefixes: a shorter file is compared over one it holds
+
+
+def fingerprint(path: str | Path) -> str | None:
+    """Digests of the first 4, 16 and 64 KiB of ``path``'s audio, as ``'N:hex,…'`` (a file holding
+    less than 64 KiB adds one of all it holds), so a file of any length is compared with another
+    over the longest prefix both hold. None when it holds no audio or cannot be read."""
+    data = _audio(path, SPAN_BYTES)
+    if not data:
+        return None
+    spans = sorted({n for n in PREFIXES if n <= len(data)} | {len(data)})
+    return ",".join(f"{n}:{hashlib.sha1(data[:n]).hexdigest()}" for n in spans)
+
+
+def _audio(path: str | Path, size: int) -> bytes | None:
     try:
         with open(path, "rb") as f:
             f.seek(_audio_offset(f))
-            data = f.read(span)
+            return f.read(size)
     except OSError:
         return None
-    if not data:
-        return None
-    digest = hashlib.sha1(data).hexdigest()
-    return digest if len(data) == SPAN_BYTES else f"{len(data)}:{digest}"
 
 
 def _audio_offset(f) -> int:
@@ -67,16 +74,23 @@ def _audio_offset(f) -> int:
 
 
 def another_recording(stored: str | None, path: str | Path) -> bool:
-    """Whether ``path`` is not the recording whose digest was ``stored``: its first audio bytes,
-    as many as the stored digest covers, differ. False when that cannot be told: no digest stored
-    (a ledger row from before digests were kept), or the file now holds fewer audio bytes than
-    were digested (cut short: ``watch`` has its own rule for that)."""
-    if stored is None:
+    """Whether ``path`` is not the recording whose digests were ``stored``: over the longest
+    digested prefix it holds, its audio differs. False when that cannot be told: no digest stored
+    (a ledger row from before digests were kept), or the file holds less audio than the shortest
+    prefix digested."""
+    if not stored:
         return False
-    span, _, digest = stored.rpartition(":")
-    span = int(span) if span else SPAN_BYTES
-    found = fingerprint(path, span)
-    return found is not None and found.rpartition(":")[0] in ("", str(span)) and found != stored
+    digests = dict(_parse(part) for part in stored.split(","))
+    data = _audio(path, max(digests))
+    if data is None:
+        return False
+    held = [n for n in digests if n <= len(data)]
+    return bool(held) and hashlib.sha1(data[:max(held)]).hexdigest() != digests[max(held)]
+
+
+def _parse(part: str) -> tuple[int, str]:
+    span, _, digest = part.rpartition(":")      # 'hex' alone: 64 KiB (the first form, this session)
+    return (int(span) if span else SPAN_BYTES), digest
 
 
 def not_analysed_as(entry: Mapping, path: Path, grown_ok: bool = False) -> str | None:

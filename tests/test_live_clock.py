@@ -334,3 +334,26 @@ def test_a_clock_glitch_ahead_and_back_skips_only_what_it_counted_ahead():
     ledger.shift(-1800)
     assert ledger.add("analysed", t + 20, t + 1820) == pytest.approx(1800 - 10)
     assert ledger.add("analysed", t + 1820, t + 1900) == 80
+
+
+def minutes_of(ledger: CoverageLedger) -> dict[int, float]:
+    return {int(r.minute_utc.timestamp()) % 3600: round(r.analysed_s + r.lost_daemon_s, 3) for r in ledger.take(None)}
+
+
+def test_what_was_counted_before_a_forward_step_or_a_restart_is_not_counted_again():
+    """Found by a second review: only the stretch since the last step was remembered, so a step
+    forward then back, or a restart then a step back, put 105 s into one minute."""
+    t = 1_700_000_000.0 - 1_700_000_000.0 % 3600           # an hour's start: minutes read 0, 60, 120 …
+    ledger = CoverageLedger("live:test", "edgemon")
+    ledger.add("analysed", t, t + 60)
+    ledger.shift(+10)
+    ledger.add("analysed", t + 70, t + 75)
+    ledger.shift(-60)
+    ledger.add("analysed", t + 15, t + 70)
+    assert max(minutes_of(ledger).values()) <= 60
+    restarted = CoverageLedger("live:test", "edgemon")    # the run before stored up to t + 60
+    restarted.add_daemon_gap(t + 60, t + 65)
+    restarted.add("analysed", t + 65, t + 85)
+    restarted.shift(-60)
+    assert restarted.add("analysed", t + 25, t + 85) == 0    # all of it counted before
+    assert restarted.add("analysed", t + 85, t + 100) == 15

@@ -4,8 +4,8 @@ Without it a minute with no detection cannot be told apart from a minute nobody 
 ledger keeps one running boundary, ``accounted_until``: every stretch of host time after it is
 added exactly once, as analysed or as one kind of loss, so a minute never sums to more than 60 s
 however the stretches are reported (late, overlapping, after a clock correction). A clock set
-back passes again host time it already counted (since its last step, or by the run before a
-restart): those stretches are kept and skipped, up to an hour back.
+back passes again host time already counted (by this run, or by the run before a restart): the
+stretches counted in the last hour are remembered and skipped.
 """
 
 from __future__ import annotations
@@ -43,11 +43,9 @@ class CoverageLedger:
         self.source = source
         self.device_id = device_id
         self.accounted_until = accounted_until
-        # Stretches of host time already counted that the clock, set back, will pass again
-        # (stored by an earlier run, or counted since the last step): fixed host times, never
-        # moved by a clock step, never counted twice. ``counted_from``: where this stretch began.
+        # The stretches of host time counted in the last MAX_SET_BACK_S (merged; fixed host times,
+        # never moved by a clock step): a clock set back passes them again, and they are skipped.
         self.counted: list[tuple[float, float]] = []
-        self.counted_from: float | None = accounted_until
         self._minutes: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.totals: dict[str, float] = defaultdict(float)
 
@@ -59,13 +57,21 @@ class CoverageLedger:
             start = max(start, self.accounted_until)
         if not end > start:
             return 0.0
-        if self.counted_from is None:
-            self.counted_from = start
         added = sum(self._add(kind, a, b) for a, b in _without(start, end, self.counted))
-        self.counted = [(a, b) for a, b in self.counted if b > end]
+        self._remember(start, end)
         self.accounted_until = end
         self.totals[kind] += added
         return added
+
+    def _remember(self, start: float, end: float) -> None:
+        merged: list[tuple[float, float]] = []
+        for a, b in sorted(self.counted + [(start, end)]):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        newest = merged[-1][1]
+        self.counted = [(max(a, newest - MAX_SET_BACK_S), b) for a, b in merged if b > newest - MAX_SET_BACK_S]
 
     def _add(self, kind: str, start: float, end: float) -> float:
         at = start
@@ -86,24 +92,14 @@ class CoverageLedger:
 
     def shift(self, seconds: float) -> None:
         """The host clock was stepped by ``seconds``: move the boundary with it, so the step is
-        neither counted as lost time nor double-counted. Set back, the minutes it counted before
-        the step are not counted again when the clock reaches them."""
+        neither counted as lost time nor double-counted. Set back, it passes again what it counted
+        in the last MAX_SET_BACK_S, which is skipped; further back, counting goes on (logged)."""
         if self.accounted_until is None:
             return
-        if seconds < 0:   # what was counted since the last step lies ahead of the clock again
-            start = self.accounted_until if self.counted_from is None else self.counted_from
-            self._keep_counted(max(start, self.accounted_until + seconds), self.accounted_until,
-                               self.accounted_until + seconds)
+        if seconds < -MAX_SET_BACK_S:
+            log.warning("%s: host clock set back %.0f s, more than the %.0f s of coverage remembered; the minutes "
+                        "before that may hold more than 60 s", self.source, -seconds, MAX_SET_BACK_S)
         self.accounted_until += seconds
-        self.counted_from = self.accounted_until
-
-    def _keep_counted(self, start: float, end: float, now: float) -> None:
-        """Host time ``[start, end)`` was counted already and the clock, at ``now``, will pass it again."""
-        if end - now > MAX_SET_BACK_S:
-            log.warning("%s: host clock %.0f s behind the coverage already counted; counting on, so the "
-                        "minutes of that stretch may hold more than 60 s", self.source, end - now)
-        elif end > start:
-            self.counted.append((start, end))
 
     def add_daemon_gap(self, previous_end: float | None, start: float) -> float:
         """Time between the end of a previous run's coverage and this run's first audio, as
@@ -112,10 +108,12 @@ class CoverageLedger:
         again; a gap over MAX_DAEMON_GAP_S is trimmed."""
         if previous_end is None:
             return 0.0
+        # The previous run accounted the time before its end (heard, or lost and why): remembered,
+        # so a clock set back over it counts none of it again.
+        self._remember(previous_end - MAX_SET_BACK_S, previous_end)
         if previous_end > start:
             log.warning("%s: previous coverage ends %.1f s after this start; host clock set back?",
                         self.source, previous_end - start)
-            self._keep_counted(start, previous_end, start)
             return 0.0
         if start - previous_end > MAX_DAEMON_GAP_S:
             log.warning("%s: edgemon was down %.1f days; coverage records the last %d days of it",

@@ -51,7 +51,7 @@ def listen(tmp_path, level, max_event_s: float) -> list[tuple]:
     drain.set()
     listener.run(drain)
     writer.run(drain)
-    return query(db, "SELECT label, start_s, end_s, votes FROM detections ORDER BY start_s")
+    return query(db, "SELECT label, start_s, end_s, votes, confidence FROM detections ORDER BY start_s")
 
 
 def span(rows) -> tuple[float, float]:
@@ -73,6 +73,9 @@ def test_a_long_event_stored_in_pieces_covers_what_the_whole_event_would(tmp_pat
     assert all(a[2] == b[1] for a, b in zip(pieces, pieces[1:]))         # no gap, no overlap
     # A piece is stored once the run is kept: a run that opens late has a long first piece.
     assert all(p[2] - p[1] <= 62 for p in pieces[1:]) and len(pieces) >= 2
+    # Each piece's confidence is the event's so far (a second review: calibrated on its own
+    # windows, the fading duet's later pieces were stored at 0.04 against the event's 0.83).
+    assert [p[4] for p in pieces] == pytest.approx([whole[4]] * len(pieces), abs=1e-4)
     flags = [json.loads(p[3]) for p in pieces]
     assert [f.get("cut", False) for f in flags] == [True] * (len(pieces) - 1) + [False]
     assert [f.get("continues", False) for f in flags] == [False] + [True] * (len(pieces) - 1)

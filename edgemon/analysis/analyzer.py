@@ -104,18 +104,23 @@ class EventMerger:
         # back from events: a run at 0.51998 meets an opening level of 0.52 in both.
         return self.point.keeps(self.labels[run[0].label], [round(v.confidence, 4) for v in run], self.gate(run))
 
-    def piece(self, run: list[WindowVote], hop_frames: int, duration_s: float, continues: bool,
-              cut: bool) -> Event:
-        """An event stored before its run has ended (a live stream stores a long event in pieces,
-        so a process killed mid-event loses only the piece still open): the run so far when
-        ``cut``, ending where the next window begins, so pieces neither overlap nor leave a gap;
-        ``continues`` a piece after the first, which the run as a whole already earned, so it is
-        stored whatever its own length or confidence. Its votes say which it is."""
-        event = self._event(run, duration_s, self.gate(run),
-                            {**({"continues": True} if continues else {}), **({"cut": True} if cut else {})})
-        if cut:
-            event = dataclasses.replace(event, end_s=round((run[-1].start_frame + hop_frames) * self.frame_s, 3))
-        return event
+    def piece(self, run: list[WindowVote], whole: list[WindowVote], duration_s: float, start_s: float | None = None,
+              end_s: float | None = None) -> Event:
+        """A piece of an event stored before its run has ended (a live stream stores a long event
+        in pieces, so a process killed mid-event loses only the piece still open): the windows
+        ``run`` of the run ``whole`` so far. Its confidence, score and gate are the whole run's so
+        far, as the event's would be; it begins at ``start_s`` (where the piece before ended) and
+        ends at ``end_s`` (where the next begins; None: its last window's end). Its votes say
+        ``"cut"`` when its run goes on, ``"continues"`` when a piece came before."""
+        gate = self.gate(whole)
+        flags = {**({"continues": True} if start_s is not None else {}), **({"cut": True} if end_s is not None else {})}
+        event = self._event(run, duration_s, gate, flags)
+        label = self.labels[run[0].label]
+        score = max(v.confidence for v in whole)
+        return dataclasses.replace(
+            event, score=score, confidence=self.calibration(label, score, sum(v.confidence for v in whole), gate),
+            start_s=event.start_s if start_s is None else max(event.start_s, start_s),
+            end_s=event.end_s if end_s is None else end_s)
 
     def _event(self, run: list[WindowVote], duration_s: float, gate: float | None = None,
                extra: dict | None = None) -> Event:
@@ -245,8 +250,8 @@ class AnalysisStream:
         self._keep = keep_votes
         self._pending: list[tuple[int, np.ndarray]] = []
         self._run: list[WindowVote] = []
-        self._label: int | None = None     # the open run's label (it outlives a cut run's windows)
-        self._continues = False            # the open run continues an event already stored in part
+        self._earlier: list[WindowVote] = []   # windows of the open run already stored in pieces
+        self._piece_end: float | None = None   # where the last of those pieces ended
 
     @property
     def duration_s(self) -> float:
@@ -275,26 +280,32 @@ class AnalysisStream:
         return events + self._end_run(self.duration_s)
 
     def cut(self) -> list[Event]:
-        """Store the open run so far as a piece of its event, when the run as a whole is already
-        kept (``EventMerger.piece``), and carry on: the rest of the run continues that event. A
-        run the operating point does not keep yet stays open. A live stream calls this for an
-        event open too long, so a process killed mid-event loses only the piece still open."""
+        """Store the open run so far as a piece of its event (``EventMerger.piece``) when the
+        operating point keeps the run as a whole so far, and carry on: the rest of the run
+        continues that event. Its last window stays open, so the piece ends where that window
+        begins and the run's true end is stored by the last piece. A run not kept yet (or, with
+        an event gate, no longer) stays open. A live stream calls this for an event open too long,
+        so a process killed mid-event loses only the piece still open."""
         merger = self.analyzer.merger
-        if not self._run or not (self._continues or merger.kept(self._run)):
+        if len(self._run) < 2 or not merger.kept(self._earlier + self._run):
             return []
-        piece = merger.piece(self._run, self.analyzer.spec.hop, math.inf, self._continues, cut=True)
-        self._run, self._continues = [], True
+        whole = self._earlier + self._run          # so far, the window held open too
+        stored, self._run = self._run[:-1], self._run[-1:]
+        piece = merger.piece(stored, whole, math.inf, self._piece_end,
+                             round(self._run[0].start_frame * self.analyzer.frame_s, 3))
+        self._earlier += stored
+        self._piece_end = piece.end_s
         return [piece]
 
     def _end_run(self, duration_s: float) -> list[Event]:
-        """The events of the run that has just ended (a piece, when its event was cut before)."""
-        run, continues = self._run, self._continues
-        self._run, self._continues = [], False
-        if not run:
-            return []
-        if continues:
-            return [self.analyzer.merger.piece(run, self.analyzer.spec.hop, duration_s, True, cut=False)]
-        return self.analyzer.merge(run, duration_s)
+        """The events of the run that has just ended: its last piece when pieces of it were
+        stored (if the whole run is still kept), else the merge rule's."""
+        run, earlier, piece_end = self._run, self._earlier, self._piece_end
+        self._run, self._earlier, self._piece_end = [], [], None
+        if not earlier:
+            return self.analyzer.merge(run, duration_s) if run else []
+        merger = self.analyzer.merger
+        return [merger.piece(run, earlier + run, duration_s, piece_end)] if merger.kept(earlier + run) else []
 
     def _take(self, windows: list[tuple[int, np.ndarray]]) -> list[Event]:
         events = []
@@ -304,11 +315,10 @@ class AnalysisStream:
                 self.voted += 1
                 if self._keep:
                     self.votes.append(vote)
-                if (self._run or self._continues) and vote.label != self._label:
+                if self._run and vote.label != self._run[-1].label:
                     # The merge rule: a different label, background too, ends a run.
                     events += self._end_run(math.inf)
                 if vote.label != self.analyzer.background:
-                    self._label = vote.label
                     self._run.append(vote)
         return events
 

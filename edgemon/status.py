@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
 import shutil
 import sqlite3
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edgemon.errors import EdgemonError
-from edgemon.safetext import stored_name
+from edgemon.safetext import name_from_stored, stored_name
 from edgemon.storage.cursors import list_cursors
 from edgemon.storage.readonly import open_read_only, quick_check
 from edgemon.storage.store import COVERAGE_LOSSES
@@ -118,10 +119,18 @@ def _service(beat: dict | None, heartbeat_s: float, now: dt.datetime) -> dict:
 
 
 def _other_recordings(conn: sqlite3.Connection) -> int:
-    """Files watch left alone: another recorder's files under names already analysed."""
+    """Files watch left alone (another recorder's files under names already analysed) that are
+    still there as they were: one moved away, as the advice says, is no longer a problem."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'other_recordings'").fetchone() is None:
         return 0
-    return conn.execute("SELECT count(*) FROM other_recordings").fetchone()[0]
+    there = 0
+    for path, size, mtime_ns in conn.execute("SELECT path, size, mtime_ns FROM other_recordings"):
+        try:
+            st = os.stat(name_from_stored(path))
+        except OSError:
+            continue
+        there += (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
+    return there
 
 
 def _named(files: dict, total: int, shown: int = 3) -> str:

@@ -211,3 +211,5 @@ def test_a_file_left_alone_is_named_by_status_and_said_once(cards, caplog):
     status = collect_status(db, directory=b)
     assert status["backlog"]["waiting"] == 0 and status["backlog"]["other_recordings"] == 1
     assert any("1 file(s) left alone" in p for p in status["problems"])
+    (b / NAME).unlink()                                          # moved away, as the advice says
+    assert collect_status(db)["backlog"]["other_recordings"] == 0

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 KINDS = ("analysed",) + COVERAGE_LOSSES
 MAX_DAEMON_GAP_S = 31 * 86400  # older gaps are left out: likely a clock set after the fact
-# A clock set back by more than this counted its minutes at wrong times (it ran far ahead): count on
-# at once rather than wait that long (those minutes may then hold more than 60 s; logged).
+# How far back the time counted is remembered. A clock set back further had run far ahead, counting
+# minutes at wrong times: counting goes on (those minutes may then hold more than 60 s; logged).
 MAX_SET_BACK_S = 3600.0
 
 

@@ -3,10 +3,11 @@
 AudioMoth names its files by the minute they began, so two recorders on one schedule write the
 same names, and often the same sizes. A card read into a database that already holds another
 card's recordings must not replace their detections, and a review or adaptation must not read
-another recorder's file for a detection. The digest reads the first 64 KiB of the audio itself
-(after a WAV's chunks before ``data``, after a FLAC's metadata blocks; elsewhere after 4 KiB), so
-the headers a recorder rewrites when it closes a file (sizes, a FLAC's seek table and checksum) do
-not count: a copy, a grown file or a file merely touched keeps it; another recording does not.
+another recorder's file for a detection. The digests read the first 4, 16 and 64 KiB of the audio
+itself (after a WAV's chunks before ``data``, after a FLAC's metadata blocks; elsewhere after
+4 KiB), so the headers a recorder rewrites when it closes a file (sizes, a FLAC's seek table and
+checksum) do not count: a copy, a grown file or a file merely touched keeps them; another
+recording does not, whatever its length.
 """
 
 from __future__ import annotations
@@ -17,12 +18,8 @@ from pathlib import Path
 
 SKIP_BYTES = 4096        # a file of another kind: past its header, whatever it is
 SPAN_BYTES = 65536
-
-
-HEADER_LIMIT = 1 << 20   # a header longer than this is not looked through: the default offset is used
-
-
 PREFIXES = (4096, 16384, SPAN_BYTES)   # digested prefixes: a shorter file is compared over one it holds
+HEADER_LIMIT = 1 << 20   # a header longer than this is not looked through: the default offset is used
 
 
 def fingerprint(path: str | Path) -> str | None:
@@ -48,7 +45,6 @@ def _audio(path: str | Path, size: int) -> bytes | None:
 def _audio_offset(f) -> int:
     """Where the audio begins: a WAV's ``data`` chunk, a FLAC's first frame, else SKIP_BYTES."""
     head = f.read(12)
-    pos = None
     if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
         pos = 12
         while pos < HEADER_LIMIT:
@@ -89,7 +85,7 @@ def another_recording(stored: str | None, path: str | Path) -> bool:
 
 
 def _parse(part: str) -> tuple[int, str]:
-    span, _, digest = part.rpartition(":")      # 'hex' alone: 64 KiB (the first form, this session)
+    span, _, digest = part.rpartition(":")      # 'N:hex'; a bare digest covers SPAN_BYTES
     return (int(span) if span else SPAN_BYTES), digest
 
 

@@ -432,6 +432,31 @@ def test_service_loop_waits_out_an_outage_then_sends_what_piled_up(fleet, tmp_pa
     assert_server_equals_union(fleet, [db])
 
 
+def test_the_service_waits_quietly_for_the_database_its_daemon_creates(fleet, tmp_path, caplog):
+    """A newcomer trial: every fresh unit's first start logged 'WARNING sync failed: no
+    detections database' while the daemon beside it was creating the database."""
+    import logging
+    import threading
+
+    from edgemon.sync.fleetdb import DeviceInfo
+    from edgemon.sync.sender import SyncConfig, run_sync as service_loop
+
+    db = tmp_path / "a.db"
+    config = SyncConfig(url=fleet.url, interval_s=0.2, backoff_min_s=0.2, backoff_max_s=0.5)
+    stop = threading.Event()
+    caplog.set_level(logging.WARNING)
+    thread = threading.Thread(target=service_loop, args=(db, DeviceInfo("rec-a", ""), config, stop))
+    thread.start()
+    try:
+        time.sleep(0.8)
+        make_recorder(db, "rec-a", files=3, seed=13)      # the daemon's database appears
+        with Outbox(db) as outbox:
+            poll_until(lambda: acked_seq(fleet) >= outbox.last_seq(), 20, interval=0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not [r for r in caplog.records if "sync failed" in r.getMessage()]
+
 def test_service_refuses_a_sync_url_with_a_password_before_logging_settings(tmp_path):
     (tmp_path / "recordings").mkdir()
     env = {**os.environ, "EDGEMON_SYNC_URL": "postgresql://recorder:hunter2@127.0.0.1/fleet"}

@@ -26,7 +26,7 @@ import threading
 import time
 import zoneinfo
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from edgemon import __version__
@@ -35,6 +35,7 @@ from edgemon.config import ConfigError, Settings
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
 from edgemon.status import collect_status
+from edgemon.storage.readonly import connect_read_only
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
 from edgemon.sync.outbox import Outbox, OutboxError, newest_device_id
@@ -241,11 +242,28 @@ def sync_with_retries(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
             sleep(wait)
 
 
+FIRST_START_GRACE_S = 60.0
+
+
+def _created(path: Path) -> bool:
+    """Whether the detections database at ``path`` exists with its tables (the daemon made it)."""
+    try:
+        with closing(connect_read_only(path, timeout_s=1.0)) as conn:
+            return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'detections'").fetchone() is not None
+    except (sqlite3.Error, OSError):
+        return False
+
+
 def run_sync(db_path: str | Path, info: DeviceInfo, config: SyncConfig, stop: threading.Event) -> None:
     """The service's loop: a session every ``interval_s`` until ``stop``; failures back off
     (logged once per episode) and never end the loop: a recorder may be offline for weeks."""
-    failures, last = 0, None
+    failures, last, started = 0, None, time.monotonic()
     while not stop.is_set():
+        # A unit's first start: the daemon beside creates the database in a moment; until then
+        # (a minute at most) there is nothing to send, and nothing to warn about.
+        if time.monotonic() - started < FIRST_START_GRACE_S and not _created(Path(db_path)):
+            stop.wait(min(config.interval_s, 1.0))
+            continue
         try:
             result = sync_once(db_path, info, config, stop)
             if failures or result.changes:
@@ -256,8 +274,7 @@ def run_sync(db_path: str | Path, info: DeviceInfo, config: SyncConfig, stop: th
             # Wrong credentials or a newer server will not mend themselves soon: try seldom.
             permanent = isinstance(e, (AuthError, SchemaNewerError, SyncUrlError))
             wait = config.backoff_max_s if permanent else backoff_s(failures, config)
-            # Once per episode, and again whenever the kind of failure changes (a first boot's
-            # "no database yet" is followed by the failure that matters).
+            # Once per episode, and again whenever the kind of failure changes.
             if failures == 1 or permanent or type(e) is not type(last):
                 log.warning("sync failed: %s; next try in %.0f s", e, wait)
             last = e

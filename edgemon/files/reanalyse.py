@@ -66,9 +66,10 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
     A recording is looked for under ``recordings`` by its source name, else at the ledger's path.
     One whose size or first audio bytes (``storage.fingerprint``) differ from the ledger's is not
     the file ``watch`` analysed (truncated, cut short by a full card, another recorder's file of
-    the same name, often of the same size) and is left alone, listed as changed: analysing it would replace detections of audio that is gone. Times come from the
-    ledger's start time, as ``watch`` stored them; the device id from the file's earlier
-    detections, else ``device_id``. Per-file failures are counted, not fatal.
+    the same name, often of the same size) and is left alone, listed as changed: analysing it
+    would replace detections of audio that is gone. Times come from the ledger's start time, as
+    ``watch`` stored them; the device id from the file's earlier detections, else ``device_id``.
+    Per-file failures are counted, not fatal.
     """
     if recordings is not None and not Path(recordings).is_dir():
         raise ReanalyseError(f"--recordings {recordings}: no such directory")

@@ -104,22 +104,21 @@ class EventMerger:
         # back from events: a run at 0.51998 meets an opening level of 0.52 in both.
         return self.point.keeps(self.labels[run[0].label], [round(v.confidence, 4) for v in run], self.gate(run))
 
-    def piece(self, run: list[WindowVote], whole: list[WindowVote], duration_s: float, start_s: float | None = None,
+    def piece(self, run: list[WindowVote], whole: list[WindowVote], duration_s: float, continues: bool,
               end_s: float | None = None) -> Event:
         """A piece of an event stored before its run has ended (a live stream stores a long event
         in pieces, so a process killed mid-event loses only the piece still open): the windows
         ``run`` of the run ``whole`` so far. Its confidence, score and gate are the whole run's so
-        far, as the event's would be; it begins at ``start_s`` (where the piece before ended) and
-        ends at ``end_s`` (where the next begins; None: its last window's end). Its votes say
-        ``"cut"`` when its run goes on, ``"continues"`` when a piece came before."""
+        far, as the event's would be; it ends at ``end_s`` (where the next piece begins; None: its
+        last window's end). Its votes say ``"cut"`` when its run goes on, ``"continues"`` when a
+        piece came before."""
         gate = self.gate(whole)
-        flags = {**({"continues": True} if start_s is not None else {}), **({"cut": True} if end_s is not None else {})}
+        flags = {**({"continues": True} if continues else {}), **({"cut": True} if end_s is not None else {})}
         event = self._event(run, duration_s, gate, flags)
         label = self.labels[run[0].label]
         score = max(v.confidence for v in whole)
         return dataclasses.replace(
             event, score=score, confidence=self.calibration(label, score, sum(v.confidence for v in whole), gate),
-            start_s=event.start_s if start_s is None else max(event.start_s, start_s),
             end_s=event.end_s if end_s is None else end_s)
 
     def _event(self, run: list[WindowVote], duration_s: float, gate: float | None = None,
@@ -251,7 +250,6 @@ class AnalysisStream:
         self._pending: list[tuple[int, np.ndarray]] = []
         self._run: list[WindowVote] = []
         self._earlier: list[WindowVote] = []   # windows of the open run already stored in pieces
-        self._piece_end: float | None = None   # where the last of those pieces ended
 
     @property
     def duration_s(self) -> float:
@@ -291,21 +289,21 @@ class AnalysisStream:
             return []
         whole = self._earlier + self._run          # so far, the window held open too
         stored, self._run = self._run[:-1], self._run[-1:]
-        piece = merger.piece(stored, whole, math.inf, self._piece_end,
+        # It ends where the window held open begins, and so does the next piece.
+        piece = merger.piece(stored, whole, math.inf, bool(self._earlier),
                              round(self._run[0].start_frame * self.analyzer.frame_s, 3))
         self._earlier += stored
-        self._piece_end = piece.end_s
         return [piece]
 
     def _end_run(self, duration_s: float) -> list[Event]:
         """The events of the run that has just ended: its last piece when pieces of it were
         stored (if the whole run is still kept), else the merge rule's."""
-        run, earlier, piece_end = self._run, self._earlier, self._piece_end
-        self._run, self._earlier, self._piece_end = [], [], None
+        run, earlier = self._run, self._earlier
+        self._run, self._earlier = [], []
         if not earlier:
             return self.analyzer.merge(run, duration_s) if run else []
         merger = self.analyzer.merger
-        return [merger.piece(run, earlier + run, duration_s, piece_end)] if merger.kept(earlier + run) else []
+        return [merger.piece(run, earlier + run, duration_s, continues=True)] if merger.kept(earlier + run) else []
 
     def _take(self, windows: list[tuple[int, np.ndarray]]) -> list[Event]:
         events = []

@@ -18,10 +18,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO
 
+from edgemon.analysis.containers import wav_chunks
 from edgemon.utc import UTC
 
 MAX_HEADER_READ = 4 * 1024 * 1024  # bytes of non-audio chunks read from one file, at most
-MAX_CHUNKS = 256  # a RIFF walk stops here, so a garbage file cannot keep it busy
 EARLIEST_PLAUSIBLE_YEAR = 2000  # recorders without a set clock start at 1970 (or their epoch)
 FUTURE_SLACK = timedelta(days=1)  # host and recorder clocks and zones may differ by hours
 
@@ -116,36 +116,12 @@ def _read_guano(body: bytes, meta: dict) -> None:
 
 
 _READERS = {b"fmt ": _read_fmt, b"LIST": _read_list, b"guan": _read_guano}
-_ID_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _")
-
-
-def _looks_like_id(raw: bytes) -> bool:
-    """Chunk ids in the wild are letters, digits, space or '_' ("fmt ", "LIST", "_PMX")."""
-    return len(raw) == 4 and all(b in _ID_BYTES for b in raw)
-
-
-def _next_chunk(f: BinaryIO, end: int) -> int:
-    """Position of the chunk after a body ending at ``end``: padded to even, as RIFF says,
-    unless only the unpadded position holds a chunk id (some writers forget the pad byte)."""
-    if not end & 1:
-        return end
-    f.seek(end)
-    ids = f.read(5)
-    return end if _looks_like_id(ids[:4]) and not _looks_like_id(ids[1:]) else end + 1
-
-
 def _walk_chunks(f: BinaryIO, size: int, meta: dict) -> None:
-    """Fill ``meta`` from the chunks after the 12-byte RIFF header. Seeks past audio rather than
-    reading it; stops at end of file, at an implausible chunk id (a lying size led into audio),
-    or after MAX_CHUNKS. A chunk running past end of file is read as far as it goes."""
-    pos, budget = 12, MAX_HEADER_READ
-    for _ in range(MAX_CHUNKS):
-        f.seek(pos)
-        head = f.read(8)
-        if len(head) < 8 or not _looks_like_id(head[:4]):
-            break
-        chunk_id, chunk_size = struct.unpack("<4sI", head)
-        body_at = pos + 8
+    """Fill ``meta`` from the chunks after the 12-byte RIFF header (``containers.wav_chunks``).
+    Seeks past audio rather than reading it. A chunk running past end of file is read as far as
+    it goes."""
+    budget = MAX_HEADER_READ
+    for chunk_id, body_at, chunk_size in wav_chunks(f):
         if chunk_size > size - body_at:
             meta["truncated"] = True
         if chunk_id == b"data" and "data_offset" not in meta:
@@ -154,7 +130,6 @@ def _walk_chunks(f: BinaryIO, size: int, meta: dict) -> None:
             body = f.read(min(chunk_size, budget))
             budget -= len(body)
             _READERS[chunk_id](body, meta)
-        pos = _next_chunk(f, body_at + chunk_size)
 
 
 def read_wav_metadata(path: str | Path) -> dict:

@@ -16,10 +16,11 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
+from edgemon.analysis.containers import flac_frames_offset, wav_chunks
+
 SKIP_BYTES = 4096        # a file of another kind: past its header, whatever it is
 SPAN_BYTES = 65536
 PREFIXES = (4096, 16384, SPAN_BYTES)   # digested prefixes: a shorter file is compared over one it holds
-HEADER_LIMIT = 1 << 20   # a header longer than this is not looked through: the default offset is used
 
 
 def fingerprint(path: str | Path) -> str | None:
@@ -46,26 +47,9 @@ def _audio_offset(f) -> int:
     """Where the audio begins: a WAV's ``data`` chunk, a FLAC's first frame, else SKIP_BYTES."""
     head = f.read(12)
     if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
-        pos = 12
-        while pos < HEADER_LIMIT:
-            f.seek(pos)
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                break
-            size = int.from_bytes(chunk[4:], "little")
-            if chunk[:4] == b"data":
-                return pos + 8
-            pos += 8 + size + (size & 1)
-    elif head[:4] == b"fLaC":
-        pos = 4
-        while pos < HEADER_LIMIT:
-            f.seek(pos)
-            block = f.read(4)
-            if len(block) < 4:
-                break
-            pos += 4 + int.from_bytes(block[1:], "big")
-            if block[0] & 0x80:    # the last metadata block
-                return pos
+        return next((body_at for chunk_id, body_at, _ in wav_chunks(f) if chunk_id == b"data"), SKIP_BYTES)
+    if head[:4] == b"fLaC":
+        return flac_frames_offset(f) or SKIP_BYTES
     return SKIP_BYTES
 
 

@@ -1,0 +1,60 @@
+"""Where things lie in an audio file's container, read by hand with a bounded number of seeks and
+no decoding: a WAV's RIFF chunks, a FLAC's first audio frame. Shared by what reads a recorder's
+header (``files.recordings``) and what digests a recording's audio (``storage.fingerprint``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import BinaryIO
+
+MAX_CHUNKS = 256  # a RIFF walk stops here, so a garbage file cannot keep it busy
+MAX_FLAC_BLOCKS = 128  # FLAC allows at most 127 metadata blocks before the first frame
+
+_ID_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _")
+
+
+def _looks_like_id(raw: bytes) -> bool:
+    """Chunk ids in the wild are letters, digits, space or '_' ("fmt ", "LIST", "_PMX")."""
+    return len(raw) == 4 and all(b in _ID_BYTES for b in raw)
+
+
+def _next_chunk(f: BinaryIO, end: int) -> int:
+    """Position of the chunk after a body ending at ``end``: padded to even, as RIFF says,
+    unless only the unpadded position holds a chunk id (some writers forget the pad byte)."""
+    if not end & 1:
+        return end
+    f.seek(end)
+    ids = f.read(5)
+    return end if _looks_like_id(ids[:4]) and not _looks_like_id(ids[1:]) else end + 1
+
+
+def wav_chunks(f: BinaryIO) -> Iterator[tuple[bytes, int, int]]:
+    """(id, offset of its body, declared size) of each chunk after the 12-byte RIFF header of the
+    file ``f``; when one is yielded ``f`` stands at its body. Stops at end of file, at an
+    implausible chunk id (a lying size led into audio), or after MAX_CHUNKS."""
+    pos = 12
+    for _ in range(MAX_CHUNKS):
+        f.seek(pos)
+        head = f.read(8)
+        if len(head) < 8 or not _looks_like_id(head[:4]):
+            return
+        chunk_id, chunk_size = struct.unpack("<4sI", head)
+        yield chunk_id, pos + 8, chunk_size
+        pos = _next_chunk(f, pos + 8 + chunk_size)
+
+
+def flac_frames_offset(f: BinaryIO) -> int | None:
+    """Where the first audio frame of the FLAC file ``f`` begins (after its metadata blocks);
+    None when the blocks end before their last one says so."""
+    pos = 4
+    for _ in range(MAX_FLAC_BLOCKS):
+        f.seek(pos)
+        block = f.read(4)
+        if len(block) < 4:
+            return None
+        pos += 4 + int.from_bytes(block[1:], "big")
+        if block[0] & 0x80:    # the last metadata block
+            return pos
+    return None

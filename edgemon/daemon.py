@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -21,6 +22,7 @@ from edgemon.storage.disk_budget import DiskBudget, DiskGuard
 from edgemon.storage.lock import hold_database
 from edgemon.storage.recovery import open_or_recover
 from edgemon.storage.store import Store
+from edgemon.sync.outbox import newest_device_id
 from edgemon.sync.sender import sync_in_background
 
 log = logging.getLogger(__name__)
@@ -87,9 +89,25 @@ def run_service(settings: Settings, mode: str | None = None, until_idle: bool = 
         _run_mode(settings, mode, until_idle, duration_s)
 
 
+def _warn_other_device(db_path: Path, device_id: str) -> None:
+    """Say so when the database's newest rows came from another device id: the user may have
+    renamed the recorder on purpose, but a wrong id splits one recorder in two in the fleet."""
+    if not Path(db_path).is_file():
+        return
+    try:
+        stored = newest_device_id(Path(db_path))
+    except sqlite3.Error:
+        return   # opening it says what is wrong, in its own words
+    if stored is not None and stored != device_id:
+        log.warning("%s: its newest rows were stored by device %r, these will be stored as %r: the fleet "
+                    "counts them as two recorders (give --device-id %s, or set device_id, to continue the first)",
+                    shown(db_path), shown(stored), shown(device_id), shown(stored))
+
+
 def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s: float | None) -> None:
     settings.log(log)
     service = settings.service
+    _warn_other_device(service.db, service.device_id)
     if (mode or service.mode) == "watch":
         run_watch(service.watch_config(until_idle), service.db, service.models, service.threads,
                   service.health_config(), service.disk_budget())

@@ -23,12 +23,36 @@ import numpy as np
 
 from training.field import FieldVotes
 
+def _running_floor(s, window: int) -> np.ndarray:
+    """Each class's mean member probability less its median over the ``window`` windows before
+    (causal, as a recorder could keep it; the first windows use the stream's first ten)."""
+    mean = s.probs.mean(1)
+    floor = np.array([np.median(mean[max(0, i - window):i] if i >= 10 else mean[:10], axis=0)
+                      for i in range(len(mean))])
+    return mean - floor
+
+
+_FLOORS: dict = {}
+
+
+def _floored(s, window: int) -> np.ndarray:
+    key = (id(s), window)
+    if key not in _FLOORS:
+        _FLOORS[key] = _running_floor(s, window)
+    return _FLOORS[key]
+
+
 WINDOW_RULES = {
     # what a window's confidence for class c is (0: not a window of c)
     "winner": lambda s, c: np.where(s.winner == c, s.confidence, 0.0),
     "agree": lambda s, c: np.where((s.winner == c) & (s.members == c).all(axis=1), s.confidence, 0.0),
     "min-member": lambda s, c: np.where(s.winner == c, s.probs[:, :, c].min(axis=1), 0.0),
     "margin-over-background": lambda s, c: np.where(s.winner == c, s.probs[:, :, c].mean(1) - s.probs[:, :, 0].mean(1), 0.0),
+    # a site's noise floor per class: the 0.1 keeps levels on the scale the other rules search
+    "running-floor-5min": lambda s, c: np.where(s.winner == c, _floored(s, 150)[:, c] + 0.1, 0.0),
+    "running-floor-30min": lambda s, c: np.where(s.winner == c, _floored(s, 900)[:, c] + 0.1, 0.0),
+    "stream-median": lambda s, c: np.where(s.winner == c, s.probs.mean(1)[:, c] - np.median(s.probs.mean(1)[:, c]) + 0.1, 0.0),
+    "stream-ratio": lambda s, c: np.where(s.winner == c, s.probs.mean(1)[:, c] / np.median(s.probs.mean(1)[:, c]) / 10, 0.0),
 }
 FAMILIES = {
     # name: (window rule, smoothing half-width, gap bridged, windows, evidence levels, opening levels)
@@ -41,6 +65,13 @@ FAMILIES = {
     "one-window gap bridged": ("winner", 0, 1, range(1, 7), (0,), (0,)),
     "evidence": ("winner", 0, 0, range(1, 7), tuple(np.arange(0, 4.01, 0.25)), (0,)),
     "hysteresis": ("winner", 0, 0, range(1, 7), (0,), (0, 0.5, 0.52, 0.54, 0.56, 0.58, 0.6, 0.62)),
+    "running floor 5 min": ("running-floor-5min", 0, 0, range(1, 7), (0,), (0,)),
+    "running floor 30 min": ("running-floor-30min", 0, 0, range(1, 7), (0,), (0,)),
+    "running floor 5 min + hysteresis": ("running-floor-5min", 0, 0, range(1, 7), (0,), (0, 0.5, 0.52, 0.54, 0.56, 0.58, 0.6, 0.62)),
+    "running floor 30 min + hysteresis": ("running-floor-30min", 0, 0, range(1, 7), (0,), (0, 0.5, 0.52, 0.54, 0.56, 0.58, 0.6, 0.62)),
+    # bounds: a floor that knows the whole stream (the held-out recorders' audio) in advance
+    "stream median (bound)": ("stream-median", 0, 0, range(1, 7), (0,), (0,)),
+    "stream ratio (bound)": ("stream-ratio", 0, 0, range(1, 7), (0,), (0,)),
 }
 TARGETS = (5, 20, 30)
 

@@ -186,14 +186,14 @@ def test_adapt_end_to_end_on_a_recorder_the_bundle_never_heard(site):
                             "--recordings", str(recordings), "--out", str(root / "again")],
                            capture_output=True, text=True, timeout=300)
     said = again.stdout + again.stderr
-    assert again.returncode == 1 and "was adapted on" in said and parent.bundle_id in said, said
+    assert again.returncode == 1 and "is already adapted to this site" in said and parent.bundle_id in said, said
     assert not (root / "again").exists()
     copied = root / "copied.db"            # a copy of the database is known by its own id, not its path
     shutil.copy(db, copied)
     again = subprocess.run([sys.executable, "-m", "training", "adapt", str(out), "--reviews", str(copied),
                             "--recordings", str(recordings), "--out", str(root / "again")],
                            capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1 and "was adapted on" in again.stdout + again.stderr
+    assert again.returncode == 1 and "is already adapted to this site" in again.stdout + again.stderr
 
 
 def test_members_of_other_embedding_widths_are_refused_before_anything_runs(tmp_path):

@@ -435,3 +435,18 @@ def test_info_says_whether_confidence_is_calibrated(tmp_path):
     (older / MANIFEST).write_text(json.dumps(manifest))
     result = runner.invoke(app, ["info", "--models", str(older)])
     assert result.exit_code == 0 and json.loads(result.output)["confidence"].startswith("uncalibrated")
+
+
+def test_watch_warns_when_the_database_holds_another_devices_rows(tmp_path):
+    from devtools.recorder_db import make_recorder
+    db = make_recorder(tmp_path / "unit.db", "rec-a", files=1, per_file=1, heartbeats=1)
+    empty = tmp_path / "card"
+    empty.mkdir()
+    for device, warned in (("rec-a", False), ("rec-b", True)):
+        done = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(empty), "--db", str(db),
+                               "--device-id", device, "--until-idle"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        said = [line for line in done.stderr.splitlines() if "newest rows were stored by device" in line]
+        assert bool(said) == warned, done.stderr
+        if warned:
+            assert "'rec-a'" in said[0] and "'rec-b'" in said[0] and "--device-id rec-a" in said[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -197,6 +198,21 @@ def test_server_stopped_mid_sync_and_restarted(fleet, tmp_path):
     assert proc.returncode == 0, err
     assert "unreachable" in err and "retrying" in err
     assert_server_equals_union(fleet, [db])
+    # The summary counts what every attempt sent, the batches before the outage too.
+    sent = int(re.search(r"synced (\d+) change", out).group(1))
+    with Outbox(db) as outbox:
+        assert sent == acked_seq(fleet) == outbox.last_seq(), (out, outbox.last_seq())
+
+
+def test_a_sync_refused_as_busy_names_the_database_file(fleet, tmp_path):
+    from edgemon.sync.fleetdb import MIGRATION_LOCK
+    db = make_recorder(tmp_path / "busy.db", "rec-a", files=2, per_file=2, seed=5)
+    with fleet.connect() as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [MIGRATION_LOCK, uuid_of(db)])
+        result = run_sync(db, fleet.url)
+    assert result.returncode != 0
+    line = result.stderr.strip().splitlines()[-1]
+    assert "another sync" in line and "busy.db" in line and "Traceback" not in result.stderr, result.stderr
 
 
 def test_reanalysis_arrives_beside_the_old_bundle(fleet, tmp_path):

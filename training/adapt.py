@@ -413,8 +413,9 @@ def _check_not_fitted_on(bundle: Bundle, reviews_db: Path, review_ids: list[int]
     again = set(earlier.get("review_ids") or ()) & set(review_ids)
     if again:
         parent = bundle.manifest["adapted"].get("parent_bundle", "its parent")
-        raise AdaptError(f"{bundle.path} was adapted on {len(again)} of these reviews: adapt its parent "
-                         f"({parent}) with all of them instead")
+        raise AdaptError(f"{bundle.path} is already adapted to this site: {len(again)} of these "
+                         f"{len(set(review_ids))} reviews made it, and cannot judge it again. Adapt its "
+                         f"parent ({parent}) with all the reviews instead")
 
 
 def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, out: Path,

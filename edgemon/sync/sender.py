@@ -130,12 +130,23 @@ def device_info(settings: Settings) -> DeviceInfo:
                       sync_interval_s=service.sync_interval_s, heartbeat_s=service.heartbeat_s)
 
 
+@dataclasses.dataclass
+class Sent:
+    """What sessions committed on the server so far, counted as they go (a session that fails
+    half-way has still sent its committed batches)."""
+
+    changes: int = 0
+    batches: int = 0
+
+
 def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
-              stop: threading.Event | None = None) -> SyncResult:
+              stop: threading.Event | None = None, sent: Sent | None = None) -> SyncResult:
     """One session: send every change of the database at ``db_path`` the server lacks, or until
     ``stop`` is set. Raises a FleetDbError subclass (UnreachableError: worth retrying) or
-    OutboxError; what was committed before the error stays committed on both sides."""
+    OutboxError; what was committed before the error stays committed on both sides (and counted
+    in ``sent``, when given)."""
     started = time.monotonic()
+    sent = Sent() if sent is None else sent
     target = fleetdb.target_name(fleetdb.check_url(config.url))
     # Around the whole block: closing a connection the server dropped raises too.
     try:
@@ -160,6 +171,7 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                 fleetdb.apply_batch(conn, info.db_uuid, batch, max(local_seq, batch.last_seq), offered, token)
                 outbox.advance(target, batch.last_seq)   # only after the server committed
                 acked, token, changes, batches = batch.last_seq, offered, changes + batch.size, batches + 1
+                sent.changes, sent.batches = sent.changes + batch.size, sent.batches + 1
                 rows = _next_rows(rows, time.monotonic() - t0, config)
             backlog = outbox.last_seq() - acked
             outbox.prune()
@@ -192,7 +204,7 @@ def _own_lineage(conn, outbox: Outbox, target: str, info: DeviceInfo) -> tuple[D
     UUID) and sends all its rows again. The server keeps the old UUID's rows, so nothing it held
     is lost, and the natural keys let the fleet views count each row once per device.
     """
-    fleetdb.lock_database(conn, info.db_uuid)
+    _lock(conn, outbox, info.db_uuid)
     held = fleetdb.acknowledged(conn, info.db_uuid)
     reason = _diverged(held, outbox, info)
     if reason is None:
@@ -202,8 +214,16 @@ def _own_lineage(conn, outbox: Outbox, target: str, info: DeviceInfo) -> tuple[D
     log.warning("%s: %s; this database now syncs as %s and sends all its rows again (%s keeps the rows "
                 "of %s)", shown(outbox.path), reason, new, target, old)
     fleetdb.unlock_database(conn, old)
-    fleetdb.lock_database(conn, new)
+    _lock(conn, outbox, new)
     return dataclasses.replace(info, db_uuid=new, forked_from=old), None
+
+
+def _lock(conn, outbox: Outbox, db_uuid: str) -> None:
+    """``fleetdb.lock_database``, its refusal naming the file (the UUID alone tells a person nothing)."""
+    try:
+        fleetdb.lock_database(conn, db_uuid)
+    except BusyError as e:
+        raise BusyError(f"{shown(outbox.path)}: {e}") from None
 
 
 def _diverged(held: fleetdb.Acknowledged | None, outbox: Outbox, info: DeviceInfo) -> str | None:
@@ -228,11 +248,15 @@ def _diverged(held: fleetdb.Acknowledged | None, outbox: Outbox, info: DeviceInf
 def sync_with_retries(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                       sleep=time.sleep, clock=time.monotonic) -> SyncResult:
     """``sync_once``, retried with backoff while the server is unreachable, for up to
-    ``config.retry_for_s``; then the last error is raised."""
-    deadline, failures = clock() + config.retry_for_s, 0
+    ``config.retry_for_s``; then the last error is raised. The result counts what every attempt
+    sent, not only the last one's."""
+    started = clock()
+    deadline, failures, sent = started + config.retry_for_s, 0, Sent()
     while True:
         try:
-            return sync_once(db_path, info, config)
+            result = sync_once(db_path, info, config, sent=sent)
+            return dataclasses.replace(result, changes=sent.changes, batches=sent.batches,
+                                       seconds=clock() - started)
         except (UnreachableError, BusyError) as e:
             failures += 1
             wait = backoff_s(failures, config)

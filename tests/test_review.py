@@ -22,7 +22,7 @@ from edgemon.review.app import ReviewConfig, ReviewServerError, create_app, with
 from edgemon.review.charts import charts_svg, effort_hours
 from edgemon.review.excerpt import read_excerpt
 from edgemon.review.spectrogram import png_bytes, spectrogram_rgb
-from edgemon.storage.store import Store
+from edgemon.storage.store import Detection, Store
 from tests.review_helpers import BUNDLE_ID, DETECTIONS, make_review_db, review_server
 
 
@@ -358,3 +358,29 @@ def test_a_port_in_use_or_out_of_range_is_one_line_not_a_traceback(tmp_path):
     assert busy.exit_code == 1 and busy.output.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
     wrong = runner.invoke(app, ["review", "--db", str(db), "--port", "99999"])
     assert wrong.exit_code == 2 and "--port" in wrong.output
+
+
+def test_a_sound_judged_under_another_bundle_says_so_and_comes_after_the_rest(review_db):
+    """Found by a newcomer trial: after reanalyse the same sounds came back unreviewed under the
+    new bundle, with nothing to say they had been judged, and first in the review order."""
+    db, recordings = review_db
+    old = reviews.list_detections(db, order="time")
+    judged = old[0]
+    reviews.add_verdict(db, judged["id"], "relabel", "tester", new_label="great_argus",
+                        labels=("gibbon_duet", "great_argus", "hornbill_helmeted", "hornbill_rhino"))
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        stored = [dict(r) for r in conn.execute("SELECT * FROM detections")]
+    with Store(db) as store:      # as reanalyse stores a second bundle's detections beside the first's
+        store.insert_detections([Detection(**{**{k: r[k] for k in Detection.__dataclass_fields__},
+                                              "bundle_id": "bundle-new", "start_s": r["start_s"] + 0.5,
+                                              "end_s": r["end_s"] + 0.5}) for r in stored])
+    new = reviews.list_detections(db, bundle_id="bundle-new", order="teach")
+    said = [r for r in new if r["earlier"]]
+    assert len(said) == 1 and said[0]["source"] == judged["source"]
+    assert said[0]["earlier"] == f"{judged['label']} judged as great_argus under {BUNDLE_ID}"
+    assert new[-1]["id"] == said[0]["id"]          # it teaches least: last among the unreviewed
+    assert not any(r["earlier"] for r in reviews.list_detections(db, bundle_id=BUNDLE_ID))
+    with review_server(db, recordings) as (base, _):
+        page = _get(base + "/?bundle=bundle-new")[2].decode()
+    assert page.count("earlier: ") == 1 and f"judged as great_argus under {BUNDLE_ID}" in page

@@ -109,19 +109,34 @@ def precision_by_class(db_path: Path, bundle_id: str | None = None) -> list[Clas
     return result
 
 
-_ORDER_BY = {"teach": "v.verdict IS NOT NULL, priority DESC, d.id",
+_ORDER_BY = {"teach": "v.verdict IS NOT NULL, earlier IS NOT NULL, priority DESC, d.id",
              "time": "coalesce(d.start_utc, ''), d.source, d.start_s",
              "confidence": "d.confidence, d.id"}
+
+
+# The latest verdict (not 'unsure') on an overlapping detection of the same recording under another
+# bundle; through the reviews' own key, which starts with the recording, so each row reads only
+# that recording's reviews.
+_EARLIER = """SELECT r.label || ' judged ' || CASE r.verdict WHEN 'relabel' THEN 'as ' || r.new_label
+                                                         ELSE r.verdict END || ' under ' || r.bundle_id
+              FROM reviews r JOIN detections o ON o.source = r.source AND o.start_s = r.start_s
+                   AND o.label = r.label AND o.bundle_id = r.bundle_id
+              WHERE r.source = d.source AND r.bundle_id != d.bundle_id AND r.verdict != 'unsure'
+                    AND r.start_s < d.end_s AND o.end_s > d.start_s
+              ORDER BY r.reviewed_at DESC LIMIT 1"""
 
 
 def list_detections(db_path: Path, *, order: str = "teach", label: str | None = None,
                     day: str | None = None, unreviewed_only: bool = False, bundle_id: str | None = None,
                     limit: int = 50, offset: int = 0) -> list[dict]:
-    """One page of detections, as dicts with the latest verdict (``verdict``, ``new_label``) and a
-    ``priority`` (0..1: how much reviewing it would teach).
+    """One page of detections, as dicts with the latest verdict (``verdict``, ``new_label``), a
+    ``priority`` (0..1: how much reviewing it would teach) and ``earlier``: the latest verdict on
+    this sound under another bundle (a reviewed detection of the same recording overlapping it,
+    e.g. before ``reanalyse``), as text, or None.
 
     ``order`` 'teach': the most uncertain detections of the classes with the most false alarms so
-    far first, unreviewed before reviewed; 'time': by start time; 'confidence': lowest first.
+    far first, unreviewed before reviewed, and sounds judged under another bundle after the rest
+    (they teach least); 'time': by start time; 'confidence': lowest first.
     ``day`` is a UTC date 'YYYY-MM-DD'. SQLite sorts and pages, so a season of detections never
     sits in memory at once.
     """
@@ -143,7 +158,8 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
     # Half the weight on the detection's own uncertainty, half on its class's false alarms.
     sql = f"""SELECT d.id, d.source, d.start_s, d.end_s, d.start_utc, d.label, d.confidence, d.votes,
                      d.bundle_id, d.clip_path, v.verdict, v.new_label, v.reviewer,
-                     0.5 * uncertainty(d.confidence, d.votes) + 0.5 * false_rate(d.label) AS priority
+                     0.5 * uncertainty(d.confidence, d.votes) + 0.5 * false_rate(d.label) AS priority,
+                     ({_EARLIER}) AS earlier
               FROM detections d LEFT JOIN ({LATEST_VERDICTS}) v ON v.source = d.source
                    AND v.start_s = d.start_s AND v.label = d.label AND v.bundle_id = d.bundle_id
               WHERE {' AND '.join(clauses)} ORDER BY {_ORDER_BY[order]} LIMIT ? OFFSET ?"""

@@ -47,7 +47,7 @@ def test_schema_is_created_in_wal_mode(store, tmp_path):
     natural_key = ("source", "start_s", "label", "bundle_id")
     assert {("start_utc",), ("label",), natural_key} <= index_columns
     assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
-    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: a power cut loses no commit
     # journal_mode=wal is persistent: a fresh connection sees it too.
     other = sqlite3.connect(tmp_path / "detections.db")
     assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

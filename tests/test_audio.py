@@ -91,3 +91,59 @@ def test_16_bit_pcm_reads_as_libsndfile_float_would(tmp_path, name):
     as_float = soundfile.read(tmp_path / name, dtype="float32", always_2d=True)[0].mean(axis=1, dtype=np.float32)
     np.testing.assert_array_equal(audio.load(tmp_path / name), as_float)
     np.testing.assert_array_equal(np.concatenate(list(audio.iter_blocks(tmp_path / name, 0.3))), as_float)
+
+
+def _wav_with(path, x, rate, *, riff_size=None, data_size=None, odd_chunk=False):
+    """A 16-bit WAV written by hand: sizes as given (AudioMoth leaves 0 until it closes a file), and
+    optionally an odd-length chunk before ``data`` without its pad byte (as some writers do)."""
+    import struct
+    pcm = (x * 32767).astype("<i2").tobytes()
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
+    extra = b"guan" + struct.pack("<I", 41) + b"GUANO|Version:1.0\nMake:Test\nModel:x\n".ljust(41, b" ")[:41] if odd_chunk else b""
+    body = b"WAVE" + fmt + extra + b"data" + struct.pack("<I", len(pcm) if data_size is None else data_size) + pcm
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body) if riff_size is None else riff_size) + body)
+    return path
+
+
+@pytest.mark.parametrize("riff_size", [0, None])
+def test_a_header_never_finalised_is_read_to_the_end_of_the_file(tmp_path, riff_size):
+    """Found by a hostile-input trial: a WAV whose data size was never written (the battery died)
+    decoded as 0 s, and was stored as done with no detections."""
+    x = sine(16000, 3.0)
+    path = _wav_with(tmp_path / "cut.wav", x, 16000, riff_size=riff_size, data_size=0)
+    assert abs(len(audio.load(path)) - len(x)) <= 1
+    blocks = audio.iter_blocks(path, block_seconds=1.0)
+    assert abs(sum(len(b) for b in blocks) - len(x)) <= 1
+    assert blocks.note.startswith("data size 0 in the header")
+
+
+def test_a_chunk_missing_its_pad_byte_before_the_audio_is_read(tmp_path):
+    """Found by a hostile-input trial: libsndfile found no data chunk after an odd-length GUANO
+    chunk without its pad byte, and the recording was quarantined."""
+    x = sine(16000, 2.0)
+    path = _wav_with(tmp_path / "guano.wav", x, 16000, odd_chunk=True)
+    blocks = audio.iter_blocks(path, block_seconds=1.0)
+    decoded = np.concatenate(list(blocks))
+    assert abs(len(decoded) - len(x)) <= 1 and abs(dominant_hz(decoded) - 1000) < 5
+    assert "libsndfile cannot read" in blocks.note and "data" in blocks.note
+    clean = audio.iter_blocks(_wav_with(tmp_path / "clean.wav", x, 16000), block_seconds=1.0)
+    assert abs(sum(len(b) for b in clean) - len(x)) <= 1 and clean.note is None
+
+
+def test_a_flac_cut_short_gives_the_audio_before_the_cut(tmp_path):
+    """Found by a hostile-input trial: a FLAC whose last bytes never arrived failed with 'lost
+    sync' on every attempt and was quarantined, with most of its audio intact."""
+    x = np.random.default_rng(0).standard_normal(16000 * 20).astype(np.float32) * 0.1
+    whole = tmp_path / "whole.flac"
+    soundfile.write(whole, x, 16000)
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    blocks = audio.iter_blocks(cut, block_seconds=5.0)
+    decoded = np.concatenate(list(blocks))
+    assert 8 * 16000 < len(decoded) < 11 * 16000, len(decoded)   # about half, not one block less
+    np.testing.assert_allclose(decoded[:16000], x[:16000], atol=1e-4)
+    assert blocks.note.startswith("decoding stopped at ") and "the rest is not analysed" in blocks.note
+    empty = tmp_path / "head.flac"
+    empty.write_bytes(whole.read_bytes()[:200])          # no audio at all: still an error
+    with pytest.raises(AudioError, match="head.flac"):
+        list(audio.iter_blocks(empty))

@@ -27,7 +27,7 @@ from edgemon.storage.lock import DatabaseInUseError, hold_database, hold_exports
 from edgemon.storage.store import Store
 from tests.conftest import hoots, tone
 from tests.waits import wait_until
-from tests.watch_helpers import fault_env, files_done, query, watch_until_idle, write_wav
+from tests.watch_helpers import fault_env, files_done, query, unfinalised_header, watch_until_idle, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,17 +116,17 @@ def test_blocks_stay_bounded_whatever_the_rate_and_channels(tmp_path):
     path = tmp_path / "wide.wav"
     soundfile.write(path, np.zeros((48000, 64), np.int16), 48000, subtype="PCM_16")   # 64 channels
     reads = []
-    real_blocks = soundfile.SoundFile.blocks
+    real_read = soundfile.SoundFile.read
 
-    def spy(self, blocksize=None, **kwargs):
-        reads.append(blocksize * self.channels)
-        return real_blocks(self, blocksize=blocksize, **kwargs)
+    def spy(self, frames=-1, *args, **kwargs):
+        reads.append(frames * self.channels)
+        return real_read(self, frames, *args, **kwargs)
 
-    soundfile.SoundFile.blocks = spy
+    soundfile.SoundFile.read = spy
     try:
         blocks = list(audio.iter_blocks(path, block_seconds=10.0))
     finally:
-        soundfile.SoundFile.blocks = real_blocks
+        soundfile.SoundFile.read = real_read
     assert reads and max(reads) <= audio.MAX_BLOCK_SAMPLES
     assert sum(map(len, blocks)) == pytest.approx(16000, abs=2) and max(map(len, blocks)) <= 160000
 
@@ -503,3 +503,22 @@ def test_a_file_deleted_while_analysed_in_a_child_is_not_a_failure(tmp_path, cap
     assert {k: v[0] for k, v in ledger(db).items()} == {"20240701_070000.WAV": "done"}
     assert query(db, "SELECT COUNT(*) FROM in_progress") == [(0,)]
     assert "20240701_060000.WAV: deleted while being processed" in caplog.text
+
+
+def test_a_recording_its_recorder_never_closed_or_a_cut_flac_is_analysed_as_far_as_its_audio_goes(tmp_path):
+    """Found by a hostile-input trial: an AudioMoth file whose header was never finalised (power
+    lost) was stored as done with 0.0 s of audio and no detections; a FLAC missing its last bytes
+    was quarantined whole. Both now give their audio, with a note in the ledger."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    never_closed = recording(root / "20180301_060000.WAV", seconds=8.0)
+    unfinalised_header(never_closed)
+    whole = tmp_path / "whole.flac"
+    soundfile.write(whole, np.concatenate([tone(0, 1.0), hoots(15.0, seed=3)]), 16000, format="FLAC")
+    (root / "20180301_070000.flac").write_bytes(whole.read_bytes()[:whole.stat().st_size * 3 // 4])
+    watch_until_idle(root, db)
+    rows = {r[0]: r[1:] for r in query(db, "SELECT source, state, duration_s, error FROM files")}
+    state, duration, note = rows["20180301_060000.WAV"]
+    assert state == "done" and duration == pytest.approx(8.0, abs=0.01) and "data size 0 in the header" in note
+    state, duration, note = rows["20180301_070000.flac"]
+    assert state == "done" and 8.0 < duration < 16.0 and "decoding stopped at" in note
+    assert query(db, "SELECT count(*) FROM detections WHERE source = '20180301_060000.WAV'")[0][0] > 0

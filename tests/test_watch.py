@@ -247,3 +247,4 @@ def test_watchdogs_shutdown_race_is_not_logged_as_an_error(caplog):
     inotify.error("InotifyEmitter.queue_events() called when the thread is inactive")
     inotify.error("inotify watch limit reached")
     assert [r.getMessage() for r in caplog.records if r.name == inotify.name] == ["inotify watch limit reached"]
+

@@ -60,6 +60,7 @@ class Analysis:
     duration_s: float
     windows: list[WindowVote]
     events: list[Event]
+    note: str | None = None   # what the decoder could not read as usual (a rewritten header, a cut FLAC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +215,8 @@ class Analyzer:
         stream = self.stream(keep_votes=True)
         events = [e for block in blocks for e in stream.push(block)]
         events += stream.finish()
-        return Analysis(stream.duration_s, stream.votes, events)
+        # What the decoder could not read as usual (``audio.Blocks.note``), for the file's ledger row.
+        return Analysis(stream.duration_s, stream.votes, events, getattr(blocks, "note", None))
 
     def analyse_file(self, path: str | Path, block_seconds: float = 10.0) -> Analysis:
         return self.analyse_blocks(audio.iter_blocks(path, block_seconds, self.bundle.frontend.sample_rate))

@@ -4,6 +4,7 @@ a microphone feeding the same samples give the analysis the same samples."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from edgemon.analysis import wav_repair
 from edgemon.errors import AudioError
 
 TARGET_RATE = 16000
@@ -78,7 +80,7 @@ def load(path: str | Path, sample_rate: int = TARGET_RATE) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with soundfile.SoundFile(os.fsencode(path)) as f:  # bytes: a name need not be UTF-8
+        with _opened(path) as (f, _):
             _check_rate(f, path)
             rate, data = f.samplerate, f.read(dtype=_read_dtype(f), always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
@@ -92,33 +94,102 @@ def load(path: str | Path, sample_rate: int = TARGET_RATE) -> np.ndarray:
     return np.ascontiguousarray(samples)
 
 
-def iter_blocks(path: str | Path, block_seconds: float = 60.0,
-                sample_rate: int = TARGET_RATE) -> Iterator[np.ndarray]:
-    """Yield consecutive mono float32 blocks at ``sample_rate`` without holding the whole file.
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[tuple[soundfile.SoundFile, str | None]]:
+    """The file's decoder, and a note when it reads through a rewritten WAV header
+    (``wav_repair``: a header never finalised, or one libsndfile cannot parse)."""
+    with contextlib.ExitStack() as stack:
+        yield _open_into(stack, path)
+
+
+def _open_into(stack: contextlib.ExitStack, path: Path) -> tuple[soundfile.SoundFile, str | None]:
+    stream, note = wav_repair.repaired(path)
+    if stream is None:
+        try:
+            return stack.enter_context(soundfile.SoundFile(os.fsencode(path))), None   # bytes: any name
+        except soundfile.LibsndfileError as refused:
+            stream, note = wav_repair.repaired(path, always=True)
+            if stream is None:
+                raise
+            note = f"{note} (libsndfile said: {_cannot(refused, path)})"
+    stack.enter_context(stream)
+    return stack.enter_context(soundfile.SoundFile(stream)), note
+
+
+class Blocks:
+    """The blocks of ``iter_blocks``; after they are consumed, ``note`` says what was not read as
+    usual (a rewritten header, decoding stopped early), or None."""
+
+    def __init__(self, path: Path, block_seconds: float, sample_rate: int, on_block=None):
+        self.path, self.block_seconds, self.sample_rate, self.on_block = path, block_seconds, sample_rate, on_block
+        self.note: str | None = None
+        self._stopped: str | None = None   # why decoding stopped before the end, if it did
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        path, sample_rate = self.path, self.sample_rate
+        longest = max(1, int(self.block_seconds * sample_rate))
+        try:
+            with _opened(path) as (f, self.note):
+                _check_rate(f, path)
+                resampler = Resampler(f.samplerate, sample_rate)
+                frames = max(1, min(int(self.block_seconds * f.samplerate), MAX_BLOCK_SAMPLES // f.channels))
+                for block in self._read(f, frames):
+                    samples = mono(block)
+                    _check_finite(samples, block, path)
+                    samples = resampler.push(samples)
+                    for at in range(0, len(samples), longest):
+                        if self.on_block is not None:
+                            self.on_block()
+                        yield np.ascontiguousarray(samples[at:at + longest])
+                tail = resampler.push(np.zeros(0, np.float32), last=True)
+                for at in range(0, len(tail), longest):
+                    yield tail[at:at + longest]
+        except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
+            raise AudioError(f"{path}: {_cannot(exc, path)}") from exc
+
+    def _read(self, f: soundfile.SoundFile, frames: int) -> Iterator[np.ndarray]:
+        """``f``'s blocks; a decode error after some audio (a FLAC cut short: its last bytes
+        never copied, the card pulled) ends the audio where decoding stopped, with a note, so
+        the audio before it is analysed. The block it broke is read again second by second."""
+        done, dtype = 0, _read_dtype(f)
+        while len(block := self._block(f, frames, dtype, done)):
+            done += len(block)
+            yield block
+        if self._stopped is None:
+            return
+        try:
+            f.seek(done)
+            while len(block := f.read(max(1, f.samplerate), dtype=dtype, always_2d=True)):
+                done += len(block)
+                yield block
+        except (soundfile.LibsndfileError, RuntimeError):
+            pass
+        stopped = f"decoding stopped at {done / f.samplerate:.1f} s ({self._stopped}): the rest is not analysed"
+        self.note = f"{self.note}; {stopped}" if self.note else stopped
+
+    def _block(self, f: soundfile.SoundFile, frames: int, dtype: str, done: int) -> np.ndarray:
+        try:
+            return f.read(frames, dtype=dtype, always_2d=True)
+        except soundfile.LibsndfileError as exc:
+            why = getattr(exc, "error_string", None) or str(exc)
+            if done == 0 or why.strip() == "System error.":
+                raise   # nothing decoded, or the card failing: a failed attempt, tried again later
+            self._stopped = why
+            return np.zeros((0, f.channels), dtype)
+
+
+def iter_blocks(path: str | Path, block_seconds: float = 60.0, sample_rate: int = TARGET_RATE,
+                on_block=None) -> Blocks:
+    """Consecutive mono float32 blocks at ``sample_rate`` without holding the whole file (an
+    iterable ``Blocks``: its ``note`` says afterwards what was not read as usual).
 
     Memory stays bounded whatever the file's length and whatever its header claims: each read
     holds at most ``block_seconds`` at the file's own rate and at most ``MAX_BLOCK_SAMPLES``
     samples, and no yielded block is longer than ``block_seconds`` at ``sample_rate`` (plus the
     resampler's short delay line). A rate outside ``MIN_RATE``-``MAX_RATE`` raises ``AudioError``.
+    ``on_block`` is called before each block is yielded (a watchdog's progress).
     """
-    path = Path(path)
-    longest = max(1, int(block_seconds * sample_rate))
-    try:
-        with soundfile.SoundFile(os.fsencode(path)) as f:  # bytes: a name need not be UTF-8
-            _check_rate(f, path)
-            resampler = Resampler(f.samplerate, sample_rate)
-            frames = max(1, min(int(block_seconds * f.samplerate), MAX_BLOCK_SAMPLES // f.channels))
-            for block in f.blocks(blocksize=frames, dtype=_read_dtype(f), always_2d=True):
-                samples = mono(block)
-                _check_finite(samples, block, path)
-                samples = resampler.push(samples)
-                for at in range(0, len(samples), longest):
-                    yield np.ascontiguousarray(samples[at:at + longest])
-            tail = resampler.push(np.zeros(0, np.float32), last=True)
-            for at in range(0, len(tail), longest):
-                yield tail[at:at + longest]
-    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
-        raise AudioError(f"{path}: {_cannot(exc, path)}") from exc
+    return Blocks(Path(path), block_seconds, sample_rate, on_block)
 
 
 def _cannot(exc: Exception, path: Path) -> str:

@@ -21,7 +21,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import soundfile
@@ -150,10 +150,8 @@ def _collect(child: subprocess.Popen, on_block: Callable[[], object],
     return bytes(out), bytes(err)
 
 
-def _blocks_with_progress(path: Path, block_s: float, sample_rate: int) -> Iterator:
-    for block in audio.iter_blocks(path, block_s, sample_rate):
-        os.write(2, _PROGRESS)
-        yield block
+def _blocks_with_progress(path: Path, block_s: float, sample_rate: int) -> audio.Blocks:
+    return audio.iter_blocks(path, block_s, sample_rate, on_block=lambda: os.write(2, _PROGRESS))
 
 
 def main(argv: list[bytes]) -> int:

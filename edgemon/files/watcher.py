@@ -37,10 +37,8 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analysis, Analyzer
@@ -419,6 +417,7 @@ class Watcher:
             self.attempted += int(state == "quarantined")
             return
         detections = self.detections(source, analysis, when)
+        note = "; ".join(n for n in (note, analysis.note) if n) or None
         self.store.commit_file(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
                                duration_s=analysis.duration_s, start_utc=when.start_utc,
                                time_source=when.source, clock_suspect=when.suspect,
@@ -434,11 +433,10 @@ class Watcher:
         log.info("%s: %.1f s of audio, %d detection(s)%s", shown(source), analysis.duration_s, len(detections),
                  f" [{shown(note)}]" if note else "")
 
-    def _blocks(self, path: Path) -> Iterator[np.ndarray]:
+    def _blocks(self, path: Path) -> audio.Blocks:
         """The file's audio blocks; each one marks progress, so a long file keeps the watchdog fed."""
-        for block in audio.iter_blocks(path, self.config.block_s, self.analyzer.bundle.frontend.sample_rate):
-            self._tick()
-            yield block
+        return audio.iter_blocks(path, self.config.block_s, self.analyzer.bundle.frontend.sample_rate,
+                                 on_block=self._tick)
 
     def detections(self, source: str, analysis: Analysis, when) -> list[Detection]:
         def at(offset: float) -> dt.datetime | None:

@@ -1,0 +1,119 @@
+"""A WAV whose header libsndfile cannot use, read through a header rewritten from what is on disk.
+
+Two headers in the field hold audio that libsndfile will not give back:
+
+- **data size 0**: AudioMoth writes the sizes when it closes a file, so a file it never closed
+  (the battery died, the card was pulled) says its data chunk is empty, and libsndfile reads
+  0 samples from minutes of audio;
+- **a chunk before ``data`` without its pad byte** (an odd-length GUANO chunk from some writers):
+  libsndfile finds no ``data`` chunk and refuses the file.
+
+``repaired`` presents such a file as a clean RIFF of its own ``fmt `` chunk and every whole frame
+from the start of its ``data`` chunk to end of file; the audio bytes are read from the file as
+they are asked for, so memory stays bounded however long the recording.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from pathlib import Path
+
+from edgemon.analysis.containers import wav_chunks
+
+_MAX_DATA = 0xFFFFFFFF - 1024   # what a RIFF size field can say, less room for the header
+
+
+class _Spliced(io.RawIOBase):
+    """``header`` followed by ``length`` bytes of ``f`` from ``offset``: one seekable stream."""
+
+    def __init__(self, header: bytes, f, offset: int, length: int):
+        self._header, self._f, self._offset, self._length = header, f, offset, length
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        end = len(self._header) + self._length
+        self._pos = max(0, min(end, {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: end}[whence] + pos))
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        view, done = memoryview(buffer).cast("B"), 0
+        if self._pos < len(self._header):
+            part = self._header[self._pos:self._pos + len(view)]
+            view[:len(part)] = part
+            done = len(part)
+            self._pos += done
+        data_pos = self._pos - len(self._header)
+        want = min(len(view) - done, self._length - data_pos)
+        if want > 0:
+            self._f.seek(self._offset + data_pos)
+            got = self._f.readinto(view[done:done + want]) or 0
+            done += got
+            self._pos += got
+        return done
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def _layout(f) -> tuple[bytes, int, int] | None:
+    """(fmt body, data offset, declared data size) of the RIFF/WAVE file ``f``, or None."""
+    f.seek(0)
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+        return None
+    fmt, data = None, None
+    for chunk_id, body_at, size in wav_chunks(f):
+        if chunk_id == b"fmt " and fmt is None and 16 <= size <= 1024:
+            fmt = f.read(size)
+        elif chunk_id == b"data" and data is None:
+            data = (body_at, size)
+    if fmt is None or data is None or len(fmt) < 16:
+        return None
+    return fmt, data[0], data[1]
+
+
+def repaired(path: str | Path, always: bool = False):
+    """A binary file object reading the WAV at ``path`` through a rewritten header, and why; or
+    (None, None) when it needs none (``always``: rewrite whenever the layout can be read, for a
+    file libsndfile refused) or cannot be read so (no ``fmt `` or ``data`` chunk, no whole frame)."""
+    try:
+        f = open(os.fsencode(Path(path)), "rb")
+    except OSError:
+        return None, None   # the decoder says why, in the words a person acts on
+    try:
+        try:
+            layout = _layout(f)
+        except OSError:
+            layout = None   # a card failing under the read: the decoder meets it too, and says so
+        if layout is None:
+            f.close()
+            return None, None
+        fmt, offset, declared = layout
+        held = os.fstat(f.fileno()).st_size - offset
+        block_align = struct.unpack("<H", fmt[12:14])[0] or 1
+        length = min(held, _MAX_DATA) // block_align * block_align
+        if length <= 0 or not (always or declared == 0):
+            f.close()
+            return None, None
+        fmt_chunk = b"fmt " + struct.pack("<I", len(fmt)) + fmt + (b"\0" if len(fmt) & 1 else b"")
+        header = b"RIFF" + struct.pack("<I", 4 + len(fmt_chunk) + 8 + length) + b"WAVE" + fmt_chunk + \
+            b"data" + struct.pack("<I", length)
+        why = ("data size 0 in the header (never finalised)" if declared == 0 else
+               "a header libsndfile cannot read")
+        return io.BufferedReader(_Spliced(header, f, offset, length)), \
+            f"{why}: read {length} bytes of audio from the data chunk to end of file"
+    except BaseException:
+        f.close()
+        raise

@@ -331,6 +331,33 @@ def test_a_database_in_a_directory_the_user_may_not_search_is_one_line(tmp_path)
                        "run as a user who may read it"
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run a command as another user")
+def test_another_users_database_in_a_directory_this_user_may_not_write_is_read(request):
+    """Found by a hostile-input trial: status and export said 'attempt to write a readonly
+    database' for a database whose directory the reader may not write (SQLite's
+    READONLY_DIRECTORY; only a read-only mount's CANTOPEN was handled)."""
+    import tempfile
+    from devtools.recorder_db import make_recorder
+    shared = Path(tempfile.mkdtemp(prefix="edgemon-shared-"))   # pytest's own tmp is root's alone
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    shared.chmod(0o755)
+    db = make_recorder(shared / "det.db", "rec-a", files=3, per_file=2, heartbeats=1)
+    db.chmod(0o644)
+    as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    repo = Path(__file__).resolve().parents[1]
+    if subprocess.run([*as_nobody, sys.executable, "-c", "import edgemon"], cwd=repo, capture_output=True).returncode:
+        pytest.skip("this checkout or its Python cannot be read by the user nobody")
+    exported = subprocess.run([*as_nobody, sys.executable, "-m", "edgemon", "export-detections", "--db", str(db)],
+                              capture_output=True, text=True, timeout=60, cwd=repo)
+    assert exported.returncode == 0, exported.stderr
+    assert len(exported.stdout.strip().splitlines()) == 1 + 6
+    status = subprocess.run([*as_nobody, sys.executable, "-m", "edgemon", "status", "--db", str(db)],
+                            capture_output=True, text=True, timeout=60, cwd=repo)
+    assert status.returncode == 0 and "readonly" not in status.stderr, status.stderr
+    assert sorted(p.name for p in shared.iterdir()) == ["det.db"]     # nothing made beside it
+
+
 def test_typed_configs_come_from_settings(tmp_path):
     s = load_settings(cli={"directory": tmp_path, "settle_s": 1.5, "min_free_mb": 50.0, "heartbeat_s": 60.0},
                       env={}, default_path=None).service

@@ -41,7 +41,14 @@ def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **o
     try:
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
     except sqlite3.OperationalError as e:
-        if getattr(e, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_CANTOPEN or not frozen(Path(path)):
+        # CANTOPEN on a read-only mount; READONLY (_DIRECTORY) where this user may not write the
+        # directory: another user's database (the service's, read by an admin), which is frozen
+        # only while no connection of its owner has it open (no shared-memory file beside it).
+        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        resolved = Path(path).resolve()
+        if not (code == sqlite3.SQLITE_CANTOPEN or (code == sqlite3.SQLITE_READONLY and not
+                                                     resolved.with_name(resolved.name + "-shm").exists())) \
+                or not frozen(resolved):
             return conn   # the caller's first query meets the same error, as it always did
         conn.close()
         return sqlite3.connect(uri + "?immutable=1", uri=True, timeout=timeout_s, **options)

@@ -149,7 +149,13 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
                    "SELECT source, error FROM files WHERE state = 'quarantined' ORDER BY updated_at DESC LIMIT 20")),
                "with_note": conn.execute("SELECT count(*) FROM files WHERE state = 'done' AND error IS NOT NULL")
                                 .fetchone()[0],
-               "other_recordings": _other_recordings(conn)}
+               "other_recordings": _other_recordings(conn),
+               # detections timed by when a file was last written, not recorded (a copy's time)
+               "timed_by_mtime": dict(conn.execute(
+                   "SELECT source, path FROM files WHERE state = 'done' AND time_source = 'mtime' "
+                   "ORDER BY updated_at DESC LIMIT 20")),
+               "timed_by_mtime_count": conn.execute(
+                   "SELECT count(*) FROM files WHERE state = 'done' AND time_source = 'mtime'").fetchone()[0]}
     if directory is None:
         return backlog
     from edgemon.files.directory import iter_audio, source_of
@@ -234,6 +240,12 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
     if status["backlog"].get("other_recordings"):
         problems.append(f"{status['backlog']['other_recordings']} file(s) left alone: another recording under a "
                         f"name already analysed (another recorder's card?); give each recorder its own database")
+    if status["backlog"].get("timed_by_mtime_count"):
+        named = ", ".join(list(status["backlog"]["timed_by_mtime"])[:3])
+        more = status["backlog"]["timed_by_mtime_count"] - min(3, len(status["backlog"]["timed_by_mtime"]))
+        problems.append(f"{status['backlog']['timed_by_mtime_count']} file(s) timed by their modification time (no "
+                        f"start time in the name or header: a copy's time if copied): {named}"
+                        + (f"; and {more} more" if more > 0 else ""))
     free = status["disk"]["free_mb"]
     if min_free_mb is not None and free is not None and free < min_free_mb:
         problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")

@@ -282,7 +282,8 @@ def test_status_reports_what_the_issue_asks(watched_db):
     assert status["bundle_id"] == analyzer().bundle.bundle_id
     quarantined = status["backlog"].pop("quarantined_files")
     assert status["backlog"] == {"done": 2, "failed": 0, "quarantined": 1, "waiting": 1, "directory": str(root),
-                                 "with_note": 0, "other_recordings": 0}
+                                 "with_note": 0, "other_recordings": 0,
+                                 "timed_by_mtime": {}, "timed_by_mtime_count": 0}
     assert list(quarantined) == ["20240103_060000.WAV"]
     assert status["last_file"]["source"] == "20240102_060000.WAV"
     assert status["last_detection"]["source"] == "20240102_060000.WAV"

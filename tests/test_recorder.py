@@ -98,6 +98,12 @@ def write_wave_module(path, seconds=0.5, rate=8000):
     ("20240503_060000 - Copy.WAV", utc(2024, 5, 3, 6, 0, 0)),
     ("20240503_060000 - Copy (2).WAV", utc(2024, 5, 3, 6, 0, 0)),
     ("20240503_060000(1).WAV", utc(2024, 5, 3, 6, 0, 0)),
+    # other recorders' and people's prefixes (a trial's Song Meter names were timed by the copy's mtime)
+    ("SMM07257_20230201_060000.wav", utc(2023, 2, 1, 6, 0, 0)),
+    ("S4A12345_20230202_060000.wav", utc(2023, 2, 2, 6, 0, 0)),
+    ("S10_20230203_060000.wav", utc(2023, 2, 3, 6, 0, 0)),
+    ("site 7 20240904_060000.WAV", utc(2024, 9, 4, 6, 0, 0)),
+    ("SITE-A_20240101_120000.WAV", utc(2024, 1, 1, 12, 0, 0)),
 ])
 def test_filename_patterns(name, expected):
     got = time_from_filename(name)
@@ -110,7 +116,7 @@ def test_filename_patterns(name, expected):
     "20240101_250000.WAV",  # hour 25
     "20240101_120000.mp3",
     "20240101_120000.WAV.part",
-    "SITE-A_20240101_120000.WAV",  # not a hex device id: maybe another recorder's local time
+    "SITE-A20240101_120000.WAV",  # no separator before the date
     "5A8C5A8.WAV",  # seven hex digits
     "20240503_060000 (1) (2).WAV",
     "recording.wav",

@@ -248,3 +248,21 @@ def test_watchdogs_shutdown_race_is_not_logged_as_an_error(caplog):
     inotify.error("inotify watch limit reached")
     assert [r.getMessage() for r in caplog.records if r.name == inotify.name] == ["inotify watch limit reached"]
 
+
+
+def test_a_recording_with_no_time_in_its_name_or_header_is_said_and_listed(tmp_path, good_recording, caplog):
+    """Found by a hostile-input trial: files of other recorders (Song Meter names) and renamed
+    files were timed by the card copy's mtime, years late, with nothing said."""
+    from edgemon.status import collect_status
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "SMM07257_20230201_060000.wav", good_recording)
+    write_wav(root / "REC0001.WAV", good_recording)
+    write_wav(root / "REC0002.WAV", good_recording)
+    with caplog.at_level("INFO"):
+        watch_until_idle(root, db)
+    times = dict(query(db, "SELECT source, time_source FROM files"))
+    assert times == {"SMM07257_20230201_060000.wav": "filename", "REC0001.WAV": "mtime", "REC0002.WAV": "mtime"}
+    said = [r for r in caplog.records if "no start time in its name or header" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING", "INFO"]
+    problems = collect_status(db, directory=root)["problems"]
+    assert any(p.startswith("2 file(s) timed by their modification time") and "REC0001.WAV" in p for p in problems), problems

@@ -26,11 +26,14 @@ EARLIEST_PLAUSIBLE_YEAR = 2000  # recorders without a set clock start at 1970 (o
 FUTURE_SLACK = timedelta(days=1)  # host and recorder clocks and zones may differ by hours
 
 # AudioMoth: [DEVICEID_]YYYYMMDD_HHMMSS[T].WAV, DEVICEID in hex; T marks a triggered recording.
+# Other recorders and people put other prefixes before the same stamp (Song Meter
+# "SMM07257_20230201_060000.wav", a site "S10_…", "site 7 …"): read the same way, since the
+# alternative, the file's mtime, is the time a card was copied (a trial saw years-late detections).
 # A copy keeps the name with a suffix file managers add ("… (1).WAV", "… - Copy.WAV", "… copy.WAV",
 # "… 2.WAV"):
 # its time is still the name's (a newcomer trial's copy was stored at the copy's mtime).
 _DATED_NAME = re.compile(
-    r"^(?:[0-9A-F]+_)?(?P<date>\d{8})_(?P<time>\d{6})(?P<trig>T?)"
+    r"^(?:(?P<prefix>.*)[_ -])?(?P<date>\d{8})_(?P<time>\d{6})(?P<trig>T?)"
     r"(?P<copy> ?\(\d+\)| copy(?: \d+)?| - copy(?: \(\d+\))?| \d+)?\.(?:wav|flac)$", re.IGNORECASE
 )
 # Older AudioMoth firmware: eight hex digits of Unix time, e.g. 5A8C5A83.WAV.
@@ -64,7 +67,10 @@ def _parse_filename(name: str) -> tuple[datetime, str, bool] | None:
             return None
         kind = "triggered " if m["trig"] else ""
         copy = f" (a copy's name: {m['copy'].strip()!r} after it)" if m["copy"] else ""
-        return start, f"{kind}AudioMoth name YYYYMMDD_HHMMSS{copy}", True
+        if m["prefix"] is None or re.fullmatch(r"[0-9A-Fa-f]+", m["prefix"]):
+            return start, f"{kind}AudioMoth name YYYYMMDD_HHMMSS{copy}", True
+        # Wall clock of an unknown zone: UTC unless the header names the zone (as for AudioMoth).
+        return start, f"name PREFIX_YYYYMMDD_HHMMSS read as UTC (prefix {m['prefix']!r}){copy}", True
     if m := _HEX_NAME.match(base):
         return datetime.fromtimestamp(int(m["hex"], 16), UTC), "hex Unix-time name", False
     return None

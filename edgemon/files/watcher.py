@@ -115,6 +115,7 @@ class Watcher:
         self.unreadable: dict[str, str] | None = None   # directories the last scan could not list
         self.attempted = 0              # files finished this run, whatever the outcome
         self.others: set[Path] = set()  # files left alone: another recording analysed under their name
+        self.timed_by_mtime = 0         # files with no start time in name or header, this run
         self.progress = BacklogProgress(config.progress_s)
 
     def source_of(self, path: Path) -> str:
@@ -416,6 +417,8 @@ class Watcher:
             log.warning("%s: attempt failed, now %s: %s", shown(source), state, shown(exc))
             self.attempted += int(state == "quarantined")
             return
+        if when.source == "mtime":
+            self._say_timed_by_mtime(source, when)
         detections = self.detections(source, analysis, when)
         note = "; ".join(n for n in (note, analysis.note) if n) or None
         self.store.commit_file(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
@@ -432,6 +435,15 @@ class Watcher:
         self.last_progress = time.monotonic()
         log.info("%s: %.1f s of audio, %d detection(s)%s", shown(source), analysis.duration_s, len(detections),
                  f" [{shown(note)}]" if note else "")
+
+    def _say_timed_by_mtime(self, source: str, when) -> None:
+        """Said as a warning the first time a run meets it (a card of such files would say it for
+        each), then as information; ``edgemon status`` counts them."""
+        self.timed_by_mtime += 1
+        log.log(logging.WARNING if self.timed_by_mtime == 1 else logging.INFO,
+                "%s: no start time in its name or header: timed by its modification time (%s), which is when "
+                "it was last written: a copy's time if it was copied. Recorders' names "
+                "[PREFIX_]YYYYMMDD_HHMMSS give the real time", shown(source), when.detail)
 
     def _blocks(self, path: Path) -> audio.Blocks:
         """The file's audio blocks; each one marks progress, so a long file keeps the watchdog fed."""

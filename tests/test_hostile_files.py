@@ -522,3 +522,17 @@ def test_a_recording_its_recorder_never_closed_or_a_cut_flac_is_analysed_as_far_
     state, duration, note = rows["20180301_070000.flac"]
     assert state == "done" and 8.0 < duration < 16.0 and "decoding stopped at" in note
     assert query(db, "SELECT count(*) FROM detections WHERE source = '20180301_060000.WAV'")[0][0] > 0
+
+
+def test_linked_directories_are_followed_once_and_a_link_back_up_cannot_loop(tmp_path):
+    """Found by a hostile-input trial: a directory linked into the card (another card mounted
+    elsewhere) was skipped without a word."""
+    root, db, elsewhere = tmp_path / "rec", tmp_path / "d.db", tmp_path / "card2"
+    recording(root / "20240701_060000.WAV")
+    recording(elsewhere / "20240701_070000.WAV", seed=4)
+    (root / "siteB").symlink_to(elsewhere, target_is_directory=True)
+    (root / "siteB-again").symlink_to(elsewhere, target_is_directory=True)   # the same directory twice
+    (elsewhere / "up").symlink_to(root, target_is_directory=True)            # a loop back to the top
+    watch_until_idle(root, db)
+    assert sorted(ledger(db)) == ["20240701_060000.WAV", "siteB/20240701_070000.WAV"]
+    assert collect_status(db, directory=root)["backlog"]["waiting"] == 0

@@ -54,7 +54,20 @@ def iter_audio(root: Path, unreadable: dict[str, str] | None = None) -> Iterator
         if unreadable is not None:
             unreadable[os.fsdecode(exc.filename)] = exc.strerror or str(exc)
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=note):
+    # Linked directories are followed (a card mounted elsewhere and linked in; a trial's were
+    # skipped without a word), each real directory once, so a link back up cannot loop.
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=note, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError as exc:
+            note(exc)
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         yield from (Path(dirpath) / f for f in filenames if watched(root, Path(dirpath) / f))
 

@@ -62,12 +62,24 @@ def test_empty_audio(tmp_path):
         audio.load(tmp_path / "empty.wav")
 
 
-def test_nan_samples_are_refused(tmp_path):
-    x = sine(16000, 0.1)
-    x[100] = np.nan
+def test_nan_samples_are_refused_for_training_and_silenced_on_the_recorder(tmp_path):
+    """A training clip with NaN is corrupt; a recording with one glitch is still a night of audio
+    (a hostile-input trial saw one NaN sample quarantine a whole recording)."""
+    x = sine(16000, 2.0)
+    x[100], x[20000] = np.nan, np.inf
     soundfile.write(tmp_path / "nan.wav", x, 16000, subtype="FLOAT")
     with pytest.raises(AudioError, match="NaN"):
         audio.load(tmp_path / "nan.wav")
+    blocks = audio.iter_blocks(tmp_path / "nan.wav", block_seconds=1.0)
+    decoded = np.concatenate(list(blocks))
+    assert len(decoded) == len(x) and np.isfinite(decoded).all() and decoded[100] == 0
+    assert blocks.note == "2 NaN or infinite sample(s) read as silence"
+
+
+def test_an_empty_file_says_so(tmp_path):
+    (tmp_path / "empty.WAV").write_bytes(b"")
+    with pytest.raises(AudioError, match=r"empty\.WAV: empty file \(0 bytes\)"):
+        audio.load(tmp_path / "empty.WAV")
 
 
 @pytest.mark.parametrize("rate", [16000, 48000])

@@ -124,6 +124,7 @@ class Blocks:
         self.path, self.block_seconds, self.sample_rate, self.on_block = path, block_seconds, sample_rate, on_block
         self.note: str | None = None
         self._stopped: str | None = None   # why decoding stopped before the end, if it did
+        self._silenced = 0                 # non-finite samples read as silence
 
     def __iter__(self) -> Iterator[np.ndarray]:
         path, sample_rate = self.path, self.sample_rate
@@ -134,8 +135,7 @@ class Blocks:
                 resampler = Resampler(f.samplerate, sample_rate)
                 frames = max(1, min(int(self.block_seconds * f.samplerate), MAX_BLOCK_SAMPLES // f.channels))
                 for block in self._read(f, frames):
-                    samples = mono(block)
-                    _check_finite(samples, block, path)
+                    samples = self._finite(mono(block), block)
                     samples = resampler.push(samples)
                     for at in range(0, len(samples), longest):
                         if self.on_block is not None:
@@ -144,8 +144,22 @@ class Blocks:
                 tail = resampler.push(np.zeros(0, np.float32), last=True)
                 for at in range(0, len(tail), longest):
                     yield tail[at:at + longest]
+                if self._silenced:
+                    silenced = f"{self._silenced} NaN or infinite sample(s) read as silence"
+                    self.note = f"{self.note}; {silenced}" if self.note else silenced
         except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
             raise AudioError(f"{path}: {_cannot(exc, path)}") from exc
+
+    def _finite(self, samples: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """A recorder's glitch (one NaN in a float WAV) costs its samples, not the recording:
+        non-finite samples become silence and are counted for the note. (``load``, for training
+        clips, refuses them: a corrupt clip should not teach.)"""
+        if raw.dtype.kind == "f":
+            bad = ~np.isfinite(samples)
+            if bad.any():
+                self._silenced += int(bad.sum())
+                samples = np.where(bad, np.float32(0), samples)
+        return samples
 
     def _read(self, f: soundfile.SoundFile, frames: int) -> Iterator[np.ndarray]:
         """``f``'s blocks; a decode error after some audio (a FLAC cut short: its last bytes
@@ -203,4 +217,9 @@ def _cannot(exc: Exception, path: Path) -> str:
                 pass
         except OSError as opened:
             return f"cannot read: {opened.strerror or opened}"
+    try:
+        if os.stat(os.fsencode(path)).st_size == 0:
+            return "empty file (0 bytes): no audio"   # libsndfile's "Format not recognised." misleads
+    except OSError:
+        pass
     return f"cannot decode audio: {why}"

@@ -251,8 +251,10 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
         problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")
     if status["backlog"].get("note") == "directory not found":
         problems.append(f"watched directory {status['backlog']['directory']} not found (a card not mounted?)")
+    from edgemon.files.directory import skipped_because
+
     for path, error in status.get("unreadable_dirs", {}).items():
-        problems.append(f"cannot read directory {path} ({error}): its recordings are skipped")
+        problems.append(skipped_because(path, error))
     for source, times in status.get("interrupted", {}).items():
         problems.append(f"{source}: analysis cut short {times} times in a row")
     dropped = status["dropped_audio"]

@@ -105,14 +105,16 @@ def test_16_bit_pcm_reads_as_libsndfile_float_would(tmp_path, name):
     np.testing.assert_array_equal(np.concatenate(list(audio.iter_blocks(tmp_path / name, 0.3))), as_float)
 
 
-def _wav_with(path, x, rate, *, riff_size=None, data_size=None, odd_chunk=False):
+def _wav_with(path, x, rate, *, riff_size=None, data_size=None, odd_chunk=False, trailing_chunk=False):
     """A 16-bit WAV written by hand: sizes as given (AudioMoth leaves 0 until it closes a file), and
-    optionally an odd-length chunk before ``data`` without its pad byte (as some writers do)."""
+    optionally an odd-length chunk before ``data`` without its pad byte (as some writers do), and
+    a chunk after the audio."""
     import struct
     pcm = (x * 32767).astype("<i2").tobytes()
     fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
     extra = b"guan" + struct.pack("<I", 41) + b"GUANO|Version:1.0\nMake:Test\nModel:x\n".ljust(41, b" ")[:41] if odd_chunk else b""
-    body = b"WAVE" + fmt + extra + b"data" + struct.pack("<I", len(pcm) if data_size is None else data_size) + pcm
+    after = b"LIST" + struct.pack("<I", 12) + b"INFOICMT" + b"\xff\xff\xff\x7f" if trailing_chunk else b""
+    body = b"WAVE" + fmt + extra + b"data" + struct.pack("<I", len(pcm) if data_size is None else data_size) + pcm + after
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body) if riff_size is None else riff_size) + body)
     return path
 
@@ -129,14 +131,17 @@ def test_a_header_never_finalised_is_read_to_the_end_of_the_file(tmp_path, riff_
     assert blocks.note.startswith("data size 0 in the header")
 
 
-def test_a_chunk_missing_its_pad_byte_before_the_audio_is_read(tmp_path):
+@pytest.mark.parametrize("samples", [32000, 16033])   # 16033: a data size whose low byte is 'B'
+def test_a_chunk_missing_its_pad_byte_before_the_audio_is_read(tmp_path, samples):
     """Found by a hostile-input trial: libsndfile found no data chunk after an odd-length GUANO
-    chunk without its pad byte, and the recording was quarantined."""
-    x = sine(16000, 2.0)
-    path = _wav_with(tmp_path / "guano.wav", x, 16000, odd_chunk=True)
+    chunk without its pad byte, and the recording was quarantined; a review then found the repair
+    failing whenever the data size's low byte read as an id character."""
+    x = sine(16000, samples / 16000)
+    path = _wav_with(tmp_path / "guano.wav", x, 16000, odd_chunk=True, trailing_chunk=True)
     blocks = audio.iter_blocks(path, block_seconds=1.0)
     decoded = np.concatenate(list(blocks))
-    assert abs(len(decoded) - len(x)) <= 1 and abs(dominant_hz(decoded) - 1000) < 5
+    # exactly its samples: the chunk after the audio is not read as audio (a review saw 7.2e28)
+    assert len(decoded) == len(x) and np.abs(decoded).max() <= 1.0 and abs(dominant_hz(decoded) - 1000) < 5
     assert "libsndfile cannot read" in blocks.note and "data" in blocks.note
     clean = audio.iter_blocks(_wav_with(tmp_path / "clean.wav", x, 16000), block_seconds=1.0)
     assert abs(sum(len(b) for b in clean) - len(x)) <= 1 and clean.note is None
@@ -155,7 +160,42 @@ def test_a_flac_cut_short_gives_the_audio_before_the_cut(tmp_path):
     assert 8 * 16000 < len(decoded) < 11 * 16000, len(decoded)   # about half, not one block less
     np.testing.assert_allclose(decoded[:16000], x[:16000], atol=1e-4)
     assert blocks.note.startswith("decoding stopped at ") and "the rest is not analysed" in blocks.note
+    # A review found a cut inside the first block still failed, and the handle that met the error
+    # could not go back: the block it broke was lost (10.0 s of 14.8 s decodable).
+    for seconds, block_s in ((30, 10.0), (6, 10.0)):
+        long = tmp_path / f"long{seconds}.flac"
+        soundfile.write(long, x[:16000 * seconds] if seconds <= 20 else np.tile(x, 2)[:16000 * seconds], 16000)
+        cut_long = tmp_path / f"cut{seconds}.flac"
+        cut_long.write_bytes(long.read_bytes()[:long.stat().st_size // 2])
+        got = sum(len(b) for b in audio.iter_blocks(cut_long, block_seconds=block_s))
+        assert (seconds / 2 - 1.1) * 16000 < got < 0.55 * seconds * 16000, (seconds, got / 16000)   # to the second
     empty = tmp_path / "head.flac"
     empty.write_bytes(whole.read_bytes()[:200])          # no audio at all: still an error
     with pytest.raises(AudioError, match="head.flac"):
         list(audio.iter_blocks(empty))
+
+
+def test_a_read_error_under_a_rewritten_header_is_an_error_not_the_end_of_the_audio(tmp_path, monkeypatch):
+    """Found by a review: libsndfile reads through a callback that swallows exceptions, so a card's
+    read error looked like the end of the audio, and a file was stored as done with a sixth of it."""
+    from edgemon.analysis import wav_repair
+    path = _wav_with(tmp_path / "never_closed.wav", sine(16000, 60.0), 16000, data_size=0)
+    real_open = open
+    reads = {"n": 0}
+
+    class Failing:
+        def __init__(self, f):
+            self.f = f
+
+        def readinto(self, view):
+            reads["n"] += 1
+            if reads["n"] >= 4:
+                raise OSError(5, "Input/output error")
+            return self.f.readinto(view)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(wav_repair, "open", lambda *a, **k: Failing(real_open(*a, **k)), raising=False)
+    with pytest.raises(AudioError, match="Input/output error"):
+        list(audio.iter_blocks(path, block_seconds=1.0))

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 import typer
@@ -450,3 +451,16 @@ def test_watch_warns_when_the_database_holds_another_devices_rows(tmp_path):
         assert bool(said) == warned, done.stderr
         if warned:
             assert "'rec-a'" in said[0] and "'rec-b'" in said[0] and "--device-id rec-a" in said[0]
+
+
+def test_classify_says_when_a_recording_was_not_read_to_its_end(duet_recording, tmp_path):
+    """Found by a review: a FLAC cut short was analysed up to the cut with nothing said."""
+    x = soundfile.read(duet_recording, dtype="float32")[0]
+    whole = tmp_path / "whole.flac"
+    soundfile.write(whole, np.tile(x, 4), 16000)
+    cut = tmp_path / "20180301_070000.flac"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 2 // 3])
+    done = subprocess.run([sys.executable, "-m", "edgemon", "classify", str(cut), "--format", "csv"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "decoding stopped at" in done.stderr and "20180301_070000.flac" in done.stderr

@@ -533,6 +533,16 @@ def test_linked_directories_are_followed_once_and_a_link_back_up_cannot_loop(tmp
     (root / "siteB").symlink_to(elsewhere, target_is_directory=True)
     (root / "siteB-again").symlink_to(elsewhere, target_is_directory=True)   # the same directory twice
     (elsewhere / "up").symlink_to(root, target_is_directory=True)            # a loop back to the top
+    # A review: a link to a directory inside the root analysed its files under both names, and a
+    # link to the root's parent took in what lies beside the root.
+    recording(root / "cards" / "A" / "20240701_080000.WAV", seed=5)
+    (root / "a_link").symlink_to(root / "cards" / "A", target_is_directory=True)
+    recording(tmp_path / "beside" / "20240701_090000.WAV", seed=6)
+    (root / "parent").symlink_to(tmp_path, target_is_directory=True)
     watch_until_idle(root, db)
-    assert sorted(ledger(db)) == ["20240701_060000.WAV", "siteB/20240701_070000.WAV"]
-    assert collect_status(db, directory=root)["backlog"]["waiting"] == 0
+    assert sorted(ledger(db)) == ["20240701_060000.WAV", "cards/A/20240701_080000.WAV", "siteB/20240701_070000.WAV"]
+    status = collect_status(db, directory=root)
+    assert status["backlog"]["waiting"] == 0
+    assert [p for p in status["problems"] if "link" in p] == [
+        f"directory link {root / 'parent'} not followed: a link to {tmp_path}, which holds the watched directory "
+        "(link the card's own directory instead)"]

@@ -114,8 +114,9 @@ def _wal_database(path: Path) -> Path:
 
 
 def test_only_a_database_nothing_can_change_counts_as_frozen(tmp_path, monkeypatch):
-    """Where its directory cannot be written, and no WAL with pending changes or journal lies beside
-    the real file (a symlink's target's directory is the one that counts)."""
+    """Where it lies on a read-only mount (not merely a directory this user may not write: its
+    owner may be writing it, found by a review), and no WAL with pending changes or journal lies
+    beside the real file (a symlink's target's directory is the one that counts)."""
     import edgemon.storage.readonly as readonly
 
     db = _wal_database(tmp_path / "detections.db")
@@ -123,9 +124,15 @@ def test_only_a_database_nothing_can_change_counts_as_frozen(tmp_path, monkeypat
     link.parent.mkdir()
     link.symlink_to(db)
     assert not readonly.frozen(db)
-    real_access = readonly.os.access
+    real_access, real_statvfs = readonly.os.access, readonly.os.statvfs
     monkeypatch.setattr(readonly.os, "access",
                         lambda p, mode: False if mode == readonly.os.W_OK and Path(p) == tmp_path else real_access(p, mode))
+    assert not readonly.frozen(db)        # another user's directory is not frozen
+
+    class ReadOnlyMount:
+        f_flag = readonly.os.ST_RDONLY
+
+    monkeypatch.setattr(readonly.os, "statvfs", lambda p: ReadOnlyMount if Path(p) == tmp_path else real_statvfs(p))
     assert readonly.frozen(db) and readonly.frozen(link)
     (tmp_path / "detections.db-wal").write_bytes(b"\0" * 32)   # changes still in a WAL: immutable would miss them
     assert not readonly.frozen(db) and not readonly.frozen(link)

@@ -12,6 +12,7 @@ import soundfile
 from edgemon.files.recordings import (
     RecordingTime,
     StabilityTracker,
+    audio_duration_s,
     read_wav_metadata,
     recording_time,
     time_from_filename,
@@ -245,10 +246,20 @@ def test_mtime_minus_duration_when_nothing_else(tmp_path):
 
 
 def test_mtime_without_a_duration_is_plain_mtime(tmp_path):
-    path = write(tmp_path / "clip.wav", wav_bytes(riff_size=0, data_size=0))  # still recording
+    path = write(tmp_path / "clip.wav", wav_bytes(seconds=0)[:20])  # no data chunk yet
     os.utime(path, ns=(0, 1_717_200_000_000_000_000))
     got = recording_time(path, now=NOW)
     assert (got.start_utc, got.source, got.detail) == (utc(2024, 6, 1), "mtime", "file mtime")
+
+
+def test_a_header_never_finalised_is_as_long_as_the_audio_after_it(tmp_path):
+    """Its audio is read to end of file (``wav_repair``), so that is its length: for the start
+    time from the mtime, and the isolated child's time limit (a review saw the 300 s floor)."""
+    path = write(tmp_path / "clip.wav", wav_bytes(seconds=0.5, riff_size=0, data_size=0))  # still recording
+    os.utime(path, ns=(0, 1_717_200_000_000_000_000))
+    got = recording_time(path, now=NOW)
+    assert (got.start_utc, got.source) == (utc(2024, 5, 31, 23, 59, 59, 500000), "mtime")
+    assert audio_duration_s(path) == 0.5
 
 
 def test_unset_clock_is_flagged_not_replaced(tmp_path):
@@ -365,3 +376,18 @@ def test_stability_paths_are_independent_and_forgettable(tmp_path):
     assert StabilityTracker(min_age_s=0, clock=clock).observe("c.wav", 1, 1)
     with pytest.raises(ValueError):
         StabilityTracker(min_age_s=-1)
+
+
+def test_a_header_time_comes_before_a_stamp_after_another_prefix(tmp_path):
+    """A stamp after a prefix a tool or person added may be an export's time: the recorder's own
+    header time wins there (found by a review), while an AudioMoth name still comes first, and a
+    prefixed name that agrees with a zoned header is read in that zone."""
+    stamped = [guano(Timestamp="2023-02-01T06:00:00+08:00")]
+    tool = recording_time(write(tmp_path / "S10_export_20240601_101010.wav", wav_bytes(after=stamped)), now=NOW)
+    assert (tool.start_utc, tool.source) == (utc(2023, 1, 31, 22), "metadata")
+    song_meter = recording_time(write(tmp_path / "SMM07257_20230201_060000.wav", wav_bytes(after=stamped)), now=NOW)
+    assert song_meter.start_utc == utc(2023, 1, 31, 22)
+    moth = recording_time(write(tmp_path / "20240601_101010.WAV", wav_bytes(after=stamped)), now=NOW)
+    assert (moth.start_utc, moth.source) == (utc(2024, 6, 1, 10, 10, 10), "filename")
+    alone = recording_time(write(tmp_path / "S10_20230203_060000.wav", wav_bytes()), now=NOW)
+    assert (alone.start_utc, alone.source) == (utc(2023, 2, 3, 6), "filename")

@@ -80,9 +80,10 @@ def load(path: str | Path, sample_rate: int = TARGET_RATE) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with _opened(path) as (f, _):
+        with _opened(path) as (f, _, stream):
             _check_rate(f, path)
             rate, data = f.samplerate, f.read(dtype=_read_dtype(f), always_2d=True)
+            wav_repair.check(stream)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
         raise AudioError(f"{path}: {_cannot(exc, path)}") from exc
     if data.shape[0] == 0:
@@ -95,25 +96,26 @@ def load(path: str | Path, sample_rate: int = TARGET_RATE) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _opened(path: Path) -> Iterator[tuple[soundfile.SoundFile, str | None]]:
-    """The file's decoder, and a note when it reads through a rewritten WAV header
-    (``wav_repair``: a header never finalised, or one libsndfile cannot parse)."""
+def _opened(path: Path) -> Iterator[tuple[soundfile.SoundFile, str | None, object]]:
+    """The file's decoder, a note when it reads through a rewritten WAV header (``wav_repair``:
+    a header never finalised, or one libsndfile cannot parse), and that header's stream (None
+    for an ordinary file): pass it to ``wav_repair.check`` after each read."""
     with contextlib.ExitStack() as stack:
         yield _open_into(stack, path)
 
 
-def _open_into(stack: contextlib.ExitStack, path: Path) -> tuple[soundfile.SoundFile, str | None]:
+def _open_into(stack: contextlib.ExitStack, path: Path) -> tuple[soundfile.SoundFile, str | None, object]:
     stream, note = wav_repair.repaired(path)
     if stream is None:
         try:
-            return stack.enter_context(soundfile.SoundFile(os.fsencode(path))), None   # bytes: any name
+            return stack.enter_context(soundfile.SoundFile(os.fsencode(path))), None, None   # bytes: any name
         except soundfile.LibsndfileError as refused:
             stream, note = wav_repair.repaired(path, always=True)
             if stream is None:
                 raise
             note = f"{note} (libsndfile said: {_cannot(refused, path)})"
     stack.enter_context(stream)
-    return stack.enter_context(soundfile.SoundFile(stream)), note
+    return stack.enter_context(soundfile.SoundFile(stream)), note, stream
 
 
 class Blocks:
@@ -125,12 +127,13 @@ class Blocks:
         self.note: str | None = None
         self._stopped: str | None = None   # why decoding stopped before the end, if it did
         self._silenced = 0                 # non-finite samples read as silence
+        self._stream = None                # a rewritten header's stream (wav_repair), if any
 
     def __iter__(self) -> Iterator[np.ndarray]:
         path, sample_rate = self.path, self.sample_rate
         longest = max(1, int(self.block_seconds * sample_rate))
         try:
-            with _opened(path) as (f, self.note):
+            with _opened(path) as (f, self.note, self._stream):
                 _check_rate(f, path)
                 resampler = Resampler(f.samplerate, sample_rate)
                 frames = max(1, min(int(self.block_seconds * f.samplerate), MAX_BLOCK_SAMPLES // f.channels))
@@ -162,34 +165,50 @@ class Blocks:
         return samples
 
     def _read(self, f: soundfile.SoundFile, frames: int) -> Iterator[np.ndarray]:
-        """``f``'s blocks; a decode error after some audio (a FLAC cut short: its last bytes
-        never copied, the card pulled) ends the audio where decoding stopped, with a note, so
-        the audio before it is analysed. The block it broke is read again second by second."""
+        """``f``'s blocks; a decode error (a FLAC cut short: its last bytes never copied, the card
+        pulled) ends the audio where decoding stops, with a note, so the audio before it is
+        analysed. libsndfile cannot go on with a handle that met a decode error, so a fresh one
+        reads the rest up to the break a second at a time."""
         done, dtype = 0, _read_dtype(f)
-        while len(block := self._block(f, frames, dtype, done)):
+        while len(block := self._block(f, frames, dtype)):
             done += len(block)
             yield block
         if self._stopped is None:
             return
-        try:
-            f.seek(done)
-            while len(block := f.read(max(1, f.samplerate), dtype=dtype, always_2d=True)):
+        if self._stream is None:
+            for block in self._second_by_second(done, dtype):
                 done += len(block)
                 yield block
-        except (soundfile.LibsndfileError, RuntimeError):
-            pass
-        stopped = f"decoding stopped at {done / f.samplerate:.1f} s ({self._stopped}): the rest is not analysed"
+        if done == 0:
+            raise self._stopped   # no audio at all: not a recording cut short, a failed attempt
+        why = getattr(self._stopped, "error_string", None) or str(self._stopped)
+        stopped = f"decoding stopped at {done / f.samplerate:.1f} s ({why}): the rest is not analysed"
         self.note = f"{self.note}; {stopped}" if self.note else stopped
 
-    def _block(self, f: soundfile.SoundFile, frames: int, dtype: str, done: int) -> np.ndarray:
+    def _block(self, f: soundfile.SoundFile, frames: int, dtype: str) -> np.ndarray:
         try:
-            return f.read(frames, dtype=dtype, always_2d=True)
+            block = f.read(frames, dtype=dtype, always_2d=True)
+            wav_repair.check(self._stream)   # a card's read error, not the end of the audio
+            return block
         except soundfile.LibsndfileError as exc:
-            why = getattr(exc, "error_string", None) or str(exc)
-            if done == 0 or why.strip() == "System error.":
-                raise   # nothing decoded, or the card failing: a failed attempt, tried again later
-            self._stopped = why
+            if (getattr(exc, "error_string", None) or str(exc)).strip() == "System error.":
+                raise   # the card failing: a failed attempt, tried again later
+            self._stopped = exc
             return np.zeros((0, f.channels), dtype)
+
+    def _second_by_second(self, skip: int, dtype: str) -> Iterator[np.ndarray]:
+        """The frames after the first ``skip`` up to the decode error, from a fresh handle (its
+        ``seek`` is not trusted on a cut file: the frames before are read and dropped)."""
+        try:
+            with soundfile.SoundFile(os.fsencode(self.path)) as g:
+                while len(block := g.read(max(1, g.samplerate), dtype=dtype, always_2d=True)):
+                    if skip >= len(block):
+                        skip -= len(block)
+                        continue
+                    yield block[skip:]
+                    skip = 0
+        except (soundfile.LibsndfileError, RuntimeError):
+            return
 
 
 def iter_blocks(path: str | Path, block_seconds: float = 60.0, sample_rate: int = TARGET_RATE,

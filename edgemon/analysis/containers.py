@@ -20,13 +20,24 @@ def _looks_like_id(raw: bytes) -> bool:
     return len(raw) == 4 and all(b in _ID_BYTES for b in raw)
 
 
+# Chunk ids recorders and editors write: one of these at the unpadded position is a missing pad
+# byte, whatever the bytes after it look like (a review found "data" followed by a size whose low
+# byte is a letter read as the id "ata?" one byte on, and the audio lost).
+_KNOWN_IDS = frozenset({b"data", b"fmt ", b"LIST", b"guan", b"fact", b"bext", b"iXML", b"cue ", b"smpl",
+                        b"inst", b"JUNK", b"PAD ", b"junk", b"id3 ", b"ID3 ", b"PEAK", b"acid", b"_PMX",
+                        b"labl", b"note", b"ltxt", b"plst", b"wavl", b"slnt", b"DISP", b"afsp"})
+
+
 def _next_chunk(f: BinaryIO, end: int) -> int:
     """Position of the chunk after a body ending at ``end``: padded to even, as RIFF says,
-    unless only the unpadded position holds a chunk id (some writers forget the pad byte)."""
+    unless the unpadded position holds a known chunk id, or only it holds anything like an id
+    (some writers forget the pad byte)."""
     if not end & 1:
         return end
     f.seek(end)
     ids = f.read(5)
+    if ids[:4] in _KNOWN_IDS:
+        return end
     return end if _looks_like_id(ids[:4]) and not _looks_like_id(ids[1:]) else end + 1
 
 

@@ -31,6 +31,9 @@ class _Spliced(io.RawIOBase):
     def __init__(self, header: bytes, f, offset: int, length: int):
         self._header, self._f, self._offset, self._length = header, f, offset, length
         self._pos = 0
+        # libsndfile reads through a callback that swallows exceptions and takes them for the
+        # end of the audio: a card's read error is kept here and raised by ``check`` instead.
+        self.failed: OSError | None = None
 
     def readable(self) -> bool:
         return True
@@ -55,9 +58,12 @@ class _Spliced(io.RawIOBase):
             self._pos += done
         data_pos = self._pos - len(self._header)
         want = min(len(view) - done, self._length - data_pos)
-        if want > 0:
-            self._f.seek(self._offset + data_pos)
-            got = self._f.readinto(view[done:done + want]) or 0
+        if want > 0 and self.failed is None:
+            try:
+                self._f.seek(self._offset + data_pos)
+                got = self._f.readinto(view[done:done + want]) or 0
+            except OSError as exc:
+                self.failed, got = exc, 0
             done += got
             self._pos += got
         return done
@@ -65,6 +71,13 @@ class _Spliced(io.RawIOBase):
     def close(self) -> None:
         self._f.close()
         super().close()
+
+
+def check(stream) -> None:
+    """Raise the read error a rewritten-header ``stream`` met, if any (None: an ordinary file)."""
+    failed = getattr(getattr(stream, "raw", None), "failed", None)
+    if failed is not None:
+        raise failed
 
 
 def _layout(f) -> tuple[bytes, int, int] | None:
@@ -103,17 +116,20 @@ def repaired(path: str | Path, always: bool = False):
         fmt, offset, declared = layout
         held = os.fstat(f.fileno()).st_size - offset
         block_align = struct.unpack("<H", fmt[12:14])[0] or 1
-        length = min(held, _MAX_DATA) // block_align * block_align
+        # Where the header's own size is plausible, it ends the audio (chunks may follow it).
+        usable = declared if 0 < declared <= held and declared != 0xFFFFFFFF else held
+        length = min(usable, _MAX_DATA) // block_align * block_align
         if length <= 0 or not (always or declared == 0):
             f.close()
             return None, None
         fmt_chunk = b"fmt " + struct.pack("<I", len(fmt)) + fmt + (b"\0" if len(fmt) & 1 else b"")
         header = b"RIFF" + struct.pack("<I", 4 + len(fmt_chunk) + 8 + length) + b"WAVE" + fmt_chunk + \
             b"data" + struct.pack("<I", length)
-        why = ("data size 0 in the header (never finalised)" if declared == 0 else
-               "a header libsndfile cannot read")
-        return io.BufferedReader(_Spliced(header, f, offset, length)), \
-            f"{why}: read {length} bytes of audio from the data chunk to end of file"
+        if declared == 0:
+            why = f"data size 0 in the header (never finalised): its {length} bytes to end of file read as audio"
+        else:
+            why = f"a header libsndfile cannot read: its data chunk ({length} bytes) read through a rewritten one"
+        return io.BufferedReader(_Spliced(header, f, offset, length)), why
     except BaseException:
         f.close()
         raise

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
 from edgemon.files.recordings import recording_time
+from edgemon.safetext import shown
 from edgemon.storage import tables
 from edgemon.utc import utc_iso
+
+log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ("source", "start_s", "end_s", "start_utc", "label", "common_name", "confidence")
 
@@ -30,6 +34,8 @@ def classify_files(paths: list[Path], analyzer: Analyzer) -> tuple[list[dict], l
             _check_readable(Path(path))
             analysis = analyzer.analyse_file(path)
             when = recording_time(Path(path))
+            if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
+                log.warning("%s: %s", shown(str(path)), shown(analysis.note))
         except (EdgemonError, OSError) as exc:
             errors.append(str(exc) if isinstance(exc, EdgemonError) else f"{path}: {exc.strerror or exc}")
             continue

@@ -54,8 +54,12 @@ def iter_audio(root: Path, unreadable: dict[str, str] | None = None) -> Iterator
         if unreadable is not None:
             unreadable[os.fsdecode(exc.filename)] = exc.strerror or str(exc)
 
-    # Linked directories are followed (a card mounted elsewhere and linked in; a trial's were
-    # skipped without a word), each real directory once, so a link back up cannot loop.
+    # A directory linked in from elsewhere (a second card mounted outside) is followed, each real
+    # directory once, so a loop cannot trap the scan. A link to a directory inside the root is
+    # not: that directory is walked under its own name, the one file-system events give (a review
+    # saw one recording analysed under both names). A link to the root or above it (up to "/")
+    # would take in what was never meant to be watched: said, and not followed.
+    real_root = os.path.realpath(root)
     seen = set()
     for dirpath, dirnames, filenames in os.walk(root, onerror=note, followlinks=True):
         try:
@@ -68,8 +72,33 @@ def iter_audio(root: Path, unreadable: dict[str, str] | None = None) -> Iterator
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and _follow(Path(dirpath) / d, real_root, unreadable))
         yield from (Path(dirpath) / f for f in filenames if watched(root, Path(dirpath) / f))
+
+
+def _follow(path: Path, real_root: str, unreadable: dict[str, str] | None) -> bool:
+    """Whether the walk enters the directory ``path`` (see ``iter_audio``)."""
+    if not os.path.islink(path):
+        return True
+    target = os.path.realpath(path)
+    inside = os.path.commonpath([target, real_root]) == real_root
+    if inside:
+        return False
+    if os.path.commonpath([target, real_root]) == target:   # the root's own parent, or one above it
+        if unreadable is not None:
+            unreadable[os.fsdecode(path)] = f"{LINK_NOT_FOLLOWED}{target}, which holds the watched directory"
+        return False
+    return True
+
+
+LINK_NOT_FOLLOWED = "not followed: a link to "   # an ``unreadable`` reason that is not a read error
+
+
+def skipped_because(path: str, reason: str) -> str:
+    """How the log and ``edgemon status`` say why a directory's recordings are skipped."""
+    if reason.startswith(LINK_NOT_FOLLOWED):
+        return f"directory link {path} {reason} (link the card's own directory instead)"
+    return f"cannot read directory {path} ({reason}): its recordings are skipped"
 
 
 def file_version(path: Path) -> tuple[int, int] | None:

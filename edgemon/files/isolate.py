@@ -30,6 +30,7 @@ from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analysis, Analyzer
 from edgemon.analysis.bundle import load_bundle
 from edgemon.errors import EdgemonError
+from edgemon.files.recordings import audio_duration_s
 
 _FAILED = 3      # exit status of a child that caught an error and reported it
 _PROGRESS = b"\x06"  # written to stderr for each decoded block (ASCII ACK: never in an error text)
@@ -82,8 +83,10 @@ class Isolated:
         """(the time limit for analysing ``path`` in s, the audio seconds its header declares;
         None when it cannot be read: the floor then applies)."""
         try:   # only a regular file: opening a FIFO would block the daemon itself
-            declared = (soundfile.info(os.fsencode(path)).duration
-                        if stat.S_ISREG(os.stat(path).st_mode) else None)
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+            # The header read by hand first: it knows the length of a WAV never finalised (data
+            # size 0), which libsndfile calls 0 s (a long one was given the 300 s floor).
+            declared = (audio_duration_s(path) or soundfile.info(os.fsencode(path)).duration) if regular else None
         except (OSError, RuntimeError, ValueError):   # the child reports the file's error itself
             declared = None
         return max(self.timeout_floor_s, self.timeout_per_audio_s * (declared or 0.0)), declared

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
+from edgemon.safetext import shown
 from edgemon.storage.readonly import connect_read_only, recording_path
 from edgemon.storage.store import Detection, Store
 from edgemon.utc import parse_utc
@@ -98,6 +99,8 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
             if not analysis.duration_s:
                 failed.append(f"{row['source']}: no audio in {path}")
                 continue
+            if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
+                log.warning("%s: %s", shown(row["source"]), shown(analysis.note))
             start = None if row["start_utc"] is None else parse_utc(row["start_utc"])
             at = (lambda s: None) if start is None else (lambda s: start + dt.timedelta(seconds=s))
             detections = [Detection(device_id=row["device_id"] or device_id, source=row["source"], start_s=e.start_s,

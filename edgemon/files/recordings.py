@@ -55,8 +55,9 @@ class RecordingTime:
     detail: str  # which pattern or field gave the time, and why it is suspect
 
 
-def _parse_filename(name: str) -> tuple[datetime, str, bool] | None:
-    """-> (UTC time, detail, whether the name holds wall-clock time that a zone could shift)."""
+def _parse_filename(name: str) -> tuple[datetime, str, bool, bool] | None:
+    """-> (UTC time, detail, whether the name holds wall-clock time that a zone could shift,
+    whether a recorder wrote it: an AudioMoth name, not another prefix a person or tool added)."""
     base = Path(name).name
     if m := _DATED_NAME.match(base):
         d, t = m["date"], m["time"]
@@ -68,11 +69,11 @@ def _parse_filename(name: str) -> tuple[datetime, str, bool] | None:
         kind = "triggered " if m["trig"] else ""
         copy = f" (a copy's name: {m['copy'].strip()!r} after it)" if m["copy"] else ""
         if m["prefix"] is None or re.fullmatch(r"[0-9A-Fa-f]+", m["prefix"]):
-            return start, f"{kind}AudioMoth name YYYYMMDD_HHMMSS{copy}", True
+            return start, f"{kind}AudioMoth name YYYYMMDD_HHMMSS{copy}", True, True
         # Wall clock of an unknown zone: UTC unless the header names the zone (as for AudioMoth).
-        return start, f"name PREFIX_YYYYMMDD_HHMMSS read as UTC (prefix {m['prefix']!r}){copy}", True
+        return start, f"name PREFIX_YYYYMMDD_HHMMSS read as UTC (prefix {m['prefix']!r}){copy}", True, False
     if m := _HEX_NAME.match(base):
-        return datetime.fromtimestamp(int(m["hex"], 16), UTC), "hex Unix-time name", False
+        return datetime.fromtimestamp(int(m["hex"], 16), UTC), "hex Unix-time name", False, True
     return None
 
 
@@ -217,11 +218,13 @@ def _duration_s(path: Path, meta: dict) -> float | None:
     rate, frame = meta.get("sample_rate", 0), meta.get("block_align", 0)
     if not frame:
         frame = meta.get("channels", 0) * ((meta.get("bits_per_sample", 0) + 7) // 8)
-    declared = meta.get("data_size", 0)
-    if not (rate and frame and declared):
-        return None  # header not finalised: its sizes are placeholders
-    held = min(declared, meta["file_size"] - meta["data_offset"])
-    return held / frame / rate
+    if not (rate and frame and "data_offset" in meta):
+        return None
+    held = meta["file_size"] - meta["data_offset"]
+    declared = meta["data_size"]
+    # A header never finalised says 0 (or all ones): what lies after it is read as audio
+    # (``analysis.wav_repair``), so that is its length, and the isolated child's time limit.
+    return (min(declared, held) if declared not in (0, 0xFFFFFFFF) else max(0, held)) / frame / rate
 
 
 def audio_duration_s(path: Path) -> float | None:
@@ -269,14 +272,16 @@ def recording_time(path: Path, now: datetime | None = None) -> RecordingTime:
     stamped = _metadata_time(meta)
     found: list[tuple[str, datetime, str]] = []
     if named := _parse_filename(path.name):
-        start, detail, wall_clock = named
+        start, detail, wall_clock, recorders = named
         if wall_clock and stamped and _name_in_zone(start, stamped[0]):
             zone = stamped[0].tzinfo
             start = start.replace(tzinfo=zone).astimezone(UTC)
             detail += f" in recorder zone {zone} (from {stamped[1]})"
         found.append(("filename", start, detail))
     if stamped:
-        found.append(("metadata", stamped[0].astimezone(UTC), stamped[1]))
+        # A stamp after another prefix may be a tool's (an export's time): the recorder's own
+        # header time comes first then (a review saw a zoned GUANO time overridden by such a name).
+        found.insert(0 if named and not named[3] else len(found), ("metadata", stamped[0].astimezone(UTC), stamped[1]))
     for source, start, detail in found:
         if not _suspect_reason(start, now):
             return RecordingTime(start, source, False, detail)

@@ -43,7 +43,7 @@ from pathlib import Path
 from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analysis, Analyzer
 from edgemon.files.backlog import BacklogProgress
-from edgemon.files.directory import check_root, file_version, iter_audio, source_of
+from edgemon.files.directory import check_root, file_version, iter_audio, skipped_because, source_of
 from edgemon.files.events import observing, start_observer, stop_observer
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.files.recordings import StabilityTracker, recording_time, wav_header_consistent
@@ -152,8 +152,7 @@ class Watcher:
             self._writes_again()
         known = self.unreadable or {}
         for path in sorted(found.keys() - known.keys()):
-            log.warning("cannot read directory %s (%s): its recordings are skipped until it can be read",
-                        shown(path), shown(found[path]))
+            log.warning("%s", skipped_because(shown(path), shown(found[path])))
         for path in sorted(known.keys() - found.keys()):
             log.info("directory %s can be read again", shown(path))
         self.unreadable = found

@@ -6,6 +6,7 @@ detections. The one edgemon.storage module that the training side may import."""
 from __future__ import annotations
 
 import os
+import pwd
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -41,14 +42,13 @@ def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **o
     try:
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
     except sqlite3.OperationalError as e:
-        # CANTOPEN on a read-only mount; READONLY (_DIRECTORY) where this user may not write the
-        # directory: another user's database (the service's, read by an admin), which is frozen
-        # only while no connection of its owner has it open (no shared-memory file beside it).
         code = getattr(e, "sqlite_errorcode", 0) & 0xFF
-        resolved = Path(path).resolve()
-        if not (code == sqlite3.SQLITE_CANTOPEN or (code == sqlite3.SQLITE_READONLY and not
-                                                     resolved.with_name(resolved.name + "-shm").exists())) \
-                or not frozen(resolved):
+        if code == sqlite3.SQLITE_READONLY and not os.access(Path(path).resolve().parent, os.W_OK):
+            # Another user's directory (the service's database, read by an admin): its owner may
+            # be writing, so it is not read immutable (a review saw stale and torn reads).
+            conn.close()
+            raise sqlite3.OperationalError(_not_this_users(Path(path))) from e
+        if code != sqlite3.SQLITE_CANTOPEN or not frozen(Path(path)):
             return conn   # the caller's first query meets the same error, as it always did
         conn.close()
         return sqlite3.connect(uri + "?immutable=1", uri=True, timeout=timeout_s, **options)
@@ -58,14 +58,27 @@ def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **o
 
 
 def frozen(path: Path) -> bool:
-    """Nothing can be changing the database at ``path``: its directory cannot be written (no
-    journal, WAL or shared-memory file can be made there: a card or copy mounted read-only), and
-    no WAL with changes not yet in the file, nor a journal to roll back, lies beside it
-    (``immutable`` would not read them)."""
+    """Nothing can be changing the database at ``path``: it lies on a file system mounted
+    read-only (a card or copy: no one can write it, not only not this user), and no WAL with
+    changes not yet in the file, nor a journal to roll back, lies beside it (``immutable``
+    would not read them)."""
     path = path.resolve()
     wal, journal = (path.with_name(path.name + suffix) for suffix in ("-wal", "-journal"))
-    return (not os.access(path.parent, os.W_OK) and (not wal.exists() or wal.stat().st_size == 0)
-            and not journal.exists())
+    try:
+        read_only_mount = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+    return read_only_mount and (not wal.exists() or wal.stat().st_size == 0) and not journal.exists()
+
+
+def _not_this_users(path: Path) -> str:
+    """Why another user's database cannot be read here, and what to do."""
+    try:
+        owner = pwd.getpwuid(path.resolve().stat().st_uid).pw_name
+    except (OSError, KeyError):
+        owner = "its owner"
+    return (f"SQLite keeps the database's shared-memory file beside it, and this user may not write "
+            f"{path.resolve().parent}: read it as {owner} (sudo -u {owner} edgemon ...), or a copy of it")
 
 
 def open_read_only(db_path: Path, error: type[EdgemonError] = ReadError) -> sqlite3.Connection:

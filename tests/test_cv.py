@@ -198,3 +198,26 @@ def test_a_calibrated_bundle_declares_the_top_of_its_curves_as_its_ceiling():
     assert stored_confidence_max({"calibration": {"b": {"x": [0.2], "y": [0.4]}}}, 0.62, labels) == 0.62
     assert stored_confidence_max({}, 0.62, labels) == 0.62
     assert stored_confidence_max({}, None, labels) is None
+
+
+def test_a_second_cv_run_into_one_directory_keeps_the_first_runs_recipes(tiny_dataset, tmp_path):
+    """Found by a newcomer trial: a second cv into the same --out replaced cv.json, and the first
+    run's fold models could no longer be bundled; --folds 100 ran as many folds as recorders but
+    recorded 100."""
+    import pytest
+
+    from training.errors import DataError
+
+    train_split = load_split(tiny_dataset, "train")
+    data = merge(train_split, load_split(tiny_dataset, "devel", train_split.labels))
+    net = Recipe("net", ModelConfig(hidden=8, layers=1), OptimConfig(epochs=2, lr=0.003, lr_decay=1.0, gamma=0.0,
+                                                                     batch_size=8), AugmentConfig())
+    first = cross_validate([Recipe("baseline")], data, k=100, out=tmp_path)
+    assert first["k"] == 2 == len(first["folds"])             # two recorders: two folds, recorded as run
+    both = cross_validate([net], data, k=100, out=tmp_path)
+    assert set(both["recipes"]) == {"baseline", "net"}
+    assert json.loads((tmp_path / "cv.json").read_text())["recipes"]["baseline"] == first["recipes"]["baseline"]
+    with pytest.raises(DataError, match="already scores baseline"):
+        cross_validate([Recipe("baseline")], data, k=2, out=tmp_path)
+    with pytest.raises(DataError, match="holds a cv run on other folds"):
+        cross_validate([Recipe("other")], data, k=2, seed=7, out=tmp_path)

@@ -115,7 +115,7 @@ def test_unknown_label_names_the_clip(tiny_dataset, tmp_path):
     csv = data / "lab" / "devel.csv"
     csv.write_text(csv.read_text().replace("call_high_devel_0.flac,call_high", "call_high_devel_0.flac,zebra"))
     train_split = load_split(data, "train")
-    with pytest.raises(DataError, match="call_high_devel_0.flac: label 'zebra'"):
+    with pytest.raises(DataError, match="devel.csv: call_high_devel_0.flac: label 'zebra'"):
         load_split(data, "devel", train_split.labels)
 
 
@@ -249,5 +249,53 @@ def test_fit_never_overwrites_a_trained_run(tiny_dataset, tmp_path):
     out.mkdir()
     (out / "metrics.json").write_text('{"kept": true}')
     result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(out), *TINY_FIT])
-    assert result.exit_code == 1 and "holds a trained run already (metrics.json)" in result.output
+    assert result.exit_code == 1 and "holds a trained run or a bundle already (metrics.json)" in result.output
     assert (out / "metrics.json").read_text() == '{"kept": true}' and sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
+def test_baseline_never_overwrites_a_run_and_a_bad_data_dir_leaves_nothing(tiny_dataset, tmp_path):
+    """Found by a newcomer trial: `baseline --out FIT_RUN` replaced the run's metrics with the
+    SVM's, and its bundle then reported them; `fit`/`baseline` made --out before finding --data."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"kept": true}')
+    result = runner.invoke(app, ["baseline", "--data", str(tiny_dataset), "--out", str(out)])
+    assert result.exit_code == 1 and "holds a trained run or a bundle already (metrics.json)" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+    for command in (["baseline"], ["fit", *TINY_FIT]):
+        result = runner.invoke(app, [*command, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "new")])
+        assert result.exit_code == 1 and not (tmp_path / "new").exists(), result.output
+
+
+def test_a_typo_in_a_train_label_is_refused_before_any_audio_is_read(tiny_dataset, tmp_path):
+    """Found by a newcomer trial: a train label in no other list became a class of its own."""
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    csv = data / "lab" / "train.csv"
+    csv.write_text(csv.read_text().replace("call_high_train_0.flac,call_high", "call_high_train_0.flac,call_hihg"))
+    result = runner.invoke(app, ["baseline", "--data", str(data), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "label 'call_hihg' (1 clip(s)) is in no other list" in result.output
+    assert "train.csv" in result.output and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--batch-size", "-4"), ("--tau", "-1"), ("--lr", "0"), ("--gamma", "-2"),
+                                           ("--p-fm", "2"), ("--lr-decay", "0"), ("--hop-s", "0"), ("--layers", "0"),
+                                           ("--patience", "-1"), ("--average-last", "-3")])
+def test_impossible_training_values_are_refused_before_any_training(tiny_dataset, tmp_path, option, value):
+    """Found by a newcomer trial: each trained (some for nothing, loss NaN) and reported success,
+    or failed only when the bundle was built after all the epochs."""
+    result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), *TINY_FIT,
+                                 option, value])
+    assert result.exit_code == 2 and option in result.output and not (tmp_path / "r").exists(), result.output
+
+
+def test_averaging_more_epochs_than_are_trained_is_refused(tiny_dataset, tmp_path):
+    result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), *TINY_FIT,
+                                 "--average-last", "50"])
+    assert result.exit_code == 2 and "--average-last 50 is more than --epochs" in result.output
+
+
+def test_an_ensemble_of_no_trials_is_refused_in_one_line(tmp_path):
+    """Found by a newcomer trial: --top 0 ended in an IndexError traceback, --top -1 dropped a trial."""
+    for top in ("0", "-1"):
+        result = runner.invoke(app, ["ensemble", "--top", top, "--out", str(tmp_path / "e")])
+        assert result.exit_code == 2 and "--top" in result.output and "Traceback" not in result.output

@@ -69,11 +69,32 @@ def _device(name: str) -> str:
     return name
 
 
+def _positive(value):
+    """An option that must be a number above 0 (a newcomer's --lr 0 or --tau -1 trained and
+    reported success, or failed only after all the training)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be above 0, got {value:g}")
+    return value
+
+
+def _share(value):
+    """An option that is a probability or share, in [0, 1]."""
+    if value is not None and not 0 <= value <= 1:
+        raise typer.BadParameter(f"must lie in [0, 1], got {value:g}")
+    return value
+
+
+def _check_average_last(average_last: int, epochs: int) -> None:
+    if average_last > epochs:
+        raise console.error(f"--average-last {average_last} is more than --epochs {epochs}: only {epochs} epoch(s) "
+                            "could be averaged, and the run would be named and recorded as more", console.EXIT_USAGE)
+
+
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
-TargetOpt = Annotated[float, typer.Option(help="Field operating point: false events per hour of held-out background that the point (per-class thresholds and evidence rules, or event gate levels) may let through, shared among the call classes where it finds most calls.")]
-NearCallOpt = Annotated[float, typer.Option(help="Draw a background clip that lies within 120 s of a labelled call of the same source recording 1 + N as often as others of its class (0: off).")]
+TargetOpt = Annotated[float, typer.Option(callback=_positive, help="Field operating point: false events per hour of held-out background that the point (per-class thresholds and evidence rules, or event gate levels) may let through, shared among the call classes where it finds most calls.")]
+NearCallOpt = Annotated[float, typer.Option(min=0.0, help="Draw a background clip that lies within 120 s of a labelled call of the same source recording 1 + N as often as others of its class (0: off).")]
 BackgroundShareOpt = Annotated[float, typer.Option(help="Draw background for this share of each epoch, the call classes equally for the rest (0: every class equally, as the paper).")]
-HardNegOpt = Annotated[float, typer.Option(help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
+HardNegOpt = Annotated[float, typer.Option(min=0.0, help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
 PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
 ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="A search trial's settings (JSON, `scripts/summarise_search.py --write-params`): replace the Table 2 options and the field preset.")]
 CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]
@@ -102,29 +123,29 @@ def _run(fn, *args, **kwargs):
 def fit(
     data: DataOpt = DEFAULT_DATA_DIR,
     out: OutOpt = Path("runs/fit"),
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = PAPER.lr,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = PAPER.batch_size,
-    tau: Annotated[float, typer.Option(help="Normalised-softmax temperature.")] = PAPER.tau,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (lambda).")] = PAPER.weight_decay,
-    lr_decay: Annotated[float, typer.Option(help="Per-epoch lr factor (beta).")] = PAPER.lr_decay,
-    gamma: Annotated[float, typer.Option(help="Focal-loss gamma.")] = float(PAPER.gamma),
-    p_fm: Annotated[float, typer.Option(help="Fraction of mel bins masked.")] = PAPER.p_fm,
-    p_tm: Annotated[float, typer.Option(help="Fraction of frames masked.")] = PAPER.p_tm,
-    p_r: Annotated[float, typer.Option(help="Probability of applying the masks.")] = PAPER.p_r,
-    layers: Annotated[int, typer.Option(help="LSTM layers (l).")] = PAPER.layers,
-    hidden: Annotated[int, typer.Option(help="LSTM hidden size (h).")] = PAPER.hidden,
-    dropout: Annotated[float, typer.Option(help="Dropout (p_drop).")] = PAPER.dropout,
+    lr: Annotated[float, typer.Option(callback=_positive, help="Learning rate.")] = PAPER.lr,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = PAPER.batch_size,
+    tau: Annotated[float, typer.Option(callback=_positive, help="Normalised-softmax temperature.")] = PAPER.tau,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay (lambda).")] = PAPER.weight_decay,
+    lr_decay: Annotated[float, typer.Option(callback=_positive, max=1.0, help="Per-epoch lr factor (beta).")] = PAPER.lr_decay,
+    gamma: Annotated[float, typer.Option(min=0.0, help="Focal-loss gamma.")] = float(PAPER.gamma),
+    p_fm: Annotated[float, typer.Option(callback=_share, help="Fraction of mel bins masked.")] = PAPER.p_fm,
+    p_tm: Annotated[float, typer.Option(callback=_share, help="Fraction of frames masked.")] = PAPER.p_tm,
+    p_r: Annotated[float, typer.Option(callback=_share, help="Probability of applying the masks.")] = PAPER.p_r,
+    layers: Annotated[int, typer.Option(min=1, help="LSTM layers (l).")] = PAPER.layers,
+    hidden: Annotated[int, typer.Option(min=1, help="LSTM hidden size (h).")] = PAPER.hidden,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout (p_drop).")] = PAPER.dropout,
     epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs.")] = 300,
-    patience: Annotated[int, typer.Option(help="Stop after N epochs without a better devel UAR (0: off).")] = 0,
+    patience: Annotated[int, typer.Option(min=0, help="Stop after N epochs without a better devel UAR (0: off).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     field: Annotated[bool, typer.Option("--field", help="Turn on the field augmentations.")] = False,
-    crop_s: Annotated[Optional[float], typer.Option(help="Random crops of this many seconds (default: the window with --field, else off).")] = None,
-    window_s: Annotated[float, typer.Option(help="Deployment window length written into the bundle.")] = WINDOW_S,
-    hop_s: Annotated[float, typer.Option(help="Deployment window hop written into the bundle.")] = HOP_S,
+    crop_s: Annotated[Optional[float], typer.Option(min=0.0, help="Random crops of this many seconds (default: the window with --field, else off).")] = None,
+    window_s: Annotated[float, typer.Option(callback=_positive, help="Deployment window length written into the bundle.")] = WINDOW_S,
+    hop_s: Annotated[float, typer.Option(callback=_positive, help="Deployment window hop written into the bundle.")] = HOP_S,
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
     frontend_kind: FrontendOpt = "logmel",
-    average_last: Annotated[int, typer.Option(help="Keep the mean weights of the last N epochs instead of the best devel epoch (0: off).")] = 0,
+    average_last: Annotated[int, typer.Option(min=0, help="Keep the mean weights of the last N epochs instead of the best devel epoch (0: off).")] = 0,
     mix_other_recorders: MixOtherOpt = False,
     centre_bands: CentreOpt = False,
     with_devel: Annotated[bool, typer.Option("--with-devel", help="Train on train + devel (needs --average-last): for a recipe already chosen by grouped CV.")] = False,
@@ -138,6 +159,7 @@ def fit(
     from training.runs import fit_run
 
     _check_background_share(background_share)
+    _check_average_last(average_last, epochs)
     if mix_other_recorders and not field and params is None:
         raise console.error("--mix-other-recorders needs --field (only the field recipe mixes in background)",
                             console.EXIT_USAGE)
@@ -217,8 +239,9 @@ def rebundle(
 
 def _train_and_devel(data: Path, frontend: FrontendConfig):
     """train + devel as one split, the way cv folds it; the test list is not even read."""
-    from training.data import load_split, merge
+    from training.data import check_train_labels, load_split, merge
 
+    check_train_labels(data, ("devel",))
     train_split = load_split(data, "train", frontend=frontend)
     return merge(train_split, load_split(data, "devel", train_split.labels, frontend))
 
@@ -253,13 +276,13 @@ def cv(
     folds: Annotated[int, typer.Option(min=2, help="Folds, grouped by recorder.")] = 5,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per fold for network recipes.")] = 30,
     seed: Annotated[int, typer.Option(help="Fold and training seed.")] = 0,
-    hidden: Annotated[int, typer.Option(help="Network recipes: LSTM hidden size (h).")] = PAPER.hidden,
-    layers: Annotated[int, typer.Option(help="Network recipes: LSTM layers (l).")] = PAPER.layers,
+    hidden: Annotated[int, typer.Option(min=1, help="Network recipes: LSTM hidden size (h).")] = PAPER.hidden,
+    layers: Annotated[int, typer.Option(min=1, help="Network recipes: LSTM layers (l).")] = PAPER.layers,
     frontend_kind: FrontendOpt = "logmel",
-    average_last: Annotated[int, typer.Option(help="Network recipes: average the weights of the last N epochs instead of choosing an epoch; keeps the fold models and chooses thresholds.")] = 0,
+    average_last: Annotated[int, typer.Option(min=0, help="Network recipes: average the weights of the last N epochs instead of choosing an epoch; keeps the fold models and chooses thresholds.")] = 0,
     max_false_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --average-last: share of background windows the thresholds may let through as calls.")] = 0.1,
-    window_s: Annotated[float, typer.Option(help="The recorder's window: the field recipe's crop length and the held-out windows.")] = WINDOW_S,
-    hop_s: Annotated[float, typer.Option(help="The recorder's window hop, for the held-out windows.")] = HOP_S,
+    window_s: Annotated[float, typer.Option(callback=_positive, help="The recorder's window: the field recipe's crop length and the held-out windows.")] = WINDOW_S,
+    hop_s: Annotated[float, typer.Option(callback=_positive, help="The recorder's window hop, for the held-out windows.")] = HOP_S,
     mix_other_recorders: MixOtherOpt = False,
     centre_bands: CentreOpt = False,
     pool: PoolOpt = True,
@@ -273,6 +296,7 @@ def cv(
     from training.cv import cross_validate, cv_recipes
 
     _check_background_share(background_share)
+    _check_average_last(average_last, epochs)
     frontend = _frontend(frontend_kind)
     try:
         recipes = cv_recipes(recipe, frontend, epochs=epochs, seed=seed, hidden=hidden, layers=layers,

@@ -84,7 +84,10 @@ def hpo(
                                     "with the study (the reference trials are queued again)", 130) from None
         return {"study": study, "storage": url, "progress": progress_line(found)}
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:   # a read-only place: one line, not a traceback
+        raise console.error(f"--out {out}: cannot create it ({exc.strerror or exc})")
     _run(search)
 
 
@@ -129,9 +132,9 @@ def pack_features(
 def ensemble(
     data: DataOpt = DEFAULT_DATA_DIR,
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")] = Path("runs/hpo/ensemble"),
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite in runs/hpo).")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: the study.db of the search run that --out's parent is, runs/hpo for the default --out).")] = None,
     study: Annotated[str, typer.Option(help="Study name.")] = "edgemon",
-    top: Annotated[int, typer.Option(help="Members: the best N completed trials by devel UAR.")] = 5,
+    top: Annotated[int, typer.Option(min=1, help="Members: the best N completed trials by devel UAR.")] = 5,
     int8: Annotated[bool, typer.Option("--int8", help="Quantise members to int8 (dynamic).")] = False,
 ):
     """Bundle the search's best trials; report each member's and the majority vote's UAR."""

@@ -26,6 +26,7 @@ from edgemon.analysis.frontend import FrontendConfig
 from training import baseline
 from training.augment import AugmentConfig
 from training.data import Split, merge, without_recorders
+from training.errors import DataError
 from training.evaluate import confusion, per_class_recall, plot_confusion, uar
 from training.field import fold_field_votes, windows_of
 from training.model import ModelConfig, PrimateBiLSTM
@@ -205,12 +206,13 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
     ``"folds", "epoch", "epochs"`` (both None at a fold's end), ``"uar"`` (the fold's validation
     UAR after that epoch; None at a fold's end)``}``.
     """
-    out.mkdir(parents=True, exist_ok=True)
     folds = grouped_folds(data, k, seed)
     n_classes = len(data.labels)
     inputs = {data.frontend: data}
     pools = {}
     held_out = validation_recorders(data, folds)
+    earlier = _earlier_recipes(out, seed, held_out, [r.name for r in recipes])   # before any training
+    out.mkdir(parents=True, exist_ok=True)
     results = {}
     for recipe in recipes:
         if recipe.frontend not in inputs:
@@ -243,7 +245,8 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
                 target_false_per_hour, pools.get(recipe.frontend)))
     folds_info = [{"validation_recorders": recorders, "n": int(len(va))}
                   for recorders, (_, va) in zip(held_out, folds)]
-    summary = {"k": k, "seed": seed, "folds": folds_info, "recipes": results}
+    # k as run: there are only as many folds as recorders (a newcomer's --folds 100 ran 10, said 100)
+    summary = {"k": len(folds), "seed": seed, "folds": folds_info, "recipes": {**earlier, **results}}
     if pools:
         some_pool = next(iter(pools.values()))
         summary["pool"] = {"clips": len(some_pool) if some_pool is not None else 0,
@@ -251,6 +254,30 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
                                              for r in held_out]}
     (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _earlier_recipes(out: Path, seed: int, held_out: list, names: list[str]) -> dict:
+    """The recipes a ``cv.json`` already in ``out`` scored on these same folds, kept beside the new
+    ones (a newcomer's second cv run into one --out replaced the file, and the first run's fold
+    models could no longer be bundled). Refused, before any training, when its folds differ or
+    it already scores one of ``names``."""
+    path = out / "cv.json"
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+        same = old["seed"] == seed and [f["validation_recorders"] for f in old["folds"]] == [list(r) for r in held_out]
+        recipes = dict(old["recipes"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a readable cv.json ({type(exc).__name__}: {exc}): choose another --out") from None
+    if not same:
+        raise DataError(f"{out}: holds a cv run on other folds ({path}); a new one would replace it: "
+                        f"choose another --out or move it aside")
+    again = sorted(set(recipes) & set(names))
+    if again:
+        raise DataError(f"{out}: its cv.json already scores {', '.join(again)}; a new run would replace it: "
+                        f"choose another --out or move it aside")
+    return recipes
 
 
 def _fold_with_progress(recipe: Recipe, train: Split, val: Split, fold: int, folds: int,

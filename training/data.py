@@ -113,6 +113,28 @@ def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
     return clips
 
 
+FEW_FOR_A_CLASS = 5   # a train label with fewer clips that no other list has is taken for a typo
+
+
+def check_train_labels(data_dir: Path, others: tuple[str, ...]) -> None:
+    """Refuse, before any audio is read, a label of ``lab/train.csv`` that none of the ``others``
+    lists has and that has only a few clips: a typo there ("gibbon_solo") became a sixth class
+    that the class-balanced sampler gave a sixth of every epoch (found by a newcomer trial)."""
+    data_dir = Path(data_dir)
+    train = read_label_list(data_dir / "lab" / "train.csv", data_dir / "audio")
+    if not train:
+        raise DataError(f"{data_dir / 'lab' / 'train.csv'}: lists no clips")
+    elsewhere = {c.label for name in others for c in read_label_list(data_dir / "lab" / f"{name}.csv", data_dir / "audio")}
+    counts: dict[str, int] = {}
+    for clip in train:
+        counts[clip.label] = counts.get(clip.label, 0) + 1
+    odd = sorted(label for label, n in counts.items() if label not in elsewhere and n < FEW_FOR_A_CLASS)
+    if odd:
+        raise DataError(f"{data_dir / 'lab' / 'train.csv'}: label {odd[0]!r} ({counts[odd[0]]} clip(s)) is in no "
+                        f"other list ({', '.join(f'{n}.csv' for n in others)}): a typo? Known there: "
+                        f"{', '.join(sorted(elsewhere))}")
+
+
 def clip_features(clip: Clip, frontend: FrontendConfig) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode (any rate, any channel count); the model input, and the log-mel when that differs.
 
@@ -137,13 +159,16 @@ def load_split(data_dir: Path, name: str, labels: tuple[str, ...] | None = None,
     """
     data_dir = Path(data_dir)
     clips = read_label_list(data_dir / "lab" / f"{name}.csv", data_dir / "audio")
+    if not clips:
+        raise DataError(f"{data_dir / 'lab' / f'{name}.csv'}: lists no clips")
     if labels is None:
         found = sorted({c.label for c in clips})
         labels = tuple(([BACKGROUND] if BACKGROUND in found else []) + [l for l in found if l != BACKGROUND])
     index = {label: i for i, label in enumerate(labels)}
     for clip in clips:
         if clip.label not in index:
-            raise DataError(f"{clip.path.name}: label {clip.label!r} is not one of {list(labels)}")
+            raise DataError(f"{data_dir / 'lab' / f'{name}.csv'}: {clip.path.name}: label {clip.label!r} is not one "
+                            f"of {list(labels)}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         computed = list(pool.map(lambda c: clip_features(c, frontend), clips))
     targets = np.array([index[c.label] for c in clips], dtype=np.int64)

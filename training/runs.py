@@ -22,7 +22,7 @@ from edgemon.analysis.bundle import load_bundle, write_bundle
 from edgemon.analysis.frontend import FrontendConfig
 from training import baseline as baseline_mod
 from training.augment import AugmentConfig
-from training.data import BACKGROUND, Split, data_identity, load_pool, load_split, merge
+from training.data import BACKGROUND, Split, check_train_labels, data_identity, load_pool, load_split, merge
 from training.errors import DataError
 from training.evaluate import metrics, write_report
 from training.field import field_votes, score_field, windows_of
@@ -44,6 +44,7 @@ class Splits:
 
     @classmethod
     def load(cls, data_dir: Path, frontend: FrontendConfig = FrontendConfig()) -> "Splits":
+        check_train_labels(data_dir, ("devel", "test"))
         train = load_split(data_dir, "train", frontend=frontend)
         return cls(train, load_split(data_dir, "devel", train.labels, frontend),
                    load_split(data_dir, "test", train.labels, frontend))
@@ -111,12 +112,9 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
     so nothing is chosen on devel): more recorders heard; devel's scores then say nothing."""
     if with_devel and not optim.average_last:
         raise DataError("training on train + devel needs --average-last: no epoch can be chosen on devel")
-    finished = [name for name in ("metrics.json", "checkpoint.pt", "model.onnx") if (run_dir / name).exists()]
-    if finished:
-        raise DataError(f"{run_dir}: holds a trained run already ({', '.join(finished)}); a new one would overwrite "
-                        f"it: choose another --out or move it aside")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_new_run(run_dir)
     splits = Splits.load(data_dir, frontend)
+    run_dir.mkdir(parents=True, exist_ok=True)   # after the data: a wrong --data leaves nothing behind
     training_split = merge(splits.train, splits.devel) if with_devel else splits.train
     extra = load_pool(data_dir, splits.train.labels, frontend) if pool else None
     if extra is not None:  # train-only clips: never cut from a devel or test recording
@@ -150,10 +148,24 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
     return summary
 
 
+def _check_new_run(run_dir: Path) -> None:
+    """Refuse a ``--out`` that is a file, or holds a trained run or a bundle: writing there would
+    overwrite its results (a newcomer's ``baseline --out`` over a fit run gave the network's bundle
+    the SVM's scores)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DataError(f"{run_dir}: is a file, not a run directory: choose another --out")
+    finished = [name for name in ("metrics.json", "checkpoint.pt", "model.onnx", "baseline.pkl", "summary.json",
+                                  "manifest.json") if (run_dir / name).exists()]
+    if finished:
+        raise DataError(f"{run_dir}: holds a trained run or a bundle already ({', '.join(finished)}); a new one "
+                        f"would overwrite it: choose another --out or move it aside")
+
+
 def baseline_run(data_dir: Path, run_dir: Path, frontend: FrontendConfig = FrontendConfig()) -> dict:
     """Functionals + linear SVM with C chosen on devel; devel and test metrics and plots."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_new_run(run_dir)
     splits = Splits.load(data_dir, frontend)
+    run_dir.mkdir(parents=True, exist_ok=True)
     result = baseline_mod.fit_baseline(splits.train, splits.devel)
     results = {s.name: metrics(s.targets, baseline_mod.predict(result, s), s.labels)
                for s in (splits.devel, splits.test)}

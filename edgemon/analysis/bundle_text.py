@@ -54,10 +54,10 @@ def format_description(d: dict) -> str:
             # for the target gives on unseen recorders is about the procedure, not this point.
             lines.append(f"  at this point, measured again on every grouped-CV fold: {at_this}")
             if chosen_elsewhere:
-                lines.append(f"  (a point chosen anew for {target} / h on four folds' recorders gives on the "
-                             f"fifth's: {chosen_elsewhere})")
+                lines.append(f"  (a point chosen anew for {target} / h on the other folds' recorders gives, on "
+                             f"each fold's own: {chosen_elsewhere})")
         elif chosen_elsewhere:
-            # The honest figure first: chosen on four folds' recorders, measured on the fifth's.
+            # The honest figure first: chosen on the other folds' recorders, measured on each fold's.
             lines.append(f"  expected on recorders it never heard (grouped CV, the point chosen on the other folds, "
                          f"target {target} false events per background hour): {chosen_elsewhere}")
             lines.append(f"  on the folds that chose it: {at_this}")

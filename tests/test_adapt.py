@@ -552,3 +552,14 @@ def test_an_adapted_bundle_is_never_written_over_its_parent_or_a_run(tmp_path):
     with pytest.raises(BundleError, match="not an edgemon bundle"):
         write_adapted(parent, None, run, {"parent_bundle": parent.bundle_id})
     assert (run / "cv.json").read_text() == "{}" and load_bundle(default_bundle_path()).bundle_id == parent.bundle_id
+
+
+def test_adapt_refuses_a_recordings_directory_that_does_not_exist(tmp_path):
+    """Found by a newcomer trial: every review silently fell back to the ledger's paths."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+    result = CliRunner().invoke(app, ["adapt", str(tmp_path / "bundle"), "--reviews", str(tmp_path / "r.db"),
+                                      "--recordings", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--recordings" in result.output and "not a directory" in result.output
+    assert not (tmp_path / "out").exists()

@@ -399,6 +399,9 @@ def adapt(
     recordings, else the parent's calibration is kept."""
     from training.adapt import AdaptConfig, adapt_bundle
 
+    if recordings is not None and not recordings.is_dir():   # else every review fell back to the ledger's paths
+        raise console.error(f"--recordings {recordings}: not a directory (leave it out to read the ledger's paths)",
+                            console.EXIT_USAGE)
     _run(adapt_bundle, bundle, reviews, recordings, out, AdaptConfig(folds=folds, l2=l2))
 
 

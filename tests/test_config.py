@@ -356,6 +356,14 @@ def test_another_users_database_in_a_directory_this_user_may_not_write_says_how_
         assert done.returncode == 1 and len(lines) == 1, done.stderr
         assert str(db) in lines[0] and f"may not write {shared}" in lines[0] and "sudo -u root" in lines[0]
     assert sorted(p.name for p in shared.iterdir()) == ["det.db"]     # nothing made beside it
+    # Its own database in a directory it may not write is still read (a review found it refused).
+    os.chown(db, 65534, 65534)
+    os.chown(shared, 65534, 65534)
+    shared.chmod(0o555)
+    request.addfinalizer(lambda: shared.chmod(0o755))
+    exported = subprocess.run([*as_nobody, sys.executable, "-m", "edgemon", "export-detections", "--db", str(db)],
+                              capture_output=True, text=True, timeout=60, cwd=repo)
+    assert exported.returncode == 0 and len(exported.stdout.strip().splitlines()) == 1 + 6, exported.stderr
 
 
 def test_typed_configs_come_from_settings(tmp_path):

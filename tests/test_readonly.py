@@ -114,8 +114,8 @@ def _wal_database(path: Path) -> Path:
 
 
 def test_only_a_database_nothing_can_change_counts_as_frozen(tmp_path, monkeypatch):
-    """Where it lies on a read-only mount (not merely a directory this user may not write: its
-    owner may be writing it, found by a review), and no WAL with pending changes or journal lies
+    """Where it lies on a read-only mount, or is this user's own in a directory it may not write
+    (not another user's: its owner may be writing it, found by a review), and no WAL with pending changes or journal lies
     beside the real file (a symlink's target's directory is the one that counts)."""
     import edgemon.storage.readonly as readonly
 
@@ -127,7 +127,9 @@ def test_only_a_database_nothing_can_change_counts_as_frozen(tmp_path, monkeypat
     real_access, real_statvfs = readonly.os.access, readonly.os.statvfs
     monkeypatch.setattr(readonly.os, "access",
                         lambda p, mode: False if mode == readonly.os.W_OK and Path(p) == tmp_path else real_access(p, mode))
-    assert not readonly.frozen(db)        # another user's directory is not frozen
+    assert readonly.frozen(db)            # this user's own database, in a directory it may not write
+    monkeypatch.setattr(readonly.os, "geteuid", lambda: 12345)
+    assert not readonly.frozen(db)        # another user's: its owner may be writing it
 
     class ReadOnlyMount:
         f_flag = readonly.os.ST_RDONLY

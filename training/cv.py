@@ -211,7 +211,7 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
     inputs = {data.frontend: data}
     pools = {}
     held_out = validation_recorders(data, folds)
-    earlier = _earlier_recipes(out, seed, held_out, [r.name for r in recipes])   # before any training
+    earlier = _earlier_recipes(out, seed, held_out, [r.name for r in recipes], pool is not None)   # before any training
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for recipe in recipes:
@@ -256,11 +256,12 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
     return summary
 
 
-def _earlier_recipes(out: Path, seed: int, held_out: list, names: list[str]) -> dict:
+def _earlier_recipes(out: Path, seed: int, held_out: list, names: list[str], pooled: bool) -> dict:
     """The recipes a ``cv.json`` already in ``out`` scored on these same folds, kept beside the new
     ones (a newcomer's second cv run into one --out replaced the file, and the first run's fold
     models could no longer be bundled). Refused, before any training, when its folds differ or
-    it already scores one of ``names``."""
+    it already scores one of ``names``, or it was run with the pool and this run is not (or the
+    other way round: cv.json records the pool once, for all its recipes)."""
     path = out / "cv.json"
     if not path.exists():
         return {}
@@ -273,6 +274,9 @@ def _earlier_recipes(out: Path, seed: int, held_out: list, names: list[str]) -> 
     if not same:
         raise DataError(f"{out}: holds a cv run on other folds ({path}); a new one would replace it: "
                         f"choose another --out or move it aside")
+    if ("pool" in old) != pooled:
+        raise DataError(f"{out}: holds a cv run {'with' if 'pool' in old else 'without'} the pool, this one is "
+                        f"{'with' if pooled else 'without'}: choose another --out (or the same --pool setting)")
     again = sorted(set(recipes) & set(names))
     if again:
         raise DataError(f"{out}: its cv.json already scores {', '.join(again)}; a new run would replace it: "

@@ -81,14 +81,11 @@ def _follow(path: Path, real_root: str, unreadable: dict[str, str] | None) -> bo
     if not os.path.islink(path):
         return True
     target = os.path.realpath(path)
-    inside = os.path.commonpath([target, real_root]) == real_root
-    if inside:
-        return False
-    if os.path.commonpath([target, real_root]) == target:   # the root's own parent, or one above it
+    if os.path.commonpath([target, real_root]) == target:   # the root itself, or a directory above it
         if unreadable is not None:
             unreadable[os.fsdecode(path)] = f"{LINK_NOT_FOLLOWED}{target}, which holds the watched directory"
         return False
-    return True
+    return os.path.commonpath([target, real_root]) != real_root   # inside: walked under its own name
 
 
 LINK_NOT_FOLLOWED = "not followed: a link to "   # an ``unreadable`` reason that is not a read error

@@ -43,13 +43,17 @@ def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **o
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
     except sqlite3.OperationalError as e:
         code = getattr(e, "sqlite_errorcode", 0) & 0xFF
-        if code == sqlite3.SQLITE_READONLY and not os.access(Path(path).resolve().parent, os.W_OK):
-            # Another user's directory (the service's database, read by an admin): its owner may
-            # be writing, so it is not read immutable (a review saw stale and torn reads).
-            conn.close()
-            raise sqlite3.OperationalError(_not_this_users(Path(path))) from e
-        if code != sqlite3.SQLITE_CANTOPEN or not frozen(Path(path)):
+        # CANTOPEN on a read-only mount; READONLY (_DIRECTORY) where this user may not write the
+        # directory. Either is read immutable when nothing can be changing it (``frozen``).
+        if code not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
             return conn   # the caller's first query meets the same error, as it always did
+        if not frozen(Path(path)):
+            if code == sqlite3.SQLITE_READONLY and not os.access(Path(path).resolve().parent, os.W_OK):
+                # Another user's database (the service's, read by an admin): its owner may be
+                # writing, so it is not read immutable; one line says how to read it instead.
+                conn.close()
+                raise sqlite3.OperationalError(_not_this_users(Path(path))) from e
+            return conn
         conn.close()
         return sqlite3.connect(uri + "?immutable=1", uri=True, timeout=timeout_s, **options)
     except sqlite3.Error:
@@ -58,27 +62,36 @@ def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **o
 
 
 def frozen(path: Path) -> bool:
-    """Nothing can be changing the database at ``path``: it lies on a file system mounted
-    read-only (a card or copy: no one can write it, not only not this user), and no WAL with
-    changes not yet in the file, nor a journal to roll back, lies beside it (``immutable``
-    would not read them)."""
+    """Nothing can be changing the database at ``path``: no WAL with changes not yet in the file,
+    nor a journal to roll back, lies beside it (``immutable`` would not read them), and no one
+    can start writing it: it lies on a file system mounted read-only (a card or copy), or it is
+    this user's own database in a directory this user may not write. (Another user's database
+    in a directory this user may not write is not frozen: its owner may be writing it, and an
+    immutable reader would see stale or torn pages: found by a review.)"""
     path = path.resolve()
     wal, journal = (path.with_name(path.name + suffix) for suffix in ("-wal", "-journal"))
     try:
         read_only_mount = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+        own_and_closed = path.stat().st_uid == os.geteuid() and not os.access(path.parent, os.W_OK)
     except OSError:
         return False
-    return read_only_mount and (not wal.exists() or wal.stat().st_size == 0) and not journal.exists()
+    return ((read_only_mount or own_and_closed) and (not wal.exists() or wal.stat().st_size == 0)
+            and not journal.exists())
 
 
 def _not_this_users(path: Path) -> str:
     """Why another user's database cannot be read here, and what to do."""
     try:
-        owner = pwd.getpwuid(path.resolve().stat().st_uid).pw_name
-    except (OSError, KeyError):
-        owner = "its owner"
+        uid = path.resolve().stat().st_uid
+    except OSError:
+        uid = None
+    try:
+        owner = pwd.getpwuid(uid).pw_name if uid is not None else None
+    except KeyError:
+        owner = f"'#{uid}'"   # no account: sudo takes the number
+    how = f"read it as {owner} (sudo -u {owner} edgemon ...)" if owner else "read it as its owner"
     return (f"SQLite keeps the database's shared-memory file beside it, and this user may not write "
-            f"{path.resolve().parent}: read it as {owner} (sudo -u {owner} edgemon ...), or a copy of it")
+            f"{path.resolve().parent}: {how}, or a copy of it")
 
 
 def open_read_only(db_path: Path, error: type[EdgemonError] = ReadError) -> sqlite3.Connection:

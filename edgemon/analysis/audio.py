@@ -125,7 +125,7 @@ class Blocks:
     def __init__(self, path: Path, block_seconds: float, sample_rate: int, on_block=None):
         self.path, self.block_seconds, self.sample_rate, self.on_block = path, block_seconds, sample_rate, on_block
         self.note: str | None = None
-        self._stopped: str | None = None   # why decoding stopped before the end, if it did
+        self._stopped: Exception | None = None   # the decode error that ended the audio early, if one did
         self._silenced = 0                 # non-finite samples read as silence
         self._stream = None                # a rewritten header's stream (wav_repair), if any
 
@@ -168,7 +168,7 @@ class Blocks:
         """``f``'s blocks; a decode error (a FLAC cut short: its last bytes never copied, the card
         pulled) ends the audio where decoding stops, with a note, so the audio before it is
         analysed. libsndfile cannot go on with a handle that met a decode error, so a fresh one
-        reads the rest up to the break a second at a time."""
+        reads on to the break (``_pieces``)."""
         done, dtype = 0, _read_dtype(f)
         while len(block := self._block(f, frames, dtype)):
             done += len(block)

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgemon import console
-from training.cli import CentreOpt, DataOpt, OutOpt, PoolOpt, _check_average_last, _device, _run, app
+from training.cli import CentreOpt, DataOpt, OutOpt, PoolOpt, _device, _run, app
 from training.data import DEFAULT_DATA_DIR
 from training.errors import DataError
 
@@ -62,8 +62,6 @@ def hpo(
 
     if space not in SPACES:
         raise console.error(f"--space must be one of {', '.join(SPACES)}, not {space!r}", console.EXIT_USAGE)
-    if objective == "cv":
-        _check_average_last(average_last, epochs)
     if objective not in OBJECTIVES:
         raise console.error(f"--objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}",
                             console.EXIT_USAGE)

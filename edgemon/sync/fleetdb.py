@@ -19,7 +19,7 @@ import stat
 from collections.abc import Sequence
 
 from edgemon.errors import EdgemonError
-from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, VIEW_REVISIONS
+from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from edgemon.sync.outbox import Batch, natural_columns
 
 try:  # the `sync` extra: recorders that never sync do not carry a PostgreSQL driver
@@ -182,19 +182,7 @@ def migrate(conn: psycopg.Connection) -> int:
             for version in range(found + 1, SCHEMA_VERSION + 1):
                 conn.execute(MIGRATIONS[version - 1])
                 conn.execute(f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (%s)", [version])
-        _revise_views(conn)
     return found
-
-
-def _revise_views(conn: psycopg.Connection) -> None:
-    """Bring the views to ``VIEW_REVISIONS`` (``fleetschema``); a server whose views are newer
-    than this edgemon's keeps them (older recorders sync on, and never read the views)."""
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.view_revision "
-                 "(revision integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-    current = conn.execute(f"SELECT coalesce(max(revision), 0) FROM {SCHEMA}.view_revision").fetchone()[0]
-    for revision in range(current + 1, len(VIEW_REVISIONS) + 1):
-        conn.execute(VIEW_REVISIONS[revision - 1])
-        conn.execute(f"INSERT INTO {SCHEMA}.view_revision (revision) VALUES (%s)", [revision])
 
 
 # --- writes -------------------------------------------------------------------------------------

@@ -94,37 +94,6 @@ GROUP BY k.site, k.species, k.day, k.bundle_id;
 """
 
 
-def _effort_daily(coverage: str = f"{SCHEMA}.coverage c JOIN {SCHEMA}.device_bundle b USING (device_id)",
-                  files_counted: str = "") -> str:
-    """The ``effort_daily`` view over ``coverage`` (a FROM clause giving ``c`` and ``b``), its
-    files less those failing ``files_counted`` (an AND clause)."""
-    return f"""CREATE VIEW {SCHEMA}.effort_daily AS
-SELECT site, day, sum(listen_h) AS listen_h, sum(lost_h) AS lost_h, sum(files)::bigint AS files,
-       sum(recorded_h) AS recorded_h, max(longest_gap_h) AS longest_gap_h,
-       sum(listen_h) + sum(recorded_h) AS effort_h
-FROM (
-    SELECT c.device_id AS site, (c.minute_utc AT TIME ZONE b.timezone)::date AS day,
-           sum(c.analysed_s) / 3600 AS listen_h,
-           sum(c.lost_overflow_s + c.lost_dropped_s + c.lost_device_s + c.lost_daemon_s) / 3600 AS lost_h,
-           0 AS files, 0.0::float8 AS recorded_h, 0.0::float8 AS longest_gap_h
-    FROM {coverage}
-    GROUP BY 1, 2
-    UNION ALL
-    SELECT site, (start_utc AT TIME ZONE timezone)::date, 0, 0, count(*), sum(duration_s) / 3600,
-           coalesce(extract(epoch FROM max(gap)) / 3600, 0)::float8
-    FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.duration_s))
-                     OVER (PARTITION BY r.site ORDER BY r.start_utc) AS gap
-          FROM (SELECT DISTINCT ON (db.device_id, f.source) db.device_id AS site, f.source, f.start_utc,
-                       f.duration_s, b.timezone
-                FROM {SCHEMA}.files f JOIN {SCHEMA}.databases db USING (db_uuid)
-                JOIN {SCHEMA}.device_bundle b ON b.device_id = db.device_id
-                WHERE f.state = 'done' AND f.start_utc IS NOT NULL{files_counted}
-                ORDER BY db.device_id, f.source, f.updated_at DESC) r) g
-    GROUP BY 1, 2) u
-GROUP BY site, day;
-"""
-
-
 _VIEWS = f"""
 CREATE INDEX coverage_minute ON {SCHEMA}.coverage (minute_utc);
 CREATE INDEX files_start ON {SCHEMA}.files (start_utc);
@@ -143,7 +112,31 @@ ORDER BY db.device_id, db.last_sync DESC;
 -- recording's end), summed per site and local day. UNION ALL, not a FULL JOIN, so that a filter
 -- on day reaches both halves. Files are counted once per device (a rebuilt database re-analyses
 -- them); coverage minutes are not (a rebuilt database never rewrites past minutes).
-{_effort_daily()}
+CREATE VIEW {SCHEMA}.effort_daily AS
+SELECT site, day, sum(listen_h) AS listen_h, sum(lost_h) AS lost_h, sum(files)::bigint AS files,
+       sum(recorded_h) AS recorded_h, max(longest_gap_h) AS longest_gap_h,
+       sum(listen_h) + sum(recorded_h) AS effort_h
+FROM (
+    SELECT c.device_id AS site, (c.minute_utc AT TIME ZONE b.timezone)::date AS day,
+           sum(c.analysed_s) / 3600 AS listen_h,
+           sum(c.lost_overflow_s + c.lost_dropped_s + c.lost_device_s + c.lost_daemon_s) / 3600 AS lost_h,
+           0 AS files, 0.0::float8 AS recorded_h, 0.0::float8 AS longest_gap_h
+    FROM {SCHEMA}.coverage c JOIN {SCHEMA}.device_bundle b USING (device_id)
+    GROUP BY 1, 2
+    UNION ALL
+    SELECT site, (start_utc AT TIME ZONE timezone)::date, 0, 0, count(*), sum(duration_s) / 3600,
+           coalesce(extract(epoch FROM max(gap)) / 3600, 0)::float8
+    FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.duration_s))
+                     OVER (PARTITION BY r.site ORDER BY r.start_utc) AS gap
+          FROM (SELECT DISTINCT ON (db.device_id, f.source) db.device_id AS site, f.source, f.start_utc,
+                       f.duration_s, b.timezone
+                FROM {SCHEMA}.files f JOIN {SCHEMA}.databases db USING (db_uuid)
+                JOIN {SCHEMA}.device_bundle b ON b.device_id = db.device_id
+                WHERE f.state = 'done' AND f.start_utc IS NOT NULL
+                ORDER BY db.device_id, f.source, f.updated_at DESC) r) g
+    GROUP BY 1, 2) u
+GROUP BY site, day;
+
 CREATE VIEW {SCHEMA}.recorder_health AS
 SELECT db.device_id AS site, db.db_uuid, db.last_sync, db.local_seq - db.acked_seq AS backlog,
        hb.at_utc AS last_heartbeat, hb.state AS last_state,
@@ -166,27 +159,6 @@ LEFT JOIN LATERAL (SELECT * FROM {SCHEMA}.heartbeats h WHERE h.db_uuid = db.db_u
 # Precision per site, bundle and class counts each detection once, by its latest verdict whoever
 # gave it ('unsure' left out), as `edgemon review` does; low/high is the 95 % Wilson interval.
 _Z = 1.959964
-
-
-def _review_precision(counted: str = "") -> str:
-    """The ``review_precision`` view, over the reviews that pass ``counted`` (a WHERE clause)."""
-    return f"""CREATE VIEW {SCHEMA}.review_precision AS
-SELECT site, bundle_id, label, judged, correct, correct::float8 / judged AS precision,
-       greatest(0.0, (p + {_Z ** 2} / (2 * judged) - {_Z} * sqrt(p * (1 - p) / judged + {_Z ** 2} / (4.0 * judged * judged)))
-                     / (1 + {_Z ** 2} / judged)) AS low,
-       least(1.0, (p + {_Z ** 2} / (2 * judged) + {_Z} * sqrt(p * (1 - p) / judged + {_Z ** 2} / (4.0 * judged * judged)))
-                  / (1 + {_Z ** 2} / judged)) AS high
-FROM (SELECT site, bundle_id, label, count(*) AS judged, count(*) FILTER (WHERE verdict = 'correct') AS correct,
-             count(*) FILTER (WHERE verdict = 'correct')::float8 / count(*) AS p
-      FROM (SELECT DISTINCT ON (db.device_id, r.source, r.start_s, r.label, r.bundle_id)
-                   db.device_id AS site, r.bundle_id, r.label, r.verdict
-            FROM {SCHEMA}.reviews r JOIN {SCHEMA}.databases db USING (db_uuid){counted}
-            ORDER BY db.device_id, r.source, r.start_s, r.label, r.bundle_id, r.reviewed_at DESC, r.reviewer) latest
-      WHERE verdict <> 'unsure'
-      GROUP BY 1, 2, 3) counts;
-"""
-
-
 _REVIEWS_AND_STATUS = f"""
 CREATE TABLE {SCHEMA}.reviews (
     db_uuid uuid NOT NULL, source text NOT NULL, start_s double precision NOT NULL, label text NOT NULL,
@@ -202,7 +174,21 @@ CREATE TABLE {SCHEMA}.status_snapshots (
     problems text[] NOT NULL DEFAULT '{{}}',
     status jsonb NOT NULL
 );
-{_review_precision()}"""
+CREATE VIEW {SCHEMA}.review_precision AS
+SELECT site, bundle_id, label, judged, correct, correct::float8 / judged AS precision,
+       greatest(0.0, (p + {_Z ** 2} / (2 * judged) - {_Z} * sqrt(p * (1 - p) / judged + {_Z ** 2} / (4.0 * judged * judged)))
+                     / (1 + {_Z ** 2} / judged)) AS low,
+       least(1.0, (p + {_Z ** 2} / (2 * judged) + {_Z} * sqrt(p * (1 - p) / judged + {_Z ** 2} / (4.0 * judged * judged)))
+                  / (1 + {_Z ** 2} / judged)) AS high
+FROM (SELECT site, bundle_id, label, count(*) AS judged, count(*) FILTER (WHERE verdict = 'correct') AS correct,
+             count(*) FILTER (WHERE verdict = 'correct')::float8 / count(*) AS p
+      FROM (SELECT DISTINCT ON (db.device_id, r.source, r.start_s, r.label, r.bundle_id)
+                   db.device_id AS site, r.bundle_id, r.label, r.verdict
+            FROM {SCHEMA}.reviews r JOIN {SCHEMA}.databases db USING (db_uuid)
+            ORDER BY db.device_id, r.source, r.start_s, r.label, r.bundle_id, r.reviewed_at DESC, r.reviewer) latest
+      WHERE verdict <> 'unsure'
+      GROUP BY 1, 2, 3) counts;
+"""
 
 # Version 4. ``acked_token``: the token of the batch whose commit moved ``acked_seq``, so a
 # recorder can check that the server's acknowledgement belongs to its own history (a database
@@ -216,61 +202,3 @@ ALTER TABLE {SCHEMA}.detections ADD COLUMN score real;
 
 MIGRATIONS: tuple[str, ...] = (_TABLES, _VIEWS, _REVIEWS_AND_STATUS, _LINEAGE_AND_SCORE)
 SCHEMA_VERSION = len(MIGRATIONS)
-
-# View revisions: the views alone, made afresh without a new schema version, so that a recorder on
-# an older edgemon (which refuses a newer schema, and never reads the views) syncs on into a server
-# whose views a newer one mended. Revision n is VIEW_REVISIONS[n - 1]; the columns stay the same.
-#
-# Revision 1, the views over lineages (a database restored from a backup, or a card cloned into a
-# recorder under a new id, syncs as a new UUID that names the one it forked from):
-# - a database's rows of a recording that a later lineage of the same device holds in its own
-#   ledger are that lineage's to count (a restored database that analysed a changed recording
-#   again had the old lineage's removed detections still counted);
-# - a clone under a new device id does not count what it copied from its parent (its effort,
-#   detections and reviews were counted under both sites);
-# - coverage minutes count once per device (a restored database sends its backup's minutes again).
-# Each check is one uncorrelated NOT IN, which PostgreSQL computes once and hashes: the rows of the
-# few databases in a fork, through the tables' keys. (A first version with correlated EXISTS was
-# estimated so costly that PostgreSQL compiled it with JIT: 0.7 s before the first row, a query
-# 6-10 times as slow as the views before.)
-
-
-def _cols(alias: str, columns: tuple[str, ...]) -> str:
-    return ", ".join(f"{alias}.{c}" for c in columns)
-
-
-def _counted(t: str, later: str | None, later_columns: tuple[str, ...], table: str, columns: tuple[str, ...]) -> str:
-    """The condition that a row ``t`` of ``table`` counts: unless a later lineage of its device
-    (a database naming its database as ``forked_from`` under the same device id) holds it in
-    ``later`` (matched on ``later_columns``), or it was copied from a parent of another device
-    (the database a clone under a new id was copied from; matched on ``columns``)."""
-    copied = (f"({t}.db_uuid, {_cols(t, columns)}) NOT IN (SELECT me.db_uuid, {_cols('p', columns)} "
-              f"FROM {SCHEMA}.databases me JOIN {SCHEMA}.databases parent ON parent.db_uuid = me.forked_from "
-              f"AND parent.device_id <> me.device_id JOIN {SCHEMA}.{table} p ON p.db_uuid = parent.db_uuid)")
-    if later is None:
-        return copied
-    superseded = (f"({t}.db_uuid, {t}.device_id, {_cols(t, later_columns)}) NOT IN (SELECT n.forked_from, "
-                  f"n.device_id, {_cols('l', later_columns)} FROM {SCHEMA}.databases n JOIN {SCHEMA}.{later} l "
-                  f"ON l.db_uuid = n.db_uuid WHERE n.forked_from IS NOT NULL"
-                  + (" AND l.state = 'done'" if later == "files" else "") + ")")
-    return f"{superseded}\n      AND {copied}"
-
-
-_COUNTED = _counted("d", "files", ("source",), "detections", ("source", "start_s", "label", "bundle_id"))
-# A minute a later lineage of the device sent again is that lineage's; one a clone under a new id
-# copied is its parent's; likewise a recording the clone copied.
-_LINEAGE_EFFORT = _effort_daily(
-    coverage=f"""(SELECT c.* FROM {SCHEMA}.coverage c
-          WHERE {_counted("c", "coverage", ("source", "minute_utc"), "coverage", ("source", "minute_utc"))}) c
-    JOIN {SCHEMA}.device_bundle b USING (device_id)""",
-    files_counted=f"""
-                  AND {_counted("f", None, (), "files", ("source", "size", "mtime_ns"))}""")
-_LINEAGE_PRECISION = _review_precision(f"""
-            WHERE {_counted("r", None, (), "reviews", ("source", "start_s", "label", "bundle_id", "reviewer", "reviewed_at"))}""")
-_LINEAGE_VIEWS = f"""
-DROP VIEW IF EXISTS {SCHEMA}.review_precision, {SCHEMA}.effort_daily, {SCHEMA}.detections_daily,
-    {SCHEMA}.detections_daily_all;
-{_detections_daily("detections_daily_all", _COUNTED)}
-{_detections_daily("detections_daily", f"(b.bundle_id IS NULL OR d.bundle_id = b.bundle_id) AND {_COUNTED}")}
-{_LINEAGE_EFFORT}{_LINEAGE_PRECISION}"""
-VIEW_REVISIONS: tuple[str, ...] = (_LINEAGE_VIEWS,)

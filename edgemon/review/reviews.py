@@ -117,21 +117,20 @@ _ORDER_BY = {"teach": "v.verdict IS NOT NULL, d.id IN judged_elsewhere, priority
 # The latest verdict (not 'unsure') on an overlapping detection of the same recording under another
 # bundle; through the reviews' own key, which starts with the recording, so each row reads only
 # that recording's reviews.
-_EARLIER = """SELECT r.label || ' judged ' || CASE r.verdict WHEN 'relabel' THEN 'as ' || r.new_label
+# ``o`` is the reviewed detection ``r`` judged; ``{d}`` names the detection it overlaps, which
+# ``{join}`` may bring in.
+_REVIEWED_OVERLAP = """FROM reviews r JOIN detections o ON o.source = r.source AND o.start_s = r.start_s
+                   AND o.label = r.label AND o.bundle_id = r.bundle_id {join}
+              WHERE r.source = {d}source AND r.bundle_id != {d}bundle_id AND r.verdict != 'unsure'
+                    AND r.start_s < {d}end_s AND o.end_s > {d}start_s"""
+_EARLIER = f"""SELECT r.label || ' judged ' || CASE r.verdict WHEN 'relabel' THEN 'as ' || r.new_label
                                                          ELSE r.verdict END || ' under ' || r.bundle_id
-              FROM reviews r JOIN detections o ON o.source = r.source AND o.start_s = r.start_s
-                   AND o.label = r.label AND o.bundle_id = r.bundle_id
-              WHERE r.source = :source AND r.bundle_id != :bundle_id AND r.verdict != 'unsure'
-                    AND r.start_s < :end_s AND o.end_s > :start_s
+              {_REVIEWED_OVERLAP.format(join="", d=":")}
               ORDER BY r.reviewed_at DESC LIMIT 1"""
 # The detections with such a verdict, found from the reviews (few) rather than asked of every
 # detection (the teach order sorts them all: twice as slow on 300k detections, a review found).
-_JUDGED_ELSEWHERE = """judged_elsewhere(id) AS (
-    SELECT d.id FROM reviews r JOIN detections o ON o.source = r.source AND o.start_s = r.start_s
-         AND o.label = r.label AND o.bundle_id = r.bundle_id
-    JOIN detections d ON d.source = r.source AND d.bundle_id != r.bundle_id
-         AND r.start_s < d.end_s AND o.end_s > d.start_s
-    WHERE r.verdict != 'unsure')"""
+_JUDGED_ELSEWHERE = f"""judged_elsewhere(id) AS (
+    SELECT d.id {_REVIEWED_OVERLAP.format(join="JOIN detections d ON d.source = r.source", d="d.")})"""
 
 
 def list_detections(db_path: Path, *, order: str = "teach", label: str | None = None,

@@ -147,6 +147,7 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
     in ``sent``, when given)."""
     started = time.monotonic()
     sent = Sent() if sent is None else sent
+    before = dataclasses.replace(sent)   # this session's counts are what it adds
     target = fleetdb.target_name(fleetdb.check_url(config.url))
     # Around the whole block: closing a connection the server dropped raises too.
     try:
@@ -161,7 +162,7 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
             if outbox.cursor(target) > acked:
                 log.warning("%s holds less than it acknowledged before (restored from a backup?): "
                             "resending from %d", target, acked)
-            changes, batches, rows = 0, 0, config.batch_rows
+            rows = config.batch_rows
             while stop is None or not stop.is_set():
                 batch = outbox.batch(acked, rows)
                 if batch is None:
@@ -170,7 +171,7 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                 offered = outbox.offer(target, batch.last_seq)   # before sending: a lost ack still matches
                 fleetdb.apply_batch(conn, info.db_uuid, batch, max(local_seq, batch.last_seq), offered, token)
                 outbox.advance(target, batch.last_seq)   # only after the server committed
-                acked, token, changes, batches = batch.last_seq, offered, changes + batch.size, batches + 1
+                acked, token = batch.last_seq, offered
                 sent.changes, sent.batches = sent.changes + batch.size, sent.batches + 1
                 rows = _next_rows(rows, time.monotonic() - t0, config)
             backlog = outbox.last_seq() - acked
@@ -188,7 +189,8 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
             fleetdb.unlock_database(conn, info.db_uuid)
     except fleetdb.DRIVER_ERRORS as e:
         raise fleetdb.classify(e, target) from None
-    return SyncResult(target, changes, batches, acked, backlog, time.monotonic() - started, found)
+    return SyncResult(target, sent.changes - before.changes, sent.batches - before.batches, acked, backlog,
+                      time.monotonic() - started, found)
 
 
 def _own_lineage(conn, outbox: Outbox, target: str, info: DeviceInfo) -> tuple[DeviceInfo, str | None]:

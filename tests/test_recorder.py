@@ -91,6 +91,8 @@ def write_wave_module(path, seconds=0.5, rate=8000):
     ("/media/sd/DCIM/20240101_120000.WAV", utc(2024, 1, 1, 12, 0, 0)),
     ("5A8C5A83.WAV", utc(2018, 2, 20, 17, 27, 31)),  # `date -u -d @$((0x5A8C5A83))`
     ("5a8c5a83.wav", utc(2018, 2, 20, 17, 27, 31)),
+    ("60000000.WAV", utc(2021, 1, 14, 8, 25, 36)),  # all digits, but no date: hex
+    ("20231301.WAV", utc(1987, 2, 1, 9, 18, 57)),  # month 13: hex (an unset clock, flagged)
     # copies keep the name's time (a newcomer's "… (1).WAV" was stored at the copy's mtime)
     ("20240503_060000 (1).WAV", utc(2024, 5, 3, 6, 0, 0)),
     ("20240503_060000 copy.WAV", utc(2024, 5, 3, 6, 0, 0)),
@@ -119,6 +121,8 @@ def test_filename_patterns(name, expected):
     "20240101_120000.WAV.part",
     "SITE-A20240101_120000.WAV",  # no separator before the date
     "5A8C5A8.WAV",  # seven hex digits
+    "20230201.WAV",  # a day, not hex Unix time (0x20230201 is 1987)
+    "19991231.flac",
     "20240503_060000 (1) (2).WAV",
     "recording.wav",
     "",
@@ -243,6 +247,15 @@ def test_mtime_minus_duration_when_nothing_else(tmp_path):
     soundfile.write(flac, np.zeros(32000, np.float32), 16000)
     os.utime(flac, ns=(0, 1_717_200_000_000_000_000))
     assert recording_time(flac, now=NOW).start_utc == utc(2024, 5, 31, 23, 59, 58)
+
+
+def test_a_name_that_is_a_date_is_not_read_as_hex_unix_time(tmp_path):
+    """"20240601.WAV" read as hex was 1987, flagged, kept: the mtime is the better clock."""
+    path = write_wave_module(tmp_path / "20240601.WAV", seconds=0.5)
+    os.utime(path, ns=(0, 1_717_200_000_250_000_000))  # 2024-06-01 00:00:00.25 UTC
+    got = recording_time(path, now=NOW)
+    assert (got.start_utc, got.source, got.suspect) == (utc(2024, 5, 31, 23, 59, 59, 750000),
+                                                        "mtime", False)
 
 
 def test_mtime_without_a_duration_is_plain_mtime(tmp_path):

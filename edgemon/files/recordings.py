@@ -72,16 +72,26 @@ def _parse_filename(name: str) -> tuple[datetime, str, bool, bool] | None:
             return start, f"{kind}AudioMoth name YYYYMMDD_HHMMSS{copy}", True, True
         # Wall clock of an unknown zone: UTC unless the header names the zone (as for AudioMoth).
         return start, f"name PREFIX_YYYYMMDD_HHMMSS read as UTC (prefix {m['prefix']!r}){copy}", True, False
-    if m := _HEX_NAME.match(base):
+    if (m := _HEX_NAME.match(base)) and not _is_date(m["hex"]):
         return datetime.fromtimestamp(int(m["hex"], 16), UTC), "hex Unix-time name", False, True
     return None
+
+
+def _is_date(digits: str) -> bool:
+    """Whether eight characters are a date YYYYMMDD (1990-2099): a person's "20230201.WAV" names
+    a day, not hex Unix time (which would read as 1987; AudioMoth dates from 2017)."""
+    try:
+        return digits.isdigit() and 1990 <= datetime.strptime(digits, "%Y%m%d").year <= 2099
+    except ValueError:
+        return False
 
 
 def time_from_filename(name: str) -> datetime | None:
     """AudioMoth file name (or path) -> start time as aware UTC datetime; None if none matches.
 
     ``[DEVICEID_]YYYYMMDD_HHMMSS[T].WAV|.FLAC`` (any case) is read as UTC, the AudioMoth default;
-    ``XXXXXXXX.WAV`` (8 hex digits) is Unix time in seconds. Invalid dates give None.
+    ``XXXXXXXX.WAV`` (8 hex digits) is Unix time in seconds, unless the digits are a date
+    ``YYYYMMDD`` (a day with no time: None). Invalid dates give None.
     """
     parsed = _parse_filename(name)
     return parsed[0] if parsed else None

@@ -72,12 +72,18 @@ def test_tiny_search_prunes_and_keeps_models_then_builds_an_ensemble(tiny_datase
             assert (out / "trials" / f"{t.number:04d}" / "model.onnx").is_file()
             assert len(t.intermediate_values) == 3
     done = subprocess.run([sys.executable, "-m", "training", "ensemble", "--data", str(tiny_dataset),
-                           "--out", str(out / "ensemble"), "--top", "2"], capture_output=True, text=True)
+                           "--out", str(out / "top2"), "--top", "2"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     from edgemon.analysis.bundle import load_bundle
-    assert len(load_bundle(out / "ensemble").members) == min(2, states.count(optuna.trial.TrialState.COMPLETE))
+    bundle = load_bundle(out / "top2")
+    assert len(bundle.members) == min(2, states.count(optuna.trial.TrialState.COMPLETE))
+    # what `bundle` gives a bundle, the search's too: names, ceiling, the self-check's windows
+    assert bundle.self_check is not None and "label_names" in bundle.manifest and bundle.manifest["confidence_max"] > 0
     report = subprocess.run([sys.executable, "-m", "training", "report", str(out), "--data", str(tiny_dataset)],
                             capture_output=True, text=True)
+    assert report.returncode == 1 and "--out " + str(out / "ensemble") in report.stderr  # not where it went
+    report = subprocess.run([sys.executable, "-m", "training", "report", str(out), "--data", str(tiny_dataset),
+                             "--ensemble", str(out / "top2")], capture_output=True, text=True)
     assert report.returncode == 0, report.stderr[-2000:]
     text = (out / "report" / "report.md").read_text()
     assert "| Best single model |" in text and "| Ensemble of" in text

@@ -171,7 +171,7 @@ def field_manifest(field: dict) -> dict:
             "calibration_fits": field.get("calibration_fits", {})}
 
 
-def _check_reference_data(data_dir: Path | None) -> None:
+def check_reference_data(data_dir: Path | None) -> None:
     """Before anything is written: a bundle built without its reference windows would be left behind."""
     if data_dir is not None and not (Path(data_dir) / "lab" / "train.csv").is_file():
         raise DataError(f"--data {data_dir}: not a data set (no lab/train.csv) for the reference windows")
@@ -182,7 +182,7 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
     """Write a bundle whose members are the runs' ``model.onnx``, in the order given, with the
     thresholds of a ``cv-ensemble`` result when ``thresholds_from`` names one, and (see
     ``complete_bundle``) names, confidence ceiling and reference windows from ``reference_data``."""
-    _check_reference_data(reference_data)
+    check_reference_data(reference_data)
     configs, devel, test = [], [], []
     for run in runs:
         if not (run / "model.onnx").is_file() or not (run / "config.json").is_file():
@@ -225,7 +225,7 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
     from training.data import BACKGROUND
     from training.thresholds import choose_thresholds
 
-    _check_reference_data(reference_data)
+    check_reference_data(reference_data)
     summary_path = Path(cv_dir) / "cv.json"
     if not summary_path.is_file():
         raise DataError(f"{cv_dir}: no cv.json (run edgemon-train cv first)")

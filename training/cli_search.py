@@ -150,7 +150,7 @@ def ensemble(
                 raise DataError(f"study {study!r} searched the cv objective, which keeps no models: train a setting "
                                 f"it found with `edgemon-train fit --params` (scripts/summarise_search.py "
                                 f"--write-params) and bundle those runs")
-            return build_ensemble(found, out, splits.devel, splits.test, top=top, int8=int8)
+            return build_ensemble(found, out, splits.devel, splits.test, top=top, int8=int8, reference_data=data)
 
     _run(run)
 
@@ -160,8 +160,9 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="Search run directory (after 'edgemon-train ensemble').")],
     data: DataOpt = DEFAULT_DATA_DIR,
     study: Annotated[str, typer.Option(help="Study name.")] = "edgemon",
+    ensemble_dir: Annotated[Optional[Path], typer.Option("--ensemble", help="The bundle 'edgemon-train ensemble --out' wrote (default: RUN_DIR/ensemble).")] = None,
 ):
     """The paper's figures for a search run: Table 1, confusions, classes, t-SNE, history, importances."""
     from training.report import build_report
 
-    _run(build_report, run_dir, data, study)
+    _run(build_report, run_dir, data, study, ensemble_dir)

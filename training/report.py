@@ -94,11 +94,16 @@ def plot_study(study: optuna.Study, out: Path) -> dict:
     return importances
 
 
-def build_report(run_dir: Path, data_dir: Path, study_name: str = "edgemon") -> dict:
-    """Write ``RUN_DIR/report/`` (PNGs + report.md) from a search run and its ensemble."""
-    summary_path = run_dir / "ensemble-report" / "summary.json"
+def build_report(run_dir: Path, data_dir: Path, study_name: str = "edgemon",
+                 ensemble_dir: Path | None = None) -> dict:
+    """Write ``RUN_DIR/report/`` (PNGs + report.md) from a search run and its ensemble, the bundle
+    ``edgemon-train ensemble --out`` wrote (default ``RUN_DIR/ensemble``), whose figures are in
+    ``<bundle>-report`` beside it."""
+    ensemble_dir = Path(ensemble_dir) if ensemble_dir is not None else run_dir / "ensemble"
+    report_dir = ensemble_dir.parent / f"{ensemble_dir.name}-report"
+    summary_path = report_dir / "summary.json"
     if not summary_path.is_file():
-        raise DataError(f"{summary_path}: run 'edgemon-train ensemble' on this run first")
+        raise DataError(f"{summary_path}: run 'edgemon-train ensemble --out {ensemble_dir}' on this run first")
     summary = json.loads(summary_path.read_text())
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
@@ -123,7 +128,7 @@ def build_report(run_dir: Path, data_dir: Path, study_name: str = "edgemon") -> 
     plot_confusion(np.array(metrics(splits.devel.targets, np.concatenate([o[0] for o in outputs]).argmax(1),
                                     splits.devel.labels)["confusion"]), splits.devel.labels,
                    out / "confusion_best_devel.png", "Best model, devel")
-    ensemble_metrics = json.loads((run_dir / "ensemble-report" / "ensemble_metrics.json").read_text())
+    ensemble_metrics = json.loads((report_dir / "ensemble_metrics.json").read_text())
     plot_confusion(np.array(ensemble_metrics["devel"]["confusion"]), splits.devel.labels,
                    out / "confusion_ensemble_devel.png", "Ensemble, devel")
     plot_class_distribution(splits, out / "class_distribution.png")

@@ -14,6 +14,7 @@ import optuna
 from edgemon.analysis.bundle import load_bundle, write_bundle
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import FrontendConfig
+from training.bundling import check_reference_data, complete_bundle
 from training.data import Split
 from training.errors import DataError
 from training.evaluate import metrics, write_report
@@ -44,8 +45,11 @@ def evaluate(ensemble: Ensemble, split: Split) -> dict:
 
 
 def build_ensemble(study: optuna.Study, out: Path, devel: Split, test: Split, top: int = 5,
-                   int8: bool = False) -> dict:
-    """Write the bundle of the best ``top`` trials; report members' and vote's devel/test UAR."""
+                   int8: bool = False, reference_data: Path | None = None) -> dict:
+    """Write the bundle of the best ``top`` trials; report members' and vote's devel/test UAR.
+    Like ``bundle``'s, it gets label names, its confidence ceiling and, from ``reference_data``,
+    the self-check's reference windows (``bundling.complete_bundle``)."""
+    check_reference_data(reference_data)
     trials = select_members(study, top)
     dirs = [Path(t.user_attrs["run_dir"]) for t in trials]
     config = json.loads((dirs[0] / "config.json").read_text())
@@ -65,13 +69,13 @@ def build_ensemble(study: optuna.Study, out: Path, devel: Split, test: Split, to
                               extra={"study": study.study_name, "trials": [t.number for t in trials],
                                      "ensemble_devel_uar": results["devel"]["ensemble"]["uar"],
                                      "ensemble_test_uar": results["test"]["ensemble"]["uar"]})
-    bundle = load_bundle(bundle.path)
+    bundle = complete_bundle(bundle.path, reference_data)
     windowed = {s.name: windowed_metrics(bundle, s) for s in (devel, test)}
     report_dir = out.parent / f"{out.name}-report"
     write_report(report_dir, {k: v["ensemble"] for k, v in results.items()}, prefix="ensemble_")
     write_report(report_dir, {k: v["members"][0] for k, v in results.items()}, prefix="best_")
     write_report(report_dir, windowed, prefix="ensemble_windowed_")
-    summary = {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id,
+    summary = {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "self_check": bundle.self_check is not None,
                "trials": [t.number for t in trials], "trial_devel_uar": [t.value for t in trials],
                **{f"{split}_uar": {"members": [m["uar"] for m in r["members"]], "ensemble": r["ensemble"]["uar"]}
                   for split, r in results.items()},

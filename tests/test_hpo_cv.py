@@ -85,11 +85,12 @@ def test_a_search_with_the_grouped_cv_objective_runs_from_a_pack(tiny_dataset, t
     # No --data: the pack alone is read (a directory that does not exist proves it).
     done = _train("hpo", "--data", tmp_path / "no-audio-here", "--features", packed, "--out", out,
                   "--objective", "cv", "--space", "field", "--folds", "2", "--trials", "3", "--epochs", "2",
-                  "--average-last", "1", "--centre-bands", "--startup-trials", "2", "--seed", "0", "--device", "cpu")
+                  "--average-last", "5", "--centre-bands", "--startup-trials", "2", "--seed", "0", "--device", "cpu")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "best grouped-CV window UAR" in done.stdout
     study = optuna.load_study(study_name="edgemon", storage=f"sqlite:///{out / 'study.db'}")
     assert study.user_attrs["objective"] == "cv"
+    assert study.user_attrs["scoring"]["average_last"] == 2  # what was averaged: 5 of 2 epochs is 2
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete
     for t in complete:

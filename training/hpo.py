@@ -247,7 +247,8 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
     study.set_user_attr("objective", config.objective)
     # Workers sharing a study must score trials alike, or its best value compares unlike things.
     scoring = {"space": config.space, "epochs": config.max_epochs, "inputs": config.inputs,
-               **({"folds": config.folds, "average_last": config.average_last, "centre_bands": config.centre_bands,
+               **({"folds": config.folds, "average_last": min(config.average_last, config.max_epochs),  # as trained
+                   "centre_bands": config.centre_bands,
                    "pool": pool is not None,
                    "held_out": "train+devel+pool" if pool is not None else "train+devel"}
                 if config.objective == "cv" else {})}

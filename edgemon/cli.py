@@ -312,7 +312,7 @@ def export_detections(
 ):
     """Export detections; reads only, so it never blocks the daemon."""
     from edgemon.storage.export import export_coverage, export_detections as run_export
-    from edgemon.storage.export_files import OutputClosed
+    from edgemon.storage.export_files import OutputClosed, refuse_the_database
 
     log = logging.getLogger("edgemon.storage.export")
     try:
@@ -321,6 +321,8 @@ def export_detections(
         _check_confidence(min_confidence)
         service = _service(ctx, config)
         db = service.db
+        refuse_the_database(output, db, "--output")
+        refuse_the_database(coverage, db, "--coverage")
         times = [None if t is None else _parse_time(t, option) for t, option in ((since, "--since"), (until, "--until"))]
         if None not in times and times[0] >= times[1]:
             raise OptionError(f"--since {since} is not before --until {until}: nothing could match")
@@ -370,16 +372,21 @@ def review(
     config: ConfigOpt = None,
 ):
     """A local web page to hear, see and judge detections (correct / wrong / another label / unsure)."""
+    clips_given = clips   # named here; the settings' clip directory may not exist before `listen` saves one
     try:
         service = _service(ctx, config)
         db, clips = service.db, service.clips   # the clip directory `listen` saved into
+        for option, path in (("--recordings", recordings), ("--clips", clips_given)):
+            if path is not None and not path.is_dir():   # else the page quietly falls back to the ledger's paths
+                raise OptionError(f"{option} {path}: {'not a directory' if path.exists() else 'no such directory'}")
     except EdgemonError as exc:
         raise _fail(exc)
     if export is not None:   # a CSV of the verdicts: the page's extra is not needed
-        from edgemon.storage.export_files import atomic_text
+        from edgemon.storage.export_files import atomic_text, refuse_the_database
         from edgemon.review.reviews import write_reviews_csv
 
         try:
+            refuse_the_database(export, db, "--export")
             with (contextlib.nullcontext(sys.stdout) if str(export) == "-" else atomic_text(export)) as out:
                 count = write_reviews_csv(db, out)
         except EdgemonError as exc:
@@ -419,6 +426,13 @@ def reanalyse(
     except EdgemonError as exc:
         raise _fail(exc)
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
+    where = "" if recordings is not None else "; give --recordings DIR where they are now"
+    if result.missing and not (result.files or result.failed or result.changed):
+        raise console.error(f"nothing analysed again: none of the {len(result.missing)} recording(s) is on disk "
+                            f"(listed above){where}")
+    if result.missing:
+        logging.getLogger("edgemon").warning("%d recording(s) no longer on disk were not analysed again (listed "
+                                             "above)%s", len(result.missing), where)
     if result.failed or result.changed:
         raise console.error(f"{len(result.changed) + len(result.failed)} recording(s) not analysed again: "
                             f"{len(result.changed)} changed since watch analysed them, {len(result.failed)} "

@@ -328,6 +328,69 @@ def test_verdicts_export_as_csv(review_db, tmp_path):
         ("S01/20240501_060000.WAV", "10.0", "relabel", "great_argus", "bob", "S01")]
 
 
+def test_an_output_that_is_the_database_is_refused_and_the_database_kept(review_db, tmp_path):
+    """`--export v.db` (or `export-detections --output v.db`) wrote CSV over the database and said
+    it had exported: every detection and verdict gone."""
+    import subprocess
+    import sys
+    db, _ = review_db
+    reviews.add_verdict(db, reviews.list_detections(db, order="time")[0]["id"], "wrong", "ann")
+    before = db.read_bytes()
+    (tmp_path / "link.db").symlink_to(db)
+    for command in (["review", "--db", str(db), "--export"], ["export-detections", "--db", str(db), "--output"],
+                    ["export-detections", "--db", str(db), "--output", str(tmp_path / "x.csv"), "--coverage"]):
+        for target in (db, tmp_path / "link.db"):
+            result = subprocess.run([sys.executable, "-m", "edgemon", *command, str(target)],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 1, (command, result.stderr)
+            assert result.stderr.strip().splitlines()[-1] == (
+                f"error: {command[-1]} {target} is the detections database {db}: choose another file (nothing was written)")
+    assert db.read_bytes() == before and not (tmp_path / "x.csv").exists()
+
+
+def test_another_tools_sqlite_file_or_an_empty_one_is_refused_and_left_as_it_was(tmp_path):
+    """`review` added edgemon's 16 tables to any SQLite file it was given (export-detections refused it)."""
+    import subprocess
+    import sys
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE foo (x)")
+    (tmp_path / "empty.db").write_bytes(b"")
+    for path in (other, tmp_path / "empty.db"):
+        before = path.read_bytes()
+        for extra in (["--export", "-"], ["--port", "1"]):   # the page refuses it before binding a port
+            result = subprocess.run([sys.executable, "-m", "edgemon", "review", "--db", str(path), *extra],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+                f"error: {path}: not an edgemon database (no detections table); nothing was changed"), result.stderr
+        assert path.read_bytes() == before
+
+
+def test_recordings_or_clips_that_are_not_directories_are_refused(review_db, tmp_path):
+    import subprocess
+    import sys
+    db, _ = review_db
+    for option, path, why in (("--recordings", tmp_path / "nowhere", "no such directory"),
+                              ("--clips", tmp_path / "nowhere", "no such directory"),
+                              ("--recordings", db, "not a directory")):
+        result = subprocess.run([sys.executable, "-m", "edgemon", "review", "--db", str(db), option, str(path)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"error: {option} {path}: {why}"
+
+
+def test_verdicts_export_reads_only(review_db, monkeypatch):
+    """A database on read-only storage exports its verdicts (the export opened it to write)."""
+    db, _ = review_db
+    reviews.add_verdict(db, reviews.list_detections(db, order="time")[0]["id"], "wrong", "ann")
+
+    def no_writer(*args, **kwargs):
+        raise AssertionError("the export opened the database to write")
+
+    monkeypatch.setattr(reviews, "Store", no_writer)
+    out = io.StringIO()
+    assert reviews.write_reviews_csv(db, out) == 1 and "wrong" in out.getvalue()
+
+
 def test_the_verdicts_csv_neutralises_formulas(review_db):
     """Found in review: the verdicts CSV wrote free text (the reviewer) as it was."""
     import io

@@ -56,6 +56,8 @@ def test_reanalyse_refuses_a_recordings_directory_that_is_not_there(tmp_path):
     db, _ = make_review_db(tmp_path)
     with pytest.raises(ReanalyseError, match=r"--recordings .*nowhere: no such directory"):
         reanalyse(db, Analyzer(load_bundle(default_bundle_path())), tmp_path / "nowhere")
+    with pytest.raises(ReanalyseError, match=r"--recordings .*review\.db: not a directory"):
+        reanalyse(db, Analyzer(load_bundle(default_bundle_path())), db)
 
 
 def test_reanalyse_cli_counts_missing_recordings_and_export_filters_by_bundle(tmp_path):
@@ -66,7 +68,10 @@ def test_reanalyse_cli_counts_missing_recordings_and_export_filters_by_bundle(tm
     result = subprocess.run([sys.executable, "-m", "edgemon", "reanalyse", "--db", str(db), "--models",
                              str(default_bundle_path()), "--recordings", str(tmp_path / "empty")],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    # None on disk: not a success a script could take for done (it exited 0, without a word).
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: nothing analysed again: none of the 2 recording(s) is on disk (listed above)")
     assert json.loads(result.stdout)["missing"] == ["S01/20240501_060000.WAV", "S01/20240502_070000.WAV"]
     moved.rename(recordings / "S01")
     result = subprocess.run([sys.executable, "-m", "edgemon", "reanalyse", "--db", str(db), "--models",

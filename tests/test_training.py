@@ -299,3 +299,19 @@ def test_an_ensemble_of_no_trials_is_refused_in_one_line(tmp_path):
     for top in ("0", "-1"):
         result = runner.invoke(app, ["ensemble", "--top", top, "--out", str(tmp_path / "e")])
         assert result.exit_code == 2 and "--top" in result.output and "Traceback" not in result.output
+
+
+def test_ctrl_c_while_the_training_side_loads_is_quiet():
+    """Ctrl-C in the second or two torch takes to load printed a traceback of the imports."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.argv = ['edgemon-train', '--help']; "
+                              "from training.entry import main; main()"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)   # Python is up; torch is not yet loaded
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert "Traceback" not in err and child.returncode == 130, (child.returncode, err[-1500:])

@@ -12,6 +12,8 @@ TRAINING_MODULES = ("torch", "einops", "optuna", "onnx", "sklearn", "matplotlib"
 def main() -> None:
     try:
         from training.cli import main as training_main
+    except KeyboardInterrupt:   # Ctrl-C while torch and the rest load (a second or two): nothing began
+        raise SystemExit(130) from None
     except ModuleNotFoundError as exc:
         if exc.name not in TRAINING_MODULES:
             raise

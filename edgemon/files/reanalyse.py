@@ -73,7 +73,8 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
     Per-file failures are counted, not fatal.
     """
     if recordings is not None and not Path(recordings).is_dir():
-        raise ReanalyseError(f"--recordings {recordings}: no such directory")
+        raise ReanalyseError(f"--recordings {recordings}: "
+                             f"{'not a directory' if Path(recordings).exists() else 'no such directory'}")
     files, changed = _ledger(db_path)
     bundle_id = analyzer.bundle.bundle_id
     done, stored, missing, failed = 0, 0, [], []

@@ -66,10 +66,20 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def edgemon_tables(db_path: Path) -> set[str]:
+    """The tables of the recorder database ``db_path``, read without writing. Raises
+    ``ReviewError`` for a file that is missing, unreadable or not an edgemon database (another
+    tool's SQLite file, an empty file): the page must not add its tables to those."""
+    with closing(open_read_only(db_path, ReviewError)) as conn:
+        found = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "detections" not in found:
+        raise ReviewError(f"{db_path}: not an edgemon database (no detections table); nothing was changed")
+    return found
+
+
 def open_for_review(db_path: Path) -> None:
-    """Check the database exists and bring it to the current schema (adds ``reviews``)."""
-    if not Path(db_path).is_file():
-        raise ReviewError(f"detections database not found: {db_path}")
+    """Check the file is an edgemon database and bring it to the current schema (adds ``reviews``)."""
+    edgemon_tables(db_path)
     Store(db_path).close()
 
 
@@ -262,10 +272,12 @@ REVIEW_COLUMNS = ("id", "detection_id", "source", "start_s", "end_s", "start_utc
 
 def write_reviews_csv(db_path: Path, out: TextIO) -> int:
     """Every stored verdict (all reviewers) with its detection's time, device and confidence, as CSV
-    in review order; returns the number of rows. A detection no longer stored leaves those blank."""
-    open_for_review(db_path)
-    with closing(open_read_only(db_path, ReviewError)) as conn:
-        rows = conn.execute("""
+    in review order; returns the number of rows. A detection no longer stored leaves those blank.
+    Reads only (a database from before reviews has none to give)."""
+    rows = []
+    if "reviews" in edgemon_tables(db_path):
+        with closing(open_read_only(db_path, ReviewError)) as conn:
+            rows = conn.execute("""
             SELECT r.id, r.detection_id, r.source, r.start_s, d.end_s, d.start_utc, d.device_id, r.label,
                    round(d.confidence, 4), r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at
             FROM reviews r LEFT JOIN detections d ON d.source = r.source AND d.start_s = r.start_s

@@ -33,6 +33,21 @@ class OutputClosed(ExportError):
     export did not finish, so no cursor moves."""
 
 
+def refuse_the_database(output: Path | None, db: Path, option: str) -> None:
+    """An output that is the detections database (or its journal) would be overwritten by the
+    export's text: refuse it before anything is written ('-', stdout, and None pass)."""
+    if output is None or str(output) == "-":
+        return
+    for stored in (Path(db), *(Path(f"{db}{suffix}") for suffix in ("-wal", "-shm", "-journal"))):
+        try:
+            same = os.path.samefile(output, stored)
+        except OSError:   # either is not there: compare where they would be
+            same = Path(output).resolve() == stored.resolve()
+        if same:
+            raise ExportError(f"{option} {output} is the detections database {db}: choose another file "
+                              f"(nothing was written)")
+
+
 def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], append: bool,
                 moving: Moving | None = None) -> int:
     """One tab-separated Raven selection table per source (a live detection's saved clip is a

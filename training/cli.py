@@ -94,6 +94,7 @@ MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix ca
 TargetOpt = Annotated[float, typer.Option(callback=_positive, help="Field operating point: false events per hour of held-out background that the point (per-class thresholds and evidence rules, or event gate levels) may let through, shared among the call classes where it finds most calls.")]
 NearCallOpt = Annotated[float, typer.Option(min=0.0, help="Draw a background clip that lies within 120 s of a labelled call of the same source recording 1 + N as often as others of its class (0: off).")]
 BackgroundShareOpt = Annotated[float, typer.Option(help="Draw background for this share of each epoch, the call classes equally for the rest (0: every class equally, as the paper).")]
+AdversaryOpt = Annotated[float, typer.Option(min=0.0, help="Recorder adversary: a classifier guesses each clip's recorder from the embedding and its gradient into the model is reversed, at this weight (0: off; training.adversary).")]
 HardNegOpt = Annotated[float, typer.Option(min=0.0, help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
 PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
 ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="A search trial's settings (JSON, `scripts/summarise_search.py --write-params`): replace the Table 2 options and the field preset.")]
@@ -153,6 +154,7 @@ def fit(
     hard_negatives: HardNegOpt = 0.0,
     near_call_negatives: NearCallOpt = 0.0,
     background_share: BackgroundShareOpt = 0.0,
+    recorder_adversary: AdversaryOpt = 0.0,
     params: ParamsOpt = None,
 ):
     """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
@@ -175,7 +177,8 @@ def fit(
     _run(fit_run, data, out, model,
          OptimConfig(**optim, epochs=epochs, patience=patience, seed=seed, device=_device(device),
                      average_last=average_last, hard_negatives=hard_negatives,
-                     near_call_negatives=near_call_negatives, background_share=background_share),
+                     near_call_negatives=near_call_negatives, background_share=background_share,
+                     recorder_adversary=recorder_adversary),
          aug, window_s=window_s, hop_s=hop_s, frontend=frontend, progress=not quiet, with_devel=with_devel, pool=pool)
 
 
@@ -290,6 +293,7 @@ def cv(
     hard_negatives: HardNegOpt = 0.0,
     near_call_negatives: NearCallOpt = 0.0,
     background_share: BackgroundShareOpt = 0.0,
+    recorder_adversary: AdversaryOpt = 0.0,
     params: ParamsOpt = None,
 ):
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
@@ -303,7 +307,7 @@ def cv(
                              average_last=average_last, window_s=window_s, hop_s=hop_s, centre_bands=centre_bands,
                              mix_other_recorders=mix_other_recorders, hard_negatives=hard_negatives,
                              near_call_negatives=near_call_negatives, background_share=background_share,
-                             params=None if params is None else _read_params(params))
+                             recorder_adversary=recorder_adversary, params=None if params is None else _read_params(params))
     except ValueError as exc:  # an unknown recipe name or search parameter: the command line is wrong
         raise console.error(f"--params {params}: {exc}" if params is not None and "--recipe" not in str(exc)
                             else str(exc), console.EXIT_USAGE)

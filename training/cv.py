@@ -66,7 +66,8 @@ def cv_recipes(names: list[str], frontend: FrontendConfig, *, epochs: int, seed:
                layers: int = PAPER.layers, average_last: int = 0, window_s: float = WINDOW_S, hop_s: float = HOP_S,
                centre_bands: bool = False, mix_other_recorders: bool = False,
                hard_negatives: float = 0.0, near_call_negatives: float = 0.0,
-               background_share: float = 0.0, params: dict | None = None) -> list[Recipe]:
+               background_share: float = 0.0, recorder_adversary: float = 0.0,
+               params: dict | None = None) -> list[Recipe]:
     """The recipes ``names`` (of ``RECIPES``): the baseline; ``paper``, Table 2 at the given size;
     ``field``, Table 2 plus the field preset on crops of the recorder's window. Each network
     recipe is named by ``recipe_name`` for what differs from the paper's. ``params`` (a search
@@ -78,13 +79,16 @@ def cv_recipes(names: list[str], frontend: FrontendConfig, *, epochs: int, seed:
         return [_searched_recipe(names, params, frontend, epochs=epochs, seed=seed, average_last=average_last,
                                  window_s=window_s, hop_s=hop_s, centre_bands=centre_bands,
                                  mix_other_recorders=mix_other_recorders, hard_negatives=hard_negatives,
-                                 near_call_negatives=near_call_negatives, background_share=background_share)]
+                                 near_call_negatives=near_call_negatives, background_share=background_share,
+                                 recorder_adversary=recorder_adversary)]
     optim = OptimConfig(epochs=epochs, seed=seed, average_last=average_last, hard_negatives=hard_negatives,
-                        near_call_negatives=near_call_negatives, background_share=background_share)
+                        near_call_negatives=near_call_negatives, background_share=background_share,
+                        recorder_adversary=recorder_adversary)
     model = ModelConfig(hidden=hidden, layers=layers, centre_bands=centre_bands)
     knobs = dict(frontend_kind=frontend.kind, average_last=average_last, hidden=hidden, layers=layers,
                  window_s=window_s, hop_s=hop_s, centre_bands=centre_bands, hard_negatives=hard_negatives,
-                 near_call_negatives=near_call_negatives, background_share=background_share)
+                 near_call_negatives=near_call_negatives, background_share=background_share,
+                 recorder_adversary=recorder_adversary)
     field = AugmentConfig(crop_frames=seconds_to_frames(window_s, frontend), mix_other_recorders=mix_other_recorders,
                           **FIELD.augment_fields())
     known = {"baseline": Recipe("baseline"),

@@ -76,14 +76,14 @@ def recipe_name(base: str, *, frontend_kind: str = "logmel", average_last: int =
                 layers: int = PAPER.layers, window_s: float = WINDOW_S, hop_s: float = HOP_S,
                 centre_bands: bool = False, hard_negatives: float = 0.0,
                 mix_other_recorders: bool = False, near_call_negatives: float = 0.0,
-                background_share: float = 0.0) -> str:
+                background_share: float = 0.0, recorder_adversary: float = 0.0) -> str:
     """A cv recipe's name (its directory under the cv run, its key in ``cv.json``): ``base``
     followed by what differs from the paper's recipe, e.g. ``field-avg5-h128l2-cb``.
 
     In this order: ``-<frontend>`` unless log-mel, ``-avgN``, ``-hHlL`` unless Table 2's size,
     ``-wS`` unless the default window and hop, ``-cb`` (centred bands), ``-hnN`` (hard negatives),
     ``-ncN`` (background near labelled calls drawn 1 + N as often), ``-bgS`` (background drawn
-    for a share S of each epoch), ``-xrec`` (mixing in only background of other recorders: the ``field`` recipe's option)."""
+    for a share S of each epoch), ``-advN`` (a recorder adversary of weight N), ``-xrec`` (mixing in only background of other recorders: the ``field`` recipe's option)."""
     name = base + ("" if frontend_kind == "logmel" else f"-{frontend_kind}")
     name += f"-avg{average_last}" if average_last else ""
     name += f"-h{hidden}l{layers}" if (hidden, layers) != (PAPER.hidden, PAPER.layers) else ""
@@ -92,4 +92,5 @@ def recipe_name(base: str, *, frontend_kind: str = "logmel", average_last: int =
     name += f"-hn{hard_negatives:g}" if hard_negatives else ""
     name += f"-nc{near_call_negatives:g}" if near_call_negatives else ""
     name += f"-bg{background_share:g}" if background_share else ""
+    name += f"-adv{recorder_adversary:g}" if recorder_adversary else ""
     return name + ("-xrec" if mix_other_recorders else "")

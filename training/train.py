@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from edgemon.analysis.frontend import features_from_log_mel
+from training.adversary import RecorderAdversary, ramp, recorder_ids
 from training.augment import AugmentConfig, augment
 from training.data import BACKGROUND, ClipSpan, Split, clip_span
 from training.evaluate import uar
@@ -45,6 +46,7 @@ class OptimConfig:
     hard_negatives: float = 0.0    # >0: in the second half, a background clip is drawn 1 + this x P(call) as often
     near_call_negatives: float = 0.0   # >0: a background clip near a labelled call is drawn 1 + this as often
     background_share: float = 0.0  # >0: the share of each epoch's draws that are background (0: one class's share)
+    recorder_adversary: float = 0.0  # >0: weight of a reversed recorder classifier on the embedding (training.adversary)
 
 
 @dataclasses.dataclass
@@ -161,7 +163,13 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
     rng = np.random.default_rng(optim.seed)
     device = resolve_device(optim.device)
     model = PrimateBiLSTM(model_config).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    adversary, recorders = None, None
+    if optim.recorder_adversary:
+        ids, count = recorder_ids(train_split)
+        recorders = torch.from_numpy(ids)
+        adversary = RecorderAdversary(model_config.hidden, count).to(device)
+    trained = [*model.parameters(), *(adversary.parameters() if adversary else [])]
+    optimiser = torch.optim.AdamW(trained, lr=optim.lr, weight_decay=optim.weight_decay)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=optim.lr_decay)
     source = train_split.augmentable
     to_input = None
@@ -194,12 +202,15 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             x, lengths = pad_batch([augment(source[i], aug, rng, backgrounds and backgrounds[i], to_input)
                                     for i in idx])
             targets = torch.from_numpy(train_split.targets[idx]).to(device)
-            logits, _ = model(x.to(device), lengths.to(device))
-            loss = focal_loss(logits, targets, optim.gamma)
+            logits, embedding = model(x.to(device), lengths.to(device))
+            loss = task = focal_loss(logits, targets, optim.gamma)
+            if adversary is not None:
+                scale = optim.recorder_adversary * ramp((epoch - 1 + start / len(order)) / optim.epochs)
+                loss = task + adversary.loss(embedding, recorders[idx].to(device), scale)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            losses.append(loss.item())
+            losses.append(task.item())
         schedule.step()
         if optim.average_last and epoch > optim.epochs - optim.average_last:
             averaged = _accumulate(averaged, model)

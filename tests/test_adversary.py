@@ -52,9 +52,12 @@ def test_training_with_the_adversary_changes_the_model_and_exports_it_alone(tiny
 
     def run(weight):
         return train(model, OptimConfig(epochs=2, batch_size=8, lr=0.01, seed=0, recorder_adversary=weight),
-                     AugmentConfig(), train_split, devel, progress=False).model.state_dict()
+                     AugmentConfig(), train_split, devel, progress=False)
 
     plain, adversarial = run(0.0), run(1.0)
+    assert "adversary_loss" not in plain.history[0]
+    assert all(0 < h["adversary_loss"] < 10 for h in adversarial.history)
+    plain, adversarial = plain.model.state_dict(), adversarial.model.state_dict()
     assert plain.keys() == adversarial.keys()
     assert any(not torch.equal(plain[k], adversarial[k]) for k in plain)
     out = tmp_path / "run"

@@ -196,7 +196,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             emphasis = mined if emphasis is None else emphasis * mined
         model.train()
         order = balanced_indices(train_split.targets, rng, emphasis, background, optim.background_share)
-        losses = []
+        losses, adversary_losses = [], []
         for start in range(0, len(order), optim.batch_size):
             idx = order[start:start + optim.batch_size]
             x, lengths = pad_batch([augment(source[i], aug, rng, backgrounds and backgrounds[i], to_input)
@@ -206,7 +206,9 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             loss = task = focal_loss(logits, targets, optim.gamma)
             if adversary is not None:
                 scale = optim.recorder_adversary * ramp((epoch - 1 + start / len(order)) / optim.epochs)
-                loss = task + adversary.loss(embedding, recorders[idx].to(device), scale)
+                guessed = adversary.loss(embedding, recorders[idx].to(device), scale)
+                adversary_losses.append(guessed.item())
+                loss = task + guessed
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -219,7 +221,9 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
         devel_uar = uar(devel_split.targets, probs.argmax(1), len(devel_split.labels))
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "devel_uar": devel_uar,
                   "lr": optimiser.param_groups[0]["lr"], "train_seconds": train_seconds,
-                  "seconds": time.perf_counter() - started}
+                  "seconds": time.perf_counter() - started,
+                  # how well the recorder is still guessed (ln of the recorder count: not at all)
+                  **({"adversary_loss": float(np.mean(adversary_losses))} if adversary_losses else {})}
         history.append(record)
         record = {**record, "predictions": probs.argmax(1)}  # for callers such as cross-validation
         if devel_uar > best[0]:

@@ -159,6 +159,12 @@ def test_a_worker_with_other_scoring_settings_is_refused_by_the_study(tiny_datas
     assert done.returncode == 0, done.stderr[-2000:]
     done = _train(*args[:-6], "--epochs", "2", "--average-last", "1", "--trials", "2", "--device", "cpu")
     assert done.returncode == 1 and "scores its trials with epochs 1 (here 2)" in done.stderr, done.stderr[-2000:]
+    # A study made before 2026-12-05 recorded --average-last as given, beyond --epochs: the same
+    # command line still resumes it (what was averaged, every epoch, is the same).
+    study = optuna.load_study(study_name="edgemon", storage=f"sqlite:///{out / 'study.db'}")
+    study.set_user_attr("scoring", {**study.user_attrs["scoring"], "average_last": 5})
+    done = _train(*args[:-3], "5", "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_a_params_file_with_a_wrong_type_is_refused_before_training():

@@ -11,6 +11,7 @@ import struct
 import urllib.error
 import urllib.request
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -346,6 +347,11 @@ def test_an_output_that_is_the_database_is_refused_and_the_database_kept(review_
             assert result.stderr.strip().splitlines()[-1] == (
                 f"error: {command[-1]} {target} is the detections database {db}: choose another file (nothing was written)")
     assert db.read_bytes() == before and not (tmp_path / "x.csv").exists()
+    # SQLite keeps its journal beside the real file: named through a link, that one is refused too.
+    result = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(tmp_path / "link.db"),
+                             "--output", f"{db}-wal"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "is the detections database" in result.stderr
+    assert not Path(f"{db}-wal").exists() or not Path(f"{db}-wal").read_bytes().startswith(b"id,")
 
 
 def test_another_tools_sqlite_file_or_an_empty_one_is_refused_and_left_as_it_was(tmp_path):

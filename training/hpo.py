@@ -252,7 +252,9 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
                    "pool": pool is not None,
                    "held_out": "train+devel+pool" if pool is not None else "train+devel"}
                 if config.objective == "cv" else {})}
-    agreed = study.user_attrs.get("scoring", scoring)
+    agreed = dict(study.user_attrs.get("scoring", scoring))
+    if "average_last" in agreed:   # recorded as given before 2026-12-05: what was averaged is what counts
+        agreed["average_last"] = min(agreed["average_last"], agreed.get("epochs", agreed["average_last"]))
     if agreed != scoring:
         differ = ", ".join(f"{k} {agreed.get(k)} (here {scoring.get(k)})" for k in sorted(set(agreed) | set(scoring))
                            if agreed.get(k) != scoring.get(k))

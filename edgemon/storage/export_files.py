@@ -38,7 +38,9 @@ def refuse_the_database(output: Path | None, db: Path, option: str) -> None:
     export's text: refuse it before anything is written ('-', stdout, and None pass)."""
     if output is None or str(output) == "-":
         return
-    for stored in (Path(db), *(Path(f"{db}{suffix}") for suffix in ("-wal", "-shm", "-journal"))):
+    real = Path(db).resolve()   # SQLite keeps its journal beside the real file, not beside a link to it
+    for stored in (Path(db), *(Path(f"{where}{suffix}") for where in {Path(db), real}
+                               for suffix in ("-wal", "-shm", "-journal"))):
         try:
             same = os.path.samefile(output, stored)
         except OSError:   # either is not there: compare where they would be

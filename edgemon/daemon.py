@@ -117,7 +117,8 @@ def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s
 
         with hold_database(service.db), listen_health(service.db, service.health_config()):
             try:
-                listen_main(service.listen_config(duration_s), service.db, service.models, service.threads)
+                listen_main(service.listen_config(duration_s), service.db, service.models, service.threads,
+                            service.heartbeat_s)
             except BundleError as exc:   # as in watch: `status` says why the unit is not listening
                 record_refusal(service.db, "listen", service.device_id, str(exc))
                 raise

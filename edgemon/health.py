@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import shutil
 import socket
 import sqlite3
 import threading
@@ -29,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from edgemon.storage.disk_budget import MB
 from edgemon.storage.readonly import connect_read_only
 from edgemon.storage.store import Heartbeat, Store
 from edgemon.utc import UTC
@@ -269,6 +271,40 @@ class WatchMonitor:
         finally:
             self.notifier.stopping("stopping")
             self.heartbeats.beat("stopping", force=True, **self._counters(watcher))
+
+
+class ListenHeartbeats:
+    """Heartbeat rows for ``edgemon listen``, as ``watch`` writes them (``edgemon status`` says
+    whether the service runs, ``sync`` and the fleet see the device id and a clash of two
+    recorders under one id). Called by the store writer's thread, which owns the store:
+    ``tick`` between jobs, ``last`` as it stops. ``counters()`` gives the seconds of audio
+    analysed so far; free space is measured beside the database."""
+
+    def __init__(self, db_path: str | Path, *, device_id: str, bundle_id: str | None, every_s: float,
+                 counters: Callable[[], dict]):
+        self.db_path = Path(db_path)
+        self.device_id, self.bundle_id, self.every_s = device_id, bundle_id, every_s
+        self.counters = counters
+        self.beats: Heartbeats | None = None
+
+    def _values(self) -> dict:
+        try:
+            free = shutil.disk_usage(self.db_path.resolve().parent).free / MB
+        except OSError:
+            free = None
+        return {**self.counters(), "disk_free_mb": free}
+
+    def tick(self, store: Store) -> None:
+        if self.beats is None:
+            self.beats = Heartbeats(store, mode="listen", device_id=self.device_id, bundle_id=self.bundle_id,
+                                    every_s=self.every_s)
+            self.beats.beat("ok", force=True, note="started", **self._values())
+        elif self.beats.due("ok"):
+            self.beats.beat("ok", **self._values())
+
+    def last(self, store: Store) -> None:
+        if self.beats is not None:
+            self.beats.beat("stopping", force=True, **self._values())
 
 
 class CommitProgress:

@@ -584,6 +584,11 @@ def test_listen_on_a_real_device_survives_an_audio_server_crash(virtual_audio, b
             listen.kill()
     log_text = log_path.read_text()
     assert "running -> device_lost" in log_text and "-> reopening" in log_text
+    # Heartbeats as watch writes them: status knows the service and sync the device (none before).
+    beats = query(db, "SELECT mode, device_id, state, note, audio_s, bundle_id FROM heartbeats ORDER BY id")
+    assert [b[:4] for b in (beats[0], beats[-1])] == [("listen", "site-1", "ok", "started"),
+                                                      ("listen", "site-1", "stopping", None)]
+    assert beats[-1][4] > 10 and beats[-1][5]
 
     rows = query(db, "SELECT label, start_s, end_s, start_utc, source, device_id, time_source, clock_suspect "
                      "FROM detections ORDER BY start_s")

@@ -304,6 +304,15 @@ def test_sync_refuses_a_foreign_file_another_device_id_and_bad_numbers_before_co
     assert_one_line_refusal(run_sync(db, url, device_id="edgemon"), "stored by device 'site-07'",
                             "--device-id site-07")
     assert local_state(db) == before
+    # A quiet listener stores coverage alone: its device id is known from that (any id was taken,
+    # and its listening hours then fell out of the fleet's effort tables).
+    from edgemon.storage.store import Store
+    quiet = tmp_path / "quiet.db"
+    with Store(quiet) as store:
+        store.db.execute("INSERT INTO coverage (source, minute_utc, device_id, analysed_s, end_utc, updated_at) "
+                         "VALUES ('live:mic', '2024-05-01T06:00:00Z', 'quiet-1', 60, '2024-05-01T06:01:00Z', "
+                         "'2024-05-01T06:01:00Z')")
+    assert_one_line_refusal(run_sync(quiet, url, device_id="totally-wrong"), "stored by device 'quiet-1'")
     missing = tmp_path / "no-pgpass"
     assert_one_line_refusal(run_sync(db, f"{url}?passfile={missing}", device_id="site-07"),
                             f"passfile {missing} not found")

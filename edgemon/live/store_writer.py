@@ -9,9 +9,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from edgemon.storage.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from edgemon.health import ListenHeartbeats
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +44,20 @@ class StoreWriter:
             self.refused += 1
             log.error("store writer: %d jobs waiting, job refused (%d so far)", self.jobs.maxsize, self.refused)
 
-    def run(self, finish: threading.Event) -> None:
-        """Write until ``finish`` is set and the queue is empty."""
+    def run(self, finish: threading.Event, beats: "ListenHeartbeats | None" = None) -> None:
+        """Write until ``finish`` is set and the queue is empty; ``beats`` writes its heartbeat
+        rows here, on the thread that owns the store, between jobs."""
         with Store(self.db_path) as store:
             while not (finish.is_set() and self.jobs.empty()):
+                if beats is not None:
+                    beats.tick(store)
                 try:
                     job = self.jobs.get(timeout=0.2)
                 except queue.Empty:
                     continue
                 self._do(store, job, finish)
+            if beats is not None:
+                beats.last(store)
 
     def _do(self, store: Store, job: Callable[[Store], object], finish: threading.Event) -> None:
         failures = 0

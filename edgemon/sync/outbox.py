@@ -93,10 +93,11 @@ def _check_edgemon_database(path: Path) -> None:
 
 
 def newest_device_id(path: Path) -> str | None:
-    """The device id of the newest heartbeat or detection stored in the database at ``path``, or
-    None when it holds neither."""
+    """The device id of the newest heartbeat, detection or live coverage minute stored in the
+    database at ``path``, or None when it holds none (a quiet listener's coverage alone took any
+    --device-id, and its hours left the fleet's effort tables)."""
     with closing(connect_read_only(path)) as conn:
-        for table in ("heartbeats", "detections"):
+        for table in ("heartbeats", "detections", "coverage"):
             try:
                 row = conn.execute(f"SELECT device_id FROM {table} ORDER BY rowid DESC LIMIT 1").fetchone()
             except sqlite3.OperationalError:  # a database from before that table, or not edgemon's

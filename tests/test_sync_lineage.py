@@ -92,8 +92,13 @@ def test_database_restored_from_an_older_backup_loses_nothing(fleet, tmp_path, c
     assert sync(db, fleet.url).changes > 0
     with fleet.connect() as conn:
         assert_server_holds(conn, db)
-    health = collect_fleet(fleet.url)["health"]          # the superseded UUID is no recorder to visit
-    assert [str(h["db_uuid"]) for h in health] == [uuid_of(db)]
+    report = collect_fleet(fleet.url)
+    assert [str(h["db_uuid"]) for h in report["health"]] == [uuid_of(db)]   # the superseded UUID: no visit
+    # The backup's live minutes reached the server under both UUIDs: each counts once in effort.
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        listened_h = conn.execute("SELECT sum(analysed_s) FROM coverage").fetchone()[0] / 3600
+    assert listened_h > 0
+    assert sum(e["listen_h"] for e in report["effort"] if e["site"] == "rec-a") == pytest.approx(listened_h)
 
 
 def test_cloned_card_keeps_its_rows_apart_and_is_reported(fleet, tmp_path):
@@ -171,7 +176,7 @@ def add_scored_file(db: Path, source: str, scores: list[float]) -> None:
 
 
 def test_old_server_migrates_in_place_and_receives_scores(fleet, tmp_path):
-    from edgemon.sync.fleetschema import SCHEMA_VERSION
+    from edgemon.sync.fleetschema import SCHEMA_VERSION, VIEW_REVISIONS
 
     db = make_recorder(tmp_path / "a.db", "rec-a", files=5, per_file=5, seed=14)
     sync(db, fleet.url)
@@ -180,12 +185,14 @@ def test_old_server_migrates_in_place_and_receives_scores(fleet, tmp_path):
                      "DROP COLUMN IF EXISTS forked_from")
         conn.execute("ALTER TABLE edgemon.detections DROP COLUMN IF EXISTS score")
         conn.execute("DELETE FROM edgemon.schema_version WHERE version > 3")
+        conn.execute("DROP TABLE edgemon.view_revision")   # and its views as first released
     add_scored_file(db, "rec-a/scored.wav", [0.25, 0.75])
     before = uuid_of(db)
     sync(db, fleet.url)
     assert uuid_of(db) == before            # an acknowledgement from before tokens is trusted, not forked
     with fleet.connect() as conn:
         assert conn.execute("SELECT max(version) FROM edgemon.schema_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT max(revision) FROM edgemon.view_revision").fetchone()[0] == len(VIEW_REVISIONS)
         scores = conn.execute("SELECT start_s, score FROM edgemon.detections WHERE source = 'rec-a/scored.wav' "
                               "ORDER BY start_s").fetchall()
         assert scores == [(0.0, 0.25), (3.0, 0.75)]

@@ -19,7 +19,7 @@ import stat
 from collections.abc import Sequence
 
 from edgemon.errors import EdgemonError
-from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, VIEW_REVISIONS
 from edgemon.sync.outbox import Batch, natural_columns
 
 try:  # the `sync` extra: recorders that never sync do not carry a PostgreSQL driver
@@ -182,7 +182,27 @@ def migrate(conn: psycopg.Connection) -> int:
             for version in range(found + 1, SCHEMA_VERSION + 1):
                 conn.execute(MIGRATIONS[version - 1])
                 conn.execute(f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (%s)", [version])
+        _revise_views(conn)
     return found
+
+
+def view_revision(conn: psycopg.Connection) -> int:
+    """The revision of the fleet views (``fleetschema.VIEW_REVISIONS``; 0: as first released)."""
+    if conn.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.view_revision"]).fetchone()[0] is None:
+        return 0
+    return conn.execute(f"SELECT coalesce(max(revision), 0) FROM {SCHEMA}.view_revision").fetchone()[0]
+
+
+def _revise_views(conn: psycopg.Connection) -> None:
+    """Bring the views to this edgemon's revision, never back (inside ``migrate``'s transaction)."""
+    found = view_revision(conn)
+    if found >= len(VIEW_REVISIONS):
+        return
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.view_revision "
+                 "(revision integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+    for revision in range(found + 1, len(VIEW_REVISIONS) + 1):
+        conn.execute(VIEW_REVISIONS[revision - 1])
+        conn.execute(f"INSERT INTO {SCHEMA}.view_revision (revision) VALUES (%s)", [revision])
 
 
 # --- writes -------------------------------------------------------------------------------------

@@ -9,6 +9,22 @@ from __future__ import annotations
 
 SCHEMA = "edgemon"
 
+# The files half of ``effort_daily`` (each analysed recording once per device), shared by its
+# first release and its revisions.
+_FILE_EFFORT = f"""    SELECT site, (start_utc AT TIME ZONE timezone)::date, 0, 0, count(*), sum(duration_s) / 3600,
+           coalesce(extract(epoch FROM max(gap)) / 3600, 0)::float8
+    FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.duration_s))
+                     OVER (PARTITION BY r.site ORDER BY r.start_utc) AS gap
+          FROM (SELECT DISTINCT ON (db.device_id, f.source) db.device_id AS site, f.source, f.start_utc,
+                       f.duration_s, b.timezone
+                FROM {SCHEMA}.files f JOIN {SCHEMA}.databases db USING (db_uuid)
+                JOIN {SCHEMA}.device_bundle b ON b.device_id = db.device_id
+                WHERE f.state = 'done' AND f.start_utc IS NOT NULL
+                ORDER BY db.device_id, f.source, f.updated_at DESC) r) g
+    GROUP BY 1, 2) u
+GROUP BY site, day;
+"""
+
 _TABLES = f"""
 CREATE TABLE {SCHEMA}.databases (
     db_uuid uuid PRIMARY KEY,
@@ -124,19 +140,7 @@ FROM (
     FROM {SCHEMA}.coverage c JOIN {SCHEMA}.device_bundle b USING (device_id)
     GROUP BY 1, 2
     UNION ALL
-    SELECT site, (start_utc AT TIME ZONE timezone)::date, 0, 0, count(*), sum(duration_s) / 3600,
-           coalesce(extract(epoch FROM max(gap)) / 3600, 0)::float8
-    FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.duration_s))
-                     OVER (PARTITION BY r.site ORDER BY r.start_utc) AS gap
-          FROM (SELECT DISTINCT ON (db.device_id, f.source) db.device_id AS site, f.source, f.start_utc,
-                       f.duration_s, b.timezone
-                FROM {SCHEMA}.files f JOIN {SCHEMA}.databases db USING (db_uuid)
-                JOIN {SCHEMA}.device_bundle b ON b.device_id = db.device_id
-                WHERE f.state = 'done' AND f.start_utc IS NOT NULL
-                ORDER BY db.device_id, f.source, f.updated_at DESC) r) g
-    GROUP BY 1, 2) u
-GROUP BY site, day;
-
+{_FILE_EFFORT}
 CREATE VIEW {SCHEMA}.recorder_health AS
 SELECT db.device_id AS site, db.db_uuid, db.last_sync, db.local_seq - db.acked_seq AS backlog,
        hb.at_utc AS last_heartbeat, hb.state AS last_state,
@@ -202,3 +206,31 @@ ALTER TABLE {SCHEMA}.detections ADD COLUMN score real;
 
 MIGRATIONS: tuple[str, ...] = (_TABLES, _VIEWS, _REVIEWS_AND_STATUS, _LINEAGE_AND_SCORE)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# Views revised after release, counted apart from the table versions (revision n is
+# ``VIEW_REVISIONS[n - 1]``, recorded in ``view_revision``): a recorder of an earlier edgemon
+# checks the table version only, so a revised view never stops it syncing. Each revision is
+# CREATE OR REPLACE VIEW with the same columns, which keeps the view's grants.
+#
+# 1: a live minute counts once per device in ``effort_daily``, its latest row, as a file does (a
+# restored backup or a cloned card sends its copied coverage again under a new UUID, and a
+# trial saw 0.127 h of listening where there was 0.066).
+_EFFORT_ONCE_PER_MINUTE = f"""
+CREATE OR REPLACE VIEW {SCHEMA}.effort_daily AS
+SELECT site, day, sum(listen_h) AS listen_h, sum(lost_h) AS lost_h, sum(files)::bigint AS files,
+       sum(recorded_h) AS recorded_h, max(longest_gap_h) AS longest_gap_h,
+       sum(listen_h) + sum(recorded_h) AS effort_h
+FROM (
+    SELECT c.device_id AS site, (c.minute_utc AT TIME ZONE b.timezone)::date AS day,
+           sum(c.analysed_s) / 3600 AS listen_h,
+           sum(c.lost_overflow_s + c.lost_dropped_s + c.lost_device_s + c.lost_daemon_s) / 3600 AS lost_h,
+           0 AS files, 0.0::float8 AS recorded_h, 0.0::float8 AS longest_gap_h
+    FROM (SELECT DISTINCT ON (device_id, source, minute_utc) *
+          FROM {SCHEMA}.coverage
+          ORDER BY device_id, source, minute_utc, updated_at DESC NULLS LAST) c
+    JOIN {SCHEMA}.device_bundle b USING (device_id)
+    GROUP BY 1, 2
+    UNION ALL
+{_FILE_EFFORT}"""
+
+VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE,)

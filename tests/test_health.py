@@ -348,3 +348,22 @@ def test_quarantined_files_are_named_and_the_rest_counted(tmp_path):
     (line,) = [p for p in status["problems"] if "quarantined" in p]
     assert line.startswith("25 file(s) quarantined (not analysed): f") and line.count("(not audio)") == 3
     assert "and 22 more" in line
+
+
+@pytest.mark.parametrize("lost_s, problem", [(0.2, None), (5.0, "5 s of live audio lost in the last 24 h")])
+def test_live_audio_lost_is_a_problem_from_a_second(tmp_path, lost_s, problem):
+    """A clean run's fraction of a second at the stream's start listed "0 s of live audio lost"."""
+    import datetime as dt
+
+    from edgemon.status import collect_status
+    from edgemon.storage.store import CoverageMinute, Store
+
+    db = tmp_path / "live.db"
+    with Store(db) as store:
+        store.add_coverage([CoverageMinute(source="live:mic", device_id="site-1", minute_utc="2024-05-01T06:00:00Z",
+                                           end_utc="2024-05-01T06:00:59Z", analysed_s=60.0 - lost_s,
+                                           lost_device_s=lost_s)])
+    status = collect_status(db, now=dt.datetime(2024, 5, 1, 7, tzinfo=dt.timezone.utc), integrity=False)
+    lost = [p for p in status["problems"] if "live audio lost" in p]
+    assert status["dropped_audio"]["last_24h"]["lost_s"] == lost_s
+    assert lost == ([problem] if problem else [])

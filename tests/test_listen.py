@@ -339,6 +339,22 @@ def test_a_clip_that_fails_or_is_moved_away_at_once_costs_no_detection(tmp_path,
     assert saver.push(np.zeros(16000, np.float32)) == [(detection, None)]
 
 
+def test_a_clip_the_disk_has_no_room_for_says_the_disk_is_full(tmp_path, monkeypatch, caplog):
+    """libsndfile's words for a full disk are "System error."; a trial's log said nothing more."""
+    import shutil
+
+    saver = ClipSaver(ClipConfig(tmp_path, pre_s=0.0, post_s=0.0), rate=16000, guard=disk_with(5000))
+    detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
+                          "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+    monkeypatch.setattr(soundfile, "write", lambda *a, **k: (_ for _ in ()).throw(
+        soundfile.LibsndfileError(2, "System error.")))   # what a write into a full tmpfs raised
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(3_000_000, 3_000_000, 1024))
+    saver.request(detection, 0.0, 1.0)
+    with caplog.at_level("WARNING", logger="edgemon.live.clips"):
+        assert saver.push(np.zeros(16000, np.float32)) == [(detection, None)]
+    assert "(the disk is full: 0.0 MB free)" in caplog.text
+
+
 def test_an_error_in_the_analysis_loop_still_stores_what_was_heard(soundscape_a, tmp_path, monkeypatch):
     """Found in review: an exception out of the loop lost the open event, the clips waiting for
     their post-roll and the coverage not yet flushed."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -219,11 +220,21 @@ class ClipSaver:
             size = tmp.stat().st_size   # before it is in view: a sync tool may move it at once
             os.replace(tmp, path)
         except (OSError, soundfile.LibsndfileError, RuntimeError) as exc:
-            log.warning("clips: cannot write %s: %s", path, exc)
             tmp.unlink(missing_ok=True)
+            log.warning("clips: cannot write %s: %s%s", path, exc, _full_disk(self.config.directory, audio.nbytes))
             return None
         self._used += size
         self.saved += 1
         offset = (take.event - take.first) / self.rate
         end = min(offset + take.duration_s, len(audio) / self.rate)
         return Clip(path, round(offset, 3), round(end, 3))
+
+
+def _full_disk(directory: Path, needed: int) -> str:
+    """' (the disk is full: …)' when the clip's directory lacks room for it: libsndfile says only
+    "System error." when a write runs out of space."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return ""
+    return f" (the disk is full: {free / 1e6:.1f} MB free)" if free < needed else ""

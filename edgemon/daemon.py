@@ -113,11 +113,14 @@ def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s
                   service.health_config(), service.disk_budget())
     else:
         # Here, not at the top: listen loads PortAudio (sounddevice), which watch mode never needs.
+        from edgemon.live.capture import resolve_device
         from edgemon.live.threads import listen_main
 
+        listen = service.listen_config(duration_s)
+        resolve_device(listen.capture.device)   # a wrong --device leaves no database or lock behind
         with hold_database(service.db), listen_health(service.db, service.health_config()):
             try:
-                listen_main(service.listen_config(duration_s), service.db, service.models, service.threads,
+                listen_main(listen, service.db, service.models, service.threads,
                             service.heartbeat_s)
             except BundleError as exc:   # as in watch: `status` says why the unit is not listening
                 record_refusal(service.db, "listen", service.device_id, str(exc))

@@ -550,6 +550,7 @@ def test_listen_refuses_an_unknown_device_with_a_clear_error(tmp_path):
     assert result.exit_code == 1
     assert "error: no input device matches 'no-such-microphone'" in result.output or \
            "error: no audio input devices found" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []   # a trial found d.db and d.db.lock made before the refusal
 
 
 # --- with a real PortAudio device ---------------------------------------------------------------

@@ -308,19 +308,22 @@ class ListenHeartbeats:
 
 
 class CommitProgress:
-    """A progress mark for a pipeline whose writer lives elsewhere: the monotonic time at which a
-    commit by another connection to ``db_path`` was last seen (``PRAGMA data_version``).
+    """A progress mark for a pipeline whose writer lives elsewhere: the monotonic time at which
+    another connection to ``db_path`` was last seen to commit live coverage (the newest coverage
+    minute or its ``updated_at`` changed).
 
     In listen mode coverage rows are committed every few seconds, with or without a working
-    device, so commits stop only when the analysis or the writer hangs. Call from one thread
-    (the watchdog's): the read-only connection is opened there, lazily.
+    device, so they stop only when the analysis or the writer hangs. Other commits do not count:
+    the writer's own heartbeats kept a hung analysis looking alive (a review). Call from one
+    thread (the watchdog's): the read-only connection is opened there, lazily.
     """
 
     def __init__(self, db_path: str | Path, clock: Callable[[], float] = time.monotonic):
         self.db_path = Path(db_path)
         self._clock = clock
         self._conn: sqlite3.Connection | None = None
-        self._version: int | None = None
+        self._seen = False
+        self._mark: tuple | None = None
         self.last = clock()
 
     def __call__(self) -> float:
@@ -329,12 +332,14 @@ class CommitProgress:
                 if not self.db_path.is_file():
                     return self.last
                 self._conn = connect_read_only(self.db_path, timeout_s=5.0, check_same_thread=False)
-            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        except sqlite3.Error:
+            mark = self._conn.execute(
+                "SELECT minute_utc, updated_at FROM coverage ORDER BY minute_utc DESC LIMIT 1").fetchone()
+        except sqlite3.Error:   # locked, or no coverage table yet
             return self.last
-        if self._version is not None and version != self._version:
+        mark = None if mark is None else tuple(mark)
+        if self._seen and mark != self._mark:
             self.last = self._clock()
-        self._version = version
+        self._seen, self._mark = True, mark
         return self.last
 
     def close(self) -> None:

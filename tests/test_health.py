@@ -241,7 +241,13 @@ def test_heartbeats_are_rate_limited_and_never_raise(tmp_path, caplog):
     assert caplog.text.count("heartbeat not stored") == 1
 
 
-def test_commit_progress_follows_another_connections_commits(tmp_path):
+def test_commit_progress_follows_another_connections_coverage_commits(tmp_path):
+    from edgemon.storage.store import CoverageMinute
+
+    def minute(m: int, analysed_s: float) -> list:
+        return [CoverageMinute(source="live:mic", device_id="d", minute_utc=f"2024-05-01T06:{m:02d}:00Z",
+                               end_utc=f"2024-05-01T06:{m:02d}:30Z", analysed_s=analysed_s)]
+
     now = [0.0]
     db = tmp_path / "d.db"
     progress = CommitProgress(db, clock=lambda: now[0])
@@ -250,10 +256,19 @@ def test_commit_progress_follows_another_connections_commits(tmp_path):
     with Store(db) as store:
         assert progress() == 0.0             # first look: a baseline, not a commit
         now[0] = 7.0
-        store.db.execute("CREATE TABLE t (x)")
+        store.add_coverage(minute(0, 10.0))
         assert progress() == 7.0
         now[0] = 9.0
         assert progress() == 7.0             # nothing committed since
+        # A heartbeat is a commit, but not progress: a hung analysis kept the watchdog fed so.
+        Heartbeats(store, mode="listen", device_id="d", bundle_id=None, every_s=0).beat(force=True)
+        assert progress() == 7.0
+        now[0] = 11.0
+        store.add_coverage(minute(0, 20.0))  # the same minute, analysed further
+        assert progress() == 11.0
+        now[0] = 12.0
+        store.add_coverage(minute(1, 5.0))
+        assert progress() == 12.0
     progress.close()
 
 

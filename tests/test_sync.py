@@ -418,6 +418,20 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
         with psycopg.connect(as_user("analyst", "fleet"), autocommit=True) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):   # reads only
                 conn.execute("DELETE FROM edgemon.detections")
+        # A role with row grants only (not the schema's owner) still syncs where the views are
+        # behind this edgemon's revision: they wait for the owner (a review saw the sync refused).
+        with psycopg.connect(as_user("postgres", "fleet"), autocommit=True) as conn:
+            conn.execute("CREATE ROLE row_writer LOGIN")
+            conn.execute("GRANT USAGE ON SCHEMA edgemon TO row_writer")
+            conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA edgemon TO row_writer")
+            conn.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA edgemon TO row_writer")
+            conn.execute("DELETE FROM edgemon.view_revision")
+        other = make_recorder(tmp_path / "o.db", "site-02", files=2, seed=4)
+        done = run_sync(other, as_user("row_writer", "fleet"), device_id="site-02")
+        assert done.returncode == 0 and "fleet views left at revision 0" in done.stderr, done.stderr
+        assert run_sync(db, as_user("recorder", "fleet"), device_id="site-01").returncode == 0   # the owner revises
+        with psycopg.connect(as_user("analyst", "fleet"), autocommit=True) as conn:
+            assert conn.execute("SELECT max(revision) FROM edgemon.view_revision").fetchone()[0] >= 1
 
 
 # --- the service's loop ------------------------------------------------------------------------

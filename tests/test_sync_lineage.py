@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from devtools.recorder_db import add_file, make_recorder
-from edgemon.storage.store import Detection, Heartbeat, Store
+from edgemon.storage.store import CoverageMinute, Detection, Heartbeat, Store
 from edgemon.sync.fleet_status import collect_fleet
 from edgemon.sync.fleetdb import DeviceInfo
 from edgemon.sync.outbox import Outbox
@@ -58,6 +58,13 @@ def work(db: Path, device_id: str, files: range, seed: int) -> None:
             add_file(store, device_id, i, 5, rng)
 
 
+def listen(db: Path, minutes: range, **seconds: float) -> None:
+    """Live coverage minutes of 2024-05-01 05:MM (``make_recorder`` writes 05:00-05:09)."""
+    with Store(db) as store:
+        store.add_coverage([CoverageMinute(source="mic", device_id="rec-a", minute_utc=f"2024-05-01T05:{m:02d}:00Z",
+                                           end_utc=f"2024-05-01T05:{m:02d}:59Z", **seconds) for m in minutes])
+
+
 def assert_server_holds(conn, db: Path) -> None:
     """The server's rows under ``db``'s UUID are exactly the recorder's."""
     assert server_state(conn, [uuid_of(db)]) == local_state(db)
@@ -68,12 +75,15 @@ def test_database_restored_from_an_older_backup_loses_nothing(fleet, tmp_path, c
     sync(db, fleet.url)
     backup = copy_database(db, tmp_path / "backup.db")
     work(db, "rec-a", range(10, 20), seed=2)           # changes the backup does not have ...
+    listen(db, range(10, 15), analysed_s=60.0)         # ... live minutes heard after the backup too
     sync(db, fleet.url)                                # ... acknowledged by the server
     old_uuid = uuid_of(db)
     with fleet.connect() as conn:
         held_before = server_state(conn, [old_uuid])
     restore(backup, db)
     work(db, "rec-a", range(30, 45), seed=3)           # new work, numbered again from the backup's end
+    listen(db, range(10, 15), lost_daemon_s=60.0)      # the restored listener books the gap as lost ...
+    listen(db, range(15, 17), analysed_s=60.0)         # ... and hears on
     with caplog.at_level(logging.WARNING, logger="edgemon.sync"):
         result = sync(db, fleet.url)
     assert result.clashes == ()      # its ancestor's heartbeats are shared history, not a second recorder
@@ -94,11 +104,11 @@ def test_database_restored_from_an_older_backup_loses_nothing(fleet, tmp_path, c
         assert_server_holds(conn, db)
     report = collect_fleet(fleet.url)
     assert [str(h["db_uuid"]) for h in report["health"]] == [uuid_of(db)]   # the superseded UUID: no visit
-    # The backup's live minutes reached the server under both UUIDs: each counts once in effort.
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        listened_h = conn.execute("SELECT sum(analysed_s) FROM coverage").fetchone()[0] / 3600
-    assert listened_h > 0
-    assert sum(e["listen_h"] for e in report["effort"] if e["site"] == "rec-a") == pytest.approx(listened_h)
+    # The backup's live minutes reached the server under both UUIDs: each counts once in effort,
+    # and the minutes the first card heard stay heard, whatever the restored one booked for them.
+    effort = [e for e in report["effort"] if e["site"] == "rec-a"]
+    assert sum(e["listen_h"] for e in effort) * 3600 == pytest.approx(10 * 55.0 + 5 * 60.0 + 2 * 60.0)
+    assert sum(e["lost_h"] for e in effort) * 3600 == pytest.approx(10 * 5.0)
 
 
 def test_cloned_card_keeps_its_rows_apart_and_is_reported(fleet, tmp_path):

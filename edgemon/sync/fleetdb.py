@@ -14,6 +14,7 @@ line, a settings file or a log.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import stat
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ except ImportError:  # pragma: no cover - exercised only on an edge install with
     psycopg = conninfo = Jsonb = None
 
 # What a driver call may raise (nothing, without the driver: ``except ()`` catches nothing).
+log = logging.getLogger(__name__)
 DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error,) if psycopg else ()
 
 # Server-side lock ids: one for migrations, and a namespace for per-database sync sessions.
@@ -182,7 +184,13 @@ def migrate(conn: psycopg.Connection) -> int:
             for version in range(found + 1, SCHEMA_VERSION + 1):
                 conn.execute(MIGRATIONS[version - 1])
                 conn.execute(f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (%s)", [version])
-        _revise_views(conn)
+        try:
+            with conn.transaction():   # a savepoint: a role that may not replace views still syncs
+                _revise_views(conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            log.warning("fleet views left at revision %d (this edgemon's: %d): %s; the role that owns "
+                        "schema %s revises them at its next sync", view_revision(conn), len(VIEW_REVISIONS),
+                        str(exc).splitlines()[0], SCHEMA)
     return found
 
 

@@ -212,9 +212,11 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # checks the table version only, so a revised view never stops it syncing. Each revision is
 # CREATE OR REPLACE VIEW with the same columns, which keeps the view's grants.
 #
-# 1: a live minute counts once per device in ``effort_daily``, its latest row, as a file does (a
-# restored backup or a cloned card sends its copied coverage again under a new UUID, and a
-# trial saw 0.127 h of listening where there was 0.066).
+# 1: a live minute counts once per device in ``effort_daily``, as a file does (a restored backup
+# or a cloned card sends its copied coverage again under a new UUID, and a trial saw 0.127 h of
+# listening where there was 0.066): the most any of its rows heard, and what they lost beyond
+# that, up to the minute's end. Not the latest row: a restored database books the time since its
+# backup as the daemon's loss, over the minutes the first card heard (a review).
 _EFFORT_ONCE_PER_MINUTE = f"""
 CREATE OR REPLACE VIEW {SCHEMA}.effort_daily AS
 SELECT site, day, sum(listen_h) AS listen_h, sum(lost_h) AS lost_h, sum(files)::bigint AS files,
@@ -222,12 +224,12 @@ SELECT site, day, sum(listen_h) AS listen_h, sum(lost_h) AS lost_h, sum(files)::
        sum(listen_h) + sum(recorded_h) AS effort_h
 FROM (
     SELECT c.device_id AS site, (c.minute_utc AT TIME ZONE b.timezone)::date AS day,
-           sum(c.analysed_s) / 3600 AS listen_h,
-           sum(c.lost_overflow_s + c.lost_dropped_s + c.lost_device_s + c.lost_daemon_s) / 3600 AS lost_h,
+           sum(c.analysed_s) / 3600 AS listen_h, sum(c.lost_s) / 3600 AS lost_h,
            0 AS files, 0.0::float8 AS recorded_h, 0.0::float8 AS longest_gap_h
-    FROM (SELECT DISTINCT ON (device_id, source, minute_utc) *
-          FROM {SCHEMA}.coverage
-          ORDER BY device_id, source, minute_utc, updated_at DESC NULLS LAST) c
+    FROM (SELECT device_id, minute_utc, max(analysed_s) AS analysed_s,
+                 greatest(0.0, least(max(lost_overflow_s + lost_dropped_s + lost_device_s + lost_daemon_s),
+                                     60 - max(analysed_s))) AS lost_s
+          FROM {SCHEMA}.coverage GROUP BY device_id, source, minute_utc) c
     JOIN {SCHEMA}.device_bundle b USING (device_id)
     GROUP BY 1, 2
     UNION ALL

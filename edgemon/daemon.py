@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sqlite3
 import sys
@@ -15,7 +16,7 @@ from edgemon.errors import BundleError
 from edgemon.files.isolate import Isolated
 from edgemon.files.directory import check_root
 from edgemon.files.watcher import WatchConfig, Watcher
-from edgemon.health import HealthConfig, Heartbeats, WatchMonitor, listen_health
+from edgemon.health import HealthConfig, Heartbeats, ListenHeartbeats, WatchMonitor, listen_health
 from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals
 from edgemon.storage.disk_budget import DiskBudget, DiskGuard
@@ -121,7 +122,8 @@ def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s
         with hold_database(service.db), listen_health(service.db, service.health_config()):
             try:
                 listen_main(listen, service.db, service.models, service.threads,
-                            service.heartbeat_s)
+                            functools.partial(ListenHeartbeats, service.db, device_id=listen.device_id,
+                                              every_s=service.heartbeat_s))
             except BundleError as exc:   # as in watch: `status` says why the unit is not listening
                 record_refusal(service.db, "listen", service.device_id, str(exc))
                 raise

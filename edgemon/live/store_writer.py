@@ -9,13 +9,18 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 from pathlib import Path
 
 from edgemon.storage.store import Store, StoreError
 
-if TYPE_CHECKING:
-    from edgemon.health import ListenHeartbeats
+
+class WriterBeats(Protocol):
+    """What writes heartbeat rows on the writer's thread (``edgemon.health.ListenHeartbeats``)."""
+
+    def tick(self, store: Store) -> None: ...
+
+    def last(self, store: Store) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ class StoreWriter:
             self.refused += 1
             log.error("store writer: %d jobs waiting, job refused (%d so far)", self.jobs.maxsize, self.refused)
 
-    def run(self, finish: threading.Event, beats: "ListenHeartbeats | None" = None) -> None:
+    def run(self, finish: threading.Event, beats: WriterBeats | None = None) -> None:
         """Write until ``finish`` is set and the queue is empty; ``beats`` writes its heartbeat
         rows here, on the thread that owns the store, between jobs."""
         with Store(self.db_path) as store:

@@ -32,9 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer, make_analyzer
-from edgemon.health import ListenHeartbeats
 from edgemon.live.capture import BlockQueue, Capture, CaptureState, resolve_device
-from edgemon.live.store_writer import StoreWriter
+from edgemon.live.store_writer import StoreWriter, WriterBeats
 from edgemon.live.worker import ListenConfig, ListenError, Listener, ListenSummary
 from edgemon.signals import stop_on_signals
 from edgemon.storage.store import Store
@@ -68,8 +67,12 @@ class _Threads:
         return thread
 
 
+# (bundle id, counters) -> what writes the heartbeat rows (the service's ``ListenHeartbeats``)
+BeatsFactory = Callable[..., WriterBeats]
+
+
 def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
-               stop: threading.Event | None = None, heartbeat_s: float = 300.0) -> ListenSummary:
+               stop: threading.Event | None = None, heartbeats: BeatsFactory | None = None) -> ListenSummary:
     """Listen on ``config.capture.device`` into the database at ``db_path`` until ``stop`` is set
     (or ``config.duration_s`` has passed). Raises DeviceNotFoundError when the device does not
     exist at start (later losses are waited out), ListenError when a thread fails."""
@@ -88,8 +91,8 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
     threads = _Threads(stop)
     log.info("listening on %s (%s, %d input channel(s), %g Hz) into %s as %s", device.name, device.hostapi,
              device.channels, capture.rate, db_path, source)
-    beats = ListenHeartbeats(db_path, device_id=config.device_id, bundle_id=analyzer.bundle.bundle_id,
-                             every_s=heartbeat_s, counters=lambda: {"audio_s": listener.ledger.totals.get("analysed", 0.0)})
+    beats = None if heartbeats is None else heartbeats(
+        bundle_id=analyzer.bundle.bundle_id, counters=lambda: {"audio_s": listener.ledger.totals.get("analysed", 0.0)})
     writer_thread = threads.start("writer", lambda: writer.run(finish, beats))
     capture_thread = threads.start("capture", lambda: capture.run(stop))
     worker_thread = threads.start("analysis", lambda: listener.run(drain))
@@ -117,9 +120,9 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
 
 
 def listen_main(config: ListenConfig, db_path: Path, models: Path | None = None, threads: int = 1,
-                heartbeat_s: float = 300.0) -> ListenSummary:
+                heartbeats: BeatsFactory | None = None) -> ListenSummary:
     """``edgemon listen``: load the bundle, listen until SIGTERM or SIGINT (or ``duration_s``)."""
     resolve_device(config.capture.device)   # a wrong --device fails before the model loads
     analyzer = make_analyzer(models, threads)
     with stop_on_signals("storing what was heard") as stop:
-        return run_listen(config, db_path, analyzer, stop, heartbeat_s)
+        return run_listen(config, db_path, analyzer, stop, heartbeats)

@@ -34,6 +34,7 @@ LOST_AUDIO_PROBLEM_S = 1.0
 class StatusError(EdgemonError):
     """The status cannot be read (no database, or not an edgemon database)."""
 
+
 def collect_status(db_path: str | Path, *, directory: str | Path | None = None, heartbeat_s: float = 300.0,
                    min_free_mb: float | None = None, integrity: bool = True,
                    now: dt.datetime | None = None) -> dict[str, Any]:

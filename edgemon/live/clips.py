@@ -14,7 +14,7 @@ import numpy as np
 import soundfile
 
 from edgemon.errors import EdgemonError
-from edgemon.storage.disk_budget import DiskBudget, DiskGuard
+from edgemon.storage.disk_budget import MB, DiskBudget, DiskGuard
 from edgemon.storage.store import Detection
 
 log = logging.getLogger(__name__)
@@ -237,4 +237,4 @@ def _full_disk(directory: Path, needed: int) -> str:
         free = shutil.disk_usage(directory).free
     except OSError:
         return ""
-    return f" (the disk is full: {free / 1e6:.1f} MB free)" if free < needed else ""
+    return f" (the disk is full: {free / MB:.1f} MB free)" if free < needed else ""

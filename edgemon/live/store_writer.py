@@ -9,10 +9,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 from edgemon.storage.store import Store, StoreError
+
+log = logging.getLogger(__name__)
 
 
 class WriterBeats(Protocol):
@@ -21,8 +23,6 @@ class WriterBeats(Protocol):
     def tick(self, store: Store) -> None: ...
 
     def last(self, store: Store) -> None: ...
-
-log = logging.getLogger(__name__)
 
 
 class StoreWriter:

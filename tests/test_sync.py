@@ -429,9 +429,13 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
         other = make_recorder(tmp_path / "o.db", "site-02", files=2, seed=4)
         done = run_sync(other, as_user("row_writer", "fleet"), device_id="site-02")
         assert done.returncode == 0 and "fleet views left at revision 0" in done.stderr, done.stderr
+        status = [sys.executable, "-m", "edgemon", "fleet", "status", "--db", as_user("analyst", "fleet")]
+        out = subprocess.run(status, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "note: the fleet views are revision 0" in out.stdout, out.stderr
         assert run_sync(db, as_user("recorder", "fleet"), device_id="site-01").returncode == 0   # the owner revises
         with psycopg.connect(as_user("analyst", "fleet"), autocommit=True) as conn:
             assert conn.execute("SELECT max(revision) FROM edgemon.view_revision").fetchone()[0] >= 1
+        assert "note: the fleet views" not in subprocess.run(status, capture_output=True, text=True, timeout=60).stdout
 
 
 # --- the service's loop ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import datetime as dt
 
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import FleetDbError
-from edgemon.sync.fleetschema import SCHEMA
+from edgemon.sync.fleetschema import SCHEMA, VIEW_REVISIONS
 from edgemon.utc import UTC
 
 
@@ -87,6 +87,7 @@ def collect_fleet(url: str, rules: VisitRules = VisitRules(), days: int = 7, all
             view = "detections_daily_all" if all_bundles else "detections_daily"
             detections = rows(f"SELECT * FROM {SCHEMA}.{view} WHERE day > %s ORDER BY site, day, species", cutoff)
             effort = rows(f"SELECT * FROM {SCHEMA}.effort_daily WHERE day > %s ORDER BY site, day", cutoff)
+            views = fleetdb.view_revision(conn)
             clashes = rows(f"""
                 WITH {fleetdb.own_heartbeat_spans()}
                 SELECT a.device_id AS site, a.db_uuid::text AS db_a, b.db_uuid::text AS db_b
@@ -107,13 +108,17 @@ def collect_fleet(url: str, rules: VisitRules = VisitRules(), days: int = 7, all
         for h in health:
             if h["site"] == row["site"] and str(h["db_uuid"]) in (row["db_a"], row["db_b"]):
                 h["visit"].append("device id clash: two databases send under this id")
-    return {"schema_version": version, "now": now, "health": health, "detections": detections,
-            "effort": effort, "clashes": clashes, "precision": precision}
+    return {"schema_version": version, "view_revision": views, "now": now, "health": health,
+            "detections": detections, "effort": effort, "clashes": clashes, "precision": precision}
 
 
 def format_fleet(report: dict) -> str:
     """The report as text tables, recorders needing a visit first."""
     lines = [f"fleet database schema v{report['schema_version']}, {len(report['health'])} recorder database(s)"]
+    if report["view_revision"] < len(VIEW_REVISIONS):   # revised by the schema's owner at its next sync
+        lines.append(f"note: the fleet views are revision {report['view_revision']}, this edgemon's "
+                     f"{len(VIEW_REVISIONS)}: these figures follow the older views until a recorder of this "
+                     f"edgemon syncs as the schema's owner (README, \"The fleet database\")")
     need = [h for h in report["health"] if h["visit"]]
     lines.append(f"\nNEEDS A VISIT ({len(need)}):" if need else "\nno recorder needs a visit")
     for h in need:

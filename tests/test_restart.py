@@ -52,7 +52,9 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(borneo_d
     # The reference is the same command left alone: in this process numpy's BLAS runs on every
     # core (the CLI pins it to one), which moves a float's last bits and, through the int8
     # members, a confidence's 4th decimal.
+    started = time.monotonic()
     run_daemon_until_idle(root, tmp_path / "reference.db")
+    whole_s = time.monotonic() - started   # start-up and the whole backlog, on this machine now
     reference = detections(tmp_path / "reference.db")
 
     db = tmp_path / "crashed.db"
@@ -60,7 +62,9 @@ def test_kill_minus_nine_at_random_moments_loses_and_duplicates_nothing(borneo_d
     done_between = []
     for _ in range(KILLS):
         with start_daemon(root, db) as daemon:     # leaving the block closes its stderr pipe and reaps it
-            time.sleep(rng.uniform(0.8, 2.2))  # start-up is ~1 s; kills land before, during and between files
+            # Kills land before, during and between files: within the time the whole backlog takes
+            # (a fixed 0.8-2.2 s let a quiet machine finish it before the first kill).
+            time.sleep(rng.uniform(0.3, 0.9) * whole_s)
             daemon.send_signal(signal.SIGKILL)
         done_between.append(files_done(db))  # 0 if killed before the schema existed
     run_daemon_until_idle(root, db)

@@ -241,3 +241,24 @@ def test_a_bundle_id_changes_with_whatever_decides_its_detections(tmp_path):
         made[name] = bundle.bundle_id
     assert made["base"] == made["again"] and made["point"] == made["said"]
     assert len({made[k] for k in ("base", "window", "thresholds", "point", "calibrated")}) == 5
+
+
+def test_the_ceiling_of_members_with_other_temperatures_is_their_mean(tmp_path):
+    """The vote's confidence is the mean of member probabilities: at most the mean of their bounds
+    (the largest bound let `--min-confidence 0.97` pass an ensemble that cannot store 0.96)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    paths = []
+    for i, tau in enumerate((0.62, 0.31, 0.21)):
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "m",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph)
+        helper.set_model_props(model, {"model_config": json.dumps({"tau": tau, "n_classes": 5})})
+        paths.append(tmp_path / f"{i}.onnx")
+        onnx.save(model, paths[-1])
+    bounds = [1 / (1 + 4 * math.exp(-2 / tau)) for tau in (0.62, 0.31, 0.21)]
+    assert softmax_confidence_max(paths) == pytest.approx(sum(bounds) / 3) and sum(bounds) / 3 < max(bounds) - 0.04

@@ -20,6 +20,21 @@ def test_folds_never_share_a_recorder_and_cover_every_clip(tiny_dataset):
         assert not {data.clips[i].recorder for i in tr} & {data.clips[i].recorder for i in va}
 
 
+def test_folds_of_clips_that_name_no_recorder_are_refused(tiny_dataset):
+    """Each such clip was a group of its own: clip-level CV, reported as grouped (a trial)."""
+    import dataclasses
+
+    import pytest
+
+    from training.errors import DataError
+
+    split = load_split(tiny_dataset, "train")
+    nameless = dataclasses.replace(split, clips=[dataclasses.replace(c, recorder="") if i % 2 else c
+                                                 for i, c in enumerate(split.clips)])
+    with pytest.raises(DataError, match=rf"{len(split.clips) // 2} of {len(split.clips)} clips name no recorder"):
+        grouped_folds(nameless, 2)
+
+
 def test_cross_validate_scores_baseline_and_network_on_the_same_folds(tiny_dataset, tmp_path):
     train_split = load_split(tiny_dataset, "train")
     data = merge(train_split, load_split(tiny_dataset, "devel", train_split.labels))

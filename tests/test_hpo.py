@@ -85,6 +85,15 @@ def test_tiny_search_prunes_and_keeps_models_then_builds_an_ensemble(tiny_datase
     report = subprocess.run([sys.executable, "-m", "training", "report", str(out), "--data", str(tiny_dataset),
                              "--ensemble", str(out / "top2")], capture_output=True, text=True)
     assert report.returncode == 0, report.stderr[-2000:]
+    # Reading a search never makes one: a study name or a directory that holds none is one line,
+    # and no empty study.db or study is left behind (a trial then saw one study's report over another's).
+    for args, said in ((["report", str(out), "--study", "typo"], "study 'typo' is not in"),
+                       (["ensemble", "--out", str(tmp_path / "elsewhere" / "ens")], "no search study at")):
+        refused = subprocess.run([sys.executable, "-m", "training", *args, "--data", str(tiny_dataset)],
+                                 capture_output=True, text=True)
+        assert refused.returncode == 1 and said in refused.stderr.strip().splitlines()[-1], refused.stderr[-2000:]
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "elsewhere" / "study.db").exists()
+    assert optuna.study.get_all_study_names(f"sqlite:///{out / 'study.db'}") == ["edgemon"]
     text = (out / "report" / "report.md").read_text()
     assert "| Best single model |" in text and "| Ensemble of" in text
     for png in ("tsne_devel.png", "class_distribution.png", "optimisation_history.png", "param_importances.png",

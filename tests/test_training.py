@@ -280,7 +280,8 @@ def test_a_typo_in_a_train_label_is_refused_before_any_audio_is_read(tiny_datase
 @pytest.mark.parametrize("option, value", [("--batch-size", "-4"), ("--tau", "-1"), ("--lr", "0"), ("--gamma", "-2"),
                                            ("--p-fm", "2"), ("--lr-decay", "0"), ("--hop-s", "0"), ("--layers", "0"),
                                            ("--patience", "-1"), ("--average-last", "-3"),
-                                           ("--recorder-adversary", "-1"), ("--recorder-adversary", "nan")])
+                                           ("--recorder-adversary", "-1"), ("--recorder-adversary", "nan"),
+                                           ("--recorder-adversary", "inf")])
 def test_impossible_training_values_are_refused_before_any_training(tiny_dataset, tmp_path, option, value):
     """Found by a newcomer trial: each trained (some for nothing, loss NaN) and reported success,
     or failed only when the bundle was built after all the epochs."""

@@ -30,8 +30,10 @@ REFERENCE_FILE = "reference.flac"
 
 
 def softmax_confidence_max(member_files: list[Path]) -> float | None:
-    """The highest probability any member can give a class, hence the ensemble's highest
-    confidence (a mean of member probabilities); None when a member does not declare its head.
+    """The ensemble's highest confidence: the mean over members of the highest probability each
+    can give a class (the vote's confidence is the mean of member probabilities; the largest
+    member's bound overstated it when temperatures differ); None when a member does not declare
+    its head.
 
     A normalised-softmax member's logits are cosines divided by its temperature tau, so within
     [-1/tau, 1/tau]: p <= 1 / (1 + (C - 1) exp(-2 / tau)). An upper bound, not always reached.
@@ -45,7 +47,7 @@ def softmax_confidence_max(member_files: list[Path]) -> float | None:
         except (KeyError, ValueError, TypeError):
             return None
         bounds.append(1.0 / (1.0 + (n_classes - 1) * math.exp(-2.0 / tau)))
-    return max(bounds) if bounds else None
+    return sum(bounds) / len(bounds) if bounds else None
 
 
 def pick_reference_windows(data_dir: Path, labels: tuple[str, ...], window_s: float, sample_rate: int,

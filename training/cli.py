@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -77,6 +78,14 @@ def _positive(value):
     return value
 
 
+def _finite(value, what: str):
+    """An option that must be a finite number of at least 0 (inf trained to NaN, found only when
+    the model was exported)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"must be {what} and finite, got {value:g}")
+    return value
+
+
 def _share(value):
     """An option that is a probability or share, in [0, 1]."""
     if value is not None and not 0 <= value <= 1:
@@ -94,7 +103,7 @@ MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix ca
 TargetOpt = Annotated[float, typer.Option(callback=_positive, help="Field operating point: false events per hour of held-out background that the point (per-class thresholds and evidence rules, or event gate levels) may let through, shared among the call classes where it finds most calls.")]
 NearCallOpt = Annotated[float, typer.Option(min=0.0, help="Draw a background clip that lies within 120 s of a labelled call of the same source recording 1 + N as often as others of its class (0: off).")]
 BackgroundShareOpt = Annotated[float, typer.Option(help="Draw background for this share of each epoch, the call classes equally for the rest (0: every class equally, as the paper).")]
-AdversaryOpt = Annotated[float, typer.Option(callback=lambda v: v if v == 0 else _positive(v), help="Recorder adversary: a classifier guesses each clip's recorder from the embedding and its gradient into the model is reversed, at this weight (0: off; training.adversary).")]
+AdversaryOpt = Annotated[float, typer.Option(callback=lambda v: _finite(v, "0 (off) or above"), help="Recorder adversary: a classifier guesses each clip's recorder from the embedding and its gradient into the model is reversed, at this weight (0: off; training.adversary).")]
 HardNegOpt = Annotated[float, typer.Option(min=0.0, help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
 PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
 ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="A search trial's settings (JSON, `scripts/summarise_search.py --write-params`): replace the Table 2 options and the field preset.")]

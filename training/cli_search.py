@@ -35,6 +35,19 @@ def _storage(storage: Optional[str], out: Path) -> str:
     return storage or f"sqlite:///{(out / 'study.db').resolve()}"
 
 
+def _existing_study(url: str, study: str) -> None:
+    """For commands that read a search: the storage and the study must exist (opening them made
+    an empty study.db, or an empty study in the real one, and then said only "no trial")."""
+    import optuna
+
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise DataError(f"no search study at {url.removeprefix('sqlite:///')}: run `edgemon-train hpo` there "
+                        f"first, or give --storage")
+    names = optuna.study.get_all_study_names(storage=url)
+    if study not in names:
+        raise DataError(f"study {study!r} is not in {url} (it holds: {', '.join(names) or 'none'})")
+
+
 @app.command()
 def hpo(
     data: DataOpt = DEFAULT_DATA_DIR,
@@ -145,6 +158,7 @@ def ensemble(
     def run():
         splits = Splits.load(data)
         with _study_storage(_storage(storage, out.parent)) as url:
+            _existing_study(url, study)
             found = open_study(url, study, SearchConfig())
             if found.user_attrs.get("objective") == "cv":
                 raise DataError(f"study {study!r} searched the cv objective, which keeps no models: train a setting "
@@ -165,4 +179,9 @@ def report(
     """The paper's figures for a search run: Table 1, confusions, classes, t-SNE, history, importances."""
     from training.report import build_report
 
-    _run(build_report, run_dir, data, study, ensemble_dir)
+    def run():
+        with _study_storage(_storage(None, run_dir)) as url:
+            _existing_study(url, study)
+            return build_report(run_dir, data, study, ensemble_dir)
+
+    _run(run)

@@ -119,7 +119,13 @@ def _searched_recipe(names: list[str], params: dict, frontend: FrontendConfig, *
 
 
 def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``k`` (train, validation) index pairs; each recorder falls in exactly one validation fold."""
+    """``k`` (train, validation) index pairs; each recorder falls in exactly one validation fold.
+    Raises ``DataError`` when a clip names no recorder: it would be a group of its own, and the
+    folds no longer keep a recorder out of its own validation (a trial saw clip-level CV, silently)."""
+    nameless = sum(not c.recorder for c in split.clips)
+    if nameless:
+        raise DataError(f"{nameless} of {len(split.clips)} clips name no recorder (the lists' recorder column): "
+                        f"grouped cross-validation needs each clip's recorder")
     return grouped_folds_of([c.recorder or c.path.name for c in split.clips], split.targets, k, seed)
 
 

@@ -105,6 +105,10 @@ def build_report(run_dir: Path, data_dir: Path, study_name: str = "edgemon",
     if not summary_path.is_file():
         raise DataError(f"{summary_path}: run 'edgemon-train ensemble --out {ensemble_dir}' on this run first")
     summary = json.loads(summary_path.read_text())
+    made_from = load_bundle(summary["bundle"]).manifest.get("study")
+    if made_from != study_name:   # else one study's history beside another's ensemble
+        raise DataError(f"{ensemble_dir} holds the ensemble of study {made_from!r}, not {study_name!r}: "
+                        f"give --study {made_from} or the --ensemble of {study_name!r}")
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     splits = Splits.load(data_dir)

@@ -251,3 +251,13 @@ def test_the_cv_objective_scores_the_held_out_recorders_pool_clips_too(tiny_data
     alone = CvObjective(SearchConfig(objective="cv", average_last=1, window_s=0.5, hop_s=0.25), data, None,
                         suggest=None, folds=2)
     assert sum(len(alone.measured.subset(va).clips) for _, va in alone.measured_folds) == len(data.clips)
+
+
+@pytest.mark.parametrize("command, option", [("cv", "--hidden"), ("fit", "--hidden"), ("fit", "--lr")])
+def test_an_option_the_params_file_sets_is_refused_beside_it(tiny_dataset, tmp_path, command, option):
+    """`cv --hidden 32 --params F` trained F's size without a word (a newcomer trial)."""
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps(FOUND))
+    done = _train(command, "--data", tiny_dataset, "--out", tmp_path / "r", "--params", params, option, "0.5"
+                  if option == "--lr" else "32", "--epochs", "1")
+    assert done.returncode == 2 and f"sets {option}" in done.stderr and not (tmp_path / "r").exists(), done.stderr

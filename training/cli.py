@@ -86,6 +86,17 @@ def _finite(value, what: str):
     return value
 
 
+def _check_params_alone(params, **given) -> None:
+    """A --params file sets the Table 2 options: one given beside it was ignored without a word
+    (a trial's `cv --hidden 32 --params F` trained F's size)."""
+    if params is None:
+        return
+    clash = [name for name, value in given.items() if value != getattr(PAPER, name)]
+    if clash:
+        raise console.error(f"--params {params} sets {', '.join('--' + n.replace('_', '-') for n in clash)}: "
+                            f"give those in the file, or leave --params out", console.EXIT_USAGE)
+
+
 def _share(value):
     """An option that is a probability or share, in [0, 1]."""
     if value is not None and not 0 <= value <= 1:
@@ -171,6 +182,9 @@ def fit(
 
     _check_background_share(background_share)
     _check_average_last(average_last, epochs)
+    _check_params_alone(params, lr=lr, batch_size=batch_size, tau=tau, weight_decay=weight_decay,
+                        lr_decay=lr_decay, gamma=gamma, p_fm=p_fm, p_tm=p_tm, p_r=p_r, layers=layers,
+                        hidden=hidden, dropout=dropout)
     if mix_other_recorders and not field and params is None:
         raise console.error("--mix-other-recorders needs --field (only the field recipe mixes in background)",
                             console.EXIT_USAGE)
@@ -308,6 +322,7 @@ def cv(
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import cross_validate, cv_recipes
 
+    _check_params_alone(params, hidden=hidden, layers=layers)
     _check_background_share(background_share)
     _check_average_last(average_last, epochs)
     frontend = _frontend(frontend_kind)

@@ -57,11 +57,13 @@ def main() -> None:
 
 def write_params(study: optuna.Study, number: str, path: str) -> None:
     """A complete or pruned trial's settings to ``path`` (replaced whole, and only once they are known)."""
-    finished = {t.number: t for t in study.get_trials(deepcopy=False) if t.params and t.state.is_finished()}
+    kept = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)   # not a failed (interrupted) one
+    finished = {t.number: t for t in study.get_trials(deepcopy=False, states=kept) if t.params}
     if not number.isdigit() or int(number) not in finished:
         shown = sorted(finished)
         listed = ", ".join(map(str, shown[:12])) + (f", … ({len(shown)} in all)" if len(shown) > 12 else "")
-        raise SystemExit(f"error: trial {number}: not a finished trial of this study (finished: {listed or 'none'})")
+        raise SystemExit(f"error: trial {number}: not a complete or pruned trial of this study "
+                         f"(those: {listed or 'none'})")
     partial = Path(path + ".partial")
     partial.write_text(json.dumps(finished[int(number)].params, indent=2) + "\n", encoding="utf-8")
     partial.replace(path)

@@ -221,12 +221,14 @@ def test_writing_a_trials_params_never_empties_a_file_for_a_trial_that_is_not_th
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="edgemon")
     study.enqueue_trial(FOUND)
     study.optimize(lambda t: 0.5 if t.suggest_int("layers", 1, 4) else 0.0, n_trials=1)
+    failed = study.ask({"layers": optuna.distributions.IntDistribution(1, 4)})   # an interrupted trial
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
     keep = tmp_path / "keep.json"
     keep.write_text('{"kept": true}')
     script = [sys.executable, "scripts/summarise_search.py", f"sqlite:///{tmp_path / 's.db'}", "--write-params"]
-    for number in ("99", "-1"):
+    for number in ("99", "-1", "1"):
         done = subprocess.run([*script, number, str(keep)], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 1 and "not a finished trial" in done.stderr
+        assert done.returncode == 1 and "not a complete or pruned trial" in done.stderr, done.stderr
         assert keep.read_text() == '{"kept": true}'
     done = subprocess.run([*script, "0", str(keep)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and json.loads(keep.read_text())["layers"] == FOUND["layers"]

@@ -105,7 +105,8 @@ def build_report(run_dir: Path, data_dir: Path, study_name: str = "edgemon",
     if not summary_path.is_file():
         raise DataError(f"{summary_path}: run 'edgemon-train ensemble --out {ensemble_dir}' on this run first")
     summary = json.loads(summary_path.read_text())
-    made_from = load_bundle(summary["bundle"]).manifest.get("study")
+    bundle = load_bundle(summary["bundle"])
+    made_from = bundle.manifest.get("study")
     if made_from != study_name:   # else one study's history beside another's ensemble
         raise DataError(f"{ensemble_dir} holds the ensemble of study {made_from!r}, not {study_name!r}: "
                         f"give --study {made_from} or the --ensemble of {study_name!r}")
@@ -124,7 +125,6 @@ def build_report(run_dir: Path, data_dir: Path, study_name: str = "edgemon",
                                                                     summary["test_uar"]["ensemble"]]
     rows["Ensemble, recorder windows"] = [summary["windowed_uar"]["devel"], summary["windowed_uar"]["test"]]
 
-    bundle = load_bundle(summary["bundle"])
     ensemble = Ensemble(bundle)
     best = ensemble.sessions[0]
     outputs = [best.run(["probs", "embedding"], {"logmel": f[None]}) for f in splits.devel.features]

@@ -121,8 +121,8 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
 
 def listen_main(config: ListenConfig, db_path: Path, models: Path | None = None, threads: int = 1,
                 heartbeats: BeatsFactory | None = None) -> ListenSummary:
-    """``edgemon listen``: load the bundle, listen until SIGTERM or SIGINT (or ``duration_s``)."""
-    resolve_device(config.capture.device)   # a wrong --device fails before the model loads
+    """``edgemon listen``: load the bundle, listen until SIGTERM or SIGINT (or ``duration_s``).
+    The caller has checked the device (``daemon``: before the database and its lock exist)."""
     analyzer = make_analyzer(models, threads)
     with stop_on_signals("storing what was heard") as stop:
         return run_listen(config, db_path, analyzer, stop, heartbeats)

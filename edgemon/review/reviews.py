@@ -19,7 +19,7 @@ from typing import TextIO
 
 from edgemon.errors import EdgemonError
 from edgemon.storage import tables
-from edgemon.storage.readonly import BUSY_TIMEOUT_MS, LATEST_VERDICTS, ledger_columns, open_read_only
+from edgemon.storage.readonly import BUSY_TIMEOUT_MS, LATEST_VERDICTS, edgemon_tables, ledger_columns, open_read_only
 from edgemon.storage.schema import REVIEW_VERDICTS
 from edgemon.storage.store import Store
 from edgemon.utc import utc_iso
@@ -66,20 +66,15 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def edgemon_tables(db_path: Path) -> set[str]:
-    """The tables of the recorder database ``db_path``, read without writing. Raises
-    ``ReviewError`` for a file that is missing, unreadable or not an edgemon database (another
-    tool's SQLite file, an empty file): the page must not add its tables to those."""
-    with closing(open_read_only(db_path, ReviewError)) as conn:
-        found = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "detections" not in found:
-        raise ReviewError(f"{db_path}: not an edgemon database (no detections table); nothing was changed")
-    return found
+NOT_CHANGED = "; nothing was changed"
 
 
 def open_for_review(db_path: Path) -> None:
-    """Check the file is an edgemon database and bring it to the current schema (adds ``reviews``)."""
-    edgemon_tables(db_path)
+    """Check the file is an edgemon database and bring it to the current schema (adds ``reviews``).
+    A missing, unreadable or foreign file (another tool's SQLite file, an empty file) is a
+    ``ReviewError``: the page must not add its tables to those."""
+    with closing(open_read_only(db_path, ReviewError)) as conn:
+        edgemon_tables(conn, db_path, ReviewError, NOT_CHANGED)
     Store(db_path).close()
 
 
@@ -275,8 +270,8 @@ def write_reviews_csv(db_path: Path, out: TextIO) -> int:
     in review order; returns the number of rows. A detection no longer stored leaves those blank.
     Reads only (a database from before reviews has none to give)."""
     rows = []
-    if "reviews" in edgemon_tables(db_path):
-        with closing(open_read_only(db_path, ReviewError)) as conn:
+    with closing(open_read_only(db_path, ReviewError)) as conn:
+        if "reviews" in edgemon_tables(conn, db_path, ReviewError, NOT_CHANGED):
             rows = conn.execute("""
             SELECT r.id, r.detection_id, r.source, r.start_s, d.end_s, d.start_utc, d.device_id, r.label,
                    round(d.confidence, 4), r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at

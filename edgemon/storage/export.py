@@ -32,7 +32,7 @@ from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advanci
                                      read_cursor)
 from edgemon.storage.export_files import ExportError, OutputClosed, atomic_text, write_file, write_raven
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
-from edgemon.storage.readonly import open_read_only, time_range
+from edgemon.storage.readonly import edgemon_tables, open_read_only, time_range
 from edgemon.storage.store import Store, StoreError
 from edgemon.utc import utc_iso
 
@@ -128,9 +128,7 @@ def _open(db_path: Path, migrate_cursors: bool = False) -> tuple[sqlite3.Connect
     anyway); any other export never writes."""
     conn = open_read_only(db_path, ExportError)
     try:
-        found = {r["name"] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "detections" not in found:
-            raise ExportError(f"{db_path}: not an edgemon database (no detections table)")
+        found = edgemon_tables(conn, db_path, ExportError)
         if not migrate_cursors or has_filters(conn):
             return conn, found
     except sqlite3.Error as e:

@@ -113,6 +113,16 @@ def open_read_only(db_path: Path, error: type[EdgemonError] = ReadError) -> sqli
     return conn
 
 
+
+def edgemon_tables(conn: sqlite3.Connection, db_path: Path, error: type[EdgemonError] = ReadError,
+                   said: str = "") -> set[str]:
+    """The table names of the database open on ``conn``; ``error`` ('PATH: not an edgemon
+    database (no detections table)' and ``said``) when it is another tool's SQLite file."""
+    found = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "detections" not in found:
+        raise error(f"{db_path}: not an edgemon database (no detections table){said}")
+    return found
+
 def quick_check(conn) -> list[str]:
     """SQLite's ``quick_check`` findings on ``conn`` (a ``sqlite3.Connection`` or sqlite-utils
     ``Database``): ``['ok']`` when the file is sound. Raises ``sqlite3.DatabaseError`` when the

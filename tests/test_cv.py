@@ -139,6 +139,19 @@ def test_cli_refuses_an_unknown_frontend_and_a_missing_bundle_in_one_line(tiny_d
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_network_options_with_only_the_baseline_are_refused(tiny_dataset, tmp_path):
+    """`cv --recipe baseline --recorder-adversary 1` ran the plain baseline without a word."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    for option in (["--recorder-adversary", "1"], ["--hidden", "32"], ["--centre-bands"]):
+        result = CliRunner().invoke(app, ["cv", "--data", str(tiny_dataset), "--recipe", "baseline", *option,
+                                          "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and option[0] in result.output and "baseline" in result.output, result.output
+        assert not (tmp_path / "o").exists()
+
+
 def test_cv_cli_averaged_field_recipe_with_its_own_window(tiny_dataset, tmp_path):
     from typer.testing import CliRunner
 

@@ -144,6 +144,22 @@ def test_a_killed_worker_loses_only_its_running_trial(tiny_dataset, tmp_path):
     assert sum(t.state in FINISHED for t in study.trials) >= 3
 
 
+def test_ctrl_c_in_a_trial_says_one_line_and_no_traceback(tiny_dataset, tmp_path):
+    """Ctrl-C during a trial printed Optuna's warning with the KeyboardInterrupt's whole traceback
+    above the one-line message."""
+    out = tmp_path / "hpo"
+    worker = subprocess.Popen(hpo_command(tiny_dataset, out, "--trials", "3", "--epochs", "40", "--seed", "3"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        poll_until(lambda: _trial_under_way(out / "study.db"), 120, interval=0.5)
+        worker.send_signal(signal.SIGINT)
+        _, err = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == 130 and "interrupted" in err, (worker.returncode, err[-1500:])
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-1500:]
+
+
 def test_two_workers_share_one_study_over_postgresql(tiny_dataset, tmp_path):
     try:
         server = postgres_server()

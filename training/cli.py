@@ -97,6 +97,18 @@ def _check_params_alone(params, **given) -> None:
                             f"give those in the file, or leave --params out", console.EXIT_USAGE)
 
 
+def _check_network_options(recipes: list[str], **given) -> None:
+    """Options of the network recipes, given when only the baseline is cross-validated, changed
+    nothing (`cv --recipe baseline --recorder-adversary 1` ran the baseline as ever)."""
+    if any(r != "baseline" for r in recipes):
+        return
+    ignored = ["--" + name.replace("_", "-") for name, value in given.items() if value]
+    if ignored:
+        raise console.error(f"{', '.join(ignored)}: only the network recipes (paper, field) take "
+                            f"{'this' if len(ignored) == 1 else 'these'}, and --recipe baseline is the only one chosen",
+                            console.EXIT_USAGE)
+
+
 def _share(value):
     """An option that is a probability or share, in [0, 1]."""
     if value is not None and not 0 <= value <= 1:
@@ -323,6 +335,11 @@ def cv(
     from training.cv import cross_validate, cv_recipes
 
     _check_params_alone(params, hidden=hidden, layers=layers)
+    _check_network_options(recipe, hidden=hidden != PAPER.hidden, layers=layers != PAPER.layers,
+                           average_last=average_last, centre_bands=centre_bands,
+                           mix_other_recorders=mix_other_recorders, hard_negatives=hard_negatives,
+                           near_call_negatives=near_call_negatives, background_share=background_share,
+                           recorder_adversary=recorder_adversary, params=params is not None)
     _check_background_share(background_share)
     _check_average_last(average_last, epochs)
     frontend = _frontend(frontend_kind)

@@ -282,6 +282,27 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
         objective = CvObjective(config, merge(train_split, devel), pool, suggest, config.folds)
     else:
         objective = Objective(config, train_split, devel, run_dir)
-    study.optimize(objective, catch=(), timeout=config.timeout_s,
-                   callbacks=[optuna.study.MaxTrialsCallback(config.n_trials, states=finished), show])
+    quiet = _QuietOnInterrupt()
+    optuna_trials = logging.getLogger("optuna.study._optimize")   # the logger of Optuna's failed-trial warnings
+    optuna_trials.addFilter(quiet)
+    try:
+        study.optimize(objective, catch=(), timeout=config.timeout_s,
+                       callbacks=[optuna.study.MaxTrialsCallback(config.n_trials, states=finished), show])
+    finally:
+        optuna_trials.removeFilter(quiet)
     return study
+
+
+class _QuietOnInterrupt(logging.Filter):
+    """Drops Optuna's two warnings about a trial failed by Ctrl-C (the first carries the whole
+    traceback): the CLI says in one line what an interrupt did. Other failures are still logged."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.interrupted.add(record.getMessage().split(" failed", 1)[0])   # "Trial N"
+            return False
+        return record.getMessage().split(" failed", 1)[0] not in self.interrupted

@@ -313,11 +313,11 @@ def test_training_value_errors_from_the_thresholds_are_one_line():
 def test_cv_shows_progress_per_fold_and_epoch(tiny_dataset, tmp_path, caplog):
     from training.cli import app as train_app
 
-    caplog.set_level(logging.INFO, logger="training.cli")
+    caplog.set_level(logging.INFO, logger="training.cv_progress")
     result = runner.invoke(train_app, ["cv", "--data", str(tiny_dataset), "--recipe", "paper", "--folds", "2",
                                        "--epochs", "2", "--hidden", "4", "--layers", "1", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    lines = [r.getMessage() for r in caplog.records if r.name == "training.cli"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "training.cv_progress"]
     epochs = [re.match(r"cv paper-h4l1: (fold \d/2), (epoch \d/2): validation UAR [01]\.\d{3}; "
                        r"\d+m\d\ds elapsed, about \d+m\d\ds left$", line) for line in lines if "epoch" in line]
     assert [m and m.groups() for m in epochs] == [("fold 1/2", "epoch 1/2"), ("fold 1/2", "epoch 2/2"),
@@ -327,7 +327,7 @@ def test_cv_shows_progress_per_fold_and_epoch(tiny_dataset, tmp_path, caplog):
 
 
 def test_cv_progress_on_a_terminal_is_a_bar_over_folds_and_epochs(capsys):
-    from training.cli import CvProgress
+    from training.cv_progress import CvProgress
 
     with CvProgress(terminal=True) as progress:
         for fold in (1, 2):

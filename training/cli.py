@@ -10,9 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
-import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,6 +19,11 @@ from edgemon import console
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import EdgemonError
 from training.augment import AugmentConfig
+from training.cli_options import (AdversaryOpt, BackgroundShareOpt, CentreOpt, DataOpt, FrontendOpt, HardNegOpt,
+                                  MixOtherOpt, NearCallOpt, OutOpt, ParamsOpt, PoolOpt, TargetOpt,
+                                  check_average_last, check_background_share, check_network_options,
+                                  check_params_alone, device_option, frontend_option, positive, share)
+from training.cv_progress import CvProgress
 from training.data import DEFAULT_DATA_DIR
 from training.model import ModelConfig
 from training.recipes import FIELD, HOP_S, PAPER, WINDOW_S, seconds_to_frames
@@ -38,104 +40,6 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions
 @app.callback()
 def _main(version: Annotated[bool, console.version_option("edgemon-train")] = False):
     """Train, evaluate and export edgemon classifiers."""
-
-
-DataOpt = Annotated[Path, typer.Option("--data", help="ComParE-style data directory (audio/, lab/).")]
-OutOpt = Annotated[Path, typer.Option("--out", help="Run directory to write.")]
-
-FrontendOpt = Annotated[str, typer.Option("--frontend", help="Model input: logmel (the paper's), pcen, or logmel_pcen (both side by side).")]
-
-
-def _frontend(kind: str) -> FrontendConfig:
-    try:
-        return FrontendConfig.from_dict({"kind": kind})
-    except EdgemonError as exc:
-        raise console.error(f"--frontend: {exc}", console.EXIT_USAGE)
-
-
-def _device(name: str) -> str:
-    """``--device`` checked before any work (torch would fail mid-run with a traceback): auto, cpu,
-    or cuda[:N] where this torch sees that GPU."""
-    import re
-
-    import torch
-
-    found = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if name in ("auto", "cpu"):
-        return name
-    if found is None:
-        raise console.error(f"--device must be auto, cpu or cuda[:N], not {name!r}", console.EXIT_USAGE)
-    if int(found[1] or 0) >= torch.cuda.device_count():
-        raise console.error(f"--device {name}: this torch ({torch.__version__}) sees {torch.cuda.device_count()} CUDA device(s)")
-    return name
-
-
-def _positive(value):
-    """An option that must be a number above 0 (a newcomer's --lr 0 or --tau -1 trained and
-    reported success, or failed only after all the training)."""
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"must be above 0, got {value:g}")
-    return value
-
-
-def _finite(value, what: str):
-    """An option that must be a finite number of at least 0 (inf trained to NaN, found only when
-    the model was exported)."""
-    if value is not None and not (math.isfinite(value) and value >= 0):
-        raise typer.BadParameter(f"must be {what} and finite, got {value:g}")
-    return value
-
-
-def _check_params_alone(params, **given) -> None:
-    """A --params file sets the Table 2 options: one given beside it was ignored without a word
-    (a trial's `cv --hidden 32 --params F` trained F's size)."""
-    if params is None:
-        return
-    clash = [name for name, value in given.items() if value != getattr(PAPER, name)]
-    if clash:
-        raise console.error(f"--params {params} sets {', '.join('--' + n.replace('_', '-') for n in clash)}: "
-                            f"give those in the file, or leave --params out", console.EXIT_USAGE)
-
-
-def _check_network_options(recipes: list[str], **given) -> None:
-    """Options of the network recipes, given when only the baseline is cross-validated, changed
-    nothing (`cv --recipe baseline --recorder-adversary 1` ran the baseline as ever)."""
-    if any(r != "baseline" for r in recipes):
-        return
-    ignored = ["--" + name.replace("_", "-") for name, value in given.items() if value]
-    if ignored:
-        raise console.error(f"{', '.join(ignored)}: only the network recipes (paper, field) take "
-                            f"{'this' if len(ignored) == 1 else 'these'}, and --recipe baseline is the only one chosen",
-                            console.EXIT_USAGE)
-
-
-def _share(value):
-    """An option that is a probability or share, in [0, 1]."""
-    if value is not None and not 0 <= value <= 1:
-        raise typer.BadParameter(f"must lie in [0, 1], got {value:g}")
-    return value
-
-
-def _check_average_last(average_last: int, epochs: int) -> None:
-    if average_last > epochs:
-        raise console.error(f"--average-last {average_last} is more than --epochs {epochs}: only {epochs} epoch(s) "
-                            "could be averaged, and the run would be named and recorded as more", console.EXIT_USAGE)
-
-
-MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
-TargetOpt = Annotated[float, typer.Option(callback=_positive, help="Field operating point: false events per hour of held-out background that the point (per-class thresholds and evidence rules, or event gate levels) may let through, shared among the call classes where it finds most calls.")]
-NearCallOpt = Annotated[float, typer.Option(min=0.0, help="Draw a background clip that lies within 120 s of a labelled call of the same source recording 1 + N as often as others of its class (0: off).")]
-BackgroundShareOpt = Annotated[float, typer.Option(help="Draw background for this share of each epoch, the call classes equally for the rest (0: every class equally, as the paper).")]
-AdversaryOpt = Annotated[float, typer.Option(callback=lambda v: _finite(v, "0 (off) or above"), help="Recorder adversary: a classifier guesses each clip's recorder from the embedding and its gradient into the model is reversed, at this weight (0: off; training.adversary).")]
-HardNegOpt = Annotated[float, typer.Option(min=0.0, help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
-PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
-ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="A search trial's settings (JSON, `scripts/summarise_search.py --write-params`): replace the Table 2 options and the field preset.")]
-CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]
-
-
-def _check_background_share(share: float) -> None:
-    if not 0 <= share < 1:
-        raise console.error(f"--background-share must lie in [0, 1), got {share:g}", console.EXIT_USAGE)
 
 
 # What a command reports in one line rather than a traceback: the named errors, bad values (the
@@ -156,15 +60,15 @@ def _run(fn, *args, **kwargs):
 def fit(
     data: DataOpt = DEFAULT_DATA_DIR,
     out: OutOpt = Path("runs/fit"),
-    lr: Annotated[float, typer.Option(callback=_positive, help="Learning rate.")] = PAPER.lr,
+    lr: Annotated[float, typer.Option(callback=positive, help="Learning rate.")] = PAPER.lr,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = PAPER.batch_size,
-    tau: Annotated[float, typer.Option(callback=_positive, help="Normalised-softmax temperature.")] = PAPER.tau,
+    tau: Annotated[float, typer.Option(callback=positive, help="Normalised-softmax temperature.")] = PAPER.tau,
     weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay (lambda).")] = PAPER.weight_decay,
-    lr_decay: Annotated[float, typer.Option(callback=_positive, max=1.0, help="Per-epoch lr factor (beta).")] = PAPER.lr_decay,
+    lr_decay: Annotated[float, typer.Option(callback=positive, max=1.0, help="Per-epoch lr factor (beta).")] = PAPER.lr_decay,
     gamma: Annotated[float, typer.Option(min=0.0, help="Focal-loss gamma.")] = float(PAPER.gamma),
-    p_fm: Annotated[float, typer.Option(callback=_share, help="Fraction of mel bins masked.")] = PAPER.p_fm,
-    p_tm: Annotated[float, typer.Option(callback=_share, help="Fraction of frames masked.")] = PAPER.p_tm,
-    p_r: Annotated[float, typer.Option(callback=_share, help="Probability of applying the masks.")] = PAPER.p_r,
+    p_fm: Annotated[float, typer.Option(callback=share, help="Fraction of mel bins masked.")] = PAPER.p_fm,
+    p_tm: Annotated[float, typer.Option(callback=share, help="Fraction of frames masked.")] = PAPER.p_tm,
+    p_r: Annotated[float, typer.Option(callback=share, help="Probability of applying the masks.")] = PAPER.p_r,
     layers: Annotated[int, typer.Option(min=1, help="LSTM layers (l).")] = PAPER.layers,
     hidden: Annotated[int, typer.Option(min=1, help="LSTM hidden size (h).")] = PAPER.hidden,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout (p_drop).")] = PAPER.dropout,
@@ -174,8 +78,8 @@ def fit(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     field: Annotated[bool, typer.Option("--field", help="Turn on the field augmentations.")] = False,
     crop_s: Annotated[Optional[float], typer.Option(min=0.0, help="Random crops of this many seconds (default: the window with --field, else off).")] = None,
-    window_s: Annotated[float, typer.Option(callback=_positive, help="Deployment window length written into the bundle.")] = WINDOW_S,
-    hop_s: Annotated[float, typer.Option(callback=_positive, help="Deployment window hop written into the bundle.")] = HOP_S,
+    window_s: Annotated[float, typer.Option(callback=positive, help="Deployment window length written into the bundle.")] = WINDOW_S,
+    hop_s: Annotated[float, typer.Option(callback=positive, help="Deployment window hop written into the bundle.")] = HOP_S,
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
     frontend_kind: FrontendOpt = "logmel",
     average_last: Annotated[int, typer.Option(min=0, help="Keep the mean weights of the last N epochs instead of the best devel epoch (0: off).")] = 0,
@@ -192,15 +96,15 @@ def fit(
     """Train one model (defaults: the paper's Table 2 setting) and write a run directory."""
     from training.runs import fit_run
 
-    _check_background_share(background_share)
-    _check_average_last(average_last, epochs)
-    _check_params_alone(params, lr=lr, batch_size=batch_size, tau=tau, weight_decay=weight_decay,
+    check_background_share(background_share)
+    check_average_last(average_last, epochs)
+    check_params_alone(params, lr=lr, batch_size=batch_size, tau=tau, weight_decay=weight_decay,
                         lr_decay=lr_decay, gamma=gamma, p_fm=p_fm, p_tm=p_tm, p_r=p_r, layers=layers,
                         hidden=hidden, dropout=dropout)
     if mix_other_recorders and not field and params is None:
         raise console.error("--mix-other-recorders needs --field (only the field recipe mixes in background)",
                             console.EXIT_USAGE)
-    frontend = _frontend(frontend_kind)
+    frontend = frontend_option(frontend_kind)
     crop = crop_s if crop_s is not None else (window_s if field else 0.0)
     aug = AugmentConfig(p_fm=p_fm, p_tm=p_tm, p_r=p_r, log_floor=frontend.log_floor,
                         crop_frames=seconds_to_frames(crop, frontend),
@@ -210,7 +114,7 @@ def fit(
     if params is not None:
         model, optim, aug = _searched_settings(params, frontend, window_s, centre_bands, mix_other_recorders)
     _run(fit_run, data, out, model,
-         OptimConfig(**optim, epochs=epochs, patience=patience, seed=seed, device=_device(device),
+         OptimConfig(**optim, epochs=epochs, patience=patience, seed=seed, device=device_option(device),
                      average_last=average_last, hard_negatives=hard_negatives,
                      near_call_negatives=near_call_negatives, background_share=background_share,
                      recorder_adversary=recorder_adversary),
@@ -319,8 +223,8 @@ def cv(
     frontend_kind: FrontendOpt = "logmel",
     average_last: Annotated[int, typer.Option(min=0, help="Network recipes: average the weights of the last N epochs instead of choosing an epoch; keeps the fold models and chooses thresholds.")] = 0,
     max_false_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --average-last: share of background windows the thresholds may let through as calls.")] = 0.1,
-    window_s: Annotated[float, typer.Option(callback=_positive, help="The recorder's window: the field recipe's crop length and the held-out windows.")] = WINDOW_S,
-    hop_s: Annotated[float, typer.Option(callback=_positive, help="The recorder's window hop, for the held-out windows.")] = HOP_S,
+    window_s: Annotated[float, typer.Option(callback=positive, help="The recorder's window: the field recipe's crop length and the held-out windows.")] = WINDOW_S,
+    hop_s: Annotated[float, typer.Option(callback=positive, help="The recorder's window hop, for the held-out windows.")] = HOP_S,
     mix_other_recorders: MixOtherOpt = False,
     centre_bands: CentreOpt = False,
     pool: PoolOpt = True,
@@ -334,15 +238,15 @@ def cv(
     """Grouped cross-validation over train + devel: no recorder in both training and validation."""
     from training.cv import cross_validate, cv_recipes
 
-    _check_params_alone(params, hidden=hidden, layers=layers)
-    _check_network_options(recipe, hidden=hidden != PAPER.hidden, layers=layers != PAPER.layers,
+    check_params_alone(params, hidden=hidden, layers=layers)
+    check_network_options(recipe, hidden=hidden != PAPER.hidden, layers=layers != PAPER.layers,
                            average_last=average_last, centre_bands=centre_bands,
                            mix_other_recorders=mix_other_recorders, hard_negatives=hard_negatives,
                            near_call_negatives=near_call_negatives, background_share=background_share,
                            recorder_adversary=recorder_adversary, params=params is not None)
-    _check_background_share(background_share)
-    _check_average_last(average_last, epochs)
-    frontend = _frontend(frontend_kind)
+    check_background_share(background_share)
+    check_average_last(average_last, epochs)
+    frontend = frontend_option(frontend_kind)
     try:
         recipes = cv_recipes(recipe, frontend, epochs=epochs, seed=seed, hidden=hidden, layers=layers,
                              average_last=average_last, window_s=window_s, hop_s=hop_s, centre_bands=centre_bands,
@@ -448,54 +352,6 @@ def adapt(
         raise console.error(f"--recordings {recordings}: not a directory (leave it out to read the ledger's paths)",
                             console.EXIT_USAGE)
     _run(adapt_bundle, bundle, reviews, recordings, out, AdaptConfig(folds=folds, l2=l2))
-
-
-class CvProgress:
-    """``cv``'s progress, per fold and epoch: a bar on a terminal, else (a log file, the journal)
-    one log line per epoch with the time left at the pace so far."""
-
-    def __init__(self, terminal: bool | None = None):
-        self.terminal = sys.stderr.isatty() if terminal is None else terminal
-        self.bar = None
-        self.started = time.monotonic()
-        self.recipe: str | None = None
-
-    def __enter__(self) -> CvProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def __call__(self, event: dict) -> None:
-        if event["recipe"] != self.recipe:   # a recipe's folds: timed (and barred) on their own
-            self.__exit__()
-            self.recipe, self.started, self.bar = event["recipe"], time.monotonic(), None
-            if self.terminal and event["epochs"]:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=event["folds"] * event["epochs"], desc=f"cv {self.recipe}", unit="epoch")
-        where = f"cv {event['recipe']}: fold {event['fold']}/{event['folds']}"
-        if event["epoch"] is None:
-            if self.bar is None:
-                log.info("%s done (%s)", where, _duration(time.monotonic() - self.started))
-            return
-        done = (event["fold"] - 1) * event["epochs"] + event["epoch"]
-        total = event["folds"] * event["epochs"]
-        if self.bar is not None:
-            self.bar.set_description(f"cv {event['recipe']} fold {event['fold']}/{event['folds']}")
-            self.bar.set_postfix(uar=f"{event['uar']:.3f}")
-            self.bar.update(1)
-            return
-        elapsed = time.monotonic() - self.started
-        log.info("%s, epoch %d/%d: validation UAR %.3f; %s elapsed, about %s left", where, event["epoch"],
-                 event["epochs"], event["uar"], _duration(elapsed), _duration(elapsed / done * (total - done)))
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
 # The search's commands (hpo, pack-features, ensemble, report) live in their own module; importing

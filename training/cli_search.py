@@ -14,7 +14,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgemon import console
-from training.cli import CentreOpt, DataOpt, OutOpt, PoolOpt, _device, _run, app
+from training.cli import _run, app
+from training.cli_options import CentreOpt, DataOpt, OutOpt, PoolOpt, device_option
 from training.data import DEFAULT_DATA_DIR
 from training.errors import DataError
 
@@ -79,7 +80,7 @@ def hpo(
         raise console.error(f"--objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}",
                             console.EXIT_USAGE)
 
-    config = SearchConfig(n_trials=trials, max_epochs=epochs, space=space, seed=seed, device=_device(device),
+    config = SearchConfig(n_trials=trials, max_epochs=epochs, space=space, seed=seed, device=device_option(device),
                           startup_trials=startup_trials, heartbeat_s=heartbeat_s, timeout_s=timeout_s,
                           start_from_paper=start_from_paper, objective=objective, folds=folds,
                           average_last=average_last, centre_bands=centre_bands,

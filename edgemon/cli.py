@@ -9,98 +9,23 @@ reads its settings one way: defaults < settings file < ``EDGEMON_*`` < options (
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import enum
 import json
 import logging
 import math
 import os
 import signal
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from edgemon import console
-from edgemon.config import BY_NAME, OptionError, ServiceConfig, Settings, cli_overrides, load_settings
+from edgemon.cli_common import (ClassifyFormat, ConfigFormat, ConfigOpt, DbOpt, DeviceIdOpt, DirectoryAlias,
+                                DirectoryArg, ExportFormat, JsonOpt, ModelsOpt, TextFormat, ThreadsOpt, app, fail,
+                                service_in_force, settings_in_force, setting_option)
+from edgemon.config import OptionError, load_settings
 from edgemon.errors import EdgemonError
 from edgemon.utc import parse_utc
-
-# rich_markup_mode=None: plain help, so "[watch]" stays text and flags show no "<bool>" value.
-app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
-                  context_settings={"help_option_names": ["-h", "--help"]}, epilog=console.EPILOG,
-                  help="Species detections from field recorders, on the recorder.")
-
-
-def _setting(name: str) -> Any:
-    """The option of setting ``name``: flag, help and shown default from the registry. Its
-    parameter defaults to None (not given): the settings file and environment then decide."""
-    s = BY_NAME[name]
-    return typer.Option(s.option, help=s.help if s.default is None else f"{s.help}  [default: {s.default}]",
-                        show_default=False, readable=False)   # unreadable paths: our own one-line errors
-
-
-class TextFormat(str, enum.Enum):
-    text = "text"
-    json = "json"
-
-
-class ConfigFormat(str, enum.Enum):
-    toml = "toml"
-    json = "json"
-
-
-class ClassifyFormat(str, enum.Enum):
-    table = "table"
-    csv = "csv"
-
-
-class ExportFormat(str, enum.Enum):
-    csv = "csv"
-    birdnet = "birdnet"
-    jsonl = "jsonl"
-    raven = "raven"
-
-
-ModelsOpt = Annotated[Optional[Path], _setting("models")]
-DbOpt = Annotated[Optional[Path], _setting("db")]
-ThreadsOpt = Annotated[Optional[int], _setting("threads")]
-DeviceIdOpt = Annotated[Optional[str], _setting("device_id")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Settings file (TOML; default: $EDGEMON_CONFIG, else /etc/edgemon/edgemon.toml if present). Environment variables and options override it.", readable=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
-# One way for `watch` and `status`: DIRECTORY positional; --directory kept for existing scripts.
-DirectoryArg = Annotated[Optional[Path], typer.Argument(
-    metavar="DIRECTORY", show_default=False,
-    help="Recorder directory (recursive); default: `directory` in [watch] of the settings file.", readable=False)]
-DirectoryAlias = Annotated[Optional[Path], typer.Option("--directory", hidden=True, help="Same as DIRECTORY.", readable=False)]
-
-
-@app.callback()
-def _main(version: Annotated[bool, console.version_option("edgemon")] = False):
-    """Species detections from field recorders, on the recorder."""
-
-
-def _fail(exc: EdgemonError) -> typer.Exit:
-    """The one-line error for ``exc``; exit 2 for a refused option, 1 for every other failure."""
-    return console.error(str(exc), console.EXIT_USAGE if isinstance(exc, OptionError) else console.EXIT_FAILURE)
-
-
-def _settings(ctx: typer.Context, config: Path | None, directory_alias: Path | None = None) -> Settings:
-    """The settings in force for this command, the one way every command reads them: defaults <
-    settings file < environment < the options given on its command line."""
-    given = cli_overrides(ctx)
-    if directory_alias is not None:
-        if given.get("directory", directory_alias) != directory_alias:
-            raise OptionError("give the directory once: DIRECTORY or --directory")
-        given["directory"] = directory_alias
-    return load_settings(config, given)
-
-
-def _service(ctx: typer.Context, config: Path | None, directory_alias: Path | None = None) -> ServiceConfig:
-    """``_settings(...)``, typed (for commands that need the values, not where they came from)."""
-    return _settings(ctx, config, directory_alias).service
 
 
 @app.command()
@@ -114,12 +39,12 @@ def info(ctx: typer.Context, models: ModelsOpt = None, config: ConfigOpt = None,
     from edgemon.analysis.selfcheck import SelfCheckError
 
     try:
-        description, check = describe_bundle(_service(ctx, config).models or default_bundle_path())
+        description, check = describe_bundle(service_in_force(ctx, config).models or default_bundle_path())
     except EdgemonError as exc:
-        raise _fail(exc)
+        raise fail(exc)
     typer.echo(format_description(description) if fmt is TextFormat.text else json.dumps(description, indent=2))
     if not check.passed:
-        raise _fail(SelfCheckError(f"{description['path']}: self-check on this CPU {check.summary()}"))
+        raise fail(SelfCheckError(f"{description['path']}: self-check on this CPU {check.summary()}"))
 
 
 @app.command()
@@ -130,10 +55,10 @@ def watch(
     models: ModelsOpt = None,
     device_id: DeviceIdOpt = None,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit once the backlog is done.")] = False,
-    settle_s: Annotated[Optional[float], _setting("settle_s")] = None,
-    rescan_s: Annotated[Optional[float], _setting("rescan_s")] = None,
-    incomplete_grace_s: Annotated[Optional[float], _setting("incomplete_grace_s")] = None,
-    retry_s: Annotated[Optional[float], _setting("retry_s")] = None,
+    settle_s: Annotated[Optional[float], setting_option("settle_s")] = None,
+    rescan_s: Annotated[Optional[float], setting_option("rescan_s")] = None,
+    incomplete_grace_s: Annotated[Optional[float], setting_option("incomplete_grace_s")] = None,
+    retry_s: Annotated[Optional[float], setting_option("retry_s")] = None,
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
     directory_alias: DirectoryAlias = None,
@@ -142,9 +67,9 @@ def watch(
     from edgemon.daemon import run_service
 
     try:
-        run_service(_settings(ctx, config, directory_alias), mode="watch", until_idle=until_idle)
+        run_service(settings_in_force(ctx, config, directory_alias), mode="watch", until_idle=until_idle)
     except EdgemonError as exc:
-        raise _fail(exc)
+        raise fail(exc)
 
 
 @app.command()
@@ -153,9 +78,9 @@ def run(ctx: typer.Context, config: ConfigOpt = None):
     from edgemon.daemon import run_service
 
     try:
-        run_service(_settings(ctx, config))
+        run_service(settings_in_force(ctx, config))
     except EdgemonError as exc:
-        raise _fail(exc)
+        raise fail(exc)
 
 
 @app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -169,7 +94,7 @@ def show_config(ctx: typer.Context, config: ConfigOpt = None,
     try:
         settings = load_settings(config, parse_options(ctx.args))
     except EdgemonError as exc:
-        raise _fail(exc)
+        raise fail(exc)
     if as_json or fmt is ConfigFormat.json:
         typer.echo(json.dumps(settings.as_json(), indent=2))
     else:
@@ -192,13 +117,13 @@ def status(
     from edgemon.status import collect_status, format_status, write_heartbeats_file
 
     try:
-        service = _service(ctx, config, directory_alias)
+        service = service_in_force(ctx, config, directory_alias)
         report = collect_status(service.db, directory=service.directory, heartbeat_s=service.heartbeat_s,
                                 min_free_mb=service.min_free_mb)
         if heartbeats is not None:
             write_heartbeats_file(service.db, heartbeats)
     except EdgemonError as exc:
-        raise _fail(exc)
+        raise fail(exc)
     if heartbeats is None or str(heartbeats) != "-":
         if as_json or fmt is TextFormat.json:
             typer.echo(json.dumps(report, indent=2))
@@ -220,10 +145,10 @@ def classify(
     from edgemon.analysis.analyzer import make_analyzer
 
     try:
-        service = _service(ctx, config)
+        service = service_in_force(ctx, config)
         rows, errors = classify_files(files, make_analyzer(service.models, service.threads))
     except EdgemonError as exc:
-        raise _fail(exc)
+        raise fail(exc)
     if rows or not errors:   # every file failed: no table (a bare header read as "no detections")
         typer.echo(format_rows(rows, fmt.value), nl=False)
     for line in errors:
@@ -235,21 +160,21 @@ def classify(
 @app.command()
 def listen(
     ctx: typer.Context,
-    device: Annotated[Optional[str], _setting("device")] = None,
+    device: Annotated[Optional[str], setting_option("device")] = None,
     db: DbOpt = None,
     models: ModelsOpt = None,
     device_id: DeviceIdOpt = None,
-    sample_rate: Annotated[Optional[float], _setting("sample_rate")] = None,
-    channels: Annotated[Optional[int], _setting("channels")] = None,
-    clips: Annotated[Optional[Path], _setting("clips")] = None,
-    clip_pre_s: Annotated[Optional[float], _setting("clip_pre_s")] = None,
-    clip_post_s: Annotated[Optional[float], _setting("clip_post_s")] = None,
-    clips_max_mb: Annotated[Optional[float], _setting("clips_max_mb")] = None,
-    clips_min_free_mb: Annotated[Optional[float], _setting("clips_min_free_mb")] = None,
-    queue_s: Annotated[Optional[float], _setting("queue_s")] = None,
-    stall_s: Annotated[Optional[float], _setting("stall_s")] = None,
-    backoff_max_s: Annotated[Optional[float], _setting("backoff_max_s")] = None,
-    flush_s: Annotated[Optional[float], _setting("flush_s")] = None,
+    sample_rate: Annotated[Optional[float], setting_option("sample_rate")] = None,
+    channels: Annotated[Optional[int], setting_option("channels")] = None,
+    clips: Annotated[Optional[Path], setting_option("clips")] = None,
+    clip_pre_s: Annotated[Optional[float], setting_option("clip_pre_s")] = None,
+    clip_post_s: Annotated[Optional[float], setting_option("clip_post_s")] = None,
+    clips_max_mb: Annotated[Optional[float], setting_option("clips_max_mb")] = None,
+    clips_min_free_mb: Annotated[Optional[float], setting_option("clips_min_free_mb")] = None,
+    queue_s: Annotated[Optional[float], setting_option("queue_s")] = None,
+    stall_s: Annotated[Optional[float], setting_option("stall_s")] = None,
+    backoff_max_s: Annotated[Optional[float], setting_option("backoff_max_s")] = None,
+    flush_s: Annotated[Optional[float], setting_option("flush_s")] = None,
     duration_s: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: run until stopped).")] = None,
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
@@ -261,9 +186,9 @@ def listen(
     try:
         if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
             raise OptionError(f"option --duration-s: must be a finite number of seconds above 0, got {duration_s!r}")
-        run_service(_settings(ctx, config), mode="listen", duration_s=duration_s)
+        run_service(settings_in_force(ctx, config), mode="listen", duration_s=duration_s)
     except EdgemonError as exc:
-        raise _fail(exc)
+        raise fail(exc)
 
 
 @app.command()
@@ -277,7 +202,7 @@ def devices(fmt: Annotated[TextFormat, typer.Option("--format", help="text (tab-
     try:
         found = list_input_devices()
     except EdgemonError as exc:
-        raise _fail(exc)
+        raise fail(exc)
     if as_json or fmt is TextFormat.json:
         typer.echo(json.dumps([dataclasses.asdict(d) for d in found], indent=2))
         return
@@ -319,7 +244,7 @@ def export_detections(
         if fmt is ExportFormat.raven and output is None:
             raise OptionError("--format raven writes one table per recording: give --output DIR (an existing directory)")
         _check_confidence(min_confidence)
-        service = _service(ctx, config)
+        service = service_in_force(ctx, config)
         db = service.db
         refuse_the_database(output, db, "--output")
         refuse_the_database(coverage, db, "--coverage")
@@ -334,7 +259,7 @@ def export_detections(
     except OutputClosed:   # `| head`: the reader had enough; as any Unix filter, exit quietly (128 + SIGPIPE)
         raise typer.Exit(128 + signal.SIGPIPE)
     except EdgemonError as exc:
-        raise _fail(exc)
+        raise fail(exc)
     if not bundle and not quiet:
         _warn_several_bundles(db, "--bundle ID")
     if not quiet:
@@ -358,140 +283,17 @@ def _warn_several_bundles(db: Path, choose: str) -> None:
             "included, so a call may appear once per bundle; choose one with %s", several, choose)
 
 
-@app.command()
-def review(
-    ctx: typer.Context,
-    db: DbOpt = None,
-    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="The recorder directory the detections came from (default: the paths in the database's ledger).", readable=False)] = None,
-    clips: Annotated[Optional[Path], _setting("clips")] = None,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but 127.0.0.1/localhost needs a token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8765,
-    token: Annotated[Optional[str], typer.Option("--token", envvar="EDGEMON_REVIEW_TOKEN", help="Token every request must carry (default: generated and printed when binding beyond this machine).")] = None,
-    reviewer: Annotated[str, typer.Option("--reviewer", help="Name stored with each verdict.")] = os.environ.get("USER", "reviewer"),
-    export: Annotated[Optional[Path], typer.Option("--export", help="Write every verdict as CSV to this file ('-': stdout) and exit.", readable=False)] = None,
-    config: ConfigOpt = None,
-):
-    """A local web page to hear, see and judge detections (correct / wrong / another label / unsure)."""
-    clips_given = clips   # named here; the settings' clip directory may not exist before `listen` saves one
-    try:
-        service = _service(ctx, config)
-        db, clips = service.db, service.clips   # the clip directory `listen` saved into
-        for option, path in (("--recordings", recordings), ("--clips", clips_given)):
-            if path is not None and not path.is_dir():   # else the page quietly falls back to the ledger's paths
-                raise OptionError(f"{option} {path}: {'not a directory' if path.exists() else 'no such directory'}")
-    except EdgemonError as exc:
-        raise _fail(exc)
-    if export is not None:   # a CSV of the verdicts: the page's extra is not needed
-        from edgemon.storage.export_files import atomic_text, refuse_the_database
-        from edgemon.review.reviews import write_reviews_csv
-
-        try:
-            refuse_the_database(export, db, "--export")
-            with (contextlib.nullcontext(sys.stdout) if str(export) == "-" else atomic_text(export)) as out:
-                count = write_reviews_csv(db, out)
-        except EdgemonError as exc:
-            raise _fail(exc)
-        logging.getLogger("edgemon.review").info("exported %d verdict(s)", count)
-        return
-    try:
-        from edgemon.review.app import ReviewConfig, serve
-    except ImportError as exc:
-        raise _fail(EdgemonError(f"the review page needs the 'review' extra (pip install 'edgemon[review]'): {exc}"))
-    try:
-        serve(ReviewConfig(db=db, recordings=recordings, clips=clips, host=host, port=port, token=token,
-                           reviewer=reviewer), on_ready=lambda line: typer.echo(line, err=True))
-    except EdgemonError as exc:
-        raise _fail(exc)
-
-
-@app.command()
-def reanalyse(
-    ctx: typer.Context,
-    models: ModelsOpt = None,
-    db: DbOpt = None,
-    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Recorder directory (default: the ledger's paths).", readable=False)] = None,
-    threads: ThreadsOpt = None,
-    config: ConfigOpt = None,
-):
-    """Run recordings still on disk through another bundle (--models; e.g. one from `edgemon-train adapt`,
-    or the embedded one after an upgrade); its detections are stored beside the old ones (run again,
-    a detection found again keeps its id and reviews)."""
-    from edgemon.analysis.analyzer import make_analyzer
-    from edgemon.files.reanalyse import reanalyse as run_reanalyse
-
-    try:
-        service = _service(ctx, config)
-        result = run_reanalyse(service.db, make_analyzer(service.models, service.threads), recordings,
-                               service.device_id)
-    except EdgemonError as exc:
-        raise _fail(exc)
-    typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
-    where = "" if recordings is not None else "; give --recordings DIR where they are now"
-    if result.missing and not (result.files or result.failed or result.changed):
-        raise console.error(f"nothing analysed again: none of the {len(result.missing)} recording(s) is on disk "
-                            f"(listed above){where}")
-    if result.missing:
-        logging.getLogger("edgemon").warning("%d recording(s) no longer on disk were not analysed again (listed "
-                                             "above)%s", len(result.missing), where)
-    if result.failed or result.changed:
-        raise console.error(f"{len(result.changed) + len(result.failed)} recording(s) not analysed again: "
-                            f"{len(result.changed)} changed since watch analysed them, {len(result.failed)} "
-                            f"unreadable (listed above); their detections were left as they were")
-
-
-@app.command()
-def sync(
-    ctx: typer.Context,
-    to: Annotated[Optional[str], typer.Option("--to", help="Fleet database, postgresql://user@host/db (default: sync_url from the settings). No password in it: libpq's ~/.pgpass, $PGPASSFILE, ?passfile=PATH (0600) or $PGPASSWORD.")] = None,
-    db: DbOpt = None,
-    device_id: DeviceIdOpt = None,
-    retry_for_s: Annotated[float, typer.Option(min=0.0, help="Keep retrying an unreachable server this many seconds, backing off.")] = 0.0,
-    batch_rows: Annotated[Optional[int], typer.Option(min=1, help="Changes in the first batch (batches then adapt to the link).")] = None,
-    config: ConfigOpt = None,
-):
-    """Send every detection, file, coverage minute and heartbeat the fleet database lacks, once."""
-    from edgemon.sync.sender import sync_command
-
-    try:
-        if not math.isfinite(retry_for_s):
-            raise OptionError(f"--retry-for-s: must be a finite number of seconds, not {retry_for_s}")
-        result = sync_command(_settings(ctx, config), to, retry_for_s, batch_rows)
-    except EdgemonError as exc:
-        raise _fail(exc)
-    typer.echo(result.describe())
-
-
-fleet_app = typer.Typer(no_args_is_help=True, help="The fleet database (PostgreSQL) that recorders sync into.")
-app.add_typer(fleet_app, name="fleet")
-
-
-@fleet_app.command("status")
-def fleet_status(
-    db: Annotated[str, typer.Option("--db", help="Fleet database, postgresql://user@host/db (no password in it).")],
-    days: Annotated[int, typer.Option(help="Days of detections and effort to show (the newest present).")] = 7,
-    all_bundles: Annotated[bool, typer.Option("--all-bundles", help="Detections of every bundle, not only each site's newest.")] = False,
-    min_free_mb: Annotated[float, typer.Option(help="Flag recorders with less free disk (MB).")] = 500.0,
-    fmt: Annotated[TextFormat, typer.Option("--format", help="text or json.")] = TextFormat.text,
-    as_json: JsonOpt = False,
-):
-    """Recorder health, detections per site/species/day and effort; flags recorders that need a visit."""
-    from edgemon.sync.fleet_status import VisitRules, collect_fleet, format_fleet
-
-    if days < 1:
-        raise _fail(OptionError(f"--days {days}: give 1 or more"))
-    try:
-        report = collect_fleet(db, VisitRules(min_free_mb=min_free_mb), days, all_bundles)
-    except EdgemonError as exc:
-        raise _fail(exc)
-    as_json = as_json or fmt is TextFormat.json
-    typer.echo(json.dumps(report, indent=2, default=str) if as_json else format_fleet(report), nl=as_json)
-
-
 def _parse_time(text: str, option: str):
     try:
         return parse_utc(text)
     except ValueError:
         raise OptionError(f"{option}: not an ISO 8601 time: {text!r} (e.g. 2024-05-01 or 2024-05-01T06:00Z)") from None
+
+
+# The commands grouped in their own modules; importing them registers them on ``app``.
+# In the order `edgemon --help` lists them, after every command here.
+from edgemon import cli_review  # noqa: E402,F401
+from edgemon import cli_fleet  # noqa: E402,F401,I001
 
 
 def main() -> None:

@@ -36,7 +36,8 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 BASE = {"edgemon", "edgemon.errors", "edgemon.utc", "edgemon.safetext", "edgemon.signals", "edgemon.console"}
 SERVICE = {"edgemon.config", "edgemon.health", "edgemon.status"}
-ENTRY = {"edgemon.daemon", "edgemon.cli", "edgemon.__main__"}
+ENTRY = {"edgemon.daemon", "edgemon.cli", "edgemon.cli_common", "edgemon.cli_review", "edgemon.cli_fleet",
+         "edgemon.__main__"}
 
 # What the training side may use of the recorder: the shared analysis, the named errors, the
 # command line's console, the version, and the database's read-only API (site adaptation reads

@@ -1,0 +1,63 @@
+"""``edgemon sync`` and ``edgemon fleet status``: the fleet's PostgreSQL (registered on
+``edgemon.cli_common.app``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Optional
+
+import typer
+
+from edgemon.cli_common import (ConfigOpt, DbOpt, DeviceIdOpt, JsonOpt, TextFormat, app, fail,
+                                settings_in_force)
+from edgemon.config import OptionError
+from edgemon.errors import EdgemonError
+
+
+@app.command()
+def sync(
+    ctx: typer.Context,
+    to: Annotated[Optional[str], typer.Option("--to", help="Fleet database, postgresql://user@host/db (default: sync_url from the settings). No password in it: libpq's ~/.pgpass, $PGPASSFILE, ?passfile=PATH (0600) or $PGPASSWORD.")] = None,
+    db: DbOpt = None,
+    device_id: DeviceIdOpt = None,
+    retry_for_s: Annotated[float, typer.Option(min=0.0, help="Keep retrying an unreachable server this many seconds, backing off.")] = 0.0,
+    batch_rows: Annotated[Optional[int], typer.Option(min=1, help="Changes in the first batch (batches then adapt to the link).")] = None,
+    config: ConfigOpt = None,
+):
+    """Send every detection, file, coverage minute and heartbeat the fleet database lacks, once."""
+    from edgemon.sync.sender import sync_command
+
+    try:
+        if not math.isfinite(retry_for_s):
+            raise OptionError(f"--retry-for-s: must be a finite number of seconds, not {retry_for_s}")
+        result = sync_command(settings_in_force(ctx, config), to, retry_for_s, batch_rows)
+    except EdgemonError as exc:
+        raise fail(exc)
+    typer.echo(result.describe())
+
+
+fleet_app = typer.Typer(no_args_is_help=True, help="The fleet database (PostgreSQL) that recorders sync into.")
+app.add_typer(fleet_app, name="fleet")
+
+
+@fleet_app.command("status")
+def fleet_status(
+    db: Annotated[str, typer.Option("--db", help="Fleet database, postgresql://user@host/db (no password in it).")],
+    days: Annotated[int, typer.Option(help="Days of detections and effort to show (the newest present).")] = 7,
+    all_bundles: Annotated[bool, typer.Option("--all-bundles", help="Detections of every bundle, not only each site's newest.")] = False,
+    min_free_mb: Annotated[float, typer.Option(help="Flag recorders with less free disk (MB).")] = 500.0,
+    fmt: Annotated[TextFormat, typer.Option("--format", help="text or json.")] = TextFormat.text,
+    as_json: JsonOpt = False,
+):
+    """Recorder health, detections per site/species/day and effort; flags recorders that need a visit."""
+    from edgemon.sync.fleet_status import VisitRules, collect_fleet, format_fleet
+
+    if days < 1:
+        raise fail(OptionError(f"--days {days}: give 1 or more"))
+    try:
+        report = collect_fleet(db, VisitRules(min_free_mb=min_free_mb), days, all_bundles)
+    except EdgemonError as exc:
+        raise fail(exc)
+    as_json = as_json or fmt is TextFormat.json
+    typer.echo(json.dumps(report, indent=2, default=str) if as_json else format_fleet(report), nl=as_json)

@@ -16,7 +16,8 @@ import numpy as np
 import soundfile
 
 from edgemon.analysis.analyzer import Analyzer
-from edgemon.analysis.bundle import Bundle, load_bundle, write_bundle
+from edgemon.analysis.bundle import Bundle, load_bundle
+from edgemon.analysis.bundle_write import write_bundle
 from edgemon.review import reviews
 from edgemon.storage.store import Detection, Store
 from training.adapted_bundle import CALIBRATION_KEYS, parent_point, point_manifest

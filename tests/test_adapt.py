@@ -199,7 +199,7 @@ def test_adapt_end_to_end_on_a_recorder_the_bundle_never_heard(site):
 def test_members_of_other_embedding_widths_are_refused_before_anything_runs(tmp_path):
     import torch
 
-    from edgemon.analysis.bundle import write_bundle
+    from edgemon.analysis.bundle_write import write_bundle
     from edgemon.analysis.frontend import FrontendConfig
     from tests.conftest import TINY_LABELS
     from training.model import ModelConfig, PrimateBiLSTM

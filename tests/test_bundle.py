@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgemon.analysis.bundle import load_bundle, write_bundle
+from edgemon.analysis.bundle import load_bundle
+from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError

@@ -201,7 +201,7 @@ def test_names_and_ceiling_of_the_shipped_bundle(shipped):
 def test_complete_bundle_gives_a_new_bundle_names_ceiling_and_windows(tiny_dataset, tmp_path):
     import torch
 
-    from edgemon.analysis.bundle import write_bundle
+    from edgemon.analysis.bundle_write import write_bundle
     from edgemon.analysis.frontend import FrontendConfig
     from tests.conftest import TINY_LABELS
     from training.model import ModelConfig, PrimateBiLSTM
@@ -225,7 +225,7 @@ def test_a_bundle_id_changes_with_whatever_decides_its_detections(tmp_path):
     """Detections are keyed by bundle id: the same members with another window, hop, thresholds,
     point or calibration store other rows and must not share an id (a review found a rewindowed
     bundle keeping its parent's); what is only said of a point (its expectations) leaves it."""
-    from edgemon.analysis.bundle import write_bundle
+    from edgemon.analysis.bundle_write import write_bundle
 
     shipped = load_bundle(default_bundle_path())
     base = dict(frontend=shipped.frontend, window_s=4.0, hop_s=2.0, thresholds=dict(shipped.thresholds))

@@ -14,7 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgemon.analysis.bundle import FORMAT_VERSION, load_bundle, sha256_of, write_bundle
+from edgemon.analysis.bundle import FORMAT_VERSION, load_bundle, sha256_of
+from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.cli import app

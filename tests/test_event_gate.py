@@ -271,7 +271,8 @@ def test_the_search_keeps_as_many_classes_as_the_budget_affords():
 def test_a_bundle_written_with_a_gate_requires_it_so_that_an_older_edgemon_refuses_it(tmp_path):
     """An edgemon that ignored the gate would store every run over its low base threshold."""
     from edgemon.analysis import bundle as bundles
-    from edgemon.analysis.bundle import default_bundle_path, load_bundle, write_bundle
+    from edgemon.analysis.bundle import default_bundle_path, load_bundle
+    from edgemon.analysis.bundle_write import write_bundle
 
     parent = load_bundle(default_bundle_path())
     common = dict(frontend=parent.frontend, window_s=parent.window_s, hop_s=parent.hop_s,

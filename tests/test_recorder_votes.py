@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgemon.analysis.bundle import load_bundle, write_bundle
+from edgemon.analysis.bundle import load_bundle
+from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
 from tests.conftest import TINY_LABELS

@@ -14,8 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgemon.analysis.bundle import (MANIFEST, Bundle, check_replaceable, decision_identity, load_bundle, with_requirements,
-                                     write_bundle)
+from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle
+from edgemon.analysis.bundle_write import check_replaceable, decision_identity, with_requirements, write_bundle
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.site_head import SiteHead, load_site_head, write_site_head

@@ -15,8 +15,8 @@ import onnx
 import soundfile
 
 from edgemon.analysis import audio
-from edgemon.analysis.bundle import (SELF_CHECK_TOLERANCE, Bundle, ReferenceWindow, load_bundle, replace_manifest, sha256_of,
-                            write_bundle)
+from edgemon.analysis.bundle import SELF_CHECK_TOLERANCE, Bundle, ReferenceWindow, load_bundle, sha256_of
+from edgemon.analysis.bundle_write import replace_manifest, write_bundle
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.analysis.selfcheck import reference_features

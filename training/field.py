@@ -27,7 +27,8 @@ from scipy.stats import chi2
 from threadpoolctl import threadpool_limits
 
 from edgemon.analysis.analyzer import Analyzer, Event, EventMerger, WindowVote
-from edgemon.analysis.bundle import Bundle, load_bundle, write_bundle
+from edgemon.analysis.bundle import Bundle, load_bundle
+from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
 from edgemon.analysis.frontend import FrontendConfig
 from training.data import BACKGROUND, Split

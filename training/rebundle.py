@@ -14,7 +14,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from edgemon.analysis.bundle import Bundle, load_bundle, replace_manifest, write_bundle
+from edgemon.analysis.bundle import Bundle, load_bundle
+from edgemon.analysis.bundle_write import replace_manifest, write_bundle
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.errors import BundleError
 from training.bundling import complete_bundle, read_thresholds_file

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgemon.analysis.bundle import load_bundle, write_bundle
+from edgemon.analysis.bundle import load_bundle
+from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.frontend import FrontendConfig
 from training import baseline as baseline_mod
 from training.augment import AugmentConfig

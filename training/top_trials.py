@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from edgemon.analysis.bundle import write_bundle
+from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import FrontendConfig
 from training.bundling import check_reference_data, complete_bundle

@@ -1,10 +1,11 @@
 """Model bundles: a directory with ``manifest.json``, the member ``.onnx`` files and, optionally,
 reference windows for a self-check.
 
-Training writes bundles with ``write_bundle``; the recorder opens them with ``load_bundle``, which
-checks the whole manifest (shape and types of every field it reads, labels, thresholds, names,
-windows), confines every file it names to the bundle directory (no ``..``, no absolute path, no
-symlink leading out) and verifies each file's sha256 before any model is run.
+Training writes bundles with ``edgemon.analysis.bundle_write.write_bundle``; the recorder opens
+them with ``load_bundle``, which checks the whole manifest (shape and types of every field it
+reads, labels, thresholds, names, windows), confines every file it names to the bundle directory
+(no ``..``, no absolute path, no symlink leading out) and verifies each file's sha256 before any
+model is run.
 ``edgemon.analysis.ensemble.Ensemble`` then checks what only onnxruntime can see (input and output names,
 input width, class count, one probe run) and runs the reference windows (``edgemon.analysis.selfcheck``).
 Every refusal is a ``BundleError`` in one line naming the file.
@@ -23,7 +24,7 @@ Version policy of the manifest
 - A bundle may instead list the features it cannot be run without in ``requires``; a reader
   refuses one naming a feature outside ``KNOWN_REQUIREMENTS``. This lets one optional field become
   mandatory for one bundle without a new major version for all. Bundles with an event gate list
-  ``event_gate`` (``with_requirements``): a reader that ignored the gate would store a flood.
+  ``event_gate`` (``bundle_write.with_requirements``): a reader that ignored the gate would store a flood.
 - Bundles written before a field existed still load: each optional field has a default
   (``label_names`` empty, ``confidence_max`` 1.0, no self-check).
 """
@@ -31,14 +32,10 @@ Version policy of the manifest
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from edgemon.analysis.decisions import Calibration, OperatingPoint, check_point
@@ -205,7 +202,7 @@ class _Reader:
         return path
 
 
-def _read_manifest(manifest_path: Path) -> dict:
+def read_manifest(manifest_path: Path) -> dict:
     if not manifest_path.parent.is_dir():
         raise _fail(manifest_path.parent, "a file, not a bundle directory" if manifest_path.parent.exists()
                     else "no such bundle directory")
@@ -350,7 +347,7 @@ def load_bundle(path: str | Path) -> Bundle:
     """Read and verify a bundle directory; raise ``BundleError`` naming the broken file."""
     path = Path(path).resolve()
     manifest_path = path / MANIFEST
-    manifest = _read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path)
     r = _Reader(manifest_path)
     version = _check_version(r, manifest)
     labels, background = _labels(r, manifest)
@@ -374,131 +371,3 @@ def load_bundle(path: str | Path) -> Bundle:
                   format_version=version, label_names=_label_names(r, manifest, labels),
                   confidence_max=confidence_max,
                   self_check=_self_check(r, path, manifest, labels, len(members)))
-
-
-def replace_manifest(bundle_dir: str | Path, changes: dict) -> Bundle:
-    """Merge ``changes`` into a bundle's manifest (atomically: a temp file renamed over it) and
-    return the bundle verified again. Member files are never touched, so the bundle id stays."""
-    bundle_dir = Path(bundle_dir).resolve()
-    manifest = with_requirements({**_read_manifest(bundle_dir / MANIFEST), **changes})
-    tmp = bundle_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, bundle_dir / MANIFEST)
-    return load_bundle(bundle_dir)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def check_replaceable(out_dir: str | Path, inputs=()) -> None:
-    """A bundle is written at ``out_dir`` only where there is nothing (or an empty directory), or
-    an edgemon bundle that none of ``inputs`` (the files it is made from) lies in: a bundle
-    replaces its directory whole, and replacing anything else (a training run, a file, the
-    working directory, the parent bundle) would delete it. BundleError naming it otherwise."""
-    out_dir = Path(out_dir).resolve()
-    if not out_dir.exists() and not out_dir.is_symlink():
-        return
-    if not out_dir.is_dir():
-        raise _fail(out_dir, "exists and is not a directory; a bundle would replace it: choose another --out")
-    if not any(out_dir.iterdir()):
-        return
-    try:
-        is_bundle = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        is_bundle = False
-    if not is_bundle:
-        raise _fail(out_dir, "exists and is not an edgemon bundle; a bundle replaces its directory whole, "
-                             "so this would delete what is there: choose another --out or move it aside")
-    if any(Path(p).resolve().is_relative_to(out_dir) for p in inputs):
-        raise _fail(out_dir, "holds the files this bundle is made from: choose another --out")
-
-
-# What decides the rows a recorder stores with a bundle's members, beyond the members themselves.
-DECISION_KEYS = ("labels", "background_label", "frontend", "window_s", "hop_s", "voting", "thresholds",
-                 "operating_point", "calibration", "calibration_input", "site_head", "site_veto")
-POINT_PROVENANCE = ("expected", "target_false_per_hour", "rules", "from_bundle")   # said of a point, not part of it
-
-
-def with_requirements(manifest: dict) -> dict:
-    """``manifest`` with ``requires`` naming what it cannot be run without: an operating point with
-    an event gate (an edgemon that ignored the gate would store every run over its low base
-    threshold, a flood of false events, so an older one must refuse the bundle instead)."""
-    needed = set(manifest.get("requires") or [])
-    if isinstance(manifest.get("operating_point"), dict) and manifest["operating_point"].get("event_gate"):
-        needed.add("event_gate")
-    return {**manifest, "requires": sorted(needed)} if needed else manifest
-
-
-def decision_identity(manifest: dict) -> str:
-    """Canonical text of what decides a bundle's detections (``DECISION_KEYS``), for its id: two
-    bundles of the same members with other windows, thresholds, point or calibration store other
-    rows, and detections are keyed by bundle id, so they must never share one (a review found a
-    rewindowed bundle keeping its parent's id)."""
-    decided = {key: manifest[key] for key in DECISION_KEYS if manifest.get(key) is not None}
-    if isinstance(decided.get("operating_point"), dict):
-        decided["operating_point"] = {k: v for k, v in decided["operating_point"].items() if k not in POINT_PROVENANCE}
-    return json.dumps(decided, sort_keys=True)
-
-
-def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str], *,
-                 frontend: FrontendConfig, window_s: float, hop_s: float,
-                 devel_uars: list[float | None] | None = None,
-                 test_uars: list[float | None] | None = None,
-                 thresholds: dict | None = None, background_label: str = "background",
-                 precision: str = "fp32", label_names: dict | None = None,
-                 confidence_max: float | None = None, extra: dict | None = None) -> Bundle:
-    """Copy ``member_files`` into ``out_dir`` as member00.onnx… and write the manifest; an earlier
-    bundle there is replaced, anything else refused (``check_replaceable``).
-
-    The directory is assembled beside the target and renamed into place, so a reader never sees
-    half a bundle. Returns the verified bundle. Reference windows for the self-check are added
-    afterwards (``training.bundling.add_reference_windows``): they need the members run. The id is
-    the directory's name and a digest of the members and of everything that decides what the
-    recorder stores with them (``decision_identity``).
-    """
-    out_dir = Path(out_dir).resolve()
-    check_replaceable(out_dir, member_files)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    n = len(member_files)
-    devel_uars = devel_uars or [None] * n
-    test_uars = test_uars or [None] * n
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    os.chmod(staging, 0o777 & ~_umask())   # mkdtemp's 0700 would hide the bundle from the service's user
-    try:
-        members = []
-        for i, src in enumerate(member_files):
-            name = f"member{i:02d}.onnx"
-            shutil.copyfile(src, staging / name)
-            members.append(dataclasses.asdict(Member(
-                file=name, sha256=sha256_of(staging / name), devel_uar=devel_uars[i],
-                test_uar=test_uars[i], precision=precision)))
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "bundle_id": None,   # below, from what the manifest decides
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "labels": list(labels), "background_label": background_label,
-            "frontend": frontend.to_dict(), "members": members, "voting": "majority",
-            "window_s": window_s, "hop_s": hop_s,
-            "thresholds": thresholds or {label: 0.0 for label in labels},
-            **({"label_names": label_names} if label_names else {}),
-            **({"confidence_max": confidence_max} if confidence_max is not None else {}),
-            **(extra or {}),
-        }
-        manifest = with_requirements(manifest)
-        digest = hashlib.sha256(("".join(m["sha256"] for m in members) + decision_identity(manifest)).encode())
-        manifest["bundle_id"] = f"{out_dir.name}-{digest.hexdigest()[:12]}"
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(staging, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return load_bundle(out_dir)

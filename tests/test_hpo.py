@@ -85,6 +85,14 @@ def test_tiny_search_prunes_and_keeps_models_then_builds_an_ensemble(tiny_datase
     report = subprocess.run([sys.executable, "-m", "training", "report", str(out), "--data", str(tiny_dataset),
                              "--ensemble", str(out / "top2")], capture_output=True, text=True)
     assert report.returncode == 0, report.stderr[-2000:]
+    # A study kept elsewhere (a shared server's, here a copy) is reported from --storage.
+    shared = tmp_path / "shared.db"
+    shared.write_bytes((out / "study.db").read_bytes())
+    (tmp_path / "elsewhere-run").mkdir()
+    report = subprocess.run([sys.executable, "-m", "training", "report", str(tmp_path / "elsewhere-run"),
+                             "--data", str(tiny_dataset), "--ensemble", str(out / "top2"),
+                             "--storage", f"sqlite:///{shared}"], capture_output=True, text=True)
+    assert report.returncode == 0 and (tmp_path / "elsewhere-run" / "report" / "report.md").is_file(), report.stderr[-2000:]
     # Reading a search never makes one: a study name or a directory that holds none is one line,
     # and no empty study.db or study is left behind (a trial then saw one study's report over another's).
     for args, said in ((["report", str(out), "--study", "typo"], "study 'typo' is not in"),
@@ -117,6 +125,24 @@ def _trial_under_way(db: Path) -> bool:
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_an_ensemble_of_fewer_trials_than_asked_says_so(tmp_path, caplog):
+    """`ensemble --top 5` on a search with two finished trials wrote a two-member bundle without a word."""
+    from training.top_trials import select_members
+
+    study = optuna.create_study(direction="maximize")
+    for number in range(2):
+        run = tmp_path / f"{number:04d}"
+        run.mkdir()
+        (run / "model.onnx").write_bytes(b"onnx")
+        trial = study.ask()
+        trial.set_user_attr("run_dir", str(run))
+        study.tell(trial, 0.5 + number / 10)
+    with caplog.at_level("WARNING", logger="training.top_trials"):
+        chosen = select_members(study, top=5)
+    assert [t.number for t in chosen] == [1, 0]
+    assert "only 2 completed trial(s)" in caplog.text and "not the 5 asked" in caplog.text and "even" in caplog.text
+
+
 def test_a_killed_worker_loses_only_its_running_trial(tiny_dataset, tmp_path):
     out = tmp_path / "hpo"
     storage = f"sqlite:///{out / 'study.db'}"
@@ -142,6 +168,19 @@ def test_a_killed_worker_loses_only_its_running_trial(tiny_dataset, tmp_path):
                if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
     assert retried and retried[0].params == by_number[killed].params
     assert sum(t.state in FINISHED for t in study.trials) >= 3
+
+
+def test_bad_search_options_and_a_missing_data_directory_leave_no_run_behind(tiny_dataset, tmp_path):
+    """--startup-trials -3 and --heartbeat-s 0 failed in Optuna's words (exit 1); a wrong --data left
+    an empty --out."""
+    for extra, code, said in ((["--startup-trials", "-3"], 2, "--startup-trials"),
+                              (["--heartbeat-s", "0"], 2, "--heartbeat-s"),
+                              (["--timeout-s", "inf"], 2, "--timeout-s")):
+        done = subprocess.run(hpo_command(tiny_dataset, tmp_path / "o", *extra), capture_output=True, text=True)
+        assert done.returncode == code and said in done.stderr, done.stderr[-1500:]
+    done = subprocess.run(hpo_command(tmp_path / "nowhere", tmp_path / "o"), capture_output=True, text=True)
+    assert done.returncode == 1 and "nowhere" in done.stderr and "Traceback" not in done.stderr, done.stderr[-1500:]
+    assert not (tmp_path / "o").exists()
 
 
 def test_ctrl_c_in_a_trial_says_one_line_and_no_traceback(tiny_dataset, tmp_path):

@@ -47,6 +47,7 @@ def test_seconds_to_frames_is_the_recorders_window_length():
     ("field", {"frontend_kind": "logmel_pcen", "average_last": 1, "hidden": 8, "layers": 1, "window_s": 0.5,
                "hop_s": 0.25, "mix_other_recorders": True}, "field-logmel_pcen-avg1-h8l1-w0.5-xrec"),
     ("field", {"hop_s": 1.0}, "field-w4"),
+    ("field", {"frontend_kind": "pcen", "f_max": 4000.0, "average_last": 5}, "field-pcen-fmax4000-avg5"),
 ])
 def test_recipe_names_say_what_differs_from_the_papers_recipe(base, knobs, name):
     assert recipe_name(base, **knobs) == name

@@ -172,12 +172,13 @@ def test_fit_cli_with_pcen_and_averaging_makes_a_bundle_the_recorder_runs(tiny_d
     args = [a if a != "4" else "3" for a in TINY_FIT]  # 3 epochs, the last 2 averaged
     result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(out), *args,
                                  "--frontend", "logmel_pcen", "--average-last", "2", "--window-s", "0.5",
-                                 "--hop-s", "0.25"])
+                                 "--hop-s", "0.25", "--f-max", "4000"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_epoch"] == 3  # the averaged model, not an epoch chosen on devel
     bundle = load_bundle(out / "bundle")
     assert bundle.frontend.kind == "logmel_pcen" and bundle.frontend.n_features == 256
+    assert bundle.frontend.f_max == 4000   # the band edge travels inside the model
     analysis = Analyzer(bundle).analyse_file(tiny_dataset / "audio" / "call_high_test_2.flac")
     assert len(analysis.windows) >= 3
 
@@ -209,6 +210,13 @@ def test_fit_with_devel_trains_on_both_lists_and_centres_bands_in_the_export(tin
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["trained_on"] == ["train+devel"]  # its devel score is not a held-out one
+
+
+@pytest.mark.parametrize("f_max", ["9000", "0", "-5"])
+def test_a_band_edge_outside_the_spectrum_is_refused(tiny_dataset, tmp_path, f_max):
+    result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), *TINY_FIT,
+                                 "--f-max", f_max])
+    assert result.exit_code == 2 and "--f-max" in result.output and not (tmp_path / "r").exists(), result.output
 
 
 def test_fit_with_devel_without_averaging_is_refused(tiny_dataset, tmp_path):
@@ -277,11 +285,35 @@ def test_a_typo_in_a_train_label_is_refused_before_any_audio_is_read(tiny_datase
     assert "train.csv" in result.output and not (tmp_path / "r").exists()
 
 
+def test_a_label_list_saved_by_a_spreadsheet_is_read_and_one_not_utf8_is_named(tiny_dataset, tmp_path):
+    """A byte-order mark (Excel's CSV) hid the 'filename' column; a Latin-1 list failed naming no file."""
+    from training.data import read_label_list
+
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    csv = data / "lab" / "train.csv"
+    plain = read_label_list(csv, data / "audio")
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())
+    assert read_label_list(csv, data / "audio") == plain
+    csv.write_bytes(csv.read_bytes()[3:].replace(b"call_high_train_0", b"call_high_train_\xe90", 1))
+    result = runner.invoke(app, ["baseline", "--data", str(data), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "train.csv: not a UTF-8 CSV label list" in result.output, result.output
+
+
+def test_early_stopping_beside_averaging_is_refused(tiny_dataset, tmp_path):
+    """--patience stopped early and kept the best devel epoch: --average-last was dropped without a word."""
+    result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), *TINY_FIT,
+                                 "--average-last", "2", "--patience", "1"])
+    assert result.exit_code == 2 and "--patience and --average-last" in result.output
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("option, value", [("--batch-size", "-4"), ("--tau", "-1"), ("--lr", "0"), ("--gamma", "-2"),
                                            ("--p-fm", "2"), ("--lr-decay", "0"), ("--hop-s", "0"), ("--layers", "0"),
                                            ("--patience", "-1"), ("--average-last", "-3"),
                                            ("--recorder-adversary", "-1"), ("--recorder-adversary", "nan"),
-                                           ("--recorder-adversary", "inf")])
+                                           ("--recorder-adversary", "inf"), ("--tau", "inf"), ("--lr", "inf"),
+                                           ("--gamma", "inf"), ("--weight-decay", "inf"), ("--window-s", "inf"),
+                                           ("--crop-s", "inf"), ("--hop-s", "inf"), ("--hard-negatives", "inf")])
 def test_impossible_training_values_are_refused_before_any_training(tiny_dataset, tmp_path, option, value):
     """Found by a newcomer trial: each trained (some for nothing, loss NaN) and reported success,
     or failed only when the bundle was built after all the epochs."""

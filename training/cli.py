@@ -19,10 +19,10 @@ from edgemon import console
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import EdgemonError
 from training.augment import AugmentConfig
-from training.cli_options import (AdversaryOpt, BackgroundShareOpt, CentreOpt, DataOpt, FrontendOpt, HardNegOpt,
-                                  MixOtherOpt, NearCallOpt, OutOpt, ParamsOpt, PoolOpt, TargetOpt,
+from training.cli_options import (AdversaryOpt, BackgroundShareOpt, CentreOpt, DataOpt, FMaxOpt, FrontendOpt,
+                                  HardNegOpt, MixOtherOpt, NearCallOpt, OutOpt, ParamsOpt, PoolOpt, TargetOpt,
                                   check_average_last, check_background_share, check_network_options,
-                                  check_params_alone, device_option, frontend_option, positive, share)
+                                  check_params_alone, device_option, frontend_option, non_negative, positive, share)
 from training.cv_progress import CvProgress
 from training.data import DEFAULT_DATA_DIR
 from training.model import ModelConfig
@@ -63,9 +63,9 @@ def fit(
     lr: Annotated[float, typer.Option(callback=positive, help="Learning rate.")] = PAPER.lr,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = PAPER.batch_size,
     tau: Annotated[float, typer.Option(callback=positive, help="Normalised-softmax temperature.")] = PAPER.tau,
-    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay (lambda).")] = PAPER.weight_decay,
+    weight_decay: Annotated[float, typer.Option(callback=non_negative, help="AdamW weight decay (lambda).")] = PAPER.weight_decay,
     lr_decay: Annotated[float, typer.Option(callback=positive, max=1.0, help="Per-epoch lr factor (beta).")] = PAPER.lr_decay,
-    gamma: Annotated[float, typer.Option(min=0.0, help="Focal-loss gamma.")] = float(PAPER.gamma),
+    gamma: Annotated[float, typer.Option(callback=non_negative, help="Focal-loss gamma.")] = float(PAPER.gamma),
     p_fm: Annotated[float, typer.Option(callback=share, help="Fraction of mel bins masked.")] = PAPER.p_fm,
     p_tm: Annotated[float, typer.Option(callback=share, help="Fraction of frames masked.")] = PAPER.p_tm,
     p_r: Annotated[float, typer.Option(callback=share, help="Probability of applying the masks.")] = PAPER.p_r,
@@ -77,11 +77,12 @@ def fit(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     field: Annotated[bool, typer.Option("--field", help="Turn on the field augmentations.")] = False,
-    crop_s: Annotated[Optional[float], typer.Option(min=0.0, help="Random crops of this many seconds (default: the window with --field, else off).")] = None,
+    crop_s: Annotated[Optional[float], typer.Option(callback=non_negative, help="Random crops of this many seconds (default: the window with --field, else off).")] = None,
     window_s: Annotated[float, typer.Option(callback=positive, help="Deployment window length written into the bundle.")] = WINDOW_S,
     hop_s: Annotated[float, typer.Option(callback=positive, help="Deployment window hop written into the bundle.")] = HOP_S,
     quiet: Annotated[bool, typer.Option("--quiet", help="Log lines instead of a progress bar.")] = False,
     frontend_kind: FrontendOpt = "logmel",
+    f_max: FMaxOpt = FrontendConfig.f_max,
     average_last: Annotated[int, typer.Option(min=0, help="Keep the mean weights of the last N epochs instead of the best devel epoch (0: off).")] = 0,
     mix_other_recorders: MixOtherOpt = False,
     centre_bands: CentreOpt = False,
@@ -98,13 +99,17 @@ def fit(
 
     check_background_share(background_share)
     check_average_last(average_last, epochs)
+    if patience and average_last:   # an early stop returned the best devel epoch, not the average
+        raise console.error("--patience and --average-last: give one (early stopping keeps the best devel epoch, "
+                            "averaging the last epochs; with --with-devel that epoch would be chosen on training data)",
+                            console.EXIT_USAGE)
     check_params_alone(params, lr=lr, batch_size=batch_size, tau=tau, weight_decay=weight_decay,
                         lr_decay=lr_decay, gamma=gamma, p_fm=p_fm, p_tm=p_tm, p_r=p_r, layers=layers,
                         hidden=hidden, dropout=dropout)
     if mix_other_recorders and not field and params is None:
         raise console.error("--mix-other-recorders needs --field (only the field recipe mixes in background)",
                             console.EXIT_USAGE)
-    frontend = frontend_option(frontend_kind)
+    frontend = frontend_option(frontend_kind, f_max)
     crop = crop_s if crop_s is not None else (window_s if field else 0.0)
     aug = AugmentConfig(p_fm=p_fm, p_tm=p_tm, p_r=p_r, log_floor=frontend.log_floor,
                         crop_frames=seconds_to_frames(crop, frontend),
@@ -221,6 +226,7 @@ def cv(
     hidden: Annotated[int, typer.Option(min=1, help="Network recipes: LSTM hidden size (h).")] = PAPER.hidden,
     layers: Annotated[int, typer.Option(min=1, help="Network recipes: LSTM layers (l).")] = PAPER.layers,
     frontend_kind: FrontendOpt = "logmel",
+    f_max: FMaxOpt = FrontendConfig.f_max,
     average_last: Annotated[int, typer.Option(min=0, help="Network recipes: average the weights of the last N epochs instead of choosing an epoch; keeps the fold models and chooses thresholds.")] = 0,
     max_false_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --average-last: share of background windows the thresholds may let through as calls.")] = 0.1,
     window_s: Annotated[float, typer.Option(callback=positive, help="The recorder's window: the field recipe's crop length and the held-out windows.")] = WINDOW_S,
@@ -246,7 +252,7 @@ def cv(
                            recorder_adversary=recorder_adversary, params=params is not None)
     check_background_share(background_share)
     check_average_last(average_last, epochs)
-    frontend = frontend_option(frontend_kind)
+    frontend = frontend_option(frontend_kind, f_max)
     try:
         recipes = cv_recipes(recipe, frontend, epochs=epochs, seed=seed, hidden=hidden, layers=layers,
                              average_last=average_last, window_s=window_s, hop_s=hop_s, centre_bands=centre_bands,
@@ -339,7 +345,7 @@ def adapt(
     out: Annotated[Path, typer.Option("--out", help="Adapted bundle directory to write.")],
     recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Recorder directory of the reviewed detections (default: the ledger's paths).")] = None,
     folds: Annotated[int, typer.Option(min=2, help="Held-out folds, grouped by recording.")] = 4,
-    l2: Annotated[float, typer.Option(min=0.0, help="Penalty on the site head's weights (larger: closer to the parent).")] = 1.0,
+    l2: Annotated[float, typer.Option(callback=non_negative, help="Penalty on the site head's weights (larger: closer to the parent).")] = 1.0,
 ):
     """Adapt a bundle to a site from its reviewed detections: a site head on the members'
     embeddings and/or re-fitted thresholds (alone or with the fewest windows an event needs),

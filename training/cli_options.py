@@ -3,6 +3,7 @@ before any work (one line, exit 2) rather than a traceback or a run that ignored
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -19,13 +20,19 @@ DataOpt = Annotated[Path, typer.Option("--data", help="ComParE-style data direct
 OutOpt = Annotated[Path, typer.Option("--out", help="Run directory to write.")]
 
 FrontendOpt = Annotated[str, typer.Option("--frontend", help="Model input: logmel (the paper's), pcen, or logmel_pcen (both side by side).")]
+FMaxOpt = Annotated[float, typer.Option("--f-max", help="Top edge of the mel bands in Hz (the paper's: 8000, half the sample rate); the bands then cover 0 to this.")]
 
 
-def frontend_option(kind: str) -> FrontendConfig:
+def frontend_option(kind: str, f_max: float = FrontendConfig.f_max) -> FrontendConfig:
     try:
-        return FrontendConfig.from_dict({"kind": kind})
+        frontend = FrontendConfig.from_dict({"kind": kind})
     except EdgemonError as exc:
         raise console.error(f"--frontend: {exc}", console.EXIT_USAGE)
+    if not frontend.f_min < f_max <= frontend.sample_rate / 2:
+        raise console.error(f"--f-max {f_max:g}: must lie above {frontend.f_min:g} Hz and at most "
+                            f"{frontend.sample_rate / 2:g} Hz (half the {frontend.sample_rate} Hz sample rate)",
+                            console.EXIT_USAGE)
+    return dataclasses.replace(frontend, f_max=f_max)
 
 
 def device_option(name: str) -> str:
@@ -44,11 +51,18 @@ def device_option(name: str) -> str:
 
 
 def positive(value):
-    """An option that must be a number above 0 (a newcomer's --lr 0 or --tau -1 trained and
-    reported success, or failed only after all the training)."""
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"must be above 0, got {value:g}")
+    """An option that must be a finite number above 0 (a newcomer's --lr 0 or --tau -1 trained and
+    reported success, or failed only after all the training; --tau inf trained a model that always
+    says every class equally, --window-s inf ended in a traceback)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number above 0, got {value:g}")
     return value
+
+
+def non_negative(value):
+    """An option that must be a finite number of at least 0 (--gamma inf or --weight-decay inf
+    trained every epoch on NaN, found only when the bundle was checked)."""
+    return finite(value, "0 or above")
 
 
 def finite(value, what: str):
@@ -97,10 +111,10 @@ def check_average_last(average_last: int, epochs: int) -> None:
 
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
 TargetOpt = Annotated[float, typer.Option(callback=positive, help="Field operating point: false events per hour of held-out background that the point (per-class thresholds and evidence rules, or event gate levels) may let through, shared among the call classes where it finds most calls.")]
-NearCallOpt = Annotated[float, typer.Option(min=0.0, help="Draw a background clip that lies within 120 s of a labelled call of the same source recording 1 + N as often as others of its class (0: off).")]
+NearCallOpt = Annotated[float, typer.Option(callback=non_negative, help="Draw a background clip that lies within 120 s of a labelled call of the same source recording 1 + N as often as others of its class (0: off).")]
 BackgroundShareOpt = Annotated[float, typer.Option(help="Draw background for this share of each epoch, the call classes equally for the rest (0: every class equally, as the paper).")]
 AdversaryOpt = Annotated[float, typer.Option(callback=lambda v: finite(v, "0 (off) or above"), help="Recorder adversary: a classifier guesses each clip's recorder from the embedding and its gradient into the model is reversed, at this weight (0: off; training.adversary).")]
-HardNegOpt = Annotated[float, typer.Option(min=0.0, help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
+HardNegOpt = Annotated[float, typer.Option(callback=non_negative, help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
 PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
 ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="A search trial's settings (JSON, `scripts/summarise_search.py --write-params`): replace the Table 2 options and the field preset.")]
 CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]

@@ -15,7 +15,7 @@ import typer
 
 from edgemon import console
 from training.cli import _run, app
-from training.cli_options import CentreOpt, DataOpt, OutOpt, PoolOpt, device_option
+from training.cli_options import CentreOpt, DataOpt, OutOpt, PoolOpt, device_option, positive
 from training.data import DEFAULT_DATA_DIR
 from training.errors import DataError
 
@@ -64,11 +64,11 @@ def hpo(
     centre_bands: CentreOpt = False,
     pool: Annotated[bool, typer.Option("--pool/--no-pool", help="--objective cv: add lab/pool.csv to each fold's training side, less the held-out recorders' clips (the devel objective trains on train alone).")] = True,
     features: Annotated[Optional[Path], typer.Option(help="Read train, devel (and pool) from a feature pack (`pack-features`) instead of --data's audio.")] = None,
-    startup_trials: Annotated[int, typer.Option(help="Trials finished before pruning starts.")] = 5,
+    startup_trials: Annotated[int, typer.Option(min=0, help="Trials finished before pruning starts.")] = 5,
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed (default: random per worker).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    heartbeat_s: Annotated[int, typer.Option(help="Seconds between trial heartbeats.")] = 60,
-    timeout_s: Annotated[Optional[float], typer.Option(help="This worker starts no trial after this many seconds.")] = None,
+    heartbeat_s: Annotated[int, typer.Option(min=1, help="Seconds between trial heartbeats.")] = 60,
+    timeout_s: Annotated[Optional[float], typer.Option(callback=positive, help="This worker starts no trial after this many seconds.")] = None,
     start_from_paper: Annotated[bool, typer.Option(help="Enqueue the paper's Table 2 setting as the first trial.")] = True,
 ):
     """Optuna TPE search with median pruning; run the same command on more workers to share a study."""
@@ -89,7 +89,12 @@ def hpo(
         raise console.error(f"--out {out} exists and is not a directory", console.EXIT_USAGE)
 
     def search():
-        train_split, devel, pool_split = _search_splits(data, features, pool and objective == "cv")
+        try:
+            train_split, devel, pool_split = _search_splits(data, features, pool and objective == "cv")
+        except BaseException:
+            if created and not any(out.iterdir()):   # a wrong --data leaves no empty run directory behind
+                out.rmdir()
+            raise
         with _study_storage(_storage(storage, out)) as url:
             try:
                 found = run_search(config, url, study, out, train_split, devel, pool_split)
@@ -98,9 +103,10 @@ def hpo(
                                     "with the study (the reference trials are queued again)", 130) from None
         return {"study": study, "storage": url, "progress": progress_line(found)}
 
-    try:
+    created = not out.exists()
+    try:   # before the data loads: a read-only place fails now, not after minutes of audio
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:   # a read-only place: one line, not a traceback
+    except OSError as exc:   # one line, not a traceback
         raise console.error(f"--out {out}: cannot create it ({exc.strerror or exc})")
     _run(search)
 
@@ -176,13 +182,14 @@ def report(
     data: DataOpt = DEFAULT_DATA_DIR,
     study: Annotated[str, typer.Option(help="Study name.")] = "edgemon",
     ensemble_dir: Annotated[Optional[Path], typer.Option("--ensemble", help="The bundle 'edgemon-train ensemble --out' wrote (default: RUN_DIR/ensemble).")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL of the study, as given to hpo (default: sqlite in RUN_DIR).")] = None,
 ):
     """The paper's figures for a search run: Table 1, confusions, classes, t-SNE, history, importances."""
     from training.report import build_report
 
     def run():
-        with _study_storage(_storage(None, run_dir)) as url:
+        with _study_storage(_storage(storage, run_dir)) as url:
             _existing_study(url, study)
-            return build_report(run_dir, data, study, ensemble_dir)
+            return build_report(run_dir, data, study, ensemble_dir, url)
 
     _run(run)

@@ -85,7 +85,7 @@ def cv_recipes(names: list[str], frontend: FrontendConfig, *, epochs: int, seed:
                         near_call_negatives=near_call_negatives, background_share=background_share,
                         recorder_adversary=recorder_adversary)
     model = ModelConfig(hidden=hidden, layers=layers, centre_bands=centre_bands)
-    knobs = dict(frontend_kind=frontend.kind, average_last=average_last, hidden=hidden, layers=layers,
+    knobs = dict(frontend_kind=frontend.kind, f_max=frontend.f_max, average_last=average_last, hidden=hidden, layers=layers,
                  window_s=window_s, hop_s=hop_s, centre_bands=centre_bands, hard_negatives=hard_negatives,
                  near_call_negatives=near_call_negatives, background_share=background_share,
                  recorder_adversary=recorder_adversary)
@@ -111,7 +111,7 @@ def _searched_recipe(names: list[str], params: dict, frontend: FrontendConfig, *
     if names != [space]:
         raise ValueError(f"--params holds {space}-space settings: name that one recipe (--recipe {space})")
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:6]
-    name = recipe_name(space, frontend_kind=frontend.kind, average_last=average_last, hidden=model.hidden,
+    name = recipe_name(space, frontend_kind=frontend.kind, f_max=frontend.f_max, average_last=average_last, hidden=model.hidden,
                        layers=model.layers, window_s=window_s, hop_s=hop_s, centre_bands=centre_bands,
                        mix_other_recorders=mix_other_recorders, **negatives) + f"-p{digest}"
     return Recipe(name, model, OptimConfig(**optim, epochs=epochs, seed=seed, average_last=average_last, **negatives),

@@ -96,11 +96,14 @@ def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
     """Parse a ``filename,label[,recorder,…]`` list; every listed file must exist."""
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: label list not found")
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"filename", "label"} <= set(reader.fieldnames):
-            raise DataError(f"{csv_path}: needs the columns 'filename' and 'label'")
-        rows = list(reader)
+    try:   # utf-8-sig: a list saved by a spreadsheet starts with a byte-order mark
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"filename", "label"} <= set(reader.fieldnames):
+                raise DataError(f"{csv_path}: needs the columns 'filename' and 'label'")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{csv_path}: not a UTF-8 CSV label list ({str(exc).splitlines()[0]})") from exc
     clips = [Clip(audio_dir / r["filename"], r["label"].strip(), (r.get("recorder") or "").strip())
              for r in rows]
     missing = [c.path.name for c in clips if not c.path.is_file()]

@@ -72,7 +72,8 @@ def seconds_to_frames(seconds: float, frontend: FrontendConfig) -> int:
     return int(round(seconds * frontend.sample_rate / frontend.hop_length))
 
 
-def recipe_name(base: str, *, frontend_kind: str = "logmel", average_last: int = 0, hidden: int = PAPER.hidden,
+def recipe_name(base: str, *, frontend_kind: str = "logmel", f_max: float = FrontendConfig.f_max,
+                average_last: int = 0, hidden: int = PAPER.hidden,
                 layers: int = PAPER.layers, window_s: float = WINDOW_S, hop_s: float = HOP_S,
                 centre_bands: bool = False, hard_negatives: float = 0.0,
                 mix_other_recorders: bool = False, near_call_negatives: float = 0.0,
@@ -80,11 +81,12 @@ def recipe_name(base: str, *, frontend_kind: str = "logmel", average_last: int =
     """A cv recipe's name (its directory under the cv run, its key in ``cv.json``): ``base``
     followed by what differs from the paper's recipe, e.g. ``field-avg5-h128l2-cb``.
 
-    In this order: ``-<frontend>`` unless log-mel, ``-avgN``, ``-hHlL`` unless Table 2's size,
+    In this order: ``-<frontend>`` unless log-mel, ``-fmaxF`` unless the paper's top band edge, ``-avgN``, ``-hHlL`` unless Table 2's size,
     ``-wS`` unless the default window and hop, ``-cb`` (centred bands), ``-hnN`` (hard negatives),
     ``-ncN`` (background near labelled calls drawn 1 + N as often), ``-bgS`` (background drawn
     for a share S of each epoch), ``-advN`` (a recorder adversary of weight N), ``-xrec`` (mixing in only background of other recorders: the ``field`` recipe's option)."""
     name = base + ("" if frontend_kind == "logmel" else f"-{frontend_kind}")
+    name += f"-fmax{f_max:g}" if f_max != FrontendConfig.f_max else ""
     name += f"-avg{average_last}" if average_last else ""
     name += f"-h{hidden}l{layers}" if (hidden, layers) != (PAPER.hidden, PAPER.layers) else ""
     name += f"-w{window_s:g}" if (window_s, hop_s) != (WINDOW_S, HOP_S) else ""

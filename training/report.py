@@ -83,7 +83,9 @@ def plot_study(study: optuna.Study, out: Path) -> dict:
     fig.tight_layout()
     fig.savefig(out / "optimisation_history.png", dpi=110)
     plt.close(fig)
-    importances = optuna.importance.get_param_importances(study) if len(trials) >= 2 else {}
+    # fANOVA named, as the title says: Optuna 5's default evaluator is PED-ANOVA.
+    importances = (optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+                   if len(trials) >= 2 else {})
     fig, ax = plt.subplots(figsize=(6, 4))
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names])
@@ -95,10 +97,10 @@ def plot_study(study: optuna.Study, out: Path) -> dict:
 
 
 def build_report(run_dir: Path, data_dir: Path, study_name: str = "edgemon",
-                 ensemble_dir: Path | None = None) -> dict:
+                 ensemble_dir: Path | None = None, storage: str | None = None) -> dict:
     """Write ``RUN_DIR/report/`` (PNGs + report.md) from a search run and its ensemble, the bundle
     ``edgemon-train ensemble --out`` wrote (default ``RUN_DIR/ensemble``), whose figures are in
-    ``<bundle>-report`` beside it."""
+    ``<bundle>-report`` beside it. The study is read from ``storage`` (default ``RUN_DIR/study.db``)."""
     ensemble_dir = Path(ensemble_dir) if ensemble_dir is not None else run_dir / "ensemble"
     report_dir = ensemble_dir.parent / f"{ensemble_dir.name}-report"
     summary_path = report_dir / "summary.json"
@@ -113,7 +115,8 @@ def build_report(run_dir: Path, data_dir: Path, study_name: str = "edgemon",
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     splits = Splits.load(data_dir)
-    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{(run_dir / 'study.db').resolve()}")
+    study = optuna.load_study(study_name=study_name,
+                              storage=storage or f"sqlite:///{(run_dir / 'study.db').resolve()}")
 
     base = baseline.fit_baseline(splits.train, splits.devel)
     rows = {"Baseline (functionals + SVM)": [metrics(s.targets, baseline.predict(base, s), s.labels)["uar"]

@@ -5,6 +5,7 @@ recorder's windows (``training.recorder_votes``)."""
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from training.evaluate import metrics, write_report
 from training.onnx_export import quantize_int8
 from training.recorder_votes import windowed_metrics
 
+log = logging.getLogger(__name__)
+
 
 def select_members(study: optuna.Study, top: int = 5) -> list[optuna.trial.FrozenTrial]:
     """The ``top`` completed trials by devel UAR whose saved model is at hand."""
@@ -29,6 +32,10 @@ def select_members(study: optuna.Study, top: int = 5) -> list[optuna.trial.Froze
     done.sort(key=lambda t: (-t.value, t.number))
     if not done:
         raise DataError(f"study {study.study_name}: no completed trial with a saved model")
+    if len(done) < top:   # said, not refused: a search still running may be bundled early on purpose
+        log.warning("study %s: only %d completed trial(s) with a saved model, not the %d asked: the bundle has %d "
+                    "member(s)%s", study.study_name, len(done), top, len(done),
+                    " (an even number: ties are broken by the mean probability)" if len(done) % 2 == 0 else "")
     return done[:top]
 
 

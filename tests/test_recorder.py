@@ -303,6 +303,19 @@ def test_name_in_the_recorders_zone_is_converted(tmp_path):
     assert "UTC+02:00" in got.detail
 
 
+def test_a_flac_keeps_the_comments_zone_and_time(tmp_path):
+    """An AudioMoth recording kept as FLAC (its comment a Vorbis COMMENT) was stored at the name's
+    wall clock read as UTC: 8 h late for a recorder on UTC+8."""
+    comment = COMMENT.format("05:30:00 01/02/2023 (UTC+8)")
+    for name in ("20230201_053000.flac", "walk transect A.flac"):
+        with soundfile.SoundFile(tmp_path / name, "w", 16000, 1, format="FLAC") as f:
+            f.comment = comment
+            f.write(np.zeros(1600))
+        got = recording_time(tmp_path / name, now=NOW)
+        assert got.start_utc == utc(2023, 1, 31, 21, 30) and not got.suspect, (name, got)
+    assert recording_time(tmp_path / "walk transect A.flac", now=NOW).source == "metadata"
+
+
 # ---- completeness -----------------------------------------------------------------------------
 
 

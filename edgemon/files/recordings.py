@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from edgemon.analysis.containers import wav_chunks
+from edgemon.analysis.containers import MAX_FLAC_BLOCKS, wav_chunks
 from edgemon.utc import UTC
 
 MAX_HEADER_READ = 4 * 1024 * 1024  # bytes of non-audio chunks read from one file, at most
@@ -168,6 +168,60 @@ def read_wav_metadata(path: str | Path) -> dict:
     return meta
 
 
+def _read_vorbis_comment(body: bytes, meta: dict) -> None:
+    """A FLAC VORBIS_COMMENT block: vendor string, then ``KEY=value`` entries, each length-prefixed
+    (32-bit little-endian). ``COMMENT`` (or ``DESCRIPTION``) is the AudioMoth comment's place when
+    a recording is kept as FLAC (a converter, or soundfile's ``comment``)."""
+    fields, i = {}, 0
+    try:
+        vendor = struct.unpack_from("<I", body, i)[0]
+        i += 4 + vendor
+        count = struct.unpack_from("<I", body, i)[0]
+        i += 4
+        for _ in range(count):
+            size = struct.unpack_from("<I", body, i)[0]
+            key, sep, value = body[i + 4:i + 4 + size].decode("utf-8", "replace").partition("=")
+            i += 4 + size
+            if sep:
+                fields[key.strip().upper()] = value.strip()
+    except struct.error:   # cut short: what was read
+        pass
+    meta["info"] = fields
+    for key in ("COMMENT", "DESCRIPTION"):
+        if key in fields:
+            meta["comment"] = fields[key]
+            break
+
+
+def read_flac_metadata(path: str | Path) -> dict:
+    """Header fields of a FLAC file: ``file_size``, and from its VORBIS_COMMENT block ``info`` (the
+    ``KEY=value`` fields, keys upper-cased) and ``comment``. At most ~MAX_HEADER_READ bytes read;
+    no audio decoded. Raises ``OSError`` if unopenable."""
+    with open(path, "rb") as f:
+        meta: dict = {"file_size": os.fstat(f.fileno()).st_size}
+        if f.read(4) != b"fLaC":
+            return meta
+        pos = 4
+        for _ in range(MAX_FLAC_BLOCKS):
+            f.seek(pos)
+            block = f.read(4)
+            if len(block) < 4:
+                break
+            size = int.from_bytes(block[1:], "big")
+            if block[0] & 0x7F == 4 and size <= MAX_HEADER_READ:
+                _read_vorbis_comment(f.read(size), meta)
+            pos += 4 + size
+            if block[0] & 0x80:   # the last metadata block
+                break
+    return meta
+
+
+def read_metadata(path: Path) -> dict:
+    """``read_wav_metadata`` or ``read_flac_metadata`` by the name's suffix; {} for other files."""
+    suffix = path.suffix.lower()
+    return read_wav_metadata(path) if suffix == ".wav" else read_flac_metadata(path) if suffix == ".flac" else {}
+
+
 def _metadata_time(meta: dict) -> tuple[datetime, str] | None:
     """-> (aware time in the recorder's own UTC offset, detail): GUANO Timestamp, else comment."""
     stamp = meta.get("guano", {}).get("Timestamp", "")
@@ -268,7 +322,7 @@ def _name_in_zone(named: datetime, stamped: datetime) -> bool:
 
 
 def recording_time(path: Path, now: datetime | None = None) -> RecordingTime:
-    """Start time of a recording in UTC: file name, else WAV metadata, else file mtime.
+    """Start time of a recording in UTC: file name, else WAV or FLAC metadata, else file mtime.
 
     A suspect clock (year < 2000, or more than a day after ``now``, default the host's UTC time;
     a naive ``now`` is taken as UTC) is still returned, flagged, unless the next source (file name
@@ -278,7 +332,7 @@ def recording_time(path: Path, now: datetime | None = None) -> RecordingTime:
     """
     path = Path(path)
     now = datetime.now(UTC) if now is None else (now if now.tzinfo else now.replace(tzinfo=UTC))
-    meta = read_wav_metadata(path) if path.suffix.lower() == ".wav" else {}
+    meta = read_metadata(path)
     stamped = _metadata_time(meta)
     found: list[tuple[str, datetime, str]] = []
     if named := _parse_filename(path.name):

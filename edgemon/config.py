@@ -74,6 +74,7 @@ class Setting:
     help: str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    maximum: float | None = None
     file: bool = False      # a path edgemon opens as a file: an existing directory is refused
 
     @property
@@ -92,8 +93,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("models", None, Path, None, "Model bundle directory (unset: the embedded bundle)."),
     Setting("device_id", None, str, "edgemon", "Recorder/site id stored with every detection."),
     Setting("threads", None, int, 1, "onnxruntime threads.", minimum=1),
-    Setting("latitude", None, float, None, "Recorder latitude, decimal degrees (WGS84); sent to the fleet database.", minimum=-90),
-    Setting("longitude", None, float, None, "Recorder longitude, decimal degrees (WGS84).", minimum=-180),
+    Setting("latitude", None, float, None, "Recorder latitude, decimal degrees (WGS84); sent to the fleet database.",
+            minimum=-90, maximum=90),
+    Setting("longitude", None, float, None, "Recorder longitude, decimal degrees (WGS84).", minimum=-180, maximum=180),
     Setting("timezone", None, str, None, "Recorder's IANA time zone (e.g. 'Asia/Kuching'): the fleet views' local days."),
 
     Setting("directory", "watch", Path, None, "Recorder directory to watch (recursive)."),
@@ -396,6 +398,10 @@ def _checked(s: Setting, value: Any, where: str, error: type[ConfigError] = Conf
         raise error(f"{where}: must be one of {', '.join(s.choices)}, not {value!r}")
     if s.minimum is not None and value < s.minimum:
         raise error(f"{where}: must be at least {s.minimum:g}, got {value!r}")
+    if s.maximum is not None and value > s.maximum:
+        raise error(f"{where}: must be at most {s.maximum:g}, got {value!r}")
+    if s.name == "timezone":   # else the first nightly export, weeks later, fails on it
+        _check_zone(value, where, error)
     if s.file:
         try:
             is_dir = value.is_dir()
@@ -426,6 +432,22 @@ def _from_text(s: Setting, text: str, where: str, error: type[ConfigError] = Con
     except ValueError:
         raise error(f"{where}: expected {_kind_name(s.kind)}, got {text!r}") from None
     return _checked(s, parsed, where, error)
+
+
+def _check_zone(name: str, where: str, error) -> None:
+    """An IANA zone this host knows, spelt as the database spells it (a lower-case 'asia/kuching'
+    is not found by the exports on Linux)."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+        if name in zoneinfo.available_timezones() or name == "UTC":
+            return
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        pass
+    spelt = {zone.lower(): zone for zone in zoneinfo.available_timezones()}.get(name.lower())
+    hint = f" (did you mean {spelt!r}?)" if spelt else " (e.g. 'Asia/Kuching')"
+    raise error(f"{where}: unknown IANA time zone {name!r}{hint}")
 
 
 def _kind_name(kind: type) -> str:

@@ -73,6 +73,10 @@ def test_config_file_found_by_env_variable_or_default_path(tmp_path):
     ('threads = 0\n', "at least 1"),
     ('mode = "record"\n', "must be one of watch, listen"),
     ('db = \n', "not valid TOML"),
+    ('latitude = 200.0\n', "latitude: must be at most 90"),        # accepted until the fleet refused it
+    ('longitude = 999.0\n', "longitude: must be at most 180"),
+    ('timezone = "Mars/Olympus"\n', "unknown IANA time zone 'Mars/Olympus'"),   # the first export failed on it
+    ('timezone = "asia/kuching"\n', "did you mean 'Asia/Kuching'"),
 ])
 def test_mistakes_in_the_file_are_errors_naming_file_and_key(tmp_path, text, message):
     config = write(tmp_path / "bad.toml", text)
@@ -82,6 +86,9 @@ def test_mistakes_in_the_file_are_errors_naming_file_and_key(tmp_path, text, mes
 
 
 def test_environment_values_are_parsed_and_checked(tmp_path):
+    assert load_settings(env={"EDGEMON_TIMEZONE": "Asia/Kuching"}, default_path=None).service.timezone == "Asia/Kuching"
+    with pytest.raises(ConfigError, match="EDGEMON_TIMEZONE: unknown IANA time zone 'Mars/Olympus'"):
+        load_settings(env={"EDGEMON_TIMEZONE": "Mars/Olympus"}, default_path=None)
     s = load_settings(env={"EDGEMON_THREADS": "3", "EDGEMON_DEVICE": "2", "EDGEMON_MODELS": ""}, default_path=None).service
     assert (s.threads, s.device, s.models) == (3, "2", None)
     with pytest.raises(ConfigError, match="EDGEMON_SETTLE_S: expected a number"):

@@ -24,7 +24,6 @@ import shutil
 import sqlite3
 import threading
 import time
-import zoneinfo
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -106,16 +105,8 @@ def backoff_s(failures: int, config: SyncConfig, rng: random.Random = random.Ran
 
 def device_info(settings: Settings) -> DeviceInfo:
     """The recorder's metadata from the settings in force (``db_uuid`` is filled in by the session)."""
-    service = settings.service
+    service = settings.service   # its zone and position were checked as the settings were read
     tz = service.timezone
-    if tz is not None:
-        try:
-            zoneinfo.ZoneInfo(tz)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"timezone: unknown IANA time zone {tz!r} (e.g. 'Asia/Kuching')") from None
-    for name, value, limit in (("latitude", service.latitude, 90.0), ("longitude", service.longitude, 180.0)):
-        if value is not None and value > limit:   # the registry checks only minimums
-            raise ConfigError(f"{name}: must be at most {limit:g}, got {value!r}")
     manifest_path = Path(service.models or default_bundle_path()) / MANIFEST
     try:
         manifest = manifest_path.read_text()

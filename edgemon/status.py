@@ -172,6 +172,8 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
     others = {}
     if backlog["other_recordings"]:
         others = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT path, size, mtime_ns FROM other_recordings")}
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'same_recordings'").fetchone() is not None:
+        others |= {r[0]: (r[1], r[2]) for r in conn.execute("SELECT path, size, mtime_ns FROM same_recordings")}
     waiting = 0
     for path in iter_audio(root):
         try:
@@ -180,7 +182,7 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
             continue
         entry = ledger.get(source_of(root, path))
         if others.get(stored_name(path)) == (st.st_size, st.st_mtime_ns):
-            continue          # left alone by watch: another recording than the one analysed
+            continue          # left alone by watch: another recording than the one analysed, or the same moved
         if entry is None or entry[:2] != (st.st_size, st.st_mtime_ns) or entry[2] == "failed":
             waiting += 1
     backlog["waiting"] = waiting

@@ -47,6 +47,7 @@ from edgemon.files.directory import check_root, file_version, iter_audio, skippe
 from edgemon.files.events import observing, start_observer, stop_observer
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.files.recordings import StabilityTracker, recording_time, wav_header_consistent
+from edgemon.files.same_recording import SameRecording, same_recording
 from edgemon.safetext import name_from_stored, shown
 from edgemon.storage.disk_budget import HOLD, DiskGuard
 from edgemon.storage.fingerprint import another_recording, fingerprint
@@ -295,6 +296,9 @@ class Watcher:
         if entry is not None and another_recording(entry.get("fingerprint"), path):
             self._leave_alone(path, source, version, entry)
             return True
+        if (same := same_recording(self.store, path, source, st.st_size, entry)) is not None:
+            self._not_again(path, source, version, same)
+            return True
         note = None
         if path.suffix.lower() == ".wav":
             ok, why = wav_header_consistent(path)
@@ -372,6 +376,19 @@ class Watcher:
                         shown(entry["path"]))
         self.settled[path] = version
         self.others.add(path)
+
+    def _not_again(self, path: Path, source: str, version: tuple[int, int], same: SameRecording) -> None:
+        """A recording analysed already (``files.same_recording``): its detections are not stored
+        twice. Said once per file, not at every start."""
+        if same.kind == "touched":
+            self.store.note_touched(source, version[1])
+            log.info("%s: touched or copied again (same size and audio): not analysed again", shown(source))
+        elif self.store.note_same_recording(same.source, path=path, size=version[0], mtime_ns=version[1],
+                                            moved=same.kind == "moved"):
+            what = "moved or renamed from" if same.kind == "moved" else "a copy of"
+            log.warning("%s: %s %s, analysed already: not analysed again; its detections stay under %s",
+                        shown(source), what, shown(same.path), shown(same.source))
+        self.settled[path] = version
 
     def _quarantine_at_once(self, path: Path, source: str, version: tuple[int, int], why: str) -> None:
         """A file no retry can help: recorded once as quarantined, and not looked at again

@@ -344,3 +344,19 @@ def m012_file_fingerprint(db: sqlite_utils.Database) -> None:
             mtime_ns INTEGER NOT NULL,
             noted_utc TEXT NOT NULL
         )""")
+
+
+@MIGRATIONS()
+def m013_same_recordings(db: sqlite_utils.Database) -> None:
+    """The files ``watch`` did not analyse because they hold a recording already analysed under
+    another name: moved or renamed inside the watched tree (its old path gone), or a byte-for-byte
+    copy. Analysed, each would store the recording's detections and hours a second time. By
+    path, like ``other_recordings``; ``source`` is the name its detections are stored under."""
+    db.execute("""
+        CREATE TABLE same_recordings (
+            path TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            noted_utc TEXT NOT NULL
+        )""")

@@ -244,6 +244,38 @@ class Store:
                        "VALUES (?, ?, ?, ?, ?)", [path, source, size, mtime_ns, _now()])
         return True
 
+    def analysed_under_another_name(self, source: str, size: int, fingerprint: str | None) -> dict | None:
+        """The ledger row of a recording analysed under another name than ``source`` with the same
+        size and audio digests (``storage.fingerprint``): the file's twin, or None."""
+        if not fingerprint:
+            return None
+        return next(self.db["files"].rows_where("state = 'done' AND size = ? AND fingerprint = ? AND source != ?",
+                                                [size, fingerprint, source], limit=1), None)
+
+    def note_same_recording(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
+                            moved: bool = False) -> bool:
+        """Record that the file at ``path`` holds the recording analysed as ``source`` (moved,
+        renamed or copied); True when it is new, or changed since it was noted. ``moved``: the
+        ledger row of ``source`` takes ``path`` as where the recording is now (review and
+        reanalyse read it there)."""
+        path = stored_name(path)
+        with self._write() as db:
+            row = db.execute("SELECT source, size, mtime_ns FROM same_recordings WHERE path = ?", [path]).fetchone()
+            if moved:
+                db.execute("UPDATE files SET path = ? WHERE source = ? AND path != ?", [path, source, path])
+            if row is not None and tuple(row) == (source, size, mtime_ns):
+                return False
+            db.execute("INSERT OR REPLACE INTO same_recordings (path, source, size, mtime_ns, noted_utc) "
+                       "VALUES (?, ?, ?, ?, ?)", [path, source, size, mtime_ns, _now()])
+        return True
+
+    def note_touched(self, source: str, mtime_ns: int) -> None:
+        """The analysed file ``source`` was touched or copied again over itself (same size and
+        audio): its ledger row takes the new mtime, and nothing is analysed again (a file timed
+        by its mtime would otherwise deliver its detections again at new times)."""
+        with self._write() as db:
+            db.execute("UPDATE files SET mtime_ns = ?, updated_at = ? WHERE source = ?", [mtime_ns, _now(), source])
+
     def record_failure(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
                        error: str, max_attempts: int = 3, died: bool = False) -> str:
         """Count a failed attempt at ``source`` and return its new state: 'failed', or

@@ -1,0 +1,74 @@
+"""A recording watch has analysed, met again: touched, moved or renamed inside the tree, copied
+beside itself. Found by a newcomer trial: each was analysed again, its detections stored twice (or,
+timed by its mtime, delivered again at new times) and its hours counted twice."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+
+from edgemon.status import collect_status
+from tests.watch_helpers import noise, query, watch_until_idle, write_wav
+
+DETECTIONS = "SELECT source, start_s, label, start_utc, confidence FROM detections ORDER BY id"
+
+
+@pytest.fixture
+def duet(borneo_dir):
+    """Twelve seconds of a real gibbon duet clip: a recording with detections."""
+    clip = sorted((borneo_dir / "audio").glob("duet_*.flac"))[0]
+    return np.tile(soundfile.read(clip, dtype="float32")[0], 2)
+
+
+def test_a_recording_moved_or_renamed_inside_the_tree_is_not_analysed_again(tmp_path, duet):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "20230201_053000.WAV", duet)
+    assert watch_until_idle(root, db).processed == 1
+    before = query(db, DETECTIONS)
+    assert before
+    (root / "day1").mkdir()
+    os.rename(root / "20230201_053000.WAV", root / "day1" / "20230201_053000.WAV")
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, DETECTIONS) == before
+    # the ledger follows the recording (review and reanalyse read it there), and nothing waits
+    assert query(db, "SELECT source, path FROM files") == [("20230201_053000.WAV",
+                                                            str(root / "day1" / "20230201_053000.WAV"))]
+    assert query(db, "SELECT path, source FROM same_recordings") == [(str(root / "day1" / "20230201_053000.WAV"),
+                                                                      "20230201_053000.WAV")]
+    assert collect_status(db, directory=root)["backlog"]["waiting"] == 0
+    assert watch_until_idle(root, db).processed == 0    # and at the next start
+
+
+def test_a_copy_beside_the_recording_is_not_analysed_again_but_another_recording_is(tmp_path, duet):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "20230201_053000.WAV", duet)
+    watch_until_idle(root, db)
+    before = query(db, DETECTIONS)
+    shutil.copy(root / "20230201_053000.WAV", root / "20230201_053000 (1).WAV")
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, DETECTIONS) == before
+    # Two recordings that only begin alike (the same first seconds of silence), same length: both
+    # analysed; and the same audio renamed to another time (a clock mended by hand) is analysed there.
+    quiet = np.zeros(3 * 16000, dtype=np.float32)
+    write_wav(root / "20230202_053000.WAV", np.concatenate([quiet, noise(9, seed=1)]))
+    write_wav(root / "20230202_053000 (1).WAV", np.concatenate([quiet, noise(9, seed=2)]))
+    shutil.copy(root / "20230201_053000.WAV", root / "20230201_063000.WAV")
+    assert watch_until_idle(root, db).processed == 3
+
+
+def test_a_file_timed_by_its_mtime_touched_or_copied_again_keeps_its_times(tmp_path, duet):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    path = write_wav(root / "walk transect A.wav", duet)
+    watch_until_idle(root, db)
+    before = query(db, DETECTIONS)
+    assert before and query(db, "SELECT time_source FROM files") == [("mtime",)]
+    later = path.stat().st_mtime + 3600
+    os.utime(path, (later, later))                 # `touch`, or a card copied again without -p
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, DETECTIONS) == before
+    assert query(db, "SELECT mtime_ns FROM files") == [(path.stat().st_mtime_ns,)]
+    assert collect_status(db, directory=root)["backlog"]["waiting"] == 0

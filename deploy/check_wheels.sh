@@ -31,7 +31,8 @@ for py in $PYTHONS; do
   for minor in $(seq 17 "${GLIBC[$py]:-36}"); do platforms+=(--platform "manylinux_2_${minor}_$ARCH"); done
   dest=$(mktemp -d)
   echo "== linux $ARCH, Python $py (glibc up to 2.${GLIBC[$py]:-36}): ${DEPS[*]}"
-  if "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$dest" --only-binary=:all: \
+  # At the versions install.sh installs (constraints.txt), which must have wheels for the target too.
+  if "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$dest" --only-binary=:all: -c constraints.txt \
        --python-version "$py" --implementation cp "${platforms[@]}" "${DEPS[@]}" 2>"$dest.err"; then
     (cd "$dest" && ls -1 *.whl | sed 's/^/   /')
     echo "   OK: $(ls "$dest" | wc -l) wheels, no source distribution"

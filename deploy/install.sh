@@ -33,6 +33,8 @@
 #   --no-apt          do not install system packages
 #   --no-start        enable the service but do not (re)start it
 #   --pip-args ARGS   extra pip arguments (one string)
+#   --no-constraints  resolve dependencies afresh instead of at the versions the tests passed with
+#                     (constraints.txt beside this checkout, used by default when it is there)
 #   --uninstall       remove; with --purge also config and user; with --delete-data also the data
 set -euo pipefail
 
@@ -46,6 +48,7 @@ DEVICE_ID=""
 APT=1
 START=1
 PIP_ARGS=""
+CONSTRAINTS="$(dirname "$HERE")/constraints.txt"
 ACTION="install"
 PURGE=0
 DELETE_DATA=0
@@ -67,6 +70,7 @@ while [ $# -gt 0 ]; do
     --no-apt) APT=0; shift ;;
     --no-start) START=0; shift ;;
     --pip-args) PIP_ARGS="$2"; shift 2 ;;
+    --no-constraints) CONSTRAINTS=""; shift ;;
     --uninstall) ACTION="uninstall"; shift ;;
     --purge) PURGE=1; shift ;;
     --delete-data) DELETE_DATA=1; shift ;;
@@ -190,6 +194,9 @@ ensure_venv() {
   before="$(installed_version)"
   local pip=("$(r $VENV)/bin/python" -m pip install --quiet --upgrade --only-binary=:all:)
   [ -n "$WHEELS" ] && pip+=(--no-index --find-links "$WHEELS")
+  # The versions the tests last passed with (pyproject.toml gives lower bounds only: a Pi would
+  # otherwise get whatever is newest on the day it is installed).
+  [ -n "$CONSTRAINTS" ] && [ -f "$CONSTRAINTS" ] && pip+=(-c "$CONSTRAINTS")
   # shellcheck disable=SC2206
   [ -n "$PIP_ARGS" ] && pip+=($PIP_ARGS)
   # With the sync extra (the PostgreSQL driver, a binary wheel): setting sync_url later must not

@@ -205,6 +205,13 @@ def test_install_reinstall_upgrade_uninstall_in_a_throwaway_root(tmp_path):
     driver = subprocess.run([str(root / "opt/edgemon/venv/bin/python"), "-c", "import psycopg"], capture_output=True,
                             text=True)
     assert driver.returncode == 0, driver.stderr      # the sync extra: setting sync_url later just works
+    # At the versions the tests passed with, not whatever the index had newest (pyproject gives lower bounds).
+    pinned = dict(line.strip().split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                  if "==" in line and not line.startswith("#"))
+    got = subprocess.run([str(root / "opt/edgemon/venv/bin/python"), "-c", "import importlib.metadata as m; "
+                          "print(m.version('numpy'), m.version('onnxruntime'), m.version('watchdog'))"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert got == [pinned["numpy"], pinned["onnxruntime"], pinned["watchdog"]], got
     assert verify(root).returncode == 0 and verify(root).stderr == ""    # the installed unit, real ExecStart
 
     before = tree(root)

@@ -14,9 +14,10 @@ from edgemon.analysis.analyzer import Analyzer, make_analyzer
 from edgemon.config import Settings
 from edgemon.errors import BundleError
 from edgemon.files.isolate import Isolated
-from edgemon.files.directory import check_root
+from edgemon.files.directory import WatchRootError, check_root
 from edgemon.files.watcher import WatchConfig, Watcher
-from edgemon.health import HealthConfig, Heartbeats, ListenHeartbeats, WatchMonitor, listen_health
+from edgemon.health import (HealthConfig, Heartbeats, ListenHeartbeats, Notifier, WatchMonitor, listen_health,
+                            watchdog_interval_s)
 from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals
 from edgemon.storage.disk_budget import DiskBudget, DiskGuard
@@ -105,11 +106,40 @@ def _warn_other_device(db_path: Path, device_id: str) -> None:
                     shown(db_path), shown(stored), shown(device_id), shown(stored))
 
 
+def _wait_for_root(root: Path | None, every_s: float) -> bool:
+    """The service (``edgemon run``) waits for a watched directory that is not there yet, a card
+    not yet mounted, as a running watch waits for one that goes away: it exited at once, and
+    systemd restarted it every 15 s, a journal of errors a day. False when stopped meanwhile.
+    (``edgemon watch`` on the command line still says so and exits: a typo, most likely.) It looks
+    every ``every_s`` seconds (the rescan interval)."""
+    if root is None:
+        return True   # the settings' own error says what is missing
+    try:
+        check_root(root)
+        return True
+    except WatchRootError as exc:
+        if Path(root).exists():   # not a directory, or unreadable: no wait mends that
+            raise
+        log.warning("%s; waiting for it (a card not yet mounted?), looking every %g s", exc, every_s)
+    notifier = Notifier.from_env()
+    notifier.ready(status=f"waiting for {root}")
+    ping = watchdog_interval_s()
+    with stop_on_signals("waiting for the directory") as stop:
+        while not stop.wait(min(max(every_s, 0.5), ping or every_s)):
+            notifier.watchdog()   # alive and waiting: nothing has hung
+            if Path(root).is_dir():
+                log.info("%s is there now: watching it", shown(root))
+                return True
+    return False
+
+
 def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s: float | None) -> None:
     settings.log(log)
     service = settings.service
     _warn_other_device(service.db, service.device_id)
     if (mode or service.mode) == "watch":
+        if mode is None and not until_idle and not _wait_for_root(service.directory, service.rescan_s):
+            return   # stopped while waiting for the directory
         run_watch(service.watch_config(until_idle), service.db, service.models, service.threads,
                   service.health_config(), service.disk_budget())
     else:

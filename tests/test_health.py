@@ -382,3 +382,35 @@ def test_live_audio_lost_is_a_problem_from_a_second(tmp_path, lost_s, problem):
     lost = [p for p in status["problems"] if "live audio lost" in p]
     assert status["dropped_audio"]["last_24h"]["lost_s"] == lost_s
     assert lost == ([problem] if problem else [])
+
+
+def test_the_service_waits_for_a_card_not_yet_mounted(notify_socket, tmp_path):
+    """Found by a deploy review: `edgemon run` with its directory not there (a fresh install, the
+    card not yet mounted) exited at once, and systemd restarted it every 15 s for as long."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    card, db = tmp_path / "media" / "card", tmp_path / "d.db"
+    config = tmp_path / "edgemon.toml"
+    config.write_text(f'mode = "watch"\ndb = "{db}"\n[watch]\ndirectory = "{card}"\nrescan_s = 0.5\nsettle_s = 0\n')
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "2000000"}
+    service = subprocess.Popen([sys.executable, "-m", "edgemon", "run", "--config", str(config)], env=env,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        poll_until(lambda: any(m.startswith("READY=1\nSTATUS=waiting for") for _, m in notify_socket.messages),
+                   60, interval=0.1)
+        assert service.poll() is None and not db.exists()
+        write_wav(card / "20240101_060000.WAV", tone(1000, 4.0))   # mounted
+        poll_until(lambda: db.exists() and query(db, "SELECT count(*) FROM files WHERE state = 'done'") == [(1,)],
+                   60, interval=0.2)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        _, err = service.communicate(timeout=60)
+    assert service.returncode == 0, err[-2000:]
+    assert "no such directory; waiting for it (a card not yet mounted?)" in err and "is there now: watching it" in err
+    # Given on the command line, a missing directory is still refused at once (a typo, most likely).
+    typo = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(card) + "x", "--db", str(db)],
+                          capture_output=True, text=True, timeout=60)
+    assert typo.returncode == 1 and "no such directory" in typo.stderr

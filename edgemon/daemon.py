@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer, make_analyzer
@@ -20,7 +21,7 @@ from edgemon.health import (HealthConfig, Heartbeats, ListenHeartbeats, Notifier
                             watchdog_interval_s)
 from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals
-from edgemon.storage.disk_budget import DiskBudget, DiskGuard
+from edgemon.storage.disk_budget import DiskBudget, DiskGuard, free_bytes
 from edgemon.storage.lock import hold_database
 from edgemon.storage.recovery import open_or_recover
 from edgemon.storage.store import Store
@@ -29,6 +30,7 @@ from edgemon.sync.sender import sync_in_background
 
 log = logging.getLogger(__name__)
 TERMINAL_PROGRESS_S = 5.0   # backlog progress on a terminal; under systemd WatchConfig.progress_s
+MIN_ROOM_BYTES = 1 << 20    # below this the service waits before opening its database (SQLite needs its -shm)
 
 
 def record_refusal(db_path: Path, mode: str, device_id: str, reason: str) -> None:
@@ -121,14 +123,39 @@ def _wait_for_root(root: Path | None, every_s: float) -> bool:
         if Path(root).exists():   # not a directory, or unreadable: no wait mends that
             raise
         log.warning("%s; waiting for it (a card not yet mounted?), looking every %g s", exc, every_s)
+    if _wait_until(lambda: Path(root).is_dir(), f"waiting for {root}", every_s):
+        log.info("%s is there now: watching it", shown(root))
+        return True
+    return False
+
+
+def _wait_for_room(db_path: Path, every_s: float) -> bool:
+    """The service waits while the disk holding its database has no room at all: SQLite cannot
+    even check the database then (a disk I/O error, and systemd restarting the unit every 15 s).
+    With a little room it starts and holds new work itself (``[disk]``). False when stopped."""
+    def room() -> bool:
+        return free_bytes(db_path) >= MIN_ROOM_BYTES
+
+    if room():
+        return True
+    log.warning("the disk holding %s is full (%d bytes free): waiting for room (free some space on it), looking "
+                "every %g s", shown(db_path), free_bytes(db_path), every_s)
+    if _wait_until(room, f"disk full: waiting for room for {db_path}", every_s):
+        log.info("the disk holding %s has room again: starting", shown(db_path))
+        return True
+    return False
+
+
+def _wait_until(ready: Callable[[], bool], status: str, every_s: float) -> bool:
+    """Wait for ``ready()`` as a service: READY with ``status`` for systemd, watchdog pings while
+    alive, a look every ``every_s`` seconds (at least 0.5). False when stopped by a signal."""
     notifier = Notifier.from_env()
-    notifier.ready(status=f"waiting for {root}")
+    notifier.ready(status=status)
     ping = watchdog_interval_s()
-    with stop_on_signals("waiting for the directory") as stop:
+    with stop_on_signals(status) as stop:
         while not stop.wait(min(max(every_s, 0.5), ping or every_s)):
             notifier.watchdog()   # alive and waiting: nothing has hung
-            if Path(root).is_dir():
-                log.info("%s is there now: watching it", shown(root))
+            if ready():
                 return True
     return False
 
@@ -138,8 +165,9 @@ def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s
     service = settings.service
     _warn_other_device(service.db, service.device_id)
     if (mode or service.mode) == "watch":
-        if mode is None and not until_idle and not _wait_for_root(service.directory, service.rescan_s):
-            return   # stopped while waiting for the directory
+        if mode is None and not until_idle and not (_wait_for_root(service.directory, service.rescan_s)
+                                                    and _wait_for_room(service.db, service.rescan_s)):
+            return   # stopped while waiting for the directory or for room
         run_watch(service.watch_config(until_idle), service.db, service.models, service.threads,
                   service.health_config(), service.disk_budget())
     else:

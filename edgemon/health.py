@@ -310,7 +310,7 @@ class ListenHeartbeats:
 class CommitProgress:
     """A progress mark for a pipeline whose writer lives elsewhere: the monotonic time at which
     another connection to ``db_path`` was last seen to commit live coverage (the newest coverage
-    minute or its ``updated_at`` changed).
+    minute, its seconds or its ``updated_at`` changed).
 
     In listen mode coverage rows are committed every few seconds, with or without a working
     device, so they stop only when the analysis or the writer hangs. Other commits do not count:
@@ -332,8 +332,10 @@ class CommitProgress:
                 if not self.db_path.is_file():
                     return self.last
                 self._conn = connect_read_only(self.db_path, timeout_s=5.0, check_same_thread=False)
+            # Its seconds too: two commits of one minute in the same second of updated_at were one mark.
             mark = self._conn.execute(
-                "SELECT minute_utc, updated_at FROM coverage ORDER BY minute_utc DESC LIMIT 1").fetchone()
+                "SELECT minute_utc, updated_at, end_utc, analysed_s + lost_overflow_s + lost_dropped_s + "
+                "lost_device_s + lost_daemon_s FROM coverage ORDER BY minute_utc DESC LIMIT 1").fetchone()
         except sqlite3.Error:   # locked, or no coverage table yet
             return self.last
         mark = None if mark is None else tuple(mark)

@@ -414,3 +414,56 @@ def test_the_service_waits_for_a_card_not_yet_mounted(notify_socket, tmp_path):
     typo = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(card) + "x", "--db", str(db)],
                           capture_output=True, text=True, timeout=60)
     assert typo.returncode == 1 and "no such directory" in typo.stderr
+
+
+def test_the_service_waits_for_room_on_a_full_disk(notify_socket, tmp_path):
+    """Found by a deploy review: with 0 bytes free (the service's user sees 0 at ext4's reserve)
+    SQLite could not check the database ("disk I/O error"): the unit failed and was restarted every
+    15 s. It now waits for room, then starts and works."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    disk = tmp_path / "sd"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs to mount a small tmpfs (root) to fill a real disk")
+    try:
+        card, db = tmp_path / "card", disk / "d.db"
+        write_wav(card / "20240101_060000.WAV", tone(1000, 4.0))
+        config = tmp_path / "edgemon.toml"
+        config.write_text(f'mode = "watch"\ndb = "{db}"\n[watch]\ndirectory = "{card}"\nrescan_s = 0.5\n'
+                          f'settle_s = 0\n[disk]\nmin_free_mb = 0\nclips_min_free_mb = 0\n')
+        first = subprocess.run([sys.executable, "-m", "edgemon", "watch", "--config", str(config), "--until-idle"],
+                               capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0, first.stderr[-2000:]
+        with open(disk / "filler", "wb") as f:          # the card fills up
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        assert shutil.disk_usage(disk).free < 1 << 20
+        refused = subprocess.run([sys.executable, "-m", "edgemon", "watch", "--config", str(config), "--until-idle"],
+                                 capture_output=True, text=True, timeout=120)   # on the command line: one line, why
+        assert refused.returncode == 1 and "the disk holding it is full" in refused.stderr, refused.stderr[-2000:]
+        write_wav(card / "20240102_060000.WAV", tone(2000, 4.0))
+        env = {**os.environ, "NOTIFY_SOCKET": notify_socket.address}
+        service = subprocess.Popen([sys.executable, "-m", "edgemon", "run", "--config", str(config)], env=env,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            poll_until(lambda: any("disk full: waiting for room" in m for _, m in notify_socket.messages), 60,
+                       interval=0.1)
+            assert service.poll() is None
+            (disk / "filler").unlink()                  # room again
+            poll_until(lambda: query(db, "SELECT count(*) FROM files WHERE state = 'done'") == [(2,)], 60,
+                       interval=0.2)
+        finally:
+            service.send_signal(signal.SIGTERM)
+            _, err = service.communicate(timeout=60)
+        assert service.returncode == 0, err[-2000:]
+        assert "is full" in err and "has room again: starting" in err
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -88,6 +88,15 @@ class DiskGuard:
 _RANK = {OK: 0, NO_CLIPS: 1, HOLD: 2}
 
 
+def free_bytes(path: str | Path) -> int:
+    """Bytes this user may still write on the disk holding ``path`` (or its nearest existing
+    parent); a very large number when it cannot be measured (nothing to wait for then)."""
+    try:
+        return shutil.disk_usage(str(_existing(Path(path)))).free
+    except OSError:
+        return 1 << 62
+
+
 def _existing(path: Path) -> Path:
     path = path.absolute()
     while not path.exists() and path != path.parent:

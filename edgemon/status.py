@@ -158,7 +158,13 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
                    "SELECT source, path FROM files WHERE state = 'done' AND time_source = 'mtime' "
                    "ORDER BY updated_at DESC LIMIT 20")),
                "timed_by_mtime_count": conn.execute(
-                   "SELECT count(*) FROM files WHERE state = 'done' AND time_source = 'mtime'").fetchone()[0]}
+                   "SELECT count(*) FROM files WHERE state = 'done' AND time_source = 'mtime'").fetchone()[0],
+               # recordings whose clock looked unset or ahead: their detections' times are doubtful
+               "clock_suspect": dict(conn.execute(
+                   "SELECT source, start_utc FROM files WHERE state = 'done' AND clock_suspect = 1 "
+                   "ORDER BY updated_at DESC LIMIT 20")),
+               "clock_suspect_count": conn.execute(
+                   "SELECT count(*) FROM files WHERE state = 'done' AND clock_suspect = 1").fetchone()[0]}
     if directory is None:
         return backlog
     from edgemon.files.directory import iter_audio, source_of
@@ -250,6 +256,13 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
         more = status["backlog"]["timed_by_mtime_count"] - min(3, len(status["backlog"]["timed_by_mtime"]))
         problems.append(f"{status['backlog']['timed_by_mtime_count']} file(s) timed by their modification time (no "
                         f"start time in the name or header: a copy's time if copied): {named}"
+                        + (f"; and {more} more" if more > 0 else ""))
+    if status["backlog"].get("clock_suspect_count"):
+        named = ", ".join(f"{source} ({start})" for source, start in list(status["backlog"]["clock_suspect"].items())[:3])
+        more = status["backlog"]["clock_suspect_count"] - min(3, len(status["backlog"]["clock_suspect"]))
+        problems.append(f"{status['backlog']['clock_suspect_count']} file(s) from a recorder clock that looks wrong "
+                        f"(unset, or over a day ahead of this host): their detections' times are doubtful, and the "
+                        f"fleet leaves them out of its days; set the recorder's clock: {named}"
                         + (f"; and {more} more" if more > 0 else ""))
     free = status["disk"]["free_mb"]
     if min_free_mb is not None and free is not None and free < min_free_mb:

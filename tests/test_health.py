@@ -36,6 +36,7 @@ from tests.watch_helpers import (
     analyzer,
     fast_config,
     query,
+    watch_until_idle,
     write_wav,
 )
 
@@ -298,7 +299,8 @@ def test_status_reports_what_the_issue_asks(watched_db):
     quarantined = status["backlog"].pop("quarantined_files")
     assert status["backlog"] == {"done": 2, "failed": 0, "quarantined": 1, "waiting": 1, "directory": str(root),
                                  "with_note": 0, "other_recordings": 0,
-                                 "timed_by_mtime": {}, "timed_by_mtime_count": 0}
+                                 "timed_by_mtime": {}, "timed_by_mtime_count": 0,
+                                 "clock_suspect": {}, "clock_suspect_count": 0}
     assert list(quarantined) == ["20240103_060000.WAV"]
     assert status["last_file"]["source"] == "20240102_060000.WAV"
     assert status["last_detection"]["source"] == "20240102_060000.WAV"
@@ -467,3 +469,20 @@ def test_the_service_waits_for_room_on_a_full_disk(notify_socket, tmp_path):
         assert "is full" in err and "has room again: starting" in err
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_recorder_clock_that_looks_wrong_is_said_and_listed(tmp_path, caplog):
+    """Found by a newcomer trial: a recording named 1970 (an AudioMoth whose clock was never set)
+    was stored with clock_suspect = 1 without a word, and status said 'problems: none'."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "19700101_000012.WAV", tone(1000, 3.0))
+    write_wav(root / "20240101_060000.WAV", tone(1000, 3.0, seed=1))
+    with caplog.at_level(logging.WARNING, logger="edgemon.files.watcher"):
+        watch_until_idle(root, db)
+    assert "19700101_000012.WAV: the recorder's clock looks wrong (AudioMoth name" in caplog.text
+    status = collect_status(db, directory=root)
+    assert status["backlog"]["clock_suspect_count"] == 1
+    assert [p for p in status["problems"] if "recorder clock that looks wrong" in p] == [
+        "1 file(s) from a recorder clock that looks wrong (unset, or over a day ahead of this host): their "
+        "detections' times are doubtful, and the fleet leaves them out of its days; set the recorder's clock: "
+        "19700101_000012.WAV (1970-01-01T00:00:12.000Z)"]

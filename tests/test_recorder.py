@@ -294,6 +294,26 @@ def test_future_clock_is_flagged(tmp_path):
     assert recording_time(old, now=NOW).suspect
 
 
+def test_a_host_clock_not_yet_set_flags_no_recording_as_ahead(tmp_path, monkeypatch):
+    """Found by a deploy review: a Pi booted at 1970, or at fake-hwclock's days-old time before
+    timesyncd synced, stored every good recording as 'days ahead of the host', for good."""
+    import edgemon.files.recordings as recordings
+
+    timesync = tmp_path / "timesync"
+    timesync.mkdir()                                      # timesyncd runs, and has not synced yet
+    assert recordings.host_now(timesync) is None
+    (timesync / "synchronized").touch()
+    assert recordings.host_now(timesync) is not None
+    assert recordings.host_now(tmp_path / "absent") is not None   # no timesyncd: the clock as it is
+
+    path = write_wave_module(tmp_path / "20300101_000000.WAV")
+    monkeypatch.setattr(recordings, "host_now", lambda: None)   # the host's clock cannot be trusted
+    got = recording_time(path)
+    assert not got.suspect and got.start_utc == utc(2030, 1, 1)
+    unset = recording_time(write_wave_module(tmp_path / "19700101_000012.WAV"))
+    assert unset.suspect and "unset" in unset.detail      # an unset recorder clock is still plain
+
+
 def test_name_in_the_recorders_zone_is_converted(tmp_path):
     # AudioMoth names files in its configured zone; the comment says which zone that was.
     comment = COMMENT.format("12:00:00 01/02/2024 (UTC+2)")

@@ -255,13 +255,30 @@ def time_from_metadata(meta: dict) -> datetime | None:
     return found[0].astimezone(UTC) if found else None
 
 
-def _suspect_reason(start: datetime, now: datetime) -> str:
-    """Why a recorder clock looks wrong ('' when it looks fine)."""
+def _suspect_reason(start: datetime, now: datetime | None) -> str:
+    """Why a recorder clock looks wrong ('' when it looks fine). ``now`` None: the host's clock
+    cannot be trusted, so a time ahead of it says nothing about the recorder's."""
     if start.year < EARLIEST_PLAUSIBLE_YEAR:
         return f"clock looks unset (year {start.year})"
-    if start > now + FUTURE_SLACK:
+    if now is not None and start > now + FUTURE_SLACK:
         return f"clock {(start - now).total_seconds() / 86400:.1f} days ahead of the host"
     return ""
+
+
+TIMESYNC = Path("/run/systemd/timesync")   # systemd-timesyncd: 'synchronized' appears once it has synced
+
+
+def host_now(timesync: Path = TIMESYNC) -> datetime | None:
+    """This host's UTC time, or None when it is not to be trusted: before 2000 (a Pi without a
+    real-time clock boots at 1970), or timesyncd running and not yet synchronised (fake-hwclock
+    restores the time the Pi was switched off, days behind). Judged by it, every good recording
+    looked days ahead, was stored as a suspect clock for good, and left the fleet's day tables."""
+    now = datetime.now(UTC)
+    if now.year < EARLIEST_PLAUSIBLE_YEAR:
+        return None
+    if timesync.is_dir() and not (timesync / "synchronized").exists():
+        return None
+    return now
 
 
 def _flac_duration_s(path: Path) -> float | None:
@@ -302,7 +319,7 @@ def audio_duration_s(path: Path) -> float | None:
         return None
 
 
-def _from_mtime(path: Path, meta: dict, now: datetime) -> RecordingTime:
+def _from_mtime(path: Path, meta: dict, now: datetime | None) -> RecordingTime:
     """The file's last write (the end of recording) minus its duration, if the header tells it."""
     mtime = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=path.stat().st_mtime_ns // 1000)
     duration = _duration_s(path, meta)
@@ -324,14 +341,14 @@ def _name_in_zone(named: datetime, stamped: datetime) -> bool:
 def recording_time(path: Path, now: datetime | None = None) -> RecordingTime:
     """Start time of a recording in UTC: file name, else WAV or FLAC metadata, else file mtime.
 
-    A suspect clock (year < 2000, or more than a day after ``now``, default the host's UTC time;
-    a naive ``now`` is taken as UTC) is still returned, flagged, unless the next source (file name
-    -> metadata) gives a sound time. When the WAV comment or GUANO says the recorder ran in a
+    A suspect clock (year < 2000, or more than a day after ``now``, default the host's UTC time
+    when it can be trusted, ``host_now``; a naive ``now`` is taken as UTC) is still returned,
+    flagged, unless the next source (file name -> metadata) gives a sound time. When the WAV comment or GUANO says the recorder ran in a
     non-UTC zone and the file name shows that zone's wall clock, the name is converted with it.
     Raises ``OSError`` when the file cannot be read.
     """
     path = Path(path)
-    now = datetime.now(UTC) if now is None else (now if now.tzinfo else now.replace(tzinfo=UTC))
+    now = host_now() if now is None else (now if now.tzinfo else now.replace(tzinfo=UTC))
     meta = read_metadata(path)
     stamped = _metadata_time(meta)
     found: list[tuple[str, datetime, str]] = []

@@ -435,6 +435,9 @@ class Watcher:
             return
         if when.source == "mtime":
             self._say_timed_by_mtime(source, when)
+        elif when.suspect:   # a recorder's clock unset or ahead: said, as status says it after
+            log.warning("%s: the recorder's clock looks wrong (%s): its detections are stored at that time, marked "
+                        "clock_suspect", shown(source), when.detail)
         detections = self.detections(source, analysis, when)
         note = "; ".join(n for n in (note, analysis.note) if n) or None
         self.store.commit_file(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import signal
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -146,7 +147,8 @@ def classify(
 
     try:
         service = service_in_force(ctx, config)
-        rows, errors = classify_files(files, make_analyzer(service.models, service.threads))
+        zone = None if service.timezone is None else zoneinfo.ZoneInfo(service.timezone)   # checked with the settings
+        rows, errors = classify_files(files, make_analyzer(service.models, service.threads), zone)
     except EdgemonError as exc:
         raise fail(exc)
     if rows or not errors:   # every file failed: no table (a bare header read as "no detections")

@@ -464,3 +464,17 @@ def test_classify_says_when_a_recording_was_not_read_to_its_end(duet_recording, 
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "decoding stopped at" in done.stderr and "20180301_070000.flac" in done.stderr
+
+
+def test_classify_says_when_a_wav_is_shorter_than_its_header_and_gives_local_times(duet_recording, tmp_path):
+    """Found by a newcomer trial: watch noted a WAV cut short, classify said nothing; and with a
+    time zone set, classify's CSV left start_local empty."""
+    cut = tmp_path / "20180301_060000.WAV"
+    cut.write_bytes(duet_recording.read_bytes()[:duet_recording.stat().st_size * 2 // 3])
+    done = subprocess.run([sys.executable, "-m", "edgemon", "classify", str(cut), "--format", "csv"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "EDGEMON_TIMEZONE": "Asia/Kuching"})
+    assert done.returncode == 0, done.stderr
+    assert "20180301_060000.WAV: header inconsistent (data chunk declares" in done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert rows and rows[0]["start_local"].startswith("2018-03-01T14:00") and rows[0]["start_local"].endswith("+08:00")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import zoneinfo
 from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
-from edgemon.files.recordings import recording_time
+from edgemon.files.recordings import recording_time, wav_header_consistent
 from edgemon.safetext import shown
 from edgemon.storage import tables
 from edgemon.utc import utc_iso
@@ -24,14 +25,19 @@ log = logging.getLogger(__name__)
 TABLE_COLUMNS = ("source", "start_s", "end_s", "start_utc", "label", "common_name", "confidence")
 
 
-def classify_files(paths: list[Path], analyzer: Analyzer) -> tuple[list[dict], list[str]]:
-    """Detections of every file as export rows (``tables.COLUMNS``), and one error line per file
-    that could not be read, naming it."""
+def classify_files(paths: list[Path], analyzer: Analyzer,
+                   zone: zoneinfo.ZoneInfo | None = None) -> tuple[list[dict], list[str]]:
+    """Detections of every file as export rows (``tables.COLUMNS``; ``start_local`` in ``zone``,
+    the recorder's time zone, when given), and one error line per file that could not be read,
+    naming it."""
     names = tables.label_names(analyzer.bundle.manifest)
     rows, errors = [], []
     for path in paths:
         try:
             _check_readable(Path(path))
+            whole, why = wav_header_consistent(path)
+            if not whole and "not a RIFF" not in why:   # as watch notes it; not RIFF at all: the decoder says why
+                log.warning("%s: header inconsistent (%s); read as far as it goes", shown(str(path)), shown(why))
             analysis = analyzer.analyse_file(path)
             when = recording_time(Path(path))
             if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
@@ -50,7 +56,7 @@ def classify_files(paths: list[Path], analyzer: Analyzer) -> tuple[list[dict], l
                          "clock_suspect": int(when.suspect), "label": e.label, "scientific_name": scientific,
                          "common_name": common, "confidence": e.confidence, "score": e.score, "votes": e.votes,
                          "bundle_id": analyzer.bundle.bundle_id})
-    return rows, errors
+    return list(tables.with_local_time(rows, zone)), errors
 
 
 def _check_readable(path: Path) -> None:

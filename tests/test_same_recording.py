@@ -72,3 +72,19 @@ def test_a_file_timed_by_its_mtime_touched_or_copied_again_keeps_its_times(tmp_p
     assert query(db, DETECTIONS) == before
     assert query(db, "SELECT mtime_ns FROM files") == [(path.stat().st_mtime_ns,)]
     assert collect_status(db, directory=root)["backlog"]["waiting"] == 0
+
+
+def test_a_recorder_with_an_unset_clock_repeating_a_name_is_told_to_rename(tmp_path, caplog):
+    """Found by a newcomer trial: an AudioMoth whose clock is unset writes 19700101_000000.WAV again
+    after a battery change; the new recording was left alone with advice for two recorders."""
+    import logging
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "19700101_000000.WAV", noise(6, seed=1))
+    watch_until_idle(root, db)
+    write_wav(root / "19700101_000000.WAV", noise(6, seed=2))       # the next deployment, same name
+    with caplog.at_level(logging.WARNING, logger="edgemon.files.watcher"):
+        assert watch_until_idle(root, db).processed == 0
+    assert "its names repeat: rename the file to have it analysed" in caplog.text
+    os.rename(root / "19700101_000000.WAV", root / "19700101_000000-deployment2.WAV")
+    assert watch_until_idle(root, db).processed == 1                # renamed, as advised: analysed

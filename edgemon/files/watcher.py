@@ -371,9 +371,12 @@ class Watcher:
         alone, and the ledger keeps describing the recording its detections came from. Said once
         (``status`` names it after), not at every start."""
         if self.store.note_other_recording(source, path=path, size=version[0], mtime_ns=version[1]):
+            # A recorder whose clock is unset names its files from 1970 again after each battery
+            # change: there the same recorder repeats a name, and renaming the file is the way.
+            advice = ("the recorder's clock looks unset, so its names repeat: rename the file to have it analysed"
+                      if entry.get("clock_suspect") else "give each recorder its own database (--db)")
             log.warning("%s: another recording than the one analysed under this name (%s); left alone, its "
-                        "detections kept: give each recorder its own database (--db)", shown(source),
-                        shown(entry["path"]))
+                        "detections kept: %s", shown(source), shown(entry["path"]), advice)
         self.settled[path] = version
         self.others.add(path)
 

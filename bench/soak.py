@@ -99,7 +99,10 @@ def main() -> None:
         for i in range(args.backlog):
             folder = root / f"backlog{i // 1000:03d}"
             folder.mkdir(exist_ok=True)
-            (folder / f"{i:06d}.WAV").write_bytes(variants[i % len(variants)])
+            # each its own recording: the first sample numbers it (same bytes and start would be copies)
+            variant = variants[i % len(variants)]
+            at = variant.find(b"data") + 8
+            (folder / f"{i:06d}.WAV").write_bytes(variant[:at] + (i % 65536).to_bytes(2, "little") + variant[at + 2:])
         (work / "empty.toml").write_text("")
         env = dict(os.environ, EDGEMON_HEARTBEAT_S="60")
         env.setdefault("MALLOC_ARENA_MAX", "2")           # as deploy/edgemon.service runs it

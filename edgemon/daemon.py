@@ -153,7 +153,7 @@ def _wait_until(ready: Callable[[], bool], status: str, every_s: float) -> bool:
     notifier.ready(status=status)
     ping = watchdog_interval_s()
     with stop_on_signals(status) as stop:
-        while not stop.wait(min(max(every_s, 0.5), ping or every_s)):
+        while not stop.wait(max(0.5, min(every_s, ping or every_s))):   # rescan_s 0 spun a core
             notifier.watchdog()   # alive and waiting: nothing has hung
             if ready():
                 return True
@@ -177,6 +177,8 @@ def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s
 
         listen = service.listen_config(duration_s)
         resolve_device(listen.capture.device)   # a wrong --device leaves no database or lock behind
+        if mode is None and not _wait_for_room(service.db, service.rescan_s):
+            return   # stopped while waiting for room
         with hold_database(service.db), listen_health(service.db, service.health_config()):
             try:
                 listen_main(listen, service.db, service.models, service.threads,

@@ -21,7 +21,9 @@ def stop_on_signals(finishing: str = "the current file") -> Iterator[threading.E
 
     def handler(signum, frame):
         log.info("signal %d: stopping after %s", signum, finishing)
-        stop.set()
+        # Set from another thread: the handler runs on the main thread, which may be inside
+        # stop.wait() holding the Event's (non-reentrant) lock; set() here would wait for it forever.
+        threading.Thread(target=stop.set, name="stop-on-signal", daemon=True).start()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, handler)

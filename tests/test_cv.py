@@ -145,7 +145,8 @@ def test_network_options_with_only_the_baseline_are_refused(tiny_dataset, tmp_pa
 
     from training.cli import app
 
-    for option in (["--recorder-adversary", "1"], ["--hidden", "32"], ["--centre-bands"]):
+    for option in (["--recorder-adversary", "1"], ["--hidden", "32"], ["--centre-bands"], ["--frontend", "pcen"],
+                   ["--f-max", "4000"]):
         result = CliRunner().invoke(app, ["cv", "--data", str(tiny_dataset), "--recipe", "baseline", *option,
                                           "--out", str(tmp_path / "o")])
         assert result.exit_code == 2 and option[0] in result.output and "baseline" in result.output, result.output

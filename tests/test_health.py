@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -396,7 +397,25 @@ def test_the_service_waits_for_a_card_not_yet_mounted(notify_socket, tmp_path):
 
     card, db = tmp_path / "media" / "card", tmp_path / "d.db"
     config = tmp_path / "edgemon.toml"
-    config.write_text(f'mode = "watch"\ndb = "{db}"\n[watch]\ndirectory = "{card}"\nrescan_s = 0.5\nsettle_s = 0\n')
+    config.write_text(f'mode = "watch"\ndb = "{db}"\n[watch]\ndirectory = "{card}"\nrescan_s = 0\nsettle_s = 0\n')
+    def ticks(pid: int) -> int:   # a process's user + system CPU, in clock ticks
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:13])
+
+    # Waiting, not spinning (rescan_s 0 spun a core), and stopped while it waits at once, every time
+    # (a review saw SIGTERM deadlock the wait 16 times in 20).
+    for attempt in range(5):
+        waiting = subprocess.Popen([sys.executable, "-m", "edgemon", "run", "--config", str(config)],
+                                   stderr=subprocess.PIPE, text=True)
+        poll_until(lambda: not waiting.stderr.readline().find("waiting for it") < 0, 60, interval=0)
+        if attempt == 0:
+            before = ticks(waiting.pid)
+            time.sleep(2.0)
+            assert ticks(waiting.pid) - before < 0.3 * os.sysconf("SC_CLK_TCK") * 2.0
+        time.sleep(0.3)
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(timeout=20) == 0
+        waiting.stderr.close()
     env = {**os.environ, "NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "2000000"}
     service = subprocess.Popen([sys.executable, "-m", "edgemon", "run", "--config", str(config)], env=env,
                                stderr=subprocess.PIPE, text=True)

@@ -88,3 +88,35 @@ def test_a_recorder_with_an_unset_clock_repeating_a_name_is_told_to_rename(tmp_p
     assert "its names repeat: rename the file to have it analysed" in caplog.text
     os.rename(root / "19700101_000000.WAV", root / "19700101_000000-deployment2.WAV")
     assert watch_until_idle(root, db).processed == 1                # renamed, as advised: analysed
+
+
+def test_what_only_looks_alike_is_analysed(tmp_path, monkeypatch):
+    """Found by a review: two recorders' files of one name and size that begin in silence, the first
+    card's gone, were taken for a move (the second never analysed, the ledger pointed at its
+    audio); a file completed at the size it was preallocated at was taken as touched; and a twin
+    whose directory cannot be entered stopped the watcher."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    quiet = np.zeros(3 * 16000, dtype=np.float32)
+    first = write_wav(root / "A" / "20230202_053000.WAV", np.concatenate([quiet, noise(9, seed=1)]))
+    watch_until_idle(root, db)
+    first.unlink()                                   # the first card emptied
+    write_wav(root / "B" / "20230202_053000.WAV", np.concatenate([quiet, noise(9, seed=2)]))
+    assert watch_until_idle(root, db).processed == 1
+    assert dict(query(db, "SELECT source, path FROM files"))["A/20230202_053000.WAV"] == str(first)
+
+    whole = np.concatenate([noise(6, seed=3), noise(6, seed=4)])
+    stalled = write_wav(root / "20230203_053000.WAV", np.concatenate([whole[:6 * 16000], np.zeros(6 * 16000)]))
+    watch_until_idle(root, db)                       # a copy that set its size first and stalled
+    write_wav(stalled, whole)                        # completed, at the same size
+    assert watch_until_idle(root, db).processed == 1
+
+    shutil.copy(root / "B" / "20230202_053000.WAV", root / "20230202_053000 (1).WAV")
+    real_exists = type(first).exists
+
+    def shut(self, *args, **kwargs):                 # B's directory cannot be entered (EACCES, a failing card)
+        if self.parent.name == "B":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(first), "exists", shut)
+    assert watch_until_idle(root, db).processed == 1  # analysed, not a crash

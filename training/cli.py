@@ -249,7 +249,8 @@ def cv(
                            average_last=average_last, centre_bands=centre_bands,
                            mix_other_recorders=mix_other_recorders, hard_negatives=hard_negatives,
                            near_call_negatives=near_call_negatives, background_share=background_share,
-                           recorder_adversary=recorder_adversary, params=params is not None)
+                           recorder_adversary=recorder_adversary, params=params is not None,
+                           frontend=frontend_kind != "logmel", f_max=f_max != FrontendConfig.f_max)
     check_background_share(background_share)
     check_average_last(average_last, epochs)
     frontend = frontend_option(frontend_kind, f_max)

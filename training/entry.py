@@ -4,20 +4,28 @@ instead of a traceback."""
 
 from __future__ import annotations
 
+import signal
 import sys
 
 TRAINING_MODULES = ("torch", "einops", "optuna", "onnx", "sklearn", "matplotlib")
 
 
 def main() -> None:
+    # Ctrl-C while torch and the rest load (a second or two) is held until the imports are done:
+    # raised inside torch's C++ extension loading, a KeyboardInterrupt aborted the process
+    # ("terminate called after throwing … pybind11::error_already_set", exit -6). Nothing began.
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
         from training.cli import main as training_main
-    except KeyboardInterrupt:   # Ctrl-C while torch and the rest load (a second or two): nothing began
-        raise SystemExit(130) from None
     except ModuleNotFoundError as exc:
         if exc.name not in TRAINING_MODULES:
             raise
         print(f"error: edgemon-train needs the training packages ({exc.name} is missing): "
               "run scripts/setup-dev.sh, or pip install 'edgemon[train]'", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise SystemExit(130)
     training_main()

@@ -6,12 +6,13 @@ modification time), and its hours twice in the effort."""
 from __future__ import annotations
 
 import filecmp
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgemon.files.recordings import recording_time
 from edgemon.safetext import name_from_stored, stored_name
-from edgemon.storage.fingerprint import fingerprint
+from edgemon.storage.fingerprint import fingerprint, tail_digest
 from edgemon.storage.store import Store
 from edgemon.utc import parse_utc
 
@@ -23,33 +24,36 @@ class SameRecording:
     path: str      # where that recording was analysed (stored form)
 
 
-def same_recording(store: Store, path: Path, source: str, size: int, entry: dict | None) -> SameRecording | None:
-    """What the stable file ``path`` (named ``source``, ``size`` bytes, ledger row ``entry`` or
-    None) is of an analysed recording, or None when it is to be analysed.
+def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
+                   entry: dict | None) -> SameRecording | None:
+    """What the stable file ``path`` (named ``source``, stat ``st``, ledger row ``entry`` or None)
+    is of an analysed recording, or None when it is to be analysed.
 
-    Its own name: analysed already, and the same size and first audio (``storage.fingerprint``),
-    so only its mtime changed. Another name: a recording analysed with the same size and audio
-    digests whose old path is gone (a move), or whose file is still there with the same bytes (a
-    copy), and that starts when this one does (a file renamed to another time, to mend a clock,
-    is analysed at its new time). Two recordings that only begin alike (silence) are both analysed."""
-    digest = fingerprint(path)
-    if digest is None:
+    Its own name: analysed already, with the same size, first audio and last bytes
+    (``storage.fingerprint``), so only its mtime changed. Another name: a recording analysed with
+    the same size, digests and start time, whose old path is gone and whose mtime it kept (a
+    rename or ``mv``), or whose file is still there with the same bytes (a copy). Anything less is
+    analysed: two recordings that only begin and end alike (silence), a file written again at its
+    size, a recording renamed to another time (a clock mended by hand)."""
+    digest, tail = fingerprint(path), tail_digest(path)
+    if digest is None or tail is None:
         return None
     if entry is not None:
-        if entry["state"] == "done" and entry["size"] == size and entry.get("fingerprint") == digest:
+        if (entry["state"] == "done" and entry["size"] == st.st_size and entry.get("fingerprint") == digest
+                and entry.get("tail_digest") == tail):
             return SameRecording("touched", source, entry["path"])
         return None
-    twin = store.analysed_under_another_name(source, size, digest)
-    if twin is None or not _same_start(twin, path):
-        return None
-    analysed_at = Path(name_from_stored(twin["path"]))
-    if twin["path"] == stored_name(path) or not analysed_at.exists():
-        return SameRecording("moved", twin["source"], twin["path"])
-    try:
-        if filecmp.cmp(analysed_at, path, shallow=False):
-            return SameRecording("copy", twin["source"], twin["path"])
-    except OSError:   # either gone meanwhile: analysed, as any new file
-        pass
+    for twin in store.analysed_under_another_name(source, st.st_size, digest, tail):
+        if not _same_start(twin, path):
+            continue
+        analysed_at = Path(name_from_stored(twin["path"]))
+        try:
+            if twin["path"] == stored_name(path) or (twin["mtime_ns"] == st.st_mtime_ns and not analysed_at.exists()):
+                return SameRecording("moved", twin["source"], twin["path"])
+            if analysed_at.exists() and filecmp.cmp(analysed_at, path, shallow=False):
+                return SameRecording("copy", twin["source"], twin["path"])
+        except OSError:   # the other path cannot be looked at (a directory shut, a failing card): analysed
+            continue
     return None
 
 

@@ -50,7 +50,7 @@ from edgemon.files.recordings import StabilityTracker, recording_time, wav_heade
 from edgemon.files.same_recording import SameRecording, same_recording
 from edgemon.safetext import name_from_stored, shown
 from edgemon.storage.disk_budget import HOLD, DiskGuard
-from edgemon.storage.fingerprint import another_recording, fingerprint
+from edgemon.storage.fingerprint import another_recording, fingerprint, tail_digest
 from edgemon.storage.store import Detection, Store
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ class Watcher:
         if entry is not None and another_recording(entry.get("fingerprint"), path):
             self._leave_alone(path, source, version, entry)
             return True
-        if (same := same_recording(self.store, path, source, st.st_size, entry)) is not None:
+        if (same := same_recording(self.store, path, source, st, entry)) is not None:
             self._not_again(path, source, version, same)
             return True
         note = None
@@ -408,7 +408,7 @@ class Watcher:
         isolated child) is analysed in a child process, whose death is then the file's failure.
         """
         started = time.monotonic()
-        digest = fingerprint(path)   # before the analysis: what is analysed is at least this file
+        digest, tail = fingerprint(path), tail_digest(path)   # before the analysis: what is analysed is at least this file
         interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
         self._writes_again()
         if interrupted:
@@ -447,7 +447,7 @@ class Watcher:
                                duration_s=analysis.duration_s, start_utc=when.start_utc,
                                time_source=when.source, clock_suspect=when.suspect,
                                bundle_id=self.analyzer.bundle.bundle_id, detections=detections,
-                               note=note, fingerprint=digest)
+                               note=note, fingerprint=digest, tail_digest=tail)
         self.processed += 1
         self.stored += len(detections)
         self.attempted += 1

@@ -83,3 +83,17 @@ def not_analysed_as(entry: Mapping, path: Path, grown_ok: bool = False) -> str |
     if another_recording(entry.get("fingerprint"), path):
         return f"{path} holds other audio than the recording analysed under this name"
     return None
+
+
+def tail_digest(path: str | Path) -> str | None:
+    """A digest of the last ``SPAN_BYTES`` of the file (all of it when shorter), headers and all:
+    with the size and the first audio (``fingerprint``), what tells a file merely touched, moved or
+    copied from one written again at the same size (a copy that set its size first and stalled
+    was analysed with a silent tail, and its completion looked "touched"). None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - SPAN_BYTES))
+            return hashlib.sha1(f.read(SPAN_BYTES)).hexdigest()
+    except OSError:
+        return None

@@ -204,12 +204,14 @@ class Store:
     def commit_file(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
                     duration_s: float, start_utc: str | dt.datetime | None, time_source: str,
                     clock_suspect: bool, bundle_id: str, detections: list[Detection],
-                    note: str | None = None, fingerprint: str | None = None) -> None:
+                    note: str | None = None, fingerprint: str | None = None,
+                    tail_digest: str | None = None) -> None:
         """Store a processed file: its detections replace earlier ones of the same bundle (one found
         again unchanged keeps its row and id, so a file merely touched or copied again delivers
         nothing twice to export cursors), and its ledger row becomes 'done'. One transaction: all of it is stored or none of it. ``note``
         (kept in the ledger's error column) says what was odd about a file that was still read;
-        ``fingerprint`` (``storage.fingerprint``) tells this recording from another of its name.
+        ``fingerprint`` (``storage.fingerprint``) tells this recording from another of its name;
+        ``tail_digest`` (its last bytes) tells it, with the size, from one written again.
 
         ``size`` is in bytes, ``mtime_ns`` in nanoseconds since the epoch, ``duration_s`` in
         seconds. Raises ValueError if a detection names another source or bundle. Ends the file's
@@ -228,7 +230,7 @@ class Store:
                 "duration_s": duration_s,
                 "start_utc": _optional_utc(start_utc), "time_source": time_source,
                 "clock_suspect": int(clock_suspect), "bundle_id": bundle_id, "updated_at": now,
-                "fingerprint": fingerprint,
+                "fingerprint": fingerprint, "tail_digest": tail_digest,
             }, pk="source")
 
     def note_other_recording(self, source: str, *, path: str | Path, size: int, mtime_ns: int) -> bool:
@@ -244,13 +246,15 @@ class Store:
                        "VALUES (?, ?, ?, ?, ?)", [path, source, size, mtime_ns, _now()])
         return True
 
-    def analysed_under_another_name(self, source: str, size: int, fingerprint: str | None) -> dict | None:
-        """The ledger row of a recording analysed under another name than ``source`` with the same
-        size and audio digests (``storage.fingerprint``): the file's twin, or None."""
-        if not fingerprint:
-            return None
-        return next(self.db["files"].rows_where("state = 'done' AND size = ? AND fingerprint = ? AND source != ?",
-                                                [size, fingerprint, source], limit=1), None)
+    def analysed_under_another_name(self, source: str, size: int, fingerprint: str | None,
+                                    tail_digest: str | None) -> list[dict]:
+        """The ledger rows of recordings analysed under other names than ``source`` with the same
+        size, first audio and last bytes (``storage.fingerprint``): the file's twins, if any."""
+        if not fingerprint or not tail_digest:
+            return []
+        return list(self.db["files"].rows_where(
+            "state = 'done' AND size = ? AND fingerprint = ? AND tail_digest = ? AND source != ?",
+            [size, fingerprint, tail_digest, source]))
 
     def note_same_recording(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
                             moved: bool = False) -> bool:

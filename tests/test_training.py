@@ -342,13 +342,14 @@ def test_ctrl_c_while_the_training_side_loads_is_quiet():
     import sys
     import time
 
-    # At 0.4 s Python is up and torch not yet loaded; later ones land inside torch's C++ loading,
-    # where a KeyboardInterrupt once aborted the process (exit -6, "terminate called ...").
+    # Timed from just before main(): at 0.05 s torch is loading; later ones land inside torch's C++
+    # loading, where a KeyboardInterrupt once aborted the process (exit -6, "terminate called ...").
     # Once loaded, Ctrl-C ends the command as Python ends on it (quietly, -2 by SIGINT) or after it (0).
-    for delay, ends in ((0.4, {130}), (0.7, {130, 0, -2}), (1.0, {130, 0, -2}), (1.4, {130, 0, -2})):
+    for delay, ends in ((0.05, {130}), (0.4, {130, 0, -2}), (0.8, {130, 0, -2}), (1.2, {130, 0, -2})):
         child = subprocess.Popen([sys.executable, "-c", "import sys; sys.argv = ['edgemon-train', '--help']; "
-                                  "from training.entry import main; main()"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+                                  "from training.entry import main; print('main', flush=True); main()"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child.stdout.readline() == "main\n"
         time.sleep(delay)
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=60)

@@ -14,8 +14,15 @@ def main() -> None:
     # Ctrl-C while torch and the rest load (a second or two) is held until the imports are done:
     # raised inside torch's C++ extension loading, a KeyboardInterrupt aborted the process
     # ("terminate called after throwing … pybind11::error_already_set", exit -6). Nothing began.
+    # A second Ctrl-C interrupts at once, for an import that hangs.
     interrupted = []
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+
+    def hold(signum, frame):
+        if interrupted:
+            signal.default_int_handler(signum, frame)
+        interrupted.append(True)
+
+    previous = signal.signal(signal.SIGINT, hold)
     try:
         from training.cli import main as training_main
     except ModuleNotFoundError as exc:

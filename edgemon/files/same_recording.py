@@ -39,28 +39,46 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
     if digest is None or tail is None:
         return None
     if entry is not None:
-        if (entry["state"] == "done" and entry["size"] == st.st_size and entry.get("fingerprint") == digest
-                and entry.get("tail_digest") == tail):
+        if _matches(entry, st.st_size, digest, tail) and entry["state"] == "done":
             return SameRecording("touched", source, entry["path"])
         return None
+    noted = store.noted_same_recording(path)   # found to be a copy before: its original may be gone now
+    if noted is not None and (twin := store.file_entry(noted)) is not None and _matches(twin, st.st_size, digest, tail):
+        return SameRecording("copy" if _holds(twin) else "moved", twin["source"], twin["path"])
     for twin in store.analysed_under_another_name(source, st.st_size, digest, tail):
         if not _same_start(twin, path):
             continue
-        analysed_at = Path(name_from_stored(twin["path"]))
         try:
-            if twin["path"] == stored_name(path) or (twin["mtime_ns"] == st.st_mtime_ns and not analysed_at.exists()):
+            if twin["path"] == stored_name(path) or (twin["mtime_ns"] == st.st_mtime_ns and not _holds(twin)):
                 return SameRecording("moved", twin["source"], twin["path"])
-            if analysed_at.exists() and filecmp.cmp(analysed_at, path, shallow=False):
+            if filecmp.cmp(name_from_stored(twin["path"]), path, shallow=False):
                 return SameRecording("copy", twin["source"], twin["path"])
-        except OSError:   # the other path cannot be looked at (a directory shut, a failing card): analysed
+        except OSError:   # the other path cannot be looked at (gone, a directory shut, a failing card)
             continue
     return None
 
 
+def _matches(row: dict, size: int, digest: str, tail: str) -> bool:
+    return row["size"] == size and row.get("fingerprint") == digest and row.get("tail_digest") == tail
+
+
+def _holds(twin: dict) -> bool:
+    """Whether the analysed recording is still at its ledger path (a file there, gone or another
+    recording put in its place - the next card's of the same name - does not count)."""
+    analysed_at = Path(name_from_stored(twin["path"]))
+    try:
+        return analysed_at.is_file() and _matches(twin, analysed_at.stat().st_size, fingerprint(analysed_at),
+                                                  tail_digest(analysed_at))
+    except OSError:
+        return False
+
+
 def _same_start(twin: dict, path: Path) -> bool:
-    """Whether ``path`` starts (by its name, header or mtime) when the analysed ``twin`` did."""
+    """Whether ``path`` starts (by its name, header or mtime) when the analysed ``twin`` did, to
+    the millisecond the ledger keeps (an mtime minus a duration has microseconds)."""
     try:
         start = recording_time(path).start_utc
     except OSError:
         return False
-    return twin["start_utc"] is not None and start is not None and parse_utc(twin["start_utc"]) == start
+    return (twin["start_utc"] is not None and start is not None
+            and abs((parse_utc(twin["start_utc"]) - start).total_seconds()) < 0.001)

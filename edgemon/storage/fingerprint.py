@@ -86,14 +86,20 @@ def not_analysed_as(entry: Mapping, path: Path, grown_ok: bool = False) -> str |
 
 
 def tail_digest(path: str | Path) -> str | None:
-    """A digest of the last ``SPAN_BYTES`` of the file (all of it when shorter), headers and all:
-    with the size and the first audio (``fingerprint``), what tells a file merely touched, moved or
-    copied from one written again at the same size (a copy that set its size first and stalled
-    was analysed with a silent tail, and its completion looked "touched"). None if unreadable."""
+    """A digest of the file's header (what lies before its audio: an AudioMoth's comment names
+    the device and the time, a FLAC's STREAMINFO holds the audio's MD5; at most ``SPAN_BYTES``)
+    and of its last ``SPAN_BYTES``. With the size and the first audio (``fingerprint``), what
+    tells a file merely touched, moved or copied from one written again at the same size (a copy
+    that set its size first and stalled was analysed with a silent tail, and its completion looked
+    "touched") or from another recorder's of the same name that begins and ends in silence.
+    None if unreadable."""
     try:
         with open(path, "rb") as f:
+            header_end = min(_audio_offset(f), SPAN_BYTES)
+            f.seek(0)
+            header = f.read(header_end)
             size = f.seek(0, 2)
             f.seek(max(0, size - SPAN_BYTES))
-            return hashlib.sha1(f.read(SPAN_BYTES)).hexdigest()
+            return hashlib.sha1(header + f.read(SPAN_BYTES)).hexdigest()
     except OSError:
         return None

@@ -358,7 +358,7 @@ def m013_same_recordings(db: sqlite_utils.Database) -> None:
     twin a search, not a scan of the ledger for every new file (a soak trial: 7 ms a file at 60,000
     files without it)."""
     db.execute("ALTER TABLE files ADD COLUMN tail_digest TEXT")
-    db.execute("CREATE INDEX files_by_audio ON files (size, fingerprint)")
+    db.execute("CREATE INDEX files_by_audio ON files (size, tail_digest)")   # 40 hex digits, not the longer fingerprint
     db.execute("""
         CREATE TABLE same_recordings (
             path TEXT PRIMARY KEY,

@@ -256,6 +256,11 @@ class Store:
             "state = 'done' AND size = ? AND fingerprint = ? AND tail_digest = ? AND source != ?",
             [size, fingerprint, tail_digest, source]))
 
+    def noted_same_recording(self, path: str | Path) -> str | None:
+        """The source the file at ``path`` was noted to hold (``note_same_recording``), or None."""
+        row = self.db.execute("SELECT source FROM same_recordings WHERE path = ?", [stored_name(path)]).fetchone()
+        return None if row is None else row[0]
+
     def note_same_recording(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
                             moved: bool = False) -> bool:
         """Record that the file at ``path`` holds the recording analysed as ``source`` (moved,

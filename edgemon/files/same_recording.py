@@ -19,7 +19,7 @@ from edgemon.utc import parse_utc
 
 @dataclass(frozen=True)
 class SameRecording:
-    kind: str      # 'touched' (its own name), 'moved' (its old path gone) or 'copy' (byte for byte)
+    kind: str      # 'touched' (its own name), 'moved' (its old path no longer holds it) or 'copy' (byte for byte)
     source: str    # the name its detections are stored under
     path: str      # where that recording was analysed (stored form)
 
@@ -29,12 +29,13 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
     """What the stable file ``path`` (named ``source``, stat ``st``, ledger row ``entry`` or None)
     is of an analysed recording, or None when it is to be analysed.
 
-    Its own name: analysed already, with the same size, first audio and last bytes
+    Its own name: analysed already, with the same size, first audio, header and last bytes
     (``storage.fingerprint``), so only its mtime changed. Another name: a recording analysed with
-    the same size, digests and start time, whose old path is gone and whose mtime it kept (a
-    rename or ``mv``), or whose file is still there with the same bytes (a copy). Anything less is
-    analysed: two recordings that only begin and end alike (silence), a file written again at its
-    size, a recording renamed to another time (a clock mended by hand)."""
+    the same size, digests and start time, whose old path no longer holds it and whose mtime it
+    kept (a rename or ``mv``), or whose file is still there with the same bytes (a copy; taken as
+    moved once that original is gone). Anything less is analysed: two recordings that only begin
+    and end alike, a file written again at its size, a recording renamed to another time (a clock
+    mended by hand)."""
     digest, tail = fingerprint(path), tail_digest(path)
     if digest is None or tail is None:
         return None

@@ -51,10 +51,11 @@ def daemon(root: Path, db: Path, *extra: str, env: dict | None = None, **popen) 
 
 def test_names_that_are_not_utf8_are_stored_escaped_and_the_files_after_them_go_on(tmp_path):
     root, db = tmp_path / "rec", tmp_path / "d.db"
-    first = recording(root / "a.WAV", seed=1)
+    recording(root / "a.WAV", seed=1)
     os.makedirs(os.fsencode(root) + b"/d\xff")
-    shutil.copy(first, os.fsencode(root) + b"/d\xff/caf\xe9.WAV")       # Latin-1 names from a PC
-    shutil.copy(first, root / "back\\slash.WAV")
+    # Latin-1 names from a PC; each its own recording (one recording's copies would be noted as such)
+    os.rename(recording(tmp_path / "3.WAV", seed=3), os.fsencode(root) + b"/d\xff/caf\xe9.WAV")
+    recording(root / "back\\slash.WAV", seed=4)
     recording(root / "z.WAV", seed=2)
     watch_until_idle(root, db)
     entries = ledger(db)

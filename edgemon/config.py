@@ -439,13 +439,10 @@ def _check_zone(name: str, where: str, error) -> None:
     is not found by the exports on Linux)."""
     import zoneinfo
 
-    try:
-        zoneinfo.ZoneInfo(name)
-        if name in zoneinfo.available_timezones() or name == "UTC":
-            return
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        pass
-    spelt = {zone.lower(): zone for zone in zoneinfo.available_timezones()}.get(name.lower())
+    known = zoneinfo.available_timezones()   # read from the disk: once
+    if name in known or name == "UTC":
+        return
+    spelt = {zone.lower(): zone for zone in known}.get(name.lower())
     hint = f" (did you mean {spelt!r}?)" if spelt else " (e.g. 'Asia/Kuching')"
     raise error(f"{where}: unknown IANA time zone {name!r}{hint}")
 

@@ -21,7 +21,7 @@ from edgemon.health import (HealthConfig, Heartbeats, ListenHeartbeats, Notifier
                             watchdog_interval_s)
 from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals
-from edgemon.storage.disk_budget import DiskBudget, DiskGuard, free_bytes
+from edgemon.storage.disk_budget import MIN_ROOM_BYTES, DiskBudget, DiskGuard, free_bytes
 from edgemon.storage.lock import hold_database
 from edgemon.storage.recovery import open_or_recover
 from edgemon.storage.store import Store
@@ -30,7 +30,6 @@ from edgemon.sync.sender import sync_in_background
 
 log = logging.getLogger(__name__)
 TERMINAL_PROGRESS_S = 5.0   # backlog progress on a terminal; under systemd WatchConfig.progress_s
-MIN_ROOM_BYTES = 1 << 20    # below this the service waits before opening its database (SQLite needs its -shm)
 
 
 def record_refusal(db_path: Path, mode: str, device_id: str, reason: str) -> None:

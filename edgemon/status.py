@@ -257,13 +257,10 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
         problems.append(f"{status['backlog']['timed_by_mtime_count']} file(s) timed by their modification time (no "
                         f"start time in the name or header: a copy's time if copied): {named}"
                         + (f"; and {more} more" if more > 0 else ""))
-    if status["backlog"].get("clock_suspect_count"):
-        named = ", ".join(f"{source} ({start})" for source, start in list(status["backlog"]["clock_suspect"].items())[:3])
-        more = status["backlog"]["clock_suspect_count"] - min(3, len(status["backlog"]["clock_suspect"]))
-        problems.append(f"{status['backlog']['clock_suspect_count']} file(s) from a recorder clock that looks wrong "
-                        f"(unset, or over a day ahead of this host): their detections' times are doubtful, and the "
-                        f"fleet leaves them out of its days; set the recorder's clock: {named}"
-                        + (f"; and {more} more" if more > 0 else ""))
+    if suspect := status["backlog"].get("clock_suspect_count"):
+        problems.append(f"{suspect} file(s) from a recorder clock that looks wrong (unset, or over a day ahead of "
+                        f"this host): their detections' times are doubtful, and the fleet leaves them out of its "
+                        f"days; set the recorder's clock: " + _named(status["backlog"]["clock_suspect"], suspect))
     free = status["disk"]["free_mb"]
     if min_free_mb is not None and free is not None and free < min_free_mb:
         problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")

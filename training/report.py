@@ -84,8 +84,8 @@ def plot_study(study: optuna.Study, out: Path) -> dict:
     fig.savefig(out / "optimisation_history.png", dpi=110)
     plt.close(fig)
     # fANOVA named, as the title says: Optuna 5's default evaluator is PED-ANOVA.
-    importances = (optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-                   if len(trials) >= 2 else {})
+    fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    importances = optuna.importance.get_param_importances(study, evaluator=fanova) if len(trials) >= 2 else {}
     fig, ax = plt.subplots(figsize=(6, 4))
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names])

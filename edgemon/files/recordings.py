@@ -343,8 +343,9 @@ def recording_time(path: Path, now: datetime | None = None) -> RecordingTime:
 
     A suspect clock (year < 2000, or more than a day after ``now``, default the host's UTC time
     when it can be trusted, ``host_now``; a naive ``now`` is taken as UTC) is still returned,
-    flagged, unless the next source (file name -> metadata) gives a sound time. When the WAV comment or GUANO says the recorder ran in a
-    non-UTC zone and the file name shows that zone's wall clock, the name is converted with it.
+    flagged, unless the next source (file name -> metadata) gives a sound time. When the WAV
+    comment or GUANO says the recorder ran in a non-UTC zone and the file name shows that zone's
+    wall clock, the name is converted with it.
     Raises ``OSError`` when the file cannot be read.
     """
     path = Path(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgemon.files.recordings import recording_time
 from edgemon.safetext import name_from_stored, stored_name
-from edgemon.storage.fingerprint import fingerprint, tail_digest
+from edgemon.storage.fingerprint import digests
 from edgemon.storage.store import Store
 from edgemon.utc import parse_utc
 
@@ -36,7 +36,7 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
     moved once that original is gone). Anything less is analysed: two recordings that only begin
     and end alike, a file written again at its size, a recording renamed to another time (a clock
     mended by hand)."""
-    digest, tail = fingerprint(path), tail_digest(path)
+    digest, tail = digests(path)
     if digest is None or tail is None:
         return None
     if entry is not None:
@@ -68,8 +68,7 @@ def _holds(twin: dict) -> bool:
     recording put in its place - the next card's of the same name - does not count)."""
     analysed_at = Path(name_from_stored(twin["path"]))
     try:
-        return analysed_at.is_file() and _matches(twin, analysed_at.stat().st_size, fingerprint(analysed_at),
-                                                  tail_digest(analysed_at))
+        return analysed_at.is_file() and _matches(twin, analysed_at.stat().st_size, *digests(analysed_at))
     except OSError:
         return False
 

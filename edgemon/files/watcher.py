@@ -50,7 +50,7 @@ from edgemon.files.recordings import StabilityTracker, recording_time, wav_heade
 from edgemon.files.same_recording import SameRecording, same_recording
 from edgemon.safetext import name_from_stored, shown
 from edgemon.storage.disk_budget import HOLD, DiskGuard
-from edgemon.storage.fingerprint import another_recording, fingerprint, tail_digest
+from edgemon.storage.fingerprint import another_recording, digests
 from edgemon.storage.store import Detection, Store
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ class Watcher:
         isolated child) is analysed in a child process, whose death is then the file's failure.
         """
         started = time.monotonic()
-        digest, tail = fingerprint(path), tail_digest(path)   # before the analysis: what is analysed is at least this file
+        digest, tail = digests(path)   # before the analysis: what is analysed is at least this file
         interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
         self._writes_again()
         if interrupted:

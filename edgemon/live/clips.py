@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import soundfile
 
 from edgemon.errors import EdgemonError
-from edgemon.storage.disk_budget import MB, DiskBudget, DiskGuard
+from edgemon.storage.disk_budget import MB, DiskBudget, DiskGuard, free_bytes
 from edgemon.storage.store import Detection
 
 log = logging.getLogger(__name__)
@@ -233,8 +232,5 @@ class ClipSaver:
 def _full_disk(directory: Path, needed: int) -> str:
     """' (the disk is full: …)' when the clip's directory lacks room for it: libsndfile says only
     "System error." when a write runs out of space."""
-    try:
-        free = shutil.disk_usage(directory).free
-    except OSError:
-        return ""
+    free = free_bytes(directory)
     return f" (the disk is full: {free / MB:.1f} MB free)" if free < needed else ""

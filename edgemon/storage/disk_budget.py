@@ -88,6 +88,11 @@ class DiskGuard:
 _RANK = {OK: 0, NO_CLIPS: 1, HOLD: 2}
 
 
+# Below this SQLite cannot even check a database (its -shm): the service waits for room rather
+# than start, and the command line says the disk is full.
+MIN_ROOM_BYTES = 1 << 20
+
+
 def free_bytes(path: str | Path) -> int:
     """Bytes this user may still write on the disk holding ``path`` (or its nearest existing
     parent); a very large number when it cannot be measured (nothing to wait for then)."""

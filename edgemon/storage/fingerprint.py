@@ -27,7 +27,10 @@ def fingerprint(path: str | Path) -> str | None:
     """Digests of the first 4, 16 and 64 KiB of ``path``'s audio, as ``'N:hex,…'`` (a file holding
     less than 64 KiB adds one of all it holds), so a file of any length is compared with another
     over the longest prefix both hold. None when it holds no audio or cannot be read."""
-    data = _audio(path, SPAN_BYTES)
+    return _prefix_digests(_audio(path, SPAN_BYTES))
+
+
+def _prefix_digests(data: bytes | None) -> str | None:
     if not data:
         return None
     spans = sorted({n for n in PREFIXES if n <= len(data)} | {len(data)})
@@ -85,21 +88,23 @@ def not_analysed_as(entry: Mapping, path: Path, grown_ok: bool = False) -> str |
     return None
 
 
-def tail_digest(path: str | Path) -> str | None:
-    """A digest of the file's header (what lies before its audio: an AudioMoth's comment names
-    the device and the time, a FLAC's STREAMINFO holds the audio's MD5; at most ``SPAN_BYTES``)
-    and of its last ``SPAN_BYTES``. With the size and the first audio (``fingerprint``), what
-    tells a file merely touched, moved or copied from one written again at the same size (a copy
-    that set its size first and stalled was analysed with a silent tail, and its completion looked
-    "touched") or from another recorder's of the same name that begins and ends in silence.
-    None if unreadable."""
+def digests(path: str | Path) -> tuple[str | None, str | None]:
+    """``path``'s ``fingerprint`` and its tail digest, read in one opening: a digest of the file's
+    header (what lies before its audio: an AudioMoth's comment names the device and the time, a
+    FLAC's STREAMINFO holds the audio's MD5; at most ``SPAN_BYTES``) and of its last
+    ``SPAN_BYTES``. With the size and the first audio, the tail digest tells a file merely touched,
+    moved or copied from one written again at the same size (a copy that set its size first and
+    stalled was analysed with a silent tail, and its completion looked "touched") or from another
+    recorder's of the same name that begins and ends in silence. (None, None) if unreadable."""
     try:
         with open(path, "rb") as f:
-            header_end = min(_audio_offset(f), SPAN_BYTES)
+            audio_at = _audio_offset(f)
+            f.seek(audio_at)
+            first = f.read(SPAN_BYTES)
             f.seek(0)
-            header = f.read(header_end)
+            header = f.read(min(audio_at, SPAN_BYTES))
             size = f.seek(0, 2)
             f.seek(max(0, size - SPAN_BYTES))
-            return hashlib.sha1(header + f.read(SPAN_BYTES)).hexdigest()
+            return _prefix_digests(first), hashlib.sha1(header + f.read(SPAN_BYTES)).hexdigest()
     except OSError:
-        return None
+        return None, None

@@ -113,7 +113,6 @@ def open_read_only(db_path: Path, error: type[EdgemonError] = ReadError) -> sqli
     return conn
 
 
-
 def edgemon_tables(conn: sqlite3.Connection, db_path: Path, error: type[EdgemonError] = ReadError,
                    said: str = "") -> set[str]:
     """The table names of the database open on ``conn``; ``error`` ('PATH: not an edgemon
@@ -122,6 +121,7 @@ def edgemon_tables(conn: sqlite3.Connection, db_path: Path, error: type[EdgemonE
     if "detections" not in found:
         raise error(f"{db_path}: not an edgemon database (no detections table){said}")
     return found
+
 
 def quick_check(conn) -> list[str]:
     """SQLite's ``quick_check`` findings on ``conn`` (a ``sqlite3.Connection`` or sqlite-utils

@@ -352,7 +352,7 @@ def m013_same_recordings(db: sqlite_utils.Database) -> None:
     another name: moved or renamed inside the watched tree (its old path gone), or a byte-for-byte
     copy. Analysed, each would store the recording's detections and hours a second time. By
     path, like ``other_recordings``; ``source`` is the name its detections are stored under.
-    ``files.tail_digest`` (``storage.fingerprint.tail_digest``): with the size and the first
+    ``files.tail_digest`` (``storage.fingerprint.digests``): with the size and the first
     audio, what tells such a file from one written again at its size. Files analysed before keep
     NULL: they are analysed again when touched, as before. The index makes the look for such a
     twin a search, not a scan of the ledger for every new file (a soak trial: 7 ms a file at 60,000

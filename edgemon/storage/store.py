@@ -211,7 +211,7 @@ class Store:
         nothing twice to export cursors), and its ledger row becomes 'done'. One transaction: all of it is stored or none of it. ``note``
         (kept in the ledger's error column) says what was odd about a file that was still read;
         ``fingerprint`` (``storage.fingerprint``) tells this recording from another of its name;
-        ``tail_digest`` (its last bytes) tells it, with the size, from one written again.
+        ``tail_digest`` (its header and last bytes) tells it, with the size, from one written again.
 
         ``size`` is in bytes, ``mtime_ns`` in nanoseconds since the epoch, ``duration_s`` in
         seconds. Raises ValueError if a detection names another source or bundle. Ends the file's

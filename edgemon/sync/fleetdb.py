@@ -30,8 +30,9 @@ try:  # the `sync` extra: recorders that never sync do not carry a PostgreSQL dr
 except ImportError:  # pragma: no cover - exercised only on an edge install without the extra
     psycopg = conninfo = Jsonb = None
 
-# What a driver call may raise (nothing, without the driver: ``except ()`` catches nothing).
 log = logging.getLogger(__name__)
+
+# What a driver call may raise (nothing, without the driver: ``except ()`` catches nothing).
 DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error,) if psycopg else ()
 
 # Server-side lock ids: one for migrations, and a namespace for per-database sync sessions.

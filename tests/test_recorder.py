@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import soundfile
 
+from edgemon.files.headers import read_wav_metadata
 from edgemon.files.recordings import (
     RecordingTime,
     StabilityTracker,
     audio_duration_s,
-    read_wav_metadata,
     recording_time,
     time_from_filename,
     time_from_metadata,

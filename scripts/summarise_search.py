@@ -1,7 +1,9 @@
 """Print a search study as a table: states, time, and the best trials with their settings.
 
-For a study of ``edgemon-train hpo --objective cv`` it also prints each trial's held-out window UAR
-per fold and the share of held-out background windows called a call.
+For a study of ``edgemon-train hpo --objective cv`` (or ``field``) it also prints each trial's
+held-out window UAR per fold and the share of held-out background windows called a call; for
+``field``, the held-out trade-off too: false events per hour (events) and event recall at the
+points chosen on the other folds for each target.
 
     python scripts/summarise_search.py sqlite:///runs/hpo-cv/study.db [--study edgemon] [--top 10]
         [--write-params TRIAL FILE]   # that trial's settings, for `edgemon-train fit/cv --params FILE`
@@ -51,6 +53,10 @@ def main() -> None:
             clip = np.mean(t.user_attrs["fold_clip_uar"])
             extra = (f" ± {np.std(folds):.3f}; clip UAR {clip:.3f}; background windows called {called:.3f}; "
                      f"folds {' '.join(f'{f:.3f}' for f in folds)}")
+        curve = t.user_attrs.get("held_out")
+        if curve:
+            extra += "\n    held out: " + "; ".join(
+                f"{r['false_per_hour']:.1f} / h ({r['false_events']}) r {r['recall'] or 0:.3f}" for r in curve)
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         print(f"trial {t.number:3d}: {t.value:.3f}{extra}\n    {params}")
 

@@ -263,3 +263,47 @@ def test_an_option_the_params_file_sets_is_refused_beside_it(tiny_dataset, tmp_p
     done = _train(command, "--data", tiny_dataset, "--out", tmp_path / "r", "--params", params, option, "0.5"
                   if option == "--lr" else "32", "--epochs", "1")
     assert done.returncode == 2 and f"sets {option}" in done.stderr and not (tmp_path / "r").exists(), done.stderr
+
+
+def test_recall_at_reads_the_held_out_trade_off_at_a_rate():
+    from training.hpo_cv import recall_at
+
+    points = [(9.3, 0.568), (9.3, 0.593), (17.3, 0.668), (22.3, 0.762), (26.6, 0.70)]
+    assert recall_at(points, 9.3) == pytest.approx(0.593)            # the better of two at one rate
+    assert recall_at(points, 13.3) == pytest.approx((0.593 + 0.668) / 2)
+    assert recall_at(points, 26.6) == pytest.approx(0.762)           # more false events buy nothing less
+    assert recall_at(points, 4.65) == pytest.approx(0.593 / 2)       # from none at no false events
+    assert recall_at(points, 100.0) == pytest.approx(0.762)
+    assert recall_at([(0.0, 0.4), (5.0, 0.9)], 0.0) == pytest.approx(0.4)
+    assert recall_at([], 10.0) == 0.0
+
+
+def test_a_search_with_the_field_objective_scores_trials_by_held_out_events(tiny_dataset_with_pool, tmp_path):
+    from training.hpo_cv import recall_at
+
+    out = tmp_path / "hpo"
+    done = _train("hpo", "--data", tiny_dataset_with_pool, "--out", out, "--objective", "field", "--space", "field",
+                  "--folds", "2", "--trials", "1", "--epochs", "1", "--average-last", "1", "--device", "cpu",
+                  "--target-false-per-hour", "20", "--no-start-from-paper", "--seed", "3", timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "event recall at the target false events / h" in done.stdout
+    study = optuna.load_study(study_name="edgemon", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.user_attrs["objective"] == "field"
+    assert study.user_attrs["scoring"]["target_false_per_hour"] == 20
+    assert study.user_attrs["scoring"]["pool"] is True
+    trial = study.trials[0]
+    curve = trial.user_attrs["held_out"]
+    assert [row["target"] for row in curve] == [1, 2, 5, 10, 20, 30, 45, 60]
+    assert trial.user_attrs["background_hours"] > 0
+    assert trial.value == pytest.approx(recall_at([(r["false_per_hour"], r["recall"] or 0.0) for r in curve], 20))
+    assert len(trial.user_attrs["fold_window_uar"]) == 2
+    # Another target is another scoring: the study refuses a worker that reads recall elsewhere,
+    # and a target without the field objective is a usage error.
+    done = _train("hpo", "--data", tiny_dataset_with_pool, "--out", out, "--objective", "field", "--space", "field",
+                  "--folds", "2", "--trials", "2", "--epochs", "1", "--average-last", "1", "--device", "cpu")
+    assert done.returncode == 1 and "target_false_per_hour 20.0 (here 10.0)" in done.stderr, done.stderr[-2000:]
+    done = _train("hpo", "--data", tiny_dataset_with_pool, "--out", tmp_path / "hpo2", "--objective", "cv",
+                  "--target-false-per-hour", "5")
+    assert done.returncode == 2 and "give --objective field" in done.stderr
+    done = _train("ensemble", "--out", out / "ensemble", "--data", tiny_dataset_with_pool)
+    assert done.returncode == 1 and "searched the field objective, which keeps no models" in done.stderr

@@ -15,7 +15,9 @@ the search finds is then scored so by ``edgemon-train cv`` and ``cv-ensemble``.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -61,12 +63,19 @@ class CvObjective:
                              "choosing an epoch on the fold it is scored on would leak")
 
     def __call__(self, trial: optuna.Trial) -> float:
+        scores, _, _ = self.train_folds(trial)
+        return float(np.mean([s["window_uar"] for s in scores]))
+
+    def train_folds(self, trial: optuna.Trial) -> tuple[list[dict], list, tuple]:
+        """Each fold trained and its held-out windows scored (the running mean window UAR goes to
+        the pruner after each fold): the folds' scores, their (averaged) models, and the trial's
+        model, optimiser and augmentation configs."""
         model, optim, aug = self.suggest(trial, self.search.space, self.data.frontend, self.search.window_s)
         model = dataclasses.replace(model, n_classes=len(self.data.labels), n_mels=self.data.frontend.n_features,
                                     centre_bands=self.search.centre_bands)
         optim = OptimConfig(**optim, epochs=self.search.max_epochs, seed=trial.number, device=self.search.device,
                             average_last=min(self.search.average_last, self.search.max_epochs))
-        started, scores = time.perf_counter(), []
+        started, scores, models = time.perf_counter(), [], []
         for n, ((tr, _), (_, va), recorders) in enumerate(zip(self.folds, self.measured_folds, self.held_out)):
             training = fold_training(self.data.subset(tr), self.pool, recorders)
             held_out = self.measured.subset(va)
@@ -75,6 +84,7 @@ class CvObjective:
             probs, _ = predict(result.model, windows)
             scores.append({**window_scores(probs, owner, held_out.targets, self.data.labels),
                            "clip_uar": result.best_uar})
+            models.append(result.model)
             running = float(np.mean([s["window_uar"] for s in scores]))
             trial.set_user_attr("seconds", time.perf_counter() - started)
             trial.report(running, n)
@@ -82,4 +92,57 @@ class CvObjective:
                 raise optuna.TrialPruned(f"fold {n + 1}: mean held-out window UAR {running:.3f}")
         for key in ("window_uar", "background_called", "clip_uar"):
             trial.set_user_attr(f"fold_{key}", [s[key] for s in scores])
-        return float(np.mean([s["window_uar"] for s in scores]))
+        return scores, models, (model, optim, aug)
+
+
+class FieldObjective(CvObjective):
+    """``--objective field``: the field measure as the value. The folds are trained as for ``cv``
+    (whose running window UAR still goes to the pruner: it is known after each fold, the field
+    measure only once every fold is), then each fold's model is run as the recorder runs a bundle
+    over its held-out audio (``training.field``), points are chosen for ``CURVE_TARGETS`` false
+    events per hour on the other folds and measured on each fold (``training.operating.held_out``),
+    and the value is the event recall that held-out trade-off reaches at the search's target
+    (``recall_at``): what ``cv`` and ``cv-ensemble`` report, for one member."""
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from training.field import fold_field_votes
+        from training.operating import held_out
+        from training.runs import run_config, save_model
+
+        _, models, (model, optim, aug) = self.train_folds(trial)
+        started = time.perf_counter()
+        config = run_config(model, optim, aug, self.data.frontend, self.data.labels, self.search.window_s,
+                            self.search.hop_s, trial=trial.number, params=trial.params)
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = [[save_model(Path(tmp) / f"fold{n}.onnx", m, config, {"selected_by": "search trial"})]
+                     for n, m in enumerate(models)]
+            votes = fold_field_votes(paths, [self.data.frontend], self.measured, self.measured_folds,
+                                     self.search.window_s, self.search.hop_s)
+        curve, _ = held_out(votes, CURVE_TARGETS)
+        points = [(curve[t]["false_per_hour"], curve[t]["recall"] or 0.0) for t in CURVE_TARGETS]
+        target = self.search.target_false_per_hour
+        trial.set_user_attr("held_out", [{"target": t, "false_per_hour": curve[t]["false_per_hour"],
+                                          "false_events": curve[t]["false_events"], "recall": curve[t]["recall"],
+                                          "clip_uar": curve[t]["clip_uar"]} for t in CURVE_TARGETS])
+        trial.set_user_attr("background_hours", curve[CURVE_TARGETS[0]]["background_hours"])
+        trial.set_user_attr("seconds", trial.user_attrs["seconds"] + time.perf_counter() - started)
+        return recall_at(points, target)
+
+
+CURVE_TARGETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0)   # false events / h the trade-off is chosen for
+
+
+def recall_at(points: list[tuple[float, float]], false_per_hour: float) -> float:
+    """The event recall a held-out trade-off reaches at ``false_per_hour``: ``points`` are
+    (false events / h, recall) as measured, whatever target chose them; the best recall at or
+    below each rate (a point that buys less recall for more false events is never worth taking),
+    linear between the rates measured and from no events at none."""
+    rates, recalls = [0.0], [0.0]
+    for rate, recall in sorted(points):
+        best = max(recall, recalls[-1])
+        if rate == rates[-1]:
+            recalls[-1] = best
+        else:
+            rates.append(rate)
+            recalls.append(best)
+    return float(np.interp(false_per_hour, rates, recalls))

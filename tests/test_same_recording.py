@@ -177,3 +177,24 @@ def test_two_recordings_that_begin_and_end_in_the_same_silence_are_told_apart(tm
     watch_until_idle(root, db)
     recording(2, b"Recorded by AudioMoth 24F3190369\0\0")   # card B, the same name, size and silences
     assert watch_until_idle(root, db).processed == 1     # not taken for the first card's, touched
+
+
+def test_a_recording_analysed_by_an_older_edgemon_is_recognised_when_moved_after_the_upgrade(tmp_path, duet):
+    """Ledger rows from before tail digests were kept have none: such a recording, moved, was
+    analysed again under its new name and its detections stored twice. The first run of the new
+    version reads the digests of the files still in place."""
+    import sqlite3
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "20230201_053000.WAV", duet)
+    write_wav(root / "20230201_063000.WAV", noise(12, seed=3))
+    assert watch_until_idle(root, db).processed == 2
+    before = query(db, DETECTIONS)
+    with sqlite3.connect(db) as con:   # as an edgemon before migration m013 left them
+        con.execute("UPDATE files SET tail_digest = NULL")
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, "SELECT count(*) FROM files WHERE tail_digest IS NULL") == [(0,)]
+    (root / "day1").mkdir()
+    os.rename(root / "20230201_053000.WAV", root / "day1" / "20230201_053000.WAV")
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, DETECTIONS) == before

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,28 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
         except OSError:   # the other path cannot be looked at (gone, a directory shut, a failing card)
             continue
     return None
+
+
+def complete_digests(store: Store, settled: dict[Path, tuple[int, int]], source_of: Callable[[Path], str],
+                     tick: Callable[[], object]) -> int:
+    """Give the recordings analysed before tail digests were kept (an edgemon older than
+    ``schema.m013_same_recordings``) their digests, read from the files still in place
+    (``settled``: path -> the version the ledger holds as finished), so that one moved or copied
+    later is recognised; ``tick`` after each file read. Returns how many were completed. A
+    recording moved before this ran is still analysed again under its new name."""
+    undigested = store.undigested()
+    if not undigested:
+        return 0
+    completed = 0
+    for path, version in list(settled.items()):
+        row = undigested.get(source_of(path))
+        if row is None or row[:2] != version:
+            continue
+        digest, tail = digests(path)
+        tick()
+        if digest == row[2] and tail is not None and store.keep_tail_digest(source_of(path), version, digest, tail):
+            completed += 1
+    return completed
 
 
 def _matches(row: dict, size: int, digest: str, tail: str) -> bool:

@@ -47,7 +47,7 @@ from edgemon.files.directory import check_root, file_version, iter_audio, skippe
 from edgemon.files.events import observing, start_observer, stop_observer
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.files.recordings import StabilityTracker, recording_time, wav_header_consistent
-from edgemon.files.same_recording import SameRecording, same_recording
+from edgemon.files.same_recording import SameRecording, complete_digests, same_recording
 from edgemon.safetext import name_from_stored, shown
 from edgemon.storage.disk_budget import HOLD, DiskGuard
 from edgemon.storage.fingerprint import another_recording, digests
@@ -117,6 +117,7 @@ class Watcher:
         self.attempted = 0              # files finished this run, whatever the outcome
         self.others: set[Path] = set()  # files left alone: another recording analysed under their name
         self.timed_by_mtime = 0         # files with no start time in name or header, this run
+        self.digests_completed = False  # ledger rows of an older edgemon given their tail digests
         self.progress = BacklogProgress(config.progress_s)
 
     def source_of(self, path: Path) -> str:
@@ -138,6 +139,16 @@ class Watcher:
             else:
                 self.pending.add(path)
         self._note_unreadable(unreadable)
+        if not self.digests_completed:   # once a run: recordings analysed by an older edgemon
+            try:
+                completed = complete_digests(self.store, self.settled, self.source_of, self._tick)
+            except sqlite3.OperationalError as exc:   # tried again at the next scan
+                self._hold(exc)
+                return
+            self.digests_completed = True
+            if completed:
+                log.info("%d recording(s) analysed by an earlier edgemon are now recognised when moved or copied",
+                         completed)
 
     def _note_unreadable(self, found: dict[str, str]) -> None:
         """Say once per run when a directory cannot be listed (its recordings are skipped) and

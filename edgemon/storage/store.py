@@ -256,6 +256,21 @@ class Store:
             "state = 'done' AND size = ? AND fingerprint = ? AND tail_digest = ? AND source != ?",
             [size, fingerprint, tail_digest, source]))
 
+    def undigested(self) -> dict[str, tuple[int, int, str]]:
+        """``{source: (size, mtime_ns, fingerprint)}`` of recordings analysed before tail digests
+        were kept (``schema.m013_same_recordings``): moved, they cannot be recognised."""
+        rows = self.db.execute("SELECT source, size, mtime_ns, fingerprint FROM files WHERE state = 'done' "
+                               "AND tail_digest IS NULL AND fingerprint IS NOT NULL")
+        return {source: (size, mtime_ns, fingerprint) for source, size, mtime_ns, fingerprint in rows}
+
+    def keep_tail_digest(self, source: str, version: tuple[int, int], fingerprint: str, tail_digest: str) -> bool:
+        """Give an analysed recording's ledger row its tail digest, if it still holds that
+        ``version`` (size, mtime_ns) and ``fingerprint``; True when it did."""
+        with self._write() as db:
+            return db.execute("UPDATE files SET tail_digest = ? WHERE source = ? AND state = 'done' AND size = ? "
+                              "AND mtime_ns = ? AND fingerprint = ? AND tail_digest IS NULL",
+                              [tail_digest, source, *version, fingerprint]).rowcount == 1
+
     def noted_same_recording(self, path: str | Path) -> str | None:
         """The source the file at ``path`` was noted to hold (``note_same_recording``), or None."""
         row = self.db.execute("SELECT source FROM same_recordings WHERE path = ?", [stored_name(path)]).fetchone()

@@ -38,7 +38,9 @@ def main() -> None:
         write_params(study, *args.write_params)
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name.lower() for t in trials]
-    print(f"study {args.study}: objective {study.user_attrs.get('objective', 'devel')}; "
+    target = study.user_attrs.get("scoring", {}).get("target_false_per_hour")
+    print(f"study {args.study}: objective {study.user_attrs.get('objective', 'devel')}"
+          f"{f' (event recall at {target:g} false events / h)' if target else ''}; "
           + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))))
     seconds = [t.user_attrs["seconds"] for t in trials if t.state.is_finished() and "seconds" in t.user_attrs]
     if seconds:
@@ -47,16 +49,18 @@ def main() -> None:
                       key=lambda t: t.value, reverse=True)
     for t in complete[:args.top]:
         folds = t.user_attrs.get("fold_window_uar")
+        curve = t.user_attrs.get("held_out")
         extra = ""
         if folds:
             called = np.mean(t.user_attrs["fold_background_called"])
             clip = np.mean(t.user_attrs["fold_clip_uar"])
-            extra = (f" ± {np.std(folds):.3f}; clip UAR {clip:.3f}; background windows called {called:.3f}; "
-                     f"folds {' '.join(f'{f:.3f}' for f in folds)}")
-        curve = t.user_attrs.get("held_out")
+            extra = (f"{'' if curve else f' ± {np.std(folds):.3f}'}; window UAR by fold "
+                     f"{' '.join(f'{f:.3f}' for f in folds)}; clip UAR {clip:.3f}; "
+                     f"background windows called {called:.3f}")
         if curve:
-            extra += "\n    held out: " + "; ".join(
-                f"{r['false_per_hour']:.1f} / h ({r['false_events']}) r {r['recall'] or 0:.3f}" for r in curve)
+            extra += "\n    held out, by target: " + "; ".join(
+                f"{r['target']:g}: {r['false_per_hour']:.1f} / h ({r['false_events']}) recall "
+                f"{'-' if r['recall'] is None else format(r['recall'], '.3f')}" for r in curve)
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         print(f"trial {t.number:3d}: {t.value:.3f}{extra}\n    {params}")
 

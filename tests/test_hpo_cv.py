@@ -272,38 +272,76 @@ def test_recall_at_reads_the_held_out_trade_off_at_a_rate():
     assert recall_at(points, 9.3) == pytest.approx(0.593)            # the better of two at one rate
     assert recall_at(points, 13.3) == pytest.approx((0.593 + 0.668) / 2)
     assert recall_at(points, 26.6) == pytest.approx(0.762)           # more false events buy nothing less
-    assert recall_at(points, 4.65) == pytest.approx(0.593 / 2)       # from none at no false events
     assert recall_at(points, 100.0) == pytest.approx(0.762)
+    # A point beaten by a quieter one is no corner of the trade-off.
+    assert recall_at([(5, 0.5), (10, 0.4), (20, 0.9)], 15) == pytest.approx(0.5 + 0.4 * 10 / 15)
+    # Never quiet enough: no credit for a line to silence, so a quiet model beats a loud one.
+    assert recall_at([(30, 0.9), (60, 0.95)], 10) == 0.0
+    assert recall_at([(0, 0.25), (3, 0.26)], 10) == pytest.approx(0.26)
     assert recall_at([(0.0, 0.4), (5.0, 0.9)], 0.0) == pytest.approx(0.4)
     assert recall_at([], 10.0) == 0.0
 
 
 def test_a_search_with_the_field_objective_scores_trials_by_held_out_events(tiny_dataset_with_pool, tmp_path):
-    from training.hpo_cv import recall_at
-
     out = tmp_path / "hpo"
     done = _train("hpo", "--data", tiny_dataset_with_pool, "--out", out, "--objective", "field", "--space", "field",
                   "--folds", "2", "--trials", "1", "--epochs", "1", "--average-last", "1", "--device", "cpu",
-                  "--target-false-per-hour", "20", "--no-start-from-paper", "--seed", "3", timeout=600)
+                  "--target-false-per-hour", "12.5", "--no-start-from-paper", "--seed", "3", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "event recall at the target false events / h" in done.stdout
+    assert "event recall at 12.5 false events / h" in done.stdout
     study = optuna.load_study(study_name="edgemon", storage=f"sqlite:///{out / 'study.db'}")
     assert study.user_attrs["objective"] == "field"
-    assert study.user_attrs["scoring"]["target_false_per_hour"] == 20
-    assert study.user_attrs["scoring"]["pool"] is True
+    assert study.user_attrs["scoring"]["target_false_per_hour"] == 12.5
+    assert study.user_attrs["scoring"]["rules"] == "hysteresis" and study.user_attrs["scoring"]["pool"] is True
     trial = study.trials[0]
     curve = trial.user_attrs["held_out"]
-    assert [row["target"] for row in curve] == [1, 2, 5, 10, 20, 30, 45, 60]
+    # A point is chosen for the target itself, beside the trade-off's own targets.
+    assert [row["target"] for row in curve] == [1, 2, 5, 10, 12.5, 20, 30, 45, 60]
     assert trial.user_attrs["background_hours"] > 0
-    assert trial.value == pytest.approx(recall_at([(r["false_per_hour"], r["recall"] or 0.0) for r in curve], 20))
+    assert 0.0 <= trial.value <= 1.0
     assert len(trial.user_attrs["fold_window_uar"]) == 2
-    # Another target is another scoring: the study refuses a worker that reads recall elsewhere,
-    # and a target without the field objective is a usage error.
+    shown = subprocess.run([sys.executable, "scripts/summarise_search.py", f"sqlite:///{out / 'study.db'}"],
+                           capture_output=True, text=True, timeout=60)
+    assert "(event recall at 12.5 false events / h)" in shown.stdout and "held out, by target: 1: " in shown.stdout
+    # Another target is another scoring: the study refuses a worker that reads recall elsewhere;
+    # a target without the field objective, or the field objective on a feature pack (no audio to
+    # run the recorder over), is a usage error.
     done = _train("hpo", "--data", tiny_dataset_with_pool, "--out", out, "--objective", "field", "--space", "field",
                   "--folds", "2", "--trials", "2", "--epochs", "1", "--average-last", "1", "--device", "cpu")
-    assert done.returncode == 1 and "target_false_per_hour 20.0 (here 10.0)" in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 1 and "target_false_per_hour 12.5 (here 10.0)" in done.stderr, done.stderr[-2000:]
     done = _train("hpo", "--data", tiny_dataset_with_pool, "--out", tmp_path / "hpo2", "--objective", "cv",
                   "--target-false-per-hour", "5")
     assert done.returncode == 2 and "give --objective field" in done.stderr
+    done = _train("hpo", "--features", tmp_path / "pack.npz", "--out", tmp_path / "hpo3", "--objective", "field")
+    assert done.returncode == 2 and "not a feature pack (--features)" in done.stderr
     done = _train("ensemble", "--out", out / "ensemble", "--data", tiny_dataset_with_pool)
     assert done.returncode == 1 and "searched the field objective, which keeps no models" in done.stderr
+
+
+def test_a_trial_trained_on_every_fold_is_scored_not_pruned(tiny_dataset_with_pool):
+    """The median rule stops a trial after a fold, never after the last: its training is done,
+    and the field measure is only known then."""
+    from training.data import load_pool, load_split, merge
+    from training.hpo import SearchConfig, suggest
+    from training.hpo_cv import FieldObjective
+
+    train_split = load_split(tiny_dataset_with_pool, "train")
+    data = merge(train_split, load_split(tiny_dataset_with_pool, "devel", train_split.labels))
+    pool = load_pool(tiny_dataset_with_pool, data.labels)
+    objective = FieldObjective(SearchConfig(objective="field", space="field", average_last=1, max_epochs=1,
+                                            device="cpu"), data, pool, suggest, folds=2)
+
+    class Trial(optuna.trial.FixedTrial):
+        def __init__(self, params, prune: bool):
+            super().__init__(params)
+            self.prune, self.asked = prune, 0
+
+        def should_prune(self):
+            self.asked += 1
+            return self.prune
+
+    with pytest.raises(optuna.TrialPruned, match="fold 1"):
+        objective(Trial(FOUND, prune=True))
+    scored = Trial(FOUND, prune=False)
+    assert 0.0 <= objective(scored) <= 1.0
+    assert scored.asked == 1 and len(scored.user_attrs["held_out"]) == 8

@@ -63,7 +63,7 @@ def hpo(
     average_last: Annotated[int, typer.Option(min=1, help="--objective cv or field: average the weights of the last N epochs, as the shipped members (an epoch chosen on the held-out fold would leak).")] = 5,
     centre_bands: CentreOpt = False,
     pool: Annotated[bool, typer.Option("--pool/--no-pool", help="--objective cv or field: add lab/pool.csv to each fold's training side, less the held-out recorders' clips (the devel objective trains on train alone).")] = True,
-    target_false_per_hour: Annotated[Optional[float], typer.Option(callback=positive, help="--objective field: the false events per hour of held-out background at which a trial's event recall is read (default 10: about 16 events in the 1.6 h held out, where 5 / h is 8 and noisier).")] = None,
+    target_false_per_hour: Annotated[Optional[float], typer.Option(callback=positive, help="--objective field: the false events per hour of held-out background at which a trial's event recall is read (default 10: about 16 events in the 1.6 h of background held out with the pool, where 5 / h is 8 and noisier; about 0.7 h with --no-pool).")] = None,
     features: Annotated[Optional[Path], typer.Option(help="Read train, devel (and pool) from a feature pack (`pack-features`) instead of --data's audio.")] = None,
     startup_trials: Annotated[int, typer.Option(min=0, help="Trials finished before pruning starts.")] = 5,
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed (default: random per worker).")] = None,
@@ -80,6 +80,9 @@ def hpo(
     if objective not in OBJECTIVES:
         raise console.error(f"--objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}",
                             console.EXIT_USAGE)
+    if objective == "field" and features is not None:
+        raise console.error("--objective field runs each fold's model over the held-out audio as the recorder "
+                            "does: give --data, not a feature pack (--features)", console.EXIT_USAGE)
     if target_false_per_hour is not None and objective != "field":
         raise console.error("--target-false-per-hour is what --objective field reads its recall at: "
                             "give --objective field, or leave it out", console.EXIT_USAGE)

@@ -220,6 +220,16 @@ def _enqueue_once(study: optuna.Study, params: dict) -> None:
     study.enqueue_trial(params)
 
 
+def _field_scoring(config: SearchConfig) -> dict:
+    """What the field objective's value depends on beyond the folds: a worker must agree on it."""
+    from training.field import DEFAULT_PREVALENCE
+    from training.hpo_cv import CURVE_TARGETS
+    from training.operating import DEFAULT_RULES
+
+    return {"target_false_per_hour": config.target_false_per_hour, "rules": DEFAULT_RULES,
+            "curve_targets": list(CURVE_TARGETS), "prevalence": DEFAULT_PREVALENCE}
+
+
 def progress_line(study: optuna.Study) -> str:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     done = states.count(optuna.trial.TrialState.COMPLETE)
@@ -229,6 +239,8 @@ def progress_line(study: optuna.Study) -> str:
     except ValueError:
         best = "-"
     what = OBJECTIVE_NAMES[study.user_attrs.get("objective", "devel")]
+    if "target_false_per_hour" in study.user_attrs.get("scoring", {}):
+        what = what.replace("the target", f"{study.user_attrs['scoring']['target_false_per_hour']:g}")
     return f"trials done {done}, pruned {pruned}, running {states.count(optuna.trial.TrialState.RUNNING)}; best {what} {best}"
 
 
@@ -256,7 +268,7 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
                    "pool": pool is not None,
                    "held_out": "train+devel+pool" if pool is not None else "train+devel"}
                 if config.objective in GROUPED else {}),
-               **({"target_false_per_hour": config.target_false_per_hour} if config.objective == "field" else {})}
+               **(_field_scoring(config) if config.objective == "field" else {})}
     agreed = dict(study.user_attrs.get("scoring", scoring))
     if "average_last" in agreed:   # recorded as given before 2026-12-05: what was averaged is what counts
         agreed["average_last"] = min(agreed["average_last"], agreed.get("epochs", agreed["average_last"]))

@@ -25,6 +25,7 @@ import optuna
 from edgemon.analysis.windows import WindowSpec, window_starts
 from training.cv import fold_training, grouped_folds, held_out_with_pool, validation_recorders
 from training.data import BACKGROUND, Split
+from training.errors import DataError
 from training.evaluate import uar
 from training.train import OptimConfig, predict, train
 
@@ -88,7 +89,8 @@ class CvObjective:
             running = float(np.mean([s["window_uar"] for s in scores]))
             trial.set_user_attr("seconds", time.perf_counter() - started)
             trial.report(running, n)
-            if trial.should_prune():
+            # Not after the last fold: a trial trained on every fold is scored, not thrown away.
+            if n < len(self.folds) - 1 and trial.should_prune():
                 raise optuna.TrialPruned(f"fold {n + 1}: mean held-out window UAR {running:.3f}")
         for key in ("window_uar", "background_called", "clip_uar"):
             trial.set_user_attr(f"fold_{key}", [s[key] for s in scores])
@@ -98,11 +100,22 @@ class CvObjective:
 class FieldObjective(CvObjective):
     """``--objective field``: the field measure as the value. The folds are trained as for ``cv``
     (whose running window UAR still goes to the pruner: it is known after each fold, the field
-    measure only once every fold is), then each fold's model is run as the recorder runs a bundle
-    over its held-out audio (``training.field``), points are chosen for ``CURVE_TARGETS`` false
-    events per hour on the other folds and measured on each fold (``training.operating.held_out``),
-    and the value is the event recall that held-out trade-off reaches at the search's target
-    (``recall_at``): what ``cv`` and ``cv-ensemble`` report, for one member."""
+    measure only once every fold is; Optuna's median rule compares it only with other trials'
+    window UAR), then each fold's model is run as the recorder runs a bundle over its held-out
+    audio (``training.field``), points are chosen for ``CURVE_TARGETS`` and the search's target
+    on the other folds and measured on each fold (``training.operating.held_out``, as ``cv``'s
+    ``chosen_on_other_folds``), and the value is the event recall that held-out trade-off reaches
+    at the target rate of false events (``recall_at``). One member, where the shipped bundle votes
+    two; a setting the search finds is then trained as a pair by ``cv`` and ``cv-ensemble``."""
+
+    def __init__(self, search, data: Split, pool: Split | None, suggest, folds: int = 5, seed: int = 0):
+        super().__init__(search, data, pool, suggest, folds, seed)
+        background = data.labels.index(BACKGROUND)
+        for n, (_, va) in enumerate(self.measured_folds):   # said now, not after a trial has trained
+            if not (self.measured.targets[va] == background).any():
+                raise DataError(f"fold {n + 1} holds out no background clip to count false events on: "
+                                f"choose fewer --folds")
+        self.targets = tuple(sorted({*CURVE_TARGETS, search.target_false_per_hour}))
 
     def __call__(self, trial: optuna.Trial) -> float:
         from training.field import fold_field_votes
@@ -118,31 +131,30 @@ class FieldObjective(CvObjective):
                      for n, m in enumerate(models)]
             votes = fold_field_votes(paths, [self.data.frontend], self.measured, self.measured_folds,
                                      self.search.window_s, self.search.hop_s)
-        curve, _ = held_out(votes, CURVE_TARGETS)
-        points = [(curve[t]["false_per_hour"], curve[t]["recall"] or 0.0) for t in CURVE_TARGETS]
-        target = self.search.target_false_per_hour
-        trial.set_user_attr("held_out", [{"target": t, "false_per_hour": curve[t]["false_per_hour"],
-                                          "false_events": curve[t]["false_events"], "recall": curve[t]["recall"],
-                                          "clip_uar": curve[t]["clip_uar"]} for t in CURVE_TARGETS])
-        trial.set_user_attr("background_hours", curve[CURVE_TARGETS[0]]["background_hours"])
+        curve, _ = held_out(votes, self.targets)
+        rows = [{"target": t, "false_per_hour": curve[t]["false_per_hour"], "false_events": curve[t]["false_events"],
+                 "recall": curve[t]["recall"], "clip_uar": curve[t]["clip_uar"]} for t in self.targets]
+        trial.set_user_attr("held_out", rows)
+        trial.set_user_attr("background_hours", curve[self.targets[0]]["background_hours"])
         trial.set_user_attr("seconds", trial.user_attrs["seconds"] + time.perf_counter() - started)
-        return recall_at(points, target)
+        return recall_at([(r["false_per_hour"], r["recall"] or 0.0) for r in rows], self.search.target_false_per_hour)
 
 
 CURVE_TARGETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0)   # false events / h the trade-off is chosen for
 
 
 def recall_at(points: list[tuple[float, float]], false_per_hour: float) -> float:
-    """The event recall a held-out trade-off reaches at ``false_per_hour``: ``points`` are
-    (false events / h, recall) as measured, whatever target chose them; the best recall at or
-    below each rate (a point that buys less recall for more false events is never worth taking),
-    linear between the rates measured and from no events at none."""
-    rates, recalls = [0.0], [0.0]
-    for rate, recall in sorted(points):
-        best = max(recall, recalls[-1])
-        if rate == rates[-1]:
-            recalls[-1] = best
-        else:
-            rates.append(rate)
-            recalls.append(best)
+    """The event recall a held-out trade-off reaches at ``false_per_hour``. ``points`` are
+    (false events / h, recall) as measured on the held-out folds, whatever target chose them.
+    The read-off follows the points no other beats (more recall at no more false events): linear
+    between two of them, the last one's recall beyond; below the quietest measured rate, none (a
+    model that never got that quiet is not credited with a line to silence). Which point counts is
+    seen on the held-out figures themselves: slightly kind, and alike for every trial."""
+    frontier: list[tuple[float, float]] = []
+    for rate, recall in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not frontier or recall > frontier[-1][1]:
+            frontier.append((rate, recall))
+    if not frontier or false_per_hour < frontier[0][0]:
+        return 0.0
+    rates, recalls = zip(*frontier)
     return float(np.interp(false_per_hour, rates, recalls))

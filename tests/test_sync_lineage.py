@@ -207,3 +207,51 @@ def test_old_server_migrates_in_place_and_receives_scores(fleet, tmp_path):
                               "ORDER BY start_s").fetchall()
         assert scores == [(0.0, 0.25), (3.0, 0.75)]
         assert_server_holds(conn, db)
+
+
+def test_a_server_restored_from_its_backup_loses_the_rows_deleted_since(fleet, tmp_path):
+    """A file re-processed after the server's backup: its old detections left the recorder, and
+    their tombstones were forgotten once acknowledged, so the restored server kept them for good
+    (a newcomer trial: 34 rows on the server against the recorder's 32)."""
+    db = make_recorder(tmp_path / "r.db", "rec-r", files=6, per_file=5, seed=21)
+    sync(db, fleet.url, "rec-r", batch_rows=10)
+    u = uuid_of(db)
+    with fleet.connect() as conn:    # the server's backup
+        conn.execute("DROP TABLE IF EXISTS public.backup_detections")
+        conn.execute("CREATE TABLE public.backup_detections AS SELECT * FROM edgemon.detections "
+                     "WHERE db_uuid::text = %s", [u])
+        acked = conn.execute("SELECT acked_seq, acked_token FROM edgemon.databases WHERE db_uuid::text = %s",
+                             [u]).fetchone()
+    work(db, "rec-r", range(2, 4), seed=22)           # two files re-processed: their old detections go
+    sync(db, fleet.url, "rec-r", batch_rows=10)
+    with fleet.connect() as conn:
+        assert_server_holds(conn, db)
+        conn.execute("DELETE FROM edgemon.detections WHERE db_uuid::text = %s", [u])   # restored
+        conn.execute("INSERT INTO edgemon.detections SELECT * FROM public.backup_detections")
+        conn.execute("UPDATE edgemon.databases SET acked_seq = %s, acked_token = %s WHERE db_uuid::text = %s",
+                     [*acked, u])
+        conn.execute("DROP TABLE public.backup_detections")
+    sync(db, fleet.url, "rec-r", batch_rows=10)
+    assert uuid_of(db) == u
+    with fleet.connect() as conn:
+        assert_server_holds(conn, db)
+
+
+def test_the_token_the_server_holds_outlives_weeks_of_failed_batches(tmp_path):
+    """Each attempt at a batch offers a token; on a link failing mid-batch, 1,000 attempts pushed
+    out the token of the last acknowledged batch, and the database then took itself for a
+    restored backup and sent all its rows again under a new identity."""
+    from edgemon.sync.outbox import KEPT_TOKENS
+
+    db = make_recorder(tmp_path / "t.db", "rec-t", files=3, per_file=5, seed=23)
+    with Outbox(db) as outbox:
+        acknowledged = outbox.offer("fleet", 10)
+        outbox.advance("fleet", 10)
+        attempts = [outbox.offer("fleet", 15) for _ in range(KEPT_TOKENS + 5)]
+        assert outbox.offered(acknowledged) and all(map(outbox.offered, attempts))
+        outbox.advance("fleet", 15)
+        outbox.offer("fleet", 20)    # acknowledged again: the older attempts may go, down to the newest kept
+        outbox.advance("fleet", 20)
+        outbox.offer("fleet", 25)
+        assert not outbox.offered(acknowledged)
+        assert outbox.conn.execute("SELECT count(*) FROM sync_tokens").fetchone()[0] == KEPT_TOKENS

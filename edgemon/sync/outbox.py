@@ -176,15 +176,22 @@ class Outbox:
                 self.conn.execute("COMMIT")
 
     def prune(self) -> int:
-        """Forget tombstones that every target recorded here has acknowledged; returns how many.
+        """Forget tombstones that every target recorded here has acknowledged, and that no target
+        could ask for again; returns how many.
 
         A target that later starts from nothing never held those rows, so it needs no tombstone
-        for them; the log then stays one row per live key plus the deletes still in flight.
-        Scans only the changes acknowledged since the last prune.
+        for them; the log then stays one row per live key plus the deletes still in flight. A
+        server restored from its own backup resends from the acknowledgement it holds, as long as
+        its token is still kept here (``offer``): the tombstones after the oldest token kept stay,
+        or the rows deleted since that backup would stay on the server for good. Scans only the
+        changes acknowledged since the last prune.
         """
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            upto = self.conn.execute("SELECT min(seq) FROM sync_cursors").fetchone()[0]
+            upto = self.conn.execute(
+                "SELECT min(min(c.seq), coalesce((SELECT min(t.seq) FROM sync_tokens t WHERE t.target = c.target), "
+                "c.seq)) FROM sync_cursors c GROUP BY c.target ORDER BY 1 LIMIT 1").fetchone()
+            upto = None if upto is None else upto[0]
             since = int(self.conn.execute("SELECT coalesce((SELECT value FROM sync_meta WHERE key = 'pruned_seq'), 0)")
                         .fetchone()[0])
             pruned = 0
@@ -237,15 +244,19 @@ class Outbox:
     def offer(self, target: str, seq: int) -> str:
         """A new token for the batch ending at ``seq`` to ``target``, committed here *before* the
         batch is sent, so that a server which committed it is recognised even if its
-        acknowledgement never arrived. Keeps the newest ``KEPT_TOKENS`` per target."""
+        acknowledgement never arrived. Keeps the newest ``KEPT_TOKENS`` per target, and every
+        token since the last acknowledgement recorded here (``advance``): on a link that fails
+        mid-batch for weeks, each attempt offers a token, and the one the server holds must stay
+        (dropped, the database took itself for a restored backup and sent everything again)."""
         token = uuid.uuid4().hex
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute("INSERT INTO sync_tokens (token, target, seq, offered_utc) VALUES (?, ?, ?, ?)",
                               [token, target, seq, utc_iso(dt.datetime.now(dt.timezone.utc))])
             self.conn.execute("DELETE FROM sync_tokens WHERE target = ? AND rowid NOT IN (SELECT rowid FROM "
-                              "sync_tokens WHERE target = ? ORDER BY seq DESC, rowid DESC LIMIT ?)",
-                              [target, target, KEPT_TOKENS])
+                              "sync_tokens WHERE target = ? ORDER BY seq DESC, rowid DESC LIMIT ?) "
+                              "AND seq < coalesce((SELECT seq FROM sync_cursors WHERE target = ?), 0)",
+                              [target, target, KEPT_TOKENS, target])
             self.conn.execute("COMMIT")
         except sqlite3.Error as e:
             if self.conn.in_transaction:

@@ -542,3 +542,32 @@ def test_site_settings_are_checked_and_sent(tmp_path):
                          (dict(longitude=-181.0), "longitude")):
         with pytest.raises(ConfigError, match=message):
             device_info(settings(**bad))
+
+
+def test_retrying_for_s_seconds_tries_once_more_at_the_end(monkeypatch):
+    """`edgemon sync --retry-for-s 20` gave up after 12 s when the next backoff would pass 20 s, and
+    missed a server back at 15 s (a newcomer trial)."""
+    from edgemon.sync import sender
+    from edgemon.sync.fleetdb import DeviceInfo, UnreachableError
+
+    now, tries, back_at = [0.0], [], [16.0]
+
+    def attempt(db_path, info, config, stop=None, sent=None):
+        tries.append(now[0])
+        if now[0] < back_at[0]:
+            raise UnreachableError("fleet: connection refused")
+        return sender.SyncResult("fleet", 0, 0, 0, 0, 0.0, ())
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    monkeypatch.setattr(sender, "sync_once", attempt)
+    monkeypatch.setattr(sender, "backoff_s", lambda failures, config: config.backoff_min_s * 2 ** (failures - 1))
+    config = sender.SyncConfig(url="", retry_for_s=20.0, backoff_min_s=5.0)
+    result = sender.sync_with_retries("x.db", DeviceInfo("rec", ""), config, sleep=sleep, clock=lambda: now[0])
+    assert result.target == "fleet" and tries == [0.0, 5.0, 15.0, 20.0]
+    # Never back: the last try is at the deadline, then the error.
+    now[0], tries[:], back_at[0] = 0.0, [], float("inf")
+    with pytest.raises(UnreachableError):
+        sender.sync_with_retries("x.db", DeviceInfo("rec", ""), config, sleep=sleep, clock=lambda: now[0])
+    assert tries == [0.0, 5.0, 15.0, 20.0]

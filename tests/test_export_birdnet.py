@@ -4,6 +4,7 @@ bundles cannot reach; `classify` writes export's columns and names the file it c
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -135,12 +136,22 @@ def test_min_confidence_above_the_bundles_reach_is_an_error(named_db, tmp_path):
     assert result.exit_code == 1 and "0.95" in result.output and result.stdout == ""
 
 
-def test_a_ceiling_that_exports_round_up_is_named_as_they_show_it(named_db, tmp_path):
-    """A newcomer saw 0.8762 in a CSV and had --min-confidence 0.8762 refused as above 0.876186."""
+def test_min_confidence_compares_the_confidence_as_exports_show_it(named_db, tmp_path):
+    """A newcomer saw 0.8762 in a CSV and had --min-confidence 0.8762 refused as above 0.876186;
+    a later trial saw a row shown at 0.7907 left out by --min-confidence 0.7907."""
+    with contextlib.closing(sqlite3.connect(named_db)) as conn, conn:   # stored unrounded, as a bundle's are
+        conn.execute("UPDATE detections SET confidence = confidence - 0.000328")
+    export_detections(named_db, "csv", tmp_path / "all.csv")
+    shown = sorted(float(r["confidence"]) for r in read_csv(tmp_path / "all.csv"))
+    assert len(shown) == 5 and all(round(v, 2) != v for v in shown)
+    for value in shown:
+        export_detections(named_db, "csv", tmp_path / "d.csv", min_confidence=value)
+        kept = [float(r["confidence"]) for r in read_csv(tmp_path / "d.csv")]
+        assert sorted(kept) == [v for v in shown if v >= value]
     with Store(named_db) as store:
         store.record_bundle("b1", {**MANIFEST, "confidence_max": 0.876186})
-    with pytest.raises(ExportError, match=r"0\.8762 is above 0\.876186 \(exports show it rounded, as 0\.8762\)"):
-        export_detections(named_db, "csv", tmp_path / "d.csv", min_confidence=0.8762)
+    with pytest.raises(ExportError, match=r"0\.8763 is above 0\.8762, the highest"):
+        export_detections(named_db, "csv", tmp_path / "d.csv", min_confidence=0.8763)
 
 
 def test_no_reach_check_when_a_bundle_records_no_maximum(db_path, tmp_path):

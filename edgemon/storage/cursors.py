@@ -28,6 +28,7 @@ from pathlib import Path
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
 from edgemon.storage.readonly import time_range
+from edgemon.storage.tables import HALF_SHOWN_STEP
 from edgemon.utc import utc_iso
 
 BUSY_TIMEOUT_S = 30.0
@@ -90,9 +91,9 @@ class CursorFilter:
         if self.labels:
             clauses.append(f"d.label IN ({', '.join('?' * len(self.labels))})")
             params.extend(self.labels)
-        if self.min_confidence is not None:
+        if self.min_confidence is not None:   # as exports show it: 0.790672 is 0.7907, and passes 0.7907
             clauses.append("d.confidence >= ?")
-            params.append(self.min_confidence)
+            params.append(self.min_confidence - HALF_SHOWN_STEP)
         if self.bundles:
             clauses.append(f"d.bundle_id IN ({', '.join('?' * len(self.bundles))})")
             params.extend(self.bundles)

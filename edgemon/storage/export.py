@@ -186,11 +186,11 @@ def _check_reachable(conn: sqlite3.Connection, db_path: Path, others: CursorFilt
         if not isinstance(top, (int, float)) or isinstance(top, bool):
             return
         reach.append((float(top), bundle_id))
-    if reach and min_confidence > max(reach)[0]:
+    if reach and min_confidence - tables.HALF_SHOWN_STEP > max(reach)[0]:
         top, bundle_id = max(reach)
-        shown_as = f" (exports show it rounded, as {round(top, 4):g})" if round(top, 4) != top else ""
-        raise ExportError(f"--min-confidence {min_confidence:g} is above {top:g}{shown_as}, the highest confidence "
-                          f"these detections' bundle(s) can reach ({bundle_id}): nothing could match")
+        raise ExportError(f"--min-confidence {min_confidence:g} is above {round(top, tables.CONFIDENCE_DECIMALS):g}, the "
+                          f"highest confidence these detections' bundle(s) can reach ({bundle_id}; as exports show "
+                          f"it): nothing could match")
 
 
 # What a --label or --bundle filter may name: (its option, how the refusal calls the set, the

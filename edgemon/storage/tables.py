@@ -40,6 +40,7 @@ RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)
 RAVEN_HIGH_FREQ_HZ = 8000
 RAVEN_SUFFIX = ".BirdNET.selection.table.txt"   # BirdNET-Analyzer's name: <stem>.BirdNET.selection.table.txt
 CONFIDENCE_DECIMALS = 4
+HALF_SHOWN_STEP = 0.5 * 10 ** -CONFIDENCE_DECIMALS   # a confidence this far below a value is shown as it
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

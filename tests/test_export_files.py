@@ -194,3 +194,22 @@ def test_a_raven_export_that_fails_on_one_table_appends_to_none(db_path, tmp_pat
     later.write_text(later_text)
     assert export_detections(db_path, "raven", out, new=True) == 2
     assert [r["Begin Time (s)"] for r in read_table(first)] == ["0.0", "3.0", "6.0", "9.0"]
+
+
+def test_the_temp_files_of_a_killed_export_are_removed_by_the_next(db_path, tmp_path):
+    """A kill -9 mid-export left its hidden temp files for good (59 MB beside a jsonl, 155 beside
+    Raven tables; a newcomer trial). The next export removes those whose writer is gone, and
+    leaves a running export's alone."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = [out / f".d.jsonl.{dead_pid}-0123abcd.tmp", out / f".20240501_060000.BirdNET.selection.ta.{dead_pid}-89abcdef.tmp"]
+    running = out / f".d.jsonl.{os.getpid()}-0badcafe.tmp"
+    others = [out / ".d.jsonl.tmp", out / "notes.1234-0123abcd.tmp"]   # not an export's temp name
+    for path in (*dead, running, *others):
+        path.write_text("half an export")
+    assert export_detections(db_path, "jsonl", out / "d.jsonl") > 0
+    assert not any(p.exists() for p in dead)
+    assert running.exists() and all(p.exists() for p in others)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["d.jsonl", running.name, *(p.name for p in others)])

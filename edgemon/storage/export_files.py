@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -201,8 +202,13 @@ def atomic_texts(moving: Moving | None = None) -> Iterator[_Outputs]:
     written: list[tuple[Path, Path]] = []
     pending: list[Path] = []
 
+    swept: set[Path] = set()
+
     @contextlib.contextmanager
     def open_text(path: Path) -> Iterator[TextIO]:
+        if path.parent not in swept:
+            swept.add(path.parent)
+            _sweep_dead_temps(path.parent)
         tmp, fd = _temp_beside(path)
         pending.append(tmp)
         try:
@@ -233,9 +239,12 @@ def atomic_texts(moving: Moving | None = None) -> Iterator[_Outputs]:
         _fsync_dir(directory)
 
 
+_TEMP = re.compile(r"\..*\.(\d+)-[0-9a-f]{8}\.tmp")   # what _temp_beside names: the writer's pid in it
+
+
 def _temp_beside(path: Path) -> tuple[Path, int]:
     for _ in range(100):
-        tmp = path.parent / f".{path.name[:40]}.{secrets.token_hex(4)}.tmp"
+        tmp = path.parent / f".{path.name[:40]}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
         try:
             return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except FileExistsError:
@@ -243,6 +252,27 @@ def _temp_beside(path: Path) -> tuple[Path, int]:
         except OSError as e:
             raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
     raise ExportError(f"cannot write {path}: no free temporary name beside it")
+
+
+def _sweep_dead_temps(directory: Path) -> None:
+    """Remove the temp files of exports killed before they could (``kill -9``, a power cut): those
+    whose writer's process is gone. A killed Raven export left one per table, for good."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            found = _TEMP.fullmatch(entry.name)
+            if found is not None and not _alive(int(found[1])) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:   # another user's
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -172,6 +172,34 @@ def test_disk_full_rolls_back_holds_and_resumes_losing_nothing(tmp_path):
     assert query(out, "PRAGMA integrity_check") == [("ok",)]
 
 
+@pytest.mark.skipif(not unshare_works(), reason="needs `unshare -Urm` and tmpfs mounts (user namespaces disabled here)")
+def test_sync_export_and_status_say_the_disk_is_full(tmp_path):
+    """On a full disk SQLite cannot make a reader's -shm and says "disk I/O error": sync called the
+    database "not a readable SQLite database", export and status said only the I/O error (a
+    newcomer trial); the database itself is fine."""
+    from devtools.recorder_db import make_recorder
+
+    make_recorder(tmp_path / "src.db", "rec-a", files=3, per_file=4)
+    (tmp_path / "card").mkdir()
+    card = shlex.quote(str(tmp_path / "card"))
+    edgemon = shlex.join([sys.executable, "-m", "edgemon"])
+    db = f"{card}/E.db"
+    script = "\n".join([
+        f"mount -t tmpfs -o size=2m tmpfs {card} && cp {shlex.quote(str(tmp_path / 'src.db'))} {db} || exit 9",
+        f"dd if=/dev/zero of={card}/filler bs=64k 2>/dev/null; dd if=/dev/zero of={card}/filler2 bs=512 2>/dev/null",
+        f"{edgemon} sync --db {db} --device-id rec-a --to postgresql://x@127.0.0.1:9/fleet; echo rc=$?",
+        f"{edgemon} export-detections --db {db} --format csv; echo rc=$?",
+        f"{edgemon} status --db {db}; echo rc=$?",
+        f"rm {card}/filler {card}/filler2; {edgemon} export-detections --db {db} --format csv | wc -l"])
+    done = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert done.stdout.count("rc=1") == 3, done.stdout + done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 3 and all("the disk holding it is full: free some space" in line for line in lines), lines
+    assert "not a readable SQLite database" not in done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "13"   # space freed: all 12 detections and the header
+
+
 # --- another process holds the write lock ------------------------------------------------------
 
 HOLD_LOCK = ("import sqlite3, sys, time\n"

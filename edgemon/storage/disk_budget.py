@@ -93,6 +93,12 @@ _RANK = {OK: 0, NO_CLIPS: 1, HOLD: 2}
 MIN_ROOM_BYTES = 1 << 20
 
 
+def full_disk_note(path: str | Path) -> str:
+    """'; the disk holding it is full: free some space' when it is, for an error about the file
+    at ``path`` (SQLite says only "disk I/O error" when it cannot write a reader's -shm); else ''."""
+    return "; the disk holding it is full: free some space" if free_bytes(path) < MIN_ROOM_BYTES else ""
+
+
 def free_bytes(path: str | Path) -> int:
     """Bytes this user may still write on the disk holding ``path`` (or its nearest existing
     parent); a very large number when it cannot be measured (nothing to wait for then)."""

@@ -12,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 from edgemon.errors import AudioError, EdgemonError
+from edgemon.storage.disk_budget import full_disk_note
 from edgemon.storage.fingerprint import not_analysed_as
 
 BUSY_TIMEOUT_MS = 30_000   # how long a reader (and the store's writer) waits out another's lock
@@ -109,7 +110,7 @@ def open_read_only(db_path: Path, error: type[EdgemonError] = ReadError) -> sqli
     except sqlite3.Error as e:
         if conn is not None:
             conn.close()
-        raise error(f"cannot read detections database {db_path}: {e}") from e
+        raise error(f"cannot read detections database {db_path}: {e}{full_disk_note(db_path)}") from e
     return conn
 
 

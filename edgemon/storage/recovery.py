@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 
 from edgemon.safetext import shown
-from edgemon.storage.disk_budget import MIN_ROOM_BYTES, free_bytes
+from edgemon.storage.disk_budget import full_disk_note
 from edgemon.storage.readonly import BUSY_TIMEOUT_MS, connect_read_only, quick_check
 from edgemon.storage.store import Store, StoreError
 
@@ -68,8 +68,7 @@ def _corrupt_or_raise(path: Path, e: sqlite3.DatabaseError) -> str:
     """The finding when ``e`` says the bytes are wrong; StoreError for anything else."""
     if _code(e) in CORRUPTION_CODES:
         return str(e)
-    full = "; the disk holding it is full: free some space" if free_bytes(path) < MIN_ROOM_BYTES else ""   # SQLite says "I/O"
-    raise StoreError(f"cannot check detections database {shown(path)}: {shown(e)}{full}") from e
+    raise StoreError(f"cannot check detections database {shown(path)}: {shown(e)}{full_disk_note(path)}") from e
 def move_aside(path: str | Path, now: dt.datetime | None = None) -> Path:
     """Rename the database and its companion files to ``NAME.corrupt-YYYYMMDDTHHMMSSZ[-wal]``;
     returns the new name of the database. Never overwrites: a clash gets a counter."""

@@ -21,6 +21,7 @@ from contextlib import closing
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
+from edgemon.storage.disk_budget import full_disk_note
 from edgemon.storage.readonly import BUSY_TIMEOUT_MS, connect_read_only
 from edgemon.storage.schema import FOLDED_KEYS, SYNC_KEYS
 from edgemon.storage.store import Store
@@ -87,7 +88,8 @@ def _check_edgemon_database(path: Path) -> None:
         with closing(connect_read_only(path)) as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error as e:
-        raise OutboxError(f"{path}: not a readable SQLite database ({e})") from e
+        full = full_disk_note(path)
+        raise OutboxError(f"{path}: {'cannot read it' if full else 'not a readable SQLite database'} ({e}){full}") from e
     if not {"detections", "files"} <= tables:
         raise OutboxError(f"{path}: not an edgemon database (no detections table); nothing was sent or changed")
 

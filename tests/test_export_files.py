@@ -4,9 +4,11 @@ database that is not one."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgemon.cli import app
+from edgemon.storage import export as export_module
 from edgemon.storage.export import MAX_NAME_BYTES, ExportError, export_detections
 from edgemon.storage.store import Store
 from tests.test_export import LIVE, REC1, REC2, commit, db_path, detection, read_csv  # noqa: F401 (fixture)
@@ -213,3 +216,33 @@ def test_the_temp_files_of_a_killed_export_are_removed_by_the_next(db_path, tmp_
     assert not any(p.exists() for p in dead)
     assert running.exists() and all(p.exists() for p in others)
     assert sorted(p.name for p in out.iterdir()) == sorted(["d.jsonl", running.name, *(p.name for p in others)])
+
+
+def test_a_recording_of_the_same_name_at_another_site_never_renames_a_delivered_table(db_path, tmp_path):
+    """A cursor export went on in a second table, numbered from 1, once a second site's recording
+    of the same file name arrived: both then got hashed names (a newcomer trial)."""
+    out = tmp_path / "raven"
+    out.mkdir()
+    assert export_detections(db_path, "raven", out, new=True) == 5
+    first = out / f"20240501_060000{SUFFIX}"
+    assert len(read_table(first)) == 3
+    other = "site3/20240501_060000.wav"
+    with Store(db_path) as store:
+        commit(store, other, [detection(other, 1.0, "bird", 0.9, None)])
+        commit(store, REC1, [detection(REC1, 0.0, "bird", 0.9, None), detection(REC1, 40.0, "frog", 0.8, None)])
+    assert export_detections(db_path, "raven", out, new=True) == 3
+    rows = read_table(first)      # the first site's table goes on, numbered on
+    assert [r["Selection"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert {r["Begin Path"] for r in rows} == {f"/data/{REC1}"}
+    [hashed] = [p for p in out.iterdir() if p.name.startswith("20240501_060000.") and p != first]
+    assert [r["Begin Path"] for r in read_table(hashed)] == [f"/data/{other}"]
+    # A table an earlier edgemon named with the source's hash (it hashed every source of a shared
+    # stem) is kept; a table of another name is not taken for it.
+    again = tmp_path / "raven2"
+    again.mkdir()
+    own = f"20240501_060000.{export_module._digest(REC1)[:export_module.HASH_CHARS]}{SUFFIX}"
+    (again / own).write_text("\t".join(export_module.RAVEN_COLUMNS) + "\n")
+    (again / f"20240501_060000.0123456789{SUFFIX}").write_text("\t".join(export_module.RAVEN_COLUMNS) + "\n")
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        assert export_module._raven_names(conn, db_path, again)[REC1] == own
+        assert export_module._raven_names(conn, db_path, out)[REC1] == first.name

@@ -98,7 +98,7 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
             moving = None if span is None else functools.partial(advancing, db_path, cursor_name, wanted, span[1])
             try:
                 if fmt == "raven":
-                    count = write_raven(rows, Path(output), _raven_names(conn, db_path), new, moving)
+                    count = write_raven(rows, Path(output), _raven_names(conn, db_path, Path(output)), new, moving)
                 elif output is None:
                     count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
                 else:
@@ -304,28 +304,34 @@ def _raven_table(conn: sqlite3.Connection) -> str:
             "THEN d.clip_path ELSE d.source END")
 
 
-def _raven_names(conn: sqlite3.Connection, db_path: Path) -> dict[str, str]:
+def _raven_names(conn: sqlite3.Connection, db_path: Path, out_dir: Path) -> dict[str, str]:
     """Selection table file name of every source (or clip: ``_raven_table``), as BirdNET names
-    them: '<stem>.BirdNET.selection.table.txt'. A hash of the source is added when two sources
-    share a stem (the same file name at two sites) or the name would pass ``MAX_NAME_BYTES`` (the
-    stem is then shortened). Taken over all sources, not only the exported ones, so a source keeps
-    its name whatever the filters."""
+    them: '<stem>.BirdNET.selection.table.txt'. Of the sources that share a stem (the same file
+    name at two sites), the one the database met first (the ledger's order, then the detections')
+    keeps that name and the others get a hash of the source added, so a source met later never
+    renames an earlier one's table (a cursor export went on in a second table, numbered from 1);
+    a source whose hashed table an earlier export left in ``out_dir`` keeps it. A name that would
+    pass ``MAX_NAME_BYTES`` is shortened and hashed. Taken over all sources, not only the exported
+    ones, so a source keeps its name whatever the filters."""
     try:
         sources = [row[0] for row in conn.execute(
-            f"SELECT DISTINCT {_raven_table(conn)} FROM detections d LEFT JOIN files f ON f.source = d.source")]
+            f"SELECT {_raven_table(conn)} AS t, min(f.rowid) AS ledger, min(d.id) AS first FROM detections d "
+            f"LEFT JOIN files f ON f.source = d.source GROUP BY t ORDER BY ledger IS NULL, ledger, first")]
     except sqlite3.Error as e:
         raise ExportError(f"cannot read detections from {db_path}: {e}") from e
     room = MAX_NAME_BYTES - len(tables.RAVEN_SUFFIX)
     stems = {s: _safe_name(PurePosixPath(s).stem) for s in sources}
-    shared = Counter(stems.values())
-    names = {}
+    names, plain = {}, set()
     for source, stem in stems.items():
-        if shared[stem] > 1 or len(stem) > room:
-            stem = f"{stem[:room - HASH_CHARS - 1]}.{_digest(source)[:HASH_CHARS]}"
-        names[source] = stem + tables.RAVEN_SUFFIX
+        hashed = f"{stem[:room - HASH_CHARS - 1]}.{_digest(source)[:HASH_CHARS]}{tables.RAVEN_SUFFIX}"
+        if len(stem) <= room and stem not in plain and not (out_dir / hashed).exists():
+            plain.add(stem)
+            names[source] = stem + tables.RAVEN_SUFFIX
+        else:
+            names[source] = hashed
     taken = Counter(names.values())
     for source, name in names.items():   # a shortened name that met another source's own name
-        if taken[name] > 1:
+        if taken[name] > 1 and name != stems[source] + tables.RAVEN_SUFFIX:
             digest = _digest(source)
             names[source] = f"{stems[source][:room - len(digest) - 1]}.{digest}{tables.RAVEN_SUFFIX}"
     return names

@@ -277,6 +277,11 @@ def test_wrong_password_unreachable_host_and_password_in_url(fleet, tmp_path):
     assert "never synced" in format_status(collect_status(db, integrity=False))
     passfile.write_text(f"{host}:{port}:*:recorder:right-secret\n")
     passfile.chmod(0o600)
+    started = time.monotonic()   # a mistyped database name is said at once, not retried as unreachable
+    misnamed = run_sync(db, url.rsplit("/", 1)[0] + "/nofleet", "--retry-for-s", "60", env=env)
+    assert_one_line_refusal(misnamed, 'database "nofleet" does not exist', "check the database name")
+    assert time.monotonic() - started < 30
+
     ok = run_sync(db, url, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "right-secret" not in ok.stderr + ok.stdout

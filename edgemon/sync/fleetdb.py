@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import stat
 from collections.abc import Sequence
 
@@ -149,6 +150,9 @@ def classify(exc: psycopg.Error, where: str) -> FleetDbError:
     sqlstate = getattr(exc, "sqlstate", None) or ""
     if sqlstate in ("28P01", "28000") or "password authentication failed" in first or "no password supplied" in first:
         return AuthError(f"fleet database {where} refused the credentials: {first}")
+    if sqlstate == "3D000" or re.search(r'database ".*" does not exist', first):
+        # Not worth retrying: a name mistyped in the URL does not come to exist by waiting.
+        return FleetDbError(f"fleet database {where}: {first} (check the database name in the URL)")
     if isinstance(exc, psycopg.OperationalError) or sqlstate.startswith(("08", "57P")):
         return UnreachableError(f"fleet database {where} unreachable: {first}")
     return FleetDbError(f"fleet database {where}: {first}")

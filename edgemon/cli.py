@@ -225,7 +225,7 @@ def export_detections(
     ctx: typer.Context,
     db: DbOpt = None,
     fmt: Annotated[ExportFormat, typer.Option("--format", help="csv, birdnet (BirdNET-Analyzer's CSV columns), jsonl or raven (one BirdNET-named selection table per file).")] = ExportFormat.csv,
-    output: Annotated[Optional[Path], typer.Option("--output", help="File (csv, birdnet, jsonl) or directory (raven); default stdout.", readable=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="File (csv, birdnet, jsonl) or directory (raven); default (or -) standard output.", readable=False)] = None,
     since: Annotated[Optional[str], typer.Option(help="Only detections starting at or after this UTC time (ISO 8601).")] = None,
     until: Annotated[Optional[str], typer.Option(help="Only detections starting before this UTC time (ISO 8601).")] = None,
     label: Annotated[Optional[list[str]], typer.Option(metavar="LABEL", help="Only these labels (repeatable).")] = None,
@@ -242,7 +242,11 @@ def export_detections(
     from edgemon.storage.export_files import OutputClosed, refuse_the_database
 
     log = logging.getLogger("edgemon.storage.export")
+    output = None if output == Path("-") else output   # as status and review take it: standard output
     try:
+        if coverage == Path("-") or (coverage is not None and output is not None
+                                     and coverage.absolute() == output.absolute()):
+            raise OptionError("--coverage needs a file of its own, not standard output or --output's file")
         if fmt is ExportFormat.raven and output is None:
             raise OptionError("--format raven writes one table per recording: give --output DIR (an existing directory)")
         _check_confidence(min_confidence)

@@ -280,3 +280,20 @@ def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(tmp_p
             pass
     assert precious.read_text() == "keep me"
     assert (precious.stat().st_uid, oct(precious.stat().st_mode & 0o777)) == (os.getuid(), "0o600")
+
+
+def test_output_dash_is_standard_output_and_coverage_needs_its_own_file(db_path, tmp_path, monkeypatch):
+    """`--output -` wrote a file named '-' (status and review take '-' as standard output), and
+    `--output X --coverage X` let the detections overwrite the coverage it reported (a newcomer trial)."""
+    monkeypatch.chdir(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db_path),
+                           "--format", "jsonl", "--output", "-", "-q"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 5 and not (tmp_path / "-").exists()
+    out = tmp_path / "d.csv"
+    for coverage in (str(out), "-"):
+        refused = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(out),
+                                      "--coverage", coverage, "--cursor", "c3"])
+        assert refused.exit_code == 2 and "--coverage needs a file of its own" in refused.output
+        assert not out.exists()
+    again = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(out), "--cursor", "c3"])
+    assert again.exit_code == 0 and len(read_csv(out)) == 5   # the refusals moved no cursor

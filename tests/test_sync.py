@@ -14,14 +14,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from devtools.recorder_db import add_file, make_recorder
 from devtools.throttle_proxy import ThrottleProxy
 from edgemon.storage.store import Store
+from edgemon.sync import fleetdb
 from edgemon.sync.outbox import Outbox
 from tests.sync_helpers import count_server_detections, fleet_server, local_state, server_state
 from tests.waits import poll_until
@@ -576,3 +579,53 @@ def test_retrying_for_s_seconds_tries_once_more_at_the_end(monkeypatch):
     with pytest.raises(UnreachableError):
         sender.sync_with_retries("x.db", DeviceInfo("rec", ""), config, sleep=sleep, clock=lambda: now[0])
     assert tries == [0.0, 5.0, 15.0, 20.0]
+
+
+def test_the_backlog_counts_changes_not_sequence_numbers(fleet, tmp_path):
+    """A live coverage minute is rewritten as the minute goes on: each write takes a sequence
+    number, one change waits. A trial saw a backlog of 661 for 61 changes, and 330 for 30."""
+    from edgemon.storage.store import CoverageMinute
+    from edgemon.sync.fleetdb import DeviceInfo
+    from edgemon.sync.sender import SyncConfig, sync_once
+
+    db = make_recorder(tmp_path / "a.db", "rec-b", files=1, per_file=2, heartbeats=0, coverage_minutes=0)
+
+    def listen(minutes: range) -> None:
+        with Store(db) as store:
+            for seconds in range(10, 70, 10):   # six writes of each minute
+                store.add_coverage([CoverageMinute(source="mic", device_id="rec-b",
+                                                   minute_utc=f"2024-05-01T06:{m:02d}:00Z",
+                                                   end_utc=f"2024-05-01T06:{m:02d}:59Z", analysed_s=float(seconds))
+                                    for m in minutes])
+
+    def sync(stop_after_batches: int | None = None):
+        stop = threading.Event()
+        config = SyncConfig(url=fleet.url, batch_rows=20, snapshot=None)
+        with Outbox(db) as outbox:
+            waiting = outbox.waiting(outbox.cursor(fleetdb.target_name(fleetdb.check_url(fleet.url))))
+        if stop_after_batches is None:
+            return waiting, sync_once(db, DeviceInfo("rec-b", ""), config)
+        real = fleetdb.apply_batch
+        done = []
+
+        def one_then_stop(*args, **kwargs):
+            real(*args, **kwargs)
+            done.append(1)
+            if len(done) == stop_after_batches:
+                stop.set()
+        with mock.patch.object(fleetdb, "apply_batch", one_then_stop):
+            return waiting, sync_once(db, DeviceInfo("rec-b", ""), config, stop=stop)
+
+    def server_backlog() -> tuple[int, list[int]]:
+        with fleet.connect() as conn:
+            row = conn.execute("SELECT backlog, recent_backlogs FROM edgemon.recorder_health WHERE site = 'rec-b'")
+            return tuple(row.fetchone())
+
+    listen(range(0, 60))
+    waiting, result = sync()
+    assert waiting == 60 + 1 + 2 and result.backlog == 0     # 60 minutes, a file, its 2 detections
+    assert server_backlog() == (0, [waiting])
+    listen(range(0, 30))                                     # 30 minutes rewritten: 30 changes
+    waiting, result = sync(stop_after_batches=1)
+    assert waiting == 30 and result.backlog == 10 and result.changes == 20
+    assert server_backlog() == (10, [30, 63])

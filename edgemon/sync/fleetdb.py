@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from edgemon.errors import EdgemonError
 from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, VIEW_REVISIONS
@@ -277,25 +277,35 @@ def _values(table: str, row: dict) -> list:
     return out
 
 
-def register(conn: psycopg.Connection, info: DeviceInfo, local_seq: int, client_utc: str) -> int:
+def register(conn: psycopg.Connection, info: DeviceInfo, waiting: Callable[[int], int],
+             client_utc: str) -> tuple[int, int]:
     """Record the database's metadata and a sync session; returns the sequence number the server
-    has acknowledged for it (0: new). ``client_utc`` is the recorder's clock now: the difference
-    to the server's is kept, for the suspect-clock flag."""
+    has acknowledged for it (0: new) and how many changes wait after it (``waiting(acked)``, counted
+    by the recorder). ``client_utc`` is the recorder's clock now: the difference to the server's
+    is kept, for the suspect-clock flag.
+
+    ``local_seq`` is stored as the acknowledged number plus the changes waiting, so that the
+    views' backlog (``local_seq - acked_seq``) counts changes: the recorder's own sequence
+    numbers have gaps (a coverage minute rewritten six times takes six), and a backlog of 61
+    changes showed as 661. An earlier edgemon stores its last sequence number there."""
     fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
     names = list(fields)
     updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n != "db_uuid")
     with conn.transaction():
         conn.execute(
-            f"INSERT INTO {SCHEMA}.databases ({', '.join(names)}, local_seq, clock_offset_s) "
-            f"VALUES ({', '.join(['%s'] * len(names))}, %s, extract(epoch FROM %s::timestamptz - now())) "
-            f"ON CONFLICT (db_uuid) DO UPDATE SET {updates}, local_seq = EXCLUDED.local_seq, "
+            f"INSERT INTO {SCHEMA}.databases ({', '.join(names)}, clock_offset_s) "
+            f"VALUES ({', '.join(['%s'] * len(names))}, extract(epoch FROM %s::timestamptz - now())) "
+            f"ON CONFLICT (db_uuid) DO UPDATE SET {updates}, "
             f"clock_offset_s = EXCLUDED.clock_offset_s, last_sync = now()",
-            [*fields.values(), local_seq, client_utc])
+            [*fields.values(), client_utc])
         acked = conn.execute(f"SELECT acked_seq FROM {SCHEMA}.databases WHERE db_uuid = %s",
                              [info.db_uuid]).fetchone()[0]
+        backlog = waiting(acked)
+        conn.execute(f"UPDATE {SCHEMA}.databases SET local_seq = %s WHERE db_uuid = %s",
+                     [acked + backlog, info.db_uuid])
         conn.execute(f"INSERT INTO {SCHEMA}.sync_sessions (db_uuid, backlog) VALUES (%s, %s)",
-                     [info.db_uuid, max(0, local_seq - acked)])
-    return acked
+                     [info.db_uuid, backlog])
+    return acked, backlog
 
 
 def own_heartbeat_spans(where: str = "true") -> str:

@@ -141,6 +141,14 @@ class Outbox:
         """The newest change's sequence number (0: none yet)."""
         return self.conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
 
+    def waiting(self, after_seq: int) -> int:
+        """How many changes come after ``after_seq`` (sequence numbers have gaps: a row written
+        six times leaves one change at its last number)."""
+        try:
+            return self.conn.execute("SELECT count(*) FROM changes WHERE seq > ?", [after_seq]).fetchone()[0]
+        except sqlite3.Error as e:
+            raise OutboxError(f"cannot read changes from {self.path}: {e}") from e
+
     def batch(self, after_seq: int, limit: int) -> Batch | None:
         """The next at most ``limit`` changes after ``after_seq``, or None when there are none.
 

@@ -148,8 +148,7 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
             fleetdb.migrate(conn)
             info, token = _own_lineage(conn, outbox, target, info)
             fleetdb.prepare_staging(conn)
-            local_seq = outbox.last_seq()
-            acked = fleetdb.register(conn, info, local_seq, utc_iso(dt.datetime.now(dt.timezone.utc)))
+            acked, waiting = fleetdb.register(conn, info, outbox.waiting, utc_iso(dt.datetime.now(dt.timezone.utc)))
             if outbox.cursor(target) > acked:
                 log.warning("%s holds less than it acknowledged before (restored from a backup?): "
                             "resending from %d", target, acked)
@@ -160,12 +159,13 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                     break
                 t0 = time.monotonic()
                 offered = outbox.offer(target, batch.last_seq)   # before sending: a lost ack still matches
-                fleetdb.apply_batch(conn, info.db_uuid, batch, max(local_seq, batch.last_seq), offered, token)
+                waiting = max(0, waiting - batch.size)   # the views' backlog: acked + waiting (fleetdb.register)
+                fleetdb.apply_batch(conn, info.db_uuid, batch, batch.last_seq + waiting, offered, token)
                 outbox.advance(target, batch.last_seq)   # only after the server committed
                 acked, token = batch.last_seq, offered
                 sent.changes, sent.batches = sent.changes + batch.size, sent.batches + 1
                 rows = _next_rows(rows, time.monotonic() - t0, config)
-            backlog = outbox.last_seq() - acked
+            backlog = outbox.waiting(acked)
             outbox.prune()
             if config.snapshot is not None:
                 _send_snapshot(conn, Path(db_path), info, config.snapshot)

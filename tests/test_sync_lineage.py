@@ -237,21 +237,66 @@ def test_a_server_restored_from_its_backup_loses_the_rows_deleted_since(fleet, t
         assert_server_holds(conn, db)
 
 
-def test_the_token_the_server_holds_outlives_weeks_of_failed_batches(tmp_path):
+def test_the_token_the_server_holds_outlives_weeks_of_failed_batches(tmp_path, monkeypatch):
     """Each attempt at a batch offers a token; on a link failing mid-batch, 1,000 attempts pushed
     out the token of the last acknowledged batch, and the database then took itself for a
-    restored backup and sent all its rows again under a new identity."""
-    from edgemon.sync.outbox import KEPT_TOKENS
+    restored backup and sent all its rows again under a new identity. Retries of one batch must
+    not shorten the history either: one token per acknowledged sequence number is kept."""
+    from edgemon.sync import outbox as outbox_module
 
+    monkeypatch.setattr(outbox_module, "KEPT_TOKENS", 3)   # stands for 1,000 sequence numbers
     db = make_recorder(tmp_path / "t.db", "rec-t", files=3, per_file=5, seed=23)
     with Outbox(db) as outbox:
         acknowledged = outbox.offer("fleet", 10)
         outbox.advance("fleet", 10)
-        attempts = [outbox.offer("fleet", 15) for _ in range(KEPT_TOKENS + 5)]
+        attempts = [outbox.offer("fleet", 15) for _ in range(20)]
         assert outbox.offered(acknowledged) and all(map(outbox.offered, attempts))
-        outbox.advance("fleet", 15)
-        outbox.offer("fleet", 20)    # acknowledged again: the older attempts may go, down to the newest kept
+        outbox.advance("fleet", 15)                  # the last attempt went through
+        outbox.offer("fleet", 20)
         outbox.advance("fleet", 20)
         outbox.offer("fleet", 25)
-        assert not outbox.offered(acknowledged)
-        assert outbox.conn.execute("SELECT count(*) FROM sync_tokens").fetchone()[0] == KEPT_TOKENS
+        assert outbox.offered(acknowledged) and outbox.offered(attempts[-1])
+        assert not any(map(outbox.offered, attempts[:-1]))
+        outbox.advance("fleet", 25)
+        outbox.offer("fleet", 30)
+        assert outbox.offered(acknowledged)          # three sequence numbers before the last acknowledged
+        outbox.advance("fleet", 30)
+        outbox.offer("fleet", 35)                    # four: the oldest goes
+        assert not outbox.offered(acknowledged) and outbox.offered(attempts[-1])
+        assert outbox.conn.execute("SELECT count(*) FROM sync_tokens").fetchone()[0] == 5   # 15, 20, 25, 30, 35
+
+
+def test_a_target_whose_first_acknowledgement_was_lost_keeps_its_tombstones(fleet, tmp_path, monkeypatch):
+    """The prune looked only at targets with a cursor: a server that committed a first session
+    whose acknowledgement never reached the recorder holds a token but no cursor, and the
+    tombstones after it were forgotten for another target's sake (a review)."""
+    from edgemon.sync import outbox as outbox_module
+    from edgemon.sync.outbox import OutboxError
+
+    db = make_recorder(tmp_path / "r.db", "rec-r", files=6, per_file=5, seed=31)
+    with Outbox(db) as o:                       # a second fleet server that took everything so far
+        o.offer("other", o.last_seq())
+        o.advance("other", o.last_seq())
+    real_advance = Outbox.advance
+
+    def lost(self, target, seq):
+        if target != "other":
+            raise OutboxError("connection lost before the acknowledgement was recorded")
+        real_advance(self, target, seq)
+
+    monkeypatch.setattr(Outbox, "advance", lost)
+    with pytest.raises(OutboxError):
+        sync(db, fleet.url, "rec-r", batch_rows=10_000)     # the server committed it all
+    monkeypatch.setattr(Outbox, "advance", real_advance)
+    u = uuid_of(db)
+    work(db, "rec-r", range(2, 4), seed=32)     # re-processed: old detections leave as tombstones
+    monkeypatch.setattr(outbox_module, "KEPT_TOKENS", 1)
+    with Outbox(db) as o:
+        for _ in range(2):
+            o.offer("other", o.last_seq())
+            o.advance("other", o.last_seq())
+        assert o.prune() == 0
+    sync(db, fleet.url, "rec-r", batch_rows=10_000)
+    assert uuid_of(db) == u                      # its token was recognised: no fork
+    with fleet.connect() as conn:
+        assert_server_holds(conn, db)

@@ -28,7 +28,8 @@ from edgemon.storage.store import Store
 from edgemon.utc import utc_iso
 
 SYNCED_TABLES = tuple(SYNC_KEYS)
-# Offered tokens kept per target: enough to recognise a server restored from an older backup.
+# Sequence numbers whose tokens are kept per target: enough to recognise a server restored from
+# an older backup (``Outbox.offer``).
 KEPT_TOKENS = 1000
 
 
@@ -198,10 +199,10 @@ class Outbox:
         """
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            upto = self.conn.execute(
-                "SELECT min(min(c.seq), coalesce((SELECT min(t.seq) FROM sync_tokens t WHERE t.target = c.target), "
-                "c.seq)) FROM sync_cursors c GROUP BY c.target ORDER BY 1 LIMIT 1").fetchone()
-            upto = None if upto is None else upto[0]
+            # Tokens of every target count, a target with no cursor too (its first acknowledgement lost).
+            cursors, tokens = self.conn.execute(
+                "SELECT (SELECT min(seq) FROM sync_cursors), (SELECT min(seq) FROM sync_tokens)").fetchone()
+            upto = None if cursors is None else min(cursors, cursors if tokens is None else tokens)
             since = int(self.conn.execute("SELECT coalesce((SELECT value FROM sync_meta WHERE key = 'pruned_seq'), 0)")
                         .fetchone()[0])
             pruned = 0
@@ -254,19 +255,22 @@ class Outbox:
     def offer(self, target: str, seq: int) -> str:
         """A new token for the batch ending at ``seq`` to ``target``, committed here *before* the
         batch is sent, so that a server which committed it is recognised even if its
-        acknowledgement never arrived. Keeps the newest ``KEPT_TOKENS`` per target, and every
-        token since the last acknowledgement recorded here (``advance``): on a link that fails
-        mid-batch for weeks, each attempt offers a token, and the one the server holds must stay
-        (dropped, the database took itself for a restored backup and sent everything again)."""
+        acknowledgement never arrived. Keeps every token since the last acknowledgement recorded
+        here (``advance``): on a link that fails mid-batch for weeks each attempt offers one, and
+        the one the server holds must stay (dropped, the database took itself for a restored
+        backup and sent everything again). Before it, the newest token of each of the newest
+        ``KEPT_TOKENS`` sequence numbers: a batch's later attempts are only made while no earlier
+        one is known to be committed, so the newest is the one a server can hold."""
         token = uuid.uuid4().hex
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute("INSERT INTO sync_tokens (token, target, seq, offered_utc) VALUES (?, ?, ?, ?)",
                               [token, target, seq, utc_iso(dt.datetime.now(dt.timezone.utc))])
-            self.conn.execute("DELETE FROM sync_tokens WHERE target = ? AND rowid NOT IN (SELECT rowid FROM "
-                              "sync_tokens WHERE target = ? ORDER BY seq DESC, rowid DESC LIMIT ?) "
-                              "AND seq < coalesce((SELECT seq FROM sync_cursors WHERE target = ?), 0)",
-                              [target, target, KEPT_TOKENS, target])
+            acknowledged = "coalesce((SELECT seq FROM sync_cursors WHERE target = ?), 0)"
+            self.conn.execute(f"DELETE FROM sync_tokens WHERE target = ? AND seq < {acknowledged} "
+                              f"AND rowid NOT IN (SELECT max(rowid) FROM sync_tokens WHERE target = ? "
+                              f"AND seq < {acknowledged} GROUP BY seq ORDER BY seq DESC LIMIT ?)",
+                              [target, target, target, target, KEPT_TOKENS])
             self.conn.execute("COMMIT")
         except sqlite3.Error as e:
             if self.conn.in_transaction:

@@ -18,8 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from edgemon.cli import app
-from edgemon.storage import export as export_module
-from edgemon.storage.export import MAX_NAME_BYTES, ExportError, export_detections
+from edgemon.storage import raven_names as naming
+from edgemon.storage.tables import RAVEN_COLUMNS
+from edgemon.storage.export import ExportError, export_detections
+from edgemon.storage.raven_names import MAX_NAME_BYTES
 from edgemon.storage.store import Store
 from tests.test_export import LIVE, REC1, REC2, commit, db_path, detection, read_csv  # noqa: F401 (fixture)
 
@@ -240,9 +242,41 @@ def test_a_recording_of_the_same_name_at_another_site_never_renames_a_delivered_
     # stem) is kept; a table of another name is not taken for it.
     again = tmp_path / "raven2"
     again.mkdir()
-    own = f"20240501_060000.{export_module._digest(REC1)[:export_module.HASH_CHARS]}{SUFFIX}"
-    (again / own).write_text("\t".join(export_module.RAVEN_COLUMNS) + "\n")
-    (again / f"20240501_060000.0123456789{SUFFIX}").write_text("\t".join(export_module.RAVEN_COLUMNS) + "\n")
+    own = f"20240501_060000.{naming._digest(REC1)[:naming.HASH_CHARS]}{SUFFIX}"
+    (again / own).write_text("\t".join(RAVEN_COLUMNS) + "\n")
+    (again / f"20240501_060000.0123456789{SUFFIX}").write_text("\t".join(RAVEN_COLUMNS) + "\n")
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        assert export_module._raven_names(conn, db_path, again)[REC1] == own
-        assert export_module._raven_names(conn, db_path, out)[REC1] == first.name
+        assert naming.raven_names(conn, again, ExportError)[REC1] == own
+        assert naming.raven_names(conn, out, ExportError)[REC1] == first.name
+
+
+def test_a_table_stays_its_recordings_whatever_arrives_later(db_path, tmp_path):
+    """Two ways a later site's selections went into the first site's table (a review): the first
+    recording re-processed to nothing (it had no detections, so the later one counted as first);
+    and a directory where an earlier edgemon had already hashed both sites' tables, when a third
+    site's recording of the name arrived."""
+    out = tmp_path / "raven"
+    out.mkdir()
+    assert export_detections(db_path, "raven", out, new=True) == 5
+    first = out / f"20240501_060000{SUFFIX}"
+    site3, site4 = "site3/20240501_060000.wav", "site4/20240501_060000.wav"
+    with Store(db_path) as store:
+        commit(store, REC1, [])       # re-processed: nothing found this time
+        commit(store, site3, [detection(site3, 1.0, "bird", 0.9, None)])
+    assert export_detections(db_path, "raven", out, new=True) == 1
+    assert {r["Begin Path"] for r in read_table(first)} == {f"/data/{REC1}"}
+    old_rule = tmp_path / "old"
+    old_rule.mkdir()
+    (old_rule / first.name).write_text(first.read_text())   # REC1's table while it was alone
+    with Store(db_path) as store:
+        commit(store, REC1, [detection(REC1, 0.0, "bird", 0.9, None)])
+    for source in (REC1, site3):   # what an earlier edgemon did once site3 arrived: both hashed
+        (old_rule / f"20240501_060000.{naming._digest(source)[:naming.HASH_CHARS]}{SUFFIX}").write_text(
+            "\t".join(RAVEN_COLUMNS) + "\n")
+    with Store(db_path) as store:
+        commit(store, site4, [detection(site4, 2.0, "bird", 0.9, None)])
+    export_detections(db_path, "raven", old_rule, new=True, cursor_name="old")
+    assert {r["Begin Path"] for r in read_table(old_rule / first.name)} == {f"/data/{REC1}"}
+    tables_now = {p.name: {r["Begin Path"] for r in read_table(p)} for p in old_rule.glob("20240501_060000*")}
+    assert sorted(map(sorted, tables_now.values())) == [[f"/data/{REC1}"], [f"/data/{REC1}"], [f"/data/{site3}"],
+                                                        [f"/data/{site4}"]]

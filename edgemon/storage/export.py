@@ -14,17 +14,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import hashlib
 import json
 import os
 import re
 import sqlite3
 import sys
 import zoneinfo
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TextIO
 
 from edgemon.storage import tables
@@ -32,6 +30,7 @@ from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advanci
                                      read_cursor)
 from edgemon.storage.export_files import ExportError, OutputClosed, atomic_text, write_file, write_raven
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
+from edgemon.storage.raven_names import raven_names, raven_table
 from edgemon.storage.readonly import edgemon_tables, open_read_only, time_range
 from edgemon.storage.store import Store, StoreError
 from edgemon.utc import utc_iso
@@ -42,9 +41,6 @@ RAVEN_COLUMNS = tables.RAVEN_COLUMNS
 COVERAGE_COLUMNS = ("source", "device_id", "minute_utc", "end_utc", "analysed_s", "lost_overflow_s",
                     "lost_dropped_s", "lost_device_s", "lost_daemon_s", "overflows", "dropped_blocks",
                     "clock_synced", "updated_at")
-# Raven table names stay within eCryptfs's 143 bytes, the shortest common limit (ext4: 255).
-MAX_NAME_BYTES = 143
-HASH_CHARS = 8
 
 
 def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
@@ -98,7 +94,7 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
             moving = None if span is None else functools.partial(advancing, db_path, cursor_name, wanted, span[1])
             try:
                 if fmt == "raven":
-                    count = write_raven(rows, Path(output), _raven_names(conn, db_path, Path(output)), new, moving)
+                    count = write_raven(rows, Path(output), raven_names(conn, Path(output), ExportError), new, moving)
                 elif output is None:
                     count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
                 else:
@@ -225,7 +221,7 @@ def _select(conn: sqlite3.Connection, db_path: Path, wanted: CursorFilter, span:
     names, join = ("l.scientific_name, l.common_name",
                    "LEFT JOIN labels l ON l.bundle_id = d.bundle_id AND l.label = d.label") \
         if "labels" in found else ("NULL AS scientific_name, NULL AS common_name", "")
-    table = f", {_raven_table(conn)} AS raven_table" if raven else ""
+    table = f", {raven_table(conn)} AS raven_table" if raven else ""
     order = "raven_table, d.start_s, d.id" if raven else "d.id"
     sql = (f"SELECT d.*, {names}, f.path AS file_path{table} FROM detections d "
            f"LEFT JOIN files f ON f.source = d.source {join} WHERE {where} ORDER BY {order}")
@@ -291,57 +287,3 @@ def _write_stdout(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable
     return count
 
 
-def _raven_table(conn: sqlite3.Connection) -> str:
-    """SQL naming the Raven table a detection goes to: its source's, or, for a live detection with
-    a saved clip and its offset in it, the clip's (Raven opens the clip, and the table's seconds
-    are the clip's; ``tables.audio_file`` gives the same file). A database older than
-    ``clip_offset_s`` has no such rows."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(detections)")}
-    if not {"clip_path", "clip_offset_s"} <= columns:
-        return "d.source"
-    # The rule of ``tables.audio_file``, in SQL (so that SQLite orders the rows by table): keep in step.
-    return ("CASE WHEN coalesce(f.path, '') = '' AND coalesce(d.clip_path, '') != '' AND d.clip_offset_s IS NOT NULL "
-            "THEN d.clip_path ELSE d.source END")
-
-
-def _raven_names(conn: sqlite3.Connection, db_path: Path, out_dir: Path) -> dict[str, str]:
-    """Selection table file name of every source (or clip: ``_raven_table``), as BirdNET names
-    them: '<stem>.BirdNET.selection.table.txt'. Of the sources that share a stem (the same file
-    name at two sites), the one the database met first (the ledger's order, then the detections')
-    keeps that name and the others get a hash of the source added, so a source met later never
-    renames an earlier one's table (a cursor export went on in a second table, numbered from 1);
-    a source whose hashed table an earlier export left in ``out_dir`` keeps it. A name that would
-    pass ``MAX_NAME_BYTES`` is shortened and hashed. Taken over all sources, not only the exported
-    ones, so a source keeps its name whatever the filters."""
-    try:
-        sources = [row[0] for row in conn.execute(
-            f"SELECT {_raven_table(conn)} AS t, min(f.rowid) AS ledger, min(d.id) AS first FROM detections d "
-            f"LEFT JOIN files f ON f.source = d.source GROUP BY t ORDER BY ledger IS NULL, ledger, first")]
-    except sqlite3.Error as e:
-        raise ExportError(f"cannot read detections from {db_path}: {e}") from e
-    room = MAX_NAME_BYTES - len(tables.RAVEN_SUFFIX)
-    stems = {s: _safe_name(PurePosixPath(s).stem) for s in sources}
-    names, plain = {}, set()
-    for source, stem in stems.items():
-        hashed = f"{stem[:room - HASH_CHARS - 1]}.{_digest(source)[:HASH_CHARS]}{tables.RAVEN_SUFFIX}"
-        if len(stem) <= room and stem not in plain and not (out_dir / hashed).exists():
-            plain.add(stem)
-            names[source] = stem + tables.RAVEN_SUFFIX
-        else:
-            names[source] = hashed
-    taken = Counter(names.values())
-    for source, name in names.items():   # a shortened name that met another source's own name
-        if taken[name] > 1 and name != stems[source] + tables.RAVEN_SUFFIX:
-            digest = _digest(source)
-            names[source] = f"{stems[source][:room - len(digest) - 1]}.{digest}{tables.RAVEN_SUFFIX}"
-    return names
-
-
-def _digest(source: str) -> str:
-    return hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _safe_name(stem: str) -> str:
-    """``stem`` with characters FAT/exFAT cards or Windows refuse (':' of 'live:mic0') as '_'.
-    ASCII only, so its length is its length in bytes."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "source"

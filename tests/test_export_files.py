@@ -12,6 +12,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -212,12 +213,17 @@ def test_the_temp_files_of_a_killed_export_are_removed_by_the_next(db_path, tmp_
     dead = [out / f".d.jsonl.{dead_pid}-0123abcd.tmp", out / f".20240501_060000.BirdNET.selection.ta.{dead_pid}-89abcdef.tmp"]
     running = out / f".d.jsonl.{os.getpid()}-0badcafe.tmp"
     others = [out / ".d.jsonl.tmp", out / "notes.1234-0123abcd.tmp"]   # not an export's temp name
-    for path in (*dead, running, *others):
+    fresh = out / f".e.jsonl.{dead_pid}-00000000.tmp"   # written just now: maybe another machine's export
+    hour_ago = time.time() - 3700
+    for path in (*dead, running, *others, fresh):
         path.write_text("half an export")
+        if path != fresh:
+            os.utime(path, (hour_ago, hour_ago))
     assert export_detections(db_path, "jsonl", out / "d.jsonl") > 0
     assert not any(p.exists() for p in dead)
-    assert running.exists() and all(p.exists() for p in others)
-    assert sorted(p.name for p in out.iterdir()) == sorted(["d.jsonl", running.name, *(p.name for p in others)])
+    assert running.exists() and fresh.exists() and all(p.exists() for p in others)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["d.jsonl", running.name, fresh.name,
+                                                            *(p.name for p in others)])
 
 
 def test_a_recording_of_the_same_name_at_another_site_never_renames_a_delivered_table(db_path, tmp_path):

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -239,6 +240,7 @@ def atomic_texts(moving: Moving | None = None) -> Iterator[_Outputs]:
         _fsync_dir(directory)
 
 
+STALE_TEMP_S = 3600.0
 _TEMP = re.compile(r"\..*\.(\d+)-[0-9a-f]{8}\.tmp")   # what _temp_beside names: the writer's pid in it
 
 
@@ -256,12 +258,17 @@ def _temp_beside(path: Path) -> tuple[Path, int]:
 
 def _sweep_dead_temps(directory: Path) -> None:
     """Remove the temp files of exports killed before they could (``kill -9``, a power cut): those
-    whose writer's process is gone. A killed Raven export left one per table, for good."""
+    whose writer's process is gone and that nothing wrote for ``STALE_TEMP_S`` (a pid says nothing
+    of an export on another machine sharing the directory). A killed Raven export left one per
+    table, for good."""
+    now = time.time()
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):
             found = _TEMP.fullmatch(entry.name)
-            if found is not None and not _alive(int(found[1])) and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if (found is not None and entry.is_file(follow_symlinks=False)
+                        and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S
+                        and not _alive(int(found[1]))):
                     os.unlink(entry.path)
 
 

@@ -4,6 +4,7 @@ timed by its mtime, delivered again at new times) and its hours counted twice.""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 
@@ -12,6 +13,7 @@ import pytest
 import soundfile
 
 from edgemon.status import collect_status
+from edgemon.storage.fingerprint import SPAN_BYTES, _audio
 from tests.watch_helpers import noise, query, watch_until_idle, write_wav
 
 DETECTIONS = "SELECT source, start_s, label, start_utc, confidence FROM detections ORDER BY id"
@@ -190,10 +192,14 @@ def test_a_recording_analysed_by_an_older_edgemon_is_recognised_when_moved_after
     write_wav(root / "20230201_063000.WAV", noise(12, seed=3))
     assert watch_until_idle(root, db).processed == 2
     before = query(db, DETECTIONS)
-    with sqlite3.connect(db) as con:   # as an edgemon before migration m013 left them
-        con.execute("UPDATE files SET tail_digest = NULL")
+    now = query(db, "SELECT source, fingerprint, tail_digest FROM files ORDER BY source")
+    bare = hashlib.sha1(_audio(root / "20230201_053000.WAV", SPAN_BYTES)).hexdigest()
+    with sqlite3.connect(db) as con:   # as earlier edgemons left them: a bare digest (m012), none (before)
+        con.execute("UPDATE files SET tail_digest = NULL, fingerprint = ? WHERE source = '20230201_053000.WAV'",
+                    [bare])
+        con.execute("UPDATE files SET tail_digest = NULL, fingerprint = NULL WHERE source = '20230201_063000.WAV'")
     assert watch_until_idle(root, db).processed == 0
-    assert query(db, "SELECT count(*) FROM files WHERE tail_digest IS NULL") == [(0,)]
+    assert query(db, "SELECT source, fingerprint, tail_digest FROM files ORDER BY source") == now
     (root / "day1").mkdir()
     os.rename(root / "20230201_053000.WAV", root / "day1" / "20230201_053000.WAV")
     assert watch_until_idle(root, db).processed == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgemon.files.recordings import recording_time
 from edgemon.safetext import name_from_stored, stored_name
-from edgemon.storage.fingerprint import digests
+from edgemon.storage.fingerprint import another_recording, digests
 from edgemon.storage.store import Store
 from edgemon.utc import parse_utc
 
@@ -60,26 +60,34 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
     return None
 
 
-def complete_digests(store: Store, settled: dict[Path, tuple[int, int]], source_of: Callable[[Path], str],
-                     tick: Callable[[], object]) -> int:
-    """Give the recordings analysed before tail digests were kept (an edgemon older than
-    ``schema.m013_same_recordings``) their digests, read from the files still in place
-    (``settled``: path -> the version the ledger holds as finished), so that one moved or copied
-    later is recognised; ``tick`` after each file read. Returns how many were completed. A
-    recording moved before this ran is still analysed again under its new name."""
+def undigested_files(store: Store, settled: dict[Path, tuple[int, int]],
+                     source_of: Callable[[Path], str]) -> list[tuple[Path, str, tuple[int, int], str | None]]:
+    """The recordings an edgemon older than ``schema.m013_same_recordings`` analysed that are
+    still in place, unchanged (``settled``: path -> the version the ledger holds as finished):
+    (path, source, version, fingerprint as kept). They have no tail digest, so one moved or copied
+    later would not be recognised (``complete_digests``)."""
     undigested = store.undigested()
-    if not undigested:
-        return 0
-    completed = 0
-    for path, version in list(settled.items()):
-        row = undigested.get(source_of(path))
-        if row is None or row[:2] != version:
-            continue
-        digest, tail = digests(path)
+    work = []
+    for path, version in settled.items():
+        source = source_of(path)
+        if source in undigested and undigested[source][:2] == version:
+            work.append((path, source, version, undigested[source][2]))
+    return work
+
+
+def complete_digests(store: Store, work: list[tuple[Path, str, tuple[int, int], str | None]],
+                     tick: Callable[[], object]) -> int:
+    """Give ``work`` (``undigested_files``) today's digests, read from the files, where each still
+    holds the audio analysed (its fingerprint in any earlier form: ``another_recording``);
+    ``tick`` after each file. One transaction; returns how many rows were completed."""
+    found = []
+    for path, source, version, kept in work:
+        if not another_recording(kept, path):
+            digest, tail = digests(path)
+            if digest is not None and tail is not None:
+                found.append((source, version, kept, digest, tail))
         tick()
-        if digest == row[2] and tail is not None and store.keep_tail_digest(source_of(path), version, digest, tail):
-            completed += 1
-    return completed
+    return store.keep_digests(found) if found else 0
 
 
 def _matches(row: dict, size: int, digest: str, tail: str) -> bool:

@@ -47,7 +47,7 @@ from edgemon.files.directory import check_root, file_version, iter_audio, skippe
 from edgemon.files.events import observing, start_observer, stop_observer
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.files.recordings import StabilityTracker, recording_time, wav_header_consistent
-from edgemon.files.same_recording import SameRecording, complete_digests, same_recording
+from edgemon.files.same_recording import SameRecording, complete_digests, same_recording, undigested_files
 from edgemon.safetext import name_from_stored, shown
 from edgemon.storage.disk_budget import HOLD, DiskGuard
 from edgemon.storage.fingerprint import another_recording, digests
@@ -68,6 +68,9 @@ class WatchConfig:
     retry_s: float = 60.0          # wait before trying a failed file again
     until_idle: bool = False       # exit once nothing is left to do (tests, one-off backlogs)
     progress_s: float = 60.0       # seconds between backlog progress lines
+
+
+DIGESTS_PER_SCAN = 200   # files an older edgemon analysed whose digests one scan reads (~130 KiB each)
 
 
 def may_still_be_written(why: str) -> bool:
@@ -117,7 +120,8 @@ class Watcher:
         self.attempted = 0              # files finished this run, whatever the outcome
         self.others: set[Path] = set()  # files left alone: another recording analysed under their name
         self.timed_by_mtime = 0         # files with no start time in name or header, this run
-        self.digests_completed = False  # ledger rows of an older edgemon given their tail digests
+        self.undigested: list | None = None   # recordings an older edgemon analysed: digests to read
+        self.digests_completed = 0
         self.progress = BacklogProgress(config.progress_s)
 
     def source_of(self, path: Path) -> str:
@@ -139,16 +143,26 @@ class Watcher:
             else:
                 self.pending.add(path)
         self._note_unreadable(unreadable)
-        if not self.digests_completed:   # once a run: recordings analysed by an older edgemon
-            try:
-                completed = complete_digests(self.store, self.settled, self.source_of, self._tick)
-            except sqlite3.OperationalError as exc:   # tried again at the next scan
-                self._hold(exc)
-                return
-            self.digests_completed = True
-            if completed:
-                log.info("%d recording(s) analysed by an earlier edgemon are now recognised when moved or copied",
-                         completed)
+        self._complete_digests()
+
+    def _complete_digests(self) -> None:
+        """Recordings an older edgemon analysed get their digests, ``DIGESTS_PER_SCAN`` at each
+        scan (a season's ledger on an SD card would hold new work for minutes); all at once in a
+        run ``until_idle``, which scans once."""
+        if self.undigested is None:   # listed once a run, at the first scan
+            self.undigested = undigested_files(self.store, self.settled, self.source_of)
+        if not self.undigested:
+            return
+        batch = self.undigested[:None if self.config.until_idle else DIGESTS_PER_SCAN]
+        try:
+            self.digests_completed += complete_digests(self.store, batch, self._tick)
+        except sqlite3.OperationalError as exc:   # tried again at the next scan
+            self._hold(exc)
+            return
+        del self.undigested[:len(batch)]
+        if not self.undigested and self.digests_completed:
+            log.info("%d recording(s) analysed by an earlier edgemon are now recognised when moved or copied",
+                     self.digests_completed)
 
     def _note_unreadable(self, found: dict[str, str]) -> None:
         """Say once per run when a directory cannot be listed (its recordings are skipped) and

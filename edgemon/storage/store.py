@@ -256,20 +256,23 @@ class Store:
             "state = 'done' AND size = ? AND fingerprint = ? AND tail_digest = ? AND source != ?",
             [size, fingerprint, tail_digest, source]))
 
-    def undigested(self) -> dict[str, tuple[int, int, str]]:
+    def undigested(self) -> dict[str, tuple[int, int, str | None]]:
         """``{source: (size, mtime_ns, fingerprint)}`` of recordings analysed before tail digests
-        were kept (``schema.m013_same_recordings``): moved, they cannot be recognised."""
+        were kept (``schema.m013_same_recordings``; the fingerprint as then kept, or None): moved,
+        they cannot be recognised."""
         rows = self.db.execute("SELECT source, size, mtime_ns, fingerprint FROM files WHERE state = 'done' "
-                               "AND tail_digest IS NULL AND fingerprint IS NOT NULL")
+                               "AND tail_digest IS NULL")
         return {source: (size, mtime_ns, fingerprint) for source, size, mtime_ns, fingerprint in rows}
 
-    def keep_tail_digest(self, source: str, version: tuple[int, int], fingerprint: str, tail_digest: str) -> bool:
-        """Give an analysed recording's ledger row its tail digest, if it still holds that
-        ``version`` (size, mtime_ns) and ``fingerprint``; True when it did."""
+    def keep_digests(self, found: list[tuple[str, tuple[int, int], str | None, str, str]]) -> int:
+        """Give analysed recordings' ledger rows today's fingerprint and tail digest, in one
+        transaction: ``found`` holds (source, (size, mtime_ns), fingerprint as kept, fingerprint,
+        tail digest); a row that changed since it was read is left alone. Returns how many."""
         with self._write() as db:
-            return db.execute("UPDATE files SET tail_digest = ? WHERE source = ? AND state = 'done' AND size = ? "
-                              "AND mtime_ns = ? AND fingerprint = ? AND tail_digest IS NULL",
-                              [tail_digest, source, *version, fingerprint]).rowcount == 1
+            return sum(db.execute("UPDATE files SET fingerprint = ?, tail_digest = ? WHERE source = ? "
+                                  "AND state = 'done' AND size = ? AND mtime_ns = ? AND fingerprint IS ? "
+                                  "AND tail_digest IS NULL", [digest, tail, source, *version, kept]).rowcount
+                       for source, version, kept, digest, tail in found)
 
     def noted_same_recording(self, path: str | Path) -> str | None:
         """The source the file at ``path`` was noted to hold (``note_same_recording``), or None."""

@@ -245,7 +245,7 @@ def export_detections(
     output = None if output == Path("-") else output   # as status and review take it: standard output
     try:
         if coverage == Path("-") or (coverage is not None and output is not None
-                                     and coverage.absolute() == output.absolute()):
+                                     and coverage.resolve() == output.resolve()):
             raise OptionError("--coverage needs a file of its own, not standard output or --output's file")
         if fmt is ExportFormat.raven and output is None:
             raise OptionError("--format raven writes one table per recording: give --output DIR (an existing directory)")

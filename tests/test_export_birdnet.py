@@ -148,6 +148,10 @@ def test_min_confidence_compares_the_confidence_as_exports_show_it(named_db, tmp
         export_detections(named_db, "csv", tmp_path / "d.csv", min_confidence=value)
         kept = [float(r["confidence"]) for r in read_csv(tmp_path / "d.csv")]
         assert sorted(kept) == [v for v in shown if v >= value]
+    with contextlib.closing(sqlite3.connect(named_db)) as conn, conn:   # shown as 0.22, half a step below 0.2201
+        conn.execute("UPDATE detections SET confidence = 0.22005 WHERE id = (SELECT min(id) FROM detections)")
+    assert export_detections(named_db, "csv", tmp_path / "d.csv", min_confidence=0.2201) == 4
+    assert export_detections(named_db, "csv", tmp_path / "d.csv", min_confidence=0.22) == 5
     with Store(named_db) as store:
         store.record_bundle("b1", {**MANIFEST, "confidence_max": 0.876186})
     with pytest.raises(ExportError, match=r"0\.8763 is above 0\.8762, the highest"):

@@ -290,7 +290,8 @@ def test_output_dash_is_standard_output_and_coverage_needs_its_own_file(db_path,
                            "--format", "jsonl", "--output", "-", "-q"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 5 and not (tmp_path / "-").exists()
     out = tmp_path / "d.csv"
-    for coverage in (str(out), "-"):
+    (tmp_path / "sub").mkdir()
+    for coverage in (str(out), "-", str(tmp_path / "sub" / ".." / "d.csv")):
         refused = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(out),
                                       "--coverage", coverage, "--cursor", "c3"])
         assert refused.exit_code == 2 and "--coverage needs a file of its own" in refused.output

@@ -92,8 +92,10 @@ class CursorFilter:
             clauses.append(f"d.label IN ({', '.join('?' * len(self.labels))})")
             params.extend(self.labels)
         if self.min_confidence is not None:   # as exports show it: 0.790672 is 0.7907, and passes 0.7907
-            clauses.append("d.confidence >= ?")
-            params.append(self.min_confidence - HALF_SHOWN_STEP)
+            # The first condition can use an index; the second is the rounding the tables apply
+            # (``tables.confidence``, registered on the connection by ``export``).
+            clauses.append("d.confidence >= ? AND shown_confidence(d.confidence) >= ?")
+            params += [self.min_confidence - HALF_SHOWN_STEP - 1e-9, self.min_confidence]
         if self.bundles:
             clauses.append(f"d.bundle_id IN ({', '.join('?' * len(self.bundles))})")
             params.extend(self.bundles)

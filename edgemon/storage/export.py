@@ -123,6 +123,7 @@ def _open(db_path: Path, migrate_cursors: bool = False) -> tuple[sqlite3.Connect
     cursors predate filters is migrated first when a cursor is to be used (the cursor is written
     anyway); any other export never writes."""
     conn = open_read_only(db_path, ExportError)
+    conn.create_function("shown_confidence", 1, tables.shown_confidence, deterministic=True)   # CursorFilter.where
     try:
         found = edgemon_tables(conn, db_path, ExportError)
         if not migrate_cursors or has_filters(conn):

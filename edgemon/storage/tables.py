@@ -84,7 +84,11 @@ def cell(value: Any) -> Any:
 
 
 def confidence(row: Mapping, column: str = "confidence") -> float | None:
-    value = row.get(column)
+    return shown_confidence(row.get(column))
+
+
+def shown_confidence(value: float | None) -> float | None:
+    """A confidence as exports show it: to ``CONFIDENCE_DECIMALS`` places."""
     return None if value is None else round(float(value), CONFIDENCE_DECIMALS)
 
 

@@ -275,9 +275,11 @@ def test_recall_at_reads_the_held_out_trade_off_at_a_rate():
     assert recall_at(points, 100.0) == pytest.approx(0.762)
     # A point beaten by a quieter one is no corner of the trade-off.
     assert recall_at([(5, 0.5), (10, 0.4), (20, 0.9)], 15) == pytest.approx(0.5 + 0.4 * 10 / 15)
-    # Never quiet enough: no credit for a line to silence, so a quiet model beats a loud one.
-    assert recall_at([(30, 0.9), (60, 0.95)], 10) == 0.0
-    assert recall_at([(0, 0.25), (3, 0.26)], 10) == pytest.approx(0.26)
+    # Below the quietest point: the line from silence, so a model that came near the target
+    # scores by how near (13.6 / h at 0.58 read at 10 / h), and one far off scores little.
+    assert recall_at([(13.6, 0.582), (19.2, 0.795)], 10) == pytest.approx(0.582 * 10 / 13.6)
+    assert recall_at([(30, 0.9), (60, 0.95)], 10) == pytest.approx(0.3)
+    assert recall_at(points, 4.65) == pytest.approx(0.593 / 2)
     assert recall_at([(0.0, 0.4), (5.0, 0.9)], 0.0) == pytest.approx(0.4)
     assert recall_at([], 10.0) == 0.0
 

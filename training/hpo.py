@@ -227,7 +227,8 @@ def _field_scoring(config: SearchConfig) -> dict:
     from training.operating import DEFAULT_RULES
 
     return {"target_false_per_hour": config.target_false_per_hour, "rules": DEFAULT_RULES,
-            "curve_targets": list(CURVE_TARGETS), "prevalence": DEFAULT_PREVALENCE}
+            "curve_targets": list(CURVE_TARGETS), "prevalence": DEFAULT_PREVALENCE,
+            "read_off": "frontier from silence"}   # training.hpo_cv.recall_at
 
 
 def progress_line(study: optuna.Study) -> str:

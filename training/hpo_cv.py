@@ -146,15 +146,19 @@ CURVE_TARGETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0)   # false events /
 def recall_at(points: list[tuple[float, float]], false_per_hour: float) -> float:
     """The event recall a held-out trade-off reaches at ``false_per_hour``. ``points`` are
     (false events / h, recall) as measured on the held-out folds, whatever target chose them.
-    The read-off follows the points no other beats (more recall at no more false events): linear
-    between two of them, the last one's recall beyond; below the quietest measured rate, none (a
-    model that never got that quiet is not credited with a line to silence). Which point counts is
-    seen on the held-out figures themselves: slightly kind, and alike for every trial."""
-    frontier: list[tuple[float, float]] = []
+    The read-off follows the points no other beats (more recall at no more false events), from
+    silence (none stored: no false events, no recall), linear between them and flat beyond the
+    last. A rate between two points is what storing at one point part of the time and at the
+    other the rest would give; below a model's quietest point, storing at it part of the time.
+    So a model that never got as quiet as the target still scores by how near it came (without
+    that line, every such trial scored 0 and the search learnt nothing from it). Which point
+    counts is seen on the held-out figures themselves: slightly kind, and alike for every trial."""
+    frontier = [(0.0, 0.0)]
     for rate, recall in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not frontier or recall > frontier[-1][1]:
-            frontier.append((rate, recall))
-    if not frontier or false_per_hour < frontier[0][0]:
-        return 0.0
+        if recall > frontier[-1][1]:
+            if rate == frontier[-1][0]:
+                frontier[-1] = (rate, recall)
+            else:
+                frontier.append((rate, recall))
     rates, recalls = zip(*frontier)
     return float(np.interp(false_per_hour, rates, recalls))

@@ -286,5 +286,3 @@ def _write_stdout(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable
     except OSError as e:
         raise ExportError(f"cannot write to standard output: {e}") from e
     return count
-
-

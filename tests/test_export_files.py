@@ -286,3 +286,15 @@ def test_a_table_stays_its_recordings_whatever_arrives_later(db_path, tmp_path):
     tables_now = {p.name: {r["Begin Path"] for r in read_table(p)} for p in old_rule.glob("20240501_060000*")}
     assert sorted(map(sorted, tables_now.values())) == [[f"/data/{REC1}"], [f"/data/{REC1}"], [f"/data/{site3}"],
                                                         [f"/data/{site4}"]]
+
+
+def test_stems_that_differ_only_in_case_get_two_tables(tmp_path):
+    """'ABC_0600' and 'abc_0600' tables are one file on FAT, exFAT, Windows and macOS (a review)."""
+    db = tmp_path / "d.db"
+    with Store(db) as store:
+        for source in ("site1/ABC_0600.WAV", "site2/abc_0600.wav"):
+            commit(store, source, [detection(source, 0.0, "bird", 0.9, None)])
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        names = naming.raven_names(conn, tmp_path, ExportError)
+    assert names["site1/ABC_0600.WAV"] == f"ABC_0600{SUFFIX}"
+    assert names["site2/abc_0600.wav"].lower().startswith("abc_0600.") and len({n.lower() for n in names.values()}) == 2

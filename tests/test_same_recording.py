@@ -204,3 +204,29 @@ def test_a_recording_analysed_by_an_older_edgemon_is_recognised_when_moved_after
     os.rename(root / "20230201_053000.WAV", root / "day1" / "20230201_053000.WAV")
     assert watch_until_idle(root, db).processed == 0
     assert query(db, DETECTIONS) == before
+
+
+def test_a_file_replaced_while_it_waits_for_its_digests_lends_them_to_no_row(tmp_path):
+    """The digests of an older edgemon's recordings are read a batch at a scan, from a list made
+    at the first: another card's recording of the name and size, written there meanwhile, lent
+    its digests to the first card's row and was then taken as that recording touched, never
+    analysed (a review)."""
+    from edgemon.files.same_recording import complete_digests, same_recording, undigested_files
+    from edgemon.storage.store import Store
+
+    root = tmp_path / "rec"
+    path = write_wav(root / "20230201_053000.WAV", noise(12, seed=1))
+    st = path.stat()
+    with Store(tmp_path / "d.db") as store:   # as an edgemon older than fingerprints left it
+        store.commit_file("20230201_053000.WAV", path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                          duration_s=12.0, start_utc=None, time_source="filename", clock_suspect=False,
+                          bundle_id="b1", detections=[])
+        work = undigested_files(store, {path: (st.st_size, st.st_mtime_ns)}, lambda p: p.relative_to(root).as_posix())
+        assert len(work) == 1
+        write_wav(path, noise(12, seed=2))          # card B's recording, same name and size, later
+        os.utime(path, ns=(st.st_mtime_ns + 10**9, st.st_mtime_ns + 10**9))
+        assert path.stat().st_size == st.st_size
+        assert complete_digests(store, work, lambda: None) == 0
+        entry = store.file_entry("20230201_053000.WAV")
+        assert entry["tail_digest"] is None
+        assert same_recording(store, path, "20230201_053000.WAV", path.stat(), entry) is None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgemon.files.recordings import recording_time
+from edgemon.files.directory import file_version
 from edgemon.safetext import name_from_stored, stored_name
 from edgemon.storage.fingerprint import another_recording, digests
 from edgemon.storage.store import Store
@@ -82,9 +83,11 @@ def complete_digests(store: Store, work: list[tuple[Path, str, tuple[int, int], 
     ``tick`` after each file. One transaction; returns how many rows were completed."""
     found = []
     for path, source, version, kept in work:
-        if not another_recording(kept, path):
+        # Listed at the first scan, read maybe an hour later: a file written since (another
+        # card's recording of the name) must not lend its digests to the row of the one analysed.
+        if file_version(path) == version and not another_recording(kept, path):
             digest, tail = digests(path)
-            if digest is not None and tail is not None:
+            if digest is not None and tail is not None and file_version(path) == version:
                 found.append((source, version, kept, digest, tail))
         tick()
     return store.keep_digests(found) if found else 0

@@ -1,7 +1,8 @@
 """The file name of each Raven selection table an export writes: as BirdNET names them,
 '<stem>.BirdNET.selection.table.txt', one per recording (or per live clip), and never another's.
 
-Two sites' recordings of one file name share a stem. The table of that plain name belongs to
+Two sites' recordings of one file name share a stem (compared in lower case: 'ABC' and 'abc' are
+one file on FAT, exFAT, Windows and macOS). The table of that plain name belongs to
 whichever recording's rows it holds (its last selection's ``Begin Path``); in a directory without
 it, to the recording the database met first (the ledger's order, then the detections'). The others
 get a hash of their source added. So a recording met later never renames a table a cursor export
@@ -58,33 +59,37 @@ def raven_names(conn: sqlite3.Connection, out_dir: Path, error: type[EdgemonErro
     order = sorted([(ledger is None, ledger or 0, first or 0, t) for t, _, ledger, first in keyed]
                    + [(False, rowid, 0, source) for source, _, rowid in quiet])
     exported = {t for t, _, _, _ in keyed}
-    room = MAX_NAME_BYTES - len(tables.RAVEN_SUFFIX)
     groups: dict[str, list[str]] = {}
-    for *_, key in order:
-        groups.setdefault(_safe_name(PurePosixPath(key).stem), []).append(key)
+    for *_, key in order:   # by the stem's lower case: 'ABC' and 'abc' are one file on FAT, exFAT, Windows, macOS
+        groups.setdefault(_safe_name(PurePosixPath(key).stem).lower(), []).append(key)
     names = {}
-    for stem, keys in groups.items():
-        plain = stem + tables.RAVEN_SUFFIX
-        hashed = {k: f"{stem[:room - HASH_CHARS - 1]}.{_digest(k)[:HASH_CHARS]}{tables.RAVEN_SUFFIX}" for k in keys}
-        holder = None
-        if len(stem) <= room:
-            if len(keys) == 1:
-                holder = keys[0]
-            else:
-                owner = _last_begin_path(out_dir / plain)
-                holder = next((k for k in keys if tables.cell(begin[k]) == owner), None) if owner else None
-                if holder is None:   # no such table, or its recording's path is not known now (moved)
-                    holder = next((k for k in keys if not (out_dir / hashed[k]).exists()), None)
+    for keys in groups.values():
+        plain = {k: _safe_name(PurePosixPath(k).stem) + tables.RAVEN_SUFFIX for k in keys}
+        hashed = {k: _hashed(k, HASH_CHARS) for k in keys}
+        fits = [k for k in keys if len(plain[k]) <= MAX_NAME_BYTES]
+        if len(keys) == 1:
+            holder = fits[0] if fits else None
+        else:   # one whose hashed table is there goes on in it (an earlier edgemon hashed every shared stem)
+            fits = [k for k in fits if not (out_dir / hashed[k]).exists()]
+            owner = {k: _last_begin_path(out_dir / plain[k]) for k in fits}   # one file or several, as the disk has it
+            paths = {tables.cell(begin[k]) for k in keys}
+            holder = next((k for k in fits if owner[k] == tables.cell(begin[k])), None)
+            if holder is None:   # no table yet, or its recording's path is not known now (moved)
+                holder = next((k for k in fits if owner[k] not in paths), None)
         for k in keys:
             if k in exported:
-                names[k] = plain if k == holder and not (len(keys) > 1 and (out_dir / hashed[k]).exists()) \
-                    else hashed[k]
-    taken = Counter(names.values())
-    for key, name in names.items():   # a shortened name that met another source's own name
-        if taken[name] > 1 and name != _safe_name(PurePosixPath(key).stem) + tables.RAVEN_SUFFIX:
-            digest = _digest(key)
-            names[key] = f"{_safe_name(PurePosixPath(key).stem)[:room - len(digest) - 1]}.{digest}{tables.RAVEN_SUFFIX}"
+                names[k] = plain[k] if k == holder else hashed[k]
+    taken = Counter(name.lower() for name in names.values())
+    for key, name in names.items():   # a hashed name that met another source's own name
+        if taken[name.lower()] > 1 and name != _safe_name(PurePosixPath(key).stem) + tables.RAVEN_SUFFIX:
+            names[key] = _hashed(key, len(_digest(key)))
     return names
+
+
+def _hashed(key: str, chars: int) -> str:
+    """``key``'s table name with ``chars`` hex digits of its digest, its stem shortened to fit."""
+    room = MAX_NAME_BYTES - len(tables.RAVEN_SUFFIX)
+    return f"{_safe_name(PurePosixPath(key).stem)[:room - chars - 1]}.{_digest(key)[:chars]}{tables.RAVEN_SUFFIX}"
 
 
 def _last_begin_path(table: Path) -> str | None:

@@ -261,9 +261,13 @@ def test_the_token_the_server_holds_outlives_weeks_of_failed_batches(tmp_path, m
         outbox.offer("fleet", 30)
         assert outbox.offered(acknowledged)          # three sequence numbers before the last acknowledged
         outbox.advance("fleet", 30)
-        outbox.offer("fleet", 35)                    # four: the oldest goes
-        assert not outbox.offered(acknowledged) and outbox.offered(attempts[-1])
-        assert outbox.conn.execute("SELECT count(*) FROM sync_tokens").fetchone()[0] == 5   # 15, 20, 25, 30, 35
+        outbox.offer("fleet", 35)                    # four, all offered today: kept (90 days)
+        assert outbox.offered(acknowledged)
+        outbox.conn.execute("UPDATE sync_tokens SET offered_utc = '2024-01-01T00:00:00.000Z'")
+        outbox.advance("fleet", 35)
+        outbox.offer("fleet", 40)                    # five, months old: the oldest two go
+        assert not outbox.offered(acknowledged) and not outbox.offered(attempts[-1])
+        assert [r[0] for r in outbox.conn.execute("SELECT seq FROM sync_tokens ORDER BY seq")] == [20, 25, 30, 35, 40]
 
 
 def test_a_target_whose_first_acknowledgement_was_lost_keeps_its_tombstones(fleet, tmp_path, monkeypatch):

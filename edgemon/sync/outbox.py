@@ -28,9 +28,11 @@ from edgemon.storage.store import Store
 from edgemon.utc import utc_iso
 
 SYNCED_TABLES = tuple(SYNC_KEYS)
-# Sequence numbers whose tokens are kept per target: enough to recognise a server restored from
-# an older backup (``Outbox.offer``).
+# Acknowledged sequence numbers whose tokens are kept per target, at least, and for how many days
+# at least: a server restored from a backup that old is recognised, and resent what it lacks
+# (``Outbox.offer``). A sync every 15 minutes acknowledges about 100 a day.
 KEPT_TOKENS = 1000
+KEPT_TOKEN_DAYS = 90
 
 
 class OutboxError(EdgemonError):
@@ -258,19 +260,23 @@ class Outbox:
         acknowledgement never arrived. Keeps every token since the last acknowledgement recorded
         here (``advance``): on a link that fails mid-batch for weeks each attempt offers one, and
         the one the server holds must stay (dropped, the database took itself for a restored
-        backup and sent everything again). Before it, the newest token of each of the newest
-        ``KEPT_TOKENS`` sequence numbers: a batch's later attempts are only made while no earlier
-        one is known to be committed, so the newest is the one a server can hold."""
+        backup and sent everything again). Before it, the newest token of each sequence number
+        offered in the last ``KEPT_TOKEN_DAYS`` days, or among the newest ``KEPT_TOKENS``: a
+        batch's later attempts are only made while no earlier one is known to be committed, so
+        the newest is the one a server can hold."""
         token = uuid.uuid4().hex
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute("INSERT INTO sync_tokens (token, target, seq, offered_utc) VALUES (?, ?, ?, ?)",
                               [token, target, seq, utc_iso(dt.datetime.now(dt.timezone.utc))])
-            acknowledged = "coalesce((SELECT seq FROM sync_cursors WHERE target = ?), 0)"
-            self.conn.execute(f"DELETE FROM sync_tokens WHERE target = ? AND seq < {acknowledged} "
-                              f"AND rowid NOT IN (SELECT max(rowid) FROM sync_tokens WHERE target = ? "
-                              f"AND seq < {acknowledged} GROUP BY seq ORDER BY seq DESC LIMIT ?)",
-                              [target, target, target, target, KEPT_TOKENS])
+            acknowledged = "coalesce((SELECT seq FROM sync_cursors WHERE target = :target), 0)"
+            newest = "SELECT max(rowid) FROM sync_tokens WHERE target = :target"
+            self.conn.execute(
+                f"DELETE FROM sync_tokens WHERE target = :target AND seq < {acknowledged} AND ("
+                f"rowid NOT IN ({newest} GROUP BY seq) OR (offered_utc < :cutoff AND "
+                f"rowid NOT IN ({newest} AND seq < {acknowledged} GROUP BY seq ORDER BY seq DESC LIMIT :kept)))",
+                {"target": target, "kept": KEPT_TOKENS,
+                 "cutoff": utc_iso(dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=KEPT_TOKEN_DAYS))})
             self.conn.execute("COMMIT")
         except sqlite3.Error as e:
             if self.conn.in_transaction:

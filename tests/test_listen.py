@@ -519,6 +519,21 @@ def test_coverage_ledger_splits_minutes_and_never_counts_twice():
     assert ledger.take(None) == []
 
 
+def test_an_hour_of_blocks_with_a_wobbling_host_time_stays_one_stretch():
+    """Each block's host time is re-read, and at today's Unix times it wobbles by a float step:
+    a block began 2.4e-7 s after the last one ended, the stretches never merged, and a soak trial
+    saw the listener's CPU grow tenfold over its first hour. Seconds stay exact to the millisecond."""
+    rng = np.random.default_rng(0)
+    ledger = CoverageLedger("live:x", "dev", accounted_until=1.77e9)
+    end = 1.77e9
+    for _ in range(3600 * 4):                     # an hour of 0.25-s blocks
+        start = end + rng.choice([0.0, 2.384185791015625e-07])
+        end = start + 0.25
+        ledger.add("analysed", start, end)
+    assert len(ledger.counted) == 1
+    assert ledger.totals["analysed"] == pytest.approx(3600.0, abs=1e-3)
+
+
 def test_daemon_down_time_is_the_gap_since_the_previous_run(tmp_path):
     db = tmp_path / "d.db"
     with Store(db) as store:

@@ -355,6 +355,48 @@ def test_a_clip_the_disk_has_no_room_for_says_the_disk_is_full(tmp_path, monkeyp
     assert "(the disk is full: 0.0 MB free)" in caplog.text
 
 
+READ_ONLY_CLIPS = """
+import datetime as dt, logging, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from edgemon.live.clips import ClipConfig, ClipSaver
+from edgemon.storage.store import Detection
+from tests.test_listen import disk_with
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
+saver = ClipSaver(ClipConfig(__import__("pathlib").Path(sys.argv[2]), pre_s=0.0, post_s=0.0), rate=16000,
+                  guard=disk_with(5000))
+detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
+                      "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+for second in range(3):
+    saver.request(detection, float(second), second + 1.0)
+    assert saver.push(np.zeros(16000, np.float32)) == [(detection, None)]
+print("skipped", saver.skipped, "saved", saver.saved)
+"""
+
+
+def test_a_clips_directory_remounted_read_only_is_one_line_per_clip(tmp_path):
+    """An SD card remounts itself read-only after an error: removing the temp file then failed
+    with EROFS, not ENOENT, and every detection logged a 25-line traceback (a soak trial)."""
+    import shlex
+
+    from tests.test_faults import REPO, unshare_works
+
+    if not unshare_works():
+        pytest.skip("needs `unshare -Urm` and tmpfs mounts (user namespaces disabled here)")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (tmp_path / "child.py").write_text(READ_ONLY_CLIPS)
+    script = (f"mount -t tmpfs -o size=2m tmpfs {shlex.quote(str(clips))} && mount -o remount,ro "
+              f"{shlex.quote(str(clips))} && exec " + shlex.join([sys.executable, str(tmp_path / "child.py"),
+                                                                  str(REPO), str(clips)]))
+    done = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["skipped", "3", "saved", "0"]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 3 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert all("clips: cannot write" in line and "read-only" in line for line in lines), lines
+
+
 def test_an_error_in_the_analysis_loop_still_stores_what_was_heard(soundscape_a, tmp_path, monkeypatch):
     """Found in review: an exception out of the loop lost the open event, the clips waiting for
     their post-roll and the coverage not yet flushed."""

@@ -3,6 +3,7 @@ above a free-space watermark."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -207,7 +208,8 @@ class ClipSaver:
         if not len(audio):
             return self._skip("no audio left for a clip")
         if self._used + 2 * len(audio) > self.config.max_mb * 1e6:   # 16-bit PCM: FLAC is smaller
-            return self._skip(f"{self.config.directory} holds {self._used / 1e6:.0f} MB, the budget")
+            return self._skip(f"{self.config.directory} holds {self._used / 1e6:.1f} MB of its "
+                              f"{self.config.max_mb:g} MB budget (clips_max_mb)")
         if not self.guard.may_save_clips():
             return self._skip(f"{self.guard.free_mb:.0f} MB free, below {self.config.min_free_mb:g} MB")
         when = detection.start_utc
@@ -219,8 +221,11 @@ class ClipSaver:
             size = tmp.stat().st_size   # before it is in view: a sync tool may move it at once
             os.replace(tmp, path)
         except (OSError, soundfile.LibsndfileError, RuntimeError) as exc:
-            tmp.unlink(missing_ok=True)
-            log.warning("clips: cannot write %s: %s%s", path, exc, _full_disk(self.config.directory, audio.nbytes))
+            with contextlib.suppress(OSError):   # a card remounted read-only refuses even this (EROFS)
+                tmp.unlink(missing_ok=True)
+            self.skipped += 1
+            log.warning("clips: cannot write %s: %s%s; %d clip(s) skipped so far", path, exc,
+                        _full_disk(self.config.directory, audio.nbytes), self.skipped)
             return None
         self._used += size
         self.saved += 1
@@ -230,7 +235,9 @@ class ClipSaver:
 
 
 def _full_disk(directory: Path, needed: int) -> str:
-    """' (the disk is full: …)' when the clip's directory lacks room for it: libsndfile says only
-    "System error." when a write runs out of space."""
+    """' (the disk is full: …)' when the clip's directory lacks room for it, ' (… read-only …)'
+    when it cannot be written at all: libsndfile says only "System error." of either."""
+    if not os.access(directory, os.W_OK):
+        return " (the clips directory is read-only: a card remounted after an error?)"
     free = free_bytes(directory)
     return f" (the disk is full: {free / MB:.1f} MB free)" if free < needed else ""

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from edgemon.errors import EdgemonError
 from edgemon.safetext import name_from_stored, stored_name
 from edgemon.storage.cursors import list_cursors
+from edgemon.storage.lock import daemon_gone
 from edgemon.storage.readonly import open_read_only, quick_check
 from edgemon.storage.store import COVERAGE_LOSSES
 from edgemon.utc import UTC, parse_utc, utc_iso
@@ -49,7 +50,7 @@ def collect_status(db_path: str | Path, *, directory: str | Path | None = None, 
             raise StatusError(f"{db_path}: not an edgemon database (no files table)")
         status: dict[str, Any] = {"database": _database(conn, db_path, integrity)}
         beat = _last_heartbeat(conn) if "heartbeats" in tables else None
-        status["service"] = _service(beat, heartbeat_s, now)
+        status["service"] = _service(beat, heartbeat_s, now, daemon_gone(db_path))
         status["mode"] = beat["mode"] if beat else None
         status["device_id"] = beat["device_id"] if beat else None
         status["bundle_id"] = (beat["bundle_id"] if beat and beat["bundle_id"] else
@@ -104,21 +105,25 @@ def _last_heartbeat(conn: sqlite3.Connection) -> dict | None:
     return _row(conn, "SELECT * FROM heartbeats ORDER BY id DESC LIMIT 1")
 
 
-def _service(beat: dict | None, heartbeat_s: float, now: dt.datetime) -> dict:
+def _service(beat: dict | None, heartbeat_s: float, now: dt.datetime, gone: int | None = None) -> dict:
+    """What the newest heartbeat says of the daemon; ``gone``: the pid of a daemon known to have
+    died without a word (``storage.lock.daemon_gone``), which is not running however fresh its
+    last heartbeat."""
     if beat is None:
         return {"state": "unknown", "note": "no heartbeat recorded"}
     at = parse_utc(beat["at_utc"])
     age = (now - at).total_seconds()
     if beat["state"] in ("stopping", "refused"):
         state = "stopped"
-    elif age <= 2 * heartbeat_s + 60:
+    elif age <= 2 * heartbeat_s + 60 and gone is None:
         state = "running"
     else:
         state = "silent"     # crashed, hung, powered off, or its clock stepped
     return {"state": state, "heartbeat_state": beat["state"], "last_heartbeat_utc": beat["at_utc"],
             "heartbeat_age_s": round(age, 1), "run_id": beat["run_id"], "started_utc": beat["started_utc"],
             "uptime_s": round(beat["uptime_s"] + (max(age, 0.0) if state == "running" else 0.0), 1),
-            "files_done_this_run": beat["files_done"], "rss_mb": beat["rss_mb"], "note": beat["note"]}
+            "files_done_this_run": beat["files_done"], "rss_mb": beat["rss_mb"], "note": beat["note"],
+            **({"process_gone": gone} if gone is not None and state == "silent" else {})}
 
 
 def _other_recordings(conn: sqlite3.Connection) -> int:
@@ -239,7 +244,10 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
     if integrity not in ("ok", "not checked"):
         problems.append(f"database integrity: {integrity}")
     service = status["service"]
-    if service["state"] == "silent":
+    if service["state"] == "silent" and "process_gone" in service:
+        problems.append(f"edgemon is not running: its process (pid {service['process_gone']}) ended without "
+                        f"stopping, {service['heartbeat_age_s']:.0f} s after its last heartbeat or less")
+    elif service["state"] == "silent":
         problems.append(f"no heartbeat for {service['heartbeat_age_s']:.0f} s: edgemon is not running, or hung")
     if service.get("heartbeat_state") == "refused":
         problems.append(f"refused to start: {service.get('note')}")

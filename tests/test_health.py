@@ -9,6 +9,8 @@ import json
 import logging
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -352,6 +354,35 @@ def test_status_sees_a_silent_daemon(watched_db, tmp_path):
     status = collect_status(copy, now=later)
     assert status["service"]["state"] == "silent"
     assert any("no heartbeat for" in p for p in status["problems"])
+
+
+def test_status_says_a_killed_daemon_is_not_running_at_once(watched_db, tmp_path):
+    """After a kill -9, status said "running" (and the uptime went on counting) until the last
+    heartbeat was 11 minutes old (a soak trial); the lock file names the daemon's pid."""
+    import datetime as dt
+
+    from edgemon.utc import utc_iso
+
+    db, _ = watched_db
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+        dst.execute("UPDATE heartbeats SET state = 'ok', at_utc = ? WHERE id = (SELECT max(id) FROM heartbeats)",
+                    [utc_iso(dt.datetime.now(dt.timezone.utc))])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from edgemon.storage.lock import hold_database\n"
+                               "with hold_database(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)",
+                               str(copy)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert collect_status(copy)["service"]["state"] == "running"
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    status = collect_status(copy)
+    assert status["service"]["state"] == "silent" and status["service"]["process_gone"] == holder.pid
+    assert any(f"its process (pid {holder.pid}) ended without stopping" in p for p in status["problems"])
 
 
 def test_quarantined_files_are_named_and_the_rest_counted(tmp_path):

@@ -47,6 +47,25 @@ def hold_database(db_path: str | Path) -> Iterator[Path]:
         os.close(fd)   # releases the lock
 
 
+def daemon_gone(db_path: str | Path) -> int | None:
+    """The pid of the daemon that last held the lock of the database at ``db_path`` when nothing
+    holds it now and that process no longer exists (killed, crashed); else None (running, stopped
+    cleanly or never started, or no way to tell). Takes no lock: a shared lock tried here would,
+    for a moment, refuse a daemon starting."""
+    try:
+        text = lock_path(db_path).read_text(encoding="ascii").strip()
+        pid = int(text)
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid
+    except (PermissionError, OverflowError):   # another user's process, or no pid at all
+        return None
+    return None
+
+
 def export_lock_path(db_path: str | Path) -> Path:
     return _beside(db_path, ".export.lock")
 

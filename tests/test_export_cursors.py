@@ -298,3 +298,20 @@ def test_output_dash_is_standard_output_and_coverage_needs_its_own_file(db_path,
         assert not out.exists()
     again = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(out), "--cursor", "c3"])
     assert again.exit_code == 0 and len(read_csv(out)) == 5   # the refusals moved no cursor
+
+
+def test_coverage_seconds_are_exported_to_the_millisecond(tmp_path):
+    """A minute written six times summed to 60.00000000000001 in a jsonl export (a soak trial)."""
+    from edgemon.storage.export import export_coverage
+    from edgemon.storage.store import CoverageMinute
+
+    db = tmp_path / "live.db"
+    with Store(db) as store:
+        for _ in range(3):
+            store.add_coverage([CoverageMinute(source="live:mic", device_id="d", minute_utc="2024-05-01T06:00:00Z",
+                                               end_utc="2024-05-01T06:00:59Z", analysed_s=19.9, lost_device_s=0.1)])
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT analysed_s, lost_device_s FROM coverage").fetchone()
+    assert export_coverage(db, "jsonl", tmp_path / "c.jsonl") == 1
+    row = json.loads((tmp_path / "c.jsonl").read_text())
+    assert (row["analysed_s"], row["lost_device_s"]) == (59.7, 0.3) and stored[1] != 0.3

@@ -262,8 +262,8 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
             clauses, params = time_range("minute_utc", *bounds)
             cursor = conn.cursor()
             cursor.row_factory = _as_dict
-            rows = cursor.execute(f"SELECT * FROM coverage WHERE {' AND '.join(['1', *clauses])} "
-                                f"ORDER BY source, minute_utc", params).fetchall()
+            rows = [_rounded_seconds(row) for row in cursor.execute(
+                f"SELECT * FROM coverage WHERE {' AND '.join(['1', *clauses])} ORDER BY source, minute_utc", params)]
     except sqlite3.Error as e:
         raise ExportError(f"cannot read coverage from {db_path}: {e}") from e
     finally:
@@ -273,6 +273,12 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
         return _write_stdout(lambda f, r: write(f, r, COVERAGE_COLUMNS), rows)
     with atomic_text(Path(output)) as f:
         return write(f, rows, COVERAGE_COLUMNS)
+
+
+def _rounded_seconds(row: dict) -> dict:
+    """A coverage row's seconds to the millisecond the ledger counts them in (sums of the writes
+    of a minute gave 60.00000000000001)."""
+    return {k: round(v, 3) if k.endswith("_s") and isinstance(v, float) else v for k, v in row.items()}
 
 
 def _write_stdout(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[dict]) -> int:

@@ -21,6 +21,7 @@ from typing import TextIO
 
 from edgemon.errors import EdgemonError
 from edgemon.storage import tables
+from edgemon.storage.lock import process_alive
 
 RAVEN_COLUMNS = tables.RAVEN_COLUMNS
 Moving = Callable[[int], contextlib.AbstractContextManager]   # what moves with the files: rows delivered -> context
@@ -268,18 +269,8 @@ def _sweep_dead_temps(directory: Path) -> None:
             with contextlib.suppress(OSError):
                 if (found is not None and entry.is_file(follow_symlinks=False)
                         and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S
-                        and not _alive(int(found[1]))):
+                        and not process_alive(int(found[1]))):
                     os.unlink(entry.path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except PermissionError:   # another user's
-        return True
-    except (ProcessLookupError, OverflowError):
-        return False
-    return True
 
 
 def _fsync_dir(directory: Path) -> None:

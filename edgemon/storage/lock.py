@@ -57,13 +57,19 @@ def daemon_gone(db_path: str | Path) -> int | None:
         pid = int(text)
     except (OSError, ValueError):
         return None
+    return None if process_alive(pid) else pid
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (another user's counts; a number no pid
+    can be does not)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return pid
-    except (PermissionError, OverflowError):   # another user's process, or no pid at all
-        return None
-    return None
+    except PermissionError:
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
 
 
 def export_lock_path(db_path: str | Path) -> Path:

@@ -59,12 +59,13 @@ def raven_names(conn: sqlite3.Connection, out_dir: Path, error: type[EdgemonErro
     order = sorted([(ledger is None, ledger or 0, first or 0, t) for t, _, ledger, first in keyed]
                    + [(False, rowid, 0, source) for source, _, rowid in quiet])
     exported = {t for t, _, _, _ in keyed}
+    stem = {key: _safe_name(PurePosixPath(key).stem) for *_, key in order}
     groups: dict[str, list[str]] = {}
     for *_, key in order:   # by the stem's lower case: 'ABC' and 'abc' are one file on FAT, exFAT, Windows, macOS
-        groups.setdefault(_safe_name(PurePosixPath(key).stem).lower(), []).append(key)
+        groups.setdefault(stem[key].lower(), []).append(key)
     names = {}
     for keys in groups.values():
-        plain = {k: _safe_name(PurePosixPath(k).stem) + tables.RAVEN_SUFFIX for k in keys}
+        plain = {k: stem[k] + tables.RAVEN_SUFFIX for k in keys}
         hashed = {k: _hashed(k, HASH_CHARS) for k in keys}
         fits = [k for k in keys if len(plain[k]) <= MAX_NAME_BYTES]
         if len(keys) == 1:
@@ -81,7 +82,7 @@ def raven_names(conn: sqlite3.Connection, out_dir: Path, error: type[EdgemonErro
                 names[k] = plain[k] if k == holder else hashed[k]
     taken = Counter(name.lower() for name in names.values())
     for key, name in names.items():   # a hashed name that met another source's own name
-        if taken[name.lower()] > 1 and name != _safe_name(PurePosixPath(key).stem) + tables.RAVEN_SUFFIX:
+        if taken[name.lower()] > 1 and name != stem[key] + tables.RAVEN_SUFFIX:
             names[key] = _hashed(key, len(_digest(key)))
     return names
 

@@ -27,6 +27,16 @@ def _votes(labels_confidences, fold=0, calls=()):
     return StreamVotes.from_votes(fold, duration, votes, list(calls))
 
 
+def test_points_that_store_the_same_events_compare_equal():
+    """A rule entry that holds nothing (one window, no evidence, no opening level) is no rule: an
+    adapted bundle's point read back without such entries was taken for a changed point."""
+    plain = OperatingPoint({"background": 0.0, "a": 0.3})
+    spelled = OperatingPoint({"background": 0.0, "a": 0.3}, min_windows={"a": 1}, min_evidence={"a": 0.0},
+                             open_threshold={"a": 0.0})
+    assert spelled == plain and spelled.open_threshold == {}
+    assert OperatingPoint({"background": 0.0, "a": 0.3}, min_windows={"a": 2}) != plain
+
+
 def test_min_windows_drops_short_runs_and_calibration_maps_the_score():
     point = OperatingPoint({"a": 0.0, "b": 0.0}, {"a": 2})
     calibration = Calibration({"a": ((0.4, 0.8), (0.1, 0.9))})
@@ -160,6 +170,25 @@ def test_calibration_reads_the_evidence_when_that_is_what_tells_right_from_false
     assert top["precision"] >= 0.85 and top["right_kept"] >= 0.5
     assert report["score/isotonic"]["levels"]["0.9"]["events"] < top["events"]   # the score alone never says "high"
     assert report["raw"]["levels"]["0.9"]["events"] == 0
+
+
+def test_a_confidence_that_only_says_the_average_share_loses_to_one_that_tells():
+    """The raw score says about the share of right events for every event, so its ECE is the
+    lowest; it never tells a right event from a false one. A fit on the evidence does, a little
+    less calibrated across recorders: the lower Brier score keeps it (issue: a calibrator that
+    never says "high" does not count)."""
+    rng = np.random.default_rng(1)
+    n = 300
+    fold = np.arange(n) % 3
+    right = rng.uniform(size=n) < np.array([0.25, 0.4, 0.55])[fold]   # each recorder its own share
+    score = 0.4 + rng.normal(0, 0.01, n)
+    evidence = np.where(right, 2.0, 1.0) + rng.normal(0, 0.6, n)
+    events = ScoredEvents(np.ones(n, int), score, score, fold, right, evidence=evidence)
+    curves, source, report = calibrate(events, LABELS, 0)
+    assert report["raw"]["ece"] < report["calibrated"]["ece"]
+    assert report["calibrated"]["brier"] < report["raw"]["brier"]
+    assert source == "evidence" and curves
+    assert report["calibrated"]["levels"]["0.9"]["events"] > 0 == report["raw"]["levels"]["0.9"]["events"]
 
 
 def test_the_raw_score_is_kept_when_no_fit_beats_it_across_folds():

@@ -249,11 +249,9 @@ def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels:
                 own = float(getattr(start, field).get(label, 0.0))
                 trials = [dataclasses.replace(point, **{field: {**getattr(point, field), label: float(v)}})
                           for v in sorted({own, 0.0, *levels})]
-                point = max(trials, key=lambda trial: (score(trial), getattr(trial, field)[label] == own,
-                                                       -getattr(trial, field)[label]))
-    return dataclasses.replace(point, min_windows={label: k for label, k in point.min_windows.items() if k > 1},
-                               min_evidence={l: v for l, v in point.min_evidence.items() if v > 0},
-                               open_threshold={l: v for l, v in point.open_threshold.items() if v > 0})
+                point = max(trials, key=lambda trial: (score(trial), getattr(trial, field).get(label, 0.0) == own,
+                                                       -getattr(trial, field).get(label, 0.0)))
+    return point   # OperatingPoint drops the entries that hold nothing
 
 
 CANDIDATES = ("thresholds", "thresholds+evidence", "head", "head+thresholds", "veto+thresholds+evidence")

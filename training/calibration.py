@@ -86,7 +86,8 @@ def cross_fitted(events: ScoredEvents, labels: tuple[str, ...], background: int,
 
 
 def reliability(confidence: np.ndarray, right: np.ndarray, bins: int = 10) -> dict:
-    """Expected calibration error (equal-width bins, weighted by events) and the bins."""
+    """Expected calibration error (equal-width bins, weighted by events), the Brier score (mean
+    squared gap between confidence and right, 0 or 1) and the bins."""
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     rows, ece = [], 0.0
@@ -97,7 +98,8 @@ def reliability(confidence: np.ndarray, right: np.ndarray, bins: int = 10) -> di
             ece += mine.mean() * gap
             rows.append({"from": round(float(edges[b]), 6), "to": round(float(edges[b + 1]), 6), "events": int(mine.sum()),
                          "mean_confidence": float(confidence[mine].mean()), "share_right": float(right[mine].mean())})
-    return {"ece": float(ece), "bins": rows}
+    brier = float(np.mean((confidence - right) ** 2)) if len(right) else 0.0
+    return {"ece": float(ece), "brier": brier, "bins": rows}
 
 
 def at_levels(confidence: np.ndarray, right: np.ndarray) -> dict:
@@ -134,14 +136,16 @@ def plot_reliability(confidence: np.ndarray, raw: np.ndarray, right: np.ndarray,
     plt.close(fig)
 
 
-def _rank(levels: dict, ece: float) -> tuple:
+def _rank(levels: dict, brier: float) -> tuple:
     """How well a calibration serves ``--min-confidence 0.9``: meeting the target (precision
     >= 0.85 with half the right events kept) first, then the right events kept; when none meets
-    it, the lowest expected calibration error."""
+    it, the lowest Brier score. Not the lowest ECE: a confidence that says the base rate for every
+    event has almost none, yet never tells a right event from a false one (it never says "high");
+    the Brier score counts both how true and how telling a confidence is."""
     top = levels["0.9"]
     kept = top["right_kept"] or 0.0
     meets = (top["precision"] or 0.0) >= TARGET_PRECISION and kept >= TARGET_KEPT
-    return (meets, kept if meets else 0.0, -ece)
+    return (meets, kept if meets else 0.0, -brier)
 
 
 def calibrate(events: ScoredEvents, labels: tuple[str, ...], background: int, plot: Path | None = None,
@@ -149,8 +153,8 @@ def calibrate(events: ScoredEvents, labels: tuple[str, ...], background: int, pl
     """The curves to store and what they read, and the report: fallbacks, cross-fitted ECE and
     what each ``--min-confidence`` level exports for the raw score and for each calibration
     (isotonic or Platt, on the score, on the evidence or, for a gated point, on the gate). The one
-    that serves ``--min-confidence 0.9`` best is kept, else the one of lowest error; the raw score
-    itself when no fit beats it."""
+    that serves ``--min-confidence 0.9`` best is kept, else the one of lowest Brier score; the raw
+    score itself when no fit beats it."""
     honest = {"raw": events.score.astype(float)}
     for source in CALIBRATION_INPUTS:
         if source == "gate" and not events.gated:
@@ -160,7 +164,7 @@ def calibrate(events: ScoredEvents, labels: tuple[str, ...], background: int, pl
     report = {"events": int(len(events.right))}
     for name, values in honest.items():
         report[name] = {**reliability(values, events.right), "levels": at_levels(values, events.right)}
-    chosen = max(honest, key=lambda name: _rank(report[name]["levels"], report[name]["ece"]))
+    chosen = max(honest, key=lambda name: _rank(report[name]["levels"], report[name]["brier"]))
     if chosen == "raw":
         curves, source = {}, "score"
         how = {label: "raw score: no fit beat it on cross-fitted held-out events"

@@ -48,6 +48,12 @@ class OperatingPoint:
     min_gate: dict[str, float] = dataclasses.field(default_factory=dict)
     gate: EventGate | None = None
 
+    def __post_init__(self):
+        # A rule entry that holds nothing (one window, no evidence, no opening level) is the same
+        # as none: drop it, so that two points that store the same events compare equal.
+        for name, idle in (("min_windows", 1), ("min_evidence", 0.0), ("open_threshold", 0.0)):
+            object.__setattr__(self, name, {k: v for k, v in getattr(self, name).items() if v > idle})
+
     def never_stored(self, labels) -> list[str]:
         """The classes of ``labels`` this point can never store: a threshold no vote reaches (a
         mean of softmax outputs stays under 1) or an event gate level no probability reaches."""

@@ -32,8 +32,9 @@ from tests.watch_helpers import fault_env, files_done, query, unfinalised_header
 REPO = Path(__file__).resolve().parents[1]
 
 
-def recording(path: Path, seed: int = 0, seconds: float = 4.0) -> Path:
-    """Faint noise then hoots the embedded bundle labels, so the file has detections."""
+def recording(path: Path, seed: int = 0, seconds: float = 8.0) -> Path:
+    """Faint noise then hoots the embedded bundle labels, so the file has detections (it stores a
+    helmeted hornbill only from three windows on: 8 s)."""
     return write_wav(path, np.concatenate([tone(0, 1.0, seed=seed), hoots(seconds - 1.0, seed=seed + 1)]))
 
 
@@ -467,7 +468,7 @@ def test_an_isolated_analysis_that_hangs_is_killed_recorded_and_the_next_file_go
     freezer = threading.Thread(target=freeze_children, daemon=True)
     freezer.start()
     isolated = Isolated(analyzer().bundle.path, block_s=5.0, timeout_floor_s=3.0, timeout_per_audio_s=0.1)
-    assert isolated.timeout_s(root / "20240701_060000.WAV") == (3.0, 4.0)
+    assert isolated.timeout_s(root / "20240701_060000.WAV") == (3.0, 8.0)
     started = time.monotonic()
     try:
         with caplog.at_level(logging.WARNING):
@@ -479,7 +480,7 @@ def test_an_isolated_analysis_that_hangs_is_killed_recorded_and_the_next_file_go
     entries = ledger(db)
     state, _, error = entries["20240701_060000.WAV"]
     assert state == "quarantined" and error.startswith("AnalysisTimedOut: the analysis process hung: no result within 3 s "
-                                                        "(the limit for 4 s of audio); killed"), entries
+                                                        "(the limit for 8 s of audio); killed"), entries
     assert entries["20240701_070000.WAV"][0] == "done"
     assert len(stopped) == 1 and not Path(f"/proc/{stopped[0]}").exists()   # killed and reaped
     assert query(db, "SELECT COUNT(*) FROM in_progress") == [(0,)]

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from edgemon.analysis.analyzer import WindowVote
+from edgemon.analysis.bundle import default_bundle_path, load_bundle
+from edgemon.analysis.decisions import OperatingPoint
 from edgemon.live.capture import BlockQueue, CaptureConfig
 from edgemon.live.store_writer import StoreWriter
 from edgemon.live.worker import ListenConfig, Listener
@@ -22,16 +24,28 @@ from tests.watch_helpers import analyzer, query
 SECONDS = 220
 
 
+def _hysteresis_class() -> tuple[str, float, float]:
+    """A class the shipped point extends from its threshold but opens only at a higher level."""
+    bundle = load_bundle(default_bundle_path())
+    point = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
+    return next((label, point.thresholds[label], opening) for label, opening in sorted(point.open_threshold.items())
+                if opening > point.thresholds[label])
+
+
+LABEL, THRESHOLD, OPENING = _hysteresis_class()
+LOW, HIGH = (THRESHOLD + OPENING) / 2, OPENING + 0.1   # extends a run, but cannot open one; opens one
+
+
 def scripted(an, level):
-    """The ensemble's vote replaced by a script: gibbon_duet at confidence ``level(t)`` for a window
+    """The ensemble's vote replaced by a script: LABEL at confidence ``level(t)`` for a window
     starting at t seconds, background where it gives None. Everything after the vote is the recorder's."""
-    duet = an.bundle.labels.index("gibbon_duet")
+    call = an.bundle.labels.index(LABEL)
 
     def vote_windows(batch):
         votes = []
         for start, window in batch:
             c = level(start * an.frame_s)
-            label = an.background if c is None else duet
+            label = an.background if c is None else call
             votes.append(WindowVote(start, len(window), label, 0.9 if c is None else c, (label,) * 2))
         return votes
     return vote_windows
@@ -58,10 +72,9 @@ def span(rows) -> tuple[float, float]:
     return rows[0][1], rows[-1][2]
 
 
-# The shipped point lets a duet's run go on from 0.37 but opens it only at 0.48.
-FADING = (lambda t: None if t < 10 or t >= 200 else (0.6 if t < 60 else 0.42))      # confident first
-QUIET_START = (lambda t: None if t < 10 or t >= 200 else (0.42 if t < 150 else 0.6))  # confident last
-STEADY = (lambda t: None if t < 10 or t >= 200 else 0.6)
+FADING = (lambda t: None if t < 10 or t >= 200 else (HIGH if t < 60 else LOW))      # confident first
+QUIET_START = (lambda t: None if t < 10 or t >= 200 else (LOW if t < 150 else HIGH))  # confident last
+STEADY = (lambda t: None if t < 10 or t >= 200 else HIGH)
 
 
 @pytest.mark.parametrize("level", [FADING, QUIET_START, STEADY], ids=["fading", "quiet-start", "steady"])
@@ -84,6 +97,6 @@ def test_a_long_event_stored_in_pieces_covers_what_the_whole_event_would(tmp_pat
 def test_a_run_the_point_does_not_keep_yet_stays_open_and_is_judged_whole(tmp_path):
     """Never confident enough to open: no piece is stored early, and the whole run is dropped as
     it would be without pieces."""
-    level = (lambda t: None if t < 10 or t >= 200 else 0.42)
+    level = (lambda t: None if t < 10 or t >= 200 else LOW)
     assert listen(tmp_path, level, 1e9) == []
     assert listen(tmp_path, level, 60.0) == []

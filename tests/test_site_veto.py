@@ -8,7 +8,7 @@ import pytest
 
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.analysis.ensemble import Ensemble, describe_bundle
-from edgemon.analysis.site_head import SiteHead
+from edgemon.analysis.site_head import SiteHead, embedding_width
 from edgemon.analysis.site_veto import SiteVeto, window_features
 from edgemon.errors import BundleError
 from training.adapted_bundle import write_adapted
@@ -119,7 +119,7 @@ def test_rethresholding_an_adapted_bundle_keeps_its_site_head_and_veto(parent, t
     """Found while adding the veto: re-adapting a bundle that has a site head with a thresholds
     candidate wrote the thresholds (fitted on the head's output) and dropped the head."""
     m, c = len(parent.members), len(parent.labels)
-    d = 128
+    d = embedding_width(Ensemble(parent, verify=False).sessions[0])
     head = SiteHead(np.zeros((m, d + c, c), np.float32), np.full((m, c), 0.01, np.float32),
                     np.zeros((m, d + c), np.float32), np.ones((m, d + c), np.float32))
     headed = write_adapted(parent, head, tmp_path / "headed", {})

@@ -171,7 +171,8 @@ def test_adapt_end_to_end_on_a_recorder_the_bundle_never_heard(site):
         assert analyzer.merger.point == parents_point and note["written"] == "site"
     else:
         assert analyzer.ensemble.site_head is None
-        assert (analyzer.merger.point != parents_point) == summary["point_changed"]   # the refit may keep the parent's point
+        # the refit may keep the parent's point; a new veto counts as a change of its own
+        assert summary["point_changed"] == ("veto" in summary["method"] or analyzer.merger.point != parents_point)
     first = sorted(recordings.glob("*.WAV"))[0]
     assert analyzer.analyse_file(first).duration_s > 0
     text = subprocess.run([sys.executable, "-m", "edgemon", "info", "--models", str(out), "--format", "text"],
@@ -179,7 +180,8 @@ def test_adapt_end_to_end_on_a_recorder_the_bundle_never_heard(site):
     assert f"adapted to a site from bundle {parent.bundle_id}: method {summary['method']}" in text
     parents_own = OperatingPoint.from_manifest(parent.manifest, parent.thresholds)
     written = OperatingPoint.from_manifest(adapted.manifest, adapted.thresholds)
-    assert summary["point_changed"] == ("head" in summary["method"] or written != parents_own)
+    assert summary["point_changed"] == ("head" in summary["method"] or "veto" in summary["method"]
+                                        or written != parents_own)
     assert ("refitted unchanged" in text) == (not summary["point_changed"])
     assert f"highest confidence it can store: {adapted.confidence_max:g}" in text
     # Adapted again on the reviews it was fitted on, its corrections would be scored in-sample:
@@ -424,15 +426,17 @@ def test_recording_windows_are_the_recorders_windows(tmp_path):
     assert windows.duration_s == pytest.approx(131.0)
 
 
-def test_background_windows_are_beside_wrong_detections_or_confident_and_never_in_a_detection():
+def test_background_windows_are_beside_wrong_detections_or_plainly_background_and_never_in_a_detection():
     spec = WindowSpec(frames=4, hop=2)
     starts = np.arange(0, 40, 2)                               # 20 windows of 4 frames
-    probs = np.full((1, 20, 2), 0.5)
-    probs[0, 15:, 0] = 0.95                                    # confidently background at the end
-    windows = RecordingWindows(starts, np.full(20, 4), probs, np.zeros((1, 20, 3)), 40.0)
+    probs = np.zeros((1, 20, 3))
+    probs[0, :, :] = (0.3, 0.5, 0.2)                           # a call ranked first
+    probs[0, 12:15, :] = (0.45, 0.15, 0.4)                     # background first, but class 2 at its threshold
+    probs[0, 15:, :] = (0.42, 0.3, 0.28)                       # background first, no call at its threshold:
+    windows = RecordingWindows(starts, np.full(20, 4), probs, np.zeros((1, 20, 3)), 40.0)   # far from 0.9
     detections = [(10.0, 14.0), (30.0, 34.0)]                  # frame_s = 1: windows 5-6 and 15-16 overlap them
-    picked = background_windows(windows, detections, [(10.0, 14.0)], spec, 1.0, 0,
-                                AdaptConfig(neighbours=1, confident_background=0.9))
+    picked = background_windows(windows, detections, [(10.0, 14.0)], spec, 1.0, 0, AdaptConfig(neighbours=1),
+                                np.array([0.0, 0.35, 0.4]))
     # beside the wrong one (two frames either side): 6 and 14, not 8-12 (inside it) nor 16 (beyond);
     # confident: 34-38, not 28-32 (inside the other detection)
     assert starts[picked].tolist() == [6, 14, 34, 36, 38]

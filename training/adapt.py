@@ -67,7 +67,6 @@ class AdaptConfig:
     learning_rate: float = 0.05
     min_reviews: int = 10        # judged detections (not 'unsure') needed at all
     neighbours: int = 2          # hops either side of a wrong detection taken as background
-    confident_background: float = 0.9   # members' mean background probability taken as background
     evidence: tuple[int, ...] = (1, 2, 3, 4)   # fewest windows per event the operating point may ask
     veto_k: int = 5              # the site veto's neighbours (``site_veto.SiteVeto``)
     veto_min_similarity: float = 0.5
@@ -90,6 +89,8 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
     spec = WindowSpec.from_seconds(bundle.window_s, bundle.hop_s, bundle.frontend)
     frame_s = bundle.frontend.hop_length / bundle.frontend.sample_rate
     background = bundle.labels.index(bundle.background_label)
+    point = parent_point(bundle)
+    thresholds = np.array([point.thresholds.get(label, 0.0) for label in bundle.labels])
     by_recording: dict[str, list[tuple[dict, int]]] = defaultdict(list)
     for row, target in targets:
         by_recording[row["source"]].append((row, target))
@@ -118,7 +119,7 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
             review_ids.append(row["id"])
         wrong = [(r["start_s"], r["end_s"]) for r, t in items if t == background]
         picked = background_windows(windows, detection_spans(reviews_db, source), wrong, spec, frame_s,
-                                    background, config)
+                                    background, config, thresholds)
         extra_probs.append(windows.probs[:, picked])
         extra_embeddings.append(windows.embeddings[:, picked])
         extra_groups += [source] * len(picked)

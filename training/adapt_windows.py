@@ -155,12 +155,15 @@ def nearest_windows(starts: np.ndarray, wanted: list[int], within: int) -> list[
 
 def background_windows(windows: RecordingWindows, detections: list[tuple[float, float]],
                        wrong: list[tuple[float, float]], spec: WindowSpec, frame_s: float, background: int,
-                       config: AdaptConfig) -> np.ndarray:
+                       config: AdaptConfig, thresholds: np.ndarray) -> np.ndarray:
     """Indices of a reviewed recording's windows taken as this site's background without a review:
     those within ``config.neighbours`` hops of a detection reviewed wrong (the same noise, a
-    moment earlier or later) and those the members' mean calls background with at least
-    ``config.confident_background``; never a window that overlaps any stored detection
-    (``detections``, seconds), reviewed or not."""
+    moment earlier or later) and those the parent plainly calls background: the members' mean
+    ranks background first and gives no call class its threshold (``thresholds``, per label
+    index, the parent's point); never a window that overlaps any stored detection (``detections``,
+    seconds), reviewed or not. (Until 2026-12-06 "plainly" was a background probability of 0.9,
+    which a normalised softmax with the shipped temperatures never reaches: no such window was
+    ever taken, and a site head learnt the site's background from a handful of windows.)"""
     ends = windows.starts + windows.lengths
 
     def overlapping(spans, margin):
@@ -173,7 +176,8 @@ def background_windows(windows: RecordingWindows, detections: list[tuple[float, 
     inside = overlapping(detections, -1)
     near = overlapping(wrong, config.neighbours * spec.hop)
     mean = windows.probs.mean(axis=0)
-    confident = (mean.argmax(axis=1) == background) & (mean[:, background] >= config.confident_background)
+    calls = np.delete(np.arange(mean.shape[1]), background)
+    confident = (mean.argmax(axis=1) == background) & (mean[:, calls] < thresholds[calls]).all(axis=1)
     return np.flatnonzero((near | confident) & ~inside)
 
 

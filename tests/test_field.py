@@ -218,6 +218,17 @@ def _bundle_copy(tmp_path, name="bundle", **manifest_fields):
     return load_bundle(target)
 
 
+@pytest.mark.parametrize("rule, value", [("min_evidence", float("nan")), ("open_threshold", float("nan")),
+                                         ("min_windows", 0), ("min_windows", float("inf")), ("min_evidence", -1.0),
+                                         ("open_threshold", 1.5)])
+def test_a_rule_value_out_of_its_range_is_refused_naming_the_rule(tmp_path, rule, value):
+    """Found in review: a NaN rule level was dropped (the class then stored with no rule), a
+    min_windows of 0 or a negative evidence was taken, and an infinite min_windows was a traceback."""
+    with pytest.raises(BundleError, match=f"manifest.json: malformed operating point .*operating_point.{rule} "
+                                          f"of 'great_argus'"):
+        _bundle_copy(tmp_path, operating_point={"thresholds": {}, rule: {"great_argus": value}})
+
+
 def test_the_recorder_applies_the_bundles_point_and_calibration_and_keeps_the_raw_score(tmp_path):
     samples = hoots(40.0)   # the embedded bundle calls these helmeted hornbills
     plain = Analyzer(_bundle_copy(tmp_path, "plain")).analyse_blocks([samples]).events

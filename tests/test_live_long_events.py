@@ -28,12 +28,16 @@ def _hysteresis_class() -> tuple[str, float, float]:
     """A class the shipped point extends from its threshold but opens only at a higher level."""
     bundle = load_bundle(default_bundle_path())
     point = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds)
-    return next((label, point.thresholds[label], opening) for label, opening in sorted(point.open_threshold.items())
-                if opening > point.thresholds[label])
+    found = next(((label, point.thresholds[label], opening) for label, opening in sorted(point.open_threshold.items())
+                  if opening > point.thresholds[label]), None)
+    if found is None:
+        raise RuntimeError(f"{bundle.path}: no class of its operating point opens above its threshold; "
+                           "these tests need one (hysteresis)")
+    return found
 
 
 LABEL, THRESHOLD, OPENING = _hysteresis_class()
-LOW, HIGH = (THRESHOLD + OPENING) / 2, OPENING + 0.1   # extends a run, but cannot open one; opens one
+LOW, HIGH = (THRESHOLD + OPENING) / 2, (OPENING + 1.0) / 2   # extends a run, but cannot open one; opens one
 
 
 def scripted(an, level):

@@ -309,15 +309,20 @@ def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGE
                 "at_min_confidence_0.9": calibration_report["calibrated"]["levels"]["0.9"]}
     if others:
         expected["chosen_on_other_folds"] = {k: others[target_false_per_hour][k] for k in SUMMARY}
-    off = point.never_stored([label for c, label in enumerate(votes.labels) if c != votes.background])
+    calls = [label for c, label in enumerate(votes.labels) if c != votes.background]
+    off = point.never_stored(calls)
     if off:
         log.warning("at this point %s %s never stored (a level no vote or gate probability reaches): "
                     "to keep every class, choose a higher --target-false-per-hour or other --rules",
                     ", ".join(off), "is" if len(off) == 1 else "are")
     return {
         "never_stored": off,
-        "operating_point": {"thresholds": point.thresholds, "min_windows": point.min_windows,
-                            "min_evidence": point.min_evidence, "open_threshold": point.open_threshold,
+        # Every call class spelt out, idle rules included: the bundle id is a digest of this text,
+        # so the same choice must write the same dicts (OperatingPoint itself drops idle entries).
+        "operating_point": {"thresholds": point.thresholds,
+                            "min_windows": {label: point.windows_needed(label) for label in calls},
+                            "min_evidence": {label: point.min_evidence.get(label, 0.0) for label in calls},
+                            "open_threshold": {label: point.open_threshold.get(label, 0.0) for label in calls},
                             **({"min_gate": point.min_gate, "event_gate": point.gate.to_manifest()}
                                if point.gate is not None else {}),
                             "target_false_per_hour": target_false_per_hour,

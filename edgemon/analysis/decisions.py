@@ -82,8 +82,24 @@ class OperatingPoint:
             return cls(dict(thresholds))
         gate, levels = EventGate.from_manifest(point.get("event_gate")), _per_class(point, "min_gate", float)
         _check_gate_levels(gate, levels)
-        return cls(_per_class(point, "thresholds", float, thresholds), _per_class(point, "min_windows", int),
-                   _per_class(point, "min_evidence", float), _per_class(point, "open_threshold", float), levels, gate)
+        rules = {key: _per_class(point, key, kind) for key, kind in RULES}
+        _check_rules(rules)
+        return cls(_per_class(point, "thresholds", float, thresholds), rules["min_windows"],
+                   rules["min_evidence"], rules["open_threshold"], levels, gate)
+
+
+# The evidence rules of a point and the type of their values.
+RULES = (("min_windows", int), ("min_evidence", float), ("open_threshold", float))
+
+
+def _check_rules(rules: dict[str, dict]) -> None:
+    """Each rule's values in its range: an event needs at least one window, no negative evidence,
+    an opening level within [0, 1]; NaN in none (it would silently hold nothing, or everything)."""
+    for key, low, high in (("min_windows", 1, None), ("min_evidence", 0.0, None), ("open_threshold", 0.0, 1.0)):
+        for label, value in rules[key].items():
+            if not (np.isfinite(value) and value >= low and (high is None or value <= high)):
+                bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+                raise ValueError(f"operating_point.{key} of {label!r} must be a finite number {bounds}, got {value}")
 
 
 def _check_gate_levels(gate: EventGate | None, levels: dict[str, float]) -> None:
@@ -120,7 +136,7 @@ def _per_class(point: dict, key: str, kind, default: dict | None = None) -> dict
     for k, v in values.items():
         try:
             out[str(k)] = kind(v)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:   # int(inf): OverflowError
             raise ValueError(f"operating_point.{key} of {str(k)!r}: {exc}") from None
     return out
 

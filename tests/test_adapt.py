@@ -440,6 +440,12 @@ def test_background_windows_are_beside_wrong_detections_or_plainly_background_an
     # beside the wrong one (two frames either side): 6 and 14, not 8-12 (inside it) nor 16 (beyond);
     # confident: 34-38, not 28-32 (inside the other detection)
     assert starts[picked].tolist() == [6, 14, 34, 36, 38]
+    # A parent with a site head: read on what the head makes of the members, which here calls them class 1
+    headed = probs.copy()
+    headed[0, 15:, :] = (0.42, 0.36, 0.22)
+    picked = background_windows(windows, detections, [(10.0, 14.0)], spec, 1.0, 0, AdaptConfig(neighbours=1),
+                                np.array([0.0, 0.35, 0.4]), headed)
+    assert starts[picked].tolist() == [6, 14]
 
 
 def test_held_out_folds_keep_the_background_windows_of_their_own_recordings_only():

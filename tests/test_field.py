@@ -229,6 +229,12 @@ def test_a_rule_value_out_of_its_range_is_refused_naming_the_rule(tmp_path, rule
         _bundle_copy(tmp_path, operating_point={"thresholds": {}, rule: {"great_argus": value}})
 
 
+def test_a_huge_min_windows_is_a_number_not_a_crash():
+    """Found in review: int(1e300) is past numpy's integers, and the range check raised TypeError."""
+    point = OperatingPoint.from_manifest({"operating_point": {"thresholds": {}, "min_windows": {"a": 1e300}}}, {})
+    assert point.windows_needed("a") == int(1e300) and not point.keeps("a", [0.9] * 10)
+
+
 def test_the_recorder_applies_the_bundles_point_and_calibration_and_keeps_the_raw_score(tmp_path):
     samples = hoots(40.0)   # the embedded bundle calls these helmeted hornbills
     plain = Analyzer(_bundle_copy(tmp_path, "plain")).analyse_blocks([samples]).events

@@ -118,8 +118,11 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
             groups.append(source)
             review_ids.append(row["id"])
         wrong = [(r["start_s"], r["end_s"]) for r, t in items if t == background]
+        # the parent's thresholds were fitted on what its own site head and veto output, if any;
+        # the head a candidate fits still learns from the raw members (extra_probs below)
         picked = background_windows(windows, detection_spans(reviews_db, source), wrong, spec, frame_s,
-                                    background, config, thresholds)
+                                    background, config, thresholds,
+                                    ensemble.site_corrected(windows.probs, windows.embeddings))
         extra_probs.append(windows.probs[:, picked])
         extra_embeddings.append(windows.embeddings[:, picked])
         extra_groups += [source] * len(picked)

@@ -155,13 +155,14 @@ def nearest_windows(starts: np.ndarray, wanted: list[int], within: int) -> list[
 
 def background_windows(windows: RecordingWindows, detections: list[tuple[float, float]],
                        wrong: list[tuple[float, float]], spec: WindowSpec, frame_s: float, background: int,
-                       config: AdaptConfig, thresholds: np.ndarray) -> np.ndarray:
+                       config: AdaptConfig, thresholds: np.ndarray, parent_probs: np.ndarray | None = None) -> np.ndarray:
     """Indices of a reviewed recording's windows taken as this site's background without a review:
     those within ``config.neighbours`` hops of a detection reviewed wrong (the same noise, a
     moment earlier or later) and those the parent plainly calls background: the members' mean
     ranks background first and gives no call class its threshold (``thresholds``, per label
-    index, the parent's point); never a window that overlaps any stored detection (``detections``,
-    seconds), reviewed or not. (Until 2026-12-06 "plainly" was a background probability of 0.9,
+    index, the parent's point, read on ``parent_probs``: what the parent's site head and veto make
+    of the members, when it has them; else the members' own); never a window that overlaps any
+    stored detection (``detections``, seconds), reviewed or not. (Until 2026-12-06 "plainly" was a background probability of 0.9,
     which a normalised softmax with the shipped temperatures never reaches: no such window was
     ever taken, and a site head learnt the site's background from a handful of windows.)"""
     ends = windows.starts + windows.lengths
@@ -175,7 +176,7 @@ def background_windows(windows: RecordingWindows, detections: list[tuple[float, 
     # a window sharing under one frame with a detection does not overlap it (rounding of times)
     inside = overlapping(detections, -1)
     near = overlapping(wrong, config.neighbours * spec.hop)
-    mean = windows.probs.mean(axis=0)
+    mean = (windows.probs if parent_probs is None else parent_probs).mean(axis=0)
     calls = np.delete(np.arange(mean.shape[1]), background)
     confident = (mean.argmax(axis=1) == background) & (mean[:, calls] < thresholds[calls]).all(axis=1)
     return np.flatnonzero((near | confident) & ~inside)

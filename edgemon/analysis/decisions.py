@@ -4,6 +4,7 @@ an event needs), the calibration of an event's confidence, and one label for a w
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -97,7 +98,7 @@ def _check_rules(rules: dict[str, dict]) -> None:
     an opening level within [0, 1]; NaN in none (it would silently hold nothing, or everything)."""
     for key, low, high in (("min_windows", 1, None), ("min_evidence", 0.0, None), ("open_threshold", 0.0, 1.0)):
         for label, value in rules[key].items():
-            if not (np.isfinite(value) and value >= low and (high is None or value <= high)):
+            if not (math.isfinite(value) and value >= low and (high is None or value <= high)):   # 1e300 as int: no np.isfinite
                 bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
                 raise ValueError(f"operating_point.{key} of {label!r} must be a finite number {bounds}, got {value}")
 

@@ -69,15 +69,12 @@ class CoverageLedger:
         return added
 
     def _remember(self, start: float, end: float) -> None:
-        if self.counted and self.counted[-1][0] <= start <= self.counted[-1][1] + MERGE_GAP_S:
-            merged = self.counted[:-1] + [(self.counted[-1][0], max(self.counted[-1][1], end))]   # on from the newest
-        else:
-            merged = []
-            for a, b in sorted(self.counted + [(start, end)]):
-                if merged and a <= merged[-1][1] + MERGE_GAP_S:
-                    merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-                else:
-                    merged.append((a, b))
+        merged: list[tuple[float, float]] = []   # a few stretches at most: MERGE_GAP_S joins the blocks'
+        for a, b in sorted(self.counted + [(start, end)]):
+            if merged and a <= merged[-1][1] + MERGE_GAP_S:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
         newest = merged[-1][1]
         self.counted = [(max(a, newest - MAX_SET_BACK_S), b) for a, b in merged if b > newest - MAX_SET_BACK_S]
 

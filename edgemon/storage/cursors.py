@@ -162,10 +162,11 @@ def advance(db_path: Path, name: str, wanted: CursorFilter, last_id: int, delive
 def advancing(db_path: Path, name: str, wanted: CursorFilter, last_id: int, delivered: int) -> Iterator[None]:
     """Record an export under cursor ``name`` — position ``last_id`` (only ever forward, so a slower
     concurrent export cannot move it back), filter, time, rows delivered — in a short write
-    transaction held across the block, which moves the export's files into place: written and
-    checked before it, committed right after it, rolled back if it fails. So the files and the
-    cursor move together: a failure up to the commit leaves both as they were (a repeat appends
-    nothing twice), and a cursor that cannot be written stops the files from moving."""
+    transaction held across the block: written and checked before it, committed right after it,
+    rolled back if it fails. The export's files are complete and their renames journaled before
+    it, and renamed after it (``export_files.atomic_texts``): a failure up to the commit leaves
+    files and cursor as they were (a repeat appends nothing twice), and a cursor that cannot be
+    written stops the files from moving."""
     uri = db_path.resolve().as_uri() + "?mode=rw"
     now = utc_iso(dt.datetime.now(dt.timezone.utc))
     try:
@@ -189,7 +190,7 @@ def advancing(db_path: Path, name: str, wanted: CursorFilter, last_id: int, deli
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
-            raise CursorError(f"cannot advance export cursor {name!r} in {db_path} (its files were written: "
-                              f"a repeat may deliver this export's rows again): {e}") from e
+            raise CursorError(f"cannot advance export cursor {name!r} in {db_path} (nothing was delivered; "
+                              f"a repeat delivers these rows): {e}") from e
     finally:
         conn.close()   # uncommitted: rolled back

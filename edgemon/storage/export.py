@@ -28,7 +28,9 @@ from typing import TextIO
 from edgemon.storage import tables
 from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advancing, check_filter, has_filters,
                                      read_cursor)
-from edgemon.storage.export_files import ExportError, OutputClosed, atomic_text, write_file, write_raven
+from edgemon.storage.export_files import (CursorMove, ExportError, OutputClosed, atomic_text, write_file,
+                                         write_raven)
+from edgemon.storage.export_journal import finish_pending, journal_path
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.raven_names import raven_names, raven_table
 from edgemon.storage.readonly import edgemon_tables, open_read_only, time_range
@@ -80,6 +82,8 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                 conn.close()
                 raise CursorError(str(e)) from None
         try:
+            if new:
+                _finish_interrupted(db_path, conn)
             # One read transaction: cursor, bundles, names and rows come from one snapshot.
             conn.execute("BEGIN")
             span = _span(conn, db_path, cursor_name, wanted) if new else None
@@ -90,8 +94,9 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
             if min_confidence is not None and "bundles" in found:
                 _check_reachable(conn, db_path, replace(wanted, min_confidence=None), span, min_confidence)
             rows = _select(conn, db_path, wanted, span, found, raven=fmt == "raven")
-            # A cursor moves with the files, in one write transaction around their renames.
-            moving = None if span is None else functools.partial(advancing, db_path, cursor_name, wanted, span[1])
+            # A cursor moves with the files: it commits with their renames journaled, then they follow.
+            moving = None if span is None else CursorMove(db_path, cursor_name, span[1], functools.partial(
+                advancing, db_path, cursor_name, wanted, span[1]))
             try:
                 if fmt == "raven":
                     count = write_raven(rows, Path(output), raven_names(conn, Path(output), ExportError), new, moving)
@@ -107,6 +112,16 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
         if span is not None and output is None:   # standard output: nothing to move with the cursor
             advance(db_path, cursor_name, wanted, span[1], count)
     return count
+
+
+def _finish_interrupted(db_path: Path, conn: sqlite3.Connection) -> None:
+    """Before a cursor is read: the files of a cursor export killed between its commit and its
+    renames are moved into place (or dropped, had its cursor not moved)."""
+    try:
+        finish_pending(db_path, conn)
+    except (OSError, sqlite3.Error) as e:
+        raise ExportError(f"cannot finish the interrupted export listed in {journal_path(db_path)}: "
+                          f"{getattr(e, 'strerror', None) or e}") from e
 
 
 def _zone(timezone: str | None) -> zoneinfo.ZoneInfo | None:

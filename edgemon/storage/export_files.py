@@ -1,7 +1,7 @@
 """The files an export writes: each appears only complete (a temp file beside its target, fsync,
-rename), all of one export together, and together with its cursor's move (``Moving``). A cursor
-export appends to what it finds: csv, birdnet and jsonl under their one header, Raven tables
-numbered on; a file of another format is refused rather than mixed.
+rename), all of one export together, and together with its cursor's move (``CursorMove``, through
+``export_journal``). A cursor export appends to what it finds: csv, birdnet and jsonl under their
+one header, Raven tables numbered on; a file of another format is refused rather than mixed.
 """
 
 from __future__ import annotations
@@ -16,15 +16,30 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from edgemon.errors import EdgemonError
 from edgemon.storage import tables
+from edgemon.storage.export_journal import Move, fsync_dir, rename_all, write_journal
 from edgemon.storage.lock import process_alive
 
 RAVEN_COLUMNS = tables.RAVEN_COLUMNS
-Moving = Callable[[int], contextlib.AbstractContextManager]   # what moves with the files: rows delivered -> context
+
+
+@dataclass(frozen=True)
+class CursorMove:
+    """What moves with an export's files: cursor ``name`` of ``db_path`` to ``last_id``, in the
+    write transaction ``advancing(rows delivered)`` opens (``cursors.advancing``)."""
+
+    db_path: Path
+    name: str
+    last_id: int
+    advancing: Callable[[int], contextlib.AbstractContextManager]
+
+    def __call__(self, delivered: int) -> contextlib.AbstractContextManager:
+        return self.advancing(delivered)
 
 
 class ExportError(EdgemonError):
@@ -54,7 +69,7 @@ def refuse_the_database(output: Path | None, db: Path, option: str) -> None:
 
 
 def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], append: bool,
-                moving: Moving | None = None) -> int:
+                moving: CursorMove | None = None) -> int:
     """One tab-separated Raven selection table per source (a live detection's saved clip is a
     source of its own: the ``raven_table`` each row carries); times in seconds from its start.
     ``append`` (cursor exports) keeps an existing table's selections and numbers on after them;
@@ -75,7 +90,7 @@ def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], appe
 
 
 def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[dict], path: Path,
-               append: bool, moving: Moving | None = None) -> int:
+               append: bool, moving: CursorMove | None = None) -> int:
     """One csv, birdnet or jsonl file. ``append`` (cursor exports): rows an earlier export wrote
     there stay, byte for byte, and the new ones follow them, the header once; with nothing new the
     file is left as it was. Replacing it would lose rows the cursor has already moved past. The
@@ -189,12 +204,14 @@ class _Outputs:
 
 
 @contextlib.contextmanager
-def atomic_texts(moving: Moving | None = None) -> Iterator[_Outputs]:
+def atomic_texts(moving: CursorMove | None = None) -> Iterator[_Outputs]:
     """Files that appear together, only when every one is complete: ``outputs.open(path)`` writes
-    a temp file beside ``path``; when the block ends without error all are renamed into place,
-    inside ``moving(outputs.delivered)`` when given (a cursor's move: ``cursors.advancing``). A
-    failure on one table, or of the cursor, leaves every table as it was, so a cursor export
-    repeated after it appends nothing twice.
+    a temp file beside ``path``; when the block ends without error all are renamed into place. With
+    ``moving`` (a cursor export) the cursor commits first, with the list of renames already in the
+    export journal beside the database, and the renames follow: a kill between two renames is
+    finished by the next cursor export (``export_journal.finish_pending``). A failure on one table,
+    or of the cursor, before the commit leaves every table as it was, so a cursor export repeated
+    after it appends nothing twice.
 
     Each temp file sits in its target's directory so the rename stays on one file system
     (atomic), is created with mode 0666 less the umask (as ``open`` would; ``mkstemp`` forces
@@ -203,6 +220,7 @@ def atomic_texts(moving: Moving | None = None) -> Iterator[_Outputs]:
     """
     written: list[tuple[Path, Path]] = []
     pending: list[Path] = []
+    committed = False
 
     swept: set[Path] = set()
 
@@ -225,20 +243,48 @@ def atomic_texts(moving: Moving | None = None) -> Iterator[_Outputs]:
     try:
         outputs = _Outputs(open_text)
         yield outputs
-        with moving(outputs.delivered) if moving else contextlib.nullcontext():
+        if moving is None:
             for tmp, path in written:
                 try:
                     os.replace(tmp, path)
                 except OSError as e:
                     raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
                 pending.remove(tmp)
+            for directory in {path.parent for _, path in written}:
+                fsync_dir(directory)
+            return
+        moves = [Move(tmp, path, os.stat(tmp).st_size) for tmp, path in written]
+        journal = _journal(moving, moves) if moves else None
+        try:
+            with moving(outputs.delivered):
+                pass
+        except BaseException:
+            if journal is not None:
+                journal.unlink(missing_ok=True)
+            raise
+        committed = True
+        try:
+            rename_all(moves)
+        except OSError as e:
+            raise ExportError(f"cannot move {e.filename or 'an exported file'} into place ({e.strerror or e}); "
+                              f"cursor {moving.name!r} has moved, so the next export on it finishes this one's "
+                              f"files, listed in {journal}") from e
+        if journal is not None:
+            journal.unlink(missing_ok=True)
     except BaseException:
-        for tmp in pending:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        if not committed:
+            for tmp in pending:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         raise
-    for directory in {path.parent for _, path in written}:
-        _fsync_dir(directory)
+
+
+def _journal(moving: CursorMove, moves: list[Move]) -> Path:
+    try:
+        return write_journal(moving.db_path, moving.name, moving.last_id, moves)
+    except OSError as e:
+        raise ExportError(f"cannot write the export journal beside {moving.db_path}: {e.strerror or e} "
+                          f"(nothing was delivered; the cursor stays)") from e
 
 
 STALE_TEMP_S = 3600.0
@@ -271,14 +317,3 @@ def _sweep_dead_temps(directory: Path) -> None:
                         and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S
                         and not process_alive(int(found[1]))):
                     os.unlink(entry.path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable. Some file systems refuse fsync on a directory; the file is then
-    still complete, only the rename might not survive a power cut."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

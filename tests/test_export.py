@@ -96,6 +96,7 @@ def test_raven_writes_one_table_per_source(db_path, tmp_path):
     out.mkdir()
     assert export_detections(db_path, "raven", out) == 5
     assert sorted(p.name for p in out.iterdir()) == [
+        ".edgemon-raven-owner",   # whose tables these are: raven_names.claim_directory
         "20240501_060000.BirdNET.selection.table.txt", "20240502_060000.BirdNET.selection.table.txt",
         "live_mic0.BirdNET.selection.table.txt"]
     with open(out / "20240501_060000.BirdNET.selection.table.txt", newline="") as f:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import sqlite3
@@ -91,7 +92,7 @@ def test_a_255_byte_source_name_gets_a_short_unique_table(db_path, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # "Exception ignored in generator" arrives as a warning
         assert export_detections(db_path, "raven", out) == 7
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.glob(f"*{SUFFIX}"))
     assert len(names) == 5 and all(len(n.encode()) <= MAX_NAME_BYTES and n.endswith(SUFFIX) for n in names)
     longs = [n for n in names if n.startswith("aaaa")]
     assert len(longs) == 2 and longs[0] != longs[1]
@@ -350,3 +351,34 @@ def test_a_cursor_export_killed_mid_way_delivers_each_row_once(db_path, tmp_path
     assert later[-1][1] == "4.0" and [b for _, b in later].count("4.0") == 1
     assert [s for s, _ in later] == [str(n) for n in range(1, len(later) + 1)]
     assert not list(out.glob(".*.tmp")) and not (tmp_path / f"{db_path.name}.export-journal").exists()
+
+
+def test_two_recorders_never_write_into_one_anothers_raven_tables(db_path, tmp_path):
+    """Two Pis record on one schedule, so their recordings share names (/recordings/20240501_060000.WAV
+    on both) and a table's Begin Path cannot tell them apart: a second database's export into the
+    first's Raven directory appended its rows to the first recorder's tables (with a cursor) or
+    replaced them (without). The directory now says whose tables it holds, and another recorder's
+    database is refused in one line, with nothing written."""
+    out = tmp_path / "raven"
+    out.mkdir()
+    assert export_detections(db_path, "raven", out, new=True) == 5
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = tmp_path / "other.db"
+    with Store(other) as store:
+        made = detection(REC1, 2.0, "frog", 0.8, "2024-05-01T06:00:02Z")
+        commit(store, REC1, [dataclasses.replace(made, device_id="pi-07")])
+    for new in (True, False):
+        result = runner.invoke(app, ["export-detections", "--db", str(other), "--format", "raven",
+                                     "--output", str(out), *(["--new"] if new else [])])
+        assert result.exit_code != 0
+        message = result.output.strip().splitlines()[-1]
+        assert "holds the tables of recorder" in message and "pi-07" in message and "own --output" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # The same recorder's database again (a restored copy, a second card reader) goes on as before.
+    with Store(db_path) as store:
+        store.insert_detections([detection(REC1, 9.0, "bird", 0.6, "2024-05-01T06:00:09Z")])
+    assert export_detections(db_path, "raven", out, new=True) == 1
+    # Its own directory takes it.
+    mine = tmp_path / "raven-pi-07"
+    mine.mkdir()
+    assert export_detections(other, "raven", mine) == 1

@@ -32,7 +32,7 @@ from edgemon.storage.export_files import (CursorMove, ExportError, OutputClosed,
                                          write_raven)
 from edgemon.storage.export_journal import finish_pending, journal_path
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
-from edgemon.storage.raven_names import raven_names, raven_table
+from edgemon.storage.raven_names import claim_directory, raven_names, raven_table
 from edgemon.storage.readonly import edgemon_tables, open_read_only, time_range
 from edgemon.storage.store import Store, StoreError
 from edgemon.utc import utc_iso
@@ -99,6 +99,7 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                 advancing, db_path, cursor_name, wanted, span[1]))
             try:
                 if fmt == "raven":
+                    claim_directory(conn, db_path, Path(output), ExportError)
                     count = write_raven(rows, Path(output), raven_names(conn, Path(output), ExportError), new, moving)
                 elif output is None:
                     count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))

@@ -9,12 +9,18 @@ get a hash of their source added. So a recording met later never renames a table
 appends to, never writes into another's (a recording re-processed to nothing still owns its
 table), and a table an earlier edgemon named with a hash is kept. A name that would pass
 ``MAX_NAME_BYTES`` is shortened and hashed.
+
+A directory holds one recorder's tables (``claim_directory``): recorders on one schedule name their
+recordings alike (an AudioMoth names each by its start time, so do the Pis' copies), and a table's
+``Begin Path`` cannot tell two Pis' ``/recordings/20240501_060000.WAV`` apart.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import os
 import re
 import sqlite3
 from collections import Counter
@@ -85,6 +91,43 @@ def raven_names(conn: sqlite3.Connection, out_dir: Path, error: type[EdgemonErro
         if taken[name.lower()] > 1 and name != stem[key] + tables.RAVEN_SUFFIX:
             names[key] = _hashed(key, len(_digest(key)))
     return names
+
+
+OWNER_FILE = ".edgemon-raven-owner"
+
+
+def claim_directory(conn: sqlite3.Connection, db_path: Path, out_dir: Path, error: type[EdgemonError]) -> None:
+    """Note in ``out_dir`` which recorders' (``device_id``) tables it holds, and refuse it to a
+    database of other recorders: that one would append to (or, without a cursor, replace) tables
+    of the same names that are another recorder's recordings. Raises ``error`` in one line."""
+    try:
+        mine = {d for (d,) in conn.execute("SELECT DISTINCT device_id FROM detections")}
+    except sqlite3.Error as e:
+        raise error(f"cannot read detections: {e}") from e
+    marker = out_dir / OWNER_FILE
+    try:
+        held = json.loads(marker.read_text(encoding="utf-8"))
+        theirs = {str(d) for d in held["device_ids"]}
+    except FileNotFoundError:
+        held, theirs = None, set()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise error(f"{marker}: unreadable ({getattr(e, 'strerror', None) or e}); it names the recorders whose "
+                    f"Raven tables {out_dir} holds: restore it, or export into another directory") from e
+    if held is not None and theirs and mine and not theirs & mine:
+        raise error(f"Raven directory {out_dir} holds the tables of recorder {', '.join(sorted(theirs))} "
+                    f"(database {held.get('database')}), and {db_path} is recorder {', '.join(sorted(mine))}'s: "
+                    f"two recorders name their recordings alike (an AudioMoth by the start time), so one would "
+                    f"write into the other's tables; give each database its own --output directory")
+    if not mine or mine <= theirs:
+        return
+    tmp = out_dir / f"{OWNER_FILE}.{os.getpid()}.part"
+    try:
+        tmp.write_text(json.dumps({"device_ids": sorted(mine | theirs), "database": str(Path(db_path).resolve())}),
+                       encoding="utf-8")
+        os.replace(tmp, marker)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise error(f"cannot write {marker}: {e.strerror or e}") from e
 
 
 def _hashed(key: str, chars: int) -> str:

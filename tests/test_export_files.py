@@ -340,8 +340,10 @@ def test_a_cursor_export_killed_mid_way_delivers_each_row_once(db_path, tmp_path
                                  detection(REC2, 4.0, "bird", 0.6, "2024-05-02T06:00:04Z")])
     script = (f"import os, signal\nfrom pathlib import Path\nSUFFIX = {SUFFIX!r}\n{KILL_AT[moment]}\n"
               "from edgemon.storage.export import export_detections\n"
-              f"export_detections(Path({str(db_path)!r}), 'raven', Path({str(out)!r}), new=True)\n")
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+              f"export_detections(Path({db_path.name!r}), 'raven', Path('raven'), new=True)\n")
+    # Relative paths, from another directory than the export that finishes its work
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert killed.returncode == -9, killed.stderr
     assert (tmp_path / f"{db_path.name}.export-journal").exists()
     again = export_detections(db_path, "raven", out, new=True)

@@ -253,7 +253,9 @@ def atomic_texts(moving: CursorMove | None = None) -> Iterator[_Outputs]:
             for directory in {path.parent for _, path in written}:
                 fsync_dir(directory)
             return
-        moves = [Move(tmp, path, os.stat(tmp).st_size) for tmp, path in written]
+        # Absolute: the next export, which may finish these renames, may run from another directory.
+        moves = [Move(Path(os.path.abspath(tmp)), Path(os.path.abspath(path)), os.stat(tmp).st_size)
+                 for tmp, path in written]
         journal = _journal(moving, moves) if moves else None
         try:
             with moving(outputs.delivered):

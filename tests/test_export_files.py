@@ -301,60 +301,6 @@ def test_stems_that_differ_only_in_case_get_two_tables(tmp_path):
     assert names["site2/abc_0600.wav"].lower().startswith("abc_0600.") and len({n.lower() for n in names.values()}) == 2
 
 
-KILL_AT = {
-    # killed between the first table's rename and the second's: the cursor has moved
-    "between renames": """
-real = os.replace
-renamed = []
-def replace(src, dst, *args, **kwargs):
-    if str(dst).endswith(SUFFIX):
-        renamed.append(dst)
-        if len(renamed) == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
-    return real(src, dst, *args, **kwargs)
-os.replace = replace
-""",
-    # killed with the journal on disk, before the cursor commits
-    "before the commit": """
-from edgemon.storage import export_files
-real = export_files.write_journal
-def write_journal(*args):
-    path = real(*args)
-    os.kill(os.getpid(), signal.SIGKILL)
-export_files.write_journal = write_journal
-""",
-}
-
-
-@pytest.mark.parametrize("moment", sorted(KILL_AT))
-def test_a_cursor_export_killed_mid_way_delivers_each_row_once(db_path, tmp_path, moment):
-    """Found in review (sixteenth session): tables were renamed one by one inside the cursor's
-    transaction, so a kill -9 between two renames left the first table extended and the cursor
-    where it was; the next export appended the same rows to it again. The next export now
-    finishes (or drops) what the killed one journaled, whichever side of its commit it died on."""
-    out = tmp_path / "raven"
-    out.mkdir()
-    assert export_detections(db_path, "raven", out, new=True) == 5
-    with Store(db_path) as store:
-        store.insert_detections([detection(REC1, 9.0, "bird", 0.6, "2024-05-01T06:00:09Z"),
-                                 detection(REC2, 4.0, "bird", 0.6, "2024-05-02T06:00:04Z")])
-    script = (f"import os, signal\nfrom pathlib import Path\nSUFFIX = {SUFFIX!r}\n{KILL_AT[moment]}\n"
-              "from edgemon.storage.export import export_detections\n"
-              f"export_detections(Path({db_path.name!r}), 'raven', Path('raven'), new=True)\n")
-    # Relative paths, from another directory than the export that finishes its work
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    assert killed.returncode == -9, killed.stderr
-    assert (tmp_path / f"{db_path.name}.export-journal").exists()
-    again = export_detections(db_path, "raven", out, new=True)
-    assert again == (0 if moment == "between renames" else 2)
-    assert [r["Begin Time (s)"] for r in read_table(out / f"20240501_060000{SUFFIX}")] == ["0.0", "3.0", "6.0", "9.0"]
-    later = [(r["Selection"], r["Begin Time (s)"]) for r in read_table(out / f"20240502_060000{SUFFIX}")]
-    assert later[-1][1] == "4.0" and [b for _, b in later].count("4.0") == 1
-    assert [s for s, _ in later] == [str(n) for n in range(1, len(later) + 1)]
-    assert not list(out.glob(".*.tmp")) and not (tmp_path / f"{db_path.name}.export-journal").exists()
-
-
 def test_two_recorders_never_write_into_one_anothers_raven_tables(db_path, tmp_path):
     """Two Pis record on one schedule, so their recordings share names (/recordings/20240501_060000.WAV
     on both) and a table's Begin Path cannot tell them apart: a second database's export into the
@@ -384,3 +330,29 @@ def test_two_recorders_never_write_into_one_anothers_raven_tables(db_path, tmp_p
     mine = tmp_path / "raven-pi-07"
     mine.mkdir()
     assert export_detections(other, "raven", mine) == 1
+
+
+def test_recorders_left_on_the_default_device_id_are_told_apart_by_their_databases(tmp_path):
+    """Found in review: every recorder left unconfigured is device 'edgemon', so two such Pis (or
+    two renamed since, each keeping its first rows under 'edgemon') looked like one recorder and
+    shared their tables. Their databases tell them apart; a database whose device id was changed
+    is still the same recorder."""
+    out = tmp_path / "raven"
+    out.mkdir()
+    dbs = []
+    for name, later_id in (("a.db", "pi-01"), ("b.db", "pi-02")):
+        path = tmp_path / name
+        with Store(path) as store:
+            made = detection(REC1, 2.0, "bird", 0.8, "2024-05-01T06:00:02Z")
+            commit(store, REC1, [dataclasses.replace(made, device_id="edgemon")])
+        dbs.append((path, later_id))
+    assert export_detections(dbs[0][0], "raven", out, new=True) == 1
+    with pytest.raises(ExportError, match="holds the tables of recorder edgemon .*another database"):
+        export_detections(dbs[1][0], "raven", out, new=True)
+    for path, later_id in dbs:     # both renamed, each keeping its first rows under 'edgemon'
+        with Store(path) as store:
+            made = detection(REC1, 5.0, "bird", 0.8, "2024-05-01T06:00:05Z")
+            store.insert_detections([dataclasses.replace(made, device_id=later_id)])
+    assert export_detections(dbs[0][0], "raven", out, new=True) == 1
+    with pytest.raises(ExportError, match="holds the tables of recorder edgemon, pi-01"):
+        export_detections(dbs[1][0], "raven", out, new=True)

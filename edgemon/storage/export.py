@@ -30,7 +30,7 @@ from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advanci
                                      read_cursor)
 from edgemon.storage.export_files import (CursorMove, ExportError, OutputClosed, atomic_text, write_file,
                                          write_raven)
-from edgemon.storage.export_journal import finish_pending, journal_path
+from edgemon.storage.export_journal import JournalError, finish_pending, journal_path
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.raven_names import claim_directory, raven_names, raven_table
 from edgemon.storage.readonly import edgemon_tables, open_read_only, time_range
@@ -83,7 +83,7 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                 raise CursorError(str(e)) from None
         try:
             if new:
-                _finish_interrupted(db_path, conn)
+                _finish_interrupted(db_path, conn, cursor_name)
             # One read transaction: cursor, bundles, names and rows come from one snapshot.
             conn.execute("BEGIN")
             span = _span(conn, db_path, cursor_name, wanted) if new else None
@@ -115,14 +115,15 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
     return count
 
 
-def _finish_interrupted(db_path: Path, conn: sqlite3.Connection) -> None:
+def _finish_interrupted(db_path: Path, conn: sqlite3.Connection, cursor: str) -> None:
     """Before a cursor is read: the files of a cursor export killed between its commit and its
     renames are moved into place (or dropped, had its cursor not moved)."""
     try:
-        finish_pending(db_path, conn)
-    except (OSError, sqlite3.Error) as e:
-        raise ExportError(f"cannot finish the interrupted export listed in {journal_path(db_path)}: "
-                          f"{getattr(e, 'strerror', None) or e}") from e
+        finish_pending(db_path, conn, cursor)
+    except (JournalError, sqlite3.Error) as e:
+        journal = journal_path(db_path, cursor)
+        raise ExportError(f"an interrupted export's files are not all in place: {e}. Its rows are counted as "
+                          f"delivered; fix that and export again, or remove {journal} to give them up") from e
 
 
 def _zone(timezone: str | None) -> zoneinfo.ZoneInfo | None:

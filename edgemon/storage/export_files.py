@@ -22,7 +22,8 @@ from typing import TextIO
 
 from edgemon.errors import EdgemonError
 from edgemon.storage import tables
-from edgemon.storage.export_journal import Move, fsync_dir, rename_all, write_journal
+from edgemon.storage.export_journal import (JournalError, Move, finish_pending, fsync_dir, journal_path,
+                                            rename_all, stage)
 from edgemon.storage.lock import process_alive
 
 RAVEN_COLUMNS = tables.RAVEN_COLUMNS
@@ -220,7 +221,7 @@ def atomic_texts(moving: CursorMove | None = None) -> Iterator[_Outputs]:
     """
     written: list[tuple[Path, Path]] = []
     pending: list[Path] = []
-    committed = False
+    staged = False
 
     swept: set[Path] = set()
 
@@ -253,40 +254,40 @@ def atomic_texts(moving: CursorMove | None = None) -> Iterator[_Outputs]:
             for directory in {path.parent for _, path in written}:
                 fsync_dir(directory)
             return
-        # Absolute: the next export, which may finish these renames, may run from another directory.
-        moves = [Move(Path(os.path.abspath(tmp)), Path(os.path.abspath(path)), os.stat(tmp).st_size)
-                 for tmp, path in written]
-        journal = _journal(moving, moves) if moves else None
+        moves = _stage(written, moving) if written else []
+        staged = True   # from here the journal decides what becomes of the files (``export_journal``)
         try:
             with moving(outputs.delivered):
                 pass
         except BaseException:
-            if journal is not None:
-                journal.unlink(missing_ok=True)
+            # Not committed, or (a Ctrl-C after its COMMIT) committed: the cursor's position says.
+            with contextlib.suppress(Exception):
+                finish_pending(moving.db_path, cursor=moving.name)
             raise
-        committed = True
         try:
             rename_all(moves)
-        except OSError as e:
-            raise ExportError(f"cannot move {e.filename or 'an exported file'} into place ({e.strerror or e}); "
-                              f"cursor {moving.name!r} has moved, so the next export on it finishes this one's "
-                              f"files, listed in {journal}") from e
-        if journal is not None:
-            journal.unlink(missing_ok=True)
+        except JournalError as e:
+            raise ExportError(f"{e}; cursor {moving.name!r} has moved past these rows, and the next export on "
+                              f"it moves them into place (listed in {journal_path(moving.db_path, moving.name)})") from e
+        if moves:
+            journal_path(moving.db_path, moving.name).unlink(missing_ok=True)
     except BaseException:
-        if not committed:
+        if not staged:
             for tmp in pending:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
         raise
 
 
-def _journal(moving: CursorMove, moves: list[Move]) -> Path:
+def _stage(written: list[tuple[Path, Path]], moving: CursorMove) -> list[Move]:
     try:
-        return write_journal(moving.db_path, moving.name, moving.last_id, moves)
+        return stage(written, moving.db_path, moving.name, moving.last_id)
     except OSError as e:
-        raise ExportError(f"cannot write the export journal beside {moving.db_path}: {e.strerror or e} "
-                          f"(nothing was delivered; the cursor stays)") from e
+        with contextlib.suppress(Exception):
+            finish_pending(moving.db_path, cursor=moving.name)   # not committed: removes what was staged, and the journal
+        raise ExportError(f"cannot stage the export's files beside their targets or write "
+                          f"{journal_path(moving.db_path, moving.name)}: {e.strerror or e} (nothing was delivered; the "
+                          f"cursor stays)") from e
 
 
 STALE_TEMP_S = 3600.0

@@ -4,15 +4,19 @@ from just before its cursor commits until every file is renamed.
 Why: an export writes each file complete as a temp file, then renames them into place, and its
 cursor moves with them. Renaming several files is not one atomic step, so a kill or power cut
 between two renames left some tables extended and the cursor where it was; the next export then
-appended the same rows to those tables again. Now the cursor commits first, with this journal
-already on disk, and the renames follow. The next cursor export of the database finishes what the
-journal lists (the cursor had moved: the temp files are renamed) or drops it (the cursor had not:
-the temp files are removed), before it reads its own cursor. Each row then reaches its file once.
+appended the same rows to those tables again. Now each complete temp file is first renamed to a
+*staged* name (``.<name>.<pid>-<hex>.staged``, which no sweep of dead temp files removes), the
+journal goes on disk, the output directories and the journal are fsynced, the cursor commits, and
+the staged files are renamed into place. The next cursor export of the database finishes what the
+journal lists (the cursor had moved: the staged files are renamed) or drops it (the cursor had
+not: they are removed), before it reads its own cursor. Each row then reaches its file once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
 import logging
 import os
@@ -20,45 +24,73 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgemon.errors import EdgemonError
+
 log = logging.getLogger(__name__)
+STAGED_SUFFIX = ".staged"
+JOURNAL_INFIX = ".export-journal."
 
 
-def journal_path(db_path: Path) -> Path:
-    return Path(f"{db_path}.export-journal")
+class JournalError(EdgemonError):
+    """The files of an interrupted cursor export cannot be moved into place now."""
+
+
+def journal_path(db_path: Path, cursor: str) -> Path:
+    """Beside the database itself, links resolved (as its locks are): an export through a link
+    and one through the real path must find one journal. One per cursor: a journal that cannot be
+    finished yet (its output not mounted) must not stop another cursor's exports."""
+    real = Path(os.path.realpath(db_path))
+    return real.with_name(f"{real.name}{JOURNAL_INFIX}{hashlib.sha1(cursor.encode()).hexdigest()[:12]}")
+
+
+def staged_name(tmp: Path) -> Path:
+    return tmp.with_name(tmp.name.removesuffix(".tmp") + STAGED_SUFFIX)
 
 
 @dataclass(frozen=True)
 class Move:
-    """A complete temp file ``tmp`` (``size`` bytes) that is to become ``path``."""
+    """A complete staged file ``staged`` (``size`` bytes) that is to become ``path``; both absolute."""
 
-    tmp: Path
+    staged: Path
     path: Path
     size: int
 
 
-def write_journal(db_path: Path, cursor: str, last_id: int, moves: list[Move]) -> Path:
-    """Put the journal on disk (fsynced, with its directory) before the cursor commits."""
-    path = journal_path(db_path)
+def stage(written: list[tuple[Path, Path]], db_path: Path, cursor: str, last_id: int) -> list[Move]:
+    """Before the cursor commits: each complete temp file (``(tmp, target)``) renamed to its staged
+    name, the journal written, and all of it fsynced, output directories included (so a power cut
+    after the commit cannot take a staged file back). Absolute paths: the export that finishes
+    this one may run from another directory."""
+    moves = [Move(staged_name(Path(os.path.abspath(tmp))), Path(os.path.abspath(target)), os.stat(tmp).st_size)
+             for tmp, target in written]
+    path = journal_path(db_path, cursor)
     text = json.dumps({"cursor": cursor, "last_id": last_id,
-                       "moves": [{"tmp": str(m.tmp), "path": str(m.path), "size": m.size} for m in moves]})
-    tmp = Path(f"{path}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+                       "moves": [{"staged": str(m.staged), "path": str(m.path), "size": m.size} for m in moves]})
+    part = Path(f"{path}.part")
+    with open(part, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return path
+    os.replace(part, path)   # listed before any staged file exists: a kill in between leaves none unlisted
+    for (tmp, _), move in zip(written, moves):
+        os.replace(tmp, move.staged)
+    for directory in {m.staged.parent for m in moves} | {path.parent}:
+        fsync_dir(directory)
+    return moves
 
 
 def rename_all(moves: list[Move]) -> None:
-    """Rename each temp file into place; one already renamed (its temp gone) is skipped."""
+    """Rename each staged file into place; one renamed already (staged gone, target of its size) is
+    skipped. Raises JournalError naming the target that cannot be written."""
     for move in moves:
         try:
-            os.replace(move.tmp, move.path)
+            os.replace(move.staged, move.path)
         except FileNotFoundError:
             if not _arrived(move):
-                raise
+                raise JournalError(f"cannot move {move.staged} into place as {move.path}: "
+                                   f"{'its directory is not there' if not move.path.parent.is_dir() else 'it is gone'}") from None
+        except OSError as e:
+            raise JournalError(f"cannot write {move.path}: {e.strerror or e}") from e
     for directory in {m.path.parent for m in moves}:
         fsync_dir(directory)
 
@@ -70,39 +102,70 @@ def _arrived(move: Move) -> bool:
         return False
 
 
-def finish_pending(db_path: Path, conn: sqlite3.Connection) -> None:
-    """Finish or drop what a cursor export killed after writing its journal left undone (run under
-    the export lock, so no other export is between its journal and its renames). ``conn`` reads
-    the cursor's committed position. Raises OSError when a file cannot be moved into place."""
-    path = journal_path(db_path)
+def finish_pending(db_path: Path, conn: sqlite3.Connection | None = None, cursor: str | None = None) -> None:
+    """Finish or drop what interrupted cursor exports left undone (run under the export lock, or by
+    that export itself, so no other export is between its journal and its renames). ``conn`` (else
+    a read-only connection of its own) reads each cursor's committed position. A journal that
+    cannot be finished now (its output's directory not mounted, no permission) is kept: for
+    ``cursor`` (the export about to run; None: every cursor) that raises JournalError, as its rows
+    are in the staged files and the cursor is past them; for other cursors a warning says so."""
+    real = Path(os.path.realpath(db_path))
+    for path in sorted(real.parent.glob(f"{glob.escape(real.name)}{JOURNAL_INFIX}*")):
+        if path.name.endswith(".part"):
+            continue
+        try:
+            _finish(path, db_path, conn)
+        except JournalError as e:
+            if cursor is None or path == journal_path(db_path, cursor):
+                raise
+            log.warning("%s (another export cursor's files; it finishes them once that is fixed)", e)
+
+
+def _finish(path: Path, db_path: Path, conn: sqlite3.Connection | None) -> None:
     try:
-        journal = json.loads(path.read_text(encoding="utf-8"))
-        moves = [Move(Path(m["tmp"]), Path(m["path"]), int(m["size"])) for m in journal["moves"]]
-        cursor, last_id = str(journal["cursor"]), int(journal["last_id"])
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        # Written whole and fsynced before the cursor commits: an unreadable one never got that far.
-        log.warning("export journal %s is unreadable (%s): removed; the export it belonged to had not "
-                    "moved its cursor", path, e)
+    except OSError as e:
+        raise JournalError(f"cannot read {path}: {e.strerror or e}") from e
+    try:
+        journal = json.loads(text)
+        moves = [Move(Path(m["staged"]), Path(m["path"]), int(m["size"])) for m in journal["moves"]]
+        cursor, last_id = str(journal["cursor"]), int(journal["last_id"])
+    except (ValueError, KeyError, TypeError) as e:
+        # Written whole and renamed into place before any file is staged: not a journal of ours.
+        log.warning("%s is not an export journal (%s): removed", path, e)
         path.unlink(missing_ok=True)
         return
-    row = conn.execute("SELECT last_id FROM export_cursors WHERE name = ?", [cursor]).fetchone()
-    if row is not None and row[0] >= last_id:
-        missing = [m.path for m in moves if not m.tmp.exists() and not _arrived(m)]
-        if missing:
-            log.warning("export cursor %r moved past id %d, but its files %s were neither renamed into "
-                        "place nor left to rename (removed by hand?): those rows are missing there; a "
-                        "new --cursor NAME delivers everything again", cursor, last_id,
-                        ", ".join(map(str, missing)))
-        rename_all([m for m in moves if m.path not in missing])
+    if _moved(db_path, conn, cursor, last_id):
+        gone = [m for m in moves if m.path.parent.is_dir() and not m.staged.exists() and not _arrived(m)]
+        if gone:
+            log.warning("export cursor %r moved past id %d, but the staged files of %s are gone (removed by "
+                        "hand?): those rows are missing there; a new --cursor NAME delivers everything again",
+                        cursor, last_id, ", ".join(str(m.path) for m in gone))
+        try:
+            rename_all([m for m in moves if m not in gone])
+        except JournalError as e:
+            raise JournalError(f"export cursor {cursor!r} is past rows its files do not hold yet: {e}") from e
         log.info("finished moving the files of an interrupted export on cursor %r", cursor)
     else:
         for move in moves:
             with contextlib.suppress(OSError):
-                os.unlink(move.tmp)
+                os.unlink(move.staged)
     path.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def _moved(db_path: Path, conn: sqlite3.Connection | None, cursor: str, last_id: int) -> bool:
+    own = conn is None
+    if own:
+        conn = sqlite3.connect(Path(os.path.realpath(db_path)).as_uri() + "?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT last_id FROM export_cursors WHERE name = ?", [cursor]).fetchone()
+    finally:
+        if own:
+            conn.close()
+    return row is not None and row[0] >= last_id
 
 
 def fsync_dir(directory: Path) -> None:

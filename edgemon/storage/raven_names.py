@@ -96,34 +96,49 @@ def raven_names(conn: sqlite3.Connection, out_dir: Path, error: type[EdgemonErro
 OWNER_FILE = ".edgemon-raven-owner"
 
 
+DEFAULT_DEVICE_ID = "edgemon"   # the settings' default: shared by every recorder left unconfigured
+
+
 def claim_directory(conn: sqlite3.Connection, db_path: Path, out_dir: Path, error: type[EdgemonError]) -> None:
-    """Note in ``out_dir`` which recorders' (``device_id``) tables it holds, and refuse it to a
-    database of other recorders: that one would append to (or, without a cursor, replace) tables
-    of the same names that are another recorder's recordings. Raises ``error`` in one line."""
+    """Note in ``out_dir`` whose tables it holds — the recorders (``device_id``) and databases
+    (``sync_meta.db_uuid``) that exported there — and refuse it to the database of another
+    recorder: that one would append to (or, without a cursor, replace) tables of the same names
+    that are another recorder's recordings. One recorder is a shared device id other than the
+    settings' default, or, failing that, the same database (whose device id was changed).
+    Raises ``error`` in one line."""
     try:
         mine = {d for (d,) in conn.execute("SELECT DISTINCT device_id FROM detections")}
+        row = conn.execute("SELECT value FROM sync_meta WHERE key = 'db_uuid'").fetchone() if conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'sync_meta'").fetchone() else None
     except sqlite3.Error as e:
         raise error(f"cannot read detections: {e}") from e
+    my_db = {str(row[0])} if row else set()
     marker = out_dir / OWNER_FILE
     try:
         held = json.loads(marker.read_text(encoding="utf-8"))
-        theirs = {str(d) for d in held["device_ids"]}
+        theirs, their_dbs = {str(d) for d in held["device_ids"]}, {str(d) for d in held.get("databases", [])}
     except FileNotFoundError:
-        held, theirs = None, set()
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        held, theirs, their_dbs = None, set(), set()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise error(f"{marker}: unreadable ({getattr(e, 'strerror', None) or e}); it names the recorders whose "
                     f"Raven tables {out_dir} holds: restore it, or export into another directory") from e
-    if held is not None and theirs and mine and not theirs & mine:
-        raise error(f"Raven directory {out_dir} holds the tables of recorder {', '.join(sorted(theirs))} "
-                    f"(database {held.get('database')}), and {db_path} is recorder {', '.join(sorted(mine))}'s: "
-                    f"two recorders name their recordings alike (an AudioMoth by the start time), so one would "
-                    f"write into the other's tables; give each database its own --output directory")
-    if not mine or mine <= theirs:
+    if not mine:
         return
+    if held is not None:
+        named = (theirs & mine) - {DEFAULT_DEVICE_ID}
+        same_db = bool(my_db & their_dbs) or (not my_db or not their_dbs) and bool(theirs & mine)
+        if not named and not same_db:
+            raise error(f"Raven directory {out_dir} holds the tables of recorder {', '.join(sorted(theirs))} "
+                        f"(database {held.get('database')}), and {db_path} is recorder {', '.join(sorted(mine))}'s"
+                        f"{' (another database)' if theirs & mine else ''}: two recorders name their recordings "
+                        f"alike (an AudioMoth by the start time), so one would write into the other's tables; give "
+                        f"each database its own --output directory")
+        if mine <= theirs and my_db <= their_dbs:
+            return
     tmp = out_dir / f"{OWNER_FILE}.{os.getpid()}.part"
     try:
-        tmp.write_text(json.dumps({"device_ids": sorted(mine | theirs), "database": str(Path(db_path).resolve())}),
-                       encoding="utf-8")
+        tmp.write_text(json.dumps({"device_ids": sorted(mine | theirs), "databases": sorted(my_db | their_dbs),
+                                   "database": str(Path(db_path).resolve())}), encoding="utf-8")
         os.replace(tmp, marker)
     except OSError as e:
         tmp.unlink(missing_ok=True)

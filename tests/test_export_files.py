@@ -356,3 +356,11 @@ def test_recorders_left_on_the_default_device_id_are_told_apart_by_their_databas
     assert export_detections(dbs[0][0], "raven", out, new=True) == 1
     with pytest.raises(ExportError, match="holds the tables of recorder edgemon, pi-01"):
         export_detections(dbs[1][0], "raven", out, new=True)
+    # A database that sync gave a new id (restored from a backup) stays the same recorder.
+    with contextlib.closing(sqlite3.connect(dbs[0][0])) as conn, conn:
+        old = conn.execute("SELECT value FROM sync_meta WHERE key = 'db_uuid'").fetchone()[0]
+        conn.execute("UPDATE sync_meta SET value = 'a-new-lineage' WHERE key = 'db_uuid'")
+        conn.execute("INSERT INTO sync_meta (key, value) VALUES ('forked_from', ?)", [old])
+    with contextlib.closing(sqlite3.connect(dbs[0][0])) as conn, conn:
+        conn.execute("DELETE FROM detections WHERE device_id = 'pi-01'")   # only 'edgemon' left
+    assert export_detections(dbs[0][0], "raven", out) == 1

@@ -146,20 +146,28 @@ def test_an_export_through_a_link_to_the_database_finds_the_journal(db_path, tmp
     assert [r["Begin Time (s)"] for r in read_table(out / f"20240502_060000{SUFFIX}")][-2:] == ["4.0", "7.0"]
 
 
-def test_an_output_not_mounted_keeps_the_journal_and_stops_only_its_cursor(db_path, tmp_path, caplog):
-    """Found in review: a power cut after the commit, and the USB stick not yet mounted when the
-    next export ran: the journal was dropped with a warning, and the rows with it. Now that
-    cursor's exports refuse in one line until the stick is back; other cursors go on."""
+@pytest.mark.parametrize("unmounted", ["directory gone", "empty mount point"])
+def test_an_output_not_mounted_keeps_the_journal_and_stops_only_its_cursor(db_path, tmp_path, caplog, unmounted):
+    """Found in review (twice): a power cut after the commit, and the USB stick not yet mounted when
+    the next export ran: the journal was dropped with a warning, and the rows with it; at first
+    whenever the output's directory was gone, then still when it was the mount point itself (left
+    as an empty directory). Now that cursor's exports refuse in one line until the stick is back;
+    other cursors go on."""
     stick = tmp_path / "usb"
     target = csv_killed_after_commit(db_path, stick)
-    stick.rename(tmp_path / "unmounted")
+    aside = tmp_path / "stick-contents"
+    stick.rename(aside)
+    if unmounted == "empty mount point":
+        stick.mkdir()
     with caplog.at_level(logging.WARNING):
         assert export_detections(db_path, "csv", tmp_path / "partner.csv", new=True, cursor_name="partner") == 7
-    assert "its directory is not there" in caplog.text
-    with pytest.raises(ExportError, match="not all in place.*archive.csv.*its directory is not there") as refused:
+    assert "not there (output not mounted?)" in caplog.text
+    with pytest.raises(ExportError, match="not all in place.*staged file .*archive.csv.*not there") as refused:
         export_detections(db_path, "csv", target, new=True)
     assert "\n" not in str(refused.value)
-    (tmp_path / "unmounted").rename(stick)
+    if stick.exists():
+        stick.rmdir()
+    aside.rename(stick)
     assert export_detections(db_path, "csv", target, new=True) == 0
     assert len(read_csv(target)) == 7 and not journals(db_path)
 

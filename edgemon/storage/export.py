@@ -30,7 +30,7 @@ from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advanci
                                      read_cursor)
 from edgemon.storage.export_files import (CursorMove, ExportError, OutputClosed, atomic_text, write_file,
                                          write_raven)
-from edgemon.storage.export_journal import JournalError, finish_pending, journal_path
+from edgemon.storage.export_journal import JournalError, finish_pending
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.raven_names import claim_directory, raven_names, raven_table
 from edgemon.storage.readonly import edgemon_tables, open_read_only, time_range
@@ -121,9 +121,7 @@ def _finish_interrupted(db_path: Path, conn: sqlite3.Connection, cursor: str) ->
     try:
         finish_pending(db_path, conn, cursor)
     except (JournalError, sqlite3.Error) as e:
-        journal = journal_path(db_path, cursor)
-        raise ExportError(f"an interrupted export's files are not all in place: {e}. Its rows are counted as "
-                          f"delivered; fix that and export again, or remove {journal} to give them up") from e
+        raise ExportError(f"an interrupted export's files are not all in place: {e}") from e
 
 
 def _zone(timezone: str | None) -> zoneinfo.ZoneInfo | None:

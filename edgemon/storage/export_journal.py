@@ -106,19 +106,22 @@ def finish_pending(db_path: Path, conn: sqlite3.Connection | None = None, cursor
     """Finish or drop what interrupted cursor exports left undone (run under the export lock, or by
     that export itself, so no other export is between its journal and its renames). ``conn`` (else
     a read-only connection of its own) reads each cursor's committed position. A journal that
-    cannot be finished now (its output's directory not mounted, no permission) is kept: for
-    ``cursor`` (the export about to run; None: every cursor) that raises JournalError, as its rows
-    are in the staged files and the cursor is past them; for other cursors a warning says so."""
+    cannot be finished now (a staged file not there: its stick not mounted; no permission; an I/O
+    error) is kept, never guessed away: for ``cursor`` (the export about to run; None: every
+    cursor) that raises JournalError, as its rows are in the staged files and the cursor is past
+    them; for other cursors a warning says so, and they go on."""
     real = Path(os.path.realpath(db_path))
     for path in sorted(real.parent.glob(f"{glob.escape(real.name)}{JOURNAL_INFIX}*")):
-        if path.name.endswith(".part"):
-            continue
         try:
+            if path.name.endswith(".part"):   # killed while written: no file was staged yet
+                path.unlink(missing_ok=True)
+                continue
             _finish(path, db_path, conn)
-        except JournalError as e:
+        except (JournalError, OSError) as e:
+            problem = e if isinstance(e, JournalError) else JournalError(f"{path}: {e.strerror or e}")
             if cursor is None or path == journal_path(db_path, cursor):
-                raise
-            log.warning("%s (another export cursor's files; it finishes them once that is fixed)", e)
+                raise problem from e
+            log.warning("%s (another export cursor's files; it finishes them once that is fixed)", problem)
 
 
 def _finish(path: Path, db_path: Path, conn: sqlite3.Connection | None) -> None:
@@ -133,25 +136,30 @@ def _finish(path: Path, db_path: Path, conn: sqlite3.Connection | None) -> None:
         moves = [Move(Path(m["staged"]), Path(m["path"]), int(m["size"])) for m in journal["moves"]]
         cursor, last_id = str(journal["cursor"]), int(journal["last_id"])
     except (ValueError, KeyError, TypeError) as e:
-        # Written whole and renamed into place before any file is staged: not a journal of ours.
-        log.warning("%s is not an export journal (%s): removed", path, e)
-        path.unlink(missing_ok=True)
-        return
+        raise JournalError(f"{path} is not an export journal ({e}): move it aside") from e
+    give_up = f"remove {path} and the staged files it lists to give those rows up"
     if _moved(db_path, conn, cursor, last_id):
-        gone = [m for m in moves if m.path.parent.is_dir() and not m.staged.exists() and not _arrived(m)]
-        if gone:
-            log.warning("export cursor %r moved past id %d, but the staged files of %s are gone (removed by "
-                        "hand?): those rows are missing there; a new --cursor NAME delivers everything again",
-                        cursor, last_id, ", ".join(str(m.path) for m in gone))
+        missing = [m for m in moves if not m.staged.exists() and not _arrived(m)]
+        if missing:
+            # Not mounted, or removed by hand: indistinguishable here, so never taken as gone.
+            raise JournalError(f"export cursor {cursor!r} is past rows that its staged file "
+                               f"{missing[0].staged} holds, and it is not there (output not mounted?): "
+                               f"mount it and export again, or {give_up}")
         try:
-            rename_all([m for m in moves if m not in gone])
+            rename_all(moves)
         except JournalError as e:
-            raise JournalError(f"export cursor {cursor!r} is past rows its files do not hold yet: {e}") from e
+            raise JournalError(f"export cursor {cursor!r} is past rows its files do not hold yet: {e}; fix "
+                               f"that and export again, or {give_up}") from e
         log.info("finished moving the files of an interrupted export on cursor %r", cursor)
     else:
         for move in moves:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(move.staged)
+            except FileNotFoundError:
+                continue   # removed already, or never staged (killed while staging)
+            except OSError as e:   # kept with its journal, to be removed next time, not left for good
+                raise JournalError(f"cannot remove {move.staged}, a file of an export that did not "
+                                   f"finish: {e.strerror or e}") from e
     path.unlink(missing_ok=True)
     fsync_dir(path.parent)
 

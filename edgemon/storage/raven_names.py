@@ -101,18 +101,19 @@ DEFAULT_DEVICE_ID = "edgemon"   # the settings' default: shared by every recorde
 
 def claim_directory(conn: sqlite3.Connection, db_path: Path, out_dir: Path, error: type[EdgemonError]) -> None:
     """Note in ``out_dir`` whose tables it holds — the recorders (``device_id``) and databases
-    (``sync_meta.db_uuid``) that exported there — and refuse it to the database of another
+    (``sync_meta.db_uuid``, and ``forked_from`` once sync gave it a new one) that exported there — and refuse it to the database of another
     recorder: that one would append to (or, without a cursor, replace) tables of the same names
     that are another recorder's recordings. One recorder is a shared device id other than the
     settings' default, or, failing that, the same database (whose device id was changed).
     Raises ``error`` in one line."""
     try:
         mine = {d for (d,) in conn.execute("SELECT DISTINCT device_id FROM detections")}
-        row = conn.execute("SELECT value FROM sync_meta WHERE key = 'db_uuid'").fetchone() if conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'sync_meta'").fetchone() else None
+        # Its own id and the one it forked from (sync gives a restored backup a new id): one database.
+        my_db = {str(v) for (v,) in conn.execute(
+            "SELECT value FROM sync_meta WHERE key IN ('db_uuid', 'forked_from') AND value IS NOT NULL")} \
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sync_meta'").fetchone() else set()
     except sqlite3.Error as e:
         raise error(f"cannot read detections: {e}") from e
-    my_db = {str(row[0])} if row else set()
     marker = out_dir / OWNER_FILE
     try:
         held = json.loads(marker.read_text(encoding="utf-8"))

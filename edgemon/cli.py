@@ -239,6 +239,7 @@ def export_detections(
 ):
     """Export detections; reads only, so it never blocks the daemon."""
     from edgemon.storage.export import export_coverage, export_detections as run_export
+    from edgemon.signals import terminate_as_interrupt
     from edgemon.storage.export_files import OutputClosed, refuse_the_database
 
     log = logging.getLogger("edgemon.storage.export")
@@ -257,11 +258,13 @@ def export_detections(
         times = [None if t is None else _parse_time(t, option) for t, option in ((since, "--since"), (until, "--until"))]
         if None not in times and times[0] >= times[1]:
             raise OptionError(f"--since {since} is not before --until {until}: nothing could match")
-        if coverage is not None:   # first: a coverage file that cannot be written must not cost a cursor its rows
-            minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0], times[1])
-        count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
-                           new or cursor is not None, "default" if cursor is None else cursor, bundle=bundle or None,
-                           timezone=service.timezone)
+        with terminate_as_interrupt():   # a stopped job removes its temp files, as after Ctrl-C
+            if coverage is not None:   # first: a coverage file that cannot be written must not cost a cursor its rows
+                minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0],
+                                          times[1])
+            count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
+                               new or cursor is not None, "default" if cursor is None else cursor,
+                               bundle=bundle or None, timezone=service.timezone)
     except OutputClosed:   # `| head`: the reader had enough; as any Unix filter, exit quietly (128 + SIGPIPE)
         raise typer.Exit(128 + signal.SIGPIPE)
     except EdgemonError as exc:

@@ -32,3 +32,18 @@ def stop_on_signals(finishing: str = "the current file") -> Iterator[threading.E
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd stopping a timer's job, ``timeout``) interrupts a short command as Ctrl-C
+    does, by KeyboardInterrupt, so its cleanup runs: an export killed so used to leave its hidden
+    temp files behind, complete tables that sync tools then copied (a newcomer trial found 743)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

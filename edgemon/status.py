@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from edgemon.errors import EdgemonError
 from edgemon.safetext import name_from_stored, stored_name
 from edgemon.storage.cursors import list_cursors
+from edgemon.storage.export_journal import pending as pending_exports
 from edgemon.storage.lock import daemon_gone
 from edgemon.storage.readonly import open_read_only, quick_check
 from edgemon.storage.store import COVERAGE_LOSSES
@@ -75,6 +76,7 @@ def collect_status(db_path: str | Path, *, directory: str | Path | None = None, 
     finally:
         conn.close()
     status["disk"] = _disk(db_path)
+    status["unfinished_exports"] = [{"journal": j, "cursor": c} for j, c in pending_exports(db_path)]
     status["problems"] = _problems(status, min_free_mb)
     return status
 
@@ -283,6 +285,10 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
     dropped = status["dropped_audio"]
     if dropped and dropped["last_24h"]["lost_s"] >= LOST_AUDIO_PROBLEM_S:
         problems.append(f"{dropped['last_24h']['lost_s']:g} s of live audio lost in the last 24 h")
+    for unfinished in status.get("unfinished_exports", []):
+        problems.append(f"export cursor {unfinished['cursor']!r} is past rows whose files are not in place yet "
+                        f"(an interrupted export, {unfinished['journal']}): its next export moves them; if that "
+                        f"export is refused, its error says why")
     return problems
 
 

@@ -363,4 +363,30 @@ def test_recorders_left_on_the_default_device_id_are_told_apart_by_their_databas
         conn.execute("INSERT INTO sync_meta (key, value) VALUES ('forked_from', ?)", [old])
     with contextlib.closing(sqlite3.connect(dbs[0][0])) as conn, conn:
         conn.execute("DELETE FROM detections WHERE device_id = 'pi-01'")   # only 'edgemon' left
-    assert export_detections(dbs[0][0], "raven", out) == 1
+    with Store(dbs[0][0]) as store:
+        made = detection(REC1, 8.0, "bird", 0.8, "2024-05-01T06:00:08Z")
+        store.insert_detections([dataclasses.replace(made, device_id="edgemon")])
+    assert export_detections(dbs[0][0], "raven", out, new=True) == 1
+
+
+def test_a_cursors_raven_directory_is_its_own(db_path, tmp_path):
+    """Found in a newcomer trial: a one-off filtered export into a cursor's Raven directory
+    replaced the tables the cursor had delivered, and their other rows were lost for good (the
+    cursor was past them); a second cursor into it appended every row again. The directory now
+    notes which cursor delivers there, and the others are refused in one line, with nothing
+    written."""
+    cursor_dir, plain_dir = tmp_path / "field", tmp_path / "oneoff"
+    cursor_dir.mkdir()
+    plain_dir.mkdir()
+    assert export_detections(db_path, "raven", cursor_dir, new=True, cursor_name="field") == 5
+    before = {p.name: p.read_bytes() for p in cursor_dir.iterdir()}
+    with pytest.raises(ExportError, match="is export cursor 'field''s: a plain export would replace"):
+        export_detections(db_path, "raven", cursor_dir, label=["bird"])
+    with pytest.raises(ExportError, match="is export cursor 'field''s: cursor 'other' would append"):
+        export_detections(db_path, "raven", cursor_dir, new=True, cursor_name="other")
+    assert export_detections(db_path, "raven", plain_dir, label=["bird"]) == 3
+    with pytest.raises(ExportError, match="holds a plain export's tables: export cursor 'field'"):
+        export_detections(db_path, "raven", plain_dir, new=True, cursor_name="field")
+    assert export_detections(db_path, "raven", plain_dir) == 5          # plain again: rewritten whole
+    assert {p.name: p.read_bytes() for p in cursor_dir.iterdir()} == before
+    assert export_detections(db_path, "raven", cursor_dir, new=True, cursor_name="field") == 0

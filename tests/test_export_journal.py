@@ -207,3 +207,60 @@ def test_an_interrupt_after_the_commit_still_moves_the_files(db_path, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         export_detections(db_path, "csv", target, new=True)
     assert len(read_csv(target)) == 5 and not journals(db_path)
+
+
+def test_a_copy_of_the_database_file_alone_knows_how_far_its_cursor_went(db_path, tmp_path):
+    """Found in a newcomer trial: after a cursor export the cursor's move sat only in the
+    write-ahead log (the export's read-only connection closes last and cannot fold it in), so a
+    field worker who copied detections.db alone got a copy whose next export delivered every row
+    again. The export now writes its move through to the database file."""
+    target = tmp_path / "archive.csv"
+    assert export_detections(db_path, "csv", target, new=True) == 5
+    copy = tmp_path / "backup.db"
+    copy.write_bytes(db_path.read_bytes())          # cp detections.db, without its -wal
+    assert export_detections(copy, "csv", target, new=True) == 0
+    assert len(read_csv(target)) == 5
+
+
+def test_status_names_a_cursor_whose_files_are_not_in_place(db_path, tmp_path):
+    """Found in a newcomer trial: with a killed export's staged files gone with the stick it wrote
+    to, every export on that cursor was refused, and `edgemon status` said "problems: none" (its
+    cron job's failures were seen by no one)."""
+    from edgemon.status import collect_status
+
+    def export_problems():
+        return [p for p in collect_status(db_path)["problems"] if "export" in p]
+
+    stick = tmp_path / "usb"
+    csv_killed_after_commit(db_path, stick)
+    aside = tmp_path / "first-stick"
+    stick.rename(aside)
+    stick.mkdir()                                    # another stick in its place
+    with pytest.raises(ExportError, match="not there"):
+        export_detections(db_path, "csv", stick / "archive.csv", new=True)
+    [problem] = export_problems()
+    assert "export cursor 'default' is past rows whose files are not in place" in problem
+    stick.rmdir()
+    aside.rename(stick)                              # the right stick back
+    assert export_detections(db_path, "csv", stick / "archive.csv", new=True) == 0
+    assert export_problems() == []
+
+
+@pytest.mark.parametrize("new", [False, True])
+def test_an_export_stopped_by_sigterm_leaves_no_temp_files(db_path, tmp_path, new):
+    """Found in a newcomer trial: Ctrl-C removed an export's hidden temp files, but SIGTERM (what
+    systemd and `timeout` send) left them, complete tables beside the real ones that sync tools
+    copied. SIGTERM now interrupts an export as Ctrl-C does; a cursor stays where it was."""
+    out = tmp_path / "raven"
+    out.mkdir()
+    script = ("import os, signal, sys\nfrom edgemon.storage import tables\nreal = tables.raven_row\n"
+              "def row(*args):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return real(*args)\n"
+              "tables.raven_row = row\nfrom edgemon.cli import app\n"
+              f"sys.argv = ['edgemon', 'export-detections', '--db', {str(db_path)!r}, '--format', 'raven', "
+              f"'--output', {str(out)!r}{', ' + repr('--new') if new else ''}]\napp()\n")
+    stopped = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert stopped.returncode not in (0, -15), stopped.stderr
+    assert [p.name for p in out.iterdir()] in ([], [".edgemon-raven-owner"])
+    assert not journals(db_path)
+    assert export_detections(db_path, "raven", out, new=new) == 5

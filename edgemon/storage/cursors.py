@@ -194,3 +194,17 @@ def advancing(db_path: Path, name: str, wanted: CursorFilter, last_id: int, deli
                               f"a repeat delivers these rows): {e}") from e
     finally:
         conn.close()   # uncommitted: rolled back
+
+
+def write_through(db_path: Path) -> None:
+    """Copy what the write-ahead log holds into the database file itself (a passive checkpoint: it
+    waits for no reader or writer). A cursor's move sat in ``<db>-wal`` after the export: the
+    export's own read-only connection closes last and cannot checkpoint, so a field worker who
+    copied ``detections.db`` alone got a copy whose cursors had delivered nothing, and its next
+    export delivered every row again. Best effort: the log still holds the move when this fails."""
+    try:
+        with contextlib.closing(sqlite3.connect(db_path.resolve().as_uri() + "?mode=rw", uri=True,
+                                                timeout=BUSY_TIMEOUT_S)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.Error as e:
+        log.debug("checkpoint of %s after an export skipped: %s", db_path, e)

@@ -27,7 +27,7 @@ from typing import TextIO
 
 from edgemon.storage import tables
 from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advancing, check_filter, has_filters,
-                                     read_cursor)
+                                     read_cursor, write_through)
 from edgemon.storage.export_files import (CursorMove, ExportError, OutputClosed, atomic_text, write_file,
                                          write_raven)
 from edgemon.storage.export_journal import JournalError, finish_pending
@@ -99,7 +99,7 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                 advancing, db_path, cursor_name, wanted, span[1]))
             try:
                 if fmt == "raven":
-                    claim_directory(conn, db_path, Path(output), ExportError)
+                    claim_directory(conn, db_path, Path(output), ExportError, cursor_name if new else None)
                     count = write_raven(rows, Path(output), raven_names(conn, Path(output), ExportError), new, moving)
                 elif output is None:
                     count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
@@ -112,6 +112,8 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
             conn.close()
         if span is not None and output is None:   # standard output: nothing to move with the cursor
             advance(db_path, cursor_name, wanted, span[1], count)
+        if span is not None:
+            write_through(db_path)
     return count
 
 

@@ -124,6 +124,22 @@ def finish_pending(db_path: Path, conn: sqlite3.Connection | None = None, cursor
             log.warning("%s (another export cursor's files; it finishes them once that is fixed)", problem)
 
 
+def pending(db_path: Path) -> list[tuple[str, str]]:
+    """(journal, cursor name) of every interrupted cursor export not finished yet (``edgemon
+    status`` lists them: the cron job that would finish one may be failing)."""
+    real = Path(os.path.realpath(db_path))
+    out = []
+    for path in sorted(real.parent.glob(f"{glob.escape(real.name)}{JOURNAL_INFIX}*")):
+        if path.name.endswith(".part"):
+            continue
+        try:
+            cursor = str(json.loads(path.read_text(encoding="utf-8"))["cursor"])
+        except (OSError, ValueError, KeyError, TypeError):
+            cursor = "?"
+        out.append((str(path), cursor))
+    return out
+
+
 def _finish(path: Path, db_path: Path, conn: sqlite3.Connection | None) -> None:
     try:
         text = path.read_text(encoding="utf-8")

@@ -99,13 +99,17 @@ OWNER_FILE = ".edgemon-raven-owner"
 DEFAULT_DEVICE_ID = "edgemon"   # the settings' default: shared by every recorder left unconfigured
 
 
-def claim_directory(conn: sqlite3.Connection, db_path: Path, out_dir: Path, error: type[EdgemonError]) -> None:
+def claim_directory(conn: sqlite3.Connection, db_path: Path, out_dir: Path, error: type[EdgemonError],
+                    cursor: str | None = None) -> None:
     """Note in ``out_dir`` whose tables it holds — the recorders (``device_id``) and databases
     (``sync_meta.db_uuid``, and ``forked_from`` once sync gave it a new one) that exported there — and refuse it to the database of another
     recorder: that one would append to (or, without a cursor, replace) tables of the same names
     that are another recorder's recordings. One recorder is a shared device id other than the
     settings' default, or, failing that, the same database (whose device id was changed).
-    Raises ``error`` in one line."""
+    The directory also notes which export ``cursor`` delivers there (None: plain exports), and
+    refuses the others: a plain export replaces the tables a cursor appended to (filtered, it
+    loses their rows for good), and a second cursor appends the same rows again. Raises
+    ``error`` in one line."""
     try:
         mine = {d for (d,) in conn.execute("SELECT DISTINCT device_id FROM detections")}
         # Its own id and the one it forked from (sync gives a restored backup a new id): one database.
@@ -134,16 +138,29 @@ def claim_directory(conn: sqlite3.Connection, db_path: Path, out_dir: Path, erro
                         f"{' (another database)' if theirs & mine else ''}: two recorders name their recordings "
                         f"alike (an AudioMoth by the start time), so one would write into the other's tables; give "
                         f"each database its own --output directory")
-        if mine <= theirs and my_db <= their_dbs:
+        if "cursor" in held and held["cursor"] != cursor:
+            raise error(_not_this_cursor(out_dir, held["cursor"], cursor))
+        if mine <= theirs and my_db <= their_dbs and "cursor" in held:
             return
     tmp = out_dir / f"{OWNER_FILE}.{os.getpid()}.part"
     try:
         tmp.write_text(json.dumps({"device_ids": sorted(mine | theirs), "databases": sorted(my_db | their_dbs),
-                                   "database": str(Path(db_path).resolve())}), encoding="utf-8")
+                                   "database": str(Path(db_path).resolve()), "cursor": cursor}), encoding="utf-8")
         os.replace(tmp, marker)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise error(f"cannot write {marker}: {e.strerror or e}") from e
+
+
+def _not_this_cursor(out_dir: Path, owner: str | None, cursor: str | None) -> str:
+    if owner is None:
+        return (f"Raven directory {out_dir} holds a plain export's tables: export cursor {cursor!r} would append "
+                f"rows they already hold; give the cursor its own --output directory")
+    if cursor is None:
+        return (f"Raven directory {out_dir} is export cursor {owner!r}'s: a plain export would replace the tables "
+                f"it delivered (a filtered one would lose their rows); export into another directory")
+    return (f"Raven directory {out_dir} is export cursor {owner!r}'s: cursor {cursor!r} would append its rows "
+            f"to the same tables again; give it its own --output directory")
 
 
 def _hashed(key: str, chars: int) -> str:

@@ -264,3 +264,15 @@ def test_an_export_stopped_by_sigterm_leaves_no_temp_files(db_path, tmp_path, ne
     assert [p.name for p in out.iterdir()] in ([], [".edgemon-raven-owner"])
     assert not journals(db_path)
     assert export_detections(db_path, "raven", out, new=new) == 5
+
+
+def test_a_file_moved_away_after_a_kill_is_not_brought_back_whole(db_path, tmp_path):
+    """Found in a newcomer trial: between a kill after the commit and the next export, a sync job
+    moved the outbox's file away; the next export renamed the staged file (the old file plus the
+    new rows) into place, and the sync job delivered the old rows a second time. Now that cursor's
+    export refuses in one line, naming the staged file, and `edgemon status` lists it."""
+    target = csv_killed_after_commit(db_path, tmp_path / "outbox")
+    target.rename(tmp_path / "delivered.csv")           # the sync job's move
+    with pytest.raises(ExportError, match="archive.csv changed since the interrupted export .*moved away"):
+        export_detections(db_path, "csv", target, new=True)
+    assert not target.exists() and len(journals(db_path)) == 1

@@ -49,11 +49,13 @@ def staged_name(tmp: Path) -> Path:
 
 @dataclass(frozen=True)
 class Move:
-    """A complete staged file ``staged`` (``size`` bytes) that is to become ``path``; both absolute."""
+    """A complete staged file ``staged`` (``size`` bytes) that is to become ``path``; both absolute.
+    ``before``: the size of ``path`` when it was staged (-1: not there; None: not recorded)."""
 
     staged: Path
     path: Path
     size: int
+    before: int | None = None
 
 
 def stage(written: list[tuple[Path, Path]], db_path: Path, cursor: str, last_id: int) -> list[Move]:
@@ -61,11 +63,12 @@ def stage(written: list[tuple[Path, Path]], db_path: Path, cursor: str, last_id:
     name, the journal written, and all of it fsynced, output directories included (so a power cut
     after the commit cannot take a staged file back). Absolute paths: the export that finishes
     this one may run from another directory."""
-    moves = [Move(staged_name(Path(os.path.abspath(tmp))), Path(os.path.abspath(target)), os.stat(tmp).st_size)
-             for tmp, target in written]
+    moves = [Move(staged_name(Path(os.path.abspath(tmp))), Path(os.path.abspath(target)), os.stat(tmp).st_size,
+                  _size(Path(target))) for tmp, target in written]
     path = journal_path(db_path, cursor)
     text = json.dumps({"cursor": cursor, "last_id": last_id,
-                       "moves": [{"staged": str(m.staged), "path": str(m.path), "size": m.size} for m in moves]})
+                       "moves": [{"staged": str(m.staged), "path": str(m.path), "size": m.size, "before": m.before}
+                                 for m in moves]})
     part = Path(f"{path}.part")
     with open(part, "w", encoding="utf-8") as f:
         f.write(text)
@@ -93,6 +96,13 @@ def rename_all(moves: list[Move]) -> None:
             raise JournalError(f"cannot write {move.path}: {e.strerror or e}") from e
     for directory in {m.path.parent for m in moves}:
         fsync_dir(directory)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
 
 
 def _arrived(move: Move) -> bool:
@@ -149,7 +159,7 @@ def _finish(path: Path, db_path: Path, conn: sqlite3.Connection | None) -> None:
         raise JournalError(f"cannot read {path}: {e.strerror or e}") from e
     try:
         journal = json.loads(text)
-        moves = [Move(Path(m["staged"]), Path(m["path"]), int(m["size"])) for m in journal["moves"]]
+        moves = [Move(Path(m["staged"]), Path(m["path"]), int(m["size"]), m.get("before")) for m in journal["moves"]]
         cursor, last_id = str(journal["cursor"]), int(journal["last_id"])
     except (ValueError, KeyError, TypeError) as e:
         raise JournalError(f"{path} is not an export journal ({e}): move it aside") from e
@@ -161,6 +171,15 @@ def _finish(path: Path, db_path: Path, conn: sqlite3.Connection | None) -> None:
             raise JournalError(f"export cursor {cursor!r} is past rows that its staged file "
                                f"{missing[0].staged} holds, and it is not there (output not mounted?): "
                                f"mount it and export again, or {give_up}")
+        changed = [m for m in moves if m.before is not None and m.staged.exists() and _size(m.path) != m.before]
+        if changed:
+            # Moved away by a sync job, or edited: the staged file is the file as the export read it
+            # plus the new rows, so putting it in place would deliver its earlier rows again.
+            m = changed[0]
+            raise JournalError(f"{m.path} changed since the interrupted export of cursor {cursor!r} read it "
+                               f"({'moved away' if not m.path.exists() else 'edited'}?): its staged file "
+                               f"{m.staged} holds that file as it was plus the new rows; move it into place "
+                               f"yourself to deliver it so, or {give_up}")
         try:
             rename_all(moves)
         except JournalError as e:

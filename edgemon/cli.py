@@ -239,7 +239,7 @@ def export_detections(
 ):
     """Export detections; reads only, so it never blocks the daemon."""
     from edgemon.storage.export import export_coverage, export_detections as run_export
-    from edgemon.signals import terminate_as_interrupt
+    from edgemon.signals import Terminated, terminate_as_interrupt
     from edgemon.storage.export_files import OutputClosed, refuse_the_database
 
     log = logging.getLogger("edgemon.storage.export")
@@ -267,6 +267,10 @@ def export_detections(
                                bundle=bundle or None, timezone=service.timezone)
     except OutputClosed:   # `| head`: the reader had enough; as any Unix filter, exit quietly (128 + SIGPIPE)
         raise typer.Exit(128 + signal.SIGPIPE)
+    except Terminated:      # stopped (systemd, `timeout`): said, and 128 + SIGTERM, as the signal would give
+        log.warning("export stopped by SIGTERM before it finished; a cursor's next export delivers what this "
+                    "one did not")
+        raise typer.Exit(128 + signal.SIGTERM)
     except EdgemonError as exc:
         raise fail(exc)
     if not bundle and not quiet:

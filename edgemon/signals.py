@@ -34,13 +34,17 @@ def stop_on_signals(finishing: str = "the current file") -> Iterator[threading.E
             signal.signal(sig, old)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C's KeyboardInterrupt is (``terminate_as_interrupt``)."""
+
+
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (systemd stopping a timer's job, ``timeout``) interrupts a short command as Ctrl-C
     does, by KeyboardInterrupt, so its cleanup runs: an export killed so used to leave its hidden
     temp files behind, complete tables that sync tools then copied (a newcomer trial found 743)."""
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edgemon.errors import EdgemonError
-from edgemon.safetext import name_from_stored, stored_name
+from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.storage.cursors import list_cursors
 from edgemon.storage.export_journal import pending as pending_exports
 from edgemon.storage.lock import daemon_gone
@@ -66,6 +66,8 @@ def collect_status(db_path: str | Path, *, directory: str | Path | None = None, 
         status["audio_h_this_run"] = round(beat["audio_s"] / 3600, 3) if beat else None
         status["dropped_audio"] = _dropped(conn, now) if "coverage" in tables else None
         status["export_cursors"] = _export_cursors(conn) if "export_cursors" in tables else []
+        status["unfinished_exports"] = ([{"journal": j, "cursor": c} for j, c in pending_exports(db_path, conn)]
+                                        if "export_cursors" in tables else [])
         status["sync"] = _sync_targets(conn) if {"sync_cursors", "changes"} <= tables else []
         status["unreadable_dirs"] = (dict(conn.execute("SELECT path, error FROM unreadable_dirs ORDER BY path"))
                                      if "unreadable_dirs" in tables else {})
@@ -76,7 +78,6 @@ def collect_status(db_path: str | Path, *, directory: str | Path | None = None, 
     finally:
         conn.close()
     status["disk"] = _disk(db_path)
-    status["unfinished_exports"] = [{"journal": j, "cursor": c} for j, c in pending_exports(db_path)]
     status["problems"] = _problems(status, min_free_mb)
     return status
 
@@ -286,9 +287,9 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
     if dropped and dropped["last_24h"]["lost_s"] >= LOST_AUDIO_PROBLEM_S:
         problems.append(f"{dropped['last_24h']['lost_s']:g} s of live audio lost in the last 24 h")
     for unfinished in status.get("unfinished_exports", []):
-        problems.append(f"export cursor {unfinished['cursor']!r} is past rows whose files are not in place yet "
-                        f"(an interrupted export, {unfinished['journal']}): its next export moves them; if that "
-                        f"export is refused, its error says why")
+        problems.append(f"export cursor {shown(unfinished['cursor'])!r} is past rows whose files are not in place "
+                        f"yet (an interrupted export, {shown(unfinished['journal'])}): its next export moves them; "
+                        f"if that export is refused, its error says why")
     return problems
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import datetime as dt
 import json
 import os
 import sqlite3
@@ -382,11 +383,31 @@ def test_a_cursors_raven_directory_is_its_own(db_path, tmp_path):
     before = {p.name: p.read_bytes() for p in cursor_dir.iterdir()}
     with pytest.raises(ExportError, match="is export cursor 'field''s: a plain export would replace"):
         export_detections(db_path, "raven", cursor_dir, label=["bird"])
-    with pytest.raises(ExportError, match="is export cursor 'field''s: cursor 'other' would append"):
+    with pytest.raises(ExportError, match="is export cursor 'field''s, and cursor 'other' may take the same rows"):
         export_detections(db_path, "raven", cursor_dir, new=True, cursor_name="other")
+    # A plain export that wrote nothing claims nothing.
+    assert export_detections(db_path, "raven", plain_dir, since=dt.datetime(2030, 1, 1)) == 0
+    assert export_detections(db_path, "raven", plain_dir, new=True, cursor_name="try") == 5
+    (plain_dir / ".edgemon-raven-owner").unlink()
+    for table in plain_dir.iterdir():
+        table.unlink()
     assert export_detections(db_path, "raven", plain_dir, label=["bird"]) == 3
     with pytest.raises(ExportError, match="holds a plain export's tables: export cursor 'field'"):
         export_detections(db_path, "raven", plain_dir, new=True, cursor_name="field")
     assert export_detections(db_path, "raven", plain_dir) == 5          # plain again: rewritten whole
     assert {p.name: p.read_bytes() for p in cursor_dir.iterdir()} == before
     assert export_detections(db_path, "raven", cursor_dir, new=True, cursor_name="field") == 0
+
+
+def test_cursors_of_disjoint_labels_share_a_raven_directory(db_path, tmp_path):
+    """Found in review: "give this filter its own --cursor NAME" is what a second filter is told,
+    and cursors by species into one directory each deliver their rows once; they share it, while a
+    cursor whose labels overlap another's is refused."""
+    out = tmp_path / "raven"
+    out.mkdir()
+    assert export_detections(db_path, "raven", out, new=True, cursor_name="birds", label=["bird"]) == 3
+    assert export_detections(db_path, "raven", out, new=True, cursor_name="frogs", label=["frog"]) == 2
+    with pytest.raises(ExportError, match="may take the same rows"):
+        export_detections(db_path, "raven", out, new=True, cursor_name="all")
+    rows = [row for p in sorted(out.glob(f"*{SUFFIX}")) for row in read_table(p)]
+    assert len(rows) == 5

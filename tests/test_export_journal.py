@@ -260,7 +260,7 @@ def test_an_export_stopped_by_sigterm_leaves_no_temp_files(db_path, tmp_path, ne
               f"'--output', {str(out)!r}{', ' + repr('--new') if new else ''}]\napp()\n")
     stopped = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                              env={**os.environ, "PYTHONPATH": os.getcwd()})
-    assert stopped.returncode not in (0, -15), stopped.stderr
+    assert stopped.returncode == 143 and "stopped by SIGTERM" in stopped.stderr, stopped.stderr
     assert [p.name for p in out.iterdir()] in ([], [".edgemon-raven-owner"])
     assert not journals(db_path)
     assert export_detections(db_path, "raven", out, new=new) == 5
@@ -276,3 +276,17 @@ def test_a_file_moved_away_after_a_kill_is_not_brought_back_whole(db_path, tmp_p
     with pytest.raises(ExportError, match="archive.csv changed since the interrupted export .*moved away"):
         export_detections(db_path, "csv", target, new=True)
     assert not target.exists() and len(journals(db_path)) == 1
+
+
+def test_status_is_quiet_about_an_export_stopped_before_its_commit(db_path, tmp_path):
+    """Found in review: every journal was listed as "past rows", also one whose cursor never moved
+    (stopped before its commit), whose files its next export only removes."""
+    from edgemon.status import collect_status
+
+    out = tmp_path / "raven"
+    out.mkdir()
+    assert export_detections(db_path, "raven", out, new=True) == 5
+    add_two(db_path)
+    killed_export(tmp_path, db_path, "raven", out, "before the commit", SUFFIX)
+    assert len(journals(db_path)) == 1
+    assert not [p for p in collect_status(db_path)["problems"] if "export" in p]

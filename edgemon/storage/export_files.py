@@ -282,9 +282,11 @@ def atomic_texts(moving: CursorMove | None = None) -> Iterator[_Outputs]:
 def _stage(written: list[tuple[Path, Path]], moving: CursorMove) -> list[Move]:
     try:
         return stage(written, moving.db_path, moving.name, moving.last_id)
-    except OSError as e:
+    except BaseException as e:   # an OSError, or Ctrl-C / SIGTERM while staging
         with contextlib.suppress(Exception):
             finish_pending(moving.db_path, cursor=moving.name)   # not committed: removes what was staged, and the journal
+        if not isinstance(e, OSError):
+            raise
         raise ExportError(f"cannot stage the export's files beside their targets or write "
                           f"{journal_path(moving.db_path, moving.name)}: {e.strerror or e} (nothing was delivered; the "
                           f"cursor stays)") from e

@@ -134,17 +134,22 @@ def finish_pending(db_path: Path, conn: sqlite3.Connection | None = None, cursor
             log.warning("%s (another export cursor's files; it finishes them once that is fixed)", problem)
 
 
-def pending(db_path: Path) -> list[tuple[str, str]]:
-    """(journal, cursor name) of every interrupted cursor export not finished yet (``edgemon
-    status`` lists them: the cron job that would finish one may be failing)."""
+def pending(db_path: Path, conn: sqlite3.Connection | None = None) -> list[tuple[str, str]]:
+    """(journal, cursor name) of every interrupted cursor export whose cursor moved but whose files
+    are not all in place yet (``edgemon status`` lists them: the cron job that would finish one may
+    be failing). One whose cursor never moved (stopped before its commit; or one running now) is
+    not: its next export only removes its files."""
     real = Path(os.path.realpath(db_path))
     out = []
     for path in sorted(real.parent.glob(f"{glob.escape(real.name)}{JOURNAL_INFIX}*")):
         if path.name.endswith(".part"):
             continue
         try:
-            cursor = str(json.loads(path.read_text(encoding="utf-8"))["cursor"])
-        except (OSError, ValueError, KeyError, TypeError):
+            journal = json.loads(path.read_text(encoding="utf-8"))
+            cursor, last_id = str(journal["cursor"]), int(journal["last_id"])
+            if not _moved(db_path, conn, cursor, last_id):
+                continue
+        except (OSError, ValueError, KeyError, TypeError, sqlite3.Error):
             cursor = "?"
         out.append((str(path), cursor))
     return out

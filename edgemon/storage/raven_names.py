@@ -10,17 +10,13 @@ appends to, never writes into another's (a recording re-processed to nothing sti
 table), and a table an earlier edgemon named with a hash is kept. A name that would pass
 ``MAX_NAME_BYTES`` is shortened and hashed.
 
-A directory holds one recorder's tables (``claim_directory``): recorders on one schedule name their
-recordings alike (an AudioMoth names each by its start time, so do the Pis' copies), and a table's
-``Begin Path`` cannot tell two Pis' ``/recordings/20240501_060000.WAV`` apart.
+Whose tables a directory holds (one recorder's, one cursor's): ``raven_owner``.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
-import os
 import re
 import sqlite3
 from collections import Counter
@@ -91,76 +87,6 @@ def raven_names(conn: sqlite3.Connection, out_dir: Path, error: type[EdgemonErro
         if taken[name.lower()] > 1 and name != stem[key] + tables.RAVEN_SUFFIX:
             names[key] = _hashed(key, len(_digest(key)))
     return names
-
-
-OWNER_FILE = ".edgemon-raven-owner"
-
-
-DEFAULT_DEVICE_ID = "edgemon"   # the settings' default: shared by every recorder left unconfigured
-
-
-def claim_directory(conn: sqlite3.Connection, db_path: Path, out_dir: Path, error: type[EdgemonError],
-                    cursor: str | None = None) -> None:
-    """Note in ``out_dir`` whose tables it holds — the recorders (``device_id``) and databases
-    (``sync_meta.db_uuid``, and ``forked_from`` once sync gave it a new one) that exported there — and refuse it to the database of another
-    recorder: that one would append to (or, without a cursor, replace) tables of the same names
-    that are another recorder's recordings. One recorder is a shared device id other than the
-    settings' default, or, failing that, the same database (whose device id was changed).
-    The directory also notes which export ``cursor`` delivers there (None: plain exports), and
-    refuses the others: a plain export replaces the tables a cursor appended to (filtered, it
-    loses their rows for good), and a second cursor appends the same rows again. Raises
-    ``error`` in one line."""
-    try:
-        mine = {d for (d,) in conn.execute("SELECT DISTINCT device_id FROM detections")}
-        # Its own id and the one it forked from (sync gives a restored backup a new id): one database.
-        my_db = {str(v) for (v,) in conn.execute(
-            "SELECT value FROM sync_meta WHERE key IN ('db_uuid', 'forked_from') AND value IS NOT NULL")} \
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sync_meta'").fetchone() else set()
-    except sqlite3.Error as e:
-        raise error(f"cannot read detections: {e}") from e
-    marker = out_dir / OWNER_FILE
-    try:
-        held = json.loads(marker.read_text(encoding="utf-8"))
-        theirs, their_dbs = {str(d) for d in held["device_ids"]}, {str(d) for d in held.get("databases", [])}
-    except FileNotFoundError:
-        held, theirs, their_dbs = None, set(), set()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise error(f"{marker}: unreadable ({getattr(e, 'strerror', None) or e}); it names the recorders whose "
-                    f"Raven tables {out_dir} holds: restore it, or export into another directory") from e
-    if not mine:
-        return
-    if held is not None:
-        named = (theirs & mine) - {DEFAULT_DEVICE_ID}
-        same_db = bool(my_db & their_dbs) or (not my_db or not their_dbs) and bool(theirs & mine)
-        if not named and not same_db:
-            raise error(f"Raven directory {out_dir} holds the tables of recorder {', '.join(sorted(theirs))} "
-                        f"(database {held.get('database')}), and {db_path} is recorder {', '.join(sorted(mine))}'s"
-                        f"{' (another database)' if theirs & mine else ''}: two recorders name their recordings "
-                        f"alike (an AudioMoth by the start time), so one would write into the other's tables; give "
-                        f"each database its own --output directory")
-        if "cursor" in held and held["cursor"] != cursor:
-            raise error(_not_this_cursor(out_dir, held["cursor"], cursor))
-        if mine <= theirs and my_db <= their_dbs and "cursor" in held:
-            return
-    tmp = out_dir / f"{OWNER_FILE}.{os.getpid()}.part"
-    try:
-        tmp.write_text(json.dumps({"device_ids": sorted(mine | theirs), "databases": sorted(my_db | their_dbs),
-                                   "database": str(Path(db_path).resolve()), "cursor": cursor}), encoding="utf-8")
-        os.replace(tmp, marker)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise error(f"cannot write {marker}: {e.strerror or e}") from e
-
-
-def _not_this_cursor(out_dir: Path, owner: str | None, cursor: str | None) -> str:
-    if owner is None:
-        return (f"Raven directory {out_dir} holds a plain export's tables: export cursor {cursor!r} would append "
-                f"rows they already hold; give the cursor its own --output directory")
-    if cursor is None:
-        return (f"Raven directory {out_dir} is export cursor {owner!r}'s: a plain export would replace the tables "
-                f"it delivered (a filtered one would lose their rows); export into another directory")
-    return (f"Raven directory {out_dir} is export cursor {owner!r}'s: cursor {cursor!r} would append its rows "
-            f"to the same tables again; give it its own --output directory")
 
 
 def _hashed(key: str, chars: int) -> str:

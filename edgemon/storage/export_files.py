@@ -267,8 +267,9 @@ def atomic_texts(moving: CursorMove | None = None) -> Iterator[_Outputs]:
         try:
             rename_all(moves)
         except JournalError as e:
+            journal = journal_path(moving.db_path, moving.name)
             raise ExportError(f"{e}; cursor {moving.name!r} has moved past these rows, and the next export on "
-                              f"it moves them into place (listed in {journal_path(moving.db_path, moving.name)})") from e
+                              f"it moves them into place (listed in {journal})") from e
         if moves:
             journal_path(moving.db_path, moving.name).unlink(missing_ok=True)
     except BaseException:
@@ -284,12 +285,13 @@ def _stage(written: list[tuple[Path, Path]], moving: CursorMove) -> list[Move]:
         return stage(written, moving.db_path, moving.name, moving.last_id)
     except BaseException as e:   # an OSError, or Ctrl-C / SIGTERM while staging
         with contextlib.suppress(Exception):
-            finish_pending(moving.db_path, cursor=moving.name)   # not committed: removes what was staged, and the journal
+            # Not committed: removes what was staged, and the journal.
+            finish_pending(moving.db_path, cursor=moving.name)
         if not isinstance(e, OSError):
             raise
-        raise ExportError(f"cannot stage the export's files beside their targets or write "
-                          f"{journal_path(moving.db_path, moving.name)}: {e.strerror or e} (nothing was delivered; the "
-                          f"cursor stays)") from e
+        journal = journal_path(moving.db_path, moving.name)
+        raise ExportError(f"cannot stage the export's files beside their targets or write {journal}: "
+                          f"{e.strerror or e} (nothing was delivered; the cursor stays)") from e
 
 
 STALE_TEMP_S = 3600.0

@@ -40,7 +40,8 @@ def journal_path(db_path: Path, cursor: str) -> Path:
     and one through the real path must find one journal. One per cursor: a journal that cannot be
     finished yet (its output not mounted) must not stop another cursor's exports."""
     real = Path(os.path.realpath(db_path))
-    return real.with_name(f"{real.name}{JOURNAL_INFIX}{hashlib.sha1(cursor.encode()).hexdigest()[:12]}")
+    digest = hashlib.sha1(cursor.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return real.with_name(f"{real.name}{JOURNAL_INFIX}{digest}")
 
 
 def staged_name(tmp: Path) -> Path:
@@ -90,8 +91,8 @@ def rename_all(moves: list[Move]) -> None:
             os.replace(move.staged, move.path)
         except FileNotFoundError:
             if not _arrived(move):
-                raise JournalError(f"cannot move {move.staged} into place as {move.path}: "
-                                   f"{'its directory is not there' if not move.path.parent.is_dir() else 'it is gone'}") from None
+                why = "its directory is not there" if not move.path.parent.is_dir() else "it is gone"
+                raise JournalError(f"cannot move {move.staged} into place as {move.path}: {why}") from None
         except OSError as e:
             raise JournalError(f"cannot write {move.path}: {e.strerror or e}") from e
     for directory in {m.path.parent for m in moves}:
@@ -164,7 +165,8 @@ def _finish(path: Path, db_path: Path, conn: sqlite3.Connection | None) -> None:
         raise JournalError(f"cannot read {path}: {e.strerror or e}") from e
     try:
         journal = json.loads(text)
-        moves = [Move(Path(m["staged"]), Path(m["path"]), int(m["size"]), m.get("before")) for m in journal["moves"]]
+        moves = [Move(Path(m["staged"]), Path(m["path"]), int(m["size"]), m.get("before"))
+                 for m in journal["moves"]]
         cursor, last_id = str(journal["cursor"]), int(journal["last_id"])
     except (ValueError, KeyError, TypeError) as e:
         raise JournalError(f"{path} is not an export journal ({e}): move it aside") from e

@@ -155,16 +155,18 @@ def nearest_windows(starts: np.ndarray, wanted: list[int], within: int) -> list[
 
 def background_windows(windows: RecordingWindows, detections: list[tuple[float, float]],
                        wrong: list[tuple[float, float]], spec: WindowSpec, frame_s: float, background: int,
-                       config: AdaptConfig, thresholds: np.ndarray, parent_probs: np.ndarray | None = None) -> np.ndarray:
+                       config: AdaptConfig, thresholds: np.ndarray,
+                       parent_probs: np.ndarray | None = None) -> np.ndarray:
     """Indices of a reviewed recording's windows taken as this site's background without a review:
     those within ``config.neighbours`` hops of a detection reviewed wrong (the same noise, a
     moment earlier or later) and those the parent plainly calls background: the members' mean
     ranks background first and gives no call class its threshold (``thresholds``, per label
     index, the parent's point, read on ``parent_probs``: what the parent's site head and veto make
     of the members, when it has them; else the members' own); never a window that overlaps any
-    stored detection (``detections``, seconds), reviewed or not. (Until 2026-12-06 "plainly" was a background probability of 0.9,
-    which a normalised softmax with the shipped temperatures never reaches: no such window was
-    ever taken, and a site head learnt the site's background from a handful of windows.)"""
+    stored detection (``detections``, seconds), reviewed or not. (Until 2026-12-06 "plainly" was a
+    background probability of 0.9, which a normalised softmax with the shipped temperatures never
+    reaches: no such window was ever taken, and a site head learnt the site's background from a
+    handful of windows.)"""
     ends = windows.starts + windows.lengths
 
     def overlapping(spans, margin):

@@ -50,9 +50,9 @@ class OperatingPoint:
     gate: EventGate | None = None
 
     def __post_init__(self):
-        # A rule entry that holds nothing (one window, no evidence, no opening level) is the same
-        # as none: drop it, so that two points that store the same events compare equal.
-        for name, idle in (("min_windows", 1), ("min_evidence", 0.0), ("open_threshold", 0.0)):
+        # A rule entry that holds nothing (its lowest value: one window, no evidence, no opening
+        # level) is the same as none: drop it, so that two points that store the same events compare equal.
+        for name, _, idle, _ in RULES:
             object.__setattr__(self, name, {k: v for k, v in getattr(self, name).items() if v > idle})
 
     def never_stored(self, labels) -> list[str]:
@@ -83,22 +83,23 @@ class OperatingPoint:
             return cls(dict(thresholds))
         gate, levels = EventGate.from_manifest(point.get("event_gate")), _per_class(point, "min_gate", float)
         _check_gate_levels(gate, levels)
-        rules = {key: _per_class(point, key, kind) for key, kind in RULES}
+        rules = {key: _per_class(point, key, kind) for key, kind, _, _ in RULES}
         _check_rules(rules)
         return cls(_per_class(point, "thresholds", float, thresholds), rules["min_windows"],
                    rules["min_evidence"], rules["open_threshold"], levels, gate)
 
 
-# The evidence rules of a point and the type of their values.
-RULES = (("min_windows", int), ("min_evidence", float), ("open_threshold", float))
+# The evidence rules of a point: name, type of its values, lowest value (which holds nothing), highest.
+RULES = (("min_windows", int, 1, None), ("min_evidence", float, 0.0, None), ("open_threshold", float, 0.0, 1.0))
 
 
 def _check_rules(rules: dict[str, dict]) -> None:
     """Each rule's values in its range: an event needs at least one window, no negative evidence,
     an opening level within [0, 1]; NaN in none (it would silently hold nothing, or everything)."""
-    for key, low, high in (("min_windows", 1, None), ("min_evidence", 0.0, None), ("open_threshold", 0.0, 1.0)):
+    for key, _, low, high in RULES:
         for label, value in rules[key].items():
-            if not (math.isfinite(value) and value >= low and (high is None or value <= high)):   # 1e300 as int: no np.isfinite
+            # math.isfinite, not np.isfinite: an int past numpy's (1e300 windows) is no error here
+            if not (math.isfinite(value) and value >= low and (high is None or value <= high)):
                 bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
                 raise ValueError(f"operating_point.{key} of {label!r} must be a finite number {bounds}, got {value}")
 

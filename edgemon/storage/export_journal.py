@@ -121,8 +121,7 @@ def finish_pending(db_path: Path, conn: sqlite3.Connection | None = None, cursor
     error) is kept, never guessed away: for ``cursor`` (the export about to run; None: every
     cursor) that raises JournalError, as its rows are in the staged files and the cursor is past
     them; for other cursors a warning says so, and they go on."""
-    real = Path(os.path.realpath(db_path))
-    for path in sorted(real.parent.glob(f"{glob.escape(real.name)}{JOURNAL_INFIX}*")):
+    for path in _journals(db_path, parts=True):
         try:
             if path.name.endswith(".part"):   # killed while written: no file was staged yet
                 path.unlink(missing_ok=True)
@@ -140,20 +139,31 @@ def pending(db_path: Path, conn: sqlite3.Connection | None = None) -> list[tuple
     are not all in place yet (``edgemon status`` lists them: the cron job that would finish one may
     be failing). One whose cursor never moved (stopped before its commit; or one running now) is
     not: its next export only removes its files."""
-    real = Path(os.path.realpath(db_path))
     out = []
-    for path in sorted(real.parent.glob(f"{glob.escape(real.name)}{JOURNAL_INFIX}*")):
-        if path.name.endswith(".part"):
-            continue
+    for path in _journals(db_path):
         try:
-            journal = json.loads(path.read_text(encoding="utf-8"))
-            cursor, last_id = str(journal["cursor"]), int(journal["last_id"])
+            cursor, last_id, _ = _parse(path.read_text(encoding="utf-8"))
             if not _moved(db_path, conn, cursor, last_id):
                 continue
         except (OSError, ValueError, KeyError, TypeError, sqlite3.Error):
             cursor = "?"
         out.append((str(path), cursor))
     return out
+
+
+def _journals(db_path: Path, parts: bool = False) -> list[Path]:
+    """The journals beside the database (with ``parts``, also those killed while written)."""
+    real = Path(os.path.realpath(db_path))
+    return [p for p in sorted(real.parent.glob(f"{glob.escape(real.name)}{JOURNAL_INFIX}*"))
+            if parts or not p.name.endswith(".part")]
+
+
+def _parse(text: str) -> tuple[str, int, list[Move]]:
+    """A journal's cursor, the position it moves to, and its moves; raises ValueError, KeyError
+    or TypeError for text that is not one."""
+    journal = json.loads(text)
+    moves = [Move(Path(m["staged"]), Path(m["path"]), int(m["size"]), m.get("before")) for m in journal["moves"]]
+    return str(journal["cursor"]), int(journal["last_id"]), moves
 
 
 def _finish(path: Path, db_path: Path, conn: sqlite3.Connection | None) -> None:
@@ -164,10 +174,7 @@ def _finish(path: Path, db_path: Path, conn: sqlite3.Connection | None) -> None:
     except OSError as e:
         raise JournalError(f"cannot read {path}: {e.strerror or e}") from e
     try:
-        journal = json.loads(text)
-        moves = [Move(Path(m["staged"]), Path(m["path"]), int(m["size"]), m.get("before"))
-                 for m in journal["moves"]]
-        cursor, last_id = str(journal["cursor"]), int(journal["last_id"])
+        cursor, last_id, moves = _parse(text)
     except (ValueError, KeyError, TypeError) as e:
         raise JournalError(f"{path} is not an export journal ({e}): move it aside") from e
     give_up = f"remove {path} and the staged files it lists to give those rows up"

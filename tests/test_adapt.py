@@ -27,11 +27,11 @@ from edgemon.errors import BundleError
 from edgemon.review import reviews
 from tests.review_helpers import make_review_db
 from training.adapt import (CALIBRATION_ONLY, CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, choose_candidate,
-                            fit_correction, fit_operating_point, fit_thresholds)
-from training.adapt_decisions import (decide, decide_scored, detection_labels, kept_runs, event_scores,
+                            clearly_better, fit_correction, fit_operating_point, fit_thresholds, held_out_comparison)
+from training.adapt_decisions import (decide, decide_scored, detection_labels, kept_runs, event_scores, events_on,
                                       grouped_folds)
 from training.adapt_windows import (RecordingWindows, ReviewedWindows, background_windows, event_windows,
-                                    recording_windows, review_targets)
+                                    recording_windows, review_targets, stretches)
 from training.adapted_bundle import write_adapted
 from training.bundling import softmax_confidence_max
 from training.site_calibration import Scored, fit_shift, shifted_curves, site_calibration
@@ -50,6 +50,11 @@ def test_event_scores_count_hits_false_alarms_and_misses():
     s = event_scores(predicted, truth, background=0)
     assert (s["hits"], s["false_alarms"], s["misses"]) == (1, 2, 2)
     assert s["f1"] == pytest.approx(2 * 1 / (2 * 1 + 2 + 2)) and s["background_kept"] == 0.5
+
+
+def test_events_stored_where_nothing_was_reviewed_count_as_false_alarms_in_f1():
+    s = event_scores(np.array([1, 1]), np.array([1, 1]), background=0, new_events=2)
+    assert (s["hits"], s["false_alarms"], s["new_events"]) == (2, 0, 2) and s["f1"] == pytest.approx(4 / 6)
 
 
 def test_folds_hold_out_whole_recordings():
@@ -315,6 +320,71 @@ def test_a_gated_point_drops_in_numpy_the_runs_the_recorder_drops():
     assert from_merger.tolist() == kept.tolist() and 0 < (kept != 0).sum() < (votes.winner != 0).sum()
 
 
+def test_stretches_number_runs_of_consecutive_windows():
+    assert stretches(np.array([3, 4, 5, 9, 10, 20]), first=2).tolist() == [2, 2, 2, 3, 3, 4]
+    assert stretches(np.array([], int)).tolist() == []
+
+
+def test_events_on_unreviewed_windows_are_the_events_the_recorder_would_store():
+    """``events_on`` counts ``EventMerger``'s events; a gap between stretches ends a run."""
+    rng = np.random.default_rng(5)
+    names = ("background", "a", "b")
+    member_probs = rng.dirichlet([2.0, 1.0, 1.0], size=(2, 400))
+    votes = majority_vote(member_probs)
+    point = OperatingPoint({"a": 0.4}, {"b": 2})
+    merger = EventMerger(names, 0, 1.0, point)
+    labels = np.where((votes.winner == 1) & (votes.confidence < 0.4), 0, votes.winner)
+    events = merger.merge([WindowVote(i, 1, int(labels[i]), float(votes.confidence[i]),
+                                      tuple(int(m) for m in votes.member_labels[:, i])) for i in range(400)], 400.0)
+    assert events_on(member_probs, np.zeros(400, int), names, point, 0) == len(events) > 10
+    one = np.zeros((1, 6, 3))
+    one[0, :, 1] = 1.0            # six windows of a: one event in one stretch, two across a gap
+    assert events_on(one, np.zeros(6, int), names, point, 0) == 1
+    assert events_on(one, np.array([4, 4, 4, 7, 7, 7]), names, point, 0) == 2
+    assert events_on(one[:, :0], np.zeros(0, int), names, point, 0) == 0
+
+
+def test_held_out_comparison_counts_what_each_candidate_stores_on_unreviewed_windows():
+    """Found by the adapt bench: a site head chosen on held-out reviews (it dropped all three
+    reviewed false alarms of S18) stored three false events on that recorder's unreviewed audio,
+    against the baseline's one; the comparison saw only reviewed detections. Now the events each
+    candidate stores on the held-out recordings' background windows count as false alarms."""
+    bundle = load_bundle(default_bundle_path())
+    ensemble = Ensemble(bundle)
+    duet, rng = bundle.labels.index("gibbon_duet"), np.random.default_rng(0)
+
+    def windows(n: int, label: int, p: float) -> np.ndarray:
+        probs = np.full((2, n, len(bundle.labels)), (1 - p) / (len(bundle.labels) - 1))
+        probs[:, :, label] = p
+        return probs
+
+    recordings = [f"r{i}" for i in range(4)]
+    probs, detection, targets, groups = [], [], [], []
+    for g in recordings:
+        for target, p in ((duet, 0.9), (duet, 0.9), (duet, 0.9), (0, 0.6)):   # three right, one wrong
+            probs.append(windows(3, duet, p))
+            detection += [len(targets)] * 3
+            targets.append(target)
+            groups.append(g)
+    # background windows, with a stretch the members call a duet in r0 and r1: two events
+    extra = [np.concatenate([windows(4, 0, 0.9), windows(3, duet, 0.9) if g in ("r0", "r1") else windows(3, 0, 0.9)],
+                            axis=1) for g in recordings]
+    probs, extra_probs = np.concatenate(probs, axis=1), np.concatenate(extra, axis=1)
+    data = ReviewedWindows(probs, rng.normal(size=probs.shape[:2] + (192,)), np.array(detection), np.array(targets),
+                           groups, list(range(len(targets))), extra_probs,
+                           rng.normal(size=extra_probs.shape[:2] + (192,)), tuple(g for g in recordings for _ in range(7)),
+                           np.repeat(np.arange(4), 7))
+    scores = held_out_comparison(bundle, ensemble, data, AdaptConfig(steps=20))
+    parent = scores["parent"]
+    assert (parent["hits"], parent["false_alarms"], parent["new_events"]) == (12, 4, 2)
+    assert parent["f1"] == pytest.approx(24 / (24 + 4 + 2))
+    for name in CANDIDATES:     # paired against the baseline, with the baseline's own counts nil
+        assert set(scores[name]["versus_baseline"]) == {"wins", "losses"}
+    assert scores["thresholds"]["versus_baseline"] == {"wins": 0, "losses": 0}
+    for s in scores.values():   # every candidate pays for its own
+        assert s["f1"] == pytest.approx(2 * s["hits"] / (2 * s["hits"] + s["false_alarms"] + s["new_events"] + s["misses"]))
+
+
 def _windows(per_detection: list[int], label: int, confidence: float) -> np.ndarray:
     probs = np.full((sum(per_detection), 3), (1 - confidence) / 2)
     probs[:, label] = confidence
@@ -456,6 +526,8 @@ def test_held_out_folds_keep_the_background_windows_of_their_own_recordings_only
     only_a = data.subset(np.array([True, False, False]))
     assert only_a.extra_groups == ("a", "a") and only_a.extra_probs[0, :, 0].tolist() == [0.0, 4.0]
     assert only_a.review_ids == [10] and only_a.detection.tolist() == [0]
+    runs = dataclasses.replace(data, extra_runs=np.array([0, 1, 2, 3])).subset(np.array([True, False, False]))
+    assert runs.extra_runs.tolist() == [0, 2]
 
 
 def test_a_correction_of_one_class_leaves_the_other_logits_alone():
@@ -480,19 +552,34 @@ def test_detection_labels_are_clip_label_of_each_detection():
 
 
 def test_the_best_candidate_is_chosen_and_one_worse_than_the_parent_refused():
-    scores = {"parent": {"f1": 0.80}, "thresholds": {"f1": 0.85}, "thresholds+evidence": {"f1": 0.85},
-              "head": {"f1": 0.70}, "head+thresholds": {"f1": 0.84}, "veto+thresholds+evidence": {"f1": 0.85}}
+    clear, by_chance = {"wins": 6, "losses": 0}, {"wins": 3, "losses": 0}
+    scores = {"parent": {"f1": 0.80}, "thresholds": {"f1": 0.85},
+              "thresholds+evidence": {"f1": 0.85, "versus_baseline": clear},
+              "head": {"f1": 0.70, "versus_baseline": clear}, "head+thresholds": {"f1": 0.84, "versus_baseline": clear},
+              "veto+thresholds+evidence": {"f1": 0.85, "versus_baseline": clear}}
     assert choose_candidate(scores) == "thresholds"            # a tie goes to the simpler
-    scores["thresholds+evidence"] = {"f1": 0.86}
+    scores["thresholds+evidence"]["f1"] = 0.86
     assert choose_candidate(scores) == "thresholds+evidence"
+    # Found by the adapt bench: on S18's 12 reviews a site head dropped the three held-out false
+    # alarms (F1 1.0 against 0.857) and stored three false events on its other audio against the
+    # baseline's one. Three wins and no loss is a coin flip's 1 in 8: the baseline is kept.
+    scores["head"] = {"f1": 1.0, "versus_baseline": by_chance}
+    assert choose_candidate(scores) == "thresholds+evidence"
+    scores["head"]["versus_baseline"] = clear
+    assert choose_candidate(scores) == "head"
     no_better = {"detections": 20, "brier": 0.20, "ece": 0.1}
-    worse = {name: {"f1": 0.70} for name in CANDIDATES} | {
+    worse = {name: {"f1": 0.70, "versus_baseline": clear} for name in CANDIDATES} | {
         "parent": {"f1": 0.71, "calibration": {"parent": no_better, "site": no_better}}}
     with pytest.raises(AdaptError, match=r"worse than its parent .*0\.700 < 0\.710.*calibration is no better"):
         choose_candidate(worse)
     # no candidate beats the parent, but the site's calibration of the parent's detections does
     worse["parent"]["calibration"]["site"] = {"detections": 20, "brier": 0.12, "ece": 0.05}
     assert choose_candidate(worse) == CALIBRATION_ONLY
+
+
+def test_clearly_better_is_a_one_sided_sign_test():
+    assert not clearly_better(0, 0) and not clearly_better(4, 0) and clearly_better(5, 0)   # 1/16, 1/32
+    assert clearly_better(9, 1) and not clearly_better(8, 2) and not clearly_better(1, 9)  # 0.011, 0.055
 
 
 def test_an_adapted_bundle_keeps_the_parents_names_reference_windows_and_calibration(tmp_path):

@@ -104,18 +104,34 @@ def _gate(merger: EventMerger, c: int, start: int, end: int, confidence: np.ndar
                                    tuple(tuple(map(float, m)) for m in member_probs[:, w])) for w in range(start, end)])
 
 
-def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int) -> dict:
+def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int, new_events: int = 0) -> dict:
     """F1 of kept detections: a kept detection of its true class is a hit, any other kept one a false
-    alarm, a call not kept with its class a miss. Also the share of true false alarms still kept."""
+    alarm, a call not kept with its class a miss; ``new_events`` (events stored where nothing was
+    reviewed, ``events_on``) count as false alarms too. Also the share of true false alarms still
+    kept."""
     kept = predicted != background
     hits = int((kept & (predicted == truth)).sum())
     false_alarms = int((kept & (predicted != truth)).sum())
     misses = int(((truth != background) & (predicted != truth)).sum())
     background_total = int((truth == background).sum())
-    return {"f1": 2 * hits / max(1, 2 * hits + false_alarms + misses), "hits": hits,
-            "false_alarms": false_alarms, "misses": misses,
+    return {"f1": 2 * hits / max(1, 2 * hits + false_alarms + new_events + misses), "hits": hits,
+            "false_alarms": false_alarms, "new_events": new_events, "misses": misses,
             "recall": hits / max(1, hits + misses),
             "background_kept": int((kept & (truth == background)).sum()) / max(1, background_total)}
+
+
+def events_on(member_probs: np.ndarray, runs: np.ndarray, labels: tuple[str, ...], point: OperatingPoint,
+              background: int) -> int:
+    """How many events the recorder would store on these windows (``member_probs [M, N, C]``;
+    ``runs [N]`` numbers stretches of consecutive windows, in time order): each run of one call
+    class within a stretch that ``point`` keeps is one."""
+    if not len(runs):
+        return 0
+    index = np.unique(runs, return_inverse=True)[1].ravel()
+    window_labels = _decided(member_probs, index, int(index.max()) + 1, labels, point, background)[1]
+    first = window_labels != background
+    first[1:] &= (window_labels[1:] != window_labels[:-1]) | (index[1:] != index[:-1])
+    return int(first.sum())
 
 
 def grouped_folds(groups: list[str], k: int) -> list[np.ndarray]:

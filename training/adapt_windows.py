@@ -35,7 +35,8 @@ class ReviewedWindows:
     ``groups [D]`` its recording; ``review_ids [D]`` the review rows used. ``extra_probs [M, X, C]``,
     ``extra_embeddings [M, X, d]`` and ``extra_groups [X]``: windows taken as this site's
     background without a review (beside a wrong detection, or confidently background and in no
-    detection; see ``background_windows``)."""
+    detection; see ``background_windows``); ``extra_runs [X]`` numbers their stretches of
+    consecutive windows, so that events on them can be counted as the recorder merges them."""
 
     probs: np.ndarray
     embeddings: np.ndarray
@@ -46,6 +47,7 @@ class ReviewedWindows:
     extra_probs: np.ndarray | None = None
     extra_embeddings: np.ndarray | None = None
     extra_groups: tuple[str, ...] = ()
+    extra_runs: np.ndarray | None = None
 
     def subset(self, keep: np.ndarray) -> "ReviewedWindows":
         """The detections where ``keep [D]`` is true, renumbered, with the background windows of
@@ -60,7 +62,8 @@ class ReviewedWindows:
                                [r for r, k in zip(self.review_ids, keep) if k],
                                None if self.extra_probs is None else self.extra_probs[:, extra],
                                None if self.extra_embeddings is None else self.extra_embeddings[:, extra],
-                               tuple(g for g, k in zip(self.extra_groups, extra) if k))
+                               tuple(g for g, k in zip(self.extra_groups, extra) if k),
+                               None if self.extra_runs is None else self.extra_runs[extra])
 
 
 def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -> list[tuple[dict, int]]:
@@ -182,6 +185,14 @@ def background_windows(windows: RecordingWindows, detections: list[tuple[float, 
     calls = np.delete(np.arange(mean.shape[1]), background)
     confident = (mean.argmax(axis=1) == background) & (mean[:, calls] < thresholds[calls]).all(axis=1)
     return np.flatnonzero((near | confident) & ~inside)
+
+
+def stretches(picked: np.ndarray, first: int = 0) -> np.ndarray:
+    """A number for each of ``picked`` (sorted window indices of one recording): consecutive
+    windows share one, a gap starts the next; numbered from ``first``."""
+    if not len(picked):
+        return np.zeros(0, int)
+    return first + np.concatenate([[0], np.cumsum(np.diff(picked) != 1)])
 
 
 def detection_spans(db: Path, source: str) -> list[tuple[float, float]]:

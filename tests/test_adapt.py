@@ -31,7 +31,7 @@ from training.adapt import (CALIBRATION_ONLY, CANDIDATES, AdaptConfig, AdaptErro
 from training.adapt_decisions import (decide, decide_scored, detection_labels, kept_runs, event_scores, events_on,
                                       grouped_folds)
 from training.adapt_windows import (RecordingWindows, ReviewedWindows, background_windows, event_windows,
-                                    recording_windows, review_targets, stretches)
+                                    recording_windows, review_targets, stretches, unstored_windows, Unstored)
 from training.adapted_bundle import write_adapted
 from training.bundling import softmax_confidence_max
 from training.site_calibration import Scored, fit_shift, shifted_curves, site_calibration
@@ -321,8 +321,20 @@ def test_a_gated_point_drops_in_numpy_the_runs_the_recorder_drops():
 
 
 def test_stretches_number_runs_of_consecutive_windows():
-    assert stretches(np.array([3, 4, 5, 9, 10, 20]), first=2).tolist() == [2, 2, 2, 3, 3, 4]
+    assert stretches(np.array([3, 4, 5, 9, 10, 20])).tolist() == [0, 0, 0, 1, 1, 2]
     assert stretches(np.array([], int)).tolist() == []
+
+
+def test_unstored_windows_are_those_outside_stored_detections_with_their_borders_marked():
+    starts = np.arange(0, 40, 2)                               # 20 windows of 4 frames, frame_s = 1
+    windows = RecordingWindows(starts, np.full(20, 4), np.zeros((1, 20, 3)), np.zeros((1, 20, 4)), 40.0)
+    part = unstored_windows(windows, [(10.0, 14.0)], 1.0, "r")   # windows 4-6 overlap it
+    assert part.stretches.tolist() == [0] * 4 + [1] * 13 and part.groups == ("r",) * 17
+    # beside the detection: window 3 (the first stretch's last) and 7 (the second's first)
+    assert np.flatnonzero(part.borders).tolist() == [3, 4]
+    joined = Unstored.join([part, unstored_windows(windows, [], 1.0, "s")], 1, 3, 4)
+    assert joined.stretches.tolist() == [0] * 4 + [1] * 13 + [2] * 20 and not joined.borders[17:].any()
+    assert joined.of({"s"}).groups == ("s",) * 20
 
 
 def test_events_on_unreviewed_windows_are_the_events_the_recorder_would_store():
@@ -342,6 +354,9 @@ def test_events_on_unreviewed_windows_are_the_events_the_recorder_would_store():
     assert events_on(one, np.zeros(6, int), names, point, 0) == 1
     assert events_on(one, np.array([4, 4, 4, 7, 7, 7]), names, point, 0) == 2
     assert events_on(one[:, :0], np.zeros(0, int), names, point, 0) == 0
+    # a run holding a window beside a stored detection carries that detection's event on
+    assert events_on(one, np.array([4, 4, 4, 7, 7, 7]), names, point, 0, np.array([0, 0, 1, 0, 0, 0], bool)) == 1
+    assert events_on(one, np.zeros(6, int), names, point, 0, np.array([1, 0, 0, 0, 0, 0], bool)) == 0
 
 
 def test_held_out_comparison_counts_what_each_candidate_stores_on_unreviewed_windows():
@@ -366,21 +381,27 @@ def test_held_out_comparison_counts_what_each_candidate_stores_on_unreviewed_win
             detection += [len(targets)] * 3
             targets.append(target)
             groups.append(g)
-    # background windows, with a stretch the members call a duet in r0 and r1: two events
-    extra = [np.concatenate([windows(4, 0, 0.9), windows(3, duet, 0.9) if g in ("r0", "r1") else windows(3, 0, 0.9)],
-                            axis=1) for g in recordings]
-    probs, extra_probs = np.concatenate(probs, axis=1), np.concatenate(extra, axis=1)
+    # where the parent stored nothing: windows the members call a duet in r0 and r1, two events;
+    # in r2 one beside a stored detection, which carries that detection's event on
+    unstored = [np.concatenate([windows(4, 0, 0.9), windows(3, duet, 0.9) if g != "r3" else windows(3, 0, 0.9)],
+                               axis=1) for g in recordings]
+    probs, unstored_probs = np.concatenate(probs, axis=1), np.concatenate(unstored, axis=1)
+    borders = np.zeros(28, bool)
+    borders[20] = True                                         # r2's last window
     data = ReviewedWindows(probs, rng.normal(size=probs.shape[:2] + (192,)), np.array(detection), np.array(targets),
-                           groups, list(range(len(targets))), extra_probs,
-                           rng.normal(size=extra_probs.shape[:2] + (192,)), tuple(g for g in recordings for _ in range(7)),
-                           np.repeat(np.arange(4), 7))
+                           groups, list(range(len(targets))), unstored=Unstored(
+                               unstored_probs, rng.normal(size=unstored_probs.shape[:2] + (192,)),
+                               tuple(g for g in recordings for _ in range(7)), np.repeat(np.arange(4), 7), borders))
     scores = held_out_comparison(bundle, ensemble, data, AdaptConfig(steps=20))
     parent = scores["parent"]
     assert (parent["hits"], parent["false_alarms"], parent["new_events"]) == (12, 4, 2)
     assert parent["f1"] == pytest.approx(24 / (24 + 4 + 2))
-    for name in CANDIDATES:     # paired against the baseline, with the baseline's own counts nil
-        assert set(scores[name]["versus_baseline"]) == {"wins", "losses"}
-    assert scores["thresholds"]["versus_baseline"] == {"wins": 0, "losses": 0}
+    for name in CANDIDATES:     # new events are not netted: each side's count in full
+        paired = scores[name]["versus_baseline"]
+        assert paired["losses"] >= scores[name]["new_events"] and paired["wins"] >= scores["thresholds"]["new_events"]
+    assert scores["thresholds"]["new_events"] > 0
+    assert scores["thresholds"]["versus_baseline"] == {"wins": scores["thresholds"]["new_events"]} | {
+        "losses": scores["thresholds"]["new_events"]}
     for s in scores.values():   # every candidate pays for its own
         assert s["f1"] == pytest.approx(2 * s["hits"] / (2 * s["hits"] + s["false_alarms"] + s["new_events"] + s["misses"]))
 
@@ -526,8 +547,10 @@ def test_held_out_folds_keep_the_background_windows_of_their_own_recordings_only
     only_a = data.subset(np.array([True, False, False]))
     assert only_a.extra_groups == ("a", "a") and only_a.extra_probs[0, :, 0].tolist() == [0.0, 4.0]
     assert only_a.review_ids == [10] and only_a.detection.tolist() == [0]
-    runs = dataclasses.replace(data, extra_runs=np.array([0, 1, 2, 3])).subset(np.array([True, False, False]))
-    assert runs.extra_runs.tolist() == [0, 2]
+    unstored = Unstored(np.arange(4.0).reshape(1, 4, 1), np.zeros((1, 4, 4)), ("a", "b", "a", "b"),
+                        np.array([0, 1, 2, 3]), np.array([True, False, False, True]))
+    runs = dataclasses.replace(data, unstored=unstored).subset(np.array([True, False, False]))
+    assert runs.unstored.stretches.tolist() == [0, 2] and runs.unstored.borders.tolist() == [True, False]
 
 
 def test_a_correction_of_one_class_leaves_the_other_logits_alone():

@@ -49,7 +49,7 @@ from edgemon.errors import AudioError
 from edgemon.storage.readonly import database_uuid, recording_path, reviewed
 from training.adapt_decisions import decide, decide_scored, event_scores, events_on, grouped_folds
 from training.adapt_windows import (ReviewedWindows, background_windows, detection_spans, event_windows, nearest_windows,
-                                    recording_windows, review_targets, stretches)
+                                    recording_windows, review_targets, Unstored, unstored_windows)
 from training.adapted_bundle import Correction, parent_point, write_adapted
 from training.site_calibration import Scored, confidences, quality, site_calibration
 from training.errors import DataError
@@ -99,7 +99,7 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
     for row, target in targets:
         by_recording[row["source"]].append((row, target))
     probs, embeddings, detection, target_list, groups, review_ids = [], [], [], [], [], []
-    extra_probs, extra_embeddings, extra_groups, extra_runs = [], [], [], []
+    extra_probs, extra_embeddings, extra_groups, unstored = [], [], [], []
     for source, items in sorted(by_recording.items()):
         try:
             path = recording_path(items[0][0], recordings)
@@ -124,13 +124,13 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
         wrong = [(r["start_s"], r["end_s"]) for r, t in items if t == background]
         # the parent's thresholds were fitted on what its own site head and veto output, if any;
         # the head a candidate fits still learns from the raw members (extra_probs below)
-        picked = background_windows(windows, detection_spans(reviews_db, source), wrong, spec, frame_s,
-                                    background, config, thresholds,
+        stored = detection_spans(reviews_db, source)
+        picked = background_windows(windows, stored, wrong, spec, frame_s, background, config, thresholds,
                                     ensemble.site_corrected(windows.probs, windows.embeddings))
         extra_probs.append(windows.probs[:, picked])
         extra_embeddings.append(windows.embeddings[:, picked])
         extra_groups += [source] * len(picked)
-        extra_runs.append(stretches(picked, first=sum(len(np.unique(r)) for r in extra_runs)))
+        unstored.append(unstored_windows(windows, stored, frame_s, source))
     if not targets:
         raise AdaptError(f"{reviews_db}: no judged review of a detection of this bundle's labels yet "
                          f"('unsure' is left out): review some with `edgemon review` first")
@@ -140,7 +140,8 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
     return ReviewedWindows(np.concatenate(probs, axis=1), np.concatenate(embeddings, axis=1),
                            np.asarray(detection), np.asarray(target_list), groups, review_ids,
                            np.concatenate(extra_probs, axis=1), np.concatenate(extra_embeddings, axis=1),
-                           tuple(extra_groups), np.concatenate(extra_runs))
+                           tuple(extra_groups),
+                           Unstored.join(unstored, probs[0].shape[0], probs[0].shape[2], embeddings[0].shape[2]))
 
 
 def fit_head(data: ReviewedWindows, n_classes: int, config: AdaptConfig, background: int) -> SiteHead:
@@ -326,7 +327,9 @@ def _candidate_probs(ensemble: Ensemble, correction: Correction, data: ReviewedW
 
 def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindows, config: AdaptConfig) -> dict:
     """The parent and every candidate, each fitted without the held-out recordings (and their
-    background windows) and scored on them (``event_scores``), pooled over the grouped folds. The
+    background windows) and scored on them (``event_scores``, with ``new_events`` on their windows
+    where the parent stored nothing), pooled over the grouped folds; each candidate's
+    ``versus_baseline``: its wins and losses against the baseline for ``clearly_better``. The
     parent's and each candidate's ``calibration``: the stored confidence of its held-out
     detections under the parent's calibration and under the site's (``site_calibration``, fitted
     on the other folds' detections as that candidate decides them), scored against the reviews
@@ -354,9 +357,10 @@ def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindow
     scores = {name: event_scores(p, data.targets, background, new[name]) for name, p in predicted.items()}
     right = {name: p == data.targets for name, p in predicted.items()}
     for name in CANDIDATES:   # paired against the baseline, for the sign test of ``choose_candidate``
-        more_new = new[name] - new[BASELINE]
-        scores[name]["versus_baseline"] = {"wins": int((right[name] & ~right[BASELINE]).sum()) + max(0, -more_new),
-                                           "losses": int((~right[name] & right[BASELINE]).sum()) + max(0, more_new)}
+        # new events are not matched between the two: each of the candidate's is its loss, each
+        # of the baseline's its win (the same event stored by both cancels out in the test's odds)
+        scores[name]["versus_baseline"] = {"wins": int((right[name] & ~right[BASELINE]).sum()) + new[BASELINE],
+                                           "losses": int((~right[name] & right[BASELINE]).sum()) + new[name]}
     for name in ("parent", *CANDIDATES):
         right = np.concatenate(stored[name]["right"]) if stored[name]["right"] else np.zeros(0)
         scores[name]["calibration"] = {key: quality(np.concatenate(stored[name][key]) if right.size else right, right)
@@ -375,15 +379,17 @@ def scored(ensemble: Ensemble, bundle: Bundle, correction: Correction, point: Op
 
 def new_events(ensemble: Ensemble, bundle: Bundle, correction: Correction, point: OperatingPoint,
                data: ReviewedWindows) -> int:
-    """Events the bundle a candidate writes would store on ``data``'s unreviewed background windows
-    (``background_windows``: where the parent stored nothing). No review speaks for them, and on
-    held-out recorders most such new events were false (docs/results.md), so the comparison
-    counts them as false alarms; a candidate that finds calls the parent missed pays for them too."""
-    if data.extra_probs is None or data.extra_runs is None or not data.extra_probs.shape[1]:
+    """Events the bundle a candidate writes would store where the parent stored nothing
+    (``data.unstored``), beyond those it carries on from a stored detection. No review speaks for
+    them, and on held-out recorders most such new events were false (docs/results.md), so the
+    comparison counts them as false alarms; a candidate that finds calls the parent missed pays
+    for them too."""
+    unstored = data.unstored
+    if unstored is None or not unstored.probs.shape[1]:
         return 0
-    windows = dataclasses.replace(data, probs=data.extra_probs, embeddings=data.extra_embeddings)
-    return events_on(_candidate_probs(ensemble, correction, windows), data.extra_runs, bundle.labels, point,
-                     bundle.labels.index(bundle.background_label))
+    windows = dataclasses.replace(data, probs=unstored.probs, embeddings=unstored.embeddings)
+    return events_on(_candidate_probs(ensemble, correction, windows), unstored.stretches, bundle.labels, point,
+                     bundle.labels.index(bundle.background_label), unstored.borders)
 
 
 def site_calibration_wins(held_out: dict) -> bool:
@@ -406,7 +412,8 @@ def _head_probs(ensemble: Ensemble, data: ReviewedWindows) -> np.ndarray:
 
 def clearly_better(wins: int, losses: int) -> bool:
     """A one-sided exact sign test: ``wins`` against ``losses`` (held-out detections one candidate
-    decides right and the other wrong) is unlikely under a coin flip (p < ``CLEARLY_BETTER_P``)."""
+    decides right and the other wrong, and each one's new events as the other's wins) is unlikely
+    under a coin flip (p < ``CLEARLY_BETTER_P``)."""
     n = wins + losses
     return n > 0 and sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n < CLEARLY_BETTER_P
 

@@ -120,18 +120,25 @@ def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int, new_
             "background_kept": int((kept & (truth == background)).sum()) / max(1, background_total)}
 
 
-def events_on(member_probs: np.ndarray, runs: np.ndarray, labels: tuple[str, ...], point: OperatingPoint,
-              background: int) -> int:
+def events_on(member_probs: np.ndarray, stretches: np.ndarray, labels: tuple[str, ...], point: OperatingPoint,
+              background: int, borders: np.ndarray | None = None) -> int:
     """How many events the recorder would store on these windows (``member_probs [M, N, C]``;
-    ``runs [N]`` numbers stretches of consecutive windows, in time order): each run of one call
-    class within a stretch that ``point`` keeps is one."""
-    if not len(runs):
+    ``stretches [N]`` numbers runs of consecutive windows, in time order): each run of one call
+    class within a stretch that ``point`` keeps is one, unless it holds a window of ``borders
+    [N]`` (beside a stored detection: that detection's event, carried on)."""
+    if not len(stretches):
         return 0
-    index = np.unique(runs, return_inverse=True)[1].ravel()
+    index = np.unique(stretches, return_inverse=True)[1].ravel()
     window_labels = _decided(member_probs, index, int(index.max()) + 1, labels, point, background)[1]
-    first = window_labels != background
+    call = window_labels != background
+    first = call.copy()
     first[1:] &= (window_labels[1:] != window_labels[:-1]) | (index[1:] != index[:-1])
-    return int(first.sum())
+    if borders is None:
+        return int(first.sum())
+    run = np.cumsum(first) - 1          # each call window's run
+    carried = np.zeros(int(first.sum()), bool)
+    carried[run[call & borders]] = True
+    return int((~carried).sum())
 
 
 def grouped_folds(groups: list[str], k: int) -> list[np.ndarray]:

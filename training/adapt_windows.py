@@ -35,8 +35,8 @@ class ReviewedWindows:
     ``groups [D]`` its recording; ``review_ids [D]`` the review rows used. ``extra_probs [M, X, C]``,
     ``extra_embeddings [M, X, d]`` and ``extra_groups [X]``: windows taken as this site's
     background without a review (beside a wrong detection, or confidently background and in no
-    detection; see ``background_windows``); ``extra_runs [X]`` numbers their stretches of
-    consecutive windows, so that events on them can be counted as the recorder merges them."""
+    detection; see ``background_windows``). ``unstored``: every window of these recordings where
+    the parent stored nothing, on which a candidate's new events are counted."""
 
     probs: np.ndarray
     embeddings: np.ndarray
@@ -47,7 +47,7 @@ class ReviewedWindows:
     extra_probs: np.ndarray | None = None
     extra_embeddings: np.ndarray | None = None
     extra_groups: tuple[str, ...] = ()
-    extra_runs: np.ndarray | None = None
+    unstored: Unstored | None = None
 
     def subset(self, keep: np.ndarray) -> "ReviewedWindows":
         """The detections where ``keep [D]`` is true, renumbered, with the background windows of
@@ -63,7 +63,58 @@ class ReviewedWindows:
                                None if self.extra_probs is None else self.extra_probs[:, extra],
                                None if self.extra_embeddings is None else self.extra_embeddings[:, extra],
                                tuple(g for g, k in zip(self.extra_groups, extra) if k),
-                               None if self.extra_runs is None else self.extra_runs[extra])
+                               None if self.unstored is None else self.unstored.of(kept_groups))
+
+
+@dataclasses.dataclass(frozen=True)
+class Unstored:
+    """The windows of reviewed recordings that overlap no stored detection (``U`` in all):
+    ``probs [M, U, C]``, ``embeddings [M, U, d]``, ``groups [U]`` the recording; ``stretches [U]``
+    numbers runs of consecutive such windows (a stored detection or another recording between
+    them ends one); ``borders [U]`` is true for a stretch's first and last window where a stored
+    detection lies beside it, so that an event a candidate carries on from a stored detection is
+    not counted as a new one (``adapt_decisions.events_on``)."""
+
+    probs: np.ndarray
+    embeddings: np.ndarray
+    groups: tuple[str, ...]
+    stretches: np.ndarray
+    borders: np.ndarray
+
+    def of(self, groups: set[str]) -> "Unstored":
+        keep = np.array([g in groups for g in self.groups], bool)
+        return Unstored(self.probs[:, keep], self.embeddings[:, keep],
+                        tuple(g for g, k in zip(self.groups, keep) if k), self.stretches[keep], self.borders[keep])
+
+    @staticmethod
+    def join(parts: list["Unstored"], members: int, classes: int, width: int) -> "Unstored":
+        """One recording's after another, their stretches numbered apart."""
+        offset, stretches = 0, []
+        for part in parts:
+            stretches.append(part.stretches + offset)
+            offset += int(part.stretches.max()) + 1 if len(part.stretches) else 0
+        if not parts:
+            return Unstored(np.zeros((members, 0, classes)), np.zeros((members, 0, width)), (), np.zeros(0, int),
+                            np.zeros(0, bool))
+        return Unstored(np.concatenate([p.probs for p in parts], axis=1),
+                        np.concatenate([p.embeddings for p in parts], axis=1),
+                        tuple(g for p in parts for g in p.groups), np.concatenate(stretches),
+                        np.concatenate([p.borders for p in parts]))
+
+
+def unstored_windows(windows: RecordingWindows, detections: list[tuple[float, float]], frame_s: float,
+                     group: str) -> Unstored:
+    """The windows of one recording that overlap no stored detection (``detections``, seconds)."""
+    inside = inside_detections(windows, detections, frame_s)
+    picked = np.flatnonzero(~inside)
+    stretch = stretches(picked)
+    first = np.ones(len(picked), bool)
+    first[1:] = stretch[1:] != stretch[:-1]
+    last = np.ones(len(picked), bool)
+    last[:-1] = stretch[1:] != stretch[:-1]
+    # every gap is a stored detection's windows; the recording's own ends border none
+    borders = (first & (picked > 0)) | (last & (picked < len(inside) - 1))
+    return Unstored(windows.probs[:, picked], windows.embeddings[:, picked], (group,) * len(picked), stretch, borders)
 
 
 def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -> list[tuple[dict, int]]:
@@ -170,29 +221,35 @@ def background_windows(windows: RecordingWindows, detections: list[tuple[float, 
     background probability of 0.9, which a normalised softmax with the shipped temperatures never
     reaches: no such window was ever taken, and a site head learnt the site's background from a
     handful of windows.)"""
-    ends = windows.starts + windows.lengths
-
-    def overlapping(spans, margin):
-        hit = np.zeros(len(windows.starts), bool)
-        for start_s, end_s in spans:
-            hit |= (ends > start_s / frame_s - margin) & (windows.starts < end_s / frame_s + margin)
-        return hit
-
-    # a window sharing under one frame with a detection does not overlap it (rounding of times)
-    inside = overlapping(detections, -1)
-    near = overlapping(wrong, config.neighbours * spec.hop)
+    inside = inside_detections(windows, detections, frame_s)
+    near = _overlapping(windows, wrong, frame_s, config.neighbours * spec.hop)
     mean = (windows.probs if parent_probs is None else parent_probs).mean(axis=0)
     calls = np.delete(np.arange(mean.shape[1]), background)
     confident = (mean.argmax(axis=1) == background) & (mean[:, calls] < thresholds[calls]).all(axis=1)
     return np.flatnonzero((near | confident) & ~inside)
 
 
-def stretches(picked: np.ndarray, first: int = 0) -> np.ndarray:
+def inside_detections(windows: RecordingWindows, detections: list[tuple[float, float]], frame_s: float) -> np.ndarray:
+    """``[W]``: the windows that overlap a stored detection (seconds); one sharing under a frame
+    with it does not (rounding of times)."""
+    return _overlapping(windows, detections, frame_s, -1)
+
+
+def _overlapping(windows: RecordingWindows, spans: list[tuple[float, float]], frame_s: float,
+                 margin: float) -> np.ndarray:
+    ends = windows.starts + windows.lengths
+    hit = np.zeros(len(windows.starts), bool)
+    for start_s, end_s in spans:
+        hit |= (ends > start_s / frame_s - margin) & (windows.starts < end_s / frame_s + margin)
+    return hit
+
+
+def stretches(picked: np.ndarray) -> np.ndarray:
     """A number for each of ``picked`` (sorted window indices of one recording): consecutive
-    windows share one, a gap starts the next; numbered from ``first``."""
+    windows share one, a gap starts the next; from 0."""
     if not len(picked):
         return np.zeros(0, int)
-    return first + np.concatenate([[0], np.cumsum(np.diff(picked) != 1)])
+    return np.concatenate([[0], np.cumsum(np.diff(picked) != 1)])
 
 
 def detection_spans(db: Path, source: str) -> list[tuple[float, float]]:

@@ -363,7 +363,8 @@ def test_held_out_comparison_counts_what_each_candidate_stores_on_unreviewed_win
     """Found by the adapt bench: a site head chosen on held-out reviews (it dropped all three
     reviewed false alarms of S18) stored three false events on that recorder's unreviewed audio,
     against the baseline's one; the comparison saw only reviewed detections. Now the events each
-    candidate stores on the held-out recordings' background windows count as false alarms."""
+    candidate stores on the held-out recordings' windows outside every stored detection count as
+    false alarms."""
     bundle = load_bundle(default_bundle_path())
     ensemble = Ensemble(bundle)
     duet, rng = bundle.labels.index("gibbon_duet"), np.random.default_rng(0)

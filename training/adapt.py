@@ -16,8 +16,8 @@ more than like its confirmed calls go back to background) with thresholds and ev
 Evaluation holds out whole recordings (grouped folds): the parent and each candidate, fitted
 without them, decide each held-out detection as the recorder would (member vote, thresholds,
 evidence rule, most-voted call over the event's windows); events a candidate stores on the held-out
-recordings' unreviewed background windows, where the parent stored nothing, count as false alarms
-(no review speaks for them). The best candidate by held-out F1, among the baseline and those that
+recordings' windows outside every stored detection, where the parent stored nothing, count as false
+alarms (no review speaks for them). The best candidate by held-out F1, among the baseline and those that
 beat it by more than chance (a sign test on the held-out detections where the two differ), is
 refitted on all reviews and written beside copies of the parent's members, with its provenance in
 the manifest; if it is worse than the parent there, nothing is written. The stored confidence is
@@ -355,12 +355,12 @@ def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindow
                 stored[name][key].append(confidences(calibration, labels, held, keep))
             stored[name]["right"].append(held.right()[keep])
     scores = {name: event_scores(p, data.targets, background, new[name]) for name, p in predicted.items()}
-    right = {name: p == data.targets for name, p in predicted.items()}
+    correct = {name: p == data.targets for name, p in predicted.items()}
     for name in CANDIDATES:   # paired against the baseline, for the sign test of ``choose_candidate``
         # new events are not matched between the two: each of the candidate's is its loss, each
-        # of the baseline's its win (the same event stored by both cancels out in the test's odds)
-        scores[name]["versus_baseline"] = {"wins": int((right[name] & ~right[BASELINE]).sum()) + new[BASELINE],
-                                           "losses": int((~right[name] & right[BASELINE]).sum()) + new[name]}
+        # of the baseline's its win (an event both store adds one to each side)
+        scores[name]["versus_baseline"] = {"wins": int((correct[name] & ~correct[BASELINE]).sum()) + new[BASELINE],
+                                           "losses": int((~correct[name] & correct[BASELINE]).sum()) + new[name]}
     for name in ("parent", *CANDIDATES):
         right = np.concatenate(stored[name]["right"]) if stored[name]["right"] else np.zeros(0)
         scores[name]["calibration"] = {key: quality(np.concatenate(stored[name][key]) if right.size else right, right)

@@ -89,13 +89,13 @@ class Unstored:
     @staticmethod
     def join(parts: list["Unstored"], members: int, classes: int, width: int) -> "Unstored":
         """One recording's after another, their stretches numbered apart."""
+        if not parts:
+            return Unstored(np.zeros((members, 0, classes)), np.zeros((members, 0, width)), (), np.zeros(0, int),
+                            np.zeros(0, bool))
         offset, stretches = 0, []
         for part in parts:
             stretches.append(part.stretches + offset)
             offset += int(part.stretches.max()) + 1 if len(part.stretches) else 0
-        if not parts:
-            return Unstored(np.zeros((members, 0, classes)), np.zeros((members, 0, width)), (), np.zeros(0, int),
-                            np.zeros(0, bool))
         return Unstored(np.concatenate([p.probs for p in parts], axis=1),
                         np.concatenate([p.embeddings for p in parts], axis=1),
                         tuple(g for p in parts for g in p.groups), np.concatenate(stretches),

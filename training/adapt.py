@@ -16,8 +16,8 @@ more than like its confirmed calls go back to background) with thresholds and ev
 Evaluation holds out whole recordings (grouped folds): the parent and each candidate, fitted
 without them, decide each held-out detection as the recorder would (member vote, thresholds,
 evidence rule, most-voted call over the event's windows); events a candidate stores on the held-out
-recordings' windows outside every stored detection, where the parent stored nothing, count as false
-alarms (no review speaks for them). The best candidate by held-out F1, among the baseline and those that
+recordings that overlap no detection the parent stored and none reviewed count as false alarms (no
+review speaks for them). The best candidate by held-out F1, among the baseline and those that
 beat it by more than chance (a sign test on the held-out detections where the two differ), is
 refitted on all reviews and written beside copies of the parent's members, with its provenance in
 the manifest; if it is worse than the parent there, nothing is written. The stored confidence is
@@ -47,9 +47,9 @@ from edgemon.analysis.site_veto import SiteVeto, window_features
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
 from edgemon.storage.readonly import database_uuid, recording_path, reviewed
-from training.adapt_decisions import decide, decide_scored, event_scores, events_on, grouped_folds
+from training.adapt_decisions import decide, decide_scored, event_scores, grouped_folds, new_event_runs, unmatched
 from training.adapt_windows import (ReviewedWindows, background_windows, detection_spans, event_windows, nearest_windows,
-                                    recording_windows, review_targets, Unstored, unstored_windows)
+                                    recording_windows, review_targets, WholeRecordings, whole_recording)
 from training.adapted_bundle import Correction, parent_point, write_adapted
 from training.site_calibration import Scored, confidences, quality, site_calibration
 from training.errors import DataError
@@ -99,7 +99,7 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
     for row, target in targets:
         by_recording[row["source"]].append((row, target))
     probs, embeddings, detection, target_list, groups, review_ids = [], [], [], [], [], []
-    extra_probs, extra_embeddings, extra_groups, unstored = [], [], [], []
+    extra_probs, extra_embeddings, extra_groups, whole = [], [], [], []
     for source, items in sorted(by_recording.items()):
         try:
             path = recording_path(items[0][0], recordings)
@@ -124,13 +124,16 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
         wrong = [(r["start_s"], r["end_s"]) for r, t in items if t == background]
         # the parent's thresholds were fitted on what its own site head and veto output, if any;
         # the head a candidate fits still learns from the raw members (extra_probs below)
-        stored = detection_spans(reviews_db, source)
-        picked = background_windows(windows, stored, wrong, spec, frame_s, background, config, thresholds,
-                                    ensemble.site_corrected(windows.probs, windows.embeddings))
+        picked = background_windows(windows, detection_spans(reviews_db, source), wrong, spec, frame_s, background,
+                                    config, thresholds, ensemble.site_corrected(windows.probs, windows.embeddings))
         extra_probs.append(windows.probs[:, picked])
         extra_embeddings.append(windows.embeddings[:, picked])
         extra_groups += [source] * len(picked)
-        unstored.append(unstored_windows(windows, stored, frame_s, source))
+        if any(g == source for g in groups):   # else no fold scores this recording
+            # where the parent stored nothing: outside its own detections and the reviewed ones
+            stored = detection_spans(reviews_db, source, bundle.bundle_id) + [(r["start_s"], r["end_s"])
+                                                                               for r, _ in items]
+            whole.append(whole_recording(windows, stored, frame_s, source))
     if not targets:
         raise AdaptError(f"{reviews_db}: no judged review of a detection of this bundle's labels yet "
                          f"('unsure' is left out): review some with `edgemon review` first")
@@ -141,7 +144,7 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
                            np.asarray(detection), np.asarray(target_list), groups, review_ids,
                            np.concatenate(extra_probs, axis=1), np.concatenate(extra_embeddings, axis=1),
                            tuple(extra_groups),
-                           Unstored.join(unstored, probs[0].shape[0], probs[0].shape[2], embeddings[0].shape[2]))
+                           WholeRecordings.join(whole, probs[0].shape[0], probs[0].shape[2], embeddings[0].shape[2]))
 
 
 def fit_head(data: ReviewedWindows, n_classes: int, config: AdaptConfig, background: int) -> SiteHead:
@@ -338,29 +341,33 @@ def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindow
     parent, parent_map = parent_point(bundle), Calibration.from_manifest(bundle.manifest)
     predicted = {name: np.full(len(data.targets), background) for name in ("parent", *CANDIDATES)}
     new = dict.fromkeys(("parent", *CANDIDATES), 0)
+    new_wins, new_losses = dict.fromkeys(CANDIDATES, 0), dict.fromkeys(CANDIDATES, 0)
     stored = {name: {"parent": [], "site": [], "right": []} for name in ("parent", *CANDIDATES)}
     for held_out in grouped_folds(data.groups, config.folds):
-        train, test = data.subset(~held_out), data.subset(held_out)
+        train, test = data.subset(~held_out, whole=False), data.subset(held_out)
         if len(train.targets) == 0:
             continue
         head = fit_head(train, len(labels), config, background)   # fitted once, shared by both head candidates
+        runs = {}
         for name in ("parent", *CANDIDATES):
             h, point = (None, parent) if name == "parent" else fit_candidate(name, bundle, ensemble, train, config, head)
             held = scored(ensemble, bundle, h, point, test)
             predicted[name][held_out] = held.label
-            new[name] += new_events(ensemble, bundle, h, point, test)
+            runs[name] = new_events(ensemble, bundle, h, point, test)
+            new[name] += len(runs[name])
             site_map = site_calibration(parent_map, labels, background, scored(ensemble, bundle, h, point, train))[0]
             keep = held.kept(background)
             for key, calibration in (("parent", parent_map), ("site", site_map)):
                 stored[name][key].append(confidences(calibration, labels, held, keep))
             stored[name]["right"].append(held.right()[keep])
+        for name in CANDIDATES:   # an event both store (same recording and class, overlapping) is a tie
+            new_losses[name] += unmatched(runs[name], runs[BASELINE])
+            new_wins[name] += unmatched(runs[BASELINE], runs[name])
     scores = {name: event_scores(p, data.targets, background, new[name]) for name, p in predicted.items()}
     correct = {name: p == data.targets for name, p in predicted.items()}
     for name in CANDIDATES:   # paired against the baseline, for the sign test of ``choose_candidate``
-        # new events are not matched between the two: each of the candidate's is its loss, each
-        # of the baseline's its win (an event both store adds one to each side)
-        scores[name]["versus_baseline"] = {"wins": int((correct[name] & ~correct[BASELINE]).sum()) + new[BASELINE],
-                                           "losses": int((~correct[name] & correct[BASELINE]).sum()) + new[name]}
+        scores[name]["versus_baseline"] = {"wins": int((correct[name] & ~correct[BASELINE]).sum()) + new_wins[name],
+                                           "losses": int((~correct[name] & correct[BASELINE]).sum()) + new_losses[name]}
     for name in ("parent", *CANDIDATES):
         right = np.concatenate(stored[name]["right"]) if stored[name]["right"] else np.zeros(0)
         scores[name]["calibration"] = {key: quality(np.concatenate(stored[name][key]) if right.size else right, right)
@@ -378,18 +385,18 @@ def scored(ensemble: Ensemble, bundle: Bundle, correction: Correction, point: Op
 
 
 def new_events(ensemble: Ensemble, bundle: Bundle, correction: Correction, point: OperatingPoint,
-               data: ReviewedWindows) -> int:
-    """Events the bundle a candidate writes would store where the parent stored nothing
-    (``data.unstored``), beyond those it carries on from a stored detection. No review speaks for
+               data: ReviewedWindows) -> list[tuple[int, int, int, int]]:
+    """The events the bundle a candidate writes would store on ``data``'s recordings that overlap
+    no detection the parent stored and none reviewed (``new_event_runs``). No review speaks for
     them, and on held-out recorders most such new events were false (docs/results.md), so the
     comparison counts them as false alarms; a candidate that finds calls the parent missed pays
     for them too."""
-    unstored = data.unstored
-    if unstored is None or not unstored.probs.shape[1]:
-        return 0
-    windows = dataclasses.replace(data, probs=unstored.probs, embeddings=unstored.embeddings)
-    return events_on(_candidate_probs(ensemble, correction, windows), unstored.stretches, bundle.labels, point,
-                     bundle.labels.index(bundle.background_label), unstored.borders)
+    whole = data.whole
+    if whole is None or not whole.probs.shape[1]:
+        return []
+    windows = dataclasses.replace(data, probs=whole.probs, embeddings=whole.embeddings)
+    return new_event_runs(_candidate_probs(ensemble, correction, windows), whole.recording, whole.stored,
+                          bundle.labels, point, bundle.labels.index(bundle.background_label))
 
 
 def site_calibration_wins(held_out: dict) -> bool:
@@ -412,8 +419,8 @@ def _head_probs(ensemble: Ensemble, data: ReviewedWindows) -> np.ndarray:
 
 def clearly_better(wins: int, losses: int) -> bool:
     """A one-sided exact sign test: ``wins`` against ``losses`` (held-out detections one candidate
-    decides right and the other wrong, and each one's new events as the other's wins) is unlikely
-    under a coin flip (p < ``CLEARLY_BETTER_P``)."""
+    decides right and the other wrong, and each one's new events that the other does not store
+    as the other's wins) is unlikely under a coin flip (p < ``CLEARLY_BETTER_P``)."""
     n = wins + losses
     return n > 0 and sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n < CLEARLY_BETTER_P
 

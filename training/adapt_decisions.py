@@ -107,7 +107,7 @@ def _gate(merger: EventMerger, c: int, start: int, end: int, confidence: np.ndar
 def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int, new_events: int = 0) -> dict:
     """F1 of kept detections: a kept detection of its true class is a hit, any other kept one a false
     alarm, a call not kept with its class a miss; ``new_events`` (events stored where nothing was
-    reviewed, ``events_on``) count as false alarms too. Also the share of true false alarms still
+    reviewed, ``new_event_runs``) count as false alarms too. Also the share of true false alarms still
     kept."""
     kept = predicted != background
     hits = int((kept & (predicted == truth)).sum())
@@ -120,25 +120,32 @@ def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int, new_
             "background_kept": int((kept & (truth == background)).sum()) / max(1, background_total)}
 
 
-def events_on(member_probs: np.ndarray, stretches: np.ndarray, labels: tuple[str, ...], point: OperatingPoint,
-              background: int, borders: np.ndarray | None = None) -> int:
-    """How many events the recorder would store on these windows (``member_probs [M, N, C]``;
-    ``stretches [N]`` numbers runs of consecutive windows, in time order): each run of one call
-    class within a stretch that ``point`` keeps is one, unless it holds a window of ``borders
-    [N]`` (beside a stored detection: that detection's event, carried on)."""
-    if not len(stretches):
-        return 0
-    index = np.unique(stretches, return_inverse=True)[1].ravel()
+def new_event_runs(member_probs: np.ndarray, recording: np.ndarray, stored: np.ndarray, labels: tuple[str, ...],
+                   point: OperatingPoint, background: int) -> list[tuple[int, int, int, int]]:
+    """The events the recorder would store on these windows (``member_probs [M, N, C]``;
+    ``recording [N]`` numbers the recordings, each one's windows in time order) that overlap no
+    window of ``stored [N]`` (inside a stored or reviewed detection: decided there, and scored
+    against its review): (recording, first window, last window, class) of each run of one call
+    class that ``point`` keeps."""
+    n = len(recording)
+    if not n:
+        return []
+    index = np.unique(recording, return_inverse=True)[1].ravel()
     window_labels = _decided(member_probs, index, int(index.max()) + 1, labels, point, background)[1]
-    call = window_labels != background
-    first = call.copy()
-    first[1:] &= (window_labels[1:] != window_labels[:-1]) | (index[1:] != index[:-1])
-    if borders is None:
-        return int(first.sum())
-    run = np.cumsum(first) - 1          # each call window's run
-    carried = np.zeros(int(first.sum()), bool)
-    carried[run[call & borders]] = True
-    return int((~carried).sum())
+    change = np.ones(n, bool)
+    change[1:] = (window_labels[1:] != window_labels[:-1]) | (index[1:] != index[:-1])
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], n) - 1
+    new = (window_labels[starts] != background) & (np.add.reduceat(stored.astype(int), starts) == 0)
+    return list(zip(recording[starts[new]].tolist(), starts[new].tolist(), ends[new].tolist(),
+                    window_labels[starts[new]].tolist()))
+
+
+def unmatched(runs: list[tuple[int, int, int, int]], others: list[tuple[int, int, int, int]]) -> int:
+    """How many of ``runs`` (``new_event_runs``) overlap no run of ``others`` of the same class in
+    the same recording."""
+    return sum(not any(r == o_r and c == o_c and first <= o_last and o_first <= last
+                       for o_r, o_first, o_last, o_c in others) for r, first, last, c in runs)
 
 
 def grouped_folds(groups: list[str], k: int) -> list[np.ndarray]:

@@ -35,8 +35,8 @@ class ReviewedWindows:
     ``groups [D]`` its recording; ``review_ids [D]`` the review rows used. ``extra_probs [M, X, C]``,
     ``extra_embeddings [M, X, d]`` and ``extra_groups [X]``: windows taken as this site's
     background without a review (beside a wrong detection, or confidently background and in no
-    detection; see ``background_windows``). ``unstored``: every window of these recordings where
-    the parent stored nothing, on which a candidate's new events are counted."""
+    detection; see ``background_windows``). ``whole``: every window of these recordings, to
+    count a candidate's new events where the parent stored nothing."""
 
     probs: np.ndarray
     embeddings: np.ndarray
@@ -47,11 +47,11 @@ class ReviewedWindows:
     extra_probs: np.ndarray | None = None
     extra_embeddings: np.ndarray | None = None
     extra_groups: tuple[str, ...] = ()
-    unstored: Unstored | None = None
+    whole: WholeRecordings | None = None
 
-    def subset(self, keep: np.ndarray) -> "ReviewedWindows":
+    def subset(self, keep: np.ndarray, whole: bool = True) -> "ReviewedWindows":
         """The detections where ``keep [D]`` is true, renumbered, with the background windows of
-        their recordings only."""
+        their recordings only (and their ``whole`` windows, unless not wanted)."""
         new_index = np.cumsum(keep) - 1
         windows = keep[self.detection]
         kept_groups = {g for g, k in zip(self.groups, keep) if k}
@@ -63,58 +63,46 @@ class ReviewedWindows:
                                None if self.extra_probs is None else self.extra_probs[:, extra],
                                None if self.extra_embeddings is None else self.extra_embeddings[:, extra],
                                tuple(g for g, k in zip(self.extra_groups, extra) if k),
-                               None if self.unstored is None else self.unstored.of(kept_groups))
+                               None if self.whole is None or not whole else self.whole.of(kept_groups))
 
 
 @dataclasses.dataclass(frozen=True)
-class Unstored:
-    """The windows of reviewed recordings that overlap no stored detection (``U`` in all):
-    ``probs [M, U, C]``, ``embeddings [M, U, d]``, ``groups [U]`` the recording; ``stretches [U]``
-    numbers runs of consecutive such windows (a stored detection or another recording between
-    them ends one); ``borders [U]`` is true for a stretch's first and last window where a stored
-    detection lies beside it, so that an event a candidate carries on from a stored detection is
-    not counted as a new one (``adapt_decisions.events_on``)."""
+class WholeRecordings:
+    """Every window of the reviewed recordings (``U`` in all), to count the events a candidate
+    stores where the parent stored nothing: ``probs [M, U, C]``, ``embeddings [M, U, d]``,
+    ``groups [U]`` the recording; ``recording [U]`` numbers the recordings (each one's windows in
+    time order); ``stored [U]`` marks the windows inside a detection the parent stored or one that
+    was reviewed (``adapt_decisions.new_event_runs``)."""
 
     probs: np.ndarray
     embeddings: np.ndarray
     groups: tuple[str, ...]
-    stretches: np.ndarray
-    borders: np.ndarray
+    recording: np.ndarray
+    stored: np.ndarray
 
-    def of(self, groups: set[str]) -> "Unstored":
+    def of(self, groups: set[str]) -> "WholeRecordings":
         keep = np.array([g in groups for g in self.groups], bool)
-        return Unstored(self.probs[:, keep], self.embeddings[:, keep],
-                        tuple(g for g, k in zip(self.groups, keep) if k), self.stretches[keep], self.borders[keep])
+        return WholeRecordings(self.probs[:, keep], self.embeddings[:, keep],
+                        tuple(g for g, k in zip(self.groups, keep) if k), self.recording[keep], self.stored[keep])
 
     @staticmethod
-    def join(parts: list["Unstored"], members: int, classes: int, width: int) -> "Unstored":
-        """One recording's after another, their stretches numbered apart."""
+    def join(parts: list["WholeRecordings"], members: int, classes: int, width: int) -> "WholeRecordings":
+        """One recording's after another, numbered apart."""
         if not parts:
-            return Unstored(np.zeros((members, 0, classes)), np.zeros((members, 0, width)), (), np.zeros(0, int),
+            return WholeRecordings(np.zeros((members, 0, classes)), np.zeros((members, 0, width)), (), np.zeros(0, int),
                             np.zeros(0, bool))
-        offset, stretches = 0, []
-        for part in parts:
-            stretches.append(part.stretches + offset)
-            offset += int(part.stretches.max()) + 1 if len(part.stretches) else 0
-        return Unstored(np.concatenate([p.probs for p in parts], axis=1),
+        return WholeRecordings(np.concatenate([p.probs for p in parts], axis=1),
                         np.concatenate([p.embeddings for p in parts], axis=1),
-                        tuple(g for p in parts for g in p.groups), np.concatenate(stretches),
-                        np.concatenate([p.borders for p in parts]))
+                        tuple(g for p in parts for g in p.groups),
+                        np.concatenate([np.full(len(p.recording), i) for i, p in enumerate(parts)]),
+                        np.concatenate([p.stored for p in parts]))
 
 
-def unstored_windows(windows: RecordingWindows, detections: list[tuple[float, float]], frame_s: float,
-                     group: str) -> Unstored:
-    """The windows of one recording that overlap no stored detection (``detections``, seconds)."""
-    inside = inside_detections(windows, detections, frame_s)
-    picked = np.flatnonzero(~inside)
-    stretch = stretches(picked)
-    first = np.ones(len(picked), bool)
-    first[1:] = stretch[1:] != stretch[:-1]
-    last = np.ones(len(picked), bool)
-    last[:-1] = stretch[1:] != stretch[:-1]
-    # every gap is a stored detection's windows; the recording's own ends border none
-    borders = (first & (picked > 0)) | (last & (picked < len(inside) - 1))
-    return Unstored(windows.probs[:, picked], windows.embeddings[:, picked], (group,) * len(picked), stretch, borders)
+def whole_recording(windows: RecordingWindows, stored: list[tuple[float, float]], frame_s: float,
+                     group: str) -> WholeRecordings:
+    """One recording's windows, those overlapping a span of ``stored`` (seconds) marked."""
+    return WholeRecordings(windows.probs, windows.embeddings, (group,) * len(windows.starts),
+                    np.zeros(len(windows.starts), int), inside_detections(windows, stored, frame_s))
 
 
 def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -> list[tuple[dict, int]]:
@@ -244,18 +232,14 @@ def _overlapping(windows: RecordingWindows, spans: list[tuple[float, float]], fr
     return hit
 
 
-def stretches(picked: np.ndarray) -> np.ndarray:
-    """A number for each of ``picked`` (sorted window indices of one recording): consecutive
-    windows share one, a gap starts the next; from 0."""
-    if not len(picked):
-        return np.zeros(0, int)
-    return np.concatenate([[0], np.cumsum(np.diff(picked) != 1)])
-
-
-def detection_spans(db: Path, source: str) -> list[tuple[float, float]]:
-    """(start_s, end_s) of every stored detection of ``source``, any bundle, reviewed or not."""
+def detection_spans(db: Path, source: str, bundle_id: str | None = None) -> list[tuple[float, float]]:
+    """(start_s, end_s) of every stored detection of ``source``, reviewed or not: of any bundle, or
+    of ``bundle_id`` only."""
+    query, args = "SELECT start_s, end_s FROM detections WHERE source = ?", [source]
+    if bundle_id is not None:
+        query, args = query + " AND bundle_id = ?", args + [bundle_id]
     with closing(connect_read_only(db)) as conn:
-        return [(a, b) for a, b in conn.execute("SELECT start_s, end_s FROM detections WHERE source = ?", (source,))]
+        return [(a, b) for a, b in conn.execute(query, args)]
 
 
 def _member_outputs(ensemble: Ensemble, windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -325,7 +325,7 @@ def test_unstored_windows_mark_those_inside_a_stored_or_reviewed_detection():
     windows = RecordingWindows(starts, np.full(20, 4), np.zeros((1, 20, 3)), np.zeros((1, 20, 4)), 40.0)
     part = whole_recording(windows, [(10.0, 14.0)], 1.0, "r")   # windows 4-6 overlap it
     assert np.flatnonzero(part.stored).tolist() == [4, 5, 6] and part.groups == ("r",) * 20
-    joined = WholeRecordings.join([part, whole_recording(windows, [], 1.0, "s")], 1, 3, 4)
+    joined = WholeRecordings.join([part, whole_recording(windows, [], 1.0, "s")])
     assert joined.recording.tolist() == [0] * 20 + [1] * 20 and not joined.stored[20:].any()
     assert joined.of({"s"}).groups == ("s",) * 20 and joined.of({"s"}).recording.tolist() == [1] * 20
 
@@ -418,7 +418,7 @@ def test_held_out_comparison_counts_what_each_candidate_stores_on_unreviewed_win
     # the recordings' windows: the members call a duet in r0, r1 and r2 where nothing was stored
     # (two events), and in r2 next to a stored detection (that detection's, carried on)
     whole = [np.concatenate([windows(4, 0, 0.9), windows(3, duet, 0.9) if g != "r3" else windows(3, 0, 0.9)],
-                               axis=1) for g in recordings]
+                            axis=1) for g in recordings]
     probs, whole_probs = np.concatenate(probs, axis=1), np.concatenate(whole, axis=1)
     stored = np.zeros(28, bool)
     stored[20] = True                                          # r2's last window: inside a detection
@@ -581,11 +581,11 @@ def test_held_out_folds_keep_the_background_windows_of_their_own_recordings_only
     assert only_a.extra_groups == ("a", "a") and only_a.extra_probs[0, :, 0].tolist() == [0.0, 4.0]
     assert only_a.review_ids == [10] and only_a.detection.tolist() == [0]
     whole = WholeRecordings(np.arange(4.0).reshape(1, 4, 1), np.zeros((1, 4, 4)), ("a", "b", "a", "b"),
-                        np.array([0, 1, 0, 1]), np.array([True, False, False, True]))
+                            np.array([0, 1, 0, 1]), np.array([True, False, False, True]))
     held = dataclasses.replace(data, whole=whole).subset(np.array([True, False, False]))
     assert held.whole.probs[0, :, 0].tolist() == [0.0, 2.0] and held.whole.stored.tolist() == [True, False]
-    with_unstored = dataclasses.replace(data, whole=whole)
-    assert with_unstored.subset(np.array([True, False, False]), whole=False).whole is None
+    with_whole = dataclasses.replace(data, whole=whole)
+    assert with_whole.subset(np.array([True, False, False]), whole=False).whole is None
 
 
 def test_a_correction_of_one_class_leaves_the_other_logits_alone():

@@ -110,6 +110,7 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
         except AudioError as exc:
             log.warning("%s; its %d review(s) left out", exc, len(items))   # the error names the file
             continue
+        scored_before = len(target_list)
         for row, target in items:
             picked = nearest_windows(windows.starts, event_windows(row["start_s"], row["end_s"], spec, frame_s),
                                      spec.frames)
@@ -129,7 +130,7 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
         extra_probs.append(windows.probs[:, picked])
         extra_embeddings.append(windows.embeddings[:, picked])
         extra_groups += [source] * len(picked)
-        if any(g == source for g in groups):   # else no fold scores this recording
+        if len(target_list) > scored_before:   # else no fold scores this recording
             # where the parent stored nothing: outside its own detections and the reviewed ones
             stored = detection_spans(reviews_db, source, bundle.bundle_id) + [(r["start_s"], r["end_s"])
                                                                                for r, _ in items]
@@ -144,7 +145,7 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
                            np.asarray(detection), np.asarray(target_list), groups, review_ids,
                            np.concatenate(extra_probs, axis=1), np.concatenate(extra_embeddings, axis=1),
                            tuple(extra_groups),
-                           WholeRecordings.join(whole, probs[0].shape[0], probs[0].shape[2], embeddings[0].shape[2]))
+                           WholeRecordings.join(whole))
 
 
 def fit_head(data: ReviewedWindows, n_classes: int, config: AdaptConfig, background: int) -> SiteHead:

@@ -83,26 +83,24 @@ class WholeRecordings:
     def of(self, groups: set[str]) -> "WholeRecordings":
         keep = np.array([g in groups for g in self.groups], bool)
         return WholeRecordings(self.probs[:, keep], self.embeddings[:, keep],
-                        tuple(g for g, k in zip(self.groups, keep) if k), self.recording[keep], self.stored[keep])
+                               tuple(g for g, k in zip(self.groups, keep) if k), self.recording[keep],
+                               self.stored[keep])
 
     @staticmethod
-    def join(parts: list["WholeRecordings"], members: int, classes: int, width: int) -> "WholeRecordings":
-        """One recording's after another, numbered apart."""
-        if not parts:
-            return WholeRecordings(np.zeros((members, 0, classes)), np.zeros((members, 0, width)), (), np.zeros(0, int),
-                            np.zeros(0, bool))
+    def join(parts: list["WholeRecordings"]) -> "WholeRecordings":
+        """One recording's after another (one at least), numbered apart."""
         return WholeRecordings(np.concatenate([p.probs for p in parts], axis=1),
-                        np.concatenate([p.embeddings for p in parts], axis=1),
-                        tuple(g for p in parts for g in p.groups),
-                        np.concatenate([np.full(len(p.recording), i) for i, p in enumerate(parts)]),
-                        np.concatenate([p.stored for p in parts]))
+                               np.concatenate([p.embeddings for p in parts], axis=1),
+                               tuple(g for p in parts for g in p.groups),
+                               np.concatenate([np.full(len(p.recording), i) for i, p in enumerate(parts)]),
+                               np.concatenate([p.stored for p in parts]))
 
 
 def whole_recording(windows: RecordingWindows, stored: list[tuple[float, float]], frame_s: float,
-                     group: str) -> WholeRecordings:
+                    group: str) -> WholeRecordings:
     """One recording's windows, those overlapping a span of ``stored`` (seconds) marked."""
     return WholeRecordings(windows.probs, windows.embeddings, (group,) * len(windows.starts),
-                    np.zeros(len(windows.starts), int), inside_detections(windows, stored, frame_s))
+                           np.zeros(len(windows.starts), int), inside_detections(windows, stored, frame_s))
 
 
 def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -> list[tuple[dict, int]]:

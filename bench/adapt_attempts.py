@@ -26,8 +26,8 @@ from edgemon.analysis.analyzer import EventMerger, WindowVote
 from edgemon.analysis.bundle import load_bundle
 from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
 from edgemon.analysis.ensemble import Ensemble, majority_vote
-from training.adapt import (AdaptConfig, AdaptError, fit_candidate, fit_correction, fit_head, fit_operating_point,
-                            fit_veto, reviewed_windows)
+from training.adapt import AdaptConfig, AdaptError, reviewed_windows
+from training.adapt_fit import fit_candidate, fit_correction, fit_head, fit_operating_point, fit_veto
 from training.adapt_decisions import decide, event_scores, grouped_folds
 from training.adapt_windows import recording_windows
 from training.adapted_bundle import parent_point
@@ -69,7 +69,7 @@ def head_on(data, config, background, *, extra=True, balanced=False, l2=None, on
     """A site head on the reviews, with or without the background windows, natural or class-balanced,
     correcting every class's logit or ``only`` one."""
     if not extra:
-        data = dataclasses.replace(data, extra_probs=None, extra_embeddings=None, extra_groups=())
+        data = dataclasses.replace(data, whole=None)
     config = dataclasses.replace(config, l2=config.l2 if l2 is None else l2)
     if not balanced and only is None:
         return fit_head(data, data.probs.shape[2], config, background)

@@ -32,8 +32,8 @@ from devtools.site_sim import analyse_into, field_counts, fold_parent, lay_recor
 from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.review.reviews import wilson_interval
-from training.adapt import (CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, fit_candidate,
-                            reviewed_windows)
+from training.adapt import CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, reviewed_windows
+from training.adapt_fit import fit_candidate
 from training.adapted_bundle import write_adapted
 from training.calibration import at_levels
 from training.field import poisson_interval

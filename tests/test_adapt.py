@@ -27,7 +27,8 @@ from edgemon.errors import BundleError
 from edgemon.review import reviews
 from tests.review_helpers import make_review_db
 from training.adapt import (CALIBRATION_ONLY, CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, choose_candidate,
-                            clearly_better, fit_correction, fit_operating_point, fit_thresholds, held_out_comparison)
+                            clearly_better, held_out_comparison, new_events, parent_point)
+from training.adapt_fit import fit_correction, fit_operating_point, fit_thresholds
 from training.adapt_decisions import (decide, decide_scored, detection_labels, kept_runs, event_scores,
                                       grouped_folds, new_event_runs, unmatched)
 from training.adapt_windows import (RecordingWindows, ReviewedWindows, background_windows, detection_spans,
@@ -323,11 +324,14 @@ def test_a_gated_point_drops_in_numpy_the_runs_the_recorder_drops():
 def test_unstored_windows_mark_those_inside_a_stored_or_reviewed_detection():
     starts = np.arange(0, 40, 2)                               # 20 windows of 4 frames, frame_s = 1
     windows = RecordingWindows(starts, np.full(20, 4), np.zeros((1, 20, 3)), np.zeros((1, 20, 4)), 40.0)
-    part = whole_recording(windows, [(10.0, 14.0)], 1.0, "r")   # windows 4-6 overlap it
-    assert np.flatnonzero(part.stored).tolist() == [4, 5, 6] and part.groups == ("r",) * 20
-    joined = WholeRecordings.join([part, whole_recording(windows, [], 1.0, "s")])
+    part = whole_recording(windows, [(10.0, 14.0)], 1.0, "r", np.array([0, 19]))   # windows 4-6 overlap it
+    assert np.flatnonzero(part.stored).tolist() == [4, 5, 6] and np.flatnonzero(part.background).tolist() == [0, 19]
+    joined = WholeRecordings.join([part, whole_recording(windows, [], 1.0, "s", np.array([3]))])
     assert joined.recording.tolist() == [0] * 20 + [1] * 20 and not joined.stored[20:].any()
-    assert joined.of({"s"}).groups == ("s",) * 20 and joined.of({"s"}).recording.tolist() == [1] * 20
+    assert joined.names == ("r", "s") and np.flatnonzero(joined.background).tolist() == [0, 19, 23]
+    s = joined.of({"s"})
+    assert s.names[s.recording[0]] == "s" and s.recording.tolist() == [1] * 20 and not s.only_background
+    assert joined.of({"s"}, only_background=True).recording.tolist() == [1]
 
 
 def test_new_event_runs_are_the_recorders_events_outside_stored_detections():
@@ -425,8 +429,10 @@ def test_held_out_comparison_counts_what_each_candidate_stores_on_unreviewed_win
     data = ReviewedWindows(probs, rng.normal(size=probs.shape[:2] + (192,)), np.array(detection), np.array(targets),
                            groups, list(range(len(targets))), whole=WholeRecordings(
                                whole_probs, rng.normal(size=whole_probs.shape[:2] + (192,)),
-                               tuple(g for g in recordings for _ in range(7)), np.repeat(np.arange(4), 7), stored))
+                               tuple(recordings), np.repeat(np.arange(4), 7), stored, np.zeros(28, bool)))
     scores = held_out_comparison(bundle, ensemble, data, AdaptConfig(steps=20))
+    with pytest.raises(ValueError, match="background windows alone"):   # a training side holds no more
+        new_events(ensemble, bundle, None, parent_point(bundle), data.subset(np.ones(16, bool), whole=False))
     parent = scores["parent"]
     assert (parent["hits"], parent["false_alarms"], parent["new_events"]) == (12, 4, 2)
     assert parent["f1"] == pytest.approx(24 / (24 + 4 + 2))
@@ -573,19 +579,22 @@ def test_background_windows_are_beside_wrong_detections_or_plainly_background_an
 
 
 def test_held_out_folds_keep_the_background_windows_of_their_own_recordings_only():
-    """A fold fitted without recording 'b' must not learn from 'b's background windows."""
+    """A fold fitted without recording 'b' must not learn from 'b's background windows; a
+    training side holds the background windows of its recordings and nothing more of them."""
+    whole = WholeRecordings(np.arange(12.0).reshape(1, 6, 2), np.zeros((1, 6, 4)), ("a", "b"),
+                            np.array([0, 1, 0, 1, 0, 0]), np.array([True, False, False, True, False, False]),
+                            np.array([True, True, False, True, True, False]))
     data = ReviewedWindows(np.zeros((1, 3, 2)), np.zeros((1, 3, 4)), np.array([0, 1, 2]), np.array([1, 0, 1]),
-                           ["a", "b", "b"], [10, 11, 12], np.arange(8.0).reshape(1, 4, 2),
-                           np.zeros((1, 4, 4)), ("a", "b", "a", "b"))
-    only_a = data.subset(np.array([True, False, False]))
-    assert only_a.extra_groups == ("a", "a") and only_a.extra_probs[0, :, 0].tolist() == [0.0, 4.0]
-    assert only_a.review_ids == [10] and only_a.detection.tolist() == [0]
-    whole = WholeRecordings(np.arange(4.0).reshape(1, 4, 1), np.zeros((1, 4, 4)), ("a", "b", "a", "b"),
-                            np.array([0, 1, 0, 1]), np.array([True, False, False, True]))
-    held = dataclasses.replace(data, whole=whole).subset(np.array([True, False, False]))
-    assert held.whole.probs[0, :, 0].tolist() == [0.0, 2.0] and held.whole.stored.tolist() == [True, False]
-    with_whole = dataclasses.replace(data, whole=whole)
-    assert with_whole.subset(np.array([True, False, False]), whole=False).whole is None
+                           ["a", "b", "b"], [10, 11, 12], whole)
+    assert data.background_count == 4 and data.extra_probs[0, :, 0].tolist() == [0.0, 2.0, 6.0, 8.0]
+    held = data.subset(np.array([True, False, False]))
+    assert held.review_ids == [10] and held.detection.tolist() == [0]
+    assert held.whole.probs[0, :, 0].tolist() == [0.0, 4.0, 8.0, 10.0]
+    assert held.whole.stored.tolist() == [True, False, False, False]
+    assert held.background_count == 2 and held.extra_probs[0, :, 0].tolist() == [0.0, 8.0]
+    training = data.subset(np.array([True, False, False]), whole=False)
+    assert training.whole.only_background and training.whole.probs[0, :, 0].tolist() == [0.0, 8.0]
+    assert training.extra_probs[0, :, 0].tolist() == [0.0, 8.0] and training.background_count == 2
 
 
 def test_a_correction_of_one_class_leaves_the_other_logits_alone():

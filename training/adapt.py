@@ -7,7 +7,7 @@ batched as the recorder does. Verdicts become targets: 'wrong' -> this site's ba
 beside a wrong detection, and windows the members confidently call background, are taken as
 background too (never one inside a stored detection).
 
-Candidates (``CANDIDATES``): the parent's per-class thresholds re-fitted (the fair baseline);
+Candidates (``CANDIDATES``, fitted in ``training.adapt_fit``): the parent's per-class thresholds re-fitted (the fair baseline);
 thresholds and the fewest windows an event needs re-fitted together (the operating point's
 evidence rule); a site head (``edgemon.analysis.site_head``: a penalised correction of each member's
 log-probabilities from its embedding); a site head with thresholds re-fitted on its output; a site
@@ -42,12 +42,11 @@ import numpy as np
 from edgemon.analysis.bundle import Bundle, load_bundle
 from edgemon.analysis.decisions import Calibration, OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
-from edgemon.analysis.site_head import Z_CLIP, SiteHead
-from edgemon.analysis.site_veto import SiteVeto, window_features
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
 from edgemon.storage.readonly import database_uuid, recording_path, reviewed
-from training.adapt_decisions import decide, decide_scored, event_scores, grouped_folds, new_event_runs, unmatched
+from training.adapt_decisions import decide_scored, event_scores, grouped_folds, new_event_runs, unmatched
+from training.adapt_fit import CANDIDATES, candidate_probs, fit_candidate, fit_head
 from training.adapt_windows import (ReviewedWindows, background_windows, detection_spans, event_windows, nearest_windows,
                                     recording_windows, review_targets, WholeRecordings, whole_recording)
 from training.adapted_bundle import Correction, parent_point, write_adapted
@@ -99,7 +98,7 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
     for row, target in targets:
         by_recording[row["source"]].append((row, target))
     probs, embeddings, detection, target_list, groups, review_ids = [], [], [], [], [], []
-    extra_probs, extra_embeddings, extra_groups, whole = [], [], [], []
+    whole = []
     for source, items in sorted(by_recording.items()):
         try:
             path = recording_path(items[0][0], recordings)
@@ -110,7 +109,6 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
         except AudioError as exc:
             log.warning("%s; its %d review(s) left out", exc, len(items))   # the error names the file
             continue
-        scored_before = len(target_list)
         for row, target in items:
             picked = nearest_windows(windows.starts, event_windows(row["start_s"], row["end_s"], spec, frame_s),
                                      spec.frames)
@@ -124,17 +122,12 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
             review_ids.append(row["id"])
         wrong = [(r["start_s"], r["end_s"]) for r, t in items if t == background]
         # the parent's thresholds were fitted on what its own site head and veto output, if any;
-        # the head a candidate fits still learns from the raw members (extra_probs below)
-        picked = background_windows(windows, detection_spans(reviews_db, source), wrong, spec, frame_s, background,
-                                    config, thresholds, ensemble.site_corrected(windows.probs, windows.embeddings))
-        extra_probs.append(windows.probs[:, picked])
-        extra_embeddings.append(windows.embeddings[:, picked])
-        extra_groups += [source] * len(picked)
-        if len(target_list) > scored_before:   # else no fold scores this recording
-            # where the parent stored nothing: outside its own detections and the reviewed ones
-            stored = detection_spans(reviews_db, source, bundle.bundle_id) + [(r["start_s"], r["end_s"])
-                                                                               for r, _ in items]
-            whole.append(whole_recording(windows, stored, frame_s, source))
+        # the head a candidate fits still learns from the raw members (extra_probs)
+        site = background_windows(windows, detection_spans(reviews_db, source), wrong, spec, frame_s, background,
+                                  config, thresholds, ensemble.site_corrected(windows.probs, windows.embeddings))
+        # where the parent stored nothing: outside its own detections and the reviewed ones
+        stored = detection_spans(reviews_db, source, bundle.bundle_id) + [(r["start_s"], r["end_s"]) for r, _ in items]
+        whole.append(whole_recording(windows, stored, frame_s, source, site))
     if not targets:
         raise AdaptError(f"{reviews_db}: no judged review of a detection of this bundle's labels yet "
                          f"('unsure' is left out): review some with `edgemon review` first")
@@ -143,190 +136,12 @@ def reviewed_windows(bundle: Bundle, ensemble: Ensemble, reviews_db: Path, recor
                          f"found" + ("" if recordings else " (give --recordings DIR)"))
     return ReviewedWindows(np.concatenate(probs, axis=1), np.concatenate(embeddings, axis=1),
                            np.asarray(detection), np.asarray(target_list), groups, review_ids,
-                           np.concatenate(extra_probs, axis=1), np.concatenate(extra_embeddings, axis=1),
-                           tuple(extra_groups),
                            WholeRecordings.join(whole))
 
 
-def fit_head(data: ReviewedWindows, n_classes: int, config: AdaptConfig, background: int) -> SiteHead:
-    """Fit each member's correction on the reviewed detections' windows (each detection weighing
-    one, whatever its number of windows, so a few long events do not dominate) and the background
-    windows (one each: without them a few wrong detections teach the head little about this
-    site's quiet)."""
-    weight = 1.0 / np.bincount(data.detection, minlength=len(data.targets))[data.detection]
-    probs, embeddings, targets = data.probs, data.embeddings, data.targets[data.detection]
-    if data.extra_probs is not None and data.extra_probs.shape[1]:
-        background = np.full(data.extra_probs.shape[1], background)
-        probs = np.concatenate([probs, data.extra_probs], axis=1)
-        embeddings = np.concatenate([embeddings, data.extra_embeddings], axis=1)
-        targets, weight = np.concatenate([targets, background]), np.concatenate([weight, np.ones(len(background))])
-    return fit_correction(probs, embeddings, targets, weight, n_classes, config.l2 / len(data.targets), config)
-
-
-def fit_correction(probs: np.ndarray, embeddings: np.ndarray, targets: np.ndarray, weight: np.ndarray,
-                   n_classes: int, penalty: float, config: AdaptConfig, only: int | None = None) -> SiteHead:
-    """Each member's correction fitted by penalised cross-entropy (full-batch Adam) on ``N``
-    windows: ``probs [M, N, C]``, ``embeddings [M, N, d]``, ``targets [N]``, ``weight [N]``
-    (normalised here); weights and bias both pulled towards zero (the parent) by ``penalty``.
-    ``only``: correct that class's logit alone (the others stay the parent's)."""
-    mask = np.ones(n_classes) if only is None else np.eye(n_classes)[only]
-    weight = np.asarray(weight, np.float64) / np.sum(weight)
-    onehot = np.eye(n_classes)[targets]
-    weights, biases, means, scales = [], [], [], []
-    for m in range(probs.shape[0]):
-        log_p = np.log(np.maximum(probs[m], 1e-6)).astype(np.float64)
-        x = np.concatenate([embeddings[m], log_p], axis=1).astype(np.float64)
-        # A unit that barely moved on these reviews (a dead ReLU) must not blow up on other audio.
-        std = x.std(axis=0)
-        mean, scale = x.mean(axis=0), np.maximum(std, 0.1 * np.median(std) + 1e-3)
-        z = np.clip((x - mean) / scale, -Z_CLIP, Z_CLIP)
-        w, b = np.zeros((z.shape[1], n_classes)), np.zeros(n_classes)
-        state = [np.zeros_like(w), np.zeros_like(w), np.zeros_like(b), np.zeros_like(b)]
-        for step in range(1, config.steps + 1):
-            logits = log_p + z @ w + b
-            logits -= logits.max(axis=1, keepdims=True)
-            p = np.exp(logits)
-            p /= p.sum(axis=1, keepdims=True)
-            g = (p - onehot) * weight[:, None] * mask            # d loss / d logits
-            grad_w = z.T @ g + penalty * w
-            grad_b = g.sum(axis=0) + penalty * b
-            for k, (param, grad) in enumerate(((w, grad_w), (b, grad_b))):
-                mom, var = state[2 * k], state[2 * k + 1]
-                mom[:] = 0.9 * mom + 0.1 * grad
-                var[:] = 0.999 * var + 0.001 * grad ** 2
-                param -= config.learning_rate * (mom / (1 - 0.9 ** step)) / (np.sqrt(var / (1 - 0.999 ** step)) + 1e-8)
-        weights.append(w)
-        biases.append(b)
-        means.append(mean)
-        scales.append(scale)
-    return SiteHead(*(np.asarray(a, np.float32) for a in (weights, biases, means, scales)))
-
-
-def fit_thresholds(member_probs: np.ndarray, data: ReviewedWindows, labels: tuple[str, ...],
-                   start: OperatingPoint, background: int) -> OperatingPoint:
-    """The baseline: ``start`` with its per-class confidence thresholds re-fitted to maximise F1 on
-    these reviews (one pass of coordinate ascent over a 0.02 grid); ties keep the threshold nearest
-    the parent's (a class the reviews say nothing of keeps its own); its evidence rules are kept."""
-    thresholds = dict(start.thresholds)
-    for c, label in enumerate(labels):
-        if c == background:
-            continue
-        own, best = thresholds.get(label, 0.0), None
-        for t in sorted({own, *np.round(np.linspace(0, 1, 51), 2).tolist()}):
-            trial = dataclasses.replace(start, thresholds={**thresholds, label: float(t)})
-            f1 = event_scores(decide(member_probs, data.detection, len(data.targets), labels, trial, background),
-                              data.targets, background)["f1"]
-            rank = (round(f1, 9), -abs(float(t) - own))
-            if best is None or rank > best[0]:
-                best = (rank, float(t))
-        thresholds[label] = best[1]
-    return dataclasses.replace(start, thresholds=thresholds)
-
-
-def fit_operating_point(member_probs: np.ndarray, data: ReviewedWindows, labels: tuple[str, ...],
-                        start: OperatingPoint, background: int, thresholds: bool = True,
-                        evidence: tuple[int, ...] = (1,), objective=None, summed: tuple[float, ...] = (),
-                        opening: tuple[float, ...] = ()) -> OperatingPoint:
-    """``start`` with, per class, its confidence threshold (0.02 grid, when ``thresholds``) and the
-    fewest windows an event needs (from ``evidence``) chosen together to maximise F1 on these
-    reviews, one class at a time (one pass of coordinate ascent); ties keep what is nearest the
-    parent's threshold and windows (the parent's own windows are always tried; a class the reviews
-    say nothing of keeps both). Then, per class, the summed window confidence an event needs (from
-    ``summed``, the parent's, or 0) and the opening level one of its windows must reach (from
-    ``opening``, the parent's, or 0), each when given, ties to the parent's; else the parent's are
-    kept. ``objective``: another score of ``event_scores``' dict to maximise (a number or a tuple)."""
-    objective = objective or (lambda scores: scores["f1"])
-
-    def score(point: OperatingPoint) -> tuple:
-        value = objective(event_scores(decide(member_probs, data.detection, len(data.targets), labels, point,
-                                              background), data.targets, background))
-        return tuple(round(float(x), 9) for x in (value if isinstance(value, tuple) else (value,)))
-
-    point = start
-    for c, label in enumerate(labels):
-        if c == background:
-            continue
-        grid = sorted({point.thresholds.get(label, 0.0), *np.round(np.linspace(0, 1, 51), 2).tolist()}) \
-            if thresholds else [point.thresholds.get(label, 0.0)]
-        best, own_k = None, start.windows_needed(label)
-        for k in sorted({own_k, *evidence}):
-            for t in grid:
-                trial = dataclasses.replace(point, thresholds={**point.thresholds, label: float(t)},
-                                            min_windows={**point.min_windows, label: k})
-                # ties: nearest the parent's threshold and windows (with one window: then fewer windows)
-                rank = (score(trial), -abs(float(t) - start.thresholds.get(label, 0.0)) - abs(k - own_k))
-                if best is None or rank > best[0]:
-                    best = (rank, trial)
-        point = best[1]
-        for field, levels in (("min_evidence", summed), ("open_threshold", opening)):
-            if levels:   # ties: the parent's level (the reviews cannot tell), then the laxest
-                own = float(getattr(start, field).get(label, 0.0))
-                trials = [dataclasses.replace(point, **{field: {**getattr(point, field), label: float(v)}})
-                          for v in sorted({own, 0.0, *levels})]
-                point = max(trials, key=lambda trial: (score(trial), getattr(trial, field).get(label, 0.0) == own,
-                                                       -getattr(trial, field).get(label, 0.0)))
-    return point   # OperatingPoint drops the entries that hold nothing
-
-
-CANDIDATES = ("thresholds", "thresholds+evidence", "head", "head+thresholds", "veto+thresholds+evidence")
 CALIBRATION_ONLY = "calibration"   # written when no candidate beats the parent but the site's calibration does
 BASELINE = "thresholds"            # the simplest candidate; any other must clearly beat it
 CLEARLY_BETTER_P = 0.05            # one-sided sign test on held-out detections where the two differ
-
-
-def fit_veto(data: ReviewedWindows, background: int, config: AdaptConfig) -> SiteVeto:
-    """The site veto of these reviews: windows of wrong detections and the background windows
-    beside them as this site's background, windows of right (or relabelled) ones as its calls."""
-    window_targets = data.targets[data.detection]
-    features = window_features(data.embeddings)
-    site_background = [features[window_targets == background]]
-    if data.extra_embeddings is not None and data.extra_embeddings.shape[1]:
-        site_background.append(window_features(data.extra_embeddings))
-    site_background = np.concatenate(site_background)
-    if len(site_background) > config.veto_max_windows:
-        site_background = site_background[np.linspace(0, len(site_background) - 1, config.veto_max_windows).astype(int)]
-    calls = window_targets != background
-    return SiteVeto(site_background.astype(np.float32), features[calls].astype(np.float32), window_targets[calls],
-                    background, config.veto_k, config.veto_min_similarity, config.veto_unconfirmed_similarity)
-
-
-def fit_candidate(name: str, bundle: Bundle, ensemble: Ensemble, data: ReviewedWindows,
-                  config: AdaptConfig, head: SiteHead | None = None) -> tuple[Correction, OperatingPoint]:
-    """One way of adapting, fitted on ``data``: (site head, site veto or None; operating point).
-    'thresholds' is the parent with its per-class thresholds re-fitted (the baseline);
-    'thresholds+evidence' the parent with thresholds and the fewest windows an event needs
-    re-fitted together; 'head' a site head with the parent's operating point; 'head+thresholds' a
-    site head and thresholds re-fitted on its output; 'veto+thresholds+evidence' a site veto after
-    the operating point 'thresholds+evidence' fits. ``head``: one already fitted on ``data``."""
-    background = bundle.labels.index(bundle.background_label)
-    parent = parent_point(bundle)
-    if name == "thresholds":
-        return None, fit_thresholds(_parent_probs(ensemble, data), data, bundle.labels, parent, background)
-    if name == "thresholds+evidence":
-        return None, fit_operating_point(_parent_probs(ensemble, data), data, bundle.labels, parent, background,
-                                         evidence=config.evidence)
-    if name == "veto+thresholds+evidence":
-        # The point is fitted before the veto (on what the parent's head, if any, says): the veto
-        # then removes what resembles known false alarms; fitted after it on these same reviews,
-        # the veto would hide every reviewed false alarm and loosen the thresholds.
-        return fit_veto(data, background, config), fit_operating_point(_head_probs(ensemble, data), data, bundle.labels,
-                                                                       parent, background, evidence=config.evidence)
-    if name not in CANDIDATES:
-        raise AdaptError(f"unknown adaptation {name!r}: choose one of {', '.join(CANDIDATES)}")
-    head = head or fit_head(data, len(bundle.labels), config, background)
-    if name == "head":
-        return head, parent
-    return head, fit_thresholds(head.member_probs(data.probs, data.embeddings), data, bundle.labels, parent,
-                                background)
-
-
-def _candidate_probs(ensemble: Ensemble, correction: Correction, data: ReviewedWindows) -> np.ndarray:
-    """What the members of the bundle a candidate writes say (``adapted_bundle.written_corrections``)."""
-    if correction is None:
-        return _parent_probs(ensemble, data)
-    if isinstance(correction, SiteVeto):
-        return correction.member_probs(_head_probs(ensemble, data), data.embeddings)
-    return correction.member_probs(data.probs, data.embeddings)
 
 
 def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindows, config: AdaptConfig) -> dict:
@@ -379,7 +194,7 @@ def held_out_comparison(bundle: Bundle, ensemble: Ensemble, data: ReviewedWindow
 def scored(ensemble: Ensemble, bundle: Bundle, correction: Correction, point: OperatingPoint,
            data: ReviewedWindows) -> Scored:
     """``data``'s detections as the bundle a candidate writes decides them, with their scores."""
-    label, score, evidence, gate = decide_scored(_candidate_probs(ensemble, correction, data), data.detection,
+    label, score, evidence, gate = decide_scored(candidate_probs(ensemble, correction, data), data.detection,
                                                  len(data.targets), bundle.labels, point,
                                                  bundle.labels.index(bundle.background_label))
     return Scored(label, score, evidence, data.targets, gate)
@@ -393,10 +208,12 @@ def new_events(ensemble: Ensemble, bundle: Bundle, correction: Correction, point
     comparison counts them as false alarms; a candidate that finds calls the parent missed pays
     for them too."""
     whole = data.whole
+    if whole is not None and whole.only_background:
+        raise ValueError("new events are counted on whole recordings, not on their background windows alone")
     if whole is None or not whole.probs.shape[1]:
         return []
     windows = dataclasses.replace(data, probs=whole.probs, embeddings=whole.embeddings)
-    return new_event_runs(_candidate_probs(ensemble, correction, windows), whole.recording, whole.stored,
+    return new_event_runs(candidate_probs(ensemble, correction, windows), whole.recording, whole.stored,
                           bundle.labels, point, bundle.labels.index(bundle.background_label))
 
 
@@ -404,18 +221,6 @@ def site_calibration_wins(held_out: dict) -> bool:
     """The site's calibration replaces the parent's when its held-out Brier score is lower."""
     site, parent = held_out["site"], held_out["parent"]
     return bool(site["detections"]) and site["brier"] < parent["brier"]
-
-
-def _parent_probs(ensemble: Ensemble, data: ReviewedWindows) -> np.ndarray:
-    """What the parent bundle's members say, its own site head and veto included if it has them."""
-    return ensemble.site_corrected(data.probs, data.embeddings)
-
-
-def _head_probs(ensemble: Ensemble, data: ReviewedWindows) -> np.ndarray:
-    """What the parent's members say through its site head (if any), before any site veto."""
-    if ensemble.site_head is None:
-        return data.probs
-    return ensemble.site_head.member_probs(data.probs, data.embeddings)
 
 
 def clearly_better(wins: int, losses: int) -> bool:
@@ -516,7 +321,7 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
     provenance = {
         "parent_bundle": bundle.bundle_id, "method": chosen, "point_changed": point_changed,
         "adapted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "background_windows": len(data.extra_groups),
+        "background_windows": data.background_count,
         "reviews": {"database": str(Path(reviews_db).resolve()), "database_uuid": database_uuid(Path(reviews_db)),
                     "used": len(data.review_ids),
                     "review_ids": data.review_ids, "recordings": len(set(data.groups)),

@@ -28,15 +28,14 @@ RECORDER_BLOCK_S = 10.0   # what watch and Analyzer.analyse_file decode at a tim
 @dataclasses.dataclass(frozen=True)
 class ReviewedWindows:
     """Every window of ``D`` reviewed detections (``N`` windows in all) through ``M`` members, and
-    ``X`` background windows of the same recordings.
+    every window of their recordings.
 
     ``probs [M, N, C]`` and ``embeddings [M, N, d]`` are the raw members' outputs; ``detection
     [N]`` the window's detection index; ``targets [D]`` the class each detection truly is;
-    ``groups [D]`` its recording; ``review_ids [D]`` the review rows used. ``extra_probs [M, X, C]``,
-    ``extra_embeddings [M, X, d]`` and ``extra_groups [X]``: windows taken as this site's
-    background without a review (beside a wrong detection, or confidently background and in no
-    detection; see ``background_windows``). ``whole``: every window of these recordings, to
-    count a candidate's new events where the parent stored nothing."""
+    ``groups [D]`` its recording; ``review_ids [D]`` the review rows used. ``whole``: every window
+    of these recordings, to count a candidate's new events where the parent stored nothing, among
+    them those taken as this site's background without a review (``extra_probs``; see
+    ``background_windows``), held once for both."""
 
     probs: np.ndarray
     embeddings: np.ndarray
@@ -44,63 +43,88 @@ class ReviewedWindows:
     targets: np.ndarray
     groups: list[str]
     review_ids: list[int]
-    extra_probs: np.ndarray | None = None
-    extra_embeddings: np.ndarray | None = None
-    extra_groups: tuple[str, ...] = ()
     whole: WholeRecordings | None = None
 
+    @property
+    def extra_probs(self) -> np.ndarray | None:
+        """``[M, X, C]``: the windows taken as this site's background without a review."""
+        return None if self.whole is None else self.whole.site_background(self.whole.probs)
+
+    @property
+    def extra_embeddings(self) -> np.ndarray | None:
+        """``[M, X, d]``: as ``extra_probs``."""
+        return None if self.whole is None else self.whole.site_background(self.whole.embeddings)
+
+    @property
+    def background_count(self) -> int:
+        return 0 if self.whole is None else int(self.whole.background.sum())
+
     def subset(self, keep: np.ndarray, whole: bool = True) -> "ReviewedWindows":
-        """The detections where ``keep [D]`` is true, renumbered, with the background windows of
-        their recordings only (and their ``whole`` windows, unless not wanted)."""
+        """The detections where ``keep [D]`` is true, renumbered, with the windows of their
+        recordings only; with ``whole`` false, only those taken as the site's background (all a
+        training side needs: no new event is counted on it)."""
         new_index = np.cumsum(keep) - 1
         windows = keep[self.detection]
         kept_groups = {g for g, k in zip(self.groups, keep) if k}
-        extra = np.array([g in kept_groups for g in self.extra_groups], bool)
         return ReviewedWindows(self.probs[:, windows], self.embeddings[:, windows],
                                new_index[self.detection[windows]], self.targets[keep],
                                [g for g, k in zip(self.groups, keep) if k],
                                [r for r, k in zip(self.review_ids, keep) if k],
-                               None if self.extra_probs is None else self.extra_probs[:, extra],
-                               None if self.extra_embeddings is None else self.extra_embeddings[:, extra],
-                               tuple(g for g, k in zip(self.extra_groups, extra) if k),
-                               None if self.whole is None or not whole else self.whole.of(kept_groups))
+                               None if self.whole is None else self.whole.of(kept_groups, only_background=not whole))
 
 
 @dataclasses.dataclass(frozen=True)
 class WholeRecordings:
-    """Every window of the reviewed recordings (``U`` in all), to count the events a candidate
-    stores where the parent stored nothing: ``probs [M, U, C]``, ``embeddings [M, U, d]``,
-    ``groups [U]`` the recording; ``recording [U]`` numbers the recordings (each one's windows in
-    time order); ``stored [U]`` marks the windows inside a detection the parent stored or one that
-    was reviewed (``adapt_decisions.new_event_runs``)."""
+    """Every window of the reviewed recordings (``U`` in all): ``probs [M, U, C]``, ``embeddings
+    [M, U, d]``; ``recording [U]`` the window's recording, an index into ``names`` (each one's
+    windows in time order); ``stored [U]`` marks the windows inside a detection the parent stored
+    or one that was reviewed (``adapt_decisions.new_event_runs``); ``background [U]`` those taken
+    as this site's background without a review (``background_windows``). ``only_background``:
+    every other window was left out, so no new event can be counted here."""
 
     probs: np.ndarray
     embeddings: np.ndarray
-    groups: tuple[str, ...]
+    names: tuple[str, ...]
     recording: np.ndarray
     stored: np.ndarray
+    background: np.ndarray
+    only_background: bool = False
 
-    def of(self, groups: set[str]) -> "WholeRecordings":
-        keep = np.array([g in groups for g in self.groups], bool)
-        return WholeRecordings(self.probs[:, keep], self.embeddings[:, keep],
-                               tuple(g for g, k in zip(self.groups, keep) if k), self.recording[keep],
-                               self.stored[keep])
+    def of(self, groups: set[str], only_background: bool = False) -> "WholeRecordings":
+        """The windows of the recordings named in ``groups`` (with ``only_background``, of those
+        just the site's background); recordings keep their numbers."""
+        keep = np.isin(self.recording, [i for i, name in enumerate(self.names) if name in groups])
+        if only_background:
+            keep &= self.background
+        return WholeRecordings(self.probs[:, keep], self.embeddings[:, keep], self.names, self.recording[keep],
+                               self.stored[keep], self.background[keep], only_background or self.only_background)
+
+    def site_background(self, outputs: np.ndarray) -> np.ndarray:
+        """``outputs [M, U, ...]`` at the site's background windows (no copy when that is all)."""
+        return outputs if self.only_background else outputs[:, self.background]
 
     @staticmethod
     def join(parts: list["WholeRecordings"]) -> "WholeRecordings":
         """One recording's after another (one at least), numbered apart."""
+        offsets = np.cumsum([0] + [len(p.names) for p in parts])
         return WholeRecordings(np.concatenate([p.probs for p in parts], axis=1),
                                np.concatenate([p.embeddings for p in parts], axis=1),
-                               tuple(g for p in parts for g in p.groups),
-                               np.concatenate([np.full(len(p.recording), i) for i, p in enumerate(parts)]),
-                               np.concatenate([p.stored for p in parts]))
+                               tuple(name for p in parts for name in p.names),
+                               np.concatenate([p.recording + offset for p, offset in zip(parts, offsets)]),
+                               np.concatenate([p.stored for p in parts]),
+                               np.concatenate([p.background for p in parts]),
+                               any(p.only_background for p in parts))
 
 
 def whole_recording(windows: RecordingWindows, stored: list[tuple[float, float]], frame_s: float,
-                    group: str) -> WholeRecordings:
-    """One recording's windows, those overlapping a span of ``stored`` (seconds) marked."""
-    return WholeRecordings(windows.probs, windows.embeddings, (group,) * len(windows.starts),
-                           np.zeros(len(windows.starts), int), inside_detections(windows, stored, frame_s))
+                    group: str, background: np.ndarray | None = None) -> WholeRecordings:
+    """One recording's windows, those overlapping a span of ``stored`` (seconds) marked, and those
+    at the indices ``background`` as the site's background."""
+    site = np.zeros(len(windows.starts), bool)
+    if background is not None:
+        site[background] = True
+    return WholeRecordings(windows.probs, windows.embeddings, (group,), np.zeros(len(windows.starts), int),
+                           inside_detections(windows, stored, frame_s), site)
 
 
 def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -> list[tuple[dict, int]]:

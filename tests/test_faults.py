@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -275,7 +276,10 @@ def test_a_file_that_is_not_a_database_is_moved_aside_and_replaced(tmp_path, cap
 
 KILLED_MID_TRANSACTION = textwrap.dedent("""
     import os, sqlite3, sys
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)   # rollback journal: as at creation
+    from edgemon.storage.store import Store
+    Store(sys.argv[1]).close()                                 # an edgemon database ...
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("PRAGMA journal_mode = DELETE")               # ... in a rollback journal, as at creation
     conn.execute("CREATE TABLE t (x)")
     conn.execute("INSERT INTO t VALUES ('kept')")
     conn.execute("BEGIN IMMEDIATE")
@@ -291,7 +295,7 @@ def test_a_hot_journal_left_by_a_kill_is_rolled_back_not_refused(tmp_path):
     corruption check cannot roll it back ("attempt to write a readonly database", seen in the
     kill -9 test) and the unit then refused to start. It is ordinary crash recovery, not damage."""
     db = tmp_path / "d.db"
-    subprocess.run([sys.executable, "-c", KILLED_MID_TRANSACTION, str(db)])
+    subprocess.run([sys.executable, "-c", KILLED_MID_TRANSACTION, str(db)], cwd=REPO)
     assert (tmp_path / "d.db-journal").stat().st_size > 0
     assert corruption(db) is None
     assert not list(tmp_path.glob("d.db.corrupt-*"))
@@ -328,6 +332,70 @@ def test_errors_that_are_not_corruption_are_not_repaired(tmp_path):
     with pytest.raises(StoreError):
         open_or_recover(db)
     assert db.is_dir() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+def _watch(root: Path, db: Path, *prefix: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db),
+                           "--until-idle", "--settle-s", "0", "--retry-s", "1"],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.parametrize("name, content", [("detections.csv", b"source,label,start_s\nS01.WAV,duet,3.0\n"),
+                                           ("20240101_060000.WAV", b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 64)],
+                         ids=["an export", "a recording"])
+def test_a_db_path_that_names_another_kind_of_file_is_refused_untouched(tmp_path, name, content):
+    """A newcomer's --db typo (the export beside the database, a recording): it was taken as a
+    corrupt database, renamed to NAME.corrupt-..., and a fresh database made under its name."""
+    root = tmp_path / "empty"
+    root.mkdir()
+    db = tmp_path / name
+    db.write_bytes(content)
+    daemon = _watch(root, db)
+    assert daemon.returncode == 1 and "not a detections database; nothing was changed" in daemon.stderr
+    assert db.read_bytes() == content and not list(tmp_path.glob("*.corrupt-*"))
+    assert "Traceback" not in daemon.stderr
+
+
+def test_another_programs_sqlite_database_is_refused_untouched(tmp_path):
+    """watch wrote twenty tables and triggers into it (and turned on WAL); every other command refused it."""
+    root = tmp_path / "empty"
+    root.mkdir()
+    db = tmp_path / "birds.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE birds (name TEXT)")
+        conn.execute("INSERT INTO birds VALUES ('argus')")
+    conn.close()
+    before = db.read_bytes()
+    daemon = _watch(root, db)
+    assert daemon.returncode == 1 and "not an edgemon database (it holds another program's tables: birds)" in daemon.stderr
+    assert db.read_bytes() == before
+    with pytest.raises(StoreError, match="not an edgemon database"):
+        Store(db)
+    assert db.read_bytes() == before
+
+
+def test_a_read_only_database_stops_watch_at_start_instead_of_holding_for_ever(three_recordings, tmp_path):
+    """--until-idle on a read-only database logged one 'holding work' line and never ended."""
+    root, _ = three_recordings
+    db = tmp_path / "d.db"
+    Store(db).close()
+    db.chmod(0o444)
+    prefix = ()
+    if os.geteuid() == 0:   # root writes to any file: run the daemon without that privilege
+        if not shutil.which("setpriv"):
+            pytest.skip("needs setpriv (util-linux) to drop root's file-override privilege")
+        prefix = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--")
+    daemon = _watch(root, db, *prefix, timeout=60)
+    assert daemon.returncode == 1, daemon.stderr[-2000:]
+    assert "the detections database cannot be written" in daemon.stderr and "Traceback" not in daemon.stderr
+
+
+def test_a_db_in_a_directory_that_does_not_exist_is_named_as_such(tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    daemon = _watch(root, tmp_path / "missing" / "d.db")
+    assert daemon.returncode == 1 and "its directory" in daemon.stderr and "does not exist" in daemon.stderr
+    assert "lock file" not in daemon.stderr
 
 
 # --- the host clock steps back an hour ---------------------------------------------------------

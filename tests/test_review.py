@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import sqlite3
 import struct
 import urllib.error
@@ -254,6 +255,7 @@ def test_missing_recording_is_a_404_naming_it(review_db, tmp_path):
 def test_binding_beyond_localhost_requires_the_token(review_db):
     db, recordings = review_db
     with review_server(db, recordings, host="0.0.0.0") as (base, line):
+        assert f"http://{socket.gethostname()}:" in line      # an address another machine can open
         token = line.rsplit("?token=", 1)[1]
         assert len(token) >= 20
         assert _get(base + "/")[0] == 401

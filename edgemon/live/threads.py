@@ -79,6 +79,7 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
     device = resolve_device(config.capture.device)
     source = f"live:{device.name}"
     with Store(db_path) as store:   # creates and migrates the database before the threads start
+        store.check_writable()      # else the writer thread would hold every event, unstored
         previous_end = _parse_store_time(store.coverage_end(source))
         store.record_bundle(analyzer.bundle.bundle_id, analyzer.bundle.manifest)   # names and reach for export
     stop = stop or threading.Event()

@@ -216,8 +216,14 @@ def create_app(config: ReviewConfig) -> Starlette:
     return Starlette(routes=routes, middleware=middleware)
 
 
+WILDCARDS = ("0.0.0.0", "::", "")   # every interface: no address another machine can open
+
+
 def page_url(config: ReviewConfig) -> str:
-    host = f"[{config.host}]" if ":" in config.host else config.host
+    """The address to open; bound on every interface, this machine's name (``0.0.0.0`` reaches
+    nothing from another machine)."""
+    host = socket.gethostname() if config.host in WILDCARDS else config.host
+    host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{config.port}/" + (f"?token={config.token}" if config.token else "")
 
 

@@ -120,6 +120,9 @@ def _open_lock(path: Path, db_path: str | Path) -> int:
         except FileExistsError:
             return os.open(path, flags)
     except OSError as exc:
+        if not Path(db_path).parent.is_dir():   # the user's mistake, in the user's words
+            raise DatabaseInUseError(f"{shown(db_path)}: its directory {shown(Path(db_path).parent)} does not exist; "
+                                     f"create it first, or give --db another path") from None
         raise DatabaseInUseError(f"cannot create the lock file {shown(path)}: {exc.strerror}") from None
     _owned_like_the_database(fd, Path(db_path))
     return fd

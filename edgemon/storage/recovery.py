@@ -5,7 +5,9 @@ is corrupt (or not a database at all) is moved aside, with its WAL and shared-me
 under a name that says when; a clear log line says where it went and how to salvage it; a fresh
 database is created and the daemon runs on, re-deriving every detection from the recordings
 (the ledger is empty again). Nothing is deleted. Errors that are not corruption (permissions,
-I/O errors of a failing card, a lock) are not "repaired": they raise ``StoreError``.
+I/O errors of a failing card, a lock) are not "repaired": they raise ``StoreError``; nor is a file
+that is plainly something else (a recording, an export: ``--db`` given the wrong path), which is
+refused and left where it is.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ log = logging.getLogger(__name__)
 # Primary result codes that mean "the bytes are wrong", as opposed to "cannot get at them".
 CORRUPTION_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 COMPANIONS = ("-wal", "-shm", "-journal")
+# What a file is when --db names the wrong one: a recording, an export, a document. A damaged
+# database keeps its own name (detections.db), and flash that fails leaves zeros or noise.
+OTHER_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".csv", ".tsv", ".txt", ".json", ".jsonl",
+                  ".xml", ".yaml", ".yml", ".toml", ".conf", ".ini", ".pdf", ".png", ".jpg", ".jpeg", ".zip", ".gz",
+                  ".onnx", ".py", ".sh", ".md", ".html"}
+OTHER_MAGIC = {b"RIFF": "a WAV recording", b"fLaC": "a FLAC recording", b"OggS": "an Ogg recording",
+               b"ID3": "an MP3 recording", b"PK\x03\x04": "a zip archive", b"%PDF": "a PDF document",
+               b"\x89PNG": "a PNG image", b"\x1f\x8b": "a gzip archive"}
 
 
 def corruption(path: str | Path) -> str | None:
@@ -87,11 +97,32 @@ def move_aside(path: str | Path, now: dt.datetime | None = None) -> Path:
     return aside
 
 
+def plainly_another_file(path: Path) -> str | None:
+    """What the file at ``path`` plainly is when it is not a database (by its first bytes or its
+    name), else None: a damaged database, or no file."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith(b"SQLite format 3\0"):
+        return None
+    for magic, what in OTHER_MAGIC.items():
+        if head.startswith(magic):
+            return what
+    return f"a {path.suffix} file" if path.suffix.lower() in OTHER_SUFFIXES else None
+
+
 def open_or_recover(path: str | Path) -> Store:
-    """The ``Store`` at ``path``; a corrupt file is first moved aside and a fresh one created."""
+    """The ``Store`` at ``path``; a corrupt file is first moved aside and a fresh one created. A
+    file that is plainly no database is refused (``StoreError``), untouched."""
     path = Path(path)
     found = corruption(path)
     if found is not None:
+        other = plainly_another_file(path)
+        if other is not None:
+            raise StoreError(f"{shown(path)}: {other}, not a detections database; nothing was changed: "
+                             f"give --db the database's path (such as detections.db)")
         aside = move_aside(path)
         log.error("detections database %s is corrupt (%s); moved it aside to %s and started a fresh one. "
                   "Every recording will be analysed again. Nothing was deleted; to salvage old rows: "

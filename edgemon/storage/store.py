@@ -147,6 +147,7 @@ class Store:
         try:
             # The timeout first, so that switching to WAL and migrating wait for a busy writer.
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._refuse_another_programs_database()   # before WAL: that alone rewrites its header
             self.db.enable_wal()
             # FULL: a commit is on the card before it returns, so a power cut (a field unit's
             # usual end) loses no stored detection. NORMAL could lose the commits since the last
@@ -170,6 +171,33 @@ class Store:
         except sqlite3.Error as e:
             self.db.close()
             raise StoreError(f"cannot open detections database {self.path}: {e}") from e
+        except StoreError:
+            self.db.close()
+            raise
+
+    def _refuse_another_programs_database(self) -> None:
+        """A database with tables but no detections table belongs to another program: migrating
+        it would write twenty tables and triggers into that program's file."""
+        tables = [name for (name,) in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'")]
+        if tables and "detections" not in tables:
+            shown_tables = ", ".join(shown(t) for t in sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StoreError(f"{shown(self.path)}: not an edgemon database (it holds another program's tables: "
+                             f"{shown_tables}); nothing was changed: give --db a new file or an edgemon database")
+
+    def check_writable(self) -> None:
+        """Raise ``StoreError`` when the database refuses writes (a read-only file, or a card
+        mounted read-only): a daemon would otherwise hold its work and retry for ever."""
+        try:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            try:   # setting it to what it is: a write, rolled back
+                version = self.db.execute("PRAGMA user_version").fetchone()[0]
+                self.db.conn.execute(f"PRAGMA user_version = {int(version)}")
+            finally:
+                self.db.conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            raise StoreError(f"{shown(self.path)}: the detections database cannot be written ({shown(e)}); "
+                             f"make it writable, or give --db a writable path") from e
 
     def close(self) -> None:
         self.db.close()

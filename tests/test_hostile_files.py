@@ -329,9 +329,10 @@ def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):
     assert progress.update(done=0, waiting=set(paths), audio_s=0.0, busy_s=0.0) is None    # not due yet
     now[0] = 61.0
     line = progress.update(done=2, waiting=set(paths[2:]), audio_s=7.2, busy_s=0.5)
-    assert line == "backlog: 2/5 file(s) done, 0.00 of 0.01 h of audio, ETA 1 min"
+    assert line == "backlog: 2/5 file(s) done, 0.00 of 0.01 h of audio, ETA 1 s"
     now[0] = 62.0
-    assert progress.update(done=5, waiting=set(), audio_s=18.0, busy_s=1.2).startswith("backlog done: 5 file(s)")
+    done = progress.update(done=5, waiting=set(), audio_s=18.0, busy_s=1.2)
+    assert done == "backlog done: 5 file(s), 0.01 h of audio in 1 s of analysis, 1 min in all"   # apart
     caplog.set_level(logging.INFO)
     watch_until_idle(root, tmp_path / "d.db", progress_s=0.0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]

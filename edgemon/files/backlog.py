@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 59.5:
+        return f"{max(round(seconds), 1)} s"
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 
@@ -31,6 +33,7 @@ class BacklogProgress:
         self._next = clock() + every_s
         self._durations: dict[Path, tuple[tuple[int, int] | None, float | None]] = {}  # path -> (version, s)
         self._busy = False          # a backlog was reported and is not done yet
+        self._since: float | None = None   # when files first waited: the backlog's own wall time
 
     def _waiting_audio_s(self, waiting: Collection[Path]) -> tuple[float, int]:
         """(seconds of audio in the waiting files whose header says, files whose header does not)."""
@@ -59,10 +62,13 @@ class BacklogProgress:
         ``audio_s``/``busy_s``: seconds of audio stored this run and seconds spent on it.
         Returns the line logged, if one was due."""
         now = self._clock()
+        if waiting and self._since is None:
+            self._since = now
         if not waiting:
-            line = (f"backlog done: {done} file(s), {audio_s / 3600:.2f} h of audio in {_duration(busy_s)}"
-                    if self._busy else None)
-            self._busy = False
+            # analysis time and wall time apart: retries and files still being written wait between
+            line = (f"backlog done: {done} file(s), {audio_s / 3600:.2f} h of audio in {_duration(busy_s)} of "
+                    f"analysis, {_duration(now - self._since)} in all" if self._busy else None)
+            self._busy, self._since = False, None
             self._durations.clear()
         elif now < self._next:
             return None

@@ -9,6 +9,7 @@ reads its settings one way: defaults < settings file < ``EDGEMON_*`` < options (
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -298,9 +299,14 @@ def _warn_several_bundles(db: Path, choose: str) -> None:
 
 def _parse_time(text: str, option: str):
     try:
-        return parse_utc(text)
+        when = parse_utc(text)
     except ValueError:
         raise OptionError(f"{option}: not an ISO 8601 time: {text!r} (e.g. 2024-05-01 or 2024-05-01T06:00Z)") from None
+    try:
+        when.astimezone(dt.timezone.utc)   # year 1 or 9999 with an offset falls off the calendar in UTC
+    except OverflowError:
+        raise OptionError(f"{option}: {text!r} is outside the years UTC can hold (1-9999)") from None
+    return when
 
 
 # The commands grouped in their own modules; importing them registers them on ``app``.

@@ -55,6 +55,8 @@ def fleet_status(
 
     if days < 1:
         raise fail(OptionError(f"--days {days}: give 1 or more"))
+    if not math.isfinite(min_free_mb) or min_free_mb < 0:   # nan flagged no recorder at all
+        raise fail(OptionError(f"--min-free-mb {min_free_mb}: give a number of MB, 0 or more"))
     try:
         report = collect_fleet(db, VisitRules(min_free_mb=min_free_mb), days, all_bundles)
     except EdgemonError as exc:

@@ -85,11 +85,14 @@ def test_export_formats_and_incremental_sync(duet_recording, tmp_path):
     (["info", "--models", "/nonexistent"], 1, "/nonexistent: no such bundle directory"),
     (["status", "--db", "/nonexistent/d.db"], 1, "d.db"),
     (["export-detections", "--since", "yesterday"], 2, "--since: not an ISO 8601 time"),   # the command line is wrong
+    (["export-detections", "--until", "0001-01-01T00:00:00+01:00"], 2, "--until: '0001-01-01T00:00:00+01:00' is outside"),
+    (["export-detections", "--since", "9999-12-31T23:59:59-01:00"], 2, "--since: '9999-12-31T23:59:59-01:00' is outside"),
     (["export-detections", "--since", "2024-06-01", "--until", "2024-05-01"], 2, "is not before --until"),
     (["config", "--setle-s", "1"], 2, "did you mean '--settle-s'"),
     (["listen", "--duration-s", "nan"], 2, "--duration-s"),
     (["fleet", "status", "--db", "d.db"], 1, "a fleet database is given as a postgresql:// URL"),
     (["fleet", "status", "--db", "postgresql://x@h/f", "--days", "-3"], 2, "--days"),
+    (["fleet", "status", "--db", "postgresql://x@h/f", "--min-free-mb", "nan"], 2, "--min-free-mb nan"),
 ])
 def test_failures_exit_1_and_refused_options_exit_2_in_one_line(args, code, message):
     result = runner.invoke(app, args)
@@ -141,7 +144,9 @@ def test_listen_reads_the_settings_file_and_environment_like_every_command(tmp_p
     from_env = runner.invoke(app, ["listen", "--db", str(tmp_path / "d.db")], env={"EDGEMON_QUEUE_S": "-1"})
     assert from_env.exit_code == 1 and "environment variable EDGEMON_QUEUE_S: must be at least 0" in from_env.output
     from_option = runner.invoke(app, ["listen", "--stall-s", "-1"])
-    assert from_option.exit_code == 2 and "option --stall-s: must be at least 0" in from_option.output
+    assert from_option.exit_code == 2 and "option --stall-s: must be at least 1" in from_option.output
+    deaf = runner.invoke(app, ["listen", "--stall-s", "0"])   # reopened the stream 15 times in 5 s
+    assert deaf.exit_code == 2 and "option --stall-s: must be at least 1" in deaf.output
 
 
 # Commands that read no recorder settings: `devices` lists the sound hardware; `fleet` runs on a

@@ -24,6 +24,7 @@ from edgemon.config import BY_NAME, SETTINGS, ConfigError, OptionError, ServiceC
 from edgemon.files.watcher import WatchConfig
 from edgemon.health import HealthConfig
 from edgemon.live.clips import ClipConfig
+from edgemon.sync import fleetdb
 from edgemon.live.worker import ListenConfig
 from edgemon.storage.disk_budget import DiskBudget
 
@@ -77,12 +78,26 @@ def test_config_file_found_by_env_variable_or_default_path(tmp_path):
     ('longitude = 999.0\n', "longitude: must be at most 180"),
     ('timezone = "Mars/Olympus"\n', "unknown IANA time zone 'Mars/Olympus'"),   # the first export failed on it
     ('timezone = "asia/kuching"\n', "did you mean 'Asia/Kuching'"),
+    # the service's start refused these, naming neither file nor key; config and status showed them
+    ('[sync]\nsync_url = "postgresql://recorder:s3cret@10.0.0.5/fleet"\n', r"\[sync\] sync_url: the fleet database URL holds a password"),
+    ('[sync]\nsync_url = "garbage"\n', r"\[sync\] sync_url: a fleet database is given as a postgresql:// URL"),
 ])
 def test_mistakes_in_the_file_are_errors_naming_file_and_key(tmp_path, text, message):
     config = write(tmp_path / "bad.toml", text)
     with pytest.raises(ConfigError, match=message) as info:
         load_settings(config, env={}, default_path=None)
     assert str(config) in str(info.value)
+
+
+def test_a_sync_url_holding_a_password_is_named_by_its_source_and_never_shown(tmp_path):
+    url = "postgresql://recorder:s3cret@10.0.0.5/fleet"
+    with pytest.raises(ConfigError, match="EDGEMON_SYNC_URL: the fleet database URL holds a password") as info:
+        load_settings(env={"EDGEMON_SYNC_URL": url}, default_path=None)
+    assert "s3cret" not in str(info.value)
+    config = write(tmp_path / "svc.toml", f'[sync]\nsync_url = "{url}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, env={}, default_path=None)
+    assert str(config) in str(info.value) and "s3cret" not in str(info.value)
 
 
 def test_environment_values_are_parsed_and_checked(tmp_path):
@@ -397,10 +412,14 @@ def test_a_misspelt_environment_variable_is_warned_of_not_silently_ignored(tmp_p
                       "(did you mean 'EDGEMON_SETTLE_S'?)"]
 
 
-def test_a_password_in_the_sync_url_is_never_shown(tmp_path, caplog):
+def test_a_password_in_the_sync_url_is_never_shown(tmp_path, caplog, monkeypatch):
     """Found by a second newcomer trial: `edgemon config` printed it (sync refuses such a URL)."""
     path = tmp_path / "pw.toml"
     path.write_text('[sync]\nsync_url = "postgresql://u:secret@h/db?password=other&sslmode=require"\n')
+    with pytest.raises(ConfigError) as refused:   # refused now where it is read (the driver parses it) ...
+        load_settings(path, env={}, default_path=None)
+    assert "secret" not in str(refused.value) and "other" not in str(refused.value)
+    monkeypatch.setattr(fleetdb, "psycopg", None)   # ... and without the sync extra, kept but masked
     settings = load_settings(path, env={}, default_path=None)
     with caplog.at_level("INFO"):
         settings.log(logging.getLogger("test"))

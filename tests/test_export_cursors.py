@@ -121,7 +121,7 @@ def test_a_cursor_from_before_filters_adopts_its_next_filter(tmp_path, caplog):
     conn.close()
     assert collect_status(path)["export_cursors"][0]["filter"].startswith("none yet")
     out = tmp_path / "out.csv"
-    assert export_detections(path, "csv", out) == 2          # a plain export never writes
+    assert export_detections(path, "csv", tmp_path / "plain.csv") == 2   # a plain export never writes
     assert export_detections(path, "csv", out, new=True, label=["bird"]) == 1
     assert [r for r in caplog.records if "predates stored filters" in r.getMessage() and "up to id 1" in r.getMessage()]
     with pytest.raises(CursorError, match="--label bird"):
@@ -315,3 +315,76 @@ def test_coverage_seconds_are_exported_to_the_millisecond(tmp_path):
     assert export_coverage(db, "jsonl", tmp_path / "c.jsonl") == 1
     row = json.loads((tmp_path / "c.jsonl").read_text())
     assert (row["analysed_s"], row["lost_device_s"]) == (59.7, 0.3) and stored[1] != 0.3
+
+
+def _copy_database(source, target) -> None:
+    """A consistent copy over ``target`` (SQLite's backup API), as a restore from backup makes."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+
+
+def _keys(path, fmt) -> list[tuple]:
+    records = read_csv(path) if fmt == "csv" else [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["source"], str(r["start_s"]), r["label"]) for r in records]
+
+
+SITE3 = "site3/20240503_060000.wav"
+
+
+def _site3(store: Store) -> None:
+    """What watch stores from a third recording (and derives again from it after a restore)."""
+    commit(store, SITE3, [detection(SITE3, 0.0, "bird", 0.9, "2024-05-03T06:00:00Z"),
+                          detection(SITE3, 3.0, "frog", 0.6, "2024-05-03T06:00:03Z")])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_database_restored_from_a_copy_appends_no_row_twice(db_path, tmp_path, fmt, caplog):
+    """A newcomer trial: a copy restored, watch derived the rows since from the recordings again,
+    and the cursor export appended them to the file a second time (same keys, same ids)."""
+    out = tmp_path / f"out.{fmt}"
+    assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 5
+    backup = tmp_path / "backup.db"
+    _copy_database(db_path, backup)
+    with Store(db_path) as store:
+        _site3(store)
+    assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 2
+    _copy_database(backup, db_path)                      # the card restored from the copy
+    with Store(db_path) as store:
+        _site3(store)                                    # derived again from the recording: new ids
+        commit(store, "site4/20240504_060000.wav",       # and a recording new since
+               [detection("site4/20240504_060000.wav", 1.0, "bird", 0.8, "2024-05-04T06:00:01Z")])
+    caplog.set_level("WARNING")
+    assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 1
+    keys = _keys(out, fmt)
+    assert len(keys) == len(set(keys)) == 8 and keys[-1][0] == "site4/20240504_060000.wav"
+    assert "already holds 2 of the rows this export found new" in caplog.text
+    assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 0   # the cursor moved past them
+
+
+def test_a_rebuilt_database_appends_nothing_the_file_holds(db_path, tmp_path):
+    """A corrupt database moved aside and rebuilt from the recordings: a fresh cursor at 0."""
+    out = tmp_path / "out.csv"
+    assert export_detections(db_path, "csv", out, new=True, cursor_name="arch") == 5
+    before = out.read_bytes()
+    rebuilt = tmp_path / "rebuilt.db"
+    with Store(rebuilt) as store, Store(db_path) as old:
+        for source in (REC1, "site2/20240502_060000.wav"):
+            rows = old.db.execute("SELECT start_s, label, confidence, start_utc FROM detections WHERE source = ?",
+                                  [source]).fetchall()
+            commit(store, source, [detection(source, s, label, c, utc) for s, label, c, utc in rows])
+        store.insert_detections([detection(LIVE, 10.0, "frog", 0.95, None)])
+    assert export_detections(rebuilt, "csv", out, new=True, cursor_name="arch") == 0
+    assert out.read_bytes() == before
+
+
+def test_only_a_file_whose_last_row_is_as_new_as_the_export_is_read_through(db_path, tmp_path):
+    from edgemon.storage import tables
+    from edgemon.storage.export_held import held_keys
+
+    out = tmp_path / "out.csv"
+    assert export_detections(db_path, "csv", out, new=True) == 5
+    assert held_keys(tables.write_csv, out, 6) is None                  # the usual case: nothing held
+    assert held_keys(tables.write_csv, out, 5) == {(LIVE, "10.0", "frog", "b1")}
+    assert held_keys(tables.write_birdnet, out, 1) is None             # no ids: not checked

@@ -10,6 +10,7 @@ import contextlib
 import io
 import itertools
 import json
+import logging
 import os
 import re
 import secrets
@@ -21,12 +22,15 @@ from pathlib import Path
 from typing import TextIO
 
 from edgemon.errors import EdgemonError
+from edgemon.safetext import shown
 from edgemon.storage import tables
+from edgemon.storage.export_held import held_keys, key_of
 from edgemon.storage.export_journal import (JournalError, Move, finish_pending, fsync_dir, journal_path,
                                             rename_all, stage)
 from edgemon.storage.lock import process_alive
 
 RAVEN_COLUMNS = tables.RAVEN_COLUMNS
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,13 +103,18 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
     ``moving``: see ``atomic_texts``."""
     header = _header(write)
     newline = _earlier_file(path, header) if append else None
-    rows = iter(rows)
+    rows, left_out = iter(rows), [0]
     if newline is not None:
         first = next(rows, None)
+        held = None if first is None or first.get("id") is None else held_keys(write, path, int(first["id"]))
+        if held:   # the database went back behind this file: what it holds is not appended again
+            rows = _not_held(write, itertools.chain([first], rows), held, left_out)
+            first = next(rows, None)
         if first is None:
             if moving:
                 with moving(0):   # nothing new: the cursor notes the export, the file stays
                     pass
+            _say_left_out(path, left_out[0])
             return 0
         rows = itertools.chain([first], rows)
     with atomic_texts(moving) as outputs, outputs.open(path) as f:
@@ -116,7 +125,22 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
                 shutil.copyfileobj(earlier, f)
             f.write(newline)
             outputs.delivered = write(_AfterHeader(f, len(header)), rows)
+    _say_left_out(path, left_out[0])
     return outputs.delivered
+
+
+def _not_held(write: Callable, rows: Iterator[dict], held: set[tuple], left_out: list[int]) -> Iterator[dict]:
+    for row in rows:
+        if key_of(write, row) in held:
+            left_out[0] += 1
+        else:
+            yield row
+
+
+def _say_left_out(path: Path, count: int) -> None:
+    if count:
+        log.warning("%s already holds %d of the rows this export found new: left out, not appended again "
+                    "(the database is behind this file: restored from a copy, or rebuilt?)", shown(path), count)
 
 
 class _AfterHeader:

@@ -310,9 +310,10 @@ def format_status(status: dict) -> str:
     if svc["state"] == "unknown":
         alive = "unknown (no heartbeat recorded)"
     else:
+        # silent: it ran on past its last heartbeat (a kill), for how long no row says
+        ran = {"running": "up", "silent": "ran at least"}.get(svc["state"], "ran")
         alive = (f"{svc['state']}, last heartbeat {svc['heartbeat_age_s']:.0f} s ago ({svc['heartbeat_state']}); "
-                 f"{'up' if svc['state'] == 'running' else 'ran'} {_duration(svc['uptime_s'])} "
-                 f"from {svc['started_utc']}")
+                 f"{ran} {_duration(svc['uptime_s'])} from {svc['started_utc']}")
     waiting = "?" if backlog["waiting"] is None else str(backlog["waiting"])
     where = f" in {backlog['directory']}" if backlog["directory"] else " (give the watched directory to count)"
     last_file = (f"{s['last_file']['source']} at {s['last_file']['processed_utc']}" if s["last_file"] else "none yet")

@@ -354,6 +354,8 @@ def test_status_sees_a_silent_daemon(watched_db, tmp_path):
     status = collect_status(copy, now=later)
     assert status["service"]["state"] == "silent"
     assert any("no heartbeat for" in p for p in status["problems"])
+    # its uptime is the last heartbeat's: it ran on after it (a listen killed 36 s in read "ran 0 s")
+    assert "; ran at least " in format_status(status)
 
 
 def test_status_says_a_killed_daemon_is_not_running_at_once(watched_db, tmp_path):

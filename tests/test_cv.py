@@ -1,6 +1,7 @@
 """Grouped cross-validation: no recorder on both sides of a fold; every recipe on the same folds."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -82,6 +83,22 @@ def test_averaged_pcen_recipe_keeps_fold_models_thresholds_and_bundles(tiny_data
     assert r["field"]["at_point"]["false_per_hour"] <= r["field"]["untuned"]["false_per_hour"]
     looser = bundle_cv(tmp_path / "cv", "avg", tmp_path / "looser", max_false_rate=0.5)["thresholds"]
     assert all(looser[k] <= r["thresholds"][k] for k in looser) and looser != r["thresholds"]
+    # A data set without a clip of one label for the reference windows: refused, and the bundle it
+    # would replace left as it was (a newcomer trial found it replaced, without its self-check).
+    import shutil
+
+    import pytest
+
+    from training.errors import DataError
+
+    lacking = tmp_path / "lacking"
+    shutil.copytree(tiny_dataset, lacking)
+    rows = (lacking / "lab" / "train.csv").read_text().splitlines()
+    (lacking / "lab" / "train.csv").write_text("\n".join(r for r in rows if f",{data.labels[-1]}," not in r) + "\n")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "looser").iterdir()}
+    with pytest.raises(DataError, match=f"no train clip of '{data.labels[-1]}'"):
+        bundle_cv(tmp_path / "cv", "avg", tmp_path / "looser", reference_data=lacking)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "looser").iterdir()} == before
     _recorder_computes_what_training_saw(bundle, tiny_dataset / "audio" / "call_high_train_5.flac")
     scored = score_bundle(tmp_path / "bundle", tiny_dataset, "test")
     assert 0 <= scored["at_thresholds"]["uar"] <= 1 and scored["clips"] > 0
@@ -137,6 +154,9 @@ def test_cli_refuses_an_unknown_frontend_and_a_missing_bundle_in_one_line(tiny_d
     result = runner.invoke(app, ["score", str(tmp_path / "nowhere"), "--data", str(tiny_dataset)])
     assert result.exit_code == 1 and "nowhere" in result.output
     assert len(result.output.strip().splitlines()) == 1
+    for split in ("tset", "../lab/test"):   # a typo, and a path that ran
+        result = runner.invoke(app, ["score", "edgemon/models/default", "--data", str(tiny_dataset), "--split", split])
+        assert result.exit_code == 2 and "choose one of train, devel, test" in result.output
 
 
 def test_network_options_with_only_the_baseline_are_refused(tiny_dataset, tmp_path):
@@ -250,3 +270,57 @@ def test_a_second_cv_run_into_one_directory_keeps_the_first_runs_recipes(tiny_da
         cross_validate([Recipe("baseline")], data, k=2, out=tmp_path)
     with pytest.raises(DataError, match="holds a cv run on other folds"):
         cross_validate([Recipe("other")], data, k=2, seed=7, out=tmp_path)
+
+
+def test_cv_and_hpo_refuse_an_out_that_holds_another_commands_work(tiny_dataset, tmp_path):
+    """A newcomer trial: cv and hpo wrote into a bundle, a fit run or the data directory, and the
+    next `bundle` into that bundle deleted the cv run with it; cv --out FILE said [Errno 17]."""
+    import shutil
+
+    import pytest
+
+    from training.errors import DataError
+    from training.hpo import SearchConfig, run_search
+
+    train_split = load_split(tiny_dataset, "train")
+    data = merge(train_split, load_split(tiny_dataset, "devel", train_split.labels))
+    bundle = tmp_path / "bundle"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "edgemon" / "models" / "default", bundle)
+    fit_run = tmp_path / "fit"
+    fit_run.mkdir()
+    (fit_run / "metrics.json").write_text("{}")
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    for out, said in ((bundle, "holds a bundle already"), (fit_run, "holds a trained run already"),
+                      (tiny_dataset, "is a data directory"), (a_file, "is a file, not a run directory")):
+        with pytest.raises(DataError, match=said):
+            cross_validate([Recipe("baseline")], data, k=2, out=out)
+        with pytest.raises(DataError, match=said):
+            run_search(SearchConfig(n_trials=1), f"sqlite:///{tmp_path / 'unused.db'}", "s", out, train_split,
+                       train_split)
+    assert not (bundle / "cv.json").exists() and not (tiny_dataset / "cv.json").exists()
+    cv_run = tmp_path / "cv"
+    cross_validate([Recipe("baseline")], data, k=2, out=cv_run)
+    with pytest.raises(DataError, match="holds a cv run already"):
+        run_search(SearchConfig(n_trials=1), f"sqlite:///{tmp_path / 'unused.db'}", "s", cv_run, train_split,
+                   train_split)
+
+
+def test_a_fold_without_held_out_background_is_refused_before_any_training(tiny_dataset, tmp_path):
+    """A newcomer's --folds 10 trained every fold for hours, then stopped: one recorder (S13) has
+    no background clip, and the field measure of averaged recipes needs one per fold."""
+    import pytest
+
+    from training.errors import DataError
+
+    train_split = load_split(tiny_dataset, "train")
+    data = merge(train_split, load_split(tiny_dataset, "devel", train_split.labels))
+    background = data.labels.index("background")
+    keep = [i for i, (c, t) in enumerate(zip(data.clips, data.targets)) if not (t == background and c.recorder == "S1")]
+    lacking = data.subset(np.array(keep))
+    net = Recipe("avg", ModelConfig(hidden=8, layers=1),
+                 OptimConfig(epochs=2, lr=0.003, lr_decay=1.0, gamma=0.0, batch_size=8, average_last=1), AugmentConfig())
+    with pytest.raises(DataError, match=r"fold \d of 2 holds out recorder\(s\) S1 with no background clip"):
+        cross_validate([net], lacking, k=2, out=tmp_path / "cv")
+    assert not (tmp_path / "cv").exists()                       # nothing trained, nothing written
+    cross_validate([Recipe("baseline")], lacking, k=2, out=tmp_path / "plain")   # no field measure: runs

@@ -60,6 +60,19 @@ def test_one_member_reproduces_the_cv_runs_own_window_scores(cv_runs, tiny_datas
         assert alone["windows_untuned"][key] == pytest.approx(recipe["windows_untuned"][key])
     assert alone["thresholds"] == pytest.approx(recipe["thresholds"])
     assert len(alone["fold_uar_untuned"]) == 2
+    # Votes read back must be these fold models' and this prevalence's (a newcomer trial: another
+    # seed's votes under the same recipe name, and a --prevalence that was recorded, not measured).
+    votes = tmp_path / "alone.votes.npz"
+    other = tmp_path / "other"
+    shutil.copytree(cv_runs / "a", other)
+    (other / "mel" / "fold0.onnx").write_bytes((cv_runs / "a" / "mel" / "fold1.onnx").read_bytes())
+    with pytest.raises(DataError, match="votes of other fold models than these members'"):
+        cv_ensemble([other / "mel"], _load(tiny_dataset), tmp_path / "o.json", 0.1, votes_from=votes)
+    with pytest.raises(DataError, match="assembled at --prevalence 0.05, not 0.5"):
+        cv_ensemble([cv_runs / "a" / "mel"], _load(tiny_dataset), tmp_path / "p.json", 0.1, votes_from=votes,
+                    prevalence=0.5)
+    again = cv_ensemble([cv_runs / "a" / "mel"], _load(tiny_dataset), tmp_path / "alone.json", 0.1, reuse_votes=True)
+    assert again["thresholds"] == alone["thresholds"]
 
 
 def test_mixed_frontend_ensemble_holds_its_stated_background_rate(cv_runs, tiny_dataset, tmp_path):

@@ -300,7 +300,7 @@ def test_a_fold_without_background_is_refused_naming_it(tiny_dataset):
 
     split = load_split(tiny_dataset, "devel")
     calls_only = np.flatnonzero(split.targets != 0)
-    with pytest.raises(DataError, match="fold 3: no held-out background"):
+    with pytest.raises(DataError, match="fold 4: no held-out background"):
         analyse_fold(raw_analyzer(load_bundle(default_bundle_path())), split, calls_only, 3)
 
 

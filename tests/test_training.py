@@ -257,7 +257,7 @@ def test_fit_never_overwrites_a_trained_run(tiny_dataset, tmp_path):
     out.mkdir()
     (out / "metrics.json").write_text('{"kept": true}')
     result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(out), *TINY_FIT])
-    assert result.exit_code == 1 and "holds a trained run or a bundle already (metrics.json)" in result.output
+    assert result.exit_code == 1 and "holds a trained run already (metrics.json)" in result.output
     assert (out / "metrics.json").read_text() == '{"kept": true}' and sorted(p.name for p in out.iterdir()) == ["metrics.json"]
 
 
@@ -268,7 +268,7 @@ def test_baseline_never_overwrites_a_run_and_a_bad_data_dir_leaves_nothing(tiny_
     out.mkdir()
     (out / "metrics.json").write_text('{"kept": true}')
     result = runner.invoke(app, ["baseline", "--data", str(tiny_dataset), "--out", str(out)])
-    assert result.exit_code == 1 and "holds a trained run or a bundle already (metrics.json)" in result.output
+    assert result.exit_code == 1 and "holds a trained run already (metrics.json)" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
     for command in (["baseline"], ["fit", *TINY_FIT]):
         result = runner.invoke(app, [*command, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "new")])

@@ -103,21 +103,31 @@ def add_reference_windows(bundle_dir: Path, windows: np.ndarray, meta: list[Refe
         "expected": [[[round(float(p), 6) for p in row] for row in m] for m in expected]}})
 
 
-def complete_bundle(bundle_dir: Path, data_dir: Path | None) -> Bundle:
+def reference_from(data_dir: Path | None, labels, window_s: float, frontend: FrontendConfig):
+    """The self-check's reference windows from ``data_dir``'s train split (None without one),
+    picked before a bundle is written: a data set that cannot give them (no clip of a label)
+    then leaves the bundle it would replace as it was."""
+    if data_dir is None:
+        return None
+    return pick_reference_windows(data_dir, tuple(labels), window_s, frontend.sample_rate)
+
+
+def complete_bundle(bundle_dir: Path, data_dir: Path | None = None, reference=None) -> Bundle:
     """Give a bundle what the recorder shows and checks beyond its members: the labels' names
-    (``training.species``), ``confidence_max``, and reference windows from ``data_dir``'s train
-    split (skipped when ``data_dir`` is None). Works on an existing bundle; member files and
-    the bundle id stay as they are."""
+    (``training.species``), ``confidence_max``, and reference windows: those ``reference_from``
+    picked before the bundle was written, else from ``data_dir``'s train split (skipped when both
+    are None). Works on an existing bundle; member files and the bundle id stay as they are."""
     bundle = load_bundle(bundle_dir)
     changes = {"label_names": label_names(bundle.labels)}
     ceiling = stored_confidence_max(bundle.manifest, softmax_confidence_max(bundle.member_paths), bundle.labels)
     if ceiling is not None:
         changes["confidence_max"] = round(ceiling, 6)
     bundle = replace_manifest(bundle.path, changes)
-    if data_dir is None:
+    if reference is None and data_dir is not None:
+        reference = reference_from(data_dir, bundle.labels, bundle.window_s, bundle.frontend)
+    if reference is None:
         return bundle
-    windows, meta = pick_reference_windows(data_dir, bundle.labels, bundle.window_s, bundle.frontend.sample_rate)
-    return add_reference_windows(bundle.path, windows, meta)
+    return add_reference_windows(bundle.path, *reference)
 
 
 def stored_confidence_max(manifest: dict, raw_ceiling: float | None, labels) -> float | None:
@@ -203,6 +213,7 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
     if thresholds_from:
         thresholds, provenance = read_thresholds_file(thresholds_from, first["labels"], (first["window_s"], first["hop_s"]),
                                                   [f.kind for f in frontends])
+    reference = reference_from(reference_data, first["labels"], first["window_s"], frontend)
     with tempfile.TemporaryDirectory() as tmp:
         members = []
         for i, run in enumerate(runs):
@@ -215,7 +226,7 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
                                      # a member trained on train + devel has no held-out devel score
                                      "trained_on": [c.get("trained_on", "train") for c in configs],
                                      **provenance})
-    bundle = complete_bundle(bundle.path, reference_data)
+    bundle = complete_bundle(bundle.path, reference=reference)
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
             "frontend": frontend.kind, "self_check": bundle.self_check is not None}
 
@@ -242,6 +253,8 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
         background = labels.index(BACKGROUND)
         thresholds = choose_thresholds(windows["winner"], windows["confidence"], windows["target"] == background,
                                        labels, background, max_false_rate)
+    reference = reference_from(reference_data, result["labels"], result["window_s"],
+                               FrontendConfig.from_dict(result["frontend_config"]))
     with tempfile.TemporaryDirectory() as tmp:
         members = []
         for i, name in enumerate(result["members"]):
@@ -260,6 +273,6 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
                                                        else max_false_rate,
                                      **(field_manifest(result["field"]) if "field" in result and max_false_rate is None
                                         else {})})
-    bundle = complete_bundle(bundle.path, reference_data)
+    bundle = complete_bundle(bundle.path, reference=reference)
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
             "thresholds": bundle.thresholds, "self_check": bundle.self_check is not None}

@@ -336,7 +336,12 @@ def score(
     """Score a bundle as the recorder runs it: windows, vote, thresholds, one label per clip."""
     from training.runs import score_bundle
 
+    if split not in SPLITS:   # else any path under lab/ ran ("--split ../lab/test")
+        raise console.error(f"--split {split!r}: choose one of {', '.join(SPLITS)}", console.EXIT_USAGE)
     _run(score_bundle, bundle, data, split)
+
+
+SPLITS = ("train", "devel", "test")
 
 
 @app.command()

@@ -25,14 +25,14 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from edgemon.analysis.frontend import FrontendConfig
 from training import baseline
 from training.augment import AugmentConfig
-from training.data import Split, merge, without_recorders
+from training.data import BACKGROUND, Split, merge, without_recorders
 from training.errors import DataError
 from training.evaluate import confusion, per_class_recall, plot_confusion, uar
 from training.field import fold_field_votes, windows_of
 from training.model import ModelConfig, PrimateBiLSTM
 from training.operating import DEFAULT_TARGET_FALSE_PER_HOUR, field_report
 from training.recipes import FIELD, HOP_S, PAPER, WINDOW_S, recipe_name, seconds_to_frames
-from training.runs import run_config, save_model
+from training.runs import check_out_dir, run_config, save_model
 from training.thresholds import field_summary
 from training.train import OptimConfig, predict, train
 
@@ -221,7 +221,13 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
     inputs = {data.frontend: data}
     pools = {}
     held_out = validation_recorders(data, folds)
+    check_out_dir(out, own=("cv.json",))   # a second cv adds its recipes to the first's (below)
     earlier = _earlier_recipes(out, seed, held_out, [r.name for r in recipes], pool is not None)   # before any training
+    field = next((r for r in recipes if r.averaged), None)
+    if field is not None:   # its field measure needs held-out background in every fold: say so now, not hours on
+        if pool is not None:
+            pools[field.frontend] = pool(field.frontend)
+        _check_held_out_background(data, folds, held_out, pools.get(field.frontend))
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for recipe in recipes:
@@ -264,6 +270,20 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
                                              for r in held_out]}
     (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_held_out_background(data: Split, folds, held_out: list[list[str]], pool: Split | None) -> None:
+    """Every fold must hold out a background clip (of train + devel, or of the pool's clips of its
+    recorders) for the field measure of averaged recipes; refused before any training (a newcomer's
+    --folds 10 trained every fold, then stopped: recorder S13 has no background clip)."""
+    background = data.labels.index(BACKGROUND)
+    pooled = set() if pool is None else {c.recorder or c.path.name for c, t in zip(pool.clips, pool.targets)
+                                         if t == pool.labels.index(BACKGROUND)}
+    for n, ((_, va), recorders) in enumerate(zip(folds, held_out), 1):
+        if not (data.targets[va] == background).any() and not pooled & set(recorders):
+            raise DataError(f"fold {n} of {len(folds)} holds out recorder(s) {', '.join(recorders)} with no "
+                            f"background clip: the field measure of an averaged recipe needs one in every fold; "
+                            f"choose fewer --folds")
 
 
 def _earlier_recipes(out: Path, seed: int, held_out: list, names: list[str], pooled: bool) -> dict:

@@ -13,6 +13,7 @@ the same folds. Test is not touched.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,11 @@ from edgemon.analysis.frontend import FrontendConfig
 from training.bundling import shared_frontend
 from training.cv import grouped_folds, held_out_with_pool, validation_recorders
 from training.errors import DataError
-from training.field import DEFAULT_PREVALENCE, FieldVotes, fold_field_votes, windows_of
+from training.field import DEFAULT_PREVALENCE, FieldVotes, fold_field_votes, models_digest, windows_of
 from training.operating import DEFAULT_RULES, DEFAULT_TARGET_FALSE_PER_HOUR, RULES, field_report, rules_name
 from training.thresholds import field_scores, field_summary
+
+log = logging.getLogger(__name__)
 
 
 def _recipe(member: Path) -> tuple[dict, dict]:
@@ -148,6 +151,7 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
         if votes.member_count != len(members) or (votes.members and votes.members != names):
             raise DataError(f"{saved}: votes of {', '.join(votes.members) or f'{votes.member_count} member(s)'}, "
                             f"not of {', '.join(names)}")
+        _check_votes_made_here(saved, votes, models, prevalence)
     else:
         votes = fold_field_votes(models, frontends, reference, folds, first["window_s"], first["hop_s"], prevalence)
         votes.members = names
@@ -179,6 +183,22 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _check_votes_made_here(saved: Path, votes: FieldVotes, models: list[list[Path]], prevalence: float) -> None:
+    """Votes read back must be these members' fold models' (a newcomer passed another seed's
+    votes under the same recipe name, and every figure was theirs) at this prevalence (one given
+    with --votes was recorded, but the votes' own was measured)."""
+    if votes.models_sha256 and votes.models_sha256 != models_digest(models):
+        raise DataError(f"{saved}: votes of other fold models than these members' (another run, seed or "
+                        f"epochs?): measure again without --votes")
+    if not votes.models_sha256:
+        log.warning("%s: votes from before 2026-12-06 do not say which fold models made them; "
+                    "they are taken to be these members'", saved)
+    made_at = DEFAULT_PREVALENCE if votes.prevalence is None else votes.prevalence
+    if prevalence != made_at:
+        raise DataError(f"{saved}: votes assembled at --prevalence {made_at:g}, not {prevalence:g}: give that, "
+                        f"or measure again without --votes")
 
 
 def _bundle_point(path: Path, labels: tuple[str, ...], target: float) -> tuple[OperatingPoint, str, float, dict | None]:

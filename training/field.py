@@ -18,6 +18,7 @@ kinds of held-out audio:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -103,6 +104,10 @@ class FieldVotes:
     clips: list[StreamVotes]          # one per clip, ``calls`` holding its own label over its length
     clip_targets: np.ndarray
     members: tuple[str, ...] = ()     # what voted (recipe names), when the file says (kept since 2026-12-04)
+    # what the votes were made with, when the file says (kept since 2026-12-06): a digest of every
+    # fold's member files (recipe names do not tell seeds or epochs apart), and the prevalence
+    models_sha256: str = ""
+    prevalence: float | None = None
 
     @property
     def member_count(self) -> int:
@@ -121,7 +126,8 @@ class FieldVotes:
         clips = np.array([s.fold in folds for s in self.clips], bool)
         return FieldVotes(self.labels, self.frame_s, [s for s in self.background_streams if s.fold in folds],
                           [s for s in self.assembled if s.fold in folds],
-                          [s for s, keep in zip(self.clips, clips) if keep], self.clip_targets[clips], self.members)
+                          [s for s, keep in zip(self.clips, clips) if keep], self.clip_targets[clips], self.members,
+                          self.models_sha256, self.prevalence)
 
     def merger(self, point: OperatingPoint, calibration: Calibration = Calibration()) -> EventMerger:
         return EventMerger(self.labels, self.background, self.frame_s, point, calibration)
@@ -129,7 +135,9 @@ class FieldVotes:
     def save(self, path: Path) -> None:
         """One ``.npz``: the streams' arrays under ``<kind><i>_<field>``."""
         arrays = {"labels": np.array(self.labels), "frame_s": self.frame_s, "clip_targets": self.clip_targets,
-                  **({"members": np.array(self.members)} if self.members else {})}
+                  **({"members": np.array(self.members)} if self.members else {}),
+                  **({"models_sha256": np.array(self.models_sha256)} if self.models_sha256 else {}),
+                  **({"prevalence": self.prevalence} if self.prevalence is not None else {})}
         for kind in ("background_streams", "assembled", "clips"):
             arrays[f"{kind}_n"] = len(getattr(self, kind))
             for i, s in enumerate(getattr(self, kind)):
@@ -150,7 +158,9 @@ class FieldVotes:
                 for s in kind:
                     s.fold, s.duration_s = int(s.fold), float(s.duration_s)
             return cls(tuple(str(x) for x in data["labels"]), float(data["frame_s"]), clip_targets=data["clip_targets"],
-                       members=tuple(str(x) for x in data["members"]) if "members" in data.files else (), **streams)
+                       members=tuple(str(x) for x in data["members"]) if "members" in data.files else (),
+                       models_sha256=str(data["models_sha256"]) if "models_sha256" in data.files else "",
+                       prevalence=float(data["prevalence"]) if "prevalence" in data.files else None, **streams)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise DataError(f"{path}: not a readable field-votes file ({type(exc).__name__}: {exc})") from exc
 
@@ -206,7 +216,7 @@ def analyse_fold(analyzer: Analyzer, split: Split, indices, fold: int, prevalenc
     backgrounds = [i for i in samples if split.targets[i] == background]
     calls = [i for i in samples if split.targets[i] != background]
     if not backgrounds:
-        raise DataError(f"fold {fold}: no held-out background clips to measure false events on")
+        raise DataError(f"fold {fold + 1}: no held-out background clips to measure false events on")
     clips = []
     for i, s in samples.items():
         votes, duration = stream_votes(analyzer, [s])
@@ -419,7 +429,18 @@ def fold_field_votes(models_per_fold: list[list[Path]], frontends: list[Frontend
     with tempfile.TemporaryDirectory() as tmp:
         bundles = [fold_bundle(models, list(split.labels), frontend, window_s, hop_s, Path(tmp) / f"fold{k}")
                    for k, models in enumerate(models_per_fold)]
-        return field_votes(bundles, split, folds, prevalence)
+        votes = field_votes(bundles, split, folds, prevalence)
+    votes.models_sha256, votes.prevalence = models_digest(models_per_fold), prevalence
+    return votes
+
+
+def models_digest(models_per_fold: list[list[Path]]) -> str:
+    """One sha256 over every fold's member files, in order: what made a votes file."""
+    digest = hashlib.sha256()
+    for models in models_per_fold:
+        for model in models:
+            digest.update(Path(model).read_bytes())
+    return digest.hexdigest()
 
 
 def score_field(bundle: Bundle, votes: FieldVotes) -> dict:

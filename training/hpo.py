@@ -29,7 +29,7 @@ from training.data import Split
 from training.evaluate import metrics
 from training.model import ModelConfig
 from training.recipes import FIELD, HOP_S, PAPER, SHIPPED_HIDDEN, WINDOW_S, seconds_to_frames
-from training.runs import run_config, save_run
+from training.runs import check_out_dir, run_config, save_run
 from training.train import OptimConfig, predict, train
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,7 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
         raise ValueError(f"unknown search space {config.space!r}: choose one of {SPACES}")
     if config.objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {config.objective!r}: choose one of {OBJECTIVES}")
+    check_out_dir(run_dir, own=("study.db",))   # a study there is resumed
     run_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(storage_url, study_name, config)

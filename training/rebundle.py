@@ -79,7 +79,7 @@ def rebundle(parent_dir: Path, thresholds_from: Path, out: Path) -> dict:
     if spec is not None:   # the same members: the parent's reference windows and expectations hold
         shutil.copy2(parent.path / spec["file"], bundle.path / spec["file"])
         replace_manifest(bundle.path, {"self_check": spec})
-    bundle = complete_bundle(bundle.path, None)
+    bundle = complete_bundle(bundle.path)
     off = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds).never_stored(
         [label for label in bundle.labels if label != bundle.background_label])
     if off:

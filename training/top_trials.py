@@ -15,7 +15,7 @@ import optuna
 from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import FrontendConfig
-from training.bundling import check_reference_data, complete_bundle
+from training.bundling import check_reference_data, complete_bundle, reference_from
 from training.data import Split
 from training.errors import DataError
 from training.evaluate import metrics, write_report
@@ -60,6 +60,8 @@ def build_ensemble(study: optuna.Study, out: Path, devel: Split, test: Split, to
     trials = select_members(study, top)
     dirs = [Path(t.user_attrs["run_dir"]) for t in trials]
     config = json.loads((dirs[0] / "config.json").read_text())
+    reference = reference_from(reference_data, config["labels"], config["window_s"],
+                               FrontendConfig.from_dict(config["frontend"]))
     with tempfile.TemporaryDirectory() as tmp:
         files = [quantize_int8(d / "model.onnx", Path(tmp) / f"{i}.onnx") if int8 else d / "model.onnx"
                  for i, d in enumerate(dirs)]
@@ -76,7 +78,7 @@ def build_ensemble(study: optuna.Study, out: Path, devel: Split, test: Split, to
                               extra={"study": study.study_name, "trials": [t.number for t in trials],
                                      "ensemble_devel_uar": results["devel"]["ensemble"]["uar"],
                                      "ensemble_test_uar": results["test"]["ensemble"]["uar"]})
-    bundle = complete_bundle(bundle.path, reference_data)
+    bundle = complete_bundle(bundle.path, reference=reference)
     windowed = {s.name: windowed_metrics(bundle, s) for s in (devel, test)}
     report_dir = out.parent / f"{out.name}-report"
     write_report(report_dir, {k: v["ensemble"] for k, v in results.items()}, prefix="ensemble_")

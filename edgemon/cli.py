@@ -92,9 +92,11 @@ def show_config(ctx: typer.Context, config: ConfigOpt = None,
     """Print the settings in force and where each came from (file < environment < options).
     Setting options (--db X, --settle-s 3 ...) preview what a command given them would use."""
     from edgemon.config import parse_options
+    from edgemon.sync.sender import check_sync_url
 
     try:
         settings = load_settings(config, parse_options(ctx.args))
+        check_sync_url(settings)   # what sync would refuse, said here where it is looked for
     except EdgemonError as exc:
         raise fail(exc)
     if as_json or fmt is ConfigFormat.json:

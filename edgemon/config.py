@@ -112,7 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("clip_post_s", "listen", float, 2.0, "Seconds of audio kept after a detection.", minimum=0),
     Setting("clips_max_mb", "listen", float, 500.0, "Clip directory budget in MB; further clips are skipped.", minimum=0),
     Setting("queue_s", "listen", float, 30.0, "Seconds of audio queued for analysis before blocks are dropped.", minimum=0),
-    Setting("stall_s", "listen", float, 5.0, "Seconds without audio before the stream is reopened.", minimum=1),
+    Setting("stall_s", "listen", float, 5.0, "Seconds without audio before the stream is reopened.", minimum=0.5),
     Setting("backoff_max_s", "listen", float, 60.0, "Longest wait between attempts to reopen the device.", minimum=0),
     Setting("flush_s", "listen", float, 10.0, "Seconds between coverage writes.", minimum=0),
 
@@ -402,8 +402,6 @@ def _checked(s: Setting, value: Any, where: str, error: type[ConfigError] = Conf
         raise error(f"{where}: must be at most {s.maximum:g}, got {value!r}")
     if s.name == "timezone":   # else the first nightly export, weeks later, fails on it
         _check_zone(value, where, error)
-    if s.name == "sync_url":   # else only the service's start says so, without saying where it came from
-        _check_sync_url(value, where, error)
     if s.file:
         try:
             is_dir = value.is_dir()
@@ -449,17 +447,14 @@ def _check_zone(name: str, where: str, error) -> None:
     raise error(f"{where}: unknown IANA time zone {name!r}{hint}")
 
 
-def _check_sync_url(url: str, where: str, error) -> None:
-    """A PostgreSQL URL with no password in it (the message never echoes the URL). The passfile is
-    checked per sync session, so one mended later needs no restart."""
-    from edgemon.sync import fleetdb
-
-    try:
-        fleetdb.check_url(url, passfile=False)
-    except fleetdb.SyncUrlError as e:
-        raise error(f"{where}: {e}") from None
-    except fleetdb.FleetDbError:   # no driver here: sync itself says so, this is only settings
-        pass
+def where_from(name: str, source: str) -> str:
+    """Where a setting's value came from (``Settings.sources[name]``), as load-time errors say it."""
+    s = BY_NAME[name]
+    if source.startswith("env "):
+        return f"environment variable {s.env}"
+    if source == COMMAND_LINE:
+        return f"option {s.option}"
+    return f"{source}: [{s.table}] {name}" if s.table else f"{source}: {name}"
 
 
 def _kind_name(kind: type) -> str:

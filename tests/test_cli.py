@@ -144,9 +144,9 @@ def test_listen_reads_the_settings_file_and_environment_like_every_command(tmp_p
     from_env = runner.invoke(app, ["listen", "--db", str(tmp_path / "d.db")], env={"EDGEMON_QUEUE_S": "-1"})
     assert from_env.exit_code == 1 and "environment variable EDGEMON_QUEUE_S: must be at least 0" in from_env.output
     from_option = runner.invoke(app, ["listen", "--stall-s", "-1"])
-    assert from_option.exit_code == 2 and "option --stall-s: must be at least 1" in from_option.output
+    assert from_option.exit_code == 2 and "option --stall-s: must be at least 0.5" in from_option.output
     deaf = runner.invoke(app, ["listen", "--stall-s", "0"])   # reopened the stream 15 times in 5 s
-    assert deaf.exit_code == 2 and "option --stall-s: must be at least 1" in deaf.output
+    assert deaf.exit_code == 2 and "option --stall-s: must be at least 0.5" in deaf.output
 
 
 # Commands that read no recorder settings: `devices` lists the sound hardware; `fleet` runs on a

@@ -73,6 +73,14 @@ def test_one_member_reproduces_the_cv_runs_own_window_scores(cv_runs, tiny_datas
                     prevalence=0.5)
     again = cv_ensemble([cv_runs / "a" / "mel"], _load(tiny_dataset), tmp_path / "alone.json", 0.1, reuse_votes=True)
     assert again["thresholds"] == alone["thresholds"]
+    from training.field import FieldVotes   # votes from before they said either: taken, with a warning
+
+    old = FieldVotes.load(votes)
+    old.models_sha256, old.prevalence = "", None
+    old.save(tmp_path / "old.votes.npz")
+    taken = cv_ensemble([cv_runs / "a" / "mel"], _load(tiny_dataset), tmp_path / "old.json", 0.1,
+                        votes_from=tmp_path / "old.votes.npz", prevalence=0.2)
+    assert taken["prevalence"] == 0.2 and taken["thresholds"] == alone["thresholds"]
 
 
 def test_mixed_frontend_ensemble_holds_its_stated_background_rate(cv_runs, tiny_dataset, tmp_path):

@@ -3,6 +3,7 @@ passed over, every matching row delivered exactly once; `edgemon status` lists t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -379,12 +380,37 @@ def test_a_rebuilt_database_appends_nothing_the_file_holds(db_path, tmp_path):
     assert out.read_bytes() == before
 
 
-def test_only_a_file_whose_last_row_is_as_new_as_the_export_is_read_through(db_path, tmp_path):
-    from edgemon.storage import tables
-    from edgemon.storage.export_held import held_keys
+def test_two_recorders_appending_to_one_file_lose_nothing(tmp_path):
+    """A review: keyed without the device, recorder B's rows (same AudioMoth names and offsets as
+    A's, lower ids) were taken as already held and dropped for good."""
+    out = tmp_path / "fleet.csv"
+    for device in ("rec01", "rec02"):
+        db = tmp_path / f"{device}.db"
+        with Store(db) as store:
+            commit(store, REC1, [dataclasses.replace(detection(REC1, s, "bird", 0.9, None), device_id=device)
+                                 for s in (0.0, 3.0)])
+        assert export_detections(db, "csv", out, new=True) == 2
+    assert sorted((r["device_id"], r["start_s"]) for r in read_csv(out)) == [
+        ("rec01", "0.0"), ("rec01", "3.0"), ("rec02", "0.0"), ("rec02", "3.0")]
 
+
+def test_a_rebuild_spanning_several_exports_appends_no_row_twice(db_path, tmp_path):
+    """A review: once the first export after a rebuild had appended a new row, the next saw a
+    file whose last id was older than its rows and appended the rest of the re-derived rows."""
     out = tmp_path / "out.csv"
-    assert export_detections(db_path, "csv", out, new=True) == 5
-    assert held_keys(tables.write_csv, out, 6) is None                  # the usual case: nothing held
-    assert held_keys(tables.write_csv, out, 5) == {(LIVE, "10.0", "frog", "b1")}
-    assert held_keys(tables.write_birdnet, out, 1) is None             # no ids: not checked
+    with Store(db_path) as store:
+        _site3(store)
+    assert export_detections(db_path, "csv", out, new=True, cursor_name="arch") == 7
+    rebuilt = tmp_path / "rebuilt.db"
+    with Store(rebuilt) as store:           # night 1: two recordings re-derived, and a new one
+        commit(store, SITE3, [detection(SITE3, 0.0, "bird", 0.9, "2024-05-03T06:00:00Z"),
+                              detection(SITE3, 3.0, "frog", 0.6, "2024-05-03T06:00:03Z")])
+        commit(store, "site4/x.wav", [detection("site4/x.wav", 1.0, "bird", 0.8, None)])
+    assert export_detections(rebuilt, "csv", out, new=True, cursor_name="arch") == 1
+    with Store(rebuilt) as store:           # night 2: the rest re-derived
+        commit(store, REC1, [detection(REC1, 0.0, "bird", 0.9, "2024-05-01T06:00:00Z"),
+                             detection(REC1, 3.0, "frog", 0.4, "2024-05-01T06:00:03Z"),
+                             detection(REC1, 6.0, "bird", 0.7, "2024-05-01T06:00:06Z")])
+    assert export_detections(rebuilt, "csv", out, new=True, cursor_name="arch") == 0
+    keys = _keys(out, "csv")
+    assert len(keys) == len(set(keys)) == 8

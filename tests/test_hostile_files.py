@@ -333,6 +333,14 @@ def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):
     now[0] = 62.0
     done = progress.update(done=5, waiting=set(), audio_s=18.0, busy_s=1.2)
     assert done == "backlog done: 5 file(s), 0.01 h of audio in 1 s of analysis, 1 min in all"   # apart
+    # a second backlog counts its own files, audio and time, not the daemon's since its start (a review)
+    now[0] = 100.0
+    assert progress.update(done=5, waiting={paths[0]}, audio_s=18.0, busy_s=1.2) is None
+    now[0] = 170.0
+    assert progress.update(done=5, waiting={paths[0]}, audio_s=18.0, busy_s=1.2).startswith("backlog: 0/1 file(s)")
+    now[0] = 180.0
+    assert (progress.update(done=6, waiting=set(), audio_s=21.6, busy_s=3.2)
+            == "backlog done: 1 file(s), 0.00 h of audio in 2 s of analysis, 1 min in all")
     caplog.set_level(logging.INFO)
     watch_until_idle(root, tmp_path / "d.db", progress_s=0.0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]

@@ -18,6 +18,7 @@ from training.cli import _run, app
 from training.cli_options import CentreOpt, DataOpt, OutOpt, PoolOpt, device_option, positive
 from training.data import DEFAULT_DATA_DIR
 from training.errors import DataError
+from training.out_dirs import check_out_dir
 
 
 @contextlib.contextmanager
@@ -112,8 +113,11 @@ def hpo(
         return {"study": study, "storage": url, "progress": progress_line(found)}
 
     created = not out.exists()
-    try:   # before the data loads: a read-only place fails now, not after minutes of audio
+    try:   # before the data loads: a read-only place, or another's work there, fails now, not after minutes of audio
+        check_out_dir(out, own=("study.db",))
         out.mkdir(parents=True, exist_ok=True)
+    except DataError as exc:
+        raise console.error(str(exc))
     except OSError as exc:   # one line, not a traceback
         raise console.error(f"--out {out}: cannot create it ({exc.strerror or exc})")
     _run(search)

@@ -32,7 +32,8 @@ from training.field import fold_field_votes, windows_of
 from training.model import ModelConfig, PrimateBiLSTM
 from training.operating import DEFAULT_TARGET_FALSE_PER_HOUR, field_report
 from training.recipes import FIELD, HOP_S, PAPER, WINDOW_S, recipe_name, seconds_to_frames
-from training.runs import check_out_dir, run_config, save_model
+from training.out_dirs import check_out_dir
+from training.runs import run_config, save_model
 from training.thresholds import field_summary
 from training.train import OptimConfig, predict, train
 

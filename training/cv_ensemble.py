@@ -189,16 +189,20 @@ def _check_votes_made_here(saved: Path, votes: FieldVotes, models: list[list[Pat
     """Votes read back must be these members' fold models' (a newcomer passed another seed's
     votes under the same recipe name, and every figure was theirs) at this prevalence (one given
     with --votes was recorded, but the votes' own was measured)."""
-    if votes.models_sha256 and votes.models_sha256 != models_digest(models):
-        raise DataError(f"{saved}: votes of other fold models than these members' (another run, seed or "
-                        f"epochs?): measure again without --votes")
-    if not votes.models_sha256:
-        log.warning("%s: votes from before 2026-12-06 do not say which fold models made them; "
-                    "they are taken to be these members'", saved)
-    made_at = DEFAULT_PREVALENCE if votes.prevalence is None else votes.prevalence
-    if prevalence != made_at:
-        raise DataError(f"{saved}: votes assembled at --prevalence {made_at:g}, not {prevalence:g}: give that, "
-                        f"or measure again without --votes")
+    if votes.models_sha256:
+        try:
+            made_here = votes.models_sha256 == models_digest(models)
+        except OSError as e:
+            raise DataError(f"{saved}: cannot read the fold models to check the votes are theirs ({e})") from None
+        if not made_here:
+            raise DataError(f"{saved}: votes of other fold models than these members' (another run, seed or "
+                            f"epochs?): measure again without --votes")
+    else:
+        log.warning("%s: votes from before 2026-12-06 say neither which fold models made them nor at what "
+                    "prevalence; they are taken to be these members' at --prevalence %g", saved, prevalence)
+    if votes.prevalence is not None and prevalence != votes.prevalence:
+        raise DataError(f"{saved}: votes assembled at --prevalence {votes.prevalence:g}, not {prevalence:g}: "
+                        f"give that, or measure again without --votes")
 
 
 def _bundle_point(path: Path, labels: tuple[str, ...], target: float) -> tuple[OperatingPoint, str, float, dict | None]:

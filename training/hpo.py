@@ -29,7 +29,8 @@ from training.data import Split
 from training.evaluate import metrics
 from training.model import ModelConfig
 from training.recipes import FIELD, HOP_S, PAPER, SHIPPED_HIDDEN, WINDOW_S, seconds_to_frames
-from training.runs import check_out_dir, run_config, save_run
+from training.out_dirs import check_out_dir
+from training.runs import run_config, save_run
 from training.train import OptimConfig, predict, train
 
 log = logging.getLogger(__name__)

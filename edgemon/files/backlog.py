@@ -34,6 +34,7 @@ class BacklogProgress:
         self._durations: dict[Path, tuple[tuple[int, int] | None, float | None]] = {}  # path -> (version, s)
         self._busy = False          # a backlog was reported and is not done yet
         self._since: float | None = None   # when files first waited: the backlog's own wall time
+        self._before = (0, 0.0, 0.0)       # done, audio_s, busy_s then: a second backlog counts its own
 
     def _waiting_audio_s(self, waiting: Collection[Path]) -> tuple[float, int]:
         """(seconds of audio in the waiting files whose header says, files whose header does not)."""
@@ -63,12 +64,13 @@ class BacklogProgress:
         Returns the line logged, if one was due."""
         now = self._clock()
         if waiting and self._since is None:
-            self._since = now
+            self._since, self._before = now, (done, audio_s, busy_s)
+        done, audio_s, busy_s = done - self._before[0], audio_s - self._before[1], busy_s - self._before[2]
         if not waiting:
             # analysis time and wall time apart: retries and files still being written wait between
             line = (f"backlog done: {done} file(s), {audio_s / 3600:.2f} h of audio in {_duration(busy_s)} of "
                     f"analysis, {_duration(now - self._since)} in all" if self._busy else None)
-            self._busy, self._since = False, None
+            self._busy, self._since, self._before = False, None, (0, 0.0, 0.0)
             self._durations.clear()
         elif now < self._next:
             return None

@@ -106,8 +106,8 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
     rows, left_out = iter(rows), [0]
     if newline is not None:
         first = next(rows, None)
-        held = None if first is None or first.get("id") is None else held_keys(write, path, int(first["id"]))
-        if held:   # the database went back behind this file: what it holds is not appended again
+        held = None if first is None else held_keys(write, path)
+        if held:   # after a restore or a rebuild: what the file holds is not appended again
             rows = _not_held(write, itertools.chain([first], rows), held, left_out)
             first = next(rows, None)
         if first is None:
@@ -129,7 +129,7 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
     return outputs.delivered
 
 
-def _not_held(write: Callable, rows: Iterator[dict], held: set[tuple], left_out: list[int]) -> Iterator[dict]:
+def _not_held(write: Callable, rows: Iterator[dict], held: set[int], left_out: list[int]) -> Iterator[dict]:
     for row in rows:
         if key_of(write, row) in held:
             left_out[0] += 1

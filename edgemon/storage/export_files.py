@@ -99,7 +99,8 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
     """One csv, birdnet or jsonl file. ``append`` (cursor exports): rows an earlier export wrote
     there stay, byte for byte, and the new ones follow them, the header once; with nothing new the
     file is left as it was. Replacing it would lose rows the cursor has already moved past. The
-    earlier file is streamed into the new one, not read into memory (a season's file on a Pi).
+    earlier file is streamed into the new one, not read into memory (a season's file on a Pi); it is
+    read through once before, for the rows it holds already (``export_held``): none is appended again.
     ``moving``: see ``atomic_texts``."""
     header = _header(write)
     newline = _earlier_file(path, header) if append else None

@@ -187,7 +187,7 @@ def test_ctrl_c_in_a_trial_says_one_line_and_no_traceback(tiny_dataset, tmp_path
     """Ctrl-C during a trial printed Optuna's warning with the KeyboardInterrupt's whole traceback
     above the one-line message."""
     out = tmp_path / "hpo"
-    worker = subprocess.Popen(hpo_command(tiny_dataset, out, "--trials", "3", "--epochs", "40", "--seed", "3"),
+    worker = subprocess.Popen(hpo_command(tiny_dataset, out, "--trials", "3", "--epochs", "300", "--seed", "3"),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         poll_until(lambda: _trial_under_way(out / "study.db"), 120, interval=0.5)

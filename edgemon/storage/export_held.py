@@ -8,7 +8,8 @@ first reads the whole file (it copies it anyway) and leaves out each new row who
 already there: matched by its natural key (device, source, start, label, bundle), which a
 rebuild re-derives and which tells two recorders' rows in one shared file apart; not by id,
 which a restored copy hands out again to other, new detections. The file's keys are held as
-64-bit hashes: about 5 MB for a season's 100,000 rows, read in 0.6 s on the development VM.
+64-bit hashes: 7.9 MB for a season's 100,000 rows (tracemalloc), read in 0.29 s on the
+development VM.
 BirdNET and Raven tables carry no device or bundle: they are not checked.
 """
 

@@ -278,10 +278,11 @@ def load_settings(config: str | Path | None = None, cli: Any = None, env: Mappin
             values[name], sources[name] = value, str(path)
     for s in SETTINGS:
         if s.env in env:
-            values[s.name], sources[s.name] = _from_text(s, env[s.env], f"environment variable {s.env}"), f"env {s.env}"
+            sources[s.name] = f"env {s.env}"
+            values[s.name] = _from_text(s, env[s.env], where_from(s.name, sources[s.name]))
     _warn_unknown_env(env)
     for name, value in _cli_values(cli).items():
-        values[name], sources[name] = _checked(BY_NAME[name], value, f"option {BY_NAME[name].option}",
+        values[name], sources[name] = _checked(BY_NAME[name], value, where_from(name, COMMAND_LINE),
                                                OptionError), COMMAND_LINE
     return Settings(MappingProxyType(values), MappingProxyType(sources), path)
 
@@ -366,7 +367,7 @@ def _file_value(path: Path, table: str | None, name: str, value: Any) -> Any:
     if setting.table != table:
         home = f"table [{setting.table}]" if setting.table else "the top level (before any table)"
         raise ConfigError(f"{path}: {name} belongs in {home}, not {'[' + table + ']' if table else 'the top level'}")
-    return _checked(setting, value, f"{path}: {where}")
+    return _checked(setting, value, where_from(name, str(path)))
 
 
 def _checked(s: Setting, value: Any, where: str, error: type[ConfigError] = ConfigError) -> Any:

@@ -114,7 +114,7 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
     so nothing is chosen on devel): more recorders heard; devel's scores then say nothing."""
     if with_devel and not optim.average_last:
         raise DataError("training on train + devel needs --average-last: no epoch can be chosen on devel")
-    _check_new_run(run_dir)
+    check_out_dir(run_dir)
     splits = Splits.load(data_dir, frontend)
     run_dir.mkdir(parents=True, exist_ok=True)   # after the data: a wrong --data leaves nothing behind
     training_split = merge(splits.train, splits.devel) if with_devel else splits.train
@@ -150,13 +150,9 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
     return summary
 
 
-def _check_new_run(run_dir: Path) -> None:
-    check_out_dir(run_dir)
-
-
 def baseline_run(data_dir: Path, run_dir: Path, frontend: FrontendConfig = FrontendConfig()) -> dict:
     """Functionals + linear SVM with C chosen on devel; devel and test metrics and plots."""
-    _check_new_run(run_dir)
+    check_out_dir(run_dir)
     splits = Splits.load(data_dir, frontend)
     run_dir.mkdir(parents=True, exist_ok=True)
     result = baseline_mod.fit_baseline(splits.train, splits.devel)

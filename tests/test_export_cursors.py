@@ -3,6 +3,7 @@ passed over, every matching row delivered exactly once; `edgemon status` lists t
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as dt
 import json
@@ -327,6 +328,16 @@ def _copy_database(source, target) -> None:
 
 
 def _keys(path, fmt) -> list[tuple]:
+    """(source, start, label) of every row the export's file (or Raven directory) holds, in order."""
+    if fmt == "birdnet":
+        return [(r["File"], r["Start (s)"], r["Confidence"]) for r in read_csv(path)]
+    if fmt == "raven":
+        keys = []
+        for table in sorted(path.glob("*.txt")):
+            rows = list(csv.DictReader(table.read_text().splitlines(), delimiter="\t"))
+            assert [int(r["Selection"]) for r in rows] == list(range(1, len(rows) + 1))   # numbered on
+            keys += [(r["Begin Path"], r["Begin Time (s)"], r["Species Code"]) for r in rows]
+        return sorted(keys, key=lambda k: "site4" in k[0])   # tables by name; the newest recording last
     records = read_csv(path) if fmt == "csv" else [json.loads(line) for line in path.read_text().splitlines()]
     return [(r["source"], str(r["start_s"]), r["label"]) for r in records]
 
@@ -340,11 +351,14 @@ def _site3(store: Store) -> None:
                           detection(SITE3, 3.0, "frog", 0.6, "2024-05-03T06:00:03Z")])
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "birdnet", "raven"])
 def test_a_database_restored_from_a_copy_appends_no_row_twice(db_path, tmp_path, fmt, caplog):
     """A newcomer trial: a copy restored, watch derived the rows since from the recordings again,
-    and the cursor export appended them to the file a second time (same keys, same ids)."""
-    out = tmp_path / f"out.{fmt}"
+    and the cursor export appended them to the file a second time (same keys, same ids). BirdNET
+    and Raven tables, which carry no device or bundle, did so until the twentieth session."""
+    out = tmp_path / ("raven" if fmt == "raven" else f"out.{fmt}")
+    if fmt == "raven":
+        out.mkdir()
     assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 5
     backup = tmp_path / "backup.db"
     _copy_database(db_path, backup)
@@ -359,7 +373,7 @@ def test_a_database_restored_from_a_copy_appends_no_row_twice(db_path, tmp_path,
     caplog.set_level("WARNING")
     assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 1
     keys = _keys(out, fmt)
-    assert len(keys) == len(set(keys)) == 8 and keys[-1][0] == "site4/20240504_060000.wav"
+    assert len(keys) == len(set(keys)) == 8 and keys[-1][0].endswith("site4/20240504_060000.wav")
     assert "already holds 2 of the rows this export found new" in caplog.text
     assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 0   # the cursor moved past them
 
@@ -414,3 +428,18 @@ def test_a_rebuild_spanning_several_exports_appends_no_row_twice(db_path, tmp_pa
     assert export_detections(rebuilt, "csv", out, new=True, cursor_name="arch") == 0
     keys = _keys(out, "csv")
     assert len(keys) == len(set(keys)) == 8
+
+
+@pytest.mark.parametrize("fmt", ["birdnet", "raven"])
+def test_another_bundles_row_on_the_same_window_is_appended(db_path, tmp_path, fmt):
+    """BirdNET and Raven rows carry no bundle: only a row alike in every column counts as held, so
+    a re-analysis's row (`edgemon reanalyse`) on a window already in the table still arrives."""
+    out = tmp_path / ("raven" if fmt == "raven" else "out.csv")
+    if fmt == "raven":
+        out.mkdir()
+    assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 5
+    again = dataclasses.replace(detection(REC1, 0.0, "bird", 0.85, "2024-05-01T06:00:00Z"), bundle_id="b2")
+    with Store(db_path) as store:
+        store.insert_detections([again])
+    assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 1
+    assert len(_keys(out, fmt)) == 6

@@ -7,6 +7,7 @@ one header, Raven tables numbered on; a file of another format is refused rather
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import json
@@ -24,7 +25,7 @@ from typing import TextIO
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
 from edgemon.storage import tables
-from edgemon.storage.export_held import held_keys, key_of
+from edgemon.storage.export_held import held_keys, held_selections, key_of, selection_key
 from edgemon.storage.export_journal import (JournalError, Move, finish_pending, fsync_dir, journal_path,
                                             rename_all, stage)
 from edgemon.storage.lock import process_alive
@@ -77,12 +78,19 @@ def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], appe
                 moving: CursorMove | None = None) -> int:
     """One tab-separated Raven selection table per source (a live detection's saved clip is a
     source of its own: the ``raven_table`` each row carries); times in seconds from its start.
-    ``append`` (cursor exports) keeps an existing table's selections and numbers on after them;
-    ``moving``: see ``atomic_texts``."""
+    ``append`` (cursor exports) keeps an existing table's selections and numbers on after them,
+    and appends none it holds already (``export_held``); ``moving``: see ``atomic_texts``."""
+    left_out = [0]
     with atomic_texts(moving) as outputs:   # all tables or none: see atomic_texts
         for source, group in itertools.groupby(rows, key=lambda row: row["raven_table"]):
             path = out_dir / names[source]
             earlier, number = _earlier_selections(path) if append else ("", 0)
+            if earlier:   # after a restore or a rebuild: what the table holds is not appended again
+                group = _not_held(selection_key, group, held_selections(earlier), left_out)
+                first = next(group, None)
+                if first is None:
+                    continue
+                group = itertools.chain([first], group)
             with outputs.open(path) as f:
                 f.write(earlier)
                 writer = tables.raven_writer(f)
@@ -91,6 +99,7 @@ def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], appe
                 for number, row in enumerate(group, start=number + 1):
                     writer.writerow(tables.raven_row(number, row))
                     outputs.delivered += 1
+    _say_left_out(out_dir, left_out[0])
     return outputs.delivered
 
 
@@ -109,7 +118,7 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
         first = next(rows, None)
         held = None if first is None else held_keys(write, path)
         if held:   # after a restore or a rebuild: what the file holds is not appended again
-            rows = _not_held(write, itertools.chain([first], rows), held, left_out)
+            rows = _not_held(functools.partial(key_of, write), itertools.chain([first], rows), held, left_out)
             first = next(rows, None)
         if first is None:
             if moving:
@@ -130,9 +139,10 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
     return outputs.delivered
 
 
-def _not_held(write: Callable, rows: Iterator[dict], held: set[int], left_out: list[int]) -> Iterator[dict]:
+def _not_held(key: Callable[[dict], int], rows: Iterable[dict], held: set[int],
+              left_out: list[int]) -> Iterator[dict]:
     for row in rows:
-        if key_of(write, row) in held:
+        if key(row) in held:
             left_out[0] += 1
         else:
             yield row

@@ -10,12 +10,15 @@ rebuild re-derives and which tells two recorders' rows in one shared file apart;
 which a restored copy hands out again to other, new detections. The file's keys are held as
 64-bit hashes: 7.9 MB for a season's 100,000 rows (tracemalloc), read in 0.29 s on the
 development VM.
-BirdNET and Raven tables carry no device or bundle: they are not checked.
+BirdNET and Raven tables carry no device or bundle: a row of theirs is held when the file has one
+alike in every column (a Raven selection's number aside). A detection derived again by the same
+bundle is such a row; another bundle's, at another confidence, is not.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -57,22 +60,52 @@ def _jsonl_keys(path: Path) -> Iterator[tuple]:
                 yield tuple(_json_text(record.get(c)) for c in KEY)
 
 
-# per writer: the keys of a file's rows, and a new row's key written alike
-FORMATS: dict[Callable, tuple[Callable, Callable]] = {
-    tables.write_csv: (_csv_keys, _csv_text),
-    tables.write_jsonl: (_jsonl_keys, _json_text),
+def _birdnet_keys(path: Path) -> Iterator[tuple]:
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = csv.reader(f)
+        width = len(next(rows, []))
+        yield from (tuple(row) for row in rows if len(row) == width)
+
+
+def _as_read(cells: list, delimiter: str = ",") -> tuple:
+    """``cells`` as csv would read them back once written: the form a file's rows have."""
+    text = io.StringIO()
+    csv.writer(text, delimiter=delimiter, lineterminator="\n").writerow(cells)
+    return tuple(next(csv.reader(io.StringIO(text.getvalue()), delimiter=delimiter)))
+
+
+def _key(write: Callable, row: Mapping) -> tuple:
+    if write is tables.write_birdnet:
+        return _as_read(tables.birdnet_row(row))
+    text = _csv_text if write is tables.write_csv else _json_text
+    return tuple(text(row.get(c)) for c in KEY)
+
+
+# per writer: the keys of a file's rows
+FILE_KEYS: dict[Callable, Callable[[Path], Iterator[tuple]]] = {
+    tables.write_csv: _csv_keys,
+    tables.write_jsonl: _jsonl_keys,
+    tables.write_birdnet: _birdnet_keys,
 }
 
 
-def held_keys(write: Callable, path: Path) -> set[int] | None:
-    """The hashed keys of every row in the file at ``path`` (written by ``write``); None for a
-    format that carries no key."""
-    if write not in FORMATS:
-        return None
-    return {hash(key) for key in FORMATS[write][0](path)}
+def held_keys(write: Callable, path: Path) -> set[int]:
+    """The hashed keys of every row in the file at ``path`` (written by ``write``)."""
+    return {hash(key) for key in FILE_KEYS[write](path)}
 
 
 def key_of(write: Callable, row: Mapping) -> int:
     """A new row's hashed key, as ``held_keys`` gives the file's."""
-    text = FORMATS[write][1]
-    return hash(tuple(text(row.get(c)) for c in KEY))
+    return hash(_key(write, row))
+
+
+def held_selections(table_text: str) -> set[int]:
+    """The hashed keys of a Raven table's selections (every column but the number; header skipped)."""
+    rows = csv.reader(io.StringIO(table_text), delimiter="\t")
+    width = len(next(rows, []))
+    return {hash(tuple(row[1:])) for row in rows if len(row) == width}
+
+
+def selection_key(row: Mapping) -> int:
+    """A new row's hashed key, as ``held_selections`` gives a table's."""
+    return hash(_as_read(tables.raven_row(0, row), "\t")[1:])

@@ -134,11 +134,16 @@ def write_birdnet(f: TextIO, rows: Iterable[Mapping]) -> int:
     writer.writerow(BIRDNET_COLUMNS)
     count = 0
     for row in rows:
-        scientific, common = species_names(row)
-        path, start, end = audio_file(row)
-        writer.writerow([start, end, cell(scientific), cell(common), confidence(row), cell(path)])
+        writer.writerow(birdnet_row(row))
         count += 1
     return count
+
+
+def birdnet_row(row: Mapping) -> list:
+    """One row of BirdNET-Analyzer's CSV (``BIRDNET_COLUMNS``)."""
+    scientific, common = species_names(row)
+    path, start, end = audio_file(row)
+    return [start, end, cell(scientific), cell(common), confidence(row), cell(path)]
 
 
 def write_jsonl(f: TextIO, rows: Iterable[Mapping], columns: tuple[str, ...] = JSONL_COLUMNS) -> int:

@@ -23,8 +23,8 @@ import typer
 
 from edgemon import console
 from edgemon.cli_common import (ClassifyFormat, ConfigFormat, ConfigOpt, DbOpt, DeviceIdOpt, DirectoryAlias,
-                                DirectoryArg, ExportFormat, JsonOpt, ModelsOpt, TextFormat, ThreadsOpt, app, fail,
-                                service_in_force, settings_in_force, setting_option)
+                                DirectoryArg, ExportFormat, JsonOpt, ModelsOpt, TextFormat, ThreadsOpt, TimezoneOpt, app,
+                                fail, service_in_force, settings_in_force, setting_option)
 from edgemon.config import OptionError, load_settings
 from edgemon.errors import EdgemonError
 from edgemon.utc import parse_utc
@@ -142,6 +142,7 @@ def classify(
     models: ModelsOpt = None,
     fmt: Annotated[ClassifyFormat, typer.Option("--format", help="table or csv.")] = ClassifyFormat.table,
     threads: ThreadsOpt = None,
+    timezone: TimezoneOpt = None,
     config: ConfigOpt = None,
 ):
     """Analyse files once and print their detections; no database."""
@@ -238,6 +239,7 @@ def export_detections(
     bundle: Annotated[Optional[list[str]], typer.Option("--bundle", metavar="ID", help="Only detections of this bundle id (repeatable; see `edgemon reanalyse`).")] = None,
     coverage: Annotated[Optional[Path], typer.Option("--coverage", help="Also write live-stream coverage (per minute: seconds analysed and lost) for the same --since/--until to this file (csv, or jsonl with --format jsonl).", readable=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No info line on standard error (for cron); errors are still reported.")] = False,
+    timezone: TimezoneOpt = None,
     config: ConfigOpt = None,
 ):
     """Export detections; reads only, so it never blocks the daemon."""

@@ -96,7 +96,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("latitude", None, float, None, "Recorder latitude, decimal degrees (WGS84); sent to the fleet database.",
             minimum=-90, maximum=90),
     Setting("longitude", None, float, None, "Recorder longitude, decimal degrees (WGS84).", minimum=-180, maximum=180),
-    Setting("timezone", None, str, None, "Recorder's IANA time zone (e.g. 'Asia/Kuching'): the fleet views' local days."),
+    Setting("timezone", None, str, None, "Recorder's IANA time zone (e.g. 'Asia/Kuching'): exports' start_local, the fleet views' local days."),
 
     Setting("directory", "watch", Path, None, "Recorder directory to watch (recursive)."),
     Setting("settle_s", "watch", float, 5.0, "Seconds a file must stay unchanged before it is read.", minimum=0),

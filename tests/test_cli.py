@@ -476,12 +476,12 @@ def test_classify_says_when_a_recording_was_not_read_to_its_end(duet_recording, 
 
 def test_classify_says_when_a_wav_is_shorter_than_its_header_and_gives_local_times(duet_recording, tmp_path):
     """Found by a newcomer trial: watch noted a WAV cut short, classify said nothing; and with a
-    time zone set, classify's CSV left start_local empty."""
+    time zone set, classify's CSV left start_local empty (the zone given as an option here, which
+    classify lacked until the twentieth session)."""
     cut = tmp_path / "20180301_060000.WAV"
     cut.write_bytes(duet_recording.read_bytes()[:duet_recording.stat().st_size * 2 // 3])
-    done = subprocess.run([sys.executable, "-m", "edgemon", "classify", str(cut), "--format", "csv"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "EDGEMON_TIMEZONE": "Asia/Kuching"})
+    done = subprocess.run([sys.executable, "-m", "edgemon", "classify", str(cut), "--format", "csv",
+                           "--timezone", "Asia/Kuching"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "20180301_060000.WAV: header inconsistent (data chunk declares" in done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))

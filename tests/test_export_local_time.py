@@ -85,3 +85,16 @@ def test_an_unknown_timezone_is_refused_before_any_output(db_path, tmp_path):
     with pytest.raises(ExportError, match="unknown IANA time zone 'Europe/Berlim'"):
         export_detections(db_path, "csv", tmp_path / "d.csv", timezone="Europe/Berlim")
     assert not (tmp_path / "d.csv").exists()
+
+
+def test_cli_timezone_option_overrides_the_settings(db_path, tmp_path):
+    """A newcomer's habit: `--timezone` on the command that writes the times, over the settings."""
+    settings = tmp_path / "edgemon.toml"
+    settings.write_text('timezone = "Europe/Berlin"\n')
+    out = runner.invoke(app, ["export-detections", "--db", str(db_path), "--config", str(settings), "--quiet",
+                              "--format", "jsonl", "--timezone", "Asia/Kuching"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout.splitlines()[0])["start_local"] == "2024-03-31T08:59:59.000+08:00"
+    bad = runner.invoke(app, ["export-detections", "--db", str(db_path), "--timezone", "Asia/Kuchin"])
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
+    assert "Asia/Kuchin" in bad.output and "--timezone" in bad.output and bad.stdout == ""

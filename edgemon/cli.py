@@ -3,7 +3,7 @@ turn an ``EdgemonError`` into a one-line message and a non-zero exit (see ``edge
 the exit statuses).
 
 Every option that is also a setting takes its flag, help and shown default from the settings
-registry (``edgemon.config.SETTINGS``) and defaults to None ("not given"), so that every command
+registry (``edgemon.settings_registry.SETTINGS``) and defaults to None ("not given"), so that every command
 reads its settings one way: defaults < settings file < ``EDGEMON_*`` < options (``load_settings``).
 """
 

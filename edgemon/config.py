@@ -20,17 +20,16 @@ where the value came from: a typo must never silently run on the default.
 Values leave this module typed, never as a dict of settings: ``Settings.service`` is a frozen
 ``ServiceConfig`` with one attribute per setting, and it builds each component's own frozen config
 (``WatchConfig``, ``DiskBudget``, ``HealthConfig`` ...). Every command of ``edgemon.cli`` takes its
-options for settings from this registry and reads them through ``load_settings``.
+options for settings from the registry (``edgemon.settings_registry``) and reads them through
+``load_settings``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import logging
-import math
 import os
 import re
 import tomllib
@@ -39,7 +38,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from edgemon.errors import EdgemonError
+from edgemon.settings_registry import (BY_NAME, COMMAND_LINE, ENV_PREFIX, SETTINGS, TABLES, ConfigError, OptionError,
+                                       checked, did_you_mean, from_text, where_from)
 
 if TYPE_CHECKING:   # for annotations only; see ServiceConfig for why they are imported late
     from edgemon.files.watcher import WatchConfig
@@ -51,85 +51,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path("/etc/edgemon/edgemon.toml")
 CONFIG_ENV = "EDGEMON_CONFIG"
-ENV_PREFIX = "EDGEMON_"
-DEFAULT, COMMAND_LINE = "default", "command line"
-
-
-class ConfigError(EdgemonError):
-    """A settings file, environment variable or option holds something edgemon cannot use."""
-
-
-class OptionError(ConfigError):
-    """A command-line option holds something edgemon cannot use (a usage error: exit status 2)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    """One setting: its name, TOML table (None: top level), type, default (None: unset) and help."""
-
-    name: str
-    table: str | None
-    kind: type
-    default: Any
-    help: str
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
-    file: bool = False      # a path edgemon opens as a file: an existing directory is refused
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
-
-    @property
-    def option(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("mode", None, str, "watch", "What the service (`edgemon run`) does: watch a directory or listen to a microphone.",
-            choices=("watch", "listen")),
-    Setting("db", None, Path, Path("edgemon.db"), "Detections database (SQLite).", file=True),
-    Setting("models", None, Path, None, "Model bundle directory (unset: the embedded bundle)."),
-    Setting("device_id", None, str, "edgemon", "Recorder/site id stored with every detection."),
-    Setting("threads", None, int, 1, "onnxruntime threads.", minimum=1),
-    Setting("latitude", None, float, None, "Recorder latitude, decimal degrees (WGS84); sent to the fleet database.",
-            minimum=-90, maximum=90),
-    Setting("longitude", None, float, None, "Recorder longitude, decimal degrees (WGS84).", minimum=-180, maximum=180),
-    Setting("timezone", None, str, None, "Recorder's IANA time zone (e.g. 'Asia/Kuching'): exports' start_local, the fleet views' local days."),
-
-    Setting("directory", "watch", Path, None, "Recorder directory to watch (recursive)."),
-    Setting("settle_s", "watch", float, 5.0, "Seconds a file must stay unchanged before it is read.", minimum=0),
-    Setting("rescan_s", "watch", float, 30.0, "Seconds between full rescans of the directory.", minimum=0),
-    Setting("incomplete_grace_s", "watch", float, 120.0, "Seconds to wait for a WAV header to be finalised.", minimum=0),
-    Setting("retry_s", "watch", float, 60.0, "Seconds before a file that failed (or could not be stored) is tried again.", minimum=0),
-
-    Setting("device", "listen", str, None, "Input device: index or name substring (unset: the system's default input)."),
-    Setting("sample_rate", "listen", float, None, "Capture rate in Hz (unset: the device's own).", minimum=1),
-    Setting("channels", "listen", int, 1, "Channels to capture (mixed to mono).", minimum=1),
-    Setting("clips", "listen", Path, None, "Directory of detection clips (FLAC): listen saves each detection's audio there, review plays them (unset: no clips)."),
-    Setting("clip_pre_s", "listen", float, 2.0, "Seconds of audio kept before a detection.", minimum=0),
-    Setting("clip_post_s", "listen", float, 2.0, "Seconds of audio kept after a detection.", minimum=0),
-    Setting("clips_max_mb", "listen", float, 500.0, "Clip directory budget in MB; further clips are skipped.", minimum=0),
-    Setting("queue_s", "listen", float, 30.0, "Seconds of audio queued for analysis before blocks are dropped.", minimum=0),
-    Setting("stall_s", "listen", float, 5.0, "Seconds without audio before the stream is reopened.", minimum=0.5),
-    Setting("backoff_max_s", "listen", float, 60.0, "Longest wait between attempts to reopen the device.", minimum=0),
-    Setting("flush_s", "listen", float, 10.0, "Seconds between coverage writes.", minimum=0),
-
-    Setting("heartbeat_s", "health", float, 300.0, "Seconds between heartbeat rows in the database.", minimum=0.1),
-    Setting("progress_timeout_s", "health", float, 240.0,
-            "Withhold systemd watchdog pings once the pipeline has made no progress for this long.", minimum=1),
-
-    Setting("min_free_mb", "disk", float, 200.0,
-            "Free space (MB, where the database is) below which no new work starts: back-pressure, not a crash.", minimum=0),
-    Setting("clips_min_free_mb", "disk", float, 1000.0, "Free space (MB) below which no clips are saved.", minimum=0),
-
-    Setting("sync_url", "sync", str, None,
-            "Fleet PostgreSQL database (postgresql://user@host/db, no password: use a 0600 passfile); unset: no sync."),
-    Setting("sync_interval_s", "sync", float, 900.0, "Seconds between sync sessions of the service.", minimum=1),
-)
-BY_NAME: Mapping[str, Setting] = MappingProxyType({s.name: s for s in SETTINGS})
-TABLES = ("watch", "listen", "health", "disk", "sync")
+DEFAULT = "default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,10 +201,10 @@ def load_settings(config: str | Path | None = None, cli: Any = None, env: Mappin
     for s in SETTINGS:
         if s.env in env:
             sources[s.name] = f"env {s.env}"
-            values[s.name] = _from_text(s, env[s.env], where_from(s.name, sources[s.name]))
+            values[s.name] = from_text(s, env[s.env], where_from(s.name, sources[s.name]))
     _warn_unknown_env(env)
     for name, value in _cli_values(cli).items():
-        values[name], sources[name] = _checked(BY_NAME[name], value, where_from(name, COMMAND_LINE),
+        values[name], sources[name] = checked(BY_NAME[name], value, where_from(name, COMMAND_LINE),
                                                OptionError), COMMAND_LINE
     return Settings(MappingProxyType(values), MappingProxyType(sources), path)
 
@@ -304,13 +226,13 @@ def parse_options(args: list[str]) -> dict[str, Any]:
         option, sep, text = args[i].partition("=")
         setting = by_option.get(option)
         if setting is None:
-            raise OptionError(f"unknown option {option}{_did_you_mean(option, by_option)}")
+            raise OptionError(f"unknown option {option}{did_you_mean(option, by_option)}")
         if not sep:
             if i + 1 >= len(args):
                 raise OptionError(f"option {option} needs a value")
             i += 1
             text = args[i]
-        found[setting.name] = _from_text(setting, text, f"option {option}", OptionError)
+        found[setting.name] = from_text(setting, text, f"option {option}", OptionError)
         i += 1
     return found
 
@@ -351,7 +273,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     for key, value in data.items():
         if isinstance(value, dict):
             if key not in TABLES:
-                raise ConfigError(f"{path}: unknown table [{key}]{_did_you_mean(key, TABLES)}")
+                raise ConfigError(f"{path}: unknown table [{key}]{did_you_mean(key, TABLES)}")
             for name, inner in value.items():
                 found[name] = _file_value(path, key, name, inner)
         else:
@@ -363,103 +285,11 @@ def _file_value(path: Path, table: str | None, name: str, value: Any) -> Any:
     where = f"[{table}] {name}" if table else name
     setting = BY_NAME.get(name)
     if setting is None:
-        raise ConfigError(f"{path}: unknown setting {where}{_did_you_mean(name, list(BY_NAME))}")
+        raise ConfigError(f"{path}: unknown setting {where}{did_you_mean(name, list(BY_NAME))}")
     if setting.table != table:
         home = f"table [{setting.table}]" if setting.table else "the top level (before any table)"
         raise ConfigError(f"{path}: {name} belongs in {home}, not {'[' + table + ']' if table else 'the top level'}")
-    return _checked(setting, value, where_from(name, str(path)))
-
-
-def _checked(s: Setting, value: Any, where: str, error: type[ConfigError] = ConfigError) -> Any:
-    """``value`` (from TOML or an option) as the setting's type, or ``error`` saying why not."""
-    if value is None:
-        if s.default is not None:
-            raise error(f"{where}: a value is required")
-        return None
-    if s.kind is bool:
-        ok = isinstance(value, bool)
-    elif s.kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif s.kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif s.kind is Path:
-        ok = isinstance(value, (str, Path)) and str(value) != ""
-        value = Path(value) if ok else value
-    else:  # str; an integer is taken as its text (a device index, say)
-        ok = isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != ""
-        value = str(value) if ok else value
-    if not ok:
-        raise error(f"{where}: expected {_kind_name(s.kind)}, got {value!r}")
-    # nan passes every comparison with a minimum, and a wait of nan or inf seconds spins or never
-    # ends (queue.get(timeout=nan) busy-loops): no setting takes a non-finite number.
-    if s.kind is float and not math.isfinite(value):
-        raise error(f"{where}: must be a finite number, got {value!r}")
-    if s.choices and value not in s.choices:
-        raise error(f"{where}: must be one of {', '.join(s.choices)}, not {value!r}")
-    if s.minimum is not None and value < s.minimum:
-        raise error(f"{where}: must be at least {s.minimum:g}, got {value!r}")
-    if s.maximum is not None and value > s.maximum:
-        raise error(f"{where}: must be at most {s.maximum:g}, got {value!r}")
-    if s.name == "timezone":   # else the first nightly export, weeks later, fails on it
-        _check_zone(value, where, error)
-    if s.file:
-        try:
-            is_dir = value.is_dir()
-        except OSError as e:  # a directory this user may not search (the service's, to an admin)
-            raise error(f"{where}: {value}: cannot be reached ({e.strerror or e}); run as a user who may read it") from None
-        if is_dir:   # SQLite would say only "disk I/O error"
-            raise error(f"{where}: {value} is a directory, not a file")
-    return value
-
-
-def _from_text(s: Setting, text: str, where: str, error: type[ConfigError] = ConfigError) -> Any:
-    """An environment variable's (or option's) text as the setting's type; empty text unsets an
-    optional one."""
-    text = text.strip()
-    if text == "" and s.default is None:
-        return None
-    try:
-        if s.kind is bool:
-            if text.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ValueError(text)
-            parsed: Any = text.lower() in ("1", "true", "yes", "on")
-        elif s.kind is float:
-            parsed = float(text)
-        elif s.kind is int:
-            parsed = int(text)
-        else:
-            parsed = text
-    except ValueError:
-        raise error(f"{where}: expected {_kind_name(s.kind)}, got {text!r}") from None
-    return _checked(s, parsed, where, error)
-
-
-def _check_zone(name: str, where: str, error) -> None:
-    """An IANA zone this host knows, spelt as the database spells it (a lower-case 'asia/kuching'
-    is not found by the exports on Linux)."""
-    import zoneinfo
-
-    known = zoneinfo.available_timezones()   # read from the disk: once
-    if name in known or name == "UTC":
-        return
-    spelt = {zone.lower(): zone for zone in known}.get(name.lower())
-    hint = f" (did you mean {spelt!r}?)" if spelt else " (e.g. 'Asia/Kuching')"
-    raise error(f"{where}: unknown IANA time zone {name!r}{hint}")
-
-
-def where_from(name: str, source: str) -> str:
-    """Where a setting's value came from (``Settings.sources[name]``), as load-time errors say it."""
-    s = BY_NAME[name]
-    if source.startswith("env "):
-        return f"environment variable {s.env}"
-    if source == COMMAND_LINE:
-        return f"option {s.option}"
-    return f"{source}: [{s.table}] {name}" if s.table else f"{source}: {name}"
-
-
-def _kind_name(kind: type) -> str:
-    return {bool: "true or false", float: "a number", int: "a whole number", Path: "a path"}.get(kind, "text")
+    return checked(setting, value, where_from(name, str(path)))
 
 
 # EDGEMON_* variables that are not settings but are read elsewhere (the review token; the dev
@@ -473,12 +303,7 @@ def _warn_unknown_env(env: Mapping[str, str]) -> None:
     settings file is an error; the environment may hold variables of other tools, so a warning)."""
     known = {s.env for s in SETTINGS} | set(OTHER_ENV)
     for name in sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known):
-        log.warning("environment variable %s is not an edgemon setting; ignored%s", name, _did_you_mean(name, known))
-
-
-def _did_you_mean(name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+        log.warning("environment variable %s is not an edgemon setting; ignored%s", name, did_you_mean(name, known))
 
 
 def _masked(value: Any) -> Any:

@@ -432,14 +432,16 @@ def test_a_rebuild_spanning_several_exports_appends_no_row_twice(db_path, tmp_pa
 
 @pytest.mark.parametrize("fmt", ["birdnet", "raven"])
 def test_another_bundles_row_on_the_same_window_is_appended(db_path, tmp_path, fmt):
-    """BirdNET and Raven rows carry no bundle: only a row alike in every column counts as held, so
-    a re-analysis's row (`edgemon reanalyse`) on a window already in the table still arrives."""
+    """BirdNET and Raven rows carry no bundle: a re-analysis's row (`edgemon reanalyse`) on a window
+    already in the table still arrives, at another confidence and (a review found it dropped, with
+    a warning about a restore that never was) at one that is shown alike to four decimals."""
     out = tmp_path / ("raven" if fmt == "raven" else "out.csv")
     if fmt == "raven":
         out.mkdir()
     assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 5
-    again = dataclasses.replace(detection(REC1, 0.0, "bird", 0.85, "2024-05-01T06:00:00Z"), bundle_id="b2")
-    with Store(db_path) as store:
-        store.insert_detections([again])
-    assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 1
-    assert len(_keys(out, fmt)) == 6
+    for bundle, confidence in (("b2", 0.85), ("b3", 0.90001)):   # REC1's bird at 0.0 is 0.9 in b1
+        with Store(db_path) as store:
+            store.insert_detections([dataclasses.replace(
+                detection(REC1, 0.0, "bird", confidence, "2024-05-01T06:00:00Z"), bundle_id=bundle)])
+        assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 1
+    assert len(_keys(out, fmt)) == 7

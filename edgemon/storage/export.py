@@ -102,14 +102,15 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                 if fmt == "raven":
                     claim = check_directory(conn, db_path, Path(output), ExportError, cursor_name if new else None,
                                             wanted.labels)
-                    count = write_raven(rows, Path(output), raven_names(conn, Path(output), ExportError), new, moving)
+                    count = write_raven(rows, Path(output), raven_names(conn, Path(output), ExportError), new, moving,
+                                        _alone(conn))
                     if count:
                         note_claim(claim)
                 elif output is None:
                     count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
                 else:
                     count = write_file(tables.WRITERS[fmt], tables.with_local_time(rows, zone), Path(output),
-                                       new, moving)
+                                       new, moving, _alone(conn) if fmt == "birdnet" else None)
             except sqlite3.Error as e:
                 raise ExportError(f"cannot read detections from {db_path}: {e}") from e
         finally:
@@ -253,6 +254,17 @@ def _select(conn: sqlite3.Connection, db_path: Path, wanted: CursorFilter, span:
         return cursor.execute(sql, params)
     except sqlite3.Error as e:
         raise ExportError(f"cannot read detections from {db_path}: {e}") from e
+
+
+def _alone(conn: sqlite3.Connection) -> Callable[[dict], bool]:
+    """For BirdNET and Raven rows, which carry no bundle: whether no other detection of this
+    database shares a row's window and label. Only then can a row alike in a file (alike up to the
+    shown confidence) be this detection's, derived before a restore; else it may be the other's,
+    and the new row is appended (a duplicate after a restore rather than a detection lost)."""
+    def alone(row: dict) -> bool:
+        return conn.execute("SELECT 1 FROM detections WHERE source = ? AND start_s = ? AND label IS ? AND id <> ? "
+                            "LIMIT 1", [row["source"], row["start_s"], row["label"], row["id"]]).fetchone() is None
+    return alone
 
 
 def _as_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:

@@ -75,18 +75,19 @@ def refuse_the_database(output: Path | None, db: Path, option: str) -> None:
 
 
 def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], append: bool,
-                moving: CursorMove | None = None) -> int:
+                moving: CursorMove | None = None, alone: Callable[[dict], bool] | None = None) -> int:
     """One tab-separated Raven selection table per source (a live detection's saved clip is a
     source of its own: the ``raven_table`` each row carries); times in seconds from its start.
     ``append`` (cursor exports) keeps an existing table's selections and numbers on after them,
-    and appends none it holds already (``export_held``); ``moving``: see ``atomic_texts``."""
+    and appends none it holds already (``export_held``; ``alone``: see ``write_file``); ``moving``:
+    see ``atomic_texts``."""
     left_out = [0]
     with atomic_texts(moving) as outputs:   # all tables or none: see atomic_texts
         for source, group in itertools.groupby(rows, key=lambda row: row["raven_table"]):
             path = out_dir / names[source]
             earlier, number = _earlier_selections(path) if append else ("", 0)
             if earlier:   # after a restore or a rebuild: what the table holds is not appended again
-                group = _not_held(selection_key, group, held_selections(earlier), left_out)
+                group = _not_held(selection_key, group, held_selections(earlier), left_out, alone)
                 first = next(group, None)
                 if first is None:
                     continue
@@ -104,13 +105,14 @@ def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], appe
 
 
 def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[dict], path: Path,
-               append: bool, moving: CursorMove | None = None) -> int:
+               append: bool, moving: CursorMove | None = None, alone: Callable[[dict], bool] | None = None) -> int:
     """One csv, birdnet or jsonl file. ``append`` (cursor exports): rows an earlier export wrote
     there stay, byte for byte, and the new ones follow them, the header once; with nothing new the
     file is left as it was. Replacing it would lose rows the cursor has already moved past. The
     earlier file is streamed into the new one, not read into memory (a season's file on a Pi); it is
     read through once before, for the rows it holds already (``export_held``): none is appended again.
-    ``moving``: see ``atomic_texts``."""
+    ``alone`` (for formats that carry no bundle): whether no other detection of the database could
+    have written a row alike; a held row is left out only then. ``moving``: see ``atomic_texts``."""
     header = _header(write)
     newline = _earlier_file(path, header) if append else None
     rows, left_out = iter(rows), [0]
@@ -118,7 +120,8 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
         first = next(rows, None)
         held = None if first is None else held_keys(write, path)
         if held:   # after a restore or a rebuild: what the file holds is not appended again
-            rows = _not_held(functools.partial(key_of, write), itertools.chain([first], rows), held, left_out)
+            rows = _not_held(functools.partial(key_of, write), itertools.chain([first], rows), held, left_out,
+                             alone)
             first = next(rows, None)
         if first is None:
             if moving:
@@ -139,10 +142,10 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
     return outputs.delivered
 
 
-def _not_held(key: Callable[[dict], int], rows: Iterable[dict], held: set[int],
-              left_out: list[int]) -> Iterator[dict]:
+def _not_held(key: Callable[[dict], int], rows: Iterable[dict], held: set[int], left_out: list[int],
+              alone: Callable[[dict], bool] | None) -> Iterator[dict]:
     for row in rows:
-        if key(row) in held:
+        if key(row) in held and (alone is None or alone(row)):
             left_out[0] += 1
         else:
             yield row

@@ -11,8 +11,9 @@ which a restored copy hands out again to other, new detections. The file's keys 
 64-bit hashes: 7.9 MB for a season's 100,000 rows (tracemalloc), read in 0.29 s on the
 development VM.
 BirdNET and Raven tables carry no device or bundle: a row of theirs is held when the file has one
-alike in every column (a Raven selection's number aside). A detection derived again by the same
-bundle is such a row; another bundle's, at another confidence, is not.
+alike in every column (a Raven selection's number aside) and no other detection of the database
+shares its window and label (the export's ``alone``), since another bundle's detection there may
+be shown alike (1.0, say) and is then what the file holds.
 """
 
 from __future__ import annotations

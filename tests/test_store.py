@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sqlite3
 from pathlib import Path
@@ -252,3 +253,18 @@ def test_a_database_written_before_the_package_move_opens_and_migrates(tmp_path)
         applied = {r["name"] for r in store.db.query("SELECT name FROM _sqlite_migrations")}
     assert rows == [{"source": "20240701_060000.WAV", "label": "gibbon_duet", "confidence": 0.61}]
     assert {"m001_initial", "m009_sync_reviews", "m010_sync_lineage"} <= applied
+
+
+def test_a_detection_found_again_with_numeric_noise_keeps_its_row(tmp_path):
+    """A review: reanalyse with the same bundle on another thread count moved confidences by 1e-4,
+    and every detection became a new row (new ids: exports and reviews saw new detections)."""
+    first = dataclasses.replace(detection(3.0, confidence=0.53467), score=0.61234, votes='{"m0": ["bird", 0.53467]}')
+    with Store(tmp_path / "d.db") as store:
+        store.replace_detections(SOURCE, "bundle-a", [first])
+        stored = store.db.execute("SELECT id, confidence, score, votes FROM detections").fetchall()
+        noisy = dataclasses.replace(first, confidence=0.53458, score=0.61241, votes='{"m0": ["bird", 0.53458]}')
+        store.replace_detections(SOURCE, "bundle-a", [noisy])
+        assert store.db.execute("SELECT id, confidence, score, votes FROM detections").fetchall() == stored
+        store.replace_detections(SOURCE, "bundle-a", [dataclasses.replace(first, confidence=0.56)])
+        (new_id, confidence), = store.db.execute("SELECT id, confidence FROM detections").fetchall()
+        assert new_id > stored[0][0] and confidence == 0.56   # a real change is a new row

@@ -407,7 +407,8 @@ class Store:
         """Store ``bundle_id``'s detections of ``source`` in place of that bundle's earlier ones, in
         one transaction; other bundles' detections and the ledger are left alone (``reanalyse``).
         A detection found again unchanged keeps its row and id, so export cursors do not deliver it
-        twice; one found again with other values (confidence, end, votes...) is a new row with a
+        twice (a confidence or score moved by numeric noise alone counts as unchanged: see
+        ``NUMERIC_NOISE``); one found again with other values (confidence, end...) is a new row with a
         new id, so cursors deliver it (a cursor that passed it below a --min-confidence would
         otherwise never see it rise), and its reviews follow it. Returns the number stored.
         Raises ValueError if a detection names another source or bundle."""
@@ -516,8 +517,8 @@ def _replace_rows(db: sqlite_utils.Database, source: str, bundle_id: str, rows: 
                         [(r["id"],) for key, r in earlier.items() if key not in again])
     for row in rows:
         old = earlier.get((row["start_s"], row["label"]))
-        if old is not None and all(old[c] == v for c, v in row.items() if c != "created_at"):
-            continue   # found again as it was: same row, same id
+        if old is not None and _found_again(old, row):
+            continue   # found again as it was: same row, same id, the values first stored
         if old is not None:
             db.conn.execute("DELETE FROM detections WHERE id = ?", [old["id"]])
         columns = list(row)
@@ -525,6 +526,25 @@ def _replace_rows(db: sqlite_utils.Database, source: str, bundle_id: str, rows: 
                                  f"VALUES ({', '.join(':' + c for c in columns)})", row).lastrowid
         if old is not None:
             db.conn.execute("UPDATE reviews SET detection_id = ? WHERE detection_id = ?", [new_id, old["id"]])
+
+
+# onnxruntime's sums run in another order on another thread count or CPU: a bundle run again on
+# the same recording moved confidences by 1e-4 (a review), and votes in their last digits.
+NUMERIC_NOISE = 1e-3
+
+
+def _found_again(old: dict, row: dict) -> bool:
+    """Whether ``row`` is ``old`` derived again: every column alike, but the confidence and raw
+    score only within ``NUMERIC_NOISE`` and the members' votes (that noise's source) not compared."""
+    for column, value in row.items():
+        if column in ("created_at", "votes"):
+            continue
+        if column in ("confidence", "score") and None not in (value, old[column]):
+            if abs(value - old[column]) > NUMERIC_NOISE:
+                return False
+        elif old[column] != value:
+            return False
+    return True
 
 
 def _check_detections(detections: list[Detection], source: str, bundle_id: str) -> None:

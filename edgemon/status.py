@@ -134,13 +134,15 @@ def _other_recordings(conn: sqlite3.Connection) -> int:
     still there as they were: one moved away, as the advice says, is no longer a problem."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'other_recordings'").fetchone() is None:
         return 0
+    from edgemon.files.directory import mtime_ns
+
     there = 0
-    for path, size, mtime_ns in conn.execute("SELECT path, size, mtime_ns FROM other_recordings"):
+    for path, size, stored_mtime in conn.execute("SELECT path, size, mtime_ns FROM other_recordings"):
         try:
             st = os.stat(name_from_stored(path))
         except OSError:
             continue
-        there += (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
+        there += (st.st_size, mtime_ns(st)) == (size, stored_mtime)
     return there
 
 
@@ -175,7 +177,7 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
                    "SELECT count(*) FROM files WHERE state = 'done' AND clock_suspect = 1").fetchone()[0]}
     if directory is None:
         return backlog
-    from edgemon.files.directory import iter_audio, source_of
+    from edgemon.files.directory import iter_audio, mtime_ns, source_of
 
     root = Path(directory).resolve()
     backlog["directory"] = str(root)
@@ -195,9 +197,9 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
         except OSError:
             continue
         entry = ledger.get(source_of(root, path))
-        if others.get(stored_name(path)) == (st.st_size, st.st_mtime_ns):
+        if others.get(stored_name(path)) == (st.st_size, mtime_ns(st)):
             continue          # left alone by watch: another recording than the one analysed, or the same moved
-        if entry is None or entry[:2] != (st.st_size, st.st_mtime_ns) or entry[2] == "failed":
+        if entry is None or entry[:2] != (st.st_size, mtime_ns(st)) or entry[2] == "failed":
             waiting += 1
     backlog["waiting"] = waiting
     return backlog

@@ -266,3 +266,22 @@ def test_a_recording_with_no_time_in_its_name_or_header_is_said_and_listed(tmp_p
     assert [r.levelname for r in said] == ["WARNING", "INFO"]
     problems = collect_status(db, directory=root)["problems"]
     assert any(p.startswith("2 file(s) timed by their modification time") and "REC0001.WAV" in p for p in problems), problems
+
+
+def test_a_file_touched_past_2262_is_analysed_and_stops_no_other(tmp_path, good_recording):
+    """A review: a recording whose modification time (ext4 holds it; a stray `touch -d 2300-01-01`)
+    overflowed SQLite's INTEGER raised out of the watcher at every start: a crash loop under
+    systemd, and the files after it never analysed."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "20180301_060000.WAV", good_recording)
+    write_wav(root / "20180302_060000.WAV", good_recording)
+    future = 10_413_792_000 * 10**9   # 2300-01-01, past int64 nanoseconds
+    os.utime(root / "20180301_060000.WAV", ns=(future, future))
+    if (root / "20180301_060000.WAV").stat().st_mtime_ns < 2**63:
+        pytest.skip("this file system cannot hold a time past 2262")
+    watcher = watch_until_idle(root, db)
+    assert watcher.processed == 2
+    assert {source: state for source, (state, *_) in ledger(db).items()} == {
+        "20180301_060000.WAV": "done", "20180302_060000.WAV": "done"}
+    again = watch_until_idle(root, db)   # the clamped time is the ledger's: not analysed again
+    assert again.processed == 0

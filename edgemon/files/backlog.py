@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
+from edgemon.files.directory import mtime_ns
 from edgemon.files.recordings import audio_duration_s
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class BacklogProgress:
         for path in waiting:
             try:
                 st = os.stat(path)
-                version = (st.st_size, st.st_mtime_ns)
+                version = (st.st_size, mtime_ns(st))
             except OSError:
                 st, version = None, None
             cached = self._durations.get(path)

@@ -98,13 +98,23 @@ def skipped_because(path: str, reason: str) -> str:
     return f"cannot read directory {path} ({reason}): its recordings are skipped"
 
 
+# SQLite's INTEGER: a file touched past 2262-04-11 (ext4 holds such times; inode damage, a stray
+# `touch`) overflowed it and put the daemon in a crash loop (a review).
+INT64 = (-2 ** 63, 2 ** 63 - 1)
+
+
+def mtime_ns(st: os.stat_result) -> int:
+    """A file's modification time in ns as the ledger stores it: within SQLite's INTEGER."""
+    return min(max(st.st_mtime_ns, INT64[0]), INT64[1])
+
+
 def file_version(path: Path) -> tuple[int, int] | None:
     """(size, mtime_ns) of what ``path`` names; of the link itself when its target cannot be
     reached (a loop, a dangling link); (0, 0) when not even that can be read; None when gone."""
     for look in (os.stat, os.lstat):
         try:
             st = look(path)
-            return st.st_size, st.st_mtime_ns
+            return st.st_size, mtime_ns(st)
         except FileNotFoundError:
             continue
         except OSError:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgemon.files.recordings import recording_time
-from edgemon.files.directory import file_version
+from edgemon.files.directory import file_version, mtime_ns
 from edgemon.safetext import name_from_stored, stored_name
 from edgemon.storage.fingerprint import another_recording, digests
 from edgemon.storage.store import Store
@@ -52,7 +52,7 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
         if not _same_start(twin, path):
             continue
         try:
-            if twin["path"] == stored_name(path) or (twin["mtime_ns"] == st.st_mtime_ns and not _holds(twin)):
+            if twin["path"] == stored_name(path) or (twin["mtime_ns"] == mtime_ns(st) and not _holds(twin)):
                 return SameRecording("moved", twin["source"], twin["path"])
             if filecmp.cmp(name_from_stored(twin["path"]), path, shallow=False):
                 return SameRecording("copy", twin["source"], twin["path"])

@@ -43,7 +43,7 @@ from pathlib import Path
 from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analysis, Analyzer
 from edgemon.files.backlog import BacklogProgress
-from edgemon.files.directory import check_root, file_version, iter_audio, skipped_because, source_of
+from edgemon.files.directory import check_root, file_version, iter_audio, mtime_ns, skipped_because, source_of
 from edgemon.files.events import observing, start_observer, stop_observer
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.files.recordings import StabilityTracker, recording_time, wav_header_consistent
@@ -211,6 +211,11 @@ class Watcher:
                     except sqlite3.OperationalError as exc:  # the database, not the file: full, or locked too long
                         self._hold(exc)
                         break
+                    except Exception:   # a per-file boundary: one file's unforeseen failure stops no other
+                        log.exception("%s: could not be handled; tried again in %.0f s", shown(self.source_of(path)),
+                                      self.config.retry_s)
+                        self.retry_at[path] = time.monotonic() + self.config.retry_s
+                        continue
                     if done:
                         self.pending.discard(path)
                         self.stability.forget(path)
@@ -302,7 +307,7 @@ class Watcher:
             st = path.stat()
         except OSError as exc:
             return self._unreachable(path, exc)
-        version = (st.st_size, st.st_mtime_ns)
+        version = (st.st_size, mtime_ns(st))
         if self.settled.get(path) == version:
             return True
         source = self.source_of(path)
@@ -310,13 +315,13 @@ class Watcher:
             self._quarantine_at_once(path, source, version, "not a regular file")
             return True
         entry = self.store.file_entry(source)
-        same_file = entry is not None and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns
+        same_file = entry is not None and entry["size"] == st.st_size and entry["mtime_ns"] == mtime_ns(st)
         if same_file and entry["state"] in ("done", "quarantined"):
             self.settled[path] = version
             return True
         if time.monotonic() < self.retry_at.get(path, 0.0):
             return False
-        if not self.stability.observe(path, st.st_size, st.st_mtime_ns):
+        if not self.stability.observe(path, st.st_size, mtime_ns(st)):
             return False
         if entry is not None and another_recording(entry.get("fingerprint"), path):
             self._leave_alone(path, source, version, entry)
@@ -434,7 +439,7 @@ class Watcher:
         """
         started = time.monotonic()
         digest, tail = digests(path)   # before the analysis: what is analysed is at least this file
-        interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st))
         self._writes_again()
         if interrupted:
             log.warning("%s: its analysis was cut short %d time(s) in a row (edgemon stopped, or the analysis "
@@ -453,7 +458,7 @@ class Watcher:
                 log.info("%s: deleted while being processed", shown(source))
                 self.store.drop_attempt(source)
                 return
-            state = self.store.record_failure(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
+            state = self.store.record_failure(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
                                               error=str(exc) if isinstance(exc, AnalysisFailed) else
                                               f"{type(exc).__name__}: {exc}",
                                               max_attempts=self.config.max_attempts,
@@ -468,7 +473,7 @@ class Watcher:
                         "clock_suspect", shown(source), when.detail)
         detections = self.detections(source, analysis, when)
         note = "; ".join(n for n in (note, analysis.note) if n) or None
-        self.store.commit_file(source, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
+        self.store.commit_file(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
                                duration_s=analysis.duration_s, start_utc=when.start_utc,
                                time_source=when.source, clock_suspect=when.suspect,
                                bundle_id=self.analyzer.bundle.bundle_id, detections=detections,

@@ -445,3 +445,22 @@ def test_another_bundles_row_on_the_same_window_is_appended(db_path, tmp_path, f
                 detection(REC1, 0.0, "bird", confidence, "2024-05-01T06:00:00Z"), bundle_id=bundle)])
         assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 1
     assert len(_keys(out, fmt)) == 7
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_detection_changed_since_it_was_delivered_is_appended(db_path, tmp_path, fmt, caplog):
+    """A newcomer trial: a recording analysed again once it had grown (a FLAC still being written)
+    changed an event's end, and the cursor export withheld the new row as one the file held
+    ("restored from a copy?"): the file kept the event cut short for good."""
+    out = tmp_path / f"out.{fmt}"
+    assert export_detections(db_path, fmt, out, new=True, cursor_name="partner") == 5
+    grown = [detection(REC1, 0.0, "bird", 0.9, "2024-05-01T06:00:00Z"),
+             detection(REC1, 3.0, "frog", 0.4, "2024-05-01T06:00:03Z"),
+             dataclasses.replace(detection(REC1, 6.0, "bird", 0.7, "2024-05-01T06:00:06Z"), end_s=12.0)]
+    with Store(db_path) as store:
+        commit(store, REC1, grown)   # the two found again alike keep their ids; the third is a new row
+    caplog.set_level("WARNING")
+    assert export_detections(db_path, fmt, out, new=True, cursor_name="partner") == 1
+    assert "already holds" not in caplog.text
+    records = read_csv(out) if fmt == "csv" else [json.loads(line) for line in out.read_text().splitlines()]
+    assert [float(r["end_s"]) for r in records if r["source"] == REC1 and float(r["start_s"]) == 6.0] == [9.0, 12.0]

@@ -124,6 +124,38 @@ def test_bad_files_are_recorded_and_never_stop_the_others(tmp_path, good_recordi
     assert Store(db).integrity_check() == "ok"
 
 
+def test_a_flac_still_being_written_is_taken_once_complete(tmp_path, good_recording):
+    """A newcomer trial: a FLAC written in blocks with pauses longer than settle_s was analysed at
+    every pause (its STREAMINFO says 0 samples until it is closed), 7 times over, and a cursor
+    export kept the events of the first, cut-short passes. An empty FLAC waited out its grace as
+    an empty WAV does, instead of failing three decodes."""
+    import soundfile
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    root.mkdir()
+    (root / "20180302_060000.flac").write_bytes(b"")
+    path = root / "20180301_060000.flac"
+    writer = soundfile.SoundFile(path, "w", 16000, 1, format="FLAC")
+    done = threading.Event()
+
+    def recorder():   # blocks of 4.5 s of audio, each flushed, with pauses of 6 settle times
+        for start in range(0, len(good_recording), 72000):
+            writer.write(good_recording[start:start + 72000])
+            writer.flush()
+            time.sleep(1.2)
+        writer.close()
+        done.set()
+
+    threading.Thread(target=recorder, daemon=True).start()
+    watch_until_idle(root, db, incomplete_grace_s=12)   # the empty one waits this out
+    assert done.is_set(), ledger(db)
+    entries = ledger(db)
+    assert entries["20180301_060000.flac"] == ("done", 1, None)   # once, whole, nothing odd noted
+    (duration,) = query(db, "SELECT duration_s FROM files WHERE source = '20180301_060000.flac'")[0]
+    assert duration == pytest.approx(len(good_recording) / 16000, abs=0.01)
+    assert entries["20180302_060000.flac"][:2] == ("quarantined", 1) and "empty file" in entries["20180302_060000.flac"][2]
+
+
 def test_a_file_still_being_written_is_taken_once_complete(tmp_path, good_recording):
     root, db = tmp_path / "rec", tmp_path / "d.db"
     path = write_wav(root / "20180301_060000.WAV", good_recording)

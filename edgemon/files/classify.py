@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
-from edgemon.files.recordings import recording_time, wav_header_consistent
+from edgemon.files.recordings import header_consistent, recording_time
 from edgemon.safetext import shown
 from edgemon.storage import tables
 from edgemon.utc import utc_iso
@@ -35,7 +35,7 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
     for path in paths:
         try:
             _check_readable(Path(path))
-            whole, why = wav_header_consistent(path)
+            whole, why = header_consistent(path)
             if not whole and "not a RIFF" not in why:   # as watch notes it; not RIFF at all: the decoder says why
                 log.warning("%s: header inconsistent (%s); read as far as it goes", shown(str(path)), shown(why))
             analysis = analyzer.analyse_file(path)

@@ -280,6 +280,35 @@ def wav_header_consistent(path: str | Path) -> tuple[bool, str]:
     return True, "header consistent"
 
 
+def flac_header_consistent(path: str | Path) -> tuple[bool, str]:
+    """(False, why) for a FLAC whose STREAMINFO does not yet give its length: libsndfile and
+    most encoders write the total sample count at close, so a file still being written says 0
+    (it was analysed again at every pause of its writer, a newcomer trial). Anything that is not
+    a plain FLAC header is (True, ...): the decoder says what it is."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(42)   # "fLaC", a block header, STREAMINFO's 34 bytes
+    except OSError as exc:
+        return False, f"cannot read: {exc}"
+    if not head:
+        return False, "empty file (0 bytes)"
+    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+        return True, "not a plain FLAC header"
+    total = ((head[21] & 0x0F) << 32) | int.from_bytes(head[22:26], "big")   # STREAMINFO bits 108-143
+    if total == 0:
+        return False, "FLAC total samples 0: header not yet finalised"
+    return True, "header consistent"
+
+
+def header_consistent(path: str | Path) -> tuple[bool, str]:
+    """A WAV's or FLAC's header against the file (``wav_header_consistent``,
+    ``flac_header_consistent``); (True, ...) for other files."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".flac":
+        return flac_header_consistent(path)
+    return wav_header_consistent(path) if suffix == ".wav" else (True, "not a WAV or FLAC")
+
+
 class StabilityTracker:
     """Says when a file has stopped changing: the same (size, mtime_ns) for ``min_age_s`` seconds.
 

@@ -46,7 +46,7 @@ from edgemon.files.backlog import BacklogProgress
 from edgemon.files.directory import check_root, file_version, iter_audio, mtime_ns, skipped_because, source_of
 from edgemon.files.events import observing, start_observer, stop_observer
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
-from edgemon.files.recordings import StabilityTracker, recording_time, wav_header_consistent
+from edgemon.files.recordings import StabilityTracker, header_consistent, recording_time
 from edgemon.files.same_recording import SameRecording, complete_digests, same_recording, undigested_files
 from edgemon.safetext import name_from_stored, shown
 from edgemon.storage.disk_budget import HOLD, DiskGuard
@@ -74,8 +74,8 @@ DIGESTS_PER_SCAN = 200   # files an older edgemon analysed whose digests one sca
 
 
 def may_still_be_written(why: str) -> bool:
-    """A WAV header that a recorder still writing would leave: empty, sizes not yet filled in
-    (AudioMoth writes them at close), or more data declared than is on disk yet. Other
+    """A WAV or FLAC header that a recorder still writing would leave: empty, sizes or length not
+    yet filled in (AudioMoth and libsndfile write them at close), or more data declared than is on disk yet. Other
     inconsistencies (not RIFF at all, no fmt chunk) will not heal by waiting."""
     return any(k in why for k in ("empty file", "not yet finalised", "declares"))
 
@@ -330,8 +330,8 @@ class Watcher:
             self._not_again(path, source, version, same)
             return True
         note = None
-        if path.suffix.lower() == ".wav":
-            ok, why = wav_header_consistent(path)
+        if path.suffix.lower() in (".wav", ".flac"):
+            ok, why = header_consistent(path)
             if not ok and entry is not None and entry["state"] == "done" and st.st_size < entry["size"]:
                 # Cut short since analysed (its header still says longer): analysed again, it would
                 # replace the detections of the audio that is gone (a newcomer trial lost them). A

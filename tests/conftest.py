@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -99,3 +100,13 @@ def tiny_dataset_with_pool(tiny_dataset, tmp_path_factory) -> Path:
     pool = [rows[0]] + [r for r in rows[1:] if r.split(",")[0].endswith(("_0.flac", "_1.flac"))]
     (root / "lab" / "pool.csv").write_text("\n".join(pool) + "\n")
     return root
+
+
+def write_manifest(bundle_dir: Path, manifest: dict) -> None:
+    """A bundle's manifest as a test edited it, under the id its decisions make: an edited bundle
+    keeping its old id is refused when read (``edgemon.analysis.bundle_identity``)."""
+    from edgemon.analysis.bundle_identity import ID_FROM, with_identity
+
+    if isinstance(manifest, dict) and manifest.get("id_from") == ID_FROM and manifest.get("bundle_id"):
+        manifest = with_identity(manifest, Path(bundle_dir).name)   # not one a test broke on purpose
+    (Path(bundle_dir) / "manifest.json").write_text(json.dumps(manifest))

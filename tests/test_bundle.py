@@ -11,6 +11,7 @@ from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
+from tests.conftest import write_manifest
 from training.model import ModelConfig, PrimateBiLSTM
 from training.onnx_export import export_onnx
 
@@ -75,7 +76,7 @@ def test_missing_member_and_missing_manifest(bundle_dir, tmp_path):
 ])
 def test_bad_manifests_are_refused(bundle_dir, change, message):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    (bundle_dir / "manifest.json").write_text(json.dumps({**manifest, **change}))
+    write_manifest(bundle_dir, {**manifest, **change})
     with pytest.raises(BundleError, match=message):
         load_bundle(bundle_dir)
 
@@ -83,7 +84,7 @@ def test_bad_manifests_are_refused(bundle_dir, change, message):
 def test_member_whose_labels_differ_from_the_manifest_is_refused(bundle_dir):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     manifest["labels"] = ["background", "b", "a"]
-    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(bundle_dir, manifest)
     with pytest.raises(BundleError, match="member00.onnx: model labels"):
         Ensemble(load_bundle(bundle_dir))
 

@@ -18,7 +18,7 @@ from edgemon.analysis.ensemble import Ensemble, describe_bundle
 from edgemon.analysis.selfcheck import SelfCheckError
 from edgemon.cli import app
 from edgemon.errors import BundleError, EdgemonError
-from tests.conftest import hoots
+from tests.conftest import hoots, write_manifest
 from tests.watch_helpers import write_wav
 from training.bundling import complete_bundle, softmax_confidence_max
 from training.species import LABEL_NAMES
@@ -67,7 +67,7 @@ def shipped_copy(tmp_path: Path, corrupt=None, tolerance: float | None = None) -
         manifest["members"][1]["sha256"] = sha256_of(bundle_dir / "member01.onnx")
     if tolerance is not None:
         manifest["self_check"]["tolerance"] = tolerance
-    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(bundle_dir, manifest)
     return bundle_dir
 
 
@@ -133,7 +133,7 @@ def test_damaged_self_check_data_is_refused_at_load(tmp_path, damage, message):
         check["file"] = "../x.flac"
     else:
         check["tolerance"] = 0
-    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(bundle_dir, manifest)
     with pytest.raises(BundleError, match=message) as caught:
         load_bundle(bundle_dir)
     assert "\n" not in str(caught.value)

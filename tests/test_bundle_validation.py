@@ -20,7 +20,7 @@ from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.cli import app
 from edgemon.errors import BundleError
-from tests.conftest import tone
+from tests.conftest import tone, write_manifest
 from tests.watch_helpers import write_wav
 from training.model import ModelConfig, PrimateBiLSTM
 from training.onnx_export import export_onnx
@@ -68,7 +68,7 @@ def bundle_of(tmp_path: Path, member: Path, labels=LABELS) -> Path:
 def edit(bundle_dir: Path, change) -> None:
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     manifest = change(manifest) if callable(change) else {**manifest, **change}
-    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(bundle_dir, manifest)
 
 
 def one_line(message: str) -> str:
@@ -256,3 +256,30 @@ def test_old_bundle_without_the_new_fields_loads_and_runs(models, tmp_path):
     assert not ensemble.self_check.available and ensemble.self_check.passed
     probs = ensemble.member_probs(np.zeros((2, 20, 128), np.float32))
     assert probs.shape == (1, 2, 3)
+
+
+def test_a_bundle_edited_by_hand_is_refused_until_it_has_an_id_of_its_own(tmp_path):
+    """A newcomer trial: a copy of the default with a stricter operating point kept the default's
+    id, and `reanalyse` with it replaced (deleted) the default's reviewed detections."""
+    import shutil
+
+    from edgemon.analysis.bundle import default_bundle_path
+
+    strict = tmp_path / "strict"
+    shutil.copytree(default_bundle_path(), strict)
+    manifest = json.loads((strict / "manifest.json").read_text())
+    manifest["operating_point"]["min_windows"] = {**manifest["operating_point"].get("min_windows", {}), "gibbon_duet": 2}
+    (strict / "manifest.json").write_text(json.dumps(manifest))
+    info = runner.invoke(app, ["info", "--models", str(strict)])
+    assert info.exit_code != 0 and len(info.output.strip().splitlines()) == 1, info.output
+    assert "manifest.json" in info.output and "edited since" in info.output
+    suggested = info.output.split('set "bundle_id" to "')[1].split('"')[0]
+    assert suggested.startswith("default-edited-") and suggested != manifest["bundle_id"]
+    manifest["bundle_id"] = suggested
+    (strict / "manifest.json").write_text(json.dumps(manifest))
+    assert load_bundle(strict).bundle_id == suggested
+    # What decides nothing (a label's common name) may be edited and keeps the id.
+    manifest = json.loads((default_bundle_path() / "manifest.json").read_text())
+    manifest["label_names"] = {label: {"scientific": label, "common": f"my {label}"} for label in manifest["labels"]}
+    (strict / "manifest.json").write_text(json.dumps(manifest))
+    assert load_bundle(strict).bundle_id == manifest["bundle_id"]

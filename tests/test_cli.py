@@ -28,6 +28,7 @@ from edgemon.cli import app
 from edgemon.storage.store import Store
 from edgemon.sync.fleet_status import VisitRules, collect_fleet
 from edgemon.sync.sender import SyncConfig
+from tests.conftest import write_manifest
 from tests.watch_helpers import watch_until_idle, write_wav
 
 runner = CliRunner()
@@ -418,7 +419,7 @@ def test_info_puts_the_held_out_figure_first_for_a_point_chosen_on_other_folds(t
     for curve in manifest["calibration"].values():   # a final fit whose top stays under 0.9
         curve["y"] = [min(y, 0.85) for y in curve["y"]]
     manifest["confidence_max"] = 0.85
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(copy, manifest)
     result = runner.invoke(app, ["info", "--models", str(copy), "--format", "text"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -441,7 +442,7 @@ def test_info_says_whether_confidence_is_calibrated(tmp_path):
     manifest = json.loads((older / MANIFEST).read_text())
     for key in ("operating_point", "calibration", "calibration_input", "calibration_fits"):
         del manifest[key]
-    (older / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(older, manifest)
     result = runner.invoke(app, ["info", "--models", str(older)])
     assert result.exit_code == 0 and json.loads(result.output)["confidence"].startswith("uncalibrated")
 

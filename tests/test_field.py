@@ -10,7 +10,7 @@ from edgemon.analysis.analyzer import Analyzer, Event, EventMerger, WindowVote
 from edgemon.analysis.bundle import MANIFEST, default_bundle_path, load_bundle
 from edgemon.analysis.decisions import Calibration, OperatingPoint
 from edgemon.errors import BundleError
-from tests.conftest import hoots
+from tests.conftest import hoots, write_manifest
 from training.calibration import calibrate, fit_calibration
 from training.field import FieldVotes, ScoredEvents, StreamVotes, assemble, match, measure, poisson_interval
 from training.operating import choose_point, field_report
@@ -214,7 +214,7 @@ def _bundle_copy(tmp_path, name="bundle", **manifest_fields):
     shutil.copytree(default_bundle_path(), target)
     manifest = json.loads((target / MANIFEST).read_text())
     manifest = {k: v for k, v in manifest.items() if k not in FIELD_KEYS}
-    (target / MANIFEST).write_text(json.dumps({**manifest, **manifest_fields}))
+    write_manifest(target, {**manifest, **manifest_fields})
     return load_bundle(target)
 
 

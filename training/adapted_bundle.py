@@ -7,7 +7,6 @@ beside the target and renamed into place."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -15,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle
-from edgemon.analysis.bundle_write import check_replaceable, decision_identity, with_requirements, write_bundle
+from edgemon.analysis.bundle_identity import with_identity
+from edgemon.analysis.bundle_write import check_replaceable, with_requirements, write_bundle
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.site_head import SiteHead, load_site_head, write_site_head
@@ -102,10 +102,7 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
             manifest["site_head"] = write_site_head(head, inner)
         if veto is not None:
             manifest["site_veto"] = write_site_veto(veto, inner)
-        manifest = with_requirements(manifest)
-        digest = hashlib.sha256(("".join(m["sha256"] for m in manifest["members"])
-                                 + decision_identity(manifest)).encode())
-        manifest.update(bundle_id=f"{out.name}-{digest.hexdigest()[:12]}", adapted=provenance)
+        manifest = {**with_identity(with_requirements(manifest), out.name), "adapted": provenance}
         for key in ("source_runs", "trained_on"):
             if key in parent.manifest:
                 manifest[key] = parent.manifest[key]

@@ -38,6 +38,7 @@ import math
 import re
 from pathlib import Path
 
+from edgemon.analysis.bundle_identity import identity_mismatch
 from edgemon.analysis.decisions import Calibration, OperatingPoint, check_point
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
@@ -364,7 +365,10 @@ def load_bundle(path: str | Path) -> Bundle:
         check_point(OperatingPoint.from_manifest(manifest, thresholds), Calibration.from_manifest(manifest), labels)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise r.fail(f"malformed operating point or calibration ({type(exc).__name__}: {exc})") from None
-    return Bundle(path=path, bundle_id=r.string(manifest.get("bundle_id"), "bundle_id"), labels=labels,
+    bundle_id = r.string(manifest.get("bundle_id"), "bundle_id")
+    if (edited := identity_mismatch(manifest)) is not None:
+        raise r.fail(edited)
+    return Bundle(path=path, bundle_id=bundle_id, labels=labels,
                   background_label=background, frontend=frontend, members=members, voting=voting,
                   window_s=window_s, hop_s=hop_s,
                   thresholds=thresholds, manifest=manifest,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from edgemon.analysis.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, Bundle, Member, load_bundle, read_manifest,
                                      sha256_of)
+from edgemon.analysis.bundle_identity import with_identity
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
 
@@ -63,10 +63,6 @@ def check_replaceable(out_dir: str | Path, inputs=()) -> None:
         raise _refuse(out_dir, "holds the files this bundle is made from: choose another --out")
 
 
-# What decides the rows a recorder stores with a bundle's members, beyond the members themselves.
-DECISION_KEYS = ("labels", "background_label", "frontend", "window_s", "hop_s", "voting", "thresholds",
-                 "operating_point", "calibration", "calibration_input", "site_head", "site_veto")
-POINT_PROVENANCE = ("expected", "target_false_per_hour", "rules", "from_bundle")   # said of a point, not part of it
 
 
 def with_requirements(manifest: dict) -> dict:
@@ -79,15 +75,6 @@ def with_requirements(manifest: dict) -> dict:
     return {**manifest, "requires": sorted(needed)} if needed else manifest
 
 
-def decision_identity(manifest: dict) -> str:
-    """Canonical text of what decides a bundle's detections (``DECISION_KEYS``), for its id: two
-    bundles of the same members with other windows, thresholds, point or calibration store other
-    rows, and detections are keyed by bundle id, so they must never share one (a review found a
-    rewindowed bundle keeping its parent's id)."""
-    decided = {key: manifest[key] for key in DECISION_KEYS if manifest.get(key) is not None}
-    if isinstance(decided.get("operating_point"), dict):
-        decided["operating_point"] = {k: v for k, v in decided["operating_point"].items() if k not in POINT_PROVENANCE}
-    return json.dumps(decided, sort_keys=True)
 
 
 def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str], *,
@@ -134,9 +121,7 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
             **({"confidence_max": confidence_max} if confidence_max is not None else {}),
             **(extra or {}),
         }
-        manifest = with_requirements(manifest)
-        digest = hashlib.sha256(("".join(m["sha256"] for m in members) + decision_identity(manifest)).encode())
-        manifest["bundle_id"] = f"{out_dir.name}-{digest.hexdigest()[:12]}"
+        manifest = with_identity(with_requirements(manifest), out_dir.name)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")

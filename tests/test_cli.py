@@ -49,6 +49,20 @@ def test_classify_prints_detections_as_csv_with_utc_times(duet_recording):
     assert rows[0]["start_utc"].startswith("2018-03-01T06:00")
 
 
+def test_classify_says_when_it_timed_a_file_by_its_modification_time(duet_recording, tmp_path):
+    """A newcomer trial: a file named without a start time showed today's time in the table (which
+    has no time-source column), with nothing said; watch says it."""
+    renamed = tmp_path / "site A morning.wav"
+    renamed.write_bytes(duet_recording.read_bytes())
+    done = subprocess.run([sys.executable, "-m", "edgemon", "classify", str(renamed)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "site A morning.wav: no start time in its name or header: timed by its modification time" in done.stderr
+    named = subprocess.run([sys.executable, "-m", "edgemon", "classify", str(duet_recording)], capture_output=True,
+                           text=True, timeout=120)
+    assert named.returncode == 0 and "modification time" not in named.stderr
+
+
 def test_classify_table_and_a_bad_file_among_good_ones(duet_recording, tmp_path):
     bad = tmp_path / "broken.WAV"
     bad.write_bytes(b"RIFF....junk")

@@ -42,6 +42,10 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
             when = recording_time(Path(path))
             if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
                 log.warning("%s: %s", shown(str(path)), shown(analysis.note))
+            if when.source == "mtime":   # the table shows no time source: said, as watch says it
+                log.warning("%s: no start time in its name or header: timed by its modification time (%s); "
+                            "recorders' names [PREFIX_]YYYYMMDD_HHMMSS give the real time", shown(str(path)),
+                            when.detail)
         except (EdgemonError, OSError) as exc:
             errors.append(str(exc) if isinstance(exc, EdgemonError) else f"{path}: {exc.strerror or exc}")
             continue

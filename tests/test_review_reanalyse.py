@@ -141,3 +141,17 @@ def test_reanalyse_keeps_scores_names_and_reviews_and_never_replaces_a_changed_r
                           str(default_bundle_path())], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 1 and json.loads(cli.stdout)["changed"] == result.changed
     assert cli.stderr.strip().splitlines()[-1].startswith("error: 1 recording(s) not analysed again: 1 changed")
+
+
+def test_a_recording_watch_found_empty_is_no_failure_of_reanalyse(tmp_path):
+    """A newcomer trial: a WAV cut to its header, stored by watch as done with 0.0 s of audio,
+    made every reanalyse end in "1 unreadable" and exit 1, whatever it did with the others."""
+    from tests.watch_helpers import watch_until_idle
+
+    db, recordings = make_review_db(tmp_path)
+    whole = (recordings / "S01/20240501_060000.WAV").read_bytes()
+    (recordings / "S01/20240503_060000.WAV").write_bytes(whole[:44])   # the header alone, sizes as before
+    watch_until_idle(recordings, db)
+    assert _rows(db, "SELECT state, duration_s FROM files WHERE source = 'S01/20240503_060000.WAV'") == [("done", 0.0)]
+    result = reanalyse(db, Analyzer(load_bundle(default_bundle_path())))
+    assert result.failed == [] and result.files == 2

@@ -98,6 +98,9 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
                 failed.append(f"{row['source']}: {exc}")
                 continue
             if not analysis.duration_s:
+                if row.get("duration_s") == 0:   # as watch found it (a header and no audio): nothing to do again
+                    log.info("[%d/%d] %s: no audio, as when it was analysed", i, len(files), row["source"])
+                    continue
                 failed.append(f"{row['source']}: no audio in {path}")
                 continue
             if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)

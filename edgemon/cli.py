@@ -138,7 +138,7 @@ def status(
 @app.command()
 def classify(
     ctx: typer.Context,
-    files: Annotated[list[Path], typer.Argument(metavar="FILES", help="Audio files (WAV or FLAC).", readable=False)],
+    files: Annotated[list[Path], typer.Argument(metavar="FILES", help="Audio files (WAV or FLAC), or directories of them (recursive).", readable=False)],
     models: ModelsOpt = None,
     fmt: Annotated[ClassifyFormat, typer.Option("--format", help="table or csv.")] = ClassifyFormat.table,
     threads: ThreadsOpt = None,

@@ -501,3 +501,18 @@ def test_classify_says_when_a_wav_is_shorter_than_its_header_and_gives_local_tim
     assert "20180301_060000.WAV: header inconsistent (data chunk declares" in done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert rows and rows[0]["start_local"].startswith("2018-03-01T14:00") and rows[0]["start_local"].endswith("+08:00")
+
+
+def test_classify_takes_a_directory_of_recordings(duet_recording, tmp_path):
+    """A newcomer trial: `classify DIR` was refused ("is a directory, not an audio file")."""
+    card = tmp_path / "card"
+    (card / "deeper").mkdir(parents=True)
+    (card / "deeper" / "20180301_060000.WAV").write_bytes(duet_recording.read_bytes())
+    (card / "CONFIG.TXT").write_text("not audio")
+    result = runner.invoke(app, ["classify", str(card), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert rows and {r["source"] for r in rows} == {str(card / "deeper" / "20180301_060000.WAV")}
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["classify", str(tmp_path / "empty")])
+    assert empty.exit_code == 1 and "a directory without WAV or FLAC recordings" in empty.output

@@ -11,10 +11,12 @@ import datetime as dt
 import io
 import logging
 import zoneinfo
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
+from edgemon.files.directory import iter_audio
 from edgemon.files.recordings import header_consistent, recording_time
 from edgemon.safetext import shown
 from edgemon.storage import tables
@@ -32,7 +34,7 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
     naming it."""
     names = tables.label_names(analyzer.bundle.manifest)
     rows, errors = [], []
-    for path in paths:
+    for path in _audio_files(paths, errors):
         try:
             _check_readable(Path(path))
             whole, why = header_consistent(path)
@@ -61,6 +63,22 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
                          "common_name": common, "confidence": e.confidence, "score": e.score, "votes": e.votes,
                          "bundle_id": analyzer.bundle.bundle_id})
     return list(tables.with_local_time(rows, zone)), errors
+
+
+def _audio_files(paths: list[Path], errors: list[str]) -> Iterator[Path]:
+    """The files given, a directory's audio files in name order in its place (as watch finds them,
+    recursively); a directory holding none is an error line."""
+    for path in paths:
+        if not Path(path).is_dir():
+            yield path
+            continue
+        unreadable: dict[str, str] = {}
+        found = sorted(iter_audio(Path(path), unreadable))
+        errors.extend(f"{where}: cannot read directory ({why}): its recordings are skipped"
+                      for where, why in sorted(unreadable.items()))
+        if not found:
+            errors.append(f"{path}: a directory without WAV or FLAC recordings")
+        yield from found
 
 
 def _check_readable(path: Path) -> None:

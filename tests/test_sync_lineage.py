@@ -304,3 +304,29 @@ def test_a_target_whose_first_acknowledgement_was_lost_keeps_its_tombstones(flee
     assert uuid_of(db) == u                      # its token was recognised: no fork
     with fleet.connect() as conn:
         assert_server_holds(conn, db)
+
+
+def test_a_detection_a_restored_database_no_longer_finds_leaves_the_fleet_counts(fleet, tmp_path):
+    """A review: after a restore (a new lineage), a recording analysed again and one detection no
+    longer found was deleted under the new UUID only; the ancestor's copy kept counting in
+    detections_daily (13 against the recorder's 12)."""
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=6, per_file=5, seed=11)
+    backup = copy_database(db, tmp_path / "backup.db")
+    sync(db, fleet.url)
+    with Store(db) as store:   # acknowledged history the backup lacks: the restored copy forks
+        store.add_heartbeat(Heartbeat(run_id="after", mode="watch", device_id="rec-a", at_utc="2024-05-02T06:00:00Z",
+                                      started_utc="2024-05-02T06:00:00Z", uptime_s=1.0))
+    sync(db, fleet.url)
+    old_uuid = uuid_of(db)
+    restore(backup, db)
+    with Store(db) as store:   # file 0 analysed again: two detections, where there were five
+        add_file(store, "rec-a", 0, 2, random.Random(12))
+    sync(db, fleet.url)
+    assert uuid_of(db) != old_uuid
+    with sqlite3.connect(db) as conn:
+        held = conn.execute("SELECT count(*) FROM detections").fetchone()[0]
+    with fleet.connect() as conn:
+        counted = conn.execute("SELECT sum(detections) FROM edgemon.detections_daily_all WHERE site = 'rec-a'"
+                               ).fetchone()[0]
+        latest = conn.execute("SELECT sum(detections) FROM edgemon.detections_daily WHERE site = 'rec-a'").fetchone()[0]
+    assert counted == latest == held

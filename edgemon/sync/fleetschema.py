@@ -93,17 +93,17 @@ CREATE INDEX heartbeats_at ON {SCHEMA}.heartbeats (db_uuid, at_utc);
 # device; the newest bundle of a device is the bundle of its most recently stored detection.
 # Days are local days in the device's time zone. A filter on ``day`` reaches inside the
 # aggregates (day is a grouping column), so `fleet status` asks only for the days it shows.
-def _detections_daily(name: str, where: str) -> str:
+def _detections_daily(name: str, where: str, create: str = "CREATE VIEW", lineage: str = "") -> str:
     # Two levels (distinct keys, then counts) instead of count(DISTINCT ...): hashable, and
     # a third of the time on 450 000 detections.
     return f"""
-CREATE VIEW {SCHEMA}.{name} AS
+{create} {SCHEMA}.{name} AS
 SELECT k.site, k.species, k.day, count(*) AS detections, count(*) FILTER (WHERE k.suspect) AS clock_suspect,
        k.bundle_id
 FROM (SELECT d.device_id AS site, d.label AS species, d.bundle_id,
              (d.start_utc AT TIME ZONE b.timezone)::date AS day, d.source, d.start_s,
              bool_or(d.clock_suspect) AS suspect
-      FROM {SCHEMA}.detections d JOIN {SCHEMA}.device_bundle b USING (device_id)
+      FROM {SCHEMA}.detections d JOIN {SCHEMA}.device_bundle b USING (device_id){lineage}
       WHERE {where}
       GROUP BY 1, 2, 3, 4, 5, 6) k
 GROUP BY k.site, k.species, k.day, k.bundle_id;
@@ -235,4 +235,22 @@ FROM (
     UNION ALL
 {_FILE_EFFORT}"""
 
-VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE,)
+# 2: a recording's detections count from one database only: the one whose ledger row for it is
+# newest (ties, as a restored copy's rows of recordings it had already analysed, to the newest
+# database). A restored or rebuilt database sends everything again under a new UUID; what it
+# then analyses again and no longer finds was deleted under its UUID only, and the ancestor's
+# copy kept counting (a review). Live sources, which have no ledger rows, count as before.
+_CURRENT_DATABASE = f"""
+      LEFT JOIN (SELECT DISTINCT ON (db.device_id, f.source) db.device_id, f.source, f.db_uuid
+                 FROM {SCHEMA}.files f JOIN {SCHEMA}.databases db USING (db_uuid)
+                 ORDER BY db.device_id, f.source, f.updated_at DESC NULLS LAST, db.first_sync DESC) cur
+             ON cur.device_id = d.device_id AND cur.source = d.source"""
+_FROM_CURRENT = "(cur.db_uuid IS NULL OR cur.db_uuid = d.db_uuid)"
+
+
+_DETECTIONS_FROM_ONE_DATABASE = (
+    _detections_daily("detections_daily_all", _FROM_CURRENT, "CREATE OR REPLACE VIEW", _CURRENT_DATABASE)
+    + _detections_daily("detections_daily", f"(b.bundle_id IS NULL OR d.bundle_id = b.bundle_id) AND {_FROM_CURRENT}",
+                        "CREATE OR REPLACE VIEW", _CURRENT_DATABASE))
+
+VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE)

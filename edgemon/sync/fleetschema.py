@@ -240,9 +240,12 @@ FROM (
 # database). A restored or rebuilt database sends everything again under a new UUID; what it
 # then analyses again and no longer finds was deleted under its UUID only, and the ancestor's
 # copy kept counting (a review). Live sources, which have no ledger rows, count as before.
+# Only devices with more than one database can disagree: the others' files are not read.
 _CURRENT_DATABASE = f"""
       LEFT JOIN (SELECT DISTINCT ON (db.device_id, f.source) db.device_id, f.source, f.db_uuid
                  FROM {SCHEMA}.files f JOIN {SCHEMA}.databases db USING (db_uuid)
+                 WHERE db.device_id IN (SELECT device_id FROM {SCHEMA}.databases GROUP BY device_id
+                                        HAVING count(*) > 1)
                  ORDER BY db.device_id, f.source, f.updated_at DESC NULLS LAST, db.first_sync DESC) cur
              ON cur.device_id = d.device_id AND cur.source = d.source"""
 _FROM_CURRENT = "(cur.db_uuid IS NULL OR cur.db_uuid = d.db_uuid)"

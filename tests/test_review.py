@@ -116,6 +116,20 @@ def test_a_reviewer_marking_again_replaces_their_verdict_and_precision_follows(r
         {label: c.judged for label, c in precision.items()}
 
 
+def test_the_verdict_given_last_counts_when_the_clock_was_set_back(review_db):
+    """A review: on a Pi whose clock fake-hwclock set back after a power cut, bob's later "wrong"
+    carried an earlier time than ann's "correct", and ann's counted as the latest verdict."""
+    db, _ = review_db
+    gibbon = {r["label"]: r for r in reviews.list_detections(db, order="time")}["gibbon_duet"]["id"]
+    ann = reviews.add_verdict(db, gibbon, "correct", "ann")
+    with sqlite3.connect(db) as conn:   # ann judged while the clock ran a day ahead of bob's
+        conn.execute("UPDATE reviews SET reviewed_at = '2099-01-01T10:30:00.000Z' WHERE reviewer = 'ann'")
+    bob = reviews.add_verdict(db, gibbon, "wrong", "bob")
+    assert bob["reviewed_at"] == "2099-01-01T10:30:00.001Z" and ann["reviewed_at"] < bob["reviewed_at"]
+    precision = {c.label: c for c in reviews.precision_by_class(db)}
+    assert (precision["gibbon_duet"].judged, precision["gibbon_duet"].correct) == (1, 0)
+
+
 def test_bad_verdicts_are_refused_and_nothing_is_stored(review_db):
     db, _ = review_db
     first = reviews.list_detections(db, order="time")[0]

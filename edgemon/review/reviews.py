@@ -235,6 +235,7 @@ def add_verdict(db_path: Path, detection_id: int, verdict: str, reviewer: str,
         raise ReviewError(f"cannot open detections database {db_path}: {e}") from e
     try:
         conn.execute("BEGIN IMMEDIATE")  # take the write lock first; the daemon's commits are short
+        row["reviewed_at"] = _after_every_verdict(conn, row)
         conn.execute("""
             INSERT INTO reviews (detection_id, source, start_s, label, bundle_id, verdict, new_label,
                                  reviewer, reviewed_at)
@@ -249,6 +250,18 @@ def add_verdict(db_path: Path, detection_id: int, verdict: str, reviewer: str,
     finally:
         conn.close()
     return row
+
+
+def _after_every_verdict(conn: sqlite3.Connection, row: dict) -> str:
+    """The verdict's time, or a millisecond after the latest one on its detection when the clock
+    reads earlier (a Pi without a real-time clock set back after a power cut): the latest verdict
+    is the one given last, and the page, adapt and the fleet tell it by its time (a review)."""
+    (latest,) = conn.execute("SELECT max(reviewed_at) FROM reviews WHERE source = ? AND start_s = ? AND label = ? "
+                             "AND bundle_id = ?", [row["source"], row["start_s"], row["label"],
+                                                   row["bundle_id"]]).fetchone()
+    if latest is None or latest < row["reviewed_at"]:
+        return row["reviewed_at"]
+    return utc_iso(dt.datetime.fromisoformat(latest.replace("Z", "+00:00")) + dt.timedelta(milliseconds=1))
 
 
 def days_and_labels(db_path: Path) -> tuple[list[str], list[str], list[str]]:

@@ -317,3 +317,51 @@ def test_a_file_touched_past_2262_is_analysed_and_stops_no_other(tmp_path, good_
         "20180301_060000.WAV": "done", "20180302_060000.WAV": "done"}
     again = watch_until_idle(root, db)   # the clamped time is the ledger's: not analysed again
     assert again.processed == 0
+
+
+class _FailingStore(Store):
+    """A store whose commits of recordings fail as ``error`` says (a card going bad, a bug)."""
+
+    error: Exception = RuntimeError("a bug nobody foresaw")
+
+    def commit_file(self, *args, **kwargs):
+        raise self.error
+
+
+def _watch_failing(root, db, error) -> BaseException | None:
+    """Watch ``root`` with commits failing, until idle (stopped after 60 s); what the watcher raised."""
+    from tests.watch_helpers import analyzer, fast_config
+
+    stop, raised = threading.Event(), []
+
+    def run():
+        with _FailingStore(db) as store:
+            store.error = error
+            try:
+                Watcher(fast_config(root), analyzer(), store).run(stop)
+            except BaseException as exc:
+                raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    stop.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    return raised[0] if raised else None
+
+
+def test_an_unforeseen_failure_is_counted_against_its_file_and_a_corrupt_database_is_not_hidden(
+        tmp_path, good_recording):
+    """A review: the watcher's per-file catch-all retried a file for ever (each try, an attempt
+    left open, isolated in a child process), and hid a database that had gone corrupt from the
+    service, which would have restarted into recovery."""
+    root = tmp_path / "rec"
+    write_wav(root / "20180301_060000.WAV", good_recording)
+    assert _watch_failing(root, tmp_path / "a.db", RuntimeError("a bug nobody foresaw")) is None
+    (state, attempts, why), = query(tmp_path / "a.db", "SELECT state, attempts, error FROM files")
+    assert (state, attempts) == ("quarantined", 3) and "RuntimeError: a bug nobody foresaw" in why
+    assert query(tmp_path / "a.db", "SELECT count(*) FROM in_progress") == [(0,)]
+    import sqlite3
+    error = _watch_failing(root, tmp_path / "b.db", sqlite3.DatabaseError("database disk image is malformed"))
+    assert isinstance(error, sqlite3.DatabaseError) and "malformed" in str(error)

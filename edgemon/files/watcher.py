@@ -211,10 +211,10 @@ class Watcher:
                     except sqlite3.OperationalError as exc:  # the database, not the file: full, or locked too long
                         self._hold(exc)
                         break
-                    except Exception:   # a per-file boundary: one file's unforeseen failure stops no other
-                        log.exception("%s: could not be handled; tried again in %.0f s", shown(self.source_of(path)),
-                                      self.config.retry_s)
-                        self.retry_at[path] = time.monotonic() + self.config.retry_s
+                    except sqlite3.DatabaseError:   # corrupt: the service restarts into open_or_recover
+                        raise
+                    except Exception as exc:   # a per-file boundary: one file's unforeseen failure stops no other
+                        self._unforeseen(path, exc)
                         continue
                     if done:
                         self.pending.discard(path)
@@ -360,6 +360,26 @@ class Watcher:
             self.settled[path] = (entry["size"], entry["mtime_ns"])
         self.retry_at.pop(path, None)
         return True
+
+    def _unforeseen(self, path: Path, exc: Exception) -> None:
+        """A failure no step expects (a bug, a value out of range): logged with its traceback and
+        counted against the file like a failed decode, so it is quarantined after max_attempts
+        instead of being tried (and, as an attempt left open, isolated) for ever."""
+        source = self.source_of(path)
+        log.error("%s: could not be handled (%s: %s)", shown(source), type(exc).__name__, shown(exc), exc_info=exc)
+        self.retry_at[path] = time.monotonic() + self.config.retry_s
+        try:
+            st = path.stat()
+            state = self.store.record_failure(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
+                                              error=f"{type(exc).__name__}: {exc}",
+                                              max_attempts=self.config.max_attempts)
+        except (OSError, sqlite3.Error, OverflowError, ValueError) as again:
+            log.warning("%s: its failure could not be recorded either (%s); tried again in %.0f s", shown(source),
+                        shown(again), self.config.retry_s)
+            return
+        log.warning("%s: attempt failed, now %s", shown(source), state)
+        if state == "quarantined":
+            self.pending.discard(path)
 
     def _unreachable(self, path: Path, exc: OSError) -> bool:
         """``path`` was listed but cannot be stat'ed. Gone: forget it. A symlink loop or a dangling

@@ -100,7 +100,9 @@ class Watcher:
         self.hints: queue.Queue[Path] = queue.Queue()
         self.pending: set[Path] = set()
         self.stability = StabilityTracker(config.settle_s)
-        self.waiting_since: dict[Path, float] = {}
+        # A header still being written: since when, at this (size, mtime); a file that grows
+        # waits anew, so a recording written for longer than the grace is not read at each pause.
+        self.waiting_since: dict[Path, tuple[tuple[int, int], float]] = {}
         self.retry_at: dict[Path, float] = {}
         # Files the ledger already holds as finished, by (size, mtime_ns): a rescan then costs a
         # stat per file instead of a database lookup.
@@ -341,7 +343,10 @@ class Watcher:
                                          f"cut by mistake, restore it and it is analysed again")
                 return True
             if not ok and may_still_be_written(why):
-                first = self.waiting_since.setdefault(path, time.monotonic())
+                seen, first = self.waiting_since.get(path, (None, 0.0))
+                if seen != version:
+                    first = time.monotonic()
+                    self.waiting_since[path] = (version, first)
                 if time.monotonic() - first < self.config.incomplete_grace_s:
                     return False
                 if st.st_size == 0:   # nothing to read as far as it goes: no retry can help until it grows

@@ -188,7 +188,7 @@ def test_classify_names_a_missing_or_unreadable_file(tmp_path):
     missing, folder = tmp_path / "missing.WAV", tmp_path / "folder.WAV"
     folder.mkdir()
     rows, errors = classify_files([missing, folder], analyzer())
-    assert rows == [] and errors == [f"{missing}: no such file", f"{folder}: is a directory, not an audio file"]
+    assert rows == [] and errors == [f"{missing}: no such file", f"{folder}: a directory without WAV or FLAC recordings"]
     assert not any("System error" in e for e in errors)
 
 

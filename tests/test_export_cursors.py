@@ -464,3 +464,22 @@ def test_a_detection_changed_since_it_was_delivered_is_appended(db_path, tmp_pat
     assert "already holds" not in caplog.text
     records = read_csv(out) if fmt == "csv" else [json.loads(line) for line in out.read_text().splitlines()]
     assert [float(r["end_s"]) for r in records if r["source"] == REC1 and float(r["start_s"]) == 6.0] == [9.0, 12.0]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "birdnet", "raven"])
+def test_a_rebuild_on_another_cpu_appends_nothing_for_confidences_moved_by_noise(db_path, tmp_path, fmt, caplog):
+    """A review: rows derived again after a rebuild, on another thread count or CPU, moved their
+    confidence by 1e-4 (0.9 shown as 0.9001), and the export appended every one of them again."""
+    out = tmp_path / ("raven" if fmt == "raven" else f"out.{fmt}")
+    if fmt == "raven":
+        out.mkdir()
+    assert export_detections(db_path, fmt, out, new=True, cursor_name="arch") == 5
+    rebuilt = tmp_path / "rebuilt.db"
+    with Store(rebuilt) as store, Store(db_path) as old:
+        for source in (REC1, "site2/20240502_060000.wav"):
+            rows = old.db.execute("SELECT start_s, label, confidence, start_utc FROM detections WHERE source = ?",
+                                  [source]).fetchall()
+            commit(store, source, [detection(source, s, label, c + 0.00009, utc) for s, label, c, utc in rows])
+    caplog.set_level("WARNING")
+    assert export_detections(rebuilt, fmt, out, new=True, cursor_name="arch") == 0
+    assert len(_keys(out, fmt)) == 5 and "already holds 4 of the rows" in caplog.text

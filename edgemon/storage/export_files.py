@@ -25,7 +25,7 @@ from typing import TextIO
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
 from edgemon.storage import tables
-from edgemon.storage.export_held import held_keys, held_selections, key_of, selection_key
+from edgemon.storage.export_held import Held, held_keys, held_selections, is_held, key_of, selection_key
 from edgemon.storage.export_journal import (JournalError, Move, finish_pending, fsync_dir, journal_path,
                                             rename_all, stage)
 from edgemon.storage.lock import process_alive
@@ -142,10 +142,10 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
     return outputs.delivered
 
 
-def _not_held(key: Callable[[dict], int], rows: Iterable[dict], held: set[int], left_out: list[int],
+def _not_held(key: Callable[[dict], tuple], rows: Iterable[dict], held: Held, left_out: list[int],
               alone: Callable[[dict], bool] | None) -> Iterator[dict]:
     for row in rows:
-        if key(row) in held and (alone is None or alone(row)):
+        if is_held(held, *key(row)) and (alone is None or alone(row)):
             left_out[0] += 1
         else:
             yield row

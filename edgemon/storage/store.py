@@ -30,7 +30,7 @@ from edgemon.errors import EdgemonError
 from edgemon.safetext import shown, stored_name
 from edgemon.storage.readonly import BUSY_TIMEOUT_MS, quick_check
 from edgemon.storage.schema import MIGRATIONS
-from edgemon.storage.tables import label_names
+from edgemon.storage.tables import NUMERIC_NOISE, label_names
 from edgemon.utc import utc_iso
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ class Store:
         one transaction; other bundles' detections and the ledger are left alone (``reanalyse``).
         A detection found again unchanged keeps its row and id, so export cursors do not deliver it
         twice (a confidence or score moved by numeric noise alone counts as unchanged: see
-        ``NUMERIC_NOISE``); one found again with other values (confidence, end...) is a new row with a
+        ``tables.NUMERIC_NOISE``); one found again with other values (confidence, end...) is a new row with a
         new id, so cursors deliver it (a cursor that passed it below a --min-confidence would
         otherwise never see it rise), and its reviews follow it. Returns the number stored.
         Raises ValueError if a detection names another source or bundle."""
@@ -526,11 +526,6 @@ def _replace_rows(db: sqlite_utils.Database, source: str, bundle_id: str, rows: 
                                  f"VALUES ({', '.join(':' + c for c in columns)})", row).lastrowid
         if old is not None:
             db.conn.execute("UPDATE reviews SET detection_id = ? WHERE detection_id = ?", [new_id, old["id"]])
-
-
-# onnxruntime's sums run in another order on another thread count or CPU: a bundle run again on
-# the same recording moved confidences by 1e-4 (a review), and votes in their last digits.
-NUMERIC_NOISE = 1e-3
 
 
 def _found_again(old: dict, row: dict) -> bool:

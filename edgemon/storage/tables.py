@@ -41,6 +41,9 @@ RAVEN_HIGH_FREQ_HZ = 8000
 RAVEN_SUFFIX = ".BirdNET.selection.table.txt"   # BirdNET-Analyzer's name: <stem>.BirdNET.selection.table.txt
 CONFIDENCE_DECIMALS = 4
 HALF_SHOWN_STEP = 0.5 * 10 ** -CONFIDENCE_DECIMALS   # a confidence this far below a value is shown as it
+# onnxruntime's sums run in another order on another thread count or CPU: a bundle run again on
+# the same recording moved confidences by 1e-4 (a review), and votes in their last digits.
+NUMERIC_NOISE = 1e-3
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -330,3 +330,35 @@ def test_a_detection_a_restored_database_no_longer_finds_leaves_the_fleet_counts
                                ).fetchone()[0]
         latest = conn.execute("SELECT sum(detections) FROM edgemon.detections_daily WHERE site = 'rec-a'").fetchone()[0]
     assert counted == latest == held
+
+
+def _by_bundle(fleet) -> dict[str, int]:
+    with fleet.connect() as conn:
+        return dict(conn.execute("SELECT bundle_id, sum(detections)::int FROM edgemon.detections_daily_all "
+                                 "WHERE site = 'rec-a' GROUP BY 1 ORDER BY 1").fetchall())
+
+
+def test_a_restore_keeps_counting_what_only_the_ancestor_holds(fleet, tmp_path):
+    """A review of the view above: another bundle's detections (`reanalyse` after the backup) and
+    a recording the restored database could not read were dropped from the counts, because the
+    restored database's ledger row for the recording was the newest."""
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=4, per_file=5, seed=21)
+    backup = copy_database(db, tmp_path / "backup.db")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT source, start_s, end_s, start_utc, label, confidence FROM detections").fetchall()
+    with Store(db) as store:   # `edgemon reanalyse --models adapted/` after the backup ...
+        for source in sorted({r[0] for r in rows}):
+            store.replace_detections(source, "bundle-b", [
+                Detection(device_id="rec-a", source=s, start_s=a, end_s=e, start_utc=u, end_utc=None,
+                          time_source="filename", clock_suspect=False, label=label, confidence=c, votes=None,
+                          bundle_id="bundle-b") for s, a, e, u, label, c in rows if s == source])
+        add_file(store, "rec-a", 6, 5, random.Random(3))   # ... and a recording analysed after it
+    sync(db, fleet.url)
+    before = _by_bundle(fleet)
+    assert before == {"bundle-a": len(rows) + 5, "bundle-b": len(rows)}
+    restore(backup, db)
+    with Store(db) as store:   # the restored card's copy of that recording cannot be read
+        store.record_failure("rec-a/20240501_000600.wav", path="/data/rec-a/20240501_000600.wav", size=1006,
+                             mtime_ns=1, error="Input/output error", max_attempts=3)
+    sync(db, fleet.url)
+    assert _by_bundle(fleet) == before

@@ -235,21 +235,25 @@ FROM (
     UNION ALL
 {_FILE_EFFORT}"""
 
-# 2: a recording's detections count from one database only: the one whose ledger row for it is
-# newest (ties, as a restored copy's rows of recordings it had already analysed, to the newest
-# database). A restored or rebuilt database sends everything again under a new UUID; what it
-# then analyses again and no longer finds was deleted under its UUID only, and the ancestor's
-# copy kept counting (a review). Live sources, which have no ledger rows, count as before.
-# A database's copy of a recording that another database holds a newer ledger row of: left
-# out by an anti-join, on the (usually empty) set of such copies; only devices with more than
-# one database can have any. (A join on each recording's current database took 2.6x as long.)
-_STALE_COPIES = f"""(SELECT db_uuid, source FROM (
-          SELECT f.db_uuid, f.source, row_number() OVER (PARTITION BY db.device_id, f.source
-                                                         ORDER BY f.updated_at DESC NULLS LAST, db.first_sync DESC) AS nth
+# 2: a recording's detections of a bundle count from one database only: the one whose finished
+# ledger row for it, analysed with that bundle, is newest (ties, as a restored copy's rows of
+# recordings it had already analysed, to the newest database). A restored or rebuilt database
+# sends everything again under a new UUID; what it then analyses again and no longer finds was
+# deleted under its UUID only, and the ancestor's copy kept counting (a review). Detections of
+# another bundle than the ledger's (``reanalyse``), of a recording the newer database could not
+# read, and of live sources (no ledger rows) count as before. Stale copies are left out by an
+# anti-join on their (usually empty) set: only devices with more than one database can have any
+# (a join on each recording's current database took 2.6x as long on the bench).
+_STALE_COPIES = f"""(SELECT db_uuid, source, bundle_id FROM (
+          SELECT f.db_uuid, f.source, f.bundle_id,
+                 row_number() OVER (PARTITION BY db.device_id, f.source, f.bundle_id
+                                    ORDER BY f.updated_at DESC NULLS LAST, db.first_sync DESC) AS nth
           FROM {SCHEMA}.files f JOIN {SCHEMA}.databases db USING (db_uuid)
-          WHERE db.device_id IN (SELECT device_id FROM {SCHEMA}.databases GROUP BY device_id HAVING count(*) > 1)) r
+          WHERE f.state = 'done'
+            AND db.device_id IN (SELECT device_id FROM {SCHEMA}.databases GROUP BY device_id HAVING count(*) > 1)) r
        WHERE nth > 1)"""
-_FROM_CURRENT = f"NOT EXISTS (SELECT 1 FROM {_STALE_COPIES} s WHERE s.db_uuid = d.db_uuid AND s.source = d.source)"
+_FROM_CURRENT = (f"NOT EXISTS (SELECT 1 FROM {_STALE_COPIES} s WHERE s.db_uuid = d.db_uuid AND s.source = d.source "
+                 f"AND s.bundle_id = d.bundle_id)")
 
 
 _DETECTIONS_FROM_ONE_DATABASE = (

@@ -12,7 +12,8 @@ Recorders 0 and 1 start 30 days behind (offline). Prints the row counts, then:
 - bytes per detection on the wire (a detections-only database through a counting proxy);
 - catch-up time of a recorder after 30 days offline, on localhost and on a throttled link
   (``--link-kbps``, a proxy that bounds the rate in each direction);
-- the fleet views' query times on the full data.
+- the fleet views' query times on the full data, and ``detections_daily`` and ``edgemon fleet
+  status`` again with that view as first released (the peer, same data, same run).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import psycopg  # noqa: E402
 from edgemon.storage.store import Store  # noqa: E402
 from edgemon.sync.fleet_status import collect_fleet  # noqa: E402
 from edgemon.sync.fleetdb import DeviceInfo  # noqa: E402
-from edgemon.sync.fleetschema import SCHEMA  # noqa: E402
+from edgemon.sync.fleetschema import SCHEMA, _detections_daily  # noqa: E402
 from edgemon.sync.sender import SyncConfig, sync_once  # noqa: E402
 from devtools.postgres_server import postgres_server  # noqa: E402
 from devtools.throttle_proxy import ThrottleProxy  # noqa: E402
@@ -174,14 +175,34 @@ def main() -> None:
             for table in ("detections", "files", "coverage", "heartbeats"):
                 print(f"server {table}: {conn.execute(f'SELECT count(*) FROM {SCHEMA}.{table}').fetchone()[0]} rows")
             conn.execute("ANALYZE")
+            took = {}
             for view in ("detections_daily", "effort_daily", "recorder_health"):
                 t0 = time.monotonic()
                 n = len(conn.execute(f"SELECT * FROM {SCHEMA}.{view}").fetchall())
-                print(f"view {view}: {n} rows in {(time.monotonic() - t0) * 1000:.0f} ms")
+                took[view] = time.monotonic() - t0
+                print(f"view {view}: {n} rows in {took[view] * 1000:.0f} ms")
+            # The peer: detections_daily as first released (every database's copy of a
+            # recording's detections counted), on the same data in the same run.
+            first = _detections_daily("first_detections_daily", "b.bundle_id IS NULL OR d.bundle_id = b.bundle_id")
+            conn.execute(first.replace(f"CREATE VIEW {SCHEMA}.", "CREATE TEMP VIEW ", 1))
+            t0 = time.monotonic()
+            n = len(conn.execute("SELECT * FROM first_detections_daily").fetchall())
+            peer = time.monotonic() - t0
+            print(f"view detections_daily as first released: {n} rows in {peer * 1000:.0f} ms "
+                  f"(the current one takes {took['detections_daily'] / peer:.2f}x as long)")
         t0 = time.monotonic()
         report = collect_fleet(url)
-        print(f"edgemon fleet status (all views, 7 days): {(time.monotonic() - t0) * 1000:.0f} ms, "
+        took = time.monotonic() - t0
+        print(f"edgemon fleet status (all views, 7 days): {took * 1000:.0f} ms, "
               f"{sum(bool(h['visit']) for h in report['health'])} recorder(s) flagged")
+        with psycopg.connect(url, autocommit=True) as conn:   # the peer: the view as first released
+            conn.execute(first.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1).replace(
+                "first_detections_daily", "detections_daily", 1))
+        t0 = time.monotonic()
+        collect_fleet(url)
+        peer = time.monotonic() - t0
+        print(f"edgemon fleet status with detections_daily as first released: {peer * 1000:.0f} ms "
+              f"(the current views take {took / peer:.2f}x as long)")
 
 
 if __name__ == "__main__":

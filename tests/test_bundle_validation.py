@@ -283,3 +283,22 @@ def test_a_bundle_edited_by_hand_is_refused_until_it_has_an_id_of_its_own(tmp_pa
     manifest["label_names"] = {label: {"scientific": label, "common": f"my {label}"} for label in manifest["labels"]}
     (strict / "manifest.json").write_text(json.dumps(manifest))
     assert load_bundle(strict).bundle_id == manifest["bundle_id"]
+
+
+def test_a_threshold_edited_where_the_recorder_does_not_read_it_is_refused(tmp_path):
+    """A newcomer trial: the top-level `thresholds` block, edited by hand (with a new id, as the
+    refusal above asks), did nothing: the recorder applies `operating_point.thresholds`."""
+    import shutil
+
+    from edgemon.analysis.bundle import default_bundle_path
+
+    mine = tmp_path / "mine"
+    shutil.copytree(default_bundle_path(), mine)
+    manifest = json.loads((mine / "manifest.json").read_text())
+    manifest["thresholds"]["gibbon_duet"] = 0.6
+    write_manifest(mine, manifest)   # under the id its decisions make
+    with pytest.raises(BundleError, match=r"thresholds\['gibbon_duet'\] is 0.6 but operating_point.thresholds"):
+        load_bundle(mine)
+    manifest["operating_point"]["thresholds"]["gibbon_duet"] = 0.6
+    write_manifest(mine, manifest)
+    assert load_bundle(mine).thresholds["gibbon_duet"] == 0.6

@@ -516,3 +516,17 @@ def test_classify_takes_a_directory_of_recordings(duet_recording, tmp_path):
     (tmp_path / "empty").mkdir()
     empty = runner.invoke(app, ["classify", str(tmp_path / "empty")])
     assert empty.exit_code == 1 and "a directory without WAV or FLAC recordings" in empty.output
+
+
+def test_classify_table_shows_local_times_with_a_time_zone(duet_recording, tmp_path):
+    """A newcomer trial: `classify --timezone` changed nothing in the table (only csv had
+    start_local), and a tab in a file name broke its columns."""
+    odd = tmp_path / "tab\there 20180301_060000.WAV"
+    odd.write_bytes(duet_recording.read_bytes())
+    result = runner.invoke(app, ["classify", str(odd), "--timezone", "Asia/Kuching"])
+    assert result.exit_code == 0, result.output
+    header, first = result.stdout.splitlines()[:2]
+    assert header.split()[:5] == ["source", "start_s", "end_s", "start_utc", "start_local"]
+    assert "\t" not in result.stdout and "tab\\there" in first and "+08:00" in first
+    plain = runner.invoke(app, ["classify", str(duet_recording)])
+    assert "start_local" not in plain.stdout.splitlines()[0]

@@ -305,7 +305,17 @@ def _thresholds(r: _Reader, manifest: dict, labels: tuple[str, ...], confidence_
         raise r.fail(f"thresholds for unknown labels {unknown}")
     # Thresholds apply to the raw vote confidence, before any calibration, so [0, 1]: a threshold
     # above what a class can reach is a class switched off, not a malformed bundle.
-    return {k: r.number(v, f"thresholds[{k!r}]", 0.0, 1.0) for k, v in thresholds.items()}
+    thresholds = {k: r.number(v, f"thresholds[{k!r}]", 0.0, 1.0) for k, v in thresholds.items()}
+    # A point's own thresholds are the ones the recorder applies; training writes both alike, so
+    # two that differ are a hand edit of the one that does nothing (a newcomer trial).
+    point = manifest.get("operating_point")
+    in_force = point.get("thresholds") if isinstance(point, dict) else None
+    for label, value in (in_force.items() if isinstance(in_force, dict) else ()):
+        if label in thresholds and isinstance(value, (int, float)) and value != thresholds[label]:
+            raise r.fail(f"thresholds[{label!r}] is {thresholds[label]:g} but operating_point.thresholds[{label!r}], "
+                         f"which the recorder applies, is {value:g}: edit operating_point.thresholds (and keep the "
+                         f"two alike)")
+    return thresholds
 
 
 def _self_check(r: _Reader, bundle_dir: Path, manifest: dict, labels: tuple[str, ...],

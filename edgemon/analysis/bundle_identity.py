@@ -49,8 +49,12 @@ def identity_mismatch(manifest: dict) -> str | None:
     digest = identity_digest(manifest)
     if bundle_id.endswith("-" + digest):
         return None
-    name = bundle_id.rsplit("-", 1)[0] if "-" in bundle_id else bundle_id
-    return (f"its decisions (thresholds, operating point, calibration, windows...) differ from those bundle_id "
-            f"{bundle_id!r} was made with: it was edited since. Detections are stored under the bundle id, so an "
-            f"edited bundle needs its own: set \"bundle_id\" to \"{name}-edited-{digest}\" (or make it with "
+    name, _, suffix = bundle_id.rpartition("-")
+    if not (name and len(suffix) == 12 and all(c in "0123456789abcdef" for c in suffix)):
+        name, why = bundle_id, f"bundle_id {bundle_id!r} does not end in the digest of what it decides"
+    else:
+        why = (f"its decisions (thresholds, operating point, calibration, windows...) differ from those bundle_id "
+               f"{bundle_id!r} was made with: it was edited since")
+    return (f"{why}. Detections are stored under the bundle id, so an edited bundle needs its own: set "
+            f"\"bundle_id\" to \"{name.removesuffix('-edited')}-edited-{digest}\" (or make it with "
             f"`edgemon-train rebundle`)")

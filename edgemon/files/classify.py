@@ -102,8 +102,12 @@ def format_rows(rows: list[dict], fmt: str) -> str:
     if fmt == "csv":
         tables.write_csv(out, rows)
         return out.getvalue()
-    table = [TABLE_COLUMNS] + [tuple("" if v is None else str(v) for v in
-                                     (r.get(c) if c != "confidence" else tables.confidence(r)
-                                      for c in TABLE_COLUMNS)) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(TABLE_COLUMNS))]
+    columns = TABLE_COLUMNS
+    if any(r.get("start_local") for r in rows):   # a time zone was given: its times beside UTC's
+        at = columns.index("start_utc") + 1
+        columns = columns[:at] + ("start_local",) + columns[at:]
+    table = [columns] + [tuple("" if v is None else shown(str(v)) for v in
+                               (r.get(c) if c != "confidence" else tables.confidence(r)
+                                for c in columns)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table) + "\n"

@@ -38,7 +38,7 @@ import psycopg  # noqa: E402
 from edgemon.storage.store import Store  # noqa: E402
 from edgemon.sync.fleet_status import collect_fleet  # noqa: E402
 from edgemon.sync.fleetdb import DeviceInfo  # noqa: E402
-from edgemon.sync.fleetschema import SCHEMA, _detections_daily  # noqa: E402
+from edgemon.sync.fleetschema import NEWEST_BUNDLE, SCHEMA, _detections_daily  # noqa: E402
 from edgemon.sync.sender import SyncConfig, sync_once  # noqa: E402
 from devtools.postgres_server import postgres_server  # noqa: E402
 from devtools.throttle_proxy import ThrottleProxy  # noqa: E402
@@ -183,7 +183,7 @@ def main() -> None:
                 print(f"view {view}: {n} rows in {took[view] * 1000:.0f} ms")
             # The peer: detections_daily as first released (every database's copy of a
             # recording's detections counted), on the same data in the same run.
-            first = _detections_daily("first_detections_daily", "b.bundle_id IS NULL OR d.bundle_id = b.bundle_id")
+            first = _detections_daily("first_detections_daily", NEWEST_BUNDLE)
             conn.execute(first.replace(f"CREATE VIEW {SCHEMA}.", "CREATE TEMP VIEW ", 1))
             t0 = time.monotonic()
             n = len(conn.execute("SELECT * FROM first_detections_daily").fetchall())
@@ -192,17 +192,16 @@ def main() -> None:
                   f"(the current one takes {took['detections_daily'] / peer:.2f}x as long)")
         t0 = time.monotonic()
         report = collect_fleet(url)
-        took = time.monotonic() - t0
-        print(f"edgemon fleet status (all views, 7 days): {took * 1000:.0f} ms, "
+        status_s = time.monotonic() - t0
+        print(f"edgemon fleet status (all views, 7 days): {status_s * 1000:.0f} ms, "
               f"{sum(bool(h['visit']) for h in report['health'])} recorder(s) flagged")
         with psycopg.connect(url, autocommit=True) as conn:   # the peer: the view as first released
-            conn.execute(first.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1).replace(
-                "first_detections_daily", "detections_daily", 1))
+            conn.execute(_detections_daily("detections_daily", NEWEST_BUNDLE, "CREATE OR REPLACE VIEW"))
         t0 = time.monotonic()
         collect_fleet(url)
         peer = time.monotonic() - t0
         print(f"edgemon fleet status with detections_daily as first released: {peer * 1000:.0f} ms "
-              f"(the current views take {took / peer:.2f}x as long)")
+              f"(the current views take {status_s / peer:.2f}x as long)")
 
 
 if __name__ == "__main__":

@@ -196,10 +196,10 @@ def _backlog(conn: sqlite3.Connection, directory: str | Path | None) -> dict:
             st = path.stat()
         except OSError:
             continue
-        entry = ledger.get(source_of(root, path))
-        if others.get(stored_name(path)) == (st.st_size, mtime_ns(st)):
+        entry, version = ledger.get(source_of(root, path)), (st.st_size, mtime_ns(st))
+        if others.get(stored_name(path)) == version:
             continue          # left alone by watch: another recording than the one analysed, or the same moved
-        if entry is None or entry[:2] != (st.st_size, mtime_ns(st)) or entry[2] == "failed":
+        if entry is None or entry[:2] != version or entry[2] == "failed":
             waiting += 1
     backlog["waiting"] = waiting
     return backlog

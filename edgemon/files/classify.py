@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
-from edgemon.files.directory import iter_audio
+from edgemon.files.directory import iter_audio, skipped_because
 from edgemon.files.recordings import header_consistent, recording_time
 from edgemon.safetext import shown
 from edgemon.storage import tables
@@ -74,8 +74,7 @@ def _audio_files(paths: list[Path], errors: list[str]) -> Iterator[Path]:
             continue
         unreadable: dict[str, str] = {}
         found = sorted(iter_audio(Path(path), unreadable))
-        errors.extend(f"{where}: cannot read directory ({why}): its recordings are skipped"
-                      for where, why in sorted(unreadable.items()))
+        errors.extend(skipped_because(where, why) for where, why in sorted(unreadable.items()))
         if not found:
             errors.append(f"{path}: a directory without WAV or FLAC recordings")
         yield from found

@@ -2,8 +2,8 @@
 
 File-system events are hints; the ledger in the database is the truth, and a periodic rescan
 catches whatever the events missed. A file is taken only when its size and mtime have been stable
-for ``settle_s`` and (for WAV) its header agrees with its length, since recorders such as the
-AudioMoth write the header last. One thread classifies and writes; the watchdog observer only
+for ``settle_s`` and (for WAV and FLAC) its header agrees with its length, since recorders such as
+the AudioMoth, and libsndfile's FLAC, write the header last. One thread classifies and writes; the watchdog observer only
 enqueues paths. Source recordings are never modified or deleted.
 
 A database write that fails (disk full, a lock held past the busy timeout) rolls back, is not
@@ -100,9 +100,9 @@ class Watcher:
         self.hints: queue.Queue[Path] = queue.Queue()
         self.pending: set[Path] = set()
         self.stability = StabilityTracker(config.settle_s)
-        # A header still being written: since when, at this (size, mtime); a file that grows
-        # waits anew, so a recording written for longer than the grace is not read at each pause.
-        self.waiting_since: dict[Path, tuple[tuple[int, int], float]] = {}
+        # A header still being written is waited for incomplete_grace_s at one (size, mtime): a
+        # file that grows waits anew, so one written for longer than the grace is not read at each pause.
+        self.header_wait = StabilityTracker(config.incomplete_grace_s)
         self.retry_at: dict[Path, float] = {}
         # Files the ledger already holds as finished, by (size, mtime_ns): a rescan then costs a
         # stat per file instead of a database lookup.
@@ -317,13 +317,13 @@ class Watcher:
             self._quarantine_at_once(path, source, version, "not a regular file")
             return True
         entry = self.store.file_entry(source)
-        same_file = entry is not None and entry["size"] == st.st_size and entry["mtime_ns"] == mtime_ns(st)
+        same_file = entry is not None and (entry["size"], entry["mtime_ns"]) == version
         if same_file and entry["state"] in ("done", "quarantined"):
             self.settled[path] = version
             return True
         if time.monotonic() < self.retry_at.get(path, 0.0):
             return False
-        if not self.stability.observe(path, st.st_size, mtime_ns(st)):
+        if not self.stability.observe(path, *version):
             return False
         if entry is not None and another_recording(entry.get("fingerprint"), path):
             self._leave_alone(path, source, version, entry)
@@ -332,30 +332,25 @@ class Watcher:
             self._not_again(path, source, version, same)
             return True
         note = None
-        if path.suffix.lower() in (".wav", ".flac"):
-            ok, why = header_consistent(path)
-            if not ok and entry is not None and entry["state"] == "done" and st.st_size < entry["size"]:
-                # Cut short since analysed (its header still says longer): analysed again, it would
-                # replace the detections of the audio that is gone (a newcomer trial lost them). A
-                # shorter recording saved under the name has a whole header and is analysed anew.
-                self._quarantine_at_once(path, source, version, f"cut short since it was analysed ({entry['size']} "
-                                         f"bytes then, {st.st_size} now; {why}): its detections are kept; if it was "
-                                         f"cut by mistake, restore it and it is analysed again")
+        ok, why = header_consistent(path)   # every watched path is a WAV or a FLAC
+        if not ok and entry is not None and entry["state"] == "done" and st.st_size < entry["size"]:
+            # Cut short since analysed (its header still says longer): analysed again, it would
+            # replace the detections of the audio that is gone (a newcomer trial lost them). A
+            # shorter recording saved under the name has a whole header and is analysed anew.
+            self._quarantine_at_once(path, source, version, f"cut short since it was analysed ({entry['size']} "
+                                     f"bytes then, {st.st_size} now; {why}): its detections are kept; if it was "
+                                     f"cut by mistake, restore it and it is analysed again")
+            return True
+        if not ok and may_still_be_written(why):
+            if not self.header_wait.observe(path, *version):
+                return False
+            if st.st_size == 0:   # nothing to read as far as it goes: no retry can help until it grows
+                self.header_wait.forget(path)
+                self._quarantine_at_once(path, source, version, f"empty file (0 bytes) for "
+                                         f"{self.config.incomplete_grace_s:.0f} s: no audio to analyse")
                 return True
-            if not ok and may_still_be_written(why):
-                seen, first = self.waiting_since.get(path, (None, 0.0))
-                if seen != version:
-                    first = time.monotonic()
-                    self.waiting_since[path] = (version, first)
-                if time.monotonic() - first < self.config.incomplete_grace_s:
-                    return False
-                if st.st_size == 0:   # nothing to read as far as it goes: no retry can help until it grows
-                    self.waiting_since.pop(path, None)
-                    self._quarantine_at_once(path, source, version, f"empty file (0 bytes) for "
-                                             f"{self.config.incomplete_grace_s:.0f} s: no audio to analyse")
-                    return True
-                note = f"header inconsistent ({why}); read as far as it goes"
-        self.waiting_since.pop(path, None)
+            note = f"header inconsistent ({why}); read as far as it goes"
+        self.header_wait.forget(path)
         self.process(path, source, st, note)
         entry = self.store.file_entry(source)
         if entry is not None and entry["state"] == "failed":

@@ -22,7 +22,7 @@ from edgemon.storage import tables
 from edgemon.storage.readonly import BUSY_TIMEOUT_MS, LATEST_VERDICTS, edgemon_tables, ledger_columns, open_read_only
 from edgemon.storage.schema import REVIEW_VERDICTS
 from edgemon.storage.store import Store
-from edgemon.utc import utc_iso
+from edgemon.utc import parse_utc, utc_iso
 
 ORDERS = ("teach", "time", "confidence")
 Z_95 = 1.959964
@@ -261,7 +261,7 @@ def _after_every_verdict(conn: sqlite3.Connection, row: dict) -> str:
                                                    row["bundle_id"]]).fetchone()
     if latest is None or latest < row["reviewed_at"]:
         return row["reviewed_at"]
-    return utc_iso(dt.datetime.fromisoformat(latest.replace("Z", "+00:00")) + dt.timedelta(milliseconds=1))
+    return utc_iso(parse_utc(latest) + dt.timedelta(milliseconds=1))
 
 
 def days_and_labels(db_path: Path) -> tuple[list[str], list[str], list[str]]:

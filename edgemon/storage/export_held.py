@@ -98,7 +98,8 @@ def _as_read(cells: list, delimiter: str = ",") -> tuple:
     return tuple(next(csv.reader(io.StringIO(text.getvalue()), delimiter=delimiter)))
 
 
-def _key(write: Callable, row: Mapping) -> tuple[tuple, float | None]:
+def key_of(write: Callable, row: Mapping) -> tuple[tuple, float | None]:
+    """A new row's key and confidence, as ``held_keys`` reads the file's."""
     if write is tables.write_birdnet:
         return _without(_as_read(tables.birdnet_row(row)), BIRDNET_CONFIDENCE)
     text = _csv_text if write is tables.write_csv else _json_text
@@ -146,11 +147,6 @@ def is_held(held: Held, key: tuple, confidence: float | None) -> bool:
     found = held[k] if isinstance(held[k], tuple) else (held[k],)
     return any(c == confidence if c is None or confidence is None else abs(c - confidence) <= SAME_CONFIDENCE
                for c in found)
-
-
-def key_of(write: Callable, row: Mapping) -> tuple[tuple, float | None]:
-    """A new row's key and confidence, as ``held_keys`` reads the file's."""
-    return _key(write, row)
 
 
 def selection_key(row: Mapping) -> tuple[tuple, float | None]:

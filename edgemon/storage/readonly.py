@@ -31,6 +31,11 @@ LATEST_VERDICTS = """
     WHERE nth = 1"""
 
 
+def error_code(e: sqlite3.Error) -> int:
+    """SQLite's primary result code of ``e`` (SQLITE_BUSY, SQLITE_CORRUPT...); 0 when it has none."""
+    return getattr(e, "sqlite_errorcode", 0) & 0xFF
+
+
 def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **options) -> sqlite3.Connection:
     """A connection that can never create, alter, checkpoint or write-lock the database at ``path``
     (``mode=ro``): for readers beside the daemon (export, status, the health probe, the corruption
@@ -43,7 +48,7 @@ def connect_read_only(path: Path, timeout_s: float = BUSY_TIMEOUT_MS / 1000, **o
     try:
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
     except sqlite3.OperationalError as e:
-        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        code = error_code(e)
         # CANTOPEN on a read-only mount; READONLY (_DIRECTORY) where this user may not write the
         # directory. Either is read immutable when nothing can be changing it (``frozen``).
         if code not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):

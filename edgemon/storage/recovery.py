@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgemon.safetext import shown
 from edgemon.storage.disk_budget import full_disk_note
-from edgemon.storage.readonly import BUSY_TIMEOUT_MS, connect_read_only, quick_check
+from edgemon.storage.readonly import BUSY_TIMEOUT_MS, connect_read_only, error_code, quick_check
 from edgemon.storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def corruption(path: str | Path) -> str | None:
     try:
         findings = _quick_check(path, read_only=True)
     except sqlite3.DatabaseError as e:
-        if _code(e) != sqlite3.SQLITE_READONLY:
+        if error_code(e) != sqlite3.SQLITE_READONLY:
             return _corrupt_or_raise(path, e)
         # A hot journal (a kill while the database was being created, before WAL) or a WAL index
         # to rebuild: ordinary crash recovery, which needs write access. Let SQLite do it.
@@ -70,13 +70,9 @@ def _quick_check(path: Path, read_only: bool) -> list[str]:
         conn.close()
 
 
-def _code(e: sqlite3.Error) -> int:
-    return getattr(e, "sqlite_errorcode", 0) & 0xFF
-
-
 def _corrupt_or_raise(path: Path, e: sqlite3.DatabaseError) -> str:
     """The finding when ``e`` says the bytes are wrong; StoreError for anything else."""
-    if _code(e) in CORRUPTION_CODES:
+    if error_code(e) in CORRUPTION_CODES:
         return str(e)
     raise StoreError(f"cannot check detections database {shown(path)}: {shown(e)}{full_disk_note(path)}") from e
 def move_aside(path: str | Path, now: dt.datetime | None = None) -> Path:

@@ -28,7 +28,7 @@ import sqlite_utils
 
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown, stored_name
-from edgemon.storage.readonly import BUSY_TIMEOUT_MS, quick_check
+from edgemon.storage.readonly import BUSY_TIMEOUT_MS, error_code, quick_check
 from edgemon.storage.schema import MIGRATIONS
 from edgemon.storage.tables import NUMERIC_NOISE, label_names
 from edgemon.utc import utc_iso
@@ -196,7 +196,7 @@ class Store:
             finally:
                 self.db.conn.execute("ROLLBACK")
         except sqlite3.Error as e:
-            if getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            if error_code(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 return   # another writer held it past the busy timeout: writable, and waited for later
             raise StoreError(f"{shown(self.path)}: the detections database cannot be written ({shown(e)}); "
                              f"make it writable, or give --db a writable path") from e

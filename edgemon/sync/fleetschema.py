@@ -93,6 +93,9 @@ CREATE INDEX heartbeats_at ON {SCHEMA}.heartbeats (db_uuid, at_utc);
 # device; the newest bundle of a device is the bundle of its most recently stored detection.
 # Days are local days in the device's time zone. A filter on ``day`` reaches inside the
 # aggregates (day is a grouping column), so `fleet status` asks only for the days it shows.
+NEWEST_BUNDLE = "b.bundle_id IS NULL OR d.bundle_id = b.bundle_id"   # detections_daily: the device's newest bundle
+
+
 def _detections_daily(name: str, where: str, create: str = "CREATE VIEW") -> str:
     # Two levels (distinct keys, then counts) instead of count(DISTINCT ...): hashable, and
     # a third of the time on 450 000 detections.
@@ -122,7 +125,7 @@ LEFT JOIN LATERAL (SELECT d.bundle_id FROM {SCHEMA}.detections d WHERE d.device_
                    ORDER BY d.created_at DESC LIMIT 1) newest ON true
 ORDER BY db.device_id, db.last_sync DESC;
 {_detections_daily("detections_daily_all", "true")}
-{_detections_daily("detections_daily", "b.bundle_id IS NULL OR d.bundle_id = b.bundle_id")}
+{_detections_daily("detections_daily", NEWEST_BUNDLE)}
 -- Effort: live streams' coverage (seconds analysed and lost per minute) and watched directories'
 -- recordings (the files ledger: each analysed file's duration, and the gap since the previous
 -- recording's end), summed per site and local day. UNION ALL, not a FULL JOIN, so that a filter
@@ -258,7 +261,7 @@ _FROM_CURRENT = (f"NOT EXISTS (SELECT 1 FROM {_STALE_COPIES} s WHERE s.db_uuid =
 
 _DETECTIONS_FROM_ONE_DATABASE = (
     _detections_daily("detections_daily_all", _FROM_CURRENT, "CREATE OR REPLACE VIEW")
-    + _detections_daily("detections_daily", f"(b.bundle_id IS NULL OR d.bundle_id = b.bundle_id) AND {_FROM_CURRENT}",
+    + _detections_daily("detections_daily", f"({NEWEST_BUNDLE}) AND {_FROM_CURRENT}",
                         "CREATE OR REPLACE VIEW"))
 
 VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE)

@@ -379,10 +379,10 @@ def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
     """``edgemon sync``: one session to ``url`` (default: the settings' ``sync_url``) for the
     database and device in ``settings``, retried while the server is unreachable for up to
     ``retry_for_s`` seconds."""
-    if (url or settings.service.sync_url) is None:
-        raise ConfigError("no sync target: give --to postgresql://... or set sync_url in [sync]")
     check_sync_url(settings, url)
     url = url or settings.service.sync_url
+    if url is None:
+        raise ConfigError("no sync target: give --to postgresql://... or set sync_url in [sync]")
     config = _config(settings, url, retry_for_s=retry_for_s,
                      **({} if batch_rows is None else {"batch_rows": batch_rows}))
     info = device_info(settings)

@@ -222,6 +222,40 @@ def test_page_audio_spectrogram_and_verdict_over_http(review_db):
 
 
 
+def _get_headers(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return dict(response.headers)
+
+
+def test_an_id_that_names_another_detection_now_is_neither_shown_from_cache_nor_judged(review_db):
+    """A review: media were cached for an hour under URLs keyed by id alone, and ids are reused by
+    another database served at the same address and after a restore; a tab left open then showed
+    the old sound for the new detection, and its verdict went to the new one."""
+    db, recordings = review_db
+    with review_server(db, recordings) as (base, _):
+        _, _, page = _get(base + "/?order=time")
+        first_id, key = re.search(rb'data-id="(\d+)" data-key="([0-9a-f]+)"', page).groups()
+        first_id, key = int(first_id), key.decode()
+        media = f"/detections/{first_id}/spectrogram.png?k={key}"
+        assert media.encode() in page and f"/detections/{first_id}/audio.wav?k={key}".encode() in page
+        assert _get_headers(base + media)["cache-control"] == "private, max-age=3600"
+        assert _get_headers(f"{base}/detections/{first_id}/spectrogram.png")["cache-control"] == "no-store"
+        with sqlite3.connect(db) as conn:   # the id now names another detection (a restored copy, say)
+            conn.execute("UPDATE detections SET start_s = start_s + 1, end_s = end_s + 1 WHERE id = ?", [first_id])
+        assert _get(base + media)[0] == 409
+        assert _get(f"{base}/detections/{first_id}/audio.wav?k={key}")[0] == 409
+        status, row = _post(base + "/api/verdict", {"id": first_id, "key": key, "verdict": "wrong"})
+        assert status == 409 and "reload" in row["error"]
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == 0
+        _, _, page = _get(base + "/?order=time")   # reloaded: the new key judges
+        new_key = re.search(rf'data-id="{first_id}" data-key="([0-9a-f]+)"'.encode(), page).group(1).decode()
+        assert new_key != key
+        assert _post(base + "/api/verdict", {"id": first_id, "key": new_key, "verdict": "wrong"})[0] == 200
+        # A verdict is a few dozen bytes: a huge body is refused, not read into memory.
+        assert _post(base + "/api/verdict", {"id": first_id, "verdict": "wrong", "pad": "x" * 100_000})[0] == 413
+
+
 def test_precision_counts_only_verdicts_on_detections_still_stored(review_db):
     """Found by a newcomer trial: reanalyse removes detections no longer found and their reviews
     stay behind; the page's precision still counted them, beside a list that no longer showed them."""

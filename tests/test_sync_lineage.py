@@ -9,6 +9,7 @@ Real SQLite files written through ``Store``, a real PostgreSQL server; sessions 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import shutil
@@ -18,19 +19,22 @@ from pathlib import Path
 import pytest
 
 from devtools.recorder_db import add_file, make_recorder
+import edgemon.storage.store
+from edgemon.review import reviews
 from edgemon.storage.store import CoverageMinute, Detection, Heartbeat, Store
 from edgemon.sync.fleet_status import collect_fleet
-from edgemon.sync.fleetdb import DeviceInfo
-from edgemon.sync.outbox import Outbox
-from edgemon.sync.sender import SyncConfig, SyncResult, sync_once
+from edgemon.sync.fleetdb import BusyError, DeviceInfo
+from edgemon.sync.outbox import IdentityMoved, Outbox
+from edgemon.sync.sender import SyncConfig, SyncResult, _own_lineage, sync_once
 from tests.sync_helpers import count_server_detections, local_state, server_state
 from tests.test_sync import fleet, server  # noqa: F401  (fixtures: one server per module)
 
 psycopg = pytest.importorskip("psycopg")
 
 
-def sync(db: Path, url: str, device_id: str = "rec-a", batch_rows: int = 500) -> SyncResult:
-    return sync_once(db, DeviceInfo(device_id, ""), SyncConfig(url=url, batch_rows=batch_rows, snapshot=None))
+def sync(db: Path, url: str, device_id: str = "rec-a", batch_rows: int = 500, bundle_id: str | None = None) -> SyncResult:
+    return sync_once(db, DeviceInfo(device_id, "", bundle_id=bundle_id),
+                     SyncConfig(url=url, batch_rows=batch_rows, snapshot=None))
 
 
 def uuid_of(db: Path) -> str:
@@ -306,10 +310,18 @@ def test_a_target_whose_first_acknowledgement_was_lost_keeps_its_tombstones(flee
         assert_server_holds(conn, db)
 
 
-def test_a_detection_a_restored_database_no_longer_finds_leaves_the_fleet_counts(fleet, tmp_path):
+def _recorder_clock(monkeypatch, at: str) -> None:
+    """The recorder's wall clock reads ``at`` (a Pi without a real-time clock after a power cut)."""
+    monkeypatch.setattr(edgemon.storage.store, "_now", lambda: at)
+
+
+@pytest.mark.parametrize("clock_behind", [False, True])
+def test_a_detection_a_restored_database_no_longer_finds_leaves_the_fleet_counts(fleet, tmp_path, monkeypatch,
+                                                                                  clock_behind):
     """A review: after a restore (a new lineage), a recording analysed again and one detection no
     longer found was deleted under the new UUID only; the ancestor's copy kept counting in
-    detections_daily (13 against the recorder's 12)."""
+    detections_daily (13 against the recorder's 12). Another review: revision 2 chose the copy by
+    the recorder's clock, so a restored database whose clock was behind lost to its ancestor."""
     db = make_recorder(tmp_path / "a.db", "rec-a", files=6, per_file=5, seed=11)
     backup = copy_database(db, tmp_path / "backup.db")
     sync(db, fleet.url)
@@ -319,6 +331,8 @@ def test_a_detection_a_restored_database_no_longer_finds_leaves_the_fleet_counts
     sync(db, fleet.url)
     old_uuid = uuid_of(db)
     restore(backup, db)
+    if clock_behind:
+        _recorder_clock(monkeypatch, "2023-01-01T00:00:00.000Z")
     with Store(db) as store:   # file 0 analysed again: two detections, where there were five
         add_file(store, "rec-a", 0, 2, random.Random(12))
     sync(db, fleet.url)
@@ -362,3 +376,72 @@ def test_a_restore_keeps_counting_what_only_the_ancestor_holds(fleet, tmp_path):
                              mtime_ns=1, error="Input/output error", max_attempts=3)
     sync(db, fleet.url)
     assert _by_bundle(fleet) == before
+
+
+def test_two_syncs_of_a_restored_database_at_once_fork_it_once(fleet, tmp_path):
+    """Both sessions read the old UUID before either forks (a slow link delays the second's lock):
+    the second must find the database forked and give up as busy, not fork it again and leave a
+    lineage that never syncs."""
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=4, per_file=5, seed=1)
+    sync(db, fleet.url)
+    backup = copy_database(db, tmp_path / "backup.db")
+    work(db, "rec-a", range(10, 14), seed=2)
+    sync(db, fleet.url)
+    old_uuid = uuid_of(db)
+    restore(backup, db)
+    info = DeviceInfo("rec-a", old_uuid)
+    with Outbox(db) as first, Outbox(db) as second, fleet.connect() as conn1, fleet.connect() as conn2:
+        forked, _ = _own_lineage(conn1, first, "fleet", info)
+        assert forked.db_uuid != old_uuid
+        with pytest.raises(BusyError, match="new sync identity"):
+            _own_lineage(conn2, second, "fleet", info)
+        with pytest.raises(IdentityMoved):
+            second.fork()     # the compare-and-set itself, whatever calls it
+    assert uuid_of(db) == forked.db_uuid
+    assert sync(db, fleet.url).changes > 0
+    with fleet.connect() as conn:
+        forks = conn.execute("SELECT count(*) FROM edgemon.databases WHERE forked_from = %s", [old_uuid]).fetchone()[0]
+    assert forks == 1
+
+
+def test_the_views_show_the_bundle_the_recorder_runs_whatever_its_clock(fleet, tmp_path, monkeypatch):
+    """A review: a bundle installed while the recorder's clock read 2023 was hidden behind the one
+    before it (newest by the recorder's clock), and the effort table read as days without calls."""
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=3, per_file=5, seed=31)
+    sync(db, fleet.url, bundle_id="bundle-a")
+    _recorder_clock(monkeypatch, "2023-01-01T00:00:00.000Z")
+    with Store(db) as store:
+        for i in range(3):
+            add_file(store, "rec-a", i, 4, random.Random(32 + i), bundle_id="bundle-b", start_day="2024-05-04")
+    sync(db, fleet.url, bundle_id="bundle-b")
+    with fleet.connect() as conn:
+        shown = conn.execute("SELECT DISTINCT bundle_id FROM edgemon.detections_daily WHERE site = 'rec-a'").fetchall()
+        days = conn.execute("SELECT min(day)::text FROM edgemon.detections_daily WHERE site = 'rec-a'").fetchone()[0]
+    assert shown == [("bundle-b",)] and days == "2024-05-04"
+
+
+def store_detections(db: Path) -> list[Detection]:
+    """The database's detections as the recorder made them."""
+    names = [f.name for f in dataclasses.fields(Detection)]
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(f"SELECT {', '.join(names)} FROM detections").fetchall()
+    return [Detection(**{**dict(zip(names, r)), "clock_suspect": bool(r[names.index("clock_suspect")])}) for r in rows]
+
+
+def test_fleet_precision_counts_only_verdicts_on_detections_still_stored(fleet, tmp_path):
+    """A review: after `reanalyse` no longer found two wrongly called detections, the review page
+    said 1 of 1 right and the fleet's review_precision 1 of 3."""
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=1, per_file=3, seed=51)
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT id, source FROM detections ORDER BY start_s").fetchall()
+    for (detection_id, _), verdict in zip(rows, ("wrong", "wrong", "correct")):
+        reviews.add_verdict(db, detection_id, verdict, "ann")
+    stored = store_detections(db)
+    with Store(db) as store:   # the same bundle again finds only the third
+        store.replace_detections(rows[0][1], "bundle-a", [d for d in stored if d.start_s == max(x.start_s for x in stored)])
+    page = {p.label: (p.correct, p.judged) for p in reviews.precision_by_class(db) if p.judged}
+    sync(db, fleet.url)
+    with fleet.connect() as conn:
+        fleet_view = {label: (correct, judged) for label, correct, judged in conn.execute(
+            "SELECT label, correct, judged FROM edgemon.review_precision WHERE site = 'rec-a'")}
+    assert page == fleet_view and sum(j for _, j in page.values()) == 1

@@ -39,6 +39,7 @@ HERE = Path(__file__).parent
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 COOKIE = "edgemon_review_token"
 PAGE_SIZE = 50
+MAX_VERDICT_BYTES = 64 * 1024
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +74,7 @@ def page_offset(text: str | None) -> int:
     if not text:
         return 0
     if not re.fullmatch(r"[0-9]{1,18}", text):
-        raise reviews.ReviewError(f"offset {text!r} is not a whole number from 0 to 10^18")
+        raise reviews.ReviewError(f"offset {text!r} is not a whole number below 10^18")
     return int(text)
 
 
@@ -162,24 +163,34 @@ def create_app(config: ReviewConfig) -> Starlette:
             "chosen": chosen, "several": 0 if chosen else sources_in_several_bundles(config.db)})
 
     def _excerpt(request: Request):
+        """The detection's audio and how long a browser may keep what is made of it: a while when
+        the URL names it by its key (``?k=``, as the page's do), else not without asking again."""
         row = reviews.detection(config.db, int(request.path_params["id"]))
-        return read_excerpt(row, recordings=config.recordings, clips=config.clips,
-                            pre_s=config.pre_s, post_s=config.post_s)
+        asked = request.query_params.get("k")
+        if asked is not None and asked != reviews.detection_key(row):
+            raise reviews.StaleDetection(f"detection {row['id']} is not the one the page showed: reload the page")
+        excerpt = read_excerpt(row, recordings=config.recordings, clips=config.clips,
+                               pre_s=config.pre_s, post_s=config.post_s)
+        return excerpt, {"Cache-Control": "private, max-age=3600" if asked else "no-store"}
 
     def audio(request: Request) -> Response:
         try:
-            excerpt = _excerpt(request)
+            excerpt, headers = _excerpt(request)
+        except reviews.StaleDetection as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=409)
         except (reviews.ReviewError, AudioError) as exc:
             return PlainTextResponse(f"{exc}\n", status_code=404)
-        return Response(excerpt.wav_bytes(), media_type="audio/wav", headers={"Cache-Control": "private, max-age=3600"})
+        return Response(excerpt.wav_bytes(), media_type="audio/wav", headers=headers)
 
     def spectrogram(request: Request) -> Response:
         try:
-            excerpt = _excerpt(request)
+            excerpt, headers = _excerpt(request)
+        except reviews.StaleDetection as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=409)
         except (reviews.ReviewError, AudioError) as exc:
             return PlainTextResponse(f"{exc}\n", status_code=404)
         png = spectrogram_png(excerpt.samples, excerpt.rate, (excerpt.mark_start_s, excerpt.mark_end_s))
-        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        return Response(png, media_type="image/png", headers=headers)
 
     async def verdict(request: Request) -> Response:
         # Only this page's own script may judge: a form or text/plain POST from another site is a
@@ -189,11 +200,20 @@ def create_app(config: ReviewConfig) -> Starlette:
                 origin is not None and origin.split("://", 1)[-1] != request.headers.get("host")):
             return JSONResponse({"error": "verdicts are accepted as JSON from the review page only"}, status_code=403)
         try:
-            body = await request.json()
+            raw = b""
+            async for chunk in request.stream():   # a verdict is a few dozen bytes: never hold more
+                raw += chunk
+                if len(raw) > MAX_VERDICT_BYTES:
+                    return JSONResponse({"error": f"a verdict is at most {MAX_VERDICT_BYTES} bytes"}, status_code=413)
+            body = json.loads(raw)
+            key = body.get("key")
             row = reviews.add_verdict(config.db, body["id"], str(body["verdict"]), config.reviewer,
-                                      body.get("label"), tuple(known_labels(reviews.days_and_labels(config.db)[1])))
-        except (ValueError, KeyError, TypeError) as exc:
+                                      body.get("label"), tuple(known_labels(reviews.days_and_labels(config.db)[1])),
+                                      key=None if key is None else str(key))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": f"malformed verdict: {exc}"}, status_code=400)
+        except reviews.StaleDetection as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
         except reviews.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(row)

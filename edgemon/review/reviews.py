@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import sqlite3
@@ -30,6 +31,19 @@ Z_95 = 1.959964
 
 class ReviewError(EdgemonError):
     """A verdict cannot be stored, or the detections cannot be read for review."""
+
+
+class StaleDetection(ReviewError):
+    """The detection asked for is no longer the one the page showed (re-analysed, restored, or
+    another database served at the same address)."""
+
+
+def detection_key(row: dict) -> str:
+    """A short digest of what a detection is and what the page plays of it: its natural key, its
+    end and its saved clip. Ids alone are reused by another database and after a restore, so the
+    page sends this key with its media requests and its verdicts."""
+    what = [row["source"], row["start_s"], row["end_s"], row["label"], row["bundle_id"], row.get("clip_path")]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +198,7 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
             for row in rows:
                 found = conn.execute(_EARLIER, row).fetchone()
                 row["earlier"] = found[0] if found else None
+                row["key"] = detection_key(row)
             return rows
         except sqlite3.Error as e:
             raise ReviewError(f"cannot read detections from {db_path}: {e}") from e
@@ -209,17 +224,21 @@ def detection(db_path: Path, detection_id: int) -> dict:
 
 
 def add_verdict(db_path: Path, detection_id: int, verdict: str, reviewer: str,
-                new_label: str | None = None, labels: tuple[str, ...] = ()) -> dict:
+                new_label: str | None = None, labels: tuple[str, ...] = (), key: str | None = None) -> dict:
     """Store ``reviewer``'s verdict on a detection (replacing their earlier one) and return the row.
 
     ``new_label`` is required for 'relabel' and must differ from the detected label (and be one of
-    ``labels`` when given); it is ignored for other verdicts.
+    ``labels`` when given); it is ignored for other verdicts. With ``key`` (``detection_key`` of the
+    detection the page showed), StaleDetection when the id now names another detection.
     """
     if verdict not in REVIEW_VERDICTS:
         raise ReviewError(f"unknown verdict {verdict!r}: choose one of {', '.join(REVIEW_VERDICTS)}")
     if not reviewer.strip():
         raise ReviewError("a verdict needs a reviewer name")
     found = detection(db_path, detection_id)
+    if key is not None and detection_key(found) != key:
+        raise StaleDetection(f"detection {detection_id} is not the one the page showed (re-analysed, or another "
+                             f"database): reload the page")
     if verdict == "relabel":
         if not new_label or new_label == found["label"] or (labels and new_label not in labels):
             raise ReviewError(f"relabel of detection {detection_id} needs another known label, got {new_label!r}")
@@ -235,6 +254,11 @@ def add_verdict(db_path: Path, detection_id: int, verdict: str, reviewer: str,
         raise ReviewError(f"cannot open detections database {db_path}: {e}") from e
     try:
         conn.execute("BEGIN IMMEDIATE")  # take the write lock first; the daemon's commits are short
+        # Still there under the lock: a reanalyse between the read above and now may have removed it.
+        if conn.execute("SELECT 1 FROM detections WHERE id = :detection_id AND source = :source AND start_s = :start_s "
+                        "AND label = :label AND bundle_id = :bundle_id", row).fetchone() is None:
+            conn.execute("ROLLBACK")
+            raise StaleDetection(f"detection {detection_id} was re-analysed as the verdict was stored: reload the page")
         row["reviewed_at"] = _after_every_verdict(conn, row)
         conn.execute("""
             INSERT INTO reviews (detection_id, source, start_s, label, bundle_id, verdict, new_label,

@@ -166,6 +166,24 @@ LEFT JOIN LATERAL (SELECT * FROM {SCHEMA}.heartbeats h WHERE h.db_uuid = db.db_u
 # Precision per site, bundle and class counts each detection once, by its latest verdict whoever
 # gave it ('unsure' left out), as `edgemon review` does; low/high is the 95 % Wilson interval.
 _Z = 1.959964
+def _review_precision(create: str, where: str) -> str:
+    return f"""{create} {SCHEMA}.review_precision AS
+SELECT site, bundle_id, label, judged, correct, correct::float8 / judged AS precision,
+       greatest(0.0, (p + {_Z ** 2} / (2 * judged) - {_Z} * sqrt(p * (1 - p) / judged + {_Z ** 2} / (4.0 * judged * judged)))
+                     / (1 + {_Z ** 2} / judged)) AS low,
+       least(1.0, (p + {_Z ** 2} / (2 * judged) + {_Z} * sqrt(p * (1 - p) / judged + {_Z ** 2} / (4.0 * judged * judged)))
+                  / (1 + {_Z ** 2} / judged)) AS high
+FROM (SELECT site, bundle_id, label, count(*) AS judged, count(*) FILTER (WHERE verdict = 'correct') AS correct,
+             count(*) FILTER (WHERE verdict = 'correct')::float8 / count(*) AS p
+      FROM (SELECT DISTINCT ON (db.device_id, r.source, r.start_s, r.label, r.bundle_id)
+                   db.device_id AS site, r.bundle_id, r.label, r.verdict
+            FROM {SCHEMA}.reviews r JOIN {SCHEMA}.databases db USING (db_uuid){where}
+            ORDER BY db.device_id, r.source, r.start_s, r.label, r.bundle_id, r.reviewed_at DESC, r.reviewer) latest
+      WHERE verdict <> 'unsure'
+      GROUP BY 1, 2, 3) counts;
+"""
+
+
 _REVIEWS_AND_STATUS = f"""
 CREATE TABLE {SCHEMA}.reviews (
     db_uuid uuid NOT NULL, source text NOT NULL, start_s double precision NOT NULL, label text NOT NULL,
@@ -181,21 +199,7 @@ CREATE TABLE {SCHEMA}.status_snapshots (
     problems text[] NOT NULL DEFAULT '{{}}',
     status jsonb NOT NULL
 );
-CREATE VIEW {SCHEMA}.review_precision AS
-SELECT site, bundle_id, label, judged, correct, correct::float8 / judged AS precision,
-       greatest(0.0, (p + {_Z ** 2} / (2 * judged) - {_Z} * sqrt(p * (1 - p) / judged + {_Z ** 2} / (4.0 * judged * judged)))
-                     / (1 + {_Z ** 2} / judged)) AS low,
-       least(1.0, (p + {_Z ** 2} / (2 * judged) + {_Z} * sqrt(p * (1 - p) / judged + {_Z ** 2} / (4.0 * judged * judged)))
-                  / (1 + {_Z ** 2} / judged)) AS high
-FROM (SELECT site, bundle_id, label, count(*) AS judged, count(*) FILTER (WHERE verdict = 'correct') AS correct,
-             count(*) FILTER (WHERE verdict = 'correct')::float8 / count(*) AS p
-      FROM (SELECT DISTINCT ON (db.device_id, r.source, r.start_s, r.label, r.bundle_id)
-                   db.device_id AS site, r.bundle_id, r.label, r.verdict
-            FROM {SCHEMA}.reviews r JOIN {SCHEMA}.databases db USING (db_uuid)
-            ORDER BY db.device_id, r.source, r.start_s, r.label, r.bundle_id, r.reviewed_at DESC, r.reviewer) latest
-      WHERE verdict <> 'unsure'
-      GROUP BY 1, 2, 3) counts;
-"""
+{_review_precision("CREATE VIEW", "")}"""
 
 # Version 4. ``acked_token``: the token of the batch whose commit moved ``acked_seq``, so a
 # recorder can check that the server's acknowledgement belongs to its own history (a database
@@ -264,4 +268,38 @@ _DETECTIONS_FROM_ONE_DATABASE = (
     + _detections_daily("detections_daily", f"({NEWEST_BUNDLE}) AND {_FROM_CURRENT}",
                         "CREATE OR REPLACE VIEW"))
 
-VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE)
+# 3: decided by the server's clock, not the recorder's (a review). A Pi without a real-time clock
+# may run for days at a time in the past (fake-hwclock after a power cut), and its rows' times
+# then sort before older ones:
+# - ``device_bundle``: the bundle the recorder reported at its latest sync (the one it runs), when
+#   it stored detections of it; else, as before, the bundle of its latest stored detection. Before,
+#   a bundle installed while the clock read 2023 stayed hidden behind the one before it.
+# - which database's copy of a recording counts (revision 2): the database that first synced
+#   latest (a restored or rebuilt copy's new lineage), then the newest ledger row.
+# - ``review_precision``: only verdicts on detections still stored on the device (outside
+#   revision 2's stale copies), as ``edgemon review`` counts them: a detection that ``reanalyse``
+#   no longer finds leaves its verdicts behind, and they counted here and not on the page.
+_STALE_COPIES_BY_SYNC = _STALE_COPIES.replace("ORDER BY f.updated_at DESC NULLS LAST, db.first_sync DESC",
+                                              "ORDER BY db.first_sync DESC, f.updated_at DESC NULLS LAST")
+_FROM_CURRENT_BY_SYNC = (f"NOT EXISTS (SELECT 1 FROM {_STALE_COPIES_BY_SYNC} s WHERE s.db_uuid = d.db_uuid "
+                         f"AND s.source = d.source AND s.bundle_id = d.bundle_id)")
+_BY_THE_SERVERS_CLOCK = f"""
+CREATE OR REPLACE VIEW {SCHEMA}.device_bundle AS
+SELECT DISTINCT ON (db.device_id) db.device_id, coalesce(reported.bundle_id, newest.bundle_id) AS bundle_id,
+       coalesce(db.timezone, 'UTC') AS timezone, db.latitude, db.longitude
+FROM {SCHEMA}.databases db
+LEFT JOIN LATERAL (SELECT d.bundle_id FROM {SCHEMA}.detections d
+                   WHERE d.device_id = db.device_id AND d.bundle_id = db.bundle_id LIMIT 1) reported ON true
+LEFT JOIN LATERAL (SELECT d.bundle_id FROM {SCHEMA}.detections d WHERE d.device_id = db.device_id
+                   ORDER BY d.created_at DESC LIMIT 1) newest ON true
+ORDER BY db.device_id, db.last_sync DESC;
+""" + _detections_daily("detections_daily_all", _FROM_CURRENT_BY_SYNC, "CREATE OR REPLACE VIEW") \
+    + _detections_daily("detections_daily", f"({NEWEST_BUNDLE}) AND {_FROM_CURRENT_BY_SYNC}",
+                        "CREATE OR REPLACE VIEW") \
+    + _review_precision("CREATE OR REPLACE VIEW", f"""
+            WHERE EXISTS (SELECT 1 FROM {SCHEMA}.detections d
+                          WHERE d.db_uuid IN (SELECT o.db_uuid FROM {SCHEMA}.databases o WHERE o.device_id = db.device_id)
+                            AND d.source = r.source AND d.start_s = r.start_s AND d.label = r.label
+                            AND d.bundle_id = r.bundle_id AND {_FROM_CURRENT_BY_SYNC})""")
+
+VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE, _BY_THE_SERVERS_CLOCK)

@@ -21,6 +21,7 @@ from contextlib import closing
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
+from edgemon.safetext import shown
 from edgemon.storage.disk_budget import full_disk_note
 from edgemon.storage.readonly import BUSY_TIMEOUT_MS, connect_read_only
 from edgemon.storage.schema import FOLDED_KEYS, SYNC_KEYS
@@ -37,6 +38,10 @@ KEPT_TOKEN_DAYS = 90
 
 class OutboxError(EdgemonError):
     """The detections database cannot be read or written as a sync outbox."""
+
+
+class IdentityMoved(OutboxError):
+    """Another sync session gave the database a new ``db_uuid`` since this one read it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +294,11 @@ class Outbox:
         under two names)."""
         return self.conn.execute("SELECT 1 FROM sync_tokens WHERE token = ?", [token]).fetchone() is not None
 
+    def identity_moved(self) -> bool:
+        """Whether another session gave this database a new ``db_uuid`` (``fork``) since this one read it."""
+        row = self.conn.execute("SELECT value FROM sync_meta WHERE key = 'db_uuid'").fetchone()
+        return row[0] != self.db_uuid
+
     def fork(self) -> str:
         """Start a new lineage: a new ``db_uuid``, no cursors, no tokens, so every target receives
         every row again under the new UUID. Returns the new UUID; the old one is kept as
@@ -296,9 +306,13 @@ class Outbox:
         new = str(uuid.uuid4())
         try:
             self.conn.execute("BEGIN IMMEDIATE")
+            # Compare-and-set: a second session that read the old UUID must not fork it again.
+            if self.conn.execute("UPDATE sync_meta SET value = ? WHERE key = 'db_uuid' AND value = ?",
+                                 [new, self.db_uuid]).rowcount != 1:
+                self.conn.execute("ROLLBACK")
+                raise IdentityMoved(f"{shown(self.path)}: another sync gave it a new sync identity meanwhile")
             self.conn.execute("INSERT INTO sync_meta (key, value) VALUES ('forked_from', ?) "
                               "ON CONFLICT (key) DO UPDATE SET value = excluded.value", [self.db_uuid])
-            self.conn.execute("UPDATE sync_meta SET value = ? WHERE key = 'db_uuid'", [new])
             self.conn.execute("DELETE FROM sync_meta WHERE key = 'pruned_seq'")
             self.conn.execute("DELETE FROM sync_cursors")
             self.conn.execute("DELETE FROM sync_tokens")

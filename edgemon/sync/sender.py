@@ -37,7 +37,7 @@ from edgemon.status import collect_status
 from edgemon.storage.readonly import connect_read_only
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
-from edgemon.sync.outbox import Outbox, OutboxError, newest_device_id
+from edgemon.sync.outbox import IdentityMoved, Outbox, OutboxError, newest_device_id
 from edgemon.utc import utc_iso
 
 log = logging.getLogger(__name__)
@@ -198,12 +198,20 @@ def _own_lineage(conn, outbox: Outbox, target: str, info: DeviceInfo) -> tuple[D
     is lost, and the natural keys let the fleet views count each row once per device.
     """
     _lock(conn, outbox, info.db_uuid)
+    if outbox.identity_moved():
+        # A session that read the same UUID forked it and let go of its lock: it syncs the new
+        # lineage now, and forking again would leave a lineage that never syncs.
+        fleetdb.unlock_database(conn, info.db_uuid)
+        raise BusyError(f"{shown(outbox.path)}: another sync gave it a new sync identity just now, and is running")
     held = fleetdb.acknowledged(conn, info.db_uuid)
     reason = _diverged(held, outbox, info)
     if reason is None:
         return info, None if held is None else held.acked_token
     old = info.db_uuid
-    new = outbox.fork()
+    try:
+        new = outbox.fork()
+    except IdentityMoved as e:
+        raise BusyError(str(e)) from None
     log.warning("%s: %s; this database now syncs as %s and sends all its rows again (%s keeps the rows "
                 "of %s)", shown(outbox.path), reason, new, target, old)
     fleetdb.unlock_database(conn, old)

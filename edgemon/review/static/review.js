@@ -32,7 +32,7 @@
       method: "POST",
       headers: { "Content-Type": "application/json" },
       credentials: "same-origin",
-      body: JSON.stringify({ id: Number(row.dataset.id), verdict: verdict, label: label || null }),
+      body: JSON.stringify({ id: Number(row.dataset.id), key: row.dataset.key, verdict: verdict, label: label || null }),
     });
     const body = await response.json();
     if (!response.ok) { alert(body.error || "verdict not stored"); return; }

@@ -45,41 +45,55 @@ def collect_status(db_path: str | Path, *, directory: str | Path | None = None, 
     db_path = Path(db_path)
     now = now or dt.datetime.now(UTC)
     conn = open_read_only(db_path, StatusError)
+    status: dict[str, Any] = {}
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "files" not in tables:
             raise StatusError(f"{db_path}: not an edgemon database (no files table)")
-        status: dict[str, Any] = {"database": _database(conn, db_path, integrity)}
-        beat = _last_heartbeat(conn) if "heartbeats" in tables else None
-        status["service"] = _service(beat, heartbeat_s, now, daemon_gone(db_path))
-        status["mode"] = beat["mode"] if beat else None
-        status["device_id"] = beat["device_id"] if beat else None
-        status["bundle_id"] = (beat["bundle_id"] if beat and beat["bundle_id"] else
-                               _one(conn, "SELECT bundle_id FROM files WHERE state = 'done' ORDER BY updated_at DESC LIMIT 1"))
-        status["backlog"] = _backlog(conn, directory)
-        status["last_file"] = _row(conn, "SELECT source, updated_at AS processed_utc, duration_s FROM files "
-                                         "WHERE state = 'done' ORDER BY updated_at DESC LIMIT 1")
-        status["last_detection"] = _row(conn, "SELECT label, confidence, source, start_utc, created_at AS stored_utc "
-                                              "FROM detections ORDER BY id DESC LIMIT 1")
-        status["real_time_factor"] = (round(beat["audio_s"] / beat["busy_s"], 1)
-                                      if beat and beat["busy_s"] else None)
-        status["audio_h_this_run"] = round(beat["audio_s"] / 3600, 3) if beat else None
-        status["dropped_audio"] = _dropped(conn, now) if "coverage" in tables else None
-        status["export_cursors"] = _export_cursors(conn) if "export_cursors" in tables else []
-        status["unfinished_exports"] = ([{"journal": j, "cursor": c} for j, c in pending_exports(db_path, conn)]
-                                        if "export_cursors" in tables else [])
-        status["sync"] = _sync_targets(conn) if {"sync_cursors", "changes"} <= tables else []
-        status["unreadable_dirs"] = (dict(conn.execute("SELECT path, error FROM unreadable_dirs ORDER BY path"))
-                                     if "unreadable_dirs" in tables else {})
-        # Files whose analysis was cut short in a row (power cuts, or a file that kills it).
-        status["interrupted"] = (dict(conn.execute("SELECT source, interrupted + 1 FROM in_progress "
-                                                   "WHERE interrupted > 0 ORDER BY source"))
-                                 if "in_progress" in tables else {})
+        status["database"] = _database(conn, db_path, integrity)
+        _read_tables(status, conn, tables, db_path, directory, heartbeat_s, now)
+    except sqlite3.OperationalError as e:   # locked past the busy timeout, or unreadable as a file
+        raise StatusError(f"cannot read {shown(db_path)}: {e}") from None
+    except sqlite3.DatabaseError as e:   # damaged: a traceback was all a newcomer saw
+        checked = status.get("database", {}).get("integrity")
+        raise StatusError(
+            f"{shown(db_path)}: damaged ({e}{f'; integrity: {checked}' if checked else ''}). edgemon watch, "
+            f"listen or run moves it aside and starts a fresh one; to salvage its rows: "
+            f"sqlite3 {shown(db_path)} .recover | sqlite3 salvaged.db") from None
     finally:
         conn.close()
     status["disk"] = _disk(db_path)
     status["problems"] = _problems(status, min_free_mb)
     return status
+
+
+def _read_tables(status: dict, conn: sqlite3.Connection, tables: set[str], db_path: Path,
+                 directory: str | Path | None, heartbeat_s: float, now: dt.datetime) -> None:
+    beat = _last_heartbeat(conn) if "heartbeats" in tables else None
+    status["service"] = _service(beat, heartbeat_s, now, daemon_gone(db_path))
+    status["mode"] = beat["mode"] if beat else None
+    status["device_id"] = beat["device_id"] if beat else None
+    status["bundle_id"] = (beat["bundle_id"] if beat and beat["bundle_id"] else
+                           _one(conn, "SELECT bundle_id FROM files WHERE state = 'done' ORDER BY updated_at DESC LIMIT 1"))
+    status["backlog"] = _backlog(conn, directory)
+    status["last_file"] = _row(conn, "SELECT source, updated_at AS processed_utc, duration_s FROM files "
+                                     "WHERE state = 'done' ORDER BY updated_at DESC LIMIT 1")
+    status["last_detection"] = _row(conn, "SELECT label, confidence, source, start_utc, created_at AS stored_utc "
+                                          "FROM detections ORDER BY id DESC LIMIT 1")
+    status["real_time_factor"] = (round(beat["audio_s"] / beat["busy_s"], 1)
+                                  if beat and beat["busy_s"] else None)
+    status["audio_h_this_run"] = round(beat["audio_s"] / 3600, 3) if beat else None
+    status["dropped_audio"] = _dropped(conn, now) if "coverage" in tables else None
+    status["export_cursors"] = _export_cursors(conn) if "export_cursors" in tables else []
+    status["unfinished_exports"] = ([{"journal": j, "cursor": c} for j, c in pending_exports(db_path, conn)]
+                                    if "export_cursors" in tables else [])
+    status["sync"] = _sync_targets(conn) if {"sync_cursors", "changes"} <= tables else []
+    status["unreadable_dirs"] = (dict(conn.execute("SELECT path, error FROM unreadable_dirs ORDER BY path"))
+                                 if "unreadable_dirs" in tables else {})
+    # Files whose analysis was cut short in a row (power cuts, or a file that kills it).
+    status["interrupted"] = (dict(conn.execute("SELECT source, interrupted + 1 FROM in_progress "
+                                               "WHERE interrupted > 0 ORDER BY source"))
+                             if "in_progress" in tables else {})
 
 
 def _one(conn: sqlite3.Connection, sql: str, params=()) -> Any:

@@ -30,10 +30,12 @@ from edgemon.health import HealthConfig, WatchMonitor
 from edgemon.storage.recovery import corruption, open_or_recover
 from edgemon.storage.store import Store, StoreError
 import edgemon.storage.store
+from devtools.recorder_db import make_recorder
 from tests.conftest import hoots, tone
 from tests.waits import wait_until
 from tests.watch_helpers import (
     analyzer,
+    damage_table,
     fast_config,
     query,
     watch_until_idle,
@@ -324,6 +326,19 @@ def test_damaged_pages_are_detected_at_start_and_the_daemon_runs_on(three_record
     assert ledger(db) == [(p.name, "done", 1) for p in sorted(root.iterdir())]
     aside = [p for p in tmp_path.glob("d.db.corrupt-*") if p.name.endswith("Z")]
     assert len(aside) == 1 and aside[0].read_bytes() == bytes(data)
+
+
+def test_status_of_a_damaged_database_is_one_line_naming_it(tmp_path):
+    """A newcomer trial: `edgemon status` ran the integrity check, then crashed with a traceback
+    on the first query of the damaged table."""
+    db = make_recorder(tmp_path / "d.db", "rec-a", files=3, per_file=4)
+    damage_table(db, "detections")
+    for fmt in ("text", "json"):
+        result = subprocess.run([sys.executable, "-m", "edgemon", "status", "--db", str(db), "--format", fmt],
+                                capture_output=True, text=True, timeout=60, cwd=REPO)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
+        assert str(db) in lines[0] and "damaged" in lines[0] and ".recover" in lines[0]
 
 
 def test_errors_that_are_not_corruption_are_not_repaired(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ import sounddevice as sd
 import soundfile
 import soxr
 
+from devtools.recorder_db import make_recorder
 from devtools.soundscapes import PART_A, PART_B, VirtualAudio, pulseaudio_missing, soundscape
 from edgemon.live.capture import (AudioDeviceError, Backoff, BlockQueue, Capture, CaptureConfig,
                              CaptureState, InputDevice)
@@ -35,7 +37,7 @@ from edgemon.live.worker import ListenConfig, Listener
 from edgemon.storage.export import export_coverage
 from edgemon.storage.store import Detection, Store
 from tests.waits import poll_until, wait_for_text
-from tests.watch_helpers import analyzer, query
+from tests.watch_helpers import analyzer, damage_table, query
 
 EDGEMON = Path(sys.executable).parent / "edgemon"
 HOP_S = 2.0               # the shipped bundle's hop
@@ -321,9 +323,7 @@ def test_a_clip_that_fails_or_is_moved_away_at_once_costs_no_detection(tmp_path,
     raise, and every detection of that batch was lost with the analysis thread."""
     import os
 
-    saver = ClipSaver(ClipConfig(tmp_path, pre_s=0.0, post_s=0.0), rate=16000, guard=disk_with(5000))
-    detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
-                          "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+    saver, detection = _saver_and_detection(tmp_path, pre_s=0.0, post_s=0.0)
     real_replace = os.replace
 
     def replace_then_sync_away(src, dst):
@@ -343,9 +343,7 @@ def test_a_clip_the_disk_has_no_room_for_says_the_disk_is_full(tmp_path, monkeyp
     """libsndfile's words for a full disk are "System error."; a trial's log said nothing more."""
     import shutil
 
-    saver = ClipSaver(ClipConfig(tmp_path, pre_s=0.0, post_s=0.0), rate=16000, guard=disk_with(5000))
-    detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
-                          "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+    saver, detection = _saver_and_detection(tmp_path, pre_s=0.0, post_s=0.0)
     monkeypatch.setattr(soundfile, "write", lambda *a, **k: (_ for _ in ()).throw(
         soundfile.LibsndfileError(2, "System error.")))   # what a write into a full tmpfs raised
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(3_000_000, 3_000_000, 1024))
@@ -516,12 +514,16 @@ def test_a_clip_of_an_event_longer_than_the_ring_holds_its_first_seconds(tmp_pat
     assert audio[0] == pytest.approx(x[9 * rate], abs=1e-4) and audio[-1] == pytest.approx(x[31 * rate - 1], abs=1e-4)
 
 
+def _saver_and_detection(directory: Path, pre_s: float, post_s: float) -> tuple[ClipSaver, Detection]:
+    saver = ClipSaver(ClipConfig(directory, pre_s=pre_s, post_s=post_s), rate=16000, guard=disk_with(5000))
+    return saver, Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
+                            "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+
+
 def test_a_clip_of_an_event_at_the_start_of_its_segment_says_where_the_event_begins(tmp_path):
     """Found in review: a detection 0.5 s into a segment got a clip starting at the segment's
     first sample, and the review page marked it 2 s in (the assumed pre-roll)."""
-    saver = ClipSaver(ClipConfig(tmp_path, pre_s=2.0, post_s=1.0), rate=16000, guard=disk_with(5000))
-    detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
-                          "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+    saver, detection = _saver_and_detection(tmp_path, pre_s=2.0, post_s=1.0)
     x = _ramp(4.0)
     saver.push(x[:8000])
     saver.follow(0.5)
@@ -529,6 +531,21 @@ def test_a_clip_of_an_event_at_the_start_of_its_segment_says_where_the_event_beg
     [(_, clip)] = saver.push(x[8000:])
     audio = soundfile.read(clip.path, dtype="float32")[0]
     assert clip.offset_s == 0.5 and len(audio) == 3 * 16000 and audio[8000] == pytest.approx(x[8000], abs=1e-4)
+
+
+def test_two_detections_in_one_millisecond_keep_a_clip_each(tmp_path):
+    """A newcomer trial: clips were named by start (to the ms) and label and moved into place over
+    whatever was there, so the second overwrote the first, and both rows named its audio."""
+    saver, detection = _saver_and_detection(tmp_path, pre_s=0.0, post_s=0.0)
+    x = _ramp(2.0)
+    saver.push(x[:8000])
+    saver.follow(0.0)
+    saver.request(detection, 0.0, 0.5)
+    saver.request(detection, 0.25, 0.5)
+    clips = [clip for _, clip in saver.push(x[8000:])]
+    assert len(clips) == 2 and len({c.path for c in clips}) == 2 and all(c.path.exists() for c in clips)
+    first, second = (soundfile.read(c.path, dtype="float32")[0] for c in clips)
+    assert first[0] != pytest.approx(second[0], abs=1e-3)   # each its own audio
 
 
 def test_a_clip_synced_away_while_the_budget_is_measured_is_no_error(tmp_path, monkeypatch):
@@ -729,6 +746,63 @@ def test_a_bundle_refused_by_listen_is_visible_in_status(virtual_audio, tmp_path
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: ")
     status = collect_status(db)
     assert [p for p in status["problems"] if p.startswith("refused to start: ") and str(broken) in p]
+
+
+def test_a_damaged_database_is_moved_aside_and_listening_stores_into_a_fresh_one(virtual_audio, tmp_path):
+    """A newcomer trial: `listen` opened a damaged database as it was, and every write failed for
+    as long as it ran (each logged "lost" at the end, exit 0); with the schema damaged it exited 1,
+    and systemd restarted it every 15 s for good. `watch` moves such a file aside."""
+    db = make_recorder(tmp_path / "d.db", "rec-a", files=2, per_file=3)
+    damage_table(db, "coverage")
+    damaged = db.read_bytes()
+    result = subprocess.run([str(EDGEMON), "listen", "--device", "pulse", "--db", str(db), "--duration-s", "3"],
+                            env=virtual_audio.client_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "is corrupt" in result.stderr and "moved it aside to" in result.stderr
+    assert query(db, "SELECT count(*) FROM coverage WHERE source LIKE 'live:%'")[0][0] >= 1
+    aside = [p for p in tmp_path.glob("d.db.corrupt-*") if p.name.endswith("Z")]
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged
+
+
+def test_a_store_writer_on_a_damaged_database_stops_instead_of_retrying_for_ever(tmp_path):
+    """Corruption found while listening: the thread fails (the service restarts into recovery)."""
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database " * 400)
+
+    def job(store):
+        sqlite3.connect(garbage).execute("SELECT * FROM sqlite_master").fetchall()   # SQLITE_NOTADB
+
+    writer = StoreWriter(tmp_path / "d.db", retry_s=0.01)
+    writer.submit(job)
+    finish = threading.Event()
+    finish.set()
+    with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+        writer.run(finish)
+    assert writer.lost_at_exit == 0
+
+
+def test_writes_a_full_disk_refuses_at_shutdown_are_given_up_quickly_counted_and_said(tmp_path):
+    """A newcomer trial: on a full disk each queued write waited out its retries at shutdown, the
+    writer outlived the listener's 60 s wait, the writes still queued were dropped uncounted, and
+    `listen` exited 0."""
+    from edgemon.live.threads import _say_lost_writes
+    from edgemon.live.worker import ListenError
+
+    attempts = []
+
+    def job(store):
+        attempts.append(1)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    writer = StoreWriter(tmp_path / "d.db", retry_s=0.01)
+    for _ in range(4):
+        writer.submit(job)
+    finish = threading.Event()
+    finish.set()
+    writer.run(finish)
+    assert writer.lost_at_exit == 4 and len(attempts) == 3 + 3   # the first waits out its retries, no other
+    with pytest.raises(ListenError, match=r"4 write\(s\) .* could not be stored in .*d\.db"):
+        _say_lost_writes(writer, tmp_path / "d.db")
 
 
 def test_a_clips_directory_that_cannot_be_made_is_one_line_naming_it(tmp_path):

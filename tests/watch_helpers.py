@@ -144,3 +144,15 @@ def fault_env(tmp: Path, **variables: str) -> dict:
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), **variables)
+
+
+def damage_table(db: Path, table: str) -> None:
+    """Overwrite ``table``'s root page, as a failing SD card does: the schema still reads, and
+    ``quick_check`` and every query of that table say "database disk image is malformed"."""
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", [table]).fetchone()
+    with db.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xde\xad" * (page_size // 2))

@@ -214,7 +214,7 @@ class ClipSaver:
             return self._skip(f"{self.guard.free_mb:.0f} MB free, below {self.config.min_free_mb:g} MB")
         when = detection.start_utc
         stamp = when.strftime("%Y%m%dT%H%M%S") + f"{when.microsecond // 1000:03d}Z"
-        path = self.config.directory / f"{stamp}_{detection.label}.flac"
+        path = _free_name(self.config.directory, f"{stamp}_{detection.label}")
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             soundfile.write(tmp, audio, self.rate, format="FLAC", subtype="PCM_16")
@@ -232,6 +232,16 @@ class ClipSaver:
         offset = (take.event - take.first) / self.rate
         end = min(offset + take.duration_s, len(audio) / self.rate)
         return Clip(path, round(offset, 3), round(end, 3))
+
+
+def _free_name(directory: Path, stem: str) -> Path:
+    """``stem``.flac in ``directory``, or ``stem``-N.flac when that is taken: two detections of one
+    label starting in the same millisecond (a clock stepped back, two listeners sharing the
+    directory) overwrote the first one's clip, and both rows named the second's audio."""
+    path, n = directory / f"{stem}.flac", 1
+    while path.exists():
+        path, n = directory / f"{stem}-{n}.flac", n + 1
+    return path
 
 
 def _full_disk(directory: Path, needed: int) -> str:

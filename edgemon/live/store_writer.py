@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from edgemon.storage.readonly import error_code
+from edgemon.storage.recovery import CORRUPTION_CODES
 from edgemon.storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ class StoreWriter:
 
     A job that fails on a database error is retried every ``retry_s`` (a full disk may be
     cleared), so nothing is dropped while the queue has room; jobs that find it full are counted
-    and logged.
+    and logged. A damaged database (SQLITE_CORRUPT, SQLITE_NOTADB) is raised, not retried.
     """
 
     def __init__(self, db_path: Path, maxsize: int = 10_000, retry_s: float = 5.0, retries_at_exit: int = 2):
@@ -72,10 +74,17 @@ class StoreWriter:
                 self.done += 1
                 return
             except (sqlite3.Error, StoreError) as exc:
+                if isinstance(exc, sqlite3.Error) and error_code(exc) in CORRUPTION_CODES:
+                    # Damaged: no retry mends it. The listener stops, and the service restarts into
+                    # open_or_recover, which moves it aside (before, every write failed for good).
+                    raise
                 failures += 1
                 log.error("store writer: %s: %s (retrying in %.0f s)", self.db_path, exc, self.retry_s)
-                if finish.is_set() and failures > self.retries_at_exit:
+                # Shutting down, the database still refuses: after one write given up, the rest are
+                # given up at their first failure, counted, rather than each waiting out its retries
+                # (a full disk made the writer outlive the listener's 60 s wait, uncounted).
+                if finish.is_set() and (failures > self.retries_at_exit or self.lost_at_exit):
                     self.lost_at_exit += 1
-                    log.error("store writer: shutting down; one write lost")
+                    log.error("store writer: shutting down; one write lost (%d so far)", self.lost_at_exit)
                     return
                 time.sleep(self.retry_s)

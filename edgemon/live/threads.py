@@ -35,8 +35,9 @@ from edgemon.analysis.analyzer import Analyzer, make_analyzer
 from edgemon.live.capture import BlockQueue, Capture, CaptureState, resolve_device
 from edgemon.live.store_writer import StoreWriter, WriterBeats
 from edgemon.live.worker import ListenConfig, ListenError, Listener, ListenSummary
+from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals
-from edgemon.storage.store import Store
+from edgemon.storage.recovery import open_or_recover
 from edgemon.utc import parse_utc
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,9 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
     exist at start (later losses are waited out), ListenError when a thread fails."""
     device = resolve_device(config.capture.device)
     source = f"live:{device.name}"
-    with Store(db_path) as store:   # creates and migrates the database before the threads start
+    # Creates and migrates the database before the threads start; a damaged one is moved aside
+    # (before, every write failed for good, and each was logged "lost" at the end).
+    with open_or_recover(db_path) as store:
         store.check_writable()      # else the writer thread would hold every event, unstored
         previous_end = _parse_store_time(store.coverage_end(source))
         store.record_bundle(analyzer.bundle.bundle_id, analyzer.bundle.manifest)   # names and reach for export
@@ -115,9 +118,20 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
     if threads.errors:
         name, exc = threads.errors[0]
         raise ListenError(f"the {name} thread failed: {type(exc).__name__}: {exc}") from exc
+    _say_lost_writes(writer, db_path)
     if capture.state is not CaptureState.STOPPED:
         raise ListenError(f"capture ended in state {capture.state.value}")
     return summary
+
+
+def _say_lost_writes(writer: StoreWriter, db_path: Path) -> None:
+    """ListenError when writes of what was heard (detections, coverage minutes) never reached the
+    database: the summary counts what was found, and this run ended with less stored."""
+    lost = writer.lost_at_exit + writer.refused
+    if lost:
+        raise ListenError(f"{lost} write(s) of detections or coverage could not be stored in {shown(db_path)} "
+                          f"({writer.lost_at_exit} at shutdown, {writer.refused} with the queue full): see the "
+                          f"errors above (a full disk?)")
 
 
 def listen_main(config: ListenConfig, db_path: Path, models: Path | None = None, threads: int = 1,

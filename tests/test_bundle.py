@@ -13,7 +13,8 @@ from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
 from tests.conftest import write_manifest
 from training.model import ModelConfig, PrimateBiLSTM
-from training.onnx_export import export_onnx
+from training.errors import DataError
+from training.onnx_export import export_onnx, quantize_int8, read_columns
 
 LABELS = ["background", "a", "b"]
 
@@ -139,6 +140,23 @@ def test_a_bundle_never_replaces_what_is_not_a_bundle(member_files, bundle_dir, 
     assert write(bundle_dir).bundle_id   # an earlier bundle is replaced, as before
     (tmp_path / "empty").mkdir()
     assert write(tmp_path / "empty").labels == tuple(LABELS)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_damaged_member_is_refused_naming_it_and_the_bundle_there_is_kept(member_files, bundle_dir, tmp_path,
+                                                                           damage):
+    """A newcomer trial: `bundle-cv` with a fold model cut short replaced a good bundle with one
+    whose member could not be loaded, then stopped with a protobuf traceback."""
+    bad = tmp_path / "fold1.onnx"
+    bad.write_bytes(member_files[1].read_bytes()[:500] if damage == "truncated" else b"")
+    before = {p.name: p.read_bytes() for p in bundle_dir.iterdir()}
+    with pytest.raises(BundleError, match=r"fold1\.onnx: onnxruntime cannot load this model"):
+        write_bundle(bundle_dir, [member_files[0], bad], LABELS, frontend=FrontendConfig(), window_s=4.0, hop_s=2.0)
+    assert {p.name: p.read_bytes() for p in bundle_dir.iterdir()} == before
+    with pytest.raises(DataError, match=r"fold1\.onnx: not a readable ONNX model"):
+        read_columns(bad, tmp_path / "out.onnx", FrontendConfig())
+    with pytest.raises(DataError, match=r"fold1\.onnx: not a readable ONNX model"):
+        quantize_int8(bad, tmp_path / "out.onnx")
 
 
 def test_a_bundle_directory_is_readable_by_others_as_the_umask_allows(bundle_dir):

@@ -255,14 +255,18 @@ def test_the_cv_objective_scores_the_held_out_recorders_pool_clips_too(tiny_data
     assert sum(len(alone.measured.subset(va).clips) for _, va in alone.measured_folds) == len(data.clips)
 
 
-@pytest.mark.parametrize("command, option", [("cv", "--hidden"), ("fit", "--hidden"), ("fit", "--lr")])
+@pytest.mark.parametrize("command, option", [("cv", "--hidden"), ("fit", "--hidden"), ("fit", "--lr"),
+                                             ("fit", "--field"), ("fit", "--crop-s")])
 def test_an_option_the_params_file_sets_is_refused_beside_it(tiny_dataset, tmp_path, command, option):
-    """`cv --hidden 32 --params F` trained F's size without a word (a newcomer trial)."""
+    """`cv --hidden 32 --params F` trained F's size without a word (a newcomer trial); `fit --params F
+    --field` trained without the field augmentations (another)."""
     params = tmp_path / "p.json"
     params.write_text(json.dumps(FOUND))
-    done = _train(command, "--data", tiny_dataset, "--out", tmp_path / "r", "--params", params, option, "0.5"
-                  if option == "--lr" else "32", "--epochs", "1")
-    assert done.returncode == 2 and f"sets {option}" in done.stderr and not (tmp_path / "r").exists(), done.stderr
+    value = {"--lr": ["0.5"], "--hidden": ["32"], "--crop-s": ["1"], "--field": []}[option]
+    done = _train(command, "--data", tiny_dataset, "--out", tmp_path / "r", "--params", params, option, *value,
+                  "--epochs", "1")
+    assert done.returncode == 2 and not (tmp_path / "r").exists(), done.stderr
+    assert (f"{option} beside it" if option in ("--field", "--crop-s") else f"sets {option}") in done.stderr
 
 
 def test_recall_at_reads_the_held_out_trade_off_at_a_rate():

@@ -106,6 +106,10 @@ def fit(
     check_params_alone(params, lr=lr, batch_size=batch_size, tau=tau, weight_decay=weight_decay,
                         lr_decay=lr_decay, gamma=gamma, p_fm=p_fm, p_tm=p_tm, p_r=p_r, layers=layers,
                         hidden=hidden, dropout=dropout)
+    if params is not None and (field or crop_s is not None):   # the file's space decides them (a trial)
+        raise console.error(f"--params {params} sets the augmentations (a field-space file the field preset): "
+                            f"{'--field' if field else '--crop-s'} beside it would be ignored; leave it out",
+                            console.EXIT_USAGE)
     if mix_other_recorders and not field and params is None:
         raise console.error("--mix-other-recorders needs --field (only the field recipe mixes in background)",
                             console.EXIT_USAGE)

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import torch
+from google.protobuf.message import DecodeError
 from torch import nn
 
 import edgemon
@@ -87,10 +88,25 @@ def export_onnx(model: PrimateBiLSTM, path: Path, labels: tuple[str, ...], front
     return path
 
 
+def load_model(path: Path) -> onnx.ModelProto:
+    """The model edgemon-train exported at ``path``; DataError naming it when it is none (a file cut
+    short or emptied gave a protobuf traceback, or a KeyError)."""
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+    except (OSError, ValueError, DecodeError, onnx.checker.ValidationError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(f"{path}: not a readable ONNX model ({first})") from None
+    if "frontend" not in {p.key for p in proto.metadata_props}:
+        raise DataError(f"{path}: no frontend in its metadata: not a model edgemon-train exported")
+    return proto
+
+
 def quantize_int8(src: Path, dst: Path) -> Path:
     """Dynamic int8 quantisation of weights (LSTM and MatMul); about 4x smaller and faster on CPU."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    load_model(src)
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
     proto = onnx.load(str(dst))
     props = {p.key: p.value for p in proto.metadata_props}
@@ -110,7 +126,7 @@ def read_columns(src: Path, dst: Path, frontend: FrontendConfig) -> Path:
     stream then feeds members trained on different features; a model already on ``frontend`` is
     copied unchanged.
     """
-    proto = onnx.load(str(src))
+    proto = load_model(src)
     props = {p.key: p.value for p in proto.metadata_props}
     own = FrontendConfig.from_dict(json.loads(props["frontend"]))
     if own == frontend:

@@ -15,6 +15,7 @@ from pathlib import Path
 from edgemon.analysis.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, Bundle, Member, load_bundle, read_manifest,
                                      sha256_of)
 from edgemon.analysis.bundle_identity import with_identity
+from edgemon.analysis.ensemble import open_member
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
 
@@ -95,6 +96,8 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
     """
     out_dir = Path(out_dir).resolve()
     check_replaceable(out_dir, member_files)
+    for src in member_files:   # before anything is written: a truncated member replaced a good bundle
+        open_member(Path(src))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     n = len(member_files)
     devel_uars = devel_uars or [None] * n

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -50,6 +51,15 @@ def _first_line(exc: Exception) -> str:
     return (text.splitlines() or [type(exc).__name__])[0][:300]
 
 
+def open_member(path: Path, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """An onnxruntime session of the model at ``path``; BundleError naming it when it cannot be
+    loaded (truncated, empty, not ONNX)."""
+    try:
+        return ort.InferenceSession(str(path), options or _session_options(1), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad models
+        raise BundleError(f"{path}: onnxruntime cannot load this model: {_first_line(exc)}") from exc
+
+
 class Ensemble:
     """The bundle's members as onnxruntime sessions, checked against the bundle's declarations.
 
@@ -63,10 +73,7 @@ class Ensemble:
         self.sessions = []
         options = _session_options(threads)
         for path in bundle.member_paths:
-            try:
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            except Exception as exc:  # onnxruntime raises its own untyped errors for bad models
-                raise BundleError(f"{path}: onnxruntime cannot load this model: {_first_line(exc)}") from exc
+            session = open_member(path, options)
             self._check_signature(path, session)
             self._check_member(path, session)
             self.sessions.append(session)

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,6 +19,7 @@ from edgemon import console
 from edgemon.cli_common import ConfigOpt, DbOpt, ModelsOpt, ThreadsOpt, app, fail, service_in_force, setting_option
 from edgemon.config import OptionError
 from edgemon.errors import EdgemonError
+from edgemon.signals import Terminated, terminate_as_interrupt
 
 
 @app.command()
@@ -83,8 +85,13 @@ def reanalyse(
 
     try:
         service = service_in_force(ctx, config)
-        result = run_reanalyse(service.db, make_analyzer(service.models, service.threads), recordings,
-                               service.device_id)
+        with terminate_as_interrupt():   # stopped by systemd or `timeout`: said, as after Ctrl-C
+            result = run_reanalyse(service.db, make_analyzer(service.models, service.threads), recordings,
+                                   service.device_id)
+    except Terminated:
+        raise typer.Exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt:
+        raise typer.Exit(128 + signal.SIGINT)
     except EdgemonError as exc:
         raise fail(exc)
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2))

@@ -4,9 +4,11 @@ bundle run by the recorder's own pipeline."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ from edgemon.analysis.site_head import SiteHead, embedding_width
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import BundleError
 from edgemon.review import reviews
+from edgemon.storage.readonly import ReadError
 from tests.review_helpers import make_review_db
 from training.adapt import (CALIBRATION_ONLY, CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, choose_candidate,
                             clearly_better, held_out_comparison, new_events, parent_point)
@@ -95,6 +98,11 @@ def test_review_targets_map_verdicts_to_classes():
     assert len(review_targets(rows, labels, "background")) == 3
     rows[2]["bundle_id"], rows[2]["start_s"], rows[2]["end_s"] = "old", 5.5, 9.5   # one bundle: three sounds
     assert len(review_targets(rows, labels, "background")) == 3
+    # Neighbours whose edges touch (adjacent events share a frame) are two sounds, also across
+    # bundles: a newcomer trial's verdict on one was dropped for the other's.
+    touching = [{**sound, "bundle_id": "A", "start_s": 49.6, "end_s": 55.584, "verdict": "correct"},
+                {**sound, "bundle_id": "B", "start_s": 55.552, "end_s": 59.552, "verdict": "correct"}]
+    assert len(review_targets(touching, labels, "background")) == 2
 
 
 def test_too_few_reviews_are_refused_and_nothing_is_written(tmp_path):
@@ -109,11 +117,28 @@ def test_too_few_reviews_are_refused_and_nothing_is_written(tmp_path):
 
 
 
+def test_a_parent_that_made_none_of_the_reviewed_detections_is_refused(tmp_path):
+    """A newcomer trial: an edited copy of the default, adapted from the reviews of the default's
+    detections, charged the parent with every event it stores there (no detection of its own to
+    match), and the choice between candidates leaned on that."""
+    db, recordings = make_review_db(tmp_path)            # detections of "default-test"
+    for row in reviews.list_detections(db):
+        reviews.add_verdict(db, row["id"], "correct", "ann")
+    with pytest.raises(AdaptError, match=r"holds no detection of default-\w+, only of default-test: adapt the "
+                                         r"bundle that made them, or first run `edgemon reanalyse"):
+        adapt_bundle(default_bundle_path(), db, recordings, tmp_path / "new", AdaptConfig(min_reviews=2))
+    assert not (tmp_path / "new").exists()
+    other = tmp_path / "study.db"      # another tool's SQLite file (an Optuna study, say)
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE trials (id INTEGER)")
+    with pytest.raises(ReadError, match=r"study\.db: not an edgemon database"):
+        adapt_bundle(default_bundle_path(), other, recordings, tmp_path / "new")
+
+
 def test_reviews_of_detections_no_longer_stored_are_named_when_left_out(tmp_path, caplog):
     """Found by a newcomer trial: after reanalyse removed detections, adapt used fewer reviews
     than were given and said nothing."""
     import logging
-    import sqlite3
 
     db, recordings = make_review_db(tmp_path)
     first = reviews.list_detections(db)[0]
@@ -376,7 +401,6 @@ def test_new_event_runs_are_the_recorders_events_outside_stored_detections():
 def test_where_the_parent_stored_nothing_is_read_from_its_own_detections(tmp_path):
     """Found by a review: another bundle's detections (``reanalyse``) hid the audio under them
     from the count of a candidate's new events."""
-    import sqlite3
     db = tmp_path / "site.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE detections (source TEXT, start_s REAL, end_s REAL, bundle_id TEXT)")

@@ -503,3 +503,13 @@ def test_a_sound_judged_under_another_bundle_says_so_and_comes_after_the_rest(re
     with review_server(db, recordings) as (base, _):
         page = _get(base + "/?bundle=bundle-new")[2].decode()
     assert page.count("earlier: ") == 1 and f"judged as great_argus under {BUNDLE_ID}" in page
+    # A detection that only touches the judged one's edge (adjacent events share a frame) is
+    # another sound: nothing was said of it (a newcomer trial saw a neighbour's verdict shown).
+    with Store(db) as store:
+        store.insert_detections([Detection(**{**{k: judged[k] for k in ("source", "label", "confidence", "votes")},
+                                              **{k: v for k, v in stored[0].items() if k in ("device_id", "start_utc",
+                                                 "end_utc", "time_source", "clock_suspect")},
+                                              "bundle_id": "bundle-next", "start_s": judged["end_s"] - 0.032,
+                                              "end_s": judged["end_s"] + 3.968})])
+    [touching] = reviews.list_detections(db, bundle_id="bundle-next")
+    assert touching["earlier"] is None

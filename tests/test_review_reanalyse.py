@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -50,6 +51,28 @@ def test_reanalyse_stores_a_second_bundles_detections_beside_the_first(tmp_path)
     again = reanalyse(db, analyzer)
     assert (again.files, again.detections) == (2, first.detections)
     assert _rows(db, "SELECT id, source, start_s, label FROM detections WHERE bundle_id = ? ORDER BY id", [new_id]) == stored
+
+
+def test_an_interrupted_reanalyse_says_how_far_it_got(tmp_path, caplog):
+    """A newcomer trial: Ctrl-C (or SIGTERM) left a bundle's detections on some recordings only,
+    exported by --bundle as if whole, with no word of it."""
+    db, _ = make_review_db(tmp_path)
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    analyse_file, calls = analyzer.analyse_file, []
+
+    def interrupted_at_the_second(path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return analyse_file(path)
+
+    analyzer.analyse_file = interrupted_at_the_second
+    with caplog.at_level(logging.WARNING, logger="edgemon"), pytest.raises(KeyboardInterrupt):
+        reanalyse(db, analyzer)
+    said = [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()]
+    assert len(said) == 1 and "after 1 of 2 recording(s)" in said[0] and "run the same command again" in said[0]
+    assert _rows(db, "SELECT count(DISTINCT source) FROM detections WHERE bundle_id = ?",
+                 [analyzer.bundle.bundle_id]) == [(1,)]
 
 
 def test_reanalyse_refuses_a_recordings_directory_that_is_not_there(tmp_path):

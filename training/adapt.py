@@ -44,7 +44,7 @@ from edgemon.analysis.decisions import Calibration, OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
-from edgemon.storage.readonly import database_uuid, recording_path, reviewed
+from edgemon.storage.readonly import database_uuid, recording_path, reviewed, stored_bundles
 from training.adapt_decisions import decide_scored, event_scores, grouped_folds, new_event_runs, unmatched
 from training.adapt_fit import CANDIDATES, candidate_probs, fit_candidate, fit_head
 from training.adapt_windows import (ReviewedWindows, background_windows, detection_spans, event_windows, nearest_windows,
@@ -279,6 +279,18 @@ def _check_not_fitted_on(bundle: Bundle, reviews_db: Path, review_ids: list[int]
                          f"parent ({parent}) with all the reviews instead")
 
 
+def _check_parent_made_them(bundle: Bundle, reviews_db: Path) -> None:
+    """AdaptError unless the database holds detections of the parent: what it stores on the
+    reviewed recordings is what the candidates are scored against, and with none every event a
+    candidate stores there counted as a false alarm (a newcomer trial: an edited copy of the
+    default, adapted from the default's reviews, chose its candidate on that)."""
+    made = stored_bundles(reviews_db)
+    if bundle.bundle_id not in made:
+        raise AdaptError(f"{reviews_db} holds no detection of {bundle.bundle_id}, only of {', '.join(made) or 'none'}: "
+                         f"adapt the bundle that made them, or first run `edgemon reanalyse --db {reviews_db} "
+                         f"--models {bundle.path}` and review its detections")
+
+
 def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, out: Path,
                  config: AdaptConfig = AdaptConfig()) -> dict:
     """Adapt the bundle at ``bundle_path`` to the site of ``reviews_db`` and write it to ``out``.
@@ -298,6 +310,7 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
         raise AdaptError(f"{reviews_db}: {len(data.targets)} usable review(s), need at least {config.min_reviews}")
     if len(set(data.groups)) < 2:
         raise AdaptError(f"{reviews_db}: reviews come from one recording; held-out evaluation needs two or more")
+    _check_parent_made_them(bundle, Path(reviews_db))
     scores = held_out_comparison(bundle, ensemble, data, config)
     chosen = choose_candidate(scores)
     if chosen == CALIBRATION_ONLY:

@@ -17,7 +17,7 @@ from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.frontend import StreamingFrontend
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
-from edgemon.storage.readonly import connect_read_only
+from edgemon.storage.readonly import connect_read_only, same_sound
 
 if TYPE_CHECKING:   # for annotations only: adapt imports this module
     from training.adapt import AdaptConfig
@@ -131,14 +131,15 @@ def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -
     """(review row, target class index) for every judged review whose label the bundle knows, in
     the order given (oldest first). One sound reviewed as detections of two bundles (before and
     after ``reanalyse``: overlapping, whatever each called it) counts once, by its latest verdict:
-    twice, it would weigh double, and its windows could be taught as two classes at once."""
+    twice, it would weigh double, and its windows could be taught as two classes at once. One
+    sound: sharing a quarter of the shorter span (``same_sound``), not neighbours whose edges touch."""
     out, kept = [], []
     for row in reversed(rows):
         target = {"wrong": background, "correct": row["label"], "relabel": row["new_label"]}.get(row["verdict"])
         if target not in labels or row.get("end_s") is None:
             continue
         span = (row.get("source"), row.get("bundle_id"), row.get("start_s"), row["end_s"])
-        if span[0] is not None and any(source == span[0] and bundle != span[1] and start < span[3] and span[2] < end
+        if span[0] is not None and any(source == span[0] and bundle != span[1] and same_sound(start, end, *span[2:])
                                        for source, bundle, start, end in kept):
             continue   # an older verdict on a sound judged since as another bundle's detection
         kept.append(span)

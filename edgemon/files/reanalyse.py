@@ -77,43 +77,61 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
                              f"{'not a directory' if Path(recordings).exists() else 'no such directory'}")
     files, changed = _ledger(db_path)
     bundle_id = analyzer.bundle.bundle_id
-    done, stored, missing, failed = 0, 0, [], []
+    missing, failed, done = [], [], []
     with Store(db_path) as store:
         # The bundle's names and confidence ceiling, as watch records its own: exports name its
         # species and check a --min-confidence against what it can store.
         store.record_bundle(bundle_id, analyzer.bundle.manifest)
-        for i, row in enumerate(files, 1):
-            try:   # the same search as the review page's and adapt's, but a grown file is changed too
-                path = recording_path({"source": row["source"], "file_path": row["path"], "file_size": row["size"],
-                                       "file_fingerprint": row.get("fingerprint")}, recordings, grown_ok=False)
-            except AudioError as exc:
-                changed.append(str(exc))
+        try:
+            stored = _each(store, files, analyzer, recordings, device_id, done, missing, failed, changed)
+        except KeyboardInterrupt:   # Ctrl-C, or SIGTERM through terminate_as_interrupt
+            # A recording's detections are stored in one transaction: those done are whole, the
+            # rest hold only other bundles'. An export by --bundle said nothing of it (a newcomer trial).
+            log.warning("reanalyse interrupted after %d of %d recording(s): %s's detections are stored for those "
+                        "only; run the same command again to finish (what it finds again keeps its id and "
+                        "reviews)", len(done), len(files), bundle_id)
+            raise
+    return ReanalyseResult(len(done), stored, missing, failed, changed)
+
+
+def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path | None, device_id: str,
+          done: list, missing: list, failed: list, changed: list) -> int:
+    """Analyse ``files`` again into ``store``; returns the detections stored, and appends each
+    recording's source to the list of what became of it."""
+    bundle_id = analyzer.bundle.bundle_id
+    stored = 0
+    for i, row in enumerate(files, 1):
+        try:   # the same search as the review page's and adapt's, but a grown file is changed too
+            path = recording_path({"source": row["source"], "file_path": row["path"], "file_size": row["size"],
+                                   "file_fingerprint": row.get("fingerprint")}, recordings, grown_ok=False)
+        except AudioError as exc:
+            changed.append(str(exc))
+            continue
+        if path is None:
+            missing.append(row["source"])
+            continue
+        try:
+            analysis = analyzer.analyse_file(path)
+        except Exception as exc:  # a per-file boundary: note it against the file, go on
+            failed.append(f"{row['source']}: {exc}")
+            continue
+        if not analysis.duration_s:
+            if row.get("duration_s") == 0:   # as watch found it (a header and no audio): nothing to do again
+                log.info("[%d/%d] %s: no audio, as when it was analysed", i, len(files), row["source"])
                 continue
-            if path is None:
-                missing.append(row["source"])
-                continue
-            try:
-                analysis = analyzer.analyse_file(path)
-            except Exception as exc:  # a per-file boundary: note it against the file, go on
-                failed.append(f"{row['source']}: {exc}")
-                continue
-            if not analysis.duration_s:
-                if row.get("duration_s") == 0:   # as watch found it (a header and no audio): nothing to do again
-                    log.info("[%d/%d] %s: no audio, as when it was analysed", i, len(files), row["source"])
-                    continue
-                failed.append(f"{row['source']}: no audio in {path}")
-                continue
-            if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
-                log.warning("%s: %s", shown(row["source"]), shown(analysis.note))
-            start = None if row["start_utc"] is None else parse_utc(row["start_utc"])
-            at = (lambda s: None) if start is None else (lambda s: start + dt.timedelta(seconds=s))
-            detections = [Detection(device_id=row["device_id"] or device_id, source=row["source"], start_s=e.start_s,
-                                    end_s=e.end_s, start_utc=at(e.start_s), end_utc=at(e.end_s),
-                                    time_source=row["time_source"] or "mtime", clock_suspect=bool(row["clock_suspect"]),
-                                    label=e.label, confidence=e.confidence, score=e.score, votes=e.votes,
-                                    bundle_id=bundle_id)
-                          for e in analysis.events]
-            stored += store.replace_detections(row["source"], bundle_id, detections)
-            done += 1
-            log.info("[%d/%d] %s: %d detection(s) with %s", i, len(files), row["source"], len(detections), bundle_id)
-    return ReanalyseResult(done, stored, missing, failed, changed)
+            failed.append(f"{row['source']}: no audio in {path}")
+            continue
+        if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
+            log.warning("%s: %s", shown(row["source"]), shown(analysis.note))
+        start = None if row["start_utc"] is None else parse_utc(row["start_utc"])
+        at = (lambda s: None) if start is None else (lambda s: start + dt.timedelta(seconds=s))
+        detections = [Detection(device_id=row["device_id"] or device_id, source=row["source"], start_s=e.start_s,
+                                end_s=e.end_s, start_utc=at(e.start_s), end_utc=at(e.end_s),
+                                time_source=row["time_source"] or "mtime", clock_suspect=bool(row["clock_suspect"]),
+                                label=e.label, confidence=e.confidence, score=e.score, votes=e.votes,
+                                bundle_id=bundle_id)
+                      for e in analysis.events]
+        stored += store.replace_detections(row["source"], bundle_id, detections)
+        done.append(row["source"])
+        log.info("[%d/%d] %s: %d detection(s) with %s", i, len(files), row["source"], len(detections), bundle_id)
+    return stored

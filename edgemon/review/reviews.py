@@ -20,7 +20,8 @@ from typing import TextIO
 
 from edgemon.errors import EdgemonError
 from edgemon.storage import tables
-from edgemon.storage.readonly import BUSY_TIMEOUT_MS, LATEST_VERDICTS, edgemon_tables, ledger_columns, open_read_only
+from edgemon.storage.readonly import (BUSY_TIMEOUT_MS, LATEST_VERDICTS, SAME_SOUND_SHARE, edgemon_tables,
+                                      ledger_columns, open_read_only)
 from edgemon.storage.schema import REVIEW_VERDICTS
 from edgemon.storage.store import Store
 from edgemon.utc import parse_utc, utc_iso
@@ -138,10 +139,12 @@ _ORDER_BY = {"teach": "v.verdict IS NOT NULL, d.id IN judged_elsewhere, priority
 # that recording's reviews.
 # ``o`` is the reviewed detection ``r`` judged; ``{d}`` names the detection it overlaps, which
 # ``{join}`` may bring in.
-_REVIEWED_OVERLAP = """FROM reviews r JOIN detections o ON o.source = r.source AND o.start_s = r.start_s
-                   AND o.label = r.label AND o.bundle_id = r.bundle_id {join}
-              WHERE r.source = {d}source AND r.bundle_id != {d}bundle_id AND r.verdict != 'unsure'
-                    AND r.start_s < {d}end_s AND o.end_s > {d}start_s"""
+_REVIEWED_OVERLAP = f"""FROM reviews r JOIN detections o ON o.source = r.source AND o.start_s = r.start_s
+                   AND o.label = r.label AND o.bundle_id = r.bundle_id {{join}}
+              WHERE r.source = {{d}}source AND r.bundle_id != {{d}}bundle_id AND r.verdict != 'unsure'
+                    AND r.start_s < {{d}}end_s AND o.end_s > {{d}}start_s
+                    AND min(o.end_s, {{d}}end_s) - max(r.start_s, {{d}}start_s)
+                        >= {SAME_SOUND_SHARE} * min(o.end_s - r.start_s, {{d}}end_s - {{d}}start_s)"""
 _EARLIER = f"""SELECT r.label || ' judged ' || CASE r.verdict WHEN 'relabel' THEN 'as ' || r.new_label
                                                          ELSE r.verdict END || ' under ' || r.bundle_id
               {_REVIEWED_OVERLAP.format(join="", d=":")}

@@ -149,11 +149,25 @@ def time_range(column: str, since: str | None, until: str | None) -> tuple[list[
     return clauses, params
 
 
+# Two bundles' detections are one sound when they share at least this much of the shorter one:
+# any overlap made neighbours one sound, since adjacent events share a frame or two at their edge
+# (a newcomer trial: a verdict shown on, and taught for, the sound beside the one judged). A
+# quarter still joins a re-analysed event shifted by a hop (2 s of a 4-s event share half).
+SAME_SOUND_SHARE = 0.25
+
+
+def same_sound(a_start: float, a_end: float, b_start: float, b_end: float) -> bool:
+    """Whether spans a and b of one recording are one sound (``SAME_SOUND_SHARE``)."""
+    shared = min(a_end, b_end) - max(a_start, b_start)
+    return shared > 0 and shared >= SAME_SOUND_SHARE * min(a_end - a_start, b_end - b_start)
+
+
 def reviewed(db_path: Path) -> list[dict]:
     """The latest verdict on every reviewed detection, with the detection's end and the ledger's
     path of its recording (for ``edgemon-train adapt``), oldest first; none from a database that
     was never reviewed. Raises ``ReadError``."""
     with closing(open_read_only(db_path)) as conn:
+        edgemon_tables(conn, db_path)   # another tool's file said "no judged review yet" (a trial)
         try:
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'reviews'").fetchone() is None:
                 return []
@@ -167,6 +181,17 @@ def reviewed(db_path: Path) -> list[dict]:
         except sqlite3.Error as e:
             raise ReadError(f"cannot read the reviews of {db_path}: {e}") from e
     return [dict(r) for r in rows]
+
+
+def stored_bundles(db_path: Path) -> list[str]:
+    """The ids of the bundles whose detections the database holds. Raises ``ReadError``, also for
+    another tool's SQLite file."""
+    with closing(open_read_only(db_path)) as conn:
+        edgemon_tables(conn, db_path)
+        try:
+            return [r[0] for r in conn.execute("SELECT DISTINCT bundle_id FROM detections ORDER BY bundle_id")]
+        except sqlite3.Error as e:
+            raise ReadError(f"cannot read the detections of {db_path}: {e}") from e
 
 
 def ledger_columns(conn: sqlite3.Connection) -> str:

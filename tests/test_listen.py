@@ -822,6 +822,7 @@ def test_a_rate_or_channel_count_the_device_never_takes_is_refused_at_start(virt
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 1 and last.startswith("error: pulse does not take"), result.stderr[-1500:]
         assert "edgemon devices" in last
+        assert not (tmp_path / "s.db").exists()   # refused before a database was made (a newcomer trial)
 
 
 def test_a_device_lost_when_the_listener_stops_is_counted_as_the_devices_to_the_end(soundscape_a, tmp_path):

@@ -79,6 +79,9 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
     exist at start (later losses are waited out), ListenError when a thread fails."""
     device = resolve_device(config.capture.device)
     source = f"live:{device.name}"
+    blocks = BlockQueue(config.capture.queue_blocks)
+    capture = Capture(config.capture, blocks, device)
+    capture.check_settings()   # before the database: a rate the device never takes leaves none behind
     # Creates and migrates the database before the threads start; a damaged one is moved aside
     # (before, every write failed for good, and each was logged "lost" at the end).
     with open_or_recover(db_path) as store:
@@ -86,9 +89,6 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
         previous_end = _parse_store_time(store.coverage_end(source))
         store.record_bundle(analyzer.bundle.bundle_id, analyzer.bundle.manifest)   # names and reach for export
     stop = stop or threading.Event()
-    blocks = BlockQueue(config.capture.queue_blocks)
-    capture = Capture(config.capture, blocks, device)
-    capture.check_settings()
     writer = StoreWriter(db_path)
     listener = Listener(config, analyzer, blocks, writer, source, previous_end, capture)
     drain, finish = threading.Event(), threading.Event()

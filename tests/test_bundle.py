@@ -142,17 +142,26 @@ def test_a_bundle_never_replaces_what_is_not_a_bundle(member_files, bundle_dir, 
     assert write(tmp_path / "empty").labels == tuple(LABELS)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "other labels"])
 def test_a_damaged_member_is_refused_naming_it_and_the_bundle_there_is_kept(member_files, bundle_dir, tmp_path,
                                                                            damage):
     """A newcomer trial: `bundle-cv` with a fold model cut short replaced a good bundle with one
-    whose member could not be loaded, then stopped with a protobuf traceback."""
+    whose member could not be loaded, then stopped with a protobuf traceback. A review: a member
+    that loads but does not fit the bundle (another cv run's labels) did the same."""
     bad = tmp_path / "fold1.onnx"
-    bad.write_bytes(member_files[1].read_bytes()[:500] if damage == "truncated" else b"")
+    if damage == "other labels":
+        model = PrimateBiLSTM(ModelConfig(hidden=16, layers=1, n_classes=4)).eval()
+        export_onnx(model, bad, (*LABELS, "c"), FrontendConfig())
+    else:
+        bad.write_bytes(member_files[1].read_bytes()[:500] if damage == "truncated" else b"")
     before = {p.name: p.read_bytes() for p in bundle_dir.iterdir()}
-    with pytest.raises(BundleError, match=r"fold1\.onnx: onnxruntime cannot load this model"):
+    said = r"onnxruntime cannot load this model" if damage != "other labels" else r"the manifest has 3 labels"
+    with pytest.raises(BundleError, match=rf"fold1\.onnx: .*{said}"):
         write_bundle(bundle_dir, [member_files[0], bad], LABELS, frontend=FrontendConfig(), window_s=4.0, hop_s=2.0)
     assert {p.name: p.read_bytes() for p in bundle_dir.iterdir()} == before
+    assert not [p for p in bundle_dir.parent.iterdir() if p.name.startswith(".")]   # no staging left
+    if damage == "other labels":
+        return
     with pytest.raises(DataError, match=r"fold1\.onnx: not a readable ONNX model"):
         read_columns(bad, tmp_path / "out.onnx", FrontendConfig())
     with pytest.raises(DataError, match=r"fold1\.onnx: not a readable ONNX model"):

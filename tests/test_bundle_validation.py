@@ -61,7 +61,13 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def bundle_of(tmp_path: Path, member: Path, labels=LABELS) -> Path:
-    write_bundle(tmp_path / "b", [member], list(labels), frontend=FrontendConfig(), window_s=4.0, hop_s=2.0)
+    """A bundle whose one member is ``member``, for labels ``labels``: written with a sound model
+    (``write_bundle`` refuses to write such a bundle), then altered as a hand or another tool would."""
+    write_bundle(tmp_path / "b", [export(tmp_path / "sound.onnx")], LABELS, frontend=FrontendConfig(),
+                 window_s=4.0, hop_s=2.0)
+    (tmp_path / "b" / "member00.onnx").write_bytes(member.read_bytes())
+    edit(tmp_path / "b", lambda m: {**m, "labels": list(labels), "thresholds": {label: 0.0 for label in labels},
+                                    "members": [{**m["members"][0], "sha256": sha256_of(tmp_path / "b" / "member00.onnx")}]})
     return tmp_path / "b"
 
 

@@ -38,6 +38,7 @@ from tests.waits import poll_until
 from tests.watch_helpers import (
     analyzer,
     fast_config,
+    files_done,
     query,
     watch_until_idle,
     write_wav,
@@ -457,8 +458,7 @@ def test_the_service_waits_for_a_card_not_yet_mounted(notify_socket, tmp_path):
                    60, interval=0.1)
         assert service.poll() is None and not db.exists()
         write_wav(card / "20240101_060000.WAV", tone(1000, 4.0))   # mounted
-        poll_until(lambda: db.exists() and query(db, "SELECT count(*) FROM files WHERE state = 'done'") == [(1,)],
-                   60, interval=0.2)
+        poll_until(lambda: files_done(db) == 1, 60, interval=0.2)
     finally:
         service.send_signal(signal.SIGTERM)
         _, err = service.communicate(timeout=60)

@@ -158,6 +158,8 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates(fleet, tmp_path):
     # 17-19 and the rest of the 40 rounds finished before their kill).
     db = make_recorder(tmp_path / "a.db", "rec-a", files=300, per_file=20, seed=1)
     rng = random.Random(17)
+    with fleet.connect() as conn:   # the schema first: under load, every session was killed migrating it
+        fleetdb.migrate(conn)
     with ThrottleProxy(server_address(fleet.url), rate_bps=150_000) as proxy:   # sessions span kills
         url = proxied(fleet.url, proxy)
         kills, mid_session, round_ = 0, 0, 0

@@ -15,13 +15,26 @@ from pathlib import Path
 from edgemon.analysis.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, Bundle, Member, load_bundle, read_manifest,
                                      sha256_of)
 from edgemon.analysis.bundle_identity import with_identity
-from edgemon.analysis.ensemble import open_member
+from edgemon.analysis.ensemble import open_members
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
 
 
 def _refuse(path: Path, why: str) -> BundleError:
     return BundleError(f"{path}: {why}")
+
+
+def _check_staged(staging: Path, member_files: list[Path]) -> None:
+    """Every staged member loads and declares what the manifest does, before the swap: a member
+    cut short, or of other labels (a fold model of another cv run), replaced a good bundle with
+    one the recorder refuses (a newcomer trial, then a review). The error names the source file."""
+    try:
+        open_members(load_bundle(staging))
+    except BundleError as exc:
+        message = str(exc)
+        for i, src in enumerate(member_files):
+            message = message.replace(str(staging / f"member{i:02d}.onnx"), str(src))
+        raise BundleError(message) from None
 
 
 def replace_manifest(bundle_dir: str | Path, changes: dict) -> Bundle:
@@ -96,8 +109,6 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
     """
     out_dir = Path(out_dir).resolve()
     check_replaceable(out_dir, member_files)
-    for src in member_files:   # before anything is written: a truncated member replaced a good bundle
-        open_member(Path(src))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     n = len(member_files)
     devel_uars = devel_uars or [None] * n
@@ -126,6 +137,7 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
         }
         manifest = with_identity(with_requirements(manifest), out_dir.name)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _check_staged(staging, member_files)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

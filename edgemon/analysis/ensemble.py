@@ -60,6 +60,65 @@ def open_member(path: Path, options: ort.SessionOptions | None = None) -> ort.In
         raise BundleError(f"{path}: onnxruntime cannot load this model: {_first_line(exc)}") from exc
 
 
+def open_members(bundle: Bundle, threads: int = 1) -> list[ort.InferenceSession]:
+    """The bundle's members as onnxruntime sessions, each checked against what the manifest
+    declares (inputs, outputs, labels, frontend); BundleError naming the member that is not."""
+    sessions, options = [], _session_options(threads)
+    for path in bundle.member_paths:
+        session = open_member(path, options)
+        _check_signature(bundle, path, session)
+        _check_member(bundle, path, session)
+        sessions.append(session)
+    return sessions
+
+
+def _check_signature(bundle: Bundle, path, session: ort.InferenceSession) -> None:
+    """Input name, rank and width, ``probs`` output and class count, from the session's
+    metadata and one probe run on two frames of zeros (for what a graph leaves undeclared)."""
+    n_features, n_classes = bundle.frontend.n_features, len(bundle.labels)
+    inputs = session.get_inputs()
+    if [i.name for i in inputs] != [INPUT]:
+        raise BundleError(f"{path}: model inputs {[i.name for i in inputs]}, expected one named {INPUT!r}")
+    shape = inputs[0].shape
+    if inputs[0].type != "tensor(float)" or len(shape) != 3:
+        raise BundleError(f"{path}: input {INPUT!r} is {inputs[0].type} {shape}, expected float [batch, frames, features]")
+    if isinstance(shape[2], int) and shape[2] != n_features:
+        raise BundleError(f"{path}: model reads {shape[2]} features per frame, the bundle's "
+                          f"{bundle.frontend.kind} frontend gives {n_features}")
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if OUTPUT not in outputs:
+        raise BundleError(f"{path}: model has no output {OUTPUT!r} (outputs: {sorted(outputs)})")
+    declared = outputs[OUTPUT]
+    if declared is not None and (len(declared) != 2 or (isinstance(declared[1], int) and declared[1] != n_classes)):
+        raise BundleError(f"{path}: output {OUTPUT!r} has shape {declared}, "
+                          f"the manifest has {n_classes} labels")
+    try:
+        probe = session.run([OUTPUT], {INPUT: np.zeros((1, 2, n_features), np.float32)})[0]
+    except Exception as exc:  # onnxruntime's errors are untyped
+        raise BundleError(f"{path}: a probe run failed: {_first_line(exc)}") from exc
+    if probe.shape != (1, n_classes):
+        raise BundleError(f"{path}: a probe run gives probabilities of shape {probe.shape}, "
+                          f"the manifest has {n_classes} labels")
+    if not np.all(np.isfinite(probe)) or probe.min() < 0 or probe.max() > 1 + 1e-5:
+        raise BundleError(f"{path}: output {OUTPUT!r} is not probabilities on a probe run")
+
+
+def _check_member(bundle: Bundle, path, session: ort.InferenceSession) -> None:
+    """The labels and frontend the model's metadata declares are the manifest's."""
+    meta = session.get_modelmeta().custom_metadata_map
+    try:
+        labels = tuple(json.loads(meta["labels"]))
+        frontend = FrontendConfig.from_dict(json.loads(meta["frontend"]))
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise BundleError(f"{path}: model metadata lacks labels or frontend ({_first_line(exc)})") from exc
+    if labels != bundle.labels:
+        raise BundleError(f"{path}: model labels {labels} differ from the manifest's")
+    if frontend != bundle.frontend:
+        raise BundleError(f"{path}: model frontend differs from the manifest's")
+
+
 class Ensemble:
     """The bundle's members as onnxruntime sessions, checked against the bundle's declarations.
 
@@ -70,13 +129,7 @@ class Ensemble:
 
     def __init__(self, bundle: Bundle, threads: int = 1, verify: bool = True):
         self.bundle = bundle
-        self.sessions = []
-        options = _session_options(threads)
-        for path in bundle.member_paths:
-            session = open_member(path, options)
-            self._check_signature(path, session)
-            self._check_member(path, session)
-            self.sessions.append(session)
+        self.sessions = open_members(bundle, threads)
         self.site_head = load_site_head(bundle, self.sessions)   # None unless ``edgemon-train adapt`` wrote one
         self.site_veto = load_site_veto(bundle, self.sessions)   # likewise
         self.self_check: SelfCheck | None = None
@@ -90,50 +143,6 @@ class Ensemble:
         """Run the bundle's reference windows through every member and compare (see ``selfcheck``)."""
         self.self_check = run_self_check(self.bundle, self.raw_member_probs)
         return self.self_check
-
-    def _check_signature(self, path, session: ort.InferenceSession) -> None:
-        """Input name, rank and width, ``probs`` output and class count, from the session's
-        metadata and one probe run on two frames of zeros (for what a graph leaves undeclared)."""
-        n_features, n_classes = self.bundle.frontend.n_features, len(self.bundle.labels)
-        inputs = session.get_inputs()
-        if [i.name for i in inputs] != [INPUT]:
-            raise BundleError(f"{path}: model inputs {[i.name for i in inputs]}, expected one named {INPUT!r}")
-        shape = inputs[0].shape
-        if inputs[0].type != "tensor(float)" or len(shape) != 3:
-            raise BundleError(f"{path}: input {INPUT!r} is {inputs[0].type} {shape}, expected float [batch, frames, features]")
-        if isinstance(shape[2], int) and shape[2] != n_features:
-            raise BundleError(f"{path}: model reads {shape[2]} features per frame, the bundle's "
-                              f"{self.bundle.frontend.kind} frontend gives {n_features}")
-        outputs = {o.name: o.shape for o in session.get_outputs()}
-        if OUTPUT not in outputs:
-            raise BundleError(f"{path}: model has no output {OUTPUT!r} (outputs: {sorted(outputs)})")
-        declared = outputs[OUTPUT]
-        if declared is not None and (len(declared) != 2 or (isinstance(declared[1], int) and declared[1] != n_classes)):
-            raise BundleError(f"{path}: output {OUTPUT!r} has shape {declared}, "
-                              f"the manifest has {n_classes} labels")
-        try:
-            probe = session.run([OUTPUT], {INPUT: np.zeros((1, 2, n_features), np.float32)})[0]
-        except Exception as exc:  # onnxruntime's errors are untyped
-            raise BundleError(f"{path}: a probe run failed: {_first_line(exc)}") from exc
-        if probe.shape != (1, n_classes):
-            raise BundleError(f"{path}: a probe run gives probabilities of shape {probe.shape}, "
-                              f"the manifest has {n_classes} labels")
-        if not np.all(np.isfinite(probe)) or probe.min() < 0 or probe.max() > 1 + 1e-5:
-            raise BundleError(f"{path}: output {OUTPUT!r} is not probabilities on a probe run")
-
-    def _check_member(self, path, session: ort.InferenceSession) -> None:
-        meta = session.get_modelmeta().custom_metadata_map
-        try:
-            labels = tuple(json.loads(meta["labels"]))
-            frontend = FrontendConfig.from_dict(json.loads(meta["frontend"]))
-        except BundleError as exc:
-            raise BundleError(f"{path}: {exc}") from exc
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise BundleError(f"{path}: model metadata lacks labels or frontend ({_first_line(exc)})") from exc
-        if labels != self.bundle.labels:
-            raise BundleError(f"{path}: model labels {labels} differ from the manifest's")
-        if frontend != self.bundle.frontend:
-            raise BundleError(f"{path}: model frontend differs from the manifest's")
 
     @property
     def labels(self) -> tuple[str, ...]:

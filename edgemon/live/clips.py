@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -214,12 +215,13 @@ class ClipSaver:
             return self._skip(f"{self.guard.free_mb:.0f} MB free, below {self.config.min_free_mb:g} MB")
         when = detection.start_utc
         stamp = when.strftime("%Y%m%dT%H%M%S") + f"{when.microsecond // 1000:03d}Z"
-        path = _free_name(self.config.directory, f"{stamp}_{detection.label}")
-        tmp = path.with_name(f".{path.name}.tmp")
+        stem = f"{stamp}_{detection.label}"
+        path = self.config.directory / f"{stem}.flac"
+        tmp = self.config.directory / f".{stem}.{uuid.uuid4().hex[:8]}.tmp"   # one per writer
         try:
             soundfile.write(tmp, audio, self.rate, format="FLAC", subtype="PCM_16")
             size = tmp.stat().st_size   # before it is in view: a sync tool may move it at once
-            os.replace(tmp, path)
+            path = _place(tmp, self.config.directory, stem)
         except (OSError, soundfile.LibsndfileError, RuntimeError) as exc:
             with contextlib.suppress(OSError):   # a card remounted read-only refuses even this (EROFS)
                 tmp.unlink(missing_ok=True)
@@ -234,14 +236,26 @@ class ClipSaver:
         return Clip(path, round(offset, 3), round(end, 3))
 
 
-def _free_name(directory: Path, stem: str) -> Path:
-    """``stem``.flac in ``directory``, or ``stem``-N.flac when that is taken: two detections of one
-    label starting in the same millisecond (a clock stepped back, two listeners sharing the
-    directory) overwrote the first one's clip, and both rows named the second's audio."""
-    path, n = directory / f"{stem}.flac", 1
-    while path.exists():
-        path, n = directory / f"{stem}-{n}.flac", n + 1
-    return path
+def _place(tmp: Path, directory: Path, stem: str) -> Path:
+    """Move the written clip ``tmp`` to ``stem``.flac in ``directory``, or to ``stem``-N.flac when
+    that is taken, never over another clip: two detections of one label starting in the same
+    millisecond (a clock stepped back, two listeners sharing the directory) overwrote the first
+    one's clip, and both rows named the second's audio. A hard link claims a name atomically; a
+    file system without them (FAT, exFAT) is checked first, then moved onto."""
+    for n in range(10_000):
+        path = directory / (f"{stem}.flac" if n == 0 else f"{stem}-{n}.flac")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            continue
+        except OSError:   # no hard links here
+            if path.exists():
+                continue
+            os.replace(tmp, path)
+            return path
+        tmp.unlink()
+        return path
+    raise OSError(f"{directory}: 10,000 clips named {stem}-N.flac already")
 
 
 def _full_disk(directory: Path, needed: int) -> str:

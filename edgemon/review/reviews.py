@@ -143,8 +143,9 @@ _REVIEWED_OVERLAP = f"""FROM reviews r JOIN detections o ON o.source = r.source 
                    AND o.label = r.label AND o.bundle_id = r.bundle_id {{join}}
               WHERE r.source = {{d}}source AND r.bundle_id != {{d}}bundle_id AND r.verdict != 'unsure'
                     AND r.start_s < {{d}}end_s AND o.end_s > {{d}}start_s
+                    AND min(o.end_s, {{d}}end_s) - max(r.start_s, {{d}}start_s) > 0
                     AND min(o.end_s, {{d}}end_s) - max(r.start_s, {{d}}start_s)
-                        >= {SAME_SOUND_SHARE} * min(o.end_s - r.start_s, {{d}}end_s - {{d}}start_s)"""
+                        >= {SAME_SOUND_SHARE} * min(o.end_s - r.start_s, {{d}}end_s - {{d}}start_s)"""   # same_sound
 _EARLIER = f"""SELECT r.label || ' judged ' || CASE r.verdict WHEN 'relabel' THEN 'as ' || r.new_label
                                                          ELSE r.verdict END || ' under ' || r.bundle_id
               {_REVIEWED_OVERLAP.format(join="", d=":")}

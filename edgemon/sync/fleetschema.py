@@ -278,18 +278,25 @@ _DETECTIONS_FROM_ONE_DATABASE = (
 #   latest (a restored or rebuilt copy's new lineage), then the newest ledger row.
 # - ``review_precision``: only verdicts on detections still stored on the device (outside
 #   revision 2's stale copies), as ``edgemon review`` counts them: a detection that ``reanalyse``
-#   no longer finds leaves its verdicts behind, and they counted here and not on the page.
+#   no longer finds leaves its verdicts behind, and they counted here and not on the page. Found
+#   through the device's databases by the detections' key, not by a subquery per row (16x slower).
+# An index on (device_id, bundle_id, created_at) finds the reported bundle's newest detection, and
+# none is looked for when none is reported: a bundle with no detection yet read every detection of
+# the device (1.2 s on 500k, a review). Where the table holds one bundle only, the planner still
+# reads the device's detections newest first for one just installed (0.25 s on 500k).
 _STALE_COPIES_BY_SYNC = _STALE_COPIES.replace("ORDER BY f.updated_at DESC NULLS LAST, db.first_sync DESC",
                                               "ORDER BY db.first_sync DESC, f.updated_at DESC NULLS LAST")
 _FROM_CURRENT_BY_SYNC = (f"NOT EXISTS (SELECT 1 FROM {_STALE_COPIES_BY_SYNC} s WHERE s.db_uuid = d.db_uuid "
                          f"AND s.source = d.source AND s.bundle_id = d.bundle_id)")
 _BY_THE_SERVERS_CLOCK = f"""
+CREATE INDEX IF NOT EXISTS detections_device_bundle ON {SCHEMA}.detections (device_id, bundle_id, created_at);
 CREATE OR REPLACE VIEW {SCHEMA}.device_bundle AS
 SELECT DISTINCT ON (db.device_id) db.device_id, coalesce(reported.bundle_id, newest.bundle_id) AS bundle_id,
        coalesce(db.timezone, 'UTC') AS timezone, db.latitude, db.longitude
 FROM {SCHEMA}.databases db
 LEFT JOIN LATERAL (SELECT d.bundle_id FROM {SCHEMA}.detections d
-                   WHERE d.device_id = db.device_id AND d.bundle_id = db.bundle_id LIMIT 1) reported ON true
+                   WHERE db.bundle_id IS NOT NULL AND d.device_id = db.device_id AND d.bundle_id = db.bundle_id
+                   ORDER BY d.created_at DESC LIMIT 1) reported ON true
 LEFT JOIN LATERAL (SELECT d.bundle_id FROM {SCHEMA}.detections d WHERE d.device_id = db.device_id
                    ORDER BY d.created_at DESC LIMIT 1) newest ON true
 ORDER BY db.device_id, db.last_sync DESC;
@@ -297,9 +304,9 @@ ORDER BY db.device_id, db.last_sync DESC;
     + _detections_daily("detections_daily", f"({NEWEST_BUNDLE}) AND {_FROM_CURRENT_BY_SYNC}",
                         "CREATE OR REPLACE VIEW") \
     + _review_precision("CREATE OR REPLACE VIEW", f"""
-            WHERE EXISTS (SELECT 1 FROM {SCHEMA}.detections d
-                          WHERE d.db_uuid IN (SELECT o.db_uuid FROM {SCHEMA}.databases o WHERE o.device_id = db.device_id)
-                            AND d.source = r.source AND d.start_s = r.start_s AND d.label = r.label
-                            AND d.bundle_id = r.bundle_id AND {_FROM_CURRENT_BY_SYNC})""")
+            WHERE EXISTS (SELECT 1 FROM {SCHEMA}.databases o JOIN {SCHEMA}.detections d ON d.db_uuid = o.db_uuid
+                              AND d.source = r.source AND d.start_s = r.start_s AND d.label = r.label
+                              AND d.bundle_id = r.bundle_id
+                          WHERE o.device_id = db.device_id AND {_FROM_CURRENT_BY_SYNC})""")
 
 VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE, _BY_THE_SERVERS_CLOCK)

@@ -166,6 +166,8 @@ LEFT JOIN LATERAL (SELECT * FROM {SCHEMA}.heartbeats h WHERE h.db_uuid = db.db_u
 # Precision per site, bundle and class counts each detection once, by its latest verdict whoever
 # gave it ('unsure' left out), as `edgemon review` does; low/high is the 95 % Wilson interval.
 _Z = 1.959964
+
+
 def _review_precision(create: str, where: str) -> str:
     return f"""{create} {SCHEMA}.review_precision AS
 SELECT site, bundle_id, label, judged, correct, correct::float8 / judged AS precision,
@@ -279,7 +281,8 @@ _DETECTIONS_FROM_ONE_DATABASE = (
 # - ``review_precision``: only verdicts on detections still stored on the device (outside
 #   revision 2's stale copies), as ``edgemon review`` counts them: a detection that ``reanalyse``
 #   no longer finds leaves its verdicts behind, and they counted here and not on the page. Found
-#   through the device's databases by the detections' key, not by a subquery per row (16x slower).
+#   through the device's databases by the detections' key (0.39 s on 40 000 reviews and 500 000
+#   detections; a first form, the databases asked of every detection, took 1.45 s, a review).
 # An index on (device_id, bundle_id, created_at) finds the reported bundle's newest detection, and
 # none is looked for when none is reported: a bundle with no detection yet read every detection of
 # the device (1.2 s on 500k, a review). Where the table holds one bundle only, the planner still

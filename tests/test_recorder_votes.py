@@ -1,15 +1,17 @@
 """One window vote: fit, the search's ensemble, cv, cv-ensemble and score all vote as the recorder
 does, through the bundle's own Analyzer and the checks of its Ensemble."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from edgemon.analysis.bundle import load_bundle
+from edgemon.analysis.bundle import load_bundle, sha256_of
 from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
-from tests.conftest import TINY_LABELS
+from tests.conftest import TINY_LABELS, write_manifest
 from training.data import load_split
 from training.field import field_votes, windows_of
 from training.model import ModelConfig, PrimateBiLSTM
@@ -20,10 +22,10 @@ from training.runs import score_bundle
 WINDOW = {"window_s": 0.5, "hop_s": 0.25}
 
 
-def _bundle(root, model_labels=TINY_LABELS):
+def _bundle(root):
     torch.manual_seed(0)
     model = PrimateBiLSTM(ModelConfig(hidden=8, layers=1, n_classes=3)).eval()
-    member = export_onnx(model, root / "m.onnx", model_labels, FrontendConfig())
+    member = export_onnx(model, root / "m.onnx", TINY_LABELS, FrontendConfig())
     return write_bundle(root / "bundle", [member], list(TINY_LABELS), frontend=FrontendConfig(), **WINDOW).path
 
 
@@ -49,15 +51,19 @@ def test_the_uar_fit_writes_is_the_one_score_reports_untuned(tiny_bundle, tiny_d
 
 
 def test_a_bundle_that_fails_its_checks_is_refused_naming_the_member(tiny_dataset, tmp_path):
-    broken = _bundle(tmp_path, model_labels=("background", "x", "y"))
+    broken = _bundle(tmp_path)   # written sound (write_bundle refuses such a member), then its member swapped
+    torch.manual_seed(0)
+    model = PrimateBiLSTM(ModelConfig(hidden=8, layers=1, n_classes=3)).eval()
+    export_onnx(model, broken / "member00.onnx", ("background", "x", "y"), FrontendConfig())
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["members"][0]["sha256"] = sha256_of(broken / "member00.onnx")
+    write_manifest(broken, manifest)
     with pytest.raises(BundleError, match="member00.onnx: model labels"):
         windowed_metrics(load_bundle(broken), load_split(tiny_dataset, "test", TINY_LABELS))
 
 
 def test_scoring_a_split_the_members_were_trained_on_says_so(tiny_dataset, tmp_path, caplog):
     """A newcomer read `score --split devel` of members trained on train + devel as held out."""
-    import json
-
     path = _bundle(tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**manifest, "trained_on": ["train+devel+pool"]}))

@@ -28,9 +28,10 @@ from edgemon.storage.store import COVERAGE_LOSSES
 from edgemon.utc import UTC, parse_utc, utc_iso
 
 MB = 1024 * 1024
-# Live audio lost in 24 h that makes a problem: a stream's start loses a fraction of a second
-# (a clean 100 s run listed "0 s of live audio lost" among its problems, beside "0.2 s lost").
-LOST_AUDIO_PROBLEM_S = 1.0
+# Live audio lost in 24 h that makes a problem: a stream's start loses a second or so (0.2 s in a
+# clean 100 s run here, 1.3 s at every start in a newcomer trial's), which a restart or two a day
+# need not put among the problems; a device lost or an overrun buffer costs more.
+LOST_AUDIO_PROBLEM_S = 5.0
 
 
 class StatusError(EdgemonError):

@@ -75,6 +75,8 @@ def _corrupt_or_raise(path: Path, e: sqlite3.DatabaseError) -> str:
     if error_code(e) in CORRUPTION_CODES:
         return str(e)
     raise StoreError(f"cannot check detections database {shown(path)}: {shown(e)}{full_disk_note(path)}") from e
+
+
 def move_aside(path: str | Path, now: dt.datetime | None = None) -> Path:
     """Rename the database and its companion files to ``NAME.corrupt-YYYYMMDDTHHMMSSZ[-wal]``;
     returns the new name of the database. Never overwrites: a clash gets a counter."""

@@ -253,16 +253,22 @@ FROM (
 # read, and of live sources (no ledger rows) count as before. Stale copies are left out by an
 # anti-join on their (usually empty) set: only devices with more than one database can have any
 # (a join on each recording's current database took 2.6x as long on the bench).
-_STALE_COPIES = f"""(SELECT db_uuid, source, bundle_id FROM (
+def _from_current(order: str) -> str:
+    """``d``'s detections are no stale copy: no other database of the device holds a finished
+    ledger row of its recording and bundle that comes first by ``order``."""
+    stale = f"""(SELECT db_uuid, source, bundle_id FROM (
           SELECT f.db_uuid, f.source, f.bundle_id,
                  row_number() OVER (PARTITION BY db.device_id, f.source, f.bundle_id
-                                    ORDER BY f.updated_at DESC NULLS LAST, db.first_sync DESC) AS nth
+                                    ORDER BY {order}) AS nth
           FROM {SCHEMA}.files f JOIN {SCHEMA}.databases db USING (db_uuid)
           WHERE f.state = 'done'
             AND db.device_id IN (SELECT device_id FROM {SCHEMA}.databases GROUP BY device_id HAVING count(*) > 1)) r
        WHERE nth > 1)"""
-_FROM_CURRENT = (f"NOT EXISTS (SELECT 1 FROM {_STALE_COPIES} s WHERE s.db_uuid = d.db_uuid AND s.source = d.source "
-                 f"AND s.bundle_id = d.bundle_id)")
+    return (f"NOT EXISTS (SELECT 1 FROM {stale} s WHERE s.db_uuid = d.db_uuid AND s.source = d.source "
+            f"AND s.bundle_id = d.bundle_id)")
+
+
+_FROM_CURRENT = _from_current("f.updated_at DESC NULLS LAST, db.first_sync DESC")
 
 
 _DETECTIONS_FROM_ONE_DATABASE = (
@@ -287,10 +293,7 @@ _DETECTIONS_FROM_ONE_DATABASE = (
 # none is looked for when none is reported: a bundle with no detection yet read every detection of
 # the device (1.2 s on 500k, a review). Where the table holds one bundle only, the planner still
 # reads the device's detections newest first for one just installed (0.25 s on 500k).
-_STALE_COPIES_BY_SYNC = _STALE_COPIES.replace("ORDER BY f.updated_at DESC NULLS LAST, db.first_sync DESC",
-                                              "ORDER BY db.first_sync DESC, f.updated_at DESC NULLS LAST")
-_FROM_CURRENT_BY_SYNC = (f"NOT EXISTS (SELECT 1 FROM {_STALE_COPIES_BY_SYNC} s WHERE s.db_uuid = d.db_uuid "
-                         f"AND s.source = d.source AND s.bundle_id = d.bundle_id)")
+_FROM_CURRENT_BY_SYNC = _from_current("db.first_sync DESC, f.updated_at DESC NULLS LAST")
 _BY_THE_SERVERS_CLOCK = f"""
 CREATE INDEX IF NOT EXISTS detections_device_bundle ON {SCHEMA}.detections (device_id, bundle_id, created_at);
 CREATE OR REPLACE VIEW {SCHEMA}.device_bundle AS

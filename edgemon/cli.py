@@ -245,7 +245,8 @@ def export_detections(
     """Export detections; reads only, so it never blocks the daemon."""
     from edgemon.storage.export import export_coverage, export_detections as run_export
     from edgemon.signals import Terminated, terminate_as_interrupt
-    from edgemon.storage.export_files import OutputClosed, refuse_the_database
+    from edgemon.storage.export_files import ExportError, OutputClosed, refuse_the_database
+    from edgemon.storage.output_target import check_output
 
     log = logging.getLogger("edgemon.storage.export")
     output = None if output == Path("-") else output   # as status and review take it: standard output
@@ -260,6 +261,9 @@ def export_detections(
         db = service.db
         refuse_the_database(output, db, "--output")
         refuse_the_database(coverage, db, "--coverage")
+        if fmt is not ExportFormat.raven:   # raven's --output is a directory of tables
+            check_output(output, "--output", ExportError, appending=new or cursor is not None)
+        check_output(coverage, "--coverage", ExportError)
         times = [None if t is None else _parse_time(t, option) for t, option in ((since, "--since"), (until, "--until"))]
         if None not in times and times[0] >= times[1]:
             raise OptionError(f"--since {since} is not before --until {until}: nothing could match")

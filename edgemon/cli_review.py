@@ -46,11 +46,13 @@ def review(
     except EdgemonError as exc:
         raise fail(exc)
     if export is not None:   # a CSV of the verdicts: the page's extra is not needed
-        from edgemon.storage.export_files import atomic_text, refuse_the_database
+        from edgemon.storage.export_files import ExportError, atomic_text, refuse_the_database
+        from edgemon.storage.output_target import check_output
         from edgemon.review.reviews import write_reviews_csv
 
         try:
             refuse_the_database(export, db, "--export")
+            check_output(export, "--export", ExportError)
             with (contextlib.nullcontext(sys.stdout) if str(export) == "-" else atomic_text(export)) as out:
                 count = write_reviews_csv(db, out)
         except EdgemonError as exc:

@@ -394,8 +394,13 @@ def write_heartbeats_file(db_path: str | Path, path: Path) -> int:
     the file when it cannot be written."""
     if str(path) == "-":
         return write_heartbeats_csv(db_path, sys.stdout)
-    try:
-        with open(path, "w", newline="") as out:
+    from edgemon.storage.export_files import ExportError, atomic_text, refuse_the_database
+    from edgemon.storage.output_target import check_output
+
+    try:   # status reads only: the database, a recording or another database given here stays as it is
+        refuse_the_database(path, Path(db_path), "--heartbeats")
+        check_output(path, "--heartbeats", StatusError)
+        with atomic_text(path) as out:   # appears complete, or not at all
             return write_heartbeats_csv(db_path, out)
-    except OSError as e:
-        raise StatusError(f"cannot write heartbeats to {path}: {e.strerror or e}") from e
+    except ExportError as e:
+        raise StatusError(str(e)) from None

@@ -29,6 +29,7 @@ from edgemon.storage.export_held import Held, held_keys, held_selections, is_hel
 from edgemon.storage.export_journal import (JournalError, Move, finish_pending, fsync_dir, journal_path,
                                             rename_all, stage)
 from edgemon.storage.lock import process_alive
+from edgemon.storage.output_target import through_links, written_in_place
 
 RAVEN_COLUMNS = tables.RAVEN_COLUMNS
 log = logging.getLogger(__name__)
@@ -192,8 +193,11 @@ def _earlier_file(path: Path, header: str) -> str | None:
         first_line = first.decode("utf-8").rstrip("\r\n")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExportError(f"cannot append to {path}: {getattr(e, 'strerror', None) or e}") from e
+    except UnicodeDecodeError:   # a binary file: the codec's words said nothing of what was wrong
+        raise ExportError(f"cannot append to {path}: not a file of this export format (not text); move it "
+                          f"aside or name another --output") from None
+    except OSError as e:
+        raise ExportError(f"cannot append to {path}: {e.strerror or e}") from e
     if header:
         ours = first_line == header.rstrip("\r\n")
     else:
@@ -214,8 +218,11 @@ def _earlier_selections(path: Path) -> tuple[str, int]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return "", 0
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExportError(f"cannot append to {path}: {getattr(e, 'strerror', None) or e}") from e
+    except UnicodeDecodeError:
+        raise ExportError(f"cannot append to {path}: not a selection table of this export (not text); "
+                          f"move it aside") from None
+    except OSError as e:
+        raise ExportError(f"cannot append to {path}: {e.strerror or e}") from e
     lines = text.splitlines()
     if not lines or lines[0] != "\t".join(RAVEN_COLUMNS):
         raise ExportError(f"cannot append to {path}: not a selection table of this export "
@@ -265,6 +272,11 @@ def atomic_texts(moving: CursorMove | None = None) -> Iterator[_Outputs]:
 
     @contextlib.contextmanager
     def open_text(path: Path) -> Iterator[TextIO]:
+        if written_in_place(path):   # a pipe or a device: a rename would replace the node itself
+            with _in_place(path) as f:
+                yield f
+            return
+        path = through_links(path)   # a link stays, and the file it names is replaced
         if path.parent not in swept:
             swept.add(path.parent)
             _sweep_dead_temps(path.parent)
@@ -334,6 +346,15 @@ def _stage(written: list[tuple[Path, Path]], moving: CursorMove) -> list[Move]:
 
 STALE_TEMP_S = 3600.0
 _TEMP = re.compile(r"\..*\.(\d+)-[0-9a-f]{8}\.tmp")   # what _temp_beside names: the writer's pid in it
+
+
+@contextlib.contextmanager
+def _in_place(path: Path) -> Iterator[TextIO]:
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            yield f
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def _temp_beside(path: Path) -> tuple[Path, int]:

@@ -1,0 +1,123 @@
+"""What an export or a listing may write over (a newcomer trial): never a database or a recording
+given by mistake; a pipe or a device written as it is, not replaced; a link kept, and the file it
+names written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import soundfile
+from typer.testing import CliRunner
+
+from edgemon.cli import app
+from tests.test_export import db_path, read_csv  # noqa: F401 (fixture)
+
+runner = CliRunner()
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def recording(path):
+    soundfile.write(path, np.zeros(1600, dtype=np.float32), 16000, format="FLAC" if path.suffix == ".flac" else "WAV")
+    return path
+
+
+def refused(result, *words) -> bool:
+    line = result.output.strip()
+    return result.exit_code == 1 and "\n" not in line and "Traceback" not in line and all(w in line for w in words)
+
+
+@pytest.mark.parametrize("kind", ["flac", "wav", "database"])
+def test_an_export_never_writes_over_a_recording_or_a_database(db_path, tmp_path, kind):
+    if kind == "database":
+        victim = tmp_path / "other.db"
+        victim.write_bytes(db_path.read_bytes())
+    else:
+        victim = recording(tmp_path / f"20230201_053000.{kind.upper()}")
+    before = digest(victim)
+    for option in (["--output", str(victim)], ["--output", str(tmp_path / "d.csv"), "--coverage", str(victim)]):
+        result = runner.invoke(app, ["export-detections", "--db", str(db_path), *option])
+        assert refused(result, str(victim), "nothing was written"), result.output
+        assert digest(victim) == before
+    result = runner.invoke(app, ["review", "--db", str(db_path), "--export", str(victim)])
+    assert refused(result, str(victim)), result.output
+    assert digest(victim) == before
+
+
+def test_status_heartbeats_never_write_over_the_database(db_path, tmp_path):
+    """It truncated the database it was pointed at before reading it: 0 bytes, every row gone."""
+    before = digest(db_path)
+    result = runner.invoke(app, ["status", "--db", str(db_path), "--heartbeats", str(db_path)])
+    assert refused(result, "--heartbeats", "detections database"), result.output
+    assert digest(db_path) == before
+    other = tmp_path / "other.db"
+    other.write_bytes(db_path.read_bytes())
+    result = runner.invoke(app, ["status", "--db", str(db_path), "--heartbeats", str(other)])
+    assert refused(result, str(other), "SQLite database"), result.output
+    assert digest(other) == before
+
+
+def test_status_heartbeats_write_a_new_file_whole(tmp_path):
+    from devtools.recorder_db import make_recorder
+    db = make_recorder(tmp_path / "unit.db", "rec-a", files=1, per_file=1, heartbeats=3)
+    out = tmp_path / "beats.csv"
+    result = runner.invoke(app, ["status", "--db", str(db), "--heartbeats", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(read_csv(out)) == 3 and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_export_through_a_link_keeps_the_link(db_path, tmp_path):
+    target = tmp_path / "target.csv"
+    link = tmp_path / "link.csv"
+    link.symlink_to(target.name)
+    result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and len(read_csv(target)) == 5
+
+
+def test_an_export_into_a_pipe_writes_into_the_pipe(db_path, tmp_path):
+    """A rename over it replaced the pipe by a file, and its reader waited for ever."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(fifo)])
+    assert result.exit_code == 0, result.output
+    if not got:   # still waiting: open the pipe once for writing so that it ends, then fail
+        reader.join(5)
+    if reader.is_alive():
+        with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+            pass
+        reader.join(5)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert got and got[0].decode().count("\n") == 6   # the header and five rows
+
+
+def test_a_cursor_export_refuses_a_pipe_and_any_export_a_directory(db_path, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    # In a process of its own: reading what an earlier export left there waited for a writer for ever.
+    done = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db_path),
+                           "--cursor", "c", "--output", str(fifo)], capture_output=True, text=True, timeout=60)
+    line = done.stderr.strip()
+    assert done.returncode == 1 and "\n" not in line and str(fifo) in line and "not a regular file" in line, line
+    result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", ""])   # typer makes it "."
+    assert refused(result, "--output . is a directory"), result.output
+
+
+def test_a_cursor_export_into_a_binary_file_says_it_is_no_export(db_path, tmp_path):
+    binary = tmp_path / "notes.bin"
+    binary.write_bytes(b"\x00\xf1\xfe" * 100)
+    result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "c", "--output", str(binary)])
+    assert refused(result, str(binary), "not a file of this export format"), result.output
+    assert binary.read_bytes() == b"\x00\xf1\xfe" * 100

@@ -36,6 +36,20 @@ def test_folds_of_clips_that_name_no_recorder_are_refused(tiny_dataset):
         grouped_folds(nameless, 2)
 
 
+def test_folds_of_clips_from_one_recorder_are_refused(tiny_dataset):
+    """They fell back to folds within the recorder: clip-level CV, reported as grouped (a review)."""
+    import dataclasses
+
+    import pytest
+
+    from training.errors import DataError
+
+    split = load_split(tiny_dataset, "train")
+    one = dataclasses.replace(split, clips=[dataclasses.replace(c, recorder="R1") for c in split.clips])
+    with pytest.raises(DataError, match="every clip names the one recorder 'R1'"):
+        grouped_folds(one, 2)
+
+
 def test_cross_validate_scores_baseline_and_network_on_the_same_folds(tiny_dataset, tmp_path):
     train_split = load_split(tiny_dataset, "train")
     data = merge(train_split, load_split(tiny_dataset, "devel", train_split.labels))

@@ -285,6 +285,31 @@ def test_a_typo_in_a_train_label_is_refused_before_any_audio_is_read(tiny_datase
     assert "train.csv" in result.output and not (tmp_path / "r").exists()
 
 
+def test_lists_a_run_would_fail_on_are_refused_before_any_audio_is_read(tiny_dataset, tmp_path):
+    """Found by a review: a row with too few cells was a traceback; a background class under
+    another name, and a hop longer than the window, were refused only after the whole training."""
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    csv = data / "lab" / "train.csv"
+    text = csv.read_text()
+    csv.write_text(text + text.splitlines()[1].split(",")[0] + "\n")
+    result = runner.invoke(app, ["fit", "--data", str(data), "--out", str(tmp_path / "r"), *TINY_FIT])
+    rows = len(text.splitlines()) + 1
+    assert result.exit_code == 1 and f"train.csv: row {rows} has no label" in result.output, result.output
+    for name in ("train", "devel", "test"):
+        listed = data / "lab" / f"{name}.csv"
+        listed.write_text(listed.read_text().replace(",background", ",noise"))
+    csv.write_text(csv.read_text().splitlines(keepends=True)[0] + "".join(text.splitlines(keepends=True)[1:])
+                   .replace(",background", ",noise"))
+    for command in (["fit", *TINY_FIT], ["cv", "--recipe", "baseline"]):
+        result = runner.invoke(app, [command[0], "--data", str(data), "--out", str(tmp_path / "r"), *command[1:]])
+        assert result.exit_code == 1 and "no 'background' label" in result.output, result.output
+        assert not (tmp_path / "r").exists()
+    for command in ("fit", "cv"):
+        result = runner.invoke(app, [command, "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), "--hop-s", "10"])
+        assert result.exit_code == 2 and "--hop-s 10 is longer than --window-s 4" in result.output, result.output
+        assert not (tmp_path / "r").exists()
+
+
 def test_a_label_list_saved_by_a_spreadsheet_is_read_and_one_not_utf8_is_named(tiny_dataset, tmp_path):
     """A byte-order mark (Excel's CSV) hid the 'filename' column; a Latin-1 list failed naming no file."""
     from training.data import read_label_list

@@ -22,7 +22,8 @@ from training.augment import AugmentConfig
 from training.cli_options import (AdversaryOpt, BackgroundShareOpt, CentreOpt, DataOpt, FMaxOpt, FrontendOpt,
                                   HardNegOpt, MixOtherOpt, NearCallOpt, OutOpt, ParamsOpt, PoolOpt, TargetOpt,
                                   check_average_last, check_background_share, check_network_options,
-                                  check_params_alone, device_option, frontend_option, non_negative, positive, share)
+                                  check_params_alone, check_window, device_option, frontend_option, non_negative,
+                                  positive, share)
 from training.cv_progress import CvProgress
 from training.data import DEFAULT_DATA_DIR
 from training.model import ModelConfig
@@ -99,6 +100,7 @@ def fit(
 
     check_background_share(background_share)
     check_average_last(average_last, epochs)
+    check_window(window_s, hop_s)
     if patience and average_last:   # an early stop returned the best devel epoch, not the average
         raise console.error("--patience and --average-last: give one (early stopping keeps the best devel epoch, "
                             "averaging the last epochs; with --with-devel that epoch would be chosen on training data)",
@@ -257,6 +259,7 @@ def cv(
                            frontend=frontend_kind != "logmel", f_max=f_max != FrontendConfig.f_max)
     check_background_share(background_share)
     check_average_last(average_last, epochs)
+    check_window(window_s, hop_s)
     frontend = frontend_option(frontend_kind, f_max)
     try:
         recipes = cv_recipes(recipe, frontend, epochs=epochs, seed=seed, hidden=hidden, layers=layers,

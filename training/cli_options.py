@@ -103,6 +103,14 @@ def share(value):
     return value
 
 
+def check_window(window_s: float, hop_s: float) -> None:
+    """The recorder refuses a hop longer than its window (audio between windows never heard): say
+    so now, not once every fold has trained and its bundle is checked (a review)."""
+    if hop_s > window_s:
+        raise console.error(f"--hop-s {hop_s:g} is longer than --window-s {window_s:g}: the recorder would skip "
+                            f"audio between windows; give a hop of at most the window", console.EXIT_USAGE)
+
+
 def check_average_last(average_last: int, epochs: int) -> None:
     if average_last > epochs:
         raise console.error(f"--average-last {average_last} is more than --epochs {epochs}: only {epochs} epoch(s) "

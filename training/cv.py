@@ -127,6 +127,10 @@ def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray,
     if nameless:
         raise DataError(f"{nameless} of {len(split.clips)} clips name no recorder (the lists' recorder column): "
                         f"grouped cross-validation needs each clip's recorder")
+    recorders = {c.recorder for c in split.clips}
+    if len(recorders) < 2:   # grouped_folds_of would fall back to folds within the one recorder, silently
+        raise DataError(f"every clip names the one recorder {next(iter(recorders))!r}: grouped cross-validation "
+                        f"needs clips from at least 2 recorders, to hold each out of its own training")
     return grouped_folds_of([c.recorder or c.path.name for c in split.clips], split.targets, k, seed)
 
 
@@ -181,7 +185,8 @@ def run_fold(recipe: Recipe, train_split: Split, val: Split,
     """Train on one fold; validation predictions per epoch (and of the averaged model).
     ``on_epoch(epoch, record)`` hears each epoch, as ``train`` tells it."""
     if recipe.model is None:  # C chosen on an inner split grouped by recorder, never on ``val``
-        inner_train, inner_val = grouped_folds(train_split, 3)[0]
+        # grouped_folds_of: a fold's training side may hold one recorder, split then within it
+        inner_train, inner_val = grouped_folds_of([c.recorder for c in train_split.clips], train_split.targets, 3)[0]
         chosen = baseline.fit_baseline(train_split.subset(inner_train), train_split.subset(inner_val)).c
         final = baseline.fit_baseline(train_split, train_split, c_grid=(chosen,))
         return FoldResult([baseline.predict(final, val)])

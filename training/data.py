@@ -104,12 +104,15 @@ def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{csv_path}: not a UTF-8 CSV label list ({str(exc).splitlines()[0]})") from exc
+    short = next((n for n, r in enumerate(rows, start=2) if r["filename"] is None or r["label"] is None), None)
+    if short is not None:   # csv leaves a row's missing cells None: a traceback was all a user saw
+        raise DataError(f"{csv_path}: row {short} has no label (fewer cells than the header's columns)")
     clips = [Clip(audio_dir / r["filename"], r["label"].strip(), (r.get("recorder") or "").strip())
              for r in rows]
     missing = [c.path.name for c in clips if not c.path.is_file()]
-    if missing:
+    if missing:   # repr: a trailing space in a name is otherwise invisible
         raise DataError(f"{csv_path}: {len(missing)} listed file(s) missing from {audio_dir}, "
-                        f"first: {missing[0]}")
+                        f"first: {missing[0]!r}")
     empty = [c.path.name for c in clips if not c.label]
     if empty:
         raise DataError(f"{csv_path}: empty label for {empty[0]}")
@@ -131,6 +134,10 @@ def check_train_labels(data_dir: Path, others: tuple[str, ...]) -> None:
     counts: dict[str, int] = {}
     for clip in train:
         counts[clip.label] = counts.get(clip.label, 0) + 1
+    if BACKGROUND not in counts:   # else a whole training ran before the bundle refused it
+        raise DataError(f"{data_dir / 'lab' / 'train.csv'}: no {BACKGROUND!r} label (labels: "
+                        f"{', '.join(sorted(counts))}): the class of clips with none of the calls must be "
+                        f"named {BACKGROUND!r}; thresholds, the field measure and the recorder count on it")
     odd = sorted(label for label, n in counts.items() if label not in elsewhere and n < FEW_FOR_A_CLASS)
     if odd:
         raise DataError(f"{data_dir / 'lab' / 'train.csv'}: label {odd[0]!r} ({counts[odd[0]]} clip(s)) is in no "

@@ -212,6 +212,29 @@ def test_bundle_refuses_thresholds_for_other_labels_or_windows(mixed_runs, tmp_p
     assert result.exit_code == 1 and "not a data set" in result.output and not (tmp_path / "b").exists()
 
 
+def test_a_bundle_cut_short_while_completed_leaves_the_one_it_would_replace(mixed_runs, tiny_dataset, tmp_path,
+                                                                         monkeypatch):
+    """Found by a review: the new bundle replaced the old one before its reference windows were
+    added, so a Ctrl-C there left a bundle with no self-check where a whole one had been."""
+    import training.bundling
+
+    out = tmp_path / "b"
+    result = CliRunner().invoke(app, ["bundle", str(mixed_runs / "logmel"), "--out", str(out), "--data",
+                                      str(tiny_dataset)])
+    assert result.exit_code == 0, result.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.bundling, "add_reference_windows", interrupted)
+    result = CliRunner().invoke(app, ["bundle", str(mixed_runs / "logmel"), str(mixed_runs / "pcen"), "--out",
+                                      str(out), "--data", str(tiny_dataset)])
+    assert result.exit_code != 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert load_bundle(out).self_check is not None and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
 def test_a_bundles_own_point_is_measured_again_and_rebundled_with_the_new_calibration(
         mixed_runs, cv_runs, tiny_dataset, tmp_path):
     """``cv-ensemble --at-point`` keeps the bundle's point (nothing chosen) and fits its calibration;

@@ -4,6 +4,7 @@ label names, confidence ceiling and self-check reference windows (``complete_bun
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -225,8 +226,8 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
                               extra={"source_runs": [r.name for r in runs],
                                      # a member trained on train + devel has no held-out devel score
                                      "trained_on": [c.get("trained_on", "train") for c in configs],
-                                     **provenance})
-    bundle = complete_bundle(bundle.path, reference=reference)
+                                     **provenance},
+                              finish=functools.partial(complete_bundle, reference=reference))
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
             "frontend": frontend.kind, "self_check": bundle.self_check is not None}
 
@@ -272,7 +273,7 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
                                      "max_false_rate": result["max_false_rate"] if max_false_rate is None
                                                        else max_false_rate,
                                      **(field_manifest(result["field"]) if "field" in result and max_false_rate is None
-                                        else {})})
-    bundle = complete_bundle(bundle.path, reference=reference)
+                                        else {})},
+                              finish=functools.partial(complete_bundle, reference=reference))
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
             "thresholds": bundle.thresholds, "self_check": bundle.self_check is not None}

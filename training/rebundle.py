@@ -9,6 +9,7 @@ come from the cv-ensemble result; its id differs from the parent's, since what i
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -74,12 +75,7 @@ def rebundle(parent_dir: Path, thresholds_from: Path, out: Path) -> dict:
         test_uars=[m.test_uar for m in parent.members], thresholds=thresholds,
         background_label=parent.background_label, precision=parent.members[0].precision,
         extra={**{k: parent.manifest[k] for k in KEPT if k in parent.manifest}, **provenance,
-               "rebundled_from": parent.bundle_id})
-    spec = parent.manifest.get("self_check")
-    if spec is not None:   # the same members: the parent's reference windows and expectations hold
-        shutil.copy2(parent.path / spec["file"], bundle.path / spec["file"])
-        replace_manifest(bundle.path, {"self_check": spec})
-    bundle = complete_bundle(bundle.path)
+               "rebundled_from": parent.bundle_id}, finish=functools.partial(_complete, parent))
     off = OperatingPoint.from_manifest(bundle.manifest, bundle.thresholds).never_stored(
         [label for label in bundle.labels if label != bundle.background_label])
     if off:
@@ -88,3 +84,13 @@ def rebundle(parent_dir: Path, thresholds_from: Path, out: Path) -> dict:
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "parent": parent.bundle_id,
             "members": len(bundle.members), "calibration_input": bundle.manifest.get("calibration_input"),
             "confidence_max": bundle.manifest.get("confidence_max"), "never_stored": off}
+
+
+def _complete(parent: Bundle, staged: Path) -> None:
+    """The assembled bundle, before it replaces anything: the parent's reference windows and
+    expectations (the same members: they hold), then names and the confidence ceiling."""
+    spec = parent.manifest.get("self_check")
+    if spec is not None:
+        shutil.copy2(parent.path / spec["file"], staged / spec["file"])
+        replace_manifest(staged, {"self_check": spec})
+    complete_bundle(staged)

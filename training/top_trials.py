@@ -4,6 +4,7 @@ recorder's windows (``training.recorder_votes``)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -77,8 +78,8 @@ def build_ensemble(study: optuna.Study, out: Path, devel: Split, test: Split, to
                               precision="int8" if int8 else "fp32",
                               extra={"study": study.study_name, "trials": [t.number for t in trials],
                                      "ensemble_devel_uar": results["devel"]["ensemble"]["uar"],
-                                     "ensemble_test_uar": results["test"]["ensemble"]["uar"]})
-    bundle = complete_bundle(bundle.path, reference=reference)
+                                     "ensemble_test_uar": results["test"]["ensemble"]["uar"]},
+                              finish=functools.partial(complete_bundle, reference=reference))
     windowed = {s.name: windowed_metrics(bundle, s) for s in (devel, test)}
     report_dir = out.parent / f"{out.name}-report"
     write_report(report_dir, {k: v["ensemble"] for k, v in results.items()}, prefix="ensemble_")

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from edgemon.analysis.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, Bundle, Member, load_bundle, read_manifest,
@@ -97,13 +98,16 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
                  test_uars: list[float | None] | None = None,
                  thresholds: dict | None = None, background_label: str = "background",
                  precision: str = "fp32", label_names: dict | None = None,
-                 confidence_max: float | None = None, extra: dict | None = None) -> Bundle:
+                 confidence_max: float | None = None, extra: dict | None = None,
+                 finish: Callable[[Path], object] | None = None) -> Bundle:
     """Copy ``member_files`` into ``out_dir`` as member00.onnx… and write the manifest; an earlier
     bundle there is replaced, anything else refused (``check_replaceable``).
 
     The directory is assembled beside the target and renamed into place, so a reader never sees
-    half a bundle. Returns the verified bundle. Reference windows for the self-check are added
-    afterwards (``training.bundling.add_reference_windows``): they need the members run. The id is
+    half a bundle. Returns the verified bundle. ``finish`` completes the assembled directory before
+    it replaces anything (``training.bundling.complete_bundle``: reference windows for the self-check,
+    which need the members run, names, the confidence ceiling): done after the swap, a Ctrl-C or a
+    failure there left a bundle with no self-check where a whole one had been (a review). The id is
     the directory's name and a digest of the members and of everything that decides what the
     recorder stores with them (``decision_identity``).
     """
@@ -138,6 +142,8 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
         manifest = with_identity(with_requirements(manifest), out_dir.name)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _check_staged(staging, member_files)
+        if finish is not None:
+            finish(staging)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

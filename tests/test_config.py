@@ -105,6 +105,23 @@ def test_a_bad_sync_url_is_named_by_its_source_where_sync_starts_and_by_config(t
         check_sync_url(load_settings(config, env={}, default_path=None), url)
 
 
+@pytest.mark.parametrize("url", ["postgresql://u:pw@h/db", "postgres://u@h/db?password=pw&sslmode=require"])
+def test_a_password_in_the_sync_url_is_named_without_the_driver(url, monkeypatch):
+    """A newcomer trial: on the recorder-only install (no psycopg) `edgemon config` said nothing
+    of a password in the URL, and the service only logged that the driver was missing."""
+    from edgemon.sync import fleetdb
+    from edgemon.sync.sender import check_sync_url
+
+    monkeypatch.setattr(fleetdb, "psycopg", None)
+    settings = load_settings(env={"EDGEMON_SYNC_URL": url}, default_path=None)
+    with pytest.raises(ConfigError, match="EDGEMON_SYNC_URL: the fleet database URL holds a password") as info:
+        check_sync_url(settings)
+    assert "pw" not in str(info.value).replace("passfile", "").replace("PGPASSWORD", "")
+    with pytest.raises(ConfigError, match="a fleet database is given as a postgresql:// URL"):
+        check_sync_url(load_settings(env={"EDGEMON_SYNC_URL": "mysql://h/db"}, default_path=None))
+    check_sync_url(load_settings(env={"EDGEMON_SYNC_URL": "postgresql://u@h/db"}, default_path=None))   # the driver's
+
+
 def test_environment_values_are_parsed_and_checked(tmp_path):
     assert load_settings(env={"EDGEMON_TIMEZONE": "Asia/Kuching"}, default_path=None).service.timezone == "Asia/Kuching"
     with pytest.raises(ConfigError, match="EDGEMON_TIMEZONE: unknown IANA time zone 'Mars/Olympus'"):

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import stat
+import urllib.parse
 from collections.abc import Callable, Sequence
 
 from edgemon.errors import EdgemonError
@@ -85,23 +86,39 @@ class LineageMovedError(FleetDbError):
 
 # --- connection ---------------------------------------------------------------------------------
 
+PASSWORD_IN_URL = ("the fleet database URL holds a password: put it in a 0600 passfile (~/.pgpass, $PGPASSFILE "
+                   "or ?passfile=PATH) or $PGPASSWORD, never in the URL")
+
+
+def _password_in(url: str) -> bool:
+    """Whether a postgresql:// URL carries a password (user:pw@ or ?password=), read without
+    libpq: what ``conninfo_to_dict`` finds there."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        in_netloc = bool(parts.password)
+    except ValueError:
+        in_netloc = False
+    return in_netloc or any(value for key, value in urllib.parse.parse_qsl(parts.query) if key == "password")
+
+
 def check_url(url: str, *, passfile: bool = True) -> dict[str, str]:
     """The libpq parameters of ``url``; SyncUrlError (never echoing the URL) when it holds a
     password, is not a PostgreSQL URL, or names a passfile anyone but its owner may read.
     ``passfile=False`` skips the checks of the passfile being there and readable by this user:
     the service checks those per session, so a passfile mended later needs no restart and a
     missing one never stops the recording."""
-    if psycopg is None:
-        raise FleetDbError("sync needs the PostgreSQL driver: pip install 'edgemon[sync]'")
     if not url.startswith(("postgresql://", "postgres://")):
         raise SyncUrlError("a fleet database is given as a postgresql:// URL")
+    if psycopg is None:   # the URL's own faults first: `edgemon config` on a recorder-only install names them
+        if _password_in(url):
+            raise SyncUrlError(PASSWORD_IN_URL)
+        raise FleetDbError("sync needs the PostgreSQL driver: pip install 'edgemon[sync]'")
     try:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         raise SyncUrlError("sync URL is not a valid PostgreSQL URL") from None
     if params.get("password"):
-        raise SyncUrlError("the fleet database URL holds a password: put it in a 0600 passfile (~/.pgpass, $PGPASSFILE "
-                           "or ?passfile=PATH) or $PGPASSWORD, never in the URL")
+        raise SyncUrlError(PASSWORD_IN_URL)
     named = params.get("passfile") or os.environ.get("PGPASSFILE")
     if named:  # named, so meant: libpq would silently skip it and report "no password supplied"
         try:

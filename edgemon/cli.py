@@ -95,7 +95,9 @@ def show_config(ctx: typer.Context, config: ConfigOpt = None,
     from edgemon.sync.sender import check_sync_url
 
     try:
-        settings = load_settings(config, parse_options(ctx.args))
+        given = parse_options(ctx.args)
+        _check_some_command_takes(given)
+        settings = load_settings(config, given)
         check_sync_url(settings)   # what sync would refuse, said here where it is looked for
     except EdgemonError as exc:
         raise fail(exc)
@@ -103,6 +105,21 @@ def show_config(ctx: typer.Context, config: ConfigOpt = None,
         typer.echo(json.dumps(settings.as_json(), indent=2))
     else:
         typer.echo(settings.describe(), nl=False)
+
+
+def _check_some_command_takes(given: dict) -> None:
+    """A setting no command has an option for (min_free_mb, heartbeat_s: the service's, set in its
+    file) previewed as an option looked usable, and every command then refused it (a newcomer trial)."""
+    from edgemon.settings_registry import BY_NAME
+
+    taken = {opt for command in typer.main.get_command(app).commands.values() if command.name != "config"
+             for param in command.params for opt in getattr(param, "opts", ())}
+    for name in given:
+        setting = BY_NAME[name]
+        if setting.option not in taken:
+            where = f"[{setting.table}] {name}" if setting.table else name
+            raise OptionError(f"no command takes {setting.option}: set {name} in the settings file "
+                              f"({where} = …) or as EDGEMON_{name.upper()}")
 
 
 @app.command()

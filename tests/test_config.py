@@ -122,6 +122,16 @@ def test_a_password_in_the_sync_url_is_named_without_the_driver(url, monkeypatch
     check_sync_url(load_settings(env={"EDGEMON_SYNC_URL": "postgresql://u@h/db"}, default_path=None))   # the driver's
 
 
+def test_config_previews_only_options_some_command_takes():
+    """A newcomer trial: `config --min-free-mb 5` showed it '# command line', and every command
+    then refused the option."""
+    shown = CliRunner().invoke(app, ["config", "--min-free-mb", "5"])
+    assert shown.exit_code == 2 and "no command takes --min-free-mb" in shown.output, shown.output
+    assert "[disk] min_free_mb" in shown.output and "EDGEMON_MIN_FREE_MB" in shown.output
+    shown = CliRunner().invoke(app, ["config", "--settle-s", "3"])
+    assert shown.exit_code == 0 and "settle_s = 3.0" in shown.output and "command line" in shown.output
+
+
 def test_environment_values_are_parsed_and_checked(tmp_path):
     assert load_settings(env={"EDGEMON_TIMEZONE": "Asia/Kuching"}, default_path=None).service.timezone == "Asia/Kuching"
     with pytest.raises(ConfigError, match="EDGEMON_TIMEZONE: unknown IANA time zone 'Mars/Olympus'"):

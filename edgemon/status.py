@@ -403,4 +403,4 @@ def write_heartbeats_file(db_path: str | Path, path: Path) -> int:
         with atomic_text(path) as out:   # appears complete, or not at all
             return write_heartbeats_csv(db_path, out)
     except ExportError as e:
-        raise StatusError(str(e)) from None
+        raise StatusError(str(e).replace("cannot write ", "cannot write heartbeats to ", 1)) from None

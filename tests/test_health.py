@@ -204,16 +204,22 @@ def test_below_the_watermark_the_watch_loop_holds_work_then_resumes(tmp_path):
                                    config=HealthConfig(heartbeat_s=0.1), env={})
             disk = DiskGuard([tmp_path / "d.db"], DiskBudget(min_free_mb=100, check_s=0.05),
                              usage=lambda p: type("U", (), {"free": free[0] * 2**20})())
-            made["watcher"] = Watcher(fast_config(root, settle_s=0.0), analyzer(), store, on_tick=monitor.tick,
-                                      disk=disk)
-            made["watcher"].run(threading.Event())
+            made["watcher"] = Watcher(fast_config(root, settle_s=0.0, until_idle=False), analyzer(), store,
+                                      on_tick=monitor.tick, disk=disk)
+            made["watcher"].run(stop)
 
+    stop = threading.Event()
     thread = threading.Thread(target=run)
     thread.start()
     time.sleep(1.5)
     watcher = made["watcher"]
     held = watcher.processed
     free[0] = 10_000.0
+    deadline = time.monotonic() + 30
+    while watcher.processed < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)   # a heartbeat of the state after the hold
+    stop.set()
     thread.join(30)
     assert not thread.is_alive()
     assert held == 0 and watcher.processed == 3
@@ -337,9 +343,10 @@ def test_status_command_text_json_and_heartbeats_csv(watched_db, tmp_path):
     assert missing.exit_code == 1 and "not found" in missing.output
     gone = runner.invoke(app, ["status", "--db", str(db), "--directory", str(tmp_path / "unmounted")])
     assert gone.exit_code == 0 and f"watched directory {tmp_path / 'unmounted'} not found" in gone.output
-    for unwritable in (tmp_path / "no-such-dir" / "beats.csv", tmp_path):   # was a traceback
+    for unwritable, said in ((tmp_path / "no-such-dir" / "beats.csv", "cannot write heartbeats to {}: No such file"),
+                             (tmp_path, "--heartbeats {} is a directory")):   # was a traceback
         failed = runner.invoke(app, ["status", "--db", str(db), "--heartbeats", str(unwritable)])
-        assert failed.exit_code == 1 and failed.output.startswith(f"error: cannot write heartbeats to {unwritable}")
+        assert failed.exit_code == 1 and failed.output.startswith(f"error: {said.format(unwritable)}"), failed.output
         assert len(failed.output.strip().splitlines()) == 1
 
 

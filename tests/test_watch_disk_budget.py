@@ -3,6 +3,9 @@ no new file starts, with or without a health monitor, and nothing a monitor retu
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -44,15 +47,16 @@ def test_below_the_watermark_the_watcher_holds_by_itself_then_resumes(tmp_path):
     recordings(root)
     free = [10.0]
     stop = threading.Event()
-    thread, made = run_watcher(db, lambda store: Watcher(fast_config(root, settle_s=0.0), analyzer(), store,
-                                                         disk=pretend_disk(free, db)), stop)
+    thread, made = run_watcher(db, lambda store: Watcher(fast_config(root, settle_s=0.0, until_idle=False),
+                                                         analyzer(), store, disk=pretend_disk(free, db)), stop)
     try:
         time.sleep(1.0)
         watcher = made["watcher"]
         assert watcher.processed == 0 and watcher.state == "hold_disk" and len(watcher.pending) == 2
         free[0] = 10_000.0
-        thread.join(30)
-        assert not thread.is_alive()
+        deadline = time.monotonic() + 30
+        while watcher.processed < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         stop.set()
         thread.join(30)
@@ -96,3 +100,23 @@ def test_what_a_monitor_returns_holds_nothing_and_it_reports_the_watchers_hold(t
     assert watcher.processed == 0
     beats = query(tmp_path / "e.db", "SELECT state, disk_free_mb FROM heartbeats ORDER BY id")
     assert ("hold_disk", 10.0) in beats
+
+
+def test_until_idle_below_the_watermark_ends_in_one_line_keeping_what_is_stored(tmp_path):
+    """A newcomer trial: `watch --until-idle` on a disk below min_free_mb waited for ever, in silence."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recordings(root, 1)
+    done = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db), "--until-idle"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    stored = query(db, "SELECT COUNT(*) FROM files WHERE state = 'done'")
+    recordings(tmp_path / "more", 2)
+    for path in (tmp_path / "more").iterdir():
+        path.rename(root / f"2024030{len(list(root.iterdir()))}_060000.WAV")
+    huge = {**os.environ, "EDGEMON_MIN_FREE_MB": "1e12"}   # more than any disk here holds
+    done = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db), "--until-idle"],
+                          capture_output=True, text=True, timeout=120, env=huge)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert "2 file(s) not analysed" in errors[0] and "EDGEMON_MIN_FREE_MB" in errors[0], errors[0]
+    assert query(db, "SELECT COUNT(*) FROM files WHERE state = 'done'") == stored

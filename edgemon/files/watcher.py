@@ -49,7 +49,7 @@ from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped,
 from edgemon.files.recordings import StabilityTracker, header_consistent, recording_time
 from edgemon.files.same_recording import SameRecording, complete_digests, same_recording, undigested_files
 from edgemon.safetext import name_from_stored, shown
-from edgemon.storage.disk_budget import HOLD, DiskGuard
+from edgemon.storage.disk_budget import HOLD, DiskGuard, DiskHoldError
 from edgemon.storage.fingerprint import another_recording, digests
 from edgemon.storage.store import Detection, Store
 
@@ -223,6 +223,7 @@ class Watcher:
                         self.stability.forget(path)
                 self._report_progress()
                 self._release_idle_hold()
+                self._refuse_a_disk_hold_until_idle()
                 if self.config.until_idle and not self.pending:
                     self._say_idle()
                     break
@@ -235,6 +236,15 @@ class Watcher:
                            min(max(0.05, next_scan - time.monotonic()), 1.0))
         finally:
             stop_observer(observer)
+
+    def _refuse_a_disk_hold_until_idle(self) -> None:
+        """``--until-idle`` below the disk watermark: no new file would ever start, and a one-off
+        card read waited in silence for ever (a newcomer trial). What is stored stays stored."""
+        if self.config.until_idle and self.pending and self.disk is not None and self.disk.state == HOLD:
+            raise DiskHoldError(
+                f"{len(self.pending)} file(s) not analysed: {self.disk.free_mb:.0f} MB free where the database is, "
+                f"below min_free_mb ({self.disk.budget.min_free_mb:g} MB); free some space, or lower it ([disk] "
+                f"min_free_mb in the settings file, or EDGEMON_MIN_FREE_MB), and run again")
 
     def _say_idle(self) -> None:
         """The one closing line of ``--until-idle``: what this run did (the backlog's own summary

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,11 @@ class DiskBudget:
     min_free_mb: float = 200.0
     clips_min_free_mb: float = 1000.0
     check_s: float = 10.0
+
+
+class DiskHoldError(EdgemonError):
+    """A run that must end once its backlog is done (``watch --until-idle``) cannot start its work:
+    free space is below ``min_free_mb``. Waiting, as the service does, would never end."""
 
 
 class DiskGuard:
@@ -72,7 +78,7 @@ class DiskGuard:
             worse = _RANK[state] > _RANK[self.state]
             (log.warning if worse else log.info)(
                 "disk: %.0f MB free: %s", self.free_mb,
-                {HOLD: f"below {self.budget.min_free_mb:g} MB, holding new work until space is freed",
+                {HOLD: f"below min_free_mb ({self.budget.min_free_mb:g} MB), holding new work until space is freed",
                  NO_CLIPS: f"below {self.budget.clips_min_free_mb:g} MB, not saving clips",
                  OK: "enough again, working normally"}[state])
             self.state = state

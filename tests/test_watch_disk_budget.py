@@ -120,3 +120,34 @@ def test_until_idle_below_the_watermark_ends_in_one_line_keeping_what_is_stored(
     assert done.returncode == 1 and len(errors) == 1, done.stderr
     assert "2 file(s) not analysed" in errors[0] and "EDGEMON_MIN_FREE_MB" in errors[0], errors[0]
     assert query(db, "SELECT COUNT(*) FROM files WHERE state = 'done'") == stored
+
+
+def test_a_commit_the_disk_refused_is_not_taken_for_a_death(tmp_path, caplog):
+    """A newcomer trial: after a full disk refused a file's commit (its attempt already begun), the
+    retry said the analysis "was cut short (edgemon stopped, or the analysis died)" and ran it in
+    a separate process."""
+    import sqlite3
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recordings(root, 1)
+    with Store(db) as store:
+        commit = store.commit_file
+        refusals = [1]
+
+        def full_once(*args, **kwargs):
+            if refusals:
+                refusals.pop()
+                raise sqlite3.OperationalError("database or disk is full")
+            return commit(*args, **kwargs)
+
+        store.commit_file = full_once
+        watcher = Watcher(fast_config(root, settle_s=0.0), analyzer(), store)
+        stop = threading.Event()
+        deadline = threading.Timer(60, stop.set)
+        deadline.start()
+        try:
+            watcher.run(stop)
+        finally:
+            deadline.cancel()
+    assert not refusals and watcher.processed == 1
+    assert "database write failed" in caplog.text and "cut short" not in caplog.text

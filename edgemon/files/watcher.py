@@ -117,6 +117,7 @@ class Watcher:
         self.audio_s = 0.0              # seconds of audio stored, and seconds spent on them
         self.busy_s = 0.0
         self.store_error: str | None = None   # the last refused write, until a write succeeds
+        self.refused: set[str] = set()  # sources whose last attempt ended in a refused commit
         self.hold_until = 0.0           # monotonic: no new work before this (the database refused a write)
         self.unreadable: dict[str, str] | None = None   # directories the last scan could not list
         self.attempted = 0              # files finished this run, whatever the outcome
@@ -470,6 +471,9 @@ class Watcher:
         started = time.monotonic()
         digest, tail = digests(path)   # before the analysis: what is analysed is at least this file
         interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st))
+        if source in self.refused:   # its last attempt ended in a refused write, not a death
+            self.refused.discard(source)
+            interrupted = 0
         self._writes_again()
         if interrupted:
             log.warning("%s: its analysis was cut short %d time(s) in a row (edgemon stopped, or the analysis "
@@ -503,11 +507,17 @@ class Watcher:
                         "clock_suspect", shown(source), when.detail)
         detections = self.detections(source, analysis, when)
         note = "; ".join(n for n in (note, analysis.note) if n) or None
-        self.store.commit_file(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
-                               duration_s=analysis.duration_s, start_utc=when.start_utc,
-                               time_source=when.source, clock_suspect=when.suspect,
-                               bundle_id=self.analyzer.bundle.bundle_id, detections=detections,
-                               note=note, fingerprint=digest, tail_digest=tail)
+        try:
+            self.store.commit_file(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
+                                   duration_s=analysis.duration_s, start_utc=when.start_utc,
+                                   time_source=when.source, clock_suspect=when.suspect,
+                                   bundle_id=self.analyzer.bundle.bundle_id, detections=detections,
+                                   note=note, fingerprint=digest, tail_digest=tail)
+        except sqlite3.OperationalError:
+            # Refused (a full disk), and the open attempt cannot always be ended on such a disk:
+            # remembered, so the retry is not taken for a death (a newcomer trial: "cut short").
+            self.refused.add(source)
+            raise
         self.processed += 1
         self.stored += len(detections)
         self.attempted += 1

@@ -199,3 +199,19 @@ def test_a_read_error_under_a_rewritten_header_is_an_error_not_the_end_of_the_au
     monkeypatch.setattr(wav_repair, "open", lambda *a, **k: Failing(real_open(*a, **k)), raising=False)
     with pytest.raises(AudioError, match="Input/output error"):
         list(audio.iter_blocks(path, block_seconds=1.0))
+
+
+def test_a_recording_below_the_models_rate_says_so_once(tmp_path, caplog, monkeypatch):
+    """A newcomer trial: an 8 kHz AudioMoth file gave other events than the same sound at 16 kHz,
+    with nothing said. Its ledger note says why; the log says it once per rate, not per file."""
+    monkeypatch.setattr(audio, "_SAID_NARROW", set())
+    notes = {}
+    for name, rate in (("a.wav", 8000), ("b.wav", 8000), ("c.wav", 16000), ("d.wav", 48000)):
+        samples = 0.1 * np.sin(2 * np.pi * 1000 * np.arange(rate * 2) / rate)
+        soundfile.write(tmp_path / name, samples.astype(np.float32), rate)
+        blocks = audio.Blocks(tmp_path / name, 1.0, 16000)
+        assert sum(len(b) for b in blocks) == pytest.approx(32000, abs=16)
+        notes[name] = blocks.note
+    assert notes["a.wav"] == notes["b.wav"] and "recorded at 8000 Hz" in notes["a.wav"]
+    assert "no sound above 4 kHz" in notes["a.wav"] and notes["c.wav"] is None and notes["d.wav"] is None
+    assert caplog.text.count("recorded at 8000 Hz") == 1

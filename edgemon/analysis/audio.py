@@ -5,6 +5,7 @@ a microphone feeding the same samples give the analysis the same samples."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import soxr
 
 from edgemon.analysis import wav_repair
 from edgemon.errors import AudioError
+from edgemon.safetext import shown
 
 TARGET_RATE = 16000
 # Sample rates a recording may declare. Outside them the header is wrong or hostile: a WAV that
@@ -118,6 +120,22 @@ def _open_into(stack: contextlib.ExitStack, path: Path) -> tuple[soundfile.Sound
     return stack.enter_context(soundfile.SoundFile(stream)), note, stream
 
 
+log = logging.getLogger(__name__)
+_SAID_NARROW: set[int] = set()   # rates already warned of in this process: once, not per file
+
+
+def _narrow_band(path: Path, rate: int, target: int) -> str:
+    """The note of a recording made at a lower rate than the model's: upsampling adds no sound
+    above rate / 2, where the model's bands were trained to hear some (a newcomer trial saw an
+    8 kHz AudioMoth file give other events than the same sound at 16 kHz, with nothing said)."""
+    note = (f"recorded at {rate} Hz, below the model's {target} Hz: no sound above {rate / 2000:g} kHz, "
+            f"so detections may differ from a recording at {target} Hz or more")
+    if rate not in _SAID_NARROW:
+        _SAID_NARROW.add(rate)
+        log.warning("%s: %s (said once for every file at %d Hz)", shown(path), note, rate)
+    return note
+
+
 class Blocks:
     """The blocks of ``iter_blocks``; after they are consumed, ``note`` says what was not read as
     usual (a rewritten header, decoding stopped early), or None."""
@@ -150,6 +168,9 @@ class Blocks:
                 if self._silenced:
                     silenced = f"{self._silenced} NaN or infinite sample(s) read as silence"
                     self.note = f"{self.note}; {silenced}" if self.note else silenced
+                if f.samplerate < sample_rate:
+                    narrow = _narrow_band(path, f.samplerate, sample_rate)
+                    self.note = f"{self.note}; {narrow}" if self.note else narrow
         except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
             raise AudioError(f"{path}: {_cannot(exc, path)}") from exc
 

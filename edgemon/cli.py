@@ -232,6 +232,9 @@ def devices(fmt: Annotated[TextFormat, typer.Option("--format", help="text (tab-
     typer.echo("index\tname\thostapi\tchannels\tdefault_rate")
     for d in found:
         typer.echo(f"{d.index}\t{d.name}\t{d.hostapi}\t{d.channels}\t{d.default_rate:g}")
+    if not found:   # a header alone read as a listing that had failed (a newcomer trial)
+        typer.echo("no audio input devices found: is a microphone or sound card plugged in, and may this user "
+                   "use it (the audio group)?", err=True)
 
 
 def _check_confidence(value: float | None) -> None:

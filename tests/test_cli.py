@@ -228,6 +228,16 @@ def test_watch_and_status_take_the_directory_the_same_way(empty_db, tmp_path):
     assert shown.exit_code == 1 and "missing" in shown.output
 
 
+def test_devices_says_when_there_is_none(monkeypatch):
+    """A newcomer trial: with no input, `devices` printed its header alone, as if cut short."""
+    import edgemon.live.capture
+
+    monkeypatch.setattr(edgemon.live.capture, "list_input_devices", lambda: [])
+    shown = CliRunner().invoke(app, ["devices"])
+    assert shown.exit_code == 0 and shown.stdout.splitlines() == ["index\tname\thostapi\tchannels\tdefault_rate"]
+    assert shown.stderr.startswith("no audio input devices found")
+
+
 def test_format_json_everywhere_with_json_kept_as_its_alias(empty_db):
     for args in (["status", "--db", str(empty_db)], ["config"], ["devices"]):
         as_format = runner.invoke(app, [*args, "--format", "json"])

@@ -649,6 +649,7 @@ def test_listen_on_a_real_device_survives_an_audio_server_crash(virtual_audio, b
     calls += [("B",) + c for c in soundscape(borneo_dir, PART_B, part_b)]
     devices = subprocess.run([EDGEMON, "devices"], env=virtual_audio.client_env(), capture_output=True, text=True)
     assert devices.returncode == 0 and "\tpulse\t" in devices.stdout, devices.stdout + devices.stderr
+    assert "no audio input devices found" not in devices.stderr
 
     db, log_path = tmp_path / "live.db", tmp_path / "listen.log"
     with open(log_path, "w") as log:

@@ -364,6 +364,17 @@ def test_status_sees_a_silent_daemon(watched_db, tmp_path):
     assert any("no heartbeat for" in p for p in status["problems"])
     # its uptime is the last heartbeat's: it ran on after it (a listen killed 36 s in read "ran 0 s")
     assert "; ran at least " in format_status(status)
+    # ... and at least until the last row it stored (a newcomer trial: a watch killed a minute in
+    # with only its start's heartbeat read "ran at least 0 s")
+    with sqlite3.connect(copy) as conn:
+        conn.execute("UPDATE heartbeats SET uptime_s = 0")
+        started = conn.execute("SELECT started_utc FROM heartbeats ORDER BY id DESC LIMIT 1").fetchone()[0]
+        stamp = (dt.datetime.fromisoformat(started.replace("Z", "+00:00")) + dt.timedelta(seconds=47))
+        conn.execute("UPDATE files SET updated_at = ? WHERE state = 'done'",
+                     [stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"])
+        conn.execute("UPDATE detections SET created_at = ?", [started])
+    status = collect_status(copy, now=later)
+    assert status["service"]["uptime_s"] == 47.0 and "; ran at least 47 s from " in format_status(status)
 
 
 def test_status_says_a_killed_daemon_is_not_running_at_once(watched_db, tmp_path):

@@ -155,7 +155,8 @@ def _not_held(key: Callable[[dict], tuple], rows: Iterable[dict], held: Held, le
 def _say_left_out(path: Path, count: int) -> None:
     if count:
         log.warning("%s already holds %d of the rows this export found new: left out, not appended again "
-                    "(the database is behind this file: restored from a copy, or rebuilt?)", shown(path), count)
+                    "(another cursor or export wrote them here, or the database is behind this file: restored "
+                    "from a copy, or rebuilt?)", shown(path), count)
 
 
 class _AfterHeader:

@@ -111,7 +111,11 @@ def settings_from_params(params: dict, frontend: FrontendConfig, window_s: float
             raise ValueError(str(exc)) from None
         except ValueError as exc:  # FixedTrial's words for a missing one name its own constructor
             missing = re.search(r"parameter '(\w+)' is not found", str(exc))
-            raise ValueError(f"missing search parameter {missing[1]!r}" if missing else str(exc)) from None
+            if missing:
+                raise ValueError(f"missing search parameter {missing[1]!r}") from None
+            # ... and for a value of the wrong type ("'fast' is not a valid type") name no parameter
+            odd = [k for k, v in params.items() if not isinstance(v, (int, float, bool)) and "not a valid type" in str(exc)]
+            raise ValueError(f"{odd[0]}: expected a number, got {params[odd[0]]!r}" if odd else str(exc)) from None
     unknown = sorted(set(params) - set(trial.distributions))
     if unknown:
         raise ValueError(f"unknown search parameter(s) {unknown}")

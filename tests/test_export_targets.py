@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -26,8 +27,10 @@ def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def recording(path):
-    soundfile.write(path, np.zeros(1600, dtype=np.float32), 16000, format="FLAC" if path.suffix == ".flac" else "WAV")
+def recording(path, fmt: str | None = None):
+    fmt = fmt or ("FLAC" if path.suffix == ".flac" else "WAV")
+    soundfile.write(path, np.zeros(1600, dtype=np.float32), 16000, format=fmt,
+                    **({"subtype": "MPEG_LAYER_III"} if fmt == "MP3" else {}))
     return path
 
 
@@ -121,3 +124,74 @@ def test_a_cursor_export_into_a_binary_file_says_it_is_no_export(db_path, tmp_pa
     result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--cursor", "c", "--output", str(binary)])
     assert refused(result, str(binary), "not a file of this export format"), result.output
     assert binary.read_bytes() == b"\x00\xf1\xfe" * 100
+
+
+@pytest.mark.parametrize("fmt", ["MP3", "W64", "CAF", "AU", "NIST", "OGG", "AIFF"])
+def test_every_recording_libsndfile_reads_is_refused(db_path, tmp_path, fmt):
+    """A review: an MP3 without an ID3 tag, W64, CAF, AU and NIST files were replaced."""
+    victim = recording(tmp_path / "take.dat", fmt)
+    before = digest(victim)
+    result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(victim)])
+    assert refused(result, str(victim), "a recording"), result.output
+    assert digest(victim) == before
+
+
+def test_a_databases_write_ahead_log_is_refused(db_path, tmp_path):
+    """A review: only the detections database's own -wal was refused; another's was replaced,
+    and that database lost every row not yet checkpointed."""
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    held = sqlite3.connect(other)
+    held.execute("PRAGMA journal_mode = WAL")
+    held.execute("PRAGMA wal_autocheckpoint = 0")
+    held.execute("CREATE TABLE t (x)")
+    held.execute("INSERT INTO t VALUES (1)")
+    held.commit()
+    try:
+        wal = tmp_path / "other.db-wal"
+        before = digest(wal)
+        result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(wal)])
+        assert refused(result, str(wal), "a SQLite write-ahead log"), result.output
+        assert digest(wal) == before
+    finally:
+        held.close()
+
+
+def test_dev_stdout_writes_through_the_descriptor(db_path, tmp_path):
+    """A review: --output /dev/stdout, stdout redirected to a file (>>), renamed a new file over
+    it: what was there before, and what the shell wrote after, were lost."""
+    out = tmp_path / "out.csv"
+    out.write_text("PRE\n")
+    script = (f"{shlex.quote(sys.executable)} -m edgemon export-detections --db {shlex.quote(str(db_path))} "
+              f"--output /dev/stdout -q >> {shlex.quote(str(out))}; echo POST >> {shlex.quote(str(out))}")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "PRE" and lines[1].startswith("id,") and len(lines) == 8 and lines[-1] == "POST", lines
+
+
+def test_a_replaced_file_keeps_its_mode(db_path, tmp_path):
+    out = tmp_path / "private.csv"
+    out.write_text("old\n")
+    out.chmod(0o600)
+    assert runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(out)]).exit_code == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and len(read_csv(out)) == 5
+
+
+def test_a_raven_cursor_refuses_a_pipe_among_its_tables(db_path, tmp_path):
+    """A review: a FIFO under a table's name was read for what it held, for ever."""
+    tables = tmp_path / "raven"
+    tables.mkdir()
+    names = runner.invoke(app, ["export-detections", "--db", str(db_path), "--format", "raven", "--output",
+                                str(tables)])
+    assert names.exit_code == 0, names.output
+    first = sorted(tables.glob("*.selection.table.txt"))[0]
+    for path in tables.iterdir():
+        path.unlink()
+    os.mkfifo(first)
+    done = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db_path), "--format",
+                           "raven", "--output", str(tables), "--cursor", "r"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "not a regular file" in done.stderr and str(first) in done.stderr, done.stderr
+    assert stat.S_ISFIFO(os.lstat(first).st_mode)

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from edgemon.storage.export_held import Held, held_keys, held_selections, is_hel
 from edgemon.storage.export_journal import (JournalError, Move, finish_pending, fsync_dir, journal_path,
                                             rename_all, stage)
 from edgemon.storage.lock import process_alive
-from edgemon.storage.output_target import through_links, written_in_place
+from edgemon.storage.output_target import open_in_place, through_links, written_in_place
 
 RAVEN_COLUMNS = tables.RAVEN_COLUMNS
 log = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ def _earlier_file(path: Path, header: str) -> str | None:
     it ends in one); None when there is no such file, or it is empty. A file of another format
     (not this ``header``; for jsonl, which has none, a first line that is not one of its records)
     is refused rather than mixed."""
+    _refuse_a_stream(path)
     try:
         with open(path, "rb") as f:
             first = f.readline(1 << 20)
@@ -215,6 +217,7 @@ def _earlier_file(path: Path, header: str) -> str | None:
 def _earlier_selections(path: Path) -> tuple[str, int]:
     """The text of a Raven table written before (header included) and its last selection number;
     ('', 0) when there is none. A table with other columns is refused rather than mixed."""
+    _refuse_a_stream(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -233,6 +236,13 @@ def _earlier_selections(path: Path) -> tuple[str, int]:
     except ValueError:
         raise ExportError(f"cannot append to {path}: its last line is not a numbered selection") from None
     return text if text.endswith("\n") else text + "\n", last
+
+
+def _refuse_a_stream(path: Path) -> None:
+    """What a cursor export appends to is read first: a pipe there waited for a writer for ever."""
+    if written_in_place(path):
+        raise ExportError(f"cannot append to {path}: not a regular file (a pipe, a device or a descriptor); "
+                          f"a cursor export appends to the file it wrote before")
 
 
 @contextlib.contextmanager
@@ -273,7 +283,7 @@ def atomic_texts(moving: CursorMove | None = None) -> Iterator[_Outputs]:
 
     @contextlib.contextmanager
     def open_text(path: Path) -> Iterator[TextIO]:
-        if written_in_place(path):   # a pipe or a device: a rename would replace the node itself
+        if written_in_place(path):   # a stream: a rename would replace the node, or stdout's file
             with _in_place(path) as f:
                 yield f
             return
@@ -281,7 +291,19 @@ def atomic_texts(moving: CursorMove | None = None) -> Iterator[_Outputs]:
         if path.parent not in swept:
             swept.add(path.parent)
             _sweep_dead_temps(path.parent)
-        tmp, fd = _temp_beside(path)
+        try:
+            tmp, fd = _temp_beside(path)
+        except ExportError:
+            if moving is not None or not _writable_file(path):
+                raise
+            tmp = None
+        if tmp is None:
+            # A directory this user may not write, a file it may (a review): written in place,
+            # as ``open(path, "w")`` did before; not whole if cut short, but not refused.
+            with _in_place(path) as f:
+                yield f
+            return
+        _keep_mode(path, fd)
         pending.append(tmp)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
@@ -352,10 +374,21 @@ _TEMP = re.compile(r"\..*\.(\d+)-[0-9a-f]{8}\.tmp")   # what _temp_beside names:
 @contextlib.contextmanager
 def _in_place(path: Path) -> Iterator[TextIO]:
     try:
-        with open(path, "w", encoding="utf-8", newline="") as f:
+        with open_in_place(path) as f:
             yield f
     except OSError as e:
         raise ExportError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def _writable_file(path: Path) -> bool:
+    return os.path.isfile(path) and os.access(path, os.W_OK)
+
+
+def _keep_mode(path: Path, fd: int) -> None:
+    """A file replaced keeps its permissions (a 0600 heartbeat listing stayed 0600 when it was
+    written in place; a new one gets the umask's)."""
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
 
 
 def _temp_beside(path: Path) -> tuple[Path, int]:

@@ -128,6 +128,8 @@ def test_a_commit_the_disk_refused_is_not_taken_for_a_death(tmp_path, caplog):
     a separate process."""
     import sqlite3
 
+    from edgemon.status import collect_status
+
     root, db = tmp_path / "rec", tmp_path / "d.db"
     recordings(root, 1)
     with Store(db) as store:
@@ -138,7 +140,10 @@ def test_a_commit_the_disk_refused_is_not_taken_for_a_death(tmp_path, caplog):
             if refusals:
                 refusals.pop()
                 raise sqlite3.OperationalError("database or disk is full")
+            seen_open.extend(collect_status(db, integrity=False)["interrupted"].items())
             return commit(*args, **kwargs)
+
+        seen_open: list = []
 
         store.commit_file = full_once
         watcher = Watcher(fast_config(root, settle_s=0.0), analyzer(), store)
@@ -151,3 +156,4 @@ def test_a_commit_the_disk_refused_is_not_taken_for_a_death(tmp_path, caplog):
             deadline.cancel()
     assert not refusals and watcher.processed == 1
     assert "database write failed" in caplog.text and "cut short" not in caplog.text
+    assert seen_open == []   # status, during the retry, counts no death either (a review)

@@ -470,10 +470,9 @@ class Watcher:
         """
         started = time.monotonic()
         digest, tail = digests(path)   # before the analysis: what is analysed is at least this file
-        interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st))
-        if source in self.refused:   # its last attempt ended in a refused write, not a death
-            self.refused.discard(source)
-            interrupted = 0
+        interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
+                                               after_refusal=source in self.refused)
+        self.refused.discard(source)
         self._writes_again()
         if interrupted:
             log.warning("%s: its analysis was cut short %d time(s) in a row (edgemon stopped, or the analysis "

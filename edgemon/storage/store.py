@@ -354,14 +354,18 @@ class Store:
             }, pk="source")
         return state
 
-    def begin_attempt(self, source: str, *, path: str | Path, size: int, mtime_ns: int) -> int:
+    def begin_attempt(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
+                      after_refusal: bool = False) -> int:
         """Record, committed before any work, that ``source`` (this size and mtime) is being
         analysed; ``commit_file`` and ``record_failure`` end the attempt. Returns how many runs in a
-        row died while this version was in progress: 0 unless an earlier attempt never ended."""
+        row died while this version was in progress: 0 unless an earlier attempt never ended.
+        ``after_refusal``: the attempt left open ended in a refused commit (a full disk), which
+        counts as no death."""
         with self._write() as db:
             row = db.execute("SELECT size, mtime_ns, interrupted FROM in_progress WHERE source = ?",
                              [source]).fetchone()
-            interrupted = row[2] + 1 if row is not None and row[:2] == (size, mtime_ns) else 0
+            interrupted = (row[2] + (not after_refusal) if row is not None and row[:2] == (size, mtime_ns)
+                           else 0)
             db.execute("INSERT OR REPLACE INTO in_progress (source, path, size, mtime_ns, started_utc, interrupted) "
                        "VALUES (?, ?, ?, ?, ?, ?)", [source, stored_name(path), size, mtime_ns, _now(), interrupted])
         return interrupted

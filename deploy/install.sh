@@ -20,7 +20,7 @@
 # Options:
 #   --root DIR        install into DIR as if it were / (a staging tree, a test): no apt, and
 #                     systemctl only as `systemctl --root=DIR`; the venv works only at that path;
-#                     DIR must hold etc/passwd, group, shadow and gshadow (the user is made there)
+#                     DIR must hold etc/passwd and etc/group (the user is made there)
 #   --source PATH     what pip installs: a checkout or a wheel (default: this checkout)
 #   --wheels DIR      install offline from the wheels in DIR (pip --no-index --find-links DIR)
 #   --python PY       interpreter for the virtual environment (default: python3)
@@ -351,8 +351,8 @@ if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then die "run as root (sudo), or give 
 # The service's user is made with groupadd/useradd --prefix, which edit the tree's own account
 # files: a bare DIR gave their "cannot lock /etc/group; try again later" (a newcomer trial).
 if [ -n "$ROOT" ] && [ "$ACTION" = install ]; then
-  for f in passwd group shadow gshadow; do
-    [ -f "$ROOT/etc/$f" ] || die "--root $ROOT has no etc/$f: give a tree that holds an /etc (its passwd, group, shadow and gshadow; e.g. copied from a Raspberry Pi OS image)"
+  for f in passwd group; do
+    [ -f "$ROOT/etc/$f" ] || die "--root $ROOT has no etc/$f: give a tree that holds an /etc with its passwd and group (e.g. copied from a Raspberry Pi OS image)"
   done
 fi
 if [ "$ACTION" = sync-drop-in ]; then

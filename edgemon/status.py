@@ -81,7 +81,7 @@ def _read_tables(status: dict, conn: sqlite3.Connection, tables: set[str], db_pa
                                      "WHERE state = 'done' ORDER BY updated_at DESC LIMIT 1")
     status["last_detection"] = _row(conn, "SELECT label, confidence, source, start_utc, created_at AS stored_utc "
                                           "FROM detections ORDER BY id DESC LIMIT 1")
-    _worked_past_the_last_heartbeat(status["service"], status["last_file"], status["last_detection"])
+    _worked_past_the_last_heartbeat(status["service"], status["last_file"])
     status["real_time_factor"] = (round(beat["audio_s"] / beat["busy_s"], 1)
                                   if beat and beat["busy_s"] else None)
     status["audio_h_this_run"] = round(beat["audio_s"] / 3600, 3) if beat else None
@@ -120,17 +120,15 @@ def _database(conn: sqlite3.Connection, db_path: Path, integrity: bool) -> dict:
             "wal_mb": round(wal.stat().st_size / MB, 2) if wal.exists() else 0.0, "integrity": result}
 
 
-def _worked_past_the_last_heartbeat(service: dict, last_file: dict | None, last_detection: dict | None) -> None:
-    """A daemon killed between heartbeats ran at least until the last row it stored: a silent
+def _worked_past_the_last_heartbeat(service: dict, last_file: dict | None) -> None:
+    """A watch killed between heartbeats ran at least until the last file it stored: a silent
     one's uptime goes on to that (a newcomer trial read "ran at least 0 s" of a watch killed
-    after a minute's files, its only heartbeat the one at its start)."""
-    if service.get("state") != "silent" or not service.get("started_utc"):
+    after a minute's files, its only heartbeat the one at its start). Only the files ledger: only
+    watch writes it, while ``reanalyse`` or ``review`` store detections and verdicts later."""
+    if service.get("state") != "silent" or not service.get("started_utc") or not last_file:
         return
-    stored = [parse_utc(row[key]) for row, key in ((last_file, "processed_utc"), (last_detection, "stored_utc"))
-              if row and row.get(key)]
-    if stored:
-        since_start = (max(stored) - parse_utc(service["started_utc"])).total_seconds()
-        service["uptime_s"] = round(max(service["uptime_s"], since_start), 1)
+    since_start = (parse_utc(last_file["processed_utc"]) - parse_utc(service["started_utc"])).total_seconds()
+    service["uptime_s"] = round(max(service["uptime_s"], since_start), 1)
 
 
 def _last_heartbeat(conn: sqlite3.Connection) -> dict | None:

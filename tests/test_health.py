@@ -372,8 +372,8 @@ def test_status_sees_a_silent_daemon(watched_db, tmp_path):
         stamp = (dt.datetime.fromisoformat(started.replace("Z", "+00:00")) + dt.timedelta(seconds=47))
         conn.execute("UPDATE files SET updated_at = ? WHERE state = 'done'",
                      [stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"])
-        conn.execute("UPDATE detections SET created_at = ?", [started])
-    status = collect_status(copy, now=later)
+        conn.execute("UPDATE detections SET created_at = ?", [(later - dt.timedelta(minutes=1)).isoformat()])
+    status = collect_status(copy, now=later)   # a detection reanalyse stored later says nothing of it
     assert status["service"]["uptime_s"] == 47.0 and "; ran at least 47 s from " in format_status(status)
 
 

@@ -174,7 +174,7 @@ def test_a_params_file_with_a_wrong_type_is_refused_before_training():
     with pytest.raises(ValueError, match=r"lr: expected a number, got '0.001'"):
         settings_from_params({**FOUND, "lr": "0.001"}, FrontendConfig())
     with pytest.raises(ValueError, match=r"^lr: expected a number, got 'fast'$"):   # Optuna's words named none (a review)
-        settings_from_params({**FOUND, "lr": "fast"}, FrontendConfig())
+        settings_from_params({"comment": "best of run 3", **FOUND, "lr": "fast"}, FrontendConfig())
     with pytest.raises(ValueError, match=r"64.5 of the parameter .hidden. is out of the range"):
         settings_from_params({**FOUND, "hidden": 64.5}, FrontendConfig())
     with pytest.raises(ValueError, match=r"missing search parameter 'lr'"):

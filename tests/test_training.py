@@ -291,19 +291,29 @@ def test_lists_a_run_would_fail_on_are_refused_before_any_audio_is_read(tiny_dat
     data = copy_dataset(tiny_dataset, tmp_path / "d")
     csv = data / "lab" / "train.csv"
     text = csv.read_text()
-    csv.write_text(text + text.splitlines()[1].split(",")[0] + "\n")
+    csv.write_text(text + "\n\n" + text.splitlines()[1].split(",")[0] + "\n")   # blank lines, then a short row
     result = runner.invoke(app, ["fit", "--data", str(data), "--out", str(tmp_path / "r"), *TINY_FIT])
-    rows = len(text.splitlines()) + 1
-    assert result.exit_code == 1 and f"train.csv: row {rows} has no label" in result.output, result.output
+    line = len(text.splitlines()) + 3
+    assert result.exit_code == 1 and f"train.csv: line {line} has no label" in result.output, result.output
     for name in ("train", "devel", "test"):
         listed = data / "lab" / f"{name}.csv"
         listed.write_text(listed.read_text().replace(",background", ",noise"))
     csv.write_text(csv.read_text().splitlines(keepends=True)[0] + "".join(text.splitlines(keepends=True)[1:])
                    .replace(",background", ",noise"))
-    for command in (["fit", *TINY_FIT], ["cv", "--recipe", "baseline"]):
+    for command in (["fit", *TINY_FIT], ["cv", "--recipe", "baseline"],
+                    ["hpo", "--trials", "1", "--epochs", "1", "--device", "cpu"]):
         result = runner.invoke(app, [command[0], "--data", str(data), "--out", str(tmp_path / "r"), *command[1:]])
         assert result.exit_code == 1 and "no 'background' label" in result.output, result.output
-        assert not (tmp_path / "r").exists()
+        assert not (tmp_path / "r").exists() or command[0] == "hpo"   # hpo makes its study's directory first
+    one = copy_dataset(tiny_dataset, tmp_path / "one")
+    for name in ("train", "devel"):
+        listed = one / "lab" / f"{name}.csv"
+        lines = listed.read_text().splitlines()
+        column = lines[0].split(",").index("recorder")
+        listed.write_text("\n".join([lines[0]] + [",".join(c if i != column else "R1" for i, c in enumerate(row.split(",")))
+                                                  for row in lines[1:]]) + "\n")
+    result = runner.invoke(app, ["cv", "--recipe", "baseline", "--data", str(one), "--out", str(tmp_path / "r1")])
+    assert result.exit_code == 1 and "names the one recorder 'R1'" in result.output, result.output
     for command in ("fit", "cv"):
         result = runner.invoke(app, [command, "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), "--hop-s", "10"])
         assert result.exit_code == 2 and "--hop-s 10 is longer than --window-s 4" in result.output, result.output

@@ -192,9 +192,10 @@ def rebundle(
 
 def _train_and_devel(data: Path, frontend: FrontendConfig):
     """train + devel as one split, the way cv folds it; the test list is not even read."""
-    from training.data import check_train_labels, load_split, merge
+    from training.data import check_recorders, check_train_labels, load_split, merge
 
     check_train_labels(data, ("devel",))
+    check_recorders(data, ("train", "devel"))
     train_split = load_split(data, "train", frontend=frontend)
     return merge(train_split, load_split(data, "devel", train_split.labels, frontend))
 

@@ -186,7 +186,8 @@ def run_fold(recipe: Recipe, train_split: Split, val: Split,
     ``on_epoch(epoch, record)`` hears each epoch, as ``train`` tells it."""
     if recipe.model is None:  # C chosen on an inner split grouped by recorder, never on ``val``
         # grouped_folds_of: a fold's training side may hold one recorder, split then within it
-        inner_train, inner_val = grouped_folds_of([c.recorder for c in train_split.clips], train_split.targets, 3)[0]
+        inner_train, inner_val = grouped_folds_of([c.recorder or c.path.name for c in train_split.clips],
+                                                  train_split.targets, 3)[0]
         chosen = baseline.fit_baseline(train_split.subset(inner_train), train_split.subset(inner_val)).c
         final = baseline.fit_baseline(train_split, train_split, c_grid=(chosen,))
         return FoldResult([baseline.predict(final, val)])

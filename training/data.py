@@ -101,12 +101,16 @@ def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"filename", "label"} <= set(reader.fieldnames):
                 raise DataError(f"{csv_path}: needs the columns 'filename' and 'label'")
-            rows = list(reader)
+            rows = []
+            for row in reader:
+                # csv leaves a short row's missing cells None: a traceback was all a user saw
+                short = [c for c in ("filename", "label") if row[c] is None]
+                if short:
+                    raise DataError(f"{csv_path}: line {reader.line_num} has no {short[0]} (fewer cells than the "
+                                    f"header's columns)")
+                rows.append(row)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{csv_path}: not a UTF-8 CSV label list ({str(exc).splitlines()[0]})") from exc
-    short = next((n for n, r in enumerate(rows, start=2) if r["filename"] is None or r["label"] is None), None)
-    if short is not None:   # csv leaves a row's missing cells None: a traceback was all a user saw
-        raise DataError(f"{csv_path}: row {short} has no label (fewer cells than the header's columns)")
     clips = [Clip(audio_dir / r["filename"], r["label"].strip(), (r.get("recorder") or "").strip())
              for r in rows]
     missing = [c.path.name for c in clips if not c.path.is_file()]
@@ -117,6 +121,19 @@ def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
     if empty:
         raise DataError(f"{csv_path}: empty label for {empty[0]}")
     return clips
+
+
+def check_recorders(data_dir: Path, lists: tuple[str, ...]) -> None:
+    """Refuse, before any audio is read, lists that grouped CV cannot fold by recorder: clips of
+    one recorder only (folds within it were clip-level CV, reported as grouped; a review). Clips
+    that name no recorder are refused where the folds are made (``cv.grouped_folds``)."""
+    data_dir = Path(data_dir)
+    recorders = {c.recorder for name in lists
+                 for c in read_label_list(data_dir / "lab" / f"{name}.csv", data_dir / "audio") if c.recorder}
+    if len(recorders) == 1:
+        raise DataError(f"{data_dir / 'lab'}: every clip of {', '.join(f'{n}.csv' for n in lists)} names the one "
+                        f"recorder {next(iter(recorders))!r}: grouped cross-validation needs clips from at least "
+                        f"2 recorders, to hold each out of its own training")
 
 
 FEW_FOR_A_CLASS = 5   # a train label with fewer clips that no other list has is taken for a typo

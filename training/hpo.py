@@ -92,6 +92,13 @@ def suggest(trial: optuna.Trial, space: str, frontend: FrontendConfig, window_s:
     return model, optim, AugmentConfig(**aug)
 
 
+def _named_wrong_type(said: str, params: dict) -> str:
+    """Optuna's "'fast' is not a valid type …" with the parameter that holds that value named."""
+    value = re.match(r"(.*) is not a valid type", said)
+    named = [k for k, v in params.items() if value and repr(v) == value[1]]
+    return f"{named[0]}: expected a number, got {params[named[0]]!r}" if named else said
+
+
 def settings_from_params(params: dict, frontend: FrontendConfig, window_s: float = WINDOW_S, *,
                          centre_bands: bool = False, mix_other_recorders: bool = False):
     """A search trial's settings (its ``params``, as Optuna stores them) as the model, optimiser
@@ -114,8 +121,7 @@ def settings_from_params(params: dict, frontend: FrontendConfig, window_s: float
             if missing:
                 raise ValueError(f"missing search parameter {missing[1]!r}") from None
             # ... and for a value of the wrong type ("'fast' is not a valid type") name no parameter
-            odd = [k for k, v in params.items() if not isinstance(v, (int, float, bool)) and "not a valid type" in str(exc)]
-            raise ValueError(f"{odd[0]}: expected a number, got {params[odd[0]]!r}" if odd else str(exc)) from None
+            raise ValueError(_named_wrong_type(str(exc), params)) from None
     unknown = sorted(set(params) - set(trial.distributions))
     if unknown:
         raise ValueError(f"unknown search parameter(s) {unknown}")

@@ -210,6 +210,12 @@ def test_page_audio_spectrogram_and_verdict_over_http(review_db):
             status, row = _post(base + "/api/verdict", {"id": odd, "verdict": "correct"})
             assert status == 400 and "ids are whole numbers" in row["error"], odd
         assert _get(f"{base}/detections/{10 ** 20}/audio.wav")[0] == 404
+        # A newcomer trial: a body that is no object, and a bundle the database never stored.
+        status, row = _post(base + "/api/verdict", [ids[0], "correct"])
+        assert status == 400 and row["error"].startswith("a verdict is a JSON object"), row
+        status, _, said = _get(base + "/api/precision?bundle=nosuch")
+        assert status == 404 and "unknown bundle id 'nosuch'" in json.loads(said)["error"]
+        assert _get(base + "/api/precision")[0] == 200
         # Another site's page cannot judge: no form/text POST, no cross-origin JSON.
         assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Content-Type": "text/plain"})[0] == 403
         assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Origin": "http://evil.example"})[0] == 403

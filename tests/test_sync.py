@@ -271,6 +271,8 @@ def test_wrong_password_unreachable_host_and_password_in_url(fleet, tmp_path):
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     assert_one_line_refusal(run_sync(db, f"postgresql://recorder@127.0.0.1:{closed}/edgemon"), "unreachable")
+    # A role the server does not know: reached, and refused (a newcomer trial read "unreachable")
+    assert_one_line_refusal(run_sync(db, fleet.url.replace("postgres@", "nosuchrole@")), "refused the credentials")
 
     refused = run_sync(db, url.replace("recorder@", "recorder:hunter2@"))
     assert_one_line_refusal(refused, "holds a password")

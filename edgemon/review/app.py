@@ -206,6 +206,8 @@ def create_app(config: ReviewConfig) -> Starlette:
                 if len(raw) > MAX_VERDICT_BYTES:
                     return JSONResponse({"error": f"a verdict is at most {MAX_VERDICT_BYTES} bytes"}, status_code=413)
             body = json.loads(raw)
+            if not isinstance(body, dict):   # Python's words ("'list' object has no attribute") said nothing
+                return JSONResponse({"error": 'a verdict is a JSON object: {"id": …, "verdict": …}'}, status_code=400)
             key = body.get("key")
             row = reviews.add_verdict(config.db, body["id"], str(body["verdict"]), config.reviewer,
                                       body.get("label"), tuple(known_labels(reviews.days_and_labels(config.db)[1])),
@@ -219,8 +221,13 @@ def create_app(config: ReviewConfig) -> Starlette:
         return JSONResponse(row)
 
     def precision(request: Request) -> Response:
+        bundle = request.query_params.get("bundle") or None
+        if bundle is not None and bundle not in reviews.days_and_labels(config.db)[2]:   # [] read as "none judged"
+            return JSONResponse({"error": f"unknown bundle id {bundle!r}: the database holds detections of "
+                                          f"{', '.join(reviews.days_and_labels(config.db)[2]) or 'none'}"},
+                                status_code=404)
         return JSONResponse([dataclasses.asdict(c) | {"precision": c.precision} for c in
-                             reviews.precision_by_class(config.db, request.query_params.get("bundle") or None)])
+                             reviews.precision_by_class(config.db, bundle)])
 
     routes = [
         Route("/", index), Route("/charts", charts_page),

@@ -65,7 +65,8 @@ def read_excerpt(row: dict, *, recordings: Path | None = None, clips: Path | Non
     path = recording_path(row, recordings)
     if path is None:
         raise AudioError(f"audio of detection {row['id']} not found: {row['source']} "
-                         f"(give --recordings DIR, the directory the recorder wrote)")
+                         + (f"is not in {recordings} (moved or deleted?)" if recordings is not None else
+                            "(give --recordings DIR, the directory the recorder wrote)"))
     start_s = max(0.0, row["start_s"] - pre_s)
     end_s = min(row["end_s"], row["start_s"] + MAX_EXCERPT_S) + post_s
     samples, rate = _read(path, start_s, end_s)

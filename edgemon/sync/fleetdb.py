@@ -165,7 +165,8 @@ def classify(exc: psycopg.Error, where: str) -> FleetDbError:
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     first = first.removeprefix("connection failed: ")
     sqlstate = getattr(exc, "sqlstate", None) or ""
-    if sqlstate in ("28P01", "28000") or "password authentication failed" in first or "no password supplied" in first:
+    if (sqlstate in ("28P01", "28000") or "password authentication failed" in first or "no password supplied" in first
+            or re.search(r'role ".*" does not exist', first)):   # reached, and refused: not "unreachable"
         return AuthError(f"fleet database {where} refused the credentials: {first}")
     if sqlstate == "3D000" or re.search(r'database ".*" does not exist', first):
         # Not worth retrying: a name mistyped in the URL does not come to exist by waiting.

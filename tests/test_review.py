@@ -303,7 +303,8 @@ def test_missing_recording_is_a_404_naming_it(review_db, tmp_path):
     (recordings / "S01" / "20240501_060000.WAV").rename(tmp_path / "moved.wav")
     with review_server(db, recordings) as (base, _):
         status, _, body = _get(base + "/detections/1/audio.wav")
-        assert status == 404 and b"S01/20240501_060000.WAV" in body and b"--recordings" in body
+        assert status == 404 and b"S01/20240501_060000.WAV" in body and str(recordings).encode() in body
+        assert b"moved or deleted" in body   # --recordings was given: not "give --recordings DIR"
 
 
 def test_binding_beyond_localhost_requires_the_token(review_db):

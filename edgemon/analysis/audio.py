@@ -18,6 +18,8 @@ from edgemon.analysis import wav_repair
 from edgemon.errors import AudioError
 from edgemon.safetext import shown
 
+log = logging.getLogger(__name__)
+
 TARGET_RATE = 16000
 # Sample rates a recording may declare. Outside them the header is wrong or hostile: a WAV that
 # claims 1 Hz turns each second of data into hours of audio to resample (~890 MB for one file).
@@ -120,7 +122,6 @@ def _open_into(stack: contextlib.ExitStack, path: Path) -> tuple[soundfile.Sound
     return stack.enter_context(soundfile.SoundFile(stream)), note, stream
 
 
-log = logging.getLogger(__name__)
 _SAID_NARROW: set[int] = set()   # rates already warned of in this process: once, not per file
 
 

@@ -222,10 +222,10 @@ def create_app(config: ReviewConfig) -> Starlette:
 
     def precision(request: Request) -> Response:
         bundle = request.query_params.get("bundle") or None
-        if bundle is not None and bundle not in reviews.days_and_labels(config.db)[2]:   # [] read as "none judged"
+        stored = [] if bundle is None else reviews.days_and_labels(config.db)[2]
+        if bundle is not None and bundle not in stored:   # [] read as "none judged"
             return JSONResponse({"error": f"unknown bundle id {bundle!r}: the database holds detections of "
-                                          f"{', '.join(reviews.days_and_labels(config.db)[2]) or 'none'}"},
-                                status_code=404)
+                                          f"{', '.join(stored) or 'none'}"}, status_code=404)
         return JSONResponse([dataclasses.asdict(c) | {"precision": c.precision} for c in
                              reviews.precision_by_class(config.db, bundle)])
 

@@ -52,11 +52,12 @@ def check_output(output: Path | None, option: str, error: type[Exception], *, ap
         raise error(f"{option} {shown(output)}: {e.strerror or e}") from None
     if stat.S_ISDIR(mode):
         raise error(f"{option} {shown(output)} is a directory: give a file name (nothing was written)")
-    if appending and (not stat.S_ISREG(mode) or descriptor_of(Path(output)) is not None):
+    stream = not stat.S_ISREG(mode) or descriptor_of(Path(output)) is not None
+    if stream and appending:
         raise error(f"{option} {shown(output)} is not a regular file: a cursor export appends to the file "
                     f"it wrote before; give a file (nothing was written)")
-    if not stat.S_ISREG(mode) or descriptor_of(Path(output)) is not None:
-        return   # a stream: what it leads to is not read, only written
+    if stream:
+        return   # what it leads to is not read, only written
     held = what_it_holds(Path(output))
     if held:
         raise error(f"{option} {shown(output)} is {held}, not an export: choose another file (nothing was written)")

@@ -13,7 +13,8 @@ Recorders 0 and 1 start 30 days behind (offline). Prints the row counts, then:
 - catch-up time of a recorder after 30 days offline, on localhost and on a throttled link
   (``--link-kbps``, a proxy that bounds the rate in each direction);
 - the fleet views' query times on the full data, and ``detections_daily`` and ``edgemon fleet
-  status`` again with that view as first released (the peer, same data, same run).
+  status`` again with that view as first released, and ``effort_daily`` as view revision 1 left
+  it (the peers, same data, same run).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import psycopg  # noqa: E402
 from edgemon.storage.store import Store  # noqa: E402
 from edgemon.sync.fleet_status import collect_fleet  # noqa: E402
 from edgemon.sync.fleetdb import DeviceInfo  # noqa: E402
-from edgemon.sync.fleetschema import NEWEST_BUNDLE, SCHEMA, _detections_daily  # noqa: E402
+from edgemon.sync.fleetschema import _EFFORT_ONCE_PER_MINUTE, NEWEST_BUNDLE, SCHEMA, _detections_daily  # noqa: E402
 from edgemon.sync.sender import SyncConfig, sync_once  # noqa: E402
 from devtools.postgres_server import postgres_server  # noqa: E402
 from devtools.throttle_proxy import ThrottleProxy  # noqa: E402
@@ -190,6 +191,15 @@ def main() -> None:
             peer = time.monotonic() - t0
             print(f"view detections_daily as first released: {n} rows in {peer * 1000:.0f} ms "
                   f"(the current one takes {took['detections_daily'] / peer:.2f}x as long)")
+            # effort_daily as revision 1 left it (a recording under its database's device, not the
+            # device of the lineage's database that analysed it; revision 4).
+            conn.execute(_EFFORT_ONCE_PER_MINUTE.replace(f"CREATE OR REPLACE VIEW {SCHEMA}.effort_daily",
+                                                         "CREATE TEMP VIEW revision1_effort_daily", 1))
+            t0 = time.monotonic()
+            n = len(conn.execute("SELECT * FROM revision1_effort_daily").fetchall())
+            peer = time.monotonic() - t0
+            print(f"view effort_daily as revision 1 left it: {n} rows in {peer * 1000:.0f} ms "
+                  f"(the current one takes {took['effort_daily'] / peer:.2f}x as long)")
         t0 = time.monotonic()
         report = collect_fleet(url)
         status_s = time.monotonic() - t0

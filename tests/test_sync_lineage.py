@@ -195,6 +195,8 @@ def test_old_server_migrates_in_place_and_receives_scores(fleet, tmp_path):
     db = make_recorder(tmp_path / "a.db", "rec-a", files=5, per_file=5, seed=14)
     sync(db, fleet.url)
     with fleet.connect() as conn:   # back to a version 3 server that an older edgemon filled
+        for revision in (VIEW_REVISIONS[0], VIEW_REVISIONS[2]):   # views that never read the lineage
+            conn.execute(revision)
         conn.execute("ALTER TABLE edgemon.databases DROP COLUMN IF EXISTS acked_token, "
                      "DROP COLUMN IF EXISTS forked_from")
         conn.execute("ALTER TABLE edgemon.detections DROP COLUMN IF EXISTS score")
@@ -445,3 +447,41 @@ def test_fleet_precision_counts_only_verdicts_on_detections_still_stored(fleet, 
         fleet_view = {label: (correct, judged) for label, correct, judged in conn.execute(
             "SELECT label, correct, judged FROM edgemon.review_precision WHERE site = 'rec-a'")}
     assert page == fleet_view and sum(j for _, j in page.values()) == 1
+
+
+def _per_site(fleet) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Recordings (``effort_daily``), verdicts (``review_precision``) and detections per site."""
+    with fleet.connect() as conn:
+        files = dict(conn.execute("SELECT site, sum(files)::int FROM edgemon.effort_daily "
+                                  "WHERE files > 0 GROUP BY 1").fetchall())
+        judged = dict(conn.execute("SELECT site, sum(judged)::int FROM edgemon.review_precision GROUP BY 1").fetchall())
+        found = dict(conn.execute("SELECT site, sum(detections)::int FROM edgemon.detections_daily_all "
+                                  "GROUP BY 1").fetchall())
+    return files, judged, found
+
+
+@pytest.mark.parametrize("how", ["card cloned", "recorder renamed"])
+def test_copied_rows_count_under_the_recorder_that_made_them(fleet, tmp_path, how):
+    """A newcomer trial: a card imaged into a recorder under another device id (or a recorder
+    renamed) sends its copied rows again under the new id. Detections carry their device id, but
+    effort_daily showed the new id recording the old one's files, and review_precision counted
+    3 verdicts as 6."""
+    first = make_recorder(tmp_path / "first.db", "site-01", files=4, per_file=3, seed=61)
+    with sqlite3.connect(first) as conn:
+        judged = [r[0] for r in conn.execute("SELECT id FROM detections ORDER BY id LIMIT 3")]
+    for detection_id, verdict in zip(judged, ("wrong", "wrong", "correct")):
+        reviews.add_verdict(first, detection_id, verdict, "ann")
+    sync(first, fleet.url, device_id="site-01")
+    second = copy_database(first, tmp_path / "clone.db") if how == "card cloned" else first
+    work(second, "site-02", range(20, 23), seed=62)
+    sync(second, fleet.url, device_id="site-02")
+    if how == "card cloned":                 # the first recorder records and syncs on
+        work(first, "site-01", range(40, 42), seed=63)
+        sync(first, fleet.url, device_id="site-01")
+    made_by_first = 6 if how == "card cloned" else 4
+    with sqlite3.connect(second) as conn:
+        held = dict(conn.execute("SELECT device_id, count(*) FROM detections GROUP BY 1").fetchall())
+    files, verdicts, found = _per_site(fleet)
+    assert files == {"site-01": made_by_first, "site-02": 3}
+    assert verdicts == {"site-01": 3}
+    assert found["site-02"] == held["site-02"] == 15      # its own three recordings, five each

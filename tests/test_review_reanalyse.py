@@ -178,3 +178,41 @@ def test_a_recording_watch_found_empty_is_no_failure_of_reanalyse(tmp_path):
     assert _rows(db, "SELECT state, duration_s FROM files WHERE source = 'S01/20240503_060000.WAV'") == [("done", 0.0)]
     result = reanalyse(db, Analyzer(load_bundle(default_bundle_path())))
     assert result.failed == [] and result.files == 2
+
+
+def _zero_the_tail_in_place(path, keep: float) -> None:
+    data = bytearray(path.read_bytes())
+    cut = int(len(data) * keep)
+    data[cut:] = bytes(len(data) - cut)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind", ["WAV", "FLAC"])
+def test_reanalyse_leaves_a_recording_written_again_at_its_size_alone(tmp_path, kind):
+    """A review: a recording whose last two thirds were zeroed in place (same size, same header and
+    first audio: a copy that set its size first, a damaged card) had its detections replaced, watch's
+    own 5 by 1, and the command said nothing and exited 0; a FLAC damaged so decoded short. Without
+    the tail digest (a ledger row from before it) the FLAC is told by the audio it no longer holds."""
+    from tests.watch_helpers import watch_until_idle
+
+    (tmp_path / "made").mkdir()
+    _, made = make_review_db(tmp_path / "made")
+    recordings, db = tmp_path / "rec", tmp_path / "w.db"
+    name = f"S01/20240501_060000.{kind}"
+    samples, rate = soundfile.read(made / "S01/20240501_060000.WAV")
+    (recordings / "S01").mkdir(parents=True)
+    soundfile.write(recordings / name, samples, rate, subtype="PCM_16")
+    watch_until_idle(recordings, db)
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    assert reanalyse(db, analyzer).files == 1
+    before = _rows(db, "SELECT * FROM detections ORDER BY id")
+    assert before
+    _zero_the_tail_in_place(recordings / name, keep=1 / 3)
+    checks = ["tail"] if kind == "WAV" else ["tail", "duration"]
+    for check in checks:
+        if check == "duration":
+            with sqlite3.connect(db) as conn:
+                conn.execute("UPDATE files SET tail_digest = NULL")
+        result = reanalyse(db, analyzer)
+        assert result.files == 0 and len(result.changed) == 1 and name in result.changed[0], (check, result)
+        assert _rows(db, "SELECT * FROM detections ORDER BY id") == before

@@ -26,6 +26,8 @@ from edgemon.utc import parse_utc
 
 log = logging.getLogger(__name__)
 
+SHORTER_S = 0.5   # less audio read than the ledger's duration by more: not the recording analysed
+
 
 class ReanalyseError(EdgemonError):
     """The database cannot be read for re-analysis."""
@@ -67,7 +69,9 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
     A recording is looked for under ``recordings`` by its source name, else at the ledger's path.
     One whose size or first audio bytes (``storage.fingerprint``) differ from the ledger's is not
     the file ``watch`` analysed (truncated, cut short by a full card, another recorder's file of
-    the same name, often of the same size) and is left alone, listed as changed: analysing it
+    the same name, often of the same size), as is one of the same size whose last bytes differ
+    (``tail_digest``: written again in place) or that decodes to less audio than the ledger's
+    duration (damaged since); it is left alone, listed as changed: analysing it
     would replace detections of audio that is gone. Times come from the ledger's start time, as
     ``watch`` stored them; the device id from the file's earlier detections, else ``device_id``.
     Per-file failures are counted, not fatal.
@@ -103,7 +107,8 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
     for i, row in enumerate(files, 1):
         try:   # the same search as the review page's and adapt's, but a grown file is changed too
             path = recording_path({"source": row["source"], "file_path": row["path"], "file_size": row["size"],
-                                   "file_fingerprint": row.get("fingerprint")}, recordings, grown_ok=False)
+                                   "file_fingerprint": row.get("fingerprint"),
+                                   "file_tail_digest": row.get("tail_digest")}, recordings, grown_ok=False)
         except AudioError as exc:
             changed.append(str(exc))
             continue
@@ -120,6 +125,12 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
                 log.info("[%d/%d] %s: no audio, as when it was analysed", i, len(files), row["source"])
                 continue
             failed.append(f"{row['source']}: no audio in {path}")
+            continue
+        if row.get("duration_s") and analysis.duration_s < row["duration_s"] - SHORTER_S:
+            # Decoding stopped early where it had not (a FLAC damaged since): the detections
+            # after that point would be dropped for audio that cannot be read, not for silence.
+            changed.append(f"{row['source']}: {analysis.duration_s:.1f} s of audio read from {path}, "
+                           f"{row['duration_s']:.1f} s when analysed")
             continue
         if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
             log.warning("%s: %s", shown(row["source"]), shown(analysis.note))

@@ -78,13 +78,19 @@ def _parse(part: str) -> tuple[int, str]:
 
 def not_analysed_as(entry: Mapping, path: Path, grown_ok: bool = False) -> str | None:
     """Why the file at ``path`` is not the recording the ledger ``entry`` (``size`` and, when
-    kept, ``fingerprint``) describes, or None when it is. ``grown_ok``: a larger file with the
-    same first audio is the recording, grown since (what was analysed is still in it)."""
+    kept, ``fingerprint`` and ``tail_digest``) describes, or None when it is. ``grown_ok``: a
+    larger file with the same first audio is the recording, grown since (what was analysed is
+    still in it)."""
     size, analysed = path.stat().st_size, entry.get("size")
     if analysed is not None and (size < analysed or (size > analysed and not grown_ok)):
         return f"{size} bytes at {path}, {analysed} when analysed"
     if another_recording(entry.get("fingerprint"), path):
         return f"{path} holds other audio than the recording analysed under this name"
+    # Same size and first audio, other last bytes: written again in place (a copy that set its
+    # size first, a damaged card). Its detections are of audio no longer there (a review:
+    # reanalyse replaced 5 detections with 1 of a file whose last two thirds were zeros).
+    if entry.get("tail_digest") and size == analysed and digests(path)[1] not in (None, entry["tail_digest"]):
+        return f"{path} ends in other bytes than the recording analysed under this name (written again since)"
     return None
 
 

@@ -200,7 +200,8 @@ def ledger_columns(conn: sqlite3.Connection) -> str:
     NULL for them."""
     kept = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
     digest = "f.fingerprint" if "fingerprint" in kept else "NULL"
-    return f"f.path AS file_path, f.size AS file_size, {digest} AS file_fingerprint"
+    tail = "f.tail_digest" if "tail_digest" in kept else "NULL"
+    return f"f.path AS file_path, f.size AS file_size, {digest} AS file_fingerprint, {tail} AS file_tail_digest"
 
 
 def recording_path(row: dict, recordings: Path | None, grown_ok: bool = True) -> Path | None:
@@ -208,7 +209,8 @@ def recording_path(row: dict, recordings: Path | None, grown_ok: bool = True) ->
     copied off the recorder), else the ledger's path; None if neither exists. A file there that
     is not the recording analysed (shorter, other audio: another recorder's file of the same
     name, or larger unless ``grown_ok``) is passed over: ``AudioError`` says why when no file is
-    left. ``row``: ``source`` and the ledger's ``file_path``, ``file_size``, ``file_fingerprint``."""
+    left. ``row``: ``source`` and the ledger's ``file_path``, ``file_size``, ``file_fingerprint``
+    and ``file_tail_digest``."""
     candidates = []
     if recordings is not None:
         candidates.append(Path(recordings) / row["source"])
@@ -218,8 +220,8 @@ def recording_path(row: dict, recordings: Path | None, grown_ok: bool = True) ->
     for path in candidates:
         if not path.is_file():
             continue
-        why = not_analysed_as({"size": row.get("file_size"), "fingerprint": row.get("file_fingerprint")}, path,
-                              grown_ok)
+        why = not_analysed_as({"size": row.get("file_size"), "fingerprint": row.get("file_fingerprint"),
+                               "tail_digest": row.get("file_tail_digest")}, path, grown_ok)
         if why is None:
             return path
         refused.append(why)

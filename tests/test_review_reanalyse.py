@@ -216,3 +216,21 @@ def test_reanalyse_leaves_a_recording_written_again_at_its_size_alone(tmp_path, 
         result = reanalyse(db, analyzer)
         assert result.files == 0 and len(result.changed) == 1 and name in result.changed[0], (check, result)
         assert _rows(db, "SELECT * FROM detections ORDER BY id") == before
+
+
+def test_a_recording_without_detections_takes_the_recorders_device_id(tmp_path):
+    """A review: `watch --device-id site-07` stored nothing in a recording, and `reanalyse` run
+    where no settings name the recorder stored the new bundle's detections under 'edgemon'."""
+    from edgemon.storage.store import Heartbeat, Store
+
+    db, _ = make_review_db(tmp_path)
+    quiet = "S01/20240501_060000.WAV"
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM detections WHERE source = ?", [quiet])
+    with Store(db) as store:
+        store.add_heartbeat(Heartbeat(run_id="r", mode="watch", device_id="site-07", at_utc="2024-05-02T06:00:00Z",
+                                      started_utc="2024-05-02T06:00:00Z", uptime_s=0.0))
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    reanalyse(db, analyzer)
+    assert _rows(db, "SELECT DISTINCT device_id FROM detections WHERE source = ? AND bundle_id = ?",
+                 [quiet, analyzer.bundle.bundle_id]) == [("site-07",)]

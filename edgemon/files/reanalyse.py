@@ -22,6 +22,7 @@ from edgemon.errors import AudioError, EdgemonError
 from edgemon.safetext import shown
 from edgemon.storage.readonly import connect_read_only, recording_path
 from edgemon.storage.store import Detection, Store
+from edgemon.sync.outbox import newest_device_id
 from edgemon.utc import parse_utc
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,17 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
     (``tail_digest``: written again in place) or that decodes to less audio than the ledger's
     duration (damaged since); it is left alone, listed as changed: analysing it
     would replace detections of audio that is gone. Times come from the ledger's start time, as
-    ``watch`` stored them; the device id from the file's earlier detections, else ``device_id``.
+    ``watch`` stored them; the device id from the file's earlier detections, else the database's
+    newest (``sync.outbox.newest_device_id``: its heartbeats first), else ``device_id``.
     Per-file failures are counted, not fatal.
     """
     if recordings is not None and not Path(recordings).is_dir():
         raise ReanalyseError(f"--recordings {recordings}: "
                              f"{'not a directory' if Path(recordings).exists() else 'no such directory'}")
     files, changed = _ledger(db_path)
+    # A recording with no detection yet takes the recorder's own id, not this machine's settings
+    # (a review: `watch --device-id site-07` then `reanalyse` on a workstation stored 'edgemon').
+    device_id = newest_device_id(db_path) or device_id
     bundle_id = analyzer.bundle.bundle_id
     missing, failed, done = [], [], []
     with Store(db_path) as store:

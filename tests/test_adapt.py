@@ -113,6 +113,12 @@ def test_too_few_reviews_are_refused_and_nothing_is_written(tmp_path):
     reviews.add_verdict(db, first["id"], "wrong", "ann")
     with pytest.raises(AdaptError, match="1 usable review"):
         adapt_bundle(default_bundle_path(), db, recordings, tmp_path / "new")
+    # Said before any audio is read (a review: the members ran over every reviewed recording
+    # first): with none of the recordings to be found, the refusal is still about the reviews.
+    away = recordings.rename(tmp_path / "away")
+    with pytest.raises(AdaptError, match="1 usable review"):
+        adapt_bundle(default_bundle_path(), db, None, tmp_path / "new")
+    away.rename(recordings)
     assert not (tmp_path / "new").exists()
 
 
@@ -666,6 +672,23 @@ def test_the_best_candidate_is_chosen_and_one_worse_than_the_parent_refused():
     # no candidate beats the parent, but the site's calibration of the parent's detections does
     worse["parent"]["calibration"]["site"] = {"detections": 20, "brier": 0.12, "ece": 0.05}
     assert choose_candidate(worse) == CALIBRATION_ONLY
+
+
+def test_where_every_reviewed_detection_was_wrong_fewer_false_alarms_win():
+    """A review: at a site where all 31 reviewed detections were false alarms, every F1 was 0, the
+    tie went to the baseline and the parent's decisions were written again as an adapted bundle,
+    though a site head dropped every false alarm with 31 wins and no loss against the baseline."""
+    none_right = {"f1": 0.0, "hits": 0, "misses": 0}
+    scores = {"parent": none_right | {"false_alarms": 31, "new_events": 0},
+              "thresholds": none_right | {"false_alarms": 31, "new_events": 0},
+              "thresholds+evidence": none_right | {"false_alarms": 31, "new_events": 0,
+                                                   "versus_baseline": {"wins": 0, "losses": 0}},
+              "head": none_right | {"false_alarms": 0, "new_events": 0, "versus_baseline": {"wins": 31, "losses": 0}},
+              "head+thresholds": none_right | {"false_alarms": 0, "new_events": 2,
+                                               "versus_baseline": {"wins": 29, "losses": 2}},
+              "veto+thresholds+evidence": none_right | {"false_alarms": 31, "new_events": 0,
+                                                        "versus_baseline": {"wins": 0, "losses": 0}}}
+    assert choose_candidate(scores) == "head"
 
 
 def test_clearly_better_is_a_one_sided_sign_test():

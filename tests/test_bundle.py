@@ -177,3 +177,22 @@ def test_a_bundle_directory_is_readable_by_others_as_the_umask_allows(bundle_dir
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(bundle_dir.stat().st_mode) == 0o777 & ~mask
+
+
+def test_a_failed_swap_leaves_the_earlier_bundle_in_place(tmp_path):
+    """A review: adapt moved the earlier bundle into its staging directory before renaming the new
+    one into place, so a failure between the two renames removed it with the staging directory."""
+    from edgemon.analysis.bundle_write import swap_into_place
+
+    out = tmp_path / "site-bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text("earlier")
+    with pytest.raises(FileNotFoundError):
+        swap_into_place(tmp_path / "never-assembled", out)
+    assert (out / "manifest.json").read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site-bundle"]
+    new = tmp_path / "assembled"
+    new.mkdir()
+    (new / "manifest.json").write_text("new")
+    swap_into_place(new, out)
+    assert (out / "manifest.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["site-bundle"]

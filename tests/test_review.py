@@ -258,6 +258,12 @@ def test_an_id_that_names_another_detection_now_is_neither_shown_from_cache_nor_
         new_key = re.search(rf'data-id="{first_id}" data-key="([0-9a-f]+)"'.encode(), page).group(1).decode()
         assert new_key != key
         assert _post(base + "/api/verdict", {"id": first_id, "key": new_key, "verdict": "wrong"})[0] == 200
+        # Re-analysed away since the page showed it (a review: 400, and no word of reloading).
+        with sqlite3.connect(db) as conn:
+            conn.execute("DELETE FROM reviews")
+            conn.execute("DELETE FROM detections WHERE id = ?", [first_id])
+        status, row = _post(base + "/api/verdict", {"id": first_id, "key": new_key, "verdict": "correct"})
+        assert status == 409 and "no longer stored" in row["error"] and "reload" in row["error"]
         # A verdict is a few dozen bytes: a huge body is refused, not read into memory.
         assert _post(base + "/api/verdict", {"id": first_id, "verdict": "wrong", "pad": "x" * 100_000})[0] == 413
 

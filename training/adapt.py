@@ -232,7 +232,7 @@ def clearly_better(wins: int, losses: int) -> bool:
 
 
 def choose_candidate(scores: dict) -> str:
-    """The candidate with the best held-out F1 (ties: the simpler, earlier in ``CANDIDATES``) among
+    """The candidate with the best held-out F1 (ties: fewer errors, then the simpler, earlier in ``CANDIDATES``) among
     the baseline and those that clearly beat it (``clearly_better`` on ``versus_baseline``): on a
     few reviews a richer candidate wins by chance (a site head chosen for three held-out false
     alarms it dropped stored three new ones on the recorder's other audio, against the baseline's
@@ -241,14 +241,21 @@ def choose_candidate(scores: dict) -> str:
     better on held-out recordings, else AdaptError."""
     eligible = [name for name in CANDIDATES
                 if name == BASELINE or clearly_better(**scores[name]["versus_baseline"])]
-    chosen = max(eligible, key=lambda name: (scores[name]["f1"], -CANDIDATES.index(name)))
-    if scores[chosen]["f1"] >= scores["parent"]["f1"]:
+    chosen = max(eligible, key=lambda name: (*_merit(scores[name]), -CANDIDATES.index(name)))
+    if _merit(scores[chosen]) >= _merit(scores["parent"]):
         return chosen
     if site_calibration_wins(scores["parent"]["calibration"]):
         return CALIBRATION_ONLY
     raise AdaptError(f"every adaptation is worse than its parent on held-out recordings (best F1 "
                      f"{scores[chosen]['f1']:.3f} < {scores['parent']['f1']:.3f}) and the site's calibration is no "
                      f"better than the parent's; no bundle written")
+
+
+def _merit(score: dict) -> tuple[float, int]:
+    """Held-out F1, then the fewer errors stored (false alarms and new events): where no reviewed
+    detection is a call every F1 is 0, and a candidate that dropped all 31 false alarms tied with
+    the parent that kept them (a review: the parent was written again under a new name)."""
+    return score["f1"], -(score.get("false_alarms", 0) + score.get("new_events", 0))
 
 
 def _check_one_embedding_width(bundle: Bundle, ensemble: Ensemble) -> None:
@@ -291,6 +298,25 @@ def _check_parent_made_them(bundle: Bundle, reviews_db: Path) -> None:
                          f"--models {bundle.path}` and review its detections")
 
 
+def _check_reviews_before_audio(bundle: Bundle, reviews_db: Path, config: AdaptConfig) -> None:
+    """The refusals that need only the database, before the members run over a season's audio (a
+    review: minutes of work, then a one-line refusal). The same checks follow on the reviews whose
+    recordings were found, which may be fewer."""
+    targets = review_targets(reviewed(reviews_db), bundle.labels, bundle.background_label)
+    if not targets:
+        return   # reviewed_windows says why, as before
+    _check_not_fitted_on(bundle, reviews_db, [row["id"] for row, _ in targets])
+    _check_enough(reviews_db, len(targets), len({row["source"] for row, _ in targets}), config)
+    _check_parent_made_them(bundle, reviews_db)
+
+
+def _check_enough(reviews_db: Path, reviews: int, recordings: int, config: AdaptConfig) -> None:
+    if reviews < config.min_reviews:
+        raise AdaptError(f"{reviews_db}: {reviews} usable review(s), need at least {config.min_reviews}")
+    if recordings < 2:
+        raise AdaptError(f"{reviews_db}: reviews come from one recording; held-out evaluation needs two or more")
+
+
 def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, out: Path,
                  config: AdaptConfig = AdaptConfig()) -> dict:
     """Adapt the bundle at ``bundle_path`` to the site of ``reviews_db`` and write it to ``out``.
@@ -304,12 +330,10 @@ def adapt_bundle(bundle_path: Path, reviews_db: Path, recordings: Path | None, o
     bundle = load_bundle(bundle_path)
     ensemble = Ensemble(bundle)
     _check_one_embedding_width(bundle, ensemble)
+    _check_reviews_before_audio(bundle, Path(reviews_db), config)
     data = reviewed_windows(bundle, ensemble, Path(reviews_db), recordings, config)
     _check_not_fitted_on(bundle, Path(reviews_db), data.review_ids)
-    if len(data.targets) < config.min_reviews:
-        raise AdaptError(f"{reviews_db}: {len(data.targets)} usable review(s), need at least {config.min_reviews}")
-    if len(set(data.groups)) < 2:
-        raise AdaptError(f"{reviews_db}: reviews come from one recording; held-out evaluation needs two or more")
+    _check_enough(Path(reviews_db), len(data.targets), len(set(data.groups)), config)
     _check_parent_made_them(bundle, Path(reviews_db))
     scores = held_out_comparison(bundle, ensemble, data, config)
     chosen = choose_candidate(scores)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle
 from edgemon.analysis.bundle_identity import with_identity
-from edgemon.analysis.bundle_write import check_replaceable, with_requirements, write_bundle
+from edgemon.analysis.bundle_write import check_replaceable, swap_into_place, with_requirements, write_bundle
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.site_head import SiteHead, load_site_head, write_site_head
@@ -108,10 +107,7 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
                 manifest[key] = parent.manifest[key]
         (inner / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         Ensemble(load_bundle(inner))   # the recorder can open it, head included
-        if out.exists():
-            old = staging / "old"
-            os.replace(out, old)
-        os.replace(inner, out)
+        swap_into_place(inner, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_bundle(out)

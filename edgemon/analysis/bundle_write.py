@@ -144,14 +144,25 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
         _check_staged(staging, member_files)
         if finish is not None:
             finish(staging)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(staging, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
+        swap_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_bundle(out_dir)
+
+
+def swap_into_place(new: Path, out: Path) -> None:
+    """Rename the assembled directory ``new`` to ``out``. An earlier ``out`` is moved aside first
+    (``.NAME.old``, beside it) and put back if the rename fails, so a failure leaves the old bundle
+    where it was (a review: adapt kept it inside the staging directory it then removed)."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

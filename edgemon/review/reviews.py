@@ -39,6 +39,10 @@ class StaleDetection(ReviewError):
     another database served at the same address)."""
 
 
+class UnknownDetection(ReviewError):
+    """No detection has the id asked for."""
+
+
 def detection_key(row: dict) -> str:
     """A short digest of what a detection is and what the page plays of it: its natural key, its
     end and its saved clip. Ids alone are reused by another database and after a restore, so the
@@ -223,7 +227,7 @@ def detection(db_path: Path, detection_id: int) -> dict:
         row = conn.execute(f"SELECT d.*, {ledger_columns(conn)} FROM detections d LEFT JOIN files f "
                            "ON f.source = d.source WHERE d.id = ?", [detection_id]).fetchone()
     if row is None:
-        raise ReviewError(f"no detection with id {detection_id} in {db_path}")
+        raise UnknownDetection(f"no detection with id {detection_id} in {db_path}")
     return dict(row)
 
 
@@ -239,7 +243,15 @@ def add_verdict(db_path: Path, detection_id: int, verdict: str, reviewer: str,
         raise ReviewError(f"unknown verdict {verdict!r}: choose one of {', '.join(REVIEW_VERDICTS)}")
     if not reviewer.strip():
         raise ReviewError("a verdict needs a reviewer name")
-    found = detection(db_path, detection_id)
+    try:
+        found = detection(db_path, detection_id)
+    except UnknownDetection:
+        if key is None:
+            raise
+        # The page showed it: re-analysed away since (a review: a 400 and an alert that did not
+        # say to reload, where a detection replaced under the same id said so).
+        raise StaleDetection(f"detection {detection_id} is no longer stored (re-analysed since the page showed it): "
+                             f"reload the page") from None
     if key is not None and detection_key(found) != key:
         raise StaleDetection(f"detection {detection_id} is not the one the page showed (re-analysed, or another "
                              f"database): reload the page")

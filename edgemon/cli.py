@@ -304,6 +304,8 @@ def export_detections(
         raise fail(exc)
     if not bundle and not quiet:
         _warn_several_bundles(db, "--bundle ID")
+    if bundle and not quiet:
+        _warn_bundle_reach(db, bundle)
     if not quiet:
         log.info("exported %d detection(s)%s", count, f" (cursor {cursor or 'default'})" if new or cursor else "")
         if coverage is not None:
@@ -323,6 +325,23 @@ def _warn_several_bundles(db: Path, choose: str) -> None:
         logging.getLogger("edgemon").warning(
             "%d recording(s) hold detections of more than one bundle (reanalyse): every bundle's are "
             "included, so a call may appear once per bundle; choose one with %s", several, choose)
+
+
+def _warn_bundle_reach(db: Path, bundles: list[str]) -> None:
+    """An export of a bundle that analysed only some of the recordings (an interrupted or partial
+    ``reanalyse``) holds the calls of those only: say how many, since an empty recording and one
+    never analysed look alike in the rows (a review)."""
+    from edgemon.storage.readonly import ReadError, recordings_analysed_by
+
+    try:
+        reach = recordings_analysed_by(db, bundles)
+    except ReadError:
+        return
+    for bundle_id, analysed, finished in reach:
+        if analysed < finished:
+            logging.getLogger("edgemon").warning(
+                "%s analysed %d of the %d finished recordings in the ledger: this export holds its calls in those "
+                "only (`edgemon reanalyse --models BUNDLE` analyses the rest)", bundle_id, analysed, finished)
 
 
 def _parse_time(text: str, option: str):

@@ -234,3 +234,27 @@ def test_a_recording_without_detections_takes_the_recorders_device_id(tmp_path):
     reanalyse(db, analyzer)
     assert _rows(db, "SELECT DISTINCT device_id FROM detections WHERE source = ? AND bundle_id = ?",
                  [quiet, analyzer.bundle.bundle_id]) == [("site-07",)]
+
+
+def test_a_bundles_effort_is_the_recordings_it_analysed(tmp_path):
+    """A review: after `reanalyse --models B` reached one recording of two (the other gone from
+    disk), the charts of B drew the other as listened to and silent, and `export-detections
+    --bundle B` said nothing of the recording it never heard."""
+    from edgemon.review.charts import effort_hours
+
+    db, recordings = make_review_db(tmp_path)
+    gone = recordings / "S01/20240502_070000.WAV"
+    assert gone.is_file()
+    gone.rename(tmp_path / "elsewhere.WAV")
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    new_id = analyzer.bundle.bundle_id
+    assert reanalyse(db, analyzer).files == 1
+    assert effort_hours(db, new_id)[1] == pytest.approx({"2024-05-01": 20 / 3600})
+    assert effort_hours(db, BUNDLE_ID)[1] == pytest.approx({"2024-05-01": 20 / 3600, "2024-05-02": 20 / 3600})
+    cli = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db), "--bundle", new_id],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert f"{new_id} analysed 1 of the 2 finished recordings" in cli.stderr
+    whole = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db), "--bundle",
+                            BUNDLE_ID], capture_output=True, text=True, timeout=120)
+    assert whole.returncode == 0 and "finished recordings" not in whole.stderr

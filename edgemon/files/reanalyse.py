@@ -147,7 +147,7 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
                                 label=e.label, confidence=e.confidence, score=e.score, votes=e.votes,
                                 bundle_id=bundle_id)
                       for e in analysis.events]
-        stored += store.replace_detections(row["source"], bundle_id, detections)
+        stored += store.replace_detections(row["source"], bundle_id, detections, analysis.duration_s)
         done.append(row["source"])
         log.info("[%d/%d] %s: %d detection(s) with %s", i, len(files), row["source"], len(detections), bundle_id)
     return stored

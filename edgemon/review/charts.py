@@ -16,9 +16,10 @@ from edgemon.storage.readonly import open_read_only
 from edgemon.utc import parse_utc
 
 
-def effort_hours(db_path: Path) -> tuple[dict[int, float], dict[str, float]]:
+def effort_hours(db_path: Path, bundle_id: str | None = None) -> tuple[dict[int, float], dict[str, float]]:
     """Hours of audio analysed per UTC hour of day (0..23) and per UTC day ('YYYY-MM-DD'): each
-    finished recording spread over the hours it spans, plus the live streams' analysed seconds."""
+    finished recording spread over the hours it spans (with ``bundle_id``, those that bundle
+    analysed: ``analyses``), plus the live streams' analysed seconds."""
     by_hour: dict[int, float] = defaultdict(float)
     by_day: dict[str, float] = defaultdict(float)
 
@@ -32,8 +33,7 @@ def effort_hours(db_path: Path) -> tuple[dict[int, float], dict[str, float]]:
             start = boundary
 
     with closing(open_read_only(db_path, ReviewError)) as conn:
-        for start, seconds in conn.execute("SELECT start_utc, duration_s FROM files WHERE state = 'done' "
-                                           "AND start_utc IS NOT NULL AND duration_s > 0"):
+        for start, seconds in conn.execute(*_recordings_analysed(conn, bundle_id)):
             add(parse_utc(start), seconds)
         try:
             for minute, seconds in conn.execute("SELECT minute_utc, analysed_s FROM coverage WHERE analysed_s > 0"):
@@ -41,6 +41,17 @@ def effort_hours(db_path: Path) -> tuple[dict[int, float], dict[str, float]]:
         except sqlite3.OperationalError:   # a database from before live coverage existed
             pass
     return dict(by_hour), dict(by_day)
+
+
+def _recordings_analysed(conn: sqlite3.Connection, bundle_id: str | None) -> tuple[str, list]:
+    """The query of the finished recordings' starts and durations (with ``bundle_id``: those it
+    analysed, when the database records it; before ``schema.m014_analyses``, all of them)."""
+    whole = "f.state = 'done' AND f.start_utc IS NOT NULL"
+    if bundle_id and conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'analyses'").fetchone():
+        return (f"SELECT f.start_utc, coalesce(a.duration_s, f.duration_s) AS seconds FROM analyses a "
+                f"JOIN files f ON f.source = a.source WHERE a.bundle_id = ? AND {whole} "
+                f"AND coalesce(a.duration_s, f.duration_s) > 0", [bundle_id])
+    return f"SELECT f.start_utc, f.duration_s FROM files f WHERE {whole} AND f.duration_s > 0", []
 
 
 def calls(db_path: Path, bundle_id: str | None = None) -> tuple[dict, dict]:
@@ -106,7 +117,7 @@ def grid_svg(title: str, labels: list[str], columns: list, column_names: list[st
 
 def charts_svg(db_path: Path, bundle_id: str | None = None) -> tuple[str, str]:
     """The by-hour-of-day and the by-day SVG charts of the database at ``db_path``."""
-    effort_hour, effort_day = effort_hours(db_path)
+    effort_hour, effort_day = effort_hours(db_path, bundle_id)
     by_hour, by_day = calls(db_path, bundle_id)
     labels = sorted({label for label, _ in by_hour} | {label for label, _ in by_day})
     hours = list(range(24))

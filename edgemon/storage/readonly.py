@@ -242,6 +242,34 @@ def sources_in_several_bundles(db_path: Path) -> int:
             raise ReadError(f"cannot read the detections of {db_path}: {e}") from e
 
 
+def recordings_analysed_by(db_path: Path, bundle_ids: list[str]) -> list[tuple[str, int, int]]:
+    """For each of ``bundle_ids``: how many of the ledger's finished recordings it analysed
+    (``analyses``), and how many there are; nothing for a database from before that table.
+    Raises ``ReadError``."""
+    with closing(open_read_only(db_path)) as conn:
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'analyses'").fetchone() is None:
+                return []
+            finished = conn.execute("SELECT count(*) FROM files WHERE state = 'done'").fetchone()[0]
+            return [(bundle_id, conn.execute("SELECT count(*) FROM analyses a JOIN files f ON f.source = a.source "
+                                             "WHERE a.bundle_id = ? AND f.state = 'done'", [bundle_id]).fetchone()[0],
+                     finished) for bundle_id in bundle_ids]
+        except sqlite3.Error as e:
+            raise ReadError(f"cannot read the ledger of {db_path}: {e}") from e
+
+
+def sources_analysed_by(db_path: Path, bundle_id: str) -> set[str] | None:
+    """The recordings ``bundle_id`` analysed (``analyses``), or None for a database from before
+    that table (it cannot tell). Raises ``ReadError``."""
+    with closing(open_read_only(db_path)) as conn:
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'analyses'").fetchone() is None:
+                return None
+            return {r[0] for r in conn.execute("SELECT source FROM analyses WHERE bundle_id = ?", [bundle_id])}
+        except sqlite3.Error as e:
+            raise ReadError(f"cannot read the analyses of {db_path}: {e}") from e
+
+
 def database_uuid(db_path: Path) -> str | None:
     """The database's own id (``sync_meta.db_uuid``; a copy keeps it until it syncs as a new
     lineage), or None for a database without one."""

@@ -252,6 +252,7 @@ class Store:
         rows = [_detection_row(d, now) for d in detections]
         with self._write() as db:
             _replace_rows(db, source, bundle_id, rows)
+            _mark_analysed(db, source, bundle_id, duration_s, now)
             attempts = _attempts_so_far(self.file_entry(source), size, mtime_ns) + 1
             db.execute("DELETE FROM in_progress WHERE source = ?", [source])
             db["files"].upsert({
@@ -407,20 +408,23 @@ class Store:
                 db["detections"].insert_all(rows, replace=True)
         return len(rows)
 
-    def replace_detections(self, source: str, bundle_id: str, detections: list[Detection]) -> int:
+    def replace_detections(self, source: str, bundle_id: str, detections: list[Detection],
+                           duration_s: float | None = None) -> int:
         """Store ``bundle_id``'s detections of ``source`` in place of that bundle's earlier ones, in
         one transaction; other bundles' detections and the ledger are left alone (``reanalyse``).
         A detection found again unchanged keeps its row and id, so export cursors do not deliver it
         twice (a confidence or score moved by numeric noise alone counts as unchanged: see
         ``tables.NUMERIC_NOISE``); one found again with other values (confidence, end...) is a new row with a
         new id, so cursors deliver it (a cursor that passed it below a --min-confidence would
-        otherwise never see it rise), and its reviews follow it. Returns the number stored.
-        Raises ValueError if a detection names another source or bundle."""
+        otherwise never see it rise), and its reviews follow it. The recording is recorded as
+        analysed by ``bundle_id`` (``analyses``, with ``duration_s`` of audio read). Returns the
+        number stored. Raises ValueError if a detection names another source or bundle."""
         _check_detections(detections, source, bundle_id)
         now = _now()
         rows = [_detection_row(d, now) for d in detections]
         with self._write() as db:
             _replace_rows(db, source, bundle_id, rows)
+            _mark_analysed(db, source, bundle_id, duration_s, now)
         return len(rows)
 
     def add_coverage(self, minutes: Iterable[CoverageMinute]) -> int:
@@ -506,6 +510,13 @@ class Store:
         row.update(at_utc=utc_iso(beat.at_utc), started_utc=utc_iso(beat.started_utc))
         with self._write() as db:
             db["heartbeats"].insert(row)
+
+
+def _mark_analysed(db: sqlite_utils.Database, source: str, bundle_id: str, duration_s: float | None, now: str) -> None:
+    """``source`` analysed by ``bundle_id`` (``schema.m014_analyses``), inside the caller's transaction."""
+    db.execute("INSERT INTO analyses (source, bundle_id, duration_s, analysed_at) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT (source, bundle_id) DO UPDATE SET duration_s = excluded.duration_s, "
+               "analysed_at = excluded.analysed_at", [source, bundle_id, duration_s, now])
 
 
 def _replace_rows(db: sqlite_utils.Database, source: str, bundle_id: str, rows: list[dict]) -> None:

@@ -387,7 +387,8 @@ def lock_database(conn: psycopg.Connection, db_uuid: str) -> None:
     """A session lock on one recorder database's rows; BusyError when another sync holds it.
     Released when the connection closes, also when the holder was killed."""
     if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [MIGRATION_LOCK, db_uuid]).fetchone()[0]:
-        raise BusyError(f"another sync of database {db_uuid} is running")
+        raise BusyError(f"another sync of database {db_uuid} is running (or was killed just now: the server "
+                        f"frees its lock when it notices the connection gone, within a minute; try again then)")
 
 
 def prepare_staging(conn: psycopg.Connection) -> None:

@@ -195,3 +195,26 @@ def test_a_raven_cursor_refuses_a_pipe_among_its_tables(db_path, tmp_path):
                           timeout=60)
     assert done.returncode == 1 and "not a regular file" in done.stderr and str(first) in done.stderr, done.stderr
     assert stat.S_ISFIFO(os.lstat(first).st_mode)
+
+
+def test_temp_files_of_a_killed_export_are_swept_by_the_next(db_path, tmp_path):
+    """A newcomer trial: exports killed with SIGKILL left their hidden temp files beside the target
+    (87-189 per kill into a Raven directory), and a later export minutes after left them all. Gone
+    now once their writer is dead and they are ten minutes old; a live writer's, or a fresh one, stay."""
+    from edgemon.storage.export_files import STALE_TEMP_S
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    old = os.path.getmtime(db_path) - STALE_TEMP_S - 60
+    left = {name: out / name for name in (f".d.csv.{dead.pid}-0123abcd.tmp", f".d.csv.{os.getpid()}-0123abcd.tmp",
+                                          f".e.csv.{dead.pid}-89abcdef.tmp")}
+    for i, path in enumerate(left.values()):
+        path.write_text("half a row")
+        if i < 2:
+            os.utime(path, (old, old))
+    assert STALE_TEMP_S <= 600
+    result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(out / "d.csv")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == sorted(list(left)[1:])

@@ -367,7 +367,7 @@ def _stage(written: list[tuple[Path, Path]], moving: CursorMove) -> list[Move]:
                           f"{e.strerror or e} (nothing was delivered; the cursor stays)") from e
 
 
-STALE_TEMP_S = 3600.0
+STALE_TEMP_S = 600.0   # a writer on another machine sharing the directory touches its file far oftener
 _TEMP = re.compile(r"\..*\.(\d+)-[0-9a-f]{8}\.tmp")   # what _temp_beside names: the writer's pid in it
 
 

@@ -67,9 +67,12 @@ def watch(
 ):
     """Turn every recording in DIRECTORY into detections, once, and keep watching for new ones."""
     from edgemon.daemon import run_service
+    from edgemon.signals import StoppedEarly
 
     try:
         run_service(settings_in_force(ctx, config, directory_alias), mode="watch", until_idle=until_idle)
+    except StoppedEarly as exc:
+        raise console.error(str(exc), exc.exit_status)
     except EdgemonError as exc:
         raise fail(exc)
 

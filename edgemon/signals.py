@@ -9,6 +9,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from edgemon.errors import EdgemonError
+
 log = logging.getLogger(__name__)
 
 
@@ -21,6 +23,7 @@ def stop_on_signals(finishing: str = "the current file") -> Iterator[threading.E
 
     def handler(signum, frame):
         log.info("signal %d: stopping after %s", signum, finishing)
+        stop.signum = signum   # for an exit status that says the work was stopped, where it has an end
         # Set from another thread: the handler runs on the main thread, which may be inside
         # stop.wait() holding the Event's (non-reentrant) lock; set() here would wait for it forever.
         threading.Thread(target=stop.set, name="stop-on-signal", daemon=True).start()
@@ -32,6 +35,15 @@ def stop_on_signals(finishing: str = "the current file") -> Iterator[threading.E
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class StoppedEarly(EdgemonError):
+    """A run with an end (``watch --until-idle``) stopped by a signal before it got there: its exit
+    status is 128 + the signal's number, as the signal would give, not 0 ("done")."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_status = 128 + signum
 
 
 class Terminated(KeyboardInterrupt):

@@ -346,6 +346,13 @@ def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]
     assert lines[0].startswith("backlog: 0/5 file(s) done, 0.00 of 0.01 h of audio")
     assert lines[-1].startswith("backlog done: 5 file(s)")
+    # Lines come between files, not only between passes over the directory (a newcomer trial: a
+    # backlog all there at the start is one pass, and 200 files went by without a line).
+    caplog.clear()
+    watch_until_idle(root, tmp_path / "e.db", progress_s=0.001)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]
+    assert any(line.startswith(f"backlog: {n}/5 file(s) done") for n in range(1, 5) for line in lines), lines
+    assert lines[-1].startswith("backlog done: 5 file(s)")
 
 
 def test_an_isolated_analysis_equals_the_daemons_own_and_reports_each_block(tmp_path):

@@ -93,3 +93,20 @@ def test_sigterm_stops_the_daemon_promptly_and_cleanly(borneo_dir, tmp_path):
     assert time.monotonic() - stopped < 3.0
     assert "stopping" in stderr
     assert query(db, "SELECT state, COUNT(*) FROM files GROUP BY state") == [("done", 2)]
+
+
+def test_until_idle_stopped_with_files_left_says_so_and_exits_as_the_signal(borneo_dir, tmp_path):
+    """A newcomer trial: `watch --until-idle` stopped by SIGTERM with 11 of 16 files left exited 0,
+    so `edgemon watch --until-idle && next-step` went on with an unfinished card."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    backlog(borneo_dir, root)
+    daemon = start_daemon(root, db)
+    poll_until(lambda: files_done(db) >= 1, 120, interval=0.05)
+    daemon.send_signal(signal.SIGTERM)
+    _, stderr = daemon.communicate(timeout=60)
+    left = FILES - files_done(db)
+    assert left > 0, "the backlog finished before the signal"
+    assert daemon.returncode == 128 + signal.SIGTERM, stderr
+    assert f"error: stopped with {left} file(s) not analysed yet" in stderr
+    run_daemon_until_idle(root, db)                       # the same command finishes the card
+    assert files_done(db) == FILES

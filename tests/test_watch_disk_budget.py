@@ -157,3 +157,45 @@ def test_a_commit_the_disk_refused_is_not_taken_for_a_death(tmp_path, caplog):
     assert not refusals and watcher.processed == 1
     assert "database write failed" in caplog.text and "cut short" not in caplog.text
     assert seen_open == []   # status, during the retry, counts no death either (a review)
+
+
+def _a_full_database_error():
+    """SQLite's own error for a full database (SQLITE_FULL), from a database held to one page."""
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("PRAGMA max_page_count = 1")
+        try:
+            conn.execute("CREATE TABLE t (x)")
+            conn.execute("INSERT INTO t VALUES (zeroblob(100000))")
+        except sqlite3.OperationalError as exc:
+            return exc
+    raise AssertionError("SQLite found room")
+
+
+def test_until_idle_on_a_full_database_ends_in_one_line(tmp_path):
+    """A newcomer trial: with min_free_mb 0, `watch --until-idle` onto a full disk held its work
+    and retried for ever ("database or disk is full"). A busy or locked database is still waited out."""
+    import pytest
+
+    from edgemon.storage.disk_budget import DiskHoldError
+
+    full = _a_full_database_error()
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recordings(root, 3)
+    with Store(db) as store:
+        def refused(*args, **kwargs):
+            raise full
+
+        store.commit_file = refused
+        watcher = Watcher(fast_config(root, settle_s=0.0), analyzer(), store)
+        stop = threading.Event()
+        deadline = threading.Timer(20, stop.set)
+        deadline.start()
+        try:
+            with pytest.raises(DiskHoldError, match=r"3 file\(s\) not analysed: the database's disk is full"):
+                watcher.run(stop)
+        finally:
+            deadline.cancel()
+        assert not stop.is_set()

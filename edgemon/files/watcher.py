@@ -49,8 +49,10 @@ from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped,
 from edgemon.files.recordings import StabilityTracker, header_consistent, recording_time
 from edgemon.files.same_recording import SameRecording, complete_digests, same_recording, undigested_files
 from edgemon.safetext import name_from_stored, shown
+from edgemon.signals import StoppedEarly
 from edgemon.storage.disk_budget import HOLD, DiskGuard, DiskHoldError
 from edgemon.storage.fingerprint import another_recording, digests
+from edgemon.storage.readonly import error_code
 from edgemon.storage.store import Detection, Store
 
 log = logging.getLogger(__name__)
@@ -222,6 +224,9 @@ class Watcher:
                     if done:
                         self.pending.discard(path)
                         self.stability.forget(path)
+                    # Between files, not only between passes: a backlog all there at the start is
+                    # one pass, and it said nothing until it ended (a newcomer trial: 200 files).
+                    self._report_progress()
                 self._report_progress()
                 self._release_idle_hold()
                 self._refuse_a_disk_hold_until_idle()
@@ -237,6 +242,11 @@ class Watcher:
                            min(max(0.05, next_scan - time.monotonic()), 1.0))
         finally:
             stop_observer(observer)
+        if self.config.until_idle and self.pending and hasattr(stop, "signum"):
+            # Stopped (Ctrl-C, SIGTERM) with files left: exit 0 read as "the card is done" to
+            # `watch --until-idle && next-step` (a newcomer trial: 11 of 16 files left, status 0).
+            raise StoppedEarly(f"stopped with {len(self.pending)} file(s) not analysed yet; what was analysed is "
+                               f"stored, and the same command analyses the rest", stop.signum)
 
     def _refuse_a_disk_hold_until_idle(self) -> None:
         """``--until-idle`` below the disk watermark: no new file would ever start, and a one-off
@@ -279,7 +289,12 @@ class Watcher:
 
     def _hold(self, exc: sqlite3.OperationalError) -> None:
         """A write was refused and rolled back: nothing of the file is stored, nothing counted
-        against it. Hold all work for ``retry_s``, then try again (the file stays pending)."""
+        against it. Hold all work for ``retry_s``, then try again (the file stays pending); with
+        ``--until-idle`` a full disk ends the run instead (nothing would free it: with min_free_mb 0
+        a card read waited for ever, a newcomer trial)."""
+        if self.config.until_idle and error_code(exc) == sqlite3.SQLITE_FULL:
+            raise DiskHoldError(f"{len(self.pending)} file(s) not analysed: the database's disk is full "
+                                f"({shown(exc)}); free some space and run again")
         if self.store_error is None:
             log.warning("database write failed (%s); holding work, retrying every %.0f s", shown(exc),
                         self.config.retry_s)

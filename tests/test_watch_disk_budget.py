@@ -23,6 +23,17 @@ def pretend_disk(free_mb: list[float], db) -> DiskGuard:
                      usage=lambda _: type("U", (), {"free": free_mb[0] * 2**20})())
 
 
+def run_for_at_most(watcher: Watcher, seconds: float) -> None:
+    """``watcher.run`` until it ends by itself, or is stopped after ``seconds``."""
+    stop = threading.Event()
+    deadline = threading.Timer(seconds, stop.set)
+    deadline.start()
+    try:
+        watcher.run(stop)
+    finally:
+        deadline.cancel()
+
+
 def recordings(root, n: int = 2) -> None:
     for i in range(n):
         write_wav(root / f"2024020{i + 1}_060000.WAV", tone(800, 2.0, seed=i))
@@ -147,13 +158,7 @@ def test_a_commit_the_disk_refused_is_not_taken_for_a_death(tmp_path, caplog):
 
         store.commit_file = full_once
         watcher = Watcher(fast_config(root, settle_s=0.0), analyzer(), store)
-        stop = threading.Event()
-        deadline = threading.Timer(60, stop.set)
-        deadline.start()
-        try:
-            watcher.run(stop)
-        finally:
-            deadline.cancel()
+        run_for_at_most(watcher, 60)
     assert not refusals and watcher.processed == 1
     assert "database write failed" in caplog.text and "cut short" not in caplog.text
     assert seen_open == []   # status, during the retry, counts no death either (a review)
@@ -190,12 +195,5 @@ def test_until_idle_on_a_full_database_ends_in_one_line(tmp_path):
 
         store.commit_file = refused
         watcher = Watcher(fast_config(root, settle_s=0.0), analyzer(), store)
-        stop = threading.Event()
-        deadline = threading.Timer(20, stop.set)
-        deadline.start()
-        try:
-            with pytest.raises(DiskHoldError, match=r"3 file\(s\) not analysed: the database's disk is full"):
-                watcher.run(stop)
-        finally:
-            deadline.cancel()
-        assert not stop.is_set()
+        with pytest.raises(DiskHoldError, match=r"3 file\(s\) not analysed: the database's disk is full"):
+            run_for_at_most(watcher, 20)    # the deadline would end it with no error

@@ -411,3 +411,28 @@ def test_cursors_of_disjoint_labels_share_a_raven_directory(db_path, tmp_path):
         export_detections(db_path, "raven", out, new=True, cursor_name="all")
     rows = [row for p in sorted(out.glob(f"*{SUFFIX}")) for row in read_table(p)]
     assert len(rows) == 5
+
+
+def test_a_database_rebuilt_after_corruption_keeps_its_raven_directory(tmp_path):
+    """A newcomer trial: under the default device id, the database `watch` rebuilt after moving a
+    corrupt one aside was refused by its own Raven directory for good, by a message naming the one
+    path as two databases. The rebuilt database notes the id it replaces where that can be read."""
+    from edgemon.storage.recovery import open_or_recover
+    from tests.watch_helpers import damage_table
+
+    db, out = tmp_path / "d.db", tmp_path / "raven"
+    out.mkdir()
+    made = dataclasses.replace(detection(REC1, 2.0, "bird", 0.8, "2024-05-01T06:00:02Z"), device_id="edgemon")
+    with Store(db) as store:
+        commit(store, REC1, [made])
+    assert export_detections(db, "raven", out, new=True) == 1
+    damage_table(db, "detections")
+    with open_or_recover(db) as store:          # moved aside, a fresh one: the recording analysed again
+        commit(store, REC1, [made])
+    assert list(tmp_path.glob("d.db.corrupt-*"))
+    export_detections(db, "raven", out, new=True)    # the row is there already: left out, not refused
+    another = tmp_path / "other.db"                # another unconfigured recorder is still refused,
+    with Store(another) as store:                  # and told how a restarted one would go on
+        commit(store, REC1, [made])
+    with pytest.raises(ExportError, match=r"in another database .* remove .*\.edgemon-raven-owner"):
+        export_detections(another, "raven", out, new=True)

@@ -50,7 +50,8 @@ def check_directory(conn: sqlite3.Connection, db_path: Path, out_dir: Path, erro
     try:
         mine = {d for (d,) in conn.execute("SELECT DISTINCT device_id FROM detections")}
         my_db = {str(v) for (v,) in conn.execute(
-            "SELECT value FROM sync_meta WHERE key IN ('db_uuid', 'forked_from') AND value IS NOT NULL")} \
+            "SELECT value FROM sync_meta WHERE key IN ('db_uuid', 'forked_from', 'rebuilt_from') "
+            "AND value IS NOT NULL")} \
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sync_meta'").fetchone() else set()
     except sqlite3.Error as e:
         raise error(f"cannot read detections: {e}") from e
@@ -65,9 +66,10 @@ def check_directory(conn: sqlite3.Connection, db_path: Path, out_dir: Path, erro
         if not named and not same_db:
             raise error(f"Raven directory {out_dir} holds the tables of recorder {', '.join(sorted(theirs))} "
                         f"(database {held.get('database')}), and {db_path} is recorder {', '.join(sorted(mine))}'s"
-                        f"{' (another database)' if theirs & mine else ''}: two recorders name their recordings "
-                        f"alike (an AudioMoth by the start time), so one would write into the other's tables; give "
-                        f"each database its own --output directory")
+                        f"{' in another database (another id, whatever its path)' if theirs & mine else ''}: two "
+                        f"recorders name their recordings alike (an AudioMoth by the start time), so one would write "
+                        f"into the other's tables; give each database its own --output directory"
+                        f"{_same_recorder_hint(out_dir) if theirs & mine else ''}")
     if cursor is None and cursors:
         raise error(f"Raven directory {out_dir} is export cursor {sorted(cursors)[0]!r}'s: a plain export would "
                     f"replace the tables it delivered (a filtered one would lose their rows); export into "
@@ -88,6 +90,11 @@ def check_directory(conn: sqlite3.Connection, db_path: Path, out_dir: Path, erro
     note = {"device_ids": sorted(mine | theirs), "databases": sorted(my_db | their_dbs),
             "database": str(Path(db_path).resolve()), "cursors": cursors, "plain": plain}
     return Claim(out_dir, note)
+
+
+def _same_recorder_hint(out_dir: Path) -> str:
+    return (f" (if it is the same recorder's database started afresh, remove {out_dir / OWNER_FILE} to let it "
+            f"take the directory over)")
 
 
 def note_claim(claim: Claim | None) -> None:

@@ -12,6 +12,7 @@ refused and left where it is.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import sqlite3
@@ -121,8 +122,27 @@ def open_or_recover(path: str | Path) -> Store:
         if other is not None:
             raise StoreError(f"{shown(path)}: {other}, not a detections database; nothing was changed: "
                              f"give --db the database's path (such as detections.db)")
+        was = _own_id(path)
         aside = move_aside(path)
         log.error("detections database %s is corrupt (%s); moved it aside to %s and started a fresh one. "
                   "Every recording will be analysed again. Nothing was deleted; to salvage old rows: "
                   "sqlite3 %s .recover | sqlite3 salvaged.db", shown(path), shown(found), shown(aside), shown(aside))
+        store = Store(path)
+        if was is not None:
+            # The same recorder's database: what keys an output to one database (a Raven directory's
+            # owner note) takes it for its predecessor (a newcomer trial: refused for good under
+            # the default device id, by a message naming the one path as two databases).
+            with store.db.conn:
+                store.db.execute("INSERT OR REPLACE INTO sync_meta (key, value) VALUES ('rebuilt_from', ?)", [was])
+        return store
     return Store(path)
+
+
+def _own_id(path: Path) -> str | None:
+    """The corrupt database's own id (``sync_meta.db_uuid``) where it can still be read, else None."""
+    try:
+        with contextlib.closing(connect_read_only(path, timeout_s=1.0)) as conn:
+            row = conn.execute("SELECT value FROM sync_meta WHERE key = 'db_uuid'").fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])

@@ -78,6 +78,7 @@ def reanalyse(
     recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Recorder directory (default: the ledger's paths).", readable=False)] = None,
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
+    again: Annotated[bool, typer.Option("--again", help="Analyse again the recordings this bundle analysed since they last changed (passed over otherwise, so a stopped run goes on where it stopped).")] = False,
 ):
     """Run recordings still on disk through another bundle (--models; e.g. one from `edgemon-train adapt`,
     or the embedded one after an upgrade); its detections are stored beside the old ones (run again,
@@ -89,7 +90,7 @@ def reanalyse(
         service = service_in_force(ctx, config)
         with terminate_as_interrupt():   # stopped by systemd or `timeout`: said, as after Ctrl-C
             result = run_reanalyse(service.db, make_analyzer(service.models, service.threads), recordings,
-                                   service.device_id)
+                                   service.device_id, again)
     except Terminated:
         raise typer.Exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:

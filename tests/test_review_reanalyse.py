@@ -48,7 +48,8 @@ def test_reanalyse_stores_a_second_bundles_detections_beside_the_first(tmp_path)
                      "created_at, time_source, clock_suspect) VALUES ('S01', ?, 999.0, 1000.0, 'great_argus', 0.5, ?, "
                      "'2026-01-01T00:00:00Z', 'filename', 0)", ["S01/20240501_060000.WAV", new_id])
     # Run twice: the same rows, the same ids (they got new ids, orphaning their reviews), the stale one gone.
-    again = reanalyse(db, analyzer)
+    assert reanalyse(db, analyzer).files == 0         # done already: a rerun goes on where it stopped
+    again = reanalyse(db, analyzer, again=True)
     assert (again.files, again.detections) == (2, first.detections)
     assert _rows(db, "SELECT id, source, start_s, label FROM detections WHERE bundle_id = ? ORDER BY id", [new_id]) == stored
 
@@ -144,7 +145,7 @@ def test_reanalyse_keeps_scores_names_and_reviews_and_never_replaces_a_changed_r
                      "reviewed_at) VALUES (?, ?, ?, ?, ?, 'correct', 'me', '2026-12-04T00:00:00Z')",
                      [first_id, source, start_s, label, new_id])
     top = _rows(db, "SELECT max(id) FROM detections")[0][0]
-    reanalyse(db, analyzer)
+    reanalyse(db, analyzer, again=True)
     moved = _rows(db, "SELECT id, confidence FROM detections WHERE source = ? AND start_s = ? AND label = ? "
                       "AND bundle_id = ?", [source, start_s, label, new_id])
     assert len(moved) == 1 and moved[0][0] > top and moved[0][1] == scored[0][2]
@@ -157,11 +158,11 @@ def test_reanalyse_keeps_scores_names_and_reviews_and_never_replaces_a_changed_r
     path = recordings / "S01/20240501_060000.WAV"
     samples, rate = soundfile.read(path)
     soundfile.write(path, samples[: rate * 5], rate, subtype="PCM_16")
-    result = reanalyse(db, analyzer)
+    result = reanalyse(db, analyzer, again=True)
     assert result.files == 1 and len(result.changed) == 1 and "S01/20240501_060000.WAV" in result.changed[0]
     assert _rows(db, "SELECT * FROM detections ORDER BY id") == before
     cli = subprocess.run([sys.executable, "-m", "edgemon", "reanalyse", "--db", str(db), "--models",
-                          str(default_bundle_path())], capture_output=True, text=True, timeout=120)
+                          str(default_bundle_path()), "--again"], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 1 and json.loads(cli.stdout)["changed"] == result.changed
     assert cli.stderr.strip().splitlines()[-1].startswith("error: 1 recording(s) not analysed again: 1 changed")
 
@@ -204,7 +205,7 @@ def test_reanalyse_leaves_a_recording_written_again_at_its_size_alone(tmp_path, 
     soundfile.write(recordings / name, samples, rate, subtype="PCM_16")
     watch_until_idle(recordings, db)
     analyzer = Analyzer(load_bundle(default_bundle_path()))
-    assert reanalyse(db, analyzer).files == 1
+    assert reanalyse(db, analyzer, again=True).files == 1     # watch's own bundle: again
     before = _rows(db, "SELECT * FROM detections ORDER BY id")
     assert before
     _zero_the_tail_in_place(recordings / name, keep=1 / 3)
@@ -213,7 +214,7 @@ def test_reanalyse_leaves_a_recording_written_again_at_its_size_alone(tmp_path, 
         if check == "duration":
             with sqlite3.connect(db) as conn:
                 conn.execute("UPDATE files SET tail_digest = NULL")
-        result = reanalyse(db, analyzer)
+        result = reanalyse(db, analyzer, again=True)
         assert result.files == 0 and len(result.changed) == 1 and name in result.changed[0], (check, result)
         assert _rows(db, "SELECT * FROM detections ORDER BY id") == before
 
@@ -258,3 +259,29 @@ def test_a_bundles_effort_is_the_recordings_it_analysed(tmp_path):
     whole = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db), "--bundle",
                             BUNDLE_ID], capture_output=True, text=True, timeout=120)
     assert whole.returncode == 0 and "finished recordings" not in whole.stderr
+
+
+def test_a_stopped_reanalyse_goes_on_where_it_stopped(tmp_path):
+    """A newcomer trial: each rerun of a stopped reanalyse began again at the first recording
+    (`[1/16]`), so on a season of audio an interruption cost the whole run again."""
+    db, _ = make_review_db(tmp_path)
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    analyse_file, calls = analyzer.analyse_file, []
+
+    def stopped_at_the_second(path):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return analyse_file(path)
+
+    analyzer.analyse_file = stopped_at_the_second
+    with pytest.raises(KeyboardInterrupt):
+        reanalyse(db, analyzer)
+    analyzer.analyse_file = lambda path: (calls.append(path.name), analyse_file(path))[1]
+    rest = reanalyse(db, analyzer)
+    assert (rest.files, rest.current) == (1, 1) and calls == ["20240501_060000.WAV", "20240502_070000.WAV",
+                                                              "20240502_070000.WAV"]
+    with sqlite3.connect(db) as conn:   # watch analysed the first again since (it grew): analysed again too
+        conn.execute("UPDATE files SET updated_at = '2999-01-01T00:00:00.000Z' WHERE source = ?",
+                     ["S01/20240501_060000.WAV"])
+    assert reanalyse(db, analyzer).files == 1 and reanalyse(db, analyzer, again=True).files == 2

@@ -92,7 +92,7 @@ def test_review_and_reanalyse_refuse_another_recorders_file_of_the_same_size(car
     with pytest.raises(AudioError, match=f"{NAME}: not the recording analysed: .*holds other audio"):
         read_excerpt(row, recordings=b)
     run = subprocess.run([sys.executable, "-m", "edgemon", "reanalyse", "--db", str(db), "--models",
-                          str(REPO / "edgemon" / "models" / "default"), "--recordings", str(b)],
+                          str(REPO / "edgemon" / "models" / "default"), "--recordings", str(b), "--again"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
     assert "1 changed" in run.stderr and "holds other audio" in run.stdout + run.stderr, (run.stdout, run.stderr)
@@ -177,7 +177,7 @@ def test_reanalyse_passes_over_another_cards_file_for_the_ledgers_own(cards):
     from tests.watch_helpers import analyzer
 
     a, b, db = cards
-    result = reanalyse(db, analyzer(), recordings=b)
+    result = reanalyse(db, analyzer(), recordings=b, again=True)   # watch's own bundle: again
     assert (result.files, result.changed, result.missing) == (1, [], [])
 
 
@@ -193,7 +193,7 @@ def test_a_recording_grown_since_is_heard_on_the_review_page_but_not_reanalysed(
     soundfile.write(a / NAME, np.concatenate([x, x[: 5 * rate]]), rate, subtype="PCM_16")
     row = detection(db, rows(db)[0][0])
     assert read_excerpt(row).path == a / NAME
-    result = reanalyse(db, analyzer())
+    result = reanalyse(db, analyzer(), again=True)
     assert result.files == 0 and len(result.changed) == 1 and "when analysed" in result.changed[0]
 
 

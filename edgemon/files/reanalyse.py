@@ -41,11 +41,13 @@ class ReanalyseResult:
     missing: list[str]  # sources whose recording is no longer on disk
     failed: list[str]   # "source: error" of recordings that could not be read
     changed: list[str] = dataclasses.field(default_factory=list)   # "source: why": not the file watch analysed
+    current: int = 0    # recordings the bundle had analysed since they last changed: passed over
 
 
-def _ledger(db_path: Path) -> tuple[list[dict], list[str]]:
-    """The finished recordings of the ledger, each with its device id; and "source: why" of the
-    recordings with detections that watch has quarantined since (cut short after analysis)."""
+def _ledger(db_path: Path, bundle_id: str) -> tuple[list[dict], list[str]]:
+    """The finished recordings of the ledger, each with its device id and when ``bundle_id`` last
+    analysed it (``analysed_at``, None if never); and "source: why" of the recordings with
+    detections that watch has quarantined since (cut short after analysis)."""
     if not Path(db_path).is_file():
         raise ReanalyseError(f"detections database not found: {db_path}")
     try:
@@ -53,6 +55,9 @@ def _ledger(db_path: Path) -> tuple[list[dict], list[str]]:
             conn.row_factory = sqlite3.Row
             files = [dict(r) for r in conn.execute("SELECT * FROM files WHERE state = 'done' ORDER BY source")]
             devices = dict(conn.execute("SELECT source, min(device_id) FROM detections GROUP BY source").fetchall())
+            analysed = dict(conn.execute("SELECT source, analysed_at FROM analyses WHERE bundle_id = ?", [bundle_id])
+                            .fetchall()) if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'analyses'"
+                                                         ).fetchone() else {}
             held = [f"{r['source']}: quarantined by watch ({r['error']})" for r in conn.execute(
                 "SELECT source, error FROM files WHERE state = 'quarantined' AND source IN "
                 "(SELECT source FROM detections) ORDER BY source")]
@@ -60,12 +65,21 @@ def _ledger(db_path: Path) -> tuple[list[dict], list[str]]:
         raise ReanalyseError(f"cannot read the ledger of {db_path}: {e}") from e
     for row in files:
         row["device_id"] = devices.get(row["source"])
+        row["analysed_at"] = analysed.get(row["source"])
     return files, held
 
 
+def _analysed_since_changed(row: dict) -> bool:
+    """The bundle analysed the recording after the ledger last changed it (``watch`` analysing it
+    again, grown): its detections of it are current."""
+    return row["analysed_at"] is not None and (row["updated_at"] is None or row["analysed_at"] >= row["updated_at"])
+
+
 def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
-              device_id: str = "edgemon") -> ReanalyseResult:
-    """Analyse every finished recording of the ledger again with ``analyzer``'s bundle.
+              device_id: str = "edgemon", again: bool = False) -> ReanalyseResult:
+    """Analyse every finished recording of the ledger again with ``analyzer``'s bundle, but for
+    those it analysed since the ledger last changed them (a run stopped half way goes on where it
+    stopped; a newcomer trial found each rerun starting again at the first), unless ``again``.
 
     A recording is looked for under ``recordings`` by its source name, else at the ledger's path.
     One whose size or first audio bytes (``storage.fingerprint``) differ from the ledger's is not
@@ -81,7 +95,12 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
     if recordings is not None and not Path(recordings).is_dir():
         raise ReanalyseError(f"--recordings {recordings}: "
                              f"{'not a directory' if Path(recordings).exists() else 'no such directory'}")
-    files, changed = _ledger(db_path)
+    files, changed = _ledger(db_path, analyzer.bundle.bundle_id)
+    current = [] if again else [row for row in files if _analysed_since_changed(row)]
+    if current:
+        log.info("%d of %d recording(s) already analysed by %s since they last changed: passed over (--again "
+                 "analyses them again)", len(current), len(files), analyzer.bundle.bundle_id)
+        files = [row for row in files if not _analysed_since_changed(row)]
     # A recording with no detection yet takes the recorder's own id, not this machine's settings
     # (a review: `watch --device-id site-07` then `reanalyse` on a workstation stored 'edgemon').
     device_id = newest_device_id(db_path) or device_id
@@ -97,10 +116,10 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
             # A recording's detections are stored in one transaction: those done are whole, the
             # rest hold only other bundles'. An export by --bundle said nothing of it (a newcomer trial).
             log.warning("reanalyse interrupted after %d of %d recording(s): %s's detections are stored for those "
-                        "only; run the same command again to finish (what it finds again keeps its id and "
-                        "reviews)", len(done), len(files), bundle_id)
+                        "only; run the same command again to finish (it goes on from there)", len(done),
+                        len(files), bundle_id)
             raise
-    return ReanalyseResult(len(done), stored, missing, failed, changed)
+    return ReanalyseResult(len(done), stored, missing, failed, changed, len(current))
 
 
 def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path | None, device_id: str,

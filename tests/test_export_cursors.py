@@ -483,3 +483,15 @@ def test_a_rebuild_on_another_cpu_appends_nothing_for_confidences_moved_by_noise
     caplog.set_level("WARNING")
     assert export_detections(rebuilt, fmt, out, new=True, cursor_name="arch") == 0
     assert len(_keys(out, fmt)) == 5 and "already holds 4 of the rows" in caplog.text
+
+
+def test_a_label_filter_on_the_background_class_is_refused(db_path):
+    """A newcomer trial: `--label background` exported nothing, silently (the background class is
+    never stored), and the refusal of an unknown label listed it among the known ones."""
+    with Store(db_path) as store:
+        store.record_bundle("b1", {"labels": ["background", "bird", "frog"], "background_label": "background"})
+    silent = runner.invoke(app, ["export-detections", "--db", str(db_path), "--label", "background"])
+    assert silent.exit_code == 1 and "background class, never stored" in silent.output, silent.output
+    assert "bird, frog" in silent.output
+    typo = runner.invoke(app, ["export-detections", "--db", str(db_path), "--label", "gibon"])
+    assert typo.exit_code == 1 and "unknown label(s) 'gibon'" in typo.output and "background" not in typo.output

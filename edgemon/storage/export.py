@@ -229,10 +229,32 @@ def _check_known(conn: sqlite3.Connection, db_path: Path, option: str, wanted: l
         known = {r[0] for table, column in sources for r in conn.execute(f"SELECT DISTINCT {column} FROM {table}")}
     except sqlite3.Error as e:
         raise ExportError(f"cannot read {what} from {db_path}: {e}") from e
+    if option == "label":
+        # A bundle's background class is a label it knows, but never stored: a filter on it exported
+        # nothing, silently, and the refusal of another label listed it as known (a newcomer trial).
+        silent = _background_labels(conn) & known
+        if set(wanted) & silent:
+            raise ExportError(f"--label {', '.join(sorted(set(wanted) & silent))}: the bundles' background class, "
+                              f"never stored as a detection; the calls they store are "
+                              f"{', '.join(sorted(known - silent)) or 'none yet'}")
+        known -= silent
     unknown = sorted(set(wanted) - known)
     if unknown and known:
         raise ExportError(f"unknown {what} {', '.join(map(repr, unknown))}: {known_as.format(db=db_path)} "
                           f"{', '.join(sorted(known))}")
+
+
+def _background_labels(conn: sqlite3.Connection) -> set[str]:
+    """The background labels of the bundles recorded in the database (their manifests)."""
+    try:
+        manifests = [m for (m,) in conn.execute("SELECT manifest FROM bundles")]
+    except sqlite3.Error:
+        return set()
+    found = set()
+    for text in manifests:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            found.add(json.loads(text).get("background_label") or "background")
+    return found
 
 
 def _select(conn: sqlite3.Connection, db_path: Path, wanted: CursorFilter, span: tuple[int, int] | None,

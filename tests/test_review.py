@@ -526,3 +526,18 @@ def test_a_sound_judged_under_another_bundle_says_so_and_comes_after_the_rest(re
                                               "end_s": judged["end_s"] + 3.968})])
     [touching] = reviews.list_detections(db, bundle_id="bundle-next")
     assert touching["earlier"] is None
+
+
+def test_a_filter_naming_nothing_here_is_refused_not_an_empty_page(review_db):
+    """A newcomer trial: `/?bundle=nope`, `/?label=unicorn`, `/?day=notaday` and
+    `/charts?bundle=nope` answered 200 with an empty page, read as "no detections of it"."""
+    db, recordings = review_db
+    with review_server(db, recordings) as (base, _):
+        for path, status, words in (("/?bundle=nope", 404, "unknown bundle id 'nope'"),
+                                    ("/?label=unicorn", 404, "no detection of 'unicorn'"),
+                                    ("/?day=notaday", 400, "YYYY-MM-DD"),
+                                    ("/charts?bundle=nope", 404, "unknown bundle id 'nope'")):
+            got, _, body = _get(base + path)
+            assert got == status and words.encode() in body, (path, got, body[:200])
+        assert _get(base + "/?day=2031-01-01")[0] == 200          # a day without detections is a fine question
+        assert _get(base + "/?label=great_argus&bundle=default-test")[0] == 200

@@ -113,6 +113,22 @@ class TokenGate:
         return await self.app(scope, receive, send)
 
 
+def unknown_filter(q, labels: list[str] | None, bundles: list[str]) -> Response | None:
+    """The refusal of a filter that names nothing in the database (an empty page read as "no
+    detections of it", a newcomer trial): an unknown bundle or label is a 404, a day not written
+    YYYY-MM-DD a 400; None when every filter given is fine."""
+    bundle, label, day = q.get("bundle") or None, q.get("label") or None, q.get("day") or None
+    if bundle is not None and bundle not in bundles:
+        return PlainTextResponse(f"error: unknown bundle id {bundle!r}: the database holds detections of "
+                                 f"{', '.join(bundles) or 'none'}\n", status_code=404)
+    if label is not None and labels is not None and label not in labels:
+        return PlainTextResponse(f"error: no detection of {label!r} here: the database holds "
+                                 f"{', '.join(labels) or 'none'}\n", status_code=404)
+    if day is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        return PlainTextResponse(f"error: day {day!r} is not a date written YYYY-MM-DD\n", status_code=400)
+    return None
+
+
 def known_labels(db_labels: list[str]) -> list[str]:
     """Labels a detection can be relabelled to: the detected ones and the embedded bundle's."""
     try:
@@ -139,6 +155,9 @@ def create_app(config: ReviewConfig) -> Starlette:
         q = request.query_params
         order = q.get("order", "teach")
         days, labels, bundles = reviews.days_and_labels(config.db)
+        refused = unknown_filter(q, labels, bundles)
+        if refused is not None:
+            return refused
         try:
             offset = page_offset(q.get("offset"))
             rows = reviews.list_detections(config.db, order=order, label=q.get("label") or None,
@@ -157,6 +176,9 @@ def create_app(config: ReviewConfig) -> Starlette:
 
     def charts_page(request: Request) -> Response:
         chosen = request.query_params.get("bundle") or None
+        refused = unknown_filter(request.query_params, None, reviews.days_and_labels(config.db)[2])
+        if refused is not None:
+            return refused
         hour_svg, day_svg = charts.charts_svg(config.db, chosen)
         return templates.TemplateResponse(request, "charts.html", {
             "hour_svg": hour_svg, "day_svg": day_svg, "bundles": reviews.days_and_labels(config.db)[2],

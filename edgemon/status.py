@@ -344,7 +344,10 @@ def format_status(status: dict) -> str:
         alive = (f"{svc['state']}, last heartbeat {svc['heartbeat_age_s']:.0f} s ago ({svc['heartbeat_state']}); "
                  f"{ran} {_duration(svc['uptime_s'])} from {svc['started_utc']}")
     waiting = "?" if backlog["waiting"] is None else str(backlog["waiting"])
-    where = f" in {backlog['directory']}" if backlog["directory"] else " (give the watched directory to count)"
+    where = (f" in {backlog['directory']}" if backlog["directory"] else
+             " (a live stream's: no files)" if s["mode"] == "listen" else " (give the watched directory to count)")
+    if backlog.get("note"):   # a directory given that is not there said "? file(s) waiting in …" (a newcomer trial)
+        where = f": {backlog['directory']}: {backlog['note']}"
     last_file = (f"{s['last_file']['source']} at {s['last_file']['processed_utc']}" if s["last_file"] else "none yet")
     det = s["last_detection"]
     last_det = (f"{det['label']} ({det['confidence']:.2f}) at {det['start_utc'] or '?'} in {det['source']}"

@@ -325,6 +325,9 @@ def test_status_reports_what_the_issue_asks(watched_db):
     for label in ("service:", "backlog:", "last file:", "last detection:", "real-time factor:", "dropped audio:",
                   "disk free:", "database:", "bundle:", "problems:"):
         assert label in text
+    # A directory given that is not there is said so (a newcomer trial: "? file(s) waiting in /nope").
+    gone = format_status(collect_status(db, directory=root / "nope", min_free_mb=1))
+    assert f"? file(s) waiting: {root / 'nope'}: directory not found" in gone
 
 
 def test_status_command_text_json_and_heartbeats_csv(watched_db, tmp_path):

@@ -541,3 +541,9 @@ def test_a_filter_naming_nothing_here_is_refused_not_an_empty_page(review_db):
             assert got == status and words.encode() in body, (path, got, body[:200])
         assert _get(base + "/?day=2031-01-01")[0] == 200          # a day without detections is a fine question
         assert _get(base + "/?label=great_argus&bundle=default-test")[0] == 200
+        # A bundle that analysed the recordings and found nothing has hours to chart (a review: 404).
+        with Store(db) as store:
+            for source in sorted({d[0] for d in DETECTIONS}):
+                store.replace_detections(source, "quiet-bundle", [], 20.0)
+        got, _, body = _get(base + "/charts?bundle=quiet-bundle")
+        assert got == 200 and b"h analysed" in body, body[:300]

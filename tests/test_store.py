@@ -268,3 +268,51 @@ def test_a_detection_found_again_with_numeric_noise_keeps_its_row(tmp_path):
         store.replace_detections(SOURCE, "bundle-a", [dataclasses.replace(first, confidence=0.56)])
         (new_id, confidence), = store.db.execute("SELECT id, confidence FROM detections").fetchall()
         assert new_id > stored[0][0] and confidence == 0.56   # a real change is a new row
+
+
+def test_analyses_of_an_older_database_are_filled_without_trusting_the_clock(tmp_path):
+    """m014 fills ``analyses`` from what an older edgemon left. A review: the first form dated every
+    bundle's analysis to the ledger row as it now stands, so a bundle `reanalyse` ran before watch
+    analysed the recording again (grown) looked current, and never ran again on the whole of it."""
+    import sqlite_utils
+
+    from edgemon.files.reanalyse import _analysed_since_changed, _ledger
+
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(path)
+    MIGRATIONS.apply(old, stop_before="m014_analyses")
+    grown_at = "2024-01-02T00:00:00.000Z"    # watch analysed it again, grown, after B's run
+    old["files"].insert({"source": "a.wav", "path": "/r/a.wav", "size": 10, "mtime_ns": 1, "state": "done",
+                         "attempts": 1, "duration_s": 40.0, "bundle_id": "watch-b", "updated_at": grown_at,
+                         "time_source": "filename", "clock_suspect": 0})
+    row = {"device_id": "d", "source": "a.wav", "end_s": 3.0, "time_source": "filename", "clock_suspect": 0,
+           "label": "bird", "confidence": 0.9}
+    old["detections"].insert_all([{**row, "start_s": 1.0, "bundle_id": "other-b", "created_at": "2024-01-01T00:00:00.000Z"},
+                                  {**row, "start_s": 1.0, "bundle_id": "watch-b", "created_at": grown_at}])
+    old.close()
+    with Store(path) as store:
+        rows = store.db.execute("SELECT bundle_id, duration_s, ledger_at FROM analyses ORDER BY bundle_id").fetchall()
+    assert rows == [("other-b", None, None), ("watch-b", 40.0, grown_at)]
+    assert [_analysed_since_changed(r) for r in _ledger(path, "other-b")[0]] == [False]   # run again
+    assert [_analysed_since_changed(r) for r in _ledger(path, "watch-b")[0]] == [True]
+
+
+def test_a_clock_set_back_cannot_make_an_old_analysis_look_current(tmp_path, monkeypatch):
+    """A review: the recorder's clock ran three hours ahead while `reanalyse` ran, was set right,
+    and watch then analysed the recording again (grown): compared by time, the bundle's analysis
+    still looked newer and the grown recording was passed over."""
+    import edgemon.storage.store as store_module
+    from edgemon.files.reanalyse import _analysed_since_changed, _ledger
+
+    path = tmp_path / "d.db"
+    real_now = store_module._now
+    with Store(path) as store:
+        store.commit_file("a.wav", path="/r/a.wav", size=10, mtime_ns=1, duration_s=20.0, start_utc=None,
+                          time_source="mtime", clock_suspect=False, bundle_id="watch-b", detections=[])
+        monkeypatch.setattr(store_module, "_now", lambda: "2999-01-01T00:00:00.000Z")    # ahead
+        store.replace_detections("a.wav", "other-b", [], 20.0)
+        monkeypatch.setattr(store_module, "_now", real_now)                               # set right
+        assert [_analysed_since_changed(r) for r in _ledger(path, "other-b")[0]] == [True]
+        store.commit_file("a.wav", path="/r/a.wav", size=20, mtime_ns=2, duration_s=40.0, start_utc=None,
+                          time_source="mtime", clock_suspect=False, bundle_id="watch-b", detections=[])
+    assert [_analysed_since_changed(r) for r in _ledger(path, "other-b")[0]] == [False]

@@ -485,3 +485,20 @@ def test_copied_rows_count_under_the_recorder_that_made_them(fleet, tmp_path, ho
     assert files == {"site-01": made_by_first, "site-02": 3}
     assert verdicts == {"site-01": 3}
     assert found["site-02"] == held["site-02"] == 15      # its own three recordings, five each
+
+
+def test_a_clones_own_recording_under_a_name_the_first_also_used_counts_under_the_clone(fleet, tmp_path):
+    """A review of view revision 4's first form: a recording was the ancestor's when the ancestor
+    had finished one of its name, so a clone under a new id that records on the first recorder's
+    schedule (AudioMoth names by start time) had all its hours counted under the first."""
+    first = make_recorder(tmp_path / "first.db", "site-01", files=2, per_file=2, seed=71)
+    sync(first, fleet.url, device_id="site-01")
+    clone = copy_database(first, tmp_path / "clone.db")
+    for db, device, mtime_ns in ((clone, "site-02", 7_000_000_001), (first, "site-01", 7_000_000_002)):
+        with Store(db) as store:   # each recorder's own recording of 2024-06-02 00:00, same name and size
+            store.commit_file("20240602_000000.WAV", path="/data/20240602_000000.WAV", size=5000, mtime_ns=mtime_ns,
+                              duration_s=60.0, start_utc="2024-06-02T00:00:00Z", time_source="filename",
+                              clock_suspect=False, bundle_id="bundle-a", detections=[])
+        sync(db, fleet.url, device_id=device)
+    files, _, _ = _per_site(fleet)
+    assert files == {"site-01": 3, "site-02": 1}

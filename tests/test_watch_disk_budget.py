@@ -197,3 +197,5 @@ def test_until_idle_on_a_full_database_ends_in_one_line(tmp_path):
         watcher = Watcher(fast_config(root, settle_s=0.0), analyzer(), store)
         with pytest.raises(DiskHoldError, match=r"3 file\(s\) not analysed: the database's disk is full"):
             run_for_at_most(watcher, 20)    # the deadline would end it with no error
+    # The refused commit is no death: the next run must not call the file cut short (a review).
+    assert query(db, "SELECT count(*) FROM in_progress") == [(0,)]

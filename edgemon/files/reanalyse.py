@@ -45,8 +45,8 @@ class ReanalyseResult:
 
 
 def _ledger(db_path: Path, bundle_id: str) -> tuple[list[dict], list[str]]:
-    """The finished recordings of the ledger, each with its device id and when ``bundle_id`` last
-    analysed it (``analysed_at``, None if never); and "source: why" of the recordings with
+    """The finished recordings of the ledger, each with its device id and the ledger row's
+    ``updated_at`` as ``bundle_id`` last saw it (``seen_ledger_at``, None if never); and "source: why" of the recordings with
     detections that watch has quarantined since (cut short after analysis)."""
     if not Path(db_path).is_file():
         raise ReanalyseError(f"detections database not found: {db_path}")
@@ -55,7 +55,7 @@ def _ledger(db_path: Path, bundle_id: str) -> tuple[list[dict], list[str]]:
             conn.row_factory = sqlite3.Row
             files = [dict(r) for r in conn.execute("SELECT * FROM files WHERE state = 'done' ORDER BY source")]
             devices = dict(conn.execute("SELECT source, min(device_id) FROM detections GROUP BY source").fetchall())
-            analysed = dict(conn.execute("SELECT source, analysed_at FROM analyses WHERE bundle_id = ?", [bundle_id])
+            analysed = dict(conn.execute("SELECT source, ledger_at FROM analyses WHERE bundle_id = ?", [bundle_id])
                             .fetchall()) if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'analyses'"
                                                          ).fetchone() else {}
             held = [f"{r['source']}: quarantined by watch ({r['error']})" for r in conn.execute(
@@ -65,14 +65,14 @@ def _ledger(db_path: Path, bundle_id: str) -> tuple[list[dict], list[str]]:
         raise ReanalyseError(f"cannot read the ledger of {db_path}: {e}") from e
     for row in files:
         row["device_id"] = devices.get(row["source"])
-        row["analysed_at"] = analysed.get(row["source"])
+        row["seen_ledger_at"] = analysed.get(row["source"])
     return files, held
 
 
 def _analysed_since_changed(row: dict) -> bool:
-    """The bundle analysed the recording after the ledger last changed it (``watch`` analysing it
-    again, grown): its detections of it are current."""
-    return row["analysed_at"] is not None and (row["updated_at"] is None or row["analysed_at"] >= row["updated_at"])
+    """The bundle analysed the recording as the ledger row now stands (not before ``watch``
+    analysed it again, grown): its detections of it are current. By value, never by the clock."""
+    return row["seen_ledger_at"] is not None and row["seen_ledger_at"] == row["updated_at"]
 
 
 def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,

@@ -27,6 +27,7 @@ name and error logged goes through ``safetext.shown``, so a name cannot forge a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import errno
@@ -214,7 +215,7 @@ class Watcher:
                     try:
                         done = self.step(path)
                     except sqlite3.OperationalError as exc:  # the database, not the file: full, or locked too long
-                        self._hold(exc)
+                        self._hold(exc, path)
                         break
                     except sqlite3.DatabaseError:   # corrupt: the service restarts into open_or_recover
                         raise
@@ -287,12 +288,15 @@ class Watcher:
         self._tick()
         return (self.disk is None or self.disk.state != HOLD) and time.monotonic() >= self.hold_until
 
-    def _hold(self, exc: sqlite3.OperationalError) -> None:
+    def _hold(self, exc: sqlite3.OperationalError, path: Path | None = None) -> None:
         """A write was refused and rolled back: nothing of the file is stored, nothing counted
         against it. Hold all work for ``retry_s``, then try again (the file stays pending); with
         ``--until-idle`` a full disk ends the run instead (nothing would free it: with min_free_mb 0
         a card read waited for ever, a newcomer trial)."""
         if self.config.until_idle and error_code(exc) == sqlite3.SQLITE_FULL:
+            if path is not None:   # a refused commit is no death: the next run must not count one (a review)
+                with contextlib.suppress(sqlite3.Error):
+                    self.store.drop_attempt(self.source_of(path))
             raise DiskHoldError(f"{len(self.pending)} file(s) not analysed: the database's disk is full "
                                 f"({shown(exc)}); free some space and run again")
         if self.store_error is None:

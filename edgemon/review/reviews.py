@@ -305,12 +305,16 @@ def _after_every_verdict(conn: sqlite3.Connection, row: dict) -> str:
 
 
 def days_and_labels(db_path: Path) -> tuple[list[str], list[str], list[str]]:
-    """The UTC days, labels and bundle ids that have detections, for the page's filters."""
+    """The UTC days and labels that have detections, and the bundle ids that have detections or
+    analysed a recording (``analyses``: a bundle that found nothing has hours to chart), for the
+    page's filters."""
     with closing(open_read_only(db_path, ReviewError)) as conn:
         days = [r[0] for r in conn.execute("SELECT DISTINCT substr(start_utc, 1, 10) FROM detections "
                                            "WHERE start_utc IS NOT NULL ORDER BY 1")]
         labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY 1")]
-        bundles = [r[0] for r in conn.execute("SELECT DISTINCT bundle_id FROM detections ORDER BY 1")]
+        analysed = " UNION SELECT bundle_id FROM analyses" if conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'analyses'").fetchone() else ""
+        bundles = [r[0] for r in conn.execute(f"SELECT DISTINCT bundle_id FROM detections{analysed} ORDER BY 1")]
     return days, labels, bundles
 
 

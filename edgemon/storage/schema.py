@@ -372,25 +372,31 @@ def m013_same_recordings(db: sqlite_utils.Database) -> None:
 @MIGRATIONS()
 def m014_analyses(db: sqlite_utils.Database) -> None:
     """Which bundle analysed which recording (``watch`` with its own, ``reanalyse`` with another),
-    and how much audio it read: the ledger keeps only the bundle of ``watch``'s last run, so a
-    bundle's hours and an export ``--bundle`` could not tell a recording it analysed and found
-    empty from one it never analysed (a review: a chart of a bundle run on one recording of three
-    showed the other two as listened to and silent). Filled from what earlier versions left: the
-    ledger's finished rows, and each bundle's detections of a finished recording (a bundle that
-    ``reanalyse`` ran and that found nothing there left no trace)."""
+    how much audio it read, and ``ledger_at``: the recording's ledger row (its ``updated_at``) as it
+    was then. The ledger keeps only the bundle of ``watch``'s last run, so a bundle's hours and an
+    export ``--bundle`` could not tell a recording it analysed and found empty from one it never
+    analysed (a review: a chart of a bundle run on one recording of three showed the other two as
+    listened to and silent). A bundle's analysis is current while the ledger row is the one it
+    saw: compared by value, not by time, so a recorder's clock set back cannot make an old
+    analysis look new (a review). Filled from what earlier versions left: watch's own bundle of
+    each finished row (current), and each other bundle with detections of a finished recording,
+    analysed once (whether before or after watch last analysed the recording again, nothing says:
+    ``ledger_at`` NULL, so ``reanalyse`` runs it again, and its duration is not known)."""
     db.execute("""
         CREATE TABLE analyses (
             source TEXT NOT NULL,
             bundle_id TEXT NOT NULL,
             duration_s REAL,
             analysed_at TEXT NOT NULL,
+            ledger_at TEXT,
             PRIMARY KEY (source, bundle_id)
         )""")
     db.execute("""
-        INSERT OR IGNORE INTO analyses (source, bundle_id, duration_s, analysed_at)
-        SELECT source, bundle_id, duration_s, coalesce(updated_at, '') FROM files
+        INSERT OR IGNORE INTO analyses (source, bundle_id, duration_s, analysed_at, ledger_at)
+        SELECT source, bundle_id, duration_s, coalesce(updated_at, ''), updated_at FROM files
         WHERE state = 'done' AND bundle_id IS NOT NULL""")
     db.execute("""
-        INSERT OR IGNORE INTO analyses (source, bundle_id, duration_s, analysed_at)
-        SELECT DISTINCT d.source, d.bundle_id, f.duration_s, coalesce(f.updated_at, '')
-        FROM detections d JOIN files f ON f.source = d.source WHERE f.state = 'done'""")
+        INSERT OR IGNORE INTO analyses (source, bundle_id, duration_s, analysed_at, ledger_at)
+        SELECT d.source, d.bundle_id, NULL, max(d.created_at), NULL
+        FROM detections d JOIN files f ON f.source = d.source WHERE f.state = 'done'
+        GROUP BY d.source, d.bundle_id""")

@@ -252,7 +252,7 @@ class Store:
         rows = [_detection_row(d, now) for d in detections]
         with self._write() as db:
             _replace_rows(db, source, bundle_id, rows)
-            _mark_analysed(db, source, bundle_id, duration_s, now)
+            _mark_analysed(db, source, bundle_id, duration_s, now, ledger_at=now)   # the row written below
             attempts = _attempts_so_far(self.file_entry(source), size, mtime_ns) + 1
             db.execute("DELETE FROM in_progress WHERE source = ?", [source])
             db["files"].upsert({
@@ -424,7 +424,8 @@ class Store:
         rows = [_detection_row(d, now) for d in detections]
         with self._write() as db:
             _replace_rows(db, source, bundle_id, rows)
-            _mark_analysed(db, source, bundle_id, duration_s, now)
+            ledger = db.execute("SELECT updated_at FROM files WHERE source = ?", [source]).fetchone()
+            _mark_analysed(db, source, bundle_id, duration_s, now, ledger_at=None if ledger is None else ledger[0])
         return len(rows)
 
     def add_coverage(self, minutes: Iterable[CoverageMinute]) -> int:
@@ -512,11 +513,14 @@ class Store:
             db["heartbeats"].insert(row)
 
 
-def _mark_analysed(db: sqlite_utils.Database, source: str, bundle_id: str, duration_s: float | None, now: str) -> None:
-    """``source`` analysed by ``bundle_id`` (``schema.m014_analyses``), inside the caller's transaction."""
-    db.execute("INSERT INTO analyses (source, bundle_id, duration_s, analysed_at) VALUES (?, ?, ?, ?) "
+def _mark_analysed(db: sqlite_utils.Database, source: str, bundle_id: str, duration_s: float | None, now: str,
+                   ledger_at: str | None) -> None:
+    """``source`` analysed by ``bundle_id`` while its ledger row's ``updated_at`` was ``ledger_at``
+    (``schema.m014_analyses``), inside the caller's transaction."""
+    db.execute("INSERT INTO analyses (source, bundle_id, duration_s, analysed_at, ledger_at) VALUES (?, ?, ?, ?, ?) "
                "ON CONFLICT (source, bundle_id) DO UPDATE SET duration_s = excluded.duration_s, "
-               "analysed_at = excluded.analysed_at", [source, bundle_id, duration_s, now])
+               "analysed_at = excluded.analysed_at, ledger_at = excluded.ledger_at",
+               [source, bundle_id, duration_s, now, ledger_at])
 
 
 def _replace_rows(db: sqlite_utils.Database, source: str, bundle_id: str, rows: list[dict]) -> None:

@@ -329,6 +329,9 @@ ORDER BY db.device_id, db.last_sync DESC;
 # hours while hearing nothing.
 # - ``effort_daily``: a recording counts under the device of the earliest database in its
 #   database's ``forked_from`` lineage that finished it (the one that analysed it), else its own.
+#   The same recording: the same name, size and modification time (the copied ledger row); a
+#   clone's own later recording under a name the first recorder also used (AudioMoths on one
+#   schedule) is the clone's (a review of the first form, by name alone, lost the clone's hours).
 # - ``review_precision``: a verdict counts under the device id of the detection it judges, found in
 #   the verdict's own database (the database's device when the detection is gone from it).
 # Lineages are short (one database per restore, clone or rename): the walk is over a handful of
@@ -347,14 +350,16 @@ _FILE_EFFORT_BY_ANALYSER = f"""    SELECT site, (start_utc AT TIME ZONE timezone
                     FROM ancestry a JOIN {SCHEMA}.databases p ON p.db_uuid = a.ancestor
                     WHERE p.forked_from IS NOT NULL AND a.depth < 64),
                 analysed_by AS (
-                    SELECT DISTINCT ON (a.db_uuid, af.source) a.db_uuid, af.source, adb.device_id
+                    SELECT DISTINCT ON (a.db_uuid, af.source, af.size, af.mtime_ns) a.db_uuid, af.source, af.size,
+                           af.mtime_ns, adb.device_id
                     FROM ancestry a JOIN {SCHEMA}.files af ON af.db_uuid = a.ancestor AND af.state = 'done'
                     JOIN {SCHEMA}.databases adb ON adb.db_uuid = a.ancestor
-                    ORDER BY a.db_uuid, af.source, a.depth DESC)
+                    ORDER BY a.db_uuid, af.source, af.size, af.mtime_ns, a.depth DESC)
                 SELECT DISTINCT ON (owner.site, f.source) owner.site, f.source, f.start_utc, f.duration_s,
                        b.timezone
                 FROM {SCHEMA}.files f JOIN {SCHEMA}.databases db USING (db_uuid)
                 LEFT JOIN analysed_by ab ON ab.db_uuid = f.db_uuid AND ab.source = f.source
+                    AND ab.size IS NOT DISTINCT FROM f.size AND ab.mtime_ns IS NOT DISTINCT FROM f.mtime_ns
                 CROSS JOIN LATERAL (SELECT coalesce(ab.device_id, db.device_id) AS site) owner
                 JOIN {SCHEMA}.device_bundle b ON b.device_id = owner.site
                 WHERE f.state = 'done' AND f.start_utc IS NOT NULL

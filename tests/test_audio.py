@@ -215,3 +215,18 @@ def test_a_recording_below_the_models_rate_says_so_once(tmp_path, caplog, monkey
     assert notes["a.wav"] == notes["b.wav"] and "recorded at 8000 Hz" in notes["a.wav"]
     assert "no sound above 4 kHz" in notes["a.wav"] and notes["c.wav"] is None and notes["d.wav"] is None
     assert caplog.text.count("recorded at 8000 Hz") == 1
+
+
+def test_classify_says_the_low_rate_note_once_too(tmp_path):
+    """A newcomer trial: `edgemon classify` said the 8 kHz note twice for the first such file (the
+    once-per-rate warning, then again as the file's note), and once more for every later file."""
+    import subprocess
+    import sys
+
+    for name in ("a.wav", "b.wav"):
+        samples = 0.1 * np.sin(2 * np.pi * 1000 * np.arange(8000 * 5) / 8000)
+        soundfile.write(tmp_path / name, samples.astype(np.float32), 8000)
+    done = subprocess.run([sys.executable, "-m", "edgemon", "classify", str(tmp_path / "a.wav"), str(tmp_path / "b.wav")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("recorded at 8000 Hz") == 1, done.stderr

@@ -137,6 +137,15 @@ def _narrow_band(path: Path, rate: int, target: int) -> str:
     return note
 
 
+def not_said_yet(note: str | None) -> str | None:
+    """``note`` without the low-rate note, which ``_narrow_band`` says once for every file at that
+    rate (``classify`` said it a second time for the first such file); None when nothing is left."""
+    if not note:
+        return None
+    kept = [part for part in note.split("; ") if not (part.startswith("recorded at ") and "below the model's" in part)]
+    return "; ".join(kept) or None
+
+
 class Blocks:
     """The blocks of ``iter_blocks``; after they are consumed, ``note`` says what was not read as
     usual (a rewritten header, decoding stopped early), or None."""

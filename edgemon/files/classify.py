@@ -14,6 +14,7 @@ import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
 from edgemon.files.directory import iter_audio, skipped_because
@@ -42,8 +43,9 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
                 log.warning("%s: header inconsistent (%s); read as far as it goes", shown(str(path)), shown(why))
             analysis = analyzer.analyse_file(path)
             when = recording_time(Path(path))
-            if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
-                log.warning("%s: %s", shown(str(path)), shown(analysis.note))
+            note = audio.not_said_yet(analysis.note)
+            if note:   # read, but not as usual (a header never finalised, a cut FLAC)
+                log.warning("%s: %s", shown(str(path)), shown(note))
             if when.source == "mtime":   # the table shows no time source: said, as watch says it
                 log.warning("%s: no start time in its name or header: timed by its modification time (%s); "
                             "recorders' names [PREFIX_]YYYYMMDD_HHMMSS give the real time", shown(str(path)),

@@ -313,6 +313,8 @@ def test_a_clock_set_back_cannot_make_an_old_analysis_look_current(tmp_path, mon
         store.replace_detections("a.wav", "other-b", [], 20.0)
         monkeypatch.setattr(store_module, "_now", real_now)                               # set right
         assert [_analysed_since_changed(r) for r in _ledger(path, "other-b")[0]] == [True]
+        store.note_touched("a.wav", 5)       # touched, the same audio: still current
+        assert [_analysed_since_changed(r) for r in _ledger(path, "other-b")[0]] == [True]
         store.commit_file("a.wav", path="/r/a.wav", size=20, mtime_ns=2, duration_s=40.0, start_utc=None,
                           time_source="mtime", clock_suspect=False, bundle_id="watch-b", detections=[])
     assert [_analysed_since_changed(r) for r in _ledger(path, "other-b")[0]] == [False]

@@ -330,9 +330,13 @@ class Store:
     def note_touched(self, source: str, mtime_ns: int) -> None:
         """The analysed file ``source`` was touched or copied again over itself (same size and
         audio): its ledger row takes the new mtime, and nothing is analysed again (a file timed
-        by its mtime would otherwise deliver its detections again at new times)."""
+        by its mtime would otherwise deliver its detections again at new times). The bundles'
+        analyses of it stay current (``analyses.ledger_at`` follows the row)."""
+        now = _now()
         with self._write() as db:
-            db.execute("UPDATE files SET mtime_ns = ?, updated_at = ? WHERE source = ?", [mtime_ns, _now(), source])
+            db.execute("UPDATE analyses SET ledger_at = ? WHERE source = ? AND ledger_at = "
+                       "(SELECT updated_at FROM files WHERE source = ?)", [now, source, source])
+            db.execute("UPDATE files SET mtime_ns = ?, updated_at = ? WHERE source = ?", [mtime_ns, now, source])
 
     def record_failure(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
                        error: str, max_attempts: int = 3, died: bool = False) -> str:

@@ -25,7 +25,7 @@ from edgemon.storage.disk_budget import MIN_ROOM_BYTES, DiskBudget, DiskGuard, f
 from edgemon.storage.lock import hold_database
 from edgemon.storage.recovery import open_or_recover
 from edgemon.storage.store import Store
-from edgemon.sync.outbox import newest_device_id
+from edgemon.storage.readonly import newest_device_id
 from edgemon.sync.sender import sync_in_background
 
 log = logging.getLogger(__name__)

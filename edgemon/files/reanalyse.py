@@ -20,9 +20,8 @@ from pathlib import Path
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
 from edgemon.safetext import shown
-from edgemon.storage.readonly import connect_read_only, recording_path
+from edgemon.storage.readonly import connect_read_only, newest_device_id, recording_path
 from edgemon.storage.store import Detection, Store
-from edgemon.sync.outbox import newest_device_id
 from edgemon.utc import parse_utc
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,7 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
     duration (damaged since); it is left alone, listed as changed: analysing it
     would replace detections of audio that is gone. Times come from the ledger's start time, as
     ``watch`` stored them; the device id from the file's earlier detections, else the database's
-    newest (``sync.outbox.newest_device_id``: its heartbeats first), else ``device_id``.
+    newest (``storage.readonly.newest_device_id``: its heartbeats first), else ``device_id``.
     Per-file failures are counted, not fatal.
     """
     if recordings is not None and not Path(recordings).is_dir():

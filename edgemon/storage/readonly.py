@@ -270,6 +270,21 @@ def sources_analysed_by(db_path: Path, bundle_id: str) -> set[str] | None:
             raise ReadError(f"cannot read the analyses of {db_path}: {e}") from e
 
 
+def newest_device_id(path: Path) -> str | None:
+    """The device id of the newest heartbeat, detection or live coverage minute stored in the
+    database at ``path``, or None when it holds none (a quiet listener's coverage alone took any
+    --device-id, and its hours left the fleet's effort tables)."""
+    with closing(connect_read_only(path)) as conn:
+        for table in ("heartbeats", "detections", "coverage"):
+            try:
+                row = conn.execute(f"SELECT device_id FROM {table} ORDER BY rowid DESC LIMIT 1").fetchone()
+            except sqlite3.OperationalError:  # a database from before that table, or not edgemon's
+                continue
+            if row is not None:
+                return row[0]
+        return None
+
+
 def database_uuid(db_path: Path) -> str | None:
     """The database's own id (``sync_meta.db_uuid``; a copy keeps it until it syncs as a new
     lineage), or None for a database without one."""

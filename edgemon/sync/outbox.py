@@ -102,21 +102,6 @@ def _check_edgemon_database(path: Path) -> None:
         raise OutboxError(f"{path}: not an edgemon database (no detections table); nothing was sent or changed")
 
 
-def newest_device_id(path: Path) -> str | None:
-    """The device id of the newest heartbeat, detection or live coverage minute stored in the
-    database at ``path``, or None when it holds none (a quiet listener's coverage alone took any
-    --device-id, and its hours left the fleet's effort tables)."""
-    with closing(connect_read_only(path)) as conn:
-        for table in ("heartbeats", "detections", "coverage"):
-            try:
-                row = conn.execute(f"SELECT device_id FROM {table} ORDER BY rowid DESC LIMIT 1").fetchone()
-            except sqlite3.OperationalError:  # a database from before that table, or not edgemon's
-                continue
-            if row is not None:
-                return row[0]
-        return None
-
-
 class Outbox:
     """The sync side of the detections database at ``path`` (which must exist): its own connection,
     so it can run beside the daemon's writer (WAL). One thread."""

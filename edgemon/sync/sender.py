@@ -34,10 +34,10 @@ from edgemon.config import ConfigError, Settings, where_from
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
 from edgemon.status import collect_status
-from edgemon.storage.readonly import connect_read_only
+from edgemon.storage.readonly import connect_read_only, newest_device_id
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
-from edgemon.sync.outbox import IdentityMoved, Outbox, OutboxError, newest_device_id
+from edgemon.sync.outbox import IdentityMoved, Outbox, OutboxError
 from edgemon.utc import utc_iso
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from pathlib import Path
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
 from edgemon.safetext import shown
-from edgemon.storage.readonly import connect_read_only, newest_device_id, recording_path
+from edgemon.storage.readonly import connect_read_only, has_table, newest_device_id, recording_path
 from edgemon.storage.store import Detection, Store
 from edgemon.utc import parse_utc
 
@@ -55,8 +55,7 @@ def _ledger(db_path: Path, bundle_id: str) -> tuple[list[dict], list[str]]:
             files = [dict(r) for r in conn.execute("SELECT * FROM files WHERE state = 'done' ORDER BY source")]
             devices = dict(conn.execute("SELECT source, min(device_id) FROM detections GROUP BY source").fetchall())
             analysed = dict(conn.execute("SELECT source, ledger_at FROM analyses WHERE bundle_id = ?", [bundle_id])
-                            .fetchall()) if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'analyses'"
-                                                         ).fetchone() else {}
+                            .fetchall()) if has_table(conn, "analyses") else {}
             held = [f"{r['source']}: quarantined by watch ({r['error']})" for r in conn.execute(
                 "SELECT source, error FROM files WHERE state = 'quarantined' AND source IN "
                 "(SELECT source FROM detections) ORDER BY source")]

@@ -176,12 +176,13 @@ def create_app(config: ReviewConfig) -> Starlette:
 
     def charts_page(request: Request) -> Response:
         chosen = request.query_params.get("bundle") or None
-        refused = unknown_filter(request.query_params, None, reviews.days_and_labels(config.db)[2])
+        bundles = reviews.days_and_labels(config.db)[2]
+        refused = unknown_filter(request.query_params, None, bundles)
         if refused is not None:
             return refused
         hour_svg, day_svg = charts.charts_svg(config.db, chosen)
         return templates.TemplateResponse(request, "charts.html", {
-            "hour_svg": hour_svg, "day_svg": day_svg, "bundles": reviews.days_and_labels(config.db)[2],
+            "hour_svg": hour_svg, "day_svg": day_svg, "bundles": bundles,
             "chosen": chosen, "several": 0 if chosen else sources_in_several_bundles(config.db)})
 
     def _excerpt(request: Request):

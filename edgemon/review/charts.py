@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgemon.review.reviews import ReviewError
 from edgemon.review.spectrogram import PALETTE
-from edgemon.storage.readonly import open_read_only
+from edgemon.storage.readonly import has_table, open_read_only
 from edgemon.utc import parse_utc
 
 
@@ -47,7 +47,7 @@ def _recordings_analysed(conn: sqlite3.Connection, bundle_id: str | None) -> tup
     """The query of the finished recordings' starts and durations (with ``bundle_id``: those it
     analysed, when the database records it; before ``schema.m014_analyses``, all of them)."""
     whole = "f.state = 'done' AND f.start_utc IS NOT NULL"
-    if bundle_id and conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'analyses'").fetchone():
+    if bundle_id and has_table(conn, "analyses"):
         return (f"SELECT f.start_utc, coalesce(a.duration_s, f.duration_s) AS seconds FROM analyses a "
                 f"JOIN files f ON f.source = a.source WHERE a.bundle_id = ? AND {whole} "
                 f"AND coalesce(a.duration_s, f.duration_s) > 0", [bundle_id])

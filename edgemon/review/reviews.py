@@ -21,7 +21,7 @@ from typing import TextIO
 from edgemon.errors import EdgemonError
 from edgemon.storage import tables
 from edgemon.storage.readonly import (BUSY_TIMEOUT_MS, LATEST_VERDICTS, SAME_SOUND_SHARE, edgemon_tables,
-                                      ledger_columns, open_read_only)
+                                      has_table, ledger_columns, open_read_only)
 from edgemon.storage.schema import REVIEW_VERDICTS
 from edgemon.storage.store import Store
 from edgemon.utc import parse_utc, utc_iso
@@ -312,8 +312,7 @@ def days_and_labels(db_path: Path) -> tuple[list[str], list[str], list[str]]:
         days = [r[0] for r in conn.execute("SELECT DISTINCT substr(start_utc, 1, 10) FROM detections "
                                            "WHERE start_utc IS NOT NULL ORDER BY 1")]
         labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY 1")]
-        analysed = " UNION SELECT bundle_id FROM analyses" if conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'analyses'").fetchone() else ""
+        analysed = " UNION SELECT bundle_id FROM analyses" if has_table(conn, "analyses") else ""
         bundles = [r[0] for r in conn.execute(f"SELECT DISTINCT bundle_id FROM detections{analysed} ORDER BY 1")]
     return days, labels, bundles
 

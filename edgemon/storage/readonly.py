@@ -129,6 +129,11 @@ def edgemon_tables(conn: sqlite3.Connection, db_path: Path, error: type[EdgemonE
     return found
 
 
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the database open on ``conn`` holds table ``name`` (one an older edgemon's lacks)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone() is not None
+
+
 def quick_check(conn) -> list[str]:
     """SQLite's ``quick_check`` findings on ``conn`` (a ``sqlite3.Connection`` or sqlite-utils
     ``Database``): ``['ok']`` when the file is sound. Raises ``sqlite3.DatabaseError`` when the
@@ -248,7 +253,7 @@ def recordings_analysed_by(db_path: Path, bundle_ids: list[str]) -> list[tuple[s
     Raises ``ReadError``."""
     with closing(open_read_only(db_path)) as conn:
         try:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'analyses'").fetchone() is None:
+            if not has_table(conn, "analyses"):
                 return []
             finished = conn.execute("SELECT count(*) FROM files WHERE state = 'done'").fetchone()[0]
             return [(bundle_id, conn.execute("SELECT count(*) FROM analyses a JOIN files f ON f.source = a.source "
@@ -263,7 +268,7 @@ def sources_analysed_by(db_path: Path, bundle_id: str) -> set[str] | None:
     that table (it cannot tell). Raises ``ReadError``."""
     with closing(open_read_only(db_path)) as conn:
         try:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'analyses'").fetchone() is None:
+            if not has_table(conn, "analyses"):
                 return None
             return {r[0] for r in conn.execute("SELECT source FROM analyses WHERE bundle_id = ?", [bundle_id])}
         except sqlite3.Error as e:

@@ -27,7 +27,7 @@ from edgemon.storage.lock import DatabaseInUseError, hold_database, hold_exports
 from edgemon.storage.store import Store
 from tests.conftest import hoots, tone
 from tests.waits import wait_until
-from tests.watch_helpers import fault_env, files_done, query, unfinalised_header, watch_until_idle, write_wav
+from tests.watch_helpers import fault_env, files_done, noise, query, unfinalised_header, watch_until_idle, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,6 +112,25 @@ def test_an_absurd_sample_rate_is_refused_per_file(tmp_path):
         assert entries[name][0] == "quarantined" and "outside 1000-768000 Hz" in entries[name][2], entries[name]
     with pytest.raises(AudioError, match="sample rate 1 Hz"):
         audio.load(root / "a_one_hertz.WAV")
+
+
+def test_a_header_claiming_a_thousand_channels_is_refused_per_file(tmp_path):
+    # A mono recording under a damaged header claiming 1000 channels was analysed as 1000-sample
+    # averages, without a word (a newcomer trial).
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    root.mkdir()
+    buffer = io.BytesIO()
+    soundfile.write(buffer, noise(4.0), 16000, format="WAV", subtype="PCM_16")
+    data = bytearray(buffer.getvalue())
+    data[22:24] = struct.pack("<H", 1000)                  # channels
+    data[28:34] = struct.pack("<IH", 16000 * 2000, 2000)    # byte rate, block align
+    (root / "thousand.WAV").write_bytes(bytes(data))
+    recording(root / "c.WAV")
+    watch_until_idle(root, db)
+    entries = ledger(db)
+    assert entries["c.WAV"][0] == "done"
+    assert entries["thousand.WAV"][0] == "quarantined" and "claims 1000 channels" in entries["thousand.WAV"][2]
+    assert not query(db, "SELECT * FROM detections WHERE source = 'thousand.WAV'")
 
 
 def test_blocks_stay_bounded_whatever_the_rate_and_channels(tmp_path):

@@ -5,6 +5,7 @@ timed by its mtime, delivered again at new times) and its hours counted twice.""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 
@@ -12,9 +13,11 @@ import numpy as np
 import pytest
 import soundfile
 
+from edgemon.files.watcher import Watcher
 from edgemon.status import collect_status
 from edgemon.storage.fingerprint import SPAN_BYTES, _audio
-from tests.watch_helpers import noise, query, watch_until_idle, write_wav
+from edgemon.storage.store import Store
+from tests.watch_helpers import analyzer, fast_config, noise, query, watch_until_idle, write_wav
 
 DETECTIONS = "SELECT source, start_s, label, start_utc, confidence FROM detections ORDER BY id"
 
@@ -43,6 +46,26 @@ def test_a_recording_moved_or_renamed_inside_the_tree_is_not_analysed_again(tmp_
                                                                       "20230201_053000.WAV")]
     assert collect_status(db, directory=root)["backlog"]["waiting"] == 0
     assert watch_until_idle(root, db).processed == 0    # and at the next start
+
+
+def test_the_old_path_of_a_recording_moved_after_analysis_is_not_called_unprocessed(tmp_path, duet, caplog):
+    # A move seen live hints both paths; the old one, gone, was said to be "gone before it was
+    # processed" (a newcomer trial read it as a lost recording).
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "20230201_053000.WAV", duet)
+    watch_until_idle(root, db)
+    (root / "day1").mkdir()
+    os.rename(root / "20230201_053000.WAV", root / "day1" / "20230201_053000.WAV")
+    caplog.set_level(logging.INFO, logger="edgemon")
+    with Store(db) as store:
+        watcher = Watcher(fast_config(root), analyzer(), store)
+        assert watcher.step(root / "20230201_053000.WAV")
+        assert watcher.step(root / "20230202_053000.WAV")     # never there, never analysed
+    said = [r.getMessage() for r in caplog.records]
+    assert "20230201_053000.WAV: no longer there (moved or deleted after it was analysed); its detections are " \
+           "kept" in said
+    assert "20230202_053000.WAV: gone before it was processed" in said
+    assert not any(m.startswith("20230201_053000.WAV: gone before") for m in said)
 
 
 def test_a_copy_beside_the_recording_is_not_analysed_again_but_another_recording_is(tmp_path, duet):

@@ -24,6 +24,7 @@ TARGET_RATE = 16000
 # Sample rates a recording may declare. Outside them the header is wrong or hostile: a WAV that
 # claims 1 Hz turns each second of data into hours of audio to resample (~890 MB for one file).
 MIN_RATE, MAX_RATE = 1000, 768000
+MAX_CHANNELS = 64   # microphone arrays write up to 64; more is a damaged header
 # At most this many samples (all channels) are read at once, whatever the header claims of rate
 # and channels: 2**21 float32 samples is 8 MB (a 10 s block of 96 kHz stereo).
 MAX_BLOCK_SAMPLES = 2**21
@@ -66,9 +67,14 @@ class Resampler:
 
 
 def _check_rate(f: soundfile.SoundFile, path: Path) -> None:
+    """Refuse a header no recorder writes: its audio would be read as something else (a mono
+    recording under a header claiming 1000 channels averages 1000 successive samples into one)."""
     if not MIN_RATE <= f.samplerate <= MAX_RATE:
         raise AudioError(f"{path}: sample rate {f.samplerate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz "
                          "(a broken or hostile header)")
+    if f.channels > MAX_CHANNELS:
+        raise AudioError(f"{path}: the header claims {f.channels} channels, more than the {MAX_CHANNELS} a "
+                         "recorder or array writes (a broken or hostile header)")
 
 
 def _check_finite(samples: np.ndarray, raw: np.ndarray, path: Path) -> None:

@@ -418,7 +418,7 @@ class Watcher:
         retried like an unreadable file. True when the file needs no more attention."""
         version = file_version(path)
         if version is None:
-            log.info("%s: gone before it was processed", shown(self.source_of(path)))
+            self._say_gone(path)
             return True
         if self.settled.get(path) == version:
             return True
@@ -443,6 +443,18 @@ class Watcher:
             return True
         self.retry_at[path] = time.monotonic() + self.config.retry_s
         return False
+
+    def _say_gone(self, path: Path) -> None:
+        """A path listed or hinted (a move's old path, a card emptied) that no longer exists. A
+        recording analysed before it went keeps its detections: said as such, not as lost work."""
+        source = self.source_of(path)
+        self.settled.pop(path, None)
+        entry = self.store.file_entry(source)
+        if entry is not None and entry["state"] == "done":
+            log.info("%s: no longer there (moved or deleted after it was analysed); its detections are kept",
+                     shown(source))
+        else:
+            log.info("%s: gone before it was processed", shown(source))
 
     def _leave_alone(self, path: Path, source: str, version: tuple[int, int], entry: dict) -> None:
         """Another recording under a name already analysed: a second recorder's card (AudioMoth

@@ -211,11 +211,14 @@ class Listener:
 
     def _detection(self, event: Event) -> Detection:
         """An event of the open segment as a stored row, at host (UTC) time."""
-        start, end = self._wall(self.time.segment_time(event.start_s)), self._wall(self.time.segment_time(event.end_s))
+        # Rounded to the millisecond once, before both forms: start_utc is stored to the
+        # millisecond (truncated), so rounding start_s alone set them 1 ms apart.
+        start = round(self._wall(self.time.segment_time(event.start_s)), 3)
+        end = round(self._wall(self.time.segment_time(event.end_s)), 3)
         when = dt.datetime.fromtimestamp(start, UTC)
         return Detection(
-            device_id=self.config.device_id, source=self.source, start_s=round(start, 3),
-            end_s=round(end, 3), start_utc=when, end_utc=dt.datetime.fromtimestamp(end, UTC),
+            device_id=self.config.device_id, source=self.source, start_s=start,
+            end_s=end, start_utc=when, end_utc=dt.datetime.fromtimestamp(end, UTC),
             time_source="host_clock", clock_suspect=when.year < EARLIEST_PLAUSIBLE_YEAR,
             label=event.label, confidence=event.confidence, votes=event.votes,
             bundle_id=self.analyzer.bundle.bundle_id, clock_synced=self.clock_synced, score=event.score)

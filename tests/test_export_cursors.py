@@ -23,6 +23,7 @@ from edgemon.storage.cursors import CursorError
 from edgemon.storage.export import export_detections
 from edgemon.storage.schema import MIGRATIONS
 from edgemon.storage.store import Store
+from edgemon.utc import utc_iso
 from tests.test_export import LIVE, REC1, commit, db_path, detection, read_csv  # noqa: F401 (fixture)
 
 runner = CliRunner()
@@ -317,6 +318,31 @@ def test_coverage_seconds_are_exported_to_the_millisecond(tmp_path):
     assert export_coverage(db, "jsonl", tmp_path / "c.jsonl") == 1
     row = json.loads((tmp_path / "c.jsonl").read_text())
     assert (row["analysed_s"], row["lost_device_s"]) == (59.7, 0.3) and stored[1] != 0.3
+
+
+def test_a_season_of_coverage_is_exported_without_holding_it(tmp_path):
+    """180 days of one live source held at once took a Pi 250 MB more (a review): the rows are
+    streamed, so what the export holds does not grow with the minutes."""
+    import tracemalloc
+
+    from edgemon.storage.export import export_coverage
+    from edgemon.storage.store import CoverageMinute
+
+    db = tmp_path / "live.db"
+    start = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
+    with Store(db) as store:
+        store.add_coverage([CoverageMinute(source="live:mic", device_id="d",
+                                           minute_utc=utc_iso(start + dt.timedelta(minutes=m)),
+                                           end_utc=utc_iso(start + dt.timedelta(minutes=m, seconds=59)),
+                                           analysed_s=59.5, lost_device_s=0.5) for m in range(20_000)])
+    tracemalloc.start()
+    try:
+        assert export_coverage(db, "csv", tmp_path / "c.csv") == 20_000
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(read_csv(tmp_path / "c.csv")) == 20_000
+    assert peak < 4_000_000, f"{peak / 1e6:.1f} MB held for 20 000 minutes"   # all of them: 17.5 MB
 
 
 def _copy_database(source, target) -> None:

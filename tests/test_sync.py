@@ -6,6 +6,7 @@ process where it is killed, so a crash lands anywhere in a session.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import random
@@ -25,7 +26,8 @@ from devtools.recorder_db import add_file, make_recorder
 from devtools.throttle_proxy import ThrottleProxy
 from edgemon.storage.store import Store
 from edgemon.sync import fleetdb
-from edgemon.sync.outbox import Outbox
+from edgemon.sync.outbox import KEPT_TOKEN_DAYS, Outbox
+from edgemon.utc import utc_iso
 from tests.sync_helpers import count_server_detections, fleet_server, local_state, server_state
 from tests.waits import poll_until
 
@@ -128,6 +130,29 @@ def test_tombstones_are_forgotten_once_every_target_has_them(tmp_path):
         assert outbox.prune() == tombstones
         live = outbox.conn.execute("SELECT count(*) FROM detections").fetchone()[0] + 3   # + 3 files
         assert outbox.conn.execute("SELECT count(*) FROM changes").fetchone()[0] == live
+
+
+def test_a_target_given_up_holds_no_tombstones_for_good(tmp_path):
+    """A cursor is kept by the URL's spelling: after a switch from an IP to a host name (or a
+    server retired) the old one never moved again, and no tombstone was ever pruned (a review)."""
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=3, per_file=4, heartbeats=0, coverage_minutes=0)
+    with Outbox(db) as outbox:
+        outbox.offer("postgresql://edgemon@10.0.0.5/fleet", outbox.last_seq())
+        outbox.advance("postgresql://edgemon@10.0.0.5/fleet", outbox.last_seq())
+        old_seq = outbox.last_seq()
+        with Store(db) as store:                       # re-analysed: tombstones
+            add_file(store, "rec-a", 0, 1, random.Random(99))
+        outbox.offer("postgresql://edgemon@fleet.example.org/fleet", outbox.last_seq())
+        outbox.advance("postgresql://edgemon@fleet.example.org/fleet", outbox.last_seq())
+        assert outbox.prune() == 0                     # the old spelling may still come back
+        for table, column in (("sync_cursors", "updated_at"), ("sync_tokens", "offered_utc")):
+            outbox.conn.execute(f"UPDATE {table} SET {column} = '2024-01-01T00:00:00.000Z' "
+                                f"WHERE target LIKE '%10.0.0.5%'")
+        newest = utc_iso(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=KEPT_TOKEN_DAYS + 1))
+        outbox.conn.execute(f"UPDATE sync_cursors SET updated_at = '{newest}' WHERE target LIKE '%example.org%'")
+        assert outbox.prune() >= 3                     # heard from 91 days before the other: given up
+        assert outbox.pruned_behind(old_seq)           # and it is told so if it ever comes back
+        assert not outbox.pruned_behind(outbox.last_seq()) and not outbox.pruned_behind(0)
 
 
 # --- into the server ---------------------------------------------------------------------------

@@ -311,23 +311,24 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
     conn, found = _open(db_path)
     try:
         if "coverage" not in found:
-            rows: list = []
+            rows: Iterable[dict] = []
         else:
             bounds = (None if t is None else utc_iso(t, naive_is_utc=True) for t in (since, until))
             clauses, params = time_range("minute_utc", *bounds)
             cursor = conn.cursor()
             cursor.row_factory = _as_dict
-            rows = [_rounded_seconds(row) for row in cursor.execute(
-                f"SELECT * FROM coverage WHERE {' AND '.join(['1', *clauses])} ORDER BY source, minute_utc", params)]
+            # Streamed, as detections are: a season of minutes held at once cost a Pi 250 MB (a review).
+            rows = map(_rounded_seconds, cursor.execute(
+                f"SELECT * FROM coverage WHERE {' AND '.join(['1', *clauses])} ORDER BY source, minute_utc", params))
+        write = writers[fmt]
+        if output is None:
+            return _write_stdout(lambda f, r: write(f, r, COVERAGE_COLUMNS), rows)
+        with atomic_text(Path(output)) as f:
+            return write(f, rows, COVERAGE_COLUMNS)
     except sqlite3.Error as e:
         raise ExportError(f"cannot read coverage from {db_path}: {e}") from e
     finally:
         conn.close()
-    write = writers[fmt]
-    if output is None:
-        return _write_stdout(lambda f, r: write(f, r, COVERAGE_COLUMNS), rows)
-    with atomic_text(Path(output)) as f:
-        return write(f, rows, COVERAGE_COLUMNS)
 
 
 def _rounded_seconds(row: dict) -> dict:

@@ -37,7 +37,7 @@ from edgemon.status import collect_status
 from edgemon.storage.readonly import connect_read_only, newest_device_id
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
-from edgemon.sync.outbox import IdentityMoved, Outbox, OutboxError
+from edgemon.sync.outbox import KEPT_TOKEN_DAYS, IdentityMoved, Outbox, OutboxError
 from edgemon.utc import utc_iso
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,10 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
             if outbox.cursor(target) > acked:
                 log.warning("%s holds less than it acknowledged before (restored from a backup?): "
                             "resending from %d", target, acked)
+            if outbox.pruned_behind(acked):
+                log.warning("%s was away over %d days and the change log was pruned meanwhile: rows deleted here "
+                            "since it last synced (detections re-analysed away) may stay on it", target,
+                            KEPT_TOKEN_DAYS)
             rows = config.batch_rows
             while stop is None or not stop.is_set():
                 batch = outbox.batch(acked, rows)

@@ -28,7 +28,7 @@ import soxr
 from devtools.recorder_db import make_recorder
 from devtools.soundscapes import PART_A, PART_B, VirtualAudio, pulseaudio_missing, soundscape
 from edgemon.live.capture import (AudioDeviceError, Backoff, BlockQueue, Capture, CaptureConfig,
-                             CaptureState, InputDevice)
+                             CaptureState, DeviceNotFoundError, InputDevice, reinitialise_portaudio)
 from edgemon.live.clips import ClipConfig, ClipSaver
 from edgemon.live.coverage import CoverageLedger
 from edgemon.live.hostclock import HostClock
@@ -170,6 +170,51 @@ def test_capture_never_gives_up_on_a_missing_device():
     stop.set()
     thread.join(5)
     assert capture.failures >= 5 and capture.state is CaptureState.STOPPED
+
+
+def test_a_usb_microphone_back_under_another_card_number_is_found_again():
+    """Replugged while its old card was held, a USB microphone comes back as the next ALSA card;
+    it was looked for under the old card's name for ever (a review)."""
+    renumbered = InputDevice(3, "USB PnP Sound Device: Audio (hw:2,0)", "ALSA", 1, 48000.0)
+    inputs = [InputDevice(0, "default", "ALSA", 2, 48000.0), renumbered]
+    opened = []
+
+    def resolve(name):   # what resolve_device does with this list: exact, else a unique substring
+        found = [d for d in inputs if d.name == name] or [d for d in inputs if name.lower() in d.name.lower()]
+        if len(found) != 1:
+            raise DeviceNotFoundError(f"no input device matches {name!r}")
+        return found[0]
+
+    def open_stream(**kwargs):
+        opened.append(kwargs["device"])
+        return ScriptedStream(60, False, **kwargs)
+
+    config = CaptureConfig(backoff_initial_s=0.01, backoff_max_s=0.02, poll_s=0.01)
+    capture = Capture(config, BlockQueue(1000), InputDevice(1, "USB PnP Sound Device: Audio (hw:1,0)", "ALSA", 1,
+                                                            48000.0),
+                      open_stream=open_stream, resolve=resolve, reinitialise=lambda: None)
+    capture.attempts = 1   # as after the first open, when the device went
+    stop = threading.Event()
+    thread = threading.Thread(target=capture.run, args=(stop,))
+    thread.start()
+    poll_until(lambda: opened, 10)
+    stop.set()
+    thread.join(10)
+    assert opened[0] == 3 and capture.device == renumbered and capture.failures == 0
+
+
+def test_portaudio_left_terminated_by_a_failed_initialisation_is_initialised_again(monkeypatch):
+    """Pa_Initialize failing after Pa_Terminate left every later reopen failing in Pa_Terminate
+    ("PortAudio not initialized") for good (a review)."""
+    calls = []
+    monkeypatch.setattr(sd, "_initialized", 0)    # as after the failed initialisation
+    monkeypatch.setattr(sd, "_terminate", lambda: calls.append("terminate"))
+    monkeypatch.setattr(sd, "_initialize", lambda: calls.append("initialize"))
+    reinitialise_portaudio()
+    assert calls == ["initialize"]
+    monkeypatch.setattr(sd, "_initialized", 1)
+    reinitialise_portaudio()
+    assert calls == ["initialize", "terminate", "initialize"]
 
 
 @pytest.fixture(scope="module")
@@ -804,6 +849,41 @@ def test_writes_a_full_disk_refuses_at_shutdown_are_given_up_quickly_counted_and
     assert writer.lost_at_exit == 4 and len(attempts) == 3 + 3   # the first waits out its retries, no other
     with pytest.raises(ListenError, match=r"4 write\(s\) .* could not be stored in .*d\.db"):
         _say_lost_writes(writer, tmp_path / "d.db")
+
+
+def test_writes_another_process_locks_at_shutdown_wait_briefly_and_late_ones_are_counted(tmp_path, monkeypatch):
+    """A review: each write at shutdown waited out the 30 s busy timeout while another process (a
+    review page, a reanalyse) held the lock, so the writer outlived the listener's 60 s wait and
+    its writes were lost uncounted; and what the analysis submitted after the writer stopped
+    vanished."""
+    from edgemon.live import store_writer
+    from edgemon.storage import store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 1500)   # the first try, as the store opens (30 s)
+    monkeypatch.setattr(store_writer, "EXIT_BUSY_TIMEOUT_MS", 100, raising=False)
+    db = tmp_path / "d.db"
+    with Store(db):
+        pass
+    waited = []
+
+    def job(store):
+        waited.append(store.db.execute("PRAGMA busy_timeout").fetchone()[0])
+        store.db.execute("INSERT INTO sync_meta (key, value) VALUES ('x', 'y')")
+
+    other = sqlite3.connect(db)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        writer = StoreWriter(db, retry_s=0.01)
+        writer.submit(job)
+        finish = threading.Event()
+        finish.set()
+        writer.run(finish)
+    finally:
+        other.rollback()
+        other.close()
+    assert waited == [1500, 100, 100] and writer.lost_at_exit == 1
+    writer.submit(job)                       # the analysis, still draining after the writer stopped
+    assert writer.lost_at_exit == 2 and len(waited) == 3
 
 
 def test_a_clips_directory_that_cannot_be_made_is_one_line_naming_it(tmp_path):

@@ -19,6 +19,7 @@ import dataclasses
 import enum
 import logging
 import queue
+import re
 import threading
 import time
 from collections import deque
@@ -95,6 +96,9 @@ def resolve_device(spec: str | int | None) -> InputDevice:
     raise DeviceNotFoundError(f"{text!r} matches several input devices: {_names(match)}")
 
 
+ALSA_CARD = re.compile(r" \(hw:\d+,\d+\)$")   # PortAudio's ALSA names end in the card and device numbers
+
+
 def _names(devices: list[InputDevice]) -> str:
     return ", ".join(f"{d.index}: {d.name}" for d in devices)
 
@@ -102,8 +106,10 @@ def _names(devices: list[InputDevice]) -> str:
 def reinitialise_portaudio() -> None:
     """PortAudio enumerates devices once, at initialisation: a replugged microphone or a restarted
     sound server stays invisible (or opens but never delivers) until it is re-initialised. Only
-    call this with no stream open."""
-    sd._terminate()
+    call this with no stream open. A failed initialisation leaves PortAudio terminated: the next
+    call then only initialises (terminating it again failed for ever, a review)."""
+    if sd._initialized > 0:
+        sd._terminate()
     sd._initialize()
 
 
@@ -295,7 +301,7 @@ class Capture:
                 # Also after a stall: a stream re-opened on a stale PortAudio can start and never
                 # call back (seen with a restarted PulseAudio).
                 self._reinitialise()
-                self.device = self._resolve(self.device.name)
+                self.device = self._find_again()
             self.rate = float(self.config.sample_rate or self.device.default_rate)
             self.stream_serial += 1
             self._finished.clear()
@@ -313,6 +319,19 @@ class Capture:
         log.info("capture %s: stream %d opened at %g Hz, latency %.3f s", self.device.name,
                  self.stream_serial, self.rate, stream.latency)
         return None
+
+    def _find_again(self) -> InputDevice:
+        """The device by the name it had; else by that name without ALSA's card number: a USB
+        microphone replugged while its old card was still held comes back as the next card
+        ("... (hw:1,0)" becomes "... (hw:2,0)"), and was looked for under the old number for ever
+        (a review)."""
+        try:
+            return self._resolve(self.device.name)
+        except DeviceNotFoundError:
+            without_card = ALSA_CARD.sub("", self.device.name)
+            if without_card == self.device.name:
+                raise
+            return self._resolve(without_card)
 
     def _watch(self, stop: threading.Event) -> None:
         """Until the stream fails or ``stop``: watch for callbacks; returns with the new state set."""

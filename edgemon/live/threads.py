@@ -42,6 +42,10 @@ from edgemon.utc import parse_utc
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 60.0   # a thread not done this long after stop is reported, not waited for
+# The analysis thread works through the audio still queued at stop (up to ``queue_s``) at its own
+# pace, slower than real time on a loaded Pi: after 60 s the writer was told to finish and what the
+# analysis found later was lost (a review). Within the unit's TimeoutStopSec (600 s) with the rest.
+DRAIN_TIMEOUT_S = 360.0
 
 
 def _parse_store_time(text: str | None) -> float | None:
@@ -107,10 +111,11 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
                 break
     finally:
         stop.set()
-        for thread, event in ((capture_thread, drain), (worker_thread, finish), (writer_thread, None)):
-            thread.join(JOIN_TIMEOUT_S)
+        for thread, event, wait_s in ((capture_thread, drain, JOIN_TIMEOUT_S), (worker_thread, finish, DRAIN_TIMEOUT_S),
+                                      (writer_thread, None, JOIN_TIMEOUT_S)):
+            thread.join(wait_s)
             if thread.is_alive():
-                threads.errors.append((thread.name, TimeoutError(f"still running {JOIN_TIMEOUT_S:.0f} s after stop")))
+                threads.errors.append((thread.name, TimeoutError(f"still running {wait_s:.0f} s after stop")))
             if event is not None:
                 event.set()
     summary = listener.summary()

@@ -10,6 +10,9 @@ on every second recording's first detection; two more devices are cards cloned f
 1 under new device ids (``forked_from``) holding copies of their first ``--copied`` recordings,
 detections and verdicts. Prints the row counts, each view's best of 3, and what the clones count
 under (revision 4 counts a copied row under the device that made it; revision 3 under both).
+Then ``detections_daily_all`` and ``effort_daily`` against revision 4's forms (revision 5 finds
+each row's device through the ids databases were registered under; here every id is registered,
+so the rows are the same).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.postgres_server import postgres_server  # noqa: E402
 from edgemon.sync import fleetdb  # noqa: E402
-from edgemon.sync.fleetschema import _BY_THE_SERVERS_CLOCK, _EFFORT_ONCE_PER_MINUTE, SCHEMA  # noqa: E402
+from edgemon.sync.fleetschema import (_BY_THE_SERVERS_CLOCK, _EFFORT_ONCE_PER_MINUTE, _FILE_EFFORT_BY_ANALYSER,  # noqa: E402
+                                      _FROM_CURRENT_BY_SYNC, SCHEMA, _detections_daily, _effort_once_per_minute)
 
 COLUMNS = {
     "detections": "db_uuid, source, start_s, label, bundle_id, device_id, end_s, start_utc, time_source, "
@@ -108,6 +112,16 @@ def main() -> None:
                                           "WHERE site = ANY(%s) GROUP BY 1", [list(clones)]).fetchall())
                 print(f"  {measure} counted under the clones' new ids, {name}: "
                       f"{sum(under.values())} (made by the devices they were cloned from)")
+        # Revision 5 resolves each row's device through the registered ids: against revision 4's forms.
+        revision4 = {"detections_daily_all": _detections_daily("detections_daily_all", _FROM_CURRENT_BY_SYNC,
+                                                               "CREATE OR REPLACE VIEW"),
+                     "effort_daily": _effort_once_per_minute(_FILE_EFFORT_BY_ANALYSER)}
+        for view, text in revision4.items():
+            conn.execute(text.replace(f"CREATE OR REPLACE VIEW {SCHEMA}.{view}", f"CREATE TEMP VIEW {view}4", 1))
+            now, rows_now = best_of_3(conn, f"SELECT * FROM {SCHEMA}.{view}")
+            then, rows_then = best_of_3(conn, f"SELECT * FROM {view}4")
+            print(f"view {view}: {now * 1000:.0f} ms; as revision 4: {then * 1000:.0f} ms "
+                  f"({now / then:.2f}x as long; same rows: {sorted(rows_now) == sorted(rows_then)})")
 
 
 if __name__ == "__main__":

@@ -406,13 +406,11 @@ def test_device_id_clash_is_reported_not_merged(fleet, tmp_path):
 def test_fleet_status_shows_views_and_flags_recorders_to_visit(fleet, tmp_path):
     good = make_recorder(tmp_path / "good.db", "site-01", files=30, seed=9)
     bad = make_recorder(tmp_path / "bad.db", "site-02", files=30, seed=10, clock_suspect_every=5)
-    with Store(bad) as store:   # the last heartbeat says the disk is nearly full
-        store.db.execute("UPDATE heartbeats SET disk_free_mb = 50 WHERE uptime_s = 240")
-        store.db.conn.commit()
     for db, site in ((good, "site-01"), (bad, "site-02")):
         assert run_sync(db, fleet.url, device_id=site).returncode == 0
-    with fleet.connect() as conn:   # site-02 last synced two days ago: silent
-        conn.execute("UPDATE edgemon.databases SET last_sync = now() - interval '2 days' WHERE device_id = 'site-02'")
+    with fleet.connect() as conn:   # site-02 last synced two days ago, its disk nearly full then: silent
+        conn.execute("UPDATE edgemon.databases SET last_sync = now() - interval '2 days', disk_free_mb = 50 "
+                     "WHERE device_id = 'site-02'")
         # Its suspect clock dated some detections 2030 (a newcomer trial: that set the window of
         # days shown, and every other site vanished from the tables).
         conn.execute("UPDATE edgemon.detections SET start_utc = '2030-01-01T06:00:00Z' WHERE clock_suspect")

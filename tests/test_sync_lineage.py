@@ -502,3 +502,46 @@ def test_a_clones_own_recording_under_a_name_the_first_also_used_counts_under_th
         sync(db, fleet.url, device_id=device)
     files, _, _ = _per_site(fleet)
     assert files == {"site-01": 3, "site-02": 1}
+
+
+def test_rows_stored_under_an_id_never_registered_count_under_their_recorder(fleet, tmp_path):
+    """A review: a unit that recorded offline under the default id and first synced under its own
+    sent its rows with the id they carry, which no database was registered under; the views joined
+    on it and showed the recorder with its recordings but none of its 12 detections or 10 live
+    minutes."""
+    db = make_recorder(tmp_path / "a.db", "edgemon", files=3, per_file=4, seed=81, coverage_minutes=10)
+    sync(db, fleet.url, device_id="site-07")
+    files, _, found = _per_site(fleet)
+    with fleet.connect() as conn:
+        listened = dict(conn.execute("SELECT site, round(sum(listen_h) * 60)::int FROM edgemon.effort_daily "
+                                     "WHERE listen_h > 0 GROUP BY 1").fetchall())
+        shown = conn.execute("SELECT sum(detections)::int FROM edgemon.detections_daily WHERE site = 'site-07'"
+                             ).fetchone()[0]
+    assert found == {"site-07": 12} and shown == 12 and files == {"site-07": 3}
+    assert listened == {"site-07": 9}                       # ten minutes of 55 s heard
+    # An id some recorder was registered under keeps its rows (a rename after syncing: revision 4).
+    other = make_recorder(tmp_path / "b.db", "site-08", files=2, per_file=2, seed=82, coverage_minutes=0)
+    sync(other, fleet.url, device_id="site-08")
+    work(other, "site-09", range(10, 11), seed=83)
+    sync(other, fleet.url, device_id="site-09")
+    _, _, found = _per_site(fleet)
+    assert found == {"site-07": 12, "site-08": 4, "site-09": 5}
+
+
+def test_recorder_health_is_not_held_by_a_heartbeat_from_the_future(fleet, tmp_path):
+    """A review: one heartbeat dated 2031 (a clock set ahead once) stood as the last for years,
+    with its state and disk over today's (50 MB free never flagged)."""
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=1, per_file=1, seed=84, heartbeats=0, coverage_minutes=0)
+    with Store(db) as store:
+        store.add_heartbeat(Heartbeat(run_id="ahead", mode="watch", device_id="rec-a", at_utc="2031-01-01T00:00:00Z",
+                                      started_utc="2031-01-01T00:00:00Z", uptime_s=0.0, disk_free_mb=5000.0,
+                                      state="ok"))
+        store.add_heartbeat(Heartbeat(run_id="now", mode="watch", device_id="rec-a", at_utc="2024-05-02T00:00:00Z",
+                                      started_utc="2024-05-02T00:00:00Z", uptime_s=0.0, disk_free_mb=50.0,
+                                      state="stalled"))
+    sync(db, fleet.url)
+    with fleet.connect() as conn:
+        conn.execute("UPDATE edgemon.databases SET disk_free_mb = 40")   # as measured at that sync
+        last, state, free = conn.execute("SELECT last_heartbeat::date::text, last_state, disk_free_mb "
+                                         "FROM edgemon.recorder_health").fetchone()
+    assert (last, state, free) == ("2024-05-02", "stalled", 40.0)

@@ -68,6 +68,21 @@ def test_the_old_path_of_a_recording_moved_after_analysis_is_not_called_unproces
     assert not any(m.startswith("20230201_053000.WAV: gone before") for m in said)
 
 
+def test_a_card_of_identical_recordings_costs_each_file_one_start_time(tmp_path, monkeypatch):
+    """A newcomer trial: 3 000 recordings of the same audio (a dead microphone's silence on a fixed
+    schedule) slowed from 0.01 s to 1.6 s a file, each reading the start of every earlier twin."""
+    from edgemon.files import same_recording as module
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    for minute in range(8):
+        write_wav(root / f"20230201_05{minute:02d}00.WAV", np.zeros(16000, np.float32))
+    reads = []
+    real = module.recording_time
+    monkeypatch.setattr(module, "recording_time", lambda path: reads.append(path) or real(path))
+    assert watch_until_idle(root, db).processed == 8          # another time each: analysed, not copies
+    assert len(reads) <= 8, f"{len(reads)} start times read for 8 files"
+
+
 def test_a_copy_beside_the_recording_is_not_analysed_again_but_another_recording_is(tmp_path, duet):
     root, db = tmp_path / "rec", tmp_path / "d.db"
     write_wav(root / "20230201_053000.WAV", duet)

@@ -278,14 +278,18 @@ class Store:
         return True
 
     def analysed_under_another_name(self, source: str, size: int, fingerprint: str | None,
-                                    tail_digest: str | None) -> list[dict]:
+                                    tail_digest: str | None, starting: dt.datetime | None = None) -> list[dict]:
         """The ledger rows of recordings analysed under other names than ``source`` with the same
-        size, first audio and last bytes (``storage.fingerprint``): the file's twins, if any."""
+        size, first audio and last bytes (``storage.fingerprint``): the file's twins, if any; with
+        ``starting``, only those stored as starting within a millisecond of it."""
         if not fingerprint or not tail_digest:
             return []
-        return list(self.db["files"].rows_where(
-            "state = 'done' AND size = ? AND fingerprint = ? AND tail_digest = ? AND source != ?",
-            [size, fingerprint, tail_digest, source]))
+        where, params = "state = 'done' AND size = ? AND fingerprint = ? AND tail_digest = ? AND source != ?", \
+            [size, fingerprint, tail_digest, source]
+        if starting is not None:   # stored as utc_iso text, which sorts as the times do
+            where += " AND start_utc BETWEEN ? AND ?"
+            params += [utc_iso(starting - dt.timedelta(milliseconds=1)), utc_iso(starting + dt.timedelta(milliseconds=1))]
+        return list(self.db["files"].rows_where(where, params))
 
     def undigested(self) -> dict[str, tuple[int, int, str | None]]:
         """``{source: (size, mtime_ns, fingerprint)}`` of recordings analysed before tail digests

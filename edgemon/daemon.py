@@ -23,7 +23,7 @@ from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals
 from edgemon.storage.disk_budget import MIN_ROOM_BYTES, DiskBudget, DiskGuard, free_bytes
 from edgemon.storage.lock import hold_database
-from edgemon.storage.recovery import open_or_recover
+from edgemon.storage.recovery import open_or_recover, refuse_another_file
 from edgemon.storage.store import Store
 from edgemon.storage.readonly import newest_device_id
 from edgemon.sync.sender import sync_in_background
@@ -56,6 +56,7 @@ def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, th
     on the same database stops at once with a one-line error.
     """
     check_root(config.root)
+    refuse_another_file(db_path)   # before the lock, which would leave its file beside a recording
     if sys.stderr.isatty():
         config = dataclasses.replace(config, progress_s=min(config.progress_s, TERMINAL_PROGRESS_S))
     with hold_database(db_path):
@@ -177,6 +178,7 @@ def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s
 
         listen = service.listen_config(duration_s)
         resolve_device(listen.capture.device)   # a wrong --device leaves no database or lock behind
+        refuse_another_file(service.db)
         if mode is None and not _wait_for_room(service.db, service.rescan_s):
             return   # stopped while waiting for room
         with hold_database(service.db), listen_health(service.db, service.health_config()):

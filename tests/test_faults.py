@@ -369,6 +369,7 @@ def test_a_db_path_that_names_another_kind_of_file_is_refused_untouched(tmp_path
     assert daemon.returncode == 1 and "not a detections database; nothing was changed" in daemon.stderr
     assert db.read_bytes() == content and not list(tmp_path.glob("*.corrupt-*"))
     assert "Traceback" not in daemon.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["empty", name])   # no lock file beside it
 
 
 def test_another_programs_sqlite_database_is_refused_untouched(tmp_path):

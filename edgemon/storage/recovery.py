@@ -112,16 +112,30 @@ def plainly_another_file(path: Path) -> str | None:
     return f"a {path.suffix} file" if path.suffix.lower() in OTHER_SUFFIXES else None
 
 
+def refuse_another_file(path: str | Path) -> None:
+    """``StoreError`` when ``path`` is plainly no database (a recording, a CSV given as --db). A
+    daemon asks before it takes the database's lock, which would leave a lock file beside it (a
+    newcomer trial: ``card/20240101_053000.WAV.lock`` on a recorder's card, after "nothing was
+    changed")."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:   # no file, or an empty one: SQLite makes the database in it
+            return
+    except OSError:
+        return
+    other = plainly_another_file(path)   # its first bytes and name: no check of a sound database's pages
+    if other is not None:
+        raise StoreError(f"{shown(path)}: {other}, not a detections database; nothing was changed: "
+                         f"give --db the database's path (such as detections.db)")
+
+
 def open_or_recover(path: str | Path) -> Store:
     """The ``Store`` at ``path``; a corrupt file is first moved aside and a fresh one created. A
     file that is plainly no database is refused (``StoreError``), untouched."""
     path = Path(path)
     found = corruption(path)
     if found is not None:
-        other = plainly_another_file(path)
-        if other is not None:
-            raise StoreError(f"{shown(path)}: {other}, not a detections database; nothing was changed: "
-                             f"give --db the database's path (such as detections.db)")
+        refuse_another_file(path)
         was = _own_id(path)
         aside = move_aside(path)
         log.error("detections database %s is corrupt (%s); moved it aside to %s and started a fresh one. "

@@ -114,6 +114,20 @@ def test_an_absurd_sample_rate_is_refused_per_file(tmp_path):
         audio.load(root / "a_one_hertz.WAV")
 
 
+def test_audio_in_formats_watch_does_not_take_is_said_not_passed_over(tmp_path, caplog):
+    """A newcomer trial: MP3s copied into the watched directory were skipped without a word, and
+    --until-idle said "0 file(s) analysed"."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "c.WAV")
+    for name in ("20240103_110000.mp3", "20240103_120000.MP3", "walk.ogg", ".hidden.mp3", "notes.txt"):
+        (root / name).write_bytes(b"not looked at")
+    caplog.set_level(logging.INFO, logger="edgemon")
+    assert watch_until_idle(root, db).processed == 1
+    said = [r.getMessage() for r in caplog.records if "formats watch does not analyse" in r.getMessage()]
+    assert said == ["3 file(s) in formats watch does not analyse (2 .mp3, 1 .ogg): it takes WAV and FLAC; "
+                    "convert them, or run `edgemon classify` on them"]
+
+
 def test_a_header_claiming_a_thousand_channels_is_refused_per_file(tmp_path):
     # A mono recording under a damaged header claiming 1000 channels was analysed as 1000-sample
     # averages, without a word (a newcomer trial).

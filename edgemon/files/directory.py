@@ -12,6 +12,9 @@ from edgemon.errors import EdgemonError
 from edgemon.safetext import shown, stored_name
 
 AUDIO_SUFFIXES = (".wav", ".flac")
+# Audio that ``classify`` reads but ``watch`` does not take (it waits for a WAV's or FLAC's header
+# to be complete before it reads one): counted by the scan so that watch can say why they wait.
+OTHER_AUDIO_SUFFIXES = (".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".m4a", ".aac", ".wma", ".w64", ".caf")
 
 
 class WatchRootError(EdgemonError):
@@ -46,9 +49,11 @@ def watched(root: Path, path: Path) -> bool:
     return is_audio(path) and not any(p.startswith(".") for p in parts[:-1])
 
 
-def iter_audio(root: Path, unreadable: dict[str, str] | None = None) -> Iterator[Path]:
+def iter_audio(root: Path, unreadable: dict[str, str] | None = None,
+               others: dict[str, int] | None = None) -> Iterator[Path]:
     """Every audio file under ``root``, hidden directories skipped. Directories that cannot be
-    listed are put in ``unreadable`` (path -> reason) when given, else skipped."""
+    listed are put in ``unreadable`` (path -> reason) when given, else skipped; files in other
+    audio formats (``OTHER_AUDIO_SUFFIXES``) are counted by suffix in ``others`` when given."""
 
     def note(exc: OSError) -> None:
         if unreadable is not None:
@@ -73,6 +78,11 @@ def iter_audio(root: Path, unreadable: dict[str, str] | None = None) -> Iterator
             continue
         seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and _follow(Path(dirpath) / d, real_root, unreadable))
+        if others is not None:
+            for f in filenames:
+                suffix = os.path.splitext(f)[1].lower()
+                if suffix in OTHER_AUDIO_SUFFIXES and not f.startswith("."):
+                    others[suffix] = others.get(suffix, 0) + 1
         yield from (Path(dirpath) / f for f in filenames if watched(root, Path(dirpath) / f))
 
 

@@ -29,12 +29,15 @@ FUTURE_SLACK = timedelta(days=1)  # host and recorder clocks and zones may diffe
 # A copy keeps the name with a suffix file managers add ("… (1).WAV", "… - Copy.WAV", "… copy.WAV",
 # "… 2.WAV"):
 # its time is still the name's (a newcomer trial's copy was stored at the copy's mtime).
+# Any audio ``classify`` reads: an MP3 converted from a recording keeps its name (a newcomer trial
+# saw 20240103_110000.mp3 timed by its mtime).
+_AUDIO = r"\.(?:wav|flac|mp3|ogg|oga|opus|aiff?|w64|caf)$"
 _DATED_NAME = re.compile(
     r"^(?:(?P<prefix>.*)[_ -])?(?P<date>\d{8})_(?P<time>\d{6})(?P<trig>T?)"
-    r"(?P<copy> ?\(\d+\)| copy(?: \d+)?| - copy(?: \(\d+\))?| \d+)?\.(?:wav|flac)$", re.IGNORECASE
+    r"(?P<copy> ?\(\d+\)| copy(?: \d+)?| - copy(?: \(\d+\))?| \d+)?" + _AUDIO, re.IGNORECASE
 )
 # Older AudioMoth firmware: eight hex digits of Unix time, e.g. 5A8C5A83.WAV.
-_HEX_NAME = re.compile(r"^(?P<hex>[0-9A-F]{8})\.(?:wav|flac)$", re.IGNORECASE)
+_HEX_NAME = re.compile(r"^(?P<hex>[0-9A-F]{8})" + _AUDIO, re.IGNORECASE)
 # "Recorded at 12:00:00 01/02/2024 (UTC+5:30) by AudioMoth ..." (day first; offset optional).
 _COMMENT = re.compile(
     r"Recorded at (\d{1,2}):(\d{2}):(\d{2}) (\d{1,2})/(\d{1,2})/(\d{4}) "

@@ -125,6 +125,7 @@ class Watcher:
         self.unreadable: dict[str, str] | None = None   # directories the last scan could not list
         self.attempted = 0              # files finished this run, whatever the outcome
         self.others: set[Path] = set()  # files left alone: another recording analysed under their name
+        self.other_formats: dict[str, int] = {}   # audio files watch does not take, by suffix, at the last scan
         self.timed_by_mtime = 0         # files with no start time in name or header, this run
         self.undigested: list | None = None   # recordings an older edgemon analysed: digests to read
         self.digests_completed = 0
@@ -137,8 +138,9 @@ class Watcher:
         """Every audio file under the root that the ledger does not hold as finished becomes
         pending (one ledger query; a rescan of settled files costs a stat each)."""
         unreadable: dict[str, str] = {}
+        others: dict[str, int] = {}
         finished = None
-        for path in iter_audio(self.root, unreadable):
+        for path in iter_audio(self.root, unreadable, others):
             version = file_version(path)
             if version is None or self.settled.get(path) == version:
                 continue
@@ -149,7 +151,18 @@ class Watcher:
             else:
                 self.pending.add(path)
         self._note_unreadable(unreadable)
+        self._note_other_formats(others)
         self._complete_digests()
+
+    def _note_other_formats(self, found: dict[str, int]) -> None:
+        """Say when the directory holds audio watch does not take (MP3s copied in): they were
+        passed over without a word, and `--until-idle` said "0 file(s) analysed" (a newcomer
+        trial). Said again only when the counts change."""
+        if found and found != self.other_formats:
+            counts = ", ".join(f"{n} {suffix}" for suffix, n in sorted(found.items()))
+            log.warning("%d file(s) in formats watch does not analyse (%s): it takes WAV and FLAC; convert them, "
+                        "or run `edgemon classify` on them", sum(found.values()), counts)
+        self.other_formats = found
 
     def _complete_digests(self) -> None:
         """Recordings an older edgemon analysed get their digests, ``DIGESTS_PER_SCAN`` at each

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import logging
 import threading
 import time
 
@@ -184,6 +185,20 @@ def test_a_file_still_being_written_is_taken_once_complete(tmp_path, good_record
     (duration,) = query(db, "SELECT duration_s FROM files")[0]
     assert duration == pytest.approx(len(good_recording) / 16000, abs=0.01)
     assert query(db, "SELECT attempts, error FROM files") == [(1, None)]
+
+
+def test_a_one_off_run_says_which_unfinished_header_it_waits_for(tmp_path, good_recording, caplog):
+    """A newcomer trial: a card's WAV cut short (its header says longer) waited out the grace with
+    --until-idle without a line, and looked like a hang."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    path = write_wav(root / "20180301_060000.WAV", good_recording)
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])   # the header still claims it all
+    caplog.set_level(logging.INFO, logger="edgemon")
+    watch_until_idle(root, db, incomplete_grace_s=1.0)
+    said = [r.getMessage() for r in caplog.records if "its header is not finished" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("20180301_060000.WAV: its header is not finished (")
+    assert "waiting up to 1 s for it to be written, then it is read as far as it goes" in said[0]
+    assert ledger(db)["20180301_060000.WAV"][0] == "done"
 
 
 def test_a_file_deleted_while_queued_is_dropped(tmp_path, good_recording):

@@ -106,6 +106,7 @@ class Watcher:
         # A header still being written is waited for incomplete_grace_s at one (size, mtime): a
         # file that grows waits anew, so one written for longer than the grace is not read at each pause.
         self.header_wait = StabilityTracker(config.incomplete_grace_s)
+        self.header_said: dict[Path, tuple[int, int]] = {}   # the version each header wait was said for
         self.retry_at: dict[Path, float] = {}
         # Files the ledger already holds as finished, by (size, mtime_ns): a rescan then costs a
         # stat per file instead of a database lookup.
@@ -386,6 +387,7 @@ class Watcher:
             return True
         if not ok and may_still_be_written(why):
             if not self.header_wait.observe(path, *version):
+                self._say_header_wait(path, source, version, why)
                 return False
             if st.st_size == 0:   # nothing to read as far as it goes: no retry can help until it grows
                 self.header_wait.forget(path)
@@ -456,6 +458,15 @@ class Watcher:
             return True
         self.retry_at[path] = time.monotonic() + self.config.retry_s
         return False
+
+    def _say_header_wait(self, path: Path, source: str, version: tuple[int, int], why: str) -> None:
+        """In a one-off run (``until_idle``) say once which file is waited for: a card's WAV cut
+        short waited out its grace (120 s) without a line, and looked like a hang (a newcomer
+        trial). A service says nothing: there a recorder writing its file is the usual case."""
+        if self.config.until_idle and self.header_said.get(path) != version:
+            self.header_said[path] = version
+            log.info("%s: its header is not finished (%s); waiting up to %.0f s for it to be written, then it is "
+                     "read as far as it goes", shown(source), why, self.config.incomplete_grace_s)
 
     def _say_gone(self, path: Path) -> None:
         """A path listed or hinted (a move's old path, a card emptied) that no longer exists. A

@@ -20,6 +20,7 @@ import importlib.metadata
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import TextIO
 
@@ -89,12 +90,25 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in super().format(record).split("\n"))
 
 
+class TerminalFormatter(logging.Formatter):
+    """Lines stamped in UTC, marked Z, as every time edgemon stores and exports (a newcomer trial:
+    on a recorder set to local time, log lines and the detections' times could not be lined up)."""
+
+    converter = time.gmtime
+
+    def __init__(self) -> None:
+        super().__init__(TERMINAL_FORMAT)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created)) + f",{int(record.msecs):03d}Z"
+
+
 def setup_logging(level: int = logging.INFO, stream: TextIO | None = None,
                   env: Mapping[str, str] | None = None) -> None:
-    """Log to ``stream`` (default stderr) at ``level``: journal lines under systemd, else timestamped."""
+    """Log to ``stream`` (default stderr) at ``level``: journal lines under systemd, else stamped in UTC."""
     stream = sys.stderr if stream is None else stream
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JournalFormatter() if writes_to_journal(stream, env) else logging.Formatter(TERMINAL_FORMAT))
+    handler.setFormatter(JournalFormatter() if writes_to_journal(stream, env) else TerminalFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -4,6 +4,7 @@ settings path for every command; --version, -h and completion; exit statuses; jo
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import importlib.metadata
 import inspect
 import io
@@ -14,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -285,8 +287,25 @@ def test_journal_lines_carry_priorities_and_no_timestamp(tmp_path):
                          "<4>WARNING edgemon.test: disk low", "<3>ERROR edgemon.test: worker failed"]
     assert len(lines) > 4 and all(line.startswith("<3>") for line in lines[4:])   # the traceback is an error too
     assert any("RuntimeError: boom" in line for line in lines)
-    terminal = _log_through(tmp_path, journal=False).splitlines()   # JOURNAL_STREAM of another stream
-    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO edgemon.test: watching", terminal[1])
+
+
+def test_terminal_lines_are_stamped_in_utc_whatever_the_host_zone(tmp_path):
+    """A newcomer trial: with TZ=Asia/Kuching log lines read 08:58 while status and exports said 00:58Z."""
+    zone = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Kuching"
+    time.tzset()
+    try:
+        terminal = _log_through(tmp_path, journal=False).splitlines()   # JOURNAL_STREAM of another stream
+    finally:
+        if zone is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = zone
+        time.tzset()
+    stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d{3}Z INFO edgemon.test: watching", terminal[1])
+    assert stamp, terminal[1]
+    logged = dt.datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.timezone.utc)
+    assert abs((dt.datetime.now(dt.timezone.utc) - logged).total_seconds()) < 600   # UTC, not 8 h ahead
 
 
 def test_the_command_under_systemd_writes_journal_lines(tmp_path):

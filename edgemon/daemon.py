@@ -181,11 +181,11 @@ def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s
         refuse_another_file(service.db)
         if mode is None and not _wait_for_room(service.db, service.rescan_s):
             return   # stopped while waiting for room
-        with hold_database(service.db), listen_health(service.db, service.health_config()):
+        with hold_database(service.db), listen_health(service.db, service.health_config()) as held:
             try:
                 listen_main(listen, service.db, service.models, service.threads,
                             functools.partial(ListenHeartbeats, service.db, device_id=listen.device_id,
-                                              every_s=service.heartbeat_s))
+                                              every_s=service.heartbeat_s), on_writer_retry=held.retried)
             except BundleError as exc:   # as in watch: `status` says why the unit is not listening
                 record_refusal(service.db, "listen", service.device_id, str(exc))
                 raise

@@ -349,17 +349,40 @@ class CommitProgress:
             self._conn.close()
 
 
+class WriterHold:
+    """``CommitProgress``, and the last time the live writer retried a write the database refused
+    (a full disk, another process's lock): a writer holding what was heard until it can be
+    stored is not hung. Without it the watchdog's pings stopped after ``progress_timeout_s``,
+    systemd killed the unit with SIGABRT, and everything held was lost (a review). A hang inside
+    a write, or in the analysis, still stops the pings: neither retries."""
+
+    def __init__(self, commits: CommitProgress, clock: Callable[[], float] = time.monotonic):
+        self.commits = commits
+        self._clock = clock
+        self._retried: float | None = None
+
+    def retried(self) -> None:
+        """Called by the writer at each refused write it will try again."""
+        self._retried = self._clock()
+
+    def __call__(self) -> float:
+        seen = self.commits()
+        return seen if self._retried is None else max(seen, self._retried)
+
+
 @contextmanager
 def listen_health(db_path: str | Path, config: HealthConfig = HealthConfig(),
-                  env: Mapping[str, str] = os.environ) -> Iterator[Watchdog]:
-    """READY=1, watchdog pings while the listener commits to ``db_path``, STOPPING=1 at the end:
-    the systemd side of ``edgemon listen``, around ``listen_main``."""
+                  env: Mapping[str, str] = os.environ) -> Iterator[WriterHold]:
+    """READY=1, watchdog pings while the listener commits to ``db_path`` (or its writer retries a
+    refused write: pass the ``WriterHold`` yielded to ``listen_main``), STOPPING=1 at the end: the
+    systemd side of ``edgemon listen``, around ``listen_main``."""
     notifier = Notifier.from_env(env)
-    progress = CommitProgress(db_path)
+    commits = CommitProgress(db_path)
+    progress = WriterHold(commits)
     notifier.ready("listening")
     try:
-        with Watchdog(notifier, progress, config.progress_timeout_s, watchdog_interval_s(env)) as watchdog:
-            yield watchdog
+        with Watchdog(notifier, progress, config.progress_timeout_s, watchdog_interval_s(env)):
+            yield progress
     finally:
         notifier.stopping("stopping")
-        progress.close()
+        commits.close()

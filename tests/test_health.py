@@ -28,13 +28,14 @@ from edgemon.health import (
     Notifier,
     Watchdog,
     WatchMonitor,
+    WriterHold,
     watchdog_interval_s,
 )
 from edgemon.files.watcher import Watcher
 from edgemon.status import collect_status, format_status
 from edgemon.storage.store import Store
 from tests.conftest import hoots, tone
-from tests.waits import poll_until
+from tests.waits import poll_until, wait_until
 from tests.watch_helpers import (
     analyzer,
     fast_config,
@@ -281,6 +282,44 @@ def test_commit_progress_follows_another_connections_coverage_commits(tmp_path):
         store.add_coverage(minute(1, 5.0))
         assert progress() == 12.0
     progress.close()
+
+
+def test_a_live_writer_retrying_a_refused_write_keeps_the_watchdog_fed(tmp_path, monkeypatch):
+    """A review: while the writer retried a write another process's lock (or a full disk) refused,
+    no coverage was committed, the watchdog's pings stopped and systemd killed the unit with
+    SIGABRT, losing everything held. A writer that retries is holding, not hung."""
+    from edgemon.live.store_writer import StoreWriter
+    from edgemon.storage import store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 50)
+    db = tmp_path / "d.db"
+    with Store(db):
+        pass
+    now = [0.0]
+    commits = CommitProgress(db, clock=lambda: now[0])
+    held = WriterHold(commits, clock=lambda: now[0])
+    watchdog = Watchdog(Notifier.from_env({}), held, timeout_s=10.0, clock=lambda: now[0])
+    assert held() == 0.0                   # the baseline
+    now[0] = 20.0
+    assert not watchdog.check()            # nothing committed, nothing retried: a stall
+    other = sqlite3.connect(db)
+    other.execute("BEGIN IMMEDIATE")
+    writer = StoreWriter(db, retry_s=0.05, on_retry=held.retried)
+    writer.submit(lambda store: store.db.execute("INSERT INTO sync_meta (key, value) VALUES ('x', 'y')"))
+    finish = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(finish,))
+    thread.start()
+    try:
+        wait_until(lambda: held() == 20.0, 30, "the writer to retry the refused write")
+        now[0] = 25.0
+        assert watchdog.check()            # fed again while the writer holds the write
+    finally:
+        other.rollback()
+        other.close()
+        finish.set()
+        thread.join(30)
+        commits.close()
+    assert writer.done == 1 and writer.lost_at_exit == 0   # written once the lock went
 
 
 @pytest.fixture(scope="module")

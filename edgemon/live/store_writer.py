@@ -41,8 +41,10 @@ class StoreWriter:
     and logged. A damaged database (SQLITE_CORRUPT, SQLITE_NOTADB) is raised, not retried.
     """
 
-    def __init__(self, db_path: Path, maxsize: int = 10_000, retry_s: float = 5.0, retries_at_exit: int = 2):
+    def __init__(self, db_path: Path, maxsize: int = 10_000, retry_s: float = 5.0, retries_at_exit: int = 2,
+                 on_retry: Callable[[], None] | None = None):
         self.db_path = Path(db_path)
+        self.on_retry = on_retry   # told of each refused write retried (``health.WriterHold``)
         self.jobs: queue.Queue[Callable[[Store], object]] = queue.Queue(maxsize)
         self.retry_s = retry_s
         self.retries_at_exit = retries_at_exit
@@ -104,6 +106,8 @@ class StoreWriter:
                     self.lost_at_exit += 1
                     log.error("store writer: shutting down; one write lost (%d so far)", self.lost_at_exit)
                     return
+                if self.on_retry is not None:
+                    self.on_retry()
                 if finish.is_set():
                     # Another process's lock waited out at 30 s a try made the writer outlive the
                     # listener's 60 s wait, its writes lost uncounted (a review): short tries now.

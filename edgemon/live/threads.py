@@ -77,10 +77,12 @@ BeatsFactory = Callable[..., WriterBeats]
 
 
 def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
-               stop: threading.Event | None = None, heartbeats: BeatsFactory | None = None) -> ListenSummary:
+               stop: threading.Event | None = None, heartbeats: BeatsFactory | None = None,
+               on_writer_retry: Callable[[], None] | None = None) -> ListenSummary:
     """Listen on ``config.capture.device`` into the database at ``db_path`` until ``stop`` is set
     (or ``config.duration_s`` has passed). Raises DeviceNotFoundError when the device does not
-    exist at start (later losses are waited out), ListenError when a thread fails."""
+    exist at start (later losses are waited out), ListenError when a thread fails.
+    ``on_writer_retry``: told of each write the database refused and the writer will retry."""
     device = resolve_device(config.capture.device)
     source = f"live:{device.name}"
     blocks = BlockQueue(config.capture.queue_blocks)
@@ -93,7 +95,7 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
         previous_end = _parse_store_time(store.coverage_end(source))
         store.record_bundle(analyzer.bundle.bundle_id, analyzer.bundle.manifest)   # names and reach for export
     stop = stop or threading.Event()
-    writer = StoreWriter(db_path)
+    writer = StoreWriter(db_path, on_retry=on_writer_retry)
     listener = Listener(config, analyzer, blocks, writer, source, previous_end, capture)
     drain, finish = threading.Event(), threading.Event()
     threads = _Threads(stop)
@@ -140,9 +142,10 @@ def _say_lost_writes(writer: StoreWriter, db_path: Path) -> None:
 
 
 def listen_main(config: ListenConfig, db_path: Path, models: Path | None = None, threads: int = 1,
-                heartbeats: BeatsFactory | None = None) -> ListenSummary:
+                heartbeats: BeatsFactory | None = None,
+                on_writer_retry: Callable[[], None] | None = None) -> ListenSummary:
     """``edgemon listen``: load the bundle, listen until SIGTERM or SIGINT (or ``duration_s``).
     The caller has checked the device (``daemon``: before the database and its lock exist)."""
     analyzer = make_analyzer(models, threads)
     with stop_on_signals("storing what was heard") as stop:
-        return run_listen(config, db_path, analyzer, stop, heartbeats)
+        return run_listen(config, db_path, analyzer, stop, heartbeats, on_writer_retry)

@@ -23,12 +23,16 @@ def sync(
     device_id: DeviceIdOpt = None,
     retry_for_s: Annotated[float, typer.Option(min=0.0, help="Keep retrying an unreachable server this many seconds, backing off.")] = 0.0,
     batch_rows: Annotated[Optional[int], typer.Option(min=1, help="Changes in the first batch (batches then adapt to the link).")] = None,
+    forget_target: Annotated[Optional[str], typer.Option("--forget-target", help="Instead of syncing, forget a sync target this database keeps deletions for (a server retired, or reached under another spelling of its URL), as `edgemon sync` names it.")] = None,
     config: ConfigOpt = None,
 ):
     """Send every detection, file, coverage minute and heartbeat the fleet database lacks, once."""
-    from edgemon.sync.sender import sync_command
+    from edgemon.sync.sender import forget_target as forget, sync_command
 
     try:
+        if forget_target is not None:
+            typer.echo(forget(settings_in_force(ctx, config), forget_target))
+            return
         if not math.isfinite(retry_for_s):
             raise OptionError(f"--retry-for-s: must be a finite number of seconds, not {retry_for_s}")
         result = sync_command(settings_in_force(ctx, config), to, retry_for_s, batch_rows)

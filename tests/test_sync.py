@@ -6,8 +6,8 @@ process where it is killed, so a crash lands anywhere in a session.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
+import logging
 import os
 import random
 import re
@@ -26,8 +26,7 @@ from devtools.recorder_db import add_file, make_recorder
 from devtools.throttle_proxy import ThrottleProxy
 from edgemon.storage.store import Store
 from edgemon.sync import fleetdb
-from edgemon.sync.outbox import KEPT_TOKEN_DAYS, Outbox
-from edgemon.utc import utc_iso
+from edgemon.sync.outbox import Outbox, OutboxError
 from tests.sync_helpers import count_server_detections, fleet_server, local_state, server_state
 from tests.waits import poll_until
 
@@ -132,25 +131,39 @@ def test_tombstones_are_forgotten_once_every_target_has_them(tmp_path):
         assert outbox.conn.execute("SELECT count(*) FROM changes").fetchone()[0] == live
 
 
-def test_a_target_given_up_holds_no_tombstones_for_good(tmp_path):
+def test_a_target_given_up_is_named_and_can_be_forgotten_but_never_by_its_age(tmp_path, caplog):
     """A cursor is kept by the URL's spelling: after a switch from an IP to a host name (or a
-    server retired) the old one never moved again, and no tombstone was ever pruned (a review)."""
+    server retired) the old one never moved again, and no tombstone was pruned again (a review).
+    Deciding by age trusted the recorder's clock (one sync at 2031 made every other target look
+    retired, a review of that fix): it is named, and forgotten only when asked."""
+    from edgemon.sync.sender import _say_lagging
+
     db = make_recorder(tmp_path / "a.db", "rec-a", files=3, per_file=4, heartbeats=0, coverage_minutes=0)
+    old, new = "postgresql://edgemon@10.0.0.5/fleet", "postgresql://edgemon@fleet.example.org/fleet"
     with Outbox(db) as outbox:
-        outbox.offer("postgresql://edgemon@10.0.0.5/fleet", outbox.last_seq())
-        outbox.advance("postgresql://edgemon@10.0.0.5/fleet", outbox.last_seq())
+        outbox.offer(old, outbox.last_seq())
+        outbox.advance(old, outbox.last_seq())
         old_seq = outbox.last_seq()
         with Store(db) as store:                       # re-analysed: tombstones
             add_file(store, "rec-a", 0, 1, random.Random(99))
-        outbox.offer("postgresql://edgemon@fleet.example.org/fleet", outbox.last_seq())
-        outbox.advance("postgresql://edgemon@fleet.example.org/fleet", outbox.last_seq())
-        assert outbox.prune() == 0                     # the old spelling may still come back
-        for table, column in (("sync_cursors", "updated_at"), ("sync_tokens", "offered_utc")):
-            outbox.conn.execute(f"UPDATE {table} SET {column} = '2024-01-01T00:00:00.000Z' "
-                                f"WHERE target LIKE '%10.0.0.5%'")
-        newest = utc_iso(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=KEPT_TOKEN_DAYS + 1))
-        outbox.conn.execute(f"UPDATE sync_cursors SET updated_at = '{newest}' WHERE target LIKE '%example.org%'")
-        assert outbox.prune() >= 3                     # heard from 91 days before the other: given up
+        outbox.offer(new, outbox.last_seq())
+        outbox.advance(new, outbox.last_seq())
+        outbox.conn.execute("UPDATE sync_cursors SET updated_at = '2024-01-01T00:00:00.000Z' WHERE target = ?", [old])
+        outbox.conn.execute("UPDATE sync_cursors SET updated_at = '2031-01-01T00:00:00.000Z' WHERE target = ?", [new])
+        assert outbox.prune() == 0                     # years apart by the clock, still kept for the old one
+        caplog.set_level(logging.WARNING, logger="edgemon")
+        _say_lagging(outbox, new)
+        assert "10.0.0.5/fleet (last 2024-01-01)" in caplog.text and "--forget-target TARGET" in caplog.text
+        with pytest.raises(OutboxError, match=r"no sync target 'nope' recorded here; known: .*10\.0\.0\.5"):
+            outbox.forget_target("nope")
+    forget = [sys.executable, "-m", "edgemon", "sync", "--db", str(db), "--forget-target"]
+    unknown = subprocess.run([*forget, "nope"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 1 and "no sync target 'nope' recorded here; known: " in unknown.stderr
+    done = subprocess.run([*forget, old], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"forgot sync target {old} (acknowledged up to change {old_seq}, 1 token(s)); ")
+    assert int(done.stdout.split("; ")[1].split()[0]) >= 3   # forgotten: its deletions go
+    with Outbox(db) as outbox:
         assert outbox.pruned_behind(old_seq)           # and it is told so if it ever comes back
         assert not outbox.pruned_behind(outbox.last_seq()) and not outbox.pruned_behind(0)
 

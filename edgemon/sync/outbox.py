@@ -26,7 +26,7 @@ from edgemon.storage.disk_budget import full_disk_note
 from edgemon.storage.readonly import BUSY_TIMEOUT_MS, connect_read_only
 from edgemon.storage.schema import FOLDED_KEYS, SYNC_KEYS
 from edgemon.storage.store import Store
-from edgemon.utc import parse_utc, utc_iso
+from edgemon.utc import utc_iso
 
 SYNCED_TABLES = tuple(SYNC_KEYS)
 # Acknowledged sequence numbers whose tokens are kept per target, at least, and for how many days
@@ -191,7 +191,7 @@ class Outbox:
         """
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            upto = self._acknowledged_by_every_live_target()
+            upto = self._acknowledged_by_every_target()
             since = int(self.conn.execute("SELECT coalesce((SELECT value FROM sync_meta WHERE key = 'pruned_seq'), 0)")
                         .fetchone()[0])
             pruned = 0
@@ -210,29 +210,49 @@ class Outbox:
                 self.conn.execute("ROLLBACK")
             raise OutboxError(f"cannot prune the change log of {self.path}: {e}") from e
 
-    def _acknowledged_by_every_live_target(self) -> int | None:
-        """The sequence number up to which tombstones may go: the lowest cursor and token of the
-        targets heard from in the ``KEPT_TOKEN_DAYS`` before the newest one was (tokens of a
-        target with no cursor count too: its first acknowledgement lost). A target given up (a
-        server retired, or a URL spelled anew: cursors are kept by spelling) held every later
-        tombstone for good (a review). One that comes back after that may keep rows deleted here
-        since (``pruned_behind``); its tokens are long gone from its own list by then as well.
-        Compared with the newest target's time, not the clock's: a Pi's clock may be off."""
-        heard = self.conn.execute("SELECT target, max(at) FROM (SELECT target, updated_at AS at FROM sync_cursors "
-                                  "UNION ALL SELECT target, offered_utc FROM sync_tokens) GROUP BY target").fetchall()
-        if not heard:
-            return None
-        newest = max(parse_utc(at) for _, at in heard)
-        live = [t for t, at in heard if parse_utc(at) >= newest - dt.timedelta(days=KEPT_TOKEN_DAYS)]
-        marks = ",".join("?" * len(live))
+    def _acknowledged_by_every_target(self) -> int | None:
+        """The sequence number up to which tombstones may go: the lowest cursor and token of every
+        target recorded here (tokens of a target with no cursor count too: its first
+        acknowledgement lost). A target given up holds them back until it is forgotten
+        (``forget_target``): deciding by its age would trust the recorder's clock, and one sync
+        under a clock set years ahead made every other target look retired (a review)."""
         cursors, tokens = self.conn.execute(
-            f"SELECT (SELECT min(seq) FROM sync_cursors WHERE target IN ({marks})), "
-            f"(SELECT min(seq) FROM sync_tokens WHERE target IN ({marks}))", live + live).fetchone()
+            "SELECT (SELECT min(seq) FROM sync_cursors), (SELECT min(seq) FROM sync_tokens)").fetchone()
         return None if cursors is None else min(cursors, cursors if tokens is None else tokens)
+
+    def lagging_targets(self, target: str) -> list[tuple[str, int, str]]:
+        """(target, acknowledged seq, last acknowledged at) of the other targets behind ``target``:
+        the ones holding tombstones back while ``target`` syncs on, oldest first."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT target, seq, updated_at FROM sync_cursors WHERE target != ? AND seq < "
+            "coalesce((SELECT seq FROM sync_cursors WHERE target = ?), 0) ORDER BY updated_at", [target, target])]
+
+    def forget_target(self, target: str) -> tuple[int, int]:
+        """Forget a sync target (a server retired, or one now reached under another spelling of its
+        URL: cursors are kept by spelling): its cursor and tokens go, so it no longer holds the
+        change log's tombstones. Returns (its acknowledged seq, tokens removed); OutboxError when
+        no such target is recorded here."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            row = self.conn.execute("SELECT seq FROM sync_cursors WHERE target = ?", [target]).fetchone()
+            tokens = self.conn.execute("DELETE FROM sync_tokens WHERE target = ?", [target]).rowcount
+            if row is None and not tokens:
+                self.conn.execute("ROLLBACK")
+                known = [t for (t,) in self.conn.execute(
+                    "SELECT target FROM sync_cursors UNION SELECT target FROM sync_tokens ORDER BY 1")]
+                raise OutboxError(f"{shown(self.path)}: no sync target {shown(target)!r} recorded here; known: "
+                                  f"{', '.join(shown(t) for t in known) or 'none'}")
+            self.conn.execute("DELETE FROM sync_cursors WHERE target = ?", [target])
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise OutboxError(f"cannot forget sync target {shown(target)!r} in {self.path}: {e}") from e
+        return (0 if row is None else row[0]), tokens
 
     def pruned_behind(self, acked: int) -> bool:
         """Whether a target that acknowledged up to ``acked`` (not 0: it holds rows) missed
-        tombstones pruned while it was away: rows deleted here since may stay on it."""
+        tombstones pruned while it was forgotten: rows deleted here since may stay on it."""
         row = self.conn.execute("SELECT value FROM sync_meta WHERE key = 'pruned_seq'").fetchone()
         return 0 < acked < (0 if row is None else int(row[0]))
 

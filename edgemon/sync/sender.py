@@ -37,7 +37,7 @@ from edgemon.status import collect_status
 from edgemon.storage.readonly import connect_read_only, newest_device_id
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
-from edgemon.sync.outbox import KEPT_TOKEN_DAYS, IdentityMoved, Outbox, OutboxError
+from edgemon.sync.outbox import IdentityMoved, Outbox, OutboxError
 from edgemon.utc import utc_iso
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,8 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                 log.warning("%s holds less than it acknowledged before (restored from a backup?): "
                             "resending from %d", target, acked)
             if outbox.pruned_behind(acked):
-                log.warning("%s was away over %d days and the change log was pruned meanwhile: rows deleted here "
-                            "since it last synced (detections re-analysed away) may stay on it", target,
-                            KEPT_TOKEN_DAYS)
+                log.warning("%s was forgotten (--forget-target) and the change log was pruned meanwhile: rows "
+                            "deleted here since it last synced (detections re-analysed away) may stay on it", target)
             rows = config.batch_rows
             while stop is None or not stop.is_set():
                 batch = outbox.batch(acked, rows)
@@ -171,6 +170,7 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                 rows = _next_rows(rows, time.monotonic() - t0, config)
             backlog = outbox.waiting(acked)
             outbox.prune()
+            _say_lagging(outbox, target)
             if config.snapshot is not None:
                 _send_snapshot(conn, Path(db_path), info, config.snapshot)
             # After the batches, so that this database's own heartbeats are on the server too.
@@ -186,6 +186,23 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
         raise fleetdb.classify(e, target) from None
     return SyncResult(target, sent.changes - before.changes, sent.batches - before.batches, acked, backlog,
                       time.monotonic() - started, found)
+
+
+LAGGING_NOTICE_DAYS = 30
+
+
+def _say_lagging(outbox: Outbox, target: str) -> None:
+    """Name the targets that keep the change log's deletions while they no longer sync (a server
+    retired, or this one under an old spelling of its URL): the log grows by every detection
+    re-analysed away until they sync again or are forgotten (a review saw 75 kept after three
+    rounds). Their age is read on the recorder's clock, for this line only."""
+    cutoff = utc_iso(dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=LAGGING_NOTICE_DAYS))
+    idle = [(name, at) for name, _, at in outbox.lagging_targets(target) if at < cutoff]
+    if idle:
+        log.warning("sync target(s) not synced for over %d days keep this database's deletions for them: %s; if one "
+                    "is retired, or is this server under another spelling of its URL, `edgemon sync "
+                    "--forget-target TARGET` lets them go", LAGGING_NOTICE_DAYS,
+                    "; ".join(f"{shown(name)} (last {at[:10]})" for name, at in idle))
 
 
 def _own_lineage(conn, outbox: Outbox, target: str, info: DeviceInfo) -> tuple[DeviceInfo, str | None]:
@@ -400,6 +417,18 @@ def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
     info = device_info(settings)
     _check_device_id(Path(settings.service.db), info.device_id)
     return sync_with_retries(settings.service.db, info, config)
+
+
+def forget_target(settings: Settings, target: str) -> str:
+    """``edgemon sync --forget-target``: what was forgotten, as a line."""
+    db_path = Path(settings.service.db)
+    if not db_path.is_file():
+        raise OutboxError(f"{shown(db_path)}: no detections database there")
+    with Outbox(db_path) as outbox:
+        seq, tokens = outbox.forget_target(target)
+        pruned = outbox.prune()
+    return (f"forgot sync target {shown(target)} (acknowledged up to change {seq}, {tokens} token(s)); "
+            f"{pruned} deletion(s) no target needs any more left the change log")
 
 
 def _check_device_id(db_path: Path, device_id: str) -> None:

@@ -81,6 +81,10 @@ def test_a_card_of_identical_recordings_costs_each_file_one_start_time(tmp_path,
     monkeypatch.setattr(module, "recording_time", lambda path: reads.append(path) or real(path))
     assert watch_until_idle(root, db).processed == 8          # another time each: analysed, not copies
     assert len(reads) <= 8, f"{len(reads)} start times read for 8 files"
+    # A name of year 1 has no millisecond before it to ask for: analysed at its first attempt (a review).
+    write_wav(root / "00010101_000000.WAV", np.zeros(16000, np.float32))
+    assert watch_until_idle(root, db).processed == 1
+    assert query(db, "SELECT state, attempts FROM files WHERE source = '00010101_000000.WAV'") == [("done", 1)]
 
 
 def test_a_copy_beside_the_recording_is_not_analysed_again_but_another_recording_is(tmp_path, duet):

@@ -197,6 +197,7 @@ def test_old_server_migrates_in_place_and_receives_scores(fleet, tmp_path):
     with fleet.connect() as conn:   # back to a version 3 server that an older edgemon filled
         for revision in (VIEW_REVISIONS[0], VIEW_REVISIONS[2]):   # views that never read the lineage
             conn.execute(revision)
+        conn.execute("DROP VIEW edgemon.lineage")   # revision 5's, which no version 3 server had
         conn.execute("ALTER TABLE edgemon.databases DROP COLUMN IF EXISTS acked_token, "
                      "DROP COLUMN IF EXISTS forked_from")
         conn.execute("ALTER TABLE edgemon.detections DROP COLUMN IF EXISTS score")
@@ -528,6 +529,33 @@ def test_rows_stored_under_an_id_never_registered_count_under_their_recorder(fle
     assert found == {"site-07": 12, "site-08": 4, "site-09": 5}
 
 
+def test_offline_rows_stay_with_their_recorder_when_cloned_or_when_another_takes_the_default_id(fleet, tmp_path):
+    """A review of view revision 5's first form (rows of unregistered ids under their database's
+    device, any registered id as before): a card cloned into site-08 counted its copies of the
+    offline rows under both sites, and the first unit that synced under the default id took every
+    other site's offline rows; a site whose rows all carried the default id showed every bundle."""
+    first = make_recorder(tmp_path / "first.db", "edgemon", files=3, per_file=4, seed=85, coverage_minutes=10)
+    with Store(first) as store:                         # half of them by another bundle, the one it runs
+        store.db.execute("UPDATE detections SET bundle_id = 'bundle-b' WHERE id > 6")
+        store.db.conn.commit()
+    sync(first, fleet.url, device_id="site-07", bundle_id="bundle-b")
+    clone = copy_database(first, tmp_path / "clone.db")
+    work(clone, "site-08", range(10, 11), seed=87)
+    sync(clone, fleet.url, device_id="site-08", bundle_id="bundle-b")
+    other = make_recorder(tmp_path / "other.db", "edgemon", files=1, per_file=1, seed=88, coverage_minutes=0)
+    sync(other, fleet.url, device_id="edgemon")        # a careless unit under the default id
+    files, _, found = _per_site(fleet)
+    with fleet.connect() as conn:
+        listened = dict(conn.execute("SELECT site, round(sum(listen_h) * 60)::int FROM edgemon.effort_daily "
+                                     "WHERE listen_h > 0 GROUP BY 1").fetchall())
+        newest = dict(conn.execute("SELECT site, sum(detections)::int FROM edgemon.detections_daily "
+                                   "GROUP BY 1").fetchall())
+    assert files == {"site-07": 3, "site-08": 1, "edgemon": 1}
+    assert found == {"site-07": 12, "site-08": 5, "edgemon": 1}
+    assert newest == {"site-07": 6, "site-08": 5, "edgemon": 1}   # the bundle site-07 reported only
+    assert listened == {"site-07": 9}
+
+
 def test_recorder_health_is_not_held_by_a_heartbeat_from_the_future(fleet, tmp_path):
     """A review: one heartbeat dated 2031 (a clock set ahead once) stood as the last for years,
     with its state and disk over today's (50 MB free never flagged)."""
@@ -542,6 +570,10 @@ def test_recorder_health_is_not_held_by_a_heartbeat_from_the_future(fleet, tmp_p
     sync(db, fleet.url)
     with fleet.connect() as conn:
         conn.execute("UPDATE edgemon.databases SET disk_free_mb = 40")   # as measured at that sync
-        last, state, free = conn.execute("SELECT last_heartbeat::date::text, last_state, disk_free_mb "
-                                         "FROM edgemon.recorder_health").fetchone()
+        conn.execute("UPDATE edgemon.detections SET start_utc = '2031-01-01T00:00:00Z' WHERE start_s = "
+                     "(SELECT max(start_s) FROM edgemon.detections)")   # one dated years ahead
+        last, state, free, detection = conn.execute(
+            "SELECT last_heartbeat::date::text, last_state, disk_free_mb, last_detection::date::text "
+            "FROM edgemon.recorder_health").fetchone()
     assert (last, state, free) == ("2024-05-02", "stalled", 40.0)
+    assert detection is None or detection < "2030"

@@ -49,16 +49,15 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
     noted = store.noted_same_recording(path)   # found to be a copy before: its original may be gone now
     if noted is not None and (twin := store.file_entry(noted)) is not None and _matches(twin, st.st_size, digest, tail):
         return SameRecording("copy" if _holds(twin) else "moved", twin["source"], twin["path"])
-    try:
-        start = recording_time(path).start_utc
-    except OSError:
-        return None
-    if start is None:
-        return None
     # Only twins of its start are asked for: a card of identical recordings (a dead microphone's
     # silence on a fixed schedule) made each file read the start of every earlier one, its time
     # growing with the card (0.01 s to 1.6 s a file over 2 000 files, a newcomer trial).
-    for twin in store.analysed_under_another_name(source, st.st_size, digest, tail, starting=start):
+    try:
+        start = recording_time(path).start_utc
+        twins = store.analysed_under_another_name(source, st.st_size, digest, tail, starting=start)
+    except (OSError, OverflowError, ValueError):   # unreadable; a name of year 1 (no millisecond before it)
+        return None
+    for twin in twins:
         if not _same_start(twin, start):
             continue
         try:

@@ -18,11 +18,11 @@ from edgemon.storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
-# Shutting down, each write is retried this soon and waits this long for another's lock, so that
-# the writer ends inside the listener's wait for it (``threads.JOIN_TIMEOUT_S``) even when the
-# write under way when stop came waited out the full busy timeout.
+# Shutting down, the writes left get this many seconds in all, each retried this soon, so that the
+# writer ends inside the listener's wait for it (``threads.JOIN_TIMEOUT_S``, 60 s) even when the
+# write under way when stop came waited out the full busy timeout (30 s).
+EXIT_WRITES_S = 20.0
 EXIT_RETRY_S = 2.0
-EXIT_BUSY_TIMEOUT_MS = 5_000
 
 
 class WriterBeats(Protocol):
@@ -52,17 +52,21 @@ class StoreWriter:
         self.refused = 0
         self.lost_at_exit = 0
         self.closed = False   # run() has returned: a job submitted now is never written
+        self._lock = threading.Lock()          # closing, and submitting, as one step each
+        self._exit_deadline: float | None = None   # monotonic: stopping, writes after it are not tried
 
     def submit(self, job: Callable[[Store], object]) -> None:
-        if self.closed:   # an analysis thread that outlived the writer (its drain ran past the wait)
-            self.lost_at_exit += 1
-            log.error("store writer: already stopped; one write lost (%d so far)", self.lost_at_exit)
-            return
-        try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
-            self.refused += 1
-            log.error("store writer: %d jobs waiting, job refused (%d so far)", self.jobs.maxsize, self.refused)
+        with self._lock:
+            if self.closed:   # an analysis thread that outlived the writer (its drain ran past the wait)
+                self.lost_at_exit += 1
+                log.error("store writer: already stopped; one write lost (%d so far)", self.lost_at_exit)
+                return
+            try:
+                self.jobs.put_nowait(job)
+                return
+            except queue.Full:
+                self.refused += 1
+        log.error("store writer: %d jobs waiting, job refused (%d so far)", self.jobs.maxsize, self.refused)
 
     def run(self, finish: threading.Event, beats: WriterBeats | None = None) -> None:
         """Write until ``finish`` is set and the queue is empty; ``beats`` writes its heartbeat
@@ -80,14 +84,21 @@ class StoreWriter:
                 if beats is not None:
                     beats.last(store)
         finally:
-            self.closed = True
-            while not self.jobs.empty():   # left by an error: counted, not silently dropped
-                self.jobs.get_nowait()
-                self.lost_at_exit += 1
+            with self._lock:
+                self.closed = True
+                while not self.jobs.empty():   # left by an error: counted, not silently dropped
+                    self.jobs.get_nowait()
+                    self.lost_at_exit += 1
 
     def _do(self, store: Store, job: Callable[[Store], object], finish: threading.Event) -> None:
         failures = 0
         while True:
+            if finish.is_set() and self._exit_deadline is not None and time.monotonic() >= self._exit_deadline:
+                # Stopping, the database refusing, the writer's budget spent: the rest are given up
+                # untried, counted (each waited out its tries before: a review saw 20 writes queued
+                # under another process's lock take 141 s, past the listener's wait).
+                self._give_up()
+                return
             try:
                 job(store)
                 self.done += 1
@@ -103,13 +114,25 @@ class StoreWriter:
                 # given up at their first failure, counted, rather than each waiting out its retries
                 # (a full disk made the writer outlive the listener's 60 s wait, uncounted).
                 if finish.is_set() and (failures > self.retries_at_exit or self.lost_at_exit):
-                    self.lost_at_exit += 1
-                    log.error("store writer: shutting down; one write lost (%d so far)", self.lost_at_exit)
+                    self._give_up()
                     return
+                if finish.is_set():
+                    self._shorten_tries(store)
                 if self.on_retry is not None:
                     self.on_retry()
-                if finish.is_set():
-                    # Another process's lock waited out at 30 s a try made the writer outlive the
-                    # listener's 60 s wait, its writes lost uncounted (a review): short tries now.
-                    store.db.execute(f"PRAGMA busy_timeout = {EXIT_BUSY_TIMEOUT_MS}")
                 time.sleep(min(self.retry_s, EXIT_RETRY_S) if finish.is_set() else self.retry_s)
+
+    def _give_up(self) -> None:
+        with self._lock:
+            self.lost_at_exit += 1
+        log.error("store writer: shutting down; one write lost (%d so far)", self.lost_at_exit)
+
+    def _shorten_tries(self, store: Store) -> None:
+        """Stopping, a write refused: the writes left get ``EXIT_WRITES_S`` from now in all, each
+        try waiting at most what is left of it for another process's lock (not 30 s). Writes that
+        succeed are never cut short: a long queue on a slow card is written whole."""
+        now = time.monotonic()
+        if self._exit_deadline is None:
+            self._exit_deadline = now + EXIT_WRITES_S
+        left = max(0.001, self._exit_deadline - now)
+        store.db.execute(f"PRAGMA busy_timeout = {int(left * 1000) + 1}")

@@ -119,14 +119,14 @@ GROUP BY k.site, k.species, k.day, k.bundle_id;
 
 
 def _recorder_health(create: str, disk: str = "hb.disk_free_mb, db.disk_free_mb", not_ahead: str = "",
-                     heartbeat_not_ahead: str = "") -> str:
+                     heartbeat_not_ahead: str = "", detection_not_ahead: str = "") -> str:
     """The view; ``disk`` is the order free space is taken in, the others what leaves out rows
     dated ahead of the server (revision 5)."""
     return f"""{create} {SCHEMA}.recorder_health AS
 SELECT db.device_id AS site, db.db_uuid, db.last_sync, db.local_seq - db.acked_seq AS backlog,
        hb.at_utc AS last_heartbeat, hb.state AS last_state,
        coalesce({disk}) AS disk_free_mb,
-       (SELECT max(start_utc) FROM {SCHEMA}.detections d WHERE d.db_uuid = db.db_uuid) AS last_detection,
+       (SELECT max(start_utc) FROM {SCHEMA}.detections d WHERE d.db_uuid = db.db_uuid{detection_not_ahead}) AS last_detection,
        db.clock_offset_s,
        (SELECT count(*) FROM {SCHEMA}.detections d WHERE d.db_uuid = db.db_uuid AND d.clock_suspect
           AND d.created_at > now() - interval '7 days'{not_ahead}) AS clock_suspect_7d,
@@ -396,50 +396,87 @@ _BY_THE_RECORDER_THAT_MADE_THEM = _effort_once_per_minute(_FILE_EFFORT_BY_ANALYS
                  WHERE own.db_uuid = r.db_uuid AND own.source = r.source AND own.start_s = r.start_s
                    AND own.label = r.label AND own.bundle_id = r.bundle_id), db.device_id) END AS site) j""")
 
-# 5: rows under a device id no database was registered under count under their database's device (a
-# review). A recorder that stored its rows under one id (the default 'edgemon', recording offline)
-# and first synced under another sends them with the id they carry; no ``device_bundle`` row
-# exists for that id, and the inner joins on it left every such detection and live minute out of
-# every view (12 detections and 10 minutes on the server, none in the views). An id that some
-# database was registered under counts as before (revision 4): a row copied by a clone or kept
-# through a rename stays with the recorder that made it.
+# 5: a row counts under the device id it carries only where that id is its own recorder's: one
+# its database, or an ancestor in its ``forked_from`` lineage, was registered under; any other row
+# counts under the device of its lineage's first database, the recorder that made it (a review).
+# - A recorder that stored its rows under one id (the default 'edgemon', recording offline) and
+#   first synced under another sends them with the id they carry. No ``device_bundle`` row existed
+#   for it, and the inner joins left every such detection and live minute out of every view (12
+#   detections and 10 minutes on the server, none in the views).
+# - Counting them under any registered id instead (this revision's first form) let the first unit
+#   that syncs under the default id take over every other site's offline rows, and counted a
+#   clone's copies of them under the clone too (a review of that form).
+# - A clone, a rename or a restore keeps the rows of the ids of its ancestors under them (revision 4).
+#   Where no row of a site carries its id, its newest bundle is the one its database reported.
+# ``lineage`` lists, per database, the device ids of its lineage and the lineage's first device.
 #
 # And ``recorder_health`` trusts the recorder's clock less: the last heartbeat is the newest one
 # not dated more than a day ahead of the server (one dated 2031 stood as the last for years, its
 # state and disk over today's), and the free space is the one measured at the latest sync (the
 # server's clock orders syncs), the heartbeat's only where a recorder of an earlier edgemon sent
-# none. ``clock_suspect_7d`` counts no detection dated ahead of the server either.
-_REGISTERED = f"LEFT JOIN (SELECT DISTINCT device_id FROM {SCHEMA}.databases) known"
-# Two branches, registered ids and the rest: one join on the resolved id (coalesce) made the planner
-# expect a tenth of the rows and sort them on disk, 2.95x revision 4's time on 528 000 detections;
-# the branches take 1.15x (1.22 s against 1.06 s; both ``bench/fleet_views.py``).
-_BY_REGISTERED_ID = ("d.site", f"""(SELECT d.*, d.device_id AS site, b.timezone AS tz, b.bundle_id AS newest
-            FROM {SCHEMA}.detections d JOIN {SCHEMA}.device_bundle b USING (device_id)
+# none. Neither ``last_detection`` nor ``clock_suspect_7d`` counts a detection dated ahead of it.
+_LINEAGE = f"""
+CREATE OR REPLACE VIEW {SCHEMA}.lineage AS
+WITH RECURSIVE line (db_uuid, ancestor, device_id, depth) AS (
+    SELECT db_uuid, forked_from, device_id, 0 FROM {SCHEMA}.databases
+    UNION ALL
+    SELECT l.db_uuid, p.forked_from, p.device_id, l.depth + 1
+    FROM line l JOIN {SCHEMA}.databases p ON p.db_uuid = l.ancestor
+    WHERE l.depth < 64)
+SELECT DISTINCT ON (db_uuid, device_id) db_uuid, device_id, root
+FROM (SELECT db_uuid, device_id, first_value(device_id) OVER (PARTITION BY db_uuid ORDER BY depth DESC) AS root
+      FROM line) l
+ORDER BY db_uuid, device_id;
+"""
+# Per database: the ids of its lineage and its lineage's first device, one row each, so that the
+# views join it by ``db_uuid`` (hashable, and estimated as well as ``databases``).
+_LINES = f"(SELECT db_uuid, array_agg(device_id) AS ids, min(root) AS root FROM {SCHEMA}.lineage GROUP BY db_uuid)"
+# Two branches, the rows under their own database's id (nearly all) and the rest: 1.33-2.40x
+# revision 4's time on 528 000 detections, where one join on a resolved id made the planner expect
+# a tenth of the rows and sort them on disk (2.95x), and joins on the recursive ``lineage`` itself
+# took 3.3x (``bench/fleet_views.py``).
+_BY_OWN_RECORDER = ("d.site", f"""(SELECT d.*, d.device_id AS site, b.timezone AS tz, b.bundle_id AS newest
+            FROM {SCHEMA}.detections d
+            JOIN {SCHEMA}.databases db ON db.db_uuid = d.db_uuid AND db.device_id = d.device_id
+            JOIN {SCHEMA}.device_bundle b ON b.device_id = d.device_id
             UNION ALL
-            SELECT d.*, db.device_id, b.timezone, b.bundle_id
-            FROM {SCHEMA}.detections d JOIN {SCHEMA}.databases db USING (db_uuid)
-            JOIN {SCHEMA}.device_bundle b ON b.device_id = db.device_id
-            WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.databases r WHERE r.device_id = d.device_id)) d
+            SELECT d.*, s.site, b.timezone, coalesce(b.bundle_id, db.bundle_id)
+            FROM {SCHEMA}.detections d
+            JOIN {SCHEMA}.databases db ON db.db_uuid = d.db_uuid AND db.device_id <> d.device_id
+            JOIN {_LINES} lin ON lin.db_uuid = d.db_uuid
+            CROSS JOIN LATERAL (SELECT CASE WHEN d.device_id = ANY(lin.ids) THEN d.device_id ELSE lin.root END
+                                AS site) s
+            JOIN {SCHEMA}.device_bundle b ON b.device_id = s.site) d
       CROSS JOIN LATERAL (SELECT d.tz AS timezone, d.newest AS bundle_id) b""")
-_COVERAGE_BY_REGISTERED_ID = ("coalesce(known.device_id, db.device_id) AS device_id",
-                              f"""FROM {SCHEMA}.coverage c JOIN {SCHEMA}.databases db USING (db_uuid)
-          {_REGISTERED} ON known.device_id = c.device_id
-          GROUP BY coalesce(known.device_id, db.device_id), c.source, c.minute_utc""")
+_COVERAGE_BY_OWN_RECORDER = ("device_id", f"""FROM (SELECT c.*
+                FROM {SCHEMA}.coverage c
+                JOIN {SCHEMA}.databases db ON db.db_uuid = c.db_uuid AND db.device_id = c.device_id
+                UNION ALL
+                SELECT c.db_uuid, c.source, c.minute_utc,
+                       CASE WHEN c.device_id = ANY(lin.ids) THEN c.device_id ELSE lin.root END,
+                       c.analysed_s, c.lost_overflow_s, c.lost_dropped_s, c.lost_device_s, c.lost_daemon_s,
+                       c.overflows, c.dropped_blocks, c.end_utc, c.clock_synced, c.updated_at
+                FROM {SCHEMA}.coverage c
+                JOIN {SCHEMA}.databases db ON db.db_uuid = c.db_uuid AND db.device_id <> c.device_id
+                JOIN {_LINES} lin ON lin.db_uuid = c.db_uuid) c
+          GROUP BY device_id, source, minute_utc""")
 _HEALTH = "\n" + _recorder_health("CREATE OR REPLACE VIEW", "db.disk_free_mb, hb.disk_free_mb",
                                   " AND d.created_at <= now() + interval '1 day'",
-                                  "\n                     AND h.at_utc <= now() + interval '1 day'")
+                                  "\n                     AND h.at_utc <= now() + interval '1 day'",
+                                  " AND d.start_utc <= now() + interval '1 day'")
 _OWN_DETECTION_SITE = f"""
+            JOIN {_LINES} lin ON lin.db_uuid = r.db_uuid
             CROSS JOIN LATERAL (SELECT CASE WHEN db.forked_from IS NULL THEN db.device_id ELSE coalesce(
                 (SELECT own.device_id FROM {SCHEMA}.detections own
                  WHERE own.db_uuid = r.db_uuid AND own.source = r.source AND own.start_s = r.start_s
-                   AND own.label = r.label AND own.bundle_id = r.bundle_id
-                   AND EXISTS (SELECT 1 FROM {SCHEMA}.databases reg WHERE reg.device_id = own.device_id)),
-                db.device_id) END AS site) j"""
-_ROWS_OF_UNREGISTERED_IDS = (
-    _detections_daily("detections_daily_all", _FROM_CURRENT_BY_SYNC, "CREATE OR REPLACE VIEW", _BY_REGISTERED_ID)
+                   AND own.label = r.label AND own.bundle_id = r.bundle_id AND own.device_id = ANY(lin.ids)),
+                lin.root) END AS site) j"""
+_ROWS_UNDER_THEIR_OWN_RECORDER = (
+    _LINEAGE
+    + _detections_daily("detections_daily_all", _FROM_CURRENT_BY_SYNC, "CREATE OR REPLACE VIEW", _BY_OWN_RECORDER)
     + _detections_daily("detections_daily", f"({NEWEST_BUNDLE}) AND {_FROM_CURRENT_BY_SYNC}",
-                        "CREATE OR REPLACE VIEW", _BY_REGISTERED_ID)
-    + _effort_once_per_minute(_FILE_EFFORT_BY_ANALYSER, _COVERAGE_BY_REGISTERED_ID)
+                        "CREATE OR REPLACE VIEW", _BY_OWN_RECORDER)
+    + _effort_once_per_minute(_FILE_EFFORT_BY_ANALYSER, _COVERAGE_BY_OWN_RECORDER)
     + _review_precision("CREATE OR REPLACE VIEW", f"""
             WHERE EXISTS (SELECT 1 FROM {SCHEMA}.databases o JOIN {SCHEMA}.detections d ON d.db_uuid = o.db_uuid
                               AND d.source = r.source AND d.start_s = r.start_s AND d.label = r.label
@@ -448,4 +485,4 @@ _ROWS_OF_UNREGISTERED_IDS = (
     + _HEALTH)
 
 VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE, _BY_THE_SERVERS_CLOCK,
-                                   _BY_THE_RECORDER_THAT_MADE_THEM, _ROWS_OF_UNREGISTERED_IDS)
+                                   _BY_THE_RECORDER_THAT_MADE_THEM, _ROWS_UNDER_THEIR_OWN_RECORDER)

@@ -318,6 +318,49 @@ def test_listener_accounts_a_stream_gap_and_saves_clips(soundscape_a, tmp_path):
                                     "- (end_s - start_s)) > 0.002") == [(0,)]
 
 
+@pytest.mark.parametrize("cut_s", [11.5, 11.9])
+def test_events_emitted_while_a_timing_correction_is_pending_get_its_times(soundscape_a, tmp_path, cut_s):
+    """A review: 4 s of audio never arrived (the callbacks go on 4 s later, nothing reported).
+    The correction is confirmed confirm_s (2 s) later; an event emitted in between was stored
+    with the old mapping, its end 4 s early for good (cut at 11.9 s; at 11.5 s it came after)."""
+    path, _ = soundscape_a
+    x = soundfile.read(path, dtype="float32")[0][:, None]
+    cut, lost = int(cut_s * 16000), 4 * 16000
+    heard = np.concatenate([x[:cut], x[cut + lost:]])
+
+    def listen(db: Path, gap_s: float, clips: ClipConfig | None = None) -> list[tuple]:
+        now = [time.monotonic()]
+        blocks = BlockQueue(maxsize=10_000, clock=lambda: now[0])
+        writer = StoreWriter(db)
+        host, t0 = HostClock(), now[0]
+        # Confirmed 6 s after the gap, not 2: the duet, ending just after it, is emitted meanwhile.
+        listener = Listener(ListenConfig(capture=CaptureConfig(poll_s=0.05), confirm_s=6.0, clips=clips), analyzer(),
+                            blocks, writer, "live:test", host=host, clock_synced=lambda: True)
+        resumed = feed(blocks, 1, heard[:cut], 16000, t0) + gap_s
+        now[0] = feed(blocks, 1, heard[cut:], 16000, resumed)
+        drain, finish = threading.Event(), threading.Event()
+        drain.set()
+        listener.run(drain)
+        finish.set()
+        writer.run(finish)
+        assert listener.ledger.totals["device"] == pytest.approx(gap_s, abs=0.05)
+        assert query(db, "SELECT count(*) FROM detections WHERE clip_path IS NULL") == [(0 if clips else
+                                                                                          len(query(db, "SELECT id FROM detections")),)]
+        return [(label, start - host.wall(t0), end - host.wall(t0)) for label, start, end in
+                query(db, "SELECT label, start_s, end_s FROM detections ORDER BY start_s")]
+
+    def true_time(heard_s: float) -> float:   # what the device heard at heard_s of the stream's audio
+        return heard_s if heard_s <= cut_s + 0.01 else heard_s + 4.0
+
+    unbroken = listen(tmp_path / "unbroken.db", 0.0)   # the same audio, its times as heard
+    for name, clips in (("gapped", None), ("gapped-clips", ClipConfig(tmp_path / "clips", 1.0, 1.5))):
+        gapped = listen(tmp_path / f"{name}.db", 4.0, clips)
+        assert [r[0] for r in gapped] == [r[0] for r in unbroken] and unbroken
+        for (label, start, end), (_, heard_start, heard_end) in zip(gapped, unbroken):
+            assert start == pytest.approx(true_time(heard_start), abs=0.05), (name, label, start, heard_start)
+            assert end == pytest.approx(true_time(heard_end), abs=0.05), (name, label, end, heard_end)
+
+
 def run_until_it_raises(listener: Listener, writer: StoreWriter, error: str) -> None:
     """Run ``listener`` until the RuntimeError ``error`` ends it, then store what it handed over."""
     with pytest.raises(RuntimeError, match=error):

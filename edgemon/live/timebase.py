@@ -157,6 +157,14 @@ class TimeBase:
             self._segment_times.append((run.segment_frames / self.rate, corrected))
         return correction
 
+    def pending_from(self) -> float | None:
+        """Seconds into the open segment's audio where a run of off lags began that is neither
+        confirmed nor dismissed yet (None: none): times after it may still be corrected."""
+        run = self._run
+        if run is None or run.segment is None or run.segment != self._segment:
+            return None
+        return run.segment_frames / self.rate
+
     # --- analysis segments: stretches of contiguous audio -------------------------------------
 
     def start_segment(self) -> None:

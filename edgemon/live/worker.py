@@ -103,6 +103,11 @@ class Listener:
         self.segment: AnalysisStream | None = None
         self.resampler: audio.Resampler | None = None
         self._buffer: list[np.ndarray] = []    # mono device-rate audio not yet analysed
+        # Detections emitted while a timing correction was pending (by id, with their events),
+        # those of them ready to store, and the times the settled ones get (``_settle``).
+        self._unsettled: dict[int, tuple[Event, Detection]] = {}
+        self._held: list[tuple[int, Detection]] = []
+        self._timed: dict[int, dict] = {}
         self._buffered = 0
         now = time.monotonic()
         self._next_flush, self._next_report, self._next_ntp = (now + config.flush_s, now + config.report_s,
@@ -158,6 +163,7 @@ class Listener:
             self.ledger.count("overflows", self._wall(clock.at()))
             clock.overflowed(block.received_s)
         self._corrected(clock.check(block.received_s, frames))
+        self._settle()
         if self.segment is None:
             self._start_segment()
         self._account("analysed", clock.advance(frames))
@@ -194,12 +200,19 @@ class Listener:
         self._analyse(last=True)
         self._emit(self.segment.finish())
         self._save_waiting_clips()
+        self._settle(force=True)
         self.segment = None
         self.time.end_segment()
 
     def _emit(self, events: list[Event]) -> None:
+        pending = self.time.pending_from()
         for event in events:
             detection = self._detection(event)
+            if pending is not None and event.end_s > pending:
+                # Its times may yet be corrected (audio that never arrived, confirmed confirm_s
+                # after it went missing): stored once the run is settled, timed then (a review saw
+                # an event's end 4 s early, for good).
+                self._unsettled[id(detection)] = (event, detection)   # the detection kept: its id stays its own
             if not self.clips:   # with clips, stored once its clip is decided (``_clips_done``)
                 self._store(detection)
             self.detections += 1
@@ -229,10 +242,34 @@ class Listener:
         for detection, clip in done:
             self._store(detection if clip is None else
                         dataclasses.replace(detection, clip_path=str(clip.path), clip_offset_s=clip.offset_s,
-                                            clip_end_s=clip.end_s))
+                                            clip_end_s=clip.end_s), id(detection))
 
-    def _store(self, detection: Detection) -> None:
+    def _store(self, detection: Detection, key: int | None = None) -> None:
+        """Hand ``detection`` to the writer; ``key``: the id of the detection as ``_emit`` made it
+        (its clip fields are added to a copy). One whose times may still be corrected waits."""
+        key = id(detection) if key is None else key
+        if key in self._unsettled:
+            self._held.append((key, detection))
+            return
+        timed = self._timed.pop(key, None)
+        if timed is not None:
+            detection = dataclasses.replace(detection, **timed)
         self.writer.submit(lambda store, d=detection: store.insert_detections([d]))
+
+    def _settle(self, force: bool = False) -> None:
+        """Once the timing correction pending when they were emitted is confirmed or dismissed
+        (``force``: the segment ends, and no later block can confirm it), time the detections
+        it held as the segment's audio now maps, and store those whose clips are decided."""
+        if not self._unsettled or (not force and self.time.pending_from() is not None):
+            return
+        for key, (event, _) in self._unsettled.items():
+            timed = self._detection(event)
+            self._timed[key] = {f: getattr(timed, f) for f in ("start_s", "end_s", "start_utc", "end_utc",
+                                                              "clock_suspect")}
+        self._unsettled = {}
+        held, self._held = self._held, []
+        for key, detection in held:
+            self._store(detection, key)
 
     # --- the loop ----------------------------------------------------------------------------
 

@@ -332,6 +332,9 @@ def test_training_errors_are_one_line_and_usage_errors_exit_2(tiny_dataset, tmp_
               "--space must be one of paper, field, not 'weird'"),
              (["hpo", "--data", str(tiny_dataset), "--out", str(tmp_path / "h"), "--storage", "bogus://x",
                "--trials", "1"], 1, "Optuna storage bogus://x: "),        # was a SQLAlchemy traceback
+             # a driver not installed was a traceback, and a password was printed (a review)
+             (["hpo", "--data", str(tiny_dataset), "--out", str(tmp_path / "h"), "--storage",
+               "mysql://u:secretpw@127.0.0.1:1/db", "--trials", "1"], 1, "Optuna storage mysql://u:***@127.0.0.1:1/db: "),
              (["baseline", "--data", str(tiny_dataset), "--out", str(occupied)], 1, str(occupied)),  # OSError
              (["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "f"), "--device", "gpu"], 2,
               "--device must be auto, cpu or cuda[:N], not 'gpu'"),
@@ -342,6 +345,7 @@ def test_training_errors_are_one_line_and_usage_errors_exit_2(tiny_dataset, tmp_
         assert result.exit_code == code, (args, result.output)
         errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output, result.output
+        assert "secretpw" not in result.output
 
 
 def test_training_value_errors_from_the_thresholds_are_one_line():

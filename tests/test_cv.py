@@ -91,6 +91,8 @@ def test_averaged_pcen_recipe_keeps_fold_models_thresholds_and_bundles(tiny_data
     assert set(r["thresholds"]) == set(data.labels)
 
     bundle = load_bundle(bundle_cv(tmp_path / "cv", "avg", tmp_path / "bundle")["bundle"])
+    # Its fold models learnt from devel: `score --split devel` says so (a review: shown as held out).
+    assert bundle.manifest["trained_on"] == ["train+devel"] * 2
     point = r["field"]["operating_point"]
     assert len(bundle.members) == 2 and bundle.frontend == pcen and bundle.thresholds == point["thresholds"]
     assert bundle.manifest["operating_point"] == point and set(point["min_windows"]) == set(data.labels[1:])

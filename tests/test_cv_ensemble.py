@@ -149,6 +149,9 @@ def test_members_from_other_folds_or_no_fold_models_are_refused(cv_runs, tiny_da
     with pytest.raises(DataError, match="cv.json exists and is not an earlier cv-ensemble result"):
         cv_ensemble([cv_runs / "a" / "mel"], _load(tiny_dataset), summary, 0.1)
     assert summary.read_bytes() == before
+    # An --out it cannot write was found only after every fold model had run (a review).
+    with pytest.raises(DataError, match=r"--out .*no-such-dir/x.json: cannot write there \(No such file"):
+        cv_ensemble([cv_runs / "a" / "mel"], _load(tiny_dataset), tmp_path / "no-such-dir" / "x.json", 0.1)
 
 
 FIT = ["--hidden", "8", "--layers", "1", "--epochs", "3", "--batch-size", "8", "--lr", "0.003",

@@ -167,6 +167,26 @@ def test_a_worker_with_other_scoring_settings_is_refused_by_the_study(tiny_datas
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_a_study_resumed_with_centred_bands_or_other_clips_is_refused(tiny_dataset, tmp_path):
+    """A review: the devel objective's study took a worker with --centre-bands, and one on
+    another data set, and mixed their trials (an ensemble of them reported UARs on neither)."""
+    import shutil
+
+    out = tmp_path / "hpo"
+    args = ("hpo", "--out", out, "--trials", "1", "--epochs", "1", "--device", "cpu")
+    done = _train(*args, "--data", tiny_dataset)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = _train(*args[:4], "2", *args[5:], "--data", tiny_dataset, "--centre-bands")
+    assert done.returncode == 1 and "centre_bands False (here True)" in done.stderr, done.stderr[-2000:]
+    other = shutil.copytree(tiny_dataset, tmp_path / "other")
+    train_csv = other / "lab" / "train.csv"
+    train_csv.write_text("\n".join(train_csv.read_text().splitlines()[:-1]) + "\n")   # one clip fewer
+    done = _train(*args[:4], "2", *args[5:], "--data", other)
+    assert done.returncode == 1 and "scores its trials with clips " in done.stderr, done.stderr[-2000:]
+    done = _train(*args[:4], "2", *args[5:], "--data", tiny_dataset)              # the same: resumed
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_params_file_with_a_wrong_type_is_refused_before_training():
     from edgemon.analysis.frontend import FrontendConfig
     from training.hpo import settings_from_params
@@ -179,6 +199,10 @@ def test_a_params_file_with_a_wrong_type_is_refused_before_training():
         settings_from_params({**FOUND, "hidden": 64.5}, FrontendConfig())
     with pytest.raises(ValueError, match=r"missing search parameter 'lr'"):
         settings_from_params({k: v for k, v in FOUND.items() if k != "lr"}, FrontendConfig())
+    with pytest.raises(ValueError, match=r"^tau: expected a finite number, got None$"):   # JSON null (a review)
+        settings_from_params({**FOUND, "tau": None}, FrontendConfig())
+    with pytest.raises(ValueError, match=r"^lr: expected a finite number, got nan$"):     # JSON NaN
+        settings_from_params({**FOUND, "lr": float("nan")}, FrontendConfig())
 
 
 def test_a_reference_trial_stopped_by_ctrl_c_is_queued_again(tmp_path):

@@ -212,6 +212,21 @@ def test_fit_with_devel_trains_on_both_lists_and_centres_bands_in_the_export(tin
     assert manifest["trained_on"] == ["train+devel"]  # its devel score is not a held-out one
 
 
+def test_a_run_with_a_damaged_config_or_metrics_file_is_refused_by_bundle_naming_it(tiny_dataset, tmp_path):
+    """A review: `bundle` of a run whose config.json was `[]` or whose metrics.json was `{}` gave a
+    traceback, and a truncated config.json an error naming no file."""
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(run), *TINY_FIT]).exit_code == 0
+    for name, text in (("config.json", '{"labels": ['), ("config.json", "[]"), ("metrics.json", "{}"),
+                       ("metrics.json", '{"devel": {}, "test": {}}')):
+        damaged = shutil.copytree(run, tmp_path / f"damaged-{name}-{len(text)}")
+        (damaged / name).write_text(text)
+        result = runner.invoke(app, ["bundle", str(damaged), "--out", str(tmp_path / "b")])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert f"error: {damaged / name}: not a finished run's {name} (" in result.output
+        assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("f_max", ["9000", "0", "-5"])
 def test_a_band_edge_outside_the_spectrum_is_refused(tiny_dataset, tmp_path, f_max):
     result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), *TINY_FIT,
@@ -259,6 +274,23 @@ def test_fit_never_overwrites_a_trained_run(tiny_dataset, tmp_path):
     result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(out), *TINY_FIT])
     assert result.exit_code == 1 and "holds a trained run already (metrics.json)" in result.output
     assert (out / "metrics.json").read_text() == '{"kept": true}' and sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
+def test_a_second_command_into_an_out_directory_in_use_is_refused(tiny_dataset, tmp_path):
+    """A review: two `fit` runs into one --out at once both ended 0 and one model was lost; two
+    `cv` runs kept only one's recipes in cv.json."""
+    from training.out_dirs import holding_out_dir
+
+    out = tmp_path / "run"
+    with holding_out_dir(out):                  # a first command, still training
+        for command in (["fit", *TINY_FIT], ["baseline"], ["cv", "--recipe", "baseline"]):
+            result = runner.invoke(app, [*command, "--data", str(tiny_dataset), "--out", str(out)])
+            assert result.exit_code == 1, result.output
+            assert "another edgemon-train command is writing there now" in result.output
+        assert sorted(p.name for p in out.iterdir()) == [".edgemon-train.lock"]
+    assert not out.exists()                     # made for nothing, gone with its lock
+    result = runner.invoke(app, ["baseline", "--data", str(tiny_dataset), "--out", str(out)])
+    assert result.exit_code == 0 and (out / "summary.json").is_file() and not (out / ".edgemon-train.lock").exists()
 
 
 def test_baseline_never_overwrites_a_run_and_a_bad_data_dir_leaves_nothing(tiny_dataset, tmp_path):

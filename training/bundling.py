@@ -190,6 +190,23 @@ def check_reference_data(data_dir: Path | None) -> None:
         raise DataError(f"--data {data_dir}: not a data set (no lab/train.csv) for the reference windows")
 
 
+
+def _run_record(run: Path) -> tuple[dict, dict]:
+    """A run's ``config.json`` and ``metrics.json``, checked for what a bundle reads of them: a
+    damaged one was a traceback (``[]``, ``{}``) or an error naming no file (a review)."""
+    records = []
+    for name, keys in (("config.json", ("labels", "window_s", "hop_s", "frontend")), ("metrics.json", ("devel", "test"))):
+        try:
+            record = json.loads((run / name).read_text())
+            if not isinstance(record, dict) or any(k not in record for k in keys):
+                raise ValueError(f"it lacks {', '.join(k for k in keys if not isinstance(record, dict) or k not in record)}")
+            if name == "metrics.json" and not all(isinstance(record[k], dict) and "uar" in record[k] for k in keys):
+                raise ValueError("its devel or test entry has no uar")
+        except (OSError, ValueError) as e:
+            raise DataError(f"{run / name}: not a finished run's {name} ({e})") from None
+        records.append(record)
+    return records[0], records[1]
+
 def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from: Path | None = None,
                 reference_data: Path | None = None) -> dict:
     """Write a bundle whose members are the runs' ``model.onnx``, in the order given, with the
@@ -200,8 +217,8 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
     for run in runs:
         if not (run / "model.onnx").is_file() or not (run / "config.json").is_file():
             raise DataError(f"{run}: not a finished run directory (no model.onnx or config.json)")
-        configs.append(json.loads((run / "config.json").read_text()))
-        metrics = json.loads((run / "metrics.json").read_text())
+        config, metrics = _run_record(run)
+        configs.append(config)
         devel.append(metrics["devel"]["uar"])
         test.append(metrics["test"]["uar"])
     first = configs[0]
@@ -243,7 +260,8 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
     summary_path = Path(cv_dir) / "cv.json"
     if not summary_path.is_file():
         raise DataError(f"{cv_dir}: no cv.json (run edgemon-train cv first)")
-    result = json.loads(summary_path.read_text())["recipes"].get(recipe)
+    summary = json.loads(summary_path.read_text())
+    result = summary["recipes"].get(recipe)
     if result is None or "members" not in result:
         raise DataError(f"{summary_path}: recipe {recipe!r} has no fold models "
                         "(only recipes with --average-last keep them)")
@@ -269,6 +287,10 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
                               devel_uars=result["fold_uar"], thresholds=thresholds,
                               precision="int8" if int8 else "fp32",
                               extra={"selected_by": f"grouped cross-validation, recipe {recipe}",
+                                     # every fold model learnt from devel (and the pool) but its
+                                     # held-out recorders: `score` then says devel is not held out
+                                     "trained_on": ["train+devel+pool" if summary.get("pool") else "train+devel"]
+                                                   * len(members),
                                      "cv_uar_mean": result["uar_mean"], "cv_uar_std": result["uar_std"],
                                      "max_false_rate": result["max_false_rate"] if max_false_rate is None
                                                        else max_false_rate,

@@ -8,6 +8,7 @@ them; ``training.cli`` does so).
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -29,8 +30,16 @@ def _study_storage(url: str):
 
     try:
         yield url
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as exc:
-        raise DataError(f"Optuna storage {url}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError, ImportError) as exc:
+        # ImportError: the URL's database driver is not installed (a traceback before, a review).
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"Optuna storage {_without_password(url)}: {_without_password(why)}") from exc
+
+
+def _without_password(text: str) -> str:
+    """``text`` with any URL's password masked (``scheme://user:***@host``): it went to the
+    terminal and the logs in the one-line error (a review)."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)
 
 
 def _storage(storage: Optional[str], out: Path) -> str:

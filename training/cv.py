@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from training.field import fold_field_votes, windows_of
 from training.model import ModelConfig, PrimateBiLSTM
 from training.operating import DEFAULT_TARGET_FALSE_PER_HOUR, field_report
 from training.recipes import FIELD, HOP_S, PAPER, WINDOW_S, recipe_name, seconds_to_frames
-from training.out_dirs import check_out_dir
+from training.out_dirs import check_out_dir, holding_out_dir
 from training.runs import run_config, save_model
 from training.thresholds import field_summary
 from training.train import OptimConfig, predict, train
@@ -223,6 +224,14 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
     ``"folds", "epoch", "epochs"`` (both None at a fold's end), ``"uar"`` (the fold's validation
     UAR after that epoch; None at a fold's end)``}``.
     """
+    with holding_out_dir(out):
+        return _cross_validate(recipes, data, k, out, seed, load, window_s, hop_s, max_false_rate, pool,
+                               target_false_per_hour, progress)
+
+
+def _cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: int, load, window_s: float,
+                    hop_s: float, max_false_rate: float, pool, target_false_per_hour: float,
+                    progress: Callable[[dict], None] | None) -> dict:
     folds = grouped_folds(data, k, seed)
     n_classes = len(data.labels)
     inputs = {data.frontend: data}
@@ -275,7 +284,10 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
         summary["pool"] = {"clips": len(some_pool) if some_pool is not None else 0,
                            "used_per_fold": [0 if some_pool is None else len(without_recorders(some_pool, r))
                                              for r in held_out]}
-    (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # Whole or not at all: a kill half-way through the write lost every earlier recipe's record.
+    staged = out / "cv.json.tmp"
+    staged.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(staged, out / "cv.json")
     return summary
 
 

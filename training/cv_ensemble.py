@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,13 @@ def _check_same_folds(members: list[Path], recipes: list[tuple[dict, dict]]) -> 
 
 def _check_out(out: Path) -> None:
     """``out`` may be a new file or an earlier cv-ensemble result, never a directory or another
-    file (a cv summary, the votes it reads): writing there would destroy it."""
+    file (a cv summary, the votes it reads): writing there would destroy it. Its directory must
+    take a file now: a read-only one was found only after every fold model had run (a review)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     if not out.exists():
         return
     try:

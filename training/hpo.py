@@ -14,8 +14,10 @@ under the worker's run directory (its path is stored on the trial), for ``edgemo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import math
 import re
 import time
 import warnings
@@ -108,6 +110,9 @@ def settings_from_params(params: dict, frontend: FrontendConfig, window_s: float
     ValueError on a missing or out-of-range parameter."""
     import warnings
 
+    for name, value in params.items():   # Optuna's words for these named no parameter (a review)
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
     space = "field" if "p_mix" in params else "paper"
     trial = optuna.trial.FixedTrial(params)
     with warnings.catch_warnings():
@@ -256,6 +261,15 @@ def progress_line(study: optuna.Study) -> str:
     return f"trials done {done}, pruned {pruned}, running {states.count(optuna.trial.TrialState.RUNNING)}; best {what} {best}"
 
 
+def _clips_digest(*splits: Split | None) -> str:
+    """What the trials learn from and are scored on: the clips' file names and labels, per split."""
+    digest = hashlib.sha256()
+    for split in splits:
+        for clip in ([] if split is None else split.clips):
+            digest.update(f"{split.name}\t{Path(clip.path).name}\t{clip.label}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir: Path,
                train_split: Split, devel: Split, pool: Split | None = None) -> optuna.Study:
     """Work on the study until it holds ``n_trials`` finished (complete or pruned) trials.
@@ -276,8 +290,8 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
     study.set_user_attr("objective", config.objective)
     # Workers sharing a study must score trials alike, or its best value compares unlike things.
     scoring = {"space": config.space, "epochs": config.max_epochs, "inputs": config.inputs,
+               "centre_bands": config.centre_bands, "clips": _clips_digest(train_split, devel, pool),
                **({"folds": config.folds, "average_last": min(config.average_last, config.max_epochs),  # as trained
-                   "centre_bands": config.centre_bands,
                    "pool": pool is not None,
                    "held_out": "train+devel+pool" if pool is not None else "train+devel"}
                 if config.objective in GROUPED else {}),
@@ -285,6 +299,8 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
     agreed = dict(study.user_attrs.get("scoring", scoring))
     if "average_last" in agreed:   # recorded as given before 2026-12-05: what was averaged is what counts
         agreed["average_last"] = min(agreed["average_last"], agreed.get("epochs", agreed["average_last"]))
+    for key in ("centre_bands", "clips"):   # recorded for every objective since 2026-12-07 (a review: a
+        agreed.setdefault(key, scoring[key])   # --centre-bands or another data set resumed a study, mixed in)
     if agreed != scoring:
         differ = ", ".join(f"{k} {agreed.get(k)} (here {scoring.get(k)})" for k in sorted(set(agreed) | set(scoring))
                            if agreed.get(k) != scoring.get(k))

@@ -3,9 +3,15 @@ the command line can check ``--out`` before it loads anything)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from training.errors import DataError
+
+LOCK = ".edgemon-train.lock"
 
 # What a directory holds when another command's work is in it.
 WORK = {"metrics.json": "a trained run", "checkpoint.pt": "a trained run", "model.onnx": "a trained run",
@@ -18,12 +24,48 @@ def check_out_dir(out: Path, own: tuple[str, ...] = ()) -> None:
     of ``WORK`` but the files ``own`` to this command, which it adds to or resumes): writing there
     would overwrite it, and a later ``bundle`` into a bundle holding a cv run deleted the run
     (a newcomer's ``baseline --out`` over a fit run gave the network's bundle the SVM's scores)."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: is a file, not a run directory: choose another --out")
-    if (out / "lab").is_dir() or (out / "audio").is_dir():
-        raise DataError(f"{out}: is a data directory (audio/, lab/): choose another --out")
+    _refuse_what_is_no_run_directory(out)
     found = [name for name in WORK if name not in own and (out / name).exists()]
     if found:
         what = sorted({WORK[name] for name in found})
         raise DataError(f"{out}: holds {' and '.join(what)} already ({', '.join(found)}); writing there would "
                         f"overwrite it: choose another --out or move it aside")
+
+
+def _refuse_what_is_no_run_directory(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: is a file, not a run directory: choose another --out")
+    if (out / "lab").is_dir() or (out / "audio").is_dir():
+        raise DataError(f"{out}: is a data directory (audio/, lab/): choose another --out")
+
+
+@contextlib.contextmanager
+def holding_out_dir(out: Path) -> Iterator[None]:
+    """Hold ``out`` for one command: a second command writing there at the same time is refused
+    in one line (two ``fit`` runs into one --out both ended 0, one model silently lost; two ``cv``
+    runs kept one's recipes, a review). The lock file goes at the end (a command refused never
+    waits, so none is left holding a removed one but in a race of three at one instant), and a
+    directory this made and nothing was written into goes too: a wrong --data leaves nothing."""
+    _refuse_what_is_no_run_directory(out)   # before anything is written there
+    made = not out.exists()
+    lock = out / LOCK
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"{out}: another edgemon-train command is writing there now: wait for it to end, "
+                            f"or choose another --out") from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+                if made and not any(out.iterdir()):
+                    out.rmdir()
+    finally:
+        os.close(fd)

@@ -25,7 +25,7 @@ from training import baseline as baseline_mod
 from training.augment import AugmentConfig
 from training.data import BACKGROUND, Split, check_train_labels, data_identity, load_pool, load_split, merge
 from training.errors import DataError
-from training.out_dirs import check_out_dir
+from training.out_dirs import check_out_dir, holding_out_dir
 from training.evaluate import metrics, write_report
 from training.field import field_votes, score_field, windows_of
 from training.model import ModelConfig, PrimateBiLSTM, count_parameters
@@ -114,6 +114,14 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
     so nothing is chosen on devel): more recorders heard; devel's scores then say nothing."""
     if with_devel and not optim.average_last:
         raise DataError("training on train + devel needs --average-last: no epoch can be chosen on devel")
+    with holding_out_dir(run_dir):
+        return _fit_run(data_dir, run_dir, model_config, optim, aug, window_s, hop_s, frontend, progress,
+                        with_devel, pool)
+
+
+def _fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig,
+             window_s: float, hop_s: float, frontend: FrontendConfig, progress: bool, with_devel: bool,
+             pool: bool) -> dict:
     check_out_dir(run_dir)
     splits = Splits.load(data_dir, frontend)
     run_dir.mkdir(parents=True, exist_ok=True)   # after the data: a wrong --data leaves nothing behind
@@ -152,6 +160,11 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
 
 def baseline_run(data_dir: Path, run_dir: Path, frontend: FrontendConfig = FrontendConfig()) -> dict:
     """Functionals + linear SVM with C chosen on devel; devel and test metrics and plots."""
+    with holding_out_dir(run_dir):
+        return _baseline_run(data_dir, run_dir, frontend)
+
+
+def _baseline_run(data_dir: Path, run_dir: Path, frontend: FrontendConfig) -> dict:
     check_out_dir(run_dir)
     splits = Splits.load(data_dir, frontend)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,8 @@ def build_ensemble(study: optuna.Study, out: Path, devel: Split, test: Split, to
                               test_uars=[m["uar"] for m in results["test"]["members"]],
                               precision="int8" if int8 else "fp32",
                               extra={"study": study.study_name, "trials": [t.number for t in trials],
+                                     "trained_on": [json.loads((d / "config.json").read_text()).get("trained_on", "train")
+                                                    for d in dirs],
                                      "ensemble_devel_uar": results["devel"]["ensemble"]["uar"],
                                      "ensemble_test_uar": results["test"]["ensemble"]["uar"]},
                               finish=functools.partial(complete_bundle, reference=reference))

@@ -34,6 +34,9 @@ def test_fit_cli_writes_a_complete_run_directory(tiny_dataset, tmp_path):
     assert len(json.loads((out / "history.json").read_text())) == 4
     bundle = load_bundle(out / "bundle")
     assert bundle.members[0].devel_uar == pytest.approx(metrics["devel"]["uar"])
+    # Complete as `bundle` makes one (a review: no names, a ceiling of 1, no self-check).
+    assert bundle.manifest["trained_on"] == ["train"] and "label_names" in bundle.manifest
+    assert 0 < bundle.manifest["confidence_max"] <= 1 and (out / "bundle" / "reference.flac").is_file()
 
 
 def test_same_seed_same_model_different_seed_different_model(tiny_dataset):

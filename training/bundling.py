@@ -190,7 +190,6 @@ def check_reference_data(data_dir: Path | None) -> None:
         raise DataError(f"--data {data_dir}: not a data set (no lab/train.csv) for the reference windows")
 
 
-
 def _run_record(run: Path) -> tuple[dict, dict]:
     """A run's ``config.json`` and ``metrics.json``, checked for what a bundle reads of them: a
     damaged one was a traceback (``[]``, ``{}``) or an error naming no file (a review)."""

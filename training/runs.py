@@ -10,6 +10,7 @@ file alone (with its config), as ``cv`` keeps its fold models.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import pickle
@@ -144,9 +145,15 @@ def _fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Op
     onnx_path = save_run(run_dir, result.model, config, result.best_epoch,
                          {"devel_uar": results["devel"]["uar"], "test_uar": results["test"]["uar"],
                           "best_epoch": result.best_epoch, "data": config["data"]})
+    from training.bundling import complete_bundle   # here: bundling reads runs' files, not runs
+
+    # Complete as `bundle` writes one (a review: no label names, a confidence ceiling of 1, no
+    # self-check), and saying what it learnt from, so that `score` can tell a held-out split.
     bundle = write_bundle(run_dir / "bundle", [onnx_path], list(splits.train.labels), frontend=frontend,
                           window_s=window_s, hop_s=hop_s, devel_uars=[results["devel"]["uar"]],
-                          test_uars=[results["test"]["uar"]], background_label=BACKGROUND)
+                          test_uars=[results["test"]["uar"]], background_label=BACKGROUND,
+                          extra={"trained_on": [training_split.name], "source_runs": [run_dir.name]},
+                          finish=functools.partial(complete_bundle, data_dir=data_dir))
     windowed = {s.name: windowed_metrics(bundle, s) for s in (splits.devel, splits.test)}
     write_report(run_dir, windowed, prefix="windowed_")
     summary = {"run_dir": str(run_dir), "parameters": count_parameters(result.model),

@@ -202,13 +202,21 @@ def test_bundle_refuses_thresholds_for_other_labels_or_windows(mixed_runs, tmp_p
                              ({"labels": labels, "thresholds": {}, "window_s": 4.0, "hop_s": 2.0}, "windows"),
                              ({"labels": labels, "thresholds": {}, "frontend_kinds": ["pcen"], **WINDOW},
                               "members on"),
-                             ({"labels": labels}, "not a cv-ensemble")):
+                             ({"labels": labels}, "not a cv-ensemble"),
+                             # found in the staged manifest, the error named a temp directory (a review)
+                             ({"labels": labels, "thresholds": {"background": "x"}, **WINDOW},
+                              "thresholds must map each label to a finite number, not {'background': 'x'}")):
         path = tmp_path / "t.json"
         path.write_text(json.dumps(content))
         result = CliRunner().invoke(app, ["bundle", str(mixed_runs / "logmel"), "--out", str(tmp_path / "b"),
                                           "--thresholds", str(path)])
         assert result.exit_code == 1 and message in result.output and "t.json" in result.output
         assert not (tmp_path / "b").exists()
+    # An --out that cannot be made was named by its staging directory (a review).
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(app, ["bundle", str(mixed_runs / "logmel"), "--out", str(tmp_path / "afile" / "b")])
+    assert result.exit_code == 1 and f"--out {tmp_path / 'afile' / 'b'}: cannot write there (" in result.output
+    assert ".b." not in result.output, result.output
     # A second newcomer trial: --data that is not a data set failed after the bundle was written.
     result = CliRunner().invoke(app, ["bundle", str(mixed_runs / "logmel"), "--out", str(tmp_path / "b"),
                                       "--data", str(tmp_path / "nowhere")])

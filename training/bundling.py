@@ -173,6 +173,13 @@ def read_thresholds_file(path: Path, labels: list[str], window: tuple[float, flo
     if result.get("field"):  # a field operating point and calibration chosen on grouped CV
         thresholds = result["field"]["operating_point"]["thresholds"]
         provenance.update(field_manifest(result["field"]))
+    # Checked here, naming this file: found only in the staged manifest, the error named a
+    # temporary directory (a review).
+    bad = {k: v for k, v in (thresholds.items() if isinstance(thresholds, dict) else [])
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)}
+    if not isinstance(thresholds, dict) or bad:
+        raise DataError(f"{path}: thresholds must map each label to a finite number"
+                        + (f", not {bad}" if bad else f", not {thresholds!r}"))
     return thresholds, provenance
 
 

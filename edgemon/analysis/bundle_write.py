@@ -113,12 +113,15 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
     """
     out_dir = Path(out_dir).resolve()
     check_replaceable(out_dir, member_files)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     n = len(member_files)
     devel_uars = devel_uars or [None] * n
     test_uars = test_uars or [None] * n
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    os.chmod(staging, 0o777 & ~_umask())   # mkdtemp's 0700 would hide the bundle from the service's user
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        os.chmod(staging, 0o777 & ~_umask())   # mkdtemp's 0700 would hide the bundle from the service's user
+    except OSError as e:   # a read-only card, a file in the way: named as --out, not as the staging name
+        raise BundleError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
     try:
         members = []
         for i, src in enumerate(member_files):

@@ -352,6 +352,29 @@ def test_events_emitted_while_a_timing_correction_is_pending_get_its_times(sound
     def true_time(heard_s: float) -> float:   # what the device heard at heard_s of the stream's audio
         return heard_s if heard_s <= cut_s + 0.01 else heard_s + 4.0
 
+    # The analysis failing while detections wait for the correction: stored all the same, as timed
+    # then (a review: they were lost).
+    from edgemon.analysis.analyzer import AnalysisStream
+
+    with pytest.MonkeyPatch.context() as patch:
+        def finish(self):
+            raise RuntimeError("the model failed")
+
+        patch.setattr(AnalysisStream, "finish", finish)
+        now = [time.monotonic()]
+        blocks = BlockQueue(maxsize=10_000, clock=lambda: now[0])
+        writer = StoreWriter(tmp_path / "failed.db")
+        listener = Listener(ListenConfig(capture=CaptureConfig(poll_s=0.05), confirm_s=600.0), analyzer(), blocks,
+                            writer, "live:test", clock_synced=lambda: True)
+        now[0] = feed(blocks, 1, heard[cut:], 16000, feed(blocks, 1, heard[:cut], 16000, now[0]) + 4.0)
+        drain, done = threading.Event(), threading.Event()
+        drain.set()
+        with pytest.raises(RuntimeError, match="the model failed"):   # at the segment's end
+            listener.run(drain)
+        done.set()
+        writer.run(done)
+        assert listener.detections >= 1
+        assert query(tmp_path / "failed.db", "SELECT count(*) FROM detections") == [(listener.detections,)]
     unbroken = listen(tmp_path / "unbroken.db", 0.0)   # the same audio, its times as heard
     for name, clips in (("gapped", None), ("gapped-clips", ClipConfig(tmp_path / "clips", 1.0, 1.5))):
         gapped = listen(tmp_path / f"{name}.db", 4.0, clips)

@@ -151,12 +151,19 @@ def test_a_target_given_up_is_named_and_can_be_forgotten_but_never_by_its_age(tm
         outbox.conn.execute("UPDATE sync_cursors SET updated_at = '2024-01-01T00:00:00.000Z' WHERE target = ?", [old])
         outbox.conn.execute("UPDATE sync_cursors SET updated_at = '2031-01-01T00:00:00.000Z' WHERE target = ?", [new])
         assert outbox.prune() == 0                     # years apart by the clock, still kept for the old one
+        outbox.offer("postgresql://edgemon@lost-ack/fleet", old_seq)   # its first acknowledgement lost: tokens only
+        outbox.conn.execute("UPDATE sync_tokens SET offered_utc = '2024-02-01T00:00:00.000Z' WHERE target LIKE '%lost%'")
         caplog.set_level(logging.WARNING, logger="edgemon")
         _say_lagging(outbox, new)
         assert "10.0.0.5/fleet (last 2024-01-01)" in caplog.text and "--forget-target TARGET" in caplog.text
+        assert "lost-ack/fleet (last 2024-02-01)" in caplog.text     # named too (a review)
+        outbox.forget_target("postgresql://edgemon@lost-ack/fleet")
         with pytest.raises(OutboxError, match=r"no sync target 'nope' recorded here; known: .*10\.0\.0\.5"):
             outbox.forget_target("nope")
     forget = [sys.executable, "-m", "edgemon", "sync", "--db", str(db), "--forget-target"]
+    in_use = subprocess.run([*forget, "edgemon@fleet.example.org:5432/fleet"], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "EDGEMON_SYNC_URL": "postgresql://edgemon@fleet.example.org/fleet"})
+    assert in_use.returncode == 1 and "is this recorder's sync_url: it is not forgotten while in use" in in_use.stderr
     unknown = subprocess.run([*forget, "nope"], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 1 and "no sync target 'nope' recorded here; known: " in unknown.stderr
     done = subprocess.run([*forget, old], capture_output=True, text=True, timeout=60)

@@ -554,6 +554,15 @@ def test_offline_rows_stay_with_their_recorder_when_cloned_or_when_another_takes
     assert found == {"site-07": 12, "site-08": 5, "edgemon": 1}
     assert newest == {"site-07": 6, "site-08": 5, "edgemon": 1}   # the bundle site-07 reported only
     assert listened == {"site-07": 9}
+    # Rebuilt, its rows under the default id again, and on bundle-c: site-07 shows bundle-c only,
+    # not also the bundle an older database of it reported (a review of this view).
+    rebuilt = make_recorder(tmp_path / "rebuilt.db", "edgemon", files=1, per_file=3, seed=89, coverage_minutes=0,
+                            bundle_id="bundle-c")
+    sync(rebuilt, fleet.url, device_id="site-07", bundle_id="bundle-c")
+    with fleet.connect() as conn:
+        shown = conn.execute("SELECT bundle_id, sum(detections)::int FROM edgemon.detections_daily "
+                             "WHERE site = 'site-07' GROUP BY 1").fetchall()
+    assert shown == [("bundle-c", 3)]
 
 
 def test_recorder_health_is_not_held_by_a_heartbeat_from_the_future(fleet, tmp_path):

@@ -295,7 +295,8 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
                               extra={"selected_by": f"grouped cross-validation, recipe {recipe}",
                                      # every fold model learnt from devel (and the pool) but its
                                      # held-out recorders: `score` then says devel is not held out
-                                     "trained_on": ["train+devel+pool" if summary.get("pool") else "train+devel"]
+                                     "trained_on": ["train+devel+pool" if (summary.get("pool") or {}).get("clips")
+                                                    else "train+devel"]
                                                    * len(members),
                                      "cv_uar_mean": result["uar_mean"], "cv_uar_std": result["uar_std"],
                                      "max_false_rate": result["max_false_rate"] if max_false_rate is None

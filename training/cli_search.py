@@ -42,6 +42,21 @@ def _without_password(text: str) -> str:
     return re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)
 
 
+def _probe_storage(url: str) -> None:
+    """Connect to a database storage once, failing in one line (a wrong host, a driver missing)
+    before the audio loads; a SQLite file is left to the study to make."""
+    if url.startswith("sqlite:"):
+        return
+    import sqlalchemy
+
+    with _study_storage(url):
+        engine = sqlalchemy.create_engine(url)
+        try:
+            engine.connect().close()
+        finally:
+            engine.dispose()
+
+
 def _storage(storage: Optional[str], out: Path) -> str:
     return storage or f"sqlite:///{(out / 'study.db').resolve()}"
 
@@ -107,6 +122,7 @@ def hpo(
         raise console.error(f"--out {out} exists and is not a directory", console.EXIT_USAGE)
 
     def search():
+        _probe_storage(_storage(storage, out))   # before minutes of audio (a review: found after them)
         try:
             train_split, devel, pool_split = _search_splits(data, features, pool and objective in GROUPED)
         except BaseException:

@@ -43,9 +43,9 @@ def _refuse_what_is_no_run_directory(out: Path) -> None:
 def holding_out_dir(out: Path) -> Iterator[None]:
     """Hold ``out`` for one command: a second command writing there at the same time is refused
     in one line (two ``fit`` runs into one --out both ended 0, one model silently lost; two ``cv``
-    runs kept one's recipes, a review). The lock file goes at the end (a command refused never
-    waits, so none is left holding a removed one but in a race of three at one instant), and a
-    directory this made and nothing was written into goes too: a wrong --data leaves nothing."""
+    runs kept one's recipes, a review). The lock file goes at the end; a command that locked it as
+    it went is refused like one that found it held. A directory this made and nothing was written
+    into goes too: a wrong --data leaves nothing."""
     _refuse_what_is_no_run_directory(out)   # before anything is written there
     made = not out.exists()
     lock = out / LOCK
@@ -57,7 +57,10 @@ def holding_out_dir(out: Path) -> Iterator[None]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # The lock of a command that just ended and removed its file: not the one to hold.
+            if os.fstat(fd).st_ino != os.stat(lock).st_ino:
+                raise BlockingIOError
+        except (BlockingIOError, FileNotFoundError):
             raise DataError(f"{out}: another edgemon-train command is writing there now: wait for it to end, "
                             f"or choose another --out") from None
         try:

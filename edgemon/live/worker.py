@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import queue
 import threading
@@ -280,7 +281,10 @@ class Listener:
             # Whatever stopped the loop, what was heard is still stored: the detections waiting
             # for their clips first (the analysis may be what failed, and fail again at the
             # segment's end), then the open event, then the coverage not yet flushed.
-            for step in (self._save_waiting_clips, self._end_segment, self._flush_coverage):
+            # Detections held for a pending timing correction are stored as they are timed now
+            # if the segment cannot end (the analysis may be what failed: a review saw them lost).
+            settle = functools.partial(self._settle, force=True)
+            for step in (self._save_waiting_clips, settle, self._end_segment, settle, self._flush_coverage):
                 try:
                     step()
                 except Exception:   # the first error is the one to report

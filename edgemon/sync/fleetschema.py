@@ -407,7 +407,7 @@ _BY_THE_RECORDER_THAT_MADE_THEM = _effort_once_per_minute(_FILE_EFFORT_BY_ANALYS
 #   that syncs under the default id take over every other site's offline rows, and counted a
 #   clone's copies of them under the clone too (a review of that form).
 # - A clone, a rename or a restore keeps the rows of the ids of its ancestors under them (revision 4).
-#   Where no row of a site carries its id, its newest bundle is the one its database reported.
+#   Where no row of a site carries its id, its newest bundle is the one its latest database reported.
 # ``lineage`` lists, per database, the device ids of its lineage and the lineage's first device.
 #
 # And ``recorder_health`` trusts the recorder's clock less: the last heartbeat is the newest one
@@ -440,7 +440,9 @@ _BY_OWN_RECORDER = ("d.site", f"""(SELECT d.*, d.device_id AS site, b.timezone A
             JOIN {SCHEMA}.databases db ON db.db_uuid = d.db_uuid AND db.device_id = d.device_id
             JOIN {SCHEMA}.device_bundle b ON b.device_id = d.device_id
             UNION ALL
-            SELECT d.*, s.site, b.timezone, coalesce(b.bundle_id, db.bundle_id)
+            SELECT d.*, s.site, b.timezone, coalesce(b.bundle_id, (
+                       SELECT x.bundle_id FROM {SCHEMA}.databases x WHERE x.device_id = s.site
+                       ORDER BY x.last_sync DESC LIMIT 1))
             FROM {SCHEMA}.detections d
             JOIN {SCHEMA}.databases db ON db.db_uuid = d.db_uuid AND db.device_id <> d.device_id
             JOIN {_LINES} lin ON lin.db_uuid = d.db_uuid

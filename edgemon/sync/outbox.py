@@ -221,11 +221,17 @@ class Outbox:
         return None if cursors is None else min(cursors, cursors if tokens is None else tokens)
 
     def lagging_targets(self, target: str) -> list[tuple[str, int, str]]:
-        """(target, acknowledged seq, last acknowledged at) of the other targets behind ``target``:
-        the ones holding tombstones back while ``target`` syncs on, oldest first."""
+        """(target, acknowledged seq, last heard from) of the other targets behind ``target``: the
+        ones holding tombstones back while ``target`` syncs on, oldest first. A target whose first
+        acknowledgement was lost has tokens only (its lowest seq, its newest offer): it holds them
+        back too (a review found it never named)."""
         return [tuple(r) for r in self.conn.execute(
-            "SELECT target, seq, updated_at FROM sync_cursors WHERE target != ? AND seq < "
-            "coalesce((SELECT seq FROM sync_cursors WHERE target = ?), 0) ORDER BY updated_at", [target, target])]
+            "SELECT target, seq, at FROM ("
+            " SELECT target, seq, updated_at AS at FROM sync_cursors"
+            " UNION ALL SELECT target, min(seq), max(offered_utc) FROM sync_tokens"
+            "  WHERE target NOT IN (SELECT target FROM sync_cursors) GROUP BY target)"
+            " WHERE target != ? AND seq < coalesce((SELECT seq FROM sync_cursors WHERE target = ?), 0) "
+            "ORDER BY at", [target, target])]
 
     def forget_target(self, target: str) -> tuple[int, int]:
         """Forget a sync target (a server retired, or one now reached under another spelling of its

@@ -424,6 +424,12 @@ def forget_target(settings: Settings, target: str) -> str:
     db_path = Path(settings.service.db)
     if not db_path.is_file():
         raise OutboxError(f"{shown(db_path)}: no detections database there")
+    url = settings.service.sync_url
+    if url and fleetdb.target_name(fleetdb.check_url(url)) == target:
+        # Its tokens gone, its next sync would find the server's acknowledgement foreign and send
+        # everything again under a new identity (a review).
+        raise ConfigError(f"{shown(target)} is this recorder's sync_url: it is not forgotten while in use "
+                          f"(change sync_url first)")
     with Outbox(db_path) as outbox:
         seq, tokens = outbox.forget_target(target)
         pruned = outbox.prune()

@@ -431,7 +431,7 @@ ORDER BY db_uuid, device_id;
 # Per database: the ids of its lineage and its lineage's first device, one row each, so that the
 # views join it by ``db_uuid`` (hashable, and estimated as well as ``databases``).
 _LINES = f"(SELECT db_uuid, array_agg(device_id) AS ids, min(root) AS root FROM {SCHEMA}.lineage GROUP BY db_uuid)"
-# Two branches, the rows under their own database's id (nearly all) and the rest: 1.33-2.40x
+# Two branches, the rows under their own database's id (nearly all) and the rest: 1.21-2.40x
 # revision 4's time on 528 000 detections, where one join on a resolved id made the planner expect
 # a tenth of the rows and sort them on disk (2.95x), and joins on the recursive ``lineage`` itself
 # took 3.3x (``bench/fleet_views.py``).

@@ -93,7 +93,7 @@ class StoreWriter:
     def _do(self, store: Store, job: Callable[[Store], object], finish: threading.Event) -> None:
         failures = 0
         while True:
-            if finish.is_set() and self._exit_deadline is not None and time.monotonic() >= self._exit_deadline:
+            if self._exit_deadline is not None and time.monotonic() >= self._exit_deadline:   # set once stopping
                 # Stopping, the database refusing, the writer's budget spent: the rest are given up
                 # untried, counted (each waited out its tries before: a review saw 20 writes queued
                 # under another process's lock take 141 s, past the listener's wait).
@@ -113,10 +113,10 @@ class StoreWriter:
                 # Shutting down, the database still refuses: after one write given up, the rest are
                 # given up at their first failure, counted, rather than each waiting out its retries
                 # (a full disk made the writer outlive the listener's 60 s wait, uncounted).
-                if finish.is_set() and (failures > self.retries_at_exit or self.lost_at_exit):
-                    self._give_up()
-                    return
                 if finish.is_set():
+                    if failures > self.retries_at_exit or self.lost_at_exit:
+                        self._give_up()
+                        return
                     self._shorten_tries(store)
                 if self.on_retry is not None:
                     self.on_retry()

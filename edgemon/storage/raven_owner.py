@@ -27,6 +27,7 @@ import sqlite3
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
+from edgemon.storage.readonly import has_table
 
 log = logging.getLogger(__name__)
 OWNER_FILE = ".edgemon-raven-owner"
@@ -52,7 +53,7 @@ def check_directory(conn: sqlite3.Connection, db_path: Path, out_dir: Path, erro
         my_db = {str(v) for (v,) in conn.execute(
             "SELECT value FROM sync_meta WHERE key IN ('db_uuid', 'forked_from', 'rebuilt_from') "
             "AND value IS NOT NULL")} \
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sync_meta'").fetchone() else set()
+            if has_table(conn, "sync_meta") else set()
     except sqlite3.Error as e:
         raise error(f"cannot read detections: {e}") from e
     if not mine:

@@ -41,15 +41,20 @@ def _load(dataset):
 
 @pytest.fixture(scope="module")
 def cv_runs(tiny_dataset, tmp_path_factory):
-    """Two averaged recipes, one on log-mel and one on PCEN, on the same folds; and a copy of the
-    first that says its folds were cut with another seed."""
+    """Two averaged recipes, one on log-mel and one on PCEN, on the same folds; a copy of the
+    first whose folds hold out other recorders; and one trained with another seed on the same folds."""
     root = tmp_path_factory.mktemp("cvens")
     load = _load(tiny_dataset)
     cross_validate([_recipe("mel", LOGMEL)], load(LOGMEL), k=2, out=root / "a", **WINDOW)
     cross_validate([_recipe("pcen", PCEN)], load(PCEN), k=2, out=root / "b", **WINDOW)
     shutil.copytree(root / "a", root / "c")
     summary = json.loads((root / "c" / "cv.json").read_text())
-    (root / "c" / "cv.json").write_text(json.dumps({**summary, "seed": 1}))
+    folds = summary["folds"]
+    other = [{**f, "validation_recorders": g["validation_recorders"]} for f, g in zip(folds, folds[::-1])]
+    assert other != folds
+    (root / "c" / "cv.json").write_text(json.dumps({**summary, "folds": other}))
+    shutil.copytree(root / "a", root / "d")
+    (root / "d" / "cv.json").write_text(json.dumps({**summary, "seed": 1}))
     return root
 
 
@@ -128,6 +133,16 @@ def test_the_held_out_recorders_pool_clips_join_the_field_measure(cv_runs, tiny_
     with pytest.raises(DataError, match="made without the pool held out"):
         cv_ensemble(member, load, tmp_path / "again.json", 0.1, votes_from=tmp_path / "alone.votes.npz",
                     pool=lambda labels: load_pool(tiny_dataset_with_pool, labels))
+
+
+def test_runs_of_other_seeds_on_the_same_folds_vote_together(cv_runs, tiny_dataset, tmp_path):
+    """A seed ensemble: its members' cv runs hold out the same recorders in each fold."""
+    alone = cv_ensemble([cv_runs / "a" / "mel"], _load(tiny_dataset), tmp_path / "alone.json", 0.1)
+    both = cv_ensemble([cv_runs / "a" / "mel", cv_runs / "d" / "mel"], _load(tiny_dataset),
+                       tmp_path / "both.json", 0.1)
+    assert both["members"] == [str(cv_runs / "a" / "mel"), str(cv_runs / "d" / "mel")]
+    assert both["seed"] == alone["seed"] == 0          # the folds and assembled recordings of the first
+    assert both["field"]["untuned"]["background_hours"] == alone["field"]["untuned"]["background_hours"]
 
 
 def test_members_from_other_folds_or_no_fold_models_are_refused(cv_runs, tiny_dataset, tmp_path):

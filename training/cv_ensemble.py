@@ -56,9 +56,10 @@ def _recipe(member: Path) -> tuple[dict, dict]:
 
 def _check_same_folds(members: list[Path], recipes: list[tuple[dict, dict]]) -> None:
     (first_summary, first), name = recipes[0], members[0]
+    # The folds are the recorders each holds out (a recorder is never split): runs of other seeds
+    # on those same folds vote together (a seed ensemble was refused for its seed alone).
     for member, (summary, result) in zip(members[1:], recipes[1:]):
-        if (summary["k"], summary["seed"], summary["folds"]) != (first_summary["k"], first_summary["seed"],
-                                                                 first_summary["folds"]):
+        if (summary["k"], summary["folds"]) != (first_summary["k"], first_summary["folds"]):
             raise DataError(f"{member}: its cv run used other folds than {name}'s")
         if (result["labels"], result["window_s"], result["hop_s"]) != (first["labels"], first["window_s"],
                                                                        first["hop_s"]):

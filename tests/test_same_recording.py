@@ -272,3 +272,47 @@ def test_a_file_replaced_while_it_waits_for_its_digests_lends_them_to_no_row(tmp
         entry = store.file_entry("20230201_053000.WAV")
         assert entry["tail_digest"] is None
         assert same_recording(store, path, "20230201_053000.WAV", path.stat(), entry) is None
+
+
+def test_moved_copied_and_other_recordings_are_settled_at_a_start_without_reading_them(tmp_path, duet):
+    """Found by a review: a recording noted as moved or copied, or as another recording under an
+    analysed name, was read again (and its twins looked for) at every start, twice per file."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "20230201_053000.WAV", duet)
+    write_wav(root / "20230202_053000.WAV", noise(6, seed=1))
+    watch_until_idle(root, db)
+    (root / "site7").mkdir()
+    os.rename(root / "20230201_053000.WAV", root / "site7" / "20230201_053000.WAV")
+    assert watch_until_idle(root, db).processed == 0
+    shutil.copy(root / "site7" / "20230201_053000.WAV", root / "20230201_053000 (1).WAV")
+    write_wav(root / "20230202_053000.WAV", noise(6, seed=2))     # a second recorder's card, same name
+    assert watch_until_idle(root, db).processed == 0
+    noted = {root / "site7" / "20230201_053000.WAV", root / "20230201_053000 (1).WAV",
+             root / "20230202_053000.WAV"}
+    with Store(db) as store:
+        watcher = Watcher(fast_config(root), analyzer(), store)
+        watcher.scan()
+        assert watcher.pending == set() and set(watcher.settled) == noted
+        assert watcher.others == {root / "20230202_053000.WAV"}     # still named in --until-idle's last line
+        # A file changed since it was noted is looked at again.
+        os.utime(root / "20230201_053000 (1).WAV", ns=(1, 1))
+        watcher.settled.clear()
+        watcher.scan()
+        assert watcher.pending == {root / "20230201_053000 (1).WAV"}
+
+
+def test_what_is_no_longer_there_is_forgotten_at_the_next_scan(tmp_path):
+    """Found by a review: a unit that deletes the recordings it analysed kept every name it had
+    ever seen (the watcher's memory grew by about 500 bytes a file for as long as it ran)."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    paths = [write_wav(root / f"20230201_05{m:02d}00.WAV", noise(2, seed=m)) for m in range(3)]
+    watch_until_idle(root, db)
+    with Store(db) as store:
+        watcher = Watcher(fast_config(root), analyzer(), store)
+        watcher.scan()
+        assert set(watcher.settled) == set(paths)
+        watcher.retry_at[paths[1]] = 1e12
+        for path in paths[:2]:
+            path.unlink()
+        watcher.scan()
+        assert set(watcher.settled) == {paths[2]} and watcher.retry_at == {}

@@ -19,6 +19,7 @@ from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
 from edgemon.files.directory import iter_audio, skipped_because
 from edgemon.files.recordings import header_consistent, recording_time
+from edgemon.files.triggered import silences_of
 from edgemon.safetext import shown
 from edgemon.storage import tables
 from edgemon.utc import utc_iso
@@ -43,6 +44,7 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
                 log.warning("%s: header inconsistent (%s); read as far as it goes", shown(str(path)), shown(why))
             analysis = analyzer.analyse_file(path)
             when = recording_time(Path(path))
+            left_out = silences_of(path)
             note = audio.not_said_yet(analysis.note)
             if note:   # read, but not as usual (a header never finalised, a cut FLAC)
                 log.warning("%s: %s", shown(str(path)), shown(note))
@@ -55,7 +57,8 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
             continue
 
         def at(offset: float) -> str | None:
-            return None if when.start_utc is None else utc_iso(when.start_utc + dt.timedelta(seconds=offset))
+            return (None if when.start_utc is None else
+                    utc_iso(when.start_utc + dt.timedelta(seconds=left_out.elapsed(offset))))
 
         for e in analysis.events:
             scientific, common = names.get(e.label, (None, None))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
+from edgemon.files.triggered import silences_of
 from edgemon.safetext import shown
 from edgemon.storage.readonly import connect_read_only, has_table, newest_device_id, recording_path
 from edgemon.storage.store import Detection, Store
@@ -139,6 +140,7 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
             continue
         try:
             analysis = analyzer.analyse_file(path)
+            left_out = silences_of(path)
         except Exception as exc:  # a per-file boundary: note it against the file, go on
             failed.append(f"{row['source']}: {exc}")
             continue
@@ -157,7 +159,7 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
         if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
             log.warning("%s: %s", shown(row["source"]), shown(analysis.note))
         start = None if row["start_utc"] is None else parse_utc(row["start_utc"])
-        at = (lambda s: None) if start is None else (lambda s: start + dt.timedelta(seconds=s))
+        at = (lambda s: None) if start is None else (lambda s: start + dt.timedelta(seconds=left_out.elapsed(s)))
         detections = [Detection(device_id=row["device_id"] or device_id, source=row["source"], start_s=e.start_s,
                                 end_s=e.end_s, start_utc=at(e.start_s), end_utc=at(e.end_s),
                                 time_source=row["time_source"] or "mtime", clock_suspect=bool(row["clock_suspect"]),

@@ -77,6 +77,13 @@ def _parse_filename(name: str) -> tuple[datetime, str, bool, bool] | None:
     return None
 
 
+def triggered_name(name: str) -> bool:
+    """Whether ``name`` is a triggered recording's (``…YYYYMMDD_HHMMSST.WAV``): its recorder left
+    silent stretches out (``files.triggered``)."""
+    m = _DATED_NAME.match(Path(name).name)
+    return bool(m and m["trig"])
+
+
 def _is_date(digits: str) -> bool:
     """Whether eight characters are a date YYYYMMDD (1990-2099): a person's "20230201.WAV" names
     a day, not hex Unix time (which would read as 1987; AudioMoth dates from 2017)."""

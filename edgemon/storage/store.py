@@ -389,6 +389,18 @@ class Store:
         rows = self.db.execute("SELECT source, size, mtime_ns FROM files WHERE state IN ('done', 'quarantined')")
         return {source: (size, mtime_ns) for source, size, mtime_ns in rows}
 
+    def noted_versions(self) -> dict[str, tuple[int, int, bool, str]]:
+        """``{path: (size, mtime_ns, other, ledger_path)}`` of the files ``watch`` noted as needing
+        no analysis while the recording they name stays analysed: a moved or copied recording
+        (``other`` False), or another recording under an analysed name (True); ``ledger_path``:
+        where the ledger has that recording. Paths as stored (``safetext.stored_name``)."""
+        rows = self.db.execute(
+            "SELECT n.path, n.size, n.mtime_ns, 0, f.path FROM same_recordings n JOIN files f "
+            "ON f.source = n.source AND f.state = 'done' UNION ALL "
+            "SELECT n.path, n.size, n.mtime_ns, 1, f.path FROM other_recordings n JOIN files f "
+            "ON f.source = n.source AND f.state = 'done'")
+        return {path: (size, mtime_ns, bool(other), ledger) for path, size, mtime_ns, other, ledger in rows}
+
     def unreadable_dirs(self) -> dict[str, str]:
         """``{path: error}`` of the directories the last scan could not read."""
         return dict(self.db.execute("SELECT path, error FROM unreadable_dirs").fetchall())

@@ -285,3 +285,36 @@ def test_a_stopped_reanalyse_goes_on_where_it_stopped(tmp_path):
         conn.execute("UPDATE files SET updated_at = '2999-01-01T00:00:00.000Z' WHERE source = ?",
                      ["S01/20240501_060000.WAV"])
     assert reanalyse(db, analyzer).files == 1 and reanalyse(db, analyzer, again=True).files == 2
+
+
+def test_reanalyse_keeps_what_watch_stored_while_it_read_the_recording(tmp_path):
+    """A review: `reanalyse` with watch's own bundle, while watch analysed the recording again
+    (written anew), replaced watch's newer detections with those of the audio it had read."""
+    from edgemon.storage.store import Store
+    from tests.watch_helpers import watch_until_idle
+
+    (tmp_path / "made").mkdir()
+    _, made = make_review_db(tmp_path / "made")
+    recordings, db = tmp_path / "rec", tmp_path / "w.db"
+    name = "S01/20240501_060000.WAV"
+    samples, rate = soundfile.read(made / name)
+    (recordings / "S01").mkdir(parents=True)
+    soundfile.write(recordings / name, samples, rate, subtype="PCM_16")
+    watch_until_idle(recordings, db)
+    assert _rows(db, "SELECT count(*) FROM detections") != [(0,)]
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    read = analyzer.analyse_file
+
+    def read_while_watch_stores_anew(path):
+        analysis = read(path)
+        ledger = _rows(db, "SELECT path, size, mtime_ns, duration_s, start_utc FROM files")[0]
+        with Store(db) as other:   # watch, meanwhile: the recording written anew, and nothing found in it
+            other.commit_file(name, path=ledger[0], size=ledger[1], mtime_ns=ledger[2] + 1, duration_s=ledger[3],
+                              start_utc=ledger[4], time_source="filename", clock_suspect=False,
+                              bundle_id=analyzer.bundle.bundle_id, detections=[])
+        return analysis
+
+    analyzer.analyse_file = read_while_watch_stores_anew
+    result = reanalyse(db, analyzer, again=True)
+    assert result.files == 0 and len(result.changed) == 1 and "analysed again by watch" in result.changed[0]
+    assert _rows(db, "SELECT count(*) FROM detections") == [(0,)]      # watch's newer result stands

@@ -166,7 +166,14 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
                                 label=e.label, confidence=e.confidence, score=e.score, votes=e.votes,
                                 bundle_id=bundle_id)
                       for e in analysis.events]
-        stored += store.replace_detections(row["source"], bundle_id, detections, analysis.duration_s)
+        # Watch may have analysed the recording again while it was read here (grown, or written
+        # again): its newer detections are kept (a review).
+        count = store.replace_detections(row["source"], bundle_id, detections, analysis.duration_s,
+                                         ledger_at=row["updated_at"])
+        if count is None:
+            changed.append(f"{row['source']}: analysed again by watch while reanalyse read it; run reanalyse again")
+            continue
+        stored += count
         done.append(row["source"])
         log.info("[%d/%d] %s: %d detection(s) with %s", i, len(files), row["source"], len(detections), bundle_id)
     return stored

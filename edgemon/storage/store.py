@@ -429,7 +429,7 @@ class Store:
         return len(rows)
 
     def replace_detections(self, source: str, bundle_id: str, detections: list[Detection],
-                           duration_s: float | None = None) -> int:
+                           duration_s: float | None = None, *, ledger_at: str | None = None) -> int | None:
         """Store ``bundle_id``'s detections of ``source`` in place of that bundle's earlier ones, in
         one transaction; other bundles' detections and the ledger are left alone (``reanalyse``).
         A detection found again unchanged keeps its row and id, so export cursors do not deliver it
@@ -438,13 +438,18 @@ class Store:
         new id, so cursors deliver it (a cursor that passed it below a --min-confidence would
         otherwise never see it rise), and its reviews follow it. The recording is recorded as
         analysed by ``bundle_id`` (``analyses``, with ``duration_s`` of audio read). Returns the
-        number stored. Raises ValueError if a detection names another source or bundle."""
+        number stored; None, storing nothing, when ``ledger_at`` is given and the recording's
+        ledger row is no longer that one (``watch`` analysed it again meanwhile: the detections
+        given are of the older recording). Raises ValueError if a detection names another source
+        or bundle."""
         _check_detections(detections, source, bundle_id)
         now = _now()
         rows = [_detection_row(d, now) for d in detections]
         with self._write() as db:
-            _replace_rows(db, source, bundle_id, rows)
             ledger = db.execute("SELECT updated_at FROM files WHERE source = ?", [source]).fetchone()
+            if ledger_at is not None and (ledger is None or ledger[0] != ledger_at):
+                return None
+            _replace_rows(db, source, bundle_id, rows)
             _mark_analysed(db, source, bundle_id, duration_s, now, ledger_at=None if ledger is None else ledger[0])
         return len(rows)
 

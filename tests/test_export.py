@@ -186,8 +186,11 @@ def test_a_cursor_export_appends_to_its_file_under_one_header_and_refuses_anothe
         export_detections(db_path, "birdnet", birdnet, new=True, cursor_name="bn")
     assert birdnet.read_text() == "something else\n" and export_detections(db_path, "birdnet", tmp_path / "bn.csv",
                                                                           new=True, cursor_name="bn") == 6
-    # A plain export (no cursor) still writes the file anew.
-    assert export_detections(db_path, "csv", out, label=["frog"]) == 2 and len(read_csv(out)) == 2
+    # A plain export (no cursor) would write it anew, losing what the cursor delivered: refused
+    # (tests/test_export_cursors.py).
+    with pytest.raises(ExportError, match="export cursor 'outbox' appends to this file"):
+        export_detections(db_path, "csv", out, label=["frog"])
+    assert len(read_csv(out)) == 6
 
 
 def test_appending_keeps_earlier_rows_byte_for_byte_and_knows_each_format(db_path, tmp_path):

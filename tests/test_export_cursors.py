@@ -521,3 +521,28 @@ def test_a_label_filter_on_the_background_class_is_refused(db_path):
     assert "bird, frog" in silent.output
     typo = runner.invoke(app, ["export-detections", "--db", str(db_path), "--label", "gibon"])
     assert typo.exit_code == 1 and "unknown label(s) 'gibon'" in typo.output and "background" not in typo.output
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "birdnet"])
+def test_a_plain_export_is_refused_a_file_a_cursor_appends_to(db_path, tmp_path, fmt):
+    """A newcomer trial: `export-detections --label X --output sync/day.csv` replaced the file a
+    cursor had delivered 48 rows to with 1 row, and the cursor never sent the 46 lost ones again."""
+    from edgemon.storage.export_files import ExportError
+
+    out = tmp_path / "sync" / f"day.{fmt}"
+    out.parent.mkdir()
+    delivered = export_detections(db_path, fmt, out, new=True, cursor_name="sync")
+    assert delivered == 5
+    before = out.read_bytes()
+    with pytest.raises(ExportError, match=r"export cursor 'sync' appends to this file"):
+        export_detections(db_path, fmt, out, label=["frog"])
+    assert out.read_bytes() == before
+    linked = tmp_path / "link"
+    linked.symlink_to(out.parent)                       # the same file by another name
+    with pytest.raises(ExportError, match="'sync'"):
+        export_detections(db_path, fmt, linked / out.name)
+    result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--format", fmt, "--output", str(out)])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1 and str(out) in result.output
+    assert export_detections(db_path, fmt, tmp_path / f"elsewhere.{fmt}") == 5      # elsewhere, as before
+    out.unlink()                                        # deleted on purpose: written anew
+    assert export_detections(db_path, fmt, out) == 5

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
-from edgemon.safetext import shown
-from edgemon.storage.readonly import time_range
+from edgemon.safetext import shown, stored_name
+from edgemon.storage.readonly import has_table, time_range
 from edgemon.storage.tables import HALF_SHOWN_STEP
 from edgemon.utc import utc_iso
 
@@ -118,6 +118,25 @@ def has_filters(conn: sqlite3.Connection) -> bool:
     return any(row[1] == "filter" for row in conn.execute("PRAGMA table_info(export_cursors)"))
 
 
+def cursors_up_to_date(conn: sqlite3.Connection) -> bool:
+    """Whether the database's cursors carry filters and note their files (m004, m015): a cursor
+    export migrates a database first where not."""
+    return has_filters(conn) and has_table(conn, "cursor_outputs")
+
+
+def refuse_a_cursors_file(conn: sqlite3.Connection, output: Path, error: type[EdgemonError]) -> None:
+    """Refuse (``error``, one line) a plain export to a file an export cursor appends to: it would
+    replace the file, and the rows the cursor has moved past would never be delivered again."""
+    if not has_table(conn, "cursor_outputs") or not output.exists():
+        return
+    row = conn.execute("SELECT cursor FROM cursor_outputs WHERE path = ?",
+                       [stored_name(output.resolve())]).fetchone()
+    if row is not None:
+        raise error(f"--output {output}: export cursor {row[0]!r} appends to this file; a plain export would "
+                    f"replace it, and the rows the cursor delivered there would not be delivered again: write "
+                    f"elsewhere, or export with --cursor {row[0]}")
+
+
 def read_cursor(conn: sqlite3.Connection, name: str) -> Cursor | None:
     row = conn.execute("SELECT name, filter, last_id, coalesce(exported_at, updated_at), delivered "
                        "FROM export_cursors WHERE name = ?", [name]).fetchone()
@@ -159,14 +178,16 @@ def advance(db_path: Path, name: str, wanted: CursorFilter, last_id: int, delive
 
 
 @contextlib.contextmanager
-def advancing(db_path: Path, name: str, wanted: CursorFilter, last_id: int, delivered: int) -> Iterator[None]:
+def advancing(db_path: Path, name: str, wanted: CursorFilter, last_id: int, delivered: int, *,
+              output: Path | None = None) -> Iterator[None]:
     """Record an export under cursor ``name`` — position ``last_id`` (only ever forward, so a slower
     concurrent export cannot move it back), filter, time, rows delivered — in a short write
     transaction held across the block: written and checked before it, committed right after it,
     rolled back if it fails. The export's files are complete and their renames journaled before
     it, and renamed after it (``export_files.atomic_texts``): a failure up to the commit leaves
     files and cursor as they were (a repeat appends nothing twice), and a cursor that cannot be
-    written stops the files from moving."""
+    written stops the files from moving. ``output``: the csv, jsonl or birdnet file it appends
+    to, noted as the cursor's (``cursor_outputs``: a plain export will not replace it)."""
     uri = db_path.resolve().as_uri() + "?mode=rw"
     now = utc_iso(dt.datetime.now(dt.timezone.utc))
     try:
@@ -184,6 +205,9 @@ def advancing(db_path: Path, name: str, wanted: CursorFilter, last_id: int, deli
                 "filter = excluded.filter, exported_at = excluded.exported_at, "
                 "delivered = delivered + excluded.delivered",
                 [name, last_id, now, wanted.to_json(), now, delivered])
+            if output is not None and delivered:
+                conn.execute("INSERT OR REPLACE INTO cursor_outputs (path, cursor, noted_utc) VALUES (?, ?, ?)",
+                             [stored_name(output.resolve()), name, now])
         except sqlite3.Error as e:
             raise CursorError(f"cannot advance export cursor {name!r} in {db_path}: {e}") from e
         yield

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TextIO
 
 from edgemon.storage import tables
-from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advancing, check_filter, has_filters,
-                                     read_cursor, write_through)
+from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advancing, check_filter, cursors_up_to_date,
+                                     read_cursor, refuse_a_cursors_file, write_through)
 from edgemon.storage.export_files import (CursorMove, ExportError, OutputClosed, atomic_text, write_file,
                                          write_raven)
 from edgemon.storage.export_journal import JournalError, finish_pending
@@ -97,7 +97,8 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
             rows = _select(conn, db_path, wanted, span, found, raven=fmt == "raven")
             # A cursor moves with the files: it commits with their renames journaled, then they follow.
             moving = None if span is None else CursorMove(db_path, cursor_name, span[1], functools.partial(
-                advancing, db_path, cursor_name, wanted, span[1]))
+                advancing, db_path, cursor_name, wanted, span[1],
+                output=None if output is None or fmt == "raven" else Path(output)))
             try:
                 if fmt == "raven":
                     claim = check_directory(conn, db_path, Path(output), ExportError, cursor_name if new else None,
@@ -109,6 +110,8 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                 elif output is None:
                     count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
                 else:
+                    if not new:
+                        refuse_a_cursors_file(conn, Path(output), ExportError)
                     count = write_file(tables.WRITERS[fmt], tables.with_local_time(rows, zone), Path(output),
                                        new, moving, _alone(conn) if fmt == "birdnet" else None)
             except sqlite3.Error as e:
@@ -148,7 +151,7 @@ def _open(db_path: Path, migrate_cursors: bool = False) -> tuple[sqlite3.Connect
     conn.create_function("shown_confidence", 1, tables.shown_confidence, deterministic=True)   # CursorFilter.where
     try:
         found = edgemon_tables(conn, db_path, ExportError)
-        if not migrate_cursors or has_filters(conn):
+        if not migrate_cursors or cursors_up_to_date(conn):
             return conn, found
     except sqlite3.Error as e:
         conn.close()

@@ -400,3 +400,17 @@ def m014_analyses(db: sqlite_utils.Database) -> None:
         SELECT d.source, d.bundle_id, NULL, max(d.created_at), NULL
         FROM detections d JOIN files f ON f.source = d.source WHERE f.state = 'done'
         GROUP BY d.source, d.bundle_id""")
+
+
+@MIGRATIONS()
+def m015_cursor_outputs(db: sqlite_utils.Database) -> None:
+    """The csv, jsonl and birdnet files an export cursor appends to (resolved paths). A plain
+    export to one of them replaced it whole, and the rows the cursor had moved past were never
+    delivered again (a newcomer trial: 46 of 48 gone); it is refused now, as a plain export into
+    a cursor's Raven directory already was (``raven_owner``)."""
+    db.execute("""
+        CREATE TABLE cursor_outputs (
+            path TEXT PRIMARY KEY,
+            cursor TEXT NOT NULL,
+            noted_utc TEXT NOT NULL
+        )""")

@@ -563,3 +563,16 @@ def test_classify_table_shows_local_times_with_a_time_zone(duet_recording, tmp_p
     assert "\t" not in result.stdout and "tab\\there" in first and "+08:00" in first
     plain = runner.invoke(app, ["classify", str(duet_recording)])
     assert "start_local" not in plain.stdout.splitlines()[0]
+
+
+def test_classify_refuses_a_pipe_named_like_a_recording_and_goes_on(duet_recording, tmp_path):
+    """A newcomer trial: `edgemon classify` on a FIFO called *.WAV waited for ever, and the other
+    files of its directory were never printed (watch quarantines such a file)."""
+    card = tmp_path / "card"
+    card.mkdir()
+    (card / "20180301_060000.WAV").write_bytes(duet_recording.read_bytes())
+    os.mkfifo(card / "20180301_070000.WAV")
+    done = subprocess.run([sys.executable, "-m", "edgemon", "classify", str(card)], capture_output=True,
+                          text=True, timeout=120)
+    assert "20180301_070000.WAV: not a regular file (a pipe or a device)" in done.stderr
+    assert "gibbon_duet" in done.stdout and done.returncode == 1

@@ -381,15 +381,19 @@ def test_verdicts_export_as_csv(review_db, tmp_path):
     rows = reviews.list_detections(db, order="time")
     reviews.add_verdict(db, rows[0]["id"], "wrong", "ann")
     reviews.add_verdict(db, rows[1]["id"], "relabel", "bob", new_label="great_argus")
+    reviews.add_verdict(db, rows[0]["id"], "unsure", "bob")      # supersedes ann's
     out = tmp_path / "verdicts.csv"
     result = subprocess.run([sys.executable, "-m", "edgemon", "review", "--db", str(db), "--export", str(out)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     with out.open() as f:
         exported = list(csv.DictReader(f))
-    assert [(r["source"], r["start_s"], r["verdict"], r["new_label"], r["reviewer"], r["device_id"]) for r in exported] == [
-        ("S01/20240501_060000.WAV", "2.0", "wrong", "", "ann", "S01"),
-        ("S01/20240501_060000.WAV", "10.0", "relabel", "great_argus", "bob", "S01")]
+    # A newcomer trial: superseded verdicts were listed like current ones; `current` tells them.
+    assert [(r["source"], r["start_s"], r["verdict"], r["new_label"], r["reviewer"], r["device_id"], r["current"])
+            for r in exported] == [
+        ("S01/20240501_060000.WAV", "2.0", "wrong", "", "ann", "S01", "0"),
+        ("S01/20240501_060000.WAV", "10.0", "relabel", "great_argus", "bob", "S01", "1"),
+        ("S01/20240501_060000.WAV", "2.0", "unsure", "", "bob", "S01", "1")]
 
 
 def test_an_output_that_is_the_database_is_refused_and_the_database_kept(review_db, tmp_path):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import os
+import stat
 import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,8 +88,12 @@ def _audio_files(paths: list[Path], errors: list[str]) -> Iterator[Path]:
 
 
 def _check_readable(path: Path) -> None:
-    """Say in the file's own words why it cannot be opened (libsndfile says 'System error.')."""
+    """Say in the file's own words why it cannot be opened (libsndfile says 'System error.'). A
+    pipe or device named like a recording is refused before it is opened: opening a pipe waited
+    for a writer for ever (a newcomer trial; watch quarantines one)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path):
+            raise AudioError(f"{path}: not a regular file (a pipe or a device), not a recording")
         with open(path, "rb"):
             pass
     except FileNotFoundError:

@@ -318,19 +318,23 @@ def days_and_labels(db_path: Path) -> tuple[list[str], list[str], list[str]]:
 
 
 REVIEW_COLUMNS = ("id", "detection_id", "source", "start_s", "end_s", "start_utc", "device_id", "label",
-                  "confidence", "bundle_id", "verdict", "new_label", "reviewer", "reviewed_at")
+                  "confidence", "bundle_id", "verdict", "new_label", "reviewer", "reviewed_at", "current")
 
 
 def write_reviews_csv(db_path: Path, out: TextIO) -> int:
     """Every stored verdict (all reviewers) with its detection's time, device and confidence, as CSV
     in review order; returns the number of rows. A detection no longer stored leaves those blank.
-    Reads only (a database from before reviews has none to give)."""
+    ``current`` is 1 for the verdict that stands (the latest on its detection, as the page,
+    precision and adapt read it), 0 for one it superseded: a precision counted from every row
+    counted the superseded ones too (a newcomer trial). Reads only (a database from before
+    reviews has none to give)."""
     rows = []
     with closing(open_read_only(db_path, ReviewError)) as conn:
         if "reviews" in edgemon_tables(conn, db_path, ReviewError, NOT_CHANGED):
-            rows = conn.execute("""
+            rows = conn.execute(f"""
             SELECT r.id, r.detection_id, r.source, r.start_s, d.end_s, d.start_utc, d.device_id, r.label,
-                   round(d.confidence, 4), r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at
+                   round(d.confidence, 4), r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at,
+                   r.id IN (SELECT id FROM ({LATEST_VERDICTS}))
             FROM reviews r LEFT JOIN detections d ON d.source = r.source AND d.start_s = r.start_s
                  AND d.label = r.label AND d.bundle_id = r.bundle_id
             ORDER BY r.reviewed_at, r.id""").fetchall()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import os
 import shutil
 import sqlite3
@@ -23,7 +24,7 @@ from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.storage.cursors import list_cursors
 from edgemon.storage.export_journal import pending as pending_exports
 from edgemon.storage.lock import daemon_gone
-from edgemon.storage.readonly import open_read_only, quick_check
+from edgemon.storage.readonly import has_table, open_read_only, quick_check
 from edgemon.storage.store import COVERAGE_LOSSES
 from edgemon.utc import UTC, parse_utc, utc_iso
 
@@ -117,7 +118,20 @@ def _database(conn: sqlite3.Connection, db_path: Path, integrity: bool) -> dict:
         except sqlite3.DatabaseError as e:
             result = f"error: {e}"
     return {"path": str(db_path), "size_mb": round(db_path.stat().st_size / MB, 2),
-            "wal_mb": round(wal.stat().st_size / MB, 2) if wal.exists() else 0.0, "integrity": result}
+            "wal_mb": round(wal.stat().st_size / MB, 2) if wal.exists() else 0.0, "integrity": result,
+            "moved_aside": _moved_aside(conn)}
+
+
+def _moved_aside(conn: sqlite3.Connection) -> dict | None:
+    """The damaged database this one replaced (``recovery.open_or_recover``), while its file is
+    still there: what it held is not in this one."""
+    try:
+        row = conn.execute("SELECT value FROM sync_meta WHERE key = 'moved_aside'").fetchone() \
+            if has_table(conn, "sync_meta") else None
+        aside = None if row is None else json.loads(row[0])
+    except (sqlite3.Error, ValueError):
+        return None
+    return aside if isinstance(aside, dict) and Path(str(aside.get("path"))).exists() else None
 
 
 def _worked_past_the_last_heartbeat(service: dict, last_file: dict | None) -> None:
@@ -275,6 +289,10 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
     integrity = status["database"]["integrity"]
     if integrity not in ("ok", "not checked"):
         problems.append(f"database integrity: {integrity}")
+    if aside := status["database"].get("moved_aside"):
+        problems.append(f"this database was started afresh: the damaged one ({aside.get('found')}) was moved aside to "
+                        f"{aside['path']}" + (f", which holds {aside['left']} not here" if aside.get("left") else "")
+                        + "; delete or move that file once done with it")
     service = status["service"]
     if service["state"] == "silent" and "process_gone" in service:
         problems.append(f"edgemon is not running: its process (pid {service['process_gone']}) ended without "

@@ -607,3 +607,36 @@ def test_a_database_hold_ends_when_writes_go_through_not_at_the_next_committed_f
         thread.join(timeout=30)
     assert "error" not in made, made.get("error")
     assert ledger(db) == [("20240701_060000.WAV", "done", 1)]
+
+
+def test_a_rebuilt_database_says_what_the_damaged_one_still_holds(tmp_path, caplog):
+    """A newcomer trial: after damage to the detections' pages the database was moved aside and a
+    fresh one started; its 50 verdicts and its export cursor stayed in the old file without a word,
+    and `edgemon status` said "problems: none"."""
+    import logging
+
+    from edgemon.review import reviews
+    from edgemon.status import collect_status, format_status
+    from edgemon.storage.export import export_detections
+    from tests.review_helpers import make_review_db
+
+    db, _ = make_review_db(tmp_path)
+    detections = reviews.list_detections(db, order="time")
+    reviews.add_verdict(db, detections[0]["id"], "wrong", "ann")
+    reviews.add_verdict(db, detections[1]["id"], "correct", "ann")
+    assert export_detections(db, "csv", tmp_path / "sync.csv", new=True, cursor_name="sync") == len(detections)
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (page,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'detections'").fetchone()
+    data = bytearray(db.read_bytes())
+    data[(page - 1) * 4096:(page - 1) * 4096 + 64] = b"\x0d\x00\x00\xff\xff" * 12 + b"\xff" * 4
+    db.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR, logger="edgemon.storage.recovery"), open_or_recover(db):
+        pass
+    (aside,) = [p for p in tmp_path.glob("review.db.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert f"{aside} holds 2 verdict(s) and 1 export cursor(s) that the fresh database does not have" in caplog.text
+    problems = collect_status(db)["problems"]
+    assert any("started afresh" in p and str(aside) in p and "2 verdict(s)" in p for p in problems), problems
+    assert "problems: none" not in format_status(collect_status(db))
+    aside.rename(tmp_path / "elsewhere.db")              # dealt with: no longer a problem
+    assert not any("started afresh" in p for p in collect_status(db)["problems"])

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import sqlite3
 from pathlib import Path
 
 from edgemon.safetext import shown
 from edgemon.storage.disk_budget import full_disk_note
-from edgemon.storage.readonly import BUSY_TIMEOUT_MS, connect_read_only, error_code, quick_check
+from edgemon.storage.readonly import BUSY_TIMEOUT_MS, connect_read_only, error_code, has_table, quick_check
 from edgemon.storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -141,15 +142,41 @@ def open_or_recover(path: str | Path) -> Store:
         log.error("detections database %s is corrupt (%s); moved it aside to %s and started a fresh one. "
                   "Every recording will be analysed again. Nothing was deleted; to salvage old rows: "
                   "sqlite3 %s .recover | sqlite3 salvaged.db", shown(path), shown(found), shown(aside), shown(aside))
+        left = left_behind(aside)
+        if left:
+            log.error("%s holds %s that the fresh database does not have: `edgemon review --db %s --export "
+                      "verdicts.csv` lists its verdicts; export cursors start again (a cursor's file is not "
+                      "given the rows it holds twice)", shown(aside), left, shown(aside))
         store = Store(path)
-        if was is not None:
-            # The same recorder's database: what keys an output to one database (a Raven directory's
-            # owner note) takes it for its predecessor (a newcomer trial: refused for good under
-            # the default device id, by a message naming the one path as two databases).
-            with store.db.conn:
+        with store.db.conn:
+            if was is not None:
+                # The same recorder's database: what keys an output to one database (a Raven directory's
+                # owner note) takes it for its predecessor (a newcomer trial: refused for good under
+                # the default device id, by a message naming the one path as two databases).
                 store.db.execute("INSERT OR REPLACE INTO sync_meta (key, value) VALUES ('rebuilt_from', ?)", [was])
+            # `edgemon status` names it while the file is there (it said "problems: none").
+            store.db.execute("INSERT OR REPLACE INTO sync_meta (key, value) VALUES ('moved_aside', ?)",
+                             [json.dumps({"path": str(aside), "found": found, "left": left})])
         return store
     return Store(path)
+
+
+def left_behind(aside: Path) -> str:
+    """What of a reviewer's or an export's a database moved aside still holds, in words ("50
+    verdict(s) and 1 export cursor(s)"), as far as its damaged pages can be read; "" for none."""
+    said = []
+    for table, what in (("reviews", "verdict(s)"), ("export_cursors", "export cursor(s)")):
+        try:
+            with contextlib.closing(connect_read_only(aside, timeout_s=1.0)) as conn:
+                if not has_table(conn, table):
+                    continue
+                (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        except sqlite3.Error:
+            said.append(f"{what[:-3]}s, maybe (its {table} table cannot be read)")
+            continue
+        if count:
+            said.append(f"{count} {what}")
+    return " and ".join(said)
 
 
 def _own_id(path: Path) -> str | None:

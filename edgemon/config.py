@@ -250,7 +250,7 @@ def _cli_values(cli: Any) -> dict[str, Any]:
 
 def _config_path(config: str | Path | None, env: Mapping[str, str], default_path: Path | None) -> Path | None:
     if config is not None or env.get(CONFIG_ENV):
-        path = Path(config if config is not None else env[CONFIG_ENV])
+        path = Path(config if config is not None else env[CONFIG_ENV]).expanduser()
         if path.is_dir():
             raise ConfigError(f"config file {path} is a directory: give the TOML file in it")
         if not path.is_file():

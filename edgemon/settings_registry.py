@@ -111,7 +111,8 @@ def checked(s: Setting, value: Any, where: str, error: type[ConfigError] = Confi
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif s.kind is Path:
         ok = isinstance(value, (str, Path)) and str(value) != ""
-        value = Path(value) if ok else value
+        # "~/card" in a settings file: no shell expands it there (a newcomer trial: "no such directory")
+        value = Path(value).expanduser() if ok else value
     else:  # str; an integer is taken as its text (a device index, say)
         ok = isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != ""
         value = str(value) if ok else value

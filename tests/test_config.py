@@ -455,3 +455,16 @@ def test_a_password_in_the_sync_url_is_never_shown(tmp_path, caplog):
     assert "secret" not in shown and "other" not in shown
     assert "postgresql://u:***@h/db?password=***&sslmode=require" in settings.describe()
     assert settings.values["sync_url"].startswith("postgresql://u:secret@")   # the value itself is kept
+
+
+def test_a_tilde_in_the_settings_file_is_the_home_directory(tmp_path, monkeypatch):
+    """A newcomer trial: `db = "~/tilde.db"` and `directory = "~/card"` were taken literally (no
+    shell expands them in a file): "~/card: no such directory" of a directory that exists."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = write(tmp_path / "e.toml", 'db = "~/tilde.db"\n[watch]\ndirectory = "~/card"\n')
+    s = load_settings(config, env={}, default_path=None)
+    assert s.service.db == tmp_path / "tilde.db"
+    assert s.values["directory"] == tmp_path / "card"
+    (tmp_path / "conf").mkdir()
+    moved = shutil.copy(config, tmp_path / "conf" / "e.toml")
+    assert load_settings(env={"EDGEMON_CONFIG": "~/conf/e.toml"}, default_path=None).file == Path(moved)

@@ -386,6 +386,18 @@ def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]
     assert any(line.startswith(f"backlog: {n}/5 file(s) done") for n in range(1, 5) for line in lines), lines
     assert lines[-1].startswith("backlog done: 5 file(s)")
+    # With --settle-s 0 the first file was done before the backlog was counted: "0/4 ... backlog
+    # done: 4 file(s)" of 5 (a newcomer trial).
+    caplog.clear()
+    watch_until_idle(root, tmp_path / "f.db", progress_s=0.0, settle_s=0.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]
+    assert lines[0].startswith("backlog: 0/5 file(s) done") and lines[-1].startswith("backlog done: 5 file(s)"), lines
+    # And while one long file is decoded, block by block (it said nothing until the file ended).
+    caplog.clear()
+    recording(tmp_path / "long" / "20240701_070000.WAV", seconds=30.0)
+    watch_until_idle(tmp_path / "long", tmp_path / "g.db", progress_s=0.0, settle_s=0.0, block_s=5.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]
+    assert sum(line.startswith("backlog: 0/1 file(s) done") for line in lines) >= 6, lines   # a line per block
 
 
 def test_an_isolated_analysis_equals_the_daemons_own_and_reports_each_block(tmp_path):

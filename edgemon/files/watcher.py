@@ -315,8 +315,12 @@ class Watcher:
                 "hold_store" if self.store_error else "ok")
 
     def _tick(self) -> None:
-        """Mark progress for the watchdog, re-measure the disk when due, and let ``on_tick`` look."""
+        """Mark progress for the watchdog, re-measure the disk when due, let ``on_tick`` look, and
+        say the backlog's progress when due: before a file (with --settle-s 0 the first file was
+        done before the backlog was counted, and never counted) and while one is decoded (a long
+        file said nothing for minutes; both from a newcomer trial)."""
         self.last_progress = time.monotonic()
+        self._report_progress()
         if self.disk is not None:
             self.disk.check()
         if self.on_tick is not None:

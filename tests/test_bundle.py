@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgemon.analysis.bundle import load_bundle
-from edgemon.analysis.bundle_write import write_bundle
+from edgemon.analysis.bundle_write import check_replaceable, write_bundle
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
@@ -140,6 +140,13 @@ def test_a_bundle_never_replaces_what_is_not_a_bundle(member_files, bundle_dir, 
     assert write(bundle_dir).bundle_id   # an earlier bundle is replaced, as before
     (tmp_path / "empty").mkdir()
     assert write(tmp_path / "empty").labels == tuple(LABELS)
+    # A site's adapted bundle is not (a newcomer trial's typo replaced one with a toy); adapt may.
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    (bundle_dir / "manifest.json").write_text(json.dumps({**manifest, "adapted": {"from": "parent"}}))
+    with pytest.raises(BundleError, match="holds a bundle adapted to a site"):
+        write(bundle_dir)
+    assert json.loads((bundle_dir / "manifest.json").read_text())["adapted"] == {"from": "parent"}
+    check_replaceable(bundle_dir, adapted_ok=True)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "other labels"])

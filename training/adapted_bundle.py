@@ -76,7 +76,7 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
     point = point or parent_point(parent)
     head, veto = written_corrections(parent, correction)
     out = out.resolve()
-    check_replaceable(out, [parent.path, *parent.member_paths])
+    check_replaceable(out, [parent.path, *parent.member_paths], adapted_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.adapt.", dir=out.parent))
     try:

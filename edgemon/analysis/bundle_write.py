@@ -55,11 +55,13 @@ def _umask() -> int:
     return mask
 
 
-def check_replaceable(out_dir: str | Path, inputs=()) -> None:
+def check_replaceable(out_dir: str | Path, inputs=(), adapted_ok: bool = False) -> None:
     """A bundle is written at ``out_dir`` only where there is nothing (or an empty directory), or
     an edgemon bundle that none of ``inputs`` (the files it is made from) lies in: a bundle
     replaces its directory whole, and replacing anything else (a training run, a file, the
-    working directory, the parent bundle) would delete it. BundleError naming it otherwise."""
+    working directory, the parent bundle) would delete it. A bundle adapted to a site is replaced
+    only by another adaptation (``adapted_ok``): a typo in a ``bundle --out`` replaced a site's
+    adapted bundle with a toy, without a word (a newcomer trial). BundleError naming it otherwise."""
     out_dir = Path(out_dir).resolve()
     if not out_dir.exists() and not out_dir.is_symlink():
         return
@@ -68,9 +70,13 @@ def check_replaceable(out_dir: str | Path, inputs=()) -> None:
     if not any(out_dir.iterdir()):
         return
     try:
-        is_bundle = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+        is_bundle = manifest.get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
-        is_bundle = False
+        manifest, is_bundle = {}, False
+    if is_bundle and manifest.get("adapted") and not adapted_ok:
+        raise _refuse(out_dir, "holds a bundle adapted to a site (edgemon-train adapt); this bundle would replace "
+                             "it: choose another --out, or move it aside first")
     if not is_bundle:
         raise _refuse(out_dir, "exists and is not an edgemon bundle; a bundle replaces its directory whole, "
                              "so this would delete what is there: choose another --out or move it aside")

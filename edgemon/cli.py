@@ -370,4 +370,5 @@ def main() -> None:
     # small product (the frontend's mel filterbank), ~13 % of a core while listening (bench/listen_load.py).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     console.setup_logging()
+    console.usage_errors_in_one_line()
     app()

@@ -124,3 +124,35 @@ def echo_error(message: str) -> None:
     """``error: MESSAGE`` on stderr, at error priority when stderr is the journal; one line."""
     line = "error: " + " ".join(str(message).splitlines())
     typer.echo((journal_prefix(logging.ERROR) if writes_to_journal() else "") + line, err=True)
+
+
+def usage_errors_in_one_line(argv: list[str] | None = None) -> None:
+    """Command-line mistakes (exit status 2) as one line naming the value given: click's own were
+    four lines ("Usage: …", "Try …", a blank, the error), and "Invalid value for '--settle-s':
+    Input should be a valid number" did not say that 'abc' was given (a newcomer trial)."""
+    import importlib
+
+    def show(self, file: TextIO | None = None) -> None:
+        ctx = getattr(self, "ctx", None)
+        command = ctx.command_path if ctx is not None else "edgemon"
+        given = _given_value(getattr(self, "param", None), sys.argv if argv is None else argv)
+        message = self.format_message().rstrip(".")
+        print(f"error: {command}: {message}{given}; see `{command} -h`", file=sys.stderr)
+
+    # Typer raises click's UsageError, or (from 0.24) that of the click it carries inside.
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            importlib.import_module(module).UsageError.show = show
+        except (ImportError, AttributeError):
+            continue
+
+
+def _given_value(param, argv: list[str]) -> str:
+    """" (given 'VALUE')" for an option whose value was refused, as the command line gave it."""
+    for i, arg in enumerate(argv):
+        for opt in getattr(param, "opts", ()) if getattr(param, "param_type_name", "") == "option" else ():
+            if arg == opt and i + 1 < len(argv):
+                return f" (given {argv[i + 1]!r})"
+            if arg.startswith(opt + "="):
+                return f" (given {arg.split('=', 1)[1]!r})"
+    return ""

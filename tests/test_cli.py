@@ -118,11 +118,19 @@ def test_failures_exit_1_and_refused_options_exit_2_in_one_line(args, code, mess
     assert result.output.startswith("error: ")
 
 
-@pytest.mark.parametrize("args", [["classify", "x.wav", "--format", "xml"], ["watch", "--settle-s", "soon"],
-                                  ["no-such-command"], ["status", "--no-such-option"]])
-def test_usage_errors_found_by_the_parser_exit_2(args):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2 and "Usage:" in result.output and "Traceback" not in result.output
+@pytest.mark.parametrize("args, said", [
+    (["classify", "x.wav", "--format", "xml"], "error: edgemon classify: Invalid value for '--format'"),
+    (["watch", "--settle-s", "soon"], "(given 'soon'); see `edgemon watch -h`"),
+    (["watch", "--settle-s=soon"], "(given 'soon')"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+    (["status", "--no-such-option"], "error: edgemon status: No such option: --no-such-option")])
+def test_usage_errors_found_by_the_parser_exit_2_in_one_line_naming_the_value(args, said):
+    """A newcomer trial: four lines (usage, a hint, a blank, the error), and the value refused
+    not named ("Input should be a valid number")."""
+    installed = Path(sys.executable).with_name("edgemon")    # as a user runs it (under -m it names python)
+    run = subprocess.run([str(installed), *args], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert said in run.stderr and "Traceback" not in run.stderr and "Usage:" not in run.stderr
 
 
 @pytest.mark.parametrize("program", ["edgemon", "edgemon-train"])

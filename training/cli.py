@@ -381,4 +381,5 @@ from training import cli_search  # noqa: E402,F401  (after everything it uses is
 
 def main() -> None:
     console.setup_logging()
+    console.usage_errors_in_one_line()
     app()

@@ -399,3 +399,20 @@ def test_rescans_are_spaced_out_where_a_scan_takes_long(tmp_path, monkeypatch):
         assert watcher._scan_timed() == pytest.approx(1005.0 + 50.0)
         took["s"] = 0.5                        # a quick scan: rescan_s as configured
         assert watcher._scan_timed() == pytest.approx(1005.5 + 30.0)
+
+
+def test_an_observer_that_cannot_start_is_retried_less_and_less_often(tmp_path, monkeypatch):
+    """Found by a review: an observer that could not start (the inotify watch limit of a card of
+    many folders) was retried, with a full rescan and two warnings, every rescan period for ever."""
+    import math
+
+    import edgemon.files.watcher as watcher_module
+
+    tries = []
+    monkeypatch.setattr(watcher_module, "start_observer", lambda root, hints: tries.append(time.monotonic()))
+    (tmp_path / "rec").mkdir()
+    started = time.monotonic()
+    watch_until_idle(tmp_path / "rec", tmp_path / "d.db", stop_after_s=2.0, until_idle=False, rescan_s=0.1)
+    elapsed = time.monotonic() - started
+    # the first start, then retries 0.1, 0.2, 0.4 ... s apart: at most log2(elapsed / 0.1) + 2 in all
+    assert 2 <= len(tries) <= math.log2(elapsed / 0.1) + 2, (len(tries), elapsed)

@@ -7,6 +7,7 @@ made or has died costs latency, never a recording (the watcher restarts it and r
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -66,7 +67,10 @@ def start_observer(root: Path, hints: queue.Queue) -> Observer | None:
         observer.schedule(Hints(hints, root), str(root), recursive=True)
         observer.start()
     except OSError as exc:  # the card is unmounted: rescans still run; retried each rescan period
-        log.warning("cannot watch %s for events: %s", shown(root), shown(exc))
+        limit = (" (the inotify watch limit, one watch a folder: raise it with sysctl fs.inotify.max_user_watches)"
+                 if exc.errno == errno.ENOSPC else "")
+        log.warning("cannot watch %s for events: %s%s; new recordings are found by rescans meanwhile", shown(root),
+                    shown(exc), limit)
     return observer
 
 

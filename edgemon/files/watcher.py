@@ -43,6 +43,7 @@ from pathlib import Path
 
 from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analysis, Analyzer
+from edgemon.backoff import Backoff
 from edgemon.files.backlog import BacklogProgress
 from edgemon.files.directory import check_root, file_version, iter_audio, mtime_ns, skipped_because, source_of
 from edgemon.files.events import observing, start_observer, stop_observer
@@ -74,6 +75,7 @@ class WatchConfig:
     progress_s: float = 60.0       # seconds between backlog progress lines
 
 
+OBSERVER_RETRY_MAX_S = 3600.0   # an observer that cannot start is tried again at most this far apart
 RESCAN_SHARE = 0.1        # of the time, at most, that rescans take (they are spaced out beyond rescan_s)
 DIGESTS_PER_SCAN = 200   # files an older edgemon analysed whose digests one scan reads (~130 KiB each)
 
@@ -238,16 +240,24 @@ class Watcher:
         observer = start_observer(self.root, self.hints)
         try:
             next_scan = self._scan_timed()
+            restart = Backoff(self.config.rescan_s, OBSERVER_RETRY_MAX_S)
             next_observe = 0.0
             while not stop.is_set():
                 # Its thread died (a handler raised) or the card went away: events stop and only
-                # rescans would remain. Restarted at once; while that fails, once per rescan period.
+                # rescans would remain. Restarted at once; while that fails, after a rescan period,
+                # then twice as long each time up to an hour: a failure that lasts (the inotify
+                # watch limit of a card of many folders) rescanned the whole tree and said so
+                # every 30 s, for ever (a review).
                 if not observing(observer) and time.monotonic() >= next_observe:
                     log.warning("file-system observer stopped; restarting it and rescanning")
                     stop_observer(observer)
                     observer = start_observer(self.root, self.hints)
-                    next_observe = 0.0 if observing(observer) else time.monotonic() + self.config.rescan_s
-                    self.scan()
+                    if observing(observer):
+                        restart.reset()
+                        next_observe = 0.0
+                    else:
+                        next_observe = time.monotonic() + restart.next()
+                    next_scan = self._scan_timed()
                 self._drain_hints()
                 for path in sorted(self.pending):
                     if stop.is_set() or not self._may_work():

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import sounddevice as sd
 
+from edgemon.backoff import Backoff
 from edgemon.errors import EdgemonError
 
 log = logging.getLogger(__name__)
@@ -192,22 +193,6 @@ class CaptureState(enum.Enum):
     DEVICE_LOST = "device_lost"
     REOPENING = "reopening"
     STOPPED = "stopped"
-
-
-class Backoff:
-    """Exponential delays: ``initial_s``, doubling, capped at ``max_s``; ``reset`` starts over."""
-
-    def __init__(self, initial_s: float = 0.5, max_s: float = 60.0, factor: float = 2.0):
-        self.initial_s, self.max_s, self.factor = initial_s, max_s, factor
-        self._next = initial_s
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._next * self.factor, self.max_s)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.initial_s
 
 
 @dataclasses.dataclass(frozen=True)

@@ -94,3 +94,31 @@ def test_watch_classify_and_reanalyse_time_a_call_after_a_silent_stretch(tmp_pat
     assert reanalyse(db, analyzer, again=True).files == 1
     with sqlite3.connect(db) as conn:
         assert sorted(r[0] for r in conn.execute("SELECT start_utc FROM detections")) == sorted(watched)
+
+
+def test_a_triggered_file_cut_short_or_never_finalised_keeps_its_markers_and_its_analysis(tmp_path):
+    """Found by a review: the markers were read with plain libsndfile. A triggered FLAC cut short
+    (analysed as far as it goes) was then quarantined, and crashed `classify`; a WAV whose header
+    was never finalised (read through a rewritten header) showed no marker: times silently wrong."""
+    from tests.watch_helpers import unfinalised_header
+
+    a, b = _int16(noise(8, seed=1)), _int16(noise(8, seed=2))
+    root = tmp_path / "rec"
+    write_triggered(root / "20240101_050000T.WAV", [a, 59, b])
+    unfinalised_header(root / "20240101_050000T.WAV")
+    assert silences(root / "20240101_050000T.WAV").at_s == pytest.approx((8.0,))
+    cut = root / "20240101_060000T.FLAC"
+    soundfile.write(cut, np.concatenate([a, marker(59 * BUFFER // MARKER_SAMPLES), b, b, b]), RATE,
+                    subtype="PCM_16", format="FLAC")
+    cut.write_bytes(cut.read_bytes()[: int(cut.stat().st_size * 0.7)])
+    assert silences(cut).at_s == pytest.approx((8.0,))                # before the break
+    assert not silences(tmp_path / "nothing.WAV") and not silences(tmp_path)
+    watch_until_idle(root, tmp_path / "d.db", incomplete_grace_s=0.2)
+    with sqlite3.connect(tmp_path / "d.db") as conn:
+        rows = conn.execute("SELECT source, state, error FROM files ORDER BY source").fetchall()
+    assert [(source, state) for source, state, _ in rows] == [("20240101_050000T.WAV", "done"),
+                                                              ("20240101_060000T.FLAC", "done")], rows
+    assert all("triggered recording: 1 silent stretch(es)" in error for _, _, error in rows), rows
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    _, errors = classify_files([cut], analyzer)
+    assert errors == []

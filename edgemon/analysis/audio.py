@@ -114,6 +114,9 @@ def _opened(path: Path) -> Iterator[tuple[soundfile.SoundFile, str | None, objec
         yield _open_into(stack, path)
 
 
+open_decoder = _opened   # for readers of the raw samples (``files.triggered``): opened as analysis opens it
+
+
 def _open_into(stack: contextlib.ExitStack, path: Path) -> tuple[soundfile.SoundFile, str | None, object]:
     stream, note = wav_repair.repaired(path)
     if stream is None:

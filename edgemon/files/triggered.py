@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from edgemon.analysis import audio, wav_repair
 from edgemon.files.recordings import triggered_name
 
 MARKER_SAMPLES = 256
@@ -62,26 +63,38 @@ def silences_of(path: str | Path) -> SilentStretches:
 
 def silences(path: str | Path) -> SilentStretches:
     """The silent stretches a triggered recording's markers stand for; none for a file of more
-    than one channel (AudioMoth records one). Raises what ``soundfile`` raises on a file it
-    cannot read."""
-    with soundfile.SoundFile(str(path)) as f:
-        if f.channels != 1:
-            return SilentStretches()
-        rate = f.samplerate
-        found: list[tuple[int, int]] = []
-        start = 0            # file offset (samples) of the block's first sample
-        carry = np.zeros(0, dtype=np.int16)
-        while True:
-            block = f.read(_READ_SAMPLES, dtype="int16")
-            if not len(block):
-                break
-            data = np.concatenate([carry, block])
-            base = start - len(carry)
-            for p, blocks in _markers(data):
-                if not found or base + p > found[-1][0]:
-                    found.append((base + p, blocks))
-            start += len(block)
-            carry = data[-(MARKER_SAMPLES - 1):]   # a marker across two reads is found in the next
+    than one channel (AudioMoth records one). Read as the analysis reads the file (a header
+    never finalised through ``wav_repair``), and as far as it can be decoded: a file cut short
+    keeps the markers before the break (the last read before it, up to ``_READ_SAMPLES``, is
+    lost), and one that cannot be read has none. Never raises for the file: the analysis has
+    said what it could read (a review: a cut ``…T.FLAC`` was quarantined here, and crashed
+    ``classify``)."""
+    found: list[tuple[int, int]] = []
+    rate = 0
+    try:
+        with audio.open_decoder(Path(path)) as (f, _, stream):
+            if f.channels != 1:
+                return SilentStretches()
+            rate = f.samplerate
+            start = 0            # file offset (samples) of the block's first sample
+            carry = np.zeros(0, dtype=np.int16)
+            while True:
+                try:
+                    block = f.read(_READ_SAMPLES, dtype="int16")
+                    wav_repair.check(stream)
+                except (soundfile.LibsndfileError, RuntimeError, OSError):
+                    break        # where decoding stops, as for the analysis
+                if not len(block):
+                    break
+                data = np.concatenate([carry, block])
+                base = start - len(carry)
+                for p, blocks in _markers(data):
+                    if not found or base + p > found[-1][0]:
+                        found.append((base + p, blocks))
+                start += len(block)
+                carry = data[-(MARKER_SAMPLES - 1):]   # a marker across two reads is found in the next
+    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError):
+        pass
     at, left = [], []
     for p, blocks in found:
         silent = (blocks - 1) * MARKER_SAMPLES / rate

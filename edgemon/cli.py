@@ -266,7 +266,7 @@ def export_detections(
     config: ConfigOpt = None,
 ):
     """Export detections; reads only, so it never blocks the daemon."""
-    from edgemon.storage.export import export_coverage, export_detections as run_export
+    from edgemon.storage.export import export_coverage, export_detections as run_export, refuse_cursors_files
     from edgemon.signals import Terminated, terminate_as_interrupt
     from edgemon.storage.export_files import ExportError, OutputClosed, refuse_the_database
     from edgemon.storage.output_target import check_output
@@ -287,6 +287,8 @@ def export_detections(
         if fmt is not ExportFormat.raven:   # raven's --output is a directory of tables
             check_output(output, "--output", ExportError, appending=new or cursor is not None)
         check_output(coverage, "--coverage", ExportError)
+        refuse_cursors_files(db, [(coverage, "--coverage")] + ([] if new or cursor is not None or
+                                                              fmt is ExportFormat.raven else [(output, "--output")]))
         times = [None if t is None else _parse_time(t, option) for t, option in ((since, "--since"), (until, "--until"))]
         if None not in times and times[0] >= times[1]:
             raise OptionError(f"--since {since} is not before --until {until}: nothing could match")

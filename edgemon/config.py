@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from edgemon.settings_registry import (BY_NAME, COMMAND_LINE, ENV_PREFIX, SETTINGS, TABLES, ConfigError, OptionError,
-                                       checked, did_you_mean, from_text, where_from)
+                                       checked, did_you_mean, expand_home, from_text, where_from)
 
 if TYPE_CHECKING:   # for annotations only; see ServiceConfig for why they are imported late
     from edgemon.files.watcher import WatchConfig
@@ -250,7 +250,8 @@ def _cli_values(cli: Any) -> dict[str, Any]:
 
 def _config_path(config: str | Path | None, env: Mapping[str, str], default_path: Path | None) -> Path | None:
     if config is not None or env.get(CONFIG_ENV):
-        path = Path(config if config is not None else env[CONFIG_ENV]).expanduser()
+        path = expand_home(Path(config if config is not None else env[CONFIG_ENV]),
+                           "--config" if config is not None else f"env {CONFIG_ENV}")
         if path.is_dir():
             raise ConfigError(f"config file {path} is a directory: give the TOML file in it")
         if not path.is_file():

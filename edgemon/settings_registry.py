@@ -96,6 +96,15 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME: Mapping[str, Setting] = MappingProxyType({s.name: s for s in SETTINGS})
 TABLES = ("watch", "listen", "health", "disk", "sync")
 
+def expand_home(path: Path, where: str, error: type[ConfigError] = ConfigError) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; ``error`` naming ``where`` when there
+    is no such home (a review: a traceback)."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise error(f"{where}: {str(path)!r}: no home directory for {path.parts[0]!r}") from None
+
+
 def checked(s: Setting, value: Any, where: str, error: type[ConfigError] = ConfigError) -> Any:
     """``value`` (from TOML or an option) as the setting's type, or ``error`` saying why not."""
     if value is None:
@@ -112,7 +121,7 @@ def checked(s: Setting, value: Any, where: str, error: type[ConfigError] = Confi
     elif s.kind is Path:
         ok = isinstance(value, (str, Path)) and str(value) != ""
         # "~/card" in a settings file: no shell expands it there (a newcomer trial: "no such directory")
-        value = Path(value).expanduser() if ok else value
+        value = expand_home(Path(value), where, error) if ok else value
     else:  # str; an integer is taken as its text (a device index, say)
         ok = isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != ""
         value = str(value) if ok else value

@@ -546,3 +546,25 @@ def test_a_plain_export_is_refused_a_file_a_cursor_appends_to(db_path, tmp_path,
     assert export_detections(db_path, fmt, tmp_path / f"elsewhere.{fmt}") == 5      # elsewhere, as before
     out.unlink()                                        # deleted on purpose: written anew
     assert export_detections(db_path, fmt, out) == 5
+
+
+def test_coverage_and_a_cursor_file_from_before_the_upgrade_are_refused_too(db_path, tmp_path):
+    """Found by a review: `--coverage` still replaced a cursor's file (and was written before a
+    refused --output); and a file a cursor had filled before its database noted cursor files was
+    unprotected until the cursor delivered a new row."""
+    out = tmp_path / "day.csv"
+    assert export_detections(db_path, "csv", out, new=True, cursor_name="sync") == 5
+    before = out.read_bytes()
+    result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(tmp_path / "x.csv"),
+                                 "--coverage", str(out)])
+    assert result.exit_code == 1 and "--coverage" in result.output and "'sync'" in result.output
+    assert out.read_bytes() == before and not (tmp_path / "x.csv").exists()
+    elsewhere = tmp_path / "coverage.csv"
+    result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(out),
+                                 "--coverage", str(elsewhere)])
+    assert result.exit_code == 1 and not elsewhere.exists() and out.read_bytes() == before
+    with sqlite3.connect(db_path) as conn:    # as a database migrated to m015 after the cursor's exports
+        conn.execute("DELETE FROM cursor_outputs")
+    assert export_detections(db_path, "csv", out, new=True, cursor_name="sync") == 0   # nothing new, but noted
+    result = runner.invoke(app, ["export-detections", "--db", str(db_path), "--output", str(out)])
+    assert result.exit_code == 1 and out.read_bytes() == before

@@ -640,3 +640,17 @@ def test_a_rebuilt_database_says_what_the_damaged_one_still_holds(tmp_path, capl
     assert "problems: none" not in format_status(collect_status(db))
     aside.rename(tmp_path / "elsewhere.db")              # dealt with: no longer a problem
     assert not any("started afresh" in p for p in collect_status(db)["problems"])
+
+
+def test_a_database_rebuilt_under_a_relative_name_is_named_from_anywhere(tmp_path, monkeypatch):
+    """Found by a review: the moved file was noted by the relative name the unit used (the default
+    `db` is `edgemon.db`), and `status` run from elsewhere no longer listed it."""
+    from edgemon.status import collect_status
+
+    monkeypatch.chdir(tmp_path)
+    Path("edgemon.db").write_bytes(b"not SQLite at all; an SD card wrote the wrong sector here. " * 200)
+    with open_or_recover(Path("edgemon.db")):
+        pass
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert any("started afresh" in p for p in collect_status(tmp_path / "edgemon.db")["problems"])

@@ -124,17 +124,19 @@ def cursors_up_to_date(conn: sqlite3.Connection) -> bool:
     return has_filters(conn) and has_table(conn, "cursor_outputs")
 
 
-def refuse_a_cursors_file(conn: sqlite3.Connection, output: Path, error: type[EdgemonError]) -> None:
-    """Refuse (``error``, one line) a plain export to a file an export cursor appends to: it would
-    replace the file, and the rows the cursor has moved past would never be delivered again."""
+def refuse_a_cursors_file(conn: sqlite3.Connection, output: Path, error: type[EdgemonError],
+                          option: str = "--output") -> None:
+    """Refuse (``error``, one line) a plain export (or ``--coverage``) to a file an export cursor
+    appends to: it would replace the file, and the rows the cursor has moved past would never be
+    delivered again."""
     if not has_table(conn, "cursor_outputs") or not output.exists():
         return
     row = conn.execute("SELECT cursor FROM cursor_outputs WHERE path = ?",
                        [stored_name(output.resolve())]).fetchone()
     if row is not None:
-        raise error(f"--output {output}: export cursor {row[0]!r} appends to this file; a plain export would "
+        raise error(f"{option} {output}: export cursor {row[0]!r} appends to this file; a plain export would "
                     f"replace it, and the rows the cursor delivered there would not be delivered again: write "
-                    f"elsewhere, or export with --cursor {row[0]}")
+                    f"elsewhere" + (f", or export with --cursor {row[0]}" if option == "--output" else ""))
 
 
 def read_cursor(conn: sqlite3.Connection, name: str) -> Cursor | None:
@@ -205,7 +207,9 @@ def advancing(db_path: Path, name: str, wanted: CursorFilter, last_id: int, deli
                 "filter = excluded.filter, exported_at = excluded.exported_at, "
                 "delivered = delivered + excluded.delivered",
                 [name, last_id, now, wanted.to_json(), now, delivered])
-            if output is not None and delivered:
+            # Noted also when nothing was new, for a file there already: one a cursor filled
+            # before its database knew cursor_outputs was unprotected until a new row (a review).
+            if output is not None and (delivered or output.exists()):
                 conn.execute("INSERT OR REPLACE INTO cursor_outputs (path, cursor, noted_utc) VALUES (?, ?, ?)",
                              [stored_name(output.resolve()), name, now])
         except sqlite3.Error as e:

@@ -143,6 +143,24 @@ def _zone(timezone: str | None) -> zoneinfo.ZoneInfo | None:
         raise ExportError(f"timezone: unknown IANA time zone {timezone!r} (e.g. 'Asia/Kuching')") from None
 
 
+def refuse_cursors_files(db_path: Path, outputs: list[tuple[Path | None, str]]) -> None:
+    """Before anything is written: refuse (``ExportError``) each of ``outputs`` ((file, option))
+    that an export cursor appends to (``cursors.refuse_a_cursors_file``). ``--coverage`` is
+    written first and anew: it replaced a cursor's file, and a refused ``--output`` came after it
+    (a review)."""
+    wanted = [(Path(path), option) for path, option in outputs if path is not None]
+    if not wanted or not Path(db_path).exists():   # a missing database is said by the export itself
+        return
+    conn = open_read_only(db_path, ExportError)
+    try:
+        for path, option in wanted:
+            refuse_a_cursors_file(conn, path, ExportError, option)
+    except sqlite3.Error as e:
+        raise ExportError(f"cannot read detections database {db_path}: {e}") from e
+    finally:
+        conn.close()
+
+
 def _open(db_path: Path, migrate_cursors: bool = False) -> tuple[sqlite3.Connection, set[str]]:
     """A read-only connection to an edgemon database, and its table names. A database whose
     cursors predate filters is migrated first when a cursor is to be used (the cursor is written

@@ -156,7 +156,8 @@ def open_or_recover(path: str | Path) -> Store:
                 store.db.execute("INSERT OR REPLACE INTO sync_meta (key, value) VALUES ('rebuilt_from', ?)", [was])
             # `edgemon status` names it while the file is there (it said "problems: none").
             store.db.execute("INSERT OR REPLACE INTO sync_meta (key, value) VALUES ('moved_aside', ?)",
-                             [json.dumps({"path": str(aside), "found": found, "left": left})])
+                             # resolved: status may run from another directory (the default db is relative)
+                             [json.dumps({"path": str(aside.resolve()), "found": found, "left": left})])
         return store
     return Store(path)
 

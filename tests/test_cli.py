@@ -419,16 +419,25 @@ def test_an_unknown_export_format_is_a_usage_error(empty_db):
     assert result.exit_code == 2 and "xml" in result.output
 
 
-def test_the_training_command_without_its_packages_says_so_in_one_line():
+@pytest.mark.parametrize("args, lists", [(["--help"], True), (["fit", "--help"], True),
+                                         (["fit", "--epochs", "1", "--out", "nowhere-run"], False),
+                                         (["score", "edgemon/models/default"], False)])
+def test_the_training_command_without_its_packages_lists_its_commands_and_says_what_is_missing(args, lists, tmp_path):
     """`scripts/setup.sh` installs the recorder side only: edgemon-train then had no torch and
-    crashed with a traceback."""
-    blocked = "import sys; sys.modules['torch'] = None; sys.argv = ['edgemon-train', '--version']; " \
-              "from training.entry import main; main()"
-    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "error: edgemon-train needs the training packages (torch is missing): "
-        "run scripts/setup-dev.sh, or pip install 'edgemon[train]'"]
+    crashed with a traceback; later it said so, but even `--help` did (a newcomer trial could not
+    see the subcommands). Now the command line needs none of the training packages."""
+    blocked = ("import sys\nfor m in ('torch', 'einops', 'optuna', 'onnx', 'sklearn', 'matplotlib'): "
+               f"sys.modules[m] = None\nsys.argv = ['edgemon-train', *{args!r}]\n"
+               "from training.entry import main; main()")
+    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert "Traceback" not in result.stderr, result.stderr
+    if lists:
+        assert result.returncode == 0 and result.stdout.startswith("Usage: edgemon-train")
+    else:
+        assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+            "error: edgemon-train needs the training packages (torch is missing): "
+            "run scripts/setup-dev.sh, or pip install 'edgemon[train]'")
 
 
 def test_info_says_where_the_bundles_figures_come_from():

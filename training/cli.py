@@ -26,9 +26,8 @@ from training.cli_options import (AdversaryOpt, BackgroundShareOpt, CentreOpt, D
                                   positive, share)
 from training.cv_progress import CvProgress
 from training.data import DEFAULT_DATA_DIR
-from training.model import ModelConfig
+from training.configs import ModelConfig, OptimConfig
 from training.recipes import FIELD, HOP_S, PAPER, WINDOW_S, seconds_to_frames
-from training.train import OptimConfig
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,22 @@ def main() -> None:
     try:
         from training.cli import main as training_main
     except ModuleNotFoundError as exc:
-        if exc.name not in TRAINING_MODULES:
-            raise
-        print(f"error: edgemon-train needs the training packages ({exc.name} is missing): "
-              "run scripts/setup-dev.sh, or pip install 'edgemon[train]'", file=sys.stderr)
-        raise SystemExit(1) from None
+        _say_missing(exc)
     finally:
         signal.signal(signal.SIGINT, previous)
     if interrupted:
         raise SystemExit(130)
-    training_main()
+    # The command line itself needs no torch (``training.configs``): its --help lists the
+    # subcommands on a recorder's install; a command that trains says what is missing.
+    try:
+        training_main()
+    except ModuleNotFoundError as exc:
+        _say_missing(exc)
+
+
+def _say_missing(exc: ModuleNotFoundError) -> None:
+    if exc.name not in TRAINING_MODULES:
+        raise exc
+    print(f"error: edgemon-train needs the training packages ({exc.name} is missing): "
+          "run scripts/setup-dev.sh, or pip install 'edgemon[train]'", file=sys.stderr)
+    raise SystemExit(1) from None

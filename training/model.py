@@ -7,27 +7,12 @@ embedding ``[B, h]``.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from training.recipes import PAPER
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    n_mels: int = 128
-    n_classes: int = 5
-    hidden: int = PAPER.hidden      # h
-    layers: int = PAPER.layers      # l
-    dropout: float = PAPER.dropout  # p_drop, between LSTM layers and in the MLP
-    tau: float = PAPER.tau          # normalised-softmax temperature
-    # Subtract each band's mean over the input's frames first: a window's level and the recorder's
-    # spectral colour (microphone, gain, steady noise floor) cancel, and only what changes is heard.
-    centre_bands: bool = False
+from training.configs import ModelConfig
 
 
 def valid_steps(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -20,33 +20,13 @@ import torch
 from edgemon.analysis.frontend import features_from_log_mel
 from training.adversary import RecorderAdversary, ramp, recorder_ids
 from training.augment import AugmentConfig, augment
+from training.configs import OptimConfig
 from training.data import BACKGROUND, ClipSpan, Split, clip_span
 from training.evaluate import uar
 from training.losses import focal_loss
 from training.model import ModelConfig, PrimateBiLSTM
-from training.recipes import PAPER
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """Optimisation settings; defaults are the best setting of the paper's Table 2."""
-
-    lr: float = PAPER.lr
-    batch_size: int = PAPER.batch_size
-    weight_decay: float = PAPER.weight_decay  # lambda
-    lr_decay: float = PAPER.lr_decay          # beta: lr is multiplied by it after every epoch
-    gamma: float = float(PAPER.gamma)         # focal-loss focusing parameter
-    epochs: int = 300
-    patience: int = 0              # stop after this many epochs without a better devel UAR; 0: never
-    average_last: int = 0          # >0: return the mean weights of the last N epochs, not the best
-    seed: int = 0
-    device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", …
-    hard_negatives: float = 0.0    # >0: in the second half, a background clip is drawn 1 + this x P(call) as often
-    near_call_negatives: float = 0.0   # >0: a background clip near a labelled call is drawn 1 + this as often
-    background_share: float = 0.0  # >0: the share of each epoch's draws that are background (0: one class's share)
-    recorder_adversary: float = 0.0  # >0: weight of a reversed recorder classifier on the embedding (training.adversary)
 
 
 @dataclasses.dataclass

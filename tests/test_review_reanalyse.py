@@ -316,5 +316,5 @@ def test_reanalyse_keeps_what_watch_stored_while_it_read_the_recording(tmp_path)
 
     analyzer.analyse_file = read_while_watch_stores_anew
     result = reanalyse(db, analyzer, again=True)
-    assert result.files == 0 and len(result.changed) == 1 and "analysed again by watch" in result.changed[0]
+    assert result.files == 0 and len(result.changed) == 1 and "watch analysed it again" in result.changed[0]
     assert _rows(db, "SELECT count(*) FROM detections") == [(0,)]      # watch's newer result stands

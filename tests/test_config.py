@@ -470,7 +470,8 @@ def test_a_tilde_in_the_settings_file_is_the_home_directory(tmp_path, monkeypatc
     assert load_settings(env={"EDGEMON_CONFIG": "~/conf/e.toml"}, default_path=None).file == Path(moved)
     # ~user with no such user: one line naming where (a review: a traceback)
     nobody = write(tmp_path / "n.toml", 'db = "~nosuchuser-edgemon/x.db"\n')
-    with pytest.raises(ConfigError, match=r"db.*'~nosuchuser-edgemon/x.db': no home directory for '~nosuchuser-edgemon'"):
+    with pytest.raises(ConfigError,
+                       match=r"db.*'~nosuchuser-edgemon/x.db': no home directory for '~nosuchuser-edgemon'"):
         load_settings(nobody, env={}, default_path=None)
     with pytest.raises(ConfigError, match="env EDGEMON_CONFIG.*no home directory"):
         load_settings(env={"EDGEMON_CONFIG": "~nosuchuser-edgemon/e.toml"}, default_path=None)

@@ -171,7 +171,8 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
         count = store.replace_detections(row["source"], bundle_id, detections, analysis.duration_s,
                                          ledger_at=row["updated_at"])
         if count is None:
-            changed.append(f"{row['source']}: its ledger row changed while reanalyse read it (watch analysed it again, or noted it touched); run reanalyse again")
+            changed.append(f"{row['source']}: its ledger row changed while reanalyse read it (watch analysed it "
+                           f"again, or noted it touched); run reanalyse again")
             continue
         stored += count
         done.append(row["source"])

@@ -20,10 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import soundfile  # noqa: E402
 
+from edgemon.analysis.analyzer import Analyzer  # noqa: E402
+from edgemon.analysis.bundle import default_bundle_path, load_bundle  # noqa: E402
 from edgemon.files.directory import mtime_ns  # noqa: E402
 from edgemon.files.watcher import Watcher, WatchConfig  # noqa: E402
 from edgemon.storage.store import Store  # noqa: E402
-from tests.watch_helpers import analyzer  # noqa: E402
 
 PER_DAY = 1440
 
@@ -71,7 +72,7 @@ def main() -> None:
         root.mkdir()
         make_card(root, db, n)
         with Store(db) as store:
-            watcher = Watcher(WatchConfig(root=root), analyzer(), store)
+            watcher = Watcher(WatchConfig(root=root), Analyzer(load_bundle(default_bundle_path())), store)
             t0 = time.process_time()
             watcher.scan()
             first = time.process_time() - t0

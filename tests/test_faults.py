@@ -568,9 +568,11 @@ def test_a_10000_file_backlog_keeps_memory_bounded(tmp_path):
           f"{end[1]:.1f} MB at {end[0]} files: {per_1000:+.2f} MB per 1,000 files")
     assert end[0] >= 2500 and query(db, "SELECT COUNT(*) FROM files WHERE state = 'done'")[0][0] == end[0]
     assert early[1] - start_rss < 30                            # scanning 10,000 paths and warming up
-    # SQLite's page cache (2 MB at most) still fills as the ledger grows; a leak of one decoded
-    # 0.1 s block per file would add 6 MB per 1,000 files.
-    assert per_1000 < 2.0 and end[1] - early[1] < 10
+    # SQLite's page cache (2 MB at most) still fills as the ledger grows (about 0.9 MB per 1,000
+    # files here), and each analysed file stays known by its path (about 0.5 kB); a leak of one
+    # decoded 0.1 s block per file would add 6 MB per 1,000 files. Alone here 1.5 MB; 2.15 once
+    # in a full parallel run, where allocation peaks land differently.
+    assert per_1000 < 3.0 and end[1] - early[1] < 10
 
 
 def test_a_database_hold_ends_when_writes_go_through_not_at_the_next_committed_file(tmp_path, monkeypatch):

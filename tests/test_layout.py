@@ -34,7 +34,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("edgemon.sync",),
     ("edgemon.entry",),                                         # daemon, cli
 ]
-BASE = {"edgemon", "edgemon.errors", "edgemon.utc", "edgemon.safetext", "edgemon.signals", "edgemon.console"}
+BASE = {"edgemon", "edgemon.errors", "edgemon.utc", "edgemon.safetext", "edgemon.signals", "edgemon.console",
+        "edgemon.backoff"}
 SERVICE = {"edgemon.config", "edgemon.settings_registry", "edgemon.health", "edgemon.status"}
 ENTRY = {"edgemon.daemon", "edgemon.cli", "edgemon.cli_common", "edgemon.cli_review", "edgemon.cli_fleet",
          "edgemon.__main__"}

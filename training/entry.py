@@ -25,6 +25,8 @@ def main() -> None:
     previous = signal.signal(signal.SIGINT, hold)
     try:
         from training.cli import main as training_main
+        if not _help_only(sys.argv[1:]):
+            _load_torch()
     except ModuleNotFoundError as exc:
         _say_missing(exc)
     finally:
@@ -37,6 +39,22 @@ def main() -> None:
         training_main()
     except ModuleNotFoundError as exc:
         _say_missing(exc)
+    except KeyboardInterrupt:   # while the command line is built, before a command runs
+        raise SystemExit(130) from None
+
+
+def _help_only(args: list[str]) -> bool:
+    """Whether the command line only asks for help or the version (no torch needed)."""
+    return not args or any(a in ("-h", "--help", "--version") for a in args)
+
+
+def _load_torch() -> None:
+    """torch, where installed, while Ctrl-C is held (its C++ loading aborted on one); a command
+    that needs it and finds it missing says so itself."""
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        pass
 
 
 def _say_missing(exc: ModuleNotFoundError) -> None:

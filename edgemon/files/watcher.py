@@ -148,32 +148,40 @@ class Watcher:
         unreadable: dict[str, str] = {}
         others: dict[str, int] = {}
         finished = noted = None
-        settled: dict[Path, tuple[int, int]] = {}
+        listed = 0          # settled paths this scan listed: fewer than are settled, and some are gone
         for path in iter_audio(self.root, unreadable, others):
             version = file_version(path)
             if version is None:
                 continue
-            if self.settled.get(path) == version:
-                settled[path] = version
+            known = self.settled.get(path)
+            listed += known is not None
+            if known == version:
                 continue
             if finished is None:
                 finished, noted = self.store.finished_versions(), self.store.noted_versions()
             noted_as = _still_noted(noted.get(stored_name(path)), version)
             if finished.get(self.source_of(path)) == version or noted_as:
-                settled[path] = version
+                listed += known is None
+                self.settled[path] = version
                 if noted_as == "other":
                     self.others.add(path)
             else:
                 self.pending.add(path)
-        self.settled = settled
-        seen = settled.keys() | self.pending
-        self.others &= seen
-        for kept in (self.retry_at, self.header_said):
-            for path in kept.keys() - seen:
-                del kept[path]
+        self._forget_the_gone(listed)
         self._note_unreadable(unreadable)
         self._note_other_formats(others)
         self._complete_digests()
+
+    def _forget_the_gone(self, listed: int) -> None:
+        """Drop the paths no longer there from what the watcher keeps per file: only when the scan
+        listed fewer settled paths than are kept (a rebuild at every scan raised the daemon's
+        peak memory with the card's size)."""
+        if listed < len(self.settled):
+            self.settled = {p: v for p, v in self.settled.items() if os.path.lexists(p)}
+        self.others = {p for p in self.others if os.path.lexists(p)}
+        for kept in (self.retry_at, self.header_said):
+            for path in [p for p in kept if not os.path.lexists(p)]:
+                del kept[path]
 
     def _scan_timed(self) -> float:
         """Scan; the monotonic time of the next rescan: ``rescan_s`` on, or longer where scans

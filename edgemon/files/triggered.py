@@ -88,11 +88,11 @@ def silences(path: str | Path) -> SilentStretches:
                     break
                 data = np.concatenate([carry, block])
                 base = start - len(carry)
-                for p, blocks in _markers(data):
-                    if not found or base + p > found[-1][0]:
-                        found.append((base + p, blocks))
+                found.extend((base + p, blocks) for p, blocks in _markers(data))
                 start += len(block)
-                carry = data[-(MARKER_SAMPLES - 1):]   # a marker across two reads is found in the next
+                # A marker across two reads is found in the next; one wholly in the carry (255
+                # samples) cannot be, so none is found twice.
+                carry = data[-(MARKER_SAMPLES - 1):]
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError):
         pass
     at, left = [], []

@@ -316,3 +316,66 @@ def test_what_is_no_longer_there_is_forgotten_at_the_next_scan(tmp_path):
             path.unlink()
         watcher.scan()
         assert set(watcher.settled) == {paths[2]} and watcher.retry_at == {}
+
+
+def _convert(wav, flac, subtype="PCM_16", delete=False):
+    """What `flac` or sox does to a card of WAVs: the same samples in another format and name."""
+    data, rate = soundfile.read(wav, dtype="int32")
+    soundfile.write(flac, data, rate, subtype=subtype, format="FLAC")
+    if delete:
+        wav.unlink()
+
+
+def test_a_recording_converted_to_flac_in_the_tree_is_not_analysed_again(tmp_path, duet):
+    """The README listed it as not recognised: a card of WAVs compressed to FLAC where watch
+    looks stored every recording's detections twice (its bytes differ from the first one on)."""
+    from edgemon.storage.fingerprint import not_analysed_as
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    wav = write_wav(root / "20230201_053000.WAV", duet)
+    watch_until_idle(root, db)
+    before = query(db, DETECTIONS)
+    assert before
+    _convert(wav, root / "20230201_053000.flac")             # beside its original: a copy
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, DETECTIONS) == before
+    assert query(db, "SELECT path FROM files") == [(str(wav),)]
+    wav.unlink()                                              # the original deleted: moved
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, DETECTIONS) == before
+    flac = root / "20230201_053000.flac"
+    assert query(db, "SELECT source, path, size FROM files") == [("20230201_053000.WAV", str(flac),
+                                                                 flac.stat().st_size)]
+    with Store(db) as store:     # review and reanalyse read it there, and take it for the recording
+        assert not_analysed_as(store.file_entry("20230201_053000.WAV"), flac) is None
+    assert watch_until_idle(root, db).processed == 0
+    assert collect_status(db, directory=root)["backlog"]["waiting"] == 0
+
+    # Converted into another folder at 24 bits, the original deleted before watch saw the FLAC.
+    other = write_wav(root / "20230202_053000.WAV", duet[: 10 * 16000])
+    watch_until_idle(root, db)
+    (root / "flac").mkdir()
+    _convert(other, root / "flac" / "20230202_053000.FLAC", subtype="PCM_24", delete=True)
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, "SELECT count(*) FROM detections WHERE source = '20230202_053000.FLAC'") == [(0,)]
+
+    # Another recording's audio under the name and start of an analysed one is analysed.
+    write_wav(root / "20230203_053000.WAV", duet[: 8 * 16000])
+    watch_until_idle(root, db)
+    soundfile.write(root / "20230203_053000.flac", noise(8, seed=3), 16000, subtype="PCM_16")
+    assert watch_until_idle(root, db).processed == 1
+
+
+def test_a_recording_analysed_before_decoded_digests_is_known_converted_while_its_original_is_there(tmp_path, duet):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    wav = write_wav(root / "20230201_053000.WAV", duet)
+    gone = write_wav(root / "20230202_053000.WAV", duet[: 10 * 16000])
+    watch_until_idle(root, db)
+    with Store(db) as store, store.db.conn:
+        store.db.execute("UPDATE files SET samples_digest = NULL")    # as an earlier edgemon left them
+    _convert(wav, root / "20230201_053000.flac")
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, "SELECT samples_digest IS NOT NULL FROM files WHERE source = '20230201_053000.WAV'") == [(1,)]
+    # With the original gone nothing tells the FLAC's audio from another's: analysed (README says so).
+    _convert(gone, root / "20230202_053000.flac", delete=True)
+    assert watch_until_idle(root, db).processed == 1

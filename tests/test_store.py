@@ -242,6 +242,39 @@ def test_processes_migrating_one_old_database_at_once_all_open_it(tmp_path):
             assert len(names) == len(set(names))        # each migration recorded once
 
 
+def test_a_database_in_rollback_mode_opens_once_another_process_has_written(tmp_path):
+    """A full run under load: one of five processes opening an old database at once failed with
+    "database is locked" at once. Switching to WAL upgrades a read to a write, and SQLite refuses
+    that without waiting while another connection writes; it is waited for like any busy writer."""
+    import sqlite3
+    import threading
+    import time
+
+    import sqlite_utils
+
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(path)
+    MIGRATIONS.apply(old, stop_before="m006_detection_score")
+    old.close()
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)   # another process's write
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO detections (device_id, source, start_s, end_s, time_source, clock_suspect, label, "
+                   "confidence, bundle_id, created_at) VALUES ('d', 's.wav', 0, 3, 'filename', 0, 'bird', 0.9, 'b', "
+                   "'2024-01-01T00:00:00.000Z')")
+    ends = threading.Timer(0.5, lambda: writer.execute("COMMIT"))
+    ends.start()
+    started = time.monotonic()
+    try:
+        with Store(path) as store:
+            assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert store.db.execute("SELECT count(*) FROM detections").fetchone()[0] == 1
+            assert MIGRATIONS.pending(store.db) == []
+    finally:
+        ends.join()
+        writer.close()
+    assert time.monotonic() - started >= 0.4       # it waited for the writer, it did not go round it
+
+
 def test_a_database_written_before_the_package_move_opens_and_migrates(tmp_path):
     """The migrations' set name is stored in every database ('edgemon.store'); the move into
     edgemon/storage/ once renamed it, and every older database then failed to open (m001 again).

@@ -10,12 +10,12 @@ import filecmp
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from edgemon.files.recordings import recording_time
 from edgemon.files.directory import file_version, mtime_ns
 from edgemon.safetext import name_from_stored, stored_name
-from edgemon.storage.fingerprint import another_recording, digests
+from edgemon.storage.fingerprint import another_recording, digests, samples_digest
 from edgemon.storage.store import Store
 from edgemon.utc import parse_utc
 
@@ -25,6 +25,7 @@ class SameRecording:
     kind: str      # 'touched' (its own name), 'moved' (its old path no longer holds it) or 'copy' (byte for byte)
     source: str    # the name its detections are stored under
     path: str      # where that recording was analysed (stored form)
+    converted: tuple[str, str] | None = None   # in another format: the file's (fingerprint, tail digest)
 
 
 def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
@@ -38,7 +39,9 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
     kept (a rename or ``mv``), or whose file is still there with the same bytes (a copy; taken as
     moved once that original is gone). Anything less is analysed: two recordings that only begin
     and end alike, a file written again at its size, a recording renamed to another time (a clock
-    mended by hand)."""
+    mended by hand). A file of another name stem-for-stem (``x.flac`` for ``x.WAV``) that starts
+    when an analysed recording did and decodes to the same audio (``storage.fingerprint.samples_digest``)
+    is that recording converted to another format: a copy while the original holds it, else moved."""
     digest, tail = digests(path)
     if digest is None or tail is None:
         return None
@@ -67,7 +70,34 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
                 return SameRecording("copy", twin["source"], twin["path"])
         except OSError:   # the other path cannot be looked at (gone, a directory shut, a failing card)
             continue
+    return _converted_from(store, path, source, start, (digest, tail))
+
+
+def _converted_from(store: Store, path: Path, source: str, start: dt.datetime,
+                    held: tuple[str, str]) -> SameRecording | None:
+    """The analysed recording that ``path`` holds in another format (its name's stem, its start
+    and its decoded audio; ``held``: the file's own digests), or None. A recording analysed before
+    decoded audio was digested is read from its file while that still holds it."""
+    stem = _stem(source)
+    candidates = [row for row in store.analysed_starting(source, start)
+                  if _stem(row["source"]) == stem and _same_start(row, start)]
+    if not candidates or (mine := samples_digest(path)) is None:
+        return None
+    for twin in candidates:
+        holds = _holds(twin)
+        theirs = twin.get("samples_digest")
+        if theirs is None and holds:
+            theirs = samples_digest(name_from_stored(twin["path"]))
+            if theirs is not None:
+                store.keep_samples_digest(twin["source"], (twin["size"], twin["mtime_ns"]), theirs)
+        if theirs == mine:
+            return SameRecording("copy" if holds else "moved", twin["source"], twin["path"], converted=held)
     return None
+
+
+def _stem(source: str) -> str:
+    """A recording's name without its folder and format (``day1/X.WAV`` -> ``x``)."""
+    return PurePosixPath(source).stem.casefold()
 
 
 def undigested_files(store: Store, settled: dict[Path, tuple[int, int]],

@@ -54,7 +54,7 @@ from edgemon.files.triggered import SilentStretches, silences_of
 from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.signals import StoppedEarly
 from edgemon.storage.disk_budget import HOLD, DiskGuard, DiskHoldError
-from edgemon.storage.fingerprint import another_recording, digests
+from edgemon.storage.fingerprint import another_recording, digests, samples_digest
 from edgemon.storage.readonly import error_code
 from edgemon.storage.store import Detection, Store
 
@@ -550,10 +550,11 @@ class Watcher:
             self.store.note_touched(source, version[1])
             log.info("%s: touched or copied again (same size and audio): not analysed again", shown(source))
         elif self.store.note_same_recording(same.source, path=path, size=version[0], mtime_ns=version[1],
-                                            moved=same.kind == "moved"):
+                                            moved=same.kind == "moved", converted=same.converted):
             what = "moved or renamed from" if same.kind == "moved" else "a copy of"
-            log.warning("%s: %s %s, analysed already: not analysed again; its detections stay under %s",
-                        shown(source), what, shown(same.path), shown(same.source))
+            form = " (in another format)" if same.converted else ""
+            log.warning("%s: %s %s%s, analysed already: not analysed again; its detections stay under %s",
+                        shown(source), what, shown(same.path), form, shown(same.source))
         self.settled[path] = version
 
     def _quarantine_at_once(self, path: Path, source: str, version: tuple[int, int], why: str) -> None:
@@ -572,6 +573,7 @@ class Watcher:
         """
         started = time.monotonic()
         digest, tail = digests(path)   # before the analysis: what is analysed is at least this file
+        decoded = samples_digest(path)
         interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
                                                after_refusal=source in self.refused)
         self.refused.discard(source)
@@ -614,7 +616,7 @@ class Watcher:
                                    duration_s=analysis.duration_s, start_utc=when.start_utc,
                                    time_source=when.source, clock_suspect=when.suspect,
                                    bundle_id=self.analyzer.bundle.bundle_id, detections=detections,
-                                   note=note, fingerprint=digest, tail_digest=tail)
+                                   note=note, fingerprint=digest, tail_digest=tail, samples_digest=decoded)
         except sqlite3.OperationalError:
             # Refused (a full disk), and the open attempt cannot always be ended on such a disk:
             # remembered, so the retry is not taken for a death (a newcomer trial: "cut short").

@@ -13,11 +13,16 @@ recording does not, whatever its length.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+import soundfile
+
 from edgemon.analysis.containers import flac_frames_offset, wav_chunks
 
+SAMPLE_SPAN = 65536      # frames digested at each end of a recording's decoded audio
 SKIP_BYTES = 4096        # a file of another kind: past its header, whatever it is
 SPAN_BYTES = 65536
 PREFIXES = (4096, 16384, SPAN_BYTES)   # digested prefixes: a shorter file is compared over one it holds
@@ -114,3 +119,26 @@ def digests(path: str | Path) -> tuple[str | None, str | None]:
             return _prefix_digests(first), hashlib.sha1(header + f.read(SPAN_BYTES)).hexdigest()
     except OSError:
         return None, None
+
+
+def samples_digest(path: str | Path) -> str | None:
+    """A digest of ``path``'s decoded audio: its rate, channels and length in frames, and its
+    first and last ``SAMPLE_SPAN`` frames as floats (the same for a 16-bit WAV and the FLAC it was
+    converted to, at any bit depth that holds its samples). What tells a recording converted to
+    another format from another recording: their bytes differ from the first one on. None when it
+    cannot be decoded (a header never finalised, a damaged file)."""
+    try:
+        with soundfile.SoundFile(str(path)) as f:
+            frames, rate, channels = f.frames, f.samplerate, f.channels
+            if frames <= 0:
+                return None
+            first = f.read(min(frames, SAMPLE_SPAN), dtype="float32", always_2d=True)
+            f.seek(max(0, frames - SAMPLE_SPAN))
+            last = f.read(dtype="float32", always_2d=True)
+    except (OSError, RuntimeError, ValueError, soundfile.LibsndfileError):
+        return None
+    if len(last) != min(frames, SAMPLE_SPAN):   # the header promises audio the file does not hold
+        return None
+    data = struct.pack("<qii", frames, rate, channels) + np.ascontiguousarray(first).tobytes() + \
+        np.ascontiguousarray(last).tobytes()
+    return f"{frames}:{hashlib.sha1(data).hexdigest()}"

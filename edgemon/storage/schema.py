@@ -414,3 +414,15 @@ def m015_cursor_outputs(db: sqlite_utils.Database) -> None:
             cursor TEXT NOT NULL,
             noted_utc TEXT NOT NULL
         )""")
+
+
+@MIGRATIONS()
+def m016_samples_digest(db: sqlite_utils.Database) -> None:
+    """``files.samples_digest`` (``storage.fingerprint.samples_digest``): a digest of each analysed
+    recording's decoded audio, so that the recording converted to another format in the watched
+    tree (a card of WAVs compressed to FLAC) is known as the recording analysed, not analysed
+    again under its new name with its detections stored twice. Files analysed before keep NULL:
+    read from the original while it is still there. The index makes the look for recordings
+    that start at the same time a search."""
+    db.execute("ALTER TABLE files ADD COLUMN samples_digest TEXT")
+    db.execute("CREATE INDEX files_by_start ON files (start_utc)")

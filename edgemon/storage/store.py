@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,7 +149,7 @@ class Store:
             # The timeout first, so that switching to WAL and migrating wait for a busy writer.
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._refuse_another_programs_database()   # before WAL: that alone rewrites its header
-            self.db.enable_wal()
+            self._enable_wal()
             # FULL: a commit is on the card before it returns, so a power cut (a field unit's
             # usual end) loses no stored detection. NORMAL could lose the commits since the last
             # checkpoint: harmless for a watched file (redone), but a live stream's are gone with
@@ -174,6 +175,22 @@ class Store:
         except StoreError:
             self.db.close()
             raise
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL, waiting as long as for any busy writer. The switch upgrades the read it
+        starts with to a write, and SQLite answers "database is locked" at once, without waiting,
+        to a read that wants to write while another process writes (waiting could deadlock): a
+        second process opening a database still in rollback mode while the first migrated it
+        failed to start (a full run, under load)."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self.db.enable_wal()
+                return
+            except sqlite3.OperationalError as e:
+                if error_code(e) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _refuse_another_programs_database(self) -> None:
         """A database with tables but no detections table belongs to another program: migrating
@@ -235,13 +252,14 @@ class Store:
                     duration_s: float, start_utc: str | dt.datetime | None, time_source: str,
                     clock_suspect: bool, bundle_id: str, detections: list[Detection],
                     note: str | None = None, fingerprint: str | None = None,
-                    tail_digest: str | None = None) -> None:
+                    tail_digest: str | None = None, samples_digest: str | None = None) -> None:
         """Store a processed file: its detections replace earlier ones of the same bundle (one found
         again unchanged keeps its row and id, so a file merely touched or copied again delivers
         nothing twice to export cursors), and its ledger row becomes 'done'. One transaction: all of it is stored or none of it. ``note``
         (kept in the ledger's error column) says what was odd about a file that was still read;
         ``fingerprint`` (``storage.fingerprint``) tells this recording from another of its name;
-        ``tail_digest`` (its header and last bytes) tells it, with the size, from one written again.
+        ``tail_digest`` (its header and last bytes) tells it, with the size, from one written again;
+        ``samples_digest`` (its decoded audio) knows it again converted to another format.
 
         ``size`` is in bytes, ``mtime_ns`` in nanoseconds since the epoch, ``duration_s`` in
         seconds. Raises ValueError if a detection names another source or bundle. Ends the file's
@@ -261,7 +279,7 @@ class Store:
                 "duration_s": duration_s,
                 "start_utc": _optional_utc(start_utc), "time_source": time_source,
                 "clock_suspect": int(clock_suspect), "bundle_id": bundle_id, "updated_at": now,
-                "fingerprint": fingerprint, "tail_digest": tail_digest,
+                "fingerprint": fingerprint, "tail_digest": tail_digest, "samples_digest": samples_digest,
             }, pk="source")
 
     def note_other_recording(self, source: str, *, path: str | Path, size: int, mtime_ns: int) -> bool:
@@ -291,6 +309,21 @@ class Store:
             params += [utc_iso(starting - dt.timedelta(milliseconds=1)), utc_iso(starting + dt.timedelta(milliseconds=1))]
         return list(self.db["files"].rows_where(where, params))
 
+    def analysed_starting(self, source: str, starting: dt.datetime) -> list[dict]:
+        """The ledger rows of recordings analysed under other names than ``source`` and stored as
+        starting within a millisecond of ``starting``: what ``source`` may be a conversion of."""
+        low, high = (utc_iso(starting + dt.timedelta(milliseconds=ms)) for ms in (-1, 1))
+        return list(self.db["files"].rows_where("state = 'done' AND source != ? AND start_utc BETWEEN ? AND ?",
+                                                [source, low, high]))
+
+    def keep_samples_digest(self, source: str, version: tuple[int, int], digest: str) -> None:
+        """Give the ledger row of ``source``, analysed before decoded audio was digested, the
+        ``samples_digest`` read from its file, while the row still describes that file (``version``:
+        its size and mtime_ns)."""
+        with self._write() as db:
+            db.execute("UPDATE files SET samples_digest = ? WHERE source = ? AND state = 'done' AND size = ? "
+                       "AND mtime_ns = ? AND samples_digest IS NULL", [digest, source, *version])
+
     def undigested(self) -> dict[str, tuple[int, int, str | None]]:
         """``{source: (size, mtime_ns, fingerprint)}`` of recordings analysed before tail digests
         were kept (``schema.m013_same_recordings``; the fingerprint as then kept, or None): moved,
@@ -315,15 +348,20 @@ class Store:
         return None if row is None else row[0]
 
     def note_same_recording(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
-                            moved: bool = False) -> bool:
+                            moved: bool = False, converted: tuple[str, str] | None = None) -> bool:
         """Record that the file at ``path`` holds the recording analysed as ``source`` (moved,
         renamed or copied); True when it is new, or changed since it was noted. ``moved``: the
         ledger row of ``source`` takes ``path`` as where the recording is now (review and
-        reanalyse read it there)."""
+        reanalyse read it there); ``converted``: the file holds it in another format, and the row
+        also takes its size, mtime and (fingerprint, tail digest), which review and reanalyse
+        check the file against."""
         path = stored_name(path)
         with self._write() as db:
             row = db.execute("SELECT source, size, mtime_ns FROM same_recordings WHERE path = ?", [path]).fetchone()
-            if moved:
+            if moved and converted is not None:
+                db.execute("UPDATE files SET path = ?, size = ?, mtime_ns = ?, fingerprint = ?, tail_digest = ? "
+                           "WHERE source = ?", [path, size, mtime_ns, *converted, source])
+            elif moved:
                 db.execute("UPDATE files SET path = ? WHERE source = ? AND path != ?", [path, source, path])
             if row is not None and tuple(row) == (source, size, mtime_ns):
                 return False

@@ -203,3 +203,56 @@ def test_a_failed_swap_leaves_the_earlier_bundle_in_place(tmp_path):
     (new / "manifest.json").write_text("new")
     swap_into_place(new, out)
     assert (out / "manifest.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["site-bundle"]
+
+
+KILLED_WRITE = """
+import os, sys
+from pathlib import Path
+from edgemon.analysis import bundle_write
+from edgemon.analysis.frontend import FrontendConfig
+
+out, where, threshold, members = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), [Path(p) for p in sys.argv[4:]]
+real_replace, real_exchange = os.replace, getattr(bundle_write, "_exchange", None)   # None before it
+if where == "aside":        # killed once the old bundle is moved aside (a power cut, the OOM killer)
+    def replace(a, b):
+        real_replace(a, b)
+        if Path(b).name.endswith(".old"):
+            os._exit(9)
+    bundle_write.os.replace = replace
+elif where == "exchanged":  # killed right after the swap, before anything was cleaned
+    bundle_write._exchange = lambda a, b: real_exchange(a, b) and os._exit(9)
+elif where == "no-exchange-aside":   # a file system without RENAME_EXCHANGE, killed between the renames
+    bundle_write._exchange = lambda a, b: False
+    def replace(a, b):
+        real_replace(a, b)
+        if Path(b).name.endswith(".old"):
+            os._exit(9)
+    bundle_write.os.replace = replace
+bundle_write.write_bundle(out, members, ["background", "a", "b"], frontend=FrontendConfig(), window_s=4.0,
+                          hop_s=2.0, thresholds={"background": 0.0, "a": threshold, "b": threshold})
+"""
+
+
+def test_a_write_killed_at_any_step_leaves_a_whole_bundle(member_files, tmp_path):
+    """A review: killed between moving the old bundle aside and renaming the new one in, a write
+    left no bundle at --out (the recorder's service then cannot start), the old one hidden."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "site"
+
+    def write(where, threshold):
+        return subprocess.run([sys.executable, "-c", KILLED_WRITE, str(out), where, str(threshold),
+                               *map(str, member_files)], capture_output=True, text=True).returncode
+
+    assert write("whole", 0.5) == 0
+    killed = write("aside", 0.6) == 9       # never, where the kernel exchanges the two in one step
+    assert load_bundle(out).thresholds["a"] == (0.5 if killed else 0.6)
+    assert write("exchanged", 0.7) == 9
+    assert load_bundle(out).thresholds["a"] == 0.7
+    assert write("no-exchange-aside", 0.8) == 9
+    with pytest.raises(BundleError, match=r"site: no such bundle directory \(a bundle write cut short left "
+                                          r"the previous one at .*\.site\.old: rename it back\)"):
+        load_bundle(out)
+    assert write("whole", 0.9) == 0          # the next write mends it
+    assert load_bundle(out).thresholds["a"] == 0.9

@@ -205,8 +205,11 @@ class _Reader:
 
 def read_manifest(manifest_path: Path) -> dict:
     if not manifest_path.parent.is_dir():
-        raise _fail(manifest_path.parent, "a file, not a bundle directory" if manifest_path.parent.exists()
-                    else "no such bundle directory")
+        directory = manifest_path.parent
+        aside = directory.with_name(f".{directory.name}.old")
+        raise _fail(directory, "a file, not a bundle directory" if directory.exists() else
+                    f"no such bundle directory (a bundle write cut short left the previous one at {aside}: "
+                    f"rename it back)" if aside.is_dir() else "no such bundle directory")
     if not manifest_path.is_file():
         raise _fail(manifest_path, "no bundle manifest here")
     if manifest_path.stat().st_size > MANIFEST_MAX_BYTES:

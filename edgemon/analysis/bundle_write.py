@@ -4,8 +4,11 @@ the bundle id from its members and from everything that decides what a recorder 
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime as dt
+import errno
+import functools
 import json
 import os
 import shutil
@@ -160,18 +163,74 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
 
 
 def swap_into_place(new: Path, out: Path) -> None:
-    """Rename the assembled directory ``new`` to ``out``. An earlier ``out`` is moved aside first
-    (``.NAME.old``, beside it) and put back if the rename fails, so a failure leaves the old bundle
-    where it was (a review: adapt kept it inside the staging directory it then removed)."""
+    """Put the assembled directory ``new`` at ``out``, its files on the disk first (fsync), so that
+    whenever the process dies (a kill, a power cut) ``out`` holds the whole old bundle or the whole
+    new one. An earlier ``out`` is exchanged with ``new`` in one step where the kernel can
+    (``renameat2`` RENAME_EXCHANGE; ``new`` then holds the old bundle, and is removed);
+    elsewhere it is moved aside (``.NAME.old``, beside it) and put back if the rename fails, and a
+    write cut short between the two renames is mended by the next write (a review: a kill there
+    left no bundle at ``out``, the old one hidden)."""
+    _sync_tree(new)
+    old = out.with_name(f".{out.name}.old")
+    if not out.exists() and old.is_dir():     # a write cut short between the renames below
+        os.replace(old, out)
     if not out.exists():
         os.replace(new, out)
-        return
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
+    elif _exchange(new, out):
+        shutil.rmtree(new, ignore_errors=True)     # the old bundle now
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        try:
+            os.replace(new, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    _sync_dir(out.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically (Linux ``renameat2`` with RENAME_EXCHANGE); False
+    where the C library or the file system cannot (then nothing was changed)."""
+    rename = getattr(_libc(), "renameat2", None)
+    if rename is None:
+        return False
+    at_cwd, exchange = -100, 2          # AT_FDCWD, RENAME_EXCHANGE
+    if rename(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):   # an old kernel; FAT and others
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _sync_tree(directory: Path) -> None:
+    """fsync every file under ``directory`` and the directories themselves: renamed into place
+    before its data reached the card, a bundle could hold empty members after a power cut."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _sync_dir(Path(root))
+
+
+def _sync_dir(directory: Path) -> None:
     try:
-        os.replace(new, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:      # some file systems refuse a directory's fsync (EINVAL): nothing more to do
+        pass
+    finally:
+        os.close(fd)

@@ -103,6 +103,12 @@ def test_review_targets_map_verdicts_to_classes():
     touching = [{**sound, "bundle_id": "A", "start_s": 49.6, "end_s": 55.584, "verdict": "correct"},
                 {**sound, "bundle_id": "B", "start_s": 55.552, "end_s": 59.552, "verdict": "correct"}]
     assert len(review_targets(touching, labels, "background")) == 2
+    # A latest verdict adapt cannot use (unsure; a species the bundle does not know) still outweighs
+    # the older one on the sound: it was taught by the older verdict (a review).
+    for latest in ({"verdict": "unsure"}, {"verdict": "relabel", "new_label": "zebra"}):
+        rows = [{**sound, "bundle_id": "old", "start_s": 2.0, "end_s": 6.0, "verdict": "correct"},
+                {**sound, "bundle_id": "new", "start_s": 2.5, "end_s": 6.5, **latest}]
+        assert review_targets(rows, labels, "background") == []
 
 
 def test_too_few_reviews_are_refused_and_nothing_is_written(tmp_path):

@@ -135,15 +135,18 @@ def review_targets(rows: list[dict], labels: tuple[str, ...], background: str) -
     sound: sharing a quarter of the shorter span (``same_sound``), not neighbours whose edges touch."""
     out, kept = [], []
     for row in reversed(rows):
-        target = {"wrong": background, "correct": row["label"], "relabel": row["new_label"]}.get(row["verdict"])
-        if target not in labels or row.get("end_s") is None:
+        if row.get("end_s") is None:
             continue
         span = (row.get("source"), row.get("bundle_id"), row.get("start_s"), row["end_s"])
         if span[0] is not None and any(source == span[0] and bundle != span[1] and same_sound(start, end, *span[2:])
                                        for source, bundle, start, end in kept):
             continue   # an older verdict on a sound judged since as another bundle's detection
+        # Kept before its target is asked: a latest verdict adapt cannot use (unsure, a species the
+        # bundle does not know) still outweighs an older one on the sound (a review: taught it anyway).
         kept.append(span)
-        out.append((row, labels.index(target)))
+        target = {"wrong": background, "correct": row["label"], "relabel": row["new_label"]}.get(row["verdict"])
+        if target in labels:
+            out.append((row, labels.index(target)))
     return out[::-1]
 
 

@@ -9,6 +9,7 @@ import re
 import socket
 import sqlite3
 import struct
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -530,6 +531,13 @@ def test_a_sound_judged_under_another_bundle_says_so_and_comes_after_the_rest(re
                                               "end_s": judged["end_s"] + 3.968})])
     [touching] = reviews.list_detections(db, bundle_id="bundle-next")
     assert touching["earlier"] is None
+    # Another reviewer's later 'unsure' supersedes the verdict: nothing to say, and it is not put
+    # last (a review: superseded verdicts still spoke).
+    time.sleep(0.002)
+    reviews.add_verdict(db, judged["id"], "unsure", "second")
+    new = reviews.list_detections(db, bundle_id="bundle-new", order="teach")
+    assert not any(r["earlier"] for r in new)
+    assert [r["id"] for r in new] == [r["id"] for r in sorted(new, key=lambda r: (-r["priority"], r["id"]))]
 
 
 def test_a_filter_naming_nothing_here_is_refused_not_an_empty_page(review_db):
@@ -551,3 +559,37 @@ def test_a_filter_naming_nothing_here_is_refused_not_an_empty_page(review_db):
                 store.replace_detections(source, "quiet-bundle", [], 20.0)
         got, _, body = _get(base + "/charts?bundle=quiet-bundle")
         assert got == 200 and b"h analysed" in body, body[:300]
+
+
+def test_the_next_page_follows_on_from_a_page_judged_meanwhile(review_db):
+    """A review: pages were cut by OFFSET from an order that judging changes (the teach order puts
+    judged rows last, "unreviewed only" drops them), so after a page was judged "next" showed what
+    had been ranked 101-150 and the 50 between were never shown."""
+    db, recordings = review_db
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        first = dict(conn.execute("SELECT * FROM detections ORDER BY id LIMIT 1").fetchone())
+    rng = np.random.default_rng(0)
+    with Store(db) as store:
+        store.insert_detections([Detection(**{**{k: first[k] for k in Detection.__dataclass_fields__},
+                                              "start_s": 100.0 + i, "end_s": 104.0 + i,
+                                              "confidence": float(rng.uniform(0.3, 0.9))}) for i in range(146)])
+    for order, unreviewed in (("teach", False), ("teach", True), ("confidence", True)):
+        as_of = reviews.utc_iso(reviews.dt.datetime.now(reviews.dt.timezone.utc))
+        ranked = [r["id"] for r in reviews.list_detections(db, order=order, unreviewed_only=unreviewed,
+                                                           limit=150, as_of=as_of)]
+        page1 = reviews.list_detections(db, order=order, unreviewed_only=unreviewed, limit=50, as_of=as_of)
+        time.sleep(0.002)
+        for row in page1:
+            reviews.add_verdict(db, row["id"], "correct", f"{order}-{unreviewed}")
+        page2 = reviews.list_detections(db, order=order, unreviewed_only=unreviewed, limit=50, offset=50,
+                                        as_of=as_of)
+        assert [r["id"] for r in page2] == ranked[50:100], (order, unreviewed)
+        back = reviews.list_detections(db, order=order, unreviewed_only=unreviewed, limit=50, as_of=as_of)
+        assert [r["verdict"] for r in back] == ["correct"] * 50     # the verdicts shown are the latest
+        with sqlite3.connect(db) as conn:
+            conn.execute("DELETE FROM reviews")
+    with review_server(db, recordings) as (base, _):
+        page = _get(base + "/?order=teach&unreviewed=1")[2].decode()
+    [link] = re.findall(r'href="\?([^"]*)">next', page)
+    assert "offset=50" in link and "as_of=" in link and link.count("as_of") == 1

@@ -9,6 +9,7 @@ or an ``X-Review-Token`` header. Everything it serves is in this package: it wor
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hmac
 import json
 import logging
@@ -34,6 +35,7 @@ from edgemon.review import charts, reviews
 from edgemon.review.excerpt import read_excerpt
 from edgemon.review.spectrogram import spectrogram_png
 from edgemon.storage.readonly import sources_in_several_bundles
+from edgemon.utc import parse_utc, utc_iso
 
 HERE = Path(__file__).parent
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -76,6 +78,17 @@ def page_offset(text: str | None) -> int:
     if not re.fullmatch(r"[0-9]{1,18}", text):
         raise reviews.ReviewError(f"offset {text!r} is not a whole number below 10^18")
     return int(text)
+
+
+def page_as_of(text: str | None) -> str:
+    """``?as_of=``: when the first of these pages was shown (a UTC time, as verdicts are stored),
+    so that the next follows on from it (``reviews.list_detections``); now when not given."""
+    if not text:
+        return utc_iso(dt.datetime.now(dt.timezone.utc))
+    try:
+        return utc_iso(parse_utc(text))
+    except (ValueError, OverflowError):
+        raise reviews.ReviewError(f"as_of {text!r} is not a UTC time such as 2026-01-31T05:30:00.000Z") from None
 
 
 def with_token(config: ReviewConfig) -> ReviewConfig:
@@ -148,8 +161,8 @@ def create_app(config: ReviewConfig) -> Starlette:
         raise ReviewServerError("a verdict needs a reviewer name: give --reviewer NAME ($USER is empty)")
     reviews.open_for_review(config.db)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.filters["urlencode_without"] = lambda q, key: urlencode(
-        [(k, v) for k, v in q.multi_items() if k != key])
+    templates.env.filters["urlencode_without"] = lambda q, *keys: urlencode(
+        [(k, v) for k, v in q.multi_items() if k not in keys])
 
     def index(request: Request) -> Response:
         q = request.query_params
@@ -159,16 +172,16 @@ def create_app(config: ReviewConfig) -> Starlette:
         if refused is not None:
             return refused
         try:
-            offset = page_offset(q.get("offset"))
+            offset, as_of = page_offset(q.get("offset")), page_as_of(q.get("as_of"))
             rows = reviews.list_detections(config.db, order=order, label=q.get("label") or None,
                                            day=q.get("day") or None, bundle_id=q.get("bundle") or None,
                                            unreviewed_only=q.get("unreviewed") == "1",
-                                           limit=PAGE_SIZE, offset=offset)
+                                           limit=PAGE_SIZE, offset=offset, as_of=as_of)
         except reviews.ReviewError as exc:
             return PlainTextResponse(f"error: {exc}\n", status_code=400)
         return templates.TemplateResponse(request, "index.html", {
             "rows": rows, "days": days, "labels": labels, "bundles": bundles, "q": q, "order": order,
-            "orders": reviews.ORDERS, "offset": offset, "page_size": PAGE_SIZE,
+            "orders": reviews.ORDERS, "offset": offset, "as_of": as_of, "page_size": PAGE_SIZE,
             "relabel_to": known_labels(labels),
             "precision": reviews.precision_by_class(config.db, q.get("bundle") or None),
             "several": 0 if q.get("bundle") else sources_in_several_bundles(config.db),

@@ -111,20 +111,23 @@ def uncertainty(confidence: float, votes: str | None) -> float:
     return 1.0 - confidence * agreement
 
 
-def precision_by_class(db_path: Path, bundle_id: str | None = None) -> list[ClassPrecision]:
+def precision_by_class(db_path: Path, bundle_id: str | None = None, as_of: str | None = None) -> list[ClassPrecision]:
     """Each detected label's precision from the reviews so far (latest verdict per detection), of
-    one bundle's detections when ``bundle_id`` is given: bundles differ in how often they are right."""
+    one bundle's detections when ``bundle_id`` is given: bundles differ in how often they are right.
+    ``as_of``: from the verdicts given until then (``reviews_as_of``)."""
     mine, args = ("WHERE bundle_id = ?", [bundle_id]) if bundle_id else ("", [])
+    snapshot, since = reviews_as_of(as_of)
     with closing(open_read_only(db_path, ReviewError)) as conn:
         labels = [r[0] for r in conn.execute(f"SELECT DISTINCT label FROM detections {mine} ORDER BY label", args)]
         # Only verdicts on detections still stored: reanalyse removes the ones no longer found,
         # and their reviews stay behind (they counted here, and not on the page's list).
         counts = {r["label"]: r for r in conn.execute(f"""
-            SELECT v.label, sum(v.verdict = 'correct') AS correct, count(*) AS judged
+            {snapshot} SELECT v.label, sum(v.verdict = 'correct') AS correct, count(*) AS judged
             FROM ({LATEST_VERDICTS}) v
             JOIN detections d ON d.source = v.source AND d.start_s = v.start_s AND d.label = v.label
                  AND d.bundle_id = v.bundle_id
-            WHERE v.verdict != 'unsure' {mine.replace('WHERE bundle_id', 'AND v.bundle_id')} GROUP BY v.label""", args)}
+            WHERE v.verdict != 'unsure' {mine.replace('WHERE bundle_id', 'AND v.bundle_id')} GROUP BY v.label""",
+            since + args)}
     result = []
     for label in labels:
         row = counts.get(label)
@@ -138,14 +141,17 @@ _ORDER_BY = {"teach": "v.verdict IS NOT NULL, d.id IN judged_elsewhere, priority
              "confidence": "d.confidence, d.id"}
 
 
-# The latest verdict (not 'unsure') on an overlapping detection of the same recording under another
-# bundle; through the reviews' own key, which starts with the recording, so each row reads only
+# The latest verdict on an overlapping detection of the same recording under another bundle, unless
+# it is 'unsure' (a verdict superseded by another reviewer's counted; a review); through the reviews' own key, which starts with the recording, so each row reads only
 # that recording's reviews.
 # ``o`` is the reviewed detection ``r`` judged; ``{d}`` names the detection it overlaps, which
 # ``{join}`` may bring in.
 _REVIEWED_OVERLAP = f"""FROM reviews r JOIN detections o ON o.source = r.source AND o.start_s = r.start_s
                    AND o.label = r.label AND o.bundle_id = r.bundle_id {{join}}
               WHERE r.source = {{d}}source AND r.bundle_id != {{d}}bundle_id AND r.verdict != 'unsure'
+                    AND NOT EXISTS (SELECT 1 FROM reviews l WHERE l.source = r.source AND l.start_s = r.start_s
+                                    AND l.label = r.label AND l.bundle_id = r.bundle_id
+                                    AND (l.reviewed_at, l.id) > (r.reviewed_at, r.id))   -- the latest (LATEST_VERDICTS)
                     AND r.start_s < {{d}}end_s AND o.end_s > {{d}}start_s
                     AND min(o.end_s, {{d}}end_s) - max(r.start_s, {{d}}start_s) > 0
                     AND min(o.end_s, {{d}}end_s) - max(r.start_s, {{d}}start_s)
@@ -160,9 +166,17 @@ _JUDGED_ELSEWHERE = f"""judged_elsewhere(id) AS (
     SELECT d.id {_REVIEWED_OVERLAP.format(join="JOIN detections d ON d.source = r.source", d="d.")})"""
 
 
+def reviews_as_of(as_of: str | None) -> tuple[str, list]:
+    """A ``WITH`` clause that makes ``reviews`` in the statement after it the verdicts given until
+    ``as_of`` (UTC, as ``reviewed_at`` is stored), and its parameters; nothing when None."""
+    if as_of is None:
+        return "", []
+    return "WITH reviews AS (SELECT * FROM main.reviews WHERE reviewed_at <= ?)", [as_of]
+
+
 def list_detections(db_path: Path, *, order: str = "teach", label: str | None = None,
                     day: str | None = None, unreviewed_only: bool = False, bundle_id: str | None = None,
-                    limit: int = 50, offset: int = 0) -> list[dict]:
+                    limit: int = 50, offset: int = 0, as_of: str | None = None) -> list[dict]:
     """One page of detections, as dicts with the latest verdict (``verdict``, ``new_label``), a
     ``priority`` (0..1: how much reviewing it would teach) and ``earlier``: the latest verdict on
     this sound under another bundle (a reviewed detection of the same recording overlapping it,
@@ -172,7 +186,10 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
     far first, unreviewed before reviewed, and sounds judged under another bundle after the rest
     (they teach least); 'time': by start time; 'confidence': lowest first.
     ``day`` is a UTC date 'YYYY-MM-DD'. SQLite sorts and pages, so a season of detections never
-    sits in memory at once.
+    sits in memory at once. ``as_of``: sorted and filtered by the verdicts given until then (the
+    time the first page was shown), so that the pages after it follow on from it: judging a page
+    moved its rows out of the order, and 'next' skipped a page's worth (a review). The verdicts
+    shown are the latest, whenever given.
     """
     if order not in ORDERS:
         raise ReviewError(f"unknown review order {order!r}: choose one of {', '.join(ORDERS)}")
@@ -188,21 +205,26 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
         params.append(bundle_id)
     if unreviewed_only:
         clauses.append("v.verdict IS NULL")
-    false_rate = {c.label: c.false_alarm_rate for c in precision_by_class(db_path)}
+    false_rate = {c.label: c.false_alarm_rate for c in precision_by_class(db_path, as_of=as_of)}
+    snapshot, since = reviews_as_of(as_of)
     # Half the weight on the detection's own uncertainty, half on its class's false alarms.
     # The page first (sorted and cut by SQLite), then each of its rows' earlier verdict.
-    sql = f"""WITH {_JUDGED_ELSEWHERE}
+    # ``v``: the verdicts as of the first page, which sort and filter; ``now``: the latest, shown.
+    sql = f"""{snapshot + ',' if snapshot else 'WITH'} {_JUDGED_ELSEWHERE}
               SELECT d.id, d.source, d.start_s, d.end_s, d.start_utc, d.label, d.confidence, d.votes,
-                     d.bundle_id, d.clip_path, v.verdict, v.new_label, v.reviewer,
+                     d.bundle_id, d.clip_path, now.verdict, now.new_label, now.reviewer,
                      0.5 * uncertainty(d.confidence, d.votes) + 0.5 * false_rate(d.label) AS priority
               FROM detections d LEFT JOIN ({LATEST_VERDICTS}) v ON v.source = d.source
                    AND v.start_s = d.start_s AND v.label = d.label AND v.bundle_id = d.bundle_id
+                   LEFT JOIN ({LATEST_VERDICTS.replace('FROM reviews r', 'FROM main.reviews r')}) now
+                   ON now.source = d.source AND now.start_s = d.start_s AND now.label = d.label
+                   AND now.bundle_id = d.bundle_id
               WHERE {' AND '.join(clauses)} ORDER BY {_ORDER_BY[order]} LIMIT ? OFFSET ?"""
     with closing(open_read_only(db_path, ReviewError)) as conn:
         conn.create_function("uncertainty", 2, uncertainty, deterministic=True)
         conn.create_function("false_rate", 1, lambda lab: false_rate.get(lab, 0.5), deterministic=True)
         try:
-            rows = [dict(r) for r in conn.execute(sql, [*params, limit, offset])]
+            rows = [dict(r) for r in conn.execute(sql, [*since, *params, limit, offset])]
             for row in rows:
                 found = conn.execute(_EARLIER, row).fetchone()
                 row["earlier"] = found[0] if found else None

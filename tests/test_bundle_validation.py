@@ -161,6 +161,10 @@ def test_watch_and_classify_refuse_a_bad_bundle_in_one_line(models, tmp_path):
      "label_names has 'zebra', which is not one of the labels"),
     ({"label_names": {"a": {"scientific": "Aus aus"}}}, r"label_names\['a'\].common must be a non-empty"),
     ({"label_names": {"a": "Aus aus"}}, r"label_names\['a'\] must be a JSON object"),
+    # Not in the bundle id, so an edit loaded, and info and adapt answered with a traceback (a review).
+    ({"adapted": "hand-written note"}, "adapted must be a JSON object, not str"),
+    ({"adapted": {"reviews": "site A"}}, "adapted.reviews must be a JSON object, not str"),
+    ({"adapted": {"calibration": "site"}}, "adapted.calibration must be a JSON object, not str"),
 ])
 def test_malformed_manifests_are_refused_in_one_line(models, tmp_path, change, message):
     bundle_dir = bundle_of(tmp_path, models["good"])

@@ -177,6 +177,26 @@ def test_spectrogram_png_decodes_and_marks_the_detection():
     assert bar[110:290].all() and not bar[:90].any() and not bar[310:].any()
 
 
+def test_a_spectrogram_of_silence_is_dark_and_a_long_one_is_drawn_in_little_memory():
+    """A review: each image was scaled to its own loudest bin, so digital silence was drawn at full
+    brightness; and every frame of the excerpt was transformed at once (a minute at 96 kHz: 564 MiB
+    at its peak, beside the recorder's own work)."""
+    import tracemalloc
+
+    from edgemon.review.spectrogram import PALETTE
+
+    image = spectrogram_rgb(np.zeros(64000, np.float32), 16000)[:-6]
+    assert (image == PALETTE[0]).all()
+    minute = (0.1 * np.random.default_rng(0).standard_normal(96000 * 64)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        spectrogram_rgb(minute, 96000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2 ** 20, f"{peak / 2 ** 20:.0f} MiB"     # the excerpt itself holds 23 MiB
+
+
 def test_charts_show_calls_and_effort_per_hour_and_day(review_db):
     db, _ = review_db
     by_hour, by_day = effort_hours(db)
@@ -372,6 +392,37 @@ def test_a_live_detection_plays_its_saved_clip(tmp_path):
     assert (started_late.mark_start_s, started_late.mark_end_s) == (0.5, 3.5)
     with pytest.raises(AudioError, match="audio of detection 9 not found: live:mic0"):
         read_excerpt(row)
+
+
+def test_a_recording_whose_header_was_never_finalised_plays_as_it_was_analysed(review_db):
+    """A review: analysis reads an AudioMoth file whose header was never finalised (the battery
+    died) through a mended header and stores its detections; the page read it with plain
+    libsndfile, found no audio, and answered 404 for its audio and spectrogram."""
+    from tests.watch_helpers import unfinalised_header
+
+    db, recordings = review_db
+    row = reviews.detection(db, reviews.list_detections(db, order="time")[0]["id"])
+    whole = read_excerpt(row, recordings=recordings)
+    unfinalised_header(recordings / row["source"])
+    mended = read_excerpt(row, recordings=recordings)
+    assert mended.rate == whole.rate and np.array_equal(mended.samples, whole.samples)
+
+
+def test_a_source_name_leaving_the_recordings_directory_is_not_read(tmp_path):
+    """A review: a detection's source joined to --recordings unchecked, so a database naming
+    '../private/x.wav' or an absolute path served that file's audio."""
+    recordings, private = tmp_path / "recordings", tmp_path / "private" / "x.wav"
+    recordings.mkdir()
+    private.parent.mkdir()
+    soundfile.write(private, np.zeros(16000 * 8, np.float32), 16000)
+    for source in ("../private/x.wav", str(private), "S01/../../private/x.wav"):
+        row = {"id": 3, "source": source, "start_s": 2.0, "end_s": 5.0, "clip_path": None, "file_path": None}
+        with pytest.raises(AudioError, match=f"audio of detection 3 not found: {re.escape(source)} is not in"):
+            read_excerpt(row, recordings=recordings)
+    (recordings / "S01").mkdir()
+    soundfile.write(recordings / "S01" / "y.wav", np.zeros(16000 * 8, np.float32), 16000)
+    row = {"id": 4, "source": "S01/./y.wav", "start_s": 2.0, "end_s": 5.0, "clip_path": None, "file_path": None}
+    assert len(read_excerpt(row, recordings=recordings).samples) == 16000 * 7
 
 
 def test_verdicts_export_as_csv(review_db, tmp_path):

@@ -357,6 +357,18 @@ def _self_check(r: _Reader, bundle_dir: Path, manifest: dict, labels: tuple[str,
     return SelfCheckSpec(path, tuple(windows), expected, tolerance)
 
 
+def _check_adapted(r: _Reader, manifest: dict) -> None:
+    """``adapted`` (where an adapted bundle came from) is not in the bundle id, so an edit loads:
+    ``info`` and ``adapt`` read its parts as objects (a review: a hand-written note there was a
+    40-line traceback in both)."""
+    if manifest.get("adapted") is None:
+        return
+    adapted = r.mapping(manifest["adapted"], "adapted")
+    for part in ("reviews", "calibration"):
+        if adapted.get(part) is not None:
+            r.mapping(adapted[part], f"adapted.{part}")
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read and verify a bundle directory; raise ``BundleError`` naming the broken file."""
     path = Path(path).resolve()
@@ -379,6 +391,7 @@ def load_bundle(path: str | Path) -> Bundle:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise r.fail(f"malformed operating point or calibration ({type(exc).__name__}: {exc})") from None
     bundle_id = r.string(manifest.get("bundle_id"), "bundle_id")
+    _check_adapted(r, manifest)
     if (edited := identity_mismatch(manifest)) is not None:
         raise r.fail(edited)
     return Bundle(path=path, bundle_id=bundle_id, labels=labels,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from edgemon.analysis import audio, wav_repair
 from edgemon.errors import AudioError
 from edgemon.storage.readonly import recording_path
 
@@ -74,12 +75,15 @@ def read_excerpt(row: dict, *, recordings: Path | None = None, clips: Path | Non
 
 
 def _read(path: Path, start_s: float, end_s: float | None) -> tuple[np.ndarray, int]:
+    """Read as the analysis read it (``audio.open_decoder``): a WAV whose header was never
+    finalised has detections, and plain libsndfile found no audio in it (a review: a 404)."""
     try:
-        with soundfile.SoundFile(str(path)) as f:
+        with audio.open_decoder(path) as (f, _, stream):
             rate = f.samplerate
             f.seek(min(int(start_s * rate), f.frames))
             frames = -1 if end_s is None else max(0, int((end_s - start_s) * rate))
             data = f.read(frames, dtype="float32")
+            wav_repair.check(stream)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
         raise AudioError(f"{path}: cannot decode audio: {exc}") from exc
     if len(data) == 0:

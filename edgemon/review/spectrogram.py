@@ -10,6 +10,7 @@ import numpy as np
 
 # A perceptually ordered dark-blue -> green -> yellow ramp (viridis' end points and mid-points).
 _ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
+SILENCE_TOP_DB = -30.0   # dB of a bin's power (full-scale sine: about +42 with these frames)
 MARK_ROWS = 6    # the strip under the spectrogram that marks the detection
 PALETTE = np.stack([np.interp(np.linspace(0, 4, 256), np.arange(5), _ANCHORS[:, c]) for c in range(3)],
                    axis=1).astype(np.uint8)  # [256, 3]
@@ -39,15 +40,20 @@ def spectrogram_rgb(samples: np.ndarray, rate: int, *, mark: tuple[float, float]
     if len(samples) < n_fft:
         samples = np.pad(samples, (0, n_fft - len(samples)))
     window = np.hanning(n_fft).astype(np.float32)
-    starts = np.arange(0, len(samples) - n_fft + 1, hop)
-    frames = samples[starts[:, None] + np.arange(n_fft)] * window        # [T, n_fft]
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2                    # [T, bins]
+    count = (len(samples) - n_fft) // hop + 1                            # frames in the excerpt
+    # Time resampled to a fixed width so every row of the page lines up: only the frames shown
+    # are computed (all of them, a minute at 96 kHz held 560 MiB at once: a review).
+    columns = np.minimum((np.arange(width) * count / width).astype(int), count - 1)
+    shown, column_of = np.unique(columns, return_inverse=True)
+    frames = samples[(shown * hop)[:, None] + np.arange(n_fft)] * window   # [<= width, n_fft]
     bins = int(np.searchsorted(np.fft.rfftfreq(n_fft, 1 / rate), min(max_hz, rate / 2), side="right"))
-    db = 10 * np.log10(power[:, :bins] + 1e-12)
-    level = np.clip((db - (db.max() - dynamic_db)) / dynamic_db, 0, 1)
-    # Resample time to a fixed width so every row of the page lines up.
-    columns = np.minimum((np.arange(width) * len(starts) / width).astype(int), len(starts) - 1)
-    image = PALETTE[(level[columns].T[::-1] * 255).astype(np.uint8)]   # [bins, width, 3]
+    power = np.abs(np.fft.rfft(frames, axis=1)[:, :bins]) ** 2
+    db = 10 * np.log10(power + 1e-12)
+    # The loudest level shown is at least SILENCE_TOP_DB: silence stays dark (normalised to its
+    # own loudest bin, digital silence was drawn bright yellow: a review).
+    top = max(float(db.max()), SILENCE_TOP_DB)
+    level = np.clip((db - (top - dynamic_db)) / dynamic_db, 0, 1)
+    image = PALETTE[(level[column_of].T[::-1] * 255).astype(np.uint8)]   # [bins, width, 3]
     strip = np.full((MARK_ROWS, width, 3), 40, np.uint8)
     if mark is not None:
         seconds = len(samples) / rate

@@ -217,7 +217,9 @@ def recording_path(row: dict, recordings: Path | None, grown_ok: bool = True) ->
     left. ``row``: ``source`` and the ledger's ``file_path``, ``file_size``, ``file_fingerprint``
     and ``file_tail_digest``."""
     candidates = []
-    if recordings is not None:
+    # A source is a name under the watched directory; one that leaves it ('../x', '/etc/x': a
+    # database written by hand or by another program) would serve any file from --recordings.
+    if recordings is not None and _stays_under(row["source"]):
         candidates.append(Path(recordings) / row["source"])
     if row.get("file_path"):
         candidates.append(Path(row["file_path"]))
@@ -233,6 +235,12 @@ def recording_path(row: dict, recordings: Path | None, grown_ok: bool = True) ->
     if refused:
         raise AudioError(f"{row['source']}: not the recording analysed: {'; '.join(refused)}")
     return None
+
+
+def _stays_under(source: str) -> bool:
+    """Whether the relative name ``source`` names a path inside the directory it is joined to."""
+    normal = os.path.normpath(source)
+    return not os.path.isabs(source) and normal != ".." and not normal.startswith("../")
 
 
 def sources_in_several_bundles(db_path: Path) -> int:

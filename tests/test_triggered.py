@@ -88,6 +88,16 @@ def test_watch_classify_and_reanalyse_time_a_call_after_a_silent_stretch(tmp_pat
         assert (at - name_time).total_seconds() == pytest.approx(expected, abs=0.002)
         watched.append(start_utc)
     assert max(start_s for start_s, _ in rows) > marker_at + 2      # calls found after the stretch
+    # The review page's effort counts the stretch as listened to, as the detections' times do (a
+    # review: a call was charted in an hour drawn as "not listening").
+    from edgemon.review.charts import effort_hours
+
+    span_s = soundfile.info(path).duration + left_out
+    with sqlite3.connect(db) as conn:
+        bundle_id = conn.execute("SELECT bundle_id FROM files").fetchone()[0]
+    for chosen in (None, bundle_id):
+        by_hour, by_day = effort_hours(db, chosen)
+        assert by_hour == pytest.approx({5: span_s / 3600}) and by_day == pytest.approx({"2024-01-01": span_s / 3600})
     analyzer = Analyzer(load_bundle(default_bundle_path()))
     classified, errors = classify_files([path], analyzer)
     assert not errors and sorted(r["start_utc"] for r in classified) == sorted(watched)

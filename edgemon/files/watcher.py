@@ -616,7 +616,8 @@ class Watcher:
                                    duration_s=analysis.duration_s, start_utc=when.start_utc,
                                    time_source=when.source, clock_suspect=when.suspect,
                                    bundle_id=self.analyzer.bundle.bundle_id, detections=detections,
-                                   note=note, fingerprint=digest, tail_digest=tail, samples_digest=decoded)
+                                   note=note, fingerprint=digest, tail_digest=tail, samples_digest=decoded,
+                                   span_s=analysis.duration_s + left_out.total_s if left_out else None)
         except sqlite3.OperationalError:
             # Refused (a full disk), and the open attempt cannot always be ended on such a disk:
             # remembered, so the retry is not taken for a death (a newcomer trial: "cut short").

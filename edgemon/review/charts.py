@@ -45,13 +45,22 @@ def effort_hours(db_path: Path, bundle_id: str | None = None) -> tuple[dict[int,
 
 def _recordings_analysed(conn: sqlite3.Connection, bundle_id: str | None) -> tuple[str, list]:
     """The query of the finished recordings' starts and durations (with ``bundle_id``: those it
-    analysed, when the database records it; before ``schema.m014_analyses``, all of them)."""
+    analysed, when the database records it; before ``schema.m014_analyses``, all of them). A
+    triggered recording counts the silent stretches the recorder left out as listened to, as its
+    detections' times count them (``files.span_s``; a review: a call was charted in an hour drawn
+    as "not listening")."""
     whole = "f.state = 'done' AND f.start_utc IS NOT NULL"
+    left_out = "coalesce(f.span_s - f.duration_s, 0)" if "span_s" in _columns(conn, "files") else "0"
     if bundle_id and has_table(conn, "analyses"):
-        return (f"SELECT f.start_utc, coalesce(a.duration_s, f.duration_s) AS seconds FROM analyses a "
+        seconds = f"coalesce(a.duration_s, f.duration_s) + {left_out}"
+        return (f"SELECT f.start_utc, {seconds} AS seconds FROM analyses a "
                 f"JOIN files f ON f.source = a.source WHERE a.bundle_id = ? AND {whole} "
                 f"AND coalesce(a.duration_s, f.duration_s) > 0", [bundle_id])
-    return f"SELECT f.start_utc, f.duration_s FROM files f WHERE {whole} AND f.duration_s > 0", []
+    return f"SELECT f.start_utc, f.duration_s + {left_out} FROM files f WHERE {whole} AND f.duration_s > 0", []
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def calls(db_path: Path, bundle_id: str | None = None) -> tuple[dict, dict]:

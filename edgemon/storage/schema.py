@@ -417,12 +417,15 @@ def m015_cursor_outputs(db: sqlite_utils.Database) -> None:
 
 
 @MIGRATIONS()
-def m016_samples_digest(db: sqlite_utils.Database) -> None:
+def m016_samples_digest_and_span(db: sqlite_utils.Database) -> None:
     """``files.samples_digest`` (``storage.fingerprint.samples_digest``): a digest of each analysed
     recording's decoded audio, so that the recording converted to another format in the watched
     tree (a card of WAVs compressed to FLAC) is known as the recording analysed, not analysed
     again under its new name with its detections stored twice. Files analysed before keep NULL:
     read from the original while it is still there. The index makes the look for recordings
-    that start at the same time a search."""
+    that start at the same time a search. ``files.span_s``: the time a triggered recording
+    spans, its silent stretches left out by the recorder included (NULL: ``duration_s``), which
+    the review page's charts count as listened to, as detection times count them."""
     db.execute("ALTER TABLE files ADD COLUMN samples_digest TEXT")
+    db.execute("ALTER TABLE files ADD COLUMN span_s REAL")
     db.execute("CREATE INDEX files_by_start ON files (start_utc)")

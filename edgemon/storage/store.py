@@ -252,14 +252,16 @@ class Store:
                     duration_s: float, start_utc: str | dt.datetime | None, time_source: str,
                     clock_suspect: bool, bundle_id: str, detections: list[Detection],
                     note: str | None = None, fingerprint: str | None = None,
-                    tail_digest: str | None = None, samples_digest: str | None = None) -> None:
+                    tail_digest: str | None = None, samples_digest: str | None = None,
+                    span_s: float | None = None) -> None:
         """Store a processed file: its detections replace earlier ones of the same bundle (one found
         again unchanged keeps its row and id, so a file merely touched or copied again delivers
         nothing twice to export cursors), and its ledger row becomes 'done'. One transaction: all of it is stored or none of it. ``note``
         (kept in the ledger's error column) says what was odd about a file that was still read;
         ``fingerprint`` (``storage.fingerprint``) tells this recording from another of its name;
         ``tail_digest`` (its header and last bytes) tells it, with the size, from one written again;
-        ``samples_digest`` (its decoded audio) knows it again converted to another format.
+        ``samples_digest`` (its decoded audio) knows it again converted to another format;
+        ``span_s``: the time a triggered recording spans, its left-out silences included.
 
         ``size`` is in bytes, ``mtime_ns`` in nanoseconds since the epoch, ``duration_s`` in
         seconds. Raises ValueError if a detection names another source or bundle. Ends the file's
@@ -280,6 +282,7 @@ class Store:
                 "start_utc": _optional_utc(start_utc), "time_source": time_source,
                 "clock_suspect": int(clock_suspect), "bundle_id": bundle_id, "updated_at": now,
                 "fingerprint": fingerprint, "tail_digest": tail_digest, "samples_digest": samples_digest,
+                "span_s": span_s,
             }, pk="source")
 
     def note_other_recording(self, source: str, *, path: str | Path, size: int, mtime_ns: int) -> bool:

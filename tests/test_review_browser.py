@@ -94,3 +94,27 @@ def test_token_is_required_beyond_localhost(browser, review_db):
         WebDriverWait(browser, 10).until(lambda b: "judged-unsure" in rows[0].get_attribute("class"))
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT verdict FROM reviews").fetchall() == [("unsure",)]
+
+
+def test_a_verdict_key_pressed_twice_before_the_answer_moves_one_row_on(browser, review_db):
+    """A review: each answer moved on from the row current when it came, so 'c' pressed twice
+    before the first answer (a bouncing key, an impatient hand) moved two rows and the row between
+    was never seen. Both presses are dispatched in one script, before either answer."""
+    db, recordings = review_db
+    with review_server(db, recordings) as (base, _):
+        browser.get(base + "/?order=time")
+        rows = browser.find_elements(By.CSS_SELECTOR, "li.detection")
+        browser.execute_script("""
+            for (let n = 0; n < 2; n++)
+                document.dispatchEvent(new KeyboardEvent('keydown', {key: 'c', bubbles: true}));""")
+        WebDriverWait(browser, 10).until(lambda b: "judged-correct" in rows[0].get_attribute("class"))
+        WebDriverWait(browser, 10).until(lambda b: b.execute_script(   # both answers are in
+            "return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/api/verdict')).length;") == 2)
+        browser.execute_async_script("setTimeout(arguments[arguments.length - 1], 200);")   # and handled
+        assert _verdicts(db) == [("correct",)]
+        assert "current" in rows[1].get_attribute("class") and "current" not in rows[2].get_attribute("class")
+
+
+def _verdicts(db) -> list:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT verdict FROM reviews").fetchall()

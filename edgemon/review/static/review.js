@@ -27,7 +27,8 @@
   }
 
   async function judge(verdict, label) {
-    const row = rows[current];
+    const judged = current;
+    const row = rows[judged];
     const response = await fetch("/api/verdict", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
@@ -40,7 +41,9 @@
     row.querySelector(".verdict").textContent =
       body.verdict === "relabel" ? "relabel → " + body.new_label : body.verdict;
     row.dataset.verdict = body.verdict;
-    select(current + 1);
+    // On to the next row only from the row judged: a key pressed twice before the answer came
+    // moved two rows on, the row between never seen.
+    if (current === judged) select(judged + 1);
   }
 
   function openRelabel(open) {

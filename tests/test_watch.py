@@ -159,6 +159,36 @@ def test_a_flac_still_being_written_is_taken_once_complete(tmp_path, good_record
     assert entries["20180302_060000.flac"][:2] == ("quarantined", 1) and "empty file" in entries["20180302_060000.flac"][2]
 
 
+def test_a_flac_copy_that_stalls_is_waited_for_and_analysed_once_whole(tmp_path, good_recording):
+    """A newcomer trial: a finished FLAC copied with a stall longer than settle_s (its STREAMINFO,
+    written first, already whole) was analysed half-copied, then again; a cursor export between
+    the two delivered a cut call and then the whole one. Waited for as a WAV declaring more data
+    than it holds is."""
+    import soundfile
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    root.mkdir()
+    whole = tmp_path / "whole.flac"
+    soundfile.write(whole, good_recording, 16000, format="FLAC")
+    data = whole.read_bytes()
+    path = root / "20180301_060000.flac"
+    path.write_bytes(data[:len(data) // 2])
+    done = threading.Event()
+
+    def copy_resumes():   # the stall: 1.5 s, six settle times
+        time.sleep(1.5)
+        with open(path, "ab") as f:
+            f.write(data[len(data) // 2:])
+        done.set()
+
+    threading.Thread(target=copy_resumes, daemon=True).start()
+    watch_until_idle(root, db, incomplete_grace_s=30)
+    assert done.is_set()
+    assert ledger(db)["20180301_060000.flac"] == ("done", 1, None)   # once, whole, nothing odd noted
+    (duration,) = query(db, "SELECT duration_s FROM files")[0]
+    assert duration == pytest.approx(len(good_recording) / 16000, abs=0.01)
+
+
 def test_a_file_still_being_written_is_taken_once_complete(tmp_path, good_recording):
     root, db = tmp_path / "rec", tmp_path / "d.db"
     path = write_wav(root / "20180301_060000.WAV", good_recording)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import soundfile
+
 from edgemon.files.headers import read_metadata, read_wav_metadata
 from edgemon.utc import UTC
 
@@ -307,7 +309,22 @@ def flac_header_consistent(path: str | Path) -> tuple[bool, str]:
     total = ((head[21] & 0x0F) << 32) | int.from_bytes(head[22:26], "big")   # STREAMINFO bits 108-143
     if total == 0:
         return False, "FLAC total samples 0: header not yet finalised"
+    if not _decodes_to_its_end(path, total):
+        # A copy that stalled (a card reader, a slow share): its STREAMINFO came first and is whole.
+        # Analysed now, then again once it grew, it gave a cursor a cut call, then the whole one (a
+        # newcomer trial); waited for like a WAV declaring more data than it holds.
+        return False, f"FLAC header declares {total} samples, the file ends before them"
     return True, "header consistent"
+
+
+def _decodes_to_its_end(path: str | Path, total: int) -> bool:
+    """Whether the FLAC's last sample can be reached (libFLAC seeks to it: a few frames read)."""
+    try:
+        with soundfile.SoundFile(os.fsencode(path)) as f:
+            f.seek(total - 1)
+            return len(f.read(1)) == 1
+    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError):
+        return False
 
 
 def header_consistent(path: str | Path) -> tuple[bool, str]:

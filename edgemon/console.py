@@ -19,9 +19,12 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import re
 import sys
 import time
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TextIO
 
 import typer
@@ -112,6 +115,25 @@ def setup_logging(level: int = logging.INFO, stream: TextIO | None = None,
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    warnings.showwarning = _warning_as_log_line
+
+
+# watchdog's inotify observer warns so, with its objects' reprs (about 1 KB), when a directory
+# moved out of the watched tree comes back while watched: harmless, it watches it again.
+_HARMLESS_WARNINGS = (re.compile(r"Callback with id .* already exists for watch", re.S),)
+WARNING_MAX_CHARS = 300
+
+
+def _warning_as_log_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning (a library's) as one log line, stamped and prioritised as the others: it
+    went to stderr raw, over two lines and without either (a newcomer trial)."""
+    text = " ".join(str(message).split())
+    if any(pattern.search(text) for pattern in _HARMLESS_WARNINGS):
+        logging.getLogger("edgemon").debug("%s: %s", category.__name__, text[:WARNING_MAX_CHARS])
+        return
+    if len(text) > WARNING_MAX_CHARS:
+        text = text[:WARNING_MAX_CHARS] + "…"
+    logging.getLogger("edgemon").warning("%s from %s:%d: %s", category.__name__, Path(filename).name, lineno, text)
 
 
 def error(message: str, code: int = EXIT_FAILURE) -> typer.Exit:

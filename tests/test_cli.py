@@ -297,6 +297,31 @@ def test_journal_lines_carry_priorities_and_no_timestamp(tmp_path):
     assert any("RuntimeError: boom" in line for line in lines)
 
 
+def test_a_library_warning_is_one_log_line_with_its_priority(tmp_path):
+    """A newcomer trial: watchdog's warning for a directory moved out of the watched tree and back
+    went to stderr raw (about 1 KB over two lines, no priority, no time stamp)."""
+    import warnings
+
+    path = tmp_path / "stderr"
+    with open(path, "w") as stream, warnings.catch_warnings():
+        warnings.simplefilter("always")
+        st = os.fstat(stream.fileno())
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            console.setup_logging(logging.INFO, stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+            warnings.warn("a library\nsays   this " + "x" * 400, RuntimeWarning)
+            warnings.warn("Callback with id '1404' already exists for watch <bound method Watch.short_str of "
+                          "Watch(wd=3, ...)>. It will be Overwritten.", RuntimeWarning)
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1, lines        # the harmless one at debug, below the level logged
+    assert re.fullmatch(r"<4>WARNING edgemon: RuntimeWarning from test_cli\.py:\d+: a library says this x{280}…",
+                        lines[0]), lines[0]
+
+
 def test_terminal_lines_are_stamped_in_utc_whatever_the_host_zone(tmp_path):
     """A newcomer trial: with TZ=Asia/Kuching log lines read 08:58 while status and exports said 00:58Z."""
     zone = os.environ.get("TZ")

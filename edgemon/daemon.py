@@ -65,7 +65,8 @@ def run_watch(config: WatchConfig, db_path: Path, models: Path | None = None, th
         except BundleError as exc:
             record_refusal(db_path, "watch", config.device_id, str(exc))
             raise
-        with open_or_recover(db_path) as store, stop_on_signals() as stop:
+        with open_or_recover(db_path) as store, \
+                stop_on_signals(abandon="the file in hand is analysed again at the next start") as stop:
             store.check_writable()   # a read-only database would hold every file, and --until-idle never end
             store.record_bundle(analyzer.bundle.bundle_id, analyzer.bundle.manifest)   # names and reach for export
             return _watch(config, db_path, analyzer, store, stop, threads, health, disk)

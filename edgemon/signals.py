@@ -15,14 +15,23 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def stop_on_signals(finishing: str = "the current file") -> Iterator[threading.Event]:
+def stop_on_signals(finishing: str = "the current file", abandon: str | None = None) -> Iterator[threading.Event]:
     """An Event set by SIGTERM or SIGINT; the previous handlers come back at the end.
-    ``finishing``: what the command completes before it stops, for the log line."""
+    ``finishing``: what the command completes before it stops, for the log line. ``abandon``:
+    what a second signal gives up at once (the Event's ``now`` is then True, for the work to look
+    at); None: a second signal is said as the first (a newcomer trial pressed Ctrl-C twice and
+    waited for an hour's file all the same)."""
     stop = threading.Event()
+    stop.now = False
     previous = {}
 
     def handler(signum, frame):
-        log.info("signal %d: stopping after %s", signum, finishing)
+        if abandon is not None and getattr(stop, "signum", None) is not None:
+            log.warning("signal %d again: stopping now; %s", signum, abandon)
+            stop.now = True
+            return
+        log.info("signal %d: stopping after %s%s", signum, finishing,
+                 " (again to stop at once)" if abandon is not None else "")
         stop.signum = signum   # for an exit status that says the work was stopped, where it has an end
         # Set from another thread: the handler runs on the main thread, which may be inside
         # stop.wait() holding the Event's (non-reentrant) lock; set() here would wait for it forever.

@@ -80,6 +80,10 @@ RESCAN_SHARE = 0.1        # of the time, at most, that rescans take (they are sp
 DIGESTS_PER_SCAN = 200   # files an older edgemon analysed whose digests one scan reads (~130 KiB each)
 
 
+class StoppedNow(AnalysisStopped):
+    """A second Ctrl-C or SIGTERM: the file in hand is given up, to be analysed again at the next start."""
+
+
 def may_still_be_written(why: str) -> bool:
     """A WAV or FLAC header that a recorder still writing would leave: empty, sizes or length not
     yet filled in (AudioMoth and libsndfile write them at close), or more data declared than is on disk yet. Other
@@ -135,6 +139,7 @@ class Watcher:
         self.undigested: list | None = None   # recordings an older edgemon analysed: digests to read
         self.digests_completed = 0
         self.progress = BacklogProgress(config.progress_s)
+        self.stop: threading.Event | None = None   # run's: a second signal sets its ``now``
 
     def source_of(self, path: Path) -> str:
         return source_of(self.root, path)
@@ -244,6 +249,7 @@ class Watcher:
         self.progress.update(done=self.attempted, waiting=self.pending, audio_s=self.audio_s, busy_s=self.busy_s)
 
     def run(self, stop: threading.Event) -> None:
+        self.stop = stop
         check_root(self.root)
         observer = start_observer(self.root, self.hints)
         try:
@@ -444,6 +450,8 @@ class Watcher:
             note = f"header inconsistent ({why}); read as far as it goes"
         self.header_wait.forget(path)
         self.process(path, source, st, note)
+        if getattr(self.stop, "now", False):   # given up (``StoppedNow``): still to do
+            return False
         entry = self.store.file_entry(source)
         if entry is not None and entry["state"] == "failed":
             self.retry_at[path] = time.monotonic() + self.config.retry_s
@@ -586,6 +594,10 @@ class Watcher:
                         self.analyzer.analyse_blocks(self._blocks(path)))
             when = recording_time(path)
             left_out = silences_of(path)
+        except StoppedNow:   # not a death: analysed again at the next start, in this process
+            self.store.drop_attempt(source)
+            log.warning("%s: given up, not stored; analysed again at the next start", shown(source))
+            return
         except AnalysisStopped:  # the unit is stopping: the attempt stays open, counted at the next start
             log.info("%s: analysis stopped with the daemon", shown(source))
             return
@@ -645,7 +657,14 @@ class Watcher:
     def _blocks(self, path: Path) -> audio.Blocks:
         """The file's audio blocks; each one marks progress, so a long file keeps the watchdog fed."""
         return audio.iter_blocks(path, self.config.block_s, self.analyzer.bundle.frontend.sample_rate,
-                                 on_block=self._tick)
+                                 on_block=self._block_decoded)
+
+    def _block_decoded(self) -> None:
+        """A block of the file in hand decoded: progress, unless a second signal asked to stop now
+        (``signals.stop_on_signals``)."""
+        if getattr(self.stop, "now", False):
+            raise StoppedNow("stopped at a second signal")
+        self._tick()
 
     def detections(self, source: str, analysis: Analysis, when,
                    left_out: SilentStretches = SilentStretches()) -> list[Detection]:

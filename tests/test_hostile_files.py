@@ -398,6 +398,14 @@ def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):
     watch_until_idle(tmp_path / "long", tmp_path / "g.db", progress_s=0.0, settle_s=0.0, block_s=5.0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]
     assert sum(line.startswith("backlog: 0/1 file(s) done") for line in lines) >= 6, lines   # a line per block
+    # A file whose writer has not finished its header waits its grace: the line says so, where only
+    # "ETA 1 s" was said for two minutes (a newcomer trial).
+    caplog.clear()
+    unfinalised_header(recording(tmp_path / "held" / "20240701_080000.WAV"))
+    watch_until_idle(tmp_path / "held", tmp_path / "h.db", progress_s=0.0, settle_s=0.0, incomplete_grace_s=1.5)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]
+    assert any(line.endswith("; 1 file(s) wait for their writer to finish the header (up to 2 s from their last "
+                             "change)") for line in lines), lines
 
 
 def test_an_isolated_analysis_equals_the_daemons_own_and_reports_each_block(tmp_path):

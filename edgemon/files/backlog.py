@@ -59,10 +59,13 @@ class BacklogProgress:
                 total += cached[1]
         return total, unknown
 
-    def update(self, *, done: int, waiting: Collection[Path], audio_s: float, busy_s: float) -> str | None:
+    def update(self, *, done: int, waiting: Collection[Path], audio_s: float, busy_s: float,
+               held: int = 0, held_s: float = 0.0) -> str | None:
         """``done``: files finished this run; ``waiting``: the files still to do;
-        ``audio_s``/``busy_s``: seconds of audio stored this run and seconds spent on it.
-        Returns the line logged, if one was due."""
+        ``audio_s``/``busy_s``: seconds of audio stored this run and seconds spent on it;
+        ``held``: how many of the waiting wait for their writer to finish a header, up to
+        ``held_s`` seconds from their last change (the ETA counts only the analysis: a newcomer
+        trial read "ETA 1 s" for two minutes as a hang). Returns the line logged, if one was due."""
         now = self._clock()
         if waiting and self._since is None:
             self._since, self._before = now, (done, audio_s, busy_s)
@@ -82,8 +85,10 @@ class BacklogProgress:
             eta = (f", ETA {_duration(left_s * busy_s / audio_s)}" if audio_s > 0 and busy_s > 0 and left_s
                    else "")
             guess = f" (+{unknown} file(s) of unknown length)" if unknown else ""
+            writing = (f"; {held} file(s) wait for their writer to finish the header (up to {_duration(held_s)} "
+                       f"from their last change)" if held else "")
             line = (f"backlog: {done}/{total} file(s) done, {audio_s / 3600:.2f} of "
-                    f"{(audio_s + left_s) / 3600:.2f} h of audio{guess}{eta}")
+                    f"{(audio_s + left_s) / 3600:.2f} h of audio{guess}{eta}{writing}")
         self._next = now + self.every_s
         if line:
             log.info("%s", line)

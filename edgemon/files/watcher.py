@@ -246,7 +246,9 @@ class Watcher:
         self.unreadable = found
 
     def _report_progress(self) -> None:
-        self.progress.update(done=self.attempted, waiting=self.pending, audio_s=self.audio_s, busy_s=self.busy_s)
+        self.progress.update(done=self.attempted, waiting=self.pending, audio_s=self.audio_s, busy_s=self.busy_s,
+                             held=sum(path in self.pending for path in self.header_said),
+                             held_s=self.config.incomplete_grace_s)
 
     def run(self, stop: threading.Event) -> None:
         self.stop = stop

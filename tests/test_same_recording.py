@@ -379,3 +379,19 @@ def test_a_recording_analysed_before_decoded_digests_is_known_converted_while_it
     # With the original gone nothing tells the FLAC's audio from another's: analysed (README says so).
     _convert(gone, root / "20230202_053000.flac", delete=True)
     assert watch_until_idle(root, db).processed == 1
+
+
+def test_a_card_watched_from_its_parent_after_one_folder_says_no_move(tmp_path, duet, caplog):
+    """A newcomer trial: one night's folder watched, then the whole card: every file of that night
+    was warned "moved or renamed from" its own, unchanged path (its name under the watched
+    directory changed, nothing else)."""
+    card, db = tmp_path / "card", tmp_path / "d.db"
+    write_wav(card / "20230201" / "20230201_053000.WAV", duet)
+    watch_until_idle(card / "20230201", db)
+    before = query(db, DETECTIONS)
+    caplog.set_level(logging.INFO, logger="edgemon")
+    assert watch_until_idle(card, db).processed == 0
+    assert query(db, DETECTIONS) == before
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "20230201_053000.WAV" in r.getMessage()]
+    assert said == [(logging.INFO, "20230201/20230201_053000.WAV: analysed already as 20230201_053000.WAV, when "
+                                   "another directory was watched: not analysed again")], said

@@ -561,6 +561,11 @@ class Watcher:
             log.info("%s: touched or copied again (same size and audio): not analysed again", shown(source))
         elif self.store.note_same_recording(same.source, path=path, size=version[0], mtime_ns=version[1],
                                             moved=same.kind == "moved", converted=same.converted):
+            if same.path == stored_name(path):   # nothing moved: the watched directory is another one
+                log.info("%s: analysed already as %s, when another directory was watched: not analysed again",
+                         shown(source), shown(same.source))
+                self.settled[path] = version
+                return
             what = "moved or renamed from" if same.kind == "moved" else "a copy of"
             form = " (in another format)" if same.converted else ""
             log.warning("%s: %s %s%s, analysed already: not analysed again; its detections stay under %s",

@@ -392,7 +392,10 @@ def format_status(status: dict) -> str:
         ("dropped audio", dropped_text),
         ("disk free", disk_text),
         ("database", f"{db['path']}: {db['integrity']}, {db['size_mb']:g} MB + WAL {db['wal_mb']:g} MB"),
-        ("memory", "?" if svc.get("rss_mb") is None else f"{svc['rss_mb']:g} MB resident"),
+        # Only a running service's is its memory now; otherwise its last heartbeat's (a newcomer
+        # trial read a stopped one's as memory in use).
+        ("memory", "?" if svc.get("rss_mb") is None else f"{svc['rss_mb']:g} MB resident"
+                   + ("" if svc["state"] == "running" else " at its last heartbeat")),
         ("export cursors", "; ".join(f"{c['name']} ({c['filter']}): at id {c['last_id']}, {c['delivered']} delivered, "
                                      f"last export {c['exported_at']}" for c in s.get("export_cursors", [])) or "none"),
         ("sync", "; ".join(f"{t['target']}: acknowledged {t['at']}, {t['backlog']} change(s) waiting"

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+import re
 import socket
 import sqlite3
 import subprocess
@@ -446,6 +447,9 @@ def test_status_says_a_killed_daemon_is_not_running_at_once(watched_db, tmp_path
     status = collect_status(copy)
     assert status["service"]["state"] == "silent" and status["service"]["process_gone"] == holder.pid
     assert any(f"its process (pid {holder.pid}) ended without stopping" in p for p in status["problems"])
+    # Its memory is that of its last heartbeat, said so (a newcomer trial read it as memory in use).
+    memory = next(line for line in format_status(status).splitlines() if line.startswith("memory:"))
+    assert re.fullmatch(r"memory: +[0-9.]+ MB resident at its last heartbeat", memory), memory
 
 
 def test_quarantined_files_are_named_and_the_rest_counted(tmp_path):

@@ -118,6 +118,17 @@ def test_failures_exit_1_and_refused_options_exit_2_in_one_line(args, code, mess
     assert result.output.startswith("error: ")
 
 
+def test_watch_with_a_bundle_that_is_not_there_leaves_nothing_beside_the_database(tmp_path):
+    """A newcomer trial: `watch --models nosuch` said so in one line and left `<db>.lock` behind
+    (no database), as a missing directory does not."""
+    recordings = tmp_path / "rec"
+    recordings.mkdir()
+    result = runner.invoke(app, ["watch", str(recordings), "--db", str(tmp_path / "d.db"), "--models",
+                                 str(tmp_path / "nosuch"), "--until-idle"])
+    assert result.exit_code == 1 and "nosuch: no such bundle directory" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]
+
+
 @pytest.mark.parametrize("args, said", [
     (["classify", "x.wav", "--format", "xml"], "error: edgemon classify: Invalid value for '--format'"),
     (["watch", "--settle-s", "soon"], "(given 'soon'); see `edgemon watch -h`"),

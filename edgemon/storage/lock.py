@@ -36,13 +36,21 @@ def hold_database(db_path: str | Path) -> Iterator[Path]:
     """Hold the lock of the database at ``db_path`` for the block; the lock file holds our pid.
     Raises ``DatabaseInUseError`` at once, naming the other daemon's pid, when it is held."""
     path = lock_path(db_path)
+    created = not os.path.lexists(path)
     fd = _open_lock(path, db_path)
     try:
         if not _try_lock(fd, path):
             raise DatabaseInUseError(f"another edgemon (pid {_holder(fd)}) is using this database "
                                      f"{shown(Path(db_path).resolve())}")
         _write_pid(fd)
-        yield path
+        try:
+            yield path
+        except BaseException:
+            # Stopped before a database was made (a bundle refused): no lock file left beside
+            # nothing (a newcomer trial found `--models nosuch` left one).
+            if created and not os.path.lexists(db_path):
+                path.unlink(missing_ok=True)
+            raise
     finally:
         os.close(fd)   # releases the lock
 

@@ -356,6 +356,11 @@ def _parse_time(text: str, option: str):
         raise OptionError(f"{option}: not an ISO 8601 time: {text!r} (e.g. 2024-05-01 or 2024-05-01T06:00Z)") from None
     try:
         when.astimezone(dt.timezone.utc)   # year 1 or 9999 with an offset falls off the calendar in UTC
+        # Up to the millisecond times are stored to: "since <= start < until" then holds for a
+        # bound given finer (truncated, a start 0.4 ms before --since was in, a newcomer trial).
+        if when.microsecond % 1000:
+            when += dt.timedelta(microseconds=1000 - when.microsecond % 1000)
+            when.astimezone(dt.timezone.utc)
     except OverflowError:
         raise OptionError(f"{option}: {text!r} is outside the years UTC can hold (1-9999)") from None
     return when

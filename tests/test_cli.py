@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -95,6 +96,20 @@ def test_export_formats_and_incremental_sync(duet_recording, tmp_path):
     assert table[0].startswith("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)")
     none = runner.invoke(app, ["export-detections", "--db", str(db), "--since", "2019-01-01"])
     assert none.exit_code == 0 and len(none.stdout.splitlines()) == 1  # header only
+    # since <= start < until, for bounds given finer than the millisecond times are stored to (a
+    # newcomer trial: a start 0.4 ms before --since was in, one 0.1 ms before --until out).
+    with sqlite3.connect(db) as conn:
+        first = conn.execute("SELECT min(start_utc) FROM detections").fetchone()[0]     # '...T05:30:11.904Z'
+
+    def rows(*bounds):
+        out = runner.invoke(app, ["export-detections", "--db", str(db), "--format", "jsonl", *bounds])
+        assert out.exit_code == 0, out.output
+        return [json.loads(line)["start_utc"] for line in out.stdout.splitlines()]
+
+    assert first not in rows("--since", first[:-1] + "4Z")
+    assert first in rows("--since", first[:-1] + "0Z")
+    assert first in rows("--since", "2000-01-01", "--until", first[:-1] + "1Z")
+    assert first not in rows("--since", "2000-01-01", "--until", first)
 
 
 @pytest.mark.parametrize("args, code, message", [

@@ -364,6 +364,11 @@ def test_a_recording_converted_to_flac_in_the_tree_is_not_analysed_again(tmp_pat
     watch_until_idle(root, db)
     soundfile.write(root / "20230203_053000.flac", noise(8, seed=3), 16000, subtype="PCM_16")
     assert watch_until_idle(root, db).processed == 1
+    # Two recorders' cards in one database: the same name, start and (a dead microphone's) silence in
+    # the same format are two recordings, not a conversion; both hours count.
+    write_wav(root / "siteA" / "20230204_053000.WAV", np.zeros(5 * 16000, np.float32))
+    write_wav(root / "siteB" / "20230204_053000.WAV", np.zeros(5 * 16000, np.float32), subtype="PCM_24")
+    assert watch_until_idle(root, db).processed == 2
 
 
 def test_a_recording_analysed_before_decoded_digests_is_known_converted_while_its_original_is_there(tmp_path, duet):

@@ -78,9 +78,11 @@ def _converted_from(store: Store, path: Path, source: str, start: dt.datetime,
     """The analysed recording that ``path`` holds in another format (its name's stem, its start
     and its decoded audio; ``held``: the file's own digests), or None. A recording analysed before
     decoded audio was digested is read from its file while that still holds it."""
-    stem = _stem(source)
+    # Of another format only: two recorders' cards in one database share names and starts, and a
+    # dead microphone's silence decodes alike on both; neither is the other's conversion.
+    stem, form = _stem(source), _form(source)
     candidates = [row for row in store.analysed_starting(source, start)
-                  if _stem(row["source"]) == stem and _same_start(row, start)]
+                  if _stem(row["source"]) == stem and _form(row["source"]) != form and _same_start(row, start)]
     if not candidates or (mine := samples_digest(path)) is None:
         return None
     for twin in candidates:
@@ -98,6 +100,11 @@ def _converted_from(store: Store, path: Path, source: str, start: dt.datetime,
 def _stem(source: str) -> str:
     """A recording's name without its folder and format (``day1/X.WAV`` -> ``x``)."""
     return PurePosixPath(source).stem.casefold()
+
+
+def _form(source: str) -> str:
+    """A recording's format by its name (``day1/X.WAV`` -> ``.wav``)."""
+    return PurePosixPath(source).suffix.casefold()
 
 
 def undigested_files(store: Store, settled: dict[Path, tuple[int, int]],

@@ -108,8 +108,9 @@ def test_a_verdict_key_pressed_twice_before_the_answer_moves_one_row_on(browser,
             for (let n = 0; n < 2; n++)
                 document.dispatchEvent(new KeyboardEvent('keydown', {key: 'c', bubbles: true}));""")
         WebDriverWait(browser, 10).until(lambda b: "judged-correct" in rows[0].get_attribute("class"))
-        WebDriverWait(browser, 10).until(lambda b: b.execute_script(   # both answers are in
-            "return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/api/verdict')).length;") == 2)
+        answers = ("return performance.getEntriesByType('resource')"
+                   ".filter(e => e.name.endsWith('/api/verdict')).length;")
+        WebDriverWait(browser, 10).until(lambda b: b.execute_script(answers) == 2)   # both answers are in
         browser.execute_async_script("setTimeout(arguments[arguments.length - 1], 200);")   # and handled
         assert _verdicts(db) == [("correct",)]
         assert "current" in rows[1].get_attribute("class") and "current" not in rows[2].get_attribute("class")

@@ -142,8 +142,8 @@ _ORDER_BY = {"teach": "v.verdict IS NOT NULL, d.id IN judged_elsewhere, priority
 
 
 # The latest verdict on an overlapping detection of the same recording under another bundle, unless
-# it is 'unsure' (a verdict superseded by another reviewer's counted; a review); through the reviews' own key, which starts with the recording, so each row reads only
-# that recording's reviews.
+# it is 'unsure' (a verdict superseded by another reviewer's counted: a review); through the
+# reviews' own key, which starts with the recording, so each row reads only that recording's reviews.
 # ``o`` is the reviewed detection ``r`` judged; ``{d}`` names the detection it overlaps, which
 # ``{join}`` may bring in.
 _REVIEWED_OVERLAP = f"""FROM reviews r JOIN detections o ON o.source = r.source AND o.start_s = r.start_s

@@ -13,6 +13,7 @@ recording does not, whatever its length.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -128,7 +129,7 @@ def samples_digest(path: str | Path) -> str | None:
     another format from another recording: their bytes differ from the first one on. None when it
     cannot be decoded (a header never finalised, a damaged file)."""
     try:
-        with soundfile.SoundFile(str(path)) as f:
+        with soundfile.SoundFile(os.fsencode(path)) as f:   # bytes: any name
             frames, rate, channels = f.frames, f.samplerate, f.channels
             if frames <= 0:
                 return None

@@ -425,6 +425,25 @@ def test_a_source_name_leaving_the_recordings_directory_is_not_read(tmp_path):
     assert len(read_excerpt(row, recordings=recordings).samples) == 16000 * 7
 
 
+def test_a_call_can_be_relabelled_to_a_species_the_sites_bundle_knows(review_db):
+    """A review: the relabel list was the detected labels and the embedded bundle's, so a site
+    running its own bundle could not name one of its species not yet detected (and was offered
+    the default's, which its adapt then dropped)."""
+    db, recordings = review_db
+    with Store(db) as store:
+        store.record_bundle("site-bundle", {"labels": ["noise", "orangutan_longcall", "gibbon_duet"],
+                                            "background_label": "noise"})
+    with review_server(db, recordings) as (base, _):
+        page = _get(base + "/")[2].decode()
+        offered = set(re.findall(r'data-label="([^"]+)"', page))
+        assert offered == {"orangutan_longcall", "gibbon_duet", "hornbill_helmeted", "great_argus"}, offered
+        first = int(re.findall(r'data-id="(\d+)"', page)[0])
+        status, row = _post(base + "/api/verdict", {"id": first, "verdict": "relabel", "label": "orangutan_longcall"})
+        assert status == 200 and row["new_label"] == "orangutan_longcall"
+        status, row = _post(base + "/api/verdict", {"id": first, "verdict": "relabel", "label": "hornbill_rhino"})
+        assert status == 400 and "hornbill_rhino" in row["error"]     # the embedded bundle's, not this site's
+
+
 def test_verdicts_export_as_csv(review_db, tmp_path):
     import csv
     import subprocess

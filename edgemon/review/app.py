@@ -142,14 +142,18 @@ def unknown_filter(q, labels: list[str] | None, bundles: list[str]) -> Response 
     return None
 
 
-def known_labels(db_labels: list[str]) -> list[str]:
-    """Labels a detection can be relabelled to: the detected ones and the embedded bundle's."""
-    try:
-        manifest = json.loads((default_bundle_path() / MANIFEST).read_text())
-        bundle_labels = [l for l in manifest["labels"] if l != manifest.get("background_label", "background")]
-    except (OSError, ValueError, KeyError):
-        bundle_labels = []
-    return sorted(set(db_labels) | set(bundle_labels))
+def known_labels(db: Path, db_labels: list[str]) -> list[str]:
+    """Labels a detection can be relabelled to: the detected ones and those of the bundles that ran
+    on the database (the embedded bundle's when none is recorded: a site's own bundle's species
+    were not offered, the default's were, a review)."""
+    ran = reviews.bundle_labels(db)
+    if not ran:
+        try:
+            manifest = json.loads((default_bundle_path() / MANIFEST).read_text())
+            ran = [l for l in manifest["labels"] if l != manifest.get("background_label", "background")]
+        except (OSError, ValueError, KeyError):
+            ran = []
+    return sorted(set(db_labels) | set(ran))
 
 
 def create_app(config: ReviewConfig) -> Starlette:
@@ -182,7 +186,7 @@ def create_app(config: ReviewConfig) -> Starlette:
         return templates.TemplateResponse(request, "index.html", {
             "rows": rows, "days": days, "labels": labels, "bundles": bundles, "q": q, "order": order,
             "orders": reviews.ORDERS, "offset": offset, "as_of": as_of, "page_size": PAGE_SIZE,
-            "relabel_to": known_labels(labels),
+            "relabel_to": known_labels(config.db, labels),
             "precision": reviews.precision_by_class(config.db, q.get("bundle") or None),
             "several": 0 if q.get("bundle") else sources_in_several_bundles(config.db),
             "reviewer": config.reviewer})
@@ -246,7 +250,7 @@ def create_app(config: ReviewConfig) -> Starlette:
                 return JSONResponse({"error": 'a verdict is a JSON object: {"id": …, "verdict": …}'}, status_code=400)
             key = body.get("key")
             row = reviews.add_verdict(config.db, body["id"], str(body["verdict"]), config.reviewer,
-                                      body.get("label"), tuple(known_labels(reviews.days_and_labels(config.db)[1])),
+                                      body.get("label"), tuple(known_labels(config.db, reviews.days_and_labels(config.db)[1])),
                                       key=None if key is None else str(key))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": f"malformed verdict: {exc}"}, status_code=400)

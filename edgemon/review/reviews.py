@@ -339,6 +339,25 @@ def days_and_labels(db_path: Path) -> tuple[list[str], list[str], list[str]]:
     return days, labels, bundles
 
 
+def bundle_labels(db_path: Path) -> list[str]:
+    """The labels, background apart, of the bundles that ran on this database (its ``bundles``
+    table: what ``watch``, ``listen`` and ``reanalyse`` recorded), so a call can be relabelled to a
+    species its site's bundle knows and has not yet detected; none when none is recorded."""
+    with closing(open_read_only(db_path, ReviewError)) as conn:
+        if not has_table(conn, "bundles"):
+            return []
+        manifests = [r[0] for r in conn.execute("SELECT manifest FROM bundles")]
+    labels: set[str] = set()
+    for text in manifests:
+        try:
+            manifest = json.loads(text)
+            background = manifest.get("background_label", "background")
+            labels.update(str(label) for label in manifest["labels"] if label != background)
+        except (ValueError, TypeError, KeyError, AttributeError):   # a manifest this edgemon cannot read
+            continue
+    return sorted(labels)
+
+
 REVIEW_COLUMNS = ("id", "detection_id", "source", "start_s", "end_s", "start_utc", "device_id", "label",
                   "confidence", "bundle_id", "verdict", "new_label", "reviewer", "reviewed_at", "current")
 

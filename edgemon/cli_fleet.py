@@ -41,6 +41,9 @@ def sync(
     typer.echo(result.describe())
 
 
+MAX_DAYS = 36600   # a century: beyond it the server's dates run out
+
+
 fleet_app = typer.Typer(no_args_is_help=True, help="The fleet database (PostgreSQL) that recorders sync into.")
 app.add_typer(fleet_app, name="fleet")
 
@@ -56,13 +59,16 @@ def fleet_status(
 ):
     """Recorder health, detections per site/species/day and effort; flags recorders that need a visit."""
     from edgemon.sync.fleet_status import VisitRules, collect_fleet, format_fleet
+    from edgemon.sync.fleetdb import SyncUrlError
 
-    if days < 1:
-        raise fail(OptionError(f"--days {days}: give 1 or more"))
+    if not 1 <= days <= MAX_DAYS:   # 10^8 days went to the server: "date out of range" (a review)
+        raise fail(OptionError(f"--days {days}: give 1 to {MAX_DAYS}"))
     if not math.isfinite(min_free_mb) or min_free_mb < 0:   # nan flagged no recorder at all
         raise fail(OptionError(f"--min-free-mb {min_free_mb}: give a number of MB, 0 or more"))
     try:
         report = collect_fleet(db, VisitRules(min_free_mb=min_free_mb), days, all_bundles)
+    except SyncUrlError as exc:   # the URL given, named as sync's --to is (a review)
+        raise fail(SyncUrlError(f"option --db: {exc}"))
     except EdgemonError as exc:
         raise fail(exc)
     as_json = as_json or fmt is TextFormat.json

@@ -122,8 +122,9 @@ def test_export_formats_and_incremental_sync(duet_recording, tmp_path):
     (["export-detections", "--since", "2024-06-01", "--until", "2024-05-01"], 2, "is not before --until"),
     (["config", "--setle-s", "1"], 2, "did you mean '--settle-s'"),
     (["listen", "--duration-s", "nan"], 2, "--duration-s"),
-    (["fleet", "status", "--db", "d.db"], 1, "a fleet database is given as a postgresql:// URL"),
+    (["fleet", "status", "--db", "d.db"], 1, "option --db: a fleet database is given as a postgresql:// URL"),
     (["fleet", "status", "--db", "postgresql://x@h/f", "--days", "-3"], 2, "--days"),
+    (["fleet", "status", "--db", "postgresql://x@h/f", "--days", "100000000"], 2, "--days 100000000: give 1 to"),
     (["fleet", "status", "--db", "postgresql://x@h/f", "--min-free-mb", "nan"], 2, "--min-free-mb nan"),
 ])
 def test_failures_exit_1_and_refused_options_exit_2_in_one_line(args, code, message):

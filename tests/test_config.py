@@ -103,6 +103,11 @@ def test_a_bad_sync_url_is_named_by_its_source_where_sync_starts_and_by_config(t
     assert shown.exit_code == 1 and "[sync] sync_url: a fleet database is given as a postgresql:// URL" in shown.output
     with pytest.raises(ConfigError, match="option --to: the fleet database URL holds a password"):
         check_sync_url(load_settings(config, env={}, default_path=None), url)
+    # A port libpq cannot take was shown by config and called "unreachable" by sync (a review).
+    config = write(tmp_path / "port.toml", '[sync]\nsync_url = "postgresql://recorder@10.0.0.5:55432x/fleet"\n')
+    shown = CliRunner().invoke(app, ["config", "--config", str(config)])
+    assert shown.exit_code == 1 and "port.toml: [sync] sync_url: sync URL: port '55432x' is not a port number" \
+        in shown.output, shown.output
 
 
 @pytest.mark.parametrize("url", ["postgresql://u:pw@h/db", "postgres://u@h/db?password=pw&sslmode=require"])

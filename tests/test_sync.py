@@ -381,6 +381,12 @@ def test_sync_refuses_a_foreign_file_another_device_id_and_bad_numbers_before_co
     missing = tmp_path / "no-pgpass"
     assert_one_line_refusal(run_sync(db, f"{url}?passfile={missing}", device_id="site-07"),
                             f"passfile {missing} not found")
+    # A value libpq refuses at every connection was "unreachable", and retried (a review).
+    for query, said in ((":5543a/fleet", "sync URL: port '5543a' is not a port number (1-65535)"),
+                        ("/fleet?sslmode=bogus", "sync URL: sslmode 'bogus' is not one of disable, allow"),
+                        ("/fleet?connect_timeout=soon", "sync URL: connect_timeout 'soon' is not a whole number")):
+        bad = url.replace(":9/fleet", query)
+        assert_one_line_refusal(run_sync(db, bad, device_id="site-07"), said)
     # The service checks the passfile per session: a missing one never stops the recording.
     from edgemon.sync import fleetdb
     assert fleetdb.check_url(f"{url}?passfile={missing}", passfile=False)["passfile"] == str(missing)

@@ -119,6 +119,7 @@ def check_url(url: str, *, passfile: bool = True) -> dict[str, str]:
         raise SyncUrlError("sync URL is not a valid PostgreSQL URL") from None
     if params.get("password"):
         raise SyncUrlError(PASSWORD_IN_URL)
+    _check_values(params)
     named = params.get("passfile") or os.environ.get("PGPASSFILE")
     if named:  # named, so meant: libpq would silently skip it and report "no password supplied"
         try:
@@ -137,6 +138,25 @@ def check_url(url: str, *, passfile: bool = True) -> dict[str, str]:
             raise SyncUrlError(f"passfile {named} cannot be read by this user: chown it to the user "
                                f"edgemon runs as (edgemon for the service) and keep it 0600")
     return params
+
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+WHOLE_NUMBER_OPTIONS = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count")
+
+
+def _check_values(params: dict[str, str]) -> None:
+    """libpq parses a URL's option names, not its values: a port '5543a' or an sslmode 'bogus'
+    failed at every connection, was called "unreachable" and retried for ever (a review). The
+    values it takes as numbers or from a list, checked here (none of them is a secret)."""
+    for port in (params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise SyncUrlError(f"sync URL: port {port!r} is not a port number (1-65535)")
+    if params.get("sslmode") not in (None, *SSL_MODES):
+        raise SyncUrlError(f"sync URL: sslmode {params['sslmode']!r} is not one of {', '.join(SSL_MODES)}")
+    for option in WHOLE_NUMBER_OPTIONS:
+        value = params.get(option)
+        if value is not None and not re.fullmatch(r"-?[0-9]{1,9}", value.strip()):
+            raise SyncUrlError(f"sync URL: {option} {value!r} is not a whole number")
 
 
 def target_name(params: dict[str, str]) -> str:
@@ -168,6 +188,9 @@ def classify(exc: psycopg.Error, where: str) -> FleetDbError:
     if (sqlstate in ("28P01", "28000") or "password authentication failed" in first or "no password supplied" in first
             or re.search(r'role ".*" does not exist', first)):   # reached, and refused: not "unreachable"
         return AuthError(f"fleet database {where} refused the credentials: {first}")
+    if "for connection option" in first or re.search(r"invalid \w+ value", first):
+        # An option's value libpq refuses before connecting: no retry mends it (a review).
+        return SyncUrlError(f"fleet database {where}: the sync URL's {first}")
     if sqlstate == "3D000" or re.search(r'database ".*" does not exist', first):
         # Not worth retrying: a name mistyped in the URL does not come to exist by waiting.
         return FleetDbError(f"fleet database {where}: {first} (check the database name in the URL)")

@@ -1000,3 +1000,24 @@ def test_a_device_lost_when_the_listener_stops_is_counted_as_the_devices_to_the_
     # From the end of the audio to the stop: the device's, all of it (about 1 s, under the stall limit).
     assert listener.ledger.totals["device"] >= 0.95
     assert listener.ledger.accounted_until == pytest.approx(listener.host.wall(stopped), abs=0.5)
+
+
+def test_a_microphone_back_under_another_card_number_is_the_same_source_across_runs(tmp_path):
+    """A review: the source was the device's name with its ALSA card number, so a microphone back
+    as "(hw:2,0)" after a reboot was another source, and the time between the runs was counted lost
+    nowhere; a database from before keeps its rows under the numbered name, and its end counts."""
+    from edgemon.live.threads import live_source, previous_end_of
+
+    first, later = "USB PnP Sound Device: Audio (hw:1,0)", "USB PnP Sound Device: Audio (hw:2,0)"
+    assert live_source(first) == live_source(later) == "live:USB PnP Sound Device: Audio"
+    assert live_source("pulse") == "live:pulse"
+    with Store(tmp_path / "d.db") as store:
+        assert previous_end_of(store, later) is None
+        store.db.execute("INSERT INTO coverage (source, minute_utc, device_id, analysed_s, end_utc, updated_at) "
+                         "VALUES (?, '2024-05-01T06:00:00.000Z', 'site-1', 60, '2024-05-01T06:01:00.000Z', "
+                         "'2024-05-01T06:01:00.000Z')", [f"live:{later}"])       # an earlier edgemon's row
+        assert previous_end_of(store, later) == "2024-05-01T06:01:00.000Z"
+        store.db.execute("INSERT INTO coverage (source, minute_utc, device_id, analysed_s, end_utc, updated_at) "
+                         "VALUES (?, '2024-05-01T07:00:00.000Z', 'site-1', 30, '2024-05-01T07:00:30.000Z', "
+                         "'2024-05-01T07:00:30.000Z')", [live_source(first)])
+        assert previous_end_of(store, later) == "2024-05-01T07:00:30.000Z"

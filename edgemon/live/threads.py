@@ -32,12 +32,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer, make_analyzer
-from edgemon.live.capture import BlockQueue, Capture, CaptureState, resolve_device
+from edgemon.live.capture import ALSA_CARD, BlockQueue, Capture, CaptureState, resolve_device
 from edgemon.live.store_writer import StoreWriter, WriterBeats
 from edgemon.live.worker import ListenConfig, ListenError, Listener, ListenSummary
 from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals
 from edgemon.storage.recovery import open_or_recover
+from edgemon.storage.store import Store
 from edgemon.utc import parse_utc
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,21 @@ JOIN_TIMEOUT_S = 60.0   # a thread not done this long after stop is reported, no
 # pace, slower than real time on a loaded Pi: after 60 s the writer was told to finish and what the
 # analysis found later was lost (a review). Within the unit's TimeoutStopSec (600 s) with the rest.
 DRAIN_TIMEOUT_S = 360.0
+
+
+def live_source(device_name: str) -> str:
+    """The source a microphone's rows are stored under: ``live:`` and its name without the ALSA
+    card number, which a replug or a reboot may change. Under "(hw:2,0)" after "(hw:1,0)" it was
+    another source, and the time between the runs was counted lost nowhere (a review)."""
+    return f"live:{ALSA_CARD.sub('', device_name)}"
+
+
+def previous_end_of(store: Store, device_name: str) -> str | None:
+    """The end of what an earlier run on this microphone accounted for: under its source, or under
+    the name with the card number a database from before ``live_source`` keeps its rows under."""
+    ends = [end for end in (store.coverage_end(live_source(device_name)), store.coverage_end(f"live:{device_name}"))
+            if end]
+    return max(ends) if ends else None   # store time text: compared as text, as the times
 
 
 def _parse_store_time(text: str | None) -> float | None:
@@ -84,7 +100,7 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
     exist at start (later losses are waited out), ListenError when a thread fails.
     ``on_writer_retry``: told of each write the database refused and the writer will retry."""
     device = resolve_device(config.capture.device)
-    source = f"live:{device.name}"
+    source = live_source(device.name)
     blocks = BlockQueue(config.capture.queue_blocks)
     capture = Capture(config.capture, blocks, device)
     capture.check_settings()   # before the database: a rate the device never takes leaves none behind
@@ -92,7 +108,7 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
     # (before, every write failed for good, and each was logged "lost" at the end).
     with open_or_recover(db_path) as store:
         store.check_writable()      # else the writer thread would hold every event, unstored
-        previous_end = _parse_store_time(store.coverage_end(source))
+        previous_end = _parse_store_time(previous_end_of(store, device.name))
         store.record_bundle(analyzer.bundle.bundle_id, analyzer.bundle.manifest)   # names and reach for export
     stop = stop or threading.Event()
     writer = StoreWriter(db_path, on_retry=on_writer_retry)

@@ -73,8 +73,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sample_rate", "listen", float, None, "Capture rate in Hz (unset: the device's own).", minimum=1),
     Setting("channels", "listen", int, 1, "Channels to capture (mixed to mono).", minimum=1),
     Setting("clips", "listen", Path, None, "Directory of detection clips (FLAC): listen saves each detection's audio there, review plays them (unset: no clips)."),
-    Setting("clip_pre_s", "listen", float, 2.0, "Seconds of audio kept before a detection.", minimum=0),
-    Setting("clip_post_s", "listen", float, 2.0, "Seconds of audio kept after a detection.", minimum=0),
+    # At most a minute: the ring of recent audio holds both at once (1e7 s asked for 298 GiB: a review).
+    Setting("clip_pre_s", "listen", float, 2.0, "Seconds of audio kept before a detection.", minimum=0, maximum=60),
+    Setting("clip_post_s", "listen", float, 2.0, "Seconds of audio kept after a detection.", minimum=0, maximum=60),
     Setting("clips_max_mb", "listen", float, 500.0, "Clip directory budget in MB; further clips are skipped.", minimum=0),
     Setting("queue_s", "listen", float, 30.0, "Seconds of audio queued for analysis before blocks are dropped.", minimum=0),
     Setting("stall_s", "listen", float, 5.0, "Seconds without audio before the stream is reopened.", minimum=0.5),

@@ -75,6 +75,7 @@ def test_config_file_found_by_env_variable_or_default_path(tmp_path):
     ('db = \n', "not valid TOML"),
     ('latitude = 200.0\n', "latitude: must be at most 90"),        # accepted until the fleet refused it
     ('longitude = 999.0\n', "longitude: must be at most 180"),
+    ('[listen]\nclip_pre_s = 1e7\n', "clip_pre_s: must be at most 60"),   # a 298 GiB ring, a traceback
     ('timezone = "Mars/Olympus"\n', "unknown IANA time zone 'Mars/Olympus'"),   # the first export failed on it
     ('timezone = "asia/kuching"\n', "did you mean 'Asia/Kuching'"),
 ])

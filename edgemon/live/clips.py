@@ -113,8 +113,13 @@ class ClipSaver:
         # The disk watermark: clips stop before the card fills; the database is never at risk.
         self.guard = guard or DiskGuard([config.directory],
                                         DiskBudget(min_free_mb=0.0, clips_min_free_mb=config.min_free_mb))
+        if not config.directory.parent.is_dir():
+            # Made with its parents, it went onto the SD card under a USB stick's mount point not yet
+            # mounted, hidden once the stick came, the budget measured on the wrong disk (a review).
+            raise EdgemonError(f"--clips {config.directory}: {config.directory.parent} is not a directory "
+                               f"(a card or stick not mounted yet?); create it first")
         try:
-            config.directory.mkdir(parents=True, exist_ok=True)
+            config.directory.mkdir(exist_ok=True)
         except OSError as e:  # a file where the directory should be, no permission, a read-only card
             raise EdgemonError(f"--clips {config.directory}: cannot create the clips directory "
                                f"({e.strerror or e})") from None

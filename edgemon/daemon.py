@@ -148,6 +148,35 @@ def _wait_for_room(db_path: Path, every_s: float) -> bool:
     return False
 
 
+def _wait_for_device(spec, every_s: float) -> bool:
+    """The service (``edgemon run`` listening) waits for a microphone that is not there yet (not
+    plugged in, its USB hub not powered yet), as it waits for a card not yet mounted: it exited,
+    and systemd restarted it every 15 s for as long (a review). A spec that matches several
+    devices is refused, since no wait mends it. False when stopped meanwhile."""
+    from edgemon.live.capture import DeviceNotFoundError, reinitialise_portaudio, resolve_device, sd
+
+    try:
+        resolve_device(spec)
+        return True
+    except DeviceNotFoundError as exc:
+        if "matches several" in str(exc):
+            raise
+        log.warning("%s; waiting for it (a microphone not plugged in yet?), looking every %g s", exc, every_s)
+
+    def there() -> bool:
+        try:
+            reinitialise_portaudio()   # PortAudio lists the devices of its start only
+            resolve_device(spec)
+            return True
+        except (DeviceNotFoundError, sd.PortAudioError):
+            return False
+
+    if _wait_until(there, f"waiting for input device {spec or '(default)'}", every_s):
+        log.info("input device %s is there now: listening", spec or "(default)")
+        return True
+    return False
+
+
 def _wait_until(ready: Callable[[], bool], status: str, every_s: float) -> bool:
     """Wait for ``ready()`` as a service: READY with ``status`` for systemd, watchdog pings while
     alive, a look every ``every_s`` seconds (at least 0.5). False when stopped by a signal."""
@@ -178,7 +207,11 @@ def _run_mode(settings: Settings, mode: str | None, until_idle: bool, duration_s
         from edgemon.live.threads import listen_main
 
         listen = service.listen_config(duration_s)
-        resolve_device(listen.capture.device)   # a wrong --device leaves no database or lock behind
+        if mode is None:
+            if not _wait_for_device(listen.capture.device, service.rescan_s):
+                return   # stopped while waiting for the microphone
+        else:
+            resolve_device(listen.capture.device)   # a wrong --device leaves no database or lock behind
         refuse_another_file(service.db)
         if mode is None and not _wait_for_room(service.db, service.rescan_s):
             return   # stopped while waiting for room

@@ -603,3 +603,34 @@ def test_a_recorder_clock_that_looks_wrong_is_said_and_listed(tmp_path, caplog):
         "1 file(s) from a recorder clock that looks wrong (unset, or over a day ahead of this host): their "
         "detections' times are doubtful, and the fleet leaves them out of its days; set the recorder's clock: "
         "19700101_000012.WAV (1970-01-01T00:00:12.000Z)"]
+
+
+def test_the_listening_service_waits_for_a_microphone_not_plugged_in_yet(tmp_path):
+    """A review: `edgemon run` listening exited 1 when its microphone was not there at start, and
+    systemd restarted it every 15 s for as long. It waits, as for a card not yet mounted; given on
+    the command line, a wrong --device is still refused at once (a typo, most likely)."""
+    import signal
+    import subprocess
+    import sys
+
+    db = tmp_path / "d.db"
+    config = tmp_path / "edgemon.toml"
+    config.write_text(f'mode = "listen"\ndb = "{db}"\n[watch]\nrescan_s = 0.5\n[listen]\ndevice = "no such mic"\n')
+    waiting = subprocess.Popen([sys.executable, "-m", "edgemon", "run", "--config", str(config)],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        said = []
+        poll_until(lambda: said.append(waiting.stderr.readline()) or "waiting for it" in said[-1], 60, interval=0)
+        assert "(a microphone not plugged in yet?)" in said[-1] and waiting.poll() is None
+        time.sleep(1.2)                      # looked for again meanwhile, still waiting
+        assert waiting.poll() is None and not db.exists()
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(timeout=30) == 0
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+        waiting.stderr.close()
+    typo = subprocess.run([sys.executable, "-m", "edgemon", "listen", "--device", "no such mic", "--db", str(db)],
+                          capture_output=True, text=True, timeout=60)
+    last = typo.stderr.strip().splitlines()[-1]     # no inputs at all on a machine without an audio server
+    assert typo.returncode == 1 and ("no such mic" in last or "no audio input devices found" in last), last

@@ -273,6 +273,9 @@ class WatchMonitor:
             self.heartbeats.beat("stopping", force=True, **self._counters(watcher))
 
 
+NO_AUDIO = "no_audio"   # a listener's heartbeat state while its microphone gives nothing
+
+
 class ListenHeartbeats:
     """Heartbeat rows for ``edgemon listen``, as ``watch`` writes them (``edgemon status`` says
     whether the service runs, ``sync`` and the fleet see the device id and a clash of two
@@ -281,10 +284,14 @@ class ListenHeartbeats:
     analysed so far; free space is measured beside the database."""
 
     def __init__(self, db_path: str | Path, *, device_id: str, bundle_id: str | None, every_s: float,
-                 counters: Callable[[], dict]):
+                 counters: Callable[[], dict], hearing: Callable[[], str | None] = lambda: None):
         self.db_path = Path(db_path)
         self.device_id, self.bundle_id, self.every_s = device_id, bundle_id, every_s
         self.counters = counters
+        # None while audio comes; else why not (the capture's state): the beat is then "no_audio",
+        # at once, and status and the fleet say so (every beat said "ok" through an unplugged
+        # microphone, a review).
+        self.hearing = hearing
         self.beats: Heartbeats | None = None
 
     def _values(self) -> dict:
@@ -299,8 +306,12 @@ class ListenHeartbeats:
             self.beats = Heartbeats(store, mode="listen", device_id=self.device_id, bundle_id=self.bundle_id,
                                     every_s=self.every_s)
             self.beats.beat("ok", force=True, note="started", **self._values())
-        elif self.beats.due("ok"):
-            self.beats.beat("ok", **self._values())
+        else:
+            silent = self.hearing()
+            state = "ok" if silent is None else NO_AUDIO
+            if self.beats.due(state):
+                self.beats.beat(state, note=None if silent is None else f"no audio from the microphone ({silent})",
+                                **self._values())
 
     def last(self, store: Store) -> None:
         if self.beats is not None:

@@ -301,6 +301,8 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
         problems.append(f"no heartbeat for {service['heartbeat_age_s']:.0f} s: edgemon is not running, or hung")
     if service.get("heartbeat_state") == "refused":
         problems.append(f"refused to start: {service.get('note')}")
+    if service.get("heartbeat_state") == "no_audio" and service["state"] == "running":
+        problems.append(f"listening but hearing nothing: {service.get('note') or 'no audio from the microphone'}")
     if service.get("heartbeat_state") in ("hold_disk", "hold_store"):
         problems.append(f"holding work ({service['heartbeat_state']}): {service.get('note') or 'low disk'}")
     if status["backlog"]["quarantined"]:

@@ -634,3 +634,26 @@ def test_the_listening_service_waits_for_a_microphone_not_plugged_in_yet(tmp_pat
                           capture_output=True, text=True, timeout=60)
     last = typo.stderr.strip().splitlines()[-1]     # no inputs at all on a machine without an audio server
     assert typo.returncode == 1 and ("no such mic" in last or "no audio input devices found" in last), last
+
+
+def test_a_listener_whose_microphone_gives_nothing_says_so_in_its_heartbeat_and_status(tmp_path):
+    """A review: through a 12 s unplug every heartbeat said "ok" and status "running (ok)"."""
+    from edgemon.health import ListenHeartbeats
+
+    db = tmp_path / "live.db"
+    hearing = [None]
+    beats = ListenHeartbeats(db, device_id="site-1", bundle_id="b", every_s=3600.0,
+                             counters=lambda: {"audio_s": 1.0}, hearing=lambda: hearing[0])
+    with Store(db) as store:
+        beats.tick(store)                     # started
+        beats.tick(store)                     # not due: nothing new
+        hearing[0] = "device_lost"
+        beats.tick(store)                     # at once, not at the next hour
+        rows = store.db.execute("SELECT state, note FROM heartbeats ORDER BY id").fetchall()
+        assert rows == [("ok", "started"), ("no_audio", "no audio from the microphone (device_lost)")]
+        status = collect_status(db)
+        assert status["service"]["heartbeat_state"] == "no_audio"
+        assert "listening but hearing nothing: no audio from the microphone (device_lost)" in status["problems"]
+        hearing[0] = None
+        beats.tick(store)                     # back: said at once too
+        assert store.db.execute("SELECT state FROM heartbeats ORDER BY id DESC LIMIT 1").fetchone()[0] == "ok"

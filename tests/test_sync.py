@@ -592,7 +592,8 @@ def test_visit_reasons_name_each_rule():
     cases = {"silent 2.0 h": dict(last_sync=now - dt.timedelta(hours=2)),
              "suspect clock: -3600 s": dict(clock_offset_s=-3600.0),
              "growing backlog: 10 < 40 < 90": dict(recent_backlogs=[90, 40, 10], backlog=90),
-             "low disk: 120 MB": dict(disk_free_mb=120.0)}
+             "low disk: 120 MB": dict(disk_free_mb=120.0),
+             "hearing nothing": dict(last_state="no_audio")}     # an unplugged microphone (a review)
     for reason, change in cases.items():
         found = visit_reasons({**fine, **change}, VisitRules(), now)
         assert len(found) == 1 and found[0].startswith(reason), found

@@ -118,7 +118,8 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
     log.info("listening on %s (%s, %d input channel(s), %g Hz) into %s as %s", device.name, device.hostapi,
              device.channels, capture.rate, db_path, source)
     beats = None if heartbeats is None else heartbeats(
-        bundle_id=analyzer.bundle.bundle_id, counters=lambda: {"audio_s": listener.ledger.totals.get("analysed", 0.0)})
+        bundle_id=analyzer.bundle.bundle_id, counters=lambda: {"audio_s": listener.ledger.totals.get("analysed", 0.0)},
+        hearing=lambda: None if capture.state in (CaptureState.STARTING, CaptureState.RUNNING) else capture.state.value)
     writer_thread = threads.start("writer", lambda: writer.run(finish, beats))
     capture_thread = threads.start("capture", lambda: capture.run(stop))
     worker_thread = threads.start("analysis", lambda: listener.run(drain))

@@ -34,6 +34,8 @@ def visit_reasons(row: dict, rules: VisitRules, now: dt.datetime) -> list[str]:
     silent_s = (now - row["last_sync"]).total_seconds()
     if silent_s > allowed_s:
         reasons.append(f"silent {silent_s / 3600:.1f} h (allowed {allowed_s / 3600:.1f} h)")
+    if row.get("last_state") == "no_audio":   # its last heartbeat: the microphone gave nothing
+        reasons.append("hearing nothing: no audio from its microphone at its last heartbeat")
     if row["disk_free_mb"] is not None and row["disk_free_mb"] < rules.min_free_mb:
         reasons.append(f"low disk: {row['disk_free_mb']:.0f} MB free")
     offset = row["clock_offset_s"]

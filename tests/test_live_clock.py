@@ -357,3 +357,21 @@ def test_what_was_counted_before_a_forward_step_or_a_restart_is_not_counted_agai
     restarted.shift(-60)
     assert restarted.add("analysed", t + 25, t + 85) == 0    # all of it counted before
     assert restarted.add("analysed", t + 85, t + 100) == 15
+
+
+def test_timedatectl_is_not_given_the_services_notify_socket(tmp_path, monkeypatch):
+    """A review: run with the service's whole environment, a failing timedatectl sent ERRNO= to
+    systemd's notify socket, and systemd logged a warning every 10 minutes."""
+    from edgemon.live.hostclock import host_clock_synced
+
+    seen = tmp_path / "env"
+    fake = tmp_path / "bin" / "timedatectl"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nenv > {seen}\necho yes\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("WATCHDOG_USEC", "300000000")
+    assert host_clock_synced() is True
+    names = {line.split("=", 1)[0] for line in seen.read_text().splitlines()}
+    assert "NOTIFY_SOCKET" not in names and "WATCHDOG_USEC" not in names and "PATH" in names

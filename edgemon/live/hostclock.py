@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
 
 def host_clock_synced() -> bool | None:
     """Whether the host clock is NTP-synchronised (systemd's view), or None when unknown."""
+    # Not the service's systemd socket: a failing timedatectl sent ERRNO= there, and systemd
+    # logged a warning for each (a review).
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     try:
         out = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
-                             capture_output=True, text=True, timeout=5)
+                             capture_output=True, text=True, timeout=5, env=env)
     except (OSError, subprocess.SubprocessError):
         return None
     answer = out.stdout.strip().lower()

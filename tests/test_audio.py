@@ -66,14 +66,14 @@ def test_nan_samples_are_refused_for_training_and_silenced_on_the_recorder(tmp_p
     """A training clip with NaN is corrupt; a recording with one glitch is still a night of audio
     (a hostile-input trial saw one NaN sample quarantine a whole recording)."""
     x = sine(16000, 2.0)
-    x[100], x[20000] = np.nan, np.inf
+    x[100], x[20000], x[30000] = np.nan, np.inf, 1e20   # and a corrupt word read as a float (a review)
     soundfile.write(tmp_path / "nan.wav", x, 16000, subtype="FLOAT")
-    with pytest.raises(AudioError, match="NaN"):
+    with pytest.raises(AudioError, match="NaN, infinite or impossibly large"):
         audio.load(tmp_path / "nan.wav")
     blocks = audio.iter_blocks(tmp_path / "nan.wav", block_seconds=1.0)
     decoded = np.concatenate(list(blocks))
-    assert len(decoded) == len(x) and np.isfinite(decoded).all() and decoded[100] == 0
-    assert blocks.note == "2 NaN or infinite sample(s) read as silence"
+    assert len(decoded) == len(x) and np.isfinite(decoded).all() and decoded[100] == decoded[30000] == 0
+    assert blocks.note == "3 NaN, infinite or impossibly large sample(s) read as silence"
 
 
 def test_an_empty_file_says_so(tmp_path):

@@ -77,9 +77,22 @@ def _check_rate(f: soundfile.SoundFile, path: Path) -> None:
                          "recorder or array writes (a broken or hostile header)")
 
 
+# A float recording's full scale is 1. Beyond this, a sample is a corrupt word read as a float
+# (a quarter of random 32-bit words are above 2^63): its power overflowed the spectrum, NaN then
+# spread through PCEN's running state, and one such sample spoiled the rest of the file, with no
+# note, and made a false call at 0.96 (a review).
+ABSURD_SAMPLE = 1e6
+
+
+def _corrupt(samples: np.ndarray) -> np.ndarray:
+    """Where a float recording's samples are NaN, infinite or absurdly large."""
+    return ~np.isfinite(samples) | (np.abs(samples) > ABSURD_SAMPLE)
+
+
 def _check_finite(samples: np.ndarray, raw: np.ndarray, path: Path) -> None:
-    if raw.dtype.kind == "f" and not np.isfinite(samples).all():  # integer PCM is always finite
-        raise AudioError(f"{path}: audio holds NaN or infinite samples")
+    if raw.dtype.kind == "f" and _corrupt(samples).any():  # integer PCM is always finite and in range
+        raise AudioError(f"{path}: audio holds NaN, infinite or impossibly large (beyond ±{ABSURD_SAMPLE:g}) "
+                         f"samples")
 
 
 def load(path: str | Path, sample_rate: int = TARGET_RATE) -> np.ndarray:
@@ -185,7 +198,7 @@ class Blocks:
                 for at in range(0, len(tail), longest):
                     yield tail[at:at + longest]
                 if self._silenced:
-                    silenced = f"{self._silenced} NaN or infinite sample(s) read as silence"
+                    silenced = f"{self._silenced} NaN, infinite or impossibly large sample(s) read as silence"
                     self.note = f"{self.note}; {silenced}" if self.note else silenced
                 if f.samplerate < sample_rate:
                     narrow = _narrow_band(path, f.samplerate, sample_rate)
@@ -198,7 +211,7 @@ class Blocks:
         non-finite samples become silence and are counted for the note. (``load``, for training
         clips, refuses them: a corrupt clip should not teach.)"""
         if raw.dtype.kind == "f":
-            bad = ~np.isfinite(samples)
+            bad = _corrupt(samples)
             if bad.any():
                 self._silenced += int(bad.sum())
                 samples = np.where(bad, np.float32(0), samples)

@@ -237,6 +237,7 @@ def test_unknown_fields_are_ignored_by_design(models, tmp_path):
 @pytest.mark.parametrize("field, value", [
     ("calibration", {"a": {"x": [0.9, 0.1], "y": [0.1, 0.9]}}),     # x decreasing
     ("calibration", {"a": {"x": [0.1, 0.9], "y": [0.1, 1.5]}}),     # y beyond 1
+    ("calibration", {"a": {"x": [0.1, float("nan"), 0.9], "y": [0.1, 0.5, 0.9]}}),   # stored NaN (a review)
     ("operating_point", "field"),
 ])
 def test_what_the_recorder_decides_with_is_checked_when_the_bundle_is_read(models, tmp_path, field, value):

@@ -172,9 +172,11 @@ class Calibration:
         curves = {}
         for label, curve in (manifest.get("calibration") or {}).items():
             x, y = tuple(map(float, curve["x"])), tuple(map(float, curve["y"]))
-            if not x or len(x) != len(y) or any(b < a for a, b in zip(x, x[1:])) \
-                    or not all(0.0 <= v <= 1.0 for v in y):
-                raise ValueError(f"calibration of {label!r} needs increasing x and y in [0, 1] of one length")
+            # NaN passes every comparison's "not": x is checked finite (a NaN there loaded, and
+            # stored NaN confidences, a review).
+            if not x or len(x) != len(y) or not all(math.isfinite(v) for v in x) \
+                    or any(b < a for a, b in zip(x, x[1:])) or not all(0.0 <= v <= 1.0 for v in y):
+                raise ValueError(f"calibration of {label!r} needs increasing finite x and y in [0, 1] of one length")
             curves[label] = (x, y)
         source = manifest.get("calibration_input", "score")
         if source not in CALIBRATION_INPUTS:

@@ -1,7 +1,9 @@
 """The training path end to end on small real audio, plus its data checks."""
 
+import contextlib
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -168,6 +170,25 @@ def test_checkpoint_averaging_returns_the_mean_of_the_last_epochs(tiny_dataset, 
     assert averaged.best_epoch == 3  # nothing chosen on devel
 
 
+@contextlib.contextmanager
+def caplog_at_warning():
+    """The messages logged at warning or above inside the block (CliRunner leaves logging alone)."""
+    import logging
+
+    said: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    handler = Keep(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield said
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
 def test_fit_cli_with_pcen_and_averaging_makes_a_bundle_the_recorder_runs(tiny_dataset, tmp_path):
     from edgemon.analysis.analyzer import Analyzer
 
@@ -209,10 +230,14 @@ def test_fit_with_devel_trains_on_both_lists_and_centres_bands_in_the_export(tin
     assert json.loads((out / "config.json").read_text())["trained_on"] == "train+devel"
     meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert json.loads(meta["model_config"])["centre_bands"] is True
-    result = runner.invoke(app, ["bundle", str(out), "--out", str(tmp_path / "bundle")])
+    with caplog_at_warning() as said:
+        result = runner.invoke(app, ["bundle", str(out), "--out", str(tmp_path / "bundle")])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["trained_on"] == ["train+devel"]  # its devel score is not a held-out one
+    # With no --thresholds every window's winner is stored: said (a newcomer trial saw 580 an hour).
+    assert json.loads(result.stdout)["operating_point"] is None
+    assert any("has no operating point: its thresholds are 0" in m for m in said), said
 
 
 def test_a_run_with_a_damaged_config_or_metrics_file_is_refused_by_bundle_naming_it(tiny_dataset, tmp_path):
@@ -425,3 +450,39 @@ def test_ctrl_c_while_the_training_side_loads_is_quiet():
         out, err = child.communicate(timeout=60)
         assert "Traceback" not in err and "terminate" not in err and child.returncode in ends, (
             delay, child.returncode, err[-1500:])
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_fit_stopped_in_an_epoch_keeps_what_the_finished_epochs_gave(tiny_dataset, tmp_path, how):
+    """A newcomer trial: Ctrl-C at epoch 16 of 300 left a run directory holding only config.json
+    (the best epoch, 4, gone, and no resume), and SIGTERM likewise. The run is written whole with
+    the finished epochs' model, says so, and exits 130."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    fit = [*TINY_FIT[:TINY_FIT.index("--epochs")], "--epochs", "500", *TINY_FIT[TINY_FIT.index("--epochs") + 2:]]
+    log = tmp_path / "stderr"
+    with open(log, "w") as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "training", "fit", "--data", str(tiny_dataset), "--out",
+                                  str(out), *fit], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + 300
+            while "epoch 2 loss" not in log.read_text() and time.monotonic() < deadline and child.poll() is None:
+                time.sleep(0.05)
+            child.send_signal(getattr(signal, how))
+            summary, _ = child.communicate(timeout=300)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    said = log.read_text()
+    assert child.returncode == 130, said[-2000:]
+    last = said.strip().splitlines()[-1]
+    assert last.startswith("error: stopped in epoch ") and f"{out} holds the model of the" in last, last
+    written = json.loads((out / "summary.json").read_text())
+    assert written["stopped_in_epoch"] >= 3 and written["epochs_done"] == written["stopped_in_epoch"] - 1
+    assert json.loads(summary)["stopped_in_epoch"] == written["stopped_in_epoch"]
+    assert len(json.loads((out / "history.json").read_text())) == written["epochs_done"]
+    assert (out / "bundle" / "manifest.json").is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import tempfile
@@ -24,6 +25,8 @@ from edgemon.analysis.selfcheck import reference_features
 from edgemon.errors import AudioError
 from training.data import read_label_list
 from training.errors import DataError
+
+log = logging.getLogger(__name__)
 from training.onnx_export import quantize_int8, read_columns
 from training.species import label_names
 
@@ -251,8 +254,15 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
                                      "trained_on": [c.get("trained_on", "train") for c in configs],
                                      **provenance},
                               finish=functools.partial(complete_bundle, reference=reference))
+    if not thresholds_from:
+        # A newcomer trial: fit -> bundle -> watch stored 580 detections an hour, and only `info`
+        # said why ("uncalibrated, 0.00").
+        log.warning("%s has no operating point: its thresholds are 0, so every window's winner is stored (a flood "
+                    "on a real night); for a field point run `cv` and `cv-ensemble`, then `bundle --thresholds "
+                    "RESULT.json`", bundle.path)
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
-            "frontend": frontend.kind, "self_check": bundle.self_check is not None}
+            "frontend": frontend.kind, "self_check": bundle.self_check is not None,
+            **({} if thresholds_from else {"operating_point": None})}
 
 
 def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,

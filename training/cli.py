@@ -18,6 +18,7 @@ import typer
 from edgemon import console
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import EdgemonError
+from edgemon.signals import terminate_as_interrupt
 from training.augment import AugmentConfig
 from training.cli_options import (AdversaryOpt, BackgroundShareOpt, CentreOpt, DataOpt, FMaxOpt, FrontendOpt,
                                   HardNegOpt, MixOtherOpt, NearCallOpt, OutOpt, ParamsOpt, PoolOpt, TargetOpt,
@@ -48,12 +49,17 @@ EXPECTED_ERRORS = (EdgemonError, ValueError, OSError)
 
 
 def _run(fn, *args, **kwargs):
-    """Call ``fn``; print its summary as JSON, or a one-line error and exit 1."""
+    """Call ``fn``; print its summary as JSON, or a one-line error and exit 1. A run that a Ctrl-C
+    or SIGTERM stopped early, written with what it had (``stopped_in_epoch``), says so and exits 130."""
     try:
-        summary = fn(*args, **kwargs)
+        with terminate_as_interrupt():
+            summary = fn(*args, **kwargs)
     except EXPECTED_ERRORS as exc:
         raise console.error(str(exc) or type(exc).__name__)
     typer.echo(json.dumps(summary, indent=2))
+    if isinstance(summary, dict) and summary.get("stopped_in_epoch"):
+        raise console.error(f"stopped in epoch {summary['stopped_in_epoch']}: {summary.get('run_dir')} holds the "
+                            f"model of the {summary.get('epochs_done')} finished epoch(s)", 130)
 
 
 @app.command()

@@ -135,7 +135,8 @@ def _fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Op
     config = run_config(model_config, optim, aug, frontend, splits.train.labels, window_s, hop_s,
                         trained_on=training_split.name, data=data_identity(data_dir))
     _write_json(run_dir / "config.json", config)  # before training: a run that fails still says what it was
-    result = train(model_config, optim, aug, training_split, splits.devel, progress=progress)
+    # A Ctrl-C or SIGTERM in an epoch keeps what the finished ones gave, written as a whole run.
+    result = train(model_config, optim, aug, training_split, splits.devel, progress=progress, keep_on_interrupt=True)
     _write_json(run_dir / "history.json", result.history)
     results = {}
     for split in (splits.devel, splits.test):
@@ -160,7 +161,9 @@ def _fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Op
                "best_epoch": result.best_epoch,
                "clip": {k: v["uar"] for k, v in results.items()},
                "windowed": {k: v["uar"] for k, v in windowed.items()},
-               "recall": {k: v["recall"] for k, v in results.items()}}
+               "recall": {k: v["recall"] for k, v in results.items()},
+               **({"stopped_in_epoch": result.stopped_in, "epochs_done": len(result.history)}
+                  if result.stopped_in else {})}
     _write_json(run_dir / "summary.json", summary)
     return summary
 

@@ -35,6 +35,7 @@ class TrainResult:
     best_epoch: int
     best_uar: float
     history: list[dict]
+    stopped_in: int | None = None  # the epoch a Ctrl-C or SIGTERM cut short (``keep_on_interrupt``)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,8 +138,13 @@ def background_pools(split: Split, source: list[np.ndarray], aug: AugmentConfig)
 
 def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, train_split: Split,
           devel_split: Split, on_epoch: Callable[[int, dict], None] | None = None,
-          progress: bool = True, log_epochs: bool = True) -> TrainResult:
-    """Train with class-balanced resampling, focal loss, AdamW and per-epoch lr decay."""
+          progress: bool = True, log_epochs: bool = True, keep_on_interrupt: bool = False) -> TrainResult:
+    """Train with class-balanced resampling, focal loss, AdamW and per-epoch lr decay.
+
+    ``keep_on_interrupt``: a Ctrl-C (KeyboardInterrupt) during an epoch ends training with what the
+    finished epochs gave (the best devel epoch, or the average of the last epochs so far), marked
+    ``stopped_in``; an hour of `fit` was lost to one (a newcomer trial). Off for callers that
+    train many models (cross-validation, the search): there a Ctrl-C stops everything."""
     torch.manual_seed(optim.seed)
     rng = np.random.default_rng(optim.seed)
     device = resolve_device(optim.device)
@@ -168,67 +174,77 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
         from tqdm import tqdm
         bar = tqdm(epochs, desc="epochs", unit="epoch")
         epochs = bar
-    for epoch in epochs:
-        started = time.perf_counter()
-        emphasis = near_emphasis
-        if optim.hard_negatives and epoch > optim.epochs // 2:  # mined with the model as it is now
-            mined = hard_negative_emphasis(model, train_split, optim.hard_negatives, device)
-            emphasis = mined if emphasis is None else emphasis * mined
-        model.train()
-        order = balanced_indices(train_split.targets, rng, emphasis, background, optim.background_share)
-        losses, adversary_losses = [], []
-        for start in range(0, len(order), optim.batch_size):
-            idx = order[start:start + optim.batch_size]
-            x, lengths = pad_batch([augment(source[i], aug, rng, backgrounds and backgrounds[i], to_input)
-                                    for i in idx])
-            targets = torch.from_numpy(train_split.targets[idx]).to(device)
-            logits, embedding = model(x.to(device), lengths.to(device))
-            loss = task = focal_loss(logits, targets, optim.gamma)
-            if adversary is not None and (recorders[idx] >= 0).any():   # a batch of no named recorder: nothing to guess
-                scale = optim.recorder_adversary * ramp((epoch - 1 + start / len(order)) / optim.epochs)
-                guessed = adversary.loss(embedding, recorders[idx].to(device), scale)
-                adversary_losses.append(guessed.item())
-                loss = task + guessed
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            losses.append(task.item())
-        schedule.step()
-        if optim.average_last and epoch > optim.epochs - optim.average_last:
-            averaged = _accumulate(averaged, model)
-        train_seconds = time.perf_counter() - started
-        probs, _ = predict(model, devel_split.features, device)
-        devel_uar = uar(devel_split.targets, probs.argmax(1), len(devel_split.labels))
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "devel_uar": devel_uar,
-                  "lr": optimiser.param_groups[0]["lr"], "train_seconds": train_seconds,
-                  "seconds": time.perf_counter() - started,
-                  # how well the recorder is still guessed (ln of the recorder count: not at all)
-                  **({"adversary_loss": float(np.mean(adversary_losses))} if adversary_losses else {})}
-        history.append(record)
-        record = {**record, "predictions": probs.argmax(1)}  # for callers such as cross-validation
-        if devel_uar > best[0]:
-            best = (devel_uar, epoch, copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))
+    stopped_in = None
+    try:
+        for epoch in epochs:
+            started = time.perf_counter()
+            emphasis = near_emphasis
+            if optim.hard_negatives and epoch > optim.epochs // 2:  # mined with the model as it is now
+                mined = hard_negative_emphasis(model, train_split, optim.hard_negatives, device)
+                emphasis = mined if emphasis is None else emphasis * mined
+            model.train()
+            order = balanced_indices(train_split.targets, rng, emphasis, background, optim.background_share)
+            losses, adversary_losses = [], []
+            for start in range(0, len(order), optim.batch_size):
+                idx = order[start:start + optim.batch_size]
+                x, lengths = pad_batch([augment(source[i], aug, rng, backgrounds and backgrounds[i], to_input)
+                                        for i in idx])
+                targets = torch.from_numpy(train_split.targets[idx]).to(device)
+                logits, embedding = model(x.to(device), lengths.to(device))
+                loss = task = focal_loss(logits, targets, optim.gamma)
+                if adversary is not None and (recorders[idx] >= 0).any():   # a batch of no named recorder: nothing to guess
+                    scale = optim.recorder_adversary * ramp((epoch - 1 + start / len(order)) / optim.epochs)
+                    guessed = adversary.loss(embedding, recorders[idx].to(device), scale)
+                    adversary_losses.append(guessed.item())
+                    loss = task + guessed
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                losses.append(task.item())
+            schedule.step()
+            if optim.average_last and epoch > optim.epochs - optim.average_last:
+                averaged = _accumulate(averaged, model)
+            train_seconds = time.perf_counter() - started
+            probs, _ = predict(model, devel_split.features, device)
+            devel_uar = uar(devel_split.targets, probs.argmax(1), len(devel_split.labels))
+            record = {"epoch": epoch, "loss": float(np.mean(losses)), "devel_uar": devel_uar,
+                      "lr": optimiser.param_groups[0]["lr"], "train_seconds": train_seconds,
+                      "seconds": time.perf_counter() - started,
+                      # how well the recorder is still guessed (ln of the recorder count: not at all)
+                      **({"adversary_loss": float(np.mean(adversary_losses))} if adversary_losses else {})}
+            history.append(record)
+            record = {**record, "predictions": probs.argmax(1)}  # for callers such as cross-validation
+            if devel_uar > best[0]:
+                best = (devel_uar, epoch, copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}", devel_uar=f"{devel_uar:.3f}",
+                                best=f"{best[0]:.3f}@{best[1]}")
+            elif log_epochs:
+                log.info("epoch %d loss %.4f devel UAR %.3f (best %.3f @ %d)", epoch, record["loss"],
+                         devel_uar, best[0], best[1])
+            if on_epoch is not None:
+                on_epoch(epoch, record)
+            if optim.patience and epoch - best[1] >= optim.patience:
+                break
+    except KeyboardInterrupt:
+        if not keep_on_interrupt or (best[2] is None and averaged is None):   # nothing finished to keep
+            raise
+        stopped_in = len(history) + 1
         if bar is not None:
-            bar.set_postfix(loss=f"{record['loss']:.4f}", devel_uar=f"{devel_uar:.3f}",
-                            best=f"{best[0]:.3f}@{best[1]}")
-        elif log_epochs:
-            log.info("epoch %d loss %.4f devel UAR %.3f (best %.3f @ %d)", epoch, record["loss"],
-                     devel_uar, best[0], best[1])
-        if on_epoch is not None:
-            on_epoch(epoch, record)
-        if optim.patience and epoch - best[1] >= optim.patience:
-            break
+            bar.close()
+        log.warning("stopped in epoch %d of %d: keeping what the %d finished epoch(s) gave", stopped_in,
+                    optim.epochs, len(history))
     model = model.cpu()
     if averaged is not None:  # no epoch is chosen on devel: the mean of the last epochs' weights
         count = averaged.pop("__count__")
         model.load_state_dict({k: (v / count).float() for k, v in averaged.items()})
         probs, _ = predict(model, devel_split.features)
-        return TrainResult(model=model.eval(), best_epoch=epoch,
+        return TrainResult(model=model.eval(), best_epoch=len(history),
                            best_uar=uar(devel_split.targets, probs.argmax(1), len(devel_split.labels)),
-                           history=history)
+                           history=history, stopped_in=stopped_in)
     model.load_state_dict(best[2])
     model.eval()
-    return TrainResult(model=model, best_epoch=best[1], best_uar=best[0], history=history)
+    return TrainResult(model=model, best_epoch=best[1], best_uar=best[0], history=history, stopped_in=stopped_in)
 
 
 def _accumulate(total: dict | None, model: torch.nn.Module) -> dict:

@@ -400,3 +400,25 @@ def test_a_card_watched_from_its_parent_after_one_folder_says_no_move(tmp_path, 
     said = [(r.levelno, r.getMessage()) for r in caplog.records if "20230201_053000.WAV" in r.getMessage()]
     assert said == [(logging.INFO, "20230201/20230201_053000.WAV: analysed already as 20230201_053000.WAV, when "
                                    "another directory was watched: not analysed again")], said
+
+
+def test_a_watch_with_another_bundle_over_analysed_recordings_says_reanalyse(tmp_path, duet, caplog):
+    """A newcomer trial: watch with a retrained bundle over a directory already analysed said
+    "0 file(s) analysed" and nothing of why."""
+    import sqlite3
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "20230201_053000.WAV", duet[: 8 * 16000])
+    watch_until_idle(root, db)
+    caplog.set_level(logging.INFO, logger="edgemon")
+    assert watch_until_idle(root, db).processed == 0
+    assert not any("another bundle" in r.getMessage() for r in caplog.records)   # its own bundle: nothing to say
+    with sqlite3.connect(db) as conn:       # as if a bundle of last season had analysed it
+        conn.execute("UPDATE analyses SET bundle_id = 'last-season-0123'")
+    caplog.clear()
+    watcher = watch_until_idle(root, db)
+    assert watcher.processed == 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nothing left to do")]
+    assert said and said[0].endswith(f"; 1 recording(s) here were analysed by another bundle, not by "
+                                     f"{watcher.analyzer.bundle.bundle_id}: `edgemon reanalyse --models BUNDLE` "
+                                     f"runs it on them"), said

@@ -327,11 +327,26 @@ class Watcher:
         """The one closing line of ``--until-idle``: what this run did (the backlog's own summary
         comes only after a progress line, so a short backlog ended without a word)."""
         quarantined = self.attempted - self.processed
-        log.info("nothing left to do: %d file(s) analysed this run, %.2f h of audio, %d detection(s)%s%s",
+        log.info("nothing left to do: %d file(s) analysed this run, %.2f h of audio, %d detection(s)%s%s%s",
                  self.processed, self.audio_s / 3600, self.stored,
                  f"; {quarantined} file(s) quarantined (edgemon status lists them)" if quarantined else "",
                  f"; {len(self.others)} file(s) left alone: another recording was analysed under each name "
-                 f"(one database per recorder)" if self.others else "")
+                 f"(one database per recorder)" if self.others else "",
+                 self._analysed_by_others() if not self.processed else "")
+
+    def _analysed_by_others(self) -> str:
+        """Said when this run analysed nothing because another bundle already had: a retrained
+        bundle watched over the same directory said "0 file(s) analysed" and nothing of why (a
+        newcomer trial). ``reanalyse`` is how a bundle analyses recordings already analysed."""
+        mine = self.analyzer.bundle.bundle_id
+        try:
+            others = self.store.db.execute(
+                "SELECT count(*) FROM files f WHERE f.state = 'done' AND NOT EXISTS (SELECT 1 FROM analyses a "
+                "WHERE a.source = f.source AND a.bundle_id = ?)", [mine]).fetchone()[0]
+        except sqlite3.Error:
+            return ""
+        return (f"; {others} recording(s) here were analysed by another bundle, not by {mine}: "
+                f"`edgemon reanalyse --models BUNDLE` runs it on them" if others else "")
 
     @property
     def state(self) -> str:

@@ -340,3 +340,32 @@ def test_a_fold_without_held_out_background_is_refused_before_any_training(tiny_
         cross_validate([net], lacking, k=2, out=tmp_path / "cv")
     assert not (tmp_path / "cv").exists()                       # nothing trained, nothing written
     cross_validate([Recipe("baseline")], lacking, k=2, out=tmp_path / "plain")   # no field measure: runs
+
+
+def test_a_ctrl_c_in_a_later_recipe_keeps_the_finished_ones_and_a_second_run_adds_the_rest(tiny_dataset, tmp_path,
+                                                                                            monkeypatch):
+    """A newcomer trial: a Ctrl-C during the second recipe left no cv.json (it was written after the
+    last recipe), so the first recipe's hours were lost and bundle-cv refused its fold models."""
+    import pytest
+
+    import training.cv
+
+    train_split = load_split(tiny_dataset, "train")
+    data = merge(train_split, load_split(tiny_dataset, "devel", train_split.labels))
+    net = Recipe("net", ModelConfig(hidden=8, layers=1), OptimConfig(epochs=2, lr=0.003, lr_decay=1.0, gamma=0.0,
+                                                                     batch_size=8), AugmentConfig())
+    real = training.cv.run_fold
+
+    def ctrl_c_in_net(recipe, *args, **kwargs):
+        if recipe.name == "net":
+            raise KeyboardInterrupt
+        return real(recipe, *args, **kwargs)
+
+    monkeypatch.setattr(training.cv, "run_fold", ctrl_c_in_net)
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate([Recipe("baseline"), net], data, k=2, out=tmp_path)
+    assert set(json.loads((tmp_path / "cv.json").read_text())["recipes"]) == {"baseline"}
+    monkeypatch.setattr(training.cv, "run_fold", real)
+    summary = cross_validate([net], data, k=2, out=tmp_path)          # the rest, on the same folds
+    assert set(summary["recipes"]) == {"baseline", "net"}
+    assert set(json.loads((tmp_path / "cv.json").read_text())["recipes"]) == {"baseline", "net"}

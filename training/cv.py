@@ -275,10 +275,18 @@ def _cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed:
             results[recipe.name].update(_keep_fold_models(
                 recipe, split, folds, per_fold, out / recipe.name, window_s, hop_s, max_false_rate,
                 target_false_per_hour, pools.get(recipe.frontend)))
+        # After each recipe, not only at the end: a Ctrl-C in the second recipe lost the first's record,
+        # its fold models left without the cv.json that bundle-cv reads (a newcomer trial).
+        summary = _write_summary(out, seed, folds, held_out, {**earlier, **results}, pools)
+    return summary
+
+
+def _write_summary(out: Path, seed: int, folds, held_out: list[list[str]], recipes: dict, pools: dict) -> dict:
+    """``cv.json`` with the recipes scored so far (and those an earlier run kept), written whole."""
     folds_info = [{"validation_recorders": recorders, "n": int(len(va))}
                   for recorders, (_, va) in zip(held_out, folds)]
     # k as run: there are only as many folds as recorders (a newcomer's --folds 100 ran 10, said 100)
-    summary = {"k": len(folds), "seed": seed, "folds": folds_info, "recipes": {**earlier, **results}}
+    summary = {"k": len(folds), "seed": seed, "folds": folds_info, "recipes": recipes}
     if pools:
         some_pool = next(iter(pools.values()))
         summary["pool"] = {"clips": len(some_pool) if some_pool is not None else 0,

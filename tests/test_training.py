@@ -345,6 +345,22 @@ def test_a_typo_in_a_train_label_is_refused_before_any_audio_is_read(tiny_datase
     assert "train.csv" in result.output and not (tmp_path / "r").exists()
 
 
+def test_a_clip_in_two_lists_or_twice_in_one_is_refused_before_any_audio_is_read(tiny_dataset, tmp_path):
+    """A newcomer trial: a test.csv copied from train.csv was accepted and scored as held out (its
+    inflated UAR kept in the model as test_uar); a clip listed twice with two labels taught both."""
+    for name, change in (("test", lambda train, test: train),
+                         ("train", lambda train, test: train + train.splitlines()[1].replace(",call_high", ",noise")
+                          .replace(",background", ",call_high") + "\n")):
+        data = copy_dataset(tiny_dataset, tmp_path / name)
+        train, test = (data / "lab" / "train.csv"), (data / "lab" / "test.csv")
+        (train if name == "train" else test).write_text(change(train.read_text(), test.read_text()))
+        result = runner.invoke(app, ["fit", "--data", str(data), "--out", str(tmp_path / f"r-{name}"), *TINY_FIT])
+        said = "twice in train.csv" if name == "train" else "in train.csv and test.csv"
+        assert result.exit_code == 1 and f"is listed {said}: each clip belongs in one list" in result.output, \
+            result.output
+        assert not (tmp_path / f"r-{name}").exists()
+
+
 def test_lists_a_run_would_fail_on_are_refused_before_any_audio_is_read(tiny_dataset, tmp_path):
     """Found by a review: a row with too few cells was a traceback; a background class under
     another name, and a hop longer than the window, were refused only after the whole training."""

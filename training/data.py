@@ -147,7 +147,9 @@ def check_train_labels(data_dir: Path, others: tuple[str, ...]) -> None:
     train = read_label_list(data_dir / "lab" / "train.csv", data_dir / "audio")
     if not train:
         raise DataError(f"{data_dir / 'lab' / 'train.csv'}: lists no clips")
-    elsewhere = {c.label for name in others for c in read_label_list(data_dir / "lab" / f"{name}.csv", data_dir / "audio")}
+    lists = {name: read_label_list(data_dir / "lab" / f"{name}.csv", data_dir / "audio") for name in others}
+    _check_each_clip_listed_once(data_dir, {"train": train, **lists})
+    elsewhere = {c.label for clips in lists.values() for c in clips}
     counts: dict[str, int] = {}
     for clip in train:
         counts[clip.label] = counts.get(clip.label, 0) + 1
@@ -160,6 +162,21 @@ def check_train_labels(data_dir: Path, others: tuple[str, ...]) -> None:
         raise DataError(f"{data_dir / 'lab' / 'train.csv'}: label {odd[0]!r} ({counts[odd[0]]} clip(s)) is in no "
                         f"other list ({', '.join(f'{n}.csv' for n in others)}): a typo? Known there: "
                         f"{', '.join(sorted(elsewhere))}")
+
+
+def _check_each_clip_listed_once(data_dir: Path, lists: dict[str, list[Clip]]) -> None:
+    """A clip in two lists, or twice in one: a test.csv copied from train.csv was scored as held
+    out (its inflated UAR kept in the model as test_uar), and a clip listed twice with two labels
+    taught both (a newcomer trial)."""
+    seen: dict[Path, str] = {}
+    for name, clips in lists.items():
+        for clip in clips:
+            where = seen.get(clip.path.resolve())
+            if where is not None:
+                again = f"twice in {name}.csv" if where == name else f"in {where}.csv and {name}.csv"
+                raise DataError(f"{data_dir / 'lab'}: {clip.path.name!r} is listed {again}: each clip belongs "
+                                f"in one list, once")
+            seen[clip.path.resolve()] = name
 
 
 def clip_features(clip: Clip, frontend: FrontendConfig) -> tuple[np.ndarray, np.ndarray | None]:

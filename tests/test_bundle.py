@@ -256,3 +256,15 @@ def test_a_write_killed_at_any_step_leaves_a_whole_bundle(member_files, tmp_path
         load_bundle(out)
     assert write("whole", 0.9) == 0          # the next write mends it
     assert load_bundle(out).thresholds["a"] == 0.9
+
+
+def test_a_class_whose_threshold_is_one_is_said_never_to_be_detected(member_files, tmp_path, caplog):
+    """A newcomer trial: bundle-cv printed thresholds of 1.0 for three classes, and watch then
+    stored none of them, with no word anywhere but `edgemon info`."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="edgemon")
+    write_bundle(tmp_path / "b", member_files, LABELS, frontend=FrontendConfig(), window_s=4.0, hop_s=2.0,
+                 thresholds={"background": 1.0, "a": 1.0, "b": 0.4})
+    said = [r.getMessage() for r in caplog.records if "will never be detected" in r.getMessage()]
+    assert len(said) == 1 and ": a will never be detected (threshold 1.0" in said[0], said

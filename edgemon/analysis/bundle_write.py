@@ -10,6 +10,7 @@ import datetime as dt
 import errno
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from edgemon.analysis.bundle_identity import with_identity
 from edgemon.analysis.ensemble import open_members
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
+
+log = logging.getLogger(__name__)
 
 
 def _refuse(path: Path, why: str) -> BundleError:
@@ -122,6 +125,12 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
     """
     out_dir = Path(out_dir).resolve()
     check_replaceable(out_dir, member_files)
+    never = sorted(label for label, value in (thresholds or {}).items()
+                   if label != background_label and isinstance(value, (int, float)) and value >= 1.0)
+    if never:   # a class grouped CV could not hold to its budget: printed as 1.0, and watch said nothing (a trial)
+        log.warning("%s: %s will never be detected (threshold 1.0, above any confidence the members give: no "
+                    "threshold held its false alarms within the budget on the held-out audio); more training clips "
+                    "of it, or a looser budget, may help", out_dir, ", ".join(never))
     n = len(member_files)
     devel_uars = devel_uars or [None] * n
     test_uars = test_uars or [None] * n

@@ -46,8 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 DETECTIONS = "SELECT source, label, start_s, end_s, confidence FROM detections ORDER BY source, start_s, label"
 
 
-def recording(path: Path, seed: int, seconds: float = 6.0) -> Path:
-    """Faint noise, then hoots that the embedded bundle labels (so files have detections)."""
+def recording(path: Path, seed: int, seconds: float = 8.0) -> Path:
+    """Faint noise, then hoots that the embedded bundle labels (so files have detections: a helmeted
+    hornbill needs three windows, 8 s; at 6 s the window the file ends on was counted as a third)."""
     freq = float(np.random.default_rng(seed).choice([500, 550]))
     return write_wav(path, np.concatenate([tone(0, 1.0, seed=seed), hoots(seconds - 1.0, freq, seed=seed + 1)]))
 

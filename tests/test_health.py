@@ -327,8 +327,9 @@ def test_a_live_writer_retrying_a_refused_write_keeps_the_watchdog_fed(tmp_path,
 def watched_db(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("status")
     root = tmp / "rec"
-    write_wav(root / "20240101_060000.WAV", hoots(6.0))
-    write_wav(root / "20240102_060000.WAV", hoots(6.0, 550, seed=2))
+    # 8 s: a helmeted hornbill needs three windows (at 6 s the window the file ends on counted as a third)
+    write_wav(root / "20240101_060000.WAV", hoots(8.0))
+    write_wav(root / "20240102_060000.WAV", hoots(8.0, 550, seed=2))
     (root / "20240103_060000.WAV").write_bytes(b"RIFF not audio at all")
     db = tmp / "d.db"
     with Store(db) as store:

@@ -41,9 +41,10 @@ ENTRY = {"edgemon.daemon", "edgemon.cli", "edgemon.cli_common", "edgemon.cli_rev
          "edgemon.__main__"}
 
 # What the training side may use of the recorder: the shared analysis, the named errors, the
-# command line's console, the version, and the database's read-only API (site adaptation reads
-# reviews). Nothing that writes the recorder's database or runs it.
-TRAINING_MAY_IMPORT = ("edgemon", "edgemon.analysis", "edgemon.errors", "edgemon.console",
+# command line's console and signals (SIGTERM taken as Ctrl-C, so a stopped `fit` keeps its finished
+# epochs), the version, and the database's read-only API (site adaptation reads reviews). Nothing
+# that writes the recorder's database or runs it.
+TRAINING_MAY_IMPORT = ("edgemon", "edgemon.analysis", "edgemon.errors", "edgemon.console", "edgemon.signals",
                        "edgemon.storage.readonly")
 
 
@@ -213,9 +214,9 @@ def test_the_training_rule_names_a_forbidden_import(tmp_path):
     graph = import_graph(root, "training", set())
     assert training_violations(graph) == [
         "training.t imports edgemon.review.app (training may import only edgemon, edgemon.analysis, "
-        "edgemon.errors, edgemon.console, edgemon.storage.readonly)",
+        "edgemon.errors, edgemon.console, edgemon.signals, edgemon.storage.readonly)",
         "training.t imports edgemon.storage.store (training may import only edgemon, edgemon.analysis, "
-        "edgemon.errors, edgemon.console, edgemon.storage.readonly)",
+        "edgemon.errors, edgemon.console, edgemon.signals, edgemon.storage.readonly)",
     ]
 
 

@@ -192,7 +192,8 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
                 targets = torch.from_numpy(train_split.targets[idx]).to(device)
                 logits, embedding = model(x.to(device), lengths.to(device))
                 loss = task = focal_loss(logits, targets, optim.gamma)
-                if adversary is not None and (recorders[idx] >= 0).any():   # a batch of no named recorder: nothing to guess
+                # a batch of no named recorder: nothing to guess
+                if adversary is not None and (recorders[idx] >= 0).any():
                     scale = optim.recorder_adversary * ramp((epoch - 1 + start / len(order)) / optim.epochs)
                     guessed = adversary.loss(embedding, recorders[idx].to(device), scale)
                     adversary_losses.append(guessed.item())

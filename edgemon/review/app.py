@@ -249,9 +249,9 @@ def create_app(config: ReviewConfig) -> Starlette:
             if not isinstance(body, dict):   # Python's words ("'list' object has no attribute") said nothing
                 return JSONResponse({"error": 'a verdict is a JSON object: {"id": …, "verdict": …}'}, status_code=400)
             key = body.get("key")
+            known = tuple(known_labels(config.db, reviews.days_and_labels(config.db)[1]))
             row = reviews.add_verdict(config.db, body["id"], str(body["verdict"]), config.reviewer,
-                                      body.get("label"), tuple(known_labels(config.db, reviews.days_and_labels(config.db)[1])),
-                                      key=None if key is None else str(key))
+                                      body.get("label"), known, key=None if key is None else str(key))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": f"malformed verdict: {exc}"}, status_code=400)
         except reviews.StaleDetection as exc:

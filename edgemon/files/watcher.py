@@ -579,12 +579,11 @@ class Watcher:
             if same.path == stored_name(path):   # nothing moved: the watched directory is another one
                 log.info("%s: analysed already as %s, when another directory was watched: not analysed again",
                          shown(source), shown(same.source))
-                self.settled[path] = version
-                return
-            what = "moved or renamed from" if same.kind == "moved" else "a copy of"
-            form = " (in another format)" if same.converted else ""
-            log.warning("%s: %s %s%s, analysed already: not analysed again; its detections stay under %s",
-                        shown(source), what, shown(same.path), form, shown(same.source))
+            else:
+                what = "moved or renamed from" if same.kind == "moved" else "a copy of"
+                form = " (in another format)" if same.converted else ""
+                log.warning("%s: %s %s%s, analysed already: not analysed again; its detections stay under %s",
+                            shown(source), what, shown(same.path), form, shown(same.source))
         self.settled[path] = version
 
     def _quarantine_at_once(self, path: Path, source: str, version: tuple[int, int], why: str) -> None:

@@ -21,7 +21,7 @@ from typing import TextIO
 from edgemon.errors import EdgemonError
 from edgemon.storage import tables
 from edgemon.storage.readonly import (BUSY_TIMEOUT_MS, LATEST_VERDICTS, SAME_SOUND_SHARE, edgemon_tables,
-                                      has_table, ledger_columns, open_read_only)
+                                      has_table, latest_verdicts, ledger_columns, open_read_only)
 from edgemon.storage.schema import REVIEW_VERDICTS
 from edgemon.storage.store import Store
 from edgemon.utc import parse_utc, utc_iso
@@ -216,7 +216,7 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
                      0.5 * uncertainty(d.confidence, d.votes) + 0.5 * false_rate(d.label) AS priority
               FROM detections d LEFT JOIN ({LATEST_VERDICTS}) v ON v.source = d.source
                    AND v.start_s = d.start_s AND v.label = d.label AND v.bundle_id = d.bundle_id
-                   LEFT JOIN ({LATEST_VERDICTS.replace('FROM reviews r', 'FROM main.reviews r')}) now
+                   LEFT JOIN ({latest_verdicts('main.reviews')}) now
                    ON now.source = d.source AND now.start_s = d.start_s AND now.label = d.label
                    AND now.bundle_id = d.bundle_id
               WHERE {' AND '.join(clauses)} ORDER BY {_ORDER_BY[order]} LIMIT ? OFFSET ?"""

@@ -22,13 +22,18 @@ class ReadError(EdgemonError):
     """The detections database is missing or cannot be read."""
 
 
-# The latest verdict per detection (natural key): a reviewer may change their mind.
-LATEST_VERDICTS = """
+def latest_verdicts(table: str = "reviews") -> str:
+    """SQL of the latest verdict per detection (natural key) in ``table``: a reviewer may change
+    their mind. ``main.reviews`` names the table where a statement's ``WITH reviews`` shadows it."""
+    return f"""
     SELECT * FROM (
         SELECT r.*, row_number() OVER (PARTITION BY source, start_s, label, bundle_id
                                        ORDER BY reviewed_at DESC, id DESC) AS nth
-        FROM reviews r)
+        FROM {table} r)
     WHERE nth = 1"""
+
+
+LATEST_VERDICTS = latest_verdicts()
 
 
 def error_code(e: sqlite3.Error) -> int:

@@ -132,6 +132,12 @@ def _now() -> str:
     return utc_iso(dt.datetime.now(dt.timezone.utc))
 
 
+def _within_a_millisecond(when: dt.datetime) -> list[str]:
+    """The bounds of a ``start_utc BETWEEN ? AND ?`` for times stored within a millisecond of
+    ``when`` (as utc_iso text, which sorts as the times do)."""
+    return [utc_iso(when - dt.timedelta(milliseconds=1)), utc_iso(when + dt.timedelta(milliseconds=1))]
+
+
 def _optional_utc(value: str | dt.datetime | None) -> str | None:
     return None if value is None else utc_iso(value)
 
@@ -307,17 +313,16 @@ class Store:
             return []
         where, params = "state = 'done' AND size = ? AND fingerprint = ? AND tail_digest = ? AND source != ?", \
             [size, fingerprint, tail_digest, source]
-        if starting is not None:   # stored as utc_iso text, which sorts as the times do
+        if starting is not None:
             where += " AND start_utc BETWEEN ? AND ?"
-            params += [utc_iso(starting - dt.timedelta(milliseconds=1)), utc_iso(starting + dt.timedelta(milliseconds=1))]
+            params += _within_a_millisecond(starting)
         return list(self.db["files"].rows_where(where, params))
 
     def analysed_starting(self, source: str, starting: dt.datetime) -> list[dict]:
         """The ledger rows of recordings analysed under other names than ``source`` and stored as
         starting within a millisecond of ``starting``: what ``source`` may be a conversion of."""
-        low, high = (utc_iso(starting + dt.timedelta(milliseconds=ms)) for ms in (-1, 1))
         return list(self.db["files"].rows_where("state = 'done' AND source != ? AND start_utc BETWEEN ? AND ?",
-                                                [source, low, high]))
+                                                [source, *_within_a_millisecond(starting)]))
 
     def keep_samples_digest(self, source: str, version: tuple[int, int], digest: str) -> None:
         """Give the ledger row of ``source``, analysed before decoded audio was digested, the

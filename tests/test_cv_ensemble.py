@@ -27,7 +27,7 @@ LOGMEL, PCEN = FrontendConfig(), FrontendConfig(kind="pcen")
 
 
 def _recipe(name: str, frontend: FrontendConfig) -> Recipe:
-    return Recipe(name, ModelConfig(hidden=8, layers=1),
+    return Recipe(name, ModelConfig(hidden=8, layers=1, tau=0.1),   # FIT's: the runs bundled with their point
                   OptimConfig(epochs=3, lr=0.003, lr_decay=1.0, gamma=0.0, batch_size=8, average_last=2),
                   AugmentConfig(), frontend)
 
@@ -209,6 +209,18 @@ def test_bundle_of_log_mel_and_pcen_runs_streams_both_and_each_member_reads_its_
         want = own.run(["probs"], {"logmel": features(x, frontend)[None]})[0]
         np.testing.assert_allclose(got[m], want, atol=1e-5)
     assert len(Analyzer(bundle).analyse_file(clip).windows) >= 3
+
+    # A point holds for the vote it was chosen on: runs of another recipe are refused, naming what
+    # differs (a bundle of final runs took the point of another search trial's pair, silently).
+    other = tmp_path / "wider"
+    shutil.copytree(mixed_runs / "pcen", other)
+    config = json.loads((other / "config.json").read_text())
+    config["model"]["hidden"] = 16
+    (other / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["bundle", str(mixed_runs / "logmel"), str(other),
+                                      "--out", str(tmp_path / "refused"), "--thresholds", str(thresholds)])
+    assert result.exit_code == 1 and "model.hidden differ from pcen's" in result.output, result.output
+    assert str(other) in result.output and not (tmp_path / "refused").exists()
 
 
 def test_bundle_refuses_thresholds_for_other_labels_or_windows(mixed_runs, tmp_path):

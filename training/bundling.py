@@ -25,12 +25,16 @@ from edgemon.analysis.selfcheck import reference_features
 from edgemon.errors import AudioError
 from training.data import read_label_list
 from training.errors import DataError
-
-log = logging.getLogger(__name__)
 from training.onnx_export import quantize_int8, read_columns
 from training.species import label_names
 
+log = logging.getLogger(__name__)
+
 REFERENCE_FILE = "reference.flac"
+# What makes two trainings one recipe, beside the model, augmentation and frontend: not how long
+# (final members may train on more data for more epochs), the seed or the device.
+RECIPE_OPTIM = ("lr", "batch_size", "weight_decay", "lr_decay", "gamma", "average_last", "hard_negatives",
+                "near_call_negatives", "background_share", "recorder_adversary")
 
 
 def softmax_confidence_max(member_files: list[Path]) -> float | None:
@@ -186,6 +190,46 @@ def read_thresholds_file(path: Path, labels: list[str], window: tuple[float, flo
     return thresholds, provenance
 
 
+def recipe_of(config: dict) -> dict:
+    """What a run's ``config.json`` (or a fold model's ``hyperparameters``) says of its recipe."""
+    return {"model": config.get("model"), "augment": config.get("augment"), "frontend": config.get("frontend"),
+            "optim": {k: (config.get("optim") or {}).get(k) for k in RECIPE_OPTIM}}
+
+
+def check_same_recipes(path: Path, members, runs: list[Path], configs: list[dict]) -> None:
+    """Refuse thresholds chosen on grouped CV of other recipes than the runs': the point and the
+    calibration hold for the vote they were measured on (the rebundle check's twin: a bundle of
+    final h = 128 runs took the point of an h = 192 pair, silently). Each cv-ensemble member is
+    read from its first fold model; one that is no longer there is said, not guessed."""
+    measured = []
+    for member in members or []:
+        folds = sorted(Path(member).glob("fold*.onnx"))
+        if not folds:
+            log.warning("%s: its member %s has no fold model here; not checked that the runs are its recipes",
+                        path, member)
+            return
+        props = {p.key: p.value for p in onnx.load(str(folds[0]), load_external_data=False).metadata_props}
+        try:
+            measured.append((Path(member).name, recipe_of(json.loads(props["hyperparameters"]))))
+        except (KeyError, ValueError, TypeError):
+            log.warning("%s: %s records no hyper-parameters; not checked that the runs are its recipes", path, folds[0])
+            return
+    unmatched = [recipe for _, recipe in measured]
+    for run, config in zip(runs, configs):
+        recipe = recipe_of(config)
+        if recipe in unmatched:
+            unmatched.remove(recipe)
+            continue
+        nearest = min(measured, key=lambda m: len(_differences(m[1], recipe)))
+        raise DataError(f"{path}: chosen for recipes {', '.join(n for n, _ in measured)}; {run} is none of them "
+                        f"({', '.join(_differences(nearest[1], recipe)[:4])} differ from {nearest[0]}'s)")
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    return [f"{part}.{key}" for part in a for key in sorted(set(a[part] or {}) | set(b[part] or {}))
+            if (a[part] or {}).get(key) != (b[part] or {}).get(key)]
+
+
 def field_manifest(field: dict) -> dict:
     """The manifest fields of a field report (``training.operating.field_report``): the operating
     point with what grouped CV expects of it, and the calibration curves."""
@@ -240,6 +284,7 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
     if thresholds_from:
         thresholds, provenance = read_thresholds_file(thresholds_from, first["labels"], (first["window_s"], first["hop_s"]),
                                                   [f.kind for f in frontends])
+        check_same_recipes(thresholds_from, provenance["thresholds_from"]["members"], runs, configs)
     reference = reference_from(reference_data, first["labels"], first["window_s"], frontend)
     with tempfile.TemporaryDirectory() as tmp:
         members = []

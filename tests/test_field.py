@@ -157,6 +157,21 @@ def test_calibration_fits_each_class_with_enough_events_and_pools_the_rest():
     assert report["calibrated"]["ece"] < report["raw"]["ece"]   # cross-fitted, yet closer to the truth
 
 
+@pytest.mark.parametrize("kind", ["platt", "isotonic"])
+def test_a_class_whose_stronger_votes_are_less_often_right_gets_a_flat_curve_never_a_falling_one(kind):
+    """A Platt fit followed the data down: a stronger vote stored as less likely right (a review)."""
+    rng = np.random.default_rng(2)
+    n = 120
+    score = rng.uniform(0.3, 0.7, n)
+    right = rng.uniform(size=n) < 0.9 - score                   # right less often as the score rises
+    events = ScoredEvents(np.ones(n, int), score, score, np.arange(n) % 3, right, evidence=score)
+    curves, how = fit_calibration(events, LABELS, 0, kind=kind)
+    y = curves["a"]["y"]
+    assert y == sorted(y), y
+    if kind == "platt":
+        assert y == pytest.approx([right.mean()] * len(y)) and "flat" in how["a"], how
+
+
 def test_calibration_reads_the_evidence_when_that_is_what_tells_right_from_false():
     rng = np.random.default_rng(1)
     n = 300

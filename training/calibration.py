@@ -40,7 +40,12 @@ def fit_curve(score: np.ndarray, right: np.ndarray, kind: str = "isotonic") -> d
     if kind == "platt":
         fit = LogisticRegression(C=1e4).fit(score[:, None], right.astype(int))
         x = np.linspace(score.min(), score.max(), 33)
-        return {"x": [float(v) for v in x], "y": [float(v) for v in fit.predict_proba(x[:, None])[:, 1]]}
+        y = fit.predict_proba(x[:, None])[:, 1]
+        if fit.coef_[0, 0] <= 0:
+            # A falling curve would store a stronger vote as less likely right; the best rising
+            # logistic curve is then the flat one, the share right (isotonic's answer too).
+            y = np.full_like(x, right.mean())
+        return {"x": [float(v) for v in x], "y": [float(v) for v in y]}
     fit = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     fit.fit(score, right.astype(float))
     return {"x": [float(v) for v in fit.X_thresholds_], "y": [float(v) for v in fit.y_thresholds_]}
@@ -60,6 +65,8 @@ def fit_calibration(events: ScoredEvents, labels: tuple[str, ...], background: i
         n = int(mine.sum())
         if _usable(events.right[mine]):
             curves[label], how[label] = fit_curve(x[mine], events.right[mine], kind), f"own {kind} fit on {n} events"
+            if len(set(curves[label]["y"])) == 1:
+                how[label] += f" (flat: its events are no more often right as the {source} rises)"
         elif pooled is not None:
             curves[label], how[label] = pooled, f"pooled {kind} fit over all classes (only {n} usable events of its own)"
         else:

@@ -21,6 +21,16 @@ def test_folds_never_share_a_recorder_and_cover_every_clip(tiny_dataset):
         assert not {data.clips[i].recorder for i in tr} & {data.clips[i].recorder for i in va}
 
 
+def test_more_folds_than_recorders_says_how_many_folds_there_are(tiny_dataset, caplog):
+    """Each fold holds out a recorder: --folds 10 on fewer recorders made fewer folds, silently."""
+    data = merge(load_split(tiny_dataset, "train"), load_split(tiny_dataset, "devel"))
+    recorders = len({c.recorder for c in data.clips})
+    with caplog.at_level("WARNING"):
+        folds = grouped_folds(data, k=recorders + 3)
+    assert len(folds) == recorders
+    assert f"{recorders + 3} folds asked, {recorders} recorders: {recorders} folds" in caplog.text
+
+
 def test_folds_of_clips_that_name_no_recorder_are_refused(tiny_dataset):
     """Each such clip was a group of its own: clip-level CV, reported as grouped (a trial)."""
     import dataclasses

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,8 @@ from training.out_dirs import check_out_dir, holding_out_dir
 from training.runs import run_config, save_model
 from training.thresholds import field_summary
 from training.train import OptimConfig, predict, train
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FALSE_RATE = 0.1  # of background windows (4 s, 2 s hop) stored as a call
 RECIPES = ("baseline", "paper", "field")  # what ``cv_recipes`` knows by name
@@ -132,6 +135,8 @@ def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray,
     if len(recorders) < 2:   # grouped_folds_of would fall back to folds within the one recorder, silently
         raise DataError(f"every clip names the one recorder {next(iter(recorders))!r}: grouped cross-validation "
                         f"needs clips from at least 2 recorders, to hold each out of its own training")
+    if k > len(recorders):   # each fold holds out at least one recorder, so there are fewer folds
+        log.warning("%d folds asked, %d recorders: %d folds, one recorder each", k, len(recorders), len(recorders))
     return grouped_folds_of([c.recorder or c.path.name for c in split.clips], split.targets, k, seed)
 
 

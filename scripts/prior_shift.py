@@ -84,7 +84,7 @@ def main() -> None:
     shifted = FieldVotes(votes.labels, votes.frame_s,
                          *([reweighted(s, by_fold[s.fold]) for s in kind]
                            for kind in (votes.background_streams, votes.assembled, votes.clips)),
-                         votes.clip_targets, votes.members)
+                         votes.clip_targets, votes.members, hop_frames=votes.hop_frames)
     report = field_report(shifted, args.target, None, "", RULES[DEFAULT_RULES])
     expected = report["operating_point"]["expected"]
     keys = ("false_per_hour", "false_events", "precision", "recall", "clip_uar")

@@ -430,12 +430,15 @@ def test_votes_keep_every_members_probabilities_and_older_votes_still_load(tmp_p
     stream = StreamVotes.from_votes(0, 12.0, votes, [])
     assert stream.probs.shape == (len(votes), len(analyzer.bundle.members), len(analyzer.bundle.labels))
     assert np.allclose(stream.probs.mean(axis=1)[np.arange(len(votes)), stream.winner], stream.confidence, atol=1e-6)
-    field = FieldVotes(analyzer.bundle.labels, FRAME_S, [stream], [stream], [stream], np.array([0]))
+    field = FieldVotes(analyzer.bundle.labels, FRAME_S, [stream], [stream], [stream], np.array([0]),
+                       hop_frames=analyzer.spec.hop)
     field.save(tmp_path / "new.npz")
     assert np.array_equal(FieldVotes.load(tmp_path / "new.npz").clips[0].probs, stream.probs)
+    assert FieldVotes.load(tmp_path / "new.npz").hop_frames == analyzer.spec.hop
     older = dict(np.load(tmp_path / "new.npz"))
-    np.savez(tmp_path / "old.npz", **{k: v for k, v in older.items() if not k.endswith("_probs")})
+    np.savez(tmp_path / "old.npz", **{k: v for k, v in older.items() if not k.endswith("_probs") and k != "hop_frames"})
     assert FieldVotes.load(tmp_path / "old.npz").clips[0].probs is None
+    assert FieldVotes.load(tmp_path / "old.npz").hop_frames == analyzer.spec.hop   # the commonest step
 
 
 def test_cv_ensemble_refuses_unknown_rules_naming_them(tmp_path):

@@ -73,3 +73,38 @@ def test_scoring_a_split_the_members_were_trained_on_says_so(tiny_dataset, tmp_p
     assert devel["note"] == "members trained on devel: not a held-out score" and "note" not in test
     assert [r.getMessage() for r in caplog.records] == [
         f"{manifest['bundle_id']}: 1 of the bundle's 1 member(s) were trained on devel: these scores are not held out"]
+
+
+def test_the_field_measure_stores_on_each_clip_what_the_recorder_stores(tiny_bundle, tiny_dataset, tmp_path):
+    """At a point that needs several windows, the recorder folds a clip's end-aligned last window
+    into the one it nearly repeats; the field measure counted it as one more window, so its clip
+    UAR said calls were found that the recorder never stored (a review: 0.79 against 0.61 on test)."""
+    import dataclasses
+    import shutil
+
+    import soundfile
+
+    from edgemon.analysis.analyzer import Analyzer
+    from edgemon.analysis.decisions import OperatingPoint
+
+    bundle = load_bundle(tiny_bundle)
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    for clip in load_split(data, "test", TINY_LABELS).clips:
+        # 512 * (17 + 8k) samples: 18 + 8k frames, so the last window starts 2 frames after the
+        # last regular one (16-frame windows every 8)
+        x, rate = soundfile.read(clip.path, dtype="float32")
+        soundfile.write(clip.path, x[:512 * (17 + 8 * ((len(x) // 512 - 17) // 8))], rate)
+    split = load_split(data, "test", TINY_LABELS)
+    votes = field_votes([bundle], split, [(None, np.arange(len(split)))])
+    calls = [label for label in TINY_LABELS if label != "background"]
+    point = OperatingPoint({label: 0.0 for label in TINY_LABELS}, min_windows={label: 3 for label in calls})
+    recorder = Analyzer(bundle)
+    recorder.merger = dataclasses.replace(recorder.merger, point=point)
+    folded = 0
+    for clip, stream in zip(split.clips, votes.clips):
+        stored = [(e.label, e.start_s, e.end_s) for e in recorder.analyse_file(clip.path).events]
+        measured = [(e.label, e.start_s, e.end_s) for e in stream.events(votes.merger(point))]
+        assert measured == stored, clip.path.name
+        folded += len(stream.start) > 1 and 0 < stream.start[-1] - stream.start[-2] < votes.hop_frames / 2
+    assert folded, "no clip ends on a window that nearly repeats the one before: the test shows nothing"

@@ -32,6 +32,7 @@ from edgemon.analysis.bundle import Bundle, load_bundle
 from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
 from edgemon.analysis.frontend import FrontendConfig
+from edgemon.analysis.windows import WindowSpec
 from training.data import BACKGROUND, Split
 from training.errors import DataError
 from training.evaluate import confusion, per_class_recall, uar
@@ -108,6 +109,10 @@ class FieldVotes:
     # fold's member files (recipe names do not tell seeds or epochs apart), and the prevalence
     models_sha256: str = ""
     prevalence: float | None = None
+    # The windows' hop: the recorder merges a file's end-aligned last window into the one it nearly
+    # repeats (``EventMerger.grow``); without it the measure counted that window as more evidence
+    # (a review: clip UAR on test 0.79 here, 0.61 as the recorder stores it). 0: every window counts.
+    hop_frames: int = 0
 
     @property
     def member_count(self) -> int:
@@ -127,17 +132,18 @@ class FieldVotes:
         return FieldVotes(self.labels, self.frame_s, [s for s in self.background_streams if s.fold in folds],
                           [s for s in self.assembled if s.fold in folds],
                           [s for s, keep in zip(self.clips, clips) if keep], self.clip_targets[clips], self.members,
-                          self.models_sha256, self.prevalence)
+                          self.models_sha256, self.prevalence, self.hop_frames)
 
     def merger(self, point: OperatingPoint, calibration: Calibration = Calibration()) -> EventMerger:
-        return EventMerger(self.labels, self.background, self.frame_s, point, calibration)
+        return EventMerger(self.labels, self.background, self.frame_s, point, calibration, hop_frames=self.hop_frames)
 
     def save(self, path: Path) -> None:
         """One ``.npz``: the streams' arrays under ``<kind><i>_<field>``."""
         arrays = {"labels": np.array(self.labels), "frame_s": self.frame_s, "clip_targets": self.clip_targets,
                   **({"members": np.array(self.members)} if self.members else {}),
                   **({"models_sha256": np.array(self.models_sha256)} if self.models_sha256 else {}),
-                  **({"prevalence": self.prevalence} if self.prevalence is not None else {})}
+                  **({"prevalence": self.prevalence} if self.prevalence is not None else {}),
+                  "hop_frames": self.hop_frames}
         for kind in ("background_streams", "assembled", "clips"):
             arrays[f"{kind}_n"] = len(getattr(self, kind))
             for i, s in enumerate(getattr(self, kind)):
@@ -157,12 +163,22 @@ class FieldVotes:
             for kind in streams.values():
                 for s in kind:
                     s.fold, s.duration_s = int(s.fold), float(s.duration_s)
+            hop = int(data["hop_frames"]) if "hop_frames" in data.files else _regular_hop(streams["background_streams"])
             return cls(tuple(str(x) for x in data["labels"]), float(data["frame_s"]), clip_targets=data["clip_targets"],
                        members=tuple(str(x) for x in data["members"]) if "members" in data.files else (),
                        models_sha256=str(data["models_sha256"]) if "models_sha256" in data.files else "",
-                       prevalence=float(data["prevalence"]) if "prevalence" in data.files else None, **streams)
+                       prevalence=float(data["prevalence"]) if "prevalence" in data.files else None,
+                       hop_frames=hop, **streams)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise DataError(f"{path}: not a readable field-votes file ({type(exc).__name__}: {exc})") from exc
+
+
+def _regular_hop(streams: list[StreamVotes]) -> int:
+    """The hop of votes saved before they carried it: the commonest step between window starts
+    (the end-aligned last window is the only other)."""
+    steps = np.concatenate([np.diff(s.start) for s in streams] or [np.zeros(0, np.int64)])
+    steps = steps[steps > 0]
+    return int(np.bincount(steps).argmax()) if len(steps) else 0
 
 
 def fold_bundle(models: list[Path], labels: list[str], frontend: FrontendConfig, window_s: float, hop_s: float,
@@ -248,7 +264,9 @@ def field_votes(bundles: list[Bundle], split: Split, folds, prevalence: float = 
                 kind.extend(got if isinstance(got, list) else [got])
             order.extend(int(i) for i in va)
     frame_s = bundles[0].frontend.hop_length / bundles[0].frontend.sample_rate
-    return FieldVotes(tuple(split.labels), frame_s, streams[0], streams[1], streams[2], split.targets[order])
+    hop = WindowSpec.from_seconds(bundles[0].window_s, bundles[0].hop_s, bundles[0].frontend).hop
+    return FieldVotes(tuple(split.labels), frame_s, streams[0], streams[1], streams[2], split.targets[order],
+                      hop_frames=hop)
 
 
 def poisson_interval(count: int, hours: float) -> tuple[float, float]:

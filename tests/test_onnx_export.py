@@ -83,3 +83,25 @@ def test_int8_agrees_with_fp32(exported, tmp_path, caplog):
     clear = top_two[:, 1] - top_two[:, 0] > 0.01
     assert clear.sum() >= 8
     assert (p32.argmax(1) == p8.argmax(1))[clear].mean() >= 0.95
+
+
+def test_int8_agrees_with_fp32_on_a_network_that_decides(tmp_path):
+    """The untrained net above is nearly uniform (tau 0.62), so its bound holds whatever the
+    quantiser does (a review). A sharper head (tau 0.1, bands centred) on log-mel windows of
+    hoots at three pitches spreads the probabilities and splits the argmax between two classes:
+    int8 must keep them within a few hundredths (0.011 and every argmax here)."""
+    from conftest import hoots
+    from edgemon.analysis.frontend import log_mel
+
+    torch.manual_seed(1)
+    model = PrimateBiLSTM(ModelConfig(hidden=64, layers=2, tau=0.1, centre_bands=True)).eval()
+    path = export_onnx(model, tmp_path / "sharp.onnx", LABELS, FrontendConfig())
+    int8 = quantize_int8(path, tmp_path / "sharp8.onnx")
+    x = log_mel(np.concatenate([hoots(20.0, freq) for freq in (400.0, 900.0, 2000.0)]), FrontendConfig())
+    windows = np.stack([x[s:s + 125] for s in range(0, len(x) - 125, 31)]).astype(np.float32)
+    p32 = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["probs"], {"logmel": windows})[0]
+    p8 = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(["probs"], {"logmel": windows})[0]
+    decides = np.ptp(p32.max(1)) > 0.1 and (np.bincount(p32.argmax(1)) > 5).sum() >= 2
+    assert decides, "the network does not decide: the test shows nothing"
+    assert np.abs(p32 - p8).max() < 0.05
+    assert (p32.argmax(1) == p8.argmax(1)).mean() >= 0.95

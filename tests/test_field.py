@@ -114,6 +114,19 @@ def test_operating_point_holds_false_events_per_hour_and_keeps_every_call():
     assert at["false_per_hour_95"][1] > 0   # zero seen is not zero promised
 
 
+def test_each_classs_wrong_events_say_where_they_lie():
+    """Test's rhinoceros hornbill: 30 of 34 events not right, 2 of them on background alone, and the
+    score could not say where the rest lay. On background, on its own call again, or on a call of
+    another class (confused), per class."""
+    windows = [(1, 0.7), (0, 0.9), (1, 0.7)] + [(0, 0.9)] * 4 + [(1, 0.6)] + [(0, 0.9)] * 4 + [(1, 0.6), (0, 0.9)]
+    calls = [(0.0, 8.0, 1), (23.0, 28.0, 2)]
+    votes = FieldVotes(LABELS, FRAME_S, [_votes([(0, 0.9)] * 3)], [_votes(windows, 0, calls)],
+                       [_votes([(0, 0.9)] * 3)], np.array([0]))
+    a = measure(votes, OperatingPoint({}))["per_class"]["a"]
+    assert (a["events"], a["right"]) == (4, 1)
+    assert a["wrong_on"] == {"a": 1, "b": 1, "background": 1}
+
+
 def test_background_clips_alone_are_counted_beside_the_end_to_end_stream():
     """Two background clips each end in a window of a; laid end to end they make one two-window event
     across the join, alone two one-window events; a two-window rule keeps only the joined one."""

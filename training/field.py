@@ -317,6 +317,7 @@ class ScoredEvents:
     on_a_call: np.ndarray | None = None   # overlaps a call of its label (a false one: a second event on it)
     evidence: np.ndarray | None = None    # the sum of its window confidences
     gate: np.ndarray | None = None        # its event gate probability (NaN: not gated)
+    overlaps: np.ndarray | None = None    # the label of the call it overlaps most (-1: none, background)
 
     def subset(self, keep: np.ndarray) -> "ScoredEvents":
         return ScoredEvents(*(None if getattr(self, f.name) is None else getattr(self, f.name)[keep]
@@ -351,6 +352,14 @@ def _on_a_call(event: Event, calls: np.ndarray, labels: tuple[str, ...]) -> bool
     return bool(((mine[:, 0] < event.end_s) & (mine[:, 1] > event.start_s)).any())
 
 
+def _overlapped_label(event: Event, calls: np.ndarray) -> int:
+    """The label index of the call ``event`` overlaps most; -1 when it lies on background alone."""
+    if not len(calls):
+        return -1
+    overlap = np.minimum(calls[:, 1], event.end_s) - np.maximum(calls[:, 0], event.start_s)
+    return int(calls[overlap.argmax(), 2]) if overlap.max() > 0 else -1
+
+
 def assembled_events(votes: FieldVotes, merger: EventMerger) -> tuple[ScoredEvents, np.ndarray, np.ndarray]:
     """Events on every assembled stream, judged; and the calls (label index) with whether found."""
     rows, call_labels, found_all = [], [], []
@@ -358,13 +367,14 @@ def assembled_events(votes: FieldVotes, merger: EventMerger) -> tuple[ScoredEven
         events = stream.events(merger)
         right, found = match(events, stream.calls, votes.labels)
         rows += [(votes.labels.index(e.label), e.score, e.confidence, stream.fold, r,
-                  _on_a_call(e, stream.calls, votes.labels), *evidence_and_gate(e)) for e, r in zip(events, right)]
+                  _on_a_call(e, stream.calls, votes.labels), *evidence_and_gate(e), _overlapped_label(e, stream.calls))
+                 for e, r in zip(events, right)]
         call_labels.append(stream.calls[:, 2].astype(int))
         found_all.append(found)
-    cols = list(zip(*rows)) if rows else [[]] * 8
+    cols = list(zip(*rows)) if rows else [[]] * 9
     scored = ScoredEvents(np.array(cols[0], int), np.array(cols[1], float), np.array(cols[2], float),
                           np.array(cols[3], int), np.array(cols[4], bool), np.array(cols[5], bool),
-                          np.array(cols[6], float), np.array(cols[7], float))
+                          np.array(cols[6], float), np.array(cols[7], float), np.array(cols[8], int))
     return scored, np.concatenate(call_labels) if call_labels else np.zeros(0, int), \
         np.concatenate(found_all) if found_all else np.zeros(0, bool)
 
@@ -393,7 +403,10 @@ def measure(votes: FieldVotes, point: OperatingPoint, calibration: Calibration =
             "events": int(mine.sum()), "right": int(scored.right[mine].sum()),
             "precision": float(scored.right[mine].mean()) if mine.any() else None,
             "calls": int((call_labels == c).sum()), "found": int(found[call_labels == c].sum()),
-            "recall": float(found[call_labels == c].mean()) if (call_labels == c).any() else None}
+            "recall": float(found[call_labels == c].mean()) if (call_labels == c).any() else None,
+            # where its events that are not right lie: on background, on a call of its own label
+            # (a second event), or on another class's call (the classes confused)
+            "wrong_on": _wrong_on(scored.overlaps[mine & ~scored.right], labels)}
     clip_events = [s.events(merger) for s in votes.clips]   # read twice: labels, and background clips alone
     predicted = clip_predictions(votes, merger, clip_events)
     return {
@@ -409,6 +422,11 @@ def measure(votes: FieldVotes, point: OperatingPoint, calibration: Calibration =
             confusion(votes.clip_targets, np.array(predicted), len(labels)))))),
         "per_class": per_class,
         "background_clips_alone": _clips_alone(votes, clip_events)}
+
+
+def _wrong_on(overlaps: np.ndarray, labels: tuple[str, ...]) -> dict:
+    names = ["background" if k < 0 else labels[k] for k in overlaps]
+    return {name: names.count(name) for name in sorted(set(names))}
 
 
 def _clips_alone(votes: FieldVotes, clip_events: list[list[Event]]) -> dict:

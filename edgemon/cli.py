@@ -158,9 +158,9 @@ def status(
 @app.command()
 def classify(
     ctx: typer.Context,
-    files: Annotated[list[Path], typer.Argument(metavar="FILES", help="Audio files (WAV or FLAC), or directories of them (recursive).", readable=False)],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Audio files (WAV or FLAC), or directories of them (recursive).", readable=False)],
     models: ModelsOpt = None,
-    fmt: Annotated[ClassifyFormat, typer.Option("--format", help="table or csv.")] = ClassifyFormat.table,
+    fmt: Annotated[ClassifyFormat, typer.Option("--format", help="table (for reading) or csv (export-detections' csv columns).")] = ClassifyFormat.table,
     threads: ThreadsOpt = None,
     timezone: TimezoneOpt = None,
     config: ConfigOpt = None,

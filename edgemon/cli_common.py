@@ -19,6 +19,7 @@ from edgemon.errors import EdgemonError
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]}, epilog=console.EPILOG,
                   help="Species detections from field recorders, on the recorder.")
+console.plain_help_names()   # FILE... and <path> in the help, not {FILES} and <list[Path]>
 
 
 def setting_option(name: str) -> Any:

@@ -22,7 +22,7 @@ def sync(
     db: DbOpt = None,
     device_id: DeviceIdOpt = None,
     retry_for_s: Annotated[float, typer.Option(min=0.0, help="Keep retrying an unreachable server this many seconds, backing off.")] = 0.0,
-    batch_rows: Annotated[Optional[int], typer.Option(min=1, help="Changes in the first batch (batches then adapt to the link).")] = None,
+    batch_rows: Annotated[int, typer.Option(min=1, help="Changes in the first batch (batches then adapt to the link, 20 to 5000).")] = 500,   # SyncConfig.batch_rows
     forget_target: Annotated[Optional[str], typer.Option("--forget-target", help="Instead of syncing, forget a sync target this database keeps deletions for (a server retired, or reached under another spelling of its URL), as `edgemon sync` names it.")] = None,
     config: ConfigOpt = None,
 ):

@@ -169,6 +169,45 @@ def usage_errors_in_one_line(argv: list[str] | None = None) -> None:
             continue
 
 
+def plain_help_names() -> None:
+    """Help that names what to type, not Python's types. Typer (0.29) wrote a list argument as
+    ``{FILES}...`` on the usage line and ``FILES <list[Path]>`` in the list, and a repeatable option
+    as ``<list[str]>`` (a docs review). Arguments now read as click writes them, ``FILE...`` (or
+    ``[FILE]...`` when optional), in upper case; a list shows the type of one value. A Typer
+    without these internals (before 0.24) is left as it is."""
+    import typer.core as core
+
+    parameter = getattr(core, "_TyperParameter", None)
+    argument = getattr(core, "TyperArgument", None)
+    if parameter is None or argument is None or not hasattr(argument, "_usage_display_name"):
+        return
+    display_type = parameter.display_type
+    if getattr(display_type, "_edgemon_plain", False):
+        return
+
+    def one_value(self, ctx) -> str:
+        shown = display_type(self, ctx)
+        found = re.fullmatch(r"<list\[(.*)\]>", shown)
+        if found is None:
+            return shown
+        return "<path>" if found[1] == "Path" else f"<{found[1]}>"
+
+    def name(self) -> str:
+        shown = self.metavar if self.metavar is not None else self.name.upper()
+        return shown + "..." if self.nargs != 1 else shown
+
+    def usage_name(self) -> str:
+        shown = self.metavar if self.metavar is not None else self.name.upper()
+        shown = shown if self.required else f"[{shown}]"
+        return shown + "..." if self.nargs != 1 else shown
+
+    one_value._edgemon_plain = True
+    parameter.display_type = one_value
+    argument._rich_display_name = name
+    argument._usage_display_name = usage_name
+    argument.get_error_hint = lambda self: f"'{name(self)}'"   # "Missing argument 'BUNDLE'", as the usage line
+
+
 def _given_value(param, argv: list[str]) -> str:
     """" (given 'VALUE')" for an option whose value was refused, as the command line gave it."""
     for i, arg in enumerate(argv):

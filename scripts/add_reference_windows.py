@@ -1,6 +1,6 @@
 """Give an existing bundle (default: the embedded one) its label names, confidence ceiling and
 self-check reference windows, without touching its member models (their sha256 and the bundle id
-stay). Run it again only when the bundle's members change:
+stay). Run it again only when the bundle's members change.
 
     .venv/bin/python scripts/add_reference_windows.py [--bundle DIR] [--data ../shared/data/borneo]
 
@@ -22,9 +22,11 @@ from training.data import DEFAULT_DATA_DIR  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, default=default_bundle_path())
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--bundle", type=Path, default=default_bundle_path(), metavar="DIR",
+                        help="Bundle directory to complete (default: the embedded one, %(default)s).")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR",
+                        help="Data directory whose train split gives the reference windows (default: %(default)s).")
     args = parser.parse_args()
     bundle = complete_bundle(args.bundle, args.data)
     check = Ensemble(bundle).self_check

@@ -20,11 +20,12 @@ import optuna
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("storage")
-    parser.add_argument("--study", default="edgemon")
-    parser.add_argument("--top", type=int, default=10)
-    parser.add_argument("--write-params", nargs=2, metavar=("TRIAL", "FILE"))
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("storage", help="Optuna storage URL of the study, e.g. sqlite:///runs/hpo/study.db.")
+    parser.add_argument("--study", default="edgemon", help="Study name (default: %(default)s).")
+    parser.add_argument("--top", type=int, default=10, help="Print this many best complete trials (default: %(default)s).")
+    parser.add_argument("--write-params", nargs=2, metavar=("TRIAL", "FILE"),
+                        help="Also write trial TRIAL's settings to FILE, for `edgemon-train fit/cv --params FILE`.")
     args = parser.parse_args()
     if "://" not in args.storage:
         raise SystemExit(f"error: {args.storage}: give a storage URL, e.g. sqlite:///runs/hpo/study.db")

@@ -185,6 +185,56 @@ def test_help_prints_brackets_and_flags_as_written():
     assert "<bool>" not in text and re.search(r"--until-idle\s+Exit once", text)
 
 
+def _command_paths(group, prefix=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _command_paths(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+def test_help_names_values_not_python_types():
+    """Typer wrote `classify [OPTIONS] {FILES}...` and `FILES <list[Path]>`, `bundle {runs}...`,
+    `cv --recipe <list[str]>`, and `<str>` over a closed set of choices (a docs review)."""
+    from training.cli import app as train_app
+
+    for application in (app, train_app):
+        for path in _command_paths(typer.main.get_command(application)):
+            text = runner.invoke(application, [*path, "-h"]).output
+            usage = text.splitlines()[0]
+            assert "list[" not in text and "{" not in usage, (path, text)
+    classify = runner.invoke(app, ["classify", "-h"]).output
+    assert classify.startswith("Usage: root classify [OPTIONS] FILE...\n") and re.search(r"\n  FILE\.\.\. <path>  ", classify)
+    bundle = runner.invoke(train_app, ["bundle", "-h"]).output
+    assert "[OPTIONS] RUN...\n" in bundle.splitlines()[0] + "\n" and "\n  RUN... <path>  " in bundle
+    assert "[OPTIONS] BUNDLE\n" in runner.invoke(train_app, ["score", "-h"]).output
+    assert "Missing argument 'BUNDLE'" in runner.invoke(train_app, ["score"]).output
+
+
+def test_help_shows_the_choices_the_training_commands_check():
+    """Free text in the code, a closed set in the checks: the help names the set, and the set it
+    names is the one the code checks."""
+    from edgemon.analysis.frontend import KNOWN_KINDS
+    from training.cli import SPLITS, app as train_app
+    from training.cv import RECIPES
+    from training.hpo import OBJECTIVES, SPACES
+
+    def shown(command: str, option: str) -> str:
+        text = runner.invoke(train_app, [command, "-h"]).output
+        return re.search(rf"{option} (<[^>]*>)", text)[1]
+
+    assert shown("fit", "--frontend") == shown("cv", "--frontend") == f"<{'|'.join(KNOWN_KINDS)}>"
+    assert shown("cv", "--recipe") == f"<{'|'.join(RECIPES)}>"
+    assert shown("score", "--split") == f"<{'|'.join(SPLITS)}>"
+    assert shown("hpo", "--space") == f"<{'|'.join(SPACES)}>"
+    assert shown("hpo", "--objective") == f"<{'|'.join(OBJECTIVES)}>"
+
+
+def test_sync_help_shows_where_its_batches_start():
+    assert re.search(r"\[default: 500; x>=1\]", runner.invoke(app, ["sync", "-h"]).output)
+    assert SyncConfig.batch_rows == 500
+
+
 def test_listen_reads_the_settings_file_and_environment_like_every_command(tmp_path):
     """File < environment < options, checked before any device is opened (it used to read only
     its own options, so these mistakes went unnoticed and the device was opened)."""

@@ -20,8 +20,9 @@ from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import EdgemonError
 from edgemon.signals import terminate_as_interrupt
 from training.augment import AugmentConfig
-from training.cli_options import (AdversaryOpt, BackgroundShareOpt, CentreOpt, DataOpt, FMaxOpt, FrontendOpt,
-                                  HardNegOpt, MixOtherOpt, NearCallOpt, OutOpt, ParamsOpt, PoolOpt, TargetOpt,
+from training.cli_options import (AdversaryOpt, BackgroundShareOpt, CentreOpt, CvMixOtherOpt, CvPoolOpt, DataOpt,
+                                  FMaxOpt, FrontendOpt, HardNegOpt, MixOtherOpt, NearCallOpt, OutOpt, ParamsOpt,
+                                  PoolOpt, TargetOpt,
                                   check_average_last, check_background_share, check_network_options,
                                   check_params_alone, check_window, device_option, frontend_option, non_negative,
                                   positive, share)
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   epilog=console.EPILOG, help="Train, evaluate and export edgemon classifiers.")
+console.plain_help_names()   # RUN... and <path> in the help, not {runs} and <list[Path]>
 
 
 @app.callback()
@@ -168,7 +170,7 @@ def baseline(data: DataOpt = DEFAULT_DATA_DIR, out: OutOpt = Path("runs/baseline
 
 @app.command()
 def bundle(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories whose model.onnx become members.")],
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="Run directories whose model.onnx become members.")],
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
     int8: Annotated[bool, typer.Option("--int8", help="Quantise members to int8 (dynamic).")] = False,
     thresholds: Annotated[Optional[Path], typer.Option(help="Per-class thresholds from a cv-ensemble JSON.")] = None,
@@ -231,7 +233,8 @@ def _field_lines(result: dict) -> dict:
 def cv(
     data: DataOpt = DEFAULT_DATA_DIR,
     out: OutOpt = Path("runs/cv"),
-    recipe: Annotated[list[str], typer.Option(help="baseline, paper (Table 2) or field (Table 2 + field augmentations); repeatable.")] = ["baseline", "paper", "field"],
+    # the metavar names training.cv.RECIPES (not imported here: sklearn); a test holds them equal
+    recipe: Annotated[list[str], typer.Option(metavar="<baseline|paper|field>", help="baseline, paper (Table 2) or field (Table 2 + field augmentations); repeatable.")] = ["baseline", "paper", "field"],
     folds: Annotated[int, typer.Option(min=2, help="Folds, grouped by recorder.")] = 5,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per fold for network recipes.")] = 30,
     seed: Annotated[int, typer.Option(help="Fold and training seed.")] = 0,
@@ -243,9 +246,9 @@ def cv(
     max_false_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --average-last: share of background windows the thresholds may let through as calls.")] = 0.1,
     window_s: Annotated[float, typer.Option(callback=positive, help="The recorder's window: the field recipe's crop length and the held-out windows.")] = WINDOW_S,
     hop_s: Annotated[float, typer.Option(callback=positive, help="The recorder's window hop, for the held-out windows.")] = HOP_S,
-    mix_other_recorders: MixOtherOpt = False,
+    mix_other_recorders: CvMixOtherOpt = False,
     centre_bands: CentreOpt = False,
-    pool: PoolOpt = True,
+    pool: CvPoolOpt = True,
     target_false_per_hour: TargetOpt = 5.0,
     hard_negatives: HardNegOpt = 0.0,
     near_call_negatives: NearCallOpt = 0.0,
@@ -311,7 +314,7 @@ def bundle_cv_command(
 
 @app.command("cv-ensemble")
 def cv_ensemble_command(
-    members: Annotated[list[Path], typer.Argument(help="Recipe directories of averaged cv runs (<cv_dir>/<recipe>), same folds.")],
+    members: Annotated[list[Path], typer.Argument(metavar="MEMBER", help="Recipe directories of averaged cv runs (<cv_dir>/<recipe>), same folds.")],
     data: DataOpt = DEFAULT_DATA_DIR,
     out: Annotated[Path, typer.Option("--out", help="JSON file to write: scores, trade-off, thresholds.")] = Path("runs/cv-ensemble.json"),
     max_false_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of background windows the thresholds may let through as calls.")] = 0.1,
@@ -340,11 +343,14 @@ def cv_ensemble_command(
     _run(run)
 
 
+SPLITS = ("train", "devel", "test")
+
+
 @app.command()
 def score(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory.")],
     data: DataOpt = DEFAULT_DATA_DIR,
-    split: Annotated[str, typer.Option(help="Which list to score: train, devel or test.")] = "test",
+    split: Annotated[str, typer.Option(metavar=f"<{'|'.join(SPLITS)}>", help="Which list to score: train, devel or test.")] = "test",
 ):
     """Score a bundle as the recorder runs it: windows, vote, thresholds, one label per clip."""
     from training.runs import score_bundle
@@ -352,9 +358,6 @@ def score(
     if split not in SPLITS:   # else any path under lab/ ran ("--split ../lab/test")
         raise console.error(f"--split {split!r}: choose one of {', '.join(SPLITS)}", console.EXIT_USAGE)
     _run(score_bundle, bundle, data, split)
-
-
-SPLITS = ("train", "devel", "test")
 
 
 @app.command()

@@ -12,14 +12,14 @@ from typing import Annotated, Optional
 import typer
 
 from edgemon import console
-from edgemon.analysis.frontend import FrontendConfig
+from edgemon.analysis.frontend import KNOWN_KINDS, FrontendConfig
 from edgemon.errors import EdgemonError
 from training.recipes import PAPER
 
 DataOpt = Annotated[Path, typer.Option("--data", help="ComParE-style data directory (audio/, lab/).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run directory to write.")]
 
-FrontendOpt = Annotated[str, typer.Option("--frontend", help="Model input: logmel (the paper's), pcen, or logmel_pcen (both side by side).")]
+FrontendOpt = Annotated[str, typer.Option("--frontend", metavar=f"<{'|'.join(KNOWN_KINDS)}>", help="Model input: logmel (the paper's), pcen, or logmel_pcen (both side by side).")]
 FMaxOpt = Annotated[float, typer.Option("--f-max", help="Top edge of the mel bands in Hz (the paper's: 8000, half the sample rate); the bands then cover 0 to this.")]
 
 
@@ -118,12 +118,14 @@ def check_average_last(average_last: int, epochs: int) -> None:
 
 
 MixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --field).")]
+CvMixOtherOpt = Annotated[bool, typer.Option("--mix-other-recorders", help="Mix calls only with background clips from other recorders (with --recipe field).")]
 TargetOpt = Annotated[float, typer.Option(callback=positive, help="Field operating point: false events per hour of held-out background that the point (per-class thresholds and evidence rules, or event gate levels) may let through, shared among the call classes where it finds most calls.")]
 NearCallOpt = Annotated[float, typer.Option(callback=non_negative, help="Draw a background clip that lies within 120 s of a labelled call of the same source recording 1 + N as often as others of its class (0: off).")]
 BackgroundShareOpt = Annotated[float, typer.Option(help="Draw background for this share of each epoch, the call classes equally for the rest (0: every class equally, as the paper).")]
 AdversaryOpt = Annotated[float, typer.Option(callback=lambda v: finite(v, "0 (off) or above"), help="Recorder adversary: a classifier guesses each clip's recorder from the embedding and its gradient into the model is reversed, at this weight (0: off; training.adversary).")]
 HardNegOpt = Annotated[float, typer.Option(callback=non_negative, help="Hard negatives: in the second half of training, draw a background clip 1 + N x P(call) as often as others of its class (0: off).")]
-PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training; in cv, to each fold's training side only, less the held-out recorders' clips.")]
+PoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to training.")]
+CvPoolOpt = Annotated[bool, typer.Option("--pool/--no-pool", help="Add lab/pool.csv (train-only background and duets, when the data set has it) to each fold's training side only, less the held-out recorders' clips.")]
 ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="A search trial's settings (JSON, `scripts/summarise_search.py --write-params`): replace the Table 2 options and the field preset.")]
 CentreOpt = Annotated[bool, typer.Option("--centre-bands", help="Subtract each band's mean over the window inside the network (cancels a recorder's level and colour).")]
 

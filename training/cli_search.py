@@ -16,7 +16,7 @@ import typer
 
 from edgemon import console
 from training.cli import _run, app
-from training.cli_options import CentreOpt, DataOpt, OutOpt, PoolOpt, device_option, positive
+from training.cli_options import CentreOpt, DataOpt, OutOpt, device_option, positive
 from training.data import DEFAULT_DATA_DIR
 from training.errors import DataError
 from training.out_dirs import check_out_dir
@@ -82,8 +82,9 @@ def hpo(
     study: Annotated[str, typer.Option(help="Study name.")] = "edgemon",
     trials: Annotated[int, typer.Option(min=1, help="Finished trials (complete + pruned) over all workers.")] = 400,
     epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs per trial (per fold with --objective cv or field).")] = 300,
-    space: Annotated[str, typer.Option(help="paper (Table 2) or field (+ field augmentations).")] = "paper",
-    objective: Annotated[str, typer.Option(help="devel: devel UAR of the standard split (keeps each trial's model for `ensemble`); cv: mean held-out window UAR over folds grouped by recorder, each pool clip on the training side of the folds that do not hold out its recorder and scored in the one that does (recorders never heard); field: the same folds by the field measure, each fold's model run over its held-out audio as the recorder runs a bundle: event recall at --target-false-per-hour false events per hour of held-out background, points chosen on the other folds.")] = "devel",
+    # the metavars name training.hpo's SPACES and OBJECTIVES (not imported here: optuna); a test holds them equal
+    space: Annotated[str, typer.Option(metavar="<paper|field>", help="paper (Table 2) or field (+ field augmentations).")] = "paper",
+    objective: Annotated[str, typer.Option(metavar="<devel|cv|field>", help="devel: devel UAR of the standard split (keeps each trial's model for `ensemble`); cv: mean held-out window UAR over folds grouped by recorder, each pool clip on the training side of the folds that do not hold out its recorder and scored in the one that does (recorders never heard); field: the same folds by the field measure, each fold's model run over its held-out audio as the recorder runs a bundle: event recall at --target-false-per-hour false events per hour of held-out background, points chosen on the other folds.")] = "devel",
     folds: Annotated[int, typer.Option(min=2, help="--objective cv or field: folds, grouped by recorder.")] = 5,
     average_last: Annotated[int, typer.Option(min=1, help="--objective cv or field: average the weights of the last N epochs, as the shipped members (an epoch chosen on the held-out fold would leak).")] = 5,
     centre_bands: CentreOpt = False,
@@ -172,7 +173,7 @@ def _search_splits(data: Path, features: Optional[Path], with_pool: bool):
 def pack_features(
     data: DataOpt = DEFAULT_DATA_DIR,
     out: Annotated[Path, typer.Option("--out", help="The pack (.npz) to write.")] = Path("runs/features.npz"),
-    pool: PoolOpt = True,
+    pool: Annotated[bool, typer.Option("--pool/--no-pool", help="Pack lab/pool.csv too (train-only background and duets, when the data set has it).")] = True,
 ):
     """Pack train, devel (and pool) log-mel, 8-bit, into one file: a search on a machine the audio cannot reach (`hpo --features`)."""
     from training.feature_pack import pack

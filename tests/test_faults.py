@@ -203,6 +203,23 @@ def test_sync_export_and_status_say_the_disk_is_full(tmp_path):
     assert "not a readable SQLite database" not in done.stderr
     assert done.stdout.strip().splitlines()[-1] == "13"   # space freed: all 12 detections and the header
 
+    # With a reader holding the database open (its -shm kept), a cursor export gets as far as its
+    # lock, whose pid write met the full disk: a traceback (a review). Now one line, nothing delivered.
+    reader = shlex.join([sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                         "c.execute('SELECT 1 FROM detections').fetchall(); time.sleep(60)", f"{tmp_path}/card/E.db"])
+    script = "\n".join([
+        f"mount -t tmpfs -o size=2m tmpfs {card} && cp {shlex.quote(str(tmp_path / 'src.db'))} {db} || exit 9",
+        f"{reader} >/dev/null 2>&1 & sleep 1",
+        f"dd if=/dev/zero of={card}/filler bs=64k 2>/dev/null; dd if=/dev/zero of={card}/filler2 bs=512 2>/dev/null",
+        f"{edgemon} export-detections --db {db} --cursor c1 --output {shlex.quote(str(tmp_path / 'out.csv'))}; "
+        "echo rc=$?; kill $!"])
+    done = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert "rc=1" in done.stdout and "Traceback" not in done.stderr, done.stdout + done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and \
+        "No space left on device (nothing was delivered; the cursor stays)" in done.stderr, done.stderr
+    assert not (tmp_path / "out.csv").exists()
+
 
 # --- another process holds the write lock ------------------------------------------------------
 

@@ -255,6 +255,26 @@ def test_a_second_daemon_reaching_the_database_through_a_link_meets_the_same_loc
         pass
 
 
+def test_a_database_with_a_hard_link_is_refused_by_the_daemon_lock(tmp_path):
+    """A hard link is a second name the path-named lock cannot see: two watchers through `a.db` and
+    `b.db` each held their own lock and left the database corrupt (a review)."""
+    from edgemon.storage.store import Store
+
+    db = tmp_path / "a.db"
+    Store(db).db.close()
+    os.link(db, tmp_path / "b.db")
+    for name in (db, tmp_path / "b.db"):
+        with pytest.raises(DatabaseInUseError, match=r"[ab].db has 2 names \(hard links\).*keep one name"):
+            with hold_database(name):
+                pass
+    (tmp_path / "b.db").unlink()
+    with hold_database(db):                                       # one name again: taken
+        pass
+    run = subprocess.run([sys.executable, "-m", "edgemon", "watch", str(tmp_path), "--db", str(db), "--until-idle"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
 # --- #7: unreadable directories --------------------------------------------------------------------
 
 UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",

@@ -67,6 +67,24 @@ def test_reopening_keeps_data_and_migrates_once(tmp_path):
         assert MIGRATIONS.pending(store.db) == []
 
 
+def test_a_database_from_a_newer_edgemon_is_refused_not_written(tmp_path):
+    """A unit's card put back to an older image: sqlite-utils passes over a migration it does not
+    know, and every write bypassed what the newer schema changed, without a word (a review)."""
+    db = tmp_path / "d.db"
+    with Store(db) as store:
+        commit(store, [detection(0.0)])
+        store.db.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+                         "VALUES ('edgemon.store', 'm099_from_the_future', '2027-01-01')")
+        store.db.conn.commit()
+    before = db.read_bytes()
+    with pytest.raises(StoreError, match=r"d.db was written by a newer edgemon \(its schema has "
+                                         r"m099_from_the_future, unknown to this one\): upgrade edgemon"):
+        Store(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM detections").fetchone() == (1,)
+    assert db.read_bytes() == before
+
+
 def test_commit_file_stores_detections_and_ledger_row(store):
     commit(store, [detection(0.0), detection(3.0, "frog")])
     row = store.db.execute("SELECT * FROM detections WHERE label = 'frog'").fetchone()

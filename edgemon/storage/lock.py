@@ -43,6 +43,7 @@ def hold_database(db_path: str | Path) -> Iterator[Path]:
             raise DatabaseInUseError(f"another edgemon (pid {_holder(fd)}) is using this database "
                                      f"{shown(Path(db_path).resolve())}")
         _write_pid(fd)
+        _refuse_other_names(db_path)
         try:
             yield path
         except BaseException:
@@ -106,6 +107,19 @@ def hold_exports(db_path: str | Path, wait_s: float = 60.0, poll_s: float = 0.05
         os.close(fd)   # releases the lock
 
 
+def _refuse_other_names(db_path: str | Path) -> None:
+    """A database with a hard link has a name the lock file (named by path) cannot see: a second
+    daemon through it took its own lock, and the two left the file corrupt (a review)."""
+    try:
+        names = os.stat(db_path).st_nlink
+    except OSError:
+        return   # not made yet
+    if names > 1:
+        raise DatabaseInUseError(f"detections database {shown(Path(db_path).resolve())} has {names} names (hard "
+                                 f"links): a daemon through another name would not meet this one's lock; keep "
+                                 f"one name (a copy for a backup: sqlite3 DB '.backup copy.db')")
+
+
 def _beside(db_path: str | Path, suffix: str) -> Path:
     # Beside the database itself, links resolved: two daemons reaching one database through a
     # symlink (or a linked directory) must meet at one lock file, not each hold their own.
@@ -114,9 +128,15 @@ def _beside(db_path: str | Path, suffix: str) -> Path:
 
 
 def _write_pid(fd: int) -> None:
-    """Our pid into the lock we now hold, for the one-line error another process gives."""
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    """Our pid into the lock we now hold, for the one-line error another process gives. On a full
+    disk it is left out: the run then says the disk is full at its first real write (this was a
+    traceback, a review)."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
 
 
 def _open_lock(path: Path, db_path: str | Path) -> int:

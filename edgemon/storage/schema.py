@@ -18,6 +18,13 @@ FILE_STATES = ("done", "failed", "quarantined")
 MIGRATIONS = Migrations("edgemon.store")   # stored in every database: a name, not the module path
 
 
+def newer_migrations(db: sqlite_utils.Database) -> list[str]:
+    """Migrations a database records that this edgemon does not know: it was written by a newer
+    one (sqlite-utils passes over them, and a write here would bypass what they changed)."""
+    known = {m.name for m in MIGRATIONS._migrations}   # sqlite-utils lists them nowhere public
+    return [m.name for m in MIGRATIONS.applied(db) if m.name not in known]
+
+
 @MIGRATIONS()
 def m001_initial(db: sqlite_utils.Database) -> None:
     """Ledger, detections and export cursors. Plain DDL, so the constraints are visible."""

@@ -30,7 +30,7 @@ import sqlite_utils
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown, stored_name
 from edgemon.storage.readonly import BUSY_TIMEOUT_MS, error_code, quick_check
-from edgemon.storage.schema import MIGRATIONS
+from edgemon.storage.schema import MIGRATIONS, newer_migrations
 from edgemon.storage.tables import NUMERIC_NOISE, label_names
 from edgemon.utc import utc_iso
 
@@ -162,6 +162,10 @@ class Store:
             # its audio. Commits come per file or per event and minute: the fsyncs cost ~0.4 ms each
             # here, nothing beside the analysis.
             self.db.execute("PRAGMA synchronous = FULL")
+            newer = newer_migrations(self.db)
+            if newer:   # a unit's SD card put back to an older image, say: refuse, never mix
+                raise StoreError(f"detections database {self.path} was written by a newer edgemon (its schema has "
+                                 f"{', '.join(newer)}, unknown to this one): upgrade edgemon to use it")
             if MIGRATIONS.pending(self.db):   # a read first: nearly every open has nothing to do
                 # Check and apply under one write lock: another process (the daemon and an
                 # export, say) may be migrating the same old database now. IMMEDIATE waits for

@@ -103,37 +103,6 @@ def test_field_augment_crops_to_the_window():
     assert out.shape == (125, 128) and out.dtype == np.float32 and np.isfinite(out).all()
 
 
-def test_a_pcen_training_view_is_what_the_recorders_stream_gives_those_frames():
-    """PCEN computed on the crop alone restarted its smoother at every view: a start-up transient
-    the recorder's stream shows only at the start of a file (a review: about half a feature
-    standard deviation over a crop's first 10 frames)."""
-    import functools
-
-    from conftest import hoots
-    from edgemon.analysis.frontend import FrontendConfig, features, features_from_log_mel, log_mel
-    from training.augment import pcen_lead_frames
-
-    pcen = FrontendConfig(kind="pcen")
-    samples = hoots(12.0)
-    stream = features(samples, pcen)
-    x = log_mel(samples, pcen)
-    config = AugmentConfig(crop_frames=125, p_r=0.0)
-    to_input = functools.partial(features_from_log_mel, config=pcen)
-    lead = pcen_lead_frames(pcen)
-    checked = 0
-    for seed in range(4):
-        start = int(np.random.default_rng(seed).integers(0, len(x) - 125 + 1))
-        view = augment(x, config, np.random.default_rng(seed), to_input=to_input, lead_frames=lead)
-        want = stream[start:start + 125]
-        if start >= lead:
-            checked += 1
-            assert np.abs(view - want).max() < 0.1 * want.std(), (seed, start)
-        alone = augment(x, config, np.random.default_rng(seed), to_input=to_input)
-        if start > 10:   # the crop alone: the gap the lead-in closes
-            assert np.abs(alone[:10] - want[:10]).mean() > 0.1 * want.std(), (seed, start)
-    assert checked >= 2
-
-
 def copy_dataset(src, dst):
     shutil.copytree(src, dst)
     return dst

@@ -9,7 +9,6 @@ is additive for independent sources, so no audio has to be decoded again.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -40,22 +39,6 @@ def random_crop(x: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndar
         return x
     start = rng.integers(0, len(x) - frames + 1)
     return x[start:start + frames]
-
-
-def pcen_lead_frames(frontend) -> int:
-    """Frames of lead-in for PCEN's smoother: four time constants (its start-up gap about 2 %)."""
-    return math.ceil(4 * frontend.pcen_time_constant * frontend.sample_rate / frontend.hop_length)
-
-
-def crop_with_lead(x: np.ndarray, frames: int, lead_frames: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """``random_crop`` (the same draw) with up to ``lead_frames`` of the clip before it kept in
-    front, and how many were kept: a causal frontend (PCEN) run over them reaches the crop with
-    the state the recorder's stream has there."""
-    if frames <= 0 or len(x) <= frames:
-        return x, 0
-    start = int(rng.integers(0, len(x) - frames + 1))
-    lead = min(lead_frames, start)
-    return x[start - lead:start + frames], lead
 
 
 def fit_length(x: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -105,18 +88,15 @@ def mask(x: np.ndarray, p_fm: float, p_tm: float, rng: np.random.Generator, grou
 
 def augment(x: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
             backgrounds: list[np.ndarray] | None = None,
-            to_input: Callable[[np.ndarray], np.ndarray] | None = None, lead_frames: int = 0) -> np.ndarray:
+            to_input: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """One training view of a clip's log-mel ``[frames, n_mels]``; returns a new float32 array.
 
     ``to_input`` turns the augmented log-mel into the model input (PCEN) before the masks, which
-    hide parts of what the model sees. It runs over up to ``lead_frames`` of the clip before a
-    crop, then those are dropped: PCEN computed on the crop alone started its smoother afresh at
-    every view, a transient the recorder's stream shows only at the start of a file (a review:
-    half a feature standard deviation over a crop's first 10 frames).
+    hide parts of what the model sees.
     """
-    x, lead = crop_with_lead(x, config.crop_frames, lead_frames if to_input is not None else 0, rng)
-    if config.time_shift and len(x) - lead > 1:
-        x = np.concatenate([x[:lead], np.roll(x[lead:], rng.integers(1, len(x) - lead), axis=0)])
+    x = random_crop(x, config.crop_frames, rng)
+    if config.time_shift and len(x) > 1:
+        x = np.roll(x, rng.integers(1, len(x)), axis=0)
     if backgrounds and rng.random() < config.p_mix:
         bg = backgrounds[rng.integers(len(backgrounds))]
         x = mix_background(x, bg, rng.uniform(*config.snr_db), config.log_floor, rng)
@@ -125,7 +105,7 @@ def augment(x: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
     groups = 1
     if to_input is not None:
         mel_bins = x.shape[1]
-        x = to_input(x)[lead:]
+        x = to_input(x)
         groups = x.shape[1] // mel_bins
     if (config.p_fm > 0 or config.p_tm > 0) and rng.random() < config.p_r:
         x = mask(x, config.p_fm, config.p_tm, rng, groups)

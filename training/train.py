@@ -19,7 +19,7 @@ import torch
 
 from edgemon.analysis.frontend import features_from_log_mel
 from training.adversary import RecorderAdversary, ramp, recorder_ids
-from training.augment import AugmentConfig, augment, pcen_lead_frames
+from training.augment import AugmentConfig, augment
 from training.configs import OptimConfig
 from training.data import BACKGROUND, ClipSpan, Split, clip_span
 from training.evaluate import uar
@@ -158,10 +158,9 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
     optimiser = torch.optim.AdamW(trained, lr=optim.lr, weight_decay=optim.weight_decay)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=optim.lr_decay)
     source = train_split.augmentable
-    to_input, lead = None, 0
+    to_input = None
     if train_split.mel is not None:
         to_input = functools.partial(features_from_log_mel, config=train_split.frontend)
-        lead = pcen_lead_frames(train_split.frontend)
     backgrounds = background_pools(train_split, source, aug) if aug.needs_background else None
     averaged: dict[str, torch.Tensor] | None = None
     near_emphasis = near_call_emphasis(train_split, optim.near_call_negatives) if optim.near_call_negatives else None
@@ -188,7 +187,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             losses, adversary_losses = [], []
             for start in range(0, len(order), optim.batch_size):
                 idx = order[start:start + optim.batch_size]
-                x, lengths = pad_batch([augment(source[i], aug, rng, backgrounds and backgrounds[i], to_input, lead)
+                x, lengths = pad_batch([augment(source[i], aug, rng, backgrounds and backgrounds[i], to_input)
                                         for i in idx])
                 targets = torch.from_numpy(train_split.targets[idx]).to(device)
                 logits, embedding = model(x.to(device), lengths.to(device))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import json
 import os
 import subprocess
 import sys
@@ -84,6 +85,23 @@ def add_two(db: Path) -> None:
     with Store(db) as store:
         store.insert_detections([detection(REC1, 9.0, "bird", 0.6, "2024-05-01T06:00:09Z"),
                                  detection(REC2, 4.0, "bird", 0.6, "2024-05-02T06:00:04Z")])
+
+
+def test_a_raven_cursor_killed_after_its_commit_still_claims_its_directory(db_path, tmp_path):
+    """The owner note was written after the cursor committed, and not fsynced: killed (or a power
+    cut) in between, the tables were the cursor's but unclaimed, and a plain filtered export then
+    replaced them, losing rows the cursor had delivered (a review). It is now one of the tables."""
+    from edgemon.storage.export import ExportError
+    from edgemon.storage.raven_owner import OWNER_FILE
+
+    out = tmp_path / "raven"
+    out.mkdir()
+    killed_export(tmp_path, Path(db_path.name), "raven", Path("raven"), "after the commit", SUFFIX)
+    assert not (out / OWNER_FILE).exists()
+    assert export_detections(db_path, "raven", out, new=True) == 0       # finishes what was journaled
+    assert json.loads((out / OWNER_FILE).read_text())["cursors"]
+    with pytest.raises(ExportError, match="is export cursor"):
+        export_detections(db_path, "raven", out, label=["bird"])
 
 
 @pytest.mark.parametrize("moment", sorted(KILL_AT))

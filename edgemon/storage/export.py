@@ -33,7 +33,7 @@ from edgemon.storage.export_files import (CursorMove, ExportError, OutputClosed,
 from edgemon.storage.export_journal import JournalError, finish_pending
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.raven_names import raven_names, raven_table
-from edgemon.storage.raven_owner import check_directory, note_claim
+from edgemon.storage.raven_owner import check_directory, owner_note
 from edgemon.storage.readonly import edgemon_tables, open_read_only, time_range
 from edgemon.storage.store import Store, StoreError
 from edgemon.utc import utc_iso
@@ -104,9 +104,7 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                     claim = check_directory(conn, db_path, Path(output), ExportError, cursor_name if new else None,
                                             wanted.labels)
                     count = write_raven(rows, Path(output), raven_names(conn, Path(output), ExportError), new, moving,
-                                        _alone(conn))
-                    if count:
-                        note_claim(claim)
+                                        _alone(conn), owner_note(claim))
                 elif output is None:
                     count = _write_stdout(tables.WRITERS[fmt], tables.with_local_time(rows, zone))
                 else:

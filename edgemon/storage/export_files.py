@@ -77,12 +77,15 @@ def refuse_the_database(output: Path | None, db: Path, option: str) -> None:
 
 
 def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], append: bool,
-                moving: CursorMove | None = None, alone: Callable[[dict], bool] | None = None) -> int:
+                moving: CursorMove | None = None, alone: Callable[[dict], bool] | None = None,
+                owner_note: tuple[Path, str] | None = None) -> int:
     """One tab-separated Raven selection table per source (a live detection's saved clip is a
     source of its own: the ``raven_table`` each row carries); times in seconds from its start.
     ``append`` (cursor exports) keeps an existing table's selections and numbers on after them,
     and appends none it holds already (``export_held``; ``alone``: see ``write_file``); ``moving``:
-    see ``atomic_texts``."""
+    see ``atomic_texts``. ``owner_note`` (path, text: ``raven_owner``) is written with the tables
+    when any row is, one of them: a power cut after the cursor's commit left tables the note did
+    not claim, and a plain export then replaced rows the cursor had delivered (a review)."""
     left_out = [0]
     with atomic_texts(moving) as outputs:   # all tables or none: see atomic_texts
         for source, group in itertools.groupby(rows, key=lambda row: row["raven_table"]):
@@ -102,6 +105,9 @@ def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], appe
                 for number, row in enumerate(group, start=number + 1):
                     writer.writerow(tables.raven_row(number, row))
                     outputs.delivered += 1
+        if owner_note is not None and outputs.delivered:
+            with outputs.open(owner_note[0]) as f:
+                f.write(owner_note[1])
     _say_left_out(out_dir, left_out[0])
     return outputs.delivered
 

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import os
 import sqlite3
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
 from edgemon.storage.readonly import has_table
 
-log = logging.getLogger(__name__)
 OWNER_FILE = ".edgemon-raven-owner"
 DEFAULT_DEVICE_ID = "edgemon"   # the settings' default: shared by every recorder left unconfigured
 
@@ -98,20 +95,12 @@ def _same_recorder_hint(out_dir: Path) -> str:
             f"take the directory over)")
 
 
-def note_claim(claim: Claim | None) -> None:
-    """Write what ``check_directory`` found, once the export has written tables. The tables are
-    delivered by then (a cursor has moved): a note that cannot be written is a warning."""
+def owner_note(claim: Claim | None) -> tuple[Path, str] | None:
+    """The note ``check_directory`` found, as ``write_raven`` writes it with the tables (so it is
+    staged, fsynced, journaled and renamed with them); None with nothing to claim."""
     if claim is None:
-        return
-    marker = claim.directory / OWNER_FILE
-    tmp = claim.directory / f"{OWNER_FILE}.{os.getpid()}.part"
-    try:
-        tmp.write_text(json.dumps(claim.note), encoding="utf-8")
-        os.replace(tmp, marker)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        log.warning("cannot write %s (%s): the tables were written, but this directory does not say whose "
-                    "they are", marker, e.strerror or e)
+        return None
+    return claim.directory / OWNER_FILE, json.dumps(claim.note)
 
 
 def _read(out_dir: Path, error: type[EdgemonError]) -> dict:

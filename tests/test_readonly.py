@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgemon.errors import EdgemonError
+from edgemon.errors import AudioError, EdgemonError
 from edgemon.storage.readonly import ReadError, open_read_only, quick_check, recording_path, reviewed, time_range
 from edgemon.storage.store import Store
 from edgemon.utc import UTC, parse_utc, utc_iso
@@ -87,6 +87,19 @@ def test_recording_path_prefers_the_given_directory_then_the_ledger(tmp_path):
     assert recording_path(row, tmp_path / "copy") == tmp_path / "copy" / "a.wav"
     assert recording_path(row, None) == tmp_path / "ledger.wav"
     assert recording_path({"source": "b.wav", "file_path": None}, tmp_path / "copy") is None
+
+
+def test_recording_path_finds_a_followed_recording_on_a_copy_of_the_card_by_its_ledger_paths_end(tmp_path):
+    """watch follows a recording moved into a folder or converted to FLAC: its source keeps the
+    name first analysed, its ledger path names where it was on the card. On a copy of the card
+    every such recording was "missing" under --recordings (a review)."""
+    (tmp_path / "copy" / "sub").mkdir(parents=True)
+    (tmp_path / "copy" / "sub" / "b.flac").write_bytes(b"xy")
+    (tmp_path / "copy" / "b.flac").write_bytes(b"o")              # another (shorter) recording of that name
+    row = {"source": "b.wav", "file_path": "/media/card/sub/b.flac", "file_size": 2}
+    assert recording_path(row, tmp_path / "copy") == tmp_path / "copy" / "sub" / "b.flac"
+    with pytest.raises(AudioError, match="not the recording analysed"):   # only the other one there
+        recording_path({**row, "file_path": "/media/card/elsewhere/b.flac"}, tmp_path / "copy")
 
 
 def test_time_range_is_half_open_and_skips_absent_bounds():

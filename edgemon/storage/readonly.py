@@ -216,7 +216,8 @@ def ledger_columns(conn: sqlite3.Connection) -> str:
 
 def recording_path(row: dict, recordings: Path | None, grown_ok: bool = True) -> Path | None:
     """Where the detection's recording is: under ``recordings`` by its source name (a database
-    copied off the recorder), else the ledger's path; None if neither exists. A file there that
+    copied off the recorder) or by the end of the ledger's path, else the ledger's path; None if
+    none exists. A file there that
     is not the recording analysed (shorter, other audio: another recorder's file of the same
     name, or larger unless ``grown_ok``) is passed over: ``AudioError`` says why when no file is
     left. ``row``: ``source`` and the ledger's ``file_path``, ``file_size``, ``file_fingerprint``
@@ -226,6 +227,13 @@ def recording_path(row: dict, recordings: Path | None, grown_ok: bool = True) ->
     # database written by hand or by another program) would serve any file from --recordings.
     if recordings is not None and _stays_under(row["source"]):
         candidates.append(Path(recordings) / row["source"])
+    if recordings is not None and row.get("file_path"):
+        # A recording watch followed (moved into a folder, renamed, converted to FLAC) keeps its
+        # source name, and its ledger path names the card where it was: on a copy of the card
+        # it is found by the end of that path, the longest that exists first (a review: every
+        # followed recording was "missing" under --recordings). The checks below tell it apart.
+        parts = Path(row["file_path"]).parts[1:]
+        candidates += [Path(recordings, *parts[i:]) for i in range(len(parts))]
     if row.get("file_path"):
         candidates.append(Path(row["file_path"]))
     refused = []

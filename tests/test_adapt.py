@@ -297,6 +297,43 @@ def test_a_site_head_of_the_wrong_width_is_refused_and_nothing_is_written(tmp_pa
     assert not (tmp_path / "narrow").exists()
 
 
+ADAPT_KILLED = """
+import sys, time
+from pathlib import Path
+from edgemon.analysis.bundle import default_bundle_path, load_bundle
+from training import adapted_bundle
+
+def swap(new, out):
+    print(new, flush=True)
+    time.sleep(600)   # killed here, before the swap (a power cut, timeout -s KILL)
+
+adapted_bundle.swap_into_place = swap
+adapted_bundle.write_adapted(load_bundle(default_bundle_path()), None, Path(sys.argv[1]), {})
+"""
+
+
+def test_the_staging_of_a_killed_adapt_is_removed_by_the_next(tmp_path):
+    """A review: `adapt` killed outright left `.<out>.adapt.XXXX` (4.4 MB, the members) beside --out
+    for good, and a later adapt to the same --out left it too. Now the next write removes it, its
+    writer gone; a live writer's stays."""
+    import os
+
+    parent = load_bundle(default_bundle_path())
+    child = subprocess.Popen([sys.executable, "-c", ADAPT_KILLED, str(tmp_path / "site")], stdout=subprocess.PIPE,
+                             text=True)
+    inner = Path(child.stdout.readline().strip())
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    assert inner.name == "bundle" and inner.parent.parent == tmp_path and inner.is_dir(), inner
+    assert inner.parent.name.startswith(".site.adapt.")
+    live = tmp_path / f".site.adapt.{os.getpid()}.abcd_123"     # a writer still at work
+    live.mkdir()
+    out = write_adapted(parent, None, tmp_path / "site", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "site"])
+    assert len(out.members) == len(parent.members)
+
+
 def _drop(labels, detection, point, confidence=None):
     confidence = np.full(len(labels), 0.5) if confidence is None else np.asarray(confidence)
     return kept_runs(np.asarray(labels), confidence, np.asarray(detection), ("background", "a", "b"),

@@ -268,3 +268,42 @@ def test_a_class_whose_threshold_is_one_is_said_never_to_be_detected(member_file
                  thresholds={"background": 1.0, "a": 1.0, "b": 0.4})
     said = [r.getMessage() for r in caplog.records if "will never be detected" in r.getMessage()]
     assert len(said) == 1 and ": a will never be detected (threshold 1.0" in said[0], said
+
+
+STAGED_THEN_KILLED = """
+import sys, time
+from pathlib import Path
+from edgemon.analysis.bundle_write import write_bundle
+from edgemon.analysis.frontend import FrontendConfig
+
+def finish(staging):
+    print(staging, flush=True)
+    time.sleep(600)   # killed here, its bundle assembled
+
+write_bundle(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]], ["background", "a", "b"], frontend=FrontendConfig(),
+             window_s=4.0, hop_s=2.0, finish=finish)
+"""
+
+
+def test_the_staging_of_a_killed_write_is_removed_by_the_next(member_files, tmp_path):
+    """A review: a write killed outright (SIGKILL, a power cut) left its staging directory beside
+    --out for good (cleaned only in ``finally:``). The next write removes it, its writer gone; a
+    live writer's stays."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "site"
+    write_bundle(out, member_files, LABELS, frontend=FrontendConfig(), window_s=4.0, hop_s=2.0)
+    child = subprocess.Popen([sys.executable, "-c", STAGED_THEN_KILLED, str(out), *map(str, member_files)],
+                             stdout=subprocess.PIPE, text=True)
+    staging = child.stdout.readline().strip()
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    assert staging and (tmp_path / staging).parent == tmp_path and (tmp_path / staging).is_dir(), staging
+    live = tmp_path / f".site.{os.getpid()}.abcd_123"       # a writer still at work
+    live.mkdir()
+    write_bundle(out, member_files, LABELS, frontend=FrontendConfig(), window_s=4.0, hop_s=2.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "site"])
+    assert list(load_bundle(out).labels) == LABELS

@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle
 from edgemon.analysis.bundle_identity import with_identity
-from edgemon.analysis.bundle_write import check_replaceable, swap_into_place, with_requirements, write_bundle
+from edgemon.analysis.bundle_write import (check_replaceable, staging_beside, swap_into_place, with_requirements,
+                                           write_bundle)
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.site_head import SiteHead, load_site_head, write_site_head
@@ -78,7 +78,7 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
     out = out.resolve()
     check_replaceable(out, [parent.path, *parent.member_paths], adapted_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.adapt.", dir=out.parent))
+    staging = staging_beside(out, "adapt.")
     try:
         inner = staging / "bundle"
         members = [dataclasses.asdict(m) for m in parent.members]

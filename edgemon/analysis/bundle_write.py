@@ -4,6 +4,7 @@ the bundle id from its members and from everything that decides what a recorder 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import datetime as dt
@@ -12,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from edgemon.analysis.bundle_identity import with_identity
 from edgemon.analysis.ensemble import open_members
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
+from edgemon.storage.lock import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
     test_uars = test_uars or [None] * n
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        staging = staging_beside(out_dir)
         os.chmod(staging, 0o777 & ~_umask())   # mkdtemp's 0700 would hide the bundle from the service's user
     except OSError as e:   # a read-only card, a file in the way: named as --out, not as the staging name
         raise BundleError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
@@ -169,6 +172,28 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_bundle(out_dir)
+
+
+def staging_beside(out: Path, kind: str = "") -> Path:
+    """A new directory beside ``out`` to assemble a bundle in (``.NAME.[KIND.]PID.XXXXXXXX``), after
+    those of writers to ``out`` that are gone are removed (``sweep_dead_staging``)."""
+    sweep_dead_staging(out)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}{os.getpid()}.", dir=out.parent))
+
+
+def sweep_dead_staging(out: Path) -> None:
+    """Remove the staging directories of writes to ``out`` that were killed before they could
+    (``kill -9``, a power cut): those whose writer's process (the pid in the name) is gone. Cleaned
+    only in ``finally:``, a killed ``adapt`` left its 4-5 MB beside ``--out`` for good (a review).
+    A staging directory of no pid (an older edgemon's) is left: nothing says its writer is gone."""
+    named = re.compile(rf"\.{re.escape(out.name)}\.(?:adapt\.)?(\d+)\.[a-z0-9_]{{8}}")   # as staging_beside names
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(out.parent):
+            found = named.fullmatch(entry.name)
+            with contextlib.suppress(OSError):
+                if (found is not None and entry.is_dir(follow_symlinks=False)
+                        and not process_alive(int(found[1]))):
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def swap_into_place(new: Path, out: Path) -> None:

@@ -334,6 +334,37 @@ def test_the_staging_of_a_killed_adapt_is_removed_by_the_next(tmp_path):
     assert len(out.members) == len(parent.members)
 
 
+ADAPT_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from edgemon.analysis.bundle import default_bundle_path, load_bundle
+from edgemon.errors import BundleError
+from training.adapted_bundle import write_adapted
+
+parent = load_bundle(default_bundle_path())
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a write past the limit fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    write_adapted(parent, None, Path(sys.argv[1]), {})
+except BundleError as e:
+    print(e)
+"""
+
+
+def test_an_adapted_bundle_the_disk_has_no_room_for_is_one_line_naming_out(tmp_path):
+    """A review: `adapt` onto a full disk said "error: [Errno 28] No space left on device:
+    '…/member01.onnx' -> '…/.site.adapt.euirz97x/.bundle.egx2qijk/member01.onnx'"; now one line naming
+    --out, and the adapted bundle there is left as it was."""
+    out = tmp_path / "site"
+    write_adapted(load_bundle(default_bundle_path()), None, out, {})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    done = subprocess.run([sys.executable, "-c", ADAPT_FULL_DISK, str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout == f"--out {out}: cannot write there (File too large)\n", done
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+
+
 def _drop(labels, detection, point, confidence=None):
     confidence = np.full(len(labels), 0.5) if confidence is None else np.asarray(confidence)
     return kept_runs(np.asarray(labels), confidence, np.asarray(detection), ("background", "a", "b"),

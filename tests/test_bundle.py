@@ -307,3 +307,38 @@ def test_the_staging_of_a_killed_write_is_removed_by_the_next(member_files, tmp_
     write_bundle(out, member_files, LABELS, frontend=FrontendConfig(), window_s=4.0, hop_s=2.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "site"])
     assert list(load_bundle(out).labels) == LABELS
+
+
+FULL_DISK_WRITE = """
+import resource, signal, sys
+from pathlib import Path
+from edgemon.analysis.bundle_write import write_bundle
+from edgemon.analysis.frontend import FrontendConfig
+from edgemon.errors import BundleError
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a write past the limit fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+try:
+    write_bundle(Path(sys.argv[1]), [Path(p) for p in sys.argv[3:]], ["background", "a", "b"],
+                 frontend=FrontendConfig(), window_s=4.0, hop_s=2.0)
+except BundleError as e:
+    print(e)
+"""
+
+
+def test_a_bundle_the_disk_has_no_room_for_is_one_line_naming_out(member_files, tmp_path):
+    """A review: a full disk while the members were copied said "[Errno 28] No space left on device:
+    '…/member01.onnx' -> '…/.site.adapt.euirz97x/.bundle.egx2qijk/member01.onnx'"; now one line naming
+    --out, and the bundle there is left as it was."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "site"
+    write_bundle(out, member_files, LABELS, frontend=FrontendConfig(), window_s=4.0, hop_s=2.0)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    limit = member_files[0].stat().st_size // 2
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_WRITE, str(out), str(limit), *map(str, member_files)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == f"--out {out}: cannot write there (File too large)\n", done
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]

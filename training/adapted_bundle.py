@@ -13,12 +13,13 @@ from pathlib import Path
 
 from edgemon.analysis.bundle import MANIFEST, Bundle, load_bundle
 from edgemon.analysis.bundle_identity import with_identity
-from edgemon.analysis.bundle_write import (check_replaceable, staging_beside, swap_into_place, with_requirements,
-                                           write_bundle)
+from edgemon.analysis.bundle_write import (as_out_error, check_replaceable, staging_beside, swap_into_place,
+                                           with_requirements, write_bundle)
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.site_head import SiteHead, load_site_head, write_site_head
 from edgemon.analysis.site_veto import SiteVeto, load_site_veto, write_site_veto
+from edgemon.errors import BundleError
 from training.bundling import softmax_confidence_max, stored_confidence_max
 
 Correction = SiteHead | SiteVeto | None   # what a candidate adds to its parent's members
@@ -77,8 +78,11 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
     head, veto = written_corrections(parent, correction)
     out = out.resolve()
     check_replaceable(out, [parent.path, *parent.member_paths], adapted_ok=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_beside(out, "adapt.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = staging_beside(out, "adapt.")
+    except OSError as e:   # a read-only card, a file in the way: named as --out, not as the staging name
+        raise BundleError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     try:
         inner = staging / "bundle"
         members = [dataclasses.asdict(m) for m in parent.members]
@@ -86,7 +90,7 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
                      window_s=parent.window_s, hop_s=parent.hop_s,
                      devel_uars=[m["devel_uar"] for m in members], test_uars=[m["test_uar"] for m in members],
                      thresholds=point.thresholds, background_label=parent.background_label,
-                     precision=members[0]["precision"])
+                     precision=members[0]["precision"], named_as=out)
         manifest = json.loads((inner / MANIFEST).read_text())
         rules = evidence_rules(point)
         if rules:
@@ -108,6 +112,8 @@ def write_adapted(parent: Bundle, correction: Correction, out: Path, provenance:
         (inner / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         Ensemble(load_bundle(inner))   # the recorder can open it, head included
         swap_into_place(inner, out)
+    except OSError as e:
+        raise as_out_error(e, out, staging, out) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_bundle(out)

@@ -114,7 +114,7 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
                  thresholds: dict | None = None, background_label: str = "background",
                  precision: str = "fp32", label_names: dict | None = None,
                  confidence_max: float | None = None, extra: dict | None = None,
-                 finish: Callable[[Path], object] | None = None) -> Bundle:
+                 finish: Callable[[Path], object] | None = None, named_as: Path | None = None) -> Bundle:
     """Copy ``member_files`` into ``out_dir`` as member00.onnx… and write the manifest; an earlier
     bundle there is replaced, anything else refused (``check_replaceable``).
 
@@ -124,7 +124,8 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
     which need the members run, names, the confidence ceiling): done after the swap, a Ctrl-C or a
     failure there left a bundle with no self-check where a whole one had been (a review). The id is
     the directory's name and a digest of the members and of everything that decides what the
-    recorder stores with them (``decision_identity``).
+    recorder stores with them (``decision_identity``). ``named_as``: the ``--out`` its errors name
+    (``write_adapted``'s, which assembles this bundle inside its own staging directory).
     """
     out_dir = Path(out_dir).resolve()
     check_replaceable(out_dir, member_files)
@@ -137,12 +138,13 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
     n = len(member_files)
     devel_uars = devel_uars or [None] * n
     test_uars = test_uars or [None] * n
+    shown = named_as or out_dir
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = staging_beside(out_dir)
         os.chmod(staging, 0o777 & ~_umask())   # mkdtemp's 0700 would hide the bundle from the service's user
     except OSError as e:   # a read-only card, a file in the way: named as --out, not as the staging name
-        raise BundleError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
+        raise BundleError(f"--out {shown}: cannot write there ({e.strerror or e})") from None
     try:
         members = []
         for i, src in enumerate(member_files):
@@ -169,9 +171,24 @@ def write_bundle(out_dir: str | Path, member_files: list[Path], labels: list[str
         if finish is not None:
             finish(staging)
         swap_into_place(staging, out_dir)
+    except OSError as e:
+        raise as_out_error(e, shown, staging, out_dir) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_bundle(out_dir)
+
+
+def as_out_error(e: OSError, out: Path, staging: Path, target: Path) -> Exception:
+    """What to raise for ``e``, met while a bundle was assembled in ``staging`` and swapped into
+    ``target``: one line naming ``out`` (its ``--out``), as for a staging directory that cannot be
+    made; a full disk while the members were copied gave a raw errno naming the hidden staging path
+    (a review). An error that names another file (a member to copy that is not there) stays."""
+    named = e.filename2 if e.filename2 is not None else e.filename
+    if isinstance(named, (str, bytes)):
+        where = Path(os.fsdecode(named))
+        if not any(where.is_relative_to(p) for p in (staging, target, target.with_name(f".{target.name}.old"))):
+            return e
+    return BundleError(f"--out {out}: cannot write there ({e.strerror or e})")
 
 
 def staging_beside(out: Path, kind: str = "") -> Path:

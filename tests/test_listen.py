@@ -675,6 +675,73 @@ def test_a_clip_synced_away_while_the_budget_is_measured_is_no_error(tmp_path, m
     assert saver._measure() == 7
 
 
+CLIP_KILLED = """
+import datetime as dt, sys, time
+from pathlib import Path
+import numpy as np
+from edgemon.live import clips
+from edgemon.storage.store import Detection
+
+real_write = clips.soundfile.write
+
+def write(path, *args, **kwargs):
+    real_write(path, *args, **kwargs)
+    print(path, flush=True)
+    time.sleep(600)   # killed here, the clip written but not yet in place
+
+clips.soundfile.write = write
+saver = clips.ClipSaver(clips.ClipConfig(Path(sys.argv[1]), pre_s=0.0, post_s=0.0, min_free_mb=0.0), rate=16000)
+saver.request(Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None, "host_clock",
+                        False, "gibbon_duet", 0.9, "{}", "b"), 0.0, 1.0)
+saver.push(np.zeros(16000, np.float32))
+"""
+
+
+def test_the_temp_file_of_a_clip_write_killed_outright_is_removed(tmp_path):
+    """A review: a kill during a clip's write left its hidden temp file for good, outside the
+    clips' budget. It is removed once its writer is gone and it is ten minutes old, as an export's."""
+    import os
+
+    from edgemon.storage.export_files import STALE_TEMP_S
+
+    child = subprocess.Popen([sys.executable, "-c", CLIP_KILLED, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    temp = Path(child.stdout.readline().strip())
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    assert temp.parent == tmp_path and temp.is_file(), temp
+    live = tmp_path / f".20260101T000000000Z_gibbon_duet.{os.getpid()}-0123abcd.tmp"   # a writer still at work
+    live.write_bytes(b"fLaC")
+    old = time.time() - STALE_TEMP_S - 60
+    os.utime(live, (old, old))
+    _saver_and_detection(tmp_path, pre_s=0.0, post_s=0.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([temp.name, live.name])   # too fresh yet
+    os.utime(temp, (old, old))
+    _saver_and_detection(tmp_path, pre_s=0.0, post_s=0.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+
+
+def test_a_clip_is_in_its_directory_on_disk_before_it_is_returned(tmp_path, monkeypatch):
+    """A review: the clip was linked into place with no fsync of its directory, and its row then
+    stored (and committed FULL), so after a power cut a row could name a clip that is not there."""
+    import os
+    import stat
+
+    real_fsync, synced = os.fsync, []
+
+    def fsync(fd):   # the real fsync; what the directory held when it was synced is noted
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode) and os.path.samestat(st, os.stat(tmp_path)):
+            synced.append(sorted(os.listdir(tmp_path)))
+        return real_fsync(fd)
+
+    saver, detection = _saver_and_detection(tmp_path, pre_s=0.0, post_s=0.0)
+    monkeypatch.setattr(os, "fsync", fsync)
+    saver.request(detection, 0.0, 1.0)
+    [(_, clip)] = saver.push(np.zeros(16000, np.float32))
+    assert synced and synced[-1] == [clip.path.name], synced
+
+
 def test_coverage_ledger_splits_minutes_and_never_counts_twice():
     ledger = CoverageLedger("live:x", "dev", accounted_until=1000 * 60 - 10.0)
     ledger.add("device", 0, 1000 * 60)            # only the unaccounted 10 s count

@@ -16,6 +16,8 @@ import soundfile
 
 from edgemon.errors import EdgemonError
 from edgemon.storage.disk_budget import MB, DiskBudget, DiskGuard, free_bytes
+from edgemon.storage.export_files import sweep_dead_temps
+from edgemon.storage.export_journal import fsync_dir
 from edgemon.storage.store import Detection
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,9 @@ class ClipSaver:
         self._measured_at = time.monotonic()
 
     def _measure(self) -> int:
+        """The bytes the directory's clips hold, once the temps of writers killed outright (``kill -9``,
+        a power cut) are removed (``sweep_dead_temps``): outside the budget, nothing removed them (a review)."""
+        sweep_dead_temps(self.config.directory)
         used = 0
         for p in self.config.directory.glob("*.flac"):
             try:
@@ -222,11 +227,15 @@ class ClipSaver:
         stamp = when.strftime("%Y%m%dT%H%M%S") + f"{when.microsecond // 1000:03d}Z"
         stem = f"{stamp}_{detection.label}"
         path = self.config.directory / f"{stem}.flac"
-        tmp = self.config.directory / f".{stem}.{uuid.uuid4().hex[:8]}.tmp"   # one per writer
+        # One per writer, its pid in the name: that of a writer killed outright is swept (``_measure``).
+        tmp = self.config.directory / f".{stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
         try:
             soundfile.write(tmp, audio, self.rate, format="FLAC", subtype="PCM_16")
             size = tmp.stat().st_size   # before it is in view: a sync tool may move it at once
             path = _place(tmp, self.config.directory, stem)
+            # Its name on the disk before the row naming it is stored (``_clips_done``): else a power
+            # cut could leave a row naming a clip that is not there (a review; FAT moves it into place).
+            fsync_dir(self.config.directory)
         except (OSError, soundfile.LibsndfileError, RuntimeError) as exc:
             with contextlib.suppress(OSError):   # a card remounted read-only refuses even this (EROFS)
                 tmp.unlink(missing_ok=True)

@@ -109,7 +109,7 @@ def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], appe
             with outputs.open(owner_note[0]) as f:
                 f.write(owner_note[1])
     if not outputs.delivered:   # no table opened: the temps of killed exports are swept all the same
-        _sweep_dead_temps(out_dir)
+        sweep_dead_temps(out_dir)
     _say_left_out(out_dir, left_out[0])
     return outputs.delivered
 
@@ -137,7 +137,7 @@ def write_file(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[di
             if moving:
                 with moving(0):   # nothing new: the cursor notes the export, the file stays
                     pass
-            _sweep_dead_temps(through_links(path).parent)   # and the temps of killed exports go
+            sweep_dead_temps(through_links(path).parent)   # and the temps of killed exports go
             _say_left_out(path, left_out[0])
             return 0
         rows = itertools.chain([first], rows)
@@ -299,7 +299,7 @@ def atomic_texts(moving: CursorMove | None = None) -> Iterator[_Outputs]:
         path = through_links(path)   # a link stays, and the file it names is replaced
         if path.parent not in swept:
             swept.add(path.parent)
-            _sweep_dead_temps(path.parent)
+            sweep_dead_temps(path.parent)
         try:
             tmp, fd = _temp_beside(path)
         except ExportError:
@@ -412,12 +412,13 @@ def _temp_beside(path: Path) -> tuple[Path, int]:
     raise ExportError(f"cannot write {path}: no free temporary name beside it")
 
 
-def _sweep_dead_temps(directory: Path) -> None:
+def sweep_dead_temps(directory: Path) -> None:
     """Remove the temp files of exports killed before they could (``kill -9``, a power cut): those
     whose writer's process is gone and that nothing wrote for ``STALE_TEMP_S`` (a pid says nothing
     of an export on another machine sharing the directory). A killed Raven export left one per
     table, for good. Swept when an export opens a file in ``directory``, or writes nothing there: a
-    cursor export with nothing new left 3875 of 22 killed ones (a review)."""
+    cursor export with nothing new left 3875 of 22 killed ones (a review). ``ClipSaver`` names its
+    temps alike, and sweeps them here too."""
     now = time.time()
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):

@@ -1,9 +1,11 @@
 """Graceful stop for the long-running commands: SIGTERM (systemd) or SIGINT (Ctrl-C) sets an
-Event the work loop checks, so the file in hand finishes and the process exits cleanly."""
+Event the work loop checks, so the file in hand finishes and the process exits cleanly; and
+whether another process is still there (signal 0), for what a killed writer left behind."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -72,3 +74,15 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (another user's counts; a number no pid
+    can be does not)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True

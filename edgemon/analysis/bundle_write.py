@@ -25,7 +25,7 @@ from edgemon.analysis.bundle_identity import with_identity
 from edgemon.analysis.ensemble import open_members
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
-from edgemon.storage.lock import process_alive
+from edgemon.signals import process_alive
 
 log = logging.getLogger(__name__)
 

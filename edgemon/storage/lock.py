@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
+from edgemon.signals import process_alive
 
 
 class DatabaseInUseError(EdgemonError):
@@ -67,18 +68,6 @@ def daemon_gone(db_path: str | Path) -> int | None:
     except (OSError, ValueError):
         return None
     return None if process_alive(pid) else pid
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (another user's counts; a number no pid
-    can be does not)."""
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True
-    except (ProcessLookupError, OverflowError):
-        return False
-    return True
 
 
 def export_lock_path(db_path: str | Path) -> Path:

@@ -664,7 +664,10 @@ def test_classify_takes_a_directory_of_recordings(duet_recording, tmp_path):
     result = runner.invoke(app, ["classify", str(card), "--format", "csv"])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert rows and {r["source"] for r in rows} == {str(card / "deeper" / "20180301_060000.WAV")}
+    # the source as watch stores it, so that a script joins classify's rows with an export's (a review)
+    assert rows and {r["source"] for r in rows} == {"deeper/20180301_060000.WAV"}
+    table = runner.invoke(app, ["classify", str(card)])
+    assert str(card / "deeper" / "20180301_060000.WAV") in table.stdout   # a person sees where it is
     (tmp_path / "empty").mkdir()
     empty = runner.invoke(app, ["classify", str(tmp_path / "empty")])
     assert empty.exit_code == 1 and "a directory without WAV or FLAC recordings" in empty.output

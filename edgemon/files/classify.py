@@ -38,7 +38,7 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
     naming it."""
     names = tables.label_names(analyzer.bundle.manifest)
     rows, errors = [], []
-    for path in _audio_files(paths, errors):
+    for path, source in _audio_files(paths, errors):
         try:
             _check_readable(Path(path))
             whole, why = header_consistent(path)
@@ -64,7 +64,7 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
 
         for e in analysis.events:
             scientific, common = names.get(e.label, (None, None))
-            rows.append({"source": str(path), "file_path": str(path), "start_s": e.start_s, "end_s": e.end_s,
+            rows.append({"source": source, "file_path": str(path), "start_s": e.start_s, "end_s": e.end_s,
                          "start_utc": at(e.start_s), "end_utc": at(e.end_s), "time_source": when.source,
                          "clock_suspect": int(when.suspect), "label": e.label, "scientific_name": scientific,
                          "common_name": common, "confidence": e.confidence, "score": e.score, "votes": e.votes,
@@ -72,19 +72,21 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
     return list(tables.with_local_time(rows, zone)), errors
 
 
-def _audio_files(paths: list[Path], errors: list[str]) -> Iterator[Path]:
+def _audio_files(paths: list[Path], errors: list[str]) -> Iterator[tuple[Path, str]]:
     """The files given, a directory's audio files in name order in its place (as watch finds them,
-    recursively); a directory holding none is an error line."""
+    recursively); a directory holding none is an error line. Each with its ``source`` as watch
+    would store it: a directory's file by its path under that directory, a file given alone by its
+    name (the path as typed did not join with an export's rows, a review)."""
     for path in paths:
         if not Path(path).is_dir():
-            yield path
+            yield path, Path(path).name
             continue
         unreadable: dict[str, str] = {}
         found = sorted(iter_audio(Path(path), unreadable))
         errors.extend(skipped_because(where, why) for where, why in sorted(unreadable.items()))
         if not found:
             errors.append(f"{path}: a directory without WAV or FLAC recordings")
-        yield from found
+        yield from ((f, Path(f).relative_to(path).as_posix()) for f in found)
 
 
 def _check_readable(path: Path) -> None:
@@ -116,8 +118,9 @@ def format_rows(rows: list[dict], fmt: str) -> str:
     if any(r.get("start_local") for r in rows):   # a time zone was given: its times beside UTC's
         at = columns.index("start_utc") + 1
         columns = columns[:at] + ("start_local",) + columns[at:]
+    # a person reads the file where it was given (the csv's source is watch's name for it)
     table = [columns] + [tuple("" if v is None else shown(str(v)) for v in
-                               (r.get(c) if c != "confidence" else tables.confidence(r)
+                               (tables.confidence(r) if c == "confidence" else r.get("file_path" if c == "source" else c)
                                 for c in columns)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table) + "\n"

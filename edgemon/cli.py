@@ -345,8 +345,9 @@ def _warn_bundle_reach(db: Path, bundles: list[str]) -> None:
     for bundle_id, analysed, finished in reach:
         if analysed < finished:
             logging.getLogger("edgemon").warning(
-                "%s analysed %d of the %d finished recordings in the ledger: this export holds its calls in those "
-                "only (`edgemon reanalyse --models BUNDLE` analyses the rest)", bundle_id, analysed, finished)
+                "%s analysed %d of the %d finished recordings in the ledger as they now are: this export holds its "
+                "calls in those only (`edgemon reanalyse --models BUNDLE` analyses the rest)", bundle_id, analysed,
+                finished)
 
 
 def _parse_time(text: str, option: str):

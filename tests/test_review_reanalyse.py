@@ -259,6 +259,19 @@ def test_a_bundles_effort_is_the_recordings_it_analysed(tmp_path):
     whole = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db), "--bundle",
                             BUNDLE_ID], capture_output=True, text=True, timeout=120)
     assert whole.returncode == 0 and "finished recordings" not in whole.stderr
+    # watch analyses the recording B reached again (it grew): B's calls there are of the shorter
+    # one, and its export said nothing (a review)
+    with sqlite3.connect(db) as conn:
+        later = "2999-01-01T00:00:00.000Z"
+        conn.execute("UPDATE files SET updated_at = ? WHERE source = 'S01/20240501_060000.WAV'", [later])
+        conn.execute("UPDATE analyses SET ledger_at = ? WHERE source = 'S01/20240501_060000.WAV' AND bundle_id = ?",
+                     [later, BUNDLE_ID])
+    for bundle_id, said in ((new_id, f"{new_id} analysed 0 of the 2 finished recordings in the ledger as they now are"),
+                            (BUNDLE_ID, None)):
+        cli = subprocess.run([sys.executable, "-m", "edgemon", "export-detections", "--db", str(db), "--bundle",
+                              bundle_id], capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0 and (said in cli.stderr if said else "finished recordings" not in cli.stderr), \
+            cli.stderr
 
 
 def test_a_stopped_reanalyse_goes_on_where_it_stopped(tmp_path):

@@ -269,16 +269,18 @@ def sources_in_several_bundles(db_path: Path) -> int:
 
 
 def recordings_analysed_by(db_path: Path, bundle_ids: list[str]) -> list[tuple[str, int, int]]:
-    """For each of ``bundle_ids``: how many of the ledger's finished recordings it analysed
-    (``analyses``), and how many there are; nothing for a database from before that table.
-    Raises ``ReadError``."""
+    """For each of ``bundle_ids``: how many of the ledger's finished recordings it analysed as
+    they now are (``analyses``, its ``ledger_at`` the row's ``updated_at``: a recording that grew
+    and watch analysed again holds this bundle's calls of the shorter one, a review), and how many
+    there are; nothing for a database from before that table. Raises ``ReadError``."""
     with closing(open_read_only(db_path)) as conn:
         try:
             if not has_table(conn, "analyses"):
                 return []
             finished = conn.execute("SELECT count(*) FROM files WHERE state = 'done'").fetchone()[0]
             return [(bundle_id, conn.execute("SELECT count(*) FROM analyses a JOIN files f ON f.source = a.source "
-                                             "WHERE a.bundle_id = ? AND f.state = 'done'", [bundle_id]).fetchone()[0],
+                                             "WHERE a.bundle_id = ? AND f.state = 'done' AND a.ledger_at = f.updated_at",
+                                             [bundle_id]).fetchone()[0],
                      finished) for bundle_id in bundle_ids]
         except sqlite3.Error as e:
             raise ReadError(f"cannot read the ledger of {db_path}: {e}") from e

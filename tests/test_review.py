@@ -465,6 +465,14 @@ def test_verdicts_export_as_csv(review_db, tmp_path):
         ("S01/20240501_060000.WAV", "2.0", "wrong", "", "ann", "S01", "0"),
         ("S01/20240501_060000.WAV", "10.0", "relabel", "great_argus", "bob", "S01", "1"),
         ("S01/20240501_060000.WAV", "2.0", "unsure", "", "bob", "S01", "1")]
+    # A verdict on a detection a reanalysis dropped: the page and precision leave it out, and the
+    # csv said current 1 (a review)
+    import sqlite3
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM detections WHERE id = ?", [rows[1]["id"]])
+    out = io.StringIO()
+    reviews.write_reviews_csv(db, out)
+    assert [r["current"] for r in csv.DictReader(io.StringIO(out.getvalue()))] == ["0", "0", "1"]
 
 
 def test_an_output_that_is_the_database_is_refused_and_the_database_kept(review_db, tmp_path):

@@ -366,16 +366,17 @@ def write_reviews_csv(db_path: Path, out: TextIO) -> int:
     """Every stored verdict (all reviewers) with its detection's time, device and confidence, as CSV
     in review order; returns the number of rows. A detection no longer stored leaves those blank.
     ``current`` is 1 for the verdict that stands (the latest on its detection, as the page,
-    precision and adapt read it), 0 for one it superseded: a precision counted from every row
-    counted the superseded ones too (a newcomer trial). Reads only (a database from before
-    reviews has none to give)."""
+    precision and adapt read it), 0 for one it superseded or whose detection is no longer stored
+    (a reanalysis dropped it; the page and precision leave it out, a review): a precision counted
+    from every row counted the superseded ones too (a newcomer trial). Reads only (a database from
+    before reviews has none to give)."""
     rows = []
     with closing(open_read_only(db_path, ReviewError)) as conn:
         if "reviews" in edgemon_tables(conn, db_path, ReviewError, NOT_CHANGED):
             rows = conn.execute(f"""
             SELECT r.id, r.detection_id, r.source, r.start_s, d.end_s, d.start_utc, d.device_id, r.label,
                    round(d.confidence, 4), r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at,
-                   r.id IN (SELECT id FROM ({LATEST_VERDICTS}))
+                   r.id IN (SELECT id FROM ({LATEST_VERDICTS})) AND d.source IS NOT NULL
             FROM reviews r LEFT JOIN detections d ON d.source = r.source AND d.start_s = r.start_s
                  AND d.label = r.label AND d.bundle_id = r.bundle_id
             ORDER BY r.reviewed_at, r.id""").fetchall()

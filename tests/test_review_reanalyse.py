@@ -235,6 +235,19 @@ def test_a_recording_without_detections_takes_the_recorders_device_id(tmp_path):
     reanalyse(db, analyzer)
     assert _rows(db, "SELECT DISTINCT device_id FROM detections WHERE source = ? AND bundle_id = ?",
                  [quiet, analyzer.bundle.bundle_id]) == [("site-07",)]
+    # The database's id changed later (the card moved to another site): a recording with no
+    # detection of its own is the device's that was running when it was analysed, not the newest
+    # (a review: stored and synced as the other site's)
+    with sqlite3.connect(db) as conn:
+        analysed_at = conn.execute("SELECT updated_at FROM files WHERE source = ?", [quiet]).fetchone()[0]
+        conn.execute("DELETE FROM detections WHERE source = ?", [quiet])
+    with Store(db) as store:
+        store.add_heartbeat(Heartbeat(run_id="s", mode="watch", device_id="site-09", at_utc="2999-01-01T00:00:00Z",
+                                      started_utc="2999-01-01T00:00:00Z", uptime_s=0.0))
+    assert analysed_at < "2999"
+    reanalyse(db, analyzer, again=True)
+    assert _rows(db, "SELECT DISTINCT device_id FROM detections WHERE source = ? AND bundle_id = ?",
+                 [quiet, analyzer.bundle.bundle_id]) == [("site-07",)]
 
 
 def test_a_bundles_effort_is_the_recordings_it_analysed(tmp_path):

@@ -10,6 +10,7 @@ deliver them twice.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
 import logging
@@ -60,12 +61,36 @@ def _ledger(db_path: Path, bundle_id: str) -> tuple[list[dict], list[str]]:
             held = [f"{r['source']}: quarantined by watch ({r['error']})" for r in conn.execute(
                 "SELECT source, error FROM files WHERE state = 'quarantined' AND source IN "
                 "(SELECT source FROM detections) ORDER BY source")]
+            watching = _device_changes(conn)
     except sqlite3.Error as e:
         raise ReanalyseError(f"cannot read the ledger of {db_path}: {e}") from e
     for row in files:
-        row["device_id"] = devices.get(row["source"])
+        row["device_id"] = devices.get(row["source"]) or _device_at(watching, row["updated_at"])
         row["seen_ledger_at"] = analysed.get(row["source"])
     return files, held
+
+
+def _device_changes(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(time, device id) of each heartbeat whose device differs from the one before, oldest first;
+    empty when the database only ever had one (then the newest is every recording's)."""
+    if not has_table(conn, "heartbeats") or conn.execute(
+            "SELECT count(DISTINCT device_id) FROM heartbeats").fetchone()[0] < 2:
+        return []
+    changes: list[tuple[str, str]] = []
+    for at, device in conn.execute("SELECT at_utc, device_id FROM heartbeats ORDER BY at_utc, id"):
+        if not changes or changes[-1][1] != device:
+            changes.append((at, device))
+    return changes
+
+
+def _device_at(changes: list[tuple[str, str]], when: str | None) -> str | None:
+    """The device that was running when a recording's ledger row was last written (its analysis,
+    or a touch noted): a recording with no detection of its own took the database's newest id,
+    another recorder's once the id had changed (a review). None: not known here."""
+    if not changes or when is None:
+        return None
+    i = bisect.bisect_right([at for at, _ in changes], when) - 1
+    return changes[max(i, 0)][1]
 
 
 def _analysed_since_changed(row: dict) -> bool:

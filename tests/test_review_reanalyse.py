@@ -344,3 +344,16 @@ def test_reanalyse_keeps_what_watch_stored_while_it_read_the_recording(tmp_path)
     result = reanalyse(db, analyzer, again=True)
     assert result.files == 0 and len(result.changed) == 1 and "watch analysed it again" in result.changed[0]
     assert _rows(db, "SELECT count(*) FROM detections") == [(0,)]      # watch's newer result stands
+
+
+def test_another_programs_database_is_named_as_such(tmp_path):
+    """A review: reanalyse on another program's SQLite file said only "no such table: files"."""
+    from edgemon.files.reanalyse import ReanalyseError
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    before = other.read_bytes()
+    with pytest.raises(ReanalyseError, match="other.db: not an edgemon detections database .*nothing was changed"):
+        reanalyse(other, Analyzer(load_bundle(default_bundle_path())))
+    assert other.read_bytes() == before

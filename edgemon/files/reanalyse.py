@@ -53,6 +53,9 @@ def _ledger(db_path: Path, bundle_id: str) -> tuple[list[dict], list[str]]:
         raise ReanalyseError(f"detections database not found: {db_path}")
     try:
         with closing(connect_read_only(db_path)) as conn:
+            if not has_table(conn, "files") or not has_table(conn, "detections"):   # was "no such table: files"
+                raise ReanalyseError(f"{db_path}: not an edgemon detections database (no ledger of recordings); "
+                                     f"nothing was changed")
             conn.row_factory = sqlite3.Row
             files = [dict(r) for r in conn.execute("SELECT * FROM files WHERE state = 'done' ORDER BY source")]
             devices = dict(conn.execute("SELECT source, min(device_id) FROM detections GROUP BY source").fetchall())

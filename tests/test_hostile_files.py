@@ -638,3 +638,25 @@ def test_linked_directories_are_followed_once_and_a_link_back_up_cannot_loop(tmp
     assert sorted(p for p in status["problems"] if "link" in p) == [   # the root itself, or above it
         f"directory link {root / 'parent'} not followed: a link to {tmp_path}, {said}",
         f"directory link {root / 'siteB' / 'up'} not followed: a link to {root}, {said}"]
+
+
+@pytest.mark.skipif(bool(UNPRIVILEGED) and shutil.which("setpriv") is None, reason="root without setpriv")
+def test_a_database_in_a_directory_that_cannot_be_written_says_so(tmp_path):
+    """SQLite keeps -wal and -shm beside the database: in a directory this user may not write it
+    said only "unable to open database file" or "attempt to write a readonly database" (a review)."""
+    from edgemon.storage.store import Store
+
+    card = tmp_path / "card"
+    card.mkdir()
+    Store(card / "d.db").db.close()
+    (card / "d.db.lock").touch()                 # the daemon's lock is there from an earlier run
+    card.chmod(0o555)
+    try:
+        run = subprocess.run([*UNPRIVILEGED, sys.executable, "-m", "edgemon", "watch", str(card), "--db",
+                              str(card / "d.db"), "--until-idle"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        card.chmod(0o755)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip().splitlines()[-1].endswith(
+        f"(its directory {card.resolve()} is not writable here: SQLite keeps its -wal and -shm files there)"), run.stderr
+

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -142,6 +143,16 @@ def _optional_utc(value: str | dt.datetime | None) -> str | None:
     return None if value is None else utc_iso(value)
 
 
+def _directory_note(path: Path) -> str:
+    """Why SQLite could not open a database whose directory this process may not write: it keeps
+    its -wal and -shm files beside the database, and said only "unable to open database file" (a
+    review)."""
+    parent = path.resolve().parent
+    if parent.is_dir() and not os.access(parent, os.W_OK):
+        return f" (its directory {parent} is not writable here: SQLite keeps its -wal and -shm files there)"
+    return ""
+
+
 class Store:
     """The detections database at ``path``, created and migrated on open."""
 
@@ -181,7 +192,7 @@ class Store:
                     raise
         except sqlite3.Error as e:
             self.db.close()
-            raise StoreError(f"cannot open detections database {self.path}: {e}") from e
+            raise StoreError(f"cannot open detections database {self.path}: {e}{_directory_note(self.path)}") from e
         except StoreError:
             self.db.close()
             raise

@@ -108,8 +108,9 @@ class ServiceConfig:
         from edgemon.files.watcher import WatchConfig
 
         if self.directory is None:
-            raise ConfigError("no directory to watch: give DIRECTORY, --directory, EDGEMON_DIRECTORY "
-                              f"or `directory` in [watch] of {self.config_file or DEFAULT_PATH}")
+            # `run` takes no DIRECTORY (the service reads its settings): named as each command takes it
+            raise ConfigError("no directory to watch: `edgemon watch DIRECTORY`, or for either command "
+                              f"EDGEMON_DIRECTORY or `directory` in [watch] of {self.config_file or DEFAULT_PATH}")
         return WatchConfig(root=self.directory, device_id=self.device_id, settle_s=self.settle_s,
                            rescan_s=self.rescan_s, incomplete_grace_s=self.incomplete_grace_s,
                            retry_s=self.retry_s, until_idle=until_idle)

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -82,6 +83,21 @@ def test_reanalyse_refuses_a_recordings_directory_that_is_not_there(tmp_path):
         reanalyse(db, Analyzer(load_bundle(default_bundle_path())), tmp_path / "nowhere")
     with pytest.raises(ReanalyseError, match=r"--recordings .*review\.db: not a directory"):
         reanalyse(db, Analyzer(load_bundle(default_bundle_path())), db)
+
+
+def test_a_recording_read_from_the_ledgers_path_instead_of_recordings_is_said(tmp_path, caplog):
+    """--recordings COPY with a file missing from the copy read it from the card, saying nothing
+    (a newcomer trial: "missing": [] and every file analysed, some from elsewhere)."""
+    db, recordings = make_review_db(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(recordings, copy)
+    (copy / "S01" / "20240501_060000.WAV").unlink()
+    with caplog.at_level("WARNING", logger="edgemon"):
+        result = reanalyse(db, Analyzer(load_bundle(default_bundle_path())), copy)
+    assert result.files == 2 and not result.missing
+    said = [r.getMessage() for r in caplog.records if "not under --recordings" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("S01/20240501_060000.WAV: not under --recordings as it was "
+                                                 "analysed; read from the ledger's path"), said
 
 
 def test_reanalyse_cli_counts_missing_recordings_and_export_filters_by_bundle(tmp_path):

@@ -166,6 +166,10 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
         if path is None:
             missing.append(row["source"])
             continue
+        if recordings is not None and not Path(path).resolve().is_relative_to(Path(recordings).resolve()):
+            # --recordings reads as where the audio is: a fallback to the card said nothing (a newcomer trial)
+            log.warning("%s: not under --recordings as it was analysed; read from the ledger's path %s",
+                        shown(row["source"]), shown(str(path)))
         try:
             analysis = analyzer.analyse_file(path)
             left_out = silences_of(path)

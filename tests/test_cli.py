@@ -560,6 +560,11 @@ def test_info_as_text_gives_the_lines_a_person_reads_first():
     for label in described["labels"][1:]:   # every call class, with its threshold
         threshold = described["provenance"]["operating_point"]["thresholds"][label]
         assert any(line.startswith(f"    {label} (") and f": {threshold:.2f}, " in line for line in lines), label
+        # and the one confident window it needs, where the point asks for one (a newcomer trial)
+        opening = described["provenance"]["operating_point"].get("open_threshold", {}).get(label, 0.0)
+        mine = next(line for line in lines if line.startswith(f"    {label} ("))
+        assert (f"(and one window at {opening:.2f} or more)" in mine) == (opening > 0), mine
+    assert any("one window at" in line for line in lines)   # the shipped point has such a class
     assert any(f"{expected['false_per_hour']:.1f} / h ({expected['false_events']} in" in line for line in lines)
     other = expected["chosen_on_other_folds"]
     first = next(i for i, line in enumerate(lines) if "/ h" in line)

@@ -33,8 +33,15 @@ def format_description(d: dict) -> str:
     for label in calls:
         common = (names.get(label) or {}).get("common") if isinstance(names.get(label), dict) else names.get(label)
         shown = f"{label} ({common})" if common else label
+        # the rules beyond those two, where set: the text showed "3 windows" where the recorder
+        # also needs one window at 0.48 (a newcomer trial)
+        rules = ([f"one window at {decides.open_threshold[label]:.2f} or more"]
+                 if decides.open_threshold.get(label, 0.0) > 0 else []) + \
+                ([f"summed confidence {decides.min_evidence[label]:.2f} or more"]
+                 if decides.min_evidence.get(label, 0.0) > 0 else [])
         lines.append(f"    {shown}: {thresholds.get(label, 0.0):.2f}, {min_windows.get(label, 1)}"
-                     + (f", {_level(gate[label])}" if gate and label in gate else ""))
+                     + (f", {_level(gate[label])}" if gate and label in gate else "")
+                     + (f" (and {' and '.join(rules)})" if rules else ""))
     never = decides.never_stored(calls)
     if never:
         lines.append(f"  never stored at this point: {', '.join(never)} "

@@ -52,8 +52,8 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
                 log.warning("%s: %s", shown(str(path)), shown(note))
             if when.source == "mtime":   # the table shows no time source: said, as watch says it
                 log.warning("%s: no start time in its name or header: timed by its modification time (%s); "
-                            "recorders' names [PREFIX_]YYYYMMDD_HHMMSS give the real time", shown(str(path)),
-                            when.detail)
+                            "recorders' names [PREFIX_]YYYYMMDD_HHMMSS.WAV give the real time (the stamp must "
+                            "end the name)", shown(str(path)), when.detail)
         except (EdgemonError, OSError) as exc:
             errors.append(str(exc) if isinstance(exc, EdgemonError) else f"{path}: {exc.strerror or exc}")
             continue

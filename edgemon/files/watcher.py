@@ -673,7 +673,8 @@ class Watcher:
         log.log(logging.WARNING if self.timed_by_mtime == 1 else logging.INFO,
                 "%s: no start time in its name or header: timed by its modification time (%s), which is when "
                 "it was last written: a copy's time if it was copied. Recorders' names "
-                "[PREFIX_]YYYYMMDD_HHMMSS give the real time", shown(source), when.detail)
+                "[PREFIX_]YYYYMMDD_HHMMSS.WAV give the real time (the stamp must end the name: one followed by more, "
+                "as in a clip cut from a recording, is not the file's start)", shown(source), when.detail)
 
     def _blocks(self, path: Path) -> audio.Blocks:
         """The file's audio blocks; each one marks progress, so a long file keeps the watchdog fed."""

@@ -158,7 +158,11 @@ def usage_errors_in_one_line(argv: list[str] | None = None) -> None:
         ctx = getattr(self, "ctx", None)
         command = ctx.command_path if ctx is not None else "edgemon"
         given = _given_value(getattr(self, "param", None), sys.argv if argv is None else argv)
-        message = self.format_message().rstrip(".")
+        # Typer's choice check words its refusal as a validator's ("Value error, 'xml' is not one
+        # of …"), and names the value itself (a newcomer trial): neither said twice
+        message = self.format_message().rstrip(".").replace("Value error, ", "")
+        if given and given[len(" (given "):-1] in message:
+            given = ""
         print(f"error: {command}: {message}{given}; see `{command} -h`", file=sys.stderr)
 
     # Typer raises click's UsageError, or (from 0.24) that of the click it carries inside.

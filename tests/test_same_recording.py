@@ -29,7 +29,7 @@ def duet(borneo_dir):
     return np.tile(soundfile.read(clip, dtype="float32")[0], 2)
 
 
-def test_a_recording_moved_or_renamed_inside_the_tree_is_not_analysed_again(tmp_path, duet):
+def test_a_recording_moved_or_renamed_inside_the_tree_is_not_analysed_again(tmp_path, duet, caplog):
     root, db = tmp_path / "rec", tmp_path / "d.db"
     write_wav(root / "20230201_053000.WAV", duet)
     assert watch_until_idle(root, db).processed == 1
@@ -37,7 +37,11 @@ def test_a_recording_moved_or_renamed_inside_the_tree_is_not_analysed_again(tmp_
     assert before
     (root / "day1").mkdir()
     os.rename(root / "20230201_053000.WAV", root / "day1" / "20230201_053000.WAV")
-    assert watch_until_idle(root, db).processed == 0
+    with caplog.at_level("INFO", logger="edgemon"):
+        assert watch_until_idle(root, db).processed == 0
+    # said, at info: a user's tidying is no trouble in a journal's warnings (a newcomer trial)
+    said = [r for r in caplog.records if "moved or renamed from" in r.getMessage()]
+    assert [r.levelname for r in said] == ["INFO"]
     assert query(db, DETECTIONS) == before
     # the ledger follows the recording (review and reanalyse read it there), and nothing waits
     assert query(db, "SELECT source, path FROM files") == [("20230201_053000.WAV",

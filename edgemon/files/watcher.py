@@ -582,8 +582,11 @@ class Watcher:
             else:
                 what = "moved or renamed from" if same.kind == "moved" else "a copy of"
                 form = " (in another format)" if same.converted else ""
-                log.warning("%s: %s %s%s, analysed already: not analysed again; its detections stay under %s",
-                            shown(source), what, shown(same.path), form, shown(same.source))
+                # A move is the user's tidying, at info (a journal's warnings read as trouble, a
+                # newcomer trial); a copy not analysed may surprise, so it stays a warning.
+                log.log(logging.INFO if same.kind == "moved" else logging.WARNING,
+                        "%s: %s %s%s, analysed already: not analysed again; its detections stay under %s",
+                        shown(source), what, shown(same.path), form, shown(same.source))
         self.settled[path] = version
 
     def _quarantine_at_once(self, path: Path, source: str, version: tuple[int, int], why: str) -> None:

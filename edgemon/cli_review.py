@@ -62,7 +62,8 @@ def review(
     try:
         from edgemon.review.app import ReviewConfig, serve
     except ImportError as exc:
-        raise fail(EdgemonError(f"the review page needs the 'review' extra (in a clone: .venv/bin/pip install -c constraints.txt -e '.[review]'; else pip install 'edgemon[review]'): {exc}"))
+        raise fail(EdgemonError(f"the review page needs the 'review' extra (in a clone: .venv/bin/pip install -c "
+                                f"constraints.txt -e '.[review]'; else pip install 'edgemon[review]'): {exc}"))
     try:
         serve(ReviewConfig(db=db, recordings=recordings, clips=clips, host=host, port=port, token=token,
                            reviewer=reviewer), on_ready=lambda line: typer.echo(line, err=True))

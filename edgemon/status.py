@@ -361,7 +361,9 @@ def format_status(status: dict) -> str:
     else:
         # silent: it ran on past its last heartbeat (a kill), for how long no row says
         ran = {"running": "up", "silent": "ran at least"}.get(svc["state"], "ran")
-        alive = (f"{svc['state']}, last heartbeat {svc['heartbeat_age_s']:.0f} s ago ({svc['heartbeat_state']}); "
+        # "stopped, … (stopping)" read as two states at once (a newcomer trial): it is the heartbeat's
+        alive = (f"{svc['state']}, last heartbeat {svc['heartbeat_age_s']:.0f} s ago (its state then: "
+                 f"{svc['heartbeat_state']}); "
                  f"{ran} {_duration(svc['uptime_s'])} from {svc['started_utc']}")
     waiting = "?" if backlog["waiting"] is None else str(backlog["waiting"])
     where = (f" in {backlog['directory']}" if backlog["directory"] else

@@ -377,6 +377,9 @@ def test_status_command_text_json_and_heartbeats_csv(watched_db, tmp_path):
     text = runner.invoke(app, ["status", "--db", str(db), "--directory", str(root)])
     assert text.exit_code == 0, text.output
     assert "1 file(s) waiting" in text.output
+    # the last heartbeat's state said as such, not beside the service's as if both were now (a newcomer trial)
+    assert re.search(r"service: +stopped, last heartbeat \d+ s ago \(its state then: stopping\); ran ", text.output), \
+        text.output
     as_json = runner.invoke(app, ["status", "--db", str(db), "--json"])
     assert json.loads(as_json.output)["backlog"]["done"] == 2
     out = tmp_path / "beats.csv"

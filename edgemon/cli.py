@@ -32,7 +32,8 @@ from edgemon.utc import parse_utc
 
 @app.command()
 def info(ctx: typer.Context, models: ModelsOpt = None, config: ConfigOpt = None,
-         fmt: Annotated[TextFormat, typer.Option("--format", help="json (everything; the default) or text (the lines a person reads first).")] = TextFormat.json):
+         fmt: Annotated[TextFormat, typer.Option("--format", help="json (everything; the default) or text (the lines a person reads first).")] = TextFormat.json,
+         as_json: JsonOpt = False):   # as status, config and devices take it (a newcomer trial)
     """Describe a model bundle: labels and their names, members and their devel/test UAR, windows,
     thresholds, the highest confidence it can give, and its self-check on this CPU."""
     from edgemon.analysis.bundle import default_bundle_path
@@ -44,7 +45,8 @@ def info(ctx: typer.Context, models: ModelsOpt = None, config: ConfigOpt = None,
         description, check = describe_bundle(service_in_force(ctx, config).models or default_bundle_path())
     except EdgemonError as exc:
         raise fail(exc)
-    typer.echo(format_description(description) if fmt is TextFormat.text else json.dumps(description, indent=2))
+    text = fmt is TextFormat.text and not as_json
+    typer.echo(format_description(description) if text else json.dumps(description, indent=2))
     if not check.passed:
         raise fail(SelfCheckError(f"{description['path']}: self-check on this CPU {check.summary()}"))
 

@@ -190,7 +190,8 @@ def plain_help_names() -> None:
         return
 
     def one_value(self, ctx) -> str:
-        shown = display_type(self, ctx)
+        # "<int range>": the range is in the brackets after the help ([x>=1]), a newcomer trial
+        shown = re.sub(r"<(int|float) range>", r"<\1>", display_type(self, ctx))
         found = re.fullmatch(r"<list\[(.*)\]>", shown)
         if found is None:
             return shown

@@ -48,7 +48,7 @@ def softmax_confidence_max(member_files: list[Path]) -> float | None:
     """
     bounds = []
     for path in member_files:
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        props = _metadata(path)
         try:
             config = json.loads(props["model_config"])
             tau, n_classes = float(config["tau"]), int(config["n_classes"])
@@ -56,6 +56,11 @@ def softmax_confidence_max(member_files: list[Path]) -> float | None:
             return None
         bounds.append(1.0 / (1.0 + (n_classes - 1) * math.exp(-2.0 / tau)))
     return sum(bounds) / len(bounds) if bounds else None
+
+
+def _metadata(model: Path) -> dict[str, str]:
+    """An exported model's metadata (``training.onnx_export``: labels, model_config, hyperparameters)."""
+    return {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
 
 
 def pick_reference_windows(data_dir: Path, labels: tuple[str, ...], window_s: float, sample_rate: int,
@@ -208,7 +213,7 @@ def check_same_recipes(path: Path, members, runs: list[Path], configs: list[dict
             log.warning("%s: its member %s has no fold model here; not checked that the runs are its recipes",
                         path, member)
             return
-        props = {p.key: p.value for p in onnx.load(str(folds[0]), load_external_data=False).metadata_props}
+        props = _metadata(folds[0])
         try:
             measured.append((Path(member).name, recipe_of(json.loads(props["hyperparameters"]))))
         except (KeyError, ValueError, TypeError):

@@ -24,6 +24,7 @@ from edgemon.analysis.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, Bundle, M
 from edgemon.analysis.bundle_identity import with_identity
 from edgemon.analysis.ensemble import open_members
 from edgemon.analysis.frontend import FrontendConfig
+from edgemon.durable import fsync_dir
 from edgemon.errors import BundleError
 from edgemon.signals import process_alive
 
@@ -238,7 +239,7 @@ def swap_into_place(new: Path, out: Path) -> None:
             os.replace(old, out)
             raise
         shutil.rmtree(old, ignore_errors=True)
-    _sync_dir(out.parent)
+    fsync_dir(out.parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -271,17 +272,4 @@ def _sync_tree(directory: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _sync_dir(Path(root))
-
-
-def _sync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:      # some file systems refuse a directory's fsync (EINVAL): nothing more to do
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(Path(root))

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from edgemon.durable import fsync_dir
 from edgemon.errors import EdgemonError
 from edgemon.storage.disk_budget import MB, DiskBudget, DiskGuard, free_bytes
 from edgemon.storage.export_files import sweep_dead_temps
-from edgemon.storage.export_journal import fsync_dir
 from edgemon.storage.store import Detection
 
 log = logging.getLogger(__name__)

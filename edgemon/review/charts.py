@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgemon.review.reviews import ReviewError
 from edgemon.review.spectrogram import PALETTE
-from edgemon.storage.readonly import has_table, open_read_only
+from edgemon.storage.readonly import has_table, open_read_only, table_columns
 from edgemon.utc import parse_utc
 
 
@@ -50,17 +50,13 @@ def _recordings_analysed(conn: sqlite3.Connection, bundle_id: str | None) -> tup
     detections' times count them (``files.span_s``; a review: a call was charted in an hour drawn
     as "not listening")."""
     whole = "f.state = 'done' AND f.start_utc IS NOT NULL"
-    left_out = "coalesce(f.span_s - f.duration_s, 0)" if "span_s" in _columns(conn, "files") else "0"
+    left_out = "coalesce(f.span_s - f.duration_s, 0)" if "span_s" in table_columns(conn, "files") else "0"
     if bundle_id and has_table(conn, "analyses"):
         seconds = f"coalesce(a.duration_s, f.duration_s) + {left_out}"
         return (f"SELECT f.start_utc, {seconds} AS seconds FROM analyses a "
                 f"JOIN files f ON f.source = a.source WHERE a.bundle_id = ? AND {whole} "
                 f"AND coalesce(a.duration_s, f.duration_s) > 0", [bundle_id])
     return f"SELECT f.start_utc, f.duration_s + {left_out} FROM files f WHERE {whole} AND f.duration_s > 0", []
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def calls(db_path: Path, bundle_id: str | None = None) -> tuple[dict, dict]:

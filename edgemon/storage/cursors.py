@@ -27,7 +27,7 @@ from pathlib import Path
 
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown, stored_name
-from edgemon.storage.readonly import has_table, time_range
+from edgemon.storage.readonly import has_table, table_columns, time_range
 from edgemon.storage.tables import HALF_SHOWN_STEP
 from edgemon.utc import utc_iso
 
@@ -115,7 +115,7 @@ class Cursor:
 
 def has_filters(conn: sqlite3.Connection) -> bool:
     """Whether the database's cursors carry filters (migration m004 applied)."""
-    return any(row[1] == "filter" for row in conn.execute("PRAGMA table_info(export_cursors)"))
+    return "filter" in table_columns(conn, "export_cursors")
 
 
 def cursors_up_to_date(conn: sqlite3.Connection) -> bool:

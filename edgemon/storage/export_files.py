@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from edgemon.durable import fsync_dir
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
 from edgemon.signals import process_alive
 from edgemon.storage import tables
 from edgemon.storage.export_held import Held, held_keys, held_selections, is_held, key_of, selection_key
-from edgemon.storage.export_journal import (JournalError, Move, finish_pending, fsync_dir, journal_path,
+from edgemon.storage.export_journal import (JournalError, Move, finish_pending, journal_path,
                                             rename_all, stage)
 from edgemon.storage.output_target import open_in_place, through_links, written_in_place
 

@@ -14,7 +14,6 @@ not: they are removed), before it reads its own cursor. Each row then reaches it
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import json
@@ -24,6 +23,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgemon.durable import fsync_dir
 from edgemon.errors import EdgemonError
 
 log = logging.getLogger(__name__)
@@ -223,14 +223,3 @@ def _moved(db_path: Path, conn: sqlite3.Connection | None, cursor: str, last_id:
         if own:
             conn.close()
     return row is not None and row[0] >= last_id
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename durable. Some file systems refuse fsync on a directory; the file is then
-    still complete, only the rename might not survive a power cut."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from edgemon.errors import EdgemonError
 from edgemon.storage import tables
+from edgemon.storage.readonly import table_columns
 
 MAX_NAME_BYTES = 143   # eCryptfs's limit; ext4 and exFAT allow 255
 HASH_CHARS = 8
@@ -36,8 +37,7 @@ def raven_table(conn: sqlite3.Connection) -> str:
     a saved clip and its offset in it, the clip's (Raven opens the clip, and the table's seconds
     are the clip's; ``tables.audio_file`` gives the same file). A database older than
     ``clip_offset_s`` has no such rows."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(detections)")}
-    if not {"clip_path", "clip_offset_s"} <= columns:
+    if not {"clip_path", "clip_offset_s"} <= table_columns(conn, "detections"):
         return "d.source"
     # The rule of ``tables.audio_file``, in SQL (so that SQLite orders the rows by table): keep in step.
     return ("CASE WHEN coalesce(f.path, '') = '' AND coalesce(d.clip_path, '') != '' AND d.clip_offset_s IS NOT NULL "

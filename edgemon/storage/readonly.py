@@ -139,6 +139,11 @@ def has_table(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone() is not None
 
 
+def table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    """The columns table ``table`` has on ``conn`` (one an older edgemon made lacks the newer)."""
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
 def quick_check(conn) -> list[str]:
     """SQLite's ``quick_check`` findings on ``conn`` (a ``sqlite3.Connection`` or sqlite-utils
     ``Database``): ``['ok']`` when the file is sound. Raises ``sqlite3.DatabaseError`` when the
@@ -208,7 +213,7 @@ def ledger_columns(conn: sqlite3.Connection) -> str:
     """SQL of the ledger's columns that find a detection's recording and tell it from another
     of its name (``recording_path``), over ``files f``; a database older than fingerprints gives
     NULL for them."""
-    kept = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+    kept = table_columns(conn, "files")
     digest = "f.fingerprint" if "fingerprint" in kept else "NULL"
     tail = "f.tail_digest" if "tail_digest" in kept else "NULL"
     return f"f.path AS file_path, f.size AS file_size, {digest} AS file_fingerprint, {tail} AS file_tail_digest"

@@ -49,6 +49,28 @@ def test_min_windows_drops_short_runs_and_calibration_maps_the_score():
     assert events[1].confidence == events[1].score == pytest.approx(0.45)   # no curve: the raw score
 
 
+def test_a_recording_too_short_for_a_class_stores_a_run_over_all_its_windows():
+    """A recording of 6-8 s holds two or three windows; a class that needs more (rhinoceros
+    hornbill: four) could never be stored from it, and clip UAR fell to 0.61 on test. A run over
+    every window of such a recording stands for the windows it cannot hold (its votes say so), with
+    that share of the summed evidence; the same run inside a longer recording is still dropped."""
+    two = _run_votes([0.45, 0.45])
+    duration = (HOP + 125 - 1) * FRAME_S            # its last window ends a frame past the audio, as the recorder's
+    point = OperatingPoint({"a": 0.4}, {"a": 3})
+    events = EventMerger(LABELS, 0, FRAME_S, point).merge(two, duration)
+    assert [(e.label, json.loads(e.votes)["windows"], json.loads(e.votes)["whole"]) for e in events] == [("a", 2, True)]
+    assert EventMerger(LABELS, 0, FRAME_S, point).merge(two, duration + 2.0) == []      # audio after it
+    assert EventMerger(LABELS, 0, FRAME_S, point).merge(_run_votes([None, 0.45, 0.45]), duration + HOP * FRAME_S) == []
+    assert EventMerger(LABELS, 0, FRAME_S, point).merge(two, float("inf")) == []       # a stream still going
+    # evidence asked for the share of the windows it holds: 1.5 * 2/3 = 1.0
+    weak = OperatingPoint({"a": 0.4}, {"a": 3}, {"a": 1.5})
+    assert EventMerger(LABELS, 0, FRAME_S, weak).merge(two, duration) == []
+    assert len(EventMerger(LABELS, 0, FRAME_S, weak).merge(_run_votes([0.5, 0.51]), duration)) == 1
+    # a run the rules keep anyway is not marked
+    assert "whole" not in json.loads(EventMerger(LABELS, 0, FRAME_S, OperatingPoint({"a": 0.4}, {"a": 2}))
+                                     .merge(two, duration)[0].votes)
+
+
 def test_each_call_is_matched_once_and_only_by_its_own_label():
     calls = np.array([[0.0, 10.0, 1], [20.0, 30.0, 2]])
     events = [Event("a", 1.0, 3.0, 0.5, "{}", score=0.5), Event("a", 5.0, 8.0, 0.6, "{}", score=0.6),
@@ -278,7 +300,9 @@ def test_the_recorder_applies_the_bundles_point_and_calibration_and_keeps_the_ra
     for e in Analyzer(by_evidence).analyse_blocks([samples]).events:
         assert e.confidence == pytest.approx(sum(json.loads(e.votes)["window_confidence"]) / 100, abs=1e-4)
     strict = _bundle_copy(tmp_path, "strict", operating_point={"thresholds": {}, "min_windows": {"hornbill_helmeted": longest + 1}})
-    assert Analyzer(strict).analyse_blocks([samples]).events == []
+    # the rule drops every run but one over the whole recording, which stands for what it cannot hold
+    [whole] = Analyzer(strict).analyse_blocks([samples]).events
+    assert json.loads(whole.votes)["whole"] and (whole.start_s, whole.end_s) == (0.0, 40.0)
 
 
 def test_a_malformed_calibration_is_refused_naming_the_manifest(tmp_path):

@@ -114,14 +114,28 @@ class EventMerger:
         return None if p is None else round(p, 4)
 
     def merge(self, votes: list[WindowVote], duration_s: float) -> list[Event]:
-        """Join consecutive windows of the same label into events; background ends an event."""
-        return [self._event(run, duration_s, self.gate(run)) for run in self.runs(votes) if self.kept(run)]
+        """Join consecutive windows of the same label into events; background ends an event.
+        ``duration_s``: the audio's length (``math.inf`` while it goes on)."""
+        return [self._event(run, duration_s, self.gate(run), {"whole": True} if short else None)
+                for run in self.runs(votes) for short in [self.short_whole(run, duration_s)]
+                if short or self.kept(run)]
 
-    def kept(self, run: list[WindowVote]) -> bool:
-        """Whether the operating point stores this run (one label) as an event."""
+    def kept(self, run: list[WindowVote], whole: bool = False) -> bool:
+        """Whether the operating point stores this run (one label) as an event; ``whole``: the
+        run is all of its recording's windows (``OperatingPoint.keeps``)."""
         # Decided on the confidences as stored (4 decimals), which the chooser of the point reads
         # back from events: a run at 0.51998 meets an opening level of 0.52 in both.
-        return self.point.keeps(self.labels[run[0].label], [round(v.confidence, 4) for v in run], self.gate(run))
+        return self.point.keeps(self.labels[run[0].label], [round(v.confidence, 4) for v in run], self.gate(run),
+                                whole)
+
+    def short_whole(self, run: list[WindowVote], duration_s: float) -> bool:
+        """Whether ``run`` is kept only because it covers its whole recording, too short for the
+        windows its class needs (a recording of 6-8 s holds two or three windows, so a rhinoceros
+        hornbill, four windows, could never be stored from it). The event's votes say ``"whole"``.
+        A long recording is never whole: the rules hold there as chosen."""
+        end = (run[-1].start_frame + run[-1].frames) * self.frame_s
+        whole = run[0].start_frame == 0 and end >= duration_s - self.frame_s   # its last window ends a frame past
+        return whole and not self.kept(run) and self.kept(run, whole=True)
 
     def piece(self, run: list[WindowVote], whole: list[WindowVote], duration_s: float, continues: bool,
               end_s: float | None = None) -> Event:

@@ -64,12 +64,17 @@ class OperatingPoint:
     def windows_needed(self, label: str) -> int:
         return max(1, int(self.min_windows.get(label, 1)))
 
-    def keeps(self, label: str, confidences: list[float], gate: float | None = None) -> bool:
+    def keeps(self, label: str, confidences: list[float], gate: float | None = None, whole: bool = False) -> bool:
         """Whether a run of windows of ``label`` with these confidences (in [0, 1]) is stored;
-        ``gate`` its event gate probability (None: the class is not gated)."""
-        return (len(confidences) >= self.windows_needed(label)
+        ``gate`` its event gate probability (None: the class is not gated). ``whole``: the run is
+        every window of its recording, which may hold fewer windows than the class needs (a
+        triggered or cut recording of 6 s has two): the run stands for the windows the recording
+        cannot hold, and its summed confidence is asked for that share of ``min_evidence``."""
+        needed = self.windows_needed(label)
+        share = min(1.0, len(confidences) / needed) if whole else 1.0
+        return ((len(confidences) >= needed or whole)
                 # a small tolerance: the chooser sums the stored (rounded) window confidences
-                and sum(confidences) >= self.min_evidence.get(label, 0.0) - 1e-9
+                and sum(confidences) >= self.min_evidence.get(label, 0.0) * share - 1e-9
                 and max(confidences, default=0.0) >= self.open_threshold.get(label, 0.0)
                 and (gate is None or gate >= self.min_gate.get(label, 0.0)))
 

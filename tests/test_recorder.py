@@ -195,6 +195,10 @@ def test_not_riff_gives_only_the_size(tmp_path):
     ("12:00:00 01/02/2024 (UTC-5)", utc(2024, 2, 1, 17)),
     ("12:00:00 01/02/2024 (UTC+5:30)", utc(2024, 2, 1, 6, 30)),
     ("01:15:00 01/01/2024 (UTC+10)", utc(2023, 12, 31, 15, 15)),
+    ("12:00:00 01/02/2024 (UTC-3:30)", utc(2024, 2, 1, 15, 30)),
+    # AudioMoth Live and the USB Microphone apps write milliseconds
+    ("19:00:00.123 01/02/2026 (UTC+8)", utc(2026, 2, 1, 11, 0, 0, 123000)),
+    ("00:00:00.050 01/01/2026 (UTC)", utc(2026, 1, 1, 0, 0, 0, 50000)),
 ])
 def test_audiomoth_comment_with_offsets(tmp_path, stamp, expected):
     path = write(tmp_path / "a.wav", wav_bytes(before=[info(ICMT=COMMENT.format(stamp))]))
@@ -337,6 +341,16 @@ def test_a_flac_keeps_the_comments_zone_and_time(tmp_path):
         got = recording_time(tmp_path / name, now=NOW)
         assert got.start_utc == utc(2023, 1, 31, 21, 30) and not got.suspect, (name, got)
     assert recording_time(tmp_path / "walk transect A.flac", now=NOW).source == "metadata"
+
+
+def test_an_audiomoth_live_recording_is_timed_by_its_comment(tmp_path):
+    """AudioMoth Live names a recording by its local start to the millisecond and says it, with
+    its zone, in the comment: it was timed by its mtime (the comment's milliseconds unread)."""
+    comment = ("Recorded at 19:00:00.123 01/02/2026 (UTC+8) by AudioMoth Live using "
+               "48kHz AudioMoth USB Microphone.")
+    path = write(tmp_path / "20260201_190000_123.WAV", wav_bytes(before=[info(ICMT=comment)]))
+    got = recording_time(path, now=NOW.replace(year=2026))
+    assert (got.start_utc, got.source, got.suspect) == (utc(2026, 2, 1, 11, 0, 0, 123000), "metadata", False)
 
 
 # ---- completeness -----------------------------------------------------------------------------

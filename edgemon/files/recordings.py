@@ -41,8 +41,10 @@ _DATED_NAME = re.compile(
 # Older AudioMoth firmware: eight hex digits of Unix time, e.g. 5A8C5A83.WAV.
 _HEX_NAME = re.compile(r"^(?P<hex>[0-9A-F]{8})" + _AUDIO, re.IGNORECASE)
 # "Recorded at 12:00:00 01/02/2024 (UTC+5:30) by AudioMoth ..." (day first; offset optional).
+# AudioMoth Live and the USB Microphone apps add milliseconds, "12:00:00.123": without them read,
+# such a recording (named 20240201_120000_123.WAV) was timed by its mtime.
 _COMMENT = re.compile(
-    r"Recorded at (\d{1,2}):(\d{2}):(\d{2}) (\d{1,2})/(\d{1,2})/(\d{4}) "
+    r"Recorded at (\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))? (\d{1,2})/(\d{1,2})/(\d{4}) "
     r"\(UTC(?:([+-])(\d{1,2})(?::(\d{2}))?)?\)"
 )
 
@@ -118,14 +120,15 @@ def _metadata_time(meta: dict) -> tuple[datetime, str] | None:
     if start is not None:
         return start, "GUANO Timestamp"
     if m := _COMMENT.search(meta.get("comment", "")):
-        hh, mi, ss, dd, mo, yyyy, sign, off_h, off_m = m.groups()
+        hh, mi, ss, frac, dd, mo, yyyy, sign, off_h, off_m = m.groups()
         offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
         try:
             zone = timezone(-offset if sign == "-" else offset)
-            start = datetime(int(yyyy), int(mo), int(dd), int(hh), int(mi), int(ss), tzinfo=zone)
+            start = datetime(int(yyyy), int(mo), int(dd), int(hh), int(mi), int(ss),
+                             int((frac or "").ljust(6, "0")), tzinfo=zone)
         except ValueError:  # invalid date, or an offset of a day or more
             return None
-        return start, "AudioMoth comment 'Recorded at HH:MM:SS DD/MM/YYYY (UTC±h)'"
+        return start, "AudioMoth comment 'Recorded at HH:MM:SS[.mmm] DD/MM/YYYY (UTC±h)'"
     return None
 
 
@@ -133,7 +136,7 @@ def time_from_metadata(meta: dict) -> datetime | None:
     """``read_wav_metadata`` result -> start time as aware UTC datetime, or None.
 
     GUANO ``Timestamp`` (ISO 8601; no offset means UTC) first, else the AudioMoth comment
-    ``Recorded at HH:MM:SS DD/MM/YYYY (UTC[±H[:MM]])``, converted from its offset to UTC.
+    ``Recorded at HH:MM:SS[.mmm] DD/MM/YYYY (UTC[±H[:MM]])``, converted from its offset to UTC.
     """
     found = _metadata_time(meta)
     return found[0].astimezone(UTC) if found else None

@@ -107,6 +107,9 @@ def write_wave_module(path, seconds=0.5, rate=8000):
     ("S10_20230203_060000.wav", utc(2023, 2, 3, 6, 0, 0)),
     ("site 7 20240904_060000.WAV", utc(2024, 9, 4, 6, 0, 0)),
     ("SITE-A_20240101_120000.WAV", utc(2024, 1, 1, 12, 0, 0)),
+    # a Song Meter whose clock a GPS set: "$" between date and time (they were timed by their mtime)
+    ("ARIZONA-1_0_20161023$195550.wav", utc(2016, 10, 23, 19, 55, 50)),
+    ("SM3_0+1_20161023$195550.wav", utc(2016, 10, 23, 19, 55, 50)),
     # a recording converted for classify keeps its name's time (a newcomer trial's MP3 was timed by its mtime)
     ("20240103_110000.mp3", utc(2024, 1, 3, 11, 0, 0)),
     ("S10_20240103_110000.OGG", utc(2024, 1, 3, 11, 0, 0)),
@@ -123,6 +126,8 @@ def test_filename_patterns(name, expected):
     "20240101_120000.WAV.part",
     "20240101_120000.txt",
     "SITE-A20240101_120000.WAV",  # no separator before the date
+    "S10_20240101$120000$.wav",   # more after the stamp
+    "S10_20240101-120000.wav",
     "5A8C5A8.WAV",  # seven hex digits
     "20230201.WAV",  # a day, not hex Unix time (0x20230201 is 1987)
     "19991231.flac",

@@ -19,8 +19,12 @@ import pytest
 import soundfile
 
 from edgemon.analysis import audio
+from edgemon.analysis.analyzer import Analyzer
+from edgemon.analysis.bundle import default_bundle_path, load_bundle
 from edgemon.errors import AudioError
 from edgemon.files.backlog import BacklogProgress
+from edgemon.files.classify import classify_files
+from edgemon.files.reanalyse import reanalyse
 from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.status import collect_status
 from edgemon.storage.lock import DatabaseInUseError, hold_database, hold_exports
@@ -472,6 +476,22 @@ def test_a_recording_named_at_the_end_of_the_calendar_is_stored_without_times(tm
         "99991231_235959.WAV": "done", "20240701_060000.WAV": "done"}
     stored = query(tmp_path / "d.db", "SELECT source, clock_suspect FROM detections")
     assert ("99991231_235959.WAV", 1) in stored
+
+
+def test_classify_and_reanalyse_give_no_times_past_the_calendar_as_watch_does(tmp_path):
+    """Found in the time review: watch stores '99991231_235959.WAV' without times, while classify
+    and reanalyse crashed on the same file with OverflowError."""
+    root = tmp_path / "rec"
+    recording(root / "99991231_235959.WAV", seconds=8.0)
+    watch_until_idle(root, tmp_path / "d.db")
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    rows, errors = classify_files([root], analyzer)
+    assert errors == [] and [(r["start_utc"], r["end_utc"], r["clock_suspect"]) for r in rows] == \
+        [("9999-12-31T23:59:59.000Z", None, 1)]
+    stored = query(tmp_path / "d.db", "SELECT bundle_id, start_utc, end_utc FROM detections")
+    again = reanalyse(tmp_path / "d.db", analyzer, again=True)
+    assert again.files == 1 and again.failed == []
+    assert query(tmp_path / "d.db", "SELECT bundle_id, start_utc, end_utc FROM detections") == stored
 
 
 def test_backlog_progress_never_opens_a_fifo(tmp_path):

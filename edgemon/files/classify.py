@@ -7,7 +7,6 @@ database gives (id, device, stored time, clip) stay empty.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import logging
 import os
@@ -59,8 +58,8 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
             continue
 
         def at(offset: float) -> str | None:
-            return (None if when.start_utc is None else
-                    utc_iso(when.start_utc + dt.timedelta(seconds=left_out.elapsed(offset))))
+            time = left_out.wall_time(when.start_utc, offset)
+            return None if time is None else utc_iso(time)
 
         for e in analysis.events:
             scientific, common = names.get(e.label, (None, None))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import datetime as dt
 import logging
 import sqlite3
 from contextlib import closing
@@ -191,9 +190,9 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
         if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
             log.warning("%s: %s", shown(row["source"]), shown(analysis.note))
         start = None if row["start_utc"] is None else parse_utc(row["start_utc"])
-        at = (lambda s: None) if start is None else (lambda s: start + dt.timedelta(seconds=left_out.elapsed(s)))
         detections = [Detection(device_id=row["device_id"] or device_id, source=row["source"], start_s=e.start_s,
-                                end_s=e.end_s, start_utc=at(e.start_s), end_utc=at(e.end_s),
+                                end_s=e.end_s, start_utc=left_out.wall_time(start, e.start_s),
+                                end_utc=left_out.wall_time(start, e.end_s),
                                 time_source=row["time_source"] or "mtime", clock_suspect=bool(row["clock_suspect"]),
                                 label=e.label, confidence=e.confidence, score=e.score, votes=e.votes,
                                 bundle_id=bundle_id)

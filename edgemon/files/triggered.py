@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,15 @@ class SilentStretches:
         silence left out before it (a marker at or before the offset counts)."""
         before = bisect.bisect_right(self.at_s, offset_s)
         return offset_s + float(sum(self.left_out_s[:before]))
+
+    def wall_time(self, start: dt.datetime | None, offset_s: float) -> dt.datetime | None:
+        """The time at file offset ``offset_s`` of a recording that started at ``start``; None
+        when the start is unknown or the time is past the calendar's end (a suspect name
+        '99991231_235959.WAV': watch stored no time, while classify and reanalyse crashed)."""
+        try:
+            return None if start is None else start + dt.timedelta(seconds=self.elapsed(offset_s))
+        except OverflowError:
+            return None
 
     def note(self) -> str:
         return (f"triggered recording: {len(self.at_s)} silent stretch(es), {self.total_s:.1f} s in all, "

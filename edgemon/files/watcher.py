@@ -694,11 +694,7 @@ class Watcher:
     def detections(self, source: str, analysis: Analysis, when,
                    left_out: SilentStretches = SilentStretches()) -> list[Detection]:
         def at(offset: float) -> dt.datetime | None:
-            try:
-                return (None if when.start_utc is None else
-                        when.start_utc + dt.timedelta(seconds=left_out.elapsed(offset)))
-            except OverflowError:   # a suspect clock at the end of the calendar (a name '99991231_…')
-                return None
+            return left_out.wall_time(when.start_utc, offset)
 
         return [Detection(device_id=self.config.device_id, source=source, start_s=e.start_s, end_s=e.end_s,
                           start_utc=at(e.start_s), end_utc=at(e.end_s), time_source=when.source,

@@ -263,6 +263,15 @@ def test_mtime_minus_duration_when_nothing_else(tmp_path, name):
     assert recording_time(flac, now=NOW).start_utc == utc(2024, 5, 31, 23, 59, 58)
 
 
+def test_a_stamp_that_is_no_date_is_said_with_the_mtime(tmp_path):
+    """A name such as 20230229_000000.WAV (no 29 February in 2023) was said to hold no start time,
+    and the message asked for a name of the very form it has."""
+    got = recording_time(write_wave_module(tmp_path / "20230229_000000.WAV"), now=NOW)
+    assert got.source == "mtime" and got.detail.endswith("; the name's 20230229_000000 is no date and time")
+    plain = recording_time(write_wave_module(tmp_path / "recording.WAV"), now=NOW)
+    assert "name's" not in plain.detail
+
+
 def test_mtime_without_a_duration_is_plain_mtime(tmp_path):
     path = write(tmp_path / "clip.wav", wav_bytes(seconds=0)[:20])  # no data chunk yet
     os.utime(path, ns=(0, 1_717_200_000_000_000_000))

@@ -12,7 +12,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -81,6 +81,14 @@ def _parse_filename(name: str) -> tuple[datetime, str, bool, bool] | None:
     if (m := _HEX_NAME.match(base)) and not _is_date(m["hex"]):
         return datetime.fromtimestamp(int(m["hex"], 16), UTC), "hex Unix-time name", False, True
     return None
+
+
+def _impossible_stamp(name: str) -> str | None:
+    """A recorder-style stamp in ``name`` that is no date and time ('20230229_000000': no 29
+    February in 2023), else None: said with the mtime it is timed by, since the message asked for
+    such a name when the name was one."""
+    m = _DATED_NAME.match(Path(name).name)
+    return f"{m['date']}{m['sep']}{m['time']}" if m and _parse_filename(name) is None else None
 
 
 def triggered_name(name: str) -> bool:
@@ -259,7 +267,10 @@ def recording_time(path: Path, now: datetime | None = None) -> RecordingTime:
     if found:
         source, start, detail = found[0]
         return RecordingTime(start, source, True, f"{detail}; {_suspect_reason(start, now)}")
-    return _from_mtime(path, meta, now)
+    timed = _from_mtime(path, meta, now)
+    if stamp := _impossible_stamp(path.name):
+        timed = replace(timed, detail=f"{timed.detail}; the name's {stamp} is no date and time")
+    return timed
 
 
 def wav_header_consistent(path: str | Path) -> tuple[bool, str]:

@@ -1,5 +1,7 @@
 """Decoding: any WAV/FLAC soundfile reads -> 16 kHz mono float32, or a clear error naming the file."""
 
+import struct
+
 import numpy as np
 import pytest
 import soundfile
@@ -80,6 +82,16 @@ def test_an_empty_file_says_so(tmp_path):
     (tmp_path / "empty.WAV").write_bytes(b"")
     with pytest.raises(AudioError, match=r"empty\.WAV: empty file \(0 bytes\)"):
         audio.load(tmp_path / "empty.WAV")
+
+
+def test_a_header_with_no_audio_after_it_says_so(tmp_path):
+    """A newcomer trial: a WAV whose writer stopped after its header read "Error in WAV file. No
+    'data' chunk marker." (libsndfile's words)."""
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    (tmp_path / "header.WAV").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(AudioError, match=r"header\.WAV: a WAV header and no audio after it \(no data chunk\)"):
+        list(audio.iter_blocks(tmp_path / "header.WAV"))
 
 
 @pytest.mark.parametrize("rate", [16000, 48000])

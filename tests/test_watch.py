@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import logging
+import os
+import struct
 import threading
 import time
 
@@ -446,3 +447,17 @@ def test_an_observer_that_cannot_start_is_retried_less_and_less_often(tmp_path, 
     elapsed = time.monotonic() - started
     # the first start, then retries 0.1, 0.2, 0.4 ... s apart: at most log2(elapsed / 0.1) + 2 in all
     assert 2 <= len(tries) <= math.log2(elapsed / 0.1) + 2, (len(tries), elapsed)
+
+
+def test_a_failed_attempt_names_its_file_once(tmp_path, caplog):
+    """A newcomer trial: 'X.WAV: attempt failed, now failed: /full/path/X.WAV: cannot decode …',
+    the file named twice, the second time by a path the first had shortened."""
+    root, db = tmp_path / "card", tmp_path / "w.db"
+    root.mkdir()
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    (root / "20180301_060000.WAV").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with caplog.at_level(logging.WARNING, logger="edgemon.files.watcher"):
+        watch_until_idle(root, db, incomplete_grace_s=0)
+    [line] = [r.getMessage() for r in caplog.records if "attempt failed" in r.getMessage()][:1]
+    assert line.count("20180301_060000.WAV") == 1 and "no data chunk" in line, line

@@ -298,4 +298,6 @@ def _cannot(exc: Exception, path: Path) -> str:
             return "empty file (0 bytes): no audio"   # libsndfile's "Format not recognised." misleads
     except OSError:
         pass
+    if "No 'data' chunk" in why:   # a header its writer never followed with samples (the battery went)
+        return "a WAV header and no audio after it (no data chunk): nothing to analyse"
     return f"cannot decode audio: {why}"

@@ -637,7 +637,9 @@ class Watcher:
                                               f"{type(exc).__name__}: {exc}",
                                               max_attempts=self.config.max_attempts,
                                               died=isinstance(exc, AnalysisDied))
-            log.warning("%s: attempt failed, now %s: %s", shown(source), state, shown(exc))
+            # the error names the file too, by its full path: said once
+            log.warning("%s: attempt failed, now %s: %s", shown(source), state,
+                        shown(str(exc).removeprefix(f"{path}: ")))
             self.attempted += int(state == "quarantined")
             return
         if when.source == "mtime":

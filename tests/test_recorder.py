@@ -297,6 +297,18 @@ def test_unset_clock_is_flagged_not_replaced(tmp_path):
     assert hex_name.suspect and hex_name.start_utc == utc(1970, 1, 1, 0, 0, 10)
 
 
+def test_a_clock_reset_to_the_year_2000_is_flagged(tmp_path):
+    """Found by a season trial: many real-time clocks (DS3231, PCF8523, a recorder's own) restart
+    at 2000-01-01 when they lose power, and a card's 20000101_000000.WAV was stored as a good clock,
+    its detections in the year 2000 without a word in the log or in status."""
+    got = recording_time(write_wave_module(tmp_path / "20000101_000000.WAV"), now=NOW)
+    assert (got.start_utc, got.source, got.suspect) == (utc(2000, 1, 1), "filename", True)
+    assert "unset (year 2000)" in got.detail
+    # Days after the reset, the clock is still the reset one.
+    assert recording_time(write_wave_module(tmp_path / "20000104_221000.WAV"), now=NOW).suspect
+    assert not recording_time(write_wave_module(tmp_path / "20010101_000000.WAV"), now=NOW).suspect
+
+
 def test_sound_metadata_replaces_a_suspect_name(tmp_path):
     comment = COMMENT.format("12:00:00 01/02/2024 (UTC)")
     path = write(tmp_path / "19700101_000010.WAV", wav_bytes(before=[info(ICMT=comment)]))

@@ -21,7 +21,9 @@ import soundfile
 from edgemon.files.headers import read_metadata, read_wav_metadata
 from edgemon.utc import UTC
 
-EARLIEST_PLAUSIBLE_YEAR = 2000  # recorders without a set clock start at 1970 (or their epoch)
+# Recorders without a set clock start at 1970, or at their real-time clock's epoch, 2000-01-01
+# (DS3231, PCF8523 and many recorders' own clocks restart there when they lose power).
+EARLIEST_PLAUSIBLE_YEAR = 2001
 FUTURE_SLACK = timedelta(days=1)  # host and recorder clocks and zones may differ by hours
 
 # AudioMoth: [DEVICEID_]YYYYMMDD_HHMMSS[T].WAV, DEVICEID in hex; T marks a triggered recording.
@@ -57,7 +59,7 @@ class RecordingTime:
 
     start_utc: datetime | None  # timezone-aware UTC
     source: str  # 'filename' | 'metadata' | 'mtime'
-    suspect: bool  # clock plainly unset (year < 2000) or more than a day in the future
+    suspect: bool  # clock plainly unset (year < 2001) or more than a day in the future
     detail: str  # which pattern or field gave the time, and why it is suspect
 
 
@@ -166,10 +168,11 @@ TIMESYNC = Path("/run/systemd/timesync")   # systemd-timesyncd: 'synchronized' a
 
 
 def host_now(timesync: Path = TIMESYNC) -> datetime | None:
-    """This host's UTC time, or None when it is not to be trusted: before 2000 (a Pi without a
-    real-time clock boots at 1970), or timesyncd running and not yet synchronised (fake-hwclock
-    restores the time the Pi was switched off, days behind). Judged by it, every good recording
-    looked days ahead, was stored as a suspect clock for good, and left the fleet's day tables."""
+    """This host's UTC time, or None when it is not to be trusted: before 2001 (a Pi without a
+    real-time clock boots at 1970, one whose clock battery died at 2000), or timesyncd running and
+    not yet synchronised (fake-hwclock restores the time the Pi was switched off, days behind).
+    Judged by it, every good recording looked days ahead, was stored as a suspect clock for good,
+    and left the fleet's day tables."""
     now = datetime.now(UTC)
     if now.year < EARLIEST_PLAUSIBLE_YEAR:
         return None
@@ -238,7 +241,7 @@ def _name_in_zone(named: datetime, stamped: datetime) -> bool:
 def recording_time(path: Path, now: datetime | None = None) -> RecordingTime:
     """Start time of a recording in UTC: file name, else WAV or FLAC metadata, else file mtime.
 
-    A suspect clock (year < 2000, or more than a day after ``now``, default the host's UTC time
+    A suspect clock (year < 2001, or more than a day after ``now``, default the host's UTC time
     when it can be trusted, ``host_now``; a naive ``now`` is taken as UTC) is still returned,
     flagged, unless the next source (file name -> metadata) gives a sound time. When the WAV
     comment or GUANO says the recorder ran in a non-UTC zone and the file name shows that zone's

@@ -263,12 +263,14 @@ def export_detections(
     cursor: Annotated[Optional[str], typer.Option("--cursor", metavar="NAME", help="Named cursor, one per destination and filter; implies --new. A cursor keeps the filter it was first used with.")] = None,
     bundle: Annotated[Optional[list[str]], typer.Option("--bundle", metavar="ID", help="Only detections of this bundle id (repeatable; see `edgemon reanalyse`).")] = None,
     coverage: Annotated[Optional[Path], typer.Option("--coverage", help="Also write live-stream coverage (per minute: seconds analysed and lost) for the same --since/--until to this file (csv, or jsonl with --format jsonl).", readable=False)] = None,
+    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Also write the recordings analysed (the effort: one row per recording, its start, end, seconds of audio, clock and detection count) for the same --since/--until to this file (csv, or jsonl with --format jsonl).", readable=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No info line on standard error (for cron); errors are still reported.")] = False,
     timezone: TimezoneOpt = None,
     config: ConfigOpt = None,
 ):
     """Export detections; reads only, so it never blocks the daemon."""
-    from edgemon.storage.export import export_coverage, export_detections as run_export, refuse_cursors_files
+    from edgemon.storage.export import (export_coverage, export_detections as run_export, export_recordings,
+                                        refuse_cursors_files)
     from edgemon.signals import Terminated, terminate_as_interrupt
     from edgemon.storage.export_files import ExportError, OutputClosed, refuse_the_database
     from edgemon.storage.output_target import check_output
@@ -276,20 +278,24 @@ def export_detections(
     log = logging.getLogger("edgemon.storage.export")
     output = None if output == Path("-") else output   # as status and review take it: standard output
     try:
-        if coverage == Path("-") or (coverage is not None and output is not None
-                                     and coverage.resolve() == output.resolve()):
-            raise OptionError("--coverage needs a file of its own, not standard output or --output's file")
+        extras = [(coverage, "--coverage"), (recordings, "--recordings")]
+        for extra, option in extras:
+            taken = [other for other, name in [(output, "--output"), *extras] if name != option and other is not None]
+            if extra == Path("-") or (extra is not None and any(extra.resolve() == other.resolve() for other in taken)):
+                raise OptionError(f"{option} needs a file of its own, not standard output or another option's file")
         if fmt is ExportFormat.raven and output is None:
             raise OptionError("--format raven writes one table per recording: give --output DIR (an existing directory)")
         _check_confidence(min_confidence)
         service = service_in_force(ctx, config)
         db = service.db
         refuse_the_database(output, db, "--output")
-        refuse_the_database(coverage, db, "--coverage")
+        for extra, option in extras:
+            refuse_the_database(extra, db, option)
         if fmt is not ExportFormat.raven:   # raven's --output is a directory of tables
             check_output(output, "--output", ExportError, appending=new or cursor is not None)
-        check_output(coverage, "--coverage", ExportError)
-        refuse_cursors_files(db, [(coverage, "--coverage")] + ([] if new or cursor is not None or
+        for extra, option in extras:
+            check_output(extra, option, ExportError)
+        refuse_cursors_files(db, extras + ([] if new or cursor is not None or
                                                               fmt is ExportFormat.raven else [(output, "--output")]))
         times = [None if t is None else _parse_time(t, option) for t, option in ((since, "--since"), (until, "--until"))]
         if None not in times and times[0] >= times[1]:
@@ -298,6 +304,9 @@ def export_detections(
             if coverage is not None:   # first: a coverage file that cannot be written must not cost a cursor its rows
                 minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0],
                                           times[1])
+            if recordings is not None:   # first, as coverage
+                effort = export_recordings(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", recordings, times[0],
+                                           times[1])
             count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
                                new or cursor is not None, "default" if cursor is None else cursor,
                                bundle=bundle or None, timezone=service.timezone)
@@ -317,6 +326,8 @@ def export_detections(
         log.info("exported %d detection(s)%s", count, f" (cursor {cursor or 'default'})" if new or cursor else "")
         if coverage is not None:
             log.info("exported %d coverage minute(s)", minutes)
+        if recordings is not None:
+            log.info("exported %d recording(s), %.2f h of audio analysed", effort[0], effort[1] / 3600)
 
 
 def _warn_several_bundles(db: Path, choose: str) -> None:

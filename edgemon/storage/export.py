@@ -1,5 +1,5 @@
-"""Export detections as CSV, BirdNET-compatible CSV, JSON Lines or Raven selection tables, and
-live-stream coverage.
+"""Export detections as CSV, BirdNET-compatible CSV, JSON Lines or Raven selection tables, the
+recordings analysed (the effort of ``watch``) and live-stream coverage.
 
 Export reads through a read-only connection: under WAL a reader sees the last committed state and
 neither waits for nor blocks the daemon's writer. The database is checked before any output is
@@ -34,9 +34,9 @@ from edgemon.storage.export_journal import JournalError, finish_pending
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.raven_names import raven_names, raven_table
 from edgemon.storage.raven_owner import check_directory, owner_note
-from edgemon.storage.readonly import edgemon_tables, open_read_only, time_range
+from edgemon.storage.readonly import edgemon_tables, open_read_only, table_columns, time_range
 from edgemon.storage.store import Store, StoreError
-from edgemon.utc import utc_iso
+from edgemon.utc import parse_utc, utc_iso
 
 FORMATS = ("csv", "birdnet", "jsonl", "raven")
 COLUMNS = tables.COLUMNS
@@ -44,6 +44,9 @@ RAVEN_COLUMNS = tables.RAVEN_COLUMNS
 COVERAGE_COLUMNS = ("source", "device_id", "minute_utc", "end_utc", "analysed_s", "lost_overflow_s",
                     "lost_dropped_s", "lost_device_s", "lost_daemon_s", "overflows", "dropped_blocks",
                     "clock_synced", "updated_at")
+
+RECORDING_COLUMNS = ("source", "start_utc", "end_utc", "duration_s", "time_source", "clock_suspect", "detections",
+                     "bundle_id")
 
 
 def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
@@ -346,6 +349,60 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
             return write(f, rows, COVERAGE_COLUMNS)
     except sqlite3.Error as e:
         raise ExportError(f"cannot read coverage from {db_path}: {e}") from e
+    finally:
+        conn.close()
+
+
+def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
+                      since: dt.datetime | None = None, until: dt.datetime | None = None) -> tuple[int, float]:
+    """Write the recordings analysed, one row per recording in the ledger that is done, in order of
+    start; return (rows, seconds of audio). This is the effort behind the detections: a recording
+    with no detection was listened to, a time with no recording was not.
+
+    Each row: ``source`` (as detections name it), ``start_utc`` and ``end_utc`` (the end counts
+    the silences a triggered recording left out, as its detections' times do), ``duration_s`` (the
+    audio analysed), ``time_source`` and ``clock_suspect`` (as its detections), ``detections`` (how
+    many the ledger's bundle stored) and ``bundle_id``. ``fmt`` 'csv' or 'jsonl', to ``output``
+    (standard output when None); ``since`` <= start_utc < ``until``, as for detections (a
+    recording without a start time is left out whenever a time filter is given). Raises
+    ExportError.
+    """
+    db_path = Path(db_path)
+    writers = {"csv": tables.write_csv, "jsonl": tables.write_jsonl}
+    if fmt not in writers:
+        raise ExportError(f"recordings export as {' or '.join(writers)}, not {fmt!r}")
+    conn, _ = _open(db_path)
+    seconds = [0.0]
+
+    def as_row(row: dict) -> dict:
+        seconds[0] += row["duration_s"]
+        span = row.pop("span_s", None) or row["duration_s"]
+        start = row["start_utc"]
+        end = None if start is None else utc_iso(parse_utc(start) + dt.timedelta(seconds=span))
+        return {**row, "start_utc": None if start is None else utc_iso(start), "end_utc": end,
+                "duration_s": round(row["duration_s"], 3)}
+    try:
+        bounds = (None if t is None else utc_iso(t, naive_is_utc=True) for t in (since, until))
+        clauses, params = time_range("f.start_utc", *bounds)
+        span = "f.span_s" if "span_s" in table_columns(conn, "files") else "NULL"
+        where = " AND ".join(["f.state = 'done'", "f.duration_s IS NOT NULL", *clauses])
+        cursor = conn.cursor()
+        cursor.row_factory = _as_dict
+        # Streamed, as detections are; the count is the ledger's bundle's, as status counts them.
+        rows = map(as_row, cursor.execute(
+            f"SELECT f.source, f.start_utc, f.duration_s, {span} AS span_s, f.time_source, f.clock_suspect, "
+            "(SELECT count(*) FROM detections d WHERE d.source = f.source AND d.bundle_id IS f.bundle_id) "
+            "AS detections, f.bundle_id FROM files f "
+            f"WHERE {where} ORDER BY f.start_utc IS NULL, f.start_utc, f.source", params))
+        write = writers[fmt]
+        if output is None:
+            count = _write_stdout(lambda f, r: write(f, r, RECORDING_COLUMNS), rows)
+        else:
+            with atomic_text(Path(output)) as f:
+                count = write(f, rows, RECORDING_COLUMNS)
+        return count, seconds[0]
+    except sqlite3.Error as e:
+        raise ExportError(f"cannot read the recordings of {db_path}: {e}") from e
     finally:
         conn.close()
 

@@ -1,0 +1,86 @@
+"""export-detections --recordings: the recordings analysed, the effort behind the detections."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from typer.testing import CliRunner
+
+from edgemon.cli import app
+from edgemon.storage.export import export_recordings
+from edgemon.storage.store import Detection, Store
+from tests.test_export import read_csv
+
+runner = CliRunner()
+
+
+def detection(source: str, start_s: float, start_utc: str, suspect: bool = False) -> Detection:
+    return Detection(device_id="rec01", source=source, start_s=start_s, end_s=start_s + 4.0, start_utc=start_utc,
+                     end_utc=None, time_source="filename", clock_suspect=suspect, label="gibbon_duet",
+                     confidence=0.9, votes=json.dumps({"windows": 1}), bundle_id="b1")
+
+
+def season(path):
+    """A card's recordings: one with two detections, one silent, one triggered (spanning more time
+    than its audio), one with an unset clock, and one that failed."""
+    with Store(path) as store:
+        def done(source, start, duration_s, detections=(), suspect=False, span_s=None):
+            store.commit_file(source, path=f"/card/{source}", size=100, mtime_ns=1, duration_s=duration_s,
+                              start_utc=start, time_source="filename", clock_suspect=suspect, bundle_id="b1",
+                              detections=list(detections), span_s=span_s)
+        done("20240501_220000.WAV", "2024-05-01T22:00:00Z", 600.0,
+             [detection("20240501_220000.WAV", 10.0, "2024-05-01T22:00:10Z"),
+              detection("20240501_220000.WAV", 300.0, "2024-05-01T22:05:00Z")])
+        done("20240501_221000.WAV", "2024-05-01T22:10:00Z", 600.0)
+        done("20240502_220000T.WAV", "2024-05-02T22:00:00Z", 120.5, span_s=600.0)
+        done("19700101_000000.WAV", "1970-01-01T00:00:00Z", 600.0,
+             [detection("19700101_000000.WAV", 7.0, "1970-01-01T00:00:07Z", suspect=True)], suspect=True)
+        store.record_failure("20240502_221000.WAV", path="/card/20240502_221000.WAV", size=44, mtime_ns=1,
+                             error="cannot decode")
+
+
+def test_every_recording_analysed_is_a_row_with_its_effort(tmp_path, caplog):
+    """Found by a season trial: a card of 7.6 h gave 265 detections and no way but SQL to know which
+    hours were listened to; --coverage, the only effort an export wrote, held live streams only, so
+    it gave a header and 0 rows, and a minute with no call looked like a minute not recorded."""
+    db, out = tmp_path / "d.db", tmp_path / "recordings.csv"
+    season(db)
+    caplog.set_level("INFO")
+    done = runner.invoke(app, ["export-detections", "--db", str(db), "--output", str(tmp_path / "d.csv"),
+                               "--recordings", str(out)])
+    assert done.exit_code == 0, done.output
+    assert "exported 4 recording(s), 0.53 h of audio analysed" in caplog.text
+    rows = read_csv(out)
+    assert [(r["source"], r["start_utc"], r["end_utc"], r["duration_s"], r["clock_suspect"], r["detections"])
+            for r in rows] == [
+        ("19700101_000000.WAV", "1970-01-01T00:00:00.000Z", "1970-01-01T00:10:00.000Z", "600.0", "1", "1"),
+        ("20240501_220000.WAV", "2024-05-01T22:00:00.000Z", "2024-05-01T22:10:00.000Z", "600.0", "0", "2"),
+        ("20240501_221000.WAV", "2024-05-01T22:10:00.000Z", "2024-05-01T22:20:00.000Z", "600.0", "0", "0"),
+        # A triggered recording spans its left-out silences, as its detections' times do.
+        ("20240502_220000T.WAV", "2024-05-02T22:00:00.000Z", "2024-05-02T22:10:00.000Z", "120.5", "0", "0")]
+    assert {r["bundle_id"] for r in rows} == {"b1"} and {r["time_source"] for r in rows} == {"filename"}
+
+
+def test_recordings_take_the_time_filter_and_jsonl(tmp_path):
+    db, out = tmp_path / "d.db", tmp_path / "recordings.jsonl"
+    season(db)
+    count, seconds = export_recordings(db, "jsonl", out, since=None, until=None)
+    assert (count, seconds) == (4, 1920.5)
+    count, seconds = export_recordings(db, "jsonl", out, since=dt.datetime(2024, 5, 1, 22, 10),
+                                       until=dt.datetime(2024, 5, 3))
+    assert (count, seconds) == (2, 720.5)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["source"], r["duration_s"], r["clock_suspect"]) for r in rows] == [
+        ("20240501_221000.WAV", 600.0, 0), ("20240502_220000T.WAV", 120.5, 0)]
+
+
+def test_recordings_need_a_file_of_their_own(tmp_path):
+    db, out = tmp_path / "d.db", tmp_path / "d.csv"
+    season(db)
+    for recordings in (str(out), "-", str(tmp_path / "cov.csv"), str(db)):
+        refused = runner.invoke(app, ["export-detections", "--db", str(db), "--output", str(out),
+                                      "--coverage", str(tmp_path / "cov.csv"), "--recordings", recordings])
+        assert refused.exit_code in (1, 2), refused.output
+        assert "--recordings" in refused.output or "another option's file" in refused.output, refused.output
+        assert not out.exists() and not (tmp_path / "cov.csv").exists()

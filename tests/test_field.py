@@ -1,5 +1,6 @@
 """The field measure, the field operating point and calibrated confidence, on the recorder's path."""
 
+import dataclasses
 import json
 import shutil
 
@@ -71,6 +72,29 @@ def test_a_recording_too_short_for_a_class_stores_a_run_over_all_its_windows():
                                      .merge(two, duration)[0].votes)
 
 
+def test_kept_runs_of_one_class_a_window_apart_are_one_event():
+    """A field trial: 15 of 74 duets stored in two or three pieces, each counted as a call (in
+    grouped CV 82 second events on a call). Kept runs of one class with ``bridge`` windows or fewer
+    between them are one event; each run is kept or dropped on its own first."""
+    merger = EventMerger(LABELS, 0, FRAME_S, OperatingPoint({"a": 0.4, "b": 0.4}, {"a": 2}), hop_frames=HOP, bridge=1)
+    spans = lambda votes, m=merger: [(e.label, e.start_s, json.loads(e.votes)["windows"], json.loads(e.votes).get("joined"))
+                                     for e in m.merge(votes, 120.0)]
+    at = lambda i: round(i * HOP * FRAME_S, 3)
+    a, b, bg = (1, 0.6), (2, 0.6), (0, 0.9)
+    assert spans(_votes_list([a, a, bg, a, a])) == [("a", 0.0, 4, 2)]
+    assert spans(_votes_list([a, a, bg, bg, a, a])) == [("a", 0.0, 2, None), ("a", at(4), 2, None)]
+    assert spans(_votes_list([a, a, bg, bg, a, a]), dataclasses.replace(merger, bridge=2)) == [("a", 0.0, 4, 2)]
+    # another class's event between: three events, in order
+    assert spans(_votes_list([a, a, b, a, a])) == [("a", 0.0, 2, None), ("b", at(2), 1, None), ("a", at(3), 2, None)]
+    # a run the rules drop (one window of a) is neither stored nor joined, nor bridged over
+    assert spans(_votes_list([a, a, bg, a, bg, a, a])) == [("a", 0.0, 2, None), ("a", at(5), 2, None)]
+    assert len(dataclasses.replace(merger, bridge=0).merge(_votes_list([a, a, bg, a, a]), 120.0)) == 2   # 0: none joined
+
+
+def _votes_list(labels_confidences):
+    return [WindowVote(i * HOP, 125, lab, conf, (lab,)) for i, (lab, conf) in enumerate(labels_confidences)]
+
+
 def test_each_call_is_matched_once_and_only_by_its_own_label():
     calls = np.array([[0.0, 10.0, 1], [20.0, 30.0, 2]])
     events = [Event("a", 1.0, 3.0, 0.5, "{}", score=0.5), Event("a", 5.0, 8.0, 0.6, "{}", score=0.6),
@@ -105,7 +129,7 @@ def _synthetic_field():
     """Two folds. Background: class a fires in single windows at 0.5-0.6, class b never. Assembled:
     each call of a is three windows at 0.7, each call of b two at 0.4, with single false windows of
     a at 0.55 in the background between them."""
-    bg = [(0, 0.9)] * 30 + [(1, 0.55), (0, 0.9), (1, 0.6), (0, 0.9)] * 5
+    bg = [(0, 0.9)] * 30 + ([(1, 0.55)] + [(0, 0.9)] * 4 + [(1, 0.6)] + [(0, 0.9)] * 4) * 5   # too far apart to join
     streams, assembled = [], []
     for fold in range(2):
         streams.append(_votes(bg, fold))
@@ -140,8 +164,8 @@ def test_each_classs_wrong_events_say_where_they_lie():
     """Test's rhinoceros hornbill: 30 of 34 events not right, 2 of them on background alone, and the
     score could not say where the rest lay. On background, on its own call again, or on a call of
     another class (confused), per class."""
-    windows = [(1, 0.7), (0, 0.9), (1, 0.7)] + [(0, 0.9)] * 4 + [(1, 0.6)] + [(0, 0.9)] * 4 + [(1, 0.6), (0, 0.9)]
-    calls = [(0.0, 8.0, 1), (23.0, 28.0, 2)]
+    windows = [(1, 0.7)] + [(0, 0.9)] * 4 + [(1, 0.7)] + [(0, 0.9)] * 4 + [(1, 0.6)] + [(0, 0.9)] * 4 + [(1, 0.6), (0, 0.9)]
+    calls = [(0.0, 14.0, 1), (19.0, 24.0, 2)]   # windows every 1.984 s: a at 0, 9.9 (one call), 19.8 (on b), 29.8
     votes = FieldVotes(LABELS, FRAME_S, [_votes([(0, 0.9)] * 3)], [_votes(windows, 0, calls)],
                        [_votes([(0, 0.9)] * 3)], np.array([0]))
     a = measure(votes, OperatingPoint({}))["per_class"]["a"]
@@ -324,8 +348,8 @@ def test_one_class_events_equal_that_class_among_all_events():
 
 
 def test_a_call_split_in_two_events_counts_one_right_and_one_second_event():
-    windows = [(0, 0.9)] * 5 + [(1, 0.7), (0, 0.9), (1, 0.6)] + [(0, 0.9)] * 5
-    call = (5 * HOP * FRAME_S, 8 * HOP * FRAME_S, 1)
+    windows = [(0, 0.9)] * 5 + [(1, 0.7)] + [(0, 0.9)] * 4 + [(1, 0.6)] + [(0, 0.9)] * 5   # too far apart to join
+    call = (5 * HOP * FRAME_S, 11 * HOP * FRAME_S, 1)
     stream = _votes(windows, 0, [call])
     votes = FieldVotes(LABELS, FRAME_S, [_votes([(0, 0.9)] * 5)], [stream], [stream], np.array([1]))
     m = measure(votes, OperatingPoint({}))

@@ -586,6 +586,22 @@ def test_clips_stop_at_the_budget_and_are_counted(tmp_path):
     assert saver.new_segment() == [(detection, None)] and saver.skipped == 1   # 2 x 64 kB > 100 kB
 
 
+def test_clips_written_after_an_error_keep_the_open_events_audio(tmp_path):
+    """After an error the listener writes the waiting clips first, then ends the segment, which
+    stores the event still open (or held for a run that might join it). Writing the waiting clips
+    started a new segment: the open event's audio was dropped and its clip skipped ("no audio left")."""
+    saver = ClipSaver(ClipConfig(tmp_path, pre_s=0.5, post_s=0.5), rate=16000, guard=disk_with(5000))
+    detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
+                          "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+    saver.push(np.zeros(16000 * 2, np.float32))
+    saver.follow(1.0)                             # an event open since 1 s
+    saver.push(np.zeros(16000, np.float32))
+    assert saver.write_waiting() == []
+    saver.request(detection, 1.0, 2.5)            # stored when the segment ends
+    [(_, clip)] = saver.new_segment()
+    assert clip is not None and len(soundfile.read(clip.path)[0]) == 16000 * 2.5   # from its pre-roll on
+
+
 def test_clips_stop_below_the_free_space_watermark_and_resume_above_it(tmp_path):
     guard = disk_with(500)
     saver = ClipSaver(ClipConfig(tmp_path, pre_s=0.0, post_s=0.0), rate=16000, guard=guard)

@@ -37,12 +37,16 @@ def test_events_merge_consecutive_windows_and_background_splits_them():
     # The merge rule itself: the shipped bundle's operating point would drop these short runs,
     # and its calibration would map their scores. (A copy: the session's shared analyzer is left
     # as it is, or every later test would run without the operating point.)
-    merger = dataclasses.replace(a.merger, point=OperatingPoint({}), calibration=Calibration())
+    merger = dataclasses.replace(a.merger, point=OperatingPoint({}), calibration=Calibration(), bridge=0)
     events = merger.merge(votes, duration_s=30.0)
     assert [(e.label, e.start_s) for e in events] == [("gibbon_duet", 0.0), ("gibbon_duet", round(3 * 62 * 0.032, 3)),
                                                       ("great_argus", round(4 * 62 * 0.032, 3))]
     assert events[0].end_s == pytest.approx((62 + 125) * 0.032)
     assert events[2].end_s == pytest.approx((5 * 62 + 125) * 0.032)
+    # as the recorder merges: the two duet runs, a window apart, are one event
+    joined = dataclasses.replace(merger, bridge=a.merger.bridge).merge(votes, duration_s=30.0)
+    assert [(e.label, e.start_s, json.loads(e.votes).get("joined")) for e in joined] == \
+        [("gibbon_duet", 0.0, 2), ("great_argus", round(4 * 62 * 0.032, 3), None)]
     assert events[2].confidence == pytest.approx(0.55)
     assert json.loads(events[0].votes) == {"windows": 2, "member_votes": [2], "window_confidence": [0.5, 0.51]}
 
@@ -95,3 +99,49 @@ def test_the_window_a_file_ends_on_is_no_more_evidence_than_the_one_it_repeats(b
         (event,) = merger.merge(votes, duration_s=30.0)
         assert json.loads(event.votes)["windows"] == windows, tail
         assert event.end_s == pytest.approx((tail + 125) * 0.032)
+
+
+def _scripted(script: list[int], point: OperatingPoint):
+    """The embedded bundle's analyzer voting ``script[i]`` (a label index) on window i, at 0.6."""
+    from edgemon.analysis.analyzer import Analyzer
+    from edgemon.analysis.bundle import default_bundle_path, load_bundle
+
+    a = Analyzer(load_bundle(default_bundle_path()))
+    a.merger = dataclasses.replace(a.merger, point=point, calibration=Calibration())
+    hop = a.spec.hop
+
+    def vote_windows(batch):
+        return [WindowVote(s, len(w), script[min(round(s / hop), len(script) - 1)], 0.6, (0,)) for s, w in batch]
+
+    a.vote_windows = vote_windows
+    samples = np.zeros(((len(script) - 1) * hop + a.spec.frames - 1) * 512, np.float32)
+    return a, samples
+
+
+def test_a_stream_stores_what_the_merge_rule_stores_holding_an_event_a_run_may_join():
+    """The recorder analyses in blocks and stores an event when its run ends; a kept event now waits
+    until no run of its class can join it. Live (one window at a time) and batched, the stream
+    stores the events ``EventMerger.merge`` makes of all the votes at once."""
+    duet, argus = 1, 2
+    script = [duet, duet, 0, duet, duet, 0, 0, 0, 0, 0, argus, 0, duet, 0, duet, duet] + [0] * 6 + [duet, duet]
+    a, samples = _scripted(script, OperatingPoint({}, {"gibbon_duet": 2}))
+    for eager, block in ((True, 1600), (False, 16000)):
+        stream = a.stream(eager=eager, keep_votes=True)
+        events = [e for i in range(0, len(samples), block) for e in stream.push(samples[i:i + block])] + stream.finish()
+        assert events == a.merger.merge(stream.votes, stream.duration_s)
+        assert [(e.label, json.loads(e.votes).get("joined")) for e in events] == \
+            [("gibbon_duet", 2), ("great_argus", None), ("gibbon_duet", None), ("gibbon_duet", None)]   # the lone duet window: too short
+
+
+def test_a_live_piece_of_a_long_event_begins_with_the_event_held_before_it():
+    """A live stream stores an event open too long in pieces (``cut``); a kept event held a
+    window's time before it is its beginning, not an event of its own."""
+    duet = 1
+    a, samples = _scripted([duet, duet, 0] + [duet] * 12, OperatingPoint({}, {"gibbon_duet": 2}))
+    stream = a.stream(eager=True)
+    cut_at = len(samples) * 3 // 4
+    events = stream.push(samples[:cut_at])
+    assert events == [] and stream.open_since_s == 0.0   # the first event waits, its clip from its start
+    pieces = stream.cut() + stream.push(samples[cut_at:]) + stream.finish()
+    assert [p.start_s for p in pieces][0] == 0.0 and len(pieces) == 2
+    assert json.loads(pieces[0].votes)["cut"] and json.loads(pieces[1].votes)["continues"]

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.stats import chi2
 from threadpoolctl import threadpool_limits
 
-from edgemon.analysis.analyzer import Analyzer, Event, EventMerger, WindowVote
+from edgemon.analysis.analyzer import BRIDGE, Analyzer, Event, EventMerger, WindowVote
 from edgemon.analysis.bundle import Bundle, load_bundle
 from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
@@ -135,7 +135,9 @@ class FieldVotes:
                           self.models_sha256, self.prevalence, self.hop_frames)
 
     def merger(self, point: OperatingPoint, calibration: Calibration = Calibration()) -> EventMerger:
-        return EventMerger(self.labels, self.background, self.frame_s, point, calibration, hop_frames=self.hop_frames)
+        """The recorder's merge rule for these votes: its hop, and kept runs ``BRIDGE`` windows apart joined."""
+        return EventMerger(self.labels, self.background, self.frame_s, point, calibration, hop_frames=self.hop_frames,
+                           bridge=BRIDGE if self.hop_frames else 0)
 
     def save(self, path: Path) -> None:
         """One ``.npz``: the streams' arrays under ``<kind><i>_<field>``."""

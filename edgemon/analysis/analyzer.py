@@ -28,6 +28,8 @@ from edgemon.safetext import shown
 
 log = logging.getLogger(__name__)
 
+BRIDGE = 1   # the windows of another vote a call may hold and stay one event (``EventMerger``)
+
 
 @dataclasses.dataclass(frozen=True)
 class WindowVote:
@@ -68,7 +70,11 @@ class EventMerger:
     """The merge rule, shared by the recorder and the training-side field measure: consecutive
     windows with the same non-background label form a run; a run with less evidence than the
     operating point asks of its class (``OperatingPoint.keeps``: windows, summed confidence, one
-    confident window) is dropped; the rest become events, their confidence calibrated.
+    confident window) is dropped; the rest become events, their confidence calibrated. Two kept
+    runs of one class with at most ``bridge`` windows of another vote between them are one event
+    (a window of a duet's pause voted background): 15 of 74 duets of a field trial were stored in
+    two or three pieces, each counted as a call. Each run is kept or dropped on its own first, so
+    joining never stores what the rules drop.
     ``frame_s`` is the frontend's hop in seconds (window starts are in frames)."""
 
     labels: tuple[str, ...]
@@ -77,6 +83,7 @@ class EventMerger:
     point: OperatingPoint
     calibration: Calibration = Calibration()
     hop_frames: int = 0       # the windows' hop; 0: every window counts (``grow``)
+    bridge: int = 0           # kept runs of one class at most this many windows apart are one event
 
     def runs(self, votes: list[WindowVote]) -> Iterator[list[WindowVote]]:
         """Consecutive windows of the same label; background ends a run."""
@@ -114,11 +121,38 @@ class EventMerger:
         return None if p is None else round(p, 4)
 
     def merge(self, votes: list[WindowVote], duration_s: float) -> list[Event]:
-        """Join consecutive windows of the same label into events; background ends an event.
+        """Join consecutive windows of the same label into runs, keep the runs the operating point
+        stores, and join kept runs of one class close together (``joins``) into events.
         ``duration_s``: the audio's length (``math.inf`` while it goes on)."""
-        return [self._event(run, duration_s, self.gate(run), {"whole": True} if short else None)
-                for run in self.runs(votes) for short in [self.short_whole(run, duration_s)]
-                if short or self.kept(run)]
+        stored: list[tuple[list[WindowVote], int, bool]] = []   # windows, runs joined, whole recording
+        for run in self.runs(votes):
+            short = self.short_whole(run, duration_s)
+            if not (short or self.kept(run)):
+                continue
+            if stored and self.joins(stored[-1][0], run):
+                windows, runs, whole = stored[-1]
+                stored[-1] = (windows + run, runs + 1, whole)
+            else:
+                stored.append((run, 1, short))
+        return [self.event(windows, duration_s, runs, whole) for windows, runs, whole in stored]
+
+    def joins(self, before: list[WindowVote], run: list[WindowVote]) -> bool:
+        """Whether the kept ``run`` goes on with the stored windows ``before``: the same class,
+        with at most ``bridge`` windows between them."""
+        return (self.bridge > 0 and run[0].label == before[-1].label
+                and run[0].start_frame - before[-1].start_frame <= self.reach)
+
+    @property
+    def reach(self) -> int:
+        """How many frames after a kept run's last window start a run may start and join it: the
+        bridged windows' hops and its own, and half a hop for an end-aligned window's offset."""
+        return (self.bridge + 1) * self.hop_frames + self.hop_frames // 2
+
+    def event(self, windows: list[WindowVote], duration_s: float, runs: int = 1, whole: bool = False) -> Event:
+        """The event of kept ``windows`` (``runs`` runs joined; ``whole``: kept as a short whole
+        recording); its votes JSON says ``"joined": runs`` and ``"whole": true`` when so."""
+        flags = {**({"whole": True} if whole else {}), **({"joined": runs} if runs > 1 else {})}
+        return self._event(windows, duration_s, self.gate(windows), flags or None)
 
     def kept(self, run: list[WindowVote], whole: bool = False) -> bool:
         """Whether the operating point stores this run (one label) as an event; ``whole``: the
@@ -221,7 +255,7 @@ class Analyzer:
             raise BundleError(f"{bundle.path / MANIFEST}: malformed operating point or calibration "
                               f"({type(exc).__name__}: {exc})") from exc
         self.merger = EventMerger(bundle.labels, self.background, self.frame_s, point, calibration,
-                                  hop_frames=self.spec.hop)
+                                  hop_frames=self.spec.hop, bridge=BRIDGE)
 
     def vote_windows(self, batch: list[tuple[int, np.ndarray]]) -> list[WindowVote]:
         """Votes on ``(start_frame, window)`` pairs, in start order; thresholds applied."""
@@ -285,6 +319,10 @@ class AnalysisStream:
         self._pending: list[tuple[int, np.ndarray]] = []
         self._run: list[WindowVote] = []
         self._earlier: list[WindowVote] = []   # windows of the open run already stored in pieces
+        # A kept event's windows, held until no run of its class can join it (``EventMerger.joins``):
+        # its runs joined, and whether it was kept as a short whole recording.
+        self._held: list[WindowVote] = []
+        self._held_runs, self._held_whole = 0, False
 
     @property
     def duration_s(self) -> float:
@@ -293,8 +331,10 @@ class AnalysisStream:
     @property
     def open_since_s(self) -> float | None:
         """Where the run of windows not yet ended begins (seconds, as its event's ``start_s`` will
-        be); None when none is open. A live stream's clips hold its audio from then on."""
-        return round(self._run[0].start_frame * self.analyzer.frame_s, 3) if self._run else None
+        be); None when none is open. A live stream's clips hold its audio from then on. An event
+        held for a run that may join it is open too: it begins there."""
+        first = self._held or self._run
+        return round(first[0].start_frame * self.analyzer.frame_s, 3) if first else None
 
     def push(self, samples: np.ndarray) -> list[Event]:
         """Mono float32 samples at the bundle's rate -> events completed by them."""
@@ -310,7 +350,8 @@ class AnalysisStream:
         self._pending += list(self.windows.finish())
         events = self._take(self._pending)
         self._pending = []
-        return events + self._end_run(self.duration_s)
+        events += self._end_run(self.duration_s)
+        return events + self._release(self.duration_s)
 
     def cut(self) -> list[Event]:
         """Store the open run so far as a piece of its event (``EventMerger.piece``) when the
@@ -322,23 +363,53 @@ class AnalysisStream:
         merger = self.analyzer.merger
         if len(self._run) < 2 or not merger.kept(self._earlier + self._run):
             return []
-        whole = self._earlier + self._run          # so far, the window held open too
-        stored, self._run = self._run[:-1], self._run[-1:]
+        out, head = [], []
+        if self._held and not self._earlier and merger.joins(self._held, self._run):
+            head, self._held = self._held, []     # the held event goes on: its windows begin this piece
+        else:
+            out = self._release(math.inf)
+        whole = head + self._earlier + self._run          # so far, the window held open too
+        stored, self._run = head + self._run[:-1], self._run[-1:]
         # It ends where the window held open begins, and so does the next piece.
         piece = merger.piece(stored, whole, math.inf, bool(self._earlier),
                              round(self._run[0].start_frame * self.analyzer.frame_s, 3))
         self._earlier += stored
-        return [piece]
+        return out + [piece]
 
     def _end_run(self, duration_s: float) -> list[Event]:
         """The events of the run that has just ended: its last piece when pieces of it were
-        stored (if the whole run is still kept), else the merge rule's."""
+        stored (if the whole run is still kept); else, when the merge rule keeps it, it joins the
+        held event or is held itself (the event held before it, if any, is stored now)."""
         run, earlier = self._run, self._earlier
         self._run, self._earlier = [], []
-        if not earlier:
-            return self.analyzer.merge(run, duration_s) if run else []
         merger = self.analyzer.merger
-        return [merger.piece(run, earlier + run, duration_s, continues=True)] if merger.kept(earlier + run) else []
+        if earlier:
+            return [merger.piece(run, earlier + run, duration_s, continues=True)] if merger.kept(earlier + run) else []
+        short = bool(run) and merger.short_whole(run, duration_s)
+        if not run or not (short or merger.kept(run)):
+            return []
+        if self._held and merger.joins(self._held, run):
+            self._held += run
+            self._held_runs += 1
+            return []
+        events = self._release(duration_s)
+        self._held, self._held_runs, self._held_whole = run, 1, short
+        return events
+
+    def _release(self, duration_s: float) -> list[Event]:
+        """The held event, stored now (none: [])."""
+        if not self._held:
+            return []
+        event = self.analyzer.merger.event(self._held, duration_s, self._held_runs, self._held_whole)
+        self._held, self._held_runs, self._held_whole = [], 0, False
+        return [event]
+
+    def _past_joining(self, vote: WindowVote) -> bool:
+        """Whether no run can join the held event any more: ``vote`` begins past its reach, and
+        the run open now (if any) is not one of its class that began within it."""
+        merger = self.analyzer.merger
+        return (vote.start_frame > self._held[-1].start_frame + merger.reach
+                and not (self._run and merger.joins(self._held, self._run)))
 
     def _take(self, windows: list[tuple[int, np.ndarray]]) -> list[Event]:
         events = []
@@ -353,6 +424,8 @@ class AnalysisStream:
                     events += self._end_run(math.inf)
                 if vote.label != self.analyzer.background:
                     self.analyzer.merger.grow(self._run, vote)
+                if self._held and self._past_joining(vote):
+                    events += self._release(math.inf)
         return events
 
 

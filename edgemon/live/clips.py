@@ -165,9 +165,15 @@ class ClipSaver:
         if self.open is None or self.open.event != event:
             self.open = self._take(event, self._longest(event))
 
+    def write_waiting(self) -> list[tuple[Detection, Clip | None]]:
+        """Write the clips still waiting for their post-roll, as they are; the open event's audio
+        and the ring are kept (the segment may still end with an event stored)."""
+        done, self.pending = self._write(self.pending), []
+        return done
+
     def new_segment(self) -> list[tuple[Detection, Clip | None]]:
-        done = self._write(self.pending)
-        self.pending, self.open = [], None
+        done = self.write_waiting()
+        self.open = None
         self.ring = _Ring(len(self.ring.data))
         return done
 

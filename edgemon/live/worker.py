@@ -283,8 +283,10 @@ class Listener:
             # segment's end), then the open event, then the coverage not yet flushed.
             # Detections held for a pending timing correction are stored as they are timed now
             # if the segment cannot end (the analysis may be what failed: a review saw them lost).
+            # The clips written first keep the open event's audio: its clip is written when the
+            # segment ends (else an event held for a run that may join it lost its clip).
             settle = functools.partial(self._settle, force=True)
-            for step in (self._save_waiting_clips, settle, self._end_segment, settle, self._flush_coverage):
+            for step in (self._write_waiting_clips, settle, self._end_segment, settle, self._flush_coverage):
                 try:
                     step()
                 except Exception:   # the first error is the one to report
@@ -295,6 +297,11 @@ class Listener:
         """Write the clips still waiting (the segment ends) and store their detections."""
         if self.clips:
             self._clips_done(self.clips.new_segment())
+
+    def _write_waiting_clips(self) -> None:
+        """Write the clips still waiting and store their detections; the segment goes on."""
+        if self.clips:
+            self._clips_done(self.clips.write_waiting())
 
     def _loop(self, drain: threading.Event) -> None:
         poll = self.config.capture.poll_s

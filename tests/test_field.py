@@ -380,6 +380,29 @@ def test_a_fold_without_background_is_refused_naming_it(tiny_dataset):
         analyse_fold(raw_analyzer(load_bundle(default_bundle_path())), split, calls_only, 3)
 
 
+def test_the_chooser_counts_what_the_recorder_keeps_on_its_own_before_it_bridges():
+    """The recorder keeps or drops each run on its own, then joins kept ones a window apart. The
+    chooser read runs from a bridged merge: two one-window runs a window apart were one two-window
+    run to it, kept at ``min_windows`` 2 where the recorder drops both (recall promised, not got)."""
+    from training.operating import class_table
+
+    a, bg = (1, 0.6), (0, 0.9)
+    background = _votes([bg] * 5 + ([a, bg, a] + [bg] * 5) * 4)
+    windows, calls = [], []
+    for pattern in ([a, bg, a], [a, a, bg, a, a], [a, a, a]):   # a call in two single windows, in two pairs, whole
+        calls.append((len(windows) * HOP * FRAME_S, (len(windows) + len(pattern)) * HOP * FRAME_S, 1))
+        windows += pattern + [bg] * 8
+    votes = FieldVotes(LABELS, FRAME_S, [background], [_votes(windows, 0, calls)], [_votes([bg] * 3)],
+                       np.array([0]), hop_frames=HOP)
+    for row in class_table(votes, 1):
+        point = OperatingPoint({"a": row["threshold"], "b": 1.0}, {"a": row["min_windows"]}, {"a": row["min_evidence"]},
+                               {"a": row["open_threshold"]})
+        stored = measure(votes, point)["per_class"]["a"]
+        assert stored["found"] == row["found"], row                # exact: each run kept on its own
+        assert stored["false_events"] <= row["false_events"], row   # bridged pieces are fewer events
+    assert any(row["min_windows"] == 2 and row["found"] == 2 for row in class_table(votes, 1))
+
+
 def test_the_false_event_budget_goes_where_it_finds_most_calls():
     """One false event allowed in all: class a needs one to find its four calls, class b two to
     find its two. An even split would give neither a whole event; the budget goes to a."""

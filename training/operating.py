@@ -110,7 +110,8 @@ def class_table(votes: FieldVotes, c: int, grid: RuleGrid = RULES[DEFAULT_RULES]
     others = {l: NOTHING for l in votes.labels}
     best: dict[int, dict] = {}
     for threshold in _candidates(votes, c):
-        merger = votes.merger(OperatingPoint({**others, label: float(threshold)}))
+        # Runs, not events: the recorder keeps or drops each run on its own before it bridges kept ones
+        merger = dataclasses.replace(votes.merger(OperatingPoint({**others, label: float(threshold)})), bridge=0)
         false = _runs([e for s in votes.background_streams for e in s.events(merger, c)])
         events = [s.events(merger, c) for s in votes.assembled]
         runs = _runs([e for es in events for e in es])

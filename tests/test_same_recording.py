@@ -108,6 +108,22 @@ def test_a_copy_beside_the_recording_is_not_analysed_again_but_another_recording
     assert watch_until_idle(root, db).processed == 3
 
 
+def test_a_folder_of_copies_says_so_once_as_a_warning(tmp_path, duet, caplog):
+    """A season trial: a card's folder copied beside itself gave a warning per file (thousands on a
+    season's card), hiding the warnings that matter. The run's first copy is a warning, the rest
+    information."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    for hour in (5, 6, 7):
+        write_wav(root / "card" / f"20230201_0{hour}3000.WAV", duet)
+    watch_until_idle(root, db)
+    shutil.copytree(root / "card", root / "card-copy")
+    with caplog.at_level("INFO", logger="edgemon"):
+        assert watch_until_idle(root, db).processed == 0
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "a copy of" in r.getMessage()]
+    assert [level for level, _ in said] == [logging.WARNING, logging.INFO, logging.INFO]
+    assert "more copies this run are logged as information" in said[0][1]
+
+
 def test_a_file_timed_by_its_mtime_touched_or_copied_again_keeps_its_times(tmp_path, duet):
     root, db = tmp_path / "rec", tmp_path / "d.db"
     path = write_wav(root / "walk transect A.wav", duet)

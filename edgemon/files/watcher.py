@@ -136,6 +136,7 @@ class Watcher:
         self.others: set[Path] = set()  # files left alone: another recording analysed under their name
         self.other_formats: dict[str, int] = {}   # audio files watch does not take, by suffix, at the last scan
         self.timed_by_mtime = 0         # files with no start time in name or header, this run
+        self.copies = 0                 # copies of recordings analysed already, met this run
         self.undigested: list | None = None   # recordings an older edgemon analysed: digests to read
         self.digests_completed = 0
         self.progress = BacklogProgress(config.progress_s)
@@ -583,10 +584,15 @@ class Watcher:
                 what = "moved or renamed from" if same.kind == "moved" else "a copy of"
                 form = " (in another format)" if same.converted else ""
                 # A move is the user's tidying, at info (a journal's warnings read as trouble, a
-                # newcomer trial); a copy not analysed may surprise, so it stays a warning.
-                log.log(logging.INFO if same.kind == "moved" else logging.WARNING,
-                        "%s: %s %s%s, analysed already: not analysed again; its detections stay under %s",
-                        shown(source), what, shown(same.path), form, shown(same.source))
+                # newcomer trial); a copy not analysed may surprise, so the run's first is a
+                # warning, and the rest information (a card's folder copied twice gave a warning
+                # per file, a season trial: thousands hide the warnings that matter).
+                first_copy = same.kind != "moved" and self.copies == 0
+                self.copies += same.kind != "moved"
+                log.log(logging.WARNING if first_copy else logging.INFO,
+                        "%s: %s %s%s, analysed already: not analysed again; its detections stay under %s%s",
+                        shown(source), what, shown(same.path), form, shown(same.source),
+                        " (more copies this run are logged as information)" if first_copy else "")
         self.settled[path] = version
 
     def _quarantine_at_once(self, path: Path, source: str, version: tuple[int, int], why: str) -> None:

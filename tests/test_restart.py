@@ -93,6 +93,8 @@ def test_sigterm_stops_the_daemon_promptly_and_cleanly(borneo_dir, tmp_path):
     assert time.monotonic() - stopped < 3.0
     assert "stopping" in stderr
     assert query(db, "SELECT state, COUNT(*) FROM files GROUP BY state") == [("done", 2)]
+    # its last word says what the run did (a season trial: nothing after "stopping")
+    assert "stopped: 2 file(s) analysed this run" in stderr.strip().splitlines()[-1]
 
 
 def test_until_idle_stopped_with_files_left_says_so_and_exits_as_the_signal(borneo_dir, tmp_path):

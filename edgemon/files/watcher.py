@@ -309,6 +309,9 @@ class Watcher:
                            min(max(0.05, next_scan - time.monotonic()), 1.0))
         finally:
             stop_observer(observer)
+        if hasattr(stop, "signum"):   # a journal reader sees what the run did, as --until-idle's last line says
+            log.info("stopped: %d file(s) analysed this run, %.2f h of audio, %d detection(s); %d file(s) waiting",
+                     self.processed, self.audio_s / 3600, self.stored, len(self.pending))
         if self.config.until_idle and self.pending and hasattr(stop, "signum"):
             # Stopped (Ctrl-C, SIGTERM) with files left: exit 0 read as "the card is done" to
             # `watch --until-idle && next-step` (a newcomer trial: 11 of 16 files left, status 0).

@@ -375,7 +375,7 @@ def format_status(status: dict) -> str:
     last_det = (f"{det['label']} ({det['confidence']:.2f}) at {det['start_utc'] or '?'} in {det['source']}"
                 if det else "none yet")
     rtf = (f"{s['real_time_factor']:g}x ({s['audio_h_this_run']:.2f} h of audio this run)"
-           if s["real_time_factor"] else "not measured yet")
+           if s["real_time_factor"] else "not measured yet (at each heartbeat: heartbeat_s, 300 s by default)")
     dropped = s["dropped_audio"]
     dropped_text = ("no live coverage recorded" if not dropped else
                     f"{dropped['last_24h']['lost_s']:g} s in the last 24 h, {dropped['total']['lost_s']:g} s in all "

@@ -191,6 +191,35 @@ def test_disk_guard_watermarks_and_rechecks(caplog):
     assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING", "INFO"]
 
 
+def test_free_space_jittering_about_a_watermark_changes_the_state_once_not_at_every_check(tmp_path, caplog):
+    """Found in the weeks review: a unit held at its watermark (nobody visits) saw free space move
+    by a few MB about it, and every check switched the state: a log line and a heartbeat row each
+    time, 8,640 of each a day at check_s 10. A state is left only once free space is a margin above
+    the watermark that set it."""
+    free, now = [101.0], [0.0]
+    guard = DiskGuard([tmp_path], DiskBudget(min_free_mb=100, clips_min_free_mb=1000, check_s=10),
+                      clock=lambda: now[0], usage=lambda p: type("U", (), {"free": free[0] * 2**20})())
+    with Store(tmp_path / "d.db") as store:
+        monitor = WatchMonitor(store, tmp_path / "d.db", device_id="site", bundle_id="b",
+                               config=HealthConfig(heartbeat_s=300), env={}, clock=lambda: now[0])
+        watcher = type("W", (), {"processed": 0, "audio_s": 0.0, "busy_s": 0.0, "store_error": None, "disk": guard,
+                                 "state": property(lambda self: "hold_disk" if guard.state == HOLD else "ok")})()
+        with caplog.at_level(logging.INFO, logger="edgemon.storage.disk_budget"):
+            for i in range(200):   # 2,000 s at 99 and 101 MB in turn
+                now[0], free[0] = 10.0 * i, 99.0 if i % 2 else 101.0
+                guard.check()
+                monitor.tick(watcher)
+        beats = [s for (s,) in store.db.execute("SELECT state FROM heartbeats ORDER BY id")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "disk: 101 MB free: below 1000 MB, not saving clips",
+        "disk: 99 MB free: below min_free_mb (100 MB), holding new work until space is freed"]
+    assert beats == ["ok", "hold_disk"] + ["hold_disk"] * 6   # one at the change, then every heartbeat_s
+    now[0], free[0] = 2000.0, 115.0    # less than the margin (16 MB) above the watermark
+    assert guard.check() == HOLD
+    now[0], free[0] = 2010.0, 116.0
+    assert guard.check() == NO_CLIPS and guard.may_work()
+
+
 def test_below_the_watermark_the_watch_loop_holds_work_then_resumes(tmp_path):
     """Back-pressure, not a crash: nothing is processed while free space is under min_free_mb;
     all of it once space comes back."""

@@ -3,7 +3,9 @@ it starts no new work (back-pressure) until space comes back, rather than failin
 
 Nothing here deletes anything: not the database, not a recording, not a clip. Free space is
 measured with ``statvfs`` at most every ``check_s`` seconds (monotonic clock), on every file
-system that holds one of the watched paths; the lowest counts.
+system that holds one of the watched paths; the lowest counts. A state entered below a watermark
+is left only once free space is ``resume_margin_mb`` above it, so that free space that jitters
+about a watermark does not switch the state at every check.
 """
 
 from __future__ import annotations
@@ -22,6 +24,18 @@ log = logging.getLogger(__name__)
 MB = 1024 * 1024
 
 OK, NO_CLIPS, HOLD = "ok", "no_clips", "hold"
+# Free space above a watermark before the state it set is left: 5 % of it, at least 16 MB. A unit
+# held at its watermark for weeks (nobody visits) sees free space move by a few MB as journald
+# grows its files (8 MiB at a time) and vacuums them; without a margin each check switched the
+# state, and each switch wrote a log line and a heartbeat row: 8,640 of each a day at +-1 MB
+# (a review), on the disk that was already full.
+RESUME_MARGIN_SHARE = 0.05
+RESUME_MARGIN_MIN_MB = 16.0
+
+
+def resume_margin_mb(watermark_mb: float) -> float:
+    """How far above ``watermark_mb`` free space must be to leave the state it set (MB)."""
+    return max(RESUME_MARGIN_MIN_MB, RESUME_MARGIN_SHARE * watermark_mb)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +86,7 @@ class DiskGuard:
         if not free:
             return self.state
         self.free_mb = min(free)
-        state = (HOLD if self.free_mb < self.budget.min_free_mb else
-                 NO_CLIPS if self.free_mb < self.budget.clips_min_free_mb else OK)
+        state = self._judged(self.free_mb)
         if state != self.state:
             worse = _RANK[state] > _RANK[self.state]
             (log.warning if worse else log.info)(
@@ -83,6 +96,18 @@ class DiskGuard:
                  OK: "enough again, working normally"}[state])
             self.state = state
         return state
+
+    def _judged(self, free_mb: float) -> str:
+        """The state at ``free_mb``: below a watermark, and, where the state now is below it,
+        until free space is ``resume_margin_mb`` above it."""
+        rank = _RANK[self.state]
+
+        def below(watermark_mb: float, state: str) -> bool:
+            return free_mb < watermark_mb + (resume_margin_mb(watermark_mb) if rank >= _RANK[state] else 0.0)
+
+        if below(self.budget.min_free_mb, HOLD):
+            return HOLD
+        return NO_CLIPS if below(self.budget.clips_min_free_mb, NO_CLIPS) else OK
 
     def may_work(self) -> bool:
         return self.check() != HOLD

@@ -353,6 +353,12 @@ def _duration(seconds: float | None) -> str:
             f"{minutes} min {secs} s" if minutes else f"{secs} s")
 
 
+def _seconds(seconds: float) -> str:
+    """Seconds of audio as a person reads them: '0.4 s', '75 s', then as a duration from an hour on
+    ('3 d 4 h'). ``:g`` said '1.0368e+06 s' once a listener had run for 12 days (a weeks review)."""
+    return f"{seconds:g} s" if seconds < 3600 else _duration(seconds)
+
+
 def format_status(status: dict) -> str:
     """``collect_status``'s result as a few aligned lines for a person."""
     s, db, svc, backlog = status, status["database"], status["service"], status["backlog"]
@@ -378,8 +384,8 @@ def format_status(status: dict) -> str:
            if s["real_time_factor"] else "not measured yet (at each heartbeat: heartbeat_s, 300 s by default)")
     dropped = s["dropped_audio"]
     dropped_text = ("no live coverage recorded" if not dropped else
-                    f"{dropped['last_24h']['lost_s']:g} s in the last 24 h, {dropped['total']['lost_s']:g} s in all "
-                    f"(of {dropped['total']['analysed_s'] + dropped['total']['lost_s']:g} s)")
+                    f"{_seconds(dropped['last_24h']['lost_s'])} in the last 24 h, {_seconds(dropped['total']['lost_s'])} "
+                    f"in all (of {_duration(dropped['total']['analysed_s'] + dropped['total']['lost_s'])})")
     disk = s["disk"]
     disk_text = "?" if disk["free_mb"] is None else f"{disk['free_mb'] / 1024:.1f} GB of {disk['total_mb'] / 1024:.1f} GB"
     lines = [

@@ -499,6 +499,27 @@ def test_quarantined_files_are_named_and_the_rest_counted(tmp_path):
     assert "and 22 more" in line
 
 
+def test_a_listener_of_weeks_has_its_audio_said_in_days_not_in_exponents(tmp_path):
+    """Found in the weeks review: past 11.6 days (10^6 s) of live audio, status said "0 s in all
+    (of 1.5768e+07 s)"."""
+    import datetime as dt
+
+    from edgemon.storage.store import CoverageMinute
+
+    start = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
+    db = tmp_path / "live.db"
+    with Store(db) as store:   # 12 days of minutes, 20 of them lost to the device
+        store.add_coverage([CoverageMinute(source="live:mic", device_id="site-1",
+                                           minute_utc=start + dt.timedelta(minutes=m),
+                                           end_utc=start + dt.timedelta(minutes=m + 1),
+                                           analysed_s=0.0 if m % 864 == 0 else 60.0,
+                                           lost_device_s=60.0 if m % 864 == 0 else 0.0)
+                            for m in range(12 * 1440)])
+    status = collect_status(db, now=start + dt.timedelta(days=12), integrity=False)
+    line = next(line for line in format_status(status).splitlines() if line.startswith("dropped audio:"))
+    assert line == "dropped audio:    60 s in the last 24 h, 1200 s in all (of 12 d 0 h)"
+
+
 @pytest.mark.parametrize("lost_s, problem", [(0.2, None), (1.3, None), (5.0, "5 s of live audio lost in the last 24 h")])
 def test_live_audio_lost_is_a_problem_from_five_seconds(tmp_path, lost_s, problem):
     """A clean run's fraction of a second at the stream's start listed "0 s of live audio lost"; a

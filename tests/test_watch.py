@@ -432,6 +432,41 @@ def test_rescans_are_spaced_out_where_a_scan_takes_long(tmp_path, monkeypatch):
         assert watcher._scan_timed() == pytest.approx(1005.5 + 30.0)
 
 
+def test_the_recordings_of_a_card_never_emptied_are_kept_in_little_memory(tmp_path):
+    """Found in the weeks review: the watcher keeps the version of every analysed recording still
+    on the card between scans, and kept it by ``Path``: about 525 bytes a recording, 52 MB of a
+    season's 100 000 (the daemon at 193 MB, the unit's MemoryHigh 384 MB). Kept by the path's
+    text it is less than half."""
+    import datetime as dt
+    import tracemalloc
+
+    root, n = tmp_path / "rec", 4000
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    with Store(tmp_path / "d.db") as store:
+        store.db.execute("PRAGMA synchronous = OFF")   # a ledger filled quickly; nothing here is about power cuts
+        for i in range(n):
+            when = start + dt.timedelta(minutes=10 * i)
+            path = root / when.strftime("%Y%m%d") / when.strftime("%Y%m%d_%H%M%S.WAV")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"RIFF")   # only its size and mtime are looked at: it is in the ledger
+            st = path.stat()
+            store.commit_file(path.relative_to(root).as_posix(), path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                              duration_s=60.0, start_utc=when, time_source="filename", clock_suspect=False,
+                              bundle_id="b", detections=[], fingerprint=f"{i:040x}", tail_digest=f"{i:040x}")
+        watcher = Watcher(fast_config(root), analyzer(), store)
+        tracemalloc.start()
+        try:
+            watcher.scan()
+            assert len(watcher.settled) == n and not watcher.pending
+            assert watcher.settled.get(path) == (st.st_size, st.st_mtime_ns) and path in set(watcher.settled)
+            kept = tracemalloc.get_traced_memory()[0]
+            watcher.settled.clear()
+            held = kept - tracemalloc.get_traced_memory()[0]   # what forgetting them frees
+        finally:
+            tracemalloc.stop()
+    assert held / n < 350, f"{held / n:.0f} bytes a recording"   # by Path 587 here, by text 265
+
+
 def test_an_observer_that_cannot_start_is_retried_less_and_less_often(tmp_path, monkeypatch):
     """Found by a review: an observer that could not start (the inotify watch limit of a card of
     many folders) was retried, with a full rescan and two warnings, every rescan period for ever."""

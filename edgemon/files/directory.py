@@ -142,3 +142,39 @@ def source_of(root: Path, path: Path) -> str:
     """The ledger's name of ``path`` under ``root``: relative, '/'-separated, valid UTF-8 text
     (``safetext.stored_name``: a name that is not UTF-8 is stored escaped, reversibly)."""
     return stored_name(path.relative_to(root).as_posix())
+
+
+class SettledVersions:
+    """Path -> (size, mtime_ns) of the files that need no more work, as the watcher keeps them
+    between scans. Kept by the path's text, not by the ``Path``: a card never emptied holds every
+    recording of the season, and a ``Path`` key cost about 525 bytes a file against 180 for its
+    text (tracemalloc): 52 MB against 18 MB for 100 000 recordings, under a unit whose
+    ``MemoryHigh`` is 384 MB (the weeks review). Paths go in and come out as ``Path``."""
+
+    def __init__(self) -> None:
+        self._versions: dict[str, tuple[int, int]] = {}
+
+    def get(self, path: Path) -> tuple[int, int] | None:
+        return self._versions.get(os.fspath(path))
+
+    def __setitem__(self, path: Path, version: tuple[int, int]) -> None:
+        self._versions[os.fspath(path)] = version
+
+    def pop(self, path: Path, default: tuple[int, int] | None = None) -> tuple[int, int] | None:
+        return self._versions.pop(os.fspath(path), default)
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+    def __iter__(self) -> Iterator[Path]:
+        return (Path(p) for p in self._versions)
+
+    def items(self) -> Iterator[tuple[Path, tuple[int, int]]]:
+        return ((Path(p), version) for p, version in self._versions.items())
+
+    def clear(self) -> None:
+        self._versions.clear()
+
+    def keep_existing(self) -> None:
+        """Forget the paths no longer there."""
+        self._versions = {p: v for p, v in self._versions.items() if os.path.lexists(p)}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from edgemon.files.recordings import recording_time
-from edgemon.files.directory import file_version, mtime_ns
+from edgemon.files.directory import SettledVersions, file_version, mtime_ns
 from edgemon.safetext import name_from_stored, stored_name
 from edgemon.storage.fingerprint import another_recording, digests, samples_digest
 from edgemon.storage.store import Store
@@ -107,7 +107,7 @@ def _form(source: str) -> str:
     return PurePosixPath(source).suffix.casefold()
 
 
-def undigested_files(store: Store, settled: dict[Path, tuple[int, int]],
+def undigested_files(store: Store, settled: SettledVersions,
                      source_of: Callable[[Path], str]) -> list[tuple[Path, str, tuple[int, int], str | None]]:
     """The recordings an edgemon older than ``schema.m013_same_recordings`` analysed that are
     still in place, unchanged (``settled``: path -> the version the ledger holds as finished):

@@ -45,7 +45,8 @@ from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analysis, Analyzer
 from edgemon.backoff import Backoff
 from edgemon.files.backlog import BacklogProgress
-from edgemon.files.directory import check_root, file_version, iter_audio, mtime_ns, skipped_because, source_of
+from edgemon.files.directory import (SettledVersions, check_root, file_version, iter_audio, mtime_ns,
+                                     skipped_because, source_of)
 from edgemon.files.events import observing, start_observer, stop_observer
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.files.recordings import StabilityTracker, header_consistent, recording_time
@@ -118,7 +119,7 @@ class Watcher:
         self.retry_at: dict[Path, float] = {}
         # Files the ledger already holds as finished, by (size, mtime_ns): a rescan then costs a
         # stat per file instead of a database lookup.
-        self.settled: dict[Path, tuple[int, int]] = {}
+        self.settled = SettledVersions()
         self.processed = 0              # files analysed and stored this run, and their detections
         self.stored = 0
         self.last_progress = time.monotonic()   # for a watchdog ping: a loop turn, a block, a stored file
@@ -183,7 +184,7 @@ class Watcher:
         listed fewer settled paths than are kept (a rebuild at every scan raised the daemon's
         peak memory with the card's size)."""
         if listed < len(self.settled):
-            self.settled = {p: v for p, v in self.settled.items() if os.path.lexists(p)}
+            self.settled.keep_existing()
         self.others = {p for p in self.others if os.path.lexists(p)}
         for kept in (self.retry_at, self.header_said):
             for path in [p for p in kept if not os.path.lexists(p)]:

@@ -14,7 +14,7 @@ import pytest
 from edgemon.files.watcher import Watcher
 from edgemon.storage.store import Store
 from tests.waits import wait_until
-from tests.watch_helpers import (analyzer, fast_config, files_done, query, unfinalised_header,
+from tests.watch_helpers import (analyzer, fast_config, files_done, noise, query, unfinalised_header,
                                  watch_until_idle, write_wav)
 
 
@@ -465,6 +465,21 @@ def test_the_recordings_of_a_card_never_emptied_are_kept_in_little_memory(tmp_pa
         finally:
             tracemalloc.stop()
     assert held / n < 350, f"{held / n:.0f} bytes a recording"   # by Path 587 here, by text 265
+
+
+def test_a_file_deleted_while_its_header_is_awaited_is_forgotten(tmp_path):
+    """Found in the weeks review: a WAV deleted while the watcher waited for its header to be
+    written (``incomplete_grace_s``) stayed in its header wait for as long as the daemon ran:
+    2,000 such files, 2,000 entries."""
+    root = tmp_path / "rec"
+    with Store(tmp_path / "d.db") as store:
+        watcher = Watcher(fast_config(root, settle_s=0.0, until_idle=False), analyzer(), store)
+        path = write_wav(root / "20240101_000000.WAV", noise(0.5))
+        unfinalised_header(path)
+        assert watcher.step(path) is False and path in watcher.header_wait   # its header awaited
+        path.unlink()
+        assert watcher.step(path) is True                                   # gone: nothing more to do
+        assert path not in watcher.header_wait and path not in watcher.stability
 
 
 def test_an_observer_that_cannot_start_is_retried_less_and_less_often(tmp_path, monkeypatch):

@@ -382,3 +382,7 @@ class StabilityTracker:
     def forget(self, path: str | Path) -> None:
         """Drop what is known about ``path`` (ingested or deleted)."""
         self._seen.pop(os.fspath(path), None)
+
+    def __contains__(self, path: str | Path) -> bool:
+        """Whether ``path`` is being watched for stability."""
+        return os.fspath(path) in self._seen

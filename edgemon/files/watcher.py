@@ -550,6 +550,10 @@ class Watcher:
         recording analysed before it went keeps its detections: said as such, not as lost work."""
         source = self.source_of(path)
         self.settled.pop(path, None)
+        # Forgotten here, not only by the loop once a step is done: a file deleted while its
+        # header was awaited stayed in ``header_wait`` for as long as the daemon ran (a review).
+        self.stability.forget(path)
+        self.header_wait.forget(path)
         entry = self.store.file_entry(source)
         if entry is not None and entry["state"] == "done":
             log.info("%s: no longer there (moved or deleted after it was analysed); its detections are kept",

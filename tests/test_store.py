@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgemon.storage.store import MIGRATIONS, Detection, Store, StoreError
+from edgemon.storage.store import MIGRATIONS, WAL_SIZE_LIMIT_BYTES, Detection, Store, StoreError
 from edgemon.utc import utc_iso
 
 SOURCE = "site1/20240501_060000.wav"
@@ -369,3 +369,26 @@ def test_a_clock_set_back_cannot_make_an_old_analysis_look_current(tmp_path, mon
         store.commit_file("a.wav", path="/r/a.wav", size=20, mtime_ns=2, duration_s=40.0, start_utc=None,
                           time_source="mtime", clock_suspect=False, bundle_id="watch-b", detections=[])
     assert [_analysed_since_changed(r) for r in _ledger(path, "other-b")[0]] == [False]
+
+
+def test_the_wal_a_held_reader_grew_is_cut_back_once_it_lets_go(store, tmp_path):
+    """Found in the weeks review: while another connection held a read transaction (a person's
+    sqlite3 shell), every commit stayed in the WAL, and the file stayed at that size (130 MB beside
+    a 2 MB database) until the daemon stopped. It is now cut back at the next checkpoint."""
+    wal = tmp_path / "detections.db-wal"
+    reader = sqlite3.connect(tmp_path / "detections.db", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM files").fetchone()   # a snapshot, held
+        for i in range(2000):
+            source = f"site1/{i:05d}.wav"
+            commit(store, [detection(float(k), source=source) for k in range(3)], source=source)
+            if wal.stat().st_size > 2 * WAL_SIZE_LIMIT_BYTES:
+                break
+        assert wal.stat().st_size > 2 * WAL_SIZE_LIMIT_BYTES
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    for i in range(3):
+        commit(store, [], source=f"site2/{i:05d}.wav")
+    assert wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES

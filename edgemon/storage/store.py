@@ -38,6 +38,9 @@ from edgemon.utc import utc_iso
 log = logging.getLogger(__name__)
 
 
+WAL_SIZE_LIMIT_BYTES = 8 * 2**20   # the WAL is cut back to this after a checkpoint (``Store``)
+
+
 class StoreError(EdgemonError):
     """The detections database cannot be opened or migrated."""
 
@@ -173,6 +176,13 @@ class Store:
             # its audio. Commits come per file or per event and minute: the fsyncs cost ~0.4 ms each
             # here, nothing beside the analysis.
             self.db.execute("PRAGMA synchronous = FULL")
+            # A reader that holds a read transaction (a person's sqlite3 shell left in one, a
+            # browser of the file) keeps every commit since in the WAL: about 75 KB a recording,
+            # 130 MB after 1,700 of them. SQLite then leaves the file at that size, however
+            # small the database, until the daemon stops (a review); with a limit the WAL is cut
+            # back to it at the first checkpoint after the reader lets go. Normal use peaks at
+            # about 4.2 MB (the 1,000-page autocheckpoint), below the limit: nothing is cut then.
+            self.db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
             newer = newer_migrations(self.db)
             if newer:   # a unit's SD card put back to an older image, say: refuse, never mix
                 raise StoreError(f"detections database {self.path} was written by a newer edgemon (its schema has "

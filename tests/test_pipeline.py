@@ -145,3 +145,20 @@ def test_a_live_piece_of_a_long_event_begins_with_the_event_held_before_it():
     pieces = stream.cut() + stream.push(samples[cut_at:]) + stream.finish()
     assert [p.start_s for p in pieces][0] == 0.0 and len(pieces) == 2
     assert json.loads(pieces[0].votes)["cut"] and json.loads(pieces[1].votes)["continues"]
+
+
+def test_a_run_a_window_after_a_live_event_stored_in_pieces_goes_on_with_that_event():
+    """A live stream stores an event open too long in pieces (``cut``); a kept run a window after
+    the event's last run joins it, as ``EventMerger.merge`` joins them: its last piece, not a
+    second event on the call (the run after a cut event was an event of its own)."""
+    duet = 1
+    a, samples = _scripted([duet] * 8 + [0] + [duet] * 3, OperatingPoint({}, {"gibbon_duet": 2}))
+    stream = a.stream(eager=True, keep_votes=True)
+    cut_at = len(samples) // 2
+    pieces = stream.push(samples[:cut_at]) + stream.cut() + stream.push(samples[cut_at:]) + stream.finish()
+    [event] = a.merger.merge(stream.votes, stream.duration_s)
+    assert [json.loads(p.votes).get("continues", False) for p in pieces] == [False, True]
+    assert (pieces[0].start_s, pieces[-1].end_s) == (event.start_s, event.end_s)
+    assert [c for p in pieces for c in json.loads(p.votes)["window_confidence"]] == \
+        json.loads(event.votes)["window_confidence"]
+    assert pieces[-1].confidence == event.confidence

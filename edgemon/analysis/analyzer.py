@@ -323,6 +323,10 @@ class AnalysisStream:
         # its runs joined, and whether it was kept as a short whole recording.
         self._held: list[WindowVote] = []
         self._held_runs, self._held_whole = 0, False
+        # The windows of the open or held event already stored in pieces (``cut``): a run that ends
+        # after pieces of it were stored is held as the rest of its event, so a run a window later
+        # goes on with that event, as ``EventMerger.merge`` joins them.
+        self._pieced: list[WindowVote] = []
 
     @property
     def duration_s(self) -> float:
@@ -364,27 +368,34 @@ class AnalysisStream:
         if len(self._run) < 2 or not merger.kept(self._earlier + self._run):
             return []
         out, head = [], []
-        if self._held and not self._earlier and merger.joins(self._held, self._run):
-            head, self._held = self._held, []     # the held event goes on: its windows begin this piece
-        else:
-            out = self._release(math.inf)
-        whole = head + self._earlier + self._run          # so far, the window held open too
+        if not self._earlier:   # the run's first piece: it goes on with the held event it joins
+            if self._held and merger.joins(self._held, self._run):
+                head, self._held = self._held, []     # the held event's windows begin this piece
+            else:
+                out = self._release(math.inf)
+        whole = self._pieced + head + self._run          # the event so far, the window held open too
         stored, self._run = head + self._run[:-1], self._run[-1:]
         # It ends where the window held open begins, and so does the next piece.
-        piece = merger.piece(stored, whole, math.inf, bool(self._earlier),
+        piece = merger.piece(stored, whole, math.inf, bool(self._pieced),
                              round(self._run[0].start_frame * self.analyzer.frame_s, 3))
-        self._earlier += stored
+        self._earlier += stored[len(head):]
+        self._pieced += stored
         return out + [piece]
 
     def _end_run(self, duration_s: float) -> list[Event]:
-        """The events of the run that has just ended: its last piece when pieces of it were
-        stored (if the whole run is still kept); else, when the merge rule keeps it, it joins the
-        held event or is held itself (the event held before it, if any, is stored now)."""
+        """The events of the run that has just ended. When pieces of it were stored, the rest is
+        held as its event's last piece (if the whole run is still kept); else, when the merge rule
+        keeps it, it joins the held event or is held itself (the event held before it, if any, is
+        stored now)."""
         run, earlier = self._run, self._earlier
         self._run, self._earlier = [], []
         merger = self.analyzer.merger
         if earlier:
-            return [merger.piece(run, earlier + run, duration_s, continues=True)] if merger.kept(earlier + run) else []
+            if not merger.kept(earlier + run):
+                self._pieced = []
+                return []
+            self._held, self._held_runs, self._held_whole = run, 1, False
+            return []
         short = bool(run) and merger.short_whole(run, duration_s)
         if not run or not (short or merger.kept(run)):
             return []
@@ -397,11 +408,13 @@ class AnalysisStream:
         return events
 
     def _release(self, duration_s: float) -> list[Event]:
-        """The held event, stored now (none: [])."""
+        """The held event, stored now (none: []); its last piece when pieces of it were stored."""
         if not self._held:
             return []
-        event = self.analyzer.merger.event(self._held, duration_s, self._held_runs, self._held_whole)
-        self._held, self._held_runs, self._held_whole = [], 0, False
+        merger = self.analyzer.merger
+        event = (merger.piece(self._held, self._pieced + self._held, duration_s, continues=True) if self._pieced
+                 else merger.event(self._held, duration_s, self._held_runs, self._held_whole))
+        self._held, self._held_runs, self._held_whole, self._pieced = [], 0, False, []
         return [event]
 
     def _past_joining(self, vote: WindowVote) -> bool:

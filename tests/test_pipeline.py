@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from edgemon.analysis.analyzer import WindowStream, WindowVote
+from edgemon.analysis.analyzer import BRIDGE, EventMerger, WindowStream, WindowVote
 from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds, clip_label
 from edgemon.analysis.windows import WindowSpec, cut_windows, window_starts
 from tests.watch_helpers import analyzer
@@ -162,3 +162,19 @@ def test_a_run_a_window_after_a_live_event_stored_in_pieces_goes_on_with_that_ev
     assert [c for p in pieces for c in json.loads(p.votes)["window_confidence"]] == \
         json.loads(event.votes)["window_confidence"]
     assert pieces[-1].confidence == event.confidence
+
+
+def test_a_files_last_window_joins_a_kept_run_across_one_window_of_another_vote_not_two():
+    """``BRIDGE`` is one window: a file's end-aligned last window starting a little after the
+    second of two background windows is a run of its own (half a hop of slack in the reach let it
+    join across both)."""
+    hop, a = 62, 1
+    merger = EventMerger(("background", "a"), 0, 0.032, OperatingPoint({}), hop_frames=hop, bridge=BRIDGE)
+
+    def vote(start, label):
+        return WindowVote(start, 125, label, 0.6, (label,))
+
+    two_between = [vote(0, a), vote(hop, a), vote(2 * hop, 0), vote(3 * hop, 0), vote(3 * hop + hop // 2, a)]
+    assert len(merger.merge(two_between, (3 * hop + hop // 2 + 125) * 0.032)) == 2
+    one_between = [vote(0, a), vote(hop, a), vote(2 * hop, 0), vote(2 * hop + hop - 1, a)]
+    assert [json.loads(e.votes).get("joined") for e in merger.merge(one_between, (3 * hop - 1 + 125) * 0.032)] == [2]

@@ -145,8 +145,11 @@ class EventMerger:
     @property
     def reach(self) -> int:
         """How many frames after a kept run's last window start a run may start and join it: the
-        bridged windows' hops and its own, and half a hop for an end-aligned window's offset."""
-        return (self.bridge + 1) * self.hop_frames + self.hop_frames // 2
+        bridged windows' hops and its own. A run's last window starts on the hop (an end-aligned
+        one folded into it keeps its start, ``grow``), and a run starting up to a hop later on an
+        end-aligned window has the regular windows of that hop between, no more: half a hop more
+        let a file's last window join across two windows of another vote."""
+        return (self.bridge + 1) * self.hop_frames
 
     def event(self, windows: list[WindowVote], duration_s: float, runs: int = 1, whole: bool = False) -> Event:
         """The event of kept ``windows`` (``runs`` runs joined; ``whole``: kept as a short whole

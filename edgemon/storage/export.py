@@ -327,26 +327,19 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
     A database that never listened gives a header only. Raises ExportError.
     """
     db_path = Path(db_path)
-    writers = {"csv": tables.write_csv, "jsonl": tables.write_jsonl}
-    if fmt not in writers:
-        raise ExportError(f"coverage exports as {' or '.join(writers)}, not {fmt!r}")
+    write = _side_writer(fmt, "coverage exports")
     conn, found = _open(db_path)
     try:
         if "coverage" not in found:
             rows: Iterable[dict] = []
         else:
-            bounds = (None if t is None else utc_iso(t, naive_is_utc=True) for t in (since, until))
-            clauses, params = time_range("minute_utc", *bounds)
+            clauses, params = time_range("minute_utc", *_utc_bounds(since, until))
             cursor = conn.cursor()
             cursor.row_factory = _as_dict
             # Streamed, as detections are: a season of minutes held at once cost a Pi 250 MB (a review).
             rows = map(_rounded_seconds, cursor.execute(
                 f"SELECT * FROM coverage WHERE {' AND '.join(['1', *clauses])} ORDER BY source, minute_utc", params))
-        write = writers[fmt]
-        if output is None:
-            return _write_stdout(lambda f, r: write(f, r, COVERAGE_COLUMNS), rows)
-        with atomic_text(Path(output)) as f:
-            return write(f, rows, COVERAGE_COLUMNS)
+        return _write_side(write, rows, COVERAGE_COLUMNS, output)
     except sqlite3.Error as e:
         raise ExportError(f"cannot read coverage from {db_path}: {e}") from e
     finally:
@@ -368,9 +361,7 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
     ExportError.
     """
     db_path = Path(db_path)
-    writers = {"csv": tables.write_csv, "jsonl": tables.write_jsonl}
-    if fmt not in writers:
-        raise ExportError(f"recordings export as {' or '.join(writers)}, not {fmt!r}")
+    write = _side_writer(fmt, "recordings export")
     conn, _ = _open(db_path)
     seconds = [0.0]
 
@@ -382,8 +373,7 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
         return {**row, "start_utc": None if start is None else utc_iso(start), "end_utc": end,
                 "duration_s": round(row["duration_s"], 3)}
     try:
-        bounds = (None if t is None else utc_iso(t, naive_is_utc=True) for t in (since, until))
-        clauses, params = time_range("f.start_utc", *bounds)
+        clauses, params = time_range("f.start_utc", *_utc_bounds(since, until))
         span = "f.span_s" if "span_s" in table_columns(conn, "files") else "NULL"
         where = " AND ".join(["f.state = 'done'", "f.duration_s IS NOT NULL", *clauses])
         cursor = conn.cursor()
@@ -394,17 +384,31 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
             "(SELECT count(*) FROM detections d WHERE d.source = f.source AND d.bundle_id IS f.bundle_id) "
             "AS detections, f.bundle_id FROM files f "
             f"WHERE {where} ORDER BY f.start_utc IS NULL, f.start_utc, f.source", params))
-        write = writers[fmt]
-        if output is None:
-            count = _write_stdout(lambda f, r: write(f, r, RECORDING_COLUMNS), rows)
-        else:
-            with atomic_text(Path(output)) as f:
-                count = write(f, rows, RECORDING_COLUMNS)
-        return count, seconds[0]
+        return _write_side(write, rows, RECORDING_COLUMNS, output), seconds[0]
     except sqlite3.Error as e:
         raise ExportError(f"cannot read the recordings of {db_path}: {e}") from e
     finally:
         conn.close()
+
+
+def _side_writer(fmt: str, what: str) -> Callable:
+    """The writer of a table beside the detections (coverage, recordings): csv or jsonl."""
+    writers = {"csv": tables.write_csv, "jsonl": tables.write_jsonl}
+    if fmt not in writers:
+        raise ExportError(f"{what} as {' or '.join(writers)}, not {fmt!r}")
+    return writers[fmt]
+
+
+def _utc_bounds(since: dt.datetime | None, until: dt.datetime | None) -> list[str | None]:
+    return [None if t is None else utc_iso(t, naive_is_utc=True) for t in (since, until)]
+
+
+def _write_side(write: Callable, rows: Iterable[dict], columns: tuple[str, ...], output: Path | None) -> int:
+    """``rows`` streamed by ``write`` to ``output`` whole or not at all (standard output when None)."""
+    if output is None:
+        return _write_stdout(lambda f, r: write(f, r, columns), rows)
+    with atomic_text(Path(output)) as f:
+        return write(f, rows, columns)
 
 
 def _rounded_seconds(row: dict) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon.analysis.analyzer import EventMerger, WindowVote
+from edgemon.analysis.merging import EventMerger, WindowVote
 from edgemon.analysis.bundle import load_bundle
 from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
 from edgemon.analysis.ensemble import Ensemble, majority_vote

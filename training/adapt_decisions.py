@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from edgemon.analysis.analyzer import EventMerger, WindowVote
+from edgemon.analysis.merging import EventMerger, WindowVote
 from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
 from edgemon.analysis.ensemble import majority_vote
 

@@ -27,11 +27,12 @@ import numpy as np
 from scipy.stats import chi2
 from threadpoolctl import threadpool_limits
 
-from edgemon.analysis.analyzer import BRIDGE, Analyzer, Event, EventMerger, WindowVote
+from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import Bundle, load_bundle
 from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
 from edgemon.analysis.frontend import FrontendConfig
+from edgemon.analysis.merging import BRIDGE, Event, EventMerger, WindowVote
 from edgemon.analysis.windows import WindowSpec
 from training.data import BACKGROUND, Split
 from training.errors import DataError

@@ -15,7 +15,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from edgemon.analysis import audio
-from edgemon.analysis.analyzer import Analyzer, WindowVote
+from edgemon.analysis.analyzer import Analyzer
+from edgemon.analysis.merging import WindowVote
 from edgemon.analysis.bundle import Bundle
 from edgemon.analysis.decisions import Calibration, OperatingPoint
 from edgemon.errors import AudioError

@@ -17,7 +17,8 @@ from collections.abc import Callable
 import numpy as np
 
 from edgemon.analysis import audio
-from edgemon.analysis.analyzer import AnalysisStream, Analyzer, Event
+from edgemon.analysis.analyzer import AnalysisStream, Analyzer
+from edgemon.analysis.merging import Event
 from edgemon.errors import EdgemonError
 from edgemon.live.capture import BlockQueue, Capture, CaptureConfig, CaptureState
 from edgemon.live.clips import Clip, ClipConfig, ClipSaver

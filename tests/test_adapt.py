@@ -426,6 +426,35 @@ def test_a_gated_point_drops_in_numpy_the_runs_the_recorder_drops():
     assert from_merger.tolist() == kept.tolist() and 0 < (kept != 0).sum() < (votes.winner != 0).sum()
 
 
+def test_a_scoring_gate_is_read_for_kept_runs_only_when_scores_are_asked():
+    """A gate at level 0 (a run-feature calibration) drops nothing: the decisions are those without
+    it; ``decide_scored`` gives each kept run's gate as the recorder computes it, and the threshold
+    searches' ``decide`` no longer computes it (it made adapt ten times slower)."""
+    from edgemon.analysis.event_gate import FEATURES, ClassGate, EventGate
+    from edgemon.analysis.vote import majority_vote
+    from training.adapt_decisions import decide, decide_scored
+
+    rng = np.random.default_rng(4)
+    names = ("background", "a", "b")
+    member_probs = rng.dirichlet([2.0, 1.0, 1.0], size=(2, 200))
+    detection = np.repeat(np.arange(20), 10)
+    gate = EventGate({label: ClassGate((0.0,) * len(FEATURES), (1.0,) * len(FEATURES),
+                                       tuple(rng.normal(size=len(FEATURES))), 0.0) for label in ("a", "b")})
+    plain = OperatingPoint({}, min_windows={"a": 2})
+    scoring = OperatingPoint({}, min_windows={"a": 2}, min_gate={"a": 0.0, "b": 0.0}, gate=gate)
+    assert not scoring.decides_by_gate
+    assert decide(member_probs, detection, 20, names, scoring, 0).tolist() == \
+        decide(member_probs, detection, 20, names, plain, 0).tolist()
+    kept, window_gate = kept_runs(majority_vote(member_probs).winner, majority_vote(member_probs).confidence,
+                                  detection, names, scoring, 0, member_probs)
+    assert np.isnan(window_gate[kept == 0]).all() and not np.isnan(window_gate[kept != 0]).any()
+    labels, _, _, gates = decide_scored(member_probs, detection, 20, names, scoring, 0)
+    assert ((labels == 0) | (gates > 0)).all() and (labels != 0).sum() > 5
+    skipped = kept_runs(majority_vote(member_probs).winner, majority_vote(member_probs).confidence, detection, names,
+                        scoring, 0, member_probs, with_gates=False)[1]
+    assert np.isnan(skipped).all()
+
+
 def test_unstored_windows_mark_those_inside_a_stored_or_reviewed_detection():
     starts = np.arange(0, 40, 2)                               # 20 windows of 4 frames, frame_s = 1
     windows = RecordingWindows(starts, np.full(20, 4), np.zeros((1, 20, 3)), np.zeros((1, 20, 4)), 40.0)
@@ -620,7 +649,10 @@ def test_refitting_keeps_the_parents_summed_confidence_and_opening_level():
 
 
 def test_an_evidence_rule_is_written_as_the_operating_point_the_recorder_uses(tmp_path):
-    parent = load_bundle(default_bundle_path())
+    from tests.test_field import _bundle_copy
+
+    # without the default's point and calibration (which reads the point's event gate)
+    parent = _bundle_copy(tmp_path, "parent")
     point = OperatingPoint({**parent.thresholds, "great_argus": 0.5}, {"great_argus": 3})
     with_rule = write_adapted(parent, None, tmp_path / "rule", {"parent_bundle": parent.bundle_id}, point)
     without = write_adapted(parent, None, tmp_path / "plain", {"parent_bundle": parent.bundle_id},

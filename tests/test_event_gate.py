@@ -289,3 +289,53 @@ def test_a_bundle_written_with_a_gate_requires_it_so_that_an_older_edgemon_refus
         load_bundle(plain.path)
     finally:
         bundles.KNOWN_REQUIREMENTS = original
+
+
+def test_a_run_feature_calibration_tells_what_one_number_cannot_and_drops_nothing():
+    """The calls and the false runs of ``_gate_field`` have the same confidences and lengths: a curve on
+    the score or the evidence can only say their share; the run's features (the members' agreement)
+    tell them apart. The fit rides as a gate at level 0: the point stores exactly what it stored."""
+    votes = _gate_field()
+    plain = OperatingPoint({"a": 0.3, "b": 0.3})
+    report = field_report(votes, 1.0, grid=RULES["hysteresis"], point=plain)
+    calibration = report["calibration_report"]
+    assert calibration["input"].startswith("gate/run-features")
+    assert calibration["calibrated"]["brier"] < 0.5 * calibration["evidence/platt"]["brier"]
+    point = report["operating_point"]
+    assert report["calibration_input"] == "gate" and point["min_gate"] == {"a": 0.0, "b": 0.0}
+    loaded = OperatingPoint.from_manifest({"operating_point": point}, {})
+    assert not loaded.decides_by_gate and not plain.decides_by_gate
+    stored = Calibration.from_manifest(report)
+    for stream in votes.assembled + votes.background_streams:
+        before = stream.events(EventMerger(LABELS, 0, FRAME_S, plain))
+        after = stream.events(EventMerger(LABELS, 0, FRAME_S, loaded, stored))
+        assert [(e.label, e.start_s, e.end_s) for e in after] == [(e.label, e.start_s, e.end_s) for e in before]
+        assert all(e.confidence == pytest.approx(json.loads(e.votes)["gate"]) for e in after)
+    right = [e.confidence for e in votes.assembled[0].events(EventMerger(LABELS, 0, FRAME_S, loaded, stored))]
+    assert max(right) > 0.8 and min(right) < 0.2     # it says "high" and "low", not the share for all
+
+
+def test_a_point_with_a_scoring_gate_is_measured_by_its_own_rules_and_fitted_again():
+    votes = _gate_field()
+    first = field_report(votes, 1.0, grid=RULES["hysteresis"], point=OperatingPoint({"a": 0.3, "b": 0.3}))
+    point = OperatingPoint.from_manifest({"operating_point": first["operating_point"]}, {})
+    again = field_report(votes, 1.0, grid=RULES["hysteresis"], point=point)    # a re-bundled default's
+    assert again["operating_point"]["event_gate"] == first["operating_point"]["event_gate"]
+    assert again["at_point"]["events"] == first["at_point"]["events"]
+    with pytest.raises(DataError, match="no event gate"):
+        field_report(votes, 1.0, grid=RULES["gate"], point=point)
+
+
+def test_info_names_a_run_feature_calibration_and_shows_no_gate_levels(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgemon.cli import app
+
+    point = _gate_manifest()
+    point["min_gate"] = {label: 0.0 for label in point["min_gate"]}
+    bundle = _bundle_copy(tmp_path, "scoring", operating_point=point, calibration_input="gate",
+                          calibration={label: {"x": [0.0, 1.0], "y": [0.0, 1.0]} for label in point["min_gate"]})
+    result = CliRunner().invoke(app, ["info", "--models", str(bundle.path), "--format", "text"])
+    assert result.exit_code == 0, result.output
+    assert "from the event's run (its length, confidences and how the members agree" in result.output
+    assert "the event gate's probability an event needs" not in result.output

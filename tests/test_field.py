@@ -212,7 +212,7 @@ def test_calibration_fits_each_class_with_enough_events_and_pools_the_rest():
     assert how["a"].startswith("own isotonic fit") and how["b"].startswith("pooled isotonic")
     x, y = curves["a"]["x"], curves["a"]["y"]
     assert x == sorted(x) and y == sorted(y) and 0 <= y[0] and y[-1] <= 1
-    _, _, report = calibrate(events, LABELS, 0)
+    _, _, report, _ = calibrate(events, LABELS, 0)
     assert report["calibrated"]["ece"] < report["raw"]["ece"]   # cross-fitted, yet closer to the truth
 
 
@@ -238,7 +238,7 @@ def test_calibration_reads_the_evidence_when_that_is_what_tells_right_from_false
     score = rng.uniform(0.3, 0.6, n)                           # the peak says little here
     right = (windows >= 3) ^ (rng.uniform(size=n) < 0.03)      # long events are right
     events = ScoredEvents(np.ones(n, int), score, score, np.arange(n) % 3, right, evidence=score * windows)
-    curves, source, report = calibrate(events, LABELS, 0)
+    curves, source, report, _ = calibrate(events, LABELS, 0)
     assert source == "evidence" and report["input"].startswith("evidence/")
     top = report["calibrated"]["levels"]["0.9"]
     assert top["precision"] >= 0.85 and top["right_kept"] >= 0.5
@@ -258,7 +258,7 @@ def test_a_confidence_that_only_says_the_average_share_loses_to_one_that_tells()
     score = 0.4 + rng.normal(0, 0.01, n)
     evidence = np.where(right, 2.0, 1.0) + rng.normal(0, 0.6, n)
     events = ScoredEvents(np.ones(n, int), score, score, fold, right, evidence=evidence)
-    curves, source, report = calibrate(events, LABELS, 0)
+    curves, source, report, _ = calibrate(events, LABELS, 0)
     assert report["raw"]["ece"] < report["calibrated"]["ece"]
     assert report["calibrated"]["brier"] < report["raw"]["brier"]
     assert source == "evidence" and curves
@@ -271,7 +271,7 @@ def test_the_raw_score_is_kept_when_no_fit_beats_it_across_folds():
     score = rng.uniform(0.05, 0.65, n)
     right = rng.uniform(size=n) < score                        # the raw score is already the probability
     events = ScoredEvents(np.ones(n, int), score, score, np.arange(n) % 3, right, evidence=score)
-    curves, source, report = calibrate(events, LABELS, 0)
+    curves, source, report, _ = calibrate(events, LABELS, 0)
     assert all(report[name]["ece"] > report["raw"]["ece"] for name in ("score/isotonic", "score/platt"))
     assert report["input"] == "raw" and curves == {} and source == "score"
     assert report["fits"]["a"].startswith("raw score")

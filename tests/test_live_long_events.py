@@ -50,7 +50,11 @@ def scripted(an, level):
         for start, window in batch:
             c = level(start * an.frame_s)
             label = an.background if c is None else call
-            votes.append(WindowVote(start, len(window), label, 0.9 if c is None else c, (label,) * 2))
+            confidence = 0.9 if c is None else c
+            # each member's probabilities too: the shipped point's event gate reads them
+            probs = [1.0 - confidence if k == an.background else 0.0 for k in range(len(an.bundle.labels))]
+            probs[label] = confidence
+            votes.append(WindowVote(start, len(window), label, confidence, (label,) * 2, (tuple(probs),) * 2))
         return votes
     return vote_windows
 
@@ -91,8 +95,9 @@ def test_a_long_event_stored_in_pieces_covers_what_the_whole_event_would(tmp_pat
     # A piece is stored once the run is kept: a run that opens late has a long first piece.
     assert all(p[2] - p[1] <= 62 for p in pieces[1:]) and len(pieces) >= 2
     # Each piece's confidence is the event's so far (a second review: calibrated on its own
-    # windows, the fading duet's later pieces were stored at 0.04 against the event's 0.83).
-    assert [p[4] for p in pieces] == pytest.approx([whole[4]] * len(pieces), abs=1e-4)
+    # windows, the fading duet's later pieces were stored at 0.04 against the event's 0.83); the
+    # last piece's is the whole event's (``test_a_piece_is_calibrated_as_its_whole_run_so_far``).
+    assert pieces[-1][4] == pytest.approx(whole[4], abs=1e-4)
     flags = [json.loads(p[3]) for p in pieces]
     assert [f.get("cut", False) for f in flags] == [True] * (len(pieces) - 1) + [False]
     assert [f.get("continues", False) for f in flags] == [False] + [True] * (len(pieces) - 1)
@@ -104,3 +109,24 @@ def test_a_run_the_point_does_not_keep_yet_stays_open_and_is_judged_whole(tmp_pa
     level = (lambda t: None if t < 10 or t >= 200 else LOW)
     assert listen(tmp_path, level, 1e9) == []
     assert listen(tmp_path, level, 60.0) == []
+
+
+def test_a_piece_is_calibrated_as_its_whole_run_so_far():
+    """``EventMerger.piece`` stores the confidence, score and gate of the whole run so far, which the
+    shipped calibration reads (its run's features), not those of the piece's own windows."""
+    an = analyzer()
+    call = an.bundle.labels.index(LABEL)
+    levels = [HIGH] * 20 + [LOW] * 20
+    n = len(an.bundle.labels)
+
+    def vote(i, c):
+        probs = tuple(c if k == call else (1.0 - c if k == an.background else 0.0) for k in range(n))
+        return WindowVote(i * 62, 125, call, c, (call,) * 2, (probs,) * 2)
+    run = [vote(i, c) for i, c in enumerate(levels)]
+    merger = an.merger
+    piece = merger.piece(run[30:], run, 100.0, continues=True)
+    whole = merger.event(run, 100.0)
+    own = merger.event(run[30:], 100.0)
+    assert (piece.confidence, piece.score) == (whole.confidence, whole.score)
+    assert json.loads(piece.votes)["gate"] == json.loads(whole.votes)["gate"] != json.loads(own.votes)["gate"]
+    assert piece.confidence != pytest.approx(own.confidence, abs=1e-3)

@@ -20,7 +20,7 @@ def test_default_bundle_is_verified_and_describes_itself(bundle):
     assert all(m.devel_uar is not None and m.test_uar is not None for m in bundle.members)
     # Names for every call type, a confidence ceiling, and reference windows for each class.
     assert sorted(bundle.label_names) == sorted(set(bundle.labels) - {bundle.background_label})
-    assert 0.5 < bundle.confidence_max < 1 and max(bundle.thresholds.values()) < bundle.confidence_max
+    assert 0.5 < bundle.confidence_max <= 1 and max(bundle.thresholds.values()) < bundle.confidence_max
     assert {w.label for w in bundle.self_check.windows} == set(bundle.labels)
 
 

@@ -19,7 +19,7 @@ def decide(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, l
     too little summed confidence, no window at the opening level) dropped as ``EventMerger`` drops
     them, then the most-voted call over the event's windows (background: dropped).
     ``detection [N]`` numbers each window's detection; a detection's windows are in time order."""
-    return _decided(member_probs, detection, n_detections, labels, point, background)[0]
+    return _decided(member_probs, detection, n_detections, labels, point, background, with_gates=False)[0]
 
 
 def decide_scored(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, labels: tuple[str, ...],
@@ -42,15 +42,17 @@ def decide_scored(member_probs: np.ndarray, detection: np.ndarray, n_detections:
 
 
 def _decided(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, labels: tuple[str, ...],
-             point: OperatingPoint, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+             point: OperatingPoint, background: int,
+             with_gates: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each detection's label ``[D]``, each window's label after the point ``[N]``, the vote's
-    confidence ``[N]`` and the event gate probability of each window's run ``[N]`` (NaN: none)."""
+    confidence ``[N]`` and the event gate probability of each window's run ``[N]`` (NaN: none;
+    all NaN without ``with_gates``, unless the gate decides)."""
     votes = majority_vote(member_probs)
     window_labels = apply_thresholds(votes.winner, votes.confidence, labels, point.thresholds, background)
     window_gate = np.full(len(window_labels), np.nan)
     if point.min_windows or point.min_evidence or point.open_threshold or point.gate is not None:
         window_labels, window_gate = kept_runs(window_labels, votes.confidence, detection, labels, point, background,
-                                               member_probs)
+                                               member_probs, with_gates)
     decided = detection_labels(window_labels, votes.confidence, detection, n_detections, len(labels), background)
     return decided, window_labels, votes.confidence, window_gate
 
@@ -72,22 +74,25 @@ def detection_labels(window_labels: np.ndarray, confidence: np.ndarray, detectio
 
 def kept_runs(window_labels: np.ndarray, confidence: np.ndarray, detection: np.ndarray, labels: tuple[str, ...],
               point: OperatingPoint, background: int,
-              member_probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              member_probs: np.ndarray | None = None, with_gates: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``window_labels [N]`` with every run of one class (within one detection) that ``point``
     does not keep (``OperatingPoint.keeps`` on its window confidences and, for a gated point, the
     event gate's probability from ``member_probs [M, N, C]``) set to ``background``; and each
-    window's run's gate probability ``[N]`` (NaN: no gate, or dropped)."""
+    window's run's gate probability ``[N]`` (NaN: no gate, or dropped; a gate at level 0, which
+    only scores, is read for kept runs and only ``with_gates``: the threshold searches decide
+    thousands of times and read labels alone, and it made adapt ten times slower)."""
     out, gates = window_labels.copy(), np.full(len(window_labels), np.nan)
     merger = EventMerger(labels, background, 0.0, point)   # its gate, as the recorder reads it
     start = 0
     for i in range(1, len(out) + 1):
         if i == len(out) or window_labels[i] != window_labels[start] or detection[i] != detection[start]:
             c = window_labels[start]
-            gate = _gate(merger, c, start, i, confidence, member_probs) if c != background else None
+            gate = _gate(merger, c, start, i, confidence, member_probs) \
+                if c != background and point.decides_by_gate else None
             if c != background and not point.keeps(labels[c], confidence[start:i].tolist(), gate):
                 out[start:i] = background
-            elif gate is not None:
-                gates[start:i] = gate
+            elif c != background and point.gate is not None and (gate is not None or with_gates):
+                gates[start:i] = gate if gate is not None else _gate(merger, c, start, i, confidence, member_probs)
             start = i
     return out, gates
 
@@ -131,7 +136,7 @@ def new_event_runs(member_probs: np.ndarray, recording: np.ndarray, stored: np.n
     if not n:
         return []
     index = np.unique(recording, return_inverse=True)[1].ravel()
-    window_labels = _decided(member_probs, index, int(index.max()) + 1, labels, point, background)[1]
+    window_labels = _decided(member_probs, index, int(index.max()) + 1, labels, point, background, with_gates=False)[1]
     change = np.ones(n, bool)
     change[1:] = (window_labels[1:] != window_labels[:-1]) | (index[1:] != index[:-1])
     starts = np.flatnonzero(change)

@@ -21,6 +21,8 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from edgemon.analysis.decisions import CALIBRATION_INPUTS, Calibration
+from edgemon.analysis.event_gate import EventGate
+from training import run_calibration
 from training.field import ScoredEvents
 
 MIN_EVENTS = 30
@@ -156,30 +158,45 @@ def _rank(levels: dict, brier: float) -> tuple:
 
 
 def calibrate(events: ScoredEvents, labels: tuple[str, ...], background: int, plot: Path | None = None,
-              title: str = "") -> tuple[dict, str, dict]:
-    """The curves to store and what they read, and the report: fallbacks, cross-fitted ECE and
-    what each ``--min-confidence`` level exports for the raw score and for each calibration
-    (isotonic or Platt, on the score, on the evidence or, for a gated point, on the gate). The one
-    that serves ``--min-confidence 0.9`` best is kept, else the one of lowest Brier score; the raw
-    score itself when no fit beats it."""
+              title: str = "") -> tuple[dict, str, dict, EventGate | None]:
+    """The curves to store and what they read, the event gate a run-feature fit rides in (None for
+    the others), and the report: fallbacks, cross-fitted ECE and what each ``--min-confidence``
+    level exports for the raw score and for each calibration (isotonic or Platt, on the score, on
+    the evidence or, for a gated point, on the gate; for a point without a gate, a logistic fit on
+    the events' run features, ``training.run_calibration``). The one that serves
+    ``--min-confidence 0.9`` best is kept, else the one of lowest Brier score; the raw score itself
+    when no fit beats it."""
     honest = {"raw": events.score.astype(float)}
     for source in CALIBRATION_INPUTS:
         if source == "gate" and not events.gated:
             continue
         for kind in KINDS:
             honest[f"{source}/{kind}"] = cross_fitted(events, labels, background, source, kind)
+    runs = events.features is not None and not events.gated and run_calibration.usable(events.right)
+    for C in run_calibration.STRENGTHS if runs else ():
+        values = run_calibration.cross_fitted(events.features, events.label, events.right, events.fold, labels,
+                                              background, C)
+        if values is not None:
+            honest[f"gate/run-features C {C:g}"] = values
     report = {"events": int(len(events.right))}
     for name, values in honest.items():
         report[name] = {**reliability(values, events.right), "levels": at_levels(values, events.right)}
     chosen = max(honest, key=lambda name: _rank(report[name]["levels"], report[name]["brier"]))
+    gate = None
     if chosen == "raw":
         curves, source = {}, "score"
         how = {label: "raw score: no fit beat it on cross-fitted held-out events"
                for c, label in enumerate(labels) if c != background}
+    elif chosen.startswith("gate/run-features"):
+        C = float(chosen.rsplit(" ", 1)[1])
+        gate = run_calibration.fit_run_gate(events.features, events.label, events.right, labels, background, C)
+        source = "gate"
+        curves = {label: run_calibration.IDENTITY for label in gate.classes}
+        how = {label: run_calibration.describe(C, len(events.right)) for label in gate.classes}
     else:
         source, kind = chosen.split("/")
         curves, how = fit_calibration(events, labels, background, source, kind)
     report.update(input=chosen, fits=how, calibrated=report[chosen])
     if plot is not None and len(events.right):
         plot_reliability(honest[chosen], events.score, events.right, plot, f"{title} ({chosen})")
-    return curves, source, report
+    return curves, source, report, gate

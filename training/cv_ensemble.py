@@ -126,9 +126,9 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
         point, point_from, target_false_per_hour, stated_rules = _bundle_point(Path(at_point), labels,
                                                                               target_false_per_hour)
         chosen_by = rules_name(stated_rules)
-        if (point.gate is not None) != (rules == "gate"):
+        if point.decides_by_gate != (rules == "gate"):
             raise DataError(f"--at-point {at_point}: its operating point carries an event gate; give --rules gate"
-                            if point.gate is not None else
+                            if point.decides_by_gate else
                             f"--at-point {at_point}: its operating point has no event gate; "
                             f"give the rules it was chosen by ({chosen_by or 'not recorded'}), not --rules gate")
         if chosen_by is not None and chosen_by != rules:

@@ -31,6 +31,7 @@ from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import Bundle, load_bundle
 from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
+from edgemon.analysis.event_gate import FEATURES, run_features
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.analysis.merging import BRIDGE, Event, EventMerger, WindowVote
 from edgemon.analysis.windows import WindowSpec
@@ -321,6 +322,7 @@ class ScoredEvents:
     evidence: np.ndarray | None = None    # the sum of its window confidences
     gate: np.ndarray | None = None        # its event gate probability (NaN: not gated)
     overlaps: np.ndarray | None = None    # the label of the call it overlaps most (-1: none, background)
+    features: np.ndarray | None = None    # its run's event-gate features [N, F] (None: votes without member probabilities)
 
     def subset(self, keep: np.ndarray) -> "ScoredEvents":
         return ScoredEvents(*(None if getattr(self, f.name) is None else getattr(self, f.name)[keep]
@@ -363,9 +365,28 @@ def _overlapped_label(event: Event, calls: np.ndarray) -> int:
     return int(calls[overlap.argmax(), 2]) if overlap.max() > 0 else -1
 
 
+class FeatureTap(EventMerger):
+    """The recorder's merger, keeping also the run features (``FEATURES``) of each event it
+    stores, in order: what a run-feature calibration (``training.run_calibration``) is fitted on."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "features", [])   # the merger is frozen; this list only grows
+
+    def event(self, windows: list[WindowVote], duration_s: float, runs: int = 1, whole: bool = False) -> Event:
+        self.features.append(run_features(windows, self.background))
+        return super().event(windows, duration_s, runs, whole)
+
+
 def assembled_events(votes: FieldVotes, merger: EventMerger) -> tuple[ScoredEvents, np.ndarray, np.ndarray]:
-    """Events on every assembled stream, judged; and the calls (label index) with whether found."""
+    """Events on every assembled stream, judged, with their run features when the votes hold the
+    members' probabilities; and the calls (label index) with whether found."""
     rows, call_labels, found_all = [], [], []
+    tap = None
+    if all(s.probs is not None or not len(s.winner) for s in votes.assembled):
+        tap = FeatureTap(merger.labels, merger.background, merger.frame_s, merger.point, merger.calibration,
+                         merger.hop_frames, merger.bridge)
+        merger = tap
     for stream in votes.assembled:
         events = stream.events(merger)
         right, found = match(events, stream.calls, votes.labels)
@@ -375,9 +396,10 @@ def assembled_events(votes: FieldVotes, merger: EventMerger) -> tuple[ScoredEven
         call_labels.append(stream.calls[:, 2].astype(int))
         found_all.append(found)
     cols = list(zip(*rows)) if rows else [[]] * 9
+    features = np.array(tap.features, float).reshape(-1, len(FEATURES)) if tap is not None else None
     scored = ScoredEvents(np.array(cols[0], int), np.array(cols[1], float), np.array(cols[2], float),
                           np.array(cols[3], int), np.array(cols[4], bool), np.array(cols[5], bool),
-                          np.array(cols[6], float), np.array(cols[7], float), np.array(cols[8], int))
+                          np.array(cols[6], float), np.array(cols[7], float), np.array(cols[8], int), features)
     return scored, np.concatenate(call_labels) if call_labels else np.zeros(0, int), \
         np.concatenate(found_all) if found_all else np.zeros(0, bool)
 

@@ -283,21 +283,26 @@ def field_report(votes: FieldVotes, target_false_per_hour: float = DEFAULT_TARGE
     (``crossfit``): what cv, cv-ensemble and bundles carry. With ``point`` given (a bundle's own),
     nothing is chosen for the target: the calibration is fitted and the measure taken at that point,
     and ``chosen_on_other_folds`` still says what choosing for the target gives on unseen recorders."""
-    if point is not None and (point.gate is not None) != isinstance(grid, GateRules):
+    if point is not None and point.decides_by_gate != isinstance(grid, GateRules):
         raise DataError("the point carries an event gate: measure it with the gate's rules (--rules gate)"
-                        if point.gate is not None else
+                        if point.decides_by_gate else
                         "the point has no event gate: measure it with the rules it was chosen by, not --rules gate")
+    if point is not None and point.gate is not None and not point.decides_by_gate:
+        # a gate at level 0 only scored the events for a run-feature calibration, fitted again below
+        point = dataclasses.replace(point, gate=None, min_gate={})
     choose = chooser(votes, grid)
     point = point or choose.point(target_false_per_hour)
     others, unseen_events = held_out(votes, sorted({*TRADEOFF, target_false_per_hour}), grid,
                                      target_false_per_hour) if len(votes.folds()) > 1 else ({}, None)
-    if point.gate is not None and unseen_events is not None:
+    if point.decides_by_gate and unseen_events is not None:
         # A gate fitted on these votes has seen these very events: calibrate on the held-out folds'
         # events at the points chosen on the other folds, whose gates never saw them.
         events, calibrated_on = unseen_events, "held-out folds' events at points chosen on the other folds"
     else:
         events, calibrated_on = assembled_events(votes, votes.merger(point))[0], "the point's events on every fold"
-    curves, source, calibration_report = calibrate(events, votes.labels, votes.background, plot, title)
+    curves, source, calibration_report, scoring_gate = calibrate(events, votes.labels, votes.background, plot, title)
+    if scoring_gate is not None:   # a run-feature calibration: a gate that keeps every run, read by the curves
+        point = dataclasses.replace(point, gate=scoring_gate, min_gate={label: 0.0 for label in scoring_gate.classes})
     calibration_report["calibrated_on"] = calibrated_on
     at_point = measure(votes, point, as_calibration(curves, source))
     tradeoff = []

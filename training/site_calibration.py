@@ -62,7 +62,8 @@ def _logit(p) -> np.ndarray:
 
 
 def _sigmoid(z) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
+    # clipped: the fit's search tries steep shifts, where exp overflowed (a warning in every adapt run)
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(z, np.float64), -700.0, 700.0)))
 
 
 def confidences(calibration: Calibration, labels: tuple[str, ...], scored: Scored, keep: np.ndarray) -> np.ndarray:

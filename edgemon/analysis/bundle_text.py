@@ -27,7 +27,7 @@ def format_description(d: dict) -> str:
     # As the recorder reads it (numbers as numbers; the bundle was checked when it was read).
     decides = OperatingPoint.from_manifest({"operating_point": point} if point else {}, d.get("thresholds") or {})
     min_windows, thresholds = decides.min_windows, decides.thresholds
-    gate = decides.min_gate if decides.gate is not None else None
+    gate = decides.min_gate if decides.decides_by_gate else None
     lines.append("  species (threshold, fewest windows per event"
                  + (", the event gate's probability an event needs):" if gate else "):"))
     for label in calls:

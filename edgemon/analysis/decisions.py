@@ -40,7 +40,9 @@ class OperatingPoint:
     an event is opened by a confident window and extended by windows over the lower threshold).
     A class absent from a rule's dict is not held by it (1 window, no evidence, no opening level),
     as in bundles made before that rule. With an event ``gate``, a run of a class the gate models
-    is stored only when the gate's probability that it is a call reaches ``min_gate``."""
+    is stored only when the gate's probability that it is a call reaches ``min_gate``; a gate at
+    level 0 for every class stores every run and only scores it (what a calibration may read:
+    ``decides_by_gate``)."""
 
     thresholds: dict[str, float]
     min_windows: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -60,6 +62,13 @@ class OperatingPoint:
         mean of softmax outputs stays under 1) or an event gate level no probability reaches."""
         return [label for label in labels
                 if self.thresholds.get(label, 0.0) >= 1.0 or self.min_gate.get(label, 0.0) > 1.0]
+
+    @property
+    def decides_by_gate(self) -> bool:
+        """Whether the event gate drops any run: a level above 0 for some class. A gate at level 0
+        everywhere keeps what the other rules keep; its probability is the event's calibrated
+        confidence (``training.calibration``'s run-feature fit)."""
+        return self.gate is not None and any(level > 0 for level in self.min_gate.values())
 
     def windows_needed(self, label: str) -> int:
         return max(1, int(self.min_windows.get(label, 1)))

@@ -211,8 +211,15 @@ def _site_corrections(ensemble: Ensemble) -> dict:
 
 def _confidence_meaning(manifest: dict, ceiling: float) -> str:
     if manifest.get("calibration"):
+        source = manifest.get("calibration_input", "score")
+        point = manifest.get("operating_point") or {}
+        # (the bundle was checked when read: its levels are numbers)
+        if source == "gate" and point.get("event_gate") and not any(
+                float(v) > 0 for v in (point.get("min_gate") or {}).values()):
+            # a gate at level 0 drops nothing: it is the run-feature calibration itself
+            source = "run (its length, confidences and how the members agree: a logistic fit)"
         meaning = (f"calibrated: the probability that a detection is right, per class, from the event's "
-                   f"{manifest.get('calibration_input', 'score')} (fits in provenance.calibration_fits)")
+                   f"{source} (fits in provenance.calibration_fits)")
     else:
         meaning = "uncalibrated: the raw vote score (the members' normalised-softmax probability), not a probability of being right"
     expected = (manifest.get("operating_point") or {}).get("expected") or {}

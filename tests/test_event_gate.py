@@ -339,3 +339,17 @@ def test_info_names_a_run_feature_calibration_and_shows_no_gate_levels(tmp_path)
     assert result.exit_code == 0, result.output
     assert "from the event's run (its length, confidences and how the members agree" in result.output
     assert "the event gate's probability an event needs" not in result.output
+
+
+def test_a_class_without_held_out_events_takes_the_shared_intercept_and_says_so():
+    from training.run_calibration import describe, fit_run_gate
+
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(60, len(FEATURES)))
+    right = features[:, 0] + 0.5 * rng.normal(size=60) > 0
+    label = np.ones(60, int)                                   # every event is of class a
+    gate = fit_run_gate(features, label, right, LABELS, 0, 0.3)
+    a, b = gate.classes["a"], gate.classes["b"]
+    assert set(gate.classes) == {"a", "b"} and a.coef == b.coef and a.coef[0] > 0
+    assert 0.0 < b.probability(features[0]) < 1.0             # b is still scored, by the shared model
+    assert "none of them its own: the shared intercept" in describe(0.3, 60, 0)

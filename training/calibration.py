@@ -192,7 +192,8 @@ def calibrate(events: ScoredEvents, labels: tuple[str, ...], background: int, pl
         gate = run_calibration.fit_run_gate(events.features, events.label, events.right, labels, background, C)
         source = "gate"
         curves = {label: run_calibration.IDENTITY for label in gate.classes}
-        how = {label: run_calibration.describe(C, len(events.right)) for label in gate.classes}
+        how = {label: run_calibration.describe(C, len(events.right), int((events.label == labels.index(label)).sum()))
+               for label in gate.classes}
     else:
         source, kind = chosen.split("/")
         curves, how = fit_calibration(events, labels, background, source, kind)

@@ -66,6 +66,8 @@ def cross_fitted(features: np.ndarray, label: np.ndarray, right: np.ndarray, fol
     return out
 
 
-def describe(C: float, events: int) -> str:
-    return (f"run-feature logistic fit on {events} events, shared by the classes with an intercept each "
-            f"(L2 C {C:g}), read through the event gate at level 0")
+def describe(C: float, events: int, own: int) -> str:
+    """How a class's confidence is made; a class without events of its own says it takes the shared intercept."""
+    mine = f"{own} of them its own" if own else "none of them its own: the shared intercept"
+    return (f"run-feature logistic fit on {events} events ({mine}), shared by the classes with an intercept "
+            f"each (L2 C {C:g}), read through the event gate at level 0")

@@ -25,11 +25,13 @@ def decide(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, l
 def decide_scored(member_probs: np.ndarray, detection: np.ndarray, n_detections: int, labels: tuple[str, ...],
                   point: OperatingPoint, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``decide``, and what a calibration reads of each detection so decided: its score (the highest
-    confidence of its windows of that label), evidence (their sum) and, for a gated point, its
-    event gate probability (the highest of its kept runs of that label; NaN without a gate); 0 for
-    a dropped one. ``[D]`` each."""
-    decided, window_labels, confidence, window_gate = _decided(member_probs, detection, n_detections, labels, point,
-                                                               background)
+    confidence of its windows of that label), evidence (their sum) and, for a point with an event
+    gate, its gate probability: that of its kept windows of that label joined, as the recorder
+    joins kept runs of one class a window apart into one event (``EventMerger.joins``) and stores
+    the joined windows' gate, not the highest of the runs' own (NaN without a gate; 0 for a class
+    the gate does not model). 0 for a dropped one. ``[D]`` each."""
+    decided, window_labels, confidence, _ = _decided(member_probs, detection, n_detections, labels, point,
+                                                     background, with_gates=False)
     counted = (window_labels == decided[detection]) & (window_labels != background)
     score, evidence = np.zeros(n_detections), np.zeros(n_detections)
     np.maximum.at(score, detection[counted], confidence[counted])
@@ -37,7 +39,14 @@ def decide_scored(member_probs: np.ndarray, detection: np.ndarray, n_detections:
     gate = np.full(n_detections, np.nan)
     if point.gate is not None:
         gate[:] = 0.0
-        np.fmax.at(gate, detection[counted], window_gate[counted])
+        merger = EventMerger(labels, background, 0.0, point)
+        windows = np.flatnonzero(counted)
+        windows = windows[np.argsort(detection[windows], kind="stable")]   # each detection's, in time order
+        for mine in np.split(windows, np.flatnonzero(np.diff(detection[windows])) + 1):
+            if len(mine):
+                d = int(detection[mine[0]])
+                p = _gate(merger, decided[d], mine, confidence, member_probs)
+                gate[d] = 0.0 if p is None else p
     return decided, score, evidence, gate
 
 
@@ -87,26 +96,28 @@ def kept_runs(window_labels: np.ndarray, confidence: np.ndarray, detection: np.n
     for i in range(1, len(out) + 1):
         if i == len(out) or window_labels[i] != window_labels[start] or detection[i] != detection[start]:
             c = window_labels[start]
-            gate = _gate(merger, c, start, i, confidence, member_probs) \
+            gate = _gate(merger, c, np.arange(start, i), confidence, member_probs) \
                 if c != background and point.decides_by_gate else None
             if c != background and not point.keeps(labels[c], confidence[start:i].tolist(), gate):
                 out[start:i] = background
             elif c != background and point.gate is not None and (gate is not None or with_gates):
-                gates[start:i] = gate if gate is not None else _gate(merger, c, start, i, confidence, member_probs)
+                gates[start:i] = gate if gate is not None else _gate(merger, c, np.arange(start, i), confidence,
+                                                                     member_probs)
             start = i
     return out, gates
 
 
-def _gate(merger: EventMerger, c: int, start: int, end: int, confidence: np.ndarray,
+def _gate(merger: EventMerger, c: int, windows: np.ndarray, confidence: np.ndarray,
           member_probs: np.ndarray | None) -> float | None:
-    """``EventMerger.gate`` of windows ``start:end`` of class ``c``, rebuilt from the members' outputs."""
+    """``EventMerger.gate`` of the ``windows`` (indices, in time order) of class ``c``, rebuilt from
+    the members' outputs."""
     if merger.point.gate is None:
         return None
     if member_probs is None:
         raise ValueError("a gated operating point needs the members' probabilities")
     return merger.gate([WindowVote(0, 0, int(c), float(confidence[w]),
                                    tuple(int(m) for m in member_probs[:, w].argmax(axis=1)),
-                                   tuple(tuple(map(float, m)) for m in member_probs[:, w])) for w in range(start, end)])
+                                   tuple(tuple(map(float, m)) for m in member_probs[:, w])) for w in windows])
 
 
 def event_scores(predicted: np.ndarray, truth: np.ndarray, background: int, new_events: int = 0) -> dict:

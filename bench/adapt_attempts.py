@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon.analysis.merging import EventMerger, WindowVote
+from edgemon.analysis.merging import BRIDGE, EventMerger, WindowVote
+from edgemon.analysis.windows import WindowSpec
 from edgemon.analysis.bundle import load_bundle
 from edgemon.analysis.decisions import OperatingPoint, apply_thresholds
 from edgemon.analysis.ensemble import Ensemble, majority_vote
@@ -45,10 +46,16 @@ def counts(windows, member_probs, bundle, point: OperatingPoint, spans) -> dict:
     votes = majority_vote(member_probs)
     labels = apply_thresholds(votes.winner, votes.confidence, bundle.labels, point.thresholds, background)
     frame_s = bundle.frontend.hop_length / bundle.frontend.sample_rate
-    merger = EventMerger(bundle.labels, background, frame_s, point)
-    events = merger.merge([WindowVote(int(s), int(n), int(label), float(c), tuple(int(m) for m in ml))
-                           for s, n, label, c, ml in zip(windows.starts, windows.lengths, labels, votes.confidence,
-                                                         votes.member_labels.T)], windows.duration_s)
+    # The recorder's merger (``Analyzer``): its hop and bridge, and each window's member
+    # probabilities, which an event gate reads (the default's run-feature calibration rides in one).
+    merger = EventMerger(bundle.labels, background, frame_s, point,
+                         hop_frames=WindowSpec.from_seconds(bundle.window_s, bundle.hop_s, bundle.frontend).hop,
+                         bridge=BRIDGE)
+    events = merger.merge([WindowVote(int(s), int(n), int(label), float(c), tuple(int(m) for m in ml),
+                                      tuple(tuple(map(float, m[w])) for m in member_probs))
+                           for w, (s, n, label, c, ml) in enumerate(zip(windows.starts, windows.lengths, labels,
+                                                                        votes.confidence, votes.member_labels.T))],
+                          windows.duration_s)
     false = sum(not any(lab == e.label and a < e.end_s and e.start_s < b for a, b, lab in spans) for e in events)
     calls = [(a, b, lab) for a, b, lab in spans if lab != "background"]
     found = sum(any(e.label == lab and a < e.end_s and e.start_s < b for e in events) for a, b, lab in calls)

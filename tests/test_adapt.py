@@ -940,3 +940,25 @@ def test_a_bridged_detection_is_scored_by_the_gate_of_its_joined_runs_as_the_rec
     labels, _, _, gates = decide_scored(member_probs, np.zeros(9, int), 1, names, scoring, 0)
     assert labels.tolist() == [1]
     assert gates[0] == pytest.approx(json.loads(event.votes)["gate"], abs=1e-4) == pytest.approx(event.confidence)
+
+
+def test_the_attempts_bench_counts_events_as_the_recorder_stores_them(monkeypatch):
+    """``bench/adapt_attempts.py`` decides each recording's windows "exactly as the recorder decides":
+    with the default's point it needs the members' probabilities (its event gate reads them; it
+    raised ValueError) and the recorder's bridge (a call with a one-window pause is one event)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    from adapt_attempts import counts
+
+    bundle = load_bundle(default_bundle_path())
+    duet = bundle.labels.index("gibbon_duet")
+    w, c = 12, len(bundle.labels)
+    probs = np.full((2, w, c), 0.02)
+    probs[:, :, duet] = 0.9
+    probs[:, 5, duet], probs[:, 5, 0] = 0.02, 0.9                   # a pause of one window mid-call
+    probs /= probs.sum(axis=2, keepdims=True)
+    merger = Analyzer(bundle).merger
+    windows = RecordingWindows(np.arange(w) * merger.hop_frames, np.full(w, 2 * merger.hop_frames), probs,
+                               np.zeros((2, w, 4)), (w + 1) * merger.hop_frames * merger.frame_s)
+    first_run_s = 5 * merger.hop_frames * merger.frame_s            # the call labelled up to the pause
+    got = counts(windows, probs, bundle, merger.point, [(0.0, first_run_s, "gibbon_duet")])
+    assert got["found"] == 1 and got["false_events"] == 0          # one event, bridged over the pause

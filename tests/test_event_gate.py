@@ -353,3 +353,19 @@ def test_a_class_without_held_out_events_takes_the_shared_intercept_and_says_so(
     assert set(gate.classes) == {"a", "b"} and a.coef == b.coef and a.coef[0] > 0
     assert 0.0 < b.probability(features[0]) < 1.0             # b is still scored, by the shared model
     assert "none of them its own: the shared intercept" in describe(0.3, 60, 0)
+
+
+def test_the_report_says_why_the_run_feature_fit_was_not_tried():
+    from training.calibration import calibrate
+    from training.field import ScoredEvents
+
+    votes = _gate_field()
+    report = field_report(votes, 1.0, grid=RULES["hysteresis"], point=OperatingPoint({"a": 0.3, "b": 0.3}))
+    assert "run_features_skipped" not in report["calibration_report"]
+    n = 20
+    score = np.linspace(0.3, 0.9, n)
+    few = ScoredEvents(np.ones(n, int), score, score, np.arange(n) % 2, np.arange(n) % 3 == 0, evidence=score,
+                       features=np.zeros((n, len(FEATURES))))
+    assert calibrate(few, LABELS, 0)[2]["run_features_skipped"].startswith("20 events, 7 right: it needs 30")
+    without = ScoredEvents(np.ones(n, int), score, score, np.arange(n) % 2, np.arange(n) % 3 == 0, evidence=score)
+    assert "no member probabilities" in calibrate(without, LABELS, 0)[2]["run_features_skipped"]

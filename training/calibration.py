@@ -172,13 +172,15 @@ def calibrate(events: ScoredEvents, labels: tuple[str, ...], background: int, pl
             continue
         for kind in KINDS:
             honest[f"{source}/{kind}"] = cross_fitted(events, labels, background, source, kind)
-    runs = events.features is not None and not events.gated and run_calibration.usable(events.right)
-    for C in run_calibration.STRENGTHS if runs else ():
+    skipped = run_calibration.skipped(events.features is not None, events.gated, events.right)
+    for C in () if skipped else run_calibration.STRENGTHS:
         values = run_calibration.cross_fitted(events.features, events.label, events.right, events.fold, labels,
                                               background, C)
-        if values is not None:
-            honest[f"gate/run-features C {C:g}"] = values
-    report = {"events": int(len(events.right))}
+        if values is None:
+            skipped = "a fold's other folds hold too few events, or only right or only false ones, to fit on"
+            break
+        honest[f"gate/run-features C {C:g}"] = values
+    report = {"events": int(len(events.right)), **({"run_features_skipped": skipped} if skipped else {})}
     for name, values in honest.items():
         report[name] = {**reliability(values, events.right), "levels": at_levels(values, events.right)}
     chosen = max(honest, key=lambda name: _rank(report[name]["levels"], report[name]["brier"]))

@@ -29,6 +29,17 @@ def usable(right: np.ndarray) -> bool:
     return len(right) >= MIN_EVENTS and 0 < right.sum() < len(right)
 
 
+def skipped(have_features: bool, gated: bool, right: np.ndarray) -> str | None:
+    """Why the run-feature fit is not tried on these events (None: it is), for the report."""
+    if not have_features:
+        return "the votes hold no member probabilities, which the run's features need"
+    if gated:
+        return "the point's event gate decides: its own probability is calibrated instead"
+    if not usable(right):
+        return f"{len(right)} events, {int(right.sum())} right: it needs {MIN_EVENTS}, some right and some false"
+    return None
+
+
 def fit_run_gate(features: np.ndarray, label: np.ndarray, right: np.ndarray, labels: tuple[str, ...],
                  background: int, C: float) -> EventGate:
     """One logistic regression of ``right`` on the standardised ``features [N, F]`` and a one-hot of

@@ -531,3 +531,16 @@ def test_cv_ensemble_refuses_unknown_rules_naming_them(tmp_path):
 
     with pytest.raises(DataError, match="unknown rules 'loudest': choose from windows, windows6, evidence"):
         cv_ensemble([tmp_path / "recipe"], None, tmp_path / "out.json", 0.1, rules="loudest")
+
+
+def test_a_calibration_that_meets_the_error_target_and_says_high_beats_a_slightly_lower_brier():
+    """Two fits a hair apart in Brier score: the one within the issue's ECE of 0.05 that says 0.9
+    for some events is kept over one outside it; one that never says 0.9 is not preferred for a low ECE."""
+    from training.calibration import _rank
+
+    says = {"0.9": {"events": 37, "precision": 0.86, "right_kept": 0.08}}
+    never = {"0.9": {"events": 0, "precision": None, "right_kept": 0.0}}
+    assert _rank(says, 0.1829, 0.043) > _rank(says, 0.1826, 0.053)
+    assert _rank(never, 0.2300, 0.010) < _rank(says, 0.2000, 0.120)
+    met = {"0.9": {"events": 200, "precision": 0.9, "right_kept": 0.6}}
+    assert _rank(met, 0.25, 0.2) > _rank(says, 0.1, 0.01)          # the 0.9 target first

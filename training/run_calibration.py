@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from edgemon.analysis.event_gate import ClassGate, EventGate
 
 MIN_EVENTS = 30           # held-out events needed in all (and some right and some false) to fit at all
-STRENGTHS = (0.03, 0.1, 0.3)   # L2 ``C`` tried; the cross-fitted Brier score chooses among them
+STRENGTHS = (0.03, 0.1, 0.3)   # L2 ``C`` tried; the chooser (``training.calibration._rank``) picks one
 IDENTITY = {"x": [0.0, 1.0], "y": [0.0, 1.0]}
 
 

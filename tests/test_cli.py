@@ -579,6 +579,13 @@ def test_info_as_text_gives_the_lines_a_person_reads_first():
     else:
         # the figure chosen on the other folds' recorders comes first: it is what a new site can expect
         assert "never heard" in lines[first] and f": {other['false_per_hour']:.1f} / h" in lines[first]
+    # what --min-confidence 0.9 gives, and how far to trust the number (an upgrade trial found it
+    # only deep in the JSON)
+    top = expected["at_min_confidence_0.9"]
+    assert f"  --min-confidence 0.9 in grouped CV: {top['events']} events at precision {top['precision']:.2f}, " \
+           f"keeping {top['right_kept']:.2f} of the right ones; calibration error " \
+           f"{expected['calibration_ece']:.3f} there, larger on recorders it never heard" in lines
+    assert "an estimate, fitted on grouped-CV recorders" in next(line for line in lines if "confidence:" in line)
 
 
 def test_info_puts_the_held_out_figure_first_for_a_point_chosen_on_other_folds(tmp_path):

@@ -70,6 +70,12 @@ def format_description(d: dict) -> str:
             lines.append(f"  on the folds that chose it: {at_this}")
         else:
             lines.append(f"  expected from grouped CV at the target of {target} false events per background hour: {at_this}")
+        top = expected.get("at_min_confidence_0.9") or {}
+        if top.get("events") is not None and expected.get("calibration_ece") is not None:
+            # the figure a user filtering by confidence needs, and how far to trust the number
+            lines.append(f"  --min-confidence 0.9 in grouped CV: {top['events']} events at precision "
+                         f"{_pct(top.get('precision'))}, keeping {_pct(top.get('right_kept'))} of the right ones; "
+                         f"calibration error {expected['calibration_ece']:.3f} there, larger on recorders it never heard")
     adapted = (d.get("provenance") or {}).get("adapted")
     if isinstance(adapted, dict):
         reviews = adapted.get("reviews") or {}

@@ -218,7 +218,8 @@ def _confidence_meaning(manifest: dict, ceiling: float) -> str:
                 float(v) > 0 for v in (point.get("min_gate") or {}).values()):
             # a gate at level 0 drops nothing: it is the run-feature calibration itself
             source = "run (its length, confidences and how the members agree: a logistic fit)"
-        meaning = (f"calibrated: the probability that a detection is right, per class, from the event's "
+        meaning = (f"calibrated: an estimate, fitted on grouped-CV recorders, of the probability that a detection "
+                   f"is right, per class, from the event's "
                    f"{source} (fits in provenance.calibration_fits)")
     else:
         meaning = "uncalibrated: the raw vote score (the members' normalised-softmax probability), not a probability of being right"

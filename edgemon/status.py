@@ -80,8 +80,8 @@ def _read_tables(status: dict, conn: sqlite3.Connection, tables: set[str], db_pa
     status["backlog"] = _backlog(conn, directory)
     status["last_file"] = _row(conn, "SELECT source, updated_at AS processed_utc, duration_s FROM files "
                                      "WHERE state = 'done' ORDER BY updated_at DESC LIMIT 1")
-    status["last_detection"] = _row(conn, "SELECT label, confidence, source, start_utc, created_at AS stored_utc "
-                                          "FROM detections ORDER BY id DESC LIMIT 1")
+    status["last_detection"] = _row(conn, "SELECT label, confidence, source, start_utc, created_at AS stored_utc, "
+                                          "bundle_id FROM detections ORDER BY id DESC LIMIT 1")
     _worked_past_the_last_heartbeat(status["service"], status["last_file"])
     status["real_time_factor"] = (round(beat["audio_s"] / beat["busy_s"], 1)
                                   if beat and beat["busy_s"] else None)
@@ -380,6 +380,9 @@ def format_status(status: dict) -> str:
     det = s["last_detection"]
     last_det = (f"{det['label']} ({det['confidence']:.2f}) at {det['start_utc'] or '?'} in {det['source']}"
                 if det else "none yet")
+    if det and det.get("bundle_id") and det["bundle_id"] != s["bundle_id"]:
+        # after `reanalyse` the last row may be another bundle's, its confidence on that bundle's scale
+        last_det += f", by bundle {det['bundle_id']}"
     rtf = (f"{s['real_time_factor']:g}x ({s['audio_h_this_run']:.2f} h of audio this run)"
            if s["real_time_factor"] else "not measured yet (at each heartbeat: heartbeat_s, 300 s by default)")
     dropped = s["dropped_audio"]

@@ -711,3 +711,25 @@ def test_a_listener_whose_microphone_gives_nothing_says_so_in_its_heartbeat_and_
         hearing[0] = None
         beats.tick(store)                     # back: said at once too
         assert store.db.execute("SELECT state FROM heartbeats ORDER BY id DESC LIMIT 1").fetchone()[0] == "ok"
+
+
+def test_status_names_the_bundle_of_a_last_detection_that_is_not_the_recorders(watched_db, tmp_path):
+    """After `reanalyse` with another bundle the last row is that bundle's, its confidence on that
+    bundle's scale: an upgrade trial saw 0.96 beside the old bundle's id, which had stored 0.55."""
+    import shutil
+    import sqlite3
+
+    db, root = watched_db
+    copy = tmp_path / "copy.db"
+    shutil.copy(db, copy)
+    assert "by bundle" not in format_status(collect_status(copy, directory=root, min_free_mb=1))
+    with sqlite3.connect(copy) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(detections)") if r[1] != "id"]
+        picked = ", ".join("'other-0123456789ab'" if c == "bundle_id" else c for c in columns)
+        conn.execute(f"INSERT INTO detections ({', '.join(columns)}) SELECT {picked} FROM detections "
+                     "ORDER BY id DESC LIMIT 1")
+    status = collect_status(copy, directory=root, min_free_mb=1)
+    assert status["bundle_id"] == analyzer().bundle.bundle_id
+    assert status["last_detection"]["bundle_id"] == "other-0123456789ab"
+    line = next(line for line in format_status(status).splitlines() if "last detection" in line)
+    assert line.endswith(", by bundle other-0123456789ab")

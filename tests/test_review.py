@@ -599,6 +599,11 @@ def test_a_sound_judged_under_another_bundle_says_so_and_comes_after_the_rest(re
     with review_server(db, recordings) as (base, _):
         page = _get(base + "/?bundle=bundle-new")[2].decode()
     assert page.count("earlier: ") == 1 and f"judged as great_argus under {BUNDLE_ID}" in page
+    assert 'class="bundle"' not in page                       # one bundle chosen: no need to name it
+    with review_server(db, recordings) as (base, _):
+        every = _get(base + "/")[2].decode()
+    # all bundles shown: each card names its own (an upgrade trial saw each call twice, unnamed)
+    assert every.count('">bundle-new</span>') == len(stored) and every.count(f'">{BUNDLE_ID}</span>') >= 1
     # A detection that only touches the judged one's edge (adjacent events share a frame) is
     # another sound: nothing was said of it (a newcomer trial saw a neighbour's verdict shown).
     with Store(db) as store:

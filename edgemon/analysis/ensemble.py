@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgemon.analysis.bundle import Bundle, load_bundle
+from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.analysis.selfcheck import SelfCheck, SelfCheckError, run_self_check
 from edgemon.analysis.site_head import load_site_head
@@ -212,10 +213,8 @@ def _site_corrections(ensemble: Ensemble) -> dict:
 def _confidence_meaning(manifest: dict, ceiling: float) -> str:
     if manifest.get("calibration"):
         source = manifest.get("calibration_input", "score")
-        point = manifest.get("operating_point") or {}
-        # (the bundle was checked when read: its levels are numbers)
-        if source == "gate" and point.get("event_gate") and not any(
-                float(v) > 0 for v in (point.get("min_gate") or {}).values()):
+        point = OperatingPoint.from_manifest(manifest, manifest.get("thresholds") or {})  # checked when read
+        if source == "gate" and point.gate is not None and not point.decides_by_gate:
             # a gate at level 0 drops nothing: it is the run-feature calibration itself
             source = "run (its length, confidences and how the members agree: a logistic fit)"
         meaning = (f"calibrated: an estimate, fitted on grouped-CV recorders, of the probability that a detection "

@@ -139,9 +139,10 @@ class EventMerger:
         """Whether the operating point stores this run (one label) as an event; ``whole``: the
         run is all of its recording's windows (``OperatingPoint.keeps``)."""
         # Decided on the confidences as stored (4 decimals), which the chooser of the point reads
-        # back from events: a run at 0.51998 meets an opening level of 0.52 in both.
-        return self.point.keeps(self.labels[run[0].label], [round(v.confidence, 4) for v in run], self.gate(run),
-                                whole)
+        # back from events: a run at 0.51998 meets an opening level of 0.52 in both. A gate that
+        # decides nothing (level 0: it only scores) is not computed here: the event computes it.
+        gate = self.gate(run) if self.point.decides_by_gate else None
+        return self.point.keeps(self.labels[run[0].label], [round(v.confidence, 4) for v in run], gate, whole)
 
     def short_whole(self, run: list[WindowVote], duration_s: float) -> bool:
         """Whether ``run`` is kept only because it covers its whole recording, too short for the

@@ -21,7 +21,7 @@ import numpy as np
 from edgemon.analysis.decisions import OperatingPoint
 from training.cv import folds_with_pool, grouped_folds_of
 from training.data import BACKGROUND, clip_span, read_label_list
-from training.field import FieldVotes
+from training.field_votes import FieldVotes
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "borneo"
 LISTS = ("train", "devel", "pool")   # never the test list: it stays unseen until the end

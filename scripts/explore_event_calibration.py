@@ -22,7 +22,8 @@ from sklearn.metrics import roc_auc_score
 
 from edgemon.analysis.decisions import OperatingPoint
 from training.calibration import at_levels, reliability
-from training.field import FieldVotes, match
+from training.field import match
+from training.field_votes import FieldVotes
 
 FEATURE_SETS = (("score",), ("evidence",), ("score", "windows"), ("score", "windows", "mean", "agreement"),
                 ("score", "windows", "lower_member", "lower_member_mean", "background", "second"),

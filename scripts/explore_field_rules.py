@@ -21,7 +21,7 @@ import itertools
 
 import numpy as np
 
-from training.field import FieldVotes
+from training.field_votes import FieldVotes
 
 def _running_floor(s, window: int) -> np.ndarray:
     """Each class's mean member probability less its median over the ``window`` windows before

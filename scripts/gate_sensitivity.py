@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from training.event_gate import GateRules
-from training.field import FieldVotes
+from training.field_votes import FieldVotes
 from training.operating import held_out
 
 SETTINGS = ((0.30, 0.5), (0.25, 0.5), (0.35, 0.5), (0.40, 0.5), (0.30, 0.1), (0.30, 2.0))   # the default first

@@ -26,7 +26,7 @@ import json
 import numpy as np
 
 from edgemon.analysis.vote import majority_vote
-from training.field import FieldVotes, StreamVotes
+from training.field_votes import FieldVotes, StreamVotes
 from training.operating import DEFAULT_RULES, RULES, field_report
 
 FLOOR = 1e-3   # no prior goes below this: a class the EM rules out is still possible

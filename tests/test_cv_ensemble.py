@@ -78,7 +78,7 @@ def test_one_member_reproduces_the_cv_runs_own_window_scores(cv_runs, tiny_datas
                     prevalence=0.5)
     again = cv_ensemble([cv_runs / "a" / "mel"], _load(tiny_dataset), tmp_path / "alone.json", 0.1, reuse_votes=True)
     assert again["thresholds"] == alone["thresholds"]
-    from training.field import FieldVotes   # votes from before they said either: taken, with a warning
+    from training.field_votes import FieldVotes   # votes from before they said either: taken, with a warning
 
     old = FieldVotes.load(votes)
     old.models_sha256, old.prevalence = "", None

@@ -14,7 +14,8 @@ from tests.conftest import hoots
 from tests.test_field import FRAME_S, HOP, LABELS, _bundle_copy, _votes
 from training.errors import DataError
 from training.event_gate import GateChooser, candidates, fit_gate, probabilities
-from training.field import FieldVotes, StreamVotes, measure
+from training.field import measure
+from training.field_votes import FieldVotes, StreamVotes
 from training.operating import RULES, choose_point, class_tables, crossfit, field_report
 
 

@@ -13,7 +13,8 @@ from edgemon.analysis.decisions import Calibration, OperatingPoint
 from edgemon.errors import BundleError
 from tests.conftest import hoots, write_manifest
 from training.calibration import calibrate, fit_calibration
-from training.field import FieldVotes, ScoredEvents, StreamVotes, assemble, match, measure, poisson_interval
+from training.field import ScoredEvents, match, measure, poisson_interval
+from training.field_votes import FieldVotes, StreamVotes, assemble
 from training.operating import choose_point, field_report
 
 LABELS = ("background", "a", "b")
@@ -372,7 +373,8 @@ def test_bad_inputs_are_named_errors(tmp_path):
 def test_a_fold_without_background_is_refused_naming_it(tiny_dataset):
     from training.data import load_split
     from training.errors import DataError
-    from training.field import analyse_fold, raw_analyzer
+    from training.field_votes import analyse_fold
+    from training.recorder_votes import raw_analyzer
 
     split = load_split(tiny_dataset, "devel")
     calls_only = np.flatnonzero(split.targets != 0)

@@ -13,7 +13,8 @@ from edgemon.analysis.frontend import FrontendConfig
 from edgemon.errors import BundleError
 from tests.conftest import TINY_LABELS, write_manifest
 from training.data import load_split
-from training.field import field_votes, windows_of
+from training.field import windows_of
+from training.field_votes import field_votes
 from training.model import ModelConfig, PrimateBiLSTM
 from training.onnx_export import export_onnx
 from training.recorder_votes import clip_windows, windowed_metrics

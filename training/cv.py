@@ -30,7 +30,8 @@ from training.augment import AugmentConfig
 from training.data import BACKGROUND, Split, merge, without_recorders
 from training.errors import DataError
 from training.evaluate import confusion, per_class_recall, plot_confusion, uar
-from training.field import fold_field_votes, windows_of
+from training.field import windows_of
+from training.field_votes import fold_field_votes
 from training.model import ModelConfig, PrimateBiLSTM
 from training.operating import DEFAULT_TARGET_FALSE_PER_HOUR, field_report
 from training.recipes import FIELD, HOP_S, PAPER, WINDOW_S, recipe_name, seconds_to_frames

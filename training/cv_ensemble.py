@@ -24,7 +24,8 @@ from edgemon.analysis.frontend import FrontendConfig
 from training.bundling import shared_frontend
 from training.cv import grouped_folds, held_out_with_pool, validation_recorders
 from training.errors import DataError
-from training.field import DEFAULT_PREVALENCE, FieldVotes, fold_field_votes, models_digest, windows_of
+from training.field import windows_of
+from training.field_votes import DEFAULT_PREVALENCE, FieldVotes, fold_field_votes, models_digest
 from training.operating import DEFAULT_RULES, DEFAULT_TARGET_FALSE_PER_HOUR, RULES, field_report, rules_name
 from training.thresholds import field_scores, field_summary
 

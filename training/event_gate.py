@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.event_gate import FEATURES, ClassGate, EventGate, run_features
 from training.errors import DataError
-from training.field import FieldVotes
+from training.field_votes import FieldVotes
 
 MIN_EVENTS, MIN_EACH = 30, 5
 NEVER = 1.01          # a gate level no probability reaches

@@ -238,7 +238,7 @@ def _enqueue_once(study: optuna.Study, params: dict) -> None:
 
 def _field_scoring(config: SearchConfig) -> dict:
     """What the field objective's value depends on beyond the folds: a worker must agree on it."""
-    from training.field import DEFAULT_PREVALENCE
+    from training.field_votes import DEFAULT_PREVALENCE
     from training.hpo_cv import CURVE_TARGETS
     from training.operating import DEFAULT_RULES
 

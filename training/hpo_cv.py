@@ -118,7 +118,7 @@ class FieldObjective(CvObjective):
         self.targets = tuple(sorted({*CURVE_TARGETS, search.target_false_per_hour}))
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from training.field import fold_field_votes
+        from training.field_votes import fold_field_votes
         from training.operating import held_out
         from training.runs import run_config, save_model
 

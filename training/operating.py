@@ -31,8 +31,8 @@ from training.calibration import as_calibration, calibrate
 from training.errors import DataError
 from training.evaluate import uar
 from training.event_gate import GateChooser, GateRules
-from training.field import (NOTHING, FieldVotes, ScoredEvents, assembled_events, clip_predictions, measure,
-                            poisson_interval)
+from training.field import NOTHING, ScoredEvents, assembled_events, clip_predictions, measure, poisson_interval
+from training.field_votes import FieldVotes
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ def clip_windows(bundle: Bundle, split: Split) -> dict[str, np.ndarray]:
     ``training.thresholds`` (as ``training.field.windows_of`` gives them)."""
     analyzer = raw_analyzer(bundle)
     clip, winner, confidence = [], [], []
-    # One BLAS thread, as on the recorder (see ``training.field.field_votes``).
+    # One BLAS thread, as on the recorder (see ``training.field_votes.field_votes``).
     with threadpool_limits(1):
         for i, c in enumerate(split.clips):
             votes, _ = stream_votes(analyzer, [clip_samples(c, bundle.frontend.sample_rate)])

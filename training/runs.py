@@ -28,7 +28,8 @@ from training.data import BACKGROUND, Split, check_train_labels, data_identity, 
 from training.errors import DataError
 from training.out_dirs import check_out_dir, holding_out_dir
 from training.evaluate import metrics, write_report
-from training.field import field_votes, score_field, windows_of
+from training.field import score_field, windows_of
+from training.field_votes import field_votes
 from training.model import ModelConfig, PrimateBiLSTM, count_parameters
 from training.onnx_export import export_onnx
 from training.recipes import HOP_S, WINDOW_S

@@ -263,7 +263,7 @@ def export_detections(
     cursor: Annotated[Optional[str], typer.Option("--cursor", metavar="NAME", help="Named cursor, one per destination and filter; implies --new. A cursor keeps the filter it was first used with.")] = None,
     bundle: Annotated[Optional[list[str]], typer.Option("--bundle", metavar="ID", help="Only detections of this bundle id (repeatable; see `edgemon reanalyse`).")] = None,
     coverage: Annotated[Optional[Path], typer.Option("--coverage", help="Also write live-stream coverage (per minute: seconds analysed and lost) for the same --since/--until to this file (csv, or jsonl with --format jsonl).", readable=False)] = None,
-    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Also write the recordings analysed (the effort: one row per recording, its start, end, seconds of audio, clock and detection count) for the same --since/--until to this file (csv, or jsonl with --format jsonl).", readable=False)] = None,
+    recordings: Annotated[Optional[Path], typer.Option("--recordings", help="Also write the recordings analysed (the effort: one row per recording, its start, end, seconds of audio, clock and detection count) for the same --since/--until, and --bundle: the recordings each bundle analysed, to this file (csv, or jsonl with --format jsonl).", readable=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No info line on standard error (for cron); errors are still reported.")] = False,
     timezone: TimezoneOpt = None,
     config: ConfigOpt = None,
@@ -306,7 +306,7 @@ def export_detections(
                                           times[1])
             if recordings is not None:   # first, as coverage
                 effort = export_recordings(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", recordings, times[0],
-                                           times[1])
+                                           times[1], bundle=bundle or None)
             count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
                                new or cursor is not None, "default" if cursor is None else cursor,
                                bundle=bundle or None, timezone=service.timezone)

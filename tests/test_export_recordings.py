@@ -84,3 +84,31 @@ def test_recordings_need_a_file_of_their_own(tmp_path):
         assert refused.exit_code in (1, 2), refused.output
         assert "--recordings" in refused.output or "another option's file" in refused.output, refused.output
         assert not out.exists() and not (tmp_path / "cov.csv").exists()
+
+
+def test_recordings_of_a_bundle_are_the_ones_it_analysed(tmp_path):
+    """Found at the twenty-ninth session's close: `export-detections --bundle B2 --recordings F`
+    wrote every recording of the ledger with the ledger's bundle and its detection counts, so a
+    season re-analysed on one recording looked listened to by B2 everywhere, with B1's calls."""
+    db, out = tmp_path / "d.db", tmp_path / "recordings.csv"
+    season(db)
+    source = "20240501_221000.WAV"
+    found = Detection(device_id="rec01", source=source, start_s=20.0, end_s=24.0, start_utc="2024-05-01T22:10:20Z",
+                      end_utc=None, time_source="filename", clock_suspect=False, label="great_argus",
+                      confidence=0.8, votes=None, bundle_id="b2")
+    with Store(db) as store:   # as reanalyse stores it: this recording only, 590 s of it read
+        store.replace_detections(source, "b2", [found], duration_s=590.0)
+    done = runner.invoke(app, ["export-detections", "--db", str(db), "--output", str(tmp_path / "d.csv"),
+                               "--bundle", "b2", "--recordings", str(out)])
+    assert done.exit_code == 0, done.output
+    assert [(r["source"], r["duration_s"], r["detections"], r["bundle_id"]) for r in read_csv(out)] == [
+        (source, "590.0", "1", "b2")]
+    # Both bundles: each recording once per bundle that analysed it, with that bundle's count.
+    count, seconds = export_recordings(db, "jsonl", out, bundle=["b1", "b2"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (count, seconds) == (5, 1920.5 + 590.0)
+    assert [(r["source"], r["bundle_id"], r["detections"]) for r in rows if r["source"] == source] == [
+        (source, "b1", 0), (source, "b2", 1)]
+    # A triggered recording analysed by a bundle still spans its silences.
+    assert [r["end_utc"] for r in rows if r["source"] == "20240502_220000T.WAV"] == ["2024-05-02T22:10:00.000Z"]
+    assert export_recordings(db, "csv", out, bundle=["never"]) == (0, 0.0)

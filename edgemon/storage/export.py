@@ -34,7 +34,7 @@ from edgemon.storage.export_journal import JournalError, finish_pending
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.raven_names import raven_names, raven_table
 from edgemon.storage.raven_owner import check_directory, owner_note
-from edgemon.storage.readonly import edgemon_tables, open_read_only, table_columns, time_range
+from edgemon.storage.readonly import edgemon_tables, has_table, open_read_only, table_columns, time_range
 from edgemon.storage.store import Store, StoreError
 from edgemon.utc import parse_utc, utc_iso
 
@@ -347,10 +347,16 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
 
 
 def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
-                      since: dt.datetime | None = None, until: dt.datetime | None = None) -> tuple[int, float]:
+                      since: dt.datetime | None = None, until: dt.datetime | None = None,
+                      bundle: list[str] | None = None) -> tuple[int, float]:
     """Write the recordings analysed, one row per recording in the ledger that is done, in order of
     start; return (rows, seconds of audio). This is the effort behind the detections: a recording
-    with no detection was listened to, a time with no recording was not.
+    with no detection was listened to, a time with no recording was not. With ``bundle`` (ids, as
+    ``export-detections --bundle``), one row per recording each of them analysed (``analyses``:
+    ``watch`` or ``reanalyse``), its audio read and its detections that bundle's; a recording a
+    bundle never analysed is no effort of it (an export of a re-analysed season listed every
+    recording of the ledger with the ledger's bundle, a review). Before that table existed (a
+    database no edgemon since has opened to write), the recordings whose ledger names the bundle.
 
     Each row: ``source`` (as detections name it), ``start_utc`` and ``end_utc`` (the end counts
     the silences a triggered recording left out, as its detections' times do), ``duration_s`` (the
@@ -375,15 +381,26 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
     try:
         clauses, params = time_range("f.start_utc", *_utc_bounds(since, until))
         span = "f.span_s" if "span_s" in table_columns(conn, "files") else "NULL"
-        where = " AND ".join(["f.state = 'done'", "f.duration_s IS NOT NULL", *clauses])
+        # Each row's bundle and audio read: the ledger's, or with --bundle each chosen bundle's analysis.
+        analysed, duration, by = "files f", "f.duration_s", "f.bundle_id"
+        if bundle:
+            marks = ", ".join("?" * len(bundle))
+            if has_table(conn, "analyses"):
+                analysed, duration, by = "analyses a JOIN files f ON f.source = a.source", \
+                    "coalesce(a.duration_s, f.duration_s)", "a.bundle_id"
+            clauses.append(f"{by} IN ({marks})")
+            params = [*params, *bundle]
+        # A triggered recording spans its left-out silences beyond the audio read, as in the ledger.
+        spanned = f"{duration} + ({span} - f.duration_s)" if span != "NULL" else "NULL"
+        where = " AND ".join(["f.state = 'done'", f"{duration} IS NOT NULL", *clauses])
         cursor = conn.cursor()
         cursor.row_factory = _as_dict
-        # Streamed, as detections are; the count is the ledger's bundle's, as status counts them.
+        # Streamed, as detections are; the count is the row's bundle's, as status counts them.
         rows = map(as_row, cursor.execute(
-            f"SELECT f.source, f.start_utc, f.duration_s, {span} AS span_s, f.time_source, f.clock_suspect, "
-            "(SELECT count(*) FROM detections d WHERE d.source = f.source AND d.bundle_id IS f.bundle_id) "
-            "AS detections, f.bundle_id FROM files f "
-            f"WHERE {where} ORDER BY f.start_utc IS NULL, f.start_utc, f.source", params))
+            f"SELECT f.source, f.start_utc, {duration} AS duration_s, {spanned} AS span_s, f.time_source, "
+            f"f.clock_suspect, (SELECT count(*) FROM detections d WHERE d.source = f.source AND d.bundle_id IS {by}) "
+            f"AS detections, {by} AS bundle_id FROM {analysed} "
+            f"WHERE {where} ORDER BY f.start_utc IS NULL, f.start_utc, f.source, {by}", params))
         return _write_side(write, rows, RECORDING_COLUMNS, output), seconds[0]
     except sqlite3.Error as e:
         raise ExportError(f"cannot read the recordings of {db_path}: {e}") from e

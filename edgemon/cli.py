@@ -22,7 +22,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgemon import console
-from edgemon.cli_common import (ClassifyFormat, ConfigFormat, ConfigOpt, DbOpt, DeviceIdOpt, DirectoryAlias,
+from edgemon.cli_common import (ClassifyFormat, ClockTimezoneOpt, ConfigFormat, ConfigOpt, DbOpt, DeviceIdOpt, DirectoryAlias,
                                 DirectoryArg, ExportFormat, JsonOpt, ModelsOpt, TextFormat, ThreadsOpt, TimezoneOpt, app,
                                 fail, service_in_force, settings_in_force, setting_option)
 from edgemon.config import OptionError, load_settings
@@ -64,6 +64,7 @@ def watch(
     incomplete_grace_s: Annotated[Optional[float], setting_option("incomplete_grace_s")] = None,
     retry_s: Annotated[Optional[float], setting_option("retry_s")] = None,
     threads: ThreadsOpt = None,
+    clock_timezone: ClockTimezoneOpt = None,
     config: ConfigOpt = None,
     directory_alias: DirectoryAlias = None,
 ):
@@ -165,6 +166,7 @@ def classify(
     fmt: Annotated[ClassifyFormat, typer.Option("--format", help="table (for reading) or csv (export-detections' csv columns).")] = ClassifyFormat.table,
     threads: ThreadsOpt = None,
     timezone: TimezoneOpt = None,
+    clock_timezone: ClockTimezoneOpt = None,
     config: ConfigOpt = None,
 ):
     """Analyse files once and print their detections; no database."""
@@ -174,7 +176,8 @@ def classify(
     try:
         service = service_in_force(ctx, config)
         zone = None if service.timezone is None else zoneinfo.ZoneInfo(service.timezone)   # checked with the settings
-        rows, errors = classify_files(files, make_analyzer(service.models, service.threads), zone)
+        rows, errors = classify_files(files, make_analyzer(service.models, service.threads), zone,
+                                      service.clock_zone())
     except EdgemonError as exc:
         raise fail(exc)
     if rows or not errors:   # every file failed: no table (a bare header read as "no detections")

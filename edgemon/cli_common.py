@@ -57,6 +57,7 @@ DbOpt = Annotated[Optional[Path], setting_option("db")]
 ThreadsOpt = Annotated[Optional[int], setting_option("threads")]
 DeviceIdOpt = Annotated[Optional[str], setting_option("device_id")]
 TimezoneOpt = Annotated[Optional[str], setting_option("timezone")]
+ClockTimezoneOpt = Annotated[Optional[str], setting_option("clock_timezone")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Settings file (TOML; default: $EDGEMON_CONFIG, else /etc/edgemon/edgemon.toml if present). Environment variables and options override it.", readable=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
 # One way for `watch` and `status`: DIRECTORY positional; --directory kept for existing scripts.

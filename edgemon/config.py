@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -70,6 +71,7 @@ class ServiceConfig:
     latitude: float | None
     longitude: float | None
     timezone: str | None
+    clock_timezone: str | None
 
     directory: Path | None
     settle_s: float
@@ -113,7 +115,11 @@ class ServiceConfig:
                               f"EDGEMON_DIRECTORY or `directory` in [watch] of {self.config_file or DEFAULT_PATH}")
         return WatchConfig(root=self.directory, device_id=self.device_id, settle_s=self.settle_s,
                            rescan_s=self.rescan_s, incomplete_grace_s=self.incomplete_grace_s,
-                           retry_s=self.retry_s, until_idle=until_idle)
+                           retry_s=self.retry_s, until_idle=until_idle, clock_zone=self.clock_zone())
+
+    def clock_zone(self) -> zoneinfo.ZoneInfo | None:
+        """The zone of ``clock_timezone`` (checked with the settings), None when unset (UTC)."""
+        return None if self.clock_timezone is None else zoneinfo.ZoneInfo(self.clock_timezone)
 
     def listen_config(self, duration_s: float | None = None) -> ListenConfig:
         """``ListenConfig`` of the [listen] settings (clips only when ``clips`` is set)."""

@@ -62,6 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=-90, maximum=90),
     Setting("longitude", None, float, None, "Recorder longitude, decimal degrees (WGS84).", minimum=-180, maximum=180),
     Setting("timezone", None, str, None, "Recorder's IANA time zone (e.g. 'Asia/Kuching') for the start_local column."),
+    Setting("clock_timezone", None, str, None, "IANA time zone the recorder's clock was set to, for file names and header times that give no UTC offset (a Song Meter or a Swift set to local time); unset: UTC, an AudioMoth's default. An offset the header gives wins."),
 
     Setting("directory", "watch", Path, None, "Recorder directory to watch (recursive)."),
     Setting("settle_s", "watch", float, 5.0, "Seconds a file must stay unchanged before it is read.", minimum=0),
@@ -138,7 +139,7 @@ def checked(s: Setting, value: Any, where: str, error: type[ConfigError] = Confi
         raise error(f"{where}: must be at least {s.minimum:g}, got {value!r}")
     if s.maximum is not None and value > s.maximum:
         raise error(f"{where}: must be at most {s.maximum:g}, got {value!r}")
-    if s.name == "timezone":   # else the first nightly export, weeks later, fails on it
+    if s.name in ("timezone", "clock_timezone"):   # else the first nightly export, weeks later, fails on it
         _check_zone(value, where, error)
     if s.file:
         try:

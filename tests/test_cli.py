@@ -703,6 +703,29 @@ def test_classify_table_shows_local_times_with_a_time_zone(duet_recording, tmp_p
     assert "start_local" not in plain.stdout.splitlines()[0]
 
 
+def test_watch_and_classify_read_a_local_time_recorders_names_in_its_clock_zone(duet_recording, tmp_path):
+    """A Song Meter names files by its local clock with no offset anywhere: they were stored as
+    UTC, 8 h late on Borneo, with no setting to say otherwise."""
+    recorder = tmp_path / "sm4"
+    recorder.mkdir()
+    shutil.copy(duet_recording, recorder / "SMM07257_20180301_060000.wav")
+    db = tmp_path / "d.db"
+    watched = runner.invoke(app, ["watch", str(recorder), "--db", str(db), "--until-idle",
+                                  "--clock-timezone", "Asia/Kuching"])
+    assert watched.exit_code == 0, watched.output
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT start_utc FROM files").fetchone()[0].startswith("2018-02-28T22:00:00")
+        starts = [r[0] for r in conn.execute("SELECT start_utc FROM detections")]
+    assert starts and all(t.startswith("2018-02-28T22:0") for t in starts), starts
+    classified = runner.invoke(app, ["classify", str(recorder), "--format", "csv", "--clock-timezone", "Asia/Kuching"])
+    assert classified.exit_code == 0, classified.output
+    rows = list(csv.DictReader(io.StringIO(classified.stdout)))
+    assert [r["start_utc"][:16] for r in rows] == [t[:16] for t in starts]
+    wrong = runner.invoke(app, ["classify", str(recorder), "--clock-timezone", "asia/kuching"])
+    assert wrong.exit_code == 2 and "unknown IANA time zone 'asia/kuching'" in wrong.output
+    assert "did you mean 'Asia/Kuching'" in wrong.output
+
+
 def test_classify_refuses_a_pipe_named_like_a_recording_and_goes_on(duet_recording, tmp_path):
     """A newcomer trial: `edgemon classify` on a FIFO called *.WAV waited for ever, and the other
     files of its directory were never printed (watch quarantines such a file)."""

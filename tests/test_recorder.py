@@ -4,6 +4,7 @@ import os
 import struct
 import wave
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -354,6 +355,32 @@ def test_name_in_the_recorders_zone_is_converted(tmp_path):
     got = recording_time(path, now=NOW)
     assert (got.start_utc, got.source) == (utc(2024, 2, 1, 10), "filename")
     assert "UTC+02:00" in got.detail
+
+
+def test_a_recorder_set_to_local_time_is_read_in_its_clock_zone(tmp_path):
+    """A Song Meter (or Swift) names files by its local clock and says no offset: with
+    ``clock_timezone`` unset they were stored 8 h off on UTC+8, with no way to say otherwise."""
+    kuching, berlin = ZoneInfo("Asia/Kuching"), ZoneInfo("Europe/Berlin")
+    song_meter = write_wave_module(tmp_path / "SMM07257_20240201_060000.wav")
+    assert recording_time(song_meter, now=NOW).start_utc == utc(2024, 2, 1, 6)        # unset: UTC
+    got = recording_time(song_meter, now=NOW, clock=kuching)
+    assert (got.start_utc, got.source, got.suspect) == (utc(2024, 1, 31, 22), "filename", False)
+    assert "clock_timezone Asia/Kuching" in got.detail and "read as UTC" not in got.detail
+    # Summer time: the offset in force at that instant, in winter and in summer.
+    assert recording_time(write_wave_module(tmp_path / "S1_20240701_060000.wav"), now=NOW,
+                          clock=berlin).start_utc == utc(2024, 7, 1, 4)
+    # A GUANO time without an offset is on the same clock.
+    path = write(tmp_path / "night.wav", wav_bytes(after=[guano(Timestamp="2024-02-01T06:00:00")]))
+    got = recording_time(path, now=NOW, clock=kuching)
+    assert (got.start_utc, got.source) == (utc(2024, 1, 31, 22), "metadata")
+    # An offset the header gives wins, UTC included: an AudioMoth saying "(UTC)" keeps its name's UTC.
+    for stamp, expected in (("06:00:00 01/02/2024 (UTC)", utc(2024, 2, 1, 6)),
+                            ("06:00:00 01/02/2024 (UTC+2)", utc(2024, 2, 1, 4))):
+        path = write(tmp_path / "20240201_060000.WAV", wav_bytes(before=[info(ICMT=COMMENT.format(stamp))]))
+        assert recording_time(path, now=NOW, clock=kuching).start_utc == expected, stamp
+    # A hex Unix-time name is no wall clock: no zone moves it.
+    assert recording_time(write_wave_module(tmp_path / "5E0BE100.WAV"), now=NOW,
+                          clock=kuching).start_utc == utc(2020, 1, 1)
 
 
 def test_a_flac_keeps_the_comments_zone_and_time(tmp_path):

@@ -52,6 +52,21 @@ def test_a_recording_moved_or_renamed_inside_the_tree_is_not_analysed_again(tmp_
     assert watch_until_idle(root, db).processed == 0    # and at the next start
 
 
+def test_a_local_time_recorders_recording_renamed_is_known_by_its_start_in_its_clock_zone(tmp_path, duet):
+    """Twins are asked for by start time: timed as UTC there and in the clock zone when analysed,
+    a renamed Song Meter recording was analysed again."""
+    from zoneinfo import ZoneInfo
+
+    root, db, kuching = tmp_path / "rec", tmp_path / "d.db", ZoneInfo("Asia/Kuching")
+    write_wav(root / "SMM07257_20230201_053000.wav", duet)
+    assert watch_until_idle(root, db, clock_zone=kuching).processed == 1
+    before = query(db, DETECTIONS)
+    assert before and before[0][3].startswith("2023-01-31T21:30")
+    os.rename(root / "SMM07257_20230201_053000.wav", root / "site 7 20230201_053000.wav")
+    assert watch_until_idle(root, db, clock_zone=kuching).processed == 0
+    assert query(db, DETECTIONS) == before
+
+
 def test_the_old_path_of_a_recording_moved_after_analysis_is_not_called_unprocessed(tmp_path, duet, caplog):
     # A move seen live hints both paths; the old one, gone, was said to be "gone before it was
     # processed" (a newcomer trial read it as a lost recording).
@@ -82,7 +97,7 @@ def test_a_card_of_identical_recordings_costs_each_file_one_start_time(tmp_path,
         write_wav(root / f"20230201_05{minute:02d}00.WAV", np.zeros(16000, np.float32))
     reads = []
     real = module.recording_time
-    monkeypatch.setattr(module, "recording_time", lambda path: reads.append(path) or real(path))
+    monkeypatch.setattr(module, "recording_time", lambda path, **kw: reads.append(path) or real(path, **kw))
     assert watch_until_idle(root, db).processed == 8          # another time each: analysed, not copies
     assert len(reads) <= 8, f"{len(reads)} start times read for 8 files"
     # A name of year 1 has no millisecond before it to ask for: analysed at its first attempt (a review).

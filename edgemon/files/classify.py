@@ -30,11 +30,11 @@ log = logging.getLogger(__name__)
 TABLE_COLUMNS = ("source", "start_s", "end_s", "start_utc", "label", "common_name", "confidence")
 
 
-def classify_files(paths: list[Path], analyzer: Analyzer,
-                   zone: zoneinfo.ZoneInfo | None = None) -> tuple[list[dict], list[str]]:
+def classify_files(paths: list[Path], analyzer: Analyzer, zone: zoneinfo.ZoneInfo | None = None,
+                   clock: zoneinfo.ZoneInfo | None = None) -> tuple[list[dict], list[str]]:
     """Detections of every file as export rows (``tables.COLUMNS``; ``start_local`` in ``zone``,
-    the recorder's time zone, when given), and one error line per file that could not be read,
-    naming it."""
+    the recorder's time zone, when given; names without an offset read in ``clock``, as watch
+    reads them), and one error line per file that could not be read, naming it."""
     names = tables.label_names(analyzer.bundle.manifest)
     rows, errors = [], []
     for path, source in _audio_files(paths, errors):
@@ -44,7 +44,7 @@ def classify_files(paths: list[Path], analyzer: Analyzer,
             if not whole and "not a RIFF" not in why:   # as watch notes it; not RIFF at all: the decoder says why
                 log.warning("%s: header inconsistent (%s); read as far as it goes", shown(str(path)), shown(why))
             analysis = analyzer.analyse_file(path)
-            when = recording_time(Path(path))
+            when = recording_time(Path(path), clock=clock)
             left_out = silences_of(path)
             note = audio.not_said_yet(analysis.note)
             if note:   # read, but not as usual (a header never finalised, a cut FLAC)

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 import soundfile
@@ -120,17 +120,23 @@ def time_from_filename(name: str) -> datetime | None:
     return parsed[0] if parsed else None
 
 
-def _metadata_time(meta: dict) -> tuple[datetime, str] | None:
-    """-> (aware time in the recorder's own UTC offset, detail): GUANO Timestamp, else comment."""
+_OWN_OFFSET = " with its UTC offset"   # in a header time's detail: the header said its zone, even UTC
+
+
+def _metadata_time(meta: dict, clock: tzinfo | None = None) -> tuple[datetime, str] | None:
+    """-> (aware time in the recorder's own UTC offset, detail): GUANO Timestamp, else comment.
+    A Timestamp without an offset is in ``clock``, the zone the recorder's clock was set to (None: UTC)."""
     stamp = meta.get("guano", {}).get("Timestamp", "")
     try:
         start = datetime.fromisoformat(stamp) if stamp else None
     except ValueError:
         start = None  # unreadable: fall back to the comment
+    if start is not None and start.tzinfo is None and clock is not None:
+        return start.replace(tzinfo=clock), f"GUANO Timestamp (no offset: in clock_timezone {clock})"
     if start is not None and start.tzinfo is None:
         return start.replace(tzinfo=UTC), "GUANO Timestamp (no offset: taken as UTC)"
     if start is not None:
-        return start, "GUANO Timestamp"
+        return start, f"GUANO Timestamp{_OWN_OFFSET}"
     if m := _COMMENT.search(meta.get("comment", "")):
         hh, mi, ss, frac, dd, mo, yyyy, sign, off_h, off_m = m.groups()
         offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
@@ -140,7 +146,7 @@ def _metadata_time(meta: dict) -> tuple[datetime, str] | None:
                              int((frac or "").ljust(6, "0")), tzinfo=zone)
         except ValueError:  # invalid date, or an offset of a day or more
             return None
-        return start, "AudioMoth comment 'Recorded at HH:MM:SS[.mmm] DD/MM/YYYY (UTC±h)'"
+        return start, f"AudioMoth comment 'Recorded at HH:MM:SS[.mmm] DD/MM/YYYY (UTC±h)'{_OWN_OFFSET}"
     return None
 
 
@@ -230,35 +236,40 @@ def _from_mtime(path: Path, meta: dict, now: datetime | None) -> RecordingTime:
 
 
 def _name_in_zone(named: datetime, stamped: datetime) -> bool:
-    """Whether a name read as UTC shows the same wall clock as a metadata time with a non-zero
-    offset (AudioMoth names files in its configured zone, so such a name is local time)."""
-    if not stamped.utcoffset():
-        return False
+    """Whether a name read as UTC shows the same wall clock as a metadata time with an offset
+    of its own (AudioMoth names files in its configured zone, so such a name is in that zone)."""
     gap = named.replace(tzinfo=None) - stamped.replace(tzinfo=None)
     return abs(gap) <= timedelta(seconds=2)
 
 
-def recording_time(path: Path, now: datetime | None = None) -> RecordingTime:
+def recording_time(path: Path, now: datetime | None = None, clock: tzinfo | None = None) -> RecordingTime:
     """Start time of a recording in UTC: file name, else WAV or FLAC metadata, else file mtime.
 
     A suspect clock (year < 2001, or more than a day after ``now``, default the host's UTC time
     when it can be trusted, ``host_now``; a naive ``now`` is taken as UTC) is still returned,
     flagged, unless the next source (file name -> metadata) gives a sound time. When the WAV
     comment or GUANO says the recorder ran in a non-UTC zone and the file name shows that zone's
-    wall clock, the name is converted with it.
+    wall clock, the name is converted with it. Otherwise a name's wall clock, and a GUANO time
+    without an offset, are in ``clock`` (the ``clock_timezone`` setting: a recorder set to local
+    time; None: UTC, an AudioMoth's default); a wall time a summer-time change skips or repeats
+    takes the offset in force before the change (``fold`` 0).
     Raises ``OSError`` when the file cannot be read.
     """
     path = Path(path)
     now = host_now() if now is None else (now if now.tzinfo else now.replace(tzinfo=UTC))
     meta = read_metadata(path)
-    stamped = _metadata_time(meta)
+    stamped = _metadata_time(meta, clock)
     found: list[tuple[str, datetime, str]] = []
     if named := _parse_filename(path.name):
         start, detail, wall_clock, recorders = named
-        if wall_clock and stamped and _name_in_zone(start, stamped[0]):
+        if wall_clock and stamped and _OWN_OFFSET in stamped[1] and _name_in_zone(start, stamped[0]):
             zone = stamped[0].tzinfo
-            start = start.replace(tzinfo=zone).astimezone(UTC)
-            detail += f" in recorder zone {zone} (from {stamped[1]})"
+            if stamped[0].utcoffset():
+                start = start.replace(tzinfo=zone).astimezone(UTC)
+                detail += f" in recorder zone {zone} (from {stamped[1]})"
+        elif wall_clock and clock is not None:
+            start = start.replace(tzinfo=clock).astimezone(UTC)
+            detail = detail.replace(" read as UTC", "") + f" in clock_timezone {clock}"
         found.append(("filename", start, detail))
     if stamped:
         # A stamp after another prefix may be a tool's (an export's time): the recorder's own

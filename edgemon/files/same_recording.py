@@ -29,9 +29,10 @@ class SameRecording:
 
 
 def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
-                   entry: dict | None) -> SameRecording | None:
+                   entry: dict | None, clock: dt.tzinfo | None = None) -> SameRecording | None:
     """What the stable file ``path`` (named ``source``, stat ``st``, ledger row ``entry`` or None)
-    is of an analysed recording, or None when it is to be analysed.
+    is of an analysed recording, or None when it is to be analysed (its start timed as watch
+    times it, in the recorders' ``clock`` zone).
 
     Its own name: analysed already, with the same size, first audio, header and last bytes
     (``storage.fingerprint``), so only its mtime changed. Another name: a recording analysed with
@@ -56,7 +57,7 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
     # silence on a fixed schedule) made each file read the start of every earlier one, its time
     # growing with the card (0.01 s to 1.6 s a file over 2 000 files, a newcomer trial).
     try:
-        start = recording_time(path).start_utc
+        start = recording_time(path, clock=clock).start_utc
         twins = store.analysed_under_another_name(source, st.st_size, digest, tail, starting=start)
     except (OSError, OverflowError, ValueError):   # unreadable; a name of year 1 (no millisecond before it)
         return None

@@ -74,6 +74,7 @@ class WatchConfig:
     retry_s: float = 60.0          # wait before trying a failed file again
     until_idle: bool = False       # exit once nothing is left to do (tests, one-off backlogs)
     progress_s: float = 60.0       # seconds between backlog progress lines
+    clock_zone: dt.tzinfo | None = None   # the recorders' clock zone, for names without an offset (None: UTC)
 
 
 OBSERVER_RETRY_MAX_S = 3600.0   # an observer that cannot start is tried again at most this far apart
@@ -447,7 +448,7 @@ class Watcher:
         if entry is not None and another_recording(entry.get("fingerprint"), path):
             self._leave_alone(path, source, version, entry)
             return True
-        if (same := same_recording(self.store, path, source, st, entry)) is not None:
+        if (same := same_recording(self.store, path, source, st, entry, self.config.clock_zone)) is not None:
             self._not_again(path, source, version, same)
             return True
         note = None
@@ -630,7 +631,7 @@ class Watcher:
         try:
             analysis = (self.isolated.analyse(path, on_block=self._tick) if interrupted else
                         self.analyzer.analyse_blocks(self._blocks(path)))
-            when = recording_time(path)
+            when = recording_time(path, clock=self.config.clock_zone)
             left_out = silences_of(path)
         except StoppedNow:   # not a death: analysed again at the next start, in this process
             self.store.drop_attempt(source)

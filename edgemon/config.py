@@ -27,6 +27,7 @@ options for settings from the registry (``edgemon.settings_registry``) and reads
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import json
 import logging
@@ -39,6 +40,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from edgemon.utc import fixed_offset
 from edgemon.settings_registry import (BY_NAME, COMMAND_LINE, ENV_PREFIX, SETTINGS, TABLES, ConfigError, OptionError,
                                        checked, did_you_mean, expand_home, from_text, where_from)
 
@@ -117,9 +119,12 @@ class ServiceConfig:
                            rescan_s=self.rescan_s, incomplete_grace_s=self.incomplete_grace_s,
                            retry_s=self.retry_s, until_idle=until_idle, clock_zone=self.clock_zone())
 
-    def clock_zone(self) -> zoneinfo.ZoneInfo | None:
-        """The zone of ``clock_timezone`` (checked with the settings), None when unset (UTC)."""
-        return None if self.clock_timezone is None else zoneinfo.ZoneInfo(self.clock_timezone)
+    def clock_zone(self) -> dt.tzinfo | None:
+        """The zone of ``clock_timezone`` (checked with the settings): a fixed offset ('UTC+1'),
+        else an IANA zone; None when unset (UTC)."""
+        if self.clock_timezone is None:
+            return None
+        return fixed_offset(self.clock_timezone) or zoneinfo.ZoneInfo(self.clock_timezone)
 
     def listen_config(self, duration_s: float | None = None) -> ListenConfig:
         """``ListenConfig`` of the [listen] settings (clips only when ``clips`` is set)."""

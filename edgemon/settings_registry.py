@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from edgemon.errors import EdgemonError
+from edgemon.utc import fixed_offset
 
 ENV_PREFIX = "EDGEMON_"
 COMMAND_LINE = "command line"
@@ -62,7 +63,7 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=-90, maximum=90),
     Setting("longitude", None, float, None, "Recorder longitude, decimal degrees (WGS84).", minimum=-180, maximum=180),
     Setting("timezone", None, str, None, "Recorder's IANA time zone (e.g. 'Asia/Kuching') for the start_local column."),
-    Setting("clock_timezone", None, str, None, "IANA time zone the recorder's clock was set to, for file names and header times that give no UTC offset (a Song Meter or a Swift set to local time); unset: UTC, an AudioMoth's default. An offset the header gives wins."),
+    Setting("clock_timezone", None, str, None, "Time zone the recorder's clock was set to, for file names and header times that give no UTC offset: a fixed offset such as 'UTC+1' for a Song Meter (it makes no summer-time change), or an IANA name (e.g. 'Europe/Berlin') for a clock that changes with summer time; unset: UTC, an AudioMoth's default. An offset the header gives wins."),
 
     Setting("directory", "watch", Path, None, "Recorder directory to watch (recursive)."),
     Setting("settle_s", "watch", float, 5.0, "Seconds a file must stay unchanged before it is read.", minimum=0),
@@ -139,8 +140,10 @@ def checked(s: Setting, value: Any, where: str, error: type[ConfigError] = Confi
         raise error(f"{where}: must be at least {s.minimum:g}, got {value!r}")
     if s.maximum is not None and value > s.maximum:
         raise error(f"{where}: must be at most {s.maximum:g}, got {value!r}")
-    if s.name in ("timezone", "clock_timezone"):   # else the first nightly export, weeks later, fails on it
+    if s.name == "timezone":   # else the first nightly export, weeks later, fails on it
         _check_zone(value, where, error)
+    if s.name == "clock_timezone" and fixed_offset(value) is None:   # a Song Meter's "UTC+1" is one
+        _check_zone(value, where, error, ", nor a fixed offset such as 'UTC+8'")
     if s.file:
         try:
             is_dir = value.is_dir()
@@ -173,9 +176,9 @@ def from_text(s: Setting, text: str, where: str, error: type[ConfigError] = Conf
     return checked(s, parsed, where, error)
 
 
-def _check_zone(name: str, where: str, error) -> None:
+def _check_zone(name: str, where: str, error, other: str = "") -> None:
     """An IANA zone this host knows, spelt as the database spells it (a lower-case 'asia/kuching'
-    is not found by the exports on Linux)."""
+    is not found by the exports on Linux); ``other`` names what else the setting takes."""
     import zoneinfo
 
     known = zoneinfo.available_timezones()   # read from the disk: once
@@ -183,7 +186,7 @@ def _check_zone(name: str, where: str, error) -> None:
         return
     spelt = {zone.lower(): zone for zone in known}.get(name.lower())
     hint = f" (did you mean {spelt!r}?)" if spelt else " (e.g. 'Asia/Kuching')"
-    raise error(f"{where}: unknown IANA time zone {name!r}{hint}")
+    raise error(f"{where}: unknown IANA time zone {name!r}{hint}{other}")
 
 
 def where_from(name: str, source: str) -> str:

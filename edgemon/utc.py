@@ -4,8 +4,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 UTC = dt.timezone.utc
+
+# "UTC+8", "UTC-05:00", "UTC+5:30": a fixed offset, as a Song Meter's time zone setting and an
+# AudioMoth's comment say it.
+_FIXED_OFFSET = re.compile(r"UTC([+-])(\d{1,2})(?::(\d{2}))?")
+
+
+def fixed_offset(text: str) -> dt.timezone | None:
+    """``text`` as a fixed UTC offset ('UTC+8', 'UTC-05:00', 'UTC+5:30'), or None when it is not
+    one (or no offset there is: over 14 h, minutes over 59)."""
+    m = _FIXED_OFFSET.fullmatch(text.strip())
+    if not m or int(m[2]) > 14 or int(m[3] or 0) > 59:
+        return None
+    offset = dt.timedelta(hours=int(m[2]), minutes=int(m[3] or 0))
+    return dt.timezone(-offset if m[1] == "-" else offset)
 
 
 def utc_iso(value: str | dt.datetime, *, naive_is_utc: bool = False) -> str:

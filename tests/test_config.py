@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tomllib
 import typing
+import wave
 from pathlib import Path
 from typing import Annotated
 
@@ -484,3 +486,28 @@ def test_a_tilde_in_the_settings_file_is_the_home_directory(tmp_path, monkeypatc
         load_settings(nobody, env={}, default_path=None)
     with pytest.raises(ConfigError, match="env EDGEMON_CONFIG.*no home directory"):
         load_settings(env={"EDGEMON_CONFIG": "~nosuchuser-edgemon/e.toml"}, default_path=None)
+
+
+def test_a_song_meters_fixed_utc_offset_is_a_clock_timezone(tmp_path):
+    """A review: a Song Meter keeps the one UTC offset it was set to for a whole deployment (it
+    makes no summer-time change), yet `clock_timezone` took only IANA names, each with its summer
+    time: "Europe/Berlin" put every summer recording of a recorder set to UTC+1 an hour early, and
+    "UTC+1", the Song Meter's own way of saying it, was refused."""
+    from edgemon.files.recordings import recording_time
+
+    config = write(tmp_path / "e.toml", 'clock_timezone = "UTC+1"\n')
+    clock = load_settings(config, env={}, default_path=None).service.clock_zone()
+    assert clock == dt.timezone(dt.timedelta(hours=1))
+    for text, hours in (("UTC-05:00", -5), ("UTC+5:30", 5.5), ("UTC+8", 8)):
+        zone = load_settings(env={"EDGEMON_CLOCK_TIMEZONE": text}, default_path=None).service.clock_zone()
+        assert zone.utcoffset(None) == dt.timedelta(hours=hours), text
+    recording = tmp_path / "SMM07257_20240701_060000.wav"
+    with wave.open(str(recording), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(b"\0\0" * 800)
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    assert recording_time(recording, now=now, clock=clock).start_utc == dt.datetime(2024, 7, 1, 5, tzinfo=dt.timezone.utc)
+    for bad in ("UTC+25", "UTC+8:75", "GMT+8"):
+        with pytest.raises(ConfigError, match="(?i)clock_timezone.*nor a fixed offset such as .UTC\\+8"):
+            load_settings(env={"EDGEMON_CLOCK_TIMEZONE": bad}, default_path=None)
+    with pytest.raises(ConfigError, match="unknown IANA time zone 'UTC\\+8'"):   # `timezone` stays a zone name
+        load_settings(env={"EDGEMON_TIMEZONE": "UTC+8"}, default_path=None)

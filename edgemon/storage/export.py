@@ -356,7 +356,8 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
     ``watch`` or ``reanalyse``), its audio read and its detections that bundle's; a recording a
     bundle never analysed is no effort of it (an export of a re-analysed season listed every
     recording of the ledger with the ledger's bundle, a review). Before that table existed (a
-    database no edgemon since has opened to write), the recordings whose ledger names the bundle.
+    database no edgemon since has opened to write), what its migration would fill it with: the
+    recordings whose ledger names the bundle, and those it stored detections of.
 
     Each row: ``source`` (as detections name it), ``start_utc`` and ``end_utc`` (the end counts
     the silences a triggered recording left out, as its detections' times do), ``duration_s`` (the
@@ -385,9 +386,14 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
         analysed, duration, by = "files f", "f.duration_s", "f.bundle_id"
         if bundle:
             marks = ", ".join("?" * len(bundle))
-            if has_table(conn, "analyses"):
-                analysed, duration, by = "analyses a JOIN files f ON f.source = a.source", \
-                    "coalesce(a.duration_s, f.duration_s)", "a.bundle_id"
+            # Before that table, what its migration (``schema.m014_analyses``) fills it with: the
+            # ledger's bundle, and each bundle with detections of the recording (audio read unknown).
+            table = "analyses" if has_table(conn, "analyses") else (
+                "(SELECT source, bundle_id, max(duration_s) AS duration_s FROM (SELECT source, bundle_id, "
+                "duration_s FROM files WHERE bundle_id IS NOT NULL UNION ALL SELECT DISTINCT source, bundle_id, "
+                "NULL FROM detections WHERE bundle_id IS NOT NULL) GROUP BY source, bundle_id)")
+            analysed, duration, by = f"{table} a JOIN files f ON f.source = a.source", \
+                "coalesce(a.duration_s, f.duration_s)", "a.bundle_id"
             clauses.append(f"{by} IN ({marks})")
             params = [*params, *bundle]
         # A triggered recording spans its left-out silences beyond the audio read, as in the ledger.

@@ -11,6 +11,7 @@ from edgemon.analysis.frontend import FrontendConfig
 from training.augment import AugmentConfig
 from training.cli import app
 from training.data import Clip, Split, load_split
+from training.errors import DataError
 from training.model import ModelConfig
 from training.recipes import recipe_name
 from training.train import OptimConfig, balanced_indices, hard_negative_emphasis, near_call_emphasis, train
@@ -54,6 +55,13 @@ def test_background_near_a_labelled_call_of_its_recording_is_drawn_more():
         "a-clip-named-otherwise.flac"], [0, 0, 0, 1, 0, 0])
     np.testing.assert_array_equal(near_call_emphasis(split, 3.0), [4.0, 1, 1, 1, 4.0, 1])
     np.testing.assert_array_equal(near_call_emphasis(split, 3.0, within_s=200.0), [4.0, 4.0, 1, 1, 4.0, 1])
+
+
+def test_near_call_negatives_on_clips_named_otherwise_is_refused_not_ignored():
+    # a user's own clips carry no source recording and times in their names: the option did nothing, silently
+    split = _named_split(["AM11_001.WAV", "AM11_002.WAV", "AM12_003.WAV"], [0, 1, 0])
+    with pytest.raises(DataError, match="near-call-negatives.*'AM11_001.WAV'.*change nothing"):
+        near_call_emphasis(split, 3.0)
 
 
 def test_the_near_call_recipe_is_named_for_it():

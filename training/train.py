@@ -22,6 +22,7 @@ from training.adversary import RecorderAdversary, ramp, recorder_ids
 from training.augment import AugmentConfig, augment
 from training.configs import OptimConfig
 from training.data import BACKGROUND, ClipSpan, Split, clip_span
+from training.errors import DataError
 from training.evaluate import uar
 from training.losses import focal_loss
 from training.model import ModelConfig, PrimateBiLSTM
@@ -106,8 +107,13 @@ def near_call_emphasis(split: Split, strength: float, within_s: float = NEAR_CAL
     for every other clip. Such background holds what a call's neighbourhood holds (a gibbon bout's
     phrases that are not the labelled duet, a hornbill still in earshot): held-out false events
     concentrate there. Times come from the clip names (``data.clip_span``); a clip named
-    otherwise is never near."""
+    otherwise is never near; a split with no clip so named is refused: the option would change
+    nothing (a newcomer's own clips, ``AM11_001.WAV``, trained with it as without it)."""
     spans = [clip_span(c.path.name) for c in split.clips]
+    if split.clips and not any(spans):
+        raise DataError(f"--near-call-negatives reads each clip's source recording and times from its name "
+                        f"(<label>_<source>_<start>_<end>_.flac, the ComParE clip names); no clip of "
+                        f"{split.name} is named so (first: {split.clips[0].path.name!r}), so it would change nothing")
     background = split.labels.index(BACKGROUND)
     calls: dict[str, list[ClipSpan]] = {}
     for span, target in zip(spans, split.targets):

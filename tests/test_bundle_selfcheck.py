@@ -264,3 +264,48 @@ def test_the_ceiling_of_members_with_other_temperatures_is_their_mean(tmp_path):
         onnx.save(model, paths[-1])
     bounds = [1 / (1 + 4 * math.exp(-2 / tau)) for tau in (0.62, 0.31, 0.21)]
     assert softmax_confidence_max(paths) == pytest.approx(sum(bounds) / 3) and sum(bounds) / 3 < max(bounds) - 0.04
+
+
+def _tiny_bundle(tmp_path: Path, labels: tuple[str, ...]) -> Path:
+    import torch
+
+    from edgemon.analysis.bundle_write import write_bundle
+    from edgemon.analysis.frontend import FrontendConfig
+    from training.model import ModelConfig, PrimateBiLSTM
+    from training.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model = PrimateBiLSTM(ModelConfig(hidden=8, layers=1, n_classes=len(labels), tau=0.5)).eval()
+    member = export_onnx(model, tmp_path / "m.onnx", labels, FrontendConfig())
+    return write_bundle(tmp_path / "b", [member], list(labels), frontend=FrontendConfig(), window_s=1.5, hop_s=0.5).path
+
+
+def test_a_user_data_set_names_its_own_labels_and_replaces_the_borneo_table(tiny_dataset, tmp_path):
+    """A newcomer trial: a user's own species could be named only by editing training/species.py,
+    and a user's label that shares a Borneo name (gibbon_duet for a white-handed gibbon) was given
+    the Borneo species' names in every export. ``lab/label_names.csv`` of the data set now names them."""
+    from training.errors import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    for name in ("train", "devel", "test"):
+        lab = data / "lab" / f"{name}.csv"
+        lab.write_text(lab.read_text().replace(",call_high,", ",gibbon_duet,"))
+    (data / "lab" / "label_names.csv").write_text(
+        "label,scientific,common,call_type\ngibbon_duet,Hylobates lar,white-handed gibbon,duet\n"
+        "call_low,Symphalangus syndactylus,siamang,\n")
+    bundle = complete_bundle(_tiny_bundle(tmp_path, ("background", "call_low", "gibbon_duet")), data)
+    assert bundle.label_names == {
+        "call_low": {"scientific": "Symphalangus syndactylus", "common": "siamang"},
+        "gibbon_duet": {"scientific": "Hylobates lar", "common": "white-handed gibbon", "call_type": "duet"}}
+    # without a data set (rebundle): the names the bundle carries stay, not the table's
+    again = complete_bundle(bundle.path)
+    assert again.label_names["gibbon_duet"]["scientific"] == "Hylobates lar"
+    # a typo in the names file is refused in one line naming it, before training or bundling
+    (data / "lab" / "label_names.csv").write_text("label,scientific,common\ngibbon_duett,Hylobates lar,white-handed gibbon\n")
+    from training.bundling import check_reference_data
+    from training.data import check_train_labels
+    with pytest.raises(DataError, match=r"label_names.csv: line 2: label 'gibbon_duett' is not one of the call labels"):
+        check_reference_data(data)
+    with pytest.raises(DataError, match="gibbon_duett"):
+        check_train_labels(data, ("devel",))

@@ -26,7 +26,7 @@ from edgemon.errors import AudioError
 from training.data import read_label_list
 from training.errors import DataError
 from training.onnx_export import quantize_int8, read_columns
-from training.species import label_names
+from training.species import label_names, read_label_names
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +125,22 @@ def reference_from(data_dir: Path | None, labels, window_s: float, frontend: Fro
     return pick_reference_windows(data_dir, tuple(labels), window_s, frontend.sample_rate)
 
 
-def complete_bundle(bundle_dir: Path, data_dir: Path | None = None, reference=None) -> Bundle:
-    """Give a bundle what the recorder shows and checks beyond its members: the labels' names
-    (``training.species``), ``confidence_max``, and reference windows: those ``reference_from``
-    picked before the bundle was written, else from ``data_dir``'s train split (skipped when both
-    are None). Works on an existing bundle; member files and the bundle id stay as they are."""
+def complete_bundle(bundle_dir: Path, data_dir: Path | None = None, reference=None,
+                    names_from: Path | None = None) -> Bundle:
+    """Give a bundle what the recorder shows and checks beyond its members: the labels' names,
+    ``confidence_max``, and reference windows: those ``reference_from`` picked before the bundle
+    was written, else from ``data_dir``'s train split (skipped when both are None). Works on an
+    existing bundle; member files and the bundle id stay as they are.
+
+    The names: those the data set (``names_from``, else ``data_dir``) gives in
+    ``lab/label_names.csv``; else those the manifest already carries (a rebundled bundle's, kept
+    from its parent: they were replaced by the table's); else ``training.species``' table."""
     bundle = load_bundle(bundle_dir)
-    changes = {"label_names": label_names(bundle.labels)}
+    names_dir = names_from if names_from is not None else data_dir
+    given = read_label_names(names_dir, bundle.labels) if names_dir is not None else None
+    if given is None:
+        given = bundle.manifest.get("label_names") or label_names(bundle.labels)
+    changes = {"label_names": given}
     ceiling = stored_confidence_max(bundle.manifest, softmax_confidence_max(bundle.member_paths), bundle.labels)
     if ceiling is not None:
         changes["confidence_max"] = round(ceiling, 6)
@@ -247,6 +256,9 @@ def check_reference_data(data_dir: Path | None) -> None:
     """Before anything is written: a bundle built without its reference windows would be left behind."""
     if data_dir is not None and not (Path(data_dir) / "lab" / "train.csv").is_file():
         raise DataError(f"--data {data_dir}: not a data set (no lab/train.csv) for the reference windows")
+    if data_dir is not None:   # a malformed names file refused before anything is written
+        labels = {c.label for c in read_label_list(Path(data_dir) / "lab" / "train.csv", Path(data_dir) / "audio")}
+        read_label_names(data_dir, labels)
 
 
 def _run_record(run: Path) -> tuple[dict, dict]:
@@ -303,7 +315,7 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
                                      # a member trained on train + devel has no held-out devel score
                                      "trained_on": [c.get("trained_on", "train") for c in configs],
                                      **provenance},
-                              finish=functools.partial(complete_bundle, reference=reference))
+                              finish=functools.partial(complete_bundle, reference=reference, names_from=reference_data))
     if not thresholds_from:
         # A newcomer trial: fit -> bundle -> watch stored 580 detections an hour, and only `info`
         # said why ("uncalibrated, 0.00").
@@ -363,6 +375,6 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
                                                        else max_false_rate,
                                      **(field_manifest(result["field"]) if "field" in result and max_false_rate is None
                                         else {})},
-                              finish=functools.partial(complete_bundle, reference=reference))
+                              finish=functools.partial(complete_bundle, reference=reference, names_from=reference_data))
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
             "thresholds": bundle.thresholds, "self_check": bundle.self_check is not None}

@@ -157,6 +157,8 @@ def check_train_labels(data_dir: Path, others: tuple[str, ...]) -> None:
         raise DataError(f"{data_dir / 'lab' / 'train.csv'}: no {BACKGROUND!r} label (labels: "
                         f"{', '.join(sorted(counts))}): the class of clips with none of the calls must be "
                         f"named {BACKGROUND!r}; thresholds, the field measure and the recorder count on it")
+    from training.species import read_label_names   # a malformed names file: refused before training, not after
+    read_label_names(data_dir, set(counts) | elsewhere)
     odd = sorted(label for label, n in counts.items() if label not in elsewhere and n < FEW_FOR_A_CLASS)
     if odd:
         raise DataError(f"{data_dir / 'lab' / 'train.csv'}: label {odd[0]!r} ({counts[odd[0]]} clip(s)) is in no "

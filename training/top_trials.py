@@ -81,7 +81,7 @@ def build_ensemble(study: optuna.Study, out: Path, devel: Split, test: Split, to
                                                     for d in dirs],
                                      "ensemble_devel_uar": results["devel"]["ensemble"]["uar"],
                                      "ensemble_test_uar": results["test"]["ensemble"]["uar"]},
-                              finish=functools.partial(complete_bundle, reference=reference))
+                              finish=functools.partial(complete_bundle, reference=reference, names_from=reference_data))
     windowed = {s.name: windowed_metrics(bundle, s) for s in (devel, test)}
     report_dir = out.parent / f"{out.name}-report"
     write_report(report_dir, {k: v["ensemble"] for k, v in results.items()}, prefix="ensemble_")

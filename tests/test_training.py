@@ -115,6 +115,25 @@ def test_missing_file_in_label_list_names_it(tiny_dataset, tmp_path):
         load_split(data, "devel")
 
 
+def test_a_clip_in_a_class_folder_is_named_with_its_folder(tiny_dataset, tmp_path):
+    """A set kept as a folder per class (the README's orangutan/clip01.wav): a missing, mislabelled
+    or twice-listed clip was named without its folder, so the user looked for it in audio/ itself."""
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    (data / "audio" / "low").mkdir()
+    for name in ("call_low_devel_1.flac", "call_low_devel_2.flac"):
+        (data / "audio" / name).rename(data / "audio" / "low" / name)
+    csv = data / "lab" / "devel.csv"
+    for name in ("call_low_devel_1.flac", "call_low_devel_2.flac"):
+        csv.write_text(csv.read_text().replace(name, f"low/{name}"))
+    (data / "audio" / "low" / "call_low_devel_1.flac").unlink()
+    with pytest.raises(DataError, match="first: 'low/call_low_devel_1.flac'"):
+        load_split(data, "devel")
+    rows = [r for r in csv.read_text().splitlines() if not r.startswith("low/call_low_devel_1.flac,")]
+    csv.write_text("\n".join(rows).replace("low/call_low_devel_2.flac,call_low", "low/call_low_devel_2.flac,zebra") + "\n")
+    with pytest.raises(DataError, match="devel.csv: low/call_low_devel_2.flac: label 'zebra'"):
+        load_split(data, "devel", ("background", "call_high", "call_low"))
+
+
 def test_unknown_label_names_the_clip(tiny_dataset, tmp_path):
     data = copy_dataset(tiny_dataset, tmp_path / "d")
     csv = data / "lab" / "devel.csv"

@@ -92,6 +92,14 @@ def merge(a: Split, b: Split) -> Split:
                  np.concatenate([a.targets, b.targets]), a.labels, mel, a.frontend)
 
 
+def listed_name(clip: Clip, data_dir: Path) -> str:
+    """A clip's name as its list gives it (``orangutan/clip01.wav``), for messages."""
+    try:
+        return clip.path.relative_to(Path(data_dir) / "audio").as_posix()
+    except ValueError:
+        return str(clip.path)
+
+
 def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
     """Parse a ``filename,label[,recorder,…]`` list; every listed file must exist."""
     if not csv_path.is_file():
@@ -113,7 +121,9 @@ def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
         raise DataError(f"{csv_path}: not a UTF-8 CSV label list ({str(exc).splitlines()[0]})") from exc
     clips = [Clip(audio_dir / r["filename"], r["label"].strip(), (r.get("recorder") or "").strip())
              for r in rows]
-    missing = [c.path.name for c in clips if not c.path.is_file()]
+    # as listed, subfolder and all: a set kept as a folder per class was told 'clip01.wav' is
+    # missing from audio/ when it was the orangutan/ one (a newcomer trial)
+    missing = [r["filename"] for r, c in zip(rows, clips) if not c.path.is_file()]
     if missing:   # repr: a trailing space in a name is otherwise invisible
         raise DataError(f"{csv_path}: {len(missing)} listed file(s) missing from {audio_dir}, "
                         f"first: {missing[0]!r}")
@@ -176,7 +186,7 @@ def _check_each_clip_listed_once(data_dir: Path, lists: dict[str, list[Clip]]) -
             where = seen.get(clip.path.resolve())
             if where is not None:
                 again = f"twice in {name}.csv" if where == name else f"in {where}.csv and {name}.csv"
-                raise DataError(f"{data_dir / 'lab'}: {clip.path.name!r} is listed {again}: each clip belongs "
+                raise DataError(f"{data_dir / 'lab'}: {listed_name(clip, data_dir)!r} is listed {again}: each clip belongs "
                                 f"in one list, once")
             seen[clip.path.resolve()] = name
 
@@ -213,7 +223,7 @@ def load_split(data_dir: Path, name: str, labels: tuple[str, ...] | None = None,
     index = {label: i for i, label in enumerate(labels)}
     for clip in clips:
         if clip.label not in index:
-            raise DataError(f"{data_dir / 'lab' / f'{name}.csv'}: {clip.path.name}: label {clip.label!r} is not one "
+            raise DataError(f"{data_dir / 'lab' / f'{name}.csv'}: {listed_name(clip, data_dir)}: label {clip.label!r} is not one "
                             f"of {list(labels)}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         computed = list(pool.map(lambda c: clip_features(c, frontend), clips))

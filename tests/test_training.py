@@ -521,3 +521,19 @@ def test_fit_stopped_in_an_epoch_keeps_what_the_finished_epochs_gave(tiny_datase
     assert json.loads(summary)["stopped_in_epoch"] == written["stopped_in_epoch"]
     assert len(json.loads((out / "history.json").read_text())) == written["epochs_done"]
     assert (out / "bundle" / "manifest.json").is_file()
+
+
+def test_a_command_without_data_says_it_reads_the_borneo_set(tmp_path, caplog):
+    """A newcomer trial: `fit` without --data trained on the Borneo set beside the checkout and
+    said nothing, so a model of Borneo's calls passed for one of the user's own."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    caplog.set_level("INFO", logger="training")
+    CliRunner().invoke(app, ["score", str(tmp_path / "no-bundle")])
+    said = [r.getMessage() for r in caplog.records if "no --data" in r.getMessage()]
+    assert said == ["no --data: the Borneo set at ../shared/data/borneo (give --data DIR for your own clips)"]
+    caplog.clear()
+    CliRunner().invoke(app, ["score", str(tmp_path / "no-bundle"), "--data", str(tmp_path)])
+    assert not [r for r in caplog.records if "no --data" in r.getMessage()]

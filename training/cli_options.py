@@ -4,6 +4,7 @@ before any work (one line, exit 2) rather than a traceback or a run that ignored
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 from pathlib import Path
@@ -16,7 +17,17 @@ from edgemon.analysis.frontend import KNOWN_KINDS, FrontendConfig
 from edgemon.errors import EdgemonError
 from training.recipes import PAPER
 
-DataOpt = Annotated[Path, typer.Option("--data", help="ComParE-style data directory (audio/, lab/).")]
+def said_when_defaulted(ctx: typer.Context, value: Path) -> Path:
+    """``--data`` left out reads the Borneo set beside the checkout: said, so a user who forgot it
+    does not take a model of Borneo's calls for one of their own (a newcomer trial: silent)."""
+    source = ctx.get_parameter_source("data")   # typer's own click: compared by name
+    if source is not None and source.name == "DEFAULT" and not ctx.resilient_parsing:
+        logging.getLogger("training").info("no --data: the Borneo set at %s (give --data DIR for your own clips)",
+                                           value)
+    return value
+
+
+DataOpt = Annotated[Path, typer.Option("--data", callback=said_when_defaulted, help="ComParE-style data directory (audio/, lab/); default: the Borneo set beside the checkout.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run directory to write.")]
 
 FrontendOpt = Annotated[str, typer.Option("--frontend", metavar=f"<{'|'.join(KNOWN_KINDS)}>", help="Model input: logmel (the paper's), pcen, or logmel_pcen (both side by side).")]

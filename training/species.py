@@ -1,10 +1,16 @@
 """Scientific and common names of the labels a bundle may carry (manifest ``label_names``).
 
-One table for every bundle training writes; ``edgemon info``, exports and Raven tables read the
-names from the bundle. A label missing here gets no names (background never has any).
+A data set's own ``lab/label_names.csv`` where it has one, else the Borneo table below, for every
+bundle training writes; ``edgemon info``, exports and Raven tables read the names from the
+bundle. A label without names gets none (background never has any).
 """
 
 from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from training.errors import DataError
 
 # Borneo (Danum Valley) call types; names after the IUCN Red List.
 LABEL_NAMES: dict[str, dict[str, str]] = {
@@ -29,11 +35,6 @@ def read_label_names(data_dir, labels) -> dict[str, dict[str, str]] | None:
     has no such file. When present it replaces the table above for that data set's bundles, so
     a label that happens to share a Borneo name (``gibbon_duet`` for another gibbon) is not
     given the Borneo species' names, and a user's own species get theirs without editing code."""
-    import csv
-    from pathlib import Path
-
-    from training.errors import DataError
-
     path = Path(data_dir) / "lab" / NAMES_FILE
     if not path.is_file():
         return None
@@ -50,7 +51,7 @@ def read_label_names(data_dir, labels) -> dict[str, dict[str, str]] | None:
     for line, row in rows:
         label = (row.get("label") or "").strip()
         if label not in labels or label == "background":
-            known = ", ".join(sorted(l for l in labels if l != "background"))
+            known = ", ".join(sorted(name for name in labels if name != "background"))
             raise DataError(f"{path}: line {line}: label {label!r} is not one of the call labels ({known})")
         if label in names:
             raise DataError(f"{path}: line {line}: label {label!r} is named twice")

@@ -357,6 +357,30 @@ def test_binding_beyond_localhost_requires_the_token(review_db):
         conn.close()
 
 
+def test_a_request_from_another_sites_page_is_refused_and_the_page_cannot_be_framed(review_db):
+    """Bound to 127.0.0.1 there is no token: any web page the reviewer visited could frame the
+    page (keys typed into it were stored as verdicts) or load detections' audio and spectrograms
+    (a security review). Browsers say who asked (Sec-Fetch-*); a link followed to it still opens."""
+    db, recordings = review_db
+    image = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+    frame = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"}
+    with review_server(db, recordings) as (base, _):
+        assert _get(base + "/detections/1/spectrogram.png", image)[0] == 403
+        assert _get(base + "/detections/1/audio.wav", {**image, "Sec-Fetch-Dest": "audio"})[0] == 403
+        assert _get(base + "/detections/1/audio.wav", {**image, "Sec-Fetch-Site": "same-site"})[0] == 403
+        assert _get(base + "/", frame)[0] == 403
+        assert _post(base + "/api/verdict", {"id": 1, "verdict": "wrong"},
+                     {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"})[0] == 403
+        assert _get(base + "/", {**frame, "Sec-Fetch-Dest": "document"})[0] == 200   # a link followed
+        assert _get(base + "/detections/1/spectrogram.png", {**image, "Sec-Fetch-Site": "same-origin"})[0] == 200
+        with urllib.request.urlopen(base + "/", timeout=10) as response:
+            assert response.headers["X-Frame-Options"] == "DENY"
+            assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+            assert response.headers["Cross-Origin-Resource-Policy"] == "same-origin"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM reviews").fetchone() == (0,)
+
+
 def test_config_refuses_a_public_binding_without_token(review_db):
     db, _ = review_db
     with pytest.raises(ReviewServerError, match="0.0.0.0 .* needs a token"):

@@ -119,3 +119,38 @@ def test_a_verdict_key_pressed_twice_before_the_answer_moves_one_row_on(browser,
 def _verdicts(db) -> list:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT verdict FROM reviews").fetchall()
+
+
+def test_another_sites_page_can_neither_frame_the_page_nor_load_its_audio(browser, review_db, tmp_path):
+    """Bound to 127.0.0.1 there is no token: a web page the reviewer visited framed the review page
+    invisibly, and the keys typed into it ("www" in a game) were stored as verdicts; its <img> and
+    <audio> loaded detections' spectrograms and audio (a security review). The attacker's page is
+    served here from another site (localhost is not 127.0.0.1's site)."""
+    import functools
+    import http.server
+    import threading
+
+    db, recordings = review_db
+    with review_server(db, recordings) as (base, _):
+        (tmp_path / "evil").mkdir()
+        (tmp_path / "evil" / "index.html").write_text(
+            f'<!doctype html><iframe id="f" src="{base}/" style="width:1100px;height:1400px"></iframe>'
+            f'<img id="probe" src="{base}/detections/1/spectrogram.png" '
+            f'onload="document.title=\'loaded\'" onerror="document.title=\'refused\'">')
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "evil"))
+        evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=evil.serve_forever, daemon=True).start()
+        try:
+            browser.get(f"http://localhost:{evil.server_address[1]}/index.html")
+            WebDriverWait(browser, 10).until(lambda b: b.title in ("loaded", "refused"))
+            assert browser.title == "refused"
+            frame = browser.find_element(By.ID, "f")
+            webdriver.ActionChains(browser).move_to_element(frame).click().send_keys("www").perform()
+            browser.execute_async_script("setTimeout(arguments[arguments.length - 1], 1000);")
+            browser.switch_to.frame(frame)
+            assert browser.find_elements(By.CSS_SELECTOR, "li.detection") == []
+        finally:
+            browser.switch_to.default_content()
+            evil.shutdown()
+            evil.server_close()
+    assert _verdicts(db) == []

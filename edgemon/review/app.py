@@ -126,6 +126,46 @@ class TokenGate:
         return await self.app(scope, receive, send)
 
 
+# Sent with every response: no other site may frame the page (a framed page took a visitor's key
+# presses as verdicts: a review), load its audio or images, or run script it did not serve.
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                 b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class BrowserGuard:
+    """ASGI middleware: a request another site's page made (``Sec-Fetch-Site`` cross-site or
+    same-site: an image, an audio element, a frame, a fetch) is refused before any work, bar a
+    plain link followed to a page; and every response carries ``SECURITY_HEADERS``. Bound to
+    127.0.0.1 the page has no token: any web page the reviewer visited could frame it, or load
+    spectrograms and audio to learn what was detected and keep a Pi busy."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        headers = Request(scope).headers
+        if headers.get("sec-fetch-site") in ("cross-site", "same-site") and not (
+                scope["method"] in ("GET", "HEAD") and headers.get("sec-fetch-mode") == "navigate"
+                and headers.get("sec-fetch-dest") == "document"):
+            response = PlainTextResponse("refused: a request from another site's page\n", status_code=403)
+            return await response(scope, receive, send_with_headers)
+        return await self.app(scope, receive, send_with_headers)
+
+
 def unknown_filter(q, labels: list[str] | None, bundles: list[str]) -> Response | None:
     """The refusal of a filter that names nothing in the database (an empty page read as "no
     detections of it", a newcomer trial): an unknown bundle or label is a 404, a day not written
@@ -275,7 +315,7 @@ def create_app(config: ReviewConfig) -> Starlette:
         Route("/api/verdict", verdict, methods=["POST"]), Route("/api/precision", precision),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    middleware = []
+    middleware = [Middleware(BrowserGuard)]
     if config.local:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOCAL_HOSTS) + ["[::1]"]))
     if config.token:

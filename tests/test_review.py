@@ -287,6 +287,13 @@ def test_an_id_that_names_another_detection_now_is_neither_shown_from_cache_nor_
         assert status == 409 and "no longer stored" in row["error"] and "reload" in row["error"]
         # A verdict is a few dozen bytes: a huge body is refused, not read into memory.
         assert _post(base + "/api/verdict", {"id": first_id, "verdict": "wrong", "pad": "x" * 100_000})[0] == 413
+        # Nested deeper than json reads (within the 64 KB): a 400, not a 500 and a traceback.
+        deep = urllib.request.Request(base + "/api/verdict", data=b"[" * 50_000, method="POST",
+                                      headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(deep, timeout=10)
+        with refused.value as error:
+            assert error.code == 400 and "nested too deep" in json.loads(error.read())["error"]
 
 
 def test_precision_counts_only_verdicts_on_detections_still_stored(review_db):
@@ -354,6 +361,12 @@ def test_binding_beyond_localhost_requires_the_token(review_db):
         conn.request("GET", f"/?token={token}&order=time&label=a%26b%3Dc")
         response = conn.getresponse()
         assert response.status == 303 and response.getheader("location") == "/?order=time&label=a%26b%3Dc"
+        conn.close()
+        # A path starting '//' redirected to '//evil.example/': another site, to a browser.
+        conn = http.client.HTTPConnection(base.split("//", 1)[1], timeout=10)
+        conn.request("GET", f"//evil.example/?token={token}")
+        response = conn.getresponse()
+        assert response.status == 303 and response.getheader("location") == "/evil.example/"
         conn.close()
 
 

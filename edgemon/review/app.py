@@ -120,7 +120,9 @@ class TokenGate:
         if "token" in request.query_params and request.method == "GET":
             # Move the token from the URL (history, Referer) into an HttpOnly cookie.
             query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
-            response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303)
+            # One leading slash: '//host/...' is another site's address to a browser.
+            path = "/" + request.url.path.lstrip("/")
+            response = RedirectResponse(path + (f"?{query}" if query else ""), status_code=303)
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
             return await response(scope, receive, send)
         return await self.app(scope, receive, send)
@@ -292,6 +294,8 @@ def create_app(config: ReviewConfig) -> Starlette:
             known = tuple(known_labels(config.db, reviews.days_and_labels(config.db)[1]))
             row = reviews.add_verdict(config.db, body["id"], str(body["verdict"]), config.reviewer,
                                       body.get("label"), known, key=None if key is None else str(key))
+        except RecursionError:   # '[[[[…' nested too deep for json: a 500 and a traceback
+            return JSONResponse({"error": "malformed verdict: nested too deep"}, status_code=400)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": f"malformed verdict: {exc}"}, status_code=400)
         except reviews.StaleDetection as exc:

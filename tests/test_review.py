@@ -429,6 +429,9 @@ def test_a_live_detection_plays_its_saved_clip(tmp_path):
     assert (started_late.mark_start_s, started_late.mark_end_s) == (0.5, 3.5)
     with pytest.raises(AudioError, match="audio of detection 9 not found: live:mic0"):
         read_excerpt(row)
+    # A file under the clip's name longer than any clip listen saves is not read whole.
+    soundfile.write(clip, np.zeros(16000 * 600, np.float32), 16000, format="FLAC")
+    assert len(read_excerpt(row, clips=clips).samples) == 16000 * 180
 
 
 def test_a_recording_whose_header_was_never_finalised_plays_as_it_was_analysed(review_db):

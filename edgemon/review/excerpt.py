@@ -14,6 +14,10 @@ from edgemon.errors import AudioError
 from edgemon.storage.readonly import recording_path
 
 MAX_EXCERPT_S = 60.0   # a long event is cut: the page is for hearing a call, not a recording
+# The longest clip ``listen`` saves: max_clip_s (60) and up to a minute of each roll (clip_pre_s,
+# clip_post_s). A longer file under a clip's name is read no further (it was read whole: an hour's
+# file, 230 MB of float32 at 16 kHz per request, on a Pi).
+MAX_CLIP_S = 180.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +60,7 @@ def read_excerpt(row: dict, *, recordings: Path | None = None, clips: Path | Non
     duration = row["end_s"] - row["start_s"]
     clip = clip_path(row, clips)
     if clip is not None:
-        samples, rate = _read(clip, 0, None)
+        samples, rate = _read(clip, 0, MAX_CLIP_S)
         # Where the detection begins in its clip (``clips.ClipSaver``): stored since the tenth
         # session; a clip saved before began the default pre-roll before it, unless its stream had
         # just begun.

@@ -10,13 +10,15 @@ import logging
 import os
 import signal
 import sys
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from edgemon import console
-from edgemon.cli_common import ConfigOpt, DbOpt, ModelsOpt, ThreadsOpt, app, fail, service_in_force, setting_option
+from edgemon.cli_common import (ConfigOpt, DbOpt, ModelsOpt, ThreadsOpt, TimezoneOpt, app, fail, service_in_force,
+                                setting_option)
 from edgemon.config import OptionError
 from edgemon.errors import EdgemonError
 from edgemon.signals import Terminated, terminate_as_interrupt
@@ -33,6 +35,7 @@ def review(
     token: Annotated[Optional[str], typer.Option("--token", envvar="EDGEMON_REVIEW_TOKEN", help="Token every request must carry (default: generated and printed when binding beyond this machine).")] = None,
     reviewer: Annotated[str, typer.Option("--reviewer", show_default=False, help="Name stored with each verdict (default: $USER, else 'reviewer').")] = os.environ.get("USER", "reviewer"),
     export: Annotated[Optional[Path], typer.Option("--export", help="Write every verdict as CSV to this file ('-': stdout) and exit.", readable=False)] = None,
+    timezone: TimezoneOpt = None,
     config: ConfigOpt = None,
 ):
     """A local web page to hear, see and judge detections (correct / wrong / another label / unsure)."""
@@ -65,8 +68,9 @@ def review(
         raise fail(EdgemonError(f"the review page needs the 'review' extra (in a clone: .venv/bin/pip install -c "
                                 f"constraints.txt -e '.[review]'; else pip install 'edgemon[review]'): {exc}"))
     try:
+        zone = None if service.timezone is None else zoneinfo.ZoneInfo(service.timezone)   # checked with the settings
         serve(ReviewConfig(db=db, recordings=recordings, clips=clips, host=host, port=port, token=token,
-                           reviewer=reviewer), on_ready=lambda line: typer.echo(line, err=True))
+                           reviewer=reviewer, zone=zone), on_ready=lambda line: typer.echo(line, err=True))
     except EdgemonError as exc:
         raise fail(exc)
 

@@ -98,3 +98,17 @@ def test_cli_timezone_option_overrides_the_settings(db_path, tmp_path):
     bad = runner.invoke(app, ["export-detections", "--db", str(db_path), "--timezone", "Asia/Kuchin"])
     assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
     assert "Asia/Kuchin" in bad.output and "--timezone" in bad.output and bad.stdout == ""
+
+
+def test_a_time_at_the_calendars_end_has_no_local_time_and_the_export_goes_on(tmp_path):
+    """A recorder's name at 9999-12-31 (a clock set to its last day) stores its calls at that
+    time; exported with a zone east of UTC, the whole export ended in an OverflowError."""
+    path, source = tmp_path / "d.db", "99991231_230000.WAV"
+    with Store(path) as store:
+        commit(store, source, [detection(source, 1.0, "bird", 0.9, "9999-12-31T23:00:01Z"),
+                               detection(source, 2.0, "bird", 0.9, "9999-12-31T23:00:02Z")])
+    export_detections(path, "csv", tmp_path / "d.csv", timezone="Asia/Kuching")
+    rows = read_csv(tmp_path / "d.csv")
+    assert [(r["start_utc"][:4], r["start_local"]) for r in rows] == [("9999", ""), ("9999", "")]
+    export_detections(path, "csv", tmp_path / "d.csv", timezone="America/Los_Angeles")   # west: still in the calendar
+    assert read_csv(tmp_path / "d.csv")[0]["start_local"] == "9999-12-31T15:00:01.000-08:00"

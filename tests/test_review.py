@@ -207,6 +207,49 @@ def test_charts_show_calls_and_effort_per_hour_and_day(review_db):
     assert "great_argus, 05-02: 1 call(s)" in day_svg and "05-01" in day_svg
 
 
+def test_days_hours_and_times_are_the_recorders_own_with_a_time_zone(review_db):
+    """A season trial: a dawn chorus on Borneo (UTC+8) was charted at 22-01 h and listed under the
+    day before, as UTC, with the `timezone` setting given. Los Angeles (UTC-7 in May) puts the
+    first recording (06:00Z on 1 May) at 23:00 on 30 April."""
+    from zoneinfo import ZoneInfo
+
+    from edgemon.review.local_time import day_bounds, spans_by_local_hour
+    from edgemon.utc import parse_utc
+
+    db, _ = review_db
+    la = ZoneInfo("America/Los_Angeles")
+    by_hour, by_day = effort_hours(db, zone=la)
+    assert by_hour == pytest.approx({23: 20 / 3600, 0: 20 / 3600})
+    assert by_day == pytest.approx({"2024-04-30": 20 / 3600, "2024-05-02": 20 / 3600})
+    hour_svg, day_svg = charts_svg(db, zone=la)
+    assert "Calls by hour of day (America/Los_Angeles)" in hour_svg and "times America/Los_Angeles" in hour_svg
+    assert "hornbill_helmeted, 23: 1 call(s) in 0.01 h" in hour_svg and "great_argus, 05-02: 1 call(s)" in day_svg
+    assert reviews.days_and_labels(db, la)[0] == ["2024-04-30", "2024-05-02"]
+    assert reviews.days_and_labels(db)[0] == ["2024-05-01", "2024-05-02"]       # no zone: UTC, as before
+    rows = reviews.list_detections(db, order="time", day="2024-04-30", zone=la)
+    assert [(r["label"], r["start_local"]) for r in rows] == [
+        ("hornbill_helmeted", "2024-04-30T23:00:02.000-07:00"), ("gibbon_duet", "2024-04-30T23:00:10.000-07:00")]
+    assert reviews.list_detections(db, day="2024-05-01", zone=la) == []
+    # A half-hour zone cuts where its clock does: 05:50Z-06:10Z is 11:20-11:40 in India, one hour.
+    kolkata = ZoneInfo("Asia/Kolkata")
+    pieces = list(spans_by_local_hour(parse_utc("2024-05-01T05:50:00Z"), 1200, kolkata))
+    assert {h for h, _, _ in pieces} == {11} and sum(x for _, _, x in pieces) == pytest.approx(1 / 3)
+    pieces = list(spans_by_local_hour(parse_utc("2024-05-01T06:20:00Z"), 1200, kolkata))
+    assert {h: sum(x for hh, _, x in pieces if hh == h) for h in (11, 12)} == pytest.approx({11: 1 / 6, 12: 1 / 6})
+    # The day summer time begins has 23 hours.
+    assert day_bounds("2024-03-31", ZoneInfo("Europe/Berlin")) == ("2024-03-30T23:00:00.000Z",
+                                                                   "2024-03-31T22:00:00.000Z")
+
+
+def test_the_page_lists_by_the_recorders_days_with_a_time_zone(review_db):
+    db, recordings = review_db
+    with review_server(db, recordings, "--timezone", "America/Los_Angeles") as (base, _):
+        status, _, page = _get(base + "/?order=time&day=2024-04-30")
+        assert status == 200 and b"day (America/Los_Angeles)" in page
+        assert page.count(b'<li class="detection') == 2 and b"2024-04-30T23:00:02.000-07:00" in page
+        assert b"Calls by hour of day (America/Los_Angeles)" in _get(base + "/charts")[2]
+
+
 def test_page_audio_spectrogram_and_verdict_over_http(review_db):
     db, recordings = review_db
     with review_server(db, recordings) as (base, line):

@@ -33,6 +33,7 @@ from edgemon.analysis.bundle import MANIFEST, default_bundle_path
 from edgemon.errors import AudioError, EdgemonError
 from edgemon.review import charts, reviews
 from edgemon.review.excerpt import read_excerpt
+from edgemon.review.local_time import zone_name
 from edgemon.review.spectrogram import spectrogram_png
 from edgemon.storage.readonly import sources_in_several_bundles
 from edgemon.utc import parse_utc, utc_iso
@@ -65,6 +66,7 @@ class ReviewConfig:
     reviewer: str = "reviewer"
     pre_s: float = 2.0
     post_s: float = 2.0
+    zone: dt.tzinfo | None = None   # the recorder's time zone: days, hours and times shown in it (None: UTC)
 
     @property
     def local(self) -> bool:
@@ -213,7 +215,7 @@ def create_app(config: ReviewConfig) -> Starlette:
     def index(request: Request) -> Response:
         q = request.query_params
         order = q.get("order", "teach")
-        days, labels, bundles = reviews.days_and_labels(config.db)
+        days, labels, bundles = reviews.days_and_labels(config.db, config.zone)
         refused = unknown_filter(q, labels, bundles)
         if refused is not None:
             return refused
@@ -222,7 +224,7 @@ def create_app(config: ReviewConfig) -> Starlette:
             rows = reviews.list_detections(config.db, order=order, label=q.get("label") or None,
                                            day=q.get("day") or None, bundle_id=q.get("bundle") or None,
                                            unreviewed_only=q.get("unreviewed") == "1",
-                                           limit=PAGE_SIZE, offset=offset, as_of=as_of)
+                                           limit=PAGE_SIZE, offset=offset, as_of=as_of, zone=config.zone)
         except reviews.ReviewError as exc:
             return PlainTextResponse(f"error: {exc}\n", status_code=400)
         return templates.TemplateResponse(request, "index.html", {
@@ -231,7 +233,7 @@ def create_app(config: ReviewConfig) -> Starlette:
             "relabel_to": known_labels(config.db, labels),
             "precision": reviews.precision_by_class(config.db, q.get("bundle") or None),
             "several": 0 if q.get("bundle") else sources_in_several_bundles(config.db),
-            "reviewer": config.reviewer})
+            "reviewer": config.reviewer, "times": zone_name(config.zone)})
 
     def charts_page(request: Request) -> Response:
         chosen = request.query_params.get("bundle") or None
@@ -239,7 +241,7 @@ def create_app(config: ReviewConfig) -> Starlette:
         refused = unknown_filter(request.query_params, None, bundles)
         if refused is not None:
             return refused
-        hour_svg, day_svg = charts.charts_svg(config.db, chosen)
+        hour_svg, day_svg = charts.charts_svg(config.db, chosen, config.zone)
         return templates.TemplateResponse(request, "charts.html", {
             "hour_svg": hour_svg, "day_svg": day_svg, "bundles": bundles,
             "chosen": chosen, "several": 0 if chosen else sources_in_several_bundles(config.db)})

@@ -10,27 +10,28 @@ from collections import defaultdict
 from contextlib import closing
 from pathlib import Path
 
+from edgemon.review.local_time import local, spans_by_local_hour, zone_name
 from edgemon.review.reviews import ReviewError
 from edgemon.review.spectrogram import PALETTE
 from edgemon.storage.readonly import has_table, open_read_only, table_columns
 from edgemon.utc import parse_utc
 
 
-def effort_hours(db_path: Path, bundle_id: str | None = None) -> tuple[dict[int, float], dict[str, float]]:
-    """Hours of audio analysed per UTC hour of day (0..23) and per UTC day ('YYYY-MM-DD'): each
-    finished recording spread over the hours it spans (with ``bundle_id``, those that bundle
-    analysed: ``analyses``), plus the live streams' analysed seconds."""
+def effort_hours(db_path: Path, bundle_id: str | None = None,
+                 zone: dt.tzinfo | None = None) -> tuple[dict[int, float], dict[str, float]]:
+    """Hours of audio analysed per hour of day (0..23) and per day ('YYYY-MM-DD') in ``zone`` (the
+    recorder's; UTC without one): each finished recording spread over the hours it spans (with
+    ``bundle_id``, those that bundle analysed: ``analyses``), plus the live streams' analysed seconds."""
     by_hour: dict[int, float] = defaultdict(float)
     by_day: dict[str, float] = defaultdict(float)
 
     def add(start: dt.datetime, seconds: float) -> None:
-        end = start + dt.timedelta(seconds=seconds)
-        while start < end:
-            boundary = min(end, start.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1))
-            hours = (boundary - start).total_seconds() / 3600
-            by_hour[start.hour] += hours
-            by_day[start.date().isoformat()] += hours
-            start = boundary
+        try:
+            for hour, day, hours in spans_by_local_hour(start, seconds, zone):
+                by_hour[hour] += hours
+                by_day[day] += hours
+        except OverflowError:   # a recorder's name at the calendar's end: no hour after it to chart
+            pass
 
     with closing(open_read_only(db_path, ReviewError)) as conn:
         for start, seconds in conn.execute(*_recordings_analysed(conn, bundle_id)):
@@ -59,28 +60,31 @@ def _recordings_analysed(conn: sqlite3.Connection, bundle_id: str | None) -> tup
     return f"SELECT f.start_utc, f.duration_s + {left_out} FROM files f WHERE {whole} AND f.duration_s > 0", []
 
 
-def calls(db_path: Path, bundle_id: str | None = None) -> tuple[dict, dict]:
-    """Detections per (label, UTC hour) and per (label, UTC day); detections without a time are left out."""
+def calls(db_path: Path, bundle_id: str | None = None, zone: dt.tzinfo | None = None) -> tuple[dict, dict]:
+    """Detections per (label, hour) and per (label, day) in ``zone`` (UTC without one); detections
+    without a time are left out. Counted by SQLite per minute, each minute then placed in its local hour."""
     where, params = "start_utc IS NOT NULL", []
     if bundle_id:
         where += " AND bundle_id = ?"
         params.append(bundle_id)
     with closing(open_read_only(db_path, ReviewError)) as conn:
-        rows = conn.execute(f"SELECT label, substr(start_utc, 12, 2) AS hour, substr(start_utc, 1, 10) AS day, "
-                            f"count(*) AS n FROM detections WHERE {where} GROUP BY 1, 2, 3", params).fetchall()
+        rows = conn.execute(f"SELECT label, substr(start_utc, 1, 16) || ':00Z' AS minute, count(*) AS n "
+                            f"FROM detections WHERE {where} GROUP BY 1, 2", params).fetchall()
     by_hour: dict = defaultdict(int)
     by_day: dict = defaultdict(int)
     for row in rows:
-        by_hour[row["label"], int(row["hour"])] += row["n"]
-        by_day[row["label"], row["day"]] += row["n"]
+        at = local(row["minute"], zone)
+        by_hour[row["label"], at.hour] += row["n"]
+        by_day[row["label"], at.date().isoformat()] += row["n"]
     return dict(by_hour), dict(by_day)
 
 
 def grid_svg(title: str, labels: list[str], columns: list, column_names: list[str],
-             counts: dict, effort: dict, cell: int = 28) -> str:
+             counts: dict, effort: dict, cell: int = 28, times: str = "UTC") -> str:
     """A heatmap, one row per label and one column per hour or day: the cell's colour is calls per
     hour of effort, its text the count; the top row is the effort in hours. Empty-effort columns
-    are hatched grey, so "no calls" and "not listening" never look alike."""
+    are hatched grey, so "no calls" and "not listening" never look alike. ``times``: the zone the
+    columns are in, as the footer names it."""
     left, top = 150, 44
     width, height = max(480, left + cell * len(columns) + 10), top + cell * (len(labels) + 1) + 30
     rates = [counts.get((label, c), 0) / effort[c] for label in labels for c in columns if effort.get(c)]
@@ -115,18 +119,21 @@ def grid_svg(title: str, labels: list[str], columns: list, column_names: list[st
             if n:
                 out.append(f'<text x="{x + cell / 2}" y="{y + cell * 0.65}" text-anchor="middle" '
                            f'fill="{"#fff" if n / max(hours, 1e-9) / peak < 0.6 else "#000"}">{n}</text>')
-    out.append(f'<text x="4" y="{height - 8}" fill="#555">colour: calls per hour analysed; grey: not listening; times UTC</text>')
+    out.append(f'<text x="4" y="{height - 8}" fill="#555">colour: calls per hour analysed; grey: not listening; times {html.escape(times)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
 
-def charts_svg(db_path: Path, bundle_id: str | None = None) -> tuple[str, str]:
-    """The by-hour-of-day and the by-day SVG charts of the database at ``db_path``."""
-    effort_hour, effort_day = effort_hours(db_path, bundle_id)
-    by_hour, by_day = calls(db_path, bundle_id)
+def charts_svg(db_path: Path, bundle_id: str | None = None, zone: dt.tzinfo | None = None) -> tuple[str, str]:
+    """The by-hour-of-day and the by-day SVG charts of the database at ``db_path``, in ``zone``
+    (the recorder's time zone; UTC without one)."""
+    effort_hour, effort_day = effort_hours(db_path, bundle_id, zone)
+    by_hour, by_day = calls(db_path, bundle_id, zone)
     labels = sorted({label for label, _ in by_hour} | {label for label, _ in by_day})
     hours = list(range(24))
-    hour_svg = grid_svg("Calls by hour of day (UTC)", labels, hours, [f"{h:02d}" for h in hours], by_hour, effort_hour)
+    times = zone_name(zone)
+    hour_svg = grid_svg(f"Calls by hour of day ({times})", labels, hours, [f"{h:02d}" for h in hours], by_hour,
+                        effort_hour, times=times)
     days = sorted(set(effort_day) | {d for _, d in by_day})
-    day_svg = grid_svg("Calls by day", labels, days, [d[5:] for d in days], by_day, effort_day, cell=44)
+    day_svg = grid_svg("Calls by day", labels, days, [d[5:] for d in days], by_day, effort_day, cell=44, times=times)
     return hour_svg, day_svg

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from edgemon.errors import EdgemonError
+from edgemon.review.local_time import day_bounds, local
 from edgemon.storage import tables
 from edgemon.storage.readonly import (BUSY_TIMEOUT_MS, LATEST_VERDICTS, SAME_SOUND_SHARE, edgemon_tables,
                                       has_table, latest_verdicts, ledger_columns, open_read_only)
@@ -176,7 +177,8 @@ def reviews_as_of(as_of: str | None) -> tuple[str, list]:
 
 def list_detections(db_path: Path, *, order: str = "teach", label: str | None = None,
                     day: str | None = None, unreviewed_only: bool = False, bundle_id: str | None = None,
-                    limit: int = 50, offset: int = 0, as_of: str | None = None) -> list[dict]:
+                    limit: int = 50, offset: int = 0, as_of: str | None = None,
+                    zone: dt.tzinfo | None = None) -> list[dict]:
     """One page of detections, as dicts with the latest verdict (``verdict``, ``new_label``), a
     ``priority`` (0..1: how much reviewing it would teach) and ``earlier``: the latest verdict on
     this sound under another bundle (a reviewed detection of the same recording overlapping it,
@@ -185,7 +187,8 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
     ``order`` 'teach': the most uncertain detections of the classes with the most false alarms so
     far first, unreviewed before reviewed, and sounds judged under another bundle after the rest
     (they teach least); 'time': by start time; 'confidence': lowest first.
-    ``day`` is a UTC date 'YYYY-MM-DD'. SQLite sorts and pages, so a season of detections never
+    ``day`` is a date 'YYYY-MM-DD' in ``zone``, the recorder's time zone (UTC without one), and
+    each row's ``start_local`` its start there (None without a zone). SQLite sorts and pages, so a season of detections never
     sits in memory at once. ``as_of``: sorted and filtered by the verdicts given until then (the
     time the first page was shown), so that the pages after it follow on from it: judging a page
     moved its rows out of the order, and 'next' skipped a page's worth (a review). The verdicts
@@ -198,8 +201,11 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
         clauses.append("d.label = ?")
         params.append(label)
     if day:
-        clauses.append("substr(d.start_utc, 1, 10) = ?")
-        params.append(day)
+        try:
+            clauses.append("d.start_utc >= ? AND d.start_utc < ?")
+            params.extend(day_bounds(day, zone))
+        except (ValueError, OverflowError):   # 2024-02-30; a local day the calendar cannot end in UTC
+            raise ReviewError(f"day {day!r} is no date (YYYY-MM-DD) that can be shown here") from None
     if bundle_id:
         clauses.append("d.bundle_id = ?")
         params.append(bundle_id)
@@ -229,6 +235,7 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
                 found = conn.execute(_EARLIER, row).fetchone()
                 row["earlier"] = found[0] if found else None
                 row["key"] = detection_key(row)
+                row["start_local"] = tables.local_time(row["start_utc"], zone)
             return rows
         except sqlite3.Error as e:
             raise ReviewError(f"cannot read detections from {db_path}: {e}") from e
@@ -326,13 +333,16 @@ def _after_every_verdict(conn: sqlite3.Connection, row: dict) -> str:
     return utc_iso(parse_utc(latest) + dt.timedelta(milliseconds=1))
 
 
-def days_and_labels(db_path: Path) -> tuple[list[str], list[str], list[str]]:
-    """The UTC days and labels that have detections, and the bundle ids that have detections or
-    analysed a recording (``analyses``: a bundle that found nothing has hours to chart), for the
-    page's filters."""
+def days_and_labels(db_path: Path, zone: dt.tzinfo | None = None) -> tuple[list[str], list[str], list[str]]:
+    """The days (in ``zone``, the recorder's time zone; UTC without one) and labels that have
+    detections, and the bundle ids that have detections or analysed a recording (``analyses``: a
+    bundle that found nothing has hours to chart), for the page's filters."""
     with closing(open_read_only(db_path, ReviewError)) as conn:
-        days = [r[0] for r in conn.execute("SELECT DISTINCT substr(start_utc, 1, 10) FROM detections "
-                                           "WHERE start_utc IS NOT NULL ORDER BY 1")]
+        # Distinct quarter hours, each placed in its local day (no zone's midnight falls inside one).
+        quarters = conn.execute("SELECT DISTINCT substr(start_utc, 1, 14) || "
+                                "printf('%02d', substr(start_utc, 15, 2) / 15 * 15) || ':00Z' FROM detections "
+                                "WHERE start_utc IS NOT NULL")
+        days = sorted({local(q[0], zone).date().isoformat() for q in quarters})
         labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY 1")]
         analysed = " UNION SELECT bundle_id FROM analyses" if has_table(conn, "analyses") else ""
         bundles = [r[0] for r in conn.execute(f"SELECT DISTINCT bundle_id FROM detections{analysed} ORDER BY 1")]

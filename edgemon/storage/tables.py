@@ -64,10 +64,15 @@ def label_names(manifest: Mapping) -> dict[str, tuple[str | None, str | None]]:
 def local_time(utc_text: str | None, zone: zoneinfo.ZoneInfo | None) -> str | None:
     """The store's UTC text as ISO 8601 local time in ``zone`` with its offset, to the
     millisecond ('2024-05-01T08:00:00.000+02:00'); None without a zone or a time. The offset is
-    the zone's at that instant, so summer and winter times each carry their own."""
+    the zone's at that instant, so summer and winter times each carry their own. None too for a
+    time the calendar cannot hold there (a recorder's name at 9999-12-31, on UTC+8: the export
+    ended in an OverflowError)."""
     if zone is None or not utc_text:
         return None
-    return parse_utc(utc_text).astimezone(zone).isoformat(timespec="milliseconds")
+    try:
+        return parse_utc(utc_text).astimezone(zone).isoformat(timespec="milliseconds")
+    except OverflowError:
+        return None
 
 
 def with_local_time(rows: Iterable[dict], zone: zoneinfo.ZoneInfo | None) -> Iterator[dict]:

@@ -537,3 +537,20 @@ def test_a_command_without_data_says_it_reads_the_borneo_set(tmp_path, caplog):
     caplog.clear()
     CliRunner().invoke(app, ["score", str(tmp_path / "no-bundle"), "--data", str(tmp_path)])
     assert not [r for r in caplog.records if "no --data" in r.getMessage()]
+
+
+def test_a_reference_window_from_a_class_folder_is_named_with_its_folder(tiny_dataset, tmp_path):
+    """A newcomer trial: the bundle's self-check named its reference clip 'AM11_054.wav', not
+    'siamang/AM11_054.wav' as the list and the data set have it."""
+    from training.bundling import pick_reference_windows
+
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    csv = data / "lab" / "train.csv"
+    (data / "audio" / "low").mkdir()
+    moved = [r.split(",")[0] for r in csv.read_text().splitlines()[1:] if ",call_low" in r]
+    for name in moved:
+        (data / "audio" / name).rename(data / "audio" / "low" / name)
+        csv.write_text(csv.read_text().replace(f"{name},", f"low/{name},"))
+    _, chosen = pick_reference_windows(data, ("background", "call_low"), 1.0, 16000)
+    assert chosen[1].source.startswith("low/") and chosen[1].source[4:] in moved
+    assert "/" not in chosen[0].source

@@ -67,7 +67,8 @@ def pick_reference_windows(data_dir: Path, labels: tuple[str, ...], window_s: fl
                            split: str = "train") -> tuple[np.ndarray, list[ReferenceWindow]]:
     """One real window per label from ``split``: the centre ``window_s`` of the first clip (by file
     name) at least that long, else of the longest clip zero-padded. float32 ``[labels, samples]``."""
-    clips = read_label_list(Path(data_dir) / "lab" / f"{split}.csv", Path(data_dir) / "audio")
+    audio_dir = Path(data_dir) / "audio"
+    clips = read_label_list(Path(data_dir) / "lab" / f"{split}.csv", audio_dir)
     size = int(round(window_s * sample_rate))
     windows, chosen = [], []
     for label in labels:
@@ -88,7 +89,9 @@ def pick_reference_windows(data_dir: Path, labels: tuple[str, ...], window_s: fl
         window = np.zeros(size, np.float32)
         window[:min(size, len(samples))] = samples[start:start + size]
         windows.append(window)
-        chosen.append(ReferenceWindow(label, clip.path.name, round(start / sample_rate, 3), size))
+        # Named as its list names it (a set kept as a folder per class: 'siamang/AM11_054.wav').
+        source = clip.path.relative_to(audio_dir).as_posix() if clip.path.is_relative_to(audio_dir) else clip.path.name
+        chosen.append(ReferenceWindow(label, source, round(start / sample_rate, 3), size))
     return np.stack(windows), chosen
 
 

@@ -137,3 +137,44 @@ def test_recordings_of_a_bundle_in_a_database_from_before_analyses(tmp_path):
     assert count == 5 and [(r["bundle_id"], r["detections"]) for r in rows if r["source"] == source] == [
         ("b1", 0), ("b2", 1)]
     assert export_recordings(db, "csv", out, dt.datetime(2024, 5, 2), bundle=["b2"]) == (0, 0.0)
+
+
+def test_a_recording_across_the_range_s_edge_is_its_part_inside_it(tmp_path):
+    """Found on Borneo (UTC+8): a recording from 23:58 to 00:02 local, exported by local day
+    (`--since 2024-05-02T00:00+08:00`), left the day's recordings without it while its detections
+    after midnight were in the day's detections (calls with no effort behind them), and the day
+    before counted its whole four minutes with only the calls before midnight."""
+    db = tmp_path / "d.db"
+    with Store(db) as store:
+        store.commit_file("SMA01234_20240501_235800.wav", path="/card/SMA01234_20240501_235800.wav", size=100,
+                          mtime_ns=1, duration_s=240.0, start_utc="2024-05-01T15:58:00Z", time_source="filename",
+                          clock_suspect=False, bundle_id="b1",
+                          detections=[detection("SMA01234_20240501_235800.wav", 60.0, "2024-05-01T15:59:00Z"),
+                                      detection("SMA01234_20240501_235800.wav", 150.0, "2024-05-01T16:00:30Z")])
+        # a triggered recording spanning 10 min with 2 min of audio, crossing the same midnight
+        store.commit_file("20240501_155500T.WAV", path="/card/20240501_155500T.WAV", size=100, mtime_ns=1,
+                          duration_s=120.0, start_utc="2024-05-01T15:55:00Z", time_source="filename",
+                          clock_suspect=False, bundle_id="b1", detections=[], span_s=600.0)
+    kuching = dt.timezone(dt.timedelta(hours=8))
+    midnight = dt.datetime(2024, 5, 2, tzinfo=kuching)
+    out = tmp_path / "r.jsonl"
+
+    def rows(**times):
+        count, seconds = export_recordings(db, "jsonl", out, **times)
+        got = [json.loads(line) for line in out.read_text().splitlines()]
+        assert count == len(got)
+        return [(r["source"], r["start_utc"], r["end_utc"], r["duration_s"], r["detections"]) for r in got], seconds
+
+    assert rows(since=midnight, until=midnight + dt.timedelta(days=1)) == ([
+        ("20240501_155500T.WAV", "2024-05-01T16:00:00.000Z", "2024-05-01T16:05:00.000Z", 60.0, 0),
+        ("SMA01234_20240501_235800.wav", "2024-05-01T16:00:00.000Z", "2024-05-01T16:02:00.000Z", 120.0, 1)], 180.0)
+    assert rows(since=midnight - dt.timedelta(days=1), until=midnight) == ([
+        ("20240501_155500T.WAV", "2024-05-01T15:55:00.000Z", "2024-05-01T16:00:00.000Z", 60.0, 0),
+        ("SMA01234_20240501_235800.wav", "2024-05-01T15:58:00.000Z", "2024-05-01T16:00:00.000Z", 120.0, 1)], 180.0)
+    # A range the recordings end at, or begin at, holds none of them.
+    assert rows(since=dt.datetime(2024, 5, 1, 16, 5))[0] == []
+    assert rows(until=dt.datetime(2024, 5, 1, 15, 55))[0] == []
+    # No filter: every recording whole, as before.
+    assert rows() == ([
+        ("20240501_155500T.WAV", "2024-05-01T15:55:00.000Z", "2024-05-01T16:05:00.000Z", 120.0, 0),
+        ("SMA01234_20240501_235800.wav", "2024-05-01T15:58:00.000Z", "2024-05-01T16:02:00.000Z", 240.0, 2)], 360.0)

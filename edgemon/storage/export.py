@@ -363,24 +363,45 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
     the silences a triggered recording left out, as its detections' times do), ``duration_s`` (the
     audio analysed), ``time_source`` and ``clock_suspect`` (as its detections), ``detections`` (how
     many the ledger's bundle stored) and ``bundle_id``. ``fmt`` 'csv' or 'jsonl', to ``output``
-    (standard output when None); ``since`` <= start_utc < ``until``, as for detections (a
-    recording without a start time is left out whenever a time filter is given). Raises
-    ExportError.
+    (standard output when None). With ``since`` or ``until``, the recordings that overlap
+    ``since <= t < until``, each cut to its part inside it (its times, its audio in proportion and
+    its detections starting there, as the detections' own filter takes them): a recording that
+    runs on past local midnight was the effort of both days, and a day's export listed its
+    detections after midnight with no recording behind them while the day before counted its
+    whole audio without them (a Borneo trial). A recording without a start time is left out
+    whenever a time filter is given. Raises ExportError.
     """
     db_path = Path(db_path)
     write = _side_writer(fmt, "recordings export")
     conn, _ = _open(db_path)
     seconds = [0.0]
 
-    def as_row(row: dict) -> dict:
-        seconds[0] += row["duration_s"]
+    lower, upper = _utc_bounds(since, until)
+
+    def as_row(row: dict) -> dict | None:
         span = row.pop("span_s", None) or row["duration_s"]
         start = row["start_utc"]
-        end = None if start is None else utc_iso(parse_utc(start) + dt.timedelta(seconds=span))
-        return {**row, "start_utc": None if start is None else utc_iso(start), "end_utc": end,
-                "duration_s": round(row["duration_s"], 3)}
+        if start is None:
+            row["end_utc"] = None
+        else:
+            begin = parse_utc(start)
+            end = begin + dt.timedelta(seconds=span)
+            if lower is not None or upper is not None:   # the part inside the range
+                cut_begin = max(begin, parse_utc(lower)) if lower is not None else begin
+                cut_end = min(end, parse_utc(upper)) if upper is not None else end
+                if cut_end <= cut_begin:
+                    return None
+                if (cut_begin, cut_end) != (begin, end):
+                    row["duration_s"] *= (cut_end - cut_begin).total_seconds() / span if span > 0 else 0.0
+                begin, end = cut_begin, cut_end
+            row["start_utc"], row["end_utc"] = utc_iso(begin), utc_iso(end)
+        seconds[0] += row["duration_s"]
+        return {**row, "duration_s": round(row["duration_s"], 3)}
     try:
-        clauses, params = time_range("f.start_utc", *_utc_bounds(since, until))
+        # Recordings that overlap the range: those starting before its end, and ending after its
+        # start (exactly, in as_row; here with a second's slack, julianday being a float).
+        clauses, params = time_range("f.start_utc", None, upper)
+        counted, counted_params = time_range("d.start_utc", lower, upper)
         span = "f.span_s" if "span_s" in table_columns(conn, "files") else "NULL"
         # Each row's bundle and audio read: the ledger's, or with --bundle each chosen bundle's analysis.
         analysed, duration, by = "files f", "f.duration_s", "f.bundle_id"
@@ -398,15 +419,19 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
             params = [*params, *bundle]
         # A triggered recording spans its left-out silences beyond the audio read, as in the ledger.
         spanned = f"{duration} + ({span} - f.duration_s)" if span != "NULL" else "NULL"
+        if lower is not None:
+            clauses.append(f"julianday(f.start_utc) + (coalesce({spanned}, {duration}) + 1) / 86400.0 > julianday(?)")
+            params.append(lower)
         where = " AND ".join(["f.state = 'done'", f"{duration} IS NOT NULL", *clauses])
         cursor = conn.cursor()
         cursor.row_factory = _as_dict
         # Streamed, as detections are; the count is the row's bundle's, as status counts them.
-        rows = map(as_row, cursor.execute(
+        in_range = "".join(f" AND {c}" for c in counted)
+        rows = filter(None, map(as_row, cursor.execute(
             f"SELECT f.source, f.start_utc, {duration} AS duration_s, {spanned} AS span_s, f.time_source, "
-            f"f.clock_suspect, (SELECT count(*) FROM detections d WHERE d.source = f.source AND d.bundle_id IS {by}) "
-            f"AS detections, {by} AS bundle_id FROM {analysed} "
-            f"WHERE {where} ORDER BY f.start_utc IS NULL, f.start_utc, f.source, {by}", params))
+            f"f.clock_suspect, (SELECT count(*) FROM detections d WHERE d.source = f.source AND d.bundle_id IS {by}"
+            f"{in_range}) AS detections, {by} AS bundle_id FROM {analysed} "
+            f"WHERE {where} ORDER BY f.start_utc IS NULL, f.start_utc, f.source, {by}", [*counted_params, *params])))
         return _write_side(write, rows, RECORDING_COLUMNS, output), seconds[0]
     except sqlite3.Error as e:
         raise ExportError(f"cannot read the recordings of {db_path}: {e}") from e

@@ -457,3 +457,27 @@ def test_a_watch_with_another_bundle_over_analysed_recordings_says_reanalyse(tmp
     assert said and said[0].endswith(f"; 1 recording(s) here were analysed by another bundle, not by "
                                      f"{watcher.analyzer.bundle.bundle_id}: `edgemon reanalyse --models BUNDLE` "
                                      f"runs it on them"), said
+
+
+def test_clock_timezone_set_after_the_first_watch_is_said_not_silent(tmp_path, caplog):
+    """A Borneo trial: a Song Meter's local-time names were first watched without clock_timezone
+    (read as UTC); with the setting mended, the next watch said nothing and every duet stayed 8 h
+    off. Its stored times are kept, as documented, but the run now says so, and how to mend it."""
+    from zoneinfo import ZoneInfo
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "SMA01234_20240501_053800.wav", noise(4.0))
+    write_wav(root / "SMA01234_20240502_061000.wav", noise(4.0))
+    assert watch_until_idle(root, db).processed == 2
+    with caplog.at_level("INFO", logger="edgemon"):
+        assert watch_until_idle(root, db).processed == 0   # the same setting: nothing to say
+    assert "clock_timezone" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="edgemon"):
+        assert watch_until_idle(root, db, clock_zone=ZoneInfo("Asia/Kuching")).processed == 0
+    said = [r for r in caplog.records if "clock_timezone" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING"]
+    assert "2 of 2 recording(s)" in said[0].getMessage()
+    assert "stored at 2024-05-01T05:38:00.000Z, now read as 2024-04-30T21:38:00.000Z" in said[0].getMessage()
+    assert "new database" in said[0].getMessage()
+    assert query(db, "SELECT start_utc FROM files ORDER BY source")[0][0].startswith("2024-05-01T05:38")

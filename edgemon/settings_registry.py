@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -144,6 +145,7 @@ def checked(s: Setting, value: Any, where: str, error: type[ConfigError] = Confi
         _check_zone(value, where, error)
     if s.name == "clock_timezone" and fixed_offset(value) is None:   # a Song Meter's "UTC+1" is one
         _check_zone(value, where, error, ", nor a fixed offset such as 'UTC+8'")
+        _refuse_posix_signs(value, where, error)
     if s.file:
         try:
             is_dir = value.is_dir()
@@ -187,6 +189,20 @@ def _check_zone(name: str, where: str, error, other: str = "") -> None:
     spelt = {zone.lower(): zone for zone in known}.get(name.lower())
     hint = f" (did you mean {spelt!r}?)" if spelt else " (e.g. 'Asia/Kuching')"
     raise error(f"{where}: unknown IANA time zone {name!r}{hint}{other}")
+
+
+_POSIX_OFFSET = re.compile(r"(?:Etc/)?GMT([+-])(\d{1,2})")
+
+
+def _refuse_posix_signs(name: str, where: str, error) -> None:
+    """Refuse 'Etc/GMT+8' as a clock zone: POSIX inverts its sign, so it is UTC-8, and a recorder
+    on Borneo (UTC+8) set so had every recording 16 h off without a word (a Borneo trial). The
+    fixed offset the clock setting takes says either meaning plainly."""
+    m = _POSIX_OFFSET.fullmatch(name)
+    if m and int(m[2]):
+        meant, inverted = f"UTC{m[1]}{int(m[2])}", f"UTC{'-' if m[1] == '+' else '+'}{int(m[2])}"
+        raise error(f"{where}: {name!r} is {inverted} (its sign is POSIX's, the opposite of what it reads): "
+                    f"write {inverted!r}, or {meant!r} if that is the recorder's offset")
 
 
 def where_from(name: str, source: str) -> str:

@@ -511,3 +511,16 @@ def test_a_song_meters_fixed_utc_offset_is_a_clock_timezone(tmp_path):
             load_settings(env={"EDGEMON_CLOCK_TIMEZONE": bad}, default_path=None)
     with pytest.raises(ConfigError, match="unknown IANA time zone 'UTC\\+8'"):   # `timezone` stays a zone name
         load_settings(env={"EDGEMON_TIMEZONE": "UTC+8"}, default_path=None)
+
+
+def test_a_posix_etc_gmt_zone_is_refused_as_a_clock_zone(tmp_path):
+    """A Borneo trial: 'Etc/GMT+8', a Song Meter's "UTC+8" as the zone database spells a fixed
+    offset, is UTC-8 (POSIX's sign), and put every recording 16 h off without a word."""
+    for name, said in (("Etc/GMT+8", "'Etc/GMT\\+8' is UTC-8.*write 'UTC-8', or 'UTC\\+8'"),
+                       ("Etc/GMT-8", "'Etc/GMT-8' is UTC\\+8.*write 'UTC\\+8', or 'UTC-8'")):
+        with pytest.raises(ConfigError, match=f"EDGEMON_CLOCK_TIMEZONE: {said}"):
+            load_settings(env={"EDGEMON_CLOCK_TIMEZONE": name}, default_path=None)
+    for fine in ("Etc/GMT", "Etc/GMT+0", "UTC+8", "Asia/Kuching"):
+        assert load_settings(env={"EDGEMON_CLOCK_TIMEZONE": fine}, default_path=None).service.clock_zone() is not None
+    # the display zone takes zone names only, and Etc/GMT-8 is a plain one there
+    assert load_settings(env={"EDGEMON_TIMEZONE": "Etc/GMT-8"}, default_path=None).service.timezone == "Etc/GMT-8"

@@ -178,3 +178,18 @@ def test_a_recording_across_the_range_s_edge_is_its_part_inside_it(tmp_path):
     assert rows() == ([
         ("20240501_155500T.WAV", "2024-05-01T15:55:00.000Z", "2024-05-01T16:05:00.000Z", 120.0, 0),
         ("SMA01234_20240501_235800.wav", "2024-05-01T15:58:00.000Z", "2024-05-01T16:02:00.000Z", 240.0, 2)], 360.0)
+
+
+def test_recordings_carry_their_local_start_with_a_time_zone(tmp_path):
+    """A Borneo trial: the detections had start_local, the recordings behind them only UTC."""
+    db, out = tmp_path / "d.db", tmp_path / "recordings.csv"
+    season(db)
+    export_recordings(db, "csv", out, timezone="Asia/Kuching")
+    rows = {r["source"]: r["start_local"] for r in read_csv(out)}
+    assert rows["20240501_220000.WAV"] == "2024-05-02T06:00:00.000+08:00"
+    export_recordings(db, "csv", out)
+    assert {r["start_local"] for r in read_csv(out)} == {""}
+    done = runner.invoke(app, ["export-detections", "--db", str(db), "--output", str(tmp_path / "d.csv"),
+                               "--recordings", str(out), "--timezone", "Asia/Kuching", "--quiet"])
+    assert done.exit_code == 0, done.output
+    assert read_csv(out)[1]["start_local"] == "2024-05-02T06:00:00.000+08:00"

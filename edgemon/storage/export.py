@@ -46,7 +46,7 @@ COVERAGE_COLUMNS = ("source", "device_id", "minute_utc", "end_utc", "analysed_s"
                     "clock_synced", "updated_at")
 
 RECORDING_COLUMNS = ("source", "start_utc", "end_utc", "duration_s", "time_source", "clock_suspect", "detections",
-                     "bundle_id")
+                     "bundle_id", "start_local")
 
 
 def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
@@ -348,7 +348,7 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
 
 def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
                       since: dt.datetime | None = None, until: dt.datetime | None = None,
-                      bundle: list[str] | None = None) -> tuple[int, float]:
+                      bundle: list[str] | None = None, timezone: str | None = None) -> tuple[int, float]:
     """Write the recordings analysed, one row per recording in the ledger that is done, in order of
     start; return (rows, seconds of audio). This is the effort behind the detections: a recording
     with no detection was listened to, a time with no recording was not. With ``bundle`` (ids, as
@@ -369,10 +369,12 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
     runs on past local midnight was the effort of both days, and a day's export listed its
     detections after midnight with no recording behind them while the day before counted its
     whole audio without them (a Borneo trial). A recording without a start time is left out
-    whenever a time filter is given. Raises ExportError.
+    whenever a time filter is given. ``start_local``: the start in ``timezone`` (the settings'
+    ``timezone``), as for detections; empty without one. Raises ExportError.
     """
     db_path = Path(db_path)
     write = _side_writer(fmt, "recordings export")
+    zone = _zone(timezone)
     conn, _ = _open(db_path)
     seconds = [0.0]
 
@@ -396,7 +398,8 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
                 begin, end = cut_begin, cut_end
             row["start_utc"], row["end_utc"] = utc_iso(begin), utc_iso(end)
         seconds[0] += row["duration_s"]
-        return {**row, "duration_s": round(row["duration_s"], 3)}
+        return {**row, "duration_s": round(row["duration_s"], 3),
+                "start_local": tables.local_time(row["start_utc"], zone)}
     try:
         # Recordings that overlap the range: those starting before its end, and ending after its
         # start (exactly, in as_row; here with a second's slack, julianday being a float).

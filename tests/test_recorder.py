@@ -500,3 +500,19 @@ def test_a_header_time_comes_before_a_stamp_after_another_prefix(tmp_path):
     assert (moth.start_utc, moth.source) == (utc(2024, 6, 1, 10, 10, 10), "filename")
     alone = recording_time(write(tmp_path / "S10_20230203_060000.wav", wav_bytes()), now=NOW)
     assert (alone.start_utc, alone.source) == (utc(2023, 2, 3, 6), "filename")
+
+
+def test_a_name_at_the_calendars_end_in_a_clock_zone_is_still_timed(tmp_path):
+    """A name of year 1 on a clock east of UTC (or of 9999-12-31 west of it) has no UTC time: it
+    raised OverflowError after the analysis (watch: a failed attempt each time, then quarantine;
+    classify: a traceback). Its wall clock is read as UTC, flagged suspect like any such year."""
+    east, west = timezone(timedelta(hours=8)), timezone(timedelta(hours=-5))
+    for name, clock, expected in (("00010101_000000.WAV", east, datetime(1, 1, 1, tzinfo=timezone.utc)),
+                                  ("SM4_00010101_000000.wav", east, datetime(1, 1, 1, tzinfo=timezone.utc)),
+                                  ("99991231_235959.WAV", west, datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc))):
+        got = recording_time(write_wave_module(tmp_path / name), now=NOW, clock=clock)
+        assert (got.start_utc, got.source, got.suspect) == (expected, "filename", True), name
+    # A GUANO time without an offset, on that clock, likewise.
+    path = write(tmp_path / "night.wav", wav_bytes(after=[guano(Timestamp="0001-01-01T00:00:00")]))
+    got = recording_time(path, now=NOW, clock=east)
+    assert (got.start_utc, got.source, got.suspect) == (datetime(1, 1, 1, tzinfo=timezone.utc), "metadata", True)

@@ -242,6 +242,18 @@ def _name_in_zone(named: datetime, stamped: datetime) -> bool:
     return abs(gap) <= timedelta(seconds=2)
 
 
+def _wall_clock_in_utc(wall: datetime, zone: tzinfo | None) -> datetime | None:
+    """``wall``'s date and time on a clock in ``zone``, as UTC; None where UTC's calendar cannot
+    hold it (a name of year 1 on a clock east of UTC, of 9999-12-31 west of it: such a file was
+    analysed, then failed with an OverflowError at every attempt until quarantined, and ended
+    ``classify`` in a traceback). Its wall clock is then read as UTC, flagged suspect as such a
+    year always is."""
+    try:
+        return wall.replace(tzinfo=zone).astimezone(UTC)
+    except OverflowError:
+        return None
+
+
 def recording_time(path: Path, now: datetime | None = None, clock: tzinfo | None = None) -> RecordingTime:
     """Start time of a recording in UTC: file name, else WAV or FLAC metadata, else file mtime.
 
@@ -264,17 +276,18 @@ def recording_time(path: Path, now: datetime | None = None, clock: tzinfo | None
         start, detail, wall_clock, recorders = named
         if wall_clock and stamped and _OWN_OFFSET in stamped[1] and _name_in_zone(start, stamped[0]):
             zone = stamped[0].tzinfo
-            if stamped[0].utcoffset():
-                start = start.replace(tzinfo=zone).astimezone(UTC)
+            if stamped[0].utcoffset() and (moved := _wall_clock_in_utc(start, zone)) is not None:
+                start = moved
                 detail += f" in recorder zone {zone} (from {stamped[1]})"
-        elif wall_clock and clock is not None:
-            start = start.replace(tzinfo=clock).astimezone(UTC)
+        elif wall_clock and clock is not None and (moved := _wall_clock_in_utc(start, clock)) is not None:
+            start = moved
             detail = detail.replace(" read as UTC", "") + f" in clock_timezone {clock}"
         found.append(("filename", start, detail))
     if stamped:
         # A stamp after another prefix may be a tool's (an export's time): the recorder's own
         # header time comes first then (a review saw a zoned GUANO time overridden by such a name).
-        found.insert(0 if named and not named[3] else len(found), ("metadata", stamped[0].astimezone(UTC), stamped[1]))
+        header = _wall_clock_in_utc(stamped[0], stamped[0].tzinfo) or stamped[0].replace(tzinfo=UTC)
+        found.insert(0 if named and not named[3] else len(found), ("metadata", header, stamped[1]))
     for source, start, detail in found:
         if not _suspect_reason(start, now):
             return RecordingTime(start, source, False, detail)

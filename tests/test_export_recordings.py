@@ -193,3 +193,27 @@ def test_recordings_carry_their_local_start_with_a_time_zone(tmp_path):
                                "--recordings", str(out), "--timezone", "Asia/Kuching", "--quiet"])
     assert done.exit_code == 0, done.output
     assert read_csv(out)[1]["start_local"] == "2024-05-02T06:00:00.000+08:00"
+
+
+def test_a_recording_running_past_the_calendars_end_is_a_row_without_an_end(tmp_path):
+    """A suspect name at 9999-12-31 23:50 of 20 minutes ends past the calendar: the export ended
+    in an OverflowError, the whole file unwritten; its end is empty, as its detections' times are
+    past that point."""
+    db, out = tmp_path / "d.db", tmp_path / "recordings.csv"
+    with Store(db) as store:
+        store.commit_file("99991231_235000.WAV", path="/card/a", size=1, mtime_ns=1, duration_s=1200.0,
+                          start_utc="9999-12-31T23:50:00Z", time_source="filename", clock_suspect=True,
+                          bundle_id="b1", detections=[detection("99991231_235000.WAV", 1.0, "9999-12-31T23:50:01Z",
+                                                                suspect=True)])
+    assert export_recordings(db, "csv", out, timezone="Asia/Kuching") == (1, 1200.0)
+    row, = read_csv(out)
+    assert (row["start_utc"], row["end_utc"], row["detections"]) == ("9999-12-31T23:50:00.000Z", "", "1")
+    # Cut at a bound inside it: the part up to the bound, with its end.
+    assert export_recordings(db, "csv", out, since=dt.datetime(9999, 12, 31, 23, 55),
+                             until=dt.datetime(9999, 12, 31, 23, 58)) == (1, 180.0)
+    row, = read_csv(out)
+    assert (row["start_utc"], row["end_utc"]) == ("9999-12-31T23:55:00.000Z", "9999-12-31T23:58:00.000Z")
+    count, seconds = export_recordings(db, "csv", out, since=dt.datetime(9999, 12, 31, 23, 55))
+    assert (count, round(seconds, 3)) == (1, 300.0)   # to the calendar's end
+    row, = read_csv(out)
+    assert (row["start_utc"], row["end_utc"]) == ("9999-12-31T23:55:00.000Z", "")

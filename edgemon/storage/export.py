@@ -45,6 +45,8 @@ COVERAGE_COLUMNS = ("source", "device_id", "minute_utc", "end_utc", "analysed_s"
                     "lost_dropped_s", "lost_device_s", "lost_daemon_s", "overflows", "dropped_blocks",
                     "clock_synced", "updated_at")
 
+_CALENDAR_END = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+
 RECORDING_COLUMNS = ("source", "start_utc", "end_utc", "duration_s", "time_source", "clock_suspect", "detections",
                      "bundle_id", "start_local")
 
@@ -387,16 +389,20 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
             row["end_utc"] = None
         else:
             begin = parse_utc(start)
-            end = begin + dt.timedelta(seconds=span)
+            try:
+                end = begin + dt.timedelta(seconds=span)
+            except OverflowError:   # a name at 9999-12-31: an end past the calendar's, no time (as its detections')
+                end = None
+            far = _CALENDAR_END if end is None else end
             if lower is not None or upper is not None:   # the part inside the range
                 cut_begin = max(begin, parse_utc(lower)) if lower is not None else begin
-                cut_end = min(end, parse_utc(upper)) if upper is not None else end
+                cut_end = min(far, parse_utc(upper)) if upper is not None else far
                 if cut_end <= cut_begin:
                     return None
-                if (cut_begin, cut_end) != (begin, end):
+                if (cut_begin, cut_end) != (begin, far):
                     row["duration_s"] *= (cut_end - cut_begin).total_seconds() / span if span > 0 else 0.0
-                begin, end = cut_begin, cut_end
-            row["start_utc"], row["end_utc"] = utc_iso(begin), utc_iso(end)
+                begin, end = cut_begin, (None if end is None and cut_end == far else cut_end)
+            row["start_utc"], row["end_utc"] = utc_iso(begin), None if end is None else utc_iso(end)
         seconds[0] += row["duration_s"]
         return {**row, "duration_s": round(row["duration_s"], 3),
                 "start_local": tables.local_time(row["start_utc"], zone)}

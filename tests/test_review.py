@@ -759,3 +759,31 @@ def test_the_next_page_follows_on_from_a_page_judged_meanwhile(review_db):
         page = _get(base + "/?order=teach&unreviewed=1")[2].decode()
     [link] = re.findall(r'href="\?([^"]*)">next', page)
     assert "offset=50" in link and "as_of=" in link and link.count("as_of") == 1
+
+
+def test_charts_place_each_quarter_hour_once_not_each_minute_of_live_coverage(tmp_path, monkeypatch):
+    """A year of per-minute live coverage is 525 600 rows: each was spread over its hours in Python
+    (2.4 s of the charts page on a desktop, many times that on a Pi). SQLite sums them per UTC
+    quarter hour, which no zone's hour boundary cuts, and each quarter is placed once."""
+    from contextlib import closing
+    from zoneinfo import ZoneInfo
+
+    from edgemon.review import charts
+    from edgemon.storage.store import Store
+
+    db = tmp_path / "live.db"
+    with Store(db):
+        pass
+    with closing(sqlite3.connect(db)) as conn:
+        minutes = [f"2024-05-01T{m // 60:02d}:{m % 60:02d}:00.000Z" for m in range(6 * 60)]   # 00:00-06:00Z
+        conn.executemany("INSERT INTO coverage (source, minute_utc, device_id, analysed_s, end_utc, updated_at) "
+                         "VALUES ('mic', ?, 'r', 30.0, ?, ?)", [(m, m, m) for m in minutes])
+        conn.commit()
+    placed = []
+    real = charts.local
+    monkeypatch.setattr(charts, "local", lambda when, zone: placed.append(when) or real(when, zone))
+    by_hour, by_day = charts.effort_hours(db, zone=ZoneInfo("Asia/Kolkata"))   # UTC+5:30
+    assert len(placed) == 6 * 4
+    # 00:00-06:00Z is 05:30-11:30 there: half hours at each end, 30 s of every minute analysed.
+    assert by_hour == pytest.approx({5: 0.25, 6: 0.5, 7: 0.5, 8: 0.5, 9: 0.5, 10: 0.5, 11: 0.25})
+    assert by_day == pytest.approx({"2024-05-01": 3.0})

@@ -9,6 +9,13 @@ import datetime as dt
 from edgemon.utc import UTC, parse_utc, utc_iso
 
 
+def quarter_hour(column: str) -> str:
+    """SQL of the UTC quarter hour that ``column`` (store UTC text) falls in, as store text
+    ('2024-05-01T06:45:00Z'): no zone's hour or day begins inside one (offsets are whole quarter
+    hours), so SQLite groups by it and only each quarter is placed in its local hour and day."""
+    return f"substr({column}, 1, 14) || printf('%02d', substr({column}, 15, 2) / 15 * 15) || ':00Z'"
+
+
 def zone_name(zone: dt.tzinfo | None) -> str:
     """How the page names the times it shows: the zone's name, or 'UTC'."""
     return "UTC" if zone is None else str(zone)

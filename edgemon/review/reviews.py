@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from edgemon.errors import EdgemonError
-from edgemon.review.local_time import day_bounds, local
+from edgemon.review.local_time import day_bounds, local, quarter_hour
 from edgemon.storage import tables
 from edgemon.storage.readonly import (BUSY_TIMEOUT_MS, LATEST_VERDICTS, SAME_SOUND_SHARE, edgemon_tables,
                                       has_table, latest_verdicts, ledger_columns, open_read_only)
@@ -339,8 +339,7 @@ def days_and_labels(db_path: Path, zone: dt.tzinfo | None = None) -> tuple[list[
     bundle that found nothing has hours to chart), for the page's filters."""
     with closing(open_read_only(db_path, ReviewError)) as conn:
         # Distinct quarter hours, each placed in its local day (no zone's midnight falls inside one).
-        quarters = conn.execute("SELECT DISTINCT substr(start_utc, 1, 14) || "
-                                "printf('%02d', substr(start_utc, 15, 2) / 15 * 15) || ':00Z' FROM detections "
+        quarters = conn.execute(f"SELECT DISTINCT {quarter_hour('start_utc')} FROM detections "
                                 "WHERE start_utc IS NOT NULL")
         days = sorted({local(q[0], zone).date().isoformat() for q in quarters})
         labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY 1")]

@@ -787,3 +787,41 @@ def test_charts_place_each_quarter_hour_once_not_each_minute_of_live_coverage(tm
     # 00:00-06:00Z is 05:30-11:30 there: half hours at each end, 30 s of every minute analysed.
     assert by_hour == pytest.approx({5: 0.25, 6: 0.5, 7: 0.5, 8: 0.5, 9: 0.5, 10: 0.5, 11: 0.25})
     assert by_day == pytest.approx({"2024-05-01": 3.0})
+
+
+def test_a_verdict_and_the_charts_page_read_no_days(review_db, monkeypatch):
+    """The day filter's days read every detection's time (a year's: a scan and each quarter hour
+    placed in its zone); a verdict, which needs the labels only, read them at every key press,
+    and the charts page and the precision to check a bundle id."""
+    import asyncio
+
+    def no_days(*args, **kwargs):
+        raise AssertionError("days read")
+
+    db, _ = review_db
+    app = create_app(ReviewConfig(db=db, reviewer="tester"))
+    monkeypatch.setattr(reviews, "days_and_labels", no_days)
+
+    def call(method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        sent, answers = [{"type": "http.request", "body": body, "more_body": False}], []
+
+        async def receive():
+            return sent.pop(0) if sent else {"type": "http.disconnect"}
+
+        async def send(message):
+            answers.append(message)
+
+        path, _, query = path.partition("?")
+        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "root_path": "",
+                 "query_string": query.encode(), "scheme": "http", "server": ("127.0.0.1", 8000),
+                 "client": ("127.0.0.1", 5000), "http_version": "1.1",
+                 "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")]}
+        asyncio.run(app(scope, receive, send))
+        return answers[0]["status"], b"".join(m.get("body", b"") for m in answers[1:])
+
+    ids = [row["id"] for row in reviews.list_detections(db, order="time")]
+    status, body = call("POST", "/api/verdict", json.dumps({"id": ids[0], "verdict": "correct"}).encode())
+    assert status == 200, body
+    bundle = reviews.list_detections(db)[0]["bundle_id"]
+    assert call("GET", f"/charts?bundle={bundle}")[0] == 200
+    assert call("GET", f"/api/precision?bundle={bundle}")[0] == 200

@@ -237,7 +237,7 @@ def create_app(config: ReviewConfig) -> Starlette:
 
     def charts_page(request: Request) -> Response:
         chosen = request.query_params.get("bundle") or None
-        bundles = reviews.days_and_labels(config.db)[2]
+        bundles = reviews.labels_and_bundles(config.db)[1]
         refused = unknown_filter(request.query_params, None, bundles)
         if refused is not None:
             return refused
@@ -293,7 +293,7 @@ def create_app(config: ReviewConfig) -> Starlette:
             if not isinstance(body, dict):   # Python's words ("'list' object has no attribute") said nothing
                 return JSONResponse({"error": 'a verdict is a JSON object: {"id": …, "verdict": …}'}, status_code=400)
             key = body.get("key")
-            known = tuple(known_labels(config.db, reviews.days_and_labels(config.db)[1]))
+            known = tuple(known_labels(config.db, reviews.labels_and_bundles(config.db)[0]))
             row = reviews.add_verdict(config.db, body["id"], str(body["verdict"]), config.reviewer,
                                       body.get("label"), known, key=None if key is None else str(key))
         except RecursionError:   # '[[[[…' nested too deep for json: a 500 and a traceback
@@ -308,7 +308,7 @@ def create_app(config: ReviewConfig) -> Starlette:
 
     def precision(request: Request) -> Response:
         bundle = request.query_params.get("bundle") or None
-        stored = [] if bundle is None else reviews.days_and_labels(config.db)[2]
+        stored = [] if bundle is None else reviews.labels_and_bundles(config.db)[1]
         if bundle is not None and bundle not in stored:   # [] read as "none judged"
             return JSONResponse({"error": f"unknown bundle id {bundle!r}: the database holds detections of "
                                           f"{', '.join(stored) or 'none'}"}, status_code=404)

@@ -342,10 +342,21 @@ def days_and_labels(db_path: Path, zone: dt.tzinfo | None = None) -> tuple[list[
         quarters = conn.execute(f"SELECT DISTINCT {quarter_hour('start_utc')} FROM detections "
                                 "WHERE start_utc IS NOT NULL")
         days = sorted({local(q[0], zone).date().isoformat() for q in quarters})
-        labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY 1")]
-        analysed = " UNION SELECT bundle_id FROM analyses" if has_table(conn, "analyses") else ""
-        bundles = [r[0] for r in conn.execute(f"SELECT DISTINCT bundle_id FROM detections{analysed} ORDER BY 1")]
-    return days, labels, bundles
+        return days, *_labels_and_bundles(conn)
+
+
+def labels_and_bundles(db_path: Path) -> tuple[list[str], list[str]]:
+    """``days_and_labels`` without the days, for what needs no day: a verdict, the charts' and the
+    precision's bundle check (the days read every detection's time, at each verdict)."""
+    with closing(open_read_only(db_path, ReviewError)) as conn:
+        return _labels_and_bundles(conn)
+
+
+def _labels_and_bundles(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+    labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM detections ORDER BY 1")]
+    analysed = " UNION SELECT bundle_id FROM analyses" if has_table(conn, "analyses") else ""
+    bundles = [r[0] for r in conn.execute(f"SELECT DISTINCT bundle_id FROM detections{analysed} ORDER BY 1")]
+    return labels, bundles
 
 
 def bundle_labels(db_path: Path) -> list[str]:

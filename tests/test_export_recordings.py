@@ -217,3 +217,29 @@ def test_a_recording_running_past_the_calendars_end_is_a_row_without_an_end(tmp_
     assert (count, round(seconds, 3)) == (1, 300.0)   # to the calendar's end
     row, = read_csv(out)
     assert (row["start_utc"], row["end_utc"]) == ("9999-12-31T23:55:00.000Z", "")
+
+
+def test_a_bundles_charts_count_the_effort_its_recordings_export_counts_before_analyses(tmp_path):
+    """In a database from before the `analyses` table, a bundle's charts counted every recording of
+    the ledger as its effort (0.53 h for a bundle that reanalysed one 10-minute recording) while
+    `--bundle B --recordings F` gave that one recording: the two effort figures disagreed."""
+    from edgemon.review.charts import effort_hours
+
+    db, out = tmp_path / "d.db", tmp_path / "recordings.csv"
+    season(db)
+    source = "20240501_221000.WAV"
+    found = Detection(device_id="rec01", source=source, start_s=20.0, end_s=24.0, start_utc="2024-05-01T22:10:20Z",
+                      end_utc=None, time_source="filename", clock_suspect=False, label="great_argus",
+                      confidence=0.8, votes=None, bundle_id="b2")
+    with Store(db) as store:
+        store.replace_detections(source, "b2", [found], duration_s=590.0)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE analyses")
+    from edgemon.utc import parse_utc
+
+    for bundle in ("b1", "b2"):   # the charts' hours are the rows' spans (a triggered one's silences included)
+        export_recordings(db, "csv", out, bundle=[bundle])
+        spans = sum((parse_utc(r["end_utc"]) - parse_utc(r["start_utc"])).total_seconds() for r in read_csv(out))
+        by_hour, by_day = effort_hours(db, bundle)
+        assert round(sum(by_day.values()) * 3600, 3) == round(spans, 3), bundle
+    assert effort_hours(db, "b2")[1] == {"2024-05-01": 600 / 3600}

@@ -13,7 +13,7 @@ from pathlib import Path
 from edgemon.review.local_time import local, quarter_hour, spans_by_local_hour, zone_name
 from edgemon.review.reviews import ReviewError
 from edgemon.review.spectrogram import PALETTE
-from edgemon.storage.readonly import has_table, open_read_only, table_columns
+from edgemon.storage.readonly import analyses_table, open_read_only, table_columns
 from edgemon.utc import parse_utc
 
 
@@ -52,15 +52,17 @@ def effort_hours(db_path: Path, bundle_id: str | None = None,
 
 def _recordings_analysed(conn: sqlite3.Connection, bundle_id: str | None) -> tuple[str, list]:
     """The query of the finished recordings' starts and durations (with ``bundle_id``: those it
-    analysed, when the database records it; before ``schema.m014_analyses``, all of them). A
+    analysed; before ``schema.m014_analyses``, those the migration would say it analysed, as the
+    recordings export takes them: all of them were charted, calls of one recording over hours of
+    every recording). A
     triggered recording counts the silent stretches the recorder left out as listened to, as its
     detections' times count them (``files.span_s``; a review: a call was charted in an hour drawn
     as "not listening")."""
     whole = "f.state = 'done' AND f.start_utc IS NOT NULL"
     left_out = "coalesce(f.span_s - f.duration_s, 0)" if "span_s" in table_columns(conn, "files") else "0"
-    if bundle_id and has_table(conn, "analyses"):
+    if bundle_id:
         seconds = f"coalesce(a.duration_s, f.duration_s) + {left_out}"
-        return (f"SELECT f.start_utc, {seconds} AS seconds FROM analyses a "
+        return (f"SELECT f.start_utc, {seconds} AS seconds FROM {analyses_table(conn)} a "
                 f"JOIN files f ON f.source = a.source WHERE a.bundle_id = ? AND {whole} "
                 f"AND coalesce(a.duration_s, f.duration_s) > 0", [bundle_id])
     return f"SELECT f.start_utc, f.duration_s + {left_out} FROM files f WHERE {whole} AND f.duration_s > 0", []

@@ -34,7 +34,7 @@ from edgemon.storage.export_journal import JournalError, finish_pending
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.raven_names import raven_names, raven_table
 from edgemon.storage.raven_owner import check_directory, owner_note
-from edgemon.storage.readonly import edgemon_tables, has_table, open_read_only, table_columns, time_range
+from edgemon.storage.readonly import analyses_table, edgemon_tables, open_read_only, table_columns, time_range
 from edgemon.storage.store import Store, StoreError
 from edgemon.utc import parse_utc, utc_iso
 
@@ -416,13 +416,7 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
         analysed, duration, by = "files f", "f.duration_s", "f.bundle_id"
         if bundle:
             marks = ", ".join("?" * len(bundle))
-            # Before that table, what its migration (``schema.m014_analyses``) fills it with: the
-            # ledger's bundle, and each bundle with detections of the recording (audio read unknown).
-            table = "analyses" if has_table(conn, "analyses") else (
-                "(SELECT source, bundle_id, max(duration_s) AS duration_s FROM (SELECT source, bundle_id, "
-                "duration_s FROM files WHERE bundle_id IS NOT NULL UNION ALL SELECT DISTINCT source, bundle_id, "
-                "NULL FROM detections WHERE bundle_id IS NOT NULL) GROUP BY source, bundle_id)")
-            analysed, duration, by = f"{table} a JOIN files f ON f.source = a.source", \
+            analysed, duration, by = f"{analyses_table(conn)} a JOIN files f ON f.source = a.source", \
                 "coalesce(a.duration_s, f.duration_s)", "a.bundle_id"
             clauses.append(f"{by} IN ({marks})")
             params = [*params, *bundle]

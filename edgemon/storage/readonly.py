@@ -139,6 +139,19 @@ def has_table(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone() is not None
 
 
+def analyses_table(conn: sqlite3.Connection) -> str:
+    """SQL of the table of what each bundle analysed (``source, bundle_id, duration_s``): ``analyses``,
+    or in a database from before it (one no edgemon since has opened to write), what its migration
+    (``schema.m014_analyses``) fills it with: the ledger's bundle of each recording, and each
+    bundle with detections of it (audio read unknown: NULL). The charts and the recordings export
+    of a bundle count the same effort."""
+    if has_table(conn, "analyses"):
+        return "analyses"
+    return ("(SELECT source, bundle_id, max(duration_s) AS duration_s FROM (SELECT source, bundle_id, "
+            "duration_s FROM files WHERE bundle_id IS NOT NULL UNION ALL SELECT DISTINCT source, bundle_id, "
+            "NULL FROM detections WHERE bundle_id IS NOT NULL) GROUP BY source, bundle_id)")
+
+
 def table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
     """The columns table ``table`` has on ``conn`` (one an older edgemon made lacks the newer)."""
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}

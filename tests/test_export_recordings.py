@@ -115,12 +115,9 @@ def test_recordings_of_a_bundle_are_the_ones_it_analysed(tmp_path):
     assert export_recordings(db, "csv", out, bundle=["never"]) == (0, 0.0)
 
 
-def test_recordings_of_a_bundle_in_a_database_from_before_analyses(tmp_path):
-    """A review: a database from before the `analyses` table (copied off a recorder, opened by no
-    edgemon since to write) gave `--bundle B2 --recordings F` no recording at all for a bundle that
-    `reanalyse` had run, while its detections exported: its calls with no effort behind them. The
-    recordings a bundle stored detections of are ones it analysed, as the table's migration fills it."""
-    db, out = tmp_path / "d.db", tmp_path / "recordings.csv"
+def season_before_analyses(db) -> str:
+    """``season`` with bundle b2 reanalysing one recording (its source returned), in a database
+    from before the ``analyses`` table."""
     season(db)
     source = "20240501_221000.WAV"
     found = Detection(device_id="rec01", source=source, start_s=20.0, end_s=24.0, start_utc="2024-05-01T22:10:20Z",
@@ -130,6 +127,16 @@ def test_recordings_of_a_bundle_in_a_database_from_before_analyses(tmp_path):
         store.replace_detections(source, "b2", [found], duration_s=590.0)
     with sqlite3.connect(db) as conn:
         conn.execute("DROP TABLE analyses")
+    return source
+
+
+def test_recordings_of_a_bundle_in_a_database_from_before_analyses(tmp_path):
+    """A review: a database from before the `analyses` table (copied off a recorder, opened by no
+    edgemon since to write) gave `--bundle B2 --recordings F` no recording at all for a bundle that
+    `reanalyse` had run, while its detections exported: its calls with no effort behind them. The
+    recordings a bundle stored detections of are ones it analysed, as the table's migration fills it."""
+    db, out = tmp_path / "d.db", tmp_path / "recordings.csv"
+    source = season_before_analyses(db)
     assert export_recordings(db, "csv", out, bundle=["b2"]) == (1, 600.0)   # how much it read, no one knows
     assert [(r["source"], r["detections"], r["bundle_id"]) for r in read_csv(out)] == [(source, "1", "b2")]
     count, _ = export_recordings(db, "jsonl", out, bundle=["b1", "b2"])
@@ -226,15 +233,7 @@ def test_a_bundles_charts_count_the_effort_its_recordings_export_counts_before_a
     from edgemon.review.charts import effort_hours
 
     db, out = tmp_path / "d.db", tmp_path / "recordings.csv"
-    season(db)
-    source = "20240501_221000.WAV"
-    found = Detection(device_id="rec01", source=source, start_s=20.0, end_s=24.0, start_utc="2024-05-01T22:10:20Z",
-                      end_utc=None, time_source="filename", clock_suspect=False, label="great_argus",
-                      confidence=0.8, votes=None, bundle_id="b2")
-    with Store(db) as store:
-        store.replace_detections(source, "b2", [found], duration_s=590.0)
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP TABLE analyses")
+    season_before_analyses(db)
     from edgemon.utc import parse_utc
 
     for bundle in ("b1", "b2"):   # the charts' hours are the rows' spans (a triggered one's silences included)

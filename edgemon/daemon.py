@@ -79,7 +79,8 @@ def _watch(config: WatchConfig, db_path: Path, analyzer: Analyzer, store, stop: 
     watcher = Watcher(config, analyzer, store, on_tick=monitor.tick,
                       isolated=Isolated(analyzer.bundle.path, threads=threads, block_s=config.block_s),
                       disk=DiskGuard([db_path], disk))
-    log.info("watching %s into %s", shown(watcher.root), shown(db_path))
+    log.info("watching %s into %s%s", shown(watcher.root), shown(db_path),
+             "" if config.clock_zone is None else f" (names without a UTC offset read in {config.clock_zone})")
     with monitor.running(watcher):
         watcher.run(stop)
     return watcher.processed

@@ -703,9 +703,10 @@ def test_classify_table_shows_local_times_with_a_time_zone(duet_recording, tmp_p
     assert "start_local" not in plain.stdout.splitlines()[0]
 
 
-def test_watch_and_classify_read_a_local_time_recorders_names_in_its_clock_zone(duet_recording, tmp_path):
+def test_watch_and_classify_read_a_local_time_recorders_names_in_its_clock_zone(duet_recording, tmp_path, caplog):
     """A Song Meter names files by its local clock with no offset anywhere: they were stored as
     UTC, 8 h late on Borneo, with no setting to say otherwise."""
+    caplog.set_level("INFO", logger="edgemon")
     recorder = tmp_path / "sm4"
     recorder.mkdir()
     shutil.copy(duet_recording, recorder / "SMM07257_20180301_060000.wav")
@@ -713,6 +714,7 @@ def test_watch_and_classify_read_a_local_time_recorders_names_in_its_clock_zone(
     watched = runner.invoke(app, ["watch", str(recorder), "--db", str(db), "--until-idle",
                                   "--clock-timezone", "Asia/Kuching"])
     assert watched.exit_code == 0, watched.output
+    assert "(names without a UTC offset read in Asia/Kuching)" in caplog.text   # said where it starts
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT start_utc FROM files").fetchone()[0].startswith("2018-02-28T22:00:00")
         starts = [r[0] for r in conn.execute("SELECT start_utc FROM detections")]

@@ -45,6 +45,7 @@ from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analysis, Analyzer
 from edgemon.backoff import Backoff
 from edgemon.files.backlog import BacklogProgress
+from edgemon.files.clock_check import say_if_clock_moved
 from edgemon.files.directory import (SettledVersions, check_root, file_version, iter_audio, mtime_ns,
                                      skipped_because, source_of)
 from edgemon.files.events import observing, start_observer, stop_observer
@@ -58,7 +59,6 @@ from edgemon.storage.disk_budget import HOLD, DiskGuard, DiskHoldError
 from edgemon.storage.fingerprint import another_recording, digests, samples_digest
 from edgemon.storage.readonly import error_code
 from edgemon.storage.store import Detection, Store
-from edgemon.utc import parse_utc, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,6 @@ class WatchConfig:
 OBSERVER_RETRY_MAX_S = 3600.0   # an observer that cannot start is tried again at most this far apart
 RESCAN_SHARE = 0.1        # of the time, at most, that rescans take (they are spaced out beyond rescan_s)
 DIGESTS_PER_SCAN = 200   # files an older edgemon analysed whose digests one scan reads (~130 KiB each)
-CLOCK_CHECKS = 5         # settled recordings read again at a start, to see that clock_timezone still times them
 
 
 class StoppedNow(AnalysisStopped):
@@ -186,38 +185,10 @@ class Watcher:
 
     def _check_clock_zone(self) -> None:
         """Once a run: say when recordings analysed already would start at another time under the
-        ``clock_timezone`` now in force (a Song Meter's local-time names first read as UTC, the
-        setting added after the first watch). They keep their stored times, and nothing else said
-        so: a Borneo trial's duets stayed 8 h off, the charts at 21 h, after the setting was
-        mended. A few settled recordings timed by their names are read again (names and headers
-        only), since one clock's change moves all of a recorder's files alike."""
-        if self.clock_checked:
-            return
-        self.clock_checked = True
-        checked, moved = 0, []
-        for looked, (path, version) in enumerate(self.settled.items()):
-            if checked >= CLOCK_CHECKS or looked >= 10 * CLOCK_CHECKS:   # a card timed by mtimes: not all of it
-                break
-            entry = self.store.file_entry(self.source_of(path))
-            if (entry is None or entry["state"] != "done" or entry["time_source"] != "filename"
-                    or entry["clock_suspect"] or not entry["start_utc"] or (entry["size"], entry["mtime_ns"]) != version):
-                continue
-            try:
-                now = recording_time(path, clock=self.config.clock_zone)
-                stored = parse_utc(entry["start_utc"])
-            except (OSError, OverflowError, ValueError):
-                continue
-            checked += 1
-            if now.source == "filename" and abs((now.start_utc - stored).total_seconds()) >= 1:
-                moved.append((entry["source"], stored, now.start_utc))
-        if moved:
-            source, stored, now = moved[0]
-            zone = self.config.clock_zone
-            log.warning("%d of %d recording(s) checked were timed under another clock_timezone than the one now "
-                        "in force (%s): %s is stored at %s, now read as %s. Recordings analysed already keep "
-                        "their stored times: to time them anew, watch into a new database (--db)",
-                        len(moved), checked, "unset: UTC" if zone is None else zone, shown(source),
-                        utc_iso(stored), utc_iso(now))
+        ``clock_timezone`` now in force (``files.clock_check``)."""
+        if not self.clock_checked:
+            self.clock_checked = True
+            say_if_clock_moved(self.store, self.settled.items(), self.source_of, self.config.clock_zone)
 
     def _forget_the_gone(self, listed: int) -> None:
         """Drop the paths no longer there from what the watcher keeps per file: only when the scan

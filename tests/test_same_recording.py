@@ -481,3 +481,21 @@ def test_clock_timezone_set_after_the_first_watch_is_said_not_silent(tmp_path, c
     assert "stored at 2024-05-01T05:38:00.000Z, now read as 2024-04-30T21:38:00.000Z" in said[0].getMessage()
     assert "new database" in said[0].getMessage()
     assert query(db, "SELECT start_utc FROM files ORDER BY source")[0][0].startswith("2024-05-01T05:38")
+
+
+def test_a_recording_timed_by_an_offset_less_guano_time_is_checked_too(tmp_path, caplog):
+    """A review: the start check read only recordings timed by their names, though
+    clock_timezone moves an offset-less GUANO time alike (a recorder naming files without a time)."""
+    from zoneinfo import ZoneInfo
+
+    from tests.test_recorder import guano, wav_bytes, write
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    root.mkdir()
+    write(root / "night one.wav", wav_bytes(seconds=4.0, rate=16000, after=[guano(Timestamp="2024-05-01T05:38:00")]))
+    assert watch_until_idle(root, db).processed == 1
+    assert query(db, "SELECT time_source, start_utc FROM files")[0][0] == "metadata"
+    with caplog.at_level("INFO", logger="edgemon"):
+        assert watch_until_idle(root, db, clock_zone=ZoneInfo("Asia/Kuching")).processed == 0
+    said = [r.getMessage() for r in caplog.records if "clock_timezone" in r.getMessage()]
+    assert len(said) == 1 and "1 of 1 recording(s)" in said[0] and "now read as 2024-04-30T21:38:00.000Z" in said[0]

@@ -23,7 +23,8 @@ LOOKUPS = 10 * CLOCK_CHECKS   # ledger rows looked up at most: a card timed by m
 
 def say_if_clock_moved(store: Store, settled: Iterable[tuple[Path, tuple[int, int]]], source_of: Callable[[Path], str],
                        clock: dt.tzinfo | None) -> int:
-    """Read a few settled recordings timed by their names again (names and headers only: one
+    """Read a few settled recordings timed by their names or headers again (an offset-less GUANO
+    time is on the same clock; names and headers only: one
     clock's change moves all of a recorder's files alike) and warn, once, when ``clock`` would
     start them elsewhere than stored. ``settled``: (path, (size, mtime_ns)) of finished
     recordings. Returns how many were found moved."""
@@ -32,7 +33,7 @@ def say_if_clock_moved(store: Store, settled: Iterable[tuple[Path, tuple[int, in
         if checked >= CLOCK_CHECKS or looked >= LOOKUPS:
             break
         entry = store.file_entry(source_of(path))
-        if (entry is None or entry["state"] != "done" or entry["time_source"] != "filename"
+        if (entry is None or entry["state"] != "done" or entry["time_source"] not in ("filename", "metadata")
                 or entry["clock_suspect"] or not entry["start_utc"] or (entry["size"], entry["mtime_ns"]) != version):
             continue
         try:
@@ -41,7 +42,7 @@ def say_if_clock_moved(store: Store, settled: Iterable[tuple[Path, tuple[int, in
         except (OSError, OverflowError, ValueError):
             continue
         checked += 1
-        if now.source == "filename" and abs((now.start_utc - stored).total_seconds()) >= 1:
+        if now.source == entry["time_source"] and abs((now.start_utc - stored).total_seconds()) >= 1:
             moved.append((entry["source"], stored, now.start_utc))
     if moved:
         source, stored, now = moved[0]

@@ -324,11 +324,15 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
     free = status["disk"]["free_mb"]
     if min_free_mb is not None and free is not None and free < min_free_mb:
         problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")
-    if status["backlog"].get("note") == "directory not found":
+    root_gone = status["backlog"].get("note") == "directory not found"
+    if root_gone:
         problems.append(f"watched directory {status['backlog']['directory']} not found (a card not mounted?)")
     from edgemon.files.directory import skipped_because
 
     for path, error in status.get("unreadable_dirs", {}).items():
+        # the watched directory itself gone (a card pulled mid-watch) is the line above, not a second one
+        if root_gone and os.path.abspath(path) == os.path.abspath(status["backlog"]["directory"]):
+            continue
         problems.append(skipped_because(path, error))
     for source, times in status.get("interrupted", {}).items():
         problems.append(f"{source}: analysis cut short {times} times in a row")

@@ -400,6 +400,22 @@ def test_status_reports_what_the_issue_asks(watched_db):
     assert f"? file(s) waiting: {root / 'nope'}: directory not found" in gone
 
 
+def test_a_watched_directory_pulled_mid_watch_is_one_problem_not_two(watched_db, tmp_path):
+    # A newcomer trial: a card pulled mid-watch was listed twice, "watched directory … not found (a card
+    # not mounted?)" and "cannot read directory … (No such file or directory): its recordings are skipped".
+    db, _ = watched_db
+    copy = tmp_path / "d.db"
+    copy.write_bytes(db.read_bytes())
+    card = tmp_path / "card"                      # never there: the watcher's last scan could not read it
+    other = tmp_path / "card" / "locked"
+    with Store(copy) as store:
+        store.set_unreadable_dirs({str(card): "No such file or directory", str(other): "Permission denied"})
+    problems = collect_status(copy, directory=card, min_free_mb=1)["problems"]
+    about_card = [p for p in problems if str(card) in p and str(other) not in p]
+    assert about_card == [f"watched directory {card} not found (a card not mounted?)"], problems
+    assert any(str(other) in p for p in problems), problems     # a subdirectory's own line stays
+
+
 def test_status_command_text_json_and_heartbeats_csv(watched_db, tmp_path):
     db, root = watched_db
     runner = CliRunner()

@@ -499,3 +499,20 @@ def test_a_recording_timed_by_an_offset_less_guano_time_is_checked_too(tmp_path,
         assert watch_until_idle(root, db, clock_zone=ZoneInfo("Asia/Kuching")).processed == 0
     said = [r.getMessage() for r in caplog.records if "clock_timezone" in r.getMessage()]
     assert len(said) == 1 and "1 of 1 recording(s)" in said[0] and "now read as 2024-04-30T21:38:00.000Z" in said[0]
+
+
+def test_a_recording_moved_after_clock_timezone_was_mended_is_not_analysed_again(tmp_path, duet):
+    """A Borneo trial: watched first without clock_timezone (its local-time name read as UTC), a
+    Song Meter recording moved after the setting was mended was taken for a new one, analysed
+    again beside its old rows: its calls and its hours counted twice."""
+    from zoneinfo import ZoneInfo
+
+    root, db, kuching = tmp_path / "rec", tmp_path / "d.db", ZoneInfo("Asia/Kuching")
+    write_wav(root / "SMA01234_20240501_053800.wav", duet)
+    assert watch_until_idle(root, db).processed == 1
+    before = query(db, DETECTIONS)
+    assert before and before[0][3].startswith("2024-05-01T05:38")   # read as UTC then
+    (root / "day1").mkdir()
+    os.rename(root / "SMA01234_20240501_053800.wav", root / "day1" / "SMA01234_20240501_053800.wav")
+    assert watch_until_idle(root, db, clock_zone=kuching).processed == 0
+    assert query(db, DETECTIONS) == before and query(db, "SELECT count(*) FROM files") == [(1,)]

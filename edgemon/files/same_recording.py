@@ -56,12 +56,26 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
     # Only twins of its start are asked for: a card of identical recordings (a dead microphone's
     # silence on a fixed schedule) made each file read the start of every earlier one, its time
     # growing with the card (0.01 s to 1.6 s a file over 2 000 files, a newcomer trial).
+    # With a clock zone, also where a watch without it stored the recording (its name read as
+    # UTC): the setting mended after a first watch, a recording moved since was analysed again
+    # beside its old rows, its calls and hours counted twice (a Borneo trial; the watch's start
+    # says how to time the old ones anew).
     try:
         start = recording_time(path, clock=clock).start_utc
-        twins = store.analysed_under_another_name(source, st.st_size, digest, tail, starting=start)
+        starts = [start] + ([] if clock is None else [recording_time(path).start_utc])
+        for at in dict.fromkeys(starts):
+            if (twin := _twin_at(store, path, source, st, digest, tail, at)) is not None:
+                return twin
     except (OSError, OverflowError, ValueError):   # unreadable; a name of year 1 (no millisecond before it)
         return None
-    for twin in twins:
+    return _converted_from(store, path, source, start, (digest, tail))
+
+
+def _twin_at(store: Store, path: Path, source: str, st: os.stat_result, digest: str, tail: str,
+             start: dt.datetime) -> SameRecording | None:
+    """The recording analysed under another name, starting at ``start`` with the same size and
+    digests, that ``path`` was moved from or is a copy of; None when there is none."""
+    for twin in store.analysed_under_another_name(source, st.st_size, digest, tail, starting=start):
         if not _same_start(twin, start):
             continue
         try:
@@ -71,7 +85,7 @@ def same_recording(store: Store, path: Path, source: str, st: os.stat_result,
                 return SameRecording("copy", twin["source"], twin["path"])
         except OSError:   # the other path cannot be looked at (gone, a directory shut, a failing card)
             continue
-    return _converted_from(store, path, source, start, (digest, tail))
+    return None
 
 
 def _converted_from(store: Store, path: Path, source: str, start: dt.datetime,

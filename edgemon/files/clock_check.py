@@ -23,10 +23,9 @@ LOOKUPS = 10 * CLOCK_CHECKS   # ledger rows looked up at most: a card timed by m
 
 def say_if_clock_moved(store: Store, settled: Iterable[tuple[Path, tuple[int, int]]], source_of: Callable[[Path], str],
                        clock: dt.tzinfo | None) -> int:
-    """Read a few settled recordings timed by their names or headers again (an offset-less GUANO
-    time is on the same clock; names and headers only: one
-    clock's change moves all of a recorder's files alike) and warn, once, when ``clock`` would
-    start them elsewhere than stored. ``settled``: (path, (size, mtime_ns)) of finished
+    """Read a few settled recordings timed by their names or headers again (names and headers
+    only: one clock's change moves all of a recorder's files alike, an offset-less GUANO time
+    with its name) and warn, once, when ``clock`` would start them elsewhere than stored. ``settled``: (path, (size, mtime_ns)) of finished
     recordings. Returns how many were found moved."""
     checked, moved = 0, []
     for looked, (path, version) in enumerate(settled):

@@ -22,9 +22,9 @@ from typing import Annotated, Optional
 import typer
 
 from edgemon import console
-from edgemon.cli_common import (ClassifyFormat, ClockTimezoneOpt, ConfigFormat, ConfigOpt, DbOpt, DeviceIdOpt, DirectoryAlias,
-                                DirectoryArg, ExportFormat, JsonOpt, ModelsOpt, TextFormat, ThreadsOpt, TimezoneOpt, app,
-                                fail, service_in_force, settings_in_force, setting_option)
+from edgemon.cli_common import (ClassifyFormat, ClockTimezoneOpt, ConfigFormat, ConfigOpt, DbOpt, DeviceIdOpt,
+                                DirectoryAlias, DirectoryArg, ExportFormat, JsonOpt, ModelsOpt, TextFormat, ThreadsOpt,
+                                TimezoneOpt, app, fail, service_in_force, settings_in_force, setting_option)
 from edgemon.config import OptionError, load_settings
 from edgemon.errors import EdgemonError
 from edgemon.utc import parse_utc

@@ -54,10 +54,9 @@ def _recordings_analysed(conn: sqlite3.Connection, bundle_id: str | None) -> tup
     """The query of the finished recordings' starts and durations (with ``bundle_id``: those it
     analysed; before ``schema.m014_analyses``, those the migration would say it analysed, as the
     recordings export takes them: all of them were charted, calls of one recording over hours of
-    every recording). A
-    triggered recording counts the silent stretches the recorder left out as listened to, as its
-    detections' times count them (``files.span_s``; a review: a call was charted in an hour drawn
-    as "not listening")."""
+    every recording). A triggered recording counts the silent stretches the recorder left out as
+    listened to, as its detections' times count them (``files.span_s``; a review: a call was
+    charted in an hour drawn as "not listening")."""
     whole = "f.state = 'done' AND f.start_utc IS NOT NULL"
     left_out = "coalesce(f.span_s - f.duration_s, 0)" if "span_s" in table_columns(conn, "files") else "0"
     if bundle_id:
@@ -129,7 +128,8 @@ def grid_svg(title: str, labels: list[str], columns: list, column_names: list[st
             if n:
                 out.append(f'<text x="{x + cell / 2}" y="{y + cell * 0.65}" text-anchor="middle" '
                            f'fill="{"#fff" if n / max(hours, 1e-9) / peak < 0.6 else "#000"}">{n}</text>')
-    out.append(f'<text x="4" y="{height - 8}" fill="#555">colour: calls per hour analysed; grey: not listening; times {html.escape(times)}</text>')
+    out.append(f'<text x="4" y="{height - 8}" fill="#555">colour: calls per hour analysed; grey: not listening; '
+               f'times {html.escape(times)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 

@@ -188,8 +188,8 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
     far first, unreviewed before reviewed, and sounds judged under another bundle after the rest
     (they teach least); 'time': by start time; 'confidence': lowest first.
     ``day`` is a date 'YYYY-MM-DD' in ``zone``, the recorder's time zone (UTC without one), and
-    each row's ``start_local`` its start there (None without a zone). SQLite sorts and pages, so a season of detections never
-    sits in memory at once. ``as_of``: sorted and filtered by the verdicts given until then (the
+    each row's ``start_local`` its start there (None without a zone). SQLite sorts and pages, so a
+    season of detections never sits in memory at once. ``as_of``: sorted and filtered by the verdicts given until then (the
     time the first page was shown), so that the pages after it follow on from it: judging a page
     moved its rows out of the order, and 'next' skipped a page's worth (a review). The verdicts
     shown are the latest, whenever given.

@@ -23,7 +23,7 @@ from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.analysis.selfcheck import reference_features
 from edgemon.errors import AudioError
-from training.data import read_label_list
+from training.data import listed_name, read_label_list
 from training.errors import DataError
 from training.onnx_export import quantize_int8, read_columns
 from training.species import label_names, read_label_names
@@ -67,8 +67,7 @@ def pick_reference_windows(data_dir: Path, labels: tuple[str, ...], window_s: fl
                            split: str = "train") -> tuple[np.ndarray, list[ReferenceWindow]]:
     """One real window per label from ``split``: the centre ``window_s`` of the first clip (by file
     name) at least that long, else of the longest clip zero-padded. float32 ``[labels, samples]``."""
-    audio_dir = Path(data_dir) / "audio"
-    clips = read_label_list(Path(data_dir) / "lab" / f"{split}.csv", audio_dir)
+    clips = read_label_list(Path(data_dir) / "lab" / f"{split}.csv", Path(data_dir) / "audio")
     size = int(round(window_s * sample_rate))
     windows, chosen = [], []
     for label in labels:
@@ -90,8 +89,7 @@ def pick_reference_windows(data_dir: Path, labels: tuple[str, ...], window_s: fl
         window[:min(size, len(samples))] = samples[start:start + size]
         windows.append(window)
         # Named as its list names it (a set kept as a folder per class: 'siamang/AM11_054.wav').
-        source = clip.path.relative_to(audio_dir).as_posix() if clip.path.is_relative_to(audio_dir) else clip.path.name
-        chosen.append(ReferenceWindow(label, source, round(start / sample_rate, 3), size))
+        chosen.append(ReferenceWindow(label, listed_name(clip, data_dir), round(start / sample_rate, 3), size))
     return np.stack(windows), chosen
 
 
@@ -318,7 +316,8 @@ def bundle_runs(runs: list[Path], out: Path, int8: bool = False, thresholds_from
                                      # a member trained on train + devel has no held-out devel score
                                      "trained_on": [c.get("trained_on", "train") for c in configs],
                                      **provenance},
-                              finish=functools.partial(complete_bundle, reference=reference, names_from=reference_data))
+                              finish=functools.partial(complete_bundle, reference=reference,
+                                                       names_from=reference_data))
     if not thresholds_from:
         # A newcomer trial: fit -> bundle -> watch stored 580 detections an hour, and only `info`
         # said why ("uncalibrated, 0.00").
@@ -378,6 +377,7 @@ def bundle_cv(cv_dir: Path, recipe: str, out: Path, int8: bool = False,
                                                        else max_false_rate,
                                      **(field_manifest(result["field"]) if "field" in result and max_false_rate is None
                                         else {})},
-                              finish=functools.partial(complete_bundle, reference=reference, names_from=reference_data))
+                              finish=functools.partial(complete_bundle, reference=reference,
+                                                       names_from=reference_data))
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "members": len(bundle.members),
             "thresholds": bundle.thresholds, "self_check": bundle.self_check is not None}

@@ -18,6 +18,7 @@ from edgemon.analysis import audio
 from edgemon.analysis.frontend import FrontendConfig, from_mel_power, log_mel, mel_power
 from edgemon.errors import AudioError
 from training.errors import DataError
+from training.species import read_label_names
 
 DEFAULT_DATA_DIR = Path("../shared/data/borneo")
 BACKGROUND = "background"
@@ -167,8 +168,7 @@ def check_train_labels(data_dir: Path, others: tuple[str, ...]) -> None:
         raise DataError(f"{data_dir / 'lab' / 'train.csv'}: no {BACKGROUND!r} label (labels: "
                         f"{', '.join(sorted(counts))}): the class of clips with none of the calls must be "
                         f"named {BACKGROUND!r}; thresholds, the field measure and the recorder count on it")
-    from training.species import read_label_names   # a malformed names file: refused before training, not after
-    read_label_names(data_dir, set(counts) | elsewhere)
+    read_label_names(data_dir, set(counts) | elsewhere)   # a malformed names file: refused before training
     odd = sorted(label for label, n in counts.items() if label not in elsewhere and n < FEW_FOR_A_CLASS)
     if odd:
         raise DataError(f"{data_dir / 'lab' / 'train.csv'}: label {odd[0]!r} ({counts[odd[0]]} clip(s)) is in no "
@@ -186,8 +186,8 @@ def _check_each_clip_listed_once(data_dir: Path, lists: dict[str, list[Clip]]) -
             where = seen.get(clip.path.resolve())
             if where is not None:
                 again = f"twice in {name}.csv" if where == name else f"in {where}.csv and {name}.csv"
-                raise DataError(f"{data_dir / 'lab'}: {listed_name(clip, data_dir)!r} is listed {again}: each clip belongs "
-                                f"in one list, once")
+                raise DataError(f"{data_dir / 'lab'}: {listed_name(clip, data_dir)!r} is listed {again}: each clip "
+                                f"belongs in one list, once")
             seen[clip.path.resolve()] = name
 
 
@@ -223,8 +223,8 @@ def load_split(data_dir: Path, name: str, labels: tuple[str, ...] | None = None,
     index = {label: i for i, label in enumerate(labels)}
     for clip in clips:
         if clip.label not in index:
-            raise DataError(f"{data_dir / 'lab' / f'{name}.csv'}: {listed_name(clip, data_dir)}: label {clip.label!r} is not one "
-                            f"of {list(labels)}")
+            raise DataError(f"{data_dir / 'lab' / f'{name}.csv'}: {listed_name(clip, data_dir)}: label "
+                            f"{clip.label!r} is not one of {list(labels)}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         computed = list(pool.map(lambda c: clip_features(c, frontend), clips))
     targets = np.array([index[c.label] for c in clips], dtype=np.int64)

@@ -57,7 +57,8 @@ def review(
             refuse_the_database(export, db, "--export")
             check_output(export, "--export", ExportError)
             with (contextlib.nullcontext(sys.stdout) if str(export) == "-" else atomic_text(export)) as out:
-                count = write_reviews_csv(db, out)
+                count = write_reviews_csv(db, out, None if service.timezone is None
+                                          else zoneinfo.ZoneInfo(service.timezone))   # checked with the settings
         except EdgemonError as exc:
             raise fail(exc)
         logging.getLogger("edgemon.review").info("exported %d verdict(s)", count)

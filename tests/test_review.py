@@ -3,6 +3,7 @@ parts: verdicts, precision intervals, review order, spectrogram PNG, charts."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
@@ -556,6 +557,24 @@ def test_verdicts_export_as_csv(review_db, tmp_path):
     out = io.StringIO()
     reviews.write_reviews_csv(db, out)
     assert [r["current"] for r in csv.DictReader(io.StringIO(out.getvalue()))] == ["0", "0", "1"]
+
+
+def test_exported_verdicts_carry_the_detections_local_start_with_a_time_zone(review_db, tmp_path):
+    """A newcomer trial: the detections export had start_local, the verdicts' csv only UTC."""
+    import subprocess
+    import sys
+    db, _ = review_db
+    reviews.add_verdict(db, reviews.list_detections(db, order="time")[0]["id"], "correct", "ann")
+    out = tmp_path / "v.csv"
+    done = subprocess.run([sys.executable, "-m", "edgemon", "review", "--db", str(db), "--export", str(out),
+                           "--timezone", "Asia/Kuching"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [(r["start_utc"], r["start_local"]) for r in rows] == [
+        ("2024-05-01T06:00:02.000Z", "2024-05-01T14:00:02.000+08:00")]
+    plain = io.StringIO()
+    reviews.write_reviews_csv(db, plain)
+    assert [r["start_local"] for r in csv.DictReader(io.StringIO(plain.getvalue()))] == [""]
 
 
 def test_an_output_that_is_the_database_is_refused_and_the_database_kept(review_db, tmp_path):

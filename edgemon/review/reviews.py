@@ -379,17 +379,19 @@ def bundle_labels(db_path: Path) -> list[str]:
 
 
 REVIEW_COLUMNS = ("id", "detection_id", "source", "start_s", "end_s", "start_utc", "device_id", "label",
-                  "confidence", "bundle_id", "verdict", "new_label", "reviewer", "reviewed_at", "current")
+                  "confidence", "bundle_id", "verdict", "new_label", "reviewer", "reviewed_at", "current",
+                  "start_local")
 
 
-def write_reviews_csv(db_path: Path, out: TextIO) -> int:
+def write_reviews_csv(db_path: Path, out: TextIO, zone: dt.tzinfo | None = None) -> int:
     """Every stored verdict (all reviewers) with its detection's time, device and confidence, as CSV
     in review order; returns the number of rows. A detection no longer stored leaves those blank.
     ``current`` is 1 for the verdict that stands (the latest on its detection, as the page,
     precision and adapt read it), 0 for one it superseded or whose detection is no longer stored
     (a reanalysis dropped it; the page and precision leave it out, a review): a precision counted
-    from every row counted the superseded ones too (a newcomer trial). Reads only (a database from
-    before reviews has none to give)."""
+    from every row counted the superseded ones too (a newcomer trial). ``start_local``: the
+    detection's start in ``zone`` (the recorder's time zone), as exports give it; empty without
+    one. Reads only (a database from before reviews has none to give)."""
     rows = []
     with closing(open_read_only(db_path, ReviewError)) as conn:
         if "reviews" in edgemon_tables(conn, db_path, ReviewError, NOT_CHANGED):
@@ -402,5 +404,6 @@ def write_reviews_csv(db_path: Path, out: TextIO) -> int:
             ORDER BY r.reviewed_at, r.id""").fetchall()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(REVIEW_COLUMNS)
-    writer.writerows([tables.cell(v) for v in r] for r in rows)   # a reviewer's name is free text
+    writer.writerows([tables.cell(v) for v in (*r, tables.local_time(r[5], zone))]   # a reviewer's name is free text
+                     for r in rows)
     return len(rows)

@@ -306,7 +306,7 @@ def export_detections(
         with terminate_as_interrupt():   # a stopped job removes its temp files, as after Ctrl-C
             if coverage is not None:   # first: a coverage file that cannot be written must not cost a cursor its rows
                 minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0],
-                                          times[1])
+                                          times[1], timezone=service.timezone)
             if recordings is not None:   # first, as coverage
                 effort = export_recordings(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", recordings, times[0],
                                            times[1], bundle=bundle or None, timezone=service.timezone)

@@ -112,3 +112,28 @@ def test_a_time_at_the_calendars_end_has_no_local_time_and_the_export_goes_on(tm
     assert [(r["start_utc"][:4], r["start_local"]) for r in rows] == [("9999", ""), ("9999", "")]
     export_detections(path, "csv", tmp_path / "d.csv", timezone="America/Los_Angeles")   # west: still in the calendar
     assert read_csv(tmp_path / "d.csv")[0]["start_local"] == "9999-12-31T15:00:01.000-08:00"
+
+
+def test_coverage_export_gives_each_minute_in_the_timezone(tmp_path):
+    """A live recorder's effort is its coverage: `--coverage` left the minutes in UTC beside
+    detections and recordings with start_local, so a Borneo dawn's minutes summed per local hour
+    needed a conversion of their own (a live trial)."""
+    from edgemon.storage.store import CoverageMinute
+
+    db = tmp_path / "live.db"
+    with Store(db) as store:
+        store.add_coverage([CoverageMinute(source=LIVE, device_id="d", minute_utc=minute, end_utc=end,
+                                           analysed_s=60.0)
+                            for minute, end in (("2026-12-07T15:59:00.000Z", "2026-12-07T16:00:00.000Z"),
+                                                ("2026-12-07T16:00:00.000Z", "2026-12-07T16:01:00.000Z"))])
+    settings = tmp_path / "edgemon.toml"
+    settings.write_text('timezone = "Asia/Kuching"\n')
+    out = runner.invoke(app, ["export-detections", "--db", str(db), "--config", str(settings), "--quiet",
+                              "--output", str(tmp_path / "d.csv"), "--coverage", str(tmp_path / "c.csv")])
+    assert out.exit_code == 0, out.output
+    rows = read_csv(tmp_path / "c.csv")
+    assert [r["minute_local"] for r in rows] == ["2026-12-07T23:59:00.000+08:00", "2026-12-08T00:00:00.000+08:00"]
+    plain = runner.invoke(app, ["export-detections", "--db", str(db), "--quiet", "--format", "jsonl",
+                                "--output", str(tmp_path / "d.jsonl"), "--coverage", str(tmp_path / "c.jsonl")])
+    assert plain.exit_code == 0, plain.output
+    assert [json.loads(line)["minute_local"] for line in (tmp_path / "c.jsonl").read_text().splitlines()] == [None, None]

@@ -43,7 +43,7 @@ COLUMNS = tables.COLUMNS
 RAVEN_COLUMNS = tables.RAVEN_COLUMNS
 COVERAGE_COLUMNS = ("source", "device_id", "minute_utc", "end_utc", "analysed_s", "lost_overflow_s",
                     "lost_dropped_s", "lost_device_s", "lost_daemon_s", "overflows", "dropped_blocks",
-                    "clock_synced", "updated_at")
+                    "clock_synced", "updated_at", "minute_local")
 
 _CALENDAR_END = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
 
@@ -318,7 +318,8 @@ def _as_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
 
 
 def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
-                    since: dt.datetime | None = None, until: dt.datetime | None = None) -> int:
+                    since: dt.datetime | None = None, until: dt.datetime | None = None,
+                    timezone: str | None = None) -> int:
     """Write live-stream coverage, one row per source and UTC minute, and return the row count.
 
     Each row says how many seconds of the minute were analysed and how many were lost, by cause
@@ -326,10 +327,17 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
     was listened to; one without analysed seconds was not. ``fmt`` 'csv' or 'jsonl', to
     ``output`` (standard output when None). ``since`` <= minute_utc < ``until``, as for
     detections (the minute holding ``since`` is left out unless it starts at ``since``).
-    A database that never listened gives a header only. Raises ExportError.
+    ``minute_local``: the minute's start in ``timezone`` (the settings' ``timezone``), as
+    ``start_local`` for detections and recordings, so the effort is summed by the same local hours
+    and days as the calls; empty without one. A database that never listened gives a header only.
+    Raises ExportError.
     """
     db_path = Path(db_path)
     write = _side_writer(fmt, "coverage exports")
+    zone = _zone(timezone)
+
+    def as_row(row: dict) -> dict:
+        return {**_rounded_seconds(row), "minute_local": tables.local_time(row["minute_utc"], zone)}
     conn, found = _open(db_path)
     try:
         if "coverage" not in found:
@@ -339,7 +347,7 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
             cursor = conn.cursor()
             cursor.row_factory = _as_dict
             # Streamed, as detections are: a season of minutes held at once cost a Pi 250 MB (a review).
-            rows = map(_rounded_seconds, cursor.execute(
+            rows = map(as_row, cursor.execute(
                 f"SELECT * FROM coverage WHERE {' AND '.join(['1', *clauses])} ORDER BY source, minute_utc", params))
         return _write_side(write, rows, COVERAGE_COLUMNS, output)
     except sqlite3.Error as e:

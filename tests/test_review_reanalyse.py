@@ -373,3 +373,28 @@ def test_another_programs_database_is_named_as_such(tmp_path):
     with pytest.raises(ReanalyseError, match="other.db: not an edgemon detections database .*nothing was changed"):
         reanalyse(other, Analyzer(load_bundle(default_bundle_path())))
     assert other.read_bytes() == before
+
+
+def test_a_bundles_effort_is_the_live_hours_it_listened(tmp_path):
+    """A live trial: the charts of a bundle that only re-analysed a recording drew the hours
+    another bundle listened live as its own, silent ones; each listen run's bundle (its
+    heartbeats) now says whose the coverage minutes are."""
+    from edgemon.review.charts import effort_hours
+    from edgemon.storage.store import CoverageMinute, Heartbeat, Store
+
+    db = tmp_path / "live.db"
+    with Store(db) as store:
+        for run, start, bundle in (("r1", "2026-12-07T15:30:00.000Z", "bundle-a"),
+                                   ("r2", "2026-12-07T18:00:00.000Z", "bundle-b"),
+                                   ("r3", "2026-12-07T20:00:00.000Z", "bundle-b")):
+            store.add_heartbeat(Heartbeat(run_id=run, mode="listen", device_id="d", at_utc=start,
+                                          started_utc=start, uptime_s=0.0, bundle_id=bundle))
+        store.add_coverage([CoverageMinute(source="live:mic", device_id="d", minute_utc=minute, end_utc=end,
+                                           analysed_s=36.0)
+                            for minute, end in (("2026-12-07T15:30:00.000Z", "2026-12-07T15:31:00.000Z"),
+                                                ("2026-12-07T18:00:00.000Z", "2026-12-07T18:01:00.000Z"),
+                                                ("2026-12-07T20:05:00.000Z", "2026-12-07T20:06:00.000Z"))])
+    assert effort_hours(db, "bundle-a")[0] == pytest.approx({15: 0.01})
+    assert effort_hours(db, "bundle-b")[0] == pytest.approx({18: 0.01, 20: 0.01})
+    assert effort_hours(db, "bundle-c")[0] == {}
+    assert effort_hours(db)[0] == pytest.approx({15: 0.01, 18: 0.01, 20: 0.01})

@@ -13,7 +13,7 @@ from pathlib import Path
 from edgemon.review.local_time import local, quarter_hour, spans_by_local_hour, zone_name
 from edgemon.review.reviews import ReviewError
 from edgemon.review.spectrogram import PALETTE
-from edgemon.storage.readonly import analyses_table, open_read_only, table_columns
+from edgemon.storage.readonly import analyses_table, has_table, open_read_only, table_columns
 from edgemon.utc import parse_utc
 
 
@@ -39,8 +39,9 @@ def effort_hours(db_path: Path, bundle_id: str | None = None,
         try:
             # A minute's seconds lie in its minute, so in its quarter hour: summed there by SQLite
             # (a year of per-minute live coverage is 525 600 rows, each spread in Python before).
+            listened, params = _listened_by(conn, bundle_id)
             quarters = conn.execute(f"SELECT {quarter_hour('minute_utc')}, sum(analysed_s) FROM coverage "
-                                    "WHERE analysed_s > 0 GROUP BY 1").fetchall()
+                                    f"WHERE analysed_s > 0 AND ({listened}) GROUP BY 1", params).fetchall()
         except sqlite3.OperationalError:   # a database from before live coverage existed
             quarters = []
         for quarter, seconds in quarters:
@@ -48,6 +49,36 @@ def effort_hours(db_path: Path, bundle_id: str | None = None,
             by_hour[at.hour] += seconds / 3600
             by_day[at.date().isoformat()] += seconds / 3600
     return dict(by_hour), dict(by_day)
+
+
+def _listened_by(conn: sqlite3.Connection, bundle_id: str | None) -> tuple[str, list]:
+    """The SQL condition (and its parameters) on a coverage row that ``bundle_id`` was the bundle
+    listening then: the listen run in force at the row's end (the latest to start before it, from
+    the heartbeats) ran it. Every row without a bundle, or in a database whose listen runs recorded
+    none (the charts of a bundle that only re-analysed recordings drew the live hours another
+    bundle listened to as its own, silent ones: a live trial)."""
+    if bundle_id is None or not has_table(conn, "heartbeats"):
+        return "1", []
+    runs = conn.execute("SELECT min(started_utc), bundle_id FROM heartbeats WHERE mode = 'listen' "
+                        "GROUP BY run_id ORDER BY 1").fetchall()
+    if not any(bundle for _, bundle in runs):
+        return "1", []
+    spans: list[list] = []
+    for i, (start, bundle) in enumerate(runs):
+        if bundle != bundle_id:
+            continue
+        until = runs[i + 1][0] if i + 1 < len(runs) else None
+        if spans and spans[-1][1] == start:   # the run before was this bundle's too: one span
+            spans[-1][1] = until
+        else:
+            spans.append([start, until])
+    if not spans:
+        return "0", []
+    clauses, params = [], []
+    for start, until in spans:
+        clauses.append("(end_utc > ?" + ("" if until is None else " AND end_utc <= ?") + ")")
+        params.extend([start] if until is None else [start, until])
+    return " OR ".join(clauses), params
 
 
 def _recordings_analysed(conn: sqlite3.Connection, bundle_id: str | None) -> tuple[str, list]:

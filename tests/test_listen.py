@@ -586,6 +586,17 @@ def test_clips_stop_at_the_budget_and_are_counted(tmp_path):
     assert saver.new_segment() == [(detection, None)] and saver.skipped == 1   # 2 x 64 kB > 100 kB
 
 
+def test_a_clip_in_a_relative_clips_directory_is_stored_by_its_absolute_path(tmp_path, monkeypatch):
+    """`listen --clips clips` stored clip_path "clips/…": review, started elsewhere, found no audio."""
+    monkeypatch.chdir(tmp_path)
+    saver = ClipSaver(ClipConfig(Path("clips"), pre_s=0.5, post_s=0.5), rate=16000, guard=disk_with(5000))
+    detection = Detection("d", "live:x", 0.0, 1.0, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), None,
+                          "host_clock", False, "gibbon_duet", 0.9, "{}", "b")
+    saver.request(detection, 1.0, 2.0)
+    [(_, clip)] = saver.push(np.zeros(16000 * 3, np.float32))
+    assert clip.path == tmp_path / "clips" / "20260101T000000000Z_gibbon_duet.flac" and clip.path.is_file()
+
+
 def test_clips_written_after_an_error_keep_the_open_events_audio(tmp_path):
     """After an error the listener writes the waiting clips first, then ends the segment, which
     stores the event still open (or held for a run that might join it). Writing the waiting clips

@@ -110,6 +110,9 @@ class ClipSaver:
     RESCAN_S = 300.0
 
     def __init__(self, config: ClipConfig, rate: int, guard: DiskGuard | None = None):
+        # Each detection's clip_path is stored absolute: `--clips clips` stored "clips/…", which
+        # review found only when started in the directory listen had been started in (a live trial).
+        config = dataclasses.replace(config, directory=config.directory.absolute())
         self.config = config
         self.rate = rate
         # The disk watermark: clips stop before the card fills; the database is never at risk.

@@ -471,8 +471,13 @@ def test_a_live_detection_plays_its_saved_clip(tmp_path):
     # Where the detection begins in its clip, as stored (a stream that began 0.5 s before it).
     started_late = read_excerpt(dict(row, clip_offset_s=0.5), clips=clips)
     assert (started_late.mark_start_s, started_late.mark_end_s) == (0.5, 3.5)
-    with pytest.raises(AudioError, match="audio of detection 9 not found: live:mic0"):
+    # Without --clips, a live detection's missing clip is said as such, and --clips named, not
+    # --recordings (which a live stream has none of: a live trial).
+    with pytest.raises(AudioError, match=r"audio of detection 9 not found: its clip /card/moved/\S+ is not there "
+                                         r"\(give --clips DIR"):
         read_excerpt(row)
+    with pytest.raises(AudioError, match=f"nor in {tmp_path / 'elsewhere'} \\(give --clips DIR"):
+        read_excerpt(row, clips=tmp_path / "elsewhere")
     # A file under the clip's name longer than any clip listen saves is not read whole.
     soundfile.write(clip, np.zeros(16000 * 600, np.float32), 16000, format="FLAC")
     assert len(read_excerpt(row, clips=clips).samples) == 16000 * 180

@@ -68,6 +68,10 @@ def read_excerpt(row: dict, *, recordings: Path | None = None, clips: Path | Non
         at = pre_s if at is None else at
         return Excerpt(samples, rate, min(at, len(samples) / rate), min(at + duration, len(samples) / rate), clip)
     path = recording_path(row, recordings)
+    if path is None and row.get("clip_path"):   # a live stream's: its clip is the only audio there is
+        raise AudioError(f"audio of detection {row['id']} not found: its clip {row['clip_path']} is not there"
+                         + (f" nor in {clips}" if clips is not None else "")
+                         + " (give --clips DIR, the directory listen saved its clips to)")
     if path is None:
         raise AudioError(f"audio of detection {row['id']} not found: {row['source']} "
                          + (f"is not in {recordings} (moved or deleted?)" if recordings is not None else

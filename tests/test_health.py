@@ -729,6 +729,18 @@ def test_a_listener_whose_microphone_gives_nothing_says_so_in_its_heartbeat_and_
         assert store.db.execute("SELECT state FROM heartbeats ORDER BY id DESC LIMIT 1").fetchone()[0] == "ok"
 
 
+def test_a_listener_that_stops_on_purpose_writes_no_no_audio_beat():
+    """A live trial: every Ctrl-C or --duration-s stop wrote "no_audio" ("no audio from the
+    microphone (stopped)") before its "stopping" beat, a silent microphone to status and the fleet."""
+    from edgemon.live.capture import CaptureState
+    from edgemon.live.threads import silence_of
+
+    assert silence_of(CaptureState.STOPPED) is None
+    assert [silence_of(s) for s in (CaptureState.STARTING, CaptureState.RUNNING)] == [None, None]
+    assert [silence_of(s) for s in (CaptureState.STALLED, CaptureState.DEVICE_LOST, CaptureState.REOPENING)] == \
+        ["stalled", "device_lost", "reopening"]
+
+
 def test_status_names_the_bundle_of_a_last_detection_that_is_not_the_recorders(watched_db, tmp_path):
     """After `reanalyse` with another bundle the last row is that bundle's, its confidence on that
     bundle's scale: an upgrade trial saw 0.96 beside the old bundle's id, which had stored 0.55."""

@@ -88,6 +88,14 @@ class _Threads:
         return thread
 
 
+def silence_of(state: CaptureState) -> str | None:
+    """Why the microphone gives nothing, for the heartbeats ("no_audio"): the capture's state; None
+    while audio comes, and once the capture has stopped because listen stops (Ctrl-C, --duration-s,
+    systemctl stop): every clean stop wrote a "no_audio" beat, "no audio from the microphone
+    (stopped)", just before its "stopping" one (a live trial)."""
+    return None if state in (CaptureState.STARTING, CaptureState.RUNNING, CaptureState.STOPPED) else state.value
+
+
 # (bundle id, counters) -> what writes the heartbeat rows (the service's ``ListenHeartbeats``)
 BeatsFactory = Callable[..., WriterBeats]
 
@@ -119,7 +127,7 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
              device.channels, capture.rate, db_path, source)
     beats = None if heartbeats is None else heartbeats(
         bundle_id=analyzer.bundle.bundle_id, counters=lambda: {"audio_s": listener.ledger.totals.get("analysed", 0.0)},
-        hearing=lambda: None if capture.state in (CaptureState.STARTING, CaptureState.RUNNING) else capture.state.value)
+        hearing=lambda: silence_of(capture.state))
     writer_thread = threads.start("writer", lambda: writer.run(finish, beats))
     capture_thread = threads.start("capture", lambda: capture.run(stop))
     worker_thread = threads.start("analysis", lambda: listener.run(drain))

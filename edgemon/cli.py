@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import signal
-import zoneinfo
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -175,8 +174,7 @@ def classify(
 
     try:
         service = service_in_force(ctx, config)
-        zone = None if service.timezone is None else zoneinfo.ZoneInfo(service.timezone)   # checked with the settings
-        rows, errors = classify_files(files, make_analyzer(service.models, service.threads), zone,
+        rows, errors = classify_files(files, make_analyzer(service.models, service.threads), service.zone(),
                                       service.clock_zone())
     except EdgemonError as exc:
         raise fail(exc)

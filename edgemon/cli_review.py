@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import sys
-import zoneinfo
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -57,8 +56,7 @@ def review(
             refuse_the_database(export, db, "--export")
             check_output(export, "--export", ExportError)
             with (contextlib.nullcontext(sys.stdout) if str(export) == "-" else atomic_text(export)) as out:
-                count = write_reviews_csv(db, out, None if service.timezone is None
-                                          else zoneinfo.ZoneInfo(service.timezone))   # checked with the settings
+                count = write_reviews_csv(db, out, service.zone())
         except EdgemonError as exc:
             raise fail(exc)
         logging.getLogger("edgemon.review").info("exported %d verdict(s)", count)
@@ -69,9 +67,8 @@ def review(
         raise fail(EdgemonError(f"the review page needs the 'review' extra (in a clone: .venv/bin/pip install -c "
                                 f"constraints.txt -e '.[review]'; else pip install 'edgemon[review]'): {exc}"))
     try:
-        zone = None if service.timezone is None else zoneinfo.ZoneInfo(service.timezone)   # checked with the settings
         serve(ReviewConfig(db=db, recordings=recordings, clips=clips, host=host, port=port, token=token,
-                           reviewer=reviewer, zone=zone), on_ready=lambda line: typer.echo(line, err=True))
+                           reviewer=reviewer, zone=service.zone()), on_ready=lambda line: typer.echo(line, err=True))
     except EdgemonError as exc:
         raise fail(exc)
 

@@ -119,6 +119,11 @@ class ServiceConfig:
                            rescan_s=self.rescan_s, incomplete_grace_s=self.incomplete_grace_s,
                            retry_s=self.retry_s, until_idle=until_idle, clock_zone=self.clock_zone())
 
+    def zone(self) -> zoneinfo.ZoneInfo | None:
+        """The zone of ``timezone`` (checked with the settings), the one times are shown in; None
+        when unset (UTC)."""
+        return None if self.timezone is None else zoneinfo.ZoneInfo(self.timezone)
+
     def clock_zone(self) -> dt.tzinfo | None:
         """The zone of ``clock_timezone`` (checked with the settings): a fixed offset ('UTC+1'),
         else an IANA zone; None when unset (UTC)."""

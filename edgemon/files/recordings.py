@@ -120,23 +120,21 @@ def time_from_filename(name: str) -> datetime | None:
     return parsed[0] if parsed else None
 
 
-_OWN_OFFSET = " with its UTC offset"   # in a header time's detail: the header said its zone, even UTC
-
-
-def _metadata_time(meta: dict, clock: tzinfo | None = None) -> tuple[datetime, str] | None:
-    """-> (aware time in the recorder's own UTC offset, detail): GUANO Timestamp, else comment.
-    A Timestamp without an offset is in ``clock``, the zone the recorder's clock was set to (None: UTC)."""
+def _metadata_time(meta: dict, clock: tzinfo | None = None) -> tuple[datetime, str, bool] | None:
+    """-> (aware time in the recorder's own UTC offset, detail, whether the header gave that offset
+    itself, even UTC): GUANO Timestamp, else comment. A Timestamp without an offset is in
+    ``clock``, the zone the recorder's clock was set to (None: UTC)."""
     stamp = meta.get("guano", {}).get("Timestamp", "")
     try:
         start = datetime.fromisoformat(stamp) if stamp else None
     except ValueError:
         start = None  # unreadable: fall back to the comment
     if start is not None and start.tzinfo is None and clock is not None:
-        return start.replace(tzinfo=clock), f"GUANO Timestamp (no offset: in clock_timezone {clock})"
+        return start.replace(tzinfo=clock), f"GUANO Timestamp (no offset: in clock_timezone {clock})", False
     if start is not None and start.tzinfo is None:
-        return start.replace(tzinfo=UTC), "GUANO Timestamp (no offset: taken as UTC)"
+        return start.replace(tzinfo=UTC), "GUANO Timestamp (no offset: taken as UTC)", False
     if start is not None:
-        return start, f"GUANO Timestamp{_OWN_OFFSET}"
+        return start, "GUANO Timestamp with its UTC offset", True
     if m := _COMMENT.search(meta.get("comment", "")):
         hh, mi, ss, frac, dd, mo, yyyy, sign, off_h, off_m = m.groups()
         offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
@@ -146,7 +144,7 @@ def _metadata_time(meta: dict, clock: tzinfo | None = None) -> tuple[datetime, s
                              int((frac or "").ljust(6, "0")), tzinfo=zone)
         except ValueError:  # invalid date, or an offset of a day or more
             return None
-        return start, f"AudioMoth comment 'Recorded at HH:MM:SS[.mmm] DD/MM/YYYY (UTC±h)'{_OWN_OFFSET}"
+        return start, "AudioMoth comment 'Recorded at HH:MM:SS[.mmm] DD/MM/YYYY (UTC±h)' with its UTC offset", True
     return None
 
 
@@ -274,7 +272,7 @@ def recording_time(path: Path, now: datetime | None = None, clock: tzinfo | None
     found: list[tuple[str, datetime, str]] = []
     if named := _parse_filename(path.name):
         start, detail, wall_clock, recorders = named
-        if wall_clock and stamped and _OWN_OFFSET in stamped[1] and _name_in_zone(start, stamped[0]):
+        if wall_clock and stamped and stamped[2] and _name_in_zone(start, stamped[0]):
             zone = stamped[0].tzinfo
             if stamped[0].utcoffset() and (moved := _wall_clock_in_utc(start, zone)) is not None:
                 start = moved

@@ -664,7 +664,7 @@ def test_a_recorder_clock_that_looks_wrong_is_said_and_listed(tmp_path, caplog):
     root, db = tmp_path / "rec", tmp_path / "d.db"
     write_wav(root / "19700101_000012.WAV", tone(1000, 3.0))
     write_wav(root / "20240101_060000.WAV", tone(1000, 3.0, seed=1))
-    with caplog.at_level(logging.WARNING, logger="edgemon.files.watcher"):
+    with caplog.at_level(logging.WARNING, logger="edgemon.files.analyse_file"):
         watch_until_idle(root, db)
     assert "19700101_000012.WAV: the recorder's clock looks wrong (AudioMoth name" in caplog.text
     status = collect_status(db, directory=root)

@@ -507,7 +507,7 @@ def test_a_failed_attempt_names_its_file_once(tmp_path, caplog):
     fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
     body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
     (root / "20180301_060000.WAV").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
-    with caplog.at_level(logging.WARNING, logger="edgemon.files.watcher"):
+    with caplog.at_level(logging.WARNING, logger="edgemon.files.analyse_file"):
         watch_until_idle(root, db, incomplete_grace_s=0)
     [line] = [r.getMessage() for r in caplog.records if "attempt failed" in r.getMessage()][:1]
     assert line.count("20180301_060000.WAV") == 1 and "no data chunk" in line, line

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
+from edgemon.files.analyse_file import detection_rows
 from edgemon.files.triggered import silences_of
 from edgemon.safetext import shown
 from edgemon.storage.readonly import connect_read_only, has_table, newest_device_id, recording_path
-from edgemon.storage.store import Detection, Store
+from edgemon.storage.store import Store
 from edgemon.utc import parse_utc
 
 log = logging.getLogger(__name__)
@@ -190,13 +191,9 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
         if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
             log.warning("%s: %s", shown(row["source"]), shown(analysis.note))
         start = None if row["start_utc"] is None else parse_utc(row["start_utc"])
-        detections = [Detection(device_id=row["device_id"] or device_id, source=row["source"], start_s=e.start_s,
-                                end_s=e.end_s, start_utc=left_out.wall_time(start, e.start_s),
-                                end_utc=left_out.wall_time(start, e.end_s),
-                                time_source=row["time_source"] or "mtime", clock_suspect=bool(row["clock_suspect"]),
-                                label=e.label, confidence=e.confidence, score=e.score, votes=e.votes,
-                                bundle_id=bundle_id)
-                      for e in analysis.events]
+        detections = detection_rows(analysis.events, device_id=row["device_id"] or device_id, source=row["source"],
+                                    start_utc=start, time_source=row["time_source"] or "mtime",
+                                    clock_suspect=bool(row["clock_suspect"]), bundle_id=bundle_id, left_out=left_out)
         # Watch may have analysed the recording again while it was read here (grown, or written
         # again): its newer detections are kept (a review).
         count = store.replace_detections(row["source"], bundle_id, detections, analysis.duration_s,

@@ -13,11 +13,9 @@ space comes back. The watcher decides both holds itself; health (``on_tick``) on
 observer (``edgemon.files.events``) is restarted, with a rescan, when it stops delivering events (a
 handler raised, its inotify reader died, the card was unmounted).
 
-An attempt is committed before a file is analysed (``Store.begin_attempt``). A file that was in
-progress when a run died, or whose analysis died before, is analysed in a child process
-(``edgemon.files.isolate``): if the child dies while the daemon lives, the file killed it, and after
-``max_attempts`` such failures it is quarantined; a daemon killed for an unrelated reason (power
-lost every night) never counts against the file it was working on.
+What taking a file means (an attempt committed first, a file whose analysis died before analysed in
+a child process, the detections committed with the file's ledger row) is ``edgemon.files.analyse_file``;
+this module decides which file is taken, and when.
 
 Hostile names and entries are recorded, once: a name that is not UTF-8 is stored escaped
 (``safetext.stored_name``); a symlink loop or a dangling link is quarantined like an unreadable
@@ -41,24 +39,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgemon.analysis import audio
-from edgemon.analysis.analyzer import Analysis, Analyzer
+from edgemon.analysis.analyzer import Analyzer
 from edgemon.backoff import Backoff
+from edgemon.files.analyse_file import FileAnalysis
 from edgemon.files.backlog import BacklogProgress
 from edgemon.files.clock_check import say_if_clock_moved
 from edgemon.files.directory import (SettledVersions, check_root, file_version, iter_audio, mtime_ns,
                                      skipped_because, source_of)
 from edgemon.files.events import observing, start_observer, stop_observer
-from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
-from edgemon.files.recordings import StabilityTracker, header_consistent, recording_time
+from edgemon.files.isolate import Isolated
+from edgemon.files.recordings import StabilityTracker, header_consistent
 from edgemon.files.same_recording import SameRecording, complete_digests, same_recording, undigested_files
-from edgemon.files.triggered import SilentStretches, silences_of
 from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.signals import StoppedEarly
 from edgemon.storage.disk_budget import HOLD, DiskGuard, DiskHoldError
-from edgemon.storage.fingerprint import another_recording, digests, samples_digest
+from edgemon.storage.fingerprint import another_recording
 from edgemon.storage.readonly import error_code
-from edgemon.storage.store import Detection, Store
+from edgemon.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +78,6 @@ class WatchConfig:
 OBSERVER_RETRY_MAX_S = 3600.0   # an observer that cannot start is tried again at most this far apart
 RESCAN_SHARE = 0.1        # of the time, at most, that rescans take (they are spaced out beyond rescan_s)
 DIGESTS_PER_SCAN = 200   # files an older edgemon analysed whose digests one scan reads (~130 KiB each)
-
-
-class StoppedNow(AnalysisStopped):
-    """A second Ctrl-C or SIGTERM: the file in hand is given up, to be analysed again at the next start."""
 
 
 def may_still_be_written(why: str) -> bool:
@@ -132,19 +125,21 @@ class Watcher:
         self.audio_s = 0.0              # seconds of audio stored, and seconds spent on them
         self.busy_s = 0.0
         self.store_error: str | None = None   # the last refused write, until a write succeeds
-        self.refused: set[str] = set()  # sources whose last attempt ended in a refused commit
         self.hold_until = 0.0           # monotonic: no new work before this (the database refused a write)
         self.unreadable: dict[str, str] | None = None   # directories the last scan could not list
         self.attempted = 0              # files finished this run, whatever the outcome
         self.others: set[Path] = set()  # files left alone: another recording analysed under their name
         self.other_formats: dict[str, int] = {}   # audio files watch does not take, by suffix, at the last scan
-        self.timed_by_mtime = 0         # files with no start time in name or header, this run
         self.copies = 0                 # copies of recordings analysed already, met this run
         self.undigested: list | None = None   # recordings an older edgemon analysed: digests to read
         self.clock_checked = False      # analysed recordings' stored starts checked against clock_timezone
         self.digests_completed = 0
         self.progress = BacklogProgress(config.progress_s)
         self.stop: threading.Event | None = None   # run's: a second signal sets its ``now``
+        self.analysis = FileAnalysis(analyzer, store, self.isolated, device_id=config.device_id,
+                                     clock_zone=config.clock_zone, block_s=config.block_s,
+                                     max_attempts=config.max_attempts, tick=self._tick,
+                                     stopping_now=self._stopping_now, writes_again=self._writes_again)
 
     def source_of(self, path: Path) -> str:
         return source_of(self.root, path)
@@ -426,6 +421,10 @@ class Watcher:
             except queue.Empty:
                 return
 
+    def _stopping_now(self) -> bool:
+        """A second signal asked to give up the file in hand (``signals.stop_on_signals``)."""
+        return getattr(self.stop, "now", False)
+
     def _wait(self, seconds: float) -> None:
         self._tick()
         try:
@@ -483,7 +482,7 @@ class Watcher:
             note = f"header inconsistent ({why}); read as far as it goes"
         self.header_wait.forget(path)
         self.process(path, source, st, note)
-        if getattr(self.stop, "now", False):   # given up (``StoppedNow``): still to do
+        if self._stopping_now():   # given up (``StoppedNow``): still to do
             return False
         entry = self.store.file_entry(source)
         if entry is not None and entry["state"] == "failed":
@@ -623,111 +622,19 @@ class Watcher:
         self.attempted += 1
 
     def process(self, path: Path, source: str, st: os.stat_result, note: str | None = None) -> None:
-        """Analyse one stable file and commit it with its detections, or record its failure.
-
-        The attempt is committed first. A file whose analysis died before (the daemon, or an
-        isolated child) is analysed in a child process, whose death is then the file's failure.
-        """
+        """Analyse one stable file and commit it with its detections, or record its failure
+        (``files.analyse_file``); counted for heartbeats and the run's closing line."""
         started = time.monotonic()
-        digest, tail = digests(path)   # before the analysis: what is analysed is at least this file
-        decoded = samples_digest(path)
-        interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
-                                               after_refusal=source in self.refused)
-        self.refused.discard(source)
-        self._writes_again()
-        if interrupted:
-            log.warning("%s: its analysis was cut short %d time(s) in a row (edgemon stopped, or the analysis "
-                        "died); analysing it in a separate process", shown(source), interrupted)
-        try:
-            analysis = (self.isolated.analyse(path, on_block=self._tick) if interrupted else
-                        self.analyzer.analyse_blocks(self._blocks(path)))
-            when = recording_time(path, clock=self.config.clock_zone)
-            left_out = silences_of(path)
-        except StoppedNow:   # not a death: analysed again at the next start, in this process
-            self.store.drop_attempt(source)
-            log.warning("%s: given up, not stored; analysed again at the next start", shown(source))
+        outcome = self.analysis.analyse(path, source, st, note)
+        self.attempted += outcome.finished
+        if not outcome.stored:
             return
-        except AnalysisStopped:  # the unit is stopping: the attempt stays open, counted at the next start
-            log.info("%s: analysis stopped with the daemon", shown(source))
-            return
-        except Exception as exc:  # a per-file boundary: record it against the file and go on
-            # Deleted meanwhile (a recorder's card emptied, a file moved away): whatever the decoder
-            # or the isolated child said then, it says nothing against the file. Not a failure.
-            if isinstance(exc, FileNotFoundError) or file_version(path) is None:
-                log.info("%s: deleted while being processed", shown(source))
-                self.store.drop_attempt(source)
-                return
-            state = self.store.record_failure(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
-                                              error=str(exc) if isinstance(exc, AnalysisFailed) else
-                                              f"{type(exc).__name__}: {exc}",
-                                              max_attempts=self.config.max_attempts,
-                                              died=isinstance(exc, AnalysisDied))
-            # the error names the file too, by its full path: said once
-            log.warning("%s: attempt failed, now %s: %s", shown(source), state,
-                        shown(str(exc).removeprefix(f"{path}: ")))
-            self.attempted += int(state == "quarantined")
-            return
-        if when.source == "mtime":
-            self._say_timed_by_mtime(source, when)
-        elif when.suspect:   # a recorder's clock unset or ahead: said, as status says it after
-            log.warning("%s: the recorder's clock looks wrong (%s): its detections are stored at that time, marked "
-                        "clock_suspect", shown(source), when.detail)
-        detections = self.detections(source, analysis, when, left_out)
-        note = "; ".join(n for n in (note, analysis.note, left_out and left_out.note()) if n) or None
-        try:
-            self.store.commit_file(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
-                                   duration_s=analysis.duration_s, start_utc=when.start_utc,
-                                   time_source=when.source, clock_suspect=when.suspect,
-                                   bundle_id=self.analyzer.bundle.bundle_id, detections=detections,
-                                   note=note, fingerprint=digest, tail_digest=tail, samples_digest=decoded,
-                                   span_s=analysis.duration_s + left_out.total_s if left_out else None)
-        except sqlite3.OperationalError:
-            # Refused (a full disk), and the open attempt cannot always be ended on such a disk:
-            # remembered, so the retry is not taken for a death (a newcomer trial: "cut short").
-            self.refused.add(source)
-            raise
         self.processed += 1
-        self.stored += len(detections)
-        self.attempted += 1
-        self.audio_s += analysis.duration_s
+        self.stored += outcome.detections
+        self.audio_s += outcome.audio_s
         self.busy_s += time.monotonic() - started
         self.store_error = None
         self.last_progress = time.monotonic()
-        log.info("%s: %.1f s of audio, %d detection(s)%s", shown(source), analysis.duration_s, len(detections),
-                 f" [{shown(note)}]" if note else "")
-
-    def _say_timed_by_mtime(self, source: str, when) -> None:
-        """Said as a warning the first time a run meets it (a card of such files would say it for
-        each), then as information; ``edgemon status`` counts them."""
-        self.timed_by_mtime += 1
-        log.log(logging.WARNING if self.timed_by_mtime == 1 else logging.INFO,
-                "%s: no start time in its name or header: timed by its modification time (%s), which is when "
-                "it was last written: a copy's time if it was copied. Recorders' names "
-                "[PREFIX_]YYYYMMDD_HHMMSS.WAV give the real time (the stamp must end the name: one followed by more, "
-                "as in a clip cut from a recording, is not the file's start)", shown(source), when.detail)
-
-    def _blocks(self, path: Path) -> audio.Blocks:
-        """The file's audio blocks; each one marks progress, so a long file keeps the watchdog fed."""
-        return audio.iter_blocks(path, self.config.block_s, self.analyzer.bundle.frontend.sample_rate,
-                                 on_block=self._block_decoded)
-
-    def _block_decoded(self) -> None:
-        """A block of the file in hand decoded: progress, unless a second signal asked to stop now
-        (``signals.stop_on_signals``)."""
-        if getattr(self.stop, "now", False):
-            raise StoppedNow("stopped at a second signal")
-        self._tick()
-
-    def detections(self, source: str, analysis: Analysis, when,
-                   left_out: SilentStretches = SilentStretches()) -> list[Detection]:
-        def at(offset: float) -> dt.datetime | None:
-            return left_out.wall_time(when.start_utc, offset)
-
-        return [Detection(device_id=self.config.device_id, source=source, start_s=e.start_s, end_s=e.end_s,
-                          start_utc=at(e.start_s), end_utc=at(e.end_s), time_source=when.source,
-                          clock_suspect=when.suspect, label=e.label, confidence=e.confidence,
-                          votes=e.votes, bundle_id=self.analyzer.bundle.bundle_id, score=e.score)
-                for e in analysis.events]
 
 
 def _still_noted(noted: tuple[int, int, bool, str] | None, version: tuple[int, int]) -> str | None:

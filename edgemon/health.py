@@ -32,7 +32,8 @@ from pathlib import Path
 
 from edgemon.storage.disk_budget import MB
 from edgemon.storage.readonly import connect_read_only
-from edgemon.storage.store import Heartbeat, Store
+from edgemon.storage.rows import Heartbeat
+from edgemon.storage.store import Store
 from edgemon.utc import UTC
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from edgemon.storage.cursors import list_cursors
 from edgemon.storage.export_journal import pending as pending_exports
 from edgemon.storage.lock import daemon_gone
 from edgemon.storage.readonly import has_table, open_read_only, quick_check
-from edgemon.storage.store import COVERAGE_LOSSES
+from edgemon.storage.rows import COVERAGE_LOSSES
 from edgemon.utc import UTC, parse_utc, utc_iso
 
 MB = 1024 * 1024

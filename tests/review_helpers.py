@@ -16,7 +16,9 @@ from pathlib import Path
 
 import soundfile
 
-from edgemon.storage.store import Detection, Store
+from edgemon.storage.rows import Detection
+
+from edgemon.storage.store import Store
 from tests.conftest import hoots, tone
 
 # (recording, start_s, end_s, label, confidence, member votes of 2 members over the windows)

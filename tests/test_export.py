@@ -15,7 +15,8 @@ import pytest
 
 from edgemon.storage.cursors import CursorError
 from edgemon.storage.export import RAVEN_COLUMNS, ExportError, export_detections
-from edgemon.storage.store import Detection, Store
+from edgemon.storage.rows import Detection
+from edgemon.storage.store import Store
 
 REC1 = "site1/20240501_060000.wav"
 REC2 = "site2/20240502_060000.wav"

@@ -306,7 +306,7 @@ def test_output_dash_is_standard_output_and_coverage_needs_its_own_file(db_path,
 def test_coverage_seconds_are_exported_to_the_millisecond(tmp_path):
     """A minute written six times summed to 60.00000000000001 in a jsonl export (a soak trial)."""
     from edgemon.storage.export import export_coverage
-    from edgemon.storage.store import CoverageMinute
+    from edgemon.storage.rows import CoverageMinute
 
     db = tmp_path / "live.db"
     with Store(db) as store:
@@ -326,7 +326,7 @@ def test_a_season_of_coverage_is_exported_without_holding_it(tmp_path):
     import tracemalloc
 
     from edgemon.storage.export import export_coverage
-    from edgemon.storage.store import CoverageMinute
+    from edgemon.storage.rows import CoverageMinute
 
     db = tmp_path / "live.db"
     start = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)

@@ -118,7 +118,7 @@ def test_coverage_export_gives_each_minute_in_the_timezone(tmp_path):
     """A live recorder's effort is its coverage: `--coverage` left the minutes in UTC beside
     detections and recordings with start_local, so a Borneo dawn's minutes summed per local hour
     needed a conversion of their own (a live trial)."""
-    from edgemon.storage.store import CoverageMinute
+    from edgemon.storage.rows import CoverageMinute
 
     db = tmp_path / "live.db"
     with Store(db) as store:

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from edgemon.cli import app
 from edgemon.storage.export import export_recordings
-from edgemon.storage.store import Detection, Store
+from edgemon.storage.rows import Detection
+from edgemon.storage.store import Store
 from tests.test_export import read_csv
 
 runner = CliRunner()

@@ -284,7 +284,7 @@ def test_heartbeats_are_rate_limited_and_never_raise(tmp_path, caplog):
 
 
 def test_commit_progress_follows_another_connections_coverage_commits(tmp_path):
-    from edgemon.storage.store import CoverageMinute
+    from edgemon.storage.rows import CoverageMinute
 
     def minute(m: int, analysed_s: float) -> list:
         return [CoverageMinute(source="live:mic", device_id="d", minute_utc=f"2024-05-01T06:{m:02d}:00Z",
@@ -520,7 +520,7 @@ def test_a_listener_of_weeks_has_its_audio_said_in_days_not_in_exponents(tmp_pat
     (of 1.5768e+07 s)"."""
     import datetime as dt
 
-    from edgemon.storage.store import CoverageMinute
+    from edgemon.storage.rows import CoverageMinute
 
     start = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
     db = tmp_path / "live.db"
@@ -543,7 +543,8 @@ def test_live_audio_lost_is_a_problem_from_five_seconds(tmp_path, lost_s, proble
     import datetime as dt
 
     from edgemon.status import collect_status
-    from edgemon.storage.store import CoverageMinute, Store
+    from edgemon.storage.rows import CoverageMinute
+    from edgemon.storage.store import Store
 
     db = tmp_path / "live.db"
     with Store(db) as store:

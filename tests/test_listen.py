@@ -35,7 +35,8 @@ from edgemon.live.hostclock import HostClock
 from edgemon.live.store_writer import StoreWriter
 from edgemon.live.worker import ListenConfig, Listener
 from edgemon.storage.export import export_coverage
-from edgemon.storage.store import Detection, Store
+from edgemon.storage.rows import Detection
+from edgemon.storage.store import Store
 from tests.waits import poll_until, wait_for_text
 from tests.watch_helpers import analyzer, damage_table, query
 
@@ -469,7 +470,7 @@ import datetime as dt, logging, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from edgemon.live.clips import ClipConfig, ClipSaver
-from edgemon.storage.store import Detection
+from edgemon.storage.rows import Detection
 from tests.test_listen import disk_with
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
 saver = ClipSaver(ClipConfig(__import__("pathlib").Path(sys.argv[2]), pre_s=0.0, post_s=0.0), rate=16000,
@@ -707,7 +708,7 @@ import datetime as dt, sys, time
 from pathlib import Path
 import numpy as np
 from edgemon.live import clips
-from edgemon.storage.store import Detection
+from edgemon.storage.rows import Detection
 
 real_write = clips.soundfile.write
 

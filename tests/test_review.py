@@ -26,7 +26,8 @@ from edgemon.review.app import ReviewConfig, ReviewServerError, create_app, with
 from edgemon.review.charts import charts_svg, effort_hours
 from edgemon.review.excerpt import read_excerpt
 from edgemon.review.spectrogram import png_bytes, spectrogram_rgb
-from edgemon.storage.store import Detection, Store
+from edgemon.storage.rows import Detection
+from edgemon.storage.store import Store
 from tests.review_helpers import BUNDLE_ID, DETECTIONS, make_review_db, review_server
 
 

@@ -238,7 +238,8 @@ def test_reanalyse_leaves_a_recording_written_again_at_its_size_alone(tmp_path, 
 def test_a_recording_without_detections_takes_the_recorders_device_id(tmp_path):
     """A review: `watch --device-id site-07` stored nothing in a recording, and `reanalyse` run
     where no settings name the recorder stored the new bundle's detections under 'edgemon'."""
-    from edgemon.storage.store import Heartbeat, Store
+    from edgemon.storage.rows import Heartbeat
+    from edgemon.storage.store import Store
 
     db, _ = make_review_db(tmp_path)
     quiet = "S01/20240501_060000.WAV"
@@ -380,7 +381,8 @@ def test_a_bundles_effort_is_the_live_hours_it_listened(tmp_path):
     another bundle listened live as its own, silent ones; each listen run's bundle (its
     heartbeats) now says whose the coverage minutes are."""
     from edgemon.review.charts import effort_hours
-    from edgemon.storage.store import CoverageMinute, Heartbeat, Store
+    from edgemon.storage.rows import CoverageMinute, Heartbeat
+    from edgemon.storage.store import Store
 
     db = tmp_path / "live.db"
     with Store(db) as store:

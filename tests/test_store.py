@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edgemon.storage.store import MIGRATIONS, WAL_SIZE_LIMIT_BYTES, Detection, Store, StoreError
+from edgemon.storage.rows import Detection
+
+from edgemon.storage.store import MIGRATIONS, WAL_SIZE_LIMIT_BYTES, Store, StoreError
 from edgemon.utc import utc_iso
 
 SOURCE = "site1/20240501_060000.wav"

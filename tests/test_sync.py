@@ -646,7 +646,7 @@ def test_retrying_for_s_seconds_tries_once_more_at_the_end(monkeypatch):
 def test_the_backlog_counts_changes_not_sequence_numbers(fleet, tmp_path):
     """A live coverage minute is rewritten as the minute goes on: each write takes a sequence
     number, one change waits. A trial saw a backlog of 661 for 61 changes, and 330 for 30."""
-    from edgemon.storage.store import CoverageMinute
+    from edgemon.storage.rows import CoverageMinute
     from edgemon.sync.fleetdb import DeviceInfo
     from edgemon.sync.sender import SyncConfig, sync_once
 

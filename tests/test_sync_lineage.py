@@ -21,7 +21,8 @@ import pytest
 from devtools.recorder_db import add_file, make_recorder
 import edgemon.storage.store
 from edgemon.review import reviews
-from edgemon.storage.store import CoverageMinute, Detection, Heartbeat, Store
+from edgemon.storage.rows import CoverageMinute, Detection, Heartbeat
+from edgemon.storage.store import Store
 from edgemon.sync.fleet_status import collect_fleet
 from edgemon.sync.fleetdb import BusyError, DeviceInfo
 from edgemon.sync.outbox import IdentityMoved, Outbox

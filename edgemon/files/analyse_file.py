@@ -25,7 +25,8 @@ from edgemon.files.recordings import recording_time
 from edgemon.files.triggered import SilentStretches, silences_of
 from edgemon.safetext import shown
 from edgemon.storage.fingerprint import digests, samples_digest
-from edgemon.storage.store import Detection, Store
+from edgemon.storage.rows import Detection
+from edgemon.storage.store import Store
 
 log = logging.getLogger(__name__)
 

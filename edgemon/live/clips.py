@@ -18,7 +18,7 @@ from edgemon.durable import fsync_dir
 from edgemon.errors import EdgemonError
 from edgemon.storage.disk_budget import MB, DiskBudget, DiskGuard, free_bytes
 from edgemon.storage.export_files import sweep_dead_temps
-from edgemon.storage.store import Detection
+from edgemon.storage.rows import Detection
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import logging
 import math
 from collections import defaultdict
 
-from edgemon.storage.store import COVERAGE_LOSSES, CoverageMinute
+from edgemon.storage.rows import COVERAGE_LOSSES, CoverageMinute
 from edgemon.utc import UTC
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from edgemon.live.coverage import CoverageLedger
 from edgemon.live.hostclock import HostClock, host_clock_synced
 from edgemon.live.store_writer import StoreWriter
 from edgemon.live.timebase import Correction, TimeBase, TimeBaseConfig
-from edgemon.storage.store import Detection
+from edgemon.storage.rows import Detection
 from edgemon.utc import UTC
 
 log = logging.getLogger(__name__)

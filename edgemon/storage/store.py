@@ -15,7 +15,6 @@ order is time order and a time range can use the index.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -31,6 +30,8 @@ import sqlite_utils
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown, stored_name
 from edgemon.storage.readonly import BUSY_TIMEOUT_MS, error_code, quick_check
+from edgemon.storage.rows import (CoverageMinute, Detection, Heartbeat, coverage_row, detection_row, heartbeat_row,
+                                  optional_utc)
 from edgemon.storage.schema import MIGRATIONS, newer_migrations
 from edgemon.storage.tables import NUMERIC_NOISE, label_names
 from edgemon.utc import utc_iso
@@ -45,93 +46,6 @@ class StoreError(EdgemonError):
     """The detections database cannot be opened or migrated."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Detection:
-    """One detected event in a recording or live stream.
-
-    ``start_s``/``end_s`` are seconds from the start of ``source``. ``start_utc``/``end_utc`` are
-    ISO 8601 times with a UTC offset ('Z' or '+00:00'), or None when the start time is unknown.
-    ``time_source`` is one of TIME_SOURCES. ``votes`` is JSON text with the ensemble members'
-    labels and probabilities; the store keeps it as it is.
-    """
-
-    device_id: str
-    source: str
-    start_s: float
-    end_s: float
-    start_utc: str | None
-    end_utc: str | None
-    time_source: str
-    clock_suspect: bool
-    label: str
-    confidence: float
-    votes: str
-    bundle_id: str
-    clip_path: str | None = None       # the detection's saved audio (live streams), if any
-    clock_synced: bool | None = None   # host clock NTP-synchronised (host_clock times); None: unknown
-    score: float | None = None         # the raw vote score; ``confidence`` is its calibrated probability
-    clip_offset_s: float | None = None  # where in its clip the detection begins (seconds)
-    clip_end_s: float | None = None     # and ends: a long event's clip holds only its first part
-
-
-COVERAGE_LOSSES = ("overflow", "dropped", "device", "daemon")
-
-
-@dataclasses.dataclass(frozen=True)
-class CoverageMinute:
-    """What happened to one UTC minute of a live stream; seconds add up over several writes.
-
-    ``minute_utc`` is the minute's start. ``analysed_s`` went through the pipeline; the ``lost_*``
-    seconds did not: ``overflow`` (the audio device's buffer overran), ``dropped`` (the capture
-    queue was full: analysis slower than real time), ``device`` (device gone, stalled or being
-    reopened), ``daemon`` (edgemon was not running). ``overflows`` and ``dropped_blocks`` count
-    events. ``end_utc`` is the latest instant of the minute accounted for so far.
-    """
-
-    source: str
-    device_id: str
-    minute_utc: str | dt.datetime
-    end_utc: str | dt.datetime
-    analysed_s: float = 0.0
-    lost_overflow_s: float = 0.0
-    lost_dropped_s: float = 0.0
-    lost_device_s: float = 0.0
-    lost_daemon_s: float = 0.0
-    overflows: int = 0
-    dropped_blocks: int = 0
-    clock_synced: bool | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Heartbeat:
-    """The daemon was alive at ``at_utc``: one row every few minutes, so an exported table shows
-    when the unit ran and how it fared.
-
-    ``run_id`` names one start of the daemon, which began at ``started_utc``; ``uptime_s`` is
-    seconds since then on the monotonic clock, so it stays true when the host clock steps (order
-    rows by ``id``, not by time). ``files_done``, ``audio_s`` (seconds of audio stored) and
-    ``busy_s`` (seconds spent analysing and storing it) count from that start. ``state`` says
-    whether work went on: 'ok', 'hold_disk' (free space below the watermark), 'hold_store' (the
-    database refused a write), 'stopping'. ``disk_free_mb`` is free space where the database is,
-    ``rss_mb`` the daemon's resident memory.
-    """
-
-    run_id: str
-    mode: str
-    device_id: str
-    at_utc: str | dt.datetime
-    started_utc: str | dt.datetime
-    uptime_s: float
-    state: str = "ok"
-    bundle_id: str | None = None
-    files_done: int = 0
-    audio_s: float = 0.0
-    busy_s: float = 0.0
-    disk_free_mb: float | None = None
-    rss_mb: float | None = None
-    note: str | None = None
-
-
 def _now() -> str:
     return utc_iso(dt.datetime.now(dt.timezone.utc))
 
@@ -140,10 +54,6 @@ def _within_a_millisecond(when: dt.datetime) -> list[str]:
     """The bounds of a ``start_utc BETWEEN ? AND ?`` for times stored within a millisecond of
     ``when`` (as utc_iso text, which sorts as the times do)."""
     return [utc_iso(when - dt.timedelta(milliseconds=1)), utc_iso(when + dt.timedelta(milliseconds=1))]
-
-
-def _optional_utc(value: str | dt.datetime | None) -> str | None:
-    return None if value is None else utc_iso(value)
 
 
 def _directory_note(path: Path) -> str:
@@ -300,7 +210,7 @@ class Store:
         """
         _check_detections(detections, source, bundle_id)
         now = _now()
-        rows = [_detection_row(d, now) for d in detections]
+        rows = [detection_row(d, now) for d in detections]
         with self._write() as db:
             _replace_rows(db, source, bundle_id, rows)
             _mark_analysed(db, source, bundle_id, duration_s, now, ledger_at=now)   # the row written below
@@ -310,7 +220,7 @@ class Store:
                 "source": source, "path": stored_name(path), "size": size, "mtime_ns": mtime_ns,
                 "state": "done", "attempts": attempts, "error": None if note is None else shown(note),
                 "duration_s": duration_s,
-                "start_utc": _optional_utc(start_utc), "time_source": time_source,
+                "start_utc": optional_utc(start_utc), "time_source": time_source,
                 "clock_suspect": int(clock_suspect), "bundle_id": bundle_id, "updated_at": now,
                 "fingerprint": fingerprint, "tail_digest": tail_digest, "samples_digest": samples_digest,
                 "span_s": span_s,
@@ -493,7 +403,7 @@ class Store:
         Returns the number of detections given.
         """
         now = _now()
-        rows = [_detection_row(d, now) for d in detections]
+        rows = [detection_row(d, now) for d in detections]
         if rows:
             with self._write() as db:
                 db["detections"].insert_all(rows, replace=True)
@@ -515,7 +425,7 @@ class Store:
         or bundle."""
         _check_detections(detections, source, bundle_id)
         now = _now()
-        rows = [_detection_row(d, now) for d in detections]
+        rows = [detection_row(d, now) for d in detections]
         with self._write() as db:
             ledger = db.execute("SELECT updated_at FROM files WHERE source = ?", [source]).fetchone()
             if ledger_at is not None and (ledger is None or ledger[0] != ledger_at):
@@ -531,7 +441,7 @@ class Store:
         and keeps the later ``end_utc``. Returns the number of minutes given.
         """
         now = _now()
-        rows = [_coverage_row(m, now) for m in minutes]
+        rows = [coverage_row(m, now) for m in minutes]
         if rows:
             with self._write() as db:
                 db.conn.executemany("""
@@ -603,10 +513,8 @@ class Store:
 
     def add_heartbeat(self, beat: Heartbeat) -> None:
         """Store one heartbeat row, in a transaction of its own."""
-        row = dataclasses.asdict(beat)
-        row.update(at_utc=utc_iso(beat.at_utc), started_utc=utc_iso(beat.started_utc))
         with self._write() as db:
-            db["heartbeats"].insert(row)
+            db["heartbeats"].insert(heartbeat_row(beat))
 
 
 def _mark_analysed(db: sqlite_utils.Database, source: str, bundle_id: str, duration_s: float | None, now: str,
@@ -662,25 +570,6 @@ def _check_detections(detections: list[Detection], source: str, bundle_id: str) 
         if d.source != source or d.bundle_id != bundle_id:
             raise ValueError(f"detection of {d.source!r} / bundle {d.bundle_id!r} "
                              f"committed as {source!r} / bundle {bundle_id!r}")
-
-
-def _detection_row(d: Detection, created_at: str) -> dict:
-    row = dataclasses.asdict(d)
-    row.update(start_utc=_optional_utc(d.start_utc), end_utc=_optional_utc(d.end_utc),
-               clock_suspect=int(d.clock_suspect), clock_synced=_optional_int(d.clock_synced),
-               created_at=created_at)
-    return row
-
-
-def _coverage_row(m: CoverageMinute, updated_at: str) -> dict:
-    row = dataclasses.asdict(m)
-    row.update(minute_utc=utc_iso(m.minute_utc), end_utc=utc_iso(m.end_utc),
-               clock_synced=_optional_int(m.clock_synced), updated_at=updated_at)
-    return row
-
-
-def _optional_int(flag: bool | None) -> int | None:
-    return None if flag is None else int(flag)
 
 
 def _attempts_so_far(entry: dict | None, size: int, mtime_ns: int) -> int:

@@ -154,7 +154,7 @@ def status(
         if as_json or fmt is TextFormat.json:
             typer.echo(json.dumps(report, indent=2))
         else:
-            typer.echo(format_status(report), nl=False)
+            typer.echo(format_status(report, zone=service.zone()), nl=False)
 
 
 @app.command()

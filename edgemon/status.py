@@ -16,6 +16,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import zoneinfo
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,6 +27,7 @@ from edgemon.storage.export_journal import pending as pending_exports
 from edgemon.storage.lock import daemon_gone
 from edgemon.storage.readonly import has_table, open_read_only, quick_check
 from edgemon.storage.rows import COVERAGE_LOSSES
+from edgemon.storage.tables import local_time
 from edgemon.utc import UTC, parse_utc, utc_iso
 
 MB = 1024 * 1024
@@ -363,9 +365,18 @@ def _seconds(seconds: float) -> str:
     return f"{seconds:g} s" if seconds < 3600 else _duration(seconds)
 
 
-def format_status(status: dict) -> str:
-    """``collect_status``'s result as a few aligned lines for a person."""
+def format_status(status: dict, zone: zoneinfo.ZoneInfo | None = None) -> str:
+    """``collect_status``'s result as a few aligned lines for a person; its times in ``zone``
+    with their offset (the settings' ``timezone``), else in UTC as stored. A field user with
+    ``timezone`` set read every time here 8 h off their clock, beside exports and a review page
+    that show local times."""
     s, db, svc, backlog = status, status["database"], status["service"], status["backlog"]
+
+    def when(utc_text: str | None) -> str:
+        try:
+            return (zone and local_time(utc_text, zone)) or utc_text or "?"
+        except ValueError:   # a time in no ISO form (a database another program wrote): as it is
+            return utc_text
     if svc["state"] == "unknown":
         alive = "unknown (no heartbeat recorded)"
     else:
@@ -374,15 +385,16 @@ def format_status(status: dict) -> str:
         # "stopped, … (stopping)" read as two states at once (a newcomer trial): it is the heartbeat's
         alive = (f"{svc['state']}, last heartbeat {svc['heartbeat_age_s']:.0f} s ago (its state then: "
                  f"{svc['heartbeat_state']}); "
-                 f"{ran} {_duration(svc['uptime_s'])} from {svc['started_utc']}")
+                 f"{ran} {_duration(svc['uptime_s'])} from {when(svc['started_utc'])}")
     waiting = "?" if backlog["waiting"] is None else str(backlog["waiting"])
     where = (f" in {backlog['directory']}" if backlog["directory"] else
              " (a live stream's: no files)" if s["mode"] == "listen" else " (give the watched directory to count)")
     if backlog.get("note"):   # a directory given that is not there said "? file(s) waiting in …" (a newcomer trial)
         where = f": {backlog['directory']}: {backlog['note']}"
-    last_file = (f"{s['last_file']['source']} at {s['last_file']['processed_utc']}" if s["last_file"] else "none yet")
+    last_file = (f"{s['last_file']['source']} at {when(s['last_file']['processed_utc'])}" if s["last_file"] else
+                 "none yet")
     det = s["last_detection"]
-    last_det = (f"{det['label']} ({det['confidence']:.2f}) at {det['start_utc'] or '?'} in {det['source']}"
+    last_det = (f"{det['label']} ({det['confidence']:.2f}) at {when(det['start_utc'])} in {det['source']}"
                 if det else "none yet")
     if det and det.get("bundle_id") and det["bundle_id"] != s["bundle_id"]:
         # after `reanalyse` the last row may be another bundle's, its confidence on that bundle's scale
@@ -414,8 +426,8 @@ def format_status(status: dict) -> str:
         ("memory", "?" if svc.get("rss_mb") is None else f"{svc['rss_mb']:g} MB resident"
                    + ("" if svc["state"] == "running" else " at its last heartbeat")),
         ("export cursors", "; ".join(f"{c['name']} ({c['filter']}): at id {c['last_id']}, {c['delivered']} delivered, "
-                                     f"last export {c['exported_at']}" for c in s.get("export_cursors", [])) or "none"),
-        ("sync", "; ".join(f"{t['target']}: acknowledged {t['at']}, {t['backlog']} change(s) waiting"
+                                     f"last export {when(c['exported_at'])}" for c in s.get("export_cursors", [])) or "none"),
+        ("sync", "; ".join(f"{t['target']}: acknowledged {when(t['at'])}, {t['backlog']} change(s) waiting"
                            for t in s.get("sync", [])) or "never synced"),
         ("problems", "; ".join(s["problems"]) if s["problems"] else "none"),
     ]

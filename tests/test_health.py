@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import zoneinfo
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from edgemon.health import (
 )
 from edgemon.files.watcher import Watcher
 from edgemon.status import collect_status, format_status
+from edgemon.utc import parse_utc
 from edgemon.storage.store import Store
 from tests.conftest import hoots, tone
 from tests.waits import poll_until, wait_until
@@ -440,6 +442,22 @@ def test_status_command_text_json_and_heartbeats_csv(watched_db, tmp_path):
         failed = runner.invoke(app, ["status", "--db", str(db), "--heartbeats", str(unwritable)])
         assert failed.exit_code == 1 and failed.output.startswith(f"error: {said.format(unwritable)}"), failed.output
         assert len(failed.output.strip().splitlines()) == 1
+
+
+def test_status_shows_its_times_in_the_recorders_time_zone(watched_db):
+    """Found by the thirtieth session's review: with ``timezone`` set, exports and the review page
+    said local times and status said UTC, 8 h off a Borneo field team's clock."""
+    db, _ = watched_db
+    runner = CliRunner()
+    report = json.loads(runner.invoke(app, ["status", "--db", str(db), "--json"]).output)
+    processed = report["last_file"]["processed_utc"]
+    text = runner.invoke(app, ["status", "--db", str(db)], env={"EDGEMON_TIMEZONE": "Asia/Kuching"})
+    assert text.exit_code == 0, text.output
+    local = parse_utc(processed).astimezone(zoneinfo.ZoneInfo("Asia/Kuching")).isoformat(timespec="milliseconds")
+    assert local.endswith("+08:00") and f"at {local}" in text.output, text.output
+    assert processed not in text.output
+    utc = runner.invoke(app, ["status", "--db", str(db)], env={"EDGEMON_TIMEZONE": None})
+    assert f"at {processed}" in utc.output   # unset: as stored
 
 
 def test_status_sees_a_silent_daemon(watched_db, tmp_path):

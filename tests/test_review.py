@@ -28,7 +28,8 @@ from edgemon.review.excerpt import read_excerpt
 from edgemon.review.spectrogram import png_bytes, spectrogram_rgb
 from edgemon.storage.rows import Detection
 from edgemon.storage.store import Store
-from tests.review_helpers import BUNDLE_ID, DETECTIONS, make_review_db, review_server
+from tests.review_helpers import BUNDLE_ID, DETECTIONS, free_port, make_review_db, review_server
+from tests.waits import poll_until
 
 
 @pytest.fixture()
@@ -850,3 +851,50 @@ def test_a_verdict_and_the_charts_page_read_no_days(review_db, monkeypatch):
     bundle = reviews.list_detections(db)[0]["bundle_id"]
     assert call("GET", f"/charts?bundle={bundle}")[0] == 200
     assert call("GET", f"/api/precision?bundle={bundle}")[0] == 200
+
+
+def test_excerpts_are_decoded_a_few_at_a_time(review_db, monkeypatch):
+    """Found by the thirtieth session's review: a page of 50 detections asks for its spectrograms
+    together, and the server's worker threads decoded them all at once (up to a minute of audio
+    each, ~100 MB at an AudioMoth's 384 kHz, on a Pi). At most ``DECODES_AT_ONCE`` now; the rest wait."""
+    import threading
+
+    import uvicorn
+
+    import edgemon.review.app as review_app
+
+    db, recordings = review_db
+    inside, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow_excerpt(*args, **kwargs):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.3)   # long enough for every request to be in flight together
+        with lock:
+            inside[0] -= 1
+        return read_excerpt(*args, **kwargs)
+
+    monkeypatch.setattr(review_app, "read_excerpt", slow_excerpt)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ReviewConfig(db=db, recordings=recordings, port=port)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert poll_until(lambda: server.started, timeout=20)
+        ids = [r[0] for r in sqlite3.connect(db).execute("SELECT id FROM detections")]
+        results = []
+        asks = [threading.Thread(target=lambda i=i: results.append(_get(f"{base}/detections/{i}/spectrogram.png")[0]))
+                for i in ids * 2]
+        for ask in asks:
+            ask.start()
+        for ask in asks:
+            ask.join(timeout=30)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert results == [200] * len(asks), results
+    assert most[0] == review_app.DECODES_AT_ONCE, most[0]

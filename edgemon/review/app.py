@@ -16,6 +16,7 @@ import logging
 import re
 import secrets
 import socket
+import threading
 from urllib.parse import urlencode
 from pathlib import Path
 
@@ -43,6 +44,10 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 COOKIE = "edgemon_review_token"
 PAGE_SIZE = 50
 MAX_VERDICT_BYTES = 64 * 1024
+# Excerpts decoded at once: a page of 50 detections asks for 50 spectrograms together, and each
+# decode holds up to a minute of audio at the file's rate (an AudioMoth at 384 kHz: ~100 MB of
+# float32); the server's 40 worker threads would all decode at once on a Pi's 1-4 GB.
+DECODES_AT_ONCE = 2
 log = logging.getLogger(__name__)
 
 
@@ -209,6 +214,7 @@ def create_app(config: ReviewConfig) -> Starlette:
         raise ReviewServerError("a verdict needs a reviewer name: give --reviewer NAME ($USER is empty)")
     reviews.open_for_review(config.db)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+    decodes = threading.BoundedSemaphore(DECODES_AT_ONCE)   # the rest wait their turn in their threads
     templates.env.filters["urlencode_without"] = lambda q, *keys: urlencode(
         [(k, v) for k, v in q.multi_items() if k not in keys])
 
@@ -257,24 +263,23 @@ def create_app(config: ReviewConfig) -> Starlette:
                                pre_s=config.pre_s, post_s=config.post_s)
         return excerpt, {"Cache-Control": "private, max-age=3600" if asked else "no-store"}
 
+    def _rendered(request: Request, render, media_type: str) -> Response:
+        """The detection's excerpt rendered (WAV or PNG), at most ``DECODES_AT_ONCE`` at a time."""
+        with decodes:
+            try:
+                excerpt, headers = _excerpt(request)
+            except reviews.StaleDetection as exc:
+                return PlainTextResponse(f"{exc}\n", status_code=409)
+            except (reviews.ReviewError, AudioError) as exc:
+                return PlainTextResponse(f"{exc}\n", status_code=404)
+            return Response(render(excerpt), media_type=media_type, headers=headers)
+
     def audio(request: Request) -> Response:
-        try:
-            excerpt, headers = _excerpt(request)
-        except reviews.StaleDetection as exc:
-            return PlainTextResponse(f"{exc}\n", status_code=409)
-        except (reviews.ReviewError, AudioError) as exc:
-            return PlainTextResponse(f"{exc}\n", status_code=404)
-        return Response(excerpt.wav_bytes(), media_type="audio/wav", headers=headers)
+        return _rendered(request, lambda e: e.wav_bytes(), "audio/wav")
 
     def spectrogram(request: Request) -> Response:
-        try:
-            excerpt, headers = _excerpt(request)
-        except reviews.StaleDetection as exc:
-            return PlainTextResponse(f"{exc}\n", status_code=409)
-        except (reviews.ReviewError, AudioError) as exc:
-            return PlainTextResponse(f"{exc}\n", status_code=404)
-        png = spectrogram_png(excerpt.samples, excerpt.rate, (excerpt.mark_start_s, excerpt.mark_end_s))
-        return Response(png, media_type="image/png", headers=headers)
+        return _rendered(request, lambda e: spectrogram_png(e.samples, e.rate, (e.mark_start_s, e.mark_end_s)),
+                         "image/png")
 
     async def verdict(request: Request) -> Response:
         # Only this page's own script may judge: a form or text/plain POST from another site is a

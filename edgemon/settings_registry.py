@@ -141,6 +141,11 @@ def checked(s: Setting, value: Any, where: str, error: type[ConfigError] = Confi
         raise error(f"{where}: must be at least {s.minimum:g}, got {value!r}")
     if s.maximum is not None and value > s.maximum:
         raise error(f"{where}: must be at most {s.maximum:g}, got {value!r}")
+    if s.name == "device_id" and not value.isprintable():
+        # It names the recorder in every row sent to the fleet: a NUL never reached PostgreSQL (a
+        # season that never synced, the error naming no setting), a newline forged report lines.
+        raise error(f"{where}: {value!r} holds a control or invisible character; give plain text (it names "
+                    f"the recorder in the fleet database and its reports)")
     if s.name == "timezone":   # else the first nightly export, weeks later, fails on it
         _check_zone(value, where, error)
     if s.name == "clock_timezone" and fixed_offset(value) is None:   # a Song Meter's "UTC+1" is one

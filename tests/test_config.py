@@ -524,3 +524,25 @@ def test_a_posix_etc_gmt_zone_is_refused_as_a_clock_zone(tmp_path):
         assert load_settings(env={"EDGEMON_CLOCK_TIMEZONE": fine}, default_path=None).service.clock_zone() is not None
     # the display zone takes zone names only, and Etc/GMT-8 is a plain one there
     assert load_settings(env={"EDGEMON_TIMEZONE": "Etc/GMT-8"}, default_path=None).service.timezone == "Etc/GMT-8"
+
+
+def test_a_device_id_with_a_control_character_is_refused_naming_where_it_came_from(tmp_path):
+    """A device id travels with every row to the fleet database: one holding a NUL recorded a
+    season and then never synced ("PostgreSQL text fields cannot contain NUL (0x00) bytes", naming
+    no setting), and one holding a newline forged lines of `fleet status` (a review). Refused as
+    the settings are read, in one line naming where it came from."""
+    config = write(tmp_path / "e.toml", 'device_id = "site\\u0000F"\n')
+    with pytest.raises(ConfigError, match=rf"{config}: device_id: 'site\\x00F' holds a control or invisible character"):
+        load_settings(config, env={}, default_path=None)
+    with pytest.raises(ConfigError, match=r"environment variable EDGEMON_DEVICE_ID: 'site\\nNEEDS A VISIT' holds"):
+        load_settings(env={"EDGEMON_DEVICE_ID": "site\nNEEDS A VISIT"}, default_path=None)
+    result = CliRunner().invoke(app, ["watch", str(tmp_path), "--db", str(tmp_path / "d.db"), "--until-idle",
+                                      "--device-id", "site\x1b[31m"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines() == [
+        "error: option --device-id: 'site\\x1b[31m' holds a control or invisible character; "
+        "give plain text (it names the recorder in the fleet database and its reports)"]
+    assert not (tmp_path / "d.db").exists()
+    # Any printable text stays an id, as before.
+    for ok in ("site-07", "Sabah ridge #3", "café/ü"):
+        assert load_settings(cli={"device_id": ok}, env={}, default_path=None).service.device_id == ok

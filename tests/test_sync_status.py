@@ -47,3 +47,26 @@ def test_status_snapshot_is_upserted_per_database_and_shown(fleet, tmp_path):
                              capture_output=True, text=True, timeout=60)
     health = {h["site"]: h for h in json.loads(as_json.stdout)["health"]}
     assert health["site-01"]["reported_problems"] == problems and health["site-02"]["status_at"]
+
+
+def test_fleet_status_text_shows_control_characters_escaped_never_raw():
+    """What the fleet database holds came from recorders, some of an older edgemon that took any
+    device id: one holding an escape sequence and a newline coloured the terminal and forged a
+    line of its own ("NEEDS A VISIT (0)") in every table it appeared in (a review)."""
+    import datetime as dt
+
+    from edgemon.sync.fleet_status import format_fleet
+
+    site = "s\x1b[31mRED\nNEEDS A VISIT (0)"
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    health = {"site": site, "db_uuid": "0" * 8 + "-0000-0000-0000-" + "0" * 12, "last_sync": at, "visit": ["silent"],
+              "status_at": at, "reported_problems": ["file a\nb.wav timed by its modification time"]}
+    report = {"schema_version": 4, "view_revision": 99, "health": [health], "precision": [],
+              "detections": [{"site": site, "day": at.date(), "species": "gibbon\x1b[0m", "detections": 1}],
+              "effort": [{"site": site, "day": at.date(), "files": 1}]}
+    text = format_fleet(report)
+    assert "\x1b" not in text
+    lines = text.splitlines()
+    assert not any(line.startswith(("NEEDS A VISIT (0)", "b.wav")) for line in lines), text
+    assert sum("s\\x1b[31mRED\\nNEEDS A VISIT (0)" in line for line in lines) == 5   # visit, health, problem, detections, effort
+    assert any("file a\\nb.wav timed" in line for line in lines)

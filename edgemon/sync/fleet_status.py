@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+from edgemon.safetext import shown
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import FleetDbError
 from edgemon.sync.fleetschema import SCHEMA, VIEW_REVISIONS
@@ -124,7 +125,7 @@ def format_fleet(report: dict) -> str:
     need = [h for h in report["health"] if h["visit"]]
     lines.append(f"\nNEEDS A VISIT ({len(need)}):" if need else "\nno recorder needs a visit")
     for h in need:
-        lines.append(f"  {h['site']} ({str(h['db_uuid'])[:8]}): {'; '.join(h['visit'])}")
+        lines.append(f"  {shown(h['site'])} ({str(h['db_uuid'])[:8]}): {shown('; '.join(h['visit']))}")
     lines.append("\nrecorder health:")
     lines += _table(report["health"], ["site", "db_uuid", "last_sync", "last_heartbeat", "last_state",
                                        "backlog", "disk_free_mb", "last_detection", "clock_offset_s", "bundle_id"])
@@ -132,7 +133,7 @@ def format_fleet(report: dict) -> str:
     lines.append(f"\nproblems the recorders reported in their last status ({len(reported)}):" if reported
                  else "\nno recorder reported a problem in its last status")
     for h in reported:
-        lines += [f"  {h['site']} ({str(h['db_uuid'])[:8]}, {_cell(h['status_at'])}): {p}"
+        lines += [f"  {shown(h['site'])} ({str(h['db_uuid'])[:8]}, {_cell(h['status_at'])}): {shown(p)}"
                   for p in h["reported_problems"]]
     lines.append("\ndetections per site, species and day:")
     lines += _table(report["detections"], ["site", "day", "species", "detections", "clock_suspect", "bundle_id"])
@@ -158,7 +159,7 @@ def _cell(value) -> str:
         return f"{value:.2f}"
     if isinstance(value, dt.datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
-    text = str(value)
+    text = shown(value)   # recorders' text (an older edgemon took any device id): never raw
     return text[:8] if len(text) == 36 and text.count("-") == 4 else text   # a UUID: its prefix
 
 

@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,10 @@ from edgemon.analysis.site_head import SiteHead, embedding_width
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import BundleError
 from edgemon.review import reviews
-from edgemon.storage.readonly import ReadError
+from edgemon.storage.readonly import ReadError, database_uuid, reviewed
+from edgemon.storage.store import Detection, Store
 from tests.review_helpers import make_review_db
-from training.adapt import (CALIBRATION_ONLY, CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, choose_candidate,
+from training.adapt import (CALIBRATION_ONLY, _check_not_fitted_on, CANDIDATES, AdaptConfig, AdaptError, adapt_bundle, choose_candidate,
                             clearly_better, held_out_comparison, new_events, parent_point)
 from training.adapt_fit import fit_correction, fit_operating_point, fit_thresholds
 from training.adapt_decisions import (decide, decide_scored, detection_labels, kept_runs, event_scores,
@@ -867,6 +869,41 @@ def test_a_site_shift_follows_the_share_of_right_detections_and_a_few_reviews_mo
     curves = shifted_curves(parent, labels, background, fit_shift(half, site_wrong.right()))
     assert set(curves) == {"a", "b"} and np.all(np.diff(curves["a"]["y"]) >= 0)       # b was raw: now a curve too
     assert site_calibration(parent, labels, background, Scored(*(a[:5] for a in dataclasses.astuple(site_wrong)[:4])))[1].detections == 0
+
+
+def test_the_same_sounds_judged_again_under_the_adapted_bundle_are_still_its_own_reviews(tmp_path):
+    """Found walking the loop: review, adapt, reanalyse with the adapted bundle and judge its
+    detections (the page asks for that), then adapt the adapted bundle. Each sound's latest
+    verdict is now one given on the adapted bundle's detection, under a new review id, so the
+    check by ids let the bundle be scored on the sounds it was fitted on ("worse than its
+    parent on held-out recordings", said of in-sample figures)."""
+    db, recordings = make_review_db(tmp_path)
+    fitted = [reviews.add_verdict(db, row["id"], "correct", "ann") for row in reviews.list_detections(db)]
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        fitted_ids = [conn.execute("SELECT id FROM reviews WHERE source = ? AND start_s = ?",
+                                   [r["source"], r["start_s"]]).fetchone()[0] for r in fitted]
+    adapted = types.SimpleNamespace(path=tmp_path / "adapted", manifest={"adapted": {
+        "parent_bundle": "default-test", "reviews": {"database_uuid": database_uuid(db), "review_ids": fitted_ids}}})
+    # reanalysed with the adapted bundle: the same sounds, a little shorter
+    with Store(db) as store, contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.row_factory = sqlite3.Row
+        for source in {r["source"] for r in fitted}:
+            rows = conn.execute("SELECT * FROM detections WHERE source = ?", [source]).fetchall()
+            store.replace_detections(source, "adapted-1", [Detection(
+                device_id=r["device_id"], source=source, start_s=r["start_s"] + 0.5, end_s=r["end_s"],
+                start_utc=r["start_utc"], end_utc=r["end_utc"], time_source=r["time_source"],
+                clock_suspect=False, label=r["label"], confidence=r["confidence"], votes=r["votes"],
+                bundle_id="adapted-1") for r in rows])
+    again = [reviews.add_verdict(db, row["id"], "correct", "ann") for row in reviews.list_detections(db, bundle_id="adapted-1")]
+    assert len(again) == len(fitted)
+    latest = [r["id"] for r, _ in review_targets(reviewed(db), ("background", "gibbon_duet", "great_argus",
+                                                                  "hornbill_helmeted"), "background")]
+    assert not set(latest) & set(fitted_ids)     # every sound's latest verdict is a new review
+    with pytest.raises(AdaptError, match=f"is already adapted to this site: {len(fitted)} of these {len(fitted)} "
+                                         f"reviews made it"):
+        _check_not_fitted_on(adapted, db, latest)
+    # a sound it was not fitted on is its to be judged by
+    _check_not_fitted_on(adapted, db, [])
 
 
 def test_an_adapted_bundle_is_never_written_over_its_parent_or_a_run(tmp_path):

@@ -44,7 +44,8 @@ from edgemon.analysis.decisions import Calibration, OperatingPoint
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
-from edgemon.storage.readonly import database_uuid, recording_path, reviewed, sources_analysed_by, stored_bundles
+from edgemon.storage.readonly import (database_uuid, recording_path, review_spans, reviewed, same_sound,
+                                      sources_analysed_by, stored_bundles)
 from training.adapt_decisions import decide_scored, event_scores, grouped_folds, new_event_runs, unmatched
 from training.adapt_fit import CANDIDATES, candidate_probs, fit_candidate, fit_head
 from training.adapt_windows import (ReviewedWindows, background_windows, detection_spans, event_windows, nearest_windows,
@@ -284,12 +285,26 @@ def _check_not_fitted_on(bundle: Bundle, reviews_db: Path, review_ids: list[int]
         earlier.get("database") == str(reviews_db.resolve())
     if not same:
         return
-    again = set(earlier.get("review_ids") or ()) & set(review_ids)
+    fitted_ids = set(earlier.get("review_ids") or ())
+    again = fitted_ids & set(review_ids)
+    # A sound it was fitted on, judged again as a detection of another bundle (this one's, after
+    # reanalyse), is a new review of the same sound: the check by ids alone let the bundle be
+    # scored on what it was fitted on.
+    spans = review_spans(reviews_db, fitted_ids | set(review_ids))
+    fitted = defaultdict(list)
+    for i in fitted_ids:
+        source, start, end = spans.get(i, (None, None, None))
+        if end is not None:
+            fitted[source].append((start, end))
+    for i in set(review_ids) - again:
+        source, start, end = spans.get(i, (None, None, None))
+        if end is not None and any(same_sound(start, end, a, b) for a, b in fitted[source]):
+            again.add(i)
     if again:
         parent = bundle.manifest["adapted"].get("parent_bundle", "its parent")
         raise AdaptError(f"{bundle.path} is already adapted to this site: {len(again)} of these "
-                         f"{len(set(review_ids))} reviews made it, and cannot judge it again. Adapt its "
-                         f"parent ({parent}) with all the reviews instead")
+                         f"{len(set(review_ids))} reviews made it (or judge again a sound it was fitted on), and "
+                         f"cannot judge it again. Adapt its parent ({parent}) with all the reviews instead")
 
 
 def _check_parent_made_them(bundle: Bundle, reviews_db: Path) -> None:

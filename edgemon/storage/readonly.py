@@ -5,6 +5,7 @@ detections. The one edgemon.storage module that the training side may import."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import sqlite3
@@ -209,6 +210,24 @@ def reviewed(db_path: Path) -> list[dict]:
         except sqlite3.Error as e:
             raise ReadError(f"cannot read the reviews of {db_path}: {e}") from e
     return [dict(r) for r in rows]
+
+
+def review_spans(db_path: Path, ids) -> dict[int, tuple[str, float, float | None]]:
+    """Each of the reviews ``ids`` still stored: its recording, its start and its detection's end
+    (None when that detection is no longer stored), whichever bundle's detection it judged (for
+    ``edgemon-train adapt``: the sounds an adapted bundle was fitted on). Raises ``ReadError``."""
+    with closing(open_read_only(db_path)) as conn:
+        try:
+            if not has_table(conn, "reviews"):
+                return {}
+            rows = conn.execute("""
+                SELECT r.id, r.source, r.start_s, d.end_s FROM reviews r
+                LEFT JOIN detections d ON d.source = r.source AND d.start_s = r.start_s
+                     AND d.label = r.label AND d.bundle_id = r.bundle_id
+                WHERE r.id IN (SELECT value FROM json_each(?))""", [json.dumps(sorted(set(ids)))]).fetchall()
+        except sqlite3.Error as e:
+            raise ReadError(f"cannot read the reviews of {db_path}: {e}") from e
+    return {r["id"]: (r["source"], r["start_s"], r["end_s"]) for r in rows}
 
 
 def stored_bundles(db_path: Path) -> list[str]:

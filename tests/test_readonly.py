@@ -102,6 +102,18 @@ def test_recording_path_finds_a_followed_recording_on_a_copy_of_the_card_by_its_
         recording_path({**row, "file_path": "/media/card/elsewhere/b.flac"}, tmp_path / "copy")
 
 
+
+def test_a_refused_recording_is_named_once_when_two_ways_lead_to_it(tmp_path):
+    """Found walking the adapt loop with a --recordings copy whose files were swapped: the source
+    name and the end of the ledger's path both lead to the same file, and the one-line warning
+    said why it was refused twice over."""
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "a.wav").write_bytes(b"other")
+    row = {"source": "a.wav", "file_path": "/media/card/a.wav", "file_size": 10}   # shorter: not it
+    with pytest.raises(AudioError) as refused:
+        recording_path(row, tmp_path / "copy")
+    assert str(refused.value).count(str(tmp_path / "copy" / "a.wav")) == 1, str(refused.value)
+
 def test_time_range_is_half_open_and_skips_absent_bounds():
     assert time_range("t", None, None) == ([], [])
     assert time_range("d.start_utc", "2024-05-01T00:00:00.000Z", "2024-05-02T00:00:00.000Z") == (

@@ -274,7 +274,7 @@ def recording_path(row: dict, recordings: Path | None, grown_ok: bool = True) ->
     if row.get("file_path"):
         candidates.append(Path(row["file_path"]))
     refused = []
-    for path in candidates:
+    for path in dict.fromkeys(candidates):   # the source name and the ledger path's end may be one file
         if not path.is_file():
             continue
         why = not_analysed_as({"size": row.get("file_size"), "fingerprint": row.get("file_fingerprint"),

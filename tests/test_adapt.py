@@ -824,6 +824,24 @@ def test_an_adapted_bundle_keeps_the_parents_names_reference_windows_and_calibra
     assert Analyzer(shifted).merger.calibration("gibbon_duet", 0.5) == pytest.approx(0.475)
 
 
+
+def test_info_says_a_site_calibration_is_fitted_to_the_site_not_on_grouped_cv_recorders(tmp_path):
+    """Found walking the adapt loop: `edgemon info` on a bundle whose stored confidence is the
+    site's calibration said "calibrated: an estimate, fitted on grouped-CV recorders", two lines
+    above "stored confidence: the site calibration"."""
+    from edgemon.analysis.ensemble import describe_bundle
+
+    parent = load_bundle(default_bundle_path())
+    kept = write_adapted(parent, None, tmp_path / "kept", {"parent_bundle": parent.bundle_id,
+                                                           "calibration": {"written": "parent's"}})
+    assert "fitted on grouped-CV recorders" in describe_bundle(kept.path)[0]["confidence"]
+    calibration = {"calibration": {"gibbon_duet": {"x": [0.0, 1.0], "y": [0.0, 0.95]}}, "calibration_input": "score",
+                   "calibration_fits": {"gibbon_duet": "site shift"}}
+    site = write_adapted(parent, None, tmp_path / "site", {"parent_bundle": parent.bundle_id, "calibration": {
+        "written": "site", "a": 0.8, "b": 0.96, "detections": 49}}, calibration=calibration)
+    meaning = describe_bundle(site.path)[0]["confidence"]
+    assert "grouped-CV" not in meaning and "fitted to this site's 49 reviewed detections" in meaning, meaning
+
 def test_decided_detections_carry_the_score_and_evidence_of_their_windows():
     probs, detection, data = _reviewed([(3, 0.8), (1, 0.6), (2, 0.3)], [1, 0, 1])
     labels = ("background", "a", "b")

@@ -217,7 +217,13 @@ def _confidence_meaning(manifest: dict, ceiling: float) -> str:
         if source == "gate" and point.gate is not None and not point.decides_by_gate:
             # a gate at level 0 drops nothing: it is the run-feature calibration itself
             source = "run (its length, confidences and how the members agree: a logistic fit)"
-        meaning = (f"calibrated: an estimate, fitted on grouped-CV recorders, of the probability that a detection "
+        # an adapted bundle's own calibration is its parent's shifted to the site's reviews
+        site = (manifest.get("adapted") or {}).get("calibration") or {}
+        fitted = "fitted on grouped-CV recorders"
+        if site.get("written") == "site":
+            count = f"{site['detections']} " if isinstance(site.get("detections"), int) else ""
+            fitted = f"fitted to this site's {count}reviewed detections (edgemon-train adapt: the parent's map shifted)"
+        meaning = (f"calibrated: an estimate, {fitted}, of the probability that a detection "
                    f"is right, per class, from the event's "
                    f"{source} (fits in provenance.calibration_fits)")
     else:

@@ -505,7 +505,9 @@ def test_a_rebuild_on_another_cpu_appends_nothing_for_confidences_moved_by_noise
         for source in (REC1, "site2/20240502_060000.wav"):
             rows = old.db.execute("SELECT start_s, label, confidence, start_utc FROM detections WHERE source = ?",
                                   [source]).fetchall()
-            commit(store, source, [detection(source, s, label, c + 0.00009, utc) for s, label, c, utc in rows])
+            # moved by noise: 1e-4, and 0.0045 where the calibration's slope amplified it (a review)
+            commit(store, source, [detection(source, s, label, c + (0.0045 if i % 2 else 0.00009), utc)
+                                   for i, (s, label, c, utc) in enumerate(rows)])
     caplog.set_level("WARNING")
     assert export_detections(rebuilt, fmt, out, new=True, cursor_name="arch") == 0
     assert len(_keys(out, fmt)) == 5 and "already holds 4 of the rows" in caplog.text

@@ -29,10 +29,10 @@ from edgemon.storage import tables
 
 # A detection and what its analysis found: one changed since it was delivered (its recording
 # analysed again once it had grown, say) is a new row and is appended; one derived again alike is
-# not. Its confidence is compared apart, within numeric noise (tables.NUMERIC_NOISE): derived
-# again on another thread count or CPU it moves in the 4th decimal (a review).
+# not. Its confidence is compared apart, within numeric noise (tables.CONFIDENCE_NOISE): derived
+# again on another thread count or CPU it moves in the 3rd or 4th decimal (reviews).
 KEY = ("device_id", "source", "start_s", "end_s", "label", "bundle_id")
-SAME_CONFIDENCE = tables.NUMERIC_NOISE + tables.HALF_SHOWN_STEP
+SAME_CONFIDENCE = tables.CONFIDENCE_NOISE + tables.HALF_SHOWN_STEP
 BIRDNET_CONFIDENCE = tables.BIRDNET_COLUMNS.index("Confidence")
 RAVEN_CONFIDENCE = tables.RAVEN_COLUMNS.index("Confidence")
 

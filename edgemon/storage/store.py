@@ -33,7 +33,7 @@ from edgemon.storage.readonly import BUSY_TIMEOUT_MS, error_code, quick_check
 from edgemon.storage.rows import (CoverageMinute, Detection, Heartbeat, coverage_row, detection_row, heartbeat_row,
                                   optional_utc)
 from edgemon.storage.schema import MIGRATIONS, newer_migrations
-from edgemon.storage.tables import NUMERIC_NOISE, label_names
+from edgemon.storage.tables import CONFIDENCE_NOISE, NUMERIC_NOISE, label_names
 from edgemon.utc import utc_iso
 
 log = logging.getLogger(__name__)
@@ -415,7 +415,7 @@ class Store:
         one transaction; other bundles' detections and the ledger are left alone (``reanalyse``).
         A detection found again unchanged keeps its row and id, so export cursors do not deliver it
         twice (a confidence or score moved by numeric noise alone counts as unchanged: see
-        ``tables.NUMERIC_NOISE``); one found again with other values (confidence, end...) is a new row with a
+        ``tables.NUMERIC_NOISE`` and ``CONFIDENCE_NOISE``); one found again with other values (confidence, end...) is a new row with a
         new id, so cursors deliver it (a cursor that passed it below a --min-confidence would
         otherwise never see it rise), and its reviews follow it. The recording is recorded as
         analysed by ``bundle_id`` (``analyses``, with ``duration_s`` of audio read). Returns the
@@ -552,13 +552,15 @@ def _replace_rows(db: sqlite_utils.Database, source: str, bundle_id: str, rows: 
 
 
 def _found_again(old: dict, row: dict) -> bool:
-    """Whether ``row`` is ``old`` derived again: every column alike, but the confidence and raw
-    score only within ``NUMERIC_NOISE`` and the members' votes (that noise's source) not compared."""
+    """Whether ``row`` is ``old`` derived again: every column alike, but the raw score only within
+    ``NUMERIC_NOISE``, the calibrated confidence (that noise amplified) within ``CONFIDENCE_NOISE``,
+    and the members' votes (the noise's source) not compared."""
+    noise = {"score": NUMERIC_NOISE, "confidence": CONFIDENCE_NOISE}
     for column, value in row.items():
         if column in ("created_at", "votes"):
             continue
-        if column in ("confidence", "score") and None not in (value, old[column]):
-            if abs(value - old[column]) > NUMERIC_NOISE:
+        if column in noise and None not in (value, old[column]):
+            if abs(value - old[column]) > noise[column]:
                 return False
         elif old[column] != value:
             return False

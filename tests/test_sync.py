@@ -24,6 +24,7 @@ import pytest
 
 from devtools.recorder_db import add_file, make_recorder
 from devtools.throttle_proxy import ThrottleProxy
+from edgemon.storage.rows import Heartbeat
 from edgemon.storage.store import Store
 from edgemon.sync import fleetdb
 from edgemon.sync.outbox import Outbox, OutboxError
@@ -427,6 +428,29 @@ def test_device_id_clash_is_reported_not_merged(fleet, tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     assert status.stdout.count("device id clash") == 2
+
+
+def test_a_card_synced_from_a_laptop_keeps_its_sites_position_zone_and_bundle(fleet, tmp_path):
+    """A review: the README's one-shot `edgemon sync --db card.db --device-id site-07 --to URL`,
+    run on a field laptop without the recorder's settings, set the site's position and time zone
+    to NULL (its detections moved to other local days) and its bundle to the laptop's embedded one."""
+    db = make_recorder(tmp_path / "a.db", "site-07", files=3, seed=9)
+    with Store(db) as store:
+        store.record_bundle("site-bundle", {"labels": ["background", "bird"], "bundle_id": "site-bundle"})
+        store.add_heartbeat(Heartbeat(run_id="run-9", mode="watch", device_id="site-07", bundle_id="site-bundle",
+                                      at_utc="2024-05-01T07:00:00Z", started_utc="2024-05-01T06:00:00Z",
+                                      uptime_s=3600.0))
+    site = {**os.environ, "EDGEMON_LATITUDE": "1.55", "EDGEMON_LONGITUDE": "110.35", "EDGEMON_TIMEZONE": "Asia/Kuching"}
+    laptop = {k: v for k, v in os.environ.items() if k not in ("EDGEMON_LATITUDE", "EDGEMON_LONGITUDE",
+                                                                "EDGEMON_TIMEZONE", "EDGEMON_MODELS")}
+    for env in (site, laptop):
+        result = run_sync(db, fleet.url, device_id="site-07", env=env)
+        assert result.returncode == 0, result.stderr
+        with fleet.connect() as conn:
+            row = conn.execute("SELECT latitude, longitude, timezone, bundle_id, bundle_manifest::text "
+                               "FROM edgemon.databases").fetchone()
+        assert row[:4] == (1.55, 110.35, "Asia/Kuching", "site-bundle"), row
+        assert json.loads(row[4])["bundle_id"] == "site-bundle"
 
 
 def test_fleet_status_shows_views_and_flags_recorders_to_visit(fleet, tmp_path):

@@ -318,12 +318,19 @@ def _values(table: str, row: dict) -> list:
     return out
 
 
+# A site's position and time zone, kept when a sync does not give them: a card's database synced
+# from a field laptop without the recorder's settings wiped them, and the site's detections moved
+# to other local days in every view (a review).
+KEPT_WHEN_UNSAID = ("latitude", "longitude", "timezone")
+
+
 def register(conn: psycopg.Connection, info: DeviceInfo, waiting: Callable[[int], int],
              client_utc: str) -> tuple[int, int]:
     """Record the database's metadata and a sync session; returns the sequence number the server
     has acknowledged for it (0: new) and how many changes wait after it (``waiting(acked)``, counted
     by the recorder). ``client_utc`` is the recorder's clock now: the difference to the server's
-    is kept, for the suspect-clock flag.
+    is kept, for the suspect-clock flag. A position or time zone the sender does not give keeps
+    the server's (``KEPT_WHEN_UNSAID``).
 
     ``local_seq`` is stored as the acknowledged number plus the changes waiting, so that the
     views' backlog (``local_seq - acked_seq``) counts changes: the recorder's own sequence
@@ -331,7 +338,8 @@ def register(conn: psycopg.Connection, info: DeviceInfo, waiting: Callable[[int]
     changes showed as 661. An earlier edgemon stores its last sequence number there."""
     fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
     names = list(fields)
-    updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n != "db_uuid")
+    updates = ", ".join(f"{n} = coalesce(EXCLUDED.{n}, {SCHEMA}.databases.{n})" if n in KEPT_WHEN_UNSAID else
+                        f"{n} = EXCLUDED.{n}" for n in names if n != "db_uuid")
     with conn.transaction():
         conn.execute(
             f"INSERT INTO {SCHEMA}.databases ({', '.join(names)}, clock_offset_s) "

@@ -288,6 +288,19 @@ class Outbox:
         row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
         return 0 if row is None else row[0]
 
+    def running_bundle(self) -> dict:
+        """The bundle this database's daemon ran last (its newest heartbeat's) and its manifest as
+        the daemon recorded it, as ``DeviceInfo`` fields; {} when no heartbeat names one. The
+        recorder's bundle is what its database says, not the settings of whoever syncs it: a card
+        synced from a laptop registered the laptop's embedded bundle (a review)."""
+        try:
+            row = self.conn.execute(
+                "SELECT h.bundle_id, b.manifest FROM heartbeats h LEFT JOIN bundles b USING (bundle_id) "
+                "WHERE h.bundle_id IS NOT NULL ORDER BY h.id DESC LIMIT 1").fetchone()
+        except sqlite3.OperationalError:   # a database from before heartbeats named their bundle
+            return {}
+        return {} if row is None else {"bundle_id": row["bundle_id"], "bundle_manifest": row["manifest"]}
+
     def forked_from(self) -> str | None:
         """The ``db_uuid`` this database synced as before its last ``fork`` (None: never forked)."""
         row = self.conn.execute("SELECT value FROM sync_meta WHERE key = 'forked_from'").fetchone()

@@ -144,7 +144,7 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
     try:
         with Outbox(db_path) as outbox, fleetdb.connect(config.url) as conn:
             info = dataclasses.replace(info, db_uuid=outbox.db_uuid, disk_free_mb=_free_mb(Path(db_path)),
-                                       forked_from=outbox.forked_from())
+                                       forked_from=outbox.forked_from(), **outbox.running_bundle())
             fleetdb.migrate(conn)
             info, token = _own_lineage(conn, outbox, target, info)
             fleetdb.prepare_staging(conn)

@@ -31,7 +31,7 @@ def sync(
 
     try:
         if forget_target is not None:
-            typer.echo(forget(settings_in_force(ctx, config), forget_target))
+            typer.echo(forget(settings_in_force(ctx, config), forget_target, to))
             return
         if not math.isfinite(retry_for_s):
             raise OptionError(f"--retry-for-s: must be a finite number of seconds, not {retry_for_s}")

@@ -165,6 +165,10 @@ def test_a_target_given_up_is_named_and_can_be_forgotten_but_never_by_its_age(tm
     in_use = subprocess.run([*forget, "edgemon@fleet.example.org:5432/fleet"], capture_output=True, text=True,
                             timeout=60, env={**os.environ, "EDGEMON_SYNC_URL": "postgresql://edgemon@fleet.example.org/fleet"})
     assert in_use.returncode == 1 and "is this recorder's sync_url: it is not forgotten while in use" in in_use.stderr
+    # given with --to in the same command (a review: accepted, and every row was sent again under a new identity)
+    with_to = subprocess.run([*forget, "edgemon@fleet.example.org:5432/fleet", "--to",
+                              "postgresql://edgemon@fleet.example.org/fleet"], capture_output=True, text=True, timeout=60)
+    assert with_to.returncode == 1 and "is the --to given with it: a target is forgotten only once" in with_to.stderr
     unknown = subprocess.run([*forget, "nope"], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 1 and "no sync target 'nope' recorded here; known: " in unknown.stderr
     done = subprocess.run([*forget, old], capture_output=True, text=True, timeout=60)

@@ -419,17 +419,19 @@ def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
     return sync_with_retries(settings.service.db, info, config)
 
 
-def forget_target(settings: Settings, target: str) -> str:
-    """``edgemon sync --forget-target``: what was forgotten, as a line."""
+def forget_target(settings: Settings, target: str, to: str | None = None) -> str:
+    """``edgemon sync --forget-target``: what was forgotten, as a line. ``to``: the command's
+    ``--to``, a target in use too."""
     db_path = Path(settings.service.db)
     if not db_path.is_file():
         raise OutboxError(f"{shown(db_path)}: no detections database there")
-    url = settings.service.sync_url
-    if url and fleetdb.target_name(fleetdb.check_url(url)) == target:
-        # Its tokens gone, its next sync would find the server's acknowledgement foreign and send
-        # everything again under a new identity (a review).
-        raise ConfigError(f"{shown(target)} is this recorder's sync_url: it is not forgotten while in use "
-                          f"(change sync_url first)")
+    for url, why in ((settings.service.sync_url, "this recorder's sync_url: it is not forgotten while in use "
+                                                 "(change sync_url first)"),
+                     (to, "the --to given with it: a target is forgotten only once nothing syncs to it")):
+        if url and fleetdb.target_name(fleetdb.check_url(url)) == target:
+            # Its tokens gone, its next sync would find the server's acknowledgement foreign and
+            # send everything again under a new identity (a review).
+            raise ConfigError(f"{shown(target)} is {why}")
     with Outbox(db_path) as outbox:
         seq, tokens = outbox.forget_target(target)
         pruned = outbox.prune()

@@ -457,6 +457,35 @@ def test_a_card_synced_from_a_laptop_keeps_its_sites_position_zone_and_bundle(fl
         assert json.loads(row[4])["bundle_id"] == "site-bundle"
 
 
+def test_a_heartbeats_bundle_never_recorded_keeps_the_manifest_the_settings_give(fleet, tmp_path):
+    """The daemon starts and runs when the database refuses to record its bundle (a full disk:
+    ``Store.record_bundle`` warns and goes on): its heartbeats name a bundle the database holds no
+    manifest of. A sync on the recorder itself, running that very bundle, registered its id with
+    no manifest, and wiped the one an earlier sync had sent."""
+    from edgemon.analysis.bundle import default_bundle_path
+
+    manifest = (default_bundle_path() / "manifest.json").read_text()
+    bundle_id = json.loads(manifest)["bundle_id"]
+    db = make_recorder(tmp_path / "a.db", "site-07", files=3, seed=9)
+    with Store(db) as store:
+        store.add_heartbeat(Heartbeat(run_id="run-9", mode="watch", device_id="site-07", bundle_id=bundle_id,
+                                      at_utc="2024-05-01T07:00:00Z", started_utc="2024-05-01T06:00:00Z",
+                                      uptime_s=3600.0))
+    env = {k: v for k, v in os.environ.items() if k != "EDGEMON_MODELS"}
+    result = run_sync(db, fleet.url, device_id="site-07", env=env)
+    assert result.returncode == 0, result.stderr
+    with fleet.connect() as conn:
+        row = conn.execute("SELECT bundle_id, bundle_manifest::text FROM edgemon.databases").fetchone()
+    assert row[0] == bundle_id and row[1] is not None and json.loads(row[1])["bundle_id"] == bundle_id, row
+    # from a laptop with no bundle of its own: the same bundle named, its manifest kept
+    laptop = {**env, "EDGEMON_MODELS": str(tmp_path / "no-bundle")}
+    result = run_sync(db, fleet.url, device_id="site-07", env=laptop)
+    assert result.returncode == 0, result.stderr
+    with fleet.connect() as conn:
+        again = conn.execute("SELECT bundle_id, bundle_manifest::text FROM edgemon.databases").fetchone()
+    assert again == row, again
+
+
 def test_fleet_status_shows_views_and_flags_recorders_to_visit(fleet, tmp_path):
     good = make_recorder(tmp_path / "good.db", "site-01", files=30, seed=9)
     bad = make_recorder(tmp_path / "bad.db", "site-02", files=30, seed=10, clock_suspect_every=5)

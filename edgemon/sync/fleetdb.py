@@ -322,6 +322,11 @@ def _values(table: str, row: dict) -> list:
 # from a field laptop without the recorder's settings wiped them, and the site's detections moved
 # to other local days in every view (a review).
 KEPT_WHEN_UNSAID = ("latitude", "longitude", "timezone")
+# The bundle's manifest, kept when a sync names the same bundle without one (its heartbeat's
+# bundle, which the database never recorded: ``Store.record_bundle`` refused on a full disk).
+_KEPT_MANIFEST = (f"bundle_manifest = CASE WHEN EXCLUDED.bundle_manifest IS NULL AND EXCLUDED.bundle_id IS NOT "
+                  f"DISTINCT FROM {SCHEMA}.databases.bundle_id THEN {SCHEMA}.databases.bundle_manifest "
+                  f"ELSE EXCLUDED.bundle_manifest END")
 
 
 def register(conn: psycopg.Connection, info: DeviceInfo, waiting: Callable[[int], int],
@@ -339,6 +344,7 @@ def register(conn: psycopg.Connection, info: DeviceInfo, waiting: Callable[[int]
     fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
     names = list(fields)
     updates = ", ".join(f"{n} = coalesce(EXCLUDED.{n}, {SCHEMA}.databases.{n})" if n in KEPT_WHEN_UNSAID else
+                        _KEPT_MANIFEST if n == "bundle_manifest" else
                         f"{n} = EXCLUDED.{n}" for n in names if n != "db_uuid")
     with conn.transaction():
         conn.execute(

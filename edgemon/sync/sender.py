@@ -144,7 +144,7 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
     try:
         with Outbox(db_path) as outbox, fleetdb.connect(config.url) as conn:
             info = dataclasses.replace(info, db_uuid=outbox.db_uuid, disk_free_mb=_free_mb(Path(db_path)),
-                                       forked_from=outbox.forked_from(), **outbox.running_bundle())
+                                       forked_from=outbox.forked_from(), **_running_bundle(outbox, info))
             fleetdb.migrate(conn)
             info, token = _own_lineage(conn, outbox, target, info)
             fleetdb.prepare_staging(conn)
@@ -394,6 +394,16 @@ def _next_rows(rows: int, seconds: float, config: SyncConfig) -> int:
     if seconds < config.batch_target_s / 2:
         return min(config.max_batch_rows, rows * 2)
     return rows
+
+
+def _running_bundle(outbox: Outbox, info: DeviceInfo) -> dict:
+    """The bundle the recorder's daemon ran (``Outbox.running_bundle``), with the manifest the
+    settings give when the database never recorded it (``Store.record_bundle`` refused on a full
+    disk) and they name that very bundle: else its id went with no manifest, wiping the server's."""
+    running = outbox.running_bundle()
+    if running.get("bundle_manifest") is None and running.get("bundle_id") == info.bundle_id:
+        running.pop("bundle_manifest", None)
+    return running
 
 
 def _free_mb(db_path: Path) -> float | None:

@@ -6,6 +6,7 @@ process where it is killed, so a crash lands anywhere in a session.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -484,6 +485,32 @@ def test_a_heartbeats_bundle_never_recorded_keeps_the_manifest_the_settings_give
     with fleet.connect() as conn:
         again = conn.execute("SELECT bundle_id, bundle_manifest::text FROM edgemon.databases").fetchone()
     assert again == row, again
+
+
+def test_the_services_own_sync_registers_the_bundle_it_runs_not_its_last_runs(fleet, tmp_path, monkeypatch):
+    """The service starts its sync thread before the daemon loads its bundle and writes a
+    heartbeat: after the settings named a new bundle, the first session took the last run's
+    bundle from the newest heartbeat and registered it for a sync interval (15 min by default)."""
+    from edgemon.config import load_settings
+    from edgemon.sync import sender
+
+    db = make_recorder(tmp_path / "a.db", "site-07", files=1, seed=9)
+    with Store(db) as store:
+        store.record_bundle("last-run", {"labels": ["background", "bird"], "bundle_id": "last-run"})
+        store.add_heartbeat(Heartbeat(run_id="run-1", mode="watch", device_id="site-07", bundle_id="last-run",
+                                      at_utc="2024-05-01T07:00:00Z", started_utc="2024-05-01T06:00:00Z",
+                                      uptime_s=3600.0))
+    settings = load_settings(cli={"db": str(db), "device_id": "site-07", "sync_url": fleet.url}, env={},
+                             default_path=None)
+    configs = []
+    monkeypatch.setattr(sender, "run_sync", lambda db_path, info, config, stop: configs.append((info, config)))
+    with sender.sync_in_background(settings) as thread:
+        thread.join(timeout=30)
+    [(info, config)] = configs
+    assert info.bundle_id and info.bundle_id != "last-run"
+    sender.sync_once(db, info, dataclasses.replace(config, snapshot=None))
+    with fleet.connect() as conn:
+        assert conn.execute("SELECT bundle_id FROM edgemon.databases").fetchone()[0] == info.bundle_id
 
 
 def test_fleet_status_shows_views_and_flags_recorders_to_visit(fleet, tmp_path):

@@ -61,7 +61,10 @@ class SyncConfig:
     seconds between sessions of the service; failed sessions back off from ``backoff_min_s``
     doubling to ``backoff_max_s``. ``retry_for_s``: how long a one-shot ``edgemon sync`` keeps
     retrying an unreachable server before it gives up (0: once). ``snapshot``: send the
-    recorder's status at the end of each session (None: do not)."""
+    recorder's status at the end of each session (None: do not). ``daemons_bundle``: register the
+    bundle of the database's newest heartbeat (a one-shot sync, maybe from a laptop without the
+    recorder's settings), not the settings' (the service's own loop: it runs them, and its first
+    session starts before the daemon's first heartbeat, so the newest is the last run's)."""
 
     url: str
     interval_s: float = 900.0
@@ -73,6 +76,7 @@ class SyncConfig:
     backoff_max_s: float = 1800.0
     retry_for_s: float = 0.0
     snapshot: SnapshotConfig | None = SnapshotConfig()
+    daemons_bundle: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +148,8 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
     try:
         with Outbox(db_path) as outbox, fleetdb.connect(config.url) as conn:
             info = dataclasses.replace(info, db_uuid=outbox.db_uuid, disk_free_mb=_free_mb(Path(db_path)),
-                                       forked_from=outbox.forked_from(), **_running_bundle(outbox, info))
+                                       forked_from=outbox.forked_from(),
+                                       **(_running_bundle(outbox, info) if config.daemons_bundle else {}))
             fleetdb.migrate(conn)
             info, token = _own_lineage(conn, outbox, target, info)
             fleetdb.prepare_staging(conn)
@@ -355,7 +360,7 @@ def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
         yield None
         return
     check_sync_url(settings)  # a bad URL stops the start, in one line naming its source, not a thread later
-    config = _config(settings, url)
+    config = _config(settings, url, daemons_bundle=False)   # the bundle it is about to run, not the last run's
     own_stop = threading.Event()
     thread = threading.Thread(target=run_sync, name="edgemon-sync", daemon=True,
                               args=(settings.service.db, device_info(settings), config, own_stop))

@@ -920,8 +920,23 @@ def test_the_same_sounds_judged_again_under_the_adapted_bundle_are_still_its_own
     with pytest.raises(AdaptError, match=f"is already adapted to this site: {len(fitted)} of these {len(fitted)} "
                                          f"reviews made it"):
         _check_not_fitted_on(adapted, db, latest)
-    # a sound it was not fitted on is its to be judged by
-    _check_not_fitted_on(adapted, db, [])
+    # a sound it was not fitted on is its to be judged by: a new detection of its own, judged
+    with Store(db) as store, contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.row_factory = sqlite3.Row
+        last = conn.execute("SELECT * FROM detections WHERE bundle_id = 'adapted-1' ORDER BY end_s DESC").fetchone()
+        store.insert_detections([Detection(
+            device_id=last["device_id"], source=last["source"], start_s=last["end_s"] + 30.0,
+            end_s=last["end_s"] + 33.0, start_utc=None, end_utc=None, time_source=last["time_source"],
+            clock_suspect=False, label=last["label"], confidence=0.9, votes=last["votes"], bundle_id="adapted-1")])
+    new = next(row for row in reviews.list_detections(db, bundle_id="adapted-1")
+               if row["start_s"] == last["end_s"] + 30.0)
+    reviews.add_verdict(db, new["id"], "wrong", "ann")
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        new_review = conn.execute("SELECT max(id) FROM reviews").fetchone()[0]
+    assert new_review not in fitted_ids and new_review not in latest
+    _check_not_fitted_on(adapted, db, [new_review])
+    with pytest.raises(AdaptError, match=f"1 of these 2 reviews made it"):
+        _check_not_fitted_on(adapted, db, [new_review, latest[0]])
 
 
 def test_an_adapted_bundle_is_never_written_over_its_parent_or_a_run(tmp_path):

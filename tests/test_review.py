@@ -898,3 +898,48 @@ def test_excerpts_are_decoded_a_few_at_a_time(review_db, monkeypatch):
         thread.join(timeout=10)
     assert results == [200] * len(asks), results
     assert most[0] == review_app.DECODES_AT_ONCE, most[0]
+
+
+def test_a_request_that_gets_no_turn_to_decode_is_told_the_page_is_busy(review_db, monkeypatch):
+    """A review: with two decodes stuck on a hung mount, every later excerpt waited for ever, then
+    every worker thread, then the page itself. A request now waits ``DECODE_WAIT_S`` and gets a 503."""
+    import threading
+
+    import uvicorn
+
+    import edgemon.review.app as review_app
+
+    db, recordings = review_db
+    hung, entered = threading.Event(), threading.Semaphore(0)
+
+    def hung_excerpt(*args, **kwargs):
+        entered.release()
+        hung.wait(30)   # a read on a mount that does not answer
+        return read_excerpt(*args, **kwargs)
+
+    monkeypatch.setattr(review_app, "read_excerpt", hung_excerpt)
+    monkeypatch.setattr(review_app, "DECODE_WAIT_S", 0.5)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ReviewConfig(db=db, recordings=recordings, port=port)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert poll_until(lambda: server.started, timeout=20)
+        ids = [r[0] for r in sqlite3.connect(db).execute("SELECT id FROM detections")]
+        stuck = [threading.Thread(target=_get, args=(f"{base}/detections/{i}/audio.wav",)) for i in ids[:2]]
+        for request in stuck:
+            request.start()
+        assert entered.acquire(timeout=10) and entered.acquire(timeout=10)   # both decodes hung
+        status, _, body = _get(f"{base}/detections/{ids[2]}/spectrogram.png")
+        assert status == 503 and body.startswith(b"busy: 2 excerpts are being read"), (status, body)
+        assert _get(f"{base}/")[0] == 200   # the page itself still loads
+        hung.set()
+        for request in stuck:
+            request.join(timeout=30)
+        assert _get(f"{base}/detections/{ids[2]}/spectrogram.png")[0] == 200   # turns again once they end
+    finally:
+        hung.set()
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -48,6 +48,9 @@ MAX_VERDICT_BYTES = 64 * 1024
 # decode holds up to a minute of audio at the file's rate (an AudioMoth at 384 kHz: ~100 MB of
 # float32); the server's 40 worker threads would all decode at once on a Pi's 1-4 GB.
 DECODES_AT_ONCE = 2
+# A request waits this long for its turn, then is told the page is busy: decodes stuck on a hung
+# mount would otherwise hold every later one, then every worker thread, and the page itself (a review).
+DECODE_WAIT_S = 30.0
 log = logging.getLogger(__name__)
 
 
@@ -264,15 +267,20 @@ def create_app(config: ReviewConfig) -> Starlette:
         return excerpt, {"Cache-Control": "private, max-age=3600" if asked else "no-store"}
 
     def _rendered(request: Request, render, media_type: str) -> Response:
-        """The detection's excerpt rendered (WAV or PNG), at most ``DECODES_AT_ONCE`` at a time."""
-        with decodes:
-            try:
-                excerpt, headers = _excerpt(request)
-            except reviews.StaleDetection as exc:
-                return PlainTextResponse(f"{exc}\n", status_code=409)
-            except (reviews.ReviewError, AudioError) as exc:
-                return PlainTextResponse(f"{exc}\n", status_code=404)
+        """The detection's excerpt rendered (WAV or PNG), at most ``DECODES_AT_ONCE`` at a time;
+        503 when no turn came within ``DECODE_WAIT_S``."""
+        if not decodes.acquire(timeout=DECODE_WAIT_S):
+            return PlainTextResponse(f"busy: {DECODES_AT_ONCE} excerpts are being read (a recording's disk slow or "
+                                     f"hung?); try again\n", status_code=503, headers={"Retry-After": "10"})
+        try:
+            excerpt, headers = _excerpt(request)
             return Response(render(excerpt), media_type=media_type, headers=headers)
+        except reviews.StaleDetection as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=409)
+        except (reviews.ReviewError, AudioError) as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=404)
+        finally:
+            decodes.release()
 
     def audio(request: Request) -> Response:
         return _rendered(request, lambda e: e.wav_bytes(), "audio/wav")

@@ -417,7 +417,8 @@ class Store:
         twice (a confidence or score moved by numeric noise alone counts as unchanged: see
         ``tables.NUMERIC_NOISE`` and ``CONFIDENCE_NOISE``); one found again with other values (confidence, end...) is a new row with a
         new id, so cursors deliver it (a cursor that passed it below a --min-confidence would
-        otherwise never see it rise), and its reviews follow it. The recording is recorded as
+        otherwise never see it rise; a rise within the noise, 0.495 to 0.504, is not one), and its
+        reviews follow it. The recording is recorded as
         analysed by ``bundle_id`` (``analyses``, with ``duration_s`` of audio read). Returns the
         number stored; None, storing nothing, when ``ledger_at`` is given and the recording's
         ledger row is no longer that one (``watch`` analysed it again meanwhile: the detections

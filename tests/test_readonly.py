@@ -103,7 +103,7 @@ def test_recording_path_finds_a_followed_recording_on_a_copy_of_the_card_by_its_
 
 
 
-def test_a_refused_recording_is_named_once_when_two_ways_lead_to_it(tmp_path):
+def test_a_refused_recording_is_named_once_when_two_ways_lead_to_it(tmp_path, monkeypatch):
     """Found walking the adapt loop with a --recordings copy whose files were swapped: the source
     name and the end of the ledger's path both lead to the same file, and the one-line warning
     said why it was refused twice over."""
@@ -113,6 +113,13 @@ def test_a_refused_recording_is_named_once_when_two_ways_lead_to_it(tmp_path):
     with pytest.raises(AudioError) as refused:
         recording_path(row, tmp_path / "copy")
     assert str(refused.value).count(str(tmp_path / "copy" / "a.wav")) == 1, str(refused.value)
+    # a relative --recordings and the ledger's absolute path to the same file (the diff review)
+    row = {"source": "a.wav", "file_path": str(tmp_path / "copy" / "a.wav"), "file_size": 10}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AudioError) as refused:
+        recording_path(row, Path("copy"))
+    assert str(refused.value).count("when analysed") == 1, str(refused.value)
+
 
 def test_time_range_is_half_open_and_skips_absent_bounds():
     assert time_range("t", None, None) == ([], [])

@@ -273,10 +273,13 @@ def recording_path(row: dict, recordings: Path | None, grown_ok: bool = True) ->
         candidates += [Path(recordings, *parts[i:]) for i in range(len(parts))]
     if row.get("file_path"):
         candidates.append(Path(row["file_path"]))
-    refused = []
-    for path in dict.fromkeys(candidates):   # the source name and the ledger path's end may be one file
-        if not path.is_file():
+    refused, seen = [], set()
+    for path in candidates:
+        # the source name, the ledger path's end and the ledger path may be one file (a relative
+        # --recordings and the ledger's absolute path too): judged and named once
+        if not path.is_file() or (real := os.path.realpath(path)) in seen:
             continue
+        seen.add(real)
         why = not_analysed_as({"size": row.get("file_size"), "fingerprint": row.get("file_fingerprint"),
                                "tail_digest": row.get("file_tail_digest")}, path, grown_ok)
         if why is None:

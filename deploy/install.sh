@@ -235,8 +235,11 @@ ensure_config() {
 }
 
 sync_url() {   # the settings' sync_url ('' when unset), read by the installed edgemon itself
-  "$(r $VENV)/bin/edgemon" config --config "$(r $CONF)" --json \
-    | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["sync_url"]["value"] or "")'
+  local shown
+  # Not piped: settings edgemon refuses (it says why in one line) gave json.load nothing to read,
+  # and its traceback after that line.
+  shown="$("$(r $VENV)/bin/edgemon" config --config "$(r $CONF)" --json)" || return 1
+  printf '%s' "$shown" | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["sync_url"]["value"] or "")'
 }
 
 url_address() {   # the URL's host when it is an IP address ('' for a host name)
@@ -252,7 +255,7 @@ ensure_sync_drop_in() {
   # The unit keeps the network closed; only a recorder that syncs gets the drop-in, opened to the
   # fleet database's address alone.
   local url address want
-  url="$(sync_url)" || die "cannot read sync_url from $CONF"
+  url="$(sync_url)" || die "cannot read sync_url from $CONF (see the error above); fix it and run again"
   if [ -z "$url" ]; then
     if [ -e "$(r $DROP_IN)" ]; then
       rm -f "$(r $DROP_IN)"

@@ -98,3 +98,19 @@ def test_install_places_the_drop_in_while_sync_url_is_set(tmp_path):
     assert f"removed /{installed}" in place_drop_in(root)
     assert not (root / installed).exists() and not (root / installed).parent.exists()
     assert place_drop_in(root) == ""
+
+
+def test_sync_drop_in_names_a_refused_settings_file_in_one_line(tmp_path):
+    """Settings edgemon refuses gave json.load an empty input: its traceback followed edgemon's
+    one line, before install.sh's own."""
+    root = root_with_settings(tmp_path, None)
+    conf = root / "etc/edgemon/edgemon.toml"
+    conf.write_text(conf.read_text() + "bogus_key = 1\n")
+    result = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--sync-drop-in"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {conf}: unknown setting [sync] bogus_key",
+        "install.sh: error: cannot read sync_url from /etc/edgemon/edgemon.toml (see the error above); fix it and "
+        "run again"], result.stderr
+    assert not (root / "etc/systemd/system/edgemon.service.d").exists()

@@ -45,6 +45,7 @@ SOURCE="$(dirname "$HERE")"
 WHEELS=""
 PYTHON="python3"
 MODE="watch"
+MODE_GIVEN=0
 DEVICE_ID=""
 APT=1
 START=1
@@ -64,7 +65,7 @@ while [ $# -gt 0 ]; do
     --source) SOURCE="$(realpath "$2")"; shift 2 ;;
     --wheels) WHEELS="$(realpath "$2")"; shift 2 ;;
     --python) PYTHON="$2"; shift 2 ;;
-    --mode) MODE="$2"; shift 2 ;;
+    --mode) MODE="$2"; MODE_GIVEN=1; shift 2 ;;
     --device-id) DEVICE_ID="$2"; shift 2 ;;
     --print-device-id) ACTION="print-device-id"; shift ;;
     --sync-drop-in) ACTION="sync-drop-in"; shift ;;
@@ -171,9 +172,19 @@ ensure_dirs() {
   install -d -m 0755 "$(r $PREFIX)" "$(r $CONF_DIR)" "$(r /etc/systemd/system)"
   install -d -m 0750 "$(r $STATE)"
   if [ "$(id -u)" = 0 ]; then
-    local ids
+    local ids uid stray
     ids="$(awk -F: -v u="$USER_NAME" '$1 == u {print $3 ":" $4}' "$(r /etc/passwd)")"
+    uid="${ids%:*}"
     chown "$ids" "$(r $STATE)"
+    # Data kept from an earlier install (--uninstall --purge removes the user, never the data) is
+    # owned by the old user's ids, which another system user may have been given since: hand it to
+    # this one, or the unit cannot open its database. systemd's StateDirectory= looks at the top
+    # only, which is the new user's. Files root made there are left to root.
+    stray="$(find "$(r $STATE)" -mindepth 1 ! -uid "$uid" ! -uid 0 | wc -l)"
+    if [ "$stray" -gt 0 ]; then
+      say "handing $stray file(s) in $STATE (database, clips) to user $USER_NAME ($ids): an earlier user's"
+      find "$(r $STATE)" -mindepth 1 ! -uid "$uid" ! -uid 0 -exec chown -h "$ids" {} +
+    fi
   fi
 }
 
@@ -187,9 +198,18 @@ ensure_venv() {
     say "Python changed ($have -> $want): recreating the virtual environment"
     rm -rf "$(r $VENV)"
   fi
+  if [ -x "$(r $VENV)/bin/python" ] && ! "$(r $VENV)/bin/python" -I -m pip --version >/dev/null 2>&1; then
+    # Debian's python3 without python3-venv leaves a venv with no pip behind, as does a creation cut
+    # short: every later run then failed with "No module named pip", python3-venv installed or not.
+    say "the virtual environment $VENV has no pip (its creation failed or was cut short): recreating it"
+    rm -rf "$(r $VENV)"
+  fi
   if [ ! -x "$(r $VENV)/bin/python" ]; then
     say "creating virtual environment $VENV (Python $want)"
-    "$PYTHON" -m venv "$(r $VENV)"
+    if ! "$PYTHON" -m venv "$(r $VENV)"; then
+      rm -rf "$(r $VENV)"
+      die "could not create the virtual environment $VENV with $PYTHON (see above; on Debian: apt-get install python3-venv)"
+    fi
   fi
   local before after
   before="$(installed_version)"
@@ -204,6 +224,16 @@ ensure_venv() {
   # leave a unit that refuses to start for want of it.
   if [ -n "$WHEELS" ] && [ "$SOURCE" = "$(dirname "$HERE")" ]; then
     "${pip[@]}" "edgemon[sync]"   # offline: the edgemon wheel comes from the wheelhouse too
+  elif [ -d "$SOURCE" ]; then
+    # A checkout is built from a copy without its build/: pip builds in place, and setuptools
+    # packs whatever build/lib holds from an earlier run, so a module or bundle file the new
+    # version removed was installed again (and root's build/ and *.egg-info stayed in the checkout).
+    local copy
+    copy="$(mktemp -d)"
+    tar -C "$SOURCE" --exclude=./build --exclude=./.git --exclude=./.venv --exclude='./*.egg-info' -cf - . \
+      | tar -C "$copy" -xf -
+    "${pip[@]}" "$copy[sync]" || { rm -rf "$copy"; exit 1; }
+    rm -rf "$copy"
   else
     "${pip[@]}" "$SOURCE[sync]"
   fi
@@ -230,8 +260,20 @@ ensure_config() {
   # The example of the installed version, beside the admin's file, to compare after an upgrade.
   cmp -s "$example" "$(r $CONF).dist" 2>/dev/null || install -m 0644 "$example" "$(r $CONF).dist"
   # A setting the new version cannot read must stop the upgrade here, not loop the service.
-  "$(r $VENV)/bin/edgemon" config --config "$(r $CONF)" >/dev/null \
+  local shown
+  shown="$("$(r $VENV)/bin/edgemon" config --config "$(r $CONF)" --json)" \
     || die "$CONF is not valid for this version (see the error above); fix it and run again"
+  # An existing file is never rewritten: say so when --mode or --device-id asked for other values
+  # (a unit re-run with --mode listen went on watching, and the installer said nothing).
+  local kept
+  kept="$(printf '%s' "$shown" | "$PYTHON" -c 'import json, sys; s = json.load(sys.stdin)
+print(s["mode"]["value"]); print(s["device_id"]["value"])')"
+  if [ "$MODE_GIVEN" = 1 ] && [ "$MODE" != "$(sed -n 1p <<<"$kept")" ]; then
+    say "warning: $CONF is kept as it is, with mode = \"$(sed -n 1p <<<"$kept")\": --mode $MODE is not written into it (set mode there, then systemctl restart $NAME)"
+  fi
+  if [ -n "$DEVICE_ID" ] && [ "$DEVICE_ID" != "$(sed -n 2p <<<"$kept")" ]; then
+    say "warning: $CONF is kept as it is, with device_id = \"$(sed -n 2p <<<"$kept")\": --device-id $DEVICE_ID is not written into it (set device_id there, then systemctl restart $NAME)"
+  fi
 }
 
 sync_url() {   # the settings' sync_url ('' when unset), read by the installed edgemon itself

@@ -131,8 +131,8 @@ def seed_root(root: Path) -> Path:
     return root
 
 
-def wheel(tmp_path: Path, version: str) -> Path:
-    """An edgemon wheel of this checkout, numbered ``version``."""
+def source_tree(tmp_path: Path, version: str) -> Path:
+    """A source tree of this checkout's package, numbered ``version``."""
     src = tmp_path / f"src-{version}"
     src.mkdir()
     for name in ("README.md", "edgemon"):
@@ -140,6 +140,12 @@ def wheel(tmp_path: Path, version: str) -> Path:
             REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if (REPO / name).is_dir() else {}))
     pyproject = (REPO / "pyproject.toml").read_text()
     (src / "pyproject.toml").write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject))
+    return src
+
+
+def wheel(tmp_path: Path, version: str) -> Path:
+    """An edgemon wheel of this checkout, numbered ``version``."""
+    src = source_tree(tmp_path, version)
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", *isolation, "-w", str(tmp_path / "wheels"),
                     str(src)], check=True, capture_output=True)
@@ -239,6 +245,53 @@ def test_install_reinstall_upgrade_uninstall_in_a_throwaway_root(tmp_path):
     assert "edgemon" not in (root / "etc/group").read_text()
     assert (root / "var/lib/edgemon/edgemon.db").read_bytes() == b"months of detections"   # data only if told
     assert "kept /var/lib/edgemon" in out
+
+
+@needs_systemd
+@pytest.mark.skipif(os.geteuid() != 0, reason="useradd --prefix and chown need root (CI runs as root)")
+def test_install_over_what_an_earlier_install_left(tmp_path):
+    """What a unit holds when it is installed again: data kept by `--uninstall --purge` (owned by the
+    removed user's ids, now another system user's), a virtual environment whose creation failed
+    (Debian's python3 without python3-venv leaves one with no pip), settings kept by an uninstall,
+    and a checkout whose build/ holds a module of an earlier version."""
+    root = seed_root(tmp_path / "root")
+    etc = root / "etc"
+    # The uid the removed edgemon user had, given since to another system user.
+    with open(etc / "passwd", "a") as f:
+        f.write("avahi:x:999:999:Avahi:/run/avahi:/usr/sbin/nologin\n")
+    for name, line in (("group", "avahi:x:999:\n"), ("gshadow", "avahi:!::\n"), ("shadow", "avahi:!:19000::::::\n")):
+        with open(etc / name, "a") as f:
+            f.write(line)
+    state = root / "var/lib/edgemon"
+    (state / "clips").mkdir(parents=True)
+    for path in (state, state / "clips", state / "edgemon.db", state / "clips/a.flac"):
+        if not path.exists():
+            path.write_bytes(b"months of detections")
+        os.chown(path, 999, 999)
+    (state / "root-made.csv").write_text("an export root made here\n")   # root's stays root's
+    venv = root / "opt/edgemon/venv"
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    config = etc / "edgemon/edgemon.toml"
+    config.parent.mkdir()
+    config.write_text((DEPLOY / "edgemon.toml").read_text().replace('device_id = "edgemon"', 'device_id = "site-07"'))
+    kept = config.read_text()
+    src = source_tree(tmp_path, "0.2.0")
+    (src / "build/lib/edgemon").mkdir(parents=True)
+    (src / "build/lib/edgemon/gone_in_0_2_0.py").write_text("OLD = True\n")
+
+    out = install(root, "--source", str(src), "--mode", "listen", "--device-id", "site-08")
+    assert "has no pip" in out and "installed edgemon 0.2.0" in out and version_in(root) == "0.2.0"
+    uid = int(re.search(r"^edgemon:x:(\d+):", (etc / "passwd").read_text(), re.M)[1])
+    assert uid != 999
+    assert {p.name: p.stat().st_uid for p in (state, state / "clips", state / "edgemon.db", state / "clips/a.flac")} \
+        == dict.fromkeys(("edgemon", "clips", "edgemon.db", "a.flac"), uid)
+    assert (state / "root-made.csv").stat().st_uid == 0
+    site = next(venv.glob("lib/python*/site-packages/edgemon"))
+    assert not (site / "gone_in_0_2_0.py").exists()                       # not packed from the stale build/
+    assert not list(src.glob("*.egg-info"))                                # the checkout is left as it was
+    assert config.read_text() == kept                                      # never rewritten, and said so:
+    assert 'with mode = "watch": --mode listen is not written into it' in out
+    assert 'with device_id = "site-07": --device-id site-08 is not written into it' in out
 
 
 def test_install_refuses_what_it_cannot_do(tmp_path):

@@ -230,7 +230,10 @@ ensure_venv() {
     # version removed was installed again (and root's build/ and *.egg-info stayed in the checkout).
     local copy
     copy="$(mktemp -d)"
-    tar -C "$SOURCE" --exclude=./build --exclude=./.git --exclude=./.venv --exclude='./*.egg-info' -cf - . \
+    # (and without what training and tests leave there: runs/ alone can hold gigabytes)
+    tar -C "$SOURCE" --exclude=./build --exclude=./.git --exclude=./.venv --exclude='./*.egg-info' \
+        --exclude=./runs --exclude=./demo --exclude=./dist --exclude=./.cache --exclude=./.pytest_cache \
+        --exclude=__pycache__ -cf - . \
       | tar -C "$copy" -xf -
     "${pip[@]}" "$copy[sync]" || { rm -rf "$copy"; exit 1; }
     rm -rf "$copy"

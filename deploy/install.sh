@@ -355,11 +355,29 @@ ensure_unit() {
   fi
 }
 
+check_config_readable() {
+  # The service reads the settings as its user, the checks here run as root: a file copied in as
+  # root's 0600 passed the install, then the unit failed at every start, every 15 s (a review).
+  # Said before the program is replaced. Group membership beyond the user's own group is not read.
+  [ -f "$(r $CONF)" ] || return 0
+  local ids uid gid mode owner group
+  ids="$(awk -F: -v u="$USER_NAME" '$1 == u {print $3 " " $4}' "$(r /etc/passwd)")"
+  [ -n "$ids" ] || return 0
+  read -r uid gid <<<"$ids"
+  read -r mode owner group < <(stat -L -c '%a %u %g' "$(r $CONF)")
+  mode=$((8#$mode))
+  if (( mode & 4 )) || { [ "$owner" = "$uid" ] && (( mode & 0400 )); } || { [ "$group" = "$gid" ] && (( mode & 040 )); }; then
+    return 0
+  fi
+  die "$CONF cannot be read by user $USER_NAME, which the service runs as (mode $(printf '%o' "$mode"), owner $owner:$group): chmod 0644 $CONF, or chgrp $USER_NAME and chmod 0640 it, and run again"
+}
+
 do_install() {
   check_platform
   install_system_packages
   ensure_user
   ensure_dirs
+  check_config_readable
   ensure_venv
   ensure_config
   ensure_sync_drop_in

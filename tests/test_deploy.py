@@ -303,6 +303,20 @@ def test_install_refuses_what_it_cannot_do(tmp_path):
     assert bare.returncode == 1 and bare.stderr.strip().splitlines() == [
         f"install.sh: error: --root {tmp_path / 'bare'} has no etc/passwd: give a tree that holds an /etc with its "
         f"passwd and group (e.g. copied from a Raspberry Pi OS image)"], bare.stderr
+    # Settings the service's user cannot read (copied in as root's 0600): the unit failed at every
+    # start, every 15 s, after an install that said nothing (a review). Refused before the program is installed.
+    root = seed_root(tmp_path / "root")
+    config = root / "etc/edgemon/edgemon.toml"
+    config.parent.mkdir()
+    config.write_text((DEPLOY / "edgemon.toml").read_text())
+    config.chmod(0o600)
+    private = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--no-apt", "--no-start"],
+                             capture_output=True, text=True, timeout=120)
+    assert private.returncode == 1 and private.stderr.strip().splitlines() == [
+        "install.sh: error: /etc/edgemon/edgemon.toml cannot be read by user edgemon, which the service runs as "
+        f"(mode 600, owner {config.stat().st_uid}:{config.stat().st_gid}): chmod 0644 /etc/edgemon/edgemon.toml, or chgrp edgemon and chmod 0640 it, and run "
+        "again"], private.stderr
+    assert not (root / "opt/edgemon/venv").exists()
     if os.geteuid() != 0:
         no_root = subprocess.run(["bash", str(INSTALL), "--no-apt"], capture_output=True, text=True)
         assert no_root.returncode == 1 and "run as root" in no_root.stderr

@@ -95,9 +95,11 @@ def _read_tables(status: dict, conn: sqlite3.Connection, tables: set[str], db_pa
     status["sync"] = _sync_targets(conn) if {"sync_cursors", "changes"} <= tables else []
     status["unreadable_dirs"] = (dict(conn.execute("SELECT path, error FROM unreadable_dirs ORDER BY path"))
                                  if "unreadable_dirs" in tables else {})
-    # Files whose analysis was cut short in a row (power cuts, or a file that kills it).
-    status["interrupted"] = (dict(conn.execute("SELECT source, interrupted + 1 FROM in_progress "
-                                               "WHERE interrupted > 0 ORDER BY source"))
+    # Files whose analysis was cut short in a row (power cuts, or a file that kills it), while
+    # still there: nothing ends the attempt of one deleted or renamed since (it stayed a problem for good).
+    status["interrupted"] = ({source: times for source, path, times in conn.execute(
+                                  "SELECT source, path, interrupted + 1 FROM in_progress WHERE interrupted > 0 "
+                                  "ORDER BY source") if os.path.lexists(name_from_stored(path))}
                              if "in_progress" in tables else {})
 
 

@@ -280,7 +280,9 @@ def _config_path(config: str | Path | None, env: Mapping[str, str], default_path
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            # A byte-order mark (Windows editors save UTF-8 with one) is no TOML: "Invalid
+            # statement (at line 1, column 1)" said nothing of it.
+            data = tomllib.loads(f.read().removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:   # TOML is UTF-8; a file saved as Latin-1 fails before parsing

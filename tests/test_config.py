@@ -546,3 +546,13 @@ def test_a_device_id_with_a_control_character_is_refused_naming_where_it_came_fr
     # Any printable text stays an id, as before.
     for ok in ("site-07", "Sabah ridge #3", "café/ü"):
         assert load_settings(cli={"device_id": ok}, env={}, default_path=None).service.device_id == ok
+
+
+def test_a_settings_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Windows editors (Notepad before 2019, many others) save UTF-8 with a byte-order mark: the
+    unit refused such a file with "not valid TOML: Invalid statement (at line 1, column 1)", a
+    line that says nothing of what was wrong with a file that looks right in every editor."""
+    config = tmp_path / "edgemon.toml"
+    config.write_bytes(b"\xef\xbb\xbf" + '[watch]\r\nsettle_s = 3\r\n'.encode())
+    settings = load_settings(config, env={}, default_path=None)
+    assert settings.service.settle_s == 3.0

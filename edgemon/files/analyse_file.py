@@ -21,6 +21,7 @@ from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.files.directory import file_version, mtime_ns
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
+from edgemon.files.medium import card_error
 from edgemon.files.recordings import recording_time
 from edgemon.files.triggered import SilentStretches, silences_of
 from edgemon.safetext import shown
@@ -79,6 +80,7 @@ class FileAnalysis:
         self.writes_again = writes_again
         self.refused: set[str] = set()  # sources whose last attempt ended in a refused commit
         self.timed_by_mtime = 0         # files with no start time in name or header, this run
+        self.card_error: str | None = None   # the first file the card could not give (pulled), until one is stored
 
     def analyse(self, path: Path, source: str, st: os.stat_result, note: str | None = None) -> Outcome:
         """Analyse one stable file and commit it with its detections, or record its failure. A
@@ -128,6 +130,7 @@ class FileAnalysis:
             # remembered, so the retry is not taken for a death (a newcomer trial: "cut short").
             self.refused.add(source)
             raise
+        self.card_error = None
         log.info("%s: %.1f s of audio, %d detection(s)%s", shown(source), analysis.duration_s, len(detections),
                  f" [{shown(note)}]" if note else "")
         return Outcome(finished=True, stored=True, detections=len(detections), audio_s=analysis.duration_s)
@@ -140,6 +143,8 @@ class FileAnalysis:
             log.info("%s: deleted while being processed", shown(source))
             self.store.drop_attempt(source)
             return Outcome()
+        if (unreadable := card_error(path)) is not None:
+            return self._card_failed(path, source, st, unreadable)
         state = self.store.record_failure(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
                                           error=str(exc) if isinstance(exc, AnalysisFailed) else
                                           f"{type(exc).__name__}: {exc}",
@@ -148,6 +153,19 @@ class FileAnalysis:
         # the error names the file too, by its full path: said once
         log.warning("%s: attempt failed, now %s: %s", shown(source), state, shown(str(exc).removeprefix(f"{path}: ")))
         return Outcome(finished=state == "quarantined")
+
+    def _card_failed(self, path: Path, source: str, st: os.stat_result, exc: OSError) -> Outcome:
+        """The card cannot be read now (``files.medium``: pulled, or its reader failing): not the
+        file's fault, so never quarantined for it (a card pulled mid-backlog had every waiting
+        recording quarantined within 2 retries, never analysed once it was back). Recorded as
+        failed, so the watcher tries it again after ``retry_s``; said once until a file is stored."""
+        why = f"cannot read: {exc.strerror or exc} (the card removed, or failing)"
+        self.store.record_failure(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st), error=why,
+                                  max_attempts=2 ** 62)
+        log.log(logging.WARNING if self.card_error is None else logging.DEBUG,
+                "%s: %s; not counted against it, tried again later", shown(source), why)
+        self.card_error = self.card_error or f"{shown(source)}: {why}"
+        return Outcome()
 
     def _say_timed_by_mtime(self, source: str, when) -> None:
         """Said as a warning the first time a run meets it (a card of such files would say it for

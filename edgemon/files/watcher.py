@@ -44,10 +44,11 @@ from edgemon.backoff import Backoff
 from edgemon.files.analyse_file import FileAnalysis
 from edgemon.files.backlog import BacklogProgress
 from edgemon.files.clock_check import say_if_clock_moved
-from edgemon.files.directory import (SettledVersions, check_root, file_version, iter_audio, mtime_ns,
-                                     skipped_because, source_of)
+from edgemon.files.directory import (SettledVersions, WatchRootError, check_root, file_version, iter_audio,
+                                     mtime_ns, skipped_because, source_of)
 from edgemon.files.events import observing, start_observer, stop_observer
 from edgemon.files.isolate import Isolated
+from edgemon.files.medium import CardUnreadableError
 from edgemon.files.recordings import StabilityTracker, header_consistent
 from edgemon.files.same_recording import SameRecording, complete_digests, same_recording, undigested_files
 from edgemon.safetext import name_from_stored, shown, stored_name
@@ -305,7 +306,13 @@ class Watcher:
                 self._report_progress()
                 self._release_idle_hold()
                 self._refuse_a_disk_hold_until_idle()
+                if self.config.until_idle and self.analysis.card_error is not None and self.pending:
+                    raise CardUnreadableError(f"{len(self.pending)} file(s) not analysed: {self.analysis.card_error}; "
+                                              f"what was analysed is stored: put the card back and run again")
                 if self.config.until_idle and not self.pending:
+                    if (why := (self.unreadable or {}).get(str(self.root))) is not None:   # a card failing
+                        raise WatchRootError(f"{shown(self.root)}: cannot read the directory: {why}; its recordings "
+                                             f"were not analysed (what was is stored): run again once it reads")
                     self._say_idle()
                     break
                 if time.monotonic() >= next_scan:

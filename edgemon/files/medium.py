@@ -1,0 +1,41 @@
+"""Whether a recording's card can be read at all just now: a card pulled from its reader (the file
+system still mounted over it) or a reader failing gives the system's I/O error for every read,
+while names and sizes still come from the kernel's cache. libsndfile then says "System error."
+of a WAV and "Format not recognised." of a FLAC, as if the file were damaged; it is not, and it
+must not be quarantined for it (``watcher.Watcher.process``)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+
+from edgemon.errors import EdgemonError
+
+# The card's own errors, not the file's: EACCES (a file edgemon may not read) is the file's.
+CARD_ERRNOS = frozenset(e for e in (errno.EIO, errno.ENXIO, errno.ENODEV, getattr(errno, "ENOMEDIUM", None),
+                                    errno.ESTALE) if e is not None)
+PROBE_BYTES = 4096
+
+
+class CardUnreadableError(EdgemonError):
+    """``watch --until-idle`` met a card that cannot be read: it ends, in one line, rather than
+    quarantine its recordings or wait for ever."""
+
+
+def card_error(path: str | Path) -> OSError | None:
+    """The I/O error reading ``path``'s first bytes *from its medium* gives now, or None when they
+    read (or fail for a reason of the file's own). The file's cached pages are dropped first: the
+    header was read from the cache a moment before the card went."""
+    try:
+        fd = os.open(os.fsencode(path), os.O_RDONLY)
+        try:
+            with contextlib.suppress(OSError, AttributeError):   # not Linux: read what the cache gives
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.pread(fd, PROBE_BYTES, 0)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return exc if exc.errno in CARD_ERRNOS else None
+    return None

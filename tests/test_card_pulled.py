@@ -1,0 +1,104 @@
+"""A recorder's card pulled (or its reader failing) while watch works through it.
+
+The file system stays mounted over a card that is gone: names and sizes still come from the
+kernel's cache, every read of the card gives EIO, and libsndfile reports that as "System error."
+(a WAV) or "Format not recognised." (a FLAC). Those recordings are not damaged: they must not be
+quarantined (a quarantined file is looked at again only when its size or mtime changes, so the
+card put back kept them unanalysed for good; a field trial: a whole backlog within 2 minutes).
+The kernel refusing to read is simulated by ``os.pread`` and ``iter_blocks`` while ``pulled``."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from edgemon.analysis import audio
+from edgemon.errors import AudioError, EdgemonError
+from tests.watch_helpers import query, watch_until_idle, write_wav
+from tests.conftest import hoots
+
+
+@pytest.fixture
+def card(tmp_path, monkeypatch):
+    root = tmp_path / "card"
+    root.mkdir()
+    for minute in range(3):
+        write_wav(root / f"20240701_06{minute:02d}00.WAV", hoots(8.0, seed=minute))
+    pulled = threading.Event()
+    pulled.set()
+    real_pread, real_blocks = os.pread, audio.iter_blocks
+
+    def on_card(target) -> bool:
+        return str(target).startswith(str(root))
+
+    def pread(fd, n, offset):
+        if pulled.is_set() and on_card(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pread(fd, n, offset)
+
+    def iter_blocks(path, *args, **kwargs):
+        if pulled.is_set() and on_card(path):
+            raise AudioError(f"{path}: cannot decode audio: System error.")
+        return real_blocks(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(audio, "iter_blocks", iter_blocks)
+    return root, pulled
+
+
+def test_a_card_pulled_mid_backlog_quarantines_nothing_and_is_analysed_once_back(tmp_path, card):
+    root, pulled = card
+    db = tmp_path / "d.db"
+    threading.Timer(1.5, pulled.clear).start()   # put back after many retries (retry_s 0.1)
+    watch_until_idle(root, db, until_idle=False, stop_after_s=6.0)
+    states = dict(query(db, "SELECT source, state FROM files"))
+    assert states == {f"20240701_06{m:02d}00.WAV": "done" for m in range(3)}, states
+    assert query(db, "SELECT count(*) FROM detections")[0][0] > 0
+
+
+def test_a_one_off_run_on_a_card_that_cannot_be_read_ends_in_one_line_and_quarantines_nothing(tmp_path, card):
+    root, _ = card
+    db = tmp_path / "d.db"
+    with pytest.raises(EdgemonError, match=r"Input/output error.*run again") as raised:
+        watch_until_idle(root, db)
+    assert "20240701_060000.WAV" in str(raised.value)
+    assert query(db, "SELECT count(*) FROM files WHERE state = 'quarantined'")[0][0] == 0
+
+
+def test_a_one_off_run_whose_directory_cannot_be_listed_fails_rather_than_say_nothing_is_left(tmp_path, monkeypatch):
+    """The card failing as it is listed (the directory opens, reading its entries gives EIO):
+    `watch --until-idle` said "nothing left to do: 0 file(s) analysed" and exited 0, which
+    `watch --until-idle && next-step` reads as the card done."""
+    root = tmp_path / "card"
+    write_wav(root / "20240701_060000.WAV", hoots(8.0))
+    real_scandir = os.scandir
+
+    class Failing:
+        def __init__(self, path):
+            self.path = path
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), self.path)
+
+        def close(self):
+            pass
+
+    def scandir(path="."):
+        return Failing(os.fspath(path)) if os.fspath(path) == str(root) else real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(EdgemonError, match=r"cannot read the directory: Input/output error"):
+        watch_until_idle(root, tmp_path / "d.db")

@@ -674,3 +674,59 @@ def test_a_database_rebuilt_under_a_relative_name_is_named_from_anywhere(tmp_pat
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert any("started afresh" in p for p in collect_status(tmp_path / "edgemon.db")["problems"])
+
+
+# --- the database deleted under a running daemon --------------------------------------------------
+
+def test_a_database_deleted_while_watch_runs_stops_it_in_one_line(tmp_path):
+    """A hardening trial: `rm detections.db*` while watch ran ("to start afresh"): the daemon went on
+    storing into the deleted file, logging each file's detections, and all of it was gone when it
+    stopped. It now stops at its next write, in one line; started again, it makes the database anew
+    and analyses the card's recordings into it."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "20240701_060000.WAV", seed=100)
+    daemon = subprocess.Popen([sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db), "--settle-s", "0"],
+                              stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        def first_done() -> bool:
+            try:
+                return ledger(db)[:1] == [("20240701_060000.WAV", "done", 1)]
+            except sqlite3.Error:   # not created and migrated yet
+                return False
+
+        wait_until(first_done, 60, "the first recording analysed")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        recording(root / "20240702_060000.WAV", seed=101)
+        _, stderr = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+    assert daemon.returncode == 1, stderr[-2000:]
+    [line] = [l for l in stderr.splitlines() if l.startswith("error:")]
+    assert f"the detections database {db} was deleted or replaced while edgemon used it: stopping" in line, stderr
+    assert "Traceback" not in stderr
+    watch_until_idle(root, db)                                  # started again: both analysed into a new one
+    assert [r[:2] for r in ledger(db)] == [("20240701_060000.WAV", "done"), ("20240702_060000.WAV", "done")]
+
+
+def test_a_database_replaced_under_a_store_refuses_the_next_write(tmp_path):
+    """The listener's writer and every other writer go through ``Store``: a file put in the
+    database's place (a copy restored over it) is not written through the old one's handle."""
+    from edgemon.live.store_writer import StoreWriter
+    from edgemon.storage.store import DatabaseReplaced
+
+    db = tmp_path / "d.db"
+    with Store(db) as store:
+        store.set_unreadable_dirs({})
+        shutil.copy(db, tmp_path / "copy.db")
+        os.replace(tmp_path / "copy.db", db)
+        with pytest.raises(DatabaseReplaced, match="was deleted or replaced while edgemon used it"):
+            store.set_unreadable_dirs({"x": "gone"})
+    writer = StoreWriter(db, retry_s=0.01)
+    finish = threading.Event()
+    writer.submit(lambda s: (db.unlink(), s.set_unreadable_dirs({"x": "gone"})))
+    finish.set()
+    with pytest.raises(DatabaseReplaced):        # raised, not retried until the writer gives up
+        writer.run(finish)

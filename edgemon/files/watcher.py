@@ -56,7 +56,7 @@ from edgemon.signals import StoppedEarly
 from edgemon.storage.disk_budget import HOLD, DiskGuard, DiskHoldError
 from edgemon.storage.fingerprint import another_recording
 from edgemon.storage.readonly import error_code
-from edgemon.storage.store import Store
+from edgemon.storage.store import DatabaseReplaced, Store
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +292,8 @@ class Watcher:
                     except sqlite3.OperationalError as exc:  # the database, not the file: full, or locked too long
                         self._hold(exc, path)
                         break
-                    except sqlite3.DatabaseError:   # corrupt: the service restarts into open_or_recover
-                        raise
+                    except (sqlite3.DatabaseError, DatabaseReplaced):   # the service restarts into a database
+                        raise   # (a corrupt one moved aside by open_or_recover, a deleted one made anew)
                     except Exception as exc:   # a per-file boundary: one file's unforeseen failure stops no other
                         self._unforeseen(path, exc)
                         continue

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from edgemon.storage.readonly import error_code
 from edgemon.storage.recovery import CORRUPTION_CODES
-from edgemon.storage.store import Store, StoreError
+from edgemon.storage.store import DatabaseReplaced, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,11 @@ class StoreWriter:
                 self.done += 1
                 return
             except (sqlite3.Error, StoreError) as exc:
-                if isinstance(exc, sqlite3.Error) and error_code(exc) in CORRUPTION_CODES:
-                    # Damaged: no retry mends it. The listener stops, and the service restarts into
-                    # open_or_recover, which moves it aside (before, every write failed for good).
+                if isinstance(exc, DatabaseReplaced) or (isinstance(exc, sqlite3.Error) and
+                                                         error_code(exc) in CORRUPTION_CODES):
+                    # Damaged, or deleted under it: no retry mends it. The listener stops, and the
+                    # service restarts into open_or_recover, which moves a damaged one aside (before,
+                    # every write failed for good) or makes the deleted one anew.
                     raise
                 failures += 1
                 log.error("store writer: %s: %s (retrying in %.0f s)", self.db_path, exc, self.retry_s)

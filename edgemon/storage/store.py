@@ -46,6 +46,21 @@ class StoreError(EdgemonError):
     """The detections database cannot be opened or migrated."""
 
 
+class DatabaseReplaced(StoreError):
+    """The database file was deleted or replaced under a running store: what it wrote since went
+    into a file no path names, lost when it closes. The daemon stops; started again, it opens the
+    database at the path (``watch`` analyses the card's recordings into it again)."""
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) ``path`` names now; None when it names nothing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _now() -> str:
     return utc_iso(dt.datetime.now(dt.timezone.utc))
 
@@ -116,6 +131,7 @@ class Store:
         except StoreError:
             self.db.close()
             raise
+        self._opened_as = _file_identity(self.path)
 
     def _enable_wal(self) -> None:
         """Switch to WAL, waiting as long as for any busy writer. The switch upgrades the read it
@@ -176,6 +192,7 @@ class Store:
         deferred transaction that reads and then writes fails at once with SQLITE_BUSY when
         another connection (an export advancing its cursor) committed in between.
         """
+        self._check_still_there()
         self.db.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -184,6 +201,15 @@ class Store:
             if self.db.conn.in_transaction:
                 self.db.conn.execute("ROLLBACK")
             raise
+
+    def _check_still_there(self) -> None:
+        """Raise ``DatabaseReplaced`` when the path no longer names the file this store opened (a
+        technician's `rm detections.db*` "to start afresh": the daemon went on storing into the
+        deleted file, and everything since was gone when it stopped; a review). A stat a write."""
+        if self._opened_as is not None and _file_identity(self.path) != self._opened_as:
+            raise DatabaseReplaced(f"the detections database {self.path} was deleted or replaced while edgemon "
+                                   f"used it: stopping, so that nothing more is stored where no file keeps it; "
+                                   f"started again, edgemon opens the database at that path")
 
     def file_entry(self, source: str) -> dict | None:
         """The ledger row of ``source`` as a dict, or None if the file was never recorded."""

@@ -52,6 +52,25 @@ def test_a_recording_moved_or_renamed_inside_the_tree_is_not_analysed_again(tmp_
     assert watch_until_idle(root, db).processed == 0    # and at the next start
 
 
+def test_a_moved_recording_touched_after_is_said_touched_not_watched_from_another_directory(tmp_path, duet, caplog):
+    """A hardening trial: a recording moved into a folder, then touched, was logged "analysed already
+    as X, when another directory was watched": nothing was analysed twice, but the reason was wrong."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "20230201_053000.WAV", duet)
+    assert watch_until_idle(root, db).processed == 1
+    (root / "day1").mkdir()
+    moved = root / "day1" / "20230201_053000.WAV"
+    os.rename(root / "20230201_053000.WAV", moved)
+    assert watch_until_idle(root, db).processed == 0
+    os.utime(moved, ns=(moved.stat().st_atime_ns, moved.stat().st_mtime_ns + 10**9))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="edgemon"):
+        assert watch_until_idle(root, db).processed == 0
+    said = [r.getMessage() for r in caplog.records if "not analysed again" in r.getMessage()]
+    assert said == ["day1/20230201_053000.WAV: touched since it was found here as 20230201_053000.WAV, analysed "
+                    "already (same size and audio): not analysed again"], said
+
+
 def test_a_local_time_recorders_recording_renamed_is_known_by_its_start_in_its_clock_zone(tmp_path, duet):
     """Twins are asked for by start time: timed as UTC there and in the clock zone when analysed,
     a renamed Song Meter recording was analysed again."""

@@ -597,12 +597,17 @@ class Watcher:
     def _not_again(self, path: Path, source: str, version: tuple[int, int], same: SameRecording) -> None:
         """A recording analysed already (``files.same_recording``): its detections are not stored
         twice. Said once per file, not at every start."""
+        # Noted here before (moved or copied here): met again, it was touched since, not watched anew.
+        noted_here = same.kind != "touched" and self.store.noted_same_recording(path) == same.source
         if same.kind == "touched":
             self.store.note_touched(source, version[1])
             log.info("%s: touched or copied again (same size and audio): not analysed again", shown(source))
         elif self.store.note_same_recording(same.source, path=path, size=version[0], mtime_ns=version[1],
                                             moved=same.kind == "moved", converted=same.converted):
-            if same.path == stored_name(path):   # nothing moved: the watched directory is another one
+            if noted_here:   # a hardening trial: this was said as "when another directory was watched"
+                log.info("%s: touched since it was found here as %s, analysed already (same size and audio): not "
+                         "analysed again", shown(source), shown(same.source))
+            elif same.path == stored_name(path):   # nothing moved: the watched directory is another one
                 log.info("%s: analysed already as %s, when another directory was watched: not analysed again",
                          shown(source), shown(same.source))
             else:

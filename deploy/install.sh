@@ -355,6 +355,41 @@ ensure_unit() {
   fi
 }
 
+precheck_settings() {
+  # An upgrade checks the settings with the version it is about to install, before installing it:
+  # checked after, settings the new version refuses stopped the install with the new program
+  # already in place, and the service looped at its next restart (a review). The new package is
+  # imported from the source (a checkout, or the wheel unpacked) beside the installed dependencies;
+  # where that cannot import (new dependencies), ensure_config checks after the install, as before.
+  [ -f "$(r $CONF)" ] && [ -n "$(installed_version)" ] || return 0
+  local new="" unpacked="" whl=""
+  if [ -d "$SOURCE/edgemon" ]; then
+    new="$SOURCE"
+  else
+    if [ -f "$SOURCE" ] && [[ "$SOURCE" == *.whl ]]; then
+      whl="$SOURCE"
+    elif [ -n "$WHEELS" ] && [ "$SOURCE" = "$(dirname "$HERE")" ]; then
+      whl="$(find "$WHEELS" -maxdepth 1 -name 'edgemon-*.whl' | sort -V | tail -n 1)"
+    fi
+    [ -n "$whl" ] || return 0
+    unpacked="$(mktemp -d)"
+    "$PYTHON" -m zipfile -e "$whl" "$unpacked" || { rm -rf "$unpacked"; return 0; }
+    new="$unpacked"
+  fi
+  local ok=0 importable=0 python
+  python="$(r $VENV)/bin/python"
+  # From inside the new tree: `python -m` puts the working directory first, and run from a checkout
+  # of another version it imported that one.
+  if (cd "$new" && PYTHONPATH="$new" "$python" -c 'import edgemon.config') >/dev/null 2>&1; then
+    importable=1
+    (cd "$new" && PYTHONPATH="$new" "$python" -m edgemon config --config "$(r $CONF)") >/dev/null && ok=1
+  fi
+  [ -n "$unpacked" ] && rm -rf "$unpacked"
+  if [ "$importable" = 1 ] && [ "$ok" = 0 ]; then
+    die "$CONF is not valid for the version this would install (see the error above): nothing was changed, edgemon $(installed_version) stays; fix the settings and run again"
+  fi
+}
+
 check_config_readable() {
   # The service reads the settings as its user, the checks here run as root: a file copied in as
   # root's 0600 passed the install, then the unit failed at every start, every 15 s (a review).
@@ -378,6 +413,7 @@ do_install() {
   ensure_user
   ensure_dirs
   check_config_readable
+  precheck_settings
   ensure_venv
   ensure_config
   ensure_sync_drop_in

@@ -134,6 +134,8 @@ def seed_root(root: Path) -> Path:
 def source_tree(tmp_path: Path, version: str) -> Path:
     """A source tree of this checkout's package, numbered ``version``."""
     src = tmp_path / f"src-{version}"
+    if src.exists():
+        return src
     src.mkdir()
     for name in ("README.md", "edgemon"):
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(
@@ -232,6 +234,19 @@ def test_install_reinstall_upgrade_uninstall_in_a_throwaway_root(tmp_path):
     assert shown.stdout == "edgemon 0.1.1\n"                          # the installed version, not the source's
     assert 'device_id = "site-07"' in config.read_text()                 # the admin's settings kept
     assert (root / "etc/edgemon/edgemon.toml.dist").read_text() == (DEPLOY / "edgemon.toml").read_text()
+
+    # A version that refuses the settings in force (it no longer knows `latitude`) is refused before
+    # it is installed: checked after, it was in place, and the service looped at its next restart.
+    config.write_text("latitude = 1.55\n" + config.read_text())
+    registry = source_tree(tmp_path, "0.1.2") / "edgemon/settings_registry.py"
+    registry.write_text(re.sub(r'    Setting\("latitude",.*?\),\n', "", registry.read_text(), count=1, flags=re.S))
+    refused = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--no-apt", "--source",
+                              str(wheel(tmp_path, "0.1.2"))], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1 and "latitude" in refused.stderr, refused.stdout + refused.stderr
+    assert "is not valid for the version this would install (see the error above): nothing was changed, " \
+           "edgemon 0.1.1 stays" in refused.stderr
+    assert version_in(root) == "0.1.1"
+    config.write_text(config.read_text().replace("latitude = 1.55\n", ""))
 
     install(root, "--uninstall")
     assert not (root / "opt/edgemon").exists()

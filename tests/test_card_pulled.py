@@ -60,6 +60,16 @@ def test_a_card_pulled_mid_backlog_quarantines_nothing_and_is_analysed_once_back
     assert query(db, "SELECT count(*) FROM detections")[0][0] > 0
 
 
+def test_retries_while_the_card_is_out_are_not_counted_against_its_recordings(tmp_path, card):
+    """Counted, an hour out of the reader left every recording at dozens of failed attempts, and
+    one that then failed for a reason of its own was quarantined at its first real failure."""
+    root, _ = card
+    db = tmp_path / "d.db"
+    watch_until_idle(root, db, until_idle=False, stop_after_s=1.5)   # never put back; retried every 0.1 s
+    rows = query(db, "SELECT state, attempts FROM files")
+    assert len(rows) == 3 and set(rows) == {("failed", 0)}, rows
+
+
 def test_a_one_off_run_on_a_card_that_cannot_be_read_ends_in_one_line_and_quarantines_nothing(tmp_path, card):
     root, _ = card
     db = tmp_path / "d.db"

@@ -160,8 +160,10 @@ class FileAnalysis:
         recording quarantined within 2 retries, never analysed once it was back). Recorded as
         failed, so the watcher tries it again after ``retry_s``; said once until a file is stored."""
         why = f"cannot read: {exc.strerror or exc} (the card removed, or failing)"
+        # Not counted: a file that fails for good once the card is back gets its max_attempts (while
+        # counted, hours out of the reader left it quarantined at its first real failure).
         self.store.record_failure(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st), error=why,
-                                  max_attempts=2 ** 62)
+                                  max_attempts=self.max_attempts, counted=False)
         log.log(logging.WARNING if self.card_error is None else logging.DEBUG,
                 "%s: %s; not counted against it, tried again later", shown(source), why)
         self.card_error = self.card_error or f"{shown(source)}: {why}"

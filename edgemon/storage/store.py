@@ -350,9 +350,11 @@ class Store:
             db.execute("UPDATE files SET mtime_ns = ?, updated_at = ? WHERE source = ?", [mtime_ns, now, source])
 
     def record_failure(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
-                       error: str, max_attempts: int = 3, died: bool = False) -> str:
+                       error: str, max_attempts: int = 3, died: bool = False, counted: bool = True) -> str:
         """Count a failed attempt at ``source`` and return its new state: 'failed', or
         'quarantined' once it has failed ``max_attempts`` times. Detections are left alone.
+        ``counted=False``: a failure that is not the file's (its card unreadable): recorded as
+        'failed', to be tried again, without counting it.
 
         A file whose size or mtime changed since the last attempt is a new version (the recorder
         rewrote it), so its count starts again. Ends the file's attempt (``begin_attempt``),
@@ -360,8 +362,8 @@ class Store:
         so the next one counts the death and is isolated as well.
         """
         with self._write() as db:
-            attempts = _attempts_so_far(self.file_entry(source), size, mtime_ns) + 1
-            state = "quarantined" if attempts >= max_attempts else "failed"
+            attempts = _attempts_so_far(self.file_entry(source), size, mtime_ns) + counted
+            state = "quarantined" if counted and attempts >= max_attempts else "failed"
             if not died or state == "quarantined":
                 db.execute("DELETE FROM in_progress WHERE source = ?", [source])
             db["files"].upsert({

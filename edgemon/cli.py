@@ -307,7 +307,8 @@ def export_detections(
                                           times[1], timezone=service.timezone)
             if recordings is not None:   # first, as coverage
                 effort = export_recordings(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", recordings, times[0],
-                                           times[1], bundle=bundle or None, timezone=service.timezone)
+                                           times[1], bundle=bundle or None, timezone=service.timezone,
+                                           label=label or None, min_confidence=min_confidence)
             count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
                                new or cursor is not None, "default" if cursor is None else cursor,
                                bundle=bundle or None, timezone=service.timezone)

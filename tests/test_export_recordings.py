@@ -243,3 +243,31 @@ def test_a_bundles_charts_count_the_effort_its_recordings_export_counts_before_a
         by_hour, by_day = effort_hours(db, bundle)
         assert round(sum(by_day.values()) * 3600, 3) == round(spans, 3), bundle
     assert effort_hours(db, "b2")[1] == {"2024-05-01": 600 / 3600}
+
+
+def test_a_recordings_detections_count_those_the_exports_label_and_confidence_filter_pass(tmp_path):
+    """Found by a field check: with --label great_argus --min-confidence 0.8, the detections file
+    held 2 rows of a recording whose effort row said 6 detections (every species, every
+    confidence), so calls per hour from "the two files alone" counted the other species."""
+    db = tmp_path / "d.db"
+    source = "20240501_060000.WAV"
+
+    def call(start_s: float, label: str, confidence: float) -> Detection:
+        return Detection(device_id="rec01", source=source, start_s=start_s, end_s=start_s + 4.0,
+                         start_utc=f"2024-05-01T06:00:{int(start_s):02d}Z", end_utc=None, time_source="filename",
+                         clock_suspect=False, label=label, confidence=confidence,
+                         votes=json.dumps({"windows": 1}), bundle_id="b1")
+
+    with Store(db) as store:
+        store.commit_file(source, path=f"/card/{source}", size=100, mtime_ns=1, duration_s=60.0,
+                          start_utc="2024-05-01T06:00:00Z", time_source="filename", clock_suspect=False,
+                          bundle_id="b1", detections=[call(0, "great_argus", 0.9), call(10, "great_argus", 0.5),
+                                                      call(20, "gibbon_duet", 0.95), call(30, "gibbon_duet", 0.3)])
+    for options, expected in (([], 4), (["--label", "great_argus"], 2), (["--min-confidence", "0.8"], 2),
+                              (["--label", "great_argus", "--min-confidence", "0.8"], 1)):
+        out, rec = tmp_path / "d.csv", tmp_path / "r.csv"
+        done = runner.invoke(app, ["export-detections", "--db", str(db), "--output", str(out), "--recordings", str(rec),
+                                   *options])
+        assert done.exit_code == 0, done.output
+        assert len(read_csv(out)) == expected
+        assert [r["detections"] for r in read_csv(rec)] == [str(expected)], options

@@ -358,7 +358,8 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
 
 def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
                       since: dt.datetime | None = None, until: dt.datetime | None = None,
-                      bundle: list[str] | None = None, timezone: str | None = None) -> tuple[int, float]:
+                      bundle: list[str] | None = None, timezone: str | None = None,
+                      label: list[str] | None = None, min_confidence: float | None = None) -> tuple[int, float]:
     """Write the recordings analysed, one row per recording in the ledger that is done, in order of
     start; return (rows, seconds of audio). This is the effort behind the detections: a recording
     with no detection was listened to, a time with no recording was not. With ``bundle`` (ids, as
@@ -372,7 +373,9 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
     Each row: ``source`` (as detections name it), ``start_utc`` and ``end_utc`` (the end counts
     the silences a triggered recording left out, as its detections' times do), ``duration_s`` (the
     audio analysed), ``time_source`` and ``clock_suspect`` (as its detections), ``detections`` (how
-    many the ledger's bundle stored) and ``bundle_id``. ``fmt`` 'csv' or 'jsonl', to ``output``
+    many the ledger's bundle stored; with ``label`` or ``min_confidence``, those the detections
+    export's same filter passes, so the two files agree: an export of one species counted every
+    species' detections here, a trial) and ``bundle_id``. ``fmt`` 'csv' or 'jsonl', to ``output``
     (standard output when None). With ``since`` or ``until``, the recordings that overlap
     ``since <= t < until``, each cut to its part inside it (its times, its audio in proportion and
     its detections starting there, as the detections' own filter takes them): a recording that
@@ -418,7 +421,7 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
         # Recordings that overlap the range: those starting before its end, and ending after its
         # start (exactly, in as_row; here with a second's slack, julianday being a float).
         clauses, params = time_range("f.start_utc", None, upper)
-        counted, counted_params = time_range("d.start_utc", lower, upper)
+        counted, counted_params = CursorFilter.of(since, until, label, min_confidence, None).where()
         span = "f.span_s" if "span_s" in table_columns(conn, "files") else "NULL"
         # Each row's bundle and audio read: the ledger's, or with --bundle each chosen bundle's analysis.
         analysed, duration, by = "files f", "f.duration_s", "f.bundle_id"

@@ -82,12 +82,15 @@ def test_watch_classify_and_reanalyse_time_a_call_after_a_silent_stretch(tmp_pat
         note = conn.execute("SELECT error FROM files").fetchone()[0]   # a done file's note
     assert rows and "triggered recording: 1 silent stretch(es), 60.4 s in all" in note
     watched, marker_at = [], len(quiet) / RATE
-    for start_s, start_utc in rows:   # an event whose first window begins before the marker keeps its time
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT start_s, start_utc, end_s FROM detections").fetchall()
+    for start_s, start_utc, end_s in rows:   # timed in the burst that holds most of the event
         at = dt.datetime.fromisoformat(start_utc.replace("Z", "+00:00"))
-        expected = start_s + (left_out if start_s >= marker_at else 0.0)
+        after = start_s >= marker_at or end_s - marker_at > marker_at - start_s
+        expected = max(start_s, marker_at) + left_out if after else start_s
         assert (at - name_time).total_seconds() == pytest.approx(expected, abs=0.002)
         watched.append(start_utc)
-    assert max(start_s for start_s, _ in rows) > marker_at + 2      # calls found after the stretch
+    assert max(start_s for start_s, _, _ in rows) > marker_at + 2   # calls found after the stretch
     # The review page's effort counts the stretch as listened to, as the detections' times do (a
     # review: a call was charted in an hour drawn as "not listening").
     from edgemon.review.charts import effort_hours
@@ -104,6 +107,30 @@ def test_watch_classify_and_reanalyse_time_a_call_after_a_silent_stretch(tmp_pat
     assert reanalyse(db, analyzer, again=True).files == 1
     with sqlite3.connect(db) as conn:
         assert sorted(r[0] for r in conn.execute("SELECT start_utc FROM detections")) == sorted(watched)
+
+
+def test_a_call_right_after_a_silent_stretch_is_timed_after_it_not_before(tmp_path, call):
+    """An output trial: an AudioMoth resumes writing when a call crosses its threshold, so the call's
+    first window (every 2 s) begins up to 2 s before the marker; timed from there, the detection was
+    stored as early as the silence was long (5 minutes in the trial), and lasted as long."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    quiet = _int16(noise(2, seed=4, level=0.001))
+    write_triggered(root / "20240101_050000T.WAV", [quiet, 18, call, quiet])   # ~18.4 s left out
+    left_out = (18 * BUFFER - MARKER_SAMPLES) / RATE
+    marker_at = len(quiet) / RATE
+    assert watch_until_idle(root, db).processed == 1
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT start_s, end_s, start_utc, end_utc FROM detections").fetchall()
+    straddling = [r for r in rows if r[0] < marker_at < r[1]]
+    assert straddling, rows                                   # the case: its first window before the marker
+    name_time = dt.datetime(2024, 1, 1, 5, tzinfo=dt.timezone.utc)
+    for start_s, end_s, start_utc, end_utc in straddling:
+        start, end = (dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (start_utc, end_utc))
+        assert (start - name_time).total_seconds() == pytest.approx(marker_at + left_out, abs=0.002)
+        assert (end - name_time).total_seconds() == pytest.approx(end_s + left_out, abs=0.002)
+    [path] = root.iterdir()
+    classified, _ = classify_files([path], Analyzer(load_bundle(default_bundle_path())))
+    assert sorted(r["start_utc"] for r in classified) == sorted(r[2] for r in rows)   # classify times them alike
 
 
 def test_a_triggered_file_cut_short_or_never_finalised_keeps_its_markers_and_its_analysis(tmp_path):

@@ -49,12 +49,11 @@ def detection_rows(events: Sequence, *, device_id: str, source: str, start_utc: 
                    time_source: str, clock_suspect: bool, bundle_id: str,
                    left_out: SilentStretches = SilentStretches()) -> list[Detection]:
     """A recording's events as the rows stored for it: wall times from its start, past the
-    silences a triggered recorder left out (``files.triggered``). Watch and reanalyse both store these."""
+    silences a triggered recorder left out (``files.triggered.SilentStretches.event_times``). Watch and reanalyse both store these."""
     return [Detection(device_id=device_id, source=source, start_s=e.start_s, end_s=e.end_s,
-                      start_utc=left_out.wall_time(start_utc, e.start_s), end_utc=left_out.wall_time(start_utc, e.end_s),
-                      time_source=time_source, clock_suspect=clock_suspect, label=e.label,
-                      confidence=e.confidence, votes=e.votes, bundle_id=bundle_id, score=e.score)
-            for e in events]
+                      start_utc=start, end_utc=end, time_source=time_source, clock_suspect=clock_suspect,
+                      label=e.label, confidence=e.confidence, votes=e.votes, bundle_id=bundle_id, score=e.score)
+            for e in events for start, end in [left_out.event_times(start_utc, e.start_s, e.end_s)]]
 
 
 class FileAnalysis:

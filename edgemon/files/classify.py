@@ -57,14 +57,12 @@ def classify_files(paths: list[Path], analyzer: Analyzer, zone: zoneinfo.ZoneInf
             errors.append(str(exc) if isinstance(exc, EdgemonError) else f"{path}: {exc.strerror or exc}")
             continue
 
-        def at(offset: float) -> str | None:
-            time = left_out.wall_time(when.start_utc, offset)
-            return None if time is None else utc_iso(time)
-
         for e in analysis.events:
             scientific, common = names.get(e.label, (None, None))
+            start, end = left_out.event_times(when.start_utc, e.start_s, e.end_s)   # as watch stores them
             rows.append({"source": source, "file_path": str(path), "start_s": e.start_s, "end_s": e.end_s,
-                         "start_utc": at(e.start_s), "end_utc": at(e.end_s), "time_source": when.source,
+                         "start_utc": start and utc_iso(start), "end_utc": end and utc_iso(end),
+                         "time_source": when.source,
                          "clock_suspect": int(when.suspect), "label": e.label, "scientific_name": scientific,
                          "common_name": common, "confidence": e.confidence, "score": e.score, "votes": e.votes,
                          "bundle_id": analyzer.bundle.bundle_id})

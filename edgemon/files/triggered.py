@@ -60,6 +60,27 @@ class SilentStretches:
         except OverflowError:
             return None
 
+    def event_times(self, start: dt.datetime | None, start_s: float,
+                    end_s: float) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """The wall times of an event at file offsets ``[start_s, end_s)``: those of its part in the
+        burst (the audio between two markers) that holds most of it, so an event never spans a
+        silence. A call just after a marker has its first window begin a little before it (windows
+        every 2 s): timed from there, it was stored as early as the silence was long, minutes to
+        hours, and lasted as long (an output trial). ``start_s``/``end_s`` stay file offsets."""
+        if not self.at_s or start is None:
+            return self.wall_time(start, start_s), self.wall_time(start, end_s)
+        bounds = (0.0, *self.at_s, float("inf"))
+        first = bisect.bisect_right(self.at_s, start_s)            # the burst start_s lies in
+        last = max(first, bisect.bisect_left(self.at_s, end_s))   # the burst end_s lies in (its end excluded)
+        burst = max(range(first, last + 1),
+                    key=lambda k: (min(end_s, bounds[k + 1]) - max(start_s, bounds[k]), -k))
+        left_out = float(sum(self.left_out_s[:burst]))
+        try:
+            return (start + dt.timedelta(seconds=max(start_s, bounds[burst]) + left_out),
+                    start + dt.timedelta(seconds=min(end_s, bounds[burst + 1]) + left_out))
+        except OverflowError:
+            return None, None
+
     def note(self) -> str:
         return (f"triggered recording: {len(self.at_s)} silent stretch(es), {self.total_s:.1f} s in all, "
                 f"left out by the recorder; detection times count them")

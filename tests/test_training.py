@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from edgemon.analysis.bundle import load_bundle
@@ -60,6 +61,29 @@ def test_balanced_resampling_draws_classes_evenly():
     draws = np.concatenate([balanced_indices(targets, np.random.default_rng(s)) for s in range(50)])
     share = np.bincount(targets[draws], minlength=3) / len(draws)
     np.testing.assert_allclose(share, 1 / 3, atol=0.02)
+
+
+def test_each_epoch_trains_at_lr_times_beta_to_the_epochs_before_and_records_it(tiny_dataset):
+    """The paper multiplies the learning rate by beta each epoch: epoch 1 at lr, epoch e at
+    lr * beta^(e-1). history.json recorded the lr after the epoch's decay (epoch 1 showed lr * beta)."""
+    train_split = load_split(tiny_dataset, "train")
+    devel = load_split(tiny_dataset, "devel", train_split.labels)
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", spy)
+        history = train(ModelConfig(hidden=8, layers=1, n_classes=3),
+                        OptimConfig(epochs=3, batch_size=64, lr=0.01, lr_decay=0.5, seed=0, device="cpu"),
+                        AugmentConfig(), train_split, devel, progress=False, log_epochs=False).history
+    per_epoch = len(seen) // 3
+    trained_at = [seen[e * per_epoch] for e in range(3)]
+    assert trained_at == pytest.approx([0.01, 0.005, 0.0025])
+    assert [h["lr"] for h in history] == pytest.approx(trained_at)
 
 
 def test_masks_cover_the_requested_share_and_at_least_one_frame():

@@ -208,6 +208,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
                 loss.backward()
                 optimiser.step()
                 losses.append(task.item())
+            lr = optimiser.param_groups[0]["lr"]   # what this epoch trained at (the paper's lr x beta^(epoch-1))
             schedule.step()
             if optim.average_last and epoch > optim.epochs - optim.average_last:
                 averaged = _accumulate(averaged, model)
@@ -215,7 +216,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             probs, _ = predict(model, devel_split.features, device)
             devel_uar = uar(devel_split.targets, probs.argmax(1), len(devel_split.labels))
             record = {"epoch": epoch, "loss": float(np.mean(losses)), "devel_uar": devel_uar,
-                      "lr": optimiser.param_groups[0]["lr"], "train_seconds": train_seconds,
+                      "lr": lr, "train_seconds": train_seconds,
                       "seconds": time.perf_counter() - started,
                       # how well the recorder is still guessed (ln of the recorder count: not at all)
                       **({"adversary_loss": float(np.mean(adversary_losses))} if adversary_losses else {})}

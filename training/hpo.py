@@ -52,7 +52,10 @@ class SearchConfig:
     seed: int | None = None        # sampler seed (None: differs per worker, as it should)
     device: str = "auto"
     startup_trials: int = 5        # random trials before TPE, and finished trials before pruning
-    warmup_epochs: int = 1         # no pruning before this epoch within a trial
+    # Optuna's n_warmup_steps: steps below it are never pruned. The devel search reports epochs
+    # from 1, so a trial may be pruned after its first epoch (the paper's median rule, which names
+    # no warm-up); the grouped-CV searches report folds from 0, so their first fold is never pruned.
+    warmup_epochs: int = 1
     heartbeat_s: int = 60
     timeout_s: float | None = None  # this worker stops starting trials after this long
     start_from_paper: bool = True  # enqueue the paper's Table 2 best setting as the first trial

@@ -379,8 +379,10 @@ precheck_settings() {
   local ok=0 importable=0 python
   python="$(r $VENV)/bin/python"
   # From inside the new tree: `python -m` puts the working directory first, and run from a checkout
-  # of another version it imported that one.
-  if (cd "$new" && PYTHONPATH="$new" "$python" -c 'import edgemon.config') >/dev/null 2>&1; then
+  # of another version it imported that one. What `edgemon config` imports, not edgemon.config
+  # alone: a new version whose command line needs a dependency not installed yet failed the check
+  # with ModuleNotFoundError, and the upgrade was refused as if the settings were at fault.
+  if (cd "$new" && PYTHONPATH="$new" "$python" -c 'import edgemon.cli, edgemon.sync.sender') >/dev/null 2>&1; then
     importable=1
     (cd "$new" && PYTHONPATH="$new" "$python" -m edgemon config --config "$(r $CONF)") >/dev/null && ok=1
   fi

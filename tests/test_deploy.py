@@ -309,6 +309,37 @@ def test_install_over_what_an_earlier_install_left(tmp_path):
     assert 'with device_id = "site-07": --device-id site-08 is not written into it' in out
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="useradd --prefix and chown need root (CI runs as root)")
+def test_an_upgrade_whose_command_line_needs_a_new_dependency_is_not_refused_as_bad_settings(tmp_path):
+    """The settings are checked with the version about to be installed, imported from its source
+    beside the installed dependencies; where it cannot import, it is checked after the install.
+    Only edgemon.config was tried: a version whose command line imports a dependency not yet
+    installed passed that, failed `python -m edgemon config` with ModuleNotFoundError, and the
+    upgrade was refused for good as "not valid for the version this would install"."""
+    root = seed_root(tmp_path / "root")
+    config = root / "etc/edgemon/edgemon.toml"
+    config.parent.mkdir()
+    config.write_text((DEPLOY / "edgemon.toml").read_text())
+    # An installed edgemon 0.1.0 whose interpreter is this one, and which never installs anything:
+    # no pip and no venv (the run stops at creating the environment, past the check).
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/bash\n"
+                    "for a in \"$@\"; do case \"$a\" in pip|venv) echo \"no $a here\" >&2; exit 1;; "
+                    "*importlib.metadata*) echo 0.1.0; exit 0;; esac; done\n"
+                    f"exec {sys.executable} \"$@\"\n")
+    fake.chmod(0o755)
+    venv = root / "opt/edgemon/venv/bin"
+    venv.mkdir(parents=True)
+    (venv / "python").symlink_to(fake)
+    src = source_tree(tmp_path, "0.2.0")
+    cli = src / "edgemon/cli.py"
+    cli.write_text(cli.read_text().replace("\nimport typer\n", "\nimport typer\nimport edgemon_new_dependency\n", 1))
+    result = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--no-apt", "--no-start", "--source", str(src),
+                             "--python", str(fake)], capture_output=True, text=True, timeout=120)
+    assert "not valid for the version this would install" not in result.stderr, result.stderr
+    assert "could not create the virtual environment" in result.stderr, result.stdout + result.stderr
+
+
 def test_install_refuses_what_it_cannot_do(tmp_path):
     bad = subprocess.run(["bash", str(INSTALL), "--root", str(tmp_path), "--mode", "record"],
                          capture_output=True, text=True)

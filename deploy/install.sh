@@ -363,14 +363,16 @@ precheck_settings() {
   # where that cannot import (new dependencies), ensure_config checks after the install, as before.
   [ -f "$(r $CONF)" ] && [ -n "$(installed_version)" ] || return 0
   local new="" unpacked="" whl=""
-  if [ -d "$SOURCE/edgemon" ]; then
+  # In ensure_venv's order: with --wheels and no --source, the wheelhouse's edgemon is what pip
+  # installs, not the checkout this script lies in (which was checked instead).
+  if [ -n "$WHEELS" ] && [ "$SOURCE" = "$(dirname "$HERE")" ]; then
+    whl="$(find "$WHEELS" -maxdepth 1 -name 'edgemon-*.whl' | sort -V | tail -n 1)"
+  elif [ -d "$SOURCE/edgemon" ]; then
     new="$SOURCE"
-  else
-    if [ -f "$SOURCE" ] && [[ "$SOURCE" == *.whl ]]; then
-      whl="$SOURCE"
-    elif [ -n "$WHEELS" ] && [ "$SOURCE" = "$(dirname "$HERE")" ]; then
-      whl="$(find "$WHEELS" -maxdepth 1 -name 'edgemon-*.whl' | sort -V | tail -n 1)"
-    fi
+  elif [ -f "$SOURCE" ] && [[ "$SOURCE" == *.whl ]]; then
+    whl="$SOURCE"
+  fi
+  if [ -z "$new" ]; then
     [ -n "$whl" ] || return 0
     unpacked="$(mktemp -d)"
     "$PYTHON" -m zipfile -e "$whl" "$unpacked" || { rm -rf "$unpacked"; return 0; }

@@ -340,6 +340,36 @@ def test_an_upgrade_whose_command_line_needs_a_new_dependency_is_not_refused_as_
     assert "could not create the virtual environment" in result.stderr, result.stdout + result.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="useradd --prefix and chown need root (CI runs as root)")
+def test_an_offline_upgrade_checks_the_settings_with_the_wheel_it_installs_not_the_checkout(tmp_path):
+    """With --wheels and no --source, pip installs the wheelhouse's edgemon; the check before the
+    install read the checkout install.sh lies in instead (its branch for the wheelhouse came after
+    the checkout's, so never ran from a checkout): a checkout of another version refused settings
+    the wheel takes, or passed settings it refuses."""
+    root = seed_root(tmp_path / "root")
+    config = root / "etc/edgemon/edgemon.toml"
+    config.parent.mkdir()
+    config.write_text("latitude = 1.55\n" + (DEPLOY / "edgemon.toml").read_text())
+    fake = tmp_path / "python3"   # an installed 0.1.0 that never installs anything (no pip, no venv)
+    fake.write_text("#!/bin/bash\n"
+                    "for a in \"$@\"; do case \"$a\" in pip|venv) echo \"no $a here\" >&2; exit 1;; "
+                    "*importlib.metadata*) echo 0.1.0; exit 0;; esac; done\n"
+                    f"exec {sys.executable} \"$@\"\n")
+    fake.chmod(0o755)
+    (root / "opt/edgemon/venv/bin").mkdir(parents=True)
+    (root / "opt/edgemon/venv/bin/python").symlink_to(fake)
+    # A checkout whose edgemon no longer knows `latitude`, beside a wheelhouse whose edgemon does.
+    checkout = source_tree(tmp_path, "0.1.9")
+    shutil.copytree(DEPLOY, checkout / "deploy")
+    registry = checkout / "edgemon/settings_registry.py"
+    registry.write_text(re.sub(r'    Setting\("latitude",.*?\),\n', "", registry.read_text(), count=1, flags=re.S))
+    wheels = wheel(tmp_path, "0.2.0").parent
+    result = subprocess.run(["bash", str(checkout / "deploy/install.sh"), "--root", str(root), "--no-apt", "--no-start",
+                             "--wheels", str(wheels), "--python", str(fake)], capture_output=True, text=True, timeout=300)
+    assert "not valid for the version this would install" not in result.stderr, result.stderr
+    assert "could not create the virtual environment" in result.stderr, result.stdout + result.stderr
+
+
 def test_install_refuses_what_it_cannot_do(tmp_path):
     bad = subprocess.run(["bash", str(INSTALL), "--root", str(tmp_path), "--mode", "record"],
                          capture_output=True, text=True)

@@ -180,10 +180,11 @@ ensure_dirs() {
     # owned by the old user's ids, which another system user may have been given since: hand it to
     # this one, or the unit cannot open its database. systemd's StateDirectory= looks at the top
     # only, which is the new user's. Files root made there are left to root.
-    stray="$(find "$(r $STATE)" -mindepth 1 ! -uid "$uid" ! -uid 0 | wc -l)"
+    # -xdev: a file system mounted below (a clips card) is not walked (a vfat one refuses chown).
+    stray="$(find "$(r $STATE)" -xdev -mindepth 1 ! -uid "$uid" ! -uid 0 | wc -l)"
     if [ "$stray" -gt 0 ]; then
       say "handing $stray file(s) in $STATE (database, clips) to user $USER_NAME ($ids): an earlier user's"
-      find "$(r $STATE)" -mindepth 1 ! -uid "$uid" ! -uid 0 -exec chown -h "$ids" {} +
+      find "$(r $STATE)" -xdev -mindepth 1 ! -uid "$uid" ! -uid 0 -exec chown -h "$ids" {} +
     fi
   fi
 }
@@ -397,7 +398,7 @@ precheck_settings() {
 check_config_readable() {
   # The service reads the settings as its user, the checks here run as root: a file copied in as
   # root's 0600 passed the install, then the unit failed at every start, every 15 s (a review).
-  # Said before the program is replaced. Group membership beyond the user's own group is not read.
+  # Said before the program is replaced. ACLs are not read.
   [ -f "$(r $CONF)" ] || return 0
   local ids uid gid mode owner group
   ids="$(awk -F: -v u="$USER_NAME" '$1 == u {print $3 " " $4}' "$(r /etc/passwd)")"
@@ -405,7 +406,13 @@ check_config_readable() {
   read -r uid gid <<<"$ids"
   read -r mode owner group < <(stat -L -c '%a %u %g' "$(r $CONF)")
   mode=$((8#$mode))
-  if (( mode & 4 )) || { [ "$owner" = "$uid" ] && (( mode & 0400 )); } || { [ "$group" = "$gid" ] && (( mode & 040 )); }; then
+  local member=0   # the file's group is the user's own, or one it belongs to (audio, say)
+  if [ "$group" = "$gid" ] || awk -F: -v g="$group" -v u="$USER_NAME" \
+      '$3 == g { n = split($4, m, ","); for (i = 1; i <= n; i++) if (m[i] == u) found = 1 } END { exit !found }' \
+      "$(r /etc/group)"; then
+    member=1
+  fi
+  if (( mode & 4 )) || { [ "$owner" = "$uid" ] && (( mode & 0400 )); } || { [ "$member" = 1 ] && (( mode & 040 )); }; then
     return 0
   fi
   die "$CONF cannot be read by user $USER_NAME, which the service runs as (mode $(printf '%o' "$mode"), owner $owner:$group): chmod 0644 $CONF, or chgrp $USER_NAME and chmod 0640 it, and run again"

@@ -112,3 +112,41 @@ def test_a_one_off_run_whose_directory_cannot_be_listed_fails_rather_than_say_no
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(EdgemonError, match=r"cannot read the directory: Input/output error"):
         watch_until_idle(root, tmp_path / "d.db")
+
+
+def test_a_recording_the_card_cannot_even_stat_is_retried_not_counted(tmp_path, monkeypatch):
+    """The diff review: a card pulled so far that stat itself fails (EIO) had its recordings'
+    failed attempts counted, and quarantined within max_attempts, as a file that cannot be read."""
+    root = tmp_path / "card"
+    write_wav(root / "20240701_060000.WAV", hoots(8.0))
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def failing(real):
+        def look(path, *args, **kwargs):
+            if str(path).startswith(str(root / "2")):
+                raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+            return real(path, *args, **kwargs)
+        return look
+
+    monkeypatch.setattr(os, "stat", failing(real_stat))
+    monkeypatch.setattr(os, "lstat", failing(real_lstat))
+    db = tmp_path / "d.db"
+    watch_until_idle(root, db, until_idle=False, stop_after_s=1.5)   # retried every 0.1 s
+    rows = query(db, "SELECT state, attempts, error FROM files")
+    assert [r[:2] for r in rows] == [("failed", 0)] and "Input/output error" in rows[0][2], rows
+
+
+def test_a_passing_io_error_on_the_database_path_does_not_stop_the_store(tmp_path, monkeypatch):
+    """The diff review: any error stat'ing the database's path was taken for the database deleted,
+    and stopped the daemon with that message; only a path that names nothing, or another file, is."""
+    import edgemon.storage.store as store_module
+    from edgemon.storage.store import Store
+
+    db = tmp_path / "d.db"
+    real_stat = os.stat
+    with Store(db) as store:
+        monkeypatch.setattr(store_module.os, "stat", lambda p, *a, **k: (_ for _ in ()).throw(
+            OSError(errno.EIO, "Input/output error")) if str(p) == str(db) else real_stat(p, *a, **k))
+        store.set_unreadable_dirs({"x": "gone"})                       # written, not refused
+        monkeypatch.setattr(store_module.os, "stat", real_stat)
+    assert query(db, "SELECT count(*) FROM unreadable_dirs")[0][0] == 1

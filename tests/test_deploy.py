@@ -393,6 +393,16 @@ def test_install_refuses_what_it_cannot_do(tmp_path):
         f"(mode 600, owner {config.stat().st_uid}:{config.stat().st_gid}): chmod 0644 /etc/edgemon/edgemon.toml, or chgrp edgemon and chmod 0640 it, and run "
         "again"], private.stderr
     assert not (root / "opt/edgemon/venv").exists()
+    # Readable through a group the user belongs to (root:audio 0640, the diff review): not refused
+    os.chown(config, 0, 29)
+    config.chmod(0o640)
+    python = tmp_path / "python-without-venv"   # gets past the check, then stops at once, before any install
+    python.write_text('#!/bin/sh\ncase "$1" in -m) echo "no venv here" >&2; exit 3;; *) exec python3 "$@";; esac\n')
+    python.chmod(0o755)
+    through_audio = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--no-apt", "--no-start", "--python",
+                                    str(python)], capture_output=True, text=True, timeout=120)
+    assert through_audio.returncode == 1 and "could not create the virtual environment" in through_audio.stderr
+    assert "cannot be read by user" not in through_audio.stderr, through_audio.stderr
     if os.geteuid() != 0:
         no_root = subprocess.run(["bash", str(INSTALL), "--no-apt"], capture_output=True, text=True)
         assert no_root.returncode == 1 and "run as root" in no_root.stderr

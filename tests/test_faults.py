@@ -730,3 +730,23 @@ def test_a_database_replaced_under_a_store_refuses_the_next_write(tmp_path):
     finish.set()
     with pytest.raises(DatabaseReplaced):        # raised, not retried until the writer gives up
         writer.run(finish)
+
+
+def test_a_listeners_thread_that_finds_its_database_deleted_says_so_in_one_line(caplog):
+    """The second diff review: listen's writer stopped on a deleted database with a traceback in
+    the journal, and the run ended in "the writer thread failed: DatabaseReplaced: …"."""
+    from edgemon.live.threads import _Threads
+    from edgemon.storage.store import DatabaseReplaced
+
+    stop = threading.Event()
+    threads = _Threads(stop)
+
+    def writer() -> None:
+        raise DatabaseReplaced("the detections database d.db was deleted or replaced while edgemon used it")
+
+    with caplog.at_level("ERROR", logger="edgemon"):
+        threads.start("writer", writer).join(5)
+    assert stop.is_set() and [type(e) for _, e in threads.errors] == [DatabaseReplaced]
+    [record] = caplog.records
+    assert record.exc_info is None and record.getMessage() == (
+        "writer thread stopped: the detections database d.db was deleted or replaced while edgemon used it")

@@ -48,7 +48,7 @@ from edgemon.files.directory import (SettledVersions, WatchRootError, check_root
                                      mtime_ns, skipped_because, source_of)
 from edgemon.files.events import observing, start_observer, stop_observer
 from edgemon.files.isolate import Isolated
-from edgemon.files.medium import CardUnreadableError
+from edgemon.files.medium import CARD_ERRNOS, CardUnreadableError
 from edgemon.files.recordings import StabilityTracker, header_consistent
 from edgemon.files.same_recording import SameRecording, complete_digests, same_recording, undigested_files
 from edgemon.safetext import name_from_stored, shown, stored_name
@@ -542,9 +542,11 @@ class Watcher:
             return True
         if time.monotonic() < self.retry_at.get(path, 0.0):
             return False
+        # The card's own error (pulled, its reader failing) is not the file's: retried, not counted.
         state = self.store.record_failure(source, path=path, size=version[0], mtime_ns=version[1],
                                           error=f"cannot stat: {exc.strerror or exc}",
-                                          max_attempts=self.config.max_attempts)
+                                          max_attempts=self.config.max_attempts,
+                                          counted=exc.errno not in CARD_ERRNOS)
         log.warning("%s: cannot stat (%s), now %s", shown(source), shown(exc.strerror or exc), state)
         if state == "quarantined":
             self.settled[path] = version

@@ -38,7 +38,7 @@ from edgemon.live.worker import ListenConfig, ListenError, Listener, ListenSumma
 from edgemon.safetext import shown
 from edgemon.signals import stop_on_signals
 from edgemon.storage.recovery import open_or_recover
-from edgemon.storage.store import Store
+from edgemon.storage.store import DatabaseReplaced, Store
 from edgemon.utc import parse_utc
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,10 @@ class _Threads:
             try:
                 target()
             except Exception as exc:  # handed to the main thread, which raises it
-                log.exception("%s thread failed", name)
+                if isinstance(exc, DatabaseReplaced):   # expected, and its one line says it all
+                    log.error("%s thread stopped: %s", name, exc)
+                else:
+                    log.exception("%s thread failed", name)
                 self.errors.append((name, exc))
                 self.stop.set()
         thread = threading.Thread(target=guarded, name=f"edgemon-{name}", daemon=True)
@@ -149,6 +152,8 @@ def run_listen(config: ListenConfig, db_path: Path, analyzer: Analyzer,
     log.info("stopped: %s", summary)
     if threads.errors:
         name, exc = threads.errors[0]
+        if isinstance(exc, DatabaseReplaced):   # its own line: the service restarts on a database anew
+            raise exc
         raise ListenError(f"the {name} thread failed: {type(exc).__name__}: {exc}") from exc
     _say_lost_writes(writer, db_path)
     if capture.state is not CaptureState.STOPPED:

@@ -52,12 +52,15 @@ class DatabaseReplaced(StoreError):
     database at the path (``watch`` analyses the card's recordings into it again)."""
 
 
-def _file_identity(path: Path) -> tuple[int, int] | None:
-    """The (device, inode) ``path`` names now; None when it names nothing."""
+def _file_identity(path: Path) -> tuple[int, int] | None | bool:
+    """The (device, inode) ``path`` names now; None when it names nothing; False when it cannot
+    be told now (an I/O error passing by: no reason to stop the daemon, the write says more)."""
     try:
         st = os.stat(path)
-    except OSError:
+    except FileNotFoundError:
         return None
+    except OSError:
+        return False
     return st.st_dev, st.st_ino
 
 
@@ -206,7 +209,7 @@ class Store:
         """Raise ``DatabaseReplaced`` when the path no longer names the file this store opened (a
         technician's `rm detections.db*` "to start afresh": the daemon went on storing into the
         deleted file, and everything since was gone when it stopped; a review). A stat a write."""
-        if self._opened_as is not None and _file_identity(self.path) != self._opened_as:
+        if self._opened_as and (now := _file_identity(self.path)) is not False and now != self._opened_as:
             raise DatabaseReplaced(f"the detections database {self.path} was deleted or replaced while edgemon "
                                    f"used it: stopping, so that nothing more is stored where no file keeps it; "
                                    f"started again, edgemon opens the database at that path")

@@ -17,7 +17,7 @@ from edgemon.cli import app
 from edgemon.files.classify import classify_files, format_rows
 from edgemon.storage.export import ExportError, export_detections
 from edgemon.storage.store import Store
-from edgemon.storage.tables import BIRDNET_COLUMNS, COLUMNS
+from edgemon.storage.tables import BIRDNET_COLUMNS, COLUMNS, RAVEN_COLUMNS
 from tests.conftest import hoots
 from tests.test_export import LIVE, REC1, db_path, detection, read_csv  # noqa: F401 (fixture)
 from tests.watch_helpers import analyzer, write_wav
@@ -213,3 +213,23 @@ def test_raven_reads_a_database_older_than_clip_offsets(named_db, tmp_path):
     out.mkdir()
     assert export_detections(named_db, "raven", out) == 5
     assert "live_mic0.BirdNET.selection.table.txt" in {p.name for p in out.iterdir()}
+
+
+def test_a_plain_raven_export_leaves_no_table_of_an_earlier_export_with_rows_it_filtered_out(named_db, tmp_path):
+    """Found by a BirdNET user's trial: a plain Raven export with --min-confidence into the
+    directory of an earlier, unfiltered one rewrote only the tables of recordings with a row that
+    passed, and left the others holding the earlier export's low-confidence rows. Every table of
+    the database's recordings there now holds what this export selects: the header alone, if none."""
+    out = tmp_path / "raven"
+    out.mkdir()
+    assert export_detections(named_db, "raven", out) == 5
+    site2 = out / "20240502_060000.BirdNET.selection.table.txt"
+    assert len(site2.read_text().splitlines()) == 2
+    assert export_detections(named_db, "raven", out, min_confidence=0.85) == 2   # REC1's 0.9 and the live 0.95
+    with open(out / "20240501_060000.BirdNET.selection.table.txt", newline="") as f:
+        assert [r["Confidence"] for r in csv.DictReader(f, delimiter="\t")] == ["0.9"]
+    assert site2.read_text().splitlines() == ["\t".join(RAVEN_COLUMNS)]   # its 0.8 row is gone
+    import datetime as dt
+    assert export_detections(named_db, "raven", out, since=dt.datetime(2030, 1, 1)) == 0   # nothing: all emptied
+    tables = sorted(out.glob("*.BirdNET.selection.table.txt"))
+    assert len(tables) == 3 and all(t.read_text().splitlines() == ["\t".join(RAVEN_COLUMNS)] for t in tables)

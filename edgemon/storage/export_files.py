@@ -83,14 +83,17 @@ def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], appe
     """One tab-separated Raven selection table per source (a live detection's saved clip is a
     source of its own: the ``raven_table`` each row carries); times in seconds from its start.
     ``append`` (cursor exports) keeps an existing table's selections and numbers on after them,
-    and appends none it holds already (``export_held``; ``alone``: see ``write_file``); ``moving``:
-    see ``atomic_texts``. ``owner_note`` (path, text: ``raven_owner``) is written with the tables
+    and appends none it holds already (``export_held``; ``alone``: see ``write_file``); without it,
+    a table of ``names`` already in ``out_dir`` that no row goes to is rewritten as its header alone;
+    ``moving``: see ``atomic_texts``. ``owner_note`` (path, text: ``raven_owner``) is written with the tables
     when any row is, one of them: a power cut after the cursor's commit left tables the note did
     not claim, and a plain export then replaced rows the cursor had delivered (a review)."""
     left_out = [0]
+    written: set[str] = set()
     with atomic_texts(moving) as outputs:   # all tables or none: see atomic_texts
         for source, group in itertools.groupby(rows, key=lambda row: row["raven_table"]):
             path = out_dir / names[source]
+            written.add(names[source])
             earlier, number = _earlier_selections(path) if append else ("", 0)
             if earlier:   # after a restore or a rebuild: what the table holds is not appended again
                 group = _not_held(selection_key, group, held_selections(earlier), left_out, alone)
@@ -106,6 +109,15 @@ def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], appe
                 for number, row in enumerate(group, start=number + 1):
                     writer.writerow(tables.raven_row(number, row))
                     outputs.delivered += 1
+        if not append:
+            # A plain export rewrites every table whole: a table of this database's recordings that
+            # an earlier export wrote here and that this one's filter leaves without rows keeps only
+            # its header. Left alone, it kept the earlier export's rows (a --min-confidence 0.95
+            # export left a directory of tables holding rows at 0.06 beside the one it wrote).
+            for name in sorted(set(names.values()) - written):
+                if (out_dir / name).is_file():
+                    with outputs.open(out_dir / name) as f:
+                        tables.raven_writer(f).writerow(RAVEN_COLUMNS)
         if owner_note is not None and outputs.delivered:
             with outputs.open(owner_note[0]) as f:
                 f.write(owner_note[1])

@@ -8,9 +8,11 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import sqlite3
 
 import pytest
+import soundfile
 from typer.testing import CliRunner
 
 from edgemon.cli import app
@@ -233,3 +235,28 @@ def test_a_plain_raven_export_leaves_no_table_of_an_earlier_export_with_rows_it_
     assert export_detections(named_db, "raven", out, since=dt.datetime(2030, 1, 1)) == 0   # nothing: all emptied
     tables = sorted(out.glob("*.BirdNET.selection.table.txt"))
     assert len(tables) == 3 and all(t.read_text().splitlines() == ["\t".join(RAVEN_COLUMNS)] for t in tables)
+
+
+def test_classify_says_which_files_of_a_directory_it_did_not_read(hoot_recording, tmp_path, caplog):
+    """Found by a BirdNET user's trial: `classify DIR` passed over the directory's MP3 and Ogg
+    files without a word (BirdNET-Analyzer reads them in a folder), though classify reads such a
+    file named alone. It now says how many it left out, and an error for a folder of them alone
+    names them."""
+    card = tmp_path / "card"
+    card.mkdir()
+    (card / hoot_recording.name).write_bytes(hoot_recording.read_bytes())
+    soundfile.write(card / "20240501_070000.ogg", hoots(12.0), 16000)
+    (card / "20240501_080000.mp3").write_bytes(b"ID3 not really")
+    (card / "CONFIG.TXT").write_text("not audio")
+    with caplog.at_level(logging.WARNING, logger="edgemon.files.classify"):
+        rows, errors = classify_files([card], analyzer())
+    assert rows and not errors and {r["source"] for r in rows} == {hoot_recording.name}
+    said = [r.getMessage() for r in caplog.records if "other formats" in r.getMessage()]
+    assert said == [f"{card}: 2 file(s) in other formats not classified (1 .mp3, 1 .ogg): a directory's WAV and "
+                    f"FLAC files are; name such files to classify them"]
+    (card / hoot_recording.name).unlink()
+    rows, errors = classify_files([card], analyzer())
+    assert rows == [] and errors == [f"{card}: a directory without WAV or FLAC recordings (it holds 1 .mp3, 1 .ogg: "
+                                     f"name such files to classify them)"]
+    rows, errors = classify_files([card / "20240501_070000.ogg"], analyzer())   # named, it is read
+    assert not errors and {r["source"] for r in rows} <= {"20240501_070000.ogg"}

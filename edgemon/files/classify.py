@@ -71,7 +71,8 @@ def classify_files(paths: list[Path], analyzer: Analyzer, zone: zoneinfo.ZoneInf
 
 def _audio_files(paths: list[Path], errors: list[str]) -> Iterator[tuple[Path, str]]:
     """The files given, a directory's audio files in name order in its place (as watch finds them,
-    recursively); a directory holding none is an error line. Each with its ``source`` as watch
+    recursively); a directory holding none is an error line, and its files in other audio formats
+    (which classify reads only when named) are said. Each with its ``source`` as watch
     would store it: a directory's file by its path under that directory, a file given alone by its
     name (the path as typed did not join with an export's rows, a review)."""
     for path in paths:
@@ -79,10 +80,18 @@ def _audio_files(paths: list[Path], errors: list[str]) -> Iterator[tuple[Path, s
             yield path, Path(path).name
             continue
         unreadable: dict[str, str] = {}
-        found = sorted(iter_audio(Path(path), unreadable))
+        others: dict[str, int] = {}
+        found = sorted(iter_audio(Path(path), unreadable, others))
         errors.extend(skipped_because(where, why) for where, why in sorted(unreadable.items()))
+        # Other audio in the directory (MP3s, Ogg, which BirdNET-Analyzer reads in a folder) was
+        # passed over without a word, although classify reads such a file named alone (a trial).
+        counts = ", ".join(f"{n} {suffix}" for suffix, n in sorted(others.items()))
         if not found:
-            errors.append(f"{path}: a directory without WAV or FLAC recordings")
+            errors.append(f"{path}: a directory without WAV or FLAC recordings"
+                          + (f" (it holds {counts}: name such files to classify them)" if others else ""))
+        elif others:
+            log.warning("%s: %d file(s) in other formats not classified (%s): a directory's WAV and FLAC "
+                        "files are; name such files to classify them", shown(str(path)), sum(others.values()), counts)
         yield from ((f, Path(f).relative_to(path).as_posix()) for f in found)
 
 

@@ -575,6 +575,7 @@ def test_info_as_text_gives_the_lines_a_person_reads_first():
     if described["provenance"]["operating_point"].get("from_bundle"):
         # a point kept and measured again: its own figure first, then what choosing anew gives
         assert "measured again" in lines[first] and f"{expected['false_per_hour']:.1f} / h" in lines[first]
+        assert "(false events per hour of background audio)" in lines[first]   # what "/ h" counts
         assert "chosen anew" in lines[first + 1] and f": {other['false_per_hour']:.1f} / h" in lines[first + 1]
     else:
         # the figure chosen on the other folds' recorders comes first: it is what a new site can expect

@@ -217,7 +217,8 @@ def test_raven_reads_a_database_older_than_clip_offsets(named_db, tmp_path):
     assert "live_mic0.BirdNET.selection.table.txt" in {p.name for p in out.iterdir()}
 
 
-def test_a_plain_raven_export_leaves_no_table_of_an_earlier_export_with_rows_it_filtered_out(named_db, tmp_path):
+def test_a_plain_raven_export_leaves_no_table_of_an_earlier_export_with_rows_it_filtered_out(named_db, tmp_path,
+                                                                                              caplog):
     """Found by a BirdNET user's trial: a plain Raven export with --min-confidence into the
     directory of an earlier, unfiltered one rewrote only the tables of recordings with a row that
     passed, and left the others holding the earlier export's low-confidence rows. Every table of
@@ -231,6 +232,7 @@ def test_a_plain_raven_export_leaves_no_table_of_an_earlier_export_with_rows_it_
     with open(out / "20240501_060000.BirdNET.selection.table.txt", newline="") as f:
         assert [r["Confidence"] for r in csv.DictReader(f, delimiter="\t")] == ["0.9"]
     assert site2.read_text().splitlines() == ["\t".join(RAVEN_COLUMNS)]   # its 0.8 row is gone
+    assert "table(s) an earlier export left in" in caplog.text and "rewritten with their header alone" in caplog.text
     import datetime as dt
     assert export_detections(named_db, "raven", out, since=dt.datetime(2030, 1, 1)) == 0   # nothing: all emptied
     tables = sorted(out.glob("*.BirdNET.selection.table.txt"))

@@ -114,10 +114,14 @@ def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], appe
             # an earlier export wrote here and that this one's filter leaves without rows keeps only
             # its header. Left alone, it kept the earlier export's rows (a --min-confidence 0.95
             # export left a directory of tables holding rows at 0.06 beside the one it wrote).
-            for name in sorted(set(names.values()) - written):
-                if (out_dir / name).is_file():
-                    with outputs.open(out_dir / name) as f:
-                        tables.raven_writer(f).writerow(RAVEN_COLUMNS)
+            emptied = [name for name in sorted(set(names.values()) - written) if (out_dir / name).is_file()]
+            for name in emptied:
+                with outputs.open(out_dir / name) as f:
+                    tables.raven_writer(f).writerow(RAVEN_COLUMNS)
+            if emptied:   # files the user did not name one by one: said
+                log.warning("%d table(s) an earlier export left in %s have no row this export's filters pass: "
+                            "rewritten with their header alone (e.g. %s)", len(emptied), shown(str(out_dir)),
+                            shown(emptied[0]))
         if owner_note is not None and outputs.delivered:
             with outputs.open(owner_note[0]) as f:
                 f.write(owner_note[1])

@@ -935,7 +935,7 @@ def test_the_same_sounds_judged_again_under_the_adapted_bundle_are_still_its_own
         new_review = conn.execute("SELECT max(id) FROM reviews").fetchone()[0]
     assert new_review not in fitted_ids and new_review not in latest
     _check_not_fitted_on(adapted, db, [new_review])
-    with pytest.raises(AdaptError, match=f"1 of these 2 reviews made it"):
+    with pytest.raises(AdaptError, match="1 of these 2 reviews made it"):
         _check_not_fitted_on(adapted, db, [new_review, latest[0]])
 
 

@@ -168,12 +168,16 @@ ensure_user() {
   fi
 }
 
+user_ids() {   # "UID:GID" of the service's user in the (--root) passwd; empty when there is none
+  awk -F: -v u="$USER_NAME" '$1 == u {print $3 ":" $4}' "$(r /etc/passwd)"
+}
+
 ensure_dirs() {
   install -d -m 0755 "$(r $PREFIX)" "$(r $CONF_DIR)" "$(r /etc/systemd/system)"
   install -d -m 0750 "$(r $STATE)"
   if [ "$(id -u)" = 0 ]; then
     local ids uid stray
-    ids="$(awk -F: -v u="$USER_NAME" '$1 == u {print $3 ":" $4}' "$(r /etc/passwd)")"
+    ids="$(user_ids)"
     uid="${ids%:*}"
     chown "$ids" "$(r $STATE)"
     # Data kept from an earlier install (--uninstall --purge removes the user, never the data) is
@@ -401,9 +405,9 @@ check_config_readable() {
   # Said before the program is replaced. ACLs are not read.
   [ -f "$(r $CONF)" ] || return 0
   local ids uid gid mode owner group
-  ids="$(awk -F: -v u="$USER_NAME" '$1 == u {print $3 " " $4}' "$(r /etc/passwd)")"
+  ids="$(user_ids)"
   [ -n "$ids" ] || return 0
-  read -r uid gid <<<"$ids"
+  uid="${ids%:*}" gid="${ids#*:}"
   read -r mode owner group < <(stat -L -c '%a %u %g' "$(r $CONF)")
   mode=$((8#$mode))
   local member=0   # the file's group is the user's own, or one it belongs to (audio, say)

@@ -3,6 +3,7 @@ parts: verdicts, precision intervals, review order, spectrogram PNG, charts."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -853,13 +854,31 @@ def test_a_verdict_and_the_charts_page_read_no_days(review_db, monkeypatch):
     assert call("GET", f"/api/precision?bundle={bundle}")[0] == 200
 
 
+@contextlib.contextmanager
+def served_in_process(db: Path, recordings: Path):
+    """The review app on a free port in this process (so a test can patch what it calls); its base URL."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ReviewConfig(db=db, recordings=recordings, port=port)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert poll_until(lambda: server.started, timeout=20)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def test_excerpts_are_decoded_a_few_at_a_time(review_db, monkeypatch):
     """Found by the thirtieth session's review: a page of 50 detections asks for its spectrograms
     together, and the server's worker threads decoded them all at once (up to a minute of audio
     each, ~100 MB at an AudioMoth's 384 kHz, on a Pi). At most ``DECODES_AT_ONCE`` now; the rest wait."""
     import threading
-
-    import uvicorn
 
     import edgemon.review.app as review_app
 
@@ -877,14 +896,7 @@ def test_excerpts_are_decoded_a_few_at_a_time(review_db, monkeypatch):
         return read_excerpt(*args, **kwargs)
 
     monkeypatch.setattr(review_app, "read_excerpt", slow_excerpt)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ReviewConfig(db=db, recordings=recordings, port=port)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{port}"
-        assert poll_until(lambda: server.started, timeout=20)
+    with served_in_process(db, recordings) as base:
         ids = [r[0] for r in sqlite3.connect(db).execute("SELECT id FROM detections")]
         results = []
         asks = [threading.Thread(target=lambda i=i: results.append(_get(f"{base}/detections/{i}/spectrogram.png")[0]))
@@ -893,9 +905,6 @@ def test_excerpts_are_decoded_a_few_at_a_time(review_db, monkeypatch):
             ask.start()
         for ask in asks:
             ask.join(timeout=30)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     assert results == [200] * len(asks), results
     assert most[0] == review_app.DECODES_AT_ONCE, most[0]
 
@@ -904,8 +913,6 @@ def test_a_request_that_gets_no_turn_to_decode_is_told_the_page_is_busy(review_d
     """A review: with two decodes stuck on a hung mount, every later excerpt waited for ever, then
     every worker thread, then the page itself. A request now waits ``DECODE_WAIT_S`` and gets a 503."""
     import threading
-
-    import uvicorn
 
     import edgemon.review.app as review_app
 
@@ -919,27 +926,19 @@ def test_a_request_that_gets_no_turn_to_decode_is_told_the_page_is_busy(review_d
 
     monkeypatch.setattr(review_app, "read_excerpt", hung_excerpt)
     monkeypatch.setattr(review_app, "DECODE_WAIT_S", 0.5)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ReviewConfig(db=db, recordings=recordings, port=port)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        base = f"http://127.0.0.1:{port}"
-        assert poll_until(lambda: server.started, timeout=20)
-        ids = [r[0] for r in sqlite3.connect(db).execute("SELECT id FROM detections")]
-        stuck = [threading.Thread(target=_get, args=(f"{base}/detections/{i}/audio.wav",)) for i in ids[:2]]
-        for request in stuck:
-            request.start()
-        assert entered.acquire(timeout=10) and entered.acquire(timeout=10)   # both decodes hung
-        status, _, body = _get(f"{base}/detections/{ids[2]}/spectrogram.png")
-        assert status == 503 and body.startswith(b"busy: 2 excerpts are being read"), (status, body)
-        assert _get(f"{base}/")[0] == 200   # the page itself still loads
-        hung.set()
-        for request in stuck:
-            request.join(timeout=30)
-        assert _get(f"{base}/detections/{ids[2]}/spectrogram.png")[0] == 200   # turns again once they end
+        with served_in_process(db, recordings) as base:
+            ids = [r[0] for r in sqlite3.connect(db).execute("SELECT id FROM detections")]
+            stuck = [threading.Thread(target=_get, args=(f"{base}/detections/{i}/audio.wav",)) for i in ids[:2]]
+            for request in stuck:
+                request.start()
+            assert entered.acquire(timeout=10) and entered.acquire(timeout=10)   # both decodes hung
+            status, _, body = _get(f"{base}/detections/{ids[2]}/spectrogram.png")
+            assert status == 503 and body.startswith(b"busy: 2 excerpts are being read"), (status, body)
+            assert _get(f"{base}/")[0] == 200   # the page itself still loads
+            hung.set()
+            for request in stuck:
+                request.join(timeout=30)
+            assert _get(f"{base}/detections/{ids[2]}/spectrogram.png")[0] == 200   # turns again once they end
     finally:
-        hung.set()
-        server.should_exit = True
-        thread.join(timeout=10)
+        hung.set()   # the hung decodes end, so the server can stop

@@ -435,16 +435,23 @@ def test_device_id_clash_is_reported_not_merged(fleet, tmp_path):
     assert status.stdout.count("device id clash") == 2
 
 
+def daemon_ran(db: Path, bundle_id: str, *, recorded: bool = True, run_id: str = "run-9") -> None:
+    """A heartbeat of a daemon that ran ``bundle_id``, and (``recorded``) the bundle's manifest as
+    the daemon records it."""
+    with Store(db) as store:
+        if recorded:
+            store.record_bundle(bundle_id, {"labels": ["background", "bird"], "bundle_id": bundle_id})
+        store.add_heartbeat(Heartbeat(run_id=run_id, mode="watch", device_id="site-07", bundle_id=bundle_id,
+                                      at_utc="2024-05-01T07:00:00Z", started_utc="2024-05-01T06:00:00Z",
+                                      uptime_s=3600.0))
+
+
 def test_a_card_synced_from_a_laptop_keeps_its_sites_position_zone_and_bundle(fleet, tmp_path):
     """A review: the README's one-shot `edgemon sync --db card.db --device-id site-07 --to URL`,
     run on a field laptop without the recorder's settings, set the site's position and time zone
     to NULL (its detections moved to other local days) and its bundle to the laptop's embedded one."""
     db = make_recorder(tmp_path / "a.db", "site-07", files=3, seed=9)
-    with Store(db) as store:
-        store.record_bundle("site-bundle", {"labels": ["background", "bird"], "bundle_id": "site-bundle"})
-        store.add_heartbeat(Heartbeat(run_id="run-9", mode="watch", device_id="site-07", bundle_id="site-bundle",
-                                      at_utc="2024-05-01T07:00:00Z", started_utc="2024-05-01T06:00:00Z",
-                                      uptime_s=3600.0))
+    daemon_ran(db, "site-bundle")
     site = {**os.environ, "EDGEMON_LATITUDE": "1.55", "EDGEMON_LONGITUDE": "110.35", "EDGEMON_TIMEZONE": "Asia/Kuching"}
     laptop = {k: v for k, v in os.environ.items() if k not in ("EDGEMON_LATITUDE", "EDGEMON_LONGITUDE",
                                                                 "EDGEMON_TIMEZONE", "EDGEMON_MODELS")}
@@ -468,10 +475,7 @@ def test_a_heartbeats_bundle_never_recorded_keeps_the_manifest_the_settings_give
     manifest = (default_bundle_path() / "manifest.json").read_text()
     bundle_id = json.loads(manifest)["bundle_id"]
     db = make_recorder(tmp_path / "a.db", "site-07", files=3, seed=9)
-    with Store(db) as store:
-        store.add_heartbeat(Heartbeat(run_id="run-9", mode="watch", device_id="site-07", bundle_id=bundle_id,
-                                      at_utc="2024-05-01T07:00:00Z", started_utc="2024-05-01T06:00:00Z",
-                                      uptime_s=3600.0))
+    daemon_ran(db, bundle_id, recorded=False)
     env = {k: v for k, v in os.environ.items() if k != "EDGEMON_MODELS"}
     result = run_sync(db, fleet.url, device_id="site-07", env=env)
     assert result.returncode == 0, result.stderr
@@ -495,11 +499,7 @@ def test_the_services_own_sync_registers_the_bundle_it_runs_not_its_last_runs(fl
     from edgemon.sync import sender
 
     db = make_recorder(tmp_path / "a.db", "site-07", files=1, seed=9)
-    with Store(db) as store:
-        store.record_bundle("last-run", {"labels": ["background", "bird"], "bundle_id": "last-run"})
-        store.add_heartbeat(Heartbeat(run_id="run-1", mode="watch", device_id="site-07", bundle_id="last-run",
-                                      at_utc="2024-05-01T07:00:00Z", started_utc="2024-05-01T06:00:00Z",
-                                      uptime_s=3600.0))
+    daemon_ran(db, "last-run", run_id="run-1")
     settings = load_settings(cli={"db": str(db), "device_id": "site-07", "sync_url": fleet.url}, env={},
                              default_path=None)
     configs = []

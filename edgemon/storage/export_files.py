@@ -114,7 +114,8 @@ def write_raven(rows: Iterable[dict], out_dir: Path, names: dict[str, str], appe
             # an earlier export wrote here and that this one's filter leaves without rows keeps only
             # its header. Left alone, it kept the earlier export's rows (a --min-confidence 0.95
             # export left a directory of tables holding rows at 0.06 beside the one it wrote).
-            emptied = [name for name in sorted(set(names.values()) - written) if (out_dir / name).is_file()]
+            here = {e.name for e in os.scandir(out_dir) if e.is_file()}   # one listing, not a stat per recording
+            emptied = sorted((set(names.values()) - written) & here)
             for name in emptied:
                 with outputs.open(out_dir / name) as f:
                     tables.raven_writer(f).writerow(RAVEN_COLUMNS)

@@ -11,14 +11,13 @@ import pytest
 import soundfile
 
 from edgemon.files.headers import read_wav_metadata
+from edgemon.files.completeness import StabilityTracker, wav_header_consistent
 from edgemon.files.recordings import (
     RecordingTime,
-    StabilityTracker,
     audio_duration_s,
     recording_time,
     time_from_filename,
     time_from_metadata,
-    wav_header_consistent,
 )
 
 UTC = timezone.utc

@@ -18,8 +18,9 @@ from pathlib import Path
 from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
+from edgemon.files.completeness import header_consistent
 from edgemon.files.directory import iter_audio, skipped_because
-from edgemon.files.recordings import header_consistent, recording_time
+from edgemon.files.recordings import recording_time
 from edgemon.files.triggered import silences_of
 from edgemon.safetext import shown
 from edgemon.storage import tables

@@ -1,6 +1,6 @@
 """Recorder files' headers, read by hand (``struct``, a bounded number of bytes, no audio decoded):
 a WAV's fmt, LIST/INFO (the AudioMoth comment) and GUANO chunks, a FLAC's Vorbis comment.
-``edgemon.files.recordings`` reads times and completeness from them."""
+``edgemon.files.recordings`` reads times from them, ``edgemon.files.completeness`` whether a file is whole."""
 
 from __future__ import annotations
 

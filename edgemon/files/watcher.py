@@ -44,12 +44,12 @@ from edgemon.backoff import Backoff
 from edgemon.files.analyse_file import FileAnalysis
 from edgemon.files.backlog import BacklogProgress
 from edgemon.files.clock_check import say_if_clock_moved
+from edgemon.files.completeness import StabilityTracker, header_consistent
 from edgemon.files.directory import (SettledVersions, WatchRootError, check_root, file_version, iter_audio,
                                      mtime_ns, skipped_because, source_of)
 from edgemon.files.events import observing, start_observer, stop_observer
 from edgemon.files.isolate import Isolated
 from edgemon.files.medium import CARD_ERRNOS, CardUnreadableError
-from edgemon.files.recordings import StabilityTracker, header_consistent
 from edgemon.files.same_recording import SameRecording, complete_digests, same_recording, undigested_files
 from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.signals import StoppedEarly

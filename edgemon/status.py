@@ -281,11 +281,15 @@ def _export_cursors(conn: sqlite3.Connection) -> list[dict]:
 
 
 def _disk(db_path: Path) -> dict:
+    """Free space where the database lies, and whether its file system is mounted read-only (a
+    card the kernel remounted read-only after an error: the daemon's heartbeats stop only at its
+    next beat, so status said "running" and no problem for up to 11 minutes)."""
     try:
         usage = shutil.disk_usage(db_path.resolve().parent)
+        read_only = bool(os.statvfs(db_path.resolve().parent).f_flag & os.ST_RDONLY)
     except OSError:
-        return {"free_mb": None, "total_mb": None}
-    return {"free_mb": round(usage.free / MB, 1), "total_mb": round(usage.total / MB, 1)}
+        return {"free_mb": None, "total_mb": None, "read_only": None}
+    return {"free_mb": round(usage.free / MB, 1), "total_mb": round(usage.total / MB, 1), "read_only": read_only}
 
 
 def _problems(status: dict, min_free_mb: float | None) -> list[str]:
@@ -325,6 +329,11 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
         problems.append(f"{suspect} file(s) from a recorder clock that looks wrong (unset, or over a day ahead of "
                         f"this host): their detections' times are doubtful, and the fleet leaves them out of its "
                         f"days; set the recorder's clock: " + _named(status["backlog"]["clock_suspect"], suspect))
+    # Only while a daemon is meant to be storing: a card or copy read on a read-only mount is fine.
+    if status["disk"].get("read_only") and service["state"] in ("running", "silent"):
+        problems.append(f"the database's file system ({Path(status['database']['path']).resolve().parent}) is "
+                        f"mounted read-only: nothing new can be stored (a card remounted read-only after an "
+                        f"error? see dmesg; check it with fsck, then remount it read-write)")
     free = status["disk"]["free_mb"]
     if min_free_mb is not None and free is not None and free < min_free_mb:
         problems.append(f"disk: {free:.0f} MB free, below the {min_free_mb:g} MB watermark")

@@ -149,3 +149,33 @@ def test_a_passing_io_error_on_the_database_path_does_not_stop_the_store(tmp_pat
         store.set_unreadable_dirs({"x": "gone"})                       # written, not refused
         monkeypatch.setattr(store_module.os, "stat", real_stat)
     assert query(db, "SELECT count(*) FROM unreadable_dirs")[0][0] == 1
+
+
+def test_one_recording_with_a_bad_sector_is_counted_and_quarantined_while_the_others_are_analysed(tmp_path,
+                                                                                              monkeypatch):
+    """A bad sector under one recording's header gives the same EIO as a card pulled, but only for
+    that file: it was taken for the card gone, retried for ever uncounted, and a one-off run ended
+    saying to put the card back while the card was in."""
+    root = tmp_path / "card"
+    for minute in range(3):
+        write_wav(root / f"20240701_06{minute:02d}00.WAV", hoots(8.0, seed=minute))
+    bad = str(root / "20240701_060100.WAV")
+    real_pread, real_blocks = os.pread, audio.iter_blocks
+
+    def pread(fd, n, offset):
+        if os.readlink(f"/proc/self/fd/{fd}") == bad:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pread(fd, n, offset)
+
+    def iter_blocks(path, *args, **kwargs):
+        if str(path) == bad:
+            raise AudioError(f"{path}: cannot decode audio: System error.")
+        return real_blocks(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(audio, "iter_blocks", iter_blocks)
+    db = tmp_path / "d.db"
+    watch_until_idle(root, db)   # a one-off run ends as usual: no "put the card back"
+    states = dict(query(db, "SELECT source, state FROM files"))
+    assert states == {"20240701_060000.WAV": "done", "20240701_060100.WAV": "quarantined",
+                      "20240701_060200.WAV": "done"}, states

@@ -160,7 +160,7 @@ def status(
 @app.command()
 def classify(
     ctx: typer.Context,
-    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Audio files (WAV or FLAC), or directories of them (recursive).", readable=False)],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Recordings (WAV or FLAC; another format libsndfile reads, MP3 or Ogg say, when named), or directories (their WAV and FLAC files, recursive).", readable=False)],
     models: ModelsOpt = None,
     fmt: Annotated[ClassifyFormat, typer.Option("--format", help="table (for reading) or csv (export-detections' csv columns).")] = ClassifyFormat.table,
     threads: ThreadsOpt = None,

@@ -52,6 +52,19 @@ def test_classify_prints_detections_as_csv_with_utc_times(duet_recording):
     assert rows[0]["start_utc"].startswith("2018-03-01T06:00")
 
 
+def test_classify_reads_a_named_file_in_another_format_as_its_help_says(duet_recording, tmp_path):
+    """The help said "Audio files (WAV or FLAC)" while classify reads any format libsndfile does when
+    the file is named (the README says so; only a directory's walk keeps to WAV and FLAC)."""
+    x, rate = soundfile.read(duet_recording, dtype="float32")
+    ogg = tmp_path / "20180301_060000.ogg"
+    soundfile.write(ogg, x, rate, format="OGG")
+    result = runner.invoke(app, ["classify", str(ogg), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert list(csv.DictReader(io.StringIO(result.stdout)))[0]["label"] == "gibbon_duet"
+    text = " ".join(runner.invoke(app, ["classify", "-h"]).output.split())
+    assert "WAV or FLAC)" not in text and "Ogg" in text and "when named" in text
+
+
 def test_classify_says_when_it_timed_a_file_by_its_modification_time(duet_recording, tmp_path):
     """A newcomer trial: a file named without a start time showed today's time in the table (which
     has no time-source column), with nothing said; watch says it."""

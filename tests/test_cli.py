@@ -245,6 +245,17 @@ def test_help_shows_the_choices_the_training_commands_check():
     assert shown("hpo", "--objective") == f"<{'|'.join(OBJECTIVES)}>"
 
 
+def test_adapt_help_names_every_candidate_it_fits():
+    """The help named the site head and the thresholds, not the site veto that adapt also fits and
+    may choose (the README's five candidates)."""
+    from training.adapt_fit import CANDIDATES
+    from training.cli import app as train_app
+
+    text = " ".join(runner.invoke(train_app, ["adapt", "-h"]).output.split())
+    assert {"head", "thresholds", "veto"} == {part for name in CANDIDATES for part in name.split("+")} - {"evidence"}
+    assert "site head" in text and "thresholds" in text and "site veto" in text
+
+
 def test_sync_help_shows_where_its_batches_start():
     assert re.search(r"\[default: 500; x>=1\]", runner.invoke(app, ["sync", "-h"]).output)
     assert SyncConfig.batch_rows == 500

@@ -370,7 +370,8 @@ def adapt(
     l2: Annotated[float, typer.Option(callback=non_negative, help="Penalty on the site head's weights (larger: closer to the parent).")] = 1.0,
 ):
     """Adapt a bundle to a site from its reviewed detections: a site head on the members'
-    embeddings and/or re-fitted thresholds (alone or with the fewest windows an event needs),
+    embeddings and/or re-fitted thresholds (alone or with the fewest windows an event needs), or a
+    site veto of windows like its reviewed false alarms over re-fitted thresholds and windows,
     whichever does best on held-out recordings; refused if worse than the parent there. The
     stored confidence is shifted to the site's reviews when that scores better on held-out
     recordings, else the parent's calibration is kept."""

@@ -356,11 +356,8 @@ ORDER BY db.device_id, db.last_sync DESC;
 # 44 000 verdicts and 88 000 ledger rows, two clones among them (``bench/fleet_views.py``, best of
 # 3, three runs): effort_daily 0.38-0.56 s against revision 3's 0.21-0.26 s (the sort of every
 # ledger row by its owner), review_precision 0.63-0.77 s against 0.51-0.62 s.
-_FILE_EFFORT_BY_ANALYSER = f"""    SELECT site, (start_utc AT TIME ZONE timezone)::date, 0, 0, count(*), sum(duration_s) / 3600,
-           coalesce(extract(epoch FROM max(gap)) / 3600, 0)::float8
-    FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.duration_s))
-                     OVER (PARTITION BY r.site ORDER BY r.start_utc) AS gap
-          FROM (WITH RECURSIVE ancestry (db_uuid, ancestor, depth) AS (
+# Each recording once, under the device that analysed it: (site, source, start_utc, duration_s, timezone).
+_RECORDINGS_BY_ANALYSER = f"""(WITH RECURSIVE ancestry (db_uuid, ancestor, depth) AS (
                     SELECT db_uuid, forked_from, 1 FROM {SCHEMA}.databases WHERE forked_from IS NOT NULL
                     UNION ALL
                     SELECT a.db_uuid, p.forked_from, a.depth + 1
@@ -381,7 +378,12 @@ _FILE_EFFORT_BY_ANALYSER = f"""    SELECT site, (start_utc AT TIME ZONE timezone
                 CROSS JOIN LATERAL (SELECT coalesce(ab.device_id, db.device_id) AS site) owner
                 JOIN {SCHEMA}.device_bundle b ON b.device_id = owner.site
                 WHERE f.state = 'done' AND f.start_utc IS NOT NULL
-                ORDER BY owner.site, f.source, f.updated_at DESC) r) g
+                ORDER BY owner.site, f.source, f.updated_at DESC)"""
+_FILE_EFFORT_BY_ANALYSER = f"""    SELECT site, (start_utc AT TIME ZONE timezone)::date, 0, 0, count(*), sum(duration_s) / 3600,
+           coalesce(extract(epoch FROM max(gap)) / 3600, 0)::float8
+    FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.duration_s))
+                     OVER (PARTITION BY r.site ORDER BY r.start_utc) AS gap
+          FROM {_RECORDINGS_BY_ANALYSER} r) g
     GROUP BY 1, 2) u
 GROUP BY site, day;
 """
@@ -486,5 +488,40 @@ _ROWS_UNDER_THEIR_OWN_RECORDER = (
                           WHERE o.device_id = j.site AND {_FROM_CURRENT_BY_SYNC})""", "j.site", _OWN_DETECTION_SITE)
     + _HEALTH)
 
+# 6: a recording's hours count on the local days they were recorded, not all on the day it started
+# (an analyst's trial). A recording from 23:59:30 to 00:00:39 local counted its 69 s on the first
+# day, and its detections after midnight fell on a day with no effort at all: a rate per hour of
+# effort divided by zero there and was too low the day before (``export-detections --recordings``
+# already cut a recording at the edge of a range). Each recording is cut at the local midnights it
+# spans (found in UTC, so a day of 23 or 25 hours is cut where its clock says); it counts in
+# ``files`` and ``longest_gap_h`` on the day it started, as before.
+def _file_effort_by_local_day(recordings: str) -> str:
+    """The files half of ``effort_daily`` over ``recordings`` (site, source, start_utc, duration_s,
+    timezone), each recording's seconds on the local days they fall in."""
+    return f"""    SELECT site, day, 0, 0, count(*) FILTER (WHERE first), sum(part_s) / 3600,
+           coalesce(extract(epoch FROM max(gap) FILTER (WHERE first)) / 3600, 0)::float8
+    FROM (SELECT g.site, p.day, p.first, p.part_s, g.gap
+          FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.duration_s))
+                           OVER (PARTITION BY r.site ORDER BY r.start_utc) AS gap
+                FROM {recordings} r) g
+          CROSS JOIN LATERAL (
+              SELECT d::date AS day, d::date = (g.start_utc AT TIME ZONE g.timezone)::date AS first,
+                     CASE WHEN g.duration_s IS NOT NULL THEN extract(epoch FROM
+                         least(g.start_utc + make_interval(secs => g.duration_s),
+                               (d + interval '1 day') AT TIME ZONE g.timezone)
+                         - greatest(g.start_utc, d AT TIME ZONE g.timezone)) END AS part_s
+              FROM generate_series((g.start_utc AT TIME ZONE g.timezone)::date::timestamp,
+                                   ((g.start_utc + make_interval(secs => coalesce(g.duration_s, 0)))
+                                    AT TIME ZONE g.timezone)::date::timestamp, interval '1 day') d) p
+          WHERE p.first OR p.part_s > 0) x
+    GROUP BY 1, 2) u
+GROUP BY site, day;
+"""
+
+
+_EFFORT_ON_THE_DAYS_RECORDED = _effort_once_per_minute(_file_effort_by_local_day(_RECORDINGS_BY_ANALYSER),
+                                                       _COVERAGE_BY_OWN_RECORDER)
+
 VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE, _BY_THE_SERVERS_CLOCK,
-                                   _BY_THE_RECORDER_THAT_MADE_THEM, _ROWS_UNDER_THEIR_OWN_RECORDER)
+                                   _BY_THE_RECORDER_THAT_MADE_THEM, _ROWS_UNDER_THEIR_OWN_RECORDER,
+                                   _EFFORT_ON_THE_DAYS_RECORDED)

@@ -1,0 +1,80 @@
+"""The fleet views as a study's analyst reads them (psql, R, pandas): detections and effort per site
+and local day, so that a rate per hour of effort is right on every day a recorder listened.
+
+Recorders are real SQLite files written through ``Store``; the fleet database is a real PostgreSQL
+server, migrated by a real sync session."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from edgemon.storage.rows import Detection
+from edgemon.storage.store import Store
+from edgemon.sync import fleetdb
+from edgemon.sync.fleetdb import DeviceInfo
+from edgemon.sync.fleetschema import VIEW_REVISIONS
+from edgemon.sync.sender import SyncConfig, sync_once
+from tests.test_sync import fleet, server  # noqa: F401  (fixtures: one server per module)
+
+psycopg = pytest.importorskip("psycopg")
+
+
+def record(store: Store, device_id: str, source: str, start_utc: str, duration_s: float,
+           calls: list[tuple[float, str]], bundle_id: str = "bundle-a") -> None:
+    """Commit recording ``source`` (``duration_s`` seconds from ``start_utc``) with a detection at
+    each (offset in seconds, label) of ``calls``."""
+    start = dt.datetime.fromisoformat(start_utc)
+    detections = [Detection(device_id=device_id, source=source, start_s=s, end_s=s + 3.0,
+                            start_utc=start + dt.timedelta(seconds=s), end_utc=None, time_source="filename", clock_suspect=False, label=label,
+                            confidence=0.9, votes=None, bundle_id=bundle_id) for s, label in calls]
+    store.commit_file(source, path=f"/data/{source}", size=len(source) * 1000, mtime_ns=1, duration_s=duration_s,
+                      start_utc=start_utc, time_source="filename", clock_suspect=False, bundle_id=bundle_id,
+                      detections=detections)
+
+
+def sync(db: Path, url: str, device_id: str, timezone: str) -> None:
+    sync_once(db, DeviceInfo(device_id, "", timezone=timezone), SyncConfig(url=url, snapshot=None))
+
+
+def per_day(fleet, view: str, column: str) -> dict[str, float]:
+    with fleet.connect() as conn:
+        return {str(day): round(value, 4) for day, value in conn.execute(
+            f"SELECT day, sum({column})::float8 FROM edgemon.{view} GROUP BY day ORDER BY day").fetchall()}
+
+
+def test_a_recording_across_local_midnight_counts_its_hours_on_both_days(fleet, tmp_path, monkeypatch):
+    """An AudioMoth naming files in UTC, at a site in Kuching (UTC+8): a recording from 23:59:30 to
+    00:01:09 local has a call on each side of midnight. Before view revision 6, effort_daily put its
+    99 s on the first day, and the second day had a detection and no effort at all (its rate per
+    hour of effort divided by zero; the first day's too low). A fleet database at revision 5
+    migrates at the next sync."""
+    db = tmp_path / "kuching.db"
+    with Store(db) as store:
+        record(store, "kuching-01", "20250302_155930.WAV", "2025-03-02T15:59:30Z", 99.0,
+               [(3.9, "gibbon"), (45.0, "argus")])
+        record(store, "kuching-01", "20250302_213000.WAV", "2025-03-02T21:30:00Z", 60.0, [(10.0, "gibbon")])
+    monkeypatch.setattr(fleetdb, "VIEW_REVISIONS", VIEW_REVISIONS[:5])   # a server of the release before
+    sync(db, fleet.url, "kuching-01", "Asia/Kuching")
+    assert per_day(fleet, "detections_daily", "detections") == {"2025-03-02": 1, "2025-03-03": 2}
+    assert per_day(fleet, "effort_daily", "recorded_h * 3600") == {"2025-03-02": 99.0, "2025-03-03": 60.0}
+
+    monkeypatch.setattr(fleetdb, "VIEW_REVISIONS", VIEW_REVISIONS)
+    sync(db, fleet.url, "kuching-01", "Asia/Kuching")
+    assert per_day(fleet, "effort_daily", "recorded_h * 3600") == {"2025-03-02": 30.0, "2025-03-03": 129.0}
+    assert per_day(fleet, "effort_daily", "effort_h * 3600") == {"2025-03-02": 30.0, "2025-03-03": 129.0}
+    assert per_day(fleet, "effort_daily", "files") == {"2025-03-02": 1, "2025-03-03": 1}   # where each began
+
+
+def test_a_recording_across_a_summer_time_change_is_cut_at_the_local_midnight(fleet, tmp_path):
+    """New York, the night summer time begins (2025-03-09, a day of 23 hours): a recording of
+    three hours from 22:00 local (03:00 UTC) holds two hours of the 8th and one of the 9th, found
+    in UTC; one that ends on a midnight adds no empty day."""
+    db = tmp_path / "ny.db"
+    with Store(db) as store:
+        record(store, "ny-01", "20250309_030000.WAV", "2025-03-09T03:00:00Z", 3 * 3600.0, [(60.0, "gibbon")])
+        record(store, "ny-01", "20250310_030000.WAV", "2025-03-10T03:00:00Z", 3600.0, [])   # 23:00-00:00 EDT
+    sync(db, fleet.url, "ny-01", "America/New_York")
+    assert per_day(fleet, "effort_daily", "recorded_h") == {"2025-03-08": 2.0, "2025-03-09": 2.0}

@@ -78,3 +78,42 @@ def test_a_recording_across_a_summer_time_change_is_cut_at_the_local_midnight(fl
         record(store, "ny-01", "20250310_030000.WAV", "2025-03-10T03:00:00Z", 3600.0, [])   # 23:00-00:00 EDT
     sync(db, fleet.url, "ny-01", "America/New_York")
     assert per_day(fleet, "effort_daily", "recorded_h") == {"2025-03-08": 2.0, "2025-03-09": 2.0}
+
+
+def test_calls_and_effort_per_local_hour_add_up_to_the_daily_views(fleet, tmp_path):
+    """Calls per species, site, local day and hour, and hours of effort per local hour: the hourly
+    views hold what the daily ones count, each detection once, a reanalysed bundle's rows apart
+    (``current``). New York: the hour repeated when summer time ends (01:00 local, 2025-11-02)
+    holds both of its halves; Kuching: a recording across 23:00 local is cut there."""
+    ny, kuching = tmp_path / "ny.db", tmp_path / "kuching.db"
+    with Store(ny) as store:
+        record(store, "ny-01", "20251102_050000.WAV", "2025-11-02T05:00:00Z", 2 * 3600.0,   # 01:00 EDT to 01:00 EST
+               [(60.0, "gibbon"), (3660.0, "gibbon")])
+        record(store, "ny-01", "20251102_050000.WAV", "2025-11-02T05:00:00Z", 2 * 3600.0, [(61.0, "gibbon")],
+               bundle_id="bundle-b")                                                       # reanalysed
+    with Store(kuching) as store:
+        record(store, "kuching-01", "20250302_145000.WAV", "2025-03-02T14:50:00Z", 1200.0,   # 22:50 to 23:10
+               [(30.0, "argus"), (900.0, "argus"), (960.0, "gibbon")])
+    sync(ny, fleet.url, "ny-01", "America/New_York")
+    sync(kuching, fleet.url, "kuching-01", "Asia/Kuching")
+    with fleet.connect() as conn:
+        hourly = conn.execute("SELECT site, day::text, hour, round(recorded_h::numeric, 4)::float8 "
+                              "FROM edgemon.effort_hourly ORDER BY 1, 2, 3").fetchall()
+        calls = conn.execute("SELECT site, species, day::text, hour, bundle_id, count(*) FROM edgemon.detections_counted "
+                             "WHERE current GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4").fetchall()
+        every = conn.execute("SELECT bundle_id, hour, count(*) FROM edgemon.detections_counted WHERE site = 'ny-01' "
+                             "GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+        by_day = conn.execute("SELECT site, species, day, count(*) FROM edgemon.detections_counted WHERE current "
+                              "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()
+        daily = conn.execute("SELECT site, species, day, detections FROM edgemon.detections_daily "
+                             "ORDER BY 1, 2, 3").fetchall()
+        effort = conn.execute("SELECT (SELECT round(sum(effort_h)::numeric, 6) FROM edgemon.effort_hourly), "
+                              "(SELECT round(sum(effort_h)::numeric, 6) FROM edgemon.effort_daily)").fetchone()
+    assert hourly == [("kuching-01", "2025-03-02", 22, 0.1667), ("kuching-01", "2025-03-02", 23, 0.1667),
+                      ("ny-01", "2025-11-02", 1, 2.0)]
+    assert calls == [("kuching-01", "argus", "2025-03-02", 22, "bundle-a", 1),
+                     ("kuching-01", "argus", "2025-03-02", 23, "bundle-a", 1),
+                     ("kuching-01", "gibbon", "2025-03-02", 23, "bundle-a", 1),
+                     ("ny-01", "gibbon", "2025-11-02", 1, "bundle-b", 1)]   # the newest bundle's
+    assert every == [("bundle-a", 1, 2), ("bundle-b", 1, 1)]   # both calls of the repeated hour in 01 h
+    assert by_day == daily and effort[0] == effort[1]

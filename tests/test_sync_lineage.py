@@ -198,6 +198,7 @@ def test_old_server_migrates_in_place_and_receives_scores(fleet, tmp_path):
     with fleet.connect() as conn:   # back to a version 3 server that an older edgemon filled
         for revision in (VIEW_REVISIONS[0], VIEW_REVISIONS[2]):   # views that never read the lineage
             conn.execute(revision)
+        conn.execute("DROP VIEW edgemon.detections_counted, edgemon.effort_hourly")   # revision 7's
         conn.execute("DROP VIEW edgemon.lineage")   # revision 5's, which no version 3 server had
         conn.execute("ALTER TABLE edgemon.databases DROP COLUMN IF EXISTS acked_token, "
                      "DROP COLUMN IF EXISTS forked_from")

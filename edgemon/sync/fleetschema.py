@@ -522,6 +522,56 @@ GROUP BY site, day;
 _EFFORT_ON_THE_DAYS_RECORDED = _effort_once_per_minute(_file_effort_by_local_day(_RECORDINGS_BY_ANALYSER),
                                                        _COVERAGE_BY_OWN_RECORDER)
 
+# 7: the hour of the local day, for calls per species, site, day and hour and their rate per hour
+# of effort (an analyst's trial). The daily views were all there was: an hour needed the detections
+# table itself, where a recorder's restored or cloned databases hold copies, stale copies of a
+# recording analysed again count nowhere, rows may carry another device's id, and the site's zone
+# is on its newest database; none of it said how. Two new views:
+# - ``detections_counted``: each detection the daily views count, once (one row per site and
+#   natural key), with its local time, day and hour; ``current``: of the site's current bundle
+#   (what ``detections_daily`` counts; ``detections_daily_all`` counts every row).
+# - ``effort_hourly``: ``effort_daily``'s hours per local hour. A recording is cut into quarter
+#   hours of UTC (every zone's offset is a multiple of 15 minutes), each counted in the local hour
+#   it falls in, so the hour repeated when summer time ends holds both of its quarters.
+_COUNTED = f"""
+CREATE OR REPLACE VIEW {SCHEMA}.detections_counted AS
+SELECT DISTINCT ON (k.site, k.source, k.start_s, k.species, k.bundle_id)
+       k.site, k.species, k.bundle_id, k.current, k.start_utc, k.start_local, k.start_local::date AS day,
+       extract(hour FROM k.start_local)::int AS hour, k.clock_suspect, k.confidence, k.source, k.start_s,
+       k.end_s, k.db_uuid
+FROM (SELECT {_BY_OWN_RECORDER[0]} AS site, d.label AS species, d.bundle_id, ({NEWEST_BUNDLE}) AS current,
+             d.start_utc, d.start_utc AT TIME ZONE b.timezone AS start_local, d.clock_suspect, d.confidence,
+             d.source, d.start_s, d.end_s, d.db_uuid
+      FROM {_BY_OWN_RECORDER[1]}
+      WHERE {_FROM_CURRENT_BY_SYNC}) k
+ORDER BY k.site, k.source, k.start_s, k.species, k.bundle_id, k.clock_suspect DESC, k.db_uuid;
+
+CREATE OR REPLACE VIEW {SCHEMA}.effort_hourly AS
+SELECT site, day, hour, sum(listen_h) AS listen_h, sum(lost_h) AS lost_h, sum(recorded_h) AS recorded_h,
+       sum(listen_h) + sum(recorded_h) AS effort_h
+FROM (
+    SELECT c.device_id AS site, (c.minute_utc AT TIME ZONE b.timezone)::date AS day,
+           extract(hour FROM c.minute_utc AT TIME ZONE b.timezone)::int AS hour,
+           sum(c.analysed_s) / 3600 AS listen_h, sum(c.lost_s) / 3600 AS lost_h, 0.0::float8 AS recorded_h
+    FROM (SELECT {_COVERAGE_BY_OWN_RECORDER[0]}, minute_utc, max(analysed_s) AS analysed_s,
+                 greatest(0.0, least(max(lost_overflow_s + lost_dropped_s + lost_device_s + lost_daemon_s),
+                                     60 - max(analysed_s))) AS lost_s
+          {_COVERAGE_BY_OWN_RECORDER[1]}) c
+    JOIN {SCHEMA}.device_bundle b USING (device_id)
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT r.site, (q AT TIME ZONE r.timezone)::date, extract(hour FROM q AT TIME ZONE r.timezone)::int, 0, 0,
+           sum(extract(epoch FROM least(r.start_utc + make_interval(secs => r.duration_s), q + interval '15 minutes')
+                                  - greatest(r.start_utc, q))) / 3600
+    FROM {_RECORDINGS_BY_ANALYSER} r
+    CROSS JOIN LATERAL generate_series(date_trunc('hour', r.start_utc),
+                                       r.start_utc + make_interval(secs => r.duration_s), interval '15 minutes') q
+    WHERE r.duration_s > 0 AND q < r.start_utc + make_interval(secs => r.duration_s)
+      AND q + interval '15 minutes' > r.start_utc
+    GROUP BY 1, 2, 3) u
+GROUP BY site, day, hour;
+"""
+
 VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE, _BY_THE_SERVERS_CLOCK,
                                    _BY_THE_RECORDER_THAT_MADE_THEM, _ROWS_UNDER_THEIR_OWN_RECORDER,
-                                   _EFFORT_ON_THE_DAYS_RECORDED)
+                                   _EFFORT_ON_THE_DAYS_RECORDED, _COUNTED)

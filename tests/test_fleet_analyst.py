@@ -117,3 +117,16 @@ def test_calls_and_effort_per_local_hour_add_up_to_the_daily_views(fleet, tmp_pa
                      ("ny-01", "gibbon", "2025-11-02", 1, "bundle-b", 1)]   # the newest bundle's
     assert every == [("bundle-a", 1, 2), ("bundle-b", 1, 1)]   # both calls of the repeated hour in 01 h
     assert by_day == daily and effort[0] == effort[1]
+
+
+def test_recordings_timed_to_overlap_leave_no_negative_gap(fleet, tmp_path):
+    """A recording whose start lies a millisecond before the previous one's end (times rounded to
+    the millisecond, durations from the samples): ``fleet status`` printed its longest gap as -0.00 h."""
+    db = tmp_path / "site.db"
+    with Store(db) as store:
+        record(store, "site-01", "20250302_000000.WAV", "2025-03-02T00:00:00Z", 60.001, [])
+        record(store, "site-01", "20250302_000100.WAV", "2025-03-02T00:01:00Z", 60.0, [])
+    sync(db, fleet.url, "site-01", "UTC")
+    with fleet.connect() as conn:
+        gaps = conn.execute("SELECT longest_gap_h FROM edgemon.effort_daily").fetchall()
+    assert gaps == [(0.0,)], gaps

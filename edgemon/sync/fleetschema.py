@@ -494,12 +494,13 @@ _ROWS_UNDER_THEIR_OWN_RECORDER = (
 # effort divided by zero there and was too low the day before (``export-detections --recordings``
 # already cut a recording at the edge of a range). Each recording is cut at the local midnights it
 # spans (found in UTC, so a day of 23 or 25 hours is cut where its clock says); it counts in
-# ``files`` and ``longest_gap_h`` on the day it started, as before.
+# ``files`` and ``longest_gap_h`` on the day it started, as before; a gap is never below 0 (recordings
+# timed to overlap by a millisecond printed -0.00 h).
 def _file_effort_by_local_day(recordings: str) -> str:
     """The files half of ``effort_daily`` over ``recordings`` (site, source, start_utc, duration_s,
     timezone), each recording's seconds on the local days they fall in."""
     return f"""    SELECT site, day, 0, 0, count(*) FILTER (WHERE first), sum(part_s) / 3600,
-           coalesce(extract(epoch FROM max(gap) FILTER (WHERE first)) / 3600, 0)::float8
+           greatest(coalesce(extract(epoch FROM max(gap) FILTER (WHERE first)) / 3600, 0), 0)::float8
     FROM (SELECT g.site, p.day, p.first, p.part_s, g.gap
           FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.duration_s))
                            OVER (PARTITION BY r.site ORDER BY r.start_utc) AS gap

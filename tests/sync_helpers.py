@@ -74,6 +74,7 @@ def local_state(path: Path) -> dict[str, set]:
             "coverage": {(uuid, *r) for r in conn.execute(
                 "SELECT source, replace(minute_utc, '.000Z', ''), analysed_s FROM coverage")},
             "heartbeats": {(uuid, *r) for r in conn.execute("SELECT run_id, uptime_s, state FROM heartbeats")},
+            "analyses": {(uuid, *r) for r in conn.execute("SELECT source, bundle_id FROM analyses")},
         }
     finally:
         conn.close()
@@ -91,6 +92,7 @@ def server_state(conn: psycopg.Connection, uuids: list[str] | None = None) -> di
         "coverage": set(q("SELECT db_uuid::text, source, to_char(minute_utc AT TIME ZONE 'UTC', "
                           "'YYYY-MM-DD\"T\"HH24:MI:SS'), analysed_s FROM edgemon.coverage {where}")),
         "heartbeats": set(q("SELECT db_uuid::text, run_id, uptime_s, state FROM edgemon.heartbeats {where}")),
+        "analyses": set(q("SELECT db_uuid::text, source, bundle_id FROM edgemon.analyses {where}")),
     }
 
 

@@ -130,3 +130,46 @@ def test_recordings_timed_to_overlap_leave_no_negative_gap(fleet, tmp_path):
     with fleet.connect() as conn:
         gaps = conn.execute("SELECT longest_gap_h FROM edgemon.effort_daily").fetchall()
     assert gaps == [(0.0,)], gaps
+
+
+def test_each_bundle_s_hours_are_the_recordings_it_analysed(fleet, tmp_path, caplog, monkeypatch):
+    """A site's recordings still on the card reanalysed with a new bundle (the first day's already
+    deleted), then the site switched to it: the ledger knows only watch's bundle, so the days the
+    new bundle never analysed showed effort and no calls. The recorder's ``analyses`` now travel,
+    and ``effort_daily_by_bundle`` gives each bundle the hours it analysed. A server whose views the
+    syncing role could not revise (no ``analyses`` table) still takes the rest, says so, and gets the
+    analyses once it holds the table."""
+    db = tmp_path / "lima.db"
+    days = [("20250301_110000.WAV", "2025-03-01T11:00:00Z"), ("20250302_110000.WAV", "2025-03-02T11:00:00Z"),
+            ("20250303_110000.WAV", "2025-03-03T11:00:00Z")]
+    with Store(db) as store:
+        for source, start in days:
+            record(store, "lima-02", source, start, 600.0, [(30.0, "gibbon")])
+    with monkeypatch.context() as m:   # a server without revision 8 (a role that may not add it)
+        m.setattr(fleetdb, "VIEW_REVISIONS", VIEW_REVISIONS[:7])
+        sync(db, fleet.url, "lima-02", "UTC")
+    assert "no edgemon.analyses table yet" in caplog.text
+    with fleet.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM edgemon.detections").fetchone()[0] == 3
+    with Store(db) as store:
+        for source, start in days[1:]:
+            when = dt.datetime.fromisoformat(start) + dt.timedelta(seconds=40)
+            store.replace_detections(source, "bundle-b", [Detection(
+                device_id="lima-02", source=source, start_s=40.0, end_s=43.0, start_utc=when, end_utc=None,
+                time_source="filename", clock_suspect=False, label="gibbon", confidence=0.8, votes=None,
+                bundle_id="bundle-b")], 600.0)
+    sync(db, fleet.url, "lima-02", "UTC")
+    with fleet.connect() as conn:
+        by_bundle = conn.execute("SELECT bundle_id, day::text, files, round(recorded_h::numeric, 4)::float8 "
+                                 "FROM edgemon.effort_daily_by_bundle ORDER BY 1, 2").fetchall()
+        calls = conn.execute("SELECT day::text, detections FROM edgemon.detections_daily ORDER BY 1").fetchall()
+    assert by_bundle == [("bundle-a", "2025-03-01", 1, 0.1667), ("bundle-a", "2025-03-02", 1, 0.1667),
+                         ("bundle-a", "2025-03-03", 1, 0.1667),   # sent once the server held the table
+                         ("bundle-b", "2025-03-02", 1, 0.1667), ("bundle-b", "2025-03-03", 1, 0.1667)], by_bundle
+    assert calls == [("2025-03-02", 1), ("2025-03-03", 1)]   # the current bundle's, on the days it analysed
+    with fleet.connect() as conn:   # the README's query: a bundle's calls per hour of its own effort
+        rates = conn.execute("""SELECT d.site, d.species, d.day, d.detections, e.recorded_h, d.detections / e.recorded_h AS per_h
+FROM edgemon.detections_daily d
+JOIN edgemon.effort_daily_by_bundle e USING (site, bundle_id, day);""").fetchall()
+    assert sorted((str(day), round(per_h, 3)) for _, _, day, _, _, per_h in rates) == [
+        ("2025-03-02", 6.0), ("2025-03-03", 6.0)]

@@ -129,7 +129,7 @@ def test_tombstones_are_forgotten_once_every_target_has_them(tmp_path):
         assert outbox.prune() == 0                     # server-2 has not seen the deletes yet
         outbox.advance("server-2", outbox.last_seq())
         assert outbox.prune() == tombstones
-        live = outbox.conn.execute("SELECT count(*) FROM detections").fetchone()[0] + 3   # + 3 files
+        live = outbox.conn.execute("SELECT count(*) FROM detections").fetchone()[0] + 3 + 3   # + 3 files, their analyses
         assert outbox.conn.execute("SELECT count(*) FROM changes").fetchone()[0] == live
 
 
@@ -769,9 +769,9 @@ def test_the_backlog_counts_changes_not_sequence_numbers(fleet, tmp_path):
 
     listen(range(0, 60))
     waiting, result = sync()
-    assert waiting == 60 + 1 + 2 and result.backlog == 0     # 60 minutes, a file, its 2 detections
+    assert waiting == 60 + 1 + 1 + 2 and result.backlog == 0     # 60 minutes, a file, its analysis, its 2 detections
     assert server_backlog() == (0, [waiting])
     listen(range(0, 30))                                     # 30 minutes rewritten: 30 changes
     waiting, result = sync(stop_after_batches=1)
     assert waiting == 30 and result.backlog == 10 and result.changes == 20
-    assert server_backlog() == (10, [30, 63])
+    assert server_backlog() == (10, [30, 64])

@@ -202,6 +202,7 @@ SYNC_KEYS: dict[str, tuple[str, str, str, str]] = {
     # ``sync_key4`` of m009). JSON, not a separator: free text can hold any separator, and
     # json_array is injective and deterministic, so one review is one k4 and k4 decodes back.
     "reviews": ("source", "start_s", "label", "sync_key4"),
+    "analyses": ("source", "0", "bundle_id", "''"),
 }
 # Slots holding more than one key column: slot column -> the columns it folds, in order.
 FOLDED_KEYS: dict[str, dict[str, tuple[str, ...]]] = {"reviews": {"sync_key4": ("bundle_id", "reviewer")}}
@@ -436,3 +437,13 @@ def m016_samples_digest_and_span(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE files ADD COLUMN samples_digest TEXT")
     db.execute("ALTER TABLE files ADD COLUMN span_s REAL")
     db.execute("CREATE INDEX files_by_start ON files (start_utc)")
+
+
+@MIGRATIONS()
+def m017_sync_analyses(db: sqlite_utils.Database) -> None:
+    """Which bundle analysed which recording (``analyses``) joins the sync outbox. The fleet knew
+    only the ledger, which keeps ``watch``'s bundle: a site whose recordings still on the card were
+    ``reanalyse``d with a new bundle showed, for the days that bundle never analysed, hours of
+    effort and no calls (an analyst's trial); ``edgemon.effort_daily_by_bundle`` now counts each
+    bundle's own hours. The rows so far are the first backlog."""
+    _log_changes(db, "analyses")

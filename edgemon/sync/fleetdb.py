@@ -51,8 +51,13 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "heartbeats": ("mode", "device_id", "at_utc", "started_utc", "state", "bundle_id", "files_done",
                    "audio_s", "busy_s", "disk_free_mb", "rss_mb", "note"),
     "reviews": ("verdict", "new_label", "reviewed_at"),
+    "analyses": ("duration_s", "analysed_at", "ledger_at"),
 }
 BOOLEAN = {"clock_suspect", "clock_synced"}   # 0/1 in SQLite, boolean on the server
+EMPTY_IS_NULL = {"analysed_at"}   # '' where migration m014 found no time: NULL on the server
+# Tables a view revision adds (``fleetschema.VIEW_REVISIONS``), not a schema version, so an older
+# edgemon still syncs to the server; they are missing where the syncing role could not add them.
+ADDED_BY_REVISION = ("analyses",)
 
 
 class FleetDbError(EdgemonError):
@@ -314,6 +319,8 @@ def _values(table: str, row: dict) -> list:
     out = [row[c] for c in natural_columns(table)]
     for c in COLUMNS[table]:
         value = row.get(c)
+        if c in EMPTY_IS_NULL and value == "":
+            value = None
         out.append(bool(value) if c in BOOLEAN and value is not None else value)
     return out
 
@@ -428,14 +435,25 @@ def lock_database(conn: psycopg.Connection, db_uuid: str) -> None:
                         f"frees its lock when it notices the connection gone, within a minute; try again then)")
 
 
-def prepare_staging(conn: psycopg.Connection) -> None:
-    """Create this session's staging tables (once per connection, before ``apply_batch``)."""
-    for sql in STAGE.values():
-        conn.execute(sql)
+def prepare_staging(conn: psycopg.Connection) -> frozenset[str]:
+    """Create this session's staging tables (once per connection, before ``apply_batch``); returns
+    the tables the server holds (one ``ADDED_BY_REVISION`` is missing where the views could not be
+    revised: its rows are then not sent, said once)."""
+    held = set(COLUMNS)
+    for table in ADDED_BY_REVISION:
+        if conn.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.{table}"]).fetchone()[0] is None:
+            held.discard(table)
+            log.warning("the fleet database has no %s.%s table yet (its views are at revision %d): this "
+                        "recorder's %s are not sent to it; the role that owns schema %s adds it at its next "
+                        "sync", SCHEMA, table, view_revision(conn), table, SCHEMA)
+    for table in held:
+        conn.execute(STAGE[table])
+    return frozenset(held)
 
 
 def apply_batch(conn: psycopg.Connection, db_uuid: str, batch: Batch, local_seq: int,
-                token: str | None = None, expected_token: str | None = None) -> None:
+                token: str | None = None, expected_token: str | None = None,
+                tables: frozenset[str] = frozenset(COLUMNS)) -> None:
     """Write ``batch`` and acknowledge its last sequence number, with its ``token``, in one
     transaction, provided the acknowledgement still carries ``expected_token`` (compare and set;
     LineageMovedError, nothing written, otherwise). Idempotent: rows are upserted and deleted by
@@ -444,10 +462,11 @@ def apply_batch(conn: psycopg.Connection, db_uuid: str, batch: Batch, local_seq:
     Rows travel by COPY into the session's staging tables and are merged from there: about half
     the bytes of one INSERT per row (no per-row protocol messages, the UUID sent once), which
     counts on a slow link. A batch holds each natural key once (the outbox's ``changes`` is
-    unique per key), so one merge never meets a key twice.
+    unique per key), so one merge never meets a key twice. Only ``tables`` (those the server
+    holds: ``prepare_staging``) are written.
     """
     with conn.transaction(), conn.cursor() as cur:
-        for table in COLUMNS:
+        for table in (t for t in COLUMNS if t in tables):
             rows = batch.upserts.get(table) or []
             if rows:
                 with cur.copy(COPY[table]) as copy:

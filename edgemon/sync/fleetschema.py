@@ -496,6 +496,20 @@ _ROWS_UNDER_THEIR_OWN_RECORDER = (
 # spans (found in UTC, so a day of 23 or 25 hours is cut where its clock says); it counts in
 # ``files`` and ``longest_gap_h`` on the day it started, as before; a gap is never below 0 (recordings
 # timed to overlap by a millisecond printed -0.00 h).
+# A recording ``g`` (start_utc, duration_s, timezone) cut at the local midnights it spans: one row
+# ``p`` per local day it touches (day, first: the day it began, part_s: its seconds that day).
+_LOCAL_DAY_PARTS = """          CROSS JOIN LATERAL (
+              SELECT d::date AS day, d::date = (g.start_utc AT TIME ZONE g.timezone)::date AS first,
+                     CASE WHEN g.duration_s IS NOT NULL THEN extract(epoch FROM
+                         least(g.start_utc + make_interval(secs => g.duration_s),
+                               (d + interval '1 day') AT TIME ZONE g.timezone)
+                         - greatest(g.start_utc, d AT TIME ZONE g.timezone)) END AS part_s
+              FROM generate_series((g.start_utc AT TIME ZONE g.timezone)::date::timestamp,
+                                   ((g.start_utc + make_interval(secs => coalesce(g.duration_s, 0)))
+                                    AT TIME ZONE g.timezone)::date::timestamp, interval '1 day') d) p
+"""
+
+
 def _file_effort_by_local_day(recordings: str) -> str:
     """The files half of ``effort_daily`` over ``recordings`` (site, source, start_utc, duration_s,
     timezone), each recording's seconds on the local days they fall in."""
@@ -505,16 +519,7 @@ def _file_effort_by_local_day(recordings: str) -> str:
           FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.duration_s))
                            OVER (PARTITION BY r.site ORDER BY r.start_utc) AS gap
                 FROM {recordings} r) g
-          CROSS JOIN LATERAL (
-              SELECT d::date AS day, d::date = (g.start_utc AT TIME ZONE g.timezone)::date AS first,
-                     CASE WHEN g.duration_s IS NOT NULL THEN extract(epoch FROM
-                         least(g.start_utc + make_interval(secs => g.duration_s),
-                               (d + interval '1 day') AT TIME ZONE g.timezone)
-                         - greatest(g.start_utc, d AT TIME ZONE g.timezone)) END AS part_s
-              FROM generate_series((g.start_utc AT TIME ZONE g.timezone)::date::timestamp,
-                                   ((g.start_utc + make_interval(secs => coalesce(g.duration_s, 0)))
-                                    AT TIME ZONE g.timezone)::date::timestamp, interval '1 day') d) p
-          WHERE p.first OR p.part_s > 0) x
+{_LOCAL_DAY_PARTS}          WHERE p.first OR p.part_s > 0) x
     GROUP BY 1, 2) u
 GROUP BY site, day;
 """
@@ -573,6 +578,31 @@ FROM (
 GROUP BY site, day, hour;
 """
 
+# 8: each bundle's own hours (an analyst's trial). The fleet knew only the ledger, whose bundle is
+# ``watch``'s: a site whose recordings still on its card were ``reanalyse``d with a new bundle, then
+# switched to it, showed hours of effort and no calls on the days that bundle never analysed (the
+# recordings already deleted from the card). The recorder's ``analyses`` (which bundle analysed
+# which recording; recorder migration m017) now travel, into a table this revision adds rather than
+# a schema version, so recorders of the release before keep syncing (they refuse a newer schema).
+# ``effort_daily_by_bundle``: the hours of the recordings each bundle analysed, per site and local
+# day, cut at local midnights as ``effort_daily`` is; divide a bundle's calls by its own hours.
+_ANALYSES = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.analyses (
+    db_uuid uuid NOT NULL, source text NOT NULL, bundle_id text NOT NULL,
+    duration_s double precision, analysed_at timestamptz, ledger_at timestamptz,
+    PRIMARY KEY (db_uuid, source, bundle_id)
+);
+CREATE OR REPLACE VIEW {SCHEMA}.effort_daily_by_bundle AS
+SELECT site, bundle_id, day, count(*) FILTER (WHERE first)::bigint AS files, sum(part_s) / 3600 AS recorded_h
+FROM (SELECT g.site, g.bundle_id, p.day, p.first, p.part_s
+      FROM (SELECT r.*, a.bundle_id
+            FROM {_RECORDINGS_BY_ANALYSER} r
+            JOIN (SELECT DISTINCT db.device_id AS site, a.source, a.bundle_id
+                  FROM {SCHEMA}.analyses a JOIN {SCHEMA}.databases db USING (db_uuid)) a USING (site, source)) g
+{_LOCAL_DAY_PARTS}      WHERE p.first OR p.part_s > 0) x
+GROUP BY site, bundle_id, day;
+"""
+
 VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE, _BY_THE_SERVERS_CLOCK,
                                    _BY_THE_RECORDER_THAT_MADE_THEM, _ROWS_UNDER_THEIR_OWN_RECORDER,
-                                   _EFFORT_ON_THE_DAYS_RECORDED, _COUNTED)
+                                   _EFFORT_ON_THE_DAYS_RECORDED, _COUNTED, _ANALYSES)

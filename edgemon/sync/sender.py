@@ -152,7 +152,12 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                                        **(_running_bundle(outbox, info) if config.daemons_bundle else {}))
             fleetdb.migrate(conn)
             info, token = _own_lineage(conn, outbox, target, info)
-            fleetdb.prepare_staging(conn)
+            held = fleetdb.prepare_staging(conn)
+            for table in fleetdb.ADDED_BY_REVISION:   # rows a server lacking the table let go by
+                if table in held:
+                    outbox.send_again(table)
+                else:
+                    outbox.hold_for_later(table)
             acked, waiting = fleetdb.register(conn, info, outbox.waiting, utc_iso(dt.datetime.now(dt.timezone.utc)))
             if outbox.cursor(target) > acked:
                 log.warning("%s holds less than it acknowledged before (restored from a backup?): "
@@ -168,7 +173,7 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                 t0 = time.monotonic()
                 offered = outbox.offer(target, batch.last_seq)   # before sending: a lost ack still matches
                 waiting = max(0, waiting - batch.size)   # the views' backlog: acked + waiting (fleetdb.register)
-                fleetdb.apply_batch(conn, info.db_uuid, batch, batch.last_seq + waiting, offered, token)
+                fleetdb.apply_batch(conn, info.db_uuid, batch, batch.last_seq + waiting, offered, token, held)
                 outbox.advance(target, batch.last_seq)   # only after the server committed
                 acked, token = batch.last_seq, offered
                 sent.changes, sent.batches = sent.changes + batch.size, sent.batches + 1

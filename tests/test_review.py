@@ -942,3 +942,33 @@ def test_a_request_that_gets_no_turn_to_decode_is_told_the_page_is_busy(review_d
             assert _get(f"{base}/detections/{ids[2]}/spectrogram.png")[0] == 200   # turns again once they end
     finally:
         hung.set()   # the hung decodes end, so the server can stop
+
+
+def test_a_verdict_waiting_for_the_write_lock_holds_up_no_other_request(review_db, monkeypatch):
+    """Found by the review of 2027-01: the verdict handler is async (it reads its body as a stream)
+    and stored the verdict on the server's event loop, where ``BEGIN IMMEDIATE`` waits up to the
+    busy timeout (30 s) for the recorder's writer: every other request, the page and its
+    spectrograms included, waited with it. The verdict now waits on a worker thread."""
+    import threading
+
+    db, recordings = review_db
+    monkeypatch.setattr(reviews, "BUSY_TIMEOUT_MS", 5_000)
+    ids = [row["id"] for row in reviews.list_detections(db, order="time")]
+    with served_in_process(db, recordings) as base:
+        writer = sqlite3.connect(db, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")   # the recorder's writer, in a long transaction
+        answers = []
+        judging = threading.Thread(target=lambda: answers.append(_post(f"{base}/api/verdict",
+                                                                        {"id": ids[0], "verdict": "correct"})))
+        try:
+            judging.start()
+            time.sleep(0.5)   # the verdict is waiting for the lock
+            started = time.monotonic()
+            status, _, _ = _get(f"{base}/static/review.css")
+            waited = time.monotonic() - started
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+            judging.join(timeout=30)
+    assert status == 200 and waited < 2.0, (status, waited)
+    assert answers and answers[0][0] == 200, answers

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -289,6 +290,23 @@ def create_app(config: ReviewConfig) -> Starlette:
         return _rendered(request, lambda e: spectrogram_png(e.samples, e.rate, (e.mark_start_s, e.mark_end_s)),
                          "image/png")
 
+    def store_verdict(body: dict) -> Response:
+        """The verdict ``body`` stored, on a worker thread: its ``BEGIN IMMEDIATE`` waits up to the
+        busy timeout for the recorder's writer, and on the event loop every other request waited
+        with it (a review)."""
+        try:
+            key = body.get("key")
+            known = tuple(known_labels(config.db, reviews.labels_and_bundles(config.db)[0]))
+            row = reviews.add_verdict(config.db, body["id"], str(body["verdict"]), config.reviewer,
+                                      body.get("label"), known, key=None if key is None else str(key))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return JSONResponse({"error": f"malformed verdict: {exc}"}, status_code=400)
+        except reviews.StaleDetection as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        except reviews.ReviewError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(row)
+
     async def verdict(request: Request) -> Response:
         # Only this page's own script may judge: a form or text/plain POST from another site is a
         # "simple" request that browsers send without asking; JSON from another origin is not.
@@ -303,21 +321,13 @@ def create_app(config: ReviewConfig) -> Starlette:
                 if len(raw) > MAX_VERDICT_BYTES:
                     return JSONResponse({"error": f"a verdict is at most {MAX_VERDICT_BYTES} bytes"}, status_code=413)
             body = json.loads(raw)
-            if not isinstance(body, dict):   # Python's words ("'list' object has no attribute") said nothing
-                return JSONResponse({"error": 'a verdict is a JSON object: {"id": …, "verdict": …}'}, status_code=400)
-            key = body.get("key")
-            known = tuple(known_labels(config.db, reviews.labels_and_bundles(config.db)[0]))
-            row = reviews.add_verdict(config.db, body["id"], str(body["verdict"]), config.reviewer,
-                                      body.get("label"), known, key=None if key is None else str(key))
         except RecursionError:   # '[[[[…' nested too deep for json: a 500 and a traceback
             return JSONResponse({"error": "malformed verdict: nested too deep"}, status_code=400)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except ValueError as exc:
             return JSONResponse({"error": f"malformed verdict: {exc}"}, status_code=400)
-        except reviews.StaleDetection as exc:
-            return JSONResponse({"error": str(exc)}, status_code=409)
-        except reviews.ReviewError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(row)
+        if not isinstance(body, dict):   # Python's words ("'list' object has no attribute") said nothing
+            return JSONResponse({"error": 'a verdict is a JSON object: {"id": …, "verdict": …}'}, status_code=400)
+        return await run_in_threadpool(store_verdict, body)
 
     def precision(request: Request) -> Response:
         bundle = request.query_params.get("bundle") or None

@@ -972,3 +972,15 @@ def test_a_verdict_waiting_for_the_write_lock_holds_up_no_other_request(review_d
             judging.join(timeout=30)
     assert status == 200 and waited < 2.0, (status, waited)
     assert answers and answers[0][0] == 200, answers
+
+
+def test_the_printed_url_carries_a_token_of_any_characters(review_db):
+    """Found by the review of 2027-01: the URL printed for ``--token`` was not encoded, so a token
+    with '&', '#', '+' or a space opened the page as someone without it (a 401)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from edgemon.review.app import page_url
+
+    token = "a b&c#d+e%f"
+    url = page_url(ReviewConfig(db=review_db[0], host="0.0.0.0", token=token))
+    assert parse_qs(urlsplit(url).query)["token"] == [token], url

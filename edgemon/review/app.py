@@ -360,7 +360,7 @@ def page_url(config: ReviewConfig) -> str:
     nothing from another machine)."""
     host = socket.gethostname() if config.host in WILDCARDS else config.host
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{config.port}/" + (f"?token={config.token}" if config.token else "")
+    return f"http://{host}:{config.port}/" + (f"?{urlencode({'token': config.token})}" if config.token else "")
 
 
 def serve(config: ReviewConfig, on_ready=print) -> None:

@@ -984,3 +984,35 @@ def test_the_printed_url_carries_a_token_of_any_characters(review_db):
     token = "a b&c#d+e%f"
     url = page_url(ReviewConfig(db=review_db[0], host="0.0.0.0", token=token))
     assert parse_qs(urlsplit(url).query)["token"] == [token], url
+
+
+def _corrupt_all_but_the_schema(db: Path) -> None:
+    """Overwrite every page of ``db`` but its first (the schema) with garbage, as a failing SD card
+    does: it opens, and every table and index read fails."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with open(db, "r+b") as f:
+        f.seek(page_size)
+        f.write(b"\xff" * (db.stat().st_size - page_size))
+
+
+def test_a_database_gone_bad_while_the_page_is_served_is_one_line_not_a_traceback(review_db, caplog):
+    """Found by the review of 2027-01: a database removed, or a card gone bad, while the page was
+    open gave every page a 500 and the terminal a traceback (the page read it outside the
+    handlers' own error mapping). Now each answer and the log say it in one line."""
+    db, recordings = review_db
+    ids = [row["id"] for row in reviews.list_detections(db, order="time")]
+    with served_in_process(db, recordings) as base:
+        _corrupt_all_but_the_schema(db)
+        for path in ("/", "/charts", f"/detections/{ids[0]}/audio.wav", "/api/precision"):
+            status, _, body = _get(base + path)
+            assert status >= 400 and b"malformed" in body and len(body.strip().splitlines()) == 1, (path, body)
+        status, answer = _post(f"{base}/api/verdict", {"id": ids[0], "verdict": "correct"})
+        assert status >= 400 and "malformed" in answer["error"], answer   # JSON, as the page's script reads it
+        assert json.loads(_get(f"{base}/api/precision")[2])["error"]
+        db.rename(db.with_suffix(".moved"))
+        for path in ("/", "/charts", "/api/precision"):
+            status, _, body = _get(base + path)
+            assert status >= 400 and f"detections database not found: {db}".encode() in body, (path, body)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]

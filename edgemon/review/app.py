@@ -16,6 +16,7 @@ import logging
 import re
 import secrets
 import socket
+import sqlite3
 import threading
 from urllib.parse import urlencode
 from pathlib import Path
@@ -329,6 +330,16 @@ def create_app(config: ReviewConfig) -> Starlette:
             return JSONResponse({"error": 'a verdict is a JSON object: {"id": …, "verdict": …}'}, status_code=400)
         return await run_in_threadpool(store_verdict, body)
 
+    def unreadable(request: Request, exc: Exception) -> Response:
+        """A database that cannot be read any more (moved, removed, a card gone bad while the page
+        is open), wherever a handler met it: one line to the browser and to the log, not a 500
+        and a traceback (a review). JSON under /api/, as the page's script reads it."""
+        said = str(exc) if isinstance(exc, reviews.ReviewError) else f"cannot read detections database {config.db}: {exc}"
+        log.warning("%s %s: %s", request.method, request.url.path, said)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": said}, status_code=500)
+        return PlainTextResponse(f"error: {said}\n", status_code=500)
+
     def precision(request: Request) -> Response:
         bundle = request.query_params.get("bundle") or None
         stored = [] if bundle is None else reviews.labels_and_bundles(config.db)[1]
@@ -349,7 +360,8 @@ def create_app(config: ReviewConfig) -> Starlette:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOCAL_HOSTS) + ["[::1]"]))
     if config.token:
         middleware.append(Middleware(TokenGate, token=config.token))
-    return Starlette(routes=routes, middleware=middleware)
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={reviews.ReviewError: unreadable, sqlite3.Error: unreadable})
 
 
 WILDCARDS = ("0.0.0.0", "::", "")   # every interface: no address another machine can open

@@ -1016,3 +1016,25 @@ def test_a_database_gone_bad_while_the_page_is_served_is_one_line_not_a_tracebac
             status, _, body = _get(base + path)
             assert status >= 400 and f"detections database not found: {db}".encode() in body, (path, body)
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+def test_exporting_the_verdicts_of_a_damaged_database_is_one_line(review_db, tmp_path):
+    """Found by the review of 2027-01: `edgemon review --export` on a database that opens but whose
+    tables cannot be read (a card gone bad) printed a traceback; the output is not written."""
+    import subprocess
+    import sys
+    db, _ = review_db
+    reviews.add_verdict(db, reviews.list_detections(db)[0]["id"], "correct", "ann")
+    with contextlib.closing(sqlite3.connect(db)) as conn:   # the reviews table's page, the rest readable
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'reviews'").fetchone()
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)
+    out = tmp_path / "verdicts.csv"
+    result = subprocess.run([sys.executable, "-m", "edgemon", "review", "--db", str(db), "--export", str(out)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot read verdicts from {db}: "), result.stderr
+    assert not out.exists()

@@ -394,14 +394,17 @@ def write_reviews_csv(db_path: Path, out: TextIO, zone: dt.tzinfo | None = None)
     one. Reads only (a database from before reviews has none to give)."""
     rows = []
     with closing(open_read_only(db_path, ReviewError)) as conn:
-        if "reviews" in edgemon_tables(conn, db_path, ReviewError, NOT_CHANGED):
-            rows = conn.execute(f"""
-            SELECT r.id, r.detection_id, r.source, r.start_s, d.end_s, d.start_utc, d.device_id, r.label,
-                   round(d.confidence, 4), r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at,
-                   r.id IN (SELECT id FROM ({LATEST_VERDICTS})) AND d.source IS NOT NULL
-            FROM reviews r LEFT JOIN detections d ON d.source = r.source AND d.start_s = r.start_s
-                 AND d.label = r.label AND d.bundle_id = r.bundle_id
-            ORDER BY r.reviewed_at, r.id""").fetchall()
+        try:
+            if "reviews" in edgemon_tables(conn, db_path, ReviewError, NOT_CHANGED):
+                rows = conn.execute(f"""
+                SELECT r.id, r.detection_id, r.source, r.start_s, d.end_s, d.start_utc, d.device_id, r.label,
+                       round(d.confidence, 4), r.bundle_id, r.verdict, r.new_label, r.reviewer, r.reviewed_at,
+                       r.id IN (SELECT id FROM ({LATEST_VERDICTS})) AND d.source IS NOT NULL
+                FROM reviews r LEFT JOIN detections d ON d.source = r.source AND d.start_s = r.start_s
+                     AND d.label = r.label AND d.bundle_id = r.bundle_id
+                ORDER BY r.reviewed_at, r.id""").fetchall()
+        except sqlite3.Error as e:   # a card gone bad: one line, not a traceback (a review)
+            raise ReviewError(f"cannot read verdicts from {db_path}: {e}") from e
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(REVIEW_COLUMNS)
     writer.writerows([tables.cell(v) for v in (*r, tables.local_time(r[5], zone))]   # a reviewer's name is free text

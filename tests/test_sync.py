@@ -775,3 +775,22 @@ def test_the_backlog_counts_changes_not_sequence_numbers(fleet, tmp_path):
     waiting, result = sync(stop_after_batches=1)
     assert waiting == 30 and result.backlog == 10 and result.changes == 20
     assert server_backlog() == (10, [30, 64])
+
+
+def test_an_outbox_that_cannot_be_opened_names_why_and_closes_its_connection(tmp_path, monkeypatch):
+    """Found by a review of the sync package: a database without its sync identity (no ``db_uuid`` in
+    ``sync_meta``) raised a TypeError (`edgemon sync` printed a traceback), and an outbox that failed
+    to open left its connection open."""
+    import sqlite3
+
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=1, per_file=1, heartbeats=0, coverage_minutes=0)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM sync_meta WHERE key = 'db_uuid'")
+    conn.close()
+    opened, connect = [], sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(connect(*a, **k)) or opened[-1])
+    with pytest.raises(OutboxError, match="no sync identity"):
+        Outbox(db)
+    for conn in opened:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")

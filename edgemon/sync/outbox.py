@@ -112,12 +112,19 @@ class Outbox:
             raise OutboxError(f"no detections database at {self.path}")
         _check_edgemon_database(self.path)
         Store(self.path).close()  # applies pending migrations (the outbox triggers) before reading
+        conn = None
         try:
-            self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-            self.conn.row_factory = sqlite3.Row
-            self.db_uuid = self.conn.execute("SELECT value FROM sync_meta WHERE key = 'db_uuid'").fetchone()[0]
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.row_factory = sqlite3.Row
+            row = conn.execute("SELECT value FROM sync_meta WHERE key = 'db_uuid'").fetchone()
         except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
             raise OutboxError(f"cannot read detections database {self.path}: {e}") from e
+        if row is None:
+            conn.close()
+            raise OutboxError(f"{shown(self.path)}: no sync identity (no db_uuid in sync_meta); nothing was sent")
+        self.conn, self.db_uuid = conn, row[0]
         self._lookup = {t: f"SELECT * FROM {t} WHERE " + " AND ".join(f"{c} = ?" for c in key_columns(t))
                         for t in SYNCED_TABLES}
 

@@ -17,7 +17,8 @@ import datetime as dt
 import json
 import sqlite3
 import uuid
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from edgemon.errors import EdgemonError
@@ -137,6 +138,22 @@ class Outbox:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    @contextmanager
+    def _writing(self, failure: str) -> Iterator[None]:
+        """A ``BEGIN IMMEDIATE`` transaction around the block: committed when it ends, rolled back
+        when it raises; a SQLite error is ``OutboxError('{failure}: why')``. IMMEDIATE: it waits
+        for the daemon's write lock rather than failing when a read would upgrade to a write."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise OutboxError(f"{failure}: {e}") from e
+            raise
+
     def last_seq(self) -> int:
         """The newest change's sequence number (0: none yet)."""
         return self.conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
@@ -196,12 +213,11 @@ class Outbox:
         or the rows deleted since that backup would stay on the server for good. Scans only the
         changes acknowledged since the last prune.
         """
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
+        pruned = 0
+        with self._writing(f"cannot prune the change log of {self.path}"):
             upto = self._acknowledged_by_every_target()
             since = int(self.conn.execute("SELECT coalesce((SELECT value FROM sync_meta WHERE key = 'pruned_seq'), 0)")
                         .fetchone()[0])
-            pruned = 0
             if upto is not None and upto > since:
                 for table, key in SYNC_KEYS.items():
                     match = " AND ".join(f"t.{c} = changes.k{i + 1}" for i, c in enumerate(key) if c[0].isalpha())
@@ -210,12 +226,7 @@ class Outbox:
                         f"AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})", [table, since, upto]).rowcount
                 self.conn.execute("INSERT INTO sync_meta (key, value) VALUES ('pruned_seq', ?) "
                                   "ON CONFLICT (key) DO UPDATE SET value = excluded.value", [str(upto)])
-            self.conn.execute("COMMIT")
-            return pruned
-        except sqlite3.Error as e:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise OutboxError(f"cannot prune the change log of {self.path}: {e}") from e
+        return pruned
 
     def _acknowledged_by_every_target(self) -> int | None:
         """The sequence number up to which tombstones may go: the lowest cursor and token of every
@@ -245,22 +256,15 @@ class Outbox:
         URL: cursors are kept by spelling): its cursor and tokens go, so it no longer holds the
         change log's tombstones. Returns (its acknowledged seq, tokens removed); OutboxError when
         no such target is recorded here."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with self._writing(f"cannot forget sync target {shown(target)!r} in {self.path}"):
             row = self.conn.execute("SELECT seq FROM sync_cursors WHERE target = ?", [target]).fetchone()
             tokens = self.conn.execute("DELETE FROM sync_tokens WHERE target = ?", [target]).rowcount
             if row is None and not tokens:
-                self.conn.execute("ROLLBACK")
                 known = [t for (t,) in self.conn.execute(
                     "SELECT target FROM sync_cursors UNION SELECT target FROM sync_tokens ORDER BY 1")]
                 raise OutboxError(f"{shown(self.path)}: no sync target {shown(target)!r} recorded here; known: "
                                   f"{', '.join(shown(t) for t in known) or 'none'}")
             self.conn.execute("DELETE FROM sync_cursors WHERE target = ?", [target])
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise OutboxError(f"cannot forget sync target {shown(target)!r} in {self.path}: {e}") from e
         return (0 if row is None else row[0]), tokens
 
     def hold_for_later(self, table: str) -> None:
@@ -315,18 +319,11 @@ class Outbox:
 
     def advance(self, target: str, seq: int) -> None:
         """Record that ``target`` committed every change up to ``seq``; call only after it did."""
-        try:
-            # IMMEDIATE: wait for the daemon's write lock rather than fail on a busy upgrade.
-            self.conn.execute("BEGIN IMMEDIATE")
+        with self._writing(f"cannot record the sync cursor in {self.path}"):
             self.conn.execute("""
                 INSERT INTO sync_cursors (target, seq, updated_at) VALUES (?, ?, ?)
                 ON CONFLICT (target) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at""",
                 [target, seq, utc_iso(dt.datetime.now(dt.timezone.utc))])
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise OutboxError(f"cannot record the sync cursor in {self.path}: {e}") from e
 
     def high_seq(self) -> int:
         """The highest sequence number this database ever gave a change (0: none). Unlike
@@ -363,8 +360,7 @@ class Outbox:
         batch's later attempts are only made while no earlier one is known to be committed, so
         the newest is the one a server can hold."""
         token = uuid.uuid4().hex
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with self._writing(f"cannot record a sync token in {self.path}"):
             self.conn.execute("INSERT INTO sync_tokens (token, target, seq, offered_utc) VALUES (?, ?, ?, ?)",
                               [token, target, seq, utc_iso(dt.datetime.now(dt.timezone.utc))])
             acknowledged = "coalesce((SELECT seq FROM sync_cursors WHERE target = :target), 0)"
@@ -375,11 +371,6 @@ class Outbox:
                 f"rowid NOT IN ({newest} AND seq < {acknowledged} GROUP BY seq ORDER BY seq DESC LIMIT :kept)))",
                 {"target": target, "kept": KEPT_TOKENS,
                  "cutoff": utc_iso(dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=KEPT_TOKEN_DAYS))})
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise OutboxError(f"cannot record a sync token in {self.path}: {e}") from e
         return token
 
     def offered(self, token: str) -> bool:
@@ -397,22 +388,15 @@ class Outbox:
         every row again under the new UUID. Returns the new UUID; the old one is kept as
         ``forked_from``. For a database whose history diverged from what a server acknowledged."""
         new = str(uuid.uuid4())
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with self._writing(f"cannot give {self.path} a new sync identity"):
             # Compare-and-set: a second session that read the old UUID must not fork it again.
             if self.conn.execute("UPDATE sync_meta SET value = ? WHERE key = 'db_uuid' AND value = ?",
                                  [new, self.db_uuid]).rowcount != 1:
-                self.conn.execute("ROLLBACK")
                 raise IdentityMoved(f"{shown(self.path)}: another sync gave it a new sync identity meanwhile")
             self.conn.execute("INSERT INTO sync_meta (key, value) VALUES ('forked_from', ?) "
                               "ON CONFLICT (key) DO UPDATE SET value = excluded.value", [self.db_uuid])
             self.conn.execute("DELETE FROM sync_meta WHERE key = 'pruned_seq'")
             self.conn.execute("DELETE FROM sync_cursors")
             self.conn.execute("DELETE FROM sync_tokens")
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise OutboxError(f"cannot give {self.path} a new sync identity: {e}") from e
         self.db_uuid = new
         return new

@@ -794,3 +794,26 @@ def test_an_outbox_that_cannot_be_opened_names_why_and_closes_its_connection(tmp
     for conn in opened:
         with pytest.raises(sqlite3.ProgrammingError, match="closed"):
             conn.execute("SELECT 1")
+
+
+def test_the_service_loop_logs_an_unexpected_failure_with_its_traceback(monkeypatch, caplog):
+    """Found by the review of 2027-01: the service's loop logged every failure as its message
+    alone, so a bug (a KeyError: "sync failed: 'bundle_id'") left no type and no place in the
+    journal. A named failure (the server unreachable) stays one line."""
+    from edgemon.sync import sender
+    from edgemon.sync.fleetdb import DeviceInfo, UnreachableError
+
+    for failure, traceback in ((KeyError("bundle_id"), True), (UnreachableError("fleet: connection refused"), False)):
+        stop = threading.Event()
+
+        def attempt(*args, **kwargs):
+            stop.set()
+            raise failure
+
+        monkeypatch.setattr(sender, "sync_once", attempt)
+        monkeypatch.setattr(sender, "_created", lambda path: True)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edgemon.sync.sender"):
+            sender.run_sync("recorder.db", DeviceInfo("rec-a", ""), sender.SyncConfig(url=""), stop)
+        (said,) = [r for r in caplog.records if r.getMessage().startswith("sync failed")]
+        assert bool(said.exc_info) is traceback, (failure, said.exc_info)

@@ -334,7 +334,9 @@ def run_sync(db_path: str | Path, info: DeviceInfo, config: SyncConfig, stop: th
             wait = config.backoff_max_s if permanent else backoff_s(failures, config)
             # Once per episode, and again whenever the kind of failure changes.
             if failures == 1 or permanent or type(e) is not type(last):
-                log.warning("sync failed: %s; next try in %.0f s", e, wait)
+                # A failure no edgemon error names is a bug: its traceback, or the journal says
+                # only its message ("sync failed: 'bundle_id'").
+                log.warning("sync failed: %s; next try in %.0f s", e, wait, exc_info=not isinstance(e, EdgemonError))
             last = e
         stop.wait(wait)
 

@@ -82,14 +82,15 @@ def read_excerpt(row: dict, *, recordings: Path | None = None, clips: Path | Non
     return Excerpt(samples, rate, row["start_s"] - start_s, min(row["end_s"] - start_s, len(samples) / rate), path)
 
 
-def _read(path: Path, start_s: float, end_s: float | None) -> tuple[np.ndarray, int]:
-    """Read as the analysis read it (``audio.open_decoder``): a WAV whose header was never
-    finalised has detections, and plain libsndfile found no audio in it (a review: a 404)."""
+def _read(path: Path, start_s: float, end_s: float) -> tuple[np.ndarray, int]:
+    """Seconds ``start_s`` to ``end_s`` of ``path`` (fewer at its end), read as the analysis read
+    it (``audio.open_decoder``): a WAV whose header was never finalised has detections, and plain
+    libsndfile found no audio in it (a review: a 404)."""
     try:
         with audio.open_decoder(path) as (f, _, stream):
             rate = f.samplerate
             f.seek(min(int(start_s * rate), f.frames))
-            frames = -1 if end_s is None else max(0, int((end_s - start_s) * rate))
+            frames = max(0, int((end_s - start_s) * rate))
             data = f.read(frames, dtype="float32")
             wav_repair.check(stream)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:

@@ -180,14 +180,18 @@ class BrowserGuard:
         return await self.app(scope, receive, send_with_headers)
 
 
+def unknown_bundle(bundle: str, bundles: list[str]) -> str:
+    """Why ``bundle`` names no bundle of the database's (``bundles``)."""
+    return f"unknown bundle id {bundle!r}: the database holds detections of {', '.join(bundles) or 'none'}"
+
+
 def unknown_filter(q, labels: list[str] | None, bundles: list[str]) -> Response | None:
     """The refusal of a filter that names nothing in the database (an empty page read as "no
     detections of it", a newcomer trial): an unknown bundle or label is a 404, a day not written
     YYYY-MM-DD a 400; None when every filter given is fine."""
     bundle, label, day = q.get("bundle") or None, q.get("label") or None, q.get("day") or None
     if bundle is not None and bundle not in bundles:
-        return PlainTextResponse(f"error: unknown bundle id {bundle!r}: the database holds detections of "
-                                 f"{', '.join(bundles) or 'none'}\n", status_code=404)
+        return PlainTextResponse(f"error: {unknown_bundle(bundle, bundles)}\n", status_code=404)
     if label is not None and labels is not None and label not in labels:
         return PlainTextResponse(f"error: no detection of {label!r} here: the database holds "
                                  f"{', '.join(labels) or 'none'}\n", status_code=404)
@@ -344,8 +348,7 @@ def create_app(config: ReviewConfig) -> Starlette:
         bundle = request.query_params.get("bundle") or None
         stored = [] if bundle is None else reviews.labels_and_bundles(config.db)[1]
         if bundle is not None and bundle not in stored:   # [] read as "none judged"
-            return JSONResponse({"error": f"unknown bundle id {bundle!r}: the database holds detections of "
-                                          f"{', '.join(stored) or 'none'}"}, status_code=404)
+            return JSONResponse({"error": unknown_bundle(bundle, stored)}, status_code=404)
         return JSONResponse([dataclasses.asdict(c) | {"precision": c.precision} for c in
                              reviews.precision_by_class(config.db, bundle)])
 

@@ -116,10 +116,11 @@ def precision_by_class(db_path: Path, bundle_id: str | None = None, as_of: str |
     """Each detected label's precision from the reviews so far (latest verdict per detection), of
     one bundle's detections when ``bundle_id`` is given: bundles differ in how often they are right.
     ``as_of``: from the verdicts given until then (``reviews_as_of``)."""
-    mine, args = ("WHERE bundle_id = ?", [bundle_id]) if bundle_id else ("", [])
+    detected, judged, args = (("WHERE bundle_id = ?", "AND v.bundle_id = ?", [bundle_id]) if bundle_id
+                              else ("", "", []))
     snapshot, since = reviews_as_of(as_of)
     with closing(open_read_only(db_path, ReviewError)) as conn:
-        labels = [r[0] for r in conn.execute(f"SELECT DISTINCT label FROM detections {mine} ORDER BY label", args)]
+        labels = [r[0] for r in conn.execute(f"SELECT DISTINCT label FROM detections {detected} ORDER BY label", args)]
         # Only verdicts on detections still stored: reanalyse removes the ones no longer found,
         # and their reviews stay behind (they counted here, and not on the page's list).
         counts = {r["label"]: r for r in conn.execute(f"""
@@ -127,7 +128,7 @@ def precision_by_class(db_path: Path, bundle_id: str | None = None, as_of: str |
             FROM ({LATEST_VERDICTS}) v
             JOIN detections d ON d.source = v.source AND d.start_s = v.start_s AND d.label = v.label
                  AND d.bundle_id = v.bundle_id
-            WHERE v.verdict != 'unsure' {mine.replace('WHERE bundle_id', 'AND v.bundle_id')} GROUP BY v.label""",
+            WHERE v.verdict != 'unsure' {judged} GROUP BY v.label""",
             since + args)}
     result = []
     for label in labels:

@@ -36,14 +36,13 @@ def effort_hours(db_path: Path, bundle_id: str | None = None,
     with closing(open_read_only(db_path, ReviewError)) as conn:
         for start, seconds in conn.execute(*_recordings_analysed(conn, bundle_id)):
             add(parse_utc(start), seconds)
-        try:
+        quarters = []
+        if has_table(conn, "coverage"):   # else a database from before live coverage existed
             # A minute's seconds lie in its minute, so in its quarter hour: summed there by SQLite
             # (a year of per-minute live coverage is 525 600 rows, each spread in Python before).
             listened, params = _listened_by(conn, bundle_id)
             quarters = conn.execute(f"SELECT {quarter_hour('minute_utc')}, sum(analysed_s) FROM coverage "
                                     f"WHERE analysed_s > 0 AND ({listened}) GROUP BY 1", params).fetchall()
-        except sqlite3.OperationalError:   # a database from before live coverage existed
-            quarters = []
         for quarter, seconds in quarters:
             at = local(quarter, zone)
             by_hour[at.hour] += seconds / 3600

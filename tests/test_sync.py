@@ -269,10 +269,10 @@ def test_server_stopped_mid_sync_and_restarted(fleet, tmp_path):
 
 
 def test_a_sync_refused_as_busy_names_the_database_file(fleet, tmp_path):
-    from edgemon.sync.fleetdb import MIGRATION_LOCK
+    from edgemon.sync.fleetdb import SESSION_LOCK_SPACE
     db = make_recorder(tmp_path / "busy.db", "rec-a", files=2, per_file=2, seed=5)
     with fleet.connect() as holder:
-        holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [MIGRATION_LOCK, uuid_of(db)])
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [SESSION_LOCK_SPACE, uuid_of(db)])
         result = run_sync(db, fleet.url)
     assert result.returncode != 0
     line = result.stderr.strip().splitlines()[-1]

@@ -37,8 +37,11 @@ log = logging.getLogger(__name__)
 # What a driver call may raise (nothing, without the driver: ``except ()`` catches nothing).
 DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error,) if psycopg else ()
 
-# Server-side lock ids: one for migrations, and a namespace for per-database sync sessions.
+# Server-side advisory lock ids: the migrations' (one bigint key), and the namespace of the
+# per-database session locks (two int keys: this, hashtext(db_uuid)). PostgreSQL keeps one-key and
+# two-key locks apart, so the one number serves both; released edgemons lock with it, keep it.
 MIGRATION_LOCK = 0x6564676D  # 'edgm'
+SESSION_LOCK_SPACE = MIGRATION_LOCK
 
 # Non-key columns of each table on the server (the key columns come from the outbox's SYNC_KEYS).
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -424,13 +427,13 @@ def acknowledged(conn: psycopg.Connection, db_uuid: str) -> Acknowledged | None:
 
 def unlock_database(conn: psycopg.Connection, db_uuid: str) -> None:
     """Release ``lock_database``'s lock (a session that moved to a new UUID)."""
-    conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [MIGRATION_LOCK, db_uuid])
+    conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [SESSION_LOCK_SPACE, db_uuid])
 
 
 def lock_database(conn: psycopg.Connection, db_uuid: str) -> None:
     """A session lock on one recorder database's rows; BusyError when another sync holds it.
     Released when the connection closes, also when the holder was killed."""
-    if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [MIGRATION_LOCK, db_uuid]).fetchone()[0]:
+    if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [SESSION_LOCK_SPACE, db_uuid]).fetchone()[0]:
         raise BusyError(f"another sync of database {db_uuid} is running (or was killed just now: the server "
                         f"frees its lock when it notices the connection gone, within a minute; try again then)")
 

@@ -367,7 +367,7 @@ def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
         yield None
         return
     check_sync_url(settings)  # a bad URL stops the start, in one line naming its source, not a thread later
-    config = _config(settings, url, daemons_bundle=False)   # the bundle it is about to run, not the last run's
+    config = _sync_config(settings, url, daemons_bundle=False)   # the bundle it is about to run, not the last run's
     own_stop = threading.Event()
     thread = threading.Thread(target=run_sync, name="edgemon-sync", daemon=True,
                               args=(settings.service.db, device_info(settings), config, own_stop))
@@ -379,7 +379,8 @@ def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
         thread.join(timeout=60)
 
 
-def _config(settings: Settings, url: str, **given) -> SyncConfig:
+def _sync_config(settings: Settings, url: str, **given) -> SyncConfig:
+    """The sync settings in force for ``url``, with ``given`` fields (``SyncConfig``'s) on top."""
     service = settings.service
     snapshot = SnapshotConfig(directory=service.directory, heartbeat_s=service.heartbeat_s,
                               min_free_mb=service.min_free_mb)
@@ -434,7 +435,7 @@ def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
     url = url or settings.service.sync_url
     if url is None:
         raise ConfigError("no sync target: give --to postgresql://... or set sync_url in [sync]")
-    config = _config(settings, url, retry_for_s=retry_for_s,
+    config = _sync_config(settings, url, retry_for_s=retry_for_s,
                      **({} if batch_rows is None else {"batch_rows": batch_rows}))
     info = device_info(settings)
     _check_device_id(Path(settings.service.db), info.device_id)

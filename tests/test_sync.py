@@ -817,3 +817,27 @@ def test_the_service_loop_logs_an_unexpected_failure_with_its_traceback(monkeypa
             sender.run_sync("recorder.db", DeviceInfo("rec-a", ""), sender.SyncConfig(url=""), stop)
         (said,) = [r for r in caplog.records if r.getMessage().startswith("sync failed")]
         assert bool(said.exc_info) is traceback, (failure, said.exc_info)
+
+
+def test_a_sync_thread_that_does_not_stop_in_time_is_said(tmp_path, monkeypatch, caplog):
+    """Found by the review of 2027-01: the service waited 60 s for its sync thread on the way out
+    and then went on as if it had stopped; one still in a session (a migration waiting on another
+    recorder's, a link gone silent) was left without a word."""
+    from edgemon.config import load_settings
+    from edgemon.sync import sender
+
+    db = make_recorder(tmp_path / "a.db", "site-07", files=1, seed=9)
+    settings = load_settings(cli={"db": str(db), "device_id": "site-07",
+                                  "sync_url": "postgresql://recorder@127.0.0.1:1/fleet"}, env={}, default_path=None)
+    released = threading.Event()
+    monkeypatch.setattr(sender, "run_sync", lambda db_path, info, config, stop: released.wait(30))
+    monkeypatch.setattr(sender, "SYNC_STOP_WAIT_S", 0.2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edgemon.sync.sender"):
+            with sender.sync_in_background(settings) as thread:
+                pass
+        assert thread.is_alive()
+        assert any("still" in r.getMessage() and "0.2 s" in r.getMessage() for r in caplog.records), caplog.text
+    finally:
+        released.set()
+        thread.join(timeout=30)

@@ -358,10 +358,14 @@ def check_sync_url(settings: Settings, url: str | None = None) -> None:
         pass
 
 
+SYNC_STOP_WAIT_S = 60.0   # how long the service waits for its sync thread on the way out
+
+
 @contextmanager
 def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
     """Run ``run_sync`` on a thread of its own while the block runs, when ``sync_url`` is set;
-    the thread is stopped and joined on the way out."""
+    the thread is stopped on the way out and waited for up to ``SYNC_STOP_WAIT_S`` (a session
+    checks the stop between batches)."""
     url = settings.service.sync_url
     if url is None:
         yield None
@@ -376,7 +380,10 @@ def sync_in_background(settings: Settings) -> Iterator[threading.Thread | None]:
         yield thread
     finally:
         own_stop.set()
-        thread.join(timeout=60)
+        thread.join(timeout=SYNC_STOP_WAIT_S)
+        if thread.is_alive():   # a daemon thread: it ends with the process
+            log.warning("the sync thread is still in a session %.1f s after it was told to stop (a server that "
+                        "stopped answering?); not waiting for it", SYNC_STOP_WAIT_S)
 
 
 def _sync_config(settings: Settings, url: str, **given) -> SyncConfig:

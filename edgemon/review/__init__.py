@@ -2,5 +2,6 @@
 
 ``reviews`` reads and writes the verdicts and ranks what to review next; ``excerpt`` cuts a
 detection's audio; ``spectrogram`` draws it as a PNG; ``charts`` draws calls and effort as SVG;
-``app`` serves them (Starlette, run by uvicorn). Nothing is fetched from the internet.
+``local_time`` places days and hours in the recorder's time zone; ``app`` serves them (Starlette,
+run by uvicorn). Nothing is fetched from the internet.
 """

@@ -1,4 +1,5 @@
-"""Verdicts on detections: storing them, each class's precision so far, and the review order.
+"""Verdicts on detections: storing them, each class's precision so far, the review order, what
+the page's filters offer, and the verdicts as CSV (``edgemon review --export``).
 
 Readers open the database read-only per call; a verdict is written in a short ``BEGIN IMMEDIATE``
 transaction of its own, so the page never holds a lock the recorder's writer waits on. Each call

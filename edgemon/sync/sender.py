@@ -434,7 +434,7 @@ def _free_mb(db_path: Path) -> float | None:
 
 
 def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
-                 batch_rows: int | None = None) -> SyncResult:
+                 batch_rows: int = SyncConfig.batch_rows) -> SyncResult:
     """``edgemon sync``: one session to ``url`` (default: the settings' ``sync_url``) for the
     database and device in ``settings``, retried while the server is unreachable for up to
     ``retry_for_s`` seconds."""
@@ -442,8 +442,7 @@ def sync_command(settings: Settings, url: str | None, retry_for_s: float = 0.0,
     url = url or settings.service.sync_url
     if url is None:
         raise ConfigError("no sync target: give --to postgresql://... or set sync_url in [sync]")
-    config = _sync_config(settings, url, retry_for_s=retry_for_s,
-                     **({} if batch_rows is None else {"batch_rows": batch_rows}))
+    config = _sync_config(settings, url, retry_for_s=retry_for_s, batch_rows=batch_rows)
     info = device_info(settings)
     _check_device_id(Path(settings.service.db), info.device_id)
     return sync_with_retries(settings.service.db, info, config)

@@ -945,7 +945,7 @@ def test_a_request_that_gets_no_turn_to_decode_is_told_the_page_is_busy(review_d
 
 
 def test_a_verdict_waiting_for_the_write_lock_holds_up_no_other_request(review_db, monkeypatch):
-    """Found by the review of 2027-01: the verdict handler is async (it reads its body as a stream)
+    """Found by a review of the review and sync packages (thirty-second session): the verdict handler is async (it reads its body as a stream)
     and stored the verdict on the server's event loop, where ``BEGIN IMMEDIATE`` waits up to the
     busy timeout (30 s) for the recorder's writer: every other request, the page and its
     spectrograms included, waited with it. The verdict now waits on a worker thread."""
@@ -975,7 +975,7 @@ def test_a_verdict_waiting_for_the_write_lock_holds_up_no_other_request(review_d
 
 
 def test_the_printed_url_carries_a_token_of_any_characters(review_db):
-    """Found by the review of 2027-01: the URL printed for ``--token`` was not encoded, so a token
+    """Found by a review of the review and sync packages (thirty-second session): the URL printed for ``--token`` was not encoded, so a token
     with '&', '#', '+' or a space opened the page as someone without it (a 401)."""
     from urllib.parse import parse_qs, urlsplit
 
@@ -998,7 +998,7 @@ def _corrupt_all_but_the_schema(db: Path) -> None:
 
 
 def test_a_database_gone_bad_while_the_page_is_served_is_one_line_not_a_traceback(review_db, caplog):
-    """Found by the review of 2027-01: a database removed, or a card gone bad, while the page was
+    """Found by a review of the review and sync packages (thirty-second session): a database removed, or a card gone bad, while the page was
     open gave every page a 500 and the terminal a traceback (the page read it outside the
     handlers' own error mapping). Now each answer and the log say it in one line."""
     db, recordings = review_db
@@ -1019,7 +1019,7 @@ def test_a_database_gone_bad_while_the_page_is_served_is_one_line_not_a_tracebac
 
 
 def test_exporting_the_verdicts_of_a_damaged_database_is_one_line(review_db, tmp_path):
-    """Found by the review of 2027-01: `edgemon review --export` on a database that opens but whose
+    """Found by a review of the review and sync packages (thirty-second session): `edgemon review --export` on a database that opens but whose
     tables cannot be read (a card gone bad) printed a traceback; the output is not written."""
     import subprocess
     import sys

@@ -797,7 +797,7 @@ def test_an_outbox_that_cannot_be_opened_names_why_and_closes_its_connection(tmp
 
 
 def test_the_service_loop_logs_an_unexpected_failure_with_its_traceback(monkeypatch, caplog):
-    """Found by the review of 2027-01: the service's loop logged every failure as its message
+    """Found by a review of the review and sync packages (thirty-second session): the service's loop logged every failure as its message
     alone, so a bug (a KeyError: "sync failed: 'bundle_id'") left no type and no place in the
     journal. A named failure (the server unreachable) stays one line."""
     from edgemon.sync import sender
@@ -820,7 +820,7 @@ def test_the_service_loop_logs_an_unexpected_failure_with_its_traceback(monkeypa
 
 
 def test_a_sync_thread_that_does_not_stop_in_time_is_said(tmp_path, monkeypatch, caplog):
-    """Found by the review of 2027-01: the service waited 60 s for its sync thread on the way out
+    """Found by a review of the review and sync packages (thirty-second session): the service waited 60 s for its sync thread on the way out
     and then went on as if it had stopped; one still in a session (a migration waiting on another
     recorder's, a link gone silent) was left without a word."""
     from edgemon.config import load_settings

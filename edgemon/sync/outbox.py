@@ -270,8 +270,9 @@ class Outbox:
     def hold_for_later(self, table: str) -> None:
         """Remember that a server lacked ``table`` (``fleetdb.ADDED_BY_REVISION``) while its changes
         went by: ``send_again`` puts its rows back in the log once a server holds it."""
-        self._write("INSERT INTO sync_meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO NOTHING",
-                    [f"unsent:{table}"], f"remember the unsent {table}")
+        with self._writing(f"cannot remember the unsent {table} in {self.path}"):
+            self.conn.execute("INSERT INTO sync_meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO NOTHING",
+                              [f"unsent:{table}"])
 
     def send_again(self, table: str) -> int:
         """If a server lacked ``table`` before (``hold_for_later``), move every row of it to the end
@@ -282,29 +283,13 @@ class Outbox:
             return 0
         key = SYNC_KEYS[table]
         match = " AND ".join(f"t.{c} = changes.k{i + 1}" for i, c in enumerate(key) if c[0].isalpha())
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with self._writing(f"cannot queue the {table} again in {self.path}"):
             self.conn.execute(f"DELETE FROM changes WHERE tbl = ? AND EXISTS (SELECT 1 FROM {table} t WHERE {match})",
                               [table])
             moved = self.conn.execute(f"INSERT OR IGNORE INTO changes (tbl, k1, k2, k3, k4) "
                                       f"SELECT '{table}', {', '.join(key)} FROM {table} ORDER BY rowid").rowcount
             self.conn.execute("DELETE FROM sync_meta WHERE key = ?", [f"unsent:{table}"])
-            self.conn.execute("COMMIT")
-            return moved
-        except sqlite3.Error as e:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise OutboxError(f"cannot queue the {table} again in {self.path}: {e}") from e
-
-    def _write(self, sql: str, params: list, what: str) -> None:
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute(sql, params)
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise OutboxError(f"cannot {what} in {self.path}: {e}") from e
+        return moved
 
     def pruned_behind(self, acked: int) -> bool:
         """Whether a target that acknowledged up to ``acked`` (not 0: it holds rows) missed

@@ -263,6 +263,27 @@ def test_mtime_minus_duration_when_nothing_else(tmp_path, name):
     assert recording_time(flac, now=NOW).start_utc == utc(2024, 5, 31, 23, 59, 58)
 
 
+def test_mtime_minus_duration_for_a_container_the_header_reader_does_not_parse(tmp_path):
+    """An RF64 WAV (long recordings are written so) named without a time was timed at its mtime,
+    its end: every detection one recording late. A FLAC whose STREAMINFO gives no length (a
+    streamed encode) has none to take off: libsndfile's 2**63 - 1 frames are no length."""
+    path = tmp_path / "ZOOM0001.WAV"
+    soundfile.write(path, np.zeros(8000, np.float32), 16000, subtype="PCM_16", format="RF64")
+    os.utime(path, ns=(0, 1_717_200_000_250_000_000))  # 2024-06-01 00:00:00.25 UTC
+    got = recording_time(path, now=NOW)
+    assert (got.start_utc, got.source, got.detail) == (utc(2024, 5, 31, 23, 59, 59, 750000), "mtime",
+                                                       "file mtime minus 0.500 s of audio")
+    flac = tmp_path / "stream.flac"
+    soundfile.write(flac, np.zeros(8000, np.float32), 16000)
+    data = bytearray(flac.read_bytes())
+    data[21] &= 0xF0            # STREAMINFO's total samples (36 bits from byte 21): 0, unknown
+    data[22:26] = bytes(4)
+    flac.write_bytes(bytes(data))
+    os.utime(flac, ns=(0, 1_717_200_000_000_000_000))
+    got = recording_time(flac, now=NOW)
+    assert (got.start_utc, got.detail) == (utc(2024, 6, 1), "file mtime")
+
+
 def test_a_stamp_that_is_no_date_is_said_with_the_mtime(tmp_path):
     """A name such as 20230229_000000.WAV (no 29 February in 2023) was said to hold no start time,
     and the message asked for a name of the very form it has."""

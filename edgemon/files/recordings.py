@@ -218,10 +218,28 @@ def audio_duration_s(path: Path) -> float | None:
         return None
 
 
+# libsndfile's frame count for a stream whose length it does not know (a FLAC whose STREAMINFO
+# says 0 samples is 2**63 - 1 frames): no length at all.
+_UNKNOWN_FRAMES = 2**62
+
+
+def _decoded_duration_s(path: Path) -> float | None:
+    """Seconds of audio as the decoder's header reading gives them, for containers not read by
+    hand here (RF64, W64, AIFF, MP3); None when it cannot tell."""
+    try:
+        info = soundfile.info(os.fsencode(path))
+    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError):
+        return None
+    return info.frames / info.samplerate if 0 < info.frames < _UNKNOWN_FRAMES and info.samplerate > 0 else None
+
+
 def _from_mtime(path: Path, meta: dict, now: datetime | None) -> RecordingTime:
     """The file's last write (the end of recording) minus its duration, if the header tells it."""
     mtime = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=path.stat().st_mtime_ns // 1000)
-    duration = _duration_s(path, meta)
+    # A header this module does not read (an RF64 WAV, as long recordings are written) still has
+    # a length: without it the mtime, the recording's end, was taken for its start, and every
+    # detection was stored one recording late.
+    duration = _duration_s(path, meta) or _decoded_duration_s(path)
     start = mtime - timedelta(seconds=duration) if duration else mtime
     detail = f"file mtime minus {duration:.3f} s of audio" if duration else "file mtime"
     reason = _suspect_reason(start, now)

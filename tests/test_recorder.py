@@ -113,6 +113,11 @@ def write_wave_module(path, seconds=0.5, rate=8000):
     # a recording converted for classify keeps its name's time (a newcomer trial's MP3 was timed by its mtime)
     ("20240103_110000.mp3", utc(2024, 1, 3, 11, 0, 0)),
     ("S10_20240103_110000.OGG", utc(2024, 1, 3, 11, 0, 0)),
+    # Frontier Labs BAR-LT: ISO 8601 with the recorder's own offset (they were timed by their mtime)
+    ("20191125T000000+1000_REC.flac", utc(2019, 11, 24, 14, 0, 0)),
+    ("20211004T200000+0000_Rec2_-18.1883+144.5414.flac", utc(2021, 10, 4, 20, 0, 0)),
+    ("site3_20190101T093000-0330_REC.WAV", utc(2019, 1, 1, 13, 0, 0)),
+    ("20190101T060000Z.wav", utc(2019, 1, 1, 6, 0, 0)),
 ])
 def test_filename_patterns(name, expected):
     got = time_from_filename(name)
@@ -127,6 +132,8 @@ def test_filename_patterns(name, expected):
     "20240101_120000.txt",
     "SITE-A20240101_120000.WAV",  # no separator before the date
     "S10_20240101$120000$.wav",   # more after the stamp
+    "20191125T000000+2400_REC.flac",   # an offset of a day
+    "20191125T000000+1000_clip3.flac",   # more after the stamp than a BAR-LT writes
     "S10_20240101-120000.wav",
     "5A8C5A8.WAV",  # seven hex digits
     "20230201.WAV",  # a day, not hex Unix time (0x20230201 is 1987)
@@ -233,6 +240,14 @@ def test_guano_beats_comment_and_a_bad_guano_falls_back():
 
 
 # ---- recording_time: precedence and suspect clocks -------------------------------------------
+
+
+def test_an_iso_name_with_its_offset_is_an_instant_that_no_clock_zone_moves(tmp_path):
+    """A BAR-LT names its recording by its start and its own UTC offset: read as written, whatever
+    ``clock_timezone`` says of names without one, and before the file's mtime."""
+    path = write_wave_module(tmp_path / "20191125T060000+1000_REC.wav")
+    got = recording_time(path, now=NOW, clock=ZoneInfo("Europe/Berlin"))
+    assert (got.start_utc, got.source, got.suspect) == (utc(2019, 11, 24, 20), "filename", False)
 
 
 def test_filename_beats_metadata(tmp_path):

@@ -37,6 +37,14 @@ _DATED_NAME = re.compile(
     r"^(?:(?P<prefix>.*)[_ -])?(?P<date>\d{8})(?P<sep>[_$])(?P<time>\d{6})(?P<trig>T?)"
     r"(?P<copy> ?\(\d+\)| copy(?: \d+)?| - copy(?: \(\d+\))?| \d+)?" + _AUDIO, re.IGNORECASE
 )
+# Frontier Labs BAR-LT (the Australian Acoustic Observatory's sensors): the ISO 8601 basic time
+# with the recorder's UTC offset, then "_REC" or "_Rec2" and perhaps its GPS position
+# ("20191125T000000+1000_REC.flac", "20211004T200000+0000_Rec2_-18.1883+144.5414.flac"). The
+# offset makes it an instant, not a wall clock; unread, such recordings were timed by their mtime.
+_ISO_NAME = re.compile(
+    r"^(?:(?P<prefix>.*)[_ -])?(?P<date>\d{8})T(?P<time>\d{6})(?P<zone>Z|[+-]\d{4})(?P<rec>_rec.*)?" + _AUDIO,
+    re.IGNORECASE
+)
 # Older AudioMoth firmware: eight hex digits of Unix time, e.g. 5A8C5A83.WAV.
 _HEX_NAME = re.compile(r"^(?P<hex>[0-9A-F]{8})" + _AUDIO, re.IGNORECASE)
 # "Recorded at 12:00:00 01/02/2024 (UTC+5:30) by AudioMoth ..." (day first; offset optional).
@@ -75,9 +83,24 @@ def _parse_filename(name: str) -> tuple[datetime, str, bool, bool] | None:
             return start, f"{kind}AudioMoth name YYYYMMDD_HHMMSS{copy}", True, True
         # Wall clock of an unknown zone: UTC unless the header names the zone (as for AudioMoth).
         return start, f"name PREFIX_YYYYMMDD{m['sep']}HHMMSS read as UTC (prefix {m['prefix']!r}){copy}", True, False
+    if m := _ISO_NAME.match(base):
+        return _iso_name_time(m)
     if (m := _HEX_NAME.match(base)) and not _is_date(m["hex"]):
         return datetime.fromtimestamp(int(m["hex"], 16), UTC), "hex Unix-time name", False, True
     return None
+
+
+def _iso_name_time(m: re.Match) -> tuple[datetime, str, bool, bool] | None:
+    """A BAR-LT name's instant (``_ISO_NAME``): its wall clock less its own UTC offset."""
+    d, t, zone = m["date"], m["time"], m["zone"].upper()
+    offset = timedelta() if zone == "Z" else \
+        (1 if zone[0] == "+" else -1) * timedelta(hours=int(zone[1:3]), minutes=int(zone[3:]))
+    try:
+        start = datetime(int(d[:4]), int(d[4:6]), int(d[6:]), int(t[:2]), int(t[2:4]), int(t[4:]),
+                         tzinfo=timezone(offset)).astimezone(UTC)
+    except (ValueError, OverflowError):   # no such date, an offset of a day or more, past the calendar
+        return None
+    return start, f"name YYYYMMDDTHHMMSS{zone} (ISO 8601 with the recorder's UTC offset)", False, m["prefix"] is None
 
 
 def _impossible_stamp(name: str) -> str | None:

@@ -8,6 +8,8 @@ import soundfile
 
 from edgemon.analysis import audio
 from edgemon.errors import AudioError
+from edgemon.files.completeness import wav_header_consistent
+from edgemon.files.recordings import audio_duration_s
 
 
 def sine(rate, seconds, freq=1000.0, channels=1):
@@ -141,6 +143,26 @@ def test_a_header_never_finalised_is_read_to_the_end_of_the_file(tmp_path, riff_
     blocks = audio.iter_blocks(path, block_seconds=1.0)
     assert abs(sum(len(b) for b in blocks) - len(x)) <= 1
     assert blocks.note.startswith("data size 0 in the header")
+
+
+def test_a_data_size_far_short_of_the_audio_after_it_is_read_to_the_end_of_the_file(tmp_path):
+    """Found by a recorder-formats trial: a Frontier Labs BAR that lost power leaves the data size
+    it writes first (44) in a file it pre-allocated (known problem FL003); its audio decoded as 22
+    samples and was stored as done, with no detections and no note. A finished WAV followed by a
+    chunk larger than its audio, or by a little slack, is read as its header says."""
+    x = sine(16000, 3.0)
+    path = _wav_with(tmp_path / "bar.wav", x, 16000, data_size=44)
+    blocks = audio.iter_blocks(path, block_seconds=1.0)
+    assert abs(sum(len(b) for b in blocks) - len(x)) <= 1
+    assert blocks.note.startswith("data size 44 in the header")
+    assert not wav_header_consistent(path)[0] and audio_duration_s(path) == pytest.approx(3.0)
+    short = sine(16000, 0.1)
+    for name, after in (("tagged.wav", b"JUNK" + struct.pack("<I", 20000) + bytes(20000)), ("slack.wav", bytes(1000))):
+        finished = _wav_with(tmp_path / name, short, 16000)
+        finished.write_bytes(finished.read_bytes() + after)
+        blocks = audio.iter_blocks(finished, block_seconds=1.0)
+        assert abs(sum(len(b) for b in blocks) - len(short)) <= 1 and blocks.note is None
+        assert audio_duration_s(finished) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("samples", [32000, 16033])   # 16033: a data size whose low byte is 'B'

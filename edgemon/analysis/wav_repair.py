@@ -6,7 +6,10 @@ Two headers in the field hold audio that libsndfile will not give back:
   (the battery died, the card was pulled) says its data chunk is empty, and libsndfile reads
   0 samples from minutes of audio;
 - **a chunk before ``data`` without its pad byte** (an odd-length GUANO chunk from some writers):
-  libsndfile finds no ``data`` chunk and refuses the file.
+  libsndfile finds no ``data`` chunk and refuses the file;
+- **a data size far short of the audio after it** (``declared_short``): a Frontier Labs BAR that
+  lost power left the 44 it writes first in a file it had pre-allocated (known problem FL003),
+  and libsndfile reads 22 samples from hours of audio.
 
 ``repaired`` presents such a file as a clean RIFF of its own ``fmt `` chunk and every whole frame
 from the start of its ``data`` chunk to end of file; the audio bytes are read from the file as
@@ -80,21 +83,32 @@ def check(stream) -> None:
         raise failed
 
 
-def _layout(f) -> tuple[bytes, int, int] | None:
-    """(fmt body, data offset, declared data size) of the RIFF/WAVE file ``f``, or None."""
+def declared_short(declared: int, held: int, chunk_after: bool) -> bool:
+    """Whether a data chunk declaring ``declared`` bytes, ``held`` bytes from its start to end of
+    file and no chunk found after it (``chunk_after``), was never finalised though its size is
+    not 0: more is left after what it declares than it declares. A finished WAV ends at its data,
+    or goes on with chunks (LIST, GUANO), or with a little padding; not with more audio than it
+    holds."""
+    return 0 < declared < held - declared and not chunk_after
+
+
+def _layout(f) -> tuple[bytes, int, int, bool] | None:
+    """(fmt body, data offset, declared data size, whether a chunk follows the data) of the
+    RIFF/WAVE file ``f``, or None."""
     f.seek(0)
     head = f.read(12)
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
         return None
-    fmt, data = None, None
+    fmt, data, chunk_after = None, None, False
     for chunk_id, body_at, size in wav_chunks(f):
+        chunk_after = chunk_after or data is not None
         if chunk_id == b"fmt " and fmt is None and 16 <= size <= 1024:
             fmt = f.read(size)
         elif chunk_id == b"data" and data is None:
             data = (body_at, size)
     if fmt is None or data is None or len(fmt) < 16:
         return None
-    return fmt, data[0], data[1]
+    return fmt, data[0], data[1], chunk_after
 
 
 def repaired(path: str | Path, always: bool = False):
@@ -113,13 +127,14 @@ def repaired(path: str | Path, always: bool = False):
         if layout is None:
             f.close()
             return None, None
-        fmt, offset, declared = layout
+        fmt, offset, declared, chunk_after = layout
         held = os.fstat(f.fileno()).st_size - offset
         block_align = struct.unpack("<H", fmt[12:14])[0] or 1
+        short = declared_short(declared, held, chunk_after)
         # Where the header's own size is plausible, it ends the audio (chunks may follow it).
-        usable = declared if 0 < declared <= held and declared != 0xFFFFFFFF else held
+        usable = declared if 0 < declared <= held and declared != 0xFFFFFFFF and not short else held
         length = min(usable, _MAX_DATA) // block_align * block_align
-        if length <= 0 or not (always or declared == 0):
+        if length <= 0 or not (always or declared == 0 or short):
             f.close()
             return None, None
         fmt_chunk = b"fmt " + struct.pack("<I", len(fmt)) + fmt + (b"\0" if len(fmt) & 1 else b"")
@@ -127,6 +142,9 @@ def repaired(path: str | Path, always: bool = False):
             b"data" + struct.pack("<I", length)
         if declared == 0:
             why = f"data size 0 in the header (never finalised): its {length} bytes to end of file read as audio"
+        elif short:
+            why = (f"data size {declared} in the header but {held} bytes after it, and no chunk (never finalised): "
+                   f"its {length} bytes to end of file read as audio")
         else:
             why = f"a header libsndfile cannot read: its data chunk ({length} bytes) read through a rewritten one"
         return io.BufferedReader(_Spliced(header, f, offset, length)), why

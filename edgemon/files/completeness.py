@@ -16,6 +16,7 @@ from pathlib import Path
 
 import soundfile
 
+from edgemon.analysis import wav_repair
 from edgemon.files.headers import read_wav_metadata
 
 
@@ -49,6 +50,8 @@ def wav_header_consistent(path: str | Path) -> tuple[bool, str]:
         return False, "data size 0: header not yet finalised"
     if declared > held:
         return False, f"data chunk declares {declared} bytes but file holds {held}"
+    if wav_repair.declared_short(declared, held, "chunk_after_data" in meta):
+        return False, f"data chunk declares {declared} bytes but {held} follow it, and no chunk: not yet finalised"
     if riff not in (size - 8, size - 9):  # size - 9: a trailing pad byte left out of the count
         return False, f"RIFF size {riff} but file holds {size - 8} bytes after the RIFF header"
     return True, "header consistent"

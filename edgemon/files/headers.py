@@ -60,6 +60,8 @@ def _walk_chunks(f: BinaryIO, size: int, meta: dict) -> None:
     for chunk_id, body_at, chunk_size in wav_chunks(f):
         if chunk_size > size - body_at:
             meta["truncated"] = True
+        if "data_offset" in meta:
+            meta["chunk_after_data"] = True
         if chunk_id == b"data" and "data_offset" not in meta:
             meta["data_offset"], meta["data_size"] = body_at, chunk_size
         elif chunk_id in _READERS and budget > 0:
@@ -75,7 +77,8 @@ def read_wav_metadata(path: str | Path) -> dict:
     ``data_size`` (as declared, bytes), ``data_offset`` (bytes), ``sample_rate`` (Hz),
     ``channels``, ``bits_per_sample``, ``block_align`` (bytes per frame), ``audio_format``,
     ``info`` (all LIST/INFO fields), ``comment`` (ICMT), ``artist`` (IART), ``guano`` (dict of the
-    ``guan`` chunk's ``Key: value`` lines) and ``truncated`` (a chunk runs past end of file).
+    ``guan`` chunk's ``Key: value`` lines), ``truncated`` (a chunk runs past end of file) and
+    ``chunk_after_data`` (a chunk follows the data chunk).
     Truncated files and lying sizes give what was found. Raises ``OSError`` if unopenable.
     """
     with open(path, "rb") as f:

@@ -8,11 +8,15 @@ bytes, no audio decoding) so detections get wall-clock times. Whether a file is 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
+import soundfile
+
+from edgemon.analysis import wav_repair
 from edgemon.files.headers import read_metadata, read_wav_metadata
 from edgemon.utc import UTC
 
@@ -225,9 +229,11 @@ def _duration_s(path: Path, meta: dict) -> float | None:
         return None
     held = meta["file_size"] - meta["data_offset"]
     declared = meta["data_size"]
-    # A header never finalised says 0 (or all ones): what lies after it is read as audio
-    # (``analysis.wav_repair``), so that is its length, and the isolated child's time limit.
-    return (min(declared, held) if declared not in (0, 0xFFFFFFFF) else max(0, held)) / frame / rate
+    # A header never finalised says 0 (or all ones, or far less than follows it): what lies after
+    # it is read as audio (``analysis.wav_repair``), so that is its length, and the isolated
+    # child's time limit.
+    unwritten = declared in (0, 0xFFFFFFFF) or wav_repair.declared_short(declared, held, "chunk_after_data" in meta)
+    return (max(0, held) if unwritten else min(declared, held)) / frame / rate
 
 
 def audio_duration_s(path: Path) -> float | None:

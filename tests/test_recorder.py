@@ -299,6 +299,19 @@ def test_mtime_minus_duration_for_a_container_the_header_reader_does_not_parse(t
     assert (got.start_utc, got.detail) == (utc(2024, 6, 1), "file mtime")
 
 
+@pytest.mark.parametrize("subtype", ["IMA_ADPCM", "MS_ADPCM", "GSM610"])
+def test_a_coded_wav_is_as_long_as_its_decoded_audio(tmp_path, subtype):
+    """A block of an ADPCM or GSM WAV holds hundreds of frames: its length read as bytes over
+    block_align was 1/505 of the audio, so such a recording timed by its mtime was stored a whole
+    recording late (and the isolated child was given the 300 s floor for hours of audio)."""
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, np.zeros(16000 * 4, np.float32), 16000, subtype=subtype)
+    os.utime(path, ns=(0, 1_717_200_000_000_000_000))
+    got = recording_time(path, now=NOW)
+    assert abs((got.start_utc - utc(2024, 5, 31, 23, 59, 56)).total_seconds()) < 0.05
+    assert audio_duration_s(path) is None   # not from the header: the decoder's length is used
+
+
 def test_a_stamp_that_is_no_date_is_said_with_the_mtime(tmp_path):
     """A name such as 20230229_000000.WAV (no 29 February in 2023) was said to hold no start time,
     and the message asked for a name of the very form it has."""

@@ -218,10 +218,19 @@ def _flac_duration_s(path: Path) -> float | None:
     return samples / rate if rate and samples else None
 
 
+# WAV formats whose every frame is ``block_align`` bytes: PCM, IEEE float, A-law, mu-law, and
+# WAVE_FORMAT_EXTENSIBLE (a recorder's subformat is PCM or float). In a coded one (IMA or MS ADPCM,
+# GSM 6.10) a block holds hundreds of frames: its length read so was 1/505 of the audio, and a
+# recording timed by its mtime was stored a whole recording late.
+_FRAMED_FORMATS = frozenset({1, 3, 6, 7, 0xFFFE})
+
+
 def _duration_s(path: Path, meta: dict) -> float | None:
     """Seconds of audio the file holds now, from its header; None when unknown."""
     if path.suffix.lower() == ".flac":
         return _flac_duration_s(path)
+    if meta.get("audio_format") not in _FRAMED_FORMATS:
+        return None   # the decoder knows (``_decoded_duration_s``)
     rate, frame = meta.get("sample_rate", 0), meta.get("block_align", 0)
     if not frame:
         frame = meta.get("channels", 0) * ((meta.get("bits_per_sample", 0) + 7) // 8)

@@ -118,6 +118,8 @@ def write_wave_module(path, seconds=0.5, rate=8000):
     ("20211004T200000+0000_Rec2_-18.1883+144.5414.flac", utc(2021, 10, 4, 20, 0, 0)),
     ("site3_20190101T093000-0330_REC.WAV", utc(2019, 1, 1, 13, 0, 0)),
     ("20190101T060000Z.wav", utc(2019, 1, 1, 6, 0, 0)),
+    ("20181101_060000_REC [-27.3866 152.8761].flac", utc(2018, 11, 1, 6, 0, 0)),   # before BAR firmware 3
+    ("20181101_060000_REC.flac", utc(2018, 11, 1, 6, 0, 0)),
 ])
 def test_filename_patterns(name, expected):
     got = time_from_filename(name)

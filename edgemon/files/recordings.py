@@ -32,13 +32,15 @@ FUTURE_SLACK = timedelta(days=1)  # host and recorder clocks and zones may diffe
 # A copy keeps the name with a suffix file managers add ("… (1).WAV", "… - Copy.WAV", "… copy.WAV",
 # "… 2.WAV"):
 # its time is still the name's (a newcomer trial's copy was stored at the copy's mtime).
+# A Frontier Labs BAR before firmware 3 adds "_REC" and perhaps its GPS position in brackets
+# ("20181101_060000_REC [-27.3866 152.8761].flac"): a wall clock like the others.
 # A Song Meter whose clock a GPS set puts "$" between date and time ("SM3_0_20161023$195550.wav"):
 # the best-timed recordings were timed by their mtime.
 # Any audio ``classify`` reads: an MP3 converted from a recording keeps its name (a newcomer trial
 # saw 20240103_110000.mp3 timed by its mtime).
 _AUDIO = r"\.(?:wav|flac|mp3|ogg|oga|opus|aiff?|w64|caf)$"
 _DATED_NAME = re.compile(
-    r"^(?:(?P<prefix>.*)[_ -])?(?P<date>\d{8})(?P<sep>[_$])(?P<time>\d{6})(?P<trig>T?)"
+    r"^(?:(?P<prefix>.*)[_ -])?(?P<date>\d{8})(?P<sep>[_$])(?P<time>\d{6})(?P<trig>T?)(?P<rec>_rec(?: \[.*\])?)?"
     r"(?P<copy> ?\(\d+\)| copy(?: \d+)?| - copy(?: \(\d+\))?| \d+)?" + _AUDIO, re.IGNORECASE
 )
 # Frontier Labs BAR-LT (the Australian Acoustic Observatory's sensors): the ISO 8601 basic time
@@ -84,7 +86,8 @@ def _parse_filename(name: str) -> tuple[datetime, str, bool, bool] | None:
         kind = "triggered " if m["trig"] else ""
         copy = f" (a copy's name: {m['copy'].strip()!r} after it)" if m["copy"] else ""
         if m["prefix"] is None or re.fullmatch(r"[0-9A-Fa-f]+", m["prefix"]):
-            return start, f"{kind}AudioMoth name YYYYMMDD_HHMMSS{copy}", True, True
+            maker = "Frontier Labs name YYYYMMDD_HHMMSS_REC" if m["rec"] else f"{kind}AudioMoth name YYYYMMDD_HHMMSS"
+            return start, f"{maker}{copy}", True, True
         # Wall clock of an unknown zone: UTC unless the header names the zone (as for AudioMoth).
         return start, f"name PREFIX_YYYYMMDD{m['sep']}HHMMSS read as UTC (prefix {m['prefix']!r}){copy}", True, False
     if m := _ISO_NAME.match(base):

@@ -68,7 +68,7 @@ SETTINGS: tuple[Setting, ...] = (
 
     Setting("directory", "watch", Path, None, "Recorder directory to watch (recursive)."),
     Setting("settle_s", "watch", float, 5.0, "Seconds a file must stay unchanged before it is read.", minimum=0),
-    Setting("rescan_s", "watch", float, 30.0, "Seconds between full rescans of the directory.", minimum=0),
+    Setting("rescan_s", "watch", float, 30.0, "Seconds between rescans of the directory (each lists again only the folders changed since; one an hour stats every file).", minimum=0),
     Setting("incomplete_grace_s", "watch", float, 120.0, "Seconds a WAV or FLAC header not yet finalised is waited for after the file last grew.", minimum=0),
     Setting("retry_s", "watch", float, 60.0, "Seconds before a file that failed (or could not be stored) is tried again.", minimum=0),
 

@@ -4,7 +4,9 @@ the directory can be watched at all."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,11 +51,33 @@ def watched(root: Path, path: Path) -> bool:
     return is_audio(path) and not any(p.startswith(".") for p in parts[:-1])
 
 
-def iter_audio(root: Path, unreadable: dict[str, str] | None = None,
-               others: dict[str, int] | None = None) -> Iterator[Path]:
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """What one listing of a directory gave the walk, kept while the directory stays unchanged."""
+
+    version: tuple[int, int, int, int]    # st_dev, st_ino, st_mtime_ns, st_ctime_ns, taken before it was listed
+    subdirs: tuple[str, ...]              # the directories the walk enters from it, in order
+    others: tuple[tuple[str, int], ...]   # its files in other audio formats, by suffix
+    notes: tuple[tuple[str, str], ...]    # its links not followed, as ``unreadable`` entries
+
+
+# A directory changed this long before a walk began is kept as listed: a change made after the
+# listing moves its mtime on even where the file system keeps times coarsely (FAT: 2 s).
+SETTLED_DIRECTORY_NS = 3_000_000_000
+
+
+def iter_audio(root: Path, unreadable: dict[str, str] | None = None, others: dict[str, int] | None = None,
+               listings: dict[str, Listing] | None = None, skipped: list[str] | None = None) -> Iterator[Path]:
     """Every audio file under ``root``, hidden directories skipped. Directories that cannot be
     listed are put in ``unreadable`` (path -> reason) when given, else skipped; files in other
-    audio formats (``OTHER_AUDIO_SUFFIXES``) are counted by suffix in ``others`` when given."""
+    audio formats (``OTHER_AUDIO_SUFFIXES``) are counted by suffix in ``others`` when given.
+
+    With ``listings`` (directory path -> ``Listing``, kept by the caller between walks) and
+    ``skipped`` given, a directory whose device, inode, mtime and ctime are what its kept listing
+    says is not listed again: its files are not yielded, its path goes into ``skipped``, and its
+    subdirectories are walked as kept (a file added, removed or renamed changes its directory's
+    mtime; a file changed in place does not). With ``listings`` alone every directory is listed
+    and the listings are made anew. Either way ``listings`` ends up holding the directories walked."""
 
     def note(exc: OSError) -> None:
         if unreadable is not None:
@@ -65,30 +89,77 @@ def iter_audio(root: Path, unreadable: dict[str, str] | None = None,
     # saw one recording analysed under both names). A link to the root or above it (up to "/")
     # would take in what was never meant to be watched: said, and not followed.
     real_root = os.path.realpath(root)
+    settled_before = time.time_ns() - SETTLED_DIRECTORY_NS
     seen = set()
-    for dirpath, dirnames, filenames in os.walk(root, onerror=note, followlinks=True):
+    walked: set[str] = set()
+    stack = [os.fspath(root)]
+    while stack:
+        dirpath = stack.pop()
         try:
-            st = os.stat(dirpath)
+            st = os.stat(dirpath)   # before it is listed: a change during the listing shows next time
         except OSError as exc:
             note(exc)
-            dirnames[:] = []
             continue
         if (st.st_dev, st.st_ino) in seen:
-            dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and _follow(Path(dirpath) / d, real_root, unreadable))
-        # ``watched`` by name alone: hidden directories are already left out of the walk (a Path
-        # and relative_to for every file made a rescan of 100 000 recordings take 7 s, a review).
-        directory = Path(dirpath)
-        for f in filenames:
-            if f.startswith("."):
+        walked.add(dirpath)
+        version = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        kept = None if listings is None else listings.get(dirpath)
+        if kept is not None and skipped is not None and kept.version == version:
+            skipped.append(dirpath)
+        else:
+            try:
+                kept, files = _list(dirpath, version, real_root, unreadable is not None)
+            except OSError as exc:
+                note(exc)
+                if listings is not None:
+                    listings.pop(dirpath, None)
                 continue
-            suffix = os.path.splitext(f)[1].lower()
-            if suffix in AUDIO_SUFFIXES:
+            if listings is not None:
+                if max(st.st_mtime_ns, st.st_ctime_ns) < settled_before:
+                    listings[dirpath] = kept
+                else:   # changed just now: maybe again within its time's resolution, unseen
+                    listings.pop(dirpath, None)
+            directory = Path(dirpath)
+            for f in files:
                 yield directory / f
-            elif others is not None and suffix in OTHER_AUDIO_SUFFIXES:
+        if others is not None:
+            for suffix, n in kept.others:
+                others[suffix] = others.get(suffix, 0) + n
+        if unreadable is not None:
+            unreadable.update(kept.notes)
+        stack.extend(reversed(kept.subdirs))
+    if listings is not None:
+        for gone in listings.keys() - walked:
+            del listings[gone]
+
+
+def _list(dirpath: str, version: tuple[int, int, int, int], real_root: str,
+          noting: bool) -> tuple[Listing, list[str]]:
+    """List one directory as ``iter_audio`` walks it: its listing and its audio files' names.
+    Raises OSError when it cannot be listed."""
+    dirnames, files, others = [], [], {}
+    with os.scandir(dirpath) as entries:
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()   # of a link: of what it names (linked directories are followed)
+            except OSError:
+                is_dir = False
+            if entry.name.startswith("."):
+                continue
+            if is_dir:
+                dirnames.append(entry.name)
+                continue
+            suffix = os.path.splitext(entry.name)[1].lower()
+            if suffix in AUDIO_SUFFIXES:
+                files.append(entry.name)
+            elif suffix in OTHER_AUDIO_SUFFIXES:
                 others[suffix] = others.get(suffix, 0) + 1
+    notes: dict[str, str] = {}
+    subdirs = tuple(os.path.join(dirpath, d) for d in sorted(dirnames)
+                    if _follow(Path(dirpath) / d, real_root, notes if noting else None))
+    return Listing(version, subdirs, tuple(sorted(others.items())), tuple(notes.items())), files
 
 
 def _follow(path: Path, real_root: str, unreadable: dict[str, str] | None) -> bool:
@@ -149,32 +220,52 @@ class SettledVersions:
     between scans. Kept by the path's text, not by the ``Path``: a card never emptied holds every
     recording of the season, and a ``Path`` key cost about 525 bytes a file against 180 for its
     text (tracemalloc): 52 MB against 18 MB for 100 000 recordings, under a unit whose
-    ``MemoryHigh`` is 384 MB (the weeks review). Paths go in and come out as ``Path``."""
+    ``MemoryHigh`` is 384 MB (the weeks review). Grouped by directory, so that a rescan that does
+    not list a directory again (``iter_audio``'s ``skipped``) can count what it holds. Paths go in
+    and come out as ``Path``."""
 
     def __init__(self) -> None:
-        self._versions: dict[str, tuple[int, int]] = {}
+        self._versions: dict[str, dict[str, tuple[int, int]]] = {}
 
     def get(self, path: Path) -> tuple[int, int] | None:
-        return self._versions.get(os.fspath(path))
+        directory, name = os.path.split(os.fspath(path))
+        kept = self._versions.get(directory)
+        return None if kept is None else kept.get(name)
 
     def __setitem__(self, path: Path, version: tuple[int, int]) -> None:
-        self._versions[os.fspath(path)] = version
+        directory, name = os.path.split(os.fspath(path))
+        self._versions.setdefault(directory, {})[name] = version
 
     def pop(self, path: Path, default: tuple[int, int] | None = None) -> tuple[int, int] | None:
-        return self._versions.pop(os.fspath(path), default)
+        directory, name = os.path.split(os.fspath(path))
+        kept = self._versions.get(directory)
+        if kept is None or name not in kept:
+            return default
+        version = kept.pop(name)
+        if not kept:
+            del self._versions[directory]
+        return version
+
+    def in_directory(self, directory: str) -> int:
+        """How many of the files kept are in ``directory`` (not below it)."""
+        return len(self._versions.get(directory, ()))
 
     def __len__(self) -> int:
-        return len(self._versions)
+        return sum(len(kept) for kept in self._versions.values())
 
     def __iter__(self) -> Iterator[Path]:
-        return (Path(p) for p in self._versions)
+        return (path for path, _ in self.items())
 
     def items(self) -> Iterator[tuple[Path, tuple[int, int]]]:
-        return ((Path(p), version) for p, version in self._versions.items())
+        return ((Path(directory, name), version) for directory, kept in self._versions.items()
+                for name, version in kept.items())
 
     def clear(self) -> None:
         self._versions.clear()
 
     def keep_existing(self) -> None:
         """Forget the paths no longer there."""
-        self._versions = {p: v for p, v in self._versions.items() if os.path.lexists(p)}
+        kept = {directory: {name: version for name, version in names.items()
+                            if os.path.lexists(os.path.join(directory, name))}
+                for directory, names in self._versions.items()}
+        self._versions = {directory: names for directory, names in kept.items() if names}

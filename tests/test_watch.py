@@ -552,6 +552,36 @@ def test_a_quick_rescan_forgets_what_was_deleted_and_finds_what_was_added_below(
         assert set(watcher.settled) == set(paths) - {paths[4]}
 
 
+def test_reading_recordings_and_listing_folders_wakes_no_observer_thread(tmp_path, monkeypatch):
+    """Found in the idle-cost trial: the observer asked the kernel for every event, so each
+    directory a rescan listed and each file the analysis opened raised an "opened" and a
+    "closed" event, waking two observer threads only to be dropped by ``Hints``. Only the events
+    hints are made of are asked for now."""
+    import queue
+
+    from edgemon.files import events
+
+    seen = []
+    original = events.Hints.on_any_event
+    monkeypatch.setattr(events.Hints, "on_any_event", lambda self, event: seen.append(event.event_type) or
+                        original(self, event))
+    root = tmp_path / "rec"
+    recording = write_wav(root / "day" / "20240101_000000.WAV", noise(0.5))
+    hints: queue.Queue = queue.Queue()
+    observer = events.start_observer(root, hints)
+    try:
+        for _ in range(20):
+            recording.read_bytes()
+            os.listdir(recording.parent)
+            os.listdir(root)
+        marker = write_wav(root / "day" / "20240101_000100.WAV", noise(0.5))   # events come in order
+        wait_until(lambda: marker in list(hints.queue), 10, "the new recording's hint")
+    finally:
+        events.stop_observer(observer)
+    assert {"opened", "closed_no_write"}.isdisjoint(seen), sorted(set(seen))
+    assert "created" in seen
+
+
 def test_a_file_deleted_while_its_header_is_awaited_is_forgotten(tmp_path):
     """Found in the weeks review: a WAV deleted while the watcher waited for its header to be
     written (``incomplete_grace_s``) stayed in its header wait for as long as the daemon ran:

@@ -13,7 +13,8 @@ import os
 import queue
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileModifiedEvent,
+                             FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 
 from edgemon.files.directory import watched
@@ -54,6 +55,14 @@ class Hints(FileSystemEventHandler):
                 self.hints.put(Path(os.fsdecode(path)))
 
 
+# The events asked of the kernel: those ``Hints`` takes, and a directory's creation or move (its
+# files then come as created or moved). Opening and reading a file, or listing a directory, raise
+# no event any more: each raised two (opened, closed) that woke two observer threads only to be
+# dropped, two per directory listed by a full rescan and several per file analysed (the idle-cost
+# trial).
+ASKED = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent, DirCreatedEvent, DirMovedEvent]
+
+
 def start_observer(root: Path, hints: queue.Queue) -> Observer | None:
     """A started observer putting ``root``'s recordings on ``hints``; None when none can be made
     (no inotify instance left). One that could not start (the card is unmounted) is returned
@@ -64,7 +73,7 @@ def start_observer(root: Path, hints: queue.Queue) -> Observer | None:
         log.warning("cannot watch %s for events: %s", shown(root), shown(exc))
         return None
     try:
-        observer.schedule(Hints(hints, root), str(root), recursive=True)
+        observer.schedule(Hints(hints, root), str(root), recursive=True, event_filter=ASKED)
         observer.start()
     except OSError as exc:  # the card is unmounted: rescans still run; retried each rescan period
         limit = (" (the inotify watch limit, one watch a folder: raise it with sysctl fs.inotify.max_user_watches)"

@@ -179,3 +179,25 @@ def test_one_recording_with_a_bad_sector_is_counted_and_quarantined_while_the_ot
     states = dict(query(db, "SELECT source, state FROM files"))
     assert states == {"20240701_060000.WAV": "done", "20240701_060100.WAV": "quarantined",
                       "20240701_060200.WAV": "done"}, states
+
+
+def test_a_file_beside_them_that_refuses_for_its_own_reason_does_not_make_a_pulled_card_a_bad_sector(card, tmp_path,
+                                                                                                  monkeypatch):
+    """Found by a review: a file beside a failing recording was taken to "read" when its own read
+    failed for a reason of its own (permission denied), so a pulled card's recordings were
+    quarantined as bad sectors; only a read that gives bytes says the card is there."""
+    root, _ = card
+    locked = root / "CONFIG.TXT"
+    locked.write_text("Sample rate (kHz): 48\n")
+    real_open = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if os.fsdecode(path) == str(locked):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(locked))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    db = tmp_path / "d.db"
+    with pytest.raises(EdgemonError, match=r"Input/output error.*run again"):
+        watch_until_idle(root, db)
+    assert query(db, "SELECT count(*) FROM files WHERE state = 'quarantined'")[0][0] == 0

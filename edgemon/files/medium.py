@@ -50,12 +50,22 @@ def _another_reads(path: Path) -> bool:
                         break
     except OSError:
         return False
-    return any(_read_error(other) is None for other in others)
+    # Only a read that gave bytes says the card is there: one refused for a reason of its own
+    # (EACCES, gone meanwhile) says nothing of it, and taken for "reads" it quarantined a pulled
+    # card's recording as a bad sector (a review).
+    return any(_probe(other) is None for other in others)
 
 
 def _read_error(path: str | Path) -> OSError | None:
-    """The card's error reading ``path``'s first bytes from its medium, or None. The file's cached
-    pages are dropped first: the header was read from the cache a moment before the card went."""
+    """The card's error reading ``path``'s first bytes from its medium, or None (they read, or
+    fail for a reason of the file's own)."""
+    exc = _probe(path)
+    return exc if exc is not None and exc.errno in CARD_ERRNOS else None
+
+
+def _probe(path: str | Path) -> OSError | None:
+    """The error reading ``path``'s first bytes from its medium, or None when they read. The file's
+    cached pages are dropped first: the header was read from the cache a moment before the card went."""
     try:
         fd = os.open(os.fsencode(path), os.O_RDONLY)
         try:
@@ -65,5 +75,5 @@ def _read_error(path: str | Path) -> OSError | None:
         finally:
             os.close(fd)
     except OSError as exc:
-        return exc if exc.errno in CARD_ERRNOS else None
+        return exc
     return None

@@ -6,6 +6,7 @@ server, migrated by a real sync session."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -173,3 +174,52 @@ FROM edgemon.detections_daily d
 JOIN edgemon.effort_daily_by_bundle e USING (site, bundle_id, day);""").fetchall()
     assert sorted((str(day), round(per_h, 3)) for _, _, day, _, _, per_h in rates) == [
         ("2025-03-02", 6.0), ("2025-03-03", 6.0)]
+
+
+def test_a_role_granted_the_tables_before_analyses_keeps_syncing_and_sends_them_once_granted(fleet, tmp_path,
+                                                                                            caplog):
+    """Found by a review: a role that writes rows but does not own the schema was granted the
+    tables there were (``GRANT ... ON ALL TABLES``); the owner's sync then added ``analyses``, which
+    the role may not read or write, and every sync of its recorders failed at the staging tables
+    ("permission denied for table analyses") instead of going on without the analyses."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    owner_db, db = tmp_path / "owner.db", tmp_path / "writer.db"
+    with Store(owner_db) as store:
+        record(store, "site-01", "20250301_110000.WAV", "2025-03-01T11:00:00Z", 600.0, [(30.0, "gibbon")])
+    with Store(db) as store:
+        record(store, "site-02", "20250301_110000.WAV", "2025-03-01T11:00:00Z", 600.0, [(30.0, "gibbon")])
+    with monkeypatch_revisions(VIEW_REVISIONS[:7]):   # the tables as the release before left them
+        sync(owner_db, fleet.url, "site-01", "UTC")
+    with fleet.connect() as conn:
+        conn.execute("DROP ROLE IF EXISTS rows_only")
+        conn.execute("CREATE ROLE rows_only LOGIN")
+        conn.execute("GRANT USAGE ON SCHEMA edgemon TO rows_only")
+        conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA edgemon TO rows_only")
+        conn.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA edgemon TO rows_only")
+    sync(owner_db, fleet.url, "site-01", "UTC")   # the owner revises: analyses is added, not granted
+    parts = urlsplit(fleet.url)
+    as_writer = urlunsplit(parts._replace(netloc=f"rows_only@{parts.hostname}:{parts.port}"))
+    try:
+        sync(db, as_writer, "site-02", "UTC")
+        assert "may not write the fleet database's edgemon.analyses" in caplog.text, caplog.text
+        with fleet.connect() as conn:
+            def sent(table: str) -> int:
+                return conn.execute(f"SELECT count(*) FROM edgemon.{table} t JOIN edgemon.databases db "
+                                    f"USING (db_uuid) WHERE db.device_id = 'site-02'").fetchone()[0]
+            assert (sent("detections"), sent("files"), sent("analyses")) == (1, 1, 0)
+            conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON edgemon.analyses TO rows_only")
+            sync(db, as_writer, "site-02", "UTC")
+            assert sent("analyses") == 1
+    finally:
+        with fleet.connect() as conn:
+            conn.execute("DROP SCHEMA IF EXISTS edgemon CASCADE")
+            conn.execute("DROP OWNED BY rows_only")
+            conn.execute("DROP ROLE rows_only")
+
+
+@contextlib.contextmanager
+def monkeypatch_revisions(revisions: tuple[str, ...]):
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(fleetdb, "VIEW_REVISIONS", revisions)
+        yield

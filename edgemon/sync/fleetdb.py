@@ -440,15 +440,27 @@ def lock_database(conn: psycopg.Connection, db_uuid: str) -> None:
 
 def prepare_staging(conn: psycopg.Connection) -> frozenset[str]:
     """Create this session's staging tables (once per connection, before ``apply_batch``); returns
-    the tables the server holds (one ``ADDED_BY_REVISION`` is missing where the views could not be
-    revised: its rows are then not sent, said once)."""
+    the tables the server holds for this role (one ``ADDED_BY_REVISION`` is missing where the views
+    could not be revised, or not writable by a role granted the tables there were before it: its
+    rows are then not sent, said once)."""
     held = set(COLUMNS)
     for table in ADDED_BY_REVISION:
-        if conn.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.{table}"]).fetchone()[0] is None:
-            held.discard(table)
+        # A role that does not own the schema was granted the tables there were (ON ALL TABLES):
+        # one the owner added since is not its to write, and staging it failed every sync (a review).
+        found, writable = conn.execute(
+            "SELECT t IS NOT NULL, t IS NOT NULL AND has_table_privilege(t, 'SELECT') AND has_table_privilege(t, "
+            "'INSERT') AND has_table_privilege(t, 'UPDATE') AND has_table_privilege(t, 'DELETE') "
+            "FROM to_regclass(%s) t", [f"{SCHEMA}.{table}"]).fetchone()
+        if not found:
             log.warning("the fleet database has no %s.%s table yet (its views are at revision %d): this "
                         "recorder's %s are not sent to it; the role that owns schema %s adds it at its next "
                         "sync", SCHEMA, table, view_revision(conn), table, SCHEMA)
+        elif not writable:
+            log.warning("this role may not write the fleet database's %s.%s table: this recorder's %s are not "
+                        "sent to it until it may (GRANT SELECT, INSERT, UPDATE, DELETE ON %s.%s TO the role)",
+                        SCHEMA, table, table, SCHEMA, table)
+        if not writable:
+            held.discard(table)
     for table in held:
         conn.execute(STAGE[table])
     return frozenset(held)

@@ -252,13 +252,18 @@ def m007_sync_outbox(db: sqlite_utils.Database) -> None:
         _log_changes(db, table)
 
 
-def _log_changes(db: sqlite_utils.Database, table: str) -> None:
-    """Put ``table`` under the change log: its rows so far are the first backlog, triggers the rest."""
-    key = SYNC_KEYS[table]
+def every_row_changed(table: str) -> str:
+    """The statement that puts a change of each of ``table``'s rows at the end of the log (the first
+    backlog of a table put under it; ``Outbox.send_again``)."""
     # OR IGNORE: keys need not be unique in old rows (two heartbeats of one run in the same
     # millisecond): one change per key is all the log holds anyway.
-    db.execute(f"INSERT OR IGNORE INTO changes (tbl, k1, k2, k3, k4) SELECT '{table}', {', '.join(key)} "
-               f"FROM {table} ORDER BY rowid")
+    return (f"INSERT OR IGNORE INTO changes (tbl, k1, k2, k3, k4) SELECT '{table}', {', '.join(SYNC_KEYS[table])} "
+            f"FROM {table} ORDER BY rowid")
+
+
+def _log_changes(db: sqlite_utils.Database, table: str) -> None:
+    """Put ``table`` under the change log: its rows so far are the first backlog, triggers the rest."""
+    db.execute(every_row_changed(table))
     db.execute(f"CREATE TRIGGER changes_{table}_insert AFTER INSERT ON {table} BEGIN\n  "
                f"{_change_sql(table, 'NEW')}\nEND")
     db.execute(f"CREATE TRIGGER changes_{table}_delete AFTER DELETE ON {table} BEGIN\n  "

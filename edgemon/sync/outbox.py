@@ -25,7 +25,7 @@ from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
 from edgemon.storage.disk_budget import full_disk_note
 from edgemon.storage.readonly import BUSY_TIMEOUT_MS, connect_read_only
-from edgemon.storage.schema import FOLDED_KEYS, SYNC_KEYS
+from edgemon.storage.schema import FOLDED_KEYS, SYNC_KEYS, every_row_changed
 from edgemon.storage.store import Store
 from edgemon.utc import utc_iso
 
@@ -101,6 +101,12 @@ def _check_edgemon_database(path: Path) -> None:
         raise OutboxError(f"{path}: {'cannot read it' if full else 'not a readable SQLite database'} ({e}){full}") from e
     if not {"detections", "files"} <= tables:
         raise OutboxError(f"{path}: not an edgemon database (no detections table); nothing was sent or changed")
+
+
+def _row_of_change(table: str) -> str:
+    """SQL: ``table``'s row ``t`` is the one the change log's ``changes`` row names (its key's
+    columns; the literal slots of ``SYNC_KEYS`` hold nothing to match)."""
+    return " AND ".join(f"t.{c} = changes.k{i + 1}" for i, c in enumerate(SYNC_KEYS[table]) if c[0].isalpha())
 
 
 class Outbox:
@@ -219,11 +225,11 @@ class Outbox:
             since = int(self.conn.execute("SELECT coalesce((SELECT value FROM sync_meta WHERE key = 'pruned_seq'), 0)")
                         .fetchone()[0])
             if upto is not None and upto > since:
-                for table, key in SYNC_KEYS.items():
-                    match = " AND ".join(f"t.{c} = changes.k{i + 1}" for i, c in enumerate(key) if c[0].isalpha())
+                for table in SYNC_KEYS:
                     pruned += self.conn.execute(
                         f"DELETE FROM changes WHERE tbl = ? AND seq > ? AND seq <= ? "
-                        f"AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})", [table, since, upto]).rowcount
+                        f"AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {_row_of_change(table)})",
+                        [table, since, upto]).rowcount
                 self.conn.execute("INSERT INTO sync_meta (key, value) VALUES ('pruned_seq', ?) "
                                   "ON CONFLICT (key) DO UPDATE SET value = excluded.value", [str(upto)])
         return pruned
@@ -281,13 +287,10 @@ class Outbox:
         Tombstones stay where they are."""
         if self.conn.execute("SELECT 1 FROM sync_meta WHERE key = ?", [f"unsent:{table}"]).fetchone() is None:
             return 0
-        key = SYNC_KEYS[table]
-        match = " AND ".join(f"t.{c} = changes.k{i + 1}" for i, c in enumerate(key) if c[0].isalpha())
         with self._writing(f"cannot queue the {table} again in {self.path}"):
-            self.conn.execute(f"DELETE FROM changes WHERE tbl = ? AND EXISTS (SELECT 1 FROM {table} t WHERE {match})",
-                              [table])
-            moved = self.conn.execute(f"INSERT OR IGNORE INTO changes (tbl, k1, k2, k3, k4) "
-                                      f"SELECT '{table}', {', '.join(key)} FROM {table} ORDER BY rowid").rowcount
+            self.conn.execute(f"DELETE FROM changes WHERE tbl = ? AND EXISTS (SELECT 1 FROM {table} t "
+                              f"WHERE {_row_of_change(table)})", [table])
+            moved = self.conn.execute(every_row_changed(table)).rowcount
             self.conn.execute("DELETE FROM sync_meta WHERE key = ?", [f"unsent:{table}"])
         return moved
 

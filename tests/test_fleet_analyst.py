@@ -169,7 +169,7 @@ def test_each_bundle_s_hours_are_the_recordings_it_analysed(fleet, tmp_path, cap
                          ("bundle-b", "2025-03-02", 1, 0.1667), ("bundle-b", "2025-03-03", 1, 0.1667)], by_bundle
     assert calls == [("2025-03-02", 1), ("2025-03-03", 1)]   # the current bundle's, on the days it analysed
     with fleet.connect() as conn:   # the README's query: a bundle's calls per hour of its own effort
-        rates = conn.execute("""SELECT d.site, d.species, d.day, d.detections, e.recorded_h, d.detections / e.recorded_h AS per_h
+        rates = conn.execute("""SELECT d.site, d.species, d.day, d.detections, e.recorded_h, d.detections / nullif(e.recorded_h, 0) AS per_h
 FROM edgemon.detections_daily d
 JOIN edgemon.effort_daily_by_bundle e USING (site, bundle_id, day);""").fetchall()
     assert sorted((str(day), round(per_h, 3)) for _, _, day, _, _, per_h in rates) == [

@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.postgres_server import postgres_server  # noqa: E402
 from edgemon.sync import fleetdb  # noqa: E402
-from edgemon.sync.fleetschema import (_BY_THE_SERVERS_CLOCK, _EFFORT_ONCE_PER_MINUTE, _FILE_EFFORT_BY_ANALYSER,  # noqa: E402
-                                      _FROM_CURRENT_BY_SYNC, SCHEMA, _detections_daily, _effort_once_per_minute)
+from edgemon.sync.fleetschema import SCHEMA, detections_daily_sql  # noqa: E402
+from edgemon.sync.fleetviews import (_BY_THE_SERVERS_CLOCK, _EFFORT_ONCE_PER_MINUTE, _FILE_EFFORT_BY_ANALYSER,  # noqa: E402
+                                     _FROM_CURRENT_BY_SYNC, _effort_once_per_minute)
 
 COLUMNS = {
     "detections": "db_uuid, source, start_s, label, bundle_id, device_id, end_s, start_utc, time_source, "
@@ -113,7 +114,7 @@ def main() -> None:
                 print(f"  {measure} counted under the clones' new ids, {name}: "
                       f"{sum(under.values())} (made by the devices they were cloned from)")
         # Revision 5 resolves each row's device through the registered ids: against revision 4's forms.
-        revision4 = {"detections_daily_all": _detections_daily("detections_daily_all", _FROM_CURRENT_BY_SYNC,
+        revision4 = {"detections_daily_all": detections_daily_sql("detections_daily_all", _FROM_CURRENT_BY_SYNC,
                                                                "CREATE OR REPLACE VIEW"),
                      "effort_daily": _effort_once_per_minute(_FILE_EFFORT_BY_ANALYSER)}
         for view, text in revision4.items():

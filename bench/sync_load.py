@@ -39,7 +39,8 @@ import psycopg  # noqa: E402
 from edgemon.storage.store import Store  # noqa: E402
 from edgemon.sync.fleet_status import collect_fleet  # noqa: E402
 from edgemon.sync.fleetdb import DeviceInfo  # noqa: E402
-from edgemon.sync.fleetschema import _EFFORT_ONCE_PER_MINUTE, NEWEST_BUNDLE, SCHEMA, _detections_daily  # noqa: E402
+from edgemon.sync.fleetschema import NEWEST_BUNDLE, SCHEMA, detections_daily_sql  # noqa: E402
+from edgemon.sync.fleetviews import _EFFORT_ONCE_PER_MINUTE  # noqa: E402
 from edgemon.sync.sender import SyncConfig, sync_once  # noqa: E402
 from devtools.postgres_server import postgres_server  # noqa: E402
 from devtools.throttle_proxy import ThrottleProxy  # noqa: E402
@@ -184,7 +185,7 @@ def main() -> None:
                 print(f"view {view}: {n} rows in {took[view] * 1000:.0f} ms")
             # The peer: detections_daily as first released (every database's copy of a
             # recording's detections counted), on the same data in the same run.
-            first = _detections_daily("first_detections_daily", NEWEST_BUNDLE)
+            first = detections_daily_sql("first_detections_daily", NEWEST_BUNDLE)
             conn.execute(first.replace(f"CREATE VIEW {SCHEMA}.", "CREATE TEMP VIEW ", 1))
             t0 = time.monotonic()
             n = len(conn.execute("SELECT * FROM first_detections_daily").fetchall())
@@ -206,7 +207,7 @@ def main() -> None:
         print(f"edgemon fleet status (all views, 7 days): {status_s * 1000:.0f} ms, "
               f"{sum(bool(h['visit']) for h in report['health'])} recorder(s) flagged")
         with psycopg.connect(url, autocommit=True) as conn:   # the peer: the view as first released
-            conn.execute(_detections_daily("detections_daily", NEWEST_BUNDLE, "CREATE OR REPLACE VIEW"))
+            conn.execute(detections_daily_sql("detections_daily", NEWEST_BUNDLE, "CREATE OR REPLACE VIEW"))
         t0 = time.monotonic()
         collect_fleet(url)
         peer = time.monotonic() - t0

@@ -16,7 +16,7 @@ from edgemon.storage.rows import Detection
 from edgemon.storage.store import Store
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import DeviceInfo
-from edgemon.sync.fleetschema import VIEW_REVISIONS
+from edgemon.sync.fleetviews import VIEW_REVISIONS
 from edgemon.sync.sender import SyncConfig, sync_once
 from tests.test_sync import fleet, server  # noqa: F401  (fixtures: one server per module)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import hashlib
 
-from edgemon.sync.fleetschema import MIGRATIONS, VIEW_REVISIONS
+from edgemon.sync.fleetschema import MIGRATIONS
+from edgemon.sync.fleetviews import VIEW_REVISIONS
 
 RELEASED_MIGRATIONS = ("d099901e05374404", "42b8d89af0696dea", "b15f00c0d9b3bee6", "94c13f6944b9d8a5")
 RELEASED_VIEW_REVISIONS = ("7d6519a2016f4c24", "dd63fe02b6c292be", "75bd8209992aae77", "17258f96591a2808",

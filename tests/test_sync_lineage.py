@@ -191,7 +191,8 @@ def add_scored_file(db: Path, source: str, scores: list[float]) -> None:
 
 
 def test_old_server_migrates_in_place_and_receives_scores(fleet, tmp_path):
-    from edgemon.sync.fleetschema import SCHEMA_VERSION, VIEW_REVISIONS
+    from edgemon.sync.fleetschema import SCHEMA_VERSION
+    from edgemon.sync.fleetviews import VIEW_REVISIONS
 
     db = make_recorder(tmp_path / "a.db", "rec-a", files=5, per_file=5, seed=14)
     sync(db, fleet.url)

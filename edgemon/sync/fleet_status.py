@@ -9,7 +9,8 @@ import datetime as dt
 from edgemon.safetext import shown
 from edgemon.sync import fleetdb
 from edgemon.sync.fleetdb import FleetDbError
-from edgemon.sync.fleetschema import SCHEMA, VIEW_REVISIONS
+from edgemon.sync.fleetschema import SCHEMA
+from edgemon.sync.fleetviews import VIEW_REVISIONS
 from edgemon.utc import UTC
 
 

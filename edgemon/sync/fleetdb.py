@@ -1,5 +1,5 @@
-"""The fleet's PostgreSQL database: connection, migration (DDL in ``edgemon.sync.fleetschema``), and
-idempotent batch writes.
+"""The fleet's PostgreSQL database: connection, migration (DDL in ``edgemon.sync.fleetschema`` and
+``edgemon.sync.fleetviews``), and idempotent batch writes.
 
 Every recorder's rows live under the schema ``edgemon``, keyed by the natural key of the
 recorder's own tables plus the per-database UUID (``db_uuid``): (db_uuid, source, start_s, label,
@@ -22,7 +22,8 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 
 from edgemon.errors import EdgemonError
-from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, VIEW_REVISIONS
+from edgemon.sync.fleetschema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+from edgemon.sync.fleetviews import VIEW_REVISIONS
 from edgemon.sync.outbox import Batch, natural_columns
 
 try:  # the `sync` extra: recorders that never sync do not carry a PostgreSQL driver
@@ -58,7 +59,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 BOOLEAN = {"clock_suspect", "clock_synced"}   # 0/1 in SQLite, boolean on the server
 EMPTY_IS_NULL = {"analysed_at"}   # '' where migration m014 found no time: NULL on the server
-# Tables a view revision adds (``fleetschema.VIEW_REVISIONS``), not a schema version, so an older
+# Tables a view revision adds (``fleetviews.VIEW_REVISIONS``), not a schema version, so an older
 # edgemon still syncs to the server; they are missing where the syncing role could not add them.
 ADDED_BY_REVISION = ("analyses",)
 
@@ -249,7 +250,7 @@ def migrate(conn: psycopg.Connection) -> int:
 
 
 def view_revision(conn: psycopg.Connection) -> int:
-    """The revision of the fleet views (``fleetschema.VIEW_REVISIONS``; 0: as first released)."""
+    """The revision of the fleet views (``fleetviews.VIEW_REVISIONS``; 0: as first released)."""
     if conn.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.view_revision"]).fetchone()[0] is None:
         return 0
     return conn.execute(f"SELECT coalesce(max(revision), 0) FROM {SCHEMA}.view_revision").fetchone()[0]

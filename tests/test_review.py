@@ -1038,3 +1038,29 @@ def test_exporting_the_verdicts_of_a_damaged_database_is_one_line(review_db, tmp
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot read verdicts from {db}: "), result.stderr
     assert not out.exists()
+
+
+def test_detections_stored_while_the_page_is_open_do_not_push_its_rows_onto_the_next(review_db):
+    """A team trial: `watch` added detections while the first page was open, the teach order ranked
+    them among its rows, and "next" showed rows of the first page again."""
+    db, recordings = review_db
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        first = dict(conn.execute("SELECT * FROM detections ORDER BY id LIMIT 1").fetchone())
+
+    def stored(count: int, at: float, confidence: float) -> None:
+        with Store(db) as store:
+            store.insert_detections([Detection(**{**{k: first[k] for k in Detection.__dataclass_fields__},
+                                                  "start_s": at + i, "end_s": at + 4.0 + i,
+                                                  "confidence": confidence - i / 1000}) for i in range(count)])
+
+    stored(96, 100.0, 0.9)
+    with review_server(db, recordings) as (base, _):
+        page1 = _get(base + "/?order=teach")[2].decode()
+        stored(10, 500.0, 0.2)    # the recorder's next files: less confident, ranked first
+        [link] = re.findall(r'href="\?([^"]*)">next', page1)
+        page2 = _get(base + "/?" + link.replace("&amp;", "&"))[2].decode()
+    shown1, shown2 = (re.findall(r'data-id="(\d+)"', page) for page in (page1, page2))
+    assert len(shown1) == 50 and len(shown2) == 50
+    assert not set(shown1) & set(shown2)
+    assert "10 detection(s) stored since" in page2

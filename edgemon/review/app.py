@@ -103,6 +103,16 @@ def page_as_of(text: str | None) -> str:
         raise reviews.ReviewError(f"as_of {text!r} is not a UTC time such as 2026-01-31T05:30:00.000Z") from None
 
 
+def page_upto(text: str | None, db: Path) -> int:
+    """``?upto=``: the newest detection's id when the first of these pages was shown, so that
+    detections stored since do not push its rows onto the next page; the newest now when not given."""
+    if not text:
+        return reviews.newest_detection_id(db)
+    if not re.fullmatch(r"[0-9]{1,18}", text):
+        raise reviews.ReviewError(f"upto {text!r} is not a whole number below 10^18")
+    return int(text)
+
+
 def with_token(config: ReviewConfig) -> ReviewConfig:
     """``config`` with a generated token when it binds beyond this machine without one."""
     if config.token is not None and not config.token.strip():
@@ -236,15 +246,17 @@ def create_app(config: ReviewConfig) -> Starlette:
             return refused
         try:
             offset, as_of = page_offset(q.get("offset")), page_as_of(q.get("as_of"))
+            upto = page_upto(q.get("upto"), config.db)
             rows = reviews.list_detections(config.db, order=order, label=q.get("label") or None,
                                            day=q.get("day") or None, bundle_id=q.get("bundle") or None,
                                            unreviewed_only=q.get("unreviewed") == "1",
-                                           limit=PAGE_SIZE, offset=offset, as_of=as_of, zone=config.zone)
+                                           limit=PAGE_SIZE, offset=offset, as_of=as_of, upto=upto, zone=config.zone)
         except reviews.ReviewError as exc:
             return PlainTextResponse(f"error: {exc}\n", status_code=400)
         return templates.TemplateResponse(request, "index.html", {
             "rows": rows, "days": days, "labels": labels, "bundles": bundles, "q": q, "order": order,
-            "orders": reviews.ORDERS, "offset": offset, "as_of": as_of, "page_size": PAGE_SIZE,
+            "orders": reviews.ORDERS, "offset": offset, "as_of": as_of, "upto": upto, "page_size": PAGE_SIZE,
+            "newer": reviews.detections_since(config.db, upto) if q.get("upto") else 0,
             "relabel_to": known_labels(config.db, labels),
             "precision": reviews.precision_by_class(config.db, q.get("bundle") or None),
             "several": 0 if q.get("bundle") else sources_in_several_bundles(config.db),

@@ -179,7 +179,7 @@ def reviews_as_of(as_of: str | None) -> tuple[str, list]:
 
 def list_detections(db_path: Path, *, order: str = "teach", label: str | None = None,
                     day: str | None = None, unreviewed_only: bool = False, bundle_id: str | None = None,
-                    limit: int = 50, offset: int = 0, as_of: str | None = None,
+                    limit: int = 50, offset: int = 0, as_of: str | None = None, upto: int | None = None,
                     zone: dt.tzinfo | None = None) -> list[dict]:
     """One page of detections, as dicts with the latest verdict (``verdict``, ``new_label``), a
     ``priority`` (0..1: how much reviewing it would teach) and ``earlier``: the latest verdict on
@@ -194,7 +194,9 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
     season of detections never sits in memory at once. ``as_of``: sorted and filtered by the verdicts given until then (the
     time the first page was shown), so that the pages after it follow on from it: judging a page
     moved its rows out of the order, and 'next' skipped a page's worth (a review). The verdicts
-    shown are the latest, whenever given.
+    shown are the latest, whenever given. ``upto``: only detections with ids up to it (the newest
+    when the first page was shown, ``newest_detection_id``): ``watch`` adding detections while the
+    page was open pushed rows of the first page onto the next, shown twice (a team trial).
     """
     if order not in ORDERS:
         raise ReviewError(f"unknown review order {order!r}: choose one of {', '.join(ORDERS)}")
@@ -213,6 +215,9 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
         params.append(bundle_id)
     if unreviewed_only:
         clauses.append("v.verdict IS NULL")
+    if upto is not None:   # ids only grow (AUTOINCREMENT): a later row is one stored since
+        clauses.append("d.id <= ?")
+        params.append(upto)
     false_rate = {c.label: c.false_alarm_rate for c in precision_by_class(db_path, as_of=as_of)}
     snapshot, since = reviews_as_of(as_of)
     # Half the weight on the detection's own uncertainty, half on its class's false alarms.
@@ -241,6 +246,18 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
             return rows
         except sqlite3.Error as e:
             raise ReviewError(f"cannot read detections from {db_path}: {e}") from e
+
+
+def newest_detection_id(db_path: Path) -> int:
+    """The id of the newest detection stored (0 when none): the detections a list shown now holds."""
+    with closing(open_read_only(db_path, ReviewError)) as conn:
+        return conn.execute("SELECT coalesce(max(id), 0) FROM detections").fetchone()[0]
+
+
+def detections_since(db_path: Path, upto: int) -> int:
+    """How many detections were stored after the one with id ``upto`` (``newest_detection_id``)."""
+    with closing(open_read_only(db_path, ReviewError)) as conn:
+        return conn.execute("SELECT count(*) FROM detections WHERE id > ?", [upto]).fetchone()[0]
 
 
 def valid_id(value) -> int:

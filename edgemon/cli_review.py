@@ -32,7 +32,7 @@ def review(
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but 127.0.0.1/localhost needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8765,
     token: Annotated[Optional[str], typer.Option("--token", envvar="EDGEMON_REVIEW_TOKEN", help="Token every request must carry (default: generated and printed when binding beyond this machine).")] = None,
-    reviewer: Annotated[str, typer.Option("--reviewer", show_default=False, help="Name stored with each verdict (default: $USER, else 'reviewer').")] = os.environ.get("USER", "reviewer"),
+    reviewer: Annotated[str, typer.Option("--reviewer", show_default=False, help="Name stored with each verdict, unless the browser gave its own on the page (default: $USER, else 'reviewer').")] = os.environ.get("USER", "reviewer"),
     export: Annotated[Optional[Path], typer.Option("--export", help="Write every verdict as CSV to this file ('-': stdout) and exit.", readable=False)] = None,
     timezone: TimezoneOpt = None,
     config: ConfigOpt = None,

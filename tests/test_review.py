@@ -13,6 +13,7 @@ import sqlite3
 import struct
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from pathlib import Path
@@ -1064,3 +1065,39 @@ def test_detections_stored_while_the_page_is_open_do_not_push_its_rows_onto_the_
     assert len(shown1) == 50 and len(shown2) == 50
     assert not set(shown1) & set(shown2)
     assert "10 detection(s) stored since" in page2
+
+
+def _named(base: str, token: str, name: str) -> str:
+    """The cookies a browser holds after opening the page with ``?reviewer=name``."""
+    import http.client
+    conn = http.client.HTTPConnection(base.split("//", 1)[1], timeout=10)
+    conn.request("GET", f"/?{urllib.parse.urlencode({'reviewer': name, 'order': 'time'})}",
+                 headers={"X-Review-Token": token})
+    response = conn.getresponse()
+    assert response.status == 303 and response.getheader("location") == "/?order=time"
+    cookie = response.getheader("set-cookie").split(";", 1)[0]
+    conn.close()
+    return cookie
+
+
+def test_a_team_sharing_one_page_judges_under_each_ones_name(review_db):
+    """A team trial: one page served on the field station's LAN to three reviewers stored every
+    verdict under the name of whoever started it; bob's relabel replaced alice's "correct" as that
+    one person changing their mind, and her verdict was gone from the export."""
+    db, recordings = review_db
+    with review_server(db, recordings, "--token", "tok", host="0.0.0.0") as (base, _):
+        alice, bob = ({"X-Review-Token": "tok", "Cookie": _named(base, "tok", name)} for name in ("alice", "bob"))
+        first = reviews.list_detections(db, order="time")[0]
+        assert _post(base + "/api/verdict", {"id": first["id"], "verdict": "correct"}, alice)[1]["reviewer"] == "alice"
+        assert _post(base + "/api/verdict", {"id": first["id"], "verdict": "relabel", "label": "great_argus"},
+                     bob)[1]["reviewer"] == "bob"
+        page = _get(base + "/?order=time", alice)[2].decode()
+        assert "as alice" in page and "(by bob)" in page
+        assert _get(base + "/?reviewer=%20", alice)[0] == 400
+        link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+        assert _get(base + "/?reviewer=mallory", {**alice, **link})[0] == 403   # a link from another site
+        anonymous = _post(base + "/api/verdict", {"id": first["id"], "verdict": "wrong"}, {"X-Review-Token": "tok"})
+        assert anonymous[1]["reviewer"] == "tester"     # --reviewer, for a browser that gave no name
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT reviewer, verdict FROM reviews ORDER BY id").fetchall()
+    assert stored == [("alice", "correct"), ("bob", "relabel"), ("tester", "wrong")]

@@ -18,7 +18,7 @@ import secrets
 import socket
 import sqlite3
 import threading
-from urllib.parse import urlencode
+from urllib.parse import quote, unquote, urlencode
 from pathlib import Path
 
 import uvicorn
@@ -44,6 +44,8 @@ from edgemon.utc import parse_utc, utc_iso
 HERE = Path(__file__).parent
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 COOKIE = "edgemon_review_token"
+REVIEWER_COOKIE = "edgemon_reviewer"
+MAX_REVIEWER_CHARS = 64
 PAGE_SIZE = 50
 MAX_VERDICT_BYTES = 64 * 1024
 # Excerpts decoded at once: a page of 50 detections asks for 50 spectrograms together, and each
@@ -73,7 +75,7 @@ class ReviewConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     token: str | None = None
-    reviewer: str = "reviewer"
+    reviewer: str = "reviewer"   # a browser that named its reviewer (``?reviewer=``) judges under that name
     pre_s: float = 2.0
     post_s: float = 2.0
     zone: dt.tzinfo | None = None   # the recorder's time zone: days, hours and times shown in it (None: UTC)
@@ -111,6 +113,26 @@ def page_upto(text: str | None, db: Path) -> int:
     if not re.fullmatch(r"[0-9]{1,18}", text):
         raise reviews.ReviewError(f"upto {text!r} is not a whole number below 10^18")
     return int(text)
+
+
+def reviewer_name(text: str) -> str:
+    """``?reviewer=``: a name to store with this browser's verdicts (trimmed, printable, at most
+    ``MAX_REVIEWER_CHARS``); ReviewError otherwise."""
+    name = text.strip()
+    if not name or len(name) > MAX_REVIEWER_CHARS or not name.isprintable():
+        raise reviews.ReviewError(f"reviewer {text[:MAX_REVIEWER_CHARS]!r} is no name: give 1 to "
+                                  f"{MAX_REVIEWER_CHARS} printable characters")
+    return name
+
+
+def request_reviewer(request: Request, config: ReviewConfig) -> str:
+    """Who judges from this browser: the name it gave (its cookie), else ``--reviewer``. One page
+    served to a team on a LAN stored every verdict under the name of whoever started it, and each
+    one replaced the last as that one person's (a team trial)."""
+    try:
+        return reviewer_name(unquote(request.cookies.get(REVIEWER_COOKIE, "")))
+    except reviews.ReviewError:
+        return config.reviewer
 
 
 def with_token(config: ReviewConfig) -> ReviewConfig:
@@ -239,6 +261,18 @@ def create_app(config: ReviewConfig) -> Starlette:
 
     def index(request: Request) -> Response:
         q = request.query_params
+        if "reviewer" in q:   # this browser's reviewer: kept in a cookie, the page shown without it
+            if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+                return PlainTextResponse("refused: a reviewer named by another site's page\n", status_code=403)
+            try:
+                name = reviewer_name(q["reviewer"])
+            except reviews.ReviewError as exc:
+                return PlainTextResponse(f"error: {exc}\n", status_code=400)
+            rest = urlencode([(k, v) for k, v in q.multi_items() if k != "reviewer"])
+            response = RedirectResponse("/" + (f"?{rest}" if rest else ""), status_code=303)
+            response.set_cookie(REVIEWER_COOKIE, quote(name), max_age=365 * 24 * 3600, httponly=True,
+                                samesite="strict")
+            return response
         order = q.get("order", "teach")
         days, labels, bundles = reviews.days_and_labels(config.db, config.zone)
         refused = unknown_filter(q, labels, bundles)
@@ -260,7 +294,7 @@ def create_app(config: ReviewConfig) -> Starlette:
             "relabel_to": known_labels(config.db, labels),
             "precision": reviews.precision_by_class(config.db, q.get("bundle") or None),
             "several": 0 if q.get("bundle") else sources_in_several_bundles(config.db),
-            "reviewer": config.reviewer, "times": zone_name(config.zone)})
+            "reviewer": request_reviewer(request, config), "times": zone_name(config.zone)})
 
     def charts_page(request: Request) -> Response:
         chosen = request.query_params.get("bundle") or None
@@ -307,14 +341,14 @@ def create_app(config: ReviewConfig) -> Starlette:
         return _rendered(request, lambda e: spectrogram_png(e.samples, e.rate, (e.mark_start_s, e.mark_end_s)),
                          "image/png")
 
-    def store_verdict(body: dict) -> Response:
+    def store_verdict(body: dict, reviewer: str) -> Response:
         """The verdict ``body`` stored, on a worker thread: its ``BEGIN IMMEDIATE`` waits up to the
         busy timeout for the recorder's writer, and on the event loop every other request waited
         with it (a review)."""
         try:
             key = body.get("key")
             known = tuple(known_labels(config.db, reviews.labels_and_bundles(config.db)[0]))
-            row = reviews.add_verdict(config.db, body["id"], str(body["verdict"]), config.reviewer,
+            row = reviews.add_verdict(config.db, body["id"], str(body["verdict"]), reviewer,
                                       body.get("label"), known, key=None if key is None else str(key))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": f"malformed verdict: {exc}"}, status_code=400)
@@ -344,7 +378,7 @@ def create_app(config: ReviewConfig) -> Starlette:
             return JSONResponse({"error": f"malformed verdict: {exc}"}, status_code=400)
         if not isinstance(body, dict):   # Python's words ("'list' object has no attribute") said nothing
             return JSONResponse({"error": 'a verdict is a JSON object: {"id": …, "verdict": …}'}, status_code=400)
-        return await run_in_threadpool(store_verdict, body)
+        return await run_in_threadpool(store_verdict, body, request_reviewer(request, config))
 
     def unreadable(request: Request, exc: Exception) -> Response:
         """A database that cannot be read any more (moved, removed, a card gone bad while the page

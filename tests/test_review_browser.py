@@ -154,3 +154,24 @@ def test_another_sites_page_can_neither_frame_the_page_nor_load_its_audio(browse
             evil.shutdown()
             evil.server_close()
     assert _verdicts(db) == []
+
+
+def test_the_precision_table_follows_the_verdicts_given_on_the_page(browser, review_db):
+    """A team trial: the table kept the counts of when the page was loaded, so after an hour of
+    verdicts it still said 0 judged, beside /api/precision and the export."""
+    db, recordings = review_db
+    with review_server(db, recordings) as (base, _):
+        browser.get(base + "/?order=time")
+        rows = browser.find_elements(By.CSS_SELECTOR, "li.detection")
+        assert [r.get_attribute("data-label") for r in rows[:2]] == ["hornbill_helmeted", "gibbon_duet"]
+
+        def cells(label: str) -> list[str]:
+            row = browser.find_element(By.CSS_SELECTOR, f'table.precision tr[data-label="{label}"]')
+            return [td.text for td in row.find_elements(By.TAG_NAME, "td")[1:]]
+
+        assert cells("hornbill_helmeted")[:3] == ["0", "0", "–"]
+        _press(browser, "c")
+        WebDriverWait(browser, 10).until(lambda b: cells("hornbill_helmeted")[:3] == ["1", "1", "1.00"])
+        assert cells("hornbill_helmeted")[3] == "0.21–1.00"      # the Wilson interval of 1 of 1
+        _press(browser, "w")
+        WebDriverWait(browser, 10).until(lambda b: cells("gibbon_duet")[:3] == ["1", "0", "0.00"])

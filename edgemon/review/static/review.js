@@ -44,6 +44,28 @@
     // On to the next row only from the row judged: a key pressed twice before the answer came
     // moved two rows on, the row between never seen.
     if (current === judged) select(judged + 1);
+    refreshPrecision();
+  }
+
+  // The precision table as the server counts it now: it was the one of when the page loaded,
+  // unchanged by every verdict given since (a team trial).
+  async function refreshPrecision() {
+    const bundle = new URLSearchParams(location.search).get("bundle");
+    const response = await fetch("/api/precision" + (bundle ? "?bundle=" + encodeURIComponent(bundle) : ""),
+                                 { credentials: "same-origin" });
+    if (!response.ok) return;
+    for (const c of await response.json()) {
+      const tr = Array.from(document.querySelectorAll("table.precision tr[data-label]"))
+        .find(function (t) { return t.dataset.label === c.label; });
+      if (!tr) continue;
+      tr.querySelector(".judged").textContent = c.judged;
+      tr.querySelector(".correct").textContent = c.correct;
+      tr.querySelector(".share").textContent = c.judged ? c.precision.toFixed(2) : "–";
+      tr.querySelector(".bounds").textContent = c.low.toFixed(2) + "–" + c.high.toFixed(2);
+      const bar = tr.querySelector(".interval span");
+      bar.style.left = (c.low * 100).toFixed(1) + "%";
+      bar.style.width = ((c.high - c.low) * 100).toFixed(1) + "%";
+    }
   }
 
   function openRelabel(open) {

@@ -175,3 +175,17 @@ def test_the_precision_table_follows_the_verdicts_given_on_the_page(browser, rev
         assert cells("hornbill_helmeted")[3] == "0.21–1.00"      # the Wilson interval of 1 of 1
         _press(browser, "w")
         WebDriverWait(browser, 10).until(lambda b: cells("gibbon_duet")[:3] == ["1", "0", "0.00"])
+
+
+def test_on_a_narrow_screen_the_page_does_not_scroll_sideways(browser, review_db):
+    """A team trial: on a phone the precision table was wider than the screen, and the whole page,
+    the detection being judged with it, scrolled sideways."""
+    db, recordings = review_db
+    size = browser.get_window_size()
+    browser.set_window_size(360, 780)
+    try:
+        with review_server(db, recordings) as (base, _):
+            browser.get(base + "/?order=time")
+            assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth;")
+    finally:
+        browser.set_window_size(size["width"], size["height"])

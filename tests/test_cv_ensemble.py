@@ -16,7 +16,7 @@ from edgemon.analysis.frontend import FrontendConfig, features
 from training.augment import AugmentConfig
 from training.cli import app
 from training.cv import Recipe, cross_validate
-from training.cv_ensemble import cv_ensemble
+from training.cv_ensemble import cv_ensemble, held_out_fold_uars
 from training.data import load_split, merge
 from training.errors import DataError
 from training.model import ModelConfig
@@ -343,3 +343,18 @@ def test_a_bundles_own_point_is_measured_again_and_rebundled_with_the_new_calibr
                                           "--out", str(tmp_path / "nothing")])
         assert result.exit_code == 1 and message in result.output and bad in result.output
         assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "nothing").exists()
+
+
+def test_a_folds_window_uar_is_scored_at_thresholds_chosen_on_the_other_folds():
+    # Fold 0's background holds call votes at 0.6 and its call votes at 0.7; fold 1's background
+    # votes at 0.4 and its call at 0.9. Chosen on both folds (no false window allowed), the threshold
+    # sits just over 0.6 and every clip is right: fold 0 was tuned on its own background. Chosen on
+    # fold 1 alone it sits just over 0.4, and fold 0's background clip is stored as a call.
+    labels = ("background", "call")
+    clip = np.array([0, 0, 1, 2, 2, 3])
+    windows = {"clip": clip, "winner": np.array([1, 1, 1, 1, 0, 1]),
+               "confidence": np.array([0.6, 0.6, 0.7, 0.4, 0.9, 0.9], np.float32)}
+    targets = np.array([0, 1, 0, 1])
+    folds = [(np.array([2, 3]), np.array([0, 1])), (np.array([0, 1]), np.array([2, 3]))]
+    fold_of = np.array([0, 0, 0, 1, 1, 1])
+    assert held_out_fold_uars(windows, fold_of, folds, targets, labels, 0.01) == [0.5, 1.0]

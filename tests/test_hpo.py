@@ -3,6 +3,7 @@ processes over a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -181,6 +182,33 @@ def test_bad_search_options_and_a_missing_data_directory_leave_no_run_behind(tin
     done = subprocess.run(hpo_command(tmp_path / "nowhere", tmp_path / "o"), capture_output=True, text=True)
     assert done.returncode == 1 and "nowhere" in done.stderr and "Traceback" not in done.stderr, done.stderr[-1500:]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_second_study_into_one_out_is_refused_and_keeps_the_first_studys_models(tiny_dataset, tmp_path):
+    """Trial numbers start at 0 in every study: `hpo --study other` into the --out of a first search
+    wrote its trial 0 over the first's trials/0000, and `ensemble` of the first bundled the other's
+    model under the first's score (a trial)."""
+    out = tmp_path / "hpo"
+    run_hpo(tiny_dataset, out, "--trials", "1", "--epochs", "2", "--seed", "0")
+    first = load(f"sqlite:///{out / 'study.db'}").trials[0]
+    kept = out / "trials" / "0000" / "config.json"
+    assert json.loads(kept.read_text())["params"] == first.params
+
+    def other():
+        return subprocess.run(hpo_command(tiny_dataset, out, "--study", "other", "--trials", "1", "--epochs", "2",
+                                          "--seed", "1", "--no-start-from-paper"), capture_output=True, text=True,
+                              timeout=300)
+
+    done = other()
+    assert done.returncode == 1 and "'edgemon'" in done.stderr and "Traceback" not in done.stderr, done.stderr[-1500:]
+    assert json.loads(kept.read_text())["params"] == first.params
+    # A search directory from before search.json: its trials' models name it, the other study's none.
+    (out / "search.json").unlink()
+    done = other()
+    assert done.returncode == 1 and "another search's" in done.stderr, done.stderr[-1500:]
+    assert json.loads(kept.read_text())["params"] == first.params
+    run_hpo(tiny_dataset, out, "--trials", "2", "--epochs", "2", "--seed", "0")   # the first study resumes
+    assert json.loads((out / "search.json").read_text())["study"] == "edgemon"
 
 
 def test_ctrl_c_in_a_trial_says_one_line_and_no_traceback(tiny_dataset, tmp_path):

@@ -99,7 +99,7 @@ def hpo(
     start_from_paper: Annotated[bool, typer.Option(help="Enqueue the paper's Table 2 setting as the first trial.")] = True,
 ):
     """Optuna TPE search with median pruning; run the same command on more workers to share a study."""
-    from training.hpo import GROUPED, OBJECTIVES, SPACES, SearchConfig, progress_line, run_search
+    from training.hpo import GROUPED, OBJECTIVES, SPACES, SearchConfig, check_trials_dir, progress_line, run_search
 
     if space not in SPACES:
         raise console.error(f"--space must be one of {', '.join(SPACES)}, not {space!r}", console.EXIT_USAGE)
@@ -124,6 +124,8 @@ def hpo(
 
     def search():
         _probe_storage(_storage(storage, out))   # before minutes of audio (a review: found after them)
+        if objective not in GROUPED:   # another study's trial models there: refused before the audio too
+            check_trials_dir(out, study, _storage(storage, out))
         try:
             train_split, devel, pool_split = _search_splits(data, features, pool and objective in GROUPED)
         except BaseException:

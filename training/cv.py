@@ -35,7 +35,7 @@ from training.field_votes import fold_field_votes
 from training.model import ModelConfig, PrimateBiLSTM
 from training.operating import DEFAULT_TARGET_FALSE_PER_HOUR, field_report
 from training.recipes import FIELD, HOP_S, PAPER, WINDOW_S, recipe_name, seconds_to_frames
-from training.out_dirs import check_out_dir, holding_out_dir
+from training.out_dirs import as_out_error, check_out_dir, holding_out_dir
 from training.runs import run_config, save_model
 from training.thresholds import field_summary
 from training.train import OptimConfig, predict, train
@@ -231,8 +231,11 @@ def cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: 
     UAR after that epoch; None at a fold's end)``}``.
     """
     with holding_out_dir(out):
-        return _cross_validate(recipes, data, k, out, seed, load, window_s, hop_s, max_false_rate, pool,
-                               target_false_per_hour, progress)
+        try:
+            return _cross_validate(recipes, data, k, out, seed, load, window_s, hop_s, max_false_rate, pool,
+                                   target_false_per_hour, progress)
+        except OSError as e:   # a full disk while fold models or cv.json are written: named as --out
+            raise as_out_error(e, out) from None
 
 
 def _cross_validate(recipes: list[Recipe], data: Split, k: int, out: Path, seed: int, load, window_s: float,

@@ -32,7 +32,7 @@ from training.errors import DataError
 from training.evaluate import metrics
 from training.model import ModelConfig
 from training.recipes import FIELD, HOP_S, PAPER, SHIPPED_HIDDEN, WINDOW_S, seconds_to_frames
-from training.out_dirs import check_out_dir
+from training.out_dirs import check_out_dir, write_whole
 from training.runs import run_config, save_run
 from training.train import OptimConfig, predict, train
 
@@ -224,7 +224,7 @@ class Objective:
                             self.config.hop_s, trial=trial.number, params=trial.params)
         save_run(out, result.model, config, result.best_epoch,
                  {"devel_uar": devel_metrics["uar"], "best_epoch": result.best_epoch, "trial": trial.number})
-        (out / "metrics.json").write_text(json.dumps({"devel": devel_metrics}, indent=2) + "\n")
+        write_whole(out / "metrics.json", (json.dumps({"devel": devel_metrics}, indent=2) + "\n").encode())
         return out
 
 

@@ -10,6 +10,7 @@ nodes; labels, frontend and provenance travel in ``metadata_props``.
 from __future__ import annotations
 
 import dataclasses
+import io
 import datetime as dt
 import json
 import logging
@@ -28,6 +29,7 @@ from torch import nn
 import edgemon
 from edgemon.analysis.frontend import FrontendConfig
 from training.errors import DataError
+from training.out_dirs import write_whole
 from training.model import PrimateBiLSTM, centre_bands, pair_frames
 
 
@@ -66,15 +68,16 @@ def export_onnx(model: PrimateBiLSTM, path: Path, labels: tuple[str, ...], front
     example = torch.randn(2, 37, model.config.n_mels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    graph = io.BytesIO()   # exported in memory, the file written once, whole (``write_whole``)
     with warnings.catch_warnings():
         # The tracer warns about Python-side shape checks and LSTM batch sizes; the parity test
         # (tests/test_onnx_export.py) shows the graph is right for any batch and length.
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(wrapper, (example,), graph, dynamo=False, opset_version=17,
                           input_names=["logmel"], output_names=["probs", "embedding"],
                           dynamic_axes={"logmel": {0: "batch", 1: "frames"}, "probs": {0: "batch"},
                                         "embedding": {0: "batch"}})
-    proto = onnx.load(str(path))
+    proto = onnx.load_from_string(graph.getvalue())
     props = {
         "labels": json.dumps(list(labels)),
         "frontend": json.dumps(frontend.to_dict()),
@@ -85,8 +88,9 @@ def export_onnx(model: PrimateBiLSTM, path: Path, labels: tuple[str, ...], front
     }
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    return path
+    # A full disk or a kill used to leave a model cut short, or one without its metadata (written
+    # twice: the graph, then the graph with metadata), where a whole one had been.
+    return write_whole(path, proto.SerializeToString())
 
 
 def load_model(path: Path) -> onnx.ModelProto:

@@ -4,6 +4,7 @@ the command line can check ``--out`` before it loads anything)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -72,3 +73,34 @@ def holding_out_dir(out: Path) -> Iterator[None]:
                     out.rmdir()
     finally:
         os.close(fd)
+
+
+def write_whole(path: Path, data: bytes) -> Path:
+    """``data`` at ``path``, whole or not at all: written beside it and renamed over it. A full disk
+    left a checkpoint or an ONNX file cut short where a whole one had been, and said only "[Errno 28]
+    No space left on device" (torch: a traceback); now the file is named and nothing is cut short."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise DataError(f"{path}: cannot write it ({e.strerror or e})") from None
+    return path
+
+
+# What a full or read-only disk says while a command writes its --out.
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def as_out_error(e: OSError, out: Path) -> Exception:
+    """What to raise for ``e``, met while a command wrote ``out``: one line naming ``--out`` when the
+    disk is full or read-only or the file was one of ``out``'s (matplotlib and json writes name no
+    file); any other error as it is."""
+    named = e.filename if isinstance(e.filename, (str, bytes)) else None
+    inside = named is not None and Path(os.fsdecode(named)).resolve().is_relative_to(Path(out).resolve())
+    if e.errno in NO_ROOM or inside:
+        return DataError(f"--out {out}: cannot write there ({e.strerror or e})")
+    return e

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import logging
 import pickle
@@ -26,7 +27,7 @@ from training import baseline as baseline_mod
 from training.augment import AugmentConfig
 from training.data import BACKGROUND, Split, check_train_labels, data_identity, load_pool, load_split, merge
 from training.errors import DataError
-from training.out_dirs import check_out_dir, holding_out_dir
+from training.out_dirs import as_out_error, check_out_dir, holding_out_dir, write_whole
 from training.evaluate import metrics, write_report
 from training.field import score_field, windows_of
 from training.field_votes import field_votes
@@ -55,7 +56,7 @@ class Splits:
 
 
 def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    write_whole(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def run_config(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, frontend: FrontendConfig,
@@ -79,8 +80,9 @@ def save_run(run_dir: Path, model: PrimateBiLSTM, config: dict, best_epoch: int,
     best epoch) and ``model.onnx`` (``save_model``). Returns the ONNX file's path."""
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "config.json", config)
-    torch.save({"state_dict": model.state_dict(), "config": config, "best_epoch": best_epoch},
-               run_dir / "checkpoint.pt")
+    checkpoint = io.BytesIO()   # written whole: torch.save into a full disk left a cut-short file, a traceback
+    torch.save({"state_dict": model.state_dict(), "config": config, "best_epoch": best_epoch}, checkpoint)
+    write_whole(run_dir / "checkpoint.pt", checkpoint.getvalue())
     return save_model(run_dir / "model.onnx", model, config, provenance)
 
 
@@ -117,8 +119,11 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
     if with_devel and not optim.average_last:
         raise DataError("training on train + devel needs --average-last: no epoch can be chosen on devel")
     with holding_out_dir(run_dir):
-        return _fit_run(data_dir, run_dir, model_config, optim, aug, window_s, hop_s, frontend, progress,
-                        with_devel, pool)
+        try:
+            return _fit_run(data_dir, run_dir, model_config, optim, aug, window_s, hop_s, frontend, progress,
+                            with_devel, pool)
+        except OSError as e:   # a full disk while the run is written: named as --out, not a bare errno
+            raise as_out_error(e, run_dir) from None
 
 
 def _fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig,
@@ -172,7 +177,10 @@ def _fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Op
 def baseline_run(data_dir: Path, run_dir: Path, frontend: FrontendConfig = FrontendConfig()) -> dict:
     """Functionals + linear SVM with C chosen on devel; devel and test metrics and plots."""
     with holding_out_dir(run_dir):
-        return _baseline_run(data_dir, run_dir, frontend)
+        try:
+            return _baseline_run(data_dir, run_dir, frontend)
+        except OSError as e:
+            raise as_out_error(e, run_dir) from None
 
 
 def _baseline_run(data_dir: Path, run_dir: Path, frontend: FrontendConfig) -> dict:

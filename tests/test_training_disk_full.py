@@ -59,3 +59,45 @@ def test_fit_on_a_full_disk_names_the_file_and_leaves_no_model_cut_short(tiny_da
     if (left / "model.onnx").exists():
         onnx.checker.check_model(onnx.load(str(left / "model.onnx")))
         assert {p.key for p in onnx.load(str(left / "model.onnx")).metadata_props} >= {"labels", "frontend"}
+
+
+@needs_unshare
+def test_cv_ensemble_on_a_full_disk_keeps_its_earlier_votes_and_result(tiny_dataset, tmp_path):
+    """A full disk cut <out>.votes.npz short where a whole one had been ("[Errno 28]" naming no file);
+    --reuse-votes then ended in a BadZipFile traceback, and a result cut short made the same command
+    refuse its own --out."""
+    from tests.test_cv_ensemble import LOGMEL, WINDOW, _load, _recipe
+    from training.cv import cross_validate
+
+    cross_validate([_recipe("mel", LOGMEL)], _load(tiny_dataset)(LOGMEL), k=2, out=tmp_path / "cv", **WINDOW)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    ensemble = shlex.join([sys.executable, "-m", "training", "cv-ensemble", str(tmp_path / "cv" / "mel"),
+                           "--data", str(tiny_dataset), "--out", str(disk / "ens.json")])
+    d = shlex.quote(str(disk))
+    fill = f"dd if=/dev/zero of={d}/gap bs=4k count=2 2>/dev/null; dd if=/dev/zero of={d}/filler bs=4k 2>/dev/null; rm {d}/gap"
+    check = (f"{shlex.quote(sys.executable)} -c 'import sys; from training.field_votes import FieldVotes; "
+             f"FieldVotes.load(sys.argv[1])' {d}/ens.votes.npz")
+    script = "\n".join([
+        f"mount -t tmpfs -o size=2m tmpfs {d} || exit 9",
+        fill,                                                       # 8 kB free: the votes do not fit
+        f"{ensemble} >/dev/null; echo rc=$? >&2",
+        f"test ! -e {d}/ens.votes.npz || {check} || echo votes-cut-short >&2",
+        f"rm {d}/filler",
+        f"{ensemble} --reuse-votes >/dev/null 2>{d}/reuse.err; grep -q Traceback {d}/reuse.err && echo reuse-traceback >&2",
+        f"{ensemble} >/dev/null 2>&1 || exit 7",                  # room again: measured and written
+        f"cp {d}/ens.json {d}/../result.json",
+        fill,                                                       # measured again into a full disk
+        f"{ensemble} >/dev/null 2>&1",
+        f"{check} || echo votes-lost >&2",
+        f"cmp -s {d}/ens.json {d}/../result.json || echo result-lost >&2",
+        f"rm {d}/filler",
+        f"{ensemble} --reuse-votes >/dev/null 2>&1; echo reused=$? >&2"])
+    done = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    err = done.stderr
+    assert done.returncode == 0 and "rc=1" in err and "Traceback" not in err, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and str(disk / "ens.votes.npz") in said[0] and "No space left" in said[0], said
+    assert not {"votes-cut-short", "reuse-traceback", "votes-lost", "result-lost"} & set(err.split()), err[-3000:]
+    assert "reused=0" in err, err[-3000:]

@@ -26,6 +26,7 @@ from training.cv import grouped_folds, held_out_with_pool, validation_recorders
 from training.errors import DataError
 from training.field import windows_of
 from training.field_votes import DEFAULT_PREVALENCE, FieldVotes, fold_field_votes, models_digest
+from training.out_dirs import as_out_error, write_whole
 from training.operating import DEFAULT_RULES, DEFAULT_TARGET_FALSE_PER_HOUR, RULES, field_report, rules_name
 from training.thresholds import field_scores, field_summary, thresholds_for
 
@@ -165,8 +166,11 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
         votes = fold_field_votes(models, frontends, reference, folds, first["window_s"], first["hop_s"], prevalence)
         votes.members = names
         votes.save(saved)
-    field = field_report(votes, target_false_per_hour, out.with_suffix(".reliability.png"),
-                         f"{out.stem}: grouped CV, held-out events", RULES[rules], point)
+    try:   # it draws the reliability diagram beside --out: a full disk there named no file
+        field = field_report(votes, target_false_per_hour, out.with_suffix(".reliability.png"),
+                             f"{out.stem}: grouped CV, held-out events", RULES[rules], point)
+    except OSError as e:
+        raise as_out_error(e, out) from None
     if point_from:
         field["operating_point"]["from_bundle"] = point_from
     order = np.concatenate([va for _, va in folds])
@@ -195,7 +199,9 @@ def cv_ensemble(members: list[Path], load, out: Path, max_false_rate: float,
         **summary_at_rate,
         "field": field,
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    # Whole or not at all: a full disk cut the earlier result short, and the same command then refused
+    # its own --out as "not an earlier cv-ensemble result" (a trial).
+    write_whole(out, (json.dumps(result, indent=2) + "\n").encode())
     return result
 
 

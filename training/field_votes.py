@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from edgemon.analysis.merging import BRIDGE, Event, EventMerger, WindowVote
 from edgemon.analysis.windows import WindowSpec
 from training.data import BACKGROUND, Split
 from training.errors import DataError
+from training.out_dirs import write_whole
 from training.recorder_votes import clip_samples, raw_analyzer, stream_votes
 
 DEFAULT_PREVALENCE = 0.05       # share of an assembled recording's time that is calls
@@ -147,7 +150,9 @@ class FieldVotes:
                 for f in dataclasses.fields(StreamVotes):
                     if getattr(s, f.name) is not None:
                         arrays[f"{kind}{i}_{f.name}"] = getattr(s, f.name)
-        np.savez_compressed(path, **arrays)
+        packed = io.BytesIO()   # written whole: a full disk or a kill left a file --reuse-votes could not open
+        np.savez_compressed(packed, **arrays)
+        write_whole(Path(path), packed.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> "FieldVotes":
@@ -166,7 +171,8 @@ class FieldVotes:
                        models_sha256=str(data["models_sha256"]) if "models_sha256" in data.files else "",
                        prevalence=float(data["prevalence"]) if "prevalence" in data.files else None,
                        hop_frames=hop, **streams)
-        except (OSError, KeyError, ValueError, TypeError) as exc:
+        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            # EOFError, BadZipFile: a file cut short or empty (a traceback before, a trial)
             raise DataError(f"{path}: not a readable field-votes file ({type(exc).__name__}: {exc})") from exc
 
 

@@ -547,6 +547,44 @@ def test_fit_stopped_in_an_epoch_keeps_what_the_finished_epochs_gave(tiny_datase
     assert (out / "bundle" / "manifest.json").is_file()
 
 
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_fit_stopped_once_training_has_ended_writes_the_run_whole_first(tiny_dataset, tmp_path, how):
+    """A trial: Ctrl-C or SIGTERM after the last epoch, while devel and test were scored and the run
+    written, ended the command at once (exit 130, no word): the trained model was lost, or the run
+    left without its summary, windowed scores or bundle, and the same command then refused the
+    directory as a trained run. The signal is held until the run is written; a second would not be."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    log = tmp_path / "stderr"
+    with open(log, "w") as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "training", "fit", "--data", str(tiny_dataset), "--out",
+                                  str(out), *TINY_FIT], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + 300
+            # history.json: the first file written once training has ended
+            while not (out / "history.json").exists() and time.monotonic() < deadline and child.poll() is None:
+                time.sleep(0.01)
+            assert child.poll() is None and not (out / "summary.json").exists(), "signalled while the run was written"
+            child.send_signal(getattr(signal, how))
+            summary, _ = child.communicate(timeout=300)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    said = log.read_text()
+    assert child.returncode == 130 and "Traceback" not in said, said[-2000:]
+    last = said.strip().splitlines()[-1]
+    assert last.startswith("error: signal ") and f"{out} was written: it was written whole first" in last, last
+    for name in ("metrics.json", "model.onnx", "windowed_metrics.json", "summary.json", "bundle/manifest.json"):
+        assert (out / name).is_file(), name
+    written = json.loads((out / "summary.json").read_text())
+    assert "stopped_in_epoch" not in written and len(json.loads((out / "history.json").read_text())) == 4
+    assert json.loads(summary)["windowed"] == written["windowed"]
+
+
 def test_a_command_without_data_says_it_reads_the_borneo_set(tmp_path, caplog):
     """A newcomer trial: `fit` without --data trained on the Borneo set beside the checkout and
     said nothing, so a model of Borneo's calls passed for one of the user's own."""

@@ -52,7 +52,8 @@ EXPECTED_ERRORS = (EdgemonError, ValueError, OSError)
 
 def _run(fn, *args, **kwargs):
     """Call ``fn``; print its summary as JSON, or a one-line error and exit 1. A run that a Ctrl-C
-    or SIGTERM stopped early, written with what it had (``stopped_in_epoch``), says so and exits 130."""
+    or SIGTERM stopped early, written with what it had (``stopped_in_epoch``), or one written whole
+    after a signal held while it was written (``signal_while_written``), says so and exits 130."""
     try:
         with terminate_as_interrupt():
             summary = fn(*args, **kwargs)
@@ -62,6 +63,9 @@ def _run(fn, *args, **kwargs):
     if isinstance(summary, dict) and summary.get("stopped_in_epoch"):
         raise console.error(f"stopped in epoch {summary['stopped_in_epoch']}: {summary.get('run_dir')} holds the "
                             f"model of the {summary.get('epochs_done')} finished epoch(s)", 130)
+    if isinstance(summary, dict) and summary.get("signal_while_written"):   # training had ended: nothing cut short
+        raise console.error(f"signal {summary['signal_while_written']} while {summary.get('run_dir')} was written: "
+                            f"it was written whole first", 130)
 
 
 @app.command()

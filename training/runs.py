@@ -9,12 +9,15 @@ file alone (with its config), as ``cv`` keeps its fold models.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
 import json
 import logging
 import pickle
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +129,31 @@ def fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Opt
             raise as_out_error(e, run_dir) from None
 
 
+@contextlib.contextmanager
+def _signals_held(what: str):
+    """SIGINT and SIGTERM held while ``what`` is done, the list of those held given to the body: a
+    Ctrl-C once training had ended (while devel and test were scored, the model exported, the
+    bundle made) lost the model of a whole training, or left the run without its summary, and
+    said nothing (a trial). A second signal interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():   # signals reach the main thread only
+        yield []
+        return
+    held: list[int] = []
+
+    def hold(signum, frame):
+        if held:
+            raise KeyboardInterrupt
+        held.append(signum)
+        log.warning("signal %d: %s first (again to stop at once, leaving it unfinished)", signum, what)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield held
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def _fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig,
              window_s: float, hop_s: float, frontend: FrontendConfig, progress: bool, with_devel: bool,
              pool: bool) -> dict:
@@ -143,35 +171,36 @@ def _fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Op
     _write_json(run_dir / "config.json", config)  # before training: a run that fails still says what it was
     # A Ctrl-C or SIGTERM in an epoch keeps what the finished ones gave, written as a whole run.
     result = train(model_config, optim, aug, training_split, splits.devel, progress=progress, keep_on_interrupt=True)
-    _write_json(run_dir / "history.json", result.history)
-    results = {}
-    for split in (splits.devel, splits.test):
-        probs, _ = predict(result.model, split.features)
-        results[split.name] = metrics(split.targets, probs.argmax(1), split.labels)
-    write_report(run_dir, results)
-    onnx_path = save_run(run_dir, result.model, config, result.best_epoch,
-                         {"devel_uar": results["devel"]["uar"], "test_uar": results["test"]["uar"],
-                          "best_epoch": result.best_epoch, "data": config["data"]})
-    from training.bundling import complete_bundle   # here: bundling reads runs' files, not runs
+    with _signals_held(f"writing {run_dir}") as held:
+        _write_json(run_dir / "history.json", result.history)
+        results = {}
+        for split in (splits.devel, splits.test):
+            probs, _ = predict(result.model, split.features)
+            results[split.name] = metrics(split.targets, probs.argmax(1), split.labels)
+        write_report(run_dir, results)
+        onnx_path = save_run(run_dir, result.model, config, result.best_epoch,
+                             {"devel_uar": results["devel"]["uar"], "test_uar": results["test"]["uar"],
+                              "best_epoch": result.best_epoch, "data": config["data"]})
+        from training.bundling import complete_bundle   # here: bundling reads runs' files, not runs
 
-    # Complete as `bundle` writes one (a review: no label names, a confidence ceiling of 1, no
-    # self-check), and saying what it learnt from, so that `score` can tell a held-out split.
-    bundle = write_bundle(run_dir / "bundle", [onnx_path], list(splits.train.labels), frontend=frontend,
-                          window_s=window_s, hop_s=hop_s, devel_uars=[results["devel"]["uar"]],
-                          test_uars=[results["test"]["uar"]], background_label=BACKGROUND,
-                          extra={"trained_on": [training_split.name], "source_runs": [run_dir.name]},
-                          finish=functools.partial(complete_bundle, data_dir=data_dir))
-    windowed = {s.name: windowed_metrics(bundle, s) for s in (splits.devel, splits.test)}
-    write_report(run_dir, windowed, prefix="windowed_")
-    summary = {"run_dir": str(run_dir), "parameters": count_parameters(result.model),
-               "best_epoch": result.best_epoch,
-               "clip": {k: v["uar"] for k, v in results.items()},
-               "windowed": {k: v["uar"] for k, v in windowed.items()},
-               "recall": {k: v["recall"] for k, v in results.items()},
-               **({"stopped_in_epoch": result.stopped_in, "epochs_done": len(result.history)}
-                  if result.stopped_in else {})}
-    _write_json(run_dir / "summary.json", summary)
-    return summary
+        # Complete as `bundle` writes one (a review: no label names, a confidence ceiling of 1, no
+        # self-check), and saying what it learnt from, so that `score` can tell a held-out split.
+        bundle = write_bundle(run_dir / "bundle", [onnx_path], list(splits.train.labels), frontend=frontend,
+                              window_s=window_s, hop_s=hop_s, devel_uars=[results["devel"]["uar"]],
+                              test_uars=[results["test"]["uar"]], background_label=BACKGROUND,
+                              extra={"trained_on": [training_split.name], "source_runs": [run_dir.name]},
+                              finish=functools.partial(complete_bundle, data_dir=data_dir))
+        windowed = {s.name: windowed_metrics(bundle, s) for s in (splits.devel, splits.test)}
+        write_report(run_dir, windowed, prefix="windowed_")
+        summary = {"run_dir": str(run_dir), "parameters": count_parameters(result.model),
+                   "best_epoch": result.best_epoch,
+                   "clip": {k: v["uar"] for k, v in results.items()},
+                   "windowed": {k: v["uar"] for k, v in windowed.items()},
+                   "recall": {k: v["recall"] for k, v in results.items()},
+                   **({"stopped_in_epoch": result.stopped_in, "epochs_done": len(result.history)}
+                      if result.stopped_in else {})}
+        _write_json(run_dir / "summary.json", summary)
+    return {**summary, **({"signal_while_written": held[0]} if held else {})}
 
 
 def baseline_run(data_dir: Path, run_dir: Path, frontend: FrontendConfig = FrontendConfig()) -> dict:

@@ -511,6 +511,31 @@ def test_ctrl_c_while_the_training_side_loads_is_quiet():
             delay, child.returncode, err[-1500:])
 
 
+def test_an_averaging_recipe_stopped_before_its_averaged_epochs_keeps_the_last_epoch(tiny_dataset):
+    """`fit --with-devel --average-last 5` stopped in epoch 4 of 20 kept the best devel epoch: chosen
+    on devel, which it trains on, in a run whose config says its weights are averaged (a trial).
+    Nothing is chosen on devel: it keeps the last finished epoch, as an average of one would."""
+    train_split = load_split(tiny_dataset, "train")
+    devel = load_split(tiny_dataset, "devel", train_split.labels)
+    model = ModelConfig(hidden=8, layers=1, n_classes=3)
+
+    def stop_after_3(epoch, record):
+        if epoch == 3:
+            raise KeyboardInterrupt   # as a Ctrl-C between epochs 3 and 4
+
+    def optim(epochs, average_last):
+        return OptimConfig(epochs=epochs, batch_size=8, lr=0.01, seed=0, device="cpu", average_last=average_last)
+
+    stopped = train(model, optim(20, 5), AugmentConfig(), train_split, devel, on_epoch=stop_after_3,
+                    progress=False, log_epochs=False, keep_on_interrupt=True)
+    three = train(model, optim(3, 1), AugmentConfig(), train_split, devel, progress=False, log_epochs=False)
+    assert stopped.stopped_in == 4 and stopped.best_epoch == 3
+    uars = [h["devel_uar"] for h in stopped.history]
+    assert uars.index(max(uars)) + 1 != 3, uars   # the best devel epoch is another: the test tells them apart
+    for name, value in three.model.state_dict().items():
+        assert torch.equal(stopped.model.state_dict()[name], value), name
+
+
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
 def test_fit_stopped_in_an_epoch_keeps_what_the_finished_epochs_gave(tiny_dataset, tmp_path, how):
     """A newcomer trial: Ctrl-C at epoch 16 of 300 left a run directory holding only config.json

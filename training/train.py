@@ -148,7 +148,8 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
     """Train with class-balanced resampling, focal loss, AdamW and per-epoch lr decay.
 
     ``keep_on_interrupt``: a Ctrl-C (KeyboardInterrupt) during an epoch ends training with what the
-    finished epochs gave (the best devel epoch, or the average of the last epochs so far), marked
+    finished epochs gave (the best devel epoch; with ``average_last`` the average of the averaged epochs
+    so far, or before them the last finished epoch: nothing is chosen on devel), marked
     ``stopped_in``; an hour of `fit` was lost to one (a newcomer trial). Off for callers that
     train many models (cross-validation, the search): there a Ctrl-C stops everything."""
     torch.manual_seed(optim.seed)
@@ -181,6 +182,7 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
         bar = tqdm(epochs, desc="epochs", unit="epoch")
         epochs = bar
     stopped_in = None
+    last_epoch: dict[str, torch.Tensor] | None = None
     try:
         for epoch in epochs:
             started = time.perf_counter()
@@ -212,6 +214,8 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             schedule.step()
             if optim.average_last and epoch > optim.epochs - optim.average_last:
                 averaged = _accumulate(averaged, model)
+            elif optim.average_last:   # before the averaged epochs: what an interrupt keeps (nothing chosen on devel)
+                last_epoch = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             train_seconds = time.perf_counter() - started
             probs, _ = predict(model, devel_split.features, device)
             devel_uar = uar(devel_split.targets, probs.argmax(1), len(devel_split.labels))
@@ -235,7 +239,8 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             if optim.patience and epoch - best[1] >= optim.patience:
                 break
     except KeyboardInterrupt:
-        if not keep_on_interrupt or (best[2] is None and averaged is None):   # nothing finished to keep
+        kept = (averaged if averaged is not None else last_epoch) if optim.average_last else best[2]
+        if not keep_on_interrupt or kept is None:   # nothing finished to keep
             raise
         stopped_in = len(history) + 1
         if bar is not None:
@@ -243,6 +248,13 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
         log.warning("stopped in epoch %d of %d: keeping what the %d finished epoch(s) gave", stopped_in,
                     optim.epochs, len(history))
     model = model.cpu()
+    if averaged is None and stopped_in is not None and optim.average_last:
+        # Stopped before the epochs it averages: the last finished epoch, not the best devel one (a
+        # trial: `fit --with-devel --average-last 5` stopped early kept an epoch chosen on devel, which
+        # it trained on, under a config that says averaged).
+        model.load_state_dict(last_epoch)
+        return TrainResult(model=model.eval(), best_epoch=len(history), best_uar=history[-1]["devel_uar"],
+                           history=history, stopped_in=stopped_in)
     if averaged is not None:  # no epoch is chosen on devel: the mean of the last epochs' weights
         count = averaged.pop("__count__")
         model.load_state_dict({k: (v / count).float() for k, v in averaged.items()})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,42 @@ FROM edgemon.detections_daily d
 JOIN edgemon.effort_daily_by_bundle e USING (site, bundle_id, day);""").fetchall()
     assert sorted((str(day), round(per_h, 3)) for _, _, day, _, _, per_h in rates) == [
         ("2025-03-02", 6.0), ("2025-03-03", 6.0)]
+
+
+def test_a_recorder_that_sends_no_analyses_has_its_bundles_hours_beside_upgraded_ones(fleet, tmp_path):
+    """Found upgrading a fleet one recorder at a time: a recorder of the release before syncs on
+    beside upgraded ones but sends no ``analyses``. Revision 8 gave it no hours per bundle, and the
+    README's rate per bundle hour (a join on ``effort_daily_by_bundle``) dropped every one of its
+    detections. Its hours now count under the ledger's bundle and each bundle with detections of the
+    recording, as recorder migration m014 fills ``analyses``."""
+    upgraded, before = tmp_path / "upgraded.db", tmp_path / "before.db"
+    days = [("20250301_110000.WAV", "2025-03-01T11:00:00Z"), ("20250302_110000.WAV", "2025-03-02T11:00:00Z")]
+    with Store(upgraded) as store:
+        record(store, "site-01", *days[0], 600.0, [(30.0, "gibbon")])
+    with Store(before) as store:
+        for source, start in days:
+            record(store, "site-02", source, start, 600.0, [(30.0, "gibbon")])
+        when = dt.datetime.fromisoformat(days[1][1]) + dt.timedelta(seconds=40)
+        store.replace_detections(days[1][0], "bundle-b", [Detection(
+            device_id="site-02", source=days[1][0], start_s=40.0, end_s=43.0, start_utc=when, end_utc=None,
+            time_source="filename", clock_suspect=False, label="gibbon", confidence=0.8, votes=None,
+            bundle_id="bundle-b")], 600.0)
+    with contextlib.closing(sqlite3.connect(before)) as conn, conn:
+        conn.execute("DELETE FROM analyses")   # on the server, as the release before's sync leaves it: none
+    sync(upgraded, fleet.url, "site-01", "UTC")
+    sync(before, fleet.url, "site-02", "UTC")
+    with fleet.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM edgemon.analyses").fetchone()[0] == 1   # the upgraded one's
+        by_bundle = conn.execute("SELECT site, bundle_id, day::text, files, round(recorded_h::numeric, 4)::float8 "
+                                 "FROM edgemon.effort_daily_by_bundle ORDER BY 1, 2, 3").fetchall()
+        rates = conn.execute("""SELECT d.site, d.species, d.day, d.detections, e.recorded_h, d.detections / nullif(e.recorded_h, 0) AS per_h
+FROM edgemon.detections_daily d
+JOIN edgemon.effort_daily_by_bundle e USING (site, bundle_id, day);""").fetchall()
+    assert by_bundle == [("site-01", "bundle-a", "2025-03-01", 1, 0.1667),
+                         ("site-02", "bundle-a", "2025-03-01", 1, 0.1667), ("site-02", "bundle-a", "2025-03-02", 1, 0.1667),
+                         ("site-02", "bundle-b", "2025-03-02", 1, 0.1667)], by_bundle
+    assert sorted((site, str(day), round(per_h, 3)) for site, _, day, _, _, per_h in rates) == [
+        ("site-01", "2025-03-01", 6.0), ("site-02", "2025-03-02", 6.0)]
 
 
 def test_a_role_granted_the_tables_before_analyses_keeps_syncing_and_sends_them_once_granted(fleet, tmp_path,

@@ -179,7 +179,7 @@ JOIN edgemon.effort_daily_by_bundle e USING (site, bundle_id, day);""").fetchall
 
 def test_a_recorder_that_sends_no_analyses_has_its_bundles_hours_beside_upgraded_ones(fleet, tmp_path):
     """Found upgrading a fleet one recorder at a time: a recorder of the release before syncs on
-    beside upgraded ones but sends no ``analyses``. Revision 8 gave it no hours per bundle, and the
+    beside upgraded ones but sends no ``analyses``. Counted by its analyses alone it had no hours per bundle, and the
     README's rate per bundle hour (a join on ``effort_daily_by_bundle``) dropped every one of its
     detections. Its hours now count under the ledger's bundle and each bundle with detections of the
     recording, as recorder migration m014 fills ``analyses``."""

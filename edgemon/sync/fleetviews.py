@@ -359,6 +359,24 @@ FROM (
 GROUP BY site, day, hour;
 """
 
+# A recorder database's analyses for ``effort_daily_by_bundle`` (an upgrade trial): a fleet is
+# upgraded one recorder at a time, and a recorder of the release before syncs on beside upgraded
+# ones but never sends its analyses (nor does one whose role may not write the table); counted by
+# its analyses alone it had no hours at all, and the README's rate per bundle hour dropped every
+# one of its detections (a mixed fleet: the old unit's 20 detections on 5 days). A database that
+# sent no analyses counts, as recorder migration m014 fills them, the ledger row's bundle
+# (``watch``'s) and each other bundle with detections of the recording; one that sent any counts
+# them alone. Its ``reanalyse``d recordings with no detection of the new bundle are still missed,
+# until it upgrades and sends them.
+_ANALYSED_OR_AS_M014 = f"""(SELECT a.db_uuid, a.source, a.bundle_id FROM {SCHEMA}.analyses a
+                  UNION
+                  SELECT f.db_uuid, f.source, f.bundle_id FROM {SCHEMA}.files f
+                  WHERE f.state = 'done' AND f.bundle_id IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.analyses s WHERE s.db_uuid = f.db_uuid)
+                  UNION
+                  SELECT d.db_uuid, d.source, d.bundle_id FROM {SCHEMA}.detections d
+                  WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.analyses s WHERE s.db_uuid = d.db_uuid))"""
+
 # 8: each bundle's own hours (an analyst's trial). The fleet knew only the ledger, whose bundle is
 # ``watch``'s: a site whose recordings still on its card were ``reanalyse``d with a new bundle, then
 # switched to it, showed hours of effort and no calls on the days that bundle never analysed (the
@@ -379,41 +397,12 @@ FROM (SELECT g.site, g.bundle_id, p.day, p.first, p.part_s
       FROM (SELECT r.*, a.bundle_id
             FROM {_RECORDINGS_BY_ANALYSER} r
             JOIN (SELECT DISTINCT db.device_id AS site, a.source, a.bundle_id
-                  FROM {SCHEMA}.analyses a JOIN {SCHEMA}.databases db USING (db_uuid)) a USING (site, source)) g
-{_LOCAL_DAY_PARTS}      WHERE p.first OR p.part_s > 0) x
-GROUP BY site, bundle_id, day;
-"""
-
-# 9: ``effort_daily_by_bundle`` for recorders that send no ``analyses`` (an upgrade trial). A fleet is
-# upgraded one recorder at a time, and a recorder of the release before syncs on beside upgraded ones
-# but never sends its analyses (nor does one whose role may not write the table): revision 8 gave it
-# no hours at all, and the README's rate per bundle hour, a join on this view, dropped every one of
-# its detections (a mixed fleet: the old unit's 20 detections on 5 days, none in the query). A
-# database that sent no analyses counts, as recorder migration m014 fills them, the ledger row's
-# bundle (``watch``'s) and each other bundle with detections of the recording; one that sent any
-# counts them alone. Its ``reanalyse``d recordings with no detection of the new bundle are
-# still missed, until it upgrades and sends them.
-_ANALYSED_OR_AS_M014 = f"""(SELECT a.db_uuid, a.source, a.bundle_id FROM {SCHEMA}.analyses a
-                  UNION
-                  SELECT f.db_uuid, f.source, f.bundle_id FROM {SCHEMA}.files f
-                  WHERE f.state = 'done' AND f.bundle_id IS NOT NULL
-                    AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.analyses s WHERE s.db_uuid = f.db_uuid)
-                  UNION
-                  SELECT d.db_uuid, d.source, d.bundle_id FROM {SCHEMA}.detections d
-                  WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.analyses s WHERE s.db_uuid = d.db_uuid))"""
-_BY_BUNDLE_FROM_EVERY_RECORDER = f"""
-CREATE OR REPLACE VIEW {SCHEMA}.effort_daily_by_bundle AS
-SELECT site, bundle_id, day, count(*) FILTER (WHERE first)::bigint AS files, sum(part_s) / 3600 AS recorded_h
-FROM (SELECT g.site, g.bundle_id, p.day, p.first, p.part_s
-      FROM (SELECT r.*, a.bundle_id
-            FROM {_RECORDINGS_BY_ANALYSER} r
-            JOIN (SELECT DISTINCT db.device_id AS site, a.source, a.bundle_id
                   FROM {_ANALYSED_OR_AS_M014} a JOIN {SCHEMA}.databases db USING (db_uuid)) a USING (site, source)) g
 {_LOCAL_DAY_PARTS}      WHERE p.first OR p.part_s > 0) x
 GROUP BY site, bundle_id, day;
 """
 
+
 VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE, _BY_THE_SERVERS_CLOCK,
                                    _BY_THE_RECORDER_THAT_MADE_THEM, _ROWS_UNDER_THEIR_OWN_RECORDER,
-                                   _EFFORT_ON_THE_DAYS_RECORDED, _COUNTED, _ANALYSES,
-                                   _BY_BUNDLE_FROM_EVERY_RECORDER)
+                                   _EFFORT_ON_THE_DAYS_RECORDED, _COUNTED, _ANALYSES)

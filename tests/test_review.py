@@ -149,6 +149,27 @@ def test_bad_verdicts_are_refused_and_nothing_is_stored(review_db):
         assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == 0
 
 
+def test_a_refused_relabel_says_why_and_which_labels_it_may_take(review_db):
+    """A newcomer trial: relabelling a great_argus detection to great_argus, and one to 'tiger',
+    both answered "needs another known label, got '…'", which said neither that the first was the
+    detected label already nor which labels were known."""
+    db, _ = review_db
+    first = reviews.list_detections(db, order="time")[0]
+    known = ("gibbon_duet", "great_argus", "hornbill_helmeted", "hornbill_rhino")
+    others = ", ".join(x for x in known if x != first["label"])
+    with pytest.raises(reviews.ReviewError) as same:
+        reviews.add_verdict(db, first["id"], "relabel", "ann", new_label=first["label"], labels=known)
+    assert f"already {first['label']!r}" in str(same.value) and "'correct'" in str(same.value)
+    assert str(same.value).endswith(f"choose one of {others}")
+    with pytest.raises(reviews.ReviewError) as unknown:
+        reviews.add_verdict(db, first["id"], "relabel", "ann", new_label="tiger", labels=known)
+    assert "unknown label 'tiger'" in str(unknown.value) and str(unknown.value).endswith(f"choose one of {others}")
+    with pytest.raises(reviews.ReviewError, match="got none: choose one of"):
+        reviews.add_verdict(db, first["id"], "relabel", "ann", labels=known)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == 0
+
+
 def test_teach_order_puts_uncertain_detections_of_false_alarm_classes_first(review_db):
     db, _ = review_db
     before = reviews.list_detections(db)

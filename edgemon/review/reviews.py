@@ -304,8 +304,15 @@ def add_verdict(db_path: Path, detection_id: int, verdict: str, reviewer: str,
         raise StaleDetection(f"detection {detection_id} is not the one the page showed (re-analysed, or another "
                              f"database): reload the page")
     if verdict == "relabel":
-        if not new_label or new_label == found["label"] or (labels and new_label not in labels):
-            raise ReviewError(f"relabel of detection {detection_id} needs another known label, got {new_label!r}")
+        known = f": choose one of {', '.join(x for x in labels if x != found['label'])}" if labels else ""
+        if not new_label:
+            raise ReviewError(f"relabel of detection {detection_id} needs another known label, got none{known}")
+        if new_label == found["label"]:
+            raise ReviewError(f"relabel of detection {detection_id} needs another known label: it is already "
+                              f"{new_label!r} (for a right label, give the verdict 'correct'){known}")
+        if labels and new_label not in labels:
+            raise ReviewError(f"relabel of detection {detection_id} needs another known label, got unknown label "
+                              f"{new_label!r}{known}")
     else:
         new_label = None
     row = {"detection_id": detection_id, "source": found["source"], "start_s": found["start_s"],

@@ -315,7 +315,9 @@ def _problems(status: dict, min_free_mb: float | None) -> list[str]:
         problems.append(f"holding work ({service['heartbeat_state']}): {service.get('note') or 'low disk'}")
     if status["backlog"]["quarantined"]:
         problems.append(f"{status['backlog']['quarantined']} file(s) quarantined (not analysed): "
-                        + _named(status["backlog"].get("quarantined_files", {}), status["backlog"]["quarantined"]))
+                        + _named(status["backlog"].get("quarantined_files", {}), status["backlog"]["quarantined"])
+                        + "; each is tried again once its size or modification time changes (mend it, then "
+                          "`touch` it)")
     if status["backlog"].get("other_recordings"):
         problems.append(f"{status['backlog']['other_recordings']} file(s) left alone: another recording under a "
                         f"name already analysed (another recorder's card?); give each recorder its own database")

@@ -390,8 +390,10 @@ def test_status_reports_what_the_issue_asks(watched_db):
     assert status["dropped_audio"] is None                     # no live coverage in watch mode
     assert status["database"]["integrity"] == "ok" and status["disk"]["free_mb"] > 1
     # the file is named, with why (a newcomer had only the count)
+    # ... and what to do about it (a newcomer trial: the line named the file, not how to try it again)
     assert status["problems"] == [f"1 file(s) quarantined (not analysed): 20240103_060000.WAV "
-                                  f"({quarantined['20240103_060000.WAV']})"]
+                                  f"({quarantined['20240103_060000.WAV']}); each is tried again once its size "
+                                  f"or modification time changes (mend it, then `touch` it)"]
     status["backlog"]["quarantined_files"] = quarantined
     text = format_status(status)
     for label in ("service:", "backlog:", "last file:", "last detection:", "real-time factor:", "dropped audio:",

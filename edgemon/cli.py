@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgemon import console
+from edgemon.amounts import audio_amount
 from edgemon.cli_common import (ClassifyFormat, ClockTimezoneOpt, ConfigFormat, ConfigOpt, DbOpt, DeviceIdOpt,
                                 DirectoryAlias, DirectoryArg, ExportFormat, JsonOpt, ModelsOpt, TextFormat, ThreadsOpt,
                                 TimezoneOpt, app, fail, service_in_force, settings_in_force, setting_option)
@@ -329,7 +330,7 @@ def export_detections(
         if coverage is not None:
             log.info("exported %d coverage minute(s)", minutes)
         if recordings is not None:
-            log.info("exported %d recording(s), %.2f h of audio analysed", effort[0], effort[1] / 3600)
+            log.info("exported %d recording(s), %s of audio analysed", effort[0], audio_amount(effort[1]))
 
 
 def _warn_several_bundles(db: Path, choose: str) -> None:

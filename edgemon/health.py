@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from edgemon.amounts import audio_amount
 from edgemon.storage.disk_budget import MB
 from edgemon.storage.readonly import connect_read_only
 from edgemon.storage.rows import Heartbeat
@@ -259,7 +260,7 @@ class WatchMonitor:
         rtf = f", {audio_s / busy_s:.0f}x real time" if busy_s > 0 else ""
         held = {"hold_disk": f"; HOLDING: {self._free_mb(watcher) or 0:.0f} MB free",
                 "hold_store": "; HOLDING: database refused a write"}.get(self.state, "")
-        self.notifier.status(f"{watcher.processed} file(s), {audio_s / 3600:.1f} h of audio{rtf}{held}")
+        self.notifier.status(f"{watcher.processed} file(s), {audio_amount(audio_s)} of audio{rtf}{held}")
 
     @contextmanager
     def running(self, watcher) -> Iterator[None]:

@@ -52,7 +52,7 @@ def test_every_recording_analysed_is_a_row_with_its_effort(tmp_path, caplog):
     done = runner.invoke(app, ["export-detections", "--db", str(db), "--output", str(tmp_path / "d.csv"),
                                "--recordings", str(out)])
     assert done.exit_code == 0, done.output
-    assert "exported 4 recording(s), 0.53 h of audio analysed" in caplog.text
+    assert "exported 4 recording(s), 32.0 min of audio analysed" in caplog.text
     rows = read_csv(out)
     assert [(r["source"], r["start_utc"], r["end_utc"], r["duration_s"], r["clock_suspect"], r["detections"])
             for r in rows] == [

@@ -386,10 +386,10 @@ def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):
     assert progress.update(done=0, waiting=set(paths), audio_s=0.0, busy_s=0.0) is None    # not due yet
     now[0] = 61.0
     line = progress.update(done=2, waiting=set(paths[2:]), audio_s=7.2, busy_s=0.5)
-    assert line == "backlog: 2/5 file(s) done, 0.00 of 0.01 h of audio, ETA 1 s"
+    assert line == "backlog: 2/5 file(s) done, 7.2 of 18 s of audio, ETA 1 s"
     now[0] = 62.0
     done = progress.update(done=5, waiting=set(), audio_s=18.0, busy_s=1.2)
-    assert done == "backlog done: 5 file(s), 0.01 h of audio in 1 s of analysis, 1 min in all"   # apart
+    assert done == "backlog done: 5 file(s), 18 s of audio in 1 s of analysis, 1 min in all"   # apart
     # a second backlog counts its own files, audio and time, not the daemon's since its start (a review)
     now[0] = 100.0
     assert progress.update(done=5, waiting={paths[0]}, audio_s=18.0, busy_s=1.2) is None
@@ -397,11 +397,11 @@ def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):
     assert progress.update(done=5, waiting={paths[0]}, audio_s=18.0, busy_s=1.2).startswith("backlog: 0/1 file(s)")
     now[0] = 180.0
     assert (progress.update(done=6, waiting=set(), audio_s=21.6, busy_s=3.2)
-            == "backlog done: 1 file(s), 0.00 h of audio in 2 s of analysis, 1 min in all")
+            == "backlog done: 1 file(s), 3.6 s of audio in 2 s of analysis, 1 min in all")
     caplog.set_level(logging.INFO)
     watch_until_idle(root, tmp_path / "d.db", progress_s=0.0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backlog")]
-    assert lines[0].startswith("backlog: 0/5 file(s) done, 0.00 of 0.01 h of audio")
+    assert lines[0].startswith("backlog: 0/5 file(s) done, 0 of 18 s of audio")
     assert lines[-1].startswith("backlog done: 5 file(s)")
     # Lines come between files, not only between passes over the directory (a newcomer trial: a
     # backlog all there at the start is one pass, and 200 files went by without a line).
@@ -680,3 +680,13 @@ def test_a_database_in_a_directory_that_cannot_be_written_says_so(tmp_path):
     assert run.stderr.strip().splitlines()[-1].endswith(
         f"(its directory {card.resolve()} is not writable here: SQLite keeps its -wal and -shm files there)"), run.stderr
 
+
+
+def test_amounts_of_audio_are_said_in_a_unit_that_fits():
+    """A newcomer trial: a run over a few short files ended "0.00 h of audio", read as nothing
+    analysed; seconds under a minute, minutes under an hour, then hours."""
+    from edgemon.amounts import audio_amount, audio_amounts
+
+    assert [audio_amount(s) for s in (0, 0.4, 42, 216, 3596, 3600, 81720)] == [
+        "0 s", "0.4 s", "42 s", "3.6 min", "59.9 min", "1.00 h", "22.70 h"]
+    assert audio_amounts(216, 81720) == "0.06 of 22.70 h" and audio_amounts(12, 36) == "12 of 36 s"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
+from edgemon.amounts import audio_amount, audio_amounts
 from edgemon.files.directory import mtime_ns
 from edgemon.files.recordings import audio_duration_s
 
@@ -72,7 +73,7 @@ class BacklogProgress:
         done, audio_s, busy_s = done - self._before[0], audio_s - self._before[1], busy_s - self._before[2]
         if not waiting:
             # analysis time and wall time apart: retries and files still being written wait between
-            line = (f"backlog done: {done} file(s), {audio_s / 3600:.2f} h of audio in {_duration(busy_s)} of "
+            line = (f"backlog done: {done} file(s), {audio_amount(audio_s)} of audio in {_duration(busy_s)} of "
                     f"analysis, {_duration(now - self._since)} in all" if self._busy else None)
             self._busy, self._since, self._before = False, None, (0, 0.0, 0.0)
             self._durations.clear()
@@ -87,8 +88,8 @@ class BacklogProgress:
             guess = f" (+{unknown} file(s) of unknown length)" if unknown else ""
             writing = (f"; {held} file(s) wait for their writer to finish the header (up to {_duration(held_s)} "
                        f"from their last change)" if held else "")
-            line = (f"backlog: {done}/{total} file(s) done, {audio_s / 3600:.2f} of "
-                    f"{(audio_s + left_s) / 3600:.2f} h of audio{guess}{eta}{writing}")
+            line = (f"backlog: {done}/{total} file(s) done, {audio_amounts(audio_s, audio_s + left_s)} of "
+                    f"audio{guess}{eta}{writing}")
         self._next = now + self.every_s
         if line:
             log.info("%s", line)

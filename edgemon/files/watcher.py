@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
+from edgemon.amounts import audio_amount
 from edgemon.backoff import Backoff
 from edgemon.files.analyse_file import FileAnalysis
 from edgemon.files.backlog import BacklogProgress
@@ -343,8 +344,8 @@ class Watcher:
         finally:
             stop_observer(observer)
         if hasattr(stop, "signum"):   # a journal reader sees what the run did, as --until-idle's last line says
-            log.info("stopped: %d file(s) analysed this run, %.2f h of audio, %d detection(s); %d file(s) waiting",
-                     self.processed, self.audio_s / 3600, self.stored, len(self.pending))
+            log.info("stopped: %d file(s) analysed this run, %s of audio, %d detection(s); %d file(s) waiting",
+                     self.processed, audio_amount(self.audio_s), self.stored, len(self.pending))
         if self.config.until_idle and self.pending and hasattr(stop, "signum"):
             # Stopped (Ctrl-C, SIGTERM) with files left: exit 0 read as "the card is done" to
             # `watch --until-idle && next-step` (a newcomer trial: 11 of 16 files left, status 0).
@@ -364,8 +365,8 @@ class Watcher:
         """The one closing line of ``--until-idle``: what this run did (the backlog's own summary
         comes only after a progress line, so a short backlog ended without a word)."""
         quarantined = self.attempted - self.processed
-        log.info("nothing left to do: %d file(s) analysed this run, %.2f h of audio, %d detection(s)%s%s%s",
-                 self.processed, self.audio_s / 3600, self.stored,
+        log.info("nothing left to do: %d file(s) analysed this run, %s of audio, %d detection(s)%s%s%s",
+                 self.processed, audio_amount(self.audio_s), self.stored,
                  f"; {quarantined} file(s) quarantined (edgemon status lists them)" if quarantined else "",
                  f"; {len(self.others)} file(s) left alone: another recording was analysed under each name "
                  f"(one database per recorder)" if self.others else "",

@@ -63,7 +63,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("latitude", None, float, None, "Recorder latitude, decimal degrees (WGS84); sent to the fleet database.",
             minimum=-90, maximum=90),
     Setting("longitude", None, float, None, "Recorder longitude, decimal degrees (WGS84).", minimum=-180, maximum=180),
-    Setting("timezone", None, str, None, "Recorder's IANA time zone (e.g. 'Asia/Kuching') for the start_local column."),
+    Setting("timezone", None, str, None, "Recorder's IANA time zone (e.g. 'Asia/Kuching'): the local times of exports (start_local), status and the review page's days and hours."),
     Setting("clock_timezone", None, str, None, "Time zone the recorder's clock was set to, for file names and header times that give no UTC offset: a fixed offset such as 'UTC+1' for a Song Meter (it makes no summer-time change), or an IANA name (e.g. 'Europe/Berlin') for a clock that changes with summer time; unset: UTC, an AudioMoth's default. An offset the header gives wins."),
 
     Setting("directory", "watch", Path, None, "Recorder directory to watch (recursive)."),

@@ -300,6 +300,9 @@ def test_page_audio_spectrogram_and_verdict_over_http(review_db):
             status, row = _post(base + "/api/verdict", {"id": odd, "verdict": "correct"})
             assert status == 400 and "ids are whole numbers" in row["error"], odd
         assert _get(f"{base}/detections/{10 ** 20}/audio.wav")[0] == 404
+        # A newcomer trial: a well-formed verdict on an id no detection has was a 400, as if malformed.
+        status, row = _post(base + "/api/verdict", {"id": 999999, "verdict": "correct"})
+        assert status == 404 and "no detection with id 999999" in row["error"], row
         # A newcomer trial: a body that is no object, and a bundle the database never stored.
         status, row = _post(base + "/api/verdict", [ids[0], "correct"])
         assert status == 400 and row["error"].startswith("a verdict is a JSON object"), row

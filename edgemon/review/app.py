@@ -354,6 +354,8 @@ def create_app(config: ReviewConfig) -> Starlette:
             return JSONResponse({"error": f"malformed verdict: {exc}"}, status_code=400)
         except reviews.StaleDetection as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
+        except reviews.UnknownDetection as exc:   # no such detection: not a malformed verdict
+            return JSONResponse({"error": str(exc)}, status_code=404)
         except reviews.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(row)

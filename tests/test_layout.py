@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("edgemon.entry",),                                         # daemon, cli
 ]
 BASE = {"edgemon", "edgemon.errors", "edgemon.utc", "edgemon.safetext", "edgemon.signals", "edgemon.console",
-        "edgemon.backoff", "edgemon.durable"}
+        "edgemon.backoff", "edgemon.durable", "edgemon.amounts"}
 SERVICE = {"edgemon.config", "edgemon.settings_registry", "edgemon.health", "edgemon.status"}
 ENTRY = {"edgemon.daemon", "edgemon.cli", "edgemon.cli_common", "edgemon.cli_review", "edgemon.cli_fleet",
          "edgemon.__main__"}

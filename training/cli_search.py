@@ -99,7 +99,8 @@ def hpo(
     start_from_paper: Annotated[bool, typer.Option(help="Enqueue the paper's Table 2 setting as the first trial.")] = True,
 ):
     """Optuna TPE search with median pruning; run the same command on more workers to share a study."""
-    from training.hpo import GROUPED, OBJECTIVES, SPACES, SearchConfig, check_trials_dir, progress_line, run_search
+    from training.hpo import GROUPED, OBJECTIVES, SPACES, SearchConfig, progress_line, run_search
+    from training.search_dir import check_trials_dir
 
     if space not in SPACES:
         raise console.error(f"--space must be one of {', '.join(SPACES)}, not {space!r}", console.EXIT_USAGE)

@@ -536,6 +536,45 @@ def test_an_averaging_recipe_stopped_before_its_averaged_epochs_keeps_the_last_e
         assert torch.equal(stopped.model.state_dict()[name], value), name
 
 
+@pytest.mark.parametrize("finished", [0, 1])
+def test_an_averaging_recipe_stopped_while_an_epoch_is_scored_keeps_only_finished_epochs(tiny_dataset, monkeypatch,
+                                                                                         finished):
+    """Found in a review: the weights an interrupt keeps before the averaged epochs were copied
+    before the epoch was scored on devel, so a Ctrl-C during epoch 1's scoring kept them with no
+    epoch finished and ended in IndexError (``history[-1]``), and one during epoch 2's kept epoch
+    2's weights as "epoch 1"."""
+    import training.train as train_module
+
+    train_split = load_split(tiny_dataset, "train")
+    devel = load_split(tiny_dataset, "devel", train_split.labels)
+    model = ModelConfig(hidden=8, layers=1, n_classes=3)
+
+    def optim(epochs, average_last):
+        return OptimConfig(epochs=epochs, batch_size=8, lr=0.01, seed=0, device="cpu", average_last=average_last)
+
+    real, scored = train_module.predict, []
+
+    def predict(*args, **kwargs):
+        if len(scored) == finished:
+            raise KeyboardInterrupt   # as a Ctrl-C while epoch ``finished + 1`` is scored on devel
+        scored.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "predict", predict)
+    if not finished:   # nothing finished to keep: the interrupt goes on
+        with pytest.raises(KeyboardInterrupt):
+            train(model, optim(20, 5), AugmentConfig(), train_split, devel, progress=False, log_epochs=False,
+                  keep_on_interrupt=True)
+        return
+    stopped = train(model, optim(20, 5), AugmentConfig(), train_split, devel, progress=False, log_epochs=False,
+                    keep_on_interrupt=True)
+    monkeypatch.undo()
+    one = train(model, optim(1, 1), AugmentConfig(), train_split, devel, progress=False, log_epochs=False)
+    assert stopped.stopped_in == 2 and stopped.best_epoch == 1 and len(stopped.history) == 1
+    for name, value in one.model.state_dict().items():
+        assert torch.equal(stopped.model.state_dict()[name], value), name
+
+
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
 def test_fit_stopped_in_an_epoch_keeps_what_the_finished_epochs_gave(tiny_dataset, tmp_path, how):
     """A newcomer trial: Ctrl-C at epoch 16 of 300 left a run directory holding only config.json

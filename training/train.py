@@ -214,8 +214,6 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
             schedule.step()
             if optim.average_last and epoch > optim.epochs - optim.average_last:
                 averaged = _accumulate(averaged, model)
-            elif optim.average_last:   # before the averaged epochs: what an interrupt keeps (nothing chosen on devel)
-                last_epoch = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             train_seconds = time.perf_counter() - started
             probs, _ = predict(model, devel_split.features, device)
             devel_uar = uar(devel_split.targets, probs.argmax(1), len(devel_split.labels))
@@ -225,6 +223,11 @@ def train(model_config: ModelConfig, optim: OptimConfig, aug: AugmentConfig, tra
                       # how well the recorder is still guessed (ln of the recorder count: not at all)
                       **({"adversary_loss": float(np.mean(adversary_losses))} if adversary_losses else {})}
             history.append(record)
+            if optim.average_last and averaged is None:
+                # Before the averaged epochs: what an interrupt keeps (nothing chosen on devel). Taken
+                # once the epoch is in ``history``: a Ctrl-C while epoch 1 was scored on devel kept its
+                # weights with no epoch finished, and ``history[-1]`` below raised IndexError.
+                last_epoch = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             record = {**record, "predictions": probs.argmax(1)}  # for callers such as cross-validation
             if devel_uar > best[0]:
                 best = (devel_uar, epoch, copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}))

@@ -582,6 +582,25 @@ def test_reading_recordings_and_listing_folders_wakes_no_observer_thread(tmp_pat
     assert "created" in seen
 
 
+def test_a_touched_recording_is_a_hint(tmp_path):
+    """Found in a review: `edgemon status` says to mend a quarantined file and `touch` it, but a
+    touch changes no directory, so quick rescans skipped it, and the observer was not asked for
+    the event it raises (IN_ATTRIB): it was tried again only at the next full rescan, an hour on."""
+    import queue
+
+    from edgemon.files import events
+
+    root = tmp_path / "rec"
+    recording = write_wav(root / "day" / "20240101_000000.WAV", noise(0.5))
+    hints: queue.Queue = queue.Queue()
+    observer = events.start_observer(root, hints)
+    try:
+        os.utime(recording, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        wait_until(lambda: recording in list(hints.queue), 10, "the touched recording's hint")
+    finally:
+        events.stop_observer(observer)
+
+
 def test_a_file_deleted_while_its_header_is_awaited_is_forgotten(tmp_path):
     """Found in the weeks review: a WAV deleted while the watcher waited for its header to be
     written (``incomplete_grace_s``) stayed in its header wait for as long as the daemon ran:

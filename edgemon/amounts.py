@@ -9,7 +9,7 @@ def audio_amount(seconds: float, like: float | None = None) -> str:
     '42 s' under a minute, '3.6 min' under an hour, '2.35 h' from then on; the same unit for two
     amounts said side by side ("1.2 of 3.6 min")."""
     scale = seconds if like is None else like
-    if scale < 59.95:
+    if scale < 59.5:   # "60 s" is a minute (59.5 s and more rounded to it)
         return f"{seconds:.0f} s" if seconds >= 9.5 or seconds == 0 else f"{seconds:.1f} s"
     if scale < 3597:   # 59.9 min at most: "60.0 min" is an hour
         return f"{seconds / 60:.1f} min"

@@ -690,3 +690,4 @@ def test_amounts_of_audio_are_said_in_a_unit_that_fits():
     assert [audio_amount(s) for s in (0, 0.4, 42, 216, 3596, 3600, 81720)] == [
         "0 s", "0.4 s", "42 s", "3.6 min", "59.9 min", "1.00 h", "22.70 h"]
     assert audio_amounts(216, 81720) == "0.06 of 22.70 h" and audio_amounts(12, 36) == "12 of 36 s"
+    assert audio_amount(59.7) == "1.0 min" and audio_amount(59.4) == "59 s"   # not "60 s" (a review)

@@ -49,12 +49,18 @@
 
   // The precision table as the server counts it now: it was the one of when the page loaded,
   // unchanged by every verdict given since (a team trial).
+  // Only the answer to the latest request is shown: verdicts given quickly ask several times, and
+  // an earlier answer arriving last put back the counts of before the last verdict (a review).
+  let precisionAsked = 0;
   async function refreshPrecision() {
+    const asked = ++precisionAsked;
     const bundle = new URLSearchParams(location.search).get("bundle");
     const response = await fetch("/api/precision" + (bundle ? "?bundle=" + encodeURIComponent(bundle) : ""),
                                  { credentials: "same-origin" });
     if (!response.ok) return;
-    for (const c of await response.json()) {
+    const counts = await response.json();
+    if (asked !== precisionAsked) return;
+    for (const c of counts) {
       const tr = Array.from(document.querySelectorAll("table.precision tr[data-label]"))
         .find(function (t) { return t.dataset.label === c.label; });
       if (!tr) continue;

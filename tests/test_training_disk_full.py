@@ -101,3 +101,23 @@ def test_cv_ensemble_on_a_full_disk_keeps_its_earlier_votes_and_result(tiny_data
     assert len(said) == 1 and str(disk / "ens.votes.npz") in said[0] and "No space left" in said[0], said
     assert not {"votes-cut-short", "reuse-traceback", "votes-lost", "result-lost"} & set(err.split()), err[-3000:]
     assert "reused=0" in err, err[-3000:]
+
+
+def test_a_write_interrupted_leaves_nothing_beside_the_file(tmp_path, monkeypatch):
+    """Found in a review: a second Ctrl-C while a run is written (``runs._signals_held``) stopped
+    ``write_whole`` between its write and its rename, and its part-written ``.NAME.tmp`` stayed."""
+    import os
+
+    from training import out_dirs
+
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"whole")
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(out_dirs.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        out_dirs.write_whole(target, b"new")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"] and target.read_bytes() == b"whole"

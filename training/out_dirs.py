@@ -88,6 +88,10 @@ def write_whole(path: Path, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise DataError(f"{path}: cannot write it ({e.strerror or e})") from None
+    except BaseException:   # a second Ctrl-C (``runs._signals_held``) left the part written beside it
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path
 
 

@@ -18,6 +18,7 @@ import pytest
 from devtools.postgres_server import postgres_server
 from edgemon.analysis.frontend import FrontendConfig
 from tests.waits import poll_until
+from training.errors import DataError
 from training.hpo import suggest
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -209,6 +210,42 @@ def test_a_second_study_into_one_out_is_refused_and_keeps_the_first_studys_model
     assert json.loads(kept.read_text())["params"] == first.params
     run_hpo(tiny_dataset, out, "--trials", "2", "--epochs", "2", "--seed", "0")   # the first study resumes
     assert json.loads((out / "search.json").read_text())["study"] == "edgemon"
+
+
+def test_a_search_record_is_never_read_half_written(tmp_path, monkeypatch):
+    """Found in a review: search.json was made ("x") and then written, so a second worker sharing
+    the --out that came between read it empty and refused the directory as "not a readable search
+    record". It appears whole now, or not at all."""
+    import threading
+
+    from training import search_dir
+
+    out = tmp_path / "hpo"
+    out.mkdir()
+    url = f"sqlite:///{(out / 'study.db').resolve()}"
+    inside, checked = threading.Event(), threading.Event()
+    real = search_dir.json.dumps
+
+    def dumps(*args, **kwargs):   # the first worker, paused while it writes the record
+        if not inside.is_set():
+            inside.set()
+            checked.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_dir.json, "dumps", dumps)
+    first = threading.Thread(target=search_dir.claim_trials_dir, args=(out, "edgemon", url, None))
+    first.start()
+    try:
+        assert inside.wait(10)
+        search_dir.check_trials_dir(out, "edgemon", url)   # the second worker, meanwhile
+    finally:
+        checked.set()
+        first.join(10)
+    assert json.loads((out / "search.json").read_text()) == {"study": "edgemon", "storage": "study.db"}
+    assert sorted(p.name for p in out.iterdir()) == ["search.json"]
+    search_dir.check_trials_dir(out, "edgemon", url)
+    with pytest.raises(DataError, match="keeps the trial models of study 'edgemon'"):
+        search_dir.check_trials_dir(out, "other", url)
 
 
 def test_ctrl_c_in_a_trial_says_one_line_and_no_traceback(tiny_dataset, tmp_path):

@@ -4,7 +4,10 @@ directory records itself in ``search.json``; another is refused in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,11 +49,25 @@ def claim_trials_dir(run_dir: Path, study_name: str, storage_url: str, study: op
         if not ours:
             raise DataError(f"{run_dir}: its trials/ ({len(kept)} kept, first {kept[0]}) are another search's, not "
                             f"study {study_name!r}'s; this one's trials would overwrite them: choose another --out")
+    # Written beside it, then linked into place (a link never replaces a file): of two searches
+    # started at once one claims it, and the other reads it whole. Opened with "x" and then
+    # written, the other could read it empty and refuse a shared --out as "not readable" (a review).
+    text = json.dumps(mine, indent=2) + "\n"
+    draft = run_dir / f".{SEARCH_RECORD}.{secrets.token_hex(8)}.tmp"   # workers on several machines
     try:
-        with open(record, "x", encoding="utf-8") as f:   # "x": of two searches started at once, one claims it
-            f.write(json.dumps(mine, indent=2) + "\n")
+        draft.write_text(text, encoding="utf-8")
+        try:
+            os.link(draft, record)
+        except FileExistsError:
+            raise
+        except OSError:   # no hard links there (FAT, some network shares): made, then written
+            with open(record, "x", encoding="utf-8") as f:
+                f.write(text)
     except FileExistsError:
         check_trials_dir(run_dir, study_name, storage_url)
+    finally:
+        with contextlib.suppress(OSError):
+            draft.unlink()
 
 
 def check_trials_dir(run_dir: Path, study_name: str, storage_url: str) -> None:

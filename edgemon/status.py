@@ -444,7 +444,9 @@ def format_status(status: dict, zone: zoneinfo.ZoneInfo | None = None) -> str:
                            for t in s.get("sync", [])) or "never synced"),
         ("problems", "; ".join(s["problems"]) if s["problems"] else "none"),
     ]
-    return "".join(f"{k + ':':<18}{v}\n" for k, v in lines)
+    # Names come from the card and the command line: a newline or escape sequence in one split
+    # the report or drove the terminal (a file named 'new\nline….flac' among "problems").
+    return "".join(f"{k + ':':<18}{shown(v)}\n" for k, v in lines)
 
 
 def write_heartbeats_csv(db_path: str | Path, out: TextIO) -> int:

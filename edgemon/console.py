@@ -29,6 +29,8 @@ from typing import TextIO
 
 import typer
 
+from edgemon.safetext import shown
+
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EPILOG = ("Exit status: 0 done; 1 the command failed (one line on stderr says why); "
@@ -144,7 +146,9 @@ def error(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
 
 def echo_error(message: str) -> None:
     """``error: MESSAGE`` on stderr, at error priority when stderr is the journal; one line."""
-    line = "error: " + " ".join(str(message).splitlines())
+    # shown: a name in the message (a recording's, a path given) may hold an escape sequence or
+    # bytes that are not UTF-8; raw, they drove the terminal or printed as '\udce9'.
+    line = "error: " + shown(" ".join(str(message).splitlines()))
     typer.echo((journal_prefix(logging.ERROR) if writes_to_journal() else "") + line, err=True)
 
 

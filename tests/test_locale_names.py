@@ -4,11 +4,24 @@ person as one escaped line and a file as UTF-8, never as a traceback."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from edgemon.status import collect_status, format_status
 from tests.conftest import hoots, tone
 from tests.watch_helpers import watch_until_idle, write_wav
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def edgemon(*args: str | bytes, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The command line as a shell runs it: arguments as bytes, output as bytes."""
+    return subprocess.run([sys.executable, "-m", "edgemon", *args], cwd=REPO, capture_output=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
 
 
 def recording(path, seed: int = 0):
@@ -26,3 +39,12 @@ def test_status_shows_names_with_a_newline_or_escape_sequence_escaped_on_their_o
     assert all(line.isprintable() for line in lines), [line for line in lines if not line.isprintable()]
     assert "new\\nline.WAV" in text and "z\\x1b]0;title\\x07.WAV" in text
     assert all(line[:1] not in (" ", "") and ":" in line[:18] for line in lines)   # every line a field
+
+
+def test_an_error_naming_an_escape_sequence_or_latin1_bytes_is_one_printable_line(tmp_path):
+    missing = os.fsencode(tmp_path) + b"/caf\xe9\x1b]0;pwned\x07.db"   # typed in a Latin-1 terminal
+    done = edgemon("export-detections", "--db", missing)
+    assert done.returncode == 1
+    line = done.stderr.decode("utf-8")
+    assert line.startswith("error: ") and line.count("\n") == 1 and line.rstrip("\n").isprintable(), line
+    assert "caf\\xe9\\x1b]0;pwned\\x07.db" in line

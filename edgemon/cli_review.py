@@ -3,13 +3,11 @@ through another bundle (registered on ``edgemon.cli_common.app``)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -49,13 +47,13 @@ def review(
         raise fail(exc)
     if export is not None:   # a CSV of the verdicts: the page's extra is not needed
         from edgemon.storage.export_files import ExportError, atomic_text, refuse_the_database
-        from edgemon.storage.output_target import check_output
+        from edgemon.storage.output_target import check_output, utf8_stdout
         from edgemon.review.reviews import write_reviews_csv
 
         try:
             refuse_the_database(export, db, "--export")
             check_output(export, "--export", ExportError)
-            with (contextlib.nullcontext(sys.stdout) if str(export) == "-" else atomic_text(export)) as out:
+            with (utf8_stdout() if str(export) == "-" else atomic_text(export)) as out:
                 count = write_reviews_csv(db, out, service.zone())
         except EdgemonError as exc:
             raise fail(exc)

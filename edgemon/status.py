@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import sqlite3
-import sys
 import zoneinfo
 from pathlib import Path
 from typing import Any, TextIO
@@ -473,7 +472,10 @@ def write_heartbeats_file(db_path: str | Path, path: Path) -> int:
     """``write_heartbeats_csv`` to the file ``path`` ('-': standard output); StatusError naming
     the file when it cannot be written."""
     if str(path) == "-":
-        return write_heartbeats_csv(db_path, sys.stdout)
+        from edgemon.storage.output_target import utf8_stdout
+
+        with utf8_stdout() as out:
+            return write_heartbeats_csv(db_path, out)
     from edgemon.storage.export_files import ExportError, atomic_text, refuse_the_database
     from edgemon.storage.output_target import check_output
 

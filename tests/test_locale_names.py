@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgemon.status import collect_status, format_status
 from tests.conftest import hoots, tone
@@ -48,3 +49,27 @@ def test_an_error_naming_an_escape_sequence_or_latin1_bytes_is_one_printable_lin
     line = done.stderr.decode("utf-8")
     assert line.startswith("error: ") and line.count("\n") == 1 and line.rstrip("\n").isprintable(), line
     assert "caf\\xe9\\x1b]0;pwned\\x07.db" in line
+
+
+@pytest.fixture(scope="module")
+def odd_names_db(tmp_path_factory):
+    """A database of two recordings by a recorder named 'Ünit-7 façade': one named as macOS
+    writes 'Régión' (NFD), one with a comma, a semicolon and quotes in its name."""
+    tmp = tmp_path_factory.mktemp("odd")
+    root, db = tmp / "rec", tmp / "d.db"
+    recording(root / "Re\u0301gio\u0301n 20180301_060000.WAV", seed=1)
+    recording(root / 'site, 7; "a" 20180302_060000.WAV', seed=3)
+    watch_until_idle(root, db, device_id="Ünit-7 façade")
+    return db
+
+
+@pytest.mark.parametrize("locale", [{"PYTHONIOENCODING": "ascii"}, {"LC_ALL": "C", "PYTHONUTF8": "0"},
+                                    {"PYTHONIOENCODING": "latin-1"}])
+@pytest.mark.parametrize("fmt", ["csv", "birdnet", "jsonl"])
+def test_an_export_to_standard_output_is_utf8_whatever_the_locale(odd_names_db, tmp_path, locale, fmt):
+    to_file = tmp_path / "out.txt"
+    assert edgemon("export-detections", "--db", str(odd_names_db), "--format", fmt, "-q",
+                   "--output", str(to_file)).returncode == 0
+    piped = edgemon("export-detections", "--db", str(odd_names_db), "--format", fmt, "-q", env=locale)
+    assert piped.returncode == 0 and not piped.stderr, piped.stderr.decode("utf-8", "replace")[-400:]
+    assert piped.stdout == to_file.read_bytes() and "Re\u0301gio\u0301n".encode() in piped.stdout

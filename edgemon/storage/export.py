@@ -34,6 +34,7 @@ from edgemon.storage.export_journal import JournalError, finish_pending
 from edgemon.storage.lock import DatabaseInUseError, hold_exports
 from edgemon.storage.raven_names import raven_names, raven_table
 from edgemon.storage.raven_owner import check_directory, owner_note
+from edgemon.storage.output_target import utf8_stdout
 from edgemon.storage.readonly import analyses_table, edgemon_tables, open_read_only, table_columns, time_range
 from edgemon.storage.store import Store, StoreError
 from edgemon.utc import parse_utc, utc_iso
@@ -481,8 +482,9 @@ def _rounded_seconds(row: dict) -> dict:
 
 def _write_stdout(write: Callable[[TextIO, Iterable[dict]], int], rows: Iterable[dict]) -> int:
     try:
-        count = write(sys.stdout, rows)
-        sys.stdout.flush()
+        with utf8_stdout() as out:
+            count = write(out, rows)
+            out.flush()
     except BrokenPipeError:
         # What is still buffered goes nowhere, quietly: else Python reports the pipe again at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -17,9 +17,12 @@ targets must not be treated so (a newcomer trial and a review):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -92,6 +95,25 @@ def open_in_place(path: Path) -> TextIO:
     if descriptor is not None:
         return os.fdopen(os.dup(descriptor), "w", encoding="utf-8", newline="")
     return open(path, "w", encoding="utf-8", newline="")
+
+
+@contextlib.contextmanager
+def utf8_stdout() -> Iterator[TextIO]:
+    """Standard output for a table, as UTF-8 like every file an export writes, whatever the
+    locale's encoding: under a Latin-1 or ASCII one (``LANG=en_US.ISO-8859-1``,
+    ``PYTHONIOENCODING=ascii``) an export piped on stopped with a traceback at the first device
+    id or name it could not encode. Written through a copy of descriptor 1 (``open_in_place``)."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # a stream in memory (a test's runner): no locale in it
+        descriptor = None
+    if encoding == "utf8" or descriptor is None:
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    with os.fdopen(os.dup(descriptor), "w", encoding="utf-8", newline="") as out:
+        yield out
 
 
 def through_links(path: Path) -> Path:

@@ -73,3 +73,14 @@ def test_an_export_to_standard_output_is_utf8_whatever_the_locale(odd_names_db, 
     piped = edgemon("export-detections", "--db", str(odd_names_db), "--format", fmt, "-q", env=locale)
     assert piped.returncode == 0 and not piped.stderr, piped.stderr.decode("utf-8", "replace")[-400:]
     assert piped.stdout == to_file.read_bytes() and "Re\u0301gio\u0301n".encode() in piped.stdout
+
+
+def test_a_cursor_name_typed_in_a_latin1_terminal_is_refused_in_one_line_naming_it(odd_names_db, tmp_path):
+    out = tmp_path / "new.csv"
+    done = edgemon("export-detections", "--db", str(odd_names_db), "--cursor", b"caf\xe9", "--output", str(out))
+    said = done.stderr.decode("utf-8")
+    assert done.returncode == 1 and "Traceback" not in said, said[-600:]
+    assert said.startswith("error: export cursor name 'caf\\xe9' is not UTF-8") and said.count("\n") == 1
+    assert not out.exists()
+    again = edgemon("export-detections", "--db", str(odd_names_db), "--cursor", "café", "--output", str(out))
+    assert again.returncode == 0 and out.read_text(encoding="utf-8").count("\n") > 1

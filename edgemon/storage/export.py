@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
+from edgemon.safetext import shown
 from edgemon.storage import tables
 from edgemon.storage.cursors import (CursorError, CursorFilter, advance, advancing, check_filter, cursors_up_to_date,
                                      read_cursor, refuse_a_cursors_file, write_through)
@@ -79,6 +80,9 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
         raise ExportError(f"Raven export needs an existing output directory, got {output}")
     if new and not re.fullmatch(r"[^\x00-\x1f\x7f]{1,100}", cursor_name):
         raise ExportError(f"an export cursor name is 1 to 100 printable characters, not {cursor_name!r}")
+    if new and re.search("[\ud800-\udfff]", cursor_name):   # bytes the locale could not decode: unstorable
+        raise ExportError(f"export cursor name '{shown(cursor_name)}' is not UTF-8 text (typed under another "
+                          f"encoding?): give it in UTF-8")
     wanted = CursorFilter.of(since, until, label, min_confidence, bundle)
     conn, found = _open(db_path, migrate_cursors=new)
     with contextlib.ExitStack() as held:

@@ -120,6 +120,10 @@ def write_wave_module(path, seconds=0.5, rate=8000):
     ("20190101T060000Z.wav", utc(2019, 1, 1, 6, 0, 0)),
     ("20181101_060000_REC [-27.3866 152.8761].flac", utc(2018, 11, 1, 6, 0, 0)),   # before BAR firmware 3
     ("20181101_060000_REC.flac", utc(2018, 11, 1, 6, 0, 0)),
+    # a prefix with a newline in it (it was timed by the mtime), or a name as macOS writes it (NFD)
+    ("site\n7_20180303_060000.flac", utc(2018, 3, 3, 6, 0, 0)),
+    ("site\n7_20191125T000000+1000_REC.flac", utc(2019, 11, 24, 14, 0, 0)),
+    ("Re\u0301gio\u0301n 20180302_060000.WAV", utc(2018, 3, 2, 6, 0, 0)),
 ])
 def test_filename_patterns(name, expected):
     got = time_from_filename(name)
@@ -131,6 +135,8 @@ def test_filename_patterns(name, expected):
     "20230229_120000.WAV",  # not a leap year
     "20240101_250000.WAV",  # hour 25
     "20240101_120000.WAV.part",
+    "20240101_120000.WAV\n",   # a name ending in a newline is no recording's
+    "5A8C5A83.WAV\n",
     "20240101_120000.txt",
     "SITE-A20240101_120000.WAV",  # no separator before the date
     "S10_20240101$120000$.wav",   # more after the stamp

@@ -38,10 +38,12 @@ FUTURE_SLACK = timedelta(days=1)  # host and recorder clocks and zones may diffe
 # the best-timed recordings were timed by their mtime.
 # Any audio ``classify`` reads: an MP3 converted from a recording keeps its name (a newcomer trial
 # saw 20240103_110000.mp3 timed by its mtime).
-_AUDIO = r"\.(?:wav|flac|mp3|ogg|oga|opus|aiff?|w64|caf)$"
+# DOTALL and \Z: a prefix may hold a newline (a name a person typed), and a name that ends in one
+# ('….WAV\n') is no recording's name, as the watch's suffix test has it.
+_AUDIO = r"\.(?:wav|flac|mp3|ogg|oga|opus|aiff?|w64|caf)\Z"
 _DATED_NAME = re.compile(
     r"^(?:(?P<prefix>.*)[_ -])?(?P<date>\d{8})(?P<sep>[_$])(?P<time>\d{6})(?P<trig>T?)(?P<rec>_rec(?: \[.*\])?)?"
-    r"(?P<copy> ?\(\d+\)| copy(?: \d+)?| - copy(?: \(\d+\))?| \d+)?" + _AUDIO, re.IGNORECASE
+    r"(?P<copy> ?\(\d+\)| copy(?: \d+)?| - copy(?: \(\d+\))?| \d+)?" + _AUDIO, re.IGNORECASE | re.DOTALL
 )
 # Frontier Labs BAR-LT (the Australian Acoustic Observatory's sensors): the ISO 8601 basic time
 # with the recorder's UTC offset, then "_REC" or "_Rec2" and perhaps its GPS position
@@ -49,7 +51,7 @@ _DATED_NAME = re.compile(
 # offset makes it an instant, not a wall clock; unread, such recordings were timed by their mtime.
 _ISO_NAME = re.compile(
     r"^(?:(?P<prefix>.*)[_ -])?(?P<date>\d{8})T(?P<time>\d{6})(?P<zone>Z|[+-]\d{4})(?P<rec>_rec.*)?" + _AUDIO,
-    re.IGNORECASE
+    re.IGNORECASE | re.DOTALL
 )
 # Older AudioMoth firmware: eight hex digits of Unix time, e.g. 5A8C5A83.WAV.
 _HEX_NAME = re.compile(r"^(?P<hex>[0-9A-F]{8})" + _AUDIO, re.IGNORECASE)

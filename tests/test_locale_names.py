@@ -12,7 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgemon.files.reanalyse import reanalyse
+from edgemon.review.excerpt import read_excerpt
+from edgemon.review.reviews import detection
 from edgemon.status import collect_status, format_status
+from tests.watch_helpers import analyzer, query
 from tests.conftest import hoots, tone
 from tests.watch_helpers import watch_until_idle, write_wav
 
@@ -84,3 +88,20 @@ def test_a_cursor_name_typed_in_a_latin1_terminal_is_refused_in_one_line_naming_
     assert not out.exists()
     again = edgemon("export-detections", "--db", str(odd_names_db), "--cursor", "café", "--output", str(out))
     assert again.returncode == 0 and out.read_text(encoding="utf-8").count("\n") > 1
+
+
+def test_recordings_named_in_latin1_or_with_a_backslash_are_found_again_by_review_and_reanalyse(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    os.makedirs(root)
+    # a card written by a camera or PC with Latin-1 names; each its own recording
+    os.rename(recording(tmp_path / "a.WAV", seed=1), os.fsencode(root) + b"/caf\xe9 20180301_060000.WAV")
+    recording(root / "back\\slash 20180302_060000.WAV", seed=3)
+    watch_until_idle(root, db)
+    ids = [row[0] for row in query(db, "SELECT min(id) FROM detections GROUP BY source")]
+    assert len(ids) == 2
+    for recordings in (None, root):   # by the ledger's path, and under --recordings
+        for detection_id in ids:
+            excerpt = read_excerpt(detection(db, detection_id), recordings=recordings)
+            assert excerpt.path.is_file() and len(excerpt.samples) > 0
+    again = reanalyse(db, analyzer(), recordings=root, again=True)
+    assert again.files == 2 and again.missing == [] and again.failed == [] and again.changed == []

@@ -13,6 +13,7 @@ from contextlib import closing
 from pathlib import Path
 
 from edgemon.errors import AudioError, EdgemonError
+from edgemon.safetext import name_from_stored
 from edgemon.storage.disk_budget import full_disk_note
 from edgemon.storage.fingerprint import not_analysed_as
 
@@ -260,19 +261,24 @@ def recording_path(row: dict, recordings: Path | None, grown_ok: bool = True) ->
     left. ``row``: ``source`` and the ledger's ``file_path``, ``file_size``, ``file_fingerprint``
     and ``file_tail_digest``."""
     candidates = []
+    # Names are stored as text (``safetext.stored_name``): a Latin-1 card's 'caf\\xe9.WAV', a
+    # backslash doubled. Joined as stored they named no file, and such recordings were "no longer
+    # on disk" to reanalyse and "not found" to the review page.
+    source = name_from_stored(row["source"])
+    file_path = name_from_stored(row["file_path"]) if row.get("file_path") else None
     # A source is a name under the watched directory; one that leaves it ('../x', '/etc/x': a
     # database written by hand or by another program) would serve any file from --recordings.
-    if recordings is not None and _stays_under(row["source"]):
-        candidates.append(Path(recordings) / row["source"])
-    if recordings is not None and row.get("file_path"):
+    if recordings is not None and _stays_under(source):
+        candidates.append(Path(recordings) / source)
+    if recordings is not None and file_path:
         # A recording watch followed (moved into a folder, renamed, converted to FLAC) keeps its
         # source name, and its ledger path names the card where it was: on a copy of the card
         # it is found by the end of that path, the longest that exists first (a review: every
         # followed recording was "missing" under --recordings). The checks below tell it apart.
-        parts = Path(row["file_path"]).parts[1:]
+        parts = Path(file_path).parts[1:]
         candidates += [Path(recordings, *parts[i:]) for i in range(len(parts))]
-    if row.get("file_path"):
-        candidates.append(Path(row["file_path"]))
+    if file_path:
+        candidates.append(Path(file_path))
     refused, seen = [], set()
     for path in candidates:
         # the source name, the ledger path's end and the ledger path may be one file (a relative

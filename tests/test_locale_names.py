@@ -5,8 +5,10 @@ person as one escaped line and a file as UTF-8, never as a traceback."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from edgemon.review.reviews import detection
 from edgemon.status import collect_status, format_status
 from tests.watch_helpers import analyzer, query
 from tests.conftest import hoots, tone
+from tests.review_helpers import review_server
 from tests.watch_helpers import watch_until_idle, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,3 +108,15 @@ def test_recordings_named_in_latin1_or_with_a_backslash_are_found_again_by_revie
             assert excerpt.path.is_file() and len(excerpt.samples) > 0
     again = reanalyse(db, analyzer(), recordings=root, again=True)
     assert again.files == 2 and again.missing == [] and again.failed == [] and again.changed == []
+
+
+def test_the_review_page_isolates_a_name_with_a_right_to_left_override(tmp_path):
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "rtl\u202eVAW.exe 20180301_060000.WAV", seed=1)   # would reverse '@ 1.0–5.0 s' after it
+    watch_until_idle(root, db)
+    with review_server(db, root) as (base, _):
+        with urllib.request.urlopen(base + "/") as page:
+            html = page.read().decode("utf-8")
+    sources = re.findall(r'<span class="source">(.*?) @', html)
+    assert sources and all(s == "<bdi>rtl\\u202eVAW.exe 20180301_060000.WAV</bdi>" for s in sources), sources
+    assert "\u202e" not in html

@@ -38,6 +38,7 @@ from edgemon.review import charts, reviews
 from edgemon.review.excerpt import read_excerpt
 from edgemon.review.local_time import zone_name
 from edgemon.review.spectrogram import spectrogram_png
+from edgemon.safetext import shown
 from edgemon.storage.readonly import sources_in_several_bundles
 from edgemon.utc import parse_utc, utc_iso
 
@@ -258,6 +259,7 @@ def create_app(config: ReviewConfig) -> Starlette:
     decodes = threading.BoundedSemaphore(DECODES_AT_ONCE)   # the rest wait their turn in their threads
     templates.env.filters["urlencode_without"] = lambda q, *keys: urlencode(
         [(k, v) for k, v in q.multi_items() if k not in keys])
+    templates.env.filters["shown"] = shown
 
     def index(request: Request) -> Response:
         q = request.query_params

@@ -10,12 +10,14 @@ import dataclasses
 import difflib
 import math
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from edgemon.errors import EdgemonError
+from edgemon.safetext import shown
 from edgemon.utc import fixed_offset
 
 ENV_PREFIX = "EDGEMON_"
@@ -141,6 +143,11 @@ def checked(s: Setting, value: Any, where: str, error: type[ConfigError] = Confi
         raise error(f"{where}: must be at least {s.minimum:g}, got {value!r}")
     if s.maximum is not None and value > s.maximum:
         raise error(f"{where}: must be at most {s.maximum:g}, got {value!r}")
+    if s.name == "device_id" and re.search("[\ud800-\udfff]", value):
+        # bytes that are not UTF-8 (typed in a Latin-1 terminal, or read under an ASCII locale)
+        # were "a control or invisible character", which sent people looking for one
+        raise error(f"{where}: '{shown(value)}' holds bytes that are not text in this locale's encoding "
+                    f"({sys.getfilesystemencoding()}): give it in UTF-8, under a UTF-8 locale (LANG=C.UTF-8)")
     if s.name == "device_id" and not value.isprintable():
         # It names the recorder in every row sent to the fleet: a NUL never reached PostgreSQL (a
         # season that never synced, the error naming no setting), a newline forged report lines.

@@ -120,3 +120,14 @@ def test_the_review_page_isolates_a_name_with_a_right_to_left_override(tmp_path)
     sources = re.findall(r'<span class="source">(.*?) @', html)
     assert sources and all(s == "<bdi>rtl\\u202eVAW.exe 20180301_060000.WAV</bdi>" for s in sources), sources
     assert "\u202e" not in html
+
+
+def test_a_device_id_in_bytes_the_locale_cannot_decode_is_refused_naming_the_encoding():
+    typed = edgemon("config", "--device-id", b"caf\xe9")            # a Latin-1 terminal
+    said = typed.stderr.decode("utf-8")
+    assert typed.returncode == 2 and said.count("\n") == 1, said
+    assert "'caf\\xe9' holds bytes that are not text in this locale's encoding (utf-8)" in said
+    ascii_locale = edgemon("config", env={"LC_ALL": "C", "PYTHONUTF8": "0", "EDGEMON_DEVICE_ID": "Ünit"})
+    said = ascii_locale.stderr.decode("utf-8")
+    assert ascii_locale.returncode == 1 and said.count("\n") == 1, said
+    assert "EDGEMON_DEVICE_ID: '\\xc3\\x9cnit' holds bytes that are not text in this locale's encoding (ascii)" in said

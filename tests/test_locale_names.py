@@ -18,10 +18,9 @@ from edgemon.files.reanalyse import reanalyse
 from edgemon.review.excerpt import read_excerpt
 from edgemon.review.reviews import detection
 from edgemon.status import collect_status, format_status
-from tests.watch_helpers import analyzer, query
 from tests.conftest import hoots, tone
 from tests.review_helpers import review_server
-from tests.watch_helpers import watch_until_idle, write_wav
+from tests.watch_helpers import analyzer, query, watch_until_idle, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 

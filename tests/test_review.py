@@ -1125,3 +1125,15 @@ def test_a_team_sharing_one_page_judges_under_each_ones_name(review_db):
     with sqlite3.connect(db) as conn:
         stored = conn.execute("SELECT reviewer, verdict FROM reviews ORDER BY id").fetchall()
     assert stored == [("alice", "correct"), ("bob", "relabel"), ("tester", "wrong")]
+
+
+def test_giving_ones_name_keeps_the_page_as_it_was_shown(review_db):
+    """A review: "that's me" sent the name alone, and the page came back in its default order with
+    every filter dropped, the reviewer's place in the list lost. The page's own query goes along."""
+    db, recordings = review_db
+    label = reviews.list_detections(db, order="time")[0]["label"]
+    with review_server(db, recordings) as (base, _):
+        page = _get(f"{base}/?{urllib.parse.urlencode({'order': 'time', 'label': label})}")[2].decode()
+    form = re.search(r'<form class="reviewer".*?</form>', page, re.S).group(0)
+    hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form))
+    assert hidden == {"order": "time", "label": label}, form

@@ -1137,3 +1137,22 @@ def test_giving_ones_name_keeps_the_page_as_it_was_shown(review_db):
     form = re.search(r'<form class="reviewer".*?</form>', page, re.S).group(0)
     hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form))
     assert hidden == {"order": "time", "label": label}, form
+
+
+def test_the_count_of_detections_stored_since_follows_the_pages_filters(review_db):
+    """A review: the page's "N detection(s) stored since" counted every new detection, another
+    species' too, on a page showing one species."""
+    db, _ = review_db
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        first = dict(conn.execute("SELECT * FROM detections ORDER BY id LIMIT 1").fetchone())
+    upto = reviews.newest_detection_id(db)
+    other = "great_argus" if first["label"] != "great_argus" else "gibbon_duet"
+    with Store(db) as store:
+        store.insert_detections([Detection(**{**{k: first[k] for k in Detection.__dataclass_fields__},
+                                              "start_s": 900.0 + i, "end_s": 904.0 + i, "label": label})
+                                 for i, label in enumerate([first["label"], other, other])])
+    assert reviews.detections_since(db, upto) == 3
+    assert reviews.detections_since(db, upto, label=first["label"]) == 1
+    assert reviews.detections_since(db, upto, label=other) == 2
+    assert reviews.detections_since(db, upto, bundle_id="another-bundle") == 0

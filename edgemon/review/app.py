@@ -292,7 +292,9 @@ def create_app(config: ReviewConfig) -> Starlette:
         return templates.TemplateResponse(request, "index.html", {
             "rows": rows, "days": days, "labels": labels, "bundles": bundles, "q": q, "order": order,
             "orders": reviews.ORDERS, "offset": offset, "as_of": as_of, "upto": upto, "page_size": PAGE_SIZE,
-            "newer": reviews.detections_since(config.db, upto) if q.get("upto") else 0,
+            "newer": reviews.detections_since(config.db, upto, label=q.get("label") or None, day=q.get("day") or None,
+                                              bundle_id=q.get("bundle") or None, zone=config.zone)
+                     if q.get("upto") else 0,
             "relabel_to": known_labels(config.db, labels),
             "precision": reviews.precision_by_class(config.db, q.get("bundle") or None),
             "several": 0 if q.get("bundle") else sources_in_several_bundles(config.db),

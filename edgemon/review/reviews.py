@@ -200,19 +200,7 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
     """
     if order not in ORDERS:
         raise ReviewError(f"unknown review order {order!r}: choose one of {', '.join(ORDERS)}")
-    clauses, params = ["1"], []
-    if label:
-        clauses.append("d.label = ?")
-        params.append(label)
-    if day:
-        try:
-            clauses.append("d.start_utc >= ? AND d.start_utc < ?")
-            params.extend(day_bounds(day, zone))
-        except (ValueError, OverflowError):   # 2024-02-30; a local day the calendar cannot end in UTC
-            raise ReviewError(f"day {day!r} is no date (YYYY-MM-DD) that can be shown here") from None
-    if bundle_id:
-        clauses.append("d.bundle_id = ?")
-        params.append(bundle_id)
+    clauses, params = _shown_filters(label, day, bundle_id, zone)
     if unreviewed_only:
         clauses.append("v.verdict IS NULL")
     if upto is not None:   # ids only grow (AUTOINCREMENT): a later row is one stored since
@@ -254,10 +242,33 @@ def newest_detection_id(db_path: Path) -> int:
         return conn.execute("SELECT coalesce(max(id), 0) FROM detections").fetchone()[0]
 
 
-def detections_since(db_path: Path, upto: int) -> int:
-    """How many detections were stored after the one with id ``upto`` (``newest_detection_id``)."""
+def _shown_filters(label: str | None, day: str | None, bundle_id: str | None,
+                   zone: dt.tzinfo | None) -> tuple[list[str], list]:
+    """SQL conditions on detections ``d`` for the page's species, day (in ``zone``) and bundle."""
+    clauses, params = ["1"], []
+    if label:
+        clauses.append("d.label = ?")
+        params.append(label)
+    if day:
+        try:
+            clauses.append("d.start_utc >= ? AND d.start_utc < ?")
+            params.extend(day_bounds(day, zone))
+        except (ValueError, OverflowError):   # 2024-02-30; a local day the calendar cannot end in UTC
+            raise ReviewError(f"day {day!r} is no date (YYYY-MM-DD) that can be shown here") from None
+    if bundle_id:
+        clauses.append("d.bundle_id = ?")
+        params.append(bundle_id)
+    return clauses, params
+
+
+def detections_since(db_path: Path, upto: int, *, label: str | None = None, day: str | None = None,
+                     bundle_id: str | None = None, zone: dt.tzinfo | None = None) -> int:
+    """How many detections the page's filters show were stored after the one with id ``upto``
+    (``newest_detection_id``): it counted every new detection, another species' too (a review)."""
+    clauses, params = _shown_filters(label, day, bundle_id, zone)
     with closing(open_read_only(db_path, ReviewError)) as conn:
-        return conn.execute("SELECT count(*) FROM detections WHERE id > ?", [upto]).fetchone()[0]
+        return conn.execute(f"SELECT count(*) FROM detections d WHERE d.id > ? AND {' AND '.join(clauses)}",
+                            [upto, *params]).fetchone()[0]
 
 
 def valid_id(value) -> int:

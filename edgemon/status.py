@@ -13,7 +13,6 @@ import csv
 import datetime as dt
 import json
 import os
-import shutil
 import sqlite3
 import zoneinfo
 from pathlib import Path
@@ -284,11 +283,11 @@ def _disk(db_path: Path) -> dict:
     card the kernel remounted read-only after an error: the daemon's heartbeats stop only at its
     next beat, so status said "running" and no problem for up to 11 minutes)."""
     try:
-        usage = shutil.disk_usage(db_path.resolve().parent)
-        read_only = bool(os.statvfs(db_path.resolve().parent).f_flag & os.ST_RDONLY)
+        fs = os.statvfs(db_path.resolve().parent)   # one look: free and total as shutil.disk_usage gives them
     except OSError:
         return {"free_mb": None, "total_mb": None, "read_only": None}
-    return {"free_mb": round(usage.free / MB, 1), "total_mb": round(usage.total / MB, 1), "read_only": read_only}
+    return {"free_mb": round(fs.f_bavail * fs.f_frsize / MB, 1), "total_mb": round(fs.f_blocks * fs.f_frsize / MB, 1),
+            "read_only": bool(fs.f_flag & os.ST_RDONLY)}
 
 
 def _problems(status: dict, min_free_mb: float | None) -> list[str]:

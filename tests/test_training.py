@@ -575,33 +575,42 @@ def test_an_averaging_recipe_stopped_while_an_epoch_is_scored_keeps_only_finishe
         assert torch.equal(stopped.model.state_dict()[name], value), name
 
 
+def _fit_signalled(tiny_dataset, out, fit_args, how: str, ready, poll_s: float = 0.05,
+                   before=None) -> tuple[int, str, str]:
+    """`fit` into ``out`` in a child process, sent signal ``how`` once ``ready(its stderr so far)``
+    holds (or it ends; ``before(child)`` checked first): its exit status, stderr and stdout."""
+    import signal
+    import subprocess
+    import sys
+
+    log = out.parent / "stderr"
+    with open(log, "w") as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "training", "fit", "--data", str(tiny_dataset), "--out",
+                                  str(out), *fit_args], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + 300
+            while not ready(log.read_text()) and time.monotonic() < deadline and child.poll() is None:
+                time.sleep(poll_s)
+            if before is not None:
+                before(child)
+            child.send_signal(getattr(signal, how))
+            stdout, _ = child.communicate(timeout=300)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    return child.returncode, log.read_text(), stdout
+
+
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
 def test_fit_stopped_in_an_epoch_keeps_what_the_finished_epochs_gave(tiny_dataset, tmp_path, how):
     """A newcomer trial: Ctrl-C at epoch 16 of 300 left a run directory holding only config.json
     (the best epoch, 4, gone, and no resume), and SIGTERM likewise. The run is written whole with
     the finished epochs' model, says so, and exits 130."""
-    import signal
-    import subprocess
-    import sys
-
     out = tmp_path / "run"
     fit = [*TINY_FIT[:TINY_FIT.index("--epochs")], "--epochs", "500", *TINY_FIT[TINY_FIT.index("--epochs") + 2:]]
-    log = tmp_path / "stderr"
-    with open(log, "w") as stderr:
-        child = subprocess.Popen([sys.executable, "-m", "training", "fit", "--data", str(tiny_dataset), "--out",
-                                  str(out), *fit], stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        try:
-            deadline = time.monotonic() + 300
-            while "epoch 2 loss" not in log.read_text() and time.monotonic() < deadline and child.poll() is None:
-                time.sleep(0.05)
-            child.send_signal(getattr(signal, how))
-            summary, _ = child.communicate(timeout=300)
-        finally:
-            if child.poll() is None:
-                child.kill()
-    said = log.read_text()
-    assert child.returncode == 130, said[-2000:]
+    returncode, said, summary = _fit_signalled(tiny_dataset, out, fit, how, lambda log: "epoch 2 loss" in log)
+    assert returncode == 130, said[-2000:]
     last = said.strip().splitlines()[-1]
     assert last.startswith("error: stopped in epoch ") and f"{out} holds the model of the" in last, last
     written = json.loads((out / "summary.json").read_text())
@@ -617,29 +626,15 @@ def test_fit_stopped_once_training_has_ended_writes_the_run_whole_first(tiny_dat
     written, ended the command at once (exit 130, no word): the trained model was lost, or the run
     left without its summary, windowed scores or bundle, and the same command then refused the
     directory as a trained run. The signal is held until the run is written; a second would not be."""
-    import signal
-    import subprocess
-    import sys
-
     out = tmp_path / "run"
-    log = tmp_path / "stderr"
-    with open(log, "w") as stderr:
-        child = subprocess.Popen([sys.executable, "-m", "training", "fit", "--data", str(tiny_dataset), "--out",
-                                  str(out), *TINY_FIT], stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        try:
-            deadline = time.monotonic() + 300
-            # history.json: the first file written once training has ended
-            while not (out / "history.json").exists() and time.monotonic() < deadline and child.poll() is None:
-                time.sleep(0.01)
-            assert child.poll() is None and not (out / "summary.json").exists(), "signalled while the run was written"
-            child.send_signal(getattr(signal, how))
-            summary, _ = child.communicate(timeout=300)
-        finally:
-            if child.poll() is None:
-                child.kill()
-    said = log.read_text()
-    assert child.returncode == 130 and "Traceback" not in said, said[-2000:]
+
+    def still_writing(child) -> None:
+        assert child.poll() is None and not (out / "summary.json").exists(), "signalled while the run was written"
+
+    # history.json: the first file written once training has ended
+    returncode, said, summary = _fit_signalled(tiny_dataset, out, TINY_FIT, how,
+                                               lambda log: (out / "history.json").exists(), 0.01, still_writing)
+    assert returncode == 130 and "Traceback" not in said, said[-2000:]
     last = said.strip().splitlines()[-1]
     assert last.startswith("error: signal ") and f"{out} was written: it was written whole first" in last, last
     for name in ("metrics.json", "model.onnx", "windowed_metrics.json", "summary.json", "bundle/manifest.json"):

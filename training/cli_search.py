@@ -137,7 +137,7 @@ def hpo(
             try:
                 found = run_search(config, url, study, out, train_split, devel, pool_split)
             except KeyboardInterrupt:
-                raise console.error("interrupted: the running trial is marked failed; the same command goes on "
+                raise console.error("interrupted: a trial cut short is marked failed; the same command goes on "
                                     "with the study (the reference trials are queued again)", 130) from None
         return {"study": study, "storage": url, "progress": progress_line(found)}
 

@@ -35,6 +35,7 @@ from training.out_dirs import check_out_dir, write_whole
 from training.runs import run_config, save_run
 from training.search_dir import claim_trials_dir
 from training.train import OptimConfig, predict, train
+from training.trial_interrupts import TrialInterrupts
 
 log = logging.getLogger(__name__)
 
@@ -338,9 +339,12 @@ def run_search(config: SearchConfig, storage_url: str, study_name: str, run_dir:
     quiet = _QuietOnInterrupt()
     optuna_trials = logging.getLogger("optuna.study._optimize")   # the logger of Optuna's failed-trial warnings
     optuna_trials.addFilter(quiet)
+    interrupts = TrialInterrupts()
     try:
-        study.optimize(objective, catch=(), timeout=config.timeout_s,
-                       callbacks=[optuna.study.MaxTrialsCallback(config.n_trials, states=finished), show])
+        with interrupts.installed():
+            study.optimize(interrupts.objective(objective), catch=(), timeout=config.timeout_s,
+                           callbacks=[optuna.study.MaxTrialsCallback(config.n_trials, states=finished), show,
+                                      interrupts.stop_if_held])
     finally:
         optuna_trials.removeFilter(quiet)
     return study

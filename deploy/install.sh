@@ -389,7 +389,7 @@ precheck_settings() {
   # of another version it imported that one. What `edgemon config` imports, not edgemon.config
   # alone: a new version whose command line needs a dependency not installed yet failed the check
   # with ModuleNotFoundError, and the upgrade was refused as if the settings were at fault.
-  if (cd "$new" && PYTHONPATH="$new" "$python" -c 'import edgemon.cli, edgemon.sync.sender') >/dev/null 2>&1; then
+  if (cd "$new" && PYTHONPATH="$new" "$python" -c 'import edgemon.cli, edgemon.sync.service') >/dev/null 2>&1; then
     importable=1
     (cd "$new" && PYTHONPATH="$new" "$python" -m edgemon config --config "$(r $CONF)") >/dev/null && ok=1
   fi

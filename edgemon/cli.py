@@ -98,7 +98,7 @@ def show_config(ctx: typer.Context, config: ConfigOpt = None,
     """Print the settings in force and where each came from (file < environment < options).
     Setting options (--db X, --settle-s 3 ...) preview what a command given them would use."""
     from edgemon.config import parse_options
-    from edgemon.sync.sender import check_sync_url
+    from edgemon.sync.service import check_sync_url
 
     try:
         given = parse_options(ctx.args)

@@ -27,7 +27,7 @@ def sync(
     config: ConfigOpt = None,
 ):
     """Send every detection, file, coverage minute and heartbeat the fleet database lacks, once."""
-    from edgemon.sync.sender import forget_target as forget, sync_command
+    from edgemon.sync.service import forget_target as forget, sync_command
 
     try:
         if forget_target is not None:

@@ -26,7 +26,7 @@ from edgemon.storage.lock import hold_database
 from edgemon.storage.recovery import open_or_recover, refuse_another_file
 from edgemon.storage.store import Store
 from edgemon.storage.readonly import newest_device_id
-from edgemon.sync.sender import sync_in_background
+from edgemon.sync.service import sync_in_background
 
 log = logging.getLogger(__name__)
 TERMINAL_PROGRESS_S = 5.0   # backlog progress on a terminal; under systemd WatchConfig.progress_s

@@ -92,7 +92,7 @@ def test_a_bad_sync_url_is_named_by_its_source_where_sync_starts_and_by_config(t
     """A newcomer trial: the service refused such a URL naming neither file nor key, and `config`
     showed it. Loading the settings does not refuse it: a broken sync setting must not stop a
     unit recording or exporting (a review)."""
-    from edgemon.sync.sender import check_sync_url
+    from edgemon.sync.service import check_sync_url
 
     url = "postgresql://recorder:s3cret@10.0.0.5/fleet"
     from_env = load_settings(env={"EDGEMON_SYNC_URL": url}, default_path=None)   # loads: watch runs on
@@ -118,7 +118,7 @@ def test_a_password_in_the_sync_url_is_named_without_the_driver(url, monkeypatch
     """A newcomer trial: on the recorder-only install (no psycopg) `edgemon config` said nothing
     of a password in the URL, and the service only logged that the driver was missing."""
     from edgemon.sync import fleetdb
-    from edgemon.sync.sender import check_sync_url
+    from edgemon.sync.service import check_sync_url
 
     monkeypatch.setattr(fleetdb, "psycopg", None)
     settings = load_settings(env={"EDGEMON_SYNC_URL": url}, default_path=None)

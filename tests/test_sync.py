@@ -496,15 +496,15 @@ def test_the_services_own_sync_registers_the_bundle_it_runs_not_its_last_runs(fl
     heartbeat: after the settings named a new bundle, the first session took the last run's
     bundle from the newest heartbeat and registered it for a sync interval (15 min by default)."""
     from edgemon.config import load_settings
-    from edgemon.sync import sender
+    from edgemon.sync import sender, service
 
     db = make_recorder(tmp_path / "a.db", "site-07", files=1, seed=9)
     daemon_ran(db, "last-run", run_id="run-1")
     settings = load_settings(cli={"db": str(db), "device_id": "site-07", "sync_url": fleet.url}, env={},
                              default_path=None)
     configs = []
-    monkeypatch.setattr(sender, "run_sync", lambda db_path, info, config, stop: configs.append((info, config)))
-    with sender.sync_in_background(settings) as thread:
+    monkeypatch.setattr(service, "run_sync", lambda db_path, info, config, stop: configs.append((info, config)))
+    with service.sync_in_background(settings) as thread:
         thread.join(timeout=30)
     [(info, config)] = configs
     assert info.bundle_id and info.bundle_id != "last-run"
@@ -594,7 +594,8 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
 # --- the service's loop ------------------------------------------------------------------------
 
 def test_backoff_doubles_with_jitter_up_to_its_cap():
-    from edgemon.sync.sender import SyncConfig, backoff_s
+    from edgemon.sync.sender import SyncConfig
+    from edgemon.sync.service import backoff_s
 
     config = SyncConfig(url="postgresql://x@h/db", backoff_min_s=5, backoff_max_s=60)
     rng = random.Random(1)
@@ -606,7 +607,8 @@ def test_service_loop_waits_out_an_outage_then_sends_what_piled_up(fleet, tmp_pa
     import threading
 
     from edgemon.sync.fleetdb import DeviceInfo
-    from edgemon.sync.sender import SyncConfig, run_sync as service_loop
+    from edgemon.sync.sender import SyncConfig
+    from edgemon.sync.service import run_sync as service_loop
 
     db = make_recorder(tmp_path / "a.db", "rec-a", files=10, seed=11)
     config = SyncConfig(url=fleet.url, interval_s=0.2, backoff_min_s=0.2, backoff_max_s=0.5)
@@ -635,7 +637,8 @@ def test_the_service_waits_quietly_for_the_database_its_daemon_creates(fleet, tm
     import threading
 
     from edgemon.sync.fleetdb import DeviceInfo
-    from edgemon.sync.sender import SyncConfig, run_sync as service_loop
+    from edgemon.sync.sender import SyncConfig
+    from edgemon.sync.service import run_sync as service_loop
 
     db = tmp_path / "a.db"
     config = SyncConfig(url=fleet.url, interval_s=0.2, backoff_min_s=0.2, backoff_max_s=0.5)
@@ -685,7 +688,7 @@ def test_visit_reasons_name_each_rule():
 
 def test_site_settings_are_checked_and_sent(tmp_path):
     from edgemon.config import ConfigError, load_settings
-    from edgemon.sync.sender import device_info
+    from edgemon.sync.service import device_info
 
     settings = lambda **values: load_settings(None, values, env={}, default_path=None)
     info = device_info(settings(device_id="site-07", latitude=1.55, longitude=110.35, timezone="Asia/Kuching"))
@@ -701,7 +704,7 @@ def test_site_settings_are_checked_and_sent(tmp_path):
 def test_retrying_for_s_seconds_tries_once_more_at_the_end(monkeypatch):
     """`edgemon sync --retry-for-s 20` gave up after 12 s when the next backoff would pass 20 s, and
     missed a server back at 15 s (a newcomer trial)."""
-    from edgemon.sync import sender
+    from edgemon.sync import sender, service
     from edgemon.sync.fleetdb import DeviceInfo, UnreachableError
 
     now, tries, back_at = [0.0], [], [16.0]
@@ -715,15 +718,15 @@ def test_retrying_for_s_seconds_tries_once_more_at_the_end(monkeypatch):
     def sleep(seconds):
         now[0] += seconds
 
-    monkeypatch.setattr(sender, "sync_once", attempt)
-    monkeypatch.setattr(sender, "backoff_s", lambda failures, config: config.backoff_min_s * 2 ** (failures - 1))
+    monkeypatch.setattr(service, "sync_once", attempt)
+    monkeypatch.setattr(service, "backoff_s", lambda failures, config: config.backoff_min_s * 2 ** (failures - 1))
     config = sender.SyncConfig(url="", retry_for_s=20.0, backoff_min_s=5.0)
-    result = sender.sync_with_retries("x.db", DeviceInfo("rec", ""), config, sleep=sleep, clock=lambda: now[0])
+    result = service.sync_with_retries("x.db", DeviceInfo("rec", ""), config, sleep=sleep, clock=lambda: now[0])
     assert result.target == "fleet" and tries == [0.0, 5.0, 15.0, 20.0]
     # Never back: the last try is at the deadline, then the error.
     now[0], tries[:], back_at[0] = 0.0, [], float("inf")
     with pytest.raises(UnreachableError):
-        sender.sync_with_retries("x.db", DeviceInfo("rec", ""), config, sleep=sleep, clock=lambda: now[0])
+        service.sync_with_retries("x.db", DeviceInfo("rec", ""), config, sleep=sleep, clock=lambda: now[0])
     assert tries == [0.0, 5.0, 15.0, 20.0]
 
 
@@ -800,7 +803,7 @@ def test_the_service_loop_logs_an_unexpected_failure_with_its_traceback(monkeypa
     """Found by a review of the review and sync packages (thirty-second session): the service's loop logged every failure as its message
     alone, so a bug (a KeyError: "sync failed: 'bundle_id'") left no type and no place in the
     journal. A named failure (the server unreachable) stays one line."""
-    from edgemon.sync import sender
+    from edgemon.sync import sender, service
     from edgemon.sync.fleetdb import DeviceInfo, UnreachableError
 
     for failure, traceback in ((KeyError("bundle_id"), True), (UnreachableError("fleet: connection refused"), False)):
@@ -810,11 +813,11 @@ def test_the_service_loop_logs_an_unexpected_failure_with_its_traceback(monkeypa
             stop.set()
             raise failure
 
-        monkeypatch.setattr(sender, "sync_once", attempt)
-        monkeypatch.setattr(sender, "_created", lambda path: True)
+        monkeypatch.setattr(service, "sync_once", attempt)
+        monkeypatch.setattr(service, "_created", lambda path: True)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="edgemon.sync.sender"):
-            sender.run_sync("recorder.db", DeviceInfo("rec-a", ""), sender.SyncConfig(url=""), stop)
+        with caplog.at_level(logging.WARNING, logger="edgemon.sync.service"):
+            service.run_sync("recorder.db", DeviceInfo("rec-a", ""), sender.SyncConfig(url=""), stop)
         (said,) = [r for r in caplog.records if r.getMessage().startswith("sync failed")]
         assert bool(said.exc_info) is traceback, (failure, said.exc_info)
 
@@ -824,17 +827,17 @@ def test_a_sync_thread_that_does_not_stop_in_time_is_said(tmp_path, monkeypatch,
     and then went on as if it had stopped; one still in a session (a migration waiting on another
     recorder's, a link gone silent) was left without a word."""
     from edgemon.config import load_settings
-    from edgemon.sync import sender
+    from edgemon.sync import service
 
     db = make_recorder(tmp_path / "a.db", "site-07", files=1, seed=9)
     settings = load_settings(cli={"db": str(db), "device_id": "site-07",
                                   "sync_url": "postgresql://recorder@127.0.0.1:1/fleet"}, env={}, default_path=None)
     released = threading.Event()
-    monkeypatch.setattr(sender, "run_sync", lambda db_path, info, config, stop: released.wait(30))
-    monkeypatch.setattr(sender, "SYNC_STOP_WAIT_S", 0.2)
+    monkeypatch.setattr(service, "run_sync", lambda db_path, info, config, stop: released.wait(30))
+    monkeypatch.setattr(service, "SYNC_STOP_WAIT_S", 0.2)
     try:
-        with caplog.at_level(logging.WARNING, logger="edgemon.sync.sender"):
-            with sender.sync_in_background(settings) as thread:
+        with caplog.at_level(logging.WARNING, logger="edgemon.sync.service"):
+            with service.sync_in_background(settings) as thread:
                 pass
         assert thread.is_alive()
         assert any("still" in r.getMessage() and "0.2 s" in r.getMessage() for r in caplog.records), caplog.text

@@ -309,6 +309,14 @@ def test_page_audio_spectrogram_and_verdict_over_http(review_db):
         status, _, said = _get(base + "/api/precision?bundle=nosuch")
         assert status == 404 and "unknown bundle id 'nosuch'" in json.loads(said)["error"]
         assert _get(base + "/api/precision")[0] == 200
+        # The rows' latest verdicts, as the page asks for them (a colleague's among them).
+        status, _, said = _get(f"{base}/api/verdicts?ids={ids[0]},{ids[1]},{ids[2]}")
+        latest = json.loads(said)
+        assert status == 200 and latest[str(ids[1])]["new_label"] == "hornbill_rhino", latest
+        assert latest[str(ids[1])]["reviewer"] == "tester" and str(ids[2]) not in latest
+        for odd in ("x", "1.5", str(10 ** 20), ",".join(["1"] * 201)):
+            status, _, said = _get(f"{base}/api/verdicts?ids={odd}")
+            assert status == 400 and json.loads(said)["error"], odd
         # Another site's page cannot judge: no form/text POST, no cross-origin JSON.
         assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Content-Type": "text/plain"})[0] == 403
         assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Origin": "http://evil.example"})[0] == 403

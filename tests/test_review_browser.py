@@ -189,3 +189,24 @@ def test_on_a_narrow_screen_the_page_does_not_scroll_sideways(browser, review_db
             assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth;")
     finally:
         browser.set_window_size(size["width"], size["height"])
+
+
+def test_a_colleagues_verdict_shows_on_the_open_page(browser, review_db):
+    """A team trial: the verdicts another reviewer gave were seen only on reload, so two people
+    judged the same rows. The page asks for its rows' verdicts as it comes back into view (and
+    every few seconds while in view)."""
+    from edgemon.review.reviews import add_verdict
+
+    db, recordings = review_db
+    with review_server(db, recordings) as (base, _):
+        browser.get(base + "/?order=time")
+        rows = browser.find_elements(By.CSS_SELECTOR, "li.detection")
+        second = rows[1]
+        assert second.find_element(By.CSS_SELECTOR, ".verdict").text == ""
+        add_verdict(db, int(second.get_attribute("data-id")), "wrong", "colleague")
+        browser.execute_script("window.dispatchEvent(new Event('focus'));")
+        WebDriverWait(browser, 10).until(lambda b: "judged-wrong" in second.get_attribute("class"))
+        assert second.find_element(By.CSS_SELECTOR, ".verdict").text == "wrong (by colleague)"
+        _press(browser, "c")   # the page's own reviewer, on the first row: no "(by ...)"
+        WebDriverWait(browser, 10).until(lambda b: "judged-correct" in rows[0].get_attribute("class"))
+        assert rows[0].find_element(By.CSS_SELECTOR, ".verdict").text == "correct"

@@ -404,10 +404,21 @@ def create_app(config: ReviewConfig) -> Starlette:
         return JSONResponse([dataclasses.asdict(c) | {"precision": c.precision} for c in
                              reviews.precision_by_class(config.db, bundle)])
 
+    def verdicts_now(request: Request) -> Response:
+        """``/api/verdicts?ids=1,2,3``: the latest verdict on each that has one, by id."""
+        try:
+            ids = [reviews.valid_id(int(i)) for i in request.query_params.get("ids", "").split(",") if i.strip()]
+        except (ValueError, reviews.ReviewError):
+            return JSONResponse({"error": "ids: detection ids separated by commas"}, status_code=400)
+        if len(ids) > reviews.MAX_IDS_ASKED:
+            return JSONResponse({"error": f"at most {reviews.MAX_IDS_ASKED} ids at a time"}, status_code=400)
+        return JSONResponse({str(i): v for i, v in reviews.latest_verdicts_of(config.db, ids).items()})
+
     routes = [
         Route("/", index), Route("/charts", charts_page),
         Route("/detections/{id:int}/audio.wav", audio), Route("/detections/{id:int}/spectrogram.png", spectrogram),
         Route("/api/verdict", verdict, methods=["POST"]), Route("/api/precision", precision),
+        Route("/api/verdicts", verdicts_now),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [Middleware(BrowserGuard)]

@@ -271,6 +271,29 @@ def detections_since(db_path: Path, upto: int, *, label: str | None = None, day:
                             [upto, *params]).fetchone()[0]
 
 
+MAX_IDS_ASKED = 200   # a page holds 50: the latest verdicts of a few pages at most, per request
+
+
+def latest_verdicts_of(db_path: Path, ids: list[int]) -> dict[int, dict]:
+    """The latest verdict, by anyone, on each of the detections ``ids`` that has one: ``verdict``,
+    ``new_label``, ``reviewer``. The page asks for its rows' now and then: a team's verdicts were
+    seen by the others only on reload, and two reviewers judged the same rows (a team trial)."""
+    ids = [valid_id(i) for i in ids]
+    if len(ids) > MAX_IDS_ASKED:
+        raise ReviewError(f"at most {MAX_IDS_ASKED} detections at a time, not {len(ids)}")
+    if not ids:
+        return {}
+    with closing(open_read_only(db_path, ReviewError)) as conn:
+        if not has_table(conn, "reviews"):
+            return {}
+        rows = conn.execute(f"""
+            SELECT d.id, v.verdict, v.new_label, v.reviewer FROM detections d JOIN ({LATEST_VERDICTS}) v
+                ON v.source = d.source AND v.start_s = d.start_s AND v.label = d.label AND v.bundle_id = d.bundle_id
+            WHERE d.id IN ({', '.join('?' * len(ids))})""", ids).fetchall()
+    return {row["id"]: {"verdict": row["verdict"], "new_label": row["new_label"], "reviewer": row["reviewer"]}
+            for row in rows}
+
+
 def valid_id(value) -> int:
     """``value`` as a detection id: a whole number SQLite can hold (not 1.7, not true, not 10^20);
     ReviewError otherwise."""

@@ -3,6 +3,8 @@
 (function () {
   "use strict";
   const rows = Array.from(document.querySelectorAll("li.detection"));
+  const list = document.querySelector("ol.detections");
+  const reviewer = list ? list.dataset.reviewer : "";
   const relabel = document.getElementById("relabel");
   const labelButtons = Array.from(relabel.querySelectorAll("button[data-label]"));
   let current = -1;
@@ -37,13 +39,40 @@
     });
     const body = await response.json();
     if (!response.ok) { alert(body.error || "verdict not stored"); return; }
-    row.className = row.className.replace(/\bjudged-\w+/g, "").trim() + " judged-" + body.verdict;
-    row.querySelector(".verdict").textContent =
-      body.verdict === "relabel" ? "relabel → " + body.new_label : body.verdict;
-    row.dataset.verdict = body.verdict;
+    showVerdict(row, body);
     // On to the next row only from the row judged: a key pressed twice before the answer came
     // moved two rows on, the row between never seen.
     if (current === judged) select(judged + 1);
+    refreshFromServer();
+  }
+
+  function showVerdict(row, v) {
+    row.className = row.className.replace(/\bjudged-\w+/g, "").trim() + (v ? " judged-" + v.verdict : "");
+    row.dataset.verdict = v ? v.verdict : "";
+    row.querySelector(".verdict").textContent = !v ? "" :
+      (v.verdict === "relabel" ? "relabel → " + v.new_label : v.verdict) +
+      (v.reviewer !== reviewer ? " (by " + v.reviewer + ")" : "");
+  }
+
+  // The rows' latest verdicts, whoever gave them: a team's verdicts were seen by the others only
+  // on reload, and two reviewers judged the same rows (a team trial). Asked after each verdict,
+  // every REFRESH_MS while the page is in view, and when it comes back into view; as for the
+  // precision, only the answer to the latest request is shown.
+  const REFRESH_MS = 15000;
+  let verdictsAsked = 0;
+  async function refreshVerdicts() {
+    if (!rows.length) return;
+    const asked = ++verdictsAsked;
+    const response = await fetch("/api/verdicts?ids=" + rows.map(function (r) { return r.dataset.id; }).join(","),
+                                 { credentials: "same-origin" });
+    if (!response.ok) return;
+    const latest = await response.json();
+    if (asked !== verdictsAsked) return;
+    rows.forEach(function (row) { showVerdict(row, latest[row.dataset.id] || null); });
+  }
+
+  function refreshFromServer() {
+    refreshVerdicts();
     refreshPrecision();
   }
 
@@ -118,5 +147,10 @@
     button.addEventListener("click", function () { openRelabel(false); judge("relabel", button.dataset.label); });
   });
   relabel.querySelector("button[data-cancel]").addEventListener("click", function () { openRelabel(false); });
+  setInterval(function () { if (document.visibilityState === "visible") refreshFromServer(); }, REFRESH_MS);
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible") refreshFromServer();
+  });
+  window.addEventListener("focus", refreshFromServer);
   if (rows.length) select(0);
 })();

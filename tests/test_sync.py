@@ -665,6 +665,22 @@ def test_service_refuses_a_sync_url_with_a_password_before_logging_settings(tmp_
     assert "hunter2" not in result.stdout + result.stderr
 
 
+def test_a_client_keys_passphrase_in_the_url_is_refused_like_a_password(tmp_path):
+    """A security trial: ``?sslpassword=`` (the client key's passphrase, libpq's other secret) was
+    taken, shown by `edgemon config` and written to the journal with the service's settings."""
+    url = "postgresql://recorder@127.0.0.1/fleet?sslkey=/etc/edgemon/unit.key&sslpassword=hunter2"
+    config = tmp_path / "edgemon.toml"
+    config.write_text(f'[sync]\nsync_url = "{url}"\n')
+    shown = subprocess.run([sys.executable, "-m", "edgemon", "config", "--config", str(config)],
+                           capture_output=True, text=True, timeout=60)
+    assert_one_line_refusal(shown, "sslpassword")
+    db = make_recorder(tmp_path / "a.db", "rec-a", files=1)
+    for refused in (shown, run_sync(db, url)):
+        assert "hunter2" not in refused.stdout + refused.stderr
+        assert "passphrase" in refused.stderr, refused.stderr
+    assert "passphrase" in run_sync(db, url.replace("&sslkey=/etc/edgemon/unit.key", "")).stderr
+
+
 def test_visit_reasons_name_each_rule():
     import datetime as dt
 

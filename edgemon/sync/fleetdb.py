@@ -97,17 +97,25 @@ class LineageMovedError(FleetDbError):
 
 PASSWORD_IN_URL = ("the fleet database URL holds a password: put it in a 0600 passfile (~/.pgpass, $PGPASSFILE "
                    "or ?passfile=PATH) or $PGPASSWORD, never in the URL")
+# libpq's other secret: the passphrase of the client key (sslpassword). In the URL it reached the
+# settings file, `edgemon config`'s output and the journal (the service logs its settings).
+SSLPASSWORD_IN_URL = ("the fleet database URL holds the client key's passphrase (sslpassword): give the service "
+                      "a key without one (0600, owned by its user), never the passphrase in the URL")
 
 
-def _password_in(url: str) -> bool:
-    """Whether a postgresql:// URL carries a password (user:pw@ or ?password=), read without
-    libpq: what ``conninfo_to_dict`` finds there."""
+def _secret_in(url: str) -> str | None:
+    """The refusal of a postgresql:// URL that carries a password (user:pw@ or ?password=) or a
+    key's passphrase (?sslpassword=), read without libpq: what ``conninfo_to_dict`` finds there;
+    None when it carries neither."""
     parts = urllib.parse.urlsplit(url)
     try:
         in_netloc = bool(parts.password)
     except ValueError:
         in_netloc = False
-    return in_netloc or any(value for key, value in urllib.parse.parse_qsl(parts.query) if key == "password")
+    query = {key for key, value in urllib.parse.parse_qsl(parts.query) if value}
+    if in_netloc or "password" in query:
+        return PASSWORD_IN_URL
+    return SSLPASSWORD_IN_URL if "sslpassword" in query else None
 
 
 def check_url(url: str, *, passfile: bool = True) -> dict[str, str]:
@@ -119,8 +127,8 @@ def check_url(url: str, *, passfile: bool = True) -> dict[str, str]:
     if not url.startswith(("postgresql://", "postgres://")):
         raise SyncUrlError("a fleet database is given as a postgresql:// URL")
     if psycopg is None:   # the URL's own faults first: `edgemon config` on a recorder-only install names them
-        if _password_in(url):
-            raise SyncUrlError(PASSWORD_IN_URL)
+        if refusal := _secret_in(url):
+            raise SyncUrlError(refusal)
         raise FleetDbError("sync needs the PostgreSQL driver: pip install 'edgemon[sync]'")
     try:
         params = conninfo.conninfo_to_dict(url)
@@ -128,6 +136,8 @@ def check_url(url: str, *, passfile: bool = True) -> dict[str, str]:
         raise SyncUrlError("sync URL is not a valid PostgreSQL URL") from None
     if params.get("password"):
         raise SyncUrlError(PASSWORD_IN_URL)
+    if params.get("sslpassword"):
+        raise SyncUrlError(SSLPASSWORD_IN_URL)
     _check_values(params)
     named = params.get("passfile") or os.environ.get("PGPASSFILE")
     if named:  # named, so meant: libpq would silently skip it and report "no password supplied"

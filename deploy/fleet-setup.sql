@@ -4,8 +4,17 @@
 -- password (ALTER ROLE ... PASSWORD) or another authentication method in pg_hba.conf.
 CREATE ROLE recorder LOGIN;
 CREATE ROLE analyst LOGIN;
-CREATE DATABASE fleet OWNER recorder;
+-- Owned by the superuser, not by `recorder`: a database's owner may ALTER DATABASE (a search_path
+-- for every session, the superuser's too) and, from PostgreSQL 15, owns its schema public, where a
+-- function put before pg_catalog's would run with the rights of whoever calls it.
+CREATE DATABASE fleet;
 \connect fleet
 CREATE SCHEMA edgemon AUTHORIZATION recorder;
+-- PostgreSQL 14 and older let every role create objects in schema public (15 no longer does).
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE ON SCHEMA edgemon TO analyst;
 ALTER DEFAULT PRIVILEGES FOR ROLE recorder IN SCHEMA edgemon GRANT SELECT ON TABLES TO analyst;
+-- One login per recorder, so that a unit lost or stolen is shut out alone (ALTER ROLE site07
+-- NOLOGIN) while the others keep their passwords: each logs in as itself and acts as `recorder`.
+--   CREATE ROLE site07 LOGIN IN ROLE recorder;
+--   ALTER ROLE site07 SET role TO recorder;

@@ -571,6 +571,22 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
         with psycopg.connect(as_user("analyst", "fleet"), autocommit=True) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):   # reads only
                 conn.execute("DELETE FROM edgemon.detections")
+        # A security trial: `recorder` owned the database, so any unit's credentials could set a
+        # search_path for every session (the superuser's too) and put functions in schema public
+        # before pg_catalog's, to be run with the rights of whoever called them.
+        with psycopg.connect(as_user("recorder", "fleet"), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("ALTER DATABASE fleet SET search_path = public, pg_catalog")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1'")
+        # A unit's own login, as the file's comment shows it, syncs as `recorder`.
+        with server.connect() as conn:
+            for line in setup.read_text().splitlines():
+                statement = line.removeprefix("--").strip().rstrip(";")
+                if statement.startswith(("CREATE ROLE site07", "ALTER ROLE site07")):
+                    conn.execute(statement)
+        unit = make_recorder(tmp_path / "u.db", "site-07", files=1, seed=5)
+        assert run_sync(unit, as_user("site07", "fleet"), device_id="site-07").returncode == 0
         # A role with row grants only (not the schema's owner) still syncs where the views are
         # behind this edgemon's revision: they wait for the owner (a review saw the sync refused).
         with psycopg.connect(as_user("postgres", "fleet"), autocommit=True) as conn:

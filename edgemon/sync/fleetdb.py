@@ -243,7 +243,10 @@ def migrate(conn: psycopg.Connection) -> int:
         found = schema_version(conn)
         check_version(found)
         if found < SCHEMA_VERSION:
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            # Only when missing: IF NOT EXISTS still asks for CREATE on the database, which a
+            # recorder's role lacks where the superuser owns it (deploy/fleet-setup.sql).
+            if conn.execute("SELECT to_regnamespace(%s)", [SCHEMA]).fetchone()[0] is None:
+                conn.execute(f"CREATE SCHEMA {SCHEMA}")
             conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version "
                          "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
             for version in range(found + 1, SCHEMA_VERSION + 1):

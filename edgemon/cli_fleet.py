@@ -73,3 +73,21 @@ def fleet_status(
         raise fail(exc)
     as_json = as_json or fmt is TextFormat.json
     typer.echo(json.dumps(report, indent=2, default=str) if as_json else format_fleet(report), nl=as_json)
+
+
+@fleet_app.command("migrate")
+def fleet_migrate(
+    db: Annotated[str, typer.Option("--db", help="Fleet database, postgresql://OWNER@host/db, as the owner of schema edgemon (no password in it).")],
+):
+    """Create or migrate the fleet schema and its views to this edgemon's, as the schema's owner.
+    Where recorders only write rows (deploy/fleet-setup.sql), run it before they sync, and after
+    each upgrade of edgemon, before the upgraded recorders sync."""
+    from edgemon.sync.fleet_migrate import migrate_fleet
+    from edgemon.sync.fleetdb import SyncUrlError
+
+    try:
+        typer.echo(migrate_fleet(db))
+    except SyncUrlError as exc:
+        raise fail(SyncUrlError(f"option --db: {exc}"))
+    except EdgemonError as exc:
+        raise fail(exc)

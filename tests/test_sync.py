@@ -554,6 +554,7 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
     setup = Path(__file__).resolve().parents[1] / "deploy" / "fleet-setup.sql"
     text = "\n".join(line for line in setup.read_text().splitlines() if not line.startswith("--"))
     on_server, in_fleet = ([s.strip() for s in part.split(";") if s.strip()] for part in text.split("\\connect fleet"))
+    edgemon = [sys.executable, "-m", "edgemon"]
     with fleet_server() as server:
         parts = urlsplit(server.url)
         as_user = lambda user, db: urlunsplit(parts._replace(netloc=f"{user}@{parts.hostname}:{parts.port}", path=f"/{db}"))
@@ -564,21 +565,35 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
             for statement in in_fleet:             # in the fleet database
                 conn.execute(statement)
         db = make_recorder(tmp_path / "r.db", "site-01", files=3, seed=3)
+        # Before the administrator made the schema: one line saying who must, and nothing lost.
+        before = local_state(db)
+        assert_one_line_refusal(run_sync(db, as_user("recorder", "fleet"), device_id="site-01"),
+                                "edgemon fleet migrate", "role recorder may not migrate it")
+        assert local_state(db) == before
+        migrate = lambda user: subprocess.run([*edgemon, "fleet", "migrate", "--db", as_user(user, "fleet")],
+                                              capture_output=True, text=True, timeout=120)
+        made = migrate("fleet_admin")
+        assert made.returncode == 0 and f"fleet schema version 0 -> {fleetdb.SCHEMA_VERSION}" in made.stdout, made.stderr
         assert run_sync(db, as_user("recorder", "fleet"), device_id="site-01").returncode == 0
-        out = subprocess.run([sys.executable, "-m", "edgemon", "fleet", "status", "--db", as_user("analyst", "fleet")],
-                             capture_output=True, text=True, timeout=60)
+        status = [*edgemon, "fleet", "status", "--db", as_user("analyst", "fleet")]
+        out = subprocess.run(status, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "site-01" in out.stdout, out.stderr
         with psycopg.connect(as_user("analyst", "fleet"), autocommit=True) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):   # reads only
                 conn.execute("DELETE FROM edgemon.detections")
-        # A security trial: `recorder` owned the database, so any unit's credentials could set a
-        # search_path for every session (the superuser's too) and put functions in schema public
-        # before pg_catalog's, to be run with the rights of whoever called them.
-        with psycopg.connect(as_user("recorder", "fleet"), autocommit=True) as conn:
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute("ALTER DATABASE fleet SET search_path = public, pg_catalog")
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute("CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1'")
+        # A security trial: `recorder` owned the database and the schema, so any unit's credentials
+        # could set a search_path for every session (the superuser's too), put functions in schema
+        # public before pg_catalog's, or replace a view with one calling a function of its own,
+        # to be run with the rights of whoever read it (the superuser's: it made itself one).
+        for statement in ("ALTER DATABASE fleet SET search_path = public, pg_catalog",
+                          "CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1'",
+                          "CREATE FUNCTION edgemon.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+                          "CREATE OR REPLACE VIEW edgemon.recorder_health AS SELECT 1 AS x",
+                          "ALTER TABLE edgemon.detections ADD COLUMN x int", "DROP TABLE edgemon.detections",
+                          "DROP SCHEMA edgemon CASCADE"):
+            with psycopg.connect(as_user("recorder", "fleet"), autocommit=True) as conn:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
         # A unit's own login, as the file's comment shows it, syncs as `recorder`.
         with server.connect() as conn:
             for line in setup.read_text().splitlines():
@@ -587,23 +602,20 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
                     conn.execute(statement)
         unit = make_recorder(tmp_path / "u.db", "site-07", files=1, seed=5)
         assert run_sync(unit, as_user("site07", "fleet"), device_id="site-07").returncode == 0
-        # A role with row grants only (not the schema's owner) still syncs where the views are
-        # behind this edgemon's revision: they wait for the owner (a review saw the sync refused).
+        # Views behind this edgemon's revision: recorders sync on; they wait for the schema's owner
+        # (a review saw the sync refused), and `fleet migrate` by another role says it cannot.
         with psycopg.connect(as_user("postgres", "fleet"), autocommit=True) as conn:
-            conn.execute("CREATE ROLE row_writer LOGIN")
-            conn.execute("GRANT USAGE ON SCHEMA edgemon TO row_writer")
-            conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA edgemon TO row_writer")
-            conn.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA edgemon TO row_writer")
             conn.execute("DELETE FROM edgemon.view_revision")
         other = make_recorder(tmp_path / "o.db", "site-02", files=2, seed=4)
-        done = run_sync(other, as_user("row_writer", "fleet"), device_id="site-02")
+        done = run_sync(other, as_user("recorder", "fleet"), device_id="site-02")
         assert done.returncode == 0 and "fleet views left at revision 0" in done.stderr, done.stderr
-        status = [sys.executable, "-m", "edgemon", "fleet", "status", "--db", as_user("analyst", "fleet")]
         out = subprocess.run(status, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "note: the fleet views are revision 0" in out.stdout, out.stderr
-        assert run_sync(db, as_user("recorder", "fleet"), device_id="site-01").returncode == 0   # the owner revises
-        with psycopg.connect(as_user("analyst", "fleet"), autocommit=True) as conn:
-            assert conn.execute("SELECT max(revision) FROM edgemon.view_revision").fetchone()[0] >= 1
+        refused = migrate("recorder")
+        assert refused.returncode == 1 and "may not replace them" in refused.stderr, refused.stderr
+        revised = migrate("fleet_admin")
+        assert revised.returncode == 0 and "views revision 0 ->" in revised.stdout, revised.stderr
+        assert "(as it was)" in migrate("fleet_admin").stdout
         assert "note: the fleet views" not in subprocess.run(status, capture_output=True, text=True, timeout=60).stdout
 
 

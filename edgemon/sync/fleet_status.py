@@ -68,7 +68,8 @@ def collect_fleet(url: str, rules: VisitRules = VisitRules(), days: int = 7, all
             version = fleetdb.schema_version(conn)
             fleetdb.check_version(version)
             if version == 0:
-                raise FleetDbError("the fleet database has no edgemon schema yet: run `edgemon sync` first")
+                raise FleetDbError("the fleet database has no edgemon schema yet: run `edgemon fleet migrate` as the "
+                                   "owner of schema edgemon, or `edgemon sync` where a recorder owns it")
             now = now or conn.execute("SELECT now()").fetchone()[0]
             rows = lambda sql, *args: _dicts(conn.execute(sql, args))
             # From version 4: a database superseded by its new lineage (restored from a backup:
@@ -119,10 +120,10 @@ def collect_fleet(url: str, rules: VisitRules = VisitRules(), days: int = 7, all
 def format_fleet(report: dict) -> str:
     """The report as text tables, recorders needing a visit first."""
     lines = [f"fleet database schema v{report['schema_version']}, {len(report['health'])} recorder database(s)"]
-    if report["view_revision"] < len(VIEW_REVISIONS):   # revised by the schema's owner at its next sync
+    if report["view_revision"] < len(VIEW_REVISIONS):   # revised by the schema's owner (fleet migrate, or a sync)
         lines.append(f"note: the fleet views are revision {report['view_revision']}, this edgemon's "
-                     f"{len(VIEW_REVISIONS)}: these figures follow the older views until a recorder of this "
-                     f"edgemon syncs as the schema's owner (README, \"The fleet database\")")
+                     f"{len(VIEW_REVISIONS)}: these figures follow the older views until the schema's owner runs "
+                     f"`edgemon fleet migrate` of this edgemon (README, \"The fleet database\")")
     need = [h for h in report["health"] if h["visit"]]
     lines.append(f"\nNEEDS A VISIT ({len(need)}):" if need else "\nno recorder needs a visit")
     for h in need:

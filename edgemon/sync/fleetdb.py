@@ -84,6 +84,10 @@ class SchemaNewerError(FleetDbError):
     """The fleet database's schema is newer than this edgemon knows."""
 
 
+class SchemaBehindError(FleetDbError):
+    """The fleet database's schema is older than this edgemon's, and this role may not migrate it."""
+
+
 class BusyError(FleetDbError):
     """Another sync of the same recorder database is running."""
 
@@ -243,23 +247,37 @@ def migrate(conn: psycopg.Connection) -> int:
         found = schema_version(conn)
         check_version(found)
         if found < SCHEMA_VERSION:
-            # Only when missing: IF NOT EXISTS still asks for CREATE on the database, which a
-            # recorder's role lacks where the superuser owns it (deploy/fleet-setup.sql).
-            if conn.execute("SELECT to_regnamespace(%s)", [SCHEMA]).fetchone()[0] is None:
-                conn.execute(f"CREATE SCHEMA {SCHEMA}")
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version "
-                         "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-            for version in range(found + 1, SCHEMA_VERSION + 1):
-                conn.execute(MIGRATIONS[version - 1])
-                conn.execute(f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (%s)", [version])
+            try:
+                with conn.transaction():
+                    _migrate_schema(conn, found)
+            except psycopg.errors.InsufficientPrivilege:
+                # A recorder that only writes rows (deploy/fleet-setup.sql): the schema's owner
+                # migrates it, and this recorder's rows wait on the unit until then.
+                (user,) = conn.execute("SELECT current_user").fetchone()
+                raise SchemaBehindError(
+                    f"the fleet database's schema is version {found}, this edgemon's {SCHEMA_VERSION}, and role "
+                    f"{user} may not migrate it: the owner of schema {SCHEMA} runs `edgemon fleet migrate --db "
+                    f"postgresql://OWNER@HOST/DB` (nothing is lost: the rows wait here until then)") from None
         try:
             with conn.transaction():   # a savepoint: a role that may not replace views still syncs
                 _revise_views(conn)
         except psycopg.errors.InsufficientPrivilege as exc:
             log.warning("fleet views left at revision %d (this edgemon's: %d): %s; the role that owns "
-                        "schema %s revises them at its next sync", view_revision(conn), len(VIEW_REVISIONS),
-                        str(exc).splitlines()[0], SCHEMA)
+                        "schema %s revises them (`edgemon fleet migrate`, or its next sync)", view_revision(conn),
+                        len(VIEW_REVISIONS), str(exc).splitlines()[0], SCHEMA)
     return found
+
+
+def _migrate_schema(conn: psycopg.Connection, found: int) -> None:
+    # Only when missing: IF NOT EXISTS still asks for CREATE on the database, which a recorder's
+    # role lacks where the superuser owns it (deploy/fleet-setup.sql).
+    if conn.execute("SELECT to_regnamespace(%s)", [SCHEMA]).fetchone()[0] is None:
+        conn.execute(f"CREATE SCHEMA {SCHEMA}")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version "
+                 "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        conn.execute(MIGRATIONS[version - 1])
+        conn.execute(f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (%s)", [version])
 
 
 def view_revision(conn: psycopg.Connection) -> int:

@@ -24,7 +24,8 @@ from edgemon.errors import EdgemonError
 from edgemon.safetext import shown
 from edgemon.storage.readonly import connect_read_only, newest_device_id
 from edgemon.sync import fleetdb
-from edgemon.sync.fleetdb import AuthError, BusyError, DeviceInfo, SchemaNewerError, SyncUrlError, UnreachableError
+from edgemon.sync.fleetdb import (AuthError, BusyError, DeviceInfo, SchemaBehindError, SchemaNewerError, SyncUrlError,
+                                  UnreachableError)
 from edgemon.sync.outbox import Outbox, OutboxError
 from edgemon.sync.sender import Sent, SnapshotConfig, SyncConfig, SyncResult, sync_once
 
@@ -108,8 +109,9 @@ def run_sync(db_path: str | Path, info: DeviceInfo, config: SyncConfig, stop: th
             failures, last, wait = 0, None, config.interval_s
         except Exception as e:  # a per-session boundary: the daemon's own work must go on
             failures += 1
-            # Wrong credentials or a newer server will not mend themselves soon: try seldom.
-            permanent = isinstance(e, (AuthError, SchemaNewerError, SyncUrlError))
+            # Wrong credentials, a newer server or one its owner has yet to migrate will not mend
+            # themselves soon: try seldom.
+            permanent = isinstance(e, (AuthError, SchemaNewerError, SchemaBehindError, SyncUrlError))
             wait = config.backoff_max_s if permanent else backoff_s(failures, config)
             # Once per episode, and again whenever the kind of failure changes.
             if failures == 1 or permanent or type(e) is not type(last):

@@ -1,0 +1,29 @@
+"""``edgemon fleet migrate``: the fleet schema and views brought to this edgemon's by their owner,
+where recorders only write rows and so cannot migrate them (deploy/fleet-setup.sql)."""
+
+from __future__ import annotations
+
+from edgemon.sync import fleetdb
+from edgemon.sync.fleetschema import SCHEMA, SCHEMA_VERSION
+from edgemon.sync.fleetviews import VIEW_REVISIONS
+
+
+def migrate_fleet(url: str) -> str:
+    """Migrate the fleet database at ``url``; what it was and is now, as a line. A role that may
+    not migrate the schema or revise the views is an error, not a warning: migrating is asked."""
+    where = fleetdb.target_name(fleetdb.check_url(url))
+    try:
+        with fleetdb.connect(url) as conn:
+            views_before = fleetdb.view_revision(conn) if fleetdb.schema_version(conn) else 0
+            schema_before = fleetdb.migrate(conn)
+            views_now = fleetdb.view_revision(conn)
+            (user,) = conn.execute("SELECT current_user").fetchone()
+    except fleetdb.DRIVER_ERRORS as e:
+        raise fleetdb.classify(e, where) from None
+    if views_now < len(VIEW_REVISIONS):
+        raise fleetdb.SchemaBehindError(
+            f"{where}: the fleet views stay at revision {views_now} (this edgemon's: {len(VIEW_REVISIONS)}): role "
+            f"{user} may not replace them; run this as the owner of schema {SCHEMA}")
+    said = lambda before, now: f"{before} (as it was)" if before == now else f"{before} -> {now}"
+    return (f"{where}: fleet schema version {said(schema_before, SCHEMA_VERSION)}, views revision "
+            f"{said(views_before, views_now)}")

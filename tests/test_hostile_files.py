@@ -464,6 +464,33 @@ def test_a_file_that_cannot_be_stated_is_tried_like_an_unreadable_file(tmp_path)
     assert (state, attempts, error) == ("quarantined", 3, "cannot stat: Permission denied")
 
 
+@pytest.mark.skipif(bool(UNPRIVILEGED) and shutil.which("setpriv") is None, reason="root without setpriv")
+def test_an_analysed_recording_that_cannot_be_stated_for_a_while_keeps_its_ledger_row(tmp_path):
+    """Found in review: a recording analysed already whose directory could be listed but not
+    entered for a while became a failed attempt, then 'quarantined' with size 0: gone from
+    ``--recordings`` (the effort), listed by status as a problem, and analysed again once mended."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    recording(root / "listable" / "20240701_070000.WAV")
+    watch = [sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db), "--until-idle", "--settle-s",
+             "0", "--rescan-s", "0.1", "--retry-s", "0.1"]
+    run = subprocess.run(watch, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    analysed = query(db, "SELECT * FROM files")
+    (root / "listable").chmod(0o644)                            # listed, but its file cannot be reached
+    try:
+        run = subprocess.run([*UNPRIVILEGED, *watch], cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        (root / "listable").chmod(0o755)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("cannot stat") == 1, run.stderr      # said once, not tried three times
+    assert "analysed already" in run.stderr and "quarantined" not in run.stderr, run.stderr
+    assert query(db, "SELECT * FROM files") == analysed          # the ledger row as it was
+    run = subprocess.run(watch, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "0 file(s) analysed this run" in run.stderr, run.stderr   # reachable again: not analysed again
+    assert query(db, "SELECT * FROM files") == analysed
+
+
 def test_a_recording_named_at_the_end_of_the_calendar_is_stored_without_times(tmp_path):
     """Found in review: '99991231_235959.WAV' is a (suspect) start time whose detections' ends
     overflow the calendar; the OverflowError escaped the per-file handling, and the file,

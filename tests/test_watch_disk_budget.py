@@ -164,6 +164,34 @@ def test_a_commit_the_disk_refused_is_not_taken_for_a_death(tmp_path, caplog):
     assert seen_open == []   # status, during the retry, counts no death either (a review)
 
 
+def test_a_refused_failure_record_is_not_taken_for_a_death(tmp_path, caplog):
+    """Found in review: a file that failed to decode, whose failure the database then refused to
+    record (locked past the busy timeout, a full disk), was said at its retry to have been "cut
+    short (edgemon stopped, or the analysis died)" and was analysed in a separate process, as a
+    refused commit was before (test above)."""
+    import sqlite3
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    root.mkdir()
+    (root / "20240201_060000.WAV").write_bytes(b"this is a shopping list, not audio\n" * 50)
+    with Store(db) as store:
+        record_failure = store.record_failure
+        refusals = [1]
+
+        def locked_once(*args, **kwargs):
+            if refusals:
+                refusals.pop()
+                raise sqlite3.OperationalError("database is locked")
+            return record_failure(*args, **kwargs)
+
+        store.record_failure = locked_once
+        watcher = Watcher(fast_config(root, settle_s=0.0), analyzer(), store)
+        run_for_at_most(watcher, 60)
+    assert not refusals
+    assert query(db, "SELECT state, attempts FROM files") == [("quarantined", 3)]
+    assert "database write failed" in caplog.text and "cut short" not in caplog.text
+
+
 def _a_full_database_error():
     """SQLite's own error for a full database (SQLITE_FULL), from a database held to one page."""
     import contextlib

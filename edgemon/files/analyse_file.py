@@ -83,7 +83,8 @@ class FileAnalysis:
 
     def analyse(self, path: Path, source: str, st: os.stat_result, note: str | None = None) -> Outcome:
         """Analyse one stable file and commit it with its detections, or record its failure. A
-        refused commit (``sqlite3.OperationalError``) is raised: the watcher holds work on it."""
+        refused commit or failure record (``sqlite3.OperationalError``) is raised: the watcher holds
+        work on it."""
         digest, tail = digests(path)   # before the analysis: what is analysed is at least this file
         decoded = samples_digest(path)
         interrupted = self.store.begin_attempt(source, path=path, size=st.st_size, mtime_ns=mtime_ns(st),
@@ -106,7 +107,13 @@ class FileAnalysis:
             log.info("%s: analysis stopped with the daemon", shown(source))
             return Outcome()
         except Exception as exc:  # a per-file boundary: record it against the file and go on
-            return self._failed(path, source, st, exc)
+            try:
+                return self._failed(path, source, st, exc)
+            except sqlite3.OperationalError:
+                # Its record refused, as a commit can be (below): the attempt left open is no
+                # death (a review: the retry said "cut short" and ran in a separate process).
+                self.refused.add(source)
+                raise
         if when.source == "mtime":
             self._say_timed_by_mtime(source, when)
         elif when.suspect:   # a recorder's clock unset or ahead: said, as status says it after

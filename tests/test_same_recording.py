@@ -52,6 +52,36 @@ def test_a_recording_moved_or_renamed_inside_the_tree_is_not_analysed_again(tmp_
     assert watch_until_idle(root, db).processed == 0    # and at the next start
 
 
+def test_a_recording_moved_back_to_its_name_is_where_the_ledger_says(tmp_path, duet):
+    """Found in review: moved into a folder (the ledger followed it), then moved back, a recording
+    kept the folder as its ledger path: reanalyse said it was no longer on disk, the review page
+    found no audio for its detections."""
+    from edgemon.storage.readonly import recording_path
+
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    original = write_wav(root / "20230201_053000.WAV", duet)
+    assert watch_until_idle(root, db).processed == 1
+    before = query(db, DETECTIONS)
+    (root / "day1").mkdir()
+    os.rename(original, root / "day1" / original.name)
+    assert watch_until_idle(root, db).processed == 0
+    os.rename(root / "day1" / original.name, original)            # and back
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, "SELECT source, path FROM files") == [(original.name, str(original))]
+    row = dict(zip(("source", "file_path", "file_size", "file_fingerprint", "file_tail_digest"),
+                   query(db, "SELECT source, path, size, fingerprint, tail_digest FROM files")[0]))
+    assert recording_path(row, None) == original
+    assert query(db, DETECTIONS) == before
+    assert watch_until_idle(root, db).processed == 0              # settled: nothing waits at the next start
+    # The card read at another mount point: settled as before, its ledger path left alone (not a
+    # write, and a line, per recording of the card).
+    other = tmp_path / "mounted-elsewhere"
+    shutil.copytree(root, other, copy_function=shutil.copy2)
+    shutil.rmtree(root)
+    assert watch_until_idle(other, db).processed == 0
+    assert query(db, "SELECT source, path FROM files") == [(original.name, str(original))]
+
+
 def test_a_moved_recording_touched_after_is_said_touched_not_watched_from_another_directory(tmp_path, duet, caplog):
     """A hardening trial: a recording moved into a folder, then touched, was logged "analysed already
     as X, when another directory was watched": nothing was analysed twice, but the reason was wrong."""

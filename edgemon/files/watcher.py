@@ -152,7 +152,7 @@ class Watcher:
 
     def scan(self, quick: bool = False) -> None:
         """Every audio file under the root that the ledger does not hold as finished becomes
-        pending (two ledger queries; a rescan of settled files costs a stat each). A file noted
+        pending (three ledger queries; a rescan of settled files costs a stat each). A file noted
         as a moved or copied recording, or as another recording under an analysed name, is
         settled too: it was read again at every start (a review: twice per file). What is no
         longer there is forgotten (a unit deleting what it analysed kept every name it ever saw).
@@ -165,7 +165,7 @@ class Watcher:
         recordings here, 49 s an hour, against 0.6 s an hour on an empty card)."""
         unreadable: dict[str, str] = {}
         others: dict[str, int] = {}
-        finished = noted = None
+        finished = noted = elsewhere = None
         listed = 0          # settled paths this scan listed: fewer than are settled, and some are gone
         skipped: list[str] = []
         for path in iter_audio(self.root, unreadable, others, self.listings, skipped if quick else None):
@@ -178,8 +178,11 @@ class Watcher:
                 continue
             if finished is None:
                 finished, noted = self.store.finished_versions(), self.store.noted_versions()
+                elsewhere = self.store.kept_elsewhere(self.root)
             noted_as = _still_noted(noted.get(stored_name(path)), version)
-            if finished.get(self.source_of(path)) == version or noted_as:
+            source = self.source_of(path)
+            # A recording back under its own name after a move: step has the ledger follow it.
+            if (finished.get(source) == version and source not in elsewhere) or noted_as:
                 listed += known is None
                 self.settled[path] = version
                 if noted_as == "other":
@@ -475,6 +478,8 @@ class Watcher:
         entry = self.store.file_entry(source)
         same_file = entry is not None and (entry["size"], entry["mtime_ns"]) == version
         if same_file and entry["state"] in ("done", "quarantined"):
+            if entry["state"] == "done" and entry["path"] != stored_name(path):
+                self._back_at_its_name(path, source, entry["path"])
             self.settled[path] = version
             return True
         if time.monotonic() < self.retry_at.get(path, 0.0):
@@ -609,6 +614,20 @@ class Watcher:
                      shown(source))
         else:
             log.info("%s: gone before it was processed", shown(source))
+
+    def _back_at_its_name(self, path: Path, source: str, ledger_path: str) -> None:
+        """A recording analysed as ``source`` is there again, unchanged, after a move that the
+        ledger followed (``_not_again``): the ledger follows it back once its other path is gone.
+        It kept naming the path the recording had left, so reanalyse and review took it for
+        gone from disk (a review). A ledger path outside the tree (analysed while another
+        directory, or the card at another mount point, was watched) is left as it was."""
+        if not ledger_path.startswith(stored_name(self.root).rstrip("/") + "/"):
+            return
+        if os.path.lexists(name_from_stored(ledger_path)):   # there too (a copy): either holds it
+            return
+        self.store.keep_path(source, path)
+        log.info("%s: analysed already, here again (no longer at %s); the ledger follows it", shown(source),
+                 shown(ledger_path))
 
     def _leave_alone(self, path: Path, source: str, version: tuple[int, int], entry: dict) -> None:
         """Another recording under a name already analysed: a second recorder's card (AudioMoth

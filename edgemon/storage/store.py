@@ -401,6 +401,20 @@ class Store:
         rows = self.db.execute("SELECT source, size, mtime_ns FROM files WHERE state IN ('done', 'quarantined')")
         return {source: (size, mtime_ns) for source, size, mtime_ns in rows}
 
+    def kept_elsewhere(self, root: str | Path) -> dict[str, str]:
+        """``{source: ledger path}`` of the finished recordings whose ledger path is under ``root``
+        but not their source name there: moved or renamed inside the tree since they were analysed.
+        Paths as stored (``safetext.stored_name``)."""
+        prefix = stored_name(root).rstrip("/") + "/"
+        rows = self.db.execute("SELECT source, path FROM files WHERE state = 'done' AND path != ? || source "
+                               "AND substr(path, 1, length(?)) = ?", [prefix, prefix, prefix])
+        return dict(rows.fetchall())
+
+    def keep_path(self, source: str, path: str | Path) -> None:
+        """The ledger row of ``source`` takes ``path`` as where its recording is now."""
+        with self._write() as db:
+            db.execute("UPDATE files SET path = ? WHERE source = ?", [stored_name(path), source])
+
     def noted_versions(self) -> dict[str, tuple[int, int, bool, str]]:
         """``{path: (size, mtime_ns, other, ledger_path)}`` of the files ``watch`` noted as needing
         no analysis while the recording they name stays analysed: a moved or copied recording

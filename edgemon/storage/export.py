@@ -89,9 +89,11 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
         if new:   # one cursor-moving export at a time: two would read one position and deliver twice
             try:
                 held.enter_context(hold_exports(db_path))
-            except DatabaseInUseError as e:
+            except BaseException as e:   # any refusal: the connection is not left open (a review)
                 conn.close()
-                raise CursorError(str(e)) from None
+                if isinstance(e, DatabaseInUseError):
+                    raise CursorError(str(e)) from None
+                raise
         try:
             if new:
                 _finish_interrupted(db_path, conn, cursor_name)

@@ -4,6 +4,7 @@ parts: verdicts, precision intervals, review order, spectrogram PNG, charts."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import csv
 import io
 import json
@@ -265,6 +266,27 @@ def test_days_hours_and_times_are_the_recorders_own_with_a_time_zone(review_db):
     # The day summer time begins has 23 hours.
     assert day_bounds("2024-03-31", ZoneInfo("Europe/Berlin")) == ("2024-03-30T23:00:00.000Z",
                                                                    "2024-03-31T22:00:00.000Z")
+
+
+def test_a_day_without_audio_is_a_grey_column_of_the_day_chart(review_db):
+    """A season trial: Los Angeles puts the two recordings on 30 April and 2 May; the day chart drew
+    04-30 and 05-02 side by side, the day between them (no audio at all) not drawn, so a gap in the
+    season looked like two days of listening in a row. A run of days beyond ``LONGEST_GAP_DAYS``
+    (a clock reset to 2000 before a 2024 season) is one column."""
+    from zoneinfo import ZoneInfo
+
+    from edgemon.review.charts import LONGEST_GAP_DAYS, day_columns
+
+    db, _ = review_db
+    _, day_svg = charts_svg(db, zone=ZoneInfo("America/Los_Angeles"))
+    assert re.findall(r">(\d\d-\d\d)</text>", day_svg) == ["04-30", "05-01", "05-02"]
+    assert "<title>05-01: 0.00 h analysed</title>" in day_svg
+    assert re.search(r'fill="#ddd" stroke="#eee"><title>great_argus, 05-01: 0 call\(s\) in 0.00 h</title>', day_svg)
+    assert day_columns({"2000-01-01", "2024-03-01", "2024-03-03"}) == (
+        ["2000-01-01", "2000-01-02..2024-02-29", "2024-03-01", "2024-03-02", "2024-03-03"],
+        ["01-01", "+8825 d", "03-01", "03-02", "03-03"])
+    last = dt.date(2024, 3, 1) + dt.timedelta(days=LONGEST_GAP_DAYS + 1)
+    assert len(day_columns({"2024-03-01", last.isoformat()})[0]) == LONGEST_GAP_DAYS + 2   # a month: every day
 
 
 def test_the_page_lists_by_the_recorders_days_with_a_time_zone(review_db):

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -302,6 +303,20 @@ def test_a_bundles_effort_is_the_recordings_it_analysed(tmp_path):
                               bundle_id], capture_output=True, text=True, timeout=120)
         assert cli.returncode == 0 and (said in cli.stderr if said else "finished recordings" not in cli.stderr), \
             cli.stderr
+
+
+def test_a_bundles_day_chart_greys_the_days_it_never_analysed(tmp_path):
+    """A season trial: after a partial `reanalyse` the new bundle's day chart left out the days it
+    never analysed, where the README promises them grey ("not listening", not "no calls")."""
+    from edgemon.review.charts import charts_svg
+
+    db, recordings = make_review_db(tmp_path)
+    (recordings / "S01/20240501_060000.WAV").rename(tmp_path / "elsewhere.WAV")   # gone from the card
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    assert reanalyse(db, analyzer).files == 1
+    _, day_svg = charts_svg(db, analyzer.bundle.bundle_id)
+    assert "<title>05-01: 0.00 h analysed</title>" in day_svg and "<title>05-02: 0.01 h analysed</title>" in day_svg
+    assert re.findall(r">(\d\d-\d\d)</text>", day_svg) == ["05-01", "05-02"]
 
 
 def test_a_stopped_reanalyse_goes_on_where_it_stopped(tmp_path):

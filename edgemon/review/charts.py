@@ -174,6 +174,38 @@ def charts_svg(db_path: Path, bundle_id: str | None = None, zone: dt.tzinfo | No
     times = zone_name(zone)
     hour_svg = grid_svg(f"Calls by hour of day ({times})", labels, hours, [f"{h:02d}" for h in hours], by_hour,
                         effort_hour, times=times)
-    days = sorted(set(effort_day) | {d for _, d in by_day})
-    day_svg = grid_svg("Calls by day", labels, days, [d[5:] for d in days], by_day, effort_day, cell=44, times=times)
+    # The season's days, the whole database's: a bundle's chart greys the days it never analysed.
+    season = set(effort_day) | set(effort_hours(db_path, None, zone)[1] if bundle_id else ())
+    days, names = day_columns(season | {d for _, d in by_day})
+    day_svg = grid_svg("Calls by day", labels, days, names, by_day, effort_day, cell=44, times=times)
     return hour_svg, day_svg
+
+
+# A run of days without audio longer than this is one column: a recorder clock reset to 2000
+# before a season of 2024 would otherwise draw 9 000 grey columns.
+LONGEST_GAP_DAYS = 31
+
+
+def day_columns(days: set[str]) -> tuple[list[str], list[str]]:
+    """The by-day chart's columns ('YYYY-MM-DD') and their names ('MM-DD'): ``days`` and every
+    day between them, so a day with no audio is a grey column, not a gap the eye skips (a season
+    trial: the gap day between 03-03 and 03-05 was not drawn at all, and a bundle's chart left out
+    the days it never analysed, which the charts promise grey). A longer run of days without audio
+    is one column, named by how many days it holds ('+90 d')."""
+    columns: list[str] = []
+    names: list[str] = []
+    before: dt.date | None = None
+    for day in sorted(days):
+        at = dt.date.fromisoformat(day)
+        missing = 0 if before is None else (at - before).days - 1
+        if missing > LONGEST_GAP_DAYS:
+            columns.append(f"{before + dt.timedelta(days=1)}..{at - dt.timedelta(days=1)}")
+            names.append(f"+{missing} d")
+        else:
+            for n in range(1, missing + 1):
+                columns.append((before + dt.timedelta(days=n)).isoformat())
+                names.append(columns[-1][5:])
+        columns.append(day)
+        names.append(day[5:])
+        before = at
+    return columns, names

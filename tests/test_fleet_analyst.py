@@ -260,3 +260,34 @@ def monkeypatch_revisions(revisions: tuple[str, ...]):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(fleetdb, "VIEW_REVISIONS", revisions)
         yield
+
+
+def test_each_bundle_s_hours_per_local_hour_are_the_recordings_it_analysed(fleet, tmp_path):
+    """A season trial: two dawns at 06 h, the first one's recording gone from the card before a new
+    bundle reanalysed the season. ``effort_hourly`` counts both dawns, so the new bundle's calls at
+    06 h were divided by an hour it never heard (its rate halved); ``effort_hourly_by_bundle`` gives
+    each bundle the hours it analysed, as the review page's chart of that bundle draws them."""
+    db = tmp_path / "dawn.db"
+    with Store(db) as store:
+        record(store, "dawn-01", "20250301_220000.WAV", "2025-03-01T22:00:00Z", 1800.0, [(60.0, "gibbon")])
+        record(store, "dawn-01", "20250302_220000.WAV", "2025-03-02T22:00:00Z", 1800.0, [(60.0, "gibbon")])
+        store.replace_detections("20250302_220000.WAV", "bundle-b", [Detection(
+            device_id="dawn-01", source="20250302_220000.WAV", start_s=61.0, end_s=64.0,
+            start_utc=dt.datetime.fromisoformat("2025-03-02T22:01:01+00:00"), end_utc=None, time_source="filename",
+            clock_suspect=False, label="gibbon", confidence=0.8, votes=None, bundle_id="bundle-b")], 1800.0)
+    sync(db, fleet.url, "dawn-01", "Asia/Kuching")
+    with fleet.connect() as conn:
+        hourly = conn.execute("SELECT bundle_id, day::text, hour, round(recorded_h::numeric, 4)::float8 "
+                              "FROM edgemon.effort_hourly_by_bundle ORDER BY 1, 2, 3").fetchall()
+        calls = conn.execute("SELECT bundle_id, hour, count(*) FROM edgemon.detections_counted WHERE current "
+                             "GROUP BY 1, 2").fetchall()
+        own = conn.execute("SELECT hour, sum(recorded_h) FROM edgemon.effort_hourly_by_bundle "
+                           "WHERE bundle_id = 'bundle-b' GROUP BY 1").fetchall()
+        every = conn.execute("SELECT hour, sum(recorded_h) FROM edgemon.effort_hourly GROUP BY 1").fetchall()
+        daily = conn.execute("SELECT bundle_id, sum(recorded_h) FROM edgemon.effort_daily_by_bundle GROUP BY 1 "
+                             "ORDER BY 1").fetchall()
+    assert hourly == [("bundle-a", "2025-03-02", 6, 0.5), ("bundle-a", "2025-03-03", 6, 0.5),
+                      ("bundle-b", "2025-03-03", 6, 0.5)]
+    assert calls == [("bundle-b", 6, 1)]   # the current bundle's one call at 06 h
+    assert own == [(6, 0.5)] and every == [(6, 1.0)]   # in its own half hour, not in both dawns' hour
+    assert [(b, round(h, 4)) for b, h in daily] == [("bundle-a", 1.0), ("bundle-b", 0.5)]   # the days agree

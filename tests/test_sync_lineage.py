@@ -201,6 +201,7 @@ def test_old_server_migrates_in_place_and_receives_scores(fleet, tmp_path):
             conn.execute(revision)
         conn.execute("DROP VIEW edgemon.detections_counted, edgemon.effort_hourly")   # revision 7's
         conn.execute("DROP VIEW edgemon.effort_daily_by_bundle")   # revision 8's (its table stays: rows held)
+        conn.execute("DROP VIEW edgemon.effort_hourly_by_bundle")   # revision 9's
         conn.execute("DROP VIEW edgemon.lineage")   # revision 5's, which no version 3 server had
         conn.execute("ALTER TABLE edgemon.databases DROP COLUMN IF EXISTS acked_token, "
                      "DROP COLUMN IF EXISTS forked_from")

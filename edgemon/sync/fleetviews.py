@@ -402,7 +402,29 @@ FROM (SELECT g.site, g.bundle_id, p.day, p.first, p.part_s
 GROUP BY site, bundle_id, day;
 """
 
+# 9: each bundle's own hours per local hour (a season trial). ``effort_hourly`` counts every
+# recording, whichever bundle analysed it; after a partial ``reanalyse`` the current bundle's calls
+# per hour of the day were divided by hours it never heard (Kuching, 06 h over the season: its 3
+# calls in 210 s of its own audio, the review page's chart of that bundle, against 450 s in
+# ``effort_hourly``), while ``effort_daily_by_bundle`` already gave its hours per day.
+# ``effort_hourly_by_bundle``: ``effort_daily_by_bundle``'s recordings cut as ``effort_hourly`` cuts them.
+_HOURLY_BY_BUNDLE = f"""
+CREATE OR REPLACE VIEW {SCHEMA}.effort_hourly_by_bundle AS
+SELECT r.site, a.bundle_id, (q AT TIME ZONE r.timezone)::date AS day,
+       extract(hour FROM q AT TIME ZONE r.timezone)::int AS hour,
+       sum(extract(epoch FROM least(r.start_utc + make_interval(secs => r.duration_s), q + interval '15 minutes')
+                              - greatest(r.start_utc, q))) / 3600 AS recorded_h
+FROM {_RECORDINGS_BY_ANALYSER} r
+JOIN (SELECT DISTINCT db.device_id AS site, a.source, a.bundle_id
+      FROM {_ANALYSED_OR_AS_M014} a JOIN {SCHEMA}.databases db USING (db_uuid)) a USING (site, source)
+CROSS JOIN LATERAL generate_series(date_trunc('hour', r.start_utc),
+                                   r.start_utc + make_interval(secs => r.duration_s), interval '15 minutes') q
+WHERE r.duration_s > 0 AND q < r.start_utc + make_interval(secs => r.duration_s)
+  AND q + interval '15 minutes' > r.start_utc
+GROUP BY 1, 2, 3, 4;
+"""
+
 
 VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE, _BY_THE_SERVERS_CLOCK,
                                    _BY_THE_RECORDER_THAT_MADE_THEM, _ROWS_UNDER_THEIR_OWN_RECORDER,
-                                   _EFFORT_ON_THE_DAYS_RECORDED, _COUNTED, _ANALYSES)
+                                   _EFFORT_ON_THE_DAYS_RECORDED, _COUNTED, _ANALYSES, _HOURLY_BY_BUNDLE)

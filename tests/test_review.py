@@ -4,8 +4,8 @@ parts: verdicts, precision intervals, review order, spectrogram PNG, charts."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import csv
+import datetime as dt
 import io
 import json
 import re

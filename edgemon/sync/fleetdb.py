@@ -485,8 +485,8 @@ def prepare_staging(conn: psycopg.Connection) -> frozenset[str]:
             "FROM to_regclass(%s) t", [f"{SCHEMA}.{table}"]).fetchone()
         if not found:
             log.warning("the fleet database has no %s.%s table yet (its views are at revision %d): this "
-                        "recorder's %s are not sent to it; the role that owns schema %s adds it at its next "
-                        "sync", SCHEMA, table, view_revision(conn), table, SCHEMA)
+                        "recorder's %s are not sent to it until the owner of schema %s adds it (`edgemon fleet "
+                        "migrate`, or its next sync)", SCHEMA, table, view_revision(conn), table, SCHEMA)
         elif not writable:
             log.warning("this role may not write the fleet database's %s.%s table: this recorder's %s are not "
                         "sent to it until it may (GRANT SELECT, INSERT, UPDATE, DELETE ON %s.%s TO the role)",

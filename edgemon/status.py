@@ -22,7 +22,7 @@ from edgemon.errors import EdgemonError
 from edgemon.safetext import name_from_stored, shown, stored_name
 from edgemon.storage.cursors import list_cursors
 from edgemon.storage.export_journal import pending as pending_exports
-from edgemon.storage.lock import daemon_gone
+from edgemon.storage.lock import daemon_gone, daemon_started
 from edgemon.storage.readonly import has_table, open_read_only, quick_check
 from edgemon.storage.rows import COVERAGE_LOSSES
 from edgemon.storage.tables import local_time
@@ -73,6 +73,7 @@ def _read_tables(status: dict, conn: sqlite3.Connection, tables: set[str], db_pa
                  directory: str | Path | None, heartbeat_s: float, now: dt.datetime) -> None:
     beat = _last_heartbeat(conn) if "heartbeats" in tables else None
     status["service"] = _service(beat, heartbeat_s, now, daemon_gone(db_path))
+    _starting(status["service"], beat, daemon_started(db_path))
     status["mode"] = beat["mode"] if beat else None
     status["device_id"] = beat["device_id"] if beat else None
     status["bundle_id"] = (beat["bundle_id"] if beat and beat["bundle_id"] else
@@ -145,6 +146,21 @@ def _worked_past_the_last_heartbeat(service: dict, last_file: dict | None) -> No
         return
     since_start = (parse_utc(last_file["processed_utc"]) - parse_utc(service["started_utc"])).total_seconds()
     service["uptime_s"] = round(max(service["uptime_s"], since_start), 1)
+
+
+def _starting(service: dict, beat: dict | None, started: tuple[int, float] | None) -> None:
+    """A daemon that took the database's lock after the last run ended (or with no heartbeat
+    yet) and has not written its first heartbeat: 'starting', not 'stopped'. It loads its bundle
+    and checks the database first, and waits for any other process's write (a reanalyse, a
+    verdict, a sync): status said "stopped" all that while, a watch running beside it (a
+    field-station trial)."""
+    if started is None or not (beat is None or service["state"] == "stopped"):
+        return
+    pid, taken = started
+    taken_at = dt.datetime.fromtimestamp(taken, UTC)
+    if beat is not None and taken_at <= parse_utc(beat["at_utc"]):
+        return   # the lock was last taken by the run that stopped (its pid alive again by chance)
+    service.update(state="starting", starting_pid=pid, starting_utc=utc_iso(taken_at))
 
 
 def _last_heartbeat(conn: sqlite3.Connection) -> dict | None:
@@ -388,7 +404,10 @@ def format_status(status: dict, zone: zoneinfo.ZoneInfo | None = None) -> str:
             return (zone and local_time(utc_text, zone)) or utc_text or "?"
         except ValueError:   # a time in no ISO form (a database another program wrote): as it is
             return utc_text
-    if svc["state"] == "unknown":
+    if svc["state"] == "starting":
+        alive = (f"starting (pid {svc['starting_pid']}, no heartbeat yet: loading its bundle, checking the "
+                 f"database or waiting for another process's write, since {when(svc['starting_utc'])})")
+    elif svc["state"] == "unknown":
         alive = "unknown (no heartbeat recorded)"
     else:
         # silent: it ran on past its last heartbeat (a kill), for how long no row says

@@ -521,6 +521,33 @@ def test_status_says_a_killed_daemon_is_not_running_at_once(watched_db, tmp_path
     assert re.fullmatch(r"memory: +[0-9.]+ MB resident at its last heartbeat", memory), memory
 
 
+def test_status_says_a_watch_starting_behind_another_write_is_starting_not_stopped(watched_db, tmp_path):
+    """A field-station trial: a watch started while another process held the database's write lock
+    (a reanalyse, a verdict, a sync) waits for it before its first heartbeat, and status said
+    "stopped" (the last run's 'stopping' heartbeat) the whole time, a daemon running beside it."""
+    db, root = watched_db
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    assert collect_status(copy)["service"]["state"] == "stopped"
+    writer = sqlite3.connect(copy, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")   # another command's write, held while the watch starts
+    watch = subprocess.Popen([sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(copy), "--until-idle",
+                              "--device-id", "site-07"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = copy.with_name(copy.name + ".lock")
+        wait_until(lambda: lock.exists() and lock.read_text().strip() == str(watch.pid), 60, "the watch's lock")
+        status = collect_status(copy)
+        assert status["service"]["state"] == "starting" and status["service"]["starting_pid"] == watch.pid, status
+        assert f"starting (pid {watch.pid}, no heartbeat yet" in format_status(status)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert watch.wait(timeout=120) == 0, watch.stderr.read()
+    watch.stderr.close()
+    assert collect_status(copy)["service"]["state"] == "stopped"   # its own 'stopping' beat now
+
+
 def test_quarantined_files_are_named_and_the_rest_counted(tmp_path):
     """A review found "and N more" counted from the 20 files listed, not from all of them."""
     db = tmp_path / "d.db"

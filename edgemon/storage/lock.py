@@ -70,6 +70,20 @@ def daemon_gone(db_path: str | Path) -> int | None:
     return None if process_alive(pid) else pid
 
 
+def daemon_started(db_path: str | Path) -> tuple[int, float] | None:
+    """(pid, time.time() when it took the lock) of the daemon that last took the lock of the
+    database at ``db_path``, while that process exists; else None. The lock file is written at
+    every start, so its modification time is the start of that daemon. Takes no lock, as
+    ``daemon_gone``."""
+    path = lock_path(db_path)
+    try:
+        pid = int(path.read_text(encoding="ascii").strip())
+        taken = path.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    return (pid, taken) if process_alive(pid) else None
+
+
 def export_lock_path(db_path: str | Path) -> Path:
     return _beside(db_path, ".export.lock")
 

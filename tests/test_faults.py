@@ -221,6 +221,31 @@ def test_sync_export_and_status_say_the_disk_is_full(tmp_path):
     assert not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.skipif(not unshare_works(), reason="needs `unshare -Urm` and tmpfs mounts (user namespaces disabled here)")
+def test_reanalyse_on_a_full_disk_says_so_in_one_line(tmp_path):
+    """A field-station trial: reanalyse whose write met a full disk ended in a traceback,
+    "sqlite3.OperationalError: database or disk is full"."""
+    from tests.review_helpers import make_review_db
+
+    src, _ = make_review_db(tmp_path)   # its ledger names the recordings under tmp_path
+    (tmp_path / "card").mkdir()
+    card = shlex.quote(str(tmp_path / "card"))
+    db = f"{card}/E.db"
+    reader = shlex.join([sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                         "c.execute('SELECT 1 FROM detections').fetchall(); time.sleep(60)", f"{tmp_path}/card/E.db"])
+    script = "\n".join([
+        f"mount -t tmpfs -o size=1m tmpfs {card} && cp {shlex.quote(str(src))} {db} || exit 9",
+        f"{reader} >/dev/null 2>&1 & sleep 1",   # its -shm kept, as a review page's or an export's
+        f"dd if=/dev/zero of={card}/filler bs=4k 2>/dev/null",
+        f"{shlex.join([sys.executable, '-m', 'edgemon'])} reanalyse --db {db} --again; echo rc=$?; kill $!"])
+    done = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert "rc=1" in done.stdout and "Traceback" not in done.stderr, done.stdout + done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "database or disk is full" in last and "run the same command again" in last, \
+        done.stderr[-2000:]
+
+
 # --- another process holds the write lock ------------------------------------------------------
 
 HOLD_LOCK = ("import sqlite3, sys, time\n"

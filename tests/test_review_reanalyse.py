@@ -378,6 +378,41 @@ def test_reanalyse_keeps_what_watch_stored_while_it_read_the_recording(tmp_path)
     assert _rows(db, "SELECT count(*) FROM detections") == [(0,)]      # watch's newer result stands
 
 
+def test_reanalyse_waits_for_another_process_holding_the_write_lock(tmp_path, monkeypatch):
+    """A field-station trial: another process held the database's write lock past the busy
+    timeout (30 s; 0.2 s here), and reanalyse ended in a traceback, "sqlite3.OperationalError:
+    database is locked", its bundle not recorded either. It waits, as watch does, and says so."""
+    import edgemon.storage.store
+
+    monkeypatch.setattr(edgemon.storage.store, "BUSY_TIMEOUT_MS", 200)
+    db, _ = make_review_db(tmp_path)
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")   # held from before reanalyse starts
+
+    class LetGoOnceWaitedFor(logging.Handler):
+        said: list[str] = []
+
+        def emit(self, record):
+            self.said.append(record.getMessage())
+            if "waiting for it" in record.getMessage() and other.in_transaction:
+                other.execute("ROLLBACK")
+
+    said = LetGoOnceWaitedFor()
+    logging.getLogger("edgemon.files.reanalyse").addHandler(said)
+    try:
+        result = reanalyse(db, analyzer)
+    finally:
+        logging.getLogger("edgemon.files.reanalyse").removeHandler(said)
+        other.close()
+    assert sum("held the write lock" in line for line in said.said) == 1, said.said
+    assert result.files == 2 and result.failed == [] and result.changed == []
+    assert _rows(db, "SELECT count(*) FROM detections WHERE bundle_id = ?",
+                 [analyzer.bundle.bundle_id]) == [(result.detections,)]
+    assert _rows(db, "SELECT bundle_id FROM bundles WHERE bundle_id = ?",
+                 [analyzer.bundle.bundle_id]) == [(analyzer.bundle.bundle_id,)]   # recorded once it could be
+
+
 def test_another_programs_database_is_named_as_such(tmp_path):
     """A review: reanalyse on another program's SQLite file said only "no such table: files"."""
     from edgemon.files.reanalyse import ReanalyseError

@@ -22,7 +22,8 @@ from edgemon.errors import AudioError, EdgemonError
 from edgemon.files.analyse_file import detection_rows
 from edgemon.files.triggered import silences_of
 from edgemon.safetext import shown
-from edgemon.storage.readonly import connect_read_only, has_table, newest_device_id, recording_path
+from edgemon.storage.readonly import (BUSY_TIMEOUT_MS, connect_read_only, error_code, has_table, newest_device_id,
+                                      recording_path)
 from edgemon.storage.store import Store
 from edgemon.utc import parse_utc
 
@@ -136,9 +137,11 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
     with Store(db_path) as store:
         # The bundle's names and confidence ceiling, as watch records its own: exports name its
         # species and check a --min-confidence against what it can store.
-        store.record_bundle(bundle_id, analyzer.bundle.manifest)
+        recorded = store.record_bundle(bundle_id, analyzer.bundle.manifest)
         try:
             stored = _each(store, files, analyzer, recordings, device_id, done, missing, failed, changed)
+            if not recorded:   # refused at the start (another process's long write): no later start records it
+                store.record_bundle(bundle_id, analyzer.bundle.manifest)
         except KeyboardInterrupt:   # Ctrl-C, or SIGTERM through terminate_as_interrupt
             # A recording's detections are stored in one transaction: those done are whole, the
             # rest hold only other bundles'. An export by --bundle said nothing of it (a newcomer trial).
@@ -196,8 +199,7 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
                                     clock_suspect=bool(row["clock_suspect"]), bundle_id=bundle_id, left_out=left_out)
         # Watch may have analysed the recording again while it was read here (grown, or written
         # again): its newer detections are kept (a review).
-        count = store.replace_detections(row["source"], bundle_id, detections, analysis.duration_s,
-                                         ledger_at=row["updated_at"])
+        count = _store(store, row, bundle_id, detections, analysis.duration_s, len(done), len(files))
         if count is None:
             changed.append(f"{row['source']}: its ledger row changed while reanalyse read it (watch analysed it "
                            f"again, or noted it touched); run reanalyse again")
@@ -206,3 +208,27 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
         done.append(row["source"])
         log.info("[%d/%d] %s: %d detection(s) with %s", i, len(files), row["source"], len(detections), bundle_id)
     return stored
+
+
+def _store(store: Store, row: dict, bundle_id: str, detections: list, duration_s: float, done: int,
+           total: int) -> int | None:
+    """``Store.replace_detections`` of one recording, waiting for as long as another process holds
+    the database's write lock (a long write, a sqlite3 shell left in a transaction): the store's
+    busy timeout ran out after 30 s and reanalyse ended in a traceback, "database is locked" (a
+    field-station trial), where watch holds its work and goes on. Any other refusal (a full disk)
+    is one line saying what is stored."""
+    waiting = False
+    while True:
+        try:
+            return store.replace_detections(row["source"], bundle_id, detections, duration_s,
+                                            ledger_at=row["updated_at"])
+        except sqlite3.OperationalError as e:
+            if error_code(e) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise ReanalyseError(f"{shown(str(store.path))} refused {bundle_id}'s detections of "
+                                     f"{shown(row['source'])} ({e}) after {done} of {total} recording(s): those are "
+                                     f"stored; run the same command again to go on from there") from None
+            if not waiting:
+                log.warning("another process has held the write lock of %s for over %g s: waiting for it to store "
+                            "%s (Ctrl-C stops; the same command goes on from there)", shown(str(store.path)),
+                            BUSY_TIMEOUT_MS / 1000, shown(row["source"]))
+                waiting = True

@@ -1029,6 +1029,27 @@ def test_a_verdict_waiting_for_the_write_lock_holds_up_no_other_request(review_d
     assert answers and answers[0][0] == 200, answers
 
 
+def test_a_verdict_refused_by_another_process_holding_the_write_lock_is_a_503_to_give_again(review_db, monkeypatch):
+    """A field-station trial: a verdict posted while another process held the write lock past the
+    busy timeout (30 s; 0.2 s here) was a 400, "cannot store the verdict …: database is locked":
+    a script (or a person) read it as refused for good. It is a 503 saying to give it again."""
+    db, recordings = review_db
+    monkeypatch.setattr(reviews, "BUSY_TIMEOUT_MS", 200)
+    ids = [row["id"] for row in reviews.list_detections(db, order="time")]
+    with served_in_process(db, recordings) as base:
+        writer = sqlite3.connect(db, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            status, body = _post(f"{base}/api/verdict", {"id": ids[0], "verdict": "wrong"})
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        assert status == 503 and "give it again" in body["error"] and "locked" not in body["error"], (status, body)
+        assert _post(f"{base}/api/verdict", {"id": ids[0], "verdict": "wrong"})[0] == 200
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*), max(verdict) FROM reviews").fetchone() == (1, "wrong")
+
+
 def test_the_printed_url_carries_a_token_of_any_characters(review_db):
     """Found by a review of the review and sync packages (thirty-second session): the URL printed for ``--token`` was not encoded, so a token
     with '&', '#', '+' or a space opened the page as someone without it (a 401)."""

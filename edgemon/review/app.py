@@ -360,6 +360,8 @@ def create_app(config: ReviewConfig) -> Starlette:
             return JSONResponse({"error": str(exc)}, status_code=409)
         except reviews.UnknownDetection as exc:   # no such detection: not a malformed verdict
             return JSONResponse({"error": str(exc)}, status_code=404)
+        except reviews.DatabaseBusy as exc:   # the same verdict given again may be stored
+            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
         except reviews.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(row)

@@ -23,7 +23,7 @@ from edgemon.errors import EdgemonError
 from edgemon.review.local_time import day_bounds, local, quarter_hour
 from edgemon.storage import tables
 from edgemon.storage.readonly import (BUSY_TIMEOUT_MS, LATEST_VERDICTS, SAME_SOUND_SHARE, edgemon_tables,
-                                      has_table, latest_verdicts, ledger_columns, open_read_only)
+                                      error_code, has_table, latest_verdicts, ledger_columns, open_read_only)
 from edgemon.storage.schema import REVIEW_VERDICTS
 from edgemon.storage.store import Store
 from edgemon.utc import parse_utc, utc_iso
@@ -43,6 +43,11 @@ class StaleDetection(ReviewError):
 
 class UnknownDetection(ReviewError):
     """No detection has the id asked for."""
+
+
+class DatabaseBusy(ReviewError):
+    """Another process held the database's write lock past the busy timeout: the verdict was not
+    stored, and giving it again may store it."""
 
 
 def detection_key(row: dict) -> str:
@@ -375,6 +380,11 @@ def add_verdict(db_path: Path, detection_id: int, verdict: str, reviewer: str,
                 new_label = excluded.new_label, reviewed_at = excluded.reviewed_at""", row)
         conn.execute("COMMIT")
     except sqlite3.Error as e:
+        if error_code(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            # Not the reviewer's mistake: a 400 and "database is locked" read as a verdict refused
+            # for good (a field-station trial, a script judging beside watch, sync and reanalyse).
+            raise DatabaseBusy(f"verdict not stored: another process has held the write lock of {db_path} for "
+                               f"over {BUSY_TIMEOUT_MS / 1000:g} s; give it again") from e
         raise ReviewError(f"cannot store the verdict in {db_path}: {e}") from e
     finally:
         conn.close()

@@ -302,17 +302,26 @@ def export_detections(
         times = [None if t is None else _parse_time(t, option) for t, option in ((since, "--since"), (until, "--until"))]
         if None not in times and times[0] >= times[1]:
             raise OptionError(f"--since {since} is not before --until {until}: nothing could match")
+        side_fmt = "jsonl" if fmt is ExportFormat.jsonl else "csv"
+
+        def alongside(snapshot) -> None:
+            # In the detections' own read snapshot, before their rows: a coverage or recordings file
+            # that cannot be written must not cost a cursor its rows, and a recording watch stored
+            # between two reads had detections with no recording behind them (a field-station trial).
+            nonlocal minutes, effort
+            if coverage is not None:
+                minutes = export_coverage(db, side_fmt, coverage, times[0], times[1], timezone=service.timezone,
+                                          snapshot=snapshot)
+            if recordings is not None:
+                effort = export_recordings(db, side_fmt, recordings, times[0], times[1], bundle=bundle or None,
+                                           timezone=service.timezone, label=label or None,
+                                           min_confidence=min_confidence, snapshot=snapshot)
+        minutes, effort = 0, (0, 0.0)
         with terminate_as_interrupt():   # a stopped job removes its temp files, as after Ctrl-C
-            if coverage is not None:   # first: a coverage file that cannot be written must not cost a cursor its rows
-                minutes = export_coverage(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", coverage, times[0],
-                                          times[1], timezone=service.timezone)
-            if recordings is not None:   # first, as coverage
-                effort = export_recordings(db, "jsonl" if fmt is ExportFormat.jsonl else "csv", recordings, times[0],
-                                           times[1], bundle=bundle or None, timezone=service.timezone,
-                                           label=label or None, min_confidence=min_confidence)
             count = run_export(db, fmt.value, output, times[0], times[1], label or None, min_confidence,
                                new or cursor is not None, "default" if cursor is None else cursor,
-                               bundle=bundle or None, timezone=service.timezone)
+                               bundle=bundle or None, timezone=service.timezone,
+                               alongside=alongside if coverage is not None or recordings is not None else None)
     except OutputClosed:   # `| head`: the reader had enough; as any Unix filter, exit quietly (128 + SIGPIPE)
         raise typer.Exit(128 + signal.SIGPIPE)
     except Terminated:      # stopped (systemd, `timeout`): said, and 128 + SIGTERM, as the signal would give

@@ -57,7 +57,8 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                       since: dt.datetime | None = None, until: dt.datetime | None = None,
                       label: list[str] | None = None, min_confidence: float | None = None,
                       new: bool = False, cursor_name: str = "default",
-                      bundle: list[str] | None = None, timezone: str | None = None) -> int:
+                      bundle: list[str] | None = None, timezone: str | None = None,
+                      alongside: Callable[[sqlite3.Connection], object] | None = None) -> int:
     """Write the detections that pass the filters; return how many were written.
 
     ``fmt`` 'csv', 'birdnet' or 'jsonl' writes one file at ``output`` (standard output when
@@ -69,8 +70,11 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
     ``new`` exports only what cursor ``cursor_name`` has not delivered, then advances it; the cursor keeps the filter it was first used with, and a
     file or Raven table it delivered to is appended to, never replaced. Rows come in id order (Raven: by
     offset per source). ``timezone`` (an IANA name, the settings' ``timezone``) fills the csv and
-    jsonl column ``start_local``; without it that column is empty. Raises ExportError
-    (CursorError) naming what cannot be read or written.
+    jsonl column ``start_local``; without it that column is empty. ``alongside`` is called with
+    the export's read connection inside its snapshot, before any row is written or a cursor moves:
+    the side tables (``export_recordings``, ``export_coverage`` with ``snapshot``) then describe
+    the same database as the detections. Raises ExportError (CursorError) naming what cannot be
+    read or written.
     """
     db_path = Path(db_path)
     zone = _zone(timezone)
@@ -106,6 +110,8 @@ def export_detections(db_path: str | Path, fmt: str = "csv", output: Path | None
                 _check_known(conn, db_path, "bundle", bundle)
             if min_confidence is not None and "bundles" in found:
                 _check_reachable(conn, db_path, replace(wanted, min_confidence=None), span, min_confidence)
+            if alongside is not None:
+                alongside(conn)
             rows = _select(conn, db_path, wanted, span, found, raven=fmt == "raven")
             # A cursor moves with the files: it commits with their renames journaled, then they follow.
             moving = None if span is None else CursorMove(db_path, cursor_name, span[1], functools.partial(
@@ -326,7 +332,7 @@ def _as_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
 
 def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
                     since: dt.datetime | None = None, until: dt.datetime | None = None,
-                    timezone: str | None = None) -> int:
+                    timezone: str | None = None, snapshot: sqlite3.Connection | None = None) -> int:
     """Write live-stream coverage, one row per source and UTC minute, and return the row count.
 
     Each row says how many seconds of the minute were analysed and how many were lost, by cause
@@ -337,6 +343,7 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
     ``minute_local``: the minute's start in ``timezone`` (the settings' ``timezone``), as
     ``start_local`` for detections and recordings, so the effort is summed by the same local hours
     and days as the calls; empty without one. A database that never listened gives a header only.
+    ``snapshot``: read through that connection (``export_detections``' ``alongside``), left open.
     Raises ExportError.
     """
     db_path = Path(db_path)
@@ -345,7 +352,7 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
 
     def as_row(row: dict) -> dict:
         return {**_rounded_seconds(row), "minute_local": tables.local_time(row["minute_utc"], zone)}
-    conn, found = _open(db_path)
+    conn, found = _open(db_path) if snapshot is None else (snapshot, edgemon_tables(snapshot, db_path, ExportError))
     try:
         if "coverage" not in found:
             rows: Iterable[dict] = []
@@ -360,13 +367,15 @@ def export_coverage(db_path: str | Path, fmt: str = "csv", output: Path | None =
     except sqlite3.Error as e:
         raise ExportError(f"cannot read coverage from {db_path}: {e}") from e
     finally:
-        conn.close()
+        if snapshot is None:
+            conn.close()
 
 
 def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None = None,
                       since: dt.datetime | None = None, until: dt.datetime | None = None,
                       bundle: list[str] | None = None, timezone: str | None = None,
-                      label: list[str] | None = None, min_confidence: float | None = None) -> tuple[int, float]:
+                      label: list[str] | None = None, min_confidence: float | None = None,
+                      snapshot: sqlite3.Connection | None = None) -> tuple[int, float]:
     """Write the recordings analysed, one row per recording in the ledger that is done, in order of
     start; return (rows, seconds of audio). This is the effort behind the detections: a recording
     with no detection was listened to, a time with no recording was not. With ``bundle`` (ids, as
@@ -390,12 +399,14 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
     detections after midnight with no recording behind them while the day before counted its
     whole audio without them (a Borneo trial). A recording without a start time is left out
     whenever a time filter is given. ``start_local``: the start in ``timezone`` (the settings'
-    ``timezone``), as for detections; empty without one. Raises ExportError.
+    ``timezone``), as for detections; empty without one. ``snapshot``: read through that
+    connection (``export_detections``' ``alongside``, so the two files agree), left open. Raises
+    ExportError.
     """
     db_path = Path(db_path)
     write = _side_writer(fmt, "recordings export")
     zone = _zone(timezone)
-    conn, _ = _open(db_path)
+    conn = _open(db_path)[0] if snapshot is None else snapshot
     seconds = [0.0]
 
     lower, upper = _utc_bounds(since, until)
@@ -457,7 +468,8 @@ def export_recordings(db_path: str | Path, fmt: str = "csv", output: Path | None
     except sqlite3.Error as e:
         raise ExportError(f"cannot read the recordings of {db_path}: {e}") from e
     finally:
-        conn.close()
+        if snapshot is None:
+            conn.close()
 
 
 def _side_writer(fmt: str, what: str) -> Callable:

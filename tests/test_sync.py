@@ -572,6 +572,12 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
         assert local_state(db) == before
         migrate = lambda user: subprocess.run([*edgemon, "fleet", "migrate", "--db", as_user(user, "fleet")],
                                               capture_output=True, text=True, timeout=120)
+        # PostgreSQL's superuser, who ran the file, may make anything: the tables were then its own,
+        # not granted by fleet_admin's default privileges, and every recorder and analyst was
+        # refused ("permission denied for table schema_version") after a migrate that said done.
+        refused = migrate("postgres")
+        assert refused.returncode == 1 and "owned by fleet_admin: run this as fleet_admin" in refused.stderr, \
+            (refused.stdout, refused.stderr)
         made = migrate("fleet_admin")
         assert made.returncode == 0 and f"fleet schema version 0 -> {fleetdb.SCHEMA_VERSION}" in made.stdout, made.stderr
         assert run_sync(db, as_user("recorder", "fleet"), device_id="site-01").returncode == 0
@@ -612,7 +618,7 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
         out = subprocess.run(status, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "note: the fleet views are revision 0" in out.stdout, out.stderr
         refused = migrate("recorder")
-        assert refused.returncode == 1 and "may not replace them" in refused.stderr, refused.stderr
+        assert refused.returncode == 1 and "run this as fleet_admin, not recorder" in refused.stderr, refused.stderr
         revised = migrate("fleet_admin")
         assert revised.returncode == 0 and "views revision 0 ->" in revised.stdout, revised.stderr
         assert "(as it was)" in migrate("fleet_admin").stdout

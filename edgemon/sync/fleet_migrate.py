@@ -8,16 +8,28 @@ from edgemon.sync.fleetschema import SCHEMA, SCHEMA_VERSION
 from edgemon.sync.fleetviews import VIEW_REVISIONS
 
 
+class NotSchemaOwnerError(fleetdb.FleetDbError):
+    """``fleet migrate`` run by a role other than the owner of the existing schema edgemon."""
+
+
 def migrate_fleet(url: str) -> str:
     """Migrate the fleet database at ``url``; what it was and is now, as a line. A role that may
     not migrate the schema or revise the views is an error, not a warning: migrating is asked."""
     where = fleetdb.target_name(fleetdb.check_url(url))
     try:
         with fleetdb.connect(url) as conn:
+            # Only the schema's owner: what another role makes there (PostgreSQL's superuser may
+            # make anything) is that role's, outside the owner's default privileges, so recorders
+            # and analysts were refused every table ("permission denied for table
+            # schema_version") after a migrate that said it had succeeded (a review).
+            owner, user = conn.execute("SELECT (SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = %s), "
+                                       "current_user", [SCHEMA]).fetchone()
+            if owner is not None and owner != user:
+                raise NotSchemaOwnerError(f"{where}: schema {SCHEMA} is owned by {owner}: run this as {owner}, not "
+                                          f"{user} (what {user} made there, recorders could not write)")
             views_before = fleetdb.view_revision(conn) if fleetdb.schema_version(conn) else 0
             schema_before = fleetdb.migrate(conn)
             views_now = fleetdb.view_revision(conn)
-            (user,) = conn.execute("SELECT current_user").fetchone()
     except fleetdb.DRIVER_ERRORS as e:
         raise fleetdb.classify(e, where) from None
     if views_now < len(VIEW_REVISIONS):

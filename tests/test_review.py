@@ -335,7 +335,12 @@ def test_page_audio_spectrogram_and_verdict_over_http(review_db):
         status, _, said = _get(f"{base}/api/verdicts?ids={ids[0]},{ids[1]},{ids[2]}")
         latest = json.loads(said)
         assert status == 200 and latest[str(ids[1])]["new_label"] == "hornbill_rhino", latest
-        assert latest[str(ids[1])]["reviewer"] == "tester" and str(ids[2]) not in latest
+        assert latest[str(ids[1])]["reviewer"] == "tester" and latest[str(ids[2])] is None
+        # With the page's keys: an id that now names another detection is left out, not shown.
+        status, _, said = _get(f"{base}/api/verdicts?ids={ids[1]},{ids[2]}&keys=0000000000000000,"
+                               f"{reviews.detection_key(reviews.detection(db, ids[2]))}")
+        assert status == 200 and json.loads(said) == {str(ids[2]): None}, said
+        assert _get(f"{base}/api/verdicts?ids={ids[1]},{ids[2]}&keys=0000000000000000")[0] == 400
         for odd in ("x", "1.5", str(10 ** 20), ",".join(["1"] * 201)):
             status, _, said = _get(f"{base}/api/verdicts?ids={odd}")
             assert status == 400 and json.loads(said)["error"], odd

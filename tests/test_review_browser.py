@@ -210,3 +210,30 @@ def test_a_colleagues_verdict_shows_on_the_open_page(browser, review_db):
         _press(browser, "c")   # the page's own reviewer, on the first row: no "(by ...)"
         WebDriverWait(browser, 10).until(lambda b: "judged-correct" in rows[0].get_attribute("class"))
         assert rows[0].find_element(By.CSS_SELECTOR, ".verdict").text == "correct"
+
+
+def test_a_verdict_refresh_leaves_rows_that_are_no_longer_the_detection_shown(browser, review_db):
+    """A review: the page's refresh asked for its rows' verdicts by id alone, and cleared every row
+    missing from the answer. A row judged here whose detection reanalyse then replaced (its
+    verdict followed the new row) looked unjudged, and after a restore (or another database at
+    the same address) a row showed the verdict of whatever detection now held its id: what the
+    key (``k``) keeps from the page's audio and verdicts."""
+    from edgemon.review.reviews import add_verdict
+
+    db, recordings = review_db
+    with review_server(db, recordings) as (base, _):
+        browser.get(base + "/?order=time")
+        rows = browser.find_elements(By.CSS_SELECTOR, "li.detection")
+        ids = [int(r.get_attribute("data-id")) for r in rows]
+        _press(browser, "c")
+        WebDriverWait(browser, 10).until(lambda b: "judged-correct" in rows[0].get_attribute("class"))
+        with sqlite3.connect(db) as conn:
+            conn.execute("DELETE FROM detections WHERE id = ?", [ids[0]])           # reanalysed away
+            conn.execute("UPDATE detections SET start_s = start_s + 0.5 WHERE id = ?", [ids[2]])  # another one now
+        conn.close()
+        add_verdict(db, ids[2], "wrong", "colleague")
+        add_verdict(db, ids[1], "unsure", "colleague")   # seen once the refresh has answered
+        browser.execute_script("window.dispatchEvent(new Event('focus'));")
+        WebDriverWait(browser, 10).until(lambda b: "judged-unsure" in rows[1].get_attribute("class"))
+        assert rows[0].find_element(By.CSS_SELECTOR, ".verdict").text == "correct"
+        assert rows[2].find_element(By.CSS_SELECTOR, ".verdict").text == ""

@@ -407,14 +407,19 @@ def create_app(config: ReviewConfig) -> Starlette:
                              reviews.precision_by_class(config.db, bundle)])
 
     def verdicts_now(request: Request) -> Response:
-        """``/api/verdicts?ids=1,2,3``: the latest verdict on each that has one, by id."""
+        """``/api/verdicts?ids=1,2,3[&keys=K1,K2,K3]``: the latest verdict on each (null: none), by
+        id; an id gone, or whose key no longer matches, is left out."""
         try:
             ids = [reviews.valid_id(int(i)) for i in request.query_params.get("ids", "").split(",") if i.strip()]
         except (ValueError, reviews.ReviewError):
             return JSONResponse({"error": "ids: detection ids separated by commas"}, status_code=400)
         if len(ids) > reviews.MAX_IDS_ASKED:
             return JSONResponse({"error": f"at most {reviews.MAX_IDS_ASKED} ids at a time"}, status_code=400)
-        return JSONResponse({str(i): v for i, v in reviews.latest_verdicts_of(config.db, ids).items()})
+        keys = request.query_params.get("keys")
+        keys = None if keys is None else [k.strip() for k in keys.split(",") if k.strip()]
+        if keys is not None and len(keys) != len(ids):
+            return JSONResponse({"error": "keys: one per id, in the same order"}, status_code=400)
+        return JSONResponse({str(i): v for i, v in reviews.latest_verdicts_of(config.db, ids, keys).items()})
 
     routes = [
         Route("/", index), Route("/charts", charts_page),

@@ -279,24 +279,32 @@ def detections_since(db_path: Path, upto: int, *, label: str | None = None, day:
 MAX_IDS_ASKED = 200   # a page holds 50: the latest verdicts of a few pages at most, per request
 
 
-def latest_verdicts_of(db_path: Path, ids: list[int]) -> dict[int, dict]:
-    """The latest verdict, by anyone, on each of the detections ``ids`` that has one: ``verdict``,
-    ``new_label``, ``reviewer``. The page asks for its rows' now and then: a team's verdicts were
-    seen by the others only on reload, and two reviewers judged the same rows (a team trial)."""
+def latest_verdicts_of(db_path: Path, ids: list[int], keys: list[str] | None = None) -> dict[int, dict | None]:
+    """The latest verdict, by anyone, on each of the detections ``ids``: ``verdict``, ``new_label``,
+    ``reviewer``, or None where it has none. The page asks for its rows' now and then: a team's
+    verdicts were seen by the others only on reload, and two reviewers judged the same rows (a team
+    trial). An id that no detection has, or (with ``keys``, the page's ``detection_key`` of each)
+    one that now names another detection, is left out: the page leaves that row as it was, as it
+    neither judges nor plays another detection than the one it showed."""
     ids = [valid_id(i) for i in ids]
     if len(ids) > MAX_IDS_ASKED:
         raise ReviewError(f"at most {MAX_IDS_ASKED} detections at a time, not {len(ids)}")
+    if keys is not None and len(keys) != len(ids):
+        raise ReviewError(f"{len(keys)} keys for {len(ids)} ids")
     if not ids:
         return {}
     with closing(open_read_only(db_path, ReviewError)) as conn:
-        if not has_table(conn, "reviews"):
-            return {}
+        judged = has_table(conn, "reviews")
+        verdicts = (f"LEFT JOIN ({LATEST_VERDICTS}) v ON v.source = d.source AND v.start_s = d.start_s "
+                    "AND v.label = d.label AND v.bundle_id = d.bundle_id" if judged else
+                    "LEFT JOIN (SELECT NULL AS verdict, NULL AS new_label, NULL AS reviewer) v ON 0")
         rows = conn.execute(f"""
-            SELECT d.id, v.verdict, v.new_label, v.reviewer FROM detections d JOIN ({LATEST_VERDICTS}) v
-                ON v.source = d.source AND v.start_s = d.start_s AND v.label = d.label AND v.bundle_id = d.bundle_id
-            WHERE d.id IN ({', '.join('?' * len(ids))})""", ids).fetchall()
-    return {row["id"]: {"verdict": row["verdict"], "new_label": row["new_label"], "reviewer": row["reviewer"]}
-            for row in rows}
+            SELECT d.*, v.verdict AS v_verdict, v.new_label AS v_new_label, v.reviewer AS v_reviewer
+            FROM detections d {verdicts} WHERE d.id IN ({', '.join('?' * len(ids))})""", ids).fetchall()
+    shown = dict(zip(ids, keys)) if keys is not None else None
+    return {row["id"]: {"verdict": row["v_verdict"], "new_label": row["v_new_label"], "reviewer": row["v_reviewer"]}
+            if row["v_verdict"] is not None else None
+            for row in map(dict, rows) if shown is None or shown[row["id"]] == detection_key(row)}
 
 
 def valid_id(value) -> int:

@@ -63,12 +63,17 @@
   async function refreshVerdicts() {
     if (!rows.length) return;
     const asked = ++verdictsAsked;
-    const response = await fetch("/api/verdicts?ids=" + rows.map(function (r) { return r.dataset.id; }).join(","),
+    const response = await fetch("/api/verdicts?ids=" + rows.map(function (r) { return r.dataset.id; }).join(",") +
+                                 "&keys=" + rows.map(function (r) { return r.dataset.key; }).join(","),
                                  { credentials: "same-origin" });
     if (!response.ok) return;
     const latest = await response.json();
     if (asked !== verdictsAsked) return;
-    rows.forEach(function (row) { showVerdict(row, latest[row.dataset.id] || null); });
+    // A row left out of the answer is no longer the detection shown (reanalysed, restored): it
+    // stays as it was; cleared, a row judged here looked unjudged (a review).
+    rows.forEach(function (row) {
+      if (Object.prototype.hasOwnProperty.call(latest, row.dataset.id)) showVerdict(row, latest[row.dataset.id]);
+    });
   }
 
   function refreshFromServer() {

@@ -298,6 +298,49 @@ def test_ctrl_c_while_optuna_writes_the_study_lets_it_finish_then_stops(tiny_dat
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler given back
 
 
+def test_a_trial_method_called_from_another_thread_leaves_ctrl_c_at_once():
+    """A review: an objective that calls a trial's methods from a thread of its own (folds trained
+    side by side) switched the one process-wide "own work" mark off while that call ran, so a
+    Ctrl-C then was held as if Optuna wrote: the trial went on (for hours, in a search) and was
+    stored complete; two such calls at once could leave the mark off for the rest of the trial.
+    Signals reach the main thread only: a call from another thread holds nothing."""
+    import os
+    import threading
+
+    from training.trial_interrupts import TrialInterrupts
+
+    in_call, release = threading.Event(), threading.Event()
+
+    class SlowAttrs(optuna.storages.InMemoryStorage):
+        def set_trial_user_attr(self, trial_id, key, value):
+            if key == "fold":   # the worker thread's call, caught in the middle
+                in_call.set()
+                release.wait(30)
+            return super().set_trial_user_attr(trial_id, key, value)
+
+    study = optuna.create_study(storage=SlowAttrs())
+    went_on = []
+
+    def objective(trial):
+        worker = threading.Thread(target=trial.set_user_attr, args=("fold", 1))
+        worker.start()
+        try:
+            assert in_call.wait(30)
+            os.kill(os.getpid(), signal.SIGINT)   # the main thread is in the trial's own work
+            went_on.append(True)
+            return 0.5
+        finally:
+            release.set()
+            worker.join()
+
+    interrupts = TrialInterrupts()
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.installed():
+            study.optimize(interrupts.objective(objective), n_trials=1, catch=())
+    assert not went_on and [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_two_workers_share_one_study_over_postgresql(tiny_dataset, tmp_path):
     try:
         server = postgres_server()

@@ -69,6 +69,12 @@ class TrialInterrupts:
     @contextlib.contextmanager
     def optuna_writing(self):
         """Inside the trial's work, a call into Optuna: a Ctrl-C then waits until it returns."""
+        if threading.current_thread() is not threading.main_thread():
+            # Signals reach the main thread only. Switched off from another thread (an objective
+            # running folds side by side), the one mark held a Ctrl-C while the main thread
+            # trained on, and raised the held one in that thread (a review).
+            yield
+            return
         was, self._own_work = self._own_work, False
         try:
             yield

@@ -596,7 +596,13 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
                           "CREATE FUNCTION edgemon.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
                           "CREATE OR REPLACE VIEW edgemon.recorder_health AS SELECT 1 AS x",
                           "ALTER TABLE edgemon.detections ADD COLUMN x int", "DROP TABLE edgemon.detections",
-                          "DROP SCHEMA edgemon CASCADE"):
+                          "DROP SCHEMA edgemon CASCADE",
+                          # The schema's own bookkeeping is no recorder's rows (a review): one
+                          # version row of 99 made every recorder, `fleet status` and `fleet
+                          # migrate` refuse the whole fleet ("newer than this edgemon: upgrade").
+                          "INSERT INTO edgemon.schema_version (version) VALUES (99)",
+                          "DELETE FROM edgemon.schema_version", "UPDATE edgemon.view_revision SET revision = 99",
+                          "TRUNCATE edgemon.view_revision"):
             with psycopg.connect(as_user("recorder", "fleet"), autocommit=True) as conn:
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(statement)

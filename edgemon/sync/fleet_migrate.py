@@ -30,6 +30,7 @@ def migrate_fleet(url: str) -> str:
             views_before = fleetdb.view_revision(conn) if fleetdb.schema_version(conn) else 0
             schema_before = fleetdb.migrate(conn)
             views_now = fleetdb.view_revision(conn)
+            _bookkeeping_read_only(conn)
     except fleetdb.DRIVER_ERRORS as e:
         raise fleetdb.classify(e, where) from None
     if views_now < len(VIEW_REVISIONS):
@@ -39,3 +40,22 @@ def migrate_fleet(url: str) -> str:
     said = lambda before, now: f"{before} (as it was)" if before == now else f"{before} -> {now}"
     return (f"{where}: fleet schema version {said(schema_before, SCHEMA_VERSION)}, views revision "
             f"{said(views_before, views_now)}")
+
+
+BOOKKEEPING = ("schema_version", "view_revision")   # the schema's own tables: no recorder's rows
+
+
+def _bookkeeping_read_only(conn) -> None:
+    """Writes on the schema's version tables taken back from every role but their owner:
+    deploy/fleet-setup.sql gives recorders every table fleet_admin makes, and one unit's
+    credentials wrote version 99, after which every recorder, ``fleet status`` and this command
+    refused the fleet ("newer than this edgemon: upgrade", a review). Reading stays."""
+    tables = ", ".join(f"to_regclass('{SCHEMA}.{t}')" for t in BOOKKEEPING)
+    revokes = conn.execute(f"""
+        SELECT DISTINCT format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM %s', c.oid::regclass,
+                               CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
+        FROM pg_class c, aclexplode(c.relacl) a
+        WHERE c.oid IN ({tables}) AND a.grantee <> c.relowner
+          AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')""").fetchall()
+    for (revoke,) in revokes:
+        conn.execute(revoke)

@@ -211,6 +211,7 @@ def test_defaults_agree_with_the_components(tmp_path):
 # workstation against the fleet's PostgreSQL database, not on a recorder.
 NOT_SETTINGS = {
     ("fleet", "status", "db"): "the fleet database's postgresql:// URL, not the recorder's SQLite file",
+    ("fleet", "migrate", "db"): "the fleet database's postgresql:// URL, not the recorder's SQLite file",
     ("fleet", "status", "min_free_mb"): "the visit rule for recorders' disks (500 MB), not this unit's watermark",
     # DIRECTORY (positional) is the setting; the hidden --directory stays for existing scripts
     ("watch", "directory_alias"): "hidden alias of DIRECTORY",

@@ -117,10 +117,10 @@ def test_a_bad_sync_url_is_named_by_its_source_where_sync_starts_and_by_config(t
 def test_a_password_in_the_sync_url_is_named_without_the_driver(url, monkeypatch):
     """A newcomer trial: on the recorder-only install (no psycopg) `edgemon config` said nothing
     of a password in the URL, and the service only logged that the driver was missing."""
-    from edgemon.sync import fleetdb
+    from edgemon.sync import fleet_connect
     from edgemon.sync.service import check_sync_url
 
-    monkeypatch.setattr(fleetdb, "psycopg", None)
+    monkeypatch.setattr(fleet_connect, "psycopg", None)
     settings = load_settings(env={"EDGEMON_SYNC_URL": url}, default_path=None)
     with pytest.raises(ConfigError, match="EDGEMON_SYNC_URL: the fleet database URL holds a password") as info:
         check_sync_url(settings)

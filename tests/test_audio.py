@@ -165,6 +165,30 @@ def test_a_data_size_far_short_of_the_audio_after_it_is_read_to_the_end_of_the_f
         assert audio_duration_s(finished) == pytest.approx(0.1)
 
 
+def test_a_wav_past_4_gib_with_all_ones_sizes_is_read_to_the_end_of_the_file(tmp_path):
+    """Found by a large-recordings trial: libsndfile (soundfile's ``WAV``), sox and ffmpeg leave
+    sizes 0xFFFFFFFF in a WAV that outgrew a RIFF, and libsndfile read only its first 4 GiB: of a
+    1.6 h recording at 384 kHz the last 168 s, and the call in them, were never analysed, and its
+    length was stored as 5592 s. (A sparse file: the 4 GiB of silence take no room.)"""
+    rate, tail = 384000, sine(384000, 1.0)
+    path = tmp_path / "long.WAV"
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
+    header = b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + fmt + b"data" + struct.pack("<I", 0xFFFFFFFF)
+    silence = 2**32 // 2 * 2   # 4 GiB of 16-bit samples, then a second of tone
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + silence)
+        f.seek(len(header) + silence)
+        f.write((tail * 32767).astype("<i2").tobytes())
+    frames = (silence + 2 * len(tail)) // 2
+    with audio.open_decoder(path) as (f, note, _):
+        assert f.frames == frames and note.startswith("sizes 0xFFFFFFFF in the header")
+        f.seek(frames - len(tail))
+        last = f.read(dtype="float32")
+    assert len(last) == len(tail) and abs(dominant_hz(last, rate) - 1000) < 5
+    assert audio_duration_s(path) == pytest.approx(frames / rate)
+
+
 @pytest.mark.parametrize("samples", [32000, 16033])   # 16033: a data size whose low byte is 'B'
 def test_a_chunk_missing_its_pad_byte_before_the_audio_is_read(tmp_path, samples):
     """Found by a hostile-input trial: libsndfile found no data chunk after an odd-length GUANO

@@ -9,10 +9,13 @@ Two headers in the field hold audio that libsndfile will not give back:
   libsndfile finds no ``data`` chunk and refuses the file;
 - **a data size far short of the audio after it** (``declared_short``): a Frontier Labs BAR that
   lost power left the 44 it writes first in a file it had pre-allocated (known problem FL003),
-  and libsndfile reads 22 samples from hours of audio.
+  and libsndfile reads 22 samples from hours of audio;
+- **sizes 0xFFFFFFFF over more than 4 GiB of audio**: a RIFF cannot say more, so libsndfile
+  itself (soundfile's ``WAV``), sox and ffmpeg leave all ones in a recording that outgrew it (an
+  hour and a half at 384 kHz), and libsndfile reads only its first 4 GiB.
 
-``repaired`` presents such a file as a clean RIFF of its own ``fmt `` chunk and every whole frame
-from the start of its ``data`` chunk to end of file; the audio bytes are read from the file as
+``repaired`` presents such a file as a clean RIFF (an RF64 past 4 GiB) of its own ``fmt `` chunk
+and every whole frame from the start of its ``data`` chunk to end of file; the audio bytes are read from the file as
 they are asked for, so memory stays bounded however long the recording.
 """
 
@@ -26,6 +29,7 @@ from pathlib import Path
 from edgemon.analysis.containers import wav_chunks
 
 _MAX_DATA = 0xFFFFFFFF - 1024   # what a RIFF size field can say, less room for the header
+_UNSIZED = 0xFFFFFFFF           # a RIFF size a writer leaves when the audio outgrew it (or was never sized)
 
 
 class _Spliced(io.RawIOBase):
@@ -111,6 +115,16 @@ def _layout(f) -> tuple[bytes, int, int, bool] | None:
     return fmt, data[0], data[1], chunk_after
 
 
+def _header(fmt_chunk: bytes, length: int, block_align: int) -> bytes:
+    """A RIFF header of ``fmt_chunk`` and a ``data`` chunk of ``length`` bytes; an RF64 one (its
+    sizes in a ``ds64`` chunk, EBU Tech 3306) when a RIFF's 32-bit sizes cannot say them."""
+    if length <= _MAX_DATA:
+        return b"RIFF" + struct.pack("<I", 4 + len(fmt_chunk) + 8 + length) + b"WAVE" + fmt_chunk + \
+            b"data" + struct.pack("<I", length)
+    ds64 = b"ds64" + struct.pack("<IQQQI", 28, 4 + 36 + len(fmt_chunk) + 8 + length, length, length // block_align, 0)
+    return b"RF64" + struct.pack("<I", _UNSIZED) + b"WAVE" + ds64 + fmt_chunk + b"data" + struct.pack("<I", _UNSIZED)
+
+
 def repaired(path: str | Path, always: bool = False):
     """A binary file object reading the WAV at ``path`` through a rewritten header, and why; or
     (None, None) when it needs none (``always``: rewrite whenever the layout can be read, for a
@@ -131,16 +145,21 @@ def repaired(path: str | Path, always: bool = False):
         held = os.fstat(f.fileno()).st_size - offset
         block_align = struct.unpack("<H", fmt[12:14])[0] or 1
         short = declared_short(declared, held, chunk_after)
+        # libsndfile stops such a file at 4 GiB: a 1.6 h recording at 384 kHz lost its last 168 s
+        # (the call in them too), and its length was stored as 5592 s, with no word of it.
+        outgrown = declared == _UNSIZED and held > _UNSIZED
         # Where the header's own size is plausible, it ends the audio (chunks may follow it).
-        usable = declared if 0 < declared <= held and declared != 0xFFFFFFFF and not short else held
-        length = min(usable, _MAX_DATA) // block_align * block_align
-        if length <= 0 or not (always or declared == 0 or short):
+        usable = declared if 0 < declared <= held and declared != _UNSIZED and not short else held
+        length = usable // block_align * block_align
+        if length <= 0 or not (always or declared == 0 or short or outgrown):
             f.close()
             return None, None
         fmt_chunk = b"fmt " + struct.pack("<I", len(fmt)) + fmt + (b"\0" if len(fmt) & 1 else b"")
-        header = b"RIFF" + struct.pack("<I", 4 + len(fmt_chunk) + 8 + length) + b"WAVE" + fmt_chunk + \
-            b"data" + struct.pack("<I", length)
-        if declared == 0:
+        header = _header(fmt_chunk, length, block_align)
+        if outgrown:
+            why = (f"sizes 0xFFFFFFFF in the header (the audio outgrew a RIFF): its {length} bytes to end of file "
+                   "read as audio")
+        elif declared == 0:
             why = f"data size 0 in the header (never finalised): its {length} bytes to end of file read as audio"
         elif short:
             why = (f"data size {declared} in the header but {held} bytes after it, and no chunk (never finalised): "

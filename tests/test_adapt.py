@@ -686,7 +686,7 @@ def test_recording_windows_are_the_recorders_windows(tmp_path):
     soundfile.write(path, (0.05 * rng.standard_normal(16000 * 131)).astype(np.float32), 16000, subtype="PCM_16")
     analyzer = Analyzer(load_bundle(default_bundle_path()))
     windows = recording_windows(analyzer.ensemble, path)
-    votes = analyzer.analyse_file(path).windows
+    votes = analyzer.analyse_file(path, keep_votes=True).windows
     assert windows.starts.tolist() == [v.start_frame for v in votes]
     assert windows.lengths.tolist() == [v.frames for v in votes]
     mine = majority_vote(windows.probs).confidence

@@ -158,7 +158,7 @@ def _recorder_computes_what_training_saw(bundle, clip):
     from edgemon.analysis.windows import WindowSpec, cut_windows
 
     x = soundfile.read(clip, dtype="float32")[0]
-    analysis = Analyzer(bundle).analyse_blocks(x[i:i + 700] for i in range(0, len(x), 700))
+    analysis = Analyzer(bundle).analyse_blocks((x[i:i + 700] for i in range(0, len(x), 700)), keep_votes=True)
     spec = WindowSpec.from_seconds(bundle.window_s, bundle.hop_s, bundle.frontend)
     windows, starts = cut_windows(features(x, bundle.frontend), spec)
     votes = Ensemble(bundle).vote(windows)

@@ -512,7 +512,7 @@ def test_the_chooser_finds_the_evidence_rule_where_windows_alone_cannot(rules):
 def test_votes_keep_every_members_probabilities_and_older_votes_still_load(tmp_path):
     samples = hoots(12.0)
     analyzer = Analyzer(load_bundle(default_bundle_path()))
-    votes = analyzer.analyse_blocks([samples]).windows
+    votes = analyzer.analyse_blocks([samples], keep_votes=True).windows
     stream = StreamVotes.from_votes(0, 12.0, votes, [])
     assert stream.probs.shape == (len(votes), len(analyzer.bundle.members), len(analyzer.bundle.labels))
     assert np.allclose(stream.probs.mean(axis=1)[np.arange(len(votes)), stream.winner], stream.confidence, atol=1e-6)

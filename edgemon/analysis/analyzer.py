@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Analysis:
     duration_s: float
-    windows: list[WindowVote]
+    windows: list[WindowVote]   # every window's vote, when asked for (``keep_votes``); else empty
     events: list[Event]
     note: str | None = None   # what the decoder could not read as usual (a rewritten header, a cut FLAC)
 
@@ -111,16 +111,20 @@ class Analyzer:
         """An incremental analysis of one stretch of contiguous audio (see ``AnalysisStream``)."""
         return AnalysisStream(self, eager=eager, keep_votes=keep_votes)
 
-    def analyse_blocks(self, blocks: Iterable[np.ndarray]) -> Analysis:
-        """Mono float32 blocks at the bundle's sample rate -> window votes and merged events."""
-        stream = self.stream(keep_votes=True)
+    def analyse_blocks(self, blocks: Iterable[np.ndarray], keep_votes: bool = False) -> Analysis:
+        """Mono float32 blocks at the bundle's sample rate -> merged events, and every window's vote
+        when ``keep_votes``. The recorder keeps none: they cost about 600 bytes a window, so a
+        24-hour recording held 30 MB of them (and an isolated child pickled them to its parent)
+        that nothing on the recorder reads."""
+        stream = self.stream(keep_votes=keep_votes)
         events = [e for block in blocks for e in stream.push(block)]
         events += stream.finish()
         # What the decoder could not read as usual (``audio.Blocks.note``), for the file's ledger row.
         return Analysis(stream.duration_s, stream.votes, events, getattr(blocks, "note", None))
 
-    def analyse_file(self, path: str | Path, block_seconds: float = 10.0) -> Analysis:
-        return self.analyse_blocks(audio.iter_blocks(path, block_seconds, self.bundle.frontend.sample_rate))
+    def analyse_file(self, path: str | Path, block_seconds: float = 10.0, keep_votes: bool = False) -> Analysis:
+        return self.analyse_blocks(audio.iter_blocks(path, block_seconds, self.bundle.frontend.sample_rate),
+                                   keep_votes=keep_votes)
 
     def merge(self, votes: list[WindowVote], duration_s: float) -> list[Event]:
         """Join consecutive windows of the same label into events (``EventMerger.merge``)."""

@@ -189,6 +189,29 @@ def test_a_wav_past_4_gib_with_all_ones_sizes_is_read_to_the_end_of_the_file(tmp
     assert audio_duration_s(path) == pytest.approx(frames / rate)
 
 
+def test_an_rf64_still_being_written_waits_and_one_never_closed_is_read_to_the_end(tmp_path):
+    """Found by a large-recordings trial: an RF64 (libsndfile's, as long recordings are written)
+    says its sizes in a ``ds64`` chunk, 0 until it is closed, and edgemon read no size there: one
+    still being written was taken as whole and analysed as 0 s at every pause of its writer, and
+    one never closed (the power cut) was stored as done with 0 s of audio. A closed one is read as
+    its header says."""
+    x = sine(48000, 3.0)
+    path = tmp_path / "long.WAV"
+    with soundfile.SoundFile(path, "w", samplerate=48000, channels=1, subtype="PCM_16", format="RF64") as f:
+        f.write(x)
+        f.flush()
+        open_bytes = path.read_bytes()     # what a reader sees before the writer closes it
+    closed = path.read_bytes()
+    assert wav_header_consistent(path) == (True, "header consistent") and audio_duration_s(path) == pytest.approx(3.0)
+    blocks = audio.iter_blocks(path, block_seconds=1.0)
+    assert abs(sum(len(b) for b in blocks) - len(x) / 3) <= 1 and blocks.note is None
+    path.write_bytes(open_bytes)
+    assert closed != open_bytes and wav_header_consistent(path) == (False, "data size 0: header not yet finalised")
+    blocks = audio.iter_blocks(path, block_seconds=1.0)
+    assert abs(sum(len(b) for b in blocks) - len(x) / 3) <= 1 and blocks.note.startswith("data size 0 in the header")
+    assert audio_duration_s(path) == pytest.approx(3.0)
+
+
 @pytest.mark.parametrize("samples", [32000, 16033])   # 16033: a data size whose low byte is 'B'
 def test_a_chunk_missing_its_pad_byte_before_the_audio_is_read(tmp_path, samples):
     """Found by a hostile-input trial: libsndfile found no data chunk after an odd-length GUANO

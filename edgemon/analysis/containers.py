@@ -42,16 +42,25 @@ def _next_chunk(f: BinaryIO, end: int) -> int:
 
 
 def wav_chunks(f: BinaryIO) -> Iterator[tuple[bytes, int, int]]:
-    """(id, offset of its body, declared size) of each chunk after the 12-byte RIFF header of the
-    file ``f``; when one is yielded ``f`` stands at its body. Stops at end of file, at an
-    implausible chunk id (a lying size led into audio), or after MAX_CHUNKS."""
-    pos = 12
+    """(id, offset of its body, declared size) of each chunk after the 12-byte RIFF (or RF64)
+    header of the file ``f``; when one is yielded ``f`` stands at its body. An RF64's ``data``
+    chunk is given the size its ``ds64`` chunk declares. Stops at end of file, at an implausible
+    chunk id (a lying size led into audio), or after MAX_CHUNKS."""
+    pos, data64 = 12, None
     for _ in range(MAX_CHUNKS):
         f.seek(pos)
         head = f.read(8)
         if len(head) < 8 or not _looks_like_id(head[:4]):
             return
         chunk_id, chunk_size = struct.unpack("<4sI", head)
+        if chunk_id == b"ds64" and chunk_size >= 16:
+            # An RF64 says its sizes here (EBU Tech 3306), 0xFFFFFFFF in the chunks: one still
+            # being written says data size 0, as an AudioMoth WAV does, and was analysed as 0 s.
+            sizes = f.read(16)
+            data64 = struct.unpack("<QQ", sizes)[1] if len(sizes) == 16 else None
+            f.seek(pos + 8)
+        elif chunk_id == b"data" and chunk_size == 0xFFFFFFFF and data64 is not None:
+            chunk_size = data64
         yield chunk_id, pos + 8, chunk_size
         pos = _next_chunk(f, pos + 8 + chunk_size)
 

@@ -4,7 +4,7 @@ Two headers in the field hold audio that libsndfile will not give back:
 
 - **data size 0**: AudioMoth writes the sizes when it closes a file, so a file it never closed
   (the battery died, the card was pulled) says its data chunk is empty, and libsndfile reads
-  0 samples from minutes of audio;
+  0 samples from minutes of audio (so does an RF64 never closed: its ``ds64`` chunk says 0);
 - **a chunk before ``data`` without its pad byte** (an odd-length GUANO chunk from some writers):
   libsndfile finds no ``data`` chunk and refuses the file;
 - **a data size far short of the audio after it** (``declared_short``): a Frontier Labs BAR that
@@ -101,7 +101,7 @@ def _layout(f) -> tuple[bytes, int, int, bool] | None:
     RIFF/WAVE file ``f``, or None."""
     f.seek(0)
     head = f.read(12)
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:] != b"WAVE":
         return None
     fmt, data, chunk_after = None, None, False
     for chunk_id, body_at, size in wav_chunks(f):

@@ -49,7 +49,13 @@ def _read_guano(body: bytes, meta: dict) -> None:
     meta["guano"] = fields
 
 
-_READERS = {b"fmt ": _read_fmt, b"LIST": _read_list, b"guan": _read_guano}
+def _read_ds64(body: bytes, meta: dict) -> None:
+    """An RF64's sizes (its RIFF size field says 0xFFFFFFFF): the 64-bit RIFF size."""
+    if len(body) >= 8:
+        meta["riff_size"] = struct.unpack("<Q", body[:8])[0]
+
+
+_READERS = {b"fmt ": _read_fmt, b"LIST": _read_list, b"guan": _read_guano, b"ds64": _read_ds64}
 
 
 def _walk_chunks(f: BinaryIO, size: int, meta: dict) -> None:
@@ -73,8 +79,9 @@ def _walk_chunks(f: BinaryIO, size: int, meta: dict) -> None:
 def read_wav_metadata(path: str | Path) -> dict:
     """Header fields of a WAV file, read by hand with at most ~MAX_HEADER_READ bytes of reading.
 
-    Always ``file_size`` (bytes). For a RIFF/WAVE file also, where present: ``riff_size`` and
-    ``data_size`` (as declared, bytes), ``data_offset`` (bytes), ``sample_rate`` (Hz),
+    Always ``file_size`` (bytes). For a RIFF/WAVE (or RF64) file also, where present: ``riff_size``
+    and ``data_size`` (as declared, bytes; an RF64's from its ``ds64`` chunk), ``data_offset``
+    (bytes), ``sample_rate`` (Hz),
     ``channels``, ``bits_per_sample``, ``block_align`` (bytes per frame), ``audio_format``,
     ``info`` (all LIST/INFO fields), ``comment`` (ICMT), ``artist`` (IART), ``guano`` (dict of the
     ``guan`` chunk's ``Key: value`` lines), ``truncated`` (a chunk runs past end of file) and
@@ -84,7 +91,7 @@ def read_wav_metadata(path: str | Path) -> dict:
     with open(path, "rb") as f:
         meta: dict = {"file_size": os.fstat(f.fileno()).st_size}
         head = f.read(12)
-        if len(head) == 12 and head[:4] == b"RIFF" and head[8:] == b"WAVE":
+        if len(head) == 12 and head[:4] in (b"RIFF", b"RF64") and head[8:] == b"WAVE":
             meta["riff_size"] = struct.unpack("<I", head[4:8])[0]
             _walk_chunks(f, meta["file_size"], meta)
     return meta

@@ -137,6 +137,7 @@ def status(
     fmt: Annotated[TextFormat, typer.Option("--format", help="text or json.")] = TextFormat.text,
     as_json: JsonOpt = False,
     heartbeats: Annotated[Optional[Path], typer.Option("--heartbeats", help="Also write every heartbeat row to this CSV file ('-': stdout).", readable=False)] = None,
+    integrity: Annotated[bool, typer.Option("--integrity/--no-integrity", help="Check the database's integrity (SQLite's quick_check: most of status's time on a season's database, minutes on a Pi).")] = True,
     directory_alias: DirectoryAlias = None,
 ):
     """How the unit is doing: service, backlog (of DIRECTORY), last file and detection, real-time
@@ -146,7 +147,7 @@ def status(
     try:
         service = service_in_force(ctx, config, directory_alias)
         report = collect_status(service.db, directory=service.directory, heartbeat_s=service.heartbeat_s,
-                                min_free_mb=service.min_free_mb)
+                                min_free_mb=service.min_free_mb, integrity=integrity)
         if heartbeats is not None:
             write_heartbeats_file(service.db, heartbeats)
     except EdgemonError as exc:

@@ -431,6 +431,10 @@ def test_status_command_text_json_and_heartbeats_csv(watched_db, tmp_path):
         text.output
     as_json = runner.invoke(app, ["status", "--db", str(db), "--json"])
     assert json.loads(as_json.output)["backlog"]["done"] == 2
+    assert json.loads(as_json.output)["database"]["integrity"] == "ok"
+    # A scale trial: the check is most of status's time on a season's database; it may be left out.
+    quick = runner.invoke(app, ["status", "--db", str(db), "--json", "--no-integrity"])
+    assert json.loads(quick.output)["database"]["integrity"] == "not checked", quick.output
     out = tmp_path / "beats.csv"
     assert runner.invoke(app, ["status", "--db", str(db), "--heartbeats", str(out)]).exit_code == 0
     rows = list(csv.DictReader(io.StringIO(out.read_text())))

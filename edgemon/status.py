@@ -418,7 +418,7 @@ def format_status(status: dict, zone: zoneinfo.ZoneInfo | None = None) -> str:
                  f"{ran} {_duration(svc['uptime_s'])} from {when(svc['started_utc'])}")
     waiting = "?" if backlog["waiting"] is None else str(backlog["waiting"])
     where = (f" in {backlog['directory']}" if backlog["directory"] else
-             " (a live stream's: no files)" if s["mode"] == "listen" else " (give the watched directory to count)")
+             " (a live stream's: no files)" if s["mode"] == "listen" else " (`edgemon status DIRECTORY` counts them)")
     if backlog.get("note"):   # a directory given that is not there said "? file(s) waiting in …" (a newcomer trial)
         where = f": {backlog['directory']}: {backlog['note']}"
     last_file = (f"{s['last_file']['source']} at {when(s['last_file']['processed_utc'])}" if s["last_file"] else

@@ -364,7 +364,8 @@ def test_page_audio_spectrogram_and_verdict_over_http(review_db):
             status, _, said = _get(f"{base}/api/verdicts?ids={odd}")
             assert status == 400 and json.loads(said)["error"], odd
         # Another site's page cannot judge: no form/text POST, no cross-origin JSON.
-        assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Content-Type": "text/plain"})[0] == 403
+        status, said = _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Content-Type": "text/plain"})
+        assert status == 415 and "Content-Type: application/json" in said["error"], said
         assert _post(base + "/api/verdict", {"id": ids[0], "verdict": "wrong"}, {"Origin": "http://evil.example"})[0] == 403
         status, _, charts = _get(base + "/charts")
         assert status == 200 and charts.count(b"<svg") == 2

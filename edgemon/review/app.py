@@ -370,9 +370,12 @@ def create_app(config: ReviewConfig) -> Starlette:
         # Only this page's own script may judge: a form or text/plain POST from another site is a
         # "simple" request that browsers send without asking; JSON from another origin is not.
         origin = request.headers.get("origin")
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json" or (
-                origin is not None and origin.split("://", 1)[-1] != request.headers.get("host")):
-            return JSONResponse({"error": "verdicts are accepted as JSON from the review page only"}, status_code=403)
+        if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+            return JSONResponse({"error": "verdicts from another site's page are refused"}, status_code=403)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            # Said as what to send: "from the review page only" read as if scripts were refused (a newcomer trial).
+            return JSONResponse({"error": "a verdict is JSON, sent with Content-Type: application/json"},
+                                status_code=415)
         try:
             raw = b""
             async for chunk in request.stream():   # a verdict is a few dozen bytes: never hold more

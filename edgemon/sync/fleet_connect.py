@@ -89,7 +89,9 @@ def check_url(url: str, *, passfile: bool = True) -> dict[str, str]:
     if psycopg is None:   # the URL's own faults first: `edgemon config` on a recorder-only install names them
         if refusal := _secret_in(url):
             raise SyncUrlError(refusal)
-        raise FleetDbError("sync needs the PostgreSQL driver: pip install 'edgemon[sync]'")
+        raise FleetDbError("the fleet commands (sync, fleet migrate, fleet status) need the PostgreSQL driver, the "
+                           "'sync' extra (in a clone: .venv/bin/pip install -c constraints.txt -e '.[sync]'; else "
+                           "pip install 'edgemon[sync]')")
     try:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:

@@ -568,7 +568,7 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
         # Before the administrator made the schema: one line saying who must, and nothing lost.
         before = local_state(db)
         assert_one_line_refusal(run_sync(db, as_user("recorder", "fleet"), device_id="site-01"),
-                                "edgemon fleet migrate", "role recorder may not migrate it")
+                                "edgemon fleet migrate --db postgresql://fleet_admin@", "role recorder may not migrate it")
         assert local_state(db) == before
         migrate = lambda user: subprocess.run([*edgemon, "fleet", "migrate", "--db", as_user(user, "fleet")],
                                               capture_output=True, text=True, timeout=120)

@@ -90,11 +90,12 @@ def migrate(conn: psycopg.Connection) -> int:
             except psycopg.errors.InsufficientPrivilege:
                 # A recorder that only writes rows (deploy/fleet-setup.sql): the schema's owner
                 # migrates it, and this recorder's rows wait on the unit until then.
-                (user,) = conn.execute("SELECT current_user").fetchone()
+                user, owner = conn.execute("SELECT current_user, (SELECT pg_get_userbyid(nspowner) FROM pg_namespace "
+                                           "WHERE nspname = %s)", [SCHEMA]).fetchone()
                 raise SchemaBehindError(
                     f"the fleet database's schema is version {found}, this edgemon's {SCHEMA_VERSION}, and role "
                     f"{user} may not migrate it: the owner of schema {SCHEMA} runs `edgemon fleet migrate --db "
-                    f"postgresql://OWNER@HOST/DB` (nothing is lost: the rows wait here until then)") from None
+                    f"postgresql://{owner or 'OWNER'}@HOST/DB` (nothing is lost: the rows wait here until then)") from None
         try:
             with conn.transaction():   # a savepoint: a role that may not replace views still syncs
                 _revise_views(conn)

@@ -583,7 +583,10 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
         assert run_sync(db, as_user("recorder", "fleet"), device_id="site-01").returncode == 0
         status = [*edgemon, "fleet", "status", "--db", as_user("analyst", "fleet")]
         out = subprocess.run(status, capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0 and "site-01" in out.stdout, out.stderr
+        assert out.returncode == 0 and "site-01" in out.stdout and "superuser" not in out.stderr, out.stderr
+        # Read as the superuser: said (a newcomer trial), since a replaced view runs with the reader's rights.
+        out = subprocess.run([*status[:-1], as_user("postgres", "fleet")], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "as a PostgreSQL superuser: read them as analyst" in out.stderr, out.stderr
         with psycopg.connect(as_user("analyst", "fleet"), autocommit=True) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):   # reads only
                 conn.execute("DELETE FROM edgemon.detections")

@@ -82,6 +82,22 @@ def test_a_recording_moved_back_to_its_name_is_where_the_ledger_says(tmp_path, d
     assert query(db, "SELECT source, path FROM files") == [(original.name, str(original))]
 
 
+def test_a_recording_copied_back_to_its_name_is_where_the_ledger_says(tmp_path, duet):
+    """Found in a diff review: moved into a folder (the ledger followed it), then copied back
+    without its times (a new mtime: 'touched') and the folder's copy deleted, a recording kept the
+    folder as its ledger path for as long as the daemon ran (the move back alone was mended)."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    original = write_wav(root / "20230201_053000.WAV", duet)
+    assert watch_until_idle(root, db).processed == 1
+    (root / "day1").mkdir()
+    os.rename(original, root / "day1" / original.name)
+    assert watch_until_idle(root, db).processed == 0
+    shutil.copyfile(root / "day1" / original.name, original)
+    os.remove(root / "day1" / original.name)
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, "SELECT source, path FROM files") == [(original.name, str(original))]
+
+
 def test_a_moved_recording_touched_after_is_said_touched_not_watched_from_another_directory(tmp_path, duet, caplog):
     """A hardening trial: a recording moved into a folder, then touched, was logged "analysed already
     as X, when another directory was watched": nothing was analysed twice, but the reason was wrong."""

@@ -653,6 +653,10 @@ class Watcher:
         if same.kind == "touched":
             self.store.note_touched(source, version[1])
             log.info("%s: touched or copied again (same size and audio): not analysed again", shown(source))
+            # Copied back to its name (a new mtime) after a move the ledger followed: settled here,
+            # it kept the folder's path until the next start (a review: no audio for the page).
+            if same.path != stored_name(path):
+                self._back_at_its_name(path, source, same.path)
         elif self.store.note_same_recording(same.source, path=path, size=version[0], mtime_ns=version[1],
                                             moved=same.kind == "moved", converted=same.converted):
             if noted_here:   # a hardening trial: this was said as "when another directory was watched"

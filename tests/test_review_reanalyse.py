@@ -382,9 +382,11 @@ def test_reanalyse_waits_for_another_process_holding_the_write_lock(tmp_path, mo
     """A field-station trial: another process held the database's write lock past the busy
     timeout (30 s; 0.2 s here), and reanalyse ended in a traceback, "sqlite3.OperationalError:
     database is locked", its bundle not recorded either. It waits, as watch does, and says so."""
+    import edgemon.files.reanalyse
     import edgemon.storage.store
 
     monkeypatch.setattr(edgemon.storage.store, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(edgemon.files.reanalyse, "BUSY_TIMEOUT_MS", 200)   # said once it has waited this
     db, _ = make_review_db(tmp_path)
     analyzer = Analyzer(load_bundle(default_bundle_path()))
     other = sqlite3.connect(db, isolation_level=None)
@@ -411,6 +413,60 @@ def test_reanalyse_waits_for_another_process_holding_the_write_lock(tmp_path, mo
                  [analyzer.bundle.bundle_id]) == [(result.detections,)]
     assert _rows(db, "SELECT bundle_id FROM bundles WHERE bundle_id = ?",
                  [analyzer.bundle.bundle_id]) == [(analyzer.bundle.bundle_id,)]   # recorded once it could be
+
+
+def test_reanalyse_waiting_for_the_write_lock_takes_a_ctrl_c_while_it_is_held(tmp_path, monkeypatch):
+    """A diff review: waiting for another process's write lock, reanalyse said "Ctrl-C stops", but
+    each try sat in SQLite's own wait (the busy timeout), which no signal ends: a Ctrl-C stopped it
+    28 s later. Here the busy timeout is an hour and the wait is said at once: the Ctrl-C is taken
+    while the lock is still held (a guard lets go after 60 s, so the test fails, not hangs)."""
+    import signal
+    import threading
+
+    import edgemon.files.reanalyse
+    import edgemon.storage.store
+    from edgemon.storage.store import Store
+
+    monkeypatch.setattr(edgemon.storage.store, "BUSY_TIMEOUT_MS", 3_600_000)
+    monkeypatch.setattr(edgemon.files.reanalyse, "BUSY_TIMEOUT_MS", 0)
+    db, _ = make_review_db(tmp_path)
+    analyzer = Analyzer(load_bundle(default_bundle_path()))
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    held = threading.Lock()
+    record_bundle = Store.record_bundle
+
+    def then_another_write_begins(self, *args, **kwargs):
+        recorded = record_bundle(self, *args, **kwargs)
+        other.execute("BEGIN IMMEDIATE")
+        return recorded
+
+    def let_go():
+        with held:
+            if other.in_transaction:
+                other.execute("ROLLBACK")
+
+    class CtrlCOnceWaitedFor(logging.Handler):
+        def emit(self, record):
+            if "waiting for it" in record.getMessage():
+                with held:
+                    still_held = other.in_transaction
+                assert still_held
+                signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(Store, "record_bundle", then_another_write_begins)
+    guard = threading.Timer(60, let_go)
+    guard.start()
+    ctrl_c = CtrlCOnceWaitedFor()
+    logging.getLogger("edgemon.files.reanalyse").addHandler(ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reanalyse(db, analyzer)
+    finally:
+        logging.getLogger("edgemon.files.reanalyse").removeHandler(ctrl_c)
+        guard.cancel()
+        let_go()
+        other.close()
+    assert _rows(db, "SELECT count(*) FROM detections WHERE bundle_id = ?", [analyzer.bundle.bundle_id]) == [(0,)]
 
 
 def test_another_programs_database_is_named_as_such(tmp_path):

@@ -14,6 +14,7 @@ import bisect
 import dataclasses
 import logging
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from edgemon.utc import parse_utc
 log = logging.getLogger(__name__)
 
 SHORTER_S = 0.5   # less audio read than the ledger's duration by more: not the recording analysed
+WAIT_STEP_MS = 500   # one try for the write lock, while another process holds it (Ctrl-C is taken between)
 
 
 class ReanalyseError(EdgemonError):
@@ -215,20 +217,27 @@ def _store(store: Store, row: dict, bundle_id: str, detections: list, duration_s
     """``Store.replace_detections`` of one recording, waiting for as long as another process holds
     the database's write lock (a long write, a sqlite3 shell left in a transaction): the store's
     busy timeout ran out after 30 s and reanalyse ended in a traceback, "database is locked" (a
-    field-station trial), where watch holds its work and goes on. Any other refusal (a full disk)
-    is one line saying what is stored."""
-    waiting = False
-    while True:
-        try:
-            return store.replace_detections(row["source"], bundle_id, detections, duration_s,
-                                            ledger_at=row["updated_at"])
-        except sqlite3.OperationalError as e:
-            if error_code(e) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise ReanalyseError(f"{shown(str(store.path))} refused {bundle_id}'s detections of "
-                                     f"{shown(row['source'])} ({e}) after {done} of {total} recording(s): those are "
-                                     f"stored; run the same command again to go on from there") from None
-            if not waiting:
-                log.warning("another process has held the write lock of %s for over %g s: waiting for it to store "
-                            "%s (Ctrl-C stops; the same command goes on from there)", shown(str(store.path)),
-                            BUSY_TIMEOUT_MS / 1000, shown(row["source"]))
-                waiting = True
+    field-station trial), where watch holds its work and goes on. Said once it has waited the busy
+    timeout. Any other refusal (a full disk) is one line saying what is stored."""
+    started, said = time.monotonic(), False
+    # Tried in short waits: SQLite's own wait for a lock takes no signal, so a Ctrl-C while it
+    # waited out the busy timeout stopped reanalyse only when it ended (28 s later, a review).
+    busy_timeout = store.db.execute("PRAGMA busy_timeout").fetchone()[0]
+    store.db.execute(f"PRAGMA busy_timeout = {min(WAIT_STEP_MS, busy_timeout)}")
+    try:
+        while True:
+            try:
+                return store.replace_detections(row["source"], bundle_id, detections, duration_s,
+                                                ledger_at=row["updated_at"])
+            except sqlite3.OperationalError as e:
+                if error_code(e) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise ReanalyseError(f"{shown(str(store.path))} refused {bundle_id}'s detections of "
+                                         f"{shown(row['source'])} ({e}) after {done} of {total} recording(s): those "
+                                         f"are stored; run the same command again to go on from there") from None
+                if not said and time.monotonic() - started >= BUSY_TIMEOUT_MS / 1000:
+                    log.warning("another process has held the write lock of %s for over %g s: waiting for it to "
+                                "store %s (Ctrl-C stops; the same command goes on from there)",
+                                shown(str(store.path)), BUSY_TIMEOUT_MS / 1000, shown(row["source"]))
+                    said = True
+    finally:
+        store.db.execute(f"PRAGMA busy_timeout = {busy_timeout}")

@@ -552,6 +552,24 @@ def test_status_says_a_watch_starting_behind_another_write_is_starting_not_stopp
     assert collect_status(copy)["service"]["state"] == "stopped"   # its own 'stopping' beat now
 
 
+def test_status_of_a_stopped_database_whose_lock_file_names_a_live_process_is_stopped(watched_db, tmp_path):
+    """A diff review: a lock file newer than the last run's 'stopping' heartbeat, naming a pid some
+    other process has (the card's data copied to a laptop with `cp -r`: the recorder's service had
+    a low pid, which a laptop's own process holds; or a watch that failed at start, its pid reused
+    since), made status say "starting (pid N, no heartbeat yet...)" for good. Nothing holds the
+    lock: it is no daemon starting."""
+    import os
+
+    db, _ = watched_db
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    copy.with_name(copy.name + ".lock").write_text(f"{os.getpid()}\n")   # alive, and holding no lock
+    status = collect_status(copy)
+    assert status["service"]["state"] == "stopped", status["service"]
+    assert "starting" not in format_status(status)
+
+
 def test_quarantined_files_are_named_and_the_rest_counted(tmp_path):
     """A review found "and N more" counted from the 20 files listed, not from all of them."""
     db = tmp_path / "d.db"

@@ -72,16 +72,34 @@ def daemon_gone(db_path: str | Path) -> int | None:
 
 def daemon_started(db_path: str | Path) -> tuple[int, float] | None:
     """(pid, time.time() when it took the lock) of the daemon that last took the lock of the
-    database at ``db_path``, while that process exists; else None. The lock file is written at
+    database at ``db_path``, while that process exists and the lock is held (where Linux's
+    /proc/locks tells); else None. The lock file is written at
     every start, so its modification time is the start of that daemon. Takes no lock, as
     ``daemon_gone``."""
     path = lock_path(db_path)
     try:
         pid = int(path.read_text(encoding="ascii").strip())
-        taken = path.stat().st_mtime
+        st = path.stat()
     except (OSError, ValueError):
         return None
-    return (pid, taken) if process_alive(pid) else None
+    # Held, not only named: a lock file newer than the last run, naming a pid another process has
+    # (the data copied to a laptop, a start that failed and its pid reused) was 'starting' for good.
+    if not process_alive(pid) or _flocked(st.st_ino) is False:
+        return None
+    return pid, st.st_mtime
+
+
+def _flocked(inode: int) -> bool | None:
+    """Whether any process holds a ``flock`` on the file of ``inode``, as Linux's /proc/locks
+    lists them (read without taking a lock); None where that list cannot be read. By inode alone:
+    the device a lock is listed under is not always the one stat gives (a btrfs subvolume)."""
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            listed = f.read().splitlines()
+    except OSError:
+        return None
+    return any("FLOCK" in fields and any(field.endswith(f":{inode}") for field in fields)
+               for fields in map(str.split, listed))
 
 
 def export_lock_path(db_path: str | Path) -> Path:

@@ -376,6 +376,27 @@ def test_symlink_loops_and_dangling_links_are_recorded_once(tmp_path, caplog):
     assert not [r for r in caplog.records if "loop.WAV" in r.getMessage() or "dangling" in r.getMessage()]
 
 
+def test_an_analysed_recording_whose_link_dangles_for_a_while_keeps_its_ledger_row(tmp_path):
+    """A diff review: a recording linked into the watched directory and analysed, whose link then
+    dangled (its disk unmounted, the file moved away for a while), was quarantined as a "dangling
+    symbolic link": its done row gone from ``--recordings`` (the effort), a problem in status, and
+    the recording analysed again once the link reached it again; as a recording that cannot be
+    stat'ed for a while, it keeps its row."""
+    root, db, disk = tmp_path / "rec", tmp_path / "d.db", tmp_path / "disk"
+    target = recording(disk / "20240701_070000.WAV")
+    root.mkdir()
+    (root / target.name).symlink_to(target)
+    assert watch_until_idle(root, db).processed == 1
+    analysed = query(db, "SELECT * FROM files")
+    assert [row[:2] for row in query(db, "SELECT source, state FROM files")] == [(target.name, "done")]
+    disk.rename(tmp_path / "unmounted")                          # the link dangles
+    assert watch_until_idle(root, db).processed == 0
+    assert query(db, "SELECT * FROM files") == analysed          # the ledger row as it was
+    (tmp_path / "unmounted").rename(disk)                        # and reaches it again
+    assert watch_until_idle(root, db).processed == 0             # not analysed again
+    assert query(db, "SELECT * FROM files") == analysed
+
+
 # --- issue 13: backlog progress --------------------------------------------------------------------
 
 def test_backlog_progress_says_files_hours_and_eta(tmp_path, caplog):

@@ -546,11 +546,11 @@ class Watcher:
             self.pending.discard(path)
 
     def _unreachable(self, path: Path, exc: OSError) -> bool:
-        """``path`` was listed but cannot be stat'ed. Gone: forget it. A symlink loop or a dangling
-        link: quarantined at once, once per version of the link. Any other error (a directory
-        that can be listed but not entered, an I/O error of a failing card): a failed attempt,
-        retried like an unreadable file, unless the recording was analysed already (its done row
-        is kept). True when the file needs no more attention."""
+        """``path`` was listed but cannot be stat'ed. Gone: forget it. A recording analysed already:
+        its done row is kept. A symlink loop or a dangling link: quarantined at once, once per
+        version of the link. Any other error (a directory that can be listed but not entered, an
+        I/O error of a failing card): a failed attempt, retried like an unreadable file. True when
+        the file needs no more attention."""
         version = file_version(path)
         if version is None:
             self._say_gone(path)
@@ -562,18 +562,20 @@ class Watcher:
         if entry is not None and (entry["size"], entry["mtime_ns"]) == version and entry["state"] == "quarantined":
             self.settled[path] = version
             return True
-        if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:
-            self._quarantine_at_once(path, source, version, "symbolic link loop" if exc.errno == errno.ELOOP else
-                                     "dangling symbolic link (its target does not exist)")
-            return True
         if entry is not None and entry["state"] == "done":
             # Analysed already: that it cannot be looked at now says nothing against the recording.
             # Counted as a failure, its done row became 'quarantined' at size 0 (gone from the
             # effort export, a problem in status) and it was analysed again once mended (a review).
-            # Settled at this version: looked at again when a scan finds it changed.
+            # Settled at this version: looked at again when a scan finds it changed. Before the
+            # links' quarantine: a linked recording whose link dangles for a while (its disk
+            # unmounted) is the same case (a diff review: it was quarantined as a dangling link).
             log.warning("%s: cannot stat (%s); analysed already, its ledger row and detections are kept",
                         shown(source), shown(exc.strerror or exc))
             self.settled[path] = version
+            return True
+        if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:
+            self._quarantine_at_once(path, source, version, "symbolic link loop" if exc.errno == errno.ELOOP else
+                                     "dangling symbolic link (its target does not exist)")
             return True
         if time.monotonic() < self.retry_at.get(path, 0.0):
             return False

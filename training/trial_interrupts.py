@@ -4,9 +4,9 @@ Optuna turns a KeyboardInterrupt raised inside a trial's own work into a failed 
 promises. One raised while Optuna itself writes the study (asking for a trial, telling it its value,
 a report) leaves the trial running in the storage and Optuna answers ``AssertionError: Should not
 reach.`` with a traceback (seen in CI once in many runs). So the first SIGINT (or SIGTERM, which
-the CLI answers as one) interrupts at once only
-inside the trial's own work; elsewhere it is held until Optuna has finished writing and the search
-then stops. A second one interrupts at once, wherever it lands.
+the CLI answers as one) interrupts at once only inside the trial's own work; elsewhere it is held
+until Optuna has finished writing and the search then stops. A second one interrupts at once,
+wherever it lands.
 """
 from __future__ import annotations
 

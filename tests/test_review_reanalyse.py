@@ -454,6 +454,8 @@ def test_reanalyse_waiting_for_the_write_lock_takes_a_ctrl_c_while_it_is_held(tm
                 signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(Store, "record_bundle", then_another_write_begins)
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`.ci/run &`) ignores SIGINT.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     guard = threading.Timer(60, let_go)
     guard.start()
     ctrl_c = CtrlCOnceWaitedFor()
@@ -463,6 +465,7 @@ def test_reanalyse_waiting_for_the_write_lock_takes_a_ctrl_c_while_it_is_held(tm
             reanalyse(db, analyzer)
     finally:
         logging.getLogger("edgemon.files.reanalyse").removeHandler(ctrl_c)
+        signal.signal(signal.SIGINT, before)
         guard.cancel()
         let_go()
         other.close()

@@ -634,6 +634,38 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
         assert "note: the fleet views" not in subprocess.run(status, capture_output=True, text=True, timeout=60).stdout
 
 
+def test_try_fleet_serves_the_readmes_setup_until_it_is_stopped(tmp_path):
+    """A newcomer trial: nothing showed how to try the fleet commands on one machine, and
+    devtools' server gave a URL edgemon refuses (postgresql+psycopg://). ``devtools.try_fleet``
+    serves deploy/fleet-setup.sql's roles until stopped, then removes the server."""
+    from devtools.postgres_server import server_bin
+
+    if server_bin("initdb") is None:
+        pytest.skip("needs a PostgreSQL server (Debian package 'postgresql', installed by scripts/setup-dev.sh)")
+    server = subprocess.Popen([sys.executable, "-m", "devtools.try_fleet"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        lines = []
+        while not lines or not lines[-1].startswith("Ctrl-C"):
+            line = server.stdout.readline()
+            assert line, server.stderr.read()
+            lines.append(line.strip())
+        urls = dict(line.split() for line in lines[1:4])
+        assert set(urls) == {"fleet_admin", "recorder", "analyst"}, lines
+        made = subprocess.run([sys.executable, "-m", "edgemon", "fleet", "migrate", "--db", urls["fleet_admin"]],
+                              capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0 and "fleet schema version 0 ->" in made.stdout, made.stderr
+        db = make_recorder(tmp_path / "r.db", "site-01", files=2, seed=3)
+        assert run_sync(db, urls["recorder"], device_id="site-01").returncode == 0
+        with psycopg.connect(urls["analyst"].replace("analyst@", "postgres@")) as conn:   # the superuser may see it
+            data_dir = conn.execute("SELECT current_setting('data_directory')").fetchone()[0]
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err
+    assert not Path(data_dir).exists()   # removed once stopped
+
+
 # --- the service's loop ------------------------------------------------------------------------
 
 def test_backoff_doubles_with_jitter_up_to_its_cap():

@@ -549,28 +549,25 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
     """A newcomer trial: the README's analyst could not run `fleet status` (permission denied for
     schema edgemon), and nothing said how to set the server up. These are the README's commands,
     on a server of their own (other tests here change the roles and pg_hba.conf)."""
-    from urllib.parse import urlsplit, urlunsplit
+    from devtools.try_fleet import SETUP as setup, role_url, setup_statements
 
-    setup = Path(__file__).resolve().parents[1] / "deploy" / "fleet-setup.sql"
-    text = "\n".join(line for line in setup.read_text().splitlines() if not line.startswith("--"))
-    on_server, in_fleet = ([s.strip() for s in part.split(";") if s.strip()] for part in text.split("\\connect fleet"))
+    on_server, in_fleet = setup_statements(setup.read_text())
     edgemon = [sys.executable, "-m", "edgemon"]
     with fleet_server() as server:
-        parts = urlsplit(server.url)
-        as_user = lambda user, db: urlunsplit(parts._replace(netloc=f"{user}@{parts.hostname}:{parts.port}", path=f"/{db}"))
+        as_user = lambda user: role_url(server.url, user)
         with server.connect() as conn:
             for statement in on_server:            # the roles and the database
                 conn.execute(statement)
-        with psycopg.connect(as_user("postgres", "fleet"), autocommit=True) as conn:
+        with psycopg.connect(as_user("postgres"), autocommit=True) as conn:
             for statement in in_fleet:             # in the fleet database
                 conn.execute(statement)
         db = make_recorder(tmp_path / "r.db", "site-01", files=3, seed=3)
         # Before the administrator made the schema: one line saying who must, and nothing lost.
         before = local_state(db)
-        assert_one_line_refusal(run_sync(db, as_user("recorder", "fleet"), device_id="site-01"),
+        assert_one_line_refusal(run_sync(db, as_user("recorder"), device_id="site-01"),
                                 "edgemon fleet migrate --db postgresql://fleet_admin@", "role recorder may not migrate it")
         assert local_state(db) == before
-        migrate = lambda user: subprocess.run([*edgemon, "fleet", "migrate", "--db", as_user(user, "fleet")],
+        migrate = lambda user: subprocess.run([*edgemon, "fleet", "migrate", "--db", as_user(user)],
                                               capture_output=True, text=True, timeout=120)
         # PostgreSQL's superuser, who ran the file, may make anything: the tables were then its own,
         # not granted by fleet_admin's default privileges, and every recorder and analyst was
@@ -580,14 +577,14 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
             (refused.stdout, refused.stderr)
         made = migrate("fleet_admin")
         assert made.returncode == 0 and f"fleet schema version 0 -> {fleetdb.SCHEMA_VERSION}" in made.stdout, made.stderr
-        assert run_sync(db, as_user("recorder", "fleet"), device_id="site-01").returncode == 0
-        status = [*edgemon, "fleet", "status", "--db", as_user("analyst", "fleet")]
+        assert run_sync(db, as_user("recorder"), device_id="site-01").returncode == 0
+        status = [*edgemon, "fleet", "status", "--db", as_user("analyst")]
         out = subprocess.run(status, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "site-01" in out.stdout and "superuser" not in out.stderr, out.stderr
         # Read as the superuser: said (a newcomer trial), since a replaced view runs with the reader's rights.
-        out = subprocess.run([*status[:-1], as_user("postgres", "fleet")], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([*status[:-1], as_user("postgres")], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "as a PostgreSQL superuser: read them as analyst" in out.stderr, out.stderr
-        with psycopg.connect(as_user("analyst", "fleet"), autocommit=True) as conn:
+        with psycopg.connect(as_user("analyst"), autocommit=True) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):   # reads only
                 conn.execute("DELETE FROM edgemon.detections")
         # A security trial: `recorder` owned the database and the schema, so any unit's credentials
@@ -606,7 +603,7 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
                           "INSERT INTO edgemon.schema_version (version) VALUES (99)",
                           "DELETE FROM edgemon.schema_version", "UPDATE edgemon.view_revision SET revision = 99",
                           "TRUNCATE edgemon.view_revision"):
-            with psycopg.connect(as_user("recorder", "fleet"), autocommit=True) as conn:
+            with psycopg.connect(as_user("recorder"), autocommit=True) as conn:
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(statement)
         # A unit's own login, as the file's comment shows it, syncs as `recorder`.
@@ -616,13 +613,13 @@ def test_the_readmes_server_setup_lets_recorders_write_and_an_analyst_read(tmp_p
                 if statement.startswith(("CREATE ROLE site07", "ALTER ROLE site07")):
                     conn.execute(statement)
         unit = make_recorder(tmp_path / "u.db", "site-07", files=1, seed=5)
-        assert run_sync(unit, as_user("site07", "fleet"), device_id="site-07").returncode == 0
+        assert run_sync(unit, as_user("site07"), device_id="site-07").returncode == 0
         # Views behind this edgemon's revision: recorders sync on; they wait for the schema's owner
         # (a review saw the sync refused), and `fleet migrate` by another role says it cannot.
-        with psycopg.connect(as_user("postgres", "fleet"), autocommit=True) as conn:
+        with psycopg.connect(as_user("postgres"), autocommit=True) as conn:
             conn.execute("DELETE FROM edgemon.view_revision")
         other = make_recorder(tmp_path / "o.db", "site-02", files=2, seed=4)
-        done = run_sync(other, as_user("recorder", "fleet"), device_id="site-02")
+        done = run_sync(other, as_user("recorder"), device_id="site-02")
         assert done.returncode == 0 and "fleet views left at revision 0" in done.stderr, done.stderr
         out = subprocess.run(status, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "note: the fleet views are revision 0" in out.stdout, out.stderr

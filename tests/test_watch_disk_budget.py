@@ -133,30 +133,38 @@ def test_until_idle_below_the_watermark_ends_in_one_line_keeping_what_is_stored(
     assert query(db, "SELECT COUNT(*) FROM files WHERE state = 'done'") == stored
 
 
+def refuse_once(store: Store, method: str, message: str, then=None) -> list:
+    """``store``'s ``method`` refused once with SQLite's ``message`` (the disk full, the lock held
+    too long), then done as usual, ``then`` called before each later call; the list of refusals
+    still to come (empty once it refused)."""
+    import sqlite3
+
+    real, refusals = getattr(store, method), [1]
+
+    def refused_once(*args, **kwargs):
+        if refusals:
+            refusals.pop()
+            raise sqlite3.OperationalError(message)
+        if then is not None:
+            then()
+        return real(*args, **kwargs)
+
+    setattr(store, method, refused_once)
+    return refusals
+
+
 def test_a_commit_the_disk_refused_is_not_taken_for_a_death(tmp_path, caplog):
     """A newcomer trial: after a full disk refused a file's commit (its attempt already begun), the
     retry said the analysis "was cut short (edgemon stopped, or the analysis died)" and ran it in
     a separate process."""
-    import sqlite3
-
     from edgemon.status import collect_status
 
     root, db = tmp_path / "rec", tmp_path / "d.db"
     recordings(root, 1)
+    seen_open: list = []
     with Store(db) as store:
-        commit = store.commit_file
-        refusals = [1]
-
-        def full_once(*args, **kwargs):
-            if refusals:
-                refusals.pop()
-                raise sqlite3.OperationalError("database or disk is full")
-            seen_open.extend(collect_status(db, integrity=False)["interrupted"].items())
-            return commit(*args, **kwargs)
-
-        seen_open: list = []
-
-        store.commit_file = full_once
+        refusals = refuse_once(store, "commit_file", "database or disk is full",
+                               then=lambda: seen_open.extend(collect_status(db, integrity=False)["interrupted"].items()))
         watcher = Watcher(fast_config(root, settle_s=0.0), analyzer(), store)
         run_for_at_most(watcher, 60)
     assert not refusals and watcher.processed == 1
@@ -169,22 +177,11 @@ def test_a_refused_failure_record_is_not_taken_for_a_death(tmp_path, caplog):
     record (locked past the busy timeout, a full disk), was said at its retry to have been "cut
     short (edgemon stopped, or the analysis died)" and was analysed in a separate process, as a
     refused commit was before (test above)."""
-    import sqlite3
-
     root, db = tmp_path / "rec", tmp_path / "d.db"
     root.mkdir()
     (root / "20240201_060000.WAV").write_bytes(b"this is a shopping list, not audio\n" * 50)
     with Store(db) as store:
-        record_failure = store.record_failure
-        refusals = [1]
-
-        def locked_once(*args, **kwargs):
-            if refusals:
-                refusals.pop()
-                raise sqlite3.OperationalError("database is locked")
-            return record_failure(*args, **kwargs)
-
-        store.record_failure = locked_once
+        refusals = refuse_once(store, "record_failure", "database is locked")
         watcher = Watcher(fast_config(root, settle_s=0.0), analyzer(), store)
         run_for_at_most(watcher, 60)
     assert not refusals

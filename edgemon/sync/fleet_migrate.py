@@ -27,7 +27,7 @@ def migrate_fleet(url: str) -> str:
             if owner is not None and owner != user:
                 raise NotSchemaOwnerError(f"{where}: schema {SCHEMA} is owned by {owner}: run this as {owner}, not "
                                           f"{user} (what {user} made there, recorders could not write)")
-            views_before = fleetdb.view_revision(conn) if fleetdb.schema_version(conn) else 0
+            views_before = fleetdb.view_revision(conn)   # 0 where there is no schema yet
             schema_before = fleetdb.migrate(conn)
             views_now = fleetdb.view_revision(conn)
             _bookkeeping_read_only(conn)

@@ -404,6 +404,31 @@ def test_a_clip_in_two_lists_or_twice_in_one_is_refused_before_any_audio_is_read
         assert not (tmp_path / f"r-{name}").exists()
 
 
+def test_a_pool_clip_listed_in_devel_or_test_is_refused_before_any_audio_is_read(tiny_dataset, tmp_path):
+    """A review: lab/pool.csv joins training (fit, and every cv fold's training side less its held-out
+    recorders) and was never checked against the held-out lists. A pool row naming a test clip was
+    trained on and then scored as held out (test_uar), one naming a devel clip chose the epoch it was
+    trained on, and one naming a devel clip under another recorder joined the training side of the
+    very fold that held that clip out."""
+    for held in ("test", "devel"):
+        data = copy_dataset(tiny_dataset, tmp_path / held)
+        rows = (data / "lab" / f"{held}.csv").read_text().splitlines()
+        # the held-out clip again in the pool, under a recorder no fold holds out with it
+        (data / "lab" / "pool.csv").write_text(rows[0] + "\n" + rows[2].replace(",S1,", ",S9,") + "\n")
+        command = ["fit", *TINY_FIT] if held == "test" else ["cv", "--recipe", "paper", "--epochs", "1",
+                                                             "--folds", "2"]
+        result = runner.invoke(app, [*command, "--data", str(data), "--out", str(tmp_path / f"r-{held}")])
+        assert result.exit_code == 1, result.output
+        assert f"is listed in {held}.csv and pool.csv: each clip belongs in one list" in result.output, result.output
+        assert not (tmp_path / f"r-{held}").exists()
+    # a pool of train clips (as the tiny pooled set has) is what the pool is for: still taken
+    from training.data import check_train_labels
+    pooled = copy_dataset(tiny_dataset, tmp_path / "pooled")
+    train_rows = (pooled / "lab" / "train.csv").read_text().splitlines()
+    (pooled / "lab" / "pool.csv").write_text("\n".join(train_rows[:3]) + "\n")
+    check_train_labels(pooled, ("devel", "test"))
+
+
 def test_lists_a_run_would_fail_on_are_refused_before_any_audio_is_read(tiny_dataset, tmp_path):
     """Found by a review: a row with too few cells was a traceback; a background class under
     another name, and a hop longer than the window, were refused only after the whole training."""

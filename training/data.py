@@ -160,6 +160,7 @@ def check_train_labels(data_dir: Path, others: tuple[str, ...]) -> None:
         raise DataError(f"{data_dir / 'lab' / 'train.csv'}: lists no clips")
     lists = {name: read_label_list(data_dir / "lab" / f"{name}.csv", data_dir / "audio") for name in others}
     _check_each_clip_listed_once(data_dir, {"train": train, **lists})
+    _check_pool_holds_out_nothing(data_dir, lists)
     elsewhere = {c.label for clips in lists.values() for c in clips}
     counts: dict[str, int] = {}
     for clip in train:
@@ -189,6 +190,18 @@ def _check_each_clip_listed_once(data_dir: Path, lists: dict[str, list[Clip]]) -
                 raise DataError(f"{data_dir / 'lab'}: {listed_name(clip, data_dir)!r} is listed {again}: each clip "
                                 f"belongs in one list, once")
             seen[clip.path.resolve()] = name
+
+
+def _check_pool_holds_out_nothing(data_dir: Path, held_out: dict[str, list[Clip]]) -> None:
+    """The pool joins training (``fit``, each cv fold's training side), so none of its clips may be
+    one of the ``held_out`` lists' (devel, test): a pool row naming a test clip was trained on and
+    scored as held out, and one naming a devel clip under another recorder joined the training side
+    of the fold that held it out (a review). Pool clips that are train clips are what it is for."""
+    path = Path(data_dir) / "lab" / f"{POOL}.csv"
+    if path.is_file():
+        pool = read_label_list(path, Path(data_dir) / "audio")
+        for name, clips in held_out.items():
+            _check_each_clip_listed_once(data_dir, {name: clips, POOL: pool})
 
 
 def clip_features(clip: Clip, frontend: FrontendConfig) -> tuple[np.ndarray, np.ndarray | None]:

@@ -291,3 +291,41 @@ def test_each_bundle_s_hours_per_local_hour_are_the_recordings_it_analysed(fleet
     assert calls == [("bundle-b", 6, 1)]   # the current bundle's one call at 06 h
     assert own == [(6, 0.5)] and every == [(6, 1.0)]   # in its own half hour, not in both dawns' hour
     assert [(b, round(h, 4)) for b, h in daily] == [("bundle-a", 1.0), ("bundle-b", 0.5)]   # the days agree
+
+
+def test_a_triggered_recording_s_audio_is_laid_over_the_time_it_spans(fleet, tmp_path, caplog):
+    """A season trial: a triggered AudioMoth recording leaves its silences out, so its 100 s of audio
+    span 200 s, from 23:59:00 to 00:02:20 in Kuching. The fleet laid its audio from its start (60 s
+    on the first day, 40 s on the next), where the recorder's export lays it over its span (30 s and
+    70 s), and counted the gap to the next recording from the audio's end. ``files.span_s`` now
+    travels; a server without the column takes the rest, says so, and gets the spans once it holds it."""
+    db = tmp_path / "triggered.db"
+    with Store(db) as store:
+        store.commit_file("20250302_155900T.WAV", path="/data/20250302_155900T.WAV", size=1000, mtime_ns=1,
+                          duration_s=100.0, start_utc="2025-03-02T15:59:00Z", time_source="filename",
+                          clock_suspect=False, bundle_id="bundle-a", detections=[], span_s=200.0)
+        record(store, "kuching-02", "20250302_161000.WAV", "2025-03-02T16:10:00Z", 60.0, [(10.0, "gibbon")])
+
+    def effort() -> tuple[dict, dict, list, list, list]:
+        with fleet.connect() as conn:
+            return (per_day(fleet, "effort_daily", "recorded_h * 3600"),
+                    per_day(fleet, "effort_daily_by_bundle", "recorded_h * 3600"),
+                    conn.execute("SELECT day::text, hour, round((recorded_h * 3600)::numeric, 4)::float8 "
+                                 "FROM edgemon.effort_hourly ORDER BY 1, 2").fetchall(),
+                    conn.execute("SELECT day::text, hour, round((recorded_h * 3600)::numeric, 4)::float8 "
+                                 "FROM edgemon.effort_hourly_by_bundle ORDER BY 1, 2").fetchall(),
+                    conn.execute("SELECT day::text, round((longest_gap_h * 3600)::numeric, 4)::float8 "
+                                 "FROM edgemon.effort_daily ORDER BY 1").fetchall())
+
+    with monkeypatch_revisions(VIEW_REVISIONS[:9]):   # a server of the release before
+        sync(db, fleet.url, "kuching-02", "Asia/Kuching")
+    assert "no edgemon.files.span_s column yet" in caplog.text, caplog.text
+    assert effort()[0] == {"2025-03-02": 60.0, "2025-03-03": 100.0}   # laid from its start, as before
+    sync(db, fleet.url, "kuching-02", "Asia/Kuching")   # the owner's sync revises the views
+    with fleet.connect() as conn:
+        assert conn.execute("SELECT source, span_s FROM edgemon.files ORDER BY 1").fetchall() == [
+            ("20250302_155900T.WAV", 200.0), ("20250302_161000.WAV", None)]   # sent again once it could be
+    daily, by_bundle, hourly, hourly_by_bundle, gaps = effort()
+    assert daily == by_bundle == {"2025-03-02": 30.0, "2025-03-03": 130.0}
+    assert hourly == hourly_by_bundle == [("2025-03-02", 23, 30.0), ("2025-03-03", 0, 130.0)]
+    assert gaps == [("2025-03-02", 0.0), ("2025-03-03", 460.0)]   # 00:02:20 to 00:10:00, not from 00:00:40

@@ -252,13 +252,13 @@ def m007_sync_outbox(db: sqlite_utils.Database) -> None:
         _log_changes(db, table)
 
 
-def every_row_changed(table: str) -> str:
-    """The statement that puts a change of each of ``table``'s rows at the end of the log (the first
-    backlog of a table put under it; ``Outbox.send_again``)."""
+def every_row_changed(table: str, where: str = "") -> str:
+    """The statement that puts a change of each of ``table``'s rows (those ``where`` holds) at the
+    end of the log (the first backlog of a table put under it; ``Outbox.send_again``)."""
     # OR IGNORE: keys need not be unique in old rows (two heartbeats of one run in the same
     # millisecond): one change per key is all the log holds anyway.
     return (f"INSERT OR IGNORE INTO changes (tbl, k1, k2, k3, k4) SELECT '{table}', {', '.join(SYNC_KEYS[table])} "
-            f"FROM {table} ORDER BY rowid")
+            f"FROM {table} {f'WHERE {where} ' if where else ''}ORDER BY rowid")
 
 
 def _log_changes(db: sqlite_utils.Database, table: str) -> None:

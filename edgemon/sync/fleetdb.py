@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 # Reaching the server, re-exported: callers name them fleetdb.X.
 from edgemon.sync.fleet_connect import (DRIVER_ERRORS, PASSWORD_IN_URL, SSLPASSWORD_IN_URL, AuthError,  # noqa: F401
@@ -56,6 +56,9 @@ EMPTY_IS_NULL = {"analysed_at"}   # '' where migration m014 found no time: NULL 
 # Tables a view revision adds (``fleetviews.VIEW_REVISIONS``), not a schema version, so an older
 # edgemon still syncs to the server; they are missing where the syncing role could not add them.
 ADDED_BY_REVISION = ("analyses",)
+# Columns a view revision adds to a versioned table, for the same reason: sent where the server
+# holds them for this role, else left out of the rows (said once) and sent again once it does.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"files": ("span_s",)}
 
 
 
@@ -160,21 +163,25 @@ class DeviceInfo:
     forked_from: str | None = None
 
 
-def _stage_sql(table: str) -> str:
-    """A session's staging table for ``table``'s rows: its columns without db_uuid, emptied at commit."""
-    columns = ", ".join([*natural_columns(table), *COLUMNS[table]])
+def _stage_sql(table: str, columns: Sequence[str]) -> str:
+    """A session's staging table for ``table``'s rows: its key and ``columns`` without db_uuid,
+    emptied at commit."""
     return (f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} ON COMMIT DELETE ROWS AS "
-            f"SELECT {columns} FROM {SCHEMA}.{table} WITH NO DATA")
+            f"SELECT {', '.join([*natural_columns(table), *columns])} FROM {SCHEMA}.{table} WITH NO DATA")
 
 
-def _merge_sql(table: str) -> str:
+def _merge_sql(table: str, columns: Sequence[str]) -> str:
     """Staged rows into ``table`` under one database's UUID (the query's one parameter)."""
     key = ["db_uuid", *natural_columns(table)]
-    columns = [*natural_columns(table), *COLUMNS[table]]
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[table])
-    return (f"INSERT INTO {SCHEMA}.{table} (db_uuid, {', '.join(columns)}) "
-            f"SELECT %s::uuid, {', '.join(columns)} FROM pg_temp.stage_{table} "
+    every = [*natural_columns(table), *columns]
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
+    return (f"INSERT INTO {SCHEMA}.{table} (db_uuid, {', '.join(every)}) "
+            f"SELECT %s::uuid, {', '.join(every)} FROM pg_temp.stage_{table} "
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+
+
+def _copy_sql(table: str, columns: Sequence[str]) -> str:
+    return f"COPY pg_temp.stage_{table} ({', '.join([*natural_columns(table), *columns])}) FROM STDIN"
 
 
 def _delete_sql(table: str) -> str:
@@ -182,15 +189,13 @@ def _delete_sql(table: str) -> str:
     return f"DELETE FROM {SCHEMA}.{table} WHERE " + " AND ".join(f"{c} = %s" for c in key)
 
 
-STAGE = {t: _stage_sql(t) for t in COLUMNS}
-MERGE = {t: _merge_sql(t) for t in COLUMNS}
-COPY = {t: f"COPY pg_temp.stage_{t} ({', '.join([*natural_columns(t), *COLUMNS[t]])}) FROM STDIN" for t in COLUMNS}
 DELETE = {t: _delete_sql(t) for t in COLUMNS}
 
 
-def _values(table: str, row: dict) -> list:
+def _values(table: str, row: dict, columns: Sequence[str] | None = None) -> list:
+    """``row``'s key and ``columns`` (default: every one of ``COLUMNS``) as the server takes them."""
     out = [row[c] for c in natural_columns(table)]
-    for c in COLUMNS[table]:
+    for c in COLUMNS[table] if columns is None else columns:
         value = row.get(c)
         if c in EMPTY_IS_NULL and value == "":
             value = None
@@ -308,37 +313,56 @@ def lock_database(conn: psycopg.Connection, db_uuid: str) -> None:
                         f"frees its lock when it notices the connection gone, within a minute; try again then)")
 
 
-def prepare_staging(conn: psycopg.Connection) -> frozenset[str]:
+def prepare_staging(conn: psycopg.Connection) -> dict[str, tuple[str, ...]]:
     """Create this session's staging tables (once per connection, before ``apply_batch``); returns
-    the tables the server holds for this role (one ``ADDED_BY_REVISION`` is missing where the views
-    could not be revised, or not writable by a role granted the tables there were before it: its
-    rows are then not sent, said once)."""
-    held = set(COLUMNS)
+    the tables the server holds for this role, each with the non-key columns it takes (one
+    ``ADDED_BY_REVISION`` table, or ``ADDED_COLUMNS`` column, is missing where the views could not
+    be revised, or not writable by a role granted the tables there were before it: its rows, or
+    that column of them, are then not sent, said once)."""
+    held = {table: (*columns, *(c for c in ADDED_COLUMNS.get(table, ()) if _writable(conn, table, c)))
+            for table, columns in COLUMNS.items()}
     for table in ADDED_BY_REVISION:
-        # A role that does not own the schema was granted the tables there were (ON ALL TABLES):
-        # one the owner added since is not its to write, and staging it failed every sync (a review).
+        if not _writable(conn, table):
+            del held[table]
+    for table, columns in held.items():
+        conn.execute(_stage_sql(table, columns))
+    return held
+
+
+def _writable(conn: psycopg.Connection, table: str, column: str | None = None) -> bool:
+    """Whether this role may read and write ``table`` (or its ``column``), added by a view
+    revision; says once why not."""
+    # A role that does not own the schema was granted the tables there were (ON ALL TABLES): one the
+    # owner added since is not its to write, and staging it failed every sync (a review).
+    what = f"{table}.{column}" if column else table
+    if column is None:
         found, writable = conn.execute(
             "SELECT t IS NOT NULL, t IS NOT NULL AND has_table_privilege(t, 'SELECT') AND has_table_privilege(t, "
             "'INSERT') AND has_table_privilege(t, 'UPDATE') AND has_table_privilege(t, 'DELETE') "
             "FROM to_regclass(%s) t", [f"{SCHEMA}.{table}"]).fetchone()
-        if not found:
-            log.warning("the fleet database has no %s.%s table yet (its views are at revision %d): this "
-                        "recorder's %s are not sent to it until the owner of schema %s adds it (`edgemon fleet "
-                        "migrate`, or its next sync)", SCHEMA, table, view_revision(conn), table, SCHEMA)
-        elif not writable:
-            log.warning("this role may not write the fleet database's %s.%s table: this recorder's %s are not "
-                        "sent to it until it may (GRANT SELECT, INSERT, UPDATE, DELETE ON %s.%s TO the role)",
-                        SCHEMA, table, table, SCHEMA, table)
-        if not writable:
-            held.discard(table)
-    for table in held:
-        conn.execute(STAGE[table])
-    return frozenset(held)
+    else:
+        found, writable = conn.execute(
+            "SELECT a.attname IS NOT NULL, a.attname IS NOT NULL AND has_column_privilege(a.attrelid, a.attnum, "
+            "'SELECT') AND has_column_privilege(a.attrelid, a.attnum, 'INSERT') AND has_column_privilege("
+            "a.attrelid, a.attnum, 'UPDATE') FROM (SELECT 1) one LEFT JOIN pg_attribute a "
+            "ON a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
+            [f"{SCHEMA}.{table}", column]).fetchone()
+    thing = f"{SCHEMA}.{what} {'column' if column else 'table'}"
+    unsent = f"{table} are sent without {column}" if column else f"{table} are not sent"
+    if not found:
+        log.warning("the fleet database has no %s yet (its views are at revision %d): this recorder's %s to it "
+                    "until the owner of schema %s adds it (`edgemon fleet migrate`, or its next sync)", thing,
+                    view_revision(conn), unsent, SCHEMA)
+    elif not writable:
+        log.warning("this role may not write the fleet database's %s: this recorder's %s to it until it may "
+                    "(GRANT SELECT, INSERT, UPDATE%s ON %s.%s TO the role)", thing, unsent,
+                    "" if column else ", DELETE", SCHEMA, table)
+    return bool(writable)
 
 
 def apply_batch(conn: psycopg.Connection, db_uuid: str, batch: Batch, local_seq: int,
                 token: str | None = None, expected_token: str | None = None,
-                tables: frozenset[str] = frozenset(COLUMNS)) -> None:
+                held: Mapping[str, Sequence[str]] = COLUMNS) -> None:
     """Write ``batch`` and acknowledge its last sequence number, with its ``token``, in one
     transaction, provided the acknowledgement still carries ``expected_token`` (compare and set;
     LineageMovedError, nothing written, otherwise). Idempotent: rows are upserted and deleted by
@@ -347,17 +371,17 @@ def apply_batch(conn: psycopg.Connection, db_uuid: str, batch: Batch, local_seq:
     Rows travel by COPY into the session's staging tables and are merged from there: about half
     the bytes of one INSERT per row (no per-row protocol messages, the UUID sent once), which
     counts on a slow link. A batch holds each natural key once (the outbox's ``changes`` is
-    unique per key), so one merge never meets a key twice. Only ``tables`` (those the server
-    holds: ``prepare_staging``) are written.
+    unique per key), so one merge never meets a key twice. Only the tables ``held`` (those the server
+    holds: ``prepare_staging``) are written, each with the columns ``held`` names.
     """
     with conn.transaction(), conn.cursor() as cur:
-        for table in (t for t in COLUMNS if t in tables):
-            rows = batch.upserts.get(table) or []
+        for table in (t for t in COLUMNS if t in held):
+            rows, columns = batch.upserts.get(table) or [], held[table]
             if rows:
-                with cur.copy(COPY[table]) as copy:
+                with cur.copy(_copy_sql(table, columns)) as copy:
                     for r in rows:
-                        copy.write_row(_values(table, r))
-                cur.execute(MERGE[table], [db_uuid])
+                        copy.write_row(_values(table, r, columns))
+                cur.execute(_merge_sql(table, columns), [db_uuid])
             keys: Sequence[tuple] = batch.deletes.get(table) or []
             if keys:
                 cur.executemany(DELETE[table], [(db_uuid, *k) for k in keys])

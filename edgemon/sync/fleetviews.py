@@ -137,8 +137,10 @@ ORDER BY db.device_id, db.last_sync DESC;
 # 44 000 verdicts and 88 000 ledger rows, two clones among them (``bench/fleet_views.py``, best of
 # 3, three runs): effort_daily 0.38-0.56 s against revision 3's 0.21-0.26 s (the sort of every
 # ledger row by its owner), review_precision 0.63-0.77 s against 0.51-0.62 s.
-# Each recording once, under the device that analysed it: (site, source, start_utc, duration_s, timezone).
-_RECORDINGS_BY_ANALYSER = f"""(WITH RECURSIVE ancestry (db_uuid, ancestor, depth) AS (
+def _recordings_by_analyser(span: str = "") -> str:
+    """Each recording once, under the device that analysed it: (site, source, start_utc, duration_s,
+    ``span``'s columns, timezone)."""
+    return f"""(WITH RECURSIVE ancestry (db_uuid, ancestor, depth) AS (
                     SELECT db_uuid, forked_from, 1 FROM {SCHEMA}.databases WHERE forked_from IS NOT NULL
                     UNION ALL
                     SELECT a.db_uuid, p.forked_from, a.depth + 1
@@ -150,7 +152,7 @@ _RECORDINGS_BY_ANALYSER = f"""(WITH RECURSIVE ancestry (db_uuid, ancestor, depth
                     FROM ancestry a JOIN {SCHEMA}.files af ON af.db_uuid = a.ancestor AND af.state = 'done'
                     JOIN {SCHEMA}.databases adb ON adb.db_uuid = a.ancestor
                     ORDER BY a.db_uuid, af.source, af.size, af.mtime_ns, a.depth DESC)
-                SELECT DISTINCT ON (owner.site, f.source) owner.site, f.source, f.start_utc, f.duration_s,
+                SELECT DISTINCT ON (owner.site, f.source) owner.site, f.source, f.start_utc, f.duration_s,{span}
                        b.timezone
                 FROM {SCHEMA}.files f JOIN {SCHEMA}.databases db USING (db_uuid)
                 LEFT JOIN analysed_by ab ON ab.db_uuid = f.db_uuid AND ab.source = f.source
@@ -160,6 +162,9 @@ _RECORDINGS_BY_ANALYSER = f"""(WITH RECURSIVE ancestry (db_uuid, ancestor, depth
                 JOIN {SCHEMA}.device_bundle b ON b.device_id = owner.site
                 WHERE f.state = 'done' AND f.start_utc IS NOT NULL
                 ORDER BY owner.site, f.source, f.updated_at DESC)"""
+
+
+_RECORDINGS_BY_ANALYSER = _recordings_by_analyser()
 _FILE_EFFORT_BY_ANALYSER = f"""    SELECT site, (start_utc AT TIME ZONE timezone)::date, 0, 0, count(*), sum(duration_s) / 3600,
            coalesce(extract(epoch FROM max(gap)) / 3600, 0)::float8
     FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.duration_s))
@@ -279,28 +284,33 @@ _ROWS_UNDER_THEIR_OWN_RECORDER = (
 # timed to overlap by a millisecond printed -0.00 h).
 # A recording ``g`` (start_utc, duration_s, timezone) cut at the local midnights it spans: one row
 # ``p`` per local day it touches (day, first: the day it began, part_s: its seconds that day).
-_LOCAL_DAY_PARTS = """          CROSS JOIN LATERAL (
+def _local_day_parts(length: str = "duration_s", audio: str = "") -> str:
+    """``p``: recording ``g`` cut at local midnights over its ``length``; ``audio`` scales a part's seconds."""
+    return f"""          CROSS JOIN LATERAL (
               SELECT d::date AS day, d::date = (g.start_utc AT TIME ZONE g.timezone)::date AS first,
                      CASE WHEN g.duration_s IS NOT NULL THEN extract(epoch FROM
-                         least(g.start_utc + make_interval(secs => g.duration_s),
+                         least(g.start_utc + make_interval(secs => g.{length}),
                                (d + interval '1 day') AT TIME ZONE g.timezone)
-                         - greatest(g.start_utc, d AT TIME ZONE g.timezone)) END AS part_s
+                         - greatest(g.start_utc, d AT TIME ZONE g.timezone)){audio} END AS part_s
               FROM generate_series((g.start_utc AT TIME ZONE g.timezone)::date::timestamp,
-                                   ((g.start_utc + make_interval(secs => coalesce(g.duration_s, 0)))
+                                   ((g.start_utc + make_interval(secs => coalesce(g.{length}, 0)))
                                     AT TIME ZONE g.timezone)::date::timestamp, interval '1 day') d) p
 """
 
 
-def _file_effort_by_local_day(recordings: str) -> str:
+_LOCAL_DAY_PARTS = _local_day_parts()
+
+
+def _file_effort_by_local_day(recordings: str, length: str = "duration_s", audio: str = "") -> str:
     """The files half of ``effort_daily`` over ``recordings`` (site, source, start_utc, duration_s,
-    timezone), each recording's seconds on the local days they fall in."""
+    timezone), each recording's seconds on the local days they fall in (``_local_day_parts``)."""
     return f"""    SELECT site, day, 0, 0, count(*) FILTER (WHERE first), sum(part_s) / 3600,
            greatest(coalesce(extract(epoch FROM max(gap) FILTER (WHERE first)) / 3600, 0), 0)::float8
     FROM (SELECT g.site, p.day, p.first, p.part_s, g.gap
-          FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.duration_s))
+          FROM (SELECT r.*, r.start_utc - lag(r.start_utc + make_interval(secs => r.{length}))
                            OVER (PARTITION BY r.site ORDER BY r.start_utc) AS gap
                 FROM {recordings} r) g
-{_LOCAL_DAY_PARTS}          WHERE p.first OR p.part_s > 0) x
+{_local_day_parts(length, audio)}          WHERE p.first OR p.part_s > 0) x
     GROUP BY 1, 2) u
 GROUP BY site, day;
 """
@@ -320,19 +330,10 @@ _EFFORT_ON_THE_DAYS_RECORDED = _effort_once_per_minute(_file_effort_by_local_day
 # - ``effort_hourly``: ``effort_daily``'s hours per local hour. A recording is cut into quarter
 #   hours of UTC (every zone's offset is a multiple of 15 minutes), each counted in the local hour
 #   it falls in, so the hour repeated when summer time ends holds both of its quarters.
-_COUNTED = f"""
-CREATE OR REPLACE VIEW {SCHEMA}.detections_counted AS
-SELECT DISTINCT ON (k.site, k.source, k.start_s, k.species, k.bundle_id)
-       k.site, k.species, k.bundle_id, k.current, k.start_utc, k.start_local, k.start_local::date AS day,
-       extract(hour FROM k.start_local)::int AS hour, k.clock_suspect, k.confidence, k.source, k.start_s,
-       k.end_s, k.db_uuid
-FROM (SELECT {_BY_OWN_RECORDER[0]} AS site, d.label AS species, d.bundle_id, ({NEWEST_BUNDLE}) AS current,
-             d.start_utc, d.start_utc AT TIME ZONE b.timezone AS start_local, d.clock_suspect, d.confidence,
-             d.source, d.start_s, d.end_s, d.db_uuid
-      FROM {_BY_OWN_RECORDER[1]}
-      WHERE {_FROM_CURRENT_BY_SYNC}) k
-ORDER BY k.site, k.source, k.start_s, k.species, k.bundle_id, k.clock_suspect DESC, k.db_uuid;
-
+def _effort_hourly(recordings: str, length: str = "duration_s", audio: str = "") -> str:
+    """``effort_hourly`` over ``recordings``: each cut over its ``length`` into quarter hours of UTC,
+    ``audio`` scaling a quarter's seconds."""
+    return f"""
 CREATE OR REPLACE VIEW {SCHEMA}.effort_hourly AS
 SELECT site, day, hour, sum(listen_h) AS listen_h, sum(lost_h) AS lost_h, sum(recorded_h) AS recorded_h,
        sum(listen_h) + sum(recorded_h) AS effort_h
@@ -348,16 +349,32 @@ FROM (
     GROUP BY 1, 2, 3
     UNION ALL
     SELECT r.site, (q AT TIME ZONE r.timezone)::date, extract(hour FROM q AT TIME ZONE r.timezone)::int, 0, 0,
-           sum(extract(epoch FROM least(r.start_utc + make_interval(secs => r.duration_s), q + interval '15 minutes')
-                                  - greatest(r.start_utc, q))) / 3600
-    FROM {_RECORDINGS_BY_ANALYSER} r
+           sum(extract(epoch FROM least(r.start_utc + make_interval(secs => r.{length}), q + interval '15 minutes')
+                                  - greatest(r.start_utc, q)){audio}) / 3600
+    FROM {recordings} r
     CROSS JOIN LATERAL generate_series(date_trunc('hour', r.start_utc),
-                                       r.start_utc + make_interval(secs => r.duration_s), interval '15 minutes') q
-    WHERE r.duration_s > 0 AND q < r.start_utc + make_interval(secs => r.duration_s)
+                                       r.start_utc + make_interval(secs => r.{length}), interval '15 minutes') q
+    WHERE r.duration_s > 0 AND q < r.start_utc + make_interval(secs => r.{length})
       AND q + interval '15 minutes' > r.start_utc
     GROUP BY 1, 2, 3) u
 GROUP BY site, day, hour;
 """
+
+
+_COUNTED = f"""
+CREATE OR REPLACE VIEW {SCHEMA}.detections_counted AS
+SELECT DISTINCT ON (k.site, k.source, k.start_s, k.species, k.bundle_id)
+       k.site, k.species, k.bundle_id, k.current, k.start_utc, k.start_local, k.start_local::date AS day,
+       extract(hour FROM k.start_local)::int AS hour, k.clock_suspect, k.confidence, k.source, k.start_s,
+       k.end_s, k.db_uuid
+FROM (SELECT {_BY_OWN_RECORDER[0]} AS site, d.label AS species, d.bundle_id, ({NEWEST_BUNDLE}) AS current,
+             d.start_utc, d.start_utc AT TIME ZONE b.timezone AS start_local, d.clock_suspect, d.confidence,
+             d.source, d.start_s, d.end_s, d.db_uuid
+      FROM {_BY_OWN_RECORDER[1]}
+      WHERE {_FROM_CURRENT_BY_SYNC}) k
+ORDER BY k.site, k.source, k.start_s, k.species, k.bundle_id, k.clock_suspect DESC, k.db_uuid;
+""" + _effort_hourly(_RECORDINGS_BY_ANALYSER)
+
 
 # A recorder database's analyses for ``effort_daily_by_bundle`` (an upgrade trial): a fleet is
 # upgraded one recorder at a time, and a recorder of the release before syncs on beside upgraded
@@ -385,22 +402,27 @@ _ANALYSED_OR_AS_M014 = f"""(SELECT a.db_uuid, a.source, a.bundle_id FROM {SCHEMA
 # a schema version, so recorders of the release before keep syncing (they refuse a newer schema).
 # ``effort_daily_by_bundle``: the hours of the recordings each bundle analysed, per site and local
 # day, cut at local midnights as ``effort_daily`` is; divide a bundle's calls by its own hours.
+def _effort_daily_by_bundle(recordings: str, length: str = "duration_s", audio: str = "") -> str:
+    """``effort_daily_by_bundle`` over ``recordings``, cut as ``_local_day_parts`` cuts them."""
+    return f"""CREATE OR REPLACE VIEW {SCHEMA}.effort_daily_by_bundle AS
+SELECT site, bundle_id, day, count(*) FILTER (WHERE first)::bigint AS files, sum(part_s) / 3600 AS recorded_h
+FROM (SELECT g.site, g.bundle_id, p.day, p.first, p.part_s
+      FROM (SELECT r.*, a.bundle_id
+            FROM {recordings} r
+            JOIN (SELECT DISTINCT db.device_id AS site, a.source, a.bundle_id
+                  FROM {_ANALYSED_OR_AS_M014} a JOIN {SCHEMA}.databases db USING (db_uuid)) a USING (site, source)) g
+{_local_day_parts(length, audio)}      WHERE p.first OR p.part_s > 0) x
+GROUP BY site, bundle_id, day;
+"""
+
+
 _ANALYSES = f"""
 CREATE TABLE IF NOT EXISTS {SCHEMA}.analyses (
     db_uuid uuid NOT NULL, source text NOT NULL, bundle_id text NOT NULL,
     duration_s double precision, analysed_at timestamptz, ledger_at timestamptz,
     PRIMARY KEY (db_uuid, source, bundle_id)
 );
-CREATE OR REPLACE VIEW {SCHEMA}.effort_daily_by_bundle AS
-SELECT site, bundle_id, day, count(*) FILTER (WHERE first)::bigint AS files, sum(part_s) / 3600 AS recorded_h
-FROM (SELECT g.site, g.bundle_id, p.day, p.first, p.part_s
-      FROM (SELECT r.*, a.bundle_id
-            FROM {_RECORDINGS_BY_ANALYSER} r
-            JOIN (SELECT DISTINCT db.device_id AS site, a.source, a.bundle_id
-                  FROM {_ANALYSED_OR_AS_M014} a JOIN {SCHEMA}.databases db USING (db_uuid)) a USING (site, source)) g
-{_LOCAL_DAY_PARTS}      WHERE p.first OR p.part_s > 0) x
-GROUP BY site, bundle_id, day;
-"""
+""" + _effort_daily_by_bundle(_RECORDINGS_BY_ANALYSER)
 
 # 9: each bundle's own hours per local hour (a season trial). ``effort_hourly`` counts every
 # recording, whichever bundle analysed it; after a partial ``reanalyse`` the current bundle's calls
@@ -408,23 +430,51 @@ GROUP BY site, bundle_id, day;
 # calls in 210 s of its own audio, the review page's chart of that bundle, against 450 s in
 # ``effort_hourly``), while ``effort_daily_by_bundle`` already gave its hours per day.
 # ``effort_hourly_by_bundle``: ``effort_daily_by_bundle``'s recordings cut as ``effort_hourly`` cuts them.
-_HOURLY_BY_BUNDLE = f"""
+def _effort_hourly_by_bundle(recordings: str, length: str = "duration_s", audio: str = "") -> str:
+    """``effort_hourly_by_bundle`` over ``recordings``, cut as ``_effort_hourly`` cuts them."""
+    return f"""
 CREATE OR REPLACE VIEW {SCHEMA}.effort_hourly_by_bundle AS
 SELECT r.site, a.bundle_id, (q AT TIME ZONE r.timezone)::date AS day,
        extract(hour FROM q AT TIME ZONE r.timezone)::int AS hour,
-       sum(extract(epoch FROM least(r.start_utc + make_interval(secs => r.duration_s), q + interval '15 minutes')
-                              - greatest(r.start_utc, q))) / 3600 AS recorded_h
-FROM {_RECORDINGS_BY_ANALYSER} r
+       sum(extract(epoch FROM least(r.start_utc + make_interval(secs => r.{length}), q + interval '15 minutes')
+                              - greatest(r.start_utc, q)){audio}) / 3600 AS recorded_h
+FROM {recordings} r
 JOIN (SELECT DISTINCT db.device_id AS site, a.source, a.bundle_id
       FROM {_ANALYSED_OR_AS_M014} a JOIN {SCHEMA}.databases db USING (db_uuid)) a USING (site, source)
 CROSS JOIN LATERAL generate_series(date_trunc('hour', r.start_utc),
-                                   r.start_utc + make_interval(secs => r.duration_s), interval '15 minutes') q
-WHERE r.duration_s > 0 AND q < r.start_utc + make_interval(secs => r.duration_s)
+                                   r.start_utc + make_interval(secs => r.{length}), interval '15 minutes') q
+WHERE r.duration_s > 0 AND q < r.start_utc + make_interval(secs => r.{length})
   AND q + interval '15 minutes' > r.start_utc
 GROUP BY 1, 2, 3, 4;
 """
 
 
+_HOURLY_BY_BUNDLE = _effort_hourly_by_bundle(_RECORDINGS_BY_ANALYSER)
+
+
+# 10: a triggered recording's audio laid over the time it spans (a season trial). A triggered
+# AudioMoth recording leaves its silent stretches out, so its audio is shorter than the time it
+# spans (recorder migration m016's ``files.span_s``). The fleet had its audio only and laid it from
+# its start: one across local midnight gave all its audio to the first day, and its detections after
+# midnight fell on a day without effort (120 s on the first day, against 55 s and 65 s in
+# ``export-detections --recordings`` by day). ``files.span_s`` now travels (a column this revision
+# adds, not a schema version: a recorder of an earlier edgemon syncs on and sends none), and the four
+# effort views lay each recording's audio in proportion over the time it spans, as the recorder's
+# export does; gaps between recordings count from the end of that span. Without a span (recordings
+# that are not triggered, rows from an earlier edgemon) nothing changes.
+_SPAN = " greatest(f.duration_s, coalesce(f.span_s, f.duration_s)) AS span_s,"
+_RECORDINGS_SPANNED = _recordings_by_analyser(_SPAN)
+_AUDIO_SHARE = " * coalesce({0}.duration_s / nullif({0}.span_s, 0), 1)::numeric"   # numeric, as the views were
+_AUDIO_OVER_ITS_SPAN = (
+    f"\nALTER TABLE {SCHEMA}.files ADD COLUMN IF NOT EXISTS span_s double precision;\n"
+    + _effort_once_per_minute(_file_effort_by_local_day(_RECORDINGS_SPANNED, "span_s", _AUDIO_SHARE.format("g")),
+                              _COVERAGE_BY_OWN_RECORDER)
+    + _effort_hourly(_RECORDINGS_SPANNED, "span_s", _AUDIO_SHARE.format("r"))
+    + _effort_daily_by_bundle(_RECORDINGS_SPANNED, "span_s", _AUDIO_SHARE.format("g"))
+    + _effort_hourly_by_bundle(_RECORDINGS_SPANNED, "span_s", _AUDIO_SHARE.format("r")))
+
+
 VIEW_REVISIONS: tuple[str, ...] = (_EFFORT_ONCE_PER_MINUTE, _DETECTIONS_FROM_ONE_DATABASE, _BY_THE_SERVERS_CLOCK,
                                    _BY_THE_RECORDER_THAT_MADE_THEM, _ROWS_UNDER_THEIR_OWN_RECORDER,
-                                   _EFFORT_ON_THE_DAYS_RECORDED, _COUNTED, _ANALYSES, _HOURLY_BY_BUNDLE)
+                                   _EFFORT_ON_THE_DAYS_RECORDED, _COUNTED, _ANALYSES, _HOURLY_BY_BUNDLE,
+                                   _AUDIO_OVER_ITS_SPAN)

@@ -103,6 +103,11 @@ def _check_edgemon_database(path: Path) -> None:
         raise OutboxError(f"{path}: not an edgemon database (no detections table); nothing was sent or changed")
 
 
+def _unsent_note(table: str, column: str | None) -> str:
+    """The ``sync_meta`` key that says a server lacked ``table`` (or its ``column``)."""
+    return f"unsent:{table}.{column}" if column else f"unsent:{table}"
+
+
 def _row_of_change(table: str) -> str:
     """SQL: ``table``'s row ``t`` is the one the change log's ``changes`` row names (its key's
     columns; the literal slots of ``SYNC_KEYS`` hold nothing to match)."""
@@ -273,25 +278,29 @@ class Outbox:
             self.conn.execute("DELETE FROM sync_cursors WHERE target = ?", [target])
         return (0 if row is None else row[0]), tokens
 
-    def hold_for_later(self, table: str) -> None:
-        """Remember that a server lacked ``table`` (``fleetdb.ADDED_BY_REVISION``) while its changes
-        went by: ``send_again`` puts its rows back in the log once a server holds it."""
-        with self._writing(f"cannot remember the unsent {table} in {self.path}"):
+    def hold_for_later(self, table: str, column: str | None = None) -> None:
+        """Remember that a server lacked ``table`` (``fleetdb.ADDED_BY_REVISION``), or its ``column``
+        (``fleetdb.ADDED_COLUMNS``), while its changes went by: ``send_again`` puts its rows back in
+        the log once a server holds it."""
+        note = _unsent_note(table, column)
+        with self._writing(f"cannot remember the unsent {note[len('unsent:'):]} in {self.path}"):
             self.conn.execute("INSERT INTO sync_meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO NOTHING",
-                              [f"unsent:{table}"])
+                              [note])
 
-    def send_again(self, table: str) -> int:
-        """If a server lacked ``table`` before (``hold_for_later``), move every row of it to the end
-        of the change log (new sequence numbers, after every cursor: sent again to every target,
-        which upserts them harmlessly) and forget the note; returns how many rows were moved.
-        Tombstones stay where they are."""
-        if self.conn.execute("SELECT 1 FROM sync_meta WHERE key = ?", [f"unsent:{table}"]).fetchone() is None:
+    def send_again(self, table: str, column: str | None = None) -> int:
+        """If a server lacked ``table`` or its ``column`` before (``hold_for_later``), move every row
+        of it (with a value in ``column``) to the end of the change log (new sequence numbers, after
+        every cursor: sent again to every target, which upserts them harmlessly) and forget the note;
+        returns how many rows were moved. Tombstones stay where they are."""
+        note = _unsent_note(table, column)
+        if self.conn.execute("SELECT 1 FROM sync_meta WHERE key = ?", [note]).fetchone() is None:
             return 0
-        with self._writing(f"cannot queue the {table} again in {self.path}"):
+        valued = f" AND t.{column} IS NOT NULL" if column else ""
+        with self._writing(f"cannot queue the {note[len('unsent:'):]} again in {self.path}"):
             self.conn.execute(f"DELETE FROM changes WHERE tbl = ? AND EXISTS (SELECT 1 FROM {table} t "
-                              f"WHERE {_row_of_change(table)})", [table])
-            moved = self.conn.execute(every_row_changed(table)).rowcount
-            self.conn.execute("DELETE FROM sync_meta WHERE key = ?", [f"unsent:{table}"])
+                              f"WHERE {_row_of_change(table)}{valued})", [table])
+            moved = self.conn.execute(every_row_changed(table, f"{column} IS NOT NULL" if column else "")).rowcount
+            self.conn.execute("DELETE FROM sync_meta WHERE key = ?", [note])
         return moved
 
     def pruned_behind(self, acked: int) -> bool:

@@ -124,6 +124,12 @@ def sync_once(db_path: str | Path, info: DeviceInfo, config: SyncConfig,
                     outbox.send_again(table)
                 else:
                     outbox.hold_for_later(table)
+            for table, columns in fleetdb.ADDED_COLUMNS.items():   # and rows sent without a column
+                for column in columns:
+                    if column in held.get(table, ()):
+                        outbox.send_again(table, column)
+                    else:
+                        outbox.hold_for_later(table, column)
             acked, waiting = fleetdb.register(conn, info, outbox.waiting, utc_iso(dt.datetime.now(dt.timezone.utc)))
             if outbox.cursor(target) > acked:
                 log.warning("%s holds less than it acknowledged before (restored from a backup?): "

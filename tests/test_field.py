@@ -546,3 +546,24 @@ def test_a_calibration_that_meets_the_error_target_and_says_high_beats_a_slightl
     assert _rank(never, 0.2300, 0.010) < _rank(says, 0.2000, 0.120)
     met = {"0.9": {"events": 200, "precision": 0.9, "right_kept": 0.6}}
     assert _rank(met, 0.25, 0.2) > _rank(says, 0.1, 0.01)          # the 0.9 target first
+
+
+def test_the_field_measure_votes_as_the_recorder_stores_them(borneo_dir, tmp_path):
+    """A review: the field measure ran the int8 members 16 windows at a time, the recorder 8, and
+    int8 members quantise each batch with one scale: its votes were up to 0.0026 from those
+    ``edgemon watch`` stores on the same audio, and a window's label changed at a threshold. The
+    votes of clips laid end to end are, to the last bit, those of the recording they make."""
+    import soundfile
+
+    from training.recorder_votes import clip_samples, raw_analyzer, stream_votes
+    from training.data import load_split
+
+    split = load_split(borneo_dir, "devel")
+    pieces = [clip_samples(split.clips[i], 16000) for i in range(4)]   # about 30 s: 8 windows and more
+    recording = tmp_path / "20260201_060000.WAV"
+    soundfile.write(recording, np.concatenate(pieces), 16000, subtype="PCM_16")   # the clips' 16-bit samples
+    bundle = load_bundle(default_bundle_path())
+    field, _ = stream_votes(raw_analyzer(bundle), pieces)
+    stored = Analyzer(bundle).analyse_file(recording, keep_votes=True).windows
+    assert len(field) == len(stored) > 8
+    assert [(v.start_frame, v.member_probs) for v in field] == [(v.start_frame, v.member_probs) for v in stored]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgemon.analysis import audio
-from edgemon.analysis.analyzer import WindowStream
+from edgemon.analysis.analyzer import BATCH_SIZE, WindowStream
 from edgemon.analysis.ensemble import Ensemble
 from edgemon.analysis.frontend import StreamingFrontend
 from edgemon.analysis.windows import WindowSpec
@@ -175,7 +175,7 @@ class RecordingWindows:
     duration_s: float
 
 
-def recording_windows(ensemble: Ensemble, path: Path, batch_size: int = 8) -> RecordingWindows:
+def recording_windows(ensemble: Ensemble, path: Path, batch_size: int = BATCH_SIZE) -> RecordingWindows:
     """The raw members' outputs on every window of the recording at ``path``, cut exactly as
     ``analyzer.AnalysisStream`` cuts and batches them (streaming frontend, window stream,
     end-aligned tail, ``batch_size`` as ``Analyzer``'s). Memory holds one batch of windows, not

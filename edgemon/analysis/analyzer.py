@@ -28,6 +28,10 @@ from edgemon.safetext import shown
 
 log = logging.getLogger(__name__)
 
+# Windows per ensemble run for recordings. int8 members quantise each batch with one scale, so a
+# window's probabilities depend on the batch it runs in: training votes with this one too.
+BATCH_SIZE = 8
+
 
 @dataclasses.dataclass(frozen=True)
 class Analysis:
@@ -73,7 +77,7 @@ class Analyzer:
     audio blocks. A bundle without an operating point uses its thresholds and stores single
     windows; one without calibration stores the raw vote score as confidence."""
 
-    def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = 8,
+    def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = BATCH_SIZE,
                  window_s: float | None = None, hop_s: float | None = None):
         self.bundle = bundle
         self.ensemble = Ensemble(bundle, threads=threads)

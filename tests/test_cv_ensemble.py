@@ -98,6 +98,7 @@ def test_mixed_frontend_ensemble_holds_its_stated_background_rate(cv_runs, tiny_
     assert tuned["background_false_rate"] <= 0.1
     assert tuned["background_false_rate"] <= untuned["background_false_rate"]
     assert result["uar_mean"] == pytest.approx(np.mean(result["fold_uar_at_thresholds"]))
+    assert "in-sample" in result["windows_at_thresholds_note"]   # the flattering figure says so
     assert [e["max_false_rate"] for e in result["tradeoff"]] == [0.01, 0.02, 0.05, 0.1, 0.2]
     field = result["field"]   # the field measure, as the recorder runs the pair over each fold
     assert field["at_point"]["false_per_hour"] <= max(5.0, field["untuned"]["false_per_hour"])

@@ -295,7 +295,8 @@ def cv(
                                      load=load, window_s=window_s, hop_s=hop_s, max_false_rate=max_false_rate,
                                      pool=pool_load, target_false_per_hour=target_false_per_hour,
                                      progress=progress)
-        keys = ("uar_mean", "uar_std", "epoch", "recall", "thresholds", "windows_at_thresholds")
+        keys = ("uar_mean", "uar_std", "epoch", "recall", "thresholds", "windows_at_thresholds",
+                "windows_at_thresholds_note")
         return {name: {**{k: r[k] for k in keys if k in r}, **_field_lines(r)} for name, r in summary["recipes"].items()}
 
     _run(run)
@@ -341,7 +342,7 @@ def cv_ensemble_command(
                              target_false_per_hour, prevalence, reuse_votes, votes, rules,
                              pool=functools.partial(load_pool, data) if held_out_pool else None, at_point=at_point)
         keys = ("uar_mean", "uar_std", "uar_mean_untuned", "uar_std_untuned", "thresholds",
-                "windows_untuned", "windows_at_thresholds")
+                "windows_untuned", "windows_at_thresholds", "windows_at_thresholds_note")
         return {**{k: result[k] for k in keys}, **_field_lines(result)}
 
     _run(run)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import soundfile
 
 from devtools.postgres_server import postgres_server
 from edgemon.analysis.frontend import FrontendConfig
@@ -210,6 +211,39 @@ def test_a_second_study_into_one_out_is_refused_and_keeps_the_first_studys_model
     assert json.loads(kept.read_text())["params"] == first.params
     run_hpo(tiny_dataset, out, "--trials", "2", "--epochs", "2", "--seed", "0")   # the first study resumes
     assert json.loads((out / "search.json").read_text())["study"] == "edgemon"
+
+
+def test_ensemble_and_report_refuse_data_of_other_labels(tiny_dataset, tmp_path):
+    """A search on a user's own clips, then `ensemble` and `report` given another set's --data (the
+    Borneo default when --data was forgotten): the members' outputs were scored against that set's
+    classes, a wrong UAR written into the bundle with exit 0 where the set had one class more, and
+    `report` ended in an IndexError traceback (a trial with its own species)."""
+    import shutil
+
+    from tests.conftest import tone
+
+    out = tmp_path / "hpo"
+    run_hpo(tiny_dataset, out, "--trials", "1", "--epochs", "1", "--seed", "0")
+    other = tmp_path / "other"   # the same clips and one class more
+    shutil.copytree(tiny_dataset, other)
+    for split in ("train", "devel", "test"):
+        with open(other / "lab" / f"{split}.csv", "a") as lab:
+            for i in range(3):
+                name = f"call_mid_{split}_{i}.flac"
+                soundfile.write(other / "audio" / name, tone(1500, 1.5, seed=100 + i), 16000)
+                lab.write(f"{name},call_mid,S{i % 2},S{i % 2}_x,1.5,16000\n")
+    done = subprocess.run([sys.executable, "-m", "training", "ensemble", "--data", str(other),
+                           "--out", str(out / "ens"), "--top", "1"], capture_output=True, text=True)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "'call_mid'" in last and "--data" in last, done.stderr[-2000:]
+    assert not (out / "ens").exists()
+    done = subprocess.run([sys.executable, "-m", "training", "ensemble", "--data", str(tiny_dataset),
+                           "--out", str(out / "ens"), "--top", "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-m", "training", "report", str(out), "--data", str(other),
+                           "--ensemble", str(out / "ens")], capture_output=True, text=True)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "'call_mid'" in last, done.stderr[-2000:]
 
 
 def test_a_search_record_is_never_read_half_written(tmp_path, monkeypatch):

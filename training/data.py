@@ -246,6 +246,14 @@ def load_split(data_dir: Path, name: str, labels: tuple[str, ...] | None = None,
     return Split(name, clips, inputs, targets, tuple(labels), mel, frontend)
 
 
+def check_same_labels(model_labels, data_labels, models: str, data_dir: Path | None) -> None:
+    """Refuse to score models on a data set whose classes are not theirs, in their order: outputs
+    are compared with targets by index, so other classes give a wrong UAR or an IndexError."""
+    if tuple(model_labels) != tuple(data_labels):
+        raise DataError(f"{models} were trained on the labels {list(model_labels)}, --data {data_dir} has "
+                        f"{list(data_labels)}: give the --data they were trained on")
+
+
 def data_identity(data_dir: Path) -> dict:
     """What a model was trained on: the sha256 of each label list (audio names are inside)."""
     lab = Path(data_dir) / "lab"

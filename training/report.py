@@ -17,6 +17,7 @@ import optuna
 from edgemon.analysis.bundle import load_bundle
 from edgemon.analysis.ensemble import Ensemble
 from training import baseline
+from training.data import check_same_labels
 from training.errors import DataError
 from training.evaluate import metrics, plot_confusion
 from training.runs import Splits
@@ -115,6 +116,7 @@ def build_report(run_dir: Path, data_dir: Path, study_name: str = "edgemon",
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     splits = Splits.load(data_dir)
+    check_same_labels(bundle.labels, splits.devel.labels, f"the members of {ensemble_dir}", data_dir)   # else an IndexError
     study = optuna.load_study(study_name=study_name,
                               storage=storage or f"sqlite:///{(run_dir / 'study.db').resolve()}")
 

@@ -17,7 +17,7 @@ from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.ensemble import Ensemble, majority_vote
 from edgemon.analysis.frontend import FrontendConfig
 from training.bundling import check_reference_data, complete_bundle, reference_from
-from training.data import Split
+from training.data import Split, check_same_labels
 from training.errors import DataError
 from training.evaluate import metrics, write_report
 from training.onnx_export import quantize_int8
@@ -61,6 +61,9 @@ def build_ensemble(study: optuna.Study, out: Path, devel: Split, test: Split, to
     trials = select_members(study, top)
     dirs = [Path(t.user_attrs["run_dir"]) for t in trials]
     config = json.loads((dirs[0] / "config.json").read_text())
+    # the members' outputs are scored by index against these splits' classes: another set's (the
+    # Borneo default for a search on one's own clips) gave a wrong UAR with exit 0 (a trial)
+    check_same_labels(config["labels"], devel.labels, "the search's trials", reference_data)
     reference = reference_from(reference_data, config["labels"], config["window_s"],
                                FrontendConfig.from_dict(config["frontend"]))
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,6 +10,7 @@ slower than real time, coverage, clips and export.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import signal
 import sqlite3
@@ -1125,3 +1126,17 @@ def test_a_microphone_back_under_another_card_number_is_the_same_source_across_r
                          "VALUES (?, '2024-05-01T07:00:00.000Z', 'site-1', 30, '2024-05-01T07:00:30.000Z', "
                          "'2024-05-01T07:00:30.000Z')", [live_source(first)])
         assert previous_end_of(store, later) == "2024-05-01T07:00:30.000Z"
+
+
+def test_a_label_with_a_slash_or_colon_still_gets_its_clip(tmp_path):
+    """An ecologist's own labels ("frog/toad", "owl: alarm") named the clip: the slash made it a
+    path into a folder that is not there and a FAT stick refuses the colon, so every clip of that
+    class was skipped with a warning (a trial with its own species)."""
+    saver, detection = _saver_and_detection(tmp_path, pre_s=0.0, post_s=0.0)
+    saver.push(_ramp(1.0))
+    clips = []
+    for label in ("frog/toad", "owl: alarm", "Pyrrhura_ñ"):
+        saver.request(dataclasses.replace(detection, label=label), 0.0, 1.0)
+        clips += [clip for _, clip in saver.write_waiting()]
+    assert all(clip is not None and clip.path.parent == tmp_path for clip in clips), clips
+    assert [c.path.name.split("Z_", 1)[1] for c in clips] == ["frog_toad.flac", "owl_ alarm.flac", "Pyrrhura_ñ.flac"]

@@ -234,7 +234,7 @@ class ClipSaver:
             return self._skip(f"{self.guard.free_mb:.0f} MB free, below {self.config.min_free_mb:g} MB")
         when = detection.start_utc
         stamp = when.strftime("%Y%m%dT%H%M%S") + f"{when.microsecond // 1000:03d}Z"
-        stem = f"{stamp}_{detection.label}"
+        stem = f"{stamp}_{_in_a_name(detection.label)}"
         path = self.config.directory / f"{stem}.flac"
         # One per writer, its pid in the name: that of a writer killed outright is swept (``_measure``).
         tmp = self.config.directory / f".{stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
@@ -257,6 +257,17 @@ class ClipSaver:
         offset = (take.event - take.first) / self.rate
         end = min(offset + take.duration_s, len(audio) / self.rate)
         return Clip(path, round(offset, 3), round(end, 3))
+
+
+# A user's own label may hold what a file name cannot: a slash made the clip's name a path into
+# a folder that is not there, and FAT or exFAT (a USB stick) refuses the others; every clip of
+# that class was skipped (a trial with its own species). The row keeps the label as it is.
+_NOT_IN_A_NAME = str.maketrans({c: "_" for c in '/\\:*?"<>|'})
+
+
+def _in_a_name(label: str) -> str:
+    """``label`` as part of a clip's file name on any file system a clip directory may be on."""
+    return label.translate(_NOT_IN_A_NAME)
 
 
 def _place(tmp: Path, directory: Path, stem: str) -> Path:

@@ -478,6 +478,29 @@ def test_a_label_list_saved_by_a_spreadsheet_is_read_and_one_not_utf8_is_named(t
     assert result.exit_code == 1 and "train.csv: not a UTF-8 CSV label list" in result.output, result.output
 
 
+def test_a_label_spelt_with_combining_accents_in_one_list_is_the_same_label(tiny_dataset, tmp_path):
+    """Pyrrhura_ñ typed as one letter in train.csv and as n + a combining tilde in devel.csv and
+    label_names.csv (names taken from a Mac's folder names): refused as "label 'Pyrrhura_ñ' is not
+    one of [..., 'Pyrrhura_ñ']", two spellings no reader can tell apart (a trial with its own species)."""
+    import unicodedata
+
+    from training.data import check_train_labels
+    from training.species import read_label_names
+
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    composed, decomposed = unicodedata.normalize("NFC", "Pyrrhura_ñ"), unicodedata.normalize("NFD", "Pyrrhura_ñ")
+    for split, spelling in (("train", composed), ("devel", decomposed), ("test", decomposed)):
+        csv = data / "lab" / f"{split}.csv"
+        csv.write_text(csv.read_text(encoding="utf-8").replace(",call_low,", f",{spelling},"), encoding="utf-8")
+    (data / "lab" / "label_names.csv").write_text(f"label,scientific,common\n{decomposed},Pyrrhura molinae,conure\n",
+                                                  encoding="utf-8")
+    check_train_labels(data, ("devel", "test"))
+    train_split = load_split(data, "train")
+    assert train_split.labels == ("background", composed, "call_high")
+    assert load_split(data, "devel", train_split.labels).labels == train_split.labels
+    assert list(read_label_names(data, train_split.labels)) == [composed]
+
+
 def test_early_stopping_beside_averaging_is_refused(tiny_dataset, tmp_path):
     """--patience stopped early and kept the best devel epoch: --average-last was dropped without a word."""
     result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), *TINY_FIT,

@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import hashlib
 import re
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -120,8 +121,10 @@ def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
                 rows.append(row)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{csv_path}: not a UTF-8 CSV label list ({str(exc).splitlines()[0]})") from exc
-    clips = [Clip(audio_dir / r["filename"], r["label"].strip(), (r.get("recorder") or "").strip())
-             for r in rows]
+    # NFC: 'ñ' as one letter in one list and as n + combining tilde in another (names from a Mac's
+    # folders) were two labels, refused as "'Pyrrhura_ñ' is not one of [..., 'Pyrrhura_ñ']" (a trial)
+    clips = [Clip(audio_dir / r["filename"], unicodedata.normalize("NFC", r["label"].strip()),
+                  (r.get("recorder") or "").strip()) for r in rows]
     # as listed, subfolder and all: a set kept as a folder per class was told 'clip01.wav' is
     # missing from audio/ when it was the orangutan/ one (a newcomer trial)
     missing = [r["filename"] for r, c in zip(rows, clips) if not c.path.is_file()]

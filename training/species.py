@@ -8,6 +8,7 @@ bundle. A label without names gets none (background never has any).
 from __future__ import annotations
 
 import csv
+import unicodedata
 from pathlib import Path
 
 from training.errors import DataError
@@ -49,7 +50,7 @@ def read_label_names(data_dir, labels) -> dict[str, dict[str, str]] | None:
         raise DataError(f"{path}: not a UTF-8 CSV ({str(exc).splitlines()[0]})") from exc
     names: dict[str, dict[str, str]] = {}
     for line, row in rows:
-        label = (row.get("label") or "").strip()
+        label = unicodedata.normalize("NFC", (row.get("label") or "").strip())   # as the lists' (training.data)
         if label not in labels or label == "background":
             known = ", ".join(sorted(name for name in labels if name != "background"))
             raise DataError(f"{path}: line {line}: label {label!r} is not one of the call labels ({known})")

@@ -379,3 +379,22 @@ def test_a_ctrl_c_in_a_later_recipe_keeps_the_finished_ones_and_a_second_run_add
     summary = cross_validate([net], data, k=2, out=tmp_path)          # the rest, on the same folds
     assert set(summary["recipes"]) == {"baseline", "net"}
     assert set(json.loads((tmp_path / "cv.json").read_text())["recipes"]) == {"baseline", "net"}
+
+
+def test_a_class_heard_by_one_recorder_only_is_named(tiny_dataset, caplog):
+    """A rare species of one's own, every clip from one recorder: the fold holding that recorder out
+    trained without the class, its held-out clips were all scored by a model that never saw one,
+    and cv-ensemble then said only "never stored ... choose a higher --target-false-per-hour" (a
+    trial with its own species)."""
+    import dataclasses
+
+    split = merge(load_split(tiny_dataset, "train"), load_split(tiny_dataset, "devel"))
+    with caplog.at_level("WARNING"):
+        grouped_folds(split, 2)
+    assert "trains without it" not in caplog.text
+    low = split.labels.index("call_low")
+    one = dataclasses.replace(split, clips=[dataclasses.replace(c, recorder="S0") if t == low else c
+                                            for c, t in zip(split.clips, split.targets)])
+    with caplog.at_level("WARNING"):
+        grouped_folds(one, 2)
+    assert "'call_low': every clip held out in fold" in caplog.text and "(S0)" in caplog.text

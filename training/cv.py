@@ -138,7 +138,18 @@ def grouped_folds(split: Split, k: int, seed: int = 0) -> list[tuple[np.ndarray,
                         f"needs clips from at least 2 recorders, to hold each out of its own training")
     if k > len(recorders):   # each fold holds out at least one recorder, so there are fewer folds
         log.warning("%d folds asked, %d recorders: %d folds, one recorder each", k, len(recorders), len(recorders))
-    return grouped_folds_of([c.recorder or c.path.name for c in split.clips], split.targets, k, seed)
+    folds = grouped_folds_of([c.recorder or c.path.name for c in split.clips], split.targets, k, seed)
+    # A species heard by one recorder only: the fold holding it out trains without the class, so its
+    # recall, threshold and calibration come from a model that never saw one (a trial: cv-ensemble
+    # said only "never stored", and bundle --thresholds then never detected it).
+    for index, label in enumerate(split.labels):
+        for n, (tr, va) in enumerate(folds, 1):
+            if np.any(split.targets[va] == index) and not np.any(split.targets[tr] == index):
+                held = sorted({split.clips[i].recorder for i in va if split.targets[i] == index})
+                log.warning("%r: every clip held out in fold %d (%s) and none in its training: that fold trains "
+                            "without it, so grouped CV cannot score it (pool clips aside): add clips of it from another "
+                            "recorder", label, n, ", ".join(held))
+    return folds
 
 
 def grouped_folds_of(groups: list[str], targets: np.ndarray, k: int = 5, seed: int = 0

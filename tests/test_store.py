@@ -397,3 +397,31 @@ def test_the_wal_a_held_reader_grew_is_cut_back_once_it_lets_go(store, tmp_path)
     for i in range(3):
         commit(store, [], source=f"site2/{i:05d}.wav")
     assert wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES
+
+
+def test_an_older_database_a_running_daemon_holds_is_not_migrated_under_it(tmp_path):
+    """An upgrade trial: the package upgraded while the service still ran the old version, and
+    `edgemon review` (or `sync`) migrated the database under that daemon. It went on writing
+    without what the new schema adds: the recordings it analysed next had no ``analyses`` rows,
+    so its bundle counted as never having analysed them. Refused, naming the daemon, and left as
+    it was; once the daemon is gone the same open migrates it."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "old.db"
+    shutil.copyfile(Path(__file__).parent / "data" / "store_c97f0e3.db", db)   # m001-m009, by an older edgemon
+    holder = ("import sys; from edgemon.storage.lock import hold_database\n"
+              "with hold_database(sys.argv[1]):\n"
+              "    print('held', flush=True); sys.stdin.read()\n")
+    daemon = subprocess.Popen([sys.executable, "-c", holder, str(db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout.readline() == "held\n"
+        with pytest.raises(StoreError, match=rf"in use by edgemon pid {daemon.pid}.*restart"):
+            Store(db)
+    finally:
+        daemon.communicate("")
+    import sqlite_utils
+    assert "m010_sync_lineage" not in {m.name for m in MIGRATIONS.applied(sqlite_utils.Database(db))}
+    with Store(db) as store:   # the daemon gone (restarted as the new version, say): migrated as before
+        assert MIGRATIONS.pending(store.db) == []

@@ -29,6 +29,7 @@ import sqlite_utils
 
 from edgemon.errors import EdgemonError
 from edgemon.safetext import shown, stored_name
+from edgemon.storage.lock import daemon_started
 from edgemon.storage.readonly import BUSY_TIMEOUT_MS, error_code, quick_check
 from edgemon.storage.rows import (CoverageMinute, Detection, Heartbeat, coverage_row, detection_row, heartbeat_row,
                                   optional_utc)
@@ -116,6 +117,7 @@ class Store:
                 raise StoreError(f"detections database {self.path} was written by a newer edgemon (its schema has "
                                  f"{', '.join(newer)}, unknown to this one): upgrade edgemon to use it")
             if MIGRATIONS.pending(self.db):   # a read first: nearly every open has nothing to do
+                self._refuse_migrating_under_a_daemon()
                 # Check and apply under one write lock: another process (the daemon and an
                 # export, say) may be migrating the same old database now. IMMEDIATE waits for
                 # it, then the list is read again inside, so no migration runs twice (which
@@ -135,6 +137,20 @@ class Store:
             self.db.close()
             raise
         self._opened_as = _file_identity(self.path)
+
+    def _refuse_migrating_under_a_daemon(self) -> None:
+        """Refuse to migrate an older database while another process's daemon holds it: an
+        older edgemon still running (the package upgraded, the service not yet restarted) goes on
+        writing as its own schema says, without what the migrations add (an upgrade trial:
+        `edgemon review` before the restart, and the recordings that daemon analysed next had no
+        ``analyses`` rows, so its bundle counted as never having analysed them). A new database
+        is never refused: a daemon creating it migrates it as this would."""
+        holder = daemon_started(self.path)
+        if holder is not None and holder[0] != os.getpid() and MIGRATIONS.applied(self.db):
+            raise StoreError(f"detections database {shown(self.path)} is in use by edgemon pid {holder[0]}, "
+                             f"which opened it at an older schema: restart it first (`systemctl restart edgemon` "
+                             f"after an upgrade), so that it is not left writing into a schema it does not know; "
+                             f"if it has only just started, try again in a moment")
 
     def _enable_wal(self) -> None:
         """Switch to WAL, waiting as long as for any busy writer. The switch upgrades the read it

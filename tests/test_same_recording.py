@@ -520,8 +520,8 @@ def test_a_watch_with_another_bundle_over_analysed_recordings_says_reanalyse(tmp
     assert watcher.processed == 0
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nothing left to do")]
     assert said and said[0].endswith(f"; 1 recording(s) here were analysed by another bundle, not by "
-                                     f"{watcher.analyzer.bundle.bundle_id}: `edgemon reanalyse --models BUNDLE` "
-                                     f"runs it on them"), said
+                                     f"{watcher.analyzer.bundle.bundle_id}: `edgemon reanalyse --db {db}` "
+                                     f"runs it on them"), said   # the embedded bundle: no --models (an upgrade trial)
 
 
 def test_clock_timezone_set_after_the_first_watch_is_said_not_silent(tmp_path, caplog):

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgemon.analysis.analyzer import Analyzer
+from edgemon.analysis.bundle import default_bundle_path
 from edgemon.amounts import audio_amount
 from edgemon.backoff import Backoff
 from edgemon.files.analyse_file import FileAnalysis
@@ -386,8 +387,12 @@ class Watcher:
                 "WHERE a.source = f.source AND a.bundle_id = ?)", [mine]).fetchone()[0]
         except sqlite3.Error:
             return ""
+        # The command as it is typed: after an upgrade the bundle is the embedded one, which has no
+        # path a user knows, and "--models BUNDLE" sent them looking for one (an upgrade trial).
+        bundle = self.analyzer.bundle.path
+        models = "" if bundle.resolve() == default_bundle_path().resolve() else f" --models {shown(bundle)}"
         return (f"; {others} recording(s) here were analysed by another bundle, not by {mine}: "
-                f"`edgemon reanalyse --models BUNDLE` runs it on them" if others else "")
+                f"`edgemon reanalyse --db {shown(self.store.path)}{models}` runs it on them" if others else "")
 
     @property
     def state(self) -> str:

@@ -309,3 +309,12 @@ def test_a_user_data_set_names_its_own_labels_and_replaces_the_borneo_table(tiny
         check_reference_data(data)
     with pytest.raises(DataError, match="gibbon_duett"):
         check_train_labels(data, ("devel",))
+
+
+def test_a_bundle_made_without_data_says_what_it_lacks(caplog):
+    """A trial with its own species: `bundle` without --data left out the self-check windows and
+    the label_names.csv display names without a word."""
+    from training.bundling import check_reference_data
+    with caplog.at_level("WARNING"):
+        check_reference_data(None)
+    assert "no --data" in caplog.text and "label_names.csv" in caplog.text

@@ -254,7 +254,12 @@ def field_manifest(field: dict) -> dict:
 
 
 def check_reference_data(data_dir: Path | None) -> None:
-    """Before anything is written: a bundle built without its reference windows would be left behind."""
+    """Before anything is written: a bundle built without its reference windows would be left behind.
+    Without ``data_dir`` it says what the bundle then lacks (a trial with its own species: the
+    display names of its ``label_names.csv`` went missing without a word)."""
+    if data_dir is None:
+        log.warning("no --data: the bundle gets no self-check reference windows and no display names from a "
+                    "label_names.csv (give --data DIR, the clips its models were trained on, for both)")
     if data_dir is not None and not (Path(data_dir) / "lab" / "train.csv").is_file():
         raise DataError(f"--data {data_dir}: not a data set (no lab/train.csv) for the reference windows")
     if data_dir is not None:   # a malformed names file refused before anything is written

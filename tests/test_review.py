@@ -1232,3 +1232,20 @@ def test_the_count_of_detections_stored_since_follows_the_pages_filters(review_d
     assert reviews.detections_since(db, upto, label=first["label"]) == 1
     assert reviews.detections_since(db, upto, label=other) == 2
     assert reviews.detections_since(db, upto, bundle_id="another-bundle") == 0
+
+
+def test_a_species_filter_sends_the_label_as_it_is_stored(review_db):
+    """A trial with its own species: the species <option>s carried no value, and a browser sends an
+    option's text with its spaces collapsed and trimmed, so a label with two spaces in a row was
+    filtered by a label no detection has (an empty page)."""
+    db, recordings = review_db
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE detections SET label = 'Tawny  Owl' WHERE label = 'great_argus'")
+    conn.close()
+    with review_server(db, recordings) as (base, _):
+        page = _get(base + "/")[2].decode()
+        species = re.search(r'<select name="label">(.*?)</select>', page).group(1)
+        values = re.findall(r'<option value="([^"]*)"', species)
+        assert "Tawny  Owl" in values, species
+        filtered = _get(base + "/?" + urllib.parse.urlencode({"label": "Tawny  Owl"}))[2].decode()
+        assert re.findall(r'data-id="(\d+)"', filtered)   # the filter the browser now sends finds them

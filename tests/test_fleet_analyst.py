@@ -329,3 +329,28 @@ def test_a_triggered_recording_s_audio_is_laid_over_the_time_it_spans(fleet, tmp
     assert daily == by_bundle == {"2025-03-02": 30.0, "2025-03-03": 130.0}
     assert hourly == hourly_by_bundle == [("2025-03-02", 23, 30.0), ("2025-03-03", 0, 130.0)]
     assert gaps == [("2025-03-02", 0.0), ("2025-03-03", 460.0)]   # 00:02:20 to 00:10:00, not from 00:00:40
+
+
+def test_spans_sent_by_the_edgemon_before_reach_the_server_after_the_upgrade(fleet, tmp_path):
+    """A review of view revision 10: a recorder of the release before (which had ``files.span_s``
+    since m016 but sent no spans, knowing no such column on the server) synced a season of
+    triggered recordings; upgraded, it syncs to a server its owner migrated first (or that its own
+    sync migrates). No note said a server had lacked the column, so those spans were never sent and
+    the recording stayed laid from its start for good."""
+    db = tmp_path / "upgraded.db"
+    with Store(db) as store:
+        store.commit_file("20250302_155900T.WAV", path="/data/20250302_155900T.WAV", size=1000, mtime_ns=1,
+                          duration_s=100.0, start_utc="2025-03-02T15:59:00Z", time_source="filename",
+                          clock_suspect=False, bundle_id="bundle-a", detections=[], span_s=200.0)
+    with monkeypatch_revisions(VIEW_REVISIONS[:9]), pytest.MonkeyPatch.context() as m:
+        m.setattr(fleetdb, "ADDED_COLUMNS", {})   # the edgemon before: no column of a revision to send
+        sync(db, fleet.url, "kuching-03", "Asia/Kuching")
+    sync(db, fleet.url, "kuching-03", "Asia/Kuching")   # upgraded: its sync revises the views first
+    with fleet.connect() as conn:
+        assert conn.execute("SELECT span_s FROM edgemon.files f JOIN edgemon.databases USING (db_uuid) "
+                            "WHERE device_id = 'kuching-03'").fetchall() == [(200.0,)]
+    assert per_day(fleet, "effort_daily", "recorded_h * 3600") == {"2025-03-02": 30.0, "2025-03-03": 70.0}
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        queued = conn.execute("SELECT seq FROM changes WHERE tbl = 'files'").fetchall()
+        sync(db, fleet.url, "kuching-03", "Asia/Kuching")   # and once only: not queued again at each sync
+        assert conn.execute("SELECT seq FROM changes WHERE tbl = 'files'").fetchall() == queued

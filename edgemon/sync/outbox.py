@@ -104,8 +104,9 @@ def _check_edgemon_database(path: Path) -> None:
 
 
 def _unsent_note(table: str, column: str | None) -> str:
-    """The ``sync_meta`` key that says a server lacked ``table`` (or its ``column``)."""
-    return f"unsent:{table}.{column}" if column else f"unsent:{table}"
+    """The ``sync_meta`` key that says a server lacked ``table``; for a ``column``, the key that says
+    its rows went with it (``Outbox.send_again``)."""
+    return f"sent:{table}.{column}" if column else f"unsent:{table}"
 
 
 def _row_of_change(table: str) -> str:
@@ -283,25 +284,44 @@ class Outbox:
         (``fleetdb.ADDED_COLUMNS``), while its changes went by: ``send_again`` puts its rows back in
         the log once a server holds it."""
         note = _unsent_note(table, column)
-        with self._writing(f"cannot remember the unsent {note[len('unsent:'):]} in {self.path}"):
-            self.conn.execute("INSERT INTO sync_meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO NOTHING",
-                              [note])
+        what = f"{table}.{column}" if column else table
+        if column is not None and not self._noted(note):
+            return   # not marked sent: nothing to forget (no write at each sync)
+        with self._writing(f"cannot remember the unsent {what} in {self.path}"):
+            if column is None:
+                self.conn.execute("INSERT INTO sync_meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO NOTHING",
+                                  [note])
+            else:
+                self.conn.execute("DELETE FROM sync_meta WHERE key = ?", [note])
 
     def send_again(self, table: str, column: str | None = None) -> int:
         """If a server lacked ``table`` or its ``column`` before (``hold_for_later``), move every row
         of it (with a value in ``column``) to the end of the change log (new sequence numbers, after
         every cursor: sent again to every target, which upserts them harmlessly) and forget the note;
-        returns how many rows were moved. Tombstones stay where they are."""
+        returns how many rows were moved. Tombstones stay where they are.
+
+        A column's rows count as unsent until this has run once: an edgemon before the column knew
+        none to send and left no note, and the rows it sent would never carry it (a review of view
+        revision 10: spans of a season synced before the upgrade stayed NULL on the server)."""
         note = _unsent_note(table, column)
-        if self.conn.execute("SELECT 1 FROM sync_meta WHERE key = ?", [note]).fetchone() is None:
+        unsent = not self._noted(note) if column else self._noted(note)
+        if not unsent:
             return 0
+        what = f"{table}.{column}" if column else table
         valued = f" AND t.{column} IS NOT NULL" if column else ""
-        with self._writing(f"cannot queue the {note[len('unsent:'):]} again in {self.path}"):
+        with self._writing(f"cannot queue the {what} again in {self.path}"):
             self.conn.execute(f"DELETE FROM changes WHERE tbl = ? AND EXISTS (SELECT 1 FROM {table} t "
                               f"WHERE {_row_of_change(table)}{valued})", [table])
             moved = self.conn.execute(every_row_changed(table, f"{column} IS NOT NULL" if column else "")).rowcount
-            self.conn.execute("DELETE FROM sync_meta WHERE key = ?", [note])
+            if column is None:
+                self.conn.execute("DELETE FROM sync_meta WHERE key = ?", [note])
+            else:
+                self.conn.execute("INSERT INTO sync_meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO NOTHING",
+                                  [note])
         return moved
+
+    def _noted(self, key: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sync_meta WHERE key = ?", [key]).fetchone() is not None
 
     def pruned_behind(self, acked: int) -> bool:
         """Whether a target that acknowledged up to ``acked`` (not 0: it holds rows) missed

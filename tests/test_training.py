@@ -429,6 +429,19 @@ def test_a_pool_clip_listed_in_devel_or_test_is_refused_before_any_audio_is_read
     check_train_labels(pooled, ("devel", "test"))
 
 
+def test_a_pool_that_is_not_used_is_not_checked_against_the_held_out_lists(tiny_dataset, tmp_path):
+    """A review of the pool check: it ran whatever --no-pool said, so ``fit --no-pool`` (and
+    ``report``, ``ensemble``, which never read the pool) refused a data set for a pool.csv naming a
+    test clip, with no word of --no-pool: the leak it guards against needs the pool in training."""
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    rows = (data / "lab" / "test.csv").read_text().splitlines()
+    (data / "lab" / "pool.csv").write_text(rows[0] + "\n" + rows[1] + "\n")
+    result = runner.invoke(app, ["fit", *TINY_FIT, "--no-pool", "--data", str(data), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["fit", *TINY_FIT, "--data", str(data), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 1 and "in test.csv and pool.csv" in result.output, result.output
+
+
 def test_lists_a_run_would_fail_on_are_refused_before_any_audio_is_read(tiny_dataset, tmp_path):
     """Found by a review: a row with too few cells was a traceback; a background class under
     another name, and a hop longer than the window, were refused only after the whole training."""

@@ -201,11 +201,12 @@ def rebundle(
     _run(write, bundle, thresholds, out)
 
 
-def _train_and_devel(data: Path, frontend: FrontendConfig):
-    """train + devel as one split, the way cv folds it; the test list is not even read."""
+def _train_and_devel(data: Path, frontend: FrontendConfig, pool: bool = False):
+    """train + devel as one split, the way cv folds it; the test list is not even read. ``pool``:
+    lab/pool.csv joins the folds' training (checked against devel)."""
     from training.data import check_recorders, check_train_labels, load_split, merge
 
-    check_train_labels(data, ("devel",))
+    check_train_labels(data, ("devel",), pool)
     check_recorders(data, ("train", "devel"))
     train_split = load_split(data, "train", frontend=frontend)
     return merge(train_split, load_split(data, "devel", train_split.labels, frontend))
@@ -287,7 +288,7 @@ def cv(
     def run():
         from training.data import load_pool
 
-        load = functools.partial(_train_and_devel, data)
+        load = functools.partial(_train_and_devel, data, pool=pool)
         reference = load(FrontendConfig())
         pool_load = functools.partial(load_pool, data, reference.labels) if pool else None
         with CvProgress() as progress:
@@ -338,7 +339,7 @@ def cv_ensemble_command(
     def run():
         from training.data import load_pool
 
-        result = cv_ensemble(members, functools.partial(_train_and_devel, data), out, max_false_rate,
+        result = cv_ensemble(members, functools.partial(_train_and_devel, data, pool=held_out_pool), out, max_false_rate,
                              target_false_per_hour, prevalence, reuse_votes, votes, rules,
                              pool=functools.partial(load_pool, data) if held_out_pool else None, at_point=at_point)
         keys = ("uar_mean", "uar_std", "uar_mean_untuned", "uar_std_untuned", "thresholds",

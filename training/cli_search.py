@@ -166,7 +166,7 @@ def _search_splits(data: Path, features: Optional[Path], with_pool: bool):
         return splits["train"], splits["devel"], splits.get("pool") if with_pool else None
     from training.data import check_train_labels, load_pool, load_split
 
-    check_train_labels(data, ("devel",))   # before any audio is read: a background under another name (a review)
+    check_train_labels(data, ("devel",), with_pool)   # before any audio is read: a background under another name (a review)
     train_split = load_split(data, "train")
     devel = load_split(data, "devel", train_split.labels)
     return train_split, devel, load_pool(data, train_split.labels) if with_pool else None

@@ -153,17 +153,19 @@ def check_recorders(data_dir: Path, lists: tuple[str, ...]) -> None:
 FEW_FOR_A_CLASS = 5   # a train label with fewer clips that no other list has is taken for a typo
 
 
-def check_train_labels(data_dir: Path, others: tuple[str, ...]) -> None:
+def check_train_labels(data_dir: Path, others: tuple[str, ...], pool: bool = False) -> None:
     """Refuse, before any audio is read, a label of ``lab/train.csv`` that none of the ``others``
     lists has and that has only a few clips: a typo there ("gibbon_solo") became a sixth class
-    that the class-balanced sampler gave a sixth of every epoch (found by a newcomer trial)."""
+    that the class-balanced sampler gave a sixth of every epoch (found by a newcomer trial). With
+    ``pool`` (the pool joins training), a pool clip that one of ``others`` holds out is refused too."""
     data_dir = Path(data_dir)
     train = read_label_list(data_dir / "lab" / "train.csv", data_dir / "audio")
     if not train:
         raise DataError(f"{data_dir / 'lab' / 'train.csv'}: lists no clips")
     lists = {name: read_label_list(data_dir / "lab" / f"{name}.csv", data_dir / "audio") for name in others}
     _check_each_clip_listed_once(data_dir, {"train": train, **lists})
-    _check_pool_holds_out_nothing(data_dir, lists)
+    if pool:   # only then: --no-pool, report and ensemble were refused for a pool they never read (a review)
+        _check_pool_holds_out_nothing(data_dir, lists)
     elsewhere = {c.label for clips in lists.values() for c in clips}
     counts: dict[str, int] = {}
     for clip in train:

@@ -51,8 +51,9 @@ class Splits:
     test: Split
 
     @classmethod
-    def load(cls, data_dir: Path, frontend: FrontendConfig = FrontendConfig()) -> "Splits":
-        check_train_labels(data_dir, ("devel", "test"))
+    def load(cls, data_dir: Path, frontend: FrontendConfig = FrontendConfig(), pool: bool = False) -> "Splits":
+        """``pool``: lab/pool.csv will join training (checked against devel and test)."""
+        check_train_labels(data_dir, ("devel", "test"), pool)
         train = load_split(data_dir, "train", frontend=frontend)
         return cls(train, load_split(data_dir, "devel", train.labels, frontend),
                    load_split(data_dir, "test", train.labels, frontend))
@@ -158,7 +159,7 @@ def _fit_run(data_dir: Path, run_dir: Path, model_config: ModelConfig, optim: Op
              window_s: float, hop_s: float, frontend: FrontendConfig, progress: bool, with_devel: bool,
              pool: bool) -> dict:
     check_out_dir(run_dir)
-    splits = Splits.load(data_dir, frontend)
+    splits = Splits.load(data_dir, frontend, pool)
     run_dir.mkdir(parents=True, exist_ok=True)   # after the data: a wrong --data leaves nothing behind
     training_split = merge(splits.train, splits.devel) if with_devel else splits.train
     extra = load_pool(data_dir, splits.train.labels, frontend) if pool else None

@@ -514,6 +514,24 @@ def test_a_label_spelt_with_combining_accents_in_one_list_is_the_same_label(tiny
     assert list(read_label_names(data, train_split.labels)) == [composed]
 
 
+def test_a_recorder_spelt_with_combining_accents_in_one_list_is_the_same_recorder(tiny_dataset, tmp_path):
+    """A review of the NFC labels: the recorder column, from the same folder names, was left as
+    spelt, so 'Estación' composed in train.csv and decomposed in devel.csv were two recorders to
+    grouped CV, which could train on one's train clips and hold out its devel clips as unseen."""
+    import unicodedata
+
+    from training.data import merge
+
+    data = copy_dataset(tiny_dataset, tmp_path / "d")
+    composed, decomposed = unicodedata.normalize("NFC", "Estación"), unicodedata.normalize("NFD", "Estación")
+    for split, spelling in (("train", composed), ("devel", decomposed)):
+        csv = data / "lab" / f"{split}.csv"
+        csv.write_text(csv.read_text(encoding="utf-8").replace(",S1,", f",{spelling},"), encoding="utf-8")
+    train_split = load_split(data, "train")
+    both = merge(train_split, load_split(data, "devel", train_split.labels))
+    assert {c.recorder for c in both.clips} == {"S0", composed}
+
+
 def test_early_stopping_beside_averaging_is_refused(tiny_dataset, tmp_path):
     """--patience stopped early and kept the best devel epoch: --average-last was dropped without a word."""
     result = runner.invoke(app, ["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), *TINY_FIT,

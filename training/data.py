@@ -122,9 +122,10 @@ def read_label_list(csv_path: Path, audio_dir: Path) -> list[Clip]:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{csv_path}: not a UTF-8 CSV label list ({str(exc).splitlines()[0]})") from exc
     # NFC: 'ñ' as one letter in one list and as n + combining tilde in another (names from a Mac's
-    # folders) were two labels, refused as "'Pyrrhura_ñ' is not one of [..., 'Pyrrhura_ñ']" (a trial)
+    # folders) were two labels, refused as "'Pyrrhura_ñ' is not one of [..., 'Pyrrhura_ñ']" (a trial);
+    # and two recorders, which grouped CV could put on both sides of a fold (a review)
     clips = [Clip(audio_dir / r["filename"], unicodedata.normalize("NFC", r["label"].strip()),
-                  (r.get("recorder") or "").strip()) for r in rows]
+                  unicodedata.normalize("NFC", (r.get("recorder") or "").strip())) for r in rows]
     # as listed, subfolder and all: a set kept as a folder per class was told 'clip01.wav' is
     # missing from audio/ when it was the orangutan/ one (a newcomer trial)
     missing = [r["filename"] for r, c in zip(rows, clips) if not c.path.is_file()]

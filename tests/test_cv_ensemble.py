@@ -359,3 +359,24 @@ def test_a_folds_window_uar_is_scored_at_thresholds_chosen_on_the_other_folds():
     folds = [(np.array([2, 3]), np.array([0, 1])), (np.array([0, 1]), np.array([2, 3]))]
     fold_of = np.array([0, 0, 0, 1, 1, 1])
     assert held_out_fold_uars(windows, fold_of, folds, targets, labels, 0.01) == [0.5, 1.0]
+
+
+def test_votes_made_in_other_batches_than_the_recorder_s_are_not_taken_silently(cv_runs, tiny_dataset, tmp_path,
+                                                                                  caplog):
+    """A review of the field measure's batches: votes are now made in the recorder's batches of 8
+    (int8 members' votes depend on their batch), but votes saved before, in batches of 16, were
+    read back by --reuse-votes and --votes as if they were the recorder's, without a word."""
+    from training.field_votes import FieldVotes
+
+    member = cv_runs / "a" / "mel"
+    cv_ensemble([member], _load(tiny_dataset), tmp_path / "new.json", 0.1)
+    votes = FieldVotes.load(tmp_path / "new.votes.npz")
+    assert votes.batch_size == 8
+    votes.batch_size = 16
+    votes.save(tmp_path / "sixteen.votes.npz")
+    with pytest.raises(DataError, match="votes made in batches of 16 windows, the recorder's are 8"):
+        cv_ensemble([member], _load(tiny_dataset), tmp_path / "s.json", 0.1, votes_from=tmp_path / "sixteen.votes.npz")
+    votes.batch_size = None   # a file from before: taken, and said
+    votes.save(tmp_path / "old.votes.npz")
+    cv_ensemble([member], _load(tiny_dataset), tmp_path / "o.json", 0.1, votes_from=tmp_path / "old.votes.npz")
+    assert "votes made before the field measure voted in the recorder's batches of 8" in caplog.text

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemon.analysis.analyzer import BATCH_SIZE
 from edgemon.analysis.decisions import OperatingPoint
 from edgemon.analysis.frontend import FrontendConfig
 from training.bundling import shared_frontend
@@ -220,6 +221,13 @@ def _check_votes_made_here(saved: Path, votes: FieldVotes, models: list[list[Pat
     else:
         log.warning("%s: votes from before 2026-12-06 say neither which fold models made them nor at what "
                     "prevalence; they are taken to be these members' at --prevalence %g", saved, prevalence)
+    if votes.batch_size is None:
+        log.warning("%s: votes made before the field measure voted in the recorder's batches of %d (in batches of "
+                    "16): int8 members' votes differ from the recorder's by a little; measure again without --votes "
+                    "for the recorder's own", saved, BATCH_SIZE)
+    elif votes.batch_size != BATCH_SIZE:
+        raise DataError(f"{saved}: votes made in batches of {votes.batch_size} windows, the recorder's are "
+                        f"{BATCH_SIZE}: measure again without --votes")
     if votes.prevalence is not None and prevalence != votes.prevalence:
         raise DataError(f"{saved}: votes assembled at --prevalence {votes.prevalence:g}, not {prevalence:g}: "
                         f"give that, or measure again without --votes")

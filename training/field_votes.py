@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from edgemon.analysis.analyzer import Analyzer
+from edgemon.analysis.analyzer import BATCH_SIZE, Analyzer
 from edgemon.analysis.bundle import Bundle, load_bundle
 from edgemon.analysis.bundle_write import write_bundle
 from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds
@@ -111,6 +111,10 @@ class FieldVotes:
     # repeats (``EventMerger.grow``); without it the measure counted that window as more evidence
     # (a review: clip UAR on test 0.79 here, 0.61 as the recorder stores it). 0: every window counts.
     hop_frames: int = 0
+    # Windows per ensemble run (kept since the field measure voted in the recorder's batches): int8
+    # members' votes depend on their batch, and votes made in batches of 16 read back with
+    # --reuse-votes or --votes were not the recorder's (a review). None: made before, in 16.
+    batch_size: int | None = None
 
     @property
     def member_count(self) -> int:
@@ -130,7 +134,7 @@ class FieldVotes:
         return FieldVotes(self.labels, self.frame_s, [s for s in self.background_streams if s.fold in folds],
                           [s for s in self.assembled if s.fold in folds],
                           [s for s, keep in zip(self.clips, clips) if keep], self.clip_targets[clips], self.members,
-                          self.models_sha256, self.prevalence, self.hop_frames)
+                          self.models_sha256, self.prevalence, self.hop_frames, self.batch_size)
 
     def merger(self, point: OperatingPoint, calibration: Calibration = Calibration()) -> EventMerger:
         """The recorder's merge rule for these votes: its hop, and kept runs ``BRIDGE`` windows apart joined."""
@@ -143,7 +147,8 @@ class FieldVotes:
                   **({"members": np.array(self.members)} if self.members else {}),
                   **({"models_sha256": np.array(self.models_sha256)} if self.models_sha256 else {}),
                   **({"prevalence": self.prevalence} if self.prevalence is not None else {}),
-                  "hop_frames": self.hop_frames}
+                  "hop_frames": self.hop_frames,
+                  **({"batch_size": self.batch_size} if self.batch_size is not None else {})}
         for kind in ("background_streams", "assembled", "clips"):
             arrays[f"{kind}_n"] = len(getattr(self, kind))
             for i, s in enumerate(getattr(self, kind)):
@@ -170,7 +175,8 @@ class FieldVotes:
                        members=tuple(str(x) for x in data["members"]) if "members" in data.files else (),
                        models_sha256=str(data["models_sha256"]) if "models_sha256" in data.files else "",
                        prevalence=float(data["prevalence"]) if "prevalence" in data.files else None,
-                       hop_frames=hop, **streams)
+                       hop_frames=hop, batch_size=int(data["batch_size"]) if "batch_size" in data.files else None,
+                       **streams)
         except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             # EOFError, BadZipFile: a file cut short or empty (a traceback before, a trial)
             raise DataError(f"{path}: not a readable field-votes file ({type(exc).__name__}: {exc})") from exc
@@ -269,7 +275,7 @@ def field_votes(bundles: list[Bundle], split: Split, folds, prevalence: float = 
     frame_s = bundles[0].frontend.hop_length / bundles[0].frontend.sample_rate
     hop = WindowSpec.from_seconds(bundles[0].window_s, bundles[0].hop_s, bundles[0].frontend).hop
     return FieldVotes(tuple(split.labels), frame_s, streams[0], streams[1], streams[2], split.targets[order],
-                      hop_frames=hop)
+                      hop_frames=hop, batch_size=BATCH_SIZE)
 
 
 def fold_field_votes(models_per_fold: list[list[Path]], frontends: list[FrontendConfig], split: Split, folds,

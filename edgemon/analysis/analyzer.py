@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemon.analysis import audio
+from edgemon.analysis import audio, lead_in
+from edgemon.analysis.lead_in import Lead
 from edgemon.analysis.bundle import MANIFEST, Bundle, default_bundle_path, load_bundle
 from edgemon.analysis.decisions import Calibration, OperatingPoint, apply_thresholds, check_point
 from edgemon.analysis.ensemble import Ensemble, majority_vote
@@ -111,24 +112,28 @@ class Analyzer:
                         for i, (s, _) in enumerate(group)]
         return sorted(results, key=lambda v: v.start_frame)
 
-    def stream(self, eager: bool = False, keep_votes: bool = False) -> "AnalysisStream":
+    def stream(self, eager: bool = False, keep_votes: bool = False, lead: Lead | None = None) -> "AnalysisStream":
         """An incremental analysis of one stretch of contiguous audio (see ``AnalysisStream``)."""
-        return AnalysisStream(self, eager=eager, keep_votes=keep_votes)
+        return AnalysisStream(self, eager=eager, keep_votes=keep_votes, lead=lead)
 
-    def analyse_blocks(self, blocks: Iterable[np.ndarray], keep_votes: bool = False) -> Analysis:
+    def analyse_blocks(self, blocks: Iterable[np.ndarray], keep_votes: bool = False,
+                       lead: Lead | None = None) -> Analysis:
         """Mono float32 blocks at the bundle's sample rate -> merged events, and every window's vote
         when ``keep_votes``. The recorder keeps none: they cost about 600 bytes a window, so a
         24-hour recording held 30 MB of them (and an isolated child pickled them to its parent)
-        that nothing on the recorder reads."""
-        stream = self.stream(keep_votes=keep_votes)
-        events = [e for block in blocks for e in stream.push(block)]
+        that nothing on the recorder reads. ``lead``: the audio heard just before the blocks
+        (``AnalysisStream``)."""
+        stream = self.stream(keep_votes=keep_votes, lead=lead)
+        events = stream.push(lead.samples) if lead is not None else []
+        events += [e for block in blocks for e in stream.push(block)]
         events += stream.finish()
         # What the decoder could not read as usual (``audio.Blocks.note``), for the file's ledger row.
         return Analysis(stream.duration_s, stream.votes, events, getattr(blocks, "note", None))
 
-    def analyse_file(self, path: str | Path, block_seconds: float = 10.0, keep_votes: bool = False) -> Analysis:
+    def analyse_file(self, path: str | Path, block_seconds: float = 10.0, keep_votes: bool = False,
+                     lead: Lead | None = None) -> Analysis:
         return self.analyse_blocks(audio.iter_blocks(path, block_seconds, self.bundle.frontend.sample_rate),
-                                   keep_votes=keep_votes)
+                                   keep_votes=keep_votes, lead=lead)
 
     def merge(self, votes: list[WindowVote], duration_s: float) -> list[Event]:
         """Join consecutive windows of the same label into events (``EventMerger.merge``)."""
@@ -147,14 +152,23 @@ class AnalysisStream:
     between batches of 1, 8 and 32 on 9.7 min of devel audio, with the same labels and events
     there), so an eager stream's confidences, and a decision at the edge of a threshold, may
     differ from a batched one's.
+
+    ``lead``: the stream begins with audio heard just before the recording (``lead_in.Lead``,
+    pushed first), so that a call the recording's start cuts is judged whole. Times, frames and
+    ``duration_s`` are then the recording's own (lead windows start before frame 0), the lead's
+    windows are voted in batches of their own (the recording's windows batch as without it), and
+    events are those ``lead_in.recording_events`` keeps.
     """
 
-    def __init__(self, analyzer: Analyzer, eager: bool = False, keep_votes: bool = False):
+    def __init__(self, analyzer: Analyzer, eager: bool = False, keep_votes: bool = False, lead: Lead | None = None):
         self.analyzer = analyzer
         self.frontend = StreamingFrontend(analyzer.bundle.frontend)
         self.windows = WindowStream(analyzer.spec)
         self.eager = eager
-        self.samples = 0
+        self.lead = lead
+        self.lead_frames = 0 if lead is None else lead.frames(analyzer.spec.hop, analyzer.bundle.frontend.hop_length)
+        # the recording's own samples, once the lead is in
+        self.samples = -self.lead_frames * analyzer.bundle.frontend.hop_length
         self.voted = 0
         self.votes: list[WindowVote] = []   # every vote, when ``keep_votes``
         self._keep = keep_votes
@@ -185,16 +199,29 @@ class AnalysisStream:
     def push(self, samples: np.ndarray) -> list[Event]:
         """Mono float32 samples at the bundle's rate -> events completed by them."""
         self.samples += len(samples)
-        self._pending += [(s, w.copy()) for s, w in self.windows.push(self.frontend.push(samples))]
+        events = self._add(self.windows.push(self.frontend.push(samples)))
+        if self._pending and self._pending[0][0] < 0:   # the lead's windows, not all in yet
+            return events
         size = 1 if self.eager else self.analyzer.batch_size
         ready = len(self._pending) - len(self._pending) % size
         taken, self._pending = self._pending[:ready], self._pending[ready:]
-        return self._take(taken)
+        return events + self._take(taken)
+
+    def _add(self, windows: Iterable[tuple[int, np.ndarray]], last: bool = False) -> list[Event]:
+        """Windows to vote on, their starts in the recording's frames; those of the lead are voted
+        apart, in one batch once all are in (int8 members quantise a batch with one scale: mixed
+        with the recording's windows they would move its votes)."""
+        self._pending += [(s - self.lead_frames, w.copy()) for s, w in windows]
+        lead = [p for p in self._pending if p[0] < 0]
+        if not lead or (len(lead) < self.lead_frames // self.analyzer.spec.hop and not last):
+            return []
+        self._pending = [p for p in self._pending if p[0] >= 0]
+        return self._take(lead)
 
     def finish(self) -> list[Event]:
-        self._pending += [(s, w.copy()) for s, w in self.windows.push(self.frontend.finish())]
-        self._pending += list(self.windows.finish())
-        events = self._take(self._pending)
+        events = self._add(self.windows.push(self.frontend.finish()))
+        events += self._add(self.windows.finish(), last=True)
+        events += self._take(self._pending)
         self._pending = []
         events += self._end_run(self.duration_s)
         return events + self._release(self.duration_s)
@@ -254,10 +281,11 @@ class AnalysisStream:
         if not self._held:
             return []
         merger = self.analyzer.merger
-        event = (merger.piece(self._held, self._pieced + self._held, duration_s, continues=True) if self._pieced
-                 else merger.event(self._held, duration_s, self._held_runs, self._held_whole))
+        events = ([merger.piece(self._held, self._pieced + self._held, duration_s, continues=True)] if self._pieced
+                  else lead_in.recording_events(merger, self._held, duration_s, self._held_runs, self._held_whole,
+                                                self.lead, self.lead_frames))
         self._held, self._held_runs, self._held_whole, self._pieced = [], 0, False, []
-        return [event]
+        return events
 
     def _past_joining(self, vote: WindowVote) -> bool:
         """Whether no run can join the held event any more: ``vote`` begins past its reach, and

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -102,8 +102,12 @@ class EventMerger:
         """Join consecutive windows of the same label into runs, keep the runs the operating point
         stores, and join kept runs of one class close together (``joins``) into events.
         ``duration_s``: the audio's length (``math.inf`` while it goes on)."""
+        return self.merge_runs(self.runs(votes), duration_s)
+
+    def merge_runs(self, runs: Iterable[list[WindowVote]], duration_s: float) -> list[Event]:
+        """``merge`` of runs already cut (each consecutive windows of one label, in order)."""
         stored: list[tuple[list[WindowVote], int, bool]] = []   # windows, runs joined, whole recording
-        for run in self.runs(votes):
+        for run in runs:
             short = self.short_whole(run, duration_s)
             if not (short or self.kept(run)):
                 continue

@@ -133,11 +133,11 @@ class HangingAnalyzer:
         self.inner, self.hang_on_call, self.hang_s, self.calls = analyzer(), hang_on_call, hang_s, 0
         self.bundle = self.inner.bundle
 
-    def analyse_blocks(self, blocks):
+    def analyse_blocks(self, blocks, lead=None):
         self.calls += 1
         if self.calls == self.hang_on_call:
             time.sleep(self.hang_s)
-        return self.inner.analyse_blocks(blocks)
+        return self.inner.analyse_blocks(blocks, lead=lead)
 
 
 def stop_when_done(watcher, files: int, stop: threading.Event, then_s: float = 0.5, timeout_s: float = 60) -> None:

@@ -650,9 +650,9 @@ def test_a_file_deleted_while_analysed_in_a_child_is_not_a_failure(tmp_path, cap
     from tests.watch_helpers import analyzer
 
     class DeletedMeanwhile(Isolated):   # the recorder's card is emptied as the child starts
-        def analyse(self, path, on_block=lambda: None):
+        def analyse(self, path, on_block=lambda: None, preroll=None):
             path.unlink()
-            return super().analyse(path, on_block)
+            return super().analyse(path, on_block, preroll)
 
     root, db = tmp_path / "rec", tmp_path / "d.db"
     _suspect(root, db, "20240701_060000.WAV", seed=3)

@@ -63,11 +63,11 @@ def test_an_interrupted_reanalyse_says_how_far_it_got(tmp_path, caplog):
     analyzer = Analyzer(load_bundle(default_bundle_path()))
     analyse_file, calls = analyzer.analyse_file, []
 
-    def interrupted_at_the_second(path):
+    def interrupted_at_the_second(path, lead=None):
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return analyse_file(path)
+        return analyse_file(path, lead=lead)
 
     analyzer.analyse_file = interrupted_at_the_second
     with caplog.at_level(logging.WARNING, logger="edgemon"), pytest.raises(KeyboardInterrupt):
@@ -326,16 +326,16 @@ def test_a_stopped_reanalyse_goes_on_where_it_stopped(tmp_path):
     analyzer = Analyzer(load_bundle(default_bundle_path()))
     analyse_file, calls = analyzer.analyse_file, []
 
-    def stopped_at_the_second(path):
+    def stopped_at_the_second(path, lead=None):
         calls.append(path.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return analyse_file(path)
+        return analyse_file(path, lead=lead)
 
     analyzer.analyse_file = stopped_at_the_second
     with pytest.raises(KeyboardInterrupt):
         reanalyse(db, analyzer)
-    analyzer.analyse_file = lambda path: (calls.append(path.name), analyse_file(path))[1]
+    analyzer.analyse_file = lambda path, lead=None: (calls.append(path.name), analyse_file(path, lead=lead))[1]
     rest = reanalyse(db, analyzer)
     assert (rest.files, rest.current) == (1, 1) and calls == ["20240501_060000.WAV", "20240502_070000.WAV",
                                                               "20240502_070000.WAV"]
@@ -363,8 +363,8 @@ def test_reanalyse_keeps_what_watch_stored_while_it_read_the_recording(tmp_path)
     analyzer = Analyzer(load_bundle(default_bundle_path()))
     read = analyzer.analyse_file
 
-    def read_while_watch_stores_anew(path):
-        analysis = read(path)
+    def read_while_watch_stores_anew(path, lead=None):
+        analysis = read(path, lead=lead)
         ledger = _rows(db, "SELECT path, size, mtime_ns, duration_s, start_utc FROM files")[0]
         with Store(db) as other:   # watch, meanwhile: the recording written anew, and nothing found in it
             other.commit_file(name, path=ledger[0], size=ledger[1], mtime_ns=ledger[2] + 1, duration_s=ledger[3],

@@ -22,6 +22,7 @@ from edgemon.analysis.analyzer import Analyzer
 from edgemon.files.directory import file_version, mtime_ns
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.files.medium import card_error
+from edgemon.files.preroll import analyse_after, find_preroll
 from edgemon.files.recordings import recording_time
 from edgemon.files.triggered import SilentStretches, silences_of
 from edgemon.safetext import shown
@@ -95,8 +96,9 @@ class FileAnalysis:
             log.warning("%s: its analysis was cut short %d time(s) in a row (edgemon stopped, or the analysis "
                         "died); analysing it in a separate process", shown(source), interrupted)
         try:
-            analysis = (self.isolated.analyse(path, on_block=self.tick) if interrupted else
-                        self.analyzer.analyse_blocks(self._blocks(path)))
+            before = find_preroll(path, source, self.analyzer, self.store, clock=self.clock_zone)
+            analysis = (self.isolated.analyse(path, on_block=self.tick, preroll=before) if interrupted else
+                        analyse_after(self.analyzer, self._blocks(path), before))
             when = recording_time(path, clock=self.clock_zone)
             left_out = silences_of(path)
         except StoppedNow:   # not a death: analysed again at the next start, in this process

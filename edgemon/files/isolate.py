@@ -13,6 +13,7 @@ before the second of imports, so a daemon killed meanwhile leaves no orphan work
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 import selectors
@@ -30,6 +31,7 @@ from edgemon.analysis import audio
 from edgemon.analysis.analyzer import Analysis, Analyzer
 from edgemon.analysis.bundle import load_bundle
 from edgemon.errors import EdgemonError
+from edgemon.files.preroll import PreRoll, analyse_after
 from edgemon.files.recordings import audio_duration_s
 
 _FAILED = 3      # exit status of a child that caught an error and reported it
@@ -91,15 +93,18 @@ class Isolated:
             declared = None
         return max(self.timeout_floor_s, self.timeout_per_audio_s * (declared or 0.0)), declared
 
-    def analyse(self, path: Path, on_block: Callable[[], object] = lambda: None) -> Analysis:
-        """``path`` analysed in a child process; ``on_block`` is called for each block the child
-        decodes (the daemon's progress mark, so its watchdog sees a long file move). Raises
+    def analyse(self, path: Path, on_block: Callable[[], object] = lambda: None,
+                preroll: PreRoll | None = None) -> Analysis:
+        """``path`` analysed in a child process, after ``preroll`` when given (``files.preroll``);
+        ``on_block`` is called for each block the child decodes (the daemon's progress mark, so
+        its watchdog sees a long file move). Raises
         ``AnalysisFailed`` (the file's error), ``AnalysisDied`` (the child was killed or
         crashed), ``AnalysisTimedOut`` (it hung past ``timeout_s`` and was killed) or
         ``AnalysisStopped``."""
         limit_s, declared = self.timeout_s(path)
         command = [sys.executable, "-c", _CHILD, str(os.getpid()), os.fsencode(self.bundle_path),
                    str(self.threads), repr(self.block_s), os.fsencode(path)]
+        command += [os.fsencode(preroll.path), str(preroll.frames), json.dumps(preroll.stored)] if preroll else []
         # The daemon's environment (OPENBLAS_NUM_THREADS too): the same arithmetic as in-process.
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
             collected = _collect(child, on_block, time.monotonic() + limit_s)
@@ -159,7 +164,9 @@ def _blocks_with_progress(path: Path, block_s: float, sample_rate: int) -> audio
 
 def main(argv: list[bytes]) -> int:
     """The child's work, once ``_CHILD`` has bound it to the daemon: analyse one file."""
-    bundle_path, threads, block_s, path = argv
+    bundle_path, threads, block_s, path, *before = argv
+    stored = json.loads(before[2]) if before else None
+    preroll = PreRoll(Path(os.fsdecode(before[0])), int(before[1]), stored and tuple(stored)) if before else None
     try:  # the out-of-memory killer's first choice: a file that exhausts memory kills the child
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")
@@ -167,8 +174,8 @@ def main(argv: list[bytes]) -> int:
         pass
     try:
         analyzer = Analyzer(load_bundle(Path(os.fsdecode(bundle_path))), threads=int(threads))
-        analysis = analyzer.analyse_blocks(_blocks_with_progress(Path(os.fsdecode(path)), float(block_s),
-                                                                 analyzer.bundle.frontend.sample_rate))
+        analysis = analyse_after(analyzer, _blocks_with_progress(Path(os.fsdecode(path)), float(block_s),
+                                                                 analyzer.bundle.frontend.sample_rate), preroll)
     except Exception as exc:  # the file's error, reported to the daemon as text
         sys.stdout.buffer.write(f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace"))
         return _FAILED

@@ -21,6 +21,7 @@ from pathlib import Path
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
 from edgemon.files.analyse_file import detection_rows
+from edgemon.files.preroll import find_preroll, read_lead
 from edgemon.files.triggered import silences_of
 from edgemon.safetext import shown
 from edgemon.storage.readonly import (BUSY_TIMEOUT_MS, connect_read_only, error_code, has_table, newest_device_id,
@@ -156,7 +157,8 @@ def reanalyse(db_path: Path, analyzer: Analyzer, recordings: Path | None = None,
 
 def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path | None, device_id: str,
           done: list, missing: list, failed: list, changed: list) -> int:
-    """Analyse ``files`` again into ``store``; returns the detections stored, and appends each
+    """Analyse ``files`` again into ``store``, each after its predecessor's pre-roll as watch
+    analyses it (``files.preroll``); returns the detections stored, and appends each
     recording's source to the list of what became of it."""
     bundle_id = analyzer.bundle.bundle_id
     stored = 0
@@ -175,8 +177,11 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
             # --recordings reads as where the audio is: a fallback to the card said nothing (a newcomer trial)
             log.warning("%s: not under --recordings as it was analysed; read from the ledger's path %s",
                         shown(row["source"]), shown(str(path)))
+        start = None if row["start_utc"] is None else parse_utc(row["start_utc"])
         try:
-            analysis = analyzer.analyse_file(path)
+            before = find_preroll(Path(path), row["source"], analyzer, store,
+                                  started=(start, row["time_source"] or "mtime"))
+            analysis = analyzer.analyse_file(path, lead=before and read_lead(before, analyzer))
             left_out = silences_of(path)
         except Exception as exc:  # a per-file boundary: note it against the file, go on
             failed.append(f"{row['source']}: {exc}")
@@ -195,7 +200,6 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
             continue
         if analysis.note:   # read, but not as usual (a header never finalised, a cut FLAC)
             log.warning("%s: %s", shown(row["source"]), shown(analysis.note))
-        start = None if row["start_utc"] is None else parse_utc(row["start_utc"])
         detections = detection_rows(analysis.events, device_id=row["device_id"] or device_id, source=row["source"],
                                     start_utc=start, time_source=row["time_source"] or "mtime",
                                     clock_suspect=bool(row["clock_suspect"]), bundle_id=bundle_id, left_out=left_out)

@@ -234,6 +234,18 @@ class Store:
         """The ledger row of ``source`` as a dict, or None if the file was never recorded."""
         return next(self.db["files"].rows_where("source = ?", [source]), None)
 
+    def labels_at_end(self, source: str, bundle_id: str, within_s: float) -> frozenset[str] | None:
+        """The labels of ``bundle_id``'s detections of ``source`` ending within ``within_s`` of its
+        end (a call going on into the next recording: ``files.preroll``); None when that bundle
+        has not analysed it."""
+        analysed = self.db.execute("SELECT duration_s FROM analyses WHERE source = ? AND bundle_id = ?",
+                                   [source, bundle_id]).fetchone()
+        if analysed is None or analysed[0] is None:
+            return None
+        return frozenset(label for label, in self.db.execute(
+            "SELECT DISTINCT label FROM detections WHERE source = ? AND bundle_id = ? AND end_s > ?",
+            [source, bundle_id, analysed[0] - within_s]))
+
     def commit_file(self, source: str, *, path: str | Path, size: int, mtime_ns: int,
                     duration_s: float, start_utc: str | dt.datetime | None, time_source: str,
                     clock_suspect: bool, bundle_id: str, detections: list[Detection],

@@ -1,0 +1,164 @@
+"""The end of the recording just before as a pre-roll, so that a call a file boundary cuts is judged whole.
+
+Recorders in continuous mode (AudioMoth, Song Meter) write one recording after another, each
+starting where the last ended. Analysed alone, each judged its own part of a call across the
+boundary, and a call cut near its middle was stored from neither (Borneo test calls cut into
+60 s recordings: 107 of 1680 at 20 phases, ``bench/cut_calls.py``). A recording whose
+predecessor in its directory ends where it starts (``CONTIGUOUS_S``) is analysed after that
+recording's last audio, a whole number of window hops, so the recording's own windows are those
+it has alone; ``analysis.lead_in`` says which events it then stores. Only the predecessor's tail
+is read. Anything wrong with the predecessor (not contiguous, triggered, unreadable, another rate
+or channel count) leaves the recording analysed alone, said at debug level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import posixpath
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from edgemon.analysis import audio, wav_repair
+from edgemon.analysis.analyzer import Analysis, Analyzer
+from edgemon.analysis.lead_in import Lead
+from edgemon.files.directory import is_audio
+from edgemon.files.recordings import recording_time, triggered_name
+from edgemon.safetext import shown, stored_name
+from edgemon.storage.store import Store
+from edgemon.utc import parse_utc
+
+log = logging.getLogger(__name__)
+
+CONTIGUOUS_S = 0.5   # the predecessor's end and the recording's start this close: one stream of audio
+
+
+@dataclasses.dataclass(frozen=True)
+class PreRoll:
+    """The last ``frames`` frontend frames (whole window hops) of ``path``, the recording before,
+    and the labels it stored up to its end (``lead_in.Lead.stored``; None: not known)."""
+
+    path: Path
+    frames: int
+    stored: tuple[str, ...] | None = None
+
+
+def preroll_frames(analyzer: Analyzer) -> int:
+    """Frames of pre-roll for ``analyzer``: whole window hops holding one window fewer than the
+    most any class needs, wholly before the recording (within half a hop), so a call's part there
+    and one window of it after are enough; 0 when every class takes a single window."""
+    spec, most = analyzer.spec, _most_windows(analyzer)
+    if most < 2:
+        return 0
+    frames = (most - 2) * spec.hop + spec.frames - spec.hop // 2
+    return -(-frames // spec.hop) * spec.hop
+
+
+def _most_windows(analyzer: Analyzer) -> int:
+    point = analyzer.merger.point
+    return max(point.windows_needed(label) for label in analyzer.bundle.labels)
+
+
+def find_preroll(path: Path, source: str, analyzer: Analyzer, store: Store, *, clock: dt.tzinfo | None = None,
+                 started: tuple[dt.datetime | None, str] | None = None) -> PreRoll | None:
+    """The pre-roll for the recording at ``path`` (``source`` in ``store``'s ledger): the audio
+    file named just before it in its directory, when that one ends where the recording starts.
+    The recording's start and its time source are ``started`` (the ledger's, to reanalyse), else
+    its name's or header's (in ``clock``, as ``recordings.recording_time`` reads them); the one
+    before's are its ledger row's when analysed, else its own. None, said at debug, whenever it
+    cannot be used: the recording is then analysed alone, and any error is its own analysis's to say."""
+    try:
+        if started is None:
+            timed = recording_time(path, clock=clock)
+            started = timed.start_utc, timed.source
+        found, why = _preroll(path, source, *started, analyzer, store, clock)
+    except Exception as exc:   # the recording before never fails this one
+        found, why = None, f"{type(exc).__name__}: {exc}"
+    if found is None:
+        log.debug("%s: analysed alone (%s)", shown(str(path)), why)
+    return found
+
+
+def _preroll(path: Path, source: str, start_utc: dt.datetime | None, time_source: str, analyzer: Analyzer,
+             store: Store, clock: dt.tzinfo | None) -> tuple[PreRoll | None, str]:
+    frames = preroll_frames(analyzer)
+    if not frames:
+        return None, "the bundle needs no more than one window of any class"
+    if start_utc is None or time_source == "mtime" or triggered_name(path.name):
+        return None, "no recorder's start time, or a triggered recording"
+    before = _named_before(path)
+    if before is None or triggered_name(before.name):
+        return None, "no recording before it in its directory, or a triggered one"
+    mine, theirs = soundfile.info(os.fsencode(path)), soundfile.info(os.fsencode(before))
+    if (mine.samplerate, mine.channels) != (theirs.samplerate, theirs.channels):
+        return None, f"{shown(before.name)} has another sample rate or channel count"
+    rate = analyzer.bundle.frontend.sample_rate
+    # The recording must hold every window any class needs: a shorter one is kept whole alone
+    # (``EventMerger.short_whole``), which a pre-roll would end.
+    spec = analyzer.spec
+    most_s = (spec.frames + (_most_windows(analyzer) - 1) * spec.hop) * analyzer.frame_s
+    if mine.duration < most_s:
+        return None, f"shorter than {most_s:.1f} s"
+    their_name = posixpath.join(posixpath.dirname(source), stored_name(before.name))
+    row = store.file_entry(their_name)
+    if row and row.get("state") == "done" and row.get("start_utc") and row.get("duration_s"):
+        their_start, their_s, their_source = parse_utc(row["start_utc"]), row["duration_s"], row["time_source"]
+    else:
+        timed = recording_time(before, clock=clock)
+        their_start, their_s, their_source = timed.start_utc, theirs.duration, timed.source
+    if their_s * rate < frames * analyzer.bundle.frontend.hop_length or their_source == "mtime":
+        return None, f"{shown(before.name)} is shorter than the pre-roll, or has no recorder's start time"
+    gap = (start_utc - their_start).total_seconds() - their_s
+    if abs(gap) > CONTIGUOUS_S:
+        return None, f"{shown(before.name)} ends {gap:+.1f} s from its start"
+    stored = store.labels_at_end(their_name, analyzer.bundle.bundle_id, within_s=spec.frames * analyzer.frame_s)
+    return PreRoll(before, frames, None if stored is None else tuple(sorted(stored))), ""
+
+
+def _named_before(path: Path) -> Path | None:
+    """The audio file of ``path``'s directory whose name sorts last before its name (recorders'
+    names sort by their start time)."""
+    with os.scandir(path.parent) as entries:
+        names = [e.name for e in entries if e.name < path.name and is_audio(Path(e.name)) and e.is_file()]
+    return path.parent / max(names) if names else None
+
+
+def read_lead(preroll: PreRoll, analyzer: Analyzer) -> Lead | None:
+    """The pre-roll's audio: the last ``frames * hop_length`` samples of its recording, mono
+    float32 at the bundle's rate, read from its tail alone; None (said at debug) when it cannot
+    be read."""
+    rate, n = analyzer.bundle.frontend.sample_rate, preroll.frames * analyzer.bundle.frontend.hop_length
+    try:
+        with audio.open_decoder(preroll.path) as (f, _, stream):
+            # a tenth of a second more than needed: the resampler's filter settles on it
+            native = -(-n * f.samplerate // rate) + (f.samplerate // 10 if f.samplerate != rate else 0)
+            if f.frames < native:
+                raise ValueError(f"{f.frames} frames, fewer than the {native} needed")
+            f.seek(f.frames - native)
+            block = f.read(native, dtype="float32", always_2d=True)
+            wav_repair.check(stream)
+        samples = audio.mono(block)
+        # a corrupt float sample is silence, as the analysis reads it (``audio.Blocks``)
+        samples = np.where(np.abs(samples) <= audio.ABSURD_SAMPLE, samples, np.float32(0))
+        if f.samplerate != rate:
+            samples = soxr.resample(samples, f.samplerate, rate, quality="HQ").astype(np.float32)
+        if len(samples) < n:
+            raise ValueError(f"{len(samples)} samples read, {n} needed")
+        lead = Lead(np.ascontiguousarray(samples[-n:]), None if preroll.stored is None else frozenset(preroll.stored))
+    except Exception as exc:   # the recording before never fails this one
+        log.debug("%s: not read as a pre-roll (%s: %s)", shown(str(preroll.path)), type(exc).__name__, exc)
+        return None
+    log.debug("analysed after the last %.1f s of %s", n / rate, shown(str(preroll.path)))
+    return lead
+
+
+def analyse_after(analyzer: Analyzer, blocks: Iterable[np.ndarray], preroll: PreRoll | None) -> Analysis:
+    """``analyzer.analyse_blocks(blocks)``, after the pre-roll's audio when there is one that can
+    be read (``analysis.lead_in``: events stay the recording's own, in its own time)."""
+    return analyzer.analyse_blocks(blocks, lead=None if preroll is None else read_lead(preroll, analyzer))

@@ -9,7 +9,8 @@ import soundfile
 from edgemon.analysis import audio
 from edgemon.errors import AudioError
 from edgemon.files.completeness import wav_header_consistent
-from edgemon.files.recordings import audio_duration_s
+from edgemon.files.recordings import audio_duration_s, recording_time
+from edgemon.storage.fingerprint import fingerprint
 
 
 def sine(rate, seconds, freq=1000.0, channels=1):
@@ -210,6 +211,25 @@ def test_an_rf64_still_being_written_waits_and_one_never_closed_is_read_to_the_e
     blocks = audio.iter_blocks(path, block_seconds=1.0)
     assert abs(sum(len(b) for b in blocks) - len(x) / 3) <= 1 and blocks.note.startswith("data size 0 in the header")
     assert audio_duration_s(path) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("claimed", [2**50, 2**63])
+def test_an_rf64_whose_ds64_claims_more_than_a_file_can_hold_is_read_as_far_as_it_goes(tmp_path, claimed):
+    """Found by a header fuzzer: a ds64 data size past 2**63 made the chunk walk seek where no
+    offset reaches (a ValueError: a traceback in watch's log and in classify), one past 16 TiB
+    failed the seek on ext4 ("Invalid argument", quarantined), though the audio before was whole."""
+    path = tmp_path / "20240201_060000.WAV"
+    soundfile.write(path, sine(16000, 3.0), 16000, subtype="PCM_16", format="RF64")
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"ds64") + 8 + 8            # the ds64 body: RIFF size, then data size
+    raw[at:at + 8] = struct.pack("<Q", claimed)
+    path.write_bytes(bytes(raw))
+    held = len(raw) - (raw.index(b"data") + 8)
+    assert wav_header_consistent(path) == (False, f"data chunk declares {claimed} bytes but file holds {held}")
+    assert audio_duration_s(path) == pytest.approx(3.0)
+    assert recording_time(path).source == "filename"
+    assert fingerprint(path) is not None
+    assert abs(sum(len(b) for b in audio.iter_blocks(path, block_seconds=1.0)) - 48000) <= 1
 
 
 @pytest.mark.parametrize("samples", [32000, 16033])   # 16033: a data size whose low byte is 'B'

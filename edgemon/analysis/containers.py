@@ -45,7 +45,8 @@ def wav_chunks(f: BinaryIO) -> Iterator[tuple[bytes, int, int]]:
     """(id, offset of its body, declared size) of each chunk after the 12-byte RIFF (or RF64)
     header of the file ``f``; when one is yielded ``f`` stands at its body. An RF64's ``data``
     chunk is given the size its ``ds64`` chunk declares. Stops at end of file, at an implausible
-    chunk id (a lying size led into audio), or after MAX_CHUNKS."""
+    chunk id (a lying size led into audio), at a chunk that reaches end of file, or after MAX_CHUNKS."""
+    end_of_file = f.seek(0, 2)
     pos, data64 = 12, None
     for _ in range(MAX_CHUNKS):
         f.seek(pos)
@@ -62,7 +63,13 @@ def wav_chunks(f: BinaryIO) -> Iterator[tuple[bytes, int, int]]:
         elif chunk_id == b"data" and chunk_size == 0xFFFFFFFF and data64 is not None:
             chunk_size = data64
         yield chunk_id, pos + 8, chunk_size
-        pos = _next_chunk(f, pos + 8 + chunk_size)
+        end = pos + 8 + chunk_size
+        if end >= end_of_file:
+            # Nothing follows it. A ds64 may claim up to 2**64 bytes, and a seek there failed (past
+            # 2**63 a ValueError, a traceback in watch and classify; past 16 TiB on ext4 EINVAL,
+            # "Invalid argument" until quarantined) where the audio before it was readable.
+            return
+        pos = _next_chunk(f, end)
 
 
 def flac_frames_offset(f: BinaryIO) -> int | None:

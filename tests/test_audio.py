@@ -248,6 +248,24 @@ def test_a_chunk_missing_its_pad_byte_before_the_audio_is_read(tmp_path, samples
     assert abs(sum(len(b) for b in clean) - len(x)) <= 1 and clean.note is None
 
 
+def test_a_padded_chunk_after_one_missing_its_pad_byte_is_walked_past(tmp_path):
+    """Found by a header fuzzer: after a GUANO chunk without its pad byte every later chunk lies at
+    an odd offset, and a LIST of odd size there, padded as RIFF says, was taken to end on its pad:
+    the walk was lost before ``data``, and the whole recording quarantined as "no data chunk"."""
+    x = (sine(16000, 3.0) * 32767).astype("<i2").tobytes()
+    guano = b"GUANO|Version: 1.0\nTimestamp: 2024-02-01T06:00:00Z\nMake: AM"   # odd: 59 bytes
+    info = b"INFO" + b"ICMT" + struct.pack("<I", 1) + b"x"                       # odd: 13 bytes
+    body = (b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+            + b"guan" + struct.pack("<I", len(guano)) + guano                      # its pad byte left out
+            + b"LIST" + struct.pack("<I", len(info)) + info + b"\0"                # its pad byte written
+            + b"data" + struct.pack("<I", len(x)) + x)
+    path = tmp_path / "mixed.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    assert wav_header_consistent(path) == (True, "header consistent")
+    decoded = np.concatenate(list(audio.iter_blocks(path, block_seconds=1.0)))
+    assert len(decoded) == 48000 and abs(dominant_hz(decoded) - 1000) < 5
+
+
 def test_a_flac_cut_short_gives_the_audio_before_the_cut(tmp_path):
     """Found by a hostile-input trial: a FLAC whose last bytes never arrived failed with 'lost
     sync' on every attempt and was quarantined, with most of its audio intact."""

@@ -28,11 +28,14 @@ _KNOWN_IDS = frozenset({b"data", b"fmt ", b"LIST", b"guan", b"fact", b"bext", b"
                         b"labl", b"note", b"ltxt", b"plst", b"wavl", b"slnt", b"DISP", b"afsp"})
 
 
-def _next_chunk(f: BinaryIO, end: int) -> int:
-    """Position of the chunk after a body ending at ``end``: padded to even, as RIFF says,
-    unless the unpadded position holds a known chunk id, or only it holds anything like an id
-    (some writers forget the pad byte)."""
-    if not end & 1:
+def _next_chunk(f: BinaryIO, end: int, size: int) -> int:
+    """Position of the chunk after a body of ``size`` bytes ending at ``end``: an odd size is
+    followed by a pad byte, as RIFF says, unless the unpadded position holds a known chunk id, or
+    only it holds anything like an id (some writers forget the pad byte)."""
+    # The size's parity, not the position's: after one chunk without its pad every later chunk
+    # lies at an odd offset, and a padded odd chunk there (a LIST after an unpadded GUANO) was
+    # taken to end on its pad, the walk lost, and the recording quarantined as "no data chunk".
+    if not size & 1:
         return end
     f.seek(end)
     ids = f.read(5)
@@ -69,7 +72,7 @@ def wav_chunks(f: BinaryIO) -> Iterator[tuple[bytes, int, int]]:
             # 2**63 a ValueError, a traceback in watch and classify; past 16 TiB on ext4 EINVAL,
             # "Invalid argument" until quarantined) where the audio before it was readable.
             return
-        pos = _next_chunk(f, end)
+        pos = _next_chunk(f, end, chunk_size)
 
 
 def flac_frames_offset(f: BinaryIO) -> int | None:

@@ -307,6 +307,23 @@ def test_mtime_minus_duration_for_a_container_the_header_reader_does_not_parse(t
     assert (got.start_utc, got.detail) == (utc(2024, 6, 1), "file mtime")
 
 
+def test_a_flac_cut_short_is_not_timed_by_the_length_it_declares(tmp_path):
+    """Found by a header fuzzer: a FLAC cut short (a copy that stalled) still declares its whole
+    length in STREAMINFO; named without a time, it was timed by its mtime minus that length (an
+    hour declared, 10 s held: every detection an hour early), as a WAV's data size no longer is."""
+    flac = tmp_path / "site7 dawn.flac"
+    soundfile.write(flac, np.random.default_rng(0).standard_normal(16000 * 20).astype(np.float32) * 0.1, 16000)
+    data = bytearray(flac.read_bytes()[:flac.stat().st_size // 2])   # about 10 s of its 20
+    total = 16000 * 3600                                               # STREAMINFO: an hour
+    data[21] = (data[21] & 0xF0) | (total >> 32)
+    data[22:26] = (total & 0xFFFFFFFF).to_bytes(4, "big")
+    flac.write_bytes(bytes(data))
+    os.utime(flac, ns=(0, 1_717_200_000_000_000_000))                  # 2024-06-01 00:00 UTC
+    got = recording_time(flac, now=NOW)
+    assert (got.start_utc, got.detail) == (utc(2024, 6, 1), "file mtime")
+    assert audio_duration_s(flac) is None
+
+
 @pytest.mark.parametrize("subtype", ["IMA_ADPCM", "MS_ADPCM", "GSM610"])
 def test_a_coded_wav_is_as_long_as_its_decoded_audio(tmp_path, subtype):
     """A block of an ADPCM or GSM WAV holds hundreds of frames: its length read as bytes over

@@ -74,7 +74,7 @@ def flac_header_consistent(path: str | Path) -> tuple[bool, str]:
     total = ((head[21] & 0x0F) << 32) | int.from_bytes(head[22:26], "big")   # STREAMINFO bits 108-143
     if total == 0:
         return False, "FLAC total samples 0: header not yet finalised"
-    if not _decodes_to_its_end(path, total):
+    if not decodes_to_its_end(path, total):
         # A copy that stalled (a card reader, a slow share): its STREAMINFO came first and is whole.
         # Analysed now, then again once it grew, it gave a cursor a cut call, then the whole one (a
         # newcomer trial); waited for like a WAV declaring more data than it holds.
@@ -82,7 +82,7 @@ def flac_header_consistent(path: str | Path) -> tuple[bool, str]:
     return True, "header consistent"
 
 
-def _decodes_to_its_end(path: str | Path, total: int) -> bool:
+def decodes_to_its_end(path: str | Path, total: int) -> bool:
     """Whether the FLAC's last sample can be reached (libFLAC seeks to it: a few frames read)."""
     try:
         with soundfile.SoundFile(os.fsencode(path)) as f:

@@ -17,6 +17,7 @@ from pathlib import Path
 import soundfile
 
 from edgemon.analysis import wav_repair
+from edgemon.files.completeness import decodes_to_its_end
 from edgemon.files.headers import read_metadata, read_wav_metadata
 from edgemon.utc import UTC
 
@@ -213,14 +214,20 @@ def host_now(timesync: Path = TIMESYNC) -> datetime | None:
 
 
 def _flac_duration_s(path: Path) -> float | None:
-    """Seconds of audio per the FLAC STREAMINFO block (sample rate 20 bits, total samples 36)."""
+    """Seconds of audio per the FLAC STREAMINFO block (sample rate 20 bits, total samples 36);
+    None when the file ends before the last sample it declares."""
     with open(path, "rb") as f:
         head = f.read(42)
     if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
         return None
     bits = int.from_bytes(head[18:26], "big")
     rate, samples = bits >> 44, bits & ((1 << 36) - 1)
-    return samples / rate if rate and samples else None
+    if not (rate and samples):
+        return None
+    # A FLAC cut short (a copy that stalled) still declares its whole length, as a WAV's data size
+    # does, and only what it holds is audio: a name without a stamp was timed by its mtime minus
+    # the hour it declared, 10 s held, and its detections stored an hour early.
+    return samples / rate if decodes_to_its_end(path, samples) else None
 
 
 # WAV formats whose every frame is ``block_align`` bytes: PCM, IEEE float, A-law, mu-law, and
@@ -282,7 +289,8 @@ def _from_mtime(path: Path, meta: dict, now: datetime | None) -> RecordingTime:
     # A header this module does not read (an RF64 WAV, as long recordings are written) still has
     # a length: without it the mtime, the recording's end, was taken for its start, and every
     # detection was stored one recording late.
-    duration = _duration_s(path, meta) or _decoded_duration_s(path)
+    # A FLAC's decoder reads the same STREAMINFO: nothing more to learn from it.
+    duration = _duration_s(path, meta) or (None if path.suffix.lower() == ".flac" else _decoded_duration_s(path))
     start = mtime - timedelta(seconds=duration) if duration else mtime
     detail = f"file mtime minus {duration:.3f} s of audio" if duration else "file mtime"
     reason = _suspect_reason(start, now)

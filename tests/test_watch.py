@@ -417,6 +417,18 @@ def test_an_unforeseen_failure_is_counted_against_its_file_and_a_corrupt_databas
     assert isinstance(error, sqlite3.DatabaseError) and "malformed" in str(error)
 
 
+def test_a_file_quarantined_by_an_unforeseen_failure_is_counted_in_the_closing_line(tmp_path, good_recording,
+                                                                                     caplog):
+    """Found by a header fuzzer: a WAV whose ds64 claimed 2**63 bytes failed outside the analysis,
+    was quarantined by the per-file catch-all, and ``--until-idle``'s closing line left it out of
+    its count of quarantined files."""
+    root = tmp_path / "rec"
+    write_wav(root / "20180301_060000.WAV", good_recording)
+    caplog.set_level(logging.INFO, logger="edgemon.files.watcher")
+    assert _watch_failing(root, tmp_path / "a.db", RuntimeError("a bug nobody foresaw")) is None
+    assert "0 detection(s); 1 file(s) quarantined (edgemon status lists them)" in caplog.text
+
+
 def test_rescans_are_spaced_out_where_a_scan_takes_long(tmp_path, monkeypatch):
     """Found by a review: a scan of 100 000 recordings took 7 s, every 30 s. Rescans now take at
     most a tenth of the time: a scan of 5 s is followed by the next 50 s later, not 30 s."""

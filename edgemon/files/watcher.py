@@ -549,6 +549,7 @@ class Watcher:
         log.warning("%s: attempt failed, now %s", shown(source), state)
         if state == "quarantined":
             self.pending.discard(path)
+            self.attempted += 1   # finished, as a quarantined decode is: counted in the closing line
 
     def _unreachable(self, path: Path, exc: OSError) -> bool:
         """``path`` was listed but cannot be stat'ed. Gone: forget it. A recording analysed already:

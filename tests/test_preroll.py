@@ -5,6 +5,9 @@ once, in the second recording, from its start."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import soundfile
@@ -14,7 +17,8 @@ from edgemon.analysis.bundle import default_bundle_path
 from edgemon.files.isolate import Isolated
 from edgemon.files.preroll import PreRoll, analyse_after, preroll_frames
 from edgemon.files.reanalyse import reanalyse
-from tests.watch_helpers import analyzer, query, watch_until_idle, write_wav
+from tests.conftest import hoots
+from tests.watch_helpers import analyzer, fault_env, query, watch_until_idle, write_wav
 
 RATE = 16000
 BEFORE = ("noise_S11_20180223_060002_4620.39686741252_4631.69407480131_.flac",
@@ -128,3 +132,23 @@ def test_reanalyse_reads_the_pre_roll_as_watch_does(borneo_dir, tmp_path):
     result = reanalyse(tmp_path / "d.db", analyzer(), again=True)
     assert result.files == 2 and not result.failed
     assert stored(tmp_path / "d.db", "hornbill_helmeted") == before and len(before) == 1
+
+
+def test_a_recording_before_that_kills_its_reader_is_not_read_as_a_pre_roll(tmp_path):
+    """A review: a recording that kills the analysis reading it (``files.isolate``) was read again
+    as its successor's pre-roll, in the daemon, which died on the successor, then in the
+    successor's child: the successor was quarantined for its predecessor's fault. Only a
+    recording analysed as it is now is a pre-roll."""
+    root, db = tmp_path / "rec", tmp_path / "d.db"
+    write_wav(root / "20240701_060000.WAV", hoots(12.0, seed=1))
+    write_wav(root / "20240701_060012.WAV", hoots(12.0, seed=2))   # contiguous with it
+    env = fault_env(tmp_path, EDGEMON_TEST_DIE_ON="060000.WAV")
+    command = [sys.executable, "-m", "edgemon", "watch", str(root), "--db", str(db), "--settle-s", "0",
+               "--rescan-s", "0.2", "--retry-s", "0.1", "--until-idle"]
+    for _ in range(8):   # restarted after each death, as systemd does
+        if subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True,
+                          timeout=120).returncode == 0:
+            break
+    entries = {r[0]: r[1:] for r in query(db, "SELECT source, state, attempts FROM files")}
+    assert entries["20240701_060000.WAV"][0] == "quarantined"
+    assert entries["20240701_060012.WAV"] == ("done", 1), entries   # never blamed for the one before

@@ -101,11 +101,11 @@ def noise(seconds: float, rate: int = 16000, seed: int = 0, level: float = 0.01)
 
 
 # Fault injection for daemons run as real processes: a sitecustomize module, found first on the
-# child's PYTHONPATH, wraps edgemon.analysis.audio.iter_blocks so that reading a file whose name holds
-# EDGEMON_TEST_DIE_ON dies by SIGKILL: the daemon itself when it reads the file, or, read in an
-# isolated child, the child ("a file that kills its analysis"). With EDGEMON_TEST_CUTS=COUNTER:N
-# the first N reads instead kill the daemon as a power cut would (the child kills its parent and
-# then dies with it), whichever process reads the file.
+# child's PYTHONPATH, wraps edgemon.analysis.audio.iter_blocks and open_decoder so that reading a
+# file whose name holds EDGEMON_TEST_DIE_ON dies by SIGKILL: the daemon itself when it reads the
+# file, or, read in an isolated child, the child ("a file that kills its analysis"). With
+# EDGEMON_TEST_CUTS=COUNTER:N the first N reads instead kill the daemon as a power cut would (the
+# child kills its parent and then dies with it), whichever process reads the file.
 SITECUSTOMIZE = '''
 import os, signal, sys
 _on = os.environ.get("EDGEMON_TEST_DIE_ON")
@@ -133,6 +133,14 @@ if _on:
         return _real(path, *args, **kwargs)
 
     _audio.iter_blocks = iter_blocks
+    _real_open = _audio.open_decoder
+
+    def open_decoder(path, *args, **kwargs):   # the other reader of a file's audio (a pre-roll's tail)
+        if _on in os.fsdecode(path) and ("EDGEMON_TEST_CUTS" not in os.environ or _cut_power()):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _real_open(path, *args, **kwargs)
+
+    _audio.open_decoder = open_decoder
 '''
 
 

@@ -7,8 +7,9 @@ boundary, and a call cut near its middle was stored from neither (Borneo test ca
 predecessor in its directory ends where it starts (``CONTIGUOUS_S``) is analysed after that
 recording's last audio, a whole number of window hops, so the recording's own windows are those
 it has alone; ``analysis.lead_in`` says which events it then stores. Only the predecessor's tail
-is read. Anything wrong with the predecessor (not contiguous, triggered, unreadable, another rate
-or channel count) leaves the recording analysed alone, said at debug level.
+is read, and only once the predecessor itself was analysed. Anything wrong with the predecessor
+(not analysed yet, failed or quarantined, not contiguous, triggered, unreadable, another rate or
+channel count) leaves the recording analysed alone, said at debug level.
 """
 
 from __future__ import annotations
@@ -71,13 +72,13 @@ def find_preroll(path: Path, source: str, analyzer: Analyzer, store: Store, *, c
     file named just before it in its directory, when that one ends where the recording starts.
     The recording's start and its time source are ``started`` (the ledger's, to reanalyse), else
     its name's or header's (in ``clock``, as ``recordings.recording_time`` reads them); the one
-    before's are its ledger row's when analysed, else its own. None, said at debug, whenever it
+    before's are its ledger row's: only a recording analysed is a pre-roll. None, said at debug, whenever it
     cannot be used: the recording is then analysed alone, and any error is its own analysis's to say."""
     try:
         if started is None:
             timed = recording_time(path, clock=clock)
             started = timed.start_utc, timed.source
-        found, why = _preroll(path, source, *started, analyzer, store, clock)
+        found, why = _preroll(path, source, *started, analyzer, store)
     except Exception as exc:   # the recording before never fails this one
         found, why = None, f"{type(exc).__name__}: {exc}"
     if found is None:
@@ -86,7 +87,7 @@ def find_preroll(path: Path, source: str, analyzer: Analyzer, store: Store, *, c
 
 
 def _preroll(path: Path, source: str, start_utc: dt.datetime | None, time_source: str, analyzer: Analyzer,
-             store: Store, clock: dt.tzinfo | None) -> tuple[PreRoll | None, str]:
+             store: Store) -> tuple[PreRoll | None, str]:
     frames = preroll_frames(analyzer)
     if not frames:
         return None, "the bundle needs no more than one window of any class"
@@ -95,6 +96,15 @@ def _preroll(path: Path, source: str, start_utc: dt.datetime | None, time_source
     before = _named_before(path)
     if before is None or triggered_name(before.name):
         return None, "no recording before it in its directory, or a triggered one"
+    their_name = posixpath.join(posixpath.dirname(source), stored_name(before.name))
+    row = store.file_entry(their_name)
+    # Only a recording analysed, as it is now (its size: a copy for reanalyse has another mtime).
+    # One not analysed yet may still be copied (a preallocated copy reads as silence), or fail,
+    # or kill the analysis that reads it (``files.isolate``): read here, it killed the daemon and
+    # then the recording's own child, and the recording was quarantined for it (a review).
+    if not (row and row.get("state") == "done" and row.get("size") == os.stat(before).st_size
+            and row.get("start_utc") and row.get("duration_s")):
+        return None, f"{shown(before.name)} is not analysed (yet), failed, or changed since"
     mine, theirs = soundfile.info(os.fsencode(path)), soundfile.info(os.fsencode(before))
     if (mine.samplerate, mine.channels) != (theirs.samplerate, theirs.channels):
         return None, f"{shown(before.name)} has another sample rate or channel count"
@@ -105,14 +115,8 @@ def _preroll(path: Path, source: str, start_utc: dt.datetime | None, time_source
     most_s = (spec.frames + (_most_windows(analyzer) - 1) * spec.hop) * analyzer.frame_s
     if mine.duration < most_s:
         return None, f"shorter than {most_s:.1f} s"
-    their_name = posixpath.join(posixpath.dirname(source), stored_name(before.name))
-    row = store.file_entry(their_name)
-    if row and row.get("state") == "done" and row.get("start_utc") and row.get("duration_s"):
-        their_start, their_s, their_source = parse_utc(row["start_utc"]), row["duration_s"], row["time_source"]
-    else:
-        timed = recording_time(before, clock=clock)
-        their_start, their_s, their_source = timed.start_utc, theirs.duration, timed.source
-    if their_s * rate < frames * analyzer.bundle.frontend.hop_length or their_source == "mtime":
+    their_start, their_s = parse_utc(row["start_utc"]), row["duration_s"]
+    if their_s * rate < frames * analyzer.bundle.frontend.hop_length or row["time_source"] == "mtime":
         return None, f"{shown(before.name)} is shorter than the pre-roll, or has no recorder's start time"
     gap = (start_utc - their_start).total_seconds() - their_s
     if abs(gap) > CONTIGUOUS_S:

@@ -5,6 +5,7 @@ once, in the second recording, from its start."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,9 @@ import soundfile
 from edgemon.analysis import audio
 from edgemon.analysis.bundle import default_bundle_path
 from edgemon.files.isolate import Isolated
-from edgemon.files.preroll import PreRoll, analyse_after, preroll_frames
+from edgemon.files.preroll import Listings, PreRoll, analyse_after, find_preroll, preroll_frames
 from edgemon.files.reanalyse import reanalyse
+from edgemon.storage.store import Store
 from tests.conftest import hoots
 from tests.watch_helpers import analyzer, fault_env, query, watch_until_idle, write_wav
 
@@ -152,3 +154,24 @@ def test_a_recording_before_that_kills_its_reader_is_not_read_as_a_pre_roll(tmp_
     entries = {r[0]: r[1:] for r in query(db, "SELECT source, state, attempts FROM files")}
     assert entries["20240701_060000.WAV"][0] == "quarantined"
     assert entries["20240701_060012.WAV"] == ("done", 1), entries   # never blamed for the one before
+
+
+def test_a_backlog_lists_its_directory_once_not_for_each_recording(tmp_path, monkeypatch):
+    """A review: the directory was listed again for each recording's pre-roll, n² entries for a
+    backlog of n (watch on 4 000 short files took twice as long as before the pre-roll)."""
+    rec = tmp_path / "rec"
+    names = [f"20260201_0600{s:02d}.WAV" for s in range(0, 60, 12)]   # contiguous, 12 s each
+    for i, name in enumerate(names):
+        write_wav(rec / name, hoots(12.0, seed=i))
+    listed, scandir = [], os.scandir
+    monkeypatch.setattr(os, "scandir", lambda d: (listed.append(d), scandir(d))[1])
+    listings = Listings()
+    with Store(tmp_path / "d.db") as store:
+        for name in names:
+            find_preroll(rec / name, name, analyzer(), store, listings=listings)
+    assert len(listed) == 1
+    assert listings.named_before(rec / names[3]) == rec / names[2]
+    version = os.stat(rec).st_mtime_ns
+    write_wav(rec / "20260201_060100.WAV", hoots(12.0))   # the recorder's next one: listed again,
+    os.utime(rec, ns=(version, version))   # even where the directory's time did not move (FAT: 2 s)
+    assert listings.named_before(rec / "20260201_060100.WAV") == rec / names[-1] and len(listed) == 2

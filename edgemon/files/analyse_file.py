@@ -22,7 +22,7 @@ from edgemon.analysis.analyzer import Analyzer
 from edgemon.files.directory import file_version, mtime_ns
 from edgemon.files.isolate import AnalysisDied, AnalysisFailed, AnalysisStopped, Isolated
 from edgemon.files.medium import card_error
-from edgemon.files.preroll import analyse_after, find_preroll
+from edgemon.files.preroll import Listings, analyse_after, find_preroll
 from edgemon.files.recordings import recording_time
 from edgemon.files.triggered import SilentStretches, silences_of
 from edgemon.safetext import shown
@@ -81,6 +81,7 @@ class FileAnalysis:
         self.refused: set[str] = set()  # sources whose last attempt ended in a refused commit
         self.timed_by_mtime = 0         # files with no start time in name or header, this run
         self.card_error: str | None = None   # the first file the card could not give (pulled), until one is stored
+        self.listings = Listings()      # where each file's pre-roll is looked for (``files.preroll``)
 
     def analyse(self, path: Path, source: str, st: os.stat_result, note: str | None = None) -> Outcome:
         """Analyse one stable file and commit it with its detections, or record its failure. A
@@ -96,7 +97,8 @@ class FileAnalysis:
             log.warning("%s: its analysis was cut short %d time(s) in a row (edgemon stopped, or the analysis "
                         "died); analysing it in a separate process", shown(source), interrupted)
         try:
-            before = find_preroll(path, source, self.analyzer, self.store, clock=self.clock_zone)
+            before = find_preroll(path, source, self.analyzer, self.store, clock=self.clock_zone,
+                                  listings=self.listings)
             analysis = (self.isolated.analyse(path, on_block=self.tick, preroll=before) if interrupted else
                         analyse_after(self.analyzer, self._blocks(path), before))
             when = recording_time(path, clock=self.clock_zone)

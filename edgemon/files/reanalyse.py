@@ -21,7 +21,7 @@ from pathlib import Path
 from edgemon.analysis.analyzer import Analyzer
 from edgemon.errors import AudioError, EdgemonError
 from edgemon.files.analyse_file import detection_rows
-from edgemon.files.preroll import find_preroll, read_lead
+from edgemon.files.preroll import Listings, find_preroll, read_lead
 from edgemon.files.triggered import silences_of
 from edgemon.safetext import shown
 from edgemon.storage.readonly import (BUSY_TIMEOUT_MS, connect_read_only, error_code, has_table, newest_device_id,
@@ -162,6 +162,7 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
     recording's source to the list of what became of it."""
     bundle_id = analyzer.bundle.bundle_id
     stored = 0
+    listings = Listings()
     for i, row in enumerate(files, 1):
         try:   # the same search as the review page's and adapt's, but a grown file is changed too
             path = recording_path({"source": row["source"], "file_path": row["path"], "file_size": row["size"],
@@ -180,7 +181,7 @@ def _each(store: Store, files: list[dict], analyzer: Analyzer, recordings: Path 
         start = None if row["start_utc"] is None else parse_utc(row["start_utc"])
         try:
             before = find_preroll(Path(path), row["source"], analyzer, store,
-                                  started=(start, row["time_source"] or "mtime"))
+                                  started=(start, row["time_source"] or "mtime"), listings=listings)
             analysis = analyzer.analyse_file(path, lead=before and read_lead(before, analyzer))
             left_out = silences_of(path)
         except Exception as exc:  # a per-file boundary: note it against the file, go on

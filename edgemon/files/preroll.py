@@ -20,21 +20,24 @@ import datetime as dt
 import logging
 import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile
 import soxr
 
 from edgemon.analysis import audio, wav_repair
-from edgemon.analysis.analyzer import Analysis, Analyzer
 from edgemon.analysis.lead_in import Lead
 from edgemon.files.directory import is_audio
 from edgemon.files.recordings import recording_time, triggered_name
 from edgemon.safetext import shown, stored_name
 from edgemon.storage.store import Store
 from edgemon.utc import parse_utc
+
+if TYPE_CHECKING:   # the review page reads ``recording_before`` and loads no model runtime
+    from edgemon.analysis.analyzer import Analysis, Analyzer
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +97,39 @@ def _preroll(path: Path, source: str, start_utc: dt.datetime | None, time_source
     frames = preroll_frames(analyzer)
     if not frames:
         return None, "the bundle needs no more than one window of any class"
+    found, why = recording_before(path, source, start_utc, time_source, store.file_entry, listings)
+    if found is None:
+        return None, why
+    before, their_name, row = found
+    rate = analyzer.bundle.frontend.sample_rate
+    # The recording must hold every window any class needs: a shorter one is kept whole alone
+    # (``EventMerger.short_whole``), which a pre-roll would end.
+    spec = analyzer.spec
+    most_s = (spec.frames + (_most_windows(analyzer) - 1) * spec.hop) * analyzer.frame_s
+    if soundfile.info(os.fsencode(path)).duration < most_s:
+        return None, f"shorter than {most_s:.1f} s"
+    if row["duration_s"] * rate < frames * analyzer.bundle.frontend.hop_length:
+        return None, f"{shown(before.name)} is shorter than the pre-roll"
+    stored = store.labels_at_end(their_name, analyzer.bundle.bundle_id, within_s=spec.frames * analyzer.frame_s)
+    return PreRoll(before, frames, None if stored is None else tuple(sorted(stored))), ""
+
+
+def recording_before(path: Path, source: str, start_utc: dt.datetime | None, time_source: str,
+                     file_entry: Callable[[str], dict | None],
+                     listings: Listings | None = None) -> tuple[tuple[Path, str, dict] | None, str]:
+    """The recording that the one at ``path`` (``source`` in the ledger, starting at ``start_utc``
+    by ``time_source``) continues: the audio file named just before it in its directory, with
+    its source name and ledger row (``file_entry``: a source's row, or None), when that one was
+    analysed as it is now, is not triggered, has the same rate and channel count and ends where
+    the recording starts (``CONTIGUOUS_S``); else None and why. The pre-roll's, and the review
+    page's, which plays a call stored with a lead from its start in that recording."""
     if start_utc is None or time_source == "mtime" or triggered_name(path.name):
         return None, "no recorder's start time, or a triggered recording"
-    before = listings.named_before(path)
+    before = (listings or Listings()).named_before(path)
     if before is None or triggered_name(before.name):
         return None, "no recording before it in its directory, or a triggered one"
     their_name = posixpath.join(posixpath.dirname(source), stored_name(before.name))
-    row = store.file_entry(their_name)
+    row = file_entry(their_name)
     # Only a recording analysed, as it is now (its size: a copy for reanalyse has another mtime).
     # One not analysed yet may still be copied (a preallocated copy reads as silence), or fail,
     # or kill the analysis that reads it (``files.isolate``): read here, it killed the daemon and
@@ -111,21 +140,12 @@ def _preroll(path: Path, source: str, start_utc: dt.datetime | None, time_source
     mine, theirs = soundfile.info(os.fsencode(path)), soundfile.info(os.fsencode(before))
     if (mine.samplerate, mine.channels) != (theirs.samplerate, theirs.channels):
         return None, f"{shown(before.name)} has another sample rate or channel count"
-    rate = analyzer.bundle.frontend.sample_rate
-    # The recording must hold every window any class needs: a shorter one is kept whole alone
-    # (``EventMerger.short_whole``), which a pre-roll would end.
-    spec = analyzer.spec
-    most_s = (spec.frames + (_most_windows(analyzer) - 1) * spec.hop) * analyzer.frame_s
-    if mine.duration < most_s:
-        return None, f"shorter than {most_s:.1f} s"
-    their_start, their_s = parse_utc(row["start_utc"]), row["duration_s"]
-    if their_s * rate < frames * analyzer.bundle.frontend.hop_length or row["time_source"] == "mtime":
-        return None, f"{shown(before.name)} is shorter than the pre-roll, or has no recorder's start time"
-    gap = (start_utc - their_start).total_seconds() - their_s
+    if row["time_source"] == "mtime":
+        return None, f"{shown(before.name)} has no recorder's start time"
+    gap = (start_utc - parse_utc(row["start_utc"])).total_seconds() - row["duration_s"]
     if abs(gap) > CONTIGUOUS_S:
         return None, f"{shown(before.name)} ends {gap:+.1f} s from its start"
-    stored = store.labels_at_end(their_name, analyzer.bundle.bundle_id, within_s=spec.frames * analyzer.frame_s)
-    return PreRoll(before, frames, None if stored is None else tuple(sorted(stored))), ""
+    return (before, their_name, row), ""
 
 
 class Listings:

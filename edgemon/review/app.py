@@ -319,7 +319,7 @@ def create_app(config: ReviewConfig) -> Starlette:
         if asked is not None and asked != reviews.detection_key(row):
             raise reviews.StaleDetection(f"detection {row['id']} is not the one the page showed: reload the page")
         excerpt = read_excerpt(row, recordings=config.recordings, clips=config.clips,
-                               pre_s=config.pre_s, post_s=config.post_s)
+                               pre_s=config.pre_s, post_s=config.post_s, db=config.db)
         return excerpt, {"Cache-Control": "private, max-age=3600" if asked else "no-store"}
 
     def _rendered(request: Request, render, media_type: str) -> Response:

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import logging
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
 from edgemon.analysis import audio, wav_repair
+from edgemon.analysis.bundle import MANIFEST, default_bundle_path
+from edgemon.analysis.frontend import FrontendConfig
+from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
-from edgemon.storage.readonly import recording_path
+from edgemon.files.preroll import recording_before
+from edgemon.review.reviews import lead_windows
+from edgemon.safetext import shown
+from edgemon.storage.readonly import open_read_only, recording_path
+from edgemon.utc import parse_utc
+
+log = logging.getLogger(__name__)
 
 MAX_EXCERPT_S = 60.0   # a long event is cut: the page is for hearing a call, not a recording
 # The longest clip ``listen`` saves: max_clip_s (60) and up to a minute of each roll (clip_pre_s,
@@ -23,13 +35,16 @@ MAX_CLIP_S = 180.0
 @dataclasses.dataclass(frozen=True)
 class Excerpt:
     """Mono float32 ``samples`` at ``rate`` Hz; the detection spans ``[mark_start_s, mark_end_s)``
-    seconds from the excerpt's start."""
+    seconds from the excerpt's start. ``before``: the recording its first ``before_s`` seconds
+    are the end of (a call stored with a lead, ``analysis.lead_in``); None: all from ``path``."""
 
     samples: np.ndarray
     rate: int
     mark_start_s: float
     mark_end_s: float
     path: Path
+    before: Path | None = None
+    before_s: float = 0.0
 
     def wav_bytes(self) -> bytes:
         """16-bit PCM WAV: every browser plays it without a decoder library."""
@@ -52,11 +67,12 @@ def _mono(data: np.ndarray) -> np.ndarray:
 
 
 def read_excerpt(row: dict, *, recordings: Path | None = None, clips: Path | None = None,
-                 pre_s: float = 2.0, post_s: float = 2.0) -> Excerpt:
+                 pre_s: float = 2.0, post_s: float = 2.0, db: Path | None = None) -> Excerpt:
     """The audio of the detection ``row`` (from ``reviews.detection``) with ``pre_s``/``post_s``
     seconds around it, at the file's own rate. A saved clip already holds its rolls and is used
-    whole; otherwise the span is read from the recording. Raises AudioError naming what is
-    missing or unreadable."""
+    whole; otherwise the span is read from the recording, after the end of the recording before
+    it when the call began there (its votes' ``"lead"``; found through ``db``'s ledger, else not
+    played). Raises AudioError naming what is missing or unreadable."""
     duration = row["end_s"] - row["start_s"]
     clip = clip_path(row, clips)
     if clip is not None:
@@ -79,18 +95,74 @@ def read_excerpt(row: dict, *, recordings: Path | None = None, clips: Path | Non
     start_s = max(0.0, row["start_s"] - pre_s)
     end_s = min(row["end_s"], row["start_s"] + MAX_EXCERPT_S) + post_s
     samples, rate = _read(path, start_s, end_s)
-    return Excerpt(samples, rate, row["start_s"] - start_s, min(row["end_s"] - start_s, len(samples) / rate), path)
+    mark = row["start_s"] - start_s, min(row["end_s"] - start_s, len(samples) / rate)
+    # Stored from its recording's start, the call began in the recording before (a review heard
+    # 3.5 s of a 6.75 s hornbill call): its end is played first, the lead's windows and the pre-roll.
+    before = _lead_in(row, path, db, pre_s)
+    if before is not None:
+        try:
+            head, their_rate = _read(before[0], 0.0, 0.0, last_s=before[1])
+        except AudioError as exc:
+            log.debug("%s: its start is played alone (%s)", shown(str(path)), exc)
+        else:
+            if their_rate == rate:
+                at = len(head) / rate
+                return Excerpt(np.concatenate([head, samples]), rate, max(0.0, at + mark[0] - before[2]),
+                               at + mark[1], path, before[0], at)
+    return Excerpt(samples, rate, *mark, path)
 
 
-def _read(path: Path, start_s: float, end_s: float) -> tuple[np.ndarray, int]:
-    """Seconds ``start_s`` to ``end_s`` of ``path`` (fewer at its end), read as the analysis read
-    it (``audio.open_decoder``): a WAV whose header was never finalised has detections, and plain
-    libsndfile found no audio in it (a review: a 404)."""
+def _lead_in(row: dict, path: Path, db: Path | None, pre_s: float) -> tuple[Path, float, float] | None:
+    """For a detection stored with a lead, the recording before ``path`` (``files.preroll``
+    decides it, from ``db``'s ledger), the seconds of its end to play (the lead and ``pre_s``)
+    and the lead's; None (said at debug) when there is none to play: the detection's own
+    recording is then played alone, as any other's."""
+    try:
+        windows = lead_windows(row.get("votes"))
+        if not windows or db is None:
+            return None
+        with closing(open_read_only(db)) as conn:
+            def file_entry(source: str) -> dict | None:
+                found = conn.execute("SELECT * FROM files WHERE source = ?", [source]).fetchone()
+                return None if found is None else dict(found)
+
+            own = file_entry(row["source"]) or {}
+            start = parse_utc(own["start_utc"]) if own.get("start_utc") else None
+            found, why = recording_before(path, row["source"], start, own.get("time_source"), file_entry)
+            manifest = conn.execute("SELECT manifest FROM bundles WHERE bundle_id = ?", [row["bundle_id"]]).fetchone()
+        if found is None:
+            log.debug("%s: its start is played alone (%s)", shown(str(path)), why)
+            return None
+        lead_s = windows * _hop_s(json.loads(manifest[0]) if manifest else None)
+        return found[0], min(lead_s + pre_s, found[2]["duration_s"]), lead_s
+    except Exception as exc:   # the recording before never fails this one's excerpt
+        log.debug("%s: its start is played alone (%s: %s)", shown(str(path)), type(exc).__name__, exc)
+        return None
+
+
+def _hop_s(manifest: dict | None) -> float:
+    """Seconds between a bundle's windows, whole frames as the analysis cuts them (``WindowSpec``);
+    the embedded bundle's when the database holds no manifest of the one that stored it."""
+    if manifest is None:
+        manifest = json.loads((default_bundle_path() / MANIFEST).read_text())
+    frontend = FrontendConfig.from_dict(manifest["frontend"])
+    spec = WindowSpec.from_seconds(manifest["window_s"], manifest["hop_s"], frontend)
+    return spec.hop * frontend.hop_length / frontend.sample_rate
+
+
+def _read(path: Path, start_s: float, end_s: float, *, last_s: float | None = None) -> tuple[np.ndarray, int]:
+    """Seconds ``start_s`` to ``end_s`` of ``path`` (fewer at its end), or its last ``last_s``
+    seconds, read as the analysis read it (``audio.open_decoder``): a WAV whose header was never
+    finalised has detections, and plain libsndfile found no audio in it (a review: a 404)."""
     try:
         with audio.open_decoder(path) as (f, _, stream):
             rate = f.samplerate
-            f.seek(min(int(start_s * rate), f.frames))
-            frames = max(0, int((end_s - start_s) * rate))
+            if last_s is None:
+                f.seek(min(int(start_s * rate), f.frames))
+                frames = max(0, int((end_s - start_s) * rate))
+            else:
+                frames = min(f.frames, round(last_s * rate))
+                f.seek(f.frames - frames)
             data = f.read(frames, dtype="float32")
             wav_repair.check(stream)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as exc:

@@ -118,6 +118,16 @@ def uncertainty(confidence: float, votes: str | None) -> float:
     return 1.0 - confidence * agreement
 
 
+def lead_windows(votes: str | None) -> int:
+    """Windows of a detection's call that lay in the recording before its own (its votes'
+    ``"lead"``: stored from its recording's start, ``analysis.lead_in``); 0 when none or unsaid."""
+    try:
+        lead = json.loads(votes or "{}").get("lead", 0)
+    except (ValueError, TypeError, AttributeError):
+        return 0
+    return lead if isinstance(lead, int) and lead > 0 else 0
+
+
 def precision_by_class(db_path: Path, bundle_id: str | None = None, as_of: str | None = None) -> list[ClassPrecision]:
     """Each detected label's precision from the reviews so far (latest verdict per detection), of
     one bundle's detections when ``bundle_id`` is given: bundles differ in how often they are right.
@@ -228,6 +238,7 @@ def list_detections(db_path: Path, *, order: str = "teach", label: str | None = 
                 row["earlier"] = found[0] if found else None
                 row["key"] = detection_key(row)
                 row["start_local"] = tables.local_time(row["start_utc"], zone)
+                row["lead"] = lead_windows(row["votes"])
             return rows
         except sqlite3.Error as e:
             raise ReviewError(f"cannot read detections from {db_path}: {e}") from e

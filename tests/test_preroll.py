@@ -15,6 +15,8 @@ import soundfile
 
 from edgemon.analysis import audio
 from edgemon.analysis.bundle import default_bundle_path
+from edgemon.analysis.lead_in import Lead, recording_events
+from edgemon.analysis.merging import WindowVote
 from edgemon.files.isolate import Isolated
 from edgemon.files.preroll import Listings, PreRoll, analyse_after, find_preroll, preroll_frames
 from edgemon.files.reanalyse import reanalyse
@@ -175,3 +177,24 @@ def test_a_backlog_lists_its_directory_once_not_for_each_recording(tmp_path, mon
     write_wav(rec / "20260201_060100.WAV", hoots(12.0))   # the recorder's next one: listed again,
     os.utime(rec, ns=(version, version))   # even where the directory's time did not move (FAT: 2 s)
     assert listings.named_before(rec / "20260201_060100.WAV") == rec / names[-1] and len(listed) == 2
+
+
+def test_a_lead_says_how_far_before_the_recording_its_first_window_began():
+    """An event joining two runs across a window of another vote (``EventMerger.joins``), the
+    first run wholly in the lead: its ``"lead"`` counted the windows before the recording's start
+    (3), and the review page, which plays that many hops of the recording before, began one hop
+    after the call's first window (4 hops before)."""
+    merger = analyzer().merger
+    label = merger.labels.index("hornbill_helmeted")
+    hop = merger.hop_frames
+
+    probs = tuple(tuple(0.9 if c == label else 0.1 / (len(merger.labels) - 1) for c in range(len(merger.labels)))
+                  for _ in range(3))   # three members, each 0.9 for the class
+
+    def run(*hops):
+        return [WindowVote(h * hop, 125, label, 0.9, (label,) * 3, probs) for h in hops]
+
+    windows = run(-4, -3, -2) + run(0, 1, 2)   # a kept run, the lead's last window not of it, a kept run
+    lead = Lead(np.zeros(4 * hop * 512, np.float32), stored=frozenset())
+    (event,) = recording_events(merger, windows, 60.0, 2, False, lead, 4 * hop)
+    assert event.start_s == 0.0 and json.loads(event.votes)["lead"] == 4

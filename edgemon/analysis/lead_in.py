@@ -6,7 +6,7 @@ windows keep their frames (the lead's start before frame 0) and its events are t
 
 * an event of the lead's windows alone is the recording before's: dropped;
 * an event with a window in the recording is stored in it, from its start (``start_s`` 0), judged
-  on all its windows; its votes say how many lay before (``"lead"``);
+  on all its windows; its votes say how many window hops before its start the first began (``"lead"``);
 * unless the recording before stored its part itself (``Lead.stored``: a detection of the label
   ending in its last window): then only what the recording alone keeps of its own part is stored,
   as without the lead, so a call is not stored a second time. When what the recording before
@@ -56,7 +56,10 @@ def recording_events(merger: EventMerger, windows: list[WindowVote], duration_s:
     if stored_before:
         return merger.merge_runs(_runs(own, merger.hop_frames), duration_s)
     event = merger.event(windows, duration_s, runs, whole)
-    votes = {**json.loads(event.votes), "lead": len(windows) - len(own)}
+    # Hops from its first window to the recording's start, not its windows there: runs joined
+    # across a window of another vote (``EventMerger.joins``) have fewer, and the review page,
+    # which plays this many hops of the recording before, began a hop after the call.
+    votes = {**json.loads(event.votes), "lead": -windows[0].start_frame // merger.hop_frames}
     return [dataclasses.replace(event, start_s=0.0, votes=json.dumps(votes))]
 
 

@@ -119,7 +119,7 @@ def uncertainty(confidence: float, votes: str | None) -> float:
 
 
 def lead_windows(votes: str | None) -> int:
-    """Windows of a detection's call that lay in the recording before its own (its votes'
+    """Window hops by which a detection's call began in the recording before its own (its votes'
     ``"lead"``: stored from its recording's start, ``analysis.lead_in``); 0 when none or unsaid."""
     try:
         lead = json.loads(votes or "{}").get("lead", 0)

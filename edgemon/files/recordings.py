@@ -258,8 +258,9 @@ def _duration_s(path: Path, meta: dict) -> float | None:
 
 
 def audio_duration_s(path: Path) -> float | None:
-    """Seconds of audio a WAV or FLAC file holds, from its header alone (a few hundred bytes
-    read); None when the header does not say or the file cannot be read."""
+    """Seconds of audio a WAV or FLAC file holds, from its header (a few hundred bytes read; a
+    FLAC's declared length only once its last sample is found decodable, so a FLAC cut short is
+    not taken at its declared length); None when the header does not say or the file cannot be read."""
     path = Path(path)
     try:
         meta = read_wav_metadata(path) if path.suffix.lower() == ".wav" else {}

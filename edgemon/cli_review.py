@@ -61,12 +61,14 @@ def review(
         return
     try:
         from edgemon.review.app import ReviewConfig, serve
+        from edgemon.files.preroll import recording_before
     except ImportError as exc:
         raise fail(EdgemonError(f"the review page needs the 'review' extra (in a clone: .venv/bin/pip install -c "
                                 f"constraints.txt -e '.[review]'; else pip install 'edgemon[review]'): {exc}"))
     try:
         serve(ReviewConfig(db=db, recordings=recordings, clips=clips, host=host, port=port, token=token,
-                           reviewer=reviewer, zone=service.zone()), on_ready=lambda line: typer.echo(line, err=True))
+                           reviewer=reviewer, zone=service.zone(), recording_before=recording_before),
+              on_ready=lambda line: typer.echo(line, err=True))
     except EdgemonError as exc:
         raise fail(exc)
 

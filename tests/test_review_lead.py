@@ -16,6 +16,7 @@ from edgemon.review.excerpt import read_excerpt
 from edgemon.storage.rows import Detection
 from edgemon.storage.store import Store
 from tests.conftest import hoots, tone
+from edgemon.files.preroll import recording_before   # as `edgemon review` gives it (cli_review)
 from tests.review_helpers import BUNDLE_ID, review_server
 
 RATE = 16000
@@ -58,7 +59,7 @@ def test_a_call_begun_in_the_recording_before_plays_from_its_start_there(tmp_pat
     db, recordings, detection_id = make_db(tmp_path)
     head = round((LEAD_S + 2.0) * RATE)        # the lead's windows and the 2 s pre-roll
     own = round((3.5 + 2.0) * RATE)            # the detection and its 2 s post-roll
-    excerpt = read_excerpt(reviews.detection(db, detection_id), recordings=recordings, db=db)
+    excerpt = read_excerpt(reviews.detection(db, detection_id), recordings=recordings, db=db, recording_before=recording_before)
     assert excerpt.before == recordings / FIRST and excerpt.before_s == head / RATE
     # marked from the lead's first window, 2 s in, to the detection's end in its own recording
     assert (excerpt.mark_start_s, excerpt.mark_end_s) == (2.0, head / RATE + 3.5)
@@ -79,9 +80,9 @@ def test_without_the_recording_before_its_own_recording_plays_as_before(tmp_path
     own = round((3.5 + 2.0) * RATE)
     db, recordings, detection_id = make_db(tmp_path / "gone")
     (recordings / FIRST).unlink()
-    gone = read_excerpt(reviews.detection(db, detection_id), recordings=recordings, db=db)
+    gone = read_excerpt(reviews.detection(db, detection_id), recordings=recordings, db=db, recording_before=recording_before)
     apart_db, apart, apart_id = make_db(tmp_path / "apart", second_starts="2024-05-01T06:00:30Z")
-    after_a_gap = read_excerpt(reviews.detection(apart_db, apart_id), recordings=apart, db=apart_db)
+    after_a_gap = read_excerpt(reviews.detection(apart_db, apart_id), recordings=apart, db=apart_db, recording_before=recording_before)
     for excerpt, where in [(gone, recordings), (after_a_gap, apart)]:
         assert excerpt.before is None and len(excerpt.samples) == own
         assert (excerpt.mark_start_s, excerpt.mark_end_s) == (0.0, 3.5)

@@ -35,7 +35,7 @@ from starlette.templating import Jinja2Templates
 from edgemon.analysis.bundle import MANIFEST, default_bundle_path
 from edgemon.errors import AudioError, EdgemonError
 from edgemon.review import charts, reviews
-from edgemon.review.excerpt import read_excerpt
+from edgemon.review.excerpt import RecordingBefore, read_excerpt
 from edgemon.review.local_time import zone_name
 from edgemon.review.spectrogram import spectrogram_png
 from edgemon.safetext import shown
@@ -80,6 +80,9 @@ class ReviewConfig:
     pre_s: float = 2.0
     post_s: float = 2.0
     zone: dt.tzinfo | None = None   # the recorder's time zone: days, hours and times shown in it (None: UTC)
+    # Which recording a recording continues, to play a call stored with a lead from its start there
+    # (``files.preroll.recording_before``, given by the command line; None: played from its own start).
+    recording_before: RecordingBefore | None = None
 
     @property
     def local(self) -> bool:
@@ -319,7 +322,8 @@ def create_app(config: ReviewConfig) -> Starlette:
         if asked is not None and asked != reviews.detection_key(row):
             raise reviews.StaleDetection(f"detection {row['id']} is not the one the page showed: reload the page")
         excerpt = read_excerpt(row, recordings=config.recordings, clips=config.clips,
-                               pre_s=config.pre_s, post_s=config.post_s, db=config.db)
+                               pre_s=config.pre_s, post_s=config.post_s, db=config.db,
+                               recording_before=config.recording_before)
         return excerpt, {"Cache-Control": "private, max-age=3600" if asked else "no-store"}
 
     def _rendered(request: Request, render, media_type: str) -> Response:

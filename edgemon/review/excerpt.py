@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import datetime as dt
 import logging
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -17,13 +19,18 @@ from edgemon.analysis.bundle import MANIFEST, default_bundle_path
 from edgemon.analysis.frontend import FrontendConfig
 from edgemon.analysis.windows import WindowSpec
 from edgemon.errors import AudioError
-from edgemon.files.preroll import recording_before
 from edgemon.review.reviews import lead_windows
 from edgemon.safetext import shown
 from edgemon.storage.readonly import open_read_only, recording_path
 from edgemon.utc import parse_utc
 
 log = logging.getLogger(__name__)
+
+# Which recording the one at a path continues (``files.preroll.recording_before``: path, source,
+# start, time source, a source's ledger row -> (path, source, row) or None, and why). The page's
+# caller gives it: review and files are siblings, and the rule is the watcher's.
+RecordingBefore = Callable[[Path, str, "dt.datetime | None", "str | None", Callable[[str], "dict | None"]],
+                           "tuple[tuple[Path, str, dict] | None, str]"]
 
 MAX_EXCERPT_S = 60.0   # a long event is cut: the page is for hearing a call, not a recording
 # The longest clip ``listen`` saves: max_clip_s (60) and up to a minute of each roll (clip_pre_s,
@@ -67,12 +74,13 @@ def _mono(data: np.ndarray) -> np.ndarray:
 
 
 def read_excerpt(row: dict, *, recordings: Path | None = None, clips: Path | None = None,
-                 pre_s: float = 2.0, post_s: float = 2.0, db: Path | None = None) -> Excerpt:
+                 pre_s: float = 2.0, post_s: float = 2.0, db: Path | None = None,
+                 recording_before: RecordingBefore | None = None) -> Excerpt:
     """The audio of the detection ``row`` (from ``reviews.detection``) with ``pre_s``/``post_s``
     seconds around it, at the file's own rate. A saved clip already holds its rolls and is used
     whole; otherwise the span is read from the recording, after the end of the recording before
-    it when the call began there (its votes' ``"lead"``; found through ``db``'s ledger, else not
-    played). Raises AudioError naming what is missing or unreadable."""
+    it when the call began there (its votes' ``"lead"``; found by ``recording_before`` through
+    ``db``'s ledger, else not played). Raises AudioError naming what is missing or unreadable."""
     duration = row["end_s"] - row["start_s"]
     clip = clip_path(row, clips)
     if clip is not None:
@@ -98,7 +106,7 @@ def read_excerpt(row: dict, *, recordings: Path | None = None, clips: Path | Non
     mark = row["start_s"] - start_s, min(row["end_s"] - start_s, len(samples) / rate)
     # Stored from its recording's start, the call began in the recording before (a review heard
     # 3.5 s of a 6.75 s hornbill call): its end is played first, the lead's windows and the pre-roll.
-    before = _lead_in(row, path, db, pre_s)
+    before = _lead_in(row, path, db, pre_s, recording_before)
     if before is not None:
         try:
             head, their_rate = _read(before[0], 0.0, 0.0, last_s=before[1])
@@ -112,14 +120,15 @@ def read_excerpt(row: dict, *, recordings: Path | None = None, clips: Path | Non
     return Excerpt(samples, rate, *mark, path)
 
 
-def _lead_in(row: dict, path: Path, db: Path | None, pre_s: float) -> tuple[Path, float, float] | None:
+def _lead_in(row: dict, path: Path, db: Path | None, pre_s: float,
+             recording_before: RecordingBefore | None) -> tuple[Path, float, float] | None:
     """For a detection stored with a lead, the recording before ``path`` (``files.preroll``
     decides it, from ``db``'s ledger), the seconds of its end to play (the lead and ``pre_s``)
     and the lead's; None (said at debug) when there is none to play: the detection's own
     recording is then played alone, as any other's."""
     try:
         windows = lead_windows(row.get("votes"))
-        if not windows or db is None:
+        if not windows or db is None or recording_before is None:
             return None
         with closing(open_read_only(db)) as conn:
             def file_entry(source: str) -> dict | None:

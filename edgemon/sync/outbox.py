@@ -109,6 +109,10 @@ def _unsent_note(table: str, column: str | None) -> str:
     return f"sent:{table}.{column}" if column else f"unsent:{table}"
 
 
+def _what(table: str, column: str | None) -> str:
+    return f"{table}.{column}" if column else table
+
+
 def _row_of_change(table: str) -> str:
     """SQL: ``table``'s row ``t`` is the one the change log's ``changes`` row names (its key's
     columns; the literal slots of ``SYNC_KEYS`` hold nothing to match)."""
@@ -283,45 +287,42 @@ class Outbox:
         """Remember that a server lacked ``table`` (``fleetdb.ADDED_BY_REVISION``), or its ``column``
         (``fleetdb.ADDED_COLUMNS``), while its changes went by: ``send_again`` puts its rows back in
         the log once a server holds it."""
-        note = _unsent_note(table, column)
-        what = f"{table}.{column}" if column else table
-        if column is not None and not self._noted(note):
-            return   # not marked sent: nothing to forget (no write at each sync)
-        with self._writing(f"cannot remember the unsent {what} in {self.path}"):
-            if column is None:
-                self.conn.execute("INSERT INTO sync_meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO NOTHING",
-                                  [note])
-            else:
-                self.conn.execute("DELETE FROM sync_meta WHERE key = ?", [note])
+        if not self._unsent(table, column):   # written once, not at each sync
+            with self._writing(f"cannot remember the unsent {_what(table, column)} in {self.path}"):
+                self._mark_unsent(table, column, True)
 
     def send_again(self, table: str, column: str | None = None) -> int:
         """If a server lacked ``table`` or its ``column`` before (``hold_for_later``), move every row
         of it (with a value in ``column``) to the end of the change log (new sequence numbers, after
         every cursor: sent again to every target, which upserts them harmlessly) and forget the note;
-        returns how many rows were moved. Tombstones stay where they are.
-
-        A column's rows count as unsent until this has run once: an edgemon before the column knew
-        none to send and left no note, and the rows it sent would never carry it (a review of view
-        revision 10: spans of a season synced before the upgrade stayed NULL on the server)."""
-        note = _unsent_note(table, column)
-        unsent = not self._noted(note) if column else self._noted(note)
-        if not unsent:
+        returns how many rows were moved. Tombstones stay where they are."""
+        if not self._unsent(table, column):
             return 0
-        what = f"{table}.{column}" if column else table
         valued = f" AND t.{column} IS NOT NULL" if column else ""
-        with self._writing(f"cannot queue the {what} again in {self.path}"):
+        with self._writing(f"cannot queue the {_what(table, column)} again in {self.path}"):
             self.conn.execute(f"DELETE FROM changes WHERE tbl = ? AND EXISTS (SELECT 1 FROM {table} t "
                               f"WHERE {_row_of_change(table)}{valued})", [table])
             moved = self.conn.execute(every_row_changed(table, f"{column} IS NOT NULL" if column else "")).rowcount
-            if column is None:
-                self.conn.execute("DELETE FROM sync_meta WHERE key = ?", [note])
-            else:
-                self.conn.execute("INSERT INTO sync_meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO NOTHING",
-                                  [note])
+            self._mark_unsent(table, column, False)
         return moved
 
-    def _noted(self, key: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM sync_meta WHERE key = ?", [key]).fetchone() is not None
+    def _unsent(self, table: str, column: str | None) -> bool:
+        """Whether ``table``'s rows (or their ``column``) wait to be sent again. A table counts as
+        sent unless noted; a column as unsent until ``send_again`` has run once: an edgemon before
+        the column knew none to send and left no note, and the rows it sent would never carry it
+        (a review of view revision 10: spans of a season synced before the upgrade stayed NULL on
+        the server)."""
+        noted = self.conn.execute("SELECT 1 FROM sync_meta WHERE key = ?",
+                                  [_unsent_note(table, column)]).fetchone() is not None
+        return noted if column is None else not noted
+
+    def _mark_unsent(self, table: str, column: str | None, unsent: bool) -> None:
+        """Record ``_unsent``'s answer (inside ``_writing``): a table's note says unsent, a column's sent."""
+        note = _unsent_note(table, column)
+        if unsent == (column is None):
+            self.conn.execute("INSERT INTO sync_meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO NOTHING", [note])
+        else:
+            self.conn.execute("DELETE FROM sync_meta WHERE key = ?", [note])
 
     def pruned_behind(self, acked: int) -> bool:
         """Whether a target that acknowledged up to ``acked`` (not 0: it holds rows) missed

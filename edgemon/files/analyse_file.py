@@ -97,11 +97,13 @@ class FileAnalysis:
             log.warning("%s: its analysis was cut short %d time(s) in a row (edgemon stopped, or the analysis "
                         "died); analysing it in a separate process", shown(source), interrupted)
         try:
-            when = recording_time(path, clock=self.clock_zone)   # once: the pre-roll's start and the rows'
-            before = find_preroll(path, source, self.analyzer, self.store, started=(when.start_utc, when.source),
+            before = find_preroll(path, source, self.analyzer, self.store, clock=self.clock_zone,
                                   listings=self.listings)
             analysis = (self.isolated.analyse(path, on_block=self.tick, preroll=before) if interrupted else
                         analyse_after(self.analyzer, self._blocks(path), before))
+            # Read after the analysis, again: an unreadable file's error is then the decoder's,
+            # which names what is wrong ("cannot read: Permission denied").
+            when = recording_time(path, clock=self.clock_zone)
             left_out = silences_of(path)
         except StoppedNow:   # not a death: analysed again at the next start, in this process
             self.store.drop_attempt(source)
